@@ -1,1 +1,20 @@
+//! Volt: KVM microVMs and systemd-nspawn containers as first-class systemd citizens on one
+//! shared network.
+
+pub mod cli;
 pub mod config;
+pub mod generator;
+pub mod logging;
+pub mod net;
+
+/// An error and its causes on one line, `outer: inner: innermost`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,223 @@
+//! Volt's configuration: VM files, network definitions and Voltainer zones, parsed once and
+//! validated with errors that name file, line, column and field.
+//!
+//! Pure: reads files under a root directory and nothing else.
+
+mod derive;
+mod error;
+mod network;
+mod span;
+mod validate;
+mod vm;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use derive::{
+    check_link_name, check_workload_name, nic_mac, short_id, tap_name, vm_uuid, MacAddr,
+    IFNAMSIZ_MAX, RESERVED_LINK_PREFIXES, VOLT_NAMESPACE,
+};
+pub use error::{ConfigError, Location};
+pub use network::{
+    parse_network_toml, parse_zone_yaml, Network, NetworkType, PortMap, Proto, Range,
+    DEFAULT_NETWORK, DEFAULT_ZONE,
+};
+pub use vm::{parse_vm_toml, MacvtapMode, NetworkLookup, NicConfig, NicMode, VmConfig};
+
+/// Where Volt's files live, relative to the root.
+pub const VMS_DIR: &str = "etc/volt/vms";
+pub const NETWORKS_DIR: &str = "etc/volt/networks";
+pub const ZONES_DIR: &str = "etc/voltainer/network";
+
+/// Environment variable naming the root for tests and `volt generate` (default `/`).
+pub const ROOT_ENV: &str = "VOLT_ROOT";
+
+/// The root to read from: `$VOLT_ROOT` or `/`.
+pub fn root_from_env() -> PathBuf {
+    std::env::var_os(ROOT_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/"), PathBuf::from)
+}
+
+pub(crate) fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Every network known: user networks, zones, and the built-in `volt0` unless a user
+/// definition takes its bridge.
+#[derive(Debug, Clone, Default)]
+pub struct Networks {
+    pub list: Vec<Network>,
+}
+
+impl NetworkLookup for Networks {
+    fn by_name(&self, name: &str) -> Option<&Network> {
+        self.list.iter().find(|n| n.name == name).or_else(|| {
+            // `zone = "default"` means the default network when no zone file names it.
+            (name == DEFAULT_ZONE)
+                .then(|| self.by_bridge(DEFAULT_NETWORK))
+                .flatten()
+        })
+    }
+
+    fn by_bridge(&self, bridge: &str) -> Option<&Network> {
+        self.list.iter().find(|n| n.bridge == bridge)
+    }
+}
+
+/// Everything under a root, parsed and checked. Files with errors are left out of `vms`
+/// and `networks`; their errors are in `errors`, in file order.
+#[derive(Debug, Default)]
+pub struct ConfigSet {
+    pub networks: Networks,
+    pub vms: Vec<VmConfig>,
+    pub errors: Vec<ConfigError>,
+}
+
+/// The `*.<ext>` files of `root/rel`, sorted by name, as (path shown to users, path read).
+/// Hidden files and editor leftovers are skipped. A missing directory is empty.
+fn list_dir(
+    root: &Path,
+    rel: &str,
+    exts: &[&str],
+    errors: &mut Vec<ConfigError>,
+) -> Vec<(PathBuf, PathBuf)> {
+    let dir = root.join(rel);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(source) => {
+            errors.push(ConfigError::ReadDir {
+                path: Path::new("/").join(rel),
+                source,
+            });
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_type()
+                .map(|t| t.is_file() || t.is_symlink())
+                .unwrap_or(false)
+        })
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| !n.starts_with('.'))
+        .filter(|n| {
+            exts.iter().any(|x| {
+                n.strip_suffix(x)
+                    .is_some_and(|stem| stem.ends_with('.') && stem.len() > 1)
+            })
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|n| (Path::new("/").join(rel).join(&n), dir.join(&n)))
+        .collect()
+}
+
+fn read(shown: &Path, real: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(real).map_err(|source| ConfigError::Read {
+        path: shown.to_path_buf(),
+        source,
+    })
+}
+
+impl ConfigSet {
+    /// Read and check every network, zone and VM file under `root`.
+    pub fn load(root: &Path) -> ConfigSet {
+        let mut set = ConfigSet::default();
+        let mut errors = Vec::new();
+        set.networks = Self::load_networks(root, &mut errors);
+        let mut vms = Vec::new();
+        for (shown, real) in list_dir(root, VMS_DIR, &["toml"], &mut errors) {
+            match read(&shown, &real) {
+                Ok(text) => match parse_vm_toml(&shown, &text, &set.networks) {
+                    Ok(vm) => vms.push(vm),
+                    Err(errs) => errors.extend(errs),
+                },
+                Err(e) => errors.push(e),
+            }
+        }
+        let (vms, cross) = validate::check_across(vms);
+        errors.extend(cross);
+        set.vms = vms;
+        set.errors = errors;
+        set
+    }
+
+    fn load_networks(root: &Path, errors: &mut Vec<ConfigError>) -> Networks {
+        let mut list: Vec<Network> = Vec::new();
+        let mut candidates = Vec::new();
+        for (shown, real) in list_dir(root, NETWORKS_DIR, &["toml"], errors) {
+            match read(&shown, &real).and_then(|t| parse_network_toml(&shown, &t)) {
+                Ok(n) => candidates.push(n),
+                Err(e) => errors.push(e),
+            }
+        }
+        for (shown, real) in list_dir(root, ZONES_DIR, &["yaml", "yml"], errors) {
+            match read(&shown, &real).and_then(|t| parse_zone_yaml(&shown, &t)) {
+                Ok(Some(n)) => candidates.push(n),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        for n in candidates {
+            let clash = list
+                .iter()
+                .find(|o| o.name == n.name || o.bridge == n.bridge || o.subnet == n.subnet);
+            if let Some(o) = clash {
+                let what = if o.name == n.name {
+                    format!("the name {:?}", n.name)
+                } else if o.bridge == n.bridge {
+                    format!("bridge {:?}", n.bridge)
+                } else {
+                    format!("subnet {}", n.subnet)
+                };
+                let other = o
+                    .source
+                    .as_ref()
+                    .map_or_else(String::new, |p| p.display().to_string());
+                errors.push(ConfigError::Invalid {
+                    at: Location::file(n.source.as_deref().unwrap_or(Path::new("?"))),
+                    field: "name".into(),
+                    message: format!("{what} is already defined by {other}"),
+                });
+                continue;
+            }
+            list.push(n);
+        }
+        if !list.iter().any(|n| n.bridge == DEFAULT_NETWORK) {
+            let d = Network::builtin_default();
+            if !list
+                .iter()
+                .any(|n| n.name == d.name || n.subnet == d.subnet)
+            {
+                list.push(d);
+            }
+        }
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Networks { list }
+    }
+
+    /// The VM named `name`, or the errors that keep it from being valid.
+    pub fn vm(&self, name: &str) -> Result<&VmConfig, Vec<&ConfigError>> {
+        if let Some(vm) = self.vms.iter().find(|v| v.name == name) {
+            return Ok(vm);
+        }
+        let file = Path::new("/").join(VMS_DIR).join(format!("{name}.toml"));
+        Err(self.errors.iter().filter(|e| e.file() == file).collect())
+    }
+
+    /// VM files that had errors, by file.
+    pub fn errors_by_file(&self) -> BTreeMap<&Path, Vec<&ConfigError>> {
+        let mut m: BTreeMap<&Path, Vec<&ConfigError>> = BTreeMap::new();
+        for e in &self.errors {
+            m.entry(e.file()).or_default().push(e);
+        }
+        m
+    }
+}

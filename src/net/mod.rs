@@ -1,0 +1,4 @@
+//! Host networking: links over netlink and sysfs, and systemd-networkd.
+
+pub mod link;
+pub mod networkd;

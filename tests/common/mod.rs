@@ -1,0 +1,105 @@
+//! Helpers shared by integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// A file, a symlink (its target) or a directory in a compared tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    File(String),
+    Link(String),
+    Dir,
+}
+
+/// Every entry under `dir`, relative paths sorted; empty if `dir` does not exist.
+pub fn read_tree(dir: &Path) -> Vec<(String, Entry)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Entry)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            let p = e.path();
+            let rel = p
+                .strip_prefix(base)
+                .expect("under base")
+                .to_string_lossy()
+                .into_owned();
+            let ft = e.file_type().expect("file type");
+            if ft.is_symlink() {
+                out.push((
+                    rel,
+                    Entry::Link(
+                        std::fs::read_link(&p)
+                            .expect("readlink")
+                            .to_string_lossy()
+                            .into_owned(),
+                    ),
+                ));
+            } else if ft.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push((rel, Entry::File(std::fs::read_to_string(&p).expect("read"))));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+pub fn write_tree(dir: &Path, tree: &[(String, Entry)]) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    for (rel, e) in tree {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        match e {
+            Entry::File(t) => std::fs::write(&p, t).expect("write"),
+            Entry::Link(t) => std::os::unix::fs::symlink(t, &p).expect("symlink"),
+            Entry::Dir => std::fs::create_dir_all(&p).expect("mkdir"),
+        }
+    }
+}
+
+pub fn show_tree(tree: &[(String, Entry)]) -> String {
+    tree.iter()
+        .map(|(p, e)| match e {
+            Entry::File(t) => format!("== {p}\n{t}"),
+            Entry::Link(t) => format!("== {p} -> {t}"),
+            Entry::Dir => format!("== {p}/"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Copy a directory tree (files, directories and symlinks).
+pub fn copy_tree(from: &Path, to: &Path) {
+    let tree = read_tree(from);
+    write_tree(to, &tree);
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The template units of `units/` with the installed binary paths replaced by the binaries
+/// cargo built, so `systemd-analyze verify` finds executables.
+pub fn templates_with_built_binaries() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vmm = option_env!("CARGO_BIN_EXE_volt-vmm").unwrap_or(env!("CARGO_BIN_EXE_volt"));
+    for e in std::fs::read_dir(repo().join("units"))
+        .expect("units")
+        .filter_map(|e| e.ok())
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".service") {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path())
+            .expect("unit")
+            .replace("/usr/libexec/volt/volt-vmm", vmm)
+            .replace("/usr/bin/volt", env!("CARGO_BIN_EXE_volt"));
+        std::fs::write(dir.path().join(name), text).expect("write unit");
+    }
+    dir
+}

@@ -1,0 +1,209 @@
+//! Golden trees for volt-generator: `tests/generator/NN-name/root` is the input root,
+//! `expected/` what must exist afterwards: `expected/normal/` is the generator's output
+//! directory, `expected/run/systemd/network/` the networkd runtime directory under the root.
+//! Set VOLT_UPDATE_GOLDEN=1 to rewrite `expected/` from the current output.
+//!
+//! Also runs `systemd-analyze verify` on every generated VM instance and link unit with the
+//! template units in the unit path, asserting exit 0 and empty stderr.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{copy_tree, read_tree, Entry};
+
+fn cases() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/generator");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/generator")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.join("root").is_dir())
+        .collect();
+    cases.sort();
+    assert!(
+        cases.len() >= 6,
+        "expected at least 6 golden cases in {}",
+        dir.display()
+    );
+    cases
+}
+
+struct Run {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    out: PathBuf,
+    status: std::process::ExitStatus,
+    stderr: String,
+}
+
+fn run_generator(case: &Path) -> Run {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    let out = tmp.path().join("out");
+    copy_tree(&case.join("root"), &root);
+    let (normal, early, late) = (out.join("normal"), out.join("early"), out.join("late"));
+    for d in [&normal, &early, &late] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_volt-generator"))
+        .args([&normal, &early, &late])
+        .env("VOLT_ROOT", &root)
+        .env("VOLT_LOG_STDERR", "1")
+        .output()
+        .expect("run volt-generator");
+    Run {
+        _tmp: tmp,
+        root,
+        out,
+        status: o.status,
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// The observable result: the output dirs and the networkd runtime dir under the root.
+fn result_tree(run: &Run) -> Vec<(String, Entry)> {
+    let mut tree = Vec::new();
+    for d in ["normal", "early", "late"] {
+        for (p, e) in read_tree(&run.out.join(d)) {
+            tree.push((format!("{d}/{p}"), e));
+        }
+    }
+    for (p, e) in read_tree(&run.root.join("run/systemd/network")) {
+        tree.push((format!("run/systemd/network/{p}"), e));
+    }
+    tree
+}
+
+#[test]
+fn golden_trees() {
+    let mut failures = Vec::new();
+    for case in cases() {
+        let name = case
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let run = run_generator(&case);
+        let got = result_tree(&run);
+        let expected_dir = case.join("expected");
+        if std::env::var_os("VOLT_UPDATE_GOLDEN").is_some() {
+            let _ = std::fs::remove_dir_all(&expected_dir);
+            common::write_tree(&expected_dir, &got);
+        }
+        let want = read_tree(&expected_dir);
+        if got != want {
+            failures.push(format!(
+                "{name}: tree differs\n--- expected\n{}\n--- got\n{}",
+                common::show_tree(&want),
+                common::show_tree(&got)
+            ));
+        }
+        // A case with a file named `bad*.toml` must fail and say so with file:line; others succeed silently.
+        let has_bad = std::fs::read_dir(case.join("root/etc/volt/vms"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().starts_with("bad"))
+            })
+            .unwrap_or(false);
+        if has_bad {
+            if run.status.success() || !run.stderr.contains("/etc/volt/vms/bad") {
+                failures.push(format!(
+                    "{name}: expected failure naming the bad file, got {:?}: {}",
+                    run.status, run.stderr
+                ));
+            }
+        } else if !run.status.success() {
+            failures.push(format!("{name}: generator failed: {}", run.stderr));
+        }
+        let expected_log = case.join("expected-log");
+        if let Ok(lines) = std::fs::read_to_string(&expected_log) {
+            for line in lines.lines().filter(|l| !l.is_empty()) {
+                if !run.stderr.contains(line) {
+                    failures.push(format!(
+                        "{name}: log lacks {line:?}; log was:\n{}",
+                        run.stderr
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn generator_is_deterministic() {
+    for case in cases() {
+        let a = result_tree(&run_generator(&case));
+        let b = result_tree(&run_generator(&case));
+        assert_eq!(a, b, "{}", case.display());
+    }
+}
+
+#[test]
+fn stale_files_are_removed_and_foreign_files_kept() {
+    let case = cases()
+        .into_iter()
+        .find(|c| c.to_string_lossy().contains("stale"))
+        .expect("a stale case");
+    let run = run_generator(&case);
+    let dir = run.root.join("run/systemd/network");
+    assert!(
+        !dir.join("60-volt-tap-deadbeef.netdev").exists(),
+        "stale owned file must be removed"
+    );
+    assert!(
+        dir.join("60-volt-tap-foreign.netdev").exists(),
+        "a file without our header must stay"
+    );
+    assert!(
+        dir.join("50-admin.network").exists(),
+        "an admin's file must stay"
+    );
+}
+
+#[test]
+fn systemd_analyze_verify_accepts_every_generated_unit() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: systemd-analyze is not installed");
+        return;
+    }
+    let units = common::templates_with_built_binaries();
+    for case in cases() {
+        let run = run_generator(&case);
+        let normal = run.out.join("normal");
+        let mut instances: Vec<String> = std::fs::read_dir(&normal)
+            .expect("normal dir")
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".d"))
+                    .map(str::to_owned)
+            })
+            .collect();
+        instances.sort();
+        if instances.is_empty() {
+            continue;
+        }
+        let o = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .args(&instances)
+            .env(
+                "SYSTEMD_UNIT_PATH",
+                format!("{}:{}:", normal.display(), units.path().display()),
+            )
+            .output()
+            .expect("systemd-analyze");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success() && stderr.trim().is_empty(),
+            "{}: verify {instances:?} failed ({:?}):\n{stderr}",
+            case.display(),
+            o.status
+        );
+    }
+}
