@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    volt::logging::init_kmsg("volt-generator");
+    volt::logging::init_generator("volt-generator");
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     let Some(out) = volt::generator::OutputDirs::from_args(&args) else {
         log::error!("usage: volt-generator NORMAL-DIR [EARLY-DIR LATE-DIR]");

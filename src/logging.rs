@@ -6,8 +6,23 @@ use std::sync::Mutex;
 
 /// Where log records go.
 enum Sink {
+    /// journald's native socket, written without blocking (never waits on another process).
+    Journal(std::os::unix::net::UnixDatagram),
     Kmsg(Mutex<std::fs::File>),
     Stderr,
+}
+
+/// journald's native protocol socket.
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// One native-protocol datagram; values are single-line (newlines become spaces).
+fn journal_datagram(ident: &str, priority: u8, message: &str) -> Vec<u8> {
+    let message = message.replace('\n', " ");
+    format!(
+        "PRIORITY={priority}\nSYSLOG_IDENTIFIER={ident}\nSYSLOG_PID={}\nMESSAGE={message}\n",
+        std::process::id()
+    )
+    .into_bytes()
 }
 
 struct Logger {
@@ -35,6 +50,16 @@ impl log::Log for Logger {
             return;
         }
         match &self.sink {
+            Sink::Journal(sock) => {
+                let dgram = journal_datagram(
+                    self.ident,
+                    syslog_priority(record.level()),
+                    &record.args().to_string(),
+                );
+                if sock.send_to(&dgram, JOURNAL_SOCKET).is_err() {
+                    let _ = writeln!(std::io::stderr(), "{}: {}", self.ident, record.args());
+                }
+            }
             Sink::Kmsg(file) => {
                 // One write() per record: kmsg takes each write as one message.
                 let line = format!(
@@ -91,15 +116,41 @@ fn install(logger: Logger) {
     }
 }
 
-/// Log to `/dev/kmsg` (so lines reach `journalctl -b`), or stderr when kmsg cannot be
-/// opened (tests, containers without kmsg).
-pub fn init_kmsg(ident: &'static str) {
+/// Logging for a generator: lines must reach `journalctl -b`. At boot journald is not up
+/// and its socket does not exist yet: log to `/dev/kmsg`, which journald reads later. On
+/// `daemon-reload` journald's socket exists: send it non-blocking datagrams (containers have
+/// no /dev/kmsg). Otherwise stderr ($VOLT_LOG_STDERR forces stderr, for tests).
+pub fn init_generator(ident: &'static str) {
     let level = level_from_env(log::LevelFilter::Info);
-    let sink = match std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-        Ok(f) if std::env::var_os("VOLT_LOG_STDERR").is_none() => Sink::Kmsg(Mutex::new(f)),
-        _ => Sink::Stderr,
-    };
-    install(Logger { ident, sink, level });
+    install(Logger {
+        ident,
+        sink: generator_sink(),
+        level,
+    });
+}
+
+fn generator_sink() -> Sink {
+    if std::env::var_os("VOLT_LOG_STDERR").is_some() {
+        return Sink::Stderr;
+    }
+    if std::fs::symlink_metadata(JOURNAL_SOCKET)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+    {
+        if let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() {
+            if sock.set_nonblocking(true).is_ok() {
+                return Sink::Journal(sock);
+            }
+        }
+    }
+    // Only a real character device: in containers a stray /dev/kmsg may be a plain file.
+    let is_chardev = std::fs::metadata("/dev/kmsg")
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()));
+    if is_chardev {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+            return Sink::Kmsg(Mutex::new(f));
+        }
+    }
+    Sink::Stderr
 }
 
 /// Log to stderr, prefixed with the program name.

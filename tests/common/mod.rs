@@ -1,6 +1,8 @@
 //! Helpers shared by integration tests.
 #![allow(dead_code)]
 
+pub mod nspawn;
+
 use std::path::{Path, PathBuf};
 
 /// A file, a symlink (its target) or a directory in a compared tree.

@@ -1,0 +1,298 @@
+//! A real systemd 252 booted in systemd-nspawn, for integration tests (recipe in the
+//! project's testing notes): the host's /usr, a volatile /etc, a private network namespace,
+//! /dev/kvm bound in, Volt's build staged read-only at /opt/volt.
+//!
+//! Processes: `timeout` (our child) → `systemd-nspawn` → the container's systemd (PID 1).
+//! Drop stops the container with SIGTERM to nspawn, and SIGKILLs its PID 1 if that fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Why this machine cannot run real-systemd tests, if it cannot.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("real-systemd tests need root".into());
+    }
+    if Command::new("systemd-nspawn")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Some("systemd-nspawn is missing (scripts/setup installs systemd-container)".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun is missing".into());
+    }
+    None
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Nspawn {
+    child: Child,
+    nspawn: i32,
+    pub pid1: i32,
+    pub name: String,
+    dir: tempfile::TempDir,
+}
+
+impl Nspawn {
+    /// Boot a container with `stage` bound read-only at /opt/volt; wait until it is `running`.
+    pub fn boot(hint: &str, stage: &Path) -> Nspawn {
+        let name = format!(
+            "volt-{hint}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let preset = dir.path().join("99-test.preset");
+        std::fs::write(&preset, "disable *\n").expect("preset");
+        let log = std::fs::File::create(dir.path().join("console.log")).expect("log");
+        let mut cmd = Command::new("timeout");
+        cmd.args([
+            "--signal=TERM",
+            "900",
+            "systemd-nspawn",
+            "-D",
+            "/",
+            "--volatile=yes",
+            "-b",
+            "--private-network",
+            "--register=no",
+            "--keep-unit",
+        ])
+        .arg(format!("--machine={name}"))
+        .arg("--console=pipe")
+        .arg(format!(
+            "--bind-ro={}:/etc/systemd/system-preset/99-test.preset",
+            preset.display()
+        ))
+        .arg(format!("--bind-ro={}:/opt/volt", stage.display()));
+        if Path::new("/dev/kvm").exists() {
+            cmd.arg("--bind=/dev/kvm");
+        }
+        cmd.arg("systemd.mask=systemd-firstboot.service")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn systemd-nspawn");
+        let tpid = child.id() as i32;
+        let nspawn = wait_for("systemd-nspawn to start", Duration::from_secs(20), || {
+            children(tpid).first().copied()
+        });
+        let pid1 = wait_for("the container's PID 1", Duration::from_secs(20), || {
+            children(nspawn).first().copied()
+        });
+        let c = Nspawn {
+            child,
+            nspawn,
+            pid1,
+            name,
+            dir,
+        };
+        let state = wait_for(
+            "systemctl is-system-running",
+            Duration::from_secs(90),
+            || {
+                let o = c.sh("systemctl is-system-running");
+                let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                matches!(s.as_str(), "running" | "degraded").then_some(s)
+            },
+        );
+        if state != "running" {
+            let failed = c.sh("systemctl --failed --no-legend --no-pager");
+            panic!(
+                "container booted {state}: {}\n{}",
+                String::from_utf8_lossy(&failed.stdout),
+                c.console()
+            );
+        }
+        c
+    }
+
+    /// Run a shell script inside the container (all namespaces of its PID 1).
+    pub fn sh(&self, script: &str) -> Output {
+        Command::new("nsenter")
+            .args(["-t", &self.pid1.to_string(), "-a", "/bin/sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter")
+    }
+
+    /// Run a script that must succeed; returns its stdout.
+    pub fn ok(&self, script: &str) -> String {
+        let o = self.sh(script);
+        assert!(
+            o.status.success(),
+            "in container {}: `{script}` failed ({:?})\nstdout: {}\nstderr: {}",
+            self.name,
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Poll `script` until it succeeds; returns its stdout.
+    pub fn wait_ok(&self, script: &str, timeout: Duration) -> String {
+        wait_for(script, timeout, || {
+            let o = self.sh(script);
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+        })
+    }
+
+    /// Write a file inside the container.
+    pub fn write(&self, path: &str, content: &str) {
+        let tmp = self.dir.path().join("upload");
+        std::fs::write(&tmp, content).expect("write upload");
+        let o = Command::new("nsenter")
+            .args([
+                "-t",
+                &self.pid1.to_string(),
+                "-a",
+                "/bin/sh",
+                "-c",
+                &format!("mkdir -p \"$(dirname '{path}')\" && cat > '{path}'"),
+            ])
+            .stdin(std::fs::File::open(&tmp).expect("open upload"))
+            .output()
+            .expect("nsenter");
+        assert!(
+            o.status.success(),
+            "writing {path}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    /// Install the staged Volt build the way the package lays it out (units in /etc since
+    /// /usr is the host's, read-only), create the user and directories, start networkd with
+    /// /dev/net/tun usable by it, and wait for the volt0 bridge.
+    pub fn install_volt(&self) {
+        self.ok(
+            "set -e
+             mkdir -p /etc/systemd/system /etc/systemd/system-generators /etc/systemd/network \
+                      /etc/sysusers.d /etc/tmpfiles.d /etc/systemd/system/systemd-networkd.service.d /etc/volt/vms
+             cp /opt/volt/units/*.service /etc/systemd/system/
+             ln -sf /opt/volt/bin/volt-generator /etc/systemd/system-generators/volt-generator
+             cp /opt/volt/network/* /etc/systemd/network/
+             cp /opt/volt/sysusers.d/volt.conf /etc/sysusers.d/volt.conf
+             cp /opt/volt/tmpfiles.d/volt.conf /etc/tmpfiles.d/volt.conf
+             systemd-sysusers
+             systemd-tmpfiles --create volt.conf
+             printf '[Service]\\nExecStartPre=+/bin/chmod 0666 /dev/net/tun\\n' > /etc/systemd/system/systemd-networkd.service.d/50-tun.conf
+             systemctl daemon-reload
+             systemctl restart systemd-networkd",
+        );
+        self.wait_ok("test -e /sys/class/net/volt0", Duration::from_secs(30));
+    }
+}
+
+impl Drop for Nspawn {
+    fn drop(&mut self) {
+        // SAFETY: signalling a process we started (nspawn is the child of our `timeout` child).
+        unsafe { libc::kill(self.nspawn, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // nspawn did not stop: kill the container's PID 1 (that ends its netns and links),
+        // then our child.
+        // SAFETY: pid1 is the init of the container this test booted.
+        unsafe { libc::kill(self.pid1, libc::SIGKILL) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Volt's build laid out for /opt/volt inside a container: bin/, units/ (binary paths
+/// pointing at /opt/volt/bin), network/, tmpfiles.d/, sysusers.d/, guest/.
+pub fn stage_volt() -> tempfile::TempDir {
+    let repo = super::repo();
+    let stage = tempfile::tempdir().expect("stage");
+    let s = stage.path();
+    for d in [
+        "bin",
+        "units",
+        "network",
+        "tmpfiles.d",
+        "sysusers.d",
+        "guest",
+    ] {
+        std::fs::create_dir_all(s.join(d)).expect("mkdir");
+    }
+    let mut bins: Vec<(&str, &str)> = vec![
+        ("volt", env!("CARGO_BIN_EXE_volt")),
+        ("volt-generator", env!("CARGO_BIN_EXE_volt-generator")),
+    ];
+    if let Some(vmm) = option_env!("CARGO_BIN_EXE_volt-vmm") {
+        bins.push(("volt-vmm", vmm));
+    }
+    for (name, path) in bins {
+        std::fs::copy(path, s.join("bin").join(name)).expect("copy binary");
+    }
+    for e in std::fs::read_dir(repo.join("units"))
+        .expect("units")
+        .filter_map(|e| e.ok())
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(e.path()).expect("read unit");
+        if name.ends_with(".service") {
+            let text = text
+                .replace("/usr/libexec/volt/volt-vmm", "/opt/volt/bin/volt-vmm")
+                .replace("/usr/bin/volt", "/opt/volt/bin/volt");
+            std::fs::write(s.join("units").join(&name), text).expect("write unit");
+        } else {
+            std::fs::write(s.join("network").join(&name), text).expect("write network file");
+        }
+    }
+    std::fs::copy(
+        repo.join("tmpfiles.d/volt.conf"),
+        s.join("tmpfiles.d/volt.conf"),
+    )
+    .expect("tmpfiles");
+    std::fs::copy(
+        repo.join("sysusers.d/volt.conf"),
+        s.join("sysusers.d/volt.conf"),
+    )
+    .expect("sysusers");
+    stage
+}
+
+/// Path of a file inside the stage as the container sees it.
+pub fn in_stage(rel: &str) -> PathBuf {
+    Path::new("/opt/volt").join(rel)
+}

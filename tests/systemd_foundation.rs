@@ -1,0 +1,95 @@
+//! The foundation under a real systemd 252 (nspawn): generator, unit graph, networkd TAP,
+//! and a broken VM file reported in the journal while the good VMs load.
+
+mod common;
+
+use std::time::Duration;
+
+use common::nspawn::{skip_reason, stage_volt, Nspawn};
+
+const WEB: &str = "vcpus = 2\nmemory_mib = 512\nkernel = \"/var/lib/volt/kernels/vmlinux\"\n[[network]]\nid = \"eth0\"\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n";
+const DB: &str =
+    "kernel = \"/var/lib/volt/kernels/vmlinux\"\n[[network]]\nipv4 = \"10.42.0.11\"\nmtu = 9000\n";
+const BROKEN: &str =
+    "kernel = \"/var/lib/volt/kernels/vmlinux\"\n[[network]]\nipv4 = \"10.43.0.5/24\"\n";
+
+fn tap_of(vm: &str) -> String {
+    volt::config::tap_name(&volt::config::vm_uuid(vm), 0)
+}
+
+#[test]
+fn generator_units_and_networkd_tap_under_real_systemd() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let stage = stage_volt();
+    let c = Nspawn::boot("found", stage.path());
+    c.install_volt();
+    c.write("/etc/volt/vms/web.toml", WEB);
+    c.write("/etc/volt/vms/db.toml", DB);
+    c.write("/etc/volt/vms/broken.toml", BROKEN);
+    c.ok("systemctl daemon-reload");
+
+    let (web_tap, db_tap) = (tap_of("web"), tap_of("db"));
+    let owner = format!("volt-tap@{web_tap}.service");
+    let show =
+        c.ok("systemctl show volt-vm@web.service -p BindsTo -p After -p SourcePath -p LoadState");
+    assert!(show.contains(&format!("BindsTo={owner}\n")), "{show}");
+    assert!(
+        show.lines()
+            .any(|l| l.starts_with("After=") && l.contains(&owner)),
+        "{show}"
+    );
+    assert!(
+        show.contains("SourcePath=/etc/volt/vms/web.toml\n"),
+        "{show}"
+    );
+    assert!(show.contains("LoadState=loaded\n"), "{show}");
+    let show_db = c.ok("systemctl show volt-vm@db.service -p BindsTo -p SourcePath");
+    assert!(
+        show_db.contains(&format!("BindsTo=volt-tap@{db_tap}.service")),
+        "{show_db}"
+    );
+
+    // The broken file is named with file:line in the journal, from the generator.
+    let log = c.wait_ok(
+        "journalctl -b --no-pager -o cat -t volt-generator | grep -F broken.toml",
+        Duration::from_secs(10),
+    );
+    assert!(
+        log.contains("/etc/volt/vms/broken.toml:3:8: network[0].ipv4: 10.43.0.5 is outside volt0 (10.42.0.0/24); skipping /etc/volt/vms/broken.toml"),
+        "{log}"
+    );
+    // ... and the broken VM got no generated drop-in.
+    let broken = c.ok("systemctl show volt-vm@broken.service -p SourcePath -p DropInPaths");
+    assert!(!broken.contains("broken.toml"), "{broken}");
+
+    // The TAP owner unit: networkd creates the TAP from the runtime files and enslaves it.
+    c.ok(&format!("systemctl start {owner}"));
+    assert_eq!(
+        c.ok(&format!("systemctl is-active {owner}")).trim(),
+        "active"
+    );
+    let status = c.ok(&format!("networkctl status --no-pager {web_tap}"));
+    assert!(status.contains("Master: volt0"), "{status}");
+    assert!(
+        status.contains(&format!(
+            "Network File: /run/systemd/network/60-volt-{web_tap}.network"
+        )),
+        "{status}"
+    );
+    let kind = c.ok(&format!("cat /sys/class/net/{web_tap}/tun_flags"));
+    // IFF_TAP (0x2) | IFF_NO_PI (0x1000) | IFF_VNET_HDR (0x4000)
+    let flags = u32::from_str_radix(kind.trim().trim_start_matches("0x"), 16).expect("tun_flags");
+    assert_eq!(flags & 0x5002, 0x5002, "tun_flags {kind}");
+
+    // Stopping the owner removes the TAP and its runtime files.
+    c.ok(&format!("systemctl stop {owner}"));
+    c.ok(&format!("! test -e /sys/class/net/{web_tap}"));
+    c.ok(&format!("! test -e /run/systemd/network/60-volt-{web_tap}.netdev && ! test -e /run/systemd/network/60-volt-{web_tap}.network"));
+    // ... and starting it again brings it back.
+    c.ok(&format!("systemctl start {owner}"));
+    let status = c.ok(&format!("networkctl status --no-pager {web_tap}"));
+    assert!(status.contains("Master: volt0"), "{status}");
+}
