@@ -26,13 +26,12 @@ pub enum LinkError {
     },
 }
 
-/// The interface index of `name`, if the link exists.
+/// The interface index of `name` in the calling thread's network namespace, if it exists.
 pub fn index(name: &str) -> Option<u32> {
-    std::fs::read_to_string(Path::new("/sys/class/net").join(name).join("ifindex"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: cname is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 /// The bridge (or other master) `name` is enslaved to.
