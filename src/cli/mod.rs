@@ -1,7 +1,9 @@
 //! The `volt` command line: the one module that sees every other.
 
 mod generate;
+mod ipam;
 mod link;
+mod net;
 mod validate;
 mod vm;
 
@@ -50,6 +52,16 @@ pub enum Command {
         /// Output directory (used as normal, early and late directory).
         outdir: PathBuf,
     },
+    /// Networks (built-in, /etc/volt/networks, Voltainer zones).
+    Net {
+        #[command(subcommand)]
+        command: NetCommand,
+    },
+    /// Address leases.
+    Ipam {
+        #[command(subcommand)]
+        command: IpamCommand,
+    },
     /// Bring a VM NIC's host link up or down (what volt-tap@.service runs).
     Link {
         #[command(subcommand)]
@@ -64,6 +76,51 @@ pub enum VmCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetCommand {
+    /// List the networks.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show one network with its leases.
+    Show {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IpamCommand {
+    /// List leases of every network (or one).
+    List {
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Lease an address to an owner (vm/<name>/<nic> or container/<name>/<nic>); prints it.
+    Allocate {
+        #[arg(long, default_value = "volt0")]
+        network: String,
+        #[arg(long)]
+        owner: String,
+        /// Ask for this address instead of the owner's reservation or a free one.
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+    },
+    /// Release an owner's lease.
+    Release {
+        #[arg(long, default_value = "volt0")]
+        network: String,
+        #[arg(long)]
+        owner: String,
+    },
+    /// Release leases whose VM or container no longer exists.
+    Reconcile,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +149,13 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
             command: VmCommand::List { output },
         } => vm::list(&root, output),
         Command::Generate { outdir } => generate::exec(&root, &outdir),
+        Command::Net {
+            command: NetCommand::List { output },
+        } => net::list(&root, output),
+        Command::Net {
+            command: NetCommand::Show { name, output },
+        } => net::show(&root, &name, output),
+        Command::Ipam { command } => ipam::exec(&root, command),
         Command::Link {
             command: LinkCommand::Up { link },
         } => link::up(&root, &link),

@@ -1,5 +1,6 @@
 //! Host networking: links over netlink and sysfs, and systemd-networkd.
 
+pub mod ipam;
 pub mod link;
 pub mod networkd;
 pub mod tap;

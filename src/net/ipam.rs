@@ -1,0 +1,656 @@
+//! IP address management: leases per network in `<state>/ipam/<network>.json`.
+//!
+//! Every change happens under an exclusive lock on `<network>.lock` and is written as a new
+//! file (temp + fsync + rename + directory fsync), so concurrent `volt` processes never hand
+//! out one address twice and a crash at any point leaves either the old or the new file,
+//! both readable. Choosing an address is a pure function ([`pick`]).
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Network, Range};
+
+/// What kind of workload holds a lease: it decides the pool dynamic addresses come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Vm,
+    Container,
+}
+
+/// Who holds a lease: `vm/<name>/<nic>` or `container/<name>/<nic>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    pub kind: Kind,
+    pub name: String,
+    pub nic: String,
+}
+
+impl Owner {
+    pub fn vm(name: &str, nic: &str) -> Owner {
+        Owner {
+            kind: Kind::Vm,
+            name: name.into(),
+            nic: nic.into(),
+        }
+    }
+
+    pub fn container(name: &str, nic: &str) -> Owner {
+        Owner {
+            kind: Kind::Container,
+            name: name.into(),
+            nic: nic.into(),
+        }
+    }
+
+    /// The reservation key for this owner: `vm-<name>` / `ct-<name>`.
+    pub fn reservation_key(&self) -> String {
+        match self.kind {
+            Kind::Vm => format!("vm-{}", self.name),
+            Kind::Container => format!("ct-{}", self.name),
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let k = match self.kind {
+            Kind::Vm => "vm",
+            Kind::Container => "container",
+        };
+        write!(f, "{k}/{}/{}", self.name, self.nic)
+    }
+}
+
+impl std::str::FromStr for Owner {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let (kind, name, nic) = match parts.as_slice() {
+            [k, n] => (*k, *n, "eth0"),
+            [k, n, i] => (*k, *n, *i),
+            _ => {
+                return Err(format!(
+                    "{s:?} is not an owner like vm/<name>/<nic> or container/<name>"
+                ))
+            }
+        };
+        let kind = match kind {
+            "vm" => Kind::Vm,
+            "container" | "ct" => Kind::Container,
+            _ => return Err(format!("{s:?}: the kind must be vm or container")),
+        };
+        if name.is_empty() || nic.is_empty() {
+            return Err(format!("{s:?}: name and NIC must not be empty"));
+        }
+        Ok(Owner {
+            kind,
+            name: name.into(),
+            nic: nic.into(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    pub owner: Owner,
+    /// Whether the address was asked for (static config or reservation) rather than picked.
+    #[serde(rename = "static")]
+    pub fixed: bool,
+    /// Seconds since the Unix epoch.
+    pub since: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct LeaseFile {
+    version: u32,
+    network: String,
+    leases: Vec<Lease>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error("cannot create the lease directory {}", path.display())]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot lock {}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a valid lease file", path.display())]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write {} (the previous file is intact)", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{ip} is not a usable address of network {network} ({subnet})")]
+    OutOfNetwork {
+        ip: Ipv4Addr,
+        network: String,
+        subnet: ipnet::Ipv4Net,
+    },
+    #[error("{ip} on {network} is already leased to {holder}")]
+    Taken {
+        ip: Ipv4Addr,
+        network: String,
+        holder: Owner,
+    },
+    #[error("{ip} on {network} is reserved for {key}")]
+    Reserved {
+        ip: Ipv4Addr,
+        network: String,
+        key: String,
+    },
+    #[error("no free address left in {network}'s {pool} pool {range}")]
+    Exhausted {
+        network: String,
+        pool: &'static str,
+        range: Range,
+    },
+}
+
+/// What an allocation asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// This exact address (static config).
+    Static(Ipv4Addr),
+    /// The owner's reservation, else any free address of the owner's pool.
+    Any,
+}
+
+/// Choose an address for `owner` on `net`, given the current leases and addresses that are
+/// configured statically for workloads that have no lease yet (`configured`). Pure.
+pub fn pick(
+    net: &Network,
+    owner: &Owner,
+    request: Request,
+    leases: &[Lease],
+    configured: &BTreeSet<Ipv4Addr>,
+) -> Result<(Ipv4Addr, bool), IpamError> {
+    let holder_of = |ip: Ipv4Addr| leases.iter().find(|l| l.ip == ip && l.owner != *owner);
+    let reserved_for_other = |ip: Ipv4Addr| {
+        net.reservations
+            .iter()
+            .find(|(k, v)| **v == ip && **k != owner.reservation_key())
+            .map(|(k, _)| k.clone())
+    };
+    let check = |ip: Ipv4Addr| -> Result<(), IpamError> {
+        if !net.is_host_addr(ip) {
+            return Err(IpamError::OutOfNetwork {
+                ip,
+                network: net.name.clone(),
+                subnet: net.subnet,
+            });
+        }
+        if let Some(l) = holder_of(ip) {
+            return Err(IpamError::Taken {
+                ip,
+                network: net.name.clone(),
+                holder: l.owner.clone(),
+            });
+        }
+        if let Some(key) = reserved_for_other(ip) {
+            return Err(IpamError::Reserved {
+                ip,
+                network: net.name.clone(),
+                key,
+            });
+        }
+        Ok(())
+    };
+    if let Request::Static(ip) = request {
+        check(ip)?;
+        return Ok((ip, true));
+    }
+    if let Some(ip) = net.reservations.get(&owner.reservation_key()) {
+        check(*ip)?;
+        return Ok((*ip, true));
+    }
+    let (range, pool) = match owner.kind {
+        Kind::Vm => (net.vm_range, "VM"),
+        Kind::Container => (net.container_range, "container"),
+    };
+    let reserved: BTreeSet<Ipv4Addr> = net.reservations.values().copied().collect();
+    let leased: BTreeSet<Ipv4Addr> = leases.iter().map(|l| l.ip).collect();
+    let (start, end) = (u32::from(range.start), u32::from(range.end));
+    (start..=end)
+        .map(Ipv4Addr::from)
+        .find(|ip| {
+            net.is_host_addr(*ip)
+                && !leased.contains(ip)
+                && !reserved.contains(ip)
+                && !configured.contains(ip)
+        })
+        .map(|ip| (ip, false))
+        .ok_or(IpamError::Exhausted {
+            network: net.name.clone(),
+            pool,
+            range,
+        })
+}
+
+/// Lease storage for all networks under one directory.
+#[derive(Debug, Clone)]
+pub struct Ipam {
+    dir: PathBuf,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Ipam {
+    /// Leases live in `dir` (normally `/var/lib/volt/ipam`).
+    pub fn new(dir: impl Into<PathBuf>) -> Ipam {
+        Ipam { dir: dir.into() }
+    }
+
+    fn path(&self, network: &str) -> PathBuf {
+        self.dir.join(format!("{network}.json"))
+    }
+
+    /// Run `f` on the network's leases under its lock; write the result if `f` changed it.
+    fn with_leases<T>(
+        &self,
+        network: &str,
+        f: impl FnOnce(&mut Vec<Lease>) -> Result<T, IpamError>,
+    ) -> Result<T, IpamError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| IpamError::Dir {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let lock_path = self.dir.join(format!("{network}.lock"));
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| IpamError::Lock {
+                path: lock_path.clone(),
+                source,
+            })?;
+        lock.lock().map_err(|source| IpamError::Lock {
+            path: lock_path.clone(),
+            source,
+        })?;
+        let path = self.path(network);
+        let mut file = read_file(&path)?;
+        file.network = network.to_string();
+        let before = file.leases.clone();
+        let out = f(&mut file.leases)?;
+        if file.leases != before {
+            file.version = 1;
+            write_atomic(&path, &file)?;
+        }
+        drop(lock);
+        Ok(out)
+    }
+
+    /// The leases of `network` (read under the lock, so never a half-written state).
+    pub fn list(&self, network: &str) -> Result<Vec<Lease>, IpamError> {
+        self.with_leases(network, |l| Ok(l.clone()))
+    }
+
+    /// Give `owner` an address on `net`; returns its existing lease if it has one (for the
+    /// same request). `configured`: static addresses of other workloads' configs.
+    pub fn allocate(
+        &self,
+        net: &Network,
+        owner: &Owner,
+        request: Request,
+        configured: &BTreeSet<Ipv4Addr>,
+    ) -> Result<Lease, IpamError> {
+        self.with_leases(&net.name, |leases| {
+            if let Some(pos) = leases.iter().position(|l| l.owner == *owner) {
+                match request {
+                    Request::Static(ip) if leases[pos].ip != ip => {
+                        leases.remove(pos);
+                    }
+                    _ => return Ok(leases[pos].clone()),
+                }
+            }
+            let mut others = configured.clone();
+            if let Request::Static(ip) = request {
+                others.remove(&ip);
+            }
+            let (ip, fixed) = pick(net, owner, request, leases, &others)?;
+            let lease = Lease {
+                ip,
+                owner: owner.clone(),
+                fixed,
+                since: now(),
+            };
+            leases.push(lease.clone());
+            leases.sort_by_key(|l| l.ip);
+            Ok(lease)
+        })
+    }
+
+    /// Drop `owner`'s lease on `network`. Returns the released lease.
+    pub fn release(&self, network: &str, owner: &Owner) -> Result<Option<Lease>, IpamError> {
+        self.with_leases(network, |leases| {
+            let pos = leases.iter().position(|l| l.owner == *owner);
+            Ok(pos.map(|p| leases.remove(p)))
+        })
+    }
+
+    /// Release every lease on `network` whose owner `alive` says is gone. Returns them.
+    pub fn reconcile(
+        &self,
+        network: &str,
+        alive: &dyn Fn(&Owner) -> bool,
+    ) -> Result<Vec<Lease>, IpamError> {
+        self.with_leases(network, |leases| {
+            let (keep, gone): (Vec<Lease>, Vec<Lease>) =
+                leases.drain(..).partition(|l| alive(&l.owner));
+            *leases = keep;
+            Ok(gone)
+        })
+    }
+
+    /// Networks that have lease files.
+    pub fn networks(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_suffix(".json"))
+                            .map(str::to_owned)
+                    })
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+fn read_file(path: &Path) -> Result<LeaseFile, IpamError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| IpamError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LeaseFile::default()),
+        Err(source) => Err(IpamError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn write_atomic(path: &Path, file: &LeaseFile) -> Result<(), IpamError> {
+    let err = |source| IpamError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut text = serde_json::to_vec_pretty(file).map_err(|e| err(std::io::Error::other(e)))?;
+    text.push(b'\n');
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn net() -> Network {
+        let mut n = Network::builtin_default();
+        n.reservations
+            .insert("vm-web".into(), "10.42.0.10".parse().expect("ip"));
+        n.reservations
+            .insert("ct-db".into(), "10.42.0.150".parse().expect("ip"));
+        n
+    }
+
+    #[test]
+    fn reservations_statics_and_pools() {
+        let n = net();
+        let none = BTreeSet::new();
+        assert_eq!(
+            pick(&n, &Owner::vm("web", "eth0"), Request::Any, &[], &none)
+                .expect("ok")
+                .0
+                .to_string(),
+            "10.42.0.10"
+        );
+        assert_eq!(
+            pick(
+                &n,
+                &Owner::container("db", "eth0"),
+                Request::Any,
+                &[],
+                &none
+            )
+            .expect("ok")
+            .0
+            .to_string(),
+            "10.42.0.150"
+        );
+        assert_eq!(
+            pick(&n, &Owner::vm("api", "eth0"), Request::Any, &[], &none)
+                .expect("ok")
+                .0
+                .to_string(),
+            "10.42.0.2"
+        );
+        assert_eq!(
+            pick(&n, &Owner::container("c", "eth0"), Request::Any, &[], &none)
+                .expect("ok")
+                .0
+                .to_string(),
+            "10.42.0.100"
+        );
+        let configured: BTreeSet<Ipv4Addr> = ["10.42.0.2".parse().expect("ip")].into();
+        assert_eq!(
+            pick(
+                &n,
+                &Owner::vm("api", "eth0"),
+                Request::Any,
+                &[],
+                &configured
+            )
+            .expect("ok")
+            .0
+            .to_string(),
+            "10.42.0.3"
+        );
+        let e = pick(
+            &n,
+            &Owner::vm("api", "eth0"),
+            Request::Static("10.42.0.10".parse().expect("ip")),
+            &[],
+            &none,
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "10.42.0.10 on volt0 is reserved for vm-web");
+        let e = pick(
+            &n,
+            &Owner::vm("api", "eth0"),
+            Request::Static("10.42.0.1".parse().expect("ip")),
+            &[],
+            &none,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a usable address"), "{e}");
+    }
+
+    #[test]
+    fn exhaustion_is_a_clear_error() {
+        let mut n = net();
+        n.vm_range = Range {
+            start: "10.42.0.2".parse().expect("ip"),
+            end: "10.42.0.3".parse().expect("ip"),
+        };
+        let leases: Vec<Lease> = ["10.42.0.2", "10.42.0.3"]
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| Lease {
+                ip: ip.parse().expect("ip"),
+                owner: Owner::vm(&format!("v{i}"), "eth0"),
+                fixed: false,
+                since: 0,
+            })
+            .collect();
+        let e = pick(
+            &n,
+            &Owner::vm("x", "eth0"),
+            Request::Any,
+            &leases,
+            &BTreeSet::new(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no free address left in volt0's VM pool 10.42.0.2-10.42.0.3"
+        );
+    }
+
+    #[test]
+    fn owner_parse_round_trip() {
+        for s in ["vm/web/eth0", "container/db/eth0"] {
+            assert_eq!(s.parse::<Owner>().expect("owner").to_string(), s);
+        }
+        assert_eq!(
+            "ct/db".parse::<Owner>().expect("owner"),
+            Owner::container("db", "eth0")
+        );
+        assert!("host/x/y".parse::<Owner>().is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn allocations_never_collide_and_stay_in_pools(ops in proptest::collection::vec((any::<bool>(), 0u8..40, any::<bool>()), 1..120)) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let ipam = Ipam::new(dir.path());
+            let n = net();
+            for (is_vm, id, release) in ops {
+                let owner = if is_vm { Owner::vm(&format!("v{id}"), "eth0") } else { Owner::container(&format!("c{id}"), "eth0") };
+                if release {
+                    ipam.release(&n.name, &owner).expect("release");
+                } else {
+                    match ipam.allocate(&n, &owner, Request::Any, &BTreeSet::new()) {
+                        Ok(l) => {
+                            let pool = if is_vm { n.vm_range } else { n.container_range };
+                            prop_assert!(pool.contains(l.ip) || n.reservations.values().any(|r| *r == l.ip));
+                        }
+                        Err(IpamError::Exhausted { .. }) => {}
+                        Err(e) => prop_assert!(false, "{e}"),
+                    }
+                }
+                let leases = ipam.list(&n.name).expect("list");
+                let ips: BTreeSet<Ipv4Addr> = leases.iter().map(|l| l.ip).collect();
+                prop_assert_eq!(ips.len(), leases.len(), "duplicate address in {:?}", leases);
+                let owners: BTreeSet<&Owner> = leases.iter().map(|l| &l.owner).collect();
+                prop_assert_eq!(owners.len(), leases.len());
+                for l in &leases {
+                    prop_assert!(n.is_host_addr(l.ip));
+                    if let Some((k, _)) = n.reservations.iter().find(|(_, v)| **v == l.ip) {
+                        prop_assert_eq!(k, &l.owner.reservation_key());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn allocate_is_idempotent_and_release_frees() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ipam = Ipam::new(dir.path());
+        let n = net();
+        let o = Owner::vm("api", "eth0");
+        let a = ipam
+            .allocate(&n, &o, Request::Any, &BTreeSet::new())
+            .expect("alloc");
+        let b = ipam
+            .allocate(&n, &o, Request::Any, &BTreeSet::new())
+            .expect("alloc");
+        assert_eq!(a.ip, b.ip);
+        assert_eq!(
+            ipam.release("volt0", &o).expect("release").map(|l| l.ip),
+            Some(a.ip)
+        );
+        assert!(ipam.list("volt0").expect("list").is_empty());
+        assert_eq!(ipam.networks(), vec!["volt0".to_string()]);
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_not_an_empty_pool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("volt0.json"), "{ not json").expect("write");
+        let e = Ipam::new(dir.path()).list("volt0").unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("volt0.json is not a valid lease file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reconcile_releases_dead_owners() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ipam = Ipam::new(dir.path());
+        let n = net();
+        for name in ["a", "b", "c"] {
+            ipam.allocate(&n, &Owner::vm(name, "eth0"), Request::Any, &BTreeSet::new())
+                .expect("alloc");
+        }
+        let gone = ipam
+            .reconcile("volt0", &|o| o.name != "b")
+            .expect("reconcile");
+        assert_eq!(
+            gone.iter()
+                .map(|l| l.owner.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["b"]
+        );
+        assert_eq!(ipam.list("volt0").expect("list").len(), 2);
+    }
+}
