@@ -18,8 +18,11 @@
 //!   `ud2`. Any other #UD, and every other exception except NMI, prints
 //!   `volt-test-guest: exception vector=0xVV error=0x... rip=0x...` and writes
 //!   `EXIT_EXCEPTION` (0x70) to the debug-exit port 0xf4.
-//! - PIC vectors 0x20-0x2f increment `VOLT_IRQ_COUNT` (auto-EOI: no EOI write needed).
-//! - NMI and vectors 0x30-0x3f (0x3f is the APIC spurious vector) just return.
+//! - PIC vectors 0x20-0x2f increment `VOLT_IRQ_COUNT` (auto-EOI: no EOI write needed); IRQ 1
+//!   (vector 0x21, the i8042) also increments `VOLT_KBD_COUNT`.
+//! - Vectors 0x30-0x3e (IOAPIC-routed device IRQs, programmed edge-triggered from ring 3 by the
+//!   virtio-net driver) write the local APIC EOI register, then count like a PIC IRQ.
+//! - NMI and vector 0x3f (the APIC spurious vector) just return.
 
 use core::arch::global_asm;
 
@@ -120,6 +123,15 @@ volt_vec_6:
     hlt
 1:  iretq
 
+    /* IOAPIC-routed IRQs (vectors 0x30-0x3e, edge-triggered): EOI the local APIC, count */
+volt_apic_irq:
+    push %rax
+    mov $0xfee000b0, %eax
+    movl $0, (%rax)
+    pop %rax
+    jmp volt_irq
+volt_irq1:                      /* 8259 IRQ 1 (i8042): also counted on its own */
+    incl VOLT_KBD_COUNT(%rip)
 volt_irq:
     incl VOLT_IRQ_COUNT(%rip)
 volt_vec_2:
@@ -238,12 +250,15 @@ volt_idt:
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     VOLT_IDTE volt_vec_\n
     .endr
-    .rept 16                    /* 0x20-0x2f: 8259 IRQs 0-15 */
+    VOLT_IDTE volt_irq          /* 0x20-0x2f: 8259 IRQs 0-15 (IRQ 1 also bumps the i8042 count) */
+    VOLT_IDTE volt_irq1
+    .rept 14
     VOLT_IDTE volt_irq
     .endr
-    .rept 16                    /* 0x30-0x3f: unused; 0x3f = APIC spurious */
-    VOLT_IDTE volt_ignore
+    .rept 15                    /* 0x30-0x3e: IOAPIC-routed device IRQs (virtio-net) */
+    VOLT_IDTE volt_apic_irq
     .endr
+    VOLT_IDTE volt_ignore       /* 0x3f: APIC spurious */
 volt_idt_end:
 
     .balign 16

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod entry;
+mod net;
 mod rt;
 
 use core::arch::asm;
@@ -15,6 +16,10 @@ use core::sync::atomic::{AtomicU32, Ordering};
 /// Incremented by the ring-0 handler of every 8259 IRQ (vectors 0x20-0x2f).
 #[no_mangle]
 pub static VOLT_IRQ_COUNT: AtomicU32 = AtomicU32::new(0);
+
+/// Incremented by the ring-0 handler of 8259 IRQ 1 (the i8042), besides `VOLT_IRQ_COUNT`.
+#[no_mangle]
+pub static VOLT_KBD_COUNT: AtomicU32 = AtomicU32::new(0);
 
 extern "C" {
     /// Idle gate (entry.rs): `ud2` trapping to ring 0, which sleeps (`sti; hlt`) unless the IRQ
@@ -402,6 +407,8 @@ pub unsafe extern "C" fn volt_main(si: *const StartInfo) -> ! {
     if si.magic == START_INFO_MAGIC {
         report_memory(si);
     }
+    // virtio-net devices (one `net` line each); nothing happens without one.
+    let mut net = net::setup(cmdline, si);
     put(PREFIX);
     put(b"ready\n");
     match action(cmdline) {
@@ -412,6 +419,9 @@ pub unsafe extern "C" fn volt_main(si: *const StartInfo) -> ! {
         }
         Some(Action::Fault(kind)) => fault(kind),
         None => {}
+    }
+    if net.any() {
+        net.run()
     }
     idle()
 }

@@ -1,0 +1,1415 @@
+//! virtio-net over modern virtio-mmio (version 2) and a tiny IPv4 responder, all at ring 3.
+//!
+//! Per NIC: split virtqueues in identity-mapped RAM after the image, one RX buffer per
+//! descriptor (2 KiB with `VIRTIO_NET_F_MRG_RXBUF`, else MTU-sized), one TX slot per
+//! descriptor. Protocols: ARP (responder + a tiny cache for the generator), ICMP echo, UDP echo
+//! (port 7), UDP stats (port 5) and a UDP generator (`volt.udpgen=`). With `VIRTIO_NET_F_MQ`
+//! every offered pair (≤ 16) is enabled and a request is answered on the TX queue with the
+//! index of the RX queue it came in on.
+//!
+//! Notifications: the rings are polled while traffic flows, with used-buffer interrupts off
+//! (`VIRTQ_AVAIL_F_NO_INTERRUPT`). After `IDLE_US` without a packet the driver acknowledges
+//! pending device interrupts, turns RX interrupts on, re-checks the rings and enters the idle
+//! gate; the virtio-mmio IRQ (8259 if < 16, else IOAPIC) wakes it. A device is never trusted
+//! with guest memory beyond its buffers: used ids are range- and ownership-checked, lengths
+//! are checked against the buffer size.
+
+use core::arch::x86_64::{__cpuid, _rdtsc};
+use core::ptr::{read_volatile, write_volatile};
+use core::sync::atomic::{fence, Ordering};
+
+use crate::{
+    drain_keyboard, inb, outb, parse_num, put, put_dec, volt_idle_wait, words, Keyboard,
+    MemmapEntry, StartInfo, PREFIX, VIRTIO_MAGIC, VOLT_IRQ_COUNT, VOLT_KBD_COUNT,
+};
+
+pub const MAX_NICS: usize = 4;
+const MAX_PAIRS: usize = 16;
+const MAX_QSIZE: u32 = 256;
+/// Poll this long without a packet before sleeping.
+const IDLE_US: u64 = 100;
+/// Source port of `volt.udpgen` packets.
+const UDPGEN_SRC_PORT: u16 = 5000;
+
+// ---- virtio-mmio registers (version 2) ----
+const R_VERSION: u64 = 0x004;
+const R_DEVICE_ID: u64 = 0x008;
+const R_DEV_FEATURES: u64 = 0x010;
+const R_DEV_FEATURES_SEL: u64 = 0x014;
+const R_DRV_FEATURES: u64 = 0x020;
+const R_DRV_FEATURES_SEL: u64 = 0x024;
+const R_QUEUE_SEL: u64 = 0x030;
+const R_QUEUE_NUM_MAX: u64 = 0x034;
+const R_QUEUE_NUM: u64 = 0x038;
+const R_QUEUE_READY: u64 = 0x044;
+const R_QUEUE_NOTIFY: u64 = 0x050;
+const R_INTERRUPT_ACK: u64 = 0x064;
+const R_STATUS: u64 = 0x070;
+const R_QUEUE_DESC: u64 = 0x080;
+const R_QUEUE_DRIVER: u64 = 0x090;
+const R_QUEUE_DEVICE: u64 = 0x0a0;
+const R_CONFIG_GEN: u64 = 0x0fc;
+const R_CONFIG: u64 = 0x100;
+
+const S_ACKNOWLEDGE: u32 = 1;
+const S_DRIVER: u32 = 2;
+const S_DRIVER_OK: u32 = 4;
+const S_FEATURES_OK: u32 = 8;
+const S_FAILED: u32 = 128;
+
+const F_MTU: u64 = 1 << 3;
+const F_MAC: u64 = 1 << 5;
+const F_MRG_RXBUF: u64 = 1 << 15;
+const F_STATUS: u64 = 1 << 16;
+const F_CTRL_VQ: u64 = 1 << 17;
+const F_MQ: u64 = 1 << 22;
+const F_VERSION_1: u64 = 1 << 32;
+
+const VRING_DESC_F_NEXT: u16 = 1;
+const VRING_DESC_F_WRITE: u16 = 2;
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+const VRING_USED_F_NO_NOTIFY: u16 = 1;
+
+/// `virtio_net_hdr_v1` (VERSION_1 makes it 12 bytes, with `num_buffers` at offset 10).
+const HDR: usize = 12;
+
+const IOAPIC0: u64 = 0xfec0_0000;
+/// QEMU microvm's second IOAPIC (`ioapic2=on`), GSIs 24-47.
+const IOAPIC1: u64 = 0xfec1_0000;
+const LAPIC_ID: u64 = 0xfee0_0020;
+const APIC_VECTOR_BASE: u32 = 0x30;
+
+// ---- raw memory / MMIO ----
+
+#[inline(always)]
+fn r8(a: u64) -> u8 {
+    unsafe { read_volatile(a as *const u8) }
+}
+#[inline(always)]
+fn r16(a: u64) -> u16 {
+    unsafe { read_volatile(a as *const u16) }
+}
+#[inline(always)]
+fn r32(a: u64) -> u32 {
+    unsafe { read_volatile(a as *const u32) }
+}
+#[inline(always)]
+fn w16(a: u64, v: u16) {
+    unsafe { write_volatile(a as *mut u16, v) }
+}
+#[inline(always)]
+fn w32(a: u64, v: u32) {
+    unsafe { write_volatile(a as *mut u32, v) }
+}
+#[inline(always)]
+fn w64(a: u64, v: u64) {
+    unsafe { write_volatile(a as *mut u64, v) }
+}
+fn bytes<'a>(a: u64, n: usize) -> &'a [u8] {
+    unsafe { core::slice::from_raw_parts(a as *const u8, n) }
+}
+fn bytes_mut<'a>(a: u64, n: usize) -> &'a mut [u8] {
+    unsafe { core::slice::from_raw_parts_mut(a as *mut u8, n) }
+}
+
+fn rdtsc() -> u64 {
+    unsafe { _rdtsc() }
+}
+
+/// TSC ticks per microsecond: CPUID 0x16 / 0x15 / KVM's 0x40000010, else 2500 (a guess that is
+/// only used for the idle spell and ARP retries).
+fn tsc_per_us() -> u64 {
+    unsafe {
+        let max = __cpuid(0).eax;
+        if max >= 0x15 {
+            let l = __cpuid(0x15);
+            if l.eax != 0 && l.ebx != 0 && l.ecx != 0 {
+                return (l.ecx as u64 * l.ebx as u64 / l.eax as u64 / 1_000_000).max(1);
+            }
+        }
+        if max >= 0x16 {
+            let mhz = __cpuid(0x16).eax & 0xffff;
+            if mhz != 0 {
+                return mhz as u64;
+            }
+        }
+        let hv = __cpuid(0x4000_0000).eax;
+        if (0x4000_0010..0x4001_0000).contains(&hv) {
+            let khz = __cpuid(0x4000_0010).eax;
+            if khz != 0 {
+                return (khz as u64 / 1000).max(1);
+            }
+        }
+    }
+    2500
+}
+
+// ---- output helpers ----
+
+fn put_ip(ip: u32) {
+    for i in 0..4 {
+        put_dec(((ip >> (24 - 8 * i)) & 0xff) as u64);
+        if i < 3 {
+            put(b".");
+        }
+    }
+}
+
+fn put_mac(mac: &[u8; 6]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, &b) in mac.iter().enumerate() {
+        put(&[HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+        if i < 5 {
+            put(b":");
+        }
+    }
+}
+
+fn net_line(spec: &[u8], what: &[u8]) {
+    put(PREFIX);
+    put(b"net ");
+    put(spec);
+    put(b" ");
+    put(what);
+    put(b"\n");
+}
+
+// ---- bump allocator over the RAM after the image ----
+
+extern "C" {
+    static volt_image_end: u8;
+}
+
+pub struct Alloc {
+    next: u64,
+    end: u64,
+    avoid: [(u64, u64); 3],
+}
+
+impl Alloc {
+    /// The type-1 memmap region holding the image end, below 4 GiB, minus the boot data.
+    pub fn new(si: &StartInfo, cmdline: &[u8]) -> Alloc {
+        let start = (unsafe { &volt_image_end } as *const u8 as u64 + 4095) & !4095;
+        let mut end = start;
+        if si.version >= 1 && si.memmap_paddr != 0 {
+            let n = si.memmap_entries.min(128) as usize;
+            let map =
+                unsafe { core::slice::from_raw_parts(si.memmap_paddr as *const MemmapEntry, n) };
+            for e in map.iter().filter(|e| e.kind == 1) {
+                let e_end = e.addr.saturating_add(e.size).min(1 << 32);
+                if e.addr <= start && start < e_end {
+                    end = e_end;
+                }
+            }
+        }
+        let si_addr = si as *const StartInfo as u64;
+        Alloc {
+            next: start,
+            end,
+            avoid: [
+                (si_addr, si_addr + core::mem::size_of::<StartInfo>() as u64),
+                (cmdline.as_ptr() as u64, cmdline.as_ptr() as u64 + cmdline.len() as u64 + 1),
+                (si.memmap_paddr, si.memmap_paddr + 24 * si.memmap_entries.min(128) as u64),
+            ],
+        }
+    }
+
+    fn remaining(&self) -> u64 {
+        self.end.saturating_sub(self.next)
+    }
+
+    /// Page-aligned, zeroed.
+    fn alloc(&mut self, size: u64) -> Option<u64> {
+        let size = (size.max(1) + 4095) & !4095;
+        let mut a = self.next;
+        'again: loop {
+            let e = a.checked_add(size)?;
+            if e > self.end {
+                return None;
+            }
+            for &(s, t) in &self.avoid {
+                if s < e && a < t {
+                    a = (t + 4095) & !4095;
+                    continue 'again;
+                }
+            }
+            self.next = e;
+            bytes_mut(a, size as usize).fill(0);
+            return Some(a);
+        }
+    }
+}
+
+// ---- split virtqueue ----
+
+#[derive(Clone, Copy, Default)]
+struct Vq {
+    sel: u16,
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    notify: u64,
+    avail_idx: u16,
+    published: u16,
+    last_used: u16,
+    /// Buffers: `nbuf` of `buf_size` bytes at `buf`, buffer i always in descriptor i.
+    buf: u64,
+    buf_size: u32,
+    nbuf: u16,
+    /// `nbuf` bytes: 1 while the device owns buffer i.
+    owned: u64,
+    /// TX: stack of free buffer ids (`nbuf` u16s), `nfree` of them.
+    free: u64,
+    nfree: u16,
+}
+
+impl Vq {
+    /// Allocates the rings and `nbuf` buffers of `buf_size` bytes, programs queue `sel`.
+    fn setup(dev: u64, sel: u16, size: u16, nbuf: u16, buf_size: u32, a: &mut Alloc) -> Option<Vq> {
+        let desc = a.alloc(16 * size as u64)?;
+        let avail = a.alloc(6 + 2 * size as u64)?;
+        let used = a.alloc(6 + 8 * size as u64)?;
+        let owned = a.alloc(nbuf as u64 * 3)?;
+        let buf = a.alloc(nbuf as u64 * buf_size as u64)?;
+        let q = Vq {
+            sel,
+            size,
+            desc,
+            avail,
+            used,
+            notify: dev + R_QUEUE_NOTIFY,
+            buf,
+            buf_size,
+            nbuf,
+            owned,
+            free: owned + nbuf as u64,
+            ..Vq::default()
+        };
+        w32(dev + R_QUEUE_SEL, sel as u32);
+        w32(dev + R_QUEUE_NUM, size as u32);
+        for (reg, addr) in [(R_QUEUE_DESC, desc), (R_QUEUE_DRIVER, avail), (R_QUEUE_DEVICE, used)] {
+            w32(dev + reg, addr as u32);
+            w32(dev + reg + 4, (addr >> 32) as u32);
+        }
+        w32(dev + R_QUEUE_READY, 1);
+        Some(q)
+    }
+
+    fn buf_addr(&self, id: u16) -> u64 {
+        self.buf + id as u64 * self.buf_size as u64
+    }
+
+    fn owned(&self, id: u32) -> bool {
+        id < self.nbuf as u32 && r8(self.owned + id as u64) != 0
+    }
+
+    fn set_owned(&self, id: u16, v: bool) {
+        unsafe { write_volatile((self.owned + id as u64) as *mut u8, v as u8) }
+    }
+
+    /// Queues descriptor `id` (its own buffer, `len` bytes) in the avail ring (not yet published).
+    fn push(&mut self, id: u16, len: u32, flags: u16) {
+        let d = self.desc + 16 * id as u64;
+        w64(d, self.buf_addr(id));
+        w32(d + 8, len);
+        w16(d + 12, flags);
+        w16(d + 14, 0);
+        self.set_owned(id, true);
+        w16(self.avail + 4 + 2 * (self.avail_idx & (self.size - 1)) as u64, id);
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+    }
+
+    fn rx_post(&mut self, id: u16) {
+        self.push(id, self.buf_size, VRING_DESC_F_WRITE);
+    }
+
+    /// Publishes the avail index; notifies unless the device said it does not need it.
+    fn kick(&mut self) {
+        if self.avail_idx == self.published {
+            return;
+        }
+        w16(self.avail + 2, self.avail_idx);
+        self.published = self.avail_idx;
+        fence(Ordering::SeqCst);
+        if r16(self.used) & VRING_USED_F_NO_NOTIFY == 0 {
+            w32(self.notify, self.sel as u32);
+        }
+    }
+
+    /// Used entries not yet consumed (as the device claims them).
+    fn used_count(&self) -> u16 {
+        r16(self.used + 2).wrapping_sub(self.last_used)
+    }
+
+    /// The k-th unconsumed used element (id, len); the caller checks `used_count() > k`.
+    fn used_elem(&self, k: u16) -> (u32, u32) {
+        fence(Ordering::Acquire);
+        let e = self.used + 4 + 8 * (self.last_used.wrapping_add(k) & (self.size - 1)) as u64;
+        (r32(e), r32(e + 4))
+    }
+
+    fn set_interrupts(&self, on: bool) {
+        w16(self.avail, if on { 0 } else { VRING_AVAIL_F_NO_INTERRUPT });
+    }
+
+    // -- TX --
+
+    fn tx_init(&mut self) {
+        for i in 0..self.nbuf {
+            w16(self.free + 2 * i as u64, self.nbuf - 1 - i);
+        }
+        self.nfree = self.nbuf;
+        self.set_interrupts(false);
+    }
+
+    fn tx_reclaim(&mut self) {
+        let mut n = self.used_count().min(self.size);
+        while n > 0 {
+            let (id, _) = self.used_elem(0);
+            self.last_used = self.last_used.wrapping_add(1);
+            n -= 1;
+            if self.owned(id) && self.nfree < self.nbuf {
+                self.set_owned(id as u16, false);
+                w16(self.free + 2 * self.nfree as u64, id as u16);
+                self.nfree += 1;
+            }
+        }
+    }
+
+    /// A free TX buffer (id, address of the frame after the virtio-net header, capacity).
+    fn tx_get(&mut self) -> Option<(u16, u64, usize)> {
+        if self.nfree == 0 {
+            self.tx_reclaim();
+            if self.nfree == 0 {
+                return None;
+            }
+        }
+        self.nfree -= 1;
+        let id = r16(self.free + 2 * self.nfree as u64);
+        let a = self.buf_addr(id);
+        bytes_mut(a, HDR).fill(0);
+        Some((id, a + HDR as u64, self.buf_size as usize - HDR))
+    }
+
+    fn tx_put(&mut self, id: u16, frame_len: usize) {
+        self.push(id, (HDR + frame_len) as u32, 0);
+    }
+}
+
+// ---- configuration from the command line ----
+
+#[derive(Clone, Copy, Default)]
+pub struct IpCfg {
+    ip: u32,
+    prefix: u32,
+    gw: u32,
+}
+
+fn parse_ipv4(s: &[u8]) -> Option<(u32, &[u8])> {
+    let mut ip = 0u32;
+    let mut rest = s;
+    for i in 0..4 {
+        if i > 0 {
+            rest = rest.strip_prefix(b".")?;
+        }
+        if !rest.first().is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
+        let (v, r) = parse_num(rest, false)?;
+        if v > 255 {
+            return None;
+        }
+        ip = ip << 8 | v as u32;
+        rest = r;
+    }
+    Some((ip, rest))
+}
+
+fn ipv4_only(s: &[u8]) -> Option<u32> {
+    match parse_ipv4(s)? {
+        (ip, []) => Some(ip),
+        _ => None,
+    }
+}
+
+fn mask_of(prefix: u32) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix.min(32))
+    }
+}
+
+/// `ip=<client>:<server>:<gw>:<netmask>:<host>:<dev>:<autoconf>` (kernel syntax, only client,
+/// gw and netmask used) or `ip=<client>/<prefix>`. Anything else (`ip=off`, `ip=dhcp`) reads as
+/// no address.
+fn parse_ip_param(v: &[u8]) -> IpCfg {
+    if let Some((ip, rest)) = parse_ipv4(v) {
+        if let Some(p) = rest.strip_prefix(b"/") {
+            if let Some((prefix, [])) = parse_num(p, false) {
+                if prefix <= 32 {
+                    return IpCfg { ip, prefix: prefix as u32, gw: 0 };
+                }
+            }
+            return IpCfg::default();
+        }
+    }
+    let mut f = v.split(|&c| c == b':');
+    let ip = f.next().and_then(ipv4_only).unwrap_or(0);
+    let _server = f.next();
+    let gw = f.next().and_then(ipv4_only).unwrap_or(0);
+    let prefix = match f.next().and_then(ipv4_only) {
+        Some(m) if (!m).wrapping_add(1) & !m == 0 => m.count_ones(), // contiguous mask
+        _ => match ip >> 24 {
+            0..=127 => 8,
+            128..=191 => 16,
+            _ => 24,
+        },
+    };
+    if ip == 0 {
+        return IpCfg::default();
+    }
+    IpCfg { ip, prefix, gw }
+}
+
+// ---- the NIC ----
+
+#[derive(Default)]
+pub struct Nic {
+    base: u64,
+    name: u8,
+    mac: [u8; 6],
+    ip: u32,
+    prefix: u32,
+    gw: u32,
+    mtu: usize,
+    mrg: bool,
+    pairs: usize,
+    rx: [Vq; MAX_PAIRS],
+    tx: [Vq; MAX_PAIRS],
+    rxc: [u64; MAX_PAIRS],
+    txc: [u64; MAX_PAIRS],
+    dropped: u64,
+    scratch: u64,
+    scratch_len: usize,
+    ip_id: u16,
+}
+
+fn fail(spec: &[u8], base: u64, why: &[u8]) -> Option<Nic> {
+    w32(base + R_STATUS, r32(base + R_STATUS) | S_FAILED);
+    put(PREFIX);
+    put(b"net ");
+    put(spec);
+    put(b" failed: ");
+    put(why);
+    put(b"\n");
+    None
+}
+
+/// Brings up the virtio-net device at `base`; prints the `net` line. `name` is N of `eth<N>`.
+fn init_nic(spec: &[u8], base: u64, irq: u64, name: u8, cfg: IpCfg, opts: &Opts, a: &mut Alloc) -> Option<Nic> {
+    if r32(base + R_VERSION) != 2 {
+        net_line(spec, b"legacy virtio-mmio not supported");
+        return None;
+    }
+    w32(base + R_STATUS, 0);
+    let mut n = 0;
+    while r32(base + R_STATUS) != 0 && n < 1000 {
+        n += 1;
+    }
+    w32(base + R_STATUS, S_ACKNOWLEDGE);
+    w32(base + R_STATUS, S_ACKNOWLEDGE | S_DRIVER);
+    w32(base + R_DEV_FEATURES_SEL, 0);
+    let mut feat = r32(base + R_DEV_FEATURES) as u64;
+    w32(base + R_DEV_FEATURES_SEL, 1);
+    feat |= (r32(base + R_DEV_FEATURES) as u64) << 32;
+    if feat & F_VERSION_1 == 0 {
+        return fail(spec, base, b"no VIRTIO_F_VERSION_1");
+    }
+    let mut want = F_VERSION_1 | (feat & (F_MAC | F_MTU | F_STATUS | F_MRG_RXBUF));
+    if feat & (F_MQ | F_CTRL_VQ) == F_MQ | F_CTRL_VQ && !opts.no_mq {
+        want |= F_MQ | F_CTRL_VQ;
+    }
+    w32(base + R_DRV_FEATURES_SEL, 0);
+    w32(base + R_DRV_FEATURES, want as u32);
+    w32(base + R_DRV_FEATURES_SEL, 1);
+    w32(base + R_DRV_FEATURES, (want >> 32) as u32);
+    w32(base + R_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+    if r32(base + R_STATUS) & S_FEATURES_OK == 0 {
+        return fail(spec, base, b"FEATURES_OK not accepted");
+    }
+
+    // Config space: mac[6] status u16 max_virtqueue_pairs u16 mtu u16.
+    let c = base + R_CONFIG;
+    let (mut mac, mut mtu, mut max_pairs);
+    loop {
+        let gen = r32(base + R_CONFIG_GEN);
+        mac = [0x02, 0, 0, 0, 0, name];
+        if want & F_MAC != 0 {
+            for (i, m) in mac.iter_mut().enumerate() {
+                *m = r8(c + i as u64);
+            }
+        }
+        mtu = if want & F_MTU != 0 { r16(c + 10) as usize } else { 1500 };
+        max_pairs = if want & F_MQ != 0 { r16(c + 8) as usize } else { 1 };
+        if r32(base + R_CONFIG_GEN) == gen {
+            break;
+        }
+    }
+    let mtu = mtu.clamp(68, 65535 - 64);
+    let max_pairs = max_pairs.max(1);
+    let mut pairs = max_pairs.min(MAX_PAIRS);
+    let mrg = want & F_MRG_RXBUF != 0;
+
+    // Queue sizes, then buffer counts that fit the RAM left (halved until they do).
+    let qsize = |sel: usize| -> u16 {
+        w32(base + R_QUEUE_SEL, sel as u32);
+        if r32(base + R_QUEUE_READY) != 0 {
+            return 0;
+        }
+        let max = r32(base + R_QUEUE_NUM_MAX).min(MAX_QSIZE);
+        if max == 0 {
+            0
+        } else {
+            1 << (31 - max.leading_zeros())
+        }
+    };
+    let frame_max = (HDR + 14 + 4 + mtu + 1023) & !1023;
+    let rx_size = if mrg { 2048 } else { frame_max.max(2048) };
+    let tx_size = frame_max.max(2048);
+    let mut sizes = [(0u16, 0u16); MAX_PAIRS];
+    for (p, s) in sizes.iter_mut().enumerate().take(pairs) {
+        *s = (qsize(2 * p), qsize(2 * p + 1));
+        if s.0 == 0 || s.1 == 0 {
+            if p == 0 {
+                return fail(spec, base, b"queue 0/1 unavailable");
+            }
+            pairs = p;
+            break;
+        }
+    }
+    let ctrl_sel = 2 * max_pairs;
+    let ctrl_size = if want & F_MQ != 0 { qsize(ctrl_sel).min(64) } else { 0 };
+    if want & F_MQ != 0 && ctrl_size == 0 {
+        pairs = 1;
+    }
+    let scratch_len = (mtu + 14 + 4 + 4095) & !4095;
+    let mut nbuf = MAX_QSIZE as usize;
+    loop {
+        let need = pairs as u64 * ((nbuf * (rx_size + tx_size)) as u64 + 16 * 4096)
+            + scratch_len as u64
+            + 4 * 4096;
+        // Leave a quarter of what is left for later NICs.
+        if need <= a.remaining() / 4 * 3 || nbuf <= 8 {
+            break;
+        }
+        nbuf /= 2;
+    }
+    let mut nic = Nic {
+        base,
+        name,
+        mac,
+        ip: cfg.ip,
+        prefix: cfg.prefix,
+        gw: cfg.gw,
+        mtu,
+        mrg,
+        pairs,
+        rx: [Vq::default(); MAX_PAIRS],
+        tx: [Vq::default(); MAX_PAIRS],
+        rxc: [0; MAX_PAIRS],
+        txc: [0; MAX_PAIRS],
+        dropped: 0,
+        scratch: 0,
+        scratch_len,
+        ip_id: 1,
+    };
+    let Some(scratch) = a.alloc(scratch_len as u64) else {
+        return fail(spec, base, b"out of memory");
+    };
+    nic.scratch = scratch;
+    for p in 0..pairs {
+        let (rs, ts) = sizes[p];
+        let rx = Vq::setup(base, 2 * p as u16, rs, nbuf.min(rs as usize) as u16, rx_size as u32, a);
+        let tx = Vq::setup(base, 2 * p as u16 + 1, ts, nbuf.min(ts as usize) as u16, tx_size as u32, a);
+        let (Some(rx), Some(tx)) = (rx, tx) else {
+            return fail(spec, base, b"out of memory");
+        };
+        nic.rx[p] = rx;
+        nic.tx[p] = tx;
+        nic.rx[p].set_interrupts(false);
+        nic.tx[p].tx_init();
+        for id in 0..rx.nbuf {
+            nic.rx[p].rx_post(id);
+        }
+    }
+    let mut ctrl = if ctrl_size != 0 && pairs > 1 {
+        match Vq::setup(base, ctrl_sel as u16, ctrl_size, 1, 64, a) {
+            Some(q) => Some(q),
+            None => return fail(spec, base, b"out of memory"),
+        }
+    } else {
+        None
+    };
+    w32(base + R_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    for p in 0..pairs {
+        nic.rx[p].kick();
+    }
+    if let Some(cq) = ctrl.as_mut() {
+        if !ctrl_mq_pairs(cq, pairs as u16) {
+            pairs = 1;
+        }
+        cq.set_interrupts(false);
+    }
+    nic.pairs = pairs;
+
+    route_irq(spec, irq, name, opts);
+    put(PREFIX);
+    put(b"net eth");
+    put_dec(name as u64);
+    put(b" mac=");
+    put_mac(&nic.mac);
+    put(b" ip=");
+    if nic.ip == 0 {
+        put(b"none");
+    } else {
+        put_ip(nic.ip);
+        put(b"/");
+        put_dec(nic.prefix as u64);
+    }
+    put(b" mtu=");
+    put_dec(mtu as u64);
+    put(b" queues=");
+    put_dec(pairs as u64);
+    put(b"\n");
+    Some(nic)
+}
+
+/// VIRTIO_NET_CTRL_MQ / VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET over the control queue (one buffer:
+/// class, command, pairs (le16), ack at offset 8). Waits up to ~1 s for the device.
+fn ctrl_mq_pairs(q: &mut Vq, pairs: u16) -> bool {
+    let b = q.buf_addr(0);
+    bytes_mut(b, 64).fill(0);
+    w16(b, 4); // class VIRTIO_NET_CTRL_MQ (4), command VQ_PAIRS_SET (0)
+    w16(b + 2, pairs);
+    unsafe { write_volatile((b + 8) as *mut u8, 0xff) };
+    let descs = [(b, 2u32, VRING_DESC_F_NEXT), (b + 2, 2, VRING_DESC_F_NEXT), (b + 8, 1, VRING_DESC_F_WRITE)];
+    for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+        let d = q.desc + 16 * i as u64;
+        w64(d, addr);
+        w32(d + 8, len);
+        w16(d + 12, flags);
+        w16(d + 14, i as u16 + 1);
+    }
+    w16(q.avail + 4 + 2 * (q.avail_idx & (q.size - 1)) as u64, 0);
+    q.avail_idx = q.avail_idx.wrapping_add(1);
+    q.kick();
+    let t0 = rdtsc();
+    let limit = 1_000_000 * tsc_per_us_cached();
+    while q.used_count() == 0 {
+        if rdtsc().wrapping_sub(t0) > limit {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    q.last_used = q.last_used.wrapping_add(1);
+    r8(b + 8) == 0
+}
+
+static mut TSC_PER_US: u64 = 0;
+
+fn tsc_per_us_cached() -> u64 {
+    unsafe {
+        if TSC_PER_US == 0 {
+            TSC_PER_US = tsc_per_us();
+        }
+        TSC_PER_US
+    }
+}
+
+/// Unmasks the device IRQ: 8259 for IRQ < 16 (unless `volt.irq=ioapic`), else an IOAPIC
+/// redirection entry (edge, active high, fixed, to this CPU) to vector 0x30 + N.
+fn route_irq(spec: &[u8], irq: u64, name: u8, opts: &Opts) {
+    if irq < 16 && !opts.ioapic {
+        let (port, bit) = if irq < 8 { (0x21, irq) } else { (0xa1, irq - 8) };
+        outb(port, inb(port) & !(1 << bit));
+        if irq >= 8 {
+            outb(0x21, inb(0x21) & !(1 << 2)); // cascade
+        }
+        return;
+    }
+    let (ioapic, pin) = if irq < 24 { (IOAPIC0, irq) } else { (IOAPIC1, irq - 24) };
+    w32(ioapic, 1);
+    let ver = r32(ioapic + 0x10);
+    if ver == u32::MAX || pin > ((ver >> 16) & 0xff) as u64 || irq >= 48 {
+        net_line(spec, b"irq not routable, polling without sleep");
+        unsafe { NO_SLEEP = true };
+        return;
+    }
+    let apic_id = r32(LAPIC_ID) >> 24;
+    let vector = APIC_VECTOR_BASE + name as u32;
+    w32(ioapic, 0x11 + 2 * pin as u32);
+    w32(ioapic + 0x10, apic_id << 24);
+    w32(ioapic, 0x10 + 2 * pin as u32);
+    w32(ioapic + 0x10, vector); // fixed, physical, active high, edge, unmasked
+}
+
+static mut NO_SLEEP: bool = false;
+
+// ---- packets ----
+
+fn be16(b: &[u8], o: usize) -> u16 {
+    u16::from_be_bytes([b[o], b[o + 1]])
+}
+fn be32(b: &[u8], o: usize) -> u32 {
+    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+fn set16(b: &mut [u8], o: usize, v: u16) {
+    b[o..o + 2].copy_from_slice(&v.to_be_bytes());
+}
+fn set32(b: &mut [u8], o: usize, v: u32) {
+    b[o..o + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// One's-complement sum (not folded, not inverted).
+fn csum_add(mut sum: u64, b: &[u8]) -> u64 {
+    let mut chunks = b.chunks_exact(4);
+    for c in &mut chunks {
+        sum += u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64;
+    }
+    let r = chunks.remainder();
+    let mut i = 0;
+    while i + 1 < r.len() {
+        sum += (be16(r, i) as u64) << 16;
+        i += 2;
+    }
+    if i < r.len() {
+        sum += (r[i] as u64) << 24;
+    }
+    sum
+}
+
+fn csum_fold(mut sum: u64) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+const ETH_ARP: u16 = 0x0806;
+const ETH_IP: u16 = 0x0800;
+const BCAST: [u8; 6] = [0xff; 6];
+
+pub struct Arp {
+    e: [(u32, [u8; 6]); 8],
+    next: usize,
+}
+
+impl Arp {
+    fn get(&self, ip: u32) -> Option<[u8; 6]> {
+        self.e.iter().find(|e| e.0 == ip && ip != 0).map(|e| e.1)
+    }
+    fn learn(&mut self, ip: u32, mac: [u8; 6]) {
+        if ip == 0 {
+            return;
+        }
+        if let Some(e) = self.e.iter_mut().find(|e| e.0 == ip) {
+            e.1 = mac;
+            return;
+        }
+        self.e[self.next] = (ip, mac);
+        self.next = (self.next + 1) % self.e.len();
+    }
+}
+
+impl Nic {
+    /// Writes Ethernet + IPv4 headers (20 bytes, no options) into `f`; returns the L4 offset.
+    fn ip_hdr(&mut self, f: &mut [u8], dst_mac: &[u8; 6], dst: u32, proto: u8, l4_len: usize) -> usize {
+        f[0..6].copy_from_slice(dst_mac);
+        f[6..12].copy_from_slice(&self.mac);
+        set16(f, 12, ETH_IP);
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[1] = 0;
+        set16(ip, 2, (20 + l4_len) as u16);
+        set16(ip, 4, self.ip_id);
+        self.ip_id = self.ip_id.wrapping_add(1);
+        set16(ip, 6, 0x4000); // DF
+        ip[8] = 64;
+        ip[9] = proto;
+        set16(ip, 10, 0);
+        set32(ip, 12, self.ip);
+        set32(ip, 16, dst);
+        let c = csum_fold(csum_add(0, ip));
+        set16(ip, 10, c);
+        34
+    }
+
+    fn send_arp(&mut self, q: usize, op: u16, tha: &[u8; 6], tpa: u32, dst_mac: &[u8; 6]) {
+        let Some((id, a, _)) = self.tx[q].tx_get() else {
+            self.dropped += 1;
+            return;
+        };
+        let f = bytes_mut(a, 60);
+        f.fill(0);
+        f[0..6].copy_from_slice(dst_mac);
+        f[6..12].copy_from_slice(&self.mac);
+        set16(f, 12, ETH_ARP);
+        set16(f, 14, 1);
+        set16(f, 16, ETH_IP);
+        f[18] = 6;
+        f[19] = 4;
+        set16(f, 20, op);
+        f[22..28].copy_from_slice(&self.mac);
+        set32(f, 28, self.ip);
+        f[32..38].copy_from_slice(tha);
+        set32(f, 38, tpa);
+        self.tx[q].tx_put(id, 60);
+        self.txc[q] += 1;
+    }
+
+    fn on_link(&self, ip: u32) -> bool {
+        let m = mask_of(self.prefix);
+        ip & m == self.ip & m
+    }
+
+    /// Handles one received Ethernet frame (RX queue `q`); replies go to TX queue `q`.
+    fn frame(&mut self, q: usize, f: &[u8], arp: &mut Arp) {
+        if f.len() < 14 || (f[0..6] != self.mac && f[0..6] != BCAST) || self.ip == 0 {
+            return;
+        }
+        match be16(f, 12) {
+            ETH_ARP if f.len() >= 42 => {
+                let a = &f[14..];
+                if be16(a, 0) != 1 || be16(a, 2) != ETH_IP || a[4] != 6 || a[5] != 4 {
+                    return;
+                }
+                let mut sha = [0u8; 6];
+                sha.copy_from_slice(&a[8..14]);
+                let spa = be32(a, 14);
+                let tpa = be32(a, 24);
+                if tpa == self.ip || arp.get(spa).is_some() {
+                    arp.learn(spa, sha);
+                }
+                if be16(a, 6) == 1 && tpa == self.ip {
+                    self.send_arp(q, 2, &sha, spa, &sha);
+                }
+            }
+            ETH_IP if f.len() >= 34 => {
+                let ip = &f[14..];
+                let ihl = (ip[0] & 15) as usize * 4;
+                let tot = be16(ip, 2) as usize;
+                if ip[0] >> 4 != 4 || ihl < 20 || tot < ihl || tot > ip.len() {
+                    return;
+                }
+                if csum_fold(csum_add(0, &ip[..ihl])) != 0 {
+                    self.dropped += 1;
+                    return;
+                }
+                if be32(ip, 16) != self.ip || be16(ip, 6) & 0x3fff != 0 {
+                    return; // not ours, or a fragment (no reassembly)
+                }
+                let mut src_mac = [0u8; 6];
+                src_mac.copy_from_slice(&f[6..12]);
+                let src = be32(ip, 12);
+                let l4 = &ip[ihl..tot];
+                match ip[9] {
+                    1 if l4.len() >= 8 && l4[0] == 8 && l4[1] == 0 => {
+                        self.icmp_echo(q, &src_mac, src, l4)
+                    }
+                    17 if l4.len() >= 8 && (be16(l4, 4) as usize) <= l4.len() && be16(l4, 4) >= 8 => {
+                        let l4 = &l4[..be16(l4, 4) as usize];
+                        match be16(l4, 2) {
+                            7 => self.udp_reply(q, &src_mac, src, l4, &l4[8..], Some(be16(l4, 6))),
+                            5 => {
+                                let mut line = [0u8; 512];
+                                let n = self.stats_line(&mut line);
+                                self.udp_reply(q, &src_mac, src, l4, &line[..n], None)
+                            }
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn icmp_echo(&mut self, q: usize, mac: &[u8; 6], dst: u32, req: &[u8]) {
+        let Some((id, a, cap)) = self.tx[q].tx_get() else {
+            self.dropped += 1;
+            return;
+        };
+        if 34 + req.len() > cap {
+            self.tx[q].nfree += 1; // give the buffer back (it is the top of the stack)
+            self.dropped += 1;
+            return;
+        }
+        let f = bytes_mut(a, 34 + req.len());
+        let o = self.ip_hdr(f, mac, dst, 1, req.len());
+        let icmp = &mut f[o..];
+        icmp.copy_from_slice(req);
+        icmp[0] = 0;
+        set16(icmp, 2, 0);
+        let c = csum_fold(csum_add(0, icmp));
+        set16(icmp, 2, c);
+        self.tx[q].tx_put(id, f.len());
+        self.txc[q] += 1;
+    }
+
+    /// UDP reply to the request `req` (its UDP header + payload) with `payload`. `csum`: the
+    /// request's checksum, still right for an echo (swapping addresses and ports keeps the
+    /// one's-complement sum); None to compute it.
+    fn udp_reply(&mut self, q: usize, mac: &[u8; 6], dst: u32, req: &[u8], payload: &[u8], csum: Option<u16>) {
+        let Some((id, a, cap)) = self.tx[q].tx_get() else {
+            self.dropped += 1;
+            return;
+        };
+        let len = 8 + payload.len();
+        if 34 + len > cap || 20 + len > self.mtu {
+            self.tx[q].nfree += 1;
+            self.dropped += 1;
+            return;
+        }
+        let f = bytes_mut(a, 34 + len);
+        let o = self.ip_hdr(f, mac, dst, 17, len);
+        let u = &mut f[o..];
+        set16(u, 0, be16(req, 2));
+        set16(u, 2, be16(req, 0));
+        set16(u, 4, len as u16);
+        u[8..].copy_from_slice(payload);
+        let c = match csum {
+            Some(c) => c,
+            None => {
+                set16(u, 6, 0);
+                udp_csum(self.ip, dst, u)
+            }
+        };
+        set16(u, 6, c);
+        self.tx[q].tx_put(id, f.len());
+        self.txc[q] += 1;
+    }
+
+    fn stats_line(&self, out: &mut [u8; 512]) -> usize {
+        let mut n = 0;
+        let mut w = |s: &[u8]| {
+            let k = s.len().min(out.len() - n);
+            out[n..n + k].copy_from_slice(&s[..k]);
+            n += k;
+        };
+        let dec = |v: u64, w: &mut dyn FnMut(&[u8])| {
+            let mut b = [0u8; 20];
+            let mut i = b.len();
+            let mut v = v;
+            loop {
+                i -= 1;
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+                if v == 0 {
+                    break;
+                }
+            }
+            w(&b[i..]);
+        };
+        for (k, counts) in [(&b"rxq="[..], &self.rxc), (&b" txq="[..], &self.txc)] {
+            w(k);
+            for (i, &c) in counts.iter().enumerate().take(self.pairs) {
+                if i > 0 {
+                    w(b",");
+                }
+                dec(c, &mut w);
+            }
+        }
+        w(b" dropped=");
+        dec(self.dropped, &mut w);
+        w(b"\n");
+        n
+    }
+
+    /// Consumes up to `budget` packets from RX queue `q`; returns how many.
+    fn poll_rx(&mut self, q: usize, budget: usize, arp: &mut Arp) -> usize {
+        let mut done = 0;
+        while done < budget {
+            let vq = &self.rx[q];
+            let n = vq.used_count();
+            if n == 0 {
+                break;
+            }
+            let (id, len) = vq.used_elem(0);
+            if !vq.owned(id) {
+                // Not a buffer the device holds: skip the entry.
+                self.rx[q].last_used = vq.last_used.wrapping_add(1);
+                self.dropped += 1;
+                done += 1;
+                continue;
+            }
+            let id = id as u16;
+            let bs = vq.buf_size as usize;
+            let a = vq.buf_addr(id);
+            let nb = if self.mrg && len as usize >= HDR { r16(a + 10).max(1) } else { 1 };
+            if nb > 1 && n < nb {
+                break; // the rest of the packet is not there yet
+            }
+            done += 1;
+            self.rxc[q] += 1;
+            if len as usize > bs || (len as usize) < HDR {
+                self.dropped += 1;
+                self.rx_recycle(q, nb);
+                continue;
+            }
+            if nb == 1 {
+                let f = bytes(a + HDR as u64, len as usize - HDR);
+                self.frame(q, f, arp);
+                self.rx_recycle(q, 1);
+                continue;
+            }
+            // Mergeable buffers: gather into the scratch buffer.
+            let mut total = 0usize;
+            let mut ok = true;
+            for k in 0..nb {
+                let (kid, klen) = self.rx[q].used_elem(k);
+                let (klen, skip) = (klen as usize, if k == 0 { HDR } else { 0 });
+                if !self.rx[q].owned(kid) || klen > bs || klen < skip || total + klen - skip > self.scratch_len {
+                    ok = false;
+                    break;
+                }
+                let src = bytes(self.rx[q].buf_addr(kid as u16) + skip as u64, klen - skip);
+                bytes_mut(self.scratch + total as u64, klen - skip).copy_from_slice(src);
+                total += klen - skip;
+            }
+            self.rx_recycle(q, nb);
+            if ok {
+                let f = bytes(self.scratch, total);
+                self.frame(q, f, arp);
+            } else {
+                self.dropped += 1;
+            }
+        }
+        done
+    }
+
+    /// Gives the next `nb` used buffers of RX queue `q` back to the device.
+    fn rx_recycle(&mut self, q: usize, nb: u16) {
+        for _ in 0..nb {
+            let vq = &mut self.rx[q];
+            let (id, _) = vq.used_elem(0);
+            vq.last_used = vq.last_used.wrapping_add(1);
+            if vq.owned(id) {
+                vq.rx_post(id as u16);
+            }
+        }
+    }
+
+    fn kick_all(&mut self) {
+        for p in 0..self.pairs {
+            self.rx[p].kick();
+            self.tx[p].kick();
+        }
+    }
+
+    fn rx_pending(&self) -> bool {
+        (0..self.pairs).any(|p| self.rx[p].used_count() != 0)
+    }
+
+    fn set_rx_interrupts(&self, on: bool) {
+        for p in 0..self.pairs {
+            self.rx[p].set_interrupts(on);
+        }
+    }
+}
+
+fn udp_csum(src: u32, dst: u32, udp: &[u8]) -> u16 {
+    let mut s = csum_add(0, &src.to_be_bytes());
+    s = csum_add(s, &dst.to_be_bytes());
+    s += 17 + udp.len() as u64;
+    let c = csum_fold(csum_add(s, udp));
+    if c == 0 {
+        0xffff
+    } else {
+        c
+    }
+}
+
+// ---- UDP generator ----
+
+struct Gen {
+    nic: usize,
+    dst: u32,
+    port: u16,
+    payload: usize,
+    count: u64,
+    sent: u64,
+    hop: u32,
+    mac: Option<[u8; 6]>,
+    arp_tries: u32,
+    arp_at: u64,
+    /// The payload with a zero sequence number.
+    template: u64,
+    /// Sum over the pseudo header, UDP header and template.
+    base_sum: u64,
+    done: bool,
+}
+
+/// `volt.udpgen=<dst-ip>:<dst-port>:<payload-bytes>:<count>`
+fn parse_udpgen(v: &[u8]) -> Option<(u32, u16, usize, u64)> {
+    let (ip, rest) = parse_ipv4(v)?;
+    let (port, rest) = parse_num(rest.strip_prefix(b":")?, false)?;
+    let (len, rest) = parse_num(rest.strip_prefix(b":")?, false)?;
+    let (count, rest) = parse_num(rest.strip_prefix(b":")?, false)?;
+    if !rest.is_empty() || port > 65535 || len > 65507 {
+        return None;
+    }
+    Some((ip, port as u16, len as usize, count))
+}
+
+impl Gen {
+    fn new(nic: &Nic, pick: usize, dst: u32, port: u16, payload: usize, count: u64, a: &mut Alloc) -> Option<Gen> {
+        let hop = if nic.on_link(dst) || nic.gw == 0 { dst } else { nic.gw };
+        let payload = payload.min(nic.mtu - 28);
+        let template = a.alloc(payload as u64)?;
+        // Payload: 8-byte big-endian sequence number (truncated if shorter), then a pattern.
+        for (i, b) in bytes_mut(template, payload).iter_mut().enumerate().skip(8) {
+            *b = (i as u8).wrapping_mul(7).wrapping_add(0x20);
+        }
+        let len = 8 + payload;
+        let mut s = csum_add(0, &nic.ip.to_be_bytes());
+        s = csum_add(s, &dst.to_be_bytes());
+        s += 17 + len as u64;
+        s = csum_add(s, &UDPGEN_SRC_PORT.to_be_bytes());
+        s = csum_add(s, &port.to_be_bytes());
+        s = csum_add(s, &(len as u16).to_be_bytes());
+        s = csum_add(s, bytes(template, payload));
+        Some(Gen {
+            nic: pick,
+            dst,
+            port,
+            payload,
+            count,
+            sent: 0,
+            hop,
+            mac: None,
+            arp_tries: 0,
+            arp_at: 0,
+            template,
+            base_sum: s,
+            done: false,
+        })
+    }
+
+    /// Fills TX queue 0 of its NIC (one notification per call); ARP first.
+    fn step(&mut self, nic: &mut Nic, arp: &Arp, tpu: u64) {
+        if self.mac.is_none() {
+            self.mac = arp.get(self.hop);
+            if self.mac.is_none() {
+                let now = rdtsc();
+                if self.arp_tries == 0 || now.wrapping_sub(self.arp_at) > 200_000 * tpu {
+                    if self.arp_tries == 10 {
+                        put(PREFIX);
+                        put(b"udpgen no ARP reply from ");
+                        put_ip(self.hop);
+                        put(b"\n");
+                        self.done = true;
+                        return;
+                    }
+                    self.arp_tries += 1;
+                    self.arp_at = now;
+                    nic.send_arp(0, 1, &[0; 6], self.hop, &BCAST);
+                    nic.tx[0].kick();
+                }
+                return;
+            }
+        }
+        let mac = self.mac.unwrap_or(BCAST);
+        let len = 8 + self.payload;
+        while self.sent < self.count {
+            let Some((id, a, cap)) = nic.tx[0].tx_get() else { break };
+            if 34 + len > cap {
+                nic.tx[0].nfree += 1;
+                self.count = self.sent;
+                break;
+            }
+            let f = bytes_mut(a, 34 + len);
+            let o = nic.ip_hdr(f, &mac, self.dst, 17, len);
+            let u = &mut f[o..];
+            set16(u, 0, UDPGEN_SRC_PORT);
+            set16(u, 2, self.port);
+            set16(u, 4, len as u16);
+            let p = &mut u[8..];
+            p.copy_from_slice(bytes(self.template, self.payload));
+            let k = p.len().min(8);
+            p[..k].copy_from_slice(&self.sent.to_be_bytes()[..k]);
+            let c = csum_fold(csum_add(self.base_sum, &p[..k]));
+            set16(u, 6, if c == 0 { 0xffff } else { c });
+            nic.tx[0].tx_put(id, f.len());
+            nic.txc[0] += 1;
+            self.sent += 1;
+        }
+        nic.tx[0].kick();
+        if self.sent >= self.count {
+            nic.tx[0].tx_reclaim();
+            if nic.tx[0].nfree == nic.tx[0].nbuf {
+                put(PREFIX);
+                put(b"udpgen done sent=");
+                put_dec(self.sent);
+                put(b"\n");
+                self.done = true;
+            }
+        }
+    }
+}
+
+// ---- options, setup and the main loop ----
+
+#[derive(Default)]
+pub struct Opts {
+    /// `volt.irq=ioapic`: route IRQs < 16 through the IOAPIC instead of the 8259 (tests that
+    /// path under QEMU, whose virtio-mmio IRQs are all < 16).
+    ioapic: bool,
+    /// `volt.net.mq=off`: do not negotiate VIRTIO_NET_F_MQ.
+    no_mq: bool,
+}
+
+pub struct Net {
+    nics: [Nic; MAX_NICS],
+    n: usize,
+    gen: Option<Gen>,
+}
+
+/// Brings up every virtio-net device (device id 1) named by `virtio_mmio.device=`, in order,
+/// printing one `net` line each.
+pub fn setup(cmdline: &[u8], si: &StartInfo) -> Net {
+    let mut net = Net { nics: Default::default(), n: 0, gen: None };
+    let mut opts = Opts::default();
+    let mut ips = [IpCfg::default(); MAX_NICS];
+    let mut nip = 0;
+    let mut udpgen = None;
+    for w in words(cmdline) {
+        if let Some(v) = w.strip_prefix(b"ip=") {
+            if nip < MAX_NICS {
+                ips[nip] = parse_ip_param(v);
+                nip += 1;
+            }
+        } else if w == b"volt.irq=ioapic" {
+            opts.ioapic = true;
+        } else if w == b"volt.net.mq=off" {
+            opts.no_mq = true;
+        } else if let Some(v) = w.strip_prefix(b"volt.udpgen=") {
+            udpgen.get_or_insert(v);
+        }
+    }
+    let mut alloc: Option<Alloc> = None;
+    let mut index = 0u8;
+    for w in words(cmdline) {
+        let Some(spec) = w.strip_prefix(b"virtio_mmio.device=") else { continue };
+        let Some((size, base, irq)) = crate::parse_virtio(spec) else { continue };
+        if size < 0x200 || base.checked_add(0x200).is_none_or(|e| e > 1 << 32) {
+            continue;
+        }
+        if r32(base) != VIRTIO_MAGIC || r32(base + R_DEVICE_ID) != 1 {
+            continue;
+        }
+        let name = index;
+        index += 1;
+        if name as usize >= MAX_NICS {
+            net_line(spec, b"failed: too many NICs");
+            continue;
+        }
+        let a = alloc.get_or_insert_with(|| Alloc::new(si, cmdline));
+        if let Some(nic) = init_nic(spec, base, irq, name, ips[name as usize], &opts, a) {
+            net.nics[net.n] = nic;
+            net.n += 1;
+        }
+    }
+    let Some(v) = udpgen else { return net };
+    let Some((dst, port, payload, count)) = parse_udpgen(v) else {
+        put(PREFIX);
+        put(b"udpgen unparsable: ");
+        put(v);
+        put(b"\n");
+        return net;
+    };
+    if net.n == 0 {
+        return net;
+    }
+    let nics = &net.nics[..net.n];
+    let pick = nics
+        .iter()
+        .position(|n| n.ip != 0 && n.on_link(dst))
+        .or_else(|| nics.iter().position(|n| n.ip != 0 && n.gw != 0))
+        .unwrap_or(0);
+    if let Some(a) = alloc.as_mut() {
+        net.gen = Gen::new(&net.nics[pick], pick, dst, port, payload, count, a);
+    }
+    net
+}
+
+impl Net {
+    pub fn any(&self) -> bool {
+        self.n > 0
+    }
+
+    /// Serves the NICs forever; sleeps in the idle gate after `IDLE_US` without traffic.
+    pub fn run(&mut self) -> ! {
+        let tpu = tsc_per_us_cached();
+        let idle_ticks = IDLE_US * tpu;
+        let mut arp = Arp { e: [(0, [0; 6]); 8], next: 0 };
+        let mut kbd = Keyboard::default();
+        drain_keyboard(&mut kbd);
+        let mut kbd_seen = 0;
+        let mut acked = 0;
+        let mut last_work = rdtsc();
+        let no_sleep = unsafe { NO_SLEEP };
+        let nics = &mut self.nics[..self.n];
+        loop {
+            let mut work = 0;
+            for nic in nics.iter_mut() {
+                for q in 0..nic.pairs {
+                    work += nic.poll_rx(q, 64, &mut arp);
+                }
+                nic.kick_all();
+            }
+            let mut busy = false;
+            if let Some(g) = self.gen.as_mut().filter(|g| !g.done) {
+                g.step(&mut nics[g.nic], &arp, tpu);
+                busy = true;
+            }
+            let k = VOLT_KBD_COUNT.load(Ordering::Acquire);
+            if k != kbd_seen {
+                kbd_seen = k;
+                drain_keyboard(&mut kbd);
+            }
+            let now = rdtsc();
+            if work > 0 {
+                last_work = now;
+            }
+            if busy || no_sleep || now.wrapping_sub(last_work) < idle_ticks {
+                core::hint::spin_loop();
+                continue;
+            }
+            // Going idle: acknowledge what interrupted us, turn RX interrupts on, re-check,
+            // sleep. An IRQ after `seen` was read makes the gate return at once.
+            let seen = VOLT_IRQ_COUNT.load(Ordering::Acquire);
+            if seen != acked {
+                for nic in nics.iter() {
+                    w32(nic.base + R_INTERRUPT_ACK, 3);
+                }
+                acked = seen;
+            }
+            for nic in nics.iter() {
+                nic.set_rx_interrupts(true);
+            }
+            fence(Ordering::SeqCst);
+            let pending = nics.iter().any(|n| n.rx_pending())
+                || VOLT_KBD_COUNT.load(Ordering::Acquire) != kbd_seen;
+            if !pending {
+                unsafe { volt_idle_wait(seen) };
+            }
+            for nic in nics.iter() {
+                nic.set_rx_interrupts(false);
+            }
+            last_work = rdtsc();
+        }
+    }
+}
