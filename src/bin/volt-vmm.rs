@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use volt::vmm::virtio::rng::Rng;
 use volt::vmm::{systemd, VmSpec, Vmm, VmmError};
 
 /// sysexits.h EX_CONFIG.
@@ -49,6 +50,10 @@ struct Cli {
     /// Also write the serial console to this file.
     #[arg(long, value_name = "FILE")]
     serial_file: Option<PathBuf>,
+    /// Add a virtio-rng (entropy) device on virtio-mmio (development aid; the config file
+    /// adds devices from `[[network]]` entries).
+    #[arg(long)]
+    virtio_rng: bool,
     /// Time the guest gets to power off after Ctrl-Alt-Del on SIGTERM (e.g. 10, 10s, 500ms).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
@@ -113,7 +118,7 @@ fn main() -> ExitCode {
         cmdline: cli.cmdline.clone(),
         serial_file: cli.serial_file.clone(),
     };
-    match run(spec, cli.shutdown_timeout) {
+    match run(spec, &cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = if e.is_config_error() {
@@ -127,9 +132,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(spec: VmSpec, shutdown_timeout: Duration) -> Result<u8, VmmError> {
+fn run(spec: VmSpec, cli: &Cli) -> Result<u8, VmmError> {
     let mut vmm = Vmm::new(spec)?;
-    vmm.set_shutdown_timeout(shutdown_timeout);
+    vmm.set_shutdown_timeout(cli.shutdown_timeout);
+    if cli.virtio_rng {
+        vmm.add_virtio_device(Box::new(Rng::new()))?;
+    }
     let exit = vmm.run()?;
     Ok(exit.exit_code())
 }

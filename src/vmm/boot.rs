@@ -59,6 +59,15 @@ pub const CMDLINE_ADDR: u64 = 0x2_0000;
 /// Command line capacity in bytes (with the NUL).
 pub const CMDLINE_CAPACITY: usize = 4096;
 
+// The boot structures must not overlap each other (start info 56 bytes, one 32-byte module,
+// at most 4 memmap entries of 24 bytes, page tables, command line).
+const _: () = assert!(PVH_START_INFO_ADDR + 56 <= PVH_MODLIST_ADDR);
+const _: () = assert!(PVH_MODLIST_ADDR + 32 <= PVH_MEMMAP_ADDR);
+const _: () = assert!(PVH_MEMMAP_ADDR + 24 * 4 <= BOOT_STACK_POINTER);
+const _: () = assert!(ZERO_PAGE_ADDR + 4096 <= BOOT_STACK_POINTER + 0x10);
+const _: () = assert!(PDE_ADDR + 4096 <= CMDLINE_ADDR);
+const _: () = assert!(CMDLINE_ADDR + CMDLINE_CAPACITY as u64 <= memory::EBDA_START);
+
 const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
@@ -465,10 +474,6 @@ mod tests {
         assert_eq!(memmap[2].addr, HIMEM_START);
         assert_eq!(memmap[2].type_, E820_RAM);
         assert_eq!(mods[0].paddr, 0x300_0000);
-        // The structures must not overlap each other.
-        assert!(PVH_START_INFO_ADDR + 56 <= PVH_MODLIST_ADDR);
-        assert!(PVH_MODLIST_ADDR + 32 <= PVH_MEMMAP_ADDR);
-        assert!(PVH_MEMMAP_ADDR + 24 * 4 <= CMDLINE_ADDR);
     }
 
     #[test]

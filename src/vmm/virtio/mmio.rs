@@ -406,7 +406,7 @@ impl BusDevice for MmioTransport {
             self.device.read_config(offset - reg::CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             log_limited!(
                 self.guest_errors,
                 log::Level::Warn,
@@ -424,7 +424,7 @@ impl BusDevice for MmioTransport {
             self.device.write_config(offset - reg::CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             log_limited!(
                 self.guest_errors,
                 log::Level::Warn,

@@ -9,6 +9,7 @@
 
 pub mod manager;
 pub mod mmio;
+pub mod rng;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
