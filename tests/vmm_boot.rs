@@ -62,6 +62,15 @@ fn find_guest() -> Option<PathBuf> {
     build_with(&main.join("scripts/build-guest"))
 }
 
+/// Whether `/dev/kvm` exists (prints the skip reason when not).
+fn kvm() -> bool {
+    let ok = Path::new("/dev/kvm").exists();
+    if !ok {
+        eprintln!("SKIP: /dev/kvm is missing");
+    }
+    ok
+}
+
 /// The guest ELF, or `None` (with the reason printed) when the test must be skipped.
 fn guest() -> Option<&'static Path> {
     static GUEST: OnceLock<Option<PathBuf>> = OnceLock::new();
@@ -286,4 +295,160 @@ fn non_kernel_file_is_a_configuration_error() {
     std::fs::remove_file(&dir).unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither an ELF vmlinux nor a bzImage"));
+}
+
+/// 64-bit code for the Linux boot protocol checks: prints `<tag>\n` on COM1, then writes the
+/// low byte of `boot_params.hdr.boot_flag` (0x55 when `rsi` points at a proper zero page) to
+/// the debug-exit port.
+fn linux64_code(tag: u8) -> Vec<u8> {
+    vec![
+        0x66, 0xba, 0xf8, 0x03, // mov $0x3f8, %dx
+        0xb0, tag,  // mov $tag, %al
+        0xee, // out %al, (%dx)
+        0xb0, 0x0a, // mov $'\n', %al
+        0xee, // out %al, (%dx)
+        0x0f, 0xb6, 0x86, 0xfe, 0x01, 0x00, 0x00, // movzbl 0x1fe(%rsi), %eax
+        0x66, 0xba, 0xf4, 0x00, // mov $0xf4, %dx
+        0xee, // out %al, (%dx)
+        0xf4, // hlt
+        0xeb, 0xfd, // jmp .-1
+    ]
+}
+
+/// A minimal ELF64 executable without a PVH note, loaded at 1 MiB, entry right after the
+/// headers.
+fn elf_without_pvh_note(code: &[u8]) -> Vec<u8> {
+    const BASE: u64 = 0x10_0000;
+    let hdrs = 64 + 56;
+    let total = (hdrs + code.len()) as u64;
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&(BASE + hdrs as u64).to_le_bytes()); // e_entry
+    f.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for v in [64u16, 56, 1, 64, 0, 0] {
+        f.extend_from_slice(&v.to_le_bytes()); // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
+    }
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    for v in [0, BASE, BASE, total, total, 0x1000] {
+        f.extend_from_slice(&v.to_le_bytes()); // offset, vaddr, paddr, filesz, memsz, align
+    }
+    f.extend_from_slice(code);
+    f
+}
+
+/// A minimal bzImage: one setup sector with the boot protocol header, then the protected-mode
+/// kernel whose 64-bit entry is at offset 0x200.
+fn bzimage(code: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 1024];
+    f[0x1f1] = 1; // setup_sects
+    f[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    f[0x202..0x206].copy_from_slice(b"HdrS");
+    f[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // protocol 2.15
+    f[0x211] = 0x01; // LOADED_HIGH
+    f[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    f.extend_from_slice(&[0xf4; 0x200]); // 32-bit entry area (unused)
+    f.extend_from_slice(code);
+    f
+}
+
+fn boot_synthetic(name: &str, image: &[u8]) -> (ExitStatus, Vec<String>, String) {
+    let path = std::env::temp_dir().join(format!("volt-vmm-{name}-{}", std::process::id()));
+    std::fs::write(&path, image).unwrap();
+    let r = Vm::start(&path, &["--cmdline", "console=ttyS0"]).wait();
+    std::fs::remove_file(&path).unwrap();
+    r
+}
+
+#[test]
+fn elf_without_pvh_note_boots_in_long_mode_with_a_zero_page() {
+    if !kvm() {
+        return;
+    }
+    let (status, out, err) = boot_synthetic("elf64", &elf_without_pvh_note(&linux64_code(b'E')));
+    assert_eq!(out, vec!["E".to_string()], "{err}");
+    assert_eq!(status.code(), Some(0x55), "{err}");
+}
+
+#[test]
+fn bzimage_boots_in_long_mode_with_a_zero_page() {
+    if !kvm() {
+        return;
+    }
+    let (status, out, err) = boot_synthetic("bzimage", &bzimage(&linux64_code(b'B')));
+    assert_eq!(out, vec!["B".to_string()], "{err}");
+    assert_eq!(status.code(), Some(0x55), "{err}");
+}
+
+#[test]
+fn triple_fault_is_a_failure_with_registers() {
+    if !kvm() {
+        return;
+    }
+    // ud2 with the empty boot IDT: #UD -> #GP -> double fault -> triple fault.
+    let code = [0x0f, 0x0b];
+    let (status, _out, err) = boot_synthetic("triple", &elf_without_pvh_note(&code));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("rip=0x"), "{err}");
+    assert!(
+        err.contains("KVM_EXIT_SHUTDOWN") || err.contains("KVM_EXIT_INTERNAL_ERROR"),
+        "{err}"
+    );
+}
+
+#[test]
+fn systemd_notifications_ready_status_watchdog_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let Some(g) = guest() else { return };
+    let dir = std::env::temp_dir().join(format!("volt-vmm-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock_path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(BOUND)).unwrap();
+    let mut child = Command::new(VMM)
+        .arg("--kernel")
+        .arg(g)
+        .args(["--name", "web", "--cmdline", "idle"])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "100000")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut msgs: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut recv = |msgs: &mut Vec<String>| {
+        let n = sock.recv(&mut buf).expect("notification within the bound");
+        msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    };
+    while !msgs.iter().any(|m| m.contains("WATCHDOG=1")) {
+        recv(&mut msgs);
+    }
+    // SAFETY: SIGTERM to our own unreaped child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    while !msgs.iter().any(|m| m.contains("STOPPING=1")) {
+        recv(&mut msgs);
+    }
+    let status = child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(status.code(), Some(0));
+    let ready = msgs
+        .iter()
+        .find(|m| m.contains("READY=1"))
+        .expect("READY=1 sent");
+    assert!(
+        ready.contains("STATUS=VM web: 1 vCPU, 128 MiB, devices: serial, i8042"),
+        "{ready}"
+    );
+    let first_ready = msgs.iter().position(|m| m.contains("READY=1"));
+    let first_dog = msgs.iter().position(|m| m.contains("WATCHDOG=1"));
+    assert!(first_ready < first_dog, "{msgs:#?}");
 }

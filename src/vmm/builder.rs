@@ -281,7 +281,6 @@ impl Vmm {
                     stop_deadline = Some(Instant::now() + self.shutdown_timeout);
                 }
                 Ok(VmEvent::VcpuFailed(_, msg)) => {
-                    log::error!("{msg}");
                     return Err(VmmError::GuestFailure(msg));
                 }
                 Ok(VmEvent::VcpuExited(id)) => {
