@@ -53,6 +53,12 @@ impl Vmm {
         spec.validate()?;
         let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
+        // RAM slots go in before the irqchip: on this host's nested KVM a memslot change
+        // after KVM_CREATE_IRQCHIP costs 5-8 ms, before it ~0.05 ms.
+        let mem_bytes = spec.memory_bytes();
+        let ram = memory::create_guest_ram(mem_bytes)?;
+        memory::register_with_kvm(&vm, &ram.mem)?;
+
         vm.set_tss_address(KVM_TSS_ADDR as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
         vm.create_irq_chip()
@@ -62,10 +68,6 @@ impl Vmm {
             ..Default::default()
         };
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-
-        let mem_bytes = spec.memory_bytes();
-        let ram = memory::create_guest_ram(mem_bytes)?;
-        memory::register_with_kvm(&vm, &ram.mem)?;
 
         let kernel = boot::load_kernel(&ram.mem, &spec.kernel)?;
         log::debug!(

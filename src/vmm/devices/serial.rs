@@ -70,6 +70,11 @@ impl ConsoleOut {
         })
     }
 
+    /// Writes out a partial last line (at VM end).
+    pub fn finish(&mut self) {
+        self.emit();
+    }
+
     fn emit(&mut self) {
         if self.line.is_empty() {
             return;
@@ -117,8 +122,9 @@ impl Write for ConsoleOut {
         Ok(buf.len())
     }
 
+    /// A no-op: the UART flushes after every byte, and a console line must reach stdout
+    /// (the journal) whole. Lines go out at `\n`, [`MAX_LINE`] or [`ConsoleOut::finish`].
     fn flush(&mut self) -> std::io::Result<()> {
-        self.emit();
         Ok(())
     }
 }
@@ -145,7 +151,7 @@ impl SerialDevice {
 
     /// Writes out a partial last line.
     pub fn flush(&mut self) {
-        self.uart.writer_mut().emit();
+        self.uart.writer_mut().finish();
     }
 }
 
@@ -182,6 +188,8 @@ mod tests {
         out.write_all(b"ld\n").unwrap();
         out.write_all(b"tail").unwrap();
         out.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\nworld\n");
+        out.finish();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "hello\nworld\ntail"
