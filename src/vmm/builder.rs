@@ -40,6 +40,7 @@ pub struct Vmm {
     events_rx: Receiver<VmEvent>,
     shutdown_timeout: Duration,
     notifier: Notifier,
+    created: Instant,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -50,6 +51,7 @@ impl Vmm {
     /// Validates `spec`, creates the KVM VM (irqchip, PIT), guest RAM, loads kernel and
     /// initrd and sets up the legacy devices. Nothing runs yet.
     pub fn new(spec: VmSpec) -> Result<Vmm, VmmError> {
+        let created = Instant::now();
         spec.validate()?;
         let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
@@ -131,6 +133,7 @@ impl Vmm {
             events_rx,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             notifier: Notifier::from_env(),
+            created,
         })
     }
 
@@ -224,6 +227,10 @@ impl Vmm {
             events: self.events_tx.clone(),
         };
         let set = VcpuSet::start(vcpus, ctx)?;
+        log::debug!(
+            "vCPUs running {:?} after Vmm::new began",
+            self.created.elapsed()
+        );
         let status = self.status_line();
         self.notifier.ready(&format!("{status}; running"));
         log::info!("{status}; running");
