@@ -6,6 +6,7 @@ pub mod config;
 pub mod generator;
 pub mod logging;
 pub mod net;
+pub mod vmm;
 
 /// An error and its causes on one line, `outer: inner: innermost`.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

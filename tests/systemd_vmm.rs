@@ -26,22 +26,39 @@ fn volt_vm_service_boots_logs_and_stops_under_real_systemd() {
     c.write("/etc/volt/vms/web.toml", WEB);
     c.ok("systemctl daemon-reload");
     c.ok("systemctl start volt-vm@web.service");
-    assert_eq!(c.ok("systemctl is-active volt-vm@web.service").trim(), "active");
+    assert_eq!(
+        c.ok("systemctl is-active volt-vm@web.service").trim(),
+        "active"
+    );
 
     // The guest console is in the unit's journal, with the cmdline the guest received.
-    let console = c.wait_ok("journalctl -u volt-vm@web.service --no-pager -o cat | grep -F 'volt-test-guest: ready'", Duration::from_secs(20));
+    let console = c.wait_ok(
+        "journalctl -u volt-vm@web.service --no-pager -o cat | grep -F 'volt-test-guest: ready'",
+        Duration::from_secs(20),
+    );
     assert!(!console.is_empty());
-    let banner = c.ok("journalctl -u volt-vm@web.service --no-pager -o cat | grep -F 'volt-test-guest: booted'");
+    let banner = c.ok(
+        "journalctl -u volt-vm@web.service --no-pager -o cat | grep -F 'volt-test-guest: booted'",
+    );
     assert!(banner.contains("hello=systemd"), "{banner}");
     // VMM lines carry the VM's fields.
     let fields = c.ok("journalctl --no-pager -o cat VOLT_VM=web");
-    assert!(!fields.trim().is_empty(), "no journal entry with VOLT_VM=web");
+    assert!(
+        !fields.trim().is_empty(),
+        "no journal entry with VOLT_VM=web"
+    );
     let uuid = volt::config::vm_uuid("web").to_string();
     let by_uuid = c.ok(&format!("journalctl --no-pager -o cat VOLT_UUID={uuid}"));
-    assert!(!by_uuid.trim().is_empty(), "no journal entry with VOLT_UUID={uuid}");
+    assert!(
+        !by_uuid.trim().is_empty(),
+        "no journal entry with VOLT_UUID={uuid}"
+    );
 
     let status = c.ok("systemctl show -p StatusText --value volt-vm@web.service");
-    assert!(status.contains("web") && status.contains("vCPU"), "StatusText: {status}");
+    assert!(
+        status.contains("web") && status.contains("vCPU"),
+        "StatusText: {status}"
+    );
 
     // Stop: SIGTERM → Ctrl-Alt-Del → the guest powers off → clean exit, not a SIGKILL.
     let t = Instant::now();
@@ -53,6 +70,12 @@ fn volt_vm_service_boots_logs_and_stops_under_real_systemd() {
     assert!(show.contains("Result=success"), "{show}");
     assert!(show.contains("ExecMainStatus=0"), "{show}");
     let off = c.ok("journalctl -u volt-vm@web.service --no-pager -o cat");
-    assert!(off.contains("volt-test-guest: ctrl-alt-del, powering off"), "{off}");
-    assert!(took < Duration::from_secs(5), "systemctl stop took {took:?} (the unit's stop must finish within 5 s)");
+    assert!(
+        off.contains("volt-test-guest: ctrl-alt-del, powering off"),
+        "{off}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "systemctl stop took {took:?} (the unit's stop must finish within 5 s)"
+    );
 }

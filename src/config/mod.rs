@@ -221,3 +221,36 @@ impl ConfigSet {
         m
     }
 }
+
+/// Load the VM file `path` for the VMM. A file in `<root>/etc/volt/vms/` is checked together
+/// with every other VM file (so a VM the generator skipped does not start either); a file
+/// elsewhere (development) is checked on its own against the root's networks.
+pub fn load_vm_file(root: &Path, path: &Path) -> Result<VmConfig, Vec<ConfigError>> {
+    let vms_dir = root.join(VMS_DIR);
+    let in_root = path.parent().is_some_and(|p| {
+        p == vms_dir || p == Path::new("/").join(VMS_DIR) && root == Path::new("/")
+    });
+    if in_root && path.extension().is_some_and(|e| e == "toml") {
+        let set = ConfigSet::load(root);
+        let name = file_stem(path);
+        return match set.vm(&name) {
+            Ok(vm) => Ok(vm.clone()),
+            Err(errs) if errs.is_empty() => Err(vec![ConfigError::Read {
+                path: path.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }]),
+            Err(_) => {
+                let file = Path::new("/").join(VMS_DIR).join(format!("{name}.toml"));
+                Err(set
+                    .errors
+                    .into_iter()
+                    .filter(|e| e.file() == file)
+                    .collect())
+            }
+        };
+    }
+    let mut errors = Vec::new();
+    let networks = ConfigSet::load_networks(root, &mut errors);
+    let text = read(path, path).map_err(|e| vec![e])?;
+    parse_vm_toml(path, &text, &networks)
+}

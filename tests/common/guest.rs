@@ -9,10 +9,25 @@ pub fn elf() -> PathBuf {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
     ELF.get_or_init(|| {
         let repo = super::repo();
-        let o = std::process::Command::new(repo.join("scripts/build-guest")).output().expect("run scripts/build-guest");
-        assert!(o.status.success(), "scripts/build-guest failed:\n{}", String::from_utf8_lossy(&o.stderr));
-        let path = PathBuf::from(String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").trim());
-        assert!(path.is_file(), "scripts/build-guest printed {path:?}, which is not a file");
+        let o = std::process::Command::new(repo.join("scripts/build-guest"))
+            .output()
+            .expect("run scripts/build-guest");
+        assert!(
+            o.status.success(),
+            "scripts/build-guest failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let path = PathBuf::from(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim(),
+        );
+        assert!(
+            path.is_file(),
+            "scripts/build-guest printed {path:?}, which is not a file"
+        );
         path
     })
     .clone()

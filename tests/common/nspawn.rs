@@ -147,14 +147,17 @@ impl Nspawn {
     /// Run a script that must succeed; returns its stdout.
     pub fn ok(&self, script: &str) -> String {
         let o = self.sh(script);
-        assert!(
-            o.status.success(),
-            "in container {}: `{script}` failed ({:?})\nstdout: {}\nstderr: {}",
-            self.name,
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        if !o.status.success() {
+            let journal = self.sh("journalctl -b --no-pager -n 60 -o short-monotonic");
+            panic!(
+                "in container {}: `{script}` failed ({:?})\nstdout: {}\nstderr: {}\n--- last journal lines:\n{}",
+                self.name,
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+                String::from_utf8_lossy(&journal.stdout)
+            );
+        }
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
@@ -279,6 +282,7 @@ pub fn stage_volt() -> tempfile::TempDir {
             std::fs::write(s.join("network").join(&name), text).expect("write network file");
         }
     }
+    std::fs::copy(super::guest::elf(), s.join("guest/volt-test-guest")).expect("copy test guest");
     std::fs::copy(
         repo.join("tmpfiles.d/volt.conf"),
         s.join("tmpfiles.d/volt.conf"),

@@ -1,0 +1,197 @@
+//! `volt-vmm`: runs one KVM microVM in the foreground until it ends.
+//!
+//! Exit status: 0 when the guest stopped cleanly (reset, power-off after Ctrl-Alt-Del, or a
+//! host stop), the guest's debug-exit value as-is, 1 on a runtime failure (systemd restarts
+//! the unit), 78 (EX_CONFIG) when the configuration is wrong (never restarted:
+//! `RestartPreventExitStatus=78`), 2 for command-line usage errors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use volt::vmm::virtio::rng::Rng;
+use volt::vmm::{systemd, VmSpec, Vmm, VmmError};
+
+/// sysexits.h EX_CONFIG.
+const EX_CONFIG: u8 = 78;
+const EX_FAILURE: u8 = 1;
+const EX_USAGE: u8 = 2;
+
+/// Run a KVM microVM (development flags; units use `--config`).
+#[derive(Debug, Parser)]
+#[command(name = "volt-vmm", version, about)]
+struct Cli {
+    /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (device entries are appended).
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "console=ttyS0 reboot=k panic=1 pci=off"
+    )]
+    cmdline: String,
+    /// Guest RAM in MiB.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    memory_mib: u32,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    vcpus: u8,
+    /// VM name (logs, STATUS=, journal field VOLT_VM).
+    #[arg(long, value_name = "NAME", default_value = "vm")]
+    name: String,
+    /// VM UUID (journal field VOLT_UUID).
+    #[arg(long, value_name = "UUID", default_value = "")]
+    uuid: String,
+    /// Also write the serial console to this file.
+    #[arg(long, value_name = "FILE")]
+    serial_file: Option<PathBuf>,
+    /// Add a virtio-rng (entropy) device on virtio-mmio (development aid; the config file
+    /// adds devices from `[[network]]` entries).
+    #[arg(long)]
+    virtio_rng: bool,
+    /// Time the guest gets to power off after Ctrl-Alt-Del on SIGTERM (e.g. 10, 10s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+    /// VM config file (what volt-vm@.service runs): `/etc/volt/vms/<name>.toml`, checked
+    /// with the other VM files under $VOLT_ROOT; errors exit 78 (EX_CONFIG).
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
+    config: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (examples: 10, 10s, 500ms)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * scale))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    // With --config the VM's own name and UUID tag every log line (VOLT_VM=, VOLT_UUID=), so
+    // read the file before logging starts and report its errors after.
+    let loaded = cli
+        .config
+        .as_ref()
+        .map(|p| volt::config::load_vm_file(&volt::config::root_from_env(), p));
+    let (name, uuid) = match (&loaded, &cli.config) {
+        (Some(Ok(vm)), _) => (vm.name.clone(), vm.uuid.to_string()),
+        (Some(Err(_)), Some(p)) => (
+            p.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            String::new(),
+        ),
+        _ => (cli.name.clone(), cli.uuid.clone()),
+    };
+    systemd::init_logging(&name, &uuid, systemd::level_from_env());
+
+    let spec = match loaded {
+        Some(result) => match spec_from_config(result) {
+            Ok(spec) => spec,
+            Err(code) => return ExitCode::from(code),
+        },
+        None => {
+            let Some(kernel) = cli.kernel.clone() else {
+                log::error!("no kernel given: use --kernel FILE or --config FILE");
+                return ExitCode::from(EX_CONFIG);
+            };
+            VmSpec {
+                name: cli.name.clone(),
+                uuid: cli.uuid.clone(),
+                vcpus: cli.vcpus,
+                memory_mib: cli.memory_mib,
+                kernel,
+                initrd: cli.initrd.clone(),
+                cmdline: cli.cmdline.clone(),
+                serial_file: cli.serial_file.clone(),
+            }
+        }
+    };
+    match run(spec, &cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = if e.is_config_error() {
+                EX_CONFIG
+            } else {
+                EX_FAILURE
+            };
+            log::error!("{:#}", anyhow::Error::from(e));
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Default guest command line when a VM file gives none.
+const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+
+/// Map a checked VM file (see `volt::config::load_vm_file`) into the VMM's spec. On error,
+/// every message is logged and EX_CONFIG returned.
+fn spec_from_config(
+    loaded: Result<volt::config::VmConfig, Vec<volt::config::ConfigError>>,
+) -> Result<VmSpec, u8> {
+    let vm = loaded.map_err(|errs| {
+        for e in &errs {
+            log::error!("{}", e.report());
+        }
+        EX_CONFIG
+    })?;
+    for nic in &vm.nics {
+        log::warn!(
+            "NIC {} ({}): virtio-net is not in this build yet; the VM starts without it",
+            nic.id,
+            nic.link
+        );
+    }
+    let cmdline = if vm.cmdline.trim().is_empty() {
+        DEFAULT_CMDLINE.to_string()
+    } else {
+        vm.cmdline.clone()
+    };
+    Ok(VmSpec {
+        name: vm.name.clone(),
+        uuid: vm.uuid.to_string(),
+        vcpus: u8::try_from(vm.vcpus).unwrap_or(u8::MAX),
+        memory_mib: vm.memory_mib,
+        kernel: vm.kernel.clone(),
+        initrd: vm.initrd.clone(),
+        cmdline,
+        serial_file: None,
+    })
+}
+
+fn run(spec: VmSpec, cli: &Cli) -> Result<u8, VmmError> {
+    let mut vmm = Vmm::new(spec)?;
+    vmm.set_shutdown_timeout(cli.shutdown_timeout);
+    if cli.virtio_rng {
+        vmm.add_virtio_device(Box::new(Rng::new()))?;
+    }
+    let exit = vmm.run()?;
+    Ok(exit.exit_code())
+}

@@ -1,0 +1,109 @@
+//! `volt-vmm`: one KVM microVM per process.
+//!
+//! [`Vmm::new`] builds the VM from a [`VmSpec`] (KVM VM with in-kernel irqchip and PIT,
+//! memfd-backed RAM, kernel and initrd, legacy devices); [`Vmm::add_virtio_device`] adds
+//! virtio-mmio devices; [`Vmm::run`] writes the boot structures, starts one thread per vCPU,
+//! reports to systemd and waits for the VM to end, returning why it ended.
+
+pub mod boot;
+pub mod cpu;
+pub mod devices;
+pub mod event;
+pub mod memory;
+pub mod ratelimit;
+pub mod spec;
+pub mod systemd;
+pub mod vcpu;
+pub mod virtio;
+
+mod builder;
+
+pub use builder::Vmm;
+pub use spec::VmSpec;
+
+/// Why the VM ended without a VMM failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest wrote `n` to the debug-exit port.
+    GuestExit(u8),
+    /// The guest reset the machine (i8042 `0xFE`, or a KVM system event): a clean stop.
+    GuestReset,
+    /// The host asked the VM to stop (SIGTERM/SIGINT) and the guest did not power off
+    /// within the shutdown timeout (or a second signal came), so the VMM stopped it.
+    HostStopForced,
+}
+
+impl VmExit {
+    /// The process exit status for this end: the guest's debug-exit value as-is, else 0.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            VmExit::GuestExit(n) => *n,
+            VmExit::GuestReset | VmExit::HostStopForced => 0,
+        }
+    }
+}
+
+/// Failure of the VMM or of the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The spec is unusable (configuration error).
+    #[error("invalid VM configuration")]
+    Spec(#[from] spec::SpecError),
+    /// `/dev/kvm` could not be opened.
+    #[error("opening /dev/kvm failed")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// A VM-level KVM ioctl failed.
+    #[error("{0} failed")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// Guest memory setup failed.
+    #[error("setting up guest memory failed")]
+    Memory(#[from] memory::MemoryError),
+    /// Kernel, initrd or boot structures failed.
+    #[error("preparing the guest to boot failed")]
+    Boot(#[from] boot::BootError),
+    /// vCPU state setup failed.
+    #[error("setting up vCPU state failed")]
+    Cpu(#[from] cpu::CpuError),
+    /// Device setup failed.
+    #[error("setting up the {0} device failed")]
+    Device(&'static str, #[source] std::io::Error),
+    /// The serial console could not be created.
+    #[error("setting up the serial console failed")]
+    Serial(#[from] devices::serial::SerialError),
+    /// A bus range could not be mapped.
+    #[error("mapping the {0} device on its bus failed")]
+    Bus(&'static str, #[source] devices::BusError),
+    /// A virtio device could not be registered.
+    #[error("registering a virtio-mmio device failed")]
+    Virtio(#[from] virtio::manager::ManagerError),
+    /// The vCPU threads could not be started.
+    #[error("starting vCPUs failed")]
+    Vcpu(#[from] vcpu::VcpuError),
+    /// Signal handling could not be set up.
+    #[error("{0} failed")]
+    Signals(&'static str, #[source] std::io::Error),
+    /// The guest cannot continue (triple fault, emulation failure, failed entry).
+    #[error("the guest stopped on an error: {0}")]
+    GuestFailure(String),
+}
+
+impl VmmError {
+    /// Whether retrying cannot help: the configuration itself is wrong (exit 78, EX_CONFIG).
+    pub fn is_config_error(&self) -> bool {
+        use boot::BootError as B;
+        match self {
+            VmmError::Spec(_) => true,
+            VmmError::Serial(devices::serial::SerialError::OpenFile { .. }) => true,
+            VmmError::Boot(b) => matches!(
+                b,
+                B::ReadKernel { .. }
+                    | B::UnknownFormat(_)
+                    | B::Load { .. }
+                    | B::ReadInitrd { .. }
+                    | B::InitrdTooLarge { .. }
+                    | B::Cmdline(_)
+            ),
+            _ => false,
+        }
+    }
+}

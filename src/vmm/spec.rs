@@ -1,0 +1,126 @@
+//! The VMM's own input: everything `volt-vmm` needs to build and boot one VM.
+//!
+//! The config module maps a VM's TOML file into this struct; the development CLI fills it from
+//! flags. It holds no live resources and does no I/O.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default time a guest gets to power off after Ctrl-Alt-Del before the VMM stops it hard.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Description of one microVM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// VM name (the config file stem); shows in logs, `STATUS=` and journal fields.
+    pub name: String,
+    /// VM UUID as text; journal field `VOLT_UUID`.
+    pub uuid: String,
+    /// Number of vCPUs (1..=254).
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// Kernel image: ELF `vmlinux` (PVH note or 64-bit entry) or `bzImage`.
+    pub kernel: PathBuf,
+    /// Optional initrd loaded high in low memory.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line given by the user; the VMM appends its device entries.
+    pub cmdline: String,
+    /// Optional file that receives a copy of the serial console output.
+    pub serial_file: Option<PathBuf>,
+}
+
+/// Smallest guest the VMM accepts, in MiB (boot structures live below 1 MiB, the kernel above).
+pub const MIN_MEMORY_MIB: u32 = 8;
+/// Largest guest the VMM accepts, in MiB (1 TiB).
+pub const MAX_MEMORY_MIB: u32 = 1 << 20;
+/// Most vCPUs the VMM accepts (APIC ids are 8 bits, 0xff is broadcast).
+pub const MAX_VCPUS: u8 = 254;
+
+/// A spec field that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    /// `vcpus` out of range.
+    #[error("vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    Vcpus(u8),
+    /// `memory_mib` out of range.
+    #[error("memory_mib must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}, got {0}")]
+    Memory(u32),
+    /// The kernel file is missing or not a regular file.
+    #[error("kernel image {0} does not exist or is not a regular file")]
+    Kernel(PathBuf),
+    /// The initrd file is missing or not a regular file.
+    #[error("initrd {0} does not exist or is not a regular file")]
+    Initrd(PathBuf),
+    /// The VM name is empty.
+    #[error("the VM name must not be empty")]
+    Name,
+}
+
+impl VmSpec {
+    /// A spec with defaults for everything but the kernel: 1 vCPU, 128 MiB, name `vm`.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmSpec {
+            name: "vm".to_string(),
+            uuid: String::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: String::new(),
+            serial_file: None,
+        }
+    }
+
+    /// Checks the values and that the kernel and initrd files exist. Errors here are
+    /// configuration errors: retrying cannot fix them.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.name.is_empty() {
+            return Err(SpecError::Name);
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(SpecError::Vcpus(self.vcpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(SpecError::Memory(self.memory_mib));
+        }
+        if !self.kernel.is_file() {
+            return Err(SpecError::Kernel(self.kernel.clone()));
+        }
+        if let Some(initrd) = &self.initrd {
+            if !initrd.is_file() {
+                return Err(SpecError::Initrd(initrd.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Guest RAM in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) << 20
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_rejects_bad_values() {
+        let mut s = VmSpec::new("/nonexistent/vmlinux");
+        assert_eq!(
+            s.validate(),
+            Err(SpecError::Kernel("/nonexistent/vmlinux".into()))
+        );
+        s.kernel = std::env::current_exe().unwrap();
+        assert_eq!(s.validate(), Ok(()));
+        s.vcpus = 0;
+        assert_eq!(s.validate(), Err(SpecError::Vcpus(0)));
+        s.vcpus = 2;
+        s.memory_mib = 1;
+        assert_eq!(s.validate(), Err(SpecError::Memory(1)));
+        s.memory_mib = 64;
+        s.initrd = Some("/nonexistent/initrd".into());
+        assert!(matches!(s.validate(), Err(SpecError::Initrd(_))));
+    }
+}
