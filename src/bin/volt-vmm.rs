@@ -112,9 +112,35 @@ fn main() -> ExitCode {
     };
     systemd::init_logging(&name, &uuid, systemd::level_from_env());
 
+    // fds systemd kept for us across a restart; taken before any thread starts.
+    let mut store = volt::vmm::nics::FdStore::from_env();
+    let mut nics = None;
     let spec = match loaded {
         Some(result) => match spec_from_config(result) {
-            Ok(spec) => spec,
+            Ok((mut spec, vm)) => {
+                match volt::vmm::nics::setup(&vm, &volt::config::root_from_env(), &mut store) {
+                    Ok(n) => {
+                        for line in &n.summary {
+                            log::info!("{line}");
+                        }
+                        for p in &n.cmdline {
+                            spec.cmdline.push(' ');
+                            spec.cmdline.push_str(p);
+                        }
+                        nics = Some(n);
+                    }
+                    Err(e) => {
+                        log::error!("{}", volt::error_chain(&e));
+                        let code = if matches!(e, volt::vmm::nics::NicError::Macvtap { .. }) {
+                            EX_CONFIG
+                        } else {
+                            EX_FAILURE
+                        };
+                        return ExitCode::from(code);
+                    }
+                }
+                spec
+            }
             Err(code) => return ExitCode::from(code),
         },
         None => {
@@ -134,7 +160,8 @@ fn main() -> ExitCode {
             }
         }
     };
-    match run(spec, &cli) {
+    let leftover = store.leftover();
+    match run(spec, &cli, nics, &leftover) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = if e.is_config_error() {
@@ -155,26 +182,19 @@ const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 /// every message is logged and EX_CONFIG returned.
 fn spec_from_config(
     loaded: Result<volt::config::VmConfig, Vec<volt::config::ConfigError>>,
-) -> Result<VmSpec, u8> {
+) -> Result<(VmSpec, volt::config::VmConfig), u8> {
     let vm = loaded.map_err(|errs| {
         for e in &errs {
             log::error!("{}", e.report());
         }
         EX_CONFIG
     })?;
-    for nic in &vm.nics {
-        log::warn!(
-            "NIC {} ({}): virtio-net is not in this build yet; the VM starts without it",
-            nic.id,
-            nic.link
-        );
-    }
     let cmdline = if vm.cmdline.trim().is_empty() {
         DEFAULT_CMDLINE.to_string()
     } else {
         vm.cmdline.clone()
     };
-    Ok(VmSpec {
+    let spec = VmSpec {
         name: vm.name.clone(),
         uuid: vm.uuid.to_string(),
         vcpus: u8::try_from(vm.vcpus).unwrap_or(u8::MAX),
@@ -183,14 +203,38 @@ fn spec_from_config(
         initrd: vm.initrd.clone(),
         cmdline,
         serial_file: None,
-    })
+    };
+    Ok((spec, vm))
 }
 
-fn run(spec: VmSpec, cli: &Cli) -> Result<u8, VmmError> {
+fn run(
+    spec: VmSpec,
+    cli: &Cli,
+    nics: Option<volt::vmm::nics::Nics>,
+    leftover: &[String],
+) -> Result<u8, VmmError> {
     let mut vmm = Vmm::new(spec)?;
     vmm.set_shutdown_timeout(cli.shutdown_timeout);
     if cli.virtio_rng {
         vmm.add_virtio_device(Box::new(Rng::new()))?;
+    }
+    if let Some(nics) = nics {
+        for dev in nics.devices {
+            vmm.add_virtio_device(Box::new(dev))?;
+        }
+        // The TAPs are open: keep them in systemd's fd store so a restarted VMM gets the
+        // same TAPs back (same ifindex, no bridge flap).
+        let stored = volt::vmm::nics::store_fds(&nics.to_store);
+        if stored > 0 {
+            log::info!("{stored} TAP fd(s) in the fd store");
+        }
+        if !leftover.is_empty() {
+            log::info!(
+                "dropping unclaimed fd store entries: {}",
+                leftover.join(", ")
+            );
+            volt::vmm::nics::drop_stored(leftover);
+        }
     }
     let exit = vmm.run()?;
     Ok(exit.exit_code())

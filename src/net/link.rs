@@ -18,6 +18,14 @@ pub enum LinkError {
         #[source]
         source: std::io::Error,
     },
+    #[error("bridge {master} for {name} does not exist")]
+    NoMaster { name: String, master: String },
+    #[error("the kernel refused to configure link {name} (RTM_NEWLINK)")]
+    Configure {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the kernel refused to delete link {name}")]
     Delete {
         name: String,
@@ -100,4 +108,98 @@ pub fn delete(name: &str) -> Result<bool, LinkError> {
         }
     }
     Ok(true)
+}
+
+fn nlattr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    let len = (4 + payload.len()) as u16;
+    buf.extend_from_slice(&len.to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    while !buf.len().is_multiple_of(4) {
+        buf.push(0);
+    }
+}
+
+/// Enslave link `name` to `master` (if given), set its MTU (if given) and bring it up, in
+/// one RTM_NEWLINK request.
+pub fn configure(name: &str, master: Option<&str>, mtu: Option<u32>) -> Result<(), LinkError> {
+    let err = |source| LinkError::Delete {
+        name: name.into(),
+        source,
+    };
+    let ifindex =
+        index(name).ok_or_else(|| err(std::io::Error::from_raw_os_error(libc::ENODEV)))?;
+    let mut msg = vec![0u8; 32];
+    msg[4..6].copy_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    msg[6..8].copy_from_slice(&flags.to_ne_bytes());
+    msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    msg[16] = libc::AF_UNSPEC as u8;
+    msg[20..24].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+    msg[24..28].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes()); // ifi_flags
+    msg[28..32].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes()); // ifi_change
+    if let Some(m) = master {
+        let mi = index(m).ok_or_else(|| LinkError::NoMaster {
+            name: name.into(),
+            master: m.into(),
+        })?;
+        nlattr(&mut msg, libc::IFLA_MASTER, &mi.to_ne_bytes());
+    }
+    if let Some(mtu) = mtu {
+        nlattr(&mut msg, libc::IFLA_MTU, &mtu.to_ne_bytes());
+    }
+    let len = msg.len() as u32;
+    msg[0..4].copy_from_slice(&len.to_ne_bytes());
+    request(name, &msg).map_err(|e| match e {
+        LinkError::Delete { source, .. } => LinkError::Configure {
+            name: name.into(),
+            source,
+        },
+        other => other,
+    })
+}
+
+/// Send one netlink request and check its ACK.
+fn request(name: &str, msg: &[u8]) -> Result<(), LinkError> {
+    // SAFETY: plain socket(2) call; the result is checked and wrapped in an OwnedFd.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(LinkError::Socket(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a freshly created, owned descriptor.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    // SAFETY: msg is a valid buffer of msg.len() bytes.
+    if unsafe { libc::send(raw, msg.as_ptr().cast(), msg.len(), 0) } < 0 {
+        return Err(LinkError::Send {
+            name: name.into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let mut buf = [0u8; 1024];
+    // SAFETY: buf is a valid writable buffer of buf.len() bytes.
+    let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(LinkError::Recv {
+            name: name.into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let n = n as usize;
+    if n >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == libc::NLMSG_ERROR as u16 {
+        let errno = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
+        if errno != 0 {
+            return Err(LinkError::Delete {
+                name: name.into(),
+                source: std::io::Error::from_raw_os_error(-errno),
+            });
+        }
+    }
+    Ok(())
 }

@@ -17,6 +17,7 @@ pub const IFF_MULTI_QUEUE: u16 = 0x0100;
 pub const IFF_TUN_EXCL: u16 = 0x8000;
 /// TUNSETQUEUE flags.
 const IFF_ATTACH_QUEUE: u16 = 0x0200;
+const IFF_DETACH_QUEUE: u16 = 0x0400;
 
 /// Offload flags for TUNSETOFFLOAD.
 pub const TUN_F_CSUM: u32 = 0x01;
@@ -220,9 +221,21 @@ pub struct Tap {
     pub name: String,
     pub queues: Vec<File>,
     pub flags: u16,
+    /// Which queues are attached (TUNSETQUEUE answers EINVAL to a no-op change).
+    attached: std::sync::Mutex<Vec<bool>>,
 }
 
 impl Tap {
+    fn with_queues(name: &str, queues: Vec<File>, flags: u16) -> Tap {
+        let attached = std::sync::Mutex::new(vec![true; queues.len()]);
+        Tap {
+            name: name.into(),
+            queues,
+            flags,
+            attached,
+        }
+    }
+
     fn attach(name: &str, flags: u16, queues: usize) -> Result<Vec<File>, TapError> {
         let mut fds = Vec::with_capacity(queues);
         for q in 0..queues {
@@ -253,11 +266,7 @@ impl Tap {
         }
         let flags = flags_for(queues);
         let queues = Self::attach(name, flags, queues.max(1))?;
-        Ok(Tap {
-            name: name.into(),
-            queues,
-            flags,
-        })
+        Ok(Tap::with_queues(name, queues, flags))
     }
 
     /// Create the TAP `name` (fails if it exists). It is not persistent: it goes away with
@@ -273,11 +282,7 @@ impl Tap {
         if queues > 1 {
             all.extend(Self::attach(name, flags, queues - 1)?);
         }
-        Ok(Tap {
-            name: name.into(),
-            queues: all,
-            flags,
-        })
+        Ok(Tap::with_queues(name, all, flags))
     }
 
     /// Adopt fds (from systemd's fd store) after checking with TUNGETIFF that each is a
@@ -301,11 +306,7 @@ impl Tap {
             }
             files.push(f);
         }
-        Ok(Tap {
-            name: name.into(),
-            queues: files,
-            flags: wanted,
-        })
+        Ok(Tap::with_queues(name, files, wanted))
     }
 
     /// Set the vnet header size on every queue (12 for virtio 1.x).
@@ -352,12 +353,27 @@ impl Tap {
         let Some(q) = self.queues.get(queue) else {
             return Ok(());
         };
-        let mut req = IfReq::new("", if enabled { IFF_ATTACH_QUEUE } else { 0x0400 });
+        let mut attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        if attached.get(queue) == Some(&enabled) {
+            return Ok(());
+        }
+        let mut req = IfReq::new(
+            "",
+            if enabled {
+                IFF_ATTACH_QUEUE
+            } else {
+                IFF_DETACH_QUEUE
+            },
+        );
         ioctl_ptr(q, TUNSETQUEUE, &mut req).map_err(|source| TapError::SetQueue {
             name: self.name.clone(),
             what: if enabled { "attach" } else { "detach" },
             source,
-        })
+        })?;
+        if let Some(a) = attached.get_mut(queue) {
+            *a = enabled;
+        }
+        Ok(())
     }
 
     /// Duplicate the queue fds (for the fd store).

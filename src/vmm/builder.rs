@@ -175,10 +175,14 @@ impl Vmm {
     fn status_line(&self) -> String {
         let mut devices = vec!["serial".to_string(), "i8042".to_string()];
         for s in self.virtio.slots() {
-            devices.push(format!(
-                "virtio-mmio type {} at {:#x} irq {}",
-                s.device_type, s.base, s.irq
-            ));
+            let described = crate::vmm::devices::lock(&s.transport).device_status();
+            devices.push(match described {
+                Some(d) => format!("virtio-net {d}"),
+                None => format!(
+                    "virtio-mmio type {} at {:#x} irq {}",
+                    s.device_type, s.base, s.irq
+                ),
+            });
         }
         format!(
             "VM {}: {} vCPU, {} MiB, devices: {}",
@@ -215,6 +219,8 @@ impl Vmm {
             self.spec.memory_bytes(),
             self.initrd,
         )?;
+        boot::mptable::setup_mptable(&self.ram.mem, self.spec.vcpus)
+            .map_err(boot::BootError::from)?;
         log::debug!("kernel command line: {}", self.cmdline());
         let vcpus = self.create_vcpus(entry)?;
 

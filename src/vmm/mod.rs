@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod devices;
 pub mod event;
 pub mod memory;
+pub mod nics;
 pub mod ratelimit;
 pub mod spec;
 pub mod systemd;

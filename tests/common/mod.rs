@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod guest;
+pub mod netns;
 pub mod nspawn;
 
 use std::path::{Path, PathBuf};

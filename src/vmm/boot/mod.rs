@@ -14,6 +14,7 @@
 //! 0x7000  zero page (boot_params)                                    (Linux)
 //! 0x8ff0  boot stack   0x9000 PML4  0xa000 PDPT  0xb000 PD (identity map of 1 GiB)
 //! 0x20000 kernel command line
+//! 0x9fc00 MP table (mptable.rs; reserved in the e820 map)
 //! ```
 
 use std::fs::File;
@@ -29,6 +30,7 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, BzImage, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+pub mod mptable;
 mod params;
 
 pub use params::{build_boot_params, build_start_info, GDT};
@@ -130,6 +132,9 @@ pub enum BootError {
     /// GDT or page tables could not be written.
     #[error("writing {0} to guest memory failed")]
     WriteTables(&'static str),
+    /// The MP table could not be built or written.
+    #[error("setting up the MP table failed")]
+    MpTable(#[from] mptable::MptableError),
 }
 
 /// How the kernel was loaded and how its first vCPU must start.

@@ -138,6 +138,11 @@ impl MmioTransport {
         self.device.device_type()
     }
 
+    /// The device's own description (see [`super::VirtioDevice::status`]).
+    pub fn device_status(&self) -> Option<String> {
+        self.device.status()
+    }
+
     /// Current device status.
     pub fn status(&self) -> u32 {
         self.status

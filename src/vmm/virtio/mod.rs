@@ -9,6 +9,7 @@
 
 pub mod manager;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -150,6 +151,11 @@ pub trait VirtioDevice: Send {
 
     /// Stops the device and drops its queues (the driver wrote 0 to Status).
     fn reset(&mut self);
+
+    /// A short description for STATUS= and logs (e.g. the data path in use).
+    fn status(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Reads `data.len()` bytes at `offset` from `config`, zero past its end.

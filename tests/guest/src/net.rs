@@ -119,7 +119,7 @@ fn rdtsc() -> u64 {
 /// TSC ticks per microsecond: CPUID 0x16 / 0x15 / KVM's 0x40000010, else 2500 (a guess that is
 /// only used for the idle spell and ARP retries).
 fn tsc_per_us() -> u64 {
-    unsafe {
+    {
         let max = __cpuid(0).eax;
         if max >= 0x15 {
             let l = __cpuid(0x15);
@@ -208,8 +208,14 @@ impl Alloc {
             end,
             avoid: [
                 (si_addr, si_addr + core::mem::size_of::<StartInfo>() as u64),
-                (cmdline.as_ptr() as u64, cmdline.as_ptr() as u64 + cmdline.len() as u64 + 1),
-                (si.memmap_paddr, si.memmap_paddr + 24 * si.memmap_entries.min(128) as u64),
+                (
+                    cmdline.as_ptr() as u64,
+                    cmdline.as_ptr() as u64 + cmdline.len() as u64 + 1,
+                ),
+                (
+                    si.memmap_paddr,
+                    si.memmap_paddr + 24 * si.memmap_entries.min(128) as u64,
+                ),
             ],
         }
     }
@@ -288,7 +294,11 @@ impl Vq {
         };
         w32(dev + R_QUEUE_SEL, sel as u32);
         w32(dev + R_QUEUE_NUM, size as u32);
-        for (reg, addr) in [(R_QUEUE_DESC, desc), (R_QUEUE_DRIVER, avail), (R_QUEUE_DEVICE, used)] {
+        for (reg, addr) in [
+            (R_QUEUE_DESC, desc),
+            (R_QUEUE_DRIVER, avail),
+            (R_QUEUE_DEVICE, used),
+        ] {
             w32(dev + reg, addr as u32);
             w32(dev + reg + 4, (addr >> 32) as u32);
         }
@@ -316,7 +326,10 @@ impl Vq {
         w16(d + 12, flags);
         w16(d + 14, 0);
         self.set_owned(id, true);
-        w16(self.avail + 4 + 2 * (self.avail_idx & (self.size - 1)) as u64, id);
+        w16(
+            self.avail + 4 + 2 * (self.avail_idx & (self.size - 1)) as u64,
+            id,
+        );
         self.avail_idx = self.avail_idx.wrapping_add(1);
     }
 
@@ -449,7 +462,11 @@ fn parse_ip_param(v: &[u8]) -> IpCfg {
         if let Some(p) = rest.strip_prefix(b"/") {
             if let Some((prefix, [])) = parse_num(p, false) {
                 if prefix <= 32 {
-                    return IpCfg { ip, prefix: prefix as u32, gw: 0 };
+                    return IpCfg {
+                        ip,
+                        prefix: prefix as u32,
+                        gw: 0,
+                    };
                 }
             }
             return IpCfg::default();
@@ -478,7 +495,6 @@ fn parse_ip_param(v: &[u8]) -> IpCfg {
 #[derive(Default)]
 pub struct Nic {
     base: u64,
-    name: u8,
     mac: [u8; 6],
     ip: u32,
     prefix: u32,
@@ -508,7 +524,15 @@ fn fail(spec: &[u8], base: u64, why: &[u8]) -> Option<Nic> {
 }
 
 /// Brings up the virtio-net device at `base`; prints the `net` line. `name` is N of `eth<N>`.
-fn init_nic(spec: &[u8], base: u64, irq: u64, name: u8, cfg: IpCfg, opts: &Opts, a: &mut Alloc) -> Option<Nic> {
+fn init_nic(
+    spec: &[u8],
+    base: u64,
+    irq: u64,
+    name: u8,
+    cfg: IpCfg,
+    opts: &Opts,
+    a: &mut Alloc,
+) -> Option<Nic> {
     if r32(base + R_VERSION) != 2 {
         net_line(spec, b"legacy virtio-mmio not supported");
         return None;
@@ -551,8 +575,16 @@ fn init_nic(spec: &[u8], base: u64, irq: u64, name: u8, cfg: IpCfg, opts: &Opts,
                 *m = r8(c + i as u64);
             }
         }
-        mtu = if want & F_MTU != 0 { r16(c + 10) as usize } else { 1500 };
-        max_pairs = if want & F_MQ != 0 { r16(c + 8) as usize } else { 1 };
+        mtu = if want & F_MTU != 0 {
+            r16(c + 10) as usize
+        } else {
+            1500
+        };
+        max_pairs = if want & F_MQ != 0 {
+            r16(c + 8) as usize
+        } else {
+            1
+        };
         if r32(base + R_CONFIG_GEN) == gen {
             break;
         }
@@ -590,7 +622,11 @@ fn init_nic(spec: &[u8], base: u64, irq: u64, name: u8, cfg: IpCfg, opts: &Opts,
         }
     }
     let ctrl_sel = 2 * max_pairs;
-    let ctrl_size = if want & F_MQ != 0 { qsize(ctrl_sel).min(64) } else { 0 };
+    let ctrl_size = if want & F_MQ != 0 {
+        qsize(ctrl_sel).min(64)
+    } else {
+        0
+    };
     if want & F_MQ != 0 && ctrl_size == 0 {
         pairs = 1;
     }
@@ -608,7 +644,6 @@ fn init_nic(spec: &[u8], base: u64, irq: u64, name: u8, cfg: IpCfg, opts: &Opts,
     }
     let mut nic = Nic {
         base,
-        name,
         mac,
         ip: cfg.ip,
         prefix: cfg.prefix,
@@ -629,10 +664,23 @@ fn init_nic(spec: &[u8], base: u64, irq: u64, name: u8, cfg: IpCfg, opts: &Opts,
         return fail(spec, base, b"out of memory");
     };
     nic.scratch = scratch;
-    for p in 0..pairs {
-        let (rs, ts) = sizes[p];
-        let rx = Vq::setup(base, 2 * p as u16, rs, nbuf.min(rs as usize) as u16, rx_size as u32, a);
-        let tx = Vq::setup(base, 2 * p as u16 + 1, ts, nbuf.min(ts as usize) as u16, tx_size as u32, a);
+    for (p, &(rs, ts)) in sizes.iter().enumerate().take(pairs) {
+        let rx = Vq::setup(
+            base,
+            2 * p as u16,
+            rs,
+            nbuf.min(rs as usize) as u16,
+            rx_size as u32,
+            a,
+        );
+        let tx = Vq::setup(
+            base,
+            2 * p as u16 + 1,
+            ts,
+            nbuf.min(ts as usize) as u16,
+            tx_size as u32,
+            a,
+        );
         let (Some(rx), Some(tx)) = (rx, tx) else {
             return fail(spec, base, b"out of memory");
         };
@@ -652,7 +700,10 @@ fn init_nic(spec: &[u8], base: u64, irq: u64, name: u8, cfg: IpCfg, opts: &Opts,
     } else {
         None
     };
-    w32(base + R_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    w32(
+        base + R_STATUS,
+        S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+    );
     for p in 0..pairs {
         nic.rx[p].kick();
     }
@@ -694,7 +745,11 @@ fn ctrl_mq_pairs(q: &mut Vq, pairs: u16) -> bool {
     w16(b, 4); // class VIRTIO_NET_CTRL_MQ (4), command VQ_PAIRS_SET (0)
     w16(b + 2, pairs);
     unsafe { write_volatile((b + 8) as *mut u8, 0xff) };
-    let descs = [(b, 2u32, VRING_DESC_F_NEXT), (b + 2, 2, VRING_DESC_F_NEXT), (b + 8, 1, VRING_DESC_F_WRITE)];
+    let descs = [
+        (b, 2u32, VRING_DESC_F_NEXT),
+        (b + 2, 2, VRING_DESC_F_NEXT),
+        (b + 8, 1, VRING_DESC_F_WRITE),
+    ];
     for (i, &(addr, len, flags)) in descs.iter().enumerate() {
         let d = q.desc + 16 * i as u64;
         w64(d, addr);
@@ -731,15 +786,27 @@ fn tsc_per_us_cached() -> u64 {
 /// Unmasks the device IRQ: 8259 for IRQ < 16 (unless `volt.irq=ioapic`), else an IOAPIC
 /// redirection entry (edge, active high, fixed, to this CPU) to vector 0x30 + N.
 fn route_irq(spec: &[u8], irq: u64, name: u8, opts: &Opts) {
-    if irq < 16 && !opts.ioapic {
-        let (port, bit) = if irq < 8 { (0x21, irq) } else { (0xa1, irq - 8) };
+    // Both 8259s run in auto-EOI mode (entry.rs): with two device IRQs pending on the slave at
+    // once, its cascade output stays high and the master never sees another edge on line 2,
+    // so slave IRQs would stop for good. Two or more NICs on 8-15 therefore use the IOAPIC.
+    let slave_shared = (8..16).contains(&irq) && opts.slave_nics > 1;
+    if irq < 16 && !opts.ioapic && !slave_shared {
+        let (port, bit) = if irq < 8 {
+            (0x21, irq)
+        } else {
+            (0xa1, irq - 8)
+        };
         outb(port, inb(port) & !(1 << bit));
         if irq >= 8 {
             outb(0x21, inb(0x21) & !(1 << 2)); // cascade
         }
         return;
     }
-    let (ioapic, pin) = if irq < 24 { (IOAPIC0, irq) } else { (IOAPIC1, irq - 24) };
+    let (ioapic, pin) = if irq < 24 {
+        (IOAPIC0, irq)
+    } else {
+        (IOAPIC1, irq - 24)
+    };
     w32(ioapic, 1);
     let ver = r32(ioapic + 0x10);
     if ver == u32::MAX || pin > ((ver >> 16) & 0xff) as u64 || irq >= 48 {
@@ -825,7 +892,14 @@ impl Arp {
 
 impl Nic {
     /// Writes Ethernet + IPv4 headers (20 bytes, no options) into `f`; returns the L4 offset.
-    fn ip_hdr(&mut self, f: &mut [u8], dst_mac: &[u8; 6], dst: u32, proto: u8, l4_len: usize) -> usize {
+    fn ip_hdr(
+        &mut self,
+        f: &mut [u8],
+        dst_mac: &[u8; 6],
+        dst: u32,
+        proto: u8,
+        l4_len: usize,
+    ) -> usize {
         f[0..6].copy_from_slice(dst_mac);
         f[6..12].copy_from_slice(&self.mac);
         set16(f, 12, ETH_IP);
@@ -918,12 +992,15 @@ impl Nic {
                     1 if l4.len() >= 8 && l4[0] == 8 && l4[1] == 0 => {
                         self.icmp_echo(q, &src_mac, src, l4)
                     }
-                    17 if l4.len() >= 8 && (be16(l4, 4) as usize) <= l4.len() && be16(l4, 4) >= 8 => {
+                    17 if l4.len() >= 8
+                        && (be16(l4, 4) as usize) <= l4.len()
+                        && be16(l4, 4) >= 8 =>
+                    {
                         let l4 = &l4[..be16(l4, 4) as usize];
                         match be16(l4, 2) {
                             7 => self.udp_reply(q, &src_mac, src, l4, &l4[8..], Some(be16(l4, 6))),
                             5 => {
-                                let mut line = [0u8; 512];
+                                let mut line = [0u8; 800];
                                 let n = self.stats_line(&mut line);
                                 self.udp_reply(q, &src_mac, src, l4, &line[..n], None)
                             }
@@ -962,7 +1039,15 @@ impl Nic {
     /// UDP reply to the request `req` (its UDP header + payload) with `payload`. `csum`: the
     /// request's checksum, still right for an echo (swapping addresses and ports keeps the
     /// one's-complement sum); None to compute it.
-    fn udp_reply(&mut self, q: usize, mac: &[u8; 6], dst: u32, req: &[u8], payload: &[u8], csum: Option<u16>) {
+    fn udp_reply(
+        &mut self,
+        q: usize,
+        mac: &[u8; 6],
+        dst: u32,
+        req: &[u8],
+        payload: &[u8],
+        csum: Option<u16>,
+    ) {
         let Some((id, a, cap)) = self.tx[q].tx_get() else {
             self.dropped += 1;
             return;
@@ -992,7 +1077,7 @@ impl Nic {
         self.txc[q] += 1;
     }
 
-    fn stats_line(&self, out: &mut [u8; 512]) -> usize {
+    fn stats_line(&self, out: &mut [u8; 800]) -> usize {
         let mut n = 0;
         let mut w = |s: &[u8]| {
             let k = s.len().min(out.len() - n);
@@ -1048,13 +1133,19 @@ impl Nic {
             let id = id as u16;
             let bs = vq.buf_size as usize;
             let a = vq.buf_addr(id);
-            let nb = if self.mrg && len as usize >= HDR { r16(a + 10).max(1) } else { 1 };
-            if nb > 1 && n < nb {
+            let mut nb = if self.mrg && len as usize >= HDR {
+                r16(a + 10).max(1)
+            } else {
+                1
+            };
+            if nb > vq.nbuf {
+                nb = 1; // more buffers than we ever posted: a broken header, drop below
+            } else if nb > 1 && n < nb {
                 break; // the rest of the packet is not there yet
             }
             done += 1;
             self.rxc[q] += 1;
-            if len as usize > bs || (len as usize) < HDR {
+            if len as usize > bs || (len as usize) < HDR || (self.mrg && r16(a + 10) > vq.nbuf) {
                 self.dropped += 1;
                 self.rx_recycle(q, nb);
                 continue;
@@ -1071,7 +1162,11 @@ impl Nic {
             for k in 0..nb {
                 let (kid, klen) = self.rx[q].used_elem(k);
                 let (klen, skip) = (klen as usize, if k == 0 { HDR } else { 0 });
-                if !self.rx[q].owned(kid) || klen > bs || klen < skip || total + klen - skip > self.scratch_len {
+                if !self.rx[q].owned(kid)
+                    || klen > bs
+                    || klen < skip
+                    || total + klen - skip > self.scratch_len
+                {
                     ok = false;
                     break;
                 }
@@ -1092,13 +1187,21 @@ impl Nic {
 
     /// Gives the next `nb` used buffers of RX queue `q` back to the device.
     fn rx_recycle(&mut self, q: usize, nb: u16) {
+        // Ownership is cleared first, so that an id the device returned twice is posted once.
+        let vq = &mut self.rx[q];
+        let mut ids = [0u16; MAX_QSIZE as usize];
+        let mut k = 0;
         for _ in 0..nb {
-            let vq = &mut self.rx[q];
             let (id, _) = vq.used_elem(0);
             vq.last_used = vq.last_used.wrapping_add(1);
-            if vq.owned(id) {
-                vq.rx_post(id as u16);
+            if vq.owned(id) && k < ids.len() {
+                vq.set_owned(id as u16, false);
+                ids[k] = id as u16;
+                k += 1;
             }
+        }
+        for &id in &ids[..k] {
+            vq.rx_post(id);
         }
     }
 
@@ -1165,8 +1268,20 @@ fn parse_udpgen(v: &[u8]) -> Option<(u32, u16, usize, u64)> {
 }
 
 impl Gen {
-    fn new(nic: &Nic, pick: usize, dst: u32, port: u16, payload: usize, count: u64, a: &mut Alloc) -> Option<Gen> {
-        let hop = if nic.on_link(dst) || nic.gw == 0 { dst } else { nic.gw };
+    fn new(
+        nic: &Nic,
+        pick: usize,
+        dst: u32,
+        port: u16,
+        payload: usize,
+        count: u64,
+        a: &mut Alloc,
+    ) -> Option<Gen> {
+        let hop = if nic.on_link(dst) || nic.gw == 0 {
+            dst
+        } else {
+            nic.gw
+        };
         let payload = payload.min(nic.mtu - 28);
         let template = a.alloc(payload as u64)?;
         // Payload: 8-byte big-endian sequence number (truncated if shorter), then a pattern.
@@ -1224,7 +1339,9 @@ impl Gen {
         let mac = self.mac.unwrap_or(BCAST);
         let len = 8 + self.payload;
         while self.sent < self.count {
-            let Some((id, a, cap)) = nic.tx[0].tx_get() else { break };
+            let Some((id, a, cap)) = nic.tx[0].tx_get() else {
+                break;
+            };
             if 34 + len > cap {
                 nic.tx[0].nfree += 1;
                 self.count = self.sent;
@@ -1269,6 +1386,21 @@ pub struct Opts {
     ioapic: bool,
     /// `volt.net.mq=off`: do not negotiate VIRTIO_NET_F_MQ.
     no_mq: bool,
+    /// virtio-net devices with an IRQ on the slave 8259 (8-15).
+    slave_nics: usize,
+}
+
+/// The virtio-net devices named by `virtio_mmio.device=` (device id 1), in order:
+/// (spec, base, irq).
+fn net_devices(cmdline: &[u8]) -> impl Iterator<Item = (&[u8], u64, u64)> {
+    words(cmdline).filter_map(|w| {
+        let spec = w.strip_prefix(b"virtio_mmio.device=")?;
+        let (size, base, irq) = crate::parse_virtio(spec)?;
+        if size < 0x200 || base.checked_add(0x200).is_none_or(|e| e > 1 << 32) {
+            return None;
+        }
+        (r32(base) == VIRTIO_MAGIC && r32(base + R_DEVICE_ID) == 1).then_some((spec, base, irq))
+    })
 }
 
 pub struct Net {
@@ -1280,7 +1412,11 @@ pub struct Net {
 /// Brings up every virtio-net device (device id 1) named by `virtio_mmio.device=`, in order,
 /// printing one `net` line each.
 pub fn setup(cmdline: &[u8], si: &StartInfo) -> Net {
-    let mut net = Net { nics: Default::default(), n: 0, gen: None };
+    let mut net = Net {
+        nics: Default::default(),
+        n: 0,
+        gen: None,
+    };
     let mut opts = Opts::default();
     let mut ips = [IpCfg::default(); MAX_NICS];
     let mut nip = 0;
@@ -1300,24 +1436,17 @@ pub fn setup(cmdline: &[u8], si: &StartInfo) -> Net {
         }
     }
     let mut alloc: Option<Alloc> = None;
-    let mut index = 0u8;
-    for w in words(cmdline) {
-        let Some(spec) = w.strip_prefix(b"virtio_mmio.device=") else { continue };
-        let Some((size, base, irq)) = crate::parse_virtio(spec) else { continue };
-        if size < 0x200 || base.checked_add(0x200).is_none_or(|e| e > 1 << 32) {
-            continue;
-        }
-        if r32(base) != VIRTIO_MAGIC || r32(base + R_DEVICE_ID) != 1 {
-            continue;
-        }
-        let name = index;
-        index += 1;
-        if name as usize >= MAX_NICS {
+    opts.slave_nics = net_devices(cmdline)
+        .take(MAX_NICS)
+        .filter(|d| (8..16).contains(&d.2))
+        .count();
+    for (name, (spec, base, irq)) in net_devices(cmdline).enumerate() {
+        if name >= MAX_NICS {
             net_line(spec, b"failed: too many NICs");
             continue;
         }
         let a = alloc.get_or_insert_with(|| Alloc::new(si, cmdline));
-        if let Some(nic) = init_nic(spec, base, irq, name, ips[name as usize], &opts, a) {
+        if let Some(nic) = init_nic(spec, base, irq, name as u8, ips[name], &opts, a) {
             net.nics[net.n] = nic;
             net.n += 1;
         }
@@ -1354,7 +1483,10 @@ impl Net {
     pub fn run(&mut self) -> ! {
         let tpu = tsc_per_us_cached();
         let idle_ticks = IDLE_US * tpu;
-        let mut arp = Arp { e: [(0, [0; 6]); 8], next: 0 };
+        let mut arp = Arp {
+            e: [(0, [0; 6]); 8],
+            next: 0,
+        };
         let mut kbd = Keyboard::default();
         drain_keyboard(&mut kbd);
         let mut kbd_seen = 0;

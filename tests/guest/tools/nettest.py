@@ -90,7 +90,7 @@ def stats(a):
 def sink(a):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:  # root: past net.core.rmem_max, so that the sink is not what drops
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, 64 << 20)
+        s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 64 << 20)
     except OSError:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
     s.bind((a.bind, a.port))

@@ -1,0 +1,158 @@
+//! The virtio-net control queue: the driver sends `{class, command, data...}` and gets one
+//! status byte back. Handled: MQ (VQ_PAIRS_SET), guest offloads, and the RX-mode, MAC and
+//! announce classes (acknowledged: a TAP already receives everything for the guest).
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+use super::datapath::ChainFault;
+
+pub const CLASS_RX: u8 = 0;
+pub const CLASS_MAC: u8 = 1;
+pub const CLASS_VLAN: u8 = 2;
+pub const CLASS_ANNOUNCE: u8 = 3;
+pub const CLASS_MQ: u8 = 4;
+pub const CLASS_GUEST_OFFLOADS: u8 = 5;
+pub const MQ_VQ_PAIRS_SET: u8 = 0;
+pub const GUEST_OFFLOADS_SET: u8 = 0;
+pub const OK: u8 = 0;
+pub const ERR: u8 = 1;
+
+/// What a control command asks of the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Use this many queue pairs.
+    SetQueuePairs(u16),
+    /// Guest offload feature bits (VIRTIO_NET_F_GUEST_*).
+    SetGuestOffloads(u64),
+    /// Accepted without effect (RX mode, MAC filters, VLAN filters, announce ack).
+    Ack,
+    /// Not understood.
+    Unsupported { class: u8, command: u8 },
+}
+
+/// Decode a command from its readable bytes.
+pub fn parse(req: &[u8], max_pairs: u16) -> Result<Command, String> {
+    let (&class, rest) = req.split_first().ok_or("empty control command")?;
+    let (&command, data) = rest
+        .split_first()
+        .ok_or("control command without a command byte")?;
+    Ok(match (class, command) {
+        (CLASS_MQ, MQ_VQ_PAIRS_SET) => {
+            let n = data
+                .get(..2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .ok_or("VQ_PAIRS_SET without a count")?;
+            if n == 0 || n > max_pairs {
+                return Err(format!("VQ_PAIRS_SET {n} is outside 1-{max_pairs}"));
+            }
+            Command::SetQueuePairs(n)
+        }
+        (CLASS_GUEST_OFFLOADS, GUEST_OFFLOADS_SET) => {
+            let b = data.get(..8).ok_or("GUEST_OFFLOADS_SET without a value")?;
+            let mut v = [0u8; 8];
+            v.copy_from_slice(b);
+            Command::SetGuestOffloads(u64::from_le_bytes(v))
+        }
+        (CLASS_RX | CLASS_MAC | CLASS_VLAN | CLASS_ANNOUNCE, _) => Command::Ack,
+        (class, command) => Command::Unsupported { class, command },
+    })
+}
+
+/// Serve every control command on `queue`; `apply` carries out a command and says whether
+/// it worked. Returns whether chains were used, and faults.
+pub fn process(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    max_pairs: u16,
+    apply: &mut dyn FnMut(Command) -> bool,
+) -> (bool, Vec<ChainFault>) {
+    let mut used = false;
+    let mut faults = Vec::new();
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let mut req = Vec::new();
+        let mut status_addr = None;
+        let mut bad = None;
+        for desc in chain {
+            if desc.is_write_only() {
+                if desc.len() >= 1 {
+                    status_addr = Some(desc.addr());
+                }
+            } else if req.len() + desc.len() as usize > 4096 {
+                bad = Some(ChainFault::BadLength {
+                    head,
+                    len: req.len() + desc.len() as usize,
+                });
+                break;
+            } else {
+                let start = req.len();
+                req.resize(start + desc.len() as usize, 0);
+                if mem.read_slice(&mut req[start..], desc.addr()).is_err() {
+                    bad = Some(ChainFault::OutOfMemory {
+                        head,
+                        addr: desc.addr().0,
+                    });
+                    break;
+                }
+            }
+        }
+        let status = match bad {
+            Some(f) => {
+                faults.push(f);
+                ERR
+            }
+            None => match parse(&req, max_pairs) {
+                Ok(cmd) => {
+                    if apply(cmd) {
+                        OK
+                    } else {
+                        ERR
+                    }
+                }
+                Err(e) => {
+                    faults.push(ChainFault::Queue(format!("control command rejected: {e}")));
+                    ERR
+                }
+            },
+        };
+        let written = match status_addr {
+            Some(addr) if mem.write_obj(status, addr).is_ok() => 1,
+            _ => 0,
+        };
+        if queue.add_used(mem, head, written).is_ok() {
+            used = true;
+        }
+    }
+    (used, faults)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_commands() {
+        assert_eq!(
+            parse(&[CLASS_MQ, MQ_VQ_PAIRS_SET, 4, 0], 4),
+            Ok(Command::SetQueuePairs(4))
+        );
+        assert!(parse(&[CLASS_MQ, MQ_VQ_PAIRS_SET, 5, 0], 4).is_err());
+        assert!(parse(&[CLASS_MQ, MQ_VQ_PAIRS_SET, 0, 0], 4).is_err());
+        assert!(parse(&[CLASS_MQ, MQ_VQ_PAIRS_SET, 1], 4).is_err());
+        assert_eq!(
+            parse(&[CLASS_GUEST_OFFLOADS, 0, 0x83, 1, 0, 0, 0, 0, 0, 0], 1),
+            Ok(Command::SetGuestOffloads(0x183))
+        );
+        assert_eq!(parse(&[CLASS_RX, 0, 1], 1), Ok(Command::Ack));
+        assert_eq!(
+            parse(&[9, 9], 1),
+            Ok(Command::Unsupported {
+                class: 9,
+                command: 9
+            })
+        );
+        assert!(parse(&[], 1).is_err());
+        assert!(parse(&[CLASS_MQ], 1).is_err());
+    }
+}

@@ -1,0 +1,427 @@
+//! The virtio-net data path, with no event loop: move frames between a queue pair and a
+//! frame backend (a TAP queue fd, or a socket in tests).
+//!
+//! Everything here assumes a hostile driver: descriptor chains are walked by virtio-queue
+//! (loop and length checks), every guest access goes through vm-memory (bounds-checked), a
+//! chain of the wrong shape is dropped and counted, never trusted.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Size of `struct virtio_net_hdr_v1` (VIRTIO_F_VERSION_1: num_buffers is always there).
+pub const HDR_LEN: usize = 12;
+/// Offset of `num_buffers` in the header.
+const NUM_BUFFERS_OFF: usize = 10;
+/// Largest frame plus header we move: 64 KiB GSO frame + Ethernet header + vnet header.
+pub const MAX_FRAME: usize = 65_562 + HDR_LEN;
+
+/// Reads and writes whole frames (vnet header included).
+pub trait FrameIo {
+    /// One frame into `buf`; `WouldBlock` when none is waiting.
+    fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// One frame from `buf`.
+    fn write_frame(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+fn cvt(r: isize) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+impl FrameIo for std::fs::File {
+    fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for buf.len() bytes of writes.
+        cvt(unsafe { libc::read(self.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+    }
+
+    fn write_frame(&self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for buf.len() bytes of reads.
+        cvt(unsafe { libc::write(self.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })
+    }
+}
+
+impl FrameIo for std::os::unix::net::UnixDatagram {
+    fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.recv(buf)
+    }
+
+    fn write_frame(&self, buf: &[u8]) -> io::Result<usize> {
+        self.send(buf)
+    }
+}
+
+/// Per-queue-pair counters, readable from other threads.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Frames from the host dropped: no guest buffer large enough.
+    pub rx_dropped: AtomicU64,
+    /// Frames from the guest dropped: bad chains or backend write errors.
+    pub tx_dropped: AtomicU64,
+    /// Descriptor chains of the wrong shape or outside guest memory.
+    pub bad_descriptors: AtomicU64,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One line for logs.
+    pub fn summary(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "rx {} packets {} bytes ({} dropped), tx {} packets {} bytes ({} dropped), {} bad descriptors",
+            g(&self.rx_packets),
+            g(&self.rx_bytes),
+            g(&self.rx_dropped),
+            g(&self.tx_packets),
+            g(&self.tx_bytes),
+            g(&self.tx_dropped),
+            g(&self.bad_descriptors)
+        )
+    }
+}
+
+/// What went wrong in a guest-supplied chain (rate-limited into the log by the caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainFault {
+    /// A TX chain had a device-writable descriptor, or an RX chain a readable one.
+    WrongDirection { head: u16 },
+    /// The chain is too short for a header, or longer than any frame.
+    BadLength { head: u16, len: usize },
+    /// A descriptor points outside guest memory.
+    OutOfMemory { head: u16, addr: u64 },
+    /// The queue itself is broken (avail ring outside memory, bad index).
+    Queue(String),
+}
+
+impl std::fmt::Display for ChainFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChainFault::WrongDirection { head } => write!(
+                f,
+                "descriptor chain {head} has a buffer in the wrong direction"
+            ),
+            ChainFault::BadLength { head, len } => {
+                write!(f, "descriptor chain {head} has an unusable length {len}")
+            }
+            ChainFault::OutOfMemory { head, addr } => write!(
+                f,
+                "descriptor chain {head} points outside guest memory ({addr:#x})"
+            ),
+            ChainFault::Queue(e) => write!(f, "queue error: {e}"),
+        }
+    }
+}
+
+/// Result of one pass over a queue.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Chains were returned to the driver (it may need an interrupt).
+    pub used: bool,
+    /// Faults seen (the caller logs them, rate-limited).
+    pub faults: Vec<ChainFault>,
+}
+
+/// Send every frame the driver queued on the TX queue to `io`.
+pub fn process_tx(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    io: &dyn FrameIo,
+    buf: &mut Vec<u8>,
+    stats: &Stats,
+) -> Pass {
+    let mut pass = Pass::default();
+    let mut rearmed = false;
+    loop {
+        let chain = match queue.pop_descriptor_chain(mem) {
+            Some(c) => {
+                rearmed = false;
+                c
+            }
+            None if rearmed => {
+                // Re-armed, told there is more, and still nothing to pop: the avail index is
+                // beyond the ring. Stop rather than spin; the next kick tries again.
+                pass.faults
+                    .push(ChainFault::Queue("avail index is out of range".into()));
+                break;
+            }
+            None => {
+                // Re-arm notifications; if the driver added more meanwhile, keep going.
+                match queue.enable_notification(mem) {
+                    Ok(true) => {
+                        let _ = queue.disable_notification(mem);
+                        rearmed = true;
+                        continue;
+                    }
+                    Ok(false) => break,
+                    Err(e) => {
+                        pass.faults.push(ChainFault::Queue(e.to_string()));
+                        break;
+                    }
+                }
+            }
+        };
+        let head = chain.head_index();
+        buf.clear();
+        let mut fault = None;
+        for desc in chain {
+            if desc.is_write_only() {
+                fault = Some(ChainFault::WrongDirection { head });
+                break;
+            }
+            let len = desc.len() as usize;
+            if buf.len() + len > MAX_FRAME {
+                fault = Some(ChainFault::BadLength {
+                    head,
+                    len: buf.len() + len,
+                });
+                break;
+            }
+            let start = buf.len();
+            buf.resize(start + len, 0);
+            if mem.read_slice(&mut buf[start..], desc.addr()).is_err() {
+                fault = Some(ChainFault::OutOfMemory {
+                    head,
+                    addr: desc.addr().0,
+                });
+                break;
+            }
+        }
+        if fault.is_none() && buf.len() < HDR_LEN {
+            fault = Some(ChainFault::BadLength {
+                head,
+                len: buf.len(),
+            });
+        }
+        match fault {
+            Some(f) => {
+                Stats::add(&stats.bad_descriptors, 1);
+                Stats::add(&stats.tx_dropped, 1);
+                pass.faults.push(f);
+            }
+            None => match io.write_frame(buf) {
+                Ok(_) => {
+                    Stats::add(&stats.tx_packets, 1);
+                    Stats::add(&stats.tx_bytes, (buf.len() - HDR_LEN) as u64);
+                }
+                Err(_) => Stats::add(&stats.tx_dropped, 1),
+            },
+        }
+        if let Err(e) = queue.add_used(mem, head, 0) {
+            pass.faults.push(ChainFault::Queue(e.to_string()));
+            break;
+        }
+        pass.used = true;
+    }
+    pass
+}
+
+/// A frame read from the backend that the guest has no buffer for yet.
+#[derive(Debug)]
+pub struct RxState {
+    buf: Vec<u8>,
+    /// Length of the pending frame in `buf` (0: none).
+    pending: usize,
+    /// Whether the backend may have more frames (cleared on WouldBlock).
+    pub backend_ready: bool,
+    /// VIRTIO_NET_F_MRG_RXBUF negotiated: a frame may span several chains.
+    pub mergeable: bool,
+}
+
+impl RxState {
+    pub fn new(mergeable: bool) -> RxState {
+        RxState {
+            buf: vec![0; MAX_FRAME],
+            pending: 0,
+            backend_ready: true,
+            mergeable,
+        }
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.pending > 0
+    }
+}
+
+/// Writable space of one chain: (address, length) pieces, validated to lie in guest memory.
+fn writable_pieces(
+    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+) -> Result<(u16, Vec<(GuestAddress, usize)>), ChainFault> {
+    let head = chain.head_index();
+    let mut pieces = Vec::new();
+    let mut total = 0usize;
+    for desc in chain {
+        if !desc.is_write_only() {
+            return Err(ChainFault::WrongDirection { head });
+        }
+        let len = desc.len() as usize;
+        if vm_memory::GuestMemoryBackend::get_slice(mem, desc.addr(), len).is_err() {
+            return Err(ChainFault::OutOfMemory {
+                head,
+                addr: desc.addr().0,
+            });
+        }
+        total = total.saturating_add(len);
+        pieces.push((desc.addr(), len));
+    }
+    if total < HDR_LEN {
+        return Err(ChainFault::BadLength { head, len: total });
+    }
+    Ok((head, pieces))
+}
+
+/// Copy `data` into `pieces`; returns bytes written.
+fn scatter(mem: &GuestMemoryMmap, pieces: &[(GuestAddress, usize)], data: &[u8]) -> usize {
+    let mut off = 0;
+    for (addr, len) in pieces {
+        if off >= data.len() {
+            break;
+        }
+        let n = (*len).min(data.len() - off);
+        if mem.write_slice(&data[off..off + n], *addr).is_err() {
+            break;
+        }
+        off += n;
+    }
+    off
+}
+
+/// Deliver frames from `io` to the RX queue until the backend is empty or the guest has no
+/// buffers left (then the frame stays pending and notifications are re-armed).
+pub fn process_rx(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    io: &dyn FrameIo,
+    st: &mut RxState,
+    stats: &Stats,
+) -> Pass {
+    let mut pass = Pass::default();
+    loop {
+        if st.pending == 0 {
+            if !st.backend_ready {
+                break;
+            }
+            match io.read_frame(&mut st.buf) {
+                Ok(n) if n >= HDR_LEN => st.pending = n,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    st.backend_ready = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    st.backend_ready = false;
+                    break;
+                }
+            }
+        }
+        let len = st.pending;
+        // Collect chains until the frame fits (one chain unless mergeable).
+        let mut start_avail = queue.next_avail();
+        // The driver's avail index before this attempt: more buffers arrived only if it moves.
+        let avail_before = queue
+            .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+            .map(|i| i.0)
+            .ok();
+        let mut chains: Vec<(u16, Vec<(GuestAddress, usize)>)> = Vec::new();
+        let mut room = 0usize;
+        let mut out_of_buffers = false;
+        while room < len {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                out_of_buffers = true;
+                break;
+            };
+            match writable_pieces(chain, mem) {
+                Ok((head, pieces)) => {
+                    room += pieces.iter().map(|p| p.1).sum::<usize>();
+                    chains.push((head, pieces));
+                }
+                Err(f) => {
+                    // A broken chain goes back used with length 0.
+                    let head = match &f {
+                        ChainFault::WrongDirection { head }
+                        | ChainFault::BadLength { head, .. }
+                        | ChainFault::OutOfMemory { head, .. } => *head,
+                        ChainFault::Queue(_) => 0,
+                    };
+                    Stats::add(&stats.bad_descriptors, 1);
+                    pass.faults.push(f);
+                    // Give back the broken chain and any gathered for this frame (length
+                    // 0), and never rewind past them: the frame starts over after them.
+                    for h in std::iter::once(head).chain(chains.drain(..).map(|c| c.0)) {
+                        if queue.add_used(mem, h, 0).is_ok() {
+                            pass.used = true;
+                        }
+                    }
+                    room = 0;
+                    start_avail = queue.next_avail();
+                    continue;
+                }
+            }
+            if !st.mergeable {
+                break;
+            }
+        }
+        if room < len && (out_of_buffers || st.mergeable) {
+            // Not enough buffers: give the chains back and wait for the driver. Go on only if
+            // it added buffers during this attempt (else a too-small or broken ring spins).
+            queue.set_next_avail(start_avail);
+            if let Err(e) = queue.enable_notification(mem) {
+                pass.faults.push(ChainFault::Queue(e.to_string()));
+                break;
+            }
+            match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+                Ok(idx) if Some(idx.0) != avail_before => {
+                    let _ = queue.disable_notification(mem);
+                    continue;
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    pass.faults.push(ChainFault::Queue(e.to_string()));
+                    break;
+                }
+            }
+        }
+        if room < len {
+            // Non-mergeable and the one chain is too small: drop the frame.
+            for (head, _) in &chains {
+                if queue.add_used(mem, *head, 0).is_ok() {
+                    pass.used = true;
+                }
+            }
+            Stats::add(&stats.rx_dropped, 1);
+            st.pending = 0;
+            continue;
+        }
+        // num_buffers = chains used.
+        let n = chains.len() as u16;
+        st.buf[NUM_BUFFERS_OFF..NUM_BUFFERS_OFF + 2].copy_from_slice(&n.to_le_bytes());
+        let mut off = 0usize;
+        for (head, pieces) in &chains {
+            let written = scatter(mem, pieces, &st.buf[off..len]);
+            off += written;
+            if queue.add_used(mem, *head, written as u32).is_err() {
+                pass.faults
+                    .push(ChainFault::Queue("add_used failed".into()));
+            }
+        }
+        pass.used = true;
+        Stats::add(&stats.rx_packets, 1);
+        Stats::add(&stats.rx_bytes, (len - HDR_LEN) as u64);
+        st.pending = 0;
+    }
+    pass
+}

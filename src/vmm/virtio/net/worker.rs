@@ -1,0 +1,184 @@
+//! One thread per queue pair: epoll on the TAP queue fd (edge-triggered), the RX and TX
+//! queue kicks (ioeventfds), the control queue kick (pair 0 only) and a stop eventfd. No
+//! busy polling: the thread sleeps in epoll_wait whenever there is nothing to move.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::ctrl;
+use super::datapath::{self, ChainFault, FrameIo, RxState, Stats};
+use crate::log_limited;
+use crate::vmm::ratelimit::LogLimiter;
+use crate::vmm::virtio::VirtioInterrupt;
+
+const T_TAP: u64 = 0;
+const T_RX: u64 = 1;
+const T_TX: u64 = 2;
+const T_CTRL: u64 = 3;
+const T_STOP: u64 = 4;
+
+/// The control queue, its kick, the most queue pairs, and what carries out a command.
+pub type CtrlPart = (
+    Queue,
+    EventFd,
+    u16,
+    Box<dyn FnMut(ctrl::Command) -> bool + Send>,
+);
+
+/// Everything one queue-pair thread owns.
+pub struct PairWorker<F: FrameIo + AsRawFd> {
+    pub name: String,
+    pub rx: Queue,
+    pub rx_kick: EventFd,
+    pub tx: Queue,
+    pub tx_kick: EventFd,
+    /// Pair 0 also serves the control queue; `apply` carries out its commands.
+    pub ctrl: Option<CtrlPart>,
+    pub io: F,
+    pub mem: GuestMemoryMmap,
+    pub interrupt: Arc<VirtioInterrupt>,
+    pub stats: Arc<Stats>,
+    pub stop: Arc<EventFd>,
+    pub mergeable: bool,
+}
+
+impl<F: FrameIo + AsRawFd> PairWorker<F> {
+    fn log_faults(&self, limiter: &mut LogLimiter, faults: &[ChainFault]) {
+        for f in faults {
+            log_limited!(
+                limiter,
+                log::Level::Warn,
+                "{}: guest {f}; dropped",
+                self.name
+            );
+        }
+    }
+
+    fn signal(&self, limiter: &mut LogLimiter) {
+        if let Err(e) = self.interrupt.signal_used_queue() {
+            log_limited!(
+                limiter,
+                log::Level::Warn,
+                "{}: interrupt failed: {e}",
+                self.name
+            );
+        }
+    }
+
+    /// Run until the stop eventfd fires.
+    pub fn run(mut self) {
+        let mut limiter = LogLimiter::new();
+        let epoll = match Epoll::new() {
+            Ok(e) => e,
+            Err(e) => {
+                log::error!("{}: epoll_create failed: {e}", self.name);
+                return;
+            }
+        };
+        let mut fds = vec![
+            (
+                self.io.as_raw_fd(),
+                T_TAP,
+                EventSet::IN | EventSet::EDGE_TRIGGERED,
+            ),
+            (self.rx_kick.as_raw_fd(), T_RX, EventSet::IN),
+            (self.tx_kick.as_raw_fd(), T_TX, EventSet::IN),
+            (self.stop.as_raw_fd(), T_STOP, EventSet::IN),
+        ];
+        if let Some((_, kick, _, _)) = &self.ctrl {
+            fds.push((kick.as_raw_fd(), T_CTRL, EventSet::IN));
+        }
+        for (fd, token, set) in fds {
+            if let Err(e) = epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, token)) {
+                log::error!("{}: epoll_ctl failed: {e}", self.name);
+                return;
+            }
+        }
+        let mut rx_state = RxState::new(self.mergeable);
+        let mut tx_buf = Vec::with_capacity(datapath::MAX_FRAME);
+        // Frames or requests may be waiting from before activation.
+        let (mut do_rx, mut do_tx, mut do_ctrl) = (true, true, true);
+        let mut events = [EpollEvent::default(); 8];
+        loop {
+            let mut notify = false;
+            if do_ctrl {
+                if let Some((queue, _, max_pairs, apply)) = &mut self.ctrl {
+                    let (used, faults) =
+                        ctrl::process(queue, &self.mem, *max_pairs, apply.as_mut());
+                    notify |= used;
+                    for f in &faults {
+                        log_limited!(limiter, log::Level::Warn, "{}: guest {f}", self.name);
+                    }
+                }
+            }
+            if do_tx {
+                let _ = self.tx.disable_notification(&self.mem);
+                let pass = datapath::process_tx(
+                    &mut self.tx,
+                    &self.mem,
+                    &self.io,
+                    &mut tx_buf,
+                    &self.stats,
+                );
+                self.log_faults(&mut limiter, &pass.faults);
+                if pass.used && self.tx.needs_notification(&self.mem).unwrap_or(true) {
+                    notify = true;
+                }
+            }
+            if do_rx {
+                let pass = datapath::process_rx(
+                    &mut self.rx,
+                    &self.mem,
+                    &self.io,
+                    &mut rx_state,
+                    &self.stats,
+                );
+                self.log_faults(&mut limiter, &pass.faults);
+                if pass.used && self.rx.needs_notification(&self.mem).unwrap_or(true) {
+                    notify = true;
+                }
+            }
+            if notify {
+                self.signal(&mut limiter);
+            }
+            (do_rx, do_tx, do_ctrl) = (false, false, false);
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::error!("{}: epoll_wait failed: {e}", self.name);
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    T_STOP => return,
+                    T_TAP => {
+                        rx_state.backend_ready = true;
+                        do_rx = true;
+                    }
+                    T_RX => {
+                        let _ = self.rx_kick.read();
+                        do_rx = true;
+                    }
+                    T_TX => {
+                        let _ = self.tx_kick.read();
+                        do_tx = true;
+                    }
+                    T_CTRL => {
+                        if let Some((_, kick, _, _)) = &self.ctrl {
+                            let _ = kick.read();
+                        }
+                        do_ctrl = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! virtio-net end to end: volt-vmm with the test guest on a TAP on a bridge, all inside a
+//! network namespace the test creates. Traffic: 1000 pings, a 10 MB UDP echo checked byte
+//! for byte, a 9000-byte ping at MTU 9000, and every queue of a 4-pair NIC carrying traffic.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::netns::{skip_reason, NetNs};
+
+struct Vm {
+    ns: NetNs,
+    log: PathBuf,
+    _root: tempfile::TempDir,
+}
+
+fn skip() -> bool {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return true;
+    }
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIP: /dev/kvm is missing");
+        return true;
+    }
+    false
+}
+
+/// Boot the test guest with one NIC (`nic` is the TOML body of the [[network]] entry) on
+/// bridge volt0 (10.42.0.1/24, MTU `mtu`) in a fresh namespace; wait for its net line.
+fn boot(tag: &str, nic: &str, mtu: u32) -> Vm {
+    let mut ns = NetNs::new(tag);
+    ns.bridge("volt0", "10.42.0.1/24", mtu);
+    let root = tempfile::tempdir().expect("root");
+    let vms = root.path().join("etc/volt/vms");
+    std::fs::create_dir_all(&vms).expect("mkdir");
+    let toml = format!(
+        "memory_mib = 64\nkernel = \"{}\"\n[[network]]\nmode = \"direct\"\n{nic}\n",
+        common::guest::elf().display()
+    );
+    std::fs::write(vms.join("web.toml"), toml).expect("toml");
+    let log = root.path().join("vm.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let cfg = vms.join("web.toml");
+    ns.spawn(
+        env!("CARGO_BIN_EXE_volt-vmm"),
+        &["--config", cfg.to_str().expect("utf8")],
+        &[("VOLT_ROOT", root.path().to_str().expect("utf8"))],
+        out,
+    );
+    let vm = Vm {
+        ns,
+        log,
+        _root: root,
+    };
+    vm.wait_log("volt-test-guest: ready", Duration::from_secs(30));
+    vm
+}
+
+impl Vm {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let l = self.log();
+            if l.contains(needle) {
+                return l;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no {needle:?} after {timeout:?}; log:\n{l}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Echo `total` bytes off the guest's UDP port 7 in `size`-byte datagrams from `sockets`
+/// source sockets, checking every byte; lost datagrams are sent again. Returns
+/// (datagrams, retransmissions).
+fn udp_echo(ns: &NetNs, total: usize, size: usize, sockets: usize) -> (usize, usize) {
+    let name = ns.name.clone();
+    let handle = std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{name}")).expect("netns");
+        // SAFETY: moves only this helper thread into the test's namespace.
+        assert_eq!(
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
+            0
+        );
+        let socks: Vec<UdpSocket> = (0..sockets)
+            .map(|_| {
+                let s = UdpSocket::bind("10.42.0.1:0").expect("bind");
+                s.connect("10.42.0.10:7").expect("connect");
+                s.set_nonblocking(true).expect("nonblocking");
+                s
+            })
+            .collect();
+        let count = total.div_ceil(size);
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut payload = |seq: u64| -> Vec<u8> {
+            let mut p = seq.to_be_bytes().to_vec();
+            while p.len() < size {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                p.extend_from_slice(&seed.to_le_bytes());
+            }
+            p.truncate(size);
+            p
+        };
+        let mut retrans = 0;
+        let window = 32;
+        let mut seq = 0u64;
+        while (seq as usize) < count {
+            let batch: Vec<(u64, Vec<u8>)> = (seq..(seq + window).min(count as u64))
+                .map(|s| (s, payload(s)))
+                .collect();
+            let mut pending: BTreeMap<u64, Vec<u8>> = batch.into_iter().collect();
+            let mut tries = 0;
+            while !pending.is_empty() {
+                assert!(
+                    tries < 20,
+                    "datagrams {:?} never came back",
+                    pending.keys().collect::<Vec<_>>()
+                );
+                if tries > 0 {
+                    retrans += pending.len();
+                }
+                for (s, p) in &pending {
+                    socks[*s as usize % sockets].send(p).expect("send");
+                }
+                let mut buf = vec![0u8; 65536];
+                let deadline = Instant::now() + Duration::from_millis(500);
+                let mut fds: Vec<libc::pollfd> = socks
+                    .iter()
+                    .map(|s| libc::pollfd {
+                        fd: std::os::fd::AsRawFd::as_raw_fd(s),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    })
+                    .collect();
+                while !pending.is_empty() && Instant::now() < deadline {
+                    // SAFETY: fds is a valid array of pollfd for its length.
+                    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
+                    for (i, pfd) in fds.iter_mut().enumerate() {
+                        if pfd.revents & libc::POLLIN == 0 {
+                            continue;
+                        }
+                        pfd.revents = 0;
+                        while let Ok(n) = socks[i].recv(&mut buf) {
+                            let s = u64::from_be_bytes(buf[..8].try_into().expect("seq"));
+                            if let Some(p) = pending.get(&s) {
+                                assert_eq!(&buf[..n], &p[..], "echo of datagram {s} differs");
+                                pending.remove(&s);
+                            }
+                        }
+                    }
+                }
+                tries += 1;
+            }
+            seq += window;
+        }
+        (count, retrans)
+    });
+    handle.join().expect("echo thread")
+}
+
+#[test]
+fn ping_a_thousand_times_and_echo_ten_megabytes() {
+    if skip() {
+        return;
+    }
+    let vm = boot("net1", "ipv4 = \"10.42.0.10/24\"", 1500);
+    let out = vm.ns.ok("ping -q -c 1000 -i 0.002 -W 2 10.42.0.10");
+    assert!(
+        out.contains("1000 packets transmitted, 1000 received"),
+        "{out}"
+    );
+    let (datagrams, retrans) = udp_echo(&vm.ns, 10 * 1024 * 1024, 1400, 4);
+    eprintln!("10 MB UDP echo: {datagrams} datagrams, {retrans} sent again");
+    assert!(datagrams >= 7489);
+    assert!(
+        vm.log().contains("backend=userspace (vhost-net:"),
+        "the vhost fallback is said in the log"
+    );
+}
+
+#[test]
+fn jumbo_frames_with_mtu_9000() {
+    if skip() {
+        return;
+    }
+    let vm = boot("jumbo", "ipv4 = \"10.42.0.10/24\"\nmtu = 9000", 9000);
+    vm.wait_log("mtu=9000", Duration::from_secs(5));
+    let out = vm.ns.ok("ping -c 3 -i 0.2 -M do -s 8972 10.42.0.10");
+    assert!(out.contains("3 received"), "{out}");
+    let (datagrams, _) = udp_echo(&vm.ns, 2 * 1024 * 1024, 8972, 2);
+    assert!(datagrams > 0);
+}
+
+#[test]
+fn multiqueue_spreads_traffic_over_every_queue() {
+    if skip() {
+        return;
+    }
+    let vm = boot("mq", "ipv4 = \"10.42.0.10/24\"\nmultiqueue = 4", 1500);
+    vm.wait_log("queues=4", Duration::from_secs(5));
+    udp_echo(&vm.ns, 4 * 1024 * 1024, 1000, 64);
+    let name = vm.ns.name.clone();
+    let stats = std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{name}")).expect("netns");
+        // SAFETY: moves only this helper thread into the test's namespace.
+        assert_eq!(
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
+            0
+        );
+        let s = UdpSocket::bind("10.42.0.1:0").expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        let mut buf = [0u8; 512];
+        for _ in 0..5 {
+            s.send_to(b"stats", "10.42.0.10:5").expect("send");
+            if let Ok(n) = s.recv(&mut buf) {
+                return String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+        }
+        panic!("no stats reply");
+    })
+    .join()
+    .expect("stats");
+    let rxq: Vec<u64> = stats
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rxq="))
+        .expect("rxq")
+        .split(',')
+        .map(|n| n.trim().parse().expect("count"))
+        .collect();
+    assert_eq!(rxq.len(), 4, "{stats}");
+    assert!(
+        rxq.iter().all(|n| *n > 0),
+        "every RX queue must carry traffic: {stats}"
+    );
+}
