@@ -185,13 +185,21 @@ impl Collect {
 /// The network manager. `state_dir` (e.g. `/run/volt`) remembers which bridges Volt created.
 pub struct Manager {
     state_dir: PathBuf,
+    dev_dir: PathBuf,
 }
 
 impl Manager {
     pub fn new(state_dir: impl Into<PathBuf>) -> Manager {
         Manager {
             state_dir: state_dir.into(),
+            dev_dir: PathBuf::from("/dev"),
         }
+    }
+
+    /// Where macvtap device nodes are made (`/dev`; tests use a scratch directory).
+    pub fn with_dev_dir(mut self, dir: impl Into<PathBuf>) -> Manager {
+        self.dev_dir = dir.into();
+        self
     }
 
     fn bridge_marker(&self, bridge: &str) -> PathBuf {
@@ -514,7 +522,7 @@ impl Manager {
         let r = (|| -> Result<PathBuf, ManagerError> {
             Self::altname(&nl, &nic.link, &vm_altname(vm, nic));
             nl.set_up(&nic.link)?;
-            let dev = macvtap_device(&nic.link, index)?;
+            let dev = macvtap_device(&self.dev_dir, &nic.link, index)?;
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::chown(&dev, Some(uid), gid)
                     .map_err(io(format!("chown {}", dev.display())))?;
@@ -645,10 +653,11 @@ impl Manager {
     }
 }
 
-/// The character device of macvtap `name` (ifindex `index`): `/dev/tap<index>`, created
-/// from sysfs (`/sys/class/net/<name>/macvtap/tap<index>/dev`) when udev did not.
-pub fn macvtap_device(name: &str, index: u32) -> Result<PathBuf, ManagerError> {
-    let dev = PathBuf::from(format!("/dev/tap{index}"));
+/// The character device of macvtap `name` (ifindex `index`): `<dev_dir>/tap<index>`,
+/// created from sysfs (`/sys/class/net/<name>/macvtap/tap<index>/dev`) when udev did not.
+/// sysfs shows the namespace it was mounted in: call this where it matches.
+pub fn macvtap_device(dev_dir: &Path, name: &str, index: u32) -> Result<PathBuf, ManagerError> {
+    let dev = dev_dir.join(format!("tap{index}"));
     let sys = Path::new("/sys/class/net")
         .join(name)
         .join(format!("macvtap/tap{index}/dev"));

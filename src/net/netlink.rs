@@ -293,10 +293,12 @@ impl Netlink {
         if let Some(m) = mac {
             b = b.address(m.0.to_vec());
         }
-        if let Some(m) = mtu {
-            b = b.mtu(m);
-        }
         self.add(format!("create bridge {name}"), b.build())?;
+        // The MTU given at creation is overridden by the bridge's automatic MTU; set once
+        // created it sticks (the kernel then stops adjusting it to its ports).
+        if let Some(m) = mtu {
+            self.set_mtu(name, m)?;
+        }
         self.index(name)
     }
 

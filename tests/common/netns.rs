@@ -1,0 +1,95 @@
+//! Network namespaces a test creates (`ip netns add`), commands run inside them with
+//! `nsenter --net=` (never `ip netns exec`: it remounts /sys), and library code run inside
+//! them on a thread that `setns`. Dropping a [`TestNs`] deletes it, and with it every
+//! virtual link inside.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Why this machine cannot run netns tests, if it cannot.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("network namespace tests need root".into());
+    }
+    for tool in ["ip", "nsenter"] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            return Some(format!("{tool} is missing (scripts/setup installs it)"));
+        }
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun is missing".into());
+    }
+    None
+}
+
+pub struct TestNs {
+    pub name: String,
+}
+
+impl TestNs {
+    /// `ip netns add v<hint>-<pid>-<n>`.
+    pub fn new(hint: &str) -> TestNs {
+        let name = format!(
+            "vx{hint}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let o = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("ip netns add");
+        assert!(
+            o.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let ns = TestNs { name };
+        ns.ok("ip link set lo up");
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Run a shell script inside the namespace.
+    pub fn sh(&self, script: &str) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .args(["/bin/bash", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter")
+    }
+
+    /// Run a script that must succeed; returns its stdout.
+    pub fn ok(&self, script: &str) -> String {
+        let o = self.sh(script);
+        assert!(
+            o.status.success(),
+            "in netns {}: `{script}` failed ({:?})\nstdout: {}\nstderr: {}",
+            self.name,
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Run library code on a thread inside the namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        volt::net::netns::run_in(&self.path(), f).expect("run in netns")
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
