@@ -339,3 +339,60 @@ fn macvtap_modes_on_a_parent() {
         assert_eq!(e, "macvtap parent nope0 does not exist");
     });
 }
+
+#[test]
+fn isolated_tap_lives_alone_in_its_namespace_and_its_fd_still_works() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("iso");
+    let state = tempfile::tempdir().expect("state");
+    let sd = state.path().to_path_buf();
+    host.run(move || {
+        let net = {
+            let mut n = lab("type = \"isolated\"\n");
+            n.bridge = "vbr9".into();
+            n
+        };
+        let web = vm("isoweb", &net, "id = \"eth0\"\nbridge = \"vbr9\"");
+        let nic = &web.nics[0];
+        let mgr = Manager::new(&sd);
+        let nl = Netlink::new().expect("netlink");
+        let tap = mgr
+            .create_isolated_tap(&web, nic, &manager::TapOptions::default())
+            .expect("isolated tap");
+        assert!(
+            nl.link(&nic.link).expect("get").is_none(),
+            "not in the host namespace"
+        );
+        let ns = manager::isolated_netns(&volt::config::short_id(&web.uuid));
+        let link = nic.link.clone();
+        let inside = volt::net::netns::run_in(&volt::net::netns::path_of(&ns), move || {
+            let nl = Netlink::new().expect("nl");
+            let names: Vec<String> = nl
+                .links()
+                .expect("links")
+                .into_iter()
+                .map(|l| l.name)
+                .collect();
+            (names, nl.require(&link).expect("tap").up)
+        })
+        .expect("run in");
+        assert_eq!(
+            inside.0,
+            vec!["lo".to_string(), nic.link.clone()],
+            "alone in {ns}"
+        );
+        assert!(inside.1, "up");
+        // The VMM's fd keeps working after the move: a frame written goes out.
+        use std::io::Write;
+        let mut frame = vec![0u8; 12 + 60];
+        frame[12..18].copy_from_slice(&[0xff; 6]);
+        (&tap.queues[0])
+            .write_all(&frame)
+            .expect("write a frame to the moved TAP");
+        drop(tap);
+        mgr.teardown_vm(&web).expect("teardown");
+        assert!(!volt::net::netns::exists(&ns), "namespace removed");
+    });
+}

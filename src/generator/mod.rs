@@ -11,7 +11,7 @@ pub mod render;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::config::{ConfigSet, NicMode};
+use crate::config::{ConfigSet, NetworkLookup, NetworkType, NicMode};
 use render::{HEADER, NETWORKD_PREFIX};
 
 /// Where the generator writes networkd runtime files, relative to the root.
@@ -202,7 +202,14 @@ pub fn run(root: &Path, out: &OutputDirs) -> Report {
                     &render::link_dropin(vm, nic),
                 )?;
                 report.links += 1;
-                if nic.mode == NicMode::Networkd {
+                let isolated = nic
+                    .network
+                    .as_deref()
+                    .and_then(|n| set.networks.by_name(n))
+                    .is_some_and(|n| n.kind == NetworkType::Isolated);
+                // An isolated NIC's TAP lives in its VM's own namespace: `volt link up`
+                // makes it there; networkd must not make it on the bridge.
+                if nic.mode == NicMode::Networkd && !isolated {
                     let netdev = runtime_dir.join(render::netdev_file_name(nic));
                     let network = runtime_dir.join(render::network_file_name(nic));
                     write_atomic_if_changed(&netdev, &render::netdev(vm, nic))?;

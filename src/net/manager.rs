@@ -395,6 +395,9 @@ impl Manager {
         opts: &TapOptions,
     ) -> Result<Tap, ManagerError> {
         let nl = Netlink::new()?;
+        if nl.delete(&nic.link)? {
+            log::info!("replaced {} in the host namespace", nic.link);
+        }
         let tap = Self::new_tap(nic, opts)?;
         let ns = isolated_netns(&config::short_id(&vm.uuid));
         let r = (|| -> Result<(), ManagerError> {
@@ -632,24 +635,41 @@ impl Manager {
         c.finish().map(|_| deleted)
     }
 
-    /// Remove every host link of `vm` and its isolated namespace. Runs every step.
-    pub fn teardown_vm(&self, vm: &VmConfig) -> Result<(), ManagerError> {
+    /// Delete `links` in the host namespace, and inside isolated namespace `ns` (then the
+    /// namespace itself) if it exists. Every step runs.
+    fn teardown(&self, links: &[&str], ns: &str) -> Result<(), ManagerError> {
         let mut c = Collect::default();
-        let links: Vec<&str> = vm.nics.iter().map(|n| n.link.as_str()).collect();
-        c.step("delete links", self.delete_links(&links));
-        let ns = isolated_netns(&config::short_id(&vm.uuid));
-        c.step(format!("delete namespace {ns}"), netns::delete(&ns));
+        c.step("delete links", self.delete_links(links));
+        if netns::exists(ns) {
+            let owned: Vec<String> = links.iter().map(|s| s.to_string()).collect();
+            let inside = netns::run_in(&netns::path_of(ns), move || {
+                let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+                Manager::new("/nonexistent").delete_links(&refs)
+            });
+            match inside {
+                Ok(r) => {
+                    c.step(format!("delete links in {ns}"), r);
+                }
+                Err(e) => {
+                    c.step(format!("enter {ns}"), Err::<(), _>(e));
+                }
+            }
+            c.step(format!("delete namespace {ns}"), netns::delete(ns));
+        }
         c.finish()
+    }
+
+    /// Remove every host link of `vm` (on the bridge, on a parent, or in its isolated
+    /// namespace) and that namespace. Runs every step, reports every failure.
+    pub fn teardown_vm(&self, vm: &VmConfig) -> Result<(), ManagerError> {
+        let links: Vec<&str> = vm.nics.iter().map(|n| n.link.as_str()).collect();
+        self.teardown(&links, &isolated_netns(&config::short_id(&vm.uuid)))
     }
 
     /// Remove `container`'s veth pair and its isolated namespace. Runs every step.
     pub fn teardown_container(&self, container: &str) -> Result<(), ManagerError> {
-        let mut c = Collect::default();
         let v = veth_names(container);
-        c.step("delete veth", self.delete_links(&[&v.host_end]));
-        let ns = isolated_netns(&container_id(container));
-        c.step(format!("delete namespace {ns}"), netns::delete(&ns));
-        c.finish()
+        self.teardown(&[&v.host_end], &isolated_netns(&container_id(container)))
     }
 }
 

@@ -438,20 +438,49 @@ mod tests {
         assert_eq!(cmds[1]["add"]["chain"]["hook"], "prerouting");
         assert_eq!(cmds[1]["add"]["chain"]["prio"], -100);
         assert_eq!(cmds[2]["flush"]["chain"]["name"], "pre-lab");
-        let text = json.to_string();
-        assert!(text.contains(r#"{"masquerade":null}"#), "{text}");
+        let rules: Vec<(&str, &Vec<serde_json::Value>)> = cmds
+            .iter()
+            .filter_map(|c| {
+                let r = c.get("add")?.get("rule")?;
+                Some((r["chain"].as_str()?, r["expr"].as_array()?))
+            })
+            .collect();
+        let has = |chain: &str, stmt: serde_json::Value| {
+            rules
+                .iter()
+                .any(|(c, e)| *c == chain && e.iter().any(|s| *s == stmt))
+        };
+        use serde_json::json;
+        assert!(has("post-lab", json!({"masquerade": null})), "{json:#}");
         assert!(
-            text.contains(r#"{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":{"prefix":{"addr":"10.60.0.0","len":24}},"op":"=="}}"#),
-            "{text}"
+            has(
+                "post-lab",
+                json!({"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                "right": {"prefix": {"addr": "10.60.0.0", "len": 24}}, "op": "=="}})
+            ),
+            "{json:#}"
         );
-        assert!(
-            text.contains(r#"{"dnat":{"addr":"10.60.0.10","port":80}}"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"{"payload":{"protocol":"udp","field":"dport"}},"right":5353"#),
-            "{text}"
-        );
+        assert!(has(
+            "post-lab",
+            json!({"match": {"left": {"meta": {"key": "oifname"}}, "right": "wan0", "op": "=="}})
+        ));
+        assert!(has(
+            "pre-lab",
+            json!({"dnat": {"addr": "10.60.0.10", "port": 80}})
+        ));
+        assert!(has(
+            "pre-lab",
+            json!({"dnat": {"addr": "10.60.0.11", "port": 53}})
+        ));
+        assert!(has(
+            "pre-lab",
+            json!({"match": {"left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 5353, "op": "=="}})
+        ));
+        assert!(has(
+            "fwd-lab",
+            json!({"match": {"left": {"ct": {"key": "status"}}, "right": "dnat", "op": "in"}})
+        ));
+        assert!(has("fwd-lab", json!({"drop": null})));
         // Never anything about tables other than ours.
         for c in cmds {
             let obj = c.as_object().expect("cmd").values().next().expect("obj");
@@ -477,12 +506,12 @@ mod tests {
         let ours = ["pre-lab", "post-lab", "fwd-lab"].map(String::from);
         let b = down_batch("lab", &ours).expect("batch");
         let j = serde_json::to_value(&b).expect("json").to_string();
-        assert!(j.contains(r#"{"delete":{"table""#), "{j}");
+        assert!(j.contains(r#"{"delete":{"table":"#), "{j}");
         let mut mixed = ours.to_vec();
         mixed.push("pre-other".into());
         let b = down_batch("lab", &mixed).expect("batch");
         let j = serde_json::to_value(&b).expect("json").to_string();
-        assert!(!j.contains(r#"{"delete":{"table""#), "{j}");
+        assert!(!j.contains(r#"{"delete":{"table":"#), "{j}");
         assert!(!j.contains("pre-other"), "{j}");
         assert!(down_batch("lab", &["pre-other".into()]).is_none());
     }

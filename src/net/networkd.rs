@@ -76,8 +76,7 @@ impl Networkd {
             let dbus = zbus::fdo::DBusProxy::new(&conn)
                 .await
                 .map_err(NetworkdError::Bus)?;
-            let name = zbus::names::BusName::try_from(BUS_NAME)
-                .map_err(|e| NetworkdError::Bus(zbus::Error::from(e)))?;
+            let name = zbus::names::BusName::try_from(BUS_NAME).map_err(NetworkdError::Bus)?;
             let owned = dbus
                 .name_has_owner(name)
                 .await
