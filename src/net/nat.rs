@@ -446,9 +446,7 @@ mod tests {
             })
             .collect();
         let has = |chain: &str, stmt: serde_json::Value| {
-            rules
-                .iter()
-                .any(|(c, e)| *c == chain && e.iter().any(|s| *s == stmt))
+            rules.iter().any(|(c, e)| *c == chain && e.contains(&stmt))
         };
         use serde_json::json;
         assert!(has("post-lab", json!({"masquerade": null})), "{json:#}");
