@@ -9,10 +9,10 @@ use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::netns::{skip_reason, NetNs};
+use common::netns::{skip_reason, TestNs};
 
 struct Vm {
-    ns: NetNs,
+    ns: TestNs,
     log: PathBuf,
     _root: tempfile::TempDir,
 }
@@ -32,7 +32,7 @@ fn skip() -> bool {
 /// Boot the test guest with one NIC (`nic` is the TOML body of the [[network]] entry) on
 /// bridge volt0 (10.42.0.1/24, MTU `mtu`) in a fresh namespace; wait for its net line.
 fn boot(tag: &str, nic: &str, mtu: u32) -> Vm {
-    let mut ns = NetNs::new(tag);
+    let mut ns = TestNs::new(tag);
     ns.bridge("volt0", "10.42.0.1/24", mtu);
     let root = tempfile::tempdir().expect("root");
     let vms = root.path().join("etc/volt/vms");
@@ -84,7 +84,7 @@ impl Vm {
 /// Echo `total` bytes off the guest's UDP port 7 in `size`-byte datagrams from `sockets`
 /// source sockets, checking every byte; lost datagrams are sent again. Returns
 /// (datagrams, retransmissions).
-fn udp_echo(ns: &NetNs, total: usize, size: usize, sockets: usize) -> (usize, usize) {
+fn udp_echo(ns: &TestNs, total: usize, size: usize, sockets: usize) -> (usize, usize) {
     let name = ns.name.clone();
     let handle = std::thread::spawn(move || {
         let f = std::fs::File::open(format!("/run/netns/{name}")).expect("netns");

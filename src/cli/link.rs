@@ -1,17 +1,31 @@
 //! `volt link up|down`: what `volt-tap@<link>.service` runs.
+//!
+//! `networkd` NICs: write the runtime `.netdev`/`.network`, `Reload` networkd over D-Bus and
+//! wait (bounded) until it has created and enslaved the TAP. When networkd is not running,
+//! or the TAP does not appear in time, create it directly (persistent, owned by `volt`) and
+//! say so once. NICs on isolated networks get their TAP in the VM's own namespace.
+//! `macvtap` NICs: the macvtap on its parent and its `/dev/tapN`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use super::Outcome;
-use crate::config::{ConfigSet, NicConfig, NicMode, VmConfig};
+use crate::config::{ConfigSet, NetworkLookup, NetworkType, NicConfig, NicMode, VmConfig};
 use crate::generator::{self, render, NETWORKD_RUNTIME_DIR};
-use crate::net::{link, networkd};
+use crate::net::manager::{self, Manager, TapOptions};
+use crate::net::netlink::Netlink;
+use crate::net::networkd::{self, Networkd, NetworkdError};
+use crate::net::{link, netns};
 
-/// How long networkd gets to create and enslave a TAP.
-const NETWORKD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long networkd gets to create and enslave a TAP before Volt does it itself.
+const NETWORKD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the manager keeps its state under a root.
+pub fn state_dir(root: &Path) -> PathBuf {
+    root.join("run/volt")
+}
 
 fn find<'a>(set: &'a ConfigSet, name: &str) -> Result<(&'a VmConfig, &'a NicConfig)> {
     for vm in &set.vms {
@@ -25,11 +39,50 @@ fn find<'a>(set: &'a ConfigSet, name: &str) -> Result<(&'a VmConfig, &'a NicConf
     bail!("no valid VM configuration has a NIC with host link {name}")
 }
 
+/// networkd's way: reload over D-Bus and wait. `Err` carries why it did not work out.
+fn via_networkd(name: &str, bridge: Option<&str>) -> Result<u32, NetworkdError> {
+    match Networkd::connect() {
+        Ok(n) => {
+            n.reload()?;
+            n.wait_for_link(name, bridge, NETWORKD_TIMEOUT)
+        }
+        Err(NetworkdError::Bus(e)) => {
+            log::debug!("system bus not reachable ({e}); using networkctl");
+            networkd::networkctl_reload()?;
+            networkd::wait_for_link(name, bridge, NETWORKD_TIMEOUT)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn tap_options() -> TapOptions {
+    TapOptions {
+        persist: true,
+        owner: manager::volt_user(),
+    }
+}
+
 pub fn up(root: &Path, name: &str) -> Result<Outcome> {
     let set = ConfigSet::load(root);
     let (vm, nic) = find(&set, name)?;
+    let mgr = Manager::new(state_dir(root));
+    let network = nic.network.as_deref().and_then(|n| set.networks.by_name(n));
     match nic.mode {
+        NicMode::Networkd if network.is_some_and(|n| n.kind == NetworkType::Isolated) => {
+            let tap = mgr.create_isolated_tap(vm, nic, &tap_options())?;
+            log::info!(
+                "{name} is up alone in namespace {} for VM {} NIC {} (isolated network)",
+                manager::isolated_netns(&crate::config::short_id(&vm.uuid)),
+                vm.name,
+                nic.id
+            );
+            drop(tap);
+            Ok(Outcome::Ok)
+        }
         NicMode::Networkd => {
+            let Some(bridge) = nic.bridge.as_deref() else {
+                bail!("{name}: NIC {} of VM {} has no bridge", nic.id, vm.name);
+            };
             let dir = root.join(NETWORKD_RUNTIME_DIR);
             generator::write_atomic_if_changed(
                 &dir.join(render::netdev_file_name(nic)),
@@ -39,27 +92,91 @@ pub fn up(root: &Path, name: &str) -> Result<Outcome> {
                 &dir.join(render::network_file_name(nic)),
                 &render::network(vm, nic),
             )?;
-            networkd::reload().context("cannot reload systemd-networkd")?;
-            let index = networkd::wait_for_link(name, nic.bridge.as_deref(), NETWORKD_TIMEOUT)?;
+            match via_networkd(name, Some(bridge)) {
+                Ok(index) => {
+                    let nl = Netlink::new()?;
+                    if let Err(e) = nl.add_altname(name, &manager::vm_altname(vm, nic)) {
+                        log::warn!("{name}: {}", crate::error_chain(&e));
+                    }
+                    log::info!(
+                        "{name} (ifindex {index}) is up on {bridge} for VM {} NIC {} (networkd)",
+                        vm.name,
+                        nic.id
+                    );
+                }
+                Err(why) => {
+                    log::warn!(
+                        "{name}: {}; falling back to creating the TAP directly",
+                        crate::error_chain(&why)
+                    );
+                    direct(&mgr, &set, vm, nic, bridge)?;
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        NicMode::Macvtap => {
+            let Some(parent) = nic.parent.as_deref() else {
+                bail!(
+                    "{name}: macvtap NIC {} of VM {} has no parent",
+                    nic.id,
+                    vm.name
+                );
+            };
+            let m = mgr.create_macvtap(parent, vm, nic, manager::volt_user())?;
             log::info!(
-                "{name} (ifindex {index}) is up on {} for VM {} NIC {}",
-                nic.bridge.as_deref().unwrap_or("-"),
+                "{name} (ifindex {}) is up on {parent} for VM {} NIC {}; the VMM opens {}",
+                m.index,
                 vm.name,
-                nic.id
+                nic.id,
+                m.device.display()
             );
             Ok(Outcome::Ok)
         }
-        NicMode::Macvtap => bail!(
-            "{name}: macvtap host links are not supported yet (VM {}, NIC {})",
-            vm.name,
-            nic.id
-        ),
         NicMode::Direct => bail!(
             "{name}: NIC {} of VM {} is in direct mode; the VMM creates its TAP",
             nic.id,
             vm.name
         ),
     }
+}
+
+/// Without networkd: the bridge (when the network allows creating it), then the TAP
+/// (persistent, owned by `volt`), or, if networkd made the TAP but never enslaved it, the
+/// enslavement.
+fn direct(
+    mgr: &Manager,
+    set: &ConfigSet,
+    vm: &VmConfig,
+    nic: &NicConfig,
+    bridge: &str,
+) -> Result<()> {
+    let name = nic.link.as_str();
+    if let Some(net) = set.networks.by_bridge(bridge) {
+        if mgr.ensure_bridge(net)? {
+            log::info!("created bridge {bridge} for network {} directly", net.name);
+        }
+    }
+    let nl = Netlink::new()?;
+    if nl.link(name)?.is_some() {
+        nl.set_mtu(name, nic.mtu)?;
+        nl.set_master(name, bridge)?;
+        nl.set_up(name)?;
+        if let Err(e) = nl.add_altname(name, &manager::vm_altname(vm, nic)) {
+            log::warn!("{name}: {}", crate::error_chain(&e));
+        }
+        log::info!("{name}: enslaved to {bridge} directly (fallback)");
+    } else {
+        let _tap = mgr.create_tap_with(bridge, vm, nic, &tap_options())?;
+        log::info!(
+            "{name}: created directly on {bridge} (fallback, persistent{})",
+            if tap_options().owner.is_some() {
+                ", owned by volt"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }
 
 pub fn down(root: &Path, name: &str) -> Result<Outcome> {
@@ -83,8 +200,10 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
         }
     }
     if removed {
-        if let Err(e) = networkd::reload() {
-            log::warn!("{}", crate::error_chain(&e));
+        match networkd::reload() {
+            Ok(()) => {}
+            Err(NetworkdError::NotRunning) => log::debug!("networkd is not running"),
+            Err(e) => log::warn!("{}", crate::error_chain(&e)),
         }
     }
     // networkd never deletes a link whose .netdev is gone: do it ourselves.
@@ -94,6 +213,36 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
         Err(e) => {
             log::error!("{}", crate::error_chain(&e));
             failed = true;
+        }
+    }
+    // A TAP of an isolated network lives in its VM's namespace.
+    let set = ConfigSet::load(root);
+    if let Ok((vm, _)) = find(&set, name) {
+        let ns = manager::isolated_netns(&crate::config::short_id(&vm.uuid));
+        if netns::exists(&ns) {
+            let n = name.to_string();
+            let left = netns::run_in(&netns::path_of(&ns), move || -> Result<usize> {
+                let nl = Netlink::new()?;
+                if nl.delete(&n)? {
+                    log::info!("deleted {n} in its isolated namespace");
+                }
+                Ok(nl.links()?.iter().filter(|l| l.name != "lo").count())
+            })
+            .context("cannot enter the isolated namespace")
+            .and_then(|r| r);
+            match left {
+                Ok(0) => {
+                    if let Err(e) = netns::delete(&ns) {
+                        log::error!("{}", crate::error_chain(&e));
+                        failed = true;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    log::error!("{e:#}");
+                    failed = true;
+                }
+            }
         }
     }
     Ok(if failed { Outcome::Failed } else { Outcome::Ok })

@@ -91,6 +91,11 @@ pub enum NetCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Bring a network up: create its bridge if missing (and allowed); for host-only
+    /// networks enable forwarding and install masquerade + port-map DNAT in table `ip volt`.
+    Up { name: String },
+    /// Take a network down: remove its NAT rules, and its bridge if Volt created it.
+    Down { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,9 +130,10 @@ pub enum IpamCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum LinkCommand {
-    /// Write the link's networkd files, reload networkd, wait for the link on its bridge.
+    /// Create a VM NIC's host link: through networkd (runtime files, D-Bus Reload, bounded
+    /// wait), directly when networkd is absent or too slow; macvtaps directly.
     Up { link: String },
-    /// Remove the link's networkd files, reload networkd, delete the link.
+    /// Remove the link's networkd files, reload networkd, delete the link (collecting errors).
     Down { link: String },
 }
 
@@ -155,6 +161,12 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
         Command::Net {
             command: NetCommand::Show { name, output },
         } => net::show(&root, &name, output),
+        Command::Net {
+            command: NetCommand::Up { name },
+        } => net::up(&root, &name),
+        Command::Net {
+            command: NetCommand::Down { name },
+        } => net::down(&root, &name),
         Command::Ipam { command } => ipam::exec(&root, command),
         Command::Link {
             command: LinkCommand::Up { link },

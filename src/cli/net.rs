@@ -7,6 +7,8 @@ use anyhow::{bail, Result};
 use super::{Outcome, Output};
 use crate::config::{ConfigSet, NetworkLookup};
 use crate::net::ipam::Ipam;
+use crate::net::manager::{port_map_addr, Manager};
+use crate::net::nat::PortTarget;
 
 pub fn list(root: &Path, output: Output) -> Result<Outcome> {
     let set = ConfigSet::load(root);
@@ -82,5 +84,74 @@ pub fn show(root: &Path, name: &str, output: Output) -> Result<Outcome> {
             }
         }
     }
+    Ok(Outcome::Ok)
+}
+
+fn find_net<'a>(set: &'a ConfigSet, name: &str) -> Result<&'a crate::config::Network> {
+    match set
+        .networks
+        .by_name(name)
+        .or_else(|| set.networks.by_bridge(name))
+    {
+        Some(n) => Ok(n),
+        None => bail!("no network named {name:?} (see volt net list)"),
+    }
+}
+
+/// `volt net up`: the bridge, and for host-only networks forwarding and the NAT rules with
+/// every declared port map resolved to its workload's address.
+pub fn up(root: &Path, name: &str) -> Result<Outcome> {
+    let set = ConfigSet::load(root);
+    let net = find_net(&set, name)?;
+    let leases = Ipam::new(super::ipam::ipam_dir(root)).list(&net.name)?;
+    let mut targets = Vec::new();
+    for pm in &net.port_maps {
+        let Some(addr) = port_map_addr(net, &set.vms, &leases, &pm.target) else {
+            bail!(
+                "port map {} -> {}:{}: {} has no address on {} (no static ipv4, lease or reservation)",
+                pm.host_port,
+                pm.target,
+                pm.target_port,
+                pm.target,
+                net.name
+            );
+        };
+        targets.push(PortTarget {
+            map: pm.clone(),
+            addr,
+        });
+    }
+    let mgr = Manager::new(super::link::state_dir(root));
+    let r = mgr.net_up(net, &targets)?;
+    println!(
+        "{}: bridge {} {}{}",
+        net.name,
+        net.bridge,
+        if r.bridge_created {
+            "created"
+        } else {
+            "present"
+        },
+        if r.nat {
+            format!(
+                ", NAT to {} with {} port map(s) in table ip {}",
+                net.uplink.as_deref().unwrap_or("-"),
+                r.port_maps,
+                crate::net::nat::TABLE
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(Outcome::Ok)
+}
+
+/// `volt net down`: the NAT rules, and the bridge if Volt created it.
+pub fn down(root: &Path, name: &str) -> Result<Outcome> {
+    let set = ConfigSet::load(root);
+    let net = find_net(&set, name)?;
+    let mgr = Manager::new(super::link::state_dir(root));
+    mgr.net_down(net)?;
+    println!("{}: down", net.name);
     Ok(Outcome::Ok)
 }

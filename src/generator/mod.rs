@@ -11,7 +11,7 @@ pub mod render;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::config::{ConfigSet, NicMode};
+use crate::config::{ConfigSet, NetworkLookup, NetworkType, NicMode};
 use render::{HEADER, NETWORKD_PREFIX};
 
 /// Where the generator writes networkd runtime files, relative to the root.
@@ -156,8 +156,14 @@ fn symlink(target: &Path, link: &Path) -> Result<(), GeneratorError> {
 /// Whether `path` is a networkd runtime file Volt owns: our name prefix and our header.
 pub fn is_owned_networkd_file(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let ours = name.starts_with(NETWORKD_PREFIX)
-        && (name.ends_with(".netdev") || name.ends_with(".network"));
+    let ours = (name.starts_with(NETWORKD_PREFIX)
+        && (name.ends_with(".netdev") || name.ends_with(".network")))
+        || (name == render::STATIC_LEASES_NAME
+            && path
+                .parent()
+                .and_then(|d| d.file_name())
+                .and_then(|d| d.to_str())
+                .is_some_and(|d| d.ends_with(".network.d")));
     ours && std::fs::read_to_string(path).is_ok_and(|t| t.lines().next() == Some(HEADER))
 }
 
@@ -196,7 +202,14 @@ pub fn run(root: &Path, out: &OutputDirs) -> Report {
                     &render::link_dropin(vm, nic),
                 )?;
                 report.links += 1;
-                if nic.mode == NicMode::Networkd {
+                let isolated = nic
+                    .network
+                    .as_deref()
+                    .and_then(|n| set.networks.by_name(n))
+                    .is_some_and(|n| n.kind == NetworkType::Isolated);
+                // An isolated NIC's TAP lives in its VM's own namespace: `volt link up`
+                // makes it there; networkd must not make it on the bridge.
+                if nic.mode == NicMode::Networkd && !isolated {
                     let netdev = runtime_dir.join(render::netdev_file_name(nic));
                     let network = runtime_dir.join(render::network_file_name(nic));
                     write_atomic_if_changed(&netdev, &render::netdev(vm, nic))?;
@@ -230,6 +243,24 @@ pub fn run(root: &Path, out: &OutputDirs) -> Report {
             }
         }
     }
+    // DHCP static leases for reservations whose owner's MAC is known.
+    for net in set.networks.list.iter().filter(|n| n.dhcp) {
+        let leases = render::static_leases(net, &set.vms);
+        if leases.is_empty() {
+            continue;
+        }
+        let path = runtime_dir
+            .join(render::bridge_network_dropin_dir(&net.bridge))
+            .join(render::STATIC_LEASES_NAME);
+        match write_atomic_if_changed(&path, &render::static_leases_dropin(net, &leases)) {
+            Ok(_) => wanted_runtime.push(path),
+            Err(e) => {
+                log::error!("{}", crate::error_chain(&e));
+                report.errors.push(e);
+            }
+        }
+    }
+
     if any_autostart {
         // Autostarted VMs hang off machines.target; make sure boot reaches it.
         let target = Path::new(render::SYSTEM_UNIT_DIR).join("machines.target");
@@ -244,11 +275,19 @@ pub fn run(root: &Path, out: &OutputDirs) -> Report {
         }
     }
 
-    // Files we wrote on an earlier run for VMs or NICs that are gone.
+    // Files we wrote on an earlier run for VMs, NICs or leases that are gone.
     match std::fs::read_dir(&runtime_dir) {
         Ok(entries) => {
             let mut stale: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
+                .flat_map(|p| {
+                    let dropin = p.join(render::STATIC_LEASES_NAME);
+                    if p.is_dir() && dropin.exists() {
+                        vec![dropin]
+                    } else {
+                        vec![p]
+                    }
+                })
                 .filter(|p| !wanted_runtime.contains(p) && is_owned_networkd_file(p))
                 .collect();
             stale.sort();
@@ -256,6 +295,12 @@ pub fn run(root: &Path, out: &OutputDirs) -> Report {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {
                         log::info!("removed stale {}", path.display());
+                        if path.ends_with(render::STATIC_LEASES_NAME) {
+                            // Its drop-in directory, if nothing else is in it.
+                            if let Some(d) = path.parent() {
+                                let _ = std::fs::remove_dir(d);
+                            }
+                        }
                         report.removed_stale.push(path);
                     }
                     Err(source) => {

@@ -1,9 +1,32 @@
-//! systemd-networkd: reload its configuration and wait for a link it creates.
+//! systemd-networkd over D-Bus (`org.freedesktop.network1`): reload its configuration, find
+//! a link, and wait with a bound and backoff until it has configured one.
+//!
+//! [`Networkd::connect`] says clearly when networkd is not running (its bus name has no
+//! owner) instead of bus-activating it. When the system bus itself is not reachable,
+//! [`reload`] falls back to `networkctl reload`.
 
 use std::time::{Duration, Instant};
 
+use zbus::OwnedObjectPath;
+use zbus_systemd::network1::{LinkProxy, ManagerProxy};
+
+use super::netlink::Netlink;
+
+/// networkd's bus name.
+pub const BUS_NAME: &str = "org.freedesktop.network1";
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkdError {
+    #[error("cannot connect to the system bus")]
+    Bus(#[source] zbus::Error),
+    #[error("systemd-networkd is not running ({BUS_NAME} has no owner on the system bus)")]
+    NotRunning,
+    #[error("networkd refused {what}")]
+    Call {
+        what: String,
+        #[source]
+        source: zbus::Error,
+    },
     #[error("cannot run networkctl reload")]
     Spawn(#[source] std::io::Error),
     #[error("networkctl reload failed ({status}): {stderr}")]
@@ -13,18 +36,186 @@ pub enum NetworkdError {
     },
     #[error("networkd did not create {link} within {timeout:?}")]
     LinkTimeout { link: String, timeout: Duration },
-    #[error("networkd created {link} but did not enslave it to {bridge} within {timeout:?} (master: {master})")]
+    #[error("networkd created {link} but did not enslave it to {bridge} within {timeout:?} (master: {master}, administrative state: {state})")]
     EnslaveTimeout {
         link: String,
         bridge: String,
         master: String,
+        state: String,
         timeout: Duration,
     },
+    #[error("networkd failed to configure {link} (administrative state {state}); see journalctl -u systemd-networkd")]
+    LinkFailed { link: String, state: String },
 }
 
-/// Ask networkd to reload its `.netdev`/`.network` files. It creates new netdevs before
-/// the call returns.
+/// A link's states as networkd reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    pub ifindex: i32,
+    /// `OperationalState`: off, no-carrier, dormant, degraded-carrier, carrier, degraded,
+    /// enslaved, routable.
+    pub operational: String,
+    /// `AdministrativeState`: pending, initialized, configuring, configured, unmanaged,
+    /// failed, linger.
+    pub administrative: String,
+}
+
+/// A connection to networkd on the system bus.
+pub struct Networkd {
+    conn: zbus::Connection,
+}
+
+impl Networkd {
+    /// Connect to the system bus and check that networkd is running. Never bus-activates
+    /// networkd.
+    pub fn connect() -> Result<Networkd, NetworkdError> {
+        zbus::block_on(async {
+            let conn = zbus::Connection::system()
+                .await
+                .map_err(NetworkdError::Bus)?;
+            let dbus = zbus::fdo::DBusProxy::new(&conn)
+                .await
+                .map_err(NetworkdError::Bus)?;
+            let name = zbus::names::BusName::try_from(BUS_NAME).map_err(NetworkdError::Bus)?;
+            let owned = dbus
+                .name_has_owner(name)
+                .await
+                .map_err(|e| NetworkdError::Bus(zbus::Error::from(e)))?;
+            if !owned {
+                return Err(NetworkdError::NotRunning);
+            }
+            Ok(Networkd { conn })
+        })
+    }
+
+    fn call(what: &str, e: zbus::Error) -> NetworkdError {
+        NetworkdError::Call {
+            what: what.into(),
+            source: e,
+        }
+    }
+
+    /// `Manager.Reload`: networkd rereads its files; new netdevs exist when it returns.
+    pub fn reload(&self) -> Result<(), NetworkdError> {
+        zbus::block_on(async {
+            let m = ManagerProxy::new(&self.conn)
+                .await
+                .map_err(|e| Self::call("Reload", e))?;
+            m.reload().await.map_err(|e| Self::call("Reload", e))
+        })
+    }
+
+    /// `Manager.GetLinkByName`: the link's index and object path, `None` if networkd does not
+    /// know it.
+    pub fn link_by_name(
+        &self,
+        name: &str,
+    ) -> Result<Option<(i32, OwnedObjectPath)>, NetworkdError> {
+        zbus::block_on(async {
+            let m = ManagerProxy::new(&self.conn)
+                .await
+                .map_err(|e| Self::call("GetLinkByName", e))?;
+            match m.get_link_by_name(name.to_string()).await {
+                Ok(v) => Ok(Some(v)),
+                // networkd answers an unknown name with a method error (NoSuchLink).
+                Err(zbus::Error::MethodError(..)) | Err(zbus::Error::FDO(_)) => Ok(None),
+                Err(e) => Err(Self::call(&format!("GetLinkByName({name})"), e)),
+            }
+        })
+    }
+
+    /// Operational and administrative state of link `name`, `None` if unknown.
+    pub fn link_state(&self, name: &str) -> Result<Option<LinkState>, NetworkdError> {
+        let Some((ifindex, path)) = self.link_by_name(name)? else {
+            return Ok(None);
+        };
+        zbus::block_on(async {
+            let what = format!("the state of {name}");
+            let l = LinkProxy::builder(&self.conn)
+                .path(path)
+                .build()
+                .await
+                .map_err(|e| Self::call(&what, e))?;
+            let operational = l
+                .operational_state()
+                .await
+                .map_err(|e| Self::call(&what, e))?;
+            let administrative = l
+                .administrative_state()
+                .await
+                .map_err(|e| Self::call(&what, e))?;
+            Ok(Some(LinkState {
+                ifindex,
+                operational,
+                administrative,
+            }))
+        })
+    }
+
+    /// Wait, with backoff up to `timeout`, until networkd knows `link`, has configured it
+    /// (`AdministrativeState` configured) and (if given) it is enslaved to `bridge`.
+    /// Returns the ifindex.
+    pub fn wait_for_link(
+        &self,
+        link: &str,
+        bridge: Option<&str>,
+        timeout: Duration,
+    ) -> Result<u32, NetworkdError> {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(5);
+        let nl = Netlink::new().ok();
+        loop {
+            let state = self.link_state(link)?;
+            let master = nl.as_ref().and_then(|n| n.master(link).ok().flatten());
+            if let Some(s) = &state {
+                if matches!(s.administrative.as_str(), "failed" | "linger") {
+                    return Err(NetworkdError::LinkFailed {
+                        link: link.into(),
+                        state: s.administrative.clone(),
+                    });
+                }
+                let configured = s.administrative == "configured";
+                let enslaved = bridge.is_none_or(|b| master.as_deref() == Some(b));
+                if configured && enslaved {
+                    return Ok(s.ifindex as u32);
+                }
+            }
+            if start.elapsed() >= timeout {
+                return Err(match (state, bridge) {
+                    (None, _) => NetworkdError::LinkTimeout {
+                        link: link.into(),
+                        timeout,
+                    },
+                    (Some(s), b) => NetworkdError::EnslaveTimeout {
+                        link: link.into(),
+                        bridge: b.unwrap_or("-").into(),
+                        master: master.unwrap_or_else(|| "none".into()),
+                        state: s.administrative,
+                        timeout,
+                    },
+                });
+            }
+            std::thread::sleep(delay.min(timeout.saturating_sub(start.elapsed())));
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Ask networkd to reload: over D-Bus, or with `networkctl reload` when the system bus is
+/// not reachable. Fails with [`NetworkdError::NotRunning`] when networkd is not running.
 pub fn reload() -> Result<(), NetworkdError> {
+    match Networkd::connect() {
+        Ok(n) => n.reload(),
+        Err(NetworkdError::Bus(e)) => {
+            log::debug!("system bus not reachable ({e}); using networkctl reload");
+            networkctl_reload()
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `networkctl reload`.
+pub fn networkctl_reload() -> Result<(), NetworkdError> {
     let out = std::process::Command::new("networkctl")
         .arg("reload")
         .output()
@@ -38,7 +229,8 @@ pub fn reload() -> Result<(), NetworkdError> {
     Ok(())
 }
 
-/// Wait, with backoff, until `link` exists and (if given) is enslaved to `bridge`.
+/// Wait, with backoff, until `link` exists and (if given) is enslaved to `bridge`, watching
+/// the kernel over netlink only (for callers without the bus).
 pub fn wait_for_link(
     link: &str,
     bridge: Option<&str>,
@@ -64,6 +256,7 @@ pub fn wait_for_link(
                     link: link.into(),
                     bridge: b.unwrap_or_default().into(),
                     master: master.unwrap_or_else(|| "none".into()),
+                    state: "unknown".into(),
                     timeout,
                 },
             });

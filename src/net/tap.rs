@@ -28,6 +28,8 @@ pub const TUN_F_UFO: u32 = 0x10;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
+const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
@@ -80,6 +82,15 @@ pub enum TapError {
     #[error("cannot make {name} persistent (TUNSETPERSIST)")]
     Persist {
         name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot give {name} to {what} {id} ({ioctl})")]
+    Owner {
+        name: String,
+        what: &'static str,
+        id: u32,
+        ioctl: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -343,6 +354,31 @@ impl Tap {
                     name: self.name.clone(),
                     source,
                 }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Let user `uid` (and, if given, group `gid`) attach to the TAP without privileges
+    /// (TUNSETOWNER / TUNSETGROUP), as networkd's `User=`/`Group=` do.
+    pub fn set_owner(&self, uid: u32, gid: Option<u32>) -> Result<(), TapError> {
+        let Some(q) = self.queues.first() else {
+            return Ok(());
+        };
+        ioctl_val(q, TUNSETOWNER, uid as libc::c_ulong).map_err(|source| TapError::Owner {
+            name: self.name.clone(),
+            what: "user",
+            id: uid,
+            ioctl: "TUNSETOWNER",
+            source,
+        })?;
+        if let Some(gid) = gid {
+            ioctl_val(q, TUNSETGROUP, gid as libc::c_ulong).map_err(|source| TapError::Owner {
+                name: self.name.clone(),
+                what: "group",
+                id: gid,
+                ioctl: "TUNSETGROUP",
+                source,
             })?;
         }
         Ok(())

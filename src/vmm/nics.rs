@@ -14,6 +14,7 @@ use ipnet::Ipv4Net;
 use crate::config::{ConfigSet, NetworkLookup, NicConfig, NicMode, VmConfig};
 use crate::net::ipam::{Ipam, Owner, Request};
 use crate::net::link;
+use crate::net::manager::{Manager, ManagerError, TapOptions};
 use crate::net::tap::{Tap, TapError};
 use crate::vmm::virtio::net::{Net, NetParams};
 
@@ -29,13 +30,21 @@ pub enum NicError {
         #[source]
         source: TapError,
     },
-    #[error("NIC {nic}: cannot put TAP {tap} on bridge {bridge}")]
-    Attach {
+    #[error("NIC {nic}: cannot create TAP {tap} directly")]
+    Create {
         nic: String,
         tap: String,
+        #[source]
+        source: Box<ManagerError>,
+    },
+    #[error("NIC {nic}: {what} is not possible in the VMM (only with networkd or direct mode on a bridge)")]
+    Unsupported { nic: String, what: &'static str },
+    #[error("NIC {nic}: cannot choose a MAC on {bridge}")]
+    Mac {
+        nic: String,
         bridge: String,
         #[source]
-        source: link::LinkError,
+        source: Box<ManagerError>,
     },
     #[error("NIC {nic}: macvtap NICs are not supported by the VMM yet")]
     Macvtap { nic: String },
@@ -114,7 +123,11 @@ pub struct Nics {
     pub summary: Vec<String>,
 }
 
-fn open_or_create(nic: &NicConfig) -> Result<(Tap, &'static str), NicError> {
+fn open_or_create(
+    vm: &VmConfig,
+    nic: &NicConfig,
+    root: &Path,
+) -> Result<(Tap, &'static str), NicError> {
     let queues = nic.queues as usize;
     let tap_err = |source| NicError::Tap {
         nic: nic.id.clone(),
@@ -141,18 +154,25 @@ fn open_or_create(nic: &NicConfig) -> Result<(Tap, &'static str), NicError> {
             nic.link
         );
     }
-    let tap = Tap::create(&nic.link, queues).map_err(tap_err)?;
-    // Keep the TAP for the fd store across VMM restarts; the owner unit or stop removes it.
-    if let Some(bridge) = &nic.bridge {
-        link::configure(&nic.link, Some(bridge), Some(nic.mtu)).map_err(|source| {
-            NicError::Attach {
-                nic: nic.id.clone(),
-                tap: nic.link.clone(),
-                bridge: bridge.clone(),
-                source,
-            }
+    let Some(bridge) = nic.bridge.as_deref() else {
+        return Err(NicError::Unsupported {
+            nic: nic.id.clone(),
+            what: "a NIC without a bridge",
+        });
+    };
+    // Persistent: a restarted VMM finds it again (the fd store keeps its fds too); the
+    // owner unit or `volt link down` removes it.
+    let opts = TapOptions {
+        persist: true,
+        owner: None,
+    };
+    let tap = Manager::new(root.join("var/lib/volt"))
+        .create_tap_with(bridge, vm, nic, &opts)
+        .map_err(|e| NicError::Create {
+            nic: nic.id.clone(),
+            tap: nic.link.clone(),
+            source: Box::new(e),
         })?;
-    }
     Ok((tap, "created the TAP directly"))
 }
 
@@ -171,6 +191,24 @@ pub fn setup(vm: &VmConfig, root: &Path, store: &mut FdStore) -> Result<Nics, Ni
                 nic: nic.id.clone(),
             });
         }
+        // A derived MAC already on the bridge (another port) is replaced by the next stable
+        // candidate; an explicit one that clashes is an error.
+        let mut nic_cfg = nic.clone();
+        if let Some(bridge) = nic.bridge.as_deref() {
+            if link::index(bridge).is_some() {
+                let (mac, changed) = Manager::new(root.join("var/lib/volt"))
+                    .resolve_mac(bridge, vm, nic)
+                    .map_err(|e| NicError::Mac {
+                        nic: nic.id.clone(),
+                        bridge: bridge.into(),
+                        source: Box::new(e),
+                    })?;
+                if changed {
+                    nic_cfg.mac = mac;
+                }
+            }
+        }
+        let nic = &nic_cfg;
         let queues = nic.queues as usize;
         let (tap, how) = match store.take_queues(&nic.id, queues) {
             Some(fds) => match Tap::from_fds(&nic.link, queues, fds) {
@@ -181,13 +219,13 @@ pub fn setup(vm: &VmConfig, root: &Path, store: &mut FdStore) -> Result<Nics, Ni
                         nic.id,
                         crate::error_chain(&e)
                     );
-                    let (t, how) = open_or_create(nic)?;
+                    let (t, how) = open_or_create(vm, nic, root)?;
                     push_all(&mut out.to_store, &nic.id, &t);
                     (t, how)
                 }
             },
             None => {
-                let (t, how) = open_or_create(nic)?;
+                let (t, how) = open_or_create(vm, nic, root)?;
                 push_all(&mut out.to_store, &nic.id, &t);
                 (t, how)
             }

@@ -1,36 +1,44 @@
-//! Named network namespaces for tests (`ip netns add`), so external tools (`ip`, `ping`
-//! through `nsenter --net=`) and test threads (`setns`) share them. Everything is removed on
-//! drop; processes started in them are ended by PID.
+//! Network namespaces a test creates (`ip netns add`), commands run inside them with
+//! `nsenter --net=` (never `ip netns exec`: it remounts /sys), and library code run inside
+//! them on a thread that `setns`. Dropping a [`TestNs`] deletes it, and with it every
+//! virtual link inside.
 
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-static N: AtomicU32 = AtomicU32::new(0);
+static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-pub struct NetNs {
-    pub name: String,
-    children: Vec<Child>,
-}
-
-/// Whether namespace tests can run here (root, `ip`).
+/// Why this machine cannot run netns tests, if it cannot.
 pub fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("network namespace tests need root".into());
     }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("iproute2 (ip) is missing".into());
+    for tool in ["ip", "nsenter"] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            return Some(format!("{tool} is missing (scripts/setup installs it)"));
+        }
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun is missing".into());
     }
     None
 }
 
-impl NetNs {
-    pub fn new(tag: &str) -> NetNs {
+pub struct TestNs {
+    pub name: String,
+    /// Processes started inside with [`TestNs::spawn`], ended by PID on drop.
+    children: Vec<std::process::Child>,
+}
+
+impl TestNs {
+    /// `ip netns add v<hint>-<pid>-<n>`.
+    pub fn new(hint: &str) -> TestNs {
         let name = format!(
-            "volt-{tag}-{}-{}",
+            "vx{hint}-{}-{}",
             std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
+            COUNTER.fetch_add(1, Ordering::SeqCst)
         );
         let o = Command::new("ip")
             .args(["netns", "add", &name])
@@ -41,7 +49,7 @@ impl NetNs {
             "ip netns add {name}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        let ns = NetNs {
+        let ns = TestNs {
             name,
             children: Vec::new(),
         };
@@ -49,20 +57,21 @@ impl NetNs {
         ns
     }
 
-    fn cmd(&self, script: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.name))
-            .args(["sh", "-c", script]);
-        c
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
     }
 
+    /// Run a shell script inside the namespace.
     pub fn sh(&self, script: &str) -> Output {
-        self.cmd(script)
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .args(["/bin/bash", "-c", script])
             .stdin(Stdio::null())
             .output()
             .expect("nsenter")
     }
 
+    /// Run a script that must succeed; returns its stdout.
     pub fn ok(&self, script: &str) -> String {
         let o = self.sh(script);
         assert!(
@@ -76,7 +85,8 @@ impl NetNs {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    /// Start `program args` inside the namespace with extra env; it is killed on drop.
+    /// Start `program args` inside the namespace with extra env, output to `out`; it is
+    /// ended (SIGTERM, then SIGKILL) on drop.
     pub fn spawn(
         &mut self,
         program: &str,
@@ -85,7 +95,7 @@ impl NetNs {
         out: std::fs::File,
     ) -> u32 {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.name))
+        c.arg(format!("--net={}", self.path().display()))
             .arg(program)
             .args(args);
         for (k, v) in env {
@@ -102,32 +112,26 @@ impl NetNs {
         pid
     }
 
-    /// Move the calling thread into the namespace (for sockets made by the test itself).
-    pub fn enter_thread(&self) {
-        let f = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("open netns");
-        // SAFETY: setns on this thread only; the fd is valid for the call.
-        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-    }
-
-    /// A bridge with an address, up (the "host side" of a Volt network).
+    /// A bridge with an address and MTU, up (the host side of a Volt network).
     pub fn bridge(&self, name: &str, cidr: &str, mtu: u32) {
         self.ok(&format!("ip link add {name} type bridge && ip link set {name} mtu {mtu} && ip addr add {cidr} dev {name} && ip link set {name} up"));
     }
+
+    /// Run library code on a thread inside the namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        volt::net::netns::run_in(&self.path(), f).expect("run in netns")
+    }
 }
 
-impl Drop for NetNs {
+impl Drop for TestNs {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in &self.children {
             // SAFETY: signalling a process this test started.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         }
         for c in &mut self.children {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
+            while std::time::Instant::now() < deadline && !matches!(c.try_wait(), Ok(Some(_))) {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             let _ = c.kill();

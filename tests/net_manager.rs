@@ -1,0 +1,398 @@
+//! The network manager on real links, inside network namespaces the tests create: bridges,
+//! TAPs, veths, macvtaps, altnames, MTU 9000, moving links between namespaces, the FDB.
+//! Skips (saying why) unless root with /dev/net/tun.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::netns::{skip_reason, TestNs};
+use volt::config::{parse_network_toml, parse_vm_toml, MacvtapMode, Network, Networks, VmConfig};
+use volt::net::manager::{self, Manager, ManagerError};
+use volt::net::netlink::{Netlink, NetnsTarget};
+
+fn skip() -> bool {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return true;
+    }
+    false
+}
+
+fn lab(extra: &str) -> Network {
+    parse_network_toml(
+        Path::new("/etc/volt/networks/lab.toml"),
+        &format!("bridge = \"vbr0\"\nsubnet = \"10.77.0.0/24\"\nmtu = 9000\n{extra}"),
+    )
+    .expect("network")
+}
+
+fn vm(name: &str, net: &Network, nic: &str) -> VmConfig {
+    let nets = Networks {
+        list: vec![net.clone()],
+    };
+    parse_vm_toml(
+        Path::new(&format!("/etc/volt/vms/{name}.toml")),
+        &format!("kernel = \"/k\"\n[[network]]\n{nic}\n"),
+        &nets,
+    )
+    .expect("vm")
+}
+
+/// `ip -j -d link show <name>` in the calling thread's namespace (a child process inherits
+/// the thread's namespace).
+fn ip_link(name: &str) -> serde_json::Value {
+    let o = Command::new("ip")
+        .args(["-j", "-d", "link", "show", name])
+        .output()
+        .expect("ip");
+    assert!(
+        o.status.success(),
+        "ip link show {name}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    v[0].clone()
+}
+
+#[test]
+fn bridge_tap_veth_altnames_mtu_and_netns_move() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("mgr");
+    let other = TestNs::new("mgr-ct");
+    let other_path = other.path();
+    let state = tempfile::tempdir().expect("state");
+    let state_dir = state.path().to_path_buf();
+    host.run(move || {
+        let net = lab("");
+        let mgr = Manager::new(&state_dir);
+        let nl = Netlink::new().expect("netlink");
+
+        // A missing bridge: refused by name when the network forbids creating it...
+        let mut strict = net.clone();
+        strict.create_bridge = false;
+        let e = mgr.ensure_bridge(&strict).unwrap_err().to_string();
+        assert!(e.contains("bridge vbr0 does not exist"), "{e}");
+        // ... created (STP off, forward delay 0, gateway address, MTU) when it allows it.
+        assert!(mgr.ensure_bridge(&net).expect("ensure"));
+        assert!(
+            !mgr.ensure_bridge(&net).expect("ensure again"),
+            "idempotent"
+        );
+        assert!(mgr.created_bridge("vbr0"));
+        let br = nl.require("vbr0").expect("bridge");
+        assert_eq!(br.kind.as_deref(), Some("bridge"));
+        assert_eq!(br.mtu, 9000);
+        let j = ip_link("vbr0");
+        assert_eq!(j["linkinfo"]["info_data"]["stp_state"], 0, "{j}");
+        assert_eq!(j["linkinfo"]["info_data"]["forward_delay"], 0, "{j}");
+        let addrs = String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["-br", "addr", "show", "vbr0"])
+                .output()
+                .expect("ip")
+                .stdout,
+        )
+        .into_owned();
+        assert!(addrs.contains("10.77.0.1/24"), "{addrs}");
+
+        // TAP: direct creation, MTU 9000, on the bridge, up, with the altname <vm>-<nic>.
+        let web = vm(
+            "web",
+            &net,
+            "id = \"eth0\"\nbridge = \"vbr0\"\nmtu = 9000\nmode = \"direct\"",
+        );
+        let nic = &web.nics[0];
+        let tap = mgr.create_tap("vbr0", &web, nic).expect("tap");
+        let l = nl.require(&nic.link).expect("tap link");
+        assert_eq!(l.kind.as_deref(), Some("tun"));
+        assert_eq!(l.mtu, 9000);
+        assert!(l.up);
+        assert_eq!(
+            nl.master(&nic.link).expect("master").as_deref(),
+            Some("vbr0")
+        );
+        assert_eq!(l.altnames, vec!["web-eth0".to_string()]);
+        // ... so `ip link show web-eth0` finds it, and the getter resolves the altname too.
+        let j = ip_link("web-eth0");
+        assert_eq!(j["ifname"], nic.link.as_str(), "{j}");
+        assert_eq!(j["altnames"][0], "web-eth0", "{j}");
+        assert_eq!(nl.require("web-eth0").expect("by altname").index, l.index);
+        assert_eq!(volt::net::link::master(&nic.link).as_deref(), Some("vbr0"));
+        // Detach and attach again.
+        nl.set_nomaster(&nic.link).expect("nomaster");
+        assert_eq!(nl.master(&nic.link).expect("master"), None);
+        nl.set_master(&nic.link, "vbr0").expect("master");
+        assert_eq!(
+            nl.master(&nic.link).expect("master").as_deref(),
+            Some("vbr0")
+        );
+        // A TAP for a bridge that does not exist fails naming it.
+        drop(tap);
+        assert!(
+            nl.link(&nic.link).expect("get").is_none(),
+            "non-persistent TAP gone with its fd"
+        );
+        let e = mgr.create_tap("nobr0", &web, nic).unwrap_err().to_string();
+        assert!(e.starts_with("bridge nobr0 does not exist"), "{e}");
+
+        // veth: names from the container name, host end on the bridge with the altname.
+        let v = mgr.create_veth("vbr0", "shop").expect("veth");
+        assert_eq!(v, manager::veth_names("shop"));
+        assert!(v.host_end.len() <= 15 && v.container_end.len() <= 15);
+        let h = nl.require(&v.host_end).expect("host end");
+        assert_eq!(h.kind.as_deref(), Some("veth"));
+        assert_eq!(h.mtu, 9000);
+        assert!(h.up);
+        assert_eq!(h.altnames, vec!["shop".to_string()]);
+        assert_eq!(nl.master(&v.host_end).expect("m").as_deref(), Some("vbr0"));
+        assert_eq!(ip_link("shop")["ifname"], v.host_end.as_str());
+        // Creating it again replaces the stale pair.
+        let v2 = mgr.create_veth("vbr0", "shop").expect("veth again");
+        assert_eq!(v2, v);
+        // The container end moves into another namespace, renamed eth0.
+        let ns = std::fs::File::open(&other_path).expect("open netns");
+        mgr.move_link(
+            &v.container_end,
+            NetnsTarget::Fd(std::os::fd::AsFd::as_fd(&ns)),
+            Some("eth0"),
+        )
+        .expect("move");
+        assert!(nl.link(&v.container_end).expect("get").is_none());
+        let inside = volt::net::netns::run_in(&other_path, || {
+            Netlink::new()
+                .expect("nl")
+                .link("eth0")
+                .expect("get")
+                .map(|l| l.kind)
+        })
+        .expect("run in");
+        assert_eq!(inside, Some(Some("veth".to_string())));
+        // Detach the host end.
+        nl.set_nomaster(&v.host_end).expect("nomaster");
+        assert_eq!(nl.master(&v.host_end).expect("m"), None);
+
+        // Teardown collects every failure and still does the rest.
+        mgr.teardown_container("shop").expect("teardown");
+        assert!(nl.link(&v.host_end).expect("get").is_none());
+        let web2 = vm(
+            "web2",
+            &net,
+            "id = \"eth0\"\nbridge = \"vbr0\"\nmode = \"direct\"",
+        );
+        let t = mgr
+            .create_tap_with(
+                "vbr0",
+                &web2,
+                &web2.nics[0],
+                &manager::TapOptions {
+                    persist: true,
+                    owner: Some((65534, Some(65534))),
+                },
+            )
+            .expect("persistent tap");
+        drop(t);
+        assert!(
+            nl.link(&web2.nics[0].link).expect("get").is_some(),
+            "persistent"
+        );
+        mgr.teardown_vm(&web2).expect("teardown vm");
+        assert!(nl.link(&web2.nics[0].link).expect("get").is_none());
+
+        mgr.net_down(&net).expect("net down");
+        assert!(
+            nl.link("vbr0").expect("get").is_none(),
+            "Volt's own bridge is deleted"
+        );
+        assert!(!mgr.created_bridge("vbr0"));
+    });
+}
+
+#[test]
+fn fdb_and_mac_conflicts() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("fdb");
+    let state = tempfile::tempdir().expect("state");
+    let state_dir = state.path().to_path_buf();
+    host.run(move || {
+        let net = lab("");
+        let mgr = Manager::new(&state_dir);
+        let nl = Netlink::new().expect("netlink");
+        mgr.ensure_bridge(&net).expect("bridge");
+        let web = vm(
+            "web",
+            &net,
+            "id = \"eth0\"\nbridge = \"vbr0\"\nmode = \"direct\"",
+        );
+        let nic = &web.nics[0];
+        // Nothing else has the MAC: it stays.
+        assert_eq!(
+            mgr.resolve_mac("vbr0", &web, nic).expect("resolve"),
+            (nic.mac, false)
+        );
+        // A stranger port with the VM's MAC on the bridge: a veth whose address is it.
+        let v = mgr.create_veth("vbr0", "intruder").expect("veth");
+        nl.set_mac(&v.host_end, nic.mac).expect("set mac");
+        let fdb = nl.fdb("vbr0").expect("fdb");
+        assert!(
+            fdb.iter().any(|e| e.mac == nic.mac && e.permanent),
+            "{fdb:?}"
+        );
+        assert_eq!(
+            nl.mac_elsewhere_on("vbr0", nic.mac, Some(&nic.link))
+                .expect("q")
+                .as_deref(),
+            Some(v.host_end.as_str())
+        );
+        let (mac, changed) = mgr.resolve_mac("vbr0", &web, nic).expect("resolve");
+        assert!(changed);
+        assert_eq!(mac, volt::config::nic_mac(&web.uuid, "eth0", 1));
+        // An explicit MAC is never rewritten.
+        let pinned = vm(
+            "pinned",
+            &net,
+            &format!(
+                "id = \"eth0\"\nbridge = \"vbr0\"\nmode = \"direct\"\nmac = \"{}\"",
+                nic.mac
+            ),
+        );
+        let e = mgr
+            .resolve_mac("vbr0", &pinned, &pinned.nics[0])
+            .unwrap_err();
+        assert!(matches!(e, ManagerError::MacConflict { .. }), "{e}");
+        assert!(e.to_string().contains(&v.host_end), "{e}");
+    });
+}
+
+#[test]
+fn macvtap_modes_on_a_parent() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("mvt");
+    let devs = tempfile::tempdir().expect("dev dir");
+    let dev_dir = devs.path().to_path_buf();
+    host.run(move || {
+        // sysfs shows the namespace it was mounted in: give this thread its own mount
+        // namespace with a sysfs of this network namespace.
+        // SAFETY: unshare affects only this thread.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNS) }, 0);
+        let sh = |s: &str| {
+            let o = Command::new("sh").args(["-c", s]).output().expect("sh");
+            assert!(o.status.success(), "{s}: {}", String::from_utf8_lossy(&o.stderr));
+        };
+        sh("mount --make-rprivate / && mount -t sysfs sysfs /sys");
+        let nl = Netlink::new().expect("netlink");
+        // The parent: a dummy link where the kernel has the driver, else a veth end.
+        let parent = match nl.create_simple("mvparent0", "dummy") {
+            Ok(()) => "mvparent0".to_string(),
+            Err(e) => {
+                eprintln!("no dummy driver ({}); using a veth end as the parent", volt::error_chain(&e));
+                nl.create_veth("mvparent0", "mvpeer0").expect("veth parent");
+                "mvparent0".to_string()
+            }
+        };
+        nl.set_up(&parent).expect("parent up");
+        let state = tempfile::tempdir().expect("state");
+        let mgr = Manager::new(state.path()).with_dev_dir(&dev_dir);
+        let net = Network::builtin_default();
+        for (mode, kname) in [
+            (MacvtapMode::Bridge, "bridge"),
+            (MacvtapMode::Vepa, "vepa"),
+            (MacvtapMode::Private, "private"),
+            (MacvtapMode::Passthru, "passthru"),
+        ] {
+            let mode_s = format!("{mode:?}").to_lowercase();
+            let web = vm(
+                "web",
+                &net,
+                &format!("id = \"eth0\"\nmode = \"macvtap\"\nparent = \"{parent}\"\nmacvtap_mode = \"{mode_s}\""),
+            );
+            let nic = &web.nics[0];
+            let m = mgr.create_macvtap(&parent, &web, nic, None).expect("macvtap");
+            assert_eq!(m.name, nic.link);
+            let j = ip_link(&nic.link);
+            assert_eq!(j["linkinfo"]["info_kind"], "macvtap", "{j}");
+            assert_eq!(j["linkinfo"]["info_data"]["mode"], kname, "{j}");
+            if mode != MacvtapMode::Passthru {
+                // (passthru takes the parent's address)
+                assert_eq!(j["address"], nic.mac.to_string().as_str(), "{j}");
+            }
+            assert_eq!(j["altnames"][0], "web-eth0", "{j}");
+            // /dev/tap<ifindex> exists and is the macvtap's character device: open it.
+            assert_eq!(m.device, dev_dir.join(format!("tap{}", m.index)));
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&m.device)
+                .expect("open /dev/tapN");
+            assert!(mgr.delete_links(&[&nic.link]).expect("delete").len() == 1);
+        }
+        // A missing parent is named.
+        let web = vm("web", &net, "id = \"eth0\"\nmode = \"macvtap\"\nparent = \"nope0\"");
+        let e = mgr.create_macvtap("nope0", &web, &web.nics[0], None).unwrap_err().to_string();
+        assert_eq!(e, "macvtap parent nope0 does not exist");
+    });
+}
+
+#[test]
+fn isolated_tap_lives_alone_in_its_namespace_and_its_fd_still_works() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("iso");
+    let state = tempfile::tempdir().expect("state");
+    let sd = state.path().to_path_buf();
+    host.run(move || {
+        let net = {
+            let mut n = lab("type = \"isolated\"\n");
+            n.bridge = "vbr9".into();
+            n
+        };
+        let web = vm("isoweb", &net, "id = \"eth0\"\nbridge = \"vbr9\"");
+        let nic = &web.nics[0];
+        let mgr = Manager::new(&sd);
+        let nl = Netlink::new().expect("netlink");
+        let tap = mgr
+            .create_isolated_tap(&web, nic, &manager::TapOptions::default())
+            .expect("isolated tap");
+        assert!(
+            nl.link(&nic.link).expect("get").is_none(),
+            "not in the host namespace"
+        );
+        let ns = manager::isolated_netns(&volt::config::short_id(&web.uuid));
+        let link = nic.link.clone();
+        let inside = volt::net::netns::run_in(&volt::net::netns::path_of(&ns), move || {
+            let nl = Netlink::new().expect("nl");
+            let names: Vec<String> = nl
+                .links()
+                .expect("links")
+                .into_iter()
+                .map(|l| l.name)
+                .collect();
+            (names, nl.require(&link).expect("tap").up)
+        })
+        .expect("run in");
+        assert_eq!(
+            inside.0,
+            vec!["lo".to_string(), nic.link.clone()],
+            "alone in {ns}"
+        );
+        assert!(inside.1, "up");
+        // The VMM's fd keeps working after the move: a frame written goes out.
+        use std::io::Write;
+        let mut frame = vec![0u8; 12 + 60];
+        frame[12..18].copy_from_slice(&[0xff; 6]);
+        (&tap.queues[0])
+            .write_all(&frame)
+            .expect("write a frame to the moved TAP");
+        drop(tap);
+        mgr.teardown_vm(&web).expect("teardown");
+        assert!(!volt::net::netns::exists(&ns), "namespace removed");
+    });
+}

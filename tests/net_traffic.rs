@@ -1,0 +1,269 @@
+//! Traffic through networks the manager builds, all inside namespaces the tests create:
+//! a "host" namespace holding the bridge (and for host-only, an uplink veth to a separate
+//! "WAN" namespace), and one namespace per workload holding the container end of its veth.
+//! Bridged workloads ping each other; an isolated one reaches nothing; a host-only workload
+//! reaches the WAN masqueraded behind the uplink address, and the WAN reaches it only
+//! through a declared port map. Skips (saying why) unless root.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::netns::{skip_reason, TestNs};
+use volt::config::{parse_network_toml, Network};
+use volt::net::manager::{self, Manager, Veth};
+use volt::net::nat::PortTarget;
+use volt::net::netlink::{Netlink, NetnsTarget};
+
+fn skip() -> bool {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return true;
+    }
+    if std::process::Command::new("ping")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: ping is missing (scripts/setup installs iputils-ping)");
+        return true;
+    }
+    false
+}
+
+fn network(text: &str) -> Network {
+    parse_network_toml(Path::new("/etc/volt/networks/lab.toml"), text).expect("network")
+}
+
+/// Put `veth`'s container end into `ws` as eth0 with `addr`/24 and, if given, a default
+/// route via `gw`.
+fn plug(host: &TestNs, veth: &Veth, ws: &TestNs, addr: &str, gw: Option<&str>) {
+    let end = veth.container_end.clone();
+    let target = ws.path();
+    host.run(move || {
+        let f = std::fs::File::open(&target).expect("open workload netns");
+        Netlink::new()
+            .expect("nl")
+            .move_to_netns(
+                &end,
+                NetnsTarget::Fd(std::os::fd::AsFd::as_fd(&f)),
+                Some("eth0"),
+            )
+            .expect("move");
+    });
+    ws.ok(&format!(
+        "ip addr add {addr}/24 dev eth0 && ip link set eth0 up"
+    ));
+    if let Some(gw) = gw {
+        ws.ok(&format!("ip route add default via {gw}"));
+    }
+}
+
+fn pings(from: &TestNs, to: &str) -> bool {
+    from.sh(&format!("ping -c 1 -W 1 {to}")).status.success()
+}
+
+fn pings_eventually(from: &TestNs, to: &str) -> bool {
+    // The first packets may race the links' carrier/DAD.
+    (0..5).any(|_| {
+        pings(from, to) || {
+            std::thread::sleep(Duration::from_millis(200));
+            false
+        }
+    })
+}
+
+#[test]
+fn bridged_workloads_reach_each_other_and_isolated_reaches_nothing() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("br");
+    let (a, b, c) = (
+        TestNs::new("br-a"),
+        TestNs::new("br-b"),
+        TestNs::new("br-c"),
+    );
+    let state = tempfile::tempdir().expect("state");
+    let sd = state.path().to_path_buf();
+    let net = network("bridge = \"vbr1\"\nsubnet = \"10.78.0.0/24\"\n");
+    let n2 = net.clone();
+    let (va, vb, vc) = host.run(move || {
+        let mgr = Manager::new(&sd);
+        mgr.ensure_bridge(&n2).expect("bridge");
+        let va = mgr.create_veth("vbr1", "a").expect("veth a");
+        let vb = mgr.create_veth("vbr1", "b").expect("veth b");
+        // c is on an isolated network: its host end lives alone in its own namespace.
+        let vc = mgr.create_isolated_veth("c").expect("veth c");
+        (va, vb, vc)
+    });
+    plug(&host, &va, &a, "10.78.0.101", None);
+    plug(&host, &vb, &b, "10.78.0.102", None);
+    plug(&host, &vc, &c, "10.78.0.103", None);
+
+    assert!(pings_eventually(&a, "10.78.0.102"), "bridged a -> b");
+    assert!(pings(&b, "10.78.0.101"), "bridged b -> a");
+    assert!(pings(&a, "10.78.0.1"), "bridged a -> gateway");
+
+    let iso = manager::isolated_netns(&manager::container_id("c"));
+    assert!(
+        Path::new("/run/netns").join(&iso).exists(),
+        "isolated namespace {iso}"
+    );
+    assert!(!pings(&c, "10.78.0.1"), "isolated c reached the bridge");
+    assert!(!pings(&c, "10.78.0.101"), "isolated c reached a");
+    assert!(!pings(&a, "10.78.0.103"), "a reached isolated c");
+    // Nothing of c is on the bridge.
+    let ports = host.ok("ip -br link show master vbr1");
+    assert!(!ports.contains(&vc.host_end), "{ports}");
+    assert!(
+        ports.contains(&va.host_end) && ports.contains(&vb.host_end),
+        "{ports}"
+    );
+
+    let sd = state.path().to_path_buf();
+    host.run(move || {
+        let mgr = Manager::new(&sd);
+        for ct in ["a", "b", "c"] {
+            mgr.teardown_container(ct).expect("teardown");
+        }
+        mgr.net_down(&net).expect("net down");
+    });
+    assert!(
+        !Path::new("/run/netns").join(&iso).exists(),
+        "isolated namespace removed"
+    );
+    assert_eq!(host.ok("ip -br link show type veth"), "");
+}
+
+#[test]
+fn host_only_masquerades_to_the_uplink_and_dnats_port_maps() {
+    if skip() {
+        return;
+    }
+    if std::process::Command::new("nft")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: nft is missing (scripts/setup installs nftables)");
+        return;
+    }
+    let host = TestNs::new("ho");
+    let wan = TestNs::new("ho-wan");
+    let a = TestNs::new("ho-a");
+    // The uplink: a veth from the host namespace to the WAN namespace.
+    host.ok(&format!(
+        "ip link add wan0 type veth peer name wan-peer netns {} && ip addr add 203.0.113.1/24 dev wan0 && ip link set wan0 up",
+        wan.name
+    ));
+    wan.ok("ip addr add 203.0.113.2/24 dev wan-peer && ip link set wan-peer up");
+    // The WAN counts echo requests by source address.
+    wan.ok(
+        "nft add table ip count && nft add chain ip count in '{ type filter hook input priority 0; }' \
+         && nft add rule ip count in ip saddr 203.0.113.1 icmp type echo-request counter \
+         && nft add rule ip count in ip saddr 10.79.0.0/24 icmp type echo-request counter",
+    );
+    let net = network(
+        "bridge = \"vbr2\"\nsubnet = \"10.79.0.0/24\"\ntype = \"host-only\"\nuplink = \"wan0\"\n\
+         [reservations]\nct-a = \"10.79.0.150\"\n\
+         [[port_map]]\nhost_port = 8080\ntarget = \"a\"\ntarget_port = 80\n\
+         [[port_map]]\nproto = \"udp\"\nhost_port = 5353\ntarget = \"a\"\ntarget_port = 53\n",
+    );
+    // Port-map targets resolve to the workload's address (here its reservation).
+    let addr = manager::port_map_addr(&net, &[], &[], "a").expect("address of a");
+    assert_eq!(addr.to_string(), "10.79.0.150");
+    let targets: Vec<PortTarget> = net
+        .port_maps
+        .iter()
+        .map(|m| PortTarget {
+            map: m.clone(),
+            addr,
+        })
+        .collect();
+    let state = tempfile::tempdir().expect("state");
+    let sd = state.path().to_path_buf();
+    let n2 = net.clone();
+    let va = host.run(move || {
+        let mgr = Manager::new(&sd);
+        let up = mgr.net_up(&n2, &targets).expect("net up");
+        assert!(up.bridge_created && up.nat && up.port_maps == 2, "{up:?}");
+        mgr.create_veth("vbr2", "a").expect("veth")
+    });
+    plug(&host, &va, &a, "10.79.0.150", Some("10.79.0.1"));
+    let rules = host.ok("nft list table ip volt");
+    assert!(rules.contains("masquerade"), "{rules}");
+    assert!(rules.contains("dnat to 10.79.0.150:80"), "{rules}");
+    // Only Volt's table was added in the host namespace.
+    assert_eq!(host.ok("nft list tables").trim(), "table ip volt");
+
+    // Outbound: the WAN sees the uplink's address, never the workload's.
+    assert!(pings_eventually(&a, "203.0.113.2"), "a -> WAN through NAT");
+    let counters = wan.ok("nft list chain ip count in");
+    let line = |src: &str| {
+        counters
+            .lines()
+            .find(|l| l.contains(src))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(!line("203.0.113.1").contains("packets 0 "), "{counters}");
+    assert!(line("10.79.0.0/24").contains("packets 0 "), "{counters}");
+
+    // Inbound TCP through the port map: WAN -> 203.0.113.1:8080 -> a:80.
+    let server = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", a.path().display()))
+        .args(["timeout", "10", "busybox", "nc", "-l", "-p", "80"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("listener");
+    let mut server = server;
+    {
+        use std::io::Write;
+        let mut stdin = server.stdin.take().expect("stdin");
+        stdin.write_all(b"hello-from-a\n").expect("write");
+    }
+    let got = (0..20)
+        .find_map(|_| {
+            let o = wan.sh("timeout 3 bash -c 'exec 3<>/dev/tcp/203.0.113.1/8080 && echo hi-from-wan >&3 && head -n1 <&3'");
+            let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if s.is_empty() {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            } else {
+                Some(s)
+            }
+        })
+        .unwrap_or_default();
+    let _ = server.kill();
+    let out = server.wait_with_output().expect("listener output");
+    assert_eq!(got, "hello-from-a", "WAN -> port map -> a");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hi-from-wan"));
+
+    // Inbound UDP through the port map: a counts datagrams to its port 53.
+    a.ok("nft add table ip count && nft add chain ip count in '{ type filter hook input priority 0; }' && nft add rule ip count in udp dport 53 counter");
+    wan.ok("for i in 1 2 3; do echo x > /dev/udp/203.0.113.1/5353; done");
+    let c = a.ok("nft list chain ip count in");
+    assert!(c.contains("packets 3 "), "{c}");
+
+    // No other inbound: even with a route to the subnet, the WAN cannot reach a directly.
+    wan.ok("ip route add 10.79.0.0/24 via 203.0.113.1");
+    assert!(
+        !pings(&wan, "10.79.0.150"),
+        "WAN reached a without a port map"
+    );
+
+    let sd = state.path().to_path_buf();
+    host.run(move || {
+        let mgr = Manager::new(&sd);
+        mgr.teardown_container("a").expect("teardown");
+        mgr.net_down(&net).expect("net down");
+    });
+    assert_eq!(host.ok("nft list tables").trim(), "", "table volt removed");
+    assert!(
+        !host.sh("ip link show vbr2").status.success(),
+        "bridge removed"
+    );
+}
