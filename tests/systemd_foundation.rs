@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::nspawn::{skip_reason, stage_volt, Nspawn};
 
-const WEB: &str = "vcpus = 2\nmemory_mib = 512\nkernel = \"/var/lib/volt/kernels/vmlinux\"\n[[network]]\nid = \"eth0\"\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n";
+const WEB: &str = "vcpus = 1\nmemory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nid = \"eth0\"\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n";
 const DB: &str =
     "kernel = \"/var/lib/volt/kernels/vmlinux\"\n[[network]]\nipv4 = \"10.42.0.11\"\nmtu = 9000\n";
 const BROKEN: &str =
@@ -65,8 +65,9 @@ fn generator_units_and_networkd_tap_under_real_systemd() {
     let broken = c.ok("systemctl show volt-vm@broken.service -p SourcePath -p DropInPaths");
     assert!(!broken.contains("broken.toml"), "{broken}");
 
-    // The TAP owner unit: networkd creates the TAP from the runtime files and enslaves it.
-    c.ok(&format!("systemctl start {owner}"));
+    // The TAP owner unit (started through the VM's BindsTo=): networkd creates the TAP from
+    // the runtime files and enslaves it.
+    c.ok("systemctl start volt-vm@web.service");
     assert_eq!(
         c.ok(&format!("systemctl is-active {owner}")).trim(),
         "active"
@@ -84,12 +85,17 @@ fn generator_units_and_networkd_tap_under_real_systemd() {
     let flags = u32::from_str_radix(kind.trim().trim_start_matches("0x"), 16).expect("tun_flags");
     assert_eq!(flags & 0x5002, 0x5002, "tun_flags {kind}");
 
-    // Stopping the owner removes the TAP and its runtime files.
-    c.ok(&format!("systemctl stop {owner}"));
+    // Stopping the VM stops the owner (StopWhenUnneeded=), which removes the TAP and its
+    // runtime files.
+    c.ok("systemctl stop volt-vm@web.service");
+    c.wait_ok(
+        &format!("test \"$(systemctl show -p ActiveState --value {owner})\" = inactive"),
+        Duration::from_secs(10),
+    );
     c.ok(&format!("! test -e /sys/class/net/{web_tap}"));
     c.ok(&format!("! test -e /run/systemd/network/60-volt-{web_tap}.netdev && ! test -e /run/systemd/network/60-volt-{web_tap}.network"));
     // ... and starting it again brings it back.
-    c.ok(&format!("systemctl start {owner}"));
+    c.ok("systemctl start volt-vm@web.service");
     let status = c.ok(&format!("networkctl status --no-pager {web_tap}"));
     assert!(status.contains("Master: volt0"), "{status}");
 }

@@ -65,9 +65,6 @@ pub fn link_dropin(vm: &VmConfig, nic: &NicConfig) -> String {
         nic.link, vm.name, nic.id
     );
     let _ = writeln!(s, "SourcePath={}", vm.path.display());
-    // Stopping the VM stops its links; restarting it does not (the TAP fds in the VMM's fd
-    // store must stay valid across `systemctl restart`).
-    let _ = writeln!(s, "StopPropagatedFrom={}", vm.unit_name());
     let _ = writeln!(s);
     let _ = writeln!(s, "[Service]");
     let _ = writeln!(s, "Environment=VOLT_VM={} VOLT_NIC={}", vm.name, nic.id);

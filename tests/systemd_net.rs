@@ -1,0 +1,126 @@
+//! virtio-net under a real systemd 252 (nspawn): networkd creates the VM's TAP from the
+//! generated files, the guest answers ping on volt0; `kill -9` of the VMM restarts it with
+//! the same TAP (same ifindex) from the fd store; `systemctl stop` removes the TAP and its
+//! runtime files; with networkd stopped the TAP is created directly, and the vhost-net
+//! fallback is visible in StatusText.
+
+mod common;
+
+use std::time::Duration;
+
+use common::nspawn::{skip_reason, stage_volt, Nspawn};
+
+const WEB: &str = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nid = \"eth0\"\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n";
+
+fn skip() -> bool {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return true;
+    }
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIP: /dev/kvm is missing");
+        return true;
+    }
+    false
+}
+
+fn tap() -> String {
+    volt::config::tap_name(&volt::config::vm_uuid("web"), 0)
+}
+
+fn main_pid(c: &Nspawn) -> u32 {
+    c.ok("systemctl show -p MainPID --value volt-vm@web.service")
+        .trim()
+        .parse()
+        .expect("MainPID")
+}
+
+#[test]
+fn networkd_tap_ping_kill_restart_same_tap_and_stop_cleans_up() {
+    if skip() {
+        return;
+    }
+    let stage = stage_volt();
+    let c = Nspawn::boot("vnet", stage.path());
+    c.install_volt();
+    c.write("/etc/volt/vms/web.toml", WEB);
+    c.ok("systemctl daemon-reload");
+    c.ok("systemctl start volt-vm@web.service");
+    let tap = tap();
+    c.wait_ok("ping -c 1 -W 1 10.42.0.10", Duration::from_secs(20));
+    let status = c.ok(&format!("networkctl status --no-pager {tap}"));
+    assert!(status.contains("Master: volt0"), "{status}");
+    let text = c.ok("systemctl show -p StatusText --value volt-vm@web.service");
+    assert!(
+        text.contains("backend=userspace (vhost-net: cannot open /dev/vhost-net"),
+        "StatusText: {text}"
+    );
+    let out = c.ok("ping -q -c 20 -i 0.05 10.42.0.10");
+    assert!(out.contains("20 received"), "{out}");
+
+    // kill -9: systemd restarts the VMM, which takes the same TAP back from the fd store.
+    let ifindex = c.ok(&format!("cat /sys/class/net/{tap}/ifindex"));
+    let pid = main_pid(&c);
+    c.ok(&format!("kill -9 {pid}"));
+    c.wait_ok(&format!("test \"$(systemctl show -p MainPID --value volt-vm@web.service)\" != 0 && test \"$(systemctl show -p MainPID --value volt-vm@web.service)\" != {pid} && systemctl is-active volt-vm@web.service"), Duration::from_secs(20));
+    c.wait_ok("ping -c 1 -W 1 10.42.0.10", Duration::from_secs(20));
+    assert_eq!(
+        c.ok(&format!("cat /sys/class/net/{tap}/ifindex")),
+        ifindex,
+        "same TAP after the restart"
+    );
+    let log = c.ok("journalctl -u volt-vm@web.service --no-pager -o cat");
+    assert!(log.contains("took the TAP back from the fd store"), "{log}");
+    let restarts = c.ok("systemctl show -p NRestarts --value volt-vm@web.service");
+    assert_eq!(restarts.trim(), "1");
+
+    // systemctl restart keeps the TAP too (the owner unit stays: StopWhenUnneeded=).
+    c.ok("systemctl restart volt-vm@web.service");
+    c.wait_ok("ping -c 1 -W 1 10.42.0.10", Duration::from_secs(20));
+    assert_eq!(
+        c.ok(&format!("cat /sys/class/net/{tap}/ifindex")),
+        ifindex,
+        "same TAP after systemctl restart"
+    );
+
+    // Stop: the TAP and its runtime networkd files are gone.
+    c.ok("systemctl stop volt-vm@web.service");
+    c.wait_ok(
+        &format!("! test -e /sys/class/net/{tap}"),
+        Duration::from_secs(10),
+    );
+    c.ok(&format!(
+        "! ls /run/systemd/network/60-volt-{tap}.* 2>/dev/null"
+    ));
+    let show = c.ok("systemctl show -p Result --value volt-vm@web.service");
+    assert_eq!(show.trim(), "success");
+}
+
+#[test]
+fn without_networkd_the_tap_is_created_directly_and_said_so() {
+    if skip() {
+        return;
+    }
+    let stage = stage_volt();
+    let c = Nspawn::boot("vdir", stage.path());
+    c.install_volt();
+    // networkd gone for good (masked so volt-tap@'s Wants= cannot bring it back).
+    c.ok("systemctl mask --runtime --now systemd-networkd.socket systemd-networkd.service");
+    c.write("/etc/volt/vms/web.toml", WEB);
+    c.ok("systemctl daemon-reload");
+    c.ok("systemctl start volt-vm@web.service");
+    c.wait_ok("ping -c 1 -W 1 10.42.0.10", Duration::from_secs(30));
+    let tap = tap();
+    let log = c.ok(&format!(
+        "journalctl -u volt-tap@{tap}.service --no-pager -o cat"
+    ));
+    assert!(
+        log.contains("falling back to creating the TAP directly"),
+        "{log}"
+    );
+    c.ok("systemctl stop volt-vm@web.service");
+    c.wait_ok(
+        &format!("! test -e /sys/class/net/{tap}"),
+        Duration::from_secs(10),
+    );
+}
