@@ -5,11 +5,10 @@
 //! the unit), 78 (EX_CONFIG) when the configuration is wrong (never restarted:
 //! `RestartPreventExitStatus=78`), 2 for command-line usage errors.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
+use volt::vmm::cli::VmmCli as Cli;
 use volt::vmm::virtio::rng::Rng;
 use volt::vmm::{systemd, VmSpec, Vmm, VmmError};
 
@@ -17,70 +16,6 @@ use volt::vmm::{systemd, VmSpec, Vmm, VmmError};
 const EX_CONFIG: u8 = 78;
 const EX_FAILURE: u8 = 1;
 const EX_USAGE: u8 = 2;
-
-/// Run a KVM microVM (development flags; units use `--config`).
-#[derive(Debug, Parser)]
-#[command(name = "volt-vmm", version, about)]
-struct Cli {
-    /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage.
-    #[arg(long, value_name = "FILE")]
-    kernel: Option<PathBuf>,
-    /// Initial ramdisk.
-    #[arg(long, value_name = "FILE")]
-    initrd: Option<PathBuf>,
-    /// Kernel command line (device entries are appended).
-    #[arg(
-        long,
-        value_name = "TEXT",
-        default_value = "console=ttyS0 reboot=k panic=1 pci=off"
-    )]
-    cmdline: String,
-    /// Guest RAM in MiB.
-    #[arg(long, value_name = "N", default_value_t = 128)]
-    memory_mib: u32,
-    /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    vcpus: u8,
-    /// VM name (logs, STATUS=, journal field VOLT_VM).
-    #[arg(long, value_name = "NAME", default_value = "vm")]
-    name: String,
-    /// VM UUID (journal field VOLT_UUID).
-    #[arg(long, value_name = "UUID", default_value = "")]
-    uuid: String,
-    /// Also write the serial console to this file.
-    #[arg(long, value_name = "FILE")]
-    serial_file: Option<PathBuf>,
-    /// Add a virtio-rng (entropy) device on virtio-mmio (development aid; the config file
-    /// adds devices from `[[network]]` entries).
-    #[arg(long)]
-    virtio_rng: bool,
-    /// Time the guest gets to power off after Ctrl-Alt-Del on SIGTERM (e.g. 10, 10s, 500ms).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    shutdown_timeout: Duration,
-    /// VM config file (what volt-vm@.service runs): `/etc/volt/vms/<name>.toml`, checked
-    /// with the other VM files under $VOLT_ROOT; errors exit 78 (EX_CONFIG).
-    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
-    config: Option<PathBuf>,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (examples: 10, 10s, 500ms)"))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(format!("invalid duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(v * scale))
-}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

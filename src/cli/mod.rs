@@ -1,5 +1,6 @@
 //! The `volt` command line: the one module that sees every other.
 
+mod docs;
 mod generate;
 mod ipam;
 mod link;
@@ -66,6 +67,13 @@ pub enum Command {
     Link {
         #[command(subcommand)]
         command: LinkCommand,
+    },
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenDocs {
+        /// Output directory (man/, completions/{bash,zsh,fish}/ below it).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -174,5 +182,6 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
         Command::Link {
             command: LinkCommand::Down { link },
         } => link::down(&root, &link),
+        Command::GenDocs { out } => docs::exec(&out),
     }
 }

@@ -6,6 +6,7 @@
 //! reports to systemd and waits for the VM to end, returning why it ended.
 
 pub mod boot;
+pub mod cli;
 pub mod cpu;
 pub mod devices;
 pub mod event;

@@ -1,0 +1,91 @@
+//! `volt-vmm`'s command line, in the library so `volt gen-docs` renders its man page from
+//! the same definition the binary parses.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Run a KVM microVM (development flags; units use `--config`).
+#[derive(Debug, Parser)]
+#[command(name = "volt-vmm", version)]
+pub struct VmmCli {
+    /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (device entries are appended).
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "console=ttyS0 reboot=k panic=1 pci=off"
+    )]
+    pub cmdline: String,
+    /// Guest RAM in MiB.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub memory_mib: u32,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u8,
+    /// VM name (logs, STATUS=, journal field VOLT_VM).
+    #[arg(long, value_name = "NAME", default_value = "vm")]
+    pub name: String,
+    /// VM UUID (journal field VOLT_UUID).
+    #[arg(long, value_name = "UUID", default_value = "")]
+    pub uuid: String,
+    /// Also write the serial console to this file.
+    #[arg(long, value_name = "FILE")]
+    pub serial_file: Option<PathBuf>,
+    /// Add a virtio-rng (entropy) device on virtio-mmio (development aid; the config file
+    /// adds devices from `[[network]]` entries).
+    #[arg(long)]
+    pub virtio_rng: bool,
+    /// Time the guest gets to power off after Ctrl-Alt-Del on SIGTERM (e.g. 10, 10s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// VM config file (what volt-vm@.service runs): `/etc/volt/vms/<name>.toml`, checked
+    /// with the other VM files under $VOLT_ROOT; errors exit 78 (EX_CONFIG).
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
+    pub config: Option<PathBuf>,
+}
+
+/// `10`, `10s`, `500ms`, `1.5s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (examples: 10, 10s, 500ms)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        use clap::CommandFactory;
+        VmmCli::command().debug_assert();
+    }
+}
