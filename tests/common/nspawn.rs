@@ -64,6 +64,12 @@ pub struct Nspawn {
 impl Nspawn {
     /// Boot a container with `stage` bound read-only at /opt/volt; wait until it is `running`.
     pub fn boot(hint: &str, stage: &Path) -> Nspawn {
+        Nspawn::boot_with(hint, stage, &[])
+    }
+
+    /// `boot` with more systemd-nspawn arguments (e.g. `--overlay=/usr::/usr` for a writable,
+    /// throwaway /usr).
+    pub fn boot_with(hint: &str, stage: &Path, extra: &[&str]) -> Nspawn {
         let name = format!(
             "volt-{hint}-{}-{}",
             std::process::id(),
@@ -92,7 +98,8 @@ impl Nspawn {
             "--bind-ro={}:/etc/systemd/system-preset/99-test.preset",
             preset.display()
         ))
-        .arg(format!("--bind-ro={}:/opt/volt", stage.display()));
+        .arg(format!("--bind-ro={}:/opt/volt", stage.display()))
+        .args(extra);
         if Path::new("/dev/kvm").exists() {
             cmd.arg("--bind=/dev/kvm");
         }
@@ -105,8 +112,13 @@ impl Nspawn {
         let nspawn = wait_for("systemd-nspawn to start", Duration::from_secs(20), || {
             children(tpid).first().copied()
         });
+        // nspawn's first child may be its short-lived outer child (setting up mounts, e.g.
+        // with --overlay=): wait for the child that exec'd systemd.
         let pid1 = wait_for("the container's PID 1", Duration::from_secs(20), || {
-            children(nspawn).first().copied()
+            children(nspawn).into_iter().find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "systemd")
+            })
         });
         let c = Nspawn {
             child,
