@@ -124,3 +124,55 @@ fn without_networkd_the_tap_is_created_directly_and_said_so() {
         Duration::from_secs(10),
     );
 }
+
+#[test]
+fn tap_deleted_under_a_running_vm_stops_it_and_releases_its_lease() {
+    if skip() {
+        return;
+    }
+    let stage = stage_volt();
+    let c = Nspawn::boot("vdel", stage.path());
+    c.install_volt();
+    // No ipv4: the VMM leases one from volt0's VM pool (10.42.0.2 is the first free).
+    c.write(
+        "/etc/volt/vms/dyn.toml",
+        "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\n",
+    );
+    c.ok("systemctl daemon-reload");
+    c.ok("systemctl start volt-vm@dyn.service");
+    c.wait_ok("ping -c 1 -W 1 10.42.0.2", Duration::from_secs(20));
+    let leases = c.ok("/opt/volt/bin/volt ipam list --output json");
+    assert!(
+        leases.contains("vm/dyn/eth0") && leases.contains("10.42.0.2"),
+        "{leases}"
+    );
+    let tap = volt::config::tap_name(&volt::config::vm_uuid("dyn"), 0);
+    let owner = format!("volt-tap@{tap}.service");
+
+    c.ok(&format!("ip link delete {tap}"));
+    c.wait_ok(
+        "test \"$(systemctl show -p ActiveState --value volt-vm@dyn.service)\" != active",
+        Duration::from_secs(10),
+    );
+    c.wait_ok(
+        &format!("test \"$(systemctl show -p ActiveState --value {owner})\" = failed"),
+        Duration::from_secs(10),
+    );
+    let log = c.ok(&format!("journalctl -u {owner} --no-pager -o cat"));
+    assert!(
+        log.contains(&format!(
+            "{tap} was deleted under VM dyn (NIC eth0); stopping the VM"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("released 10.42.0.2 on volt0 from vm/dyn/eth0"),
+        "{log}"
+    );
+    let leases = c.ok("/opt/volt/bin/volt ipam list --output json");
+    assert!(!leases.contains("vm/dyn/eth0"), "{leases}");
+    // The next start works: a new TAP, the lease again.
+    c.ok("systemctl reset-failed");
+    c.ok("systemctl start volt-vm@dyn.service");
+    c.wait_ok("ping -c 1 -W 1 10.42.0.2", Duration::from_secs(20));
+}

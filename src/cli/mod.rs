@@ -130,6 +130,9 @@ pub enum IpamCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum LinkCommand {
+    /// Bring the link up, then stay until it is deleted (exit 1) or systemd stops us: what
+    /// volt-tap@.service runs.
+    Run { link: String },
     /// Create a VM NIC's host link: through networkd (runtime files, D-Bus Reload, bounded
     /// wait), directly when networkd is absent or too slow; macvtaps directly.
     Up { link: String },
@@ -174,5 +177,8 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
         Command::Link {
             command: LinkCommand::Down { link },
         } => link::down(&root, &link),
+        Command::Link {
+            command: LinkCommand::Run { link },
+        } => link::run(&root, &link),
     }
 }

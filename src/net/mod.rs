@@ -4,6 +4,7 @@
 pub mod ipam;
 pub mod link;
 pub mod manager;
+pub mod monitor;
 pub mod nat;
 pub mod netlink;
 pub mod netns;

@@ -115,15 +115,29 @@ impl Nspawn {
             name,
             dir,
         };
-        let state = wait_for(
-            "systemctl is-system-running",
-            Duration::from_secs(90),
-            || {
-                let o = c.sh("systemctl is-system-running");
-                let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
-                matches!(s.as_str(), "running" | "degraded").then_some(s)
-            },
-        );
+        // A bound that only catches a hung boot (~1 s normally; minutes when the machine is
+        // overloaded); on expiry say where it stands.
+        let start = Instant::now();
+        let state = loop {
+            let o = c.sh("systemctl is-system-running");
+            let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if matches!(s.as_str(), "running" | "degraded") {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(240) {
+                let jobs = c.sh("systemctl list-jobs --no-pager");
+                panic!(
+                    "container {} not up after 240 s (state {s:?}, load {}); jobs:\n{}\n{}",
+                    c.name,
+                    std::fs::read_to_string("/proc/loadavg")
+                        .unwrap_or_default()
+                        .trim(),
+                    String::from_utf8_lossy(&jobs.stdout),
+                    c.console()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         if state != "running" {
             let failed = c.sh("systemctl --failed --no-legend --no-pager");
             panic!(
