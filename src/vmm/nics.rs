@@ -164,7 +164,8 @@ fn open_or_create(
     // owner unit or `volt link down` removes it.
     let opts = TapOptions {
         persist: true,
-        owner: None,
+        // Owned by the user the VMM drops to, so TUNSETQUEUE works after the drop.
+        owner: crate::net::manager::volt_user(),
     };
     let tap = Manager::new(root.join("var/lib/volt"))
         .create_tap_with(bridge, vm, nic, &opts)

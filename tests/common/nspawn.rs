@@ -97,6 +97,9 @@ impl Nspawn {
             cmd.arg("--bind=/dev/kvm");
         }
         cmd.arg("systemd.mask=systemd-firstboot.service")
+            // Kernel sysctls are the host's business; in a container /proc/sys is mostly
+            // read-only and a package install on the shared /usr can make this unit fail.
+            .arg("systemd.mask=systemd-sysctl.service")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -105,8 +108,13 @@ impl Nspawn {
         let nspawn = wait_for("systemd-nspawn to start", Duration::from_secs(20), || {
             children(tpid).first().copied()
         });
-        let pid1 = wait_for("the container's PID 1", Duration::from_secs(20), || {
-            children(nspawn).first().copied()
+        // nspawn forks a short-lived intermediate child before the container's init: wait for
+        // the child that is systemd itself.
+        let pid1 = wait_for("the container's PID 1", Duration::from_secs(60), || {
+            children(nspawn).into_iter().find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "systemd")
+            })
         });
         let c = Nspawn {
             child,
