@@ -189,6 +189,18 @@ fn ping_a_thousand_times_and_echo_ten_megabytes() {
         vm.log().contains("backend=userspace (vhost-net:"),
         "the vhost fallback is said in the log"
     );
+    assert!(
+        !vm.log().contains("anti-spoofing is off"),
+        "anti-spoofing rules must be in place: {}",
+        vm.log()
+    );
+    let tap = volt::config::tap_name(&volt::config::vm_uuid("web"), 0);
+    let rules = vm.ns.ok(&format!("nft list chain bridge volt port-{tap}"));
+    assert!(
+        rules.contains("ether saddr != 52:54:00:3a:c9:a5")
+            && rules.contains("ip saddr != 10.42.0.10"),
+        "{rules}"
+    );
 }
 
 #[test]

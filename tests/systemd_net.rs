@@ -55,6 +55,9 @@ fn networkd_tap_ping_kill_restart_same_tap_and_stop_cleans_up() {
         text.contains("backend=userspace (vhost-net: cannot open /dev/vhost-net"),
         "StatusText: {text}"
     );
+    c.ok(&format!(
+        "nft list chain bridge volt port-{tap} | grep -q 'ip saddr != 10.42.0.10'"
+    ));
     let out = c.ok("ping -q -c 20 -i 0.05 10.42.0.10");
     assert!(out.contains("20 received"), "{out}");
 
@@ -91,6 +94,9 @@ fn networkd_tap_ping_kill_restart_same_tap_and_stop_cleans_up() {
     );
     c.ok(&format!(
         "! ls /run/systemd/network/60-volt-{tap}.* 2>/dev/null"
+    ));
+    c.ok(&format!(
+        "! nft list chain bridge volt port-{tap} 2>/dev/null"
     ));
     let show = c.ok("systemctl show -p Result --value volt-vm@web.service");
     assert_eq!(show.trim(), "success");

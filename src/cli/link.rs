@@ -183,6 +183,9 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
     // Tear down even if the VM's file is gone or broken now: remove what we own by name.
     let dir = root.join(NETWORKD_RUNTIME_DIR);
     let mut failed = false;
+    if let Err(e) = crate::net::antispoof::remove(name) {
+        log::warn!("{}", crate::error_chain(&e));
+    }
     let mut removed = false;
     for file in [
         format!("{}{name}.netdev", render::NETWORKD_PREFIX),
