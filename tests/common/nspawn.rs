@@ -170,7 +170,7 @@ impl Nspawn {
     pub fn ok(&self, script: &str) -> String {
         let o = self.sh(script);
         if !o.status.success() {
-            let journal = self.sh("journalctl -b --no-pager -n 60 -o short-monotonic");
+            let journal = self.sh("journalctl -b --no-pager -n 25 -o short-monotonic; echo '--- volt units:'; journalctl -b --no-pager -n 40 -o short-monotonic -u 'volt-*'");
             panic!(
                 "in container {}: `{script}` failed ({:?})\nstdout: {}\nstderr: {}\n--- last journal lines:\n{}",
                 self.name,
