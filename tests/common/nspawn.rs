@@ -64,6 +64,11 @@ pub struct Nspawn {
 impl Nspawn {
     /// Boot a container with `stage` bound read-only at /opt/volt; wait until it is `running`.
     pub fn boot(hint: &str, stage: &Path) -> Nspawn {
+        Self::boot_with(hint, stage, true)
+    }
+
+    /// Like [`Nspawn::boot`]; `kvm = false` leaves /dev/kvm out of the container.
+    pub fn boot_with(hint: &str, stage: &Path, kvm: bool) -> Nspawn {
         let name = format!(
             "volt-{hint}-{}-{}",
             std::process::id(),
@@ -93,7 +98,7 @@ impl Nspawn {
             preset.display()
         ))
         .arg(format!("--bind-ro={}:/opt/volt", stage.display()));
-        if Path::new("/dev/kvm").exists() {
+        if kvm && Path::new("/dev/kvm").exists() {
             cmd.arg("--bind=/dev/kvm");
         }
         cmd.arg("systemd.mask=systemd-firstboot.service")
