@@ -18,15 +18,7 @@ struct Vm {
 }
 
 fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
-        return true;
-    }
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: /dev/kvm is missing");
-        return true;
-    }
-    false
+    common::skip(skip_reason(), true)
 }
 
 /// Boot the test guest with one NIC (`nic` is the TOML body of the [[network]] entry) on

@@ -13,15 +13,7 @@ use common::nspawn::{skip_reason, stage_volt, Nspawn};
 const WEB: &str = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nid = \"eth0\"\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n";
 
 fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
-        return true;
-    }
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: /dev/kvm is missing");
-        return true;
-    }
-    false
+    common::skip(skip_reason(), true)
 }
 
 fn tap() -> String {

@@ -10,12 +10,7 @@ use common::nspawn::{skip_reason, stage_volt, Nspawn};
 
 #[test]
 fn unit_exposure_and_running_vmm_privileges() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
-        return;
-    }
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: /dev/kvm is missing");
+    if common::skip(skip_reason(), true) {
         return;
     }
     let stage = stage_volt();
