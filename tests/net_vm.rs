@@ -18,15 +18,7 @@ struct Vm {
 }
 
 fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
-        return true;
-    }
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: /dev/kvm is missing");
-        return true;
-    }
-    false
+    common::skip(skip_reason(), true)
 }
 
 /// Boot the test guest with one NIC (`nic` is the TOML body of the [[network]] entry) on
@@ -188,6 +180,18 @@ fn ping_a_thousand_times_and_echo_ten_megabytes() {
     assert!(
         vm.log().contains("backend=userspace (vhost-net:"),
         "the vhost fallback is said in the log"
+    );
+    assert!(
+        !vm.log().contains("anti-spoofing is off"),
+        "anti-spoofing rules must be in place: {}",
+        vm.log()
+    );
+    let tap = volt::config::tap_name(&volt::config::vm_uuid("web"), 0);
+    let rules = vm.ns.ok(&format!("nft list chain bridge volt port-{tap}"));
+    assert!(
+        rules.contains("ether saddr != 52:54:00:3a:c9:a5")
+            && rules.contains("ip saddr != 10.42.0.10"),
+        "{rules}"
     );
 }
 

@@ -25,7 +25,14 @@ fn networkd_over_dbus_then_direct_fallback_when_networkd_is_stopped() {
     let unit = format!("volt-tap@{tap}.service");
 
     // networkd's way: runtime files, Reload over D-Bus, bounded wait for configured + master.
-    c.ok(&format!("systemctl start {unit}"));
+    // The owner has StopWhenUnneeded=: start it through a holder that needs it, as a VM does.
+    c.ok(&format!(
+        "systemd-run --unit=holder -p BindsTo={unit} -p After={unit} sleep infinity"
+    ));
+    c.wait_ok(
+        &format!("systemctl is-active {unit}"),
+        Duration::from_secs(10),
+    );
     let log = c.wait_ok(
         &format!("journalctl --no-pager -o cat -u {unit} | grep -F '(networkd)'"),
         Duration::from_secs(10),
@@ -38,7 +45,11 @@ fn networkd_over_dbus_then_direct_fallback_when_networkd_is_stopped() {
     // The altname <vm>-<nic> is there: `ip link show web-eth0` finds the TAP.
     let shown = c.ok("ip -j link show web-eth0");
     assert!(shown.contains(&format!("\"ifname\":\"{tap}\"")), "{shown}");
-    c.ok(&format!("systemctl stop {unit}"));
+    c.ok("systemctl stop holder.service");
+    c.wait_ok(
+        &format!("test \"$(systemctl show -p ActiveState --value {unit})\" = inactive"),
+        Duration::from_secs(10),
+    );
     c.ok(&format!("! test -e /sys/class/net/{tap}"));
 
     // networkd stopped (and its bridge gone): Volt does it all itself, within the bound.

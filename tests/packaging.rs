@@ -362,9 +362,10 @@ fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
     // /usr: the host's as the lower layer of an overlay whose upper layer nspawn throws
     // away, so dpkg really writes /usr; the host's dpkg database is copied in below (the
     // package's dependencies are installed on the host).
-    let c = Nspawn::boot_with(
+    let c = Nspawn::boot_with_args(
         "pkg",
         stage.path(),
+        true,
         &[
             "--overlay=/usr::/usr",
             "--bind-ro=/var/lib/dpkg:/opt/host-dpkg",

@@ -13,15 +13,7 @@ use common::nspawn::{skip_reason, stage_volt, Nspawn};
 const WEB: &str = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nid = \"eth0\"\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n";
 
 fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
-        return true;
-    }
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: /dev/kvm is missing");
-        return true;
-    }
-    false
+    common::skip(skip_reason(), true)
 }
 
 fn tap() -> String {
@@ -55,6 +47,9 @@ fn networkd_tap_ping_kill_restart_same_tap_and_stop_cleans_up() {
         text.contains("backend=userspace (vhost-net: cannot open /dev/vhost-net"),
         "StatusText: {text}"
     );
+    c.ok(&format!(
+        "nft list chain bridge volt port-{tap} | grep -q 'ip saddr != 10.42.0.10'"
+    ));
     let out = c.ok("ping -q -c 20 -i 0.05 10.42.0.10");
     assert!(out.contains("20 received"), "{out}");
 
@@ -92,6 +87,9 @@ fn networkd_tap_ping_kill_restart_same_tap_and_stop_cleans_up() {
     c.ok(&format!(
         "! ls /run/systemd/network/60-volt-{tap}.* 2>/dev/null"
     ));
+    c.ok(&format!(
+        "! nft list chain bridge volt port-{tap} 2>/dev/null"
+    ));
     let show = c.ok("systemctl show -p Result --value volt-vm@web.service");
     assert_eq!(show.trim(), "success");
 }
@@ -123,4 +121,56 @@ fn without_networkd_the_tap_is_created_directly_and_said_so() {
         &format!("! test -e /sys/class/net/{tap}"),
         Duration::from_secs(10),
     );
+}
+
+#[test]
+fn tap_deleted_under_a_running_vm_stops_it_and_releases_its_lease() {
+    if skip() {
+        return;
+    }
+    let stage = stage_volt();
+    let c = Nspawn::boot("vdel", stage.path());
+    c.install_volt();
+    // No ipv4: the VMM leases one from volt0's VM pool (10.42.0.2 is the first free).
+    c.write(
+        "/etc/volt/vms/dyn.toml",
+        "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\n",
+    );
+    c.ok("systemctl daemon-reload");
+    c.ok("systemctl start volt-vm@dyn.service");
+    c.wait_ok("ping -c 1 -W 1 10.42.0.2", Duration::from_secs(20));
+    let leases = c.ok("/opt/volt/bin/volt ipam list --output json");
+    assert!(
+        leases.contains("vm/dyn/eth0") && leases.contains("10.42.0.2"),
+        "{leases}"
+    );
+    let tap = volt::config::tap_name(&volt::config::vm_uuid("dyn"), 0);
+    let owner = format!("volt-tap@{tap}.service");
+
+    c.ok(&format!("ip link delete {tap}"));
+    c.wait_ok(
+        "test \"$(systemctl show -p ActiveState --value volt-vm@dyn.service)\" != active",
+        Duration::from_secs(10),
+    );
+    c.wait_ok(
+        &format!("test \"$(systemctl show -p ActiveState --value {owner})\" = failed"),
+        Duration::from_secs(10),
+    );
+    let log = c.ok(&format!("journalctl -u {owner} --no-pager -o cat"));
+    assert!(
+        log.contains(&format!(
+            "{tap} was deleted under VM dyn (NIC eth0); stopping the VM"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("released 10.42.0.2 on volt0 from vm/dyn/eth0"),
+        "{log}"
+    );
+    let leases = c.ok("/opt/volt/bin/volt ipam list --output json");
+    assert!(!leases.contains("vm/dyn/eth0"), "{leases}");
+    // The next start works: a new TAP, the lease again.
+    c.ok("systemctl reset-failed");
+    c.ok("systemctl start volt-vm@dyn.service");
+    c.wait_ok("ping -c 1 -W 1 10.42.0.2", Duration::from_secs(20));
 }

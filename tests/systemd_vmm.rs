@@ -12,12 +12,7 @@ const WEB: &str = "vcpus = 1\nmemory_mib = 32\nkernel = \"/opt/volt/guest/volt-t
 
 #[test]
 fn volt_vm_service_boots_logs_and_stops_under_real_systemd() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
-        return;
-    }
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: /dev/kvm is missing");
+    if common::skip(skip_reason(), true) {
         return;
     }
     let stage = stage_volt();

@@ -110,6 +110,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// The sandbox for the run phase. vhost-net opens /dev/vhost-net when the guest starts its
+/// driver, so with vhost the VMM keeps root and may open files (said in the log).
+fn sandbox(cli: &Cli, vhost: bool) -> volt::vmm::sandbox::Sandbox {
+    use volt::vmm::sandbox::{RunAs, Sandbox};
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let run_as = if !root || cli.run_as == "root" {
+        None
+    } else if vhost {
+        log::info!(
+            "vhost-net in use: staying root after setup (it opens /dev/vhost-net at driver start)"
+        );
+        None
+    } else {
+        let u = RunAs::lookup(&cli.run_as);
+        if u.is_none() {
+            log::info!(
+                "user {} does not exist; staying root after setup",
+                cli.run_as
+            );
+        }
+        u
+    };
+    Sandbox {
+        run_as,
+        seccomp: cli.seccomp,
+        allow_open: vhost,
+    }
+}
+
 /// Default guest command line when a VM file gives none.
 const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 
@@ -153,6 +183,16 @@ fn run(
     if cli.virtio_rng {
         vmm.add_virtio_device(Box::new(Rng::new()))?;
     }
+    let mut vhost = false;
+    if let Some(nics) = &nics {
+        vhost = nics.devices.iter().any(|d| {
+            d.backend()
+                .lock()
+                .map(|b| *b == volt::vmm::virtio::net::Backend::Vhost)
+                .unwrap_or(false)
+        });
+    }
+    vmm.set_sandbox(sandbox(cli, vhost));
     if let Some(nics) = nics {
         for dev in nics.devices {
             vmm.add_virtio_device(Box::new(dev))?;

@@ -183,6 +183,9 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
     // Tear down even if the VM's file is gone or broken now: remove what we own by name.
     let dir = root.join(NETWORKD_RUNTIME_DIR);
     let mut failed = false;
+    if let Err(e) = crate::net::antispoof::remove(name) {
+        log::warn!("{}", crate::error_chain(&e));
+    }
     let mut removed = false;
     for file in [
         format!("{}{name}.netdev", render::NETWORKD_PREFIX),
@@ -246,4 +249,63 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
         }
     }
     Ok(if failed { Outcome::Failed } else { Outcome::Ok })
+}
+
+/// `volt link run`: bring the link up, tell systemd it is ready, then stay until the link is
+/// deleted (exit 1: the owner unit fails and `BindsTo=` stops the VM; the VM's address lease
+/// is released) or systemd stops us (exit 0; `ExecStopPost=volt link down` tears down).
+pub fn run(root: &Path, name: &str) -> Result<Outcome> {
+    if let Outcome::Failed = up(root, name)? {
+        return Ok(Outcome::Failed);
+    }
+    let set = ConfigSet::load(root);
+    let (vm, nic) = find(&set, name)?;
+    let isolated = nic
+        .network
+        .as_deref()
+        .and_then(|n| set.networks.by_name(n))
+        .is_some_and(|n| n.kind == NetworkType::Isolated);
+    let status = format!("{name}: host link of VM {} NIC {}", vm.name, nic.id);
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
+    // An isolated NIC's link lives in the VM's own namespace; watch the host's otherwise.
+    let index = if isolated { None } else { link::index(name) };
+    let ended = match index {
+        Some(i) => crate::net::monitor::wait(name, i)?,
+        None if isolated => {
+            let ns = netns::path_of(&manager::isolated_netns(&crate::config::short_id(&vm.uuid)));
+            let owned = name.to_string();
+            netns::run_in(&ns, move || -> Result<crate::net::monitor::Ended> {
+                let i = link::index(&owned).context("the link is gone")?;
+                Ok(crate::net::monitor::wait(&owned, i)?)
+            })??
+        }
+        None => crate::net::monitor::Ended::Deleted,
+    };
+    match ended {
+        crate::net::monitor::Ended::Signal(_) => Ok(Outcome::Ok),
+        crate::net::monitor::Ended::Deleted => {
+            log::error!(
+                "{name} was deleted under VM {} (NIC {}); stopping the VM",
+                vm.name,
+                nic.id
+            );
+            if let Some(network) = &nic.network {
+                let owner = crate::net::ipam::Owner::vm(&vm.name, &nic.id);
+                match crate::net::ipam::Ipam::new(super::ipam::ipam_dir(root))
+                    .release(network, &owner)
+                {
+                    Ok(Some(l)) => log::info!("released {} on {network} from {owner}", l.ip),
+                    Ok(None) => {}
+                    Err(e) => log::warn!("{}", crate::error_chain(&e)),
+                }
+            }
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
+                "{name} was deleted"
+            ))]);
+            Ok(Outcome::Failed)
+        }
+    }
 }

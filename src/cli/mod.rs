@@ -138,6 +138,9 @@ pub enum IpamCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum LinkCommand {
+    /// Bring the link up, then stay until it is deleted (exit 1) or systemd stops us: what
+    /// volt-tap@.service runs.
+    Run { link: String },
     /// Create a VM NIC's host link: through networkd (runtime files, D-Bus Reload, bounded
     /// wait), directly when networkd is absent or too slow; macvtaps directly.
     Up { link: String },
@@ -182,6 +185,9 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
         Command::Link {
             command: LinkCommand::Down { link },
         } => link::down(&root, &link),
+        Command::Link {
+            command: LinkCommand::Run { link },
+        } => link::run(&root, &link),
         Command::GenDocs { out } => docs::exec(&out),
     }
 }

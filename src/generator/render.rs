@@ -71,8 +71,8 @@ pub fn link_dropin(vm: &VmConfig, nic: &NicConfig) -> String {
     s
 }
 
-/// networkd `.netdev` creating the TAP of a `networkd` NIC.
-pub fn netdev(vm: &VmConfig, nic: &NicConfig) -> String {
+/// First lines of a networkd file Volt owns: the header and what it is for.
+fn file_header(vm: &VmConfig, nic: &NicConfig) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{HEADER}");
     let _ = writeln!(
@@ -82,10 +82,16 @@ pub fn netdev(vm: &VmConfig, nic: &NicConfig) -> String {
         vm.path.display(),
         nic.id
     );
+    s
+}
+
+/// networkd `.netdev` creating the TAP of a `networkd` NIC.
+pub fn netdev(vm: &VmConfig, nic: &NicConfig) -> String {
+    let mut s = file_header(vm, nic);
     let _ = writeln!(s, "[NetDev]");
     let _ = writeln!(s, "Name={}", nic.link);
     let _ = writeln!(s, "Kind=tap");
-    let _ = writeln!(s, "MTUBytes={}", nic.mtu);
+    // No MTUBytes= here: networkd ignores it for TAPs in .netdev files; the .network sets it.
     let _ = writeln!(s);
     let _ = writeln!(s, "[Tap]");
     let _ = writeln!(s, "VNetHeader=yes");
@@ -99,15 +105,7 @@ pub fn netdev(vm: &VmConfig, nic: &NicConfig) -> String {
 
 /// networkd `.network` enslaving the TAP to its bridge.
 pub fn network(vm: &VmConfig, nic: &NicConfig) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "{HEADER}");
-    let _ = writeln!(
-        s,
-        "# VM {} ({}), NIC {}",
-        vm.name,
-        vm.path.display(),
-        nic.id
-    );
+    let mut s = file_header(vm, nic);
     let _ = writeln!(s, "[Match]");
     let _ = writeln!(s, "Name={}", nic.link);
     let _ = writeln!(s);

@@ -214,7 +214,7 @@ pub fn driver(name: &str) -> Option<String> {
     };
     req.name[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
     // SAFETY: plain socket(2); the result is checked and owned below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return None;
     }

@@ -39,6 +39,7 @@ pub struct Vmm {
     events_tx: EventSender,
     events_rx: Receiver<VmEvent>,
     shutdown_timeout: Duration,
+    sandbox: Option<super::sandbox::Sandbox>,
     notifier: Notifier,
     created: Instant,
 }
@@ -132,6 +133,7 @@ impl Vmm {
             events_tx,
             events_rx,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            sandbox: None,
             notifier: Notifier::from_env(),
             created,
         })
@@ -140,6 +142,12 @@ impl Vmm {
     /// How long a guest gets to power off after Ctrl-Alt-Del before a hard stop.
     pub fn set_shutdown_timeout(&mut self, timeout: Duration) {
         self.shutdown_timeout = timeout;
+    }
+
+    /// Drop privileges and install the seccomp filter once setup is done, before any VMM
+    /// thread starts (all threads inherit both).
+    pub fn set_sandbox(&mut self, sandbox: super::sandbox::Sandbox) {
+        self.sandbox = Some(sandbox);
     }
 
     /// Adds a virtio device on its own virtio-mmio window (and kernel command line entry).
@@ -223,6 +231,9 @@ impl Vmm {
             .map_err(boot::BootError::from)?;
         log::debug!("kernel command line: {}", self.cmdline());
         let vcpus = self.create_vcpus(entry)?;
+        if let Some(sandbox) = self.sandbox.take() {
+            log::info!("{}", sandbox.enter()?);
+        }
 
         let old_mask = block_stop_signals()?;
         spawn_signal_thread(self.events_tx.clone())?;

@@ -45,6 +45,14 @@ pub struct VmmCli {
     /// Time the guest gets to power off after Ctrl-Alt-Del on SIGTERM (e.g. 10, 10s, 500ms).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// After setup, run as this user (no capabilities; the kvm group for /dev/kvm) when
+    /// started as root and the user exists; "root" keeps root.
+    #[arg(long, value_name = "USER", default_value = "volt")]
+    pub run_as: String,
+    /// Seccomp filter for the run phase: kill on a syscall outside the allowlist, log it,
+    /// or no filter.
+    #[arg(long, value_enum, default_value_t)]
+    pub seccomp: crate::vmm::sandbox::SeccompMode,
     /// VM config file (what volt-vm@.service runs): `/etc/volt/vms/<name>.toml`, checked
     /// with the other VM files under $VOLT_ROOT; errors exit 78 (EX_CONFIG).
     #[arg(long, value_name = "FILE", conflicts_with = "kernel")]

@@ -13,6 +13,7 @@ pub mod event;
 pub mod memory;
 pub mod nics;
 pub mod ratelimit;
+pub mod sandbox;
 pub mod spec;
 pub mod systemd;
 pub mod vcpu;
@@ -87,6 +88,9 @@ pub enum VmmError {
     /// The guest cannot continue (triple fault, emulation failure, failed entry).
     #[error("the guest stopped on an error: {0}")]
     GuestFailure(String),
+    /// Dropping privileges or installing the seccomp filter failed.
+    #[error("entering the sandbox failed")]
+    Sandbox(#[from] sandbox::SandboxError),
 }
 
 impl VmmError {
@@ -95,6 +99,13 @@ impl VmmError {
         use boot::BootError as B;
         match self {
             VmmError::Spec(_) => true,
+            // The host cannot sandbox the VMM (missing capability, bad user): not transient.
+            VmmError::Sandbox(_) => true,
+            // No KVM on this host (missing module, no access): restarting cannot help.
+            VmmError::OpenKvm(e) => matches!(
+                e.errno(),
+                libc::ENOENT | libc::ENXIO | libc::ENODEV | libc::EACCES | libc::EPERM
+            ),
             VmmError::Serial(devices::serial::SerialError::OpenFile { .. }) => true,
             VmmError::Boot(b) => matches!(
                 b,

@@ -164,7 +164,8 @@ fn open_or_create(
     // owner unit or `volt link down` removes it.
     let opts = TapOptions {
         persist: true,
-        owner: None,
+        // Owned by the user the VMM drops to, so TUNSETQUEUE works after the drop.
+        owner: crate::net::manager::volt_user(),
     };
     let tap = Manager::new(root.join("var/lib/volt"))
         .create_tap_with(bridge, vm, nic, &opts)
@@ -258,6 +259,18 @@ pub fn setup(vm: &VmConfig, root: &Path, store: &mut FdStore) -> Result<Nics, Ni
         }
         if let Some(a) = addr {
             out.cmdline.push(ip_param(nic.index, a, nic.gateway));
+        }
+        // Only this NIC's MAC (and address, when known) may leave its port on the bridge.
+        if nic.bridge.is_some() {
+            match crate::net::antispoof::apply(&nic.link, nic.mac, addr.map(|a| a.addr())) {
+                Ok(()) => log::debug!("{}: anti-spoofing rules on {}", nic.id, nic.link),
+                Err(e) => log::warn!(
+                    "{}: anti-spoofing is off for {}: {}",
+                    nic.id,
+                    nic.link,
+                    crate::error_chain(&e)
+                ),
+            }
         }
         let ifindex = link::index(&nic.link).unwrap_or(0);
         out.summary.push(format!(

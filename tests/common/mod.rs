@@ -107,3 +107,15 @@ pub fn templates_with_built_binaries() -> tempfile::TempDir {
     }
     dir
 }
+
+/// Say why a test is skipped and return true: `reason` from a harness check (root,
+/// nspawn, ip), or a missing /dev/kvm when the test boots a VM.
+pub fn skip(reason: Option<String>, needs_kvm: bool) -> bool {
+    let why = reason.or_else(|| {
+        (needs_kvm && !Path::new("/dev/kvm").exists()).then(|| "/dev/kvm is missing".to_string())
+    });
+    if let Some(w) = &why {
+        eprintln!("SKIP: {w}");
+    }
+    why.is_some()
+}

@@ -64,12 +64,17 @@ pub struct Nspawn {
 impl Nspawn {
     /// Boot a container with `stage` bound read-only at /opt/volt; wait until it is `running`.
     pub fn boot(hint: &str, stage: &Path) -> Nspawn {
-        Nspawn::boot_with(hint, stage, &[])
+        Self::boot_with(hint, stage, true)
     }
 
-    /// `boot` with more systemd-nspawn arguments (e.g. `--overlay=/usr::/usr` for a writable,
-    /// throwaway /usr).
-    pub fn boot_with(hint: &str, stage: &Path, extra: &[&str]) -> Nspawn {
+    /// Like [`Nspawn::boot`]; `kvm = false` leaves /dev/kvm out of the container.
+    pub fn boot_with(hint: &str, stage: &Path, kvm: bool) -> Nspawn {
+        Self::boot_with_args(hint, stage, kvm, &[])
+    }
+
+    /// Like [`Nspawn::boot_with`], with more systemd-nspawn arguments (e.g.
+    /// `--overlay=/usr::/usr` for a writable /usr whose changes nspawn throws away).
+    pub fn boot_with_args(hint: &str, stage: &Path, kvm: bool, extra: &[&str]) -> Nspawn {
         let name = format!(
             "volt-{hint}-{}-{}",
             std::process::id(),
@@ -100,10 +105,13 @@ impl Nspawn {
         ))
         .arg(format!("--bind-ro={}:/opt/volt", stage.display()))
         .args(extra);
-        if Path::new("/dev/kvm").exists() {
+        if kvm && Path::new("/dev/kvm").exists() {
             cmd.arg("--bind=/dev/kvm");
         }
         cmd.arg("systemd.mask=systemd-firstboot.service")
+            // Kernel sysctls are the host's business; in a container /proc/sys is mostly
+            // read-only and a package install on the shared /usr can make this unit fail.
+            .arg("systemd.mask=systemd-sysctl.service")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -112,9 +120,9 @@ impl Nspawn {
         let nspawn = wait_for("systemd-nspawn to start", Duration::from_secs(20), || {
             children(tpid).first().copied()
         });
-        // nspawn's first child may be its short-lived outer child (setting up mounts, e.g.
-        // with --overlay=): wait for the child that exec'd systemd.
-        let pid1 = wait_for("the container's PID 1", Duration::from_secs(20), || {
+        // nspawn forks a short-lived intermediate child before the container's init: wait for
+        // the child that is systemd itself.
+        let pid1 = wait_for("the container's PID 1", Duration::from_secs(60), || {
             children(nspawn).into_iter().find(|p| {
                 std::fs::read_to_string(format!("/proc/{p}/comm"))
                     .is_ok_and(|c| c.trim() == "systemd")
@@ -127,15 +135,29 @@ impl Nspawn {
             name,
             dir,
         };
-        let state = wait_for(
-            "systemctl is-system-running",
-            Duration::from_secs(90),
-            || {
-                let o = c.sh("systemctl is-system-running");
-                let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
-                matches!(s.as_str(), "running" | "degraded").then_some(s)
-            },
-        );
+        // A bound that only catches a hung boot (~1 s normally; minutes when the machine is
+        // overloaded); on expiry say where it stands.
+        let start = Instant::now();
+        let state = loop {
+            let o = c.sh("systemctl is-system-running");
+            let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if matches!(s.as_str(), "running" | "degraded") {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(240) {
+                let jobs = c.sh("systemctl list-jobs --no-pager");
+                panic!(
+                    "container {} not up after 240 s (state {s:?}, load {}); jobs:\n{}\n{}",
+                    c.name,
+                    std::fs::read_to_string("/proc/loadavg")
+                        .unwrap_or_default()
+                        .trim(),
+                    String::from_utf8_lossy(&jobs.stdout),
+                    c.console()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         if state != "running" {
             let failed = c.sh("systemctl --failed --no-legend --no-pager");
             panic!(
@@ -160,7 +182,7 @@ impl Nspawn {
     pub fn ok(&self, script: &str) -> String {
         let o = self.sh(script);
         if !o.status.success() {
-            let journal = self.sh("journalctl -b --no-pager -n 60 -o short-monotonic");
+            let journal = self.sh("journalctl -b --no-pager -n 25 -o short-monotonic; echo '--- volt units:'; journalctl -b --no-pager -n 40 -o short-monotonic -u 'volt-*'");
             panic!(
                 "in container {}: `{script}` failed ({:?})\nstdout: {}\nstderr: {}\n--- last journal lines:\n{}",
                 self.name,

@@ -19,12 +19,21 @@ const NUM_BUFFERS_OFF: usize = 10;
 /// Largest frame plus header we move: 64 KiB GSO frame + Ethernet header + vnet header.
 pub const MAX_FRAME: usize = 65_562 + HDR_LEN;
 
+/// Most descriptors of a TX chain that are sent straight from guest memory; a longer chain
+/// is gathered into a buffer first.
+pub const MAX_TX_IOV: usize = 16;
+
 /// Reads and writes whole frames (vnet header included).
 pub trait FrameIo {
     /// One frame into `buf`; `WouldBlock` when none is waiting.
     fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// One frame from `buf`.
     fn write_frame(&self, buf: &[u8]) -> io::Result<usize>;
+    /// One frame gathered by the kernel from `iov` (pieces of guest memory), no copy here.
+    ///
+    /// # Safety
+    /// Every iovec must be valid for reads of `iov_len` bytes for the whole call.
+    unsafe fn write_frame_iov(&self, iov: &[libc::iovec]) -> io::Result<usize>;
 }
 
 fn cvt(r: isize) -> io::Result<usize> {
@@ -45,6 +54,11 @@ impl FrameIo for std::fs::File {
         // SAFETY: buf is valid for buf.len() bytes of reads.
         cvt(unsafe { libc::write(self.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })
     }
+
+    unsafe fn write_frame_iov(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        // SAFETY: the caller guarantees every iovec is readable; the count fits a c_int.
+        cvt(unsafe { libc::writev(self.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) })
+    }
 }
 
 impl FrameIo for std::os::unix::net::UnixDatagram {
@@ -54,6 +68,15 @@ impl FrameIo for std::os::unix::net::UnixDatagram {
 
     fn write_frame(&self, buf: &[u8]) -> io::Result<usize> {
         self.send(buf)
+    }
+
+    unsafe fn write_frame_iov(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        // SAFETY: msghdr is plain old data; zero is an empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr().cast_mut();
+        msg.msg_iovlen = iov.len();
+        // SAFETY: the caller guarantees every iovec is readable; msg points at them only.
+        cvt(unsafe { libc::sendmsg(self.as_raw_fd(), &msg, 0) })
     }
 }
 
@@ -174,36 +197,63 @@ pub fn process_tx(
             }
         };
         let head = chain.head_index();
-        buf.clear();
+        // Pieces of the frame in guest memory, each checked to lie inside one region: the
+        // kernel gathers them itself (writev), with no copy here. Chains of more pieces
+        // than MAX_TX_IOV are gathered into `buf`.
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_TX_IOV];
+        let mut addrs = [(GuestAddress(0), 0usize); MAX_TX_IOV];
+        let mut pieces = 0usize;
+        let mut total = 0usize;
         let mut fault = None;
+        buf.clear();
         for desc in chain {
             if desc.is_write_only() {
                 fault = Some(ChainFault::WrongDirection { head });
                 break;
             }
             let len = desc.len() as usize;
-            if buf.len() + len > MAX_FRAME {
+            if total + len > MAX_FRAME {
                 fault = Some(ChainFault::BadLength {
                     head,
-                    len: buf.len() + len,
+                    len: total + len,
                 });
                 break;
             }
-            let start = buf.len();
-            buf.resize(start + len, 0);
-            if mem.read_slice(&mut buf[start..], desc.addr()).is_err() {
+            let Ok(slice) = vm_memory::GuestMemoryBackend::get_slice(mem, desc.addr(), len) else {
                 fault = Some(ChainFault::OutOfMemory {
                     head,
                     addr: desc.addr().0,
                 });
                 break;
+            };
+            if pieces == MAX_TX_IOV {
+                // Too many pieces to pass on: gather the ones so far, then the rest.
+                for a in &addrs {
+                    let start = buf.len();
+                    buf.resize(start + a.1, 0);
+                    let _ = mem.read_slice(&mut buf[start..], a.0);
+                }
+                pieces = MAX_TX_IOV + 1;
             }
+            if pieces > MAX_TX_IOV {
+                let start = buf.len();
+                buf.resize(start + len, 0);
+                slice.copy_to(&mut buf[start..]);
+            } else {
+                iov[pieces] = libc::iovec {
+                    iov_base: slice.ptr_guard().as_ptr().cast_mut().cast(),
+                    iov_len: len,
+                };
+                addrs[pieces] = (desc.addr(), len);
+                pieces += 1;
+            }
+            total += len;
         }
-        if fault.is_none() && buf.len() < HDR_LEN {
-            fault = Some(ChainFault::BadLength {
-                head,
-                len: buf.len(),
-            });
+        if fault.is_none() && total < HDR_LEN {
+            fault = Some(ChainFault::BadLength { head, len: total });
         }
         match fault {
             Some(f) => {
@@ -211,13 +261,22 @@ pub fn process_tx(
                 Stats::add(&stats.tx_dropped, 1);
                 pass.faults.push(f);
             }
-            None => match io.write_frame(buf) {
-                Ok(_) => {
-                    Stats::add(&stats.tx_packets, 1);
-                    Stats::add(&stats.tx_bytes, (buf.len() - HDR_LEN) as u64);
+            None => {
+                let sent = if pieces > MAX_TX_IOV {
+                    io.write_frame(buf)
+                } else {
+                    // SAFETY: every iovec covers a range get_slice checked to lie in one
+                    // mapped region of `mem`, which outlives this call.
+                    unsafe { io.write_frame_iov(&iov[..pieces]) }
+                };
+                match sent {
+                    Ok(_) => {
+                        Stats::add(&stats.tx_packets, 1);
+                        Stats::add(&stats.tx_bytes, (total - HDR_LEN) as u64);
+                    }
+                    Err(_) => Stats::add(&stats.tx_dropped, 1),
                 }
-                Err(_) => Stats::add(&stats.tx_dropped, 1),
-            },
+            }
         }
         if let Err(e) = queue.add_used(mem, head, 0) {
             pass.faults.push(ChainFault::Queue(e.to_string()));
@@ -238,6 +297,10 @@ pub struct RxState {
     pub backend_ready: bool,
     /// VIRTIO_NET_F_MRG_RXBUF negotiated: a frame may span several chains.
     pub mergeable: bool,
+    /// Scratch for one frame's chains (head, range in `pieces`), kept to avoid per-frame
+    /// allocations.
+    chains: Vec<(u16, std::ops::Range<usize>)>,
+    pieces: Vec<(GuestAddress, usize)>,
 }
 
 impl RxState {
@@ -247,6 +310,8 @@ impl RxState {
             pending: 0,
             backend_ready: true,
             mergeable,
+            chains: Vec::with_capacity(64),
+            pieces: Vec::with_capacity(64),
         }
     }
 
@@ -255,32 +320,44 @@ impl RxState {
     }
 }
 
-/// Writable space of one chain: (address, length) pieces, validated to lie in guest memory.
+/// Writable space of one chain: (address, length) pieces appended to `pieces`, validated to
+/// lie in guest memory; returns the head and the chain's total length. On a fault nothing
+/// is left appended.
 fn writable_pieces(
     chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
     mem: &GuestMemoryMmap,
-) -> Result<(u16, Vec<(GuestAddress, usize)>), ChainFault> {
+    pieces: &mut Vec<(GuestAddress, usize)>,
+) -> Result<(u16, usize), ChainFault> {
     let head = chain.head_index();
-    let mut pieces = Vec::new();
+    let start = pieces.len();
     let mut total = 0usize;
+    let mut fault = None;
     for desc in chain {
         if !desc.is_write_only() {
-            return Err(ChainFault::WrongDirection { head });
+            fault = Some(ChainFault::WrongDirection { head });
+            break;
         }
         let len = desc.len() as usize;
         if vm_memory::GuestMemoryBackend::get_slice(mem, desc.addr(), len).is_err() {
-            return Err(ChainFault::OutOfMemory {
+            fault = Some(ChainFault::OutOfMemory {
                 head,
                 addr: desc.addr().0,
             });
+            break;
         }
         total = total.saturating_add(len);
         pieces.push((desc.addr(), len));
     }
-    if total < HDR_LEN {
-        return Err(ChainFault::BadLength { head, len: total });
+    if fault.is_none() && total < HDR_LEN {
+        fault = Some(ChainFault::BadLength { head, len: total });
     }
-    Ok((head, pieces))
+    match fault {
+        Some(f) => {
+            pieces.truncate(start);
+            Err(f)
+        }
+        None => Ok((head, total)),
+    }
 }
 
 /// Copy `data` into `pieces`; returns bytes written.
@@ -336,7 +413,10 @@ pub fn process_rx(
             .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
             .map(|i| i.0)
             .ok();
-        let mut chains: Vec<(u16, Vec<(GuestAddress, usize)>)> = Vec::new();
+        let chains = &mut st.chains;
+        let pieces = &mut st.pieces;
+        chains.clear();
+        pieces.clear();
         let mut room = 0usize;
         let mut out_of_buffers = false;
         while room < len {
@@ -344,10 +424,11 @@ pub fn process_rx(
                 out_of_buffers = true;
                 break;
             };
-            match writable_pieces(chain, mem) {
-                Ok((head, pieces)) => {
-                    room += pieces.iter().map(|p| p.1).sum::<usize>();
-                    chains.push((head, pieces));
+            let start = pieces.len();
+            match writable_pieces(chain, mem, pieces) {
+                Ok((head, total)) => {
+                    room += total;
+                    chains.push((head, start..pieces.len()));
                 }
                 Err(f) => {
                     // A broken chain goes back used with length 0.
@@ -366,6 +447,7 @@ pub fn process_rx(
                             pass.used = true;
                         }
                     }
+                    pieces.clear();
                     room = 0;
                     start_avail = queue.next_avail();
                     continue;
@@ -397,7 +479,7 @@ pub fn process_rx(
         }
         if room < len {
             // Non-mergeable and the one chain is too small: drop the frame.
-            for (head, _) in &chains {
+            for (head, _) in chains.iter() {
                 if queue.add_used(mem, *head, 0).is_ok() {
                     pass.used = true;
                 }
@@ -410,8 +492,8 @@ pub fn process_rx(
         let n = chains.len() as u16;
         st.buf[NUM_BUFFERS_OFF..NUM_BUFFERS_OFF + 2].copy_from_slice(&n.to_le_bytes());
         let mut off = 0usize;
-        for (head, pieces) in &chains {
-            let written = scatter(mem, pieces, &st.buf[off..len]);
+        for (head, range) in chains.iter() {
+            let written = scatter(mem, &pieces[range.clone()], &st.buf[off..len]);
             off += written;
             if queue.add_used(mem, *head, written as u32).is_err() {
                 pass.faults
