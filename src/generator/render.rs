@@ -75,7 +75,13 @@ pub fn link_dropin(vm: &VmConfig, nic: &NicConfig) -> String {
 fn file_header(vm: &VmConfig, nic: &NicConfig) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{HEADER}");
-    let _ = writeln!(s, "# VM {} ({}), NIC {}", vm.name, vm.path.display(), nic.id);
+    let _ = writeln!(
+        s,
+        "# VM {} ({}), NIC {}",
+        vm.name,
+        vm.path.display(),
+        nic.id
+    );
     s
 }
 
