@@ -221,7 +221,7 @@ pub fn static_leases_dropin(net: &Network, leases: &[(MacAddr, Ipv4Addr)]) -> St
     let _ = writeln!(s, "{HEADER}");
     let _ = writeln!(
         s,
-        "# DHCP static leases of network {} from its reservations{}",
+        "# DHCP static leases of network {} from its reservations and static containers{}",
         net.name,
         net.source
             .as_ref()

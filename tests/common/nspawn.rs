@@ -105,8 +105,13 @@ impl Nspawn {
         let nspawn = wait_for("systemd-nspawn to start", Duration::from_secs(20), || {
             children(tpid).first().copied()
         });
+        // nspawn's first child is a short-lived setup process; PID 1 is the one running
+        // systemd (under load the setup child is easily seen first and then vanishes).
         let pid1 = wait_for("the container's PID 1", Duration::from_secs(20), || {
-            children(nspawn).first().copied()
+            children(nspawn).into_iter().find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "systemd")
+            })
         });
         let c = Nspawn {
             child,
