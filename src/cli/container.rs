@@ -210,6 +210,12 @@ pub fn run(root: &Path, name: &str) -> Result<Outcome> {
     for nic in &ct.nics {
         super::link::veth_up(root, &set, ct, nic)?;
     }
+    if ct.boot {
+        for nic in ct.nics.iter().filter(|n| n.dhcp) {
+            let file = ct.boot_network_file(nic);
+            crate::generator::write_atomic_if_changed(&file, &ct.boot_network(nic))?;
+        }
+    }
     let args = ct.nspawn_args();
     let nspawn = std::env::var_os("VOLT_NSPAWN").unwrap_or_else(|| "systemd-nspawn".into());
     log::info!(

@@ -112,6 +112,8 @@ pub struct ContainerConfig {
     pub boot: bool,
     /// Single-command mode: this command as PID 2 under nspawn's stub init (`--as-pid2`).
     pub command: Vec<String>,
+    /// Boot mode: arguments for the container's init (e.g. `systemd.unit=...`).
+    pub init_args: Vec<String>,
     pub volatile: Volatile,
     pub autostart: bool,
     pub nics: Vec<ContainerNic>,
@@ -165,11 +167,33 @@ impl ContainerConfig {
         }]
     }
 
+    /// Boot mode with DHCP: the networkd `.network` (written by `volt container run`, bound
+    /// read-only into the container's `/run/systemd/network/`) that makes the container's own
+    /// systemd-networkd run a DHCP client on the container end.
+    pub fn boot_network_file(&self, nic: &ContainerNic) -> PathBuf {
+        PathBuf::from(format!(
+            "/run/volt/containers/{}/{}.network",
+            self.name, nic.container_link
+        ))
+    }
+
+    /// The text of [`ContainerConfig::boot_network_file`].
+    pub fn boot_network(&self, nic: &ContainerNic) -> String {
+        format!(
+            "# Written by volt for container {} ({}), NIC {}\n[Match]\nName={}\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n",
+            self.name,
+            self.path.display(),
+            nic.id,
+            nic.container_link
+        )
+    }
+
     /// The systemd-nspawn command line (without the program name) that runs this container
     /// as a unit of systemd: `--keep-unit` (the unit's own cgroup), no machined registration,
     /// each NIC's container end moved in with `--network-interface=`. Boot mode runs the
-    /// tree's init; otherwise the command runs as PID 2 and a stop is SIGRTMIN+3 to nspawn's
-    /// stub init, which ends it cleanly.
+    /// tree's init (with a DHCP `.network` for its networkd where the NIC uses DHCP);
+    /// otherwise the command runs as PID 2 and a stop is SIGRTMIN+3 to nspawn's stub init,
+    /// which ends it cleanly.
     pub fn nspawn_args(&self) -> Vec<String> {
         let mut a = vec![
             "--quiet".to_string(),
@@ -193,7 +217,18 @@ impl ContainerConfig {
             a.push(format!("--setenv=VOLT_IFACE={}", nic.container_link));
         }
         if self.boot {
+            for nic in self.nics.iter().filter(|n| n.dhcp) {
+                a.push(format!(
+                    "--bind-ro={}:/run/systemd/network/60-volt-{}.network",
+                    self.boot_network_file(nic).display(),
+                    nic.container_link
+                ));
+            }
             a.push("--boot".into());
+            if !self.init_args.is_empty() {
+                a.push("--".into());
+                a.extend(self.init_args.iter().cloned());
+            }
         } else {
             a.push("--as-pid2".into());
             a.push("--kill-signal=SIGRTMIN+3".into());
@@ -221,6 +256,7 @@ struct RawContainer {
     image: Option<Spanned<String>>,
     boot: Option<Spanned<bool>>,
     command: Option<Spanned<Vec<String>>>,
+    init_args: Option<Spanned<Vec<String>>>,
     volatile: Option<Volatile>,
     autostart: Option<bool>,
     #[serde(default)]
@@ -329,6 +365,24 @@ pub fn parse_container_toml(
         )),
     }
 
+    let mut init_args = Vec::new();
+    if let Some(i) = &raw.init_args {
+        if !boot {
+            errors.push(src.invalid(
+                "init_args",
+                i.span(),
+                "init_args are for boot = true (a command takes its arguments in command)".into(),
+            ));
+        } else if i.get_ref().iter().any(|a| a.is_empty() || a.contains('\0')) {
+            errors.push(src.invalid(
+                "init_args",
+                i.span(),
+                "an argument is empty or contains a NUL byte".into(),
+            ));
+        }
+        init_args = i.get_ref().clone();
+    }
+
     if raw.network.len() > MAX_CONTAINER_NICS {
         let at = raw.network[MAX_CONTAINER_NICS].span();
         errors.push(src.invalid(
@@ -355,6 +409,7 @@ pub fn parse_container_toml(
         root_kind,
         boot,
         command,
+        init_args,
         volatile,
         autostart: raw.autostart.unwrap_or(false),
         nics,
@@ -613,7 +668,15 @@ mod tests {
         let c = parse("app", &format!("{DIR}boot = true\n[[network]]\n")).expect("valid");
         assert!(c.nics[0].dhcp && c.nics[0].ipv4.is_none());
         assert_eq!(c.nics[0].network.as_deref(), Some("volt0"));
-        assert!(c.nspawn_args().contains(&"--boot".to_string()));
+        let ce = &c.nics[0].container_link;
+        let args = c.nspawn_args();
+        assert!(args.contains(&"--boot".to_string()));
+        assert!(args.contains(&format!(
+            "--bind-ro=/run/volt/containers/app/{ce}.network:/run/systemd/network/60-volt-{ce}.network"
+        )));
+        assert!(c
+            .boot_network(&c.nics[0])
+            .contains(&format!("Name={ce}\n\n[Network]\nDHCP=ipv4")));
         // ct-db is reserved: db gets it as a static address.
         let c = parse(
             "db",
@@ -630,8 +693,17 @@ mod tests {
         assert_eq!(c.volatile, Volatile::Overlay);
         assert!(c.nspawn_args().contains(&"--private-network".to_string()));
         assert!(c.nspawn_args().contains(&"--volatile=overlay".to_string()));
-        let c = parse("img", "image = \"/\"\nboot = true\nvolatile = \"yes\"\n").expect("valid");
-        assert!(c.nspawn_args().contains(&"--volatile=yes".to_string()));
+        let c = parse(
+            "img",
+            "image = \"/\"\nboot = true\nvolatile = \"yes\"\ninit_args = [\"systemd.mask=x.service\"]\n",
+        )
+        .expect("valid");
+        let args = c.nspawn_args();
+        assert!(args.contains(&"--volatile=yes".to_string()));
+        assert_eq!(
+            &args[args.len() - 3..],
+            ["--boot", "--", "systemd.mask=x.service"]
+        );
     }
 
     #[test]
@@ -646,6 +718,7 @@ mod tests {
             ("directory = \"rel\"\ncommand = [\"/x\"]\n".into(), ":1:13: directory: \"rel\" is not an absolute path"),
             (format!("image = \"/x\"\nvolatile = \"no\"\n{cmd}"), "volatile: an image is never written"),
             (format!("{DIR}{cmd}colour = 1\n"), ":3:1: unknown field `colour`"),
+            (format!("{DIR}{cmd}init_args = [\"x\"]\n"), ":3:13: init_args: init_args are for boot = true"),
             (format!("{DIR}{cmd}[[network]]\nmtu = 9000\n"), ":4:1: unknown field `mtu`"),
             (format!("{DIR}{cmd}[[network]]\nipv4 = \"10.42.0.20\"\n"), ":4:8: network[0].ipv4: 10.42.0.20 is outside volt0's container range 10.42.0.100-10.42.0.254"),
             (format!("{DIR}{cmd}[[network]]\nipv4 = \"10.42.0.10\"\n"), "network[0].ipv4: 10.42.0.10 is reserved for vm-web in volt0"),
