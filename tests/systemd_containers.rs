@@ -42,6 +42,25 @@ fn skip() -> bool {
     false
 }
 
+/// Boot mode nests a third systemd (host → test systemd → container's systemd). On a host
+/// with the legacy (v1) cgroup hierarchy, as on these test machines, that innermost systemd
+/// shares the v1 hierarchies with the test systemd and breaks its cgroup operations now and
+/// then (measured: "Failed to kill control group ...: Input/output error", a veth owner's
+/// ExecStop failing with 219/CGROUP, the inner networkd failing for want of its user). Boot
+/// mode runs only on a unified (v2) hierarchy.
+fn skip_boot_mode() -> bool {
+    if skip() {
+        return true;
+    }
+    if !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        eprintln!(
+            "SKIP: boot-mode containers nested in the test systemd need the unified cgroup hierarchy; this host uses cgroup v1"
+        );
+        return true;
+    }
+    false
+}
+
 fn veth() -> (String, String) {
     volt::config::veth_names("db")
 }
@@ -321,9 +340,7 @@ fn dhcp_container_and_crash_stop_restart_cycle() {
     container_reaches_vm(&c, &l, &vm_ip);
 
     // systemctl stop: clean result, the pair and its owner unit are gone.
-    c.ok("systemctl stop volt-container@db.service");
-    let result = c.ok("systemctl show -p Result --value volt-container@db.service");
-    assert_eq!(result.trim(), "success");
+    stop_ok(&c);
     wait_gone(&c, &h);
     // The owner stops as unneeded (its own job, right after the container's).
     c.wait_ok(
@@ -335,12 +352,7 @@ fn dhcp_container_and_crash_stop_restart_cycle() {
     c.ok("systemctl start volt-container@db.service");
     let l = assert_running(&c);
     container_reaches_vm(&c, &l, &vm_ip);
-    c.ok("systemctl stop volt-container@db.service");
-    assert_eq!(
-        c.ok("systemctl show -p Result --value volt-container@db.service")
-            .trim(),
-        "success"
-    );
+    stop_ok(&c);
     wait_gone(&c, &h);
     eprintln!(
         "--- journal of the container and its veth owner:\n{}",
@@ -375,7 +387,7 @@ fn wait_gone(c: &Nspawn, host_end: &str) {
 
 #[test]
 fn boot_mode_container_with_static_address() {
-    if skip() {
+    if skip_boot_mode() {
         return;
     }
     // Boot mode on the host's own tree: only /usr from it, a fresh tmpfs for the rest; its
@@ -394,18 +406,13 @@ fn boot_mode_container_with_static_address() {
     c.ok("systemctl start volt-vm@web.service");
     c.wait_ok("ping -c 1 -W 1 10.42.0.10", Duration::from_secs(20));
     container_reaches_vm(&c, &l, "10.42.0.10");
-    c.ok("systemctl stop volt-container@db.service");
-    assert_eq!(
-        c.ok("systemctl show -p Result --value volt-container@db.service")
-            .trim(),
-        "success"
-    );
+    stop_ok(&c);
     wait_gone(&c, &h);
 }
 
 #[test]
 fn boot_mode_container_with_dhcp_from_its_own_networkd() {
-    if skip() {
+    if skip_boot_mode() {
         return;
     }
     // The container's own systemd-networkd is the DHCP client: volt binds a .network for
@@ -427,11 +434,20 @@ fn boot_mode_container_with_dhcp_from_its_own_networkd() {
     c.ok("systemctl start volt-vm@web.service");
     c.wait_ok("ping -c 1 -W 1 10.42.0.10", Duration::from_secs(20));
     container_reaches_vm(&c, &l, "10.42.0.10");
-    c.ok("systemctl stop volt-container@db.service");
-    assert_eq!(
-        c.ok("systemctl show -p Result --value volt-container@db.service")
-            .trim(),
-        "success"
-    );
+    stop_ok(&c);
     wait_gone(&c, &veth().0);
+}
+
+/// `systemctl stop` ends with Result=success.
+fn stop_ok(c: &Nspawn) {
+    let t = std::time::Instant::now();
+    c.ok("systemctl stop volt-container@db.service");
+    let result = c.ok("systemctl show -p Result --value volt-container@db.service");
+    assert_eq!(
+        result.trim(),
+        "success",
+        "stop took {:?}\n{}",
+        t.elapsed(),
+        journal(c)
+    );
 }

@@ -120,15 +120,27 @@ impl Nspawn {
             name,
             dir,
         };
-        let state = wait_for(
-            "systemctl is-system-running",
-            Duration::from_secs(90),
-            || {
-                let o = c.sh("systemctl is-system-running");
-                let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
-                matches!(s.as_str(), "running" | "degraded").then_some(s)
-            },
-        );
+        let start = Instant::now();
+        let state = loop {
+            let o = c.sh("systemctl is-system-running");
+            let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if matches!(s.as_str(), "running" | "degraded") {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(90) {
+                let jobs = c.sh("systemctl list-jobs --no-pager");
+                panic!(
+                    "container {} (PID 1 {pid1}, alive: {}) not up after 90 s: is-system-running said {s:?} ({:?}, stderr {:?})\njobs: {}\nconsole:\n{}",
+                    c.name,
+                    Path::new(&format!("/proc/{pid1}")).exists(),
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr),
+                    String::from_utf8_lossy(&jobs.stdout),
+                    c.console()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         if state != "running" {
             let failed = c.sh("systemctl --failed --no-legend --no-pager");
             panic!(
