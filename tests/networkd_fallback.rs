@@ -25,7 +25,14 @@ fn networkd_over_dbus_then_direct_fallback_when_networkd_is_stopped() {
     let unit = format!("volt-tap@{tap}.service");
 
     // networkd's way: runtime files, Reload over D-Bus, bounded wait for configured + master.
-    c.ok(&format!("systemctl start {unit}"));
+    // The owner unit stops when unneeded: a transient unit bound to it keeps it up.
+    c.ok(&format!(
+        "systemd-run --quiet --unit=volt-hold-link -p BindsTo={unit} -p After={unit} sleep infinity"
+    ));
+    c.wait_ok(
+        &format!("systemctl is-active {unit}"),
+        Duration::from_secs(30),
+    );
     let log = c.wait_ok(
         &format!("journalctl --no-pager -o cat -u {unit} | grep -F '(networkd)'"),
         Duration::from_secs(10),
