@@ -98,15 +98,25 @@ fn golden_trees() {
                 common::show_tree(&got)
             ));
         }
-        // A case with a file named `bad*.toml` must fail and say so with file:line; others succeed silently.
-        let has_bad = std::fs::read_dir(case.join("root/etc/volt/vms"))
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .any(|e| e.file_name().to_string_lossy().starts_with("bad"))
-            })
-            .unwrap_or(false);
-        if has_bad {
-            if run.status.success() || !run.stderr.contains("/etc/volt/vms/bad") {
+        // A case with a VM or container file named `bad*.toml` must fail and say so with
+        // file:line; others succeed silently.
+        let bad_in = |dir: &str| {
+            std::fs::read_dir(case.join("root/etc/volt").join(dir))
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .any(|e| e.file_name().to_string_lossy().starts_with("bad"))
+                })
+                .unwrap_or(false)
+        };
+        let bad_dirs: Vec<&str> = ["vms", "containers"]
+            .into_iter()
+            .filter(|d| bad_in(d))
+            .collect();
+        if !bad_dirs.is_empty() {
+            let named = bad_dirs
+                .iter()
+                .all(|d| run.stderr.contains(&format!("/etc/volt/{d}/bad")));
+            if run.status.success() || !named {
                 failures.push(format!(
                     "{name}: expected failure naming the bad file, got {:?}: {}",
                     run.status, run.stderr

@@ -162,6 +162,8 @@ fn deb_and_rpm_list_the_same_paths() {
         "/usr/lib/systemd/system-generators/volt-generator",
         "/usr/lib/systemd/system/volt-vm@.service",
         "/usr/lib/systemd/system/volt-tap@.service",
+        "/usr/lib/systemd/system/volt-container@.service",
+        "/usr/lib/systemd/system/volt-veth@.service",
         "/usr/lib/systemd/network/10-volt0.netdev",
         "/usr/lib/systemd/network/10-volt0.network",
         "/usr/lib/systemd/network/90-volt-vmm.link",
@@ -257,7 +259,11 @@ fn volt_toml_man_page_documents_every_config_key() {
     let repo = common::repo();
     let page = std::fs::read_to_string(repo.join("packaging/man/volt.toml.5")).expect("page");
     let mut keys = BTreeSet::new();
-    for file in ["src/config/vm.rs", "src/config/network.rs"] {
+    for file in [
+        "src/config/vm.rs",
+        "src/config/network.rs",
+        "src/config/container.rs",
+    ] {
         let text = std::fs::read_to_string(repo.join(file)).expect("source");
         let mut in_raw = false;
         let mut rename: Option<String> = None;
@@ -321,6 +327,7 @@ fn examples_validate() {
         ("lab.network.toml", "etc/volt/networks/lab.toml"),
         ("nat.network.toml", "etc/volt/networks/nat.toml"),
         ("dmz.zone.yaml", "etc/voltainer/network/dmz.yaml"),
+        ("shop.container.toml", "etc/volt/containers/shop.toml"),
     ] {
         std::fs::create_dir_all(r.join(to).parent().expect("parent")).expect("mkdir");
         std::fs::copy(ex.join(from), r.join(to)).expect("copy example");
@@ -455,4 +462,26 @@ fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
     c.ok("! test -e /run/volt && ! test -e /var/lib/volt/ipam");
     c.ok("test -f /var/lib/volt/kernels/volt-test-guest && test -f /etc/volt/vms/web.toml");
     c.ok("! dpkg -s volt >/dev/null 2>&1");
+}
+
+/// Every unit, networkd file, tmpfiles.d and sysusers.d entry in the tree is in the manifest
+/// (a new unit cannot be forgotten by the packages).
+#[test]
+fn manifest_covers_every_unit_and_system_config_file() {
+    let repo = common::repo();
+    let manifest = std::fs::read_to_string(repo.join("packaging/manifest")).expect("manifest");
+    let sources: BTreeSet<&str> = manifest
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    for dir in ["units", "tmpfiles.d", "sysusers.d"] {
+        for e in std::fs::read_dir(repo.join(dir)).expect(dir) {
+            let name = format!("{dir}/{}", e.expect("entry").file_name().to_string_lossy());
+            assert!(
+                sources.contains(name.as_str()),
+                "{name} is not in packaging/manifest"
+            );
+        }
+    }
 }

@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     match volt::cli::run(opts) {
         Ok(volt::cli::Outcome::Ok) => ExitCode::SUCCESS,
         Ok(volt::cli::Outcome::Failed) => ExitCode::FAILURE,
+        Ok(volt::cli::Outcome::Config) => ExitCode::from(78),
         Err(e) => {
             log::error!("{e:#}");
             ExitCode::FAILURE

@@ -17,15 +17,25 @@ pub fn ipam_dir(root: &Path) -> PathBuf {
 
 /// Static addresses configured for VMs on `network`, except `owner`'s own.
 fn configured_statics(set: &ConfigSet, network: &str, owner: &Owner) -> BTreeSet<Ipv4Addr> {
-    set.vms
+    let vms = set
+        .vms
         .iter()
         .flat_map(|vm| vm.nics.iter().map(move |n| (vm, n)))
         .filter(|(vm, n)| {
             n.network.as_deref() == Some(network)
                 && !(owner.kind == Kind::Vm && owner.name == vm.name && owner.nic == n.id)
         })
-        .filter_map(|(_, n)| n.ipv4.map(|i| i.addr()))
-        .collect()
+        .filter_map(|(_, n)| n.ipv4.map(|i| i.addr()));
+    let containers = set
+        .containers
+        .iter()
+        .flat_map(|c| c.nics.iter().map(move |n| (c, n)))
+        .filter(|(c, n)| {
+            n.network.as_deref() == Some(network)
+                && !(owner.kind == Kind::Container && owner.name == c.name && owner.nic == n.id)
+        })
+        .filter_map(|(_, n)| n.ipv4.map(|i| i.addr()));
+    vms.chain(containers).collect()
 }
 
 fn print_leases(rows: &[(String, Lease)], output: Output) -> Result<()> {
@@ -95,13 +105,15 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
         }
         IpamCommand::Reconcile => {
             let set = ConfigSet::load(root);
-            let containers_dir = root.join("etc/volt/containers");
             let alive = |o: &Owner| match o.kind {
                 Kind::Vm => set
                     .vms
                     .iter()
                     .any(|v| v.name == o.name && v.nics.iter().any(|n| n.id == o.nic)),
-                Kind::Container => containers_dir.join(format!("{}.toml", o.name)).exists(),
+                Kind::Container => set
+                    .containers
+                    .iter()
+                    .any(|c| c.name == o.name && c.nics.iter().any(|n| n.id == o.nic)),
             };
             let mut released = 0;
             for n in ipam.networks() {

@@ -1,5 +1,8 @@
-//! `volt link up|down`: what `volt-tap@<link>.service` runs.
+//! `volt link up|down`: what `volt-tap@<link>.service` and `volt-veth@<link>.service` run.
 //!
+//! Container veths (`veth-<id>-h`): the pair from the manager, the host end on the bridge
+//! (waiting a bounded time for networkd to create the bridge, else creating it), the
+//! container end left for nspawn; down deletes the pair.
 //! `networkd` NICs: write the runtime `.netdev`/`.network`, `Reload` networkd over D-Bus and
 //! wait (bounded) until it has created and enslaved the TAP. When networkd is not running,
 //! or the TAP does not appear in time, create it directly (persistent, owned by `volt`) and
@@ -12,7 +15,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::Outcome;
-use crate::config::{ConfigSet, NetworkLookup, NetworkType, NicConfig, NicMode, VmConfig};
+use crate::config::{
+    ConfigSet, ContainerConfig, ContainerNic, NetworkLookup, NetworkType, NicConfig, NicMode,
+    VmConfig,
+};
 use crate::generator::{self, render, NETWORKD_RUNTIME_DIR};
 use crate::net::manager::{self, Manager, TapOptions};
 use crate::net::netlink::Netlink;
@@ -62,8 +68,123 @@ fn tap_options() -> TapOptions {
     }
 }
 
+fn find_container<'a>(
+    set: &'a ConfigSet,
+    name: &str,
+) -> Option<(&'a ContainerConfig, &'a ContainerNic)> {
+    set.containers
+        .iter()
+        .find_map(|c| c.nics.iter().find(|n| n.host_link == name).map(|n| (c, n)))
+}
+
+/// Wait (bounded) for `bridge` to appear (networkd creates it when it starts); then create
+/// it directly if its network allows that.
+fn wait_for_bridge(set: &ConfigSet, mgr: &Manager, bridge: &str) -> Result<()> {
+    let start = std::time::Instant::now();
+    while link::index(bridge).is_none() && start.elapsed() < NETWORKD_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(net) = set.networks.by_bridge(bridge) {
+        if mgr.ensure_bridge(net)? {
+            log::info!("created bridge {bridge} for network {} directly", net.name);
+        }
+    }
+    Ok(())
+}
+
+/// The veth pair of container `ct`'s NIC: kept when whole, else (re)created with the host
+/// end on the bridge (or alone in the container's namespace on an isolated network).
+pub(super) fn veth_up(
+    root: &Path,
+    set: &ConfigSet,
+    ct: &ContainerConfig,
+    nic: &ContainerNic,
+) -> Result<()> {
+    let mgr = Manager::new(state_dir(root));
+    let name = &nic.host_link;
+    if nic.isolated {
+        let (_, created) = mgr.ensure_isolated_veth(&ct.name, Some(nic.mac))?;
+        log::info!(
+            "{name}: {} alone in namespace {} for container {} NIC {} (isolated network)",
+            if created { "created" } else { "kept" },
+            manager::isolated_netns(&manager::container_id(&ct.name)),
+            ct.name,
+            nic.id
+        );
+        return Ok(());
+    }
+    let Some(bridge) = nic.bridge.as_deref() else {
+        bail!(
+            "{name}: NIC {} of container {} has no bridge",
+            nic.id,
+            ct.name
+        );
+    };
+    wait_for_bridge(set, &mgr, bridge)?;
+    let (v, created) = mgr.ensure_veth(bridge, &ct.name, Some(nic.mac))?;
+    if created {
+        log::info!(
+            "{name}: veth pair {} / {} created on {bridge} for container {} NIC {} (MAC {})",
+            v.host_end,
+            v.container_end,
+            ct.name,
+            nic.id,
+            nic.mac
+        );
+    } else {
+        log::debug!("{name}: veth pair on {bridge} is whole, kept");
+    }
+    Ok(())
+}
+
+/// Tear down container veth `veth-<id>-h`: the pair (wherever its host end is) and the
+/// container's isolated namespace. Needs no config: everything follows from the name.
+fn veth_down(name: &str, id: &str) -> Result<Outcome> {
+    let mut failed = false;
+    for l in [name.to_string(), format!("veth-{id}-c")] {
+        match link::delete(&l) {
+            Ok(true) => log::info!("deleted {l}"),
+            Ok(false) => {}
+            Err(e) => {
+                log::error!("{}", crate::error_chain(&e));
+                failed = true;
+            }
+        }
+    }
+    let ns = manager::isolated_netns(id);
+    if netns::exists(&ns) {
+        let n = name.to_string();
+        let r = netns::run_in(&netns::path_of(&ns), move || Netlink::new()?.delete(&n));
+        if let Ok(Ok(true)) = r {
+            log::info!("deleted {name} in {ns}");
+        }
+        if let Err(e) = netns::delete(&ns) {
+            log::error!("{}", crate::error_chain(&e));
+            failed = true;
+        }
+    }
+    Ok(if failed { Outcome::Failed } else { Outcome::Ok })
+}
+
+/// The id of a container host link name `veth-<id>-h`.
+fn veth_id(name: &str) -> Option<&str> {
+    name.strip_prefix("veth-")
+        .and_then(|r| r.strip_suffix("-h"))
+        .filter(|id| id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 pub fn up(root: &Path, name: &str) -> Result<Outcome> {
     let set = ConfigSet::load(root);
+    if let Some((ct, nic)) = find_container(&set, name) {
+        veth_up(root, &set, ct, nic)?;
+        return Ok(Outcome::Ok);
+    }
+    if veth_id(name).is_some() {
+        for e in &set.errors {
+            log::error!("{}", e.report());
+        }
+        bail!("no valid container configuration has the veth {name}");
+    }
     let (vm, nic) = find(&set, name)?;
     let mgr = Manager::new(state_dir(root));
     let network = nic.network.as_deref().and_then(|n| set.networks.by_name(n));
@@ -180,6 +301,9 @@ fn direct(
 }
 
 pub fn down(root: &Path, name: &str) -> Result<Outcome> {
+    if let Some(id) = veth_id(name) {
+        return veth_down(name, id);
+    }
     // Tear down even if the VM's file is gone or broken now: remove what we own by name.
     let dir = root.join(NETWORKD_RUNTIME_DIR);
     let mut failed = false;

@@ -1,5 +1,6 @@
 //! The `volt` command line: the one module that sees every other.
 
+mod container;
 mod docs;
 mod generate;
 mod ipam;
@@ -48,6 +49,11 @@ pub enum Command {
         #[command(subcommand)]
         command: VmCommand,
     },
+    /// Containers (systemd-nspawn, /etc/volt/containers/<name>.toml).
+    Container {
+        #[command(subcommand)]
+        command: ContainerCommand,
+    },
     /// Run the generator on a root and write into OUTDIR, for debugging.
     Generate {
         /// Output directory (used as normal, early and late directory).
@@ -63,7 +69,8 @@ pub enum Command {
         #[command(subcommand)]
         command: IpamCommand,
     },
-    /// Bring a VM NIC's host link up or down (what volt-tap@.service runs).
+    /// Bring a VM NIC's or container's host link up or down (what volt-tap@.service and
+    /// volt-veth@.service run).
     Link {
         #[command(subcommand)]
         command: LinkCommand,
@@ -83,6 +90,32 @@ pub enum VmCommand {
     List {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContainerCommand {
+    /// List the configured containers.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show one container: config, nspawn command line, links and leases.
+    Show {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Make sure the container's veth pair is whole, then exec systemd-nspawn
+    /// (what volt-container@.service runs).
+    Run { name: String },
+    /// Configure the container's interfaces inside its network namespace and record its
+    /// address in IPAM (volt-container@.service's ExecStartPost=).
+    NetUp {
+        name: String,
+        /// systemd-nspawn's PID (default: $MAINPID).
+        #[arg(long)]
+        pid: Option<u32>,
     },
 }
 
@@ -152,6 +185,8 @@ pub enum LinkCommand {
 pub enum Outcome {
     Ok,
     Failed,
+    /// The configuration cannot work (exit 78, EX_CONFIG: restarting would not help).
+    Config,
 }
 
 /// Run the parsed command.
@@ -165,6 +200,12 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
         Command::Vm {
             command: VmCommand::List { output },
         } => vm::list(&root, output),
+        Command::Container { command } => match command {
+            ContainerCommand::List { output } => container::list(&root, output),
+            ContainerCommand::Show { name, output } => container::show(&root, &name, output),
+            ContainerCommand::Run { name } => container::run(&root, &name),
+            ContainerCommand::NetUp { name, pid } => container::net_up(&root, &name, pid),
+        },
         Command::Generate { outdir } => generate::exec(&root, &outdir),
         Command::Net {
             command: NetCommand::List { output },

@@ -7,8 +7,9 @@ use anyhow::Result;
 use super::Outcome;
 use crate::config::{self, ConfigError, ConfigSet};
 
-/// Check everything under `root`, or just `paths` (VM files, network files under a
-/// `networks/` directory, zone files ending in .yaml/.yml).
+/// Check everything under `root`, or just `paths` (VM files, container files under a
+/// `containers/` directory, network files under a `networks/` directory, zone files ending
+/// in .yaml/.yml).
 pub fn exec(root: &Path, paths: &[PathBuf]) -> Result<Outcome> {
     let set = ConfigSet::load(root);
     let mut errors: Vec<ConfigError> = Vec::new();
@@ -18,7 +19,11 @@ pub fn exec(root: &Path, paths: &[PathBuf]) -> Result<Outcome> {
         for vm in &set.vms {
             errors.extend(vm.check_boot_files(root));
         }
+        for ct in &set.containers {
+            errors.extend(ct.check_root(root));
+        }
         checked = set.vms.len()
+            + set.containers.len()
             + set
                 .networks
                 .list
@@ -39,13 +44,17 @@ pub fn exec(root: &Path, paths: &[PathBuf]) -> Result<Outcome> {
                 }
             };
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-            let in_networks = path
-                .parent()
-                .and_then(|p| p.file_name())
-                .is_some_and(|n| n == "networks");
+            let parent = path.parent().and_then(|p| p.file_name());
+            let in_networks = parent.is_some_and(|n| n == "networks");
+            let in_containers = parent.is_some_and(|n| n == "containers");
             if ext == "yaml" || ext == "yml" {
                 if let Err(e) = config::parse_zone_yaml(path, &text) {
                     errors.push(e);
+                }
+            } else if in_containers {
+                match config::parse_container_toml(path, &text, &set.networks) {
+                    Ok(ct) => errors.extend(ct.check_root(root)),
+                    Err(errs) => errors.extend(errs),
                 }
             } else if in_networks {
                 if let Err(e) = config::parse_network_toml(path, &text) {

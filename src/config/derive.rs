@@ -38,6 +38,14 @@ pub fn tap_name(uuid: &Uuid, index: usize) -> String {
     }
 }
 
+/// The veth pair of container `name`: `veth-<short>-h` (host end, on the bridge) and
+/// `veth-<short>-c` (container end), short = the first 8 hex digits of UUID v5 of the name
+/// in the namespace VM UUIDs come from. 15 bytes each.
+pub fn veth_names(name: &str) -> (String, String) {
+    let id = short_id(&vm_uuid(name));
+    (format!("veth-{id}-h"), format!("veth-{id}-c"))
+}
+
 /// A MAC address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MacAddr(pub [u8; 6]);

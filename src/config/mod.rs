@@ -3,6 +3,7 @@
 //!
 //! Pure: reads files under a root directory and nothing else.
 
+mod container;
 mod derive;
 mod error;
 mod network;
@@ -13,9 +14,12 @@ mod vm;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use container::{
+    parse_container_toml, ContainerConfig, ContainerNic, RootKind, Volatile, MAX_CONTAINER_NICS,
+};
 pub use derive::{
-    check_link_name, check_workload_name, nic_mac, short_id, tap_name, vm_uuid, MacAddr,
-    IFNAMSIZ_MAX, RESERVED_LINK_PREFIXES, VOLT_NAMESPACE,
+    check_link_name, check_workload_name, nic_mac, short_id, tap_name, veth_names, vm_uuid,
+    MacAddr, IFNAMSIZ_MAX, RESERVED_LINK_PREFIXES, VOLT_NAMESPACE,
 };
 pub use error::{ConfigError, Location};
 pub use network::{
@@ -26,6 +30,7 @@ pub use vm::{parse_vm_toml, MacvtapMode, NetworkLookup, NicConfig, NicMode, VmCo
 
 /// Where Volt's files live, relative to the root.
 pub const VMS_DIR: &str = "etc/volt/vms";
+pub const CONTAINERS_DIR: &str = "etc/volt/containers";
 pub const NETWORKS_DIR: &str = "etc/volt/networks";
 pub const ZONES_DIR: &str = "etc/voltainer/network";
 
@@ -73,6 +78,7 @@ impl NetworkLookup for Networks {
 pub struct ConfigSet {
     pub networks: Networks,
     pub vms: Vec<VmConfig>,
+    pub containers: Vec<ContainerConfig>,
     pub errors: Vec<ConfigError>,
 }
 
@@ -142,9 +148,20 @@ impl ConfigSet {
                 Err(e) => errors.push(e),
             }
         }
-        let (vms, cross) = validate::check_across(vms);
+        let mut containers = Vec::new();
+        for (shown, real) in list_dir(root, CONTAINERS_DIR, &["toml"], &mut errors) {
+            match read(&shown, &real) {
+                Ok(text) => match parse_container_toml(&shown, &text, &set.networks) {
+                    Ok(c) => containers.push(c),
+                    Err(errs) => errors.extend(errs),
+                },
+                Err(e) => errors.push(e),
+            }
+        }
+        let (vms, containers, cross) = validate::check_across(vms, containers);
         errors.extend(cross);
         set.vms = vms;
+        set.containers = containers;
         set.errors = errors;
         set
     }
@@ -212,7 +229,18 @@ impl ConfigSet {
         Err(self.errors.iter().filter(|e| e.file() == file).collect())
     }
 
-    /// VM files that had errors, by file.
+    /// The container named `name`, or the errors that keep it from being valid.
+    pub fn container(&self, name: &str) -> Result<&ContainerConfig, Vec<&ConfigError>> {
+        if let Some(c) = self.containers.iter().find(|c| c.name == name) {
+            return Ok(c);
+        }
+        let file = Path::new("/")
+            .join(CONTAINERS_DIR)
+            .join(format!("{name}.toml"));
+        Err(self.errors.iter().filter(|e| e.file() == file).collect())
+    }
+
+    /// Files that had errors (VMs, containers, networks), by file.
     pub fn errors_by_file(&self) -> BTreeMap<&Path, Vec<&ConfigError>> {
         let mut m: BTreeMap<&Path, Vec<&ConfigError>> = BTreeMap::new();
         for e in &self.errors {

@@ -1,22 +1,61 @@
-//! Checks across VM files: one UUID, MAC, address and TAP name per workload.
+//! Checks across VM and container files: one name, UUID, MAC, address and link name per
+//! workload.
 //!
 //! Files are taken in name order; when two collide, the later file gets the error and is
 //! left out, so the earlier VM still starts.
 
 use std::collections::HashMap;
 
+use super::container::ContainerConfig;
 use super::error::{ConfigError, Location};
 use super::vm::VmConfig;
 
-pub(super) fn check_across(vms: Vec<VmConfig>) -> (Vec<VmConfig>, Vec<ConfigError>) {
+/// One thing a workload takes: (key, field, where, what), e.g. a MAC on a bridge.
+type Claim = (String, String, Location, String);
+
+/// What is taken, and by whom: key → "VM web (/etc/volt/vms/web.toml)".
+#[derive(Default)]
+struct Taken(HashMap<String, String>);
+
+impl Taken {
+    /// The claims' conflicts as errors; if there are none, take every claim for `owner`.
+    fn claim(&mut self, claims: Vec<Claim>, owner: String) -> Vec<ConfigError> {
+        let errs: Vec<ConfigError> = claims
+            .iter()
+            .filter_map(|(key, field, at, what)| {
+                self.0.get(key).map(|holder| ConfigError::Invalid {
+                    at: at.clone(),
+                    field: field.clone(),
+                    message: format!("{what} is already used by {holder}"),
+                })
+            })
+            .collect();
+        if errs.is_empty() {
+            for (key, _, _, _) in claims {
+                self.0.insert(key, owner.clone());
+            }
+        }
+        errs
+    }
+}
+
+/// VMs first, then containers, each in file name order. Workload names are one namespace:
+/// a container may not share a VM's name (port maps and reservations name workloads).
+pub(super) fn check_across(
+    vms: Vec<VmConfig>,
+    containers: Vec<ContainerConfig>,
+) -> (Vec<VmConfig>, Vec<ContainerConfig>, Vec<ConfigError>) {
     let mut ok: Vec<VmConfig> = Vec::new();
     let mut errors = Vec::new();
-    // What is taken, and by whom: key → (vm name, file).
-    let mut taken: HashMap<String, String> = HashMap::new();
+    let mut taken = Taken::default();
     for vm in vms {
-        let mut errs = Vec::new();
         let file_at = || Location::file(&vm.path);
-        let mut claims: Vec<(String, String, Location, String)> = Vec::new();
+        let mut claims: Vec<Claim> = vec![(
+            format!("name:{}", vm.name),
+            "name".into(),
+            file_at(),
+            format!("the workload name {}", vm.name),
+        )];
         claims.push((
             format!("uuid:{}", vm.uuid),
             "uuid".into(),
@@ -53,25 +92,60 @@ pub(super) fn check_across(vms: Vec<VmConfig>) -> (Vec<VmConfig>, Vec<ConfigErro
                 ));
             }
         }
-        for (key, field, at, what) in &claims {
-            if let Some(owner) = taken.get(key) {
-                errs.push(ConfigError::Invalid {
-                    at: at.clone(),
-                    field: field.clone(),
-                    message: format!("{what} is already used by {owner}"),
-                });
-            }
-        }
+        let errs = taken.claim(claims, format!("VM {} ({})", vm.name, vm.path.display()));
         if errs.is_empty() {
-            for (key, _, _, _) in claims {
-                taken.insert(key, format!("VM {} ({})", vm.name, vm.path.display()));
-            }
             ok.push(vm);
         } else {
             errors.extend(errs);
         }
     }
-    (ok, errors)
+    let mut ok_containers = Vec::new();
+    for ct in containers {
+        let file_at = || Location::file(&ct.path);
+        let mut claims: Vec<Claim> = vec![(
+            format!("name:{}", ct.name),
+            "name".into(),
+            file_at(),
+            format!("the workload name {}", ct.name),
+        )];
+        for nic in &ct.nics {
+            let spans = ct.spans.nics.get(nic.index).cloned().unwrap_or_default();
+            let nic_at = spans.at.clone().unwrap_or_else(file_at);
+            let f = |name: &str| format!("network[{}].{name}", nic.index);
+            for link in [&nic.host_link, &nic.container_link] {
+                claims.push((
+                    format!("link:{link}"),
+                    f("id"),
+                    nic_at.clone(),
+                    format!("link name {link}"),
+                ));
+            }
+            claims.push((
+                format!("mac:{}:{}", nic.bridge.clone().unwrap_or_default(), nic.mac),
+                f("mac"),
+                spans.mac.clone().unwrap_or_else(|| nic_at.clone()),
+                format!("MAC {}", nic.mac),
+            ));
+            if let (Some(ip), Some(net)) = (nic.ipv4, &nic.network) {
+                claims.push((
+                    format!("ip:{net}:{}", ip.addr()),
+                    f("ipv4"),
+                    spans.ipv4.clone().unwrap_or(nic_at),
+                    format!("{} on {net}", ip.addr()),
+                ));
+            }
+        }
+        let errs = taken.claim(
+            claims,
+            format!("container {} ({})", ct.name, ct.path.display()),
+        );
+        if errs.is_empty() {
+            ok_containers.push(ct);
+        } else {
+            errors.extend(errs);
+        }
+    }
+    (ok, ok_containers, errors)
 }
 
 #[cfg(test)]
@@ -91,7 +165,7 @@ mod tests {
                     .expect("valid")
             })
             .collect();
-        let (ok, errs) = super::check_across(vms);
+        let (ok, _, errs) = super::check_across(vms, Vec::new());
         (
             ok.into_iter().map(|v| v.name).collect(),
             errs.iter().map(|e| e.to_string()).collect(),
@@ -127,6 +201,49 @@ mod tests {
             errs[0].contains(
                 "b.toml:3:7: network[0].mac: MAC 52:54:00:00:00:42 is already used by VM a"
             ),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn containers_clash_with_vms_on_names_addresses_and_macs() {
+        use crate::config::parse_container_toml;
+        let nets = Networks {
+            list: vec![Network::builtin_default()],
+        };
+        let vm = |n: &str, t: &str| {
+            parse_vm_toml(&PathBuf::from(format!("/etc/volt/vms/{n}.toml")), t, &nets)
+                .expect("valid vm")
+        };
+        let ct = |n: &str, t: &str| {
+            parse_container_toml(
+                &PathBuf::from(format!("/etc/volt/containers/{n}.toml")),
+                t,
+                &nets,
+            )
+            .expect("valid container")
+        };
+        let base = "directory = \"/srv/c\"\ncommand = [\"/bin/true\"]\n";
+        let web_mac = crate::config::nic_mac(&crate::config::vm_uuid("web"), "eth0", 0);
+        let (vms, cts, errs) = super::check_across(
+            vec![vm("web", "kernel = \"/k\"\n[[network]]\n")],
+            vec![
+                ct("web", base),
+                ct("a", &format!("{base}[[network]]\nipv4 = \"10.42.0.120\"\n")),
+                ct("b", &format!("{base}[[network]]\nipv4 = \"10.42.0.120\"\n")),
+                ct("c", &format!("{base}[[network]]\nmac = \"{web_mac}\"\n")),
+                ct("d", &format!("{base}[[network]]\n")),
+            ],
+        );
+        assert_eq!(vms.len(), 1);
+        let names: Vec<&str> = cts.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, vec!["a", "d"]);
+        let errs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].starts_with("/etc/volt/containers/web.toml: name: the workload name web is already used by VM web"), "{errs:?}");
+        assert!(errs[1].starts_with("/etc/volt/containers/b.toml:4:8: network[0].ipv4: 10.42.0.120 on volt0 is already used by container a"), "{errs:?}");
+        assert!(
+            errs[2].starts_with("/etc/volt/containers/c.toml:4:7: network[0].mac: MAC"),
             "{errs:?}"
         );
     }

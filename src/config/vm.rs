@@ -322,7 +322,12 @@ pub fn parse_vm_toml(
     })
 }
 
-fn abs_path(src: &Src, field: &str, s: &Spanned<String>, errors: &mut Vec<ConfigError>) -> PathBuf {
+pub(super) fn abs_path(
+    src: &Src,
+    field: &str,
+    s: &Spanned<String>,
+    errors: &mut Vec<ConfigError>,
+) -> PathBuf {
     let p = PathBuf::from(s.get_ref());
     if !p.is_absolute() {
         errors.push(src.invalid(
@@ -504,7 +509,14 @@ fn parse_nic(
     match &raw.ipv4 {
         Some(s) => {
             spans.ipv4 = Some(src.at(s.span().start));
-            match parse_nic_ip(src, &f("ipv4"), s, network, &format!("vm-{vm_name}")) {
+            match parse_nic_ip(
+                src,
+                &f("ipv4"),
+                s,
+                network,
+                &format!("vm-{vm_name}"),
+                Pool::Vm,
+            ) {
                 Ok(Some(addr)) => {
                     if let (Some(r), Some(n)) = (reservation, network) {
                         if r != addr.addr() {
@@ -555,14 +567,23 @@ fn parse_nic(
     (nic, spans)
 }
 
+/// Which range of a network a static address must come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pool {
+    Vm,
+    Container,
+}
+
 /// `ipv4 = "10.42.0.10/24"` or `"10.42.0.10"`: the address must be a host address of the
-/// network, inside its VM range and with the network's prefix.
-fn parse_nic_ip(
+/// network, inside its VM (or container) range unless it is the owner's reservation, and
+/// with the network's prefix.
+pub(super) fn parse_nic_ip(
     src: &Src,
     field: &str,
     s: &Spanned<String>,
     network: Option<&Network>,
     own_key: &str,
+    pool: Pool,
 ) -> Result<Option<Ipv4Net>, ConfigError> {
     let text = s.get_ref();
     let (addr, prefix) = match text.split_once('/') {
@@ -628,11 +649,15 @@ fn parse_nic_ip(
             format!("{ip} is reserved for {key} in {}", net.name),
         ));
     }
-    if !net.vm_range.contains(ip) && reserved.is_none() {
+    let (range, what) = match pool {
+        Pool::Vm => (net.vm_range, "VM"),
+        Pool::Container => (net.container_range, "container"),
+    };
+    if !range.contains(ip) && reserved.is_none() {
         return Err(src.invalid(
             field,
             s.span(),
-            format!("{ip} is outside {}'s VM range {}", net.name, net.vm_range),
+            format!("{ip} is outside {}'s {what} range {range}", net.name),
         ));
     }
     Ok(Ipv4Net::new(ip, net.subnet.prefix_len()).ok())

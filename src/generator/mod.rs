@@ -1,5 +1,5 @@
-//! The systemd generator: turns `/etc/volt/vms/*.toml` into unit drop-ins, autostart links
-//! and networkd runtime files.
+//! The systemd generator: turns `/etc/volt/vms/*.toml` and `/etc/volt/containers/*.toml`
+//! into unit drop-ins, autostart links and networkd runtime files.
 //!
 //! Follows systemd.generator(7): writes only into its output directories (plus the networkd
 //! runtime files it owns), talks to no other process, never stops at a bad file: each bad
@@ -51,6 +51,7 @@ pub enum GeneratorError {
 #[derive(Debug, Default)]
 pub struct Report {
     pub vms: usize,
+    pub containers: usize,
     pub links: usize,
     pub skipped_files: usize,
     pub removed_stale: Vec<PathBuf>,
@@ -244,9 +245,52 @@ pub fn run(root: &Path, out: &OutputDirs) -> Report {
             }
         }
     }
-    // DHCP static leases for reservations whose owner's MAC is known.
+    for ct in &set.containers {
+        let unit = ct.unit_name();
+        let result = (|| -> Result<(), GeneratorError> {
+            write_new(
+                &out.normal
+                    .join(format!("{unit}.d"))
+                    .join(render::DROPIN_NAME),
+                &render::container_dropin(ct),
+            )?;
+            for nic in &ct.nics {
+                write_new(
+                    &out.normal
+                        .join(format!("{}.d", nic.owner_unit()))
+                        .join(render::DROPIN_NAME),
+                    &render::veth_dropin(ct, nic),
+                )?;
+                report.links += 1;
+            }
+            if ct.autostart {
+                let target = Path::new(render::SYSTEM_UNIT_DIR).join(render::CONTAINER_TEMPLATE);
+                symlink(
+                    &target,
+                    &out.normal.join("machines.target.wants").join(&unit),
+                )?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                report.containers += 1;
+                any_autostart |= ct.autostart;
+                log::debug!("generated {unit} from {}", ct.path.display());
+            }
+            Err(e) => {
+                log::error!(
+                    "{}: cannot generate {unit}: {}",
+                    ct.path.display(),
+                    crate::error_chain(&e)
+                );
+                report.errors.push(e);
+            }
+        }
+    }
+    // DHCP static leases for reservations and static containers whose MAC is known.
     for net in set.networks.list.iter().filter(|n| n.dhcp) {
-        let leases = render::static_leases(net, &set.vms);
+        let leases = render::static_leases(net, &set.vms, &set.containers);
         if leases.is_empty() {
             continue;
         }
@@ -327,8 +371,9 @@ pub fn run(root: &Path, out: &OutputDirs) -> Report {
         });
     }
     log::debug!(
-        "{} VM(s), {} link unit(s), {} file(s) skipped",
+        "{} VM(s), {} container(s), {} link unit(s), {} file(s) skipped",
         report.vms,
+        report.containers,
         report.links,
         report.skipped_files
     );

@@ -352,6 +352,49 @@ impl Ipam {
         })
     }
 
+    /// Record that `owner` holds `ip` on `net`, an address it got from elsewhere (a
+    /// container's DHCP lease from networkd, a static address configured at start). Replaces
+    /// the owner's lease; refuses an address another owner holds.
+    pub fn record(
+        &self,
+        net: &Network,
+        owner: &Owner,
+        ip: Ipv4Addr,
+        fixed: bool,
+    ) -> Result<Lease, IpamError> {
+        self.with_leases(&net.name, |leases| {
+            if !net.is_host_addr(ip) {
+                return Err(IpamError::OutOfNetwork {
+                    ip,
+                    network: net.name.clone(),
+                    subnet: net.subnet,
+                });
+            }
+            if let Some(l) = leases.iter().find(|l| l.ip == ip && l.owner != *owner) {
+                return Err(IpamError::Taken {
+                    ip,
+                    network: net.name.clone(),
+                    holder: l.owner.clone(),
+                });
+            }
+            if let Some(pos) = leases.iter().position(|l| l.owner == *owner) {
+                if leases[pos].ip == ip && leases[pos].fixed == fixed {
+                    return Ok(leases[pos].clone());
+                }
+                leases.remove(pos);
+            }
+            let lease = Lease {
+                ip,
+                owner: owner.clone(),
+                fixed,
+                since: now(),
+            };
+            leases.push(lease.clone());
+            leases.sort_by_key(|l| l.ip);
+            Ok(lease)
+        })
+    }
+
     /// Drop `owner`'s lease on `network`. Returns the released lease.
     pub fn release(&self, network: &str, owner: &Owner) -> Result<Option<Lease>, IpamError> {
         self.with_leases(network, |leases| {
@@ -652,5 +695,43 @@ mod tests {
             vec!["b"]
         );
         assert_eq!(ipam.list("volt0").expect("list").len(), 2);
+    }
+
+    #[test]
+    fn record_keeps_one_lease_per_owner_and_refuses_taken_addresses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ipam = Ipam::new(dir.path());
+        let n = net();
+        let db = Owner::container("app", "eth0");
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        let l = ipam
+            .record(&n, &db, ip("10.42.0.101"), false)
+            .expect("record");
+        assert!(!l.fixed);
+        // The same again is the same lease; a new DHCP address replaces it.
+        assert_eq!(
+            ipam.record(&n, &db, ip("10.42.0.101"), false)
+                .expect("again"),
+            l
+        );
+        ipam.record(&n, &db, ip("10.42.0.102"), false)
+            .expect("moved");
+        let leases = ipam.list("volt0").expect("list");
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].ip, ip("10.42.0.102"));
+        let e = ipam
+            .record(
+                &n,
+                &Owner::container("other", "eth0"),
+                ip("10.42.0.102"),
+                false,
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("already leased to container/app/eth0"),
+            "{e}"
+        );
+        assert!(ipam.record(&n, &db, ip("10.42.0.1"), true).is_err());
     }
 }

@@ -112,10 +112,10 @@ pub fn container_id(container: &str) -> String {
 
 /// `veth-<id>-h` and `veth-<id>-c` (15 bytes each).
 pub fn veth_names(container: &str) -> Veth {
-    let id = container_id(container);
+    let (host_end, container_end) = config::veth_names(container);
     Veth {
-        host_end: format!("veth-{id}-h"),
-        container_end: format!("veth-{id}-c"),
+        host_end,
+        container_end,
     }
 }
 
@@ -438,11 +438,25 @@ impl Manager {
     /// the caller (nspawn `--network-interface=`, or [`Manager::move_link`]) to move. A stale
     /// pair of the same name is replaced.
     pub fn create_veth(&self, bridge: &str, container: &str) -> Result<Veth, ManagerError> {
+        self.create_veth_with(bridge, container, None)
+    }
+
+    /// [`Manager::create_veth`], the container end with `mac` (the container's address on
+    /// the wire; the kernel's random one when `None`).
+    pub fn create_veth_with(
+        &self,
+        bridge: &str,
+        container: &str,
+        mac: Option<MacAddr>,
+    ) -> Result<Veth, ManagerError> {
         let nl = Netlink::new()?;
         let mtu = Self::bridge_present(&nl, bridge)?;
         let v = veth_names(container);
         self.new_veth(&nl, &v, mtu)?;
         let r = (|| -> Result<(), ManagerError> {
+            if let Some(m) = mac {
+                nl.set_mac(&v.container_end, m)?;
+            }
             nl.set_master(&v.host_end, bridge)?;
             Self::altname(&nl, &v.host_end, container);
             nl.set_up(&v.host_end)?;
@@ -473,6 +487,71 @@ impl Manager {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// Make sure `container`'s veth pair is whole: the host end on `bridge` and up, the
+    /// container end in this namespace (with `mac`), peers of each other. A whole pair is
+    /// kept; a pair missing either end is recreated (a crashed container's namespace takes
+    /// both ends with it). Returns the names and whether the pair was (re)created.
+    pub fn ensure_veth(
+        &self,
+        bridge: &str,
+        container: &str,
+        mac: Option<MacAddr>,
+    ) -> Result<(Veth, bool), ManagerError> {
+        let nl = Netlink::new()?;
+        let v = veth_names(container);
+        let host = nl.link(&v.host_end)?;
+        let cend = nl.link(&v.container_end)?;
+        if let (Some(h), Some(c)) = (&host, &cend) {
+            let veths = h.kind.as_deref() == Some("veth") && c.kind.as_deref() == Some("veth");
+            if veths && h.parent == Some(c.index) {
+                Self::bridge_present(&nl, bridge)?;
+                let br = nl.index(bridge)?;
+                if h.master != Some(br) {
+                    nl.set_master(&v.host_end, bridge)?;
+                }
+                if !h.up {
+                    nl.set_up(&v.host_end)?;
+                }
+                if let Some(m) = mac.filter(|m| c.mac != Some(*m)) {
+                    nl.set_mac(&v.container_end, m)?;
+                }
+                return Ok((v, false));
+            }
+        }
+        if host.is_none() && nl.delete(&v.container_end)? {
+            log::info!("removed a stray {}", v.container_end);
+        }
+        let v = self.create_veth_with(bridge, container, mac)?;
+        Ok((v, true))
+    }
+
+    /// [`Manager::ensure_veth`] for an isolated network: the container end here, the host
+    /// end alone in `volt-iso-<id>`. A missing container end means the pair is gone: the
+    /// namespace and anything left in it are removed and the pair is made anew.
+    pub fn ensure_isolated_veth(
+        &self,
+        container: &str,
+        mac: Option<MacAddr>,
+    ) -> Result<(Veth, bool), ManagerError> {
+        let v = veth_names(container);
+        let nl = Netlink::new()?;
+        if nl
+            .link(&v.container_end)?
+            .is_some_and(|c| c.kind.as_deref() == Some("veth"))
+            && netns::exists(&isolated_netns(&container_id(container)))
+        {
+            return Ok((v, false));
+        }
+        if let Err(e) = self.teardown_container(container) {
+            log::warn!("{}", crate::error_chain(&e));
+        }
+        let v = self.create_isolated_veth(container)?;
+        if let Some(m) = mac {
+            nl.set_mac(&v.container_end, m)?;
+        }
+        Ok((v, true))
     }
 
     /// A veth pair for `container` on an isolated network: the host end lives alone in the

@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     BridgeStpState, InfoKind, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
     MacVtapMode, Prop, State,
@@ -467,6 +468,56 @@ impl Netlink {
             Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
             other => other,
         }
+    }
+
+    /// The IPv4 addresses of `name` with their prefix lengths.
+    pub fn ipv4_addrs(&self, name: &str) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+        let index = self.index(name)?;
+        let h = self.handle.clone();
+        let msgs = self
+            .rt
+            .block_on(async move {
+                h.address()
+                    .get()
+                    .set_link_index_filter(index)
+                    .execute()
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .map_err(|e| Self::req(format!("list the addresses of {name}"), e))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            if m.header.index != index || m.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(std::net::IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let addr = local.or_else(|| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = addr {
+                out.push((ip, m.header.prefix_len));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Add (or replace) the IPv4 default route via `gateway` on `name`.
+    pub fn set_default_route(&self, name: &str, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
+        let index = self.index(name)?;
+        let h = self.handle.clone();
+        let msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .output_interface(index)
+            .gateway(gateway)
+            .build();
+        self.rt
+            .block_on(async move { h.route().add(msg).replace().execute().await })
+            .map_err(|e| Self::req(format!("add the default route via {gateway} on {name}"), e))
     }
 
     /// The forwarding database of `bridge`: entries learned on or owned by its ports, and the

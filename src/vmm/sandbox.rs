@@ -209,6 +209,26 @@ pub fn filter(mode: SeccompMode, allow_open: bool) -> Result<BpfProgram, Sandbox
     f.try_into().map_err(SandboxError::Compile)
 }
 
+/// A filter that makes `openat`/`open` fail with EACCES and allows everything else. It is
+/// stacked under the allowlist (the kernel takes the strictest answer of all filters): glibc
+/// opens /proc/sys/vm/overcommit_memory the first time a thread arena's heap shrinks (a
+/// queue worker ending at shutdown) and copes when that fails, so opening files is refused,
+/// not fatal.
+pub fn open_denied() -> Result<BpfProgram, SandboxError> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
+        [(libc::SYS_openat, Vec::new()), (libc::SYS_open, Vec::new())]
+            .into_iter()
+            .collect();
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(SandboxError::Build)?;
+    f.try_into().map_err(SandboxError::Compile)
+}
+
 /// What [`Sandbox::enter`] does.
 #[derive(Debug, Clone, Default)]
 pub struct Sandbox {
@@ -229,7 +249,11 @@ impl Sandbox {
             ));
         }
         if self.seccomp != SeccompMode::Off {
-            let prog = filter(self.seccomp, self.allow_open)?;
+            if !self.allow_open {
+                let deny = open_denied()?;
+                seccompiler::apply_filter_all_threads(&deny).map_err(SandboxError::Install)?;
+            }
+            let prog = filter(self.seccomp, true)?;
             seccompiler::apply_filter_all_threads(&prog).map_err(SandboxError::Install)?;
             said.push(format!(
                 "seccomp filter ({:?}, {} syscalls)",
@@ -286,5 +310,48 @@ mod tests {
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert!(libc::WIFSIGNALED(status), "status {status:#x}");
         assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+    }
+}
+
+#[cfg(test)]
+mod stacked_tests {
+    use super::*;
+
+    /// With the open-denying filter under the allowlist (as `Sandbox::enter` stacks them),
+    /// opening a file fails with EACCES and the process lives on; a syscall outside the
+    /// allowlist still kills it.
+    #[test]
+    fn open_is_refused_not_fatal_and_others_still_kill() {
+        let deny = open_denied().expect("deny");
+        let allow = filter(SeccompMode::Kill, true).expect("filter");
+        // SAFETY: fork in a test; the child makes raw syscalls and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            if seccompiler::apply_filter(&deny).is_err()
+                || seccompiler::apply_filter(&allow).is_err()
+            {
+                // SAFETY: leaving the child.
+                unsafe { libc::_exit(3) };
+            }
+            // SAFETY: raw syscalls with valid arguments.
+            unsafe {
+                let fd = libc::open(c"/proc/sys/vm/overcommit_memory".as_ptr(), libc::O_RDONLY);
+                let errno = *libc::__errno_location();
+                if fd != -1 || errno != libc::EACCES {
+                    libc::_exit(4);
+                }
+                // Not allowed at all: mkdir.
+                libc::mkdir(c"/tmp/volt-seccomp-test".as_ptr(), 0o700);
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "status {status:#x}"
+        );
     }
 }

@@ -158,6 +158,28 @@ impl Nspawn {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
+        // Units of the container's own environment (device nodes, sysctls on a shared,
+        // busy host) fail now and then under load; that is not what any test checks. Any
+        // other failed unit fails the boot.
+        const ENVIRONMENTAL: [&str; 2] = [
+            "systemd-tmpfiles-setup-dev.service",
+            "systemd-sysctl.service",
+        ];
+        if state == "degraded" {
+            let failed = c.sh("systemctl --failed --no-legend --plain --no-pager");
+            let units: Vec<String> = String::from_utf8_lossy(&failed.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+                .collect();
+            if !units.is_empty() && units.iter().all(|u| ENVIRONMENTAL.contains(&u.as_str())) {
+                eprintln!(
+                    "note: container {} booted degraded by {units:?} (environmental); going on",
+                    c.name
+                );
+                let _ = c.sh("systemctl reset-failed");
+                return c;
+            }
+        }
         if state != "running" {
             let failed = c.sh("systemctl --failed --no-legend --no-pager");
             panic!(

@@ -386,8 +386,13 @@ pub fn process_rx(
     stats: &Stats,
 ) -> Pass {
     let mut pass = Pass::default();
+    // Whether this call already went round once for the pending frame because the avail
+    // index moved. Once per frame: a ring laid over itself (used.flags on avail.idx) makes
+    // the index move under our own notification writes, and must not spin the worker.
+    let mut followed = false;
     loop {
         if st.pending == 0 {
+            followed = false;
             if !st.backend_ready {
                 break;
             }
@@ -466,8 +471,9 @@ pub fn process_rx(
                 break;
             }
             match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
-                Ok(idx) if Some(idx.0) != avail_before => {
+                Ok(idx) if Some(idx.0) != avail_before && !followed => {
                     let _ = queue.disable_notification(mem);
+                    followed = true;
                     continue;
                 }
                 Ok(_) => break,
