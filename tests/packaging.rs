@@ -334,6 +334,7 @@ fn examples_validate() {
     }
     std::fs::create_dir_all(r.join("var/lib/volt/kernels")).expect("mkdir");
     std::fs::write(r.join("var/lib/volt/kernels/vmlinux"), b"").expect("kernel");
+    std::fs::create_dir_all(r.join("var/lib/volt/containers/shop/usr")).expect("mkdir");
     run(Command::new(env!("CARGO_BIN_EXE_volt"))
         .arg("--root")
         .arg(r)
@@ -345,7 +346,7 @@ fn examples_validate() {
         .collect();
     assert_eq!(
         shipped.len(),
-        5,
+        6,
         "a new example needs a line above: {shipped:?}"
     );
 }
