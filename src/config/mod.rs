@@ -7,6 +7,7 @@ mod container;
 mod derive;
 mod error;
 mod network;
+mod nic;
 mod span;
 mod validate;
 mod vm;

@@ -354,24 +354,7 @@ fn parse_nic(
         at: Some(src.at(raw_nic.span().start)),
         ..NicSpans::default()
     };
-    let id = match &raw.id {
-        Some(id) => {
-            let v = id.get_ref();
-            let ok = !v.is_empty()
-                && v.len() <= 15
-                && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !ok {
-                errors.push(src.invalid(
-                    &f("id"),
-                    id.span(),
-                    format!("{v:?} must be 1-15 characters of letters, digits, '_' and '-'"),
-                ));
-            }
-            v.clone()
-        }
-        None => format!("eth{index}"),
-    };
+    let id = super::nic::nic_id(src, index, raw.id.as_ref(), errors);
     let mode = raw.mode.unwrap_or_default();
     let link = match mode {
         NicMode::Macvtap => {
@@ -460,29 +443,9 @@ fn parse_nic(
         bridge = network.map(|n| n.bridge.clone());
     }
 
-    let mut mac_explicit = false;
-    let mac = match &raw.mac {
-        Some(m) => {
-            spans.mac = Some(src.at(m.span().start));
-            mac_explicit = true;
-            match m.get_ref().parse::<MacAddr>() {
-                Ok(mac) if mac.is_multicast() || mac.is_zero() => {
-                    errors.push(src.invalid(
-                        &f("mac"),
-                        m.span(),
-                        format!("{mac} is not a unicast address"),
-                    ));
-                    mac
-                }
-                Ok(mac) => mac,
-                Err(e) => {
-                    errors.push(src.invalid(&f("mac"), m.span(), e));
-                    derive::nic_mac(uuid, &id, 0)
-                }
-            }
-        }
-        None => derive::nic_mac(uuid, &id, 0),
-    };
+    let (mac, mac_explicit, mac_at) =
+        super::nic::nic_mac(src, index, raw.mac.as_ref(), uuid, &id, errors);
+    spans.mac = mac_at;
 
     let mtu = match &raw.mtu {
         Some(m) => check_mtu(src, &f("mtu"), m).unwrap_or_else(|e| {
