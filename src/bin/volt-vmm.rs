@@ -92,6 +92,7 @@ fn main() -> ExitCode {
                 initrd: cli.initrd.clone(),
                 cmdline: cli.cmdline.clone(),
                 serial_file: cli.serial_file.clone(),
+                nics: Vec::new(),
             }
         }
     };
@@ -168,6 +169,7 @@ fn spec_from_config(
         initrd: vm.initrd.clone(),
         cmdline,
         serial_file: None,
+        nics: Vec::new(),
     };
     Ok((spec, vm))
 }

@@ -1,16 +1,21 @@
 //! The VMM's own input: everything `volt-vmm` needs to build and boot one VM.
 //!
-//! The config module maps a VM's TOML file into this struct; the development CLI fills it from
-//! flags. It holds no live resources and does no I/O.
+//! `volt vm run` builds it from the plan and the link owners' records and hands it over as a
+//! JSON file (`volt-vmm --spec FILE`); the development CLI fills it from flags. It holds no live
+//! resources and does no I/O. Every field a later version adds has a serde default, so a spec
+//! written by an older `volt` still loads.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 /// Default time a guest gets to power off after Ctrl-Alt-Del before the VMM stops it hard.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Description of one microVM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmSpec {
     /// VM name (the config file stem); shows in logs, `STATUS=` and journal fields.
     pub name: String,
@@ -27,7 +32,49 @@ pub struct VmSpec {
     /// Kernel command line given by the user; the VMM appends its device entries.
     pub cmdline: String,
     /// Optional file that receives a copy of the serial console output.
+    #[serde(default)]
     pub serial_file: Option<PathBuf>,
+    /// virtio-net devices, in guest order (eth0 first).
+    #[serde(default)]
+    pub nics: Vec<NicSpec>,
+}
+
+/// One virtio-net device and the host TAP behind it. The TAP exists already (its owner unit
+/// brought it up); the VMM only opens it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    /// NIC id from the VM file (`eth0`); names its fd store entries `<id>-q<N>`.
+    pub id: String,
+    /// The TAP's name.
+    pub tap: String,
+    /// Network namespace the TAP lives in (`/run/netns/volt-iso-<id>` on an isolated network);
+    /// `None`: the VMM's own.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// Guest MAC address, `xx:xx:xx:xx:xx:xx`.
+    pub mac: String,
+    /// MTU offered to the guest (VIRTIO_NET_F_MTU).
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Queue pairs (1 = no multiqueue).
+    #[serde(default = "one")]
+    pub queues: u16,
+    /// Try vhost-net first (falls back to the userspace data path).
+    #[serde(default = "yes")]
+    pub vhost: bool,
+}
+
+fn default_mtu() -> u16 {
+    1500
+}
+
+fn one() -> u16 {
+    1
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Smallest guest the VMM accepts, in MiB (boot structures live below 1 MiB, the kernel above).
@@ -69,6 +116,7 @@ impl VmSpec {
             initrd: None,
             cmdline: String::new(),
             serial_file: None,
+            nics: Vec::new(),
         }
     }
 
