@@ -10,6 +10,7 @@
 pub mod manager;
 pub mod mmio;
 pub mod net;
+pub mod notify;
 pub mod rng;
 
 use std::sync::atomic::{AtomicU32, Ordering};

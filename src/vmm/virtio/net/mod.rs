@@ -411,3 +411,5 @@ impl Drop for Net {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod worker_tests;
