@@ -110,6 +110,8 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
         // Frames or requests may be waiting from before activation.
         let (mut do_rx, mut do_tx, mut do_ctrl) = (true, true, true);
         let mut events = [EpollEvent::default(); 8];
+        // Whether epoll watches the TAP (not while a frame waits for guest buffers).
+        let mut tap_watched = true;
         loop {
             let mut notify = false;
             if do_ctrl {
@@ -150,6 +152,30 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
                 self.log_faults(&mut limiter, &pass.faults);
                 if pass.used && notify::needs_interrupt(&mut self.rx, &self.mem) {
                     notify = true;
+                }
+                // A frame waits for buffers: until the guest kicks, more frames on the TAP
+                // are nothing this thread can move, and waking for each one (as a sender
+                // fills the TAP queue) would only take the CPU from the sender and the vCPU.
+                // The TAP's own queue holds or drops them, as for any slow receiver.
+                let watch = !rx_state.has_pending();
+                if watch != tap_watched {
+                    let set = if watch {
+                        EventSet::IN | EventSet::EDGE_TRIGGERED
+                    } else {
+                        EventSet::empty()
+                    };
+                    let ev = EpollEvent::new(set, T_TAP);
+                    match epoll.ctl(ControlOperation::Modify, self.io.as_raw_fd(), ev) {
+                        Ok(()) => tap_watched = watch,
+                        Err(e) => {
+                            log_limited!(
+                                limiter,
+                                log::Level::Warn,
+                                "{}: epoll_ctl failed: {e}",
+                                self.name
+                            )
+                        }
+                    }
                 }
             }
             if notify {
