@@ -95,6 +95,7 @@ impl Vmm {
         let com1_irq = IrqLine::new(COM1_IRQ).map_err(|e| VmmError::Device("serial", e))?;
         vm.register_irqfd(com1_irq.eventfd(), COM1_IRQ)
             .map_err(kvm_err("KVM_IRQFD for the serial port"))?;
+        com1_irq.inject_directly(vm.clone());
         let out = ConsoleOut::new(true, spec.serial_file.as_deref())?;
         let serial = Arc::new(Mutex::new(SerialDevice::new(com1_irq, out)));
         pio.insert(COM1_BASE, COM1_LEN, serial.clone())
@@ -103,6 +104,7 @@ impl Vmm {
         let kbd_irq = IrqLine::new(I8042_KBD_IRQ).map_err(|e| VmmError::Device("i8042", e))?;
         vm.register_irqfd(kbd_irq.eventfd(), I8042_KBD_IRQ)
             .map_err(kvm_err("KVM_IRQFD for the i8042"))?;
+        kbd_irq.inject_directly(vm.clone());
         let i8042 = Arc::new(Mutex::new(I8042::new(kbd_irq, events_tx.clone())));
         // 0x60..=0x64: data port at offset 0, command/status at offset 4 (0x61 is the
         // in-kernel PIT's speaker port and never reaches userspace).
@@ -152,13 +154,18 @@ impl Vmm {
 
     /// Adds a virtio device on its own virtio-mmio window (and kernel command line entry).
     pub fn add_virtio_device(&mut self, device: Box<dyn VirtioDevice>) -> Result<(), VmmError> {
-        self.virtio.register(
+        let slot = self.virtio.register(
             self.vm.as_ref(),
             &mut self.mmio,
             &mut self.cmdline,
             self.ram.mem.clone(),
             device,
         )?;
+        // Queue threads raise the interrupt with KVM_IRQ_LINE (see IrqLine).
+        crate::vmm::devices::lock(&slot.transport)
+            .interrupt()
+            .irq()
+            .inject_directly(self.vm.clone());
         Ok(())
     }
 
