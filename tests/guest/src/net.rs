@@ -43,6 +43,7 @@ const R_QUEUE_NUM_MAX: u64 = 0x034;
 const R_QUEUE_NUM: u64 = 0x038;
 const R_QUEUE_READY: u64 = 0x044;
 const R_QUEUE_NOTIFY: u64 = 0x050;
+const R_INTERRUPT_STATUS: u64 = 0x060;
 const R_INTERRUPT_ACK: u64 = 0x064;
 const R_STATUS: u64 = 0x070;
 const R_QUEUE_DESC: u64 = 0x080;
@@ -62,8 +63,18 @@ const F_MAC: u64 = 1 << 5;
 const F_MRG_RXBUF: u64 = 1 << 15;
 const F_STATUS: u64 = 1 << 16;
 const F_CTRL_VQ: u64 = 1 << 17;
+const F_GUEST_ANNOUNCE: u64 = 1 << 21;
 const F_MQ: u64 = 1 << 22;
 const F_VERSION_1: u64 = 1 << 32;
+
+/// Config space status bit: the device asks for gratuitous packets.
+const NET_S_ANNOUNCE: u16 = 2;
+/// InterruptStatus bit: the configuration changed.
+const INT_CONFIG: u32 = 2;
+const CTRL_CLASS_ANNOUNCE: u8 = 3;
+const CTRL_ANNOUNCE_ACK: u8 = 0;
+const CTRL_CLASS_MQ: u8 = 4;
+const CTRL_MQ_VQ_PAIRS_SET: u8 = 0;
 
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
@@ -510,6 +521,10 @@ pub struct Nic {
     scratch: u64,
     scratch_len: usize,
     ip_id: u16,
+    /// The control queue (VIRTIO_NET_F_CTRL_VQ), one command at a time.
+    ctrl: Option<Vq>,
+    /// VIRTIO_NET_F_GUEST_ANNOUNCE negotiated.
+    announce: bool,
 }
 
 fn fail(spec: &[u8], base: u64, why: &[u8]) -> Option<Nic> {
@@ -551,9 +566,12 @@ fn init_nic(
     if feat & F_VERSION_1 == 0 {
         return fail(spec, base, b"no VIRTIO_F_VERSION_1");
     }
-    let mut want = F_VERSION_1 | (feat & (F_MAC | F_MTU | F_STATUS | F_MRG_RXBUF));
+    let mut want = F_VERSION_1 | (feat & (F_MAC | F_MTU | F_STATUS | F_MRG_RXBUF | F_CTRL_VQ));
     if feat & (F_MQ | F_CTRL_VQ) == F_MQ | F_CTRL_VQ && !opts.no_mq {
-        want |= F_MQ | F_CTRL_VQ;
+        want |= F_MQ;
+    }
+    if want & F_CTRL_VQ != 0 {
+        want |= feat & F_GUEST_ANNOUNCE;
     }
     w32(base + R_DRV_FEATURES_SEL, 0);
     w32(base + R_DRV_FEATURES, want as u32);
@@ -621,8 +639,9 @@ fn init_nic(
             break;
         }
     }
+    // The control queue follows the data queues: 2 x max_virtqueue_pairs with MQ, else 2.
     let ctrl_sel = 2 * max_pairs;
-    let ctrl_size = if want & F_MQ != 0 {
+    let ctrl_size = if want & F_CTRL_VQ != 0 {
         qsize(ctrl_sel).min(64)
     } else {
         0
@@ -659,6 +678,8 @@ fn init_nic(
         scratch: 0,
         scratch_len,
         ip_id: 1,
+        ctrl: None,
+        announce: want & F_GUEST_ANNOUNCE != 0,
     };
     let Some(scratch) = a.alloc(scratch_len as u64) else {
         return fail(spec, base, b"out of memory");
@@ -692,7 +713,7 @@ fn init_nic(
             nic.rx[p].rx_post(id);
         }
     }
-    let mut ctrl = if ctrl_size != 0 && pairs > 1 {
+    let mut ctrl = if ctrl_size != 0 {
         match Vq::setup(base, ctrl_sel as u16, ctrl_size, 1, 64, a) {
             Some(q) => Some(q),
             None => return fail(spec, base, b"out of memory"),
@@ -708,12 +729,20 @@ fn init_nic(
         nic.rx[p].kick();
     }
     if let Some(cq) = ctrl.as_mut() {
-        if !ctrl_mq_pairs(cq, pairs as u16) {
+        cq.set_interrupts(false);
+        if want & F_MQ != 0
+            && !ctrl_cmd(
+                cq,
+                CTRL_CLASS_MQ,
+                CTRL_MQ_VQ_PAIRS_SET,
+                &(pairs as u16).to_le_bytes(),
+            )
+        {
             pairs = 1;
         }
-        cq.set_interrupts(false);
     }
     nic.pairs = pairs;
+    nic.ctrl = ctrl;
 
     route_irq(spec, irq, name, opts);
     put(PREFIX);
@@ -734,23 +763,34 @@ fn init_nic(
     put(b" queues=");
     put_dec(pairs as u64);
     put(b"\n");
+    // Link up: tell the network where this address is (a gratuitous ARP), as the device asks
+    // with VIRTIO_NET_S_ANNOUNCE and as a host that already asked for us needs: its kernel
+    // would otherwise retry ARP only once a second.
+    nic.link_announce();
     Some(nic)
 }
 
-/// VIRTIO_NET_CTRL_MQ / VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET over the control queue (one buffer:
-/// class, command, pairs (le16), ack at offset 8). Waits up to ~1 s for the device.
-fn ctrl_mq_pairs(q: &mut Vq, pairs: u16) -> bool {
+/// One control command over the control queue (one 64-byte buffer: class and command at 0,
+/// up to 6 data bytes at 2, the device's ack at 8) with a chain of header, data (if any) and
+/// status. Waits up to ~1 s for the device; true if it answered VIRTIO_NET_OK.
+fn ctrl_cmd(q: &mut Vq, class: u8, cmd: u8, data: &[u8]) -> bool {
+    let data = &data[..data.len().min(6)];
     let b = q.buf_addr(0);
     bytes_mut(b, 64).fill(0);
-    w16(b, 4); // class VIRTIO_NET_CTRL_MQ (4), command VQ_PAIRS_SET (0)
-    w16(b + 2, pairs);
+    bytes_mut(b, 2).copy_from_slice(&[class, cmd]);
+    bytes_mut(b + 2, data.len()).copy_from_slice(data);
     unsafe { write_volatile((b + 8) as *mut u8, 0xff) };
-    let descs = [
-        (b, 2u32, VRING_DESC_F_NEXT),
-        (b + 2, 2, VRING_DESC_F_NEXT),
-        (b + 8, 1, VRING_DESC_F_WRITE),
-    ];
-    for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+    let mut descs = [(0u64, 0u32, 0u16); 3];
+    let mut n = 0;
+    descs[n] = (b, 2, VRING_DESC_F_NEXT);
+    n += 1;
+    if !data.is_empty() {
+        descs[n] = (b + 2, data.len() as u32, VRING_DESC_F_NEXT);
+        n += 1;
+    }
+    descs[n] = (b + 8, 1, VRING_DESC_F_WRITE);
+    n += 1;
+    for (i, &(addr, len, flags)) in descs[..n].iter().enumerate() {
         let d = q.desc + 16 * i as u64;
         w64(d, addr);
         w32(d + 8, len);
@@ -918,6 +958,35 @@ impl Nic {
         let c = csum_fold(csum_add(0, ip));
         set16(ip, 10, c);
         34
+    }
+
+    /// A gratuitous ARP (a broadcast request for our own address) on TX queue 0, and the
+    /// acknowledgement of VIRTIO_NET_S_ANNOUNCE if the device set it.
+    fn link_announce(&mut self) {
+        if self.ip != 0 {
+            self.send_arp(0, 1, &[0; 6], self.ip, &BCAST);
+            self.tx[0].kick();
+        }
+        if self.announce && r16(self.base + R_CONFIG + 6) & NET_S_ANNOUNCE != 0 {
+            if let Some(cq) = self.ctrl.as_mut() {
+                ctrl_cmd(cq, CTRL_CLASS_ANNOUNCE, CTRL_ANNOUNCE_ACK, &[]);
+            }
+        }
+    }
+
+    /// Reads and acknowledges InterruptStatus; on a configuration change, announces the link
+    /// again if the device asks for it.
+    fn ack_interrupts(&mut self) {
+        let isr = r32(self.base + R_INTERRUPT_STATUS);
+        if isr != 0 {
+            w32(self.base + R_INTERRUPT_ACK, isr);
+        }
+        if isr & INT_CONFIG != 0
+            && self.announce
+            && r16(self.base + R_CONFIG + 6) & NET_S_ANNOUNCE != 0
+        {
+            self.link_announce();
+        }
     }
 
     fn send_arp(&mut self, q: usize, op: u16, tha: &[u8; 6], tpa: u32, dst_mac: &[u8; 6]) {
@@ -1524,8 +1593,8 @@ impl Net {
             // sleep. An IRQ after `seen` was read makes the gate return at once.
             let seen = VOLT_IRQ_COUNT.load(Ordering::Acquire);
             if seen != acked {
-                for nic in nics.iter() {
-                    w32(nic.base + R_INTERRUPT_ACK, 3);
+                for nic in nics.iter_mut() {
+                    nic.ack_interrupts();
                 }
                 acked = seen;
             }
