@@ -6,10 +6,13 @@
 //! few cores a kick also wakes this thread onto the vCPU's core: each is asked for only when
 //! needed. RX kicks are suppressed while the device holds RX buffers (the TAP, not the
 //! guest, says when there is work; the datapath re-enables them when it runs out), TX kicks
-//! while a pass runs; interrupts follow the driver's suppression ([`notify::needs_interrupt`]).
+//! while a pass runs and while the thread polls for a polling guest's answer ([`super::poll`]);
+//! interrupts follow the driver's suppression ([`notify::needs_interrupt`]).
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -18,6 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::ctrl;
 use super::datapath::{self, ChainFault, FrameIo, RxState, Stats};
+use super::poll::TxPoll;
 use crate::log_limited;
 use crate::vmm::ratelimit::LogLimiter;
 use crate::vmm::virtio::{notify, VirtioInterrupt};
@@ -63,6 +67,33 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
                 self.name
             );
         }
+    }
+
+    /// Watches the TX avail index for up to `window` with TX kicks off (see [`super::poll`]).
+    /// Returns whether there is TX work; kicks are back on when there is none.
+    fn poll_tx(&mut self, window: Duration, txpoll: &mut TxPoll) -> bool {
+        if self.tx.disable_notification(&self.mem).is_err() {
+            return false;
+        }
+        let start = Instant::now();
+        loop {
+            match self.tx.avail_idx(&self.mem, Ordering::Acquire) {
+                Ok(i) if i.0 != self.tx.next_avail() => {
+                    txpoll.hit(start.elapsed());
+                    return true;
+                }
+                Ok(_) => {}
+                // process_tx reports a broken ring (and turns kicks back on).
+                Err(_) => return true,
+            }
+            if start.elapsed() >= window {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        txpoll.miss();
+        // Kicks back on; an index that moved meanwhile is work now.
+        self.tx.enable_notification(&self.mem).unwrap_or(true)
     }
 
     fn signal(&self, limiter: &mut LogLimiter) {
@@ -112,8 +143,11 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
         let mut events = [EpollEvent::default(); 8];
         // Whether epoll watches the TAP (not while a frame waits for guest buffers).
         let mut tap_watched = true;
+        let mut txpoll = TxPoll::default();
         loop {
             let mut notify = false;
+            // Frames went to a guest that polls (it wants no interrupt): its answer may follow.
+            let mut rx_to_poller = false;
             if do_ctrl {
                 if let Some((queue, _, max_pairs, apply)) = &mut self.ctrl {
                     let (used, faults) =
@@ -150,8 +184,12 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
                     &self.stats,
                 );
                 self.log_faults(&mut limiter, &pass.faults);
-                if pass.used && notify::needs_interrupt(&mut self.rx, &self.mem) {
-                    notify = true;
+                if pass.used {
+                    if notify::needs_interrupt(&mut self.rx, &self.mem) {
+                        notify = true;
+                    } else {
+                        rx_to_poller = true;
+                    }
                 }
                 // A frame waits for buffers: until the guest kicks, more frames on the TAP
                 // are nothing this thread can move, and waking for each one (as a sender
@@ -182,6 +220,14 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
                 self.signal(&mut limiter);
             }
             (do_rx, do_tx, do_ctrl) = (false, false, false);
+            if rx_to_poller {
+                if let Some(window) = txpoll.window() {
+                    if self.poll_tx(window, &mut txpoll) {
+                        do_tx = true;
+                        continue;
+                    }
+                }
+            }
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
