@@ -8,9 +8,13 @@ use std::path::Path;
 use std::process::Command;
 
 use common::netns::{skip_reason, TestNs};
-use volt::config::{parse_network_toml, parse_vm_toml, MacvtapMode, Network, Networks, VmConfig};
-use volt::net::manager::{self, Manager, ManagerError};
+use volt::config::{
+    nic_mac, parse_network_toml, parse_vm_toml, short_id, veth_names, vm_uuid, ConfigSet, MacAddr,
+    MacvtapMode, Network, Networks,
+};
+use volt::net::manager::{self, LinkParams, Manager, ManagerError, Veth};
 use volt::net::netlink::{Netlink, NetnsTarget};
+use volt::plan::{names::isolated_netns, Attachment, Plan};
 
 fn skip() -> bool {
     if let Some(why) = skip_reason() {
@@ -28,16 +32,58 @@ fn lab(extra: &str) -> Network {
     .expect("network")
 }
 
-fn vm(name: &str, net: &Network, nic: &str) -> VmConfig {
-    let nets = Networks {
+/// NIC 0 of a VM whose file has the `[[network]]` lines `nic`, as the plan describes it.
+struct Nic {
+    a: Attachment,
+    uuid: uuid::Uuid,
+    params: LinkParams,
+    /// The VM's isolated namespace name.
+    ns: String,
+}
+
+impl Nic {
+    fn resolve_mac(&self, mgr: &Manager, bridge: &str) -> Result<(MacAddr, bool), ManagerError> {
+        let uuid = self.uuid;
+        let next = move |n: u32| nic_mac(&uuid, "eth0", n);
+        mgr.resolve_mac(bridge, &self.params, self.a.mac_explicit, &next)
+    }
+}
+
+fn vm(name: &str, net: &Network, nic: &str) -> Nic {
+    let networks = Networks {
         list: vec![net.clone()],
     };
-    parse_vm_toml(
+    let vm = parse_vm_toml(
         Path::new(&format!("/etc/volt/vms/{name}.toml")),
         &format!("kernel = \"/k\"\n[[network]]\n{nic}\n"),
-        &nets,
+        &networks,
     )
-    .expect("vm")
+    .expect("vm");
+    let uuid = vm.uuid;
+    let set = ConfigSet {
+        networks,
+        vms: vec![vm],
+        ..ConfigSet::default()
+    };
+    let a = Plan::build(&set).workloads[0].attachments[0].clone();
+    Nic {
+        params: volt::attach::link_params(&a),
+        a,
+        uuid,
+        ns: isolated_netns(&short_id(&uuid)),
+    }
+}
+
+/// Container `name`'s veth pair and isolated namespace, as the plan derives them.
+fn veth(name: &str) -> (Veth, String) {
+    let (host_end, container_end) = veth_names(name);
+    (
+        Veth {
+            host_end,
+            container_end,
+        },
+        isolated_netns(&short_id(&vm_uuid(name))),
+    )
 }
 
 /// `ip -j -d link show <name>` in the calling thread's namespace (a child process inherits
@@ -105,8 +151,8 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
             &net,
             "id = \"eth0\"\nbridge = \"vbr0\"\nmtu = 9000\nmode = \"direct\"",
         );
-        let nic = &web.nics[0];
-        let tap = mgr.create_tap("vbr0", &web, nic).expect("tap");
+        let nic = &web.a;
+        let tap = mgr.create_tap("vbr0", &web.params).expect("tap");
         let l = nl.require(&nic.link).expect("tap link");
         assert_eq!(l.kind.as_deref(), Some("tun"));
         assert_eq!(l.mtu, 9000);
@@ -136,12 +182,15 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
             nl.link(&nic.link).expect("get").is_none(),
             "non-persistent TAP gone with its fd"
         );
-        let e = mgr.create_tap("nobr0", &web, nic).unwrap_err().to_string();
+        let e = mgr
+            .create_tap("nobr0", &web.params)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("bridge nobr0 does not exist"), "{e}");
 
         // veth: names from the container name, host end on the bridge with the altname.
-        let v = mgr.create_veth("vbr0", "shop").expect("veth");
-        assert_eq!(v, manager::veth_names("shop"));
+        let (v, v_ns) = veth("shop");
+        mgr.create_veth("vbr0", &v, "shop", None).expect("veth");
         assert!(v.host_end.len() <= 15 && v.container_end.len() <= 15);
         let h = nl.require(&v.host_end).expect("host end");
         assert_eq!(h.kind.as_deref(), Some("veth"));
@@ -151,8 +200,9 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
         assert_eq!(nl.master(&v.host_end).expect("m").as_deref(), Some("vbr0"));
         assert_eq!(ip_link("shop")["ifname"], v.host_end.as_str());
         // Creating it again replaces the stale pair.
-        let v2 = mgr.create_veth("vbr0", "shop").expect("veth again");
-        assert_eq!(v2, v);
+        mgr.create_veth("vbr0", &v, "shop", None)
+            .expect("veth again");
+        assert!(nl.link(&v.host_end).expect("get").is_some());
         // The container end moves into another namespace, renamed eth0.
         let ns = std::fs::File::open(&other_path).expect("open netns");
         mgr.move_link(
@@ -162,7 +212,7 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
         )
         .expect("move");
         assert!(nl.link(&v.container_end).expect("get").is_none());
-        let inside = volt::net::netns::run_in(&other_path, || {
+        let inside = volt::sys::netns::run_in(&other_path, || {
             Netlink::new()
                 .expect("nl")
                 .link("eth0")
@@ -176,7 +226,7 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
         assert_eq!(nl.master(&v.host_end).expect("m"), None);
 
         // Teardown collects every failure and still does the rest.
-        mgr.teardown_container("shop").expect("teardown");
+        mgr.teardown_links(&[&v.host_end], &v_ns).expect("teardown");
         assert!(nl.link(&v.host_end).expect("get").is_none());
         let web2 = vm(
             "web2",
@@ -186,8 +236,7 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
         let t = mgr
             .create_tap_with(
                 "vbr0",
-                &web2,
-                &web2.nics[0],
+                &web2.params,
                 &manager::TapOptions {
                     persist: true,
                     owner: Some((65534, Some(65534))),
@@ -195,12 +244,10 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
             )
             .expect("persistent tap");
         drop(t);
-        assert!(
-            nl.link(&web2.nics[0].link).expect("get").is_some(),
-            "persistent"
-        );
-        mgr.teardown_vm(&web2).expect("teardown vm");
-        assert!(nl.link(&web2.nics[0].link).expect("get").is_none());
+        assert!(nl.link(&web2.a.link).expect("get").is_some(), "persistent");
+        mgr.teardown_links(&[&web2.a.link], &web2.ns)
+            .expect("teardown vm");
+        assert!(nl.link(&web2.a.link).expect("get").is_none());
 
         mgr.net_down(&net).expect("net down");
         assert!(
@@ -229,14 +276,15 @@ fn fdb_and_mac_conflicts() {
             &net,
             "id = \"eth0\"\nbridge = \"vbr0\"\nmode = \"direct\"",
         );
-        let nic = &web.nics[0];
+        let nic = &web.a;
         // Nothing else has the MAC: it stays.
         assert_eq!(
-            mgr.resolve_mac("vbr0", &web, nic).expect("resolve"),
+            web.resolve_mac(&mgr, "vbr0").expect("resolve"),
             (nic.mac, false)
         );
         // A stranger port with the VM's MAC on the bridge: a veth whose address is it.
-        let v = mgr.create_veth("vbr0", "intruder").expect("veth");
+        let v = veth("intruder").0;
+        mgr.create_veth("vbr0", &v, "intruder", None).expect("veth");
         nl.set_mac(&v.host_end, nic.mac).expect("set mac");
         let fdb = nl.fdb("vbr0").expect("fdb");
         assert!(
@@ -249,7 +297,7 @@ fn fdb_and_mac_conflicts() {
                 .as_deref(),
             Some(v.host_end.as_str())
         );
-        let (mac, changed) = mgr.resolve_mac("vbr0", &web, nic).expect("resolve");
+        let (mac, changed) = web.resolve_mac(&mgr, "vbr0").expect("resolve");
         assert!(changed);
         assert_eq!(mac, volt::config::nic_mac(&web.uuid, "eth0", 1));
         // An explicit MAC is never rewritten.
@@ -261,9 +309,7 @@ fn fdb_and_mac_conflicts() {
                 nic.mac
             ),
         );
-        let e = mgr
-            .resolve_mac("vbr0", &pinned, &pinned.nics[0])
-            .unwrap_err();
+        let e = pinned.resolve_mac(&mgr, "vbr0").unwrap_err();
         assert!(matches!(e, ManagerError::MacConflict { .. }), "{e}");
         assert!(e.to_string().contains(&v.host_end), "{e}");
     });
@@ -313,8 +359,8 @@ fn macvtap_modes_on_a_parent() {
                 &net,
                 &format!("id = \"eth0\"\nmode = \"macvtap\"\nparent = \"{parent}\"\nmacvtap_mode = \"{mode_s}\""),
             );
-            let nic = &web.nics[0];
-            let m = mgr.create_macvtap(&parent, &web, nic, None).expect("macvtap");
+            let nic = &web.a;
+            let m = mgr.create_macvtap(&parent, &web.params, mode, None).expect("macvtap");
             assert_eq!(m.name, nic.link);
             let j = ip_link(&nic.link);
             assert_eq!(j["linkinfo"]["info_kind"], "macvtap", "{j}");
@@ -335,7 +381,7 @@ fn macvtap_modes_on_a_parent() {
         }
         // A missing parent is named.
         let web = vm("web", &net, "id = \"eth0\"\nmode = \"macvtap\"\nparent = \"nope0\"");
-        let e = mgr.create_macvtap("nope0", &web, &web.nics[0], None).unwrap_err().to_string();
+        let e = mgr.create_macvtap("nope0", &web.params, MacvtapMode::Bridge, None).unwrap_err().to_string();
         assert_eq!(e, "macvtap parent nope0 does not exist");
     });
 }
@@ -355,19 +401,19 @@ fn isolated_tap_lives_alone_in_its_namespace_and_its_fd_still_works() {
             n
         };
         let web = vm("isoweb", &net, "id = \"eth0\"\nbridge = \"vbr9\"");
-        let nic = &web.nics[0];
+        let nic = &web.a;
         let mgr = Manager::new(&sd);
         let nl = Netlink::new().expect("netlink");
         let tap = mgr
-            .create_isolated_tap(&web, nic, &manager::TapOptions::default())
+            .create_isolated_tap(&web.params, &web.ns, &manager::TapOptions::default())
             .expect("isolated tap");
         assert!(
             nl.link(&nic.link).expect("get").is_none(),
             "not in the host namespace"
         );
-        let ns = manager::isolated_netns(&volt::config::short_id(&web.uuid));
+        let ns = web.ns.clone();
         let link = nic.link.clone();
-        let inside = volt::net::netns::run_in(&volt::net::netns::path_of(&ns), move || {
+        let inside = volt::sys::netns::run_in(&volt::sys::netns::path_of(&ns), move || {
             let nl = Netlink::new().expect("nl");
             let names: Vec<String> = nl
                 .links()
@@ -392,7 +438,8 @@ fn isolated_tap_lives_alone_in_its_namespace_and_its_fd_still_works() {
             .write_all(&frame)
             .expect("write a frame to the moved TAP");
         drop(tap);
-        mgr.teardown_vm(&web).expect("teardown");
-        assert!(!volt::net::netns::exists(&ns), "namespace removed");
+        mgr.teardown_links(&[&web.a.link], &web.ns)
+            .expect("teardown");
+        assert!(!volt::sys::netns::exists(&ns), "namespace removed");
     });
 }

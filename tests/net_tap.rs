@@ -3,7 +3,7 @@
 
 use std::os::fd::OwnedFd;
 
-use volt::net::tap::{self, Tap, TapError};
+use volt::sys::tap::{self, Tap, TapError};
 
 fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     // SAFETY: geteuid has no preconditions.

@@ -36,10 +36,18 @@ fn boot(tag: &str, nic: &str, mtu: u32) -> Vm {
     std::fs::write(vms.join("web.toml"), toml).expect("toml");
     let log = root.path().join("vm.log");
     let out = std::fs::File::create(&log).expect("log");
-    let cfg = vms.join("web.toml");
+    // What the unit does, without systemd: `volt vm run` brings the links up itself
+    // (--attach), writes the spec and execs the VMM.
     ns.spawn(
-        env!("CARGO_BIN_EXE_volt-vmm"),
-        &["--config", cfg.to_str().expect("utf8")],
+        env!("CARGO_BIN_EXE_volt"),
+        &[
+            "vm",
+            "run",
+            "web",
+            "--attach",
+            "--vmm",
+            env!("CARGO_BIN_EXE_volt-vmm"),
+        ],
         &[("VOLT_ROOT", root.path().to_str().expect("utf8"))],
         out,
     );

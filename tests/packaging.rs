@@ -249,7 +249,7 @@ fn gen_docs_renders_man_pages_and_completions_from_the_clap_definitions() {
     assert!(read("completions/bash/volt").contains("validate"));
     assert!(read("completions/zsh/_volt").contains("#compdef volt"));
     assert!(read("completions/fish/volt.fish").contains("complete -c volt"));
-    assert!(read("completions/bash/volt-vmm").contains("--config"));
+    assert!(read("completions/bash/volt-vmm").contains("--spec"));
 }
 
 /// Every key the config module deserializes (fields of its `Raw*` serde structs, with their
@@ -404,7 +404,7 @@ fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
     // Debian (merged /usr) shows it as /lib/systemd/system/, through the /lib symlink.
     assert!(cat.contains("lib/systemd/system/volt-vm@.service"), "{cat}");
     assert!(
-        cat.contains("ExecStart=/usr/libexec/volt/volt-vmm"),
+        cat.contains("ExecStart=/usr/bin/volt vm run --vmm /usr/libexec/volt/volt-vmm %i"),
         "{cat}"
     );
     c.wait_ok("test -e /sys/class/net/volt0", Duration::from_secs(20));

@@ -90,13 +90,6 @@ pub struct ContainerNic {
     pub container_link: String,
 }
 
-impl ContainerNic {
-    /// The unit that owns the veth pair.
-    pub fn owner_unit(&self) -> String {
-        format!("volt-veth@{}.service", self.host_link)
-    }
-}
-
 /// A validated container.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ContainerConfig {
@@ -128,11 +121,6 @@ pub(crate) struct ContainerSpans {
 }
 
 impl ContainerConfig {
-    /// `volt-container@<name>.service`.
-    pub fn unit_name(&self) -> String {
-        format!("volt-container@{}.service", self.name)
-    }
-
     /// Check that the root file system is a directory with a `/usr` (nspawn needs one) under
     /// `root`. Not part of parsing: the generator runs before every file system is mounted.
     pub fn check_root(&self, root: &Path) -> Vec<ConfigError> {
@@ -165,77 +153,6 @@ impl ContainerConfig {
             field: field.into(),
             message: format!("{} {problem}", self.root.display()),
         }]
-    }
-
-    /// Boot mode with DHCP: the networkd `.network` (written by `volt container run`, bound
-    /// read-only into the container's `/run/systemd/network/`) that makes the container's own
-    /// systemd-networkd run a DHCP client on the container end.
-    pub fn boot_network_file(&self, nic: &ContainerNic) -> PathBuf {
-        PathBuf::from(format!(
-            "/run/volt/containers/{}/{}.network",
-            self.name, nic.container_link
-        ))
-    }
-
-    /// The text of [`ContainerConfig::boot_network_file`].
-    pub fn boot_network(&self, nic: &ContainerNic) -> String {
-        format!(
-            "# Written by volt for container {} ({}), NIC {}\n[Match]\nName={}\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n",
-            self.name,
-            self.path.display(),
-            nic.id,
-            nic.container_link
-        )
-    }
-
-    /// The systemd-nspawn command line (without the program name) that runs this container
-    /// as a unit of systemd: `--keep-unit` (the unit's own cgroup), no machined registration,
-    /// each NIC's container end moved in with `--network-interface=`. Boot mode runs the
-    /// tree's init (with a DHCP `.network` for its networkd where the NIC uses DHCP);
-    /// otherwise the command runs as PID 2 and a stop is SIGRTMIN+3 to nspawn's stub init,
-    /// which ends it cleanly.
-    pub fn nspawn_args(&self) -> Vec<String> {
-        let mut a = vec![
-            "--quiet".to_string(),
-            "--keep-unit".into(),
-            "--register=no".into(),
-            format!("--machine={}", self.name),
-            "-D".into(),
-            self.root.display().to_string(),
-        ];
-        if self.volatile != Volatile::No {
-            a.push(format!("--volatile={}", self.volatile.as_str()));
-        }
-        if self.nics.is_empty() {
-            a.push("--private-network".into());
-        }
-        for nic in &self.nics {
-            a.push(format!("--network-interface={}", nic.container_link));
-        }
-        a.push(format!("--setenv=VOLT_CONTAINER={}", self.name));
-        if let Some(nic) = self.nics.first() {
-            a.push(format!("--setenv=VOLT_IFACE={}", nic.container_link));
-        }
-        if self.boot {
-            for nic in self.nics.iter().filter(|n| n.dhcp) {
-                a.push(format!(
-                    "--bind-ro={}:/run/systemd/network/60-volt-{}.network",
-                    self.boot_network_file(nic).display(),
-                    nic.container_link
-                ));
-            }
-            a.push("--boot".into());
-            if !self.init_args.is_empty() {
-                a.push("--".into());
-                a.extend(self.init_args.iter().cloned());
-            }
-        } else {
-            a.push("--as-pid2".into());
-            a.push("--kill-signal=SIGRTMIN+3".into());
-            a.push("--".into());
-            a.extend(self.command.iter().cloned());
-        }
-        a
     }
 }
 
@@ -599,31 +516,6 @@ mod tests {
         assert_eq!(nic.mac, derive::nic_mac(&c.uuid, "eth0", 0));
         let (h, ce) = derive::veth_names("app");
         assert_eq!((nic.host_link.clone(), nic.container_link.clone()), (h, ce));
-        assert_eq!(
-            nic.owner_unit(),
-            format!("volt-veth@{}.service", nic.host_link)
-        );
-        let args = c.nspawn_args();
-        assert_eq!(
-            args,
-            vec![
-                "--quiet".to_string(),
-                "--keep-unit".into(),
-                "--register=no".into(),
-                "--machine=app".into(),
-                "-D".into(),
-                "/var/lib/volt/containers/app".into(),
-                format!("--network-interface={}", nic.container_link),
-                "--setenv=VOLT_CONTAINER=app".into(),
-                format!("--setenv=VOLT_IFACE={}", nic.container_link),
-                "--as-pid2".into(),
-                "--kill-signal=SIGRTMIN+3".into(),
-                "--".into(),
-                "/bin/sh".into(),
-                "-c".into(),
-                "sleep 1000".into(),
-            ]
-        );
     }
 
     #[test]
@@ -631,15 +523,6 @@ mod tests {
         let c = parse("app", &format!("{DIR}boot = true\n[[network]]\n")).expect("valid");
         assert!(c.nics[0].dhcp && c.nics[0].ipv4.is_none());
         assert_eq!(c.nics[0].network.as_deref(), Some("volt0"));
-        let ce = &c.nics[0].container_link;
-        let args = c.nspawn_args();
-        assert!(args.contains(&"--boot".to_string()));
-        assert!(args.contains(&format!(
-            "--bind-ro=/run/volt/containers/app/{ce}.network:/run/systemd/network/60-volt-{ce}.network"
-        )));
-        assert!(c
-            .boot_network(&c.nics[0])
-            .contains(&format!("Name={ce}\n\n[Network]\nDHCP=ipv4")));
         // ct-db is reserved: db gets it as a static address.
         let c = parse(
             "db",
@@ -654,19 +537,6 @@ mod tests {
         let c = parse("img", "image = \"/\"\nboot = true\n").expect("valid");
         assert_eq!(c.root_kind, RootKind::Image);
         assert_eq!(c.volatile, Volatile::Overlay);
-        assert!(c.nspawn_args().contains(&"--private-network".to_string()));
-        assert!(c.nspawn_args().contains(&"--volatile=overlay".to_string()));
-        let c = parse(
-            "img",
-            "image = \"/\"\nboot = true\nvolatile = \"yes\"\ninit_args = [\"systemd.mask=x.service\"]\n",
-        )
-        .expect("valid");
-        let args = c.nspawn_args();
-        assert!(args.contains(&"--volatile=yes".to_string()));
-        assert_eq!(
-            &args[args.len() - 3..],
-            ["--boot", "--", "systemd.mask=x.service"]
-        );
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub fn root_from_env() -> PathBuf {
         .map_or_else(|| PathBuf::from("/"), PathBuf::from)
 }
 
-pub(crate) fn file_stem(path: &Path) -> String {
+/// The workload name a file gives: its stem.
+pub fn file_stem(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()

@@ -106,13 +106,6 @@ pub(crate) struct NicSpans {
 }
 
 impl VmConfig {
-    /// `volt-vm@<name>.service`.
-    pub fn unit_name(&self) -> String {
-        format!("volt-vm@{}.service", self.name)
-    }
-}
-
-impl VmConfig {
     /// Check that the kernel and initrd exist as regular files under `root`. Not part of
     /// parsing: the generator runs before every file system is mounted.
     pub fn check_boot_files(&self, root: &Path) -> Vec<ConfigError> {
@@ -137,16 +130,6 @@ impl VmConfig {
             });
         }
         errors
-    }
-}
-
-impl NicConfig {
-    /// The unit that owns this NIC's host link, if any (`direct` NICs are the VMM's own).
-    pub fn owner_unit(&self) -> Option<String> {
-        match self.mode {
-            NicMode::Networkd | NicMode::Macvtap => Some(format!("volt-tap@{}.service", self.link)),
-            NicMode::Direct => None,
-        }
     }
 }
 
@@ -701,10 +684,6 @@ mod tests {
         assert_eq!(nic.mac, derive::nic_mac(&vm.uuid, "eth0", 0));
         assert!(nic.vhost);
         assert_eq!(nic.queues, 1);
-        assert_eq!(
-            nic.owner_unit(),
-            Some(format!("volt-tap@{}.service", nic.link))
-        );
     }
 
     #[test]
@@ -751,7 +730,6 @@ mod tests {
             format!("{}-1", derive::tap_name(&vm.uuid, 0))
         );
         assert!(vm.nics[1].mac_explicit);
-        assert_eq!(vm.nics[1].owner_unit(), None);
         assert_eq!(
             vm.nics[2].link,
             format!("mvt-{}-2", derive::short_id(&vm.uuid))

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cpu;
 pub mod devices;
 pub mod event;
+pub mod launch;
 pub mod memory;
 pub mod nics;
 pub mod ratelimit;

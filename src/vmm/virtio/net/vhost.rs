@@ -25,7 +25,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::features;
 use super::NetParams;
-use crate::net::tap::Tap;
+use crate::sys::tap::Tap;
 use crate::vmm::virtio::{DeviceQueue, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 #[derive(Debug, thiserror::Error)]
