@@ -15,8 +15,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let root = volt::config::root_from_env();
-    let networkd = volt::plan::Paths::new(&root).networkd_dir();
-    let report = volt::generator::run(&root, &out, &networkd);
+    let targets = volt::generator::Targets::under_root(&root);
+    let report = volt::generator::run(&root, &out, &targets);
     if report.errors.is_empty() {
         ExitCode::SUCCESS
     } else {

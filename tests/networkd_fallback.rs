@@ -57,7 +57,7 @@ fn networkd_over_dbus_then_direct_fallback_when_networkd_is_stopped() {
     c.ok("ip link del volt0");
     let start = Instant::now();
     c.ok(&format!(
-        "systemd-run --wait --quiet --unit=volt-fallback-up /opt/volt/bin/volt link up {tap}"
+        "systemd-run --wait --quiet --unit=volt-fallback-up /usr/bin/volt link up {tap}"
     ));
     let took = start.elapsed();
     assert!(took < Duration::from_secs(5), "fallback took {took:?}");
@@ -98,7 +98,7 @@ fn networkd_over_dbus_then_direct_fallback_when_networkd_is_stopped() {
 
     // Down without networkd: the TAP goes.
     c.ok(&format!(
-        "systemd-run --wait --quiet --unit=volt-fallback-down /opt/volt/bin/volt link down {tap}"
+        "systemd-run --wait --quiet --unit=volt-fallback-down /usr/bin/volt link down {tap}"
     ));
     c.ok(&format!("! test -e /sys/class/net/{tap}"));
 }

@@ -367,17 +367,21 @@ fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
     let stage = tempfile::tempdir().expect("stage");
     std::fs::copy(&p.deb, stage.path().join("volt.deb")).expect("copy deb");
     std::fs::copy(common::guest::elf(), stage.path().join("volt-test-guest")).expect("guest");
-    // /usr: the host's as the lower layer of an overlay whose upper layer nspawn throws
-    // away, so dpkg really writes /usr; the host's dpkg database is copied in below (the
-    // package's dependencies are installed on the host).
+    // /usr: the host's as the lower layer of an overlay whose upper layer is ours, so dpkg
+    // really writes /usr; the upper layer starts with whiteouts over every path of a Volt the
+    // host may have installed (scripts/install), so the container starts Volt-free. The
+    // host's dpkg database is copied in below (the package's dependencies are installed on
+    // the host).
+    let upper = tempfile::tempdir().expect("upper");
+    let upper_usr = upper.path().join("usr");
+    std::fs::create_dir_all(&upper_usr).expect("mkdir");
+    common::nspawn::hide_host_volt(&upper_usr);
+    let overlay = format!("--overlay=/usr:{}:/usr", upper_usr.display());
     let c = Nspawn::boot_with_args(
         "pkg",
         stage.path(),
         true,
-        &[
-            "--overlay=/usr::/usr",
-            "--bind-ro=/var/lib/dpkg:/opt/host-dpkg",
-        ],
+        &[&overlay, "--bind-ro=/var/lib/dpkg:/opt/host-dpkg"],
     );
     // The container's /etc (passwd, group) is fresh: drop the host's stat overrides, which
     // name host groups (dpkg refuses to run with unknown ones) and concern other packages.
@@ -476,7 +480,7 @@ fn manifest_covers_every_unit_and_system_config_file() {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_whitespace().nth(2))
         .collect();
-    for dir in ["units", "tmpfiles.d", "sysusers.d"] {
+    for dir in ["units", "network", "tmpfiles.d", "sysusers.d"] {
         for e in std::fs::read_dir(repo.join(dir)).expect(dir) {
             let name = format!("{dir}/{}", e.expect("entry").file_name().to_string_lossy());
             assert!(

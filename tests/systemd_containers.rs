@@ -197,7 +197,7 @@ fn static_container_and_vm_reach_each_other_and_broken_file_is_skipped() {
         log.contains("/etc/volt/containers/broken.toml:4:8: network[0].ipv4: 10.42.0.20 is outside volt0's container range 10.42.0.100-10.42.0.254; skipping /etc/volt/containers/broken.toml"),
         "generator log: {log}"
     );
-    let validate = c.sh("/opt/volt/bin/volt validate");
+    let validate = c.sh("/usr/bin/volt validate");
     assert_eq!(validate.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&validate.stderr).contains("broken.toml:4:8: network[0].ipv4"));
 
@@ -211,7 +211,7 @@ fn static_container_and_vm_reach_each_other_and_broken_file_is_skipped() {
     let route = c.ok(&format!("nsenter -t {l} -n ip -4 route show default"));
     assert!(route.contains("via 10.42.0.1"), "{route}");
     c.ok("ping -c 2 -W 2 10.42.0.150");
-    let leases = c.ok("/opt/volt/bin/volt ipam list --output json");
+    let leases = c.ok("/usr/bin/volt ipam list --output json");
     assert!(
         leases.contains("\"10.42.0.150\"") && leases.contains("container/db/eth0"),
         "{leases}"
@@ -246,12 +246,12 @@ fn static_container_and_vm_reach_each_other_and_broken_file_is_skipped() {
     c.ok("ping -c 2 -W 2 10.42.0.10");
     container_reaches_vm(&c, &l, "10.42.0.10");
 
-    let list = c.ok("/opt/volt/bin/volt container list");
+    let list = c.ok("/usr/bin/volt container list");
     assert!(
         list.contains("db") && list.contains("10.42.0.150/24"),
         "{list}"
     );
-    let show = c.ok("/opt/volt/bin/volt container show db --output json");
+    let show = c.ok("/usr/bin/volt container show db --output json");
     let v: serde_json::Value = serde_json::from_str(&show).expect("json");
     assert_eq!(v["nics"][0]["host_link_present"], true, "{show}");
     assert_eq!(v["nics"][0]["master"], "volt0", "{show}");
@@ -294,7 +294,7 @@ fn dhcp_container_and_crash_stop_restart_cycle() {
     c.ok(&format!("ping -c 2 -W 2 {ip}"));
 
     c.ok("systemctl start volt-vm@web.service");
-    let leases = c.ok("/opt/volt/bin/volt ipam list");
+    let leases = c.ok("/usr/bin/volt ipam list");
     let vm_ip = leases
         .lines()
         .find(|l| l.contains("vm/web/eth0"))
@@ -423,7 +423,7 @@ fn boot_mode_container_with_dhcp_from_its_own_networkd() {
     c.ok("systemctl daemon-reload");
     c.ok("systemctl start volt-container@db.service");
     let l = assert_running(&c);
-    let leases = c.ok("/opt/volt/bin/volt ipam list");
+    let leases = c.ok("/usr/bin/volt ipam list");
     let ip = leases
         .lines()
         .find(|l| l.contains("container/db/eth0"))

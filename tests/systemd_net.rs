@@ -139,7 +139,7 @@ fn tap_deleted_under_a_running_vm_stops_it_and_releases_its_lease() {
     c.ok("systemctl daemon-reload");
     c.ok("systemctl start volt-vm@dyn.service");
     c.wait_ok("ping -c 1 -W 1 10.42.0.2", Duration::from_secs(20));
-    let leases = c.ok("/opt/volt/bin/volt ipam list --output json");
+    let leases = c.ok("/usr/bin/volt ipam list --output json");
     assert!(
         leases.contains("vm/dyn/eth0") && leases.contains("10.42.0.2"),
         "{leases}"
@@ -167,7 +167,7 @@ fn tap_deleted_under_a_running_vm_stops_it_and_releases_its_lease() {
         log.contains("released 10.42.0.2 on volt0 from vm/dyn/eth0"),
         "{log}"
     );
-    let leases = c.ok("/opt/volt/bin/volt ipam list --output json");
+    let leases = c.ok("/usr/bin/volt ipam list --output json");
     assert!(!leases.contains("vm/dyn/eth0"), "{leases}");
     // The next start works: a new TAP, the lease again.
     c.ok("systemctl reset-failed");

@@ -1,6 +1,6 @@
 //! `volt generate`: the generator, run by hand for debugging. It writes only below OUTDIR:
 //! unit drop-ins into OUTDIR, networkd files into OUTDIR/network (never into the host's
-//! /run/systemd/network).
+//! /run/systemd/network), its record of last good units into OUTDIR/kept.
 
 use std::path::Path;
 
@@ -11,7 +11,11 @@ use crate::generator::{self, OutputDirs};
 
 pub fn exec(root: &Path, outdir: &Path) -> Result<Outcome> {
     let networkd = outdir.join("network");
-    let report = generator::run(root, &OutputDirs::single(outdir), &networkd);
+    let targets = generator::Targets {
+        networkd: networkd.clone(),
+        keep: outdir.join("kept"),
+    };
+    let report = generator::run(root, &OutputDirs::single(outdir), &targets);
     println!(
         "{} VM(s), {} container(s), {} link unit(s) generated in {} (networkd files in {}); {} file(s) skipped",
         report.vms,

@@ -7,11 +7,13 @@
 //! OUTDIR), talks to no other process, never stops at a bad file: each bad file is logged with
 //! file:line and skipped, the rest are generated, and the run reports failure at the end.
 //!
-//! Stale files: a networkd file Volt wrote earlier is removed only when no workload wants it
-//! and the config file it came from is gone or valid. A workload whose file exists but is
-//! broken now keeps its files (it may be running), and a file this run failed to write is never
-//! counted as stale.
+//! A broken file: its workload keeps what it had (it may be running). Its networkd files are
+//! not swept as stale, and its unit drop-ins are written again from the last good run (see
+//! [`keep`]), so the `BindsTo=` on its link owners stays and systemd does not stop them. A
+//! networkd file is stale only when no workload wants it and the config file it came from is
+//! gone or valid; a file this run failed to write is never counted as stale.
 
+mod keep;
 pub mod render;
 
 use std::collections::HashSet;
@@ -59,6 +61,26 @@ pub struct Report {
     pub removed_stale: Vec<PathBuf>,
     /// Everything that went wrong, in order; the run failed if this is not empty.
     pub errors: Vec<GeneratorError>,
+}
+
+/// Where the generator writes besides its output directories.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    /// networkd runtime files (`/run/systemd/network`).
+    pub networkd: PathBuf,
+    /// The last good units of each workload (`/run/volt/generator`).
+    pub keep: PathBuf,
+}
+
+impl Targets {
+    /// What the real generator uses under `root`.
+    pub fn under_root(root: &Path) -> Targets {
+        let paths = crate::plan::Paths::new(root);
+        Targets {
+            networkd: paths.networkd_dir(),
+            keep: paths.runtime_dir().join("generator"),
+        }
+    }
 }
 
 /// Output directories as systemd passes them.
@@ -138,42 +160,61 @@ pub fn is_owned_networkd_file(path: &Path) -> bool {
     std::fs::read_to_string(path).is_ok_and(|t| names::is_owned_networkd_file(name, in_dropin, &t))
 }
 
-/// Write one workload's drop-ins, owner drop-ins, networkd files and autostart link.
-/// Every networkd file it should have goes into `wanted`, written or not.
+/// Write what `kept` holds into the output directory.
+fn write_kept(out: &OutputDirs, kept: &keep::Kept) -> Result<(), GeneratorError> {
+    for (rel, text) in &kept.files {
+        write_new(&out.normal.join(rel), text)?;
+    }
+    for (rel, target) in &kept.links {
+        symlink(target, &out.normal.join(rel))?;
+    }
+    Ok(())
+}
+
+/// Write one workload's drop-ins, owner drop-ins, networkd files and autostart link, and
+/// record them as its last good units. Every networkd file it should have goes into
+/// `wanted`, written or not.
 fn generate_workload(
     w: &Workload,
     out: &OutputDirs,
-    networkd_dir: &Path,
+    targets: &Targets,
     wanted: &mut HashSet<PathBuf>,
 ) -> Result<usize, GeneratorError> {
     for a in &w.attachments {
         for f in &a.networkd {
-            wanted.insert(networkd_dir.join(&f.name));
+            wanted.insert(targets.networkd.join(&f.name));
         }
     }
-    let dropin = |unit: &str| out.normal.join(format!("{unit}.d")).join(DROPIN_NAME);
-    write_new(&dropin(&w.unit), &render::workload_dropin(w))?;
+    let dropin = |unit: &str| PathBuf::from(format!("{unit}.d")).join(DROPIN_NAME);
+    let mut kept = keep::Kept::default();
+    kept.files
+        .push((dropin(&w.unit), render::workload_dropin(w)));
     for a in &w.attachments {
-        write_new(&dropin(&a.owner_unit), &render::owner_dropin(w, a))?;
-        for f in &a.networkd {
-            write_atomic_if_changed(&networkd_dir.join(&f.name), &f.text)?;
-        }
+        kept.files
+            .push((dropin(&a.owner_unit), render::owner_dropin(w, a)));
     }
     if w.autostart {
-        let target = Path::new(SYSTEM_UNIT_DIR).join(w.template);
-        symlink(
-            &target,
-            &out.normal
-                .join(format!("{MACHINES_TARGET}.wants"))
-                .join(&w.unit),
-        )?;
+        kept.links.push((
+            PathBuf::from(format!("{MACHINES_TARGET}.wants")).join(&w.unit),
+            Path::new(SYSTEM_UNIT_DIR).join(w.template),
+        ));
+    }
+    write_kept(out, &kept)?;
+    for a in &w.attachments {
+        for f in &a.networkd {
+            write_atomic_if_changed(&targets.networkd.join(&f.name), &f.text)?;
+        }
+    }
+    if let Err(e) = keep::save(&targets.keep, w.kind.as_str(), &w.name, &kept) {
+        log::warn!("{}", crate::error_chain(&e));
     }
     Ok(w.attachments.len())
 }
 
 /// Run the generator on `root` (usually `/`), writing units into `out` and networkd files
-/// into `networkd_dir`.
-pub fn run(root: &Path, out: &OutputDirs, networkd_dir: &Path) -> Report {
+/// and the last good units into `targets`.
+pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
+    let networkd_dir = targets.networkd.as_path();
     let set = ConfigSet::load(root);
     let mut report = Report::default();
     let broken = set.errors_by_file();
@@ -182,6 +223,21 @@ pub fn run(root: &Path, out: &OutputDirs, networkd_dir: &Path) -> Report {
             log::error!("{}; skipping {}", e.report(), file.display());
         }
         report.skipped_files += 1;
+        // A broken file whose workload ran before: its last good units again.
+        let last = keep::workload_of(file)
+            .and_then(|(kind, name)| keep::load(&targets.keep, kind, &name).map(|k| (name, k)));
+        if let Some((name, kept)) = last {
+            match write_kept(out, &kept) {
+                Ok(()) => log::warn!(
+                    "{}: keeping the units of {name} from its last good version until the file is fixed",
+                    file.display()
+                ),
+                Err(e) => {
+                    log::error!("{}", crate::error_chain(&e));
+                    report.errors.push(e);
+                }
+            }
+        }
     }
     let plan = Plan::build(&set);
 
@@ -189,7 +245,7 @@ pub fn run(root: &Path, out: &OutputDirs, networkd_dir: &Path) -> Report {
     let mut wanted: HashSet<PathBuf> = HashSet::new();
     let mut any_autostart = false;
     for w in &plan.workloads {
-        match generate_workload(w, out, networkd_dir, &mut wanted) {
+        match generate_workload(w, out, targets, &mut wanted) {
             Ok(links) => {
                 match w.kind {
                     crate::plan::Kind::Vm => report.vms += 1,
@@ -241,6 +297,15 @@ pub fn run(root: &Path, out: &OutputDirs, networkd_dir: &Path) -> Report {
         broken.contains_key(source)
     };
     sweep_stale(networkd_dir, root, &wanted, &keep, &mut report);
+    let exists = |kind: &str, name: &str| {
+        let dir = if kind == "vm" {
+            crate::config::VMS_DIR
+        } else {
+            crate::config::CONTAINERS_DIR
+        };
+        root.join(dir).join(format!("{name}.toml")).exists()
+    };
+    keep::sweep(&targets.keep, &exists);
 
     if report.skipped_files > 0 {
         report.errors.push(GeneratorError::BadConfig {
