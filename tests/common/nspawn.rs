@@ -374,7 +374,7 @@ pub fn hide_host_volt(upper: &Path) {
         }
         let c = std::ffi::CString::new(w.as_os_str().as_encoded_bytes()).expect("path");
         // SAFETY: c is a valid path; a 0:0 character device is overlayfs's whiteout.
-        let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o000, libc::makedev(0, 0)) };
+        let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) };
         assert_eq!(
             r,
             0,
