@@ -17,8 +17,7 @@ use volt::net::netlink::{Netlink, NetnsTarget};
 use volt::plan::names::isolated_netns;
 
 fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
+    if common::skip(skip_reason(), false) {
         return true;
     }
     if std::process::Command::new("ping")
@@ -26,7 +25,7 @@ fn skip() -> bool {
         .output()
         .is_err()
     {
-        eprintln!("SKIP: ping is missing (scripts/setup installs iputils-ping)");
+        common::report::skip("ping is missing (scripts/setup installs iputils-ping)");
         return true;
     }
     false
@@ -70,6 +69,19 @@ fn plug(host: &TestNs, veth: &Veth, ws: &TestNs, addr: &str, gw: Option<&str>) {
     if let Some(gw) = gw {
         ws.ok(&format!("ip route add default via {gw}"));
     }
+}
+
+/// The packet counter of the one rule in `chain` (an `nft list chain` listing) that contains
+/// `rule`; panics when no rule or several match, or the rule has no counter.
+fn packets(chain: &str, rule: &str) -> u64 {
+    let lines: Vec<&str> = chain.lines().filter(|l| l.contains(rule)).collect();
+    assert_eq!(lines.len(), 1, "one rule with {rule:?} wanted in:\n{chain}");
+    lines[0]
+        .split("counter packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet counter in {:?}", lines[0]))
 }
 
 fn pings(from: &TestNs, to: &str) -> bool {
@@ -161,7 +173,7 @@ fn host_only_masquerades_to_the_uplink_and_dnats_port_maps() {
         .output()
         .is_err()
     {
-        eprintln!("SKIP: nft is missing (scripts/setup installs nftables)");
+        common::report::skip("nft is missing (scripts/setup installs nftables)");
         return;
     }
     let host = TestNs::new("ho");
@@ -225,15 +237,15 @@ fn host_only_masquerades_to_the_uplink_and_dnats_port_maps() {
     // Outbound: the WAN sees the uplink's address, never the workload's.
     assert!(pings_eventually(&a, "203.0.113.2"), "a -> WAN through NAT");
     let counters = wan.ok("nft list chain ip count in");
-    let line = |src: &str| {
-        counters
-            .lines()
-            .find(|l| l.contains(src))
-            .unwrap_or_default()
-            .to_string()
-    };
-    assert!(!line("203.0.113.1").contains("packets 0 "), "{counters}");
-    assert!(line("10.79.0.0/24").contains("packets 0 "), "{counters}");
+    assert!(
+        packets(&counters, "ip saddr 203.0.113.1 ") >= 1,
+        "no echo request from the uplink address: {counters}"
+    );
+    assert_eq!(
+        packets(&counters, "ip saddr 10.79.0.0/24 "),
+        0,
+        "the workload's own address reached the WAN: {counters}"
+    );
 
     // Inbound TCP through the port map: WAN -> 203.0.113.1:8080 -> a:80.
     let server = std::process::Command::new("nsenter")
@@ -269,8 +281,14 @@ fn host_only_masquerades_to_the_uplink_and_dnats_port_maps() {
     // Inbound UDP through the port map: a counts datagrams to its port 53.
     a.ok("nft add table ip count && nft add chain ip count in '{ type filter hook input priority 0; }' && nft add rule ip count in udp dport 53 counter");
     wan.ok("for i in 1 2 3; do echo x > /dev/udp/203.0.113.1/5353; done");
-    let c = a.ok("nft list chain ip count in");
-    assert!(c.contains("packets 3 "), "{c}");
+    // The datagrams cross two namespaces asynchronously: wait for the count (bounded).
+    let start = std::time::Instant::now();
+    let mut c = a.ok("nft list chain ip count in");
+    while packets(&c, "udp dport 53 ") < 3 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+        c = a.ok("nft list chain ip count in");
+    }
+    assert_eq!(packets(&c, "udp dport 53 "), 3, "{c}");
 
     // No other inbound: even with a route to the subnet, the WAN cannot reach a directly.
     wan.ok("ip route add 10.79.0.0/24 via 203.0.113.1");

@@ -124,8 +124,7 @@ fn manifest_dirs() -> BTreeSet<String> {
 
 #[test]
 fn deb_and_rpm_list_the_same_paths() {
-    if let Some(why) = package_skip_reason() {
-        eprintln!("SKIP: {why}");
+    if common::skip(package_skip_reason(), false) {
         return;
     }
     let p = packages();
@@ -206,8 +205,7 @@ fn deb_and_rpm_list_the_same_paths() {
 
 #[test]
 fn lintian_reports_no_errors() {
-    if let Some(why) = package_skip_reason() {
-        eprintln!("SKIP: {why}");
+    if common::skip(package_skip_reason(), false) {
         return;
     }
     let p = packages();
@@ -355,12 +353,7 @@ const WEB: &str = "memory_mib = 64\nkernel = \"/var/lib/volt/kernels/volt-test-g
 
 #[test]
 fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
-    if let Some(why) = package_skip_reason().or_else(skip_reason) {
-        eprintln!("SKIP: {why}");
-        return;
-    }
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: /dev/kvm is missing");
+    if common::skip(package_skip_reason().or_else(skip_reason), true) {
         return;
     }
     let p = packages();
@@ -419,7 +412,12 @@ fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
         "units loaded after install: {units}"
     );
     c.ok("! ls /etc/systemd/system/*.wants 2>/dev/null | grep volt");
-    c.ok("volt --version && man -w volt.toml >/dev/null 2>&1 || test -e /usr/share/man/man5/volt.toml.5.gz");
+    assert_eq!(
+        c.ok("volt --version").trim(),
+        concat!("volt ", env!("CARGO_PKG_VERSION")),
+        "the installed volt"
+    );
+    c.ok("test -s /usr/share/man/man5/volt.toml.5.gz && test -s /usr/share/man/man1/volt.1.gz");
 
     // The test guest as the admin would set it up.
     c.ok("install -m 0644 /opt/volt/volt-test-guest /var/lib/volt/kernels/volt-test-guest");

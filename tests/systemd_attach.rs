@@ -120,8 +120,7 @@ fn a_typo_in_a_running_vms_file_keeps_its_tap_and_runtime_files() {
         c.ok("systemctl is-active volt-vm@web.service").trim(),
         "active"
     );
-    let ping = c.ok("ping -c 3 -W 1 10.42.0.10");
-    assert!(ping.contains("3 received"), "{ping}");
+    common::ping::assert_all(&c.ok("ping -c 3 -W 1 10.42.0.10"), 3);
 
     // Fixed again: a normal stop cleans everything up.
     c.write("/etc/volt/vms/web.toml", &good);
@@ -139,8 +138,7 @@ fn a_typo_in_a_running_vms_file_keeps_its_tap_and_runtime_files() {
 
 #[test]
 fn volt_generate_writes_nothing_outside_its_output_directory() {
-    if let Some(why) = common::netns::skip_reason() {
-        eprintln!("SKIP: {why}");
+    if common::skip(common::netns::skip_reason(), false) {
         return;
     }
     // A private mount namespace with an empty /run and an /etc holding one VM: `volt
