@@ -165,7 +165,7 @@ impl Attach {
         ]
         .iter()
         .map(|f| self.paths.networkd_dir().join(f))
-        .filter(|p| crate::generator::is_owned_networkd_file(p))
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| names::is_owned_networkd_path(p, &t)))
         .collect();
         if owned.is_none() && record.is_none() && networkd_files.is_empty() {
             return Err(AttachError::NotOwned { link: link.into() });

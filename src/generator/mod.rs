@@ -150,14 +150,8 @@ fn symlink(target: &Path, link: &Path) -> Result<(), GeneratorError> {
 }
 
 /// Whether the networkd file at `path` is one Volt owns (name and header).
-pub fn is_owned_networkd_file(path: &Path) -> bool {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let in_dropin = path
-        .parent()
-        .and_then(|d| d.file_name())
-        .and_then(|d| d.to_str())
-        .is_some_and(|d| d.ends_with(".network.d"));
-    std::fs::read_to_string(path).is_ok_and(|t| names::is_owned_networkd_file(name, in_dropin, &t))
+fn is_owned_networkd_file(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| names::is_owned_networkd_path(path, &t))
 }
 
 /// Write what `kept` holds into the output directory.

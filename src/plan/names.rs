@@ -111,6 +111,17 @@ pub fn is_owned_networkd_file(file_name: &str, in_dropin_dir: bool, text: &str) 
     ours_by_name && text.lines().next() == Some(HEADER)
 }
 
+/// [`is_owned_networkd_file`] for a file at `path` with content `text`.
+pub fn is_owned_networkd_path(path: &Path, text: &str) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let in_dropin = path
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|d| d.to_str())
+        .is_some_and(|d| d.ends_with(".network.d"));
+    is_owned_networkd_file(name, in_dropin, text)
+}
+
 /// The config file a generated file was made from (its `# Source:` line), if it names one.
 pub fn networkd_source(text: &str) -> Option<PathBuf> {
     text.lines()
