@@ -138,7 +138,7 @@ pub fn show(root: &Path, name: &str, output: Output) -> Result<Outcome> {
     let Some(ct) = w.container() else {
         return Ok(Outcome::Config);
     };
-    let nspawn = plan::nspawn_args(w, &Paths::new(Path::new("/")));
+    let nspawn = plan::nspawn_args(w, &Paths::new(Path::new("/")), true);
     let state = nic_states(root, &set, ct);
     match output {
         Output::Json => println!(
@@ -217,7 +217,7 @@ pub fn run(root: &Path, name: &str) -> Result<Outcome> {
         let real = root.join(f.host.strip_prefix("/").unwrap_or(&f.host));
         crate::fsutil::write_atomic_if_changed(&real, &f.text)?;
     }
-    let args = plan::nspawn_args(w, &host);
+    let args = plan::nspawn_args(w, &host, machined_available(name));
     let nspawn = std::env::var_os("VOLT_NSPAWN").unwrap_or_else(|| "systemd-nspawn".into());
     log::info!(
         "container {name}: {} {}",
@@ -226,6 +226,33 @@ pub fn run(root: &Path, name: &str) -> Result<Outcome> {
     );
     let err = std::process::Command::new(&nspawn).args(&args).exec();
     bail!("cannot run {}: {err}", PathBuf::from(&nspawn).display())
+}
+
+/// Whether nspawn should register the container with systemd-machined: under systemd, with
+/// machined running or activatable. Otherwise say once that it runs unregistered.
+fn machined_available(name: &str) -> bool {
+    if std::env::var_os("INVOCATION_ID").is_none() {
+        return false;
+    }
+    let conn = crate::sd::system_bus();
+    let reachable = conn
+        .as_ref()
+        .ok()
+        .is_some_and(|c| crate::sd::machined::reachable(c).unwrap_or(false));
+    if let (true, Ok(c)) = (reachable, &conn) {
+        // A crash of nspawn leaves its registration while the unit restarts: drop it, or the
+        // new nspawn's registration fails.
+        let unit = crate::plan::names::container_unit(name);
+        if let Ok(true) = crate::sd::machined::unregister_leftover(c, name, &unit) {
+            log::info!("container {name}: dropped the registration of its previous run");
+        }
+    }
+    if !reachable {
+        log::info!(
+            "systemd-machined is not available: container {name} runs without a registration (machinectl will not list it)"
+        );
+    }
+    reachable
 }
 
 /// `volt container net-up <name>` (the unit's ExecStartPost=): see

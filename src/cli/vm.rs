@@ -106,6 +106,59 @@ pub fn vm_spec(
     })
 }
 
+/// Under systemd, register the VM with systemd-machined (class `vm`, this process as its
+/// leader: it becomes the VMM, so machined finds the unit from its cgroup). Without machined,
+/// or outside a unit, the VM runs unregistered and this says so once.
+fn register_with_machined(w: &crate::plan::Workload, records: &[crate::attach::LinkRecord]) {
+    use crate::sd::machined;
+    if std::env::var_os("INVOCATION_ID").is_none() {
+        log::debug!(
+            "not started by systemd: not registering {} with machined",
+            w.name
+        );
+        return;
+    }
+    let conn = match crate::sd::system_bus() {
+        Ok(c) => c,
+        Err(e) => {
+            log::info!(
+                "{}: not registered with machined: {}",
+                w.name,
+                crate::error_chain(&e)
+            );
+            return;
+        }
+    };
+    if !machined::reachable(&conn).unwrap_or(false) {
+        log::info!(
+            "systemd-machined is not available: {} runs without a registration (machinectl will not list it)",
+            w.name
+        );
+        return;
+    }
+    let ifindices = records
+        .iter()
+        .filter(|r| r.netns.is_none())
+        .filter_map(|r| crate::net::link::index(&r.link))
+        .filter_map(|i| i32::try_from(i).ok())
+        .collect();
+    let m = machined::Machine {
+        name: &w.name,
+        uuid: *w.uuid.as_bytes(),
+        class: "vm",
+        leader: std::process::id(),
+        ifindices,
+    };
+    match machined::register(&conn, &m) {
+        Ok(()) => log::info!("registered {} with systemd-machined (class vm)", w.name),
+        Err(e) => log::warn!(
+            "{}: not registered with machined: {}",
+            w.name,
+            crate::error_chain(&e)
+        ),
+    }
+}
+
 /// `volt vm run NAME` (volt-vm@.service's ExecStart=): plan the VM, read what its link owners
 /// brought up (or, with `attach`, bring the links up here: development and the demo, without
 /// systemd), write the VMM's spec into the VM's runtime directory and replace this process
@@ -190,6 +243,7 @@ pub fn run(
             return Ok(Outcome::Config);
         }
     };
+    register_with_machined(w, &records);
     let file = at.paths.vm_dir(&w.name).join("spec.json");
     let text = serde_json::to_string_pretty(&spec)? + "\n";
     crate::fsutil::write_atomic_if_changed(&file, &text)?;

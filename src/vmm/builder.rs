@@ -343,11 +343,13 @@ fn stop_signal_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        // What `machinectl poweroff` (and systemd's own convention) sends for "power off".
+        libc::sigaddset(&mut set, libc::SIGRTMIN() + 4);
         set
     }
 }
 
-/// Blocks SIGTERM and SIGINT in this thread (and so in every thread spawned after), so the
+/// Blocks SIGTERM, SIGINT and SIGRTMIN+4 in this thread (and so in every thread spawned after), so the
 /// signal thread can take them with `sigwait`. Returns the previous mask.
 fn block_stop_signals() -> Result<libc::sigset_t, VmmError> {
     let set = stop_signal_set();
