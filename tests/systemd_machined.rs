@@ -11,19 +11,6 @@ use common::nspawn::{skip_reason, stage_volt, Nspawn};
 
 const WEB: &str = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nipv4 = \"10.42.0.10\"\n";
 
-/// A busybox root for a command container (as tests/systemd_containers.rs builds it).
-fn busybox_root(c: &Nspawn) {
-    c.ok(
-        "set -e
-         r=/var/lib/volt/containers/db
-         mkdir -p $r/usr/bin $r/bin $r/etc $r/proc $r/sys $r/dev $r/run $r/tmp $r/var
-         cp /bin/busybox $r/usr/bin/busybox
-         for a in $(/bin/busybox --list); do [ \"$a\" = busybox ] || ln -sf /usr/bin/busybox $r/usr/bin/$a; done
-         ln -sf ../usr/bin/sh $r/bin/sh
-         : > $r/etc/os-release",
-    );
-}
-
 /// The `machinectl list` row of `name`, if any.
 fn row(c: &Nspawn, name: &str) -> Option<String> {
     c.ok("machinectl list --no-pager --no-legend --full")
@@ -47,7 +34,7 @@ fn vms_and_containers_are_registered_while_they_run() {
     let c = Nspawn::boot("mach", stage.path());
     c.install_volt();
     c.ok("systemctl start systemd-machined");
-    busybox_root(&c);
+    c.busybox_rootfs("/var/lib/volt/containers/db");
     c.write("/etc/volt/vms/web.toml", WEB);
     c.write(
         "/etc/volt/containers/db.toml",

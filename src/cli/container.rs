@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::{Outcome, Output};
+use super::output::OutputArgs;
+use super::Outcome;
 use crate::attach::Attach;
 use crate::config::{ConfigSet, ContainerConfig, NetworkLookup};
 use crate::net::ipam::{Ipam, Lease, Owner};
@@ -83,52 +84,7 @@ fn mode_text(ct: &ContainerConfig) -> String {
     }
 }
 
-pub fn list(root: &Path, output: Output) -> Result<Outcome> {
-    let set = ConfigSet::load(root);
-    for e in &set.errors {
-        log::warn!("{}", e.report());
-    }
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&set.containers)?),
-        Output::Table => {
-            println!(
-                "{:<20} {:<6} {:<40} {:<9} NICS",
-                "NAME", "MODE", "ROOT", "AUTOSTART"
-            );
-            for ct in &set.containers {
-                let nics: Vec<String> = ct
-                    .nics
-                    .iter()
-                    .map(|n| {
-                        let ip = n.ipv4.map_or_else(
-                            || if n.dhcp { "dhcp" } else { "none" }.to_string(),
-                            |i| i.to_string(),
-                        );
-                        format!(
-                            "{}={}@{} {} {}",
-                            n.id,
-                            n.host_link,
-                            n.bridge.as_deref().unwrap_or("-"),
-                            n.mac,
-                            ip
-                        )
-                    })
-                    .collect();
-                println!(
-                    "{:<20} {:<6} {:<40} {:<9} {}",
-                    ct.name,
-                    if ct.boot { "boot" } else { "cmd" },
-                    root_text(ct),
-                    if ct.autostart { "yes" } else { "no" },
-                    nics.join(", ")
-                );
-            }
-        }
-    }
-    Ok(Outcome::Ok)
-}
-
-pub fn show(root: &Path, name: &str, output: Output) -> Result<Outcome> {
+pub fn show(root: &Path, name: &str, out: &OutputArgs) -> Result<Outcome> {
     let set = ConfigSet::load(root);
     let plan = Plan::build(&set);
     let w = match load(&set, &plan, name) {
@@ -140,52 +96,48 @@ pub fn show(root: &Path, name: &str, output: Output) -> Result<Outcome> {
     };
     let nspawn = plan::nspawn_args(w, &Paths::new(Path::new("/")), true);
     let state = nic_states(root, &set, ct);
-    match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "container": ct,
-                "unit": w.unit,
-                "nspawn": nspawn,
-                "nics": state,
-            }))?
-        ),
-        Output::Table => {
-            println!("{} ({})", ct.name, ct.path.display());
-            println!("  unit       {}", w.unit);
-            println!("  root       {}", root_text(ct));
-            println!("  volatile   {}", ct.volatile.as_str());
-            println!("  mode       {}", mode_text(ct));
-            println!("  autostart  {}", if ct.autostart { "yes" } else { "no" });
-            for (n, s) in ct.nics.iter().zip(&state) {
-                println!(
-                    "  nic {}: {} (host, {}{}) / {} (inside), MAC {}, network {}",
-                    n.id,
-                    n.host_link,
-                    if s.host_link_present {
-                        "present"
-                    } else {
-                        "absent"
-                    },
-                    s.master
-                        .as_deref()
-                        .map(|m| format!(", on {m}"))
-                        .unwrap_or_default(),
-                    n.container_link,
-                    n.mac,
-                    n.network.as_deref().unwrap_or("-")
-                );
-                let addr = match (n.ipv4, &s.lease) {
-                    (Some(a), _) => format!("{a} (static)"),
-                    (None, Some(l)) => format!("{} (DHCP lease)", l.ip),
-                    (None, None) if n.dhcp => "DHCP (no lease recorded)".into(),
-                    (None, None) => "none".into(),
-                };
-                println!("    address  {addr}");
-            }
-            println!("  nspawn     systemd-nspawn {}", nspawn.join(" "));
-        }
+    let json = serde_json::json!({
+        "container": ct,
+        "unit": w.unit,
+        "nspawn": nspawn,
+        "nics": state,
+    });
+    if out.print_json(&json)? {
+        return Ok(Outcome::Ok);
     }
+    println!("{} ({})", ct.name, ct.path.display());
+    println!("  unit       {}", w.unit);
+    println!("  root       {}", root_text(ct));
+    println!("  volatile   {}", ct.volatile.as_str());
+    println!("  mode       {}", mode_text(ct));
+    println!("  autostart  {}", if ct.autostart { "yes" } else { "no" });
+    for (n, s) in ct.nics.iter().zip(&state) {
+        println!(
+            "  nic {}: {} (host, {}{}) / {} (inside), MAC {}, network {}",
+            n.id,
+            n.host_link,
+            if s.host_link_present {
+                "present"
+            } else {
+                "absent"
+            },
+            s.master
+                .as_deref()
+                .map(|m| format!(", on {m}"))
+                .unwrap_or_default(),
+            n.container_link,
+            n.mac,
+            n.network.as_deref().unwrap_or("-")
+        );
+        let addr = match (n.ipv4, &s.lease) {
+            (Some(a), _) => format!("{a} (static)"),
+            (None, Some(l)) => format!("{} (DHCP lease)", l.ip),
+            (None, None) if n.dhcp => "DHCP (no lease recorded)".into(),
+            (None, None) => "none".into(),
+        };
+        println!("    address  {addr}");
+    }
+    println!("  nspawn     systemd-nspawn {}", nspawn.join(" "));
     Ok(Outcome::Ok)
 }
 

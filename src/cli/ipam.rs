@@ -4,41 +4,40 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::{IpamCommand, Outcome, Output};
+use super::output::OutputArgs;
+use super::{IpamCommand, Outcome};
 use crate::attach::Attach;
 use crate::config::NetworkLookup;
 use crate::net::ipam::{Ipam, Lease, Owner, Request};
 use crate::plan::Paths;
 
-fn print_leases(rows: &[(String, Lease)], output: Output) -> Result<()> {
-    match output {
-        Output::Json => {
-            let v: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|(net, l)| serde_json::json!({"network": net, "ip": l.ip, "owner": l.owner.to_string(), "kind": l.owner.kind, "static": l.fixed, "since": l.since}))
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
-        Output::Table => {
-            println!("{:<12} {:<16} {:<32} STATIC", "NETWORK", "ADDRESS", "OWNER");
-            for (net, l) in rows {
-                println!(
-                    "{:<12} {:<16} {:<32} {}",
-                    net,
-                    l.ip,
-                    l.owner,
-                    if l.fixed { "yes" } else { "no" }
-                );
-            }
-        }
+fn print_leases(rows: &[(String, Lease)], out: &OutputArgs) -> Result<()> {
+    let v: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(net, l)| serde_json::json!({"network": net, "ip": l.ip, "owner": l.owner.to_string(), "kind": l.owner.kind, "static": l.fixed, "since": l.since}))
+        .collect();
+    if out.print_json(&v)? {
+        return Ok(());
     }
+    let table = rows
+        .iter()
+        .map(|(net, l)| {
+            vec![
+                net.clone(),
+                l.ip.to_string(),
+                l.owner.to_string(),
+                if l.fixed { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    out.print_table(&["NETWORK", "ADDRESS", "OWNER", "STATIC"], table);
     Ok(())
 }
 
 pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
     let ipam = Ipam::new(Paths::new(root).ipam_dir());
     match command {
-        IpamCommand::List { network, output } => {
+        IpamCommand::List { network, out } => {
             let nets = match network {
                 Some(n) => vec![n],
                 None => ipam.networks(),
@@ -49,7 +48,7 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
                     rows.push((n.clone(), l));
                 }
             }
-            print_leases(&rows, output)?;
+            print_leases(&rows, &out)?;
         }
         IpamCommand::Allocate { network, owner, ip } => {
             let owner: Owner = owner.parse().map_err(anyhow::Error::msg)?;
