@@ -87,12 +87,12 @@ fn mode_text(ct: &ContainerConfig) -> String {
 pub fn show(root: &Path, name: &str, out: &OutputArgs) -> Result<Outcome> {
     let set = ConfigSet::load(root);
     let plan = Plan::build(&set);
-    let w = match load(&set, &plan, name) {
-        Ok(w) => w,
-        Err(o) => return Ok(o),
+    // An unknown name is a plain failure here (exit 1); only the unit's commands exit 78.
+    let Ok(w) = load(&set, &plan, name) else {
+        return Ok(Outcome::Failed);
     };
     let Some(ct) = w.container() else {
-        return Ok(Outcome::Config);
+        return Ok(Outcome::Failed);
     };
     let nspawn = plan::nspawn_args(w, &Paths::new(Path::new("/")), true);
     let state = nic_states(root, &set, ct);

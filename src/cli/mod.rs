@@ -36,10 +36,15 @@ pub struct Opts {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Check VM, network and zone files; print every error; exit 1 if any.
+    /// Check VM, container, network and zone files; print every error; exit 1 if any.
     Validate {
         /// Files to check (default: everything under <root>/etc/volt and the zone directory).
+        #[arg(value_name = "FILE")]
         paths: Vec<PathBuf>,
+        /// What the files are (default: from their directory or name, e.g. lab.network.toml,
+        /// else from what they hold).
+        #[arg(long = "type", value_enum, value_name = "TYPE")]
+        kind: Option<validate::FileType>,
     },
     /// VMs.
     Vm {
@@ -302,7 +307,7 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
         .clone()
         .unwrap_or_else(crate::config::root_from_env);
     match opts.command {
-        Command::Validate { paths } => validate::exec(&root, &paths),
+        Command::Validate { paths, kind } => validate::exec(&root, &paths, kind),
         Command::Vm { command } => match command {
             VmCommand::List { out } => workload::list(&root, Kind::Vm, &out),
             VmCommand::Lifecycle(l) => lifecycle(&root, Kind::Vm, l),

@@ -66,6 +66,9 @@ pub struct PortMap {
     /// The workload (VM or container name) the traffic goes to.
     pub target: String,
     pub target_port: u16,
+    /// Where `target` is written (checked against the workloads later).
+    #[serde(skip)]
+    pub target_at: Option<Location>,
 }
 
 /// A validated network.
@@ -455,6 +458,7 @@ fn network_from_raw(src: &Src, name: String, raw: RawNetwork) -> Result<Network,
             host_port: *r.host_port.get_ref(),
             target: r.target.get_ref().clone(),
             target_port: *r.target_port.get_ref(),
+            target_at: Some(src.at(r.target.span().start)),
         });
     }
     Ok(net)

@@ -21,6 +21,11 @@ pub const MAX_MEMORY_MIB: u32 = 1024 * 1024;
 pub const MAX_NICS: usize = 8;
 pub const MAX_QUEUE_PAIRS: u32 = 16;
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
+/// The x86 boot protocol's command line limit (`COMMAND_LINE_SIZE` of Linux: 2048 bytes,
+/// with its terminating NUL).
+pub const MAX_CMDLINE: usize = 2047;
+/// What Volt may append per device (`virtio_mmio.device=4K@0x...:N`, `ip=...`).
+pub const CMDLINE_PER_DEVICE: usize = 64;
 
 /// Who creates a NIC's host link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -113,7 +118,8 @@ impl VmConfig {
             let Some(path) = path else { continue };
             let real = root.join(path.strip_prefix("/").unwrap_or(path));
             let problem = match std::fs::metadata(&real) {
-                Ok(m) if m.is_file() => continue,
+                Ok(m) if m.is_file() && m.len() > 0 => continue,
+                Ok(m) if m.is_file() => "is empty".to_string(),
                 Ok(_) => "is not a regular file".to_string(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
                 Err(e) => format!("cannot be read ({e})"),
@@ -213,10 +219,7 @@ pub fn parse_vm_toml(
         spans.initrd = Some(src.at(i.span().start));
         abs_path(&src, "initrd", &i, e)
     });
-    let cmdline = t
-        .string(&src, e, "cmdline")
-        .map(Spanned::into_inner)
-        .unwrap_or_default();
+    let cmdline_s = t.string(&src, e, "cmdline");
     let autostart = t
         .boolean(&src, e, "autostart")
         .is_some_and(Spanned::into_inner);
@@ -261,9 +264,25 @@ pub fn parse_vm_toml(
         }
     }
 
+    let cmdline = cmdline_s.map(|c| {
+        // Room for what Volt appends: one entry per virtio device and per addressed NIC.
+        let reserve = CMDLINE_PER_DEVICE * (2 * nics.len() + 4);
+        if c.get_ref().len() + reserve > MAX_CMDLINE {
+            errors.push(src.invalid(
+                "cmdline",
+                c.span(),
+                format!(
+                    "{} bytes: with the {reserve} bytes Volt appends (virtio_mmio.device=, ip=) it passes the kernel's {MAX_CMDLINE}-byte limit",
+                    c.get_ref().len()
+                ),
+            ));
+        }
+        c.into_inner()
+    });
     if !errors.is_empty() {
         return Err(reader::in_line_order(errors));
     }
+    let cmdline = cmdline.unwrap_or_default();
     Ok(VmConfig {
         name,
         path: path.to_path_buf(),
