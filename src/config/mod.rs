@@ -210,7 +210,6 @@ impl ConfigSet {
         errors: &mut Vec<ConfigError>,
         warnings: &mut Vec<String>,
     ) -> Networks {
-        let warnings = warnings;
         let mut list: Vec<Network> = Vec::new();
         let mut candidates = Vec::new();
         for (shown, real) in list_dir(root, NETWORKS_DIR, &["toml"], errors, warnings) {
