@@ -93,9 +93,17 @@ fn main() -> ExitCode {
                 cmdline: cli.cmdline.clone(),
                 serial_file: cli.serial_file.clone(),
                 nics: Vec::new(),
+                disks: Vec::new(),
             }
         }
     };
+    // Disks from --disk (with --kernel or --config alike), and root= for a root disk.
+    let mut spec = spec;
+    spec.disks.extend(cli.disks.iter().cloned());
+    if let Some(root) = volt::vmm::disk::root_cmdline(&spec.disks) {
+        spec.cmdline.push(' ');
+        spec.cmdline.push_str(&root);
+    }
     let leftover = store.leftover();
     match run(spec, &cli, nics, &leftover) {
         Ok(code) => ExitCode::from(code),
@@ -170,6 +178,7 @@ fn spec_from_config(
         cmdline,
         serial_file: None,
         nics: Vec::new(),
+        disks: Vec::new(),
     };
     Ok((spec, vm))
 }

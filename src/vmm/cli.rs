@@ -53,10 +53,19 @@ pub struct VmmCli {
     /// or no filter.
     #[arg(long, value_enum, default_value_t)]
     pub seccomp: crate::vmm::sandbox::SeccompMode,
+    /// A virtio-blk disk (repeatable, guest order vda, vdb, ...):
+    /// path=FILE[,readonly][,root][,cache=none|writeback][,serial=S][,bps=N][,iops=N].
+    /// `root` adds root=/dev/vdX (ro/rw) to the command line.
+    #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
+    pub disks: Vec<crate::vmm::disk::DiskSpec>,
     /// VM config file (what volt-vm@.service runs): `/etc/volt/vms/<name>.toml`, checked
     /// with the other VM files under $VOLT_ROOT; errors exit 78 (EX_CONFIG).
     #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     pub config: Option<PathBuf>,
+}
+
+fn parse_disk(s: &str) -> Result<crate::vmm::disk::DiskSpec, String> {
+    crate::vmm::disk::parse_disk_arg(s).map_err(|e| e.to_string())
 }
 
 /// `10`, `10s`, `500ms`, `1.5s`.
