@@ -1,0 +1,140 @@
+//! The block check, through virtio-drivers' `VirtIOBlk`: identify, write a pattern, FLUSH,
+//! read it back, and probe the end of the disk. Each step prints one line (README.md).
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE};
+use virtio_drivers::transport::mmio::MmioTransport;
+
+use crate::hal::IdHal;
+use crate::{num_param, say};
+
+/// Sectors per request of the pattern write and read-back (4 KiB).
+const CHUNK: usize = 8;
+
+/// Byte `j` of sector `s` of the pattern for `seed`: the first 8 bytes are
+/// `(seed << 32 | s)` little-endian, the rest `(s * 37 + j * 13 + seed) mod 256`.
+pub fn pattern_byte(seed: u64, s: u64, j: usize) -> u8 {
+    if j < 8 {
+        ((seed << 32) | (s & 0xffff_ffff)).to_le_bytes()[j]
+    } else {
+        (s.wrapping_mul(37)
+            .wrapping_add(j as u64 * 13)
+            .wrapping_add(seed)
+            & 0xff) as u8
+    }
+}
+
+/// FNV-1a, 64 bits.
+pub fn fnv(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn status(r: &Result<(), virtio_drivers::Error>) -> &'static str {
+    use virtio_drivers::Error as E;
+    match r {
+        Ok(()) => "ok",
+        Err(E::IoError) => "ioerr",
+        Err(E::Unsupported) => "unsupp",
+        Err(E::NotReady) => "not-ready",
+        Err(E::QueueFull) => "queue-full",
+        Err(E::WrongToken) => "wrong-token",
+        Err(E::InvalidParam) => "invalid-param",
+        Err(_) => "other-error",
+    }
+}
+
+fn name(index: usize) -> [u8; 3] {
+    [b'v', b'd', b'a' + (index % 26) as u8]
+}
+
+/// Runs the check on disk number `index`, as the command line says:
+/// `conf.blk.start=` (first sector, default 0), `conf.blk.sectors=` (default 64),
+/// `conf.blk.seed=` (default 1).
+pub fn run(transport: MmioTransport<'static>, index: usize, cmdline: &[u8]) {
+    let n = name(index);
+    let dev = core::str::from_utf8(&n).unwrap_or("vd?");
+    let mut blk = match VirtIOBlk::<IdHal, _>::new(transport) {
+        Ok(b) => b,
+        Err(e) => {
+            say!("blk {dev} init failed: {e}");
+            return;
+        }
+    };
+    let capacity = blk.capacity();
+    let mut id = [0u8; 20];
+    let id_text = match blk.device_id(&mut id) {
+        Ok(len) => core::str::from_utf8(&id[..len]).unwrap_or("<not ascii>"),
+        Err(_) => "<error>",
+    };
+    say!(
+        "blk {dev} capacity={capacity} readonly={} id=\"{id_text}\"",
+        u8::from(blk.readonly())
+    );
+    let start = num_param(cmdline, b"conf.blk.start").unwrap_or(0);
+    let sectors = num_param(cmdline, b"conf.blk.sectors")
+        .unwrap_or(64)
+        .min(capacity.saturating_sub(start));
+    let seed = num_param(cmdline, b"conf.blk.seed").unwrap_or(1);
+
+    // Write the pattern, CHUNK sectors per request.
+    let mut buf: Vec<u8> = vec![0; CHUNK * SECTOR_SIZE];
+    let mut write = Ok(());
+    let mut s = start;
+    while s < start + sectors && write.is_ok() {
+        let k = (CHUNK as u64).min(start + sectors - s) as usize;
+        for (i, sector) in buf[..k * SECTOR_SIZE].chunks_mut(SECTOR_SIZE).enumerate() {
+            for (j, b) in sector.iter_mut().enumerate() {
+                *b = pattern_byte(seed, s + i as u64, j);
+            }
+        }
+        write = blk.write_blocks(s as usize, &buf[..k * SECTOR_SIZE]);
+        s += k as u64;
+    }
+    say!(
+        "blk {dev} write sectors={sectors} status={}",
+        status(&write)
+    );
+    let flush = blk.flush();
+    say!("blk {dev} flush status={}", status(&flush));
+
+    // Read back: does it hold the pattern, and what does it hash to (the host compares).
+    let mut all: Vec<u8> = vec![0; sectors as usize * SECTOR_SIZE];
+    let mut read = Ok(());
+    let mut off = 0usize;
+    while off < all.len() && read.is_ok() {
+        let k = (CHUNK * SECTOR_SIZE).min(all.len() - off);
+        read = blk.read_blocks(start as usize + off / SECTOR_SIZE, &mut all[off..off + k]);
+        off += k;
+    }
+    let matches = all.chunks(SECTOR_SIZE).enumerate().all(|(i, sec)| {
+        sec.iter()
+            .enumerate()
+            .all(|(j, &b)| b == pattern_byte(seed, start + i as u64, j))
+    });
+    say!(
+        "blk {dev} readback status={} pattern={} fnv={:#018x}",
+        status(&read),
+        if matches { "match" } else { "differs" },
+        fnv(&all)
+    );
+
+    // The end of the disk: the last sector reads, one past it and one straddling it fail.
+    let mut one = [0u8; SECTOR_SIZE];
+    let last = blk.read_blocks(capacity.saturating_sub(1) as usize, &mut one);
+    let past = blk.read_blocks(capacity as usize, &mut one);
+    let mut two = [0u8; 2 * SECTOR_SIZE];
+    let straddle = blk.read_blocks(capacity.saturating_sub(1) as usize, &mut two);
+    say!(
+        "blk {dev} end last={} past={} straddling={}",
+        status(&last),
+        status(&past),
+        status(&straddle)
+    );
+}
