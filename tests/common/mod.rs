@@ -1,6 +1,7 @@
 //! Helpers shared by integration tests.
 #![allow(dead_code)]
 
+pub mod conformance;
 pub mod guest;
 pub mod netns;
 pub mod nspawn;
