@@ -54,6 +54,71 @@ fn name(index: usize) -> [u8; 3] {
     [b'v', b'd', b'a' + (index % 26) as u8]
 }
 
+/// xorshift64.
+fn next(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// The load generator for the benchmark (`conf.blk.bench=<mode>[,<mode>...]`, each
+/// `conf.blk.bench.ops=` requests, default 2000, queue depth 1): `randread` / `randwrite`
+/// (4 KiB at random 4 KiB-aligned offsets; writes FLUSH every 32), `seqread` / `seqwrite`
+/// (1 MiB requests from sector 0, wrapping; writes FLUSH at the end). Prints
+/// `blk vdX bench <mode> start` and `blk vdX bench <mode> done ops=<n> bytes=<n> errors=<n>`;
+/// the host times the two lines.
+fn bench(blk: &mut VirtIOBlk<IdHal, MmioTransport<'static>>, dev: &str, modes: &[u8], ops: u64) {
+    let capacity = blk.capacity();
+    let mut small: Vec<u8> = vec![0x5a; 4096];
+    let mut big: Vec<u8> = vec![0xa5; 1 << 20];
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    for mode in modes.split(|&c| c == b',') {
+        let name = core::str::from_utf8(mode).unwrap_or("?");
+        let (bytes_per, big_req) = match mode {
+            b"randread" | b"randwrite" => (4096u64, false),
+            b"seqread" | b"seqwrite" => (1u64 << 20, true),
+            _ => {
+                say!("blk {dev} bench {name} unknown");
+                continue;
+            }
+        };
+        let blocks = capacity / (bytes_per / SECTOR_SIZE as u64);
+        if blocks == 0 {
+            say!("blk {dev} bench {name} disk too small");
+            continue;
+        }
+        let write = mode.ends_with(b"write");
+        say!("blk {dev} bench {name} start");
+        let mut errors = 0u64;
+        for i in 0..ops {
+            let block = if big_req {
+                i % blocks
+            } else {
+                next(&mut rng) % blocks
+            };
+            let sector = (block * (bytes_per / SECTOR_SIZE as u64)) as usize;
+            let buf: &mut [u8] = if big_req { &mut big } else { &mut small };
+            let r = if write {
+                blk.write_blocks(sector, buf)
+            } else {
+                blk.read_blocks(sector, buf)
+            };
+            errors += u64::from(r.is_err());
+            if write && !big_req && i % 32 == 31 {
+                errors += u64::from(blk.flush().is_err());
+            }
+        }
+        if write {
+            errors += u64::from(blk.flush().is_err());
+        }
+        say!(
+            "blk {dev} bench {name} done ops={ops} bytes={} errors={errors}",
+            ops * bytes_per
+        );
+    }
+}
+
 /// Runs the check on disk number `index`, as the command line says:
 /// `conf.blk.start=` (first sector, default 0), `conf.blk.sectors=` (default 64),
 /// `conf.blk.seed=` (default 1).
@@ -77,6 +142,11 @@ pub fn run(transport: MmioTransport<'static>, index: usize, cmdline: &[u8]) {
         "blk {dev} capacity={capacity} readonly={} id=\"{id_text}\"",
         u8::from(blk.readonly())
     );
+    if let Some(modes) = crate::param(cmdline, b"conf.blk.bench") {
+        let ops = num_param(cmdline, b"conf.blk.bench.ops").unwrap_or(2000);
+        bench(&mut blk, dev, modes, ops);
+        return;
+    }
     let start = num_param(cmdline, b"conf.blk.start").unwrap_or(0);
     let sectors = num_param(cmdline, b"conf.blk.sectors")
         .unwrap_or(64)
