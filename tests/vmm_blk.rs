@@ -267,3 +267,33 @@ fn ops_limit_holds_requests_back() {
         "21 requests at 10 ops/s took {took:?}"
     );
 }
+
+#[test]
+fn root_disk_is_named_on_the_guest_command_line() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    conformance::make_image(&a, 16, |_| 0);
+    conformance::make_image(&b, 16, |_| 0);
+    // The project's own test guest prints its command line and probes each device.
+    let o = Command::new(VMM)
+        .arg("--kernel")
+        .arg(common::guest::elf())
+        .args(["--memory-mib", "64", "--cmdline", "volt.exit=0"])
+        .arg("--disk")
+        .arg(format!("path={}", a.display()))
+        .arg("--disk")
+        .arg(format!("path={},root,readonly", b.display()))
+        .output()
+        .expect("run");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let booted = out
+        .lines()
+        .find(|l| l.contains("booted cmdline="))
+        .unwrap_or_else(|| panic!("no cmdline line:\n{out}"));
+    assert!(booted.contains(" root=/dev/vdb ro"), "{booted}");
+    assert_eq!(out.matches("device-id=2").count(), 2, "{out}");
+}

@@ -100,10 +100,7 @@ fn main() -> ExitCode {
     // Disks from --disk (with --kernel or --config alike), and root= for a root disk.
     let mut spec = spec;
     spec.disks.extend(cli.disks.iter().cloned());
-    if let Some(root) = volt::vmm::disk::root_cmdline(&spec.disks) {
-        spec.cmdline.push(' ');
-        spec.cmdline.push_str(&root);
-    }
+    spec.cmdline = volt::vmm::disk::with_root(&spec.cmdline, &spec.disks);
     let leftover = store.leftover();
     match run(spec, &cli, nics, &leftover) {
         Ok(code) => ExitCode::from(code),

@@ -52,8 +52,8 @@ pub struct DiskSpec {
     /// Offer `VIRTIO_BLK_F_RO`, open read-only, refuse writes, take a shared lock.
     #[serde(default)]
     pub readonly: bool,
-    /// The guest's root file system (`root=/dev/vdX` is on the command line already: the
-    /// VMM does not add it; see [`root_cmdline`]).
+    /// The guest's root file system: the VMM appends `root=/dev/vdX ro|rw` to the command
+    /// line unless it has a `root=` already (see [`with_root`]).
     #[serde(default)]
     pub root: bool,
     /// Page cache use.
@@ -159,6 +159,22 @@ pub fn root_cmdline(disks: &[DiskSpec]) -> Option<String> {
     Some(format!("root=/dev/{} {mode}", disk_name(i)))
 }
 
+/// `cmdline` with the root disk's fragment appended, unless it names a root already (a
+/// `root=` word) or no disk is the root.
+pub fn with_root(cmdline: &str, disks: &[DiskSpec]) -> String {
+    let has_root = cmdline.split_whitespace().any(|w| w.starts_with("root="));
+    match root_cmdline(disks) {
+        Some(root) if !has_root => {
+            if cmdline.trim().is_empty() {
+                root
+            } else {
+                format!("{} {root}", cmdline.trim_end())
+            }
+        }
+        _ => cmdline.to_string(),
+    }
+}
+
 /// The serial GET_ID returns when none is configured: `volt-<8 hex of the VM UUID>-<index>`
 /// (the VM name stands in for an empty UUID), at most 20 bytes, stable across restarts.
 pub fn default_serial(vm_uuid: &str, vm_name: &str, index: usize) -> String {
@@ -250,6 +266,24 @@ mod tests {
         a.root = true;
         a.readonly = true;
         assert_eq!(root_cmdline(&[a, b]).as_deref(), Some("root=/dev/vda ro"));
+    }
+
+    #[test]
+    fn root_is_appended_once() {
+        let mut d = DiskSpec::new("/a");
+        assert_eq!(with_root("console=ttyS0", &[d.clone()]), "console=ttyS0");
+        d.root = true;
+        assert_eq!(
+            with_root("console=ttyS0 ", &[d.clone()]),
+            "console=ttyS0 root=/dev/vda rw"
+        );
+        assert_eq!(with_root("", &[d.clone()]), "root=/dev/vda rw");
+        assert_eq!(
+            with_root("root=/dev/vdb console=ttyS0", &[d.clone()]),
+            "root=/dev/vdb console=ttyS0"
+        );
+        // `rootwait` is not a root= word.
+        assert_eq!(with_root("rootwait", &[d]), "rootwait root=/dev/vda rw");
     }
 
     #[test]
