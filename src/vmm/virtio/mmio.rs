@@ -357,7 +357,9 @@ impl MmioTransport {
             r
         });
         if was_ready && self.device_active {
-            log::info!(
+            log_limited!(
+                self.guest_errors,
+                log::Level::Info,
                 "virtio-mmio: driver stopped queue {sel} of device type {}; device stopped until reset",
                 self.device.device_type()
             );

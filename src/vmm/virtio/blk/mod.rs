@@ -101,6 +101,8 @@ pub struct Blk {
     worker: Option<(JoinHandle<()>, Arc<EventFd>)>,
     stats: Arc<Stats>,
     queue_sizes: [u16; 1],
+    /// The guest decides how often the device stops (resets): its summary line is limited.
+    stop_log: crate::vmm::ratelimit::LogLimiter,
 }
 
 /// Why a disk could not be set up.
@@ -173,6 +175,7 @@ impl Blk {
             worker: None,
             stats: Arc::new(Stats::default()),
             queue_sizes: [QUEUE_SIZE],
+            stop_log: crate::vmm::ratelimit::LogLimiter::new(),
         })
     }
 
@@ -198,7 +201,13 @@ impl Blk {
             if h.join().is_err() {
                 log::error!("{}: the I/O thread panicked", self.name);
             }
-            log::info!("{}: {}", self.name, self.stats.summary());
+            crate::log_limited!(
+                self.stop_log,
+                log::Level::Info,
+                "{}: {}",
+                self.name,
+                self.stats.summary()
+            );
         }
     }
 }
