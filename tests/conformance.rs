@@ -186,24 +186,25 @@ fn net_behaves_as_under_qemu() {
     let guest = conformance::elf();
     let mut ns = TestNs::new("conf");
     ns.bridge("volt0", "10.42.0.1/24", 1500);
-    ns.ok("ip tuntap add mode tap name qtap0 && ip link set qtap0 master volt0 && ip link set qtap0 up");
+    // One TAP per VMM on the same bridge; volt-vmm opens its TAP like the one its owner
+    // unit would have made.
+    ns.ok("for t in vtap0 qtap0; do ip tuntap add mode tap vnet_hdr name $t && ip link set $t master volt0 && ip link set $t up; done");
     let root = tempfile::tempdir().expect("root");
-    let vms = root.path().join("etc/volt/vms");
-    std::fs::create_dir_all(&vms).expect("mkdir");
-    std::fs::write(
-        vms.join("conf.toml"),
-        format!(
-            "memory_mib = 64\nkernel = \"{}\"\ncmdline = \"console=ttyS0 conf.ip=10.42.0.10\"\n[[network]]\nmode = \"direct\"\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n",
-            guest.display()
-        ),
-    )
-    .expect("toml");
     let volt_log = root.path().join("volt.log");
-    let cfg = vms.join("conf.toml");
+    let kernel = guest.to_str().expect("utf8").to_string();
     ns.spawn(
         VMM,
-        &["--config", cfg.to_str().expect("utf8")],
-        &[("VOLT_ROOT", root.path().to_str().expect("utf8"))],
+        &[
+            "--kernel",
+            &kernel,
+            "--memory-mib",
+            "64",
+            "--cmdline",
+            "console=ttyS0 conf.ip=10.42.0.10",
+            "--net",
+            "tap=vtap0,mac=52:54:00:c0:ff:01,vhost=off,id=eth0",
+        ],
+        &[],
         std::fs::File::create(&volt_log).expect("log"),
     );
     let qemu_log = root.path().join("qemu.log");

@@ -91,6 +91,26 @@ pub enum VmCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Run a VM in the foreground: write its spec from the config and the link owners'
+    /// records, then exec volt-vmm (what volt-vm@.service runs).
+    Run {
+        /// The VM (file stem of /etc/volt/vms/NAME.toml).
+        #[arg(required_unless_present = "config")]
+        name: Option<String>,
+        /// A VM file outside /etc/volt/vms (development), checked against the root's networks.
+        #[arg(long, value_name = "FILE", conflicts_with = "name")]
+        config: Option<PathBuf>,
+        /// Bring the VM's links up here instead of expecting their owner units to have done it
+        /// (development and running without systemd).
+        #[arg(long)]
+        attach: bool,
+        /// The VMM binary (default $VOLT_VMM, else /usr/libexec/volt/volt-vmm).
+        #[arg(long, value_name = "PATH")]
+        vmm: Option<PathBuf>,
+        /// Extra volt-vmm options, after `--` (e.g. -- --shutdown-timeout 5s).
+        #[arg(last = true, value_name = "VMM-ARGS")]
+        vmm_args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +220,23 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
         Command::Vm {
             command: VmCommand::List { output },
         } => vm::list(&root, output),
+        Command::Vm {
+            command:
+                VmCommand::Run {
+                    name,
+                    config,
+                    attach,
+                    vmm,
+                    vmm_args,
+                },
+        } => vm::run(
+            &root,
+            name.as_deref(),
+            config.as_deref(),
+            attach,
+            vmm.as_deref(),
+            &vmm_args,
+        ),
         Command::Container { command } => match command {
             ContainerCommand::List { output } => container::list(&root, output),
             ContainerCommand::Show { name, output } => container::show(&root, &name, output),

@@ -5,10 +5,11 @@ use std::path::Path;
 use anyhow::{bail, Result};
 
 use super::{Outcome, Output};
+use crate::attach::Attach;
 use crate::config::{ConfigSet, NetworkLookup};
 use crate::net::ipam::Ipam;
-use crate::net::manager::{port_map_addr, Manager};
-use crate::net::nat::PortTarget;
+use crate::net::manager::Manager;
+use crate::plan::Paths;
 
 pub fn list(root: &Path, output: Output) -> Result<Outcome> {
     let set = ConfigSet::load(root);
@@ -53,7 +54,7 @@ pub fn show(root: &Path, name: &str, output: Output) -> Result<Outcome> {
     else {
         bail!("no network named {name:?} (see volt net list)")
     };
-    let leases = Ipam::new(super::ipam::ipam_dir(root)).list(&net.name)?;
+    let leases = Ipam::new(Paths::new(root).ipam_dir()).list(&net.name)?;
     match output {
         Output::Json => println!(
             "{}",
@@ -103,25 +104,8 @@ fn find_net<'a>(set: &'a ConfigSet, name: &str) -> Result<&'a crate::config::Net
 pub fn up(root: &Path, name: &str) -> Result<Outcome> {
     let set = ConfigSet::load(root);
     let net = find_net(&set, name)?;
-    let leases = Ipam::new(super::ipam::ipam_dir(root)).list(&net.name)?;
-    let mut targets = Vec::new();
-    for pm in &net.port_maps {
-        let Some(addr) = port_map_addr(net, &set.vms, &leases, &pm.target) else {
-            bail!(
-                "port map {} -> {}:{}: {} has no address on {} (no static ipv4, lease or reservation)",
-                pm.host_port,
-                pm.target,
-                pm.target_port,
-                pm.target,
-                net.name
-            );
-        };
-        targets.push(PortTarget {
-            map: pm.clone(),
-            addr,
-        });
-    }
-    let mgr = Manager::new(super::link::state_dir(root));
+    let targets = Attach::load(root).port_map_targets(net)?;
+    let mgr = Manager::new(Paths::new(root).runtime_dir());
     let r = mgr.net_up(net, &targets)?;
     println!(
         "{}: bridge {} {}{}",
@@ -150,7 +134,7 @@ pub fn up(root: &Path, name: &str) -> Result<Outcome> {
 pub fn down(root: &Path, name: &str) -> Result<Outcome> {
     let set = ConfigSet::load(root);
     let net = find_net(&set, name)?;
-    let mgr = Manager::new(super::link::state_dir(root));
+    let mgr = Manager::new(Paths::new(root).runtime_dir());
     mgr.net_down(net)?;
     println!("{}: down", net.name);
     Ok(Outcome::Ok)

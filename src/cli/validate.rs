@@ -57,8 +57,8 @@ pub fn exec(root: &Path, paths: &[PathBuf]) -> Result<Outcome> {
                     Err(errs) => errors.extend(errs),
                 }
             } else if in_networks {
-                if let Err(e) = config::parse_network_toml(path, &text) {
-                    errors.push(e);
+                if let Err(errs) = config::parse_network_toml(path, &text) {
+                    errors.extend(errs);
                 }
             } else {
                 match config::parse_vm_toml(path, &text, &set.networks) {

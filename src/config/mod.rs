@@ -8,9 +8,11 @@ mod derive;
 mod error;
 mod network;
 mod nic;
+mod reader;
 mod span;
 mod validate;
 mod vm;
+mod zone;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,10 +26,10 @@ pub use derive::{
 };
 pub use error::{ConfigError, Location};
 pub use network::{
-    parse_network_toml, parse_zone_yaml, Network, NetworkType, PortMap, Proto, Range,
-    DEFAULT_NETWORK, DEFAULT_ZONE,
+    parse_network_toml, Network, NetworkType, PortMap, Proto, Range, DEFAULT_NETWORK, DEFAULT_ZONE,
 };
 pub use vm::{parse_vm_toml, MacvtapMode, NetworkLookup, NicConfig, NicMode, VmConfig};
+pub use zone::parse_zone_yaml;
 
 /// Where Volt's files live, relative to the root.
 pub const VMS_DIR: &str = "etc/volt/vms";
@@ -45,7 +47,8 @@ pub fn root_from_env() -> PathBuf {
         .map_or_else(|| PathBuf::from("/"), PathBuf::from)
 }
 
-pub(crate) fn file_stem(path: &Path) -> String {
+/// The workload name a file gives: its stem.
+pub fn file_stem(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
@@ -126,10 +129,24 @@ fn list_dir(
         .collect()
 }
 
-fn read(shown: &Path, real: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(real).map_err(|source| ConfigError::Read {
+/// Read a config file as UTF-8 text; bytes that are not UTF-8 are an error at their line and
+/// column.
+pub(crate) fn read(shown: &Path, real: &Path) -> Result<String, ConfigError> {
+    let bytes = std::fs::read(real).map_err(|source| ConfigError::Read {
         path: shown.to_path_buf(),
         source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let good = e.utf8_error().valid_up_to();
+        let before = String::from_utf8_lossy(&bytes[..good]);
+        ConfigError::Syntax {
+            at: Location::at_offset(shown, &before, before.len()),
+            message: format!(
+                "byte 0x{:02x} is not UTF-8 (Volt's files are UTF-8 text)",
+                bytes[good]
+            ),
+        }
     })
 }
 
@@ -171,8 +188,11 @@ impl ConfigSet {
         let mut list: Vec<Network> = Vec::new();
         let mut candidates = Vec::new();
         for (shown, real) in list_dir(root, NETWORKS_DIR, &["toml"], errors) {
-            match read(&shown, &real).and_then(|t| parse_network_toml(&shown, &t)) {
-                Ok(n) => candidates.push(n),
+            match read(&shown, &real) {
+                Ok(t) => match parse_network_toml(&shown, &t) {
+                    Ok(n) => candidates.push(n),
+                    Err(errs) => errors.extend(errs),
+                },
                 Err(e) => errors.push(e),
             }
         }

@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod devices;
 pub mod disk;
 pub mod event;
+pub mod launch;
 pub mod memory;
 pub mod nics;
 pub mod ratelimit;
