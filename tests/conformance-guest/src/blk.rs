@@ -54,6 +54,12 @@ fn name(index: usize) -> [u8; 3] {
     [b'v', b'd', b'a' + (index % 26) as u8]
 }
 
+/// The time stamp counter (the host's, unscaled: volt-vmm and QEMU read the same clock).
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc reads a counter; CR4.TSD is clear, so it works at ring 3.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
 /// xorshift64.
 fn next(x: &mut u64) -> u64 {
     *x ^= *x << 13;
@@ -91,7 +97,9 @@ fn bench(blk: &mut VirtIOBlk<IdHal, MmioTransport<'static>>, dev: &str, modes: &
         let write = mode.ends_with(b"write");
         say!("blk {dev} bench {name} start");
         let mut errors = 0u64;
+        let mut lat: Vec<u64> = Vec::with_capacity(ops as usize);
         for i in 0..ops {
+            let t0 = rdtsc();
             let block = if big_req {
                 i % blocks
             } else {
@@ -105,6 +113,7 @@ fn bench(blk: &mut VirtIOBlk<IdHal, MmioTransport<'static>>, dev: &str, modes: &
                 blk.read_blocks(sector, buf)
             };
             errors += u64::from(r.is_err());
+            lat.push(rdtsc().wrapping_sub(t0));
             if write && !big_req && i % 32 == 31 {
                 errors += u64::from(blk.flush().is_err());
             }
@@ -112,9 +121,18 @@ fn bench(blk: &mut VirtIOBlk<IdHal, MmioTransport<'static>>, dev: &str, modes: &
         if write {
             errors += u64::from(blk.flush().is_err());
         }
+        lat.sort_unstable();
+        let at = |q: usize| {
+            lat.get(lat.len().saturating_sub(1) * q / 100)
+                .copied()
+                .unwrap_or(0)
+        };
         say!(
-            "blk {dev} bench {name} done ops={ops} bytes={} errors={errors}",
-            ops * bytes_per
+            "blk {dev} bench {name} done ops={ops} bytes={} errors={errors} tsc_min={} tsc_p50={} tsc_p90={}",
+            ops * bytes_per,
+            at(0),
+            at(50),
+            at(90)
         );
     }
 }
