@@ -297,3 +297,65 @@ fn root_disk_is_named_on_the_guest_command_line() {
     assert!(booted.contains(" root=/dev/vdb ro"), "{booted}");
     assert_eq!(out.matches("device-id=2").count(), 2, "{out}");
 }
+
+/// A loop device, detached on drop.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).output();
+    }
+}
+
+#[test]
+fn block_device_disk_reaches_its_backing_file() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tmp");
+    let backing = dir.path().join("loop.img");
+    conformance::make_image(&backing, 4096, |_| 0x11);
+    let o = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&backing)
+        .output();
+    let dev = match o {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(o) => {
+            common::report::skip(format!(
+                "losetup cannot attach a loop device here: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+            return;
+        }
+        Err(e) => {
+            common::report::skip(format!("losetup is missing: {e}"));
+            return;
+        }
+    };
+    let lo = Loop(dev);
+    for cache in ["writeback", "none"] {
+        let mut vm = Vm::start(
+            dir.path(),
+            cache,
+            &[format!("path={},cache={cache}", lo.0)],
+            "conf.blk.start=40 conf.blk.sectors=100 conf.blk.seed=5 conf.exit=0",
+        );
+        let (code, log) = vm.wait_exit();
+        assert_eq!(code, 0, "{log}");
+        assert!(log.contains("block device"), "{log}");
+        let lines = conformance::lines(&log);
+        assert!(
+            line(&lines, "blk vda capacity").starts_with("blk vda capacity=4096 readonly=0"),
+            "{lines:?}"
+        );
+        assert!(
+            line(&lines, "blk vda readback").contains("pattern=match"),
+            "{lines:?}"
+        );
+    }
+    drop(lo);
+    let data = std::fs::read(&backing).expect("read");
+    assert!(data[40 * 512..140 * 512] == pattern(5, 40, 100)[..]);
+    assert!(data[..40 * 512].iter().all(|&b| b == 0x11));
+}
