@@ -64,6 +64,8 @@ pub fn vm_spec(
         cmdline,
         serial_file: None,
         nics,
+        // [[disk]] entries are not in the config yet.
+        disks: Vec::new(),
     })
 }
 

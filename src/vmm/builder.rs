@@ -88,6 +88,8 @@ impl Vmm {
             None => None,
         };
         let cmdline = boot::build_cmdline(&spec.cmdline)?;
+        // Disks are opened and locked now, before the sandbox: a locked image fails the start.
+        let disks = super::virtio::blk::devices_for(&spec)?;
 
         let (events_tx, events_rx) = event_channel();
         let mut pio = Bus::new();
@@ -117,7 +119,7 @@ impl Vmm {
                 .map_err(|e| VmmError::Bus(what, e))?;
         }
 
-        Ok(Vmm {
+        let mut vmm = Vmm {
             spec,
             kvm,
             vm,
@@ -136,7 +138,11 @@ impl Vmm {
             sandbox: None,
             notifier: Notifier::from_env(),
             created,
-        })
+        };
+        for d in disks {
+            vmm.add_virtio_device(Box::new(d))?;
+        }
+        Ok(vmm)
     }
 
     /// How long a guest gets to power off after Ctrl-Alt-Del before a hard stop.
@@ -185,7 +191,10 @@ impl Vmm {
         for s in self.virtio.slots() {
             let described = crate::vmm::devices::lock(&s.transport).device_status();
             devices.push(match described {
-                Some(d) => format!("virtio-net {d}"),
+                Some(d) if s.device_type == super::virtio::net::VIRTIO_ID_NET => {
+                    format!("virtio-net {d}")
+                }
+                Some(d) => d,
                 None => format!(
                     "virtio-mmio type {} at {:#x} irq {}",
                     s.device_type, s.base, s.irq

@@ -53,13 +53,18 @@ pub struct VmmCli {
     /// or no filter.
     #[arg(long, value_enum, default_value_t)]
     pub seccomp: crate::vmm::sandbox::SeccompMode,
+    /// A virtio-blk disk (repeatable, guest order vda, vdb, ...):
+    /// path=FILE[,readonly][,root][,cache=none|writeback][,serial=S][,bps=N][,iops=N].
+    /// `root` adds root=/dev/vdX (ro/rw) to the command line.
+    #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
+    pub disks: Vec<crate::vmm::disk::DiskSpec>,
     /// A virtio-net device on an existing TAP (repeatable, guest order):
     /// `tap=NAME,mac=52:54:00:xx:xx:xx[,mtu=N][,queues=N][,vhost=on|off][,netns=PATH][,id=ethN]`.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     pub net: Vec<crate::vmm::spec::NicSpec>,
     /// The VM spec `volt vm run` writes (JSON; what volt-vm@.service runs). Errors exit 78
     /// (EX_CONFIG).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "net"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "net", "disks"])]
     pub spec: Option<PathBuf>,
 }
 
@@ -108,6 +113,10 @@ pub fn parse_net(s: &str) -> Result<crate::vmm::spec::NicSpec, String> {
         nic.id = nic.tap.clone();
     }
     Ok(nic)
+}
+
+fn parse_disk(s: &str) -> Result<crate::vmm::disk::DiskSpec, String> {
+    crate::vmm::disk::parse_disk_arg(s).map_err(|e| e.to_string())
 }
 
 /// `10`, `10s`, `500ms`, `1.5s`.

@@ -62,6 +62,7 @@ fn spec_from_flags(cli: &VmmCli) -> Option<VmSpec> {
         cmdline: cli.cmdline.clone(),
         serial_file: cli.serial_file.clone(),
         nics: cli.net.clone(),
+        disks: cli.disks.clone(),
     })
 }
 
@@ -125,6 +126,9 @@ pub fn main(cli: &VmmCli) -> u8 {
             }
         },
     };
+    // A root disk names itself on the command line (unless it has a root= already).
+    let mut spec = spec;
+    spec.cmdline = super::disk::with_root(&spec.cmdline, &spec.disks);
     let nics = match nics::setup(&spec.nics, &mut store) {
         Ok(n) => n,
         Err(e) => {
