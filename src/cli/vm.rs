@@ -20,6 +20,25 @@ pub fn ip_param(index: usize, addr: ipnet::Ipv4Net, gateway: Option<std::net::Ip
     )
 }
 
+/// The VMM's view of a configured disk.
+fn disk_spec(d: &crate::config::DiskConfig) -> crate::vmm::disk::DiskSpec {
+    use crate::vmm::disk::{CacheMode, DiskLimit, DiskSpec};
+    DiskSpec {
+        path: d.path.clone(),
+        readonly: d.readonly,
+        root: d.root,
+        cache: match d.cache {
+            crate::config::DiskCache::Writeback => CacheMode::Writeback,
+            crate::config::DiskCache::None => CacheMode::None,
+        },
+        serial: d.serial.clone(),
+        limit: DiskLimit {
+            bytes_per_sec: d.bytes_per_sec,
+            ops_per_sec: d.ops_per_sec,
+        },
+    }
+}
+
 /// The VMM's spec for VM `w`: its config, and per NIC what the link owner recorded (the MAC
 /// the guest may use, its address, the namespace its TAP lives in).
 pub fn vm_spec(
@@ -64,8 +83,7 @@ pub fn vm_spec(
         cmdline,
         serial_file: None,
         nics,
-        // [[disk]] entries are not in the config yet.
-        disks: Vec::new(),
+        disks: vm.disks.iter().map(disk_spec).collect(),
     })
 }
 

@@ -5,6 +5,7 @@
 
 mod container;
 mod derive;
+mod disk;
 mod error;
 mod network;
 mod nic;
@@ -24,6 +25,7 @@ pub use derive::{
     check_link_name, check_workload_name, nic_mac, short_id, tap_name, veth_names, vm_uuid,
     MacAddr, IFNAMSIZ_MAX, RESERVED_LINK_PREFIXES, VOLT_NAMESPACE,
 };
+pub use disk::{DiskCache, DiskConfig};
 pub use error::{ConfigError, Location};
 pub use network::{
     parse_network_toml, Network, NetworkType, PortMap, Proto, Range, DEFAULT_NETWORK, DEFAULT_ZONE,

@@ -92,7 +92,42 @@ pub(super) fn check_across(
                 ));
             }
         }
-        let errs = taken.claim(claims, format!("VM {} ({})", vm.name, vm.path.display()));
+        let owner = format!("VM {} ({})", vm.name, vm.path.display());
+        // An image is used read-write by one VM, or read-only by any number.
+        let disk_errs: Vec<ConfigError> = vm
+            .disks
+            .iter()
+            .filter_map(|d| {
+                let p = d.path.display();
+                let holder = if d.readonly {
+                    taken.0.get(&format!("disk-rw:{p}"))
+                } else {
+                    taken.0.get(&format!("disk:{p}"))
+                }?;
+                Some(ConfigError::Invalid {
+                    at: d.at.clone().unwrap_or_else(file_at),
+                    field: format!("disk[{}].path", d.index),
+                    message: format!(
+                        "{p} is already used by {holder}{}",
+                        if d.readonly { " (read-write)" } else { "" }
+                    ),
+                })
+            })
+            .collect();
+        let mut errs = taken.claim(claims, owner.clone());
+        if errs.is_empty() && disk_errs.is_empty() {
+            for d in &vm.disks {
+                let p = d.path.display();
+                taken
+                    .0
+                    .entry(format!("disk:{p}"))
+                    .or_insert_with(|| owner.clone());
+                if !d.readonly {
+                    taken.0.insert(format!("disk-rw:{p}"), owner.clone());
+                }
+            }
+        }
+        errs.extend(disk_errs);
         if errs.is_empty() {
             ok.push(vm);
         } else {
@@ -207,6 +242,26 @@ mod tests {
             ok.into_iter().map(|v| v.name).collect(),
             errs.iter().map(|e| e.to_string()).collect(),
         )
+    }
+
+    #[test]
+    fn an_image_is_read_write_for_one_vm_or_read_only_for_many() {
+        let k = "kernel = \"/k\"\n";
+        let rw = format!("{k}[[disk]]\npath = \"/d/a.img\"\n");
+        let ro = format!("{k}[[disk]]\npath = \"/d/a.img\"\nreadonly = true\n");
+        let (ok, errs) = load(&[("a", &ro), ("b", &ro), ("c", &rw)]);
+        assert_eq!(ok, ["a", "b"]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("/etc/volt/vms/c.toml:3:8: disk[0].path: /d/a.img is already used by VM a (/etc/volt/vms/a.toml)"),
+            "{errs:?}"
+        );
+        let (ok, errs) = load(&[("a", &rw), ("b", &ro)]);
+        assert_eq!(ok, ["a"]);
+        assert!(
+            errs[0].contains("is already used by VM a (/etc/volt/vms/a.toml) (read-write)"),
+            "{errs:?}"
+        );
     }
 
     #[test]

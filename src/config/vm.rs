@@ -9,6 +9,7 @@ use toml::Spanned;
 use uuid::Uuid;
 
 use super::derive::{self, check_link_name, check_workload_name, MacAddr};
+use super::disk::{self, DiskConfig, MAX_DISKS};
 use super::error::{ConfigError, Location};
 use super::network::{Network, NetworkType};
 use super::nic::{self, abs_path, NicSpans, Pool};
@@ -92,6 +93,7 @@ pub struct VmConfig {
     pub cmdline: String,
     pub autostart: bool,
     pub nics: Vec<NicConfig>,
+    pub disks: Vec<DiskConfig>,
     #[serde(skip)]
     pub(crate) spans: VmSpans,
 }
@@ -130,6 +132,11 @@ impl VmConfig {
                 message: format!("{} {problem}", path.display()),
             });
         }
+        errors.extend(
+            self.disks
+                .iter()
+                .filter_map(|d| d.check_image(root, &self.path)),
+        );
         errors
     }
 }
@@ -224,6 +231,7 @@ pub fn parse_vm_toml(
         .boolean(&src, e, "autostart")
         .is_some_and(Spanned::into_inner);
     let nic_tables = t.tables(&src, e, "network");
+    let disk_tables = t.tables(&src, e, "disk");
     let top = t.asked();
     t.finish(&src, e, &[]);
 
@@ -248,6 +256,24 @@ pub fn parse_vm_toml(
         nics.push(nic);
         spans.nics.push(nic_spans);
     }
+    if let Some(extra) = disk_tables.get(MAX_DISKS) {
+        e.push(src.invalid(
+            "disk",
+            extra.span(),
+            format!("a VM has at most {MAX_DISKS} disks"),
+        ));
+    }
+    let disks: Vec<DiskConfig> = disk_tables
+        .iter()
+        .take(MAX_DISKS)
+        .enumerate()
+        .map(|(i, dt)| {
+            let d = disk::parse_disk(&src, i, dt, e);
+            dt.finish(&src, e, &top);
+            d
+        })
+        .collect();
+    disk::check_disks(&src, &disks, e);
     // Within one file too, two NICs on one bridge with the same MAC would collide.
     for i in 0..nics.len() {
         if let Some(j) = (0..i).find(|j| nics[*j].mac == nics[i].mac) {
@@ -266,7 +292,7 @@ pub fn parse_vm_toml(
 
     let cmdline = cmdline_s.map(|c| {
         // Room for what Volt appends: one entry per virtio device and per addressed NIC.
-        let reserve = CMDLINE_PER_DEVICE * (2 * nics.len() + 4);
+        let reserve = CMDLINE_PER_DEVICE * (2 * nics.len() + disks.len() + 4);
         if c.get_ref().len() + reserve > MAX_CMDLINE {
             errors.push(src.invalid(
                 "cmdline",
@@ -294,6 +320,7 @@ pub fn parse_vm_toml(
         cmdline,
         autostart,
         nics,
+        disks,
         spans,
     })
 }
