@@ -88,6 +88,8 @@ impl Vmm {
             None => None,
         };
         let cmdline = boot::build_cmdline(&spec.cmdline)?;
+        // Disks are opened and locked now, before the sandbox: a locked image fails the start.
+        let disks = super::virtio::blk::devices_for(&spec)?;
 
         let (events_tx, events_rx) = event_channel();
         let mut pio = Bus::new();
@@ -119,7 +121,7 @@ impl Vmm {
                 .map_err(|e| VmmError::Bus(what, e))?;
         }
 
-        Ok(Vmm {
+        let mut vmm = Vmm {
             spec,
             kvm,
             vm,
@@ -138,7 +140,11 @@ impl Vmm {
             sandbox: None,
             notifier: Notifier::from_env(),
             created,
-        })
+        };
+        for d in disks {
+            vmm.add_virtio_device(Box::new(d))?;
+        }
+        Ok(vmm)
     }
 
     /// How long a guest gets to power off after Ctrl-Alt-Del before a hard stop.
@@ -192,7 +198,10 @@ impl Vmm {
         for s in self.virtio.slots() {
             let described = crate::vmm::devices::lock(&s.transport).device_status();
             devices.push(match described {
-                Some(d) => format!("virtio-net {d}"),
+                Some(d) if s.device_type == super::virtio::net::VIRTIO_ID_NET => {
+                    format!("virtio-net {d}")
+                }
+                Some(d) => d,
                 None => format!(
                     "virtio-mmio type {} at {:#x} irq {}",
                     s.device_type, s.base, s.irq
@@ -350,11 +359,13 @@ fn stop_signal_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        // What `machinectl poweroff` (and systemd's own convention) sends for "power off".
+        libc::sigaddset(&mut set, libc::SIGRTMIN() + 4);
         set
     }
 }
 
-/// Blocks SIGTERM and SIGINT in this thread (and so in every thread spawned after), so the
+/// Blocks SIGTERM, SIGINT and SIGRTMIN+4 in this thread (and so in every thread spawned after), so the
 /// signal thread can take them with `sigwait`. Returns the previous mask.
 fn block_stop_signals() -> Result<libc::sigset_t, VmmError> {
     let set = stop_signal_set();

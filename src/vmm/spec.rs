@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::disk::{CacheMode, DiskLimit, DiskSpec};
+
 /// Default time a guest gets to power off after Ctrl-Alt-Del before the VMM stops it hard.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -37,6 +39,9 @@ pub struct VmSpec {
     /// virtio-net devices, in guest order (eth0 first).
     #[serde(default)]
     pub nics: Vec<NicSpec>,
+    /// virtio-blk devices, in guest order (`vda` first).
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
 }
 
 /// One virtio-net device and the host TAP behind it. The TAP exists already (its owner unit
@@ -102,6 +107,12 @@ pub enum SpecError {
     /// The VM name is empty.
     #[error("the VM name must not be empty")]
     Name,
+    /// More than one disk is marked root.
+    #[error("at most one disk may be the root disk, got {0}")]
+    RootDisks(usize),
+    /// A disk serial is longer than GET_ID can return.
+    #[error("disk serial {0:?} is longer than 20 bytes")]
+    Serial(String),
 }
 
 impl VmSpec {
@@ -117,6 +128,7 @@ impl VmSpec {
             cmdline: String::new(),
             serial_file: None,
             nics: Vec::new(),
+            disks: Vec::new(),
         }
     }
 
@@ -139,6 +151,18 @@ impl VmSpec {
             if !initrd.is_file() {
                 return Err(SpecError::Initrd(initrd.clone()));
             }
+        }
+        let roots = self.disks.iter().filter(|d| d.root).count();
+        if roots > 1 {
+            return Err(SpecError::RootDisks(roots));
+        }
+        if let Some(s) = self
+            .disks
+            .iter()
+            .filter_map(|d| d.serial.as_ref())
+            .find(|s| s.len() > super::disk::MAX_SERIAL)
+        {
+            return Err(SpecError::Serial(s.clone()));
         }
         Ok(())
     }
