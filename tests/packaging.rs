@@ -356,7 +356,7 @@ fn examples_validate() {
         std::fs::copy(ex.join(from), r.join(to)).expect("copy example");
     }
     std::fs::create_dir_all(r.join("var/lib/volt/kernels")).expect("mkdir");
-    std::fs::write(r.join("var/lib/volt/kernels/vmlinux"), b"").expect("kernel");
+    std::fs::write(r.join("var/lib/volt/kernels/vmlinux"), b"a kernel").expect("kernel");
     std::fs::create_dir_all(r.join("var/lib/volt/containers/shop/usr")).expect("mkdir");
     run(Command::new(env!("CARGO_BIN_EXE_volt"))
         .arg("--root")

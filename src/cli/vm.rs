@@ -239,3 +239,17 @@ pub fn run(
         .exec();
     anyhow::bail!("cannot run {}: {err}", vmm.display())
 }
+
+#[cfg(test)]
+mod tests {
+    /// The VM file's limits and the VMM's are the same numbers.
+    #[test]
+    fn limits_agree_between_the_config_and_the_vmm() {
+        use crate::config::vm_limits as c;
+        use crate::vmm::spec as v;
+        assert_eq!(c::MAX_VCPUS, u32::from(v::MAX_VCPUS));
+        assert_eq!(c::MIN_MEMORY_MIB, v::MIN_MEMORY_MIB);
+        assert_eq!(c::MAX_MEMORY_MIB, v::MAX_MEMORY_MIB);
+        assert_eq!(c::DEFAULT_MEMORY_MIB, v::DEFAULT_MEMORY_MIB);
+    }
+}

@@ -24,10 +24,12 @@ pub struct VmmCli {
     )]
     pub cmdline: String,
     /// Guest RAM in MiB.
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(long, value_name = "N", default_value_t = crate::vmm::spec::DEFAULT_MEMORY_MIB,
+          value_parser = clap::value_parser!(u32).range(i64::from(crate::vmm::spec::MIN_MEMORY_MIB)..=i64::from(crate::vmm::spec::MAX_MEMORY_MIB)))]
     pub memory_mib: u32,
     /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(crate::vmm::spec::MAX_VCPUS)))]
     pub vcpus: u8,
     /// VM name (logs, STATUS=, journal field VOLT_VM).
     #[arg(long, value_name = "NAME", default_value = "vm")]

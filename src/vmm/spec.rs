@@ -83,11 +83,13 @@ fn yes() -> bool {
 }
 
 /// Smallest guest the VMM accepts, in MiB (boot structures live below 1 MiB, the kernel above).
-pub const MIN_MEMORY_MIB: u32 = 8;
+pub const MIN_MEMORY_MIB: u32 = 16;
 /// Largest guest the VMM accepts, in MiB (1 TiB).
 pub const MAX_MEMORY_MIB: u32 = 1 << 20;
 /// Most vCPUs the VMM accepts (APIC ids are 8 bits, 0xff is broadcast).
-pub const MAX_VCPUS: u8 = 254;
+pub const MAX_VCPUS: u8 = 64;
+/// Guest RAM when neither the VM file nor a flag says.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
 
 /// A spec field that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -116,13 +118,13 @@ pub enum SpecError {
 }
 
 impl VmSpec {
-    /// A spec with defaults for everything but the kernel: 1 vCPU, 128 MiB, name `vm`.
+    /// A spec with defaults for everything but the kernel: 1 vCPU, 256 MiB, name `vm`.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         VmSpec {
             name: "vm".to_string(),
             uuid: String::new(),
             vcpus: 1,
-            memory_mib: 128,
+            memory_mib: DEFAULT_MEMORY_MIB,
             kernel: kernel.into(),
             initrd: None,
             cmdline: String::new(),
