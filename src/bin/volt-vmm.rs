@@ -93,6 +93,9 @@ fn main() -> ExitCode {
                 cmdline: cli.cmdline.clone(),
                 serial_file: cli.serial_file.clone(),
                 nics: Vec::new(),
+                console_socket: cli.console_socket.clone(),
+                vsock: cli.vsock(),
+                notify_ready: cli.notify_ready,
             }
         }
     };
@@ -170,6 +173,10 @@ fn spec_from_config(
         cmdline,
         serial_file: None,
         nics: Vec::new(),
+        // Every VM run from its file gets its console socket (`volt console NAME`).
+        console_socket: Some(volt::vmm::spec::console_socket_path(&vm.name)),
+        vsock: None,
+        notify_ready: false,
     };
     Ok((spec, vm))
 }

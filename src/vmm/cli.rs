@@ -53,10 +53,34 @@ pub struct VmmCli {
     /// or no filter.
     #[arg(long, value_enum, default_value_t)]
     pub seccomp: crate::vmm::sandbox::SeccompMode,
+    /// Serve the serial console on this Unix socket (`volt console --socket PATH`).
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+    /// Add a virtio-vsock device with this guest CID (3 or more).
+    #[arg(long, value_name = "CID", requires = "vsock_socket")]
+    pub vsock_cid: Option<u32>,
+    /// Host socket of the vsock device: clients write `CONNECT <port>\n` to it; guest
+    /// connections to host port P go to `<PATH>_P`.
+    #[arg(long, value_name = "PATH", requires = "vsock_cid")]
+    pub vsock_socket: Option<PathBuf>,
+    /// Send READY=1 only when the guest does (sd_notify over vsock, like systemd-vmspawn
+    /// --notify-ready); needs --vsock-cid.
+    #[arg(long, requires = "vsock_cid")]
+    pub notify_ready: bool,
     /// VM config file (what volt-vm@.service runs): `/etc/volt/vms/<name>.toml`, checked
     /// with the other VM files under $VOLT_ROOT; errors exit 78 (EX_CONFIG).
     #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     pub config: Option<PathBuf>,
+}
+
+impl VmmCli {
+    /// The vsock device the flags ask for.
+    pub fn vsock(&self) -> Option<crate::vmm::spec::VsockSpec> {
+        Some(crate::vmm::spec::VsockSpec {
+            cid: self.vsock_cid?,
+            socket: self.vsock_socket.clone()?,
+        })
+    }
 }
 
 /// `10`, `10s`, `500ms`, `1.5s`.
