@@ -1,5 +1,6 @@
 //! The `volt` command line: the one module that sees every other.
 
+mod console;
 mod container;
 mod docs;
 mod generate;
@@ -54,6 +55,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ContainerCommand,
     },
+    /// Attach to a VM's serial console (Ctrl-] leaves).
+    Console(console::ConsoleArgs),
     /// Run the generator on a root and write into OUTDIR, for debugging.
     Generate {
         /// Output directory (used as normal, early and late directory).
@@ -206,6 +209,7 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
             ContainerCommand::Run { name } => container::run(&root, &name),
             ContainerCommand::NetUp { name, pid } => container::net_up(&root, &name, pid),
         },
+        Command::Console(args) => console::exec(args),
         Command::Generate { outdir } => generate::exec(&root, &outdir),
         Command::Net {
             command: NetCommand::List { output },

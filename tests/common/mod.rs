@@ -4,6 +4,7 @@
 pub mod guest;
 pub mod netns;
 pub mod nspawn;
+pub mod vmm;
 
 use std::path::{Path, PathBuf};
 
