@@ -8,6 +8,7 @@
 //! | `echo <text>` | `<text>` |
 //! | `hello` | `hello from volt-test-guest` |
 //! | `cmdline` | the kernel command line |
+//! | `count <n>` | `n` lines `line <i>` (i from 0; n capped at 100000) |
 //! | `poweroff` | `volt-test-guest: powering off`, then exit 0 (debug-exit port) |
 //! | anything else | `unknown command: <it>` |
 //!
@@ -91,6 +92,16 @@ impl Console {
             b"echo" => put(arg),
             b"hello" => put(b"hello from volt-test-guest"),
             b"cmdline" => put(self.cmdline),
+            b"count" => {
+                let n = crate::parse_num(arg, false).map_or(0, |(n, _)| n.min(100_000));
+                for i in 0..n {
+                    put(b"line ");
+                    crate::put_dec(i);
+                    if i + 1 < n {
+                        put(b"\r\n");
+                    }
+                }
+            }
             b"poweroff" => {
                 put(PREFIX);
                 put(b"powering off\r\n");
