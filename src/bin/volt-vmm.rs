@@ -173,8 +173,10 @@ fn spec_from_config(
         cmdline,
         serial_file: None,
         nics: Vec::new(),
-        // Every VM run from its file gets its console socket (`volt console NAME`).
-        console_socket: Some(volt::vmm::spec::console_socket_path(&vm.name)),
+        // The console socket for `volt console NAME`, in the runtime directory the unit
+        // creates (RuntimeDirectory=); run by hand without it, the VM has none.
+        console_socket: Some(volt::vmm::spec::console_socket_path(&vm.name))
+            .filter(|p| p.parent().is_some_and(|d| d.is_dir())),
         vsock: None,
         notify_ready: false,
     };
