@@ -11,7 +11,8 @@
 //! - `volt.vsock.flood=<port>:<bytes>`: the same stream, ignoring the host's credit (limited
 //!   only by free TX slots), reads nothing;
 //! - sd_notify: with `systemd.set_credential=vmm.notify_socket:vsock-stream:2:<port>` (and
-//!   no `volt.notify=off`) sends `READY=1` and a `STATUS=` line on one connection.
+//!   no `volt.notify=off`) sends `READY=1` and a `STATUS=` line on one connection, after
+//!   `volt.notify.delay=<ms>` if given (the guest spins meanwhile: no timer interrupt).
 //!
 //! The device is not trusted: used ids are range- and ownership-checked, lengths bounded by
 //! the buffer, a header's `len` by the used length.
@@ -218,6 +219,8 @@ pub struct Vsock {
     next_port: u32,
     acked: u32,
     dropped: u64,
+    /// sd_notify still to connect: (port, TSC deadline).
+    notify_at: Option<(u32, u64)>,
 }
 
 fn line(what: &[u8]) {
@@ -305,6 +308,7 @@ pub fn setup(cmdline: &[u8], alloc: &mut Alloc) -> Option<Vsock> {
         next_port: FIRST_PORT,
         acked: 0,
         dropped: 0,
+        notify_at: None,
     };
     for i in 0..ntx {
         v.tx_free[v.nfree] = ntx - 1 - i;
@@ -367,9 +371,12 @@ impl Vsock {
     fn start_services(&mut self, cmdline: &[u8]) {
         let mut notify_off = false;
         let mut notify = None;
+        let mut delay_ms = 0;
         for w in words(cmdline) {
             if w == b"volt.notify=off" {
                 notify_off = true;
+            } else if let Some(v) = w.strip_prefix(b"volt.notify.delay=") {
+                delay_ms = parse_num(v, false).map_or(0, |(n, _)| n.min(600_000));
             } else if let Some(v) = w.strip_prefix(b"systemd.set_credential=vmm.notify_socket:vsock-stream:2:") {
                 notify = parse_num(v, false).map(|(p, _)| p as u32);
             } else if let Some(v) = w.strip_prefix(b"volt.vsock.client=") {
@@ -383,7 +390,8 @@ impl Vsock {
             }
         }
         if let (Some(p), false) = (notify, notify_off) {
-            self.connect(Role::Notify, p, 0);
+            let at = crate::net::rdtsc() + delay_ms * 1000 * crate::net::tsc_per_us_cached();
+            self.notify_at = Some((p, at));
         }
     }
 
@@ -705,6 +713,12 @@ impl Vsock {
 
 impl crate::Poll for Vsock {
     fn poll(&mut self) -> usize {
+        if let Some((port, at)) = self.notify_at {
+            if crate::net::rdtsc() >= at {
+                self.notify_at = None;
+                self.connect(Role::Notify, port, 0);
+            }
+        }
         let mut work = self.receive();
         self.reclaim();
         work += self.progress();
@@ -714,8 +728,10 @@ impl crate::Poll for Vsock {
     }
 
     fn busy(&self) -> bool {
-        // Data to send and the means to send it: keep going without sleeping.
-        self.nfree > 0
+        // A notification waiting for its time, or data to send and the means to send it:
+        // keep going without sleeping.
+        self.notify_at.is_some()
+            || self.nfree > 0
             && self.conns.iter().any(|c| {
                 c.state == State::Open
                     && match c.role {
