@@ -217,7 +217,7 @@ fn volt_console_with_piped_input_for_scripts() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_vm, sock) = start(dir.path());
+    let (mut vm, sock) = start(dir.path());
     let mut child = Command::new(VOLT)
         .args(["console", "web", "--linger", "2s", "--socket"])
         .arg(&sock)
@@ -263,4 +263,10 @@ fn volt_console_with_piped_input_for_scripts() {
         String::from_utf8_lossy(&gone.stderr).contains("VM nope is not running"),
         "{gone:?}"
     );
+    // SIGTERM still reaches the VMM's signal thread (the console thread blocks it): the
+    // guest powers off cleanly.
+    vm.term();
+    vm.wait_line("volt-test-guest: ctrl-alt-del, powering off", BOUND);
+    let (status, err) = vm.wait(BOUND);
+    assert_eq!(status.code(), Some(0), "{err}");
 }

@@ -47,8 +47,6 @@ pub struct Vmm {
     notifier: Notifier,
     created: Instant,
     console: Option<ConsoleServer>,
-    /// Sockets the VMM serves, handed to the user it runs as before it drops privileges.
-    sockets: Vec<std::path::PathBuf>,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -142,12 +140,11 @@ impl Vmm {
                 .map_err(|e| VmmError::Bus(what, e))?;
         }
 
-        let mut sockets: Vec<std::path::PathBuf> =
-            console.iter().map(|c| c.path().to_path_buf()).collect();
+        // The console and vsock sockets stay root's (mode 0600) after the VMM switches to
+        // its user: a VMM taken over by its guest cannot connect to another VM's sockets.
         let vsock = match &spec.vsock {
             Some(v) => {
                 let notify = spec.notify_ready.then(|| events_tx.clone());
-                sockets.push(v.socket.clone());
                 Some(Vsock::new(v.cid, &v.socket, notify)?)
             }
             None => None,
@@ -173,7 +170,6 @@ impl Vmm {
             notifier: Notifier::from_env(),
             created,
             console,
-            sockets,
         };
         if let Some(v) = vsock {
             vmm.add_virtio_device(Box::new(v))?;
@@ -275,26 +271,16 @@ impl Vmm {
         log::debug!("kernel command line: {}", self.cmdline());
         let vcpus = self.create_vcpus(entry)?;
         if let Some(sandbox) = self.sandbox.take() {
-            if let Some(user) = &sandbox.run_as {
-                for path in &self.sockets {
-                    super::unixsock::give_to(path, user.uid, user.gid).map_err(|e| {
-                        VmmError::Device("socket", std::io::Error::new(e.kind(), format!(
-                            "giving {} to user {}: {e}",
-                            path.display(),
-                            user.name
-                        )))
-                    })?;
-                }
-            }
             log::info!("{}", sandbox.enter()?);
         }
+        // Every thread from here on inherits the blocked SIGTERM/SIGINT (only the signal
+        // thread takes them; another thread would let them kill the process).
+        let old_mask = block_stop_signals()?;
         if let Some(console) = self.console.take() {
             let path = console.path().display().to_string();
             console.spawn(self.serial.clone())?;
             log::info!("serial console on {path}");
         }
-
-        let old_mask = block_stop_signals()?;
         spawn_signal_thread(self.events_tx.clone())?;
         install_kick_handler()?;
         let ctx = VcpuContext {

@@ -38,7 +38,7 @@ pub struct VmSpec {
     #[serde(default)]
     pub nics: Vec<NicSpec>,
     /// Unix socket serving the serial console to `volt console` (created at start, mode 0600,
-    /// owned by the user the VMM runs as); `None`: output only.
+    /// owned by the user that started the VMM); `None`: output only.
     #[serde(default)]
     pub console_socket: Option<PathBuf>,
     /// A virtio-vsock device (hybrid: host side over Unix sockets); `None`: no vsock.

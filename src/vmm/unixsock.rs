@@ -1,5 +1,6 @@
 //! Unix sockets the VMM serves (console, vsock): bound during setup, while the VMM may still
-//! create files, and handed to the user it runs as before it drops privileges.
+//! create files. They stay owned by the user that bound them (root under systemd), mode
+//! 0600: the VMM's own user after the switch, shared by every VM, cannot connect to them.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
@@ -23,12 +24,6 @@ pub fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     // Connecting needs write permission on the socket: with 0600 only its owner (and root).
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
-}
-
-/// Gives the socket at `path` to `uid`:`gid` (the user the VMM switches to), without
-/// following a symlink.
-pub fn give_to(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
 }
 
 #[cfg(test)]
