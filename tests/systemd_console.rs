@@ -86,7 +86,14 @@ fn console_journal_and_restart_under_real_systemd() {
     // volt console in a terminal: a command answered, Ctrl-] leaves.
     let (master, slave) = openpty();
     let mut child = Command::new("nsenter")
-        .args(["-t", &c.pid1.to_string(), "-a", "/opt/volt/bin/volt", "console", "web"])
+        .args([
+            "-t",
+            &c.pid1.to_string(),
+            "-a",
+            "/opt/volt/bin/volt",
+            "console",
+            "web",
+        ])
         .stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::piped())
@@ -102,11 +109,19 @@ fn console_journal_and_restart_under_real_systemd() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "volt console did not leave on Ctrl-]");
+        assert!(
+            Instant::now() < deadline,
+            "volt console did not leave on Ctrl-]"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(status.success(), "{status:?}: {err}");
     assert!(err.contains("Left the console of web"), "{err}");
 
@@ -144,9 +159,7 @@ fn console_journal_and_restart_under_real_systemd() {
         "test $(journalctl -u volt-vm@web.service -o cat | grep -c 'volt-test-guest: ready') -ge 2",
         Duration::from_secs(30),
     );
-    let again = c.ok(
-        "printf 'echo after-restart\\r' | /opt/volt/bin/volt console web --linger 2s",
-    );
+    let again = c.ok("printf 'echo after-restart\\r' | /opt/volt/bin/volt console web --linger 2s");
     assert!(again.contains("after-restart\r\n"), "{again:?}");
     c.ok("systemctl stop volt-vm@web.service");
 }
@@ -201,8 +214,7 @@ fn vsock_and_guest_readiness_under_real_systemd() {
 
     // A host program over vsock: echo through the guest.
     // (Sending and reading at once: the echo comes back while the rest is still going out.)
-    let echo = c.ok(
-        "timeout 120 python3 - <<'EOF'\n\
+    let echo = c.ok("timeout 120 python3 - <<'EOF'\n\
 import socket, threading\n\
 s = socket.socket(socket.AF_UNIX)\n\
 s.settimeout(60)\n\
@@ -218,8 +230,7 @@ back = f.read(len(data))\n\
 t.join()\n\
 assert back == data, (len(back),)\n\
 print('vsock echo ok', len(back))\n\
-EOF",
-    );
+EOF");
     assert_eq!(echo.trim(), "vsock echo ok 1048576");
 
     // A guest that never says READY=1: the start fails at TimeoutStartSec=.

@@ -103,7 +103,11 @@ fn one_client_at_a_time_and_takeover() {
     let rest = read_until(&mut a, "taken over");
     assert!(rest.contains("[volt: console taken over by another client]"));
     let mut tail = Vec::new();
-    assert_eq!(a.read_to_end(&mut tail).unwrap_or(0), 0, "old client closed");
+    assert_eq!(
+        a.read_to_end(&mut tail).unwrap_or(0),
+        0,
+        "old client closed"
+    );
     d.write_all(b"hello\r").unwrap();
     read_until(&mut d, "hello from volt-test-guest");
     d.write_all(b"poweroff\r").unwrap();
@@ -128,7 +132,10 @@ fn a_client_that_does_not_read_stalls_nothing_and_loses_nothing() {
     for i in [0, 1, 1500, 2998] {
         assert!(all.contains(&format!("line {i}\r\n")), "line {i} missing");
     }
-    assert!(!all.contains("dropped"), "nothing dropped below the buffer size");
+    assert!(
+        !all.contains("dropped"),
+        "nothing dropped below the buffer size"
+    );
 }
 
 fn openpty() -> (OwnedFd, OwnedFd) {
@@ -197,11 +204,19 @@ fn volt_console_in_a_terminal_answers_and_leaves_on_ctrl_bracket() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "volt console did not leave on Ctrl-]");
+        assert!(
+            Instant::now() < deadline,
+            "volt console did not leave on Ctrl-]"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(status.success(), "{status:?} {err}");
     assert!(err.contains("Press Ctrl-] to leave"), "{err}");
     assert!(err.contains("Left the console of web"), "{err}");

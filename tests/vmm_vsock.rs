@@ -95,7 +95,10 @@ fn host_to_guest_echo_of_10_mib_every_byte_checked() {
             assert_eq!(b, pattern(i), "echoed byte {i} differs");
         }
         got += n;
-        assert!(t.elapsed() < BOUND, "echo too slow: {got} bytes in {BOUND:?}");
+        assert!(
+            t.elapsed() < BOUND,
+            "echo too slow: {got} bytes in {BOUND:?}"
+        );
     }
     writer.join().unwrap();
     eprintln!("10 MiB echoed in {:?}", t.elapsed());
@@ -108,10 +111,7 @@ fn guest_to_host_10_mib_both_directions_checked() {
     }
     let dir = tempfile::tempdir().unwrap();
     let listener = UnixListener::bind(dir.path().join("vsock.sock_5000")).unwrap();
-    let mut vm = start(
-        dir.path(),
-        &format!("volt.vsock.client=5000:{TEN_MIB}"),
-    );
+    let mut vm = start(dir.path(), &format!("volt.vsock.client=5000:{TEN_MIB}"));
     let (s, _) = listener.accept().expect("the guest connects");
     s.set_read_timeout(Some(BOUND)).unwrap();
     let mut w = s.try_clone().unwrap();

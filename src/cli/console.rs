@@ -217,7 +217,11 @@ pub fn session(mut stream: UnixStream, linger: Duration) -> Result<End> {
     loop {
         let mut fds = [
             libc::pollfd {
-                fd: if stdin_open && pending.is_empty() { 0 } else { -1 },
+                fd: if stdin_open && pending.is_empty() {
+                    0
+                } else {
+                    -1
+                },
                 events: libc::POLLIN,
                 revents: 0,
             },

@@ -9,12 +9,10 @@ use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 
 use super::boot::{self, LoadedKernel};
+use super::console::ConsoleServer;
 use super::devices::i8042::{I8042, I8042_DATA_PORT, I8042_KBD_IRQ};
 use super::devices::legacy::{DebugExit, Stub, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT, STUB_PORTS};
-use super::console::ConsoleServer;
-use super::devices::serial::{
-    ConsoleOut, LineSink, SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN,
-};
+use super::devices::serial::{ConsoleOut, LineSink, SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN};
 use super::devices::{lock, Bus, IrqLine};
 use super::event::{event_channel, EventSender, VmEvent};
 use super::memory::{self, GuestRam, KVM_TSS_ADDR};
@@ -298,7 +296,9 @@ impl Vmm {
             self.notifier.status(&format!(
                 "{status}; booting, waiting for the guest's READY=1"
             ));
-            log::info!("{status}; running, waiting for the guest's READY=1 (vsock port {NOTIFY_PORT})");
+            log::info!(
+                "{status}; running, waiting for the guest's READY=1 (vsock port {NOTIFY_PORT})"
+            );
         } else {
             self.notifier.ready(&format!("{status}; running"));
             log::info!("{status}; running");
@@ -414,7 +414,9 @@ impl GuestNotices {
         }
         let text = format!(
             "VM {vm}: guest: {}",
-            status.as_deref().unwrap_or(if ready { "ready" } else { "running" })
+            status
+                .as_deref()
+                .unwrap_or(if ready { "ready" } else { "running" })
         );
         if ready && !self.ready {
             self.ready = true;

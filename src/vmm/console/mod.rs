@@ -77,7 +77,9 @@ impl ConsoleServer {
                 path: path.to_path_buf(),
                 source,
             })?;
-        listener.set_nonblocking(true).map_err(ConsoleError::Setup)?;
+        listener
+            .set_nonblocking(true)
+            .map_err(ConsoleError::Setup)?;
         Ok(ConsoleServer {
             listener,
             path: path.to_path_buf(),
@@ -151,15 +153,10 @@ impl Server {
     fn run(&mut self) {
         let mut events = vec![EpollEvent::default(); 16];
         loop {
-            let timeout = self
-                .pending
-                .values()
-                .map(|p| p.1)
-                .min()
-                .map_or(-1, |t| {
-                    let ms = t.saturating_duration_since(Instant::now()).as_millis();
-                    i32::try_from(ms).unwrap_or(i32::MAX).saturating_add(1)
-                });
+            let timeout = self.pending.values().map(|p| p.1).min().map_or(-1, |t| {
+                let ms = t.saturating_duration_since(Instant::now()).as_millis();
+                i32::try_from(ms).unwrap_or(i32::MAX).saturating_add(1)
+            });
             let n = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => 0,

@@ -130,7 +130,11 @@ mod tests {
         q.push(&big);
         q.push(b"gh");
         assert_eq!(q.take(1, &mut out), 0, "the gap comes after 'ef'");
-        assert_eq!(q.take(100, &mut out), OUTPUT_BUFFER as u64, "dropped, counted");
+        assert_eq!(
+            q.take(100, &mut out),
+            OUTPUT_BUFFER as u64,
+            "dropped, counted"
+        );
         assert_eq!(out, b"abcdef");
         out.clear();
         assert_eq!(q.take(100, &mut out), 0);

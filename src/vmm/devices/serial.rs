@@ -288,11 +288,7 @@ impl SerialDevice {
         match self.uart.enqueue_raw_bytes(input) {
             Ok(n) => n,
             Err(e) => {
-                log_limited!(
-                    self.errors,
-                    log::Level::Warn,
-                    "serial input failed: {e:?}"
-                );
+                log_limited!(self.errors, log::Level::Warn, "serial input failed: {e:?}");
                 0
             }
         }

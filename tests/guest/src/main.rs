@@ -470,7 +470,10 @@ pub unsafe extern "C" fn volt_main(si: *const StartInfo) -> ! {
     let mut alloc = None;
     let mut net = net::setup(cmdline, &mut alloc, si);
     let mut vsock = if words(cmdline).any(|w| w.starts_with(b"virtio_mmio.device=")) {
-        vsock::setup(cmdline, alloc.get_or_insert_with(|| net::Alloc::new(si, cmdline)))
+        vsock::setup(
+            cmdline,
+            alloc.get_or_insert_with(|| net::Alloc::new(si, cmdline)),
+        )
     } else {
         None
     };

@@ -18,7 +18,9 @@ use core::arch::x86_64::{__cpuid, _rdtsc};
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{fence, Ordering};
 
-use crate::{inb, outb, parse_num, put, put_dec, words, MemmapEntry, StartInfo, PREFIX, VIRTIO_MAGIC};
+use crate::{
+    inb, outb, parse_num, put, put_dec, words, MemmapEntry, StartInfo, PREFIX, VIRTIO_MAGIC,
+};
 
 pub const MAX_NICS: usize = 4;
 const MAX_PAIRS: usize = 16;

@@ -99,7 +99,11 @@ impl Ring {
             ..Ring::default()
         };
         w32(base + R_QUEUE_NUM, size as u32);
-        for (reg, addr) in [(R_QUEUE_DESC, q.desc), (R_QUEUE_DRIVER, q.avail), (R_QUEUE_DEVICE, q.used)] {
+        for (reg, addr) in [
+            (R_QUEUE_DESC, q.desc),
+            (R_QUEUE_DRIVER, q.avail),
+            (R_QUEUE_DEVICE, q.used),
+        ] {
             w32(base + reg, addr as u32);
             w32(base + reg + 4, (addr >> 32) as u32);
         }
@@ -116,7 +120,10 @@ impl Ring {
     }
 
     fn push(&mut self, head: u16) {
-        w16(self.avail + 4 + 2 * (self.avail_idx & (self.size - 1)) as u64, head);
+        w16(
+            self.avail + 4 + 2 * (self.avail_idx & (self.size - 1)) as u64,
+            head,
+        );
         self.avail_idx = self.avail_idx.wrapping_add(1);
     }
 
@@ -196,7 +203,8 @@ struct Conn {
 
 impl Conn {
     fn credit(&self) -> u32 {
-        self.peer_alloc.saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd))
+        self.peer_alloc
+            .saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd))
     }
 }
 
@@ -235,7 +243,8 @@ pub fn setup(cmdline: &[u8], alloc: &mut Alloc) -> Option<Vsock> {
         let spec = w.strip_prefix(b"virtio_mmio.device=")?;
         let (size, base, irq) = crate::parse_virtio(spec)?;
         let ok = size >= 0x200 && base.checked_add(0x200).is_some_and(|e| e <= 1 << 32);
-        (ok && r32(base) == VIRTIO_MAGIC && r32(base + R_DEVICE_ID) == 19).then_some((spec, base, irq))
+        (ok && r32(base) == VIRTIO_MAGIC && r32(base + R_DEVICE_ID) == 19)
+            .then_some((spec, base, irq))
     })?;
     let fail = |why: &[u8]| {
         w32(base + R_STATUS, r32(base + R_STATUS) | 0x80);
@@ -315,7 +324,13 @@ pub fn setup(cmdline: &[u8], alloc: &mut Alloc) -> Option<Vsock> {
         v.nfree += 1;
     }
     for i in 0..nrx {
-        v.rx.set_desc(i, rx_buf + i as u64 * rx_stride, rx_stride as u32, DESC_WRITE, 0);
+        v.rx.set_desc(
+            i,
+            rx_buf + i as u64 * rx_stride,
+            rx_stride as u32,
+            DESC_WRITE,
+            0,
+        );
         v.rx.push(i);
         v.rx_owned |= 1 << i;
     }
@@ -352,7 +367,11 @@ fn route_irq(irq: u64) {
         outb(0x21, inb(0x21) & !(1 << irq));
         return;
     }
-    let (ioapic, pin) = if irq < 24 { (0xfec0_0000u64, irq) } else { (0xfec1_0000, irq - 24) };
+    let (ioapic, pin) = if irq < 24 {
+        (0xfec0_0000u64, irq)
+    } else {
+        (0xfec1_0000, irq - 24)
+    };
     let apic_id = r32(0xfee0_0020) >> 24;
     w32(ioapic, 0x11 + 2 * pin as u32);
     w32(ioapic + 0x10, apic_id << 24);
@@ -377,7 +396,9 @@ impl Vsock {
                 notify_off = true;
             } else if let Some(v) = w.strip_prefix(b"volt.notify.delay=") {
                 delay_ms = parse_num(v, false).map_or(0, |(n, _)| n.min(600_000));
-            } else if let Some(v) = w.strip_prefix(b"systemd.set_credential=vmm.notify_socket:vsock-stream:2:") {
+            } else if let Some(v) =
+                w.strip_prefix(b"systemd.set_credential=vmm.notify_socket:vsock-stream:2:")
+            {
                 notify = parse_num(v, false).map(|(p, _)| p as u32);
             } else if let Some(v) = w.strip_prefix(b"volt.vsock.client=") {
                 if let Some((p, n)) = port_len(v) {
@@ -467,14 +488,19 @@ impl Vsock {
     }
 
     fn slot_data(&self) -> Option<u64> {
-        (self.nfree > 0).then(|| self.tx_data + self.tx_free[self.nfree - 1] as u64 * MAX_PAYLOAD as u64)
+        (self.nfree > 0)
+            .then(|| self.tx_data + self.tx_free[self.nfree - 1] as u64 * MAX_PAYLOAD as u64)
     }
 
     fn receive(&mut self) -> usize {
         let mut n = 0;
         while let Some((id, len)) = self.rx.pop_used() {
             n += 1;
-            if id >= NRX as u32 || self.rx_owned & (1 << id) == 0 || (len as usize) < HDR || len as usize > HDR + MAX_PAYLOAD {
+            if id >= NRX as u32
+                || self.rx_owned & (1 << id) == 0
+                || (len as usize) < HDR
+                || len as usize > HDR + MAX_PAYLOAD
+            {
                 self.dropped += 1;
                 continue;
             }
@@ -496,7 +522,10 @@ impl Vsock {
             self.dropped += 1;
             return;
         }
-        let found = self.conns.iter().position(|c| c.role != Role::Free && c.lport == dport && c.pport == sport);
+        let found = self
+            .conns
+            .iter()
+            .position(|c| c.role != Role::Free && c.lport == dport && c.pport == sport);
         let i = match (found, op) {
             (Some(i), _) => i,
             (None, OP_REQUEST) if dport == self.echo_port => {
@@ -573,9 +602,17 @@ impl Vsock {
 
     fn rst_to(&mut self, sport: u32, dport: u32) {
         // A temporary connection record in a free slot (or the last one) to reuse send().
-        let i = self.conns.iter().position(|c| c.role == Role::Free).unwrap_or(MAX_CONNS - 1);
+        let i = self
+            .conns
+            .iter()
+            .position(|c| c.role == Role::Free)
+            .unwrap_or(MAX_CONNS - 1);
         let saved = self.conns[i];
-        self.conns[i] = Conn { lport: dport, pport: sport, ..Conn::default() };
+        self.conns[i] = Conn {
+            lport: dport,
+            pport: sport,
+            ..Conn::default()
+        };
         self.send(i, OP_RST, 0, None);
         self.conns[i] = saved;
     }
@@ -634,7 +671,11 @@ impl Vsock {
                 Role::Flood => ((c.total - c.sent) as usize, true),
                 _ => (0, false),
             };
-            let credit = if ignore_credit { usize::MAX } else { c.credit() as usize };
+            let credit = if ignore_credit {
+                usize::MAX
+            } else {
+                c.credit() as usize
+            };
             let n = avail.min(credit).min(MAX_PAYLOAD);
             if n > 0 {
                 let Some(a) = self.slot_data() else { break };
@@ -732,15 +773,15 @@ impl crate::Poll for Vsock {
         // keep going without sleeping.
         self.notify_at.is_some()
             || self.nfree > 0
-            && self.conns.iter().any(|c| {
-                c.state == State::Open
-                    && match c.role {
-                        Role::Echo => c.got > c.sent && c.credit() > 0,
-                        Role::Client => c.sent < c.total && c.credit() > 0,
-                        Role::Flood => c.sent < c.total,
-                        _ => false,
-                    }
-            })
+                && self.conns.iter().any(|c| {
+                    c.state == State::Open
+                        && match c.role {
+                            Role::Echo => c.got > c.sent && c.credit() > 0,
+                            Role::Client => c.sent < c.total && c.credit() > 0,
+                            Role::Flood => c.sent < c.total,
+                            _ => false,
+                        }
+                })
     }
 
     fn arm(&mut self, seen: u32) -> bool {

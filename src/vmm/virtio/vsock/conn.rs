@@ -139,7 +139,13 @@ impl<S: HostStream> Connection<S> {
     /// A host client asked for guest port `peer_port`: REQUEST pending; on the guest's
     /// RESPONSE the host gets `OK <local_port>\n`.
     pub fn host_initiated(stream: S, local_port: u32, peer_port: u32, now: Instant) -> Self {
-        let mut c = Self::new(stream, local_port, peer_port, State::Requesting, pend::REQUEST);
+        let mut c = Self::new(
+            stream,
+            local_port,
+            peer_port,
+            State::Requesting,
+            pend::REQUEST,
+        );
         c.deadline = Some(now + CONNECT_TIMEOUT);
         c
     }
@@ -214,7 +220,9 @@ impl<S: HostStream> Connection<S> {
                 }
                 self.maybe_finish();
             }
-            op::RW if self.state == State::Established && self.peer_shutdown & SHUTDOWN_SEND == 0 => {
+            op::RW
+                if self.state == State::Established && self.peer_shutdown & SHUTDOWN_SEND == 0 =>
+            {
                 return self.take_payload(payload);
             }
             op::CREDIT_UPDATE if self.state == State::Established => {
@@ -355,7 +363,7 @@ impl<S: HostStream> Connection<S> {
                 && self.host_readable
                 && !self.host_eof
                 && self.peer_shutdown & SHUTDOWN_RCV == 0
-                && self.peer_credit_left() > 0)
+                && (self.peer_credit_left() > 0 || !self.credit_requested))
             || (self.host_hup && self.host_eof && self.state == State::Established)
     }
 

@@ -120,30 +120,35 @@ impl VirtioDevice for Vsock {
         let (Some(rx), Some(tx), Some(ev)) = (q.next(), q.next(), q.next()) else {
             return Err(ActivateError::BadQueue(0));
         };
+        let epoll = Epoll::new().map_err(dev)?;
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(dev)?);
         let Some(listener) = self.listener.take() else {
             return Err(ActivateError::Device("the vsock socket is gone".into()));
         };
-        let epoll = Epoll::new().map_err(dev)?;
-        let muxer = match muxer::Muxer::new(
-            self.cid,
-            self.socket.clone(),
-            listener.try_clone().map_err(dev)?,
-            epoll,
-            self.notify.clone(),
-        ) {
+        // The muxer gets a duplicate, so the socket survives a failed start.
+        let muxer = listener.try_clone().and_then(|l| {
+            muxer::Muxer::new(self.cid, self.socket.clone(), l, epoll, self.notify.clone())
+        });
+        let muxer = match muxer {
             Ok(m) => m,
             Err(e) => {
                 self.listener = Some(listener);
                 return Err(dev(e));
             }
         };
-        drop(listener);
-        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(dev)?);
         let w = worker::Worker::new(rx, tx, ev, mem, interrupt, muxer, stop.clone());
-        let handle = std::thread::Builder::new()
+        let handle = match std::thread::Builder::new()
             .name("virtio-vsock".into())
             .spawn(move || w.run())
-            .map_err(dev)?;
+        {
+            Ok(h) => h,
+            Err(e) => {
+                self.listener = Some(listener);
+                return Err(dev(e));
+            }
+        };
+        // The worker holds its duplicate and hands it back when it stops.
+        drop(listener);
         self.worker = Some((handle, stop));
         Ok(())
     }

@@ -410,7 +410,11 @@ impl Muxer {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    log_limited!(self.log, log::Level::Warn, "virtio-vsock: accept failed: {e}");
+                    log_limited!(
+                        self.log,
+                        log::Level::Warn,
+                        "virtio-vsock: accept failed: {e}"
+                    );
                     return;
                 }
             };

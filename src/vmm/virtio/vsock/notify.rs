@@ -91,7 +91,9 @@ mod tests {
 
     #[test]
     fn parses_ready_and_the_first_status() {
-        let n = Notification::parse(b"STATUS=up\x07 now\nX_SYSTEMD_UNIT_ACTIVE=a\r\nREADY=1\nSTATUS=no\n");
+        let n = Notification::parse(
+            b"STATUS=up\x07 now\nX_SYSTEMD_UNIT_ACTIVE=a\r\nREADY=1\nSTATUS=no\n",
+        );
         assert!(n.ready);
         assert_eq!(n.status.as_deref(), Some("up  now"));
         assert_eq!(Notification::parse(b"READY=10\n"), Notification::default());

@@ -173,8 +173,7 @@ impl Worker {
                     let n = pkt.hdr.len as usize;
                     if !pkt.read_payload(&self.mem, &mut self.scratch) {
                         self.muxer.reply_rst(&pkt.hdr);
-                    } else if self.muxer.send_pkt(&pkt.hdr, &self.scratch[..n])
-                        == Verdict::Throttle
+                    } else if self.muxer.send_pkt(&pkt.hdr, &self.scratch[..n]) == Verdict::Throttle
                     {
                         // Leave it in the ring; it comes again once the host has read.
                         self.tx.go_to_previous_position();
@@ -253,4 +252,113 @@ enum Which {
 
 fn drain(e: &EventFd) {
     let _ = e.read();
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::epoll::Epoll;
+
+    use super::super::packet::{op, Header, TYPE_STREAM};
+    use super::*;
+    use crate::vmm::devices::IrqLine;
+    use crate::vmm::event::event_channel;
+    use crate::vmm::spec::NOTIFY_PORT;
+
+    const WRITE: u16 = 2;
+    const NEXT: u16 = 1;
+
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+    }
+
+    fn hdr(op: u16, len: u32) -> Header {
+        Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 700,
+            dst_port: NOTIFY_PORT,
+            len,
+            type_: TYPE_STREAM,
+            op,
+            buf_alloc: 4096,
+            ..Header::default()
+        }
+    }
+
+    /// A worker over mock queues: TX chains `tx` (descriptor lists), RX buffers `rx`.
+    fn run(mem: &GuestMemoryMmap, tx: &[RawDescriptor], rx: &[RawDescriptor]) -> Worker {
+        let rxq = MockSplitQueue::create(mem, GuestAddress(0), 16);
+        let txq = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 16);
+        let evq = MockSplitQueue::create(mem, GuestAddress(0x2_0000), 16);
+        txq.add_desc_chains(tx, 0).unwrap();
+        rxq.add_desc_chains(rx, 0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("v.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let (events, _rx) = event_channel();
+        let muxer = Muxer::new(3, sock, listener, Epoll::new().unwrap(), Some(events)).unwrap();
+        let dq = |q: &MockSplitQueue<GuestMemoryMmap>| DeviceQueue {
+            queue: q.create_queue().unwrap(),
+            notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        };
+        let irq = Arc::new(VirtioInterrupt::new(IrqLine::new(5).unwrap()));
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut w = Worker::new(dq(&rxq), dq(&txq), dq(&evq), mem.clone(), irq, muxer, stop);
+        w.process_tx();
+        w.process_rx();
+        w
+    }
+
+    fn rx_header(mem: &GuestMemoryMmap, at: u64) -> Header {
+        let mut b = [0u8; HDR_LEN];
+        mem.read_slice(&mut b, GuestAddress(at)).unwrap();
+        Header::from_bytes(&b)
+    }
+
+    #[test]
+    fn malformed_tx_packets_are_answered_with_rst_and_used() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        // 1: announces 100 payload bytes, carries 10. 2: announces more than 64 KiB.
+        mem.write_slice(&hdr(op::RW, 100).to_bytes(), GuestAddress(0x10_0000))
+            .unwrap();
+        mem.write_slice(&hdr(op::RW, 1 << 20).to_bytes(), GuestAddress(0x11_0000))
+            .unwrap();
+        let tx = [
+            desc(0x10_0000, HDR_LEN as u32, NEXT, 1),
+            desc(0x10_1000, 10, 0, 0),
+            desc(0x11_0000, HDR_LEN as u32, 0, 0),
+        ];
+        let rx = [
+            desc(0x20_0000, 4096, WRITE, 0),
+            desc(0x21_0000, 4096, WRITE, 0),
+            desc(0x22_0000, 20, WRITE, 0),
+        ];
+        let w = run(&mem, &tx, &rx);
+        assert_eq!(w.tx.next_used(), 2, "both TX chains returned");
+        for at in [0x20_0000, 0x21_0000] {
+            let h = rx_header(&mem, at);
+            assert_eq!((h.op, h.src_port, h.dst_port), (op::RST, NOTIFY_PORT, 700));
+        }
+        assert_eq!(w.rx.next_used(), 2, "the 20-byte buffer is left for later");
+    }
+
+    #[test]
+    fn an_rx_buffer_too_small_for_a_header_is_returned_empty() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        mem.write_slice(&hdr(op::REQUEST, 0).to_bytes(), GuestAddress(0x10_0000))
+            .unwrap();
+        let tx = [desc(0x10_0000, HDR_LEN as u32, 0, 0)];
+        let rx = [desc(0x20_0000, 20, WRITE, 0), desc(0x21_0000, 64, WRITE, 0)];
+        let w = run(&mem, &tx, &rx);
+        assert_eq!(w.rx.next_used(), 2);
+        let h = rx_header(&mem, 0x21_0000);
+        assert_eq!(
+            h.op,
+            op::RESPONSE,
+            "the REQUEST to the notify service is answered"
+        );
+    }
 }
