@@ -89,15 +89,20 @@ impl Worker {
         }
         let mut events = vec![EpollEvent::default(); 64];
         loop {
-            let mut notify = self.process_tx();
-            notify |= self.process_rx();
-            if notify {
+            let (tx_notify, tx_more) = self.process_tx();
+            let (rx_notify, rx_more) = self.process_rx();
+            if tx_notify || rx_notify {
                 self.signal();
             }
-            let timeout = self.muxer.next_deadline().map_or(-1, |t| {
-                let ms = t.saturating_duration_since(Instant::now()).as_millis();
-                i32::try_from(ms).unwrap_or(i32::MAX).saturating_add(1)
-            });
+            // A full batch may have left work in a ring: look again without sleeping.
+            let timeout = if tx_more || rx_more {
+                0
+            } else {
+                self.muxer.next_deadline().map_or(-1, |t| {
+                    let ms = t.saturating_duration_since(Instant::now()).as_millis();
+                    i32::try_from(ms).unwrap_or(i32::MAX).saturating_add(1)
+                })
+            };
             let n = match self.muxer.epoll().wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
@@ -147,10 +152,13 @@ impl Worker {
         q.needs_notification(&self.mem).unwrap_or(true)
     }
 
-    /// Guest → host. Returns whether the driver must be interrupted.
-    fn process_tx(&mut self) -> bool {
+    /// Guest → host. Returns whether the driver must be interrupted and whether the batch
+    /// ran out before the ring did.
+    fn process_tx(&mut self) -> (bool, bool) {
         let mut used = false;
-        for _ in 0..BATCH {
+        let mut n = 0;
+        while n < BATCH {
+            n += 1;
             if self.muxer.tx_blocked() {
                 break;
             }
@@ -170,10 +178,10 @@ impl Worker {
                     }
                 }
                 Ok(pkt) => {
-                    let n = pkt.hdr.len as usize;
+                    let len = pkt.hdr.len as usize;
                     if !pkt.read_payload(&self.mem, &mut self.scratch) {
                         self.muxer.reply_rst(&pkt.hdr);
-                    } else if self.muxer.send_pkt(&pkt.hdr, &self.scratch[..n]) == Verdict::Throttle
+                    } else if self.muxer.send_pkt(&pkt.hdr, &self.scratch[..len]) == Verdict::Throttle
                     {
                         // Leave it in the ring; it comes again once the host has read.
                         self.tx.go_to_previous_position();
@@ -184,13 +192,16 @@ impl Worker {
             self.add_used(Which::Tx, head, 0);
             used = true;
         }
-        used && self.needs_notification(Which::Tx)
+        (used && self.needs_notification(Which::Tx), n == BATCH)
     }
 
-    /// Host → guest. Returns whether the driver must be interrupted.
-    fn process_rx(&mut self) -> bool {
+    /// Host → guest. Returns whether the driver must be interrupted and whether the batch
+    /// ran out with packets still waiting.
+    fn process_rx(&mut self) -> (bool, bool) {
         let mut used = false;
-        for _ in 0..BATCH {
+        let mut n = 0;
+        while n < BATCH {
+            n += 1;
             if !self.muxer.has_rx() {
                 break;
             }
@@ -227,9 +238,9 @@ impl Worker {
                 self.rx.go_to_previous_position();
                 break;
             };
-            let n = hdr.len as usize;
+            let len = hdr.len as usize;
             let ok = segs.write_at(&self.mem, 0, &hdr.to_bytes())
-                && segs.write_at(&self.mem, HDR_LEN as u64, &self.scratch[..n]);
+                && segs.write_at(&self.mem, HDR_LEN as u64, &self.scratch[..len]);
             if !ok {
                 log_limited!(
                     self.log,
@@ -237,10 +248,10 @@ impl Worker {
                     "virtio-vsock: writing an RX packet into guest memory failed"
                 );
             }
-            self.add_used(Which::Rx, head, (HDR_LEN + n) as u32);
+            self.add_used(Which::Rx, head, (HDR_LEN + len) as u32);
             used = true;
         }
-        used && self.needs_notification(Which::Rx)
+        (used && self.needs_notification(Which::Rx), n == BATCH)
     }
 }
 
