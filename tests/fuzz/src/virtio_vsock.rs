@@ -107,11 +107,19 @@ fn header(c: &mut Cursor) -> Header {
     Header {
         src_cid: if sel & 1 == 0 { CID } else { c.u64() },
         dst_cid: if sel & 2 == 0 { 2 } else { c.u64() },
-        src_port: if sel & 4 == 0 { 1000 + u32::from(c.u8() % 4) } else { c.u32() },
+        src_port: if sel & 4 == 0 {
+            1000 + u32::from(c.u8() % 4)
+        } else {
+            c.u32()
+        },
         dst_port: if sel & 8 == 0 { pick(c) } else { c.u32() },
         len: 0,
         type_: if sel & 16 == 0 { 1 } else { c.u16() },
-        op: if sel & 32 == 0 { 1 + u16::from(c.u8() % 7) } else { c.u16() },
+        op: if sel & 32 == 0 {
+            1 + u16::from(c.u8() % 7)
+        } else {
+            c.u16()
+        },
         flags: u32::from(c.u8() % 4),
         buf_alloc: if sel & 64 == 0 { 1 << 16 } else { c.u32() },
         fwd_cnt: c.u32(),
@@ -121,7 +129,10 @@ fn header(c: &mut Cursor) -> Header {
 fn check(h: &Header, cap: usize) {
     assert_eq!((h.src_cid, h.dst_cid, h.type_), (2, CID, 1), "{h:?}");
     assert!((op::REQUEST..=op::CREDIT_REQUEST).contains(&h.op), "{h:?}");
-    assert!(h.len as usize <= cap && h.len <= MAX_PKT_LEN, "{h:?} cap {cap}");
+    assert!(
+        h.len as usize <= cap && h.len <= MAX_PKT_LEN,
+        "{h:?} cap {cap}"
+    );
     assert!(h.len == 0 || h.op == op::RW, "{h:?}");
 }
 
@@ -135,7 +146,9 @@ pub fn run(data: &[u8]) {
     .expect("guest memory");
     let Ok(dir) = tempfile_dir() else { return };
     let sock = dir.join("vsock.sock");
-    let Ok(listener) = UnixListener::bind(&sock) else { return };
+    let Ok(listener) = UnixListener::bind(&sock) else {
+        return;
+    };
     let listeners: Vec<UnixListener> = (1..=3)
         .filter_map(|p| UnixListener::bind(dir.join(format!("vsock.sock_{p}"))).ok())
         .collect();
@@ -163,7 +176,11 @@ pub fn run(data: &[u8]) {
                 let mut h = header(&mut c);
                 let plen = usize::from(c.u16() % 2048);
                 let payload = c.bytes(plen).to_vec();
-                h.len = if c.bool() { payload.len() as u32 } else { c.u32() };
+                h.len = if c.bool() {
+                    payload.len() as u32
+                } else {
+                    c.u32()
+                };
                 let at = 0x1000 + u64::from(c.u16());
                 let _ = mem.write_slice(&h.to_bytes(), GuestAddress(at));
                 let _ = mem.write_slice(&payload, GuestAddress(at + HDR_LEN as u64));
@@ -179,7 +196,9 @@ pub fn run(data: &[u8]) {
                     if mux.tx_blocked() {
                         break;
                     }
-                    let Some(chain) = txq.q.pop_descriptor_chain(&mem) else { break };
+                    let Some(chain) = txq.q.pop_descriptor_chain(&mem) else {
+                        break;
+                    };
                     let head = chain.head_index();
                     match TxPacket::parse(chain, &mem) {
                         Err((Some(h), _)) => mux.reply_rst(&h),
@@ -203,7 +222,9 @@ pub fn run(data: &[u8]) {
                     if !mux.has_rx() {
                         break;
                     }
-                    let Some(chain) = rxq.q.pop_descriptor_chain(&mem) else { break };
+                    let Some(chain) = rxq.q.pop_descriptor_chain(&mem) else {
+                        break;
+                    };
                     let head = chain.head_index();
                     match Segments::collect(chain, &mem, true) {
                         Ok(s) if s.len() >= HDR_LEN as u64 => {

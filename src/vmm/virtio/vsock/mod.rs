@@ -9,6 +9,7 @@
 //! worker thread starts when the driver sets DRIVER_OK and hands the socket back on reset.
 
 pub mod conn;
+pub mod host;
 pub mod muxer;
 pub mod notify;
 pub mod packet;

@@ -181,7 +181,8 @@ impl Worker {
                     let len = pkt.hdr.len as usize;
                     if !pkt.read_payload(&self.mem, &mut self.scratch) {
                         self.muxer.reply_rst(&pkt.hdr);
-                    } else if self.muxer.send_pkt(&pkt.hdr, &self.scratch[..len]) == Verdict::Throttle
+                    } else if self.muxer.send_pkt(&pkt.hdr, &self.scratch[..len])
+                        == Verdict::Throttle
                     {
                         // Leave it in the ring; it comes again once the host has read.
                         self.tx.go_to_previous_position();
