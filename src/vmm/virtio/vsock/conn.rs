@@ -364,7 +364,10 @@ impl<S: HostStream> Connection<S> {
                 && !self.host_eof
                 && self.peer_shutdown & SHUTDOWN_RCV == 0
                 && (self.peer_credit_left() > 0 || !self.credit_requested))
-            || (self.host_hup && self.host_eof && self.state == State::Established)
+            || (self.host_hup
+                && self.host_eof
+                && self.state == State::Established
+                && self.peer_shutdown & SHUTDOWN_RCV == 0)
     }
 
     /// The next packet for the guest; payload (at most `buf.len()` bytes) read into `buf`.

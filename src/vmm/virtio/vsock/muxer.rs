@@ -320,11 +320,18 @@ impl Muxer {
     }
 
     /// The next packet for the guest, its payload (≤ `buf.len()` bytes) read into `buf`.
+    /// `None` may leave packets waiting that need a larger buffer.
     pub fn recv_pkt(&mut self, buf: &mut [u8]) -> Option<Header> {
         if let Some(h) = self.rsts.pop_front() {
             return Some(h);
         }
-        while let Some(key) = self.rx_list.pop_front() {
+        // Each scheduled connection gets one turn: one that has nothing for a buffer this size
+        // (a header-only buffer and data waiting) is queued again for a later buffer, not
+        // asked again now.
+        for _ in 0..self.rx_list.len() {
+            let Some(key) = self.rx_list.pop_front() else {
+                break;
+            };
             self.rx_set.remove(&key);
             let Some(conn) = self.conns.get_mut(&key) else {
                 continue;

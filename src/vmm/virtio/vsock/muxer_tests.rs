@@ -207,3 +207,19 @@ fn notify_service_reports_ready_and_status() {
     plain.mux.send_pkt(&pkt(op::REQUEST, 700, NOTIFY_PORT), &[]);
     assert_eq!(next(&mut plain.mux).map(|x| x.0.op), Some(op::RST));
 }
+
+#[test]
+fn a_buffer_too_small_for_data_gets_nothing_and_does_not_spin() {
+    let mut r = rig(false);
+    let l = UnixListener::bind(port_path(&r.dir.path().join("vsock.sock"), 5000)).unwrap();
+    r.mux.send_pkt(&pkt(op::REQUEST, 1000, 5000), &[]);
+    assert_eq!(next(&mut r.mux).map(|p| p.0.op), Some(op::RESPONSE));
+    let (mut host, _) = l.accept().unwrap();
+    host.write_all(b"data").unwrap();
+    r.mux.handle_event(host_token(&r.mux, 5000), EventSet::IN);
+    // A header-only buffer: nothing fits, and the call returns.
+    assert!(r.mux.recv_pkt(&mut []).is_none());
+    assert!(r.mux.has_rx(), "still waiting for a real buffer");
+    let (data, payload) = next(&mut r.mux).unwrap();
+    assert_eq!((data.op, payload.as_slice()), (op::RW, &b"data"[..]));
+}
