@@ -15,7 +15,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let root = volt::config::root_from_env();
-    let report = volt::generator::run(&root, &out);
+    let targets = volt::generator::Targets::under_root(&root);
+    let report = volt::generator::run(&root, &out, &targets);
     if report.errors.is_empty() {
         ExitCode::SUCCESS
     } else {

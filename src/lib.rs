@@ -1,11 +1,16 @@
 //! Volt: KVM microVMs and systemd-nspawn containers as first-class systemd citizens on one
 //! shared network.
 
+pub mod attach;
 pub mod cli;
 pub mod config;
+pub mod fsutil;
 pub mod generator;
 pub mod logging;
 pub mod net;
+pub mod plan;
+pub mod sd;
+pub mod sys;
 pub mod vmm;
 
 /// An error and its causes on one line, `outer: inner: innermost`.

@@ -155,10 +155,16 @@ fn generator_sink() -> Sink {
 
 /// Log to stderr, prefixed with the program name.
 pub fn init_stderr(ident: &'static str, verbose: bool) {
+    // Under systemd (the units' commands) every info line goes to the journal; at a terminal
+    // the commands print their own results, so only warnings and errors are logged unless
+    // -v.
+    let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
     let level = level_from_env(if verbose {
         log::LevelFilter::Debug
-    } else {
+    } else if under_systemd {
         log::LevelFilter::Info
+    } else {
+        log::LevelFilter::Warn
     });
     install(Logger {
         ident,

@@ -20,8 +20,7 @@ fn is_root() -> bool {
 
 #[test]
 fn no_dev_kvm_is_a_clear_error_without_a_restart_loop() {
-    if let Some(why) = common::nspawn::skip_reason() {
-        eprintln!("SKIP: {why}");
+    if common::skip(common::nspawn::skip_reason(), false) {
         return;
     }
     let stage = common::nspawn::stage_volt();
@@ -47,7 +46,7 @@ fn no_dev_kvm_is_a_clear_error_without_a_restart_loop() {
 #[test]
 fn disk_full_while_writing_leases_keeps_the_old_file() {
     if !is_root() || Command::new("unshare").arg("--version").output().is_err() {
-        eprintln!("SKIP: needs root and unshare");
+        common::report::skip("needs root and unshare");
         return;
     }
     let root = tempfile::tempdir().expect("root");

@@ -76,6 +76,11 @@ fn config_toml_corpus() {
 }
 
 #[test]
+fn virtio_blk_corpus() {
+    replay("virtio_blk", fuzz::virtio_blk::run);
+}
+
+#[test]
 fn virtio_mmio_corpus() {
     replay("virtio_mmio", fuzz::virtio_mmio::run);
 }

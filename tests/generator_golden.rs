@@ -75,6 +75,19 @@ fn result_tree(run: &Run) -> Vec<(String, Entry)> {
     tree
 }
 
+/// `VOLT_UPDATE_GOLDEN` set: rewrite the expected trees (a developer's step, reviewed in the
+/// diff and committed). Refused when `CI` is set, where rewriting would make the comparison
+/// pass whatever the generator wrote.
+fn update_golden() -> bool {
+    let update = std::env::var_os("VOLT_UPDATE_GOLDEN").is_some_and(|v| !v.is_empty());
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    assert!(
+        !(update && ci),
+        "VOLT_UPDATE_GOLDEN is refused when CI is set: update the golden trees locally and commit them"
+    );
+    update
+}
+
 #[test]
 fn golden_trees() {
     let mut failures = Vec::new();
@@ -86,7 +99,7 @@ fn golden_trees() {
         let run = run_generator(&case);
         let got = result_tree(&run);
         let expected_dir = case.join("expected");
-        if std::env::var_os("VOLT_UPDATE_GOLDEN").is_some() {
+        if update_golden() {
             let _ = std::fs::remove_dir_all(&expected_dir);
             common::write_tree(&expected_dir, &got);
         }
@@ -178,7 +191,7 @@ fn systemd_analyze_verify_accepts_every_generated_unit() {
         .output()
         .is_err()
     {
-        eprintln!("SKIP: systemd-analyze is not installed");
+        common::report::skip("systemd-analyze is not installed");
         return;
     }
     let units = common::templates_with_built_binaries();

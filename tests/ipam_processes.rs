@@ -52,26 +52,45 @@ fn fifty_concurrent_allocators_get_fifty_distinct_addresses() {
 
 #[test]
 fn sigkill_at_random_points_loses_nothing() {
+    use std::os::unix::process::ExitStatusExt;
     let root = tempfile::tempdir().expect("tempdir");
     let mut finished = BTreeSet::new();
+    let (mut killed, mut random_killed, mut random_finished) = (0, 0, 0);
+    let allocate = |owner: String| {
+        volt(root.path())
+            .args(["ipam", "allocate", "--owner", &owner])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let address = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
     // Deterministic pseudo-random kill delays (0-3 ms) so a failure can be replayed.
     let mut seed: u64 = 0x5eed;
     for round in 0..8 {
-        let mut children = Vec::new();
-        for i in 0..8 {
-            let c = volt(root.path())
-                .args([
-                    "ipam",
-                    "allocate",
-                    "--owner",
-                    &format!("vm/r{round}w{i}/eth0"),
-                ])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn");
-            children.push(c);
-        }
+        // One allocator per round runs to the end: it must finish and report its lease.
+        let o = allocate(format!("vm/r{round}done/eth0"))
+            .wait_with_output()
+            .expect("wait");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        finished.insert(address(&o));
+        // One is killed at once, before it can have done anything.
+        let mut c = allocate(format!("vm/r{round}early/eth0"));
+        c.kill().expect("kill");
+        let o = c.wait_with_output().expect("wait");
+        assert_eq!(o.status.signal(), Some(libc::SIGKILL), "killed at once");
+        killed += 1;
+        // And eight at random points, while they race each other for the lock.
+        let children: Vec<_> = (0..8)
+            .map(|i| allocate(format!("vm/r{round}w{i}/eth0")))
+            .collect();
         for mut c in children {
             seed = seed
                 .wrapping_mul(6364136223846793005)
@@ -79,15 +98,16 @@ fn sigkill_at_random_points_loses_nothing() {
             std::thread::sleep(Duration::from_micros((seed >> 33) % 3000));
             let _ = c.kill();
             let o = c.wait_with_output().expect("wait");
-            if o.status.success() {
-                finished.insert(
-                    String::from_utf8_lossy(&o.stdout)
-                        .trim()
-                        .split('/')
-                        .next()
-                        .unwrap_or("")
-                        .to_string(),
-                );
+            match o.status.signal() {
+                Some(libc::SIGKILL) => {
+                    killed += 1;
+                    random_killed += 1;
+                }
+                _ => {
+                    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                    finished.insert(address(&o));
+                    random_finished += 1;
+                }
             }
         }
         // After every round: the file parses and has no duplicates.
@@ -105,10 +125,22 @@ fn sigkill_at_random_points_loses_nothing() {
         }
     }
     eprintln!(
-        "{} of 64 allocators finished before SIGKILL",
-        finished.len()
+        "of 64 allocators killed at random points, {random_finished} finished first and \
+         {random_killed} were killed"
     );
-    // No stray temp files become leases; the directory holds the lease file and its lock.
+    assert!(finished.len() >= 8 && killed >= 8, "{finished:?} {killed}");
+    // A last allocation runs to the end; after it the directory holds the lease file and
+    // its lock, and nothing a killed writer left behind.
+    let o = allocate("vm/last/eth0".into())
+        .wait_with_output()
+        .expect("wait");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ipam = root.path().join("var/lib/volt/ipam");
-    assert!(ipam.join("volt0.json").exists() || finished.is_empty());
+    let mut names: Vec<String> = std::fs::read_dir(&ipam)
+        .expect("ipam dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["volt0.json", "volt0.lock"], "in {}", ipam.display());
 }

@@ -18,6 +18,8 @@
 //! Every timeout here is a failure bound (a stuck VMM fails the test instead of hanging it),
 //! not a performance claim.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -70,10 +72,10 @@ fn build_guest() -> Result<Guest, String> {
     match out.status.code() {
         Some(0) => {}
         Some(77) => {
-            return Err(format!(
-                "{} cannot build the guest on this machine (see its message above)",
-                script.display()
-            ))
+            return Err(
+                "scripts/build-linux-guest cannot build the guest on this machine (exit 77, see its message)"
+                    .to_string(),
+            )
         }
         _ => panic!(
             "{} failed with {}; stdout {}",
@@ -100,17 +102,16 @@ fn build_guest() -> Result<Guest, String> {
     })
 }
 
-/// The built guest, or `None` with the reason printed.
+/// The built guest, or `None` with the skip recorded.
 fn guest() -> Option<&'static Guest> {
     static GUEST: OnceLock<Result<Guest, String>> = OnceLock::new();
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: /dev/kvm is missing");
+    if common::skip(None, true) {
         return None;
     }
     match GUEST.get_or_init(build_guest) {
         Ok(g) => Some(g),
         Err(why) => {
-            eprintln!("SKIP: {why}");
+            common::report::skip(why);
             None
         }
     }
@@ -288,25 +289,43 @@ impl Vm {
         }
     }
 
-    /// SIGTERM (the VMM asks the guest to power off, then stops it after its 1 s shutdown
-    /// timeout), then SIGKILL if it is still there after 5 s.
-    fn stop(&mut self) -> Option<ExitStatus> {
+    /// SIGTERM: the VMM asks the guest to power off (Ctrl-Alt-Del) and stops it after its
+    /// 1 s shutdown timeout. Panics unless it ends by itself within [`EXIT_BOUND`], with exit
+    /// status 0 and the stop in its log; a VMM that ignores SIGTERM is SIGKILLed and fails.
+    fn stop_cleanly(&mut self) {
         if let Ok(Some(s)) = self.child.try_wait() {
-            return Some(s);
+            self.drain(Duration::from_millis(500));
+            panic!(
+                "volt-vmm had already ended ({s}) when it was to be stopped\n{}",
+                self.transcript()
+            );
         }
+        let asked = Instant::now();
         // SAFETY: kill(2) on our own child, which has not been reaped yet.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
+        let status = loop {
             if let Ok(Some(s)) = self.child.try_wait() {
-                self.drain(Duration::from_millis(200));
-                return Some(s);
+                self.drain(Duration::from_millis(500));
+                break s;
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("linux-boot: volt-vmm ignored SIGTERM for 5 s; sending SIGKILL");
-        self.kill();
-        None
+            if asked.elapsed() > EXIT_BOUND {
+                self.kill();
+                panic!(
+                    "volt-vmm ignored SIGTERM for {EXIT_BOUND:?}; SIGKILLed\n{}",
+                    self.transcript()
+                );
+            }
+            if let Ok(item) = self.lines.recv_timeout(Duration::from_millis(20)) {
+                self.take(item);
+            }
+        };
+        common::report::figure("SIGTERM to exit", format!("{:?}", asked.elapsed()));
+        assert_eq!(status.code(), Some(0), "{}", self.transcript());
+        assert!(
+            self.log.iter().any(|l| l.contains("stop signal 15")),
+            "the VMM did not log the stop signal\n{}",
+            self.transcript()
+        );
     }
 }
 
@@ -335,13 +354,12 @@ fn check_early_boot(kernel: &Path, initrd: &Path, label: &str) {
         .expect("banner")
         .1;
     assert!(banner.contains("Linux version 6.1."), "{banner}");
-    let status = vm.stop();
+    vm.stop_cleanly();
     assert!(
         vm.log.iter().any(|l| l.contains("2 vCPU")),
         "VMM status line missing\n{}",
         vm.transcript()
     );
-    eprintln!("linux-boot: {label}: volt-vmm stopped: {status:?}");
 }
 
 #[test]
@@ -360,7 +378,7 @@ fn pvh_vmlinux_banner_and_early_boot_reach_the_serial_console() {
 fn guest_death_on_software_kvm_is_reported_and_exits_nonzero() {
     let Some(g) = guest() else { return };
     if no_hardware_kvm().is_none() {
-        eprintln!("SKIP: hardware KVM: Linux does not hit emulation failures here");
+        common::report::skip("hardware KVM: Linux does not hit emulation failures here");
         return;
     }
     // Without clearcpuid=, SLUB's first cmpxchg16b (or later int3, XSAVE...) is an
@@ -394,7 +412,7 @@ fn guest_death_on_software_kvm_is_reported_and_exits_nonzero() {
 fn full_boot_to_the_initramfs_marker_with_two_vcpus() {
     let Some(g) = guest() else { return };
     if let Some(why) = no_hardware_kvm() {
-        eprintln!("SKIP: full Linux boot to VOLT-LINUX-GUEST-UP: {why}");
+        common::report::skip(format!("full Linux boot to VOLT-LINUX-GUEST-UP: {why}"));
         return;
     }
     for (kernel, label) in [(&g.bzimage, "bzImage"), (&g.vmlinux, "vmlinux (PVH)")] {

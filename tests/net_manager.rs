@@ -8,16 +8,16 @@ use std::path::Path;
 use std::process::Command;
 
 use common::netns::{skip_reason, TestNs};
-use volt::config::{parse_network_toml, parse_vm_toml, MacvtapMode, Network, Networks, VmConfig};
-use volt::net::manager::{self, Manager, ManagerError};
+use volt::config::{
+    nic_mac, parse_network_toml, parse_vm_toml, short_id, veth_names, vm_uuid, ConfigSet, MacAddr,
+    MacvtapMode, Network, Networks,
+};
+use volt::net::manager::{self, LinkParams, Manager, ManagerError, Veth};
 use volt::net::netlink::{Netlink, NetnsTarget};
+use volt::plan::{names::isolated_netns, Attachment, Plan};
 
 fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
-        return true;
-    }
-    false
+    common::skip(skip_reason(), false)
 }
 
 fn lab(extra: &str) -> Network {
@@ -28,16 +28,58 @@ fn lab(extra: &str) -> Network {
     .expect("network")
 }
 
-fn vm(name: &str, net: &Network, nic: &str) -> VmConfig {
-    let nets = Networks {
+/// NIC 0 of a VM whose file has the `[[network]]` lines `nic`, as the plan describes it.
+struct Nic {
+    a: Attachment,
+    uuid: uuid::Uuid,
+    params: LinkParams,
+    /// The VM's isolated namespace name.
+    ns: String,
+}
+
+impl Nic {
+    fn resolve_mac(&self, mgr: &Manager, bridge: &str) -> Result<(MacAddr, bool), ManagerError> {
+        let uuid = self.uuid;
+        let next = move |n: u32| nic_mac(&uuid, "eth0", n);
+        mgr.resolve_mac(bridge, &self.params, self.a.mac_explicit, &next)
+    }
+}
+
+fn vm(name: &str, net: &Network, nic: &str) -> Nic {
+    let networks = Networks {
         list: vec![net.clone()],
     };
-    parse_vm_toml(
+    let vm = parse_vm_toml(
         Path::new(&format!("/etc/volt/vms/{name}.toml")),
         &format!("kernel = \"/k\"\n[[network]]\n{nic}\n"),
-        &nets,
+        &networks,
     )
-    .expect("vm")
+    .expect("vm");
+    let uuid = vm.uuid;
+    let set = ConfigSet {
+        networks,
+        vms: vec![vm],
+        ..ConfigSet::default()
+    };
+    let a = Plan::build(&set).workloads[0].attachments[0].clone();
+    Nic {
+        params: volt::attach::link_params(&a),
+        a,
+        uuid,
+        ns: isolated_netns(&short_id(&uuid)),
+    }
+}
+
+/// Container `name`'s veth pair and isolated namespace, as the plan derives them.
+fn veth(name: &str) -> (Veth, String) {
+    let (host_end, container_end) = veth_names(name);
+    (
+        Veth {
+            host_end,
+            container_end,
+        },
+        isolated_netns(&short_id(&vm_uuid(name))),
+    )
 }
 
 /// `ip -j -d link show <name>` in the calling thread's namespace (a child process inherits
@@ -105,8 +147,8 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
             &net,
             "id = \"eth0\"\nbridge = \"vbr0\"\nmtu = 9000\nmode = \"direct\"",
         );
-        let nic = &web.nics[0];
-        let tap = mgr.create_tap("vbr0", &web, nic).expect("tap");
+        let nic = &web.a;
+        let tap = mgr.create_tap("vbr0", &web.params).expect("tap");
         let l = nl.require(&nic.link).expect("tap link");
         assert_eq!(l.kind.as_deref(), Some("tun"));
         assert_eq!(l.mtu, 9000);
@@ -136,12 +178,15 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
             nl.link(&nic.link).expect("get").is_none(),
             "non-persistent TAP gone with its fd"
         );
-        let e = mgr.create_tap("nobr0", &web, nic).unwrap_err().to_string();
+        let e = mgr
+            .create_tap("nobr0", &web.params)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("bridge nobr0 does not exist"), "{e}");
 
         // veth: names from the container name, host end on the bridge with the altname.
-        let v = mgr.create_veth("vbr0", "shop").expect("veth");
-        assert_eq!(v, manager::veth_names("shop"));
+        let (v, v_ns) = veth("shop");
+        mgr.create_veth("vbr0", &v, "shop", None).expect("veth");
         assert!(v.host_end.len() <= 15 && v.container_end.len() <= 15);
         let h = nl.require(&v.host_end).expect("host end");
         assert_eq!(h.kind.as_deref(), Some("veth"));
@@ -151,8 +196,9 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
         assert_eq!(nl.master(&v.host_end).expect("m").as_deref(), Some("vbr0"));
         assert_eq!(ip_link("shop")["ifname"], v.host_end.as_str());
         // Creating it again replaces the stale pair.
-        let v2 = mgr.create_veth("vbr0", "shop").expect("veth again");
-        assert_eq!(v2, v);
+        mgr.create_veth("vbr0", &v, "shop", None)
+            .expect("veth again");
+        assert!(nl.link(&v.host_end).expect("get").is_some());
         // The container end moves into another namespace, renamed eth0.
         let ns = std::fs::File::open(&other_path).expect("open netns");
         mgr.move_link(
@@ -162,7 +208,7 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
         )
         .expect("move");
         assert!(nl.link(&v.container_end).expect("get").is_none());
-        let inside = volt::net::netns::run_in(&other_path, || {
+        let inside = volt::sys::netns::run_in(&other_path, || {
             Netlink::new()
                 .expect("nl")
                 .link("eth0")
@@ -176,7 +222,7 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
         assert_eq!(nl.master(&v.host_end).expect("m"), None);
 
         // Teardown collects every failure and still does the rest.
-        mgr.teardown_container("shop").expect("teardown");
+        mgr.teardown_links(&[&v.host_end], &v_ns).expect("teardown");
         assert!(nl.link(&v.host_end).expect("get").is_none());
         let web2 = vm(
             "web2",
@@ -186,8 +232,7 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
         let t = mgr
             .create_tap_with(
                 "vbr0",
-                &web2,
-                &web2.nics[0],
+                &web2.params,
                 &manager::TapOptions {
                     persist: true,
                     owner: Some((65534, Some(65534))),
@@ -195,12 +240,10 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
             )
             .expect("persistent tap");
         drop(t);
-        assert!(
-            nl.link(&web2.nics[0].link).expect("get").is_some(),
-            "persistent"
-        );
-        mgr.teardown_vm(&web2).expect("teardown vm");
-        assert!(nl.link(&web2.nics[0].link).expect("get").is_none());
+        assert!(nl.link(&web2.a.link).expect("get").is_some(), "persistent");
+        mgr.teardown_links(&[&web2.a.link], &web2.ns)
+            .expect("teardown vm");
+        assert!(nl.link(&web2.a.link).expect("get").is_none());
 
         mgr.net_down(&net).expect("net down");
         assert!(
@@ -229,14 +272,15 @@ fn fdb_and_mac_conflicts() {
             &net,
             "id = \"eth0\"\nbridge = \"vbr0\"\nmode = \"direct\"",
         );
-        let nic = &web.nics[0];
+        let nic = &web.a;
         // Nothing else has the MAC: it stays.
         assert_eq!(
-            mgr.resolve_mac("vbr0", &web, nic).expect("resolve"),
+            web.resolve_mac(&mgr, "vbr0").expect("resolve"),
             (nic.mac, false)
         );
         // A stranger port with the VM's MAC on the bridge: a veth whose address is it.
-        let v = mgr.create_veth("vbr0", "intruder").expect("veth");
+        let v = veth("intruder").0;
+        mgr.create_veth("vbr0", &v, "intruder", None).expect("veth");
         nl.set_mac(&v.host_end, nic.mac).expect("set mac");
         let fdb = nl.fdb("vbr0").expect("fdb");
         assert!(
@@ -249,7 +293,7 @@ fn fdb_and_mac_conflicts() {
                 .as_deref(),
             Some(v.host_end.as_str())
         );
-        let (mac, changed) = mgr.resolve_mac("vbr0", &web, nic).expect("resolve");
+        let (mac, changed) = web.resolve_mac(&mgr, "vbr0").expect("resolve");
         assert!(changed);
         assert_eq!(mac, volt::config::nic_mac(&web.uuid, "eth0", 1));
         // An explicit MAC is never rewritten.
@@ -261,9 +305,7 @@ fn fdb_and_mac_conflicts() {
                 nic.mac
             ),
         );
-        let e = mgr
-            .resolve_mac("vbr0", &pinned, &pinned.nics[0])
-            .unwrap_err();
+        let e = pinned.resolve_mac(&mgr, "vbr0").unwrap_err();
         assert!(matches!(e, ManagerError::MacConflict { .. }), "{e}");
         assert!(e.to_string().contains(&v.host_end), "{e}");
     });
@@ -313,8 +355,8 @@ fn macvtap_modes_on_a_parent() {
                 &net,
                 &format!("id = \"eth0\"\nmode = \"macvtap\"\nparent = \"{parent}\"\nmacvtap_mode = \"{mode_s}\""),
             );
-            let nic = &web.nics[0];
-            let m = mgr.create_macvtap(&parent, &web, nic, None).expect("macvtap");
+            let nic = &web.a;
+            let m = mgr.create_macvtap(&parent, &web.params, mode, None).expect("macvtap");
             assert_eq!(m.name, nic.link);
             let j = ip_link(&nic.link);
             assert_eq!(j["linkinfo"]["info_kind"], "macvtap", "{j}");
@@ -335,7 +377,7 @@ fn macvtap_modes_on_a_parent() {
         }
         // A missing parent is named.
         let web = vm("web", &net, "id = \"eth0\"\nmode = \"macvtap\"\nparent = \"nope0\"");
-        let e = mgr.create_macvtap("nope0", &web, &web.nics[0], None).unwrap_err().to_string();
+        let e = mgr.create_macvtap("nope0", &web.params, MacvtapMode::Bridge, None).unwrap_err().to_string();
         assert_eq!(e, "macvtap parent nope0 does not exist");
     });
 }
@@ -355,19 +397,19 @@ fn isolated_tap_lives_alone_in_its_namespace_and_its_fd_still_works() {
             n
         };
         let web = vm("isoweb", &net, "id = \"eth0\"\nbridge = \"vbr9\"");
-        let nic = &web.nics[0];
+        let nic = &web.a;
         let mgr = Manager::new(&sd);
         let nl = Netlink::new().expect("netlink");
         let tap = mgr
-            .create_isolated_tap(&web, nic, &manager::TapOptions::default())
+            .create_isolated_tap(&web.params, &web.ns, &manager::TapOptions::default())
             .expect("isolated tap");
         assert!(
             nl.link(&nic.link).expect("get").is_none(),
             "not in the host namespace"
         );
-        let ns = manager::isolated_netns(&volt::config::short_id(&web.uuid));
+        let ns = web.ns.clone();
         let link = nic.link.clone();
-        let inside = volt::net::netns::run_in(&volt::net::netns::path_of(&ns), move || {
+        let inside = volt::sys::netns::run_in(&volt::sys::netns::path_of(&ns), move || {
             let nl = Netlink::new().expect("nl");
             let names: Vec<String> = nl
                 .links()
@@ -384,15 +426,104 @@ fn isolated_tap_lives_alone_in_its_namespace_and_its_fd_still_works() {
             "alone in {ns}"
         );
         assert!(inside.1, "up");
-        // The VMM's fd keeps working after the move: a frame written goes out.
+        // The VMM's fd keeps working after the move: a frame written to it arrives on the
+        // TAP inside the namespace, as a packet socket there sees it.
+        let link = nic.link.clone();
+        let sniffer = volt::sys::netns::run_in(&volt::sys::netns::path_of(&ns), move || {
+            packet_socket(&link)
+        })
+        .expect("run in");
+        // As the VMM does on activation: 12-byte virtio-net headers.
+        tap.set_vnet_hdr_len(volt::sys::tap::VNET_HDR_LEN)
+            .expect("vnet header length");
         use std::io::Write;
         let mut frame = vec![0u8; 12 + 60];
         frame[12..18].copy_from_slice(&[0xff; 6]);
+        frame[18..24].copy_from_slice(&[0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc]);
+        frame[24..26].copy_from_slice(&0x88b5u16.to_be_bytes());
+        frame[26..26 + MARK.len()].copy_from_slice(MARK);
         (&tap.queues[0])
             .write_all(&frame)
             .expect("write a frame to the moved TAP");
+        let seen = receive_marked(&sniffer);
+        assert_eq!(seen, frame[12..], "the frame as it arrived on the TAP");
         drop(tap);
-        mgr.teardown_vm(&web).expect("teardown");
-        assert!(!volt::net::netns::exists(&ns), "namespace removed");
+        mgr.teardown_links(&[&web.a.link], &web.ns)
+            .expect("teardown");
+        assert!(!volt::sys::netns::exists(&ns), "namespace removed");
     });
+}
+
+/// Payload marking the test's frame among whatever else crosses the link.
+const MARK: &[u8] = b"volt-moved-tap";
+
+/// An AF_PACKET socket bound to `link` (in the calling thread's namespace) seeing every
+/// frame, with a 2 s receive timeout.
+fn packet_socket(link: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let index = volt::net::link::index(link).expect("ifindex");
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket syscalls; the fd is owned right away; addr and tv are valid for
+    // the lengths passed.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        );
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = index as i32;
+        assert_eq!(
+            libc::bind(
+                fd,
+                std::ptr::addr_of!(addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32
+            ),
+            0,
+            "bind: {}",
+            std::io::Error::last_os_error()
+        );
+        let tv = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        };
+        assert_eq!(
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::addr_of!(tv).cast(),
+                std::mem::size_of::<libc::timeval>() as u32
+            ),
+            0
+        );
+        owned
+    }
+}
+
+/// The first frame on `sock` that carries [`MARK`]; panics after the receive timeout.
+fn receive_marked(sock: &std::os::fd::OwnedFd) -> Vec<u8> {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert!(
+            n >= 0,
+            "no frame arrived on the TAP: {}",
+            std::io::Error::last_os_error()
+        );
+        let frame = &buf[..n as usize];
+        if frame.windows(MARK.len()).any(|w| w == MARK) {
+            return frame.to_vec();
+        }
+    }
 }

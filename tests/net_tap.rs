@@ -1,14 +1,24 @@
 //! Real TAPs in a private network namespace (a thread that unshared CLONE_NEWNET), so
 //! nothing touches the host's links. Skips unless root with /dev/net/tun.
 
-use std::os::fd::OwnedFd;
+mod common;
 
-use volt::net::tap::{self, Tap, TapError};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+use volt::sys::tap::{self, Tap, TapError};
+use volt::vmm::devices::IrqLine;
+use volt::vmm::virtio::net::vhost::{VhostError, VhostNet};
+use volt::vmm::virtio::net::NetParams;
+use volt::vmm::virtio::{DeviceQueue, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/net/tun").exists() {
-        eprintln!("SKIP: needs root and /dev/net/tun");
+        common::report::skip("needs root and /dev/net/tun");
         return None;
     }
     let h = std::thread::spawn(move || {
@@ -90,5 +100,56 @@ fn delete_link_over_netlink() {
         assert!(volt::net::link::delete("tap-del").expect("delete"));
         assert_eq!(volt::net::link::index("tap-del"), None);
         assert!(!volt::net::link::delete("tap-del").expect("delete again is a no-op"));
+    });
+}
+
+/// A ready queue of 256 entries with its rings at `base` (descriptors), `base + 0x1000`
+/// (available) and `base + 0x2000` (used).
+fn ready_queue(base: u64) -> DeviceQueue {
+    let mut q = Queue::new(256).expect("queue");
+    q.set_size(256);
+    q.set_desc_table_address(Some(base as u32), Some((base >> 32) as u32));
+    q.set_avail_ring_address(Some((base + 0x1000) as u32), Some(0));
+    q.set_used_ring_address(Some((base + 0x2000) as u32), Some(0));
+    q.set_ready(true);
+    DeviceQueue {
+        queue: q,
+        notify: EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+    }
+}
+
+/// Volt's `VhostNet::start` on a real TAP with a ready queue pair, checked against what this
+/// host offers: where `/dev/vhost-net` opens, the kernel data path is set up; where it does
+/// not (a kernel without CONFIG_VHOST_NET), start fails with `VhostError::Open`, the error
+/// the device falls back to the userspace path on.
+#[test]
+fn vhost_net_start_sets_up_the_kernel_path_or_fails_to_open_it() {
+    in_private_netns(|| {
+        let vhost_opens = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/vhost-net")
+            .is_ok();
+        let t = Tap::create("tap-vh", 1).expect("create");
+        t.set_vnet_hdr_len(tap::VNET_HDR_LEN).expect("vnet hdr");
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)])
+            .expect("guest memory");
+        let queues = vec![ready_queue(0x1_0000), ready_queue(0x2_0000)];
+        let params = NetParams {
+            id: "eth0".into(),
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            mtu: 1500,
+            queue_pairs: 1,
+            vhost: true,
+        };
+        let interrupt = Arc::new(VirtioInterrupt::new(IrqLine::new(5).expect("irq line")));
+        let started = VhostNet::start(&params, &t, &mem, &queues, VIRTIO_F_VERSION_1, interrupt);
+        match (vhost_opens, started) {
+            (true, Ok(v)) => drop(v),
+            (false, Err(VhostError::Open(_))) => {}
+            (true, Err(e)) => panic!("/dev/vhost-net opens here, yet start failed: {e:?}"),
+            (false, Ok(_)) => panic!("start succeeded without a usable /dev/vhost-net"),
+            (false, Err(e)) => panic!("without /dev/vhost-net start must fail to open it: {e:?}"),
+        }
     });
 }

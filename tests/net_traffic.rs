@@ -11,14 +11,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::netns::{skip_reason, TestNs};
-use volt::config::{parse_network_toml, Network};
-use volt::net::manager::{self, Manager, Veth};
-use volt::net::nat::PortTarget;
+use volt::config::{parse_network_toml, short_id, veth_names, vm_uuid, Network};
+use volt::net::manager::{Manager, Veth};
 use volt::net::netlink::{Netlink, NetnsTarget};
+use volt::plan::names::isolated_netns;
 
 fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
+    if common::skip(skip_reason(), false) {
         return true;
     }
     if std::process::Command::new("ping")
@@ -26,10 +25,22 @@ fn skip() -> bool {
         .output()
         .is_err()
     {
-        eprintln!("SKIP: ping is missing (scripts/setup installs iputils-ping)");
+        common::report::skip("ping is missing (scripts/setup installs iputils-ping)");
         return true;
     }
     false
+}
+
+/// Container `name`'s veth pair names and isolated namespace, as the plan derives them.
+fn veth(name: &str) -> (Veth, String) {
+    let (host_end, container_end) = veth_names(name);
+    (
+        Veth {
+            host_end,
+            container_end,
+        },
+        isolated_netns(&short_id(&vm_uuid(name))),
+    )
 }
 
 fn network(text: &str) -> Network {
@@ -58,6 +69,19 @@ fn plug(host: &TestNs, veth: &Veth, ws: &TestNs, addr: &str, gw: Option<&str>) {
     if let Some(gw) = gw {
         ws.ok(&format!("ip route add default via {gw}"));
     }
+}
+
+/// The packet counter of the one rule in `chain` (an `nft list chain` listing) that contains
+/// `rule`; panics when no rule or several match, or the rule has no counter.
+fn packets(chain: &str, rule: &str) -> u64 {
+    let lines: Vec<&str> = chain.lines().filter(|l| l.contains(rule)).collect();
+    assert_eq!(lines.len(), 1, "one rule with {rule:?} wanted in:\n{chain}");
+    lines[0]
+        .split("counter packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet counter in {:?}", lines[0]))
 }
 
 fn pings(from: &TestNs, to: &str) -> bool {
@@ -92,10 +116,11 @@ fn bridged_workloads_reach_each_other_and_isolated_reaches_nothing() {
     let (va, vb, vc) = host.run(move || {
         let mgr = Manager::new(&sd);
         mgr.ensure_bridge(&n2).expect("bridge");
-        let va = mgr.create_veth("vbr1", "a").expect("veth a");
-        let vb = mgr.create_veth("vbr1", "b").expect("veth b");
+        let (va, vb, (vc, iso)) = (veth("a").0, veth("b").0, veth("c"));
+        mgr.create_veth("vbr1", &va, "a", None).expect("veth a");
+        mgr.create_veth("vbr1", &vb, "b", None).expect("veth b");
         // c is on an isolated network: its host end lives alone in its own namespace.
-        let vc = mgr.create_isolated_veth("c").expect("veth c");
+        mgr.create_isolated_veth(&vc, "c", &iso).expect("veth c");
         (va, vb, vc)
     });
     plug(&host, &va, &a, "10.78.0.101", None);
@@ -106,7 +131,7 @@ fn bridged_workloads_reach_each_other_and_isolated_reaches_nothing() {
     assert!(pings(&b, "10.78.0.101"), "bridged b -> a");
     assert!(pings(&a, "10.78.0.1"), "bridged a -> gateway");
 
-    let iso = manager::isolated_netns(&manager::container_id("c"));
+    let iso = veth("c").1;
     assert!(
         Path::new("/run/netns").join(&iso).exists(),
         "isolated namespace {iso}"
@@ -126,7 +151,8 @@ fn bridged_workloads_reach_each_other_and_isolated_reaches_nothing() {
     host.run(move || {
         let mgr = Manager::new(&sd);
         for ct in ["a", "b", "c"] {
-            mgr.teardown_container(ct).expect("teardown");
+            let (v, ns) = veth(ct);
+            mgr.teardown_links(&[&v.host_end], &ns).expect("teardown");
         }
         mgr.net_down(&net).expect("net down");
     });
@@ -147,7 +173,7 @@ fn host_only_masquerades_to_the_uplink_and_dnats_port_maps() {
         .output()
         .is_err()
     {
-        eprintln!("SKIP: nft is missing (scripts/setup installs nftables)");
+        common::report::skip("nft is missing (scripts/setup installs nftables)");
         return;
     }
     let host = TestNs::new("ho");
@@ -165,23 +191,31 @@ fn host_only_masquerades_to_the_uplink_and_dnats_port_maps() {
          && nft add rule ip count in ip saddr 203.0.113.1 icmp type echo-request counter \
          && nft add rule ip count in ip saddr 10.79.0.0/24 icmp type echo-request counter",
     );
-    let net = network(
+    let network_text =
         "bridge = \"vbr2\"\nsubnet = \"10.79.0.0/24\"\ntype = \"host-only\"\nuplink = \"wan0\"\n\
          [reservations]\nct-a = \"10.79.0.150\"\n\
          [[port_map]]\nhost_port = 8080\ntarget = \"a\"\ntarget_port = 80\n\
-         [[port_map]]\nproto = \"udp\"\nhost_port = 5353\ntarget = \"a\"\ntarget_port = 53\n",
-    );
-    // Port-map targets resolve to the workload's address (here its reservation).
-    let addr = manager::port_map_addr(&net, &[], &[], "a").expect("address of a");
-    assert_eq!(addr.to_string(), "10.79.0.150");
-    let targets: Vec<PortTarget> = net
-        .port_maps
-        .iter()
-        .map(|m| PortTarget {
-            map: m.clone(),
-            addr,
-        })
-        .collect();
+         [[port_map]]\nproto = \"udp\"\nhost_port = 5353\ntarget = \"a\"\ntarget_port = 53\n";
+    let net = network(network_text);
+    // Port-map targets resolve to the workload's address (here its reservation), through the
+    // same policy `volt net up` uses, on a root holding this network and container a.
+    let cfg = tempfile::tempdir().expect("config root");
+    for (file, text) in [
+        ("etc/volt/networks/lab.toml", network_text.to_string()),
+        (
+            "etc/volt/containers/a.toml",
+            "directory = \"/srv/a\"\nboot = true\n[[network]]\nbridge = \"vbr2\"\n".to_string(),
+        ),
+    ] {
+        let p = cfg.path().join(file);
+        std::fs::create_dir_all(p.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+    }
+    let targets = volt::attach::Attach::load(cfg.path())
+        .port_map_targets(&net)
+        .expect("port map targets");
+    assert_eq!(targets.len(), 2);
+    assert!(targets.iter().all(|t| t.addr.to_string() == "10.79.0.150"));
     let state = tempfile::tempdir().expect("state");
     let sd = state.path().to_path_buf();
     let n2 = net.clone();
@@ -189,7 +223,9 @@ fn host_only_masquerades_to_the_uplink_and_dnats_port_maps() {
         let mgr = Manager::new(&sd);
         let up = mgr.net_up(&n2, &targets).expect("net up");
         assert!(up.bridge_created && up.nat && up.port_maps == 2, "{up:?}");
-        mgr.create_veth("vbr2", "a").expect("veth")
+        let va = veth("a").0;
+        mgr.create_veth("vbr2", &va, "a", None).expect("veth");
+        va
     });
     plug(&host, &va, &a, "10.79.0.150", Some("10.79.0.1"));
     let rules = host.ok("nft list table ip volt");
@@ -201,15 +237,15 @@ fn host_only_masquerades_to_the_uplink_and_dnats_port_maps() {
     // Outbound: the WAN sees the uplink's address, never the workload's.
     assert!(pings_eventually(&a, "203.0.113.2"), "a -> WAN through NAT");
     let counters = wan.ok("nft list chain ip count in");
-    let line = |src: &str| {
-        counters
-            .lines()
-            .find(|l| l.contains(src))
-            .unwrap_or_default()
-            .to_string()
-    };
-    assert!(!line("203.0.113.1").contains("packets 0 "), "{counters}");
-    assert!(line("10.79.0.0/24").contains("packets 0 "), "{counters}");
+    assert!(
+        packets(&counters, "ip saddr 203.0.113.1 ") >= 1,
+        "no echo request from the uplink address: {counters}"
+    );
+    assert_eq!(
+        packets(&counters, "ip saddr 10.79.0.0/24 "),
+        0,
+        "the workload's own address reached the WAN: {counters}"
+    );
 
     // Inbound TCP through the port map: WAN -> 203.0.113.1:8080 -> a:80.
     let server = std::process::Command::new("nsenter")
@@ -245,8 +281,14 @@ fn host_only_masquerades_to_the_uplink_and_dnats_port_maps() {
     // Inbound UDP through the port map: a counts datagrams to its port 53.
     a.ok("nft add table ip count && nft add chain ip count in '{ type filter hook input priority 0; }' && nft add rule ip count in udp dport 53 counter");
     wan.ok("for i in 1 2 3; do echo x > /dev/udp/203.0.113.1/5353; done");
-    let c = a.ok("nft list chain ip count in");
-    assert!(c.contains("packets 3 "), "{c}");
+    // The datagrams cross two namespaces asynchronously: wait for the count (bounded).
+    let start = std::time::Instant::now();
+    let mut c = a.ok("nft list chain ip count in");
+    while packets(&c, "udp dport 53 ") < 3 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+        c = a.ok("nft list chain ip count in");
+    }
+    assert_eq!(packets(&c, "udp dport 53 "), 3, "{c}");
 
     // No other inbound: even with a route to the subnet, the WAN cannot reach a directly.
     wan.ok("ip route add 10.79.0.0/24 via 203.0.113.1");
@@ -258,7 +300,8 @@ fn host_only_masquerades_to_the_uplink_and_dnats_port_maps() {
     let sd = state.path().to_path_buf();
     host.run(move || {
         let mgr = Manager::new(&sd);
-        mgr.teardown_container("a").expect("teardown");
+        let (v, ns) = veth("a");
+        mgr.teardown_links(&[&v.host_end], &ns).expect("teardown");
         mgr.net_down(&net).expect("net down");
     });
     assert_eq!(host.ok("nft list tables").trim(), "", "table volt removed");

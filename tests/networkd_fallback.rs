@@ -1,6 +1,7 @@
 //! `volt link up` against a real systemd 252 + networkd (nspawn): networkd creates the TAP
 //! after a D-Bus `Reload` and Volt waits for it; with networkd stopped, Volt creates the
-//! bridge and a persistent TAP owned by `volt` itself, at once, and says so in its log.
+//! bridge and a persistent TAP owned by `volt` itself, and says so in its log (the time it takes
+//! is reported, bounded only against a hang).
 
 mod common;
 
@@ -12,8 +13,7 @@ const WEB: &str = "kernel = \"/var/lib/volt/kernels/vmlinux\"\n[[network]]\nid =
 
 #[test]
 fn networkd_over_dbus_then_direct_fallback_when_networkd_is_stopped() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
+    if common::skip(skip_reason(), false) {
         return;
     }
     let stage = stage_volt();
@@ -57,10 +57,12 @@ fn networkd_over_dbus_then_direct_fallback_when_networkd_is_stopped() {
     c.ok("ip link del volt0");
     let start = Instant::now();
     c.ok(&format!(
-        "systemd-run --wait --quiet --unit=volt-fallback-up /opt/volt/bin/volt link up {tap}"
+        "systemd-run --wait --quiet --unit=volt-fallback-up /usr/bin/volt link up {tap}"
     ));
     let took = start.elapsed();
-    assert!(took < Duration::from_secs(5), "fallback took {took:?}");
+    // Not a performance claim: a hung fallback fails, a slow machine does not.
+    common::report::figure("volt link up without networkd", format!("{took:?}"));
+    assert!(took < Duration::from_secs(60), "fallback took {took:?}");
     let log = c.wait_ok(
         "journalctl --no-pager -o cat -u volt-fallback-up | grep -F 'created directly'",
         Duration::from_secs(10),
@@ -98,7 +100,7 @@ fn networkd_over_dbus_then_direct_fallback_when_networkd_is_stopped() {
 
     // Down without networkd: the TAP goes.
     c.ok(&format!(
-        "systemd-run --wait --quiet --unit=volt-fallback-down /opt/volt/bin/volt link down {tap}"
+        "systemd-run --wait --quiet --unit=volt-fallback-down /usr/bin/volt link down {tap}"
     ));
     c.ok(&format!("! test -e /sys/class/net/{tap}"));
 }

@@ -124,8 +124,7 @@ fn manifest_dirs() -> BTreeSet<String> {
 
 #[test]
 fn deb_and_rpm_list_the_same_paths() {
-    if let Some(why) = package_skip_reason() {
-        eprintln!("SKIP: {why}");
+    if common::skip(package_skip_reason(), false) {
         return;
     }
     let p = packages();
@@ -206,8 +205,7 @@ fn deb_and_rpm_list_the_same_paths() {
 
 #[test]
 fn lintian_reports_no_errors() {
-    if let Some(why) = package_skip_reason() {
-        eprintln!("SKIP: {why}");
+    if common::skip(package_skip_reason(), false) {
         return;
     }
     let p = packages();
@@ -249,7 +247,7 @@ fn gen_docs_renders_man_pages_and_completions_from_the_clap_definitions() {
     assert!(read("completions/bash/volt").contains("validate"));
     assert!(read("completions/zsh/_volt").contains("#compdef volt"));
     assert!(read("completions/fish/volt.fish").contains("complete -c volt"));
-    assert!(read("completions/bash/volt-vmm").contains("--config"));
+    assert!(read("completions/bash/volt-vmm").contains("--spec"));
 }
 
 /// Every key the config module deserializes (fields of its `Raw*` serde structs, with their
@@ -265,6 +263,31 @@ fn volt_toml_man_page_documents_every_config_key() {
         "src/config/container.rs",
     ] {
         let text = std::fs::read_to_string(repo.join(file)).expect("source");
+        // TOML keys: read through the reader's typed getters, key as the first string
+        // argument (`t.integer(&src, e, "vcpus", ...)`, `required(src, t, e, "subnet", ...)`).
+        for getter in [
+            ".string(",
+            ".boolean(",
+            ".integer(",
+            ".integer::<",
+            ".strings(",
+            ".choice(",
+            ".table(",
+            ".tables(",
+            ".string_map(",
+            "required(",
+        ] {
+            for (i, _) in text.match_indices(getter) {
+                let rest = &text[i..];
+                let call = &rest[..rest.find('\n').unwrap_or(rest.len())];
+                if let Some(key) = call.split('"').nth(1) {
+                    if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                        keys.insert(key.to_string());
+                    }
+                }
+            }
+        }
+        // YAML zone keys: serde structs.
         let mut in_raw = false;
         let mut rename: Option<String> = None;
         for line in text.lines() {
@@ -355,29 +378,28 @@ const WEB: &str = "memory_mib = 64\nkernel = \"/var/lib/volt/kernels/volt-test-g
 
 #[test]
 fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
-    if let Some(why) = package_skip_reason().or_else(skip_reason) {
-        eprintln!("SKIP: {why}");
-        return;
-    }
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: /dev/kvm is missing");
+    if common::skip(package_skip_reason().or_else(skip_reason), true) {
         return;
     }
     let p = packages();
     let stage = tempfile::tempdir().expect("stage");
     std::fs::copy(&p.deb, stage.path().join("volt.deb")).expect("copy deb");
     std::fs::copy(common::guest::elf(), stage.path().join("volt-test-guest")).expect("guest");
-    // /usr: the host's as the lower layer of an overlay whose upper layer nspawn throws
-    // away, so dpkg really writes /usr; the host's dpkg database is copied in below (the
-    // package's dependencies are installed on the host).
+    // /usr: the host's as the lower layer of an overlay whose upper layer is ours, so dpkg
+    // really writes /usr; the upper layer starts with whiteouts over every path of a Volt the
+    // host may have installed (scripts/install), so the container starts Volt-free. The
+    // host's dpkg database is copied in below (the package's dependencies are installed on
+    // the host).
+    let upper = tempfile::tempdir().expect("upper");
+    let upper_usr = upper.path().join("usr");
+    std::fs::create_dir_all(&upper_usr).expect("mkdir");
+    common::nspawn::hide_host_volt(&upper_usr);
+    let overlay = format!("--overlay=/usr:{}:/usr", upper_usr.display());
     let c = Nspawn::boot_with_args(
         "pkg",
         stage.path(),
         true,
-        &[
-            "--overlay=/usr::/usr",
-            "--bind-ro=/var/lib/dpkg:/opt/host-dpkg",
-        ],
+        &[&overlay, "--bind-ro=/var/lib/dpkg:/opt/host-dpkg"],
     );
     // The container's /etc (passwd, group) is fresh: drop the host's stat overrides, which
     // name host groups (dpkg refuses to run with unknown ones) and concern other packages.
@@ -404,7 +426,7 @@ fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
     // Debian (merged /usr) shows it as /lib/systemd/system/, through the /lib symlink.
     assert!(cat.contains("lib/systemd/system/volt-vm@.service"), "{cat}");
     assert!(
-        cat.contains("ExecStart=/usr/libexec/volt/volt-vmm"),
+        cat.contains("ExecStart=/usr/bin/volt vm run --vmm /usr/libexec/volt/volt-vmm %i"),
         "{cat}"
     );
     c.wait_ok("test -e /sys/class/net/volt0", Duration::from_secs(20));
@@ -415,7 +437,12 @@ fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
         "units loaded after install: {units}"
     );
     c.ok("! ls /etc/systemd/system/*.wants 2>/dev/null | grep volt");
-    c.ok("volt --version && man -w volt.toml >/dev/null 2>&1 || test -e /usr/share/man/man5/volt.toml.5.gz");
+    assert_eq!(
+        c.ok("volt --version").trim(),
+        concat!("volt ", env!("CARGO_PKG_VERSION")),
+        "the installed volt"
+    );
+    c.ok("test -s /usr/share/man/man5/volt.toml.5.gz && test -s /usr/share/man/man1/volt.1.gz");
 
     // The test guest as the admin would set it up.
     c.ok("install -m 0644 /opt/volt/volt-test-guest /var/lib/volt/kernels/volt-test-guest");
@@ -476,7 +503,7 @@ fn manifest_covers_every_unit_and_system_config_file() {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_whitespace().nth(2))
         .collect();
-    for dir in ["units", "tmpfiles.d", "sysusers.d"] {
+    for dir in ["units", "network", "tmpfiles.d", "sysusers.d"] {
         for e in std::fs::read_dir(repo.join(dir)).expect(dir) {
             let name = format!("{dir}/{}", e.expect("entry").file_name().to_string_lossy());
             assert!(

@@ -20,23 +20,23 @@ mod common;
 use std::time::Duration;
 
 use common::nspawn::{skip_reason, stage_volt, Nspawn};
+use common::ping;
 
 /// Where the busybox root file system is built inside the test systemd (a tmpfs there).
 const ROOTFS: &str = "/var/lib/volt-test/db";
 
 fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
+    if common::skip(skip_reason(), false) {
         return true;
     }
     if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: /dev/kvm is missing (the VM half needs it)");
+        common::report::skip("/dev/kvm is missing (the VM half needs it)");
         return true;
     }
     if !std::path::Path::new("/usr/bin/busybox").exists()
         && !std::path::Path::new("/bin/busybox").exists()
     {
-        eprintln!("SKIP: busybox is missing (scripts/setup installs busybox-static)");
+        common::report::skip("busybox is missing (scripts/setup installs busybox-static)");
         return true;
     }
     false
@@ -53,8 +53,8 @@ fn skip_boot_mode() -> bool {
         return true;
     }
     if !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        eprintln!(
-            "SKIP: boot-mode containers nested in the test systemd need the unified cgroup hierarchy; this host uses cgroup v1"
+        common::report::skip(
+            "boot-mode containers nested in the test systemd need the unified cgroup hierarchy; this host uses cgroup v1",
         );
         return true;
     }
@@ -63,37 +63,6 @@ fn skip_boot_mode() -> bool {
 
 fn veth() -> (String, String) {
     volt::config::veth_names("db")
-}
-
-/// A busybox root file system at `dir` inside the container: every applet but `busybox`
-/// itself linked to the static binary, a `/usr` (nspawn needs one), an os-release, and the
-/// udhcpc script that applies a lease with `ip`.
-fn busybox_rootfs(c: &Nspawn, dir: &str) {
-    c.ok(&format!(
-        r#"set -e
-R={dir}
-mkdir -p $R/bin $R/sbin $R/usr/bin $R/usr/sbin $R/etc $R/proc $R/sys $R/dev $R/tmp $R/run $R/var $R/root
-B=$(command -v busybox)
-cp "$B" $R/bin/busybox
-for a in $("$B" --list); do
-  [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"
-done
-printf 'ID=volt-busybox\nNAME="busybox for Volt tests"\n' > $R/etc/os-release
-cat > $R/etc/udhcpc.script <<'EOF'
-#!/bin/sh
-case "$1" in
-  deconfig) ip link set "$interface" up; ip -4 addr flush dev "$interface" ;;
-  bound|renew)
-    ip -4 addr flush dev "$interface"
-    ip addr add "$ip/$mask" dev "$interface"
-    [ -n "$router" ] && ip route replace default via "${{router%% *}}" dev "$interface"
-    ;;
-esac
-exit 0
-EOF
-chmod +x $R/etc/udhcpc.script
-"#
-    ));
 }
 
 /// The PID of the container's leader (nspawn's child, PID 1 inside) as this systemd sees it.
@@ -112,7 +81,7 @@ fn setup(hint: &str, db: &str, web: &str) -> (tempfile::TempDir, Nspawn) {
     let stage = stage_volt();
     let c = Nspawn::boot(hint, stage.path());
     c.install_volt();
-    busybox_rootfs(&c, ROOTFS);
+    c.busybox_rootfs(ROOTFS);
     c.write("/etc/volt/containers/db.toml", db);
     c.write("/etc/volt/vms/web.toml", web);
     (stage, c)
@@ -168,7 +137,7 @@ fn udp_in(c: &Nspawn, l: &str) -> u64 {
 /// namespace).
 fn container_reaches_vm(c: &Nspawn, l: &str, vm_ip: &str) {
     let ping = c.ok(&format!("nsenter -t {l} -a /bin/ping -c 3 -W 2 {vm_ip}"));
-    assert!(ping.contains(", 0% packet loss"), "{ping}");
+    ping::assert_all(&ping, 3);
     let echo = c.ok(&format!(
         "nsenter -t {l} -n bash -c 'exec 3<>/dev/udp/{vm_ip}/7; printf volt-echo >&3; timeout 5 head -c 9 <&3'"
     ));
@@ -197,7 +166,7 @@ fn static_container_and_vm_reach_each_other_and_broken_file_is_skipped() {
         log.contains("/etc/volt/containers/broken.toml:4:8: network[0].ipv4: 10.42.0.20 is outside volt0's container range 10.42.0.100-10.42.0.254; skipping /etc/volt/containers/broken.toml"),
         "generator log: {log}"
     );
-    let validate = c.sh("/opt/volt/bin/volt validate");
+    let validate = c.sh("/usr/bin/volt validate");
     assert_eq!(validate.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&validate.stderr).contains("broken.toml:4:8: network[0].ipv4"));
 
@@ -210,8 +179,8 @@ fn static_container_and_vm_reach_each_other_and_broken_file_is_skipped() {
     assert!(addr.contains("inet 10.42.0.150/24"), "{addr}");
     let route = c.ok(&format!("nsenter -t {l} -n ip -4 route show default"));
     assert!(route.contains("via 10.42.0.1"), "{route}");
-    c.ok("ping -c 2 -W 2 10.42.0.150");
-    let leases = c.ok("/opt/volt/bin/volt ipam list --output json");
+    ping::assert_all(&c.ok("ping -c 2 -W 2 10.42.0.150"), 2);
+    let leases = c.ok("/usr/bin/volt ipam list --output json");
     assert!(
         leases.contains("\"10.42.0.150\"") && leases.contains("container/db/eth0"),
         "{leases}"
@@ -243,15 +212,15 @@ fn static_container_and_vm_reach_each_other_and_broken_file_is_skipped() {
         "the container's stack counted {} of the VM's 5 datagrams",
         after - before
     );
-    c.ok("ping -c 2 -W 2 10.42.0.10");
+    ping::assert_all(&c.ok("ping -c 2 -W 2 10.42.0.10"), 2);
     container_reaches_vm(&c, &l, "10.42.0.10");
 
-    let list = c.ok("/opt/volt/bin/volt container list");
+    let list = c.ok("/usr/bin/volt container list");
     assert!(
         list.contains("db") && list.contains("10.42.0.150/24"),
         "{list}"
     );
-    let show = c.ok("/opt/volt/bin/volt container show db --output json");
+    let show = c.ok("/usr/bin/volt container show db --output json");
     let v: serde_json::Value = serde_json::from_str(&show).expect("json");
     assert_eq!(v["nics"][0]["host_link_present"], true, "{show}");
     assert_eq!(v["nics"][0]["master"], "volt0", "{show}");
@@ -291,10 +260,10 @@ fn dhcp_container_and_crash_stop_restart_cycle() {
         ip.starts_with("10.42.0.") && (100..=254).contains(&last),
         "{ip} is from networkd's pool on volt0"
     );
-    c.ok(&format!("ping -c 2 -W 2 {ip}"));
+    ping::assert_all(&c.ok(&format!("ping -c 2 -W 2 {ip}")), 2);
 
     c.ok("systemctl start volt-vm@web.service");
-    let leases = c.ok("/opt/volt/bin/volt ipam list");
+    let leases = c.ok("/usr/bin/volt ipam list");
     let vm_ip = leases
         .lines()
         .find(|l| l.contains("vm/web/eth0"))
@@ -402,7 +371,7 @@ fn boot_mode_container_with_static_address() {
     c.ok("systemctl start volt-container@db.service");
     let l = assert_running(&c);
     assert_eq!(c.ok(&format!("cat /proc/{l}/comm")).trim(), "systemd");
-    c.ok("ping -c 2 -W 2 10.42.0.160");
+    ping::assert_all(&c.ok("ping -c 2 -W 2 10.42.0.160"), 2);
     c.ok("systemctl start volt-vm@web.service");
     c.wait_ok("ping -c 1 -W 1 10.42.0.10", Duration::from_secs(20));
     container_reaches_vm(&c, &l, "10.42.0.10");
@@ -423,14 +392,14 @@ fn boot_mode_container_with_dhcp_from_its_own_networkd() {
     c.ok("systemctl daemon-reload");
     c.ok("systemctl start volt-container@db.service");
     let l = assert_running(&c);
-    let leases = c.ok("/opt/volt/bin/volt ipam list");
+    let leases = c.ok("/usr/bin/volt ipam list");
     let ip = leases
         .lines()
         .find(|l| l.contains("container/db/eth0"))
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or_else(|| panic!("no container lease: {leases}\n{}", journal(&c)))
         .to_string();
-    c.ok(&format!("ping -c 2 -W 2 {ip}"));
+    ping::assert_all(&c.ok(&format!("ping -c 2 -W 2 {ip}")), 2);
     c.ok("systemctl start volt-vm@web.service");
     c.wait_ok("ping -c 1 -W 1 10.42.0.10", Duration::from_secs(20));
     container_reaches_vm(&c, &l, "10.42.0.10");

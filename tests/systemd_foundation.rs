@@ -19,8 +19,7 @@ fn tap_of(vm: &str) -> String {
 
 #[test]
 fn generator_units_and_networkd_tap_under_real_systemd() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
+    if common::skip(skip_reason(), false) {
         return;
     }
     let stage = stage_volt();

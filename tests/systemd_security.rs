@@ -58,7 +58,7 @@ fn unit_exposure_and_running_vmm_privileges() {
         "{log}"
     );
     // Still a working VM under all that: ping, then a clean stop.
-    c.ok("ping -c 3 -i 0.2 10.42.0.10");
+    common::ping::assert_all(&c.ok("ping -c 3 -i 0.2 10.42.0.10"), 3);
     c.ok("systemctl stop volt-vm@web.service");
     assert_eq!(
         c.ok("systemctl show -p Result --value volt-vm@web.service")

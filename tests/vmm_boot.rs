@@ -1,90 +1,32 @@
 //! Boots the test guest under the built `volt-vmm` binary.
 //!
-//! Needs `/dev/kvm` (skipped with a message otherwise) and the project's test guest, found in
-//! this order:
-//! 1. `$VOLT_TEST_GUEST` (path to a guest ELF);
-//! 2. `scripts/build-guest` of this repository (builds `tests/guest`);
-//! 3. until the guest lands on this branch: the sibling `main` worktree's prebuilt
-//!    `target/guest/release/volt-test-guest`, or its `scripts/build-guest`.
+//! Needs `/dev/kvm` (the test is skipped, and recorded as such, otherwise) and the project's
+//! test guest (`tests/common/guest.rs`: `$VOLT_TEST_GUEST` or `scripts/build-guest`); a failed
+//! guest build fails the tests that boot it.
 //!
 //! Timeouts below are failure bounds (a hung VMM fails the test instead of hanging it), not
 //! performance claims.
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const VMM: &str = env!("CARGO_BIN_EXE_volt-vmm");
 const BOUND: Duration = Duration::from_secs(60);
 
-fn build_with(script: &Path) -> Option<PathBuf> {
-    if !script.is_file() {
-        return None;
-    }
-    let out = Command::new(script)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("CARGO_TARGET_DIR")
-        .stderr(Stdio::inherit())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!("{} failed: {}", script.display(), out.status);
-        return None;
-    }
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    path.is_file().then_some(path)
-}
-
-fn find_guest() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("VOLT_TEST_GUEST") {
-        let p = PathBuf::from(p);
-        return p.is_file().then_some(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if root.join("tests/guest/Cargo.toml").is_file() {
-        if let Some(p) = build_with(&root.join("scripts/build-guest")) {
-            return Some(p);
-        }
-    }
-    // Temporary: the guest is developed on branch main, checked out next to this worktree.
-    let main = root.parent()?.join("main");
-    let prebuilt = main.join("target/guest/release/volt-test-guest");
-    if prebuilt.is_file() {
-        return Some(prebuilt);
-    }
-    build_with(&main.join("scripts/build-guest"))
-}
-
-/// Whether `/dev/kvm` exists (prints the skip reason when not).
+/// Whether `/dev/kvm` exists (records the skip when not).
 fn kvm() -> bool {
-    let ok = Path::new("/dev/kvm").exists();
-    if !ok {
-        eprintln!("SKIP: /dev/kvm is missing");
-    }
-    ok
+    !common::skip(None, true)
 }
 
-/// The guest ELF, or `None` (with the reason printed) when the test must be skipped.
-fn guest() -> Option<&'static Path> {
-    static GUEST: OnceLock<Option<PathBuf>> = OnceLock::new();
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: /dev/kvm is missing");
-        return None;
-    }
-    let g = GUEST.get_or_init(find_guest).as_deref();
-    if g.is_none() {
-        eprintln!(
-            "SKIP: no test guest (set VOLT_TEST_GUEST or add tests/guest + scripts/build-guest)"
-        );
-    }
-    g
+/// The guest ELF, or `None` (skip recorded) without /dev/kvm. Panics when the guest cannot
+/// be built.
+fn guest() -> Option<PathBuf> {
+    kvm().then(common::guest::elf)
 }
 
 struct Vm {
@@ -166,6 +108,7 @@ impl Vm {
 #[test]
 fn guest_gets_the_exact_cmdline_and_sees_the_virtio_device() {
     let Some(g) = guest() else { return };
+    let g = g.as_path();
     let vm = Vm::start(
         g,
         &["--virtio-rng", "--cmdline", "console=ttyS0 volt.exit=0"],
@@ -200,6 +143,7 @@ fn guest_gets_the_exact_cmdline_and_sees_the_virtio_device() {
 #[test]
 fn debug_exit_value_is_the_exit_status() {
     let Some(g) = guest() else { return };
+    let g = g.as_path();
     let (status, out, err) = Vm::start(g, &["--cmdline", "volt.exit=3"]).wait();
     assert_eq!(status.code(), Some(3), "stdout {out:#?} stderr {err}");
     assert_eq!(out[0], "volt-test-guest: booted cmdline=\"volt.exit=3\"");
@@ -208,6 +152,7 @@ fn debug_exit_value_is_the_exit_status() {
 #[test]
 fn guest_reset_is_a_clean_stop() {
     let Some(g) = guest() else { return };
+    let g = g.as_path();
     let (status, out, err) = Vm::start(g, &["--cmdline", "volt.reset"]).wait();
     assert_eq!(status.code(), Some(0), "stdout {out:#?} stderr {err}");
     assert!(err.contains("guest reset the machine"), "{err}");
@@ -216,6 +161,7 @@ fn guest_reset_is_a_clean_stop() {
 #[test]
 fn sigterm_sends_ctrl_alt_del_and_the_guest_powers_off() {
     let Some(g) = guest() else { return };
+    let g = g.as_path();
     let mut vm = Vm::start(
         g,
         &["--memory-mib", "64", "--vcpus", "2", "--cmdline", "idle"],
@@ -240,6 +186,7 @@ fn sigterm_sends_ctrl_alt_del_and_the_guest_powers_off() {
 #[test]
 fn guest_exception_ends_with_the_guest_status() {
     let Some(g) = guest() else { return };
+    let g = g.as_path();
     let (status, out, err) = Vm::start(g, &["--cmdline", "volt.fault=pf"]).wait();
     assert_eq!(status.code(), Some(0x70), "stdout {out:#?} stderr {err}");
     assert!(
@@ -284,7 +231,9 @@ fn unknown_flag_is_a_usage_error() {
 
 #[test]
 fn non_kernel_file_is_a_configuration_error() {
-    let Some(_) = guest() else { return };
+    if !kvm() {
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("volt-vmm-notkernel-{}", std::process::id()));
     std::fs::write(&dir, b"not a kernel, just text").unwrap();
     let out = Command::new(VMM)
@@ -405,6 +354,7 @@ fn triple_fault_is_a_failure_with_registers() {
 fn systemd_notifications_ready_status_watchdog_stopping() {
     use std::os::unix::net::UnixDatagram;
     let Some(g) = guest() else { return };
+    let g = g.as_path();
     let dir = std::env::temp_dir().join(format!("volt-vmm-notify-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sock_path = dir.join("notify.sock");

@@ -101,7 +101,10 @@ fn host_to_guest_echo_of_10_mib_every_byte_checked() {
         );
     }
     writer.join().unwrap();
-    eprintln!("10 MiB echoed in {:?}", t.elapsed());
+    common::report::figure(
+        "10 MiB vsock echo (debug build)",
+        format!("{:?}", t.elapsed()),
+    );
 }
 
 #[test]
@@ -157,7 +160,10 @@ fn a_guest_ignoring_credit_is_throttled_with_bounded_memory() {
         !vm.drain().iter().any(|l| l.contains("vsock flood")),
         "the flood cannot have finished while the host reads nothing"
     );
-    eprintln!("VMM RssAnon: {before} kB at connect, {during} kB after 3 s of flood");
+    common::report::figure(
+        "VMM RssAnon at connect / after 3 s of credit-ignoring flood",
+        format!("{before} kB / {during} kB"),
+    );
     assert!(
         during < before + 4 * 1024,
         "VMM anonymous memory grew by {} kB while the host did not read",

@@ -30,7 +30,7 @@ pub struct ConsoleArgs {
     /// Take the console over from a client attached elsewhere (it is disconnected).
     #[arg(long)]
     pub force: bool,
-    /// Console socket (default: /run/volt/vm/NAME/console.sock).
+    /// Console socket (default: /run/volt/vm/NAME/console.sock, under --root).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Without a terminal on stdin: after stdin ends, how long output must pause before
@@ -40,11 +40,12 @@ pub struct ConsoleArgs {
     pub linger: Duration,
 }
 
-pub fn exec(args: ConsoleArgs) -> Result<Outcome> {
-    let path = args
-        .socket
-        .clone()
-        .unwrap_or_else(|| crate::vmm::spec::console_socket_path(&args.name));
+pub fn exec(root: &std::path::Path, args: ConsoleArgs) -> Result<Outcome> {
+    let path = args.socket.clone().unwrap_or_else(|| {
+        crate::plan::names::Paths::new(root)
+            .vm_dir(&args.name)
+            .join("console.sock")
+    });
     let mut stream = match UnixStream::connect(&path) {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {

@@ -1,72 +1,43 @@
 //! `volt ipam ...`.
 
-use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::{IpamCommand, Outcome, Output};
-use crate::config::{ConfigSet, NetworkLookup};
-use crate::net::ipam::{Ipam, Kind, Lease, Owner, Request};
+use super::output::OutputArgs;
+use super::{IpamCommand, Outcome};
+use crate::attach::Attach;
+use crate::config::NetworkLookup;
+use crate::net::ipam::{Ipam, Lease, Owner, Request};
+use crate::plan::Paths;
 
-/// Lease directory under a root.
-pub fn ipam_dir(root: &Path) -> PathBuf {
-    root.join("var/lib/volt/ipam")
-}
-
-/// Static addresses configured for VMs on `network`, except `owner`'s own.
-fn configured_statics(set: &ConfigSet, network: &str, owner: &Owner) -> BTreeSet<Ipv4Addr> {
-    let vms = set
-        .vms
+fn print_leases(rows: &[(String, Lease)], out: &OutputArgs) -> Result<()> {
+    let v: Vec<serde_json::Value> = rows
         .iter()
-        .flat_map(|vm| vm.nics.iter().map(move |n| (vm, n)))
-        .filter(|(vm, n)| {
-            n.network.as_deref() == Some(network)
-                && !(owner.kind == Kind::Vm && owner.name == vm.name && owner.nic == n.id)
-        })
-        .filter_map(|(_, n)| n.ipv4.map(|i| i.addr()));
-    let containers = set
-        .containers
-        .iter()
-        .flat_map(|c| c.nics.iter().map(move |n| (c, n)))
-        .filter(|(c, n)| {
-            n.network.as_deref() == Some(network)
-                && !(owner.kind == Kind::Container && owner.name == c.name && owner.nic == n.id)
-        })
-        .filter_map(|(_, n)| n.ipv4.map(|i| i.addr()));
-    vms.chain(containers).collect()
-}
-
-fn print_leases(rows: &[(String, Lease)], output: Output) -> Result<()> {
-    match output {
-        Output::Json => {
-            let v: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|(net, l)| serde_json::json!({"network": net, "ip": l.ip, "owner": l.owner.to_string(), "kind": l.owner.kind, "static": l.fixed, "since": l.since}))
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
-        Output::Table => {
-            println!("{:<12} {:<16} {:<32} STATIC", "NETWORK", "ADDRESS", "OWNER");
-            for (net, l) in rows {
-                println!(
-                    "{:<12} {:<16} {:<32} {}",
-                    net,
-                    l.ip,
-                    l.owner,
-                    if l.fixed { "yes" } else { "no" }
-                );
-            }
-        }
+        .map(|(net, l)| serde_json::json!({"network": net, "ip": l.ip, "owner": l.owner.to_string(), "kind": l.owner.kind, "static": l.fixed, "since": l.since}))
+        .collect();
+    if out.print_json(&v)? {
+        return Ok(());
     }
+    let table = rows
+        .iter()
+        .map(|(net, l)| {
+            vec![
+                net.clone(),
+                l.ip.to_string(),
+                l.owner.to_string(),
+                if l.fixed { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    out.print_table(&["NETWORK", "ADDRESS", "OWNER", "STATIC"], table);
     Ok(())
 }
 
 pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
-    let ipam = Ipam::new(ipam_dir(root));
+    let ipam = Ipam::new(Paths::new(root).ipam_dir());
     match command {
-        IpamCommand::List { network, output } => {
+        IpamCommand::List { network, out } => {
             let nets = match network {
                 Some(n) => vec![n],
                 None => ipam.networks(),
@@ -77,22 +48,21 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
                     rows.push((n.clone(), l));
                 }
             }
-            print_leases(&rows, output)?;
+            print_leases(&rows, &out)?;
         }
         IpamCommand::Allocate { network, owner, ip } => {
             let owner: Owner = owner.parse().map_err(anyhow::Error::msg)?;
-            let set = ConfigSet::load(root);
-            let Some(net) = set.networks.by_name(&network) else {
+            let at = Attach::load(root);
+            let Some(net) = at.plan.networks.by_name(&network) else {
                 bail!("no network named {network:?}")
             };
             let request = ip.map_or(Request::Any, Request::Static);
+            let configured = at
+                .configured_addresses(&net.name, Some(&owner))
+                .into_iter()
+                .collect();
             let lease = ipam
-                .allocate(
-                    net,
-                    &owner,
-                    request,
-                    &configured_statics(&set, &net.name, &owner),
-                )
+                .allocate(net, &owner, request, &configured)
                 .with_context(|| format!("cannot lease an address to {owner}"))?;
             println!("{}/{}", lease.ip, net.subnet.prefix_len());
         }
@@ -104,16 +74,13 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
             }
         }
         IpamCommand::Reconcile => {
-            let set = ConfigSet::load(root);
-            let alive = |o: &Owner| match o.kind {
-                Kind::Vm => set
-                    .vms
-                    .iter()
-                    .any(|v| v.name == o.name && v.nics.iter().any(|n| n.id == o.nic)),
-                Kind::Container => set
-                    .containers
-                    .iter()
-                    .any(|c| c.name == o.name && c.nics.iter().any(|n| n.id == o.nic)),
+            let at = Attach::load(root);
+            let alive = |o: &Owner| {
+                at.plan.workloads.iter().any(|w| {
+                    w.attachments
+                        .iter()
+                        .any(|a| crate::attach::owner_of(w, a) == *o)
+                })
             };
             let mut released = 0;
             for n in ipam.networks() {

@@ -146,12 +146,14 @@ pub fn check_link_name(name: &str) -> Result<(), String> {
     if name == "." || name == ".." {
         return Err(format!("{name:?} is not a valid interface name"));
     }
+    // Stricter than the kernel: these names go into networkd files and unit names, where a
+    // control character or a newline would inject lines.
     if let Some(c) = name
         .chars()
-        .find(|c| c.is_whitespace() || matches!(c, '/' | ':') || !c.is_ascii())
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
     {
         return Err(format!(
-            "{name:?} is not a valid interface name: {c:?} is not allowed"
+            "{name:?} is not a valid interface name: {c:?} is not allowed (use letters, digits, '_', '.' and '-')"
         ));
     }
     Ok(())
@@ -160,6 +162,23 @@ pub fn check_link_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn veth_names_fit_and_are_stable() {
+        for name in ["a", "web", &"x".repeat(64)] {
+            let (h, c) = veth_names(name);
+            assert!(
+                h.len() <= IFNAMSIZ_MAX && c.len() <= IFNAMSIZ_MAX,
+                "{h} {c}"
+            );
+            assert!(h.starts_with("veth-") && h.ends_with("-h"));
+            assert_eq!((h.clone(), c), veth_names(name));
+            assert!(check_link_name(&h).is_ok());
+        }
+        let id = short_id(&vm_uuid("web"));
+        assert_eq!(veth_names("web").1, format!("veth-{id}-c"));
+        assert_ne!(veth_names("web"), veth_names("db"));
+    }
 
     #[test]
     fn uuid_is_stable_and_name_dependent() {

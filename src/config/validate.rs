@@ -148,6 +148,43 @@ pub(super) fn check_across(
     (ok, ok_containers, errors)
 }
 
+/// Every port map must reach a configured VM or container with a NIC on the map's network.
+pub(super) fn check_port_maps(
+    networks: &super::Networks,
+    vms: &[VmConfig],
+    containers: &[ContainerConfig],
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for net in &networks.list {
+        for (i, pm) in net.port_maps.iter().enumerate() {
+            let on_net = |n: &Option<String>| n.as_deref() == Some(net.name.as_str());
+            let vm = vms.iter().find(|v| v.name == pm.target);
+            let ct = containers.iter().find(|c| c.name == pm.target);
+            let problem = match (vm, ct) {
+                (None, None) => Some(format!("{} is not a configured VM or container", pm.target)),
+                (Some(v), _) if !v.nics.iter().any(|n| on_net(&n.network)) => {
+                    Some(format!("VM {} has no NIC on {}", pm.target, net.name))
+                }
+                (None, Some(c)) if !c.nics.iter().any(|n| on_net(&n.network)) => Some(format!(
+                    "container {} has no NIC on {}",
+                    pm.target, net.name
+                )),
+                _ => None,
+            };
+            if let Some(message) = problem {
+                errors.push(ConfigError::Invalid {
+                    at: pm.target_at.clone().unwrap_or_else(|| {
+                        Location::file(net.source.as_deref().unwrap_or(std::path::Path::new("?")))
+                    }),
+                    field: format!("port_map[{i}].target"),
+                    message,
+                });
+            }
+        }
+    }
+    errors
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;

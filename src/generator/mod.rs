@@ -1,21 +1,29 @@
-//! The systemd generator: turns `/etc/volt/vms/*.toml` and `/etc/volt/containers/*.toml`
-//! into unit drop-ins, autostart links and networkd runtime files.
+//! The systemd generator: renders the plan of `/etc/volt/vms/*.toml` and
+//! `/etc/volt/containers/*.toml` into unit drop-ins, autostart links and networkd runtime
+//! files.
 //!
-//! Follows systemd.generator(7): writes only into its output directories (plus the networkd
-//! runtime files it owns), talks to no other process, never stops at a bad file: each bad
-//! file is logged with file:line and skipped, the rest are generated, and the run reports
-//! failure at the end.
+//! Follows systemd.generator(7): writes only into its output directories and the networkd
+//! directory it is given (the real generator: `/run/systemd/network`; `volt generate`: below its
+//! OUTDIR), talks to no other process, never stops at a bad file: each bad file is logged with
+//! file:line and skipped, the rest are generated, and the run reports failure at the end.
+//!
+//! A broken file: its workload keeps what it had (it may be running). Its networkd files are
+//! not swept as stale, and its unit drop-ins are written again from the last good run (see
+//! [`keep`]), so the `BindsTo=` on its link owners stays and systemd does not stop them. A
+//! networkd file is stale only when no workload wants it and the config file it came from is
+//! gone or valid; a file this run failed to write is never counted as stale.
 
+mod keep;
 pub mod render;
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::config::{ConfigSet, NetworkLookup, NetworkType, NicMode};
-use render::{HEADER, NETWORKD_PREFIX};
-
-/// Where the generator writes networkd runtime files, relative to the root.
-pub const NETWORKD_RUNTIME_DIR: &str = "run/systemd/network";
+use crate::config::ConfigSet;
+use crate::fsutil::{write_atomic_if_changed, FsError};
+use crate::plan::names::{self, DROPIN_NAME, MACHINES_TARGET, SYSTEM_UNIT_DIR};
+use crate::plan::{static_leases_dropin, Plan, Workload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GeneratorError {
@@ -25,12 +33,8 @@ pub enum GeneratorError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write {}", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Write(#[from] FsError),
     #[error("cannot remove the stale file {}", path.display())]
     Remove {
         path: PathBuf,
@@ -59,6 +63,26 @@ pub struct Report {
     pub errors: Vec<GeneratorError>,
 }
 
+/// Where the generator writes besides its output directories.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    /// networkd runtime files (`/run/systemd/network`).
+    pub networkd: PathBuf,
+    /// The last good units of each workload (`/run/volt/generator`).
+    pub keep: PathBuf,
+}
+
+impl Targets {
+    /// What the real generator uses under `root`.
+    pub fn under_root(root: &Path) -> Targets {
+        let paths = crate::plan::Paths::new(root);
+        Targets {
+            networkd: paths.networkd_dir(),
+            keep: paths.runtime_dir().join("generator"),
+        }
+    }
+}
+
 /// Output directories as systemd passes them.
 #[derive(Debug, Clone)]
 pub struct OutputDirs {
@@ -71,11 +95,7 @@ impl OutputDirs {
     /// From argv (without argv[0]): one directory (used for all three) or three.
     pub fn from_args(args: &[PathBuf]) -> Option<OutputDirs> {
         match args {
-            [n] => Some(OutputDirs {
-                normal: n.clone(),
-                early: n.clone(),
-                late: n.clone(),
-            }),
+            [n] => Some(OutputDirs::single(n)),
             [n, e, l] => Some(OutputDirs {
                 normal: n.clone(),
                 early: e.clone(),
@@ -84,69 +104,44 @@ impl OutputDirs {
             _ => None,
         }
     }
+
+    /// One directory for all three.
+    pub fn single(dir: &Path) -> OutputDirs {
+        OutputDirs {
+            normal: dir.to_path_buf(),
+            early: dir.to_path_buf(),
+            late: dir.to_path_buf(),
+        }
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), GeneratorError> {
+    std::fs::create_dir_all(dir).map_err(|source| GeneratorError::Create {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// Create `path` exclusively (generator output directories start empty) with `content`.
 fn write_new(path: &Path, content: &str) -> Result<(), GeneratorError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| GeneratorError::Create {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        create_dir(dir)?;
     }
+    let create = |source| GeneratorError::Create {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
-        .map_err(|source| GeneratorError::Create {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    f.write_all(content.as_bytes())
-        .map_err(|source| GeneratorError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
-/// Replace `path` atomically with `content` unless it already has exactly that content
-/// (networkd compares files on reload; an unchanged file must stay untouched).
-pub fn write_atomic_if_changed(path: &Path, content: &str) -> Result<bool, GeneratorError> {
-    if std::fs::read(path).ok().as_deref() == Some(content.as_bytes()) {
-        return Ok(false);
-    }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|source| GeneratorError::Create {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(content.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(source) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(GeneratorError::Write {
-            path: path.to_path_buf(),
-            source,
-        });
-    }
-    Ok(true)
+        .map_err(create)?;
+    f.write_all(content.as_bytes()).map_err(create)
 }
 
 fn symlink(target: &Path, link: &Path) -> Result<(), GeneratorError> {
     if let Some(dir) = link.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| GeneratorError::Create {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        create_dir(dir)?;
     }
     std::os::unix::fs::symlink(target, link).map_err(|source| GeneratorError::Create {
         path: link.to_path_buf(),
@@ -154,134 +149,111 @@ fn symlink(target: &Path, link: &Path) -> Result<(), GeneratorError> {
     })
 }
 
-/// Whether `path` is a networkd runtime file Volt owns: our name prefix and our header.
-pub fn is_owned_networkd_file(path: &Path) -> bool {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let ours = (name.starts_with(NETWORKD_PREFIX)
-        && (name.ends_with(".netdev") || name.ends_with(".network")))
-        || (name == render::STATIC_LEASES_NAME
-            && path
-                .parent()
-                .and_then(|d| d.file_name())
-                .and_then(|d| d.to_str())
-                .is_some_and(|d| d.ends_with(".network.d")));
-    ours && std::fs::read_to_string(path).is_ok_and(|t| t.lines().next() == Some(HEADER))
+/// Whether the networkd file at `path` is one Volt owns (name and header).
+fn is_owned_networkd_file(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| names::is_owned_networkd_path(path, &t))
 }
 
-/// Run the generator on `root` (usually `/`), writing into `out`.
-pub fn run(root: &Path, out: &OutputDirs) -> Report {
+/// Write what `kept` holds into the output directory.
+fn write_kept(out: &OutputDirs, kept: &keep::Kept) -> Result<(), GeneratorError> {
+    for (rel, text) in &kept.files {
+        write_new(&out.normal.join(rel), text)?;
+    }
+    for (rel, target) in &kept.links {
+        symlink(target, &out.normal.join(rel))?;
+    }
+    Ok(())
+}
+
+/// Write one workload's drop-ins, owner drop-ins, networkd files and autostart link, and
+/// record them as its last good units. Every networkd file it should have goes into
+/// `wanted`, written or not.
+fn generate_workload(
+    w: &Workload,
+    out: &OutputDirs,
+    targets: &Targets,
+    wanted: &mut HashSet<PathBuf>,
+) -> Result<usize, GeneratorError> {
+    for a in &w.attachments {
+        for f in &a.networkd {
+            wanted.insert(targets.networkd.join(&f.name));
+        }
+    }
+    let dropin = |unit: &str| PathBuf::from(format!("{unit}.d")).join(DROPIN_NAME);
+    let mut kept = keep::Kept::default();
+    kept.files
+        .push((dropin(&w.unit), render::workload_dropin(w)));
+    for a in &w.attachments {
+        kept.files
+            .push((dropin(&a.owner_unit), render::owner_dropin(w, a)));
+    }
+    if w.autostart {
+        kept.links.push((
+            PathBuf::from(format!("{MACHINES_TARGET}.wants")).join(&w.unit),
+            Path::new(SYSTEM_UNIT_DIR).join(w.template),
+        ));
+    }
+    write_kept(out, &kept)?;
+    for a in &w.attachments {
+        for f in &a.networkd {
+            write_atomic_if_changed(&targets.networkd.join(&f.name), &f.text)?;
+        }
+    }
+    if let Err(e) = keep::save(&targets.keep, w.kind.as_str(), &w.name, &kept) {
+        log::warn!("{}", crate::error_chain(&e));
+    }
+    Ok(w.attachments.len())
+}
+
+/// Run the generator on `root` (usually `/`), writing units into `out` and networkd files
+/// and the last good units into `targets`.
+pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
+    let networkd_dir = targets.networkd.as_path();
     let set = ConfigSet::load(root);
     let mut report = Report::default();
-
-    for (file, errs) in set.errors_by_file() {
-        for e in &errs {
+    let broken = set.errors_by_file();
+    for (file, errs) in &broken {
+        for e in errs {
             log::error!("{}; skipping {}", e.report(), file.display());
         }
         report.skipped_files += 1;
-    }
-
-    let runtime_dir = root.join(NETWORKD_RUNTIME_DIR);
-    // A set: with 1000 VMs a list made the stale-file sweep below quadratic (~100 ms).
-    let mut wanted_runtime: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
-    let mut any_autostart = false;
-    for vm in &set.vms {
-        let unit = vm.unit_name();
-        let result = (|| -> Result<(), GeneratorError> {
-            write_new(
-                &out.normal
-                    .join(format!("{unit}.d"))
-                    .join(render::DROPIN_NAME),
-                &render::vm_dropin(vm),
-            )?;
-            for nic in &vm.nics {
-                let Some(owner) = nic.owner_unit() else {
-                    continue;
-                };
-                write_new(
-                    &out.normal
-                        .join(format!("{owner}.d"))
-                        .join(render::DROPIN_NAME),
-                    &render::link_dropin(vm, nic),
-                )?;
-                report.links += 1;
-                let isolated = nic
-                    .network
-                    .as_deref()
-                    .and_then(|n| set.networks.by_name(n))
-                    .is_some_and(|n| n.kind == NetworkType::Isolated);
-                // An isolated NIC's TAP lives in its VM's own namespace: `volt link up`
-                // makes it there; networkd must not make it on the bridge.
-                if nic.mode == NicMode::Networkd && !isolated {
-                    let netdev = runtime_dir.join(render::netdev_file_name(nic));
-                    let network = runtime_dir.join(render::network_file_name(nic));
-                    write_atomic_if_changed(&netdev, &render::netdev(vm, nic))?;
-                    write_atomic_if_changed(&network, &render::network(vm, nic))?;
-                    wanted_runtime.insert(netdev);
-                    wanted_runtime.insert(network);
+        // A broken file whose workload ran before: its last good units again.
+        let last = keep::workload_of(file)
+            .and_then(|(kind, name)| keep::load(&targets.keep, kind, &name).map(|k| (name, k)));
+        if let Some((name, kept)) = last {
+            match write_kept(out, &kept) {
+                Ok(()) => log::warn!(
+                    "{}: keeping the units of {name} from its last good version until the file is fixed",
+                    file.display()
+                ),
+                Err(e) => {
+                    log::error!("{}", crate::error_chain(&e));
+                    report.errors.push(e);
                 }
-            }
-            if vm.autostart {
-                let target = Path::new(render::SYSTEM_UNIT_DIR).join(render::VM_TEMPLATE);
-                symlink(
-                    &target,
-                    &out.normal.join("machines.target.wants").join(&unit),
-                )?;
-            }
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
-                report.vms += 1;
-                any_autostart |= vm.autostart;
-                log::debug!("generated {unit} from {}", vm.path.display());
-            }
-            Err(e) => {
-                log::error!(
-                    "{}: cannot generate {unit}: {}",
-                    vm.path.display(),
-                    crate::error_chain(&e)
-                );
-                report.errors.push(e);
             }
         }
     }
-    for ct in &set.containers {
-        let unit = ct.unit_name();
-        let result = (|| -> Result<(), GeneratorError> {
-            write_new(
-                &out.normal
-                    .join(format!("{unit}.d"))
-                    .join(render::DROPIN_NAME),
-                &render::container_dropin(ct),
-            )?;
-            for nic in &ct.nics {
-                write_new(
-                    &out.normal
-                        .join(format!("{}.d", nic.owner_unit()))
-                        .join(render::DROPIN_NAME),
-                    &render::veth_dropin(ct, nic),
-                )?;
-                report.links += 1;
-            }
-            if ct.autostart {
-                let target = Path::new(render::SYSTEM_UNIT_DIR).join(render::CONTAINER_TEMPLATE);
-                symlink(
-                    &target,
-                    &out.normal.join("machines.target.wants").join(&unit),
-                )?;
-            }
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
-                report.containers += 1;
-                any_autostart |= ct.autostart;
-                log::debug!("generated {unit} from {}", ct.path.display());
+    let plan = Plan::build(&set);
+
+    // A set: with 1000 VMs a list made the stale-file sweep below quadratic (~100 ms).
+    let mut wanted: HashSet<PathBuf> = HashSet::new();
+    let mut any_autostart = false;
+    for w in &plan.workloads {
+        match generate_workload(w, out, targets, &mut wanted) {
+            Ok(links) => {
+                match w.kind {
+                    crate::plan::Kind::Vm => report.vms += 1,
+                    crate::plan::Kind::Container => report.containers += 1,
+                }
+                report.links += links;
+                any_autostart |= w.autostart;
+                log::debug!("generated {} from {}", w.unit, w.source.display());
             }
             Err(e) => {
                 log::error!(
-                    "{}: cannot generate {unit}: {}",
-                    ct.path.display(),
+                    "{}: cannot generate {}: {}",
+                    w.source.display(),
+                    w.unit,
                     crate::error_chain(&e)
                 );
                 report.errors.push(e);
@@ -289,81 +261,45 @@ pub fn run(root: &Path, out: &OutputDirs) -> Report {
         }
     }
     // DHCP static leases for reservations and static containers whose MAC is known.
-    for net in set.networks.list.iter().filter(|n| n.dhcp) {
-        let leases = render::static_leases(net, &set.vms, &set.containers);
+    for net in plan.networks.list.iter().filter(|n| n.dhcp) {
+        let leases = plan.static_leases(net);
         if leases.is_empty() {
             continue;
         }
-        let path = runtime_dir
-            .join(render::bridge_network_dropin_dir(&net.bridge))
-            .join(render::STATIC_LEASES_NAME);
-        match write_atomic_if_changed(&path, &render::static_leases_dropin(net, &leases)) {
-            Ok(_) => {
-                wanted_runtime.insert(path);
-            }
-            Err(e) => {
-                log::error!("{}", crate::error_chain(&e));
-                report.errors.push(e);
-            }
+        let f = static_leases_dropin(net, &leases);
+        let path = networkd_dir.join(&f.name);
+        wanted.insert(path.clone());
+        if let Err(e) = write_atomic_if_changed(&path, &f.text) {
+            log::error!("{}", crate::error_chain(&e));
+            report.errors.push(e.into());
         }
     }
-
     if any_autostart {
-        // Autostarted VMs hang off machines.target; make sure boot reaches it.
-        let target = Path::new(render::SYSTEM_UNIT_DIR).join("machines.target");
-        if let Err(e) = symlink(
-            &target,
-            &out.normal
-                .join("multi-user.target.wants")
-                .join("machines.target"),
-        ) {
+        // Autostarted workloads hang off machines.target; make sure boot reaches it.
+        let target = Path::new(SYSTEM_UNIT_DIR).join(MACHINES_TARGET);
+        let link = out
+            .normal
+            .join("multi-user.target.wants")
+            .join(MACHINES_TARGET);
+        if let Err(e) = symlink(&target, &link) {
             log::error!("{}", crate::error_chain(&e));
             report.errors.push(e);
         }
     }
-
-    // Files we wrote on an earlier run for VMs, NICs or leases that are gone.
-    match std::fs::read_dir(&runtime_dir) {
-        Ok(entries) => {
-            let mut stale: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .flat_map(|p| {
-                    let dropin = p.join(render::STATIC_LEASES_NAME);
-                    if p.is_dir() && dropin.exists() {
-                        vec![dropin]
-                    } else {
-                        vec![p]
-                    }
-                })
-                .filter(|p| !wanted_runtime.contains(p) && is_owned_networkd_file(p))
-                .collect();
-            stale.sort();
-            for path in stale {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {
-                        log::info!("removed stale {}", path.display());
-                        if path.ends_with(render::STATIC_LEASES_NAME) {
-                            // Its drop-in directory, if nothing else is in it.
-                            if let Some(d) = path.parent() {
-                                let _ = std::fs::remove_dir(d);
-                            }
-                        }
-                        report.removed_stale.push(path);
-                    }
-                    Err(source) => {
-                        let e = GeneratorError::Remove { path, source };
-                        log::error!("{}", crate::error_chain(&e));
-                        report.errors.push(e);
-                    }
-                }
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => report.errors.push(GeneratorError::List {
-            path: runtime_dir.clone(),
-            source,
-        }),
-    }
+    let keep = |source: &Path| {
+        // The source of a file Volt wrote: kept while that config file exists but is broken.
+        broken.contains_key(source)
+    };
+    sweep_stale(networkd_dir, root, &wanted, &keep, &mut report);
+    let exists = |kind: &str, name: &str| {
+        let dir = if kind == "vm" {
+            crate::config::VMS_DIR
+        } else {
+            crate::config::CONTAINERS_DIR
+        };
+        root.join(dir).join(format!("{name}.toml")).exists()
+    };
+    keep::sweep(&targets.keep, &exists);
 
     if report.skipped_files > 0 {
         report.errors.push(GeneratorError::BadConfig {
@@ -378,4 +314,66 @@ pub fn run(root: &Path, out: &OutputDirs) -> Report {
         report.skipped_files
     );
     report
+}
+
+/// Remove networkd files Volt wrote on an earlier run that nothing wants any more: files with
+/// our name and header, not in `wanted`, whose source config file is not one that exists but
+/// is broken now (`keep`).
+fn sweep_stale(
+    dir: &Path,
+    root: &Path,
+    wanted: &HashSet<PathBuf>,
+    keep: &dyn Fn(&Path) -> bool,
+    report: &mut Report,
+) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(source) => {
+            report.errors.push(GeneratorError::List {
+                path: dir.to_path_buf(),
+                source,
+            });
+            return;
+        }
+    };
+    let mut stale: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .map(|p| {
+            let dropin = p.join(names::STATIC_LEASES_NAME);
+            if p.is_dir() && dropin.exists() {
+                dropin
+            } else {
+                p
+            }
+        })
+        .filter(|p| !wanted.contains(p) && is_owned_networkd_file(p))
+        .filter(|p| {
+            let source = std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| names::networkd_source(&t));
+            !source
+                .is_some_and(|s| keep(&s) && root.join(s.strip_prefix("/").unwrap_or(&s)).exists())
+        })
+        .collect();
+    stale.sort();
+    for path in stale {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                log::info!("removed stale {}", path.display());
+                if path.ends_with(names::STATIC_LEASES_NAME) {
+                    // Its drop-in directory, if nothing else is in it.
+                    if let Some(d) = path.parent() {
+                        let _ = std::fs::remove_dir(d);
+                    }
+                }
+                report.removed_stale.push(path);
+            }
+            Err(source) => {
+                let e = GeneratorError::Remove { path, source };
+                log::error!("{}", crate::error_chain(&e));
+                report.errors.push(e);
+            }
+        }
+    }
 }

@@ -4,15 +4,14 @@
 //! Every verb acts in the calling thread's network namespace (a fresh [`Netlink`] per call).
 //! Teardown collects every error instead of stopping at the first.
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use crate::config::{self, MacAddr, Network, NetworkType, NicConfig, VmConfig};
+use crate::config::{MacAddr, MacvtapMode, Network, NetworkType};
 
 use super::nat::{self, NatError, PortTarget};
 use super::netlink::{Netlink, NetlinkError, NetnsTarget};
-use super::netns::{self, NetnsError};
-use super::tap::{Tap, TapError};
+use crate::sys::netns::{self, NetnsError};
+use crate::sys::tap::{Tap, TapError};
 
 /// How many MAC candidates [`Manager::resolve_mac`] tries before giving up.
 pub const MAC_ATTEMPTS: u32 = 16;
@@ -36,16 +35,14 @@ pub enum ManagerError {
     NotABridge { name: String, kind: String },
     #[error("{what} {name} does not exist")]
     MissingLink { what: &'static str, name: String },
-    #[error("NIC {nic} of VM {vm} has no bridge")]
-    NoBridge { vm: String, nic: String },
-    #[error("MAC {mac} of NIC {nic} is already on bridge {bridge} (port {port}) and was set explicitly; change `mac` in the VM file")]
+    #[error("MAC {mac} of {nic} is already on bridge {bridge} (port {port}) and was set explicitly; change `mac` in its file")]
     MacConflict {
         mac: MacAddr,
         nic: String,
         bridge: String,
         port: String,
     },
-    #[error("no free MAC for NIC {nic} on bridge {bridge} after {attempts} attempts")]
+    #[error("no free MAC for {nic} on bridge {bridge} after {attempts} attempts")]
     MacExhausted {
         nic: String,
         bridge: String,
@@ -80,6 +77,21 @@ pub struct TapOptions {
     pub owner: Option<(u32, Option<u32>)>,
 }
 
+/// What a host link is to be: the mechanism-level description the policy layer (`attach`)
+/// derives from a workload's plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkParams {
+    /// Kernel name (at most 15 bytes).
+    pub name: String,
+    /// Altname (`<vm>-<nic>`, or the container's name) so `ip link show <altname>` works.
+    pub altname: String,
+    pub mtu: u32,
+    /// TAP queue pairs (1 = single queue).
+    pub queues: u32,
+    /// The guest's MAC (a macvtap's own address; a veth's container end).
+    pub mac: MacAddr,
+}
+
 /// A container's veth pair: the host end (on the bridge, or in the workload's isolated
 /// namespace) and the end that goes into the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,34 +116,9 @@ pub struct NetUp {
     pub port_maps: usize,
 }
 
-/// The id in a container's link names: 8 hex digits of UUID v5 of its name, in the
-/// namespace VM UUIDs come from.
-pub fn container_id(container: &str) -> String {
-    config::short_id(&config::vm_uuid(container))
-}
-
-/// `veth-<id>-h` and `veth-<id>-c` (15 bytes each).
-pub fn veth_names(container: &str) -> Veth {
-    let (host_end, container_end) = config::veth_names(container);
-    Veth {
-        host_end,
-        container_end,
-    }
-}
-
-/// The altname of a VM NIC's host link: `<vm>-<nic>` (≤ 80 bytes, altnames allow 127).
-pub fn vm_altname(vm: &VmConfig, nic: &NicConfig) -> String {
-    format!("{}-{}", vm.name, nic.id)
-}
-
-/// The named namespace an isolated workload's host-side link lives in.
-pub fn isolated_netns(id: &str) -> String {
-    format!("volt-iso-{id}")
-}
-
-/// The `volt` user and group, if the user exists.
-pub fn volt_user() -> Option<(u32, Option<u32>)> {
-    let name = std::ffi::CString::new(crate::generator::render::VOLT_USER).ok()?;
+/// The uid and gid of `user`, if it exists.
+pub fn lookup_user(user: &str) -> Option<(u32, Option<u32>)> {
+    let name = std::ffi::CString::new(user).ok()?;
     // SAFETY: getpwnam returns NULL or a pointer to static storage valid until the next
     // call; we copy the two ids out at once.
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };
@@ -322,32 +309,26 @@ impl Manager {
         }
     }
 
-    /// Create the TAP of a VM NIC directly (TUNSETIFF), with its MTU, on `bridge`, with the
-    /// altname `<vm>-<nic>`, up. Not persistent: it goes away with the returned fds.
-    pub fn create_tap(
-        &self,
-        bridge: &str,
-        vm: &VmConfig,
-        nic: &NicConfig,
-    ) -> Result<Tap, ManagerError> {
-        self.create_tap_with(bridge, vm, nic, &TapOptions::default())
+    /// Create a TAP directly (TUNSETIFF), with its MTU, on `bridge`, with its altname, up.
+    /// Not persistent: it goes away with the returned fds.
+    pub fn create_tap(&self, bridge: &str, link: &LinkParams) -> Result<Tap, ManagerError> {
+        self.create_tap_with(bridge, link, &TapOptions::default())
     }
 
     /// [`Manager::create_tap`] with options (persistent, owned by a user).
     pub fn create_tap_with(
         &self,
         bridge: &str,
-        vm: &VmConfig,
-        nic: &NicConfig,
+        link: &LinkParams,
         opts: &TapOptions,
     ) -> Result<Tap, ManagerError> {
         let nl = Netlink::new()?;
         Self::bridge_present(&nl, bridge)?;
-        let tap = Self::new_tap(nic, opts)?;
+        let tap = Self::new_tap(link, opts)?;
         let r = (|| -> Result<(), ManagerError> {
-            nl.set_mtu(&tap.name, nic.mtu)?;
+            nl.set_mtu(&tap.name, link.mtu)?;
             nl.set_master(&tap.name, bridge)?;
-            Self::altname(&nl, &tap.name, &vm_altname(vm, nic));
+            Self::altname(&nl, &tap.name, &link.altname);
             nl.set_up(&tap.name)?;
             Ok(())
         })();
@@ -357,18 +338,12 @@ impl Manager {
             }
             return Err(e);
         }
-        log::info!(
-            "created TAP {} ({}) on {bridge} for VM {} NIC {}",
-            tap.name,
-            vm_altname(vm, nic),
-            vm.name,
-            nic.id
-        );
+        log::info!("created TAP {} ({}) on {bridge}", tap.name, link.altname);
         Ok(tap)
     }
 
-    fn new_tap(nic: &NicConfig, opts: &TapOptions) -> Result<Tap, ManagerError> {
-        let tap = Tap::create(&nic.link, nic.queues.max(1) as usize)?;
+    fn new_tap(link: &LinkParams, opts: &TapOptions) -> Result<Tap, ManagerError> {
+        let tap = Tap::create(&link.name, link.queues.max(1) as usize)?;
         if let Some((uid, gid)) = opts.owner {
             tap.set_owner(uid, gid)?;
         }
@@ -378,32 +353,30 @@ impl Manager {
         Ok(tap)
     }
 
-    /// Add an altname; a failure (an old kernel, a name taken) is logged, not fatal.
     fn altname(nl: &Netlink, link: &str, alt: &str) {
         if let Err(e) = nl.add_altname(link, alt) {
             log::warn!("{link}: no altname {alt}: {}", crate::error_chain(&e));
         }
     }
 
-    /// Create the TAP of a VM NIC on an isolated network: it lives alone in the VM's own
-    /// namespace `volt-iso-<short id>` (created if needed), up, with no route anywhere.
-    /// The returned fds keep working across the move.
+    /// An isolated network's TAP: created in the host namespace (replacing a stale one there),
+    /// then moved alone into the named namespace `ns` (created when missing) and set up there.
+    /// No bridge, no route: the workload reaches nothing. TAP fds stay valid across the move.
     pub fn create_isolated_tap(
         &self,
-        vm: &VmConfig,
-        nic: &NicConfig,
+        link: &LinkParams,
+        ns: &str,
         opts: &TapOptions,
     ) -> Result<Tap, ManagerError> {
         let nl = Netlink::new()?;
-        if nl.delete(&nic.link)? {
-            log::info!("replaced {} in the host namespace", nic.link);
+        if nl.delete(&link.name)? {
+            log::info!("replaced {} in the host namespace", link.name);
         }
-        let tap = Self::new_tap(nic, opts)?;
-        let ns = isolated_netns(&config::short_id(&vm.uuid));
+        let tap = Self::new_tap(link, opts)?;
         let r = (|| -> Result<(), ManagerError> {
-            nl.set_mtu(&tap.name, nic.mtu)?;
-            Self::altname(&nl, &tap.name, &vm_altname(vm, nic));
-            self.move_into_isolated(&nl, &tap.name, &ns)
+            nl.set_mtu(&tap.name, link.mtu)?;
+            Self::altname(&nl, &tap.name, &link.altname);
+            self.move_into_isolated(&nl, &tap.name, ns)
         })();
         if let Err(e) = r {
             if opts.persist {
@@ -412,9 +385,9 @@ impl Manager {
             return Err(e);
         }
         log::info!(
-            "created isolated TAP {} in namespace {ns} for VM {}",
+            "created isolated TAP {} ({}) in namespace {ns}",
             tap.name,
-            vm.name
+            link.altname
         );
         Ok(tap)
     }
@@ -433,32 +406,24 @@ impl Manager {
         Ok(())
     }
 
-    /// Create `container`'s veth pair `veth-<id>-h` / `veth-<id>-c`: the host end on `bridge`
-    /// with the bridge's MTU and the altname `<container>`, up; the container end down, for
-    /// the caller (nspawn `--network-interface=`, or [`Manager::move_link`]) to move. A stale
-    /// pair of the same name is replaced.
-    pub fn create_veth(&self, bridge: &str, container: &str) -> Result<Veth, ManagerError> {
-        self.create_veth_with(bridge, container, None)
-    }
-
-    /// [`Manager::create_veth`], the container end with `mac` (the container's address on
-    /// the wire; the kernel's random one when `None`).
-    pub fn create_veth_with(
+    /// A veth pair with its host end on `bridge` (with the bridge's MTU, the altname, up)
+    /// and the other end left for the container, with `mac` when given.
+    pub fn create_veth(
         &self,
         bridge: &str,
-        container: &str,
+        v: &Veth,
+        altname: &str,
         mac: Option<MacAddr>,
-    ) -> Result<Veth, ManagerError> {
+    ) -> Result<(), ManagerError> {
         let nl = Netlink::new()?;
         let mtu = Self::bridge_present(&nl, bridge)?;
-        let v = veth_names(container);
-        self.new_veth(&nl, &v, mtu)?;
+        self.new_veth(&nl, v, mtu)?;
         let r = (|| -> Result<(), ManagerError> {
             if let Some(m) = mac {
                 nl.set_mac(&v.container_end, m)?;
             }
             nl.set_master(&v.host_end, bridge)?;
-            Self::altname(&nl, &v.host_end, container);
+            Self::altname(&nl, &v.host_end, altname);
             nl.set_up(&v.host_end)?;
             Ok(())
         })();
@@ -467,11 +432,11 @@ impl Manager {
             return Err(e);
         }
         log::info!(
-            "created veth {} ({container}) on {bridge} / {} for container {container}",
+            "created veth {} ({altname}) on {bridge} / {}",
             v.host_end,
             v.container_end
         );
-        Ok(v)
+        Ok(())
     }
 
     fn new_veth(&self, nl: &Netlink, v: &Veth, mtu: u32) -> Result<(), ManagerError> {
@@ -489,18 +454,17 @@ impl Manager {
         Ok(())
     }
 
-    /// Make sure `container`'s veth pair is whole: the host end on `bridge` and up, the
-    /// container end in this namespace (with `mac`), peers of each other. A whole pair is
-    /// kept; a pair missing either end is recreated (a crashed container's namespace takes
-    /// both ends with it). Returns the names and whether the pair was (re)created.
+    /// The pair `v` on `bridge`: kept when both ends exist, are peers and the host end is
+    /// on the bridge (re-enslaved and set up if needed, MAC corrected); otherwise replaced.
+    /// Returns whether it was (re)created.
     pub fn ensure_veth(
         &self,
         bridge: &str,
-        container: &str,
+        v: &Veth,
+        altname: &str,
         mac: Option<MacAddr>,
-    ) -> Result<(Veth, bool), ManagerError> {
+    ) -> Result<bool, ManagerError> {
         let nl = Netlink::new()?;
-        let v = veth_names(container);
         let host = nl.link(&v.host_end)?;
         let cend = nl.link(&v.container_end)?;
         if let (Some(h), Some(c)) = (&host, &cend) {
@@ -517,59 +481,62 @@ impl Manager {
                 if let Some(m) = mac.filter(|m| c.mac != Some(*m)) {
                     nl.set_mac(&v.container_end, m)?;
                 }
-                return Ok((v, false));
+                return Ok(false);
             }
         }
         if host.is_none() && nl.delete(&v.container_end)? {
             log::info!("removed a stray {}", v.container_end);
         }
-        let v = self.create_veth_with(bridge, container, mac)?;
-        Ok((v, true))
+        self.create_veth(bridge, v, altname, mac)?;
+        Ok(true)
     }
 
-    /// [`Manager::ensure_veth`] for an isolated network: the container end here, the host
-    /// end alone in `volt-iso-<id>`. A missing container end means the pair is gone: the
-    /// namespace and anything left in it are removed and the pair is made anew.
+    /// The pair `v` of a container on an isolated network: the host end alone in namespace
+    /// `ns`. Kept when the container end and the namespace exist; else rebuilt.
     pub fn ensure_isolated_veth(
         &self,
-        container: &str,
+        v: &Veth,
+        altname: &str,
+        ns: &str,
         mac: Option<MacAddr>,
-    ) -> Result<(Veth, bool), ManagerError> {
-        let v = veth_names(container);
+    ) -> Result<bool, ManagerError> {
         let nl = Netlink::new()?;
         if nl
             .link(&v.container_end)?
             .is_some_and(|c| c.kind.as_deref() == Some("veth"))
-            && netns::exists(&isolated_netns(&container_id(container)))
+            && netns::exists(ns)
         {
-            return Ok((v, false));
+            return Ok(false);
         }
-        if let Err(e) = self.teardown_container(container) {
+        if let Err(e) = self.teardown_links(&[&v.host_end], ns) {
             log::warn!("{}", crate::error_chain(&e));
         }
-        let v = self.create_isolated_veth(container)?;
+        self.create_isolated_veth(v, altname, ns)?;
         if let Some(m) = mac {
             nl.set_mac(&v.container_end, m)?;
         }
-        Ok((v, true))
+        Ok(true)
     }
 
-    /// A veth pair for `container` on an isolated network: the host end lives alone in the
-    /// container's own namespace `volt-iso-<id>`, so the container end reaches nothing.
-    pub fn create_isolated_veth(&self, container: &str) -> Result<Veth, ManagerError> {
+    /// A veth pair whose host end lives alone in namespace `ns` (the container end stays
+    /// here for the container).
+    pub fn create_isolated_veth(
+        &self,
+        v: &Veth,
+        altname: &str,
+        ns: &str,
+    ) -> Result<(), ManagerError> {
         let nl = Netlink::new()?;
-        let v = veth_names(container);
-        self.new_veth(&nl, &v, 1500)?;
-        Self::altname(&nl, &v.host_end, container);
-        let ns = isolated_netns(&container_id(container));
-        if let Err(e) = self.move_into_isolated(&nl, &v.host_end, &ns) {
+        self.new_veth(&nl, v, 1500)?;
+        Self::altname(&nl, &v.host_end, altname);
+        if let Err(e) = self.move_into_isolated(&nl, &v.host_end, ns) {
             let _ = nl.delete(&v.host_end);
             return Err(e);
         }
-        Ok(v)
+        Ok(())
     }
 
-    /// Move link `name` into another namespace, optionally renaming it.
+    /// Move a link into another namespace (optionally renaming it).
     pub fn move_link(
         &self,
         name: &str,
@@ -579,14 +546,13 @@ impl Manager {
         Ok(Netlink::new()?.move_to_netns(name, target, new_name)?)
     }
 
-    /// Create the macvtap of a VM NIC on `parent` in the NIC's mode, with the NIC's MAC and
-    /// MTU and the altname `<vm>-<nic>`, up; make sure `/dev/tap<ifindex>` exists (there is
-    /// no udev in every setup) and belongs to `owner`.
+    /// A macvtap on `parent` in `mode` with the link's MAC and MTU, up, and its character
+    /// device (made from sysfs when udev did not), owned by `owner` when given.
     pub fn create_macvtap(
         &self,
         parent: &str,
-        vm: &VmConfig,
-        nic: &NicConfig,
+        link: &LinkParams,
+        mode: MacvtapMode,
         owner: Option<(u32, Option<u32>)>,
     ) -> Result<Macvtap, ManagerError> {
         let nl = Netlink::new()?;
@@ -596,15 +562,14 @@ impl Manager {
                 name: parent.into(),
             });
         }
-        if nl.delete(&nic.link)? {
-            log::info!("replaced a stale {}", nic.link);
+        if nl.delete(&link.name)? {
+            log::info!("replaced a stale {}", link.name);
         }
-        let mode = nic.macvtap_mode.unwrap_or_default();
-        let index = nl.create_macvtap(&nic.link, parent, mode, Some(nic.mac), Some(nic.mtu))?;
+        let index = nl.create_macvtap(&link.name, parent, mode, Some(link.mac), Some(link.mtu))?;
         let r = (|| -> Result<PathBuf, ManagerError> {
-            Self::altname(&nl, &nic.link, &vm_altname(vm, nic));
-            nl.set_up(&nic.link)?;
-            let dev = macvtap_device(&self.dev_dir, &nic.link, index)?;
+            Self::altname(&nl, &link.name, &link.altname);
+            nl.set_up(&link.name)?;
+            let dev = macvtap_device(&self.dev_dir, &link.name, index)?;
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::chown(&dev, Some(uid), gid)
                     .map_err(io(format!("chown {}", dev.display())))?;
@@ -614,27 +579,26 @@ impl Manager {
         match r {
             Ok(device) => {
                 log::info!(
-                    "created macvtap {} ({mode:?}) on {parent} for VM {} NIC {}: {}",
-                    nic.link,
-                    vm.name,
-                    nic.id,
+                    "created macvtap {} ({mode:?}) on {parent} for {}: {}",
+                    link.name,
+                    link.altname,
                     device.display()
                 );
                 Ok(Macvtap {
-                    name: nic.link.clone(),
+                    name: link.name.clone(),
                     index,
                     device,
                 })
             }
             Err(e) => {
-                let _ = nl.delete(&nic.link);
+                let _ = nl.delete(&link.name);
                 Err(e)
             }
         }
     }
 
-    /// SR-IOV VF passthrough: designed, not implemented (README "SR-IOV"). Says why this
-    /// host cannot do it.
+    /// SR-IOV VF passthrough: designed, not implemented (ARCHITECTURE.md "SR-IOV"). Says why
+    /// this host cannot do it.
     pub fn sriov_vf(&self, parent: &str) -> Result<PathBuf, ManagerError> {
         let p = Path::new("/sys/class/net")
             .join(parent)
@@ -653,43 +617,43 @@ impl Manager {
         Err(ManagerError::SriovUnsupported { reason })
     }
 
-    /// The MAC NIC `nic` should use on `bridge`: its configured MAC unless the bridge's FDB
-    /// has it on another port (another VM, a stale TAP), then the next derived candidate
-    /// (`nic_mac(uuid, id, attempt)`). Returns the MAC and whether it changed (logged with
-    /// old and new). An explicitly configured MAC is never changed: that is an error.
+    /// The MAC `link` should use on `bridge`: its own unless the bridge's FDB has it on
+    /// another port (another workload, a stale TAP), then the first candidate `next(attempt)`
+    /// that is free. Returns the MAC and whether it changed (logged with old and new). An
+    /// explicit MAC is never changed: that is an error naming the port.
     pub fn resolve_mac(
         &self,
         bridge: &str,
-        vm: &VmConfig,
-        nic: &NicConfig,
+        link: &LinkParams,
+        explicit: bool,
+        next: &dyn Fn(u32) -> MacAddr,
     ) -> Result<(MacAddr, bool), ManagerError> {
         let nl = Netlink::new()?;
-        let own = Some(nic.link.as_str());
-        let wanted = nic.mac;
+        let own = Some(link.name.as_str());
+        let wanted = link.mac;
         let Some(port) = nl.mac_elsewhere_on(bridge, wanted, own)? else {
             return Ok((wanted, false));
         };
-        if nic.mac_explicit {
+        if explicit {
             return Err(ManagerError::MacConflict {
                 mac: wanted,
-                nic: nic.id.clone(),
+                nic: link.altname.clone(),
                 bridge: bridge.into(),
                 port,
             });
         }
         for attempt in 1..MAC_ATTEMPTS {
-            let candidate = config::nic_mac(&vm.uuid, &nic.id, attempt);
+            let candidate = next(attempt);
             if nl.mac_elsewhere_on(bridge, candidate, own)?.is_none() {
                 log::warn!(
-                    "VM {} NIC {}: MAC {wanted} is already on {bridge} (port {port}); using {candidate} instead",
-                    vm.name,
-                    nic.id
+                    "{}: MAC {wanted} is already on {bridge} (port {port}); using {candidate} instead",
+                    link.altname
                 );
                 return Ok((candidate, true));
             }
         }
         Err(ManagerError::MacExhausted {
-            nic: nic.id.clone(),
+            nic: link.altname.clone(),
             bridge: bridge.into(),
             attempts: MAC_ATTEMPTS,
         })
@@ -715,8 +679,8 @@ impl Manager {
     }
 
     /// Delete `links` in the host namespace, and inside isolated namespace `ns` (then the
-    /// namespace itself) if it exists. Every step runs.
-    fn teardown(&self, links: &[&str], ns: &str) -> Result<(), ManagerError> {
+    /// namespace itself) if it exists. Every step runs; every failure is reported.
+    pub fn teardown_links(&self, links: &[&str], ns: &str) -> Result<(), ManagerError> {
         let mut c = Collect::default();
         c.step("delete links", self.delete_links(links));
         if netns::exists(ns) {
@@ -736,19 +700,6 @@ impl Manager {
             c.step(format!("delete namespace {ns}"), netns::delete(ns));
         }
         c.finish()
-    }
-
-    /// Remove every host link of `vm` (on the bridge, on a parent, or in its isolated
-    /// namespace) and that namespace. Runs every step, reports every failure.
-    pub fn teardown_vm(&self, vm: &VmConfig) -> Result<(), ManagerError> {
-        let links: Vec<&str> = vm.nics.iter().map(|n| n.link.as_str()).collect();
-        self.teardown(&links, &isolated_netns(&config::short_id(&vm.uuid)))
-    }
-
-    /// Remove `container`'s veth pair and its isolated namespace. Runs every step.
-    pub fn teardown_container(&self, container: &str) -> Result<(), ManagerError> {
-        let v = veth_names(container);
-        self.teardown(&[&v.host_end], &isolated_netns(&container_id(container)))
     }
 }
 
@@ -794,95 +745,6 @@ pub fn macvtap_device(dev_dir: &Path, name: &str, index: u32) -> Result<PathBuf,
     Ok(dev)
 }
 
-/// The address a port map's target workload has on `net`: a VM's static address, else its
-/// lease (VM first, then container) from IPAM.
-pub fn port_map_addr(
-    net: &Network,
-    vms: &[VmConfig],
-    leases: &[super::ipam::Lease],
-    target: &str,
-) -> Option<Ipv4Addr> {
-    let vm_static = vms
-        .iter()
-        .filter(|v| v.name == target)
-        .flat_map(|v| v.nics.iter())
-        .find(|n| n.network.as_deref() == Some(net.name.as_str()))
-        .and_then(|n| n.ipv4.map(|i| i.addr()));
-    vm_static
-        .or_else(|| {
-            leases
-                .iter()
-                .find(|l| l.owner.kind == super::ipam::Kind::Vm && l.owner.name == target)
-                .map(|l| l.ip)
-        })
-        .or_else(|| leases.iter().find(|l| l.owner.name == target).map(|l| l.ip))
-        .or_else(|| {
-            net.reservations
-                .get(&format!("vm-{target}"))
-                .or_else(|| net.reservations.get(&format!("ct-{target}")))
-                .copied()
-        })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn veth_names_fit_and_are_stable() {
-        for name in ["a", "web", &"x".repeat(64)] {
-            let v = veth_names(name);
-            assert!(v.host_end.len() <= config::IFNAMSIZ_MAX, "{v:?}");
-            assert!(v.container_end.len() <= config::IFNAMSIZ_MAX, "{v:?}");
-            assert!(v.host_end.starts_with("veth-") && v.host_end.ends_with("-h"));
-            assert_eq!(v, veth_names(name));
-            assert!(config::check_link_name(&v.host_end).is_ok());
-        }
-        let id = config::short_id(&config::vm_uuid("web"));
-        assert_eq!(veth_names("web").container_end, format!("veth-{id}-c"));
-        assert_ne!(veth_names("web"), veth_names("db"));
-    }
-
-    #[test]
-    fn altnames_and_namespaces() {
-        let nets = crate::config::Networks {
-            list: vec![Network::builtin_default()],
-        };
-        let vm = crate::config::parse_vm_toml(
-            Path::new("/etc/volt/vms/a-rather-long-vm-name-for-testing.toml"),
-            "kernel = \"/k\"\n[[network]]\nid = \"eth0\"\n",
-            &nets,
-        )
-        .expect("valid");
-        let alt = vm_altname(&vm, &vm.nics[0]);
-        assert_eq!(alt, "a-rather-long-vm-name-for-testing-eth0");
-        assert!(alt.len() <= 127);
-        assert!(isolated_netns("1234abcd").len() < 64);
-    }
-
-    #[test]
-    fn sriov_is_refused_with_a_reason() {
-        let m = Manager::new("/nonexistent");
-        let e = m.sriov_vf("no-such-nic").unwrap_err().to_string();
-        assert!(e.starts_with("SR-IOV VF passthrough is not supported on this host: no-such-nic has no SR-IOV capability"), "{e}");
-    }
-
-    #[test]
-    fn teardown_error_lists_every_step() {
-        let e = ManagerError::Teardown(vec![
-            (
-                "delete tap-1".into(),
-                ManagerError::MissingLink {
-                    what: "link",
-                    name: "x".into(),
-                },
-            ),
-            (
-                "delete namespace y".into(),
-                ManagerError::SriovUnsupported { reason: "r".into() },
-            ),
-        ]);
-        let s = e.to_string();
-        assert!(s.starts_with("2 teardown step(s) failed: delete tap-1: link x does not exist; delete namespace y:"), "{s}");
-    }
-}
+#[path = "manager_tests.rs"]
+mod tests;

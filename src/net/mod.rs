@@ -1,5 +1,6 @@
-//! Host networking: links over rtnetlink, TAPs, namespaces, NAT, systemd-networkd, IPAM,
-//! and the [`manager::Manager`] that ties them together for VMs and containers.
+//! Host networking mechanism: links over rtnetlink, NAT and anti-spoofing in nftables,
+//! systemd-networkd over D-Bus, IPAM, and the [`manager::Manager`] that creates bridges, TAPs,
+//! veths and macvtaps. No policy: `attach` decides what to create for which workload.
 
 pub mod antispoof;
 pub mod ipam;
@@ -8,6 +9,4 @@ pub mod manager;
 pub mod monitor;
 pub mod nat;
 pub mod netlink;
-pub mod netns;
 pub mod networkd;
-pub mod tap;

@@ -100,6 +100,8 @@ impl Vmm {
                 ))
                 .map_err(boot::BootError::Cmdline)?;
         }
+        // Disks are opened and locked now, before the sandbox: a locked image fails the start.
+        let disks = super::virtio::blk::devices_for(&spec)?;
 
         let (events_tx, events_rx) = event_channel();
         let mut pio = Bus::new();
@@ -169,6 +171,9 @@ impl Vmm {
             created,
             console,
         };
+        for d in disks {
+            vmm.add_virtio_device(Box::new(d))?;
+        }
         if let Some(v) = vsock {
             vmm.add_virtio_device(Box::new(v))?;
         }
@@ -221,7 +226,9 @@ impl Vmm {
         for s in self.virtio.slots() {
             let described = crate::vmm::devices::lock(&s.transport).device_status();
             devices.push(match described {
-                Some(d) if s.device_type == 1 => format!("virtio-net {d}"),
+                Some(d) if s.device_type == super::virtio::net::VIRTIO_ID_NET => {
+                    format!("virtio-net {d}")
+                }
                 Some(d) => d,
                 None => format!(
                     "virtio-mmio type {} at {:#x} irq {}",
@@ -440,11 +447,13 @@ fn stop_signal_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        // What `machinectl poweroff` (and systemd's own convention) sends for "power off".
+        libc::sigaddset(&mut set, libc::SIGRTMIN() + 4);
         set
     }
 }
 
-/// Blocks SIGTERM and SIGINT in this thread (and so in every thread spawned after), so the
+/// Blocks SIGTERM, SIGINT and SIGRTMIN+4 in this thread (and so in every thread spawned after), so the
 /// signal thread can take them with `sigwait`. Returns the previous mask.
 fn block_stop_signals() -> Result<libc::sigset_t, VmmError> {
     let set = stop_signal_set();

@@ -67,10 +67,70 @@ pub struct VmmCli {
     /// --notify-ready); needs --vsock-cid.
     #[arg(long, requires = "vsock_cid")]
     pub notify_ready: bool,
-    /// VM config file (what volt-vm@.service runs): `/etc/volt/vms/<name>.toml`, checked
-    /// with the other VM files under $VOLT_ROOT; errors exit 78 (EX_CONFIG).
-    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
-    pub config: Option<PathBuf>,
+    /// A virtio-blk disk (repeatable, guest order vda, vdb, ...):
+    /// path=FILE[,readonly][,root][,cache=none|writeback][,serial=S][,bps=N][,iops=N].
+    /// `root` adds root=/dev/vdX (ro/rw) to the command line.
+    #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
+    pub disks: Vec<crate::vmm::disk::DiskSpec>,
+    /// A virtio-net device on an existing TAP (repeatable, guest order):
+    /// `tap=NAME,mac=52:54:00:xx:xx:xx[,mtu=N][,queues=N][,vhost=on|off][,netns=PATH][,id=ethN]`.
+    #[arg(long, value_name = "SPEC", value_parser = parse_net)]
+    pub net: Vec<crate::vmm::spec::NicSpec>,
+    /// The VM spec `volt vm run` writes (JSON; what volt-vm@.service runs). Errors exit 78
+    /// (EX_CONFIG).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "net", "disks"])]
+    pub spec: Option<PathBuf>,
+}
+
+/// `tap=NAME,mac=MAC[,mtu=N][,queues=N][,vhost=on|off][,netns=PATH][,id=ID]`.
+pub fn parse_net(s: &str) -> Result<crate::vmm::spec::NicSpec, String> {
+    let mut nic = crate::vmm::spec::NicSpec {
+        id: String::new(),
+        tap: String::new(),
+        netns: None,
+        mac: String::new(),
+        mtu: 1500,
+        queues: 1,
+        vhost: true,
+    };
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not key=value"))?;
+        let num = |what: &str| {
+            v.parse::<u16>()
+                .map_err(|_| format!("{what} {v:?} is not a number 0-65535"))
+        };
+        match k {
+            "tap" => nic.tap = v.to_string(),
+            "mac" => {
+                crate::vmm::nics::parse_mac(v)
+                    .ok_or_else(|| format!("{v:?} is not a MAC address"))?;
+                nic.mac = v.to_string();
+            }
+            "mtu" => nic.mtu = num("mtu")?,
+            "queues" => nic.queues = num("queues")?.max(1),
+            "vhost" => nic.vhost = matches!(v, "on" | "yes" | "true" | "1"),
+            "netns" => nic.netns = Some(PathBuf::from(v)),
+            "id" => nic.id = v.to_string(),
+            _ => {
+                return Err(format!(
+                    "unknown key {k:?} (tap, mac, mtu, queues, vhost, netns, id)"
+                ))
+            }
+        }
+    }
+    if nic.tap.is_empty() || nic.mac.is_empty() {
+        return Err("tap= and mac= are required".into());
+    }
+    if nic.id.is_empty() {
+        nic.id = nic.tap.clone();
+    }
+    Ok(nic)
+}
+
+fn parse_disk(s: &str) -> Result<crate::vmm::disk::DiskSpec, String> {
+    crate::vmm::disk::parse_disk_arg(s).map_err(|e| e.to_string())
 }
 
 impl VmmCli {
@@ -97,10 +157,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("invalid duration {s:?} (examples: 10, 10s, 500ms)"))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(format!("invalid duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(v * scale))
+    Duration::try_from_secs_f64(v * scale)
+        .ok()
+        .filter(|d| *d <= Duration::from_secs(365 * 24 * 3600))
+        .ok_or_else(|| format!("invalid duration {s:?} (0 to one year)"))
 }
 
 #[cfg(test)]
@@ -113,6 +173,8 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("1e30").is_err());
+        assert!(parse_duration("NaN").is_err());
     }
 
     #[test]

@@ -10,7 +10,9 @@ pub mod cli;
 pub mod console;
 pub mod cpu;
 pub mod devices;
+pub mod disk;
 pub mod event;
+pub mod launch;
 pub mod memory;
 pub mod nics;
 pub mod ratelimit;
@@ -90,6 +92,9 @@ pub enum VmmError {
     /// The guest cannot continue (triple fault, emulation failure, failed entry).
     #[error("the guest stopped on an error: {0}")]
     GuestFailure(String),
+    /// A disk could not be opened or locked.
+    #[error("setting up a disk failed")]
+    Disk(#[from] virtio::blk::BlkError),
     /// Dropping privileges or installing the seccomp filter failed.
     #[error("entering the sandbox failed")]
     Sandbox(#[from] sandbox::SandboxError),
@@ -115,6 +120,7 @@ impl VmmError {
                 libc::ENOENT | libc::ENXIO | libc::ENODEV | libc::EACCES | libc::EPERM
             ),
             VmmError::Serial(devices::serial::SerialError::OpenFile { .. }) => true,
+            VmmError::Disk(e) => e.is_config_error(),
             VmmError::Boot(b) => matches!(
                 b,
                 B::ReadKernel { .. }

@@ -1,25 +1,15 @@
-//! From a VM's `[[network]]` entries to virtio-net devices: get each NIC's TAP (from the
-//! systemd fd store after a restart, else the TAP networkd made, else create it directly),
-//! hand new TAP fds to the fd store, give the guest its address on the kernel command line
-//! (`ip=`), and build the devices.
+//! From the spec's NICs to virtio-net devices: each NIC's TAP from the systemd fd store after
+//! a restart, else opened by name (inside its isolated namespace when it has one); new TAP
+//! fds go to the fd store. No policy here: the TAP exists already (its owner unit brought it
+//! up), and its MAC and address are in the spec.
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::collections::HashMap;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::path::Path;
-use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
-
-use crate::config::{ConfigSet, NetworkLookup, NicConfig, NicMode, VmConfig};
-use crate::net::ipam::{Ipam, Owner, Request};
-use crate::net::link;
-use crate::net::manager::{Manager, ManagerError, TapOptions};
-use crate::net::tap::{Tap, TapError};
+use crate::sys::netns::{self, NetnsError};
+use crate::sys::tap::{Tap, TapError};
+use crate::vmm::spec::NicSpec;
 use crate::vmm::virtio::net::{Net, NetParams};
-
-/// How long a networkd NIC waits for its TAP before creating it directly.
-pub const TAP_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NicError {
@@ -30,31 +20,15 @@ pub enum NicError {
         #[source]
         source: TapError,
     },
-    #[error("NIC {nic}: cannot create TAP {tap} directly")]
-    Create {
+    #[error("NIC {nic}: cannot enter the network namespace of TAP {tap}")]
+    Netns {
         nic: String,
         tap: String,
         #[source]
-        source: Box<ManagerError>,
+        source: NetnsError,
     },
-    #[error("NIC {nic}: {what} is not possible in the VMM (only with networkd or direct mode on a bridge)")]
-    Unsupported { nic: String, what: &'static str },
-    #[error("NIC {nic}: cannot choose a MAC on {bridge}")]
-    Mac {
-        nic: String,
-        bridge: String,
-        #[source]
-        source: Box<ManagerError>,
-    },
-    #[error("NIC {nic}: macvtap NICs are not supported by the VMM yet")]
-    Macvtap { nic: String },
-    #[error("NIC {nic}: cannot lease an address on {network}")]
-    Ipam {
-        nic: String,
-        network: String,
-        #[source]
-        source: Box<crate::net::ipam::IpamError>,
-    },
+    #[error("NIC {nic}: {mac:?} is not a MAC address")]
+    Mac { nic: String, mac: String },
 }
 
 /// fds systemd handed back from the fd store, by name (`<nic>-q<N>`).
@@ -102,196 +76,102 @@ pub fn fd_name(nic: &str, q: usize) -> String {
     format!("{nic}-q{q}")
 }
 
-/// The kernel's own `ip=` syntax for a NIC: `ip=<addr>::<gw>:<mask>::eth<N>:off`.
-pub fn ip_param(index: usize, addr: Ipv4Net, gateway: Option<Ipv4Addr>) -> String {
-    let gw = gateway.map(|g| g.to_string()).unwrap_or_default();
-    format!(
-        "ip={}::{gw}:{}::eth{index}:off",
-        addr.addr(),
-        addr.netmask()
-    )
-}
-
 /// What setting up the NICs produced.
 pub struct Nics {
     pub devices: Vec<Net>,
-    /// Kernel command line additions (`ip=` per addressed NIC).
-    pub cmdline: Vec<String>,
     /// Newly opened TAP fds to push to the fd store, with their names.
     pub to_store: Vec<(String, OwnedFd)>,
     /// One line per NIC for logs.
     pub summary: Vec<String>,
 }
 
-fn open_or_create(
-    vm: &VmConfig,
-    nic: &NicConfig,
-    root: &Path,
-) -> Result<(Tap, &'static str), NicError> {
-    let queues = nic.queues as usize;
+/// Open TAP `spec.tap`: in the VMM's own namespace, or inside `spec.netns` (a thread that
+/// enters it; the fds stay valid outside).
+fn open(spec: &NicSpec) -> Result<Tap, NicError> {
+    let queues = usize::from(spec.queues.max(1));
     let tap_err = |source| NicError::Tap {
-        nic: nic.id.clone(),
-        tap: nic.link.clone(),
+        nic: spec.id.clone(),
+        tap: spec.tap.clone(),
         source,
     };
-    if nic.mode == NicMode::Networkd {
-        let start = Instant::now();
-        let mut delay = Duration::from_millis(5);
-        loop {
-            match Tap::open(&nic.link, queues) {
-                Ok(t) => return Ok((t, "opened the TAP networkd created")),
-                Err(TapError::Missing { .. }) if start.elapsed() < TAP_WAIT => {
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_millis(200));
-                }
-                Err(TapError::Missing { .. }) => break,
-                Err(e) => return Err(tap_err(e)),
-            }
+    match &spec.netns {
+        None => Tap::open(&spec.tap, queues).map_err(tap_err),
+        Some(ns) => {
+            let name = spec.tap.clone();
+            netns::run_in(ns, move || Tap::open(&name, queues))
+                .map_err(|source| NicError::Netns {
+                    nic: spec.id.clone(),
+                    tap: spec.tap.clone(),
+                    source,
+                })?
+                .map_err(tap_err)
         }
-        log::warn!(
-            "{}: networkd did not create {} within {TAP_WAIT:?}; creating it directly",
-            nic.id,
-            nic.link
-        );
     }
-    let Some(bridge) = nic.bridge.as_deref() else {
-        return Err(NicError::Unsupported {
-            nic: nic.id.clone(),
-            what: "a NIC without a bridge",
-        });
-    };
-    // Persistent: a restarted VMM finds it again (the fd store keeps its fds too); the
-    // owner unit or `volt link down` removes it.
-    let opts = TapOptions {
-        persist: true,
-        // Owned by the user the VMM drops to, so TUNSETQUEUE works after the drop.
-        owner: crate::net::manager::volt_user(),
-    };
-    let tap = Manager::new(root.join("var/lib/volt"))
-        .create_tap_with(bridge, vm, nic, &opts)
-        .map_err(|e| NicError::Create {
-            nic: nic.id.clone(),
-            tap: nic.link.clone(),
-            source: Box::new(e),
-        })?;
-    Ok((tap, "created the TAP directly"))
 }
 
-/// Set up every NIC of `vm`. `root` is where the IPAM state lives (normally `/`).
-pub fn setup(vm: &VmConfig, root: &Path, store: &mut FdStore) -> Result<Nics, NicError> {
+/// Build the virtio-net devices of `nics`.
+pub fn setup(nics: &[NicSpec], store: &mut FdStore) -> Result<Nics, NicError> {
     let mut out = Nics {
         devices: Vec::new(),
-        cmdline: Vec::new(),
         to_store: Vec::new(),
         summary: Vec::new(),
     };
-    let set = ConfigSet::load(root);
-    for nic in &vm.nics {
-        if nic.mode == NicMode::Macvtap {
-            return Err(NicError::Macvtap {
-                nic: nic.id.clone(),
-            });
-        }
-        // A derived MAC already on the bridge (another port) is replaced by the next stable
-        // candidate; an explicit one that clashes is an error.
-        let mut nic_cfg = nic.clone();
-        if let Some(bridge) = nic.bridge.as_deref() {
-            if link::index(bridge).is_some() {
-                let (mac, changed) = Manager::new(root.join("var/lib/volt"))
-                    .resolve_mac(bridge, vm, nic)
-                    .map_err(|e| NicError::Mac {
-                        nic: nic.id.clone(),
-                        bridge: bridge.into(),
-                        source: Box::new(e),
-                    })?;
-                if changed {
-                    nic_cfg.mac = mac;
-                }
-            }
-        }
-        let nic = &nic_cfg;
-        let queues = nic.queues as usize;
-        let (tap, how) = match store.take_queues(&nic.id, queues) {
-            Some(fds) => match Tap::from_fds(&nic.link, queues, fds) {
-                Ok(t) => (t, "took the TAP back from the fd store"),
-                Err(e) => {
+    for nic in nics {
+        let mac = parse_mac(&nic.mac).ok_or_else(|| NicError::Mac {
+            nic: nic.id.clone(),
+            mac: nic.mac.clone(),
+        })?;
+        let queues = usize::from(nic.queues.max(1));
+        let stored = store
+            .take_queues(&nic.id, queues)
+            .map(|fds| Tap::from_fds(&nic.tap, queues, fds));
+        let (tap, how) = match stored {
+            Some(Ok(t)) => (t, "took the TAP back from the fd store"),
+            other => {
+                if let Some(Err(e)) = other {
                     log::warn!(
                         "{}: fd store fds are not usable ({}); opening anew",
                         nic.id,
                         crate::error_chain(&e)
                     );
-                    let (t, how) = open_or_create(vm, nic, root)?;
-                    push_all(&mut out.to_store, &nic.id, &t);
-                    (t, how)
                 }
-            },
-            None => {
-                let (t, how) = open_or_create(vm, nic, root)?;
+                let t = open(nic)?;
                 push_all(&mut out.to_store, &nic.id, &t);
-                (t, how)
+                (t, "opened")
             }
         };
-        // Address: static from the config (or its reservation), else a lease.
-        let mut addr = nic.ipv4;
-        if addr.is_none() {
-            if let Some(net) = nic.network.as_deref().and_then(|n| set.networks.by_name(n)) {
-                let configured: BTreeSet<Ipv4Addr> = set
-                    .vms
-                    .iter()
-                    .flat_map(|v| v.nics.iter())
-                    .filter(|n| n.network.as_deref() == Some(&net.name))
-                    .filter_map(|n| n.ipv4.map(|i| i.addr()))
-                    .collect();
-                let lease = Ipam::new(root.join("var/lib/volt/ipam"))
-                    .allocate(
-                        net,
-                        &Owner::vm(&vm.name, &nic.id),
-                        Request::Any,
-                        &configured,
-                    )
-                    .map_err(|source| NicError::Ipam {
-                        source: Box::new(source),
-                        nic: nic.id.clone(),
-                        network: net.name.clone(),
-                    })?;
-                addr = Ipv4Net::new(lease.ip, net.subnet.prefix_len()).ok();
-            }
-        }
-        if let Some(a) = addr {
-            out.cmdline.push(ip_param(nic.index, a, nic.gateway));
-        }
-        // Only this NIC's MAC (and address, when known) may leave its port on the bridge.
-        if nic.bridge.is_some() {
-            match crate::net::antispoof::apply(&nic.link, nic.mac, addr.map(|a| a.addr())) {
-                Ok(()) => log::debug!("{}: anti-spoofing rules on {}", nic.id, nic.link),
-                Err(e) => log::warn!(
-                    "{}: anti-spoofing is off for {}: {}",
-                    nic.id,
-                    nic.link,
-                    crate::error_chain(&e)
-                ),
-            }
-        }
-        let ifindex = link::index(&nic.link).unwrap_or(0);
         out.summary.push(format!(
-            "{}: {how} {} (ifindex {ifindex}, {} queue pair(s)) on {}, MAC {}, address {}",
+            "{}: {how} {}{} ({} queue pair(s)), MAC {}",
             nic.id,
-            nic.link,
-            nic.queues,
-            nic.bridge.as_deref().unwrap_or("-"),
-            nic.mac,
-            addr.map_or_else(|| "none".to_string(), |a| a.to_string())
+            nic.tap,
+            nic.netns
+                .as_ref()
+                .map(|n| format!(" in {}", n.display()))
+                .unwrap_or_default(),
+            queues,
+            nic.mac
         ));
         let params = NetParams {
             id: nic.id.clone(),
-            mac: nic.mac.0,
-            mtu: u16::try_from(nic.mtu).unwrap_or(1500),
-            queue_pairs: nic.queues as u16,
+            mac,
+            mtu: nic.mtu,
+            queue_pairs: queues as u16,
             vhost: nic.vhost,
         };
         out.devices.push(Net::new(params, tap));
     }
     Ok(out)
+}
+
+/// `xx:xx:xx:xx:xx:xx`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for slot in out.iter_mut() {
+        let p = parts.next().filter(|p| p.len() == 2)?;
+        *slot = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 fn push_all(to_store: &mut Vec<(String, OwnedFd)>, nic: &str, tap: &Tap) {
@@ -339,17 +219,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ip_param_uses_the_kernel_syntax() {
-        let a: Ipv4Net = "10.42.0.10/24".parse().expect("net");
+    fn macs_and_fd_names() {
         assert_eq!(
-            ip_param(0, a, Some("10.42.0.1".parse().expect("ip"))),
-            "ip=10.42.0.10::10.42.0.1:255.255.255.0::eth0:off"
+            parse_mac("52:54:00:0a:bB:cc"),
+            Some([0x52, 0x54, 0, 0x0a, 0xbb, 0xcc])
         );
-        let b: Ipv4Net = "172.30.5.9/16".parse().expect("net");
-        assert_eq!(
-            ip_param(2, b, None),
-            "ip=172.30.5.9:::255.255.0.0::eth2:off"
-        );
+        for bad in [
+            "",
+            "52:54:00:0a:bb",
+            "52:54:00:0a:bb:cc:dd",
+            "5254:00:0a:bb:cc",
+            "zz:54:00:0a:bb:cc",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
         assert_eq!(fd_name("eth0", 3), "eth0-q3");
     }
 }

@@ -4,7 +4,8 @@
 //! any VMM thread starts, so all threads inherit them.
 //!
 //! The allowlist comes from tracing the run phase (KVM_RUN loop, virtio-net workers,
-//! signal handling, sd_notify and journald, the console and vsock threads); ioctls are limited to the KVM (0xAE), TUN
+//! virtio-blk I/O threads, signal handling, sd_notify and journald, the console and vsock
+//! threads); ioctls are limited to the KVM (0xAE), TUN
 //! ('T') and vhost (0xAF) request families.
 
 use std::collections::BTreeMap;
@@ -118,6 +119,11 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_writev,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
+    // virtio-blk I/O threads: data, FLUSH, DISCARD / WRITE_ZEROES.
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
     libc::SYS_lseek,
     libc::SYS_close,
     libc::SYS_fcntl,
@@ -286,75 +292,152 @@ mod tests {
         }
     }
 
-    /// A forked child installs the filter and tries a syscall outside it (open of a file):
-    /// the kernel kills it with SIGSYS; an allowed call keeps working.
-    #[test]
-    fn forbidden_syscall_kills_and_allowed_ones_work() {
-        let prog = filter(SeccompMode::Kill, false).expect("filter");
-        // SAFETY: fork in a test; the child only makes raw syscalls and exits.
+    /// How a child that installed `filters` (in order) and then ran `call` ended.
+    #[derive(Debug, PartialEq, Eq)]
+    enum End {
+        /// `_exit` with this status: `call`'s own verdict (0 = the call behaved as expected).
+        Exit(i32),
+        /// Killed by this signal.
+        Signal(i32),
+    }
+
+    /// Forks; the child installs `filters`, makes the one syscall `call` makes and exits with
+    /// its result. Each call gets its own child, so a call killed wrongly is seen as such.
+    fn in_child(filters: &[&BpfProgram], call: fn() -> i32) -> End {
+        // SAFETY: fork in a test; the child only installs filters (prepared before the
+        // fork), makes raw syscalls and leaves with _exit.
         let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
         if pid == 0 {
-            if seccompiler::apply_filter(&prog).is_err() {
-                // SAFETY: leaving the child.
-                unsafe { libc::_exit(3) };
+            for f in filters {
+                if seccompiler::apply_filter(f).is_err() {
+                    // SAFETY: leaving the child.
+                    unsafe { libc::_exit(100) };
+                }
             }
-            // Allowed: write to stderr (0 bytes), getpid.
-            // SAFETY: raw syscalls with valid arguments.
-            unsafe {
-                libc::write(2, std::ptr::null(), 0);
-                libc::getpid();
-                libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-                libc::_exit(0);
-            }
+            let code = call();
+            // SAFETY: leaving the child.
+            unsafe { libc::_exit(code) };
         }
         let mut status = 0;
         // SAFETY: waiting for our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
-        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        if libc::WIFSIGNALED(status) {
+            End::Signal(libc::WTERMSIG(status))
+        } else {
+            End::Exit(libc::WEXITSTATUS(status))
+        }
     }
-}
 
-#[cfg(test)]
-mod stacked_tests {
-    use super::*;
+    fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+
+    // The calls, each returning 0 when it behaved as an allowed call should.
+    fn write_zero_bytes() -> i32 {
+        // SAFETY: a zero-length write needs no buffer.
+        i32::from(unsafe { libc::write(2, std::ptr::null(), 0) } != 0)
+    }
+    fn getpid() -> i32 {
+        // SAFETY: no arguments.
+        i32::from(unsafe { libc::syscall(libc::SYS_getpid) } <= 0)
+    }
+    fn kvm_ioctl_on_a_bad_fd() -> i32 {
+        // KVM_GET_API_VERSION (0xAE00) on a closed fd: allowed through, EBADF from the kernel.
+        // SAFETY: ioctl on an invalid fd only fails.
+        let r = unsafe { libc::ioctl(-1, 0xAE00) };
+        i32::from(r != -1 || errno() != libc::EBADF)
+    }
+    fn unix_socket() -> i32 {
+        // SAFETY: plain syscalls; the fd is closed again.
+        unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return 1;
+            }
+            libc::close(fd);
+        }
+        0
+    }
+    fn inet_socket() -> i32 {
+        // SAFETY: plain syscall; reaching the return means it was not killed.
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        0
+    }
+    fn open_dev_null() -> i32 {
+        // SAFETY: a valid NUL-terminated path.
+        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        i32::from(fd < 0)
+    }
+    fn open_is_refused_with_eacces() -> i32 {
+        // SAFETY: a valid NUL-terminated path.
+        let fd = unsafe { libc::open(c"/proc/sys/vm/overcommit_memory".as_ptr(), libc::O_RDONLY) };
+        i32::from(fd != -1 || errno() != libc::EACCES)
+    }
+    fn mkdir() -> i32 {
+        // Under a missing directory: it never creates anything, even unfiltered.
+        // SAFETY: a valid NUL-terminated path; reaching the return means it was not killed.
+        unsafe { libc::mkdir(c"/nonexistent-volt-test/seccomp".as_ptr(), 0o700) };
+        0
+    }
+    fn kill_with_a_bad_ioctl_family() -> i32 {
+        // SIOCGIFFLAGS (0x8913): not a KVM, TUN or vhost request.
+        // SAFETY: ioctl on an invalid fd only fails; reaching the return means not killed.
+        unsafe { libc::ioctl(-1, 0x8913) };
+        0
+    }
+
+    /// The allowlist alone (open not allowed): every allowed call works, each in its own child;
+    /// each forbidden one kills its child with SIGSYS.
+    #[test]
+    fn forbidden_syscalls_kill_and_allowed_ones_work() {
+        let prog = filter(SeccompMode::Kill, false).expect("filter");
+        for (name, call) in [
+            ("write", write_zero_bytes as fn() -> i32),
+            ("getpid", getpid),
+            ("ioctl KVM", kvm_ioctl_on_a_bad_fd),
+            ("socket AF_UNIX", unix_socket),
+        ] {
+            assert_eq!(in_child(&[&prog], call), End::Exit(0), "allowed {name}");
+        }
+        for (name, call) in [
+            ("open", open_dev_null as fn() -> i32),
+            ("mkdir", mkdir),
+            ("socket AF_INET", inet_socket),
+            ("ioctl SIOCGIFFLAGS", kill_with_a_bad_ioctl_family),
+        ] {
+            assert_eq!(
+                in_child(&[&prog], call),
+                End::Signal(libc::SIGSYS),
+                "forbidden {name}"
+            );
+        }
+        // The control: without a filter the forbidden calls run and return.
+        assert_eq!(in_child(&[], mkdir), End::Exit(0));
+        assert_eq!(in_child(&[], inet_socket), End::Exit(0));
+    }
+
+    /// `allow_open` lets open through (vhost-net opens its device).
+    #[test]
+    fn allow_open_lets_open_through() {
+        let prog = filter(SeccompMode::Kill, true).expect("filter");
+        assert_eq!(in_child(&[&prog], open_dev_null), End::Exit(0));
+        assert_eq!(in_child(&[&prog], mkdir), End::Signal(libc::SIGSYS));
+    }
 
     /// With the open-denying filter under the allowlist (as `Sandbox::enter` stacks them),
     /// opening a file fails with EACCES and the process lives on; a syscall outside the
-    /// allowlist still kills it.
+    /// allowlist still kills it. Each in its own child.
     #[test]
-    fn open_is_refused_not_fatal_and_others_still_kill() {
+    fn stacked_open_is_refused_not_fatal_and_others_still_kill() {
         let deny = open_denied().expect("deny");
         let allow = filter(SeccompMode::Kill, true).expect("filter");
-        // SAFETY: fork in a test; the child makes raw syscalls and exits.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            if seccompiler::apply_filter(&deny).is_err()
-                || seccompiler::apply_filter(&allow).is_err()
-            {
-                // SAFETY: leaving the child.
-                unsafe { libc::_exit(3) };
-            }
-            // SAFETY: raw syscalls with valid arguments.
-            unsafe {
-                let fd = libc::open(c"/proc/sys/vm/overcommit_memory".as_ptr(), libc::O_RDONLY);
-                let errno = *libc::__errno_location();
-                if fd != -1 || errno != libc::EACCES {
-                    libc::_exit(4);
-                }
-                // Not allowed at all: mkdir.
-                libc::mkdir(c"/tmp/volt-seccomp-test".as_ptr(), 0o700);
-                libc::_exit(0);
-            }
-        }
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(
-            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
-            "status {status:#x}"
+        assert_eq!(
+            in_child(&[&deny, &allow], open_is_refused_with_eacces),
+            End::Exit(0),
+            "open refused with EACCES, not fatal"
         );
+        assert_eq!(in_child(&[&deny, &allow], getpid), End::Exit(0));
+        assert_eq!(in_child(&[&deny, &allow], mkdir), End::Signal(libc::SIGSYS));
     }
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::disk::{CacheMode, DiskLimit, DiskSpec};
+
 /// Default time a guest gets to power off after Ctrl-Alt-Del before the VMM stops it hard.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -37,6 +39,9 @@ pub struct VmSpec {
     /// virtio-net devices, in guest order (eth0 first).
     #[serde(default)]
     pub nics: Vec<NicSpec>,
+    /// virtio-blk devices, in guest order (`vda` first).
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
     /// Unix socket serving the serial console to `volt console` (created at start, mode 0600,
     /// owned by the user that started the VMM); `None`: output only.
     #[serde(default)]
@@ -64,21 +69,6 @@ pub struct VsockSpec {
 /// vsock port (host side) the VMM serves the guest's sd_notify messages on with
 /// `notify_ready`; above 65535 so it never shadows a service mirrored from TCP.
 pub const NOTIFY_PORT: u32 = 100_000;
-
-/// Per-VM runtime directory (`RuntimeDirectory=volt/vm/%i` of `volt-vm@.service`).
-pub fn runtime_dir(name: &str) -> PathBuf {
-    PathBuf::from("/run/volt/vm").join(name)
-}
-
-/// The console socket of VM `name`: `/run/volt/vm/<name>/console.sock`.
-pub fn console_socket_path(name: &str) -> PathBuf {
-    runtime_dir(name).join("console.sock")
-}
-
-/// The vsock host socket of VM `name`: `/run/volt/vm/<name>/vsock.sock`.
-pub fn vsock_socket_path(name: &str) -> PathBuf {
-    runtime_dir(name).join("vsock.sock")
-}
 
 /// One virtio-net device and the host TAP behind it. The TAP exists already (its owner unit
 /// brought it up); the VMM only opens it.
@@ -149,6 +139,12 @@ pub enum SpecError {
     /// `notify_ready` without a vsock device to carry the guest's messages.
     #[error("notify_ready needs a vsock device (the guest sends READY=1 over vsock)")]
     NotifyWithoutVsock,
+    /// More than one disk is marked root.
+    #[error("at most one disk may be the root disk, got {0}")]
+    RootDisks(usize),
+    /// A disk serial is longer than GET_ID can return.
+    #[error("disk serial {0:?} is longer than 20 bytes")]
+    Serial(String),
 }
 
 impl VmSpec {
@@ -167,6 +163,7 @@ impl VmSpec {
             console_socket: None,
             vsock: None,
             notify_ready: false,
+            disks: Vec::new(),
         }
     }
 
@@ -197,6 +194,18 @@ impl VmSpec {
         }
         if self.notify_ready && self.vsock.is_none() {
             return Err(SpecError::NotifyWithoutVsock);
+        }
+        let roots = self.disks.iter().filter(|d| d.root).count();
+        if roots > 1 {
+            return Err(SpecError::RootDisks(roots));
+        }
+        if let Some(s) = self
+            .disks
+            .iter()
+            .filter_map(|d| d.serial.as_ref())
+            .find(|s| s.len() > super::disk::MAX_SERIAL)
+        {
+            return Err(SpecError::Serial(s.clone()));
         }
         Ok(())
     }

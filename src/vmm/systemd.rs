@@ -121,19 +121,17 @@ pub fn init_logging(vm_name: &str, uuid: &str, level: LevelFilter) -> bool {
 mod tests {
     use super::*;
 
+    // What the notifier sends (READY/STATUS/WATCHDOG/STOPPING, and nothing without
+    // NOTIFY_SOCKET) is checked on the real binary in tests/vmm_boot.rs
+    // (systemd_notifications_ready_status_watchdog_stopping).
+
     #[test]
-    fn notifier_without_systemd_is_a_no_op() {
-        // NOTIFY_SOCKET is not set under cargo test: these must not fail or block.
-        if std::env::var_os("NOTIFY_SOCKET").is_some() {
-            return;
-        }
-        let n = Notifier {
+    fn watchdog_pings_at_half_the_timeout_and_not_at_all_when_off() {
+        let on = Notifier {
             watchdog: Some(Duration::from_secs(10)),
         };
-        n.ready("test");
-        n.status("test");
-        n.stopping("test");
-        n.watchdog_ping();
-        assert_eq!(n.watchdog_interval(), Some(Duration::from_secs(5)));
+        assert_eq!(on.watchdog_interval(), Some(Duration::from_secs(5)));
+        let off = Notifier { watchdog: None };
+        assert_eq!(off.watchdog_interval(), None);
     }
 }

@@ -1,5 +1,6 @@
 //! The project's test guest (tests/guest), built once per test process with
-//! scripts/build-guest.
+//! scripts/build-guest, or the ELF `VOLT_TEST_GUEST` names. A failed build fails every test
+//! that needs the guest (no fallback to an older build).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -8,6 +9,11 @@ use std::sync::OnceLock;
 pub fn elf() -> PathBuf {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
     ELF.get_or_init(|| {
+        if let Some(p) = std::env::var_os("VOLT_TEST_GUEST") {
+            let p = PathBuf::from(p);
+            assert!(p.is_file(), "VOLT_TEST_GUEST={} is not a file", p.display());
+            return p;
+        }
         let repo = super::repo();
         let o = std::process::Command::new(repo.join("scripts/build-guest"))
             .output()

@@ -1,9 +1,13 @@
 //! Helpers shared by integration tests.
 #![allow(dead_code)]
 
+pub mod backend;
+pub mod conformance;
 pub mod guest;
 pub mod netns;
 pub mod nspawn;
+pub mod ping;
+pub mod report;
 pub mod vmm;
 
 use std::path::{Path, PathBuf};
@@ -109,14 +113,15 @@ pub fn templates_with_built_binaries() -> tempfile::TempDir {
     dir
 }
 
-/// Say why a test is skipped and return true: `reason` from a harness check (root,
-/// nspawn, ip), or a missing /dev/kvm when the test boots a VM.
+/// Skip the running test when `reason` (from a harness check: root, nspawn, ip) is set, or
+/// when it boots a VM (`needs_kvm`) and /dev/kvm is missing: records the skip (see
+/// [`report::skip`]) and returns true; the caller returns at once.
 pub fn skip(reason: Option<String>, needs_kvm: bool) -> bool {
     let why = reason.or_else(|| {
         (needs_kvm && !Path::new("/dev/kvm").exists()).then(|| "/dev/kvm is missing".to_string())
     });
     if let Some(w) = &why {
-        eprintln!("SKIP: {w}");
+        report::skip(w);
     }
     why.is_some()
 }

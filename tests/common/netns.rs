@@ -119,7 +119,7 @@ impl TestNs {
 
     /// Run library code on a thread inside the namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        volt::net::netns::run_in(&self.path(), f).expect("run in netns")
+        volt::sys::netns::run_in(&self.path(), f).expect("run in netns")
     }
 }
 

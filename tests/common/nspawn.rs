@@ -1,6 +1,9 @@
 //! A real systemd 252 booted in systemd-nspawn, for integration tests (recipe in the
 //! project's testing notes): the host's /usr, a volatile /etc, a private network namespace,
-//! /dev/kvm bound in, Volt's build staged read-only at /opt/volt.
+//! /dev/kvm bound in, and the stage bound read-only at /opt/volt. A stage made by
+//! [`stage_volt`] holds Volt installed by `packaging/stage` (the same manifest the packages
+//! and `scripts/install` use) under `root/`; its `usr/` is laid over the host's /usr, so the
+//! container sees this build at the installed paths, whatever the host has installed.
 //!
 //! Processes: `timeout` (our child) → `systemd-nspawn` → the container's systemd (PID 1).
 //! Drop stops the container with SIGTERM to nspawn, and SIGKILLs its PID 1 if that fails.
@@ -103,8 +106,14 @@ impl Nspawn {
             "--bind-ro={}:/etc/systemd/system-preset/99-test.preset",
             preset.display()
         ))
-        .arg(format!("--bind-ro={}:/opt/volt", stage.display()))
-        .args(extra);
+        .arg(format!("--bind-ro={}:/opt/volt", stage.display()));
+        if stage.join("root/usr").is_dir() {
+            cmd.arg(format!(
+                "--overlay-ro=/usr:{}:/usr",
+                stage.join("root/usr").display()
+            ));
+        }
+        cmd.args(extra);
         if kvm && Path::new("/dev/kvm").exists() {
             cmd.arg("--bind=/dev/kvm");
         }
@@ -254,19 +263,45 @@ impl Nspawn {
         std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
 
-    /// Install the staged Volt build the way the package lays it out (units in /etc since
-    /// /usr is the host's, read-only), create the user and directories, start networkd with
-    /// /dev/net/tun usable by it, and wait for the volt0 bridge.
+    /// A busybox root file system at `dir` inside the container: every applet but `busybox`
+    /// itself linked to the static binary, a `/usr` (nspawn needs one), an os-release, and the
+    /// udhcpc script that applies a lease with `ip`.
+    pub fn busybox_rootfs(&self, dir: &str) {
+        self.ok(&format!(
+            r#"set -e
+R={dir}
+mkdir -p $R/bin $R/sbin $R/usr/bin $R/usr/sbin $R/etc $R/proc $R/sys $R/dev $R/tmp $R/run $R/var $R/root
+B=$(command -v busybox)
+cp "$B" $R/bin/busybox
+for a in $("$B" --list); do
+  [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"
+done
+printf 'ID=volt-busybox\nNAME="busybox for Volt tests"\n' > $R/etc/os-release
+cat > $R/etc/udhcpc.script <<'EOF'
+#!/bin/sh
+case "$1" in
+  deconfig) ip link set "$interface" up; ip -4 addr flush dev "$interface" ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${{router%% *}}" dev "$interface"
+    ;;
+esac
+exit 0
+EOF
+chmod +x $R/etc/udhcpc.script
+"#
+        ));
+    }
+
+    /// Finish the install the way the package's postinst does (the files are already at their
+    /// installed paths through the /usr overlay): the `volt` user and Volt's directories,
+    /// networkd running with /dev/net/tun usable by it, a daemon-reload (the generator runs);
+    /// then wait for the volt0 bridge.
     pub fn install_volt(&self) {
         self.ok(
             "set -e
-             mkdir -p /etc/systemd/system /etc/systemd/system-generators /etc/systemd/network \
-                      /etc/sysusers.d /etc/tmpfiles.d /etc/systemd/system/systemd-networkd.service.d /etc/volt/vms
-             cp /opt/volt/units/*.service /etc/systemd/system/
-             ln -sf /opt/volt/bin/volt-generator /etc/systemd/system-generators/volt-generator
-             cp /opt/volt/network/* /etc/systemd/network/
-             cp /opt/volt/sysusers.d/volt.conf /etc/sysusers.d/volt.conf
-             cp /opt/volt/tmpfiles.d/volt.conf /etc/tmpfiles.d/volt.conf
+             mkdir -p /etc/systemd/system/systemd-networkd.service.d /etc/volt/vms
              systemd-sysusers
              systemd-tmpfiles --create volt.conf
              printf '[Service]\\nExecStartPre=+/bin/chmod 0666 /dev/net/tun\\n' > /etc/systemd/system/systemd-networkd.service.d/50-tun.conf
@@ -297,59 +332,88 @@ impl Drop for Nspawn {
     }
 }
 
-/// Volt's build laid out for /opt/volt inside a container: bin/, units/ (binary paths
-/// pointing at /opt/volt/bin), network/, tmpfiles.d/, sysusers.d/, guest/.
+/// Volt's build installed into `<stage>/root` by `packaging/stage` (binaries cargo built for
+/// this test, man pages and completions from `volt gen-docs`), plus `<stage>/guest/` with the
+/// test guest. `packaging/stage --list` writes every installed path to `<stage>/installed`.
 pub fn stage_volt() -> tempfile::TempDir {
     let repo = super::repo();
     let stage = tempfile::tempdir().expect("stage");
     let s = stage.path();
-    for d in [
-        "bin",
-        "units",
-        "network",
-        "tmpfiles.d",
-        "sysusers.d",
-        "guest",
-    ] {
-        std::fs::create_dir_all(s.join(d)).expect("mkdir");
-    }
-    let mut bins: Vec<(&str, &str)> = vec![
+    let bins = s.join("bin");
+    std::fs::create_dir_all(&bins).expect("mkdir");
+    std::fs::create_dir_all(s.join("guest")).expect("mkdir");
+    let mut built: Vec<(&str, &str)> = vec![
         ("volt", env!("CARGO_BIN_EXE_volt")),
         ("volt-generator", env!("CARGO_BIN_EXE_volt-generator")),
     ];
     if let Some(vmm) = option_env!("CARGO_BIN_EXE_volt-vmm") {
-        bins.push(("volt-vmm", vmm));
+        built.push(("volt-vmm", vmm));
     }
-    for (name, path) in bins {
-        std::fs::copy(path, s.join("bin").join(name)).expect("copy binary");
+    for (name, path) in built {
+        std::fs::copy(path, bins.join(name)).expect("copy binary");
     }
-    for e in std::fs::read_dir(repo.join("units"))
-        .expect("units")
-        .filter_map(|e| e.ok())
-    {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(e.path()).expect("read unit");
-        if name.ends_with(".service") {
-            let text = text
-                .replace("/usr/libexec/volt/volt-vmm", "/opt/volt/bin/volt-vmm")
-                .replace("/usr/bin/volt", "/opt/volt/bin/volt");
-            std::fs::write(s.join("units").join(&name), text).expect("write unit");
-        } else {
-            std::fs::write(s.join("network").join(&name), text).expect("write network file");
-        }
-    }
+    let gen = s.join("gen");
+    let o = Command::new(env!("CARGO_BIN_EXE_volt"))
+        .arg("gen-docs")
+        .arg("--out")
+        .arg(&gen)
+        .output()
+        .expect("volt gen-docs");
+    assert!(
+        o.status.success(),
+        "volt gen-docs: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new(repo.join("packaging/stage"))
+        .arg("--bin-dir")
+        .arg(&bins)
+        .arg("--gen-dir")
+        .arg(&gen)
+        .arg("--list")
+        .arg(s.join("installed"))
+        .arg(s.join("root"))
+        .output()
+        .expect("packaging/stage");
+    assert!(
+        o.status.success(),
+        "packaging/stage: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     std::fs::copy(super::guest::elf(), s.join("guest/volt-test-guest")).expect("copy test guest");
-    std::fs::copy(
-        repo.join("tmpfiles.d/volt.conf"),
-        s.join("tmpfiles.d/volt.conf"),
-    )
-    .expect("tmpfiles");
-    std::fs::copy(
-        repo.join("sysusers.d/volt.conf"),
-        s.join("sysusers.d/volt.conf"),
-    )
-    .expect("sysusers");
     stage
+}
+
+/// Make `upper` (the upper layer of an overlay over the host's /usr) hide every path under
+/// /usr that Volt installs and the host has (a Volt installed on the host by `scripts/install`
+/// or a package): overlayfs whiteouts, so the container's /usr is Volt-free.
+pub fn hide_host_volt(upper: &Path) {
+    let stage = stage_volt();
+    let list = std::fs::read_to_string(stage.path().join("installed")).expect("installed list");
+    for line in list.lines() {
+        let Some(path) = line.split_whitespace().nth(2) else {
+            continue;
+        };
+        let Some(rel) = path.strip_prefix("/usr/") else {
+            continue;
+        };
+        if !Path::new(path).exists() && std::fs::symlink_metadata(path).is_err() {
+            continue;
+        }
+        let w = upper.join(rel);
+        if let Some(d) = w.parent() {
+            std::fs::create_dir_all(d).expect("mkdir upper");
+        }
+        let c = std::ffi::CString::new(w.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: c is a valid path; a 0:0 character device is overlayfs's whiteout.
+        let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) };
+        assert_eq!(
+            r,
+            0,
+            "whiteout {}: {}",
+            w.display(),
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Path of a file inside the stage as the container sees it.

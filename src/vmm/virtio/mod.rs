@@ -7,6 +7,7 @@
 //! interrupts (irqfd) and queue notifications (ioeventfd), and adds them to the kernel
 //! command line.
 
+pub mod blk;
 pub mod manager;
 pub mod mmio;
 pub mod net;

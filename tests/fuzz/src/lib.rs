@@ -11,6 +11,9 @@ pub mod cursor;
 #[path = "config_toml.rs"]
 pub mod config_toml;
 
+#[path = "virtio_blk.rs"]
+pub mod virtio_blk;
+
 #[path = "virtio_mmio.rs"]
 pub mod virtio_mmio;
 

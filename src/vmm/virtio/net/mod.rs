@@ -19,7 +19,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActivateError, DeviceQueue, VirtioDevice, VirtioInterrupt};
-use crate::net::tap::{self, Tap};
+use crate::sys::tap::{self, Tap};
 use datapath::Stats;
 
 /// Virtio device ID of the network device.

@@ -389,7 +389,7 @@ fn features_offloads_and_config_space() {
     );
     assert_eq!(
         tun_offloads(features::GUEST_CSUM | features::GUEST_TSO4 | features::GUEST_TSO6),
-        crate::net::tap::TUN_F_CSUM | crate::net::tap::TUN_F_TSO4 | crate::net::tap::TUN_F_TSO6
+        crate::sys::tap::TUN_F_CSUM | crate::sys::tap::TUN_F_TSO4 | crate::sys::tap::TUN_F_TSO6
     );
 }
 

@@ -1,0 +1,253 @@
+//! A container's veth pair (host end on the bridge, or alone in the container's isolated
+//! namespace; the other end for nspawn), and, once nspawn runs, its address inside the
+//! container's network namespace and its lease.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{owner_of, Attach, AttachError, LinkRecord};
+use crate::config::NetworkLookup;
+use crate::net::link;
+use crate::net::manager::Veth;
+use crate::net::netlink::{Netlink, NetlinkError};
+use crate::plan::{Addressing, Attachment, Kind, LinkKind, Workload};
+use crate::sys::netns;
+
+/// How long the host end waits for its bridge (networkd creates it when it starts) before
+/// Volt creates it.
+const BRIDGE_WAIT: Duration = Duration::from_secs(5);
+/// How long `net-up` waits for a DHCP address inside the container (`$VOLT_DHCP_WAIT_SECS`).
+const DHCP_WAIT: Duration = Duration::from_secs(20);
+/// How long `net-up` waits for nspawn's container process to appear.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+fn veth(a: &Attachment) -> Veth {
+    let peer = match &a.kind {
+        LinkKind::Veth { peer } => peer.clone(),
+        _ => String::new(),
+    };
+    Veth {
+        host_end: a.link.clone(),
+        container_end: peer,
+    }
+}
+
+/// The veth pair of a container NIC: kept when whole, else (re)created with the host end on
+/// the bridge (or alone in the container's namespace on an isolated network).
+pub(super) fn up(at: &Attach, a: &Attachment) -> Result<LinkRecord, AttachError> {
+    let v = veth(a);
+    let mgr = at.manager();
+    let what = a.describe();
+    let created = if let Some(ns) = &a.netns {
+        mgr.ensure_isolated_veth(&v, &a.altname, ns, Some(a.mac))
+            .map_err(AttachError::manager(format!(
+                "{what}: veth {} in {ns}",
+                v.host_end
+            )))?
+    } else {
+        let bridge = a
+            .bridge
+            .as_deref()
+            .ok_or(AttachError::NoBridge { what: what.clone() })?;
+        let start = Instant::now();
+        while link::index(bridge).is_none() && start.elapsed() < BRIDGE_WAIT {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(net) = at.plan.networks.by_bridge(bridge) {
+            if mgr
+                .ensure_bridge(net)
+                .map_err(AttachError::manager(format!("{what}: bridge {bridge}")))?
+            {
+                log::info!("created bridge {bridge} for network {} directly", net.name);
+            }
+        }
+        mgr.ensure_veth(bridge, &v, &a.altname, Some(a.mac))
+            .map_err(AttachError::manager(format!(
+                "{what}: veth {} on {bridge}",
+                v.host_end
+            )))?
+    };
+    log::info!(
+        "{}: veth pair {} / {} {} for {what} (MAC {}{})",
+        a.link,
+        v.host_end,
+        v.container_end,
+        if created { "created" } else { "kept" },
+        a.mac,
+        a.netns
+            .as_deref()
+            .map(|ns| format!(", host end alone in {ns}"))
+            .or_else(|| a.bridge.as_deref().map(|b| format!(", on {b}")))
+            .unwrap_or_default()
+    );
+    Ok(LinkRecord {
+        link: a.link.clone(),
+        kind: Kind::Container.as_str().into(),
+        workload: a.workload.clone(),
+        nic: a.nic.clone(),
+        mac: a.mac.to_string(),
+        ipv4: a.addressing.known(),
+        gateway: a.gateway,
+        netns: a.netns.clone(),
+        created_by: "direct".into(),
+    })
+}
+
+/// The parent PID of `pid` from `/proc/<pid>/stat`.
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may contain spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn netns_id(pid: &str) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
+}
+
+/// Whether `pid` is PID 1 of its own PID namespace (the last `NSpid` entry is 1): the
+/// container's init, not one of nspawn's short-lived helpers.
+fn is_container_init(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|v| v.split_whitespace().last().map(|x| x == "1"))
+        })
+        .unwrap_or(false)
+}
+
+/// The container's leader: the child of nspawn (`main`) that is PID 1 of its own PID
+/// namespace, in another network namespace.
+fn find_leader(what: &str, main: u32) -> Result<u32, AttachError> {
+    let fail = |message: String| AttachError::Container {
+        what: what.into(),
+        message,
+    };
+    let ours = netns_id("self");
+    let start = Instant::now();
+    loop {
+        if !Path::new(&format!("/proc/{main}")).exists() {
+            return Err(fail(format!("systemd-nspawn (PID {main}) is gone")));
+        }
+        let found = std::fs::read_dir("/proc")
+            .map_err(|e| fail(format!("cannot list /proc: {e}")))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+            .find(|pid| {
+                ppid(*pid) == Some(main)
+                    && is_container_init(*pid)
+                    && netns_id(&pid.to_string()) != ours
+            });
+        if let Some(pid) = found {
+            return Ok(pid);
+        }
+        if start.elapsed() > LEADER_WAIT {
+            return Err(fail(format!(
+                "systemd-nspawn (PID {main}) has no child in its own network namespace after {LEADER_WAIT:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn in_container<T: Send + 'static>(
+    what: &str,
+    leader: u32,
+    f: impl FnOnce() -> Result<T, NetlinkError> + Send + 'static,
+) -> Result<T, AttachError> {
+    let ns = PathBuf::from(format!("/proc/{leader}/ns/net"));
+    netns::run_in(&ns, f)
+        .map_err(|source| AttachError::Netns {
+            what: format!("{what}: cannot enter the container's network namespace"),
+            source,
+        })?
+        .map_err(|source| AttachError::Netlink {
+            what: format!("{what}: inside the container"),
+            source,
+        })
+}
+
+/// `volt container net-up` (the unit's ExecStartPost=): inside the network namespace of
+/// nspawn's container process (a child of `main`), bring `lo` and each NIC's container end
+/// up; for a static address add it and the default route. The address goes into IPAM as the
+/// container's lease: a static one at once, a DHCP one once the container's DHCP client has
+/// configured it (bounded wait; a warning if it never comes).
+pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
+    if w.attachments.is_empty() {
+        return Ok(());
+    }
+    let what = format!("container {}", w.name);
+    let leader = find_leader(&what, main)?;
+    let dhcp_wait = std::env::var("VOLT_DHCP_WAIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(DHCP_WAIT, Duration::from_secs);
+    for a in &w.attachments {
+        let inside = veth(a).container_end;
+        let (l, addr, gw) = (inside.clone(), a.addressing.known(), a.gateway);
+        in_container(&what, leader, move || {
+            let nl = Netlink::new()?;
+            if nl.link("lo")?.is_some_and(|lo| !lo.up) {
+                nl.set_up("lo")?;
+            }
+            nl.set_up(&l)?;
+            if let Some(a) = addr {
+                nl.add_ipv4(&l, a.addr(), a.prefix_len())?;
+                if let Some(g) = gw {
+                    nl.set_default_route(&l, g)?;
+                }
+            }
+            Ok(())
+        })?;
+        let net = at.network(a);
+        let owner = owner_of(w, a);
+        let record = |ip: Ipv4Addr, fixed: bool| {
+            if let Some(net) = net {
+                if let Err(e) = at.ipam().record(net, &owner, ip, fixed) {
+                    log::warn!("{what}: lease not recorded: {}", crate::error_chain(&e));
+                }
+            }
+        };
+        if let Some(addr) = addr {
+            log::info!(
+                "{what}: {inside} is up inside with {addr}{}",
+                gw.map(|g| format!(", default route via {g}"))
+                    .unwrap_or_default()
+            );
+            record(addr.addr(), true);
+            continue;
+        }
+        if a.addressing != Addressing::Dhcp {
+            continue;
+        }
+        log::info!(
+            "{what}: {inside} is up inside; waiting up to {dhcp_wait:?} for its DHCP address"
+        );
+        let subnet = net.map(|n| n.subnet);
+        let start = Instant::now();
+        let got = loop {
+            let l = inside.clone();
+            let now = in_container(&what, leader, move || Netlink::new()?.ipv4_addrs(&l))?;
+            let hit = now
+                .into_iter()
+                .find(|(ip, _)| subnet.is_none_or(|s| s.contains(ip)));
+            if hit.is_some() || start.elapsed() > dhcp_wait {
+                break hit;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        match got {
+            Some((ip, prefix)) => {
+                log::info!("{what}: {inside} has {ip}/{prefix} from DHCP");
+                record(ip, false);
+            }
+            None => log::warn!(
+                "{what}: {inside} got no DHCP address within {dhcp_wait:?} (is a DHCP client running inside?); no lease recorded"
+            ),
+        }
+    }
+    Ok(())
+}

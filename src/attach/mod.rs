@@ -1,0 +1,392 @@
+//! Attach: the only policy that brings a workload's host links up or down. It reads the plan
+//! and drives the `net` mechanism: networkd (runtime files, D-Bus reload, bounded wait with
+//! backoff) or direct creation, isolated namespaces, MAC conflicts on the bridge, anti-spoofing
+//! rules, address leases. The link owner units (`volt link run|down`, what `volt-tap@` and
+//! `volt-veth@` run) and the container start call it; the VMM never does.
+//!
+//! What an owner brought up is written to a [`LinkRecord`]; `volt vm run` reads it to give the
+//! guest its MAC and address.
+
+mod container;
+mod record;
+mod vm;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+pub use container::net_up as container_net_up;
+pub use record::{LinkRecord, RecordError};
+
+use crate::config::{ConfigError, ConfigSet, Network, NetworkLookup};
+use crate::fsutil::FsError;
+use crate::net::ipam::{Ipam, IpamError, Lease, Owner};
+use crate::net::manager::{LinkParams, ManagerError};
+use crate::net::nat::PortTarget;
+use crate::net::netlink::NetlinkError;
+use crate::net::{antispoof, link, monitor, networkd};
+use crate::plan::{names, Attachment, Kind, LinkKind, Paths, Plan, Workload};
+use crate::sys::netns;
+use crate::sys::netns::NetnsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("no valid configuration has a host link named {link}")]
+    Unknown { link: String },
+    #[error("{link} is not a link Volt owns (no workload's NIC uses it and Volt keeps no record of it); refusing to touch it")]
+    NotOwned { link: String },
+    #[error("{what}: no bridge to attach to")]
+    NoBridge { what: String },
+    #[error("{what}: a macvtap NIC has no parent interface")]
+    NoParent { what: String },
+    #[error("{what}")]
+    Manager {
+        what: String,
+        #[source]
+        source: Box<ManagerError>,
+    },
+    #[error("{what}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error("{what}")]
+    Netns {
+        what: String,
+        #[source]
+        source: NetnsError,
+    },
+    #[error("cannot lease an address for {what}")]
+    Ipam {
+        what: String,
+        #[source]
+        source: Box<IpamError>,
+    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("cannot watch {link}")]
+    Monitor {
+        link: String,
+        #[source]
+        source: monitor::MonitorError,
+    },
+    #[error("{what}: {message}")]
+    Container { what: String, message: String },
+    #[error("{} teardown step(s) of {link} failed: {}", steps.len(), steps.join("; "))]
+    Teardown { link: String, steps: Vec<String> },
+}
+
+impl AttachError {
+    fn manager(what: impl Into<String>) -> impl FnOnce(ManagerError) -> AttachError {
+        let what = what.into();
+        move |source| AttachError::Manager {
+            what,
+            source: Box::new(source),
+        }
+    }
+}
+
+/// The configuration under a root, planned, with the paths Volt keeps its state in.
+pub struct Attach {
+    pub paths: Paths,
+    pub set: ConfigSet,
+    pub plan: Plan,
+}
+
+/// How a link owner's watch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// systemd stopped the owner.
+    Stopped,
+    /// The link was deleted under its workload.
+    Deleted,
+}
+
+impl Attach {
+    /// Load and plan everything under `root`.
+    pub fn load(root: &Path) -> Attach {
+        let set = ConfigSet::load(root);
+        let plan = Plan::build(&set);
+        Attach {
+            paths: Paths::new(root),
+            set,
+            plan,
+        }
+    }
+
+    /// The errors of the workload file that would have owned `link`, for the log.
+    pub fn errors(&self) -> &[ConfigError] {
+        &self.set.errors
+    }
+
+    fn find(&self, link: &str) -> Result<(&Workload, &Attachment), AttachError> {
+        self.plan
+            .attachment(link)
+            .ok_or_else(|| AttachError::Unknown { link: link.into() })
+    }
+
+    fn network(&self, a: &Attachment) -> Option<&Network> {
+        a.network
+            .as_deref()
+            .and_then(|n| self.plan.networks.by_name(n))
+    }
+
+    fn ipam(&self) -> Ipam {
+        Ipam::new(self.paths.ipam_dir())
+    }
+
+    fn manager(&self) -> crate::net::manager::Manager {
+        crate::net::manager::Manager::new(self.paths.runtime_dir())
+    }
+
+    /// Bring `link` up as the plan says and record what was done.
+    pub fn up(&self, link: &str) -> Result<LinkRecord, AttachError> {
+        let (w, a) = self.find(link)?;
+        let record = match w.kind {
+            Kind::Vm => vm::up(self, w, a)?,
+            Kind::Container => container::up(self, a)?,
+        };
+        record.save(&self.paths)?;
+        Ok(record)
+    }
+
+    /// Take `link` down: its anti-spoofing rules, networkd files, the link (in the host
+    /// namespace or its isolated one, then that namespace), its record. Every step runs.
+    /// Needs no valid config (a workload whose file is gone or broken is still torn down),
+    /// but refuses a link that Volt does not own.
+    pub fn down(&self, link: &str) -> Result<(), AttachError> {
+        let owned = self.plan.attachment(link);
+        let record = LinkRecord::load(&self.paths, link).ok().flatten();
+        let networkd_files: Vec<std::path::PathBuf> = [
+            names::netdev_file_name(link),
+            names::network_file_name(link),
+        ]
+        .iter()
+        .map(|f| self.paths.networkd_dir().join(f))
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| names::is_owned_networkd_path(p, &t)))
+        .collect();
+        if owned.is_none() && record.is_none() && networkd_files.is_empty() {
+            return Err(AttachError::NotOwned { link: link.into() });
+        }
+        let ns = owned
+            .and_then(|(_, a)| a.netns.clone())
+            .or_else(|| record.as_ref().and_then(|r| r.netns.clone()));
+        let peer = match owned.map(|(_, a)| &a.kind) {
+            Some(LinkKind::Veth { peer }) => Some(peer.clone()),
+            _ => link.strip_suffix("-h").map(|s| format!("{s}-c")),
+        };
+        let mut failed = Vec::new();
+        if let Err(e) = antispoof::remove(link) {
+            failed.push(crate::error_chain(&e));
+        }
+        let mut removed = false;
+        for path in networkd_files {
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed = true,
+                Err(e) => failed.push(format!("cannot remove {}: {e}", path.display())),
+            }
+        }
+        if removed {
+            match networkd::reload() {
+                Ok(()) | Err(networkd::NetworkdError::NotRunning) => {}
+                Err(e) => log::warn!("{}", crate::error_chain(&e)),
+            }
+        }
+        // networkd never deletes a link whose .netdev is gone: do it ourselves. A veth's
+        // container end goes too (it is back in the host namespace when the container stopped).
+        let mut links = vec![link.to_string()];
+        links.extend(peer.filter(|_| link.starts_with("veth-")));
+        for l in &links {
+            match link::delete(l) {
+                Ok(true) => log::info!("deleted {l}"),
+                Ok(false) => {}
+                Err(e) => failed.push(crate::error_chain(&e)),
+            }
+        }
+        if let Some(ns) = ns.filter(|ns| netns::exists(ns)) {
+            if let Err(e) = teardown_in_netns(&ns, links) {
+                failed.push(crate::error_chain(&e));
+            }
+        }
+        if let Err(e) = LinkRecord::remove(&self.paths, link) {
+            failed.push(format!("cannot remove the record of {link}: {e}"));
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(AttachError::Teardown {
+                link: link.into(),
+                steps: failed,
+            })
+        }
+    }
+
+    /// What `volt-tap@<link>.service` runs: [`Attach::up`], then `ready` (sd_notify READY=1),
+    /// then watch the link until systemd stops us or the link is deleted under its workload
+    /// (its lease is released then, and the owner fails so `BindsTo=` stops the workload).
+    pub fn run(&self, link: &str, ready: &dyn Fn(&LinkRecord)) -> Result<Watch, AttachError> {
+        let record = self.up(link)?;
+        ready(&record);
+        let (w, a) = self.find(link)?;
+        let watched = link.to_string();
+        let wait = move || -> Result<monitor::Ended, AttachError> {
+            let mon = |source| AttachError::Monitor {
+                link: watched.clone(),
+                source,
+            };
+            match link::index(&watched) {
+                Some(i) => monitor::wait(&watched, i).map_err(mon),
+                None => Ok(monitor::Ended::Deleted),
+            }
+        };
+        let ended = match &a.netns {
+            None => wait()?,
+            Some(ns) => netns::run_in(&netns::path_of(ns), wait).map_err(|source| {
+                AttachError::Netns {
+                    what: format!("cannot enter {ns} to watch {link}"),
+                    source,
+                }
+            })??,
+        };
+        match ended {
+            monitor::Ended::Signal(_) => Ok(Watch::Stopped),
+            monitor::Ended::Deleted => {
+                log::error!(
+                    "{link} was deleted under {} {} (NIC {}); stopping the {}",
+                    w.kind.noun(),
+                    w.name,
+                    a.nic,
+                    w.kind.noun()
+                );
+                if let (Some(net), Kind::Vm) = (&a.network, w.kind) {
+                    let owner = Owner::vm(&w.name, &a.nic);
+                    match self.ipam().release(net, &owner) {
+                        Ok(Some(l)) => log::info!("released {} on {net} from {owner}", l.ip),
+                        Ok(None) => {}
+                        Err(e) => log::warn!("{}", crate::error_chain(&e)),
+                    }
+                }
+                Ok(Watch::Deleted)
+            }
+        }
+    }
+
+    /// Addresses configured (static or reserved) for workloads on `network`, except those of
+    /// `except` (its own NIC): a pool allocation must not hand them out.
+    pub fn configured_addresses(&self, network: &str, except: Option<&Owner>) -> Vec<Ipv4Addr> {
+        self.plan
+            .workloads
+            .iter()
+            .flat_map(|w| w.attachments.iter().map(move |a| (w, a)))
+            .filter(|(_, a)| a.network.as_deref() == Some(network))
+            .filter(|(w, a)| except.is_none_or(|o| *o != owner_of(w, a)))
+            .filter_map(|(_, a)| a.addressing.known().map(|n| n.addr()))
+            .collect()
+    }
+
+    /// The address each port map of `net` reaches: the target workload's static or reserved
+    /// address on `net`, else its lease (a VM's first, then a container's).
+    pub fn port_map_targets(&self, net: &Network) -> Result<Vec<PortTarget>, AttachError> {
+        let leases: Vec<Lease> =
+            self.ipam()
+                .list(&net.name)
+                .map_err(|source| AttachError::Ipam {
+                    what: format!("network {}", net.name),
+                    source: Box::new(source),
+                })?;
+        let mut out = Vec::new();
+        for pm in &net.port_maps {
+            let planned = self
+                .plan
+                .workloads
+                .iter()
+                .filter(|w| w.name == pm.target)
+                .flat_map(|w| w.attachments.iter())
+                .find(|a| a.network.as_deref() == Some(net.name.as_str()))
+                .and_then(|a| a.addressing.known().map(|n| n.addr()));
+            let leased = || {
+                leases
+                    .iter()
+                    .find(|l| {
+                        l.owner.kind == crate::net::ipam::Kind::Vm && l.owner.name == pm.target
+                    })
+                    .or_else(|| leases.iter().find(|l| l.owner.name == pm.target))
+                    .map(|l| l.ip)
+            };
+            let Some(addr) = planned.or_else(leased) else {
+                return Err(AttachError::Container {
+                    what: format!(
+                        "port map {} -> {}:{}",
+                        pm.host_port, pm.target, pm.target_port
+                    ),
+                    message: format!(
+                        "{} has no address on {} (no static ipv4, lease or reservation)",
+                        pm.target, net.name
+                    ),
+                });
+            };
+            out.push(PortTarget {
+                map: pm.clone(),
+                addr,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Delete `links` inside the named namespace `ns`, then the namespace when nothing but `lo`
+/// is left in it (a VM's NICs on isolated networks share its namespace).
+fn teardown_in_netns(ns: &str, links: Vec<String>) -> Result<(), AttachError> {
+    let enter = |source| AttachError::Netns {
+        what: format!("cannot enter {ns}"),
+        source,
+    };
+    let left = netns::run_in(&netns::path_of(ns), move || {
+        let nl = crate::net::netlink::Netlink::new()?;
+        for l in &links {
+            if nl.delete(l)? {
+                log::info!("deleted {l} in its isolated namespace");
+            }
+        }
+        Ok::<usize, NetlinkError>(nl.links()?.iter().filter(|l| l.name != "lo").count())
+    })
+    .map_err(enter)?
+    .map_err(|source| AttachError::Netlink {
+        what: format!("cannot clean up namespace {ns}"),
+        source,
+    })?;
+    if left == 0 {
+        netns::delete(ns).map_err(|source| AttachError::Netns {
+            what: format!("cannot delete namespace {ns}"),
+            source,
+        })?;
+        log::info!("deleted namespace {ns}");
+    }
+    Ok(())
+}
+
+/// The IPAM owner of an attachment: `vm/<name>/<nic>` or `container/<name>/<nic>`.
+pub fn owner_of(w: &Workload, a: &Attachment) -> Owner {
+    match w.kind {
+        Kind::Vm => Owner::vm(&w.name, &a.nic),
+        Kind::Container => Owner::container(&w.name, &a.nic),
+    }
+}
+
+/// The mechanism-level description of an attachment's host link.
+pub fn link_params(a: &Attachment) -> LinkParams {
+    LinkParams {
+        name: a.link.clone(),
+        altname: a.altname.clone(),
+        mtu: a.mtu,
+        queues: a.queues(),
+        mac: a.mac,
+    }
+}
+
+/// The `volt` user and group, if the user exists (TAPs it may open, device nodes it owns).
+pub fn volt_user() -> Option<(u32, Option<u32>)> {
+    crate::net::manager::lookup_user(names::VOLT_USER)
+}

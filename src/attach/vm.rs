@@ -1,0 +1,282 @@
+//! A VM NIC's host link: a TAP through networkd (falling back to creating it directly), a
+//! TAP created directly, a TAP alone in an isolated namespace, or a macvtap; then the MAC the
+//! guest may use on the bridge, its address, and the anti-spoofing rules of its port.
+
+use std::time::Duration;
+
+use super::{link_params, volt_user, Attach, AttachError, LinkRecord};
+use crate::config::{nic_mac, NetworkLookup};
+use crate::fsutil::write_atomic_if_changed;
+use crate::net::ipam::{Owner, Request};
+use crate::net::manager::TapOptions;
+use crate::net::netlink::Netlink;
+use crate::net::networkd::{self, Networkd, NetworkdError};
+use crate::net::{antispoof, link};
+use crate::plan::{Addressing, Attachment, Creation, LinkKind, Workload};
+use crate::sys::netns;
+
+/// How long networkd gets to create and enslave a TAP before Volt does it itself.
+const NETWORKD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Persistent (a restarted VMM finds it again; the owner's stop removes it) and owned by the
+/// user the VMM drops to, so it can still attach queues after the drop.
+fn tap_options() -> TapOptions {
+    TapOptions {
+        persist: true,
+        owner: volt_user(),
+    }
+}
+
+/// networkd's way: reload over D-Bus and wait. `Err` carries why it did not work out.
+fn via_networkd(name: &str, bridge: &str) -> Result<u32, NetworkdError> {
+    match Networkd::connect() {
+        Ok(n) => {
+            n.reload()?;
+            n.wait_for_link(name, Some(bridge), NETWORKD_TIMEOUT)
+        }
+        Err(NetworkdError::Bus(e)) => {
+            log::debug!("system bus not reachable ({e}); using networkctl");
+            networkd::networkctl_reload()?;
+            networkd::wait_for_link(name, Some(bridge), NETWORKD_TIMEOUT)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub(super) fn up(at: &Attach, w: &Workload, a: &Attachment) -> Result<LinkRecord, AttachError> {
+    let what = a.describe();
+    let created_by = match (&a.kind, &a.netns, a.creation) {
+        (LinkKind::Macvtap { parent, mode }, _, _) => {
+            if parent.is_empty() {
+                return Err(AttachError::NoParent { what });
+            }
+            let m = at
+                .manager()
+                .create_macvtap(parent, &link_params(a), *mode, volt_user())
+                .map_err(AttachError::manager(format!(
+                    "{what}: cannot create macvtap {}",
+                    a.link
+                )))?;
+            log::info!(
+                "{} (ifindex {}) is up on {parent} for {what}; the VMM opens {}",
+                a.link,
+                m.index,
+                m.device.display()
+            );
+            "direct"
+        }
+        (_, Some(ns), _) => {
+            isolated(at, a, ns)?;
+            "direct"
+        }
+        (_, None, Creation::Networkd) => {
+            let bridge = a
+                .bridge
+                .as_deref()
+                .ok_or(AttachError::NoBridge { what: what.clone() })?;
+            for f in &a.networkd {
+                write_atomic_if_changed(&at.paths.networkd_dir().join(&f.name), &f.text)?;
+            }
+            match via_networkd(&a.link, bridge) {
+                Ok(index) => {
+                    add_altname(a);
+                    log::info!(
+                        "{} (ifindex {index}) is up on {bridge} for {what} (networkd)",
+                        a.link
+                    );
+                    "networkd"
+                }
+                Err(why) => {
+                    log::warn!(
+                        "{}: {}; falling back to creating the TAP directly",
+                        a.link,
+                        crate::error_chain(&why)
+                    );
+                    direct(at, a, bridge)?;
+                    "direct"
+                }
+            }
+        }
+        (_, None, Creation::Direct) => {
+            let bridge = a
+                .bridge
+                .as_deref()
+                .ok_or(AttachError::NoBridge { what: what.clone() })?;
+            direct(at, a, bridge)?;
+            "direct"
+        }
+    };
+    let mac = resolve_mac(at, a)?;
+    let ipv4 = address(at, w, a)?;
+    // Only this NIC's MAC (and address, when known) may leave its port on the bridge.
+    if a.bridge.is_some() {
+        match antispoof::apply(&a.link, mac, ipv4.map(|n| n.addr())) {
+            Ok(()) => log::debug!("{}: anti-spoofing rules installed", a.link),
+            Err(e) => log::warn!(
+                "{}: anti-spoofing is off: {}",
+                a.link,
+                crate::error_chain(&e)
+            ),
+        }
+    }
+    Ok(LinkRecord {
+        link: a.link.clone(),
+        kind: w.kind.as_str().into(),
+        workload: w.name.clone(),
+        nic: a.nic.clone(),
+        mac: mac.to_string(),
+        ipv4,
+        gateway: a.gateway,
+        netns: a.netns.clone(),
+        created_by: created_by.into(),
+    })
+}
+
+fn add_altname(a: &Attachment) {
+    let r = Netlink::new().and_then(|nl| nl.add_altname(&a.link, &a.altname));
+    if let Err(e) = r {
+        log::warn!("{}: {}", a.link, crate::error_chain(&e));
+    }
+}
+
+/// Without networkd: the bridge (when the network allows creating it), then the TAP
+/// (persistent, owned by `volt`), or, if networkd made the TAP but never enslaved it, the
+/// enslavement.
+fn direct(at: &Attach, a: &Attachment, bridge: &str) -> Result<(), AttachError> {
+    let name = a.link.as_str();
+    if let Some(net) = at.plan.networks.by_bridge(bridge) {
+        let created = at
+            .manager()
+            .ensure_bridge(net)
+            .map_err(AttachError::manager(format!(
+                "{}: bridge {bridge}",
+                a.describe()
+            )))?;
+        if created {
+            log::info!("created bridge {bridge} for network {} directly", net.name);
+        }
+    }
+    let nl_err = |what: String| move |source| AttachError::Netlink { what, source };
+    let nl = Netlink::new().map_err(nl_err("cannot open rtnetlink".into()))?;
+    let exists = nl
+        .link(name)
+        .map_err(nl_err(format!("cannot look up {name}")))?
+        .is_some();
+    if exists {
+        (|| {
+            nl.set_mtu(name, a.mtu)?;
+            nl.set_master(name, bridge)?;
+            nl.set_up(name)
+        })()
+        .map_err(nl_err(format!("{name}: cannot enslave it to {bridge}")))?;
+        add_altname(a);
+        log::info!("{name}: enslaved to {bridge} directly");
+    } else {
+        let opts = tap_options();
+        at.manager()
+            .create_tap_with(bridge, &link_params(a), &opts)
+            .map_err(AttachError::manager(format!(
+                "{}: cannot create TAP {name}",
+                a.describe()
+            )))?;
+        log::info!(
+            "{name}: created directly on {bridge} (persistent{}) for {}",
+            if opts.owner.is_some() {
+                ", owned by volt"
+            } else {
+                ""
+            },
+            a.describe()
+        );
+    }
+    Ok(())
+}
+
+/// An isolated network's TAP: alone in the VM's own namespace, kept when it is already there.
+fn isolated(at: &Attach, a: &Attachment, ns: &str) -> Result<(), AttachError> {
+    if netns::exists(ns) {
+        let name = a.link.clone();
+        let present = netns::run_in(&netns::path_of(ns), move || link::index(&name).is_some())
+            .unwrap_or(false);
+        if present {
+            log::info!(
+                "{} is up alone in namespace {ns} for {} (kept)",
+                a.link,
+                a.describe()
+            );
+            return Ok(());
+        }
+    }
+    at.manager()
+        .create_isolated_tap(&link_params(a), ns, &tap_options())
+        .map_err(AttachError::manager(format!(
+            "{}: cannot create TAP {} in {ns}",
+            a.describe(),
+            a.link
+        )))?;
+    log::info!(
+        "{} is up alone in namespace {ns} for {} (isolated network)",
+        a.link,
+        a.describe()
+    );
+    Ok(())
+}
+
+/// The MAC the guest uses: the configured one unless the bridge already has it on another
+/// port; a derived MAC is then replaced by the next stable candidate, an explicit one is an
+/// error.
+fn resolve_mac(at: &Attach, a: &Attachment) -> Result<crate::config::MacAddr, AttachError> {
+    let Some(bridge) = a.bridge.as_deref().filter(|b| link::index(b).is_some()) else {
+        return Ok(a.mac);
+    };
+    let Some(w) = at
+        .plan
+        .workloads
+        .iter()
+        .find(|w| w.name == a.workload && w.kind == a.workload_kind)
+    else {
+        return Ok(a.mac);
+    };
+    let uuid = w.uuid;
+    let nic = a.nic.clone();
+    let next = move |attempt: u32| nic_mac(&uuid, &nic, attempt);
+    let (mac, _) = at
+        .manager()
+        .resolve_mac(bridge, &link_params(a), a.mac_explicit, &next)
+        .map_err(AttachError::manager(format!(
+            "{}: cannot choose a MAC on {bridge}",
+            a.describe()
+        )))?;
+    Ok(mac)
+}
+
+/// The guest's address: the planned one, else a lease from the network's pool (the same
+/// lease again while it lasts).
+fn address(
+    at: &Attach,
+    w: &Workload,
+    a: &Attachment,
+) -> Result<Option<ipnet::Ipv4Net>, AttachError> {
+    if let Some(known) = a.addressing.known() {
+        return Ok(Some(known));
+    }
+    if a.addressing != Addressing::Pool {
+        return Ok(None);
+    }
+    let Some(net) = at.network(a) else {
+        return Ok(None);
+    };
+    let owner = Owner::vm(&w.name, &a.nic);
+    let configured = at
+        .configured_addresses(&net.name, Some(&owner))
+        .into_iter()
+        .collect();
+    let lease = at
+        .ipam()
+        .allocate(net, &owner, Request::Any, &configured)
+        .map_err(|source| AttachError::Ipam {
+            what: a.describe(),
+            source: Box::new(source),
+        })?;
+    Ok(ipnet::Ipv4Net::new(lease.ip, net.subnet.prefix_len()).ok())
+}
