@@ -13,6 +13,7 @@ pub mod mmio;
 pub mod net;
 pub mod notify;
 pub mod rng;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -19,15 +19,12 @@ use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{fence, Ordering};
 
 use crate::{
-    drain_keyboard, inb, outb, parse_num, put, put_dec, volt_idle_wait, words, Keyboard,
-    MemmapEntry, StartInfo, PREFIX, VIRTIO_MAGIC, VOLT_IRQ_COUNT, VOLT_KBD_COUNT,
+    inb, outb, parse_num, put, put_dec, words, MemmapEntry, StartInfo, PREFIX, VIRTIO_MAGIC,
 };
 
 pub const MAX_NICS: usize = 4;
 const MAX_PAIRS: usize = 16;
 const MAX_QSIZE: u32 = 256;
-/// Poll this long without a packet before sleeping.
-const IDLE_US: u64 = 100;
 /// Source port of `volt.udpgen` packets.
 const UDPGEN_SRC_PORT: u16 = 5000;
 
@@ -93,37 +90,37 @@ const APIC_VECTOR_BASE: u32 = 0x30;
 // ---- raw memory / MMIO ----
 
 #[inline(always)]
-fn r8(a: u64) -> u8 {
+pub(crate) fn r8(a: u64) -> u8 {
     unsafe { read_volatile(a as *const u8) }
 }
 #[inline(always)]
-fn r16(a: u64) -> u16 {
+pub(crate) fn r16(a: u64) -> u16 {
     unsafe { read_volatile(a as *const u16) }
 }
 #[inline(always)]
-fn r32(a: u64) -> u32 {
+pub(crate) fn r32(a: u64) -> u32 {
     unsafe { read_volatile(a as *const u32) }
 }
 #[inline(always)]
-fn w16(a: u64, v: u16) {
+pub(crate) fn w16(a: u64, v: u16) {
     unsafe { write_volatile(a as *mut u16, v) }
 }
 #[inline(always)]
-fn w32(a: u64, v: u32) {
+pub(crate) fn w32(a: u64, v: u32) {
     unsafe { write_volatile(a as *mut u32, v) }
 }
 #[inline(always)]
-fn w64(a: u64, v: u64) {
+pub(crate) fn w64(a: u64, v: u64) {
     unsafe { write_volatile(a as *mut u64, v) }
 }
-fn bytes<'a>(a: u64, n: usize) -> &'a [u8] {
+pub(crate) fn bytes<'a>(a: u64, n: usize) -> &'a [u8] {
     unsafe { core::slice::from_raw_parts(a as *const u8, n) }
 }
-fn bytes_mut<'a>(a: u64, n: usize) -> &'a mut [u8] {
+pub(crate) fn bytes_mut<'a>(a: u64, n: usize) -> &'a mut [u8] {
     unsafe { core::slice::from_raw_parts_mut(a as *mut u8, n) }
 }
 
-fn rdtsc() -> u64 {
+pub(crate) fn rdtsc() -> u64 {
     unsafe { _rdtsc() }
 }
 
@@ -231,12 +228,12 @@ impl Alloc {
         }
     }
 
-    fn remaining(&self) -> u64 {
+    pub(crate) fn remaining(&self) -> u64 {
         self.end.saturating_sub(self.next)
     }
 
     /// Page-aligned, zeroed.
-    fn alloc(&mut self, size: u64) -> Option<u64> {
+    pub(crate) fn alloc(&mut self, size: u64) -> Option<u64> {
         let size = (size.max(1) + 4095) & !4095;
         let mut a = self.next;
         'again: loop {
@@ -814,7 +811,7 @@ fn ctrl_cmd(q: &mut Vq, class: u8, cmd: u8, data: &[u8]) -> bool {
 
 static mut TSC_PER_US: u64 = 0;
 
-fn tsc_per_us_cached() -> u64 {
+pub(crate) fn tsc_per_us_cached() -> u64 {
     unsafe {
         if TSC_PER_US == 0 {
             TSC_PER_US = tsc_per_us();
@@ -1476,15 +1473,23 @@ pub struct Net {
     nics: [Nic; MAX_NICS],
     n: usize,
     gen: Option<Gen>,
+    arp: Arp,
+    /// IRQ count when the NICs' interrupts were last acknowledged.
+    acked: u32,
 }
 
 /// Brings up every virtio-net device (device id 1) named by `virtio_mmio.device=`, in order,
 /// printing one `net` line each.
-pub fn setup(cmdline: &[u8], si: &StartInfo) -> Net {
+pub fn setup(cmdline: &[u8], alloc: &mut Option<Alloc>, si: &StartInfo) -> Net {
     let mut net = Net {
         nics: Default::default(),
         n: 0,
         gen: None,
+        arp: Arp {
+            e: [(0, [0; 6]); 8],
+            next: 0,
+        },
+        acked: 0,
     };
     let mut opts = Opts::default();
     let mut ips = [IpCfg::default(); MAX_NICS];
@@ -1504,7 +1509,6 @@ pub fn setup(cmdline: &[u8], si: &StartInfo) -> Net {
             udpgen.get_or_insert(v);
         }
     }
-    let mut alloc: Option<Alloc> = None;
     opts.slave_nics = net_devices(cmdline)
         .take(MAX_NICS)
         .filter(|d| (8..16).contains(&d.2))
@@ -1543,74 +1547,51 @@ pub fn setup(cmdline: &[u8], si: &StartInfo) -> Net {
     net
 }
 
-impl Net {
-    pub fn any(&self) -> bool {
-        self.n > 0
+impl crate::Poll for Net {
+    /// One pass over every RX queue (replies and refills published once per NIC), then a step
+    /// of the UDP generator.
+    fn poll(&mut self) -> usize {
+        let mut work = 0;
+        let nics = &mut self.nics[..self.n];
+        for nic in nics.iter_mut() {
+            for q in 0..nic.pairs {
+                work += nic.poll_rx(q, 64, &mut self.arp);
+            }
+            nic.kick_all();
+        }
+        if let Some(g) = self.gen.as_mut().filter(|g| !g.done) {
+            g.step(&mut nics[g.nic], &self.arp, tsc_per_us_cached());
+            work += 1;
+        }
+        work
     }
 
-    /// Serves the NICs forever; sleeps in the idle gate after `IDLE_US` without traffic.
-    pub fn run(&mut self) -> ! {
-        let tpu = tsc_per_us_cached();
-        let idle_ticks = IDLE_US * tpu;
-        let mut arp = Arp {
-            e: [(0, [0; 6]); 8],
-            next: 0,
-        };
-        let mut kbd = Keyboard::default();
-        drain_keyboard(&mut kbd);
-        let mut kbd_seen = 0;
-        let mut acked = 0;
-        let mut last_work = rdtsc();
+    fn busy(&self) -> bool {
         let no_sleep = unsafe { NO_SLEEP };
+        no_sleep || self.gen.as_ref().is_some_and(|g| !g.done)
+    }
+
+    /// Going idle: acknowledge what interrupted us, turn RX interrupts on, re-check.
+    fn arm(&mut self, seen: u32) -> bool {
         let nics = &mut self.nics[..self.n];
-        loop {
-            let mut work = 0;
+        if seen != self.acked {
+            // Acknowledge through the NIC: a configuration change (the device's announce
+            // request) is answered there.
             for nic in nics.iter_mut() {
-                for q in 0..nic.pairs {
-                    work += nic.poll_rx(q, 64, &mut arp);
-                }
-                nic.kick_all();
+                nic.ack_interrupts();
             }
-            let mut busy = false;
-            if let Some(g) = self.gen.as_mut().filter(|g| !g.done) {
-                g.step(&mut nics[g.nic], &arp, tpu);
-                busy = true;
-            }
-            let k = VOLT_KBD_COUNT.load(Ordering::Acquire);
-            if k != kbd_seen {
-                kbd_seen = k;
-                drain_keyboard(&mut kbd);
-            }
-            let now = rdtsc();
-            if work > 0 {
-                last_work = now;
-            }
-            if busy || no_sleep || now.wrapping_sub(last_work) < idle_ticks {
-                core::hint::spin_loop();
-                continue;
-            }
-            // Going idle: acknowledge what interrupted us, turn RX interrupts on, re-check,
-            // sleep. An IRQ after `seen` was read makes the gate return at once.
-            let seen = VOLT_IRQ_COUNT.load(Ordering::Acquire);
-            if seen != acked {
-                for nic in nics.iter_mut() {
-                    nic.ack_interrupts();
-                }
-                acked = seen;
-            }
-            for nic in nics.iter() {
-                nic.set_rx_interrupts(true);
-            }
-            fence(Ordering::SeqCst);
-            let pending = nics.iter().any(|n| n.rx_pending())
-                || VOLT_KBD_COUNT.load(Ordering::Acquire) != kbd_seen;
-            if !pending {
-                unsafe { volt_idle_wait(seen) };
-            }
-            for nic in nics.iter() {
-                nic.set_rx_interrupts(false);
-            }
-            last_work = rdtsc();
+            self.acked = seen;
+        }
+        for nic in nics.iter() {
+            nic.set_rx_interrupts(true);
+        }
+        fence(Ordering::SeqCst);
+        nics.iter().any(|n| n.rx_pending())
+    }
+
+    fn disarm(&mut self) {
+        for nic in &self.nics[..self.n] {
+            nic.set_rx_interrupts(false);
         }
     }
 }
