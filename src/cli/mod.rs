@@ -114,6 +114,9 @@ pub enum Lifecycle {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// Its console: a VM's serial console (Ctrl-] leaves; --force takes it over), a
+    /// container's login (boot mode: machinectl login) or a shell in it (machinectl shell).
+    Console(console::ConsoleArgs),
     /// Its journal: the unit's log (VMM or nspawn, the guest's console) and its links' owners.
     Logs {
         #[command(flatten)]
@@ -299,6 +302,7 @@ fn lifecycle(
         Lifecycle::Restart(n) => workload::lifecycle(root, kind, &n.name, Verb::Restart),
         Lifecycle::Status { name, out } => workload::status(root, kind, &name.name, &out),
         Lifecycle::Logs { name, journalctl } => workload::logs(root, kind, &name.name, &journalctl),
+        Lifecycle::Console(args) => workload::console(root, kind, args),
     }
 }
 
