@@ -9,6 +9,12 @@ fn main() -> ExitCode {
     // every Unix tool does, instead of a panic on EPIPE.
     // SAFETY: restoring the default disposition of one signal before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // Shell completion (the installed scripts run `COMPLETE=<shell> volt -- <words>`): answer
+    // and exit.
+    clap_complete::CompleteEnv::with_factory(|| {
+        <volt::cli::Opts as clap::CommandFactory>::command()
+    })
+    .complete();
     let opts = volt::cli::Opts::parse();
     volt::logging::init_stderr("volt", opts.verbose);
     match volt::cli::run(opts) {
