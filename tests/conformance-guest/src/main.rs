@@ -33,6 +33,10 @@ pub static VOLT_IRQ_COUNT: AtomicU32 = AtomicU32::new(0);
 #[no_mangle]
 pub static VOLT_KBD_COUNT: AtomicU32 = AtomicU32::new(0);
 
+/// Bumped by the shared entry stub's COM1 input handler (IRQ 4); this guest reads no input.
+#[no_mangle]
+pub static VOLT_COM_COUNT: AtomicU32 = AtomicU32::new(0);
+
 extern "C" {
     /// Idle gate (entry.rs): sleeps unless the IRQ counter differs from `seen`.
     fn volt_idle_wait(seen: u32);
