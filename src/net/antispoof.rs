@@ -198,8 +198,10 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
         rule::NA,
         "drop",
     );
+    // 58 is ICMPv6: by number, since nft resolves names through /etc/protocols, which a
+    // minimal system (or a volatile /etc) does not have.
     add(
-        "ether type ip6 ip6 saddr :: meta l4proto != ipv6-icmp",
+        "ether type ip6 ip6 saddr :: meta l4proto != 58",
         rule::IP6_UNSPEC,
         "drop",
     );
@@ -348,6 +350,8 @@ mod tests {
             "add element bridge volt ports { \"tap-12345678\" : jump port-tap-12345678 }"
         ));
         assert!(!s.contains(rule::VLAN_ALLOWED));
+        // Nothing nft would resolve through /etc/protocols or /etc/services.
+        assert!(s.contains("meta l4proto != 58") && !s.contains("ipv6-icmp"));
         let dhcp = apply_script("veth-1-h", &PortPolicy::new(mac(), None)).expect("script");
         assert!(
             !dhcp.contains("ip saddr") && !dhcp.contains("arp saddr ip"),
