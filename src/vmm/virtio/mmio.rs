@@ -72,6 +72,8 @@ pub struct MmioTransport {
     queue_sel: u32,
     status: u32,
     guest_errors: LogLimiter,
+    /// Lifecycle lines a driver causes at will: FAILED, failed activations.
+    lifecycle: LogLimiter,
 }
 
 /// Failure while building a transport.
@@ -119,6 +121,7 @@ impl MmioTransport {
             queue_sel: 0,
             status: 0,
             guest_errors: LogLimiter::new(),
+            lifecycle: LogLimiter::new(),
         })
     }
 
@@ -369,7 +372,9 @@ impl MmioTransport {
         if new & status::DRIVER_OK != 0 && s & status::FEATURES_OK != 0 {
             s |= status::DRIVER_OK;
             if let Err(e) = self.activate() {
-                log::warn!(
+                log_limited!(
+                    self.lifecycle,
+                    log::Level::Warn,
                     "virtio-mmio: device type {} failed to start: {e}",
                     self.device.device_type()
                 );
@@ -378,7 +383,9 @@ impl MmioTransport {
             }
         }
         if new & status::FAILED != 0 {
-            log::info!(
+            log_limited!(
+                self.lifecycle,
+                log::Level::Info,
                 "virtio-mmio: driver marked device type {} FAILED",
                 self.device.device_type()
             );

@@ -19,7 +19,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActivateError, DeviceQueue, VirtioDevice, VirtioInterrupt};
+use crate::log_limited;
 use crate::sys::tap::{self, Tap};
+use crate::vmm::ratelimit::LogLimiter;
 use datapath::Stats;
 
 /// Virtio device ID of the network device.
@@ -149,6 +151,8 @@ pub struct Net {
     vhost: Option<vhost::VhostNet>,
     stats: Vec<Arc<Stats>>,
     backend: Arc<Mutex<Backend>>,
+    /// Lines a driver causes at will (each reset ends a run of queue statistics).
+    lifecycle: LogLimiter,
 }
 
 impl Net {
@@ -188,6 +192,7 @@ impl Net {
             vhost: None,
             stats: Vec::new(),
             backend: Arc::new(Mutex::new(planned)),
+            lifecycle: LogLimiter::new(),
         }
     }
 
@@ -211,7 +216,13 @@ impl Net {
         }
         self.vhost = None;
         for (i, s) in self.stats.drain(..).enumerate() {
-            log::info!("{} queue pair {i}: {}", self.params.id, s.summary());
+            log_limited!(
+                self.lifecycle,
+                log::Level::Info,
+                "{} queue pair {i}: {}",
+                self.params.id,
+                s.summary()
+            );
         }
     }
 
@@ -256,8 +267,9 @@ impl Net {
                 ctrl.take().map(|c| {
                     let tap = self.tap.clone();
                     let id = self.params.id.clone();
+                    let mut limiter = LogLimiter::new();
                     let apply: Box<dyn FnMut(ctrl::Command) -> bool + Send> =
-                        Box::new(move |cmd| apply_ctrl(&tap, &id, pairs, cmd));
+                        Box::new(move |cmd| apply_ctrl(&tap, &id, pairs, cmd, &mut limiter));
                     (c.queue, c.notify, self.params.queue_pairs, apply)
                 })
             } else {
@@ -288,17 +300,33 @@ impl Net {
     }
 }
 
-/// Carry out a control command on the TAP.
-fn apply_ctrl(tap: &Tap, id: &str, pairs: usize, cmd: ctrl::Command) -> bool {
+/// Carry out a control command on the TAP. The driver sends these at will: its lines go
+/// through `limiter`.
+fn apply_ctrl(
+    tap: &Tap,
+    id: &str,
+    pairs: usize,
+    cmd: ctrl::Command,
+    limiter: &mut LogLimiter,
+) -> bool {
     match cmd {
         ctrl::Command::SetQueuePairs(n) => {
             for q in 0..pairs {
                 if let Err(e) = tap.set_queue_enabled(q, q < usize::from(n)) {
-                    log::warn!("{id}: {}", crate::error_chain(&e));
+                    log_limited!(
+                        limiter,
+                        log::Level::Warn,
+                        "{id}: {}",
+                        crate::error_chain(&e)
+                    );
                     return false;
                 }
             }
-            log::info!("{id}: guest uses {n} of {pairs} queue pairs");
+            log_limited!(
+                limiter,
+                log::Level::Info,
+                "{id}: guest uses {n} of {pairs} queue pairs"
+            );
             true
         }
         ctrl::Command::SetGuestOffloads(bits) => tap.set_offload(tun_offloads(bits)).is_ok(),
@@ -354,7 +382,13 @@ impl VirtioDevice for Net {
         if self.params.queue_pairs > 1 {
             for q in 0..self.tap.queues.len() {
                 if let Err(e) = self.tap.set_queue_enabled(q, q == 0) {
-                    log::warn!("{}: {}", self.params.id, crate::error_chain(&e));
+                    log_limited!(
+                        self.lifecycle,
+                        log::Level::Warn,
+                        "{}: {}",
+                        self.params.id,
+                        crate::error_chain(&e)
+                    );
                 }
             }
         }
