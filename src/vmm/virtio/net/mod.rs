@@ -149,6 +149,8 @@ pub struct Net {
     config: [u8; 12],
     workers: Vec<(JoinHandle<()>, Arc<EventFd>)>,
     vhost: Option<vhost::VhostNet>,
+    /// The vhost-net instances, opened when the device is built (before the sandbox).
+    vhost_source: Option<Box<dyn vhost::VhostSource>>,
     stats: Vec<Arc<Stats>>,
     backend: Arc<Mutex<Backend>>,
     /// Lines a driver causes at will (each reset ends a run of queue statistics).
@@ -156,8 +158,32 @@ pub struct Net {
 }
 
 impl Net {
-    /// A device for `params` on `tap` (which must have `params.queue_pairs` queue fds).
+    /// A device for `params` on `tap` (which must have `params.queue_pairs` queue fds). With
+    /// `params.vhost`, every `/dev/vhost-net` instance it will use is opened here, while the
+    /// VMM may still open files: after setup it runs as `volt` with `open` denied.
     pub fn new(params: NetParams, tap: Tap) -> Net {
+        let pairs = usize::from(params.queue_pairs.clamp(1, MAX_QUEUE_PAIRS));
+        let source = if params.vhost {
+            vhost::KernelVhost::open(pairs).map(|k| Box::new(k) as Box<dyn vhost::VhostSource>)
+        } else {
+            Err(vhost::VhostError::Setup(std::io::Error::other(
+                "vhost = false in the config",
+            )))
+        };
+        Self::build(params, tap, source)
+    }
+
+    /// A device whose vhost-net instances come from `source` (tests: a double that records
+    /// what the device asks of vhost-net).
+    pub fn with_vhost(params: NetParams, tap: Tap, source: Box<dyn vhost::VhostSource>) -> Net {
+        Self::build(params, tap, Ok(source))
+    }
+
+    fn build(
+        params: NetParams,
+        tap: Tap,
+        source: Result<Box<dyn vhost::VhostSource>, vhost::VhostError>,
+    ) -> Net {
         let pairs = usize::from(params.queue_pairs.clamp(1, MAX_QUEUE_PAIRS));
         let mut queue_sizes = vec![QUEUE_SIZE; pairs * 2];
         if pairs > 1 {
@@ -165,21 +191,20 @@ impl Net {
         }
         let config = config_space(&params);
         // Decide the data path now, so STATUS= says it from the start.
-        let planned = if !params.vhost {
-            Backend::Userspace {
-                reason: "vhost = false in the config".into(),
-            }
-        } else {
-            match std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/vhost-net")
-            {
-                Ok(_) => Backend::Vhost,
-                Err(e) => Backend::Userspace {
-                    reason: format!("vhost-net: cannot open /dev/vhost-net: {e}"),
+        let (planned, vhost_source) = match source {
+            Ok(s) => (Backend::Vhost, Some(s)),
+            Err(_) if !params.vhost => (
+                Backend::Userspace {
+                    reason: "vhost = false in the config".into(),
                 },
-            }
+                None,
+            ),
+            Err(e) => (
+                Backend::Userspace {
+                    reason: format!("vhost-net: {}", crate::error_chain(&e)),
+                },
+                None,
+            ),
         };
         log::info!("{}: {planned} on {}", params.id, tap.name);
         Net {
@@ -190,6 +215,7 @@ impl Net {
             config,
             workers: Vec::new(),
             vhost: None,
+            vhost_source,
             stats: Vec::new(),
             backend: Arc::new(Mutex::new(planned)),
             lifecycle: LogLimiter::new(),
@@ -224,6 +250,45 @@ impl Net {
                 s.summary()
             );
         }
+    }
+
+    /// The control queue on its own thread (the vhost-net path, where no userspace queue
+    /// worker runs): without it a driver that negotiated CTRL_VQ and MQ waits forever for the
+    /// answer to VQ_PAIRS_SET.
+    fn start_ctrl(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<DeviceQueue>,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        let pairs = usize::from(self.params.queue_pairs);
+        if pairs < 2 {
+            return Ok(());
+        }
+        let Some(c) = queues.into_iter().nth(pairs * 2) else {
+            return Ok(());
+        };
+        if !virtio_queue::QueueT::ready(&c.queue) {
+            return Ok(());
+        }
+        let (tap, id) = (self.tap.clone(), self.params.id.clone());
+        let mut limiter = LogLimiter::new();
+        let apply: Box<dyn FnMut(ctrl::Command) -> bool + Send> =
+            Box::new(move |cmd| apply_ctrl(&tap, &id, pairs, cmd, &mut limiter));
+        let server = ctrl::Server {
+            name: format!("{} ctrl", self.params.id),
+            queue: c.queue,
+            kick: c.notify,
+            mem,
+            interrupt,
+            max_pairs: self.params.queue_pairs,
+            apply,
+        };
+        let worker = server
+            .spawn()
+            .map_err(|e| ActivateError::Device(format!("cannot start the control queue: {e}")))?;
+        self.workers.push(worker);
+        Ok(())
     }
 
     fn start_userspace(
@@ -397,10 +462,11 @@ impl VirtioDevice for Net {
             .lock()
             .map(|b| b.clone())
             .unwrap_or(Backend::Idle);
-        if planned == Backend::Vhost {
+        if let (Backend::Vhost, Some(source)) = (&planned, &self.vhost_source) {
             match vhost::VhostNet::start(
                 &self.params,
-                &self.tap,
+                &self.tap.queues,
+                source.as_ref(),
                 &mem,
                 &queues,
                 self.acked,
@@ -408,7 +474,8 @@ impl VirtioDevice for Net {
             ) {
                 Ok(v) => {
                     self.vhost = Some(v);
-                    return Ok(());
+                    // vhost-net moves frames; the control queue is still ours to serve.
+                    return self.start_ctrl(mem, queues, interrupt);
                 }
                 Err(e) => {
                     let backend = Backend::Userspace {
@@ -416,6 +483,7 @@ impl VirtioDevice for Net {
                     };
                     log::warn!("{}: {backend} on {}", self.params.id, self.tap.name);
                     self.set_backend(backend);
+                    self.vhost_source = None;
                 }
             }
         }
