@@ -219,3 +219,91 @@ fn link_down_refuses_links_volt_does_not_own() {
         );
     }
 }
+
+const VM_POOL: &str =
+    "kernel = \"/boot/guest\"\n[[network]]\nmode = \"direct\"\nbridge = \"volt0\"\n";
+
+fn leases(root: &Path) -> Vec<(String, String)> {
+    let at = Attach::load(root);
+    let mut v: Vec<(String, String)> = at
+        .ipam()
+        .list("volt0")
+        .expect("leases")
+        .into_iter()
+        .map(|l| (l.owner.to_string(), l.ip.to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn link_up_reconciles_gone_workloads_and_survives_a_corrupt_lease_file() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("atipam");
+    let r = root(&[
+        ("etc/volt/vms/a.toml", VM_POOL),
+        ("etc/volt/vms/b.toml", VM_POOL),
+        ("etc/volt/vms/c.toml", VM_POOL),
+    ]);
+    for vm in ["a", "b", "c"] {
+        up(&host, r.path(), &tap_of(vm)).expect("up");
+    }
+    assert_eq!(
+        leases(r.path()),
+        [
+            ("vm/a/eth0".to_string(), "10.42.0.2".to_string()),
+            ("vm/b/eth0".into(), "10.42.0.3".into()),
+            ("vm/c/eth0".into(), "10.42.0.4".into()),
+        ]
+    );
+    // a stops and its file is removed: gone. b stops and its file breaks: it may start again
+    // on its last good units, so it keeps its lease. c runs on while its file is removed: its
+    // link is up, so it keeps its lease until it stops.
+    for vm in ["a", "b"] {
+        let down = volt_link(&host, r.path(), "down", &tap_of(vm));
+        assert!(down.status.success(), "{down:?}");
+    }
+    let vms = r.path().join("etc/volt/vms");
+    std::fs::remove_file(vms.join("a.toml")).expect("rm");
+    std::fs::write(vms.join("b.toml"), "vcpus = \"x\"\n").expect("break");
+    std::fs::remove_file(vms.join("c.toml")).expect("rm");
+    // The next link up gives a's address back to the pool and keeps b's and c's.
+    std::fs::write(vms.join("d.toml"), VM_POOL).expect("write");
+    up(&host, r.path(), &tap_of("d")).expect("up d");
+    assert_eq!(
+        leases(r.path()),
+        [
+            ("vm/b/eth0".to_string(), "10.42.0.3".to_string()),
+            ("vm/c/eth0".into(), "10.42.0.4".into()),
+            ("vm/d/eth0".into(), "10.42.0.2".into()),
+        ]
+    );
+
+    // A truncated lease file: the next start moves it aside, rebuilds the leases of the
+    // running workloads (c and d) from their link records, and hands out a free address.
+    let file = r.path().join("var/lib/volt/ipam/volt0.json");
+    let text = std::fs::read(&file).expect("read");
+    std::fs::write(&file, &text[..text.len() / 3]).expect("truncate");
+    std::fs::write(r.path().join("etc/volt/vms/e.toml"), VM_POOL).expect("write");
+    up(&host, r.path(), &tap_of("e")).expect("up e with a corrupt lease file");
+    let now = leases(r.path());
+    assert!(
+        now.contains(&("vm/e/eth0".to_string(), "10.42.0.3".to_string())),
+        "{now:?}"
+    );
+    for held in ["vm/c/eth0", "vm/d/eth0"] {
+        assert!(now.iter().any(|(o, _)| o == held), "{held} lost: {now:?}");
+    }
+    let aside = std::fs::read_dir(file.parent().expect("dir"))
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("volt0.json.corrupt-")
+        })
+        .count();
+    assert_eq!(aside, 1);
+}

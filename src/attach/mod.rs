@@ -8,6 +8,7 @@
 //! guest its MAC and address.
 
 mod container;
+mod leases;
 mod record;
 mod vm;
 
@@ -19,7 +20,7 @@ pub use record::{LinkRecord, RecordError};
 
 use crate::config::{ConfigError, ConfigSet, MacAddr, Network, NetworkLookup};
 use crate::fsutil::FsError;
-use crate::net::ipam::{Ipam, IpamError, Lease, Owner};
+use crate::net::ipam::{IpamError, Lease, Owner};
 use crate::net::manager::{LinkParams, ManagerError};
 use crate::net::nat::PortTarget;
 use crate::net::netlink::NetlinkError;
@@ -142,10 +143,6 @@ impl Attach {
             .and_then(|n| self.plan.networks.by_name(n))
     }
 
-    fn ipam(&self) -> Ipam {
-        Ipam::new(self.paths.ipam_dir())
-    }
-
     fn manager(&self) -> crate::net::manager::Manager {
         crate::net::manager::Manager::new(self.paths.runtime_dir())
     }
@@ -153,6 +150,12 @@ impl Attach {
     /// Bring `link` up as the plan says and record what was done.
     pub fn up(&self, link: &str) -> Result<LinkRecord, AttachError> {
         let (w, a) = self.find(link)?;
+        // Leases of workloads (or NICs) that are gone go back to the pool first.
+        if let Some(net) = self.network(a) {
+            if let Err(e) = self.reconcile_leases(net) {
+                log::warn!("{}", crate::error_chain(&e));
+            }
+        }
         let record = match w.kind {
             Kind::Vm => vm::up(self, w, a),
             Kind::Container => container::up(self, a),

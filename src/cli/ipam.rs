@@ -7,8 +7,7 @@ use anyhow::{bail, Context, Result};
 use super::{IpamCommand, Outcome, Output};
 use crate::attach::Attach;
 use crate::config::NetworkLookup;
-use crate::net::ipam::{Ipam, Lease, Owner, Request};
-use crate::plan::Paths;
+use crate::net::ipam::{Lease, Owner, Request};
 
 fn print_leases(rows: &[(String, Lease)], output: Output) -> Result<()> {
     match output {
@@ -36,7 +35,7 @@ fn print_leases(rows: &[(String, Lease)], output: Output) -> Result<()> {
 }
 
 pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
-    let ipam = Ipam::new(Paths::new(root).ipam_dir());
+    let ipam = Attach::load(root).ipam();
     match command {
         IpamCommand::List { network, output } => {
             let nets = match network {
@@ -76,13 +75,7 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
         }
         IpamCommand::Reconcile => {
             let at = Attach::load(root);
-            let alive = |o: &Owner| {
-                at.plan.workloads.iter().any(|w| {
-                    w.attachments
-                        .iter()
-                        .any(|a| crate::attach::owner_of(w, a) == *o)
-                })
-            };
+            let alive = |o: &Owner| at.lease_alive(o);
             let mut released = 0;
             for n in ipam.networks() {
                 for l in ipam.reconcile(&n, &alive)? {
