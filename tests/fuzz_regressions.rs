@@ -76,6 +76,11 @@ fn config_toml_corpus() {
 }
 
 #[test]
+fn plan_render_corpus() {
+    replay("plan_render", fuzz::plan_render::run);
+}
+
+#[test]
 fn virtio_mmio_corpus() {
     replay("virtio_mmio", fuzz::virtio_mmio::run);
 }
