@@ -81,6 +81,11 @@ fn plan_render_corpus() {
 }
 
 #[test]
+fn virtio_blk_corpus() {
+    replay("virtio_blk", fuzz::virtio_blk::run);
+}
+
+#[test]
 fn virtio_mmio_corpus() {
     replay("virtio_mmio", fuzz::virtio_mmio::run);
 }
@@ -88,4 +93,9 @@ fn virtio_mmio_corpus() {
 #[test]
 fn virtio_net_corpus() {
     replay("virtio_net", fuzz::virtio_net::run);
+}
+
+#[test]
+fn virtio_vsock_corpus() {
+    replay("virtio_vsock", fuzz::virtio_vsock::run);
 }

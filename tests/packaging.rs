@@ -263,6 +263,31 @@ fn volt_toml_man_page_documents_every_config_key() {
         "src/config/container.rs",
     ] {
         let text = std::fs::read_to_string(repo.join(file)).expect("source");
+        // TOML keys: read through the reader's typed getters, key as the first string
+        // argument (`t.integer(&src, e, "vcpus", ...)`, `required(src, t, e, "subnet", ...)`).
+        for getter in [
+            ".string(",
+            ".boolean(",
+            ".integer(",
+            ".integer::<",
+            ".strings(",
+            ".choice(",
+            ".table(",
+            ".tables(",
+            ".string_map(",
+            "required(",
+        ] {
+            for (i, _) in text.match_indices(getter) {
+                let rest = &text[i..];
+                let call = &rest[..rest.find('\n').unwrap_or(rest.len())];
+                if let Some(key) = call.split('"').nth(1) {
+                    if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                        keys.insert(key.to_string());
+                    }
+                }
+            }
+        }
+        // YAML zone keys: serde structs.
         let mut in_raw = false;
         let mut rename: Option<String> = None;
         for line in text.lines() {
@@ -331,7 +356,7 @@ fn examples_validate() {
         std::fs::copy(ex.join(from), r.join(to)).expect("copy example");
     }
     std::fs::create_dir_all(r.join("var/lib/volt/kernels")).expect("mkdir");
-    std::fs::write(r.join("var/lib/volt/kernels/vmlinux"), b"").expect("kernel");
+    std::fs::write(r.join("var/lib/volt/kernels/vmlinux"), b"a kernel").expect("kernel");
     std::fs::create_dir_all(r.join("var/lib/volt/containers/shop/usr")).expect("mkdir");
     run(Command::new(env!("CARGO_BIN_EXE_volt"))
         .arg("--root")

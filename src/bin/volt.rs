@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Ok(volt::cli::Outcome::Ok) => ExitCode::SUCCESS,
         Ok(volt::cli::Outcome::Failed) => ExitCode::FAILURE,
         Ok(volt::cli::Outcome::Config) => ExitCode::from(78),
+        Ok(volt::cli::Outcome::Code(c)) => ExitCode::from(c),
         Err(e) => {
             log::error!("{e:#}");
             ExitCode::FAILURE

@@ -61,6 +61,10 @@ fn spec_from_flags(cli: &VmmCli) -> Option<VmSpec> {
         cmdline: cli.cmdline.clone(),
         serial_file: cli.serial_file.clone(),
         nics: cli.net.clone(),
+        disks: cli.disks.clone(),
+        console_socket: cli.console_socket.clone(),
+        vsock: cli.vsock(),
+        notify_ready: cli.notify_ready,
     })
 }
 
@@ -127,6 +131,9 @@ pub fn main(cli: &VmmCli) -> u8 {
             }
         },
     };
+    // A root disk names itself on the command line (unless it has a root= already).
+    let mut spec = spec;
+    spec.cmdline = super::disk::with_root(&spec.cmdline, &spec.disks);
     let nics = match nics::setup(&spec.nics, &mut store) {
         Ok(n) => n,
         Err(e) => {

@@ -2,12 +2,14 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod conformance;
 pub mod frames;
 pub mod guest;
 pub mod netns;
 pub mod nspawn;
 pub mod ping;
 pub mod report;
+pub mod vmm;
 
 use std::path::{Path, PathBuf};
 

@@ -263,6 +263,37 @@ impl Nspawn {
         std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
 
+    /// A busybox root file system at `dir` inside the container: every applet but `busybox`
+    /// itself linked to the static binary, a `/usr` (nspawn needs one), an os-release, and the
+    /// udhcpc script that applies a lease with `ip`.
+    pub fn busybox_rootfs(&self, dir: &str) {
+        self.ok(&format!(
+            r#"set -e
+R={dir}
+mkdir -p $R/bin $R/sbin $R/usr/bin $R/usr/sbin $R/etc $R/proc $R/sys $R/dev $R/tmp $R/run $R/var $R/root
+B=$(command -v busybox)
+cp "$B" $R/bin/busybox
+for a in $("$B" --list); do
+  [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"
+done
+printf 'ID=volt-busybox\nNAME="busybox for Volt tests"\n' > $R/etc/os-release
+cat > $R/etc/udhcpc.script <<'EOF'
+#!/bin/sh
+case "$1" in
+  deconfig) ip link set "$interface" up; ip -4 addr flush dev "$interface" ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${{router%% *}}" dev "$interface"
+    ;;
+esac
+exit 0
+EOF
+chmod +x $R/etc/udhcpc.script
+"#
+        ));
+    }
+
     /// Finish the install the way the package's postinst does (the files are already at their
     /// installed paths through the /usr overlay): the `volt` user and Volt's directories,
     /// networkd running with /dev/net/tun usable by it, a daemon-reload (the generator runs);

@@ -129,7 +129,7 @@ pub fn process_queue(
         served = true;
     }
     Pass {
-        notify: served && queue.needs_notification(mem).unwrap_or(true),
+        notify: served && super::notify::needs_interrupt(queue, mem),
         more,
     }
 }
