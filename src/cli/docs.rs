@@ -71,8 +71,13 @@ fn write_man(cmd: clap::Command, section: &str, dir: &Path) -> anyhow::Result<()
             .manual("Volt Manual")
             .source(format!("volt {}", env!("CARGO_PKG_VERSION")));
         let path = dir.join(man.get_filename());
+        let page = man
+            .get_filename()
+            .rsplit_once('.')
+            .map_or_else(String::new, |(stem, _)| stem.to_string());
         let mut buf = Vec::new();
         man.render(&mut buf)?;
+        buf.extend_from_slice(super::manual::render(&super::manual::extra(&page)).as_bytes());
         std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }

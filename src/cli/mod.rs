@@ -7,6 +7,7 @@ mod docs;
 mod generate;
 mod ipam;
 mod link;
+mod manual;
 mod net;
 pub mod output;
 mod validate;
