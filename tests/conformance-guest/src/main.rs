@@ -33,7 +33,8 @@ pub static VOLT_IRQ_COUNT: AtomicU32 = AtomicU32::new(0);
 /// Incremented by the ring-0 handler of IRQ 1 (entry.rs).
 #[no_mangle]
 pub static VOLT_KBD_COUNT: AtomicU32 = AtomicU32::new(0);
-/// Incremented by the ring-0 handler of IRQ 4, COM1 input (entry.rs); unused here.
+
+/// Bumped by the shared entry stub's COM1 input handler (IRQ 4); this guest reads no input.
 #[no_mangle]
 pub static VOLT_COM_COUNT: AtomicU32 = AtomicU32::new(0);
 
