@@ -226,13 +226,9 @@ fn worker(
         // Requests left over: look at the events without sleeping, then serve again.
         serve = more;
         let timeout = if more { 0 } else { -1 };
-        let n = match epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                log::error!("virtio-rng: epoll_wait failed: {e}");
-                return;
-            }
+        let Some(n) = crate::vmm::event::wait_events(&epoll, timeout, &mut events, "virtio-rng")
+        else {
+            return;
         };
         for ev in &events[..n] {
             match ev.data() {

@@ -197,15 +197,9 @@ impl Server {
                     );
                 }
             }
-            let n = loop {
-                match epoll.wait(-1, &mut events) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        log::error!("{}: epoll_wait failed: {e}", self.name);
-                        return;
-                    }
-                }
+            let Some(n) = crate::vmm::event::wait_events(epoll, -1, &mut events, &self.name)
+            else {
+                return;
             };
             for ev in &events[..n] {
                 match ev.data() {
