@@ -1,6 +1,7 @@
 //! The `volt` command line: the one module that sees every other.
 
 mod container;
+mod demo;
 mod docs;
 mod generate;
 mod ipam;
@@ -77,6 +78,10 @@ pub enum Command {
         #[command(subcommand)]
         command: LinkCommand,
     },
+    /// Start the example VM `hello` on the default guest on volt0, ping it, show its console
+    /// and say how to stop it (through systemd where it is PID 1; else in a private network
+    /// namespace, removed afterwards).
+    Demo,
     /// Write man pages and shell completions (for packaging).
     #[command(hide = true)]
     GenDocs {
@@ -346,6 +351,7 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
             LinkCommand::Down { link } => link::down(&root, &link),
             LinkCommand::Run { link } => link::run(&root, &link),
         },
+        Command::Demo => demo::run(&root),
         Command::GenDocs { out } => docs::exec(&out),
     }
 }

@@ -333,8 +333,9 @@ impl Drop for Nspawn {
 }
 
 /// Volt's build installed into `<stage>/root` by `packaging/stage` (binaries cargo built for
-/// this test, man pages and completions from `volt gen-docs`), plus `<stage>/guest/` with the
-/// test guest. `packaging/stage --list` writes every installed path to `<stage>/installed`.
+/// this test, man pages and completions from `volt gen-docs`, the test guest as the default
+/// guest), plus `<stage>/guest/` with the test guest. `packaging/stage --list` writes every
+/// installed path to `<stage>/installed`.
 pub fn stage_volt() -> tempfile::TempDir {
     let repo = super::repo();
     let stage = tempfile::tempdir().expect("stage");
@@ -364,11 +365,15 @@ pub fn stage_volt() -> tempfile::TempDir {
         "volt gen-docs: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // The default guest the packages install is the test guest.
+    std::fs::copy(super::guest::elf(), s.join("guest/volt-test-guest")).expect("copy test guest");
     let o = Command::new(repo.join("packaging/stage"))
         .arg("--bin-dir")
         .arg(&bins)
         .arg("--gen-dir")
         .arg(&gen)
+        .arg("--guest-dir")
+        .arg(s.join("guest"))
         .arg("--list")
         .arg(s.join("installed"))
         .arg(s.join("root"))
@@ -379,7 +384,6 @@ pub fn stage_volt() -> tempfile::TempDir {
         "packaging/stage: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    std::fs::copy(super::guest::elf(), s.join("guest/volt-test-guest")).expect("copy test guest");
     stage
 }
 
