@@ -89,3 +89,8 @@ fn virtio_mmio_corpus() {
 fn virtio_net_corpus() {
     replay("virtio_net", fuzz::virtio_net::run);
 }
+
+#[test]
+fn virtio_vsock_corpus() {
+    replay("virtio_vsock", fuzz::virtio_vsock::run);
+}

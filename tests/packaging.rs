@@ -421,7 +421,7 @@ fn examples_validate() {
         std::fs::copy(ex.join(from), r.join(to)).expect("copy example");
     }
     std::fs::create_dir_all(r.join("var/lib/volt/kernels")).expect("mkdir");
-    std::fs::write(r.join("var/lib/volt/kernels/vmlinux"), b"").expect("kernel");
+    std::fs::write(r.join("var/lib/volt/kernels/vmlinux"), b"a kernel").expect("kernel");
     std::fs::create_dir_all(r.join("usr/lib/volt/guests")).expect("mkdir");
     std::fs::copy(
         common::guest::elf(),

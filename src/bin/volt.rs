@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Output into a closed pipe (`volt vm list | head -1`) ends the command quietly, as
+    // every Unix tool does, instead of a panic on EPIPE.
+    // SAFETY: restoring the default disposition of one signal before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let opts = volt::cli::Opts::parse();
     volt::logging::init_stderr("volt", opts.verbose);
     match volt::cli::run(opts) {

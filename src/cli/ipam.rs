@@ -34,12 +34,69 @@ fn print_leases(rows: &[(String, Lease)], out: &OutputArgs) -> Result<()> {
     Ok(())
 }
 
+/// The attachment `owner` names on `network`, or why there is none.
+fn attachment_of<'a>(
+    at: &'a Attach,
+    owner: &Owner,
+    network: &str,
+) -> std::result::Result<&'a crate::plan::Attachment, String> {
+    let kind = match owner.kind {
+        crate::net::ipam::Kind::Vm => crate::plan::Kind::Vm,
+        crate::net::ipam::Kind::Container => crate::plan::Kind::Container,
+    };
+    let Some(w) = at.plan.workload(kind, &owner.name) else {
+        return Err(format!(
+            "{owner}: no {} named {} is configured",
+            kind.noun(),
+            owner.name
+        ));
+    };
+    let Some(a) = w.attachments.iter().find(|a| a.nic == owner.nic) else {
+        return Err(format!(
+            "{owner}: {} {} has no NIC {}",
+            kind.noun(),
+            owner.name,
+            owner.nic
+        ));
+    };
+    if a.network.as_deref() != Some(network) {
+        return Err(format!(
+            "{owner}: that NIC is on {}, not on {network}",
+            a.network.as_deref().unwrap_or("no network")
+        ));
+    }
+    Ok(a)
+}
+
+/// The owner whose planned address is `ip` on `network`, other than `except`.
+fn planned_owner_of(
+    at: &Attach,
+    network: &str,
+    ip: std::net::Ipv4Addr,
+    except: &Owner,
+) -> Option<Owner> {
+    at.plan.workloads.iter().find_map(|w| {
+        w.attachments
+            .iter()
+            .filter(|a| a.network.as_deref() == Some(network))
+            .filter(|a| a.addressing.known().map(|n| n.addr()) == Some(ip))
+            .map(|a| crate::attach::owner_of(w, a))
+            .find(|o| o != except)
+    })
+}
+
 pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
     let ipam = Ipam::new(Paths::new(root).ipam_dir());
     match command {
         IpamCommand::List { network, out } => {
             let nets = match network {
-                Some(n) => vec![n],
+                Some(n) => {
+                    let set = crate::config::ConfigSet::load(root);
+                    if set.networks.by_name(&n).is_none() {
+                        bail!("no network named {n:?} (see volt net list)");
+                    }
+                    vec![n]
+                }
                 None => ipam.networks(),
             };
             let mut rows = Vec::new();
@@ -56,7 +113,22 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
             let Some(net) = at.plan.networks.by_name(&network) else {
                 bail!("no network named {network:?}")
             };
-            let request = ip.map_or(Request::Any, Request::Static);
+            let a = attachment_of(&at, &owner, &net.name).map_err(anyhow::Error::msg)?;
+            // A configured address is the owner's; nobody else's may be asked for.
+            let request = match (a.addressing.known().map(|n| n.addr()), ip) {
+                (Some(mine), Some(asked)) if mine != asked => bail!(
+                    "{owner}: its configured address is {mine} ({}); {asked} cannot be leased to it",
+                    a.source.display()
+                ),
+                (Some(mine), _) => Request::Static(mine),
+                (None, Some(asked)) => {
+                    if let Some(other) = planned_owner_of(&at, &net.name, asked, &owner) {
+                        bail!("{asked} is the configured address of {other}");
+                    }
+                    Request::Static(asked)
+                }
+                (None, None) => Request::Any,
+            };
             let configured = at
                 .configured_addresses(&net.name, Some(&owner))
                 .into_iter()
@@ -68,9 +140,26 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
         }
         IpamCommand::Release { network, owner } => {
             let owner: Owner = owner.parse().map_err(anyhow::Error::msg)?;
+            let set = crate::config::ConfigSet::load(root);
+            if set.networks.by_name(&network).is_none() {
+                bail!("no network named {network:?} (see volt net list)");
+            }
             match ipam.release(&network, &owner)? {
                 Some(l) => println!("released {} from {owner}", l.ip),
-                None => println!("{owner} had no lease on {network}"),
+                None => {
+                    let elsewhere =
+                        ipam.networks()
+                            .into_iter()
+                            .filter(|n| *n != network)
+                            .find(|n| {
+                                ipam.list(n)
+                                    .is_ok_and(|ls| ls.iter().any(|l| l.owner == owner))
+                            });
+                    match elsewhere {
+                        Some(n) => bail!("{owner} has no lease on {network} (its lease is on {n}: --network {n})"),
+                        None => bail!("{owner} has no lease on {network}"),
+                    }
+                }
             }
         }
         IpamCommand::Reconcile => {

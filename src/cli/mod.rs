@@ -1,5 +1,6 @@
 //! The `volt` command line: the one module that sees every other.
 
+mod console;
 mod container;
 mod demo;
 mod docs;
@@ -57,6 +58,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ContainerCommand,
     },
+    /// Attach to a VM's serial console (Ctrl-] leaves).
+    Console(console::ConsoleArgs),
     /// Run the generator on a root and write into OUTDIR, for debugging.
     Generate {
         /// Output directory (used as normal, early and late directory).
@@ -338,6 +341,7 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
             ContainerCommand::Run(n) => container::run(&root, &n.name),
             ContainerCommand::NetUp { name, pid } => container::net_up(&root, &name.name, pid),
         },
+        Command::Console(args) => console::exec(&root, args),
         Command::Generate { outdir } => generate::exec(&root, &outdir),
         Command::Net { command } => match command {
             NetCommand::List { out } => net::list(&root, &out),

@@ -84,6 +84,10 @@ pub fn vm_spec(
         serial_file: None,
         nics,
         disks: vm.disks.iter().map(disk_spec).collect(),
+        // The socket path is the runtime directory's (set by `run`).
+        console_socket: None,
+        vsock: None,
+        notify_ready: false,
     })
 }
 
@@ -217,7 +221,7 @@ pub fn run(
         };
         records.push(r);
     }
-    let spec = match vm_spec(w, &records) {
+    let mut spec = match vm_spec(w, &records) {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");
@@ -225,6 +229,7 @@ pub fn run(
         }
     };
     register_with_machined(w, &records);
+    spec.console_socket = Some(at.paths.vm_dir(&w.name).join("console.sock"));
     let file = at.paths.vm_dir(&w.name).join("spec.json");
     let text = serde_json::to_string_pretty(&spec)? + "\n";
     crate::fsutil::write_atomic_if_changed(&file, &text)?;
@@ -238,4 +243,18 @@ pub fn run(
         .args(vmm_args)
         .exec();
     anyhow::bail!("cannot run {}: {err}", vmm.display())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The VM file's limits and the VMM's are the same numbers.
+    #[test]
+    fn limits_agree_between_the_config_and_the_vmm() {
+        use crate::config::vm_limits as c;
+        use crate::vmm::spec as v;
+        assert_eq!(c::MAX_VCPUS, u32::from(v::MAX_VCPUS));
+        assert_eq!(c::MIN_MEMORY_MIB, v::MIN_MEMORY_MIB);
+        assert_eq!(c::MAX_MEMORY_MIB, v::MAX_MEMORY_MIB);
+        assert_eq!(c::DEFAULT_MEMORY_MIB, v::DEFAULT_MEMORY_MIB);
+    }
 }

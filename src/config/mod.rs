@@ -30,6 +30,12 @@ pub use error::{ConfigError, Location};
 pub use network::{
     parse_network_toml, Network, NetworkType, PortMap, Proto, Range, DEFAULT_NETWORK, DEFAULT_ZONE,
 };
+/// The limits a VM file's values must respect.
+pub mod vm_limits {
+    pub use super::vm::{
+        DEFAULT_MEMORY_MIB, MAX_CMDLINE, MAX_MEMORY_MIB, MAX_NICS, MAX_VCPUS, MIN_MEMORY_MIB,
+    };
+}
 pub use vm::{parse_vm_toml, MacvtapMode, NetworkLookup, NicConfig, NicMode, VmConfig};
 pub use zone::parse_zone_yaml;
 

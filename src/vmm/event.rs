@@ -16,6 +16,13 @@ pub enum VmEvent {
     VcpuFailed(u8, String),
     /// A vCPU thread ended (after a stop request or an error).
     VcpuExited(u8),
+    /// The guest sent an sd_notify message over vsock (`READY=1`, the first `STATUS=`).
+    GuestNotify {
+        /// `READY=1` was in it.
+        ready: bool,
+        /// Its `STATUS=` text, if any.
+        status: Option<String>,
+    },
 }
 
 /// Cloneable sending side handed to devices and threads.

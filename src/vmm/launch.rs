@@ -63,6 +63,9 @@ fn spec_from_flags(cli: &VmmCli) -> Option<VmSpec> {
         serial_file: cli.serial_file.clone(),
         nics: cli.net.clone(),
         disks: cli.disks.clone(),
+        console_socket: cli.console_socket.clone(),
+        vsock: cli.vsock(),
+        notify_ready: cli.notify_ready,
     })
 }
 

@@ -7,6 +7,7 @@
 
 pub mod boot;
 pub mod cli;
+pub mod console;
 pub mod cpu;
 pub mod devices;
 pub mod disk;
@@ -18,6 +19,7 @@ pub mod ratelimit;
 pub mod sandbox;
 pub mod spec;
 pub mod systemd;
+pub mod unixsock;
 pub mod vcpu;
 pub mod virtio;
 
@@ -96,6 +98,12 @@ pub enum VmmError {
     /// Dropping privileges or installing the seccomp filter failed.
     #[error("entering the sandbox failed")]
     Sandbox(#[from] sandbox::SandboxError),
+    /// The console socket could not be set up.
+    #[error("setting up the console socket failed")]
+    Console(#[from] console::ConsoleError),
+    /// The vsock device could not be created.
+    #[error("setting up the vsock device failed")]
+    Vsock(#[from] virtio::vsock::VsockError),
 }
 
 impl VmmError {

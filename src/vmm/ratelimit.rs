@@ -16,6 +16,8 @@ pub struct LogLimiter {
     window_start: Option<Instant>,
     in_window: u32,
     suppressed: u64,
+    burst: u32,
+    window: Duration,
 }
 
 impl Default for LogLimiter {
@@ -27,10 +29,18 @@ impl Default for LogLimiter {
 impl LogLimiter {
     /// A limiter with a fresh window.
     pub const fn new() -> Self {
+        Self::with_limits(BURST, WINDOW)
+    }
+
+    /// A limiter letting `burst` events per `window` through (guest console lines: a
+    /// kernel's boot messages in one go, but not a guest printing in a loop).
+    pub const fn with_limits(burst: u32, window: Duration) -> Self {
         LogLimiter {
             window_start: None,
             in_window: 0,
             suppressed: 0,
+            burst,
+            window,
         }
     }
 
@@ -42,14 +52,14 @@ impl LogLimiter {
 
     fn check_at(&mut self, now: Instant) -> Allowed {
         let fresh = match self.window_start {
-            Some(s) => now.duration_since(s) >= WINDOW,
+            Some(s) => now.duration_since(s) >= self.window,
             None => true,
         };
         if fresh {
             self.window_start = Some(now);
             self.in_window = 0;
         }
-        if self.in_window < BURST {
+        if self.in_window < self.burst {
             self.in_window += 1;
             let suppressed = std::mem::take(&mut self.suppressed);
             Allowed::Yes { suppressed }
@@ -101,5 +111,18 @@ mod tests {
         assert_eq!(l.check_at(t0 + Duration::from_secs(1)), Allowed::No);
         assert_eq!(l.check_at(t0 + WINDOW), Allowed::Yes { suppressed: 2 });
         assert_eq!(l.check_at(t0 + WINDOW), Allowed::Yes { suppressed: 0 });
+    }
+
+    #[test]
+    fn custom_limits() {
+        let mut l = LogLimiter::with_limits(2, Duration::from_millis(10));
+        let t0 = Instant::now();
+        assert!(matches!(l.check_at(t0), Allowed::Yes { .. }));
+        assert!(matches!(l.check_at(t0), Allowed::Yes { .. }));
+        assert_eq!(l.check_at(t0), Allowed::No);
+        assert_eq!(
+            l.check_at(t0 + Duration::from_millis(10)),
+            Allowed::Yes { suppressed: 1 }
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! any VMM thread starts, so all threads inherit them.
 //!
 //! The allowlist comes from tracing the run phase (KVM_RUN loop, virtio-net workers,
-//! virtio-blk I/O threads, signal handling, sd_notify and journald); ioctls are limited to the KVM (0xAE), TUN
+//! virtio-blk I/O threads, signal handling, sd_notify and journald, the console and vsock
+//! threads); ioctls are limited to the KVM (0xAE), TUN
 //! ('T') and vhost (0xAF) request families.
 
 use std::collections::BTreeMap;
@@ -174,6 +175,9 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_connect,
     libc::SYS_getsockname,
     libc::SYS_memfd_create,
+    // Console and vsock: clients on sockets bound before the sandbox; vsock half-close.
+    libc::SYS_accept4,
+    libc::SYS_shutdown,
 ];
 
 fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SandboxError> {

@@ -8,6 +8,7 @@ pub mod netns;
 pub mod nspawn;
 pub mod ping;
 pub mod report;
+pub mod vmm;
 
 use std::path::{Path, PathBuf};
 

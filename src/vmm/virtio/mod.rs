@@ -11,7 +11,9 @@ pub mod blk;
 pub mod manager;
 pub mod mmio;
 pub mod net;
+pub mod notify;
 pub mod rng;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -81,7 +81,7 @@ pub fn process_queue(queue: &mut Queue, mem: &GuestMemoryMmap, errors: &mut LogL
         }
         served = true;
     }
-    served && queue.needs_notification(mem).unwrap_or(true)
+    served && super::notify::needs_interrupt(queue, mem)
 }
 
 /// The entropy device.

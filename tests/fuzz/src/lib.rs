@@ -19,3 +19,6 @@ pub mod virtio_mmio;
 
 #[path = "virtio_net.rs"]
 pub mod virtio_net;
+
+#[path = "virtio_vsock.rs"]
+pub mod virtio_vsock;

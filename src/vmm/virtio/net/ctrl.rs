@@ -1,6 +1,7 @@
 //! The virtio-net control queue: the driver sends `{class, command, data...}` and gets one
-//! status byte back. Handled: MQ (VQ_PAIRS_SET), guest offloads, and the RX-mode, MAC and
-//! announce classes (acknowledged: a TAP already receives everything for the guest).
+//! status byte back. Handled: MQ (VQ_PAIRS_SET), guest offloads, the announce
+//! acknowledgement (clears VIRTIO_NET_S_ANNOUNCE), and the RX-mode, MAC and VLAN classes
+//! (acknowledged: a TAP already receives everything for the guest).
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
@@ -14,6 +15,7 @@ pub const CLASS_ANNOUNCE: u8 = 3;
 pub const CLASS_MQ: u8 = 4;
 pub const CLASS_GUEST_OFFLOADS: u8 = 5;
 pub const MQ_VQ_PAIRS_SET: u8 = 0;
+pub const ANNOUNCE_ACK: u8 = 0;
 pub const GUEST_OFFLOADS_SET: u8 = 0;
 pub const OK: u8 = 0;
 pub const ERR: u8 = 1;
@@ -25,7 +27,9 @@ pub enum Command {
     SetQueuePairs(u16),
     /// Guest offload feature bits (VIRTIO_NET_F_GUEST_*).
     SetGuestOffloads(u64),
-    /// Accepted without effect (RX mode, MAC filters, VLAN filters, announce ack).
+    /// The driver sent its gratuitous packets (VIRTIO_NET_CTRL_ANNOUNCE_ACK).
+    AnnounceAck,
+    /// Accepted without effect (RX mode, MAC filters, VLAN filters).
     Ack,
     /// Not understood.
     Unsupported { class: u8, command: u8 },
@@ -54,7 +58,8 @@ pub fn parse(req: &[u8], max_pairs: u16) -> Result<Command, String> {
             v.copy_from_slice(b);
             Command::SetGuestOffloads(u64::from_le_bytes(v))
         }
-        (CLASS_RX | CLASS_MAC | CLASS_VLAN | CLASS_ANNOUNCE, _) => Command::Ack,
+        (CLASS_ANNOUNCE, ANNOUNCE_ACK) => Command::AnnounceAck,
+        (CLASS_RX | CLASS_MAC | CLASS_VLAN, _) => Command::Ack,
         (class, command) => Command::Unsupported { class, command },
     })
 }
@@ -145,6 +150,17 @@ mod tests {
             Ok(Command::SetGuestOffloads(0x183))
         );
         assert_eq!(parse(&[CLASS_RX, 0, 1], 1), Ok(Command::Ack));
+        assert_eq!(
+            parse(&[CLASS_ANNOUNCE, ANNOUNCE_ACK], 1),
+            Ok(Command::AnnounceAck)
+        );
+        assert_eq!(
+            parse(&[CLASS_ANNOUNCE, 1], 1),
+            Ok(Command::Unsupported {
+                class: CLASS_ANNOUNCE,
+                command: 1
+            })
+        );
         assert_eq!(
             parse(&[9, 9], 1),
             Ok(Command::Unsupported {
