@@ -42,7 +42,11 @@ fn leases(root: &std::path::Path) -> Vec<serde_json::Value> {
 fn fifty_concurrent_allocators_get_fifty_distinct_addresses() {
     let root = tempfile::tempdir().expect("tempdir");
     let owner = |i: usize| {
-        let kind = if i.is_multiple_of(2) { "vm" } else { "container" };
+        let kind = if i.is_multiple_of(2) {
+            "vm"
+        } else {
+            "container"
+        };
         format!("{kind}/w{i}/eth0")
     };
     for i in 0..50 {

@@ -228,8 +228,8 @@ fn with_systemd(root: &Path) -> Result<Outcome> {
     }
     println!(
         "\n{NAME} keeps running as {UNIT}. Look at it with\n    volt vm status {NAME}\n    \
-         journalctl -u volt-vm@{NAME}\n    machinectl list\n    networkctl status {link}\n\
-         and stop it with\n    systemctl stop volt-vm@{NAME}"
+         journalctl -u volt-vm@{NAME}\n    machinectl list\n    networkctl status {link}\n    \
+         volt console {NAME}   (Ctrl-] leaves)\nand stop it with\n    systemctl stop volt-vm@{NAME}"
     );
     Ok(if answered {
         Outcome::Ok
@@ -251,14 +251,14 @@ fn journal(args: &[&str]) -> String {
     text
 }
 
-/// The console lines of one run of the unit: its stdout stream (the VMM's console; the
-/// native log lines of the VMM are not in it), without the lines `volt vm run` logged on
-/// stderr before it became the VMM (`volt: ...`). They reach the journal shortly after the
-/// guest printed them, so wait (bounded) for the first.
+/// The guest's console lines of one run of the unit: the VMM writes each as a journal entry
+/// of its own (`SYSLOG_IDENTIFIER=volt-guest`, next to its own log lines as `volt-vmm`).
+/// They reach the journal shortly after the guest printed them, so wait (bounded) for the
+/// first.
 fn console_from_journal(invocation: &str) {
     let matches = [
         format!("_SYSTEMD_INVOCATION_ID={invocation}"),
-        "_TRANSPORT=stdout".to_string(),
+        "SYSLOG_IDENTIFIER=volt-guest".to_string(),
     ];
     let start = Instant::now();
     loop {
@@ -269,9 +269,8 @@ fn console_from_journal(invocation: &str) {
         let text = out
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        let console: Vec<&str> = text.lines().filter(|l| !l.starts_with("volt: ")).collect();
-        if !console.is_empty() || start.elapsed() > Duration::from_secs(5) {
-            indent(&console.join("\n"));
+        if !text.trim().is_empty() || start.elapsed() > Duration::from_secs(5) {
+            indent(&text);
             return;
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -394,7 +394,13 @@ pub fn hide_host_volt(upper: &Path) {
     let stage = stage_volt();
     let list = std::fs::read_to_string(stage.path().join("installed")).expect("installed list");
     for line in list.lines() {
-        let Some(path) = line.split_whitespace().nth(2) else {
+        let mut cols = line.split_whitespace();
+        // Directories stay (whiteouts over the files in them are enough, and a directory
+        // whiteout could not hold the whiteouts below it).
+        if cols.next() == Some("dir") {
+            continue;
+        }
+        let Some(path) = cols.nth(1) else {
             continue;
         };
         let Some(rel) = path.strip_prefix("/usr/") else {
