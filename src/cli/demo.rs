@@ -222,9 +222,7 @@ fn with_systemd(root: &Path) -> Result<Outcome> {
     ));
     match units::invocation_id(&conn, UNIT)? {
         Some(id) => console_from_journal(&id),
-        None => {
-            journal(&["-u", UNIT, "-n", "20"]);
-        }
+        None => journal(&["-u", UNIT, "-n", "20"]),
     }
     println!(
         "\n{NAME} keeps running as {UNIT}. Look at it with\n    volt vm status {NAME}\n    \
@@ -239,16 +237,15 @@ fn with_systemd(root: &Path) -> Result<Outcome> {
     })
 }
 
-fn journal(args: &[&str]) -> String {
+/// `journalctl ARGS`, indented.
+fn journal(args: &[&str]) {
     let out = Command::new("journalctl")
         .args(["--no-pager", "-q"])
         .args(args)
         .output();
-    let text = out
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    indent(&text);
-    text
+    if let Ok(o) = out {
+        indent(&String::from_utf8_lossy(&o.stdout));
+    }
 }
 
 /// The guest's console lines of one run of the unit: the VMM writes each as a journal entry
