@@ -6,8 +6,7 @@
 //!    the guest answers and leaves with Ctrl-]; guest lines are journal entries of their own
 //!    (`SYSLOG_IDENTIFIER=volt-guest`, `VOLT_VM=`, `VOLT_UUID=`) next to the VMM's; after
 //!    `kill -9` systemd restarts the VMM and the console works again.
-//! 2. vsock and `--notify-ready` (through an ExecStart= drop-in with volt-vmm's flags until
-//!    VM files carry `vsock`/`notify_ready`): a host program echoes over vsock; `systemctl
+//! 2. vsock and `notify_ready = true` in the VM file: a host program echoes over vsock; `systemctl
 //!    start` returns only after the guest's READY=1 (the guest waits 1.5 s before sending
 //!    it), STATUS= is the guest's; a guest that never sends it fails at TimeoutStartSec=.
 
@@ -90,7 +89,7 @@ fn console_journal_and_restart_under_real_systemd() {
             "-t",
             &c.pid1.to_string(),
             "-a",
-            "/opt/volt/bin/volt",
+            "/usr/bin/volt",
             "console",
             "web",
         ])
@@ -159,25 +158,27 @@ fn console_journal_and_restart_under_real_systemd() {
         "test $(journalctl -u volt-vm@web.service -o cat | grep -c 'volt-test-guest: ready') -ge 2",
         Duration::from_secs(30),
     );
-    let again = c.ok("printf 'echo after-restart\\r' | /opt/volt/bin/volt console web --linger 2s");
+    let again = c.ok("printf 'echo after-restart\\r' | volt vm console web --linger 2s");
     assert!(again.contains("after-restart\r\n"), "{again:?}");
     c.ok("systemctl stop volt-vm@web.service");
 }
 
-/// A drop-in running volt-vmm with flags: vsock on /run/volt/vm/NAME/vsock.sock, notify-ready.
+/// A VM file with a vsock device (CID `cid`) whose unit waits for the guest's READY=1;
+/// `extra` goes into a drop-in of its unit.
 fn notify_unit(c: &Nspawn, name: &str, cid: u32, cmdline: &str, extra: &str) {
-    c.write(&format!("/etc/volt/vms/{name}.toml"), &vm_file());
-    let uuid = volt::config::vm_uuid(name);
     c.write(
-        &format!("/etc/systemd/system/volt-vm@{name}.service.d/90-test.conf"),
+        &format!("/etc/volt/vms/{name}.toml"),
         &format!(
-            "[Service]\nExecStart=\nExecStart=/opt/volt/bin/volt-vmm --kernel {GUEST} \
-             --name {name} --uuid {uuid} --memory-mib 32 --vsock-cid {cid} \
-             --vsock-socket /run/volt/vm/{name}/vsock.sock --notify-ready \
-             --console-socket /run/volt/vm/{name}/console.sock \
-             --cmdline \"console=ttyS0 {cmdline}\"\n{extra}"
+            "{}cmdline = \"console=ttyS0 {cmdline}\"\nnotify_ready = true\n[vsock]\ncid = {cid}\n",
+            vm_file()
         ),
     );
+    if !extra.is_empty() {
+        c.write(
+            &format!("/etc/systemd/system/volt-vm@{name}.service.d/90-test.conf"),
+            &format!("[Service]\n{extra}"),
+        );
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The `volt` command line: the one module that sees every other.
 
+mod complete;
 mod console;
 mod container;
 mod demo;
@@ -7,6 +8,7 @@ mod docs;
 mod generate;
 mod ipam;
 mod link;
+mod manual;
 mod net;
 pub mod output;
 mod validate;
@@ -98,7 +100,7 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct NameArg {
     /// The workload's name (its file's stem).
-    #[arg(value_name = "NAME")]
+    #[arg(value_name = "NAME", add = clap_complete::ArgValueCandidates::new(complete::workloads))]
     pub name: String,
 }
 
@@ -119,6 +121,9 @@ pub enum Lifecycle {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// Its console: a VM's serial console (Ctrl-] leaves; --force takes it over), a
+    /// container's login (boot mode: machinectl login) or a shell in it (machinectl shell).
+    Console(console::ConsoleArgs),
     /// Its journal: the unit's log (VMM or nspawn, the guest's console) and its links' owners.
     Logs {
         #[command(flatten)]
@@ -142,7 +147,8 @@ pub enum VmCommand {
     /// records, then exec volt-vmm (what volt-vm@.service runs).
     Run {
         /// The VM (file stem of /etc/volt/vms/NAME.toml).
-        #[arg(required_unless_present = "config")]
+        #[arg(required_unless_present = "config",
+              add = clap_complete::ArgValueCandidates::new(complete::workloads))]
         name: Option<String>,
         /// A VM file outside /etc/volt/vms (development), checked against the root's networks.
         #[arg(long, value_name = "FILE", conflicts_with = "name")]
@@ -200,7 +206,7 @@ pub enum NetCommand {
     /// Show one network: its settings, port maps, reservations and leases.
     Show {
         /// The network's name or bridge.
-        #[arg(value_name = "NETWORK")]
+        #[arg(value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]
         name: String,
         #[command(flatten)]
         out: OutputArgs,
@@ -209,13 +215,13 @@ pub enum NetCommand {
     /// networks enable forwarding and install masquerade + port-map DNAT in table `ip volt`.
     Up {
         /// The network's name or bridge.
-        #[arg(value_name = "NETWORK")]
+        #[arg(value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]
         name: String,
     },
     /// Take a network down: remove its NAT rules, and its bridge if Volt created it.
     Down {
         /// The network's name or bridge.
-        #[arg(value_name = "NETWORK")]
+        #[arg(value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]
         name: String,
     },
 }
@@ -225,7 +231,7 @@ pub enum IpamCommand {
     /// List leases of every network (or one).
     List {
         /// Only this network's leases.
-        #[arg(long, value_name = "NETWORK")]
+        #[arg(long, value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]
         network: Option<String>,
         #[command(flatten)]
         out: OutputArgs,
@@ -233,7 +239,8 @@ pub enum IpamCommand {
     /// Lease an address to an owner (vm/<name>/<nic> or container/<name>/<nic>); prints it.
     Allocate {
         /// The network to lease from.
-        #[arg(long, value_name = "NETWORK", default_value = "volt0")]
+        #[arg(long, value_name = "NETWORK", default_value = "volt0",
+              add = clap_complete::ArgValueCandidates::new(complete::networks))]
         network: String,
         /// Who gets the lease: vm/<name>/<nic> or container/<name>/<nic> of a configured
         /// workload.
@@ -246,7 +253,8 @@ pub enum IpamCommand {
     /// Release an owner's lease.
     Release {
         /// The network the lease is on.
-        #[arg(long, value_name = "NETWORK", default_value = "volt0")]
+        #[arg(long, value_name = "NETWORK", default_value = "volt0",
+              add = clap_complete::ArgValueCandidates::new(complete::networks))]
         network: String,
         /// Whose lease: vm/<name>/<nic> or container/<name>/<nic>.
         #[arg(long, value_name = "OWNER")]
@@ -304,6 +312,7 @@ fn lifecycle(
         Lifecycle::Restart(n) => workload::lifecycle(root, kind, &n.name, Verb::Restart),
         Lifecycle::Status { name, out } => workload::status(root, kind, &name.name, &out),
         Lifecycle::Logs { name, journalctl } => workload::logs(root, kind, &name.name, &journalctl),
+        Lifecycle::Console(args) => workload::console(root, kind, args),
     }
 }
 

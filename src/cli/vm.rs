@@ -84,10 +84,10 @@ pub fn vm_spec(
         serial_file: None,
         nics,
         disks: vm.disks.iter().map(disk_spec).collect(),
-        // The socket path is the runtime directory's (set by `run`).
+        // The socket paths are the runtime directory's (set by `run`).
         console_socket: None,
         vsock: None,
-        notify_ready: false,
+        notify_ready: vm.notify_ready,
     })
 }
 
@@ -229,7 +229,14 @@ pub fn run(
         }
     };
     register_with_machined(w, &records);
-    spec.console_socket = Some(at.paths.vm_dir(&w.name).join("console.sock"));
+    let dir = at.paths.vm_dir(&w.name);
+    spec.console_socket = Some(dir.join("console.sock"));
+    if let Some(cid) = w.vm().and_then(|v| v.vsock_cid) {
+        spec.vsock = Some(crate::vmm::spec::VsockSpec {
+            cid,
+            socket: dir.join("vsock.sock"),
+        });
+    }
     let file = at.paths.vm_dir(&w.name).join("spec.json");
     let text = serde_json::to_string_pretty(&spec)? + "\n";
     crate::fsutil::write_atomic_if_changed(&file, &text)?;

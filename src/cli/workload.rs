@@ -346,3 +346,22 @@ pub fn logs(root: &Path, kind: Kind, name: &str, extra: &[String]) -> Result<Out
         .exec();
     anyhow::bail!("cannot run journalctl: {err}")
 }
+
+/// `volt vm console NAME`, `volt container console NAME`.
+pub fn console(root: &Path, kind: Kind, args: super::console::ConsoleArgs) -> Result<Outcome> {
+    if kind == Kind::Vm {
+        return super::console::exec(root, args);
+    }
+    let (set, views) = views(root, kind);
+    let Ok(v) = find(&set, &views, kind, &args.name) else {
+        return Ok(Outcome::Code(1));
+    };
+    // A container in boot mode has its own login; a command container gets a shell.
+    let verb = if v.config["boot"] == true {
+        vec!["login".to_string(), v.name.clone()]
+    } else {
+        vec!["shell".to_string(), v.name.clone()]
+    };
+    let err = std::process::Command::new("machinectl").args(&verb).exec();
+    anyhow::bail!("cannot run machinectl: {err}")
+}

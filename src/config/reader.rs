@@ -102,6 +102,11 @@ impl<'t, 'i> Table<'t, 'i> {
         )
     }
 
+    /// Whether `key` holds a table (rather than a plain value).
+    pub fn is_table(&self, key: &'static str) -> bool {
+        self.table.get(key).is_some_and(|v| v.get_ref().is_table())
+    }
+
     /// A string.
     pub fn string(&self, src: &Src, e: &mut Errors, key: &'static str) -> Option<Spanned<String>> {
         let v = self.get(key)?;

@@ -56,6 +56,14 @@ pub(super) fn check_across(
             file_at(),
             format!("the workload name {}", vm.name),
         )];
+        if let Some(cid) = vm.vsock_cid {
+            claims.push((
+                format!("cid:{cid}"),
+                "vsock".into(),
+                vm.spans.vsock.clone().unwrap_or_else(file_at),
+                format!("vsock CID {cid}"),
+            ));
+        }
         claims.push((
             format!("uuid:{}", vm.uuid),
             "uuid".into(),
@@ -242,6 +250,19 @@ mod tests {
             ok.into_iter().map(|v| v.name).collect(),
             errs.iter().map(|e| e.to_string()).collect(),
         )
+    }
+
+    #[test]
+    fn vsock_cids_are_unique() {
+        let (ok, errs) = load(&[
+            ("a", "kernel = \"/k\"\n[vsock]\ncid = 9\n"),
+            ("b", "kernel = \"/k\"\n[vsock]\ncid = 9\n"),
+        ]);
+        assert_eq!(ok, ["a"]);
+        assert!(
+            errs[0].contains("vsock: vsock CID 9 is already used by VM a"),
+            "{errs:?}"
+        );
     }
 
     #[test]

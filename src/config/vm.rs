@@ -25,6 +25,16 @@ pub const DEFAULT_MEMORY_MIB: u32 = 256;
 /// The x86 boot protocol's command line limit (`COMMAND_LINE_SIZE` of Linux: 2048 bytes,
 /// with its terminating NUL).
 pub const MAX_CMDLINE: usize = 2047;
+/// Smallest and largest guest vsock CID (0-2 are reserved, 0xffffffff is "any").
+pub const MIN_CID: u32 = 3;
+pub const MAX_CID: u32 = 0xffff_fffe;
+
+/// The CID a VM gets when its file names none: stable, from its UUID, below 2^31.
+pub fn default_cid(uuid: &Uuid) -> u32 {
+    let b = uuid.as_bytes();
+    MIN_CID + u32::from_be_bytes([b[0], b[1], b[2], b[3]]) % (0x7fff_ffff - MIN_CID)
+}
+
 /// What Volt may append per device (`virtio_mmio.device=4K@0x...:N`, `ip=...`).
 pub const CMDLINE_PER_DEVICE: usize = 64;
 
@@ -94,6 +104,10 @@ pub struct VmConfig {
     pub autostart: bool,
     pub nics: Vec<NicConfig>,
     pub disks: Vec<DiskConfig>,
+    /// The guest's vsock context id when it has a virtio-vsock device.
+    pub vsock_cid: Option<u32>,
+    /// The unit becomes active only when the guest says READY=1 (over vsock).
+    pub notify_ready: bool,
     #[serde(skip)]
     pub(crate) spans: VmSpans,
 }
@@ -102,6 +116,7 @@ pub struct VmConfig {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct VmSpans {
     pub uuid: Option<Location>,
+    pub vsock: Option<Location>,
     pub kernel: Option<Location>,
     pub initrd: Option<Location>,
     pub nics: Vec<NicSpans>,
@@ -230,6 +245,27 @@ pub fn parse_vm_toml(
     let autostart = t
         .boolean(&src, e, "autostart")
         .is_some_and(Spanned::into_inner);
+    let notify_ready = t
+        .boolean(&src, e, "notify_ready")
+        .is_some_and(Spanned::into_inner);
+    // `vsock = true`, or `[vsock]` with `cid = N`; notify_ready needs one (it carries the
+    // guest's READY=1).
+    let vsock_cid = if t.is_table("vsock") {
+        t.table(&src, e, "vsock").map(|v| {
+            spans.vsock = Some(src.at(v.span().start));
+            let cid = v
+                .integer(&src, e, "cid", MIN_CID..=MAX_CID, "")
+                .map_or_else(|| default_cid(&uuid), Spanned::into_inner);
+            v.finish(&src, e, &[]);
+            cid
+        })
+    } else {
+        let on = t.boolean(&src, e, "vsock").map(|b| {
+            spans.vsock = Some(src.at(b.span().start));
+            b.into_inner()
+        });
+        (on.unwrap_or(false) || notify_ready).then(|| default_cid(&uuid))
+    };
     let nic_tables = t.tables(&src, e, "network");
     let disk_tables = t.tables(&src, e, "disk");
     let top = t.asked();
@@ -321,6 +357,8 @@ pub fn parse_vm_toml(
         autostart,
         nics,
         disks,
+        vsock_cid,
+        notify_ready,
         spans,
     })
 }

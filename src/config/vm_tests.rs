@@ -341,3 +341,21 @@ fn disk_images_are_checked_on_the_root() {
         "{e:?}"
     );
 }
+
+#[test]
+fn vsock_and_guest_readiness() {
+    let vm = parse("web", &format!("{KERNEL}vsock = true\n")).expect("valid");
+    assert_eq!(vm.vsock_cid, Some(crate::config::vm::default_cid(&vm.uuid)));
+    assert!(vm.vsock_cid.is_some_and(|c| (3..0x7fff_ffff).contains(&c)));
+    let vm = parse("web", &format!("{KERNEL}[vsock]\ncid = 42\n")).expect("valid");
+    assert_eq!(vm.vsock_cid, Some(42));
+    // notify_ready brings its vsock device.
+    let vm = parse("web", &format!("{KERNEL}notify_ready = true\n")).expect("valid");
+    assert!(vm.notify_ready && vm.vsock_cid.is_some());
+    let e = errs("web", &format!("{KERNEL}[vsock]\ncid = 2\n"));
+    assert!(
+        e[0].ends_with("vsock.cid: 2 is outside 3-4294967294"),
+        "{e:?}"
+    );
+    assert!(parse("web", KERNEL).expect("valid").vsock_cid.is_none());
+}
