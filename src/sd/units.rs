@@ -119,3 +119,40 @@ pub fn run_job(conn: &zbus::Connection, unit: &str, verb: Verb) -> Result<(), Sd
         })
     })
 }
+
+/// `systemctl daemon-reload`: systemd reruns the generators and reloads every unit; returns
+/// when that is done.
+pub fn daemon_reload(conn: &zbus::Connection) -> Result<(), SdError> {
+    zbus::block_on(async {
+        let what = || "daemon-reload".to_string();
+        let mgr = ManagerProxy::new(conn)
+            .await
+            .map_err(SdError::call(what()))?;
+        mgr.reload().await.map_err(SdError::call(what()))
+    })
+}
+
+/// The invocation ID of `unit`'s current (or last) run, as 32 hex digits, the value of its
+/// journal entries' `_SYSTEMD_INVOCATION_ID=`; `None` when it never ran.
+pub fn invocation_id(conn: &zbus::Connection, unit: &str) -> Result<Option<String>, SdError> {
+    zbus::block_on(async {
+        let what = || format!("reading the invocation ID of {unit}");
+        let mgr = ManagerProxy::new(conn)
+            .await
+            .map_err(SdError::call(what()))?;
+        let path = mgr
+            .load_unit(unit.to_string())
+            .await
+            .map_err(SdError::call(what()))?;
+        let u = UnitProxy::builder(conn)
+            .path(path)
+            .build()
+            .await
+            .map_err(SdError::call(what()))?;
+        let id = u.invocation_id().await.map_err(SdError::call(what()))?;
+        if id.iter().all(|b| *b == 0) {
+            return Ok(None);
+        }
+        Ok(Some(id.iter().map(|b| format!("{b:02x}")).collect()))
+    })
+}
