@@ -28,22 +28,32 @@ impl UnitState {
     }
 }
 
+/// `unit` loaded (on demand) and its object path; errors say `what()` was being done.
+async fn load<'c>(
+    conn: &'c zbus::Connection,
+    unit: &str,
+    what: impl Fn() -> String,
+) -> Result<(zbus::OwnedObjectPath, UnitProxy<'c>), SdError> {
+    let mgr = ManagerProxy::new(conn)
+        .await
+        .map_err(SdError::call(what()))?;
+    let path = mgr
+        .load_unit(unit.to_string())
+        .await
+        .map_err(SdError::call(what()))?;
+    let u = UnitProxy::builder(conn)
+        .path(path.clone())
+        .build()
+        .await
+        .map_err(SdError::call(what()))?;
+    Ok((path, u))
+}
+
 /// The state of `unit` (loaded on demand, as `systemctl status` does).
 pub fn state(conn: &zbus::Connection, unit: &str) -> Result<UnitState, SdError> {
     zbus::block_on(async {
         let what = || format!("reading the state of {unit}");
-        let mgr = ManagerProxy::new(conn)
-            .await
-            .map_err(SdError::call(what()))?;
-        let path = mgr
-            .load_unit(unit.to_string())
-            .await
-            .map_err(SdError::call(what()))?;
-        let u = UnitProxy::builder(conn)
-            .path(path.clone())
-            .build()
-            .await
-            .map_err(SdError::call(what()))?;
+        let (path, u) = load(conn, unit, what).await?;
         let s = ServiceProxy::builder(conn)
             .path(path)
             .build()
@@ -137,18 +147,7 @@ pub fn daemon_reload(conn: &zbus::Connection) -> Result<(), SdError> {
 pub fn invocation_id(conn: &zbus::Connection, unit: &str) -> Result<Option<String>, SdError> {
     zbus::block_on(async {
         let what = || format!("reading the invocation ID of {unit}");
-        let mgr = ManagerProxy::new(conn)
-            .await
-            .map_err(SdError::call(what()))?;
-        let path = mgr
-            .load_unit(unit.to_string())
-            .await
-            .map_err(SdError::call(what()))?;
-        let u = UnitProxy::builder(conn)
-            .path(path)
-            .build()
-            .await
-            .map_err(SdError::call(what()))?;
+        let (_, u) = load(conn, unit, what).await?;
         let id = u.invocation_id().await.map_err(SdError::call(what()))?;
         if id.iter().all(|b| *b == 0) {
             return Ok(None);
