@@ -13,8 +13,6 @@
 //! bridge volt0, its address and the TAP all live in that namespace; the demo pings the guest
 //! there, prints its console, stops it and removes the namespace and the root.
 
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -136,17 +134,7 @@ fn ping(addr: std::net::Ipv4Addr, netns: Option<&std::fs::File>) -> Result<bool>
     let mut cmd = Command::new("ping");
     cmd.args(["-c", "3", "-w", "15", &addr.to_string()]);
     if let Some(ns) = netns {
-        let fd = ns.as_raw_fd();
-        // SAFETY: between fork and exec the child only calls setns(2), which is
-        // async-signal-safe, on an fd the parent keeps open until the child has run.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
-        };
+        crate::sys::netns::command_in(&mut cmd, ns);
     }
     match cmd.status() {
         Ok(s) => Ok(s.success()),
@@ -360,17 +348,7 @@ fn without_systemd(root: &Path) -> Result<Outcome> {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&console)?)
         .stderr(std::fs::File::create(&vmm_log)?);
-    let fd = ns.as_raw_fd();
-    // SAFETY: between fork and exec the child only calls setns(2), which is
-    // async-signal-safe, on an fd this process keeps open.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
+    crate::sys::netns::command_in(&mut cmd, &ns);
     scratch.vm = Some(cmd.spawn().context("cannot start volt vm run")?);
 
     let outcome = demo_vm(&mut scratch, &paths, &plan, &ns, &console, &vmm_log)?;
