@@ -44,6 +44,28 @@ pub fn wait_events(
     }
 }
 
+/// [`wait_events`] for a worker woken by one kick eventfd and one stop token: `false` when the
+/// thread must end (stop fired or the wait failed), `true` after draining a kick or a timeout.
+pub fn wait_kick(
+    epoll: &Epoll,
+    timeout_ms: i32,
+    events: &mut [EpollEvent],
+    who: &str,
+    kick: &vmm_sys_util::eventfd::EventFd,
+    stop_token: u64,
+) -> bool {
+    let Some(n) = wait_events(epoll, timeout_ms, events, who) else {
+        return false;
+    };
+    for ev in &events[..n] {
+        if ev.data() == stop_token {
+            return false;
+        }
+        let _ = kick.read();
+    }
+    true
+}
+
 /// Something the main loop must act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmEvent {

@@ -191,36 +191,27 @@ fn worker(
     ) else {
         return;
     };
-    // Buffers may already be queued before the first kick.
-    let mut serve = true;
+    // Buffers may already be queued before the first kick: serve first, then wait.
     let mut events = [EpollEvent::default(); 2];
     loop {
-        let mut more = false;
-        if serve {
-            let pass = process_queue(&mut queue, &mem, &mut errors, &stop);
-            more = pass.more;
-            if pass.notify {
-                interrupt.signal_used_queue_logged("virtio-rng", &mut errors);
-            }
+        let pass = process_queue(&mut queue, &mem, &mut errors, &stop);
+        if pass.notify {
+            interrupt.signal_used_queue_logged("virtio-rng", &mut errors);
         }
         if stop.load(Ordering::Acquire) {
             return;
         }
         // Requests left over: look at the events without sleeping, then serve again.
-        serve = more;
-        let timeout = if more { 0 } else { -1 };
-        let Some(n) = crate::vmm::event::wait_events(&epoll, timeout, &mut events, "virtio-rng")
-        else {
+        let timeout = if pass.more { 0 } else { -1 };
+        if !crate::vmm::event::wait_kick(
+            &epoll,
+            timeout,
+            &mut events,
+            "virtio-rng",
+            &notify,
+            TOKEN_KILL,
+        ) {
             return;
-        };
-        for ev in &events[..n] {
-            match ev.data() {
-                TOKEN_KILL => return,
-                _ => {
-                    let _ = notify.read();
-                    serve = true;
-                }
-            }
         }
     }
 }

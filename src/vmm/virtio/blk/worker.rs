@@ -353,17 +353,15 @@ impl Worker {
                 .wait
                 .map(|w| i32::try_from(w.as_millis().max(1)).unwrap_or(i32::MAX))
                 .unwrap_or(-1);
-            let Some(n) = crate::vmm::event::wait_events(&epoll, timeout, &mut events, &self.name)
-            else {
+            if !crate::vmm::event::wait_kick(
+                &epoll,
+                timeout,
+                &mut events,
+                &self.name,
+                &self.kick,
+                T_STOP,
+            ) {
                 return;
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    T_STOP => return,
-                    _ => {
-                        let _ = self.kick.read();
-                    }
-                }
             }
         }
     }

@@ -191,16 +191,9 @@ impl Server {
                 self.interrupt
                     .signal_used_queue_logged(&self.name, &mut limiter);
             }
-            let Some(n) = crate::vmm::event::wait_events(epoll, -1, &mut events, &self.name) else {
+            if !crate::vmm::event::wait_kick(epoll, -1, &mut events, &self.name, &self.kick, T_STOP)
+            {
                 return;
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    T_STOP => return,
-                    _ => {
-                        let _ = self.kick.read();
-                    }
-                }
             }
         }
     }
