@@ -161,10 +161,8 @@ impl Networkd {
         bridge: Option<&str>,
         timeout: Duration,
     ) -> Result<u32, NetworkdError> {
-        let start = Instant::now();
-        let mut delay = Duration::from_millis(5);
         let nl = Netlink::new().ok();
-        loop {
+        wait_with_backoff(link, bridge, timeout, || {
             let state = self.link_state(link)?;
             let master = nl.as_ref().and_then(|n| n.master(link).ok().flatten());
             if let Some(s) = &state {
@@ -177,21 +175,48 @@ impl Networkd {
                 let configured = s.administrative == "configured";
                 let enslaved = bridge.is_none_or(|b| master.as_deref() == Some(b));
                 if configured && enslaved {
-                    return Ok(s.ifindex as u32);
+                    return Ok(Probe::Ready(s.ifindex as u32));
                 }
             }
-            if start.elapsed() >= timeout {
-                return Err(wait_error(
-                    link,
-                    bridge,
-                    master,
-                    state.map(|s| s.administrative),
-                    timeout,
-                ));
-            }
-            std::thread::sleep(delay.min(timeout.saturating_sub(start.elapsed())));
-            delay = (delay * 2).min(Duration::from_millis(200));
+            Ok(Probe::Waiting {
+                master,
+                state: state.map(|s| s.administrative),
+            })
+        })
+    }
+}
+
+/// One look at a link being waited for.
+enum Probe {
+    /// Up as wanted: its ifindex.
+    Ready(u32),
+    /// Not yet: its master and administrative state so far, for the timeout's message.
+    Waiting {
+        master: Option<String>,
+        state: Option<String>,
+    },
+}
+
+/// Call `probe` with backoff (5 ms doubling up to 200 ms) until it is ready, fails, or
+/// `timeout` has passed.
+fn wait_with_backoff(
+    link: &str,
+    bridge: Option<&str>,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<Probe, NetworkdError>,
+) -> Result<u32, NetworkdError> {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(5);
+    loop {
+        let (master, state) = match probe()? {
+            Probe::Ready(i) => return Ok(i),
+            Probe::Waiting { master, state } => (master, state),
+        };
+        if start.elapsed() >= timeout {
+            return Err(wait_error(link, bridge, master, state, timeout));
         }
+        std::thread::sleep(delay.min(timeout.saturating_sub(start.elapsed())));
+        delay = (delay * 2).min(Duration::from_millis(200));
     }
 }
 
@@ -254,21 +279,17 @@ pub fn wait_for_link(
     bridge: Option<&str>,
     timeout: Duration,
 ) -> Result<u32, NetworkdError> {
-    let start = Instant::now();
-    let mut delay = Duration::from_millis(5);
-    loop {
+    wait_with_backoff(link, bridge, timeout, || {
         let index = super::link::index(link);
         let master = super::link::master(link);
         match (index, bridge) {
-            (Some(i), None) => return Ok(i),
-            (Some(i), Some(b)) if master.as_deref() == Some(b) => return Ok(i),
+            (Some(i), None) => return Ok(Probe::Ready(i)),
+            (Some(i), Some(b)) if master.as_deref() == Some(b) => return Ok(Probe::Ready(i)),
             _ => {}
         }
-        if start.elapsed() >= timeout {
-            let state = index.map(|_| "unknown".to_string());
-            return Err(wait_error(link, bridge, master, state, timeout));
-        }
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(Duration::from_millis(200));
-    }
+        Ok(Probe::Waiting {
+            master,
+            state: index.map(|_| "unknown".to_string()),
+        })
+    })
 }
