@@ -272,3 +272,33 @@ fn a_closed_pipe_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_ne!(o.status.code(), Some(101), "{err}");
 }
+
+#[test]
+fn shells_complete_names_from_the_configuration() {
+    let r = root();
+    write(
+        r.path(),
+        "etc/volt/networks/lab.toml",
+        "bridge = \"lab0\"\nsubnet = \"10.43.0.0/24\"\n",
+    );
+    let complete = |words: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_volt"))
+            .env("COMPLETE", "fish")
+            .env("VOLT_ROOT", r.path())
+            .arg("--")
+            .args(words)
+            .output()
+            .expect("complete");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let got = complete(&["volt", "vm", "start", ""]);
+    for want in ["web\tVM", "dyn\tVM", "db\tcontainer"] {
+        assert!(got.lines().any(|l| l == want), "no {want:?} in {got:?}");
+    }
+    assert_eq!(complete(&["volt", "vm", "status", "w"]).trim(), "web\tVM");
+    let nets = complete(&["volt", "net", "show", ""]);
+    assert!(
+        nets.contains("lab\tlab0") && nets.contains("volt0\tvolt0"),
+        "{nets:?}"
+    );
+}

@@ -76,6 +76,11 @@ fn config_toml_corpus() {
 }
 
 #[test]
+fn plan_render_corpus() {
+    replay("plan_render", fuzz::plan_render::run);
+}
+
+#[test]
 fn virtio_blk_corpus() {
     replay("virtio_blk", fuzz::virtio_blk::run);
 }

@@ -81,6 +81,8 @@ pub(super) fn up(at: &Attach, a: &Attachment) -> Result<LinkRecord, AttachError>
             .or_else(|| a.bridge.as_deref().map(|b| format!(", on {b}")))
             .unwrap_or_default()
     );
+    // The container end's MAC (and its static address) are all that may leave the port.
+    super::protect(a, a.mac, a.addressing.known().map(|n| n.addr()))?;
     Ok(LinkRecord {
         link: a.link.clone(),
         kind: Kind::Container.as_str().into(),

@@ -25,7 +25,8 @@ pub const ESCAPE: u8 = 0x1d;
 
 #[derive(Debug, clap::Args)]
 pub struct ConsoleArgs {
-    /// VM name.
+    /// The VM's (or container's) name.
+    #[arg(value_name = "NAME", add = clap_complete::ArgValueCandidates::new(super::complete::workloads))]
     pub name: String,
     /// Take the console over from a client attached elsewhere (it is disconnected).
     #[arg(long)]

@@ -12,7 +12,7 @@ use super::output::OutputArgs;
 use super::Outcome;
 use crate::attach::Attach;
 use crate::config::{ConfigSet, ContainerConfig, NetworkLookup};
-use crate::net::ipam::{Ipam, Lease, Owner};
+use crate::net::ipam::{Lease, Owner};
 use crate::net::link;
 use crate::plan::{self, Kind, Paths, Plan, Workload};
 
@@ -46,7 +46,7 @@ struct NicState {
 }
 
 fn nic_states(root: &Path, set: &ConfigSet, ct: &ContainerConfig) -> Vec<NicState> {
-    let ipam = Ipam::new(Paths::new(root).ipam_dir());
+    let ipam = Attach::load(root).ipam();
     ct.nics
         .iter()
         .map(|n| {

@@ -8,8 +8,7 @@ use super::output::OutputArgs;
 use super::{IpamCommand, Outcome};
 use crate::attach::Attach;
 use crate::config::NetworkLookup;
-use crate::net::ipam::{Ipam, Lease, Owner, Request};
-use crate::plan::Paths;
+use crate::net::ipam::{Lease, Owner, Request};
 
 fn print_leases(rows: &[(String, Lease)], out: &OutputArgs) -> Result<()> {
     let v: Vec<serde_json::Value> = rows
@@ -86,7 +85,7 @@ fn planned_owner_of(
 }
 
 pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
-    let ipam = Ipam::new(Paths::new(root).ipam_dir());
+    let ipam = Attach::load(root).ipam();
     match command {
         IpamCommand::List { network, out } => {
             let nets = match network {
@@ -164,13 +163,7 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
         }
         IpamCommand::Reconcile => {
             let at = Attach::load(root);
-            let alive = |o: &Owner| {
-                at.plan.workloads.iter().any(|w| {
-                    w.attachments
-                        .iter()
-                        .any(|a| crate::attach::owner_of(w, a) == *o)
-                })
-            };
+            let alive = |o: &Owner| at.lease_alive(o);
             let mut released = 0;
             for n in ipam.networks() {
                 for l in ipam.reconcile(&n, &alive)? {

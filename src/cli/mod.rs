@@ -1,11 +1,13 @@
 //! The `volt` command line: the one module that sees every other.
 
+mod complete;
 mod console;
 mod container;
 mod docs;
 mod generate;
 mod ipam;
 mod link;
+mod manual;
 mod net;
 pub mod output;
 mod validate;
@@ -93,7 +95,7 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct NameArg {
     /// The workload's name (its file's stem).
-    #[arg(value_name = "NAME")]
+    #[arg(value_name = "NAME", add = clap_complete::ArgValueCandidates::new(complete::workloads))]
     pub name: String,
 }
 
@@ -140,7 +142,8 @@ pub enum VmCommand {
     /// records, then exec volt-vmm (what volt-vm@.service runs).
     Run {
         /// The VM (file stem of /etc/volt/vms/NAME.toml).
-        #[arg(required_unless_present = "config")]
+        #[arg(required_unless_present = "config",
+              add = clap_complete::ArgValueCandidates::new(complete::workloads))]
         name: Option<String>,
         /// A VM file outside /etc/volt/vms (development), checked against the root's networks.
         #[arg(long, value_name = "FILE", conflicts_with = "name")]
@@ -198,7 +201,7 @@ pub enum NetCommand {
     /// Show one network: its settings, port maps, reservations and leases.
     Show {
         /// The network's name or bridge.
-        #[arg(value_name = "NETWORK")]
+        #[arg(value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]
         name: String,
         #[command(flatten)]
         out: OutputArgs,
@@ -207,13 +210,13 @@ pub enum NetCommand {
     /// networks enable forwarding and install masquerade + port-map DNAT in table `ip volt`.
     Up {
         /// The network's name or bridge.
-        #[arg(value_name = "NETWORK")]
+        #[arg(value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]
         name: String,
     },
     /// Take a network down: remove its NAT rules, and its bridge if Volt created it.
     Down {
         /// The network's name or bridge.
-        #[arg(value_name = "NETWORK")]
+        #[arg(value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]
         name: String,
     },
 }
@@ -223,7 +226,7 @@ pub enum IpamCommand {
     /// List leases of every network (or one).
     List {
         /// Only this network's leases.
-        #[arg(long, value_name = "NETWORK")]
+        #[arg(long, value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]
         network: Option<String>,
         #[command(flatten)]
         out: OutputArgs,
@@ -231,7 +234,8 @@ pub enum IpamCommand {
     /// Lease an address to an owner (vm/<name>/<nic> or container/<name>/<nic>); prints it.
     Allocate {
         /// The network to lease from.
-        #[arg(long, value_name = "NETWORK", default_value = "volt0")]
+        #[arg(long, value_name = "NETWORK", default_value = "volt0",
+              add = clap_complete::ArgValueCandidates::new(complete::networks))]
         network: String,
         /// Who gets the lease: vm/<name>/<nic> or container/<name>/<nic> of a configured
         /// workload.
@@ -244,7 +248,8 @@ pub enum IpamCommand {
     /// Release an owner's lease.
     Release {
         /// The network the lease is on.
-        #[arg(long, value_name = "NETWORK", default_value = "volt0")]
+        #[arg(long, value_name = "NETWORK", default_value = "volt0",
+              add = clap_complete::ArgValueCandidates::new(complete::networks))]
         network: String,
         /// Whose lease: vm/<name>/<nic> or container/<name>/<nic>.
         #[arg(long, value_name = "OWNER")]

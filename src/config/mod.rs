@@ -149,6 +149,21 @@ fn list_dir(
         }
     }
     files.sort();
+    // A file's path goes into generated files (`SourcePath=`, `# Source:` lines): a control
+    // character (newline, CR, ...) would end the line there and inject the rest.
+    files.retain(|n| {
+        let bad = n.chars().find(|c| c.is_control());
+        if let Some(c) = bad {
+            errors.push(ConfigError::Invalid {
+                at: Location::file(&Path::new("/").join(rel).join(n.escape_debug().to_string())),
+                field: "file name".into(),
+                message: format!(
+                    "the file name {n:?} contains the control character {c:?}; rename the file"
+                ),
+            });
+        }
+        bad.is_none()
+    });
     files
         .into_iter()
         .map(|n| (Path::new("/").join(rel).join(&n), dir.join(&n)))

@@ -255,10 +255,24 @@ pub fn pick(
         })
 }
 
+/// The leases of a network as the running workloads hold them, for rebuilding a corrupt
+/// lease file (the policy knows the workloads; see `attach`).
+pub type Rebuild = std::sync::Arc<dyn Fn(&str) -> Vec<Lease> + Send + Sync>;
+
 /// Lease storage for all networks under one directory.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ipam {
     dir: PathBuf,
+    rebuild: Option<Rebuild>,
+}
+
+impl std::fmt::Debug for Ipam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ipam")
+            .field("dir", &self.dir)
+            .field("rebuild", &self.rebuild.is_some())
+            .finish()
+    }
 }
 
 fn now() -> u64 {
@@ -268,9 +282,64 @@ fn now() -> u64 {
 }
 
 impl Ipam {
-    /// Leases live in `dir` (normally `/var/lib/volt/ipam`).
+    /// Leases live in `dir` (normally `/var/lib/volt/ipam`). A lease file that cannot be
+    /// read is an error (an empty pool would hand out addresses that are in use).
     pub fn new(dir: impl Into<PathBuf>) -> Ipam {
-        Ipam { dir: dir.into() }
+        Ipam {
+            dir: dir.into(),
+            rebuild: None,
+        }
+    }
+
+    /// Like [`Ipam::new`], but a lease file that is not valid (truncated, empty, garbage) is
+    /// moved aside as `<network>.json.corrupt-<unix time>`, said once in the log, and
+    /// replaced by the leases `rebuild` gives for the network (what the running workloads
+    /// hold), so starts on that network keep working.
+    pub fn with_rebuild(
+        dir: impl Into<PathBuf>,
+        rebuild: impl Fn(&str) -> Vec<Lease> + Send + Sync + 'static,
+    ) -> Ipam {
+        Ipam {
+            dir: dir.into(),
+            rebuild: Some(std::sync::Arc::new(rebuild)),
+        }
+    }
+
+    /// The network's lease file, or, when it is corrupt and a rebuild source is set, the
+    /// rebuilt leases (the bad file moved aside). The flag says the file must be written.
+    fn read_or_rebuild(&self, network: &str, path: &Path) -> Result<(LeaseFile, bool), IpamError> {
+        let (source, rebuild) = match (read_file(path), &self.rebuild) {
+            (Err(IpamError::Corrupt { source, .. }), Some(r)) => (source, r),
+            (r, _) => return r.map(|f| (f, false)),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let aside = path.with_file_name(format!("{name}.corrupt-{}", now()));
+        std::fs::rename(path, &aside).map_err(|e| IpamError::Write {
+            path: aside.clone(),
+            source: e,
+        })?;
+        let mut leases: Vec<Lease> = Vec::new();
+        for l in rebuild(network) {
+            if !leases.iter().any(|o| o.ip == l.ip || o.owner == l.owner) {
+                leases.push(l);
+            }
+        }
+        leases.sort_by_key(|l| l.ip);
+        log::warn!(
+            "{} is not a valid lease file ({source}); moved it to {} and rebuilt {} lease(s) of network {network} from the running workloads",
+            path.display(),
+            aside.display(),
+            leases.len()
+        );
+        let file = LeaseFile {
+            version: 1,
+            network: network.to_string(),
+            leases,
+        };
+        Ok((file, true))
     }
 
     fn path(&self, network: &str) -> PathBuf {
@@ -302,7 +371,11 @@ impl Ipam {
             source,
         })?;
         let path = self.path(network);
-        let mut file = read_file(&path)?;
+        let (mut file, rebuilt) = self.read_or_rebuild(network, &path)?;
+        if rebuilt {
+            // At once: the bad file is gone, and `f` may still fail.
+            write_atomic(&path, &file)?;
+        }
         file.network = network.to_string();
         let before = file.leases.clone();
         let out = f(&mut file.leases)?;

@@ -1,3 +1,4 @@
+//! Tests of the lease store (`ipam.rs`).
 use super::*;
 use proptest::prelude::*;
 
@@ -192,6 +193,49 @@ fn corrupt_file_is_an_error_not_an_empty_pool() {
             .ends_with("volt0.json is not a valid lease file"),
         "{e}"
     );
+}
+
+#[test]
+fn a_corrupt_file_is_moved_aside_and_rebuilt_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("volt0.json");
+    let ipam = Ipam::new(dir.path());
+    let n = net();
+    let a = ipam
+        .allocate(&n, &Owner::vm("a", "eth0"), Request::Any, &BTreeSet::new())
+        .expect("alloc");
+    // Truncated mid-write by a full disk or a crash of something else.
+    let text = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &text[..text.len() / 2]).expect("truncate");
+    let live = a.clone();
+    let ipam = Ipam::with_rebuild(dir.path(), move |net| {
+        assert_eq!(net, "volt0");
+        vec![live.clone()]
+    });
+    assert_eq!(ipam.list("volt0").expect("list"), vec![a.clone()]);
+    let aside: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("volt0.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(dir.path().join(&aside[0])).expect("kept"),
+        text[..text.len() / 2]
+    );
+    assert_eq!(ipam.networks(), vec!["volt0".to_string()]);
+    // The rebuilt file is valid: the next start gets another address, nothing moves again.
+    let b = ipam
+        .allocate(&n, &Owner::vm("b", "eth0"), Request::Any, &BTreeSet::new())
+        .expect("alloc after rebuild");
+    assert_ne!(a.ip, b.ip);
+    assert_eq!(ipam.list("volt0").expect("list").len(), 2);
+    // An empty file (the other way a file gets cut): without a rebuild source it stays an
+    // error (an empty pool would hand out taken addresses); with one it is rebuilt.
+    std::fs::write(&path, "").expect("empty");
+    assert!(Ipam::new(dir.path()).list("volt0").is_err());
+    assert_eq!(ipam.list("volt0").expect("list"), vec![a]);
 }
 
 #[test]

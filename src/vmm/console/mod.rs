@@ -157,13 +157,10 @@ impl Server {
                 let ms = t.saturating_duration_since(Instant::now()).as_millis();
                 i32::try_from(ms).unwrap_or(i32::MAX).saturating_add(1)
             });
-            let n = match self.epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => 0,
-                Err(e) => {
-                    log::error!("console: epoll_wait failed: {e}; the console socket stops");
-                    return;
-                }
+            let Some(n) =
+                crate::vmm::event::wait_events(&self.epoll, timeout, &mut events, "console")
+            else {
+                return;
             };
             for ev in &events[..n] {
                 let set = ev.event_set();

@@ -74,6 +74,8 @@ pub struct MmioTransport {
     /// The device runs (activated at DRIVER_OK, not stopped since).
     device_active: bool,
     guest_errors: LogLimiter,
+    /// Lifecycle lines a driver causes at will: FAILED, failed activations.
+    lifecycle: LogLimiter,
 }
 
 /// Failure while building a transport.
@@ -122,6 +124,7 @@ impl MmioTransport {
             status: 0,
             device_active: false,
             guest_errors: LogLimiter::new(),
+            lifecycle: LogLimiter::new(),
         })
     }
 
@@ -406,7 +409,9 @@ impl MmioTransport {
             self.device_active = true;
             if let Err(e) = self.activate() {
                 self.device_active = false;
-                log::warn!(
+                log_limited!(
+                    self.lifecycle,
+                    log::Level::Warn,
                     "virtio-mmio: device type {} failed to start: {e}",
                     self.device.device_type()
                 );
@@ -415,7 +420,9 @@ impl MmioTransport {
             }
         }
         if new & status::FAILED != 0 {
-            log::info!(
+            log_limited!(
+                self.lifecycle,
+                log::Level::Info,
                 "virtio-mmio: driver marked device type {} FAILED",
                 self.device.device_type()
             );

@@ -17,6 +17,7 @@ mod rt;
 mod blk;
 mod hal;
 mod net;
+mod vsock;
 
 use core::arch::asm;
 use core::fmt::Write;
@@ -32,6 +33,10 @@ pub static VOLT_IRQ_COUNT: AtomicU32 = AtomicU32::new(0);
 /// Incremented by the ring-0 handler of IRQ 1 (entry.rs).
 #[no_mangle]
 pub static VOLT_KBD_COUNT: AtomicU32 = AtomicU32::new(0);
+
+/// Bumped by the shared entry stub's COM1 input handler (IRQ 4); this guest reads no input.
+#[no_mangle]
+pub static VOLT_COM_COUNT: AtomicU32 = AtomicU32::new(0);
 
 extern "C" {
     /// Idle gate (entry.rs): sleeps unless the IRQ counter differs from `seen`.
@@ -218,6 +223,7 @@ pub unsafe extern "C" fn volt_main(si: *const StartInfo) -> ! {
     say!("booted");
     let mut disks = 0usize;
     let mut nics = net::Nics::new(cmdline);
+    let mut socket: Option<vsock::Vsock> = None;
     for w in words(cmdline) {
         let Some(spec) = w.strip_prefix(b"virtio_mmio.device=") else {
             continue;
@@ -243,6 +249,12 @@ pub unsafe extern "C" fn volt_main(si: *const StartInfo) -> ! {
                 disks += 1;
             }
             DeviceType::Network => nics.add(transport, irq),
+            DeviceType::Socket if socket.is_none() => {
+                socket = vsock::Vsock::new(transport, addr, irq);
+                if let Some(v) = socket.as_mut() {
+                    v.client_check(cmdline);
+                }
+            }
             t => say!("device at {addr:#x} type {t:?} ignored"),
         }
     }
@@ -250,7 +262,26 @@ pub unsafe extern "C" fn volt_main(si: *const StartInfo) -> ! {
     if let Some(code) = num_param(cmdline, b"conf.exit") {
         exit(code.min(255) as u8);
     }
-    nics.serve()
+    if let Some(v) = socket.as_mut() {
+        v.listen(cmdline);
+    }
+    serve(nics, socket)
+}
+
+/// Serves the network and the vsock echo until the VM is stopped; between events the vCPU
+/// sleeps in the idle gate.
+fn serve(mut nics: net::Nics, mut socket: Option<vsock::Vsock>) -> ! {
+    say!("serving");
+    loop {
+        let seen = VOLT_IRQ_COUNT.load(Ordering::Acquire);
+        let mut busy = nics.poll();
+        if let Some(v) = socket.as_mut() {
+            busy |= v.poll();
+        }
+        if !busy {
+            wait_irq(seen);
+        }
+    }
 }
 
 #[panic_handler]

@@ -4,13 +4,11 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::Ordering;
-
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::mmio::MmioTransport;
 
 use crate::hal::IdHal;
-use crate::{param, say, unmask_irq, wait_irq, VOLT_IRQ_COUNT};
+use crate::{param, say, unmask_irq};
 
 const QUEUE: usize = 16;
 const BUF: usize = 2048;
@@ -141,24 +139,18 @@ impl Nics {
         });
     }
 
-    /// Serves the network until the VM is stopped (idles without NICs).
-    pub fn serve(mut self) -> ! {
-        say!("serving");
+    /// Handles every frame the NICs hold; whether there was any.
+    pub fn poll(&mut self) -> bool {
         let ip = self.ip;
-        loop {
-            let seen = VOLT_IRQ_COUNT.load(Ordering::Acquire);
-            let mut busy = false;
-            for nic in &mut self.nics {
-                let _ = nic.dev.ack_interrupt();
-                while let Some(token) = nic.dev.poll_receive() {
-                    busy = true;
-                    nic.receive(token, ip);
-                }
-            }
-            if !busy {
-                wait_irq(seen);
+        let mut busy = false;
+        for nic in &mut self.nics {
+            let _ = nic.dev.ack_interrupt();
+            while let Some(token) = nic.dev.poll_receive() {
+                busy = true;
+                nic.receive(token, ip);
             }
         }
+        busy
     }
 }
 

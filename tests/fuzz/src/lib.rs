@@ -11,6 +11,9 @@ pub mod cursor;
 #[path = "config_toml.rs"]
 pub mod config_toml;
 
+#[path = "plan_render.rs"]
+pub mod plan_render;
+
 #[path = "virtio_blk.rs"]
 pub mod virtio_blk;
 

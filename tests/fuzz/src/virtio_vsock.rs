@@ -3,7 +3,10 @@
 //! directory (listeners at `vsock.sock_1..3`, clients of `vsock.sock`) and the muxer's own
 //! epoll. The program: guest TX chains (fuzzed descriptors: addresses in and out of memory,
 //! writable or not, any lengths; fuzzed headers, biased towards valid ones so connections
-//! get far), guest RX buffers (any size), host clients with fuzzed `CONNECT` lines, host
+//! get far, both those the guest opens and those a host client opened: a header with bit 7
+//! of its selector talks from a guest port a client asked for to one of the first host
+//! ports the muxer hands out, so host-initiated connections get answered and carry data),
+//! guest RX buffers (any size), host clients with fuzzed `CONNECT` lines, host
 //! writes, reads, half-closes and closes, epoll dispatch and timers running ahead.
 //!
 //! Checked: no panic, no hang; every packet for the guest is a stream packet from CID 2 to
@@ -20,7 +23,7 @@ use vmm_sys_util::epoll::{Epoll, EpollEvent};
 
 use volt::vmm::spec::NOTIFY_PORT;
 use volt::vmm::virtio::vsock::conn::{Verdict, CONN_BUF};
-use volt::vmm::virtio::vsock::muxer::{Muxer, MAX_CONNS};
+use volt::vmm::virtio::vsock::muxer::{Muxer, FIRST_LOCAL_PORT, MAX_CONNS};
 use volt::vmm::virtio::vsock::packet::{op, Header, Segments, TxPacket, HDR_LEN, MAX_PKT_LEN};
 
 use super::cursor::Cursor;
@@ -104,15 +107,23 @@ impl Ring {
 fn header(c: &mut Cursor) -> Header {
     let sel = c.u8();
     let pick = |c: &mut Cursor| PORTS[usize::from(c.u8()) % PORTS.len()];
+    // Bit 7: the guest's side of a connection a host client opened (guest port from PORTS,
+    // host port one of the first the muxer hands out); else one the guest opens. The
+    // biased choices read one byte either way.
+    let host_opened = sel & 128 != 0;
     Header {
         src_cid: if sel & 1 == 0 { CID } else { c.u64() },
         dst_cid: if sel & 2 == 0 { 2 } else { c.u64() },
-        src_port: if sel & 4 == 0 {
-            1000 + u32::from(c.u8() % 4)
-        } else {
-            c.u32()
+        src_port: match (sel & 4 == 0, host_opened) {
+            (true, false) => 1000 + u32::from(c.u8() % 4),
+            (true, true) => pick(c),
+            (false, _) => c.u32(),
         },
-        dst_port: if sel & 8 == 0 { pick(c) } else { c.u32() },
+        dst_port: match (sel & 8 == 0, host_opened) {
+            (true, false) => pick(c),
+            (true, true) => FIRST_LOCAL_PORT + u32::from(c.u8() % 4),
+            (false, _) => c.u32(),
+        },
         len: 0,
         type_: if sel & 16 == 0 { 1 } else { c.u16() },
         op: if sel & 32 == 0 {

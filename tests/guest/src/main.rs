@@ -245,6 +245,47 @@ fn probe_virtio(spec: &[u8]) {
     put(b"\n");
 }
 
+/// `volt.flood=N`: a hostile driver. For every virtio-mmio device, N times: reset it, mark it
+/// FAILED, reset it, then negotiate VERSION_1 and set DRIVER_OK with queue 0's descriptors
+/// outside guest memory, so its activation fails. Each step is one the VMM may log about;
+/// it must rate-limit those lines (the VMM's tests count them).
+fn flood(cmdline: &[u8], n: u64) {
+    for w in words(cmdline) {
+        let Some(spec) = w.strip_prefix(b"virtio_mmio.device=") else {
+            continue;
+        };
+        let Some((size, addr, _irq)) = parse_virtio(spec) else {
+            continue;
+        };
+        if size < 0x100 || addr.checked_add(0x100).is_none_or(|end| end > 1 << 32) {
+            continue;
+        }
+        let w32 = |off: u64, v: u32| unsafe {
+            core::ptr::write_volatile((addr + off) as *mut u32, v);
+        };
+        for _ in 0..n {
+            w32(0x070, 0); // Status: reset
+            w32(0x070, 0x80); // FAILED
+            w32(0x070, 0);
+            w32(0x070, 1); // ACKNOWLEDGE
+            w32(0x070, 3); // DRIVER
+            w32(0x024, 1); // DriverFeaturesSel: bits 32-63
+            w32(0x020, 1); // VIRTIO_F_VERSION_1
+            w32(0x070, 0xb); // FEATURES_OK
+            w32(0x030, 0); // QueueSel
+            w32(0x038, 8); // QueueNum
+            w32(0x080, 0xffff_f000); // QueueDescLow
+            w32(0x084, 0xff); // QueueDescHigh: ~1 TiB, outside guest memory
+            w32(0x044, 1); // QueueReady
+            w32(0x070, 0xf); // DRIVER_OK: the activation fails
+        }
+    }
+    put(PREFIX);
+    put(b"flood done ");
+    put_dec(n);
+    put(b"\n");
+}
+
 fn report_memory(si: &StartInfo) {
     if si.version < 1 || si.memmap_paddr == 0 || si.memmap_entries == 0 {
         return;
@@ -479,6 +520,11 @@ pub unsafe extern "C" fn volt_main(si: *const StartInfo) -> ! {
     };
     put(PREFIX);
     put(b"ready\n");
+    for w in words(cmdline) {
+        if let Some((n, _)) = w.strip_prefix(b"volt.flood=").and_then(|v| parse_num(v, false)) {
+            flood(cmdline, n);
+        }
+    }
     match action(cmdline) {
         Some(Action::Exit(n)) => exit(n),
         Some(Action::Reset) => {

@@ -370,13 +370,9 @@ impl Worker {
                 .wait
                 .map(|w| i32::try_from(w.as_millis().max(1)).unwrap_or(i32::MAX))
                 .unwrap_or(-1);
-            let n = match epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::error!("{}: epoll_wait failed: {e}", self.name);
-                    return;
-                }
+            let Some(n) = crate::vmm::event::wait_events(&epoll, timeout, &mut events, &self.name)
+            else {
+                return;
             };
             for ev in &events[..n] {
                 match ev.data() {

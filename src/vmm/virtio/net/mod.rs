@@ -22,7 +22,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActivateError, DeviceQueue, VirtioDevice, VirtioInterrupt};
+use crate::log_limited;
 use crate::sys::tap::{self, Tap};
+use crate::vmm::ratelimit::LogLimiter;
 use datapath::Stats;
 use status::LinkStatus;
 
@@ -166,30 +168,57 @@ pub struct Net {
     status: LinkStatus,
     workers: Vec<(JoinHandle<()>, Arc<EventFd>)>,
     vhost: Option<vhost::VhostNet>,
+    /// The vhost-net instances, opened when the device is built (before the sandbox).
+    vhost_source: Option<Box<dyn vhost::VhostSource>>,
     stats: Vec<Arc<Stats>>,
     backend: Arc<Mutex<Backend>>,
+    /// Lines a driver causes at will (each reset ends a run of queue statistics).
+    lifecycle: LogLimiter,
 }
 
 impl Net {
-    /// A device for `params` on `tap` (which must have `params.queue_pairs` queue fds).
+    /// A device for `params` on `tap` (which must have `params.queue_pairs` queue fds). With
+    /// `params.vhost`, every `/dev/vhost-net` instance it will use is opened here, while the
+    /// VMM may still open files: after setup it runs as `volt` with `open` denied.
     pub fn new(params: NetParams, tap: Tap) -> Net {
         let pairs = usize::from(params.queue_pairs.clamp(1, MAX_QUEUE_PAIRS));
-        // Decide the data path now, so STATUS= says it from the start.
-        let planned = if !params.vhost {
-            Backend::Userspace {
-                reason: "vhost = false in the config".into(),
-            }
+        let source = if params.vhost {
+            vhost::KernelVhost::open(pairs).map(|k| Box::new(k) as Box<dyn vhost::VhostSource>)
         } else {
-            match std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/vhost-net")
-            {
-                Ok(_) => Backend::Vhost,
-                Err(e) => Backend::Userspace {
-                    reason: format!("vhost-net: cannot open /dev/vhost-net: {e}"),
+            Err(vhost::VhostError::Setup(std::io::Error::other(
+                "vhost = false in the config",
+            )))
+        };
+        Self::build(params, tap, source)
+    }
+
+    /// A device whose vhost-net instances come from `source` (tests: a double that records
+    /// what the device asks of vhost-net).
+    pub fn with_vhost(params: NetParams, tap: Tap, source: Box<dyn vhost::VhostSource>) -> Net {
+        Self::build(params, tap, Ok(source))
+    }
+
+    fn build(
+        params: NetParams,
+        tap: Tap,
+        source: Result<Box<dyn vhost::VhostSource>, vhost::VhostError>,
+    ) -> Net {
+        let pairs = usize::from(params.queue_pairs.clamp(1, MAX_QUEUE_PAIRS));
+        // Decide the data path now, so STATUS= says it from the start.
+        let (planned, vhost_source) = match source {
+            Ok(s) => (Backend::Vhost, Some(s)),
+            Err(_) if !params.vhost => (
+                Backend::Userspace {
+                    reason: "vhost = false in the config".into(),
                 },
-            }
+                None,
+            ),
+            Err(e) => (
+                Backend::Userspace {
+                    reason: format!("vhost-net: {}", crate::error_chain(&e)),
+                },
+                None,
+            ),
         };
         log::info!("{}: {planned} on {}", params.id, tap.name);
         let mut offered = offered_features(&params);
@@ -214,8 +243,10 @@ impl Net {
             status: LinkStatus::default(),
             workers: Vec::new(),
             vhost: None,
+            vhost_source,
             stats: Vec::new(),
             backend: Arc::new(Mutex::new(planned)),
+            lifecycle: LogLimiter::new(),
         }
     }
 
@@ -239,8 +270,62 @@ impl Net {
         }
         self.vhost = None;
         for (i, s) in self.stats.drain(..).enumerate() {
-            log::info!("{} queue pair {i}: {}", self.params.id, s.summary());
+            log_limited!(
+                self.lifecycle,
+                log::Level::Info,
+                "{} queue pair {i}: {}",
+                self.params.id,
+                s.summary()
+            );
         }
+    }
+
+    /// The control queue on its own thread (the vhost-net path, where no userspace queue
+    /// worker runs): without it a driver that negotiated CTRL_VQ and MQ waits forever for the
+    /// answer to VQ_PAIRS_SET.
+    fn start_ctrl(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<DeviceQueue>,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        if self.acked & features::CTRL_VQ == 0 {
+            return Ok(());
+        }
+        let pairs = if self.acked & features::MQ != 0 {
+            usize::from(self.params.queue_pairs)
+        } else {
+            1
+        };
+        let index = ctrl_queue_index(&self.params, self.acked);
+        let Some(c) = queues.into_iter().nth(index) else {
+            return Ok(());
+        };
+        if !virtio_queue::QueueT::ready(&c.queue) {
+            return Ok(());
+        }
+        let (tap, id, status) = (
+            self.tap.clone(),
+            self.params.id.clone(),
+            self.status.clone(),
+        );
+        let mut limiter = LogLimiter::new();
+        let apply: Box<dyn FnMut(ctrl::Command) -> bool + Send> =
+            Box::new(move |cmd| apply_ctrl(&tap, &id, &status, pairs, cmd, &mut limiter));
+        let server = ctrl::Server {
+            name: format!("{} ctrl", self.params.id),
+            queue: c.queue,
+            kick: c.notify,
+            mem,
+            interrupt,
+            max_pairs: self.params.queue_pairs,
+            apply,
+        };
+        let worker = server
+            .spawn()
+            .map_err(|e| ActivateError::Device(format!("cannot start the control queue: {e}")))?;
+        self.workers.push(worker);
+        Ok(())
     }
 
     fn start_userspace(
@@ -292,8 +377,11 @@ impl Net {
                     let tap = self.tap.clone();
                     let id = self.params.id.clone();
                     let status = self.status.clone();
+                    let mut limiter = LogLimiter::new();
                     let apply: Box<dyn FnMut(ctrl::Command) -> bool + Send> =
-                        Box::new(move |cmd| apply_ctrl(&tap, &id, &status, pairs, cmd));
+                        Box::new(move |cmd| {
+                            apply_ctrl(&tap, &id, &status, pairs, cmd, &mut limiter)
+                        });
                     (c.queue, c.notify, self.params.queue_pairs, apply)
                 })
             } else {
@@ -324,23 +412,44 @@ impl Net {
     }
 }
 
-/// Carry out a control command on the TAP (or the status bits).
-fn apply_ctrl(tap: &Tap, id: &str, status: &LinkStatus, pairs: usize, cmd: ctrl::Command) -> bool {
+/// Carry out a control command on the TAP (or the status bits). The driver sends these at
+/// will: its lines go through `limiter`.
+fn apply_ctrl(
+    tap: &Tap,
+    id: &str,
+    status: &LinkStatus,
+    pairs: usize,
+    cmd: ctrl::Command,
+    limiter: &mut LogLimiter,
+) -> bool {
     match cmd {
         ctrl::Command::SetQueuePairs(n) => {
             for q in 0..pairs {
                 if let Err(e) = tap.set_queue_enabled(q, q < usize::from(n)) {
-                    log::warn!("{id}: {}", crate::error_chain(&e));
+                    log_limited!(
+                        limiter,
+                        log::Level::Warn,
+                        "{id}: {}",
+                        crate::error_chain(&e)
+                    );
                     return false;
                 }
             }
-            log::info!("{id}: guest uses {n} of {pairs} queue pairs");
+            log_limited!(
+                limiter,
+                log::Level::Info,
+                "{id}: guest uses {n} of {pairs} queue pairs"
+            );
             true
         }
         ctrl::Command::SetGuestOffloads(bits) => tap.set_offload(tun_offloads(bits)).is_ok(),
         ctrl::Command::AnnounceAck => {
             if status.ack_announce() {
-                log::info!("{id}: the guest announced itself on the link");
+                log_limited!(
+                    limiter,
+                    log::Level::Info,
+                    "{id}: the guest announced itself on the link"
+                );
             }
             true
         }
@@ -397,7 +506,13 @@ impl VirtioDevice for Net {
         if self.params.queue_pairs > 1 {
             for q in 0..self.tap.queues.len() {
                 if let Err(e) = self.tap.set_queue_enabled(q, q == 0) {
-                    log::warn!("{}: {}", self.params.id, crate::error_chain(&e));
+                    log_limited!(
+                        self.lifecycle,
+                        log::Level::Warn,
+                        "{}: {}",
+                        self.params.id,
+                        crate::error_chain(&e)
+                    );
                 }
             }
         }
@@ -406,10 +521,16 @@ impl VirtioDevice for Net {
             .lock()
             .map(|b| b.clone())
             .unwrap_or(Backend::Idle);
-        if planned == Backend::Vhost {
+        if let (Backend::Vhost, Some(source)) = (&planned, &self.vhost_source) {
+            // Without VIRTIO_NET_F_MQ the driver uses one pair (its control queue is at 2).
+            let mut params = self.params.clone();
+            if self.acked & features::MQ == 0 {
+                params.queue_pairs = 1;
+            }
             match vhost::VhostNet::start(
-                &self.params,
-                &self.tap,
+                &params,
+                &self.tap.queues,
+                source.as_ref(),
                 &mem,
                 &queues,
                 self.acked,
@@ -417,7 +538,8 @@ impl VirtioDevice for Net {
             ) {
                 Ok(v) => {
                     self.vhost = Some(v);
-                    return Ok(());
+                    // vhost-net moves frames; the control queue is still ours to serve.
+                    return self.start_ctrl(mem, queues, interrupt);
                 }
                 Err(e) => {
                     let backend = Backend::Userspace {
@@ -425,6 +547,7 @@ impl VirtioDevice for Net {
                     };
                     log::warn!("{}: {backend} on {}", self.params.id, self.tap.name);
                     self.set_backend(backend);
+                    self.vhost_source = None;
                 }
             }
         }
@@ -433,7 +556,12 @@ impl VirtioDevice for Net {
             // The link just came up for this driver: ask it to announce itself.
             self.status.request_announce();
             if let Err(e) = interrupt.signal_config_change() {
-                log::warn!("{}: config change interrupt failed: {e}", self.params.id);
+                log_limited!(
+                    self.lifecycle,
+                    log::Level::Warn,
+                    "{}: config change interrupt failed: {e}",
+                    self.params.id
+                );
             }
         }
         Ok(())

@@ -228,13 +228,9 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
                     }
                 }
             }
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::error!("{}: epoll_wait failed: {e}", self.name);
-                    return;
-                }
+            let Some(n) = crate::vmm::event::wait_events(&epoll, -1, &mut events, &self.name)
+            else {
+                return;
             };
             for ev in &events[..n] {
                 match ev.data() {

@@ -8,7 +8,16 @@
 //! ([`Verdict::Throttle`]) and the device leaves it in the ring until the host reads.
 //!
 //! Host → guest: the host stream is read only while the guest has credit (`peer_buf_alloc -
-//! (rx_cnt - peer_fwd_cnt)`), so nothing is buffered on this side at all.
+//! (rx_cnt - peer_fwd_cnt)`), so nothing is buffered on this side at all. Out of credit, the
+//! device asks once (`CREDIT_REQUEST`); an answer that grants nothing (the guest still holds
+//! its buffer) is not asked again at once but after [`CREDIT_RETRY_MIN`], doubling up to
+//! [`CREDIT_RETRY_MAX`], so a guest that answers every request honestly cannot be drawn into a
+//! request/update ping-pong. Any guest packet that grants credit ends the wait.
+//!
+//! A guest's `CREDIT_REQUEST` is answered with a `CREDIT_UPDATE` packet of its own (virtio 1.2
+//! §5.10.6.3: "The reply to this query is a VIRTIO_VSOCK_OP_CREDIT_UPDATE packet"), not
+//! folded into data that happens to be waiting: drivers such as virtio-drivers' only count a
+//! `CREDIT_UPDATE` as the answer and ask no more until they see one.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -27,6 +36,10 @@ const CREDIT_UPDATE_AFTER: u32 = CONN_BUF / 4;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection the guest shut down in both directions may take to flush.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+/// First wait before asking a guest for credit again after an answer that granted none.
+pub const CREDIT_RETRY_MIN: Duration = Duration::from_millis(10);
+/// Longest such wait.
+pub const CREDIT_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The host end: a Unix stream, or a sink inside the VMM (the sd_notify service).
 pub trait HostStream {
@@ -74,6 +87,8 @@ mod pend {
     pub const RST: u8 = 4;
     pub const CREDIT_REQUEST: u8 = 8;
     pub const CREDIT_UPDATE: u8 = 16;
+    /// The answer to the guest's CREDIT_REQUEST: a CREDIT_UPDATE packet, never folded.
+    pub const CREDIT_REPLY: u8 = 32;
 }
 
 /// A packet for the guest: operation, flags and payload length (addresses and credit are
@@ -107,7 +122,10 @@ pub struct Connection<S: HostStream> {
     host_eof: bool,
     host_hup: bool,
     shut_host_write: bool,
+    /// A CREDIT_REQUEST went out and no credit came since: ask no more until `credit_retry`.
     credit_requested: bool,
+    credit_retry: Option<Instant>,
+    credit_backoff: Duration,
     deadline: Option<Instant>,
 }
 
@@ -132,6 +150,8 @@ impl<S: HostStream> Connection<S> {
             host_hup: false,
             shut_host_write: false,
             credit_requested: false,
+            credit_retry: None,
+            credit_backoff: CREDIT_RETRY_MIN,
             deadline: None,
         }
     }
@@ -200,6 +220,8 @@ impl<S: HostStream> Connection<S> {
         self.peer_credit(hdr);
         if self.peer_credit_left() > 0 {
             self.credit_requested = false;
+            self.credit_retry = None;
+            self.credit_backoff = CREDIT_RETRY_MIN;
         }
         match hdr.op {
             op::RESPONSE if self.state == State::Requesting => {
@@ -225,11 +247,10 @@ impl<S: HostStream> Connection<S> {
             {
                 return self.take_payload(payload);
             }
-            op::CREDIT_UPDATE if self.state == State::Established => {
-                self.credit_requested = false;
-            }
+            // Its credit was taken above; one granting none leaves the request standing.
+            op::CREDIT_UPDATE if self.state == State::Established => {}
             op::CREDIT_REQUEST if self.state == State::Established => {
-                self.pending |= pend::CREDIT_UPDATE;
+                self.pending |= pend::CREDIT_REPLY;
             }
             _ => self.reset(),
         }
@@ -381,6 +402,7 @@ impl<S: HostStream> Connection<S> {
             (pend::REQUEST, op::REQUEST),
             (pend::RESPONSE, op::RESPONSE),
             (pend::CREDIT_REQUEST, op::CREDIT_REQUEST),
+            (pend::CREDIT_REPLY, op::CREDIT_UPDATE),
         ] {
             if self.pending & bit != 0 {
                 self.pending &= !bit;
@@ -421,6 +443,8 @@ impl<S: HostStream> Connection<S> {
         if credit == 0 {
             if !self.credit_requested {
                 self.credit_requested = true;
+                self.credit_retry = Some(Instant::now() + self.credit_backoff);
+                self.credit_backoff = (self.credit_backoff * 2).min(CREDIT_RETRY_MAX);
                 return Some(RxOp {
                     op: op::CREDIT_REQUEST,
                     flags: 0,
@@ -487,17 +511,28 @@ impl<S: HostStream> Connection<S> {
 
     /// When this connection must be looked at again without any event.
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+        let retry = self.credit_retry.filter(|_| self.credit_requested);
+        match (self.deadline, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// The deadline passed: the guest never answered or never let us finish: RST.
+    /// Deadlines that passed: the guest never answered or never let us finish (RST); the
+    /// wait before asking for credit again is over. Whether anything changed.
     pub fn on_timeout(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        if self.credit_retry.is_some_and(|t| now >= t) {
+            self.credit_retry = None;
+            changed = self.credit_requested;
+            self.credit_requested = false;
+        }
         match self.deadline {
             Some(t) if now >= t => {
                 self.reset();
                 true
             }
-            _ => false,
+            _ => changed,
         }
     }
 }

@@ -239,3 +239,60 @@ fn host_initiated_ok_line_and_connect_timeout() {
     assert!(slow.on_timeout(now + CONNECT_TIMEOUT));
     assert_eq!(slow.next_rx(&mut [0u8; 8]).map(|r| r.op), Some(op::RST));
 }
+
+#[test]
+fn a_credit_request_is_answered_with_a_credit_update_packet() {
+    // Host data waits and the guest has credit: the answer still comes first, on its own,
+    // as virtio-drivers counts only a CREDIT_UPDATE as the answer to its request.
+    let mut c = established(1 << 20, 4096);
+    c.on_packet(&guest_hdr(op::RW, 8, 4096, 0), b"12345678");
+    c.stream.input.extend(vec![1u8; 1000]);
+    c.on_host_event(true, false, false);
+    c.on_packet(&guest_hdr(op::CREDIT_REQUEST, 0, 4096, 0), &[]);
+    let mut buf = [0u8; 4096];
+    let rx = c.next_rx(&mut buf).unwrap();
+    assert_eq!((rx.op, rx.len), (op::CREDIT_UPDATE, 0));
+    let h = c.fill(&rx, 3);
+    assert_eq!((h.buf_alloc, h.fwd_cnt), (CONN_BUF, 8));
+    assert_eq!(
+        c.next_rx(&mut buf).map(|r| (r.op, r.len)),
+        Some((op::RW, 1000))
+    );
+    // One answer per request.
+    assert_eq!(c.next_rx(&mut buf), None);
+}
+
+#[test]
+fn an_answer_granting_no_credit_is_asked_again_only_after_a_backoff() {
+    let mut c = established(0, 100);
+    c.stream.input.extend(vec![1u8; 1000]);
+    c.on_host_event(true, false, false);
+    let mut buf = [0u8; 4096];
+    assert_eq!(c.next_rx(&mut buf).map(|r| r.len), Some(100));
+    let asked = Instant::now();
+    assert_eq!(c.next_rx(&mut buf).map(|r| r.op), Some(op::CREDIT_REQUEST));
+    // The guest answers honestly: its buffer is still full. No new request at once (that
+    // was a request/update ping-pong for as long as the guest held its buffer).
+    c.on_packet(&guest_hdr(op::CREDIT_UPDATE, 0, 100, 0), &[]);
+    assert!(!c.has_rx());
+    assert_eq!(c.next_rx(&mut buf), None);
+    let retry = c.deadline().expect("a retry is scheduled");
+    assert!(retry >= asked + CREDIT_RETRY_MIN);
+    assert!(!c.on_timeout(retry - Duration::from_millis(1)));
+    assert!(c.on_timeout(retry), "the wait is over");
+    assert!(c.is_established());
+    assert!(c.has_rx());
+    let again = Instant::now();
+    assert_eq!(c.next_rx(&mut buf).map(|r| r.op), Some(op::CREDIT_REQUEST));
+    assert!(
+        c.deadline().expect("next retry") >= again + 2 * CREDIT_RETRY_MIN,
+        "the wait doubles"
+    );
+    // Credit from any packet ends the wait: data flows, the timer is gone.
+    c.on_packet(&guest_hdr(op::CREDIT_UPDATE, 0, 100, 100), &[]);
+    assert_eq!(c.deadline(), None);
+    assert_eq!(
+        c.next_rx(&mut buf).map(|r| (r.op, r.len)),
+        Some((op::RW, 100))
+    );
+}

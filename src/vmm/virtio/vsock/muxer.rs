@@ -43,7 +43,7 @@ const MAX_LINE: usize = 32;
 /// Time a host client has to send its `CONNECT` line.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// First host port handed to host-initiated connections.
-const FIRST_LOCAL_PORT: u32 = 1 << 30;
+pub const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
 /// epoll token of the listening socket; host streams use their fd as token.
 pub const TOKEN_LISTENER: u64 = 1 << 40;

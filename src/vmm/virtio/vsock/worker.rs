@@ -103,13 +103,14 @@ impl Worker {
                     i32::try_from(ms).unwrap_or(i32::MAX).saturating_add(1)
                 })
             };
-            let n = match self.muxer.epoll().wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
-                Err(e) => {
-                    log::error!("virtio-vsock: epoll_wait failed: {e}");
-                    return Some(self.muxer.into_listener());
-                }
+            let waited = crate::vmm::event::wait_events(
+                self.muxer.epoll(),
+                timeout,
+                &mut events,
+                "virtio-vsock",
+            );
+            let Some(n) = waited else {
+                return Some(self.muxer.into_listener());
             };
             for ev in &events[..n] {
                 match ev.data() {
