@@ -197,8 +197,7 @@ impl Server {
                     );
                 }
             }
-            let Some(n) = crate::vmm::event::wait_events(epoll, -1, &mut events, &self.name)
-            else {
+            let Some(n) = crate::vmm::event::wait_events(epoll, -1, &mut events, &self.name) else {
                 return;
             };
             for ev in &events[..n] {
