@@ -137,6 +137,16 @@ fn examples(name: &str) -> Vec<(&'static str, &'static str)> {
             "systemctl status volt-tap@tap-710533bb",
             "the unit that runs these for a VM's TAP (volt-veth@ for containers)",
         )],
+        "volt-demo" => vec![
+            (
+                "volt demo",
+                "start hello on the default guest, ping it, show its console lines",
+            ),
+            (
+                "systemctl stop volt-vm@hello",
+                "stop it again (where systemd is PID 1 it keeps running)",
+            ),
+        ],
         "volt-generate" => vec![(
             "volt --root ./test-root generate /tmp/out",
             "what the generator would write: units in /tmp/out, networkd files in /tmp/out/network",
@@ -198,6 +208,23 @@ pub fn extra(name: &str) -> Extra {
         }
         n if n.ends_with("-start") || n.ends_with("-stop") || n.ends_with("-restart") => {
             exit.push(("5", "there is no such workload (as systemctl)"));
+        }
+        "volt-demo" => {
+            files = vec![
+                (
+                    "/usr/share/doc/volt/examples/hello.toml",
+                    "the example VM (built into volt demo too)",
+                ),
+                (
+                    "/usr/lib/volt/guests/volt-test-guest",
+                    "the default guest, hello's kernel",
+                ),
+                (
+                    "/etc/volt/vms/hello.toml",
+                    "hello's VM file under systemd (copied from the example when missing)",
+                ),
+            ];
+            exit.push(("78", "hello's VM file cannot work (volt validate says why)"));
         }
         "volt-vm-run" | "volt-container-run" | "volt-container-net-up" => {
             exit.push((

@@ -3,6 +3,7 @@
 mod complete;
 mod console;
 mod container;
+mod demo;
 mod docs;
 mod generate;
 mod ipam;
@@ -82,6 +83,15 @@ pub enum Command {
         #[command(subcommand)]
         command: LinkCommand,
     },
+    /// Start the example VM hello on the default guest, ping it, show its console.
+    ///
+    /// Where systemd is PID 1: /etc/volt/vms/hello.toml (the example copied there when
+    /// missing), daemon-reload, start volt-vm@hello, ping it on volt0, show this run's console
+    /// lines from the journal; it keeps running and the last lines say how to stop it.
+    /// Elsewhere (containers, CI machines): the same VM under `volt vm run --attach` in a
+    /// private network namespace with its own volt0, pinged there, its console shown, then
+    /// stopped and the namespace removed.
+    Demo,
     /// Write man pages and shell completions (for packaging).
     #[command(hide = true)]
     GenDocs {
@@ -359,6 +369,7 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
             LinkCommand::Down { link } => link::down(&root, &link),
             LinkCommand::Run { link } => link::run(&root, &link),
         },
+        Command::Demo => demo::run(&root),
         Command::GenDocs { out } => docs::exec(&out),
     }
 }

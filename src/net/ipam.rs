@@ -275,6 +275,19 @@ impl std::fmt::Debug for Ipam {
     }
 }
 
+/// A new lease for `owner` on `ip`, kept in address order.
+fn insert_lease(leases: &mut Vec<Lease>, ip: Ipv4Addr, owner: &Owner, fixed: bool) -> Lease {
+    let lease = Lease {
+        ip,
+        owner: owner.clone(),
+        fixed,
+        since: now(),
+    };
+    leases.push(lease.clone());
+    leases.sort_by_key(|l| l.ip);
+    lease
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -416,15 +429,7 @@ impl Ipam {
                 others.remove(&ip);
             }
             let (ip, fixed) = pick(net, owner, request, leases, &others)?;
-            let lease = Lease {
-                ip,
-                owner: owner.clone(),
-                fixed,
-                since: now(),
-            };
-            leases.push(lease.clone());
-            leases.sort_by_key(|l| l.ip);
-            Ok(lease)
+            Ok(insert_lease(leases, ip, owner, fixed))
         })
     }
 
@@ -459,15 +464,7 @@ impl Ipam {
                 }
                 leases.remove(pos);
             }
-            let lease = Lease {
-                ip,
-                owner: owner.clone(),
-                fixed,
-                since: now(),
-            };
-            leases.push(lease.clone());
-            leases.sort_by_key(|l| l.ip);
-            Ok(lease)
+            Ok(insert_lease(leases, ip, owner, fixed))
         })
     }
 

@@ -50,6 +50,23 @@ pub struct PortTarget {
     pub addr: Ipv4Addr,
 }
 
+/// Chain `name` in Volt's table; a base chain (accept policy) when `base` gives its type, hook
+/// and priority, otherwise just the name (enough to flush or delete it).
+fn chain(name: &str, base: Option<(NfChainType, NfHook, i32)>) -> Chain<'static> {
+    Chain {
+        family: FAMILY,
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Owned(name.to_string()),
+        newname: None,
+        handle: None,
+        _type: base.map(|b| b.0),
+        hook: base.map(|b| b.1),
+        prio: base.map(|b| b.2),
+        dev: None,
+        policy: base.map(|_| NfChainPolicy::Accept),
+    }
+}
+
 /// The chains of `network` in table `volt`: (name, type, hook, priority).
 pub fn chains(network: &str) -> [(String, NfChainType, NfHook, i32); 3] {
     [
@@ -165,18 +182,7 @@ pub fn up_batch(net: &Network, targets: &[PortTarget]) -> Result<Nftables<'stati
     )))];
     let [pre, post, fwd] = chains(&net.name);
     for (name, kind, hook, prio) in [&pre, &post, &fwd] {
-        let chain = Chain {
-            family: FAMILY,
-            table: Cow::Borrowed(TABLE),
-            name: Cow::Owned(name.clone()),
-            newname: None,
-            handle: None,
-            _type: Some(*kind),
-            hook: Some(*hook),
-            prio: Some(*prio),
-            dev: None,
-            policy: Some(NfChainPolicy::Accept),
-        };
+        let chain = chain(name, Some((*kind, *hook, *prio)));
         objs.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Chain(
             chain.clone(),
         ))));
@@ -281,18 +287,7 @@ pub fn down_batch(network: &str, existing: &[String]) -> Option<Nftables<'static
     }
     let mut objs = Vec::new();
     for name in present {
-        let chain = Chain {
-            family: FAMILY,
-            table: Cow::Borrowed(TABLE),
-            name: Cow::Owned(name.clone()),
-            newname: None,
-            handle: None,
-            _type: None,
-            hook: None,
-            prio: None,
-            dev: None,
-            policy: None,
-        };
+        let chain = chain(name, None);
         objs.push(NfObject::CmdObject(NfCmd::Flush(FlushObject::Chain(
             chain.clone(),
         ))));

@@ -181,23 +181,41 @@ impl Networkd {
                 }
             }
             if start.elapsed() >= timeout {
-                return Err(match (state, bridge) {
-                    (None, _) => NetworkdError::LinkTimeout {
-                        link: link.into(),
-                        timeout,
-                    },
-                    (Some(s), b) => NetworkdError::EnslaveTimeout {
-                        link: link.into(),
-                        bridge: b.unwrap_or("-").into(),
-                        master: master.unwrap_or_else(|| "none".into()),
-                        state: s.administrative,
-                        timeout,
-                    },
-                });
+                return Err(wait_error(
+                    link,
+                    bridge,
+                    master,
+                    state.map(|s| s.administrative),
+                    timeout,
+                ));
             }
             std::thread::sleep(delay.min(timeout.saturating_sub(start.elapsed())));
             delay = (delay * 2).min(Duration::from_millis(200));
         }
+    }
+}
+
+/// Why a wait for `link` timed out: it never appeared (`state` is `None`), or it did but is not
+/// configured and enslaved to `bridge` (its administrative `state`, its `master`).
+fn wait_error(
+    link: &str,
+    bridge: Option<&str>,
+    master: Option<String>,
+    state: Option<String>,
+    timeout: Duration,
+) -> NetworkdError {
+    match state {
+        None => NetworkdError::LinkTimeout {
+            link: link.into(),
+            timeout,
+        },
+        Some(state) => NetworkdError::EnslaveTimeout {
+            link: link.into(),
+            bridge: bridge.unwrap_or("-").into(),
+            master: master.unwrap_or_else(|| "none".into()),
+            state,
+            timeout,
+        },
     }
 }
 
@@ -247,19 +265,8 @@ pub fn wait_for_link(
             _ => {}
         }
         if start.elapsed() >= timeout {
-            return Err(match (index, bridge) {
-                (None, _) => NetworkdError::LinkTimeout {
-                    link: link.into(),
-                    timeout,
-                },
-                (Some(_), b) => NetworkdError::EnslaveTimeout {
-                    link: link.into(),
-                    bridge: b.unwrap_or_default().into(),
-                    master: master.unwrap_or_else(|| "none".into()),
-                    state: "unknown".into(),
-                    timeout,
-                },
-            });
+            let state = index.map(|_| "unknown".to_string());
+            return Err(wait_error(link, bridge, master, state, timeout));
         }
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(200));

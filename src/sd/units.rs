@@ -28,22 +28,32 @@ impl UnitState {
     }
 }
 
+/// `unit` loaded (on demand) and its object path; errors say `what()` was being done.
+async fn load<'c>(
+    conn: &'c zbus::Connection,
+    unit: &str,
+    what: impl Fn() -> String,
+) -> Result<(zbus::OwnedObjectPath, UnitProxy<'c>), SdError> {
+    let mgr = ManagerProxy::new(conn)
+        .await
+        .map_err(SdError::call(what()))?;
+    let path = mgr
+        .load_unit(unit.to_string())
+        .await
+        .map_err(SdError::call(what()))?;
+    let u = UnitProxy::builder(conn)
+        .path(path.clone())
+        .build()
+        .await
+        .map_err(SdError::call(what()))?;
+    Ok((path, u))
+}
+
 /// The state of `unit` (loaded on demand, as `systemctl status` does).
 pub fn state(conn: &zbus::Connection, unit: &str) -> Result<UnitState, SdError> {
     zbus::block_on(async {
         let what = || format!("reading the state of {unit}");
-        let mgr = ManagerProxy::new(conn)
-            .await
-            .map_err(SdError::call(what()))?;
-        let path = mgr
-            .load_unit(unit.to_string())
-            .await
-            .map_err(SdError::call(what()))?;
-        let u = UnitProxy::builder(conn)
-            .path(path.clone())
-            .build()
-            .await
-            .map_err(SdError::call(what()))?;
+        let (path, u) = load(conn, unit, what).await?;
         let s = ServiceProxy::builder(conn)
             .path(path)
             .build()
@@ -117,5 +127,31 @@ pub fn run_job(conn: &zbus::Connection, unit: &str, verb: Verb) -> Result<(), Sd
             verb: verb.as_str(),
             result: "unknown (the bus connection closed)".into(),
         })
+    })
+}
+
+/// `systemctl daemon-reload`: systemd reruns the generators and reloads every unit; returns
+/// when that is done.
+pub fn daemon_reload(conn: &zbus::Connection) -> Result<(), SdError> {
+    zbus::block_on(async {
+        let what = || "daemon-reload".to_string();
+        let mgr = ManagerProxy::new(conn)
+            .await
+            .map_err(SdError::call(what()))?;
+        mgr.reload().await.map_err(SdError::call(what()))
+    })
+}
+
+/// The invocation ID of `unit`'s current (or last) run, as 32 hex digits, the value of its
+/// journal entries' `_SYSTEMD_INVOCATION_ID=`; `None` when it never ran.
+pub fn invocation_id(conn: &zbus::Connection, unit: &str) -> Result<Option<String>, SdError> {
+    zbus::block_on(async {
+        let what = || format!("reading the invocation ID of {unit}");
+        let (_, u) = load(conn, unit, what).await?;
+        let id = u.invocation_id().await.map_err(SdError::call(what()))?;
+        if id.iter().all(|b| *b == 0) {
+            return Ok(None);
+        }
+        Ok(Some(id.iter().map(|b| format!("{b:02x}")).collect()))
     })
 }

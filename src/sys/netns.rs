@@ -105,6 +105,23 @@ fn mount(src: &Path, target: &Path, fstype: &str, flags: libc::c_ulong) -> std::
     }
 }
 
+/// Makes `cmd` enter the network namespace `ns` between fork and exec. `ns` must stay open
+/// until the child has been spawned.
+pub fn command_in(cmd: &mut std::process::Command, ns: &File) {
+    use std::os::unix::process::CommandExt;
+    let fd = ns.as_raw_fd();
+    // SAFETY: between fork and exec the child only calls setns(2), which is
+    // async-signal-safe, on an fd the caller keeps open until the child is spawned.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+}
+
 /// Create the named network namespace `/run/netns/<name>` (like `ip netns add`): an empty
 /// namespace with only a down `lo`. Fails if it exists.
 pub fn create(name: &str) -> Result<PathBuf, NetnsError> {

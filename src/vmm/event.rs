@@ -3,7 +3,28 @@
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 
-use vmm_sys_util::epoll::{Epoll, EpollEvent};
+use std::os::unix::io::RawFd;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+/// A worker thread's epoll watching each `(fd, token, events)`, or `None` after logging why the
+/// thread cannot start (`who` names it).
+pub fn worker_epoll(who: &str, fds: &[(RawFd, u64, EventSet)]) -> Option<Epoll> {
+    let epoll = match Epoll::new() {
+        Ok(e) => e,
+        Err(e) => {
+            log::error!("{who}: epoll_create failed: {e}; the thread stops");
+            return None;
+        }
+    };
+    for &(fd, token, set) in fds {
+        if let Err(e) = epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, token)) {
+            log::error!("{who}: epoll_ctl failed: {e}; the thread stops");
+            return None;
+        }
+    }
+    Some(epoll)
+}
 
 /// `epoll_wait` for a worker thread: the number of events (0 when a signal interrupted the
 /// wait), or `None` after logging why the thread must end (`who` names it).

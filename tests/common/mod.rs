@@ -5,6 +5,7 @@ pub mod backend;
 pub mod conformance;
 pub mod frames;
 pub mod guest;
+pub mod linux;
 pub mod netns;
 pub mod nspawn;
 pub mod ping;

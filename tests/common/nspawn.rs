@@ -333,8 +333,9 @@ impl Drop for Nspawn {
 }
 
 /// Volt's build installed into `<stage>/root` by `packaging/stage` (binaries cargo built for
-/// this test, man pages and completions from `volt gen-docs`), plus `<stage>/guest/` with the
-/// test guest. `packaging/stage --list` writes every installed path to `<stage>/installed`.
+/// this test, man pages and completions from `volt gen-docs`, the test guest as the default
+/// guest), plus `<stage>/guest/` with the test guest. `packaging/stage --list` writes every
+/// installed path to `<stage>/installed`.
 pub fn stage_volt() -> tempfile::TempDir {
     let repo = super::repo();
     let stage = tempfile::tempdir().expect("stage");
@@ -364,11 +365,15 @@ pub fn stage_volt() -> tempfile::TempDir {
         "volt gen-docs: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // The default guest the packages install is the test guest.
+    std::fs::copy(super::guest::elf(), s.join("guest/volt-test-guest")).expect("copy test guest");
     let o = Command::new(repo.join("packaging/stage"))
         .arg("--bin-dir")
         .arg(&bins)
         .arg("--gen-dir")
         .arg(&gen)
+        .arg("--guest-dir")
+        .arg(s.join("guest"))
         .arg("--list")
         .arg(s.join("installed"))
         .arg(s.join("root"))
@@ -379,7 +384,6 @@ pub fn stage_volt() -> tempfile::TempDir {
         "packaging/stage: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    std::fs::copy(super::guest::elf(), s.join("guest/volt-test-guest")).expect("copy test guest");
     stage
 }
 
@@ -390,7 +394,13 @@ pub fn hide_host_volt(upper: &Path) {
     let stage = stage_volt();
     let list = std::fs::read_to_string(stage.path().join("installed")).expect("installed list");
     for line in list.lines() {
-        let Some(path) = line.split_whitespace().nth(2) else {
+        let mut cols = line.split_whitespace();
+        // Directories stay (whiteouts over the files in them are enough, and a directory
+        // whiteout could not hold the whiteouts below it).
+        if cols.next() == Some("dir") {
+            continue;
+        }
+        let Some(path) = cols.nth(1) else {
             continue;
         };
         let Some(rel) = path.strip_prefix("/usr/") else {

@@ -203,6 +203,22 @@ mod tests {
         }
     }
 
+    fn register_dummy(
+        mgr: &mut MmioManager,
+        vm: &FakeVm,
+        bus: &mut Bus,
+        cmdline: &mut Cmdline,
+        mem: &GuestMemoryMmap,
+    ) -> Result<MmioSlot, ManagerError> {
+        mgr.register(
+            vm,
+            bus,
+            cmdline,
+            mem.clone(),
+            Box::new(DummyDevice::new().0),
+        )
+    }
+
     #[test]
     fn register_allocates_windows_irqs_and_cmdline_entries() {
         let vm = FakeVm::default();
@@ -210,24 +226,8 @@ mod tests {
         let mut cmdline = Cmdline::try_from("console=ttyS0", 4096).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mut mgr = MmioManager::new();
-        let a = mgr
-            .register(
-                &vm,
-                &mut bus,
-                &mut cmdline,
-                mem.clone(),
-                Box::new(DummyDevice::new().0),
-            )
-            .unwrap();
-        let b = mgr
-            .register(
-                &vm,
-                &mut bus,
-                &mut cmdline,
-                mem,
-                Box::new(DummyDevice::new().0),
-            )
-            .unwrap();
+        let a = register_dummy(&mut mgr, &vm, &mut bus, &mut cmdline, &mem).unwrap();
+        let b = register_dummy(&mut mgr, &vm, &mut bus, &mut cmdline, &mem).unwrap();
         assert_eq!((a.base, a.irq), (0xd000_0000, 5));
         assert_eq!((b.base, b.irq), (0xd000_1000, 6));
         assert_eq!(
@@ -260,23 +260,9 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mut mgr = MmioManager::new();
         for _ in 0..VIRTIO_IRQS.len() {
-            mgr.register(
-                &vm,
-                &mut bus,
-                &mut cmdline,
-                mem.clone(),
-                Box::new(DummyDevice::new().0),
-            )
-            .unwrap();
+            register_dummy(&mut mgr, &vm, &mut bus, &mut cmdline, &mem).unwrap();
         }
-        let e = mgr
-            .register(
-                &vm,
-                &mut bus,
-                &mut cmdline,
-                mem,
-                Box::new(DummyDevice::new().0),
-            )
+        let e = register_dummy(&mut mgr, &vm, &mut bus, &mut cmdline, &mem)
             .err()
             .unwrap();
         assert!(matches!(e, ManagerError::NoIrq), "{e}");

@@ -13,6 +13,8 @@ pub mod mmio;
 pub mod net;
 pub mod notify;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod test_queue;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -67,6 +69,16 @@ pub struct DeviceQueue {
     pub notify: EventFd,
 }
 
+impl DeviceQueue {
+    /// The one queue of a single-queue device, which the driver must have made ready.
+    pub fn only_ready(queues: Vec<DeviceQueue>) -> Result<DeviceQueue, ActivateError> {
+        match queues.into_iter().next() {
+            Some(dq) if virtio_queue::QueueT::ready(&dq.queue) => Ok(dq),
+            _ => Err(ActivateError::BadQueue(0)),
+        }
+    }
+}
+
 /// The interrupt side of a transport, shared between transport and device.
 #[derive(Debug)]
 pub struct VirtioInterrupt {
@@ -89,6 +101,14 @@ impl VirtioInterrupt {
     pub fn signal_used_queue(&self) -> std::io::Result<()> {
         self.status.fetch_or(INT_VRING, Ordering::SeqCst);
         self.irq.raise()
+    }
+
+    /// [`Self::signal_used_queue`] for a worker thread: a failure is logged through `limiter`
+    /// as `who: interrupt failed: …` (the guest controls how often this runs).
+    pub fn signal_used_queue_logged(&self, who: &str, limiter: &mut super::ratelimit::LogLimiter) {
+        if let Err(e) = self.signal_used_queue() {
+            crate::log_limited!(limiter, log::Level::Warn, "{who}: interrupt failed: {e}");
+        }
     }
 
     /// Tells the driver the config space changed (bumps ConfigGeneration).

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::{EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActivateError, DeviceQueue, VirtioDevice, VirtioInterrupt};
@@ -182,26 +182,15 @@ fn worker(
     interrupt: Arc<VirtioInterrupt>,
 ) {
     let mut errors = LogLimiter::new();
-    let epoll = match Epoll::new() {
-        Ok(e) => e,
-        Err(e) => {
-            log::error!("virtio-rng: epoll_create failed: {e}");
-            return;
-        }
+    let Some(epoll) = crate::vmm::event::worker_epoll(
+        "virtio-rng",
+        &[
+            (notify.as_raw_fd(), TOKEN_QUEUE, EventSet::IN),
+            (kill.as_raw_fd(), TOKEN_KILL, EventSet::IN),
+        ],
+    ) else {
+        return;
     };
-    for (fd, token) in [
-        (notify.as_raw_fd(), TOKEN_QUEUE),
-        (kill.as_raw_fd(), TOKEN_KILL),
-    ] {
-        if let Err(e) = epoll.ctl(
-            ControlOperation::Add,
-            fd,
-            EpollEvent::new(EventSet::IN, token),
-        ) {
-            log::error!("virtio-rng: epoll_ctl failed: {e}");
-            return;
-        }
-    }
     // Buffers may already be queued before the first kick.
     let mut serve = true;
     let mut events = [EpollEvent::default(); 2];
@@ -211,13 +200,7 @@ fn worker(
             let pass = process_queue(&mut queue, &mem, &mut errors, &stop);
             more = pass.more;
             if pass.notify {
-                if let Err(e) = interrupt.signal_used_queue() {
-                    log_limited!(
-                        errors,
-                        log::Level::Warn,
-                        "virtio-rng: interrupt failed: {e}"
-                    );
-                }
+                interrupt.signal_used_queue_logged("virtio-rng", &mut errors);
             }
         }
         if stop.load(Ordering::Acquire) {
@@ -268,12 +251,7 @@ impl VirtioDevice for Rng {
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
         self.stop_worker();
-        let Some(dq) = queues.into_iter().next() else {
-            return Err(ActivateError::BadQueue(0));
-        };
-        if !dq.queue.ready() {
-            return Err(ActivateError::BadQueue(0));
-        }
+        let dq = DeviceQueue::only_ready(queues)?;
         let kill = Arc::new(
             EventFd::new(libc::EFD_NONBLOCK)
                 .map_err(|e| ActivateError::Device(format!("eventfd failed: {e}")))?,

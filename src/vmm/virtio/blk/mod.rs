@@ -256,12 +256,7 @@ impl VirtioDevice for Blk {
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
         self.stop();
-        let Some(mut dq) = queues.into_iter().next() else {
-            return Err(ActivateError::BadQueue(0));
-        };
-        if !virtio_queue::QueueT::ready(&dq.queue) {
-            return Err(ActivateError::BadQueue(0));
-        }
+        let mut dq = DeviceQueue::only_ready(queues)?;
         virtio_queue::QueueT::set_event_idx(
             &mut dq.queue,
             self.acked & features::RING_EVENT_IDX != 0,

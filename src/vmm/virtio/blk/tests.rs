@@ -5,8 +5,6 @@ use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 use proptest::prelude::*;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -17,13 +15,9 @@ use super::throttle::Throttle;
 use super::worker::{self, Ctx, Stats};
 use super::*;
 use crate::vmm::disk::DiskLimit;
+use crate::vmm::virtio::test_queue::{add_chain, mem, used, MEM};
 
-const MEM: usize = 0x10_0000;
 const DISK_SECTORS: u64 = 64;
-
-fn mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).expect("mem")
-}
 
 fn hdr(kind: u32, sector: u64) -> [u8; 16] {
     let mut h = [0u8; 16];
@@ -222,32 +216,6 @@ fn image() -> (tempfile::NamedTempFile, std::fs::File) {
         .open(f.path())
         .unwrap();
     (f, file)
-}
-
-fn add_chain(vq: &MockSplitQueue<GuestMemoryMmap>, at: u16, descs: &[(u64, u32, bool)]) {
-    let raw: Vec<RawDescriptor> = descs
-        .iter()
-        .enumerate()
-        .map(|(i, (addr, len, w))| {
-            let last = i + 1 == descs.len();
-            let mut flags = if *w { VRING_DESC_F_WRITE as u16 } else { 0 };
-            if !last {
-                flags |= VRING_DESC_F_NEXT as u16;
-            }
-            RawDescriptor::from(SplitDescriptor::new(
-                *addr,
-                *len,
-                flags,
-                if last { 0 } else { at + i as u16 + 1 },
-            ))
-        })
-        .collect();
-    vq.add_desc_chains(&raw, at).expect("add chain");
-}
-
-fn used(vq: &MockSplitQueue<GuestMemoryMmap>, i: usize) -> (u32, u32) {
-    let e = vq.used().ring().ref_at(i).expect("used").load();
-    (e.id(), e.len())
 }
 
 fn run(q: &mut Queue, m: &GuestMemoryMmap, file: &std::fs::File, info: DiskInfo) -> worker::Pass {

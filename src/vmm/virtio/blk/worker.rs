@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::{EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::io::DiskIo;
@@ -313,26 +313,15 @@ impl Worker {
     /// Runs until the stop eventfd fires.
     pub fn run(mut self) {
         let mut limiter = LogLimiter::new();
-        let epoll = match Epoll::new() {
-            Ok(e) => e,
-            Err(e) => {
-                log::error!("{}: epoll_create failed: {e}", self.name);
-                return;
-            }
+        let Some(epoll) = crate::vmm::event::worker_epoll(
+            &self.name,
+            &[
+                (self.kick.as_raw_fd(), T_KICK, EventSet::IN),
+                (self.stop.as_raw_fd(), T_STOP, EventSet::IN),
+            ],
+        ) else {
+            return;
         };
-        for (fd, token) in [
-            (self.kick.as_raw_fd(), T_KICK),
-            (self.stop.as_raw_fd(), T_STOP),
-        ] {
-            if let Err(e) = epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            ) {
-                log::error!("{}: epoll_ctl failed: {e}", self.name);
-                return;
-            }
-        }
         let mut deferred = None;
         let mut descs = Vec::with_capacity(usize::from(self.queue.max_size()));
         let mut events = [EpollEvent::default(); 4];
@@ -357,14 +346,8 @@ impl Worker {
                 log_limited!(limiter, log::Level::Warn, "{}: guest {f}", self.name);
             }
             if pass.used && self.queue.needs_notification(&self.mem).unwrap_or(true) {
-                if let Err(e) = self.interrupt.signal_used_queue() {
-                    log_limited!(
-                        limiter,
-                        log::Level::Warn,
-                        "{}: interrupt failed: {e}",
-                        self.name
-                    );
-                }
+                self.interrupt
+                    .signal_used_queue_logged(&self.name, &mut limiter);
             }
             let timeout = pass
                 .wait

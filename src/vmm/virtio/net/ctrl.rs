@@ -188,14 +188,8 @@ impl Server {
                 log_limited!(limiter, log::Level::Warn, "{}: guest {f}", self.name);
             }
             if used {
-                if let Err(e) = self.interrupt.signal_used_queue() {
-                    log_limited!(
-                        limiter,
-                        log::Level::Warn,
-                        "{}: interrupt failed: {e}",
-                        self.name
-                    );
-                }
+                self.interrupt
+                    .signal_used_queue_logged(&self.name, &mut limiter);
             }
             let Some(n) = crate::vmm::event::wait_events(epoll, -1, &mut events, &self.name) else {
                 return;

@@ -4,52 +4,15 @@
 use std::os::unix::net::UnixDatagram;
 
 use proptest::prelude::*;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::ctrl;
 use super::datapath::{self, RxState, Stats, HDR_LEN};
 use super::*;
-
-const MEM: usize = 0x10_0000;
-
-fn mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).expect("mem")
-}
-
-/// Add one chain at descriptor index `at`: (addr, len, device-writable) per descriptor.
-fn add_chain(vq: &MockSplitQueue<GuestMemoryMmap>, at: u16, descs: &[(u64, u32, bool)]) {
-    let raw: Vec<RawDescriptor> = descs
-        .iter()
-        .enumerate()
-        .map(|(i, (addr, len, w))| {
-            let last = i + 1 == descs.len();
-            let mut flags = if *w { VRING_DESC_F_WRITE as u16 } else { 0 };
-            if !last {
-                flags |= VRING_DESC_F_NEXT as u16;
-            }
-            RawDescriptor::from(SplitDescriptor::new(
-                *addr,
-                *len,
-                flags,
-                if last { 0 } else { at + i as u16 + 1 },
-            ))
-        })
-        .collect();
-    vq.add_desc_chains(&raw, at).expect("add chain");
-}
-
-fn used(vq: &MockSplitQueue<GuestMemoryMmap>, i: usize) -> (u32, u32) {
-    let e = vq.used().ring().ref_at(i).expect("used").load();
-    (e.id(), e.len())
-}
-
-fn used_idx(vq: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
-    u16::from_le(vq.used().idx().load())
-}
+use crate::vmm::virtio::test_queue::{add_chain, mem, used, used_idx, MEM};
 
 fn frame(len: usize, seed: u8) -> Vec<u8> {
     let mut f = vec![0u8; HDR_LEN];

@@ -28,7 +28,7 @@ use vhost::vhost_kern::VhostKernBackend;
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::{EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::features;
@@ -317,29 +317,21 @@ impl VhostNet {
 
 /// Turn vhost "call" events into virtio-mmio interrupts.
 fn relay(name: &str, calls: Vec<EventFd>, stop: EventFd, interrupt: Arc<VirtioInterrupt>) {
-    let Ok(epoll) = Epoll::new() else {
-        log::error!("{name}: vhost relay: epoll_create failed");
+    let who = format!("{name}: vhost relay");
+    let stop_token = calls.len() as u64;
+    let fds: Vec<_> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_raw_fd(), i as u64, EventSet::IN))
+        .chain([(stop.as_raw_fd(), stop_token, EventSet::IN)])
+        .collect();
+    let Some(epoll) = crate::vmm::event::worker_epoll(&who, &fds) else {
         return;
     };
-    let stop_token = calls.len() as u64;
-    for (i, c) in calls.iter().enumerate() {
-        let _ = epoll.ctl(
-            ControlOperation::Add,
-            c.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, i as u64),
-        );
-    }
-    let _ = epoll.ctl(
-        ControlOperation::Add,
-        stop.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, stop_token),
-    );
     let mut events = vec![EpollEvent::default(); calls.len() + 1];
     loop {
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
+        let Some(n) = crate::vmm::event::wait_events(&epoll, -1, &mut events, &who) else {
+            return;
         };
         let mut fire = false;
         for ev in &events[..n] {

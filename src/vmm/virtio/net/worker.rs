@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::ctrl;
@@ -97,26 +97,12 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
     }
 
     fn signal(&self, limiter: &mut LogLimiter) {
-        if let Err(e) = self.interrupt.signal_used_queue() {
-            log_limited!(
-                limiter,
-                log::Level::Warn,
-                "{}: interrupt failed: {e}",
-                self.name
-            );
-        }
+        self.interrupt.signal_used_queue_logged(&self.name, limiter);
     }
 
     /// Run until the stop eventfd fires.
     pub fn run(mut self) {
         let mut limiter = LogLimiter::new();
-        let epoll = match Epoll::new() {
-            Ok(e) => e,
-            Err(e) => {
-                log::error!("{}: epoll_create failed: {e}", self.name);
-                return;
-            }
-        };
         let mut fds = vec![
             (
                 self.io.as_raw_fd(),
@@ -130,12 +116,9 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
         if let Some((_, kick, _, _)) = &self.ctrl {
             fds.push((kick.as_raw_fd(), T_CTRL, EventSet::IN));
         }
-        for (fd, token, set) in fds {
-            if let Err(e) = epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, token)) {
-                log::error!("{}: epoll_ctl failed: {e}", self.name);
-                return;
-            }
-        }
+        let Some(epoll) = crate::vmm::event::worker_epoll(&self.name, &fds) else {
+            return;
+        };
         let mut rx_state = RxState::new(self.mergeable);
         let mut tx_buf = Vec::with_capacity(datapath::MAX_FRAME);
         // Frames or requests may be waiting from before activation.

@@ -126,13 +126,8 @@ impl Worker {
     }
 
     fn signal(&mut self) {
-        if let Err(e) = self.interrupt.signal_used_queue() {
-            log_limited!(
-                self.log,
-                log::Level::Warn,
-                "virtio-vsock: interrupt failed: {e}"
-            );
-        }
+        self.interrupt
+            .signal_used_queue_logged("virtio-vsock", &mut self.log);
     }
 
     fn add_used(&mut self, which: Which, head: u16, len: u32) {
