@@ -219,7 +219,10 @@ fn a_broken_file_keeps_its_last_good_units_until_it_is_removed() {
     std::fs::write(&vm, "vcpus = \"x\"\n").expect("break the file");
     let want: Vec<(String, Entry)> = good
         .iter()
-        .filter_map(|(p, e)| p.strip_prefix("normal/").map(|p| (p.to_string(), e.clone())))
+        .filter_map(|(p, e)| {
+            p.strip_prefix("normal/")
+                .map(|p| (p.to_string(), e.clone()))
+        })
         .collect();
     for tag in ["broken1", "broken2"] {
         let (o, tree) = again(tag);
@@ -234,14 +237,20 @@ fn a_broken_file_keeps_its_last_good_units_until_it_is_removed() {
     let now = std::fs::metadata(&netdev)
         .and_then(|m| m.modified())
         .expect("netdev");
-    assert_eq!(written, now, "the unchanged networkd file was not rewritten");
+    assert_eq!(
+        written, now,
+        "the unchanged networkd file was not rewritten"
+    );
     std::fs::remove_file(&vm).expect("remove the file");
     let (o, tree) = again("removed");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(tree.is_empty(), "no units for a removed VM: {tree:?}");
     std::fs::write(&vm, "vcpus = \"x\"\n").expect("a broken file again");
     let (_, tree) = again("broken-after-removal");
-    assert!(tree.is_empty(), "nothing kept once the file was gone: {tree:?}");
+    assert!(
+        tree.is_empty(),
+        "nothing kept once the file was gone: {tree:?}"
+    );
 }
 
 #[test]
