@@ -1,6 +1,6 @@
 //! Writing files so that a crash at any point leaves either the old or the new content.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,26 +23,81 @@ pub enum FsError {
 /// unless it already has exactly that content (networkd compares files on reload; an
 /// unchanged file must stay untouched). Returns whether it wrote.
 pub fn write_atomic_if_changed(path: &Path, content: &str) -> Result<bool, FsError> {
-    if std::fs::read(path).ok().as_deref() == Some(content.as_bytes()) {
+    write_if_changed(path, content, true)
+}
+
+/// [`write_atomic_if_changed`] for runtime files under `/run` (tmpfs): no fsyncs (nothing
+/// there outlives the machine, so a sync buys nothing and costs two syscalls per file), and
+/// one read for the comparison. Readers still see the old or the new file, never a part of
+/// one.
+pub fn write_runtime_if_changed(path: &Path, content: &str) -> Result<bool, FsError> {
+    write_if_changed(path, content, false)
+}
+
+/// The comparison's buffer (and the largest file compared in one read).
+const CHUNK: usize = 64 * 1024;
+
+/// Whether the file at `path` holds exactly `content` (open and read; no stat). `one_read`:
+/// one read of one byte more than `content` is taken to reach the end of the file, which
+/// holds on tmpfs (a regular file there reads short only at its end); it saves the read
+/// that would return 0.
+fn has_content(path: &Path, content: &[u8], one_read: bool) -> bool {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let want = content.len().saturating_add(1);
+    if one_read && want <= CHUNK {
+        let mut got = vec![0u8; want];
+        return matches!(f.read(&mut got), Ok(n) if got.get(..n) == Some(content));
+    }
+    // Piece by piece through one buffer: a large file is not read into memory whole.
+    let mut buf = vec![0u8; want.min(CHUNK)];
+    let mut rest = content;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return rest.is_empty(),
+            Ok(n) => match (buf.get(..n), rest.get(..n)) {
+                (Some(a), Some(b)) if a == b => rest = rest.get(n..).unwrap_or_default(),
+                _ => return false,
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+fn write_if_changed(path: &Path, content: &str, sync: bool) -> Result<bool, FsError> {
+    if has_content(path, content.as_bytes(), !sync) {
         return Ok(false);
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|source| FsError::Create {
-        path: dir.to_path_buf(),
-        source,
-    })?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+    // The directory usually exists: create it only when the file cannot be.
+    let file = match std::fs::File::create(&tmp) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|source| FsError::Create {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            std::fs::File::create(&tmp)
+        }
+        r => r,
+    };
+    let result = file.and_then(|mut f| {
         f.write_all(content.as_bytes())?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
+        if sync {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    });
     if let Err(source) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(FsError::Write {
@@ -69,5 +124,21 @@ mod tests {
             .expect("ls")
             .collect();
         assert_eq!(left.len(), 1, "no temporary file left behind");
+    }
+
+    #[test]
+    fn runtime_writes_compare_the_whole_file() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let p = tmp.path().join("new/dir/f.network");
+        assert!(write_runtime_if_changed(&p, "abc\n").expect("create with its directory"));
+        assert!(!write_runtime_if_changed(&p, "abc\n").expect("same"));
+        // A prefix or an extension of the content is a change.
+        assert!(write_runtime_if_changed(&p, "ab").expect("shorter"));
+        assert_eq!(std::fs::read_to_string(&p).expect("read"), "ab");
+        assert!(write_runtime_if_changed(&p, "abc\n").expect("longer"));
+        assert_eq!(std::fs::read_to_string(&p).expect("read"), "abc\n");
+        assert!(write_runtime_if_changed(&p, "").expect("empty"));
+        assert!(!write_runtime_if_changed(&p, "").expect("still empty"));
+        assert_eq!(std::fs::read(&p).expect("read").len(), 0);
     }
 }

@@ -184,6 +184,75 @@ fn stale_files_are_removed_and_foreign_files_kept() {
     );
 }
 
+/// A VM whose file breaks keeps its last good units (its link owner's `BindsTo=` with them),
+/// run after run, until the file is fixed or removed; unchanged networkd files stay
+/// untouched across runs.
+#[test]
+fn a_broken_file_keeps_its_last_good_units_until_it_is_removed() {
+    let case = cases()
+        .into_iter()
+        .find(|c| c.to_string_lossy().contains("one-vm"))
+        .expect("the one-vm case");
+    let run = run_generator(&case);
+    assert!(run.status.success(), "{}", run.stderr);
+    let good = result_tree(&run);
+    let again = |tag: &str| {
+        let out = run.out.join(tag);
+        for d in ["normal", "early", "late"] {
+            std::fs::create_dir_all(out.join(d)).expect("mkdir");
+        }
+        let o = Command::new(env!("CARGO_BIN_EXE_volt-generator"))
+            .args(["normal", "early", "late"].map(|d| out.join(d)))
+            .env("VOLT_ROOT", &run.root)
+            .env("VOLT_LOG_STDERR", "1")
+            .output()
+            .expect("run volt-generator");
+        (o, read_tree(&out.join("normal")))
+    };
+    let netdev = run
+        .root
+        .join("run/systemd/network/60-volt-tap-710533bb.netdev");
+    let written = std::fs::metadata(&netdev)
+        .and_then(|m| m.modified())
+        .expect("netdev");
+    let vm = run.root.join("etc/volt/vms/web.toml");
+    std::fs::write(&vm, "vcpus = \"x\"\n").expect("break the file");
+    let want: Vec<(String, Entry)> = good
+        .iter()
+        .filter_map(|(p, e)| {
+            p.strip_prefix("normal/")
+                .map(|p| (p.to_string(), e.clone()))
+        })
+        .collect();
+    for tag in ["broken1", "broken2"] {
+        let (o, tree) = again(tag);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "a broken file fails the run");
+        assert!(
+            stderr.contains("keeping the units of web from its last good version"),
+            "{tag}: {stderr}"
+        );
+        assert_eq!(tree, want, "{tag}: the last good units again");
+    }
+    let now = std::fs::metadata(&netdev)
+        .and_then(|m| m.modified())
+        .expect("netdev");
+    assert_eq!(
+        written, now,
+        "the unchanged networkd file was not rewritten"
+    );
+    std::fs::remove_file(&vm).expect("remove the file");
+    let (o, tree) = again("removed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(tree.is_empty(), "no units for a removed VM: {tree:?}");
+    std::fs::write(&vm, "vcpus = \"x\"\n").expect("a broken file again");
+    let (_, tree) = again("broken-after-removal");
+    assert!(
+        tree.is_empty(),
+        "nothing kept once the file was gone: {tree:?}"
+    );
+}
+
 #[test]
 fn systemd_analyze_verify_accepts_every_generated_unit() {
     if Command::new("systemd-analyze")

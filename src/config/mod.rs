@@ -173,10 +173,17 @@ fn list_dir(
 /// Read a config file as UTF-8 text; bytes that are not UTF-8 are an error at their line and
 /// column.
 pub(crate) fn read(shown: &Path, real: &Path) -> Result<String, ConfigError> {
-    let bytes = std::fs::read(real).map_err(|source| ConfigError::Read {
+    let read_err = |source| ConfigError::Read {
         path: shown.to_path_buf(),
         source,
-    })?;
+    };
+    // Read into room for a typical file, through `take` so that nothing stats the file for
+    // its size first (std::fs::read and File's read_to_end do): two syscalls per file less
+    // when the generator reads a thousand of them.
+    let file = std::fs::File::open(real).map_err(read_err)?;
+    let mut bytes = Vec::with_capacity(4096);
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, u64::MAX), &mut bytes)
+        .map_err(read_err)?;
     String::from_utf8(bytes).map_err(|e| {
         let bytes = e.as_bytes();
         let good = e.utf8_error().valid_up_to();

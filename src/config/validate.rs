@@ -10,32 +10,54 @@ use super::container::ContainerConfig;
 use super::error::{ConfigError, Location};
 use super::vm::VmConfig;
 
-/// One thing a workload takes: (key, field, where, what), e.g. a MAC on a bridge.
-type Claim = (String, String, Location, String);
+/// What a claim says when another workload holds its key already: (field, where, what).
+type Describe<'a> = Box<dyn Fn() -> (String, Location, String) + 'a>;
 
-/// What is taken, and by whom: key → "VM web (/etc/volt/vms/web.toml)".
-#[derive(Default)]
-struct Taken(HashMap<String, String>);
+/// One thing a workload takes: its key (e.g. a MAC on a bridge), and what to say about it,
+/// made only when it collides (a thousand files make 14 000 messages nobody reads).
+type Claim<'a> = (String, Describe<'a>);
+
+/// What is taken, and by whom: key → index into `owners` ("VM web (/etc/volt/vms/web.toml)").
+struct Taken {
+    keys: HashMap<String, usize>,
+    owners: Vec<String>,
+}
 
 impl Taken {
+    fn holder(&self, key: &str) -> Option<&str> {
+        self.keys
+            .get(key)
+            .and_then(|&i| self.owners.get(i))
+            .map(String::as_str)
+    }
+
     /// The claims' conflicts as errors; if there are none, take every claim for `owner`.
-    fn claim(&mut self, claims: Vec<Claim>, owner: String) -> Vec<ConfigError> {
+    fn claim(&mut self, claims: Vec<Claim>, owner: usize) -> Vec<ConfigError> {
         let errs: Vec<ConfigError> = claims
             .iter()
-            .filter_map(|(key, field, at, what)| {
-                self.0.get(key).map(|holder| ConfigError::Invalid {
-                    at: at.clone(),
-                    field: field.clone(),
-                    message: format!("{what} is already used by {holder}"),
+            .filter_map(|(key, describe)| {
+                self.holder(key).map(|holder| {
+                    let (field, at, what) = describe();
+                    ConfigError::Invalid {
+                        at,
+                        field,
+                        message: format!("{what} is already used by {holder}"),
+                    }
                 })
             })
             .collect();
         if errs.is_empty() {
-            for (key, _, _, _) in claims {
-                self.0.insert(key, owner.clone());
+            for (key, _) in claims {
+                self.keys.insert(key, owner);
             }
         }
         errs
+    }
+
+    /// A new owner's index.
+    fn owner(&mut self, text: String) -> usize {
+        self.owners.push(text);
+        self.owners.len() - 1
     }
 }
 
@@ -47,60 +69,78 @@ pub(super) fn check_across(
 ) -> (Vec<VmConfig>, Vec<ContainerConfig>, Vec<ConfigError>) {
     let mut ok: Vec<VmConfig> = Vec::new();
     let mut errors = Vec::new();
-    let mut taken = Taken::default();
+    // About five claims per workload; sized once instead of rehashed as it grows.
+    let mut taken = Taken {
+        keys: HashMap::with_capacity(6 * (vms.len() + containers.len())),
+        owners: Vec::with_capacity(vms.len() + containers.len()),
+    };
     for vm in vms {
         let file_at = || Location::file(&vm.path);
         let mut claims: Vec<Claim> = vec![(
             format!("name:{}", vm.name),
-            "name".into(),
-            file_at(),
-            format!("the workload name {}", vm.name),
+            Box::new(|| {
+                (
+                    "name".into(),
+                    file_at(),
+                    format!("the workload name {}", vm.name),
+                )
+            }),
         )];
         if let Some(cid) = vm.vsock_cid {
+            let vsock_at = &vm.spans.vsock;
             claims.push((
                 format!("cid:{cid}"),
-                "vsock".into(),
-                vm.spans.vsock.clone().unwrap_or_else(file_at),
-                format!("vsock CID {cid}"),
+                Box::new(move || {
+                    (
+                        "vsock".into(),
+                        vsock_at.clone().unwrap_or_else(file_at),
+                        format!("vsock CID {cid}"),
+                    )
+                }),
             ));
         }
         claims.push((
             format!("uuid:{}", vm.uuid),
-            "uuid".into(),
-            vm.spans.uuid.clone().unwrap_or_else(file_at),
-            format!("UUID {}", vm.uuid),
+            Box::new(|| {
+                (
+                    "uuid".into(),
+                    vm.spans.uuid.clone().unwrap_or_else(file_at),
+                    format!("UUID {}", vm.uuid),
+                )
+            }),
         ));
         for nic in &vm.nics {
-            let spans = vm.spans.nics.get(nic.index).cloned().unwrap_or_default();
-            let nic_at = spans.at.clone().unwrap_or_else(file_at);
-            let f = |name: &str| format!("network[{}].{name}", nic.index);
+            let spans = || vm.spans.nics.get(nic.index).cloned().unwrap_or_default();
+            let nic_at = move || spans().at.unwrap_or_else(file_at);
+            let f = move |name: &str| format!("network[{}].{name}", nic.index);
             claims.push((
                 format!("link:{}", nic.link),
-                f("id"),
-                nic_at.clone(),
-                format!("link name {}", nic.link),
+                Box::new(move || (f("id"), nic_at(), format!("link name {}", nic.link))),
             ));
-            let segment = nic
-                .bridge
-                .clone()
-                .or_else(|| nic.parent.clone())
-                .unwrap_or_default();
+            let segment = nic.bridge.as_ref().or(nic.parent.as_ref());
             claims.push((
-                format!("mac:{segment}:{}", nic.mac),
-                f("mac"),
-                spans.mac.clone().unwrap_or_else(|| nic_at.clone()),
-                format!("MAC {}", nic.mac),
+                format!("mac:{}:{}", segment.map_or("", |s| s.as_str()), nic.mac),
+                Box::new(move || {
+                    (
+                        f("mac"),
+                        spans().mac.unwrap_or_else(nic_at),
+                        format!("MAC {}", nic.mac),
+                    )
+                }),
             ));
             if let (Some(ip), Some(net)) = (nic.ipv4, &nic.network) {
                 claims.push((
                     format!("ip:{net}:{}", ip.addr()),
-                    f("ipv4"),
-                    spans.ipv4.clone().unwrap_or(nic_at),
-                    format!("{} on {net}", ip.addr()),
+                    Box::new(move || {
+                        (
+                            f("ipv4"),
+                            spans().ipv4.unwrap_or_else(nic_at),
+                            format!("{} on {net}", ip.addr()),
+                        )
+                    }),
                 ));
             }
         }
-        let owner = format!("VM {} ({})", vm.name, vm.path.display());
         // An image is used read-write by one VM, or read-only by any number.
         let disk_errs: Vec<ConfigError> = vm
             .disks
@@ -108,9 +148,9 @@ pub(super) fn check_across(
             .filter_map(|d| {
                 let p = d.path.display();
                 let holder = if d.readonly {
-                    taken.0.get(&format!("disk-rw:{p}"))
+                    taken.holder(&format!("disk-rw:{p}"))
                 } else {
-                    taken.0.get(&format!("disk:{p}"))
+                    taken.holder(&format!("disk:{p}"))
                 }?;
                 Some(ConfigError::Invalid {
                     at: d.at.clone().unwrap_or_else(file_at),
@@ -122,16 +162,14 @@ pub(super) fn check_across(
                 })
             })
             .collect();
-        let mut errs = taken.claim(claims, owner.clone());
+        let owner = taken.owner(format!("VM {} ({})", vm.name, vm.path.display()));
+        let mut errs = taken.claim(claims, owner);
         if errs.is_empty() && disk_errs.is_empty() {
             for d in &vm.disks {
                 let p = d.path.display();
-                taken
-                    .0
-                    .entry(format!("disk:{p}"))
-                    .or_insert_with(|| owner.clone());
+                taken.keys.entry(format!("disk:{p}")).or_insert(owner);
                 if !d.readonly {
-                    taken.0.insert(format!("disk-rw:{p}"), owner.clone());
+                    taken.keys.insert(format!("disk-rw:{p}"), owner);
                 }
             }
         }
@@ -147,41 +185,53 @@ pub(super) fn check_across(
         let file_at = || Location::file(&ct.path);
         let mut claims: Vec<Claim> = vec![(
             format!("name:{}", ct.name),
-            "name".into(),
-            file_at(),
-            format!("the workload name {}", ct.name),
+            Box::new(|| {
+                (
+                    "name".into(),
+                    file_at(),
+                    format!("the workload name {}", ct.name),
+                )
+            }),
         )];
         for nic in &ct.nics {
-            let spans = ct.spans.nics.get(nic.index).cloned().unwrap_or_default();
-            let nic_at = spans.at.clone().unwrap_or_else(file_at);
-            let f = |name: &str| format!("network[{}].{name}", nic.index);
+            let spans = || ct.spans.nics.get(nic.index).cloned().unwrap_or_default();
+            let nic_at = move || spans().at.unwrap_or_else(file_at);
+            let f = move |name: &str| format!("network[{}].{name}", nic.index);
             for link in [&nic.host_link, &nic.container_link] {
                 claims.push((
                     format!("link:{link}"),
-                    f("id"),
-                    nic_at.clone(),
-                    format!("link name {link}"),
+                    Box::new(move || (f("id"), nic_at(), format!("link name {link}"))),
                 ));
             }
             claims.push((
-                format!("mac:{}:{}", nic.bridge.clone().unwrap_or_default(), nic.mac),
-                f("mac"),
-                spans.mac.clone().unwrap_or_else(|| nic_at.clone()),
-                format!("MAC {}", nic.mac),
+                format!(
+                    "mac:{}:{}",
+                    nic.bridge.as_deref().unwrap_or_default(),
+                    nic.mac
+                ),
+                Box::new(move || {
+                    (
+                        f("mac"),
+                        spans().mac.unwrap_or_else(nic_at),
+                        format!("MAC {}", nic.mac),
+                    )
+                }),
             ));
             if let (Some(ip), Some(net)) = (nic.ipv4, &nic.network) {
                 claims.push((
                     format!("ip:{net}:{}", ip.addr()),
-                    f("ipv4"),
-                    spans.ipv4.clone().unwrap_or(nic_at),
-                    format!("{} on {net}", ip.addr()),
+                    Box::new(move || {
+                        (
+                            f("ipv4"),
+                            spans().ipv4.unwrap_or_else(nic_at),
+                            format!("{} on {net}", ip.addr()),
+                        )
+                    }),
                 ));
             }
         }
-        let errs = taken.claim(
-            claims,
-            format!("container {} ({})", ct.name, ct.path.display()),
-        );
+        let owner = taken.owner(format!("container {} ({})", ct.name, ct.path.display()));
+        let errs = taken.claim(claims, owner);
         if errs.is_empty() {
             ok_containers.push(ct);
         } else {

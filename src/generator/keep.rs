@@ -4,7 +4,14 @@
 //! running VM's TAP. So every run records what it generated per workload, and a workload
 //! whose file exists but is broken gets its last good units again until the file is fixed or
 //! removed.
+//!
+//! The record is one file, `<dir>/kept.json` (a runtime file: `/run/volt/generator`), read
+//! and compared once per run: a file per workload cost a thousand reads on every
+//! `daemon-reload` with a thousand VMs. Records an older Volt left, one file per workload
+//! (`<dir>/vm/<name>.json`, `<dir>/container/<name>.json`), are read when `kept.json` does
+//! not exist yet and removed once it does.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -13,15 +20,92 @@ use crate::config::{CONTAINERS_DIR, VMS_DIR};
 
 /// What one workload got in the output directory: drop-ins (path relative to the output
 /// directory, text) and symlinks (link relative to the output directory, target).
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Kept {
     pub files: Vec<(PathBuf, String)>,
     pub links: Vec<(PathBuf, PathBuf)>,
 }
 
-/// `<dir>/vm/<name>.json` or `<dir>/container/<name>.json`.
-fn path_for(dir: &Path, kind: &str, name: &str) -> PathBuf {
-    dir.join(kind).join(format!("{name}.json"))
+/// Every workload's last good units, by `<kind>/<name>` (`vm/web`, `container/db`).
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record(BTreeMap<String, Kept>);
+
+const FILE: &str = "kept.json";
+const KINDS: [&str; 2] = ["vm", "container"];
+
+fn key(kind: &str, name: &str) -> String {
+    format!("{kind}/{name}")
+}
+
+impl Record {
+    /// Record what workload `kind`/`name` got.
+    pub fn insert(&mut self, kind: &str, name: &str, kept: Kept) {
+        self.0.insert(key(kind, name), kept);
+    }
+
+    /// What workload `kind`/`name` got.
+    pub fn get(&self, kind: &str, name: &str) -> Option<&Kept> {
+        self.0.get(&key(kind, name))
+    }
+
+    /// Take over the entries of `last` this record lacks whose workloads still exist
+    /// (`exists(kind, name)`): workloads whose file is broken now, or whose units could not
+    /// be written this time. Entries of workloads whose file is gone are dropped.
+    pub fn carry_over(&mut self, last: Record, exists: &dyn Fn(&str, &str) -> bool) {
+        for (k, kept) in last.0 {
+            let Some((kind, name)) = k.split_once('/') else {
+                continue;
+            };
+            if !self.0.contains_key(&k) && exists(kind, name) {
+                self.0.insert(k, kept);
+            }
+        }
+    }
+
+    /// The record in `dir` (empty when there is none or it cannot be read).
+    pub fn load(dir: &Path) -> Record {
+        match std::fs::read_to_string(dir.join(FILE)) {
+            Ok(text) => serde_json::from_str(&text).unwrap_or_default(),
+            Err(_) => Record::load_legacy(dir),
+        }
+    }
+
+    /// One file per workload, as an older Volt wrote them.
+    fn load_legacy(dir: &Path) -> Record {
+        let mut r = Record::default();
+        for kind in KINDS {
+            let Ok(entries) = std::fs::read_dir(dir.join(kind)) else {
+                continue;
+            };
+            for p in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+                let Some(name) = p.file_stem().and_then(|s| s.to_str()) else {
+                    continue;
+                };
+                if p.extension().is_none_or(|x| x != "json") {
+                    continue;
+                }
+                let kept = std::fs::read_to_string(&p)
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok());
+                if let Some(kept) = kept {
+                    r.insert(kind, name, kept);
+                }
+            }
+        }
+        r
+    }
+
+    /// Write the record to `dir` unless it holds exactly this already; then remove an older
+    /// Volt's per-workload files.
+    pub fn save(&self, dir: &Path) -> Result<(), crate::fsutil::FsError> {
+        let text = serde_json::to_string(self).unwrap_or_default();
+        crate::fsutil::write_runtime_if_changed(&dir.join(FILE), &text)?;
+        for kind in KINDS {
+            // Absent but for the first run after an upgrade.
+            let _ = std::fs::remove_dir_all(dir.join(kind));
+        }
+        Ok(())
+    }
 }
 
 /// The workload a config file describes: `("vm", name)` for `/etc/volt/vms/<name>.toml`,
@@ -38,57 +122,57 @@ pub fn workload_of(file: &Path) -> Option<(&'static str, String)> {
     }
 }
 
-/// Record what workload `kind`/`name` got.
-pub fn save(dir: &Path, kind: &str, name: &str, kept: &Kept) -> Result<(), crate::fsutil::FsError> {
-    let text = serde_json::to_string(kept).unwrap_or_default();
-    crate::fsutil::write_atomic_if_changed(&path_for(dir, kind, name), &text).map(|_| ())
-}
-
-/// What workload `kind`/`name` got the last time its file was good.
-pub fn load(dir: &Path, kind: &str, name: &str) -> Option<Kept> {
-    let text = std::fs::read_to_string(path_for(dir, kind, name)).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-/// Forget every workload whose config file is gone (`exists(kind, name)` false).
-pub fn sweep(dir: &Path, exists: &dyn Fn(&str, &str) -> bool) {
-    for kind in ["vm", "container"] {
-        let Ok(entries) = std::fs::read_dir(dir.join(kind)) else {
-            continue;
-        };
-        for e in entries.filter_map(|e| e.ok()) {
-            let p = e.path();
-            let Some(name) = p.file_stem().and_then(|s| s.to_str()) else {
-                continue;
-            };
-            if p.extension().is_some_and(|x| x == "json") && !exists(kind, name) {
-                let _ = std::fs::remove_file(&p);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip_and_sweep() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let k = Kept {
-            files: vec![("a.service.d/x.conf".into(), "[Unit]\n".into())],
+    fn kept(text: &str) -> Kept {
+        Kept {
+            files: vec![("a.service.d/x.conf".into(), text.into())],
             links: vec![("m.target.wants/a.service".into(), "/usr/lib/a".into())],
-        };
-        save(tmp.path(), "vm", "web", &k).expect("save");
-        let back = load(tmp.path(), "vm", "web").expect("load");
-        assert_eq!(back.files, k.files);
-        assert_eq!(back.links, k.links);
-        sweep(tmp.path(), &|_, n| n != "web");
-        assert!(load(tmp.path(), "vm", "web").is_none());
+        }
+    }
+
+    #[test]
+    fn round_trip_and_carry_over() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut r = Record::default();
+        r.insert("vm", "web", kept("1"));
+        r.insert("vm", "gone", kept("2"));
+        r.insert("container", "db", kept("3"));
+        r.save(tmp.path()).expect("save");
+        let back = Record::load(tmp.path());
+        assert_eq!(back, r);
+        // This run generated web anew; db is broken (its file exists), gone's file is gone.
+        let mut now = Record::default();
+        now.insert("vm", "web", kept("4"));
+        now.carry_over(back, &|kind, name| (kind, name) != ("vm", "gone"));
+        assert_eq!(now.get("vm", "web"), Some(&kept("4")));
+        assert_eq!(now.get("container", "db"), Some(&kept("3")));
+        assert_eq!(now.get("vm", "gone"), None);
         assert_eq!(
             workload_of(Path::new("/etc/volt/vms/web.toml")),
             Some(("vm", "web".to_string()))
         );
         assert_eq!(workload_of(Path::new("/etc/volt/networks/lab.toml")), None);
+    }
+
+    #[test]
+    fn an_older_volts_files_are_read_then_removed() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let vm = tmp.path().join("vm");
+        std::fs::create_dir_all(&vm).expect("mkdir");
+        let text = serde_json::to_string(&kept("old")).expect("json");
+        std::fs::write(vm.join("web.json"), text).expect("write");
+        std::fs::write(vm.join("notes.txt"), "x").expect("write");
+        let r = Record::load(tmp.path());
+        assert_eq!(r.get("vm", "web"), Some(&kept("old")));
+        assert_eq!(r.0.len(), 1);
+        r.save(tmp.path()).expect("save");
+        assert!(
+            !vm.exists(),
+            "the per-workload files are gone once kept.json is written"
+        );
+        assert_eq!(Record::load(tmp.path()), r);
     }
 }

@@ -17,11 +17,12 @@ mod keep;
 pub mod render;
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::config::ConfigSet;
-use crate::fsutil::{write_atomic_if_changed, FsError};
+use crate::fsutil::{write_runtime_if_changed, FsError};
 use crate::plan::names::{self, DROPIN_NAME, MACHINES_TARGET, SYSTEM_UNIT_DIR};
 use crate::plan::{static_leases_dropin, Plan, Workload};
 
@@ -63,7 +64,8 @@ pub struct Report {
     pub errors: Vec<GeneratorError>,
 }
 
-/// Where the generator writes besides its output directories.
+/// Where the generator writes besides its output directories: runtime files (`/run` under
+/// systemd, below OUTDIR for `volt generate`), written atomically but not fsynced.
 #[derive(Debug, Clone)]
 pub struct Targets {
     /// networkd runtime files (`/run/systemd/network`).
@@ -116,7 +118,14 @@ impl OutputDirs {
 }
 
 fn create_dir(dir: &Path) -> Result<(), GeneratorError> {
-    std::fs::create_dir_all(dir).map_err(|source| GeneratorError::Create {
+    // One mkdir for the usual case (a new drop-in directory in an existing output directory);
+    // create_dir_all parses the path first.
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(_) => std::fs::create_dir_all(dir),
+    }
+    .map_err(|source| GeneratorError::Create {
         path: dir.to_path_buf(),
         source,
     })
@@ -166,17 +175,18 @@ fn write_kept(out: &OutputDirs, kept: &keep::Kept) -> Result<(), GeneratorError>
 }
 
 /// Write one workload's drop-ins, owner drop-ins, networkd files and autostart link, and
-/// record them as its last good units. Every networkd file it should have goes into
-/// `wanted`, written or not.
+/// record them in `record` as its last good units. Every networkd file it should have goes
+/// into `wanted`, written or not.
 fn generate_workload(
     w: &Workload,
     out: &OutputDirs,
     targets: &Targets,
-    wanted: &mut HashSet<PathBuf>,
+    wanted: &mut HashSet<OsString>,
+    record: &mut keep::Record,
 ) -> Result<usize, GeneratorError> {
     for a in &w.attachments {
         for f in &a.networkd {
-            wanted.insert(targets.networkd.join(&f.name));
+            wanted.insert(targets.networkd.join(&f.name).into_os_string());
         }
     }
     let dropin = |unit: &str| PathBuf::from(format!("{unit}.d")).join(DROPIN_NAME);
@@ -196,12 +206,10 @@ fn generate_workload(
     write_kept(out, &kept)?;
     for a in &w.attachments {
         for f in &a.networkd {
-            write_atomic_if_changed(&targets.networkd.join(&f.name), &f.text)?;
+            write_runtime_if_changed(&targets.networkd.join(&f.name), &f.text)?;
         }
     }
-    if let Err(e) = keep::save(&targets.keep, w.kind.as_str(), &w.name, &kept) {
-        log::warn!("{}", crate::error_chain(&e));
-    }
+    record.insert(w.kind.as_str(), &w.name, kept);
     Ok(w.attachments.len())
 }
 
@@ -212,16 +220,21 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     let set = ConfigSet::load(root);
     let mut report = Report::default();
     let broken = set.errors_by_file();
+    // The record of the last run: read only when some workload needs it.
+    let mut last: Option<keep::Record> = None;
     for (file, errs) in &broken {
         for e in errs {
             log::error!("{}; skipping {}", e.report(), file.display());
         }
         report.skipped_files += 1;
         // A broken file whose workload ran before: its last good units again.
-        let last = keep::workload_of(file)
-            .and_then(|(kind, name)| keep::load(&targets.keep, kind, &name).map(|k| (name, k)));
-        if let Some((name, kept)) = last {
-            match write_kept(out, &kept) {
+        let kept = keep::workload_of(file).and_then(|(kind, name)| {
+            last.get_or_insert_with(|| keep::Record::load(&targets.keep))
+                .get(kind, &name)
+                .map(|k| (name, k))
+        });
+        if let Some((name, kept)) = kept {
+            match write_kept(out, kept) {
                 Ok(()) => log::warn!(
                     "{}: keeping the units of {name} from its last good version until the file is fixed",
                     file.display()
@@ -235,11 +248,13 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     }
     let plan = Plan::build(&set);
 
-    // A set: with 1000 VMs a list made the stale-file sweep below quadratic (~100 ms).
-    let mut wanted: HashSet<PathBuf> = HashSet::new();
+    // A set: with 1000 VMs a list made the stale-file sweep below quadratic (~100 ms). Of
+    // plain strings: hashing a `Path` walks its components (~10x the cost).
+    let mut wanted: HashSet<OsString> = HashSet::with_capacity(2 * plan.workloads.len());
     let mut any_autostart = false;
+    let mut record = keep::Record::default();
     for w in &plan.workloads {
-        match generate_workload(w, out, targets, &mut wanted) {
+        match generate_workload(w, out, targets, &mut wanted, &mut record) {
             Ok(links) => {
                 match w.kind {
                     crate::plan::Kind::Vm => report.vms += 1,
@@ -268,8 +283,8 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
         }
         let f = static_leases_dropin(net, &leases);
         let path = networkd_dir.join(&f.name);
-        wanted.insert(path.clone());
-        if let Err(e) = write_atomic_if_changed(&path, &f.text) {
+        wanted.insert(path.clone().into_os_string());
+        if let Err(e) = write_runtime_if_changed(&path, &f.text) {
             log::error!("{}", crate::error_chain(&e));
             report.errors.push(e.into());
         }
@@ -291,15 +306,27 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
         broken.contains_key(source)
     };
     sweep_stale(networkd_dir, root, &wanted, &keep, &mut report);
+    // One listing per directory instead of a stat per kept workload.
+    let vm_files = toml_stems(&root.join(crate::config::VMS_DIR));
+    let container_files = toml_stems(&root.join(crate::config::CONTAINERS_DIR));
     let exists = |kind: &str, name: &str| {
-        let dir = if kind == "vm" {
-            crate::config::VMS_DIR
+        if kind == "vm" {
+            vm_files.contains(name)
         } else {
-            crate::config::CONTAINERS_DIR
-        };
-        root.join(dir).join(format!("{name}.toml")).exists()
+            container_files.contains(name)
+        }
     };
-    keep::sweep(&targets.keep, &exists);
+    // Workloads that exist but got no units this run (a broken file, a failed write) keep
+    // their last good ones; the others' records go with their files.
+    let missing =
+        |kind: &str, names: &HashSet<String>| names.iter().any(|n| record.get(kind, n).is_none());
+    if missing("vm", &vm_files) || missing("container", &container_files) {
+        let last = last.unwrap_or_else(|| keep::Record::load(&targets.keep));
+        record.carry_over(last, &exists);
+    }
+    if let Err(e) = record.save(&targets.keep) {
+        log::warn!("{}", crate::error_chain(&e));
+    }
 
     if report.skipped_files > 0 {
         report.errors.push(GeneratorError::BadConfig {
@@ -316,13 +343,34 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     report
 }
 
+/// The stems of the `*.toml` files in `dir` that exist (a symlink counts when its target
+/// exists); empty when `dir` cannot be listed.
+fn toml_stems(dir: &Path) -> HashSet<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return HashSet::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_type()
+                .is_ok_and(|t| !t.is_symlink() || e.path().exists())
+        })
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".toml"))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
 /// Remove networkd files Volt wrote on an earlier run that nothing wants any more: files with
 /// our name and header, not in `wanted`, whose source config file is not one that exists but
 /// is broken now (`keep`).
 fn sweep_stale(
     dir: &Path,
     root: &Path,
-    wanted: &HashSet<PathBuf>,
+    wanted: &HashSet<OsString>,
     keep: &dyn Fn(&Path) -> bool,
     report: &mut Report,
 ) {
@@ -338,16 +386,23 @@ fn sweep_stale(
         }
     };
     let mut stale: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .map(|p| {
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let p = e.path();
+            // The entry's type from the listing; a symlink is followed as before.
+            let is_dir = match e.file_type() {
+                Ok(t) if t.is_symlink() => p.is_dir(),
+                Ok(t) => t.is_dir(),
+                Err(_) => p.is_dir(),
+            };
             let dropin = p.join(names::STATIC_LEASES_NAME);
-            if p.is_dir() && dropin.exists() {
+            if is_dir && dropin.exists() {
                 dropin
             } else {
                 p
             }
         })
-        .filter(|p| !wanted.contains(p) && is_owned_networkd_file(p))
+        .filter(|p| !wanted.contains(p.as_os_str()) && is_owned_networkd_file(p))
         .filter(|p| {
             let source = std::fs::read_to_string(p)
                 .ok()
