@@ -7,8 +7,11 @@
 use std::collections::HashMap;
 
 use super::container::ContainerConfig;
+use super::derive::MacAddr;
 use super::error::{ConfigError, Location};
+use super::nic::NicSpans;
 use super::vm::VmConfig;
+use ipnet::Ipv4Net;
 
 /// What a claim says when another workload holds its key already: (field, where, what).
 type Describe<'a> = Box<dyn Fn() -> (String, Location, String) + 'a>;
@@ -61,6 +64,64 @@ impl Taken {
     }
 }
 
+/// What one NIC of a workload takes.
+struct NicClaim<'a> {
+    path: &'a std::path::Path,
+    spans: Option<&'a NicSpans>,
+    index: usize,
+    /// Its host-side link names (a container's veth has two).
+    links: Vec<&'a String>,
+    /// The bridge or parent its MAC must be unique on.
+    segment: &'a str,
+    mac: &'a MacAddr,
+    /// Its static address and the network that holds it.
+    ipv4: Option<(Ipv4Net, &'a str)>,
+}
+
+/// A NIC's claims: each link name, its MAC on its segment, its static address on its network.
+fn nic_claims<'a>(claims: &mut Vec<Claim<'a>>, n: NicClaim<'a>) {
+    let NicClaim {
+        path,
+        spans,
+        index,
+        links,
+        segment,
+        mac,
+        ipv4,
+    } = n;
+    let nic_at = move || {
+        spans
+            .and_then(|s| s.at.clone())
+            .unwrap_or_else(|| Location::file(path))
+    };
+    let at = move |pick: fn(&NicSpans) -> &Option<Location>| {
+        spans.and_then(|s| pick(s).clone()).unwrap_or_else(nic_at)
+    };
+    let f = move |name: &str| format!("network[{index}].{name}");
+    for link in links {
+        claims.push((
+            format!("link:{link}"),
+            Box::new(move || (f("id"), nic_at(), format!("link name {link}"))),
+        ));
+    }
+    claims.push((
+        format!("mac:{segment}:{mac}"),
+        Box::new(move || (f("mac"), at(|s| &s.mac), format!("MAC {mac}"))),
+    ));
+    if let Some((ip, net)) = ipv4 {
+        claims.push((
+            format!("ip:{net}:{}", ip.addr()),
+            Box::new(move || {
+                (
+                    f("ipv4"),
+                    at(|s| &s.ipv4),
+                    format!("{} on {net}", ip.addr()),
+                )
+            }),
+        ));
+    }
+}
+
 /// VMs first, then containers, each in file name order. Workload names are one namespace:
 /// a container may not share a VM's name (port maps and reservations name workloads).
 pub(super) fn check_across(
@@ -110,36 +171,19 @@ pub(super) fn check_across(
             }),
         ));
         for nic in &vm.nics {
-            let spans = || vm.spans.nics.get(nic.index).cloned().unwrap_or_default();
-            let nic_at = move || spans().at.unwrap_or_else(file_at);
-            let f = move |name: &str| format!("network[{}].{name}", nic.index);
-            claims.push((
-                format!("link:{}", nic.link),
-                Box::new(move || (f("id"), nic_at(), format!("link name {}", nic.link))),
-            ));
             let segment = nic.bridge.as_ref().or(nic.parent.as_ref());
-            claims.push((
-                format!("mac:{}:{}", segment.map_or("", |s| s.as_str()), nic.mac),
-                Box::new(move || {
-                    (
-                        f("mac"),
-                        spans().mac.unwrap_or_else(nic_at),
-                        format!("MAC {}", nic.mac),
-                    )
-                }),
-            ));
-            if let (Some(ip), Some(net)) = (nic.ipv4, &nic.network) {
-                claims.push((
-                    format!("ip:{net}:{}", ip.addr()),
-                    Box::new(move || {
-                        (
-                            f("ipv4"),
-                            spans().ipv4.unwrap_or_else(nic_at),
-                            format!("{} on {net}", ip.addr()),
-                        )
-                    }),
-                ));
-            }
+            nic_claims(
+                &mut claims,
+                NicClaim {
+                    path: &vm.path,
+                    spans: vm.spans.nics.get(nic.index),
+                    index: nic.index,
+                    links: vec![&nic.link],
+                    segment: segment.map_or("", |s| s.as_str()),
+                    mac: &nic.mac,
+                    ipv4: nic.ipv4.zip(nic.network.as_deref()),
+                },
+            );
         }
         // An image is used read-write by one VM, or read-only by any number.
         let disk_errs: Vec<ConfigError> = vm
@@ -194,41 +238,18 @@ pub(super) fn check_across(
             }),
         )];
         for nic in &ct.nics {
-            let spans = || ct.spans.nics.get(nic.index).cloned().unwrap_or_default();
-            let nic_at = move || spans().at.unwrap_or_else(file_at);
-            let f = move |name: &str| format!("network[{}].{name}", nic.index);
-            for link in [&nic.host_link, &nic.container_link] {
-                claims.push((
-                    format!("link:{link}"),
-                    Box::new(move || (f("id"), nic_at(), format!("link name {link}"))),
-                ));
-            }
-            claims.push((
-                format!(
-                    "mac:{}:{}",
-                    nic.bridge.as_deref().unwrap_or_default(),
-                    nic.mac
-                ),
-                Box::new(move || {
-                    (
-                        f("mac"),
-                        spans().mac.unwrap_or_else(nic_at),
-                        format!("MAC {}", nic.mac),
-                    )
-                }),
-            ));
-            if let (Some(ip), Some(net)) = (nic.ipv4, &nic.network) {
-                claims.push((
-                    format!("ip:{net}:{}", ip.addr()),
-                    Box::new(move || {
-                        (
-                            f("ipv4"),
-                            spans().ipv4.unwrap_or_else(nic_at),
-                            format!("{} on {net}", ip.addr()),
-                        )
-                    }),
-                ));
-            }
+            nic_claims(
+                &mut claims,
+                NicClaim {
+                    path: &ct.path,
+                    spans: ct.spans.nics.get(nic.index),
+                    index: nic.index,
+                    links: vec![&nic.host_link, &nic.container_link],
+                    segment: nic.bridge.as_deref().unwrap_or_default(),
+                    mac: &nic.mac,
+                    ipv4: nic.ipv4.zip(nic.network.as_deref()),
+                },
+            );
         }
         let owner = taken.owner(format!("container {} ({})", ct.name, ct.path.display()));
         let errs = taken.claim(claims, owner);
@@ -407,6 +428,24 @@ mod tests {
         assert!(errs[1].starts_with("/etc/volt/containers/b.toml:4:8: network[0].ipv4: 10.42.0.120 on volt0 is already used by container a"), "{errs:?}");
         assert!(
             errs[2].starts_with("/etc/volt/containers/c.toml:4:7: network[0].mac: MAC"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_link_name_is_claimed_once() {
+        // Two UUIDs that differ after their first 8 hex digits: the TAP names (tap-<those
+        // digits>) collide.
+        let t = |u: &str| {
+            format!("uuid = \"0b7c8a8e-1f6b-4c39-9d8e-{u}\"\nkernel = \"/k\"\n[[network]]\n")
+        };
+        let (ok, errs) = load(&[("a", &t("52a1f0f7e001")), ("b", &t("52a1f0f7e002"))]);
+        assert_eq!(ok, vec!["a"]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains(
+                "b.toml:3:1: network[0].id: link name tap-0b7c8a8e is already used by VM a"
+            ),
             "{errs:?}"
         );
     }
