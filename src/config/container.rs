@@ -185,15 +185,10 @@ pub fn parse_container_toml(
     text: &str,
     nets: &dyn NetworkLookup,
 ) -> Result<ContainerConfig, Vec<ConfigError>> {
-    let src = Src::new(path, text);
-    let name = super::file_stem(path);
-    if let Err(m) = check_container_name(&name) {
-        return Err(vec![src.whole(
-            "name",
-            format!("the file name gives the container name, and {m}"),
-        )]);
-    }
-    let doc = reader::parse(&src, text).map_err(|e| vec![e])?;
+    let (src, name, doc) = reader::open(path, text, |n| {
+        check_container_name(n)
+            .map_err(|m| format!("the file name gives the container name, and {m}"))
+    })?;
     let t = Table::root(&doc);
     let mut errors = Vec::new();
     let e = &mut errors;
@@ -301,15 +296,11 @@ pub fn parse_container_toml(
     let top = t.asked();
     t.finish(&src, e, &[]);
 
-    if let Some(extra) = nic_tables.get(MAX_CONTAINER_NICS) {
-        e.push(src.invalid(
-            "network",
-            extra.span(),
-            format!("a container has at most {MAX_CONTAINER_NICS} network entry (one veth pair)"),
-        ));
-    }
+    let limit =
+        format!("a container has at most {MAX_CONTAINER_NICS} network entry (one veth pair)");
     let mut nics = Vec::new();
-    for (index, nt) in nic_tables.iter().enumerate().take(MAX_CONTAINER_NICS) {
+    let nic_tables = reader::at_most(&src, e, &nic_tables, "network", MAX_CONTAINER_NICS, limit);
+    for (index, nt) in nic_tables.iter().enumerate() {
         let (nic, nic_spans) = parse_nic(&src, index, nt, &uuid, &name, nets, e);
         nt.finish(&src, e, &top);
         nics.push(nic);

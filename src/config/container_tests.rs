@@ -1,25 +1,8 @@
 use super::*;
-use crate::config::{Network, Networks};
+use crate::config::Networks;
 
 fn nets() -> Networks {
-    let mut def = Network::builtin_default();
-    def.reservations
-        .insert("ct-db".into(), "10.42.0.150".parse().expect("ip"));
-    def.reservations
-        .insert("vm-web".into(), "10.42.0.10".parse().expect("ip"));
-    let mut iso = Network::builtin_default();
-    iso.name = "iso".into();
-    iso.bridge = "iso0".into();
-    iso.subnet = "10.60.0.0/24".parse().expect("net");
-    iso.gateway = "10.60.0.1".parse().expect("ip");
-    iso.kind = NetworkType::Isolated;
-    iso.container_range = crate::config::Range {
-        start: "10.60.0.100".parse().expect("ip"),
-        end: "10.60.0.254".parse().expect("ip"),
-    };
-    Networks {
-        list: vec![def, iso],
-    }
+    crate::config::fixtures::networks()
 }
 
 fn parse(name: &str, text: &str) -> Result<ContainerConfig, Vec<ConfigError>> {

@@ -7,6 +7,8 @@ mod container;
 mod derive;
 mod disk;
 mod error;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod network;
 mod nic;
 mod reader;

@@ -312,10 +312,7 @@ impl RawNetwork {
 /// of the file's form (unknown keys, types) is returned, in line order; of its values, the
 /// first.
 pub fn parse_network_toml(path: &Path, text: &str) -> Result<Network, Vec<ConfigError>> {
-    let src = Src::new(path, text);
-    let name = super::file_stem(path);
-    check_workload_name(&name).map_err(|m| vec![src.whole("name", m)])?;
-    let doc = reader::parse(&src, text).map_err(|e| vec![e])?;
+    let (src, name, doc) = reader::open(path, text, check_workload_name)?;
     let mut errors = Vec::new();
     let raw = RawNetwork::read(&src, &Table::root(&doc), &mut errors);
     match raw {

@@ -23,6 +23,36 @@ pub(crate) fn parse<'i>(src: &Src, text: &'i str) -> Result<Spanned<DeTable<'i>>
     DeTable::parse(text).map_err(|e| src.toml_error(&e))
 }
 
+/// A config file opened: its source for messages, the name its file name gives, its document.
+/// `check_name` says what is wrong with the name (the whole message), if anything; a bad name
+/// or a syntax error is the only error then.
+pub(crate) fn open<'i>(
+    path: &'i std::path::Path,
+    text: &'i str,
+    check_name: impl FnOnce(&str) -> Result<(), String>,
+) -> Result<(Src<'i>, String, Spanned<DeTable<'i>>), Vec<ConfigError>> {
+    let src = Src::new(path, text);
+    let name = super::file_stem(path);
+    check_name(&name).map_err(|m| vec![src.whole("name", m)])?;
+    let doc = parse(&src, text).map_err(|e| vec![e])?;
+    Ok((src, name, doc))
+}
+
+/// The first `max` of an array of tables (`key`); one more is an error saying `limit`.
+pub(crate) fn at_most<'a, 't, 'i>(
+    src: &Src,
+    e: &mut Errors,
+    tables: &'a [Table<'t, 'i>],
+    key: &str,
+    max: usize,
+    limit: String,
+) -> &'a [Table<'t, 'i>] {
+    if let Some(extra) = tables.get(max) {
+        e.push(src.invalid(key, extra.span(), limit));
+    }
+    tables.get(..max).unwrap_or(tables)
+}
+
 /// One table of the document, as seen from the path that leads to it.
 pub(crate) struct Table<'t, 'i> {
     path: String,

@@ -182,15 +182,9 @@ pub fn parse_vm_toml(
     text: &str,
     nets: &dyn NetworkLookup,
 ) -> Result<VmConfig, Vec<ConfigError>> {
-    let src = Src::new(path, text);
-    let name = super::file_stem(path);
-    if let Err(m) = check_workload_name(&name) {
-        return Err(vec![src.whole(
-            "name",
-            format!("the file name gives the VM name, and {m}"),
-        )]);
-    }
-    let doc = reader::parse(&src, text).map_err(|e| vec![e])?;
+    let (src, name, doc) = reader::open(path, text, |n| {
+        check_workload_name(n).map_err(|m| format!("the file name gives the VM name, and {m}"))
+    })?;
     let t = Table::root(&doc);
     let mut errors = Vec::new();
     let e = &mut errors;
@@ -271,15 +265,12 @@ pub fn parse_vm_toml(
     let top = t.asked();
     t.finish(&src, e, &[]);
 
-    if let Some(extra) = nic_tables.get(MAX_NICS) {
-        e.push(src.invalid(
-            "network",
-            extra.span(),
-            format!("a VM has at most {MAX_NICS} NICs"),
-        ));
-    }
+    let limit = format!("a VM has at most {MAX_NICS} NICs");
     let mut nics: Vec<NicConfig> = Vec::new();
-    for (index, nt) in nic_tables.iter().enumerate().take(MAX_NICS) {
+    for (index, nt) in reader::at_most(&src, e, &nic_tables, "network", MAX_NICS, limit)
+        .iter()
+        .enumerate()
+    {
         let (nic, nic_spans) = parse_nic(&src, index, nt, &uuid, &name, nets, e);
         nt.finish(&src, e, &top);
         if let Some(prev) = nics.iter().find(|n| n.id == nic.id) {
@@ -292,16 +283,9 @@ pub fn parse_vm_toml(
         nics.push(nic);
         spans.nics.push(nic_spans);
     }
-    if let Some(extra) = disk_tables.get(MAX_DISKS) {
-        e.push(src.invalid(
-            "disk",
-            extra.span(),
-            format!("a VM has at most {MAX_DISKS} disks"),
-        ));
-    }
-    let disks: Vec<DiskConfig> = disk_tables
+    let limit = format!("a VM has at most {MAX_DISKS} disks");
+    let disks: Vec<DiskConfig> = reader::at_most(&src, e, &disk_tables, "disk", MAX_DISKS, limit)
         .iter()
-        .take(MAX_DISKS)
         .enumerate()
         .map(|(i, dt)| {
             let d = disk::parse_disk(&src, i, dt, e);

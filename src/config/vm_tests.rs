@@ -2,23 +2,7 @@ use super::*;
 use crate::config::Networks;
 
 fn nets() -> Networks {
-    let mut lab = Network::builtin_default();
-    lab.name = "lab".into();
-    lab.bridge = "lab0".into();
-    lab.subnet = "10.50.0.0/24".parse().expect("net");
-    lab.gateway = "10.50.0.1".parse().expect("ip");
-    lab.vm_range = crate::config::Range {
-        start: "10.50.0.2".parse().expect("ip"),
-        end: "10.50.0.99".parse().expect("ip"),
-    };
-    let mut def = Network::builtin_default();
-    def.reservations
-        .insert("vm-web".into(), "10.42.0.10".parse().expect("ip"));
-    def.reservations
-        .insert("ct-db".into(), "10.42.0.150".parse().expect("ip"));
-    Networks {
-        list: vec![lab, def],
-    }
+    crate::config::fixtures::networks()
 }
 
 fn parse(name: &str, text: &str) -> Result<VmConfig, Vec<ConfigError>> {
@@ -358,4 +342,32 @@ fn vsock_and_guest_readiness() {
         "{e:?}"
     );
     assert!(parse("web", KERNEL).expect("valid").vsock_cid.is_none());
+}
+
+#[test]
+fn nics_and_disks_past_their_limits_are_named_at_the_first_extra_table() {
+    let nics = "[[network]]\n".repeat(MAX_NICS + 2);
+    let e = errs("web", &format!("{KERNEL}{nics}"));
+    // The ninth [[network]] is on line 2 + 8.
+    let want = format!(
+        "/etc/volt/vms/web.toml:{}:1: network: a VM has at most {MAX_NICS} NICs",
+        2 + MAX_NICS
+    );
+    assert_eq!(
+        e.iter().filter(|l| l.contains("at most")).count(),
+        1,
+        "{e:?}"
+    );
+    assert!(e.iter().any(|l| l == &want), "{e:?}");
+    let disks = (0..=crate::config::disk::MAX_DISKS)
+        .map(|i| format!("[[disk]]\npath = \"/d/{i}.img\"\n"))
+        .collect::<String>();
+    let e = errs("web", &format!("{KERNEL}{disks}"));
+    let line = 2 + 2 * crate::config::disk::MAX_DISKS;
+    assert!(
+        e.iter().any(|l| l.starts_with(&format!(
+            "/etc/volt/vms/web.toml:{line}:1: disk: a VM has at most"
+        ))),
+        "{e:?}"
+    );
 }

@@ -1,36 +1,10 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::config::{parse_container_toml, parse_vm_toml, vm_uuid, ConfigSet, Range};
+use crate::config::{parse_container_toml, parse_vm_toml, vm_uuid, ConfigSet};
 
 fn nets() -> Networks {
-    let mut def = Network::builtin_default();
-    def.reservations
-        .insert("vm-web".into(), "10.42.0.10".parse().expect("ip"));
-    def.reservations
-        .insert("ct-db".into(), "10.42.0.150".parse().expect("ip"));
-    let mut iso = Network::builtin_default();
-    iso.name = "iso".into();
-    iso.bridge = "iso0".into();
-    iso.subnet = "10.60.0.0/24".parse().expect("net");
-    iso.gateway = "10.60.0.1".parse().expect("ip");
-    iso.kind = NetworkType::Isolated;
-    iso.vm_range = Range {
-        start: "10.60.0.2".parse().expect("ip"),
-        end: "10.60.0.99".parse().expect("ip"),
-    };
-    iso.container_range = Range {
-        start: "10.60.0.100".parse().expect("ip"),
-        end: "10.60.0.254".parse().expect("ip"),
-    };
-    let mut lab = Network::builtin_default();
-    lab.name = "lab".into();
-    lab.bridge = "lab0".into();
-    lab.subnet = "10.43.0.0/24".parse().expect("net");
-    lab.gateway = "10.43.0.1".parse().expect("ip");
-    Networks {
-        list: vec![def, iso, lab],
-    }
+    crate::config::fixtures::networks()
 }
 
 const KERNEL: &str = "kernel = \"/k\"\n";
