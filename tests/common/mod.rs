@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod conformance;
+pub mod console;
 pub mod frames;
 pub mod guest;
 pub mod linux;
