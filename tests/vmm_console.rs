@@ -20,11 +20,6 @@ use std::time::{Duration, Instant};
 use common::console::{leave, openpty};
 use common::vmm::{guest, Vmm};
 
-/// Reads until `want` appeared (within [`BOUND`]); returns everything read.
-fn read_until(s: &mut impl Read, want: &str) -> String {
-    common::console::read_until(s, want, BOUND)
-}
-
 const VMM: &str = env!("CARGO_BIN_EXE_volt-vmm");
 const VOLT: &str = env!("CARGO_BIN_EXE_volt");
 const BOUND: Duration = Duration::from_secs(60);
@@ -47,15 +42,12 @@ fn start(dir: &Path) -> (Vmm, PathBuf) {
 }
 
 fn attach(sock: &Path, hello: &str) -> (UnixStream, String) {
-    let mut s = UnixStream::connect(sock).expect("connect console.sock");
-    s.write_all(hello.as_bytes()).unwrap();
-    s.set_read_timeout(Some(BOUND)).unwrap();
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    (s, String::from_utf8_lossy(&line).into_owned())
+    common::handshake(sock, hello, BOUND)
+}
+
+/// Reads until `want` appeared (within [`BOUND`]); returns everything read.
+fn read_until(s: &mut impl Read, want: &str) -> String {
+    common::console::read_until(s, want, BOUND)
 }
 
 #[test]
