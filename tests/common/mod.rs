@@ -130,6 +130,19 @@ pub fn skip(reason: Option<String>, needs_kvm: bool) -> bool {
     why.is_some()
 }
 
+/// Skip the running test when `tool arg` cannot run: records "`tool` is missing
+/// (scripts/setup installs `package`)" (see [`report::skip`]) and returns true; the caller
+/// returns at once.
+pub fn skip_without_tool(tool: &str, arg: &str, package: &str) -> bool {
+    if std::process::Command::new(tool).arg(arg).output().is_ok() {
+        return false;
+    }
+    report::skip(format!(
+        "{tool} is missing (scripts/setup installs {package})"
+    ));
+    true
+}
+
 /// Connects to the Unix socket `sock`, writes `hello` and reads the one-line answer (without
 /// its newline; empty when the peer closed without one) byte by byte, so that nothing after
 /// it is consumed; the stream has `timeout` as its read timeout.
