@@ -151,3 +151,14 @@ pub fn fill(mem: &GuestMemoryMmap, l: &Layout, c: &mut Cursor, lens: Lens) {
         publish(mem, l, head);
     }
 }
+
+/// The invariant of every pass: the device never returns more chains than it took since the
+/// queue's indices were `avail0` and `used0`.
+pub fn check_used(q: &Queue, avail0: u16, used0: u16) {
+    let taken = q.next_avail().wrapping_sub(avail0);
+    let returned = q.next_used().wrapping_sub(used0);
+    assert!(
+        returned <= taken,
+        "{returned} chains returned but only {taken} taken"
+    );
+}

@@ -141,12 +141,7 @@ pub fn run(data: &[u8]) {
                 let _ = mem.write_slice(c.bytes(n), GuestAddress(a));
             }
         }
-        let taken = q.next_avail().wrapping_sub(avail0);
-        let returned = q.next_used().wrapping_sub(used0);
-        assert!(
-            returned <= taken,
-            "{returned} chains returned but only {taken} taken"
-        );
+        split_queue::check_used(&q, avail0, used0);
     }
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     assert_eq!(len, SECTORS * 512, "the image changed size");
