@@ -29,11 +29,11 @@
 mod common;
 
 use common::linux::{guest, no_hardware_kvm};
-use common::vmm::forward_lines;
+use common::vmm::{forward_lines, spawn_piped};
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
@@ -96,12 +96,7 @@ impl Vm {
     /// the serial console, its stderr the log.
     fn spawn(mut cmd: Command) -> Vm {
         let started = Instant::now();
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn volt-vmm");
+        let mut child = spawn_piped(&mut cmd);
         let (tx, lines) = channel();
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");

@@ -38,15 +38,18 @@ pub fn forward_lines<T: Send + 'static>(
     });
 }
 
-/// Spawns `cmd` (a `volt-vmm`) with stdin null and stderr piped; its stdout lines arrive on
-/// the receiver.
-pub fn spawn(cmd: &mut Command) -> (Child, Receiver<String>) {
-    let mut child = cmd
-        .stdin(Stdio::null())
+/// Spawns `cmd` (a `volt-vmm`) with stdin null, stdout and stderr piped.
+pub fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn volt-vmm");
+        .expect("spawn volt-vmm")
+}
+
+/// [`spawn_piped`], with the stdout lines arriving on the receiver.
+pub fn spawn(cmd: &mut Command) -> (Child, Receiver<String>) {
+    let mut child = spawn_piped(cmd);
     let (tx, lines) = channel();
     forward_lines(child.stdout.take().expect("stdout"), tx, |l| l);
     (child, lines)
