@@ -152,6 +152,20 @@ pub fn fill(mem: &GuestMemoryMmap, l: &Layout, c: &mut Cursor, lens: Lens) {
     }
 }
 
+/// The guest adds a buffer between kicks: rewrites a descriptor and publishes it.
+pub fn add_buffer(mem: &GuestMemoryMmap, l: &Layout, c: &mut Cursor, lens: Lens) {
+    let i = u16::from(c.u8()) % l.size;
+    write_desc(mem, l, i, c, lens);
+    publish(mem, l, i);
+}
+
+/// Up to 255 fuzzer bytes written at a fuzzed address below 64 KiB.
+pub fn write_raw(mem: &GuestMemoryMmap, c: &mut Cursor) {
+    let a = u64::from(c.u16());
+    let n = usize::from(c.u8());
+    let _ = mem.write_slice(c.bytes(n), GuestAddress(a));
+}
+
 /// The invariant of every pass: the device never returns more chains than it took since the
 /// queue's indices were `avail0` and `used0`.
 pub fn check_used(q: &Queue, avail0: u16, used0: u16) {

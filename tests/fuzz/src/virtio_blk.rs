@@ -21,7 +21,7 @@ use volt::vmm::virtio::blk::throttle::Throttle;
 use volt::vmm::virtio::blk::worker::{self, Ctx, Stats};
 
 use super::cursor::Cursor;
-use super::split_queue::{self, publish, write_desc, Lens};
+use super::split_queue::{self, Lens};
 
 /// The device's queue size (virtio-blk's `QUEUE_SIZE`).
 const MAX_QUEUE: u16 = 256;
@@ -130,16 +130,8 @@ pub fn run(data: &[u8]) {
                 s[12..].copy_from_slice(&u32::from(c.u8() & 3).to_le_bytes());
                 let _ = mem.write_slice(&s, GuestAddress(a));
             }
-            4 => {
-                let i = u16::from(c.u8()) % size;
-                write_desc(&mem, &l, i, &mut c, Lens::Sectors);
-                publish(&mem, &l, i);
-            }
-            _ => {
-                let a = u64::from(c.u16());
-                let n = usize::from(c.u8());
-                let _ = mem.write_slice(c.bytes(n), GuestAddress(a));
-            }
+            4 => split_queue::add_buffer(&mem, &l, &mut c, Lens::Sectors),
+            _ => split_queue::write_raw(&mem, &mut c),
         }
         split_queue::check_used(&q, avail0, used0);
     }

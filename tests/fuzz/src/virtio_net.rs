@@ -23,7 +23,7 @@ use volt::vmm::virtio::net::datapath::{self, RxState, Stats, HDR_LEN, MAX_FRAME}
 use volt::vmm::virtio::notify;
 
 use super::cursor::Cursor;
-use super::split_queue::{self, publish, write_desc, Lens};
+use super::split_queue::{self, Lens};
 
 /// The device's queue size (virtio-net's `QUEUE_SIZE`).
 const MAX_QUEUE: u16 = 256;
@@ -142,17 +142,8 @@ pub fn run(data: &[u8]) {
                 let v = c.u64();
                 let _ = mem.write_obj(v, GuestAddress(a));
             }
-            5 => {
-                // The guest adds a buffer between kicks.
-                let i = u16::from(c.u8()) % size;
-                write_desc(&mem, &l, i, &mut c, Lens::Short);
-                publish(&mem, &l, i);
-            }
-            _ => {
-                let a = u64::from(c.u16());
-                let n = usize::from(c.u8());
-                let _ = mem.write_slice(c.bytes(n), GuestAddress(a));
-            }
+            5 => split_queue::add_buffer(&mem, &l, &mut c, Lens::Short),
+            _ => split_queue::write_raw(&mem, &mut c),
         }
         split_queue::check_used(&q, avail0, used0);
         let rx_done = stats.rx_packets.load(Ordering::Relaxed)
