@@ -15,18 +15,7 @@ use volt::attach::{Attach, AttachError};
 use volt::net::antispoof;
 
 fn skip() -> bool {
-    if common::skip(skip_reason(), false) {
-        return true;
-    }
-    if std::process::Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        common::report::skip("nft is missing (scripts/setup installs nftables)");
-        return true;
-    }
-    false
+    common::skip(skip_reason(), false) || common::skip_without_tool("nft", "--version", "nftables")
 }
 
 /// A configuration root holding `files` (relative path, text).

@@ -133,8 +133,15 @@ fn validate_names_what_to_fix() {
 fn ipam_commands_honour_the_configuration() {
     let r = root();
     let p = r.path();
+    // `volt ipam allocate --owner OWNER [MORE...]`.
+    let allocate = |owner: &str, more: &[&str]| {
+        volt(
+            p,
+            &[&["ipam", "allocate", "--owner", owner][..], more].concat(),
+        )
+    };
     // web is static: its configured address, not the pool's first.
-    let o = volt(p, &["ipam", "allocate", "--owner", "vm/web/eth0"]);
+    let o = allocate("vm/web/eth0", &[]);
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
         "10.42.0.10/24",
@@ -142,50 +149,30 @@ fn ipam_commands_honour_the_configuration() {
         text(&o)
     );
     // web's address for another owner, or another address for web: refused.
-    let o = volt(
-        p,
-        &[
-            "ipam",
-            "allocate",
-            "--owner",
-            "vm/dyn/eth0",
-            "--ip",
-            "10.42.0.10",
-        ],
-    );
+    let o = allocate("vm/dyn/eth0", &["--ip", "10.42.0.10"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         text(&o).contains("10.42.0.10 is the configured address of vm/web/eth0"),
         "{}",
         text(&o)
     );
-    let o = volt(
-        p,
-        &[
-            "ipam",
-            "allocate",
-            "--owner",
-            "vm/web/eth0",
-            "--ip",
-            "10.42.0.11",
-        ],
-    );
+    let o = allocate("vm/web/eth0", &["--ip", "10.42.0.11"]);
     assert!(
         text(&o).contains("its configured address is 10.42.0.10"),
         "{}",
         text(&o)
     );
     // Owners that are not configured.
-    let o = volt(p, &["ipam", "allocate", "--owner", "vm/ghost/eth0"]);
+    let o = allocate("vm/ghost/eth0", &[]);
     assert!(
         text(&o).contains("vm/ghost/eth0: no VM named ghost is configured"),
         "{}",
         text(&o)
     );
-    let o = volt(p, &["ipam", "allocate", "--owner", "vm/dyn/eth1"]);
+    let o = allocate("vm/dyn/eth1", &[]);
     assert!(text(&o).contains("VM dyn has no NIC eth1"), "{}", text(&o));
     // A pool address for dyn, then released.
-    let o = volt(p, &["ipam", "allocate", "--owner", "vm/dyn/eth0"]);
+    let o = allocate("vm/dyn/eth0", &[]);
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
         "10.42.0.2/24",

@@ -29,22 +29,17 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::conformance;
 use common::vmm::Vmm;
+use common::vsock::{connect, pattern};
 
 const VMM: &str = env!("CARGO_BIN_EXE_volt-vmm");
 const BOUND: Duration = Duration::from_secs(120);
 const MIB: usize = 1 << 20;
 /// What the device announces as `buf_alloc` (src/vmm/virtio/vsock/conn.rs `CONN_BUF`).
 const DEVICE_BUF: u64 = 256 * 1024;
-
-/// Byte `i` of the guest's streams (tests/conformance-guest/README.md).
-fn pattern(i: u64) -> u8 {
-    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8
-}
 
 /// `key=<value>` out of a guest line.
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
@@ -67,20 +62,6 @@ fn cpu_time(pid: u32) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_millis(ticks * 1000 / hz)
-}
-
-/// `CONNECT port`; the answer line (empty when the connection was closed without one).
-fn connect(sock: &Path, port: u32) -> (UnixStream, String) {
-    let mut s = UnixStream::connect(sock).expect("connect to the vsock socket");
-    s.write_all(format!("CONNECT {port}\n").as_bytes())
-        .expect("CONNECT");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    (s, String::from_utf8_lossy(&line).into_owned())
 }
 
 /// Reads `total` bytes from `r`, checking each against the pattern; `echo`: writes each

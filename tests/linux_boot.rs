@@ -29,10 +29,11 @@
 mod common;
 
 use common::linux::{guest, no_hardware_kvm};
+use common::vmm::{forward_lines, spawn_piped};
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
@@ -95,31 +96,14 @@ impl Vm {
     /// the serial console, its stderr the log.
     fn spawn(mut cmd: Command) -> Vm {
         let started = Instant::now();
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn volt-vmm");
+        let mut child = spawn_piped(&mut cmd);
         let (tx, lines) = channel();
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let l = l.trim_end().to_string();
-                if tx.send((Instant::now(), Out::Serial(l))).is_err() {
-                    break;
-                }
-            }
+        forward_lines(stdout, tx.clone(), |l| {
+            (Instant::now(), Out::Serial(l.trim_end().to_string()))
         });
-        std::thread::spawn(move || {
-            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx2.send((Instant::now(), Out::Log(l))).is_err() {
-                    break;
-                }
-            }
-        });
+        forward_lines(stderr, tx, |l| (Instant::now(), Out::Log(l)));
         Vm {
             child,
             started,

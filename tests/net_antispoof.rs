@@ -32,18 +32,7 @@ fn mac(s: &str) -> volt::config::MacAddr {
 }
 
 fn skip() -> bool {
-    if common::skip(skip_reason(), false) {
-        return true;
-    }
-    if std::process::Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        common::report::skip("nft is missing (scripts/setup installs nftables)");
-        return true;
-    }
-    false
+    common::skip(skip_reason(), false) || common::skip_without_tool("nft", "--version", "nftables")
 }
 
 /// No duplicate address detection in `ns`: link-local addresses are usable at once.

@@ -6,13 +6,15 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
-use common::netns::{skip_reason, TestNs};
+use common::frames;
+use common::netns::{skip_reason, veth, TestNs};
 use volt::config::{
-    nic_mac, parse_network_toml, parse_vm_toml, short_id, veth_names, vm_uuid, ConfigSet, MacAddr,
-    MacvtapMode, Network, Networks,
+    nic_mac, parse_network_toml, parse_vm_toml, short_id, ConfigSet, MacAddr, MacvtapMode, Network,
+    Networks,
 };
-use volt::net::manager::{self, LinkParams, Manager, ManagerError, Veth};
+use volt::net::manager::{self, LinkParams, Manager, ManagerError};
 use volt::net::netlink::{Netlink, NetnsTarget};
 use volt::plan::{names::isolated_netns, Attachment, Plan};
 
@@ -68,18 +70,6 @@ fn vm(name: &str, net: &Network, nic: &str) -> Nic {
         uuid,
         ns: isolated_netns(&short_id(&uuid)),
     }
-}
-
-/// Container `name`'s veth pair and isolated namespace, as the plan derives them.
-fn veth(name: &str) -> (Veth, String) {
-    let (host_end, container_end) = veth_names(name);
-    (
-        Veth {
-            host_end,
-            container_end,
-        },
-        isolated_netns(&short_id(&vm_uuid(name))),
-    )
 }
 
 /// `ip -j -d link show <name>` in the calling thread's namespace (a child process inherits
@@ -430,7 +420,7 @@ fn isolated_tap_lives_alone_in_its_namespace_and_its_fd_still_works() {
         // TAP inside the namespace, as a packet socket there sees it.
         let link = nic.link.clone();
         let sniffer = volt::sys::netns::run_in(&volt::sys::netns::path_of(&ns), move || {
-            packet_socket(&link)
+            frames::packet_socket_timeout(&link, Duration::from_secs(2))
         })
         .expect("run in");
         // As the VMM does on activation: 12-byte virtio-net headers.
@@ -456,58 +446,6 @@ fn isolated_tap_lives_alone_in_its_namespace_and_its_fd_still_works() {
 
 /// Payload marking the test's frame among whatever else crosses the link.
 const MARK: &[u8] = b"volt-moved-tap";
-
-/// An AF_PACKET socket bound to `link` (in the calling thread's namespace) seeing every
-/// frame, with a 2 s receive timeout.
-fn packet_socket(link: &str) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    let index = volt::net::link::index(link).expect("ifindex");
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket syscalls; the fd is owned right away; addr and tv are valid for
-    // the lengths passed.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(proto),
-        );
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = proto;
-        addr.sll_ifindex = index as i32;
-        assert_eq!(
-            libc::bind(
-                fd,
-                std::ptr::addr_of!(addr).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32
-            ),
-            0,
-            "bind: {}",
-            std::io::Error::last_os_error()
-        );
-        let tv = libc::timeval {
-            tv_sec: 2,
-            tv_usec: 0,
-        };
-        assert_eq!(
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                std::ptr::addr_of!(tv).cast(),
-                std::mem::size_of::<libc::timeval>() as u32
-            ),
-            0
-        );
-        owned
-    }
-}
 
 /// The first frame on `sock` that carries [`MARK`]; panics after the receive timeout.
 fn receive_marked(sock: &std::os::fd::OwnedFd) -> Vec<u8> {

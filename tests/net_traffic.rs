@@ -10,37 +10,13 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::netns::{skip_reason, TestNs};
-use volt::config::{parse_network_toml, short_id, veth_names, vm_uuid, Network};
+use common::netns::{skip_reason, veth, TestNs};
+use volt::config::{parse_network_toml, Network};
 use volt::net::manager::{Manager, Veth};
 use volt::net::netlink::{Netlink, NetnsTarget};
-use volt::plan::names::isolated_netns;
 
 fn skip() -> bool {
-    if common::skip(skip_reason(), false) {
-        return true;
-    }
-    if std::process::Command::new("ping")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        common::report::skip("ping is missing (scripts/setup installs iputils-ping)");
-        return true;
-    }
-    false
-}
-
-/// Container `name`'s veth pair names and isolated namespace, as the plan derives them.
-fn veth(name: &str) -> (Veth, String) {
-    let (host_end, container_end) = veth_names(name);
-    (
-        Veth {
-            host_end,
-            container_end,
-        },
-        isolated_netns(&short_id(&vm_uuid(name))),
-    )
+    common::skip(skip_reason(), false) || common::skip_without_tool("ping", "-V", "iputils-ping")
 }
 
 fn network(text: &str) -> Network {
@@ -165,15 +141,7 @@ fn bridged_workloads_reach_each_other_and_isolated_reaches_nothing() {
 
 #[test]
 fn host_only_masquerades_to_the_uplink_and_dnats_port_maps() {
-    if skip() {
-        return;
-    }
-    if std::process::Command::new("nft")
-        .arg("-v")
-        .output()
-        .is_err()
-    {
-        common::report::skip("nft is missing (scripts/setup installs nftables)");
+    if skip() || common::skip_without_tool("nft", "-v", "nftables") {
         return;
     }
     let host = TestNs::new("ho");

@@ -60,6 +60,34 @@ fn package_skip_reason() -> Option<String> {
     }
 }
 
+/// Files both packages install: the layout of the design, and the docs.
+const INSTALLED: &[&str] = &[
+    "/usr/bin/volt",
+    "/usr/libexec/volt/volt-vmm",
+    "/usr/lib/systemd/system-generators/volt-generator",
+    "/usr/lib/systemd/system/volt-vm@.service",
+    "/usr/lib/systemd/system/volt-tap@.service",
+    "/usr/lib/systemd/system/volt-container@.service",
+    "/usr/lib/systemd/system/volt-veth@.service",
+    "/usr/lib/systemd/network/10-volt0.netdev",
+    "/usr/lib/systemd/network/10-volt0.network",
+    "/usr/lib/systemd/network/90-volt-vmm.link",
+    "/usr/lib/tmpfiles.d/volt.conf",
+    "/usr/lib/sysusers.d/volt.conf",
+    "/usr/share/man/man1/volt.1.gz",
+    "/usr/share/man/man1/volt-vm-list.1.gz",
+    "/usr/share/man/man5/volt.toml.5.gz",
+    "/usr/share/man/man8/volt-vmm.8.gz",
+    "/usr/share/man/man8/volt-generator.8.gz",
+    "/usr/share/bash-completion/completions/volt",
+    "/usr/share/zsh/vendor-completions/_volt",
+    "/usr/share/fish/vendor_completions.d/volt.fish",
+    "/usr/share/doc/volt/copyright",
+    "/usr/share/doc/volt/examples/web.toml",
+    "/usr/share/doc/volt/examples/hello.toml",
+    "/usr/lib/volt/guests/volt-test-guest",
+];
+
 struct Packages {
     _dir: tempfile::TempDir,
     deb: PathBuf,
@@ -156,32 +184,7 @@ fn deb_and_rpm_list_the_same_paths() {
         rpm_dirs.difference(&deb_dirs).collect::<Vec<_>>()
     );
     // The layout of the design, and the docs.
-    for path in [
-        "/usr/bin/volt",
-        "/usr/libexec/volt/volt-vmm",
-        "/usr/lib/systemd/system-generators/volt-generator",
-        "/usr/lib/systemd/system/volt-vm@.service",
-        "/usr/lib/systemd/system/volt-tap@.service",
-        "/usr/lib/systemd/system/volt-container@.service",
-        "/usr/lib/systemd/system/volt-veth@.service",
-        "/usr/lib/systemd/network/10-volt0.netdev",
-        "/usr/lib/systemd/network/10-volt0.network",
-        "/usr/lib/systemd/network/90-volt-vmm.link",
-        "/usr/lib/tmpfiles.d/volt.conf",
-        "/usr/lib/sysusers.d/volt.conf",
-        "/usr/share/man/man1/volt.1.gz",
-        "/usr/share/man/man1/volt-vm-list.1.gz",
-        "/usr/share/man/man5/volt.toml.5.gz",
-        "/usr/share/man/man8/volt-vmm.8.gz",
-        "/usr/share/man/man8/volt-generator.8.gz",
-        "/usr/share/bash-completion/completions/volt",
-        "/usr/share/zsh/vendor-completions/_volt",
-        "/usr/share/fish/vendor_completions.d/volt.fish",
-        "/usr/share/doc/volt/copyright",
-        "/usr/share/doc/volt/examples/web.toml",
-        "/usr/share/doc/volt/examples/hello.toml",
-        "/usr/lib/volt/guests/volt-test-guest",
-    ] {
+    for &path in INSTALLED {
         assert!(deb_files.contains(path), "{path} missing from the packages");
     }
     assert!(deb_dirs.contains("/etc/volt/vms"));
@@ -580,18 +583,7 @@ fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
         &format!("! test -e /sys/class/net/{tap}"),
         Duration::from_secs(10),
     );
-    for path in [
-        "/usr/bin/volt",
-        "/usr/libexec/volt/volt-vmm",
-        "/usr/lib/systemd/system-generators/volt-generator",
-        "/usr/lib/systemd/system/volt-vm@.service",
-        "/usr/lib/systemd/system/volt-tap@.service",
-        "/usr/lib/systemd/network/10-volt0.netdev",
-        "/usr/lib/tmpfiles.d/volt.conf",
-        "/usr/lib/sysusers.d/volt.conf",
-        "/usr/share/man/man1/volt.1.gz",
-        "/usr/lib/volt/guests/volt-test-guest",
-    ] {
+    for &path in INSTALLED {
         c.ok(&format!("! test -e {path}"));
     }
     c.ok("! systemctl cat volt-vm@.service >/dev/null 2>&1");

@@ -12,55 +12,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::console::{leave, openpty, read_until};
 use common::nspawn::{skip_reason, stage_volt, Nspawn};
 
 const GUEST: &str = "/opt/volt/guest/volt-test-guest";
 
 fn vm_file() -> String {
     format!("memory_mib = 32\nkernel = \"{GUEST}\"\n")
-}
-
-fn openpty() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: openpty writes two descriptors; no name, termios or window size is passed.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just opened and are ours.
-    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
-}
-
-/// Reads the pty master until `want` shows up (bounded).
-fn read_until(m: &mut std::fs::File, want: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains(want) {
-        assert!(
-            Instant::now() < deadline,
-            "no {want:?}; got {:?}",
-            String::from_utf8_lossy(&got)
-        );
-        match m.read(&mut buf) {
-            Ok(0) => panic!("EOF before {want:?}: {:?}", String::from_utf8_lossy(&got)),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => panic!("{e}: {:?}", String::from_utf8_lossy(&got)),
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
 }
 
 #[test]
@@ -101,26 +63,12 @@ fn console_journal_and_restart_under_real_systemd() {
     let mut m = std::fs::File::from(master);
     std::thread::sleep(Duration::from_millis(500));
     m.write_all(b"echo typed-through-volt-console\r").unwrap();
-    read_until(&mut m, "typed-through-volt-console\r\nvolt-test-guest$ ");
-    m.write_all(&[0x1d]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "volt console did not leave on Ctrl-]"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    read_until(
+        &mut m,
+        "typed-through-volt-console\r\nvolt-test-guest$ ",
+        Duration::from_secs(60),
+    );
+    let (status, err) = leave(&mut m, &mut child, Duration::from_secs(20));
     assert!(status.success(), "{status:?}: {err}");
     assert!(err.contains("Left the console of web"), "{err}");
 

@@ -9,11 +9,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
+
+use common::vmm::{self, guest};
 
 const VMM: &str = env!("CARGO_BIN_EXE_volt-vmm");
 const BOUND: Duration = Duration::from_secs(60);
@@ -21,12 +22,6 @@ const BOUND: Duration = Duration::from_secs(60);
 /// Whether `/dev/kvm` exists (records the skip when not).
 fn kvm() -> bool {
     !common::skip(None, true)
-}
-
-/// The guest ELF, or `None` (skip recorded) without /dev/kvm. Panics when the guest cannot
-/// be built.
-fn guest() -> Option<PathBuf> {
-    kvm().then(common::guest::elf)
 }
 
 struct Vm {
@@ -37,24 +32,7 @@ struct Vm {
 
 impl Vm {
     fn start(kernel: &Path, args: &[&str]) -> Vm {
-        let mut child = Command::new(VMM)
-            .arg("--kernel")
-            .arg(kernel)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn volt-vmm");
-        let (tx, lines) = channel();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, lines) = vmm::spawn(Command::new(VMM).arg("--kernel").arg(kernel).args(args));
         Vm {
             child,
             lines,

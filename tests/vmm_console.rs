@@ -10,13 +10,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::console::{leave, openpty};
 use common::vmm::{guest, Vmm};
 
 const VMM: &str = env!("CARGO_BIN_EXE_volt-vmm");
@@ -41,39 +42,12 @@ fn start(dir: &Path) -> (Vmm, PathBuf) {
 }
 
 fn attach(sock: &Path, hello: &str) -> (UnixStream, String) {
-    let mut s = UnixStream::connect(sock).expect("connect console.sock");
-    s.write_all(hello.as_bytes()).unwrap();
-    s.set_read_timeout(Some(BOUND)).unwrap();
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    (s, String::from_utf8_lossy(&line).into_owned())
+    common::handshake(sock, hello, BOUND)
 }
 
-/// Reads until `want` appeared (bounded); returns everything read.
+/// Reads until `want` appeared (within [`BOUND`]); returns everything read.
 fn read_until(s: &mut impl Read, want: &str) -> String {
-    let deadline = Instant::now() + BOUND;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains(want) {
-        assert!(
-            Instant::now() < deadline,
-            "no {want:?} within {BOUND:?}; got {:?}",
-            String::from_utf8_lossy(&got)
-        );
-        match s.read(&mut buf) {
-            Ok(0) => panic!(
-                "EOF before {want:?}; got {:?}",
-                String::from_utf8_lossy(&got)
-            ),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => panic!("read: {e}; got {:?}", String::from_utf8_lossy(&got)),
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
+    common::console::read_until(s, want, BOUND)
 }
 
 #[test]
@@ -138,23 +112,6 @@ fn a_client_that_does_not_read_stalls_nothing_and_loses_nothing() {
     );
 }
 
-fn openpty() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: openpty writes two descriptors; no name, termios or window size is passed.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just opened and are ours.
-    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
-}
-
 fn termios(fd: &OwnedFd) -> libc::termios {
     // SAFETY: termios is plain data; tcgetattr fills it from a terminal we own.
     unsafe {
@@ -198,25 +155,7 @@ fn volt_console_in_a_terminal_answers_and_leaves_on_ctrl_bracket() {
     }
     m.write_all(b"hello\r").unwrap();
     read_until(&mut m, "hello from volt-test-guest");
-    m.write_all(&[0x1d]).unwrap();
-    let deadline = Instant::now() + BOUND;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "volt console did not leave on Ctrl-]"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, err) = leave(&mut m, &mut child, BOUND);
     assert!(status.success(), "{status:?} {err}");
     assert!(err.contains("Press Ctrl-] to leave"), "{err}");
     assert!(err.contains("Left the console of web"), "{err}");

@@ -18,15 +18,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::vmm::{guest, Vmm};
+use common::vsock::{self, pattern};
 
 const VMM: &str = env!("CARGO_BIN_EXE_volt-vmm");
 const BOUND: Duration = Duration::from_secs(180);
 const TEN_MIB: usize = 10 << 20;
-
-/// The guest's stream: byte i (tests/guest/src/vsock.rs `pattern`).
-fn pattern(i: u64) -> u8 {
-    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8
-}
 
 fn start(dir: &Path, extra_cmdline: &str) -> Vmm {
     let g = guest().expect("guest");
@@ -52,16 +48,7 @@ fn start(dir: &Path, extra_cmdline: &str) -> Vmm {
 }
 
 fn connect(dir: &Path, port: u32) -> (UnixStream, String) {
-    let mut s = UnixStream::connect(dir.join("vsock.sock")).expect("connect vsock.sock");
-    s.write_all(format!("CONNECT {port}\n").as_bytes())
-        .expect("CONNECT");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    (s, String::from_utf8_lossy(&line).into_owned())
+    vsock::connect(&dir.join("vsock.sock"), port)
 }
 
 #[test]

@@ -9,26 +9,8 @@ use std::sync::OnceLock;
 /// Path of the built conformance guest ELF; builds it on first use.
 pub fn elf() -> PathBuf {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let o = Command::new(super::repo().join("scripts/build-conformance-guest"))
-            .output()
-            .expect("run scripts/build-conformance-guest");
-        assert!(
-            o.status.success(),
-            "scripts/build-conformance-guest failed:\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let path = PathBuf::from(
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .last()
-                .unwrap_or("")
-                .trim(),
-        );
-        assert!(path.is_file(), "build printed {path:?}, not a file");
-        path
-    })
-    .clone()
+    ELF.get_or_init(|| super::guest::build("build-conformance-guest"))
+        .clone()
 }
 
 /// Byte `j` of sector `s` of the guest's pattern (tests/conformance-guest/README.md).

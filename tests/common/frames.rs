@@ -182,6 +182,11 @@ pub fn udp(sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
 /// An AF_PACKET socket bound to `link` in the calling thread's namespace, seeing every
 /// frame, with a 100 ms receive timeout.
 pub fn packet_socket(link: &str) -> OwnedFd {
+    packet_socket_timeout(link, Duration::from_millis(100))
+}
+
+/// [`packet_socket`] with a receive timeout of `timeout`.
+pub fn packet_socket_timeout(link: &str, timeout: Duration) -> OwnedFd {
     let index = volt::net::link::index(link).expect("ifindex");
     let proto = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain socket syscalls; the fd is owned right away; addr and tv are valid for
@@ -209,8 +214,8 @@ pub fn packet_socket(link: &str) -> OwnedFd {
             std::io::Error::last_os_error()
         );
         let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
         };
         assert_eq!(
             libc::setsockopt(

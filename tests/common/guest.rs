@@ -14,27 +14,33 @@ pub fn elf() -> PathBuf {
             assert!(p.is_file(), "VOLT_TEST_GUEST={} is not a file", p.display());
             return p;
         }
-        let repo = super::repo();
-        let o = std::process::Command::new(repo.join("scripts/build-guest"))
-            .output()
-            .expect("run scripts/build-guest");
-        assert!(
-            o.status.success(),
-            "scripts/build-guest failed:\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let path = PathBuf::from(
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .last()
-                .unwrap_or("")
-                .trim(),
-        );
-        assert!(
-            path.is_file(),
-            "scripts/build-guest printed {path:?}, which is not a file"
-        );
-        path
+        build("build-guest")
     })
     .clone()
+}
+
+/// Runs `scripts/<script>`, a guest build that prints the ELF's path as its last line of
+/// stdout; that path. Panics (with the script's stderr) when the build fails or the path is
+/// not a file.
+pub fn build(script: &str) -> PathBuf {
+    let o = std::process::Command::new(super::repo().join("scripts").join(script))
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{script}: {e}"));
+    assert!(
+        o.status.success(),
+        "scripts/{script} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let path = PathBuf::from(
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim(),
+    );
+    assert!(
+        path.is_file(),
+        "scripts/{script} printed {path:?}, which is not a file"
+    );
+    path
 }

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod conformance;
+pub mod console;
 pub mod frames;
 pub mod guest;
 pub mod linux;
@@ -11,6 +12,7 @@ pub mod nspawn;
 pub mod ping;
 pub mod report;
 pub mod vmm;
+pub mod vsock;
 
 use std::path::{Path, PathBuf};
 
@@ -126,4 +128,39 @@ pub fn skip(reason: Option<String>, needs_kvm: bool) -> bool {
         report::skip(w);
     }
     why.is_some()
+}
+
+/// Skip the running test when `tool arg` cannot run: records "`tool` is missing
+/// (scripts/setup installs `package`)" (see [`report::skip`]) and returns true; the caller
+/// returns at once.
+pub fn skip_without_tool(tool: &str, arg: &str, package: &str) -> bool {
+    if std::process::Command::new(tool).arg(arg).output().is_ok() {
+        return false;
+    }
+    report::skip(format!(
+        "{tool} is missing (scripts/setup installs {package})"
+    ));
+    true
+}
+
+/// Connects to the Unix socket `sock`, writes `hello` and reads the one-line answer (without
+/// its newline; empty when the peer closed without one) byte by byte, so that nothing after
+/// it is consumed; the stream has `timeout` as its read timeout.
+pub fn handshake(
+    sock: &Path,
+    hello: &str,
+    timeout: std::time::Duration,
+) -> (std::os::unix::net::UnixStream, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    s.write_all(hello.as_bytes())
+        .unwrap_or_else(|e| panic!("write {hello:?}: {e}"));
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    (s, String::from_utf8_lossy(&line).into_owned())
 }

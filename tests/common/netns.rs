@@ -142,3 +142,16 @@ impl Drop for TestNs {
             .output();
     }
 }
+
+/// Container `name`'s veth pair names and isolated namespace, as the plan derives them.
+pub fn veth(name: &str) -> (volt::net::manager::Veth, String) {
+    use volt::config::{short_id, veth_names, vm_uuid};
+    let (host_end, container_end) = veth_names(name);
+    (
+        volt::net::manager::Veth {
+            host_end,
+            container_end,
+        },
+        volt::plan::names::isolated_netns(&short_id(&vm_uuid(name))),
+    )
+}

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 pub struct Vmm {
@@ -22,28 +22,49 @@ pub fn guest() -> Option<PathBuf> {
     Some(super::guest::elf())
 }
 
+/// Sends each line of `r` (a child's stdout or stderr), as `f` makes it, to `tx` from a
+/// thread of its own, until EOF or until the receiver is gone.
+pub fn forward_lines<T: Send + 'static>(
+    r: impl Read + Send + 'static,
+    tx: Sender<T>,
+    f: impl Fn(String) -> T + Send + 'static,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(f(line)).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Spawns `cmd` (a `volt-vmm`) with stdin null, stdout and stderr piped.
+pub fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn volt-vmm")
+}
+
+/// [`spawn_piped`], with the stdout lines arriving on the receiver.
+pub fn spawn(cmd: &mut Command) -> (Child, Receiver<String>) {
+    let mut child = spawn_piped(cmd);
+    let (tx, lines) = channel();
+    forward_lines(child.stdout.take().expect("stdout"), tx, |l| l);
+    (child, lines)
+}
+
 impl Vmm {
     /// `volt-vmm --kernel GUEST --run-as root ARGS...` (seccomp on, as in production).
     pub fn start(vmm: &str, guest: &Path, args: &[&str]) -> Vmm {
-        let mut child = Command::new(vmm)
-            .arg("--kernel")
-            .arg(guest)
-            .args(["--run-as", "root"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn volt-vmm");
-        let (tx, lines) = channel();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, lines) = spawn(
+            Command::new(vmm)
+                .arg("--kernel")
+                .arg(guest)
+                .args(["--run-as", "root"])
+                .args(args),
+        );
         Vmm {
             child,
             lines,

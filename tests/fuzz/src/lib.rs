@@ -14,6 +14,9 @@ pub mod config_toml;
 #[path = "plan_render.rs"]
 pub mod plan_render;
 
+#[path = "split_queue.rs"]
+pub mod split_queue;
+
 #[path = "virtio_blk.rs"]
 pub mod virtio_blk;
 

@@ -11,8 +11,8 @@
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress};
 
 use volt::vmm::disk::DiskLimit;
 use volt::vmm::virtio::blk::io::SyncIo;
@@ -21,64 +21,14 @@ use volt::vmm::virtio::blk::throttle::Throttle;
 use volt::vmm::virtio::blk::worker::{self, Ctx, Stats};
 
 use super::cursor::Cursor;
+use super::split_queue::{self, Lens};
 
-/// Guest RAM: 64 KiB at 0 and 4 KiB at 128 KiB (a hole between).
-const RAM: [(u64, usize); 2] = [(0, 0x1_0000), (0x2_0000, 0x1000)];
 /// The device's queue size (virtio-blk's `QUEUE_SIZE`).
 const MAX_QUEUE: u16 = 256;
 /// Disk size in sectors.
 const SECTORS: u64 = 64;
 /// Most program steps per input.
 const MAX_OPS: usize = 64;
-
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
-
-/// An address: mostly inside the first region, sometimes in the second or anywhere.
-fn addr(c: &mut Cursor, mode: u8) -> u64 {
-    match mode & 3 {
-        3 => c.u64(),
-        2 => 0x2_0000 + u64::from(c.u16() % 0x1100),
-        _ => u64::from(c.u16()),
-    }
-}
-
-fn write_desc(mem: &GuestMemoryMmap, desc: u64, size: u16, i: u16, c: &mut Cursor) {
-    let mode = c.u8();
-    let a = addr(c, mode);
-    let len = match (mode >> 2) & 3 {
-        0 => u32::from(c.u8()),
-        1 => 512 * u32::from(c.u8() % 8) + u32::from(c.u8() % 2),
-        2 => u32::from(c.u16()),
-        _ => c.u32(),
-    };
-    let fb = c.u8();
-    let mut flags = u16::from(fb) & (F_NEXT | F_WRITE | F_INDIRECT);
-    if fb & 0x80 != 0 {
-        flags |= u16::from(fb) << 8;
-    }
-    let next = if fb & 0x40 != 0 {
-        c.u16()
-    } else {
-        u16::from(c.u8()) % size.max(1)
-    };
-    let mut raw = [0u8; 16];
-    raw[..8].copy_from_slice(&a.to_le_bytes());
-    raw[8..12].copy_from_slice(&len.to_le_bytes());
-    raw[12..14].copy_from_slice(&flags.to_le_bytes());
-    raw[14..16].copy_from_slice(&next.to_le_bytes());
-    let _ = mem.write_slice(&raw, GuestAddress(desc + 16 * u64::from(i)));
-}
-
-fn publish(mem: &GuestMemoryMmap, avail: u64, size: u16, head: u16) {
-    let idx_at = GuestAddress(avail + 2);
-    let Ok(idx) = mem.read_obj::<u16>(idx_at) else {
-        return;
-    };
-    let _ = mem.write_obj(head, GuestAddress(avail + 4 + 2 * u64::from(idx % size)));
-    let _ = mem.write_obj(idx.wrapping_add(1), idx_at);
-}
 
 fn image() -> Option<std::fs::File> {
     // SAFETY: memfd_create with a NUL-terminated name; the fd is owned by the File below.
@@ -95,11 +45,7 @@ fn image() -> Option<std::fs::File> {
 
 pub fn run(data: &[u8]) {
     let mut c = Cursor::new(data);
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(
-        &RAM.iter()
-            .map(|&(a, l)| (GuestAddress(a), l))
-            .collect::<Vec<_>>(),
-    ) else {
+    let Some(mem) = split_queue::memory() else {
         return;
     };
     let Some(file) = image() else {
@@ -110,47 +56,15 @@ pub fn run(data: &[u8]) {
     let event_idx = hdr & 0x10 != 0;
     let read_only = hdr & 0x20 != 0;
     let feats = c.u8();
-    let rings = c.u8();
-    let desc = addr(&mut c, rings) & !0xf;
-    let avail = addr(&mut c, rings >> 2) & !1;
-    let used = addr(&mut c, rings >> 4) & !3;
-    let start = c.u16();
-
-    let Ok(mut q) = Queue::new(MAX_QUEUE) else {
+    let Some((mut q, l)) = split_queue::queue(&mem, &mut c, MAX_QUEUE, size, event_idx) else {
         return;
     };
-    q.set_size(size);
-    if q.try_set_desc_table_address(GuestAddress(desc)).is_err()
-        || q.try_set_avail_ring_address(GuestAddress(avail)).is_err()
-        || q.try_set_used_ring_address(GuestAddress(used)).is_err()
-    {
-        return;
-    }
-    q.set_ready(true);
-    if !q.is_valid(&mem) {
-        return;
-    }
-    q.set_event_idx(event_idx);
-    q.set_next_avail(start);
-    q.set_next_used(start);
 
-    let _ = mem.write_obj(u16::from(c.u8() & 1), GuestAddress(avail));
-    let _ = mem.write_obj(start, GuestAddress(avail + 2));
-    let _ = mem.write_obj(0u16, GuestAddress(used));
-    let _ = mem.write_obj(start, GuestAddress(used + 2));
-    let ndesc = u16::from(c.u8()).min(size);
-    for i in 0..ndesc {
-        write_desc(&mem, desc, size, i, &mut c);
-    }
-    for _ in 0..c.u8() {
-        let b = c.u8();
-        let head = if b & 0x80 != 0 {
-            c.u16()
-        } else {
-            u16::from(b) % size
-        };
-        publish(&mem, avail, size, head);
-    }
+    let _ = mem.write_obj(u16::from(c.u8() & 1), GuestAddress(l.avail));
+    let _ = mem.write_obj(l.start, GuestAddress(l.avail + 2));
+    let _ = mem.write_obj(0u16, GuestAddress(l.used));
+    let _ = mem.write_obj(l.start, GuestAddress(l.used + 2));
+    split_queue::fill(&mem, &l, &mut c, Lens::Sectors);
 
     let io = SyncIo::new(file.try_clone().expect("dup memfd"), false);
     let stats = Stats::default();
@@ -216,23 +130,10 @@ pub fn run(data: &[u8]) {
                 s[12..].copy_from_slice(&u32::from(c.u8() & 3).to_le_bytes());
                 let _ = mem.write_slice(&s, GuestAddress(a));
             }
-            4 => {
-                let i = u16::from(c.u8()) % size;
-                write_desc(&mem, desc, size, i, &mut c);
-                publish(&mem, avail, size, i);
-            }
-            _ => {
-                let a = u64::from(c.u16());
-                let n = usize::from(c.u8());
-                let _ = mem.write_slice(c.bytes(n), GuestAddress(a));
-            }
+            4 => split_queue::add_buffer(&mem, &l, &mut c, Lens::Sectors),
+            _ => split_queue::write_raw(&mem, &mut c),
         }
-        let taken = q.next_avail().wrapping_sub(avail0);
-        let returned = q.next_used().wrapping_sub(used0);
-        assert!(
-            returned <= taken,
-            "{returned} chains returned but only {taken} taken"
-        );
+        split_queue::check_used(&q, avail0, used0);
     }
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     assert_eq!(len, SECTORS * 512, "the image changed size");

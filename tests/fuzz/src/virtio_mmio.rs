@@ -31,11 +31,10 @@ use volt::vmm::virtio::{
 };
 
 use super::cursor::Cursor;
+use super::split_queue;
 
 /// Most operations per input.
 const MAX_OPS: usize = 512;
-/// Guest RAM: 64 KiB at 0 and 4 KiB at 128 KiB (a hole between).
-const RAM: [(u64, usize); 2] = [(0, 0x1_0000), (0x2_0000, 0x1000)];
 const PROBE_TYPE: u32 = 0x2a;
 
 const REGS: [u64; 27] = [
@@ -177,11 +176,7 @@ struct Harness {
 
 pub fn run(data: &[u8]) {
     let mut c = Cursor::new(data);
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(
-        &RAM.iter()
-            .map(|&(a, l)| (GuestAddress(a), l))
-            .collect::<Vec<_>>(),
-    ) else {
+    let Some(mem) = split_queue::memory() else {
         return;
     };
     let Ok(irq) = IrqLine::new(5) else { return };

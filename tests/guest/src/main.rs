@@ -8,24 +8,19 @@
 
 mod console;
 mod entry;
+mod mmio;
 mod net;
+mod pvh;
 mod rt;
 mod vsock;
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 
-/// Incremented by the ring-0 handler of every 8259 IRQ (vectors 0x20-0x2f).
-#[no_mangle]
-pub static VOLT_IRQ_COUNT: AtomicU32 = AtomicU32::new(0);
-
-/// Incremented by the ring-0 handler of 8259 IRQ 1 (the i8042), besides `VOLT_IRQ_COUNT`.
-#[no_mangle]
-pub static VOLT_KBD_COUNT: AtomicU32 = AtomicU32::new(0);
-
-/// Incremented by the ring-0 handler of 8259 IRQ 4 (COM1 input), besides `VOLT_IRQ_COUNT`.
-#[no_mangle]
-pub static VOLT_COM_COUNT: AtomicU32 = AtomicU32::new(0);
+use pvh::{
+    cmdline_of, exit, idle_forever, inb, outb, parse_num, parse_virtio, put, wait_irq, words,
+    StartInfo, START_INFO_MAGIC, VOLT_COM_COUNT, VOLT_IRQ_COUNT, VOLT_KBD_COUNT,
+};
 
 /// A device the main loop serves: polled while there is work, armed before sleeping.
 pub trait Poll {
@@ -45,35 +40,11 @@ pub trait Poll {
 /// Poll this long without work before sleeping.
 const IDLE_US: u64 = 100;
 
-extern "C" {
-    /// Idle gate (entry.rs): `ud2` trapping to ring 0, which sleeps (`sti; hlt`) unless the IRQ
-    /// counter already differs from `seen`; returns after an interrupt (or at once).
-    fn volt_idle_wait(seen: u32);
-}
-
-const COM1: u16 = 0x3f8;
-const DEBUG_EXIT: u16 = 0xf4;
 const I8042_DATA: u16 = 0x60;
 const I8042_CMD: u16 = 0x64;
 /// Debug-exit code for a Rust panic (exceptions use 0x70, see entry.rs).
 const EXIT_PANIC: u8 = 0x71;
-const START_INFO_MAGIC: u32 = 0x336e_c578;
 const VIRTIO_MAGIC: u32 = 0x7472_6976;
-const MAX_CMDLINE: usize = 4096;
-
-#[repr(C)]
-pub struct StartInfo {
-    magic: u32,
-    version: u32,
-    flags: u32,
-    nr_modules: u32,
-    modlist_paddr: u64,
-    cmdline_paddr: u64,
-    rsdp_paddr: u64,
-    memmap_paddr: u64,
-    memmap_entries: u32,
-    reserved: u32,
-}
 
 #[repr(C)]
 struct MemmapEntry {
@@ -83,31 +54,7 @@ struct MemmapEntry {
     reserved: u32,
 }
 
-// ---- port I/O (ring 3, allowed by the TSS I/O bitmap; every access is a VM exit) ----
-
-#[inline(always)]
-fn outb(port: u16, val: u8) {
-    unsafe {
-        asm!("out dx, al", in("dx") port, in("al") val, options(nomem, nostack, preserves_flags))
-    }
-}
-
-#[inline(always)]
-fn inb(port: u16) -> u8 {
-    let v: u8;
-    unsafe {
-        asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags))
-    }
-    v
-}
-
-// ---- serial: write THR directly, no LSR polling (the emulated UARTs are always ready) ----
-
-fn put(s: &[u8]) {
-    for &b in s {
-        outb(COM1, b);
-    }
-}
+// ---- serial ----
 
 fn put_dec(mut v: u64) {
     let mut buf = [0u8; 20];
@@ -140,77 +87,6 @@ fn put_hex(v: u64, digits: u32) {
 }
 
 const PREFIX: &[u8] = b"volt-test-guest: ";
-
-fn exit(code: u8) -> ! {
-    outb(DEBUG_EXIT, code);
-    // The VMM (or QEMU's isa-debug-exit) ends the VM here; if nothing is listening, sleep.
-    halt_forever()
-}
-
-fn halt_forever() -> ! {
-    loop {
-        unsafe { volt_idle_wait(VOLT_IRQ_COUNT.load(Ordering::Relaxed)) }
-    }
-}
-
-// ---- command line ----
-
-fn words(cmdline: &[u8]) -> impl Iterator<Item = &[u8]> {
-    cmdline
-        .split(|&c| c == b' ' || c == b'\t' || c == b'\n')
-        .filter(|w| !w.is_empty())
-}
-
-/// Decimal or `0x` hex, with an optional K/M/G suffix when `suffix` is set; returns the value
-/// and the rest of the input.
-fn parse_num(s: &[u8], suffix: bool) -> Option<(u64, &[u8])> {
-    let (radix, digits) = match s {
-        [b'0', b'x' | b'X', rest @ ..] => (16, rest),
-        _ => (10, s),
-    };
-    let mut v: u64 = 0;
-    let mut n = 0;
-    for &c in digits {
-        let d = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' if radix == 16 => c - b'a' + 10,
-            b'A'..=b'F' if radix == 16 => c - b'A' + 10,
-            _ => break,
-        };
-        v = v.checked_mul(radix)?.checked_add(d as u64)?;
-        n += 1;
-    }
-    if n == 0 {
-        return None;
-    }
-    let mut rest = &digits[n..];
-    if suffix {
-        let shift = match rest.first() {
-            Some(b'k' | b'K') => 10,
-            Some(b'm' | b'M') => 20,
-            Some(b'g' | b'G') => 30,
-            _ => 0,
-        };
-        if shift != 0 {
-            v = v.checked_mul(1 << shift)?;
-            rest = &rest[1..];
-        }
-    }
-    Some((v, rest))
-}
-
-/// `<size>@<addr>:<irq>[:<id>]` as Linux's `virtio_mmio.device=` takes it.
-fn parse_virtio(s: &[u8]) -> Option<(u64, u64, u64)> {
-    let (size, rest) = parse_num(s, true)?;
-    let rest = rest.strip_prefix(b"@")?;
-    let (addr, rest) = parse_num(rest, false)?;
-    let rest = rest.strip_prefix(b":")?;
-    let (irq, rest) = parse_num(rest, false)?;
-    if !(rest.is_empty() || rest.starts_with(b":")) {
-        return None;
-    }
-    Some((size, addr, irq))
-}
 
 fn probe_virtio(spec: &[u8]) {
     put(PREFIX);
@@ -407,7 +283,7 @@ fn serve(devs: &mut [&mut dyn Poll], console: &mut console::Console) -> ! {
             || VOLT_COM_COUNT.load(Ordering::Acquire) != com_seen;
         if !pending {
             // Sleeps in ring 0 unless an IRQ came in since `seen` was read (checked with IF=0).
-            unsafe { volt_idle_wait(seen) };
+            wait_irq(seen);
         }
         for d in devs.iter_mut() {
             d.disarm();
@@ -454,18 +330,6 @@ fn fault(kind: &[u8]) {
             put(b"\n");
         }
     }
-}
-
-fn cmdline_of(si: &StartInfo) -> &'static [u8] {
-    if si.magic != START_INFO_MAGIC || si.cmdline_paddr == 0 {
-        return b"";
-    }
-    let p = si.cmdline_paddr as *const u8;
-    let mut n = 0;
-    while n < MAX_CMDLINE && unsafe { p.add(n).read_volatile() } != 0 {
-        n += 1;
-    }
-    unsafe { core::slice::from_raw_parts(p, n) }
 }
 
 /// Ring-3 entry, called from entry.rs with the physical (= virtual) address of hvm_start_info.
@@ -521,7 +385,10 @@ pub unsafe extern "C" fn volt_main(si: *const StartInfo) -> ! {
     put(PREFIX);
     put(b"ready\n");
     for w in words(cmdline) {
-        if let Some((n, _)) = w.strip_prefix(b"volt.flood=").and_then(|v| parse_num(v, false)) {
+        if let Some((n, _)) = w
+            .strip_prefix(b"volt.flood=")
+            .and_then(|v| parse_num(v, false))
+        {
             flood(cmdline, n);
         }
     }
@@ -529,7 +396,7 @@ pub unsafe extern "C" fn volt_main(si: *const StartInfo) -> ! {
         Some(Action::Exit(n)) => exit(n),
         Some(Action::Reset) => {
             outb(I8042_CMD, 0xfe);
-            halt_forever()
+            idle_forever()
         }
         Some(Action::Fault(kind)) => fault(kind),
         None => {}

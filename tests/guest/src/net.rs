@@ -18,6 +18,12 @@ use core::arch::x86_64::{__cpuid, _rdtsc};
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{fence, Ordering};
 
+use crate::mmio::{
+    R_CONFIG, R_CONFIG_GEN, R_DEVICE_ID, R_DEV_FEATURES, R_DEV_FEATURES_SEL, R_DRV_FEATURES,
+    R_DRV_FEATURES_SEL, R_INTERRUPT_ACK, R_INTERRUPT_STATUS, R_QUEUE_DESC, R_QUEUE_DEVICE,
+    R_QUEUE_DRIVER, R_QUEUE_NOTIFY, R_QUEUE_NUM, R_QUEUE_NUM_MAX, R_QUEUE_READY, R_QUEUE_SEL,
+    R_STATUS, R_VERSION,
+};
 use crate::{
     inb, outb, parse_num, put, put_dec, words, MemmapEntry, StartInfo, PREFIX, VIRTIO_MAGIC,
 };
@@ -27,27 +33,6 @@ const MAX_PAIRS: usize = 16;
 const MAX_QSIZE: u32 = 256;
 /// Source port of `volt.udpgen` packets.
 const UDPGEN_SRC_PORT: u16 = 5000;
-
-// ---- virtio-mmio registers (version 2) ----
-const R_VERSION: u64 = 0x004;
-const R_DEVICE_ID: u64 = 0x008;
-const R_DEV_FEATURES: u64 = 0x010;
-const R_DEV_FEATURES_SEL: u64 = 0x014;
-const R_DRV_FEATURES: u64 = 0x020;
-const R_DRV_FEATURES_SEL: u64 = 0x024;
-const R_QUEUE_SEL: u64 = 0x030;
-const R_QUEUE_NUM_MAX: u64 = 0x034;
-const R_QUEUE_NUM: u64 = 0x038;
-const R_QUEUE_READY: u64 = 0x044;
-const R_QUEUE_NOTIFY: u64 = 0x050;
-const R_INTERRUPT_STATUS: u64 = 0x060;
-const R_INTERRUPT_ACK: u64 = 0x064;
-const R_STATUS: u64 = 0x070;
-const R_QUEUE_DESC: u64 = 0x080;
-const R_QUEUE_DRIVER: u64 = 0x090;
-const R_QUEUE_DEVICE: u64 = 0x0a0;
-const R_CONFIG_GEN: u64 = 0x0fc;
-const R_CONFIG: u64 = 0x100;
 
 const S_ACKNOWLEDGE: u32 = 1;
 const S_DRIVER: u32 = 2;

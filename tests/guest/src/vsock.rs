@@ -19,29 +19,17 @@
 
 use core::sync::atomic::{fence, Ordering};
 
+use crate::mmio::{
+    R_CONFIG, R_DEVICE_ID, R_DEV_FEATURES, R_DEV_FEATURES_SEL, R_DRV_FEATURES, R_DRV_FEATURES_SEL,
+    R_INTERRUPT_ACK, R_QUEUE_DESC, R_QUEUE_DEVICE, R_QUEUE_DRIVER, R_QUEUE_NOTIFY, R_QUEUE_NUM,
+    R_QUEUE_NUM_MAX, R_QUEUE_READY, R_QUEUE_SEL, R_STATUS, R_VERSION,
+};
 use crate::net::{bytes, bytes_mut, r16, r32, w16, w32, w64, Alloc};
 use crate::{inb, outb, parse_num, put, put_dec, words, PREFIX, VIRTIO_MAGIC};
 
 #[path = "vsock_conn.rs"]
 mod conn;
 
-const R_VERSION: u64 = 0x004;
-const R_DEVICE_ID: u64 = 0x008;
-const R_DEV_FEATURES: u64 = 0x010;
-const R_DEV_FEATURES_SEL: u64 = 0x014;
-const R_DRV_FEATURES: u64 = 0x020;
-const R_DRV_FEATURES_SEL: u64 = 0x024;
-const R_QUEUE_SEL: u64 = 0x030;
-const R_QUEUE_NUM_MAX: u64 = 0x034;
-const R_QUEUE_NUM: u64 = 0x038;
-const R_QUEUE_READY: u64 = 0x044;
-const R_QUEUE_NOTIFY: u64 = 0x050;
-const R_INTERRUPT_ACK: u64 = 0x064;
-const R_STATUS: u64 = 0x070;
-const R_QUEUE_DESC: u64 = 0x080;
-const R_QUEUE_DRIVER: u64 = 0x090;
-const R_QUEUE_DEVICE: u64 = 0x0a0;
-const R_CONFIG: u64 = 0x100;
 const F_VERSION_1_HI: u32 = 1; // bit 32
 
 const DESC_NEXT: u16 = 1;
