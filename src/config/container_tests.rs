@@ -1,24 +1,13 @@
 use super::*;
-use crate::config::Networks;
-
-fn nets() -> Networks {
-    crate::config::fixtures::networks()
-}
+use crate::config::fixtures::{error_lines, networks as nets};
 
 fn parse(name: &str, text: &str) -> Result<ContainerConfig, Vec<ConfigError>> {
-    parse_container_toml(
-        &PathBuf::from(format!("/etc/volt/containers/{name}.toml")),
-        text,
-        &nets(),
-    )
+    let path = PathBuf::from(format!("/etc/volt/containers/{name}.toml"));
+    parse_container_toml(&path, text, &nets())
 }
 
 fn errs(name: &str, text: &str) -> Vec<String> {
-    parse(name, text)
-        .expect_err("should be invalid")
-        .iter()
-        .map(|e| e.to_string())
-        .collect()
+    error_lines(parse(name, text))
 }
 
 const DIR: &str = "directory = \"/var/lib/volt/containers/app\"\n";

@@ -3,7 +3,7 @@
 //! 10.60.0.0/24: VMs .2-.99, containers .100-.254) and `lab` (lab0, 10.50.0.0/24: VMs
 //! .2-.99).
 
-use super::{Network, NetworkType, Networks, Range};
+use super::{ConfigError, Network, NetworkType, Networks, Range};
 
 fn range(start: &str, end: &str) -> Range {
     Range {
@@ -37,4 +37,13 @@ pub(crate) fn networks() -> Networks {
     Networks {
         list: vec![def, iso, lab],
     }
+}
+
+/// The messages of a file that must be invalid.
+pub(crate) fn error_lines<T: std::fmt::Debug>(parsed: Result<T, Vec<ConfigError>>) -> Vec<String> {
+    parsed
+        .expect_err("should be invalid")
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
 }

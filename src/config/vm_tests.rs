@@ -1,24 +1,13 @@
 use super::*;
-use crate::config::Networks;
-
-fn nets() -> Networks {
-    crate::config::fixtures::networks()
-}
+use crate::config::fixtures::{error_lines, networks as nets};
 
 fn parse(name: &str, text: &str) -> Result<VmConfig, Vec<ConfigError>> {
-    parse_vm_toml(
-        &PathBuf::from(format!("/etc/volt/vms/{name}.toml")),
-        text,
-        &nets(),
-    )
+    let path = PathBuf::from(format!("/etc/volt/vms/{name}.toml"));
+    parse_vm_toml(&path, text, &nets())
 }
 
 fn errs(name: &str, text: &str) -> Vec<String> {
-    parse(name, text)
-        .expect_err("should be invalid")
-        .iter()
-        .map(|e| e.to_string())
-        .collect()
+    error_lines(parse(name, text))
 }
 
 const KERNEL: &str = "kernel = \"/var/lib/volt/kernels/vmlinux\"\n";
