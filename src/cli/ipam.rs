@@ -62,14 +62,16 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
                 .configured_addresses(&net.name, Some(&owner))
                 .into_iter()
                 .collect();
-            let lease = ipam
-                .allocate(net, &owner, request, &configured)
+            let lease = at
+                .book(&net.name)?
+                .allocate(net, &owner, request, &configured, None)
                 .with_context(|| format!("cannot lease an address to {owner}"))?;
             println!("{}/{}", lease.ip, net.subnet.prefix_len());
         }
         IpamCommand::Release { network, owner } => {
             let owner: Owner = owner.parse().map_err(anyhow::Error::msg)?;
-            match ipam.release(&network, &owner)? {
+            let book = Attach::load(root).book(&network)?;
+            match book.release(&network, &owner)? {
                 Some(l) => println!("released {} from {owner}", l.ip),
                 None => println!("{owner} had no lease on {network}"),
             }

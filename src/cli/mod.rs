@@ -1,5 +1,6 @@
 //! The `volt` command line: the one module that sees every other.
 
+mod cluster;
 mod container;
 mod docs;
 mod generate;
@@ -74,6 +75,11 @@ pub enum Command {
     Link {
         #[command(subcommand)]
         command: LinkCommand,
+    },
+    /// The cluster (etcd): membership, the VXLAN overlay, claims (/etc/volt/cluster.toml).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
     /// Write man pages and shell completions (for packaging).
     #[command(hide = true)]
@@ -190,6 +196,20 @@ pub enum IpamCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Register this host, keep its lease alive and keep the VXLAN ports in line with the
+    /// store until SIGTERM (what volt-cluster.service runs).
+    Run,
+    /// Hosts, their lease ages and their workloads.
+    Status {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Give up this host's claim on a workload name.
+    Release { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum LinkCommand {
     /// Bring the link up, then stay until it is deleted (exit 1) or systemd stops us: what
     /// volt-tap@.service runs.
@@ -266,6 +286,11 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
         Command::Link {
             command: LinkCommand::Run { link },
         } => link::run(&root, &link),
+        Command::Cluster { command } => match command {
+            ClusterCommand::Run => cluster::run(&root),
+            ClusterCommand::Status { output } => cluster::show(&root, output),
+            ClusterCommand::Release { name } => cluster::release(&root, &name),
+        },
         Command::GenDocs { out } => docs::exec(&out),
     }
 }

@@ -22,7 +22,11 @@ pub fn exec(root: &Path, paths: &[PathBuf]) -> Result<Outcome> {
         for ct in &set.containers {
             errors.extend(ct.check_root(root));
         }
-        checked = set.vms.len()
+        if let Some(c) = &set.cluster {
+            errors.extend(config::check_cluster_files(c, root));
+            checked += 1;
+        }
+        checked += set.vms.len()
             + set.containers.len()
             + set
                 .networks
@@ -47,7 +51,13 @@ pub fn exec(root: &Path, paths: &[PathBuf]) -> Result<Outcome> {
             let parent = path.parent().and_then(|p| p.file_name());
             let in_networks = parent.is_some_and(|n| n == "networks");
             let in_containers = parent.is_some_and(|n| n == "containers");
-            if ext == "yaml" || ext == "yml" {
+            if path.file_name().is_some_and(|n| n == "cluster.toml") {
+                let host = config::default_host_name(root);
+                match config::parse_cluster_toml(path, &text, &host, &set.networks.list) {
+                    Ok(c) => errors.extend(config::check_cluster_files(&c, root)),
+                    Err(e) => errors.push(e),
+                }
+            } else if ext == "yaml" || ext == "yml" {
                 if let Err(e) = config::parse_zone_yaml(path, &text) {
                     errors.push(e);
                 }

@@ -85,6 +85,9 @@ pub struct Network {
     pub reservations: BTreeMap<String, Ipv4Addr>,
     pub dhcp: bool,
     pub mtu: u32,
+    /// Whether the file set `mtu` (a cluster derives it from the underlay otherwise).
+    #[serde(skip)]
+    pub mtu_explicit: bool,
     pub uplink: Option<String>,
     pub port_maps: Vec<PortMap>,
     /// Whether Volt may create the bridge when it is missing.
@@ -109,6 +112,7 @@ impl Network {
             reservations: BTreeMap::new(),
             dhcp: true,
             mtu: 1500,
+            mtu_explicit: false,
             uplink: None,
             port_maps: Vec::new(),
             create_bridge: true,
@@ -275,6 +279,7 @@ pub fn parse_network_toml(path: &Path, text: &str) -> Result<Network, ConfigErro
         reservations: BTreeMap::new(),
         dhcp: raw.dhcp.unwrap_or(true),
         mtu,
+        mtu_explicit: raw.mtu.is_some(),
         uplink: None,
         port_maps: Vec::new(),
         create_bridge: raw.create_bridge.unwrap_or(true),
@@ -617,6 +622,7 @@ pub fn parse_zone_yaml(path: &Path, text: &str) -> Result<Option<Network>, Confi
         reservations: BTreeMap::new(),
         dhcp,
         mtu,
+        mtu_explicit: raw.mtu.is_some(),
         uplink: None,
         port_maps: Vec::new(),
         create_bridge: true,

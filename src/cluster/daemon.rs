@@ -1,0 +1,528 @@
+//! `volt cluster run` (volt-cluster.service, Type=notify): register this host under a lease
+//! and keep it alive, then keep each shared bridge's VXLAN port in line with the store:
+//! forwarding entries, host routes, the port filter. A watch on `/volt/` triggers a
+//! reconcile, and a resync runs every few seconds anyway (level-triggered: a missed event
+//! only delays). When the store cannot be read (no quorum), nothing is torn down: running
+//! workloads keep their traffic on the last state.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::overlay::{bridge_mac, desired, fdb_changes, vxlan_name};
+use super::store::{self, AddrClaim, HostNet, HostRecord};
+use super::{Cluster, ClusterError};
+use crate::config::{ClusterConfig, ConfigSet, MacAddr, Network, NetworkLookup};
+use crate::net::netlink::Netlink;
+use crate::net::overlay::{self as mech, PortFilter, VxlanParams};
+use crate::plan::{Paths, Plan};
+
+const RESYNC: Duration = Duration::from_secs(5);
+
+enum Msg {
+    Changed,
+    LeaseLost,
+    Stop,
+}
+
+fn setup(what: impl Into<String>) -> ClusterError {
+    ClusterError::Setup { what: what.into() }
+}
+
+fn nl_err(what: &str) -> impl FnOnce(crate::net::netlink::NetlinkError) -> ClusterError + '_ {
+    move |e| setup(format!("{what}: {}", crate::error_chain(&e)))
+}
+
+/// One shared network on this host.
+struct Shared {
+    net: Network,
+    vni: u32,
+    vx: String,
+    mac: MacAddr,
+    address: Option<Ipv4Addr>,
+}
+
+struct Daemon {
+    cluster: Cluster,
+    root: std::path::PathBuf,
+    lease: i64,
+    underlay_index: u32,
+    shared: Vec<Shared>,
+    last_filter: Option<Vec<PortFilter>>,
+    store_ok: bool,
+}
+
+/// Block SIGTERM/SIGINT in this thread (and the threads it starts) and turn them into a
+/// `Stop` message from a thread that waits for them.
+fn signals(tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
+    // SAFETY: sigset operations on a local set; pthread_sigmask on the calling thread.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: set is a valid, initialised sigset; sig is a valid out pointer.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        stop.store(true, Ordering::SeqCst);
+        let _ = tx.send(Msg::Stop);
+    });
+}
+
+/// Run the daemon until SIGTERM; `notify` gets sd_notify states.
+pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError> {
+    let set = ConfigSet::load(root);
+    let Some(c) = set.cluster.clone() else {
+        return Err(setup(format!(
+            "/{} does not exist or is invalid (volt validate says why): this host is not in a cluster",
+            crate::config::CLUSTER_FILE
+        )));
+    };
+    for e in set
+        .errors
+        .iter()
+        .filter(|e| e.file().ends_with("cluster.toml"))
+    {
+        log::error!("{}", e.report());
+    }
+    let (tx, rx) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    signals(tx.clone(), stop.clone());
+    let nl = Netlink::new().map_err(nl_err("rtnetlink"))?;
+    let (ul_name, ul_index, ul_mtu) = mech::link_with_address(&nl, c.underlay)
+        .map_err(nl_err("cannot list addresses"))?
+        .ok_or_else(|| {
+            setup(format!(
+                "no interface has the underlay address {} ({})",
+                c.underlay,
+                c.path.display()
+            ))
+        })?;
+    if ul_mtu < c.underlay_mtu {
+        return Err(setup(format!(
+            "the underlay {ul_name} has MTU {ul_mtu}, but {} says underlay_mtu = {}: the overlay's {} would not fit; lower underlay_mtu",
+            c.path.display(),
+            c.underlay_mtu,
+            c.overlay_mtu()
+        )));
+    }
+    let mut shared = Vec::new();
+    for cn in &c.networks {
+        let Some(net) = set.networks.by_name(&cn.name) else {
+            continue;
+        };
+        shared.push(Shared {
+            net: net.clone(),
+            vni: cn.vni,
+            vx: vxlan_name(cn.vni),
+            mac: bridge_mac(&c.host, &net.bridge),
+            address: None,
+        });
+    }
+    let mut d = Daemon {
+        cluster: Cluster::new(&c)?,
+        root: root.to_path_buf(),
+        lease: 0,
+        underlay_index: ul_index,
+        shared,
+        last_filter: None,
+        store_ok: true,
+    };
+    d.register()?;
+    d.ports(&nl, &c)?;
+    d.publish()?;
+    d.reconcile(&nl);
+    log::info!(
+        "host {} is in the cluster (lease {:x}, TTL {} s), underlay {} on {ul_name}, overlay MTU {}",
+        c.host,
+        d.lease,
+        c.lease_ttl,
+        c.underlay,
+        c.overlay_mtu()
+    );
+    notify(true, &format!("host {} in the cluster", c.host));
+    let ka_tx = tx.clone();
+    keepalive(
+        d.cluster.clone(),
+        d.lease,
+        c.lease_ttl,
+        ka_tx.clone(),
+        stop.clone(),
+    );
+    watch(d.cluster.clone(), tx, stop.clone());
+    loop {
+        let msg = rx.recv_timeout(RESYNC);
+        let mut lost = matches!(msg, Ok(Msg::LeaseLost));
+        let mut stopping = matches!(msg, Ok(Msg::Stop));
+        while let Ok(m) = rx.try_recv() {
+            lost |= matches!(m, Msg::LeaseLost);
+            stopping |= matches!(m, Msg::Stop);
+        }
+        if stopping || stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if lost {
+            log::error!("this host's lease expired: its claims are gone; registering again and claiming its running workloads anew");
+            if let Err(e) = d.register().and_then(|_| d.publish()) {
+                log::error!("{}", crate::error_chain(&e));
+                continue;
+            }
+            d.reclaim();
+            keepalive(
+                d.cluster.clone(),
+                d.lease,
+                c.lease_ttl,
+                ka_tx.clone(),
+                stop.clone(),
+            );
+        }
+        let peers = d.reconcile(&nl);
+        notify(false, &format!("host {}: {peers}", c.host));
+    }
+    log::info!("stopping: leaving the cluster");
+    d.leave(&nl);
+    Ok(())
+}
+
+fn keepalive(cluster: Cluster, lease: i64, ttl: u32, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
+    let every = Duration::from_millis(u64::from(ttl) * 1000 / 3);
+    std::thread::spawn(move || {
+        let mut failing = false;
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(every);
+            match cluster.etcd.keepalive(lease) {
+                Ok(0) => {
+                    let _ = tx.send(Msg::LeaseLost);
+                    return;
+                }
+                Ok(_) => {
+                    if failing {
+                        log::info!("lease keep-alive works again");
+                    }
+                    failing = false;
+                }
+                Err(e) => {
+                    if !failing {
+                        log::warn!(
+                            "lease keep-alive failed (retrying): {}",
+                            crate::error_chain(&e)
+                        );
+                    }
+                    failing = true;
+                }
+            }
+        }
+    });
+}
+
+fn watch(cluster: Cluster, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let r = cluster.etcd.watch(store::PREFIX, 0, &mut |_| {
+                tx.send(Msg::Changed).is_ok() && !stop.load(Ordering::SeqCst)
+            });
+            if let Err(e) = r {
+                log::debug!("watch ended: {}", crate::error_chain(&e));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+}
+
+impl Daemon {
+    fn config(&self) -> &ClusterConfig {
+        &self.cluster.config
+    }
+
+    /// Adopt this host's live lease (a restarted daemon keeps its claims), else grant one.
+    fn register(&mut self) -> Result<(), ClusterError> {
+        let c = &self.cluster;
+        if let Some(kv) = c.etcd.get(&store::host_key(c.host()))? {
+            if kv.lease != 0 && c.etcd.keepalive(kv.lease)? > 0 {
+                log::info!("adopted this host's live lease {:x}", kv.lease);
+                self.lease = kv.lease;
+                return Ok(());
+            }
+        }
+        self.lease = c.etcd.grant(self.config().lease_ttl)?;
+        Ok(())
+    }
+
+    fn record(&self) -> HostRecord {
+        let c = self.config();
+        HostRecord {
+            name: c.host.clone(),
+            underlay: c.underlay,
+            vxlan_port: c.vxlan_port,
+            since: store::now(),
+            networks: self
+                .shared
+                .iter()
+                .map(|s| HostNet {
+                    name: s.net.name.clone(),
+                    vni: s.vni,
+                    bridge_mac: Some(s.mac.to_string()),
+                    address: s.address,
+                })
+                .collect(),
+        }
+    }
+
+    /// Write the host record, then claim each network's host address, then write it again
+    /// with the addresses.
+    fn publish(&mut self) -> Result<(), ClusterError> {
+        let key = store::host_key(self.cluster.host());
+        let put = |d: &Daemon| {
+            d.cluster.etcd.put(
+                &key,
+                &serde_json::to_vec(&d.record()).unwrap_or_default(),
+                d.lease,
+            )
+        };
+        put(self)?;
+        for i in 0..self.shared.len() {
+            let ip = self.host_address(i)?;
+            self.shared[i].address = Some(ip);
+        }
+        put(self)?;
+        Ok(())
+    }
+
+    /// This host's own address on shared network `i`: its claim, else the highest free
+    /// address of the VM pool, claimed like any other.
+    fn host_address(&self, i: usize) -> Result<Ipv4Addr, ClusterError> {
+        let s = &self.shared[i];
+        let me = self.cluster.host().to_string();
+        let owner = format!("host/{me}");
+        for _ in 0..64 {
+            let snap = store::snapshot(&self.cluster.etcd)?;
+            let claims: Vec<_> = snap.addrs_on(&s.net.name).collect();
+            if let Some((ip, ..)) = claims.iter().find(|(_, c, _)| c.owner == owner) {
+                return Ok(*ip);
+            }
+            let taken: BTreeSet<Ipv4Addr> = claims.iter().map(|(ip, ..)| *ip).collect();
+            let reserved: BTreeSet<Ipv4Addr> = s.net.reservations.values().copied().collect();
+            let (lo, hi) = (
+                u32::from(s.net.vm_range.start),
+                u32::from(s.net.vm_range.end),
+            );
+            let Some(ip) = (lo..=hi).rev().map(Ipv4Addr::from).find(|ip| {
+                s.net.is_host_addr(*ip) && !taken.contains(ip) && !reserved.contains(ip)
+            }) else {
+                return Err(setup(format!(
+                    "no free address left on {} for host {me}",
+                    s.net.name
+                )));
+            };
+            let claim = AddrClaim {
+                owner: owner.clone(),
+                host: me.clone(),
+                fixed: true,
+                mac: Some(s.mac.to_string()),
+                since: store::now(),
+            };
+            if store::try_claim(&self.cluster.etcd, &s.net.name, ip, &claim, self.lease)? {
+                return Ok(ip);
+            }
+        }
+        Err(ClusterError::Contention {
+            network: s.net.name.clone(),
+        })
+    }
+
+    /// Each shared bridge (waiting for networkd, else created), its MAC and MTU, its VXLAN
+    /// port.
+    fn ports(&self, nl: &Netlink, c: &ClusterConfig) -> Result<(), ClusterError> {
+        for s in &self.shared {
+            let b = &s.net.bridge;
+            let start = std::time::Instant::now();
+            while crate::net::link::index(b).is_none() && start.elapsed() < Duration::from_secs(30)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if crate::net::link::index(b).is_none() {
+                let created =
+                    crate::net::manager::Manager::new(Paths::new(&self.root).runtime_dir())
+                        .ensure_bridge(&s.net)
+                        .map_err(|e| setup(format!("bridge {b}: {}", crate::error_chain(&e))))?;
+                if created {
+                    log::info!("created bridge {b} directly");
+                }
+            }
+            nl.set_mac(b, s.mac).map_err(nl_err("bridge MAC"))?;
+            nl.set_mtu(b, c.overlay_mtu().min(s.net.mtu))
+                .map_err(nl_err("bridge MTU"))?;
+            let p = VxlanParams {
+                name: s.vx.clone(),
+                vni: s.vni,
+                local: c.underlay,
+                port: c.vxlan_port,
+                dev: self.underlay_index,
+                mtu: c.overlay_mtu(),
+            };
+            if mech::ensure_vxlan(nl, &p, b).map_err(nl_err("VXLAN port"))? {
+                log::info!(
+                    "created {} (VNI {}) on {b}, MTU {}",
+                    s.vx,
+                    s.vni,
+                    c.overlay_mtu()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Bring every port in line with the store; returns a summary for STATUS=.
+    fn reconcile(&mut self, nl: &Netlink) -> String {
+        let snap = match store::snapshot(&self.cluster.etcd) {
+            Ok(s) => {
+                if !self.store_ok {
+                    log::info!("the cluster store answers again");
+                }
+                self.store_ok = true;
+                s
+            }
+            Err(e) => {
+                if self.store_ok {
+                    log::error!("{}; keeping the overlay as it is", crate::error_chain(&e));
+                }
+                self.store_ok = false;
+                return "store unreachable; overlay kept as it was".into();
+            }
+        };
+        let me = self.cluster.host().to_string();
+        if snap.host(&me).is_none() {
+            log::warn!("this host's record is gone from the store");
+        }
+        let mut filters = Vec::new();
+        let mut summary = Vec::new();
+        for s in &self.shared {
+            let want = desired(&snap, &me, &s.net.name);
+            let fdb_now = mech::fdb_entries(nl, &s.vx).unwrap_or_default();
+            let (add, del) = fdb_changes(&fdb_now, &want.fdb);
+            for e in &del {
+                match mech::fdb_del(nl, &s.vx, e) {
+                    Ok(()) => log::info!("{}: removed {} -> {}", s.vx, e.mac, e.dst),
+                    Err(err) => log::warn!("{}", crate::error_chain(&err)),
+                }
+            }
+            for e in &add {
+                match mech::fdb_add(nl, &s.vx, e) {
+                    Ok(()) => log::info!("{}: {} -> {}", s.vx, e.mac, e.dst),
+                    Err(err) => log::warn!("{}", crate::error_chain(&err)),
+                }
+            }
+            if let Some(src) = s.address {
+                if let Err(e) = nl.add_ipv4(&s.net.bridge, src, 32) {
+                    log::warn!("{}", crate::error_chain(&e));
+                }
+                let have: BTreeSet<Ipv4Addr> = mech::routes(nl, &s.net.bridge)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(d, _)| d)
+                    .collect();
+                for ip in have.difference(&want.routes) {
+                    if let Err(e) = mech::route_del(nl, &s.net.bridge, *ip, src) {
+                        log::warn!("{}", crate::error_chain(&e));
+                    }
+                }
+                for ip in want.routes.difference(&have) {
+                    if let Err(e) = mech::route_add(nl, &s.net.bridge, *ip, src) {
+                        log::warn!("{}", crate::error_chain(&e));
+                    }
+                }
+            }
+            summary.push(format!(
+                "{}: {} peer(s), {} remote address(es)",
+                s.net.name,
+                want.peers.len(),
+                want.pairs.len()
+            ));
+            filters.push(PortFilter {
+                port: s.vx.clone(),
+                gateway: s.net.gateway,
+                remote: want.pairs.into_iter().collect(),
+            });
+        }
+        if self.last_filter.as_ref() != Some(&filters) {
+            match mech::apply_filter(&filters) {
+                Ok(()) => self.last_filter = Some(filters),
+                Err(e) => log::error!("{}", crate::error_chain(&e)),
+            }
+        }
+        summary.join("; ")
+    }
+
+    /// After a lost lease: claim again the names and addresses of the workloads whose links
+    /// are up here (from their link records).
+    fn reclaim(&self) {
+        let set = ConfigSet::load(&self.root);
+        let plan = Plan::build(&set);
+        let paths = Paths::new(&self.root);
+        for w in &plan.workloads {
+            for a in &w.attachments {
+                let Ok(text) = std::fs::read_to_string(paths.link_record(&a.link)) else {
+                    continue;
+                };
+                let rec: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                if let Err(e) = self.cluster.claim_name(&w.name, w.kind.as_str()) {
+                    log::error!("{}", crate::error_chain(&e));
+                }
+                let ip = rec
+                    .get("ipv4")
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| s.split('/').next())
+                    .and_then(|s| s.parse::<Ipv4Addr>().ok());
+                let mac = rec
+                    .get("mac")
+                    .and_then(|v| v.as_str())
+                    .and_then(|m| m.parse().ok());
+                let net = a.network.as_deref().and_then(|n| set.networks.by_name(n));
+                if let (Some(ip), Some(net)) = (ip, net.filter(|n| self.cluster.shares(&n.name))) {
+                    let owner = match w.kind {
+                        crate::plan::Kind::Vm => crate::net::ipam::Owner::vm(&w.name, &a.nic),
+                        crate::plan::Kind::Container => {
+                            crate::net::ipam::Owner::container(&w.name, &a.nic)
+                        }
+                    };
+                    match self.cluster.record(net, &owner, ip, true, mac) {
+                        Ok(_) => log::info!("claimed {ip} for {owner} again"),
+                        Err(e) => log::error!("{}", crate::error_chain(&e)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Leave: end the lease (every claim of this host goes at once), remove the VXLAN ports,
+    /// the host addresses (their routes go with them) and the filter.
+    fn leave(&self, nl: &Netlink) {
+        if let Err(e) = self.cluster.etcd.revoke(self.lease) {
+            log::warn!(
+                "cannot end the lease (it expires by itself): {}",
+                crate::error_chain(&e)
+            );
+        }
+        for s in &self.shared {
+            if let Err(e) = nl.delete(&s.vx) {
+                log::warn!("{}", crate::error_chain(&e));
+            }
+            if let Some(ip) = s.address {
+                if let Err(e) = mech::del_ipv4(nl, &s.net.bridge, ip, 32) {
+                    log::warn!("{}", crate::error_chain(&e));
+                }
+            }
+        }
+        if let Err(e) = mech::remove_filter() {
+            log::warn!("{}", crate::error_chain(&e));
+        }
+    }
+}
