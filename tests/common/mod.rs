@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod etcd;
 pub mod guest;
 pub mod netns;
 pub mod nspawn;
