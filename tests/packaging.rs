@@ -163,6 +163,7 @@ fn deb_and_rpm_list_the_same_paths() {
         "/usr/lib/systemd/system/volt-tap@.service",
         "/usr/lib/systemd/system/volt-container@.service",
         "/usr/lib/systemd/system/volt-veth@.service",
+        "/usr/lib/systemd/system/volt-cluster.service",
         "/usr/lib/systemd/network/10-volt0.netdev",
         "/usr/lib/systemd/network/10-volt0.network",
         "/usr/lib/systemd/network/90-volt-vmm.link",

@@ -82,6 +82,23 @@ pub fn show(root: &Path, output: Output) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// `volt cluster claim NAME`: claim a workload name for this host before it starts (without
+/// a cluster: nothing to do). volt-vm@.service runs it outside the VMM's sandbox, which has no
+/// IP sockets.
+pub fn claim(root: &Path, name: &str, kind: &str) -> Result<Outcome> {
+    if ConfigSet::load(root).cluster.is_none() {
+        return Ok(Outcome::Ok);
+    }
+    let c = cluster(root)?;
+    match c.claim_name(name, kind) {
+        Ok(()) => Ok(Outcome::Ok),
+        Err(e) => {
+            log::error!("cannot start {kind} {name}: {}", crate::error_chain(&e));
+            Ok(Outcome::Failed)
+        }
+    }
+}
+
 /// `volt cluster release NAME`: give up this host's claim on a workload name (without a
 /// cluster: nothing to do).
 pub fn release(root: &Path, name: &str) -> Result<Outcome> {

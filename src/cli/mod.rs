@@ -205,6 +205,13 @@ pub enum ClusterCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Claim a workload name for this host (volt-vm@.service's ExecStartPre=; nothing
+    /// without a cluster): fails naming the host that runs it already.
+    Claim {
+        name: String,
+        #[arg(long, default_value = "vm")]
+        kind: String,
+    },
     /// Give up this host's claim on a workload name.
     Release { name: String },
 }
@@ -289,6 +296,7 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
         Command::Cluster { command } => match command {
             ClusterCommand::Run => cluster::run(&root),
             ClusterCommand::Status { output } => cluster::show(&root, output),
+            ClusterCommand::Claim { name, kind } => cluster::claim(&root, &name, &kind),
             ClusterCommand::Release { name } => cluster::release(&root, &name),
         },
         Command::GenDocs { out } => docs::exec(&out),

@@ -163,7 +163,6 @@ pub fn run(
         }
         return Ok(Outcome::Config);
     };
-    at.claim_name(w)?;
     let mut records = Vec::new();
     for a in &w.attachments {
         let r = if attach {

@@ -147,6 +147,10 @@ pub fn fdb_entries(nl: &Netlink, vx: &str) -> Result<Vec<Fdb>, NetlinkError> {
                     mac = Some(MacAddr(x));
                 }
                 NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
+                // In an AF_BRIDGE message the parser cannot know the address family.
+                NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+                    dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+                }
                 _ => {}
             }
         }
@@ -267,6 +271,86 @@ pub fn route_del(
         .map_err(req(format!("remove the route to {ip} over {bridge}")))
     {
         Err(e) if e.errno() == Some(libc::ESRCH) => Ok(()),
+        other => other,
+    }
+}
+
+/// Permanent IPv4 neighbour entries on `link` (address, MAC).
+pub fn neighbours(nl: &Netlink, link: &str) -> Result<Vec<(Ipv4Addr, MacAddr)>, NetlinkError> {
+    let index = nl.index(link)?;
+    let (rt, h) = nl.parts();
+    let msgs = rt
+        .block_on(async move {
+            h.neighbours()
+                .get()
+                .set_address_family(AddressFamily::Inet)
+                .execute()
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .map_err(req(format!("list the neighbours on {link}")))?;
+    let mut out = Vec::new();
+    for m in msgs
+        .iter()
+        .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
+    {
+        let mut mac = None;
+        let mut ip = None;
+        for a in &m.attributes {
+            match a {
+                NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                    let mut x = [0u8; 6];
+                    x.copy_from_slice(b);
+                    mac = Some(MacAddr(x));
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+                _ => {}
+            }
+        }
+        if let (Some(ip), Some(mac)) = (ip, mac) {
+            out.push((ip, mac));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `ip` is at `mac` on `link`, for good (no ARP for it).
+pub fn neighbour_set(
+    nl: &Netlink,
+    link: &str,
+    ip: Ipv4Addr,
+    mac: MacAddr,
+) -> Result<(), NetlinkError> {
+    let index = nl.index(link)?;
+    let (rt, h) = nl.parts();
+    rt.block_on(async move {
+        h.neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac.0)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+    })
+    .map_err(req(format!("set neighbour {ip} at {mac} on {link}")))
+}
+
+/// Remove the neighbour entry of `ip` on `link` (gone already is fine).
+pub fn neighbour_del(nl: &Netlink, link: &str, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+    let index = nl.index(link)?;
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.ifindex = index;
+    m.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    match send(
+        nl,
+        format!("remove neighbour {ip} on {link}"),
+        RouteNetlinkMessage::DelNeighbour(m),
+        0,
+    ) {
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
         other => other,
     }
 }

@@ -78,6 +78,20 @@ impl Nspawn {
     /// Like [`Nspawn::boot_with`], with more systemd-nspawn arguments (e.g.
     /// `--overlay=/usr::/usr` for a writable /usr whose changes nspawn throws away).
     pub fn boot_with_args(hint: &str, stage: &Path, kvm: bool, extra: &[&str]) -> Nspawn {
+        Self::boot_in(hint, stage, kvm, extra, None)
+    }
+
+    /// Like [`Nspawn::boot_with_args`], with systemd-nspawn started inside the network
+    /// namespace `netns` (`nsenter --net=`), so the host ends of links nspawn makes for the
+    /// container (`--network-veth-extra=HOST:CONTAINER`) land there, e.g. on an underlay
+    /// bridge that joins several test systemds.
+    pub fn boot_in(
+        hint: &str,
+        stage: &Path,
+        kvm: bool,
+        extra: &[&str],
+        netns: Option<&Path>,
+    ) -> Nspawn {
         let name = format!(
             "volt-{hint}-{}-{}",
             std::process::id(),
@@ -87,7 +101,14 @@ impl Nspawn {
         let preset = dir.path().join("99-test.preset");
         std::fs::write(&preset, "disable *\n").expect("preset");
         let log = std::fs::File::create(dir.path().join("console.log")).expect("log");
-        let mut cmd = Command::new("timeout");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("timeout");
+                c
+            }
+            None => Command::new("timeout"),
+        };
         cmd.args([
             "--signal=TERM",
             "900",
