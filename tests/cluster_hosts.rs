@@ -136,6 +136,15 @@ fn reach(h: &Nspawn, ip: &str, hosts: &[Nspawn]) {
     let start = Instant::now();
     while !h.sh(&format!("ping -c 1 -W 1 {ip}")).status.success() {
         if start.elapsed() > LONG {
+            // Debugging aid: keep the hosts up for a look from outside (nsenter -t PID -a).
+            if let Some(secs) = std::env::var("VOLT_TEST_HOLD")
+                .ok()
+                .and_then(|s| s.parse().ok())
+            {
+                let pids: Vec<i32> = hosts.iter().map(|h| h.pid1).collect();
+                eprintln!("HOLD: hosts' PID 1: {pids:?}");
+                std::thread::sleep(Duration::from_secs(secs));
+            }
             panic!("{} cannot reach {ip}:\n{}", h.name, overlay_state(hosts));
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -172,33 +181,30 @@ fn three_hosts_share_volt0() {
     let ul = TestNs::new("cul");
     ul.ok("ip link add ul0 type bridge && ip link set ul0 up");
     let stage = stage_volt();
-    // Booted in parallel: most of a boot is waiting, and this machine may be busy.
-    let hosts: Vec<Nspawn> = std::thread::scope(|s| {
-        let hs: Vec<_> =
-            (0..3)
-                .map(|i| {
-                    let (ul, stage) = (&ul, stage.path());
-                    s.spawn(move || {
-                    let veth = format!("ulh-{}", HOSTS[i]);
-                    let c = Nspawn::boot_in(
-                        &format!("cl{}", HOSTS[i]),
-                        stage,
-                        true,
-                        &[&format!("--network-veth-extra={veth}:ul0")],
-                        Some(&ul.path()),
-                    );
-                    ul.ok(&format!("ip link set {veth} master ul0 && ip link set {veth} up"));
-                    c.ok(&format!("ip addr add {}/24 dev ul0 && ip link set ul0 up", ul_ip(i)));
-                    c.install_volt();
-                    c.write("/etc/systemd/system/etcd-volt.service", &etcd_unit(i));
-                    c.write("/etc/volt/cluster.toml", &cluster_toml(i));
-                    c.ok("systemctl daemon-reload && systemctl start --no-block etcd-volt.service");
-                    c
-                })
-                })
-                .collect();
-        hs.into_iter().map(|h| h.join().expect("boot")).collect()
-    });
+    let hosts: Vec<Nspawn> = (0..3)
+        .map(|i| {
+            let veth = format!("ulh-{}", HOSTS[i]);
+            let c = Nspawn::boot_in(
+                &format!("cl{}", HOSTS[i]),
+                stage.path(),
+                true,
+                &[&format!("--network-veth-extra={veth}:ul0")],
+                Some(&ul.path()),
+            );
+            ul.ok(&format!(
+                "ip link set {veth} master ul0 && ip link set {veth} up"
+            ));
+            c.ok(&format!(
+                "ip addr add {}/24 dev ul0 && ip link set ul0 up",
+                ul_ip(i)
+            ));
+            c.install_volt();
+            c.write("/etc/systemd/system/etcd-volt.service", &etcd_unit(i));
+            c.write("/etc/volt/cluster.toml", &cluster_toml(i));
+            c.ok("systemctl daemon-reload && systemctl start --no-block etcd-volt.service");
+            c
+        })
+        .collect();
     let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
     let validate = a.ok("/usr/bin/volt validate");
     assert!(validate.contains("valid"), "{validate}");

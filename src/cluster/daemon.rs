@@ -293,7 +293,74 @@ impl Daemon {
             self.shared[i].address = Some(ip);
         }
         put(self)?;
+        for i in 0..self.shared.len() {
+            if self.shared[i].net.dhcp {
+                self.dhcp_block(i)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Claim a block of the network's container range for this host's DHCP server (the one
+    /// it has, else the first free one) and point networkd's `[DHCPServer]` at it, so the
+    /// hosts' DHCP servers never hand out the same address.
+    fn dhcp_block(&self, i: usize) -> Result<(), ClusterError> {
+        let s = &self.shared[i];
+        let me = self.cluster.host();
+        let blocks = super::overlay::dhcp_blocks(s.net.container_range);
+        let mut mine = None;
+        for (first, size) in &blocks {
+            let key = store::dhcp_key(&s.net.name, *first);
+            let put = super::etcd::Op::Put {
+                key: key.clone(),
+                value: me.as_bytes().to_vec(),
+                lease: self.lease,
+            };
+            let held = self.cluster.etcd.get(&key)?;
+            if held.as_ref().is_some_and(|kv| kv.value == me.as_bytes()) {
+                mine = Some((*first, *size));
+                break;
+            }
+            if held.is_none()
+                && self
+                    .cluster
+                    .etcd
+                    .txn(&[super::etcd::Compare::Absent(key)], &[put], &[])?
+            {
+                mine = Some((*first, *size));
+                break;
+            }
+        }
+        let Some((first, size)) = mine else {
+            return Err(setup(format!(
+                "no DHCP block of {}'s container range {} is free for host {me}",
+                s.net.name, s.net.container_range
+            )));
+        };
+        let path = self.dhcp_dropin_path(s);
+        let text = super::overlay::dhcp_dropin(s.net.subnet, first, size, me);
+        match crate::fsutil::write_atomic_if_changed(&path, &text) {
+            Ok(true) => {
+                log::info!(
+                    "{}: this host's DHCP server hands out {first} and the {} addresses after it",
+                    s.net.name,
+                    size - 1
+                );
+                if let Err(e) = crate::net::networkd::reload() {
+                    log::warn!("networkd reload: {}", crate::error_chain(&e));
+                }
+            }
+            Ok(false) => {}
+            Err(e) => log::warn!("{}", crate::error_chain(&e)),
+        }
+        Ok(())
+    }
+
+    fn dhcp_dropin_path(&self, s: &Shared) -> std::path::PathBuf {
+        Paths::new(&self.root)
+            .networkd_dir()
+            .join(crate::plan::names::bridge_network_dropin_dir(&s.net.bridge))
+            .join("70-volt-cluster-dhcp.conf")
     }
 
     /// This host's own address on shared network `i`: its claim, else the highest free
@@ -505,6 +572,7 @@ impl Daemon {
                 port: s.vx.clone(),
                 gateway: s.net.gateway,
                 remote: want.pairs.into_iter().collect(),
+                subnet: s.net.subnet,
             });
         }
         if self.last_filter.as_ref() != Some(&filters) {
@@ -580,6 +648,13 @@ impl Daemon {
                     log::warn!("{}", crate::error_chain(&e));
                 }
             }
+        }
+        let mut dropins = false;
+        for s in &self.shared {
+            dropins |= std::fs::remove_file(self.dhcp_dropin_path(s)).is_ok();
+        }
+        if dropins {
+            let _ = crate::net::networkd::reload();
         }
         if let Err(e) = mech::remove_filter() {
             log::warn!("{}", crate::error_chain(&e));

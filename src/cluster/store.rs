@@ -6,6 +6,7 @@
 //! | `names/<workload>` | [`NameClaim`]: the host that runs it | the host's |
 //! | `ipam/<network>/addr/<ip>` | [`AddrClaim`]: owner, host, MAC | the host's |
 //! | `ipam/<network>/owner/<owner>` | the address | the host's |
+//! | `dhcp/<network>/<first address>` | the host whose DHCP server hands out that block | the host's |
 //!
 //! Every key a host writes is attached to its lease, so when the host dies (or leaves) all of
 //! it disappears at once. Claims are transactions that create a key only if it is absent
@@ -30,6 +31,11 @@ pub fn name_key(name: &str) -> String {
 
 pub fn addr_key(network: &str, ip: Ipv4Addr) -> String {
     format!("{PREFIX}ipam/{network}/addr/{ip}")
+}
+
+/// The DHCP block of `network` that starts at `first` (its value: the host serving it).
+pub fn dhcp_key(network: &str, first: Ipv4Addr) -> String {
+    format!("{PREFIX}dhcp/{network}/{first}")
 }
 
 pub fn owner_key(network: &str, owner: &str) -> String {

@@ -415,6 +415,8 @@ pub struct PortFilter {
     pub gateway: Ipv4Addr,
     /// (MAC, address) of every workload and host the store places on another host.
     pub remote: Vec<(MacAddr, Ipv4Addr)>,
+    /// The network's subnet (its traffic is never NATed).
+    pub subnet: ipnet::Ipv4Net,
 }
 
 fn elements(pairs: &[(MacAddr, Ipv4Addr)]) -> String {
@@ -468,6 +470,26 @@ pub fn filter_script(ports: &[PortFilter]) -> String {
         s.push_str(&format!("    oifname \"{0}\" jump out-{0}\n", p.port));
     }
     s.push_str("  }\n}\n");
+    // Traffic inside a shared subnet is never NATed: networkd's IPMasquerade= masquerades
+    // everything from the subnet whatever the output interface (the host's own address would
+    // leave as the gateway's), and with br_netfilter loaded bridged frames pass the IP hooks
+    // too (a workload's address would). Untracked packets skip NAT.
+    s.push_str(&format!(
+        "add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n"
+    ));
+    for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
+        s.push_str(&format!(
+            "  chain {chain} {{\n    type filter hook {hook} priority raw; policy accept;\n"
+        ));
+        for p in ports {
+            s.push_str(&format!(
+                "    ip saddr {0} ip daddr {0} notrack\n",
+                p.subnet
+            ));
+        }
+        s.push_str("  }\n");
+    }
+    s.push_str("}\n");
     s
 }
 
@@ -501,7 +523,7 @@ pub fn apply_filter(ports: &[PortFilter]) -> Result<(), FilterError> {
 /// Remove the table (nothing to do when absent).
 pub fn remove_filter() -> Result<(), FilterError> {
     nft(&format!(
-        "add table bridge {TABLE}\ndelete table bridge {TABLE}\n"
+        "add table bridge {TABLE}\ndelete table bridge {TABLE}\nadd table ip {TABLE}\ndelete table ip {TABLE}\n"
     ))
 }
 
@@ -516,7 +538,12 @@ mod tests {
             port: "vx-42".into(),
             gateway: Ipv4Addr::new(10, 42, 0, 1),
             remote: vec![(mac, Ipv4Addr::new(10, 42, 0, 2))],
+            subnet: "10.42.0.0/24".parse().expect("net"),
         }]);
+        assert!(
+            s.contains("ip saddr 10.42.0.0/24 ip daddr 10.42.0.0/24 notrack"),
+            "{s}"
+        );
         assert!(s.starts_with("add table bridge volt-cluster\ndelete table bridge volt-cluster\n"));
         assert!(s.contains("set pairs-vx-42 { type ether_addr . ipv4_addr; elements = { 52:54:00:01:02:03 . 10.42.0.2 }; }"), "{s}");
         assert!(s.contains("iifname \"vx-42\" jump in-vx-42"));
@@ -527,6 +554,7 @@ mod tests {
             port: "vx-7".into(),
             gateway: Ipv4Addr::new(10, 0, 0, 1),
             remote: vec![],
+            subnet: "10.0.0.0/24".parse().expect("net"),
         }]);
         assert!(empty.contains("set pairs-vx-7 { type ether_addr . ipv4_addr; }"));
     }
