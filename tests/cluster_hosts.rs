@@ -190,6 +190,7 @@ fn three_hosts_share_volt0() {
                 true,
                 &[&format!("--network-veth-extra={veth}:ul0")],
                 Some(&ul.path()),
+                2400,
             );
             ul.ok(&format!(
                 "ip link set {veth} master ul0 && ip link set {veth} up"

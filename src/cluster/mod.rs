@@ -7,6 +7,7 @@
 pub mod daemon;
 pub mod etcd;
 pub mod http;
+mod membership;
 mod overlay;
 pub mod status;
 pub mod store;

@@ -78,19 +78,21 @@ impl Nspawn {
     /// Like [`Nspawn::boot_with`], with more systemd-nspawn arguments (e.g.
     /// `--overlay=/usr::/usr` for a writable /usr whose changes nspawn throws away).
     pub fn boot_with_args(hint: &str, stage: &Path, kvm: bool, extra: &[&str]) -> Nspawn {
-        Self::boot_in(hint, stage, kvm, extra, None)
+        Self::boot_in(hint, stage, kvm, extra, None, 900)
     }
 
     /// Like [`Nspawn::boot_with_args`], with systemd-nspawn started inside the network
     /// namespace `netns` (`nsenter --net=`), so the host ends of links nspawn makes for the
     /// container (`--network-veth-extra=HOST:CONTAINER`) land there, e.g. on an underlay
-    /// bridge that joins several test systemds.
+    /// bridge that joins several test systemds. `limit_s`: `timeout` ends the container
+    /// after that many seconds whatever happens (900 for the other constructors).
     pub fn boot_in(
         hint: &str,
         stage: &Path,
         kvm: bool,
         extra: &[&str],
         netns: Option<&Path>,
+        limit_s: u32,
     ) -> Nspawn {
         let name = format!(
             "volt-{hint}-{}-{}",
@@ -109,25 +111,25 @@ impl Nspawn {
             }
             None => Command::new("timeout"),
         };
-        cmd.args([
-            "--signal=TERM",
-            "900",
-            "systemd-nspawn",
-            "-D",
-            "/",
-            "--volatile=yes",
-            "-b",
-            "--private-network",
-            "--register=no",
-            "--keep-unit",
-        ])
-        .arg(format!("--machine={name}"))
-        .arg("--console=pipe")
-        .arg(format!(
-            "--bind-ro={}:/etc/systemd/system-preset/99-test.preset",
-            preset.display()
-        ))
-        .arg(format!("--bind-ro={}:/opt/volt", stage.display()));
+        cmd.arg("--signal=TERM")
+            .arg(limit_s.to_string())
+            .args([
+                "systemd-nspawn",
+                "-D",
+                "/",
+                "--volatile=yes",
+                "-b",
+                "--private-network",
+                "--register=no",
+                "--keep-unit",
+            ])
+            .arg(format!("--machine={name}"))
+            .arg("--console=pipe")
+            .arg(format!(
+                "--bind-ro={}:/etc/systemd/system-preset/99-test.preset",
+                preset.display()
+            ))
+            .arg(format!("--bind-ro={}:/opt/volt", stage.display()));
         if stage.join("root/usr").is_dir() {
             cmd.arg(format!(
                 "--overlay-ro=/usr:{}:/usr",
