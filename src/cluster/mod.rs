@@ -21,7 +21,7 @@ use etcd::{Etcd, EtcdError};
 use store::{AddrClaim, NameClaim};
 
 /// How often a claim is retried when another host changed the same network meanwhile.
-const CLAIM_TRIES: usize = 64;
+const CLAIM_TRIES: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -74,6 +74,18 @@ fn as_lease(ip: Ipv4Addr, c: &AddrClaim) -> Lease {
         fixed: c.fixed,
         since: c.since,
     }
+}
+
+/// A number in `0..n` from the standard library's per-process random hash keys.
+fn random_below(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    (h.finish() % n.max(1) as u64) as usize
 }
 
 impl Cluster {
@@ -175,7 +187,10 @@ impl Cluster {
         let lease = self.host_lease()?;
         let me = self.host().to_string();
         let owner_s = owner.to_string();
-        for _ in 0..CLAIM_TRIES {
+        // After a lost race, skip a random number of free addresses, so hosts that keep
+        // racing for the lowest free one spread out instead of taking turns.
+        let mut skip = 0usize;
+        for attempt in 0..CLAIM_TRIES {
             let snap = store::snapshot(&self.etcd)?;
             let claims: Vec<(Ipv4Addr, &AddrClaim, i64)> = snap.addrs_on(&net.name).collect();
             if let Some((ip, c, rev)) = claims.iter().find(|(_, c, _)| c.owner == owner_s) {
@@ -206,7 +221,17 @@ impl Cluster {
                 }
             }
             let leases: Vec<Lease> = claims.iter().map(|(ip, c, _)| as_lease(*ip, c)).collect();
-            let (ip, fixed) = ipam::pick(net, owner, request, &leases, configured)?;
+            let mut excluded = configured.clone();
+            for _ in 0..skip {
+                match ipam::pick(net, owner, request, &leases, &excluded) {
+                    Ok((ip, false)) => {
+                        excluded.insert(ip);
+                    }
+                    _ => break,
+                }
+            }
+            let (ip, fixed) = ipam::pick(net, owner, request, &leases, &excluded)
+                .or_else(|_| ipam::pick(net, owner, request, &leases, configured))?;
             let claim = AddrClaim {
                 owner: owner_s.clone(),
                 host: me.clone(),
@@ -218,6 +243,7 @@ impl Cluster {
                 log::info!("claimed {ip} on {} for {owner_s} (host {me})", net.name);
                 return Ok(as_lease(ip, &claim));
             }
+            skip = random_below(attempt.min(15) + 2);
         }
         Err(ClusterError::Contention {
             network: net.name.clone(),
