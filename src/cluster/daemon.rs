@@ -300,6 +300,18 @@ impl Daemon {
     fn bridge_identity(&self, nl: &Netlink, s: &Shared) {
         let b = &s.net.bridge;
         let mtu = self.config().overlay_mtu().min(s.net.mtu);
+        // networkd 252 fails the bridge on its own IPMasquerade= when a reload re-applies its
+        // .network, and drops its addresses; a reconfigure brings them back.
+        let has_gateway = nl
+            .ipv4_addrs(b)
+            .is_ok_and(|a| a.iter().any(|(ip, _)| *ip == s.net.gateway));
+        if !has_gateway && crate::net::networkd::Networkd::connect().is_ok() {
+            log::warn!(
+                "{b} lost its gateway address {} (networkd failed the link?); asking networkd to reconfigure it",
+                s.net.gateway
+            );
+            super::membership::networkctl_reconfigure(b);
+        }
         match nl.link(b) {
             Ok(Some(l)) => {
                 if l.mac != Some(s.mac) {

@@ -227,6 +227,11 @@ pub(super) fn reconfigure_bridge(bridge: &str) {
         Err(e) => log::warn!("networkd reload: {}", crate::error_chain(&e)),
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
+    networkctl_reconfigure(bridge);
+}
+
+/// `networkctl reconfigure BRIDGE`.
+pub(super) fn networkctl_reconfigure(bridge: &str) {
     match std::process::Command::new("networkctl")
         .args(["reconfigure", bridge])
         .output()
