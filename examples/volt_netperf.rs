@@ -13,6 +13,9 @@
 //!       per_sec, lost, rtt_p50_us, rtt_p99_us.
 //!   volt_netperf echo-server <bind-ip> <port>
 //!       Echo every datagram back (the veth ceiling's stand-in for the guest's port 7).
+//!   volt_netperf ask <dst-ip> <port> <text>
+//!       Send `text` as one datagram and print the reply (up to 5 tries, 500 ms apart):
+//!       JSON: reply (the test guest's stats line on port 5).
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -36,7 +39,7 @@ fn flag(args: &[String], name: &str, default: u64) -> u64 {
 }
 
 fn usage(why: &str) -> ! {
-    eprintln!("volt_netperf: {why}\nusage: volt_netperf sink|blast|rr|echo-server ...");
+    eprintln!("volt_netperf: {why}\nusage: volt_netperf sink|blast|rr|echo-server|ask ...");
     std::process::exit(2);
 }
 
@@ -232,6 +235,35 @@ fn echo_server(args: &[String]) {
     }
 }
 
+fn ask(args: &[String]) {
+    let ip: Ipv4Addr = arg(args, 0, "destination ip");
+    let port: u16 = arg(args, 1, "port");
+    let text: String = arg(args, 2, "text");
+    let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+    s.connect(SocketAddrV4::new(ip, port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut buf = vec![0u8; BUF];
+    for _ in 0..5 {
+        if s.send(text.as_bytes()).is_err() {
+            continue;
+        }
+        if let Ok(n) = s.recv(&mut buf) {
+            let reply = String::from_utf8_lossy(&buf[..n]);
+            let escaped: String = reply
+                .trim_end()
+                .chars()
+                .filter(|c| !c.is_control())
+                .map(|c| if c == '"' || c == '\\' { '_' } else { c })
+                .collect();
+            println!("{{\"reply\": \"{escaped}\"}}");
+            return;
+        }
+    }
+    eprintln!("volt_netperf: no reply from {ip}:{port}");
+    std::process::exit(1);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest = args.get(1..).unwrap_or(&[]);
@@ -240,6 +272,7 @@ fn main() {
         Some("blast") => blast(rest),
         Some("rr") => rr(rest),
         Some("echo-server") => echo_server(rest),
+        Some("ask") => ask(rest),
         _ => usage("no command"),
     }
 }

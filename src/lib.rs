@@ -10,6 +10,7 @@ pub mod generator;
 pub mod logging;
 pub mod net;
 pub mod plan;
+pub mod sd;
 pub mod sys;
 pub mod vmm;
 

@@ -52,6 +52,16 @@ fn disk_full_while_writing_leases_keeps_the_old_file() {
     let root = tempfile::tempdir().expect("root");
     let ipam = root.path().join("var/lib/volt/ipam");
     std::fs::create_dir_all(&ipam).expect("mkdir");
+    // The IPAM commands serve configured owners: VMs a and b.
+    let vms = root.path().join("etc/volt/vms");
+    std::fs::create_dir_all(&vms).expect("mkdir");
+    for vm in ["a", "b"] {
+        std::fs::write(
+            vms.join(format!("{vm}.toml")),
+            "kernel = \"/k\"\n[[network]]\n",
+        )
+        .expect("write");
+    }
     // A private mount namespace with a 64 KiB tmpfs as the lease directory: one lease fits,
     // then the disk is filled and a second allocation must fail cleanly.
     let script = format!(

@@ -76,6 +76,16 @@ fn config_toml_corpus() {
 }
 
 #[test]
+fn plan_render_corpus() {
+    replay("plan_render", fuzz::plan_render::run);
+}
+
+#[test]
+fn virtio_blk_corpus() {
+    replay("virtio_blk", fuzz::virtio_blk::run);
+}
+
+#[test]
 fn virtio_mmio_corpus() {
     replay("virtio_mmio", fuzz::virtio_mmio::run);
 }
@@ -83,4 +93,9 @@ fn virtio_mmio_corpus() {
 #[test]
 fn virtio_net_corpus() {
     replay("virtio_net", fuzz::virtio_net::run);
+}
+
+#[test]
+fn virtio_vsock_corpus() {
+    replay("virtio_vsock", fuzz::virtio_vsock::run);
 }

@@ -12,6 +12,23 @@ fn volt(root: &std::path::Path) -> Command {
     c
 }
 
+/// Configure the workload `owner` (`vm/<name>/eth0` or `container/<name>/eth0`) names, with
+/// one NIC on volt0 and no address: the IPAM commands serve configured owners only.
+fn configure(root: &std::path::Path, owner: &str) {
+    let mut parts = owner.split('/');
+    let (kind, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (dir, text) = match kind {
+        "vm" => ("etc/volt/vms", "kernel = \"/k\"\n[[network]]\n"),
+        _ => (
+            "etc/volt/containers",
+            "directory = \"/srv\"\nboot = true\n[[network]]\n",
+        ),
+    };
+    let d = root.join(dir);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    std::fs::write(d.join(format!("{name}.toml")), text).expect("write config");
+}
+
 fn leases(root: &std::path::Path) -> Vec<serde_json::Value> {
     let o = volt(root)
         .args(["ipam", "list", "--output", "json"])
@@ -24,11 +41,21 @@ fn leases(root: &std::path::Path) -> Vec<serde_json::Value> {
 #[test]
 fn fifty_concurrent_allocators_get_fifty_distinct_addresses() {
     let root = tempfile::tempdir().expect("tempdir");
+    let owner = |i: usize| {
+        let kind = if i.is_multiple_of(2) {
+            "vm"
+        } else {
+            "container"
+        };
+        format!("{kind}/w{i}/eth0")
+    };
+    for i in 0..50 {
+        configure(root.path(), &owner(i));
+    }
     let children: Vec<_> = (0..50)
         .map(|i| {
-            let kind = if i % 2 == 0 { "vm" } else { "container" };
             volt(root.path())
-                .args(["ipam", "allocate", "--owner", &format!("{kind}/w{i}/eth0")])
+                .args(["ipam", "allocate", "--owner", &owner(i)])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -54,6 +81,15 @@ fn fifty_concurrent_allocators_get_fifty_distinct_addresses() {
 fn sigkill_at_random_points_loses_nothing() {
     use std::os::unix::process::ExitStatusExt;
     let root = tempfile::tempdir().expect("tempdir");
+    for round in 0..8 {
+        for name in ["done".to_string(), "early".to_string()]
+            .into_iter()
+            .chain((0..8).map(|i| format!("w{i}")))
+        {
+            configure(root.path(), &format!("vm/r{round}{name}/eth0"));
+        }
+    }
+    configure(root.path(), "vm/last/eth0");
     let mut finished = BTreeSet::new();
     let (mut killed, mut random_killed, mut random_finished) = (0, 0, 0);
     let allocate = |owner: String| {

@@ -15,16 +15,25 @@
 //! - Hardware KVM: the full boot to the initramfs marker `VOLT-LINUX-GUEST-UP` with 2 vCPUs,
 //!   after which the guest resets the machine and the VMM exits 0.
 //!
+//! The root disk boot runs a VM file the way `volt-vm@.service` does (`volt vm run --attach`)
+//! in a network namespace the test creates, with the bridge volt0 inside: the kernel and the
+//! guest's ext4 image as a read-only `[[disk]]` with `root = true` (so `root=/dev/vda ro`), a
+//! NIC on volt0. With hardware KVM the guest reaches userspace from the disk, takes the
+//! address Volt gave it and serves HTTP to the host over volt0; with software KVM it runs as
+//! far as the kernel gets (the banner, the command line with root=/dev/vda, then whatever
+//! comes before the emulator gives up) and the test records why it stops there.
+//!
 //! Every timeout here is a failure bound (a stuck VMM fails the test instead of hanging it),
 //! not a performance claim.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use common::linux::{guest, no_hardware_kvm};
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const VMM: &str = env!("CARGO_BIN_EXE_volt-vmm");
@@ -56,85 +65,6 @@ const EARLY_LINES: &[&str] = &[
     "Processors: 2",
 ];
 
-struct Guest {
-    vmlinux: PathBuf,
-    bzimage: PathBuf,
-    initramfs: PathBuf,
-}
-
-fn build_guest() -> Result<Guest, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-linux-guest");
-    let t0 = Instant::now();
-    let out = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    match out.status.code() {
-        Some(0) => {}
-        Some(77) => {
-            return Err(
-                "scripts/build-linux-guest cannot build the guest on this machine (exit 77, see its message)"
-                    .to_string(),
-            )
-        }
-        _ => panic!(
-            "{} failed with {}; stdout {}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout)
-        ),
-    }
-    eprintln!("linux-boot: guest ready in {:?}", t0.elapsed());
-    let text = String::from_utf8_lossy(&out.stdout);
-    let get = |key: &str| -> PathBuf {
-        let p = text
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key} line in the build output {text:?}"));
-        let p = PathBuf::from(p.trim());
-        assert!(p.is_file(), "{} is missing", p.display());
-        p
-    };
-    Ok(Guest {
-        vmlinux: get("VMLINUX="),
-        bzimage: get("BZIMAGE="),
-        initramfs: get("INITRAMFS="),
-    })
-}
-
-/// The built guest, or `None` with the skip recorded.
-fn guest() -> Option<&'static Guest> {
-    static GUEST: OnceLock<Result<Guest, String>> = OnceLock::new();
-    if common::skip(None, true) {
-        return None;
-    }
-    match GUEST.get_or_init(build_guest) {
-        Ok(g) => Some(g),
-        Err(why) => {
-            common::report::skip(why);
-            None
-        }
-    }
-}
-
-/// `None` when the host has hardware KVM, else the reason the full boot cannot run here.
-fn no_hardware_kvm() -> Option<String> {
-    if ["/sys/module/kvm_intel", "/sys/module/kvm_amd"]
-        .iter()
-        .any(|m| Path::new(m).exists())
-    {
-        return None;
-    }
-    let soft = if Path::new("/sys/module/kvm_pvm").exists() {
-        " (this host's KVM is kvm_pvm, software nested virtualization)"
-    } else {
-        ""
-    };
-    Some(format!(
-        "no hardware KVM: neither /sys/module/kvm_intel nor /sys/module/kvm_amd exists{soft}"
-    ))
-}
-
 enum Out {
     Serial(String),
     Log(String),
@@ -151,14 +81,21 @@ struct Vm {
 
 impl Vm {
     fn start(kernel: &Path, initrd: &Path, vcpus: u8, cmdline: &str) -> Vm {
-        let started = Instant::now();
-        let mut child = Command::new(VMM)
-            .arg("--kernel")
+        let mut cmd = Command::new(VMM);
+        cmd.arg("--kernel")
             .arg(kernel)
             .arg("--initrd")
             .arg(initrd)
             .args(["--vcpus", &vcpus.to_string(), "--memory-mib", "128"])
-            .args(["--shutdown-timeout", "1s", "--cmdline", cmdline])
+            .args(["--shutdown-timeout", "1s", "--cmdline", cmdline]);
+        Vm::spawn(cmd)
+    }
+
+    /// Runs `cmd`, which ends up as the VMM (the same process, through exec): its stdout is
+    /// the serial console, its stderr the log.
+    fn spawn(mut cmd: Command) -> Vm {
+        let started = Instant::now();
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -445,4 +382,139 @@ fn full_boot_to_the_initramfs_marker_with_two_vcpus() {
             vm.transcript()
         );
     }
+}
+
+/// The guest's address on volt0 in the root disk boot.
+const ROOT_DISK_IP: &str = "10.42.0.20";
+/// Bound for the root disk boot on software KVM to go as far as it gets.
+const SOFT_ROOT_DISK_BOUND: Duration = Duration::from_secs(240);
+
+/// GET / from `ip`:80; the whole response.
+fn http_get(ip: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect((ip, 80))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: guest\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn root_disk_boot_to_userspace_address_and_http_over_volt0() {
+    let Some(g) = guest() else { return };
+    if common::skip(common::netns::skip_reason(), true) {
+        return;
+    }
+    let soft = no_hardware_kvm();
+    let ns = common::netns::TestNs::new("lnx");
+    ns.bridge("volt0", "10.42.0.1/24", 1500);
+    let root = tempfile::tempdir().expect("root");
+    let vms = root.path().join("etc/volt/vms");
+    std::fs::create_dir_all(&vms).expect("mkdir");
+    let cmdline = if soft.is_some() {
+        SOFT_KVM_CMDLINE
+    } else {
+        "console=ttyS0 reboot=k panic=1 pci=off"
+    };
+    let toml = format!(
+        "vcpus = 2\nmemory_mib = 256\nkernel = \"{}\"\ncmdline = \"{cmdline}\"\n\
+         [[disk]]\npath = \"{}\"\nroot = true\nreadonly = true\n\
+         [[network]]\nmode = \"direct\"\nbridge = \"volt0\"\nipv4 = \"{ROOT_DISK_IP}/24\"\n",
+        g.vmlinux.display(),
+        g.rootfs.display()
+    );
+    std::fs::write(vms.join("lnx.toml"), toml).expect("vm file");
+    // What volt-vm@lnx.service runs, bringing the link up itself, inside the namespace.
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", ns.path().display()))
+        .arg(env!("CARGO_BIN_EXE_volt"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["vm", "run", "lnx", "--attach", "--vmm", VMM])
+        .args(["--", "--shutdown-timeout", "1s"]);
+    let mut vm = Vm::spawn(cmd);
+    let at = vm.expect_serial(&["Linux version 6.1", "Command line: "], EARLY_BOUND);
+    let line = vm
+        .serial
+        .iter()
+        .find(|(_, l)| l.contains("Command line: "))
+        .map(|(_, l)| l.clone())
+        .unwrap_or_default();
+    for want in [
+        " root=/dev/vda",
+        " ro",
+        "ip=10.42.0.20::10.42.0.1:255.255.255.0::eth0:off",
+    ] {
+        assert!(line.contains(want), "{want:?} missing from {line}");
+    }
+    eprintln!(
+        "linux-boot: root disk: banner at {:.3}s",
+        at[0].as_secs_f64()
+    );
+
+    if let Some(why) = soft {
+        // Software KVM: as far as the kernel gets within the bound, or until it dies.
+        let deadline = Instant::now() + SOFT_ROOT_DISK_BOUND;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = vm.child.try_wait() {
+                vm.drain(Duration::from_millis(500));
+                break;
+            }
+            if let Ok(item) = vm.lines.recv_timeout(Duration::from_millis(200)) {
+                vm.take(item);
+            }
+        }
+        let ended = vm.child.try_wait().ok().flatten();
+        let reached = |what: &str| vm.serial.iter().any(|(_, l)| l.contains(what));
+        let last = vm.serial.last().map(|(t, l)| (*t, l.clone()));
+        let why_stopped = match ended {
+            Some(status) => format!(
+                "volt-vmm ended ({status}): {}",
+                vm.log
+                    .iter()
+                    .rev()
+                    .find(|l| l.contains("KVM_EXIT"))
+                    .or(vm.log.last())
+                    .map_or("", String::as_str)
+            ),
+            None => format!("still running after {SOFT_ROOT_DISK_BOUND:?}"),
+        };
+        eprintln!(
+            "linux-boot: root disk on software KVM: virtio-blk vda {}, root mounted {}, \
+             userspace {}; last serial line at {:.1}s: {}; {why_stopped}",
+            reached("[vda]"),
+            reached("VFS: Mounted root"),
+            reached("VOLT-LINUX-ROOTFS-UP"),
+            last.as_ref().map_or(0.0, |(t, _)| t.as_secs_f64()),
+            last.as_ref().map_or("", |(_, l)| l.as_str())
+        );
+        common::report::skip(format!(
+            "Linux from a root disk to userspace, its address and HTTP over volt0: {why}"
+        ));
+        return;
+    }
+
+    let ip = ROOT_DISK_IP;
+    vm.expect_serial(
+        &[
+            "virtio_blk virtio",
+            "[vda]",
+            "VFS: Mounted root (ext4 filesystem) readonly",
+            "VOLT-LINUX-ROOTFS-UP",
+            "VOLT-ROOT=/dev/root ext4 ro",
+            "VOLT-CPUS=2",
+            &format!("VOLT-ETH0={ip}/24 (kernel ip=)"),
+            "VOLT-HTTP-UP port 80",
+        ],
+        FULL_BOOT_BOUND,
+    );
+    let got = ns.run(move || http_get(ip));
+    let page = got.unwrap_or_else(|e| panic!("GET http://{ip}/: {e}\n{}", vm.transcript()));
+    assert!(page.starts_with("HTTP/1.0 200"), "{page}");
+    assert!(page.contains(&format!("VOLT-LINUX-GUEST {ip}")), "{page}");
+    // SIGTERM: Ctrl-Alt-Del (the guest has no i8042 driver), then the 1 s shutdown timeout.
+    // SAFETY: kill(2) on our own child, not reaped yet.
+    unsafe { libc::kill(vm.child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = vm.wait_exit(EXIT_BOUND + vm.started.elapsed());
+    eprintln!("linux-boot: root disk: HTTP served, volt-vmm exited {status}");
 }

@@ -1,31 +1,39 @@
-//! Anti-spoofing on the bridge, with traffic, in namespaces the test creates: an honest
-//! workload and an attacker each behind a veth port; rules pin each port to its MAC and
-//! IPv4. The attacker's spoofed IP, spoofed MAC and spoofed ARP are dropped (counters
-//! show it) while the honest workload keeps working.
+//! Anti-spoofing on the bridge, with raw frames, in namespaces the test creates: an honest
+//! workload and an attacker each behind a veth port on `br0`. The attacker sends hand-built
+//! frames over AF_PACKET: VLAN-0, VLAN-5 and QinQ tagged ARP, spoofed IPv4, ARP and MAC,
+//! a spoofed IPv6 source, a router advertisement, a neighbour advertisement for the honest
+//! workload's address, a redirect, non-ICMPv6 from `::`, an unknown ethertype. Without rules
+//! each reaches the host (and the tagged ARP, the RA and the NA change its state); with the
+//! port's rules each is dropped by its own rule, counted once, while the attacker's honest
+//! frames and the honest neighbour (IPv4 and IPv6) keep working.
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use common::frames::{self as fr, BROADCAST, ETH_ARP, ETH_IP, ETH_IP6};
 use common::netns::{skip_reason, TestNs};
 use common::ping;
-use volt::net::antispoof;
+use volt::net::antispoof::{self, link_local, rule, PortPolicy};
 
+const BR_MAC: &str = "02:00:00:00:00:01";
 const HONEST_MAC: &str = "52:54:00:00:00:20";
 const ATTACK_MAC: &str = "52:54:00:00:00:30";
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 1);
+const HONEST_IP: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 20);
+const ATTACK_IP: Ipv4Addr = Ipv4Addr::new(10, 42, 0, 30);
+const HONEST_PORT: &str = "veth-a-h";
+const ATTACK_PORT: &str = "veth-b-h";
 
-fn workload(host: &TestNs, ns: &TestNs, port: &str, mac: &str, cidr: &str) {
-    host.ok(&format!(
-        "ip link add {port} type veth peer name eth0 netns {} && ip link set {port} master br0 up",
-        ns.name
-    ));
-    ns.ok(&format!(
-        "ip link set eth0 address {mac} && ip addr add {cidr} dev eth0 && ip link set eth0 up"
-    ));
+fn mac(s: &str) -> volt::config::MacAddr {
+    s.parse().expect("mac")
 }
 
-#[test]
-fn spoofed_ip_mac_and_arp_are_dropped_honest_traffic_passes() {
+fn skip() -> bool {
     if common::skip(skip_reason(), false) {
-        return;
+        return true;
     }
     if std::process::Command::new("nft")
         .arg("--version")
@@ -33,87 +41,486 @@ fn spoofed_ip_mac_and_arp_are_dropped_honest_traffic_passes() {
         .is_err()
     {
         common::report::skip("nft is missing (scripts/setup installs nftables)");
+        return true;
+    }
+    false
+}
+
+/// No duplicate address detection in `ns`: link-local addresses are usable at once.
+fn no_dad(ns: &TestNs) {
+    ns.ok("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0");
+}
+
+fn workload(host: &TestNs, ns: &TestNs, port: &str, mac: &str, ip: Ipv4Addr) {
+    no_dad(ns);
+    host.ok(&format!(
+        "ip link add {port} type veth peer name eth0 netns {} && ip link set {port} master br0 up",
+        ns.name
+    ));
+    ns.ok(&format!(
+        "ip link set eth0 address {mac} && ip addr add {ip}/24 dev eth0 && ip link set eth0 up"
+    ));
+}
+
+struct Lab {
+    host: TestNs,
+    honest: TestNs,
+    attacker: TestNs,
+}
+
+fn lab() -> Lab {
+    let lab = Lab {
+        host: TestNs::new("spoofh"),
+        honest: TestNs::new("spoofa"),
+        attacker: TestNs::new("spoofb"),
+    };
+    no_dad(&lab.host);
+    lab.host.ok(&format!(
+        "ip link add br0 address {BR_MAC} type bridge && ip addr add {GATEWAY}/24 dev br0 && ip link set br0 up"
+    ));
+    workload(&lab.host, &lab.honest, HONEST_PORT, HONEST_MAC, HONEST_IP);
+    workload(&lab.host, &lab.attacker, ATTACK_PORT, ATTACK_MAC, ATTACK_IP);
+    // The attacker's own kernel stays quiet on IPv6: every IPv6 frame from it is the test's.
+    lab.attacker
+        .ok("sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1");
+    lab
+}
+
+/// The honest workload reaches the host over IPv4 and IPv6 (link-local).
+fn honest_works(lab: &Lab) {
+    ping::assert_all(
+        &lab.honest.ok(&format!("ping -c 2 -i 0.2 -W 1 {GATEWAY}")),
+        2,
+    );
+    let br_ll = link_local(mac(BR_MAC));
+    ping::assert_all(
+        &lab.honest
+            .ok(&format!("ping -6 -c 2 -i 0.2 -W 1 {br_ll}%eth0")),
+        2,
+    );
+}
+
+fn counters(host: &TestNs, port: &'static str) -> BTreeMap<String, u64> {
+    host.run(move || antispoof::counters(port))
+        .into_iter()
+        .collect()
+}
+
+/// One frame from the attacker's port, and the rule that must drop it (`None`: it must
+/// pass).
+struct Attack {
+    name: &'static str,
+    rule: Option<&'static str>,
+    frame: Vec<u8>,
+}
+
+fn attacks() -> Vec<Attack> {
+    let attacker = fr::mac(ATTACK_MAC);
+    let honest = fr::mac(HONEST_MAC);
+    let br = fr::mac(BR_MAC);
+    let attacker_ll = link_local(mac(ATTACK_MAC));
+    let honest_ll = link_local(mac(HONEST_MAC));
+    let all_nodes: Ipv6Addr = "ff02::1".parse().expect("ip6");
+    let all6 = fr::mcast6(all_nodes);
+    // "Who has the gateway? Tell 10.42.0.20 at the attacker's MAC": the attack of the issue.
+    let steal = fr::arp_request(attacker, HONEST_IP, GATEWAY);
+    let own_arp = fr::arp_request(attacker, ATTACK_IP, GATEWAY);
+    let icmp6 = |src: Ipv6Addr, l4: Vec<u8>| fr::ipv6(src, all_nodes, 58, 255, &l4);
+    // ND messages carry their marker in an option, echoes and UDP in their data.
+    let nd = |m: Vec<u8>, name: &str| [m, fr::nd_option(&fr::marker(name))].concat();
+    let mk = |name: &str| fr::marker(name);
+    let solicited: Ipv6Addr = {
+        let o = attacker_ll.octets();
+        Ipv6Addr::from([
+            0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, o[13], o[14], o[15],
+        ])
+    };
+    let mut list = Vec::new();
+    let mut add = |name: &'static str,
+                   rule: Option<&'static str>,
+                   dst: [u8; 6],
+                   src: [u8; 6],
+                   tags: &[(u16, u16)],
+                   ethertype: u16,
+                   payload: Vec<u8>| {
+        list.push(Attack {
+            name,
+            rule,
+            frame: fr::ether(dst, src, tags, ethertype, &payload, &fr::marker(name)),
+        });
+    };
+    let q = fr::TPID_8021Q;
+    let ad = fr::TPID_8021AD;
+    add(
+        "vlan0-arp",
+        Some(rule::VLAN0),
+        BROADCAST,
+        attacker,
+        &[(q, 0)],
+        ETH_ARP,
+        steal.clone(),
+    );
+    add(
+        "vlan5-arp",
+        Some(rule::VLAN),
+        BROADCAST,
+        attacker,
+        &[(q, 5)],
+        ETH_ARP,
+        steal.clone(),
+    );
+    add(
+        "qinq-arp",
+        Some(rule::QINQ),
+        BROADCAST,
+        attacker,
+        &[(ad, 5), (q, 0)],
+        ETH_ARP,
+        steal.clone(),
+    );
+    add(
+        "spoofed-ipv4",
+        Some(rule::IP),
+        br,
+        attacker,
+        &[],
+        ETH_IP,
+        fr::icmp_echo(HONEST_IP, GATEWAY, &mk("spoofed-ipv4")),
+    );
+    add(
+        "spoofed-arp-ip",
+        Some(rule::ARP_IP),
+        BROADCAST,
+        attacker,
+        &[],
+        ETH_ARP,
+        steal,
+    );
+    add(
+        "spoofed-arp-mac",
+        Some(rule::ARP_MAC),
+        BROADCAST,
+        attacker,
+        &[],
+        ETH_ARP,
+        fr::arp_request(honest, ATTACK_IP, GATEWAY),
+    );
+    add(
+        "spoofed-mac",
+        Some(rule::MAC),
+        BROADCAST,
+        honest,
+        &[],
+        ETH_ARP,
+        fr::arp_request(honest, HONEST_IP, GATEWAY),
+    );
+    add(
+        "spoofed-ipv6",
+        Some(rule::IP6),
+        all6,
+        attacker,
+        &[],
+        ETH_IP6,
+        icmp6(honest_ll, fr::icmp6_echo(&mk("spoofed-ipv6"))),
+    );
+    add(
+        "router-advert",
+        Some(rule::RA),
+        all6,
+        attacker,
+        &[],
+        ETH_IP6,
+        icmp6(
+            attacker_ll,
+            nd(fr::router_advert(attacker), "router-advert"),
+        ),
+    );
+    add(
+        "neighbour-advert",
+        Some(rule::NA),
+        all6,
+        attacker,
+        &[],
+        ETH_IP6,
+        icmp6(
+            attacker_ll,
+            nd(
+                fr::neighbour_advert(honest_ll, attacker),
+                "neighbour-advert",
+            ),
+        ),
+    );
+    add(
+        "redirect",
+        Some(rule::REDIRECT),
+        all6,
+        attacker,
+        &[],
+        ETH_IP6,
+        icmp6(
+            attacker_ll,
+            nd(fr::redirect(attacker_ll, honest_ll), "redirect"),
+        ),
+    );
+    add(
+        "unspecified-udp",
+        Some(rule::IP6_UNSPEC),
+        all6,
+        attacker,
+        &[],
+        ETH_IP6,
+        fr::ipv6(
+            Ipv6Addr::UNSPECIFIED,
+            all_nodes,
+            17,
+            64,
+            &fr::udp(9, 9, mk("unspecified-udp").as_bytes()),
+        ),
+    );
+    add(
+        "unknown-ethertype",
+        Some(rule::ETHERTYPE),
+        BROADCAST,
+        attacker,
+        &[],
+        0x88b5,
+        b"volt".to_vec(),
+    );
+    // What the attacker may send from its own addresses.
+    add("own-arp", None, BROADCAST, attacker, &[], ETH_ARP, own_arp);
+    add(
+        "own-ipv4",
+        None,
+        br,
+        attacker,
+        &[],
+        ETH_IP,
+        fr::icmp_echo(ATTACK_IP, GATEWAY, &mk("own-ipv4")),
+    );
+    add(
+        "own-ipv6",
+        None,
+        all6,
+        attacker,
+        &[],
+        ETH_IP6,
+        icmp6(attacker_ll, fr::icmp6_echo(&mk("own-ipv6"))),
+    );
+    add(
+        "own-neighbour-advert",
+        None,
+        all6,
+        attacker,
+        &[],
+        ETH_IP6,
+        icmp6(
+            attacker_ll,
+            nd(
+                fr::neighbour_advert(attacker_ll, attacker),
+                "own-neighbour-advert",
+            ),
+        ),
+    );
+    add(
+        "dad-solicit",
+        None,
+        fr::mcast6(solicited),
+        attacker,
+        &[],
+        ETH_IP6,
+        fr::ipv6(
+            Ipv6Addr::UNSPECIFIED,
+            solicited,
+            58,
+            255,
+            &nd(fr::neighbour_solicit(attacker_ll), "dad-solicit"),
+        ),
+    );
+    list
+}
+
+/// A frame the attacker may always send, after each attack: once it arrived, the attack
+/// frame before it has arrived too unless it was dropped.
+fn sentinel(i: usize) -> (String, Vec<u8>) {
+    let name = format!("sentinel-{i}");
+    let attacker = fr::mac(ATTACK_MAC);
+    let frame = fr::ether(
+        BROADCAST,
+        attacker,
+        &[],
+        ETH_ARP,
+        &fr::arp_request(attacker, ATTACK_IP, GATEWAY),
+        &fr::marker(&name),
+    );
+    (fr::marker(&name), frame)
+}
+
+#[test]
+fn tagged_spoofed_and_foreign_frames_are_dropped_each_by_its_own_rule() {
+    if skip() {
         return;
     }
-    let host = TestNs::new("spoofh");
-    let honest = TestNs::new("spoofa");
-    let attacker = TestNs::new("spoofb");
-    host.ok(
-        "ip link add br0 type bridge && ip addr add 10.42.0.1/24 dev br0 && ip link set br0 up",
-    );
-    workload(&host, &honest, "veth-a-h", HONEST_MAC, "10.42.0.20/24");
-    workload(&host, &attacker, "veth-b-h", ATTACK_MAC, "10.42.0.30/24");
-    host.run(|| {
-        antispoof::apply(
-            "veth-a-h",
-            HONEST_MAC.parse().expect("mac"),
-            Some("10.42.0.20".parse().expect("ip")),
-        )
-        .expect("apply a");
-        antispoof::apply(
-            "veth-b-h",
-            ATTACK_MAC.parse().expect("mac"),
-            Some("10.42.0.30".parse().expect("ip")),
-        )
-        .expect("apply b");
-    });
-    // The port's four drop counters, read in the host namespace.
-    let drops = |port: &'static str| {
-        let d = host.run(move || antispoof::drop_counts(port));
-        assert_eq!(d.len(), 4, "counters of {port}: {d:?}");
-        d
-    };
-    ping::assert_all(&honest.ok("ping -c 2 -i 0.2 -W 1 10.42.0.1"), 2);
-    ping::assert_all(&attacker.ok("ping -c 2 -i 0.2 -W 1 10.42.0.1"), 2);
-    // Counters in rule order: ether saddr, arp saddr ether, arp saddr ip, ip saddr.
-    let base = drops("veth-b-h");
-    assert_eq!(
-        base,
-        vec![0, 0, 0, 0],
-        "honest traffic of the attacker's port"
-    );
+    let lab = lab();
+    let honest_policy = PortPolicy::new(mac(HONEST_MAC), Some(HONEST_IP));
+    lab.host
+        .run(move || antispoof::apply(HONEST_PORT, &honest_policy))
+        .expect("honest port rules");
+    honest_works(&lab);
+    let listen = lab.host.run(|| fr::packet_socket("br0"));
+    let send = lab.attacker.run(|| fr::packet_socket("eth0"));
+    let honest_ll = link_local(mac(HONEST_MAC));
+    let attacker_ll = link_local(mac(ATTACK_MAC));
+    let neigh = |ip: String| lab.host.ok(&format!("ip neigh show {ip} dev br0"));
 
-    // Spoofed source IP: the honest workload's address from the attacker's port.
-    attacker.ok("ip addr add 10.42.0.20/32 dev eth0");
-    let o = attacker.sh("ping -c 2 -i 0.2 -W 1 -I 10.42.0.20 10.42.0.1");
-    ping::assert_counts(&String::from_utf8_lossy(&o.stdout), 2, 0);
-    let after_ip = drops("veth-b-h");
-    assert!(
-        after_ip[2] + after_ip[3] > base[2] + base[3],
-        "the spoofed IP was not dropped by the port's rules: {after_ip:?}"
+    // Without rules on its port, every frame of the attacker reaches the host, and the
+    // VLAN-0 tagged ARP, the RA and the NA take effect (the holes).
+    let has = |what: &str, show: &dyn Fn() -> String, want: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            let now = show();
+            if now.contains(want) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "{what} had no effect: {now}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let list = attacks();
+    for (i, a) in list.iter().enumerate() {
+        let (until, frame) = sentinel(i);
+        fr::send(&send, &a.frame);
+        fr::send(&send, &frame);
+        let seen = fr::markers_until(&listen, &until, Duration::from_secs(2));
+        assert!(
+            seen.contains(&fr::marker(a.name)),
+            "without rules, {} did not reach the host: {seen:?}",
+            a.name
+        );
+        match a.name {
+            "vlan0-arp" => has(a.name, &|| neigh(HONEST_IP.to_string()), ATTACK_MAC),
+            "neighbour-advert" => has(a.name, &|| neigh(honest_ll.to_string()), ATTACK_MAC),
+            "router-advert" => has(
+                a.name,
+                &|| lab.host.ok("ip -6 route show default"),
+                &attacker_ll.to_string(),
+            ),
+            _ => {}
+        }
+    }
+    lab.host
+        .ok("ip neigh flush dev br0 && ip -6 neigh flush dev br0 && ip -6 route flush default");
+    honest_works(&lab);
+
+    let attacker_policy = PortPolicy::new(mac(ATTACK_MAC), Some(ATTACK_IP));
+    lab.host
+        .run(move || antispoof::apply(ATTACK_PORT, &attacker_policy))
+        .expect("attacker port rules");
+    let base = counters(&lab.host, ATTACK_PORT);
+    assert!(base.values().all(|n| *n == 0), "{base:?}");
+    for (i, a) in list.iter().enumerate() {
+        let before = counters(&lab.host, ATTACK_PORT);
+        let (until, frame) = sentinel(100 + i);
+        fr::send(&send, &a.frame);
+        fr::send(&send, &frame);
+        let seen = fr::markers_until(&listen, &until, Duration::from_secs(2));
+        assert!(
+            seen.contains(&until),
+            "sentinel after {} lost: {seen:?}",
+            a.name
+        );
+        let after = counters(&lab.host, ATTACK_PORT);
+        let mut expected = before.clone();
+        match a.rule {
+            Some(r) => {
+                assert!(
+                    !seen.contains(&fr::marker(a.name)),
+                    "{} reached the host through the rules",
+                    a.name
+                );
+                *expected.get_mut(r).unwrap_or_else(|| panic!("no rule {r}")) += 1;
+                assert_eq!(
+                    after, expected,
+                    "{} must be counted by rule {r} only",
+                    a.name
+                );
+            }
+            None => {
+                assert!(
+                    seen.contains(&fr::marker(a.name)),
+                    "{} from the attacker's own addresses was dropped",
+                    a.name
+                );
+                assert_eq!(after, expected, "{} must hit no drop rule", a.name);
+            }
+        }
+    }
+    let v4 = neigh(HONEST_IP.to_string());
+    assert!(!v4.contains(ATTACK_MAC), "ARP spoof reached the host: {v4}");
+    let v6 = neigh(honest_ll.to_string());
+    assert!(!v6.contains(ATTACK_MAC), "NA spoof reached the host: {v6}");
+    assert_eq!(lab.host.ok("ip -6 route show default").trim(), "");
+    // The honest neighbour is unaffected, and its port dropped nothing.
+    honest_works(&lab);
+    let honest = counters(&lab.host, HONEST_PORT);
+    assert!(honest.values().all(|n| *n == 0), "{honest:?}");
+    ping::assert_all(
+        &lab.attacker.ok(&format!("ping -c 2 -i 0.2 -W 1 {GATEWAY}")),
+        2,
     );
-    // Spoofed ARP: two gratuitous ARPs claiming 10.42.0.20 must not reach the host; the
-    // port's `arp saddr ip` rule counts both.
-    let arping = attacker.ok("busybox arping -U -c 2 -w 2 -s 10.42.0.20 -I eth0 10.42.0.1");
-    assert!(arping.contains("Sent 2 probe"), "{arping}");
-    let after_arp = drops("veth-b-h");
-    assert!(
-        after_arp[2] >= after_ip[2] + 2,
-        "the spoofed ARPs were not dropped by the arp rule: {after_ip:?} -> {after_arp:?}"
-    );
-    let neigh = host.ok("ip neigh show 10.42.0.20");
-    assert!(
-        !neigh.contains(ATTACK_MAC),
-        "ARP spoof reached the host: {neigh}"
-    );
-    attacker.ok("ip addr del 10.42.0.20/32 dev eth0");
-    // Spoofed source MAC.
-    attacker.ok(&format!("ip link set eth0 address {HONEST_MAC}"));
-    let o = attacker.sh("ping -c 2 -i 0.2 -W 1 10.42.0.1");
-    ping::assert_counts(&String::from_utf8_lossy(&o.stdout), 2, 0);
-    let after_mac = drops("veth-b-h");
-    assert!(
-        after_mac[0] > after_arp[0],
-        "the spoofed MAC was not dropped by the ether rule: {after_arp:?} -> {after_mac:?}"
-    );
-    assert_eq!(drops("veth-a-h").iter().sum::<u64>(), 0);
-    // The honest workload is unaffected.
-    ping::assert_all(&honest.ok("ping -c 2 -i 0.2 -W 1 10.42.0.1"), 2);
 
     // Removing a port's rules leaves the other port's in place.
-    host.run(|| antispoof::remove("veth-b-h").expect("remove"));
-    host.ok("! nft list chain bridge volt port-veth-b-h");
-    host.ok("nft list chain bridge volt port-veth-a-h");
+    lab.host
+        .run(|| antispoof::remove(ATTACK_PORT))
+        .expect("remove");
+    assert!(!lab.host.run(|| antispoof::installed(ATTACK_PORT)));
+    assert!(lab.host.run(|| antispoof::installed(HONEST_PORT)));
+}
+
+#[test]
+fn a_declared_vlan_passes_and_other_tags_do_not() {
+    if skip() {
+        return;
+    }
+    let lab = lab();
+    let mut policy = PortPolicy::new(mac(ATTACK_MAC), Some(ATTACK_IP));
+    policy.vlans = vec![5];
+    lab.host
+        .run(move || antispoof::apply(ATTACK_PORT, &policy))
+        .expect("rules");
+    let listen = lab.host.run(|| fr::packet_socket("br0"));
+    let send = lab.attacker.run(|| fr::packet_socket("eth0"));
+    let attacker = fr::mac(ATTACK_MAC);
+    let arp = fr::arp_request(attacker, ATTACK_IP, GATEWAY);
+    for (i, (vid, passes)) in [(5u16, true), (6, false), (0, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("vlan-{vid}");
+        let frame = fr::ether(
+            BROADCAST,
+            attacker,
+            &[(fr::TPID_8021Q, vid)],
+            ETH_ARP,
+            &arp,
+            &fr::marker(&name),
+        );
+        let (until, s) = sentinel(i);
+        fr::send(&send, &frame);
+        fr::send(&send, &s);
+        let seen = fr::markers_until(&listen, &until, Duration::from_secs(2));
+        assert_eq!(
+            seen.contains(&fr::marker(&name)),
+            passes,
+            "VLAN {vid}: {seen:?}"
+        );
+    }
+    let c = counters(&lab.host, ATTACK_PORT);
+    assert_eq!(c.get(rule::VLAN_ALLOWED), Some(&1), "{c:?}");
+    assert_eq!(c.get(rule::VLAN), Some(&1), "{c:?}");
+    assert_eq!(c.get(rule::VLAN0), Some(&1), "{c:?}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use volt::sys::tap::{self, Tap, TapError};
 use volt::vmm::devices::IrqLine;
-use volt::vmm::virtio::net::vhost::{VhostError, VhostNet};
+use volt::vmm::virtio::net::vhost::{KernelVhost, VhostError, VhostNet};
 use volt::vmm::virtio::net::NetParams;
 use volt::vmm::virtio::{DeviceQueue, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
@@ -119,9 +119,10 @@ fn ready_queue(base: u64) -> DeviceQueue {
 }
 
 /// Volt's `VhostNet::start` on a real TAP with a ready queue pair, checked against what this
-/// host offers: where `/dev/vhost-net` opens, the kernel data path is set up; where it does
-/// not (a kernel without CONFIG_VHOST_NET), start fails with `VhostError::Open`, the error
-/// the device falls back to the userspace path on.
+/// host offers: where `/dev/vhost-net` opens, the instance is opened first and the kernel
+/// data path is then set up with `open` denied (as after the VMM's setup); where it does not
+/// (a kernel without CONFIG_VHOST_NET), opening fails with `VhostError::Open`, the error the
+/// device falls back to the userspace path on.
 #[test]
 fn vhost_net_start_sets_up_the_kernel_path_or_fails_to_open_it() {
     in_private_netns(|| {
@@ -143,7 +144,24 @@ fn vhost_net_start_sets_up_the_kernel_path_or_fails_to_open_it() {
             vhost: true,
         };
         let interrupt = Arc::new(VirtioInterrupt::new(IrqLine::new(5).expect("irq line")));
-        let started = VhostNet::start(&params, &t, &mem, &queues, VIRTIO_F_VERSION_1, interrupt);
+        let opened = KernelVhost::open(1);
+        if opened.is_ok() {
+            // From here on this thread may not open files, like the VMM after its setup:
+            // activation must use what was opened before.
+            let deny = volt::vmm::sandbox::open_denied().expect("filter");
+            seccompiler::apply_filter(&deny).expect("install the filter");
+        }
+        let started = opened.and_then(|k| {
+            VhostNet::start(
+                &params,
+                &t.queues,
+                &k,
+                &mem,
+                &queues,
+                VIRTIO_F_VERSION_1,
+                interrupt,
+            )
+        });
         match (vhost_opens, started) {
             (true, Ok(v)) => drop(v),
             (false, Err(VhostError::Open(_))) => {}

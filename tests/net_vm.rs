@@ -1,6 +1,8 @@
 //! virtio-net end to end: volt-vmm with the test guest on a TAP on a bridge, all inside a
 //! network namespace the test creates. Traffic: 1000 pings, a 10 MB UDP echo checked byte
-//! for byte, a 9000-byte ping at MTU 9000, and every queue of a 4-pair NIC carrying traffic.
+//! for byte, a 9000-byte ping at MTU 9000, every queue of a 4-pair NIC carrying traffic, and
+//! the guest announcing itself (gratuitous ARP, VIRTIO_NET_S_ANNOUNCE acknowledged) when its
+//! link comes up.
 
 mod common;
 
@@ -26,8 +28,14 @@ fn skip() -> bool {
 /// Boot the test guest with one NIC (`nic` is the TOML body of the [[network]] entry) on
 /// bridge volt0 (10.42.0.1/24, MTU `mtu`) in a fresh namespace; wait for its net line.
 fn boot(tag: &str, nic: &str, mtu: u32) -> Vm {
+    boot_with(tag, nic, mtu, |_| {})
+}
+
+/// [`boot`], with `prepare` run in the namespace once the bridge is up, before the VM starts.
+fn boot_with(tag: &str, nic: &str, mtu: u32, prepare: impl FnOnce(&TestNs)) -> Vm {
     let mut ns = TestNs::new(tag);
     ns.bridge("volt0", "10.42.0.1/24", mtu);
+    prepare(&ns);
     let root = tempfile::tempdir().expect("root");
     let vms = root.path().join("etc/volt/vms");
     std::fs::create_dir_all(&vms).expect("mkdir");
@@ -272,5 +280,37 @@ fn multiqueue_spreads_traffic_over_every_queue() {
     assert!(
         rxq.iter().all(|n| *n > 0),
         "every RX queue must carry traffic: {stats}"
+    );
+}
+
+#[test]
+fn the_guest_announces_itself_when_its_link_comes_up() {
+    if skip() {
+        return;
+    }
+    // The bridge's kernel learns addresses from gratuitous ARP only with arp_accept (the
+    // default ignores unsolicited ARP for unknown neighbours). Nothing is sent to the guest
+    // before the check: the entry can only come from the guest's announcement.
+    let vm = boot_with("announce", "ipv4 = \"10.42.0.10/24\"", 1500, |ns| {
+        ns.ok("sysctl -qw net.ipv4.conf.volt0.arp_accept=1");
+    });
+    let mac = "52:54:00:3a:c9:a5"; // derived from the VM name "web"
+    let start = Instant::now();
+    loop {
+        let neigh = vm.ns.ok("ip neigh show 10.42.0.10 dev volt0");
+        if neigh.contains(mac) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no neighbour entry from a gratuitous ARP: {neigh:?}; log:\n{}",
+            vm.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The device asked with VIRTIO_NET_S_ANNOUNCE; the guest acknowledged on the control queue.
+    vm.wait_log(
+        "eth0: the guest announced itself on the link",
+        Duration::from_secs(10),
     );
 }

@@ -2,9 +2,10 @@
 //! CLI and every config key; the .deb and the .rpm carry the same paths; lintian finds no
 //! errors; the .deb installs into a real systemd 252 (nspawn, with a throwaway writable /usr
 //! and a copy of the host's dpkg database), its maintainer scripts create the user and
-//! directories, the test guest boots from the installed units and answers ping on volt0, an
-//! upgrade keeps the VM running, removal stops it and removes the files, purge removes the
-//! runtime directory and the leases.
+//! directories, the default guest boots from the installed example `hello` (the README's
+//! first run by hand) and answers ping on volt0, an upgrade keeps the VM running, removal
+//! stops it and removes the files, purge removes the runtime directory and the leases. Both
+//! packages carry the default guest and hello, which validates against them.
 //!
 //! The packages are built from the debug binaries cargo built for this test (`scripts/package
 //! --debug --bin-dir`), so the suite needs no release build; `scripts/package` alone builds
@@ -179,10 +180,13 @@ fn deb_and_rpm_list_the_same_paths() {
         "/usr/share/fish/vendor_completions.d/volt.fish",
         "/usr/share/doc/volt/copyright",
         "/usr/share/doc/volt/examples/web.toml",
+        "/usr/share/doc/volt/examples/hello.toml",
+        "/usr/lib/volt/guests/volt-test-guest",
     ] {
         assert!(deb_files.contains(path), "{path} missing from the packages");
     }
     assert!(deb_dirs.contains("/etc/volt/vms"));
+    assert!(rpm_dirs.contains("/usr/lib/volt/guests"));
     // Maintainer scripts on both sides.
     let scripts = run(Command::new("rpm").args(["-qp", "--scripts"]).arg(&p.rpm));
     for s in [
@@ -201,6 +205,66 @@ fn deb_and_rpm_list_the_same_paths() {
     let control = std::fs::read_to_string(ctrl.path().join("control")).expect("control");
     for dep in ["libc6", "systemd", "iproute2", "nftables"] {
         assert!(control.contains(dep), "Depends lacks {dep}:\n{control}");
+    }
+    // `volt demo` pings the guest.
+    assert!(control.contains("iputils-ping"), "{control}");
+}
+
+/// Both packages carry the default guest (the test guest, byte for byte) and the example
+/// `hello` that boots it, and hello validates against the package's own files: each package
+/// is unpacked into an empty root, hello copied into its /etc/volt/vms/, and `volt --root`
+/// validates it (its kernel must exist in that root).
+#[test]
+fn default_guest_and_hello_are_in_both_packages_and_hello_validates() {
+    if common::skip(package_skip_reason(), false) {
+        return;
+    }
+    let p = packages();
+    let guest = std::fs::read(common::guest::elf()).expect("test guest");
+    let hello = std::fs::read_to_string(common::repo().join("packaging/examples/hello.toml"))
+        .expect("hello.toml");
+    assert!(
+        hello.contains("kernel = \"/usr/lib/volt/guests/volt-test-guest\""),
+        "{hello}"
+    );
+    for (label, unpack) in [
+        ("deb", format!("dpkg-deb -x '{}' .", p.deb.display())),
+        (
+            "rpm",
+            format!("rpm2cpio '{}' | cpio -idm --quiet", p.rpm.display()),
+        ),
+    ] {
+        let root = tempfile::tempdir().expect("root");
+        let r = root.path();
+        run(Command::new("sh").arg("-c").arg(&unpack).current_dir(r));
+        assert_eq!(
+            std::fs::read(r.join("usr/lib/volt/guests/volt-test-guest"))
+                .unwrap_or_else(|e| panic!("{label}: the default guest: {e}")),
+            guest,
+            "{label}: the default guest is not the test guest"
+        );
+        let shipped = std::fs::read_to_string(r.join("usr/share/doc/volt/examples/hello.toml"))
+            .unwrap_or_else(|e| panic!("{label}: hello.toml: {e}"));
+        assert_eq!(shipped, hello, "{label}: hello.toml");
+        std::fs::create_dir_all(r.join("etc/volt/vms")).expect("mkdir");
+        std::fs::write(r.join("etc/volt/vms/hello.toml"), &shipped).expect("copy hello");
+        run(Command::new(env!("CARGO_BIN_EXE_volt"))
+            .arg("--root")
+            .arg(r)
+            .arg("validate"));
+        // Without the guest, validate names the missing kernel.
+        std::fs::remove_file(r.join("usr/lib/volt/guests/volt-test-guest")).expect("rm");
+        let o = Command::new(env!("CARGO_BIN_EXE_volt"))
+            .arg("--root")
+            .arg(r)
+            .arg("validate")
+            .output()
+            .expect("volt validate");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("/usr/lib/volt/guests/volt-test-guest"),
+            "{label}: validate without the guest: {err}"
+        );
     }
 }
 
@@ -245,9 +309,49 @@ fn gen_docs_renders_man_pages_and_completions_from_the_clap_definitions() {
     let vmm = read("man/volt-vmm.8");
     assert!(vmm.contains(".TH volt-vmm 8"), "{vmm}");
     assert!(vmm.contains("config") && vmm.contains("shutdown"));
-    assert!(read("completions/bash/volt").contains("validate"));
+    // Every page, generated or written by hand, has the sections an admin looks for.
+    let pages: Vec<std::path::PathBuf> = std::fs::read_dir(out.path().join("man"))
+        .expect("man dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .chain(
+            [
+                "packaging/man/volt-generator.8",
+                "packaging/man/volt.toml.5",
+            ]
+            .iter()
+            .map(|p| common::repo().join(p)),
+        )
+        .collect();
+    assert!(pages.len() > 30, "{pages:?}");
+    for page in &pages {
+        let text = std::fs::read_to_string(page).expect("page");
+        for section in [
+            ".SH EXAMPLES",
+            ".SH FILES",
+            ".SH \"EXIT STATUS\"",
+            ".SH \"SEE ALSO\"",
+        ] {
+            let alt = section.replace('"', "");
+            assert!(
+                text.contains(section) || text.contains(&alt),
+                "{} has no {section}",
+                page.display()
+            );
+        }
+    }
+    // volt's completions call back into the installed binary for names from /etc/volt.
+    for file in [
+        "completions/bash/volt",
+        "completions/zsh/_volt",
+        "completions/fish/volt.fish",
+    ] {
+        let script = read(file);
+        assert!(
+            script.contains("COMPLETE") && script.contains("/usr/bin/volt"),
+            "{file}: {script}"
+        );
+    }
     assert!(read("completions/zsh/_volt").contains("#compdef volt"));
-    assert!(read("completions/fish/volt.fish").contains("complete -c volt"));
     assert!(read("completions/bash/volt-vmm").contains("--spec"));
 }
 
@@ -264,6 +368,31 @@ fn volt_toml_man_page_documents_every_config_key() {
         "src/config/container.rs",
     ] {
         let text = std::fs::read_to_string(repo.join(file)).expect("source");
+        // TOML keys: read through the reader's typed getters, key as the first string
+        // argument (`t.integer(&src, e, "vcpus", ...)`, `required(src, t, e, "subnet", ...)`).
+        for getter in [
+            ".string(",
+            ".boolean(",
+            ".integer(",
+            ".integer::<",
+            ".strings(",
+            ".choice(",
+            ".table(",
+            ".tables(",
+            ".string_map(",
+            "required(",
+        ] {
+            for (i, _) in text.match_indices(getter) {
+                let rest = &text[i..];
+                let call = &rest[..rest.find('\n').unwrap_or(rest.len())];
+                if let Some(key) = call.split('"').nth(1) {
+                    if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                        keys.insert(key.to_string());
+                    }
+                }
+            }
+        }
+        // YAML zone keys: serde structs.
         let mut in_raw = false;
         let mut rename: Option<String> = None;
         for line in text.lines() {
@@ -322,6 +451,7 @@ fn examples_validate() {
     let ex = repo.join("packaging/examples");
     for (from, to) in [
         ("web.toml", "etc/volt/vms/web.toml"),
+        ("hello.toml", "etc/volt/vms/hello.toml"),
         ("db.toml", "etc/volt/vms/db.toml"),
         ("lab.network.toml", "etc/volt/networks/lab.toml"),
         ("nat.network.toml", "etc/volt/networks/nat.toml"),
@@ -332,7 +462,13 @@ fn examples_validate() {
         std::fs::copy(ex.join(from), r.join(to)).expect("copy example");
     }
     std::fs::create_dir_all(r.join("var/lib/volt/kernels")).expect("mkdir");
-    std::fs::write(r.join("var/lib/volt/kernels/vmlinux"), b"").expect("kernel");
+    std::fs::write(r.join("var/lib/volt/kernels/vmlinux"), b"a kernel").expect("kernel");
+    std::fs::create_dir_all(r.join("usr/lib/volt/guests")).expect("mkdir");
+    std::fs::copy(
+        common::guest::elf(),
+        r.join("usr/lib/volt/guests/volt-test-guest"),
+    )
+    .expect("guest");
     std::fs::create_dir_all(r.join("var/lib/volt/containers/shop/usr")).expect("mkdir");
     run(Command::new(env!("CARGO_BIN_EXE_volt"))
         .arg("--root")
@@ -345,12 +481,10 @@ fn examples_validate() {
         .collect();
     assert_eq!(
         shipped.len(),
-        6,
+        7,
         "a new example needs a line above: {shipped:?}"
     );
 }
-
-const WEB: &str = "memory_mib = 64\nkernel = \"/var/lib/volt/kernels/volt-test-guest\"\n[[network]]\nid = \"eth0\"\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n";
 
 #[test]
 fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
@@ -360,7 +494,6 @@ fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
     let p = packages();
     let stage = tempfile::tempdir().expect("stage");
     std::fs::copy(&p.deb, stage.path().join("volt.deb")).expect("copy deb");
-    std::fs::copy(common::guest::elf(), stage.path().join("volt-test-guest")).expect("guest");
     // /usr: the host's as the lower layer of an overlay whose upper layer is ours, so dpkg
     // really writes /usr; the upper layer starts with whiteouts over every path of a Volt the
     // host may have installed (scripts/install), so the container starts Volt-free. The
@@ -420,26 +553,29 @@ fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
     );
     c.ok("test -s /usr/share/man/man5/volt.toml.5.gz && test -s /usr/share/man/man1/volt.1.gz");
 
-    // The test guest as the admin would set it up.
-    c.ok("install -m 0644 /opt/volt/volt-test-guest /var/lib/volt/kernels/volt-test-guest");
-    c.write("/etc/volt/vms/web.toml", WEB);
+    // The README's first run by hand, on the package's default guest and example.
+    c.ok("cp /usr/share/doc/volt/examples/hello.toml /etc/volt/vms/");
     c.ok("volt validate");
-    c.ok("systemctl daemon-reload && systemctl start volt-vm@web");
-    c.wait_ok("ping -c 1 -W 1 10.42.0.10", Duration::from_secs(30));
-    let tap = volt::config::tap_name(&volt::config::vm_uuid("web"), 0);
+    c.ok("systemctl daemon-reload && systemctl start volt-vm@hello");
+    c.wait_ok("ping -c 1 -W 1 10.42.0.2", Duration::from_secs(30));
+    c.wait_ok(
+        "journalctl -u volt-vm@hello --no-pager -o cat | grep -qxF 'volt-test-guest: ready'",
+        Duration::from_secs(20),
+    );
+    let tap = volt::config::tap_name(&volt::config::vm_uuid("hello"), 0);
     let status = c.ok(&format!("networkctl status --no-pager {tap}"));
     assert!(status.contains("Master: volt0"), "{status}");
 
     // Reinstall (prerm `upgrade`): the VM keeps running.
-    let pid = c.ok("systemctl show -p MainPID --value volt-vm@web");
+    let pid = c.ok("systemctl show -p MainPID --value volt-vm@hello");
     c.ok("dpkg -i /opt/volt/volt.deb");
-    c.ok("systemctl is-active volt-vm@web");
-    assert_eq!(c.ok("systemctl show -p MainPID --value volt-vm@web"), pid);
-    c.wait_ok("ping -c 1 -W 1 10.42.0.10", Duration::from_secs(10));
+    c.ok("systemctl is-active volt-vm@hello");
+    assert_eq!(c.ok("systemctl show -p MainPID --value volt-vm@hello"), pid);
+    c.wait_ok("ping -c 1 -W 1 10.42.0.2", Duration::from_secs(10));
 
     // Remove: prerm stops the VM (and its TAP), the files are gone, the leases stay.
     c.ok("dpkg -r volt");
-    c.ok("! systemctl -q is-active volt-vm@web");
+    c.ok("! systemctl -q is-active volt-vm@hello");
     c.ok("! pgrep -x volt-vmm");
     c.wait_ok(
         &format!("! test -e /sys/class/net/{tap}"),
@@ -455,16 +591,17 @@ fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
         "/usr/lib/tmpfiles.d/volt.conf",
         "/usr/lib/sysusers.d/volt.conf",
         "/usr/share/man/man1/volt.1.gz",
+        "/usr/lib/volt/guests/volt-test-guest",
     ] {
         c.ok(&format!("! test -e {path}"));
     }
     c.ok("! systemctl cat volt-vm@.service >/dev/null 2>&1");
-    c.ok("test -d /var/lib/volt/ipam && test -f /etc/volt/vms/web.toml");
+    c.ok("test -d /var/lib/volt/ipam && test -f /etc/volt/vms/hello.toml");
 
-    // Purge: runtime directory and leases gone; the admin's kernels and VM files stay.
+    // Purge: runtime directory and leases gone; the admin's VM files stay.
     c.ok("dpkg -P volt");
     c.ok("! test -e /run/volt && ! test -e /var/lib/volt/ipam");
-    c.ok("test -f /var/lib/volt/kernels/volt-test-guest && test -f /etc/volt/vms/web.toml");
+    c.ok("test -f /etc/volt/vms/hello.toml");
     c.ok("! dpkg -s volt >/dev/null 2>&1");
 }
 

@@ -109,7 +109,7 @@ fn a_typo_in_a_running_vms_file_keeps_its_tap_and_runtime_files() {
     );
     c.ok("systemctl daemon-reload");
     let log = c.wait_ok(
-        "journalctl -b --no-pager -o cat -t volt-generator | grep -F 'unknown field'",
+        "journalctl -b --no-pager -o cat -t volt-generator | grep -F 'unknown key'",
         Duration::from_secs(10),
     );
     assert!(log.contains("/etc/volt/vms/web.toml:1:1"), "{log}");

@@ -65,37 +65,6 @@ fn veth() -> (String, String) {
     volt::config::veth_names("db")
 }
 
-/// A busybox root file system at `dir` inside the container: every applet but `busybox`
-/// itself linked to the static binary, a `/usr` (nspawn needs one), an os-release, and the
-/// udhcpc script that applies a lease with `ip`.
-fn busybox_rootfs(c: &Nspawn, dir: &str) {
-    c.ok(&format!(
-        r#"set -e
-R={dir}
-mkdir -p $R/bin $R/sbin $R/usr/bin $R/usr/sbin $R/etc $R/proc $R/sys $R/dev $R/tmp $R/run $R/var $R/root
-B=$(command -v busybox)
-cp "$B" $R/bin/busybox
-for a in $("$B" --list); do
-  [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"
-done
-printf 'ID=volt-busybox\nNAME="busybox for Volt tests"\n' > $R/etc/os-release
-cat > $R/etc/udhcpc.script <<'EOF'
-#!/bin/sh
-case "$1" in
-  deconfig) ip link set "$interface" up; ip -4 addr flush dev "$interface" ;;
-  bound|renew)
-    ip -4 addr flush dev "$interface"
-    ip addr add "$ip/$mask" dev "$interface"
-    [ -n "$router" ] && ip route replace default via "${{router%% *}}" dev "$interface"
-    ;;
-esac
-exit 0
-EOF
-chmod +x $R/etc/udhcpc.script
-"#
-    ));
-}
-
 /// The PID of the container's leader (nspawn's child, PID 1 inside) as this systemd sees it.
 fn leader(c: &Nspawn) -> String {
     c.wait_ok(
@@ -112,7 +81,7 @@ fn setup(hint: &str, db: &str, web: &str) -> (tempfile::TempDir, Nspawn) {
     let stage = stage_volt();
     let c = Nspawn::boot(hint, stage.path());
     c.install_volt();
-    busybox_rootfs(&c, ROOTFS);
+    c.busybox_rootfs(ROOTFS);
     c.write("/etc/volt/containers/db.toml", db);
     c.write("/etc/volt/vms/web.toml", web);
     (stage, c)

@@ -179,3 +179,46 @@ fn tap_deleted_under_a_running_vm_stops_it_and_releases_its_lease() {
     c.ok("systemctl start volt-vm@dyn.service");
     c.wait_ok("ping -c 1 -W 1 10.42.0.2", Duration::from_secs(20));
 }
+
+#[test]
+fn direct_nic_rules_go_with_the_vm_and_an_owner_typo_deletes_nothing() {
+    if skip() {
+        return;
+    }
+    let stage = stage_volt();
+    let c = Nspawn::boot("vdrt", stage.path());
+    c.install_volt();
+    c.write(
+        "/etc/volt/vms/web.toml",
+        &WEB.replace("id = \"eth0\"\n", "id = \"eth0\"\nmode = \"direct\"\n"),
+    );
+    c.ok("systemctl daemon-reload");
+    let st = c.sh("systemctl start volt-vm@web.service");
+    assert!(
+        st.status.success(),
+        "{}",
+        c.ok("journalctl --no-pager -o cat -u 'volt-tap@*'")
+    );
+    c.wait_ok("ping -c 1 -W 1 10.42.0.10", Duration::from_secs(20));
+    let tap = tap();
+    let rules = c.ok(&format!("nft list chain bridge volt port-{tap}"));
+    assert!(
+        rules.contains("ip saddr != 10.42.0.10") && rules.contains("vlan id 0"),
+        "{rules}"
+    );
+    c.ok("systemctl stop volt-vm@web.service");
+    c.wait_ok(
+        &format!("! test -e /sys/class/net/{tap}"),
+        Duration::from_secs(10),
+    );
+    c.ok(&format!(
+        "! nft list chain bridge volt port-{tap} 2>/dev/null"
+    ));
+
+    // A typo in an owner unit's instance: its ExecStopPost= must not delete the shared bridge.
+    let before = c.ok("cat /sys/class/net/volt0/ifindex");
+    c.ok("! systemctl start volt-tap@volt0.service");
+    let log = c.ok("journalctl -u volt-tap@volt0.service --no-pager -o cat");
+    assert!(log.contains("volt0 is not a link Volt owns"), "{log}");
+    assert_eq!(c.ok("cat /sys/class/net/volt0/ifindex"), before);
+}

@@ -131,7 +131,7 @@ fn guest_gets_the_exact_cmdline_and_sees_the_virtio_device() {
         "{out:#?}"
     );
     assert!(
-        out.contains(&"volt-test-guest: memory 128 MiB in 2 regions".to_string()),
+        out.contains(&"volt-test-guest: memory 256 MiB in 2 regions".to_string()),
         "{out:#?}"
     );
     assert!(
@@ -211,13 +211,14 @@ fn missing_kernel_is_a_configuration_error() {
 }
 
 #[test]
-fn bad_memory_size_is_a_configuration_error() {
+fn bad_memory_size_is_a_usage_error() {
+    // The flag's range is the VM file's (16 MiB-1 TiB): clap refuses it, exit 2.
     let out = Command::new(VMM)
         .args(["--kernel", VMM, "--memory-mib", "1"])
         .output()
         .expect("run volt-vmm");
-    assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("memory_mib"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--memory-mib"));
 }
 
 #[test]
@@ -395,7 +396,7 @@ fn systemd_notifications_ready_status_watchdog_stopping() {
         .find(|m| m.contains("READY=1"))
         .expect("READY=1 sent");
     assert!(
-        ready.contains("STATUS=VM web: 1 vCPU, 128 MiB, devices: serial, i8042"),
+        ready.contains("STATUS=VM web: 1 vCPU, 256 MiB, devices: serial, i8042"),
         "{ready}"
     );
     let first_ready = msgs.iter().position(|m| m.contains("READY=1"));

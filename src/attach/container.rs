@@ -96,6 +96,8 @@ pub(super) fn up(at: &Attach, a: &Attachment) -> Result<LinkRecord, AttachError>
             .or_else(|| a.bridge.as_deref().map(|b| format!(", on {b}")))
             .unwrap_or_default()
     );
+    // The container end's MAC (and its static address) are all that may leave the port.
+    super::protect(a, a.mac, a.addressing.known().map(|n| n.addr()))?;
     Ok(LinkRecord {
         link: a.link.clone(),
         kind: Kind::Container.as_str().into(),
@@ -121,7 +123,21 @@ fn netns_id(pid: &str) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
 }
 
-/// The container's leader: the child of nspawn (`main`) in another network namespace.
+/// Whether `pid` is PID 1 of its own PID namespace (the last `NSpid` entry is 1): the
+/// container's init, not one of nspawn's short-lived helpers.
+fn is_container_init(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|v| v.split_whitespace().last().map(|x| x == "1"))
+        })
+        .unwrap_or(false)
+}
+
+/// The container's leader: the child of nspawn (`main`) that is PID 1 of its own PID
+/// namespace, in another network namespace.
 fn find_leader(what: &str, main: u32) -> Result<u32, AttachError> {
     let fail = |message: String| AttachError::Container {
         what: what.into(),
@@ -137,7 +153,11 @@ fn find_leader(what: &str, main: u32) -> Result<u32, AttachError> {
             .map_err(|e| fail(format!("cannot list /proc: {e}")))?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
-            .find(|pid| ppid(*pid) == Some(main) && netns_id(&pid.to_string()) != ours);
+            .find(|pid| {
+                ppid(*pid) == Some(main)
+                    && is_container_init(*pid)
+                    && netns_id(&pid.to_string()) != ours
+            });
         if let Some(pid) = found {
             return Ok(pid);
         }

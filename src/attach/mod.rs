@@ -9,6 +9,7 @@
 
 mod book;
 mod container;
+mod leases;
 mod record;
 mod vm;
 
@@ -19,9 +20,9 @@ pub use book::{book_error, AddressBook, BookError, ClusterBook};
 pub use container::net_up as container_net_up;
 pub use record::{LinkRecord, RecordError};
 
-use crate::config::{ConfigError, ConfigSet, Network, NetworkLookup};
+use crate::config::{ConfigError, ConfigSet, MacAddr, Network, NetworkLookup};
 use crate::fsutil::FsError;
-use crate::net::ipam::{Ipam, IpamError, Lease, Owner};
+use crate::net::ipam::{IpamError, Lease, Owner};
 use crate::net::manager::{LinkParams, ManagerError};
 use crate::net::nat::PortTarget;
 use crate::net::netlink::NetlinkError;
@@ -34,6 +35,8 @@ use crate::sys::netns::NetnsError;
 pub enum AttachError {
     #[error("no valid configuration has a host link named {link}")]
     Unknown { link: String },
+    #[error("{message}")]
+    BadName { link: String, message: String },
     #[error("{link} is not a link Volt owns (no workload's NIC uses it and Volt keeps no record of it); refusing to touch it")]
     NotOwned { link: String },
     #[error("{what}: no bridge to attach to")]
@@ -82,6 +85,12 @@ pub enum AttachError {
     },
     #[error("{what}: {message}")]
     Container { what: String, message: String },
+    #[error("cannot install the anti-spoofing rules of {link}; the workload must not start without them")]
+    Antispoof {
+        link: String,
+        #[source]
+        source: antispoof::AntispoofError,
+    },
     #[error("{} teardown step(s) of {link} failed: {}", steps.len(), steps.join("; "))]
     Teardown { link: String, steps: Vec<String> },
 }
@@ -130,6 +139,7 @@ impl Attach {
     }
 
     fn find(&self, link: &str) -> Result<(&Workload, &Attachment), AttachError> {
+        check_name(link)?;
         self.plan
             .attachment(link)
             .ok_or_else(|| AttachError::Unknown { link: link.into() })
@@ -141,10 +151,6 @@ impl Attach {
             .and_then(|n| self.plan.networks.by_name(n))
     }
 
-    fn ipam(&self) -> Ipam {
-        Ipam::new(self.paths.ipam_dir())
-    }
-
     fn manager(&self) -> crate::net::manager::Manager {
         crate::net::manager::Manager::new(self.paths.runtime_dir())
     }
@@ -153,9 +159,25 @@ impl Attach {
     pub fn up(&self, link: &str) -> Result<LinkRecord, AttachError> {
         let (w, a) = self.find(link)?;
         self.claim_name(w)?;
+        // Leases of workloads (or NICs) that are gone go back to the pool first.
+        if let Some(net) = self.network(a) {
+            if let Err(e) = self.reconcile_leases(net) {
+                log::warn!("{}", crate::error_chain(&e));
+            }
+        }
         let record = match w.kind {
-            Kind::Vm => vm::up(self, w, a)?,
-            Kind::Container => container::up(self, a)?,
+            Kind::Vm => vm::up(self, w, a),
+            Kind::Container => container::up(self, a),
+        };
+        let record = match record {
+            Err(e @ AttachError::Antispoof { .. }) => {
+                // Fail closed: the workload does not get a port without its rules.
+                if let Err(d) = self.down(link) {
+                    log::warn!("{}", crate::error_chain(&d));
+                }
+                return Err(e);
+            }
+            r => r?,
         };
         record.save(&self.paths)?;
         Ok(record)
@@ -166,6 +188,7 @@ impl Attach {
     /// Needs no valid config (a workload whose file is gone or broken is still torn down),
     /// but refuses a link that Volt does not own.
     pub fn down(&self, link: &str) -> Result<(), AttachError> {
+        check_name(link)?;
         let owned = self.plan.attachment(link);
         let record = LinkRecord::load(&self.paths, link).ok().flatten();
         let networkd_files: Vec<std::path::PathBuf> = [
@@ -208,6 +231,12 @@ impl Attach {
         let mut links = vec![link.to_string()];
         links.extend(peer.filter(|_| link.starts_with("veth-")));
         for l in &links {
+            if let Some(kind) = foreign_kind(l) {
+                failed.push(format!(
+                    "{l} is a {kind}, not a link Volt creates; left alone"
+                ));
+                continue;
+            }
             match link::delete(l) {
                 Ok(true) => log::info!("deleted {l}"),
                 Ok(false) => {}
@@ -377,6 +406,32 @@ impl Attach {
     }
 }
 
+/// Link names come from systemd instance names, which can unescape to anything: only what
+/// a link name may hold gets near a path or the kernel.
+fn check_name(link: &str) -> Result<(), AttachError> {
+    crate::config::check_link_name(link).map_err(|message| AttachError::BadName {
+        link: link.into(),
+        message,
+    })
+}
+
+/// The kinds of link Volt creates: TAPs, veth pairs, macvtaps.
+const OWN_KINDS: [&str; 3] = ["tun", "veth", "macvtap"];
+
+/// What `link` is, in the calling thread's namespace, when it exists and is not a kind Volt
+/// creates (a bridge that happens to carry a planned name is never deleted).
+fn foreign_kind(link: &str) -> Option<String> {
+    let l = crate::net::netlink::Netlink::new()
+        .ok()?
+        .link(link)
+        .ok()??;
+    match l.kind {
+        Some(k) if OWN_KINDS.contains(&k.as_str()) => None,
+        Some(k) => Some(k),
+        None => Some("link of no known kind".into()),
+    }
+}
+
 /// Delete `links` inside the named namespace `ns`, then the namespace when nothing but `lo`
 /// is left in it (a VM's NICs on isolated networks share its namespace).
 fn teardown_in_netns(ns: &str, links: Vec<String>) -> Result<(), AttachError> {
@@ -387,7 +442,10 @@ fn teardown_in_netns(ns: &str, links: Vec<String>) -> Result<(), AttachError> {
     let left = netns::run_in(&netns::path_of(ns), move || {
         let nl = crate::net::netlink::Netlink::new()?;
         for l in &links {
-            if nl.delete(l)? {
+            let ours = nl
+                .link(l)?
+                .is_some_and(|k| k.kind.is_some_and(|k| OWN_KINDS.contains(&k.as_str())));
+            if ours && nl.delete(l)? {
                 log::info!("deleted {l} in its isolated namespace");
             }
         }
@@ -405,6 +463,22 @@ fn teardown_in_netns(ns: &str, links: Vec<String>) -> Result<(), AttachError> {
         })?;
         log::info!("deleted namespace {ns}");
     }
+    Ok(())
+}
+
+/// Install the anti-spoofing rules of `a`'s port on its bridge: only `mac` and, when known,
+/// `ipv4` may leave it. Nothing for links that are on no bridge (isolated, macvtap).
+fn protect(a: &Attachment, mac: MacAddr, ipv4: Option<Ipv4Addr>) -> Result<(), AttachError> {
+    if a.bridge.is_none() || a.netns.is_some() {
+        return Ok(());
+    }
+    antispoof::apply(&a.link, &antispoof::PortPolicy::new(mac, ipv4)).map_err(|source| {
+        AttachError::Antispoof {
+            link: a.link.clone(),
+            source,
+        }
+    })?;
+    log::debug!("{}: anti-spoofing rules installed", a.link);
     Ok(())
 }
 

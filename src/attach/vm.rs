@@ -8,10 +8,10 @@ use super::{book_error, link_params, volt_user, Attach, AttachError, LinkRecord}
 use crate::config::{nic_mac, NetworkLookup};
 use crate::fsutil::write_atomic_if_changed;
 use crate::net::ipam::{Owner, Request};
+use crate::net::link;
 use crate::net::manager::TapOptions;
 use crate::net::netlink::Netlink;
 use crate::net::networkd::{self, Networkd, NetworkdError};
-use crate::net::{antispoof, link};
 use crate::plan::{Addressing, Attachment, Creation, LinkKind, Workload};
 use crate::sys::netns;
 
@@ -109,16 +109,7 @@ pub(super) fn up(at: &Attach, w: &Workload, a: &Attachment) -> Result<LinkRecord
     let mac = resolve_mac(at, a)?;
     let ipv4 = address(at, w, a, mac)?;
     // Only this NIC's MAC (and address, when known) may leave its port on the bridge.
-    if a.bridge.is_some() {
-        match antispoof::apply(&a.link, mac, ipv4.map(|n| n.addr())) {
-            Ok(()) => log::debug!("{}: anti-spoofing rules installed", a.link),
-            Err(e) => log::warn!(
-                "{}: anti-spoofing is off: {}",
-                a.link,
-                crate::error_chain(&e)
-            ),
-        }
-    }
+    super::protect(a, mac, ipv4.map(|n| n.addr()))?;
     Ok(LinkRecord {
         link: a.link.clone(),
         kind: w.kind.as_str().into(),

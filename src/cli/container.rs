@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::{Outcome, Output};
+use super::output::OutputArgs;
+use super::Outcome;
 use crate::attach::Attach;
 use crate::config::{ConfigSet, ContainerConfig, NetworkLookup};
-use crate::net::ipam::{Ipam, Lease, Owner};
+use crate::net::ipam::{Lease, Owner};
 use crate::net::link;
 use crate::plan::{self, Kind, Paths, Plan, Workload};
 
@@ -45,7 +46,7 @@ struct NicState {
 }
 
 fn nic_states(root: &Path, set: &ConfigSet, ct: &ContainerConfig) -> Vec<NicState> {
-    let ipam = Ipam::new(Paths::new(root).ipam_dir());
+    let ipam = Attach::load(root).ipam();
     ct.nics
         .iter()
         .map(|n| {
@@ -83,109 +84,60 @@ fn mode_text(ct: &ContainerConfig) -> String {
     }
 }
 
-pub fn list(root: &Path, output: Output) -> Result<Outcome> {
-    let set = ConfigSet::load(root);
-    for e in &set.errors {
-        log::warn!("{}", e.report());
-    }
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&set.containers)?),
-        Output::Table => {
-            println!(
-                "{:<20} {:<6} {:<40} {:<9} NICS",
-                "NAME", "MODE", "ROOT", "AUTOSTART"
-            );
-            for ct in &set.containers {
-                let nics: Vec<String> = ct
-                    .nics
-                    .iter()
-                    .map(|n| {
-                        let ip = n.ipv4.map_or_else(
-                            || if n.dhcp { "dhcp" } else { "none" }.to_string(),
-                            |i| i.to_string(),
-                        );
-                        format!(
-                            "{}={}@{} {} {}",
-                            n.id,
-                            n.host_link,
-                            n.bridge.as_deref().unwrap_or("-"),
-                            n.mac,
-                            ip
-                        )
-                    })
-                    .collect();
-                println!(
-                    "{:<20} {:<6} {:<40} {:<9} {}",
-                    ct.name,
-                    if ct.boot { "boot" } else { "cmd" },
-                    root_text(ct),
-                    if ct.autostart { "yes" } else { "no" },
-                    nics.join(", ")
-                );
-            }
-        }
-    }
-    Ok(Outcome::Ok)
-}
-
-pub fn show(root: &Path, name: &str, output: Output) -> Result<Outcome> {
+pub fn show(root: &Path, name: &str, out: &OutputArgs) -> Result<Outcome> {
     let set = ConfigSet::load(root);
     let plan = Plan::build(&set);
-    let w = match load(&set, &plan, name) {
-        Ok(w) => w,
-        Err(o) => return Ok(o),
+    // An unknown name is a plain failure here (exit 1); only the unit's commands exit 78.
+    let Ok(w) = load(&set, &plan, name) else {
+        return Ok(Outcome::Failed);
     };
     let Some(ct) = w.container() else {
-        return Ok(Outcome::Config);
+        return Ok(Outcome::Failed);
     };
-    let nspawn = plan::nspawn_args(w, &Paths::new(Path::new("/")));
+    let nspawn = plan::nspawn_args(w, &Paths::new(Path::new("/")), true);
     let state = nic_states(root, &set, ct);
-    match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "container": ct,
-                "unit": w.unit,
-                "nspawn": nspawn,
-                "nics": state,
-            }))?
-        ),
-        Output::Table => {
-            println!("{} ({})", ct.name, ct.path.display());
-            println!("  unit       {}", w.unit);
-            println!("  root       {}", root_text(ct));
-            println!("  volatile   {}", ct.volatile.as_str());
-            println!("  mode       {}", mode_text(ct));
-            println!("  autostart  {}", if ct.autostart { "yes" } else { "no" });
-            for (n, s) in ct.nics.iter().zip(&state) {
-                println!(
-                    "  nic {}: {} (host, {}{}) / {} (inside), MAC {}, network {}",
-                    n.id,
-                    n.host_link,
-                    if s.host_link_present {
-                        "present"
-                    } else {
-                        "absent"
-                    },
-                    s.master
-                        .as_deref()
-                        .map(|m| format!(", on {m}"))
-                        .unwrap_or_default(),
-                    n.container_link,
-                    n.mac,
-                    n.network.as_deref().unwrap_or("-")
-                );
-                let addr = match (n.ipv4, &s.lease) {
-                    (Some(a), _) => format!("{a} (static)"),
-                    (None, Some(l)) => format!("{} (DHCP lease)", l.ip),
-                    (None, None) if n.dhcp => "DHCP (no lease recorded)".into(),
-                    (None, None) => "none".into(),
-                };
-                println!("    address  {addr}");
-            }
-            println!("  nspawn     systemd-nspawn {}", nspawn.join(" "));
-        }
+    let json = serde_json::json!({
+        "container": ct,
+        "unit": w.unit,
+        "nspawn": nspawn,
+        "nics": state,
+    });
+    if out.print_json(&json)? {
+        return Ok(Outcome::Ok);
     }
+    println!("{} ({})", ct.name, ct.path.display());
+    println!("  unit       {}", w.unit);
+    println!("  root       {}", root_text(ct));
+    println!("  volatile   {}", ct.volatile.as_str());
+    println!("  mode       {}", mode_text(ct));
+    println!("  autostart  {}", if ct.autostart { "yes" } else { "no" });
+    for (n, s) in ct.nics.iter().zip(&state) {
+        println!(
+            "  nic {}: {} (host, {}{}) / {} (inside), MAC {}, network {}",
+            n.id,
+            n.host_link,
+            if s.host_link_present {
+                "present"
+            } else {
+                "absent"
+            },
+            s.master
+                .as_deref()
+                .map(|m| format!(", on {m}"))
+                .unwrap_or_default(),
+            n.container_link,
+            n.mac,
+            n.network.as_deref().unwrap_or("-")
+        );
+        let addr = match (n.ipv4, &s.lease) {
+            (Some(a), _) => format!("{a} (static)"),
+            (None, Some(l)) => format!("{} (DHCP lease)", l.ip),
+            (None, None) if n.dhcp => "DHCP (no lease recorded)".into(),
+            (None, None) => "none".into(),
+        };
+        println!("    address  {addr}");
+    }
+    println!("  nspawn     systemd-nspawn {}", nspawn.join(" "));
     Ok(Outcome::Ok)
 }
 
@@ -218,7 +170,7 @@ pub fn run(root: &Path, name: &str) -> Result<Outcome> {
         let real = root.join(f.host.strip_prefix("/").unwrap_or(&f.host));
         crate::fsutil::write_atomic_if_changed(&real, &f.text)?;
     }
-    let args = plan::nspawn_args(w, &host);
+    let args = plan::nspawn_args(w, &host, machined_available(name));
     let nspawn = std::env::var_os("VOLT_NSPAWN").unwrap_or_else(|| "systemd-nspawn".into());
     log::info!(
         "container {name}: {} {}",
@@ -227,6 +179,33 @@ pub fn run(root: &Path, name: &str) -> Result<Outcome> {
     );
     let err = std::process::Command::new(&nspawn).args(&args).exec();
     bail!("cannot run {}: {err}", PathBuf::from(&nspawn).display())
+}
+
+/// Whether nspawn should register the container with systemd-machined: under systemd, with
+/// machined running or activatable. Otherwise say once that it runs unregistered.
+fn machined_available(name: &str) -> bool {
+    if std::env::var_os("INVOCATION_ID").is_none() {
+        return false;
+    }
+    let conn = crate::sd::system_bus();
+    let reachable = conn
+        .as_ref()
+        .ok()
+        .is_some_and(|c| crate::sd::machined::reachable(c).unwrap_or(false));
+    if let (true, Ok(c)) = (reachable, &conn) {
+        // A crash of nspawn leaves its registration while the unit restarts: drop it, or the
+        // new nspawn's registration fails.
+        let unit = crate::plan::names::container_unit(name);
+        if let Ok(true) = crate::sd::machined::unregister_leftover(c, name, &unit) {
+            log::info!("container {name}: dropped the registration of its previous run");
+        }
+    }
+    if !reachable {
+        log::info!(
+            "systemd-machined is not available: container {name} runs without a registration (machinectl will not list it)"
+        );
+    }
+    reachable
 }
 
 /// `volt container net-up <name>` (the unit's ExecStartPost=): see

@@ -35,10 +35,29 @@ pub fn exec(out: &Path) -> anyhow::Result<Outcome> {
             std::fs::create_dir_all(path.parent().unwrap_or(&comp))?;
             let mut f = std::fs::File::create(&path)
                 .with_context(|| format!("creating {}", path.display()))?;
-            clap_complete::generate(shell, &mut cmd.clone(), &name, &mut f);
+            if name == "volt" {
+                // `volt` completes names from the configuration directories: its scripts call
+                // back into the installed binary (`COMPLETE=<shell> volt -- <words>`).
+                write_dynamic(shell, &name, &mut f)?;
+            } else {
+                clap_complete::generate(shell, &mut cmd.clone(), &name, &mut f);
+            }
         }
     }
     Ok(Outcome::Ok)
+}
+
+/// The registration script of `shell` for the dynamic completions of `name`.
+fn write_dynamic(shell: Shell, name: &str, f: &mut std::fs::File) -> anyhow::Result<()> {
+    use clap_complete::env::{Bash, EnvCompleter, Fish, Zsh};
+    let bin = format!("/usr/bin/{name}");
+    let completer: &dyn EnvCompleter = match shell {
+        Shell::Bash => &Bash,
+        Shell::Zsh => &Zsh,
+        _ => &Fish,
+    };
+    completer.write_registration("COMPLETE", name, name, &bin, f)?;
+    Ok(())
 }
 
 /// The command's page and one per (non-hidden) subcommand, `volt-vm-list.1` style.
@@ -52,8 +71,13 @@ fn write_man(cmd: clap::Command, section: &str, dir: &Path) -> anyhow::Result<()
             .manual("Volt Manual")
             .source(format!("volt {}", env!("CARGO_PKG_VERSION")));
         let path = dir.join(man.get_filename());
+        let page = man
+            .get_filename()
+            .rsplit_once('.')
+            .map_or_else(String::new, |(stem, _)| stem.to_string());
         let mut buf = Vec::new();
         man.render(&mut buf)?;
+        buf.extend_from_slice(super::manual::render(&super::manual::extra(&page)).as_bytes());
         std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }

@@ -4,43 +4,98 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::{IpamCommand, Outcome, Output};
+use super::output::OutputArgs;
+use super::{IpamCommand, Outcome};
 use crate::attach::Attach;
 use crate::config::NetworkLookup;
-use crate::net::ipam::{Ipam, Lease, Owner, Request};
-use crate::plan::Paths;
+use crate::net::ipam::{Lease, Owner, Request};
 
-fn print_leases(rows: &[(String, Lease)], output: Output) -> Result<()> {
-    match output {
-        Output::Json => {
-            let v: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|(net, l)| serde_json::json!({"network": net, "ip": l.ip, "owner": l.owner.to_string(), "kind": l.owner.kind, "static": l.fixed, "since": l.since}))
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
-        Output::Table => {
-            println!("{:<12} {:<16} {:<32} STATIC", "NETWORK", "ADDRESS", "OWNER");
-            for (net, l) in rows {
-                println!(
-                    "{:<12} {:<16} {:<32} {}",
-                    net,
-                    l.ip,
-                    l.owner,
-                    if l.fixed { "yes" } else { "no" }
-                );
-            }
-        }
+fn print_leases(rows: &[(String, Lease)], out: &OutputArgs) -> Result<()> {
+    let v: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(net, l)| serde_json::json!({"network": net, "ip": l.ip, "owner": l.owner.to_string(), "kind": l.owner.kind, "static": l.fixed, "since": l.since}))
+        .collect();
+    if out.print_json(&v)? {
+        return Ok(());
     }
+    let table = rows
+        .iter()
+        .map(|(net, l)| {
+            vec![
+                net.clone(),
+                l.ip.to_string(),
+                l.owner.to_string(),
+                if l.fixed { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    out.print_table(&["NETWORK", "ADDRESS", "OWNER", "STATIC"], table);
     Ok(())
 }
 
+/// The attachment `owner` names on `network`, or why there is none.
+fn attachment_of<'a>(
+    at: &'a Attach,
+    owner: &Owner,
+    network: &str,
+) -> std::result::Result<&'a crate::plan::Attachment, String> {
+    let kind = match owner.kind {
+        crate::net::ipam::Kind::Vm => crate::plan::Kind::Vm,
+        crate::net::ipam::Kind::Container => crate::plan::Kind::Container,
+    };
+    let Some(w) = at.plan.workload(kind, &owner.name) else {
+        return Err(format!(
+            "{owner}: no {} named {} is configured",
+            kind.noun(),
+            owner.name
+        ));
+    };
+    let Some(a) = w.attachments.iter().find(|a| a.nic == owner.nic) else {
+        return Err(format!(
+            "{owner}: {} {} has no NIC {}",
+            kind.noun(),
+            owner.name,
+            owner.nic
+        ));
+    };
+    if a.network.as_deref() != Some(network) {
+        return Err(format!(
+            "{owner}: that NIC is on {}, not on {network}",
+            a.network.as_deref().unwrap_or("no network")
+        ));
+    }
+    Ok(a)
+}
+
+/// The owner whose planned address is `ip` on `network`, other than `except`.
+fn planned_owner_of(
+    at: &Attach,
+    network: &str,
+    ip: std::net::Ipv4Addr,
+    except: &Owner,
+) -> Option<Owner> {
+    at.plan.workloads.iter().find_map(|w| {
+        w.attachments
+            .iter()
+            .filter(|a| a.network.as_deref() == Some(network))
+            .filter(|a| a.addressing.known().map(|n| n.addr()) == Some(ip))
+            .map(|a| crate::attach::owner_of(w, a))
+            .find(|o| o != except)
+    })
+}
+
 pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
-    let ipam = Ipam::new(Paths::new(root).ipam_dir());
+    let ipam = Attach::load(root).ipam();
     match command {
-        IpamCommand::List { network, output } => {
+        IpamCommand::List { network, out } => {
             let nets = match network {
-                Some(n) => vec![n],
+                Some(n) => {
+                    let set = crate::config::ConfigSet::load(root);
+                    if set.networks.by_name(&n).is_none() {
+                        bail!("no network named {n:?} (see volt net list)");
+                    }
+                    vec![n]
+                }
                 None => ipam.networks(),
             };
             let mut rows = Vec::new();
@@ -49,7 +104,7 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
                     rows.push((n.clone(), l));
                 }
             }
-            print_leases(&rows, output)?;
+            print_leases(&rows, &out)?;
         }
         IpamCommand::Allocate { network, owner, ip } => {
             let owner: Owner = owner.parse().map_err(anyhow::Error::msg)?;
@@ -57,7 +112,22 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
             let Some(net) = at.plan.networks.by_name(&network) else {
                 bail!("no network named {network:?}")
             };
-            let request = ip.map_or(Request::Any, Request::Static);
+            let a = attachment_of(&at, &owner, &net.name).map_err(anyhow::Error::msg)?;
+            // A configured address is the owner's; nobody else's may be asked for.
+            let request = match (a.addressing.known().map(|n| n.addr()), ip) {
+                (Some(mine), Some(asked)) if mine != asked => bail!(
+                    "{owner}: its configured address is {mine} ({}); {asked} cannot be leased to it",
+                    a.source.display()
+                ),
+                (Some(mine), _) => Request::Static(mine),
+                (None, Some(asked)) => {
+                    if let Some(other) = planned_owner_of(&at, &net.name, asked, &owner) {
+                        bail!("{asked} is the configured address of {other}");
+                    }
+                    Request::Static(asked)
+                }
+                (None, None) => Request::Any,
+            };
             let configured = at
                 .configured_addresses(&net.name, Some(&owner))
                 .into_iter()
@@ -70,21 +140,32 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
         }
         IpamCommand::Release { network, owner } => {
             let owner: Owner = owner.parse().map_err(anyhow::Error::msg)?;
+            let set = crate::config::ConfigSet::load(root);
+            if set.networks.by_name(&network).is_none() {
+                bail!("no network named {network:?} (see volt net list)");
+            }
             let book = Attach::load(root).book(&network)?;
             match book.release(&network, &owner)? {
                 Some(l) => println!("released {} from {owner}", l.ip),
-                None => println!("{owner} had no lease on {network}"),
+                None => {
+                    let elsewhere =
+                        ipam.networks()
+                            .into_iter()
+                            .filter(|n| *n != network)
+                            .find(|n| {
+                                ipam.list(n)
+                                    .is_ok_and(|ls| ls.iter().any(|l| l.owner == owner))
+                            });
+                    match elsewhere {
+                        Some(n) => bail!("{owner} has no lease on {network} (its lease is on {n}: --network {n})"),
+                        None => bail!("{owner} has no lease on {network}"),
+                    }
+                }
             }
         }
         IpamCommand::Reconcile => {
             let at = Attach::load(root);
-            let alive = |o: &Owner| {
-                at.plan.workloads.iter().any(|w| {
-                    w.attachments
-                        .iter()
-                        .any(|a| crate::attach::owner_of(w, a) == *o)
-                })
-            };
+            let alive = |o: &Owner| at.lease_alive(o);
             let mut released = 0;
             for n in ipam.networks() {
                 for l in ipam.reconcile(&n, &alive)? {

@@ -1,18 +1,26 @@
 //! The `volt` command line: the one module that sees every other.
 
 mod cluster;
+mod complete;
+mod console;
 mod container;
+mod demo;
 mod docs;
 mod generate;
 mod ipam;
 mod link;
+mod manual;
 mod net;
+pub mod output;
 mod validate;
 mod vm;
+mod workload;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+
+pub use output::{Output, OutputArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,19 +39,17 @@ pub struct Opts {
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
-pub enum Output {
-    #[default]
-    Table,
-    Json,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Check VM, network and zone files; print every error; exit 1 if any.
+    /// Check VM, container, network and zone files; print every error; exit 1 if any.
     Validate {
         /// Files to check (default: everything under <root>/etc/volt and the zone directory).
+        #[arg(value_name = "FILE")]
         paths: Vec<PathBuf>,
+        /// What the files are (default: from their directory or name, e.g. lab.network.toml,
+        /// else from what they hold).
+        #[arg(long = "type", value_enum, value_name = "TYPE")]
+        kind: Option<validate::FileType>,
     },
     /// VMs.
     Vm {
@@ -55,6 +61,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ContainerCommand,
     },
+    /// Attach to a VM's serial console (Ctrl-] leaves).
+    Console(console::ConsoleArgs),
     /// Run the generator on a root and write into OUTDIR, for debugging.
     Generate {
         /// Output directory (used as normal, early and late directory).
@@ -81,6 +89,15 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Start the example VM hello on the default guest, ping it, show its console.
+    ///
+    /// Where systemd is PID 1: /etc/volt/vms/hello.toml (the example copied there when
+    /// missing), daemon-reload, start volt-vm@hello, ping it on volt0, show this run's console
+    /// lines from the journal; it keeps running and the last lines say how to stop it.
+    /// Elsewhere (containers, CI machines): the same VM under `volt vm run --attach` in a
+    /// private network namespace with its own volt0, pinged there, its console shown, then
+    /// stopped and the namespace removed.
+    Demo,
     /// Write man pages and shell completions (for packaging).
     #[command(hide = true)]
     GenDocs {
@@ -90,18 +107,59 @@ pub enum Command {
     },
 }
 
+/// A VM's or container's name: the stem of its file in /etc/volt/vms or /etc/volt/containers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NameArg {
+    /// The workload's name (its file's stem).
+    #[arg(value_name = "NAME", add = clap_complete::ArgValueCandidates::new(complete::workloads))]
+    pub name: String,
+}
+
+/// The lifecycle verbs VMs and containers share.
+#[derive(Debug, Subcommand)]
+pub enum Lifecycle {
+    /// Start it through systemd and wait for the start job (as systemctl start).
+    Start(NameArg),
+    /// Stop it through systemd and wait (as systemctl stop).
+    Stop(NameArg),
+    /// Restart it through systemd and wait (as systemctl restart).
+    Restart(NameArg),
+    /// Its state, links and addresses, and its last journal lines. Exit 0 when running, 3 when
+    /// not, 4 when there is no such workload.
+    Status {
+        #[command(flatten)]
+        name: NameArg,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Its console: a VM's serial console (Ctrl-] leaves; --force takes it over), a
+    /// container's login (boot mode: machinectl login) or a shell in it (machinectl shell).
+    Console(console::ConsoleArgs),
+    /// Its journal: the unit's log (VMM or nspawn, the guest's console) and its links' owners.
+    Logs {
+        #[command(flatten)]
+        name: NameArg,
+        /// journalctl options, after `--` (e.g. -- -f, -- -n 100).
+        #[arg(last = true, value_name = "JOURNALCTL-ARGS")]
+        journalctl: Vec<String>,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
-    /// List the configured VMs.
+    /// List the configured VMs with their state and addresses.
     List {
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
+        #[command(flatten)]
+        out: OutputArgs,
     },
+    #[command(flatten)]
+    Lifecycle(Lifecycle),
     /// Run a VM in the foreground: write its spec from the config and the link owners'
     /// records, then exec volt-vmm (what volt-vm@.service runs).
     Run {
         /// The VM (file stem of /etc/volt/vms/NAME.toml).
-        #[arg(required_unless_present = "config")]
+        #[arg(required_unless_present = "config",
+              add = clap_complete::ArgValueCandidates::new(complete::workloads))]
         name: Option<String>,
         /// A VM file outside /etc/volt/vms (development), checked against the root's networks.
         #[arg(long, value_name = "FILE", conflicts_with = "name")]
@@ -121,26 +179,30 @@ pub enum VmCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ContainerCommand {
-    /// List the configured containers.
+    /// List the configured containers with their state and addresses.
     List {
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Show one container: config, nspawn command line, links and leases.
     Show {
-        name: String,
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
+        #[command(flatten)]
+        name: NameArg,
+        #[command(flatten)]
+        out: OutputArgs,
     },
+    #[command(flatten)]
+    Lifecycle(Lifecycle),
     /// Make sure the container's veth pair is whole, then exec systemd-nspawn
     /// (what volt-container@.service runs).
-    Run { name: String },
+    Run(NameArg),
     /// Configure the container's interfaces inside its network namespace and record its
     /// address in IPAM (volt-container@.service's ExecStartPost=).
     NetUp {
-        name: String,
+        #[command(flatten)]
+        name: NameArg,
         /// systemd-nspawn's PID (default: $MAINPID).
-        #[arg(long)]
+        #[arg(long, value_name = "PID")]
         pid: Option<u32>,
     },
 }
@@ -149,46 +211,64 @@ pub enum ContainerCommand {
 pub enum NetCommand {
     /// List the networks.
     List {
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
+        #[command(flatten)]
+        out: OutputArgs,
     },
-    /// Show one network with its leases.
+    /// Show one network: its settings, port maps, reservations and leases.
     Show {
+        /// The network's name or bridge.
+        #[arg(value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]
         name: String,
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Bring a network up: create its bridge if missing (and allowed); for host-only
     /// networks enable forwarding and install masquerade + port-map DNAT in table `ip volt`.
-    Up { name: String },
+    Up {
+        /// The network's name or bridge.
+        #[arg(value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]
+        name: String,
+    },
     /// Take a network down: remove its NAT rules, and its bridge if Volt created it.
-    Down { name: String },
+    Down {
+        /// The network's name or bridge.
+        #[arg(value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum IpamCommand {
     /// List leases of every network (or one).
     List {
-        #[arg(long)]
+        /// Only this network's leases.
+        #[arg(long, value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]
         network: Option<String>,
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Lease an address to an owner (vm/<name>/<nic> or container/<name>/<nic>); prints it.
     Allocate {
-        #[arg(long, default_value = "volt0")]
+        /// The network to lease from.
+        #[arg(long, value_name = "NETWORK", default_value = "volt0",
+              add = clap_complete::ArgValueCandidates::new(complete::networks))]
         network: String,
-        #[arg(long)]
+        /// Who gets the lease: vm/<name>/<nic> or container/<name>/<nic> of a configured
+        /// workload.
+        #[arg(long, value_name = "OWNER")]
         owner: String,
         /// Ask for this address instead of the owner's reservation or a free one.
-        #[arg(long)]
+        #[arg(long, value_name = "ADDRESS")]
         ip: Option<std::net::Ipv4Addr>,
     },
     /// Release an owner's lease.
     Release {
-        #[arg(long, default_value = "volt0")]
+        /// The network the lease is on.
+        #[arg(long, value_name = "NETWORK", default_value = "volt0",
+              add = clap_complete::ArgValueCandidates::new(complete::networks))]
         network: String,
-        #[arg(long)]
+        /// Whose lease: vm/<name>/<nic> or container/<name>/<nic>.
+        #[arg(long, value_name = "OWNER")]
         owner: String,
     },
     /// Release leases whose VM or container no longer exists.
@@ -220,12 +300,25 @@ pub enum ClusterCommand {
 pub enum LinkCommand {
     /// Bring the link up, then stay until it is deleted (exit 1) or systemd stops us: what
     /// volt-tap@.service runs.
-    Run { link: String },
-    /// Create a VM NIC's host link: through networkd (runtime files, D-Bus Reload, bounded
-    /// wait), directly when networkd is absent or too slow; macvtaps directly.
-    Up { link: String },
-    /// Remove the link's networkd files, reload networkd, delete the link (collecting errors).
-    Down { link: String },
+    Run {
+        /// The host link (tap-<id>, mvt-<id>, veth-<id>-h).
+        #[arg(value_name = "LINK")]
+        link: String,
+    },
+    /// Create a workload's host link: through networkd (runtime files, D-Bus Reload, bounded
+    /// wait), directly when networkd is absent or too slow; macvtaps and veths directly.
+    Up {
+        /// The host link (tap-<id>, mvt-<id>, veth-<id>-h).
+        #[arg(value_name = "LINK")]
+        link: String,
+    },
+    /// Remove the link's networkd files and rules, reload networkd, delete the link
+    /// (collecting errors); refuses links Volt does not own.
+    Down {
+        /// The host link (tap-<id>, mvt-<id>, veth-<id>-h).
+        #[arg(value_name = "LINK")]
+        link: String,
+    },
 }
 
 /// Exit status of a command that ran: success, or failure with the messages already printed.
@@ -234,65 +327,76 @@ pub enum Outcome {
     Failed,
     /// The configuration cannot work (exit 78, EX_CONFIG: restarting would not help).
     Config,
+    /// Another status (the lifecycle verbs answer as systemctl does: 3, 4, 5).
+    Code(u8),
+}
+
+/// Run the parsed command.
+fn lifecycle(
+    root: &std::path::Path,
+    kind: crate::plan::Kind,
+    l: Lifecycle,
+) -> anyhow::Result<Outcome> {
+    use crate::sd::units::Verb;
+    match l {
+        Lifecycle::Start(n) => workload::lifecycle(root, kind, &n.name, Verb::Start),
+        Lifecycle::Stop(n) => workload::lifecycle(root, kind, &n.name, Verb::Stop),
+        Lifecycle::Restart(n) => workload::lifecycle(root, kind, &n.name, Verb::Restart),
+        Lifecycle::Status { name, out } => workload::status(root, kind, &name.name, &out),
+        Lifecycle::Logs { name, journalctl } => workload::logs(root, kind, &name.name, &journalctl),
+        Lifecycle::Console(args) => workload::console(root, kind, args),
+    }
 }
 
 /// Run the parsed command.
 pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
+    use crate::plan::Kind;
     let root = opts
         .root
         .clone()
         .unwrap_or_else(crate::config::root_from_env);
     match opts.command {
-        Command::Validate { paths } => validate::exec(&root, &paths),
-        Command::Vm {
-            command: VmCommand::List { output },
-        } => vm::list(&root, output),
-        Command::Vm {
-            command:
-                VmCommand::Run {
-                    name,
-                    config,
-                    attach,
-                    vmm,
-                    vmm_args,
-                },
-        } => vm::run(
-            &root,
-            name.as_deref(),
-            config.as_deref(),
-            attach,
-            vmm.as_deref(),
-            &vmm_args,
-        ),
-        Command::Container { command } => match command {
-            ContainerCommand::List { output } => container::list(&root, output),
-            ContainerCommand::Show { name, output } => container::show(&root, &name, output),
-            ContainerCommand::Run { name } => container::run(&root, &name),
-            ContainerCommand::NetUp { name, pid } => container::net_up(&root, &name, pid),
+        Command::Validate { paths, kind } => validate::exec(&root, &paths, kind),
+        Command::Vm { command } => match command {
+            VmCommand::List { out } => workload::list(&root, Kind::Vm, &out),
+            VmCommand::Lifecycle(l) => lifecycle(&root, Kind::Vm, l),
+            VmCommand::Run {
+                name,
+                config,
+                attach,
+                vmm,
+                vmm_args,
+            } => vm::run(
+                &root,
+                name.as_deref(),
+                config.as_deref(),
+                attach,
+                vmm.as_deref(),
+                &vmm_args,
+            ),
         },
+        Command::Container { command } => match command {
+            ContainerCommand::List { out } => workload::list(&root, Kind::Container, &out),
+            ContainerCommand::Show { name, out } => container::show(&root, &name.name, &out),
+            ContainerCommand::Lifecycle(l) => lifecycle(&root, Kind::Container, l),
+            ContainerCommand::Run(n) => container::run(&root, &n.name),
+            ContainerCommand::NetUp { name, pid } => container::net_up(&root, &name.name, pid),
+        },
+        Command::Console(args) => console::exec(&root, args),
         Command::Generate { outdir } => generate::exec(&root, &outdir),
-        Command::Net {
-            command: NetCommand::List { output },
-        } => net::list(&root, output),
-        Command::Net {
-            command: NetCommand::Show { name, output },
-        } => net::show(&root, &name, output),
-        Command::Net {
-            command: NetCommand::Up { name },
-        } => net::up(&root, &name),
-        Command::Net {
-            command: NetCommand::Down { name },
-        } => net::down(&root, &name),
+        Command::Net { command } => match command {
+            NetCommand::List { out } => net::list(&root, &out),
+            NetCommand::Show { name, out } => net::show(&root, &name, &out),
+            NetCommand::Up { name } => net::up(&root, &name),
+            NetCommand::Down { name } => net::down(&root, &name),
+        },
         Command::Ipam { command } => ipam::exec(&root, command),
-        Command::Link {
-            command: LinkCommand::Up { link },
-        } => link::up(&root, &link),
-        Command::Link {
-            command: LinkCommand::Down { link },
-        } => link::down(&root, &link),
-        Command::Link {
-            command: LinkCommand::Run { link },
-        } => link::run(&root, &link),
+        Command::Link { command } => match command {
+            LinkCommand::Up { link } => link::up(&root, &link),
+            LinkCommand::Down { link } => link::down(&root, &link),
+            LinkCommand::Run { link } => link::run(&root, &link),
+        },
+        Command::Demo => demo::run(&root),
         Command::Cluster { command } => match command {
             ClusterCommand::Run => cluster::run(&root),
             ClusterCommand::Status { output } => cluster::show(&root, output),

@@ -4,86 +4,126 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use super::{Outcome, Output};
+use serde::Serialize;
+
+use super::output::OutputArgs;
+use super::Outcome;
 use crate::attach::Attach;
-use crate::config::{ConfigSet, NetworkLookup};
-use crate::net::ipam::Ipam;
+use crate::config::{ConfigSet, Network, NetworkLookup};
+use crate::net::ipam::{Ipam, Lease};
 use crate::net::manager::Manager;
 use crate::plan::Paths;
 
-pub fn list(root: &Path, output: Output) -> Result<Outcome> {
-    let set = ConfigSet::load(root);
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&set.networks.list)?),
-        Output::Table => {
-            println!(
-                "{:<12} {:<10} {:<16} {:<15} {:<30} {:<32} SOURCE",
-                "NAME", "TYPE", "SUBNET", "GATEWAY", "VM POOL", "CONTAINER POOL"
-            );
-            for n in &set.networks.list {
-                let kind = serde_json::to_value(n.kind)?
-                    .as_str()
-                    .unwrap_or("?")
-                    .to_string();
-                let source = n
-                    .source
-                    .as_ref()
-                    .map_or_else(|| "built-in".to_string(), |p| p.display().to_string());
-                println!(
-                    "{:<12} {:<10} {:<16} {:<15} {:<30} {:<32} {}",
-                    n.name,
-                    kind,
-                    n.subnet.to_string(),
-                    n.gateway.to_string(),
-                    n.vm_range.to_string(),
-                    n.container_range.to_string(),
-                    source
-                );
-            }
-        }
+fn kind_text(n: &Network) -> String {
+    serde_json::to_value(n.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn source_text(n: &Network) -> String {
+    n.source
+        .as_ref()
+        .map_or_else(|| "built-in".to_string(), |p| p.display().to_string())
+}
+
+/// A network with its leases: the same in `list` and `show` (JSON keys in this order).
+#[derive(Serialize)]
+struct NetworkView<'a> {
+    #[serde(flatten)]
+    network: &'a Network,
+    leases: Vec<Lease>,
+}
+
+fn view<'a>(root: &Path, net: &'a Network) -> NetworkView<'a> {
+    NetworkView {
+        network: net,
+        leases: Ipam::new(Paths::new(root).ipam_dir())
+            .list(&net.name)
+            .unwrap_or_default(),
     }
+}
+
+pub fn list(root: &Path, out: &OutputArgs) -> Result<Outcome> {
+    let set = ConfigSet::load(root);
+    for e in &set.errors {
+        log::warn!("{}", e.report());
+    }
+    let views: Vec<NetworkView> = set.networks.list.iter().map(|n| view(root, n)).collect();
+    if out.print_json(&views)? {
+        return Ok(Outcome::Ok);
+    }
+    let rows = set
+        .networks
+        .list
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                kind_text(n),
+                n.bridge.clone(),
+                n.subnet.to_string(),
+                n.gateway.to_string(),
+                n.vm_range.to_string(),
+                n.container_range.to_string(),
+                source_text(n),
+            ]
+        })
+        .collect();
+    out.print_table(
+        &[
+            "NAME",
+            "TYPE",
+            "BRIDGE",
+            "SUBNET",
+            "GATEWAY",
+            "VM POOL",
+            "CONTAINER POOL",
+            "SOURCE",
+        ],
+        rows,
+    );
     Ok(Outcome::Ok)
 }
 
-pub fn show(root: &Path, name: &str, output: Output) -> Result<Outcome> {
+pub fn show(root: &Path, name: &str, out: &OutputArgs) -> Result<Outcome> {
     let set = ConfigSet::load(root);
-    let Some(net) = set
-        .networks
-        .by_name(name)
-        .or_else(|| set.networks.by_bridge(name))
-    else {
-        bail!("no network named {name:?} (see volt net list)")
-    };
-    let leases = Ipam::new(Paths::new(root).ipam_dir()).list(&net.name)?;
-    match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"network": net, "leases": leases}))?
-        ),
-        Output::Table => {
-            println!(
-                "{}: bridge {} {} gateway {} ({:?})",
-                net.name, net.bridge, net.subnet, net.gateway, net.kind
-            );
-            println!(
-                "  VM pool {}  container pool {}  DHCP {}  MTU {}",
-                net.vm_range,
-                net.container_range,
-                if net.dhcp { "on" } else { "off" },
-                net.mtu
-            );
-            for (k, v) in &net.reservations {
-                println!("  reservation {k} = {v}");
-            }
-            for l in &leases {
-                println!(
-                    "  lease {} {}{}",
-                    l.ip,
-                    l.owner,
-                    if l.fixed { " (static)" } else { "" }
-                );
-            }
-        }
+    let net = find_net(&set, name)?;
+    let v = view(root, net);
+    if out.print_json(&v)? {
+        return Ok(Outcome::Ok);
+    }
+    println!("{} ({})", net.name, source_text(net));
+    println!("  type         {}", kind_text(net));
+    println!("  bridge       {}", net.bridge);
+    println!("  subnet       {} (gateway {})", net.subnet, net.gateway);
+    println!("  VM pool      {}", net.vm_range);
+    println!("  container    {}", net.container_range);
+    println!("  DHCP         {}", if net.dhcp { "on" } else { "off" });
+    println!("  MTU          {}", net.mtu);
+    if let Some(u) = &net.uplink {
+        println!("  uplink       {u}");
+    }
+    for pm in &net.port_maps {
+        let proto = serde_json::to_value(pm.proto)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        println!(
+            "  port map     {proto} {} -> {}:{}",
+            pm.host_port, pm.target, pm.target_port
+        );
+    }
+    for (k, ip) in &net.reservations {
+        println!("  reservation  {k} = {ip}");
+    }
+    for l in &v.leases {
+        println!(
+            "  lease        {} {}{}",
+            l.ip,
+            l.owner,
+            if l.fixed { " (static)" } else { "" }
+        );
     }
     Ok(Outcome::Ok)
 }

@@ -1,83 +1,167 @@
-//! `volt validate`.
+//! `volt validate`: every configuration file under the root, or the files named, checked as
+//! the generator and the units would check them; every error as `file:line:col: field:
+//! message`, warnings for files in the configuration directories that are not read.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use clap::ValueEnum;
 
 use super::Outcome;
 use crate::config::{self, ConfigError, ConfigSet};
 
-/// Check everything under `root`, or just `paths` (VM files, container files under a
-/// `containers/` directory, network files under a `networks/` directory, zone files ending
-/// in .yaml/.yml).
-pub fn exec(root: &Path, paths: &[PathBuf]) -> Result<Outcome> {
+/// What a named file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FileType {
+    /// A VM (`/etc/volt/vms/<name>.toml`).
+    Vm,
+    /// A container (`/etc/volt/containers/<name>.toml`).
+    Container,
+    /// A network (`/etc/volt/networks/<name>.toml`).
+    Network,
+    /// A Voltainer zone (`/etc/voltainer/network/<name>.yaml`).
+    Zone,
+}
+
+/// The type of `path`: from its directory (`vms`, `containers`, `networks`, a `.yaml`), its
+/// name (`*.network.toml`, `*.container.toml`, the shipped examples' convention), else what
+/// it holds (a `subnet` key: a network; `directory` or `image`: a container; else a VM).
+fn guess(path: &Path, text: &str) -> FileType {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let parent = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|p| p.to_str())
+        .unwrap_or("");
+    if name.ends_with(".yaml") || name.ends_with(".yml") {
+        return FileType::Zone;
+    }
+    match parent {
+        "vms" => return FileType::Vm,
+        "containers" => return FileType::Container,
+        "networks" => return FileType::Network,
+        _ => {}
+    }
+    if name.ends_with(".network.toml") {
+        return FileType::Network;
+    }
+    if name.ends_with(".container.toml") {
+        return FileType::Container;
+    }
+    let has = |key: &str| {
+        text.lines()
+            .any(|l| l.trim_start().starts_with(key) && l.contains('='))
+    };
+    if has("subnet") {
+        FileType::Network
+    } else if has("directory") || has("image") {
+        FileType::Container
+    } else {
+        FileType::Vm
+    }
+}
+
+/// Check one named file; its errors go into `errors`.
+fn check_file(
+    root: &Path,
+    set: &ConfigSet,
+    path: &Path,
+    kind: Option<FileType>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let text = match config::read(path, path) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(e);
+            return;
+        }
+    };
+    if path.file_name().is_some_and(|n| n == "cluster.toml") {
+        let host = config::default_host_name(root);
+        match config::parse_cluster_toml(path, &text, &host, &set.networks.list) {
+            Ok(c) => errors.extend(config::check_cluster_files(&c, root)),
+            Err(e) => errors.push(e),
+        }
+        return;
+    }
+    match kind.unwrap_or_else(|| guess(path, &text)) {
+        FileType::Zone => {
+            if let Err(e) = config::parse_zone_yaml(path, &text) {
+                errors.push(e);
+            }
+        }
+        FileType::Network => {
+            if let Err(errs) = config::parse_network_toml(path, &text) {
+                errors.extend(errs);
+            }
+        }
+        FileType::Container => match config::parse_container_toml(path, &text, &set.networks) {
+            Ok(ct) => errors.extend(ct.check_root(root)),
+            Err(errs) => errors.extend(errs),
+        },
+        FileType::Vm => match config::parse_vm_toml(path, &text, &set.networks) {
+            Ok(vm) => errors.extend(vm.check_boot_files(root)),
+            Err(errs) => errors.extend(errs),
+        },
+    }
+}
+
+/// Check everything under `root`, or just `paths` (of type `kind`, else guessed).
+pub fn exec(root: &Path, paths: &[PathBuf], kind: Option<FileType>) -> Result<Outcome> {
+    if !root.is_dir() {
+        eprintln!(
+            "{}: the root does not exist or is not a directory",
+            root.display()
+        );
+        return Ok(Outcome::Failed);
+    }
     let set = ConfigSet::load(root);
     let mut errors: Vec<ConfigError> = Vec::new();
-    let mut checked = 0usize;
-    if paths.is_empty() {
-        errors.extend(set.errors);
+    let checked = if paths.is_empty() {
+        for w in &set.warnings {
+            eprintln!("warning: {w}");
+        }
+        errors.extend(set.errors.iter().map(clone_error));
         for vm in &set.vms {
             errors.extend(vm.check_boot_files(root));
         }
         for ct in &set.containers {
             errors.extend(ct.check_root(root));
         }
-        if let Some(c) = &set.cluster {
-            errors.extend(config::check_cluster_files(c, root));
-            checked += 1;
-        }
-        checked += set.vms.len()
-            + set.containers.len()
-            + set
-                .networks
-                .list
-                .iter()
-                .filter(|n| n.source.is_some())
-                .count();
+        let cluster = match &set.cluster {
+            Some(c) => {
+                errors.extend(config::check_cluster_files(c, root));
+                1
+            }
+            None => 0,
+        };
+        let nets = set.networks.list.iter().filter(|n| n.source.is_some());
+        set.vms.len() + set.containers.len() + nets.count() + cluster
     } else {
+        // Networks named on the command line count for the VMs and containers named with
+        // them (`volt validate examples/*`).
+        let mut set = set;
         for path in paths {
-            checked += 1;
-            let text = match std::fs::read_to_string(path) {
-                Ok(t) => t,
-                Err(source) => {
-                    errors.push(ConfigError::Read {
-                        path: path.clone(),
-                        source,
-                    });
-                    continue;
-                }
+            let Ok(text) = config::read(path, path) else {
+                continue;
             };
-            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-            let parent = path.parent().and_then(|p| p.file_name());
-            let in_networks = parent.is_some_and(|n| n == "networks");
-            let in_containers = parent.is_some_and(|n| n == "containers");
-            if path.file_name().is_some_and(|n| n == "cluster.toml") {
-                let host = config::default_host_name(root);
-                match config::parse_cluster_toml(path, &text, &host, &set.networks.list) {
-                    Ok(c) => errors.extend(config::check_cluster_files(&c, root)),
-                    Err(e) => errors.push(e),
-                }
-            } else if ext == "yaml" || ext == "yml" {
-                if let Err(e) = config::parse_zone_yaml(path, &text) {
-                    errors.push(e);
-                }
-            } else if in_containers {
-                match config::parse_container_toml(path, &text, &set.networks) {
-                    Ok(ct) => errors.extend(ct.check_root(root)),
-                    Err(errs) => errors.extend(errs),
-                }
-            } else if in_networks {
-                if let Err(e) = config::parse_network_toml(path, &text) {
-                    errors.push(e);
-                }
-            } else {
-                match config::parse_vm_toml(path, &text, &set.networks) {
-                    Ok(vm) => errors.extend(vm.check_boot_files(root)),
-                    Err(errs) => errors.extend(errs),
-                }
+            let net = match kind.unwrap_or_else(|| guess(path, &text)) {
+                FileType::Network => config::parse_network_toml(path, &text).ok(),
+                FileType::Zone => config::parse_zone_yaml(path, &text).ok().flatten(),
+                _ => None,
+            };
+            if let Some(n) = net {
+                set.networks
+                    .list
+                    .retain(|o| o.name != n.name && o.bridge != n.bridge);
+                set.networks.list.push(n);
             }
         }
-    }
+        for path in paths {
+            check_file(root, &set, path, kind, &mut errors);
+        }
+        paths.len()
+    };
     for e in &errors {
         eprintln!("{}", e.report());
     }
@@ -87,5 +171,50 @@ pub fn exec(root: &Path, paths: &[PathBuf]) -> Result<Outcome> {
     } else {
         eprintln!("{} error(s)", errors.len());
         Ok(Outcome::Failed)
+    }
+}
+
+/// Errors are not `Clone` (they may hold an `io::Error`): the same message again.
+fn clone_error(e: &ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Syntax { at, message } => ConfigError::Syntax {
+            at: at.clone(),
+            message: message.clone(),
+        },
+        ConfigError::Invalid { at, field, message } => ConfigError::Invalid {
+            at: at.clone(),
+            field: field.clone(),
+            message: message.clone(),
+        },
+        other => ConfigError::Syntax {
+            at: config::Location::file(other.file()),
+            message: crate::error_chain(other)
+                .split_once(": ")
+                .map_or_else(|| other.to_string(), |(_, m)| m.to_string()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_types_from_place_name_and_content() {
+        let g = |p: &str, t: &str| guess(Path::new(p), t);
+        assert_eq!(g("/etc/volt/vms/web.toml", ""), FileType::Vm);
+        assert_eq!(g("/etc/volt/networks/lab.toml", ""), FileType::Network);
+        assert_eq!(g("/x/shop.container.toml", ""), FileType::Container);
+        assert_eq!(g("/x/lab.network.toml", ""), FileType::Network);
+        assert_eq!(g("/x/dmz.zone.yaml", ""), FileType::Zone);
+        assert_eq!(
+            g("/x/a.toml", "subnet = \"10.1.0.0/24\"\n"),
+            FileType::Network
+        );
+        assert_eq!(
+            g("/x/a.toml", "directory = \"/srv\"\n"),
+            FileType::Container
+        );
+        assert_eq!(g("/x/a.toml", "kernel = \"/k\"\n"), FileType::Vm);
     }
 }

@@ -4,47 +4,8 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{Outcome, Output};
+use super::Outcome;
 use crate::config::ConfigSet;
-
-pub fn list(root: &Path, output: Output) -> Result<Outcome> {
-    let set = ConfigSet::load(root);
-    for e in &set.errors {
-        log::warn!("{}", e.report());
-    }
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&set.vms)?),
-        Output::Table => {
-            println!(
-                "{:<20} {:<36} {:>5} {:>8} {:<9} NICS",
-                "NAME", "UUID", "VCPUS", "MEMORY", "AUTOSTART"
-            );
-            for vm in &set.vms {
-                let nics: Vec<String> = vm
-                    .nics
-                    .iter()
-                    .map(|n| {
-                        let place = n.bridge.as_deref().or(n.parent.as_deref()).unwrap_or("-");
-                        let ip = n
-                            .ipv4
-                            .map_or_else(|| "dynamic".to_string(), |i| i.to_string());
-                        format!("{}={}@{} {} {}", n.id, n.link, place, n.mac, ip)
-                    })
-                    .collect();
-                println!(
-                    "{:<20} {:<36} {:>5} {:>7}M {:<9} {}",
-                    vm.name,
-                    vm.uuid,
-                    vm.vcpus,
-                    vm.memory_mib,
-                    if vm.autostart { "yes" } else { "no" },
-                    nics.join(", ")
-                );
-            }
-        }
-    }
-    Ok(Outcome::Ok)
-}
 
 /// Default guest command line when a VM file gives none.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
@@ -57,6 +18,25 @@ pub fn ip_param(index: usize, addr: ipnet::Ipv4Net, gateway: Option<std::net::Ip
         addr.addr(),
         addr.netmask()
     )
+}
+
+/// The VMM's view of a configured disk.
+fn disk_spec(d: &crate::config::DiskConfig) -> crate::vmm::disk::DiskSpec {
+    use crate::vmm::disk::{CacheMode, DiskLimit, DiskSpec};
+    DiskSpec {
+        path: d.path.clone(),
+        readonly: d.readonly,
+        root: d.root,
+        cache: match d.cache {
+            crate::config::DiskCache::Writeback => CacheMode::Writeback,
+            crate::config::DiskCache::None => CacheMode::None,
+        },
+        serial: d.serial.clone(),
+        limit: DiskLimit {
+            bytes_per_sec: d.bytes_per_sec,
+            ops_per_sec: d.ops_per_sec,
+        },
+    }
 }
 
 /// The VMM's spec for VM `w`: its config, and per NIC what the link owner recorded (the MAC
@@ -103,7 +83,65 @@ pub fn vm_spec(
         cmdline,
         serial_file: None,
         nics,
+        disks: vm.disks.iter().map(disk_spec).collect(),
+        // The socket paths are the runtime directory's (set by `run`).
+        console_socket: None,
+        vsock: None,
+        notify_ready: vm.notify_ready,
     })
+}
+
+/// Under systemd, register the VM with systemd-machined (class `vm`, this process as its
+/// leader: it becomes the VMM, so machined finds the unit from its cgroup). Without machined,
+/// or outside a unit, the VM runs unregistered and this says so once.
+fn register_with_machined(w: &crate::plan::Workload, records: &[crate::attach::LinkRecord]) {
+    use crate::sd::machined;
+    if std::env::var_os("INVOCATION_ID").is_none() {
+        log::debug!(
+            "not started by systemd: not registering {} with machined",
+            w.name
+        );
+        return;
+    }
+    let conn = match crate::sd::system_bus() {
+        Ok(c) => c,
+        Err(e) => {
+            log::info!(
+                "{}: not registered with machined: {}",
+                w.name,
+                crate::error_chain(&e)
+            );
+            return;
+        }
+    };
+    if !machined::reachable(&conn).unwrap_or(false) {
+        log::info!(
+            "systemd-machined is not available: {} runs without a registration (machinectl will not list it)",
+            w.name
+        );
+        return;
+    }
+    let ifindices = records
+        .iter()
+        .filter(|r| r.netns.is_none())
+        .filter_map(|r| crate::net::link::index(&r.link))
+        .filter_map(|i| i32::try_from(i).ok())
+        .collect();
+    let m = machined::Machine {
+        name: &w.name,
+        uuid: *w.uuid.as_bytes(),
+        class: "vm",
+        leader: std::process::id(),
+        ifindices,
+    };
+    match machined::register(&conn, &m) {
+        Ok(()) => log::info!("registered {} with systemd-machined (class vm)", w.name),
+        Err(e) => log::warn!(
+            "{}: not registered with machined: {}",
+            w.name,
+            crate::error_chain(&e)
+        ),
+    }
 }
 
 /// `volt vm run NAME` (volt-vm@.service's ExecStart=): plan the VM, read what its link owners
@@ -183,13 +221,22 @@ pub fn run(
         };
         records.push(r);
     }
-    let spec = match vm_spec(w, &records) {
+    let mut spec = match vm_spec(w, &records) {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");
             return Ok(Outcome::Config);
         }
     };
+    register_with_machined(w, &records);
+    let dir = at.paths.vm_dir(&w.name);
+    spec.console_socket = Some(dir.join("console.sock"));
+    if let Some(cid) = w.vm().and_then(|v| v.vsock_cid) {
+        spec.vsock = Some(crate::vmm::spec::VsockSpec {
+            cid,
+            socket: dir.join("vsock.sock"),
+        });
+    }
     let file = at.paths.vm_dir(&w.name).join("spec.json");
     let text = serde_json::to_string_pretty(&spec)? + "\n";
     crate::fsutil::write_atomic_if_changed(&file, &text)?;
@@ -203,4 +250,18 @@ pub fn run(
         .args(vmm_args)
         .exec();
     anyhow::bail!("cannot run {}: {err}", vmm.display())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The VM file's limits and the VMM's are the same numbers.
+    #[test]
+    fn limits_agree_between_the_config_and_the_vmm() {
+        use crate::config::vm_limits as c;
+        use crate::vmm::spec as v;
+        assert_eq!(c::MAX_VCPUS, u32::from(v::MAX_VCPUS));
+        assert_eq!(c::MIN_MEMORY_MIB, v::MIN_MEMORY_MIB);
+        assert_eq!(c::MAX_MEMORY_MIB, v::MAX_MEMORY_MIB);
+        assert_eq!(c::DEFAULT_MEMORY_MIB, v::DEFAULT_MEMORY_MIB);
+    }
 }

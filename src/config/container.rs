@@ -15,21 +15,23 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use toml::Spanned;
 use uuid::Uuid;
 
 use super::derive::{self, check_workload_name, MacAddr};
 use super::error::{ConfigError, Location};
-use super::network::{Network, NetworkType, DEFAULT_NETWORK};
+use super::network::NetworkType;
+use super::nic::{self, abs_path, NicSpans, Pool};
+use super::reader::{self, Errors, Table};
 use super::span::Src;
-use super::vm::{abs_path, parse_nic_ip, NetworkLookup, NicSpans, Pool};
+use super::vm::NetworkLookup;
 
 /// A container has one veth pair (its link names leave no room for a NIC number).
 pub const MAX_CONTAINER_NICS: usize = 1;
 
 /// nspawn's `--volatile=` modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Volatile {
     /// The tree is used as it is, writable.
@@ -156,30 +158,6 @@ impl ContainerConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNic {
-    id: Option<Spanned<String>>,
-    bridge: Option<Spanned<String>>,
-    zone: Option<Spanned<String>>,
-    mac: Option<Spanned<String>>,
-    ipv4: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawContainer {
-    directory: Option<Spanned<String>>,
-    image: Option<Spanned<String>>,
-    boot: Option<Spanned<bool>>,
-    command: Option<Spanned<Vec<String>>>,
-    init_args: Option<Spanned<Vec<String>>>,
-    volatile: Option<Volatile>,
-    autostart: Option<bool>,
-    #[serde(default)]
-    network: Vec<Spanned<RawNic>>,
-}
-
 /// A container name is also its nspawn machine name and host name: a valid workload name
 /// without `_`, not ending in `.`, without `..`.
 fn check_container_name(name: &str) -> Result<(), String> {
@@ -192,8 +170,16 @@ fn check_container_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+const VOLATILE: [(&str, Volatile); 4] = [
+    ("no", Volatile::No),
+    ("yes", Volatile::Yes),
+    ("state", Volatile::State),
+    ("overlay", Volatile::Overlay),
+];
+
 /// Parse and check one container file. `path` is the path as shown in messages and in
-/// `SourcePath=`; its stem is the container name. Returns every error found in the file.
+/// `SourcePath=`; its stem is the container name. Returns every error found in the file, in
+/// line order.
 pub fn parse_container_toml(
     path: &Path,
     text: &str,
@@ -207,14 +193,18 @@ pub fn parse_container_toml(
             format!("the file name gives the container name, and {m}"),
         )]);
     }
-    let raw: RawContainer = toml::from_str(text).map_err(|e| vec![src.toml_error(&e)])?;
+    let doc = reader::parse(&src, text).map_err(|e| vec![e])?;
+    let t = Table::root(&doc);
     let mut errors = Vec::new();
+    let e = &mut errors;
     let mut spans = ContainerSpans::default();
     let uuid = derive::vm_uuid(&name);
 
-    let (root, root_kind) = match (&raw.directory, &raw.image) {
+    let directory = t.string(&src, e, "directory");
+    let image = t.string(&src, e, "image");
+    let (root, root_kind) = match (&directory, &image) {
         (Some(_), Some(i)) => {
-            errors.push(src.invalid(
+            e.push(src.invalid(
                 "image",
                 i.span(),
                 "give either directory or image, not both".into(),
@@ -223,51 +213,52 @@ pub fn parse_container_toml(
         }
         (Some(d), None) => {
             spans.root = Some(src.at(d.span().start));
-            (
-                abs_path(&src, "directory", d, &mut errors),
-                RootKind::Directory,
-            )
+            (abs_path(&src, "directory", d, e), RootKind::Directory)
         }
         (None, Some(i)) => {
             spans.root = Some(src.at(i.span().start));
-            (abs_path(&src, "image", i, &mut errors), RootKind::Image)
+            (abs_path(&src, "image", i, e), RootKind::Image)
         }
         (None, None) => {
-            errors.push(src.whole(
-                "directory",
-                "missing: the container needs a root file system (directory = \"/path\" or image = \"/path\")".into(),
-            ));
+            if !t.has("directory") && !t.has("image") {
+                e.push(src.whole(
+                    "directory",
+                    "missing: the container needs a root file system (directory = \"/path\" or image = \"/path\")".into(),
+                ));
+            }
             (PathBuf::new(), RootKind::Directory)
         }
     };
-    let volatile = raw.volatile.unwrap_or(match root_kind {
+    let volatile = t.choice(&src, e, "volatile", &VOLATILE);
+    let volatile = volatile.unwrap_or(match root_kind {
         RootKind::Directory => Volatile::No,
         RootKind::Image => Volatile::Overlay,
     });
     if root_kind == RootKind::Image && volatile == Volatile::No {
-        errors.push(src.whole(
+        e.push(src.whole(
             "volatile",
             "an image is never written: use volatile = \"overlay\", \"state\" or \"yes\" (or directory = for a writable tree)".into(),
         ));
     }
 
-    let boot = raw.boot.as_ref().is_some_and(|b| *b.get_ref());
+    let boot = t.boolean(&src, e, "boot").is_some_and(Spanned::into_inner);
+    let command_s = t.strings(&src, e, "command");
     let mut command = Vec::new();
-    match (&raw.command, boot) {
-        (Some(c), true) => errors.push(src.invalid(
+    match (&command_s, boot) {
+        (Some(c), true) => e.push(src.invalid(
             "command",
             c.span(),
             "give either boot = true or a command, not both".into(),
         )),
         (Some(c), false) => {
             if c.get_ref().first().is_none_or(|p| p.is_empty()) {
-                errors.push(src.invalid(
+                e.push(src.invalid(
                     "command",
                     c.span(),
                     "the command must not be empty (its first element is the program)".into(),
                 ));
             } else if c.get_ref().iter().any(|a| a.contains('\0')) {
-                errors.push(src.invalid(
+                e.push(src.invalid(
                     "command",
                     c.span(),
                     "an argument contains a NUL byte".into(),
@@ -276,47 +267,57 @@ pub fn parse_container_toml(
             command = c.get_ref().clone();
         }
         (None, true) => {}
-        (None, false) => errors.push(src.whole(
-            "command",
-            "missing: give the command to run (command = [\"/bin/sh\", ...]) or boot = true to run the tree's init".into(),
-        )),
+        (None, false) => {
+            if !t.has("command") {
+                e.push(src.whole(
+                    "command",
+                    "missing: give the command to run (command = [\"/bin/sh\", ...]) or boot = true to run the tree's init".into(),
+                ));
+            }
+        }
     }
 
     let mut init_args = Vec::new();
-    if let Some(i) = &raw.init_args {
+    if let Some(i) = t.strings(&src, e, "init_args") {
         if !boot {
-            errors.push(src.invalid(
+            e.push(src.invalid(
                 "init_args",
                 i.span(),
                 "init_args are for boot = true (a command takes its arguments in command)".into(),
             ));
         } else if i.get_ref().iter().any(|a| a.is_empty() || a.contains('\0')) {
-            errors.push(src.invalid(
+            e.push(src.invalid(
                 "init_args",
                 i.span(),
                 "an argument is empty or contains a NUL byte".into(),
             ));
         }
-        init_args = i.get_ref().clone();
+        init_args = i.into_inner();
     }
+    let autostart = t
+        .boolean(&src, e, "autostart")
+        .is_some_and(Spanned::into_inner);
+    let nic_tables = t.tables(&src, e, "network");
+    let top = t.asked();
+    t.finish(&src, e, &[]);
 
-    if raw.network.len() > MAX_CONTAINER_NICS {
-        let at = raw.network[MAX_CONTAINER_NICS].span();
-        errors.push(src.invalid(
+    if let Some(extra) = nic_tables.get(MAX_CONTAINER_NICS) {
+        e.push(src.invalid(
             "network",
-            at,
+            extra.span(),
             format!("a container has at most {MAX_CONTAINER_NICS} network entry (one veth pair)"),
         ));
     }
     let mut nics = Vec::new();
-    for (index, raw_nic) in raw.network.iter().enumerate().take(MAX_CONTAINER_NICS) {
-        let (nic, nic_spans) = parse_nic(&src, index, raw_nic, &uuid, &name, nets, &mut errors);
+    for (index, nt) in nic_tables.iter().enumerate().take(MAX_CONTAINER_NICS) {
+        let (nic, nic_spans) = parse_nic(&src, index, nt, &uuid, &name, nets, e);
+        nt.finish(&src, e, &top);
         nics.push(nic);
         spans.nics.push(nic_spans);
     }
 
     if !errors.is_empty() {
-        return Err(errors);
+        return Err(reader::in_line_order(errors));
     }
     Ok(ContainerConfig {
         name,
@@ -328,7 +329,7 @@ pub fn parse_container_toml(
         command,
         init_args,
         volatile,
-        autostart: raw.autostart.unwrap_or(false),
+        autostart,
         nics,
         spans,
     })
@@ -337,95 +338,37 @@ pub fn parse_container_toml(
 fn parse_nic(
     src: &Src,
     index: usize,
-    raw_nic: &Spanned<RawNic>,
+    t: &Table,
     uuid: &Uuid,
     name: &str,
     nets: &dyn NetworkLookup,
-    errors: &mut Vec<ConfigError>,
+    e: &mut Errors,
 ) -> (ContainerNic, NicSpans) {
-    let raw = raw_nic.get_ref();
-    let f = |field: &str| format!("network[{index}].{field}");
     let mut spans = NicSpans {
-        at: Some(src.at(raw_nic.span().start)),
+        at: Some(src.at(t.span().start)),
         ..NicSpans::default()
     };
-    let id = super::nic::nic_id(src, index, raw.id.as_ref(), errors);
+    let id = nic::nic_id(src, t, index, e);
     let (host_link, container_link) = derive::veth_names(name);
-
-    let mut network: Option<&Network> = None;
-    match (&raw.bridge, &raw.zone) {
-        (Some(_), Some(z)) => errors.push(src.invalid(
-            &f("zone"),
-            z.span(),
-            "give either bridge or zone, not both".into(),
-        )),
-        (Some(b), None) => match nets.by_bridge(b.get_ref()) {
-            Some(n) => network = Some(n),
-            None => errors.push(src.invalid(
-                &f("bridge"),
-                b.span(),
-                format!(
-                    "no network uses bridge {:?} (define it in /etc/volt/networks/)",
-                    b.get_ref()
-                ),
-            )),
-        },
-        (None, Some(z)) => match nets.by_name(z.get_ref()) {
-            Some(n) => network = Some(n),
-            None => errors.push(src.invalid(
-                &f("zone"),
-                z.span(),
-                format!("no network or zone named {:?} is defined", z.get_ref()),
-            )),
-        },
-        (None, None) => network = nets.by_bridge(DEFAULT_NETWORK),
-    }
-
-    let (mac, mac_explicit, mac_at) =
-        super::nic::nic_mac(src, index, raw.mac.as_ref(), uuid, &id, errors);
-    spans.mac = mac_at;
-
-    let key = format!("ct-{name}");
-    let reservation = network.and_then(|n| n.reservations.get(&key).copied());
-    let mut ipv4 = None;
-    match &raw.ipv4 {
-        Some(s) => {
-            spans.ipv4 = Some(src.at(s.span().start));
-            match parse_nic_ip(src, &f("ipv4"), s, network, &key, Pool::Container) {
-                Ok(Some(addr)) => {
-                    if let (Some(r), Some(n)) = (reservation, network) {
-                        if r != addr.addr() {
-                            errors.push(src.invalid(
-                                &f("ipv4"),
-                                s.span(),
-                                format!(
-                                    "{} differs from the reservation {key} = {r} of {}",
-                                    addr.addr(),
-                                    n.name
-                                ),
-                            ));
-                        }
-                    }
-                    ipv4 = Some(addr);
-                }
-                Ok(None) => {}
-                Err(e) => errors.push(e),
-            }
-        }
-        None => {
-            if let (Some(r), Some(n)) = (reservation, network) {
-                ipv4 = Ipv4Net::new(r, n.subnet.prefix_len()).ok();
-            }
-        }
-    }
+    let network = nic::network(src, t, nets, true, e);
+    let (mac, mac_explicit) = nic::nic_mac(src, t, uuid, &id, &mut spans, e);
+    let ipv4 = nic::address(
+        src,
+        t,
+        network,
+        &format!("ct-{name}"),
+        Pool::Container,
+        &mut spans,
+        e,
+    );
     let isolated = network.is_some_and(|n| n.kind == NetworkType::Isolated);
     let mut dhcp = false;
-    if ipv4.is_none() {
+    if ipv4.is_none() && !t.has("ipv4") {
         match network {
             Some(n) if n.dhcp && !isolated => dhcp = true,
-            Some(n) => errors.push(src.invalid(
-                &f("ipv4"),
-                raw_nic.span(),
+            Some(n) => e.push(src.invalid(
+                &t.field("ipv4"),
+                t.span(),
                 format!(
                     "network {} has no DHCP server ({}): give a static ipv4 from its container range {}",
                     n.name,
@@ -455,157 +398,5 @@ fn parse_nic(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Networks;
-
-    fn nets() -> Networks {
-        let mut def = Network::builtin_default();
-        def.reservations
-            .insert("ct-db".into(), "10.42.0.150".parse().expect("ip"));
-        def.reservations
-            .insert("vm-web".into(), "10.42.0.10".parse().expect("ip"));
-        let mut iso = Network::builtin_default();
-        iso.name = "iso".into();
-        iso.bridge = "iso0".into();
-        iso.subnet = "10.60.0.0/24".parse().expect("net");
-        iso.gateway = "10.60.0.1".parse().expect("ip");
-        iso.kind = NetworkType::Isolated;
-        iso.container_range = crate::config::Range {
-            start: "10.60.0.100".parse().expect("ip"),
-            end: "10.60.0.254".parse().expect("ip"),
-        };
-        Networks {
-            list: vec![def, iso],
-        }
-    }
-
-    fn parse(name: &str, text: &str) -> Result<ContainerConfig, Vec<ConfigError>> {
-        parse_container_toml(
-            &PathBuf::from(format!("/etc/volt/containers/{name}.toml")),
-            text,
-            &nets(),
-        )
-    }
-
-    fn errs(name: &str, text: &str) -> Vec<String> {
-        parse(name, text)
-            .expect_err("should be invalid")
-            .iter()
-            .map(|e| e.to_string())
-            .collect()
-    }
-
-    const DIR: &str = "directory = \"/var/lib/volt/containers/app\"\n";
-
-    #[test]
-    fn static_container_from_the_container_range() {
-        let text = format!(
-            "{DIR}command = [\"/bin/sh\", \"-c\", \"sleep 1000\"]\n[[network]]\nbridge = \"volt0\"\nipv4 = \"10.42.0.120/24\"\n"
-        );
-        let c = parse("app", &text).expect("valid");
-        assert_eq!(c.uuid, derive::vm_uuid("app"));
-        let nic = &c.nics[0];
-        assert_eq!(nic.id, "eth0");
-        assert_eq!(
-            nic.ipv4.map(|i| i.to_string()).as_deref(),
-            Some("10.42.0.120/24")
-        );
-        assert!(!nic.dhcp);
-        assert_eq!(nic.gateway, Some("10.42.0.1".parse().expect("ip")));
-        assert_eq!(nic.mac, derive::nic_mac(&c.uuid, "eth0", 0));
-        let (h, ce) = derive::veth_names("app");
-        assert_eq!((nic.host_link.clone(), nic.container_link.clone()), (h, ce));
-    }
-
-    #[test]
-    fn dhcp_reservation_boot_and_image() {
-        let c = parse("app", &format!("{DIR}boot = true\n[[network]]\n")).expect("valid");
-        assert!(c.nics[0].dhcp && c.nics[0].ipv4.is_none());
-        assert_eq!(c.nics[0].network.as_deref(), Some("volt0"));
-        // ct-db is reserved: db gets it as a static address.
-        let c = parse(
-            "db",
-            &format!("{DIR}boot = true\n[[network]]\nzone = \"default\"\n"),
-        )
-        .expect("valid");
-        assert_eq!(
-            c.nics[0].ipv4.map(|i| i.to_string()).as_deref(),
-            Some("10.42.0.150/24")
-        );
-        assert!(!c.nics[0].dhcp);
-        let c = parse("img", "image = \"/\"\nboot = true\n").expect("valid");
-        assert_eq!(c.root_kind, RootKind::Image);
-        assert_eq!(c.volatile, Volatile::Overlay);
-    }
-
-    #[test]
-    fn every_check_names_file_line_column_and_field() {
-        let cmd = "command = [\"/bin/true\"]\n";
-        let cases: Vec<(String, &str)> = vec![
-            (cmd.to_string(), "app.toml: directory: missing"),
-            (DIR.to_string(), "app.toml: command: missing"),
-            (format!("{DIR}{cmd}boot = true\n"), ":2:11: command: give either boot = true or a command"),
-            (format!("{DIR}command = []\n"), ":2:11: command: the command must not be empty"),
-            (format!("{DIR}image = \"/x\"\n{cmd}"), ":2:9: image: give either directory or image"),
-            ("directory = \"rel\"\ncommand = [\"/x\"]\n".into(), ":1:13: directory: \"rel\" is not an absolute path"),
-            (format!("image = \"/x\"\nvolatile = \"no\"\n{cmd}"), "volatile: an image is never written"),
-            (format!("{DIR}{cmd}colour = 1\n"), ":3:1: unknown field `colour`"),
-            (format!("{DIR}{cmd}init_args = [\"x\"]\n"), ":3:13: init_args: init_args are for boot = true"),
-            (format!("{DIR}{cmd}[[network]]\nmtu = 9000\n"), ":4:1: unknown field `mtu`"),
-            (format!("{DIR}{cmd}[[network]]\nipv4 = \"10.42.0.20\"\n"), ":4:8: network[0].ipv4: 10.42.0.20 is outside volt0's container range 10.42.0.100-10.42.0.254"),
-            (format!("{DIR}{cmd}[[network]]\nipv4 = \"10.42.0.10\"\n"), "network[0].ipv4: 10.42.0.10 is reserved for vm-web in volt0"),
-            (format!("{DIR}{cmd}[[network]]\nipv4 = \"10.43.0.120\"\n"), "network[0].ipv4: 10.43.0.120 is outside volt0 (10.42.0.0/24)"),
-            (format!("{DIR}{cmd}[[network]]\nbridge = \"br9\"\n"), ":4:10: network[0].bridge: no network uses bridge \"br9\""),
-            (format!("{DIR}{cmd}[[network]]\nzone = \"dmz\"\n"), "network[0].zone: no network or zone named \"dmz\""),
-            (format!("{DIR}{cmd}[[network]]\nmac = \"01:00:5e:00:00:01\"\n"), "network[0].mac: 01:00:5e:00:00:01 is not a unicast address"),
-            (format!("{DIR}{cmd}[[network]]\n[[network]]\n"), ":4:1: network: a container has at most 1 network entry"),
-            (format!("{DIR}{cmd}[[network]]\nzone = \"iso\"\n"), "network[0].ipv4: network iso has no DHCP server (isolated)"),
-        ];
-        for (text, want) in &cases {
-            let got = errs("app", text);
-            assert!(
-                got.iter().any(|e| e.contains(want)),
-                "for {text:?} wanted {want:?}, got {got:?}"
-            );
-            assert!(
-                got.iter()
-                    .all(|e| e.starts_with("/etc/volt/containers/app.toml")),
-                "{got:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn names_must_be_machine_names() {
-        for bad in ["a_b", "a..b", "a.", "-a", "a b"] {
-            let e = errs(bad, "directory = \"/x\"\nboot = true\n");
-            assert!(
-                e[0].contains("name: the file name gives the container name"),
-                "{bad}: {e:?}"
-            );
-        }
-        assert!(parse("db-1.lab", "directory = \"/x\"\nboot = true\n").is_ok());
-    }
-
-    #[test]
-    fn root_check() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        std::fs::create_dir_all(tmp.path().join("srv/ct/usr")).expect("mkdir");
-        std::fs::create_dir_all(tmp.path().join("srv/nousr")).expect("mkdir");
-        std::fs::write(tmp.path().join("srv/file"), "x").expect("write");
-        let check = |dir: &str, kind: &str| {
-            let c = parse("app", &format!("{kind} = \"{dir}\"\nboot = true\n")).expect("valid");
-            c.check_root(tmp.path())
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-        };
-        assert!(check("/srv/ct", "directory").is_empty());
-        assert!(check("/srv/nousr", "directory")[0]
-            .contains(":1:13: directory: /srv/nousr has no /usr"));
-        assert!(check("/srv/missing", "directory")[0].contains("does not exist"));
-        assert!(check("/srv/file", "image")[0]
-            .contains("image: /srv/file is not a directory (disk images are not supported yet"));
-    }
-}
+#[path = "container_tests.rs"]
+mod tests;

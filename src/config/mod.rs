@@ -6,12 +6,15 @@
 mod cluster;
 mod container;
 mod derive;
+mod disk;
 mod error;
 mod network;
 mod nic;
+mod reader;
 mod span;
 mod validate;
 mod vm;
+mod zone;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,12 +30,19 @@ pub use derive::{
     check_link_name, check_workload_name, nic_mac, short_id, tap_name, veth_names, vm_uuid,
     MacAddr, IFNAMSIZ_MAX, RESERVED_LINK_PREFIXES, VOLT_NAMESPACE,
 };
+pub use disk::{DiskCache, DiskConfig};
 pub use error::{ConfigError, Location};
 pub use network::{
-    parse_network_toml, parse_zone_yaml, Network, NetworkType, PortMap, Proto, Range,
-    DEFAULT_NETWORK, DEFAULT_ZONE,
+    parse_network_toml, Network, NetworkType, PortMap, Proto, Range, DEFAULT_NETWORK, DEFAULT_ZONE,
 };
+/// The limits a VM file's values must respect.
+pub mod vm_limits {
+    pub use super::vm::{
+        DEFAULT_MEMORY_MIB, MAX_CMDLINE, MAX_MEMORY_MIB, MAX_NICS, MAX_VCPUS, MIN_MEMORY_MIB,
+    };
+}
 pub use vm::{parse_vm_toml, MacvtapMode, NetworkLookup, NicConfig, NicMode, VmConfig};
+pub use zone::parse_zone_yaml;
 
 /// Where Volt's files live, relative to the root.
 pub const VMS_DIR: &str = "etc/volt/vms";
@@ -89,6 +99,8 @@ pub struct ConfigSet {
     /// `/etc/volt/cluster.toml` when it exists and is valid (absent: one host).
     pub cluster: Option<ClusterConfig>,
     pub errors: Vec<ConfigError>,
+    /// Files in the config directories that are not read (a wrong suffix, a directory).
+    pub warnings: Vec<String>,
 }
 
 /// The `*.<ext>` files of `root/rel`, sorted by name, as (path shown to users, path read).
@@ -98,6 +110,7 @@ fn list_dir(
     rel: &str,
     exts: &[&str],
     errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<String>,
 ) -> Vec<(PathBuf, PathBuf)> {
     let dir = root.join(rel);
     let entries = match std::fs::read_dir(&dir) {
@@ -111,33 +124,77 @@ fn list_dir(
             return Vec::new();
         }
     };
-    let mut files: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_type()
-                .map(|t| t.is_file() || t.is_symlink())
-                .unwrap_or(false)
+    let wanted = |n: &str| {
+        exts.iter().any(|x| {
+            n.strip_suffix(x)
+                .is_some_and(|stem| stem.ends_with('.') && stem.len() > 1)
         })
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter(|n| !n.starts_with('.'))
-        .filter(|n| {
-            exts.iter().any(|x| {
-                n.strip_suffix(x)
-                    .is_some_and(|stem| stem.ends_with('.') && stem.len() > 1)
-            })
-        })
-        .collect();
+    };
+    let mut files: Vec<String> = Vec::new();
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // Hidden files and editor leftovers (`.web.toml.swp`, `web.toml~`) say nothing.
+        if name.starts_with('.') || name.ends_with('~') {
+            continue;
+        }
+        let is_file = e
+            .file_type()
+            .map(|t| t.is_file() || t.is_symlink())
+            .unwrap_or(false);
+        let shown = Path::new("/").join(rel).join(&name);
+        match (wanted(&name), is_file) {
+            (true, true) => files.push(name),
+            (true, false) => warnings.push(format!(
+                "{} is not a regular file; skipped",
+                shown.display()
+            )),
+            (false, _) => warnings.push(format!(
+                "{} is not read: only files ending in .{} are",
+                shown.display(),
+                exts.join(" or .")
+            )),
+        }
+    }
     files.sort();
+    // A file's path goes into generated files (`SourcePath=`, `# Source:` lines): a control
+    // character (newline, CR, ...) would end the line there and inject the rest.
+    files.retain(|n| {
+        let bad = n.chars().find(|c| c.is_control());
+        if let Some(c) = bad {
+            errors.push(ConfigError::Invalid {
+                at: Location::file(&Path::new("/").join(rel).join(n.escape_debug().to_string())),
+                field: "file name".into(),
+                message: format!(
+                    "the file name {n:?} contains the control character {c:?}; rename the file"
+                ),
+            });
+        }
+        bad.is_none()
+    });
     files
         .into_iter()
         .map(|n| (Path::new("/").join(rel).join(&n), dir.join(&n)))
         .collect()
 }
 
-fn read(shown: &Path, real: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(real).map_err(|source| ConfigError::Read {
+/// Read a config file as UTF-8 text; bytes that are not UTF-8 are an error at their line and
+/// column.
+pub(crate) fn read(shown: &Path, real: &Path) -> Result<String, ConfigError> {
+    let bytes = std::fs::read(real).map_err(|source| ConfigError::Read {
         path: shown.to_path_buf(),
         source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let good = e.utf8_error().valid_up_to();
+        let before = String::from_utf8_lossy(&bytes[..good]);
+        ConfigError::Syntax {
+            at: Location::at_offset(shown, &before, before.len()),
+            message: format!(
+                "byte 0x{:02x} is not UTF-8 (Volt's files are UTF-8 text)",
+                bytes[good]
+            ),
+        }
     })
 }
 
@@ -146,10 +203,11 @@ impl ConfigSet {
     pub fn load(root: &Path) -> ConfigSet {
         let mut set = ConfigSet::default();
         let mut errors = Vec::new();
-        set.networks = Self::load_networks(root, &mut errors);
+        let mut warnings = Vec::new();
+        set.networks = Self::load_networks(root, &mut errors, &mut warnings);
         set.cluster = load_cluster(root, &mut set.networks, &mut errors);
         let mut vms = Vec::new();
-        for (shown, real) in list_dir(root, VMS_DIR, &["toml"], &mut errors) {
+        for (shown, real) in list_dir(root, VMS_DIR, &["toml"], &mut errors, &mut warnings) {
             match read(&shown, &real) {
                 Ok(text) => match parse_vm_toml(&shown, &text, &set.networks) {
                     Ok(vm) => vms.push(vm),
@@ -159,7 +217,7 @@ impl ConfigSet {
             }
         }
         let mut containers = Vec::new();
-        for (shown, real) in list_dir(root, CONTAINERS_DIR, &["toml"], &mut errors) {
+        for (shown, real) in list_dir(root, CONTAINERS_DIR, &["toml"], &mut errors, &mut warnings) {
             match read(&shown, &real) {
                 Ok(text) => match parse_container_toml(&shown, &text, &set.networks) {
                     Ok(c) => containers.push(c),
@@ -170,6 +228,7 @@ impl ConfigSet {
         }
         let (mut vms, containers, cross) = validate::check_across(vms, containers);
         errors.extend(cross);
+        errors.extend(validate::check_port_maps(&set.networks, &vms, &containers));
         if let Some(c) = &set.cluster {
             vms.retain(|vm| match check_vm_mtu(c, vm) {
                 Some(e) => {
@@ -182,58 +241,73 @@ impl ConfigSet {
         set.vms = vms;
         set.containers = containers;
         set.errors = errors;
+        set.warnings = warnings;
         set
     }
 
-    fn load_networks(root: &Path, errors: &mut Vec<ConfigError>) -> Networks {
+    fn load_networks(
+        root: &Path,
+        errors: &mut Vec<ConfigError>,
+        warnings: &mut Vec<String>,
+    ) -> Networks {
         let mut list: Vec<Network> = Vec::new();
         let mut candidates = Vec::new();
-        for (shown, real) in list_dir(root, NETWORKS_DIR, &["toml"], errors) {
-            match read(&shown, &real).and_then(|t| parse_network_toml(&shown, &t)) {
-                Ok(n) => candidates.push(n),
+        for (shown, real) in list_dir(root, NETWORKS_DIR, &["toml"], errors, warnings) {
+            match read(&shown, &real) {
+                Ok(t) => match parse_network_toml(&shown, &t) {
+                    Ok(n) => candidates.push(n),
+                    Err(errs) => errors.extend(errs),
+                },
                 Err(e) => errors.push(e),
             }
         }
-        for (shown, real) in list_dir(root, ZONES_DIR, &["yaml", "yml"], errors) {
+        // The zone directory is Voltainer's: other files there are not Volt's business.
+        for (shown, real) in list_dir(root, ZONES_DIR, &["yaml", "yml"], errors, &mut Vec::new()) {
             match read(&shown, &real).and_then(|t| parse_zone_yaml(&shown, &t)) {
                 Ok(Some(n)) => candidates.push(n),
                 Ok(None) => {}
                 Err(e) => errors.push(e),
             }
         }
+        // The built-in volt0 stays unless a file redefines it (its name or its bridge).
+        let redefined = candidates
+            .iter()
+            .any(|n| n.name == DEFAULT_NETWORK || n.bridge == DEFAULT_NETWORK);
+        if !redefined {
+            list.push(Network::builtin_default());
+        }
+        let overlap = |a: &ipnet::Ipv4Net, b: &ipnet::Ipv4Net| {
+            a.contains(&b.network()) || b.contains(&a.network())
+        };
         for n in candidates {
-            let clash = list
-                .iter()
-                .find(|o| o.name == n.name || o.bridge == n.bridge || o.subnet == n.subnet);
+            let clash = list.iter().find(|o| {
+                o.name == n.name || o.bridge == n.bridge || overlap(&o.subnet, &n.subnet)
+            });
             if let Some(o) = clash {
-                let what = if o.name == n.name {
-                    format!("the name {:?}", n.name)
+                let (field, what) = if o.name == n.name {
+                    ("name", format!("the name {:?}", n.name))
                 } else if o.bridge == n.bridge {
-                    format!("bridge {:?}", n.bridge)
+                    ("bridge", format!("bridge {:?}", n.bridge))
                 } else {
-                    format!("subnet {}", n.subnet)
+                    (
+                        "subnet",
+                        format!("subnet {} overlaps {}", n.subnet, o.subnet),
+                    )
                 };
-                let other = o
-                    .source
-                    .as_ref()
-                    .map_or_else(String::new, |p| p.display().to_string());
+                let message = match &o.source {
+                    Some(p) => format!("{what}: already defined by {}", p.display()),
+                    None => format!(
+                        "{what}: that is the built-in network {DEFAULT_NETWORK}; use another, or redefine {DEFAULT_NETWORK} with bridge = \"{DEFAULT_NETWORK}\""
+                    ),
+                };
                 errors.push(ConfigError::Invalid {
                     at: Location::file(n.source.as_deref().unwrap_or(Path::new("?"))),
-                    field: "name".into(),
-                    message: format!("{what} is already defined by {other}"),
+                    field: field.into(),
+                    message,
                 });
                 continue;
             }
             list.push(n);
-        }
-        if !list.iter().any(|n| n.bridge == DEFAULT_NETWORK) {
-            let d = Network::builtin_default();
-            if !list
-                .iter()
-                .any(|n| n.name == d.name || n.subnet == d.subnet)
-            {
-                list.push(d);
-            }
         }
         list.sort_by(|a, b| a.name.cmp(&b.name));
         Networks { list }
@@ -347,7 +421,7 @@ pub fn load_vm_file(root: &Path, path: &Path) -> Result<VmConfig, Vec<ConfigErro
         };
     }
     let mut errors = Vec::new();
-    let networks = ConfigSet::load_networks(root, &mut errors);
+    let networks = ConfigSet::load_networks(root, &mut errors, &mut Vec::new());
     let text = read(path, path).map_err(|e| vec![e])?;
     parse_vm_toml(path, &text, &networks)
 }

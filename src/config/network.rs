@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use super::derive::{check_link_name, check_workload_name};
 use super::error::{ConfigError, Location};
+use super::reader::{self, Errors, Table};
 use super::span::Src;
 
 /// The built-in network's name and bridge.
@@ -65,6 +66,9 @@ pub struct PortMap {
     /// The workload (VM or container name) the traffic goes to.
     pub target: String,
     pub target_port: u16,
+    /// Where `target` is written (checked against the workloads later).
+    #[serde(skip)]
+    pub target_at: Option<Location>,
 }
 
 /// A validated network.
@@ -131,7 +135,7 @@ impl Network {
 
 /// Default split of a subnet: for /24 and larger, VMs from gateway+1 .. .99 and containers
 /// .100 .. broadcast-1 (relative to the network address); smaller subnets are halved.
-fn default_ranges(subnet: &Ipv4Net, gateway: Ipv4Addr) -> (Range, Range) {
+pub(super) fn default_ranges(subnet: &Ipv4Net, gateway: Ipv4Addr) -> (Range, Range) {
     let net = u32::from(subnet.network());
     let bcast = u32::from(subnet.broadcast());
     let first = net.saturating_add(1);
@@ -183,15 +187,11 @@ fn complement(subnet: &Ipv4Net, gateway: Ipv4Addr, taken: Range) -> Range {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRange {
     start: Spanned<String>,
     end: Spanned<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawPortMap {
     proto: Option<Proto>,
     host_port: Spanned<u16>,
@@ -199,48 +199,153 @@ struct RawPortMap {
     target_port: Spanned<u16>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawNetwork {
     bridge: Option<Spanned<String>>,
     subnet: Spanned<String>,
     gateway: Option<Spanned<String>>,
-    #[serde(rename = "type")]
     kind: Option<NetworkType>,
     dhcp: Option<bool>,
     mtu: Option<Spanned<u32>>,
     pool: Option<Spanned<RawRange>>,
     container_pool: Option<Spanned<RawRange>>,
-    #[serde(default)]
     reservations: BTreeMap<String, Spanned<String>>,
     uplink: Option<Spanned<String>>,
     create_bridge: Option<bool>,
-    #[serde(default)]
     port_map: Vec<Spanned<RawPortMap>>,
 }
 
-/// Parse `/etc/volt/networks/<name>.toml`. `path` is the name shown in errors.
-pub fn parse_network_toml(path: &Path, text: &str) -> Result<Network, ConfigError> {
+const NETWORK_TYPES: [(&str, NetworkType); 3] = [
+    ("bridged", NetworkType::Bridged),
+    ("isolated", NetworkType::Isolated),
+    ("host-only", NetworkType::HostOnly),
+];
+const PROTOS: [(&str, Proto); 2] = [("tcp", Proto::Tcp), ("udp", Proto::Udp)];
+
+/// A required string of table `t`, or an error saying it is missing.
+fn required(
+    src: &Src,
+    t: &Table,
+    e: &mut Errors,
+    key: &'static str,
+    what: &str,
+) -> Option<Spanned<String>> {
+    let v = t.string(src, e, key);
+    if v.is_none() && !t.has(key) {
+        e.push(src.invalid(&t.field(key), t.span(), format!("missing: {what}")));
+    }
+    v
+}
+
+fn read_range(
+    src: &Src,
+    t: &Table,
+    e: &mut Errors,
+    key: &'static str,
+) -> Option<Spanned<RawRange>> {
+    let r = t.table(src, e, key)?;
+    let start = required(src, &r, e, "start", "the first address of the range");
+    let end = required(src, &r, e, "end", "the last address of the range");
+    r.finish(src, e, &[]);
+    Some(Spanned::new(
+        r.span(),
+        RawRange {
+            start: start?,
+            end: end?,
+        },
+    ))
+}
+
+impl RawNetwork {
+    fn read(src: &Src, t: &Table, e: &mut Errors) -> Option<RawNetwork> {
+        let raw = RawNetwork {
+            bridge: t.string(src, e, "bridge"),
+            subnet: required(
+                src,
+                t,
+                e,
+                "subnet",
+                "the network's IPv4 subnet, e.g. \"10.43.0.0/24\"",
+            )
+            .unwrap_or_else(|| Spanned::new(0..0, String::new())),
+            gateway: t.string(src, e, "gateway"),
+            kind: t.choice(src, e, "type", &NETWORK_TYPES),
+            dhcp: t.boolean(src, e, "dhcp").map(Spanned::into_inner),
+            mtu: t.integer(src, e, "mtu", 68..=9000, ""),
+            pool: read_range(src, t, e, "pool"),
+            container_pool: read_range(src, t, e, "container_pool"),
+            reservations: t.string_map(src, e, "reservations"),
+            uplink: t.string(src, e, "uplink"),
+            create_bridge: t.boolean(src, e, "create_bridge").map(Spanned::into_inner),
+            port_map: t
+                .tables(src, e, "port_map")
+                .iter()
+                .filter_map(|pm| {
+                    let proto = pm.choice(src, e, "proto", &PROTOS);
+                    let host_port = pm.integer(src, e, "host_port", 1..=u16::MAX, "");
+                    let target =
+                        required(src, pm, e, "target", "the workload the port map reaches");
+                    let target_port = pm.integer(src, e, "target_port", 1..=u16::MAX, "");
+                    for (key, v) in [("host_port", &host_port), ("target_port", &target_port)] {
+                        if v.is_none() && !pm.has(key) {
+                            e.push(src.invalid(
+                                &pm.field(key),
+                                pm.span(),
+                                "missing: a port 1-65535".into(),
+                            ));
+                        }
+                    }
+                    pm.finish(src, e, &[]);
+                    Some(Spanned::new(
+                        pm.span(),
+                        RawPortMap {
+                            proto,
+                            host_port: host_port?,
+                            target: target?,
+                            target_port: target_port?,
+                        },
+                    ))
+                })
+                .collect(),
+        };
+        t.finish(src, e, &[]);
+        Some(raw)
+    }
+}
+
+/// Parse `/etc/volt/networks/<name>.toml`. `path` is the name shown in errors. Every error
+/// of the file's form (unknown keys, types) is returned, in line order; of its values, the
+/// first.
+pub fn parse_network_toml(path: &Path, text: &str) -> Result<Network, Vec<ConfigError>> {
     let src = Src::new(path, text);
     let name = super::file_stem(path);
-    check_workload_name(&name).map_err(|m| src.whole("name", m))?;
-    let raw: RawNetwork = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
-    let subnet = parse_subnet(&src, "subnet", &raw.subnet)?;
+    check_workload_name(&name).map_err(|m| vec![src.whole("name", m)])?;
+    let doc = reader::parse(&src, text).map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    let raw = RawNetwork::read(&src, &Table::root(&doc), &mut errors);
+    match raw {
+        Some(raw) if errors.is_empty() => network_from_raw(&src, name, raw).map_err(|e| vec![e]),
+        _ => Err(reader::in_line_order(errors)),
+    }
+}
+
+fn network_from_raw(src: &Src, name: String, raw: RawNetwork) -> Result<Network, ConfigError> {
+    let path = src.path;
+    let subnet = parse_subnet(src, "subnet", &raw.subnet)?;
     let gateway = match &raw.gateway {
-        Some(g) => parse_ip(&src, "gateway", g)?,
+        Some(g) => parse_ip(src, "gateway", g)?,
         None => Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1)),
     };
-    check_in_subnet(&src, "gateway", raw.gateway.as_ref(), gateway, &subnet)?;
+    check_in_subnet(src, "gateway", raw.gateway.as_ref(), gateway, &subnet)?;
     let (mut vm_range, mut container_range) = default_ranges(&subnet, gateway);
     let vm_given = raw
         .pool
         .as_ref()
-        .map(|p| parse_range(&src, "pool", p, &subnet))
+        .map(|p| parse_range(src, "pool", p, &subnet))
         .transpose()?;
     let ct_given = raw
         .container_pool
         .as_ref()
-        .map(|p| parse_range(&src, "container_pool", p, &subnet))
+        .map(|p| parse_range(src, "container_pool", p, &subnet))
         .transpose()?;
     match (vm_given, ct_given) {
         (Some(v), Some(c)) => (vm_range, container_range) = (v, c),
@@ -264,7 +369,7 @@ pub fn parse_network_toml(path: &Path, text: &str) -> Result<Network, ConfigErro
         }
     };
     let mtu = match &raw.mtu {
-        Some(m) => check_mtu(&src, "mtu", m)?,
+        Some(m) => check_mtu(src, "mtu", m)?,
         None => 1500,
     };
     let mut net = Network {
@@ -299,7 +404,7 @@ pub fn parse_network_toml(path: &Path, text: &str) -> Result<Network, ConfigErro
     }
     for (key, value) in &raw.reservations {
         let field = format!("reservations.{key}");
-        let ip = parse_ip(&src, &field, value)?;
+        let ip = parse_ip(src, &field, value)?;
         if !net.is_host_addr(ip) {
             return Err(src.invalid(
                 &field,
@@ -358,6 +463,7 @@ pub fn parse_network_toml(path: &Path, text: &str) -> Result<Network, ConfigErro
             host_port: *r.host_port.get_ref(),
             target: r.target.get_ref().clone(),
             target_port: *r.target_port.get_ref(),
+            target_at: Some(src.at(r.target.span().start)),
         });
     }
     Ok(net)
@@ -450,285 +556,6 @@ pub(super) fn check_mtu(src: &Src, field: &str, m: &Spanned<u32>) -> Result<u32,
     Ok(v)
 }
 
-// ---- Voltainer zones (YAML) ----
-
-#[derive(Debug, Deserialize)]
-struct ZoneKind {
-    kind: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawZoneDhcp {
-    enabled: Option<bool>,
-    range: Option<serde_saphyr::Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawZone {
-    #[serde(rename = "apiVersion")]
-    _api_version: Option<String>,
-    #[serde(rename = "kind")]
-    _kind: String,
-    name: serde_saphyr::Spanned<String>,
-    bridge: Option<serde_saphyr::Spanned<String>>,
-    subnet: serde_saphyr::Spanned<String>,
-    gateway: Option<serde_saphyr::Spanned<String>>,
-    dhcp: Option<RawZoneDhcp>,
-    mtu: Option<serde_saphyr::Spanned<u32>>,
-}
-
-fn yaml_at(path: &Path, loc: &serde_saphyr::Location) -> Location {
-    Location {
-        file: path.to_path_buf(),
-        line: loc.line() as usize,
-        col: loc.column() as usize,
-    }
-}
-
-fn yaml_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
-    let at = e
-        .location()
-        .map_or_else(|| Location::file(path), |l| yaml_at(path, &l));
-    // The rendered error repeats the location and may span lines; keep its first line.
-    let text = e.to_string();
-    let message = text.lines().next().unwrap_or("invalid YAML").to_string();
-    ConfigError::Syntax { at, message }
-}
-
-/// Parse a Voltainer zone file. Returns `Ok(None)` for YAML documents of another kind.
-pub fn parse_zone_yaml(path: &Path, text: &str) -> Result<Option<Network>, ConfigError> {
-    let kind: ZoneKind = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, &e))?;
-    if kind.kind.as_deref() != Some("NetworkZone") {
-        return Ok(None);
-    }
-    let raw: RawZone = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, &e))?;
-    let invalid =
-        |field: &str, loc: &serde_saphyr::Location, message: String| ConfigError::Invalid {
-            at: yaml_at(path, loc),
-            field: field.to_string(),
-            message,
-        };
-    let name = raw.name.value.clone();
-    check_workload_name(&name).map_err(|m| invalid("name", &raw.name.referenced, m))?;
-    let subnet: Ipv4Net = raw.subnet.value.parse().map_err(|_| {
-        invalid(
-            "subnet",
-            &raw.subnet.referenced,
-            format!(
-                "{:?} is not an IPv4 subnet like 10.42.0.0/24",
-                raw.subnet.value
-            ),
-        )
-    })?;
-    if subnet.network() != subnet.addr() || subnet.prefix_len() > 30 {
-        return Err(invalid(
-            "subnet",
-            &raw.subnet.referenced,
-            format!("{subnet} is not a network address with a prefix of /30 or shorter"),
-        ));
-    }
-    let gateway = match &raw.gateway {
-        Some(g) => {
-            let ip: Ipv4Addr = g.value.parse().map_err(|_| {
-                invalid(
-                    "gateway",
-                    &g.referenced,
-                    format!("{:?} is not an IPv4 address", g.value),
-                )
-            })?;
-            if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() {
-                return Err(invalid(
-                    "gateway",
-                    &g.referenced,
-                    format!("{ip} is not a host address of {subnet}"),
-                ));
-            }
-            ip
-        }
-        None => Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1)),
-    };
-    let bridge = match &raw.bridge {
-        Some(b) => {
-            check_link_name(&b.value).map_err(|m| invalid("bridge", &b.referenced, m))?;
-            b.value.clone()
-        }
-        None if name == DEFAULT_ZONE => DEFAULT_NETWORK.to_string(),
-        None => {
-            check_link_name(&name).map_err(|m| {
-                invalid(
-                    "bridge",
-                    &raw.name.referenced,
-                    format!("no bridge given and the zone name {m}"),
-                )
-            })?;
-            name.clone()
-        }
-    };
-    let (vm_default, mut container_range) = default_ranges(&subnet, gateway);
-    let mut dhcp = true;
-    if let Some(d) = &raw.dhcp {
-        dhcp = d.enabled.unwrap_or(true);
-        if let Some(r) = &d.range {
-            let bad = || {
-                invalid(
-                    "dhcp.range",
-                    &r.referenced,
-                    format!(
-                        "{:?} is not a range like 10.42.0.100-10.42.0.254 inside {subnet}",
-                        r.value
-                    ),
-                )
-            };
-            let (a, b) = r.value.split_once('-').ok_or_else(bad)?;
-            let start: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
-            let end: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
-            if start > end || !subnet.contains(&start) || !subnet.contains(&end) {
-                return Err(bad());
-            }
-            container_range = Range { start, end };
-        }
-    }
-    // VMs take the part of the default VM range below the DHCP range.
-    let vm_end = if container_range.start <= vm_default.end {
-        Ipv4Addr::from(u32::from(container_range.start).saturating_sub(1))
-    } else {
-        vm_default.end
-    };
-    let mtu = match &raw.mtu {
-        Some(m) if !(68..=9000).contains(&m.value) => {
-            return Err(invalid(
-                "mtu",
-                &m.referenced,
-                format!("{} is outside 68-9000", m.value),
-            ));
-        }
-        Some(m) => m.value,
-        None => 1500,
-    };
-    Ok(Some(Network {
-        name,
-        source: Some(path.to_path_buf()),
-        bridge,
-        subnet,
-        gateway,
-        kind: NetworkType::Bridged,
-        vm_range: Range {
-            start: vm_default.start,
-            end: vm_end,
-        },
-        container_range,
-        reservations: BTreeMap::new(),
-        dhcp,
-        mtu,
-        mtu_explicit: raw.mtu.is_some(),
-        uplink: None,
-        port_maps: Vec::new(),
-        create_bridge: true,
-    }))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn toml_net(text: &str) -> Result<Network, ConfigError> {
-        parse_network_toml(Path::new("/etc/volt/networks/lab.toml"), text)
-    }
-
-    #[test]
-    fn builtin_default_matches_the_address_plan() {
-        let n = Network::builtin_default();
-        assert_eq!(n.bridge, "volt0");
-        assert_eq!(n.subnet.to_string(), "10.42.0.0/24");
-        assert_eq!(n.gateway.to_string(), "10.42.0.1");
-        assert_eq!(n.vm_range.to_string(), "10.42.0.2-10.42.0.99");
-        assert_eq!(n.container_range.to_string(), "10.42.0.100-10.42.0.254");
-    }
-
-    #[test]
-    fn network_toml_full() {
-        let n = toml_net(
-            "bridge = \"lab0\"\nsubnet = \"10.50.0.0/16\"\ngateway = \"10.50.0.1\"\ntype = \"host-only\"\nuplink = \"wan0\"\nmtu = 9000\n\
-             [pool]\nstart = \"10.50.1.1\"\nend = \"10.50.1.200\"\n\
-             [reservations]\nvm-web = \"10.50.1.10\"\n\
-             [[port_map]]\nproto = \"udp\"\nhost_port = 5353\ntarget = \"web\"\ntarget_port = 53\n",
-        )
-        .expect("valid");
-        assert_eq!(n.name, "lab");
-        assert_eq!(n.kind, NetworkType::HostOnly);
-        assert_eq!(n.vm_range.to_string(), "10.50.1.1-10.50.1.200");
-        assert_eq!(n.container_range.to_string(), "10.50.1.201-10.50.255.254");
-        assert_eq!(n.reservations["vm-web"].to_string(), "10.50.1.10");
-        assert_eq!(n.port_maps[0].proto, Proto::Udp);
-        assert_eq!(n.mtu, 9000);
-    }
-
-    #[test]
-    fn network_errors_name_line_and_field() {
-        let e = toml_net("subnet = \"10.50.0.0/24\"\ngateway = \"10.51.0.1\"\n")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(e, "/etc/volt/networks/lab.toml:2:11: gateway: 10.51.0.1 is not a host address of 10.50.0.0/24");
-        let e = toml_net("subnet = \"10.50.0.1/24\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(":1:10: subnet: 10.50.0.1/24 has host bits set"),
-            "{e}"
-        );
-        let e = toml_net("subnet = \"10.50.0.0/24\"\ncolour = 3\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("/etc/volt/networks/lab.toml:2:1: unknown field `colour`"),
-            "{e}"
-        );
-        let e = toml_net("subnet = \"10.50.0.0/24\"\ntype = \"host-only\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("uplink: a host-only network needs"), "{e}");
-        let e = toml_net("subnet = \"10.50.0.0/24\"\n[[port_map]]\nhost_port = 80\ntarget = \"web\"\ntarget_port = 80\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("port_map[0]: port maps apply only to host-only"),
-            "{e}"
-        );
-        let e = toml_net(
-            "subnet = \"10.50.0.0/24\"\n[pool]\nstart = \"10.50.0.2\"\nend = \"10.50.0.55\"\n[container_pool]\nstart = \"10.50.0.50\"\nend = \"10.50.0.60\"\n",
-        )
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("overlaps the VM pool"), "{e}");
-    }
-
-    #[test]
-    fn zone_yaml() {
-        let p = Path::new("/etc/voltainer/network/default.yaml");
-        let text = "kind: NetworkZone\nname: default\nbridge: volt0\nsubnet: 10.42.0.0/24\ngateway: 10.42.0.1\ndhcp:\n  enabled: true\n  range: 10.42.0.100-10.42.0.254\n";
-        let n = parse_zone_yaml(p, text).expect("valid").expect("a zone");
-        assert_eq!(n.name, "default");
-        assert_eq!(n.bridge, "volt0");
-        assert_eq!(n.vm_range.to_string(), "10.42.0.2-10.42.0.99");
-        assert_eq!(n.container_range.to_string(), "10.42.0.100-10.42.0.254");
-        assert!(parse_zone_yaml(p, "kind: Something\nfoo: 1\n")
-            .expect("ok")
-            .is_none());
-        let e = parse_zone_yaml(p, "kind: NetworkZone\nname: z\nsubnet: 10.42.0.0/24\ndhcp:\n  range: 10.43.0.1-10.43.0.9\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("/etc/voltainer/network/default.yaml:5:10: dhcp.range:"),
-            "{e}"
-        );
-        let e = parse_zone_yaml(
-            p,
-            "kind: NetworkZone\nname: z\nsubnet: 10.42.0.0/24\nfoo: 1\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("default.yaml:4:"), "{e}");
-    }
-}
+#[path = "network_tests.rs"]
+mod tests;

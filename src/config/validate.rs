@@ -56,6 +56,14 @@ pub(super) fn check_across(
             file_at(),
             format!("the workload name {}", vm.name),
         )];
+        if let Some(cid) = vm.vsock_cid {
+            claims.push((
+                format!("cid:{cid}"),
+                "vsock".into(),
+                vm.spans.vsock.clone().unwrap_or_else(file_at),
+                format!("vsock CID {cid}"),
+            ));
+        }
         claims.push((
             format!("uuid:{}", vm.uuid),
             "uuid".into(),
@@ -92,7 +100,42 @@ pub(super) fn check_across(
                 ));
             }
         }
-        let errs = taken.claim(claims, format!("VM {} ({})", vm.name, vm.path.display()));
+        let owner = format!("VM {} ({})", vm.name, vm.path.display());
+        // An image is used read-write by one VM, or read-only by any number.
+        let disk_errs: Vec<ConfigError> = vm
+            .disks
+            .iter()
+            .filter_map(|d| {
+                let p = d.path.display();
+                let holder = if d.readonly {
+                    taken.0.get(&format!("disk-rw:{p}"))
+                } else {
+                    taken.0.get(&format!("disk:{p}"))
+                }?;
+                Some(ConfigError::Invalid {
+                    at: d.at.clone().unwrap_or_else(file_at),
+                    field: format!("disk[{}].path", d.index),
+                    message: format!(
+                        "{p} is already used by {holder}{}",
+                        if d.readonly { " (read-write)" } else { "" }
+                    ),
+                })
+            })
+            .collect();
+        let mut errs = taken.claim(claims, owner.clone());
+        if errs.is_empty() && disk_errs.is_empty() {
+            for d in &vm.disks {
+                let p = d.path.display();
+                taken
+                    .0
+                    .entry(format!("disk:{p}"))
+                    .or_insert_with(|| owner.clone());
+                if !d.readonly {
+                    taken.0.insert(format!("disk-rw:{p}"), owner.clone());
+                }
+            }
+        }
+        errs.extend(disk_errs);
         if errs.is_empty() {
             ok.push(vm);
         } else {
@@ -148,6 +191,43 @@ pub(super) fn check_across(
     (ok, ok_containers, errors)
 }
 
+/// Every port map must reach a configured VM or container with a NIC on the map's network.
+pub(super) fn check_port_maps(
+    networks: &super::Networks,
+    vms: &[VmConfig],
+    containers: &[ContainerConfig],
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for net in &networks.list {
+        for (i, pm) in net.port_maps.iter().enumerate() {
+            let on_net = |n: &Option<String>| n.as_deref() == Some(net.name.as_str());
+            let vm = vms.iter().find(|v| v.name == pm.target);
+            let ct = containers.iter().find(|c| c.name == pm.target);
+            let problem = match (vm, ct) {
+                (None, None) => Some(format!("{} is not a configured VM or container", pm.target)),
+                (Some(v), _) if !v.nics.iter().any(|n| on_net(&n.network)) => {
+                    Some(format!("VM {} has no NIC on {}", pm.target, net.name))
+                }
+                (None, Some(c)) if !c.nics.iter().any(|n| on_net(&n.network)) => Some(format!(
+                    "container {} has no NIC on {}",
+                    pm.target, net.name
+                )),
+                _ => None,
+            };
+            if let Some(message) = problem {
+                errors.push(ConfigError::Invalid {
+                    at: pm.target_at.clone().unwrap_or_else(|| {
+                        Location::file(net.source.as_deref().unwrap_or(std::path::Path::new("?")))
+                    }),
+                    field: format!("port_map[{i}].target"),
+                    message,
+                });
+            }
+        }
+    }
+    errors
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -170,6 +250,39 @@ mod tests {
             ok.into_iter().map(|v| v.name).collect(),
             errs.iter().map(|e| e.to_string()).collect(),
         )
+    }
+
+    #[test]
+    fn vsock_cids_are_unique() {
+        let (ok, errs) = load(&[
+            ("a", "kernel = \"/k\"\n[vsock]\ncid = 9\n"),
+            ("b", "kernel = \"/k\"\n[vsock]\ncid = 9\n"),
+        ]);
+        assert_eq!(ok, ["a"]);
+        assert!(
+            errs[0].contains("vsock: vsock CID 9 is already used by VM a"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn an_image_is_read_write_for_one_vm_or_read_only_for_many() {
+        let k = "kernel = \"/k\"\n";
+        let rw = format!("{k}[[disk]]\npath = \"/d/a.img\"\n");
+        let ro = format!("{k}[[disk]]\npath = \"/d/a.img\"\nreadonly = true\n");
+        let (ok, errs) = load(&[("a", &ro), ("b", &ro), ("c", &rw)]);
+        assert_eq!(ok, ["a", "b"]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("/etc/volt/vms/c.toml:3:8: disk[0].path: /d/a.img is already used by VM a (/etc/volt/vms/a.toml)"),
+            "{errs:?}"
+        );
+        let (ok, errs) = load(&[("a", &rw), ("b", &ro)]);
+        assert_eq!(ok, ["a"]);
+        assert!(
+            errs[0].contains("is already used by VM a (/etc/volt/vms/a.toml) (read-write)"),
+            "{errs:?}"
+        );
     }
 
     #[test]

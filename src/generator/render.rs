@@ -21,11 +21,30 @@ pub fn workload_dropin(w: &Workload) -> String {
         let _ = writeln!(s, "BindsTo={}", owners.join(" "));
         let _ = writeln!(s, "After={}", owners.join(" "));
     }
+    let mut service = Vec::new();
     if w.kind == Kind::Vm && w.has_isolated_nic() {
+        service.push("CapabilityBoundingSet=CAP_SYS_ADMIN".to_string());
+        service.push("RestrictNamespaces=net".to_string());
+    }
+    // Disks: the unit's file system is read-only (ProtectSystem=strict) and its devices
+    // closed (DevicePolicy=closed); open exactly the VM's images. `-`: a missing image is
+    // the VMM's error to report, not a namespace failure.
+    for d in w.vm().map(|v| v.disks.as_slice()).unwrap_or_default() {
+        let p = d.path.display();
+        if !d.readonly {
+            service.push(format!("ReadWritePaths=-{p}"));
+        }
+        if d.path.starts_with("/dev") {
+            let mode = if d.readonly { "r" } else { "rw" };
+            service.push(format!("DeviceAllow={p} {mode}"));
+        }
+    }
+    if !service.is_empty() {
         let _ = writeln!(s);
         let _ = writeln!(s, "[Service]");
-        let _ = writeln!(s, "CapabilityBoundingSet=CAP_SYS_ADMIN");
-        let _ = writeln!(s, "RestrictNamespaces=net");
+        for line in service {
+            let _ = writeln!(s, "{line}");
+        }
     }
     s
 }

@@ -1,14 +1,53 @@
 //! Anti-spoofing on the shared bridge: per port (TAP or host veth end), nftables
-//! bridge-family rules so the workload behind it can only send frames from its own MAC and,
-//! when its address is known, its own IPv4 (ARP included). Everything lives in Volt's table
-//! `bridge volt`: a verdict map from port name to the port's chain, hooked at prerouting.
-//! Each change is one `nft -f` transaction, so concurrent VMMs never see half a rule set.
+//! bridge-family rules so the workload behind it can only send what a workload needs, from
+//! its own addresses: its MAC; untagged frames (a port that declares VLANs may also send
+//! those tags); only the IPv4, ARP and IPv6 ethertypes; its IPv4 address when it is known
+//! (ARP included); IPv6 from its MAC-derived link-local address (and `::` for ICMPv6 only:
+//! duplicate address detection, MLD), no router advertisements or redirects, neighbour
+//! advertisements only for its own addresses.
+//!
+//! Everything lives in Volt's table `bridge volt`: a verdict map from port name to the
+//! port's chain, hooked at prerouting. Each rule has its own counter and a comment naming it
+//! ([`rule`]), so a drop can be told apart from another. Each change is one `nft -f`
+//! transaction, so concurrent owners never see half a rule set.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 
 use crate::config::MacAddr;
+
+/// The comments naming each rule, in chain order.
+pub mod rule {
+    /// A frame whose Ethernet source is not the port's MAC.
+    pub const MAC: &str = "mac";
+    /// A tagged frame of a VLAN the port declares: accepted.
+    pub const VLAN_ALLOWED: &str = "vlan-allowed";
+    /// An 802.1Q priority tag (VLAN 0): Linux reads the frame as untagged.
+    pub const VLAN0: &str = "vlan0";
+    /// Any other 802.1Q tag.
+    pub const VLAN: &str = "vlan";
+    /// An 802.1ad (QinQ) service tag.
+    pub const QINQ: &str = "qinq";
+    /// ARP whose sender hardware address is not the port's MAC.
+    pub const ARP_MAC: &str = "arp-mac";
+    /// ARP whose sender address is not the port's IPv4 address.
+    pub const ARP_IP: &str = "arp-ip";
+    /// IPv4 from another source address.
+    pub const IP: &str = "ip";
+    /// An ICMPv6 router advertisement.
+    pub const RA: &str = "ra";
+    /// An ICMPv6 redirect.
+    pub const REDIRECT: &str = "redirect";
+    /// A neighbour advertisement for an address that is not the port's.
+    pub const NA: &str = "na";
+    /// IPv6 from the unspecified address that is not ICMPv6 (DAD, MLD).
+    pub const IP6_UNSPEC: &str = "ip6-unspec";
+    /// IPv6 from another source address.
+    pub const IP6: &str = "ip6";
+    /// Any ethertype but IPv4, ARP and IPv6.
+    pub const ETHERTYPE: &str = "ethertype";
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AntispoofError {
@@ -16,11 +55,80 @@ pub enum AntispoofError {
     Spawn(#[source] std::io::Error),
     #[error("nft refused the rules for {port}: {stderr}")]
     Nft { port: String, stderr: String },
+    #[error("{port:?} is not a port name anti-spoofing rules can be written for")]
+    BadPort { port: String },
+    #[error("VLAN {vlan} of port {port} is outside 1-4094")]
+    BadVlan { port: String, vlan: u16 },
+}
+
+/// What may leave one port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortPolicy {
+    /// The only Ethernet (and ARP sender) address.
+    pub mac: MacAddr,
+    /// The only IPv4 source (and ARP sender) address, when known. `None` (an address from
+    /// DHCP, or none): IPv4 and ARP are limited by MAC only.
+    pub ipv4: Option<Ipv4Addr>,
+    /// IPv6 sources besides the link-local address derived from `mac`.
+    pub ipv6: Vec<Ipv6Addr>,
+    /// 802.1Q VLANs the workload may send tagged frames on (1-4094); empty: none.
+    pub vlans: Vec<u16>,
+}
+
+impl PortPolicy {
+    /// A port that may send from `mac` and, when known, `ipv4`; IPv6 link-local only; no
+    /// VLANs.
+    pub fn new(mac: MacAddr, ipv4: Option<Ipv4Addr>) -> PortPolicy {
+        PortPolicy {
+            mac,
+            ipv4,
+            ipv6: Vec::new(),
+            vlans: Vec::new(),
+        }
+    }
+
+    /// Every IPv6 address the port may use: the EUI-64 link-local one of its MAC first.
+    pub fn ipv6_addresses(&self) -> Vec<Ipv6Addr> {
+        let ll = link_local(self.mac);
+        let mut v = vec![ll];
+        v.extend(self.ipv6.iter().filter(|a| **a != ll));
+        v
+    }
+}
+
+/// The modified EUI-64 link-local address of `mac` (RFC 4291 appendix A): what Linux gives
+/// an interface by default (`addr_gen_mode` eui64).
+pub fn link_local(mac: MacAddr) -> Ipv6Addr {
+    let m = mac.0;
+    Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([m[0] ^ 0x02, m[1]]),
+        u16::from_be_bytes([m[2], 0xff]),
+        u16::from_be_bytes([0xfe, m[3]]),
+        u16::from_be_bytes([m[4], m[5]]),
+    )
+}
+
+/// Port names go into the nft script as a chain name and a string: only what link names
+/// may hold (letters, digits, `_`, `.`, `-`).
+fn check_port(port: &str) -> Result<(), AntispoofError> {
+    crate::config::check_link_name(port).map_err(|_| AntispoofError::BadPort { port: port.into() })
 }
 
 /// The nft script that (re)installs `port`'s rules.
-pub fn apply_script(port: &str, mac: MacAddr, ipv4: Option<Ipv4Addr>) -> String {
+pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError> {
+    check_port(port)?;
+    if let Some(&vlan) = p.vlans.iter().find(|v| !(1..=4094).contains(*v)) {
+        return Err(AntispoofError::BadVlan {
+            port: port.into(),
+            vlan,
+        });
+    }
     let chain = format!("port-{port}");
+    let mac = p.mac;
     let mut s = String::new();
     s.push_str("add table bridge volt\n");
     s.push_str("add map bridge volt ports { type ifname : verdict; }\n");
@@ -29,31 +137,84 @@ pub fn apply_script(port: &str, mac: MacAddr, ipv4: Option<Ipv4Addr>) -> String 
     s.push_str("add rule bridge volt prerouting iifname vmap @ports\n");
     s.push_str(&format!("add chain bridge volt {chain}\n"));
     s.push_str(&format!("flush chain bridge volt {chain}\n"));
-    s.push_str(&format!(
-        "add rule bridge volt {chain} ether saddr != {mac} counter drop\n"
-    ));
-    s.push_str(&format!(
-        "add rule bridge volt {chain} ether type arp arp saddr ether != {mac} counter drop\n"
-    ));
-    match ipv4 {
-        Some(ip) => {
-            s.push_str(&format!(
-                "add rule bridge volt {chain} ether type arp arp saddr ip != {ip} counter drop\n"
-            ));
-            s.push_str(&format!(
-                "add rule bridge volt {chain} ether type ip ip saddr != {ip} counter drop\n"
-            ));
-        }
-        None => {
-            // Address from DHCP: a DHCP client may send from 0.0.0.0 (and ARP-probe from it);
-            // anything else must come from the leased address, unknown here, so only the MAC
-            // is enforced.
-        }
+    let mut add = |m: &str, name: &str, verdict: &str| {
+        s.push_str(&format!(
+            "add rule bridge volt {chain} {m} counter {verdict} comment \"{name}\"\n"
+        ));
+    };
+    add(&format!("ether saddr != {mac}"), rule::MAC, "drop");
+    if !p.vlans.is_empty() {
+        let ids: Vec<String> = p.vlans.iter().map(u16::to_string).collect();
+        add(
+            &format!("ether type 8021q vlan id {{ {} }}", ids.join(", ")),
+            rule::VLAN_ALLOWED,
+            "accept",
+        );
     }
+    add("ether type 8021q vlan id 0", rule::VLAN0, "drop");
+    add("ether type 8021q", rule::VLAN, "drop");
+    add("ether type 8021ad", rule::QINQ, "drop");
+    add(
+        &format!("ether type arp arp saddr ether != {mac}"),
+        rule::ARP_MAC,
+        "drop",
+    );
+    if let Some(ip) = p.ipv4 {
+        add(
+            &format!("ether type arp arp saddr ip != {ip}"),
+            rule::ARP_IP,
+            "drop",
+        );
+        add(&format!("ether type ip ip saddr != {ip}"), rule::IP, "drop");
+    }
+    // Address from DHCP (no `ipv4`): a DHCP client sends from 0.0.0.0 and ARP-probes from
+    // it; anything else must come from the leased address, unknown here, so only the MAC is
+    // enforced for IPv4 and ARP.
+    let v6 = p.ipv6_addresses();
+    let v6_set = v6
+        .iter()
+        .map(Ipv6Addr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The target of a neighbour advertisement: ICMPv6 bytes 8..24 (nftables 1.0.6 has no
+    // `icmpv6 taddr`), compared as a 128-bit number.
+    let targets = v6
+        .iter()
+        .map(|a| format!("{:#034x}", u128::from(*a)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    add(
+        "ether type ip6 icmpv6 type nd-router-advert",
+        rule::RA,
+        "drop",
+    );
+    add(
+        "ether type ip6 icmpv6 type nd-redirect",
+        rule::REDIRECT,
+        "drop",
+    );
+    add(
+        &format!("ether type ip6 icmpv6 type nd-neighbor-advert @th,64,128 != {{ {targets} }}"),
+        rule::NA,
+        "drop",
+    );
+    // 58 is ICMPv6: by number, since nft resolves names through /etc/protocols, which a
+    // minimal system (or a volatile /etc) does not have.
+    add(
+        "ether type ip6 ip6 saddr :: meta l4proto != 58",
+        rule::IP6_UNSPEC,
+        "drop",
+    );
+    add(
+        &format!("ether type ip6 ip6 saddr != {{ ::, {v6_set} }}"),
+        rule::IP6,
+        "drop",
+    );
+    add("ether type != { ip, arp, ip6 }", rule::ETHERTYPE, "drop");
     s.push_str(&format!(
         "add element bridge volt ports {{ \"{port}\" : jump {chain} }}\n"
     ));
-    s
+    Ok(s)
 }
 
 fn nft(port: &str, script: &str) -> Result<(), AntispoofError> {
@@ -79,35 +240,75 @@ fn nft(port: &str, script: &str) -> Result<(), AntispoofError> {
     Ok(())
 }
 
-/// Allow only `mac` (and `ipv4`, when known) from `port`. Replaces earlier rules of the port.
-pub fn apply(port: &str, mac: MacAddr, ipv4: Option<Ipv4Addr>) -> Result<(), AntispoofError> {
-    nft(port, &apply_script(port, mac, ipv4))
+/// Allow only what `policy` says from `port`. Replaces earlier rules of the port.
+pub fn apply(port: &str, policy: &PortPolicy) -> Result<(), AntispoofError> {
+    nft(port, &apply_script(port, policy)?)
+}
+
+/// Whether `port` has rules (its chain exists in the calling thread's namespace).
+pub fn installed(port: &str) -> bool {
+    check_port(port).is_ok()
+        && Command::new("nft")
+            .args(["list", "chain", "bridge", "volt", &format!("port-{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
 }
 
 /// Remove `port`'s rules, if any (never touches other tables or ports).
 pub fn remove(port: &str) -> Result<(), AntispoofError> {
-    let listed = Command::new("nft")
-        .args(["list", "chain", "bridge", "volt", &format!("port-{port}")])
-        .output()
-        .map_err(AntispoofError::Spawn)?;
-    if !listed.status.success() {
+    check_port(port)?;
+    if !installed(port) {
         return Ok(());
     }
     nft(port, &format!("delete element bridge volt ports {{ \"{port}\" }}\ndelete chain bridge volt port-{port}\n"))
 }
 
-/// Dropped-frame counters of `port`'s rules, in rule order (for logs and tests).
-pub fn drop_counts(port: &str) -> Vec<u64> {
+/// Dropped (or, for [`rule::VLAN_ALLOWED`], accepted) frame counters of `port`'s rules, in
+/// chain order, named by [`rule`]. Empty when the port has no rules.
+pub fn counters(port: &str) -> Vec<(String, u64)> {
+    if check_port(port).is_err() {
+        return Vec::new();
+    }
     let Ok(o) = Command::new("nft")
-        .args(["list", "chain", "bridge", "volt", &format!("port-{port}")])
+        .args([
+            "-j",
+            "list",
+            "chain",
+            "bridge",
+            "volt",
+            &format!("port-{port}"),
+        ])
         .output()
     else {
         return Vec::new();
     };
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| l.split("counter packets ").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+    parse_counters(&String::from_utf8_lossy(&o.stdout))
+}
+
+/// The named counters in `nft -j list chain` output.
+fn parse_counters(json: &str) -> Vec<(String, u64)> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let items = v
+        .get("nftables")
+        .and_then(|n| n.as_array())
+        .cloned()
+        .unwrap_or_default();
+    items
+        .iter()
+        .filter_map(|i| i.get("rule"))
+        .filter_map(|r| {
+            let name = r.get("comment")?.as_str()?.to_string();
+            let packets = r
+                .get("expr")?
+                .as_array()?
+                .iter()
+                .find_map(|e| e.get("counter")?.get("packets")?.as_u64())?;
+            Some((name, packets))
+        })
         .collect()
 }
 
@@ -115,22 +316,101 @@ pub fn drop_counts(port: &str) -> Vec<u64> {
 mod tests {
     use super::*;
 
+    fn mac() -> MacAddr {
+        "52:54:00:12:34:56".parse().expect("mac")
+    }
+
     #[test]
-    fn script_pins_mac_and_address() {
-        let mac: MacAddr = "52:54:00:12:34:56".parse().expect("mac");
-        let s = apply_script("tap-12345678", mac, Some("10.42.0.10".parse().expect("ip")));
-        assert!(s.contains(
-            "add rule bridge volt port-tap-12345678 ether saddr != 52:54:00:12:34:56 counter drop"
-        ));
-        assert!(s.contains("arp saddr ip != 10.42.0.10 counter drop"));
-        assert!(s.contains("ip saddr != 10.42.0.10 counter drop"));
+    fn script_pins_mac_addresses_and_ethertypes() {
+        let p = PortPolicy::new(mac(), Some("10.42.0.10".parse().expect("ip")));
+        let s = apply_script("tap-12345678", &p).expect("script");
+        let rule = |m: &str, name: &str| {
+            format!("add rule bridge volt port-tap-12345678 {m} counter drop comment \"{name}\"")
+        };
+        for want in [
+            rule("ether saddr != 52:54:00:12:34:56", rule::MAC),
+            rule("ether type 8021q vlan id 0", rule::VLAN0),
+            rule("ether type 8021q", rule::VLAN),
+            rule("ether type 8021ad", rule::QINQ),
+            rule("ether type arp arp saddr ip != 10.42.0.10", rule::ARP_IP),
+            rule("ether type ip ip saddr != 10.42.0.10", rule::IP),
+            rule(
+                "ether type ip6 ip6 saddr != { ::, fe80::5054:ff:fe12:3456 }",
+                rule::IP6,
+            ),
+            rule(
+                "ether type ip6 icmpv6 type nd-neighbor-advert @th,64,128 != { 0xfe80000000000000505400fffe123456 }",
+                rule::NA,
+            ),
+            rule("ether type != { ip, arp, ip6 }", rule::ETHERTYPE),
+        ] {
+            assert!(s.contains(&want), "missing {want:?} in\n{s}");
+        }
         assert!(s.contains(
             "add element bridge volt ports { \"tap-12345678\" : jump port-tap-12345678 }"
         ));
-        let dhcp = apply_script("veth-1-h", mac, None);
+        assert!(!s.contains(rule::VLAN_ALLOWED));
+        // Nothing nft would resolve through /etc/protocols or /etc/services.
+        assert!(s.contains("meta l4proto != 58") && !s.contains("ipv6-icmp"));
+        let dhcp = apply_script("veth-1-h", &PortPolicy::new(mac(), None)).expect("script");
         assert!(
-            !dhcp.contains("ip saddr"),
+            !dhcp.contains("ip saddr") && !dhcp.contains("arp saddr ip"),
             "no address pinned for DHCP workloads"
         );
+    }
+
+    #[test]
+    fn link_local_is_modified_eui64() {
+        assert_eq!(
+            link_local(mac()),
+            "fe80::5054:ff:fe12:3456".parse::<Ipv6Addr>().expect("ip6")
+        );
+        assert_eq!(
+            link_local("02:00:00:00:00:01".parse().expect("mac")),
+            "fe80::ff:fe00:1".parse::<Ipv6Addr>().expect("ip6")
+        );
+    }
+
+    #[test]
+    fn declared_vlans_bad_vlans_and_bad_ports() {
+        let mut p = PortPolicy::new(mac(), None);
+        p.vlans = vec![5, 7];
+        let s = apply_script("tap-1", &p).expect("script");
+        let allowed = s.find("vlan id { 5, 7 } counter accept").expect("allowed");
+        let vlan0 = s.find("comment \"vlan0\"").expect("vlan0");
+        assert!(allowed < vlan0, "{s}");
+        p.vlans = vec![0];
+        assert!(matches!(
+            apply_script("tap-1", &p),
+            Err(AntispoofError::BadVlan { vlan: 0, .. })
+        ));
+        for bad in [
+            "",
+            "a b",
+            "x\"; flush ruleset",
+            "tap-1\nx",
+            "0123456789abcdef",
+        ] {
+            assert!(
+                matches!(
+                    apply_script(bad, &PortPolicy::new(mac(), None)),
+                    Err(AntispoofError::BadPort { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn counters_from_nft_json() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"chain": {"family": "bridge", "table": "volt", "name": "port-x"}},
+            {"rule": {"family": "bridge", "expr": [{"match": {}}, {"counter": {"packets": 3, "bytes": 180}}, {"drop": null}], "comment": "mac"}},
+            {"rule": {"family": "bridge", "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": null}], "comment": "vlan0"}}]}"#;
+        assert_eq!(
+            parse_counters(json),
+            vec![("mac".to_string(), 3), ("vlan0".to_string(), 0)]
+        );
+        assert!(parse_counters("").is_empty());
     }
 }

@@ -255,10 +255,24 @@ pub fn pick(
         })
 }
 
+/// The leases of a network as the running workloads hold them, for rebuilding a corrupt
+/// lease file (the policy knows the workloads; see `attach`).
+pub type Rebuild = std::sync::Arc<dyn Fn(&str) -> Vec<Lease> + Send + Sync>;
+
 /// Lease storage for all networks under one directory.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ipam {
     dir: PathBuf,
+    rebuild: Option<Rebuild>,
+}
+
+impl std::fmt::Debug for Ipam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ipam")
+            .field("dir", &self.dir)
+            .field("rebuild", &self.rebuild.is_some())
+            .finish()
+    }
 }
 
 fn now() -> u64 {
@@ -268,9 +282,64 @@ fn now() -> u64 {
 }
 
 impl Ipam {
-    /// Leases live in `dir` (normally `/var/lib/volt/ipam`).
+    /// Leases live in `dir` (normally `/var/lib/volt/ipam`). A lease file that cannot be
+    /// read is an error (an empty pool would hand out addresses that are in use).
     pub fn new(dir: impl Into<PathBuf>) -> Ipam {
-        Ipam { dir: dir.into() }
+        Ipam {
+            dir: dir.into(),
+            rebuild: None,
+        }
+    }
+
+    /// Like [`Ipam::new`], but a lease file that is not valid (truncated, empty, garbage) is
+    /// moved aside as `<network>.json.corrupt-<unix time>`, said once in the log, and
+    /// replaced by the leases `rebuild` gives for the network (what the running workloads
+    /// hold), so starts on that network keep working.
+    pub fn with_rebuild(
+        dir: impl Into<PathBuf>,
+        rebuild: impl Fn(&str) -> Vec<Lease> + Send + Sync + 'static,
+    ) -> Ipam {
+        Ipam {
+            dir: dir.into(),
+            rebuild: Some(std::sync::Arc::new(rebuild)),
+        }
+    }
+
+    /// The network's lease file, or, when it is corrupt and a rebuild source is set, the
+    /// rebuilt leases (the bad file moved aside). The flag says the file must be written.
+    fn read_or_rebuild(&self, network: &str, path: &Path) -> Result<(LeaseFile, bool), IpamError> {
+        let (source, rebuild) = match (read_file(path), &self.rebuild) {
+            (Err(IpamError::Corrupt { source, .. }), Some(r)) => (source, r),
+            (r, _) => return r.map(|f| (f, false)),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let aside = path.with_file_name(format!("{name}.corrupt-{}", now()));
+        std::fs::rename(path, &aside).map_err(|e| IpamError::Write {
+            path: aside.clone(),
+            source: e,
+        })?;
+        let mut leases: Vec<Lease> = Vec::new();
+        for l in rebuild(network) {
+            if !leases.iter().any(|o| o.ip == l.ip || o.owner == l.owner) {
+                leases.push(l);
+            }
+        }
+        leases.sort_by_key(|l| l.ip);
+        log::warn!(
+            "{} is not a valid lease file ({source}); moved it to {} and rebuilt {} lease(s) of network {network} from the running workloads",
+            path.display(),
+            aside.display(),
+            leases.len()
+        );
+        let file = LeaseFile {
+            version: 1,
+            network: network.to_string(),
+            leases,
+        };
+        Ok((file, true))
     }
 
     fn path(&self, network: &str) -> PathBuf {
@@ -302,7 +371,11 @@ impl Ipam {
             source,
         })?;
         let path = self.path(network);
-        let mut file = read_file(&path)?;
+        let (mut file, rebuilt) = self.read_or_rebuild(network, &path)?;
+        if rebuilt {
+            // At once: the bad file is gone, and `f` may still fail.
+            write_atomic(&path, &file)?;
+        }
         file.network = network.to_string();
         let before = file.leases.clone();
         let out = f(&mut file.leases)?;
@@ -516,259 +589,5 @@ fn write_atomic(path: &Path, file: &LeaseFile) -> Result<(), IpamError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn net() -> Network {
-        let mut n = Network::builtin_default();
-        n.reservations
-            .insert("vm-web".into(), "10.42.0.10".parse().expect("ip"));
-        n.reservations
-            .insert("ct-db".into(), "10.42.0.150".parse().expect("ip"));
-        n
-    }
-
-    #[test]
-    fn reservations_statics_and_pools() {
-        let n = net();
-        let none = BTreeSet::new();
-        assert_eq!(
-            pick(&n, &Owner::vm("web", "eth0"), Request::Any, &[], &none)
-                .expect("ok")
-                .0
-                .to_string(),
-            "10.42.0.10"
-        );
-        assert_eq!(
-            pick(
-                &n,
-                &Owner::container("db", "eth0"),
-                Request::Any,
-                &[],
-                &none
-            )
-            .expect("ok")
-            .0
-            .to_string(),
-            "10.42.0.150"
-        );
-        assert_eq!(
-            pick(&n, &Owner::vm("api", "eth0"), Request::Any, &[], &none)
-                .expect("ok")
-                .0
-                .to_string(),
-            "10.42.0.2"
-        );
-        assert_eq!(
-            pick(&n, &Owner::container("c", "eth0"), Request::Any, &[], &none)
-                .expect("ok")
-                .0
-                .to_string(),
-            "10.42.0.100"
-        );
-        let configured: BTreeSet<Ipv4Addr> = ["10.42.0.2".parse().expect("ip")].into();
-        assert_eq!(
-            pick(
-                &n,
-                &Owner::vm("api", "eth0"),
-                Request::Any,
-                &[],
-                &configured
-            )
-            .expect("ok")
-            .0
-            .to_string(),
-            "10.42.0.3"
-        );
-        let e = pick(
-            &n,
-            &Owner::vm("api", "eth0"),
-            Request::Static("10.42.0.10".parse().expect("ip")),
-            &[],
-            &none,
-        )
-        .unwrap_err();
-        assert_eq!(e.to_string(), "10.42.0.10 on volt0 is reserved for vm-web");
-        let e = pick(
-            &n,
-            &Owner::vm("api", "eth0"),
-            Request::Static("10.42.0.1".parse().expect("ip")),
-            &[],
-            &none,
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("not a usable address"), "{e}");
-    }
-
-    #[test]
-    fn exhaustion_is_a_clear_error() {
-        let mut n = net();
-        n.vm_range = Range {
-            start: "10.42.0.2".parse().expect("ip"),
-            end: "10.42.0.3".parse().expect("ip"),
-        };
-        let leases: Vec<Lease> = ["10.42.0.2", "10.42.0.3"]
-            .iter()
-            .enumerate()
-            .map(|(i, ip)| Lease {
-                ip: ip.parse().expect("ip"),
-                owner: Owner::vm(&format!("v{i}"), "eth0"),
-                fixed: false,
-                since: 0,
-            })
-            .collect();
-        let e = pick(
-            &n,
-            &Owner::vm("x", "eth0"),
-            Request::Any,
-            &leases,
-            &BTreeSet::new(),
-        )
-        .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "no free address left in volt0's VM pool 10.42.0.2-10.42.0.3"
-        );
-    }
-
-    #[test]
-    fn owner_parse_round_trip() {
-        for s in ["vm/web/eth0", "container/db/eth0"] {
-            assert_eq!(s.parse::<Owner>().expect("owner").to_string(), s);
-        }
-        assert_eq!(
-            "ct/db".parse::<Owner>().expect("owner"),
-            Owner::container("db", "eth0")
-        );
-        assert!("host/x/y".parse::<Owner>().is_err());
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(32))]
-        #[test]
-        fn allocations_never_collide_and_stay_in_pools(ops in proptest::collection::vec((any::<bool>(), 0u8..40, any::<bool>()), 1..120)) {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let ipam = Ipam::new(dir.path());
-            let n = net();
-            for (is_vm, id, release) in ops {
-                let owner = if is_vm { Owner::vm(&format!("v{id}"), "eth0") } else { Owner::container(&format!("c{id}"), "eth0") };
-                if release {
-                    ipam.release(&n.name, &owner).expect("release");
-                } else {
-                    match ipam.allocate(&n, &owner, Request::Any, &BTreeSet::new()) {
-                        Ok(l) => {
-                            let pool = if is_vm { n.vm_range } else { n.container_range };
-                            prop_assert!(pool.contains(l.ip) || n.reservations.values().any(|r| *r == l.ip));
-                        }
-                        Err(IpamError::Exhausted { .. }) => {}
-                        Err(e) => prop_assert!(false, "{e}"),
-                    }
-                }
-                let leases = ipam.list(&n.name).expect("list");
-                let ips: BTreeSet<Ipv4Addr> = leases.iter().map(|l| l.ip).collect();
-                prop_assert_eq!(ips.len(), leases.len(), "duplicate address in {:?}", leases);
-                let owners: BTreeSet<&Owner> = leases.iter().map(|l| &l.owner).collect();
-                prop_assert_eq!(owners.len(), leases.len());
-                for l in &leases {
-                    prop_assert!(n.is_host_addr(l.ip));
-                    if let Some((k, _)) = n.reservations.iter().find(|(_, v)| **v == l.ip) {
-                        prop_assert_eq!(k, &l.owner.reservation_key());
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn allocate_is_idempotent_and_release_frees() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ipam = Ipam::new(dir.path());
-        let n = net();
-        let o = Owner::vm("api", "eth0");
-        let a = ipam
-            .allocate(&n, &o, Request::Any, &BTreeSet::new())
-            .expect("alloc");
-        let b = ipam
-            .allocate(&n, &o, Request::Any, &BTreeSet::new())
-            .expect("alloc");
-        assert_eq!(a.ip, b.ip);
-        assert_eq!(
-            ipam.release("volt0", &o).expect("release").map(|l| l.ip),
-            Some(a.ip)
-        );
-        assert!(ipam.list("volt0").expect("list").is_empty());
-        assert_eq!(ipam.networks(), vec!["volt0".to_string()]);
-    }
-
-    #[test]
-    fn corrupt_file_is_an_error_not_an_empty_pool() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("volt0.json"), "{ not json").expect("write");
-        let e = Ipam::new(dir.path()).list("volt0").unwrap_err();
-        assert!(
-            e.to_string()
-                .ends_with("volt0.json is not a valid lease file"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn reconcile_releases_dead_owners() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ipam = Ipam::new(dir.path());
-        let n = net();
-        for name in ["a", "b", "c"] {
-            ipam.allocate(&n, &Owner::vm(name, "eth0"), Request::Any, &BTreeSet::new())
-                .expect("alloc");
-        }
-        let gone = ipam
-            .reconcile("volt0", &|o| o.name != "b")
-            .expect("reconcile");
-        assert_eq!(
-            gone.iter()
-                .map(|l| l.owner.name.as_str())
-                .collect::<Vec<_>>(),
-            vec!["b"]
-        );
-        assert_eq!(ipam.list("volt0").expect("list").len(), 2);
-    }
-
-    #[test]
-    fn record_keeps_one_lease_per_owner_and_refuses_taken_addresses() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ipam = Ipam::new(dir.path());
-        let n = net();
-        let db = Owner::container("app", "eth0");
-        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
-        let l = ipam
-            .record(&n, &db, ip("10.42.0.101"), false)
-            .expect("record");
-        assert!(!l.fixed);
-        // The same again is the same lease; a new DHCP address replaces it.
-        assert_eq!(
-            ipam.record(&n, &db, ip("10.42.0.101"), false)
-                .expect("again"),
-            l
-        );
-        ipam.record(&n, &db, ip("10.42.0.102"), false)
-            .expect("moved");
-        let leases = ipam.list("volt0").expect("list");
-        assert_eq!(leases.len(), 1);
-        assert_eq!(leases[0].ip, ip("10.42.0.102"));
-        let e = ipam
-            .record(
-                &n,
-                &Owner::container("other", "eth0"),
-                ip("10.42.0.102"),
-                false,
-            )
-            .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("already leased to container/app/eth0"),
-            "{e}"
-        );
-        assert!(ipam.record(&n, &db, ip("10.42.0.1"), true).is_err());
-    }
-}
+#[path = "ipam_tests.rs"]
+mod tests;

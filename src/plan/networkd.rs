@@ -98,28 +98,127 @@ pub fn static_leases_dropin(net: &Network, leases: &[(MacAddr, Ipv4Addr)]) -> Ne
     }
 }
 
-/// A networkd/systemd unit file read back the way systemd reads it: `(section, key, value)`
-/// in order. Comments and blank lines are skipped; a line that is neither a section, a
-/// comment nor `key=value` is an error (systemd would ignore it with a warning). Used by the
-/// tests to check that every rendered file means exactly what the plan intended.
+/// The lines of `text` as systemd's `read_line()` ends them: at `\n`, `\r`, `\r\n` and NUL.
+fn systemd_lines(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\n' | b'\0' => {
+                out.push(&text[start..i]);
+                start = i + 1;
+            }
+            b'\r' => {
+                out.push(&text[start..i]);
+                if b.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if start < b.len() {
+        out.push(&text[start..]);
+    }
+    out
+}
+
+/// systemd's WHITESPACE: what `strstrip()` removes (not Unicode's idea of white space).
+fn strip(s: &str) -> &str {
+    s.trim_matches([' ', '\t', '\n', '\r'])
+}
+
+/// A networkd/systemd unit file read back the way systemd 252's `config_parse()` reads it:
+/// `(section, key, value)` in order. Lines end where systemd ends them ([`systemd_lines`]:
+/// a NUL or a lone CR too); comment lines are skipped; a line ending in an unescaped
+/// backslash continues on the next; keys and values are stripped of systemd's white space.
+/// A line that is neither a section, a comment nor `key=value` is an error (systemd would
+/// ignore it with a warning). Used by the tests to check that every rendered file means
+/// exactly what the plan intended.
 pub fn parse_networkd_file(text: &str) -> Result<Vec<(String, String, String)>, String> {
     let mut out = Vec::new();
     let mut section = String::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+    let mut continued: Option<String> = None;
+    for (n, raw) in systemd_lines(text).into_iter().enumerate() {
+        let lead = raw.trim_start_matches([' ', '\t', '\n', '\r']);
+        if lead.starts_with('#') || lead.starts_with(';') {
             continue;
         }
-        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = s.to_string();
+        let mut line = match continued.take() {
+            Some(c) => c + raw,
+            None => raw.to_string(),
+        };
+        let mut escaped = false;
+        for c in line.chars() {
+            escaped = !escaped && c == '\\';
+        }
+        if escaped {
+            line.pop();
+            line.push(' ');
+            continued = Some(line);
+            continue;
+        }
+        let line = strip(&line);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(s) = line.strip_prefix('[') {
+            match s.strip_suffix(']') {
+                Some(s) => section = s.to_string(),
+                None => return Err(format!("line {}: {line:?} is not a section", n + 1)),
+            }
             continue;
         }
         match line.split_once('=') {
             Some((k, v)) if !section.is_empty() => {
-                out.push((section.clone(), k.trim().to_string(), v.trim().to_string()))
+                out.push((section.clone(), strip(k).to_string(), strip(v).to_string()))
             }
             _ => return Err(format!("line {}: {line:?} is not key=value", n + 1)),
         }
     }
+    if let Some(c) = continued {
+        return Err(format!("the file ends inside a continued line: {c:?}"));
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(s: &str, k: &str, v: &str) -> (String, String, String) {
+        (s.into(), k.into(), v.into())
+    }
+
+    #[test]
+    fn reads_lines_like_systemd() {
+        assert_eq!(
+            parse_networkd_file("# c\n[Network]\nBridge=lab0\0DHCP=yes\rDNS = 1.2.3.4 \r\n; x\n"),
+            Ok(vec![
+                kv("Network", "Bridge", "lab0"),
+                kv("Network", "DHCP", "yes"),
+                kv("Network", "DNS", "1.2.3.4"),
+            ])
+        );
+        // A trailing backslash joins the next line; comments in between are skipped.
+        assert_eq!(
+            parse_networkd_file("[Unit]\nDescription=a\\\n# skipped\nb\nX=\\\\\n"),
+            Ok(vec![
+                kv("Unit", "Description", "a b"),
+                kv("Unit", "X", "\\\\")
+            ])
+        );
+        // Only systemd's white space is stripped.
+        assert_eq!(
+            parse_networkd_file("[A]\nK=v\u{a0}\n"),
+            Ok(vec![kv("A", "K", "v\u{a0}")])
+        );
+        assert!(parse_networkd_file("Name=x\n").is_err());
+        assert!(parse_networkd_file("[A]\nno equals\n").is_err());
+        assert!(parse_networkd_file("[A]\nK=v\\").is_err());
+    }
 }

@@ -47,11 +47,12 @@ pub fn boot_network(w: &Workload, paths: &Paths) -> Vec<BoundFile> {
 }
 
 /// The systemd-nspawn command line (without the program name) that runs container `w` as a
-/// unit of systemd: `--keep-unit` (the unit's own cgroup), no machined registration by nspawn,
+/// unit of systemd: `--keep-unit` (the unit's own cgroup), registered with systemd-machined
+/// when `register` (machined then tracks the unit),
 /// each NIC's container end moved in with `--network-interface=`. Boot mode runs the tree's
 /// init (with [`boot_network`] files bound in); otherwise the command runs as PID 2 and a stop
 /// is SIGRTMIN+3 to nspawn's stub init, which ends it cleanly. Empty for a VM.
-pub fn nspawn_args(w: &Workload, paths: &Paths) -> Vec<String> {
+pub fn nspawn_args(w: &Workload, paths: &Paths, register: bool) -> Vec<String> {
     let Some(ct) = w.container() else {
         return Vec::new();
     };
@@ -59,7 +60,7 @@ pub fn nspawn_args(w: &Workload, paths: &Paths) -> Vec<String> {
     let mut a = vec![
         "--quiet".to_string(),
         "--keep-unit".into(),
-        "--register=no".into(),
+        format!("--register={}", if register { "yes" } else { "no" }),
         format!("--machine={}", ct.name),
         "-D".into(),
         ct.root.display().to_string(),

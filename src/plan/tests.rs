@@ -147,7 +147,7 @@ fn containers_get_veth_attachments_and_an_nspawn_command_line() {
     );
     let paths = Paths::new(Path::new("/"));
     assert_eq!(
-        nspawn_args(w, &paths),
+        nspawn_args(w, &paths, false),
         vec![
             "--quiet".to_string(),
             "--keep-unit".into(),
@@ -184,7 +184,7 @@ fn boot_mode_containers_bind_their_dhcp_network_file() {
     let app = p.workload(Kind::Container, "app").expect("app");
     assert_eq!(app.attachments[0].addressing, Addressing::Dhcp);
     let (_, ce) = crate::config::veth_names("app");
-    let args = nspawn_args(app, &paths);
+    let args = nspawn_args(app, &paths, true);
     assert!(args.contains(&"--boot".to_string()));
     assert!(args.contains(&format!(
         "--bind-ro=/run/volt/containers/app/{ce}.network:/run/systemd/network/60-volt-{ce}.network"
@@ -194,7 +194,7 @@ fn boot_mode_containers_bind_their_dhcp_network_file() {
         .text
         .contains(&format!("Name={ce}\n\n[Network]\nDHCP=ipv4")));
     let img = p.workload(Kind::Container, "img").expect("img");
-    let args = nspawn_args(img, &paths);
+    let args = nspawn_args(img, &paths, false);
     assert!(args.contains(&"--private-network".to_string()));
     assert!(args.contains(&"--volatile=yes".to_string()));
     assert_eq!(

@@ -9,16 +9,18 @@ use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 
 use super::boot::{self, LoadedKernel};
+use super::console::ConsoleServer;
 use super::devices::i8042::{I8042, I8042_DATA_PORT, I8042_KBD_IRQ};
 use super::devices::legacy::{DebugExit, Stub, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT, STUB_PORTS};
-use super::devices::serial::{ConsoleOut, SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN};
+use super::devices::serial::{ConsoleOut, LineSink, SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN};
 use super::devices::{lock, Bus, IrqLine};
 use super::event::{event_channel, EventSender, VmEvent};
 use super::memory::{self, GuestRam, KVM_TSS_ADDR};
-use super::spec::{VmSpec, DEFAULT_SHUTDOWN_TIMEOUT};
+use super::spec::{VmSpec, DEFAULT_SHUTDOWN_TIMEOUT, NOTIFY_PORT};
 use super::systemd::Notifier;
 use super::vcpu::{install_kick_handler, Vcpu, VcpuContext, VcpuSet};
 use super::virtio::manager::MmioManager;
+use super::virtio::vsock::{Vsock, HOST_CID};
 use super::virtio::VirtioDevice;
 use super::{cpu, VmExit, VmmError};
 
@@ -42,6 +44,7 @@ pub struct Vmm {
     sandbox: Option<super::sandbox::Sandbox>,
     notifier: Notifier,
     created: Instant,
+    console: Option<ConsoleServer>,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -87,7 +90,18 @@ impl Vmm {
             }
             None => None,
         };
-        let cmdline = boot::build_cmdline(&spec.cmdline)?;
+        let mut cmdline = boot::build_cmdline(&spec.cmdline)?;
+        if spec.notify_ready {
+            // What systemd-vmspawn passes over SMBIOS; a microVM has none, so the kernel
+            // command line carries it (systemd ≥ 254 reads it as a system credential).
+            cmdline
+                .insert_str(format!(
+                    "systemd.set_credential=vmm.notify_socket:vsock-stream:{HOST_CID}:{NOTIFY_PORT}"
+                ))
+                .map_err(boot::BootError::Cmdline)?;
+        }
+        // Disks are opened and locked now, before the sandbox: a locked image fails the start.
+        let disks = super::virtio::blk::devices_for(&spec)?;
 
         let (events_tx, events_rx) = event_channel();
         let mut pio = Bus::new();
@@ -95,14 +109,25 @@ impl Vmm {
         let com1_irq = IrqLine::new(COM1_IRQ).map_err(|e| VmmError::Device("serial", e))?;
         vm.register_irqfd(com1_irq.eventfd(), COM1_IRQ)
             .map_err(kvm_err("KVM_IRQFD for the serial port"))?;
-        let out = ConsoleOut::new(true, spec.serial_file.as_deref())?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(com1_irq, out)));
+        com1_irq.inject_directly(vm.clone());
+        let console = spec
+            .console_socket
+            .as_deref()
+            .map(ConsoleServer::bind)
+            .transpose()?;
+        let out = ConsoleOut::new(
+            LineSink::for_vm(&spec.name, &spec.uuid),
+            spec.serial_file.as_deref(),
+            console.as_ref().map(|c| c.output()),
+        )?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(com1_irq, out)?));
         pio.insert(COM1_BASE, COM1_LEN, serial.clone())
             .map_err(|e| VmmError::Bus("serial", e))?;
 
         let kbd_irq = IrqLine::new(I8042_KBD_IRQ).map_err(|e| VmmError::Device("i8042", e))?;
         vm.register_irqfd(kbd_irq.eventfd(), I8042_KBD_IRQ)
             .map_err(kvm_err("KVM_IRQFD for the i8042"))?;
+        kbd_irq.inject_directly(vm.clone());
         let i8042 = Arc::new(Mutex::new(I8042::new(kbd_irq, events_tx.clone())));
         // 0x60..=0x64: data port at offset 0, command/status at offset 4 (0x61 is the
         // in-kernel PIT's speaker port and never reaches userspace).
@@ -117,7 +142,17 @@ impl Vmm {
                 .map_err(|e| VmmError::Bus(what, e))?;
         }
 
-        Ok(Vmm {
+        // The console and vsock sockets stay root's (mode 0600) after the VMM switches to
+        // its user: a VMM taken over by its guest cannot connect to another VM's sockets.
+        let vsock = match &spec.vsock {
+            Some(v) => {
+                let notify = spec.notify_ready.then(|| events_tx.clone());
+                Some(Vsock::new(v.cid, &v.socket, notify)?)
+            }
+            None => None,
+        };
+
+        let mut vmm = Vmm {
             spec,
             kvm,
             vm,
@@ -136,7 +171,15 @@ impl Vmm {
             sandbox: None,
             notifier: Notifier::from_env(),
             created,
-        })
+            console,
+        };
+        for d in disks {
+            vmm.add_virtio_device(Box::new(d))?;
+        }
+        if let Some(v) = vsock {
+            vmm.add_virtio_device(Box::new(v))?;
+        }
+        Ok(vmm)
     }
 
     /// How long a guest gets to power off after Ctrl-Alt-Del before a hard stop.
@@ -152,13 +195,18 @@ impl Vmm {
 
     /// Adds a virtio device on its own virtio-mmio window (and kernel command line entry).
     pub fn add_virtio_device(&mut self, device: Box<dyn VirtioDevice>) -> Result<(), VmmError> {
-        self.virtio.register(
+        let slot = self.virtio.register(
             self.vm.as_ref(),
             &mut self.mmio,
             &mut self.cmdline,
             self.ram.mem.clone(),
             device,
         )?;
+        // Queue threads raise the interrupt with KVM_IRQ_LINE (see IrqLine).
+        crate::vmm::devices::lock(&slot.transport)
+            .interrupt()
+            .irq()
+            .inject_directly(self.vm.clone());
         Ok(())
     }
 
@@ -185,7 +233,10 @@ impl Vmm {
         for s in self.virtio.slots() {
             let described = crate::vmm::devices::lock(&s.transport).device_status();
             devices.push(match described {
-                Some(d) => format!("virtio-net {d}"),
+                Some(d) if s.device_type == super::virtio::net::VIRTIO_ID_NET => {
+                    format!("virtio-net {d}")
+                }
+                Some(d) => d,
                 None => format!(
                     "virtio-mmio type {} at {:#x} irq {}",
                     s.device_type, s.base, s.irq
@@ -234,8 +285,14 @@ impl Vmm {
         if let Some(sandbox) = self.sandbox.take() {
             log::info!("{}", sandbox.enter()?);
         }
-
+        // Every thread from here on inherits the blocked SIGTERM/SIGINT (only the signal
+        // thread takes them; another thread would let them kill the process).
         let old_mask = block_stop_signals()?;
+        if let Some(console) = self.console.take() {
+            let path = console.path().display().to_string();
+            console.spawn(self.serial.clone())?;
+            log::info!("serial console on {path}");
+        }
         spawn_signal_thread(self.events_tx.clone())?;
         install_kick_handler()?;
         let ctx = VcpuContext {
@@ -249,8 +306,17 @@ impl Vmm {
             self.created.elapsed()
         );
         let status = self.status_line();
-        self.notifier.ready(&format!("{status}; running"));
-        log::info!("{status}; running");
+        if self.spec.notify_ready {
+            self.notifier.status(&format!(
+                "{status}; booting, waiting for the guest's READY=1"
+            ));
+            log::info!(
+                "{status}; running, waiting for the guest's READY=1 (vsock port {NOTIFY_PORT})"
+            );
+        } else {
+            self.notifier.ready(&format!("{status}; running"));
+            log::info!("{status}; running");
+        }
 
         let result = self.wait_for_end();
         let why = match &result {
@@ -266,6 +332,7 @@ impl Vmm {
     }
 
     fn wait_for_end(&self) -> Result<VmExit, VmmError> {
+        let mut guest = GuestNotices::new(self.spec.notify_ready);
         let watchdog = self.notifier.watchdog_interval();
         let mut next_ping = watchdog.map(|d| Instant::now() + d);
         let mut stop_deadline: Option<Instant> = None;
@@ -312,6 +379,9 @@ impl Vmm {
                 Ok(VmEvent::VcpuExited(id)) => {
                     log::debug!("vCPU {id} thread ended");
                 }
+                Ok(VmEvent::GuestNotify { ready, status }) => {
+                    guest.relay(&self.notifier, &self.spec.name, ready, status);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(VmmError::GuestFailure("event channel closed".into()));
@@ -335,6 +405,47 @@ impl Vmm {
     }
 }
 
+/// Relays the guest's sd_notify messages (with `notify_ready`): the first READY=1 becomes
+/// the unit's READY=1; STATUS= texts are passed on rate-limited (a guest may send many).
+struct GuestNotices {
+    wanted: bool,
+    ready: bool,
+    limiter: super::ratelimit::LogLimiter,
+}
+
+impl GuestNotices {
+    fn new(wanted: bool) -> Self {
+        GuestNotices {
+            wanted,
+            ready: false,
+            limiter: super::ratelimit::LogLimiter::new(),
+        }
+    }
+
+    fn relay(&mut self, notifier: &Notifier, vm: &str, ready: bool, status: Option<String>) {
+        if !self.wanted {
+            return;
+        }
+        let text = format!(
+            "VM {vm}: guest: {}",
+            status
+                .as_deref()
+                .unwrap_or(if ready { "ready" } else { "running" })
+        );
+        if ready && !self.ready {
+            self.ready = true;
+            log::info!("the guest reported READY=1; the VM is up ({text})");
+            notifier.ready(&text);
+            return;
+        }
+        if status.is_some() {
+            if let super::ratelimit::Allowed::Yes { .. } = self.limiter.check() {
+                notifier.status(&text);
+            }
+        }
+    }
+}
+
 fn stop_signal_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it fully and only
     // write into the local.
@@ -343,11 +454,13 @@ fn stop_signal_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        // What `machinectl poweroff` (and systemd's own convention) sends for "power off".
+        libc::sigaddset(&mut set, libc::SIGRTMIN() + 4);
         set
     }
 }
 
-/// Blocks SIGTERM and SIGINT in this thread (and so in every thread spawned after), so the
+/// Blocks SIGTERM, SIGINT and SIGRTMIN+4 in this thread (and so in every thread spawned after), so the
 /// signal thread can take them with `sigwait`. Returns the previous mask.
 fn block_stop_signals() -> Result<libc::sigset_t, VmmError> {
     let set = stop_signal_set();

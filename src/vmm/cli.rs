@@ -24,10 +24,12 @@ pub struct VmmCli {
     )]
     pub cmdline: String,
     /// Guest RAM in MiB.
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(long, value_name = "N", default_value_t = crate::vmm::spec::DEFAULT_MEMORY_MIB,
+          value_parser = clap::value_parser!(u32).range(i64::from(crate::vmm::spec::MIN_MEMORY_MIB)..=i64::from(crate::vmm::spec::MAX_MEMORY_MIB)))]
     pub memory_mib: u32,
     /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(crate::vmm::spec::MAX_VCPUS)))]
     pub vcpus: u8,
     /// VM name (logs, STATUS=, journal field VOLT_VM).
     #[arg(long, value_name = "NAME", default_value = "vm")]
@@ -53,13 +55,32 @@ pub struct VmmCli {
     /// or no filter.
     #[arg(long, value_enum, default_value_t)]
     pub seccomp: crate::vmm::sandbox::SeccompMode,
+    /// Serve the serial console on this Unix socket (`volt console --socket PATH`).
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+    /// Add a virtio-vsock device with this guest CID (3 or more).
+    #[arg(long, value_name = "CID", requires = "vsock_socket")]
+    pub vsock_cid: Option<u32>,
+    /// Host socket of the vsock device: clients write `CONNECT <port>\n` to it; guest
+    /// connections to host port P go to `<PATH>_P`.
+    #[arg(long, value_name = "PATH", requires = "vsock_cid")]
+    pub vsock_socket: Option<PathBuf>,
+    /// Send READY=1 only when the guest does (sd_notify over vsock, like systemd-vmspawn
+    /// --notify-ready); needs --vsock-cid.
+    #[arg(long, requires = "vsock_cid")]
+    pub notify_ready: bool,
+    /// A virtio-blk disk (repeatable, guest order vda, vdb, ...):
+    /// path=FILE[,readonly][,root][,cache=none|writeback][,serial=S][,bps=N][,iops=N].
+    /// `root` adds root=/dev/vdX (ro/rw) to the command line.
+    #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
+    pub disks: Vec<crate::vmm::disk::DiskSpec>,
     /// A virtio-net device on an existing TAP (repeatable, guest order):
     /// `tap=NAME,mac=52:54:00:xx:xx:xx[,mtu=N][,queues=N][,vhost=on|off][,netns=PATH][,id=ethN]`.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     pub net: Vec<crate::vmm::spec::NicSpec>,
     /// The VM spec `volt vm run` writes (JSON; what volt-vm@.service runs). Errors exit 78
     /// (EX_CONFIG).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "net"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "net", "disks"])]
     pub spec: Option<PathBuf>,
 }
 
@@ -108,6 +129,20 @@ pub fn parse_net(s: &str) -> Result<crate::vmm::spec::NicSpec, String> {
         nic.id = nic.tap.clone();
     }
     Ok(nic)
+}
+
+fn parse_disk(s: &str) -> Result<crate::vmm::disk::DiskSpec, String> {
+    crate::vmm::disk::parse_disk_arg(s).map_err(|e| e.to_string())
+}
+
+impl VmmCli {
+    /// The vsock device the flags ask for.
+    pub fn vsock(&self) -> Option<crate::vmm::spec::VsockSpec> {
+        Some(crate::vmm::spec::VsockSpec {
+            cid: self.vsock_cid?,
+            socket: self.vsock_socket.clone()?,
+        })
+    }
 }
 
 /// `10`, `10s`, `500ms`, `1.5s`.

@@ -13,7 +13,6 @@ use super::cli::VmmCli;
 use super::nics::{self, FdStore};
 use super::sandbox::{RunAs, Sandbox};
 use super::spec::VmSpec;
-use super::virtio::net::Backend;
 use super::virtio::rng::Rng;
 use super::{systemd, Vmm, VmmError};
 
@@ -62,35 +61,42 @@ fn spec_from_flags(cli: &VmmCli) -> Option<VmSpec> {
         cmdline: cli.cmdline.clone(),
         serial_file: cli.serial_file.clone(),
         nics: cli.net.clone(),
+        disks: cli.disks.clone(),
+        console_socket: cli.console_socket.clone(),
+        vsock: cli.vsock(),
+        notify_ready: cli.notify_ready,
     })
 }
 
-/// The sandbox for the run phase. vhost-net opens /dev/vhost-net when the guest starts its
-/// driver, so with vhost the VMM keeps root and may open files (said in the log).
-fn sandbox(cli: &VmmCli, vhost: bool) -> Sandbox {
+/// The sandbox for the run phase: as root, switch to `cli.run_as` (when it exists) and deny
+/// `open`. Every fd the run needs is open by then, vhost-net's included (the devices open
+/// their instances when they are built), so vhost-net no longer keeps the VMM root.
+fn sandbox(cli: &VmmCli) -> Sandbox {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let run_as = if !root || cli.run_as == "root" {
-        None
-    } else if vhost {
-        log::info!(
-            "vhost-net in use: staying root after setup (it opens /dev/vhost-net at driver start)"
-        );
+    sandbox_for(root, &cli.run_as, cli.seccomp, &RunAs::lookup)
+}
+
+/// [`sandbox`] for a process that is `root` or not, with `lookup` finding users.
+fn sandbox_for(
+    root: bool,
+    run_as: &str,
+    seccomp: super::sandbox::SeccompMode,
+    lookup: &dyn Fn(&str) -> Option<RunAs>,
+) -> Sandbox {
+    let run_as = if !root || run_as == "root" {
         None
     } else {
-        let u = RunAs::lookup(&cli.run_as);
+        let u = lookup(run_as);
         if u.is_none() {
-            log::info!(
-                "user {} does not exist; staying root after setup",
-                cli.run_as
-            );
+            log::info!("user {run_as} does not exist; staying root after setup");
         }
         u
     };
     Sandbox {
         run_as,
-        seccomp: cli.seccomp,
-        allow_open: vhost,
+        seccomp,
+        allow_open: false,
     }
 }
 
@@ -125,6 +131,9 @@ pub fn main(cli: &VmmCli) -> u8 {
             }
         },
     };
+    // A root disk names itself on the command line (unless it has a root= already).
+    let mut spec = spec;
+    spec.cmdline = super::disk::with_root(&spec.cmdline, &spec.disks);
     let nics = match nics::setup(&spec.nics, &mut store) {
         Ok(n) => n,
         Err(e) => {
@@ -159,13 +168,7 @@ fn run(spec: VmSpec, cli: &VmmCli, nics: nics::Nics, leftover: &[String]) -> Res
     if cli.virtio_rng {
         vmm.add_virtio_device(Box::new(Rng::new()))?;
     }
-    let vhost = nics.devices.iter().any(|d| {
-        d.backend()
-            .lock()
-            .map(|b| *b == Backend::Vhost)
-            .unwrap_or(false)
-    });
-    vmm.set_sandbox(sandbox(cli, vhost));
+    vmm.set_sandbox(sandbox(cli));
     for dev in nics.devices {
         vmm.add_virtio_device(Box::new(dev))?;
     }
@@ -184,4 +187,34 @@ fn run(spec: VmSpec, cli: &VmmCli, nics: nics::Nics, leftover: &[String]) -> Res
     }
     let exit = vmm.run()?;
     Ok(exit.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::sandbox::SeccompMode;
+
+    #[test]
+    fn the_run_phase_drops_root_and_denies_open_whatever_the_nic_backend() {
+        let volt = |name: &str| {
+            (name == "volt").then(|| RunAs {
+                name: "volt".into(),
+                uid: 990,
+                gid: 990,
+                groups: vec![],
+            })
+        };
+        let s = sandbox_for(true, "volt", SeccompMode::Kill, &volt);
+        assert_eq!(s.run_as.map(|u| u.uid), Some(990));
+        assert!(
+            !s.allow_open,
+            "open stays denied (vhost-net is opened before)"
+        );
+        let s = sandbox_for(true, "root", SeccompMode::Kill, &volt);
+        assert!(s.run_as.is_none() && !s.allow_open);
+        let s = sandbox_for(false, "volt", SeccompMode::Kill, &volt);
+        assert!(s.run_as.is_none() && !s.allow_open);
+        let s = sandbox_for(true, "nobody-here", SeccompMode::Kill, &volt);
+        assert!(s.run_as.is_none() && !s.allow_open);
+    }
 }

@@ -7,8 +7,10 @@
 
 pub mod boot;
 pub mod cli;
+pub mod console;
 pub mod cpu;
 pub mod devices;
+pub mod disk;
 pub mod event;
 pub mod launch;
 pub mod memory;
@@ -17,6 +19,7 @@ pub mod ratelimit;
 pub mod sandbox;
 pub mod spec;
 pub mod systemd;
+pub mod unixsock;
 pub mod vcpu;
 pub mod virtio;
 
@@ -89,9 +92,18 @@ pub enum VmmError {
     /// The guest cannot continue (triple fault, emulation failure, failed entry).
     #[error("the guest stopped on an error: {0}")]
     GuestFailure(String),
+    /// A disk could not be opened or locked.
+    #[error("setting up a disk failed")]
+    Disk(#[from] virtio::blk::BlkError),
     /// Dropping privileges or installing the seccomp filter failed.
     #[error("entering the sandbox failed")]
     Sandbox(#[from] sandbox::SandboxError),
+    /// The console socket could not be set up.
+    #[error("setting up the console socket failed")]
+    Console(#[from] console::ConsoleError),
+    /// The vsock device could not be created.
+    #[error("setting up the vsock device failed")]
+    Vsock(#[from] virtio::vsock::VsockError),
 }
 
 impl VmmError {
@@ -108,6 +120,7 @@ impl VmmError {
                 libc::ENOENT | libc::ENXIO | libc::ENODEV | libc::EACCES | libc::EPERM
             ),
             VmmError::Serial(devices::serial::SerialError::OpenFile { .. }) => true,
+            VmmError::Disk(e) => e.is_config_error(),
             VmmError::Boot(b) => matches!(
                 b,
                 B::ReadKernel { .. }

@@ -16,6 +16,8 @@ pub struct LogLimiter {
     window_start: Option<Instant>,
     in_window: u32,
     suppressed: u64,
+    burst: u32,
+    window: Duration,
 }
 
 impl Default for LogLimiter {
@@ -27,10 +29,18 @@ impl Default for LogLimiter {
 impl LogLimiter {
     /// A limiter with a fresh window.
     pub const fn new() -> Self {
+        Self::with_limits(BURST, WINDOW)
+    }
+
+    /// A limiter letting `burst` events per `window` through (guest console lines: a
+    /// kernel's boot messages in one go, but not a guest printing in a loop).
+    pub const fn with_limits(burst: u32, window: Duration) -> Self {
         LogLimiter {
             window_start: None,
             in_window: 0,
             suppressed: 0,
+            burst,
+            window,
         }
     }
 
@@ -42,14 +52,14 @@ impl LogLimiter {
 
     fn check_at(&mut self, now: Instant) -> Allowed {
         let fresh = match self.window_start {
-            Some(s) => now.duration_since(s) >= WINDOW,
+            Some(s) => now.duration_since(s) >= self.window,
             None => true,
         };
         if fresh {
             self.window_start = Some(now);
             self.in_window = 0;
         }
-        if self.in_window < BURST {
+        if self.in_window < self.burst {
             self.in_window += 1;
             let suppressed = std::mem::take(&mut self.suppressed);
             Allowed::Yes { suppressed }
@@ -86,9 +96,135 @@ macro_rules! log_limited {
     };
 }
 
+/// Most distinct foreign log targets that get a limiter each; the rest share the last one.
+const MAX_TARGETS: usize = 32;
+
+/// A logger that sends records of other crates through a [`LogLimiter`] per target before
+/// `inner`: crates such as virtio-queue log conditions a guest controls (a queue outside
+/// memory, a bad avail index) at error level themselves, where no `log_limited!` call site
+/// of ours can limit them. Volt's own records (target `volt::…`) pass unchanged: ours that a
+/// guest can trigger use `log_limited!`.
+pub struct ForeignLimited<L> {
+    inner: L,
+    limiters: std::sync::Mutex<Vec<(String, LogLimiter)>>,
+}
+
+impl<L: log::Log> ForeignLimited<L> {
+    pub fn new(inner: L) -> Self {
+        ForeignLimited {
+            inner,
+            limiters: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn check(&self, target: &str) -> Allowed {
+        let Ok(mut ls) = self.limiters.lock() else {
+            return Allowed::No;
+        };
+        let i = match ls.iter().position(|(t, _)| t == target) {
+            Some(i) => i,
+            None if ls.len() < MAX_TARGETS => {
+                ls.push((target.to_string(), LogLimiter::new()));
+                ls.len() - 1
+            }
+            None => MAX_TARGETS - 1,
+        };
+        ls[i].1.check()
+    }
+}
+
+impl<L: log::Log> log::Log for ForeignLimited<L> {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        self.inner.enabled(m)
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if r.target() == "volt" || r.target().starts_with("volt::") || !self.enabled(r.metadata()) {
+            self.inner.log(r);
+            return;
+        }
+        match self.check(r.target()) {
+            Allowed::Yes { suppressed: 0 } => self.inner.log(r),
+            Allowed::Yes { suppressed } => self.inner.log(
+                &log::Record::builder()
+                    .args(format_args!(
+                        "{} ({suppressed} similar messages suppressed)",
+                        r.args()
+                    ))
+                    .level(r.level())
+                    .target(r.target())
+                    .module_path(r.module_path())
+                    .file(r.file())
+                    .line(r.line())
+                    .build(),
+            ),
+            Allowed::No => {}
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl log::Log for Count {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, _: &log::Record<'_>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        fn flush(&self) {}
+    }
+
+    #[test]
+    fn foreign_records_are_limited_per_target_and_ours_pass() {
+        use log::Log;
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let l = ForeignLimited::new(Count(n.clone()));
+        let rec = |target: &'static str| {
+            log::Record::builder()
+                .args(format_args!("x"))
+                .level(log::Level::Error)
+                .target(target)
+                .build()
+        };
+        for _ in 0..1000 {
+            l.log(&rec("virtio_queue::queue"));
+        }
+        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), BURST as usize);
+        for _ in 0..1000 {
+            l.log(&rec("vm_memory::mmap"));
+        }
+        assert_eq!(
+            n.load(std::sync::atomic::Ordering::SeqCst),
+            2 * BURST as usize
+        );
+        for _ in 0..100 {
+            l.log(&rec("volt::vmm::virtio::mmio"));
+        }
+        assert_eq!(
+            n.load(std::sync::atomic::Ordering::SeqCst),
+            2 * BURST as usize + 100
+        );
+        // Many targets share the last limiter instead of growing without bound.
+        let targets: Vec<String> = (0..100).map(|i| format!("crate{i}")).collect();
+        for t in &targets {
+            l.log(
+                &log::Record::builder()
+                    .args(format_args!("x"))
+                    .target(t)
+                    .build(),
+            );
+        }
+        assert!(l.limiters.lock().map(|v| v.len()).unwrap_or(0) <= MAX_TARGETS);
+    }
 
     #[test]
     fn bursts_then_suppresses_then_reports() {
@@ -101,5 +237,18 @@ mod tests {
         assert_eq!(l.check_at(t0 + Duration::from_secs(1)), Allowed::No);
         assert_eq!(l.check_at(t0 + WINDOW), Allowed::Yes { suppressed: 2 });
         assert_eq!(l.check_at(t0 + WINDOW), Allowed::Yes { suppressed: 0 });
+    }
+
+    #[test]
+    fn custom_limits() {
+        let mut l = LogLimiter::with_limits(2, Duration::from_millis(10));
+        let t0 = Instant::now();
+        assert!(matches!(l.check_at(t0), Allowed::Yes { .. }));
+        assert!(matches!(l.check_at(t0), Allowed::Yes { .. }));
+        assert_eq!(l.check_at(t0), Allowed::No);
+        assert_eq!(
+            l.check_at(t0 + Duration::from_millis(10)),
+            Allowed::Yes { suppressed: 1 }
+        );
     }
 }

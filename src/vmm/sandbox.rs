@@ -4,7 +4,8 @@
 //! any VMM thread starts, so all threads inherit them.
 //!
 //! The allowlist comes from tracing the run phase (KVM_RUN loop, virtio-net workers,
-//! signal handling, sd_notify and journald); ioctls are limited to the KVM (0xAE), TUN
+//! virtio-blk I/O threads, signal handling, sd_notify and journald, the console and vsock
+//! threads); ioctls are limited to the KVM (0xAE), TUN
 //! ('T') and vhost (0xAF) request families.
 
 use std::collections::BTreeMap;
@@ -118,6 +119,11 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_writev,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
+    // virtio-blk I/O threads: data, FLUSH, DISCARD / WRITE_ZEROES.
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
     libc::SYS_lseek,
     libc::SYS_close,
     libc::SYS_fcntl,
@@ -169,6 +175,9 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_connect,
     libc::SYS_getsockname,
     libc::SYS_memfd_create,
+    // Console and vsock: clients on sockets bound before the sandbox; vsock half-close.
+    libc::SYS_accept4,
+    libc::SYS_shutdown,
 ];
 
 fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SandboxError> {

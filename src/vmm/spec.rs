@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::disk::{CacheMode, DiskLimit, DiskSpec};
+
 /// Default time a guest gets to power off after Ctrl-Alt-Del before the VMM stops it hard.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -37,7 +39,36 @@ pub struct VmSpec {
     /// virtio-net devices, in guest order (eth0 first).
     #[serde(default)]
     pub nics: Vec<NicSpec>,
+    /// virtio-blk devices, in guest order (`vda` first).
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+    /// Unix socket serving the serial console to `volt console` (created at start, mode 0600,
+    /// owned by the user that started the VMM); `None`: output only.
+    #[serde(default)]
+    pub console_socket: Option<PathBuf>,
+    /// A virtio-vsock device (hybrid: host side over Unix sockets); `None`: no vsock.
+    #[serde(default)]
+    pub vsock: Option<VsockSpec>,
+    /// Readiness from inside the guest: do not send READY=1 when the VM starts, relay the
+    /// guest's own sd_notify READY=1/STATUS= (over vsock, port [`NOTIFY_PORT`]). Needs `vsock`.
+    #[serde(default)]
+    pub notify_ready: bool,
 }
+
+/// The virtio-vsock device: the guest's CID and the host socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockSpec {
+    /// The guest's context id (3..=0xfffffffe; 0-2 are reserved, 0xffffffff is "any").
+    pub cid: u32,
+    /// Host socket: a host client connects here and writes `CONNECT <port>\n`; a guest
+    /// connection to host port P goes to `<socket>_P`.
+    pub socket: PathBuf,
+}
+
+/// vsock port (host side) the VMM serves the guest's sd_notify messages on with
+/// `notify_ready`; above 65535 so it never shadows a service mirrored from TCP.
+pub const NOTIFY_PORT: u32 = 100_000;
 
 /// One virtio-net device and the host TAP behind it. The TAP exists already (its owner unit
 /// brought it up); the VMM only opens it.
@@ -78,11 +109,13 @@ fn yes() -> bool {
 }
 
 /// Smallest guest the VMM accepts, in MiB (boot structures live below 1 MiB, the kernel above).
-pub const MIN_MEMORY_MIB: u32 = 8;
+pub const MIN_MEMORY_MIB: u32 = 16;
 /// Largest guest the VMM accepts, in MiB (1 TiB).
 pub const MAX_MEMORY_MIB: u32 = 1 << 20;
 /// Most vCPUs the VMM accepts (APIC ids are 8 bits, 0xff is broadcast).
-pub const MAX_VCPUS: u8 = 254;
+pub const MAX_VCPUS: u8 = 64;
+/// Guest RAM when neither the VM file nor a flag says.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
 
 /// A spec field that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -102,21 +135,37 @@ pub enum SpecError {
     /// The VM name is empty.
     #[error("the VM name must not be empty")]
     Name,
+    /// The vsock CID is reserved or out of range.
+    #[error("vsock cid must be between 3 and 4294967294, got {0}")]
+    VsockCid(u32),
+    /// `notify_ready` without a vsock device to carry the guest's messages.
+    #[error("notify_ready needs a vsock device (the guest sends READY=1 over vsock)")]
+    NotifyWithoutVsock,
+    /// More than one disk is marked root.
+    #[error("at most one disk may be the root disk, got {0}")]
+    RootDisks(usize),
+    /// A disk serial is longer than GET_ID can return.
+    #[error("disk serial {0:?} is longer than 20 bytes")]
+    Serial(String),
 }
 
 impl VmSpec {
-    /// A spec with defaults for everything but the kernel: 1 vCPU, 128 MiB, name `vm`.
+    /// A spec with defaults for everything but the kernel: 1 vCPU, 256 MiB, name `vm`.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         VmSpec {
             name: "vm".to_string(),
             uuid: String::new(),
             vcpus: 1,
-            memory_mib: 128,
+            memory_mib: DEFAULT_MEMORY_MIB,
             kernel: kernel.into(),
             initrd: None,
             cmdline: String::new(),
             serial_file: None,
             nics: Vec::new(),
+            console_socket: None,
+            vsock: None,
+            notify_ready: false,
+            disks: Vec::new(),
         }
     }
 
@@ -139,6 +188,26 @@ impl VmSpec {
             if !initrd.is_file() {
                 return Err(SpecError::Initrd(initrd.clone()));
             }
+        }
+        if let Some(v) = &self.vsock {
+            if v.cid < 3 || v.cid == u32::MAX {
+                return Err(SpecError::VsockCid(v.cid));
+            }
+        }
+        if self.notify_ready && self.vsock.is_none() {
+            return Err(SpecError::NotifyWithoutVsock);
+        }
+        let roots = self.disks.iter().filter(|d| d.root).count();
+        if roots > 1 {
+            return Err(SpecError::RootDisks(roots));
+        }
+        if let Some(s) = self
+            .disks
+            .iter()
+            .filter_map(|d| d.serial.as_ref())
+            .find(|s| s.len() > super::disk::MAX_SERIAL)
+        {
+            return Err(SpecError::Serial(s.clone()));
         }
         Ok(())
     }
@@ -170,5 +239,31 @@ mod tests {
         s.memory_mib = 64;
         s.initrd = Some("/nonexistent/initrd".into());
         assert!(matches!(s.validate(), Err(SpecError::Initrd(_))));
+        s.initrd = None;
+        s.notify_ready = true;
+        assert_eq!(s.validate(), Err(SpecError::NotifyWithoutVsock));
+        for cid in [0, 2, u32::MAX] {
+            s.vsock = Some(VsockSpec {
+                cid,
+                socket: "/run/v.sock".into(),
+            });
+            assert_eq!(s.validate(), Err(SpecError::VsockCid(cid)));
+        }
+        s.vsock = Some(VsockSpec {
+            cid: 3,
+            socket: "/run/v.sock".into(),
+        });
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn an_older_spec_without_the_new_fields_still_loads() {
+        let json = r#"{"name":"web","uuid":"","vcpus":1,"memory_mib":64,
+            "kernel":"/k","initrd":null,"cmdline":""}"#;
+        let s: VmSpec = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            (s.console_socket, s.vsock, s.notify_ready),
+            (None, None, false)
+        );
     }
 }

@@ -101,16 +101,17 @@ pub fn init_logging(vm_name: &str, uuid: &str, level: LevelFilter) -> bool {
             let journal = journal
                 .with_extra_fields(fields)
                 .with_syslog_identifier("volt-vmm".to_string());
-            if journal.install().is_ok() {
+            let limited = crate::vmm::ratelimit::ForeignLimited::new(journal);
+            if log::set_boxed_logger(Box::new(limited)).is_ok() {
                 log::set_max_level(level);
                 return true;
             }
         }
     }
-    let logger = StderrLog {
+    let logger = crate::vmm::ratelimit::ForeignLimited::new(StderrLog {
         prefix: format!("volt-vmm[{vm_name}]: "),
         level,
-    };
+    });
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
     }

@@ -2,12 +2,16 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod conformance;
 pub mod etcd;
+pub mod frames;
 pub mod guest;
+pub mod linux;
 pub mod netns;
 pub mod nspawn;
 pub mod ping;
 pub mod report;
+pub mod vmm;
 
 use std::path::{Path, PathBuf};
 

@@ -286,6 +286,37 @@ impl Nspawn {
         std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
 
+    /// A busybox root file system at `dir` inside the container: every applet but `busybox`
+    /// itself linked to the static binary, a `/usr` (nspawn needs one), an os-release, and the
+    /// udhcpc script that applies a lease with `ip`.
+    pub fn busybox_rootfs(&self, dir: &str) {
+        self.ok(&format!(
+            r#"set -e
+R={dir}
+mkdir -p $R/bin $R/sbin $R/usr/bin $R/usr/sbin $R/etc $R/proc $R/sys $R/dev $R/tmp $R/run $R/var $R/root
+B=$(command -v busybox)
+cp "$B" $R/bin/busybox
+for a in $("$B" --list); do
+  [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"
+done
+printf 'ID=volt-busybox\nNAME="busybox for Volt tests"\n' > $R/etc/os-release
+cat > $R/etc/udhcpc.script <<'EOF'
+#!/bin/sh
+case "$1" in
+  deconfig) ip link set "$interface" up; ip -4 addr flush dev "$interface" ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${{router%% *}}" dev "$interface"
+    ;;
+esac
+exit 0
+EOF
+chmod +x $R/etc/udhcpc.script
+"#
+        ));
+    }
+
     /// Finish the install the way the package's postinst does (the files are already at their
     /// installed paths through the /usr overlay): the `volt` user and Volt's directories,
     /// networkd running with /dev/net/tun usable by it, a daemon-reload (the generator runs);
@@ -325,8 +356,9 @@ impl Drop for Nspawn {
 }
 
 /// Volt's build installed into `<stage>/root` by `packaging/stage` (binaries cargo built for
-/// this test, man pages and completions from `volt gen-docs`), plus `<stage>/guest/` with the
-/// test guest. `packaging/stage --list` writes every installed path to `<stage>/installed`.
+/// this test, man pages and completions from `volt gen-docs`, the test guest as the default
+/// guest), plus `<stage>/guest/` with the test guest. `packaging/stage --list` writes every
+/// installed path to `<stage>/installed`.
 pub fn stage_volt() -> tempfile::TempDir {
     let repo = super::repo();
     let stage = tempfile::tempdir().expect("stage");
@@ -356,11 +388,15 @@ pub fn stage_volt() -> tempfile::TempDir {
         "volt gen-docs: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // The default guest the packages install is the test guest.
+    std::fs::copy(super::guest::elf(), s.join("guest/volt-test-guest")).expect("copy test guest");
     let o = Command::new(repo.join("packaging/stage"))
         .arg("--bin-dir")
         .arg(&bins)
         .arg("--gen-dir")
         .arg(&gen)
+        .arg("--guest-dir")
+        .arg(s.join("guest"))
         .arg("--list")
         .arg(s.join("installed"))
         .arg(s.join("root"))
@@ -371,7 +407,6 @@ pub fn stage_volt() -> tempfile::TempDir {
         "packaging/stage: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    std::fs::copy(super::guest::elf(), s.join("guest/volt-test-guest")).expect("copy test guest");
     stage
 }
 
@@ -382,7 +417,13 @@ pub fn hide_host_volt(upper: &Path) {
     let stage = stage_volt();
     let list = std::fs::read_to_string(stage.path().join("installed")).expect("installed list");
     for line in list.lines() {
-        let Some(path) = line.split_whitespace().nth(2) else {
+        let mut cols = line.split_whitespace();
+        // Directories stay (whiteouts over the files in them are enough, and a directory
+        // whiteout could not hold the whiteouts below it).
+        if cols.next() == Some("dir") {
+            continue;
+        }
+        let Some(path) = cols.nth(1) else {
             continue;
         };
         let Some(rel) = path.strip_prefix("/usr/") else {

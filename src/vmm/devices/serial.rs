@@ -1,17 +1,27 @@
-//! COM1: a 16550A UART (vm-superio) whose output goes to stdout line by line and optionally
-//! to a file. Under systemd, stdout is the journal, so each guest console line becomes one
-//! journal entry.
+//! COM1: a 16550A UART (vm-superio) with both directions.
+//!
+//! Output, byte by byte as the guest writes THR, goes to three places: whole lines to the
+//! log ([`LineSink`]: journal entries of their own under systemd, stdout otherwise), whole
+//! lines to an optional file, and every byte unchanged to the attached console client
+//! ([`OutputQueue`], bounded, never blocking the vCPU). Input comes from the console server
+//! through [`SerialDevice::enqueue_input`] into the 64-byte receive FIFO; the UART signals
+//! [`SerialDevice::input_room`] when the guest has emptied it.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::SerialEvents;
 use vm_superio::Serial;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{BusDevice, IrqLine};
 use crate::log_limited;
-use crate::vmm::ratelimit::LogLimiter;
+use crate::logging::JournalSocket;
+use crate::vmm::console::output::OutputQueue;
+use crate::vmm::ratelimit::{Allowed, LogLimiter};
 
 /// COM1 I/O base.
 pub const COM1_BASE: u64 = 0x3f8;
@@ -21,6 +31,13 @@ pub const COM1_LEN: u64 = 8;
 pub const COM1_IRQ: u32 = 4;
 /// Longest line buffered before it is written out anyway.
 const MAX_LINE: usize = 4096;
+/// Guest console lines let into the journal per [`JOURNAL_WINDOW`] (a kernel's boot
+/// messages pass; a guest printing in a loop is cut and the cut counted).
+const JOURNAL_BURST: u32 = 1000;
+/// See [`JOURNAL_BURST`].
+const JOURNAL_WINDOW: Duration = Duration::from_secs(5);
+/// `SYSLOG_IDENTIFIER` of guest console lines in the journal (the VMM's own are `volt-vmm`).
+pub const GUEST_IDENTIFIER: &str = "volt-guest";
 
 /// Failure while creating the console.
 #[derive(Debug, thiserror::Error)]
@@ -39,17 +56,112 @@ pub enum SerialError {
     EventFd(#[source] std::io::Error),
 }
 
-/// Line-buffered console sink: stdout plus an optional file.
+/// Where whole guest console lines go.
+pub enum LineSink {
+    /// Nowhere (tests).
+    None,
+    /// Stdout, unlimited (a terminal or a pipe the caller reads).
+    Stdout,
+    /// journald's native socket: one entry per line with `SYSLOG_IDENTIFIER=volt-guest`,
+    /// `VOLT_VM=` and `VOLT_UUID=`, rate-limited.
+    Journal {
+        sock: JournalSocket,
+        vm: String,
+        uuid: String,
+        limiter: LogLimiter,
+    },
+}
+
+impl LineSink {
+    /// The journal when stdout is a journal stream (under systemd), else stdout.
+    pub fn for_vm(vm: &str, uuid: &str) -> LineSink {
+        if crate::logging::stdout_is_journal() {
+            if let Ok(sock) = JournalSocket::new() {
+                return LineSink::Journal {
+                    sock,
+                    vm: vm.to_string(),
+                    uuid: uuid.to_string(),
+                    limiter: LogLimiter::with_limits(JOURNAL_BURST, JOURNAL_WINDOW),
+                };
+            }
+        }
+        LineSink::Stdout
+    }
+
+    fn emit(&mut self, line: &[u8], errors: &mut LogLimiter) {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        match self {
+            LineSink::None => {}
+            LineSink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                let r = out
+                    .write_all(line)
+                    .and_then(|_| out.write_all(b"\n"))
+                    .and_then(|_| out.flush());
+                if let Err(e) = r {
+                    log_limited!(
+                        errors,
+                        log::Level::Warn,
+                        "writing guest console to stdout failed: {e}"
+                    );
+                }
+            }
+            LineSink::Journal {
+                sock,
+                vm,
+                uuid,
+                limiter,
+            } => {
+                let suppressed = match limiter.check() {
+                    Allowed::No => return,
+                    Allowed::Yes { suppressed } => suppressed,
+                };
+                let mut fields: Vec<(&str, &[u8])> = vec![
+                    ("PRIORITY", b"6"),
+                    ("SYSLOG_IDENTIFIER", GUEST_IDENTIFIER.as_bytes()),
+                    ("VOLT_VM", vm.as_bytes()),
+                ];
+                if !uuid.is_empty() {
+                    fields.push(("VOLT_UUID", uuid.as_bytes()));
+                }
+                if suppressed > 0 {
+                    let note = format!(
+                        "{suppressed} guest console lines not logged (more than {JOURNAL_BURST} in {}s)",
+                        JOURNAL_WINDOW.as_secs()
+                    );
+                    let mut f = fields.clone();
+                    f.push(("MESSAGE", note.as_bytes()));
+                    let _ = sock.send(&f);
+                }
+                fields.push(("MESSAGE", line));
+                if let Err(e) = sock.send(&fields) {
+                    log_limited!(
+                        errors,
+                        log::Level::Warn,
+                        "writing guest console to the journal failed: {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The UART's output side: line-buffered sinks plus the raw byte stream to a console client.
 pub struct ConsoleOut {
     line: Vec<u8>,
     file: Option<File>,
-    stdout: bool,
+    sink: LineSink,
+    client: Option<Arc<OutputQueue>>,
     errors: LogLimiter,
 }
 
 impl ConsoleOut {
-    /// A sink writing to stdout (when `stdout`) and to `file` (appending) when given.
-    pub fn new(stdout: bool, file: Option<&Path>) -> Result<Self, SerialError> {
+    /// Lines to `sink` and to `file` (appending) when given; raw bytes to `client`.
+    pub fn new(
+        sink: LineSink,
+        file: Option<&Path>,
+        client: Option<Arc<OutputQueue>>,
+    ) -> Result<Self, SerialError> {
         let file = file
             .map(|p| {
                 std::fs::OpenOptions::new()
@@ -65,7 +177,8 @@ impl ConsoleOut {
         Ok(ConsoleOut {
             line: Vec::with_capacity(256),
             file,
-            stdout,
+            sink,
+            client,
             errors: LogLimiter::new(),
         })
     }
@@ -79,16 +192,7 @@ impl ConsoleOut {
         if self.line.is_empty() {
             return;
         }
-        if self.stdout {
-            let mut out = std::io::stdout().lock();
-            if let Err(e) = out.write_all(&self.line).and_then(|_| out.flush()) {
-                log_limited!(
-                    self.errors,
-                    log::Level::Warn,
-                    "writing guest console to stdout failed: {e}"
-                );
-            }
-        }
+        self.sink.emit(&self.line, &mut self.errors);
         if let Some(f) = &mut self.file {
             if let Err(e) = f.write_all(&self.line) {
                 log_limited!(
@@ -104,6 +208,9 @@ impl ConsoleOut {
 
 impl Write for ConsoleOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(c) = &self.client {
+            c.push(buf);
+        }
         for &b in buf {
             match b {
                 b'\r' => {}
@@ -122,31 +229,69 @@ impl Write for ConsoleOut {
         Ok(buf.len())
     }
 
-    /// A no-op: the UART flushes after every byte, and a console line must reach stdout
-    /// (the journal) whole. Lines go out at `\n`, [`MAX_LINE`] or [`ConsoleOut::finish`].
+    /// A no-op: the UART flushes after every byte, and a console line must reach the log
+    /// whole. Lines go out at `\n`, [`MAX_LINE`] or [`ConsoleOut::finish`].
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }
 
+/// Signals an eventfd when the guest has read the receive FIFO empty.
+pub struct InputEvents {
+    room: Arc<EventFd>,
+}
+
+impl SerialEvents for InputEvents {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        let _ = self.room.write(1);
+    }
+}
+
 /// The COM1 device on the PIO bus.
 pub struct SerialDevice {
-    uart: Serial<IrqLine, NoEvents, ConsoleOut>,
+    uart: Serial<IrqLine, InputEvents, ConsoleOut>,
+    room: Arc<EventFd>,
     errors: LogLimiter,
 }
 
 impl SerialDevice {
     /// COM1 raising `irq` and writing to `out`.
-    pub fn new(irq: IrqLine, out: ConsoleOut) -> Self {
-        SerialDevice {
-            uart: Serial::new(irq, out),
+    pub fn new(irq: IrqLine, out: ConsoleOut) -> Result<Self, SerialError> {
+        let room = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(SerialError::EventFd)?);
+        let events = InputEvents { room: room.clone() };
+        Ok(SerialDevice {
+            uart: Serial::with_events(irq, events, out),
+            room,
             errors: LogLimiter::new(),
-        }
+        })
     }
 
     /// The interrupt line (to register as irqfd).
     pub fn irq(&self) -> &IrqLine {
         self.uart.interrupt_evt()
+    }
+
+    /// Signalled when the guest has emptied the receive FIFO (room for more input).
+    pub fn input_room(&self) -> Arc<EventFd> {
+        self.room.clone()
+    }
+
+    /// Puts as much of `input` into the receive FIFO as fits (raising the interrupt the
+    /// guest enabled); returns how many bytes were taken (0 when the FIFO is full).
+    pub fn enqueue_input(&mut self, input: &[u8]) -> usize {
+        if input.is_empty() || self.uart.fifo_capacity() == 0 {
+            return 0;
+        }
+        match self.uart.enqueue_raw_bytes(input) {
+            Ok(n) => n,
+            Err(e) => {
+                log_limited!(self.errors, log::Level::Warn, "serial input failed: {e:?}");
+                0
+            }
+        }
     }
 
     /// Writes out a partial last line.
@@ -180,9 +325,9 @@ mod tests {
 
     #[test]
     fn console_writes_whole_lines_to_the_file() {
-        let path = std::env::temp_dir().join(format!("volt-serial-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let mut out = ConsoleOut::new(false, Some(&path)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial");
+        let mut out = ConsoleOut::new(LineSink::None, Some(&path), None).unwrap();
         out.write_all(b"hello\r\nwor").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\n");
         out.write_all(b"ld\n").unwrap();
@@ -194,22 +339,51 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "hello\nworld\ntail"
         );
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
-    fn uart_transmits_through_thr() {
-        let path = std::env::temp_dir().join(format!("volt-serial-thr-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let out = ConsoleOut::new(false, Some(&path)).unwrap();
-        let mut dev = SerialDevice::new(IrqLine::new(4).unwrap(), out);
-        for b in b"ok\n" {
+    fn uart_transmits_through_thr_to_file_and_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial");
+        let q = Arc::new(OutputQueue::new().unwrap());
+        q.attach();
+        let out = ConsoleOut::new(LineSink::None, Some(&path), Some(q.clone())).unwrap();
+        let mut dev = SerialDevice::new(IrqLine::new(4).unwrap(), out).unwrap();
+        for b in b"ok\r\n" {
             dev.write(0, &[*b]);
         }
         let mut lsr = [0u8];
         dev.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0, "THR empty");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "ok\n");
-        std::fs::remove_file(&path).unwrap();
+        let mut raw = Vec::new();
+        assert_eq!(q.take(64, &mut raw), 0);
+        assert_eq!(raw, b"ok\r\n", "the client gets the bytes unchanged");
+    }
+
+    #[test]
+    fn input_fills_the_fifo_raises_the_irq_and_signals_room_when_read_empty() {
+        let out = ConsoleOut::new(LineSink::None, None, None).unwrap();
+        let mut dev = SerialDevice::new(IrqLine::new(4).unwrap(), out).unwrap();
+        dev.write(1, &[1]); // IER: received data available
+        let _ = dev.irq().eventfd().read();
+        let big = [b'x'; 100];
+        assert_eq!(dev.enqueue_input(&big), 64, "the FIFO holds 64 bytes");
+        assert_eq!(dev.enqueue_input(b"y"), 0, "full");
+        assert_eq!(dev.irq().eventfd().read().unwrap(), 1, "interrupt raised");
+        let room = dev.input_room();
+        for _ in 0..64 {
+            let mut lsr = [0u8];
+            dev.read(5, &mut lsr);
+            assert_eq!(lsr[0] & 1, 1, "data ready");
+            let mut b = [0u8];
+            dev.read(0, &mut b);
+            assert_eq!(b[0], b'x');
+        }
+        let mut lsr = [0u8];
+        dev.read(5, &mut lsr);
+        assert_eq!(lsr[0] & 1, 0, "empty");
+        assert_eq!(room.read().unwrap(), 1, "room signalled");
+        assert_eq!(dev.enqueue_input(b"z"), 1);
     }
 }

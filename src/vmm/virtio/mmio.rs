@@ -71,7 +71,11 @@ pub struct MmioTransport {
     driver_features_beyond_64: bool,
     queue_sel: u32,
     status: u32,
+    /// The device runs (activated at DRIVER_OK, not stopped since).
+    device_active: bool,
     guest_errors: LogLimiter,
+    /// Lifecycle lines a driver causes at will: FAILED, failed activations.
+    lifecycle: LogLimiter,
 }
 
 /// Failure while building a transport.
@@ -118,7 +122,9 @@ impl MmioTransport {
             driver_features_beyond_64: false,
             queue_sel: 0,
             status: 0,
+            device_active: false,
             guest_errors: LogLimiter::new(),
+            lifecycle: LogLimiter::new(),
         })
     }
 
@@ -178,6 +184,7 @@ impl MmioTransport {
         self.driver_features_beyond_64 = false;
         self.queue_sel = 0;
         self.status = 0;
+        self.device_active = false;
     }
 
     fn read_reg(&self, offset: u64) -> u32 {
@@ -279,7 +286,13 @@ impl MmioTransport {
     }
 
     fn write_queue_reg(&mut self, offset: u64, v: u32) {
-        if !self.queue_config_allowed() {
+        if offset == reg::QUEUE_READY && v == 0 && self.status & status::DRIVER_OK != 0 {
+            self.stop_queue();
+            return;
+        }
+        // A device the driver stopped (see stop_queue) takes its queue teardown writes.
+        let stopped = self.status & status::DRIVER_OK != 0 && !self.device_active;
+        if !self.queue_config_allowed() && !stopped {
             log_limited!(
                 self.guest_errors,
                 log::Level::Warn,
@@ -324,12 +337,37 @@ impl MmioTransport {
                 .is_ok(),
             _ => true,
         };
-        if !ok {
+        // Teardown of a stopped queue writes zeroes (QueueNum 0 included): not worth a line.
+        let teardown = stopped && v == 0;
+        if !ok && !teardown {
             log_limited!(
                 self.guest_errors,
                 log::Level::Warn,
                 "virtio-mmio: invalid value {v:#x} for queue {sel} register {offset:#x}, ignored"
             );
+        }
+    }
+
+    /// The driver stops using a live queue (virtio 1.x §4.2.2.2: write 0 to QueueReady, read
+    /// it back; virtio-drivers does this before it frees the ring). The device's workers
+    /// hold the queue, so the device is stopped as a whole: it must not touch the ring again.
+    /// It stays stopped until the driver resets it.
+    fn stop_queue(&mut self) {
+        let sel = self.queue_sel;
+        let was_ready = self.selected_queue().is_some_and(|q| {
+            let r = q.ready();
+            q.set_ready(false);
+            r
+        });
+        if was_ready && self.device_active {
+            log_limited!(
+                self.guest_errors,
+                log::Level::Info,
+                "virtio-mmio: driver stopped queue {sel} of device type {}; device stopped until reset",
+                self.device.device_type()
+            );
+            self.device.reset();
+            self.device_active = false;
         }
     }
 
@@ -368,8 +406,12 @@ impl MmioTransport {
         }
         if new & status::DRIVER_OK != 0 && s & status::FEATURES_OK != 0 {
             s |= status::DRIVER_OK;
+            self.device_active = true;
             if let Err(e) = self.activate() {
-                log::warn!(
+                self.device_active = false;
+                log_limited!(
+                    self.lifecycle,
+                    log::Level::Warn,
                     "virtio-mmio: device type {} failed to start: {e}",
                     self.device.device_type()
                 );
@@ -378,7 +420,9 @@ impl MmioTransport {
             }
         }
         if new & status::FAILED != 0 {
-            log::info!(
+            log_limited!(
+                self.lifecycle,
+                log::Level::Info,
                 "virtio-mmio: driver marked device type {} FAILED",
                 self.device.device_type()
             );

@@ -331,3 +331,24 @@ fn config_space_accesses_of_any_width() {
         u32::from_le_bytes([9, 9, 9, 9])
     );
 }
+
+#[test]
+fn driver_stopping_a_live_queue_stops_the_device() {
+    let (mut t, state) = transport();
+    negotiate(&mut t, VIRTIO_F_VERSION_1);
+    setup_queue(&mut t, 0, 256, 0x1_0000);
+    w32(&mut t, reg::STATUS, DRIVER_READY);
+    assert!(state.lock().unwrap().activated);
+    // virtio 1.x 4.2.2.2: the driver writes 0 and reads it back before freeing the ring.
+    w32(&mut t, reg::QUEUE_SEL, 0);
+    w32(&mut t, reg::QUEUE_READY, 0);
+    assert_eq!(r32(&mut t, reg::QUEUE_READY), 0);
+    let st = state.lock().unwrap();
+    assert!(!st.activated, "device still running on a stopped queue");
+    assert_eq!(st.resets, 1);
+    drop(st);
+    // A second stop (another queue, or again) does not reset again; status is kept.
+    w32(&mut t, reg::QUEUE_READY, 0);
+    assert_eq!(state.lock().unwrap().resets, 1);
+    assert_eq!(r32(&mut t, reg::STATUS), DRIVER_READY);
+}

@@ -7,10 +7,13 @@
 //! interrupts (irqfd) and queue notifications (ioeventfd), and adds them to the kernel
 //! command line.
 
+pub mod blk;
 pub mod manager;
 pub mod mmio;
 pub mod net;
+pub mod notify;
 pub mod rng;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -5,6 +5,7 @@
 //! thread woken by the queue's ioeventfd, stopped through a second eventfd on reset.
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -23,6 +24,9 @@ pub const VIRTIO_ID_RNG: u32 = 4;
 const QUEUE_SIZE: u16 = 256;
 /// Largest chunk filled per `getrandom` call.
 const CHUNK: usize = 4096;
+/// Most bytes one request (descriptor chain) gets; the rest of its buffers stay unwritten
+/// (the used length says how much was filled). Linux asks for at most a page or so.
+pub const MAX_CHAIN_BYTES: usize = 64 * 1024;
 
 /// Fills `buf` from the kernel's CSPRNG.
 fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
@@ -43,26 +47,61 @@ fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serves every available request on `queue`. Returns whether the driver must be notified.
-pub fn process_queue(queue: &mut Queue, mem: &GuestMemoryMmap, errors: &mut LogLimiter) -> bool {
+/// Most bytes one pass fills before the worker looks at its stop flag and the other events
+/// again (a driver can queue many requests).
+pub const MAX_PASS_BYTES: usize = 1 << 20;
+
+/// What one pass over the queue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pass {
+    /// The driver must be notified.
+    pub notify: bool,
+    /// Requests are left for another pass (the byte budget ran out).
+    pub more: bool,
+}
+
+/// Serves the available requests on `queue`, at most [`MAX_CHAIN_BYTES`] each and
+/// [`MAX_PASS_BYTES`] in all, and stops early once `stop` is set (checked per chunk).
+pub fn process_queue(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    errors: &mut LogLimiter,
+    stop: &AtomicBool,
+) -> Pass {
     let mut served = false;
+    let mut budget = MAX_PASS_BYTES;
     let mut chunk = vec![0u8; CHUNK];
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+    let mut more = false;
+    loop {
+        if budget == 0 || stop.load(Ordering::Acquire) {
+            more = true;
+            break;
+        }
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            break;
+        };
         let head = chain.head_index();
+        let mut left = MAX_CHAIN_BYTES.min(budget);
         let mut written: u32 = 0;
-        for desc in chain.writable() {
+        'chain: for desc in chain.writable() {
             let mut off = 0u64;
-            while off < u64::from(desc.len()) {
-                let n = (u64::from(desc.len()) - off).min(CHUNK as u64) as usize;
+            let len = u64::from(desc.len());
+            while off < len && left > 0 {
+                if stop.load(Ordering::Acquire) {
+                    break 'chain;
+                }
+                let n = (len - off).min(CHUNK as u64).min(left as u64) as usize;
                 if let Err(e) = fill_random(&mut chunk[..n]) {
                     log_limited!(
                         errors,
                         log::Level::Warn,
                         "virtio-rng: getrandom failed: {e}"
                     );
-                    break;
+                    break 'chain;
                 }
-                let addr = desc.addr().unchecked_add(off);
+                let Some(addr) = desc.addr().checked_add(off) else {
+                    break 'chain;
+                };
                 if mem.write_slice(&chunk[..n], addr).is_err() {
                     log_limited!(
                         errors,
@@ -70,23 +109,42 @@ pub fn process_queue(queue: &mut Queue, mem: &GuestMemoryMmap, errors: &mut LogL
                         "virtio-rng: buffer at {:#x} outside guest memory",
                         addr.0
                     );
-                    break;
+                    break 'chain;
                 }
                 off += n as u64;
-                written += n as u32;
+                left -= n;
+                let Some(w) = written.checked_add(n as u32) else {
+                    break 'chain;
+                };
+                written = w;
+            }
+            if left == 0 {
+                break;
             }
         }
+        budget = budget.saturating_sub(written as usize);
         if let Err(e) = queue.add_used(mem, head, written) {
             log_limited!(errors, log::Level::Warn, "virtio-rng: add_used failed: {e}");
         }
         served = true;
     }
-    served && queue.needs_notification(mem).unwrap_or(true)
+    Pass {
+        notify: served && super::notify::needs_interrupt(queue, mem),
+        more,
+    }
 }
 
 /// The entropy device.
 pub struct Rng {
-    worker: Option<(JoinHandle<()>, Arc<EventFd>)>,
+    worker: Option<Worker>,
+}
+
+/// A running worker: its thread, the eventfd that wakes it to stop, and the flag it checks
+/// while it fills buffers.
+struct Worker {
+    handle: JoinHandle<()>,
+    kill: Arc<EventFd>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Default for Rng {
@@ -102,9 +160,10 @@ impl Rng {
     }
 
     fn stop_worker(&mut self) {
-        if let Some((handle, kill)) = self.worker.take() {
-            let _ = kill.write(1);
-            if handle.join().is_err() {
+        if let Some(w) = self.worker.take() {
+            w.stop.store(true, Ordering::Release);
+            let _ = w.kill.write(1);
+            if w.handle.join().is_err() {
                 log::error!("virtio-rng worker panicked");
             }
         }
@@ -118,6 +177,7 @@ fn worker(
     mut queue: Queue,
     notify: EventFd,
     kill: Arc<EventFd>,
+    stop: Arc<AtomicBool>,
     mem: GuestMemoryMmap,
     interrupt: Arc<VirtioInterrupt>,
 ) {
@@ -146,23 +206,29 @@ fn worker(
     let mut serve = true;
     let mut events = [EpollEvent::default(); 2];
     loop {
-        if serve && process_queue(&mut queue, &mem, &mut errors) {
-            if let Err(e) = interrupt.signal_used_queue() {
-                log_limited!(
-                    errors,
-                    log::Level::Warn,
-                    "virtio-rng: interrupt failed: {e}"
-                );
+        let mut more = false;
+        if serve {
+            let pass = process_queue(&mut queue, &mem, &mut errors, &stop);
+            more = pass.more;
+            if pass.notify {
+                if let Err(e) = interrupt.signal_used_queue() {
+                    log_limited!(
+                        errors,
+                        log::Level::Warn,
+                        "virtio-rng: interrupt failed: {e}"
+                    );
+                }
             }
         }
-        serve = false;
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                log::error!("virtio-rng: epoll_wait failed: {e}");
-                return;
-            }
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        // Requests left over: look at the events without sleeping, then serve again.
+        serve = more;
+        let timeout = if more { 0 } else { -1 };
+        let Some(n) = crate::vmm::event::wait_events(&epoll, timeout, &mut events, "virtio-rng")
+        else {
+            return;
         };
         for ev in &events[..n] {
             match ev.data() {
@@ -212,12 +278,13 @@ impl VirtioDevice for Rng {
             EventFd::new(libc::EFD_NONBLOCK)
                 .map_err(|e| ActivateError::Device(format!("eventfd failed: {e}")))?,
         );
-        let k = kill.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (k, s) = (kill.clone(), stop.clone());
         let handle = std::thread::Builder::new()
             .name("virtio-rng".into())
-            .spawn(move || worker(dq.queue, dq.notify, k, mem, interrupt))
+            .spawn(move || worker(dq.queue, dq.notify, k, s, mem, interrupt))
             .map_err(|e| ActivateError::Device(format!("spawning the worker failed: {e}")))?;
-        self.worker = Some((handle, kill));
+        self.worker = Some(Worker { handle, kill, stop });
         Ok(())
     }
 
@@ -247,11 +314,104 @@ mod tests {
         vq.build_desc_chain(&[desc]).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         let mut errors = LogLimiter::new();
-        assert!(process_queue(&mut q, &mem, &mut errors));
+        let stop = AtomicBool::new(false);
+        assert!(process_queue(&mut q, &mem, &mut errors, &stop).notify);
         assert_eq!(q.next_used(), 1);
         let mut buf = [0u8; 64];
         mem.read_slice(&mut buf, GuestAddress(0x8000)).unwrap();
         assert_ne!(buf, [0u8; 64], "64 random bytes are not all zero");
-        assert!(!process_queue(&mut q, &mem, &mut errors), "nothing left");
+        assert_eq!(
+            process_queue(&mut q, &mem, &mut errors, &stop),
+            Pass::default(),
+            "nothing left"
+        );
+    }
+
+    /// A chain of 16 descriptors, each over the 15 MiB above the rings of a 16 MiB guest:
+    /// 240 MiB asked for.
+    fn greedy_chain(vq: &MockSplitQueue<GuestMemoryMmap>, mem_size: u64) {
+        let descs: Vec<RawDescriptor> = (0..16u16)
+            .map(|i| {
+                let next = if i < 15 { 1 | 2 } else { 2 }; // NEXT | WRITE
+                let len = (mem_size - (1 << 20)) as u32;
+                RawDescriptor::from(SplitDescriptor::new(1 << 20, len, next, i + 1))
+            })
+            .collect();
+        vq.build_desc_chain(&descs).unwrap();
+    }
+
+    #[test]
+    fn a_chain_gets_at_most_its_cap() {
+        let size = 16 << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        greedy_chain(&vq, size as u64);
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut errors = LogLimiter::new();
+        let stop = AtomicBool::new(false);
+        process_queue(&mut q, &mem, &mut errors, &stop);
+        assert_eq!(q.next_used(), 1);
+        let used_len: u32 = mem.read_obj(vq.used_addr().unchecked_add(4 + 4)).unwrap();
+        assert!(
+            used_len as usize <= MAX_CHAIN_BYTES,
+            "{used_len} bytes for one chain"
+        );
+    }
+
+    #[test]
+    fn reset_stops_a_worker_busy_with_greedy_chains() {
+        let size = 16 << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 256);
+        for _ in 0..16 {
+            greedy_chain(&vq, size as u64);
+        }
+        let queue: Queue = vq.create_queue().unwrap();
+        let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let irq = crate::vmm::devices::IrqLine::new(5).unwrap();
+        let interrupt = Arc::new(VirtioInterrupt::new(irq));
+        let mut rng = Rng::new();
+        rng.activate(mem, vec![DeviceQueue { queue, notify }], interrupt)
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // The reset must come back while the worker is (or would be) filling: a hang bound.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            rng.reset();
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok(),
+            "reset did not stop the worker within 10 s"
+        );
+    }
+
+    #[test]
+    fn a_pass_is_bounded_and_stop_is_honoured() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 64);
+        let chains = 2 * MAX_PASS_BYTES / MAX_CHAIN_BYTES;
+        for i in 0..chains {
+            let addr = (1 << 20) + (i * MAX_CHAIN_BYTES) as u64 / 16;
+            let d = SplitDescriptor::new(addr, MAX_CHAIN_BYTES as u32, 2, 0);
+            vq.build_desc_chain(&[RawDescriptor::from(d)]).unwrap();
+        }
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut errors = LogLimiter::new();
+        let stop = AtomicBool::new(true);
+        assert_eq!(
+            process_queue(&mut q, &mem, &mut errors, &stop),
+            Pass {
+                notify: false,
+                more: true
+            },
+            "a stopped worker fills nothing"
+        );
+        stop.store(false, Ordering::Release);
+        let first = process_queue(&mut q, &mem, &mut errors, &stop);
+        assert!(first.more && first.notify);
+        assert_eq!(usize::from(q.next_used()), MAX_PASS_BYTES / MAX_CHAIN_BYTES);
+        while process_queue(&mut q, &mem, &mut errors, &stop).more {}
+        assert_eq!(usize::from(q.next_used()), chains);
     }
 }

@@ -35,7 +35,12 @@ pub fn run(data: &[u8]) {
             check_network(&n);
             list.push(n);
         }
-        Err(e) => check_error(&e, net_path, &net_text),
+        Err(errs) => {
+            assert!(!errs.is_empty(), "an empty error list");
+            for e in &errs {
+                check_error(e, net_path, &net_text);
+            }
+        }
     }
     let zone_path = Path::new(ZONE_PATH);
     match parse_zone_yaml(zone_path, &net_text) {

@@ -11,8 +11,17 @@ pub mod cursor;
 #[path = "config_toml.rs"]
 pub mod config_toml;
 
+#[path = "plan_render.rs"]
+pub mod plan_render;
+
+#[path = "virtio_blk.rs"]
+pub mod virtio_blk;
+
 #[path = "virtio_mmio.rs"]
 pub mod virtio_mmio;
 
 #[path = "virtio_net.rs"]
 pub mod virtio_net;
+
+#[path = "virtio_vsock.rs"]
+pub mod virtio_vsock;

@@ -139,7 +139,12 @@ impl VirtioDevice for Probe {
         let mut errors = LogLimiter::new();
         for mut q in queues.into_iter().map(|q| q.queue) {
             if q.ready() {
-                rng::process_queue(&mut q, &mem, &mut errors);
+                rng::process_queue(
+                    &mut q,
+                    &mem,
+                    &mut errors,
+                    &std::sync::atomic::AtomicBool::new(false),
+                );
             }
         }
         Ok(())

@@ -1,7 +1,8 @@
 //! `virtio_net`: the userspace virtio-net data path against a hostile driver and a hostile
 //! host side. The input lays out one split queue in small guest memory (size, ring addresses,
 //! indices, descriptors, avail ring, all fuzzer-chosen, possibly overlapping), then runs a
-//! program: TX passes, RX passes (mergeable or not, as negotiated), control-queue passes,
+//! program: TX passes and RX passes as the queue worker makes them (notifications off, the
+//! pass, the interrupt decision; mergeable or not, as negotiated), control-queue passes,
 //! frames arriving from the "TAP" (one end of a `UnixDatagram` pair, as in
 //! cloud-hypervisor's net fuzzer), guest-memory writes and the guest adding buffers between
 //! kicks.
@@ -19,6 +20,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use volt::vmm::virtio::net::ctrl::{self, Command};
 use volt::vmm::virtio::net::datapath::{self, RxState, Stats, HDR_LEN, MAX_FRAME};
+use volt::vmm::virtio::notify;
 
 use super::cursor::Cursor;
 
@@ -184,7 +186,11 @@ pub fn run(data: &[u8]) {
         let op = c.u8();
         match op % 8 {
             0 => {
+                // As the queue worker does: no kicks during the pass, then the interrupt
+                // decision on whatever the driver's flags say.
+                let _ = q.disable_notification(&mem);
                 datapath::process_tx(&mut q, &mem, &dev, &mut tx_buf, &stats);
+                let _ = notify::needs_interrupt(&mut q, &mem);
                 while let Ok(n) = host.recv(&mut host_buf) {
                     assert!(
                         (HDR_LEN..=MAX_FRAME).contains(&n),
@@ -195,7 +201,9 @@ pub fn run(data: &[u8]) {
             1 | 7 => {
                 // The TAP fd polled readable.
                 rx.backend_ready = true;
+                let _ = q.disable_notification(&mem);
                 datapath::process_rx(&mut q, &mem, &dev, &mut rx, &stats);
+                let _ = notify::needs_interrupt(&mut q, &mem);
             }
             2 => {
                 let max_pairs = 1 + u16::from(c.u8() % 16);

@@ -19,7 +19,8 @@
 //!   `volt-test-guest: exception vector=0xVV error=0x... rip=0x...` and writes
 //!   `EXIT_EXCEPTION` (0x70) to the debug-exit port 0xf4.
 //! - PIC vectors 0x20-0x2f increment `VOLT_IRQ_COUNT` (auto-EOI: no EOI write needed); IRQ 1
-//!   (vector 0x21, the i8042) also increments `VOLT_KBD_COUNT`.
+//!   (vector 0x21, the i8042) also increments `VOLT_KBD_COUNT`, IRQ 4 (vector 0x24, COM1
+//!   input) `VOLT_COM_COUNT`.
 //! - Vectors 0x30-0x3e (IOAPIC-routed device IRQs, programmed edge-triggered from ring 3 by the
 //!   virtio-net driver) write the local APIC EOI register, then count like a PIC IRQ.
 //! - NMI and vector 0x3f (the APIC spurious vector) just return.
@@ -129,6 +130,9 @@ volt_apic_irq:
     mov $0xfee000b0, %eax
     movl $0, (%rax)
     pop %rax
+    jmp volt_irq
+volt_irq4:                      /* 8259 IRQ 4 (COM1 input): also counted on its own */
+    incl VOLT_COM_COUNT(%rip)
     jmp volt_irq
 volt_irq1:                      /* 8259 IRQ 1 (i8042): also counted on its own */
     incl VOLT_KBD_COUNT(%rip)
@@ -250,9 +254,12 @@ volt_idt:
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     VOLT_IDTE volt_vec_\n
     .endr
-    VOLT_IDTE volt_irq          /* 0x20-0x2f: 8259 IRQs 0-15 (IRQ 1 also bumps the i8042 count) */
+    VOLT_IDTE volt_irq          /* 0x20-0x2f: 8259 IRQs 0-15 (IRQ 1 and 4 also bump their own count) */
     VOLT_IDTE volt_irq1
-    .rept 14
+    VOLT_IDTE volt_irq
+    VOLT_IDTE volt_irq
+    VOLT_IDTE volt_irq4
+    .rept 11
     VOLT_IDTE volt_irq
     .endr
     .rept 15                    /* 0x30-0x3e: IOAPIC-routed device IRQs (virtio-net) */

@@ -6,9 +6,11 @@
 #![no_std]
 #![no_main]
 
+mod console;
 mod entry;
 mod net;
 mod rt;
+mod vsock;
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -20,6 +22,28 @@ pub static VOLT_IRQ_COUNT: AtomicU32 = AtomicU32::new(0);
 /// Incremented by the ring-0 handler of 8259 IRQ 1 (the i8042), besides `VOLT_IRQ_COUNT`.
 #[no_mangle]
 pub static VOLT_KBD_COUNT: AtomicU32 = AtomicU32::new(0);
+
+/// Incremented by the ring-0 handler of 8259 IRQ 4 (COM1 input), besides `VOLT_IRQ_COUNT`.
+#[no_mangle]
+pub static VOLT_COM_COUNT: AtomicU32 = AtomicU32::new(0);
+
+/// A device the main loop serves: polled while there is work, armed before sleeping.
+pub trait Poll {
+    /// Does what there is to do; returns how much (0: nothing).
+    fn poll(&mut self) -> usize;
+    /// Has work it can do right now without waiting for the device (never sleep).
+    fn busy(&self) -> bool {
+        false
+    }
+    /// Before sleeping: acknowledge interrupts (IRQ count `seen`), turn them on; returns
+    /// whether work arrived meanwhile (then do not sleep).
+    fn arm(&mut self, seen: u32) -> bool;
+    /// After waking: interrupts off again.
+    fn disarm(&mut self);
+}
+
+/// Poll this long without work before sleeping.
+const IDLE_US: u64 = 100;
 
 extern "C" {
     /// Idle gate (entry.rs): `ud2` trapping to ring 0, which sleeps (`sti; hlt`) unless the IRQ
@@ -221,6 +245,47 @@ fn probe_virtio(spec: &[u8]) {
     put(b"\n");
 }
 
+/// `volt.flood=N`: a hostile driver. For every virtio-mmio device, N times: reset it, mark it
+/// FAILED, reset it, then negotiate VERSION_1 and set DRIVER_OK with queue 0's descriptors
+/// outside guest memory, so its activation fails. Each step is one the VMM may log about;
+/// it must rate-limit those lines (the VMM's tests count them).
+fn flood(cmdline: &[u8], n: u64) {
+    for w in words(cmdline) {
+        let Some(spec) = w.strip_prefix(b"virtio_mmio.device=") else {
+            continue;
+        };
+        let Some((size, addr, _irq)) = parse_virtio(spec) else {
+            continue;
+        };
+        if size < 0x100 || addr.checked_add(0x100).is_none_or(|end| end > 1 << 32) {
+            continue;
+        }
+        let w32 = |off: u64, v: u32| unsafe {
+            core::ptr::write_volatile((addr + off) as *mut u32, v);
+        };
+        for _ in 0..n {
+            w32(0x070, 0); // Status: reset
+            w32(0x070, 0x80); // FAILED
+            w32(0x070, 0);
+            w32(0x070, 1); // ACKNOWLEDGE
+            w32(0x070, 3); // DRIVER
+            w32(0x024, 1); // DriverFeaturesSel: bits 32-63
+            w32(0x020, 1); // VIRTIO_F_VERSION_1
+            w32(0x070, 0xb); // FEATURES_OK
+            w32(0x030, 0); // QueueSel
+            w32(0x038, 8); // QueueNum
+            w32(0x080, 0xffff_f000); // QueueDescLow
+            w32(0x084, 0xff); // QueueDescHigh: ~1 TiB, outside guest memory
+            w32(0x044, 1); // QueueReady
+            w32(0x070, 0xf); // DRIVER_OK: the activation fails
+        }
+    }
+    put(PREFIX);
+    put(b"flood done ");
+    put_dec(n);
+    put(b"\n");
+}
+
 fn report_memory(si: &StartInfo) {
     if si.version < 1 || si.memmap_paddr == 0 || si.memmap_entries == 0 {
         return;
@@ -299,21 +364,55 @@ fn drain_keyboard(kbd: &mut Keyboard) {
     }
 }
 
-fn idle() -> ! {
+/// Serves the devices, the console and the keyboard forever: polls while there is work
+/// (and `IDLE_US` after it), then arms every device and sleeps in the idle gate; an IRQ
+/// after the count was read makes the gate return at once, so no wake-up is lost.
+fn serve(devs: &mut [&mut dyn Poll], console: &mut console::Console) -> ! {
+    let idle_ticks = IDLE_US * net::tsc_per_us_cached();
     let mut kbd = Keyboard::default();
     // Bytes that arrived before the PIC was set up raised no IRQ we could see: look once.
     drain_keyboard(&mut kbd);
-    // Start from 0, not the current count, so that an IRQ taken while printing is not missed.
-    let mut seen = 0;
+    console.poll();
+    let (mut kbd_seen, mut com_seen) = (0, 0);
+    let mut last_work = net::rdtsc();
     loop {
-        let now = VOLT_IRQ_COUNT.load(Ordering::Acquire);
-        if now != seen {
-            seen = now;
+        let mut work = 0;
+        for d in devs.iter_mut() {
+            work += d.poll();
+        }
+        let k = VOLT_KBD_COUNT.load(Ordering::Acquire);
+        if k != kbd_seen {
+            kbd_seen = k;
             drain_keyboard(&mut kbd);
+        }
+        let c = VOLT_COM_COUNT.load(Ordering::Acquire);
+        if c != com_seen {
+            com_seen = c;
+            work += console.poll();
+        }
+        let now = net::rdtsc();
+        if work > 0 {
+            last_work = now;
+        }
+        if devs.iter().any(|d| d.busy()) || now.wrapping_sub(last_work) < idle_ticks {
+            core::hint::spin_loop();
             continue;
         }
-        // Sleeps in ring 0 unless an IRQ came in since `seen` was read (checked with IF=0).
-        unsafe { volt_idle_wait(seen) };
+        let seen = VOLT_IRQ_COUNT.load(Ordering::Acquire);
+        let mut pending = false;
+        for d in devs.iter_mut() {
+            pending |= d.arm(seen);
+        }
+        pending |= VOLT_KBD_COUNT.load(Ordering::Acquire) != kbd_seen
+            || VOLT_COM_COUNT.load(Ordering::Acquire) != com_seen;
+        if !pending {
+            // Sleeps in ring 0 unless an IRQ came in since `seen` was read (checked with IF=0).
+            unsafe { volt_idle_wait(seen) };
+        }
+        for d in devs.iter_mut() {
+            d.disarm();
+        }
+        last_work = net::rdtsc();
     }
 }
 
@@ -407,10 +506,25 @@ pub unsafe extern "C" fn volt_main(si: *const StartInfo) -> ! {
     if si.magic == START_INFO_MAGIC {
         report_memory(si);
     }
-    // virtio-net devices (one `net` line each); nothing happens without one.
-    let mut net = net::setup(cmdline, si);
+    // virtio-net devices (one `net` line each), then a virtio-vsock device (one `vsock` line),
+    // from one allocator over the RAM after the image.
+    let mut alloc = None;
+    let mut net = net::setup(cmdline, &mut alloc, si);
+    let mut vsock = if words(cmdline).any(|w| w.starts_with(b"virtio_mmio.device=")) {
+        vsock::setup(
+            cmdline,
+            alloc.get_or_insert_with(|| net::Alloc::new(si, cmdline)),
+        )
+    } else {
+        None
+    };
     put(PREFIX);
     put(b"ready\n");
+    for w in words(cmdline) {
+        if let Some((n, _)) = w.strip_prefix(b"volt.flood=").and_then(|v| parse_num(v, false)) {
+            flood(cmdline, n);
+        }
+    }
     match action(cmdline) {
         Some(Action::Exit(n)) => exit(n),
         Some(Action::Reset) => {
@@ -420,10 +534,28 @@ pub unsafe extern "C" fn volt_main(si: *const StartInfo) -> ! {
         Some(Action::Fault(kind)) => fault(kind),
         None => {}
     }
-    if net.any() {
-        net.run()
+    let mut console = console::Console::enable(cmdline);
+    let mut devs: [&mut dyn Poll; 2] = [&mut net, &mut vsock];
+    let n = devs.len();
+    serve(&mut devs[..n], &mut console)
+}
+
+/// No vsock device: nothing to poll.
+impl Poll for Option<vsock::Vsock> {
+    fn poll(&mut self) -> usize {
+        self.as_mut().map_or(0, |v| v.poll())
     }
-    idle()
+    fn busy(&self) -> bool {
+        self.as_ref().is_some_and(|v| v.busy())
+    }
+    fn arm(&mut self, seen: u32) -> bool {
+        self.as_mut().is_some_and(|v| v.arm(seen))
+    }
+    fn disarm(&mut self) {
+        if let Some(v) = self {
+            v.disarm()
+        }
+    }
 }
 
 #[panic_handler]

@@ -19,15 +19,12 @@ use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{fence, Ordering};
 
 use crate::{
-    drain_keyboard, inb, outb, parse_num, put, put_dec, volt_idle_wait, words, Keyboard,
-    MemmapEntry, StartInfo, PREFIX, VIRTIO_MAGIC, VOLT_IRQ_COUNT, VOLT_KBD_COUNT,
+    inb, outb, parse_num, put, put_dec, words, MemmapEntry, StartInfo, PREFIX, VIRTIO_MAGIC,
 };
 
 pub const MAX_NICS: usize = 4;
 const MAX_PAIRS: usize = 16;
 const MAX_QSIZE: u32 = 256;
-/// Poll this long without a packet before sleeping.
-const IDLE_US: u64 = 100;
 /// Source port of `volt.udpgen` packets.
 const UDPGEN_SRC_PORT: u16 = 5000;
 
@@ -43,6 +40,7 @@ const R_QUEUE_NUM_MAX: u64 = 0x034;
 const R_QUEUE_NUM: u64 = 0x038;
 const R_QUEUE_READY: u64 = 0x044;
 const R_QUEUE_NOTIFY: u64 = 0x050;
+const R_INTERRUPT_STATUS: u64 = 0x060;
 const R_INTERRUPT_ACK: u64 = 0x064;
 const R_STATUS: u64 = 0x070;
 const R_QUEUE_DESC: u64 = 0x080;
@@ -62,8 +60,18 @@ const F_MAC: u64 = 1 << 5;
 const F_MRG_RXBUF: u64 = 1 << 15;
 const F_STATUS: u64 = 1 << 16;
 const F_CTRL_VQ: u64 = 1 << 17;
+const F_GUEST_ANNOUNCE: u64 = 1 << 21;
 const F_MQ: u64 = 1 << 22;
 const F_VERSION_1: u64 = 1 << 32;
+
+/// Config space status bit: the device asks for gratuitous packets.
+const NET_S_ANNOUNCE: u16 = 2;
+/// InterruptStatus bit: the configuration changed.
+const INT_CONFIG: u32 = 2;
+const CTRL_CLASS_ANNOUNCE: u8 = 3;
+const CTRL_ANNOUNCE_ACK: u8 = 0;
+const CTRL_CLASS_MQ: u8 = 4;
+const CTRL_MQ_VQ_PAIRS_SET: u8 = 0;
 
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
@@ -82,37 +90,37 @@ const APIC_VECTOR_BASE: u32 = 0x30;
 // ---- raw memory / MMIO ----
 
 #[inline(always)]
-fn r8(a: u64) -> u8 {
+pub(crate) fn r8(a: u64) -> u8 {
     unsafe { read_volatile(a as *const u8) }
 }
 #[inline(always)]
-fn r16(a: u64) -> u16 {
+pub(crate) fn r16(a: u64) -> u16 {
     unsafe { read_volatile(a as *const u16) }
 }
 #[inline(always)]
-fn r32(a: u64) -> u32 {
+pub(crate) fn r32(a: u64) -> u32 {
     unsafe { read_volatile(a as *const u32) }
 }
 #[inline(always)]
-fn w16(a: u64, v: u16) {
+pub(crate) fn w16(a: u64, v: u16) {
     unsafe { write_volatile(a as *mut u16, v) }
 }
 #[inline(always)]
-fn w32(a: u64, v: u32) {
+pub(crate) fn w32(a: u64, v: u32) {
     unsafe { write_volatile(a as *mut u32, v) }
 }
 #[inline(always)]
-fn w64(a: u64, v: u64) {
+pub(crate) fn w64(a: u64, v: u64) {
     unsafe { write_volatile(a as *mut u64, v) }
 }
-fn bytes<'a>(a: u64, n: usize) -> &'a [u8] {
+pub(crate) fn bytes<'a>(a: u64, n: usize) -> &'a [u8] {
     unsafe { core::slice::from_raw_parts(a as *const u8, n) }
 }
-fn bytes_mut<'a>(a: u64, n: usize) -> &'a mut [u8] {
+pub(crate) fn bytes_mut<'a>(a: u64, n: usize) -> &'a mut [u8] {
     unsafe { core::slice::from_raw_parts_mut(a as *mut u8, n) }
 }
 
-fn rdtsc() -> u64 {
+pub(crate) fn rdtsc() -> u64 {
     unsafe { _rdtsc() }
 }
 
@@ -220,12 +228,12 @@ impl Alloc {
         }
     }
 
-    fn remaining(&self) -> u64 {
+    pub(crate) fn remaining(&self) -> u64 {
         self.end.saturating_sub(self.next)
     }
 
     /// Page-aligned, zeroed.
-    fn alloc(&mut self, size: u64) -> Option<u64> {
+    pub(crate) fn alloc(&mut self, size: u64) -> Option<u64> {
         let size = (size.max(1) + 4095) & !4095;
         let mut a = self.next;
         'again: loop {
@@ -510,6 +518,10 @@ pub struct Nic {
     scratch: u64,
     scratch_len: usize,
     ip_id: u16,
+    /// The control queue (VIRTIO_NET_F_CTRL_VQ), one command at a time.
+    ctrl: Option<Vq>,
+    /// VIRTIO_NET_F_GUEST_ANNOUNCE negotiated.
+    announce: bool,
 }
 
 fn fail(spec: &[u8], base: u64, why: &[u8]) -> Option<Nic> {
@@ -551,9 +563,12 @@ fn init_nic(
     if feat & F_VERSION_1 == 0 {
         return fail(spec, base, b"no VIRTIO_F_VERSION_1");
     }
-    let mut want = F_VERSION_1 | (feat & (F_MAC | F_MTU | F_STATUS | F_MRG_RXBUF));
+    let mut want = F_VERSION_1 | (feat & (F_MAC | F_MTU | F_STATUS | F_MRG_RXBUF | F_CTRL_VQ));
     if feat & (F_MQ | F_CTRL_VQ) == F_MQ | F_CTRL_VQ && !opts.no_mq {
-        want |= F_MQ | F_CTRL_VQ;
+        want |= F_MQ;
+    }
+    if want & F_CTRL_VQ != 0 {
+        want |= feat & F_GUEST_ANNOUNCE;
     }
     w32(base + R_DRV_FEATURES_SEL, 0);
     w32(base + R_DRV_FEATURES, want as u32);
@@ -621,8 +636,9 @@ fn init_nic(
             break;
         }
     }
+    // The control queue follows the data queues: 2 x max_virtqueue_pairs with MQ, else 2.
     let ctrl_sel = 2 * max_pairs;
-    let ctrl_size = if want & F_MQ != 0 {
+    let ctrl_size = if want & F_CTRL_VQ != 0 {
         qsize(ctrl_sel).min(64)
     } else {
         0
@@ -659,6 +675,8 @@ fn init_nic(
         scratch: 0,
         scratch_len,
         ip_id: 1,
+        ctrl: None,
+        announce: want & F_GUEST_ANNOUNCE != 0,
     };
     let Some(scratch) = a.alloc(scratch_len as u64) else {
         return fail(spec, base, b"out of memory");
@@ -692,7 +710,7 @@ fn init_nic(
             nic.rx[p].rx_post(id);
         }
     }
-    let mut ctrl = if ctrl_size != 0 && pairs > 1 {
+    let mut ctrl = if ctrl_size != 0 {
         match Vq::setup(base, ctrl_sel as u16, ctrl_size, 1, 64, a) {
             Some(q) => Some(q),
             None => return fail(spec, base, b"out of memory"),
@@ -708,12 +726,20 @@ fn init_nic(
         nic.rx[p].kick();
     }
     if let Some(cq) = ctrl.as_mut() {
-        if !ctrl_mq_pairs(cq, pairs as u16) {
+        cq.set_interrupts(false);
+        if want & F_MQ != 0
+            && !ctrl_cmd(
+                cq,
+                CTRL_CLASS_MQ,
+                CTRL_MQ_VQ_PAIRS_SET,
+                &(pairs as u16).to_le_bytes(),
+            )
+        {
             pairs = 1;
         }
-        cq.set_interrupts(false);
     }
     nic.pairs = pairs;
+    nic.ctrl = ctrl;
 
     route_irq(spec, irq, name, opts);
     put(PREFIX);
@@ -734,23 +760,34 @@ fn init_nic(
     put(b" queues=");
     put_dec(pairs as u64);
     put(b"\n");
+    // Link up: tell the network where this address is (a gratuitous ARP), as the device asks
+    // with VIRTIO_NET_S_ANNOUNCE and as a host that already asked for us needs: its kernel
+    // would otherwise retry ARP only once a second.
+    nic.link_announce();
     Some(nic)
 }
 
-/// VIRTIO_NET_CTRL_MQ / VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET over the control queue (one buffer:
-/// class, command, pairs (le16), ack at offset 8). Waits up to ~1 s for the device.
-fn ctrl_mq_pairs(q: &mut Vq, pairs: u16) -> bool {
+/// One control command over the control queue (one 64-byte buffer: class and command at 0,
+/// up to 6 data bytes at 2, the device's ack at 8) with a chain of header, data (if any) and
+/// status. Waits up to ~1 s for the device; true if it answered VIRTIO_NET_OK.
+fn ctrl_cmd(q: &mut Vq, class: u8, cmd: u8, data: &[u8]) -> bool {
+    let data = &data[..data.len().min(6)];
     let b = q.buf_addr(0);
     bytes_mut(b, 64).fill(0);
-    w16(b, 4); // class VIRTIO_NET_CTRL_MQ (4), command VQ_PAIRS_SET (0)
-    w16(b + 2, pairs);
+    bytes_mut(b, 2).copy_from_slice(&[class, cmd]);
+    bytes_mut(b + 2, data.len()).copy_from_slice(data);
     unsafe { write_volatile((b + 8) as *mut u8, 0xff) };
-    let descs = [
-        (b, 2u32, VRING_DESC_F_NEXT),
-        (b + 2, 2, VRING_DESC_F_NEXT),
-        (b + 8, 1, VRING_DESC_F_WRITE),
-    ];
-    for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+    let mut descs = [(0u64, 0u32, 0u16); 3];
+    let mut n = 0;
+    descs[n] = (b, 2, VRING_DESC_F_NEXT);
+    n += 1;
+    if !data.is_empty() {
+        descs[n] = (b + 2, data.len() as u32, VRING_DESC_F_NEXT);
+        n += 1;
+    }
+    descs[n] = (b + 8, 1, VRING_DESC_F_WRITE);
+    n += 1;
+    for (i, &(addr, len, flags)) in descs[..n].iter().enumerate() {
         let d = q.desc + 16 * i as u64;
         w64(d, addr);
         w32(d + 8, len);
@@ -774,7 +811,7 @@ fn ctrl_mq_pairs(q: &mut Vq, pairs: u16) -> bool {
 
 static mut TSC_PER_US: u64 = 0;
 
-fn tsc_per_us_cached() -> u64 {
+pub(crate) fn tsc_per_us_cached() -> u64 {
     unsafe {
         if TSC_PER_US == 0 {
             TSC_PER_US = tsc_per_us();
@@ -918,6 +955,35 @@ impl Nic {
         let c = csum_fold(csum_add(0, ip));
         set16(ip, 10, c);
         34
+    }
+
+    /// A gratuitous ARP (a broadcast request for our own address) on TX queue 0, and the
+    /// acknowledgement of VIRTIO_NET_S_ANNOUNCE if the device set it.
+    fn link_announce(&mut self) {
+        if self.ip != 0 {
+            self.send_arp(0, 1, &[0; 6], self.ip, &BCAST);
+            self.tx[0].kick();
+        }
+        if self.announce && r16(self.base + R_CONFIG + 6) & NET_S_ANNOUNCE != 0 {
+            if let Some(cq) = self.ctrl.as_mut() {
+                ctrl_cmd(cq, CTRL_CLASS_ANNOUNCE, CTRL_ANNOUNCE_ACK, &[]);
+            }
+        }
+    }
+
+    /// Reads and acknowledges InterruptStatus; on a configuration change, announces the link
+    /// again if the device asks for it.
+    fn ack_interrupts(&mut self) {
+        let isr = r32(self.base + R_INTERRUPT_STATUS);
+        if isr != 0 {
+            w32(self.base + R_INTERRUPT_ACK, isr);
+        }
+        if isr & INT_CONFIG != 0
+            && self.announce
+            && r16(self.base + R_CONFIG + 6) & NET_S_ANNOUNCE != 0
+        {
+            self.link_announce();
+        }
     }
 
     fn send_arp(&mut self, q: usize, op: u16, tha: &[u8; 6], tpa: u32, dst_mac: &[u8; 6]) {
@@ -1407,15 +1473,23 @@ pub struct Net {
     nics: [Nic; MAX_NICS],
     n: usize,
     gen: Option<Gen>,
+    arp: Arp,
+    /// IRQ count when the NICs' interrupts were last acknowledged.
+    acked: u32,
 }
 
 /// Brings up every virtio-net device (device id 1) named by `virtio_mmio.device=`, in order,
 /// printing one `net` line each.
-pub fn setup(cmdline: &[u8], si: &StartInfo) -> Net {
+pub fn setup(cmdline: &[u8], alloc: &mut Option<Alloc>, si: &StartInfo) -> Net {
     let mut net = Net {
         nics: Default::default(),
         n: 0,
         gen: None,
+        arp: Arp {
+            e: [(0, [0; 6]); 8],
+            next: 0,
+        },
+        acked: 0,
     };
     let mut opts = Opts::default();
     let mut ips = [IpCfg::default(); MAX_NICS];
@@ -1435,7 +1509,6 @@ pub fn setup(cmdline: &[u8], si: &StartInfo) -> Net {
             udpgen.get_or_insert(v);
         }
     }
-    let mut alloc: Option<Alloc> = None;
     opts.slave_nics = net_devices(cmdline)
         .take(MAX_NICS)
         .filter(|d| (8..16).contains(&d.2))
@@ -1474,74 +1547,51 @@ pub fn setup(cmdline: &[u8], si: &StartInfo) -> Net {
     net
 }
 
-impl Net {
-    pub fn any(&self) -> bool {
-        self.n > 0
+impl crate::Poll for Net {
+    /// One pass over every RX queue (replies and refills published once per NIC), then a step
+    /// of the UDP generator.
+    fn poll(&mut self) -> usize {
+        let mut work = 0;
+        let nics = &mut self.nics[..self.n];
+        for nic in nics.iter_mut() {
+            for q in 0..nic.pairs {
+                work += nic.poll_rx(q, 64, &mut self.arp);
+            }
+            nic.kick_all();
+        }
+        if let Some(g) = self.gen.as_mut().filter(|g| !g.done) {
+            g.step(&mut nics[g.nic], &self.arp, tsc_per_us_cached());
+            work += 1;
+        }
+        work
     }
 
-    /// Serves the NICs forever; sleeps in the idle gate after `IDLE_US` without traffic.
-    pub fn run(&mut self) -> ! {
-        let tpu = tsc_per_us_cached();
-        let idle_ticks = IDLE_US * tpu;
-        let mut arp = Arp {
-            e: [(0, [0; 6]); 8],
-            next: 0,
-        };
-        let mut kbd = Keyboard::default();
-        drain_keyboard(&mut kbd);
-        let mut kbd_seen = 0;
-        let mut acked = 0;
-        let mut last_work = rdtsc();
+    fn busy(&self) -> bool {
         let no_sleep = unsafe { NO_SLEEP };
+        no_sleep || self.gen.as_ref().is_some_and(|g| !g.done)
+    }
+
+    /// Going idle: acknowledge what interrupted us, turn RX interrupts on, re-check.
+    fn arm(&mut self, seen: u32) -> bool {
         let nics = &mut self.nics[..self.n];
-        loop {
-            let mut work = 0;
+        if seen != self.acked {
+            // Acknowledge through the NIC: a configuration change (the device's announce
+            // request) is answered there.
             for nic in nics.iter_mut() {
-                for q in 0..nic.pairs {
-                    work += nic.poll_rx(q, 64, &mut arp);
-                }
-                nic.kick_all();
+                nic.ack_interrupts();
             }
-            let mut busy = false;
-            if let Some(g) = self.gen.as_mut().filter(|g| !g.done) {
-                g.step(&mut nics[g.nic], &arp, tpu);
-                busy = true;
-            }
-            let k = VOLT_KBD_COUNT.load(Ordering::Acquire);
-            if k != kbd_seen {
-                kbd_seen = k;
-                drain_keyboard(&mut kbd);
-            }
-            let now = rdtsc();
-            if work > 0 {
-                last_work = now;
-            }
-            if busy || no_sleep || now.wrapping_sub(last_work) < idle_ticks {
-                core::hint::spin_loop();
-                continue;
-            }
-            // Going idle: acknowledge what interrupted us, turn RX interrupts on, re-check,
-            // sleep. An IRQ after `seen` was read makes the gate return at once.
-            let seen = VOLT_IRQ_COUNT.load(Ordering::Acquire);
-            if seen != acked {
-                for nic in nics.iter() {
-                    w32(nic.base + R_INTERRUPT_ACK, 3);
-                }
-                acked = seen;
-            }
-            for nic in nics.iter() {
-                nic.set_rx_interrupts(true);
-            }
-            fence(Ordering::SeqCst);
-            let pending = nics.iter().any(|n| n.rx_pending())
-                || VOLT_KBD_COUNT.load(Ordering::Acquire) != kbd_seen;
-            if !pending {
-                unsafe { volt_idle_wait(seen) };
-            }
-            for nic in nics.iter() {
-                nic.set_rx_interrupts(false);
-            }
-            last_work = rdtsc();
+            self.acked = seen;
+        }
+        for nic in nics.iter() {
+            nic.set_rx_interrupts(true);
+        }
+        fence(Ordering::SeqCst);
+        nics.iter().any(|n| n.rx_pending())
+    }
+
+    fn disarm(&mut self) {
+        for nic in &self.nics[..self.n] {
+            nic.set_rx_interrupts(false);
         }
     }
 }

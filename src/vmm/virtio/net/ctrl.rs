@@ -1,11 +1,21 @@
 //! The virtio-net control queue: the driver sends `{class, command, data...}` and gets one
-//! status byte back. Handled: MQ (VQ_PAIRS_SET), guest offloads, and the RX-mode, MAC and
-//! announce classes (acknowledged: a TAP already receives everything for the guest).
+//! status byte back. Handled: MQ (VQ_PAIRS_SET), guest offloads, the announce
+//! acknowledgement (clears VIRTIO_NET_S_ANNOUNCE), and the RX-mode, MAC and VLAN classes
+//! (acknowledged: a TAP already receives everything for the guest).
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::datapath::ChainFault;
+use crate::log_limited;
+use crate::vmm::ratelimit::LogLimiter;
+use crate::vmm::virtio::VirtioInterrupt;
 
 pub const CLASS_RX: u8 = 0;
 pub const CLASS_MAC: u8 = 1;
@@ -14,6 +24,7 @@ pub const CLASS_ANNOUNCE: u8 = 3;
 pub const CLASS_MQ: u8 = 4;
 pub const CLASS_GUEST_OFFLOADS: u8 = 5;
 pub const MQ_VQ_PAIRS_SET: u8 = 0;
+pub const ANNOUNCE_ACK: u8 = 0;
 pub const GUEST_OFFLOADS_SET: u8 = 0;
 pub const OK: u8 = 0;
 pub const ERR: u8 = 1;
@@ -25,7 +36,9 @@ pub enum Command {
     SetQueuePairs(u16),
     /// Guest offload feature bits (VIRTIO_NET_F_GUEST_*).
     SetGuestOffloads(u64),
-    /// Accepted without effect (RX mode, MAC filters, VLAN filters, announce ack).
+    /// The driver sent its gratuitous packets (VIRTIO_NET_CTRL_ANNOUNCE_ACK).
+    AnnounceAck,
+    /// Accepted without effect (RX mode, MAC filters, VLAN filters).
     Ack,
     /// Not understood.
     Unsupported { class: u8, command: u8 },
@@ -54,7 +67,8 @@ pub fn parse(req: &[u8], max_pairs: u16) -> Result<Command, String> {
             v.copy_from_slice(b);
             Command::SetGuestOffloads(u64::from_le_bytes(v))
         }
-        (CLASS_RX | CLASS_MAC | CLASS_VLAN | CLASS_ANNOUNCE, _) => Command::Ack,
+        (CLASS_ANNOUNCE, ANNOUNCE_ACK) => Command::AnnounceAck,
+        (CLASS_RX | CLASS_MAC | CLASS_VLAN, _) => Command::Ack,
         (class, command) => Command::Unsupported { class, command },
     })
 }
@@ -127,6 +141,77 @@ pub fn process(
     (used, faults)
 }
 
+/// A control queue served on a thread of its own: epoll on its kick and a stop eventfd.
+/// The vhost-net path uses it (the userspace path serves the queue from pair 0's worker).
+pub struct Server {
+    pub name: String,
+    pub queue: Queue,
+    pub kick: EventFd,
+    pub mem: GuestMemoryMmap,
+    pub interrupt: Arc<VirtioInterrupt>,
+    pub max_pairs: u16,
+    pub apply: Box<dyn FnMut(Command) -> bool + Send>,
+}
+
+const T_KICK: u64 = 0;
+const T_STOP: u64 = 1;
+
+impl Server {
+    /// Start the thread; the eventfd stops it.
+    pub fn spawn(self) -> std::io::Result<(JoinHandle<()>, Arc<EventFd>)> {
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            self.kick.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, T_KICK),
+        )?;
+        epoll.ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, T_STOP),
+        )?;
+        let h = std::thread::Builder::new()
+            .name(format!("net-{}", self.name.replace(' ', "-")))
+            .spawn(move || self.run(&epoll))?;
+        Ok((h, stop))
+    }
+
+    fn run(mut self, epoll: &Epoll) {
+        let mut limiter = LogLimiter::new();
+        let mut events = [EpollEvent::default(); 2];
+        loop {
+            // Commands may be waiting from before activation, and after every kick.
+            let (used, faults) =
+                process(&mut self.queue, &self.mem, self.max_pairs, &mut self.apply);
+            for f in &faults {
+                log_limited!(limiter, log::Level::Warn, "{}: guest {f}", self.name);
+            }
+            if used {
+                if let Err(e) = self.interrupt.signal_used_queue() {
+                    log_limited!(
+                        limiter,
+                        log::Level::Warn,
+                        "{}: interrupt failed: {e}",
+                        self.name
+                    );
+                }
+            }
+            let Some(n) = crate::vmm::event::wait_events(epoll, -1, &mut events, &self.name) else {
+                return;
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    T_STOP => return,
+                    _ => {
+                        let _ = self.kick.read();
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +230,17 @@ mod tests {
             Ok(Command::SetGuestOffloads(0x183))
         );
         assert_eq!(parse(&[CLASS_RX, 0, 1], 1), Ok(Command::Ack));
+        assert_eq!(
+            parse(&[CLASS_ANNOUNCE, ANNOUNCE_ACK], 1),
+            Ok(Command::AnnounceAck)
+        );
+        assert_eq!(
+            parse(&[CLASS_ANNOUNCE, 1], 1),
+            Ok(Command::Unsupported {
+                class: CLASS_ANNOUNCE,
+                command: 1
+            })
+        );
         assert_eq!(
             parse(&[9, 9], 1),
             Ok(Command::Unsupported {

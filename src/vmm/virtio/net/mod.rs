@@ -1,6 +1,7 @@
 //! virtio-net (device type 1) on a TAP: MAC, STATUS, MTU (up to 9000), MRG_RXBUF,
-//! CSUM/GUEST_CSUM, TSO4/6 both ways (TUNSETOFFLOAD + the vnet header), EVENT_IDX, and MQ with
-//! a control queue (one TAP queue fd per pair, `IFF_MULTI_QUEUE`).
+//! CSUM/GUEST_CSUM, TSO4/6 both ways (TUNSETOFFLOAD + the vnet header), EVENT_IDX, a control
+//! queue with GUEST_ANNOUNCE (the driver announces itself when it brings the link up, see
+//! [`status`]), and MQ (one TAP queue fd per pair, `IFF_MULTI_QUEUE`).
 //!
 //! Split as the models do: feature negotiation and config space here, the data path in
 //! [`datapath`] (no event loop), the control queue in [`ctrl`], thin epoll glue in [`worker`],
@@ -9,6 +10,8 @@
 
 pub mod ctrl;
 pub mod datapath;
+pub mod poll;
+pub mod status;
 pub mod vhost;
 pub mod worker;
 
@@ -19,8 +22,11 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActivateError, DeviceQueue, VirtioDevice, VirtioInterrupt};
+use crate::log_limited;
 use crate::sys::tap::{self, Tap};
+use crate::vmm::ratelimit::LogLimiter;
 use datapath::Stats;
+use status::LinkStatus;
 
 /// Virtio device ID of the network device.
 pub const VIRTIO_ID_NET: u32 = 1;
@@ -45,12 +51,10 @@ pub mod features {
     pub const MRG_RXBUF: u64 = 1 << 15;
     pub const STATUS: u64 = 1 << 16;
     pub const CTRL_VQ: u64 = 1 << 17;
+    pub const GUEST_ANNOUNCE: u64 = 1 << 21;
     pub const MQ: u64 = 1 << 22;
     pub const RING_EVENT_IDX: u64 = 1 << 29;
 }
-
-/// VIRTIO_NET_S_LINK_UP.
-const LINK_UP: u16 = 1;
 
 /// What the VMM knows about one NIC.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +91,9 @@ impl std::fmt::Display for Backend {
     }
 }
 
-/// The features a device with `params` offers (VERSION_1 is the transport's).
+/// The features a device with `params` offers on the userspace data path (VERSION_1 is the
+/// transport's). The control queue is always there: it carries the announcement
+/// acknowledgement, and with more than one queue pair the MQ and offload commands.
 pub fn offered_features(params: &NetParams) -> u64 {
     use features::*;
     let mut f = MAC
@@ -102,11 +108,24 @@ pub fn offered_features(params: &NetParams) -> u64 {
         | HOST_ECN
         | GUEST_TSO4
         | GUEST_TSO6
-        | GUEST_ECN;
+        | GUEST_ECN
+        | CTRL_VQ
+        | GUEST_ANNOUNCE;
     if params.queue_pairs > 1 {
-        f |= CTRL_VQ | MQ | CTRL_GUEST_OFFLOADS;
+        f |= MQ | CTRL_GUEST_OFFLOADS;
     }
     f
+}
+
+/// The control queue's index: after the data queues the driver uses (virtio 1.x §5.1.2:
+/// 2 x max_virtqueue_pairs with VIRTIO_NET_F_MQ, else 2).
+pub fn ctrl_queue_index(params: &NetParams, acked: u64) -> usize {
+    let pairs = if acked & features::MQ != 0 {
+        params.queue_pairs.clamp(1, MAX_QUEUE_PAIRS)
+    } else {
+        1
+    };
+    2 * usize::from(pairs)
 }
 
 /// TUN_F_* offloads for the guest features `acked` (what the guest can receive).
@@ -129,10 +148,10 @@ pub fn tun_offloads(acked: u64) -> u32 {
 }
 
 /// Config space: mac[6], status u16, max_virtqueue_pairs u16, mtu u16.
-pub fn config_space(params: &NetParams) -> [u8; 12] {
+pub fn config_space(params: &NetParams, status: u16) -> [u8; 12] {
     let mut c = [0u8; 12];
     c[..6].copy_from_slice(&params.mac);
-    c[6..8].copy_from_slice(&LINK_UP.to_le_bytes());
+    c[6..8].copy_from_slice(&status.to_le_bytes());
     c[8..10].copy_from_slice(&params.queue_pairs.to_le_bytes());
     c[10..12].copy_from_slice(&params.mtu.to_le_bytes());
     c
@@ -143,51 +162,91 @@ pub struct Net {
     params: NetParams,
     tap: Arc<Tap>,
     queue_sizes: Vec<u16>,
+    /// What this device offers (the vhost-net path drops what it cannot serve).
+    offered: u64,
     acked: u64,
-    config: [u8; 12],
+    status: LinkStatus,
     workers: Vec<(JoinHandle<()>, Arc<EventFd>)>,
     vhost: Option<vhost::VhostNet>,
+    /// The vhost-net instances, opened when the device is built (before the sandbox).
+    vhost_source: Option<Box<dyn vhost::VhostSource>>,
     stats: Vec<Arc<Stats>>,
     backend: Arc<Mutex<Backend>>,
+    /// Lines a driver causes at will (each reset ends a run of queue statistics).
+    lifecycle: LogLimiter,
 }
 
 impl Net {
-    /// A device for `params` on `tap` (which must have `params.queue_pairs` queue fds).
+    /// A device for `params` on `tap` (which must have `params.queue_pairs` queue fds). With
+    /// `params.vhost`, every `/dev/vhost-net` instance it will use is opened here, while the
+    /// VMM may still open files: after setup it runs as `volt` with `open` denied.
     pub fn new(params: NetParams, tap: Tap) -> Net {
         let pairs = usize::from(params.queue_pairs.clamp(1, MAX_QUEUE_PAIRS));
-        let mut queue_sizes = vec![QUEUE_SIZE; pairs * 2];
-        if pairs > 1 {
-            queue_sizes.push(64); // control queue
-        }
-        let config = config_space(&params);
-        // Decide the data path now, so STATUS= says it from the start.
-        let planned = if !params.vhost {
-            Backend::Userspace {
-                reason: "vhost = false in the config".into(),
-            }
+        let source = if params.vhost {
+            vhost::KernelVhost::open(pairs).map(|k| Box::new(k) as Box<dyn vhost::VhostSource>)
         } else {
-            match std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/vhost-net")
-            {
-                Ok(_) => Backend::Vhost,
-                Err(e) => Backend::Userspace {
-                    reason: format!("vhost-net: cannot open /dev/vhost-net: {e}"),
+            Err(vhost::VhostError::Setup(std::io::Error::other(
+                "vhost = false in the config",
+            )))
+        };
+        Self::build(params, tap, source)
+    }
+
+    /// A device whose vhost-net instances come from `source` (tests: a double that records
+    /// what the device asks of vhost-net).
+    pub fn with_vhost(params: NetParams, tap: Tap, source: Box<dyn vhost::VhostSource>) -> Net {
+        Self::build(params, tap, Ok(source))
+    }
+
+    fn build(
+        params: NetParams,
+        tap: Tap,
+        source: Result<Box<dyn vhost::VhostSource>, vhost::VhostError>,
+    ) -> Net {
+        let pairs = usize::from(params.queue_pairs.clamp(1, MAX_QUEUE_PAIRS));
+        // Decide the data path now, so STATUS= says it from the start.
+        let (planned, vhost_source) = match source {
+            Ok(s) => (Backend::Vhost, Some(s)),
+            Err(_) if !params.vhost => (
+                Backend::Userspace {
+                    reason: "vhost = false in the config".into(),
                 },
-            }
+                None,
+            ),
+            Err(e) => (
+                Backend::Userspace {
+                    reason: format!("vhost-net: {}", crate::error_chain(&e)),
+                },
+                None,
+            ),
         };
         log::info!("{}: {planned} on {}", params.id, tap.name);
+        let mut offered = offered_features(&params);
+        if planned == Backend::Vhost {
+            // vhost-net serves the data queues only: no announcement (its acknowledgement
+            // would go unanswered), and a single pair needs no control queue.
+            offered &= !features::GUEST_ANNOUNCE;
+            if pairs == 1 {
+                offered &= !features::CTRL_VQ;
+            }
+        }
+        let mut queue_sizes = vec![QUEUE_SIZE; pairs * 2];
+        if offered & features::CTRL_VQ != 0 {
+            queue_sizes.push(64); // control queue
+        }
         Net {
             params,
             tap: Arc::new(tap),
             queue_sizes,
+            offered,
             acked: 0,
-            config,
+            status: LinkStatus::default(),
             workers: Vec::new(),
             vhost: None,
+            vhost_source,
             stats: Vec::new(),
             backend: Arc::new(Mutex::new(planned)),
+            lifecycle: LogLimiter::new(),
         }
     }
 
@@ -211,8 +270,62 @@ impl Net {
         }
         self.vhost = None;
         for (i, s) in self.stats.drain(..).enumerate() {
-            log::info!("{} queue pair {i}: {}", self.params.id, s.summary());
+            log_limited!(
+                self.lifecycle,
+                log::Level::Info,
+                "{} queue pair {i}: {}",
+                self.params.id,
+                s.summary()
+            );
         }
+    }
+
+    /// The control queue on its own thread (the vhost-net path, where no userspace queue
+    /// worker runs): without it a driver that negotiated CTRL_VQ and MQ waits forever for the
+    /// answer to VQ_PAIRS_SET.
+    fn start_ctrl(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<DeviceQueue>,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        if self.acked & features::CTRL_VQ == 0 {
+            return Ok(());
+        }
+        let pairs = if self.acked & features::MQ != 0 {
+            usize::from(self.params.queue_pairs)
+        } else {
+            1
+        };
+        let index = ctrl_queue_index(&self.params, self.acked);
+        let Some(c) = queues.into_iter().nth(index) else {
+            return Ok(());
+        };
+        if !virtio_queue::QueueT::ready(&c.queue) {
+            return Ok(());
+        }
+        let (tap, id, status) = (
+            self.tap.clone(),
+            self.params.id.clone(),
+            self.status.clone(),
+        );
+        let mut limiter = LogLimiter::new();
+        let apply: Box<dyn FnMut(ctrl::Command) -> bool + Send> =
+            Box::new(move |cmd| apply_ctrl(&tap, &id, &status, pairs, cmd, &mut limiter));
+        let server = ctrl::Server {
+            name: format!("{} ctrl", self.params.id),
+            queue: c.queue,
+            kick: c.notify,
+            mem,
+            interrupt,
+            max_pairs: self.params.queue_pairs,
+            apply,
+        };
+        let worker = server
+            .spawn()
+            .map_err(|e| ActivateError::Device(format!("cannot start the control queue: {e}")))?;
+        self.workers.push(worker);
+        Ok(())
     }
 
     fn start_userspace(
@@ -221,10 +334,17 @@ impl Net {
         queues: Vec<DeviceQueue>,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        let pairs = usize::from(self.params.queue_pairs);
+        // Without VIRTIO_NET_F_MQ the driver uses one pair and finds the control queue at 2.
+        let pairs = if self.acked & features::MQ != 0 {
+            usize::from(self.params.queue_pairs)
+        } else {
+            1
+        };
         let mut queues: Vec<Option<DeviceQueue>> = queues.into_iter().map(Some).collect();
-        let mut ctrl = if pairs > 1 {
-            queues.get_mut(pairs * 2).and_then(Option::take)
+        let mut ctrl = if self.acked & features::CTRL_VQ != 0 {
+            queues
+                .get_mut(ctrl_queue_index(&self.params, self.acked))
+                .and_then(Option::take)
         } else {
             None
         };
@@ -256,8 +376,12 @@ impl Net {
                 ctrl.take().map(|c| {
                     let tap = self.tap.clone();
                     let id = self.params.id.clone();
+                    let status = self.status.clone();
+                    let mut limiter = LogLimiter::new();
                     let apply: Box<dyn FnMut(ctrl::Command) -> bool + Send> =
-                        Box::new(move |cmd| apply_ctrl(&tap, &id, pairs, cmd));
+                        Box::new(move |cmd| {
+                            apply_ctrl(&tap, &id, &status, pairs, cmd, &mut limiter)
+                        });
                     (c.queue, c.notify, self.params.queue_pairs, apply)
                 })
             } else {
@@ -288,20 +412,47 @@ impl Net {
     }
 }
 
-/// Carry out a control command on the TAP.
-fn apply_ctrl(tap: &Tap, id: &str, pairs: usize, cmd: ctrl::Command) -> bool {
+/// Carry out a control command on the TAP (or the status bits). The driver sends these at
+/// will: its lines go through `limiter`.
+fn apply_ctrl(
+    tap: &Tap,
+    id: &str,
+    status: &LinkStatus,
+    pairs: usize,
+    cmd: ctrl::Command,
+    limiter: &mut LogLimiter,
+) -> bool {
     match cmd {
         ctrl::Command::SetQueuePairs(n) => {
             for q in 0..pairs {
                 if let Err(e) = tap.set_queue_enabled(q, q < usize::from(n)) {
-                    log::warn!("{id}: {}", crate::error_chain(&e));
+                    log_limited!(
+                        limiter,
+                        log::Level::Warn,
+                        "{id}: {}",
+                        crate::error_chain(&e)
+                    );
                     return false;
                 }
             }
-            log::info!("{id}: guest uses {n} of {pairs} queue pairs");
+            log_limited!(
+                limiter,
+                log::Level::Info,
+                "{id}: guest uses {n} of {pairs} queue pairs"
+            );
             true
         }
         ctrl::Command::SetGuestOffloads(bits) => tap.set_offload(tun_offloads(bits)).is_ok(),
+        ctrl::Command::AnnounceAck => {
+            if status.ack_announce() {
+                log_limited!(
+                    limiter,
+                    log::Level::Info,
+                    "{id}: the guest announced itself on the link"
+                );
+            }
+            true
+        }
         ctrl::Command::Ack => true,
         ctrl::Command::Unsupported { .. } => false,
     }
@@ -317,15 +468,16 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        offered_features(&self.params)
+        self.offered
     }
 
     fn ack_features(&mut self, features: u64) {
-        self.acked = features & (offered_features(&self.params) | super::VIRTIO_F_VERSION_1);
+        self.acked = features & (self.offered | super::VIRTIO_F_VERSION_1);
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        super::read_config_bytes(&self.config, offset, data);
+        let config = config_space(&self.params, self.status.bits());
+        super::read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -354,7 +506,13 @@ impl VirtioDevice for Net {
         if self.params.queue_pairs > 1 {
             for q in 0..self.tap.queues.len() {
                 if let Err(e) = self.tap.set_queue_enabled(q, q == 0) {
-                    log::warn!("{}: {}", self.params.id, crate::error_chain(&e));
+                    log_limited!(
+                        self.lifecycle,
+                        log::Level::Warn,
+                        "{}: {}",
+                        self.params.id,
+                        crate::error_chain(&e)
+                    );
                 }
             }
         }
@@ -363,10 +521,16 @@ impl VirtioDevice for Net {
             .lock()
             .map(|b| b.clone())
             .unwrap_or(Backend::Idle);
-        if planned == Backend::Vhost {
+        if let (Backend::Vhost, Some(source)) = (&planned, &self.vhost_source) {
+            // Without VIRTIO_NET_F_MQ the driver uses one pair (its control queue is at 2).
+            let mut params = self.params.clone();
+            if self.acked & features::MQ == 0 {
+                params.queue_pairs = 1;
+            }
             match vhost::VhostNet::start(
-                &self.params,
-                &self.tap,
+                &params,
+                &self.tap.queues,
+                source.as_ref(),
                 &mem,
                 &queues,
                 self.acked,
@@ -374,7 +538,8 @@ impl VirtioDevice for Net {
             ) {
                 Ok(v) => {
                     self.vhost = Some(v);
-                    return Ok(());
+                    // vhost-net moves frames; the control queue is still ours to serve.
+                    return self.start_ctrl(mem, queues, interrupt);
                 }
                 Err(e) => {
                     let backend = Backend::Userspace {
@@ -382,15 +547,30 @@ impl VirtioDevice for Net {
                     };
                     log::warn!("{}: {backend} on {}", self.params.id, self.tap.name);
                     self.set_backend(backend);
+                    self.vhost_source = None;
                 }
             }
         }
-        self.start_userspace(mem, queues, interrupt)
+        self.start_userspace(mem, queues, interrupt.clone())?;
+        if self.acked & features::GUEST_ANNOUNCE != 0 {
+            // The link just came up for this driver: ask it to announce itself.
+            self.status.request_announce();
+            if let Err(e) = interrupt.signal_config_change() {
+                log_limited!(
+                    self.lifecycle,
+                    log::Level::Warn,
+                    "{}: config change interrupt failed: {e}",
+                    self.params.id
+                );
+            }
+        }
+        Ok(())
     }
 
     fn reset(&mut self) {
         self.stop();
         self.acked = 0;
+        self.status.reset();
     }
 
     fn status(&self) -> Option<String> {
@@ -411,3 +591,5 @@ impl Drop for Net {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod worker_tests;

@@ -372,13 +372,26 @@ fn features_offloads_and_config_space() {
         queue_pairs: 1,
         ..p.clone()
     };
+    let fs = offered_features(&single);
+    assert_eq!(fs & features::MQ, 0);
     assert_eq!(
-        offered_features(&single) & (features::MQ | features::CTRL_VQ),
-        0
+        fs & (features::CTRL_VQ | features::GUEST_ANNOUNCE),
+        features::CTRL_VQ | features::GUEST_ANNOUNCE,
+        "a single pair still has a control queue, for the announcement"
     );
-    let c = config_space(&p);
+    // The control queue follows the data queues the driver uses.
+    assert_eq!(ctrl_queue_index(&p, features::CTRL_VQ | features::MQ), 8);
+    assert_eq!(
+        ctrl_queue_index(&p, features::CTRL_VQ),
+        2,
+        "no MQ: one pair"
+    );
+    assert_eq!(ctrl_queue_index(&single, features::CTRL_VQ), 2);
+    let c = config_space(&p, status::LINK_UP);
     assert_eq!(&c[..6], &p.mac);
     assert_eq!(u16::from_le_bytes([c[6], c[7]]), 1, "link up");
+    let c = config_space(&p, status::LINK_UP | status::ANNOUNCE);
+    assert_eq!(u16::from_le_bytes([c[6], c[7]]), 3, "link up, announce");
     assert_eq!(u16::from_le_bytes([c[8], c[9]]), 4);
     assert_eq!(u16::from_le_bytes([c[10], c[11]]), 9000);
     assert_eq!(tun_offloads(0), 0);

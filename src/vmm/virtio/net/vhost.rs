@@ -3,21 +3,28 @@
 //! memory table, vring num/addr/base, kick (the queue's ioeventfd, polled by the kernel),
 //! call, and `VHOST_NET_SET_BACKEND` with the TAP queue fd.
 //!
+//! The instances are opened when the device is built ([`KernelVhost::open`]), before the VMM
+//! drops root and denies `open`: activation only configures them, and a stop hands them back
+//! with `VHOST_RESET_OWNER` so the next activation (a guest reset) can take them again.
+//! [`VhostOps`] is what activation needs of an instance, so the same code runs against the
+//! kernel and against a test double that records the calls.
+//!
 //! virtio-mmio has one interrupt line and an InterruptStatus register the guest reads, so
 //! the vhost call eventfds are not wired to the irqfd directly: a relay thread sets
 //! InterruptStatus and then raises the line.
 //!
 //! The argument building ([`vring_config`], [`memory_regions`], [`backend_features`]) is pure
-//! and unit-tested; [`VhostNet::start`] itself is tested on a real TAP in `tests/net_tap.rs`
-//! (where `/dev/vhost-net` is missing it fails with [`VhostError::Open`] and the device falls
-//! back to the userspace path).
+//! and unit-tested; [`VhostNet::start`] runs on a real TAP in `tests/net_tap.rs` (where
+//! `/dev/vhost-net` is missing, [`KernelVhost::open`] fails with [`VhostError::Open`] and the
+//! device uses the userspace path) and against a recording double in `tests/net_vhost.rs`.
 
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use vhost::net::VhostNet as _;
-use vhost::vhost_kern::net::Net as KernNet;
+use vhost::vhost_kern::vhost_binding::{vhost_vring_file, VHOST_NET_SET_BACKEND};
+use vhost::vhost_kern::VhostKernBackend;
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -26,13 +33,12 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::features;
 use super::NetParams;
-use crate::sys::tap::Tap;
 use crate::vmm::virtio::{DeviceQueue, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VhostError {
     #[error("cannot open /dev/vhost-net")]
-    Open(#[source] vhost::Error),
+    Open(#[source] std::io::Error),
     #[error("{op} failed on vhost-net for queue pair {pair}")]
     Ioctl {
         op: &'static str,
@@ -42,10 +48,156 @@ pub enum VhostError {
     },
     #[error("queue {0} is not usable by vhost-net")]
     Queue(usize),
+    #[error("no vhost-net instance was opened for queue pair {0}")]
+    NoInstance(usize),
     #[error("vhost-net lacks features the guest negotiated: {0:#x}")]
     Features(u64),
     #[error("cannot create an eventfd or relay thread")]
     Setup(#[source] std::io::Error),
+}
+
+/// What activation needs of one vhost-net instance (object-safe, unlike the vhost crate's
+/// `VhostBackend`): the kernel's, or a test double.
+pub trait VhostOps: Send {
+    fn set_owner(&self) -> vhost::Result<()>;
+    fn reset_owner(&self) -> vhost::Result<()>;
+    fn get_features(&self) -> vhost::Result<u64>;
+    fn set_features(&self, features: u64) -> vhost::Result<()>;
+    fn set_mem_table(&self, regions: &[VhostUserMemoryRegionInfo]) -> vhost::Result<()>;
+    fn set_vring_num(&self, vring: usize, num: u16) -> vhost::Result<()>;
+    fn set_vring_addr(&self, vring: usize, config: &VringConfigData) -> vhost::Result<()>;
+    fn set_vring_base(&self, vring: usize, base: u16) -> vhost::Result<()>;
+    fn set_vring_call(&self, vring: usize, fd: &EventFd) -> vhost::Result<()>;
+    fn set_vring_kick(&self, vring: usize, fd: &EventFd) -> vhost::Result<()>;
+    fn set_backend(&self, vring: usize, fd: Option<&File>) -> vhost::Result<()>;
+}
+
+/// Where each queue pair's instance comes from, for guest memory `mem`. Everything is opened
+/// before the sandbox; this only wraps it.
+pub trait VhostSource: Send {
+    fn instance(
+        &self,
+        pair: usize,
+        mem: &Arc<GuestMemoryMmap>,
+    ) -> Result<Box<dyn VhostOps>, VhostError>;
+}
+
+/// `/dev/vhost-net` instances, one per queue pair, opened while the VMM may still open files.
+#[derive(Debug)]
+pub struct KernelVhost {
+    fds: Vec<File>,
+}
+
+impl KernelVhost {
+    /// Open one instance per queue pair.
+    pub fn open(pairs: usize) -> Result<KernelVhost, VhostError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let fds = (0..pairs.max(1))
+            .map(|_| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+                    .open("/dev/vhost-net")
+                    .map_err(VhostError::Open)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(KernelVhost { fds })
+    }
+}
+
+impl VhostSource for KernelVhost {
+    fn instance(
+        &self,
+        pair: usize,
+        mem: &Arc<GuestMemoryMmap>,
+    ) -> Result<Box<dyn VhostOps>, VhostError> {
+        let fd = self
+            .fds
+            .get(pair)
+            .ok_or(VhostError::NoInstance(pair))?
+            .try_clone()
+            .map_err(VhostError::Setup)?;
+        Ok(Box::new(KernFd {
+            fd,
+            mem: mem.clone(),
+        }))
+    }
+}
+
+/// One opened instance (a dup of the kept fd: the same kernel object) with the guest memory
+/// the vhost crate translates ring addresses through.
+struct KernFd {
+    fd: File,
+    mem: Arc<GuestMemoryMmap>,
+}
+
+impl AsRawFd for KernFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl VhostKernBackend for KernFd {
+    type AS = Arc<GuestMemoryMmap>;
+
+    fn mem(&self) -> &Self::AS {
+        &self.mem
+    }
+}
+
+impl vhost::net::VhostNet for KernFd {
+    fn set_backend(&self, vring: usize, fd: Option<&File>) -> vhost::Result<()> {
+        let file = vhost_vring_file {
+            index: vring as u32,
+            fd: fd.map_or(-1, |f| f.as_raw_fd()),
+        };
+        // SAFETY: the fd is a vhost-net instance and `file` lives across the call; the
+        // return value is checked.
+        let ret = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_ref(&self.fd, VHOST_NET_SET_BACKEND(), &file)
+        };
+        if ret < 0 {
+            return Err(vhost::Error::IoctlError(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+impl<T: VhostBackend + vhost::net::VhostNet + Send> VhostOps for T {
+    fn set_owner(&self) -> vhost::Result<()> {
+        VhostBackend::set_owner(self)
+    }
+    fn reset_owner(&self) -> vhost::Result<()> {
+        VhostBackend::reset_owner(self)
+    }
+    fn get_features(&self) -> vhost::Result<u64> {
+        VhostBackend::get_features(self)
+    }
+    fn set_features(&self, features: u64) -> vhost::Result<()> {
+        VhostBackend::set_features(self, features)
+    }
+    fn set_mem_table(&self, regions: &[VhostUserMemoryRegionInfo]) -> vhost::Result<()> {
+        VhostBackend::set_mem_table(self, regions).map(|_| ())
+    }
+    fn set_vring_num(&self, vring: usize, num: u16) -> vhost::Result<()> {
+        VhostBackend::set_vring_num(self, vring, num)
+    }
+    fn set_vring_addr(&self, vring: usize, config: &VringConfigData) -> vhost::Result<()> {
+        VhostBackend::set_vring_addr(self, vring, config)
+    }
+    fn set_vring_base(&self, vring: usize, base: u16) -> vhost::Result<()> {
+        VhostBackend::set_vring_base(self, vring, base)
+    }
+    fn set_vring_call(&self, vring: usize, fd: &EventFd) -> vhost::Result<()> {
+        VhostBackend::set_vring_call(self, vring, fd)
+    }
+    fn set_vring_kick(&self, vring: usize, fd: &EventFd) -> vhost::Result<()> {
+        VhostBackend::set_vring_kick(self, vring, fd)
+    }
+    fn set_backend(&self, vring: usize, fd: Option<&File>) -> vhost::Result<()> {
+        vhost::net::VhostNet::set_backend(self, vring, fd)
+    }
 }
 
 /// The features to hand vhost-net: the ring/header features the guest acked that vhost
@@ -85,24 +237,31 @@ pub fn memory_regions(mem: &GuestMemoryMmap) -> Vec<VhostUserMemoryRegionInfo> {
         .collect()
 }
 
-/// Running vhost-net instances and the interrupt relay; dropping it stops everything.
+/// Running vhost-net instances and the interrupt relay; dropping it stops everything and
+/// hands the instances back (`VHOST_RESET_OWNER`) for the next activation.
 pub struct VhostNet {
-    _instances: Vec<KernNet<Arc<GuestMemoryMmap>>>,
+    instances: Vec<Box<dyn VhostOps>>,
     relay: Option<(JoinHandle<()>, EventFd)>,
 }
 
 impl VhostNet {
-    /// Set up one vhost-net instance per ready queue pair.
+    /// Set up the instance of each ready queue pair from `source`; `tap_queues` are the TAP's
+    /// queue fds (the backends), one per pair.
     pub fn start(
         params: &NetParams,
-        tap: &Tap,
+        tap_queues: &[File],
+        source: &dyn VhostSource,
         mem: &GuestMemoryMmap,
         queues: &[DeviceQueue],
         acked: u64,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<VhostNet, VhostError> {
         let mem = Arc::new(mem.clone());
-        let mut instances = Vec::new();
+        // Built up as it goes, so a failure half-way hands back what was taken.
+        let mut started = VhostNet {
+            instances: Vec::new(),
+            relay: None,
+        };
         let mut calls = Vec::new();
         for pair in 0..usize::from(params.queue_pairs) {
             let (Some(rx), Some(tx)) = (queues.get(pair * 2), queues.get(pair * 2 + 1)) else {
@@ -112,8 +271,13 @@ impl VhostNet {
                 continue;
             }
             let io = |op, source| VhostError::Ioctl { op, pair, source };
-            let net = KernNet::new(mem.clone()).map_err(VhostError::Open)?;
+            let net = source.instance(pair, &mem)?;
             net.set_owner().map_err(|e| io("VHOST_SET_OWNER", e))?;
+            started.instances.push(net);
+            let net = started
+                .instances
+                .last()
+                .ok_or(VhostError::NoInstance(pair))?;
             let has = net
                 .get_features()
                 .map_err(|e| io("VHOST_GET_FEATURES", e))?;
@@ -121,7 +285,7 @@ impl VhostNet {
                 .map_err(|e| io("VHOST_SET_FEATURES", e))?;
             net.set_mem_table(&memory_regions(&mem))
                 .map_err(|e| io("VHOST_SET_MEM_TABLE", e))?;
-            let file = tap.queues.get(pair).ok_or(VhostError::Queue(pair * 2))?;
+            let file = tap_queues.get(pair).ok_or(VhostError::Queue(pair * 2))?;
             for (vring, q) in [(0usize, rx), (1usize, tx)] {
                 let call = EventFd::new(libc::EFD_NONBLOCK).map_err(VhostError::Setup)?;
                 net.set_vring_num(vring, q.queue.size())
@@ -138,7 +302,6 @@ impl VhostNet {
                     .map_err(|e| io("VHOST_NET_SET_BACKEND", e))?;
                 calls.push(call);
             }
-            instances.push(net);
         }
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VhostError::Setup)?;
         let stop2 = stop.try_clone().map_err(VhostError::Setup)?;
@@ -147,10 +310,8 @@ impl VhostNet {
             .name(format!("vhost-{name}"))
             .spawn(move || relay(&name, calls, stop2, interrupt))
             .map_err(VhostError::Setup)?;
-        Ok(VhostNet {
-            _instances: instances,
-            relay: Some((handle, stop)),
-        })
+        started.relay = Some((handle, stop));
+        Ok(started)
     }
 }
 
@@ -201,6 +362,12 @@ impl Drop for VhostNet {
         if let Some((h, stop)) = self.relay.take() {
             let _ = stop.write(1);
             let _ = h.join();
+        }
+        // Detach the TAP and give the instance back: it stays open for the next activation.
+        for net in &self.instances {
+            let _ = net.set_backend(0, None);
+            let _ = net.set_backend(1, None);
+            let _ = net.reset_owner();
         }
     }
 }

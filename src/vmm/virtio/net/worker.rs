@@ -1,9 +1,18 @@
 //! One thread per queue pair: epoll on the TAP queue fd (edge-triggered), the RX and TX
 //! queue kicks (ioeventfds), the control queue kick (pair 0 only) and a stop eventfd. No
 //! busy polling: the thread sleeps in epoll_wait whenever there is nothing to move.
+//!
+//! Notifications cost the guest an exit (a kick) or an interrupt entry, and on a host with
+//! few cores a kick also wakes this thread onto the vCPU's core: each is asked for only when
+//! needed. RX kicks are suppressed while the device holds RX buffers (the TAP, not the
+//! guest, says when there is work; the datapath re-enables them when it runs out), TX kicks
+//! while a pass runs and while the thread polls for a polling guest's answer ([`super::poll`]);
+//! interrupts follow the driver's suppression ([`notify::needs_interrupt`]).
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -12,9 +21,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::ctrl;
 use super::datapath::{self, ChainFault, FrameIo, RxState, Stats};
+use super::poll::TxPoll;
 use crate::log_limited;
 use crate::vmm::ratelimit::LogLimiter;
-use crate::vmm::virtio::VirtioInterrupt;
+use crate::vmm::virtio::{notify, VirtioInterrupt};
 
 const T_TAP: u64 = 0;
 const T_RX: u64 = 1;
@@ -57,6 +67,33 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
                 self.name
             );
         }
+    }
+
+    /// Watches the TX avail index for up to `window` with TX kicks off (see [`super::poll`]).
+    /// Returns whether there is TX work; kicks are back on when there is none.
+    fn poll_tx(&mut self, window: Duration, txpoll: &mut TxPoll) -> bool {
+        if self.tx.disable_notification(&self.mem).is_err() {
+            return false;
+        }
+        let start = Instant::now();
+        loop {
+            match self.tx.avail_idx(&self.mem, Ordering::Acquire) {
+                Ok(i) if i.0 != self.tx.next_avail() => {
+                    txpoll.hit(start.elapsed());
+                    return true;
+                }
+                Ok(_) => {}
+                // process_tx reports a broken ring (and turns kicks back on).
+                Err(_) => return true,
+            }
+            if start.elapsed() >= window {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        txpoll.miss();
+        // Kicks back on; an index that moved meanwhile is work now.
+        self.tx.enable_notification(&self.mem).unwrap_or(true)
     }
 
     fn signal(&self, limiter: &mut LogLimiter) {
@@ -104,8 +141,13 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
         // Frames or requests may be waiting from before activation.
         let (mut do_rx, mut do_tx, mut do_ctrl) = (true, true, true);
         let mut events = [EpollEvent::default(); 8];
+        // Whether epoll watches the TAP (not while a frame waits for guest buffers).
+        let mut tap_watched = true;
+        let mut txpoll = TxPoll::default();
         loop {
             let mut notify = false;
+            // Frames went to a guest that polls (it wants no interrupt): its answer may follow.
+            let mut rx_to_poller = false;
             if do_ctrl {
                 if let Some((queue, _, max_pairs, apply)) = &mut self.ctrl {
                     let (used, faults) =
@@ -126,11 +168,14 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
                     &self.stats,
                 );
                 self.log_faults(&mut limiter, &pass.faults);
-                if pass.used && self.tx.needs_notification(&self.mem).unwrap_or(true) {
+                if pass.used && notify::needs_interrupt(&mut self.tx, &self.mem) {
                     notify = true;
                 }
             }
             if do_rx {
+                // No RX kicks while buffers are available: process_rx turns them back on
+                // when it runs out (and a frame waits for the guest).
+                let _ = self.rx.disable_notification(&self.mem);
                 let pass = datapath::process_rx(
                     &mut self.rx,
                     &self.mem,
@@ -139,21 +184,53 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
                     &self.stats,
                 );
                 self.log_faults(&mut limiter, &pass.faults);
-                if pass.used && self.rx.needs_notification(&self.mem).unwrap_or(true) {
-                    notify = true;
+                if pass.used {
+                    if notify::needs_interrupt(&mut self.rx, &self.mem) {
+                        notify = true;
+                    } else {
+                        rx_to_poller = true;
+                    }
+                }
+                // A frame waits for buffers: until the guest kicks, more frames on the TAP
+                // are nothing this thread can move, and waking for each one (as a sender
+                // fills the TAP queue) would only take the CPU from the sender and the vCPU.
+                // The TAP's own queue holds or drops them, as for any slow receiver.
+                let watch = !rx_state.has_pending();
+                if watch != tap_watched {
+                    let set = if watch {
+                        EventSet::IN | EventSet::EDGE_TRIGGERED
+                    } else {
+                        EventSet::empty()
+                    };
+                    let ev = EpollEvent::new(set, T_TAP);
+                    match epoll.ctl(ControlOperation::Modify, self.io.as_raw_fd(), ev) {
+                        Ok(()) => tap_watched = watch,
+                        Err(e) => {
+                            log_limited!(
+                                limiter,
+                                log::Level::Warn,
+                                "{}: epoll_ctl failed: {e}",
+                                self.name
+                            )
+                        }
+                    }
                 }
             }
             if notify {
                 self.signal(&mut limiter);
             }
             (do_rx, do_tx, do_ctrl) = (false, false, false);
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::error!("{}: epoll_wait failed: {e}", self.name);
-                    return;
+            if rx_to_poller {
+                if let Some(window) = txpoll.window() {
+                    if self.poll_tx(window, &mut txpoll) {
+                        do_tx = true;
+                        continue;
+                    }
                 }
+            }
+            let Some(n) = crate::vmm::event::wait_events(&epoll, -1, &mut events, &self.name)
+            else {
+                return;
             };
             for ev in &events[..n] {
                 match ev.data() {

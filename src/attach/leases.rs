@@ -1,0 +1,144 @@
+//! Address leases as policy: which leases are still held (a workload in the plan, a running
+//! one whose link is up, or one whose file exists but is broken and may run on its last good
+//! units), reconciliation of the rest when a link comes up, and the leases the running
+//! workloads hold, which rebuild a corrupt lease file.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+
+use super::{owner_of, Attach, LinkRecord};
+use crate::config::{Network, CONTAINERS_DIR, VMS_DIR};
+use crate::net::ipam::{Ipam, Kind, Lease, Owner};
+use crate::plan::Kind as WorkloadKind;
+
+/// Every link record under `dir` (the links that are up now).
+fn records(dir: &Path) -> Vec<LinkRecord> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| serde_json::from_str::<LinkRecord>(&t).ok())
+        .collect()
+}
+
+fn record_owner(r: &LinkRecord) -> Option<Owner> {
+    match r.kind.as_str() {
+        "vm" => Some(Owner::vm(&r.workload, &r.nic)),
+        "container" => Some(Owner::container(&r.workload, &r.nic)),
+        _ => None,
+    }
+}
+
+/// What rebuilds a network's corrupt lease file: the addresses in the records of the links
+/// that are up (a VM's pool lease is in its record), on that network's subnet. Addresses the
+/// plan knows (static, reserved) are marked as asked for.
+fn rebuild_source(
+    links: PathBuf,
+    subnets: Vec<(String, Ipv4Net)>,
+    known: Vec<(Owner, Ipv4Addr)>,
+) -> impl Fn(&str) -> Vec<Lease> + Send + Sync + 'static {
+    move |network| {
+        let Some((_, subnet)) = subnets.iter().find(|(n, _)| n == network) else {
+            return Vec::new();
+        };
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        records(&links)
+            .iter()
+            .filter_map(|r| {
+                let ip = r.ipv4?.addr();
+                let owner = record_owner(r)?;
+                subnet.contains(&ip).then(|| Lease {
+                    fixed: known.contains(&(owner.clone(), ip)),
+                    ip,
+                    owner,
+                    since,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Attach {
+    /// The lease store, rebuilding a corrupt file from the running workloads.
+    pub fn ipam(&self) -> Ipam {
+        let subnets = self
+            .plan
+            .networks
+            .list
+            .iter()
+            .map(|n| (n.name.clone(), n.subnet))
+            .collect();
+        let known = self
+            .plan
+            .workloads
+            .iter()
+            .flat_map(|w| w.attachments.iter().map(move |a| (w, a)))
+            .filter_map(|(w, a)| Some((owner_of(w, a), a.addressing.known()?.addr())))
+            .collect();
+        Ipam::with_rebuild(
+            self.paths.ipam_dir(),
+            rebuild_source(self.paths.links_dir(), subnets, known),
+        )
+    }
+
+    /// Whether `owner` still holds its lease: one of its workload's NICs in the plan, its
+    /// link up (a record: it runs, even if its file was removed meanwhile), or its file there
+    /// but broken (it may run on its last good units). A NIC removed from a valid file, or a
+    /// workload whose file is gone and whose links are down, does not.
+    pub fn lease_alive(&self, owner: &Owner) -> bool {
+        let planned = self
+            .plan
+            .workloads
+            .iter()
+            .any(|w| w.attachments.iter().any(|a| owner_of(w, a) == *owner));
+        if planned {
+            return true;
+        }
+        if records(&self.paths.links_dir())
+            .iter()
+            .any(|r| record_owner(r).as_ref() == Some(owner))
+        {
+            return true;
+        }
+        let (kind, dir) = match owner.kind {
+            Kind::Vm => (WorkloadKind::Vm, VMS_DIR),
+            Kind::Container => (WorkloadKind::Container, CONTAINERS_DIR),
+        };
+        if self.plan.workload(kind, &owner.name).is_some() {
+            return false;
+        }
+        crate::config::check_workload_name(&owner.name).is_ok()
+            && self
+                .paths
+                .root()
+                .join(dir)
+                .join(format!("{}.toml", owner.name))
+                .exists()
+    }
+
+    /// Release the leases on `net` that [`Attach::lease_alive`] says nobody holds.
+    pub fn reconcile_leases(&self, net: &Network) -> Result<Vec<Lease>, super::AttachError> {
+        let gone = self
+            .ipam()
+            .reconcile(&net.name, &|o| self.lease_alive(o))
+            .map_err(|source| super::AttachError::Ipam {
+                what: format!("network {}", net.name),
+                source: Box::new(source),
+            })?;
+        for l in &gone {
+            log::info!(
+                "released {} on {} from {} (its workload or NIC is gone)",
+                l.ip,
+                net.name,
+                l.owner
+            );
+        }
+        Ok(gone)
+    }
+}

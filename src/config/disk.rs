@@ -1,0 +1,161 @@
+//! `[[disk]]` entries of a VM file: raw images or block devices for virtio-blk.
+//!
+//! ```toml
+//! [[disk]]
+//! path = "/var/lib/volt/disks/web.img"   # a raw image file or a block device
+//! root = true                            # root=/dev/vdX on the kernel command line
+//! readonly = false
+//! cache = "writeback"                    # or "none" (O_DIRECT)
+//! serial = "web-root"                    # what the guest reads as the disk's id
+//! [disk.limit]
+//! bytes_per_sec = 104857600
+//! ops_per_sec = 2000
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::error::{ConfigError, Location};
+use super::nic::abs_path;
+use super::reader::{Errors, Table};
+use super::span::Src;
+
+/// Most disks a VM may have (virtio-mmio slots are few; `vda`..`vdp`).
+pub const MAX_DISKS: usize = 16;
+/// Longest serial the device can return (`VIRTIO_BLK_ID_BYTES`).
+pub const MAX_SERIAL: usize = 20;
+
+/// Host page cache use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskCache {
+    #[default]
+    Writeback,
+    /// O_DIRECT.
+    None,
+}
+
+/// A validated disk.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiskConfig {
+    pub index: usize,
+    pub path: PathBuf,
+    pub readonly: bool,
+    pub root: bool,
+    pub cache: DiskCache,
+    pub serial: Option<String>,
+    /// 0 = unlimited.
+    pub bytes_per_sec: u64,
+    pub ops_per_sec: u64,
+    /// Where `path` is written.
+    #[serde(skip)]
+    pub(crate) at: Option<Location>,
+}
+
+const CACHE: [(&str, DiskCache); 2] = [
+    ("writeback", DiskCache::Writeback),
+    ("none", DiskCache::None),
+];
+
+/// Read one `[[disk]]` table.
+pub(crate) fn parse_disk(src: &Src, index: usize, t: &Table, e: &mut Errors) -> DiskConfig {
+    let path_s = t.string(src, e, "path");
+    let at = path_s.as_ref().map(|p| src.at(p.span().start));
+    let path = match &path_s {
+        Some(p) => abs_path(src, &t.field("path"), p, e),
+        None => {
+            if !t.has("path") {
+                e.push(src.invalid(
+                    &t.field("path"),
+                    t.span(),
+                    "missing: the disk's raw image file or block device".into(),
+                ));
+            }
+            PathBuf::new()
+        }
+    };
+    let serial = t.string(src, e, "serial").and_then(|s| {
+        let ok =
+            s.get_ref().len() <= MAX_SERIAL && s.get_ref().chars().all(|c| c.is_ascii_graphic());
+        if !ok {
+            e.push(src.invalid(
+                &t.field("serial"),
+                s.span(),
+                format!(
+                    "{:?} must be at most {MAX_SERIAL} printable ASCII characters without spaces",
+                    s.get_ref()
+                ),
+            ));
+        }
+        ok.then(|| s.into_inner())
+    });
+    let mut d = DiskConfig {
+        index,
+        path,
+        readonly: t
+            .boolean(src, e, "readonly")
+            .is_some_and(|b| b.into_inner()),
+        root: t.boolean(src, e, "root").is_some_and(|b| b.into_inner()),
+        cache: t.choice(src, e, "cache", &CACHE).unwrap_or_default(),
+        serial,
+        bytes_per_sec: 0,
+        ops_per_sec: 0,
+        at,
+    };
+    if let Some(l) = t.table(src, e, "limit") {
+        d.bytes_per_sec = l
+            .integer(src, e, "bytes_per_sec", 0..=u64::MAX >> 1, " bytes/s")
+            .map_or(0, |v| v.into_inner());
+        d.ops_per_sec = l
+            .integer(src, e, "ops_per_sec", 0..=u64::MAX >> 1, " requests/s")
+            .map_or(0, |v| v.into_inner());
+        l.finish(src, e, &[]);
+    }
+    d
+}
+
+/// The checks of a VM's disks together: at most one root disk.
+pub(crate) fn check_disks(src: &Src, disks: &[DiskConfig], e: &mut Errors) {
+    let mut roots = disks.iter().filter(|d| d.root);
+    if let (Some(first), Some(second)) = (roots.next(), roots.next()) {
+        e.push(ConfigError::Invalid {
+            at: second
+                .at
+                .clone()
+                .unwrap_or_else(|| Location::file(src.path)),
+            field: format!("disk[{}].root", second.index),
+            message: format!(
+                "disk[{}] is the root disk already (one root disk per VM)",
+                first.index
+            ),
+        });
+    }
+}
+
+impl DiskConfig {
+    /// That the image exists under `root` as a regular file or a block device whose size is a
+    /// multiple of 512 bytes. Not part of parsing: the generator runs before every file
+    /// system is mounted.
+    pub fn check_image(&self, root: &Path, file: &Path) -> Option<ConfigError> {
+        use std::os::unix::fs::FileTypeExt;
+        let real = root.join(self.path.strip_prefix("/").unwrap_or(&self.path));
+        let problem = match std::fs::metadata(&real) {
+            Ok(m) if m.file_type().is_block_device() => return None,
+            Ok(m) if m.is_file() && m.len() % 512 == 0 && m.len() > 0 => return None,
+            Ok(m) if m.is_file() && m.len() == 0 => "is empty".to_string(),
+            Ok(m) if m.is_file() => format!(
+                "is {} bytes, not a multiple of 512 (truncate -s to a whole number of sectors)",
+                m.len()
+            ),
+            Ok(_) => "is neither a regular file nor a block device".to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
+            Err(e) => format!("cannot be read ({e})"),
+        };
+        Some(ConfigError::Invalid {
+            at: self.at.clone().unwrap_or_else(|| Location::file(file)),
+            field: format!("disk[{}].path", self.index),
+            message: format!("{} {problem}", self.path.display()),
+        })
+    }
+}

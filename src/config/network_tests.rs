@@ -1,0 +1,105 @@
+use super::*;
+use crate::config::parse_zone_yaml;
+
+fn toml_net(text: &str) -> Result<Network, ConfigError> {
+    parse_network_toml(Path::new("/etc/volt/networks/lab.toml"), text)
+        .map_err(|mut errs| errs.remove(0))
+}
+
+#[test]
+fn builtin_default_matches_the_address_plan() {
+    let n = Network::builtin_default();
+    assert_eq!(n.bridge, "volt0");
+    assert_eq!(n.subnet.to_string(), "10.42.0.0/24");
+    assert_eq!(n.gateway.to_string(), "10.42.0.1");
+    assert_eq!(n.vm_range.to_string(), "10.42.0.2-10.42.0.99");
+    assert_eq!(n.container_range.to_string(), "10.42.0.100-10.42.0.254");
+}
+
+#[test]
+fn network_toml_full() {
+    let n = toml_net(
+        "bridge = \"lab0\"\nsubnet = \"10.50.0.0/16\"\ngateway = \"10.50.0.1\"\ntype = \"host-only\"\nuplink = \"wan0\"\nmtu = 9000\n\
+         [pool]\nstart = \"10.50.1.1\"\nend = \"10.50.1.200\"\n\
+         [reservations]\nvm-web = \"10.50.1.10\"\n\
+         [[port_map]]\nproto = \"udp\"\nhost_port = 5353\ntarget = \"web\"\ntarget_port = 53\n",
+    )
+    .expect("valid");
+    assert_eq!(n.name, "lab");
+    assert_eq!(n.kind, NetworkType::HostOnly);
+    assert_eq!(n.vm_range.to_string(), "10.50.1.1-10.50.1.200");
+    assert_eq!(n.container_range.to_string(), "10.50.1.201-10.50.255.254");
+    assert_eq!(n.reservations["vm-web"].to_string(), "10.50.1.10");
+    assert_eq!(n.port_maps[0].proto, Proto::Udp);
+    assert_eq!(n.mtu, 9000);
+}
+
+#[test]
+fn network_errors_name_line_and_field() {
+    let e = toml_net("subnet = \"10.50.0.0/24\"\ngateway = \"10.51.0.1\"\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "/etc/volt/networks/lab.toml:2:11: gateway: 10.51.0.1 is not a host address of 10.50.0.0/24");
+    let e = toml_net("subnet = \"10.50.0.1/24\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":1:10: subnet: 10.50.0.1/24 has host bits set"),
+        "{e}"
+    );
+    let e = toml_net("subnet = \"10.50.0.0/24\"\ncolour = 3\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("/etc/volt/networks/lab.toml:2:1: colour: unknown key"),
+        "{e}"
+    );
+    let e = toml_net("subnet = \"10.50.0.0/24\"\ntype = \"host-only\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("uplink: a host-only network needs"), "{e}");
+    let e = toml_net("subnet = \"10.50.0.0/24\"\n[[port_map]]\nhost_port = 80\ntarget = \"web\"\ntarget_port = 80\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("port_map[0]: port maps apply only to host-only"),
+        "{e}"
+    );
+    let e = toml_net(
+        "subnet = \"10.50.0.0/24\"\n[pool]\nstart = \"10.50.0.2\"\nend = \"10.50.0.55\"\n[container_pool]\nstart = \"10.50.0.50\"\nend = \"10.50.0.60\"\n",
+    )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("overlaps the VM pool"), "{e}");
+}
+
+#[test]
+fn zone_yaml() {
+    let p = Path::new("/etc/voltainer/network/default.yaml");
+    let text = "kind: NetworkZone\nname: default\nbridge: volt0\nsubnet: 10.42.0.0/24\ngateway: 10.42.0.1\ndhcp:\n  enabled: true\n  range: 10.42.0.100-10.42.0.254\n";
+    let n = parse_zone_yaml(p, text).expect("valid").expect("a zone");
+    assert_eq!(n.name, "default");
+    assert_eq!(n.bridge, "volt0");
+    assert_eq!(n.vm_range.to_string(), "10.42.0.2-10.42.0.99");
+    assert_eq!(n.container_range.to_string(), "10.42.0.100-10.42.0.254");
+    assert!(parse_zone_yaml(p, "kind: Something\nfoo: 1\n")
+        .expect("ok")
+        .is_none());
+    let e = parse_zone_yaml(
+        p,
+        "kind: NetworkZone\nname: z\nsubnet: 10.42.0.0/24\ndhcp:\n  range: 10.43.0.1-10.43.0.9\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("/etc/voltainer/network/default.yaml:5:10: dhcp.range:"),
+        "{e}"
+    );
+    let e = parse_zone_yaml(
+        p,
+        "kind: NetworkZone\nname: z\nsubnet: 10.42.0.0/24\nfoo: 1\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("default.yaml:4:"), "{e}");
+}

@@ -1,0 +1,393 @@
+//! Reading a TOML file against what Volt expects, with errors that say what to fix: the field
+//! path (`network[0].mtu`), the type and range wanted, every unknown key (in line order, with
+//! "did you mean" for a close one, and a hint when a top-level key landed inside a
+//! `[[network]]` table), and `[network]` written where `[[network]]` is meant.
+//!
+//! The callers ask for each key with a typed getter; what they never asked for is unknown.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::error::ConfigError;
+use super::span::Src;
+
+/// The errors found so far, reported together at the end.
+pub(crate) type Errors = Vec<ConfigError>;
+
+/// Parse `text` as a TOML document; a syntax error is the only error then.
+pub(crate) fn parse<'i>(src: &Src, text: &'i str) -> Result<Spanned<DeTable<'i>>, ConfigError> {
+    DeTable::parse(text).map_err(|e| src.toml_error(&e))
+}
+
+/// One table of the document, as seen from the path that leads to it.
+pub(crate) struct Table<'t, 'i> {
+    path: String,
+    table: &'t DeTable<'i>,
+    span: Range<usize>,
+    asked: RefCell<Vec<&'static str>>,
+}
+
+/// A short, readable name of a TOML value's type.
+fn type_name(v: &DeValue) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// Levenshtein distance, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+impl<'t, 'i> Table<'t, 'i> {
+    /// The document's top-level table.
+    pub fn root(doc: &'t Spanned<DeTable<'i>>) -> Self {
+        Table {
+            path: String::new(),
+            table: doc.get_ref(),
+            span: doc.span(),
+            asked: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// `key` under this table's path, for messages.
+    pub fn field(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// Where this table starts (for "missing" errors of its fields).
+    pub fn span(&self) -> Range<usize> {
+        self.span.clone()
+    }
+
+    /// Whether the key is written at all (a value of the wrong type was reported already).
+    pub fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
+    }
+
+    fn get(&self, key: &'static str) -> Option<&'t Spanned<DeValue<'i>>> {
+        self.asked.borrow_mut().push(key);
+        self.table.get(key)
+    }
+
+    fn wrong_type(&self, src: &Src, key: &str, v: &Spanned<DeValue>, want: &str) -> ConfigError {
+        src.invalid(
+            &self.field(key),
+            v.span(),
+            format!("expected {want}, found {}", type_name(v.get_ref())),
+        )
+    }
+
+    /// Whether `key` holds a table (rather than a plain value).
+    pub fn is_table(&self, key: &'static str) -> bool {
+        self.table.get(key).is_some_and(|v| v.get_ref().is_table())
+    }
+
+    /// A string.
+    pub fn string(&self, src: &Src, e: &mut Errors, key: &'static str) -> Option<Spanned<String>> {
+        let v = self.get(key)?;
+        match v.get_ref().as_str() {
+            Some(s) => Some(Spanned::new(v.span(), s.to_string())),
+            None => {
+                e.push(self.wrong_type(src, key, v, "a string"));
+                None
+            }
+        }
+    }
+
+    /// A boolean.
+    pub fn boolean(&self, src: &Src, e: &mut Errors, key: &'static str) -> Option<Spanned<bool>> {
+        let v = self.get(key)?;
+        match v.get_ref().as_bool() {
+            Some(b) => Some(Spanned::new(v.span(), b)),
+            None => {
+                e.push(self.wrong_type(src, key, v, "true or false"));
+                None
+            }
+        }
+    }
+
+    /// An integer in `range` (`unit` follows the numbers in messages, e.g. " MiB").
+    pub fn integer<T>(
+        &self,
+        src: &Src,
+        e: &mut Errors,
+        key: &'static str,
+        range: std::ops::RangeInclusive<T>,
+        unit: &str,
+    ) -> Option<Spanned<T>>
+    where
+        T: TryFrom<i128> + Copy + PartialOrd + std::fmt::Display,
+    {
+        let v = self.get(key)?;
+        let (lo, hi) = (*range.start(), *range.end());
+        let want = format!("an integer from {lo} to {hi}{unit}");
+        let Some(int) = v.get_ref().as_integer() else {
+            e.push(self.wrong_type(src, key, v, &want));
+            return None;
+        };
+        let n = i128::from_str_radix(int.as_str(), int.radix()).ok();
+        match n
+            .and_then(|n| T::try_from(n).ok())
+            .filter(|n| range.contains(n))
+        {
+            Some(n) => Some(Spanned::new(v.span(), n)),
+            None => {
+                e.push(src.invalid(
+                    &self.field(key),
+                    v.span(),
+                    format!("{int} is outside {lo}-{hi}{unit}"),
+                ));
+                None
+            }
+        }
+    }
+
+    /// An array of strings.
+    pub fn strings(
+        &self,
+        src: &Src,
+        e: &mut Errors,
+        key: &'static str,
+    ) -> Option<Spanned<Vec<String>>> {
+        let v = self.get(key)?;
+        let items = v.get_ref().as_array().and_then(|a| {
+            a.iter()
+                .map(|x| x.get_ref().as_str().map(str::to_owned))
+                .collect::<Option<Vec<String>>>()
+        });
+        match items {
+            Some(items) => Some(Spanned::new(v.span(), items)),
+            None => {
+                e.push(self.wrong_type(src, key, v, "an array of strings"));
+                None
+            }
+        }
+    }
+
+    /// One of `choices` (a string).
+    pub fn choice<T: Copy>(
+        &self,
+        src: &Src,
+        e: &mut Errors,
+        key: &'static str,
+        choices: &[(&str, T)],
+    ) -> Option<T> {
+        let s = self.string(src, e, key)?;
+        match choices.iter().find(|(name, _)| *name == s.get_ref()) {
+            Some((_, v)) => Some(*v),
+            None => {
+                let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+                e.push(src.invalid(
+                    &self.field(key),
+                    s.span(),
+                    format!("{:?} is not one of {}", s.get_ref(), names.join(", ")),
+                ));
+                None
+            }
+        }
+    }
+
+    /// A sub-table (`[key]`).
+    pub fn table(&self, src: &Src, e: &mut Errors, key: &'static str) -> Option<Table<'t, 'i>> {
+        let v = self.get(key)?;
+        match v.get_ref().as_table() {
+            Some(t) => Some(Table {
+                path: self.field(key),
+                table: t,
+                span: v.span(),
+                asked: RefCell::new(Vec::new()),
+            }),
+            None => {
+                e.push(self.wrong_type(src, key, v, "a table"));
+                None
+            }
+        }
+    }
+
+    /// An array of tables (`[[key]]`). A single `[key]` table gets a hint.
+    pub fn tables(&self, src: &Src, e: &mut Errors, key: &'static str) -> Vec<Table<'t, 'i>> {
+        let Some(v) = self.get(key) else {
+            return Vec::new();
+        };
+        if v.get_ref().is_table() {
+            e.push(src.invalid(
+                &self.field(key),
+                v.span(),
+                format!("write [[{key}]] (one table per entry), not [{key}]"),
+            ));
+            return Vec::new();
+        }
+        let Some(items) = v.get_ref().as_array() else {
+            e.push(self.wrong_type(src, key, v, &format!("[[{key}]] tables")));
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref().as_table() {
+                Some(t) => out.push(Table {
+                    path: format!("{}[{i}]", self.field(key)),
+                    table: t,
+                    span: item.span(),
+                    asked: RefCell::new(Vec::new()),
+                }),
+                None => e.push(self.wrong_type(src, key, item, "a table")),
+            }
+        }
+        out
+    }
+
+    /// A table of strings (`[reservations]`), in key order.
+    pub fn string_map(
+        &self,
+        src: &Src,
+        e: &mut Errors,
+        key: &'static str,
+    ) -> BTreeMap<String, Spanned<String>> {
+        let mut out = BTreeMap::new();
+        let Some(t) = self.table(src, e, key) else {
+            return out;
+        };
+        for (k, v) in t.table.iter() {
+            match v.get_ref().as_str() {
+                Some(s) => {
+                    out.insert(
+                        k.get_ref().to_string(),
+                        Spanned::new(v.span(), s.to_string()),
+                    );
+                }
+                None => e.push(t.wrong_type(src, k.get_ref(), v, "a string")),
+            }
+        }
+        out
+    }
+
+    /// Report every key nobody asked for, in line order: "did you mean" a close known key;
+    /// a key the enclosing table knows (`outer`) gets a hint that it landed in this table
+    /// because it follows its header.
+    pub fn finish(&self, src: &Src, e: &mut Errors, outer: &[&'static str]) {
+        let asked = self.asked.borrow();
+        let mut unknown: Vec<(&Spanned<_>, &str)> = self
+            .table
+            .iter()
+            .map(|(k, _)| (k, k.get_ref().as_ref()))
+            .filter(|(_, k)| !asked.contains(k))
+            .collect();
+        unknown.sort_by_key(|(k, _)| k.span().start);
+        for (k, name) in unknown {
+            let hint = if outer.contains(&name) {
+                format!(
+                    "; {name} is a top-level key: move it above the first [[{}]] line",
+                    self.path.split('[').next().unwrap_or("")
+                )
+            } else {
+                asked
+                    .iter()
+                    .map(|a| (distance(name, a), *a))
+                    .filter(|(d, a)| *d <= 2.max(a.len() / 3))
+                    .min()
+                    .map(|(_, a)| format!("; did you mean {a}?"))
+                    .unwrap_or_default()
+            };
+            let known = {
+                let mut k: Vec<&str> = asked.clone();
+                k.sort_unstable();
+                k.dedup();
+                k.join(", ")
+            };
+            e.push(src.invalid(
+                &self.field(name),
+                k.span(),
+                format!("unknown key{hint} (known here: {known})"),
+            ));
+        }
+    }
+
+    /// The keys this table was asked for so far (for an inner table's `finish`).
+    pub fn asked(&self) -> Vec<&'static str> {
+        self.asked.borrow().clone()
+    }
+}
+
+/// Sort errors into the order of the file: whole-file errors first, then by line and column.
+pub(crate) fn in_line_order(mut errors: Errors) -> Errors {
+    errors.sort_by_key(|e| match e {
+        ConfigError::Invalid { at, .. } | ConfigError::Syntax { at, .. } => (at.line, at.col),
+        _ => (0, 0),
+    });
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn read(text: &str, f: impl Fn(&Src, &Table, &mut Errors)) -> Vec<String> {
+        let src = Src::new(Path::new("/f.toml"), text);
+        let doc = parse(&src, text).expect("parses");
+        let t = Table::root(&doc);
+        let mut e = Vec::new();
+        f(&src, &t, &mut e);
+        in_line_order(e).iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn types_ranges_unknown_keys_and_misplaced_tables() {
+        let got = read(
+            "vcpus = \"2\"\nmemroy_mib = 1\nmemory_mib = 99999999999999\n[network]\nid = 1\n",
+            |src, t, e| {
+                t.integer::<u32>(src, e, "vcpus", 1..=64, "");
+                t.integer::<u32>(src, e, "memory_mib", 16..=1024, " MiB");
+                t.tables(src, e, "network");
+                t.finish(src, e, &[]);
+            },
+        );
+        assert_eq!(
+            got,
+            [
+                "/f.toml:1:9: vcpus: expected an integer from 1 to 64, found a string",
+                "/f.toml:2:1: memroy_mib: unknown key; did you mean memory_mib? (known here: memory_mib, network, vcpus)",
+                "/f.toml:3:14: memory_mib: 99999999999999 is outside 16-1024 MiB",
+                "/f.toml:4:1: network: write [[network]] (one table per entry), not [network]",
+            ]
+        );
+        let got = read("[[network]]\nid = \"eth0\"\nvcpus = 4\n", |src, t, e| {
+            t.integer::<u32>(src, e, "vcpus", 1..=64, "");
+            for n in t.tables(src, e, "network") {
+                n.string(src, e, "id");
+                n.finish(src, e, &t.asked());
+            }
+            t.finish(src, e, &[]);
+        });
+        assert_eq!(
+            got,
+            ["/f.toml:3:1: network[0].vcpus: unknown key; vcpus is a top-level key: move it above the first [[network]] line (known here: id)"]
+        );
+    }
+}

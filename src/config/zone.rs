@@ -1,0 +1,190 @@
+//! Voltainer zones: `/etc/voltainer/network/*.yaml` with `kind: NetworkZone`, read as
+//! networks (`zone = "<name>"` in a NIC).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use super::derive::{check_link_name, check_workload_name};
+use super::error::{ConfigError, Location};
+use super::network::{default_ranges, Network, NetworkType, Range, DEFAULT_NETWORK, DEFAULT_ZONE};
+
+#[derive(Debug, Deserialize)]
+struct ZoneKind {
+    kind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZoneDhcp {
+    enabled: Option<bool>,
+    range: Option<serde_saphyr::Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZone {
+    #[serde(rename = "apiVersion")]
+    _api_version: Option<String>,
+    #[serde(rename = "kind")]
+    _kind: String,
+    name: serde_saphyr::Spanned<String>,
+    bridge: Option<serde_saphyr::Spanned<String>>,
+    subnet: serde_saphyr::Spanned<String>,
+    gateway: Option<serde_saphyr::Spanned<String>>,
+    dhcp: Option<RawZoneDhcp>,
+    mtu: Option<serde_saphyr::Spanned<u32>>,
+}
+
+fn yaml_at(path: &Path, loc: &serde_saphyr::Location) -> Location {
+    Location {
+        file: path.to_path_buf(),
+        line: loc.line() as usize,
+        col: loc.column() as usize,
+    }
+}
+
+fn yaml_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
+    let at = e
+        .location()
+        .map_or_else(|| Location::file(path), |l| yaml_at(path, &l));
+    // The rendered error repeats the location and may span lines; keep its first line.
+    let text = e.to_string();
+    let message = text.lines().next().unwrap_or("invalid YAML").to_string();
+    ConfigError::Syntax { at, message }
+}
+
+/// Parse a Voltainer zone file. Returns `Ok(None)` for YAML documents of another kind.
+pub fn parse_zone_yaml(path: &Path, text: &str) -> Result<Option<Network>, ConfigError> {
+    let kind: ZoneKind = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, &e))?;
+    if kind.kind.as_deref() != Some("NetworkZone") {
+        return Ok(None);
+    }
+    let raw: RawZone = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, &e))?;
+    let invalid =
+        |field: &str, loc: &serde_saphyr::Location, message: String| ConfigError::Invalid {
+            at: yaml_at(path, loc),
+            field: field.to_string(),
+            message,
+        };
+    let name = raw.name.value.clone();
+    check_workload_name(&name).map_err(|m| invalid("name", &raw.name.referenced, m))?;
+    let subnet: Ipv4Net = raw.subnet.value.parse().map_err(|_| {
+        invalid(
+            "subnet",
+            &raw.subnet.referenced,
+            format!(
+                "{:?} is not an IPv4 subnet like 10.42.0.0/24",
+                raw.subnet.value
+            ),
+        )
+    })?;
+    if subnet.network() != subnet.addr() || subnet.prefix_len() > 30 {
+        return Err(invalid(
+            "subnet",
+            &raw.subnet.referenced,
+            format!("{subnet} is not a network address with a prefix of /30 or shorter"),
+        ));
+    }
+    let gateway = match &raw.gateway {
+        Some(g) => {
+            let ip: Ipv4Addr = g.value.parse().map_err(|_| {
+                invalid(
+                    "gateway",
+                    &g.referenced,
+                    format!("{:?} is not an IPv4 address", g.value),
+                )
+            })?;
+            if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() {
+                return Err(invalid(
+                    "gateway",
+                    &g.referenced,
+                    format!("{ip} is not a host address of {subnet}"),
+                ));
+            }
+            ip
+        }
+        None => Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1)),
+    };
+    let bridge = match &raw.bridge {
+        Some(b) => {
+            check_link_name(&b.value).map_err(|m| invalid("bridge", &b.referenced, m))?;
+            b.value.clone()
+        }
+        None if name == DEFAULT_ZONE => DEFAULT_NETWORK.to_string(),
+        None => {
+            check_link_name(&name).map_err(|m| {
+                invalid(
+                    "bridge",
+                    &raw.name.referenced,
+                    format!("no bridge given and the zone name {m}"),
+                )
+            })?;
+            name.clone()
+        }
+    };
+    let (vm_default, mut container_range) = default_ranges(&subnet, gateway);
+    let mut dhcp = true;
+    if let Some(d) = &raw.dhcp {
+        dhcp = d.enabled.unwrap_or(true);
+        if let Some(r) = &d.range {
+            let bad = || {
+                invalid(
+                    "dhcp.range",
+                    &r.referenced,
+                    format!(
+                        "{:?} is not a range like 10.42.0.100-10.42.0.254 inside {subnet}",
+                        r.value
+                    ),
+                )
+            };
+            let (a, b) = r.value.split_once('-').ok_or_else(bad)?;
+            let start: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+            let end: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
+            if start > end || !subnet.contains(&start) || !subnet.contains(&end) {
+                return Err(bad());
+            }
+            container_range = Range { start, end };
+        }
+    }
+    // VMs take the part of the default VM range below the DHCP range.
+    let vm_end = if container_range.start <= vm_default.end {
+        Ipv4Addr::from(u32::from(container_range.start).saturating_sub(1))
+    } else {
+        vm_default.end
+    };
+    let mtu = match &raw.mtu {
+        Some(m) if !(68..=9000).contains(&m.value) => {
+            return Err(invalid(
+                "mtu",
+                &m.referenced,
+                format!("{} is outside 68-9000", m.value),
+            ));
+        }
+        Some(m) => m.value,
+        None => 1500,
+    };
+    Ok(Some(Network {
+        name,
+        source: Some(path.to_path_buf()),
+        bridge,
+        subnet,
+        gateway,
+        kind: NetworkType::Bridged,
+        vm_range: Range {
+            start: vm_default.start,
+            end: vm_end,
+        },
+        container_range,
+        reservations: BTreeMap::new(),
+        dhcp,
+        mtu,
+        mtu_explicit: raw.mtu.is_some(),
+        uplink: None,
+        port_maps: Vec::new(),
+        create_bridge: true,
+    }))
+}

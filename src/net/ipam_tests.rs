@@ -1,0 +1,298 @@
+//! Tests of the lease store (`ipam.rs`).
+use super::*;
+use proptest::prelude::*;
+
+fn net() -> Network {
+    let mut n = Network::builtin_default();
+    n.reservations
+        .insert("vm-web".into(), "10.42.0.10".parse().expect("ip"));
+    n.reservations
+        .insert("ct-db".into(), "10.42.0.150".parse().expect("ip"));
+    n
+}
+
+#[test]
+fn reservations_statics_and_pools() {
+    let n = net();
+    let none = BTreeSet::new();
+    assert_eq!(
+        pick(&n, &Owner::vm("web", "eth0"), Request::Any, &[], &none)
+            .expect("ok")
+            .0
+            .to_string(),
+        "10.42.0.10"
+    );
+    assert_eq!(
+        pick(
+            &n,
+            &Owner::container("db", "eth0"),
+            Request::Any,
+            &[],
+            &none
+        )
+        .expect("ok")
+        .0
+        .to_string(),
+        "10.42.0.150"
+    );
+    assert_eq!(
+        pick(&n, &Owner::vm("api", "eth0"), Request::Any, &[], &none)
+            .expect("ok")
+            .0
+            .to_string(),
+        "10.42.0.2"
+    );
+    assert_eq!(
+        pick(&n, &Owner::container("c", "eth0"), Request::Any, &[], &none)
+            .expect("ok")
+            .0
+            .to_string(),
+        "10.42.0.100"
+    );
+    let configured: BTreeSet<Ipv4Addr> = ["10.42.0.2".parse().expect("ip")].into();
+    assert_eq!(
+        pick(
+            &n,
+            &Owner::vm("api", "eth0"),
+            Request::Any,
+            &[],
+            &configured
+        )
+        .expect("ok")
+        .0
+        .to_string(),
+        "10.42.0.3"
+    );
+    let e = pick(
+        &n,
+        &Owner::vm("api", "eth0"),
+        Request::Static("10.42.0.10".parse().expect("ip")),
+        &[],
+        &none,
+    )
+    .unwrap_err();
+    assert_eq!(e.to_string(), "10.42.0.10 on volt0 is reserved for vm-web");
+    let e = pick(
+        &n,
+        &Owner::vm("api", "eth0"),
+        Request::Static("10.42.0.1".parse().expect("ip")),
+        &[],
+        &none,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not a usable address"), "{e}");
+}
+
+#[test]
+fn exhaustion_is_a_clear_error() {
+    let mut n = net();
+    n.vm_range = Range {
+        start: "10.42.0.2".parse().expect("ip"),
+        end: "10.42.0.3".parse().expect("ip"),
+    };
+    let leases: Vec<Lease> = ["10.42.0.2", "10.42.0.3"]
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| Lease {
+            ip: ip.parse().expect("ip"),
+            owner: Owner::vm(&format!("v{i}"), "eth0"),
+            fixed: false,
+            since: 0,
+        })
+        .collect();
+    let e = pick(
+        &n,
+        &Owner::vm("x", "eth0"),
+        Request::Any,
+        &leases,
+        &BTreeSet::new(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no free address left in volt0's VM pool 10.42.0.2-10.42.0.3"
+    );
+}
+
+#[test]
+fn owner_parse_round_trip() {
+    for s in ["vm/web/eth0", "container/db/eth0"] {
+        assert_eq!(s.parse::<Owner>().expect("owner").to_string(), s);
+    }
+    assert_eq!(
+        "ct/db".parse::<Owner>().expect("owner"),
+        Owner::container("db", "eth0")
+    );
+    assert!("host/x/y".parse::<Owner>().is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    #[test]
+    fn allocations_never_collide_and_stay_in_pools(ops in proptest::collection::vec((any::<bool>(), 0u8..40, any::<bool>()), 1..120)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ipam = Ipam::new(dir.path());
+        let n = net();
+        for (is_vm, id, release) in ops {
+            let owner = if is_vm { Owner::vm(&format!("v{id}"), "eth0") } else { Owner::container(&format!("c{id}"), "eth0") };
+            if release {
+                ipam.release(&n.name, &owner).expect("release");
+            } else {
+                match ipam.allocate(&n, &owner, Request::Any, &BTreeSet::new()) {
+                    Ok(l) => {
+                        let pool = if is_vm { n.vm_range } else { n.container_range };
+                        prop_assert!(pool.contains(l.ip) || n.reservations.values().any(|r| *r == l.ip));
+                    }
+                    Err(IpamError::Exhausted { .. }) => {}
+                    Err(e) => prop_assert!(false, "{e}"),
+                }
+            }
+            let leases = ipam.list(&n.name).expect("list");
+            let ips: BTreeSet<Ipv4Addr> = leases.iter().map(|l| l.ip).collect();
+            prop_assert_eq!(ips.len(), leases.len(), "duplicate address in {:?}", leases);
+            let owners: BTreeSet<&Owner> = leases.iter().map(|l| &l.owner).collect();
+            prop_assert_eq!(owners.len(), leases.len());
+            for l in &leases {
+                prop_assert!(n.is_host_addr(l.ip));
+                if let Some((k, _)) = n.reservations.iter().find(|(_, v)| **v == l.ip) {
+                    prop_assert_eq!(k, &l.owner.reservation_key());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn allocate_is_idempotent_and_release_frees() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ipam = Ipam::new(dir.path());
+    let n = net();
+    let o = Owner::vm("api", "eth0");
+    let a = ipam
+        .allocate(&n, &o, Request::Any, &BTreeSet::new())
+        .expect("alloc");
+    let b = ipam
+        .allocate(&n, &o, Request::Any, &BTreeSet::new())
+        .expect("alloc");
+    assert_eq!(a.ip, b.ip);
+    assert_eq!(
+        ipam.release("volt0", &o).expect("release").map(|l| l.ip),
+        Some(a.ip)
+    );
+    assert!(ipam.list("volt0").expect("list").is_empty());
+    assert_eq!(ipam.networks(), vec!["volt0".to_string()]);
+}
+
+#[test]
+fn corrupt_file_is_an_error_not_an_empty_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("volt0.json"), "{ not json").expect("write");
+    let e = Ipam::new(dir.path()).list("volt0").unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("volt0.json is not a valid lease file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_corrupt_file_is_moved_aside_and_rebuilt_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("volt0.json");
+    let ipam = Ipam::new(dir.path());
+    let n = net();
+    let a = ipam
+        .allocate(&n, &Owner::vm("a", "eth0"), Request::Any, &BTreeSet::new())
+        .expect("alloc");
+    // Truncated mid-write by a full disk or a crash of something else.
+    let text = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &text[..text.len() / 2]).expect("truncate");
+    let live = a.clone();
+    let ipam = Ipam::with_rebuild(dir.path(), move |net| {
+        assert_eq!(net, "volt0");
+        vec![live.clone()]
+    });
+    assert_eq!(ipam.list("volt0").expect("list"), vec![a.clone()]);
+    let aside: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("volt0.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(dir.path().join(&aside[0])).expect("kept"),
+        text[..text.len() / 2]
+    );
+    assert_eq!(ipam.networks(), vec!["volt0".to_string()]);
+    // The rebuilt file is valid: the next start gets another address, nothing moves again.
+    let b = ipam
+        .allocate(&n, &Owner::vm("b", "eth0"), Request::Any, &BTreeSet::new())
+        .expect("alloc after rebuild");
+    assert_ne!(a.ip, b.ip);
+    assert_eq!(ipam.list("volt0").expect("list").len(), 2);
+    // An empty file (the other way a file gets cut): without a rebuild source it stays an
+    // error (an empty pool would hand out taken addresses); with one it is rebuilt.
+    std::fs::write(&path, "").expect("empty");
+    assert!(Ipam::new(dir.path()).list("volt0").is_err());
+    assert_eq!(ipam.list("volt0").expect("list"), vec![a]);
+}
+
+#[test]
+fn reconcile_releases_dead_owners() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ipam = Ipam::new(dir.path());
+    let n = net();
+    for name in ["a", "b", "c"] {
+        ipam.allocate(&n, &Owner::vm(name, "eth0"), Request::Any, &BTreeSet::new())
+            .expect("alloc");
+    }
+    let gone = ipam
+        .reconcile("volt0", &|o| o.name != "b")
+        .expect("reconcile");
+    assert_eq!(
+        gone.iter()
+            .map(|l| l.owner.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["b"]
+    );
+    assert_eq!(ipam.list("volt0").expect("list").len(), 2);
+}
+
+#[test]
+fn record_keeps_one_lease_per_owner_and_refuses_taken_addresses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ipam = Ipam::new(dir.path());
+    let n = net();
+    let db = Owner::container("app", "eth0");
+    let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+    let l = ipam
+        .record(&n, &db, ip("10.42.0.101"), false)
+        .expect("record");
+    assert!(!l.fixed);
+    // The same again is the same lease; a new DHCP address replaces it.
+    assert_eq!(
+        ipam.record(&n, &db, ip("10.42.0.101"), false)
+            .expect("again"),
+        l
+    );
+    ipam.record(&n, &db, ip("10.42.0.102"), false)
+        .expect("moved");
+    let leases = ipam.list("volt0").expect("list");
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].ip, ip("10.42.0.102"));
+    let e = ipam
+        .record(
+            &n,
+            &Owner::container("other", "eth0"),
+            ip("10.42.0.102"),
+            false,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("already leased to container/app/eth0"),
+        "{e}"
+    );
+    assert!(ipam.record(&n, &db, ip("10.42.0.1"), true).is_err());
+}

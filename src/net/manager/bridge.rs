@@ -1,0 +1,132 @@
+//! The manager's bridges and host-only networks: a bridge with its gateway address (created
+//! when missing and allowed, remembered so `net down` deletes only what Volt made), and the
+//! forwarding and NAT of host-only networks.
+
+use std::path::PathBuf;
+
+use super::{io, set_forwarding, Collect, Manager, ManagerError, NetUp};
+use crate::config::{Network, NetworkType};
+use crate::net::nat::{self, PortTarget};
+use crate::net::netlink::Netlink;
+
+impl Manager {
+    fn bridge_marker(&self, bridge: &str) -> PathBuf {
+        self.state_dir.join("bridges").join(bridge)
+    }
+
+    /// Make sure `net`'s bridge exists and is up. A missing bridge is created (STP off,
+    /// forward delay 0, the gateway address, the network's MTU) when the network allows it,
+    /// else this fails naming the bridge. Returns whether it was created.
+    pub fn ensure_bridge(&self, net: &Network) -> Result<bool, ManagerError> {
+        let nl = Netlink::new()?;
+        match nl.link(&net.bridge)? {
+            Some(l) if l.kind.as_deref() == Some("bridge") => {
+                if !l.up {
+                    nl.set_up(&net.bridge)?;
+                }
+                Ok(false)
+            }
+            Some(l) => Err(ManagerError::NotABridge {
+                name: net.bridge.clone(),
+                kind: l.kind.unwrap_or_else(|| "physical".into()),
+            }),
+            None if !net.create_bridge => Err(ManagerError::BridgeMissing {
+                bridge: net.bridge.clone(),
+                hint: Some(format!("network {} has create_bridge = false", net.name)),
+            }),
+            None => {
+                let mtu = (net.mtu != 1500).then_some(net.mtu);
+                nl.create_bridge(&net.bridge, None, mtu)?;
+                let r = (|| -> Result<(), ManagerError> {
+                    nl.add_ipv4(&net.bridge, net.gateway, net.subnet.prefix_len())?;
+                    nl.set_up(&net.bridge)?;
+                    let marker = self.bridge_marker(&net.bridge);
+                    if let Some(d) = marker.parent() {
+                        std::fs::create_dir_all(d)
+                            .map_err(io(format!("create {}", d.display())))?;
+                    }
+                    std::fs::write(&marker, format!("{}\n", net.name))
+                        .map_err(io(format!("write {}", marker.display())))
+                })();
+                if let Err(e) = r {
+                    let _ = nl.delete(&net.bridge);
+                    return Err(e);
+                }
+                log::info!(
+                    "created bridge {} ({}/{}) for network {}",
+                    net.bridge,
+                    net.gateway,
+                    net.subnet.prefix_len(),
+                    net.name
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    /// Whether Volt created `bridge` (and so may delete it on `net down`).
+    pub fn created_bridge(&self, bridge: &str) -> bool {
+        self.bridge_marker(bridge).exists()
+    }
+
+    /// Bring network `net` up: its bridge, and for host-only networks forwarding on the
+    /// bridge and uplink plus the NAT rules with the resolved port-map `targets`.
+    pub fn net_up(&self, net: &Network, targets: &[PortTarget]) -> Result<NetUp, ManagerError> {
+        let mut report = NetUp {
+            bridge_created: self.ensure_bridge(net)?,
+            ..NetUp::default()
+        };
+        if net.kind == NetworkType::HostOnly {
+            let uplink = net.uplink.as_deref().unwrap_or_default();
+            let nl = Netlink::new()?;
+            if nl.link(uplink)?.is_none() {
+                return Err(ManagerError::MissingLink {
+                    what: "uplink",
+                    name: uplink.into(),
+                });
+            }
+            set_forwarding(&net.bridge)?;
+            set_forwarding(uplink)?;
+            nat::apply_up(net, targets)?;
+            report.nat = true;
+            report.port_maps = targets.len();
+        }
+        Ok(report)
+    }
+
+    /// Take network `net` down: remove its NAT, and its bridge if Volt created it. Every
+    /// step runs; the errors are collected.
+    pub fn net_down(&self, net: &Network) -> Result<(), ManagerError> {
+        let mut c = Collect::default();
+        c.step("remove NAT rules", nat::apply_down(&net.name));
+        if self.created_bridge(&net.bridge) {
+            let deleted = Netlink::new()
+                .and_then(|nl| nl.delete(&net.bridge))
+                .map_err(ManagerError::from);
+            if c.step(format!("delete bridge {}", net.bridge), deleted)
+                .is_some()
+            {
+                let m = self.bridge_marker(&net.bridge);
+                c.step(
+                    format!("remove {}", m.display()),
+                    std::fs::remove_file(&m).map_err(io(format!("remove {}", m.display()))),
+                );
+            }
+        }
+        c.finish()
+    }
+
+    pub(super) fn bridge_present(nl: &Netlink, bridge: &str) -> Result<u32, ManagerError> {
+        match nl.link(bridge)? {
+            Some(l) if l.kind.as_deref() == Some("bridge") => Ok(l.mtu),
+            Some(l) => Err(ManagerError::NotABridge {
+                name: bridge.into(),
+                kind: l.kind.unwrap_or_else(|| "physical".into()),
+            }),
+            None => Err(ManagerError::BridgeMissing {
+                bridge: bridge.into(),
+                hint: Some("run `volt net up` for its network".into()),
+            }),
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The attach policy on real links, in namespaces the test creates, with a configuration
+//! root in a temporary directory: what `volt link up|down` (the link owner units) and the
+//! container start do. A container's veth port gets the same anti-spoofing rules as a VM's
+//! TAP; rules that cannot be installed fail the link (and remove it), so the workload does
+//! not start; `volt link down` of a `direct` NIC removes its rules; links Volt does not own
+//! are refused with a message naming them and survive.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::netns::{skip_reason, TestNs};
+use volt::attach::{Attach, AttachError};
+use volt::net::antispoof;
+
+fn skip() -> bool {
+    if common::skip(skip_reason(), false) {
+        return true;
+    }
+    if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        common::report::skip("nft is missing (scripts/setup installs nftables)");
+        return true;
+    }
+    false
+}
+
+/// A configuration root holding `files` (relative path, text).
+fn root(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("root");
+    for (rel, text) in files {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+    }
+    dir
+}
+
+const CT: &str = "directory = \"/srv/ct\"\ncommand = [\"/bin/true\"]\n[[network]]\nbridge = \"volt0\"\nipv4 = \"10.42.0.150/24\"\n";
+const VM_DIRECT: &str = "kernel = \"/boot/guest\"\n[[network]]\nmode = \"direct\"\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n";
+
+fn veth_of(ct: &str) -> (String, String) {
+    volt::config::veth_names(ct)
+}
+
+fn tap_of(vm: &str) -> String {
+    volt::config::tap_name(&volt::config::vm_uuid(vm), 0)
+}
+
+fn up(ns: &TestNs, root: &Path, link: &str) -> Result<(), String> {
+    let (root, link) = (root.to_path_buf(), link.to_string());
+    ns.run(move || {
+        Attach::load(&root)
+            .up(&link)
+            .map(|_| ())
+            .map_err(|e| match e {
+                AttachError::Antispoof { .. } => format!("antispoof: {}", volt::error_chain(&e)),
+                e => volt::error_chain(&e),
+            })
+    })
+}
+
+/// `volt link <verb> <link>` with the root, inside `ns` (what the owner units run).
+fn volt_link(ns: &TestNs, root: &Path, verb: &str, link: &str) -> Output {
+    ns.sh(&format!(
+        "VOLT_ROOT={} {} link {verb} '{link}'",
+        root.display(),
+        env!("CARGO_BIN_EXE_volt")
+    ))
+}
+
+fn exists(ns: &TestNs, link: &str) -> bool {
+    ns.sh(&format!("ip link show dev {link}")).status.success()
+}
+
+fn chain(ns: &TestNs, port: &str) -> String {
+    ns.ok(&format!("nft list chain bridge volt port-{port}"))
+}
+
+#[test]
+fn a_container_veth_port_gets_the_rules_and_link_down_removes_them() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("atct");
+    let r = root(&[("etc/volt/containers/ct.toml", CT)]);
+    let (h, c) = veth_of("ct");
+    up(&host, r.path(), &h).expect("up");
+    assert!(exists(&host, &h) && exists(&host, &c));
+    let mac = volt::config::nic_mac(&volt::config::vm_uuid("ct"), "eth0", 0);
+    let rules = chain(&host, &h);
+    for want in [
+        format!("ether saddr != {mac}"),
+        "ip saddr != 10.42.0.150".to_string(),
+        "arp saddr ip != 10.42.0.150".to_string(),
+        "vlan id 0".to_string(),
+        "ether type 8021ad".to_string(),
+        "icmpv6 type nd-router-advert".to_string(),
+        "ether type != { ip, arp, ip6 }".to_string(),
+    ] {
+        assert!(rules.contains(&want), "{want:?} missing:\n{rules}");
+    }
+    let down = volt_link(&host, r.path(), "down", &h);
+    assert!(down.status.success(), "{down:?}");
+    assert!(!host.run({
+        let h = h.clone();
+        move || antispoof::installed(&h)
+    }));
+    assert!(!exists(&host, &h) && !exists(&host, &c));
+}
+
+#[test]
+fn rules_that_cannot_be_installed_fail_the_link_and_remove_it() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("atfc");
+    // Someone else's `ports` map of another type in Volt's table: nft refuses ours.
+    host.ok("nft add table bridge volt && nft add map bridge volt ports '{ type ether_addr : verdict; }'");
+    let r = root(&[
+        ("etc/volt/containers/ct.toml", CT),
+        ("etc/volt/vms/vm.toml", VM_DIRECT),
+    ]);
+    let (h, c) = veth_of("ct");
+    let e = up(&host, r.path(), &h).expect_err("the container's link must fail");
+    assert!(e.starts_with("antispoof: ") && e.contains(&h), "{e}");
+    assert!(
+        !exists(&host, &h) && !exists(&host, &c),
+        "the pair was left behind"
+    );
+    let tap = tap_of("vm");
+    let e = up(&host, r.path(), &tap).expect_err("the VM's link must fail");
+    assert!(e.starts_with("antispoof: ") && e.contains(&tap), "{e}");
+    assert!(!exists(&host, &tap), "the TAP was left behind");
+    assert!(!r.path().join(format!("run/volt/links/{tap}.json")).exists());
+    // What the owner unit runs fails too (so BindsTo= keeps the workload from starting).
+    let o = volt_link(&host, r.path(), "up", &h);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(err.contains("anti-spoofing") && err.contains(&h), "{err}");
+}
+
+#[test]
+fn a_direct_nic_has_rules_until_its_owner_takes_the_link_down() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("atdir");
+    let r = root(&[("etc/volt/vms/vm.toml", VM_DIRECT)]);
+    let tap = tap_of("vm");
+    up(&host, r.path(), &tap).expect("up");
+    assert!(host
+        .ok(&format!("ip -o link show dev {tap}"))
+        .contains("master volt0"));
+    assert!(chain(&host, &tap).contains("ip saddr != 10.42.0.10"));
+    // volt-tap@'s ExecStopPost=.
+    let down = volt_link(&host, r.path(), "down", &tap);
+    assert!(down.status.success(), "{down:?}");
+    host.ok(&format!(
+        "! nft list chain bridge volt port-{tap} 2>/dev/null"
+    ));
+    assert!(!exists(&host, &tap));
+}
+
+fn refused(ns: &TestNs, root: &Path, link: &str) {
+    let o = volt_link(ns, root, "down", link);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "link down {link:?} succeeded: {o:?}");
+    assert!(
+        err.contains(&format!("{link} is not a link Volt owns")),
+        "{link}: {err}"
+    );
+}
+
+#[test]
+fn link_down_refuses_links_volt_does_not_own() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("atown");
+    let r = root(&[("etc/volt/vms/vm.toml", VM_DIRECT)]);
+    // An unrelated bridge, the shared bridge, an unrelated veth pair (named like one of ours).
+    host.ok("ip link add lab9 type bridge && ip link add volt0 type bridge");
+    host.ok("ip link add veth-deadbeef-h type veth peer name veth-deadbeef-c");
+    host.ok("ip link add vethx type veth peer name vethy");
+    for link in ["lab9", "volt0", "veth-deadbeef-h", "vethx", "lo"] {
+        refused(&host, r.path(), link);
+    }
+    for link in [
+        "lab9",
+        "volt0",
+        "veth-deadbeef-h",
+        "veth-deadbeef-c",
+        "vethx",
+        "vethy",
+    ] {
+        assert!(exists(&host, link), "{link} was deleted");
+    }
+    // A planned name on a link Volt did not create (a bridge): left alone, said so.
+    let tap = tap_of("vm");
+    host.ok(&format!("ip link add {tap} type bridge"));
+    let o = volt_link(&host, r.path(), "down", &tap);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(err.contains(&format!("{tap} is a bridge")), "{err}");
+    assert!(exists(&host, &tap));
+    // Names that are no link names at all (a systemd instance can unescape to anything).
+    for bad in ["../../etc/passwd", "/etc/volt", "a b", ""] {
+        let o = volt_link(&host, r.path(), "down", bad);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{bad:?}: {o:?}");
+        assert!(
+            err.contains("not a valid interface name") || err.contains("bytes long"),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+const VM_POOL: &str =
+    "kernel = \"/boot/guest\"\n[[network]]\nmode = \"direct\"\nbridge = \"volt0\"\n";
+
+fn leases(root: &Path) -> Vec<(String, String)> {
+    let at = Attach::load(root);
+    let mut v: Vec<(String, String)> = at
+        .ipam()
+        .list("volt0")
+        .expect("leases")
+        .into_iter()
+        .map(|l| (l.owner.to_string(), l.ip.to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn link_up_reconciles_gone_workloads_and_survives_a_corrupt_lease_file() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("atipam");
+    let r = root(&[
+        ("etc/volt/vms/a.toml", VM_POOL),
+        ("etc/volt/vms/b.toml", VM_POOL),
+        ("etc/volt/vms/c.toml", VM_POOL),
+    ]);
+    for vm in ["a", "b", "c"] {
+        up(&host, r.path(), &tap_of(vm)).expect("up");
+    }
+    assert_eq!(
+        leases(r.path()),
+        [
+            ("vm/a/eth0".to_string(), "10.42.0.2".to_string()),
+            ("vm/b/eth0".into(), "10.42.0.3".into()),
+            ("vm/c/eth0".into(), "10.42.0.4".into()),
+        ]
+    );
+    // a stops and its file is removed: gone. b stops and its file breaks: it may start again
+    // on its last good units, so it keeps its lease. c runs on while its file is removed: its
+    // link is up, so it keeps its lease until it stops.
+    for vm in ["a", "b"] {
+        let down = volt_link(&host, r.path(), "down", &tap_of(vm));
+        assert!(down.status.success(), "{down:?}");
+    }
+    let vms = r.path().join("etc/volt/vms");
+    std::fs::remove_file(vms.join("a.toml")).expect("rm");
+    std::fs::write(vms.join("b.toml"), "vcpus = \"x\"\n").expect("break");
+    std::fs::remove_file(vms.join("c.toml")).expect("rm");
+    // The next link up gives a's address back to the pool and keeps b's and c's.
+    std::fs::write(vms.join("d.toml"), VM_POOL).expect("write");
+    up(&host, r.path(), &tap_of("d")).expect("up d");
+    assert_eq!(
+        leases(r.path()),
+        [
+            ("vm/b/eth0".to_string(), "10.42.0.3".to_string()),
+            ("vm/c/eth0".into(), "10.42.0.4".into()),
+            ("vm/d/eth0".into(), "10.42.0.2".into()),
+        ]
+    );
+
+    // A truncated lease file: the next start moves it aside, rebuilds the leases of the
+    // running workloads (c and d) from their link records, and hands out a free address.
+    let file = r.path().join("var/lib/volt/ipam/volt0.json");
+    let text = std::fs::read(&file).expect("read");
+    std::fs::write(&file, &text[..text.len() / 3]).expect("truncate");
+    std::fs::write(r.path().join("etc/volt/vms/e.toml"), VM_POOL).expect("write");
+    up(&host, r.path(), &tap_of("e")).expect("up e with a corrupt lease file");
+    let now = leases(r.path());
+    assert!(
+        now.contains(&("vm/e/eth0".to_string(), "10.42.0.3".to_string())),
+        "{now:?}"
+    );
+    for held in ["vm/c/eth0", "vm/d/eth0"] {
+        assert!(now.iter().any(|(o, _)| o == held), "{held} lost: {now:?}");
+    }
+    let aside = std::fs::read_dir(file.parent().expect("dir"))
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("volt0.json.corrupt-")
+        })
+        .count();
+    assert_eq!(aside, 1);
+}

@@ -1,0 +1,304 @@
+//! The `volt` command line on a throwaway root, as a new user meets it: validate's messages
+//! for bad input, the exit status table (0 ok, 1 failure, 2 usage), IPAM commands that honour
+//! the configuration, tables without trailing spaces, JSON with the same keys in list and
+//! show, a closed pipe.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn volt(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_volt"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("VOLT_ROOT")
+        .env_remove("INVOCATION_ID")
+        .output()
+        .expect("run volt")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write(root: &Path, rel: &str, body: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().expect("dir")).expect("mkdir");
+    std::fs::write(p, body).expect("write");
+}
+
+/// A root with VM web (static 10.42.0.10), VM dyn (pool) and container db (DHCP).
+fn root() -> tempfile::TempDir {
+    let r = tempfile::tempdir().expect("root");
+    write(r.path(), "k", "kernel");
+    write(
+        r.path(),
+        "etc/volt/vms/web.toml",
+        "kernel = \"/k\"\n[[network]]\nipv4 = \"10.42.0.10\"\n",
+    );
+    write(
+        r.path(),
+        "etc/volt/vms/dyn.toml",
+        "kernel = \"/k\"\n[[network]]\n",
+    );
+    std::fs::create_dir_all(r.path().join("srv/db/usr")).expect("mkdir");
+    write(
+        r.path(),
+        "etc/volt/containers/db.toml",
+        "directory = \"/srv/db\"\nboot = true\n[[network]]\n",
+    );
+    r
+}
+
+#[test]
+fn exit_statuses() {
+    let r = root();
+    let p = r.path();
+    let cases: &[(&[&str], i32)] = &[
+        (&["validate"], 0),
+        (&["vm", "list"], 0),
+        (&["net", "show", "volt0"], 0),
+        (&["net", "show", "nope"], 1),
+        (&["container", "show", "nope"], 1),
+        (&["ipam", "list", "--network", "nope"], 1),
+        (&["ipam", "release", "--owner", "vm/dyn/eth0"], 1),
+        (&["no-such-command"], 2),
+        (&["vm", "list", "--output", "yaml"], 2),
+        (&["ipam", "allocate"], 2),
+    ];
+    for (args, want) in cases {
+        let o = volt(p, args);
+        assert_eq!(o.status.code(), Some(*want), "volt {args:?}: {}", text(&o));
+    }
+    let o = volt(Path::new("/nonexistent/root"), &["validate"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("the root does not exist"), "{}", text(&o));
+    // No lock file for a network that does not exist.
+    assert!(!p.join("var/lib/volt/ipam/nope.lock").exists());
+}
+
+#[test]
+fn validate_names_what_to_fix() {
+    let r = root();
+    let p = r.path();
+    write(
+        p,
+        "etc/volt/vms/bad.toml",
+        "vcpus = \"2\"\nkernel = \"/k\"\n[network]\nid = \"eth0\"\n",
+    );
+    write(p, "etc/volt/vms/web.TOML", "");
+    std::fs::create_dir_all(p.join("etc/volt/vms/dir.toml")).expect("mkdir");
+    let o = volt(p, &["validate"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    for want in [
+        "/etc/volt/vms/bad.toml:1:9: vcpus: expected an integer from 1 to 64, found a string",
+        "/etc/volt/vms/bad.toml:3:1: network: write [[network]] (one table per entry), not [network]",
+        "warning: /etc/volt/vms/web.TOML is not read: only files ending in .toml are",
+        "warning: /etc/volt/vms/dir.toml is not a regular file; skipped",
+    ] {
+        assert!(t.contains(want), "no {want:?} in:\n{t}");
+    }
+    // A named file of another type is known by its name or content.
+    write(
+        p,
+        "tmp/lab.network.toml",
+        "bridge = \"lab0\"\nsubnet = \"10.43.0.0/24\"\n",
+    );
+    let o = volt(
+        p,
+        &[
+            "validate",
+            &p.join("tmp/lab.network.toml").to_string_lossy(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = volt(
+        p,
+        &[
+            "validate",
+            "--type",
+            "container",
+            &p.join("etc/volt/vms/web.toml").to_string_lossy(),
+        ],
+    );
+    assert!(text(&o).contains("directory: missing"), "{}", text(&o));
+}
+
+#[test]
+fn ipam_commands_honour_the_configuration() {
+    let r = root();
+    let p = r.path();
+    // web is static: its configured address, not the pool's first.
+    let o = volt(p, &["ipam", "allocate", "--owner", "vm/web/eth0"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "10.42.0.10/24",
+        "{}",
+        text(&o)
+    );
+    // web's address for another owner, or another address for web: refused.
+    let o = volt(
+        p,
+        &[
+            "ipam",
+            "allocate",
+            "--owner",
+            "vm/dyn/eth0",
+            "--ip",
+            "10.42.0.10",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("10.42.0.10 is the configured address of vm/web/eth0"),
+        "{}",
+        text(&o)
+    );
+    let o = volt(
+        p,
+        &[
+            "ipam",
+            "allocate",
+            "--owner",
+            "vm/web/eth0",
+            "--ip",
+            "10.42.0.11",
+        ],
+    );
+    assert!(
+        text(&o).contains("its configured address is 10.42.0.10"),
+        "{}",
+        text(&o)
+    );
+    // Owners that are not configured.
+    let o = volt(p, &["ipam", "allocate", "--owner", "vm/ghost/eth0"]);
+    assert!(
+        text(&o).contains("vm/ghost/eth0: no VM named ghost is configured"),
+        "{}",
+        text(&o)
+    );
+    let o = volt(p, &["ipam", "allocate", "--owner", "vm/dyn/eth1"]);
+    assert!(text(&o).contains("VM dyn has no NIC eth1"), "{}", text(&o));
+    // A pool address for dyn, then released.
+    let o = volt(p, &["ipam", "allocate", "--owner", "vm/dyn/eth0"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "10.42.0.2/24",
+        "{}",
+        text(&o)
+    );
+    let o = volt(p, &["ipam", "release", "--owner", "vm/dyn/eth0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn tables_and_json() {
+    let r = root();
+    let p = r.path();
+    for args in [
+        &["vm", "list"][..],
+        &["container", "list"],
+        &["net", "list"],
+        &["ipam", "list"],
+    ] {
+        let o = volt(p, args);
+        let t = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        assert!(
+            t.lines().all(|l| l == l.trim_end()),
+            "{args:?}: trailing spaces in {t:?}"
+        );
+        let bare = volt(p, &[args, &["--no-legend"][..]].concat());
+        assert!(
+            !String::from_utf8_lossy(&bare.stdout).contains("NAME"),
+            "{args:?} --no-legend"
+        );
+    }
+    let list = volt(p, &["net", "list"]);
+    assert!(
+        String::from_utf8_lossy(&list.stdout).starts_with("NAME   TYPE     BRIDGE"),
+        "{}",
+        text(&list)
+    );
+    let show = volt(p, &["net", "show", "volt0"]);
+    assert!(
+        String::from_utf8_lossy(&show.stdout).contains("type         bridged"),
+        "{}",
+        text(&show)
+    );
+    // The same keys, in the same order, in list and show.
+    let all: serde_json::Value =
+        serde_json::from_slice(&volt(p, &["net", "list", "--json=short"]).stdout).expect("json");
+    let one: serde_json::Value =
+        serde_json::from_slice(&volt(p, &["net", "show", "volt0", "-o", "json"]).stdout)
+            .expect("json");
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(keys(&all[0]), keys(&one));
+    let short = volt(p, &["vm", "list", "--json=short"]);
+    assert_eq!(String::from_utf8_lossy(&short.stdout).lines().count(), 1);
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let r = root();
+    for extra in 0..200 {
+        write(
+            r.path(),
+            &format!("etc/volt/vms/v{extra}.toml"),
+            "kernel = \"/k\"\n",
+        );
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volt"))
+        .arg("--root")
+        .arg(r.path())
+        .args(["vm", "list", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Read nothing: close our end at once.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(o.status.code(), Some(101), "{err}");
+}
+
+#[test]
+fn shells_complete_names_from_the_configuration() {
+    let r = root();
+    write(
+        r.path(),
+        "etc/volt/networks/lab.toml",
+        "bridge = \"lab0\"\nsubnet = \"10.43.0.0/24\"\n",
+    );
+    let complete = |words: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_volt"))
+            .env("COMPLETE", "fish")
+            .env("VOLT_ROOT", r.path())
+            .arg("--")
+            .args(words)
+            .output()
+            .expect("complete");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let got = complete(&["volt", "vm", "start", ""]);
+    for want in ["web\tVM", "dyn\tVM", "db\tcontainer"] {
+        assert!(got.lines().any(|l| l == want), "no {want:?} in {got:?}");
+    }
+    assert_eq!(complete(&["volt", "vm", "status", "w"]).trim(), "web\tVM");
+    let nets = complete(&["volt", "net", "show", ""]);
+    assert!(
+        nets.contains("lab\tlab0") && nets.contains("volt0\tvolt0"),
+        "{nets:?}"
+    );
+}

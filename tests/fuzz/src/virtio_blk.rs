@@ -1,0 +1,244 @@
+//! `virtio_blk`: the virtio-blk request path (parse, check, execute, complete) against a
+//! hostile driver. The input lays out one split queue in small guest memory (size, ring
+//! addresses, indices, descriptors, avail ring, all fuzzer-chosen, possibly overlapping),
+//! picks the disk's negotiated features (read-only, DISCARD, WRITE_ZEROES, FLUSH), then runs
+//! a program: queue passes, guest-memory writes (request headers, DISCARD segments, anything)
+//! and the guest adding chains between kicks. The image is a 32 KiB memfd.
+//!
+//! Checked: no panic, no hang; the device never returns more chains than it took; the image
+//! never changes size; a read-only image never changes content.
+
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::FileExt;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use volt::vmm::disk::DiskLimit;
+use volt::vmm::virtio::blk::io::SyncIo;
+use volt::vmm::virtio::blk::request::{self, DiskInfo};
+use volt::vmm::virtio::blk::throttle::Throttle;
+use volt::vmm::virtio::blk::worker::{self, Ctx, Stats};
+
+use super::cursor::Cursor;
+
+/// Guest RAM: 64 KiB at 0 and 4 KiB at 128 KiB (a hole between).
+const RAM: [(u64, usize); 2] = [(0, 0x1_0000), (0x2_0000, 0x1000)];
+/// The device's queue size (virtio-blk's `QUEUE_SIZE`).
+const MAX_QUEUE: u16 = 256;
+/// Disk size in sectors.
+const SECTORS: u64 = 64;
+/// Most program steps per input.
+const MAX_OPS: usize = 64;
+
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
+
+/// An address: mostly inside the first region, sometimes in the second or anywhere.
+fn addr(c: &mut Cursor, mode: u8) -> u64 {
+    match mode & 3 {
+        3 => c.u64(),
+        2 => 0x2_0000 + u64::from(c.u16() % 0x1100),
+        _ => u64::from(c.u16()),
+    }
+}
+
+fn write_desc(mem: &GuestMemoryMmap, desc: u64, size: u16, i: u16, c: &mut Cursor) {
+    let mode = c.u8();
+    let a = addr(c, mode);
+    let len = match (mode >> 2) & 3 {
+        0 => u32::from(c.u8()),
+        1 => 512 * u32::from(c.u8() % 8) + u32::from(c.u8() % 2),
+        2 => u32::from(c.u16()),
+        _ => c.u32(),
+    };
+    let fb = c.u8();
+    let mut flags = u16::from(fb) & (F_NEXT | F_WRITE | F_INDIRECT);
+    if fb & 0x80 != 0 {
+        flags |= u16::from(fb) << 8;
+    }
+    let next = if fb & 0x40 != 0 {
+        c.u16()
+    } else {
+        u16::from(c.u8()) % size.max(1)
+    };
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&a.to_le_bytes());
+    raw[8..12].copy_from_slice(&len.to_le_bytes());
+    raw[12..14].copy_from_slice(&flags.to_le_bytes());
+    raw[14..16].copy_from_slice(&next.to_le_bytes());
+    let _ = mem.write_slice(&raw, GuestAddress(desc + 16 * u64::from(i)));
+}
+
+fn publish(mem: &GuestMemoryMmap, avail: u64, size: u16, head: u16) {
+    let idx_at = GuestAddress(avail + 2);
+    let Ok(idx) = mem.read_obj::<u16>(idx_at) else {
+        return;
+    };
+    let _ = mem.write_obj(head, GuestAddress(avail + 4 + 2 * u64::from(idx % size)));
+    let _ = mem.write_obj(idx.wrapping_add(1), idx_at);
+}
+
+fn image() -> Option<std::fs::File> {
+    // SAFETY: memfd_create with a NUL-terminated name; the fd is owned by the File below.
+    let fd = unsafe { libc::memfd_create(c"volt-fuzz-blk".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let data: Vec<u8> = (0..SECTORS * 512).map(|i| (i / 512) as u8 ^ 0x5a).collect();
+    f.write_all_at(&data, 0).ok()?;
+    Some(f)
+}
+
+pub fn run(data: &[u8]) {
+    let mut c = Cursor::new(data);
+    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(
+        &RAM.iter()
+            .map(|&(a, l)| (GuestAddress(a), l))
+            .collect::<Vec<_>>(),
+    ) else {
+        return;
+    };
+    let Some(file) = image() else {
+        return;
+    };
+    let hdr = c.u8();
+    let size = 1u16 << (hdr % 9);
+    let event_idx = hdr & 0x10 != 0;
+    let read_only = hdr & 0x20 != 0;
+    let feats = c.u8();
+    let rings = c.u8();
+    let desc = addr(&mut c, rings) & !0xf;
+    let avail = addr(&mut c, rings >> 2) & !1;
+    let used = addr(&mut c, rings >> 4) & !3;
+    let start = c.u16();
+
+    let Ok(mut q) = Queue::new(MAX_QUEUE) else {
+        return;
+    };
+    q.set_size(size);
+    if q.try_set_desc_table_address(GuestAddress(desc)).is_err()
+        || q.try_set_avail_ring_address(GuestAddress(avail)).is_err()
+        || q.try_set_used_ring_address(GuestAddress(used)).is_err()
+    {
+        return;
+    }
+    q.set_ready(true);
+    if !q.is_valid(&mem) {
+        return;
+    }
+    q.set_event_idx(event_idx);
+    q.set_next_avail(start);
+    q.set_next_used(start);
+
+    let _ = mem.write_obj(u16::from(c.u8() & 1), GuestAddress(avail));
+    let _ = mem.write_obj(start, GuestAddress(avail + 2));
+    let _ = mem.write_obj(0u16, GuestAddress(used));
+    let _ = mem.write_obj(start, GuestAddress(used + 2));
+    let ndesc = u16::from(c.u8()).min(size);
+    for i in 0..ndesc {
+        write_desc(&mem, desc, size, i, &mut c);
+    }
+    for _ in 0..c.u8() {
+        let b = c.u8();
+        let head = if b & 0x80 != 0 {
+            c.u16()
+        } else {
+            u16::from(b) % size
+        };
+        publish(&mem, avail, size, head);
+    }
+
+    let io = SyncIo::new(file.try_clone().expect("dup memfd"), false);
+    let stats = Stats::default();
+    let ctx = Ctx {
+        mem: &mem,
+        io: &io,
+        info: DiskInfo {
+            capacity: SECTORS,
+            read_only,
+            discard: !read_only && feats & 1 != 0,
+            write_zeroes: !read_only && feats & 2 != 0,
+            max_transfer: 1 << 20,
+            max_dwz_sectors: u32::from(feats >> 4) * 4,
+        },
+        serial: b"fuzz-serial-0123456789",
+        write_through: feats & 4 != 0,
+        stats: &stats,
+    };
+    let original = {
+        let mut v = vec![0u8; (SECTORS * 512) as usize];
+        let _ = file.read_exact_at(&mut v, 0);
+        v
+    };
+    let mut throttle = Throttle::new(&DiskLimit::default(), std::time::Instant::now());
+    let mut deferred = None;
+    let mut descs = Vec::new();
+    let avail0 = q.next_avail();
+    let used0 = q.next_used();
+
+    for _ in 0..MAX_OPS {
+        if c.is_empty() {
+            break;
+        }
+        let op = c.u8();
+        match op % 6 {
+            0 | 1 => {
+                let _ = worker::process(&mut q, &ctx, &mut throttle, &mut deferred, &mut descs);
+            }
+            2 => {
+                // A request header at a fuzzed address: a known type most of the time.
+                let a = u64::from(c.u16());
+                let kind = match c.u8() % 8 {
+                    0 => request::kind::IN,
+                    1 => request::kind::OUT,
+                    2 => request::kind::FLUSH,
+                    3 => request::kind::GET_ID,
+                    4 => request::kind::DISCARD,
+                    5 => request::kind::WRITE_ZEROES,
+                    _ => c.u32(),
+                };
+                let sector = if c.bool() { u64::from(c.u8()) } else { c.u64() };
+                let mut h = [0u8; 16];
+                h[..4].copy_from_slice(&kind.to_le_bytes());
+                h[8..].copy_from_slice(&sector.to_le_bytes());
+                let _ = mem.write_slice(&h, GuestAddress(a));
+            }
+            3 => {
+                // A DISCARD / WRITE_ZEROES segment.
+                let a = u64::from(c.u16());
+                let mut s = [0u8; 16];
+                s[..8].copy_from_slice(&u64::from(c.u8()).to_le_bytes());
+                s[8..12].copy_from_slice(&u32::from(c.u8()).to_le_bytes());
+                s[12..].copy_from_slice(&u32::from(c.u8() & 3).to_le_bytes());
+                let _ = mem.write_slice(&s, GuestAddress(a));
+            }
+            4 => {
+                let i = u16::from(c.u8()) % size;
+                write_desc(&mem, desc, size, i, &mut c);
+                publish(&mem, avail, size, i);
+            }
+            _ => {
+                let a = u64::from(c.u16());
+                let n = usize::from(c.u8());
+                let _ = mem.write_slice(c.bytes(n), GuestAddress(a));
+            }
+        }
+        let taken = q.next_avail().wrapping_sub(avail0);
+        let returned = q.next_used().wrapping_sub(used0);
+        assert!(
+            returned <= taken,
+            "{returned} chains returned but only {taken} taken"
+        );
+    }
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    assert_eq!(len, SECTORS * 512, "the image changed size");
+    if read_only {
+        let mut now = vec![0u8; original.len()];
+        let _ = file.read_exact_at(&mut now, 0);
+        assert!(now == original, "a read-only image was written");
+    }
+}

@@ -1,0 +1,64 @@
+//! A VM's `[[disk]]` under a real systemd 252 (nspawn): `systemctl start volt-vm@NAME` gives
+//! the guest its image read-write through the unit's hardening (ProtectSystem=strict and the
+//! generator's ReadWritePaths=), the guest (the conformance guest: virtio-drivers) writes,
+//! flushes and reads back, and the host sees the guest's bytes in the image.
+
+mod common;
+
+use std::time::Duration;
+
+use common::conformance::pattern;
+use common::nspawn::{skip_reason, stage_volt, Nspawn};
+
+#[test]
+fn a_vm_writes_its_disk_image_under_systemd() {
+    if common::skip(skip_reason(), true) {
+        return;
+    }
+    let stage = stage_volt();
+    std::fs::copy(
+        common::conformance::elf(),
+        stage.path().join("guest/volt-conformance-guest"),
+    )
+    .expect("copy the conformance guest");
+    let c = Nspawn::boot("disk", stage.path());
+    c.install_volt();
+    c.ok("mkdir -p /var/lib/volt/disks && truncate -s 1M /var/lib/volt/disks/data.img");
+    c.write(
+        "/etc/volt/vms/store.toml",
+        "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-conformance-guest\"\n\
+         cmdline = \"console=ttyS0 conf.blk.sectors=32 conf.blk.seed=7 conf.exit=0\"\n\
+         [[disk]]\npath = \"/var/lib/volt/disks/data.img\"\nserial = \"store-data\"\n",
+    );
+    c.ok("volt validate");
+    c.ok("systemctl daemon-reload");
+    let dropin = c.ok("systemctl cat volt-vm@store.service");
+    assert!(
+        dropin.contains("ReadWritePaths=-/var/lib/volt/disks/data.img"),
+        "{dropin}"
+    );
+    c.ok("systemctl start volt-vm@store.service");
+    // conf.exit=0: the guest checks its disk and powers off; the unit ends cleanly.
+    c.wait_ok(
+        "test \"$(systemctl show -p ActiveState --value volt-vm@store.service)\" = inactive",
+        Duration::from_secs(60),
+    );
+    let result = c.ok("systemctl show -p Result --value volt-vm@store.service");
+    let log = c.ok("journalctl -u volt-vm@store.service --no-pager -o cat");
+    assert_eq!(result.trim(), "success", "{log}");
+    for line in [
+        "conformance: blk vda capacity=2048 readonly=0 id=\"store-data\"",
+        "conformance: blk vda write sectors=32 status=ok",
+        "conformance: blk vda flush status=ok",
+        "conformance: blk vda readback status=ok pattern=match",
+    ] {
+        assert!(log.contains(line), "no {line:?} in:\n{log}");
+    }
+    // The host sees the guest's bytes.
+    let got = c.ok("od -An -v -tx1 -N 16384 /var/lib/volt/disks/data.img | tr -s ' \\n' ' '");
+    let bytes: Vec<u8> = got
+        .split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    assert_eq!(bytes, pattern(7, 0, 32), "image content");
+}
