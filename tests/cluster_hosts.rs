@@ -283,7 +283,13 @@ fn three_hosts_share_volt0() {
     assert!(stats(b, vm_b) >= 20, "b's VM received a's datagrams");
     assert!(stats(a, &vm_a) >= 20, "a's VM received b's echoes");
 
-    // 3 x 30 concurrent allocations across the hosts: 90 distinct addresses.
+    // 3 x 30 concurrent allocations across the hosts: 90 distinct addresses (for VMs that
+    // are configured, not started: `volt ipam allocate` leases only to configured owners).
+    for (i, h) in hosts.iter().enumerate() {
+        h.ok(&format!(
+            "for i in $(seq 30); do printf 'memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nbridge = \"volt0\"\n' > /etc/volt/vms/t{i}-$i.toml; done"
+        ));
+    }
     let t = Instant::now();
     let outs: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = hosts
@@ -305,7 +311,7 @@ fn three_hosts_share_volt0() {
     common::report::figure("90 concurrent claims on 3 hosts, s", since(t));
     for (i, h) in hosts.iter().enumerate() {
         h.ok(&format!(
-            "for i in $(seq 30); do /usr/bin/volt ipam release --owner vm/t{i}-$i/eth0 >/dev/null; done"
+            "for i in $(seq 30); do /usr/bin/volt ipam release --owner vm/t{i}-$i/eth0 >/dev/null; rm /etc/volt/vms/t{i}-$i.toml; done"
         ));
     }
 
@@ -407,6 +413,7 @@ fn three_hosts_share_volt0() {
         &format!("host b's entries gone on a and c after SIGKILL (lease TTL {TTL} s), s"),
         since(t),
     );
+    a.write("/etc/volt/vms/takeover.toml", &vm_toml("", None));
     let taken = a.ok(&format!(
         "/usr/bin/volt ipam allocate --owner vm/takeover/eth0 --ip {vm_b}"
     ));
