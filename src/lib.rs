@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod fsutil;
 pub mod generator;

@@ -69,6 +69,7 @@ const INSTALLED: &[&str] = &[
     "/usr/lib/systemd/system/volt-tap@.service",
     "/usr/lib/systemd/system/volt-container@.service",
     "/usr/lib/systemd/system/volt-veth@.service",
+    "/usr/lib/systemd/system/volt-cluster.service",
     "/usr/lib/systemd/network/10-volt0.netdev",
     "/usr/lib/systemd/network/10-volt0.network",
     "/usr/lib/systemd/network/90-volt-vmm.link",

@@ -68,6 +68,21 @@ pub(super) fn up(at: &Attach, a: &Attachment) -> Result<LinkRecord, AttachError>
                 v.host_end
             )))?
     };
+    // On a shared network a static address is claimed cluster-wide before nspawn runs.
+    if let (Some(known), Some(net)) = (a.addressing.known(), at.network(a)) {
+        let book = at.book(&net.name)?;
+        if book.claims_known() {
+            let owner = crate::net::ipam::Owner::container(&a.workload, &a.nic);
+            book.allocate(
+                net,
+                &owner,
+                crate::net::ipam::Request::Static(known.addr()),
+                &Default::default(),
+                Some(a.mac),
+            )
+            .map_err(super::book_error(what.clone()))?;
+        }
+    }
     log::info!(
         "{}: veth pair {} / {} {} for {what} (MAC {}{})",
         a.link,
@@ -206,9 +221,13 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
         })?;
         let net = at.network(a);
         let owner = owner_of(w, a);
+        let book = match net {
+            Some(n) => Some(at.book(&n.name)?),
+            None => None,
+        };
         let record = |ip: Ipv4Addr, fixed: bool| {
-            if let Some(net) = net {
-                if let Err(e) = at.ipam().record(net, &owner, ip, fixed) {
+            if let (Some(net), Some(book)) = (net, &book) {
+                if let Err(e) = book.record(net, &owner, ip, fixed, Some(a.mac)) {
                     log::warn!("{what}: lease not recorded: {}", crate::error_chain(&e));
                 }
             }

@@ -7,6 +7,7 @@
 //! What an owner brought up is written to a [`LinkRecord`]; `volt vm run` reads it to give the
 //! guest its MAC and address.
 
+mod book;
 mod container;
 mod leases;
 mod record;
@@ -15,6 +16,7 @@ mod vm;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+pub use book::{book_error, AddressBook, BookError, ClusterBook};
 pub use container::net_up as container_net_up;
 pub use record::{LinkRecord, RecordError};
 
@@ -74,6 +76,12 @@ pub enum AttachError {
         link: String,
         #[source]
         source: monitor::MonitorError,
+    },
+    #[error("{what}")]
+    Cluster {
+        what: String,
+        #[source]
+        source: Box<crate::cluster::ClusterError>,
     },
     #[error("{what}: {message}")]
     Container { what: String, message: String },
@@ -150,6 +158,7 @@ impl Attach {
     /// Bring `link` up as the plan says and record what was done.
     pub fn up(&self, link: &str) -> Result<LinkRecord, AttachError> {
         let (w, a) = self.find(link)?;
+        self.claim_name(w)?;
         // Leases of workloads (or NICs) that are gone go back to the pool first.
         if let Some(net) = self.network(a) {
             if let Err(e) = self.reconcile_leases(net) {
@@ -242,6 +251,9 @@ impl Attach {
         if let Err(e) = LinkRecord::remove(&self.paths, link) {
             failed.push(format!("cannot remove the record of {link}: {e}"));
         }
+        if let Some((w, a)) = owned {
+            self.release_cluster_claims(w, a);
+        }
         if failed.is_empty() {
             Ok(())
         } else {
@@ -291,7 +303,11 @@ impl Attach {
                 );
                 if let (Some(net), Kind::Vm) = (&a.network, w.kind) {
                     let owner = Owner::vm(&w.name, &a.nic);
-                    match self.ipam().release(net, &owner) {
+                    let released = self.book(net).and_then(|b| {
+                        b.release(net, &owner)
+                            .map_err(book_error(format!("cannot release {owner}'s lease")))
+                    });
+                    match released {
                         Ok(Some(l)) => log::info!("released {} on {net} from {owner}", l.ip),
                         Ok(None) => {}
                         Err(e) => log::warn!("{}", crate::error_chain(&e)),
@@ -299,6 +315,31 @@ impl Attach {
                 }
                 Ok(Watch::Deleted)
             }
+        }
+    }
+
+    /// With a cluster: give up the address `a` claimed on a shared network, and `w`'s name
+    /// once none of its links has a record left on this host. Failures are logged (the
+    /// claims go with the host's lease anyway).
+    fn release_cluster_claims(&self, w: &Workload, a: &Attachment) {
+        let Some(c) = self.set.cluster.as_ref() else {
+            return;
+        };
+        if let Some(net) = a.network.as_deref().filter(|n| c.network(n).is_some()) {
+            let owner = owner_of(w, a);
+            let r = self.book(net).and_then(|b| {
+                b.release(net, &owner)
+                    .map_err(book_error(format!("cannot release {owner}'s address")))
+            });
+            if let Err(e) = r {
+                log::warn!("{}", crate::error_chain(&e));
+            }
+        }
+        let others_up = w.attachments.iter().any(|o| {
+            o.link != a.link && LinkRecord::load(&self.paths, &o.link).is_ok_and(|r| r.is_some())
+        });
+        if !others_up {
+            self.release_name(&w.name);
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{link_params, volt_user, Attach, AttachError, LinkRecord};
+use super::{book_error, link_params, volt_user, Attach, AttachError, LinkRecord};
 use crate::config::{nic_mac, NetworkLookup};
 use crate::fsutil::write_atomic_if_changed;
 use crate::net::ipam::{Owner, Request};
@@ -107,7 +107,7 @@ pub(super) fn up(at: &Attach, w: &Workload, a: &Attachment) -> Result<LinkRecord
         }
     };
     let mac = resolve_mac(at, a)?;
-    let ipv4 = address(at, w, a)?;
+    let ipv4 = address(at, w, a, mac)?;
     // Only this NIC's MAC (and address, when known) may leave its port on the bridge.
     super::protect(a, mac, ipv4.map(|n| n.addr()))?;
     Ok(LinkRecord {
@@ -241,33 +241,41 @@ fn resolve_mac(at: &Attach, a: &Attachment) -> Result<crate::config::MacAddr, At
     Ok(mac)
 }
 
-/// The guest's address: the planned one, else a lease from the network's pool (the same
-/// lease again while it lasts).
+/// The guest's address: the planned one (claimed cluster-wide on a shared network), else a
+/// lease from the network's pool (the same lease again while it lasts).
 fn address(
     at: &Attach,
     w: &Workload,
     a: &Attachment,
+    mac: crate::config::MacAddr,
 ) -> Result<Option<ipnet::Ipv4Net>, AttachError> {
-    if let Some(known) = a.addressing.known() {
-        return Ok(Some(known));
-    }
-    if a.addressing != Addressing::Pool {
-        return Ok(None);
-    }
     let Some(net) = at.network(a) else {
-        return Ok(None);
+        return Ok(a.addressing.known());
     };
+    let book = at.book(&net.name)?;
     let owner = Owner::vm(&w.name, &a.nic);
     let configured = at
         .configured_addresses(&net.name, Some(&owner))
         .into_iter()
         .collect();
-    let lease = at
-        .ipam()
-        .allocate(net, &owner, Request::Any, &configured)
-        .map_err(|source| AttachError::Ipam {
-            what: a.describe(),
-            source: Box::new(source),
-        })?;
+    if let Some(known) = a.addressing.known() {
+        if book.claims_known() {
+            book.allocate(
+                net,
+                &owner,
+                Request::Static(known.addr()),
+                &configured,
+                Some(mac),
+            )
+            .map_err(book_error(a.describe()))?;
+        }
+        return Ok(Some(known));
+    }
+    if a.addressing != Addressing::Pool {
+        return Ok(None);
+    }
+    let lease = book
+        .allocate(net, &owner, Request::Any, &configured, Some(mac))
+        .map_err(book_error(a.describe()))?;
     Ok(ipnet::Ipv4Net::new(lease.ip, net.subnet.prefix_len()).ok())
 }

@@ -160,6 +160,7 @@ pub fn run(root: &Path, name: &str) -> Result<Outcome> {
         }
         return Ok(Outcome::Config);
     }
+    at.claim_name(w)?;
     for a in &w.attachments {
         at.up(&a.link)?;
     }

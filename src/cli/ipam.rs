@@ -132,8 +132,9 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
                 .configured_addresses(&net.name, Some(&owner))
                 .into_iter()
                 .collect();
-            let lease = ipam
-                .allocate(net, &owner, request, &configured)
+            let lease = at
+                .book(&net.name)?
+                .allocate(net, &owner, request, &configured, None)
                 .with_context(|| format!("cannot lease an address to {owner}"))?;
             println!("{}/{}", lease.ip, net.subnet.prefix_len());
         }
@@ -143,7 +144,8 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
             if set.networks.by_name(&network).is_none() {
                 bail!("no network named {network:?} (see volt net list)");
             }
-            match ipam.release(&network, &owner)? {
+            let book = Attach::load(root).book(&network)?;
+            match book.release(&network, &owner)? {
                 Some(l) => println!("released {} from {owner}", l.ip),
                 None => {
                     let elsewhere =

@@ -1,5 +1,6 @@
 //! The `volt` command line: the one module that sees every other.
 
+mod cluster;
 mod complete;
 mod console;
 mod container;
@@ -82,6 +83,11 @@ pub enum Command {
     Link {
         #[command(subcommand)]
         command: LinkCommand,
+    },
+    /// The cluster (etcd): membership, the VXLAN overlay, claims (/etc/volt/cluster.toml).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
     /// Start the example VM hello on the default guest, ping it, show its console.
     ///
@@ -270,6 +276,27 @@ pub enum IpamCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Register this host, keep its lease alive and keep the VXLAN ports in line with the
+    /// store until SIGTERM (what volt-cluster.service runs).
+    Run,
+    /// Hosts, their lease ages and their workloads.
+    Status {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Claim a workload name for this host (volt-vm@.service's ExecStartPre=; nothing
+    /// without a cluster): fails naming the host that runs it already.
+    Claim {
+        name: String,
+        #[arg(long, default_value = "vm")]
+        kind: String,
+    },
+    /// Give up this host's claim on a workload name.
+    Release { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum LinkCommand {
     /// Bring the link up, then stay until it is deleted (exit 1) or systemd stops us: what
     /// volt-tap@.service runs.
@@ -370,6 +397,12 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
             LinkCommand::Run { link } => link::run(&root, &link),
         },
         Command::Demo => demo::run(&root),
+        Command::Cluster { command } => match command {
+            ClusterCommand::Run => cluster::run(&root),
+            ClusterCommand::Status { output } => cluster::show(&root, output),
+            ClusterCommand::Claim { name, kind } => cluster::claim(&root, &name, &kind),
+            ClusterCommand::Release { name } => cluster::release(&root, &name),
+        },
         Command::GenDocs { out } => docs::exec(&out),
     }
 }

@@ -76,6 +76,14 @@ fn check_file(
             return;
         }
     };
+    if path.file_name().is_some_and(|n| n == "cluster.toml") {
+        let host = config::default_host_name(root);
+        match config::parse_cluster_toml(path, &text, &host, &set.networks.list) {
+            Ok(c) => errors.extend(config::check_cluster_files(&c, root)),
+            Err(e) => errors.push(e),
+        }
+        return;
+    }
     match kind.unwrap_or_else(|| guess(path, &text)) {
         FileType::Zone => {
             if let Err(e) = config::parse_zone_yaml(path, &text) {
@@ -120,8 +128,15 @@ pub fn exec(root: &Path, paths: &[PathBuf], kind: Option<FileType>) -> Result<Ou
         for ct in &set.containers {
             errors.extend(ct.check_root(root));
         }
+        let cluster = match &set.cluster {
+            Some(c) => {
+                errors.extend(config::check_cluster_files(c, root));
+                1
+            }
+            None => 0,
+        };
         let nets = set.networks.list.iter().filter(|n| n.source.is_some());
-        set.vms.len() + set.containers.len() + nets.count()
+        set.vms.len() + set.containers.len() + nets.count() + cluster
     } else {
         // Networks named on the command line count for the VMs and containers named with
         // them (`volt validate examples/*`).

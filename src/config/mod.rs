@@ -3,6 +3,7 @@
 //!
 //! Pure: reads files under a root directory and nothing else.
 
+mod cluster;
 mod container;
 mod derive;
 mod disk;
@@ -20,6 +21,10 @@ mod zone;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use cluster::{
+    apply_to_networks, check_files as check_cluster_files, default_host_name, parse_cluster_toml,
+    ClusterConfig, ClusterNetwork, EtcdConfig, CLUSTER_FILE, VXLAN_OVERHEAD,
+};
 pub use container::{
     parse_container_toml, ContainerConfig, ContainerNic, RootKind, Volatile, MAX_CONTAINER_NICS,
 };
@@ -93,6 +98,8 @@ pub struct ConfigSet {
     pub networks: Networks,
     pub vms: Vec<VmConfig>,
     pub containers: Vec<ContainerConfig>,
+    /// `/etc/volt/cluster.toml` when it exists and is valid (absent: one host).
+    pub cluster: Option<ClusterConfig>,
     pub errors: Vec<ConfigError>,
     /// Files in the config directories that are not read (a wrong suffix, a directory).
     pub warnings: Vec<String>,
@@ -207,6 +214,7 @@ impl ConfigSet {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         set.networks = Self::load_networks(root, &mut errors, &mut warnings);
+        set.cluster = load_cluster(root, &mut set.networks, &mut errors);
         let mut vms = Vec::new();
         for (shown, real) in list_dir(root, VMS_DIR, &["toml"], &mut errors, &mut warnings) {
             match read(&shown, &real) {
@@ -227,9 +235,18 @@ impl ConfigSet {
                 Err(e) => errors.push(e),
             }
         }
-        let (vms, containers, cross) = validate::check_across(vms, containers);
+        let (mut vms, containers, cross) = validate::check_across(vms, containers);
         errors.extend(cross);
         errors.extend(validate::check_port_maps(&set.networks, &vms, &containers));
+        if let Some(c) = &set.cluster {
+            vms.retain(|vm| match check_vm_mtu(c, vm) {
+                Some(e) => {
+                    errors.push(e);
+                    false
+                }
+                None => true,
+            });
+        }
         set.vms = vms;
         set.containers = containers;
         set.errors = errors;
@@ -333,6 +350,56 @@ impl ConfigSet {
         }
         m
     }
+}
+
+/// `cluster.toml` under `root`, checked against `networks` (whose MTUs it derives), or
+/// `None` when absent or invalid (its errors go to `errors`).
+fn load_cluster(
+    root: &Path,
+    networks: &mut Networks,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ClusterConfig> {
+    let real = root.join(CLUSTER_FILE);
+    let shown = Path::new("/").join(CLUSTER_FILE);
+    let text = match std::fs::read_to_string(&real) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(source) => {
+            errors.push(ConfigError::Read {
+                path: shown,
+                source,
+            });
+            return None;
+        }
+    };
+    match parse_cluster_toml(&shown, &text, &default_host_name(root), &networks.list) {
+        Ok(c) => {
+            errors.extend(apply_to_networks(&c, &mut networks.list));
+            Some(c)
+        }
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    }
+}
+
+/// A VM NIC on a clustered network whose MTU is larger than the overlay's.
+fn check_vm_mtu(c: &ClusterConfig, vm: &VmConfig) -> Option<ConfigError> {
+    vm.nics.iter().enumerate().find_map(|(i, n)| {
+        let clustered = n.network.as_deref().is_some_and(|x| c.network(x).is_some());
+        (clustered && n.mtu > c.overlay_mtu()).then(|| ConfigError::Invalid {
+            at: Location::file(&vm.path),
+            field: format!("network[{i}].mtu"),
+            message: format!(
+                "{} is larger than the cluster overlay's MTU {} ({} MTU {} minus {VXLAN_OVERHEAD} bytes of VXLAN)",
+                n.mtu,
+                c.overlay_mtu(),
+                c.path.display(),
+                c.underlay_mtu
+            ),
+        })
+    })
 }
 
 /// Load the VM file `path` for the VMM. A file in `<root>/etc/volt/vms/` is checked together

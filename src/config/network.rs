@@ -89,6 +89,9 @@ pub struct Network {
     pub reservations: BTreeMap<String, Ipv4Addr>,
     pub dhcp: bool,
     pub mtu: u32,
+    /// Whether the file set `mtu` (a cluster derives it from the underlay otherwise).
+    #[serde(skip)]
+    pub mtu_explicit: bool,
     pub uplink: Option<String>,
     pub port_maps: Vec<PortMap>,
     /// Whether Volt may create the bridge when it is missing.
@@ -113,6 +116,7 @@ impl Network {
             reservations: BTreeMap::new(),
             dhcp: true,
             mtu: 1500,
+            mtu_explicit: false,
             uplink: None,
             port_maps: Vec::new(),
             create_bridge: true,
@@ -377,6 +381,7 @@ fn network_from_raw(src: &Src, name: String, raw: RawNetwork) -> Result<Network,
         reservations: BTreeMap::new(),
         dhcp: raw.dhcp.unwrap_or(true),
         mtu,
+        mtu_explicit: raw.mtu.is_some(),
         uplink: None,
         port_maps: Vec::new(),
         create_bridge: raw.create_bridge.unwrap_or(true),

@@ -182,6 +182,7 @@ pub fn parse_zone_yaml(path: &Path, text: &str) -> Result<Option<Network>, Confi
         reservations: BTreeMap::new(),
         dhcp,
         mtu,
+        mtu_explicit: raw.mtu.is_some(),
         uplink: None,
         port_maps: Vec::new(),
         create_bridge: true,

@@ -10,3 +10,4 @@ pub mod monitor;
 pub mod nat;
 pub mod netlink;
 pub mod networkd;
+pub mod overlay;

@@ -188,7 +188,12 @@ impl Netlink {
         Ok(Netlink { rt, handle })
     }
 
-    fn req(what: impl Into<String>, e: rtnetlink::Error) -> NetlinkError {
+    /// The runtime and handle, for verbs kept in other files of `net` (the overlay's).
+    pub(crate) fn parts(&self) -> (&tokio::runtime::Runtime, Handle) {
+        (&self.rt, self.handle.clone())
+    }
+
+    pub(crate) fn req(what: impl Into<String>, e: rtnetlink::Error) -> NetlinkError {
         NetlinkError::Request {
             what: what.into(),
             source: to_io(e),

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod conformance;
 pub mod console;
+pub mod etcd;
 pub mod frames;
 pub mod guest;
 pub mod linux;

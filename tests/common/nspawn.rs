@@ -78,6 +78,22 @@ impl Nspawn {
     /// Like [`Nspawn::boot_with`], with more systemd-nspawn arguments (e.g.
     /// `--overlay=/usr::/usr` for a writable /usr whose changes nspawn throws away).
     pub fn boot_with_args(hint: &str, stage: &Path, kvm: bool, extra: &[&str]) -> Nspawn {
+        Self::boot_in(hint, stage, kvm, extra, None, 900)
+    }
+
+    /// Like [`Nspawn::boot_with_args`], with systemd-nspawn started inside the network
+    /// namespace `netns` (`nsenter --net=`), so the host ends of links nspawn makes for the
+    /// container (`--network-veth-extra=HOST:CONTAINER`) land there, e.g. on an underlay
+    /// bridge that joins several test systemds. `limit_s`: `timeout` ends the container
+    /// after that many seconds whatever happens (900 for the other constructors).
+    pub fn boot_in(
+        hint: &str,
+        stage: &Path,
+        kvm: bool,
+        extra: &[&str],
+        netns: Option<&Path>,
+        limit_s: u32,
+    ) -> Nspawn {
         let name = format!(
             "volt-{hint}-{}-{}",
             std::process::id(),
@@ -87,26 +103,33 @@ impl Nspawn {
         let preset = dir.path().join("99-test.preset");
         std::fs::write(&preset, "disable *\n").expect("preset");
         let log = std::fs::File::create(dir.path().join("console.log")).expect("log");
-        let mut cmd = Command::new("timeout");
-        cmd.args([
-            "--signal=TERM",
-            "900",
-            "systemd-nspawn",
-            "-D",
-            "/",
-            "--volatile=yes",
-            "-b",
-            "--private-network",
-            "--register=no",
-            "--keep-unit",
-        ])
-        .arg(format!("--machine={name}"))
-        .arg("--console=pipe")
-        .arg(format!(
-            "--bind-ro={}:/etc/systemd/system-preset/99-test.preset",
-            preset.display()
-        ))
-        .arg(format!("--bind-ro={}:/opt/volt", stage.display()));
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("timeout");
+                c
+            }
+            None => Command::new("timeout"),
+        };
+        cmd.arg("--signal=TERM")
+            .arg(limit_s.to_string())
+            .args([
+                "systemd-nspawn",
+                "-D",
+                "/",
+                "--volatile=yes",
+                "-b",
+                "--private-network",
+                "--register=no",
+                "--keep-unit",
+            ])
+            .arg(format!("--machine={name}"))
+            .arg("--console=pipe")
+            .arg(format!(
+                "--bind-ro={}:/etc/systemd/system-preset/99-test.preset",
+                preset.display()
+            ))
+            .arg(format!("--bind-ro={}:/opt/volt", stage.display()));
         if stage.join("root/usr").is_dir() {
             cmd.arg(format!(
                 "--overlay-ro=/usr:{}:/usr",

@@ -1,0 +1,115 @@
+//! `volt cluster run|status|release`: what volt-cluster.service runs, and the view of the
+//! cluster from any host. Thin: the policy is `crate::cluster`.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use super::{Outcome, Output};
+use crate::cluster::{daemon, status, Cluster};
+use crate::config::ConfigSet;
+
+fn cluster(root: &Path) -> Result<Cluster> {
+    let set = ConfigSet::load(root);
+    for e in set
+        .errors
+        .iter()
+        .filter(|e| e.file().ends_with("cluster.toml"))
+    {
+        log::error!("{}", e.report());
+    }
+    let Some(c) = &set.cluster else {
+        bail!(
+            "/{} does not exist or is invalid: this host is not in a cluster",
+            crate::config::CLUSTER_FILE
+        );
+    };
+    Ok(Cluster::new(c)?)
+}
+
+/// `volt cluster run`: the daemon, until SIGTERM.
+pub fn run(root: &Path) -> Result<Outcome> {
+    let notify = |ready: bool, status: &str| {
+        let mut states = vec![sd_notify::NotifyState::Status(status)];
+        if ready {
+            states.push(sd_notify::NotifyState::Ready);
+        }
+        let _ = sd_notify::notify(&states);
+    };
+    match daemon::run(root, &notify) {
+        Ok(()) => Ok(Outcome::Ok),
+        Err(e) => {
+            log::error!("{}", crate::error_chain(&e));
+            Ok(Outcome::Failed)
+        }
+    }
+}
+
+/// `volt cluster status`: hosts, their lease ages, their workloads.
+pub fn show(root: &Path, output: Output) -> Result<Outcome> {
+    let c = cluster(root)?;
+    let hosts = status::read(&c)?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&hosts)?),
+        Output::Table => {
+            println!(
+                "{:<16} {:<16} {:>8} {:>9} WORKLOADS",
+                "HOST", "UNDERLAY", "AGE", "LEASE-TTL"
+            );
+            for h in &hosts {
+                let w: Vec<String> = h
+                    .workloads
+                    .iter()
+                    .map(|w| {
+                        if w.addresses.is_empty() {
+                            format!("{} ({})", w.name, w.kind)
+                        } else {
+                            format!("{} ({} {})", w.name, w.kind, w.addresses.join(" "))
+                        }
+                    })
+                    .collect();
+                println!(
+                    "{:<16} {:<16} {:>7}s {:>8}s {}",
+                    h.name,
+                    h.underlay,
+                    h.age_s,
+                    h.lease_ttl_left_s,
+                    w.join(", ")
+                );
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `volt cluster claim NAME`: claim a workload name for this host before it starts (without
+/// a cluster: nothing to do). volt-vm@.service runs it outside the VMM's sandbox, which has no
+/// IP sockets.
+pub fn claim(root: &Path, name: &str, kind: &str) -> Result<Outcome> {
+    if ConfigSet::load(root).cluster.is_none() {
+        return Ok(Outcome::Ok);
+    }
+    let c = cluster(root)?;
+    match c.claim_name(name, kind) {
+        Ok(()) => Ok(Outcome::Ok),
+        Err(e) => {
+            log::error!("cannot start {kind} {name}: {}", crate::error_chain(&e));
+            Ok(Outcome::Failed)
+        }
+    }
+}
+
+/// `volt cluster release NAME`: give up this host's claim on a workload name (without a
+/// cluster: nothing to do).
+pub fn release(root: &Path, name: &str) -> Result<Outcome> {
+    if ConfigSet::load(root).cluster.is_none() {
+        return Ok(Outcome::Ok);
+    }
+    let c = cluster(root)?;
+    if c.release_name(name)? {
+        println!("released {name}");
+    } else {
+        println!("{name} was not claimed by host {}", c.host());
+    }
+    Ok(Outcome::Ok)
+}

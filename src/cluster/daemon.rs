@@ -1,0 +1,469 @@
+//! `volt cluster run` (volt-cluster.service, Type=notify): register this host under a lease
+//! and keep it alive, then keep each shared bridge's VXLAN port in line with the store:
+//! forwarding entries, host routes, the port filter. A watch on `/volt/` triggers a
+//! reconcile, and a resync runs every few seconds anyway (level-triggered: a missed event
+//! only delays). When the store cannot be read (no quorum), nothing is torn down: running
+//! workloads keep their traffic on the last state.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::overlay::{bridge_mac, desired, fdb_changes, vxlan_name};
+use super::store;
+use super::{Cluster, ClusterError};
+use crate::config::{ClusterConfig, ConfigSet, MacAddr, Network, NetworkLookup};
+use crate::net::netlink::Netlink;
+use crate::net::overlay::{self as mech, PortFilter, VxlanParams};
+use crate::plan::Paths;
+
+const RESYNC: Duration = Duration::from_secs(5);
+
+enum Msg {
+    Changed,
+    LeaseLost,
+    Stop,
+}
+
+pub(super) fn setup(what: impl Into<String>) -> ClusterError {
+    ClusterError::Setup { what: what.into() }
+}
+
+fn nl_err(what: &str) -> impl FnOnce(crate::net::netlink::NetlinkError) -> ClusterError + '_ {
+    move |e| setup(format!("{what}: {}", crate::error_chain(&e)))
+}
+
+/// One shared network on this host.
+pub(super) struct Shared {
+    pub(super) net: Network,
+    pub(super) vni: u32,
+    pub(super) vx: String,
+    pub(super) mac: MacAddr,
+    pub(super) address: Option<Ipv4Addr>,
+}
+
+pub(super) struct Daemon {
+    pub(super) cluster: Cluster,
+    pub(super) root: std::path::PathBuf,
+    pub(super) lease: i64,
+    pub(super) underlay_index: u32,
+    pub(super) shared: Vec<Shared>,
+    pub(super) last_filter: Option<Vec<PortFilter>>,
+    pub(super) store_ok: bool,
+}
+
+/// Block SIGTERM/SIGINT in this thread (and the threads it starts) and turn them into a
+/// `Stop` message from a thread that waits for them.
+fn signals(tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
+    // SAFETY: sigset operations on a local set; pthread_sigmask on the calling thread.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: set is a valid, initialised sigset; sig is a valid out pointer.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        stop.store(true, Ordering::SeqCst);
+        let _ = tx.send(Msg::Stop);
+    });
+}
+
+/// Run the daemon until SIGTERM; `notify` gets sd_notify states.
+pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError> {
+    let set = ConfigSet::load(root);
+    let Some(c) = set.cluster.clone() else {
+        return Err(setup(format!(
+            "/{} does not exist or is invalid (volt validate says why): this host is not in a cluster",
+            crate::config::CLUSTER_FILE
+        )));
+    };
+    for e in set
+        .errors
+        .iter()
+        .filter(|e| e.file().ends_with("cluster.toml"))
+    {
+        log::error!("{}", e.report());
+    }
+    let (tx, rx) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    signals(tx.clone(), stop.clone());
+    let nl = Netlink::new().map_err(nl_err("rtnetlink"))?;
+    let (ul_name, ul_index, ul_mtu) = mech::link_with_address(&nl, c.underlay)
+        .map_err(nl_err("cannot list addresses"))?
+        .ok_or_else(|| {
+            setup(format!(
+                "no interface has the underlay address {} ({})",
+                c.underlay,
+                c.path.display()
+            ))
+        })?;
+    if ul_mtu < c.underlay_mtu {
+        return Err(setup(format!(
+            "the underlay {ul_name} has MTU {ul_mtu}, but {} says underlay_mtu = {}: the overlay's {} would not fit; lower underlay_mtu",
+            c.path.display(),
+            c.underlay_mtu,
+            c.overlay_mtu()
+        )));
+    }
+    let mut shared = Vec::new();
+    for cn in &c.networks {
+        let Some(net) = set.networks.by_name(&cn.name) else {
+            continue;
+        };
+        shared.push(Shared {
+            net: net.clone(),
+            vni: cn.vni,
+            vx: vxlan_name(cn.vni),
+            mac: bridge_mac(&c.host, &net.bridge),
+            address: None,
+        });
+    }
+    let mut d = Daemon {
+        cluster: Cluster::new(&c)?,
+        root: root.to_path_buf(),
+        lease: 0,
+        underlay_index: ul_index,
+        shared,
+        last_filter: None,
+        store_ok: true,
+    };
+    d.register()?;
+    d.ports(&nl, &c)?;
+    d.publish()?;
+    d.reconcile(&nl);
+    log::info!(
+        "host {} is in the cluster (lease {:x}, TTL {} s), underlay {} on {ul_name}, overlay MTU {}",
+        c.host,
+        d.lease,
+        c.lease_ttl,
+        c.underlay,
+        c.overlay_mtu()
+    );
+    notify(true, &format!("host {} in the cluster", c.host));
+    let ka_tx = tx.clone();
+    keepalive(
+        d.cluster.clone(),
+        d.lease,
+        c.lease_ttl,
+        ka_tx.clone(),
+        stop.clone(),
+    );
+    watch(d.cluster.clone(), tx, stop.clone());
+    loop {
+        let msg = rx.recv_timeout(RESYNC);
+        let mut lost = matches!(msg, Ok(Msg::LeaseLost));
+        let mut stopping = matches!(msg, Ok(Msg::Stop));
+        while let Ok(m) = rx.try_recv() {
+            lost |= matches!(m, Msg::LeaseLost);
+            stopping |= matches!(m, Msg::Stop);
+        }
+        if stopping || stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if lost {
+            log::error!("this host's lease expired: its claims are gone; registering again and claiming its running workloads anew");
+            if let Err(e) = d.register().and_then(|_| d.publish()) {
+                log::error!("{}", crate::error_chain(&e));
+                continue;
+            }
+            d.reclaim();
+            keepalive(
+                d.cluster.clone(),
+                d.lease,
+                c.lease_ttl,
+                ka_tx.clone(),
+                stop.clone(),
+            );
+        }
+        let peers = d.reconcile(&nl);
+        notify(false, &format!("host {}: {peers}", c.host));
+    }
+    log::info!("stopping: leaving the cluster");
+    d.leave(&nl);
+    Ok(())
+}
+
+fn keepalive(cluster: Cluster, lease: i64, ttl: u32, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
+    let every = Duration::from_millis(u64::from(ttl) * 1000 / 3);
+    std::thread::spawn(move || {
+        let mut failing = false;
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(every);
+            match cluster.etcd.keepalive(lease) {
+                Ok(0) => {
+                    let _ = tx.send(Msg::LeaseLost);
+                    return;
+                }
+                Ok(_) => {
+                    if failing {
+                        log::info!("lease keep-alive works again");
+                    }
+                    failing = false;
+                }
+                Err(e) => {
+                    if !failing {
+                        log::warn!(
+                            "lease keep-alive failed (retrying): {}",
+                            crate::error_chain(&e)
+                        );
+                    }
+                    failing = true;
+                }
+            }
+        }
+    });
+}
+
+fn watch(cluster: Cluster, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let r = cluster.etcd.watch(store::PREFIX, 0, &mut |_| {
+                tx.send(Msg::Changed).is_ok() && !stop.load(Ordering::SeqCst)
+            });
+            if let Err(e) = r {
+                log::debug!("watch ended: {}", crate::error_chain(&e));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+}
+
+impl Daemon {
+    pub(super) fn config(&self) -> &ClusterConfig {
+        &self.cluster.config
+    }
+
+    /// Each shared bridge (waiting for networkd, else created), its MAC and MTU, its VXLAN
+    /// port.
+    fn ports(&self, nl: &Netlink, c: &ClusterConfig) -> Result<(), ClusterError> {
+        for s in &self.shared {
+            let b = &s.net.bridge;
+            let start = std::time::Instant::now();
+            while crate::net::link::index(b).is_none() && start.elapsed() < Duration::from_secs(30)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if crate::net::link::index(b).is_none() {
+                let created =
+                    crate::net::manager::Manager::new(Paths::new(&self.root).runtime_dir())
+                        .ensure_bridge(&s.net)
+                        .map_err(|e| setup(format!("bridge {b}: {}", crate::error_chain(&e))))?;
+                if created {
+                    log::info!("created bridge {b} directly");
+                }
+            }
+            // networkd gives every host's bridge the packaged MAC: this host's own, for
+            // networkd too (a drop-in), and on the link now.
+            let dropin = Paths::new(&self.root)
+                .networkd_dir()
+                .join(format!("10-{b}.netdev.d"))
+                .join("50-volt-cluster.conf");
+            let text = format!(
+                "# Automatically generated by volt cluster run: this host's MAC for {b}\n[NetDev]\nMACAddress={}\n",
+                s.mac
+            );
+            if let Err(e) = crate::fsutil::write_atomic_if_changed(&dropin, &text) {
+                log::warn!("{}", crate::error_chain(&e));
+            }
+            self.bridge_identity(nl, s);
+            let p = VxlanParams {
+                name: s.vx.clone(),
+                vni: s.vni,
+                local: c.underlay,
+                port: c.vxlan_port,
+                dev: self.underlay_index,
+                mtu: c.overlay_mtu(),
+            };
+            if mech::ensure_vxlan(nl, &p, b).map_err(nl_err("VXLAN port"))? {
+                log::info!(
+                    "created {} (VNI {}) on {b}, MTU {}",
+                    s.vx,
+                    s.vni,
+                    c.overlay_mtu()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The bridge's MAC and MTU as this host needs them (networkd may reset them when it
+    /// reconfigures the bridge).
+    fn bridge_identity(&self, nl: &Netlink, s: &Shared) {
+        let b = &s.net.bridge;
+        let mtu = self.config().overlay_mtu().min(s.net.mtu);
+        // networkd 252 fails the bridge on its own IPMasquerade= when a reload re-applies its
+        // .network, and drops its addresses; a reconfigure brings them back.
+        let has_gateway = nl
+            .ipv4_addrs(b)
+            .is_ok_and(|a| a.iter().any(|(ip, _)| *ip == s.net.gateway));
+        if !has_gateway && crate::net::networkd::Networkd::connect().is_ok() {
+            log::warn!(
+                "{b} lost its gateway address {} (networkd failed the link?); asking networkd to reconfigure it",
+                s.net.gateway
+            );
+            super::membership::networkctl_reconfigure(b);
+        }
+        match nl.link(b) {
+            Ok(Some(l)) => {
+                if l.mac != Some(s.mac) {
+                    match nl.set_mac(b, s.mac) {
+                        Ok(()) => log::info!("{b}: MAC set to {} (this host's)", s.mac),
+                        Err(e) => log::warn!("{}", crate::error_chain(&e)),
+                    }
+                }
+                if l.mtu != mtu {
+                    match nl.set_mtu(b, mtu) {
+                        Ok(()) => log::info!("{b}: MTU set to {mtu}"),
+                        Err(e) => log::warn!("{}", crate::error_chain(&e)),
+                    }
+                }
+            }
+            Ok(None) => log::warn!("bridge {b} is gone"),
+            Err(e) => log::warn!("{}", crate::error_chain(&e)),
+        }
+    }
+
+    /// Bring every port in line with the store; returns a summary for STATUS=.
+    fn reconcile(&mut self, nl: &Netlink) -> String {
+        let snap = match store::snapshot(&self.cluster.etcd) {
+            Ok(s) => {
+                if !self.store_ok {
+                    log::info!("the cluster store answers again");
+                }
+                self.store_ok = true;
+                s
+            }
+            Err(e) => {
+                if self.store_ok {
+                    log::error!("{}; keeping the overlay as it is", crate::error_chain(&e));
+                }
+                self.store_ok = false;
+                return "store unreachable; overlay kept as it was".into();
+            }
+        };
+        let me = self.cluster.host().to_string();
+        if snap.host(&me).is_none() {
+            log::warn!("this host's record is gone from the store");
+        }
+        let mut filters = Vec::new();
+        let mut summary = Vec::new();
+        for s in &self.shared {
+            self.bridge_identity(nl, s);
+            let want = desired(&snap, &me, &s.net.name);
+            let fdb_now = mech::fdb_entries(nl, &s.vx).unwrap_or_default();
+            let (add, del) = fdb_changes(&fdb_now, &want.fdb);
+            for e in &del {
+                match mech::fdb_del(nl, &s.vx, e) {
+                    Ok(()) => log::info!("{}: removed {} -> {}", s.vx, e.mac, e.dst),
+                    Err(err) => log::warn!("{}", crate::error_chain(&err)),
+                }
+            }
+            for e in &add {
+                match mech::fdb_add(nl, &s.vx, e) {
+                    Ok(()) => log::info!("{}: {} -> {}", s.vx, e.mac, e.dst),
+                    Err(err) => log::warn!("{}", crate::error_chain(&err)),
+                }
+            }
+            // The host never ARPs for remote addresses (its ARP would carry the gateway's
+            // address, which stays home): permanent neighbour entries from the store.
+            let neigh_now = mech::neighbours(nl, &s.net.bridge).unwrap_or_default();
+            for (ip, _) in neigh_now
+                .iter()
+                .filter(|(ip, mac)| s.net.subnet.contains(ip) && !want.pairs.contains(&(*mac, *ip)))
+            {
+                if let Err(e) = mech::neighbour_del(nl, &s.net.bridge, *ip) {
+                    log::warn!("{}", crate::error_chain(&e));
+                }
+            }
+            for (mac, ip) in &want.pairs {
+                if !neigh_now.contains(&(*ip, *mac)) {
+                    if let Err(e) = mech::neighbour_set(nl, &s.net.bridge, *ip, *mac) {
+                        log::warn!("{}", crate::error_chain(&e));
+                    }
+                }
+            }
+            if let Some(src) = s.address {
+                if let Err(e) = nl.add_ipv4(&s.net.bridge, src, 32) {
+                    log::warn!("{}", crate::error_chain(&e));
+                }
+                let have: BTreeSet<Ipv4Addr> = mech::routes(nl, &s.net.bridge)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(d, _)| d)
+                    .collect();
+                for ip in have.difference(&want.routes) {
+                    if let Err(e) = mech::route_del(nl, &s.net.bridge, *ip, src) {
+                        log::warn!("{}", crate::error_chain(&e));
+                    }
+                }
+                for ip in want.routes.difference(&have) {
+                    if let Err(e) = mech::route_add(nl, &s.net.bridge, *ip, src) {
+                        log::warn!("{}", crate::error_chain(&e));
+                    }
+                }
+            }
+            summary.push(format!(
+                "{}: {} peer(s), {} remote address(es)",
+                s.net.name,
+                want.peers.len(),
+                want.pairs.len()
+            ));
+            filters.push(PortFilter {
+                port: s.vx.clone(),
+                gateway: s.net.gateway,
+                remote: want.pairs.into_iter().collect(),
+                subnet: s.net.subnet,
+            });
+        }
+        if self.last_filter.as_ref() != Some(&filters) {
+            match mech::apply_filter(&filters) {
+                Ok(()) => self.last_filter = Some(filters),
+                Err(e) => log::error!("{}", crate::error_chain(&e)),
+            }
+        }
+        summary.join("; ")
+    }
+
+    /// Leave: end the lease (every claim of this host goes at once), remove the VXLAN ports,
+    /// the host addresses (their routes go with them) and the filter.
+    fn leave(&self, nl: &Netlink) {
+        if let Err(e) = self.cluster.etcd.revoke(self.lease) {
+            log::warn!(
+                "cannot end the lease (it expires by itself): {}",
+                crate::error_chain(&e)
+            );
+        }
+        for s in &self.shared {
+            if let Err(e) = nl.delete(&s.vx) {
+                log::warn!("{}", crate::error_chain(&e));
+            }
+            for (ip, _) in mech::neighbours(nl, &s.net.bridge).unwrap_or_default() {
+                if s.net.subnet.contains(&ip) {
+                    let _ = mech::neighbour_del(nl, &s.net.bridge, ip);
+                }
+            }
+            if let Some(ip) = s.address {
+                if let Err(e) = mech::del_ipv4(nl, &s.net.bridge, ip, 32) {
+                    log::warn!("{}", crate::error_chain(&e));
+                }
+            }
+        }
+        for s in &self.shared {
+            if std::fs::remove_file(self.dhcp_dropin_path(s)).is_ok() {
+                super::membership::reconfigure_bridge(&s.net.bridge);
+            }
+        }
+        if let Err(e) = mech::remove_filter() {
+            log::warn!("{}", crate::error_chain(&e));
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! An etcd v3 client over the JSON gateway every etcd member serves on its client port
+//! (`/v3/kv/range`, `/v3/kv/txn`, `/v3/lease/grant`, `/v3/lease/keepalive`,
+//! `/v3/lease/revoke`, `/v3/watch`). Keys and values are base64 in the JSON, 64-bit numbers
+//! are strings. Endpoints are tried in order until one answers; when none can, the error
+//! lists what each said (a cluster without quorum answers `etcdserver: request timed out`, or
+//! not at all).
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::http::{self, HttpError, Tls, TlsFiles, Url};
+use crate::config::EtcdConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("{0:?} is not an etcd endpoint URL")]
+    Url(String),
+    #[error(transparent)]
+    Tls(HttpError),
+    #[error("the cluster store (etcd) cannot serve requests, so nothing can be allocated or claimed now (is a quorum of members up?): {}", tried.join("; "))]
+    Unavailable { tried: Vec<String> },
+    #[error("etcd answered {path} with something unexpected: {message}")]
+    Answer { path: String, message: String },
+}
+
+/// One key as etcd returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// The lease the key is attached to (0: none).
+    pub lease: i64,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+}
+
+/// A condition of a transaction.
+#[derive(Debug, Clone)]
+pub enum Compare {
+    /// The key does not exist.
+    Absent(String),
+    /// The key exists with this modification revision.
+    ModRevision(String, i64),
+}
+
+/// An operation of a transaction.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: i64,
+    },
+    Delete(String),
+}
+
+/// What a watch saw: keys put or deleted under its prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Put(Kv),
+    Delete(String),
+}
+
+fn b64(s: &[u8]) -> String {
+    B64.encode(s)
+}
+
+/// The end of the range of keys starting with `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn num(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn kv_of(v: &Value) -> Kv {
+    let bytes = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .and_then(|s| B64.decode(s).ok())
+            .unwrap_or_default()
+    };
+    Kv {
+        key: String::from_utf8_lossy(&bytes("key")).into_owned(),
+        value: bytes("value"),
+        lease: v.get("lease").map_or(0, num),
+        create_revision: v.get("create_revision").map_or(0, num),
+        mod_revision: v.get("mod_revision").map_or(0, num),
+    }
+}
+
+fn op_json(op: &Op) -> Value {
+    match op {
+        Op::Put { key, value, lease } => {
+            let mut p = json!({"key": b64(key.as_bytes()), "value": b64(value)});
+            if *lease != 0 {
+                p["lease"] = json!(lease.to_string());
+            }
+            json!({ "requestPut": p })
+        }
+        Op::Delete(key) => json!({"requestDeleteRange": {"key": b64(key.as_bytes())}}),
+    }
+}
+
+fn compare_json(c: &Compare) -> Value {
+    match c {
+        Compare::Absent(k) => json!({
+            "key": b64(k.as_bytes()), "target": "CREATE", "result": "EQUAL", "create_revision": "0"
+        }),
+        Compare::ModRevision(k, r) => json!({
+            "key": b64(k.as_bytes()), "target": "MOD", "result": "EQUAL", "mod_revision": r.to_string()
+        }),
+    }
+}
+
+/// A client for one cluster.
+#[derive(Clone)]
+pub struct Etcd {
+    urls: Vec<(String, Url)>,
+    tls: Option<Tls>,
+    timeout: Duration,
+}
+
+impl Etcd {
+    pub fn new(cfg: &EtcdConfig) -> Result<Etcd, EtcdError> {
+        let mut urls = Vec::new();
+        for e in &cfg.endpoints {
+            let u = Url::parse(e).ok_or_else(|| EtcdError::Url(e.clone()))?;
+            urls.push((e.clone(), u));
+        }
+        let tls = if urls.iter().any(|(_, u)| u.tls) {
+            let files = TlsFiles {
+                ca: cfg.ca.clone(),
+                cert: cfg.cert.clone(),
+                key: cfg.key.clone(),
+            };
+            Some(Tls::new(&files).map_err(EtcdError::Tls)?)
+        } else {
+            None
+        };
+        Ok(Etcd {
+            urls,
+            tls,
+            timeout: Duration::from_millis(cfg.timeout_ms),
+        })
+    }
+
+    /// POST `body` to `path` on the first endpoint that answers 200.
+    fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        let text = body.to_string();
+        let mut tried = Vec::new();
+        for (shown, url) in &self.urls {
+            match http::post(url, self.tls.as_ref(), path, text.as_bytes(), self.timeout) {
+                Ok(a) if a.status == 200 => {
+                    return serde_json::from_slice(&a.body).map_err(|e| EtcdError::Answer {
+                        path: path.into(),
+                        message: e.to_string(),
+                    })
+                }
+                Ok(a) => {
+                    let v: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+                    let msg = v
+                        .get("error")
+                        .or_else(|| v.get("message"))
+                        .and_then(Value::as_str)
+                        .map_or_else(
+                            || String::from_utf8_lossy(&a.body).trim().to_string(),
+                            str::to_owned,
+                        );
+                    tried.push(format!("{shown}: {msg} (HTTP {})", a.status));
+                }
+                Err(e) => tried.push(crate::error_chain(&e)),
+            }
+        }
+        Err(EtcdError::Unavailable { tried })
+    }
+
+    fn answer(path: &str, message: impl Into<String>) -> EtcdError {
+        EtcdError::Answer {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Every key under `prefix`, and the store's revision at the time.
+    pub fn range_prefix(&self, prefix: &str) -> Result<(Vec<Kv>, i64), EtcdError> {
+        let v = self.call(
+            "/v3/kv/range",
+            &json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))}),
+        )?;
+        let rev = v
+            .get("header")
+            .and_then(|h| h.get("revision"))
+            .map_or(0, num);
+        let kvs = v
+            .get("kvs")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(kv_of).collect())
+            .unwrap_or_default();
+        Ok((kvs, rev))
+    }
+
+    /// One key.
+    pub fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
+        let v = self.call("/v3/kv/range", &json!({"key": b64(key.as_bytes())}))?;
+        Ok(v.get("kvs")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .map(kv_of))
+    }
+
+    /// Apply `success` if every `compare` holds, else `failure`; returns whether they held.
+    pub fn txn(
+        &self,
+        compare: &[Compare],
+        success: &[Op],
+        failure: &[Op],
+    ) -> Result<bool, EtcdError> {
+        let v = self.call(
+            "/v3/kv/txn",
+            &json!({
+                "compare": compare.iter().map(compare_json).collect::<Vec<_>>(),
+                "success": success.iter().map(op_json).collect::<Vec<_>>(),
+                "failure": failure.iter().map(op_json).collect::<Vec<_>>(),
+            }),
+        )?;
+        if v.get("header").is_none() {
+            return Err(Self::answer("/v3/kv/txn", v.to_string()));
+        }
+        Ok(v.get("succeeded").and_then(Value::as_bool).unwrap_or(false))
+    }
+
+    /// Put `key` unconditionally.
+    pub fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<(), EtcdError> {
+        self.txn(
+            &[],
+            &[Op::Put {
+                key: key.into(),
+                value: value.to_vec(),
+                lease,
+            }],
+            &[],
+        )
+        .map(|_| ())
+    }
+
+    /// A new lease of `ttl` seconds.
+    pub fn grant(&self, ttl: u32) -> Result<i64, EtcdError> {
+        let v = self.call("/v3/lease/grant", &json!({"TTL": ttl.to_string()}))?;
+        match v.get("ID").map(num) {
+            Some(id) if id != 0 => Ok(id),
+            _ => Err(Self::answer(
+                "/v3/lease/grant",
+                v.get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no lease ID")
+                    .to_string(),
+            )),
+        }
+    }
+
+    /// Renew lease `id`; returns its TTL now, 0 when it has expired (it cannot come back).
+    pub fn keepalive(&self, id: i64) -> Result<i64, EtcdError> {
+        let v = self.call("/v3/lease/keepalive", &json!({"ID": id.to_string()}))?;
+        let r = v.get("result").unwrap_or(&v);
+        if r.get("header").is_none() {
+            return Err(Self::answer("/v3/lease/keepalive", v.to_string()));
+        }
+        Ok(r.get("TTL").map_or(0, num))
+    }
+
+    /// Seconds lease `id` has left (-1 or 0 when it is gone).
+    pub fn ttl_left(&self, id: i64) -> Result<i64, EtcdError> {
+        let v = self.call("/v3/lease/timetolive", &json!({"ID": id.to_string()}))?;
+        Ok(v.get("TTL").map_or(0, num))
+    }
+
+    /// End lease `id` now: every key attached to it goes.
+    pub fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+        self.call("/v3/lease/revoke", &json!({"ID": id.to_string()}))
+            .map(|_| ())
+    }
+
+    /// Watch `prefix` from revision `from`: call `on_events` with each batch until it returns
+    /// false, or the stream breaks (`Err`: the caller re-reads and watches again).
+    pub fn watch(
+        &self,
+        prefix: &str,
+        from: i64,
+        on_events: &mut dyn FnMut(Vec<Event>) -> bool,
+    ) -> Result<(), EtcdError> {
+        let body = json!({"create_request": {
+            "key": b64(prefix.as_bytes()),
+            "range_end": b64(&prefix_end(prefix)),
+            "start_revision": from.to_string(),
+        }})
+        .to_string();
+        let mut tried = Vec::new();
+        for (shown, url) in &self.urls {
+            let timeout = http::watch_timeout(self.timeout);
+            let (status, mut stream) = match http::post_stream(
+                url,
+                self.tls.as_ref(),
+                "/v3/watch",
+                body.as_bytes(),
+                timeout,
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    tried.push(crate::error_chain(&e));
+                    continue;
+                }
+            };
+            if status != 200 {
+                tried.push(format!("{shown}: watch answered HTTP {status}"));
+                continue;
+            }
+            let mut pending: Vec<u8> = Vec::new();
+            loop {
+                let piece = match stream.next_piece() {
+                    Ok(Some(p)) => p,
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        tried.push(crate::error_chain(&e));
+                        return Err(EtcdError::Unavailable { tried });
+                    }
+                };
+                pending.extend_from_slice(&piece);
+                while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=nl).collect();
+                    let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                        continue;
+                    };
+                    if !on_events(events_of(&v)) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Err(EtcdError::Unavailable { tried })
+    }
+}
+
+fn events_of(v: &Value) -> Vec<Event> {
+    let r = v.get("result").unwrap_or(v);
+    r.get("events")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    let kv = e.get("kv").map(kv_of).unwrap_or(Kv {
+                        key: String::new(),
+                        value: Vec::new(),
+                        lease: 0,
+                        create_revision: 0,
+                        mod_revision: 0,
+                    });
+                    if e.get("type").and_then(Value::as_str) == Some("DELETE") {
+                        Event::Delete(kv.key)
+                    } else {
+                        Event::Put(kv)
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end("/volt/"), b"/volt0".to_vec());
+        assert_eq!(prefix_end("a"), b"b".to_vec());
+    }
+
+    #[test]
+    fn json_shapes_match_the_gateway() {
+        let c = compare_json(&Compare::Absent("/k".into()));
+        assert_eq!(c["create_revision"], "0");
+        assert_eq!(c["key"], "L2s=");
+        let p = op_json(&Op::Put {
+            key: "/k".into(),
+            value: b"v".to_vec(),
+            lease: 7,
+        });
+        assert_eq!(p["requestPut"]["lease"], "7");
+        assert_eq!(p["requestPut"]["value"], "dg==");
+        // What the 3.4 gateway streams for a watch.
+        let v: Value = serde_json::from_str(r#"{"result":{"header":{"revision":"4"},"events":[{"kv":{"key":"L2I=","create_revision":"4","mod_revision":"4","version":"1","value":"eA==","lease":"99"}},{"type":"DELETE","kv":{"key":"L2E=","mod_revision":"5"}}]}}"#).expect("json");
+        let ev = events_of(&v);
+        assert_eq!(ev.len(), 2);
+        assert!(
+            matches!(&ev[0], Event::Put(kv) if kv.key == "/b" && kv.value == b"x" && kv.lease == 99)
+        );
+        assert_eq!(ev[1], Event::Delete("/a".into()));
+    }
+
+    #[test]
+    fn no_endpoint_is_a_clear_error() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        drop(l);
+        let e = Etcd::new(&EtcdConfig {
+            endpoints: vec![format!("http://127.0.0.1:{port}")],
+            ca: None,
+            cert: None,
+            key: None,
+            timeout_ms: 500,
+        })
+        .expect("client")
+        .get("/x")
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("the cluster store (etcd) cannot serve requests"),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!("http://127.0.0.1:{port}: cannot connect")),
+            "{e}"
+        );
+    }
+}

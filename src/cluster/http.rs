@@ -1,0 +1,412 @@
+//! The little HTTP/1.1 that etcd's v3 JSON gateway needs: one `POST` with a JSON body per
+//! connection (`Connection: close`), answers with `Content-Length` or chunked bodies, and a
+//! streamed chunked answer for watches. Plain TCP or TLS (OpenSSL, the system's library)
+//! with an optional client certificate. Every read and write has a timeout, so a member that
+//! stops answering turns into an error, never a hang.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+
+/// Largest answer accepted (a range over the whole store stays far below).
+const MAX_BODY: usize = 64 << 20;
+const MAX_HEADER_LINE: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{url}: cannot connect")]
+    Connect {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{url}: TLS")]
+    Tls {
+        url: String,
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
+    #[error("{url}: TLS handshake failed: {message}")]
+    Handshake { url: String, message: String },
+    #[error("cannot load the TLS file {}", path.display())]
+    TlsFile {
+        path: PathBuf,
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
+    #[error("{url}: no answer")]
+    Io {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{url}: not an HTTP answer: {message}")]
+    Protocol { url: String, message: String },
+}
+
+/// Client TLS settings: the CA that signed the members and our certificate, if any.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// A connector for `https://` endpoints, built once from [`TlsFiles`].
+#[derive(Clone)]
+pub struct Tls(SslConnector);
+
+impl Tls {
+    pub fn new(files: &TlsFiles) -> Result<Tls, HttpError> {
+        let file_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| HttpError::TlsFile { path, source }
+        };
+        let mut b =
+            SslConnector::builder(SslMethod::tls_client()).map_err(|source| HttpError::Tls {
+                url: "client".into(),
+                source,
+            })?;
+        if let Some(ca) = &files.ca {
+            b.set_ca_file(ca).map_err(file_err(ca))?;
+        }
+        if let Some(cert) = &files.cert {
+            b.set_certificate_chain_file(cert).map_err(file_err(cert))?;
+        }
+        if let Some(key) = &files.key {
+            b.set_private_key_file(key, SslFiletype::PEM)
+                .map_err(file_err(key))?;
+            b.check_private_key().map_err(file_err(key))?;
+        }
+        b.set_verify(SslVerifyMode::PEER);
+        Ok(Tls(b.build()))
+    }
+}
+
+/// A parsed `http(s)://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Url {
+    pub fn parse(s: &str) -> Option<Url> {
+        let (tls, rest) = match s.split_once("://")? {
+            ("http", r) => (false, r),
+            ("https", r) => (true, r),
+            _ => return None,
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = rest.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Some(Url {
+            tls,
+            host: host.to_string(),
+            port: port.parse().ok().filter(|p| *p != 0)?,
+        })
+    }
+
+    fn show(&self) -> String {
+        format!(
+            "{}://{}:{}",
+            if self.tls { "https" } else { "http" },
+            self.host,
+            self.port
+        )
+    }
+}
+
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+fn connect(url: &Url, tls: Option<&Tls>, timeout: Duration) -> Result<Box<dyn Stream>, HttpError> {
+    let show = url.show();
+    let conn = |source| HttpError::Connect {
+        url: show.clone(),
+        source,
+    };
+    let addr = (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(conn)?
+        .next()
+        .ok_or_else(|| conn(std::io::Error::other("the host name has no address")))?;
+    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(conn)?;
+    tcp.set_read_timeout(Some(timeout)).map_err(conn)?;
+    tcp.set_write_timeout(Some(timeout)).map_err(conn)?;
+    let _ = tcp.set_nodelay(true);
+    if !url.tls {
+        return Ok(Box::new(tcp));
+    }
+    let Some(tls) = tls else {
+        return Err(HttpError::Handshake {
+            url: show,
+            message: "https endpoint without TLS settings".into(),
+        });
+    };
+    let s = tls
+        .0
+        .connect(&url.host, tcp)
+        .map_err(|e| HttpError::Handshake {
+            url: show.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(Box::new(s))
+}
+
+/// An answer: the status and the whole body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// A body being read: by length, chunked, or until the connection closes.
+pub struct Body {
+    reader: BufReader<Box<dyn Stream>>,
+    url: String,
+    chunked: bool,
+    /// Bytes left in the current chunk (chunked) or the whole body (length).
+    left: Option<usize>,
+    done: bool,
+}
+
+fn io_err(url: &str) -> impl Fn(std::io::Error) -> HttpError + '_ {
+    move |source| HttpError::Io {
+        url: url.to_string(),
+        source,
+    }
+}
+
+fn proto(url: &str, message: impl Into<String>) -> HttpError {
+    HttpError::Protocol {
+        url: url.to_string(),
+        message: message.into(),
+    }
+}
+
+fn read_line(r: &mut impl BufRead, url: &str) -> Result<String, HttpError> {
+    let mut line = Vec::new();
+    let n = r
+        .by_ref()
+        .take(MAX_HEADER_LINE as u64)
+        .read_until(b'\n', &mut line)
+        .map_err(io_err(url))?;
+    if n == 0 {
+        return Err(proto(url, "the connection closed"));
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(proto(url, "a header line is too long"));
+    }
+    Ok(String::from_utf8_lossy(&line).trim_end().to_string())
+}
+
+impl Body {
+    /// The next piece of the body (`None` at its end).
+    pub fn next_piece(&mut self) -> Result<Option<Vec<u8>>, HttpError> {
+        if self.done {
+            return Ok(None);
+        }
+        let url = self.url.clone();
+        if self.chunked {
+            let size_line = read_line(&mut self.reader, &url)?;
+            let hex = size_line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(hex, 16)
+                .map_err(|_| proto(&url, format!("bad chunk size {hex:?}")))?;
+            if size > MAX_BODY {
+                return Err(proto(&url, format!("a chunk of {size} bytes is too large")));
+            }
+            if size == 0 {
+                // Trailers, then the empty line.
+                while !read_line(&mut self.reader, &url)?.is_empty() {}
+                self.done = true;
+                return Ok(None);
+            }
+            let mut buf = vec![0; size];
+            self.reader.read_exact(&mut buf).map_err(io_err(&url))?;
+            let mut crlf = [0; 2];
+            self.reader.read_exact(&mut crlf).map_err(io_err(&url))?;
+            return Ok(Some(buf));
+        }
+        let mut buf = Vec::new();
+        match self.left {
+            Some(n) => {
+                buf.resize(n, 0);
+                self.reader.read_exact(&mut buf).map_err(io_err(&url))?;
+            }
+            None => {
+                self.reader
+                    .by_ref()
+                    .take(MAX_BODY as u64 + 1)
+                    .read_to_end(&mut buf)
+                    .map_err(io_err(&url))?;
+            }
+        }
+        self.done = true;
+        Ok(Some(buf))
+    }
+
+    /// The whole body, bounded.
+    pub fn read_all(mut self) -> Result<Vec<u8>, HttpError> {
+        let mut out = Vec::new();
+        while let Some(p) = self.next_piece()? {
+            out.extend_from_slice(&p);
+            if out.len() > MAX_BODY {
+                return Err(proto(&self.url, "the answer is too large"));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Send `POST path` with a JSON `body`; returns the status and the body still to read.
+/// `read_timeout` bounds every later read (a watch waits longer than a request).
+pub fn post_stream(
+    url: &Url,
+    tls: Option<&Tls>,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, Body), HttpError> {
+    let show = url.show();
+    let mut s = connect(url, tls, timeout)?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        url.host,
+        url.port,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).map_err(io_err(&show))?;
+    s.write_all(body).map_err(io_err(&show))?;
+    s.flush().map_err(io_err(&show))?;
+    let mut reader = BufReader::new(s);
+    let status_line = read_line(&mut reader, &show)?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .filter(|_| status_line.starts_with("HTTP/1."))
+        .ok_or_else(|| proto(&show, format!("bad status line {status_line:?}")))?;
+    let mut chunked = false;
+    let mut length = None;
+    loop {
+        let line = read_line(&mut reader, &show)?;
+        if line.is_empty() {
+            break;
+        }
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
+            chunked = true;
+        } else if k == "content-length" {
+            let n: usize = v
+                .parse()
+                .map_err(|_| proto(&show, format!("bad Content-Length {v:?}")))?;
+            if n > MAX_BODY {
+                return Err(proto(&show, format!("an answer of {n} bytes is too large")));
+            }
+            length = Some(n);
+        }
+    }
+    Ok((
+        status,
+        Body {
+            reader,
+            url: show,
+            chunked,
+            left: length,
+            done: false,
+        },
+    ))
+}
+
+/// Send `POST path` and read the whole answer.
+pub fn post(
+    url: &Url,
+    tls: Option<&Tls>,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Answer, HttpError> {
+    let (status, b) = post_stream(url, tls, path, body, timeout)?;
+    Ok(Answer {
+        status,
+        body: b.read_all()?,
+    })
+}
+
+/// Set a new read timeout on a streamed body's connection is not possible through the TLS
+/// wrapper, so watches use a long timeout from the start; this is the timeout they use.
+pub fn watch_timeout(request: Duration) -> Duration {
+    (request * 10).max(Duration::from_secs(30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn serve(answer: &'static [u8]) -> Url {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(answer);
+            }
+        });
+        Url::parse(&format!("http://127.0.0.1:{port}")).expect("url")
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            Url::parse("https://etcd-1:2379/"),
+            Some(Url {
+                tls: true,
+                host: "etcd-1".into(),
+                port: 2379
+            })
+        );
+        assert_eq!(Url::parse("http://x"), None);
+        assert_eq!(Url::parse("gopher://x:1"), None);
+    }
+
+    #[test]
+    fn length_and_chunked_bodies() {
+        let t = Duration::from_secs(5);
+        let u = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        let a = post(&u, None, "/v3/kv/range", b"{}", t).expect("answer");
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"hello"[..]));
+        let u = serve(
+            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+        );
+        let a = post(&u, None, "/", b"{}", t).expect("answer");
+        assert_eq!((a.status, a.body.as_slice()), (503, &b"abcde"[..]));
+        let u = serve(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+        let e = post(&u, None, "/", b"{}", t).unwrap_err().to_string();
+        assert!(e.contains("bad chunk size \"zz\""), "{e}");
+        let u = serve(b"SSH-2.0-x\r\n");
+        let e = post(&u, None, "/", b"{}", t).unwrap_err().to_string();
+        assert!(e.contains("bad status line"), "{e}");
+    }
+
+    #[test]
+    fn a_silent_server_is_a_timeout_not_a_hang() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let u = Url::parse(&format!("http://127.0.0.1:{port}")).expect("url");
+        let start = std::time::Instant::now();
+        let e = post(&u, None, "/", b"{}", Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(e, HttpError::Io { .. }), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(30));
+        drop(l);
+    }
+}

@@ -1,0 +1,246 @@
+//! The daemon's side of membership: registering (adopting its own live lease after a
+//! restart), the host record, this host's own address and DHCP block on each shared network,
+//! and claiming again what runs here after a lost lease.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use super::daemon::{setup, Daemon, Shared};
+use super::store::{self, AddrClaim, HostNet, HostRecord};
+use super::ClusterError;
+use crate::config::{ConfigSet, NetworkLookup};
+use crate::plan::{Paths, Plan};
+
+impl Daemon {
+    /// Adopt this host's live lease (a restarted daemon keeps its claims), else grant one.
+    pub(super) fn register(&mut self) -> Result<(), ClusterError> {
+        let c = &self.cluster;
+        if let Some(kv) = c.etcd.get(&store::host_key(c.host()))? {
+            if kv.lease != 0 && c.etcd.keepalive(kv.lease)? > 0 {
+                log::info!("adopted this host's live lease {:x}", kv.lease);
+                self.lease = kv.lease;
+                return Ok(());
+            }
+        }
+        self.lease = c.etcd.grant(self.config().lease_ttl)?;
+        Ok(())
+    }
+
+    fn record(&self) -> HostRecord {
+        let c = self.config();
+        HostRecord {
+            name: c.host.clone(),
+            underlay: c.underlay,
+            vxlan_port: c.vxlan_port,
+            since: store::now(),
+            networks: self
+                .shared
+                .iter()
+                .map(|s| HostNet {
+                    name: s.net.name.clone(),
+                    vni: s.vni,
+                    bridge_mac: Some(s.mac.to_string()),
+                    address: s.address,
+                })
+                .collect(),
+        }
+    }
+
+    /// Write the host record, then claim each network's host address, then write it again
+    /// with the addresses.
+    pub(super) fn publish(&mut self) -> Result<(), ClusterError> {
+        let key = store::host_key(self.cluster.host());
+        let put = |d: &Daemon| {
+            d.cluster.etcd.put(
+                &key,
+                &serde_json::to_vec(&d.record()).unwrap_or_default(),
+                d.lease,
+            )
+        };
+        put(self)?;
+        for i in 0..self.shared.len() {
+            let ip = self.host_address(i)?;
+            self.shared[i].address = Some(ip);
+        }
+        put(self)?;
+        for i in 0..self.shared.len() {
+            if self.shared[i].net.dhcp {
+                self.dhcp_block(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Claim a block of the network's container range for this host's DHCP server (the one
+    /// it has, else the first free one) and point networkd's `[DHCPServer]` at it, so the
+    /// hosts' DHCP servers never hand out the same address.
+    fn dhcp_block(&self, i: usize) -> Result<(), ClusterError> {
+        let s = &self.shared[i];
+        let me = self.cluster.host();
+        let blocks = super::overlay::dhcp_blocks(s.net.container_range);
+        let mut mine = None;
+        for (first, size) in &blocks {
+            let key = store::dhcp_key(&s.net.name, *first);
+            let put = super::etcd::Op::Put {
+                key: key.clone(),
+                value: me.as_bytes().to_vec(),
+                lease: self.lease,
+            };
+            let held = self.cluster.etcd.get(&key)?;
+            if held.as_ref().is_some_and(|kv| kv.value == me.as_bytes()) {
+                mine = Some((*first, *size));
+                break;
+            }
+            if held.is_none()
+                && self
+                    .cluster
+                    .etcd
+                    .txn(&[super::etcd::Compare::Absent(key)], &[put], &[])?
+            {
+                mine = Some((*first, *size));
+                break;
+            }
+        }
+        let Some((first, size)) = mine else {
+            return Err(setup(format!(
+                "no DHCP block of {}'s container range {} is free for host {me}",
+                s.net.name, s.net.container_range
+            )));
+        };
+        let path = self.dhcp_dropin_path(s);
+        let text = super::overlay::dhcp_dropin(s.net.subnet, first, size, me);
+        match crate::fsutil::write_atomic_if_changed(&path, &text) {
+            Ok(true) => {
+                log::info!(
+                    "{}: this host's DHCP server hands out {first} and the {} addresses after it",
+                    s.net.name,
+                    size - 1
+                );
+                reconfigure_bridge(&s.net.bridge);
+            }
+            Ok(false) => {}
+            Err(e) => log::warn!("{}", crate::error_chain(&e)),
+        }
+        Ok(())
+    }
+
+    pub(super) fn dhcp_dropin_path(&self, s: &Shared) -> std::path::PathBuf {
+        Paths::new(&self.root)
+            .networkd_dir()
+            .join(crate::plan::names::bridge_network_dropin_dir(&s.net.bridge))
+            .join("70-volt-cluster-dhcp.conf")
+    }
+
+    /// This host's own address on shared network `i`: its claim, else the highest free
+    /// address of the VM pool, claimed like any other.
+    fn host_address(&self, i: usize) -> Result<Ipv4Addr, ClusterError> {
+        let s = &self.shared[i];
+        let me = self.cluster.host().to_string();
+        let owner = format!("host/{me}");
+        for _ in 0..64 {
+            let snap = store::snapshot(&self.cluster.etcd)?;
+            let claims: Vec<_> = snap.addrs_on(&s.net.name).collect();
+            if let Some((ip, ..)) = claims.iter().find(|(_, c, _)| c.owner == owner) {
+                return Ok(*ip);
+            }
+            let taken: BTreeSet<Ipv4Addr> = claims.iter().map(|(ip, ..)| *ip).collect();
+            let reserved: BTreeSet<Ipv4Addr> = s.net.reservations.values().copied().collect();
+            let (lo, hi) = (
+                u32::from(s.net.vm_range.start),
+                u32::from(s.net.vm_range.end),
+            );
+            let Some(ip) = (lo..=hi).rev().map(Ipv4Addr::from).find(|ip| {
+                s.net.is_host_addr(*ip) && !taken.contains(ip) && !reserved.contains(ip)
+            }) else {
+                return Err(setup(format!(
+                    "no free address left on {} for host {me}",
+                    s.net.name
+                )));
+            };
+            let claim = AddrClaim {
+                owner: owner.clone(),
+                host: me.clone(),
+                fixed: true,
+                mac: Some(s.mac.to_string()),
+                since: store::now(),
+            };
+            if store::try_claim(&self.cluster.etcd, &s.net.name, ip, &claim, self.lease)? {
+                return Ok(ip);
+            }
+        }
+        Err(ClusterError::Contention {
+            network: s.net.name.clone(),
+        })
+    }
+
+    /// After a lost lease: claim again the names and addresses of the workloads whose links
+    /// are up here (from their link records).
+    pub(super) fn reclaim(&self) {
+        let set = ConfigSet::load(&self.root);
+        let plan = Plan::build(&set);
+        let paths = Paths::new(&self.root);
+        for w in &plan.workloads {
+            for a in &w.attachments {
+                let Ok(text) = std::fs::read_to_string(paths.link_record(&a.link)) else {
+                    continue;
+                };
+                let rec: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                if let Err(e) = self.cluster.claim_name(&w.name, w.kind.as_str()) {
+                    log::error!("{}", crate::error_chain(&e));
+                }
+                let ip = rec
+                    .get("ipv4")
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| s.split('/').next())
+                    .and_then(|s| s.parse::<Ipv4Addr>().ok());
+                let mac = rec
+                    .get("mac")
+                    .and_then(|v| v.as_str())
+                    .and_then(|m| m.parse().ok());
+                let net = a.network.as_deref().and_then(|n| set.networks.by_name(n));
+                if let (Some(ip), Some(net)) = (ip, net.filter(|n| self.cluster.shares(&n.name))) {
+                    let owner = match w.kind {
+                        crate::plan::Kind::Vm => crate::net::ipam::Owner::vm(&w.name, &a.nic),
+                        crate::plan::Kind::Container => {
+                            crate::net::ipam::Owner::container(&w.name, &a.nic)
+                        }
+                    };
+                    match self.cluster.record(net, &owner, ip, true, mac) {
+                        Ok(_) => log::info!("claimed {ip} for {owner} again"),
+                        Err(e) => log::error!("{}", crate::error_chain(&e)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Make networkd read the bridge's new drop-in: Reload, then reconfigure the bridge. Reload
+/// alone re-applies the bridge's `.network`, and networkd 252 then fails it on its own
+/// `IPMasquerade=` ("Could not enable IP masquerading: File exists"), dropping its addresses;
+/// a reconfigure afterwards brings it back. (The daemon puts its own address, neighbours
+/// and routes back on its next pass.)
+pub(super) fn reconfigure_bridge(bridge: &str) {
+    match crate::net::networkd::reload() {
+        Ok(()) => {}
+        Err(crate::net::networkd::NetworkdError::NotRunning) => return,
+        Err(e) => log::warn!("networkd reload: {}", crate::error_chain(&e)),
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    networkctl_reconfigure(bridge);
+}
+
+/// `networkctl reconfigure BRIDGE`.
+pub(super) fn networkctl_reconfigure(bridge: &str) {
+    match std::process::Command::new("networkctl")
+        .args(["reconfigure", bridge])
+        .output()
+    {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => log::warn!(
+            "networkctl reconfigure {bridge}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => log::warn!("cannot run networkctl: {e}"),
+    }
+}

@@ -1,0 +1,299 @@
+//! Cluster: one shared network across hosts, on etcd. Host membership under leases, address
+//! claims and workload name claims as create-if-absent transactions ([`Cluster`]), and the
+//! daemon `volt cluster run` (`volt-cluster.service`) that keeps a VXLAN port on each
+//! clustered bridge with FDB entries, routes and filter rules from the store ([`daemon`]).
+//! Absent `/etc/volt/cluster.toml`, none of this runs.
+
+pub mod daemon;
+pub mod etcd;
+pub mod http;
+mod membership;
+mod overlay;
+pub mod status;
+pub mod store;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use crate::config::{ClusterConfig, MacAddr, Network};
+use crate::net::ipam::{self, IpamError, Lease, Owner, Request};
+use etcd::{Etcd, EtcdError};
+use store::{AddrClaim, NameClaim};
+
+/// How often a claim is retried when another host changed the same network meanwhile.
+const CLAIM_TRIES: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error(
+        "host {host} is not registered in the cluster (is volt-cluster.service running on it?)"
+    )]
+    NotRegistered { host: String },
+    #[error("{name} already runs on host {host}")]
+    NameTaken { name: String, host: String },
+    #[error("{ip} on {network} is already claimed by {owner} on host {host}")]
+    Taken {
+        ip: Ipv4Addr,
+        network: String,
+        owner: String,
+        host: String,
+    },
+    #[error("{owner} already holds {ip} on {network} on host {host}")]
+    OwnerElsewhere {
+        owner: String,
+        ip: Ipv4Addr,
+        network: String,
+        host: String,
+    },
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error("could not claim an address on {network} in {CLAIM_TRIES} tries: other hosts keep changing it")]
+    Contention { network: String },
+    #[error("{what}")]
+    Setup { what: String },
+}
+
+/// This host's handle on the cluster store.
+#[derive(Clone)]
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub etcd: Etcd,
+}
+
+fn as_lease(ip: Ipv4Addr, c: &AddrClaim) -> Lease {
+    let owner = c.owner.parse::<Owner>().unwrap_or_else(|_| Owner {
+        kind: ipam::Kind::Vm,
+        name: format!("{}@{}", c.owner, c.host),
+        nic: String::new(),
+    });
+    Lease {
+        ip,
+        owner,
+        fixed: c.fixed,
+        since: c.since,
+    }
+}
+
+/// A number in `0..n` from the standard library's per-process random hash keys.
+fn random_below(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    (h.finish() % n.max(1) as u64) as usize
+}
+
+impl Cluster {
+    pub fn new(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
+        Ok(Cluster {
+            config: config.clone(),
+            etcd: Etcd::new(&config.etcd)?,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.config.host
+    }
+
+    /// Whether `network` is shared across the cluster.
+    pub fn shares(&self, network: &str) -> bool {
+        self.config.network(network).is_some()
+    }
+
+    /// The lease this host's claims live under (its registration's).
+    pub fn host_lease(&self) -> Result<i64, ClusterError> {
+        match self.etcd.get(&store::host_key(self.host()))? {
+            Some(kv) if kv.lease != 0 => Ok(kv.lease),
+            _ => Err(ClusterError::NotRegistered {
+                host: self.host().into(),
+            }),
+        }
+    }
+
+    /// Claim workload `name` for this host: `Ok` when it is free or already ours.
+    pub fn claim_name(&self, name: &str, kind: &str) -> Result<(), ClusterError> {
+        let lease = self.host_lease()?;
+        let key = store::name_key(name);
+        let claim = NameClaim {
+            host: self.host().into(),
+            kind: kind.into(),
+            since: store::now(),
+        };
+        let value = serde_json::to_vec(&claim).unwrap_or_default();
+        for _ in 0..CLAIM_TRIES {
+            let put = etcd::Op::Put {
+                key: key.clone(),
+                value: value.clone(),
+                lease,
+            };
+            if self
+                .etcd
+                .txn(&[etcd::Compare::Absent(key.clone())], &[put], &[])?
+            {
+                log::info!("claimed the name {name} for host {}", self.host());
+                return Ok(());
+            }
+            if let Some(kv) = self.etcd.get(&key)? {
+                let held: Option<NameClaim> = serde_json::from_slice(&kv.value).ok();
+                match held {
+                    Some(h) if h.host == self.host() => return Ok(()),
+                    Some(h) => {
+                        return Err(ClusterError::NameTaken {
+                            name: name.into(),
+                            host: h.host,
+                        })
+                    }
+                    None => {}
+                }
+            }
+        }
+        Err(ClusterError::Contention {
+            network: "names".into(),
+        })
+    }
+
+    /// Give up the claim on `name` if this host holds it.
+    pub fn release_name(&self, name: &str) -> Result<bool, ClusterError> {
+        let key = store::name_key(name);
+        let Some(kv) = self.etcd.get(&key)? else {
+            return Ok(false);
+        };
+        let held: Option<NameClaim> = serde_json::from_slice(&kv.value).ok();
+        if held.is_none_or(|h| h.host != self.host()) {
+            return Ok(false);
+        }
+        Ok(self.etcd.txn(
+            &[etcd::Compare::ModRevision(key.clone(), kv.mod_revision)],
+            &[etcd::Op::Delete(key)],
+            &[],
+        )?)
+    }
+
+    /// An address on `net` for `owner` (its static address, its reservation, else a free
+    /// one of its pool), claimed cluster-wide. The same claim again is the same address.
+    pub fn allocate(
+        &self,
+        net: &Network,
+        owner: &Owner,
+        request: Request,
+        configured: &BTreeSet<Ipv4Addr>,
+        mac: Option<MacAddr>,
+    ) -> Result<Lease, ClusterError> {
+        let lease = self.host_lease()?;
+        let me = self.host().to_string();
+        let owner_s = owner.to_string();
+        // After a lost race, skip a random number of free addresses, so hosts that keep
+        // racing for the lowest free one spread out instead of taking turns.
+        let mut skip = 0usize;
+        for attempt in 0..CLAIM_TRIES {
+            let snap = store::snapshot(&self.etcd)?;
+            let claims: Vec<(Ipv4Addr, &AddrClaim, i64)> = snap.addrs_on(&net.name).collect();
+            if let Some((ip, c, rev)) = claims.iter().find(|(_, c, _)| c.owner == owner_s) {
+                if c.host != me {
+                    return Err(ClusterError::OwnerElsewhere {
+                        owner: owner_s,
+                        ip: *ip,
+                        network: net.name.clone(),
+                        host: c.host.clone(),
+                    });
+                }
+                match request {
+                    Request::Static(want) if want != *ip => {
+                        store::drop_claim(&self.etcd, &net.name, *ip, &owner_s, *rev)?;
+                        continue;
+                    }
+                    _ => return Ok(as_lease(*ip, c)),
+                }
+            }
+            if let Request::Static(want) = request {
+                if let Some((_, c, _)) = claims.iter().find(|(ip, ..)| *ip == want) {
+                    return Err(ClusterError::Taken {
+                        ip: want,
+                        network: net.name.clone(),
+                        owner: c.owner.clone(),
+                        host: c.host.clone(),
+                    });
+                }
+            }
+            let leases: Vec<Lease> = claims.iter().map(|(ip, c, _)| as_lease(*ip, c)).collect();
+            let mut excluded = configured.clone();
+            for _ in 0..skip {
+                match ipam::pick(net, owner, request, &leases, &excluded) {
+                    Ok((ip, false)) => {
+                        excluded.insert(ip);
+                    }
+                    _ => break,
+                }
+            }
+            let (ip, fixed) = ipam::pick(net, owner, request, &leases, &excluded)
+                .or_else(|_| ipam::pick(net, owner, request, &leases, configured))?;
+            let claim = AddrClaim {
+                owner: owner_s.clone(),
+                host: me.clone(),
+                fixed,
+                mac: mac.map(|m| m.to_string()),
+                since: store::now(),
+            };
+            if store::try_claim(&self.etcd, &net.name, ip, &claim, lease)? {
+                log::info!("claimed {ip} on {} for {owner_s} (host {me})", net.name);
+                return Ok(as_lease(ip, &claim));
+            }
+            skip = random_below(attempt.min(15) + 2);
+        }
+        Err(ClusterError::Contention {
+            network: net.name.clone(),
+        })
+    }
+
+    /// Record that `owner` holds `ip` (an address it got elsewhere: a DHCP lease).
+    pub fn record(
+        &self,
+        net: &Network,
+        owner: &Owner,
+        ip: Ipv4Addr,
+        fixed: bool,
+        mac: Option<MacAddr>,
+    ) -> Result<Lease, ClusterError> {
+        if !net.is_host_addr(ip) {
+            return Err(IpamError::OutOfNetwork {
+                ip,
+                network: net.name.clone(),
+                subnet: net.subnet,
+            }
+            .into());
+        }
+        let mut l = self.allocate(net, owner, Request::Static(ip), &BTreeSet::new(), mac)?;
+        l.fixed = fixed;
+        Ok(l)
+    }
+
+    /// Give up `owner`'s address on `network`, if this host holds it.
+    pub fn release(&self, network: &str, owner: &Owner) -> Result<Option<Lease>, ClusterError> {
+        let snap = store::snapshot(&self.etcd)?;
+        let owner_s = owner.to_string();
+        let found = snap
+            .addrs_on(network)
+            .find(|(_, c, _)| c.owner == owner_s && c.host == self.host())
+            .map(|(ip, c, rev)| (ip, c.clone(), rev));
+        let Some((ip, c, rev)) = found else {
+            return Ok(None);
+        };
+        store::drop_claim(&self.etcd, network, ip, &owner_s, rev)?;
+        log::info!("released {ip} on {network} from {owner_s}");
+        Ok(Some(as_lease(ip, &c)))
+    }
+
+    /// The claims on `network`, every host's.
+    pub fn list(&self, network: &str) -> Result<Vec<(Lease, String)>, ClusterError> {
+        let snap = store::snapshot(&self.etcd)?;
+        Ok(snap
+            .addrs_on(network)
+            .map(|(ip, c, _)| (as_lease(ip, c), c.host.clone()))
+            .collect())
+    }
+}

@@ -1,0 +1,305 @@
+//! What the cluster keeps in etcd, under `/volt/`:
+//!
+//! | key | value | lease |
+//! |---|---|---|
+//! | `hosts/<host>` | [`HostRecord`]: underlay address, per network its VNI, bridge MAC and host address | the host's |
+//! | `names/<workload>` | [`NameClaim`]: the host that runs it | the host's |
+//! | `ipam/<network>/addr/<ip>` | [`AddrClaim`]: owner, host, MAC | the host's |
+//! | `ipam/<network>/owner/<owner>` | the address | the host's |
+//! | `dhcp/<network>/<first address>` | the host whose DHCP server hands out that block | the host's |
+//!
+//! Every key a host writes is attached to its lease, so when the host dies (or leaves) all of
+//! it disappears at once. Claims are transactions that create a key only if it is absent
+//! (`create_revision == 0`): two hosts can never both get one address or one name.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::etcd::{Compare, Etcd, EtcdError, Kv, Op};
+use crate::config::MacAddr;
+
+pub const PREFIX: &str = "/volt/";
+
+pub fn host_key(host: &str) -> String {
+    format!("{PREFIX}hosts/{host}")
+}
+
+pub fn name_key(name: &str) -> String {
+    format!("{PREFIX}names/{name}")
+}
+
+pub fn addr_key(network: &str, ip: Ipv4Addr) -> String {
+    format!("{PREFIX}ipam/{network}/addr/{ip}")
+}
+
+/// The DHCP block of `network` that starts at `first` (its value: the host serving it).
+pub fn dhcp_key(network: &str, first: Ipv4Addr) -> String {
+    format!("{PREFIX}dhcp/{network}/{first}")
+}
+
+pub fn owner_key(network: &str, owner: &str) -> String {
+    format!("{PREFIX}ipam/{network}/owner/{owner}")
+}
+
+/// A host's network as the others need it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostNet {
+    pub name: String,
+    pub vni: u32,
+    /// The MAC of the host's bridge on this network (unique per host).
+    pub bridge_mac: Option<String>,
+    /// The host's own address on the network (how it reaches the other hosts' workloads).
+    pub address: Option<Ipv4Addr>,
+}
+
+/// `hosts/<host>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub name: String,
+    pub underlay: Ipv4Addr,
+    pub vxlan_port: u16,
+    /// Seconds since the epoch when it registered.
+    pub since: u64,
+    #[serde(default)]
+    pub networks: Vec<HostNet>,
+}
+
+impl HostRecord {
+    pub fn network(&self, name: &str) -> Option<&HostNet> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+}
+
+/// `names/<workload>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameClaim {
+    pub host: String,
+    /// `vm` or `container`.
+    pub kind: String,
+    pub since: u64,
+}
+
+/// `ipam/<network>/addr/<ip>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrClaim {
+    /// `vm/<name>/<nic>`, `container/<name>/<nic>` or `host/<host>`.
+    pub owner: String,
+    pub host: String,
+    /// Asked for (static or reserved) rather than picked from a pool.
+    #[serde(rename = "static")]
+    pub fixed: bool,
+    pub mac: Option<String>,
+    pub since: u64,
+}
+
+impl AddrClaim {
+    pub fn mac(&self) -> Option<MacAddr> {
+        self.mac.as_deref().and_then(|m| m.parse().ok())
+    }
+}
+
+/// Everything under `/volt/` at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub revision: i64,
+    /// Hosts with their lease IDs.
+    pub hosts: Vec<(HostRecord, i64)>,
+    pub names: Vec<(String, NameClaim, i64)>,
+    /// (network, address, claim, mod revision)
+    pub addrs: Vec<(String, Ipv4Addr, AddrClaim, i64)>,
+}
+
+impl Snapshot {
+    pub fn host(&self, name: &str) -> Option<&HostRecord> {
+        self.hosts.iter().map(|(h, _)| h).find(|h| h.name == name)
+    }
+
+    /// Claims on `network`.
+    pub fn addrs_on<'a>(
+        &'a self,
+        network: &'a str,
+    ) -> impl Iterator<Item = (Ipv4Addr, &'a AddrClaim, i64)> + 'a {
+        self.addrs
+            .iter()
+            .filter(move |(n, ..)| n == network)
+            .map(|(_, ip, c, r)| (*ip, c, *r))
+    }
+}
+
+fn parse_into(s: &mut Snapshot, kv: &Kv) {
+    let Some(rest) = kv.key.strip_prefix(PREFIX) else {
+        return;
+    };
+    let parts: Vec<&str> = rest.splitn(4, '/').collect();
+    match parts.as_slice() {
+        ["hosts", _] => {
+            if let Ok(h) = serde_json::from_slice::<HostRecord>(&kv.value) {
+                s.hosts.push((h, kv.lease));
+            }
+        }
+        ["names", name] => {
+            if let Ok(c) = serde_json::from_slice::<NameClaim>(&kv.value) {
+                s.names.push((name.to_string(), c, kv.mod_revision));
+            }
+        }
+        ["ipam", net, "addr", ip] => {
+            let claim = serde_json::from_slice::<AddrClaim>(&kv.value);
+            if let (Ok(ip), Ok(c)) = (ip.parse(), claim) {
+                s.addrs.push((net.to_string(), ip, c, kv.mod_revision));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Parse keys read from `/volt/` (unknown or broken keys are skipped).
+pub fn snapshot_of(kvs: &[Kv], revision: i64) -> Snapshot {
+    let mut s = Snapshot {
+        revision,
+        ..Snapshot::default()
+    };
+    for kv in kvs {
+        parse_into(&mut s, kv);
+    }
+    s.hosts.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    s.names.sort_by(|a, b| a.0.cmp(&b.0));
+    s.addrs.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    s
+}
+
+/// Read the whole cluster state.
+pub fn snapshot(etcd: &Etcd) -> Result<Snapshot, EtcdError> {
+    let (kvs, rev) = etcd.range_prefix(PREFIX)?;
+    Ok(snapshot_of(&kvs, rev))
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The puts that claim `ip` on `network` for `claim.owner`, both keys on `lease`.
+pub fn claim_ops(network: &str, ip: Ipv4Addr, claim: &AddrClaim, lease: i64) -> Vec<Op> {
+    vec![
+        Op::Put {
+            key: addr_key(network, ip),
+            value: serde_json::to_vec(claim).unwrap_or_default(),
+            lease,
+        },
+        Op::Put {
+            key: owner_key(network, &claim.owner),
+            value: ip.to_string().into_bytes(),
+            lease,
+        },
+    ]
+}
+
+/// Claim `ip` for `claim.owner` if neither the address nor the owner has a claim yet.
+/// `Ok(false)`: someone got there first; read again.
+pub fn try_claim(
+    etcd: &Etcd,
+    network: &str,
+    ip: Ipv4Addr,
+    claim: &AddrClaim,
+    lease: i64,
+) -> Result<bool, EtcdError> {
+    etcd.txn(
+        &[
+            Compare::Absent(addr_key(network, ip)),
+            Compare::Absent(owner_key(network, &claim.owner)),
+        ],
+        &claim_ops(network, ip, claim, lease),
+        &[],
+    )
+}
+
+/// Drop the claim on `ip` (and its owner key) if it is still the one at `revision`.
+pub fn drop_claim(
+    etcd: &Etcd,
+    network: &str,
+    ip: Ipv4Addr,
+    owner: &str,
+    revision: i64,
+) -> Result<bool, EtcdError> {
+    etcd.txn(
+        &[Compare::ModRevision(addr_key(network, ip), revision)],
+        &[
+            Op::Delete(addr_key(network, ip)),
+            Op::Delete(owner_key(network, owner)),
+        ],
+        &[],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: &str, lease: i64) -> Kv {
+        Kv {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            lease,
+            create_revision: 1,
+            mod_revision: 3,
+        }
+    }
+
+    #[test]
+    fn snapshot_parses_every_kind_and_skips_junk() {
+        let kvs = vec![
+            kv(
+                "/volt/hosts/a",
+                r#"{"name":"a","underlay":"192.168.7.1","vxlan_port":4789,"since":1,"networks":[{"name":"volt0","vni":42,"bridge_mac":"0a:00:00:00:00:01","address":"10.42.0.99"}]}"#,
+                7,
+            ),
+            kv(
+                "/volt/names/web",
+                r#"{"host":"a","kind":"vm","since":2}"#,
+                7,
+            ),
+            kv(
+                "/volt/ipam/volt0/addr/10.42.0.2",
+                r#"{"owner":"vm/web/eth0","host":"a","static":false,"mac":"52:54:00:01:02:03","since":2}"#,
+                7,
+            ),
+            kv("/volt/ipam/volt0/owner/vm/web/eth0", "10.42.0.2", 7),
+            kv("/volt/ipam/volt0/addr/not-an-ip", "{}", 7),
+            kv("/volt/hosts/b", "not json", 8),
+            kv("/elsewhere/x", "1", 0),
+        ];
+        let s = snapshot_of(&kvs, 9);
+        assert_eq!(s.revision, 9);
+        assert_eq!(s.hosts.len(), 1);
+        assert_eq!(s.hosts[0].1, 7);
+        let h = s.host("a").expect("host a");
+        assert_eq!(
+            h.network("volt0").and_then(|n| n.address),
+            Some(Ipv4Addr::new(10, 42, 0, 99))
+        );
+        assert_eq!(s.names[0].0, "web");
+        let addrs: Vec<_> = s.addrs_on("volt0").collect();
+        assert_eq!(addrs.len(), 1);
+        assert_eq!(addrs[0].0, Ipv4Addr::new(10, 42, 0, 2));
+        assert_eq!(
+            addrs[0].1.mac(),
+            Some("52:54:00:01:02:03".parse().expect("mac"))
+        );
+        assert_eq!(s.addrs_on("lab").count(), 0);
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(
+            owner_key("volt0", "vm/web/eth0"),
+            "/volt/ipam/volt0/owner/vm/web/eth0"
+        );
+        assert_eq!(
+            addr_key("volt0", Ipv4Addr::new(10, 42, 0, 2)),
+            "/volt/ipam/volt0/addr/10.42.0.2"
+        );
+    }
+}

@@ -1,0 +1,561 @@
+//! Overlay mechanism for a cluster: a VXLAN link on a bridge, its forwarding entries (remote
+//! VTEP per MAC, and all-zero entries that flood broadcast and unknown traffic to every
+//! peer), host routes to remote workloads with this host's own source address, and the
+//! nftables filter on the VXLAN port (table `bridge volt-cluster`). No policy: the caller
+//! says which entries, routes and pairs there should be.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Command, Stdio};
+
+use futures::{StreamExt, TryStreamExt};
+use rtnetlink::packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE,
+    NLM_F_REQUEST,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::{LinkVxlan, RouteMessageBuilder};
+
+use super::netlink::{Netlink, NetlinkError};
+use crate::config::MacAddr;
+
+/// The protocol number Volt's overlay routes carry, so they are told apart from others.
+pub const ROUTE_PROTO: u8 = 0x56;
+/// The nftables table of the VXLAN ports' filters.
+pub const TABLE: &str = "volt-cluster";
+
+/// One forwarding entry of a VXLAN link: frames for `mac` go to VTEP `dst` (all-zero MAC:
+/// broadcast and unknown traffic is copied to `dst`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fdb {
+    pub mac: MacAddr,
+    pub dst: Ipv4Addr,
+}
+
+/// What a VXLAN link needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanParams {
+    pub name: String,
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub port: u16,
+    /// The underlay interface.
+    pub dev: u32,
+    pub mtu: u32,
+}
+
+fn req(what: String) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    move |e| Netlink::req(what, e)
+}
+
+fn send(
+    nl: &Netlink,
+    what: String,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> Result<(), NetlinkError> {
+    let (rt, mut h) = nl.parts();
+    let mut m = NetlinkMessage::from(msg);
+    m.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    rt.block_on(async move {
+        let mut resp = h.request(m)?;
+        while let Some(r) = resp.next().await {
+            if let NetlinkPayload::Error(e) = r.payload {
+                return Err(rtnetlink::Error::NetlinkError(e));
+            }
+        }
+        Ok(())
+    })
+    .map_err(req(what))
+}
+
+/// Make sure the VXLAN link exists (learning on: the kernel then drops frames whose source
+/// MAC a static entry places behind another VTEP), with this MTU, on `bridge`, up.
+/// Returns whether it was created.
+pub fn ensure_vxlan(nl: &Netlink, p: &VxlanParams, bridge: &str) -> Result<bool, NetlinkError> {
+    let created = match nl.link(&p.name)? {
+        Some(l) if l.kind.as_deref() == Some("vxlan") => false,
+        Some(_) => {
+            nl.delete(&p.name)?;
+            true
+        }
+        None => true,
+    };
+    if created {
+        let msg = LinkVxlan::new(&p.name, p.vni)
+            .dev(p.dev)
+            .local(p.local)
+            .port(p.port)
+            .learning(true)
+            .build();
+        let (rt, h) = nl.parts();
+        rt.block_on(async move { h.link().add(msg).execute().await })
+            .map_err(req(format!("create VXLAN link {} (VNI {})", p.name, p.vni)))?;
+    }
+    nl.set_mtu(&p.name, p.mtu)?;
+    if nl.master(&p.name)?.as_deref() != Some(bridge) {
+        nl.set_master(&p.name, bridge)?;
+    }
+    nl.set_up(&p.name)?;
+    Ok(created)
+}
+
+fn fdb_message(index: u32, e: &Fdb) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Bridge;
+    m.header.ifindex = index;
+    m.header.state = NeighbourState::Permanent;
+    m.header.flags = NeighbourFlags::Own;
+    m.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(e.mac.0.to_vec()));
+    m.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+            e.dst,
+        )));
+    m
+}
+
+/// The VTEP entries of VXLAN link `vx` (static or learned).
+pub fn fdb_entries(nl: &Netlink, vx: &str) -> Result<Vec<Fdb>, NetlinkError> {
+    let index = nl.index(vx)?;
+    let (rt, h) = nl.parts();
+    let msgs = rt
+        .block_on(async move {
+            h.neighbours()
+                .get()
+                .set_address_family(AddressFamily::Bridge)
+                .execute()
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .map_err(req(format!("dump the forwarding entries of {vx}")))?;
+    let mut out = Vec::new();
+    for m in msgs.iter().filter(|m| m.header.ifindex == index) {
+        let mut mac = None;
+        let mut dst = None;
+        for a in &m.attributes {
+            match a {
+                NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                    let mut x = [0u8; 6];
+                    x.copy_from_slice(b);
+                    mac = Some(MacAddr(x));
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
+                // In an AF_BRIDGE message the parser cannot know the address family.
+                NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+                    dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+                }
+                _ => {}
+            }
+        }
+        if let (Some(mac), Some(dst)) = (mac, dst) {
+            out.push(Fdb { mac, dst });
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Add entry `e` to `vx`: all-zero MACs are appended (one per peer), others replaced.
+pub fn fdb_add(nl: &Netlink, vx: &str, e: &Fdb) -> Result<(), NetlinkError> {
+    let index = nl.index(vx)?;
+    let flags = if e.mac.is_zero() {
+        NLM_F_CREATE | NLM_F_APPEND
+    } else {
+        NLM_F_CREATE | NLM_F_REPLACE
+    };
+    send(
+        nl,
+        format!("add forwarding entry {} dst {} on {vx}", e.mac, e.dst),
+        RouteNetlinkMessage::NewNeighbour(fdb_message(index, e)),
+        flags,
+    )
+}
+
+/// Remove entry `e` from `vx` (gone already is fine).
+pub fn fdb_del(nl: &Netlink, vx: &str, e: &Fdb) -> Result<(), NetlinkError> {
+    let index = nl.index(vx)?;
+    match send(
+        nl,
+        format!("remove forwarding entry {} dst {} on {vx}", e.mac, e.dst),
+        RouteNetlinkMessage::DelNeighbour(fdb_message(index, e)),
+        0,
+    ) {
+        Err(err) if err.errno() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+fn route_message(index: u32, ip: Ipv4Addr, src: Ipv4Addr) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(ip, 32)
+        .output_interface(index)
+        .pref_source(src)
+        .scope(RouteScope::Link)
+        .protocol(RouteProtocol::Other(ROUTE_PROTO))
+        .build()
+}
+
+/// Destinations of the overlay routes (ours, by protocol) on `bridge`.
+pub fn routes(nl: &Netlink, bridge: &str) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, NetlinkError> {
+    let index = nl.index(bridge)?;
+    let (rt, h) = nl.parts();
+    let msgs = rt
+        .block_on(async move {
+            h.route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute()
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .map_err(req(format!("list the routes on {bridge}")))?;
+    let mut out = Vec::new();
+    for m in msgs {
+        if m.header.protocol != RouteProtocol::Other(ROUTE_PROTO)
+            || m.header.destination_prefix_length != 32
+        {
+            continue;
+        }
+        let mut oif = None;
+        let mut dst = None;
+        let mut src = None;
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+                RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(*ip),
+                _ => {}
+            }
+        }
+        if let (Some(i), Some(d), Some(s)) = (oif, dst, src) {
+            if i == index {
+                out.push((d, s));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Route `ip`/32 over `bridge` with source `src` (replacing one that is there).
+pub fn route_add(
+    nl: &Netlink,
+    bridge: &str,
+    ip: Ipv4Addr,
+    src: Ipv4Addr,
+) -> Result<(), NetlinkError> {
+    let msg = route_message(nl.index(bridge)?, ip, src);
+    let (rt, h) = nl.parts();
+    rt.block_on(async move { h.route().add(msg).replace().execute().await })
+        .map_err(req(format!("route {ip} over {bridge} from {src}")))
+}
+
+/// Remove the route to `ip`/32 over `bridge`.
+pub fn route_del(
+    nl: &Netlink,
+    bridge: &str,
+    ip: Ipv4Addr,
+    src: Ipv4Addr,
+) -> Result<(), NetlinkError> {
+    let msg = route_message(nl.index(bridge)?, ip, src);
+    let (rt, h) = nl.parts();
+    match rt
+        .block_on(async move { h.route().del(msg).execute().await })
+        .map_err(req(format!("remove the route to {ip} over {bridge}")))
+    {
+        Err(e) if e.errno() == Some(libc::ESRCH) => Ok(()),
+        other => other,
+    }
+}
+
+/// Permanent IPv4 neighbour entries on `link` (address, MAC).
+pub fn neighbours(nl: &Netlink, link: &str) -> Result<Vec<(Ipv4Addr, MacAddr)>, NetlinkError> {
+    let index = nl.index(link)?;
+    let (rt, h) = nl.parts();
+    let msgs = rt
+        .block_on(async move {
+            h.neighbours()
+                .get()
+                .set_address_family(AddressFamily::Inet)
+                .execute()
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .map_err(req(format!("list the neighbours on {link}")))?;
+    let mut out = Vec::new();
+    for m in msgs
+        .iter()
+        .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
+    {
+        let mut mac = None;
+        let mut ip = None;
+        for a in &m.attributes {
+            match a {
+                NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                    let mut x = [0u8; 6];
+                    x.copy_from_slice(b);
+                    mac = Some(MacAddr(x));
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+                _ => {}
+            }
+        }
+        if let (Some(ip), Some(mac)) = (ip, mac) {
+            out.push((ip, mac));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `ip` is at `mac` on `link`, for good (no ARP for it).
+pub fn neighbour_set(
+    nl: &Netlink,
+    link: &str,
+    ip: Ipv4Addr,
+    mac: MacAddr,
+) -> Result<(), NetlinkError> {
+    let index = nl.index(link)?;
+    let (rt, h) = nl.parts();
+    rt.block_on(async move {
+        h.neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac.0)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+    })
+    .map_err(req(format!("set neighbour {ip} at {mac} on {link}")))
+}
+
+/// Remove the neighbour entry of `ip` on `link` (gone already is fine).
+pub fn neighbour_del(nl: &Netlink, link: &str, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+    let index = nl.index(link)?;
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.ifindex = index;
+    m.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    match send(
+        nl,
+        format!("remove neighbour {ip} on {link}"),
+        RouteNetlinkMessage::DelNeighbour(m),
+        0,
+    ) {
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// The link that has `ip` among its addresses.
+pub fn link_with_address(
+    nl: &Netlink,
+    ip: Ipv4Addr,
+) -> Result<Option<(String, u32, u32)>, NetlinkError> {
+    for l in nl.links()? {
+        if nl.ipv4_addrs(&l.name)?.iter().any(|(a, _)| *a == ip) {
+            return Ok(Some((l.name, l.index, l.mtu)));
+        }
+    }
+    Ok(None)
+}
+
+/// Remove `ip`/`prefix` from `link` (absent already is fine).
+pub fn del_ipv4(nl: &Netlink, link: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
+    let Some(index) = nl.link(link)?.map(|l| l.index) else {
+        return Ok(());
+    };
+    let (rt, h) = nl.parts();
+    rt.block_on(async move {
+        let msgs: Vec<_> = h
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await?;
+        for m in msgs {
+            let ours = m.header.index == index
+                && m.header.prefix_len == prefix
+                && m.attributes.iter().any(|a| {
+                    matches!(a, rtnetlink::packet_route::address::AddressAttribute::Local(IpAddr::V4(x)) if *x == ip)
+                });
+            if ours {
+                h.address().del(m).execute().await?;
+            }
+        }
+        Ok(())
+    })
+    .map_err(req(format!("remove {ip}/{prefix} from {link}")))
+}
+
+// ---- the filter on VXLAN ports ----
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("cannot run nft (is the nftables package installed?)")]
+    Spawn(#[source] std::io::Error),
+    #[error("nft refused the VXLAN filter: {0}")]
+    Nft(String),
+}
+
+/// What may cross one VXLAN port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortFilter {
+    pub port: String,
+    /// The network's gateway: each host answers it alone, so its ARP never crosses.
+    pub gateway: Ipv4Addr,
+    /// (MAC, address) of every workload and host the store places on another host.
+    pub remote: Vec<(MacAddr, Ipv4Addr)>,
+    /// The network's subnet (its traffic is never NATed).
+    pub subnet: ipnet::Ipv4Net,
+}
+
+fn elements(pairs: &[(MacAddr, Ipv4Addr)]) -> String {
+    if pairs.is_empty() {
+        return String::new();
+    }
+    let v: Vec<String> = pairs.iter().map(|(m, ip)| format!("{m} . {ip}")).collect();
+    format!(" elements = {{ {} }};", v.join(", "))
+}
+
+/// The whole table for `ports`, replacing what was there in one transaction. Frames from a
+/// VXLAN port pass only as IPv4 or ARP from a (MAC, address) pair the store places on another
+/// host, never DHCP, never ARP about the gateway (every host has it); frames to it never carry
+/// DHCP or the gateway's ARP either.
+pub fn filter_script(ports: &[PortFilter]) -> String {
+    let mut s =
+        format!("add table bridge {TABLE}\ndelete table bridge {TABLE}\ntable bridge {TABLE} {{\n");
+    for p in ports {
+        let n = &p.port;
+        s.push_str(&format!(
+            "  set pairs-{n} {{ type ether_addr . ipv4_addr;{} }}\n",
+            elements(&p.remote)
+        ));
+        s.push_str(&format!("  set macs-{n} {{ type ether_addr;{} }}\n", {
+            let mut macs: Vec<MacAddr> = p.remote.iter().map(|(m, _)| *m).collect();
+            macs.sort();
+            macs.dedup();
+            if macs.is_empty() {
+                String::new()
+            } else {
+                let v: Vec<String> = macs.iter().map(|m| m.to_string()).collect();
+                format!(" elements = {{ {} }};", v.join(", "))
+            }
+        }));
+        let gw = p.gateway;
+        s.push_str(&format!(
+            "  chain in-{n} {{\n    udp dport {{ 67, 68 }} counter drop comment \"dhcp\"\n    ether type arp arp daddr ip {gw} counter drop comment \"gateway\"\n    ether type arp arp saddr ip {gw} counter drop comment \"gateway\"\n    ether type ip ether saddr . ip saddr @pairs-{n} accept\n    ether type arp ether saddr . arp saddr ip @pairs-{n} arp saddr ether . arp saddr ip @pairs-{n} accept\n    ether type arp arp saddr ip 0.0.0.0 ether saddr @macs-{n} accept\n    counter drop comment \"spoof\"\n  }}\n"
+        ));
+        s.push_str(&format!(
+            "  chain out-{n} {{\n    udp dport {{ 67, 68 }} counter drop comment \"dhcp\"\n    ether type arp arp daddr ip {gw} counter drop comment \"gateway\"\n    ether type arp arp saddr ip {gw} counter drop comment \"gateway\"\n    ether type ip ip saddr {gw} counter drop comment \"gateway\"\n    ether type != {{ ip, arp }} counter drop comment \"not ipv4\"\n  }}\n"
+        ));
+    }
+    s.push_str(
+        "  chain prerouting {\n    type filter hook prerouting priority -290; policy accept;\n",
+    );
+    for p in ports {
+        s.push_str(&format!("    iifname \"{0}\" jump in-{0}\n", p.port));
+    }
+    s.push_str("  }\n  chain postrouting {\n    type filter hook postrouting priority -290; policy accept;\n");
+    for p in ports {
+        s.push_str(&format!("    oifname \"{0}\" jump out-{0}\n", p.port));
+    }
+    s.push_str("  }\n}\n");
+    // Traffic inside a shared subnet is never NATed: networkd's IPMasquerade= masquerades
+    // everything from the subnet whatever the output interface (the host's own address would
+    // leave as the gateway's), and with br_netfilter loaded bridged frames pass the IP hooks
+    // too (a workload's address would). Untracked packets skip NAT.
+    s.push_str(&format!(
+        "add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n"
+    ));
+    for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
+        s.push_str(&format!(
+            "  chain {chain} {{\n    type filter hook {hook} priority raw; policy accept;\n"
+        ));
+        for p in ports {
+            s.push_str(&format!(
+                "    ip saddr {0} ip daddr {0} notrack\n",
+                p.subnet
+            ));
+        }
+        s.push_str("  }\n");
+    }
+    s.push_str("}\n");
+    s
+}
+
+fn nft(script: &str) -> Result<(), FilterError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(FilterError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(FilterError::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(FilterError::Spawn)?;
+    if !out.status.success() {
+        return Err(FilterError::Nft(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Install the filters of `ports` (one transaction).
+pub fn apply_filter(ports: &[PortFilter]) -> Result<(), FilterError> {
+    nft(&filter_script(ports))
+}
+
+/// Remove the table (nothing to do when absent).
+pub fn remove_filter() -> Result<(), FilterError> {
+    nft(&format!(
+        "add table bridge {TABLE}\ndelete table bridge {TABLE}\nadd table ip {TABLE}\ndelete table ip {TABLE}\n"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_pins_pairs_and_keeps_dhcp_and_gateway_home() {
+        let mac: MacAddr = "52:54:00:01:02:03".parse().expect("mac");
+        let s = filter_script(&[PortFilter {
+            port: "vx-42".into(),
+            gateway: Ipv4Addr::new(10, 42, 0, 1),
+            remote: vec![(mac, Ipv4Addr::new(10, 42, 0, 2))],
+            subnet: "10.42.0.0/24".parse().expect("net"),
+        }]);
+        assert!(
+            s.contains("ip saddr 10.42.0.0/24 ip daddr 10.42.0.0/24 notrack"),
+            "{s}"
+        );
+        assert!(s.starts_with("add table bridge volt-cluster\ndelete table bridge volt-cluster\n"));
+        assert!(s.contains("set pairs-vx-42 { type ether_addr . ipv4_addr; elements = { 52:54:00:01:02:03 . 10.42.0.2 }; }"), "{s}");
+        assert!(s.contains("iifname \"vx-42\" jump in-vx-42"));
+        assert!(s.contains("oifname \"vx-42\" jump out-vx-42"));
+        assert!(s.contains("arp daddr ip 10.42.0.1 counter drop"));
+        assert!(s.contains("counter drop comment \"spoof\""));
+        let empty = filter_script(&[PortFilter {
+            port: "vx-7".into(),
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            remote: vec![],
+            subnet: "10.0.0.0/24".parse().expect("net"),
+        }]);
+        assert!(empty.contains("set pairs-vx-7 { type ether_addr . ipv4_addr; }"));
+    }
+}

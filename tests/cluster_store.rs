@@ -1,0 +1,367 @@
+//! The cluster store against real etcd (Debian's 3.4) on loopback: three "hosts" (three
+//! `Cluster` handles with their own leases) claim addresses and names concurrently, a host's
+//! lease ending frees its claims, quorum loss makes claims fail with a clear error and
+//! nothing is handed out twice, and a TLS member with client certificates works.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use volt::cluster::store::{self, HostRecord};
+use volt::cluster::{Cluster, ClusterError};
+use volt::config::{parse_cluster_toml, Network};
+use volt::net::ipam::{Owner, Request};
+
+fn skip() -> bool {
+    common::skip(common::etcd::skip_reason(), false)
+}
+
+fn config(host: &str, endpoints: &[String], extra: &str) -> volt::config::ClusterConfig {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+    let text = format!(
+        "host = \"{host}\"\nunderlay = \"192.168.77.1\"\nlease_ttl = 30\n[etcd]\nendpoints = [{}]\ntimeout_ms = 2000\n{extra}[[network]]\nname = \"volt0\"\nvni = 42\n",
+        eps.join(", ")
+    );
+    parse_cluster_toml(
+        Path::new("/etc/volt/cluster.toml"),
+        &text,
+        host,
+        &[Network::builtin_default()],
+    )
+    .expect("valid cluster.toml")
+}
+
+/// Register `c` as the daemon does: a lease and the host key on it.
+fn register(c: &Cluster) -> i64 {
+    let lease = c.etcd.grant(30).expect("grant");
+    let rec = HostRecord {
+        name: c.host().into(),
+        underlay: c.config.underlay,
+        vxlan_port: 4789,
+        since: store::now(),
+        networks: Vec::new(),
+    };
+    c.etcd
+        .put(
+            &store::host_key(c.host()),
+            &serde_json::to_vec(&rec).expect("json"),
+            lease,
+        )
+        .expect("put host");
+    lease
+}
+
+fn wait_writable(c: &Cluster, e: &common::etcd::Etcd) {
+    let start = Instant::now();
+    while c.etcd.put("/volt-test/ping", b"1", 0).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "etcd never became writable:\n{}",
+            e.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn concurrent_claims_lease_expiry_and_quorum_loss() {
+    if skip() {
+        return;
+    }
+    let mut etcd = common::etcd::Etcd::start(3, None);
+    let eps = etcd.endpoints();
+    let hosts: Vec<Cluster> = ["a", "b", "c"]
+        .iter()
+        .map(|h| Cluster::new(&config(h, &eps, "")).expect("client"))
+        .collect();
+    wait_writable(&hosts[0], &etcd);
+    let leases: Vec<i64> = hosts.iter().map(register).collect();
+    let net = Network::builtin_default();
+
+    // Not registered: a clear error.
+    let stranger = Cluster::new(&config("d", &eps, "")).expect("client");
+    let e = stranger.claim_name("x", "vm").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "host d is not registered in the cluster (is volt-cluster.service running on it?)"
+    );
+
+    // 3 x 30 concurrent allocations: 90 distinct addresses, every one in the VM pool.
+    let got: Vec<(String, Ipv4Addr)> = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for c in &hosts {
+            for i in 0..30 {
+                let net = &net;
+                handles.push(s.spawn(move || {
+                    let owner = Owner::vm(&format!("{}-{i}", c.host()), "eth0");
+                    let l = c
+                        .allocate(net, &owner, Request::Any, &BTreeSet::new(), None)
+                        .unwrap_or_else(|e| panic!("{owner}: {e}"));
+                    (c.host().to_string(), l.ip)
+                }));
+            }
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let distinct: BTreeSet<Ipv4Addr> = got.iter().map(|(_, ip)| *ip).collect();
+    assert_eq!(distinct.len(), 90, "{got:?}");
+    assert!(got.iter().all(|(_, ip)| net.vm_range.contains(*ip)));
+    let listed = hosts[1].list("volt0").expect("list");
+    assert_eq!(listed.len(), 90);
+
+    // The same owner again is the same address; the same owner from another host is refused.
+    let a0 = got.iter().find(|(h, _)| h == "a").expect("a's").1;
+    let owner = listed
+        .iter()
+        .find(|(l, _)| l.ip == a0)
+        .map(|(l, _)| l.owner.clone())
+        .expect("owner");
+    let again = hosts[0]
+        .allocate(&net, &owner, Request::Any, &BTreeSet::new(), None)
+        .expect("again");
+    assert_eq!(again.ip, a0);
+    let e = hosts[1]
+        .allocate(&net, &owner, Request::Any, &BTreeSet::new(), None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, format!("{owner} already holds {a0} on volt0 on host a"));
+    let e = hosts[1]
+        .allocate(
+            &net,
+            &Owner::vm("static", "eth0"),
+            Request::Static(a0),
+            &BTreeSet::new(),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!("{a0} on volt0 is already claimed by {owner} on host a")
+    );
+
+    // Names: the same name started on all three hosts at once: exactly one wins.
+    let results: Vec<Result<(), ClusterError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = hosts
+            .iter()
+            .map(|c| s.spawn(move || c.claim_name("web", "vm")))
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    let winners: Vec<usize> = (0..3).filter(|i| results[*i].is_ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let winner = hosts[winners[0]].host().to_string();
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(r.to_string(), format!("web already runs on host {winner}"));
+    }
+    hosts[winners[0]]
+        .claim_name("web", "vm")
+        .expect("idempotent");
+
+    // Host a's lease ends (as when it dies): its addresses and names are free again.
+    hosts[0].etcd.revoke(leases[0]).expect("revoke");
+    let left = hosts[1].list("volt0").expect("list");
+    assert_eq!(left.len(), 60);
+    assert!(left.iter().all(|(_, h)| h != "a"));
+    let l = hosts[1]
+        .allocate(
+            &net,
+            &Owner::vm("static", "eth0"),
+            Request::Static(a0),
+            &BTreeSet::new(),
+            None,
+        )
+        .expect("a's address is free");
+    assert_eq!(l.ip, a0);
+    if winner == "a" {
+        hosts[1].claim_name("web", "vm").expect("a's name is free");
+    }
+
+    // One member of three down: claims still work.
+    etcd.members[2].stop();
+    let b = &hosts[1];
+    let one_down = b
+        .allocate(
+            &net,
+            &Owner::vm("one-down", "eth0"),
+            Request::Any,
+            &BTreeSet::new(),
+            None,
+        )
+        .expect("with two of three members");
+    // Two down: no quorum, a clear error, nothing handed out.
+    etcd.members[1].stop();
+    let start = Instant::now();
+    let e = b
+        .allocate(
+            &net,
+            &Owner::vm("no-quorum", "eth0"),
+            Request::Any,
+            &BTreeSet::new(),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("the cluster store (etcd) cannot serve requests, so nothing can be allocated or claimed now"),
+        "{e}"
+    );
+    let e = b.claim_name("new-name", "vm").unwrap_err().to_string();
+    assert!(e.contains("cannot serve requests"), "{e}");
+    common::report::figure(
+        "claims fail after quorum loss, s",
+        format!("{:.1}", start.elapsed().as_secs_f64()),
+    );
+    // Quorum back: claims work again, and nothing was handed out twice.
+    etcd.members[1].start();
+    etcd.members[2].start();
+    let start = Instant::now();
+    let back = loop {
+        match b.allocate(
+            &net,
+            &Owner::vm("no-quorum", "eth0"),
+            Request::Any,
+            &BTreeSet::new(),
+            None,
+        ) {
+            Ok(l) => break l,
+            Err(e) => assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "claims never worked again: {e}\n{}",
+                etcd.logs()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_ne!(back.ip, one_down.ip);
+    let all = b.list("volt0").expect("list");
+    let ips: BTreeSet<Ipv4Addr> = all.iter().map(|(l, _)| l.ip).collect();
+    assert_eq!(ips.len(), all.len(), "an address handed out twice: {all:?}");
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn tls_with_a_client_certificate() {
+    if skip() {
+        return;
+    }
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        common::report::skip("the openssl command is missing (needed to make test certificates)");
+        return;
+    }
+    let certs = tempfile::tempdir().expect("tempdir");
+    let d = certs.path();
+    let subj = |cn: &str| format!("/CN={cn}");
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            &subj("volt-test-ca"),
+        ],
+    );
+    for (name, ext) in [
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &subj(name),
+            ],
+        );
+        std::fs::write(d.join(format!("{name}.ext")), format!("{ext}\n")).expect("ext");
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+    let etcd = common::etcd::Etcd::start(
+        1,
+        Some((
+            &d.join("ca.pem"),
+            &d.join("server.pem"),
+            &d.join("server.key"),
+        )),
+    );
+    let eps = etcd.endpoints();
+    assert!(eps[0].starts_with("https://"));
+    let tls = format!(
+        "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        d.join("ca.pem").display(),
+        d.join("client.pem").display(),
+        d.join("client.key").display()
+    );
+    let c = Cluster::new(&config("a", &eps, &tls)).expect("client");
+    wait_writable(&c, &etcd);
+    register(&c);
+    c.claim_name("web", "vm").expect("claim over TLS");
+    let kv = c
+        .etcd
+        .get(&store::name_key("web"))
+        .expect("get")
+        .expect("key");
+    assert!(String::from_utf8_lossy(&kv.value).contains("\"host\":\"a\""));
+    // Without the client certificate the member refuses us, and the error says so.
+    let no_cert = format!("ca = \"{}\"\n", d.join("ca.pem").display());
+    let anon = Cluster::new(&config("b", &eps, &no_cert)).expect("client");
+    let e = anon.etcd.get("/volt/names/web").unwrap_err().to_string();
+    assert!(e.contains(&eps[0]), "{e}");
+}
