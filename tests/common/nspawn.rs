@@ -7,6 +7,12 @@
 //!
 //! Processes: `timeout` (our child) → `systemd-nspawn` → the container's systemd (PID 1).
 //! Drop stops the container with SIGTERM to nspawn, and SIGKILLs its PID 1 if that fails.
+//!
+//! Each container gets a cgroup of its own ([`OwnCgroup`]): with `--keep-unit`, nspawn puts
+//! the container in `payload/` under nspawn's own cgroup, so containers started from one
+//! cgroup (the test process's) would share one tree, and their systemds would create, kill
+//! and remove each other's unit cgroups (units failing with 219/CGROUP, EIO from cgroup
+//! kills: seen on this machine's cgroup v1 + v2 hybrid whenever two booted at once).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -62,6 +68,85 @@ pub struct Nspawn {
     pub pid1: i32,
     pub name: String,
     dir: tempfile::TempDir,
+    // Dropped after the container is stopped (fields drop after `Drop::drop`).
+    _cgroup: OwnCgroup,
+}
+
+/// A cgroup made for one container under the test process's own cgroup, in every hierarchy
+/// nspawn places the container in (the named `systemd` v1 hierarchy and the v2 one); the
+/// process that execs nspawn moves itself there. Removed, bottom-up, when the container is
+/// gone.
+struct OwnCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl OwnCgroup {
+    fn new(name: &str) -> OwnCgroup {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let path_of = |prefix: &str| {
+            own.lines()
+                .find_map(|l| l.split_once(prefix).map(|(_, p)| p.trim_start_matches('/')))
+                .map(str::to_owned)
+        };
+        let mut dirs = Vec::new();
+        let v1 = Path::new("/sys/fs/cgroup/systemd");
+        if v1.join("cgroup.procs").exists() {
+            if let Some(p) = path_of(":name=systemd:") {
+                dirs.push(v1.join(p).join(name));
+            }
+        }
+        let v2 = [
+            Path::new("/sys/fs/cgroup/unified"),
+            Path::new("/sys/fs/cgroup"),
+        ]
+        .into_iter()
+        .find(|m| m.join("cgroup.controllers").exists());
+        if let (Some(m), Some(p)) = (v2, path_of("0::")) {
+            dirs.push(m.join(p).join(name));
+        }
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        }
+        OwnCgroup { dirs }
+    }
+
+    /// `sh -c SCRIPT sh` that moves the shell into these cgroups, then execs the arguments
+    /// that follow.
+    fn enter(&self) -> Command {
+        let mut script = String::new();
+        for d in &self.dirs {
+            script.push_str(&format!("echo $$ > '{}/cgroup.procs' && ", d.display()));
+        }
+        script.push_str("exec \"$@\"");
+        let mut c = Command::new("/bin/sh");
+        c.args(["-c", &script, "sh"]);
+        c
+    }
+}
+
+impl Drop for OwnCgroup {
+    fn drop(&mut self) {
+        // Deepest first (nspawn's payload/ and supervisor/, the units' cgroups under them).
+        for d in &self.dirs {
+            let mut all: Vec<PathBuf> = walk_dirs(d);
+            all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+            for p in all {
+                let _ = std::fs::remove_dir(&p);
+            }
+        }
+    }
+}
+
+fn walk_dirs(d: &Path) -> Vec<PathBuf> {
+    let mut out = vec![d.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk_dirs(&e.path()));
+            }
+        }
+    }
+    out
 }
 
 impl Nspawn {
@@ -103,15 +188,13 @@ impl Nspawn {
         let preset = dir.path().join("99-test.preset");
         std::fs::write(&preset, "disable *\n").expect("preset");
         let log = std::fs::File::create(dir.path().join("console.log")).expect("log");
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display())).arg("timeout");
-                c
-            }
-            None => Command::new("timeout"),
-        };
-        cmd.arg("--signal=TERM")
+        let cgroup = OwnCgroup::new(&name);
+        let mut cmd = cgroup.enter();
+        if let Some(ns) = netns {
+            cmd.arg("nsenter").arg(format!("--net={}", ns.display()));
+        }
+        cmd.arg("timeout")
+            .arg("--signal=TERM")
             .arg(limit_s.to_string())
             .args([
                 "systemd-nspawn",
@@ -170,6 +253,7 @@ impl Nspawn {
             pid1,
             name,
             dir,
+            _cgroup: cgroup,
         };
         // A bound that only catches a hung boot (~1 s normally; minutes when the machine is
         // overloaded); on expiry say where it stands.
