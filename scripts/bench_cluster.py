@@ -37,7 +37,13 @@ def run(guest, Container, row, sh, log, CLEANUPS, smoke, repo):
         ct = Container(guest, suffix=f"-{name}", netns=nsp,
                        extra=(f"--network-veth-extra={veth}:ul0",))
         sh(["nsenter", f"--net={nsp}", "sh", "-c", f"ip link set {veth} master ul0 && ip link set {veth} up"])
-        ct.sh(f"ip addr add {UL}.{i + 1}/24 dev ul0 && ip link set ul0 up")
+        # The underlay is networkd's, as on a real host: volt-cluster.service waits for
+        # network-online.target, which an unmanaged ul0 would hold back for wait-online's 120 s.
+        ct.write("/etc/systemd/network/20-ul0.network",
+                 f"[Match]\nName=ul0\n\n[Network]\nAddress={UL}.{i + 1}/24\n"
+                 "LinkLocalAddressing=no\nIPv6AcceptRA=no\n")
+        ct.sh("networkctl reload && /lib/systemd/systemd-networkd-wait-online --interface=ul0 --timeout=120",
+              timeout=180)
         hosts.append(ct)
     a, b = hosts
     ep = f"http://{UL}.1:2379"

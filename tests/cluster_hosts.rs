@@ -195,10 +195,18 @@ fn three_hosts_share_volt0() {
             ul.ok(&format!(
                 "ip link set {veth} master ul0 && ip link set {veth} up"
             ));
-            c.ok(&format!(
-                "ip addr add {}/24 dev ul0 && ip link set ul0 up",
-                ul_ip(i)
-            ));
+            // The underlay is networkd's, as on a real cluster host: network-online.target
+            // (which volt-cluster.service waits for) is reached when ul0 is routable. With
+            // ul0 unmanaged, networkd-wait-online has no link to wait for and volt-cluster's
+            // start sat out its 120 s timeout on every host.
+            c.write(
+                "/etc/systemd/network/20-ul0.network",
+                &format!(
+                    "[Match]\nName=ul0\n\n[Network]\nAddress={}/24\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n",
+                    ul_ip(i)
+                ),
+            );
+            c.ok("networkctl reload && /lib/systemd/systemd-networkd-wait-online --interface=ul0 --timeout=120");
             c.install_volt();
             c.write("/etc/systemd/system/etcd-volt.service", &etcd_unit(i));
             c.write("/etc/volt/cluster.toml", &cluster_toml(i));
