@@ -20,10 +20,13 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use vhost::vhost_kern::vhost_binding::{vhost_vring_file, VHOST_NET_SET_BACKEND};
+use vhost::vhost_kern::vhost_binding::{
+    vhost_vring_file, VHOST_GET_FEATURES, VHOST_NET_SET_BACKEND,
+};
 use vhost::vhost_kern::VhostKernBackend;
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
@@ -39,6 +42,8 @@ use crate::vmm::virtio::{DeviceQueue, VirtioInterrupt, VIRTIO_F_VERSION_1};
 pub enum VhostError {
     #[error("cannot open /dev/vhost-net")]
     Open(#[source] std::io::Error),
+    #[error("/dev/vhost-net opens but does not answer VHOST_GET_FEATURES (a device node without the vhost_net driver behind it)")]
+    NotVhost(#[source] std::io::Error),
     #[error("{op} failed on vhost-net for queue pair {pair}")]
     Ioctl {
         op: &'static str,
@@ -91,6 +96,11 @@ pub struct KernelVhost {
 impl KernelVhost {
     /// Open one instance per queue pair.
     pub fn open(pairs: usize) -> Result<KernelVhost, VhostError> {
+        Self::open_at(Path::new("/dev/vhost-net"), pairs)
+    }
+
+    /// [`KernelVhost::open`] on the device node `path`.
+    fn open_at(path: &Path, pairs: usize) -> Result<KernelVhost, VhostError> {
         use std::os::unix::fs::OpenOptionsExt;
         let fds = (0..pairs.max(1))
             .map(|_| {
@@ -98,10 +108,23 @@ impl KernelVhost {
                     .read(true)
                     .write(true)
                     .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-                    .open("/dev/vhost-net")
+                    .open(path)
                     .map_err(VhostError::Open)
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<File>, _>>()?;
+        // A node can exist without the driver (kmod's static nodes in a container, say): ask
+        // the kernel now, so the data path is decided, and said, before the guest boots.
+        if let Some(f) = fds.first() {
+            let mut features: u64 = 0;
+            // SAFETY: `f` is an open file; VHOST_GET_FEATURES writes one u64 into `features`,
+            // which lives for the call; on any other device it fails without writing.
+            let r = unsafe {
+                vmm_sys_util::ioctl::ioctl_with_mut_ref(f, VHOST_GET_FEATURES(), &mut features)
+            };
+            if r < 0 {
+                return Err(VhostError::NotVhost(std::io::Error::last_os_error()));
+            }
+        }
         Ok(KernelVhost { fds })
     }
 }
@@ -368,6 +391,17 @@ impl Drop for VhostNet {
 mod tests {
     use super::*;
     use vm_memory::GuestAddress;
+
+    #[test]
+    fn a_node_that_is_not_vhost_net_is_refused_when_opened() {
+        // /dev/null opens read-write like any character device and answers no vhost ioctl:
+        // the stand-in for a /dev/vhost-net node without the driver behind it.
+        let err = KernelVhost::open_at(Path::new("/dev/null"), 2).expect_err("not vhost-net");
+        assert!(matches!(err, VhostError::NotVhost(_)), "{err:?}");
+        assert!(err.to_string().contains("VHOST_GET_FEATURES"), "{err}");
+        let missing = KernelVhost::open_at(Path::new("/dev/volt-no-such-node"), 1);
+        assert!(matches!(missing, Err(VhostError::Open(_))), "{missing:?}");
+    }
 
     #[test]
     fn features_are_masked_to_what_vhost_handles() {
