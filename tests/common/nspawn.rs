@@ -127,11 +127,21 @@ impl OwnCgroup {
 impl Drop for OwnCgroup {
     fn drop(&mut self) {
         // Deepest first (nspawn's payload/ and supervisor/, the units' cgroups under them).
+        // A cgroup whose last processes are still being reaped refuses rmdir (EBUSY) for a
+        // moment after the container is gone: try again for up to 5 s.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         for d in &self.dirs {
-            let mut all: Vec<PathBuf> = walk_dirs(d);
-            all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-            for p in all {
-                let _ = std::fs::remove_dir(&p);
+            while d.exists() {
+                let mut all: Vec<PathBuf> = walk_dirs(d);
+                all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+                for p in all {
+                    let _ = std::fs::remove_dir(&p);
+                }
+                if std::time::Instant::now() > deadline {
+                    eprintln!("cgroup {} not removed (still busy)", d.display());
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
         }
     }
