@@ -13,11 +13,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::nspawn::{skip_reason, stage_volt, Nspawn};
+use common::nspawn::{skip_reason, stage_volt, Nspawn, OwnCgroup};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -33,7 +33,13 @@ fn without_systemd(stage: &Path, script: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::SeqCst)
     );
-    let out = Command::new("timeout")
+    // A cgroup of its own, as the harness's containers: with --keep-unit nspawn puts the
+    // container under the cgroup it was started from, which must not depend on what earlier
+    // runs left in the host's cgroup tree.
+    let cgroup = OwnCgroup::new(&name);
+    let out = cgroup
+        .enter()
+        .arg("timeout")
         .args([
             "--signal=TERM",
             "300",

@@ -76,12 +76,12 @@ pub struct Nspawn {
 /// nspawn places the container in (the named `systemd` v1 hierarchy and the v2 one); the
 /// process that execs nspawn moves itself there. Removed, bottom-up, when the container is
 /// gone.
-struct OwnCgroup {
+pub struct OwnCgroup {
     dirs: Vec<PathBuf>,
 }
 
 impl OwnCgroup {
-    fn new(name: &str) -> OwnCgroup {
+    pub fn new(name: &str) -> OwnCgroup {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let path_of = |prefix: &str| {
             own.lines()
@@ -112,7 +112,7 @@ impl OwnCgroup {
 
     /// `sh -c SCRIPT sh` that moves the shell into these cgroups, then execs the arguments
     /// that follow.
-    fn enter(&self) -> Command {
+    pub fn enter(&self) -> Command {
         let mut script = String::new();
         for d in &self.dirs {
             script.push_str(&format!("echo $$ > '{}/cgroup.procs' && ", d.display()));
