@@ -12,6 +12,7 @@ pub mod manager;
 pub mod mmio;
 pub mod net;
 pub mod notify;
+pub mod poll;
 pub mod rng;
 #[cfg(test)]
 pub(crate) mod test_queue;
@@ -98,8 +99,22 @@ impl VirtioInterrupt {
     }
 
     /// Tells the driver a used ring changed.
+    ///
+    /// The line behaves as a level-triggered one would (QEMU's virtio-mmio): a new edge only
+    /// when InterruptStatus goes from 0 to non-zero. A virtio-mmio driver reads
+    /// InterruptStatus and writes InterruptACK before it looks at its rings, so an entry added
+    /// while a bit is still set is found by the scan that follows the acknowledgement. A
+    /// driver that polls and never acknowledges (virtio-drivers' block device) then costs no
+    /// injection per request.
     pub fn signal_used_queue(&self) -> std::io::Result<()> {
-        self.status.fetch_or(INT_VRING, Ordering::SeqCst);
+        self.raise_with(INT_VRING)
+    }
+
+    /// Sets `bit` in InterruptStatus; raises the line if no bit was set before.
+    fn raise_with(&self, bit: u32) -> std::io::Result<()> {
+        if self.status.fetch_or(bit, Ordering::SeqCst) != 0 {
+            return Ok(());
+        }
         self.irq.raise()
     }
 
@@ -114,8 +129,7 @@ impl VirtioInterrupt {
     /// Tells the driver the config space changed (bumps ConfigGeneration).
     pub fn signal_config_change(&self) -> std::io::Result<()> {
         self.config_generation.fetch_add(1, Ordering::SeqCst);
-        self.status.fetch_or(INT_CONFIG, Ordering::SeqCst);
-        self.irq.raise()
+        self.raise_with(INT_CONFIG)
     }
 
     /// Current InterruptStatus.
@@ -195,6 +209,31 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
 pub(crate) mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn the_line_gets_an_edge_only_when_interrupt_status_leaves_zero() {
+        let irq = crate::vmm::devices::IrqLine::new(5).expect("irq");
+        let int = VirtioInterrupt::new(irq);
+        let edges = |i: &VirtioInterrupt| i.irq().eventfd().read().unwrap_or(0);
+        int.signal_used_queue().expect("signal");
+        int.signal_used_queue().expect("signal");
+        int.signal_config_change().expect("config");
+        assert_eq!(
+            edges(&int),
+            1,
+            "one edge while the driver has not acknowledged"
+        );
+        assert_eq!(int.status(), INT_VRING | INT_CONFIG);
+        int.ack(INT_VRING);
+        int.signal_used_queue().expect("signal");
+        assert_eq!(edges(&int), 0, "the config bit is still set: no new edge");
+        int.ack(INT_VRING | INT_CONFIG);
+        int.signal_used_queue().expect("signal");
+        assert_eq!(edges(&int), 1, "acknowledged: the next entry raises again");
+        int.reset();
+        int.signal_config_change().expect("config");
+        assert_eq!(edges(&int), 1, "a reset clears the status");
+    }
 
     /// What the test device saw.
     #[derive(Default, Debug)]

@@ -18,7 +18,8 @@ use super::throttle::Throttle;
 use crate::log_limited;
 use crate::vmm::disk::SECTOR_SIZE;
 use crate::vmm::ratelimit::LogLimiter;
-use crate::vmm::virtio::VirtioInterrupt;
+use crate::vmm::virtio::poll::{self, AdaptivePoll};
+use crate::vmm::virtio::{notify, VirtioInterrupt};
 
 /// Counters, readable from other threads.
 #[derive(Debug, Default)]
@@ -325,6 +326,7 @@ impl Worker {
         let mut deferred = None;
         let mut descs = Vec::with_capacity(usize::from(self.queue.max_size()));
         let mut events = [EpollEvent::default(); 4];
+        let mut ring_poll = AdaptivePoll::default();
         loop {
             let _ = self.queue.disable_notification(&self.mem);
             let ctx = Ctx {
@@ -345,9 +347,18 @@ impl Worker {
             for f in &pass.faults {
                 log_limited!(limiter, log::Level::Warn, "{}: guest {f}", self.name);
             }
-            if pass.used && self.queue.needs_notification(&self.mem).unwrap_or(true) {
+            if pass.used && notify::needs_interrupt(&mut self.queue, &self.mem) {
                 self.interrupt
                     .signal_used_queue_logged(&self.name, &mut limiter);
+            }
+            // A driver that waits for each request (queue depth 1, as a synchronous guest or
+            // a flush) sends the next one within microseconds: watch the ring for it.
+            if pass.used
+                && pass.wait.is_none()
+                && poll::watch(&mut self.queue, &self.mem, &mut ring_poll)
+            {
+                let _ = self.kick.read();
+                continue;
             }
             let timeout = pass
                 .wait

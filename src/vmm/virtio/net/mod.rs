@@ -10,7 +10,6 @@
 
 pub mod ctrl;
 pub mod datapath;
-pub mod poll;
 pub mod status;
 pub mod vhost;
 pub mod worker;

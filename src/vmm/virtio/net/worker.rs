@@ -10,9 +10,7 @@
 //! interrupts follow the driver's suppression ([`notify::needs_interrupt`]).
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -21,9 +19,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::ctrl;
 use super::datapath::{self, ChainFault, FrameIo, RxState, Stats};
-use super::poll::TxPoll;
 use crate::log_limited;
 use crate::vmm::ratelimit::LogLimiter;
+use crate::vmm::virtio::poll::{self, AdaptivePoll};
 use crate::vmm::virtio::{notify, VirtioInterrupt};
 
 const T_TAP: u64 = 0;
@@ -69,33 +67,6 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
         }
     }
 
-    /// Watches the TX avail index for up to `window` with TX kicks off (see [`super::poll`]).
-    /// Returns whether there is TX work; kicks are back on when there is none.
-    fn poll_tx(&mut self, window: Duration, txpoll: &mut TxPoll) -> bool {
-        if self.tx.disable_notification(&self.mem).is_err() {
-            return false;
-        }
-        let start = Instant::now();
-        loop {
-            match self.tx.avail_idx(&self.mem, Ordering::Acquire) {
-                Ok(i) if i.0 != self.tx.next_avail() => {
-                    txpoll.hit(start.elapsed());
-                    return true;
-                }
-                Ok(_) => {}
-                // process_tx reports a broken ring (and turns kicks back on).
-                Err(_) => return true,
-            }
-            if start.elapsed() >= window {
-                break;
-            }
-            std::hint::spin_loop();
-        }
-        txpoll.miss();
-        // Kicks back on; an index that moved meanwhile is work now.
-        self.tx.enable_notification(&self.mem).unwrap_or(true)
-    }
-
     fn signal(&self, limiter: &mut LogLimiter) {
         self.interrupt.signal_used_queue_logged(&self.name, limiter);
     }
@@ -126,7 +97,7 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
         let mut events = [EpollEvent::default(); 8];
         // Whether epoll watches the TAP (not while a frame waits for guest buffers).
         let mut tap_watched = true;
-        let mut txpoll = TxPoll::default();
+        let mut txpoll = AdaptivePoll::default();
         loop {
             let mut notify = false;
             // Frames went to a guest that polls (it wants no interrupt): its answer may follow.
@@ -204,11 +175,10 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
             }
             (do_rx, do_tx, do_ctrl) = (false, false, false);
             if rx_to_poller {
-                if let Some(window) = txpoll.window() {
-                    if self.poll_tx(window, &mut txpoll) {
-                        do_tx = true;
-                        continue;
-                    }
+                // The guest's answer is likely on its way: watch TX (see virtio::poll).
+                if poll::watch(&mut self.tx, &self.mem, &mut txpoll) {
+                    do_tx = true;
+                    continue;
                 }
             }
             let Some(n) = crate::vmm::event::wait_events(&epoll, -1, &mut events, &self.name)

@@ -145,7 +145,7 @@ impl Worker {
             Which::Rx => &mut self.rx,
             Which::Tx => &mut self.tx,
         };
-        q.needs_notification(&self.mem).unwrap_or(true)
+        crate::vmm::virtio::notify::needs_interrupt(q, &self.mem)
     }
 
     /// Guest → host. Returns whether the driver must be interrupted and whether the batch
