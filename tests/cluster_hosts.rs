@@ -335,6 +335,33 @@ fn three_hosts_share_volt0() {
     a.ok("systemctl is-active volt-vm@dup.service");
     b.ok("! systemctl is-active volt-vm@dup.service");
     a.ok("systemctl stop volt-vm@dup.service");
+    // Stopped, the name is free for another host (the link owners gave it up).
+    b.wait_ok(
+        "systemctl reset-failed volt-vm@dup.service; systemctl start volt-vm@dup.service",
+        Duration::from_secs(20),
+    );
+    b.ok("systemctl stop volt-vm@dup.service");
+
+    // A VM without NICs (no link owner): claimed by its unit's ExecStartPre=, given up by its
+    // ExecStopPost= after a clean stop.
+    for h in [a, b] {
+        h.write(
+            "/etc/volt/vms/solo.toml",
+            "memory_mib = 32\nkernel = \"/opt/volt/guest/volt-test-guest\"\n",
+        );
+        h.ok("systemctl daemon-reload");
+    }
+    a.ok("systemctl start volt-vm@solo.service");
+    assert!(!b
+        .sh("systemctl start volt-vm@solo.service")
+        .status
+        .success());
+    let log = b.ok("journalctl --no-pager -o cat -u volt-vm@solo.service");
+    assert!(log.contains("solo already runs on host a"), "{log}");
+    a.ok("systemctl stop volt-vm@solo.service");
+    b.ok("systemctl reset-failed volt-vm@solo.service; systemctl start volt-vm@solo.service");
+    b.ok("systemctl is-active volt-vm@solo.service");
+    b.ok("systemctl stop volt-vm@solo.service");
 
     // Spoofing from a (a namespace on a's volt0 without Volt's port rules): b's VM's MAC, then
     // its address with another MAC; b drops both at its VXLAN port.

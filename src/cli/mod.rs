@@ -293,7 +293,13 @@ pub enum ClusterCommand {
         kind: String,
     },
     /// Give up this host's claim on a workload name.
-    Release { name: String },
+    Release {
+        name: String,
+        /// Only after a clean stop (volt-vm@.service's ExecStopPost=): when $SERVICE_RESULT
+        /// says the unit failed, systemd may restart it, and it keeps its claim.
+        #[arg(long)]
+        after_stop: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -401,7 +407,10 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
             ClusterCommand::Run => cluster::run(&root),
             ClusterCommand::Status { output } => cluster::show(&root, output),
             ClusterCommand::Claim { name, kind } => cluster::claim(&root, &name, &kind),
-            ClusterCommand::Release { name } => cluster::release(&root, &name),
+            ClusterCommand::Release { name, after_stop } => {
+                let result = std::env::var("SERVICE_RESULT").ok();
+                cluster::release(&root, &name, after_stop.then_some(result.as_deref()))
+            }
         },
         Command::GenDocs { out } => docs::exec(&out),
     }
