@@ -323,45 +323,37 @@ fn three_hosts_share_volt0() {
         ));
     }
 
-    // The same name on two hosts: exactly one runs, the other start names the holder.
-    for h in [a, b] {
-        h.write("/etc/volt/vms/dup.toml", &vm_toml("", None));
-        h.ok("systemctl daemon-reload");
-    }
-    a.ok("systemctl start volt-vm@dup.service");
-    assert!(!b.sh("systemctl start volt-vm@dup.service").status.success());
-    let log = b.ok("journalctl --no-pager -o cat -u 'volt-tap@*'");
-    assert!(log.contains("dup already runs on host a"), "{log}");
-    a.ok("systemctl is-active volt-vm@dup.service");
-    b.ok("! systemctl is-active volt-vm@dup.service");
-    a.ok("systemctl stop volt-vm@dup.service");
-    // Stopped, the name is free for another host (the link owners gave it up).
-    b.wait_ok(
-        "systemctl reset-failed volt-vm@dup.service; systemctl start volt-vm@dup.service",
-        Duration::from_secs(20),
-    );
-    b.ok("systemctl stop volt-vm@dup.service");
-
-    // A VM without NICs (no link owner): claimed by its unit's ExecStartPre=, given up by its
-    // ExecStopPost= after a clean stop.
-    for h in [a, b] {
-        h.write(
-            "/etc/volt/vms/solo.toml",
-            "memory_mib = 32\nkernel = \"/opt/volt/guest/volt-test-guest\"\n",
+    // The same name on two hosts: exactly one runs, the other start names the holder; once
+    // stopped, the name is free for the other host. With NICs the link owners claim and give
+    // the name up; a VM without NICs has none, and its unit's ExecStartPre= claims it and its
+    // ExecStopPost= gives it up after a clean stop.
+    let solo = "memory_mib = 32\nkernel = \"/opt/volt/guest/volt-test-guest\"\n";
+    for (name, toml, claimer) in [
+        ("dup", vm_toml("", None), "'volt-tap@*'"),
+        ("solo", solo.to_string(), "volt-vm@solo.service"),
+    ] {
+        let unit = format!("volt-vm@{name}.service");
+        for h in [a, b] {
+            h.write(&format!("/etc/volt/vms/{name}.toml"), &toml);
+            h.ok("systemctl daemon-reload");
+        }
+        a.ok(&format!("systemctl start {unit}"));
+        assert!(!b.sh(&format!("systemctl start {unit}")).status.success());
+        let log = b.ok(&format!("journalctl --no-pager -o cat -u {claimer}"));
+        assert!(
+            log.contains(&format!("{name} already runs on host a")),
+            "{log}"
         );
-        h.ok("systemctl daemon-reload");
+        a.ok(&format!("systemctl is-active {unit}"));
+        b.ok(&format!("! systemctl is-active {unit}"));
+        a.ok(&format!("systemctl stop {unit}"));
+        b.wait_ok(
+            &format!("systemctl reset-failed {unit}; systemctl start {unit}"),
+            Duration::from_secs(20),
+        );
+        b.ok(&format!("systemctl is-active {unit}"));
+        b.ok(&format!("systemctl stop {unit}"));
     }
-    a.ok("systemctl start volt-vm@solo.service");
-    assert!(!b
-        .sh("systemctl start volt-vm@solo.service")
-        .status
-        .success());
-    let log = b.ok("journalctl --no-pager -o cat -u volt-vm@solo.service");
-    assert!(log.contains("solo already runs on host a"), "{log}");
-    a.ok("systemctl stop volt-vm@solo.service");
-    b.ok("systemctl reset-failed volt-vm@solo.service; systemctl start volt-vm@solo.service");
-    b.ok("systemctl is-active volt-vm@solo.service");
-    b.ok("systemctl stop volt-vm@solo.service");
 
     // Spoofing from a (a namespace on a's volt0 without Volt's port rules): b's VM's MAC, then
     // its address with another MAC; b drops both at its VXLAN port.

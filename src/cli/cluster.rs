@@ -100,18 +100,18 @@ pub fn claim(root: &Path, name: &str, kind: &str) -> Result<Outcome> {
 }
 
 /// `volt cluster release NAME`: give up this host's claim on a workload name (without a
-/// cluster: nothing to do). `after_stop`: run as a unit's ExecStopPost= with the unit's
+/// cluster: nothing to do). `after_stop`: run as a unit's ExecStopPost=, where systemd sets
 /// $SERVICE_RESULT; only a clean stop ("success") gives the name up, since after a failure
 /// systemd may restart the unit (`Restart=on-failure`), which must find its name still held.
-pub fn release(root: &Path, name: &str, after_stop: Option<Option<&str>>) -> Result<Outcome> {
+pub fn release(root: &Path, name: &str, after_stop: bool) -> Result<Outcome> {
     if ConfigSet::load(root).cluster.is_none() {
         return Ok(Outcome::Ok);
     }
-    if let Some(result) = after_stop {
-        if result != Some("success") {
+    if after_stop {
+        let result = std::env::var("SERVICE_RESULT").unwrap_or_else(|_| "(unset)".into());
+        if result != "success" {
             log::info!(
-                "keeping the cluster name {name}: the unit ended with result {} and may be restarted",
-                result.unwrap_or("(unknown)")
+                "keeping the cluster name {name}: the unit ended with result {result} and may be restarted"
             );
             return Ok(Outcome::Ok);
         }

@@ -408,8 +408,7 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
             ClusterCommand::Status { output } => cluster::show(&root, output),
             ClusterCommand::Claim { name, kind } => cluster::claim(&root, &name, &kind),
             ClusterCommand::Release { name, after_stop } => {
-                let result = std::env::var("SERVICE_RESULT").ok();
-                cluster::release(&root, &name, after_stop.then_some(result.as_deref()))
+                cluster::release(&root, &name, after_stop)
             }
         },
         Command::GenDocs { out } => docs::exec(&out),

@@ -15,12 +15,10 @@
 //! CPU.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
-
-use std::time::Duration;
 
 /// Longest window.
 pub const MAX_WINDOW: Duration = Duration::from_micros(100);
