@@ -299,3 +299,82 @@ fn systemd_analyze_verify_accepts_every_generated_unit() {
         );
     }
 }
+
+/// Enough VMs for the generator to parse and write on all cores: every VM gets its own
+/// drop-in, its link owner's drop-in naming it, and its networkd files; the one broken file
+/// among them is reported by name and costs no other VM its units.
+#[test]
+fn many_vms_each_get_their_own_units() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    let (vms, nets) = (root.join("etc/volt/vms"), root.join("etc/volt/networks"));
+    std::fs::create_dir_all(&vms).expect("mkdir vms");
+    std::fs::create_dir_all(&nets).expect("mkdir networks");
+    std::fs::write(
+        nets.join("many.toml"),
+        "bridge = \"manybr\"\nsubnet = \"10.51.0.0/16\"\npool = { start = \"10.51.0.2\", end = \"10.51.7.255\" }\n",
+    )
+    .expect("network file");
+    let n = 300;
+    for i in 0..n {
+        let text = if i == 150 {
+            "memory_mib = \"lots\"\n".to_string()
+        } else {
+            format!(
+                "memory_mib = 32\nkernel = \"/var/lib/volt/guest\"\n[[network]]\nbridge = \"manybr\"\nipv4 = \"10.51.{}.{}\"\n",
+                (i + 2) / 256,
+                (i + 2) % 256
+            )
+        };
+        std::fs::write(vms.join(format!("vm{i}.toml")), text).expect("vm file");
+    }
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).expect("mkdir out");
+    let o = Command::new(env!("CARGO_BIN_EXE_volt-generator"))
+        .args([&out, &out, &out])
+        .env("VOLT_ROOT", &root)
+        .env("VOLT_LOG_STDERR", "1")
+        .output()
+        .expect("run volt-generator");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a broken file fails the run");
+    assert!(stderr.contains("vm150.toml"), "{stderr}");
+    let skipped: std::collections::BTreeSet<&str> = stderr
+        .lines()
+        .filter_map(|l| l.split("; skipping ").nth(1))
+        .collect();
+    assert_eq!(
+        skipped,
+        ["/etc/volt/vms/vm150.toml"].into(),
+        "one file skipped: {stderr}"
+    );
+    let networkd = root.join("run/systemd/network");
+    for i in (0..n).filter(|&i| i != 150) {
+        let dropin = std::fs::read_to_string(
+            out.join(format!("volt-vm@vm{i}.service.d/50-volt-generator.conf")),
+        )
+        .unwrap_or_else(|e| panic!("vm{i}'s drop-in: {e}"));
+        let tap = dropin
+            .lines()
+            .find_map(|l| l.strip_prefix("BindsTo=volt-tap@"))
+            .and_then(|l| l.strip_suffix(".service"))
+            .unwrap_or_else(|| panic!("vm{i}: no link owner in {dropin}"));
+        let owner = std::fs::read_to_string(
+            out.join(format!("volt-tap@{tap}.service.d/50-volt-generator.conf")),
+        )
+        .unwrap_or_else(|e| panic!("{tap}'s drop-in: {e}"));
+        assert!(
+            owner.contains(&format!("VOLT_VM=vm{i} ")),
+            "{tap} belongs to vm{i}: {owner}"
+        );
+        for ext in ["netdev", "network"] {
+            let f = networkd.join(format!("60-volt-{tap}.{ext}"));
+            let text =
+                std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            assert!(text.contains(&format!("VM vm{i} NIC eth0")), "{text}");
+        }
+    }
+    assert!(!out.join("volt-vm@vm150.service.d").exists());
+    let files = std::fs::read_dir(&networkd).expect("networkd dir").count();
+    assert_eq!(files, 2 * (n - 1), "two networkd files per good VM");
+}

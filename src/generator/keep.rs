@@ -43,6 +43,11 @@ impl Record {
         self.0.insert(key(kind, name), kept);
     }
 
+    /// Take over every entry of `other`.
+    pub fn extend(&mut self, other: Record) {
+        self.0.extend(other.0);
+    }
+
     /// What workload `kind`/`name` got.
     pub fn get(&self, kind: &str, name: &str) -> Option<&Kept> {
         self.0.get(&key(kind, name))

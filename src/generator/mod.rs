@@ -181,12 +181,12 @@ fn generate_workload(
     w: &Workload,
     out: &OutputDirs,
     targets: &Targets,
-    wanted: &mut HashSet<OsString>,
+    wanted: &mut Vec<OsString>,
     record: &mut keep::Record,
 ) -> Result<usize, GeneratorError> {
     for a in &w.attachments {
         for f in &a.networkd {
-            wanted.insert(targets.networkd.join(&f.name).into_os_string());
+            wanted.push(targets.networkd.join(&f.name).into_os_string());
         }
     }
     let dropin = |unit: &str| PathBuf::from(format!("{unit}.d")).join(DROPIN_NAME);
@@ -253,8 +253,17 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     let mut wanted: HashSet<OsString> = HashSet::with_capacity(2 * plan.workloads.len());
     let mut any_autostart = false;
     let mut record = keep::Record::default();
-    for w in &plan.workloads {
-        match generate_workload(w, out, targets, &mut wanted, &mut record) {
+    // Each workload's files on all cores (mostly mkdir, create and compare system calls).
+    let results = crate::par_map(&plan.workloads, |w| {
+        let mut wanted = Vec::new();
+        let mut record = keep::Record::default();
+        let r = generate_workload(w, out, targets, &mut wanted, &mut record);
+        (r, wanted, record)
+    });
+    for (w, (result, w_wanted, w_record)) in plan.workloads.iter().zip(results) {
+        wanted.extend(w_wanted);
+        record.extend(w_record);
+        match result {
             Ok(links) => {
                 match w.kind {
                     crate::plan::Kind::Vm => report.vms += 1,
