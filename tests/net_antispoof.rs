@@ -167,6 +167,26 @@ fn attacks() -> Vec<Attack> {
         ETH_ARP,
         steal.clone(),
     );
+    // IPv4 from the attacker's own address, but tagged: IPv4 is accepted early in the chain,
+    // which must not let tagged frames past the VLAN rules.
+    add(
+        "vlan5-ipv4",
+        Some(rule::VLAN),
+        br,
+        attacker,
+        &[(q, 5)],
+        ETH_IP,
+        fr::icmp_echo(ATTACK_IP, GATEWAY, &mk("vlan5-ipv4")),
+    );
+    add(
+        "vlan0-ipv4",
+        Some(rule::VLAN0),
+        br,
+        attacker,
+        &[(q, 0)],
+        ETH_IP,
+        fr::icmp_echo(ATTACK_IP, GATEWAY, &mk("vlan0-ipv4")),
+    );
     add(
         "spoofed-ipv4",
         Some(rule::IP),
