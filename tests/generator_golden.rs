@@ -37,6 +37,16 @@ struct Run {
     stderr: String,
 }
 
+/// Runs volt-generator on `root` with the three output directories, logging to stderr.
+fn volt_generator(root: &Path, out: [&Path; 3]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_volt-generator"))
+        .args(out)
+        .env("VOLT_ROOT", root)
+        .env("VOLT_LOG_STDERR", "1")
+        .output()
+        .expect("run volt-generator")
+}
+
 fn run_generator(case: &Path) -> Run {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().join("root");
@@ -46,12 +56,7 @@ fn run_generator(case: &Path) -> Run {
     for d in [&normal, &early, &late] {
         std::fs::create_dir_all(d).expect("mkdir");
     }
-    let o = Command::new(env!("CARGO_BIN_EXE_volt-generator"))
-        .args([&normal, &early, &late])
-        .env("VOLT_ROOT", &root)
-        .env("VOLT_LOG_STDERR", "1")
-        .output()
-        .expect("run volt-generator");
+    let o = volt_generator(&root, [&normal, &early, &late]);
     Run {
         _tmp: tmp,
         root,
@@ -201,12 +206,8 @@ fn a_broken_file_keeps_its_last_good_units_until_it_is_removed() {
         for d in ["normal", "early", "late"] {
             std::fs::create_dir_all(out.join(d)).expect("mkdir");
         }
-        let o = Command::new(env!("CARGO_BIN_EXE_volt-generator"))
-            .args(["normal", "early", "late"].map(|d| out.join(d)))
-            .env("VOLT_ROOT", &run.root)
-            .env("VOLT_LOG_STDERR", "1")
-            .output()
-            .expect("run volt-generator");
+        let dirs = ["normal", "early", "late"].map(|d| out.join(d));
+        let o = volt_generator(&run.root, [&dirs[0], &dirs[1], &dirs[2]]);
         (o, read_tree(&out.join("normal")))
     };
     let netdev = run
@@ -330,12 +331,7 @@ fn many_vms_each_get_their_own_units() {
     }
     let out = tmp.path().join("out");
     std::fs::create_dir_all(&out).expect("mkdir out");
-    let o = Command::new(env!("CARGO_BIN_EXE_volt-generator"))
-        .args([&out, &out, &out])
-        .env("VOLT_ROOT", &root)
-        .env("VOLT_LOG_STDERR", "1")
-        .output()
-        .expect("run volt-generator");
+    let o = volt_generator(&root, [&out, &out, &out]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "a broken file fails the run");
     assert!(stderr.contains("vm150.toml"), "{stderr}");

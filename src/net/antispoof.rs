@@ -11,10 +11,10 @@
 //! ([`rule`]), so a drop can be told apart from another. Each change is one `nft -f`
 //! transaction, so concurrent owners never see half a rule set.
 
-use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 
+use super::nft::NftError;
 use crate::config::MacAddr;
 
 /// The comments naming each rule, in chain order.
@@ -233,26 +233,13 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
 }
 
 fn nft(port: &str, script: &str) -> Result<(), AntispoofError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(AntispoofError::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(AntispoofError::Spawn)?;
-    }
-    let out = child.wait_with_output().map_err(AntispoofError::Spawn)?;
-    if !out.status.success() {
-        return Err(AntispoofError::Nft {
+    super::nft::run(&[], script.as_bytes()).map_err(|e| match e {
+        NftError::Spawn(e) => AntispoofError::Spawn(e),
+        NftError::Refused(stderr) => AntispoofError::Nft {
             port: port.into(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+            stderr,
+        },
+    })
 }
 
 /// Allow only what `policy` says from `port`. Replaces earlier rules of the port.

@@ -10,4 +10,5 @@ pub mod monitor;
 pub mod nat;
 pub mod netlink;
 pub mod networkd;
+pub mod nft;
 pub mod overlay;

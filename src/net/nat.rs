@@ -314,37 +314,19 @@ fn run_nft(what: &str, batch: &Nftables) -> Result<(), NatError> {
         what: what.into(),
         stderr: e.to_string(),
     })?;
-    let mut child = std::process::Command::new("nft")
-        .args(["-j", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|inner| NatError::Nft {
+    super::nft::run(&["-j"], json.as_bytes()).map_err(|e| match e {
+        super::nft::NftError::Spawn(inner) => NatError::Nft {
             what: what.into(),
             source: nftables::helper::NftablesError::NftExecution {
                 program: "nft".into(),
                 inner,
             },
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write;
-        let _ = stdin.write_all(json.as_bytes());
-    }
-    let out = child.wait_with_output().map_err(|inner| NatError::Nft {
-        what: what.into(),
-        source: nftables::helper::NftablesError::NftExecution {
-            program: "nft".into(),
-            inner,
         },
-    })?;
-    if !out.status.success() {
-        return Err(NatError::Refused {
+        super::nft::NftError::Refused(stderr) => NatError::Refused {
             what: what.into(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+            stderr,
+        },
+    })
 }
 
 /// The chains table `volt` has now (empty when the table does not exist).

@@ -14,7 +14,7 @@ use rtnetlink::packet_route::link::{
     BridgeStpState, InfoKind, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
     MacVtapMode, Prop, State,
 };
-use rtnetlink::packet_route::neighbour::{NeighbourAttribute, NeighbourState};
+use rtnetlink::packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkMacVtap, LinkUnspec, LinkVeth};
 use serde::Serialize;
@@ -527,20 +527,31 @@ impl Netlink {
 
     /// The forwarding database of `bridge`: entries learned on or owned by its ports, and the
     /// bridge's own.
-    pub fn fdb(&self, bridge: &str) -> Result<Vec<FdbEntry>, NetlinkError> {
-        let br = self.index(bridge)?;
+    /// Every neighbour entry of `family` (the bridges' forwarding entries for
+    /// [`AddressFamily::Bridge`]); `what` names the dump in an error ("dump the FDB of br0").
+    pub fn neighbour_dump(
+        &self,
+        family: AddressFamily,
+        what: impl FnOnce() -> String,
+    ) -> Result<Vec<NeighbourMessage>, NetlinkError> {
         let h = self.handle.clone();
-        let msgs = self
-            .rt
+        self.rt
             .block_on(async move {
                 h.neighbours()
                     .get()
-                    .set_address_family(AddressFamily::Bridge)
+                    .set_address_family(family)
                     .execute()
                     .try_collect::<Vec<_>>()
                     .await
             })
-            .map_err(|e| Self::req(format!("dump the FDB of {bridge}"), e))?;
+            .map_err(|e| Self::req(what(), e))
+    }
+
+    pub fn fdb(&self, bridge: &str) -> Result<Vec<FdbEntry>, NetlinkError> {
+        let br = self.index(bridge)?;
+        let msgs = self.neighbour_dump(AddressFamily::Bridge, || {
+            format!("dump the FDB of {bridge}")
+        })?;
         let mut out = Vec::new();
         for m in msgs {
             let mut mac = None;

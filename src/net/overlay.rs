@@ -4,9 +4,7 @@
 //! nftables filter on the VXLAN port (table `bridge volt-cluster`). No policy: the caller
 //! says which entries, routes and pairs there should be.
 
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Command, Stdio};
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{
@@ -124,17 +122,9 @@ fn fdb_message(index: u32, e: &Fdb) -> NeighbourMessage {
 /// The VTEP entries of VXLAN link `vx` (static or learned).
 pub fn fdb_entries(nl: &Netlink, vx: &str) -> Result<Vec<Fdb>, NetlinkError> {
     let index = nl.index(vx)?;
-    let (rt, h) = nl.parts();
-    let msgs = rt
-        .block_on(async move {
-            h.neighbours()
-                .get()
-                .set_address_family(AddressFamily::Bridge)
-                .execute()
-                .try_collect::<Vec<_>>()
-                .await
-        })
-        .map_err(req(format!("dump the forwarding entries of {vx}")))?;
+    let msgs = nl.neighbour_dump(AddressFamily::Bridge, || {
+        format!("dump the forwarding entries of {vx}")
+    })?;
     let mut out = Vec::new();
     for m in msgs.iter().filter(|m| m.header.ifindex == index) {
         let mut mac = None;
@@ -278,17 +268,9 @@ pub fn route_del(
 /// Permanent IPv4 neighbour entries on `link` (address, MAC).
 pub fn neighbours(nl: &Netlink, link: &str) -> Result<Vec<(Ipv4Addr, MacAddr)>, NetlinkError> {
     let index = nl.index(link)?;
-    let (rt, h) = nl.parts();
-    let msgs = rt
-        .block_on(async move {
-            h.neighbours()
-                .get()
-                .set_address_family(AddressFamily::Inet)
-                .execute()
-                .try_collect::<Vec<_>>()
-                .await
-        })
-        .map_err(req(format!("list the neighbours on {link}")))?;
+    let msgs = nl.neighbour_dump(AddressFamily::Inet, || {
+        format!("list the neighbours on {link}")
+    })?;
     let mut out = Vec::new();
     for m in msgs
         .iter()
@@ -494,25 +476,10 @@ pub fn filter_script(ports: &[PortFilter]) -> String {
 }
 
 fn nft(script: &str) -> Result<(), FilterError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(FilterError::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(FilterError::Spawn)?;
-    }
-    let out = child.wait_with_output().map_err(FilterError::Spawn)?;
-    if !out.status.success() {
-        return Err(FilterError::Nft(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(())
+    super::nft::run(&[], script.as_bytes()).map_err(|e| match e {
+        super::nft::NftError::Spawn(e) => FilterError::Spawn(e),
+        super::nft::NftError::Refused(stderr) => FilterError::Nft(stderr),
+    })
 }
 
 /// Install the filters of `ports` (one transaction).
