@@ -216,18 +216,13 @@ impl ConfigSet {
         set.networks = Self::load_networks(root, &mut errors, &mut warnings);
         set.cluster = load_cluster(root, &mut set.networks, &mut errors);
         let mut vms = Vec::new();
-        // Read and parsed on all cores: with a thousand VM files this is a third of the
-        // generator's time, half of it system calls.
-        let files = list_dir(root, VMS_DIR, &["toml"], &mut errors, &mut warnings);
-        let parsed = crate::par_map(&files, |(shown, real)| {
-            read(shown, real)
-                .map_err(|e| vec![e])
-                .and_then(|text| parse_vm_toml(shown, &text, &set.networks))
-        });
-        for r in parsed {
-            match r {
-                Ok(vm) => vms.push(vm),
-                Err(errs) => errors.extend(errs),
+        for (shown, real) in list_dir(root, VMS_DIR, &["toml"], &mut errors, &mut warnings) {
+            match read(&shown, &real) {
+                Ok(text) => match parse_vm_toml(&shown, &text, &set.networks) {
+                    Ok(vm) => vms.push(vm),
+                    Err(errs) => errors.extend(errs),
+                },
+                Err(e) => errors.push(e),
             }
         }
         let mut containers = Vec::new();
