@@ -83,8 +83,8 @@ pub fn show(root: &Path, output: Output) -> Result<Outcome> {
 }
 
 /// `volt cluster claim NAME`: claim a workload name for this host before it starts (without
-/// a cluster: nothing to do). volt-vm@.service runs it outside the VMM's sandbox, which has no
-/// IP sockets.
+/// a cluster: nothing to do). A clustered VM's unit runs it (the generator's drop-in) outside
+/// the VMM's sandbox, which has no IP sockets.
 pub fn claim(root: &Path, name: &str, kind: &str) -> Result<Outcome> {
     if ConfigSet::load(root).cluster.is_none() {
         return Ok(Outcome::Ok);

@@ -285,8 +285,8 @@ pub enum ClusterCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
-    /// Claim a workload name for this host (volt-vm@.service's ExecStartPre=; nothing
-    /// without a cluster): fails naming the host that runs it already.
+    /// Claim a workload name for this host (the ExecStartPre= the generator gives each VM
+    /// while a cluster is configured; nothing without a cluster): fails naming the host that runs it already.
     Claim {
         name: String,
         #[arg(long, default_value = "vm")]
@@ -295,7 +295,7 @@ pub enum ClusterCommand {
     /// Give up this host's claim on a workload name.
     Release {
         name: String,
-        /// Only after a clean stop (volt-vm@.service's ExecStopPost=): when $SERVICE_RESULT
+        /// Only after a clean stop (the VM's ExecStopPost=, with a cluster): when $SERVICE_RESULT
         /// says the unit failed, systemd may restart it, and it keeps its claim.
         #[arg(long)]
         after_stop: bool,

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::plan::names::HEADER;
+use crate::plan::names::{HEADER, VOLT_BINARY};
 use crate::plan::{Attachment, Kind, LinkKind, Workload};
 
 /// Drop-in for the workload's unit (`volt-vm@<name>.service`, `volt-container@<name>.service`):
@@ -10,7 +10,9 @@ use crate::plan::{Attachment, Kind, LinkKind, Workload};
 /// stops when a link's owner stops; `After=`: the link exists before the workload starts).
 /// A VM with a NIC on an isolated network opens its TAP inside that network's namespace,
 /// which takes CAP_SYS_ADMIN and setns(CLONE_NEWNET) during the VMM's setup (it drops every
-/// capability before the guest runs).
+/// capability before the guest runs). With a cluster, a VM's name is claimed before it starts
+/// and given up after a clean stop (a VM without NICs has no link owner to do it); without
+/// one there is nothing to claim, and the start runs no process for it.
 pub fn workload_dropin(w: &Workload) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{HEADER}");
@@ -22,6 +24,13 @@ pub fn workload_dropin(w: &Workload) -> String {
         let _ = writeln!(s, "After={}", owners.join(" "));
     }
     let mut service = Vec::new();
+    if w.kind == Kind::Vm && w.clustered {
+        // "+": outside the VMM's sandbox, which has no IP sockets.
+        service.push(format!("ExecStartPre=+{VOLT_BINARY} cluster claim %i"));
+        service.push(format!(
+            "ExecStopPost=+{VOLT_BINARY} cluster release --after-stop %i"
+        ));
+    }
     if w.kind == Kind::Vm && w.has_isolated_nic() {
         service.push("CapabilityBoundingSet=CAP_SYS_ADMIN".to_string());
         service.push("RestrictNamespaces=net".to_string());

@@ -70,6 +70,8 @@ pub struct Workload {
     /// The template unit `unit` instantiates.
     pub template: &'static str,
     pub autostart: bool,
+    /// A cluster is configured: the workload's name is claimed cluster-wide before it starts.
+    pub clustered: bool,
     pub attachments: Vec<Attachment>,
     pub config: Config,
 }
@@ -223,6 +225,10 @@ impl Plan {
                 .iter()
                 .map(|c| container_workload(c, &set.networks)),
         );
+        let clustered = set.cluster.is_some();
+        for w in &mut workloads {
+            w.clustered = clustered;
+        }
         Plan {
             networks: set.networks.clone(),
             workloads,
@@ -306,6 +312,7 @@ fn vm_workload(vm: &VmConfig, nets: &Networks) -> Workload {
         unit: names::vm_unit(&vm.name),
         template: names::VM_TEMPLATE,
         autostart: vm.autostart,
+        clustered: false,
         attachments,
         config: Config::Vm(Box::new(vm.clone())),
     }
@@ -372,6 +379,7 @@ fn container_workload(ct: &ContainerConfig, nets: &Networks) -> Workload {
         unit: names::container_unit(&ct.name),
         template: names::CONTAINER_TEMPLATE,
         autostart: ct.autostart,
+        clustered: false,
         attachments,
         config: Config::Container(Box::new(ct.clone())),
     }

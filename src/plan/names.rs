@@ -36,6 +36,8 @@ pub const MACHINES_TARGET: &str = "machines.target";
 
 /// Where the VMM binary is installed.
 pub const VMM_BINARY: &str = "/usr/libexec/volt/volt-vmm";
+/// Where the `volt` command is installed (the units' `Exec*=` lines run it).
+pub const VOLT_BINARY: &str = "/usr/bin/volt";
 
 /// Namespaces of workloads on isolated networks: `volt-iso-<id>`.
 pub const ISOLATED_NETNS_PREFIX: &str = "volt-iso-";
