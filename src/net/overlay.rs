@@ -20,7 +20,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{LinkVxlan, RouteMessageBuilder};
 
-use super::netlink::{Netlink, NetlinkError};
+use super::netlink::{mac_and_ipv4, Netlink, NetlinkError};
 use crate::config::MacAddr;
 
 /// The protocol number Volt's overlay routes carry, so they are told apart from others.
@@ -125,29 +125,14 @@ pub fn fdb_entries(nl: &Netlink, vx: &str) -> Result<Vec<Fdb>, NetlinkError> {
     let msgs = nl.neighbour_dump(AddressFamily::Bridge, || {
         format!("dump the forwarding entries of {vx}")
     })?;
-    let mut out = Vec::new();
-    for m in msgs.iter().filter(|m| m.header.ifindex == index) {
-        let mut mac = None;
-        let mut dst = None;
-        for a in &m.attributes {
-            match a {
-                NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
-                    let mut x = [0u8; 6];
-                    x.copy_from_slice(b);
-                    mac = Some(MacAddr(x));
-                }
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
-                // In an AF_BRIDGE message the parser cannot know the address family.
-                NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
-                    dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
-                }
-                _ => {}
-            }
-        }
-        if let (Some(mac), Some(dst)) = (mac, dst) {
-            out.push(Fdb { mac, dst });
-        }
-    }
+    let mut out: Vec<Fdb> = msgs
+        .iter()
+        .filter(|m| m.header.ifindex == index)
+        .filter_map(|m| match mac_and_ipv4(m) {
+            (Some(mac), Some(dst)) => Some(Fdb { mac, dst }),
+            _ => None,
+        })
+        .collect();
     out.sort();
     out.dedup();
     Ok(out)
@@ -271,28 +256,14 @@ pub fn neighbours(nl: &Netlink, link: &str) -> Result<Vec<(Ipv4Addr, MacAddr)>, 
     let msgs = nl.neighbour_dump(AddressFamily::Inet, || {
         format!("list the neighbours on {link}")
     })?;
-    let mut out = Vec::new();
-    for m in msgs
+    let mut out: Vec<(Ipv4Addr, MacAddr)> = msgs
         .iter()
         .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
-    {
-        let mut mac = None;
-        let mut ip = None;
-        for a in &m.attributes {
-            match a {
-                NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
-                    let mut x = [0u8; 6];
-                    x.copy_from_slice(b);
-                    mac = Some(MacAddr(x));
-                }
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
-                _ => {}
-            }
-        }
-        if let (Some(ip), Some(mac)) = (ip, mac) {
-            out.push((ip, mac));
-        }
-    }
+        .filter_map(|m| match mac_and_ipv4(m) {
+            (Some(mac), Some(ip)) => Some((ip, mac)),
+            _ => None,
+        })
+        .collect();
     out.sort();
     Ok(out)
 }

@@ -2,7 +2,11 @@
 //! forwarding databases built on it.
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
+use std::net::Ipv4Addr;
+
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
 use rtnetlink::packet_route::AddressFamily;
 use serde::Serialize;
 
@@ -18,6 +22,26 @@ pub struct FdbEntry {
     pub vlan: Option<u16>,
     /// A local/permanent entry (the port's own address) rather than a learned one.
     pub permanent: bool,
+}
+
+/// A neighbour entry's link-layer address and IPv4 destination, where it has them. In an
+/// AF_BRIDGE message (a VXLAN port's forwarding entry) the parser cannot know the
+/// destination's family: four bytes there are an IPv4 address.
+pub fn mac_and_ipv4(m: &NeighbourMessage) -> (Option<MacAddr>, Option<Ipv4Addr>) {
+    let (mut mac, mut ip) = (None, None);
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::LinkLayerAddress(b) => mac = mac_of(b),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                if let Ok(b) = <[u8; 4]>::try_from(b.as_slice()) {
+                    ip = Some(Ipv4Addr::from(b));
+                }
+            }
+            _ => {}
+        }
+    }
+    (mac, ip)
 }
 
 impl Netlink {

@@ -166,17 +166,24 @@ pub trait VirtioDevice: Send {
     /// Maximum size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
 
-    /// Features the device offers (the transport adds `VIRTIO_F_VERSION_1`).
-    fn features(&self) -> u64;
+    /// Features the device offers (the transport adds `VIRTIO_F_VERSION_1`); none by default.
+    fn features(&self) -> u64 {
+        0
+    }
 
     /// The features the driver accepted, once FEATURES_OK is set.
     fn ack_features(&mut self, _features: u64) {}
 
-    /// Reads device config space at `offset` (bytes past the end read as zero).
-    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Reads device config space at `offset` (bytes past the end read as zero); a device
+    /// without one reads as zeros.
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
 
-    /// Writes device config space at `offset`.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Writes device config space at `offset`. By default nothing in it is writable and the
+    /// write is ignored (net's MAC is read-only for VERSION_1 drivers, blk offers no
+    /// CONFIG_WCE, vsock's CID is the host's to set).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     /// Starts the device on DRIVER_OK with the driver's queues.
     fn activate(

@@ -225,16 +225,6 @@ impl VirtioDevice for Rng {
         &[QUEUE_SIZE]
     }
 
-    fn features(&self) -> u64 {
-        0
-    }
-
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,

@@ -245,10 +245,6 @@ impl VirtioDevice for Blk {
         super::read_config_bytes(&self.config, offset, data);
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        // Nothing writable (CONFIG_WCE is not offered).
-    }
-
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,

@@ -479,10 +479,6 @@ impl VirtioDevice for Net {
         super::read_config_bytes(&config, offset, data);
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        // The MAC is read-only for VIRTIO_F_VERSION_1 drivers.
-    }
-
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,

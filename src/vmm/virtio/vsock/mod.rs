@@ -99,15 +99,9 @@ impl VirtioDevice for Vsock {
         &[QUEUE_SIZE; 3]
     }
 
-    fn features(&self) -> u64 {
-        0
-    }
-
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.cid.to_le_bytes(), offset, data);
     }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn activate(
         &mut self,
