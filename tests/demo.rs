@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::nspawn::{skip_reason, stage_volt, Nspawn, OwnCgroup};
+use common::nspawn::{skip_reason, stage_volt, Host, OwnCgroup};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -174,12 +174,9 @@ cat /tmp/out
 
 #[test]
 fn demo_with_systemd_starts_hello_as_a_service() {
-    if common::skip(skip_reason(), true) {
+    let Some(c) = Host::with_volt("demo", true) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("demo", stage.path());
-    c.install_volt();
+    };
     c.ok("systemctl start systemd-machined");
     c.ok("! test -e /etc/volt/vms/hello.toml");
 

@@ -7,18 +7,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::nspawn::{skip_reason, stage_volt, Nspawn};
+use common::nspawn::Host;
 
 const WEB: &str = "kernel = \"/var/lib/volt/kernels/vmlinux\"\n[[network]]\nid = \"eth0\"\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n";
 
 #[test]
 fn networkd_over_dbus_then_direct_fallback_when_networkd_is_stopped() {
-    if common::skip(skip_reason(), false) {
+    let Some(c) = Host::with_volt("nwd", false) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("nwd", stage.path());
-    c.install_volt();
+    };
     c.write("/etc/volt/vms/web.toml", WEB);
     c.ok("systemctl daemon-reload");
     let tap = volt::config::tap_name(&volt::config::vm_uuid("web"), 0);

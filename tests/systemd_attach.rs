@@ -8,13 +8,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::nspawn::{skip_reason, stage_volt, Nspawn};
+use common::nspawn::Host;
 
 const GUEST: &str = "/opt/volt/guest/volt-test-guest";
-
-fn skip() -> bool {
-    common::skip(skip_reason(), true)
-}
 
 fn tap_of(vm: &str) -> String {
     volt::config::tap_name(&volt::config::vm_uuid(vm), 0)
@@ -22,12 +18,9 @@ fn tap_of(vm: &str) -> String {
 
 #[test]
 fn isolated_vm_nic_lives_in_its_own_namespace_and_reaches_nothing() {
-    if skip() {
+    let Some(c) = Host::with_volt("iso", true) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("iso", stage.path());
-    c.install_volt();
+    };
     c.write(
         "/etc/volt/networks/iso.toml",
         "bridge = \"iso0\"\nsubnet = \"10.60.0.0/24\"\ntype = \"isolated\"\n",
@@ -84,12 +77,9 @@ fn isolated_vm_nic_lives_in_its_own_namespace_and_reaches_nothing() {
 
 #[test]
 fn a_typo_in_a_running_vms_file_keeps_its_tap_and_runtime_files() {
-    if skip() {
+    let Some(c) = Host::with_volt("typo", true) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("typo", stage.path());
-    c.install_volt();
+    };
     let good =
         format!("memory_mib = 64\nkernel = \"{GUEST}\"\n[[network]]\nipv4 = \"10.42.0.10\"\n");
     c.write("/etc/volt/vms/web.toml", &good);

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::nspawn::{skip_reason, stage_volt, Nspawn};
+use common::nspawn::{Host, Nspawn};
 
 fn code(c: &Nspawn, cmd: &str) -> i32 {
     c.sh(cmd).status.code().unwrap_or(-1)
@@ -15,12 +15,9 @@ fn code(c: &Nspawn, cmd: &str) -> i32 {
 
 #[test]
 fn vm_and_container_lifecycle_verbs_state_and_addresses() {
-    if common::skip(skip_reason(), true) {
+    let Some(c) = Host::with_volt("cli", true) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("cli", stage.path());
-    c.install_volt();
+    };
     c.write(
         "/etc/volt/vms/web.toml",
         "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nipv4 = \"10.42.0.10\"\n",

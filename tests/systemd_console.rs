@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::console::{leave, openpty, read_until};
-use common::nspawn::{skip_reason, stage_volt, Nspawn};
+use common::nspawn::{Host, Nspawn};
 
 const GUEST: &str = "/opt/volt/guest/volt-test-guest";
 
@@ -27,12 +27,9 @@ fn vm_file() -> String {
 
 #[test]
 fn console_journal_and_restart_under_real_systemd() {
-    if common::skip(skip_reason(), true) {
+    let Some(c) = Host::with_volt("console", true) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("console", stage.path());
-    c.install_volt();
+    };
     c.write("/etc/volt/vms/web.toml", &vm_file());
     c.ok("systemctl daemon-reload && systemctl start volt-vm@web.service");
     c.wait_ok(
@@ -131,12 +128,9 @@ fn notify_unit(c: &Nspawn, name: &str, cid: u32, cmdline: &str, extra: &str) {
 
 #[test]
 fn vsock_and_guest_readiness_under_real_systemd() {
-    if common::skip(skip_reason(), true) {
+    let Some(c) = Host::with_volt("notify", true) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("notify", stage.path());
-    c.install_volt();
+    };
     notify_unit(&c, "db", 5, "volt.notify.delay=1500", "");
     notify_unit(
         &c,

@@ -19,7 +19,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::nspawn::{skip_reason, stage_volt, Nspawn};
+use common::nspawn::{skip_reason, Host, Nspawn};
 use common::ping;
 
 /// Where the busybox root file system is built inside the test systemd (a tmpfs there).
@@ -77,14 +77,12 @@ fn leader(c: &Nspawn) -> String {
 }
 
 /// Everything set up, the units installed; `db` and the VM `web` written.
-fn setup(hint: &str, db: &str, web: &str) -> (tempfile::TempDir, Nspawn) {
-    let stage = stage_volt();
-    let c = Nspawn::boot(hint, stage.path());
-    c.install_volt();
+fn setup(hint: &str, db: &str, web: &str) -> Host {
+    let c = Host::boot(hint);
     c.busybox_rootfs(ROOTFS);
     c.write("/etc/volt/containers/db.toml", db);
     c.write("/etc/volt/vms/web.toml", web);
-    (stage, c)
+    c
 }
 
 /// The container is running as systemd-nspawn and its end of the pair is inside it, with
@@ -154,7 +152,7 @@ fn static_container_and_vm_reach_each_other_and_broken_file_is_skipped() {
     );
     // The guest sends 5 UDP datagrams to the container once it has resolved it by ARP.
     let web = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\ncmdline = \"volt.udpgen=10.42.0.150:9000:64:5\"\n[[network]]\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n";
-    let (_stage, c) = setup("ct-static", &db, web);
+    let c = setup("ct-static", &db, web);
     // A broken container file next to the good one: 10.42.0.20 is in the VM range.
     c.write(
         "/etc/volt/containers/broken.toml",
@@ -236,7 +234,7 @@ fn dhcp_container_and_crash_stop_restart_cycle() {
     );
     // The VM takes its address from IPAM's VM pool (no ipv4): both leases in one list.
     let web = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nbridge = \"volt0\"\n";
-    let (_stage, c) = setup("ct-dhcp", &db, web);
+    let c = setup("ct-dhcp", &db, web);
     let (h, _) = veth();
     c.ok("systemctl daemon-reload");
     c.ok("systemctl start volt-container@db.service");
@@ -365,7 +363,7 @@ fn boot_mode_container_with_static_address() {
     // namespace, as for a command.
     let db = "image = \"/\"\nvolatile = \"yes\"\nboot = true\ninit_args = [\"systemd.mask=systemd-firstboot.service\"]\n[[network]]\nbridge = \"volt0\"\nipv4 = \"10.42.0.160/24\"\n";
     let web = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n";
-    let (_stage, c) = setup("ct-boot", db, web);
+    let c = setup("ct-boot", db, web);
     let (h, _) = veth();
     c.ok("systemctl daemon-reload");
     c.ok("systemctl start volt-container@db.service");
@@ -388,7 +386,7 @@ fn boot_mode_container_with_dhcp_from_its_own_networkd() {
     // the container end into its /run/systemd/network.
     let db = "image = \"/\"\nvolatile = \"yes\"\nboot = true\ninit_args = [\"systemd.mask=systemd-firstboot.service\"]\n[[network]]\nzone = \"default\"\n";
     let web = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n";
-    let (_stage, c) = setup("ct-bootdhcp", db, web);
+    let c = setup("ct-bootdhcp", db, web);
     c.ok("systemctl daemon-reload");
     c.ok("systemctl start volt-container@db.service");
     let l = assert_running(&c);

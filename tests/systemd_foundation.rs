@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::nspawn::{skip_reason, stage_volt, Nspawn};
+use common::nspawn::Host;
 
 const WEB: &str = "vcpus = 1\nmemory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nid = \"eth0\"\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n";
 const DB: &str =
@@ -19,12 +19,9 @@ fn tap_of(vm: &str) -> String {
 
 #[test]
 fn generator_units_and_networkd_tap_under_real_systemd() {
-    if common::skip(skip_reason(), false) {
+    let Some(c) = Host::with_volt("found", false) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("found", stage.path());
-    c.install_volt();
+    };
     c.write("/etc/volt/vms/web.toml", WEB);
     c.write("/etc/volt/vms/db.toml", DB);
     c.write("/etc/volt/vms/broken.toml", BROKEN);

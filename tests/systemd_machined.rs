@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::nspawn::{skip_reason, stage_volt, Nspawn};
+use common::nspawn::{Host, Nspawn};
 
 const WEB: &str = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nipv4 = \"10.42.0.10\"\n";
 
@@ -27,12 +27,9 @@ fn main_pid(c: &Nspawn, unit: &str) -> String {
 
 #[test]
 fn vms_and_containers_are_registered_while_they_run() {
-    if common::skip(skip_reason(), true) {
+    let Some(c) = Host::with_volt("mach", true) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("mach", stage.path());
-    c.install_volt();
+    };
     c.ok("systemctl start systemd-machined");
     c.busybox_rootfs("/var/lib/volt/containers/db");
     c.write("/etc/volt/vms/web.toml", WEB);
@@ -117,12 +114,9 @@ fn vms_and_containers_are_registered_while_they_run() {
 
 #[test]
 fn without_machined_workloads_run_unregistered_and_say_so() {
-    if common::skip(skip_reason(), true) {
+    let Some(c) = Host::with_volt("nomach", true) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("nomach", stage.path());
-    c.install_volt();
+    };
     c.ok("systemctl mask --now systemd-machined.service");
     c.write("/etc/volt/vms/web.toml", WEB);
     c.ok("systemctl daemon-reload");

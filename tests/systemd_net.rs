@@ -8,13 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::nspawn::{skip_reason, stage_volt, Nspawn};
+use common::nspawn::{Host, Nspawn};
 
 const WEB: &str = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nid = \"eth0\"\nbridge = \"volt0\"\nipv4 = \"10.42.0.10/24\"\n";
-
-fn skip() -> bool {
-    common::skip(skip_reason(), true)
-}
 
 fn tap() -> String {
     volt::config::tap_name(&volt::config::vm_uuid("web"), 0)
@@ -29,12 +25,9 @@ fn main_pid(c: &Nspawn) -> u32 {
 
 #[test]
 fn networkd_tap_ping_kill_restart_same_tap_and_stop_cleans_up() {
-    if skip() {
+    let Some(c) = Host::with_volt("vnet", true) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("vnet", stage.path());
-    c.install_volt();
+    };
     c.write("/etc/volt/vms/web.toml", WEB);
     c.ok("systemctl daemon-reload");
     c.ok("systemctl start volt-vm@web.service");
@@ -118,12 +111,9 @@ fn networkd_tap_ping_kill_restart_same_tap_and_stop_cleans_up() {
 
 #[test]
 fn without_networkd_the_tap_is_created_directly_and_said_so() {
-    if skip() {
+    let Some(c) = Host::with_volt("vdir", true) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("vdir", stage.path());
-    c.install_volt();
+    };
     // networkd gone for good (masked so volt-tap@'s Wants= cannot bring it back).
     c.ok("systemctl mask --runtime --now systemd-networkd.socket systemd-networkd.service");
     c.write("/etc/volt/vms/web.toml", WEB);
@@ -147,12 +137,9 @@ fn without_networkd_the_tap_is_created_directly_and_said_so() {
 
 #[test]
 fn tap_deleted_under_a_running_vm_stops_it_and_releases_its_lease() {
-    if skip() {
+    let Some(c) = Host::with_volt("vdel", true) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("vdel", stage.path());
-    c.install_volt();
+    };
     // No ipv4: the VMM leases one from volt0's VM pool (10.42.0.2 is the first free).
     c.write(
         "/etc/volt/vms/dyn.toml",
@@ -199,12 +186,9 @@ fn tap_deleted_under_a_running_vm_stops_it_and_releases_its_lease() {
 
 #[test]
 fn direct_nic_rules_go_with_the_vm_and_an_owner_typo_deletes_nothing() {
-    if skip() {
+    let Some(c) = Host::with_volt("vdrt", true) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("vdrt", stage.path());
-    c.install_volt();
+    };
     c.write(
         "/etc/volt/vms/web.toml",
         &WEB.replace("id = \"eth0\"\n", "id = \"eth0\"\nmode = \"direct\"\n"),

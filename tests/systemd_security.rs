@@ -6,16 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::nspawn::{skip_reason, stage_volt, Nspawn};
+use common::nspawn::Host;
 
 #[test]
 fn unit_exposure_and_running_vmm_privileges() {
-    if common::skip(skip_reason(), true) {
+    let Some(c) = Host::with_volt("sec", true) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("sec", stage.path());
-    c.install_volt();
+    };
     c.write("/etc/volt/vms/web.toml", "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nipv4 = \"10.42.0.10/24\"\n");
     c.ok("systemctl daemon-reload");
 

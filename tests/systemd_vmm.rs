@@ -6,18 +6,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::nspawn::{skip_reason, stage_volt, Nspawn};
+use common::nspawn::Host;
 
 const WEB: &str = "vcpus = 1\nmemory_mib = 32\nkernel = \"/opt/volt/guest/volt-test-guest\"\ncmdline = \"hello=systemd\"\n";
 
 #[test]
 fn volt_vm_service_boots_logs_and_stops_under_real_systemd() {
-    if common::skip(skip_reason(), true) {
+    let Some(c) = Host::with_volt("vmm", true) else {
         return;
-    }
-    let stage = stage_volt();
-    let c = Nspawn::boot("vmm", stage.path());
-    c.install_volt();
+    };
     c.write("/etc/volt/vms/web.toml", WEB);
     c.ok("systemctl daemon-reload");
     c.ok("systemctl start volt-vm@web.service");

@@ -459,6 +459,42 @@ impl Drop for Nspawn {
     }
 }
 
+/// What most real-systemd tests start from: a fresh stage of this build, a container booted
+/// on it (with /dev/kvm) and Volt installed ([`Nspawn::install_volt`]). Derefs to the
+/// container.
+pub struct Host {
+    /// Declared first, so dropped first: the container runs on the stage.
+    pub c: Nspawn,
+    pub stage: tempfile::TempDir,
+}
+
+impl Host {
+    /// `None` when this machine cannot run real-systemd tests (or `needs_kvm` and there is
+    /// no /dev/kvm): the test is recorded as skipped and returns at once.
+    pub fn with_volt(hint: &str, needs_kvm: bool) -> Option<Host> {
+        if super::skip(skip_reason(), needs_kvm) {
+            return None;
+        }
+        Some(Host::boot(hint))
+    }
+
+    /// The same without the check (the caller has made it).
+    pub fn boot(hint: &str) -> Host {
+        let stage = stage_volt();
+        let c = Nspawn::boot(hint, stage.path());
+        c.install_volt();
+        Host { c, stage }
+    }
+}
+
+impl std::ops::Deref for Host {
+    type Target = Nspawn;
+
+    fn deref(&self) -> &Nspawn {
+        &self.c
+    }
+}
+
 /// Volt's build installed into `<stage>/root` by `packaging/stage` (binaries cargo built for
 /// this test, man pages and completions from `volt gen-docs`, the test guest as the default
 /// guest), plus `<stage>/guest/` with the test guest. `packaging/stage --list` writes every
