@@ -118,6 +118,54 @@ fn guest_gets_the_exact_cmdline_and_sees_the_virtio_device() {
     );
 }
 
+/// KVM queues the guest's THR writes in a one-page ring (170 entries) instead of exiting to
+/// the VMM. A line longer than that fills the ring, and the write that finds it full exits:
+/// that byte must not overtake the queued ones. The lines written just before the guest
+/// leaves through its exit port must all arrive. The pattern never repeats a byte twice in a
+/// row, so any reordering shows.
+#[test]
+fn a_console_line_longer_than_the_coalesced_ring_arrives_whole_and_in_order() {
+    let Some(g) = guest() else { return };
+    let pad: String = (0..400u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let cmdline = format!("console=ttyS0 volt.exit=0 pad={pad}");
+    let (status, out, err) = Vm::start(g.as_path(), &["--cmdline", &cmdline]).wait();
+    assert_eq!(status.code(), Some(0), "stdout {out:#?} stderr {err}");
+    assert_eq!(
+        out.first(),
+        Some(&format!("volt-test-guest: booted cmdline=\"{cmdline}\"")),
+        "stderr {err}"
+    );
+    assert_eq!(
+        out.last().map(String::as_str),
+        Some("volt-test-guest: ready"),
+        "{out:#?}"
+    );
+}
+
+/// The zone the serial device switches (off while the guest waits for THR-empty interrupts)
+/// registers and unregisters with this KVM, again and again.
+#[test]
+fn the_coalesced_thr_zone_switches_on_and_off_with_kvm() {
+    use volt::vmm::devices::coalesced::{supported, Switch, Zone};
+    if !kvm() {
+        return;
+    }
+    let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
+    if supported(&kvm).is_none() {
+        // The VMM then lets every THR write exit, as it says in its log.
+        common::report::skip("this KVM has no coalesced port I/O");
+        return;
+    }
+    let vm = kvm.create_vm().expect("create a VM");
+    let mut zone = Zone::new(&vm, 0x3f8).expect("zone");
+    for on in [true, false, true, false] {
+        zone.set(on).expect("switch");
+        assert_eq!(zone.is_on(), on);
+    }
+}
+
 #[test]
 fn debug_exit_value_is_the_exit_status() {
     let Some(g) = guest() else { return };

@@ -10,6 +10,7 @@ use linux_loader::cmdline::Cmdline;
 
 use super::boot::{self, LoadedKernel};
 use super::console::ConsoleServer;
+use super::devices::coalesced::{self, Flusher, Ring, Zone};
 use super::devices::i8042::{I8042, I8042_DATA_PORT, I8042_KBD_IRQ};
 use super::devices::legacy::{DebugExit, Stub, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT, STUB_PORTS};
 use super::devices::serial::{ConsoleOut, LineSink, SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN};
@@ -252,6 +253,31 @@ impl Vmm {
         )
     }
 
+    /// Lets KVM queue the guest's THR writes (see `devices::coalesced`) when it can; returns
+    /// the ring to replay them from.
+    fn coalesce_serial(&self, vcpus: &[Vcpu]) -> Option<Arc<Ring>> {
+        let offset = coalesced::supported(&self.kvm)?;
+        let first = vcpus.first()?;
+        let setup = || -> std::io::Result<Arc<Ring>> {
+            let ring = Arc::new(Ring::map(&first.fd, offset)?);
+            lock(&self.serial).coalesce(Box::new(Zone::new(&self.vm, COM1_BASE)?));
+            Ok(ring)
+        };
+        match setup() {
+            Ok(ring) => {
+                log::debug!(
+                    "serial: THR writes coalesced by KVM: {}",
+                    lock(&self.serial).coalescing()
+                );
+                Some(ring)
+            }
+            Err(e) => {
+                log::warn!("serial: every THR write exits to the VMM (no coalesced I/O: {e})");
+                None
+            }
+        }
+    }
+
     fn create_vcpus(&self, entry: boot::BootEntry) -> Result<Vec<Vcpu>, VmmError> {
         let cpuid = cpu::supported_cpuid(&self.kvm)?;
         let mut vcpus = Vec::with_capacity(usize::from(self.spec.vcpus));
@@ -282,6 +308,7 @@ impl Vmm {
             .map_err(boot::BootError::from)?;
         log::debug!("kernel command line: {}", self.cmdline());
         let vcpus = self.create_vcpus(entry)?;
+        let coalesced = self.coalesce_serial(&vcpus);
         if let Some(sandbox) = self.sandbox.take() {
             log::info!("{}", sandbox.enter()?);
         }
@@ -295,11 +322,18 @@ impl Vmm {
         }
         spawn_signal_thread(self.events_tx.clone())?;
         install_kick_handler()?;
+        let pio = Arc::new(std::mem::take(&mut self.pio));
         let ctx = VcpuContext {
-            pio: Arc::new(std::mem::take(&mut self.pio)),
+            pio: pio.clone(),
             mmio: Arc::new(std::mem::take(&mut self.mmio)),
             events: self.events_tx.clone(),
+            coalesced: coalesced.clone(),
         };
+        let flusher = coalesced
+            .clone()
+            .map(|ring| Flusher::spawn(ring, pio.clone()))
+            .transpose()
+            .map_err(|e| VmmError::Device("serial", e))?;
         let set = VcpuSet::start(vcpus, ctx)?;
         log::debug!(
             "vCPUs running {:?} after Vmm::new began",
@@ -326,6 +360,10 @@ impl Vmm {
         self.notifier
             .stopping(&format!("VM {}: stopping ({why})", self.spec.name));
         set.stop_and_join();
+        drop(flusher);
+        if let Some(ring) = &coalesced {
+            ring.drain(&pio);
+        }
         lock(&self.serial).flush();
         restore_signal_mask(&old_mask);
         result

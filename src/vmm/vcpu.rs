@@ -15,6 +15,7 @@ use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use super::devices::coalesced::Ring;
 use super::devices::Bus;
 use super::event::{EventSender, VmEvent};
 use super::ratelimit::LogLimiter;
@@ -83,6 +84,8 @@ pub struct VcpuContext {
     pub mmio: Arc<Bus>,
     /// Event channel to the main loop.
     pub events: EventSender,
+    /// KVM's queue of coalesced port writes, replayed before each exit is handled.
+    pub coalesced: Option<Arc<Ring>>,
 }
 
 impl VcpuSet {
@@ -157,7 +160,12 @@ fn vcpu_loop(vcpu: &mut Vcpu, ctx: &VcpuContext, stop: &AtomicBool) -> Result<()
     let mut unknown_io = LogLimiter::new();
     let mut hlt_log = LogLimiter::new();
     while !stop.load(Ordering::SeqCst) {
-        match vcpu.fd.run() {
+        let exit = vcpu.fd.run();
+        // Writes KVM queued (from any vCPU) happened before this exit: replay them first.
+        if let Some(ring) = &ctx.coalesced {
+            ring.drain(&ctx.pio);
+        }
+        match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !ctx.pio.read(u64::from(port), data) {
                     data.fill(0xff);

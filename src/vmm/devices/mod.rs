@@ -3,6 +3,7 @@
 //! A bus maps non-overlapping address ranges to devices. Buses are built before the vCPUs
 //! start and then shared read-only; each device sits behind its own mutex.
 
+pub mod coalesced;
 pub mod i8042;
 pub mod legacy;
 pub mod serial;

@@ -17,6 +17,7 @@ use vm_superio::serial::SerialEvents;
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::coalesced::Switch;
 use super::{BusDevice, IrqLine};
 use crate::log_limited;
 use crate::logging::JournalSocket;
@@ -255,7 +256,18 @@ pub struct SerialDevice {
     uart: Serial<IrqLine, InputEvents, ConsoleOut>,
     room: Arc<EventFd>,
     errors: LogLimiter,
+    /// THR writes queued by KVM instead of exiting, while the guest does not wait for the
+    /// THR-empty interrupt (see [`super::coalesced`]).
+    zone: Option<Box<dyn Switch>>,
+    /// The guest's LCR (its DLAB bit decides what offset 1 is) and IER, as written.
+    lcr: u8,
+    ier: u8,
 }
+
+/// LCR bit 7: offsets 0 and 1 are the divisor latch.
+const LCR_DLAB: u8 = 0x80;
+/// IER bit 1: interrupt when the transmit holding register is empty.
+const IER_THRI: u8 = 0x02;
 
 impl SerialDevice {
     /// COM1 raising `irq` and writing to `out`.
@@ -266,7 +278,37 @@ impl SerialDevice {
             uart: Serial::with_events(irq, events, out),
             room,
             errors: LogLimiter::new(),
+            zone: None,
+            lcr: 0,
+            ier: 0,
         })
+    }
+
+    /// Let KVM queue THR writes in `zone` whenever the guest does not wait for the THR-empty
+    /// interrupt.
+    pub fn coalesce(&mut self, zone: Box<dyn Switch>) {
+        self.zone = Some(zone);
+        self.update_zone();
+    }
+
+    /// Whether THR writes are queued by KVM now.
+    pub fn coalescing(&self) -> bool {
+        self.zone.as_ref().is_some_and(|z| z.is_on())
+    }
+
+    fn update_zone(&mut self) {
+        let want = self.ier & IER_THRI == 0;
+        if let Some(z) = &mut self.zone {
+            if let Err(e) = z.set(want) {
+                // Off failed: THR-empty interrupts come only when the ring is replayed.
+                log_limited!(
+                    self.errors,
+                    log::Level::Warn,
+                    "cannot turn coalesced THR writes {}: {e}",
+                    if want { "on" } else { "off" }
+                );
+            }
+        }
     }
 
     /// The interrupt line (to register as irqfd).
@@ -316,6 +358,14 @@ impl BusDevice for SerialDevice {
         if let Err(e) = self.uart.write(offset as u8, data[0]) {
             log_limited!(self.errors, log::Level::Warn, "serial write failed: {e:?}");
         }
+        match offset {
+            3 => self.lcr = data[0],
+            1 if self.lcr & LCR_DLAB == 0 => {
+                self.ier = data[0];
+                self.update_zone();
+            }
+            _ => {}
+        }
     }
 }
 
@@ -359,6 +409,42 @@ mod tests {
         let mut raw = Vec::new();
         assert_eq!(q.take(64, &mut raw), 0);
         assert_eq!(raw, b"ok\r\n", "the client gets the bytes unchanged");
+    }
+
+    /// Records what the device asks of its coalesced zone.
+    struct FakeZone(Arc<std::sync::Mutex<Vec<bool>>>, bool);
+
+    impl Switch for FakeZone {
+        fn set(&mut self, on: bool) -> std::io::Result<()> {
+            if on != self.1 {
+                self.0.lock().unwrap().push(on);
+                self.1 = on;
+            }
+            Ok(())
+        }
+        fn is_on(&self) -> bool {
+            self.1
+        }
+    }
+
+    #[test]
+    fn thr_writes_are_queued_only_while_the_thr_empty_interrupt_is_off() {
+        let out = ConsoleOut::new(LineSink::None, None, None).unwrap();
+        let mut dev = SerialDevice::new(IrqLine::new(4).unwrap(), out).unwrap();
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        dev.coalesce(Box::new(FakeZone(asked.clone(), false)));
+        assert!(dev.coalescing(), "IER 0 after reset: queued");
+        dev.write(1, &[0x01]); // receive interrupt only
+        assert!(dev.coalescing());
+        dev.write(1, &[0x03]); // and THR empty: every write must exit again
+        assert!(!dev.coalescing());
+        dev.write(3, &[0x83]); // DLAB: offset 1 is the divisor's high byte, not IER
+        dev.write(1, &[0x00]);
+        assert!(!dev.coalescing(), "a divisor write is not an IER write");
+        dev.write(3, &[0x03]);
+        dev.write(1, &[0x01]);
+        assert!(dev.coalescing());
+        assert_eq!(*asked.lock().unwrap(), [true, false, true]);
     }
 
     #[test]
