@@ -334,6 +334,9 @@ impl Vmm {
             .map(|ring| Flusher::spawn(ring, pio.clone()))
             .transpose()
             .map_err(|e| VmmError::Device("serial", e))?;
+        if let Some(f) = &flusher {
+            lock(&self.serial).poke_on_input(f.poker());
+        }
         let set = VcpuSet::start(vcpus, ctx)?;
         log::debug!(
             "vCPUs running {:?} after Vmm::new began",

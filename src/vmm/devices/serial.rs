@@ -17,7 +17,7 @@ use vm_superio::serial::SerialEvents;
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::coalesced::Switch;
+use super::coalesced::{Poker, Switch};
 use super::{BusDevice, IrqLine};
 use crate::log_limited;
 use crate::logging::JournalSocket;
@@ -259,6 +259,8 @@ pub struct SerialDevice {
     /// THR writes queued by KVM instead of exiting, while the guest does not wait for the
     /// THR-empty interrupt (see [`super::coalesced`]).
     zone: Option<Box<dyn Switch>>,
+    /// Wakes the ring's flusher when input arrives (the guest's echo is queued).
+    poker: Option<Poker>,
     /// The guest's LCR (its DLAB bit decides what offset 1 is) and IER, as written.
     lcr: u8,
     ier: u8,
@@ -279,6 +281,7 @@ impl SerialDevice {
             room,
             errors: LogLimiter::new(),
             zone: None,
+            poker: None,
             lcr: 0,
             ier: 0,
         })
@@ -289,6 +292,11 @@ impl SerialDevice {
     pub fn coalesce(&mut self, zone: Box<dyn Switch>) {
         self.zone = Some(zone);
         self.update_zone();
+    }
+
+    /// Wake `poker` whenever input is put into the receive FIFO.
+    pub fn poke_on_input(&mut self, poker: Poker) {
+        self.poker = Some(poker);
     }
 
     /// Whether THR writes are queued by KVM now.
@@ -328,7 +336,12 @@ impl SerialDevice {
             return 0;
         }
         match self.uart.enqueue_raw_bytes(input) {
-            Ok(n) => n,
+            Ok(n) => {
+                if let Some(p) = &self.poker {
+                    p.poke();
+                }
+                n
+            }
             Err(e) => {
                 log_limited!(self.errors, log::Level::Warn, "serial input failed: {e:?}");
                 0
