@@ -16,7 +16,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -233,22 +233,31 @@ enum Msg {
 /// thread.
 pub struct Flusher {
     tx: mpsc::Sender<Msg>,
+    /// A wake-up is queued and not yet taken (a paste sends one, not one per FIFO refill).
+    poked: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
 /// Wakes the [`Flusher`] into its quick period (console input arrived: the guest will echo).
 #[derive(Clone)]
-pub struct Poker(mpsc::Sender<Msg>);
+pub struct Poker {
+    tx: mpsc::Sender<Msg>,
+    poked: Arc<AtomicBool>,
+}
 
 impl Poker {
     pub fn poke(&self) {
-        let _ = self.0.send(Msg::Hot);
+        if !self.poked.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(Msg::Hot);
+        }
     }
 }
 
 impl Flusher {
     pub fn spawn(ring: Arc<Ring>, bus: Arc<Bus>) -> io::Result<Flusher> {
         let (tx, rx) = mpsc::channel::<Msg>();
+        let poked = Arc::new(AtomicBool::new(false));
+        let taken = poked.clone();
         let handle = std::thread::Builder::new()
             .name("serial-flush".into())
             .spawn(move || {
@@ -258,7 +267,10 @@ impl Flusher {
                     let period = if quiet < HOT_ROUNDS { HOT } else { COLD };
                     match rx.recv_timeout(period) {
                         Err(RecvTimeoutError::Timeout) => {}
-                        Ok(Msg::Hot) => quiet = 0,
+                        Ok(Msg::Hot) => {
+                            taken.store(false, Ordering::Release);
+                            quiet = 0;
+                        }
                         Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                     }
                     ring.drain(&bus);
@@ -274,13 +286,17 @@ impl Flusher {
             })?;
         Ok(Flusher {
             tx,
+            poked,
             handle: Some(handle),
         })
     }
 
     /// A handle that wakes this flusher into its quick period.
     pub fn poker(&self) -> Poker {
-        Poker(self.tx.clone())
+        Poker {
+            tx: self.tx.clone(),
+            poked: self.poked.clone(),
+        }
     }
 }
 
@@ -292,5 +308,28 @@ impl Drop for Flusher {
                 log::error!("the serial flusher thread panicked");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_pokes_queues_one_wakeup_until_the_flusher_takes_it() {
+        let (tx, rx) = mpsc::channel();
+        let poked = Arc::new(AtomicBool::new(false));
+        let p = Poker {
+            tx,
+            poked: poked.clone(),
+        };
+        for _ in 0..1000 {
+            p.poke();
+        }
+        assert!(matches!(rx.try_recv(), Ok(Msg::Hot)));
+        assert!(rx.try_recv().is_err(), "one wakeup for the burst");
+        poked.store(false, Ordering::Release); // what the flusher does when it wakes
+        p.poke();
+        assert!(matches!(rx.try_recv(), Ok(Msg::Hot)));
     }
 }
