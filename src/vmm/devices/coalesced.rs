@@ -165,8 +165,8 @@ impl Ring {
     /// Replays every queued write on `bus`, oldest first; returns how many there were.
     pub fn drain(&self, bus: &Bus) -> usize {
         let ring = self.page.as_ptr();
-        // SAFETY (every access below): `ring` is the mapped ring page, valid until Drop; the
-        // fields are read and written volatile because KVM changes them concurrently.
+        // SAFETY: `r` is the mapped ring page, valid until Drop; read volatile because KVM
+        // moves `last` concurrently.
         let pending = |r: *mut kvm_coalesced_mmio_ring| unsafe {
             std::ptr::addr_of!((*r).first).read_volatile()
                 != std::ptr::addr_of!((*r).last).read_volatile()
@@ -177,6 +177,7 @@ impl Ring {
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;
         loop {
+            // SAFETY: as in `pending`; under `lock`, so `first` is ours alone.
             let (first, last) = unsafe {
                 (
                     std::ptr::addr_of!((*ring).first).read_volatile(),
@@ -188,6 +189,8 @@ impl Ring {
             }
             // The entry KVM wrote before it moved `last` past it.
             fence(Ordering::Acquire);
+            // SAFETY: `first < max` (checked above), so the entry lies inside the mapped page
+            // (`max` entries fit after the header); KVM filled it before moving `last`.
             let e: kvm_coalesced_mmio = unsafe {
                 std::ptr::addr_of!((*ring).coalesced_mmio)
                     .cast::<kvm_coalesced_mmio>()
@@ -199,6 +202,8 @@ impl Ring {
             n += 1;
             // The entry is consumed before KVM may reuse its slot.
             fence(Ordering::Release);
+            // SAFETY: the ring page is mapped writable; `first` is written only here, under
+            // `lock`, and read by KVM to find free slots.
             unsafe { std::ptr::addr_of_mut!((*ring).first).write_volatile((first + 1) % self.max) };
         }
         self.replayed.fetch_add(n as u64, Ordering::Relaxed);
