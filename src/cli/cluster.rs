@@ -10,7 +10,11 @@ use crate::cluster::{daemon, status, Cluster};
 use crate::config::ConfigSet;
 
 fn cluster(root: &Path) -> Result<Cluster> {
-    let set = ConfigSet::load(root);
+    cluster_of(&ConfigSet::load(root))
+}
+
+/// The cluster client of `set` (its cluster file's errors logged).
+fn cluster_of(set: &ConfigSet) -> Result<Cluster> {
     for e in set
         .errors
         .iter()
@@ -86,10 +90,12 @@ pub fn show(root: &Path, output: Output) -> Result<Outcome> {
 /// a cluster: nothing to do). A clustered VM's unit runs it (the generator's drop-in) outside
 /// the VMM's sandbox, which has no IP sockets.
 pub fn claim(root: &Path, name: &str, kind: &str) -> Result<Outcome> {
-    if ConfigSet::load(root).cluster.is_none() {
+    // Networks and cluster.toml only: a start does not parse every workload file for this.
+    let set = ConfigSet::load_cluster(root);
+    if set.cluster.is_none() {
         return Ok(Outcome::Ok);
     }
-    let c = cluster(root)?;
+    let c = cluster_of(&set)?;
     match c.claim_name(name, kind) {
         Ok(()) => Ok(Outcome::Ok),
         Err(e) => {
@@ -104,7 +110,8 @@ pub fn claim(root: &Path, name: &str, kind: &str) -> Result<Outcome> {
 /// $SERVICE_RESULT; only a clean stop ("success") gives the name up, since after a failure
 /// systemd may restart the unit (`Restart=on-failure`), which must find its name still held.
 pub fn release(root: &Path, name: &str, after_stop: bool) -> Result<Outcome> {
-    if ConfigSet::load(root).cluster.is_none() {
+    let set = ConfigSet::load_cluster(root);
+    if set.cluster.is_none() {
         return Ok(Outcome::Ok);
     }
     if after_stop {
@@ -116,7 +123,7 @@ pub fn release(root: &Path, name: &str, after_stop: bool) -> Result<Outcome> {
             return Ok(Outcome::Ok);
         }
     }
-    let c = cluster(root)?;
+    let c = cluster_of(&set)?;
     if c.release_name(name)? {
         println!("released {name}");
     } else {

@@ -208,6 +208,19 @@ pub(crate) fn read(shown: &Path, real: &Path) -> Result<String, ConfigError> {
 }
 
 impl ConfigSet {
+    /// Only the networks (with zones) and the cluster file: no workload file is read. What a
+    /// workload's cluster name claim and release need, on every start and stop.
+    pub fn load_cluster(root: &Path) -> ConfigSet {
+        let mut set = ConfigSet::default();
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        set.networks = Self::load_networks(root, &mut errors, &mut warnings);
+        set.cluster = load_cluster(root, &mut set.networks, &mut errors);
+        set.errors = errors;
+        set.warnings = warnings;
+        set
+    }
+
     /// Read and check every network, zone and VM file under `root`.
     pub fn load(root: &Path) -> ConfigSet {
         let mut set = ConfigSet::default();
@@ -433,4 +446,35 @@ pub fn load_vm_file(root: &Path, path: &Path) -> Result<VmConfig, Vec<ConfigErro
     let networks = ConfigSet::load_networks(root, &mut errors, &mut Vec::new());
     let text = read(path, path).map_err(|e| vec![e])?;
     parse_vm_toml(path, &text, &networks)
+}
+
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_loader_reads_networks_and_cluster_toml_but_no_workload_file() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let etc = tmp.path().join("etc/volt");
+        std::fs::create_dir_all(etc.join("vms")).expect("mkdir");
+        std::fs::write(
+            etc.join("cluster.toml"),
+            "host = \"a\"\nunderlay = \"192.168.50.11\"\n[etcd]\nendpoints = [\"http://192.168.50.11:2379\"]\n[[network]]\nname = \"volt0\"\nvni = 42\n",
+        )
+        .expect("write");
+        std::fs::write(etc.join("vms/bad.toml"), "memory_mib = \"lots\"\n").expect("write");
+        let light = ConfigSet::load_cluster(tmp.path());
+        assert!(light.cluster.is_some(), "{:?}", light.errors);
+        assert!(light.errors.is_empty(), "{:?}", light.errors);
+        assert!(light.vms.is_empty() && light.containers.is_empty());
+        let full = ConfigSet::load(tmp.path());
+        assert!(full.cluster.is_some());
+        assert!(
+            full.errors
+                .iter()
+                .any(|e| e.file().ends_with("vms/bad.toml")),
+            "{:?}",
+            full.errors
+        );
+    }
 }
