@@ -223,11 +223,9 @@ impl ConfigSet {
 
     /// Read and check every network, zone and VM file under `root`.
     pub fn load(root: &Path) -> ConfigSet {
-        let mut set = ConfigSet::default();
-        let mut errors = Vec::new();
-        let mut warnings = Vec::new();
-        set.networks = Self::load_networks(root, &mut errors, &mut warnings);
-        set.cluster = load_cluster(root, &mut set.networks, &mut errors);
+        let mut set = Self::load_cluster(root);
+        let mut errors = std::mem::take(&mut set.errors);
+        let mut warnings = std::mem::take(&mut set.warnings);
         let mut vms = Vec::new();
         for (shown, real) in list_dir(root, VMS_DIR, &["toml"], &mut errors, &mut warnings) {
             match read(&shown, &real) {
