@@ -159,7 +159,7 @@ fn the_coalesced_thr_zone_switches_on_and_off_with_kvm() {
         return;
     }
     let vm = kvm.create_vm().expect("create a VM");
-    let mut zone = Zone::new(&vm, 0x3f8).expect("zone");
+    let mut zone = Zone::new(std::sync::Arc::new(vm), 0x3f8);
     for on in [true, false, true, false] {
         zone.set(on).expect("switch");
         assert_eq!(zone.is_on(), on);

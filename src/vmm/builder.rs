@@ -260,7 +260,7 @@ impl Vmm {
         let first = vcpus.first()?;
         let setup = || -> std::io::Result<Arc<Ring>> {
             let ring = Arc::new(Ring::map(&first.fd, offset)?);
-            lock(&self.serial).coalesce(Box::new(Zone::new(&self.vm, COM1_BASE)?));
+            lock(&self.serial).coalesce(Box::new(Zone::new(self.vm.clone(), COM1_BASE)));
             Ok(ring)
         };
         match setup() {

@@ -14,7 +14,7 @@
 //! write that enables it is an exit, so the bytes queued before it are replayed first.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -22,25 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kvm_bindings::{kvm_coalesced_mmio, kvm_coalesced_mmio_ring, kvm_coalesced_mmio_zone};
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
-use vmm_sys_util::ioctl::ioctl_with_ref;
-use vmm_sys_util::ioctl_iow_nr;
+use kvm_bindings::{kvm_coalesced_mmio, kvm_coalesced_mmio_ring};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 
 use super::Bus;
-
-ioctl_iow_nr!(
-    KVM_REGISTER_COALESCED_MMIO,
-    kvm_bindings::KVMIO,
-    0x67,
-    kvm_coalesced_mmio_zone
-);
-ioctl_iow_nr!(
-    KVM_UNREGISTER_COALESCED_MMIO,
-    kvm_bindings::KVMIO,
-    0x68,
-    kvm_coalesced_mmio_zone
-);
 
 /// Whether this KVM queues port writes: the ring's page offset in a vCPU's mapping, if so.
 pub fn supported(kvm: &Kvm) -> Option<u32> {
@@ -58,27 +43,19 @@ pub trait Switch: Send {
 
 /// One port registered (or not) as a coalesced zone of a VM.
 pub struct Zone {
-    vm: OwnedFd,
-    zone: kvm_coalesced_mmio_zone,
+    vm: Arc<VmFd>,
+    port: u64,
     on: bool,
 }
 
 impl Zone {
     /// The one-byte port `port` of `vm`, not registered yet.
-    pub fn new(vm: &VmFd, port: u64) -> io::Result<Zone> {
-        // SAFETY: the fd is `vm`'s, open for as long as this borrow (it is duplicated at once).
-        let vm = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }.try_clone_to_owned()?;
-        let mut zone = kvm_coalesced_mmio_zone {
-            addr: port,
-            size: 1,
-            ..Default::default()
-        };
-        zone.__bindgen_anon_1.pio = 1;
-        Ok(Zone {
+    pub fn new(vm: Arc<VmFd>, port: u64) -> Zone {
+        Zone {
             vm,
-            zone,
+            port,
             on: false,
-        })
+        }
     }
 }
 
@@ -87,17 +64,13 @@ impl Switch for Zone {
         if on == self.on {
             return Ok(());
         }
-        let request = if on {
-            KVM_REGISTER_COALESCED_MMIO()
+        let zone = IoEventAddress::Pio(self.port);
+        if on {
+            self.vm.register_coalesced_mmio(zone, 1)
         } else {
-            KVM_UNREGISTER_COALESCED_MMIO()
-        };
-        // SAFETY: `vm` is a KVM VM fd and `zone` a kvm_coalesced_mmio_zone, which the kernel
-        // only reads; the result is checked.
-        let r = unsafe { ioctl_with_ref(&self.vm, request, &self.zone) };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
+            self.vm.unregister_coalesced_mmio(zone, 1)
         }
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
         self.on = on;
         Ok(())
     }
