@@ -140,23 +140,23 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
     s.push_str("add rule bridge volt prerouting iifname vmap @ports\n");
     s.push_str(&format!("add chain bridge volt {chain}\n"));
     s.push_str(&format!("flush chain bridge volt {chain}\n"));
-    let mut add = |m: &str, name: &str, verdict: &str| {
-        // Every rule counts what it matched, but the accept of the common frame.
-        let counter = if name == rule::IP_ACCEPT {
-            ""
-        } else {
-            "counter "
-        };
+    // `action`: what a match does. Every rule counts what it matched (`counter`), so a drop
+    // can be told apart, but the accept of the common frame.
+    let mut add = |m: &str, name: &str, action: &str| {
         s.push_str(&format!(
-            "add rule bridge volt {chain} {m} {counter}{verdict} comment \"{name}\"\n"
+            "add rule bridge volt {chain} {m} {action} comment \"{name}\"\n"
         ));
     };
-    add(&format!("ether saddr != {mac}"), rule::MAC, "drop");
+    add(&format!("ether saddr != {mac}"), rule::MAC, "counter drop");
     // IPv4 first: it is nearly every frame a workload sends, and nothing below can match an
     // untagged IPv4 frame (the VLAN rules see ethertype 802.1Q/802.1ad, the others ARP or
     // IPv6), so it is accepted as soon as its source address is checked.
     if let Some(ip) = p.ipv4 {
-        add(&format!("ether type ip ip saddr != {ip}"), rule::IP, "drop");
+        add(
+            &format!("ether type ip ip saddr != {ip}"),
+            rule::IP,
+            "counter drop",
+        );
     }
     add("ether type ip", rule::IP_ACCEPT, "accept");
     if !p.vlans.is_empty() {
@@ -164,22 +164,22 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
         add(
             &format!("ether type 8021q vlan id {{ {} }}", ids.join(", ")),
             rule::VLAN_ALLOWED,
-            "accept",
+            "counter accept",
         );
     }
-    add("ether type 8021q vlan id 0", rule::VLAN0, "drop");
-    add("ether type 8021q", rule::VLAN, "drop");
-    add("ether type 8021ad", rule::QINQ, "drop");
+    add("ether type 8021q vlan id 0", rule::VLAN0, "counter drop");
+    add("ether type 8021q", rule::VLAN, "counter drop");
+    add("ether type 8021ad", rule::QINQ, "counter drop");
     add(
         &format!("ether type arp arp saddr ether != {mac}"),
         rule::ARP_MAC,
-        "drop",
+        "counter drop",
     );
     if let Some(ip) = p.ipv4 {
         add(
             &format!("ether type arp arp saddr ip != {ip}"),
             rule::ARP_IP,
-            "drop",
+            "counter drop",
         );
     }
     // Address from DHCP (no `ipv4`): a DHCP client sends from 0.0.0.0 and ARP-probes from
@@ -201,31 +201,35 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
     add(
         "ether type ip6 icmpv6 type nd-router-advert",
         rule::RA,
-        "drop",
+        "counter drop",
     );
     add(
         "ether type ip6 icmpv6 type nd-redirect",
         rule::REDIRECT,
-        "drop",
+        "counter drop",
     );
     add(
         &format!("ether type ip6 icmpv6 type nd-neighbor-advert @th,64,128 != {{ {targets} }}"),
         rule::NA,
-        "drop",
+        "counter drop",
     );
     // 58 is ICMPv6: by number, since nft resolves names through /etc/protocols, which a
     // minimal system (or a volatile /etc) does not have.
     add(
         "ether type ip6 ip6 saddr :: meta l4proto != 58",
         rule::IP6_UNSPEC,
-        "drop",
+        "counter drop",
     );
     add(
         &format!("ether type ip6 ip6 saddr != {{ ::, {v6_set} }}"),
         rule::IP6,
-        "drop",
+        "counter drop",
     );
-    add("ether type != { ip, arp, ip6 }", rule::ETHERTYPE, "drop");
+    add(
+        "ether type != { ip, arp, ip6 }",
+        rule::ETHERTYPE,
+        "counter drop",
+    );
     s.push_str(&format!(
         "add element bridge volt ports {{ \"{port}\" : jump {chain} }}\n"
     ));
