@@ -124,228 +124,58 @@ fn attacks() -> Vec<Attack> {
             0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, o[13], o[14], o[15],
         ])
     };
-    let mut list = Vec::new();
-    let mut add = |name: &'static str,
-                   rule: Option<&'static str>,
-                   dst: [u8; 6],
-                   src: [u8; 6],
-                   tags: &[(u16, u16)],
-                   ethertype: u16,
-                   payload: Vec<u8>| {
-        list.push(Attack {
+    const Q: u16 = fr::TPID_8021Q;
+    const AD: u16 = fr::TPID_8021AD;
+    let (a, bc, none) = (attacker, BROADCAST, &[][..]);
+    let echo4 = |src: Ipv4Addr, name: &str| fr::icmp_echo(src, GATEWAY, &mk(name));
+    let ra = nd(fr::router_advert(attacker), "router-advert");
+    let na = nd(
+        fr::neighbour_advert(honest_ll, attacker),
+        "neighbour-advert",
+    );
+    let redirect = nd(fr::redirect(attacker_ll, honest_ll), "redirect");
+    let unspec_udp = fr::udp(9, 9, mk("unspecified-udp").as_bytes());
+    let unspec =
+        |dst, proto, hops, l4: &[u8]| fr::ipv6(Ipv6Addr::UNSPECIFIED, dst, proto, hops, l4);
+    let own_na = nd(
+        fr::neighbour_advert(attacker_ll, attacker),
+        "own-neighbour-advert",
+    );
+    let dad = nd(fr::neighbour_solicit(attacker_ll), "dad-solicit");
+    #[rustfmt::skip]
+    let table: Vec<(&'static str, Option<&'static str>, [u8; 6], [u8; 6], &[(u16, u16)], u16, Vec<u8>)> = vec![
+        ("vlan0-arp", Some(rule::VLAN0), bc, a, &[(Q, 0)], ETH_ARP, steal.clone()),
+        ("vlan5-arp", Some(rule::VLAN), bc, a, &[(Q, 5)], ETH_ARP, steal.clone()),
+        ("qinq-arp", Some(rule::QINQ), bc, a, &[(AD, 5), (Q, 0)], ETH_ARP, steal.clone()),
+        // IPv4 from the attacker's own address, but tagged: IPv4 is accepted early in the
+        // chain, which must not let tagged frames past the VLAN rules.
+        ("vlan5-ipv4", Some(rule::VLAN), br, a, &[(Q, 5)], ETH_IP, echo4(ATTACK_IP, "vlan5-ipv4")),
+        ("vlan0-ipv4", Some(rule::VLAN0), br, a, &[(Q, 0)], ETH_IP, echo4(ATTACK_IP, "vlan0-ipv4")),
+        ("spoofed-ipv4", Some(rule::IP), br, a, none, ETH_IP, echo4(HONEST_IP, "spoofed-ipv4")),
+        ("spoofed-arp-ip", Some(rule::ARP_IP), bc, a, none, ETH_ARP, steal),
+        ("spoofed-arp-mac", Some(rule::ARP_MAC), bc, a, none, ETH_ARP, fr::arp_request(honest, ATTACK_IP, GATEWAY)),
+        ("spoofed-mac", Some(rule::MAC), bc, honest, none, ETH_ARP, fr::arp_request(honest, HONEST_IP, GATEWAY)),
+        ("spoofed-ipv6", Some(rule::IP6), all6, a, none, ETH_IP6, icmp6(honest_ll, fr::icmp6_echo(&mk("spoofed-ipv6")))),
+        ("router-advert", Some(rule::RA), all6, a, none, ETH_IP6, icmp6(attacker_ll, ra)),
+        ("neighbour-advert", Some(rule::NA), all6, a, none, ETH_IP6, icmp6(attacker_ll, na)),
+        ("redirect", Some(rule::REDIRECT), all6, a, none, ETH_IP6, icmp6(attacker_ll, redirect)),
+        ("unspecified-udp", Some(rule::IP6_UNSPEC), all6, a, none, ETH_IP6, unspec(all_nodes, 17, 64, &unspec_udp)),
+        ("unknown-ethertype", Some(rule::ETHERTYPE), bc, a, none, 0x88b5, b"volt".to_vec()),
+        // What the attacker may send from its own addresses.
+        ("own-arp", None, bc, a, none, ETH_ARP, own_arp),
+        ("own-ipv4", None, br, a, none, ETH_IP, echo4(ATTACK_IP, "own-ipv4")),
+        ("own-ipv6", None, all6, a, none, ETH_IP6, icmp6(attacker_ll, fr::icmp6_echo(&mk("own-ipv6")))),
+        ("own-neighbour-advert", None, all6, a, none, ETH_IP6, icmp6(attacker_ll, own_na)),
+        ("dad-solicit", None, fr::mcast6(solicited), a, none, ETH_IP6, unspec(solicited, 58, 255, &dad)),
+    ];
+    table
+        .into_iter()
+        .map(|(name, rule, dst, src, tags, ethertype, payload)| Attack {
             name,
             rule,
             frame: fr::ether(dst, src, tags, ethertype, &payload, &fr::marker(name)),
-        });
-    };
-    let q = fr::TPID_8021Q;
-    let ad = fr::TPID_8021AD;
-    add(
-        "vlan0-arp",
-        Some(rule::VLAN0),
-        BROADCAST,
-        attacker,
-        &[(q, 0)],
-        ETH_ARP,
-        steal.clone(),
-    );
-    add(
-        "vlan5-arp",
-        Some(rule::VLAN),
-        BROADCAST,
-        attacker,
-        &[(q, 5)],
-        ETH_ARP,
-        steal.clone(),
-    );
-    add(
-        "qinq-arp",
-        Some(rule::QINQ),
-        BROADCAST,
-        attacker,
-        &[(ad, 5), (q, 0)],
-        ETH_ARP,
-        steal.clone(),
-    );
-    // IPv4 from the attacker's own address, but tagged: IPv4 is accepted early in the chain,
-    // which must not let tagged frames past the VLAN rules.
-    add(
-        "vlan5-ipv4",
-        Some(rule::VLAN),
-        br,
-        attacker,
-        &[(q, 5)],
-        ETH_IP,
-        fr::icmp_echo(ATTACK_IP, GATEWAY, &mk("vlan5-ipv4")),
-    );
-    add(
-        "vlan0-ipv4",
-        Some(rule::VLAN0),
-        br,
-        attacker,
-        &[(q, 0)],
-        ETH_IP,
-        fr::icmp_echo(ATTACK_IP, GATEWAY, &mk("vlan0-ipv4")),
-    );
-    add(
-        "spoofed-ipv4",
-        Some(rule::IP),
-        br,
-        attacker,
-        &[],
-        ETH_IP,
-        fr::icmp_echo(HONEST_IP, GATEWAY, &mk("spoofed-ipv4")),
-    );
-    add(
-        "spoofed-arp-ip",
-        Some(rule::ARP_IP),
-        BROADCAST,
-        attacker,
-        &[],
-        ETH_ARP,
-        steal,
-    );
-    add(
-        "spoofed-arp-mac",
-        Some(rule::ARP_MAC),
-        BROADCAST,
-        attacker,
-        &[],
-        ETH_ARP,
-        fr::arp_request(honest, ATTACK_IP, GATEWAY),
-    );
-    add(
-        "spoofed-mac",
-        Some(rule::MAC),
-        BROADCAST,
-        honest,
-        &[],
-        ETH_ARP,
-        fr::arp_request(honest, HONEST_IP, GATEWAY),
-    );
-    add(
-        "spoofed-ipv6",
-        Some(rule::IP6),
-        all6,
-        attacker,
-        &[],
-        ETH_IP6,
-        icmp6(honest_ll, fr::icmp6_echo(&mk("spoofed-ipv6"))),
-    );
-    add(
-        "router-advert",
-        Some(rule::RA),
-        all6,
-        attacker,
-        &[],
-        ETH_IP6,
-        icmp6(
-            attacker_ll,
-            nd(fr::router_advert(attacker), "router-advert"),
-        ),
-    );
-    add(
-        "neighbour-advert",
-        Some(rule::NA),
-        all6,
-        attacker,
-        &[],
-        ETH_IP6,
-        icmp6(
-            attacker_ll,
-            nd(
-                fr::neighbour_advert(honest_ll, attacker),
-                "neighbour-advert",
-            ),
-        ),
-    );
-    add(
-        "redirect",
-        Some(rule::REDIRECT),
-        all6,
-        attacker,
-        &[],
-        ETH_IP6,
-        icmp6(
-            attacker_ll,
-            nd(fr::redirect(attacker_ll, honest_ll), "redirect"),
-        ),
-    );
-    add(
-        "unspecified-udp",
-        Some(rule::IP6_UNSPEC),
-        all6,
-        attacker,
-        &[],
-        ETH_IP6,
-        fr::ipv6(
-            Ipv6Addr::UNSPECIFIED,
-            all_nodes,
-            17,
-            64,
-            &fr::udp(9, 9, mk("unspecified-udp").as_bytes()),
-        ),
-    );
-    add(
-        "unknown-ethertype",
-        Some(rule::ETHERTYPE),
-        BROADCAST,
-        attacker,
-        &[],
-        0x88b5,
-        b"volt".to_vec(),
-    );
-    // What the attacker may send from its own addresses.
-    add("own-arp", None, BROADCAST, attacker, &[], ETH_ARP, own_arp);
-    add(
-        "own-ipv4",
-        None,
-        br,
-        attacker,
-        &[],
-        ETH_IP,
-        fr::icmp_echo(ATTACK_IP, GATEWAY, &mk("own-ipv4")),
-    );
-    add(
-        "own-ipv6",
-        None,
-        all6,
-        attacker,
-        &[],
-        ETH_IP6,
-        icmp6(attacker_ll, fr::icmp6_echo(&mk("own-ipv6"))),
-    );
-    add(
-        "own-neighbour-advert",
-        None,
-        all6,
-        attacker,
-        &[],
-        ETH_IP6,
-        icmp6(
-            attacker_ll,
-            nd(
-                fr::neighbour_advert(attacker_ll, attacker),
-                "own-neighbour-advert",
-            ),
-        ),
-    );
-    add(
-        "dad-solicit",
-        None,
-        fr::mcast6(solicited),
-        attacker,
-        &[],
-        ETH_IP6,
-        fr::ipv6(
-            Ipv6Addr::UNSPECIFIED,
-            solicited,
-            58,
-            255,
-            &nd(fr::neighbour_solicit(attacker_ll), "dad-solicit"),
-        ),
-    );
-    list
+        })
+        .collect()
 }
 
 /// A frame the attacker may always send, after each attack: once it arrived, the attack
