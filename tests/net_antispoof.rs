@@ -103,6 +103,18 @@ struct Attack {
     frame: Vec<u8>,
 }
 
+/// An attack as written in the table: name, rule, destination, source, VLAN tags, ethertype,
+/// payload.
+type Row = (
+    &'static str,
+    Option<&'static str>,
+    [u8; 6],
+    [u8; 6],
+    &'static [(u16, u16)],
+    u16,
+    Vec<u8>,
+);
+
 fn attacks() -> Vec<Attack> {
     let attacker = fr::mac(ATTACK_MAC);
     let honest = fr::mac(HONEST_MAC);
@@ -143,7 +155,7 @@ fn attacks() -> Vec<Attack> {
     );
     let dad = nd(fr::neighbour_solicit(attacker_ll), "dad-solicit");
     #[rustfmt::skip]
-    let table: Vec<(&'static str, Option<&'static str>, [u8; 6], [u8; 6], &[(u16, u16)], u16, Vec<u8>)> = vec![
+    let table: Vec<Row> = vec![
         ("vlan0-arp", Some(rule::VLAN0), bc, a, &[(Q, 0)], ETH_ARP, steal.clone()),
         ("vlan5-arp", Some(rule::VLAN), bc, a, &[(Q, 5)], ETH_ARP, steal.clone()),
         ("qinq-arp", Some(rule::QINQ), bc, a, &[(AD, 5), (Q, 0)], ETH_ARP, steal.clone()),

@@ -185,18 +185,28 @@ pub fn parse_container_toml(
     text: &str,
     nets: &dyn NetworkLookup,
 ) -> Result<ContainerConfig, Vec<ConfigError>> {
-    let (src, name, doc) = reader::open(path, text, |n| {
+    let check = |n: &str| {
         check_container_name(n)
             .map_err(|m| format!("the file name gives the container name, and {m}"))
-    })?;
-    let t = Table::root(&doc);
-    let mut errors = Vec::new();
-    let e = &mut errors;
+    };
+    reader::read(path, text, check, |src, name, t, e| {
+        container_from(src, name, t, e, nets)
+    })
+}
+
+fn container_from(
+    src: &Src,
+    name: String,
+    t: &Table,
+    e: &mut Errors,
+    nets: &dyn NetworkLookup,
+) -> ContainerConfig {
+    let path = src.path;
     let mut spans = ContainerSpans::default();
     let uuid = derive::vm_uuid(&name);
 
-    let directory = t.string(&src, e, "directory");
-    let image = t.string(&src, e, "image");
+    let directory = t.string(src, e, "directory");
+    let image = t.string(src, e, "image");
     let (root, root_kind) = match (&directory, &image) {
         (Some(_), Some(i)) => {
             e.push(src.invalid(
@@ -208,11 +218,11 @@ pub fn parse_container_toml(
         }
         (Some(d), None) => {
             spans.root = Some(src.at(d.span().start));
-            (abs_path(&src, "directory", d, e), RootKind::Directory)
+            (abs_path(src, "directory", d, e), RootKind::Directory)
         }
         (None, Some(i)) => {
             spans.root = Some(src.at(i.span().start));
-            (abs_path(&src, "image", i, e), RootKind::Image)
+            (abs_path(src, "image", i, e), RootKind::Image)
         }
         (None, None) => {
             if !t.has("directory") && !t.has("image") {
@@ -224,7 +234,7 @@ pub fn parse_container_toml(
             (PathBuf::new(), RootKind::Directory)
         }
     };
-    let volatile = t.choice(&src, e, "volatile", &VOLATILE);
+    let volatile = t.choice(src, e, "volatile", &VOLATILE);
     let volatile = volatile.unwrap_or(match root_kind {
         RootKind::Directory => Volatile::No,
         RootKind::Image => Volatile::Overlay,
@@ -236,8 +246,8 @@ pub fn parse_container_toml(
         ));
     }
 
-    let boot = t.boolean(&src, e, "boot").is_some_and(Spanned::into_inner);
-    let command_s = t.strings(&src, e, "command");
+    let boot = t.boolean(src, e, "boot").is_some_and(Spanned::into_inner);
+    let command_s = t.strings(src, e, "command");
     let mut command = Vec::new();
     match (&command_s, boot) {
         (Some(c), true) => e.push(src.invalid(
@@ -273,7 +283,7 @@ pub fn parse_container_toml(
     }
 
     let mut init_args = Vec::new();
-    if let Some(i) = t.strings(&src, e, "init_args") {
+    if let Some(i) = t.strings(src, e, "init_args") {
         if !boot {
             e.push(src.invalid(
                 "init_args",
@@ -290,27 +300,30 @@ pub fn parse_container_toml(
         init_args = i.into_inner();
     }
     let autostart = t
-        .boolean(&src, e, "autostart")
+        .boolean(src, e, "autostart")
         .is_some_and(Spanned::into_inner);
-    let nic_tables = t.tables(&src, e, "network");
+    let nic_tables = t.tables(src, e, "network");
     let top = t.asked();
-    t.finish(&src, e, &[]);
+    t.finish(src, e, &[]);
 
     let limit =
         format!("a container has at most {MAX_CONTAINER_NICS} network entry (one veth pair)");
     let mut nics = Vec::new();
-    let nic_tables = reader::at_most(&src, e, &nic_tables, "network", MAX_CONTAINER_NICS, limit);
+    let owner = nic::Owner {
+        uuid: &uuid,
+        key: format!("ct-{name}"),
+        pool: Pool::Container,
+        nets,
+    };
+    let nic_tables = reader::at_most(src, e, &nic_tables, "network", MAX_CONTAINER_NICS, limit);
     for (index, nt) in nic_tables.iter().enumerate() {
-        let (nic, nic_spans) = parse_nic(&src, index, nt, &uuid, &name, nets, e);
-        nt.finish(&src, e, &top);
+        let (nic, nic_spans) = parse_nic(src, index, nt, &name, &owner, e);
+        nt.finish(src, e, &top);
         nics.push(nic);
         spans.nics.push(nic_spans);
     }
 
-    if !errors.is_empty() {
-        return Err(reader::in_line_order(errors));
-    }
-    Ok(ContainerConfig {
+    ContainerConfig {
         name,
         path: path.to_path_buf(),
         uuid,
@@ -323,35 +336,20 @@ pub fn parse_container_toml(
         autostart,
         nics,
         spans,
-    })
+    }
 }
 
 fn parse_nic(
     src: &Src,
     index: usize,
     t: &Table,
-    uuid: &Uuid,
     name: &str,
-    nets: &dyn NetworkLookup,
+    owner: &nic::Owner,
     e: &mut Errors,
 ) -> (ContainerNic, NicSpans) {
-    let mut spans = NicSpans {
-        at: Some(src.at(t.span().start)),
-        ..NicSpans::default()
-    };
-    let id = nic::nic_id(src, t, index, e);
     let (host_link, container_link) = derive::veth_names(name);
-    let network = nic::network(src, t, nets, true, e);
-    let (mac, mac_explicit) = nic::nic_mac(src, t, uuid, &id, &mut spans, e);
-    let ipv4 = nic::address(
-        src,
-        t,
-        network,
-        &format!("ct-{name}"),
-        Pool::Container,
-        &mut spans,
-        e,
-    );
+    let c = nic::common(src, t, index, owner, true, e);
+    let (network, ipv4) = (c.network, c.ipv4);
     let isolated = network.is_some_and(|n| n.kind == NetworkType::Isolated);
     let mut dhcp = false;
     if ipv4.is_none() && !t.has("ipv4") {
@@ -372,20 +370,20 @@ fn parse_nic(
     }
     let gateway = network.filter(|_| !isolated).map(|n| n.gateway);
     let nic = ContainerNic {
-        id,
+        id: c.id,
         index,
         network: network.map(|n| n.name.clone()),
         bridge: network.map(|n| n.bridge.clone()),
         isolated,
-        mac,
-        mac_explicit,
+        mac: c.mac,
+        mac_explicit: c.mac_explicit,
         ipv4,
         gateway,
         dhcp,
         host_link,
         container_link,
     };
-    (nic, spans)
+    (nic, c.spans)
 }
 
 #[cfg(test)]

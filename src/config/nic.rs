@@ -30,8 +30,55 @@ pub(crate) enum Pool {
     Container,
 }
 
+/// What every `[[network]]` entry has, in a VM file or a container file.
+pub(crate) struct Common<'n> {
+    pub id: String,
+    pub network: Option<&'n Network>,
+    pub mac: MacAddr,
+    pub mac_explicit: bool,
+    pub ipv4: Option<Ipv4Net>,
+    pub spans: NicSpans,
+}
+
+/// Whose entry it is: the workload's UUID (for the derived MAC), its reservation key
+/// (`vm-<name>`, `ct-<name>`), the range its static addresses come from, and the networks.
+pub(crate) struct Owner<'a> {
+    pub uuid: &'a Uuid,
+    pub key: String,
+    pub pool: Pool,
+    pub nets: &'a dyn NetworkLookup,
+}
+
+/// The shared keys of entry `index` (table `t`): `id`, `bridge`/`zone` (`bridged`: whether a
+/// NIC without either is on the default network), `mac` and `ipv4`.
+pub(crate) fn common<'a>(
+    src: &Src,
+    t: &Table,
+    index: usize,
+    owner: &Owner<'a>,
+    bridged: bool,
+    e: &mut Errors,
+) -> Common<'a> {
+    let mut spans = NicSpans {
+        at: Some(src.at(t.span().start)),
+        ..NicSpans::default()
+    };
+    let id = nic_id(src, t, index, e);
+    let network = network(src, t, owner.nets, bridged, e);
+    let (mac, mac_explicit) = nic_mac(src, t, owner.uuid, &id, &mut spans, e);
+    let ipv4 = address(src, t, network, &owner.key, owner.pool, &mut spans, e);
+    Common {
+        id,
+        network,
+        mac,
+        mac_explicit,
+        ipv4,
+        spans,
+    }
+}
+
 /// `id`: 1-15 characters of letters, digits, '_' and '-'; default `eth<index>`.
-pub(crate) fn nic_id(src: &Src, t: &Table, index: usize, e: &mut Errors) -> String {
+fn nic_id(src: &Src, t: &Table, index: usize, e: &mut Errors) -> String {
     let Some(id) = t.string(src, e, "id") else {
         return format!("eth{index}");
     };
@@ -52,7 +99,7 @@ pub(crate) fn nic_id(src: &Src, t: &Table, index: usize, e: &mut Errors) -> Stri
 
 /// `mac`: a unicast address, or the stable one derived from `uuid` and the NIC id. Returns
 /// the MAC and whether it was written in the file; records where in `spans`.
-pub(crate) fn nic_mac(
+fn nic_mac(
     src: &Src,
     t: &Table,
     uuid: &Uuid,
@@ -81,7 +128,7 @@ pub(crate) fn nic_mac(
 
 /// The network a NIC is on: `zone = <name>` or `bridge = <bridge>` (not both); neither: the
 /// default network when `default` (a macvtap NIC has none).
-pub(crate) fn network<'n>(
+fn network<'n>(
     src: &Src,
     t: &Table,
     nets: &'n dyn NetworkLookup,
@@ -129,7 +176,7 @@ pub(crate) fn network<'n>(
 
 /// `ipv4`: a static address (checked against the network, its range for `pool` and its
 /// reservations), or, when omitted, the owner's reservation `key` (`vm-<name>`, `ct-<name>`).
-pub(crate) fn address(
+fn address(
     src: &Src,
     t: &Table,
     network: Option<&Network>,

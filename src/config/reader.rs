@@ -38,6 +38,24 @@ pub(crate) fn open<'i>(
     Ok((src, name, doc))
 }
 
+/// Read a config file: open it (see [`open`]), then `body` reads its root table into a `T`,
+/// pushing what is wrong onto the errors. Every error found, in line order, or the `T`.
+pub(crate) fn read<T>(
+    path: &std::path::Path,
+    text: &str,
+    check_name: impl FnOnce(&str) -> Result<(), String>,
+    body: impl FnOnce(&Src, String, &Table, &mut Errors) -> T,
+) -> Result<T, Vec<ConfigError>> {
+    let (src, name, doc) = open(path, text, check_name)?;
+    let mut errors = Vec::new();
+    let out = body(&src, name, &Table::root(&doc), &mut errors);
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(in_line_order(errors))
+    }
+}
+
 /// The first `max` of an array of tables (`key`); one more is an error saying `limit`.
 pub(crate) fn at_most<'a, 't, 'i>(
     src: &Src,

@@ -182,15 +182,25 @@ pub fn parse_vm_toml(
     text: &str,
     nets: &dyn NetworkLookup,
 ) -> Result<VmConfig, Vec<ConfigError>> {
-    let (src, name, doc) = reader::open(path, text, |n| {
+    let check = |n: &str| {
         check_workload_name(n).map_err(|m| format!("the file name gives the VM name, and {m}"))
-    })?;
-    let t = Table::root(&doc);
-    let mut errors = Vec::new();
-    let e = &mut errors;
+    };
+    reader::read(path, text, check, |src, name, t, e| {
+        vm_from(src, name, t, e, nets)
+    })
+}
+
+fn vm_from(
+    src: &Src,
+    name: String,
+    t: &Table,
+    e: &mut Errors,
+    nets: &dyn NetworkLookup,
+) -> VmConfig {
+    let path = src.path;
     let mut spans = VmSpans::default();
 
-    let uuid = match t.string(&src, e, "uuid") {
+    let uuid = match t.string(src, e, "uuid") {
         Some(u) => {
             spans.uuid = Some(src.at(u.span().start));
             match Uuid::parse_str(u.get_ref()) {
@@ -208,21 +218,21 @@ pub fn parse_vm_toml(
         None => derive::vm_uuid(&name),
     };
     let vcpus = t
-        .integer(&src, e, "vcpus", 1..=MAX_VCPUS, "")
+        .integer(src, e, "vcpus", 1..=MAX_VCPUS, "")
         .map_or(1, |v| *v.get_ref());
     let memory_mib = t
         .integer(
-            &src,
+            src,
             e,
             "memory_mib",
             MIN_MEMORY_MIB..=MAX_MEMORY_MIB,
             " MiB",
         )
         .map_or(DEFAULT_MEMORY_MIB, |v| *v.get_ref());
-    let kernel = match t.string(&src, e, "kernel") {
+    let kernel = match t.string(src, e, "kernel") {
         Some(k) => {
             spans.kernel = Some(src.at(k.span().start));
-            abs_path(&src, "kernel", &k, e)
+            abs_path(src, "kernel", &k, e)
         }
         None => {
             if !t.has("kernel") {
@@ -231,48 +241,54 @@ pub fn parse_vm_toml(
             PathBuf::new()
         }
     };
-    let initrd = t.string(&src, e, "initrd").map(|i| {
+    let initrd = t.string(src, e, "initrd").map(|i| {
         spans.initrd = Some(src.at(i.span().start));
-        abs_path(&src, "initrd", &i, e)
+        abs_path(src, "initrd", &i, e)
     });
-    let cmdline_s = t.string(&src, e, "cmdline");
+    let cmdline_s = t.string(src, e, "cmdline");
     let autostart = t
-        .boolean(&src, e, "autostart")
+        .boolean(src, e, "autostart")
         .is_some_and(Spanned::into_inner);
     let notify_ready = t
-        .boolean(&src, e, "notify_ready")
+        .boolean(src, e, "notify_ready")
         .is_some_and(Spanned::into_inner);
     // `vsock = true`, or `[vsock]` with `cid = N`; notify_ready needs one (it carries the
     // guest's READY=1).
     let vsock_cid = if t.is_table("vsock") {
-        t.table(&src, e, "vsock").map(|v| {
+        t.table(src, e, "vsock").map(|v| {
             spans.vsock = Some(src.at(v.span().start));
             let cid = v
-                .integer(&src, e, "cid", MIN_CID..=MAX_CID, "")
+                .integer(src, e, "cid", MIN_CID..=MAX_CID, "")
                 .map_or_else(|| default_cid(&uuid), Spanned::into_inner);
-            v.finish(&src, e, &[]);
+            v.finish(src, e, &[]);
             cid
         })
     } else {
-        let on = t.boolean(&src, e, "vsock").map(|b| {
+        let on = t.boolean(src, e, "vsock").map(|b| {
             spans.vsock = Some(src.at(b.span().start));
             b.into_inner()
         });
         (on.unwrap_or(false) || notify_ready).then(|| default_cid(&uuid))
     };
-    let nic_tables = t.tables(&src, e, "network");
-    let disk_tables = t.tables(&src, e, "disk");
+    let nic_tables = t.tables(src, e, "network");
+    let disk_tables = t.tables(src, e, "disk");
     let top = t.asked();
-    t.finish(&src, e, &[]);
+    t.finish(src, e, &[]);
 
     let limit = format!("a VM has at most {MAX_NICS} NICs");
     let mut nics: Vec<NicConfig> = Vec::new();
-    for (index, nt) in reader::at_most(&src, e, &nic_tables, "network", MAX_NICS, limit)
+    let owner = nic::Owner {
+        uuid: &uuid,
+        key: format!("vm-{name}"),
+        pool: Pool::Vm,
+        nets,
+    };
+    for (index, nt) in reader::at_most(src, e, &nic_tables, "network", MAX_NICS, limit)
         .iter()
         .enumerate()
     {
-        let (nic, nic_spans) = parse_nic(&src, index, nt, &uuid, &name, nets, e);
-        nt.finish(&src, e, &top);
+        let (nic, nic_spans) = parse_nic(src, index, nt, &owner, e);
+        nt.finish(src, e, &top);
         if let Some(prev) = nics.iter().find(|n| n.id == nic.id) {
             e.push(ConfigError::Invalid {
                 at: nic_spans.at.clone().unwrap_or_else(|| Location::file(path)),
@@ -284,16 +300,16 @@ pub fn parse_vm_toml(
         spans.nics.push(nic_spans);
     }
     let limit = format!("a VM has at most {MAX_DISKS} disks");
-    let disks: Vec<DiskConfig> = reader::at_most(&src, e, &disk_tables, "disk", MAX_DISKS, limit)
+    let disks: Vec<DiskConfig> = reader::at_most(src, e, &disk_tables, "disk", MAX_DISKS, limit)
         .iter()
         .enumerate()
         .map(|(i, dt)| {
-            let d = disk::parse_disk(&src, i, dt, e);
-            dt.finish(&src, e, &top);
+            let d = disk::parse_disk(src, i, dt, e);
+            dt.finish(src, e, &top);
             d
         })
         .collect();
-    disk::check_disks(&src, &disks, e);
+    disk::check_disks(src, &disks, e);
     // Within one file too, two NICs on one bridge with the same MAC would collide.
     for i in 0..nics.len() {
         if let Some(j) = (0..i).find(|j| nics[*j].mac == nics[i].mac) {
@@ -314,7 +330,7 @@ pub fn parse_vm_toml(
         // Room for what Volt appends: one entry per virtio device and per addressed NIC.
         let reserve = CMDLINE_PER_DEVICE * (2 * nics.len() + disks.len() + 4);
         if c.get_ref().len() + reserve > MAX_CMDLINE {
-            errors.push(src.invalid(
+            e.push(src.invalid(
                 "cmdline",
                 c.span(),
                 format!(
@@ -325,11 +341,8 @@ pub fn parse_vm_toml(
         }
         c.into_inner()
     });
-    if !errors.is_empty() {
-        return Err(reader::in_line_order(errors));
-    }
     let cmdline = cmdline.unwrap_or_default();
-    Ok(VmConfig {
+    VmConfig {
         name,
         path: path.to_path_buf(),
         uuid,
@@ -344,39 +357,33 @@ pub fn parse_vm_toml(
         vsock_cid,
         notify_ready,
         spans,
-    })
+    }
 }
 
 fn parse_nic(
     src: &Src,
     index: usize,
     t: &Table,
-    uuid: &Uuid,
-    vm_name: &str,
-    nets: &dyn NetworkLookup,
+    owner: &nic::Owner,
     e: &mut Errors,
 ) -> (NicConfig, NicSpans) {
-    let mut spans = NicSpans {
-        at: Some(src.at(t.span().start)),
-        ..NicSpans::default()
-    };
-    let id = nic::nic_id(src, t, index, e);
     let mode = t.choice(src, e, "mode", &NIC_MODES).unwrap_or_default();
     let link = match mode {
         NicMode::Macvtap => {
-            let short = derive::short_id(uuid);
+            let short = derive::short_id(owner.uuid);
             if index == 0 {
                 format!("mvt-{short}")
             } else {
                 format!("mvt-{short}-{index}")
             }
         }
-        _ => derive::tap_name(uuid, index),
+        _ => derive::tap_name(owner.uuid, index),
     };
 
     // Which network addresses this NIC, and which bridge its link joins.
     let macvtap = mode == NicMode::Macvtap;
-    let network = nic::network(src, t, nets, !macvtap, e);
+    let c = nic::common(src, t, index, owner, !macvtap, e);
+    let network = c.network;
     let parent_s = t.string(src, e, "parent");
     let macvtap_mode = t.choice(src, e, "macvtap_mode", &MACVTAP_MODES);
     let mut parent = None;
@@ -418,7 +425,6 @@ fn parse_nic(
     let bridge = (!macvtap)
         .then(|| network.map(|n| n.bridge.clone()))
         .flatten();
-    let (mac, mac_explicit) = nic::nic_mac(src, t, uuid, &id, &mut spans, e);
     let mtu = t
         .integer(src, e, "mtu", 68..=9000, "")
         .map_or_else(|| network.map_or(1500, |n| n.mtu), Spanned::into_inner);
@@ -426,37 +432,28 @@ fn parse_nic(
         .integer(src, e, "multiqueue", 1..=MAX_QUEUE_PAIRS, " queue pairs")
         .map_or(1, Spanned::into_inner);
     let vhost = t.boolean(src, e, "vhost").is_none_or(Spanned::into_inner);
-    let ipv4 = nic::address(
-        src,
-        t,
-        network,
-        &format!("vm-{vm_name}"),
-        Pool::Vm,
-        &mut spans,
-        e,
-    );
     let gateway = network
         .filter(|n| n.kind != NetworkType::Isolated)
         .map(|n| n.gateway);
 
     let nic = NicConfig {
-        id,
+        id: c.id,
         index,
         mode,
         network: network.map(|n| n.name.clone()),
         bridge,
         parent,
         macvtap_mode: macvtap.then(|| macvtap_mode.unwrap_or_default()),
-        mac,
-        mac_explicit,
-        ipv4,
+        mac: c.mac,
+        mac_explicit: c.mac_explicit,
+        ipv4: c.ipv4,
         gateway,
         mtu,
         vhost,
         queues,
         link,
     };
-    (nic, spans)
+    (nic, c.spans)
 }
 
 #[cfg(test)]
