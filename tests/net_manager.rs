@@ -22,6 +22,15 @@ fn skip() -> bool {
     common::skip(skip_reason(), false)
 }
 
+/// Runs `f` in a network namespace of its own (`name`), with a manager on a fresh state
+/// directory and a netlink socket of that namespace.
+fn in_lab(name: &str, f: impl FnOnce(Manager, Netlink) + Send + 'static) {
+    let host = TestNs::new(name);
+    let state = tempfile::tempdir().expect("state");
+    let dir = state.path().to_path_buf();
+    host.run(move || f(Manager::new(&dir), Netlink::new().expect("netlink")));
+}
+
 fn lab(extra: &str) -> Network {
     parse_network_toml(
         Path::new("/etc/volt/networks/lab.toml"),
@@ -93,15 +102,10 @@ fn bridge_tap_veth_altnames_mtu_and_netns_move() {
     if skip() {
         return;
     }
-    let host = TestNs::new("mgr");
     let other = TestNs::new("mgr-ct");
     let other_path = other.path();
-    let state = tempfile::tempdir().expect("state");
-    let state_dir = state.path().to_path_buf();
-    host.run(move || {
+    in_lab("mgr", move |mgr, nl| {
         let net = lab("");
-        let mgr = Manager::new(&state_dir);
-        let nl = Netlink::new().expect("netlink");
 
         // A missing bridge: refused by name when the network forbids creating it...
         let mut strict = net.clone();
@@ -249,13 +253,8 @@ fn fdb_and_mac_conflicts() {
     if skip() {
         return;
     }
-    let host = TestNs::new("fdb");
-    let state = tempfile::tempdir().expect("state");
-    let state_dir = state.path().to_path_buf();
-    host.run(move || {
+    in_lab("fdb", move |mgr, nl| {
         let net = lab("");
-        let mgr = Manager::new(&state_dir);
-        let nl = Netlink::new().expect("netlink");
         mgr.ensure_bridge(&net).expect("bridge");
         let web = vm(
             "web",
@@ -377,10 +376,7 @@ fn isolated_tap_lives_alone_in_its_namespace_and_its_fd_still_works() {
     if skip() {
         return;
     }
-    let host = TestNs::new("iso");
-    let state = tempfile::tempdir().expect("state");
-    let sd = state.path().to_path_buf();
-    host.run(move || {
+    in_lab("iso", move |mgr, nl| {
         let net = {
             let mut n = lab("type = \"isolated\"\n");
             n.bridge = "vbr9".into();
@@ -388,8 +384,6 @@ fn isolated_tap_lives_alone_in_its_namespace_and_its_fd_still_works() {
         };
         let web = vm("isoweb", &net, "id = \"eth0\"\nbridge = \"vbr9\"");
         let nic = &web.a;
-        let mgr = Manager::new(&sd);
-        let nl = Netlink::new().expect("netlink");
         let tap = mgr
             .create_isolated_tap(&web.params, &web.ns, &manager::TapOptions::default())
             .expect("isolated tap");

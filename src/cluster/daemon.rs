@@ -149,14 +149,18 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         c.overlay_mtu()
     );
     notify(true, &format!("host {} in the cluster", c.host));
+    // Keeps this host's lease alive (again after it was lost and registered anew).
     let ka_tx = tx.clone();
-    keepalive(
-        d.cluster.clone(),
-        d.lease,
-        c.lease_ttl,
-        ka_tx.clone(),
-        stop.clone(),
-    );
+    let keep_lease = |d: &Daemon| {
+        keepalive(
+            d.cluster.clone(),
+            d.lease,
+            c.lease_ttl,
+            ka_tx.clone(),
+            stop.clone(),
+        );
+    };
+    keep_lease(&d);
     watch(d.cluster.clone(), tx, stop.clone());
     loop {
         let msg = rx.recv_timeout(RESYNC);
@@ -176,13 +180,7 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
                 continue;
             }
             d.reclaim();
-            keepalive(
-                d.cluster.clone(),
-                d.lease,
-                c.lease_ttl,
-                ka_tx.clone(),
-                stop.clone(),
-            );
+            keep_lease(&d);
         }
         let peers = d.reconcile(&nl);
         notify(false, &format!("host {}: {peers}", c.host));

@@ -13,17 +13,11 @@ pub fn elf() -> PathBuf {
         .clone()
 }
 
-/// Byte `j` of sector `s` of the guest's pattern (tests/conformance-guest/README.md).
-pub fn pattern_byte(seed: u64, s: u64, j: usize) -> u8 {
-    if j < 8 {
-        ((seed << 32) | (s & 0xffff_ffff)).to_le_bytes()[j]
-    } else {
-        (s.wrapping_mul(37)
-            .wrapping_add(j as u64 * 13)
-            .wrapping_add(seed)
-            & 0xff) as u8
-    }
-}
+/// Byte `j` of sector `s` of the guest's pattern (tests/conformance-guest/README.md): the
+/// guest's own definition.
+#[path = "../conformance-guest/src/pattern.rs"]
+mod pattern;
+pub use pattern::pattern_byte;
 
 /// The pattern for `sectors` sectors from `start`.
 pub fn pattern(seed: u64, start: u64, sectors: u64) -> Vec<u8> {

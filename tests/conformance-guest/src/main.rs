@@ -19,6 +19,7 @@ mod rt;
 mod blk;
 mod hal;
 mod net;
+mod pattern;
 mod vsock;
 
 use core::fmt::Write;
