@@ -289,3 +289,38 @@ fn shells_complete_names_from_the_configuration() {
         "{nets:?}"
     );
 }
+
+#[test]
+fn a_broken_cluster_file_fails_closed() {
+    let r = root();
+    let p = r.path();
+    // Without a cluster file there is nothing to claim.
+    let o = volt(p, &["cluster", "claim", "web"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // With a typo the host is still meant to be in a cluster: no VM starts unclaimed.
+    write(
+        p,
+        "etc/volt/cluster.toml",
+        "host = \"a\"\nunderlya = \"192.0.2.1\"\n[etcd]\nendpoints = [\"http://192.0.2.1:2379\"]\n",
+    );
+    let o = volt(p, &["cluster", "claim", "web"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("/etc/volt/cluster.toml:2:1"), "{t}");
+    assert!(t.contains("cannot start vm web"), "{t}");
+    // After a stop the release warns and lets the stop finish.
+    let o = Command::new(env!("CARGO_BIN_EXE_volt"))
+        .args(["--root", &p.display().to_string()])
+        .args(["cluster", "release", "--after-stop", "web"])
+        .env("SERVICE_RESULT", "success")
+        .env_remove("VOLT_ROOT")
+        .env_remove("INVOCATION_ID")
+        .output()
+        .expect("run volt");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot release the cluster name web"),
+        "{}",
+        text(&o)
+    );
+}

@@ -140,6 +140,19 @@ fn golden_trees() {
                     run.status, run.stderr
                 ));
             }
+        } else if let Ok(named) = std::fs::read_to_string(case.join("expect-failure")) {
+            // Another broken file (cluster.toml): the case names the files the failure must
+            // name.
+            let all = named
+                .lines()
+                .filter(|l| !l.is_empty())
+                .all(|f| run.stderr.contains(f));
+            if run.status.success() || !all {
+                failures.push(format!(
+                    "{name}: expected failure naming {named:?}, got {:?}: {}",
+                    run.status, run.stderr
+                ));
+            }
         } else if !run.status.success() {
             failures.push(format!("{name}: generator failed: {}", run.stderr));
         }

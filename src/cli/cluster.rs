@@ -13,8 +13,8 @@ fn cluster(root: &Path) -> Result<Cluster> {
     cluster_of(&ConfigSet::load(root))
 }
 
-/// The cluster client of `set` (its cluster file's errors logged).
-fn cluster_of(set: &ConfigSet) -> Result<Cluster> {
+/// Log the errors of `set`'s cluster file.
+fn log_cluster_errors(set: &ConfigSet) {
     for e in set
         .errors
         .iter()
@@ -22,6 +22,11 @@ fn cluster_of(set: &ConfigSet) -> Result<Cluster> {
     {
         log::error!("{}", e.report());
     }
+}
+
+/// The cluster client of `set` (its cluster file's errors logged).
+fn cluster_of(set: &ConfigSet) -> Result<Cluster> {
+    log_cluster_errors(set);
     let Some(c) = &set.cluster else {
         bail!(
             "/{} does not exist or is invalid: this host is not in a cluster",
@@ -92,6 +97,16 @@ pub fn show(root: &Path, output: Output) -> Result<Outcome> {
 pub fn claim(root: &Path, name: &str, kind: &str) -> Result<Outcome> {
     // Networks and cluster.toml only: a start does not parse every workload file for this.
     let set = ConfigSet::load_cluster(root);
+    if set.cluster_broken {
+        // Fail closed: without the claim the same VM could run on two hosts (and write one
+        // disk image from both).
+        log_cluster_errors(&set);
+        log::error!(
+            "cannot start {kind} {name}: /{} has errors (above; `volt validate` lists them): this host is meant to be in a cluster, and the name cannot be claimed until the file is fixed",
+            crate::config::CLUSTER_FILE
+        );
+        return Ok(Outcome::Failed);
+    }
     if set.cluster.is_none() {
         return Ok(Outcome::Ok);
     }
@@ -111,6 +126,18 @@ pub fn claim(root: &Path, name: &str, kind: &str) -> Result<Outcome> {
 /// systemd may restart the unit (`Restart=on-failure`), which must find its name still held.
 pub fn release(root: &Path, name: &str, after_stop: bool) -> Result<Outcome> {
     let set = ConfigSet::load_cluster(root);
+    if set.cluster_broken {
+        log_cluster_errors(&set);
+        log::warn!(
+            "cannot release the cluster name {name}: /{} has errors (above); the claim ends with this host's lease, or at the next release once the file is fixed",
+            crate::config::CLUSTER_FILE
+        );
+        return Ok(if after_stop {
+            Outcome::Ok
+        } else {
+            Outcome::Failed
+        });
+    }
     if set.cluster.is_none() {
         return Ok(Outcome::Ok);
     }

@@ -100,6 +100,10 @@ pub struct ConfigSet {
     pub containers: Vec<ContainerConfig>,
     /// `/etc/volt/cluster.toml` when it exists and is valid (absent: one host).
     pub cluster: Option<ClusterConfig>,
+    /// `cluster.toml` exists but cannot be read or is invalid (its errors are in `errors`).
+    /// This host is meant to be in a cluster, so what needs the cluster fails closed: a VM
+    /// does not start without its name claim.
+    pub cluster_broken: bool,
     pub errors: Vec<ConfigError>,
     /// Files in the config directories that are not read (a wrong suffix, a directory).
     pub warnings: Vec<String>,
@@ -215,7 +219,9 @@ impl ConfigSet {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         set.networks = Self::load_networks(root, &mut errors, &mut warnings);
+        let before = errors.len();
         set.cluster = load_cluster(root, &mut set.networks, &mut errors);
+        set.cluster_broken = set.cluster.is_none() && errors.len() > before;
         set.errors = errors;
         set.warnings = warnings;
         set

@@ -225,7 +225,8 @@ impl Plan {
                 .iter()
                 .map(|c| container_workload(c, &set.networks)),
         );
-        let clustered = set.cluster.is_some();
+        // A broken cluster.toml counts: the claim then fails and the VM does not start.
+        let clustered = set.cluster.is_some() || set.cluster_broken;
         for w in &mut workloads {
             w.clustered = clustered;
         }
