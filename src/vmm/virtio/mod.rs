@@ -12,6 +12,7 @@ pub mod manager;
 pub mod mmio;
 pub mod net;
 pub mod notify;
+pub mod pass;
 pub mod poll;
 pub mod rng;
 #[cfg(test)]

@@ -60,8 +60,9 @@ pub struct Pass {
     pub more: bool,
 }
 
-/// Serves the available requests on `queue`, at most [`MAX_CHAIN_BYTES`] each and
-/// [`MAX_PASS_BYTES`] in all, and stops early once `stop` is set (checked per chunk).
+/// Serves the available requests on `queue`, at most [`MAX_CHAIN_BYTES`] each,
+/// [`MAX_PASS_BYTES`] and [`super::pass::CHAINS`] chains in all, and stops early once `stop`
+/// is set (checked per chunk).
 pub fn process_queue(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
@@ -72,14 +73,18 @@ pub fn process_queue(
     let mut budget = MAX_PASS_BYTES;
     let mut chunk = vec![0u8; CHUNK];
     let mut more = false;
+    // Chains count too: empty or read-only chains write nothing, and must not make a pass
+    // endless either.
+    let mut taken = 0usize;
     loop {
-        if budget == 0 || stop.load(Ordering::Acquire) {
+        if budget == 0 || taken == super::pass::CHAINS || stop.load(Ordering::Acquire) {
             more = true;
             break;
         }
         let Some(chain) = queue.pop_descriptor_chain(mem) else {
             break;
         };
+        taken += 1;
         let head = chain.head_index();
         let mut left = MAX_CHAIN_BYTES.min(budget);
         let mut written: u32 = 0;

@@ -46,3 +46,11 @@ pub fn used(vq: &MockSplitQueue<GuestMemoryMmap>, i: usize) -> (u32, u32) {
 pub fn used_idx(vq: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
     u16::from_le(vq.used().idx().load())
 }
+
+/// The used ring's `avail_event` for a queue of `size` entries: where the device asks the
+/// driver to kick next (with EVENT_IDX). Read at its real place (8-byte used elements).
+pub fn avail_event(vq: &MockSplitQueue<GuestMemoryMmap>, m: &GuestMemoryMmap, size: u16) -> u16 {
+    use vm_memory::Bytes;
+    let at = GuestAddress(vq.used_addr().0 + 4 + 8 * u64::from(size));
+    u16::from_le(m.read_obj(at).expect("avail_event"))
+}

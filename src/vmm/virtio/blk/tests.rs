@@ -332,6 +332,27 @@ fn queue_pass_reads_writes_flushes_and_answers_errors() {
 }
 
 #[test]
+fn a_pass_over_a_ring_of_broken_requests_stops_at_its_budget() {
+    let m = mem();
+    let (_tmp, file) = image();
+    let chains = crate::vmm::virtio::pass::CHAINS;
+    let vq = MockSplitQueue::new(&m, 2048);
+    // Requests without a status byte (one driver-readable header), more than one pass takes.
+    m.write_slice(&hdr(kind::IN, 0), GuestAddress(0x2_0000))
+        .unwrap();
+    for i in 0..chains + 10 {
+        add_chain(&vq, i as u16, &[(0x2_0000, 16, false)]);
+    }
+    let mut q: Queue = vq.create_queue().unwrap();
+    let pass = run(&mut q, &m, &file, info());
+    assert!(pass.more && pass.used);
+    assert_eq!(pass.faults.len(), chains);
+    assert_eq!(pass.faults.iter().count(), crate::vmm::virtio::pass::KEPT);
+    let pass = run(&mut q, &m, &file, info());
+    assert!(!pass.more && pass.faults.len() == 10);
+}
+
+#[test]
 fn discard_and_write_zeroes_zero_the_range() {
     let m = mem();
     let (_tmp, file) = image();

@@ -18,6 +18,7 @@ use super::throttle::Throttle;
 use crate::log_limited;
 use crate::vmm::disk::SECTOR_SIZE;
 use crate::vmm::ratelimit::LogLimiter;
+use crate::vmm::virtio::pass::{self, Faults};
 use crate::vmm::virtio::poll::{self, AdaptivePoll};
 use crate::vmm::virtio::{notify, VirtioInterrupt};
 
@@ -187,7 +188,10 @@ pub struct Pass {
     /// The throttle holds a request back: call again after this long.
     pub wait: Option<Duration>,
     /// Guest faults, for the rate-limited log.
-    pub faults: Vec<String>,
+    pub faults: Faults<String>,
+    /// The pass stopped at its budget ([`pass::CHAINS`]) with requests left: call again
+    /// soon.
+    pub more: bool,
 }
 
 fn complete(
@@ -225,7 +229,13 @@ pub fn process(
 ) -> Pass {
     let mut pass = Pass::default();
     let mut rearmed = false;
+    let mut taken = 0usize;
     loop {
+        if taken == pass::CHAINS {
+            pass.more = true;
+            break;
+        }
+        taken += 1;
         let (head, req) = match deferred.take() {
             Some(d) => (d.head, d.req),
             None => {
@@ -347,6 +357,15 @@ impl Worker {
             for f in &pass.faults {
                 log_limited!(limiter, log::Level::Warn, "{}: guest {f}", self.name);
             }
+            if pass.faults.not_kept() > 0 {
+                log_limited!(
+                    limiter,
+                    log::Level::Warn,
+                    "{}: and {} more broken requests in the same pass",
+                    self.name,
+                    pass.faults.not_kept()
+                );
+            }
             if pass.used && notify::needs_interrupt(&mut self.queue, &self.mem) {
                 self.interrupt
                     .signal_used_queue_logged(&self.name, &mut limiter);
@@ -355,15 +374,18 @@ impl Worker {
             // a flush) sends the next one within microseconds: watch the ring for it.
             if pass.used
                 && pass.wait.is_none()
+                && !pass.more
                 && poll::watch(&mut self.queue, &self.mem, &mut ring_poll)
             {
                 let _ = self.kick.read();
                 continue;
             }
-            let timeout = pass
-                .wait
-                .map(|w| i32::try_from(w.as_millis().max(1)).unwrap_or(i32::MAX))
-                .unwrap_or(-1);
+            // A pass cut at its budget goes on at once, after a look at the stop token.
+            let timeout = match pass.wait {
+                Some(w) => i32::try_from(w.as_millis().max(1)).unwrap_or(i32::MAX),
+                None if pass.more => 0,
+                None => -1,
+            };
             if !crate::vmm::event::wait_kick(
                 &epoll,
                 timeout,

@@ -12,9 +12,10 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::datapath::ChainFault;
+use super::datapath::{ChainFault, Pass};
 use crate::log_limited;
 use crate::vmm::ratelimit::LogLimiter;
+use crate::vmm::virtio::pass;
 use crate::vmm::virtio::VirtioInterrupt;
 
 pub const CLASS_RX: u8 = 0;
@@ -73,17 +74,46 @@ pub fn parse(req: &[u8], max_pairs: u16) -> Result<Command, String> {
     })
 }
 
-/// Serve every control command on `queue`; `apply` carries out a command and says whether
-/// it worked. Returns whether chains were used, and faults.
+/// Serve the control commands on `queue` (at most [`pass::CHAINS`]), then ask for the next
+/// kick; `apply` carries out a command and says whether it worked.
 pub fn process(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     max_pairs: u16,
     apply: &mut dyn FnMut(Command) -> bool,
-) -> (bool, Vec<ChainFault>) {
-    let mut used = false;
-    let mut faults = Vec::new();
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+) -> Pass {
+    let mut pass = Pass::default();
+    let mut rearmed = false;
+    let mut taken = 0usize;
+    loop {
+        if taken == pass::CHAINS {
+            pass.more = true;
+            break;
+        }
+        taken += 1;
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            if rearmed {
+                pass.faults
+                    .push(ChainFault::Queue("avail index is out of range".into()));
+                break;
+            }
+            // Ask for the driver's next kick (with EVENT_IDX: avail_event at its index; a
+            // control queue left at avail_event 0 is never kicked again, and Linux waits for
+            // the answer to its next command for ever); go on if it added more meanwhile.
+            match queue.enable_notification(mem) {
+                Ok(true) => {
+                    let _ = queue.disable_notification(mem);
+                    rearmed = true;
+                    continue;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    pass.faults.push(ChainFault::Queue(e.to_string()));
+                    break;
+                }
+            }
+        };
+        rearmed = false;
         let head = chain.head_index();
         let mut req = Vec::new();
         let mut status_addr = None;
@@ -113,7 +143,7 @@ pub fn process(
         }
         let status = match bad {
             Some(f) => {
-                faults.push(f);
+                pass.faults.push(f);
                 ERR
             }
             None => match parse(&req, max_pairs) {
@@ -125,7 +155,8 @@ pub fn process(
                     }
                 }
                 Err(e) => {
-                    faults.push(ChainFault::Queue(format!("control command rejected: {e}")));
+                    pass.faults
+                        .push(ChainFault::Queue(format!("control command rejected: {e}")));
                     ERR
                 }
             },
@@ -135,10 +166,10 @@ pub fn process(
             _ => 0,
         };
         if queue.add_used(mem, head, written).is_ok() {
-            used = true;
+            pass.used = true;
         }
     }
-    (used, faults)
+    pass
 }
 
 /// A control queue served on a thread of its own: epoll on its kick and a stop eventfd.
@@ -182,17 +213,24 @@ impl Server {
         let mut events = [EpollEvent::default(); 2];
         loop {
             // Commands may be waiting from before activation, and after every kick.
-            let (used, faults) =
-                process(&mut self.queue, &self.mem, self.max_pairs, &mut self.apply);
-            for f in &faults {
+            let pass = process(&mut self.queue, &self.mem, self.max_pairs, &mut self.apply);
+            for f in &pass.faults {
                 log_limited!(limiter, log::Level::Warn, "{}: guest {f}", self.name);
             }
-            if used {
+            if pass.used {
                 self.interrupt
                     .signal_used_queue_logged(&self.name, &mut limiter);
             }
-            if !crate::vmm::event::wait_kick(epoll, -1, &mut events, &self.name, &self.kick, T_STOP)
-            {
+            // A pass cut at its budget goes on at once, after a look at the stop token.
+            let timeout = if pass.more { 0 } else { -1 };
+            if !crate::vmm::event::wait_kick(
+                epoll,
+                timeout,
+                &mut events,
+                &self.name,
+                &self.kick,
+                T_STOP,
+            ) {
                 return;
             }
         }

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::vmm::virtio::pass::{self, Faults};
+
 /// Size of `struct virtio_net_hdr_v1` (VIRTIO_F_VERSION_1: num_buffers is always there).
 pub const HDR_LEN: usize = 12;
 /// Offset of `num_buffers` in the header.
@@ -154,7 +156,9 @@ pub struct Pass {
     /// Chains were returned to the driver (it may need an interrupt).
     pub used: bool,
     /// Faults seen (the caller logs them, rate-limited).
-    pub faults: Vec<ChainFault>,
+    pub faults: Faults<ChainFault>,
+    /// The pass stopped at its budget ([`pass::CHAINS`]) with work left: call again soon.
+    pub more: bool,
 }
 
 /// Send every frame the driver queued on the TX queue to `io`.
@@ -167,7 +171,13 @@ pub fn process_tx(
 ) -> Pass {
     let mut pass = Pass::default();
     let mut rearmed = false;
+    let mut taken = 0usize;
     loop {
+        if taken == pass::CHAINS {
+            pass.more = true;
+            break;
+        }
+        taken += 1;
         let chain = match queue.pop_descriptor_chain(mem) {
             Some(c) => {
                 rearmed = false;
@@ -390,7 +400,14 @@ pub fn process_rx(
     // index moved. Once per frame: a ring laid over itself (used.flags on avail.idx) makes
     // the index move under our own notification writes, and must not spin the worker.
     let mut followed = false;
+    // Frames and chains this pass has taken (see [`pass::CHAINS`]).
+    let mut taken = 0usize;
     loop {
+        if taken >= pass::CHAINS {
+            pass.more = true;
+            break;
+        }
+        taken += 1;
         if st.pending == 0 {
             followed = false;
             if !st.backend_ready {
@@ -429,6 +446,7 @@ pub fn process_rx(
                 out_of_buffers = true;
                 break;
             };
+            taken += 1;
             let start = pieces.len();
             match writable_pieces(chain, mem, pieces) {
                 Ok((head, total)) => {
@@ -463,13 +481,19 @@ pub fn process_rx(
             }
         }
         if room < len && (out_of_buffers || st.mergeable) {
-            // Not enough buffers: give the chains back and wait for the driver. Go on only if
-            // it added buffers during this attempt (else a too-small or broken ring spins).
+            // Not enough buffers: wait for the driver, then give the chains back. The kick is
+            // asked for at the driver's index as this attempt left it (`next_avail` is there
+            // now): with EVENT_IDX, an avail_event at the rewound index would lie behind the
+            // driver, which would then add buffers without ever kicking, and receive on this
+            // queue would stop for good.
+            let armed = queue.enable_notification(mem);
             queue.set_next_avail(start_avail);
-            if let Err(e) = queue.enable_notification(mem) {
+            if let Err(e) = armed {
                 pass.faults.push(ChainFault::Queue(e.to_string()));
                 break;
             }
+            // Go on only if the driver added buffers during this attempt (else a too-small or
+            // broken ring spins).
             match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
                 Ok(idx) if Some(idx.0) != avail_before && !followed => {
                     let _ = queue.disable_notification(mem);

@@ -21,6 +21,7 @@ use super::ctrl;
 use super::datapath::{self, ChainFault, FrameIo, RxState, Stats};
 use crate::log_limited;
 use crate::vmm::ratelimit::LogLimiter;
+use crate::vmm::virtio::pass::Faults;
 use crate::vmm::virtio::poll::{self, AdaptivePoll};
 use crate::vmm::virtio::{notify, VirtioInterrupt};
 
@@ -56,13 +57,22 @@ pub struct PairWorker<F: FrameIo + AsRawFd> {
 }
 
 impl<F: FrameIo + AsRawFd> PairWorker<F> {
-    fn log_faults(&self, limiter: &mut LogLimiter, faults: &[ChainFault]) {
+    fn log_faults(&self, limiter: &mut LogLimiter, faults: &Faults<ChainFault>) {
         for f in faults {
             log_limited!(
                 limiter,
                 log::Level::Warn,
                 "{}: guest {f}; dropped",
                 self.name
+            );
+        }
+        if faults.not_kept() > 0 {
+            log_limited!(
+                limiter,
+                log::Level::Warn,
+                "{}: and {} more broken chains in the same pass",
+                self.name,
+                faults.not_kept()
             );
         }
     }
@@ -102,12 +112,14 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
             let mut notify = false;
             // Frames went to a guest that polls (it wants no interrupt): its answer may follow.
             let mut rx_to_poller = false;
+            // Passes cut at their budget: run again at once (after a look at events).
+            let (mut rx_more, mut tx_more, mut ctrl_more) = (false, false, false);
             if do_ctrl {
                 if let Some((queue, _, max_pairs, apply)) = &mut self.ctrl {
-                    let (used, faults) =
-                        ctrl::process(queue, &self.mem, *max_pairs, apply.as_mut());
-                    notify |= used;
-                    for f in &faults {
+                    let pass = ctrl::process(queue, &self.mem, *max_pairs, apply.as_mut());
+                    notify |= pass.used;
+                    ctrl_more = pass.more;
+                    for f in &pass.faults {
                         log_limited!(limiter, log::Level::Warn, "{}: guest {f}", self.name);
                     }
                 }
@@ -122,6 +134,7 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
                     &self.stats,
                 );
                 self.log_faults(&mut limiter, &pass.faults);
+                tx_more = pass.more;
                 if pass.used && notify::needs_interrupt(&mut self.tx, &self.mem) {
                     notify = true;
                 }
@@ -138,6 +151,7 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
                     &self.stats,
                 );
                 self.log_faults(&mut limiter, &pass.faults);
+                rx_more = pass.more;
                 if pass.used {
                     if notify::needs_interrupt(&mut self.rx, &self.mem) {
                         notify = true;
@@ -173,15 +187,17 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
             if notify {
                 self.signal(&mut limiter);
             }
-            (do_rx, do_tx, do_ctrl) = (false, false, false);
-            if rx_to_poller {
+            (do_rx, do_tx, do_ctrl) = (rx_more, tx_more, ctrl_more);
+            let unfinished = rx_more || tx_more || ctrl_more;
+            if rx_to_poller && !unfinished {
                 // The guest's answer is likely on its way: watch TX (see virtio::poll).
                 if poll::watch(&mut self.tx, &self.mem, &mut txpoll) {
                     do_tx = true;
                     continue;
                 }
             }
-            let Some(n) = crate::vmm::event::wait_events(&epoll, -1, &mut events, &self.name)
+            let timeout = if unfinished { 0 } else { -1 };
+            let Some(n) = crate::vmm::event::wait_events(&epoll, timeout, &mut events, &self.name)
             else {
                 return;
             };

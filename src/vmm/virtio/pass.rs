@@ -1,0 +1,87 @@
+//! Bounds on one pass of a queue worker. A guest can keep its ring topped up with requests,
+//! or with broken chains, as fast as a worker takes them: a pass that ran until the ring was
+//! empty would then never end (the worker would not look at its stop token again, and a
+//! device reset, which waits for the worker, would hang the vCPU), and faults kept for the
+//! log would grow the VMM's memory without bound.
+
+use std::slice;
+
+/// Chains one pass takes at most. Then the worker goes back to its event loop, sees its stop
+/// token and anything else that happened, and runs the next pass at once.
+pub const CHAINS: usize = 1024;
+
+/// Faults kept for the log per pass; the rest are counted.
+pub const KEPT: usize = 16;
+
+/// The faults one pass saw: the first [`KEPT`], and how many more.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Faults<T> {
+    kept: Vec<T>,
+    more: u64,
+}
+
+impl<T> Default for Faults<T> {
+    fn default() -> Self {
+        Faults {
+            kept: Vec::new(),
+            more: 0,
+        }
+    }
+}
+
+impl<T> Faults<T> {
+    pub fn push(&mut self, fault: T) {
+        if self.kept.len() < KEPT {
+            self.kept.push(fault);
+        } else {
+            self.more = self.more.saturating_add(1);
+        }
+    }
+
+    /// Every fault seen, kept or not.
+    pub fn len(&self) -> usize {
+        self.kept.len() + usize::try_from(self.more).unwrap_or(usize::MAX)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    /// Faults seen beyond the kept ones.
+    pub fn not_kept(&self) -> u64 {
+        self.more
+    }
+
+    pub fn iter(&self) -> slice::Iter<'_, T> {
+        self.kept.iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Faults<T> {
+    type Item = &'a T;
+    type IntoIter = slice::Iter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.kept.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_keep_the_first_few_and_count_the_rest() {
+        let mut f = Faults::default();
+        assert!(f.is_empty());
+        for i in 0..KEPT + 5 {
+            f.push(i);
+        }
+        assert_eq!(f.len(), KEPT + 5);
+        assert_eq!(f.not_kept(), 5);
+        assert_eq!(
+            f.iter().copied().collect::<Vec<_>>(),
+            (0..KEPT).collect::<Vec<_>>()
+        );
+    }
+}
