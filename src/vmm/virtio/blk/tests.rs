@@ -463,6 +463,61 @@ fn throttle_defers_and_resumes() {
     assert_eq!(u16::from_le(vq.used().idx().load()), 3);
 }
 
+#[test]
+fn write_zeroes_counts_its_range_against_the_bytes_limit() {
+    let m = mem();
+    let (_tmp, file) = image();
+    let vq = MockSplitQueue::new(&m, 16);
+    // WRITE_ZEROES of 32 sectors (16 KiB), then a 512-byte read, on a 4 KiB/s disk.
+    let mut seg = [0u8; 16];
+    seg[8..12].copy_from_slice(&32u32.to_le_bytes());
+    m.write_slice(&hdr(kind::WRITE_ZEROES, 0), GuestAddress(0x1_0000))
+        .unwrap();
+    m.write_slice(&seg, GuestAddress(0x2_0000)).unwrap();
+    add_chain(
+        &vq,
+        0,
+        &[
+            (0x1_0000, 16, false),
+            (0x2_0000, 16, false),
+            (0x3_0000, 1, true),
+        ],
+    );
+    m.write_slice(&hdr(kind::IN, 40), GuestAddress(0x1_1000))
+        .unwrap();
+    add_chain(
+        &vq,
+        3,
+        &[
+            (0x1_1000, 16, false),
+            (0x4_0000, 512, true),
+            (0x3_0001, 1, true),
+        ],
+    );
+    let mut q: Queue = vq.create_queue().unwrap();
+    let io = SyncIo::new(file.try_clone().unwrap(), false);
+    let stats = Stats::default();
+    let ctx = Ctx {
+        mem: &m,
+        io: &io,
+        info: info(),
+        serial: b"",
+        write_through: false,
+        stats: &stats,
+    };
+    let limit = DiskLimit {
+        bytes_per_sec: 4096,
+        ops_per_sec: 0,
+    };
+    let mut t = Throttle::new(&limit, Instant::now());
+    let mut deferred = None;
+    let pass = worker::process(&mut q, &ctx, &mut t, &mut deferred, &mut Vec::new());
+    // The zeroing went through on the full bucket and owes 12 KiB: the read waits ~3 s.
+    assert_eq!(u16::from_le(vq.used().idx().load()), 1);
+    let wait = pass.wait.expect("the read waits");
+    assert!(wait > std::time::Duration::from_millis(2900), "{wait:?}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(500))]
 

@@ -141,21 +141,9 @@ pub fn execute(req: &Request, ctx: &Ctx<'_>) -> (u8, u32) {
             (status::OK, done as u32)
         }
         kind::DISCARD | kind::WRITE_ZEROES => {
-            let mut raw = [0u8; 16];
-            let mut done = 0usize;
-            for s in &req.data {
-                let m = s.len as usize;
-                if done + m > raw.len()
-                    || ctx
-                        .mem
-                        .read_slice(&mut raw[done..done + m], s.addr)
-                        .is_err()
-                {
-                    return (status::IOERR, 0);
-                }
-                done += m;
-            }
-            let seg = DwzSegment::from_bytes(&raw);
+            let Some(seg) = segment(req, ctx.mem) else {
+                return (status::IOERR, 0);
+            };
             let (off, len) = match seg.check(req.kind, &ctx.info) {
                 Ok(r) => r,
                 Err(st) => return (st, 0),
@@ -170,6 +158,35 @@ pub fn execute(req: &Request, ctx: &Ctx<'_>) -> (u8, u32) {
             (ok(r), 0)
         }
         _ => (status::UNSUPP, 0),
+    }
+}
+
+/// The segment of a DISCARD / WRITE_ZEROES request (its 16 data bytes, which `check` made
+/// sure it has), or `None` when guest memory does not hold it.
+fn segment(req: &Request, mem: &GuestMemoryMmap) -> Option<DwzSegment> {
+    let mut raw = [0u8; 16];
+    let mut done = 0usize;
+    for s in &req.data {
+        let m = s.len as usize;
+        if done + m > raw.len() || mem.read_slice(&mut raw[done..done + m], s.addr).is_err() {
+            return None;
+        }
+        done += m;
+    }
+    Some(DwzSegment::from_bytes(&raw))
+}
+
+/// What a request costs in the bytes bucket: the data it moves. WRITE_ZEROES writes its
+/// whole range (the kernel's ZERO_RANGE on a block device, or Volt's fallback writing zeroes),
+/// so it costs that range like a write (a segment it will refuse costs nothing); DISCARD
+/// frees blocks and moves no data.
+fn cost(req: &Request, ctx: &Ctx<'_>) -> u64 {
+    match req.kind {
+        kind::IN | kind::OUT => req.data_len,
+        kind::WRITE_ZEROES => segment(req, ctx.mem)
+            .and_then(|s| s.check(req.kind, &ctx.info).ok())
+            .map_or(0, |(_, len)| len),
+        _ => 0,
     }
 }
 
@@ -286,11 +303,7 @@ pub fn process(
             complete(queue, ctx, head, st, 0, &mut pass, Some(req.status));
             continue;
         }
-        let cost = match req.kind {
-            kind::IN | kind::OUT => req.data_len,
-            _ => 0,
-        };
-        if let Err(wait) = throttle.admit(cost, Instant::now()) {
+        if let Err(wait) = throttle.admit(cost(&req, ctx), Instant::now()) {
             *deferred = Some(Deferred { head, req });
             pass.wait = Some(wait);
             break;
