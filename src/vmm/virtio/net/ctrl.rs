@@ -74,6 +74,20 @@ pub fn parse(req: &[u8], max_pairs: u16) -> Result<Command, String> {
     })
 }
 
+/// Whether the driver may send `cmd` with the features it accepted (`acked`): offloads only
+/// with CTRL_GUEST_OFFLOADS and only among the GUEST_* offloads it accepted (virtio 1.x
+/// §5.1.6.5.6.1); the device answers anything else with an error.
+pub fn allowed(acked: u64, cmd: &Command) -> bool {
+    use super::features::*;
+    match cmd {
+        Command::SetGuestOffloads(bits) => {
+            let offloads = GUEST_CSUM | GUEST_TSO4 | GUEST_TSO6 | GUEST_ECN;
+            acked & CTRL_GUEST_OFFLOADS != 0 && bits & !(acked & offloads) == 0
+        }
+        _ => true,
+    }
+}
+
 /// Serve the control commands on `queue` (at most [`pass::CHAINS`]), then ask for the next
 /// kick; `apply` carries out a command and says whether it worked.
 pub fn process(
@@ -275,5 +289,20 @@ mod tests {
         );
         assert!(parse(&[], 1).is_err());
         assert!(parse(&[CLASS_MQ], 1).is_err());
+    }
+
+    #[test]
+    fn offloads_are_allowed_only_as_negotiated() {
+        use super::super::features::*;
+        let acked = CTRL_GUEST_OFFLOADS | GUEST_CSUM | GUEST_TSO4;
+        let set = |bits| Command::SetGuestOffloads(bits);
+        assert!(allowed(acked, &set(GUEST_CSUM | GUEST_TSO4)));
+        assert!(allowed(acked, &set(0)), "turning every offload off");
+        assert!(
+            !allowed(acked, &set(GUEST_TSO6)),
+            "not accepted at negotiation"
+        );
+        assert!(!allowed(acked & !CTRL_GUEST_OFFLOADS, &set(GUEST_CSUM)));
+        assert!(allowed(0, &Command::AnnounceAck));
     }
 }

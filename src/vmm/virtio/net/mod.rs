@@ -303,14 +303,7 @@ impl Net {
         if !virtio_queue::QueueT::ready(&c.queue) {
             return Ok(());
         }
-        let (tap, id, status) = (
-            self.tap.clone(),
-            self.params.id.clone(),
-            self.status.clone(),
-        );
-        let mut limiter = LogLimiter::new();
-        let apply: Box<dyn FnMut(ctrl::Command) -> bool + Send> =
-            Box::new(move |cmd| apply_ctrl(&tap, &id, &status, pairs, cmd, &mut limiter));
+        let apply = ctrl_apply(self, pairs);
         let server = ctrl::Server {
             name: format!("{} ctrl", self.params.id),
             queue: c.queue,
@@ -373,14 +366,7 @@ impl Net {
             let stats = Arc::new(Stats::default());
             let ctrl_part = if pair == 0 {
                 ctrl.take().map(|c| {
-                    let tap = self.tap.clone();
-                    let id = self.params.id.clone();
-                    let status = self.status.clone();
-                    let mut limiter = LogLimiter::new();
-                    let apply: Box<dyn FnMut(ctrl::Command) -> bool + Send> =
-                        Box::new(move |cmd| {
-                            apply_ctrl(&tap, &id, &status, pairs, cmd, &mut limiter)
-                        });
+                    let apply = ctrl_apply(self, pairs);
                     (c.queue, c.notify, self.params.queue_pairs, apply)
                 })
             } else {
@@ -409,6 +395,16 @@ impl Net {
         }
         Ok(())
     }
+}
+
+/// What carries out the driver's control commands, on whichever thread serves the queue:
+/// commands the driver may send ([`ctrl::allowed`]) go to [`apply_ctrl`].
+fn ctrl_apply(net: &Net, pairs: usize) -> Box<dyn FnMut(ctrl::Command) -> bool + Send> {
+    let (tap, id, status) = (net.tap.clone(), net.params.id.clone(), net.status.clone());
+    let (acked, mut limiter) = (net.acked, LogLimiter::new());
+    Box::new(move |cmd| {
+        ctrl::allowed(acked, &cmd) && apply_ctrl(&tap, &id, &status, pairs, cmd, &mut limiter)
+    })
 }
 
 /// Carry out a control command on the TAP (or the status bits). The driver sends these at
