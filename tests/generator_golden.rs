@@ -202,6 +202,37 @@ fn stale_files_are_removed_and_foreign_files_kept() {
     );
 }
 
+/// A broken autostart VM keeps booting with the host: its `machines.target.wants/` link and
+/// the `multi-user.target.wants/machines.target` link that makes boot reach it.
+#[test]
+fn a_broken_autostart_vm_keeps_its_place_in_the_boot() {
+    let case = cases()
+        .into_iter()
+        .find(|c| c.to_string_lossy().contains("autostart"))
+        .expect("the autostart case");
+    let run = run_generator(&case);
+    assert!(run.status.success(), "{}", run.stderr);
+    std::fs::write(run.root.join("etc/volt/vms/auto.toml"), "vcpus = \"x\"\n")
+        .expect("break the file");
+    let out = run.out.join("broken");
+    let dirs = ["normal", "early", "late"].map(|d| out.join(d));
+    for d in &dirs {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let o = volt_generator(&run.root, [&dirs[0], &dirs[1], &dirs[2]]);
+    assert!(!o.status.success(), "a broken file fails the run");
+    let tree = read_tree(&dirs[0]);
+    for want in [
+        "machines.target.wants/volt-vm@auto.service",
+        "multi-user.target.wants/machines.target",
+    ] {
+        assert!(
+            tree.iter().any(|(p, _)| p == want),
+            "{want} missing: {tree:?}"
+        );
+    }
+}
+
 /// A VM whose file breaks keeps its last good units (its link owner's `BindsTo=` with them),
 /// run after run, until the file is fixed or removed; unchanged networkd files stay
 /// untouched across runs.

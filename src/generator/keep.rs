@@ -26,6 +26,16 @@ pub struct Kept {
     pub links: Vec<(PathBuf, PathBuf)>,
 }
 
+impl Kept {
+    /// Whether the workload starts at boot: a link in `machines.target.wants/`.
+    pub fn autostarts(&self) -> bool {
+        let wants = format!("{}.wants", crate::plan::names::MACHINES_TARGET);
+        self.links
+            .iter()
+            .any(|(rel, _)| rel.parent().is_some_and(|d| d == Path::new(&wants)))
+    }
+}
+
 /// Every workload's last good units, by `<kind>/<name>` (`vm/web`, `container/db`).
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record(BTreeMap<String, Kept>);

@@ -222,6 +222,8 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     let broken = set.errors_by_file();
     // The record of the last run: read only when some workload needs it.
     let mut last: Option<keep::Record> = None;
+    // Whether any workload starts at boot (machines.target), kept ones included.
+    let mut any_autostart = false;
     for (file, errs) in &broken {
         for e in errs {
             log::error!("{}; skipping {}", e.report(), file.display());
@@ -234,6 +236,7 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
                 .map(|k| (name, k))
         });
         if let Some((name, kept)) = kept {
+            any_autostart |= kept.autostarts();
             match write_kept(out, kept) {
                 Ok(()) => log::warn!(
                     "{}: keeping the units of {name} from its last good version until the file is fixed",
@@ -251,7 +254,6 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     // A set: with 1000 VMs a list made the stale-file sweep below quadratic (~100 ms). Of
     // plain strings: hashing a `Path` walks its components (~10x the cost).
     let mut wanted: HashSet<OsString> = HashSet::with_capacity(2 * plan.workloads.len());
-    let mut any_autostart = false;
     let mut record = keep::Record::default();
     // Each workload's files on all cores (mostly mkdir, create and compare system calls).
     let results = crate::par_map(&plan.workloads, |w| {
