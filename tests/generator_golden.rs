@@ -202,6 +202,56 @@ fn stale_files_are_removed_and_foreign_files_kept() {
     );
 }
 
+/// A new file that copies a generated VM's address (an admin's template copy, say) gets the
+/// error, whatever its name: the VM keeps its units and can restart. Before, the file that
+/// sorted first won, and `aaa.toml` took the running `web`'s place.
+#[test]
+fn a_new_file_colliding_with_a_generated_vm_gets_the_error() {
+    let case = cases()
+        .into_iter()
+        .find(|c| c.to_string_lossy().contains("one-vm"))
+        .expect("the one-vm case");
+    let run = run_generator(&case);
+    assert!(run.status.success(), "{}", run.stderr);
+    let want: Vec<(String, Entry)> = result_tree(&run)
+        .into_iter()
+        .filter_map(|(p, e)| p.strip_prefix("normal/").map(|p| (p.to_string(), e)))
+        .collect();
+    let vms = run.root.join("etc/volt/vms");
+    std::fs::copy(vms.join("web.toml"), vms.join("aaa.toml")).expect("copy");
+    let out = run.out.join("again");
+    let dirs = ["normal", "early", "late"].map(|d| out.join(d));
+    for d in &dirs {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let o = volt_generator(&run.root, [&dirs[0], &dirs[1], &dirs[2]]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the colliding file fails the run");
+    assert!(
+        stderr.contains("/etc/volt/vms/aaa.toml:") && stderr.contains("already used by VM web"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("already used by VM aaa"), "{stderr}");
+    assert_eq!(
+        read_tree(&dirs[0]),
+        want,
+        "web's units as before, none for aaa"
+    );
+    // `volt validate` says the same.
+    let v = Command::new(env!("CARGO_BIN_EXE_volt"))
+        .args(["validate"])
+        .env("VOLT_ROOT", &run.root)
+        .output()
+        .expect("volt validate");
+    let text =
+        String::from_utf8_lossy(&v.stdout).into_owned() + &String::from_utf8_lossy(&v.stderr);
+    assert!(
+        text.contains("/etc/volt/vms/aaa.toml:7:8: network[0].ipv4: 10.42.0.10 on volt0 is already used by VM web")
+            && !text.contains("already used by VM aaa"),
+        "{text}"
+    );
+}
+
 /// A broken autostart VM keeps booting with the host: its `machines.target.wants/` link and
 /// the `multi-user.target.wants/machines.target` link that makes boot reach it.
 #[test]

@@ -54,6 +54,10 @@ pub const ZONES_DIR: &str = "etc/voltainer/network";
 
 /// Environment variable naming the root for tests and `volt generate` (default `/`).
 pub const ROOT_ENV: &str = "VOLT_ROOT";
+/// The generator's record of the units it made last time, keyed `vm/<name>` and
+/// `container/<name>`: the workloads that keep their addresses and names when a new file
+/// collides with them (read only on a collision).
+pub const GENERATOR_RECORD: &str = "run/volt/generator/kept.json";
 
 /// The root to read from: `$VOLT_ROOT` or `/`.
 pub fn root_from_env() -> PathBuf {
@@ -252,7 +256,8 @@ impl ConfigSet {
                 Err(e) => errors.push(e),
             }
         }
-        let (mut vms, containers, cross) = validate::check_across(vms, containers);
+        let (mut vms, containers, cross) =
+            validate::check_across(vms, containers, || incumbents(root));
         errors.extend(cross);
         errors.extend(validate::check_port_maps(&set.networks, &vms, &containers));
         if let Some(c) = &set.cluster {
@@ -367,6 +372,17 @@ impl ConfigSet {
         }
         m
     }
+}
+
+/// The workloads in the generator's last record (see [`GENERATOR_RECORD`]); none when there
+/// is no record (the first run after boot) or it cannot be read.
+fn incumbents(root: &Path) -> std::collections::HashSet<String> {
+    let Ok(text) = std::fs::read(root.join(GENERATOR_RECORD)) else {
+        return Default::default();
+    };
+    serde_json::from_slice::<std::collections::HashMap<String, serde::de::IgnoredAny>>(&text)
+        .map(|m| m.into_keys().collect())
+        .unwrap_or_default()
 }
 
 /// `cluster.toml` under `root`, checked against `networks` (whose MTUs it derives), or

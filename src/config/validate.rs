@@ -2,9 +2,10 @@
 //! workload.
 //!
 //! Files are taken in name order; when two collide, the later file gets the error and is
-//! left out, so the earlier VM still starts.
+//! left out, so the earlier VM still starts; except that workloads the generator made units
+//! for last time go first (a new file cannot displace a running VM).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::container::ContainerConfig;
 use super::derive::MacAddr;
@@ -122,144 +123,201 @@ fn nic_claims<'a>(claims: &mut Vec<Claim<'a>>, n: NicClaim<'a>) {
     }
 }
 
-/// VMs first, then containers, each in file name order. Workload names are one namespace:
-/// a container may not share a VM's name (port maps and reservations name workloads).
+/// Which workloads keep what they claim when two files collide. VMs first, then containers,
+/// each in file name order; but when there is a collision and `incumbents` (the workloads
+/// the generator made units for last time: `vm/web`, `container/db`) names some, those go
+/// first, so a running VM is not displaced by a new file that copied its address (the new
+/// file gets the error). Workload names are one namespace: a container may not share a VM's
+/// name (port maps and reservations name workloads).
 pub(super) fn check_across(
     vms: Vec<VmConfig>,
     containers: Vec<ContainerConfig>,
+    incumbents: impl FnOnce() -> HashSet<String>,
 ) -> (Vec<VmConfig>, Vec<ContainerConfig>, Vec<ConfigError>) {
-    let mut ok: Vec<VmConfig> = Vec::new();
-    let mut errors = Vec::new();
+    let mut r = assign(&vms, &containers, None);
+    if !r.2.is_empty() {
+        let first = incumbents();
+        if !first.is_empty() {
+            r = assign(&vms, &containers, Some(&first));
+        }
+    }
+    let (vm_ok, ct_ok, errors) = r;
+    let keep = |ok: Vec<bool>| ok.into_iter();
+    let vms = vms
+        .into_iter()
+        .zip(keep(vm_ok))
+        .filter_map(|(v, ok)| ok.then_some(v))
+        .collect();
+    let containers = containers
+        .into_iter()
+        .zip(keep(ct_ok))
+        .filter_map(|(c, ok)| ok.then_some(c))
+        .collect();
+    (vms, containers, errors)
+}
+
+/// One pass of claims in order (see [`check_across`]): which VMs and containers keep theirs,
+/// and the errors of the others.
+fn assign(
+    vms: &[VmConfig],
+    containers: &[ContainerConfig],
+    first: Option<&HashSet<String>>,
+) -> (Vec<bool>, Vec<bool>, Vec<ConfigError>) {
     // About five claims per workload; sized once instead of rehashed as it grows.
     let mut taken = Taken {
         keys: HashMap::with_capacity(6 * (vms.len() + containers.len())),
         owners: Vec::with_capacity(vms.len() + containers.len()),
     };
-    for vm in vms {
-        let file_at = || Location::file(&vm.path);
-        let mut claims: Vec<Claim> = vec![(
-            format!("name:{}", vm.name),
-            Box::new(|| {
-                (
-                    "name".into(),
-                    file_at(),
-                    format!("the workload name {}", vm.name),
-                )
-            }),
-        )];
-        if let Some(cid) = vm.vsock_cid {
-            let vsock_at = &vm.spans.vsock;
-            claims.push((
-                format!("cid:{cid}"),
-                Box::new(move || {
-                    (
-                        "vsock".into(),
-                        vsock_at.clone().unwrap_or_else(file_at),
-                        format!("vsock CID {cid}"),
-                    )
-                }),
-            ));
+    let mut order: Vec<(bool, usize)> = (0..vms.len())
+        .map(|i| (true, i))
+        .chain((0..containers.len()).map(|i| (false, i)))
+        .collect();
+    if let Some(first) = first {
+        // Stable: incumbents first, each group in the usual order.
+        order.sort_by_key(|&(vm, i)| {
+            let key = if vm {
+                format!("vm/{}", vms[i].name)
+            } else {
+                format!("container/{}", containers[i].name)
+            };
+            !first.contains(&key)
+        });
+    }
+    let (mut vm_ok, mut ct_ok) = (vec![false; vms.len()], vec![false; containers.len()]);
+    let mut errors = Vec::new();
+    for (vm, i) in order {
+        let errs = if vm {
+            claim_vm(&vms[i], &mut taken)
+        } else {
+            claim_container(&containers[i], &mut taken)
+        };
+        if !errs.is_empty() {
+            errors.extend(errs);
+        } else if vm {
+            vm_ok[i] = true;
+        } else {
+            ct_ok[i] = true;
         }
+    }
+    (vm_ok, ct_ok, errors)
+}
+
+/// What VM `vm` takes (name, vsock CID, UUID, NICs, disks), or why it cannot.
+fn claim_vm(vm: &VmConfig, taken: &mut Taken) -> Vec<ConfigError> {
+    let file_at = || Location::file(&vm.path);
+    let mut claims: Vec<Claim> = vec![(
+        format!("name:{}", vm.name),
+        Box::new(|| {
+            (
+                "name".into(),
+                file_at(),
+                format!("the workload name {}", vm.name),
+            )
+        }),
+    )];
+    if let Some(cid) = vm.vsock_cid {
+        let vsock_at = &vm.spans.vsock;
         claims.push((
-            format!("uuid:{}", vm.uuid),
-            Box::new(|| {
+            format!("cid:{cid}"),
+            Box::new(move || {
                 (
-                    "uuid".into(),
-                    vm.spans.uuid.clone().unwrap_or_else(file_at),
-                    format!("UUID {}", vm.uuid),
+                    "vsock".into(),
+                    vsock_at.clone().unwrap_or_else(file_at),
+                    format!("vsock CID {cid}"),
                 )
             }),
         ));
-        for nic in &vm.nics {
-            let segment = nic.bridge.as_ref().or(nic.parent.as_ref());
-            nic_claims(
-                &mut claims,
-                NicClaim {
-                    path: &vm.path,
-                    spans: vm.spans.nics.get(nic.index),
-                    index: nic.index,
-                    links: vec![&nic.link],
-                    segment: segment.map_or("", |s| s.as_str()),
-                    mac: &nic.mac,
-                    ipv4: nic.ipv4.zip(nic.network.as_deref()),
-                },
-            );
-        }
-        // An image is used read-write by one VM, or read-only by any number.
-        let disk_errs: Vec<ConfigError> = vm
-            .disks
-            .iter()
-            .filter_map(|d| {
-                let p = d.path.display();
-                let holder = if d.readonly {
-                    taken.holder(&format!("disk-rw:{p}"))
-                } else {
-                    taken.holder(&format!("disk:{p}"))
-                }?;
-                Some(ConfigError::Invalid {
-                    at: d.at.clone().unwrap_or_else(file_at),
-                    field: format!("disk[{}].path", d.index),
-                    message: format!(
-                        "{p} is already used by {holder}{}",
-                        if d.readonly { " (read-write)" } else { "" }
-                    ),
-                })
+    }
+    claims.push((
+        format!("uuid:{}", vm.uuid),
+        Box::new(|| {
+            (
+                "uuid".into(),
+                vm.spans.uuid.clone().unwrap_or_else(file_at),
+                format!("UUID {}", vm.uuid),
+            )
+        }),
+    ));
+    for nic in &vm.nics {
+        let segment = nic.bridge.as_ref().or(nic.parent.as_ref());
+        nic_claims(
+            &mut claims,
+            NicClaim {
+                path: &vm.path,
+                spans: vm.spans.nics.get(nic.index),
+                index: nic.index,
+                links: vec![&nic.link],
+                segment: segment.map_or("", |s| s.as_str()),
+                mac: &nic.mac,
+                ipv4: nic.ipv4.zip(nic.network.as_deref()),
+            },
+        );
+    }
+    // An image is used read-write by one VM, or read-only by any number.
+    let disk_errs: Vec<ConfigError> = vm
+        .disks
+        .iter()
+        .filter_map(|d| {
+            let p = d.path.display();
+            let holder = if d.readonly {
+                taken.holder(&format!("disk-rw:{p}"))
+            } else {
+                taken.holder(&format!("disk:{p}"))
+            }?;
+            Some(ConfigError::Invalid {
+                at: d.at.clone().unwrap_or_else(file_at),
+                field: format!("disk[{}].path", d.index),
+                message: format!(
+                    "{p} is already used by {holder}{}",
+                    if d.readonly { " (read-write)" } else { "" }
+                ),
             })
-            .collect();
-        let owner = taken.owner(format!("VM {} ({})", vm.name, vm.path.display()));
-        let mut errs = taken.claim(claims, owner);
-        if errs.is_empty() && disk_errs.is_empty() {
-            for d in &vm.disks {
-                let p = d.path.display();
-                taken.keys.entry(format!("disk:{p}")).or_insert(owner);
-                if !d.readonly {
-                    taken.keys.insert(format!("disk-rw:{p}"), owner);
-                }
+        })
+        .collect();
+    let owner = taken.owner(format!("VM {} ({})", vm.name, vm.path.display()));
+    let mut errs = taken.claim(claims, owner);
+    if errs.is_empty() && disk_errs.is_empty() {
+        for d in &vm.disks {
+            let p = d.path.display();
+            taken.keys.entry(format!("disk:{p}")).or_insert(owner);
+            if !d.readonly {
+                taken.keys.insert(format!("disk-rw:{p}"), owner);
             }
         }
-        errs.extend(disk_errs);
-        if errs.is_empty() {
-            ok.push(vm);
-        } else {
-            errors.extend(errs);
-        }
     }
-    let mut ok_containers = Vec::new();
-    for ct in containers {
-        let file_at = || Location::file(&ct.path);
-        let mut claims: Vec<Claim> = vec![(
-            format!("name:{}", ct.name),
-            Box::new(|| {
-                (
-                    "name".into(),
-                    file_at(),
-                    format!("the workload name {}", ct.name),
-                )
-            }),
-        )];
-        for nic in &ct.nics {
-            nic_claims(
-                &mut claims,
-                NicClaim {
-                    path: &ct.path,
-                    spans: ct.spans.nics.get(nic.index),
-                    index: nic.index,
-                    links: vec![&nic.host_link, &nic.container_link],
-                    segment: nic.bridge.as_deref().unwrap_or_default(),
-                    mac: &nic.mac,
-                    ipv4: nic.ipv4.zip(nic.network.as_deref()),
-                },
-            );
-        }
-        let owner = taken.owner(format!("container {} ({})", ct.name, ct.path.display()));
-        let errs = taken.claim(claims, owner);
-        if errs.is_empty() {
-            ok_containers.push(ct);
-        } else {
-            errors.extend(errs);
-        }
+    errs.extend(disk_errs);
+    errs
+}
+
+/// What container `ct` takes (name, NICs), or why it cannot.
+fn claim_container(ct: &ContainerConfig, taken: &mut Taken) -> Vec<ConfigError> {
+    let file_at = || Location::file(&ct.path);
+    let mut claims: Vec<Claim> = vec![(
+        format!("name:{}", ct.name),
+        Box::new(|| {
+            (
+                "name".into(),
+                file_at(),
+                format!("the workload name {}", ct.name),
+            )
+        }),
+    )];
+    for nic in &ct.nics {
+        nic_claims(
+            &mut claims,
+            NicClaim {
+                path: &ct.path,
+                spans: ct.spans.nics.get(nic.index),
+                index: nic.index,
+                links: vec![&nic.host_link, &nic.container_link],
+                segment: nic.bridge.as_deref().unwrap_or_default(),
+                mac: &nic.mac,
+                ipv4: nic.ipv4.zip(nic.network.as_deref()),
+            },
+        );
     }
-    (ok, ok_containers, errors)
+    let owner = taken.owner(format!("container {} ({})", ct.name, ct.path.display()));
+    taken.claim(claims, owner)
 }
 
 /// Every port map must reach a configured VM or container with a NIC on the map's network.
@@ -316,7 +374,7 @@ mod tests {
                     .expect("valid")
             })
             .collect();
-        let (ok, _, errs) = super::check_across(vms, Vec::new());
+        let (ok, _, errs) = super::check_across(vms, Vec::new(), Default::default);
         (
             ok.into_iter().map(|v| v.name).collect(),
             errs.iter().map(|e| e.to_string()).collect(),
@@ -418,6 +476,7 @@ mod tests {
                 ct("c", &format!("{base}[[network]]\nmac = \"{web_mac}\"\n")),
                 ct("d", &format!("{base}[[network]]\n")),
             ],
+            Default::default,
         );
         assert_eq!(vms.len(), 1);
         let names: Vec<&str> = cts.iter().map(|c| c.name.as_str()).collect();

@@ -141,6 +141,15 @@ pub fn workload_of(file: &Path) -> Option<(&'static str, String)> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_record_is_where_the_config_loader_looks_for_incumbents() {
+        let root = Path::new("/r");
+        assert_eq!(
+            super::super::Targets::under_root(root).keep.join(FILE),
+            root.join(crate::config::GENERATOR_RECORD)
+        );
+    }
+
     fn kept(text: &str) -> Kept {
         Kept {
             files: vec![("a.service.d/x.conf".into(), text.into())],
