@@ -324,3 +324,57 @@ fn a_broken_cluster_file_fails_closed() {
         text(&o)
     );
 }
+
+#[test]
+fn a_workload_whose_file_broke_is_still_listed_with_its_errors() {
+    let r = root();
+    let p = r.path();
+    write(
+        p,
+        "etc/volt/vms/web.toml",
+        "kernel = \"/k\"\nvcpus = \"two\"\n",
+    );
+    let o = volt(p, &["vm", "list", "-o", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let all: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let names: Vec<&str> = all
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(names, ["dyn", "web"]);
+    let web = &all[1];
+    assert!(web["config"].is_null(), "{web}");
+    assert!(
+        web["config_errors"][0]
+            .as_str()
+            .is_some_and(|e| e.starts_with("/etc/volt/vms/web.toml:2:9: vcpus:")),
+        "{web}"
+    );
+    assert!(all[0]["config_errors"]
+        .as_array()
+        .is_some_and(Vec::is_empty));
+    let table = volt(p, &["vm", "list"]);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("config invalid"),
+        "{}",
+        text(&table)
+    );
+    // status shows it (not running here: 3, as systemctl), with the errors.
+    let o = volt(p, &["vm", "status", "web"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("config   /etc/volt/vms/web.toml:2:9"),
+        "{}",
+        text(&o)
+    );
+    // A start is refused, naming what to fix.
+    let o = volt(p, &["vm", "start", "web"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("not starting VM web: fix /etc/volt/vms/web.toml first"),
+        "{}",
+        text(&o)
+    );
+}

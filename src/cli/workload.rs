@@ -47,15 +47,24 @@ pub struct WorkloadView {
     pub state: Option<UnitState>,
     pub links: Vec<LinkView>,
     pub config: serde_json::Value,
+    /// What is wrong with its file (`file:line:col: field: message`); empty when it is valid.
+    /// A workload whose file is broken is still listed: the generator keeps a running one's
+    /// last good units, and systemd still knows its unit.
+    pub config_errors: Vec<String>,
 }
 
 impl WorkloadView {
     /// `active (running)`, `failed (exit-code)`, or `-`.
     pub fn state_text(&self) -> String {
-        match &self.state {
+        let state = match &self.state {
             Some(s) if s.active == "failed" => format!("failed ({})", s.result),
             Some(s) => format!("{} ({})", s.active, s.sub),
             None => "-".into(),
+        };
+        if self.config_errors.is_empty() {
+            state
+        } else {
+            format!("{state}, config invalid")
         }
     }
 
@@ -123,7 +132,7 @@ pub fn views(root: &Path, kind: Kind) -> (ConfigSet, Vec<WorkloadView>) {
     let plan = Plan::build(&set);
     let paths = Paths::new(root);
     let bus = crate::sd::system_bus().ok();
-    let views = plan
+    let mut views = plan
         .workloads
         .iter()
         .filter(|w| w.kind == kind)
@@ -143,8 +152,34 @@ pub fn views(root: &Path, kind: Kind) -> (ConfigSet, Vec<WorkloadView>) {
                 Config::Vm(v) => serde_json::to_value(v).unwrap_or_default(),
                 Config::Container(c) => serde_json::to_value(c).unwrap_or_default(),
             },
+            config_errors: Vec::new(),
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // Workloads whose file is broken: what systemd says of their unit, and the errors.
+    for (file, errs) in set.errors_by_file() {
+        let Some((k, name)) = crate::config::workload_of(file) else {
+            continue;
+        };
+        if k != kind.as_str() || views.iter().any(|v| v.name == name) {
+            continue;
+        }
+        let unit = match kind {
+            Kind::Vm => crate::plan::names::vm_unit(&name),
+            Kind::Container => crate::plan::names::container_unit(&name),
+        };
+        views.push(WorkloadView {
+            state: bus.as_ref().and_then(|c| units::state(c, &unit).ok()),
+            name,
+            kind,
+            unit,
+            source: file.display().to_string(),
+            autostart: false,
+            links: Vec::new(),
+            config: serde_json::Value::Null,
+            config_errors: errs.iter().map(|e| e.report()).collect(),
+        });
+    }
+    views.sort_by(|a, b| a.name.cmp(&b.name));
     (set, views)
 }
 
@@ -178,6 +213,7 @@ pub fn list(root: &Path, kind: Kind, out: &OutputArgs) -> Result<Outcome> {
         .map(|v| {
             let mut row = vec![v.name.clone(), v.state_text(), v.addresses()];
             match kind {
+                _ if v.config.is_null() => row.extend(["-".to_string(), "-".to_string()]),
                 Kind::Vm => row.extend([
                     v.config["vcpus"].to_string(),
                     format!("{}M", v.config["memory_mib"]),
@@ -260,6 +296,19 @@ pub fn lifecycle(root: &Path, kind: Kind, name: &str, verb: Verb) -> Result<Outc
     let Ok(v) = find(&set, &views, kind, name) else {
         return Ok(Outcome::Code(5));
     };
+    if !v.config_errors.is_empty() && verb != Verb::Stop {
+        // Stopping is always possible; a start would run the last good units of a file that
+        // is broken now (or fail in them): say what to fix instead.
+        for e in &v.config_errors {
+            log::error!("{e}");
+        }
+        log::error!(
+            "not starting {} {name}: fix {} first (`volt validate` lists every error)",
+            kind.noun(),
+            v.source
+        );
+        return Ok(Outcome::Config);
+    }
     let conn = crate::sd::system_bus()?;
     match units::run_job(&conn, &v.unit, verb) {
         Ok(()) => Ok(Outcome::Ok),
@@ -281,6 +330,9 @@ pub fn status(root: &Path, kind: Kind, name: &str, out: &OutputArgs) -> Result<O
     if !out.print_json(v)? {
         println!("{} ({}) {}", v.name, kind.as_str(), v.source);
         println!("  state    {}", v.state_text());
+        for e in &v.config_errors {
+            println!("  config   {e}");
+        }
         if let Some(s) = &v.state {
             println!(
                 "  unit     {} (main PID {}, {} restart(s))",

@@ -374,6 +374,20 @@ impl ConfigSet {
     }
 }
 
+/// The workload a config file describes: `("vm", name)` for `/etc/volt/vms/<name>.toml`,
+/// `("container", name)` for `/etc/volt/containers/<name>.toml`.
+pub fn workload_of(file: &Path) -> Option<(&'static str, String)> {
+    let parent = file.parent()?;
+    let name = file_stem(file);
+    if parent == Path::new("/").join(VMS_DIR) {
+        Some(("vm", name))
+    } else if parent == Path::new("/").join(CONTAINERS_DIR) {
+        Some(("container", name))
+    } else {
+        None
+    }
+}
+
 /// The workloads in the generator's last record (see [`GENERATOR_RECORD`]); none when there
 /// is no record (the first run after boot) or it cannot be read.
 fn incumbents(root: &Path) -> std::collections::HashSet<String> {

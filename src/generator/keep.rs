@@ -16,8 +16,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CONTAINERS_DIR, VMS_DIR};
-
 /// What one workload got in the output directory: drop-ins (path relative to the output
 /// directory, text) and symlinks (link relative to the output directory, target).
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,19 +121,7 @@ impl Record {
     }
 }
 
-/// The workload a config file describes: `("vm", name)` for `/etc/volt/vms/<name>.toml`,
-/// `("container", name)` for `/etc/volt/containers/<name>.toml`.
-pub fn workload_of(file: &Path) -> Option<(&'static str, String)> {
-    let parent = file.parent()?;
-    let name = crate::config::file_stem(file);
-    if parent == Path::new("/").join(VMS_DIR) {
-        Some(("vm", name))
-    } else if parent == Path::new("/").join(CONTAINERS_DIR) {
-        Some(("container", name))
-    } else {
-        None
-    }
-}
+pub use crate::config::workload_of;
 
 #[cfg(test)]
 mod tests {
