@@ -57,9 +57,7 @@ impl Nic {
 }
 
 fn vm(name: &str, net: &Network, nic: &str) -> Nic {
-    let networks = Networks {
-        list: vec![net.clone()],
-    };
+    let networks = Networks::new(vec![net.clone()]);
     let vm = parse_vm_toml(
         Path::new(&format!("/etc/volt/vms/{name}.toml")),
         &format!("kernel = \"/k\"\n[[network]]\n{nic}\n"),

@@ -34,9 +34,7 @@ pub(crate) fn networks() -> Networks {
     iso.container_range = range("10.60.0.100", "10.60.0.254");
     let mut lab = network("lab", "lab0", "10.50.0.0/24", "10.50.0.1");
     lab.vm_range = range("10.50.0.2", "10.50.0.99");
-    Networks {
-        list: vec![def, iso, lab],
-    }
+    Networks::new(vec![def, iso, lab])
 }
 
 /// The messages of a file that must be invalid.

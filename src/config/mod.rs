@@ -78,6 +78,27 @@ pub fn file_stem(path: &Path) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct Networks {
     pub list: Vec<Network>,
+    /// Network files that exist but have errors: a NIC that names one is told to fix it,
+    /// not that no such network exists.
+    pub broken: Vec<BrokenNetwork>,
+}
+
+/// A network file with errors: its name, the bridge it names when that much can be read.
+#[derive(Debug, Clone, Default)]
+pub struct BrokenNetwork {
+    pub name: String,
+    pub bridge: Option<String>,
+    pub path: PathBuf,
+}
+
+impl Networks {
+    /// These networks, none broken.
+    pub fn new(list: Vec<Network>) -> Networks {
+        Networks {
+            list,
+            broken: Vec::new(),
+        }
+    }
 }
 
 impl NetworkLookup for Networks {
@@ -92,6 +113,16 @@ impl NetworkLookup for Networks {
 
     fn by_bridge(&self, bridge: &str) -> Option<&Network> {
         self.list.iter().find(|n| n.bridge == bridge)
+    }
+
+    fn broken(&self, bridge: Option<&str>, name: Option<&str>) -> Option<&Path> {
+        self.broken
+            .iter()
+            .find(|b| {
+                name.is_some_and(|n| n == b.name)
+                    || bridge.is_some_and(|x| b.bridge.as_deref() == Some(x))
+            })
+            .map(|b| b.path.as_path())
     }
 }
 
@@ -283,11 +314,23 @@ impl ConfigSet {
     ) -> Networks {
         let mut list: Vec<Network> = Vec::new();
         let mut candidates = Vec::new();
+        let mut broken = Vec::new();
         for (shown, real) in list_dir(root, NETWORKS_DIR, &["toml"], errors, warnings) {
             match read(&shown, &real) {
                 Ok(t) => match parse_network_toml(&shown, &t) {
                     Ok(n) => candidates.push(n),
-                    Err(errs) => errors.extend(errs),
+                    Err(errs) => {
+                        errors.extend(errs);
+                        // What it would be, if it can be told: for the NICs that use it.
+                        let bridge = toml::from_str::<toml::Table>(&t).ok().and_then(|v| {
+                            v.get("bridge").and_then(|b| b.as_str()).map(str::to_owned)
+                        });
+                        broken.push(BrokenNetwork {
+                            name: file_stem(&shown),
+                            bridge,
+                            path: shown,
+                        });
+                    }
                 },
                 Err(e) => errors.push(e),
             }
@@ -341,7 +384,7 @@ impl ConfigSet {
             list.push(n);
         }
         list.sort_by(|a, b| a.name.cmp(&b.name));
-        Networks { list }
+        Networks { list, broken }
     }
 
     /// The VM named `name`, or the errors that keep it from being valid.
@@ -510,5 +553,38 @@ mod load_tests {
             "{:?}",
             full.errors
         );
+    }
+
+    #[test]
+    fn a_nic_on_a_network_whose_file_is_broken_is_told_to_fix_that_file() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let etc = tmp.path().join("etc/volt");
+        std::fs::create_dir_all(etc.join("vms")).expect("mkdir");
+        std::fs::create_dir_all(etc.join("networks")).expect("mkdir");
+        std::fs::write(tmp.path().join("k"), "kernel").expect("write");
+        std::fs::write(
+            etc.join("networks/lab.toml"),
+            "subnet = \"10.50.0.0/24\"\nbridge = \"brlab\"\ntpye = \"bridged\"\n",
+        )
+        .expect("write");
+        std::fs::write(
+            etc.join("vms/a.toml"),
+            "kernel = \"/k\"\n[[network]]\nbridge = \"brlab\"\n",
+        )
+        .expect("write");
+        std::fs::write(
+            etc.join("vms/b.toml"),
+            "kernel = \"/k\"\n[[network]]\nzone = \"lab\"\n",
+        )
+        .expect("write");
+        let set = ConfigSet::load(tmp.path());
+        let text: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+        for vm in ["a", "b"] {
+            assert!(
+                text.iter().any(|e| e.starts_with(&format!("/etc/volt/vms/{vm}.toml:3:"))
+                    && e.contains("its network is defined in /etc/volt/networks/lab.toml, which has errors")),
+                "{text:?}"
+            );
+        }
     }
 }

@@ -151,27 +151,35 @@ fn network<'n>(
             None
         }
         (Some(b), None) => nets.by_bridge(b.get_ref()).or_else(|| {
-            e.push(src.invalid(
-                &t.field("bridge"),
-                b.span(),
-                format!(
+            let message = match nets.broken(Some(b.get_ref()), None) {
+                Some(p) => broken_network(p),
+                None => format!(
                     "no network uses bridge {:?} (define it in /etc/volt/networks/)",
                     b.get_ref()
                 ),
-            ));
+            };
+            e.push(src.invalid(&t.field("bridge"), b.span(), message));
             None
         }),
         (None, Some(z)) => nets.by_name(z.get_ref()).or_else(|| {
-            e.push(src.invalid(
-                &t.field("zone"),
-                z.span(),
-                format!("no network or zone named {:?} is defined", z.get_ref()),
-            ));
+            let message = match nets.broken(None, Some(z.get_ref())) {
+                Some(p) => broken_network(p),
+                None => format!("no network or zone named {:?} is defined", z.get_ref()),
+            };
+            e.push(src.invalid(&t.field("zone"), z.span(), message));
             None
         }),
         (None, None) if default => nets.by_bridge(DEFAULT_NETWORK),
         (None, None) => None,
     }
+}
+
+/// What a NIC on a network whose file has errors is told.
+fn broken_network(file: &std::path::Path) -> String {
+    format!(
+        "its network is defined in {}, which has errors: fix that file first (`volt validate` lists them)",
+        file.display()
+    )
 }
 
 /// `ipv4`: a static address (checked against the network, its range for `pool` and its

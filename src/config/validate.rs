@@ -364,9 +364,7 @@ mod tests {
     use crate::config::{parse_vm_toml, Network, Networks};
 
     fn load(files: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {
-        let nets = Networks {
-            list: vec![Network::builtin_default()],
-        };
+        let nets = Networks::new(vec![Network::builtin_default()]);
         let vms = files
             .iter()
             .map(|(n, t)| {
@@ -450,9 +448,7 @@ mod tests {
     #[test]
     fn containers_clash_with_vms_on_names_addresses_and_macs() {
         use crate::config::parse_container_toml;
-        let nets = Networks {
-            list: vec![Network::builtin_default()],
-        };
+        let nets = Networks::new(vec![Network::builtin_default()]);
         let vm = |n: &str, t: &str| {
             parse_vm_toml(&PathBuf::from(format!("/etc/volt/vms/{n}.toml")), t, &nets)
                 .expect("valid vm")

@@ -160,6 +160,10 @@ impl VmConfig {
 pub trait NetworkLookup {
     fn by_name(&self, name: &str) -> Option<&Network>;
     fn by_bridge(&self, bridge: &str) -> Option<&Network>;
+    /// The file of a network that has errors and is named `name` or uses `bridge`, if any.
+    fn broken(&self, _bridge: Option<&str>, _name: Option<&str>) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 const NIC_MODES: [(&str, NicMode); 3] = [

@@ -51,7 +51,7 @@ pub fn run(data: &[u8]) {
         Ok(None) => {}
         Err(e) => check_error(&e, zone_path, &net_text),
     }
-    let networks = Networks { list };
+    let networks = Networks::new(list);
     let vm_path = Path::new(VM_PATH);
     match parse_vm_toml(vm_path, &vm_text, &networks) {
         Ok(vm) => check_vm(&vm),
