@@ -51,6 +51,13 @@ pub struct DiskConfig {
     /// Where `path` is written.
     #[serde(skip)]
     pub(crate) at: Option<Location>,
+    /// Where `root` is written.
+    #[serde(skip)]
+    pub(crate) root_at: Option<Location>,
+    /// The image itself, when it can be looked at (device and inode; a block device's
+    /// number): two paths to one image are one image. See [`identify`].
+    #[serde(skip)]
+    pub(crate) identity: Option<String>,
 }
 
 const CACHE: [(&str, DiskCache); 2] = [
@@ -90,18 +97,21 @@ pub(crate) fn parse_disk(src: &Src, index: usize, t: &Table, e: &mut Errors) -> 
         }
         ok.then(|| s.into_inner())
     });
+    let root_s = t.boolean(src, e, "root");
     let mut d = DiskConfig {
         index,
         path,
         readonly: t
             .boolean(src, e, "readonly")
             .is_some_and(|b| b.into_inner()),
-        root: t.boolean(src, e, "root").is_some_and(|b| b.into_inner()),
+        root: root_s.as_ref().is_some_and(|b| *b.get_ref()),
         cache: t.choice(src, e, "cache", &CACHE).unwrap_or_default(),
         serial,
         bytes_per_sec: 0,
         ops_per_sec: 0,
         at,
+        root_at: root_s.map(|b| src.at(b.span().start)),
+        identity: None,
     };
     if let Some(l) = t.table(src, e, "limit") {
         d.bytes_per_sec = l
@@ -121,7 +131,7 @@ pub(crate) fn check_disks(src: &Src, disks: &[DiskConfig], e: &mut Errors) {
     if let (Some(first), Some(second)) = (roots.next(), roots.next()) {
         e.push(ConfigError::Invalid {
             at: second
-                .at
+                .root_at
                 .clone()
                 .unwrap_or_else(|| Location::file(src.path)),
             field: format!("disk[{}].root", second.index),
@@ -133,7 +143,32 @@ pub(crate) fn check_disks(src: &Src, disks: &[DiskConfig], e: &mut Errors) {
     }
 }
 
+/// Look at each VM disk's image under `root` (see [`DiskConfig::identity`]), so the checks
+/// across files see one image behind two paths (`/d/a.img`, a symlink to it, `/d/../d/a.img`).
+/// An image that cannot be looked at now (the generator runs before every file system is
+/// mounted) is known by its path.
+pub(crate) fn identify(vms: &mut [super::VmConfig], root: &Path) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for d in vms.iter_mut().flat_map(|v| v.disks.iter_mut()) {
+        let real = root.join(d.path.strip_prefix("/").unwrap_or(&d.path));
+        d.identity = std::fs::metadata(real).ok().map(|m| {
+            if m.file_type().is_block_device() {
+                format!("blk:{}", m.rdev())
+            } else {
+                format!("file:{}:{}", m.dev(), m.ino())
+            }
+        });
+    }
+}
+
 impl DiskConfig {
+    /// What the checks across files know the image by: its identity, else its path.
+    pub(crate) fn image_key(&self) -> String {
+        self.identity
+            .clone()
+            .unwrap_or_else(|| format!("path:{}", self.path.display()))
+    }
+
     /// That the image exists under `root` as a regular file or a block device whose size is a
     /// multiple of 512 bytes. Not part of parsing: the generator runs before every file
     /// system is mounted.

@@ -287,6 +287,7 @@ impl ConfigSet {
                 Err(e) => errors.push(e),
             }
         }
+        disk::identify(&mut vms, root);
         let (mut vms, containers, cross) =
             validate::check_across(vms, containers, || incumbents(root));
         errors.extend(cross);

@@ -253,35 +253,49 @@ fn claim_vm(vm: &VmConfig, taken: &mut Taken) -> Vec<ConfigError> {
             },
         );
     }
-    // An image is used read-write by one VM, or read-only by any number.
-    let disk_errs: Vec<ConfigError> = vm
-        .disks
-        .iter()
-        .filter_map(|d| {
-            let p = d.path.display();
-            let holder = if d.readonly {
-                taken.holder(&format!("disk-rw:{p}"))
-            } else {
-                taken.holder(&format!("disk:{p}"))
-            }?;
-            Some(ConfigError::Invalid {
-                at: d.at.clone().unwrap_or_else(file_at),
+    // An image is used read-write by one VM, or read-only by any number; and once per VM.
+    // Known by what it is, not how its path is spelled (see `disk::identify`).
+    let mut disk_errs: Vec<ConfigError> = Vec::new();
+    for (i, d) in vm.disks.iter().enumerate() {
+        let p = d.path.display();
+        let key = d.image_key();
+        let at = || d.at.clone().unwrap_or_else(file_at);
+        if let Some(first) = vm.disks[..i].iter().find(|o| o.image_key() == key) {
+            disk_errs.push(ConfigError::Invalid {
+                at: at(),
+                field: format!("disk[{}].path", d.index),
+                message: format!(
+                    "{p} is the image of disk[{}] ({}) again: a VM has each image once",
+                    first.index,
+                    first.path.display()
+                ),
+            });
+            continue;
+        }
+        let holder = if d.readonly {
+            taken.holder(&format!("disk-rw:{key}"))
+        } else {
+            taken.holder(&format!("disk:{key}"))
+        };
+        if let Some(holder) = holder {
+            disk_errs.push(ConfigError::Invalid {
+                at: at(),
                 field: format!("disk[{}].path", d.index),
                 message: format!(
                     "{p} is already used by {holder}{}",
                     if d.readonly { " (read-write)" } else { "" }
                 ),
-            })
-        })
-        .collect();
+            });
+        }
+    }
     let owner = taken.owner(format!("VM {} ({})", vm.name, vm.path.display()));
     let mut errs = taken.claim(claims, owner);
     if errs.is_empty() && disk_errs.is_empty() {
         for d in &vm.disks {
-            let p = d.path.display();
-            taken.keys.entry(format!("disk:{p}")).or_insert(owner);
+            let key = d.image_key();
+            taken.keys.entry(format!("disk:{key}")).or_insert(owner);
             if !d.readonly {
-                taken.keys.insert(format!("disk-rw:{p}"), owner);
+                taken.keys.insert(format!("disk-rw:{key}"), owner);
             }
         }
     }

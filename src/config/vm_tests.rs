@@ -281,7 +281,8 @@ fn disks_parse_and_are_checked() {
     let joined = e.join("\n");
     for want in [
         "disk[0].path: \"rel.img\" is not an absolute path",
-        "disk[1].root: disk[0] is the root disk already",
+        // At the second `root` (line 7), not at its `path`.
+        "db.toml:7:8: disk[1].root: disk[0] is the root disk already",
         "disk[1].serial: \"has space\" must be at most 20 printable ASCII characters",
         "disk[1].cache: \"unsafe\" is not one of writeback, none",
         "disk[1].limit.iops: unknown key",
@@ -359,4 +360,46 @@ fn nics_and_disks_past_their_limits_are_named_at_the_first_extra_table() {
         ))),
         "{e:?}"
     );
+}
+
+#[test]
+fn one_image_behind_two_paths_is_one_image() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let r = tmp.path();
+    for d in ["etc/volt/vms", "d"] {
+        std::fs::create_dir_all(r.join(d)).expect("mkdir");
+    }
+    std::fs::write(r.join("k"), "kernel").expect("write");
+    for img in ["a.img", "e.img"] {
+        std::fs::write(r.join("d").join(img), vec![0u8; 4096]).expect("write");
+    }
+    std::os::unix::fs::symlink("a.img", r.join("d/alias.img")).expect("symlink");
+    let vm = |name: &str, disks: &str| {
+        std::fs::write(
+            r.join(format!("etc/volt/vms/{name}.toml")),
+            format!("kernel = \"/k\"\n{disks}"),
+        )
+        .expect("write");
+    };
+    vm("b", "[[disk]]\npath = \"/d/a.img\"\n");
+    // The same image through a symlink, read-write in a second VM.
+    vm("c", "[[disk]]\npath = \"/d/alias.img\"\n");
+    // One image twice in one VM, spelled two ways.
+    vm(
+        "d",
+        "[[disk]]\npath = \"/d/e.img\"\n[[disk]]\npath = \"/d/../d/e.img\"\nreadonly = true\n",
+    );
+    let set = crate::config::ConfigSet::load(r);
+    let text: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+    let has = |start: &str| text.iter().any(|e| e.starts_with(start));
+    assert!(
+        has("/etc/volt/vms/c.toml:3:8: disk[0].path: /d/alias.img is already used by VM b"),
+        "{text:?}"
+    );
+    assert!(
+        has("/etc/volt/vms/d.toml:5:8: disk[1].path: /d/../d/e.img is the image of disk[0] (/d/e.img) again"),
+        "{text:?}"
+    );
+    let ok: Vec<&str> = set.vms.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(ok, ["b"]);
 }
