@@ -74,9 +74,17 @@ fn exit_statuses() {
         let o = volt(p, args);
         assert_eq!(o.status.code(), Some(*want), "volt {args:?}: {}", text(&o));
     }
-    let o = volt(Path::new("/nonexistent/root"), &["validate"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("the root does not exist"), "{}", text(&o));
+    // A mistyped root is an error for every command, not an empty configuration.
+    for args in [
+        &["validate"][..],
+        &["vm", "list"],
+        &["net", "list"],
+        &["ipam", "list"],
+    ] {
+        let o = volt(Path::new("/nonexistent/root"), args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("the root does not exist"), "{}", text(&o));
+    }
     // No lock file for a network that does not exist.
     assert!(!p.join("var/lib/volt/ipam/nope.lock").exists());
 }

@@ -361,6 +361,15 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
         .root
         .clone()
         .unwrap_or_else(crate::config::root_from_env);
+    if !root.is_dir() {
+        // A mistyped --root (or VOLT_ROOT) would otherwise read as an empty configuration.
+        log::error!(
+            "{}: the root does not exist or is not a directory (--root, or {})",
+            root.display(),
+            crate::config::ROOT_ENV
+        );
+        return Ok(Outcome::Failed);
+    }
     match opts.command {
         Command::Validate { paths, kind } => validate::exec(&root, &paths, kind),
         Command::Vm { command } => match command {
