@@ -386,3 +386,72 @@ fn a_workload_whose_file_broke_is_still_listed_with_its_errors() {
         text(&o)
     );
 }
+
+#[test]
+fn generate_runs_again_into_the_same_outdir_and_refuses_a_missing_parent() {
+    let r = root();
+    let p = r.path();
+    write(
+        p,
+        "etc/volt/vms/auto.toml",
+        "kernel = \"/k\"\nautostart = true\n",
+    );
+    let out = tempfile::tempdir().expect("out");
+    let dir = out.path().join("gen");
+    let tree = |d: &Path| {
+        let mut v: Vec<String> = walk(d);
+        v.sort();
+        v
+    };
+    let first = volt(p, &["generate", &dir.display().to_string()]);
+    assert!(first.status.success(), "{}", text(&first));
+    let before = tree(&dir);
+    assert!(before
+        .iter()
+        .any(|f| f.ends_with("multi-user.target.wants/machines.target")));
+    std::fs::write(dir.join("mine.txt"), "not Volt's").expect("write");
+    // Again, as a daemon-reload: the same units, the foreign file kept.
+    let again = volt(p, &["generate", &dir.display().to_string()]);
+    assert!(again.status.success(), "{}", text(&again));
+    let mut want = before.clone();
+    want.push("mine.txt".into());
+    want.sort();
+    assert_eq!(tree(&dir), want);
+    // A VM removed: its units go with the next run.
+    std::fs::remove_file(p.join("etc/volt/vms/auto.toml")).expect("rm");
+    let third = volt(p, &["generate", &dir.display().to_string()]);
+    assert!(third.status.success(), "{}", text(&third));
+    assert!(
+        !tree(&dir).iter().any(|f| f.contains("auto")),
+        "{:?}",
+        tree(&dir)
+    );
+    // OUTDIR may be new, a whole new path not.
+    let deep = out.path().join("no/such/dir");
+    let o = volt(p, &["generate", &deep.display().to_string()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(!out.path().join("no").exists());
+}
+
+/// The files and links under `d`, relative to it.
+fn walk(d: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![d.to_path_buf()];
+    while let Some(x) = stack.pop() {
+        for e in std::fs::read_dir(&x).into_iter().flatten().flatten() {
+            let ft = e.file_type().expect("type");
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(
+                    e.path()
+                        .strip_prefix(d)
+                        .expect("under")
+                        .display()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out
+}

@@ -61,6 +61,11 @@ impl Record {
         self.0.get(&key(kind, name))
     }
 
+    /// Every workload's units.
+    pub fn all(&self) -> impl Iterator<Item = &Kept> {
+        self.0.values()
+    }
+
     /// Take over the entries of `last` this record lacks whose workloads still exist
     /// (`exists(kind, name)`): workloads whose file is broken now, or whose units could not
     /// be written this time. Entries of workloads whose file is gone are dropped.

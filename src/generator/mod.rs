@@ -213,6 +213,41 @@ fn generate_workload(
     Ok(w.attachments.len())
 }
 
+/// Remove from `out` exactly the units an earlier run recorded in `keep` (drop-ins, their
+/// directories once empty, links) and its `multi-user.target.wants/machines.target`: what
+/// systemd does for a real generator by handing it empty directories, for `volt generate`
+/// run again into the same OUTDIR. Nothing else in `out` is touched.
+pub fn clear_previous(out: &Path, keep: &Path) {
+    let record = keep::Record::load(keep);
+    let mut dirs = Vec::new();
+    for k in record.all() {
+        for rel in k
+            .files
+            .iter()
+            .map(|f| &f.0)
+            .chain(k.links.iter().map(|l| &l.0))
+        {
+            let _ = std::fs::remove_file(out.join(rel));
+            if let Some(d) = rel.parent().filter(|d| !d.as_os_str().is_empty()) {
+                dirs.push(out.join(d));
+            }
+        }
+    }
+    let boot = out.join("multi-user.target.wants").join(MACHINES_TARGET);
+    if std::fs::read_link(&boot)
+        .is_ok_and(|t| t == Path::new(SYSTEM_UNIT_DIR).join(MACHINES_TARGET))
+    {
+        let _ = std::fs::remove_file(&boot);
+        dirs.extend(boot.parent().map(Path::to_path_buf));
+    }
+    // Only directories left empty (remove_dir fails on any other).
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
 /// Run the generator on `root` (usually `/`), writing units into `out` and networkd files
 /// and the last good units into `targets`.
 pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
