@@ -220,6 +220,10 @@ fn list_dir(
 
 /// Read a config file as UTF-8 text; bytes that are not UTF-8 are an error at their line and
 /// column.
+/// Largest config file read (a VM file is a few hundred bytes; a generator reading a runaway
+/// file would hold up the boot).
+const MAX_FILE: u64 = 1 << 20;
+
 pub(crate) fn read(shown: &Path, real: &Path) -> Result<String, ConfigError> {
     let read_err = |source| ConfigError::Read {
         path: shown.to_path_buf(),
@@ -230,8 +234,15 @@ pub(crate) fn read(shown: &Path, real: &Path) -> Result<String, ConfigError> {
     // when the generator reads a thousand of them.
     let file = std::fs::File::open(real).map_err(read_err)?;
     let mut bytes = Vec::with_capacity(4096);
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, u64::MAX), &mut bytes)
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_FILE + 1), &mut bytes)
         .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(ConfigError::Invalid {
+            at: Location::file(shown),
+            field: "file".into(),
+            message: format!("larger than {} KiB: not a Volt config file", MAX_FILE >> 10),
+        });
+    }
     String::from_utf8(bytes).map_err(|e| {
         let bytes = e.as_bytes();
         let good = e.utf8_error().valid_up_to();
@@ -289,7 +300,7 @@ impl ConfigSet {
         }
         disk::identify(&mut vms, root);
         let (mut vms, containers, cross) =
-            validate::check_across(vms, containers, || incumbents(root));
+            validate::check_across(vms, containers, || validate::incumbents(root));
         errors.extend(cross);
         errors.extend(validate::check_port_maps(&set.networks, &vms, &containers));
         if let Some(c) = &set.cluster {
@@ -430,17 +441,6 @@ pub fn workload_of(file: &Path) -> Option<(&'static str, String)> {
     } else {
         None
     }
-}
-
-/// The workloads in the generator's last record (see [`GENERATOR_RECORD`]); none when there
-/// is no record (the first run after boot) or it cannot be read.
-fn incumbents(root: &Path) -> std::collections::HashSet<String> {
-    let Ok(text) = std::fs::read(root.join(GENERATOR_RECORD)) else {
-        return Default::default();
-    };
-    serde_json::from_slice::<std::collections::HashMap<String, serde::de::IgnoredAny>>(&text)
-        .map(|m| m.into_keys().collect())
-        .unwrap_or_default()
 }
 
 /// `cluster.toml` under `root`, checked against `networks` (whose MTUs it derives), or

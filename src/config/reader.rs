@@ -353,9 +353,11 @@ impl<'t, 'i> Table<'t, 'i> {
                     self.path.split('[').next().unwrap_or("")
                 )
             } else {
+                // Keys are lowercase: `VCPUS` is `vcpus` misspelt by case only.
+                let lower = name.to_ascii_lowercase();
                 asked
                     .iter()
-                    .map(|a| (distance(name, a), *a))
+                    .map(|a| (distance(&lower, a), *a))
                     .filter(|(d, a)| *d <= 2.max(a.len() / 3))
                     .min()
                     .map(|(_, a)| format!("; did you mean {a}?"))

@@ -156,6 +156,17 @@ pub(super) fn check_across(
     (vms, containers, errors)
 }
 
+/// The workloads in the generator's last record (see [`super::GENERATOR_RECORD`]); none when there
+/// is no record (the first run after boot) or it cannot be read.
+pub(super) fn incumbents(root: &std::path::Path) -> std::collections::HashSet<String> {
+    let Ok(text) = std::fs::read(root.join(super::GENERATOR_RECORD)) else {
+        return Default::default();
+    };
+    serde_json::from_slice::<std::collections::HashMap<String, serde::de::IgnoredAny>>(&text)
+        .map(|m| m.into_keys().collect())
+        .unwrap_or_default()
+}
+
 /// One pass of claims in order (see [`check_across`]): which VMs and containers keep theirs,
 /// and the errors of the others.
 fn assign(

@@ -403,3 +403,27 @@ fn one_image_behind_two_paths_is_one_image() {
     let ok: Vec<&str> = set.vms.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(ok, ["b"]);
 }
+
+#[test]
+fn a_key_in_capitals_is_told_its_name_and_a_runaway_file_is_refused() {
+    let e = errs("web", &format!("{KERNEL}VCPUS = 2\n"));
+    assert!(
+        e.iter()
+            .any(|l| l.contains("VCPUS: unknown key; did you mean vcpus?")),
+        "{e:?}"
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let vms = tmp.path().join("etc/volt/vms");
+    std::fs::create_dir_all(&vms).expect("mkdir");
+    let mut big = String::from("# padding\n");
+    while big.len() <= 1 << 20 {
+        big.push_str("# a comment line that makes the file larger than any Volt file\n");
+    }
+    std::fs::write(vms.join("big.toml"), big).expect("write");
+    let set = crate::config::ConfigSet::load(tmp.path());
+    let text: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        text,
+        ["/etc/volt/vms/big.toml: file: larger than 1024 KiB: not a Volt config file"]
+    );
+}
