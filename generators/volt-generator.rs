@@ -1,8 +1,9 @@
 //! volt-generator: systemd generator for Volt VMs. See systemd.generator(7).
 //!
 //! argv: `normal-dir [early-dir late-dir]`. Reads `$VOLT_ROOT` (default `/`). Logs to
-//! /dev/kmsg. Exit status 0 when every file was good, 1 when any was skipped or a write
-//! failed (the good VMs are generated either way), 2 on bad usage.
+//! /dev/kmsg or the journal (to stderr when run by hand at a terminal). Exit status 0 when
+//! every file was good, 1 when any was skipped or a write failed (the good VMs are generated
+//! either way), 2 on bad usage.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

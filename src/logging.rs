@@ -1,7 +1,7 @@
 //! Log sinks for Volt's programs, all behind the `log` facade: `/dev/kmsg` for the
 //! generator (the journal is not up when generators run), stderr for the CLI.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
 /// Where log records go.
@@ -119,7 +119,8 @@ fn install(logger: Logger) {
 /// Logging for a generator: lines must reach `journalctl -b`. At boot journald is not up
 /// and its socket does not exist yet: log to `/dev/kmsg`, which journald reads later. On
 /// `daemon-reload` journald's socket exists: send it non-blocking datagrams (containers have
-/// no /dev/kmsg). Otherwise stderr ($VOLT_LOG_STDERR forces stderr, for tests).
+/// no /dev/kmsg). Otherwise, and when run by hand at a terminal, stderr ($VOLT_LOG_STDERR
+/// forces stderr, for tests).
 pub fn init_generator(ident: &'static str) {
     let level = level_from_env(log::LevelFilter::Info);
     install(Logger {
@@ -130,7 +131,11 @@ pub fn init_generator(ident: &'static str) {
 }
 
 fn generator_sink() -> Sink {
-    if std::env::var_os("VOLT_LOG_STDERR").is_some() {
+    // Run by hand at a terminal, the person running it reads the lines there. systemd sets
+    // $SYSTEMD_SCOPE for generators (since 251); at boot their stderr may be the console,
+    // which is a terminal too but not where the lines belong.
+    let by_hand = std::io::stderr().is_terminal() && std::env::var_os("SYSTEMD_SCOPE").is_none();
+    if std::env::var_os("VOLT_LOG_STDERR").is_some() || by_hand {
         return Sink::Stderr;
     }
     if std::fs::symlink_metadata(JOURNAL_SOCKET)
