@@ -313,149 +313,223 @@ impl RawNetwork {
 }
 
 /// Parse `/etc/volt/networks/<name>.toml`. `path` is the name shown in errors. Every error
-/// of the file's form (unknown keys, types) is returned, in line order; of its values, the
-/// first.
+/// is returned, in line order: of the file's form (unknown keys, types) and of its values
+/// (those placed in the subnet only once the subnet is right).
 pub fn parse_network_toml(path: &Path, text: &str) -> Result<Network, Vec<ConfigError>> {
     let (src, name, doc) = reader::open(path, text, check_workload_name)?;
     let mut errors = Vec::new();
     let raw = RawNetwork::read(&src, &Table::root(&doc), &mut errors);
-    match raw {
-        Some(raw) if errors.is_empty() => network_from_raw(&src, name, raw).map_err(|e| vec![e]),
+    // The values are checked even when the form has errors: every error in one run.
+    match raw.map(|raw| network_from_raw(&src, name, raw)) {
+        Some(Ok(net)) if errors.is_empty() => Ok(net),
+        Some(Err(more)) => {
+            errors.extend(more);
+            Err(reader::in_line_order(errors))
+        }
         _ => Err(reader::in_line_order(errors)),
     }
 }
 
-fn network_from_raw(src: &Src, name: String, raw: RawNetwork) -> Result<Network, ConfigError> {
+/// `r`'s value, or `None` with its error kept in `errs`.
+fn take<T>(r: Result<T, ConfigError>, errs: &mut Vec<ConfigError>) -> Option<T> {
+    r.map_err(|e| errs.push(e)).ok()
+}
+
+/// The network `raw` describes, or every error of its values (in line order): what does not
+/// depend on the subnet is checked even when the subnet is wrong.
+fn network_from_raw(src: &Src, name: String, raw: RawNetwork) -> Result<Network, Vec<ConfigError>> {
     let path = src.path;
-    let subnet = parse_subnet(src, "subnet", &raw.subnet)?;
-    let gateway = match &raw.gateway {
-        Some(g) => parse_ip(src, "gateway", g)?,
-        None => Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1)),
-    };
-    check_in_subnet(src, "gateway", raw.gateway.as_ref(), gateway, &subnet)?;
-    let (mut vm_range, mut container_range) = default_ranges(&subnet, gateway);
-    let vm_given = raw
-        .pool
-        .as_ref()
-        .map(|p| parse_range(src, "pool", p, &subnet))
-        .transpose()?;
-    let ct_given = raw
-        .container_pool
-        .as_ref()
-        .map(|p| parse_range(src, "container_pool", p, &subnet))
-        .transpose()?;
-    match (vm_given, ct_given) {
-        (Some(v), Some(c)) => (vm_range, container_range) = (v, c),
-        (Some(v), None) => (vm_range, container_range) = (v, complement(&subnet, gateway, v)),
-        (None, Some(c)) => (vm_range, container_range) = (complement(&subnet, gateway, c), c),
-        (None, None) => {}
-    }
+    let mut errs = Vec::new();
+    let e = &mut errs;
     let bridge = match &raw.bridge {
-        Some(b) => {
-            check_link_name(b.get_ref()).map_err(|m| src.invalid("bridge", b.span(), m))?;
-            b.get_ref().clone()
-        }
-        None => {
+        Some(b) => take(
+            check_link_name(b.get_ref()).map_err(|m| src.invalid("bridge", b.span(), m)),
+            e,
+        )
+        .map(|()| b.get_ref().clone()),
+        None => take(
             check_link_name(&name).map_err(|m| {
                 src.whole(
                     "bridge",
                     format!("no bridge given and the network name {m}"),
                 )
-            })?;
-            name.clone()
-        }
+            }),
+            e,
+        )
+        .map(|()| name.clone()),
     };
     let mtu = match &raw.mtu {
-        Some(m) => check_mtu(src, "mtu", m)?,
-        None => 1500,
+        Some(m) => take(check_mtu(src, "mtu", m), e),
+        None => Some(1500),
     };
-    let mut net = Network {
-        name,
-        source: Some(path.to_path_buf()),
-        bridge,
-        subnet,
-        gateway,
-        kind: raw.kind.unwrap_or_default(),
-        vm_range,
-        container_range,
-        reservations: BTreeMap::new(),
-        dhcp: raw.dhcp.unwrap_or(true),
-        mtu,
-        mtu_explicit: raw.mtu.is_some(),
-        uplink: None,
-        port_maps: Vec::new(),
-        create_bridge: raw.create_bridge.unwrap_or(true),
+    let kind = raw.kind.unwrap_or_default();
+    let uplink = match &raw.uplink {
+        Some(u) => take(
+            check_link_name(u.get_ref()).map_err(|m| src.invalid("uplink", u.span(), m)),
+            e,
+        )
+        .map(|()| u.get_ref().clone()),
+        None => {
+            if kind == NetworkType::HostOnly {
+                e.push(src.whole(
+                    "uplink",
+                    "a host-only network needs the uplink interface it masquerades to".into(),
+                ));
+            }
+            None
+        }
     };
+    let port_maps = port_maps(src, &raw, kind, e);
+    // What lies in the subnet is checked against it, once it is known to be right.
+    let placed = take(parse_subnet(src, "subnet", &raw.subnet), e)
+        .and_then(|subnet| place(src, &raw, subnet, e));
+    match (bridge, mtu, placed) {
+        (Some(bridge), Some(mtu), Some((subnet, gateway, vm_range, container_range)))
+            if errs.is_empty() =>
+        {
+            let mut net = Network {
+                name,
+                source: Some(path.to_path_buf()),
+                bridge,
+                subnet,
+                gateway,
+                kind,
+                vm_range,
+                container_range,
+                reservations: BTreeMap::new(),
+                dhcp: raw.dhcp.unwrap_or(true),
+                mtu,
+                mtu_explicit: raw.mtu.is_some(),
+                uplink,
+                port_maps,
+                create_bridge: raw.create_bridge.unwrap_or(true),
+            };
+            reservations(src, &raw, &mut net, &mut errs);
+            if errs.is_empty() {
+                Ok(net)
+            } else {
+                Err(errs)
+            }
+        }
+        _ => Err(reader::in_line_order(errs)),
+    }
+}
+
+/// The gateway and the two pools in `subnet` (the gateway's default is the first host).
+fn place(
+    src: &Src,
+    raw: &RawNetwork,
+    subnet: Ipv4Net,
+    e: &mut Vec<ConfigError>,
+) -> Option<(Ipv4Net, Ipv4Addr, Range, Range)> {
+    let gateway = match &raw.gateway {
+        Some(g) => take(parse_ip(src, "gateway", g), e)?,
+        None => Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1)),
+    };
+    take(
+        check_in_subnet(src, "gateway", raw.gateway.as_ref(), gateway, &subnet),
+        e,
+    )?;
+    let (mut vm_range, mut container_range) = default_ranges(&subnet, gateway);
+    let mut given = |field: &str, p: Option<&Spanned<RawRange>>| match p {
+        Some(p) => take(parse_range(src, field, p, &subnet), e).map(Some),
+        None => Some(None),
+    };
+    let vm_given = given("pool", raw.pool.as_ref());
+    let ct_given = given("container_pool", raw.container_pool.as_ref());
+    match (vm_given?, ct_given?) {
+        (Some(v), Some(c)) => (vm_range, container_range) = (v, c),
+        (Some(v), None) => (vm_range, container_range) = (v, complement(&subnet, gateway, v)),
+        (None, Some(c)) => (vm_range, container_range) = (complement(&subnet, gateway, c), c),
+        (None, None) => {}
+    }
     if vm_range.start <= container_range.end && container_range.start <= vm_range.end {
         let span = raw
             .container_pool
             .as_ref()
             .or(raw.pool.as_ref())
             .map(|p| p.span());
-        let at = span.map_or_else(|| Location::file(path), |s| src.at(s.start));
-        return Err(ConfigError::Invalid {
+        let at = span.map_or_else(|| Location::file(src.path), |s| src.at(s.start));
+        e.push(ConfigError::Invalid {
             at,
             field: "container_pool".into(),
             message: format!("{container_range} overlaps the VM pool {vm_range}"),
         });
+        return None;
     }
+    Some((subnet, gateway, vm_range, container_range))
+}
+
+/// `[reservations]`: each a host address of the network, none twice.
+fn reservations(src: &Src, raw: &RawNetwork, net: &mut Network, e: &mut Vec<ConfigError>) {
     for (key, value) in &raw.reservations {
         let field = format!("reservations.{key}");
-        let ip = parse_ip(src, &field, value)?;
+        let Some(ip) = take(parse_ip(src, &field, value), e) else {
+            continue;
+        };
         if !net.is_host_addr(ip) {
-            return Err(src.invalid(
+            e.push(src.invalid(
                 &field,
                 value.span(),
                 format!("{ip} is not a usable host address of {}", net.subnet),
             ));
-        }
-        if let Some((other, _)) = net.reservations.iter().find(|(_, v)| **v == ip) {
-            return Err(src.invalid(
+        } else if let Some((other, _)) = net.reservations.iter().find(|(_, v)| **v == ip) {
+            e.push(src.invalid(
                 &field,
                 value.span(),
                 format!("{ip} is already reserved for {other}"),
             ));
+        } else {
+            net.reservations.insert(key.clone(), ip);
         }
-        net.reservations.insert(key.clone(), ip);
     }
-    if let Some(u) = &raw.uplink {
-        check_link_name(u.get_ref()).map_err(|m| src.invalid("uplink", u.span(), m))?;
-        net.uplink = Some(u.get_ref().clone());
-    }
-    if net.kind == NetworkType::HostOnly && net.uplink.is_none() {
-        return Err(src.whole(
-            "uplink",
-            "a host-only network needs the uplink interface it masquerades to".into(),
-        ));
-    }
+}
+
+/// `[[port_map]]` entries (host-only networks only).
+fn port_maps(
+    src: &Src,
+    raw: &RawNetwork,
+    kind: NetworkType,
+    e: &mut Vec<ConfigError>,
+) -> Vec<PortMap> {
+    let mut maps: Vec<PortMap> = Vec::new();
     for (i, pm) in raw.port_map.iter().enumerate() {
         let field = format!("port_map[{i}]");
         let r = pm.get_ref();
-        if net.kind != NetworkType::HostOnly {
-            return Err(src.invalid(
+        if kind != NetworkType::HostOnly {
+            e.push(src.invalid(
                 &field,
                 pm.span(),
                 "port maps apply only to host-only networks".into(),
             ));
+            continue;
         }
         if *r.host_port.get_ref() == 0 || *r.target_port.get_ref() == 0 {
-            return Err(src.invalid(&field, pm.span(), "ports must be 1-65535".into()));
+            e.push(src.invalid(&field, pm.span(), "ports must be 1-65535".into()));
+            continue;
         }
-        check_workload_name(r.target.get_ref())
-            .map_err(|m| src.invalid(&format!("{field}.target"), r.target.span(), m))?;
+        if take(
+            check_workload_name(r.target.get_ref())
+                .map_err(|m| src.invalid(&format!("{field}.target"), r.target.span(), m)),
+            e,
+        )
+        .is_none()
+        {
+            continue;
+        }
         let proto = r.proto.unwrap_or(Proto::Tcp);
-        if net
-            .port_maps
+        if maps
             .iter()
             .any(|p| p.proto == proto && p.host_port == *r.host_port.get_ref())
         {
-            return Err(src.invalid(
+            e.push(src.invalid(
                 &format!("{field}.host_port"),
                 r.host_port.span(),
                 "this host port is already mapped".into(),
             ));
+            continue;
         }
-        net.port_maps.push(PortMap {
+        maps.push(PortMap {
             proto,
             host_port: *r.host_port.get_ref(),
             target: r.target.get_ref().clone(),
@@ -463,7 +537,7 @@ fn network_from_raw(src: &Src, name: String, raw: RawNetwork) -> Result<Network,
             target_at: Some(src.at(r.target.span().start)),
         });
     }
-    Ok(net)
+    maps
 }
 
 fn parse_subnet(src: &Src, field: &str, s: &Spanned<String>) -> Result<Ipv4Net, ConfigError> {

@@ -35,6 +35,40 @@ fn network_toml_full() {
 }
 
 #[test]
+fn every_error_of_a_network_file_at_once() {
+    let errs = |text: &str| -> Vec<String> {
+        parse_network_toml(Path::new("/etc/volt/networks/lab.toml"), text)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    };
+    // Three wrong values: all three, in line order (they took three runs).
+    let e =
+        errs("subnet = \"10.51.0.1/24\"\nbridge = \"this-bridge-name-too-long\"\nmtu = 70000\n");
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(
+        e[0].contains(":1:10: subnet: 10.51.0.1/24 has host bits set"),
+        "{e:?}"
+    );
+    assert!(e[1].contains(":2:10: bridge:"), "{e:?}");
+    assert!(
+        e[2].contains(":3:7: mtu: 70000 is outside 68-9000"),
+        "{e:?}"
+    );
+    // With a right subnet, what lies in it is checked too.
+    let e = errs(
+        "subnet = \"10.50.0.0/24\"\ngateway = \"10.51.0.1\"\nmtu = 1\n[reservations]\nweb = \"10.50.0.0\"\n",
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.contains("gateway: 10.51.0.1 is not a host address")),
+        "{e:?}"
+    );
+    assert!(e.iter().any(|l| l.contains("mtu: 1 is outside")), "{e:?}");
+}
+
+#[test]
 fn network_errors_name_line_and_field() {
     let e = toml_net("subnet = \"10.50.0.0/24\"\ngateway = \"10.51.0.1\"\n")
         .unwrap_err()
