@@ -7,12 +7,18 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn volt(root: &Path, args: &[&str]) -> Output {
+    volt_env(root, args, &[])
+}
+
+/// `volt --root ROOT ARGS` with `env` set (as systemd sets for a unit's commands).
+fn volt_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_volt"))
         .arg("--root")
         .arg(root)
         .args(args)
         .env_remove("VOLT_ROOT")
         .env_remove("INVOCATION_ID")
+        .envs(env.iter().copied())
         .output()
         .expect("run volt")
 }
@@ -317,14 +323,11 @@ fn a_broken_cluster_file_fails_closed() {
     assert!(t.contains("/etc/volt/cluster.toml:2:1"), "{t}");
     assert!(t.contains("cannot start vm web"), "{t}");
     // After a stop the release warns and lets the stop finish.
-    let o = Command::new(env!("CARGO_BIN_EXE_volt"))
-        .args(["--root", &p.display().to_string()])
-        .args(["cluster", "release", "--after-stop", "web"])
-        .env("SERVICE_RESULT", "success")
-        .env_remove("VOLT_ROOT")
-        .env_remove("INVOCATION_ID")
-        .output()
-        .expect("run volt");
+    let o = volt_env(
+        p,
+        &["cluster", "release", "--after-stop", "web"],
+        &[("SERVICE_RESULT", "success")],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains("cannot release the cluster name web"),

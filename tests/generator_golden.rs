@@ -66,6 +66,30 @@ fn run_generator(case: &Path) -> Run {
     }
 }
 
+/// Case `name` (a part of its directory name) generated once, successfully.
+fn generated(name: &str) -> Run {
+    let case = cases()
+        .into_iter()
+        .find(|c| c.to_string_lossy().contains(name))
+        .unwrap_or_else(|| panic!("no case {name}"));
+    let run = run_generator(&case);
+    assert!(run.status.success(), "{}", run.stderr);
+    run
+}
+
+/// The generator again on `run`'s root (as a daemon-reload), into fresh output directories
+/// under `tag`: its output and the normal directory's tree.
+fn rerun(run: &Run, tag: &str) -> (std::process::Output, Vec<(String, Entry)>) {
+    let out = run.out.join(tag);
+    let dirs = ["normal", "early", "late"].map(|d| out.join(d));
+    for d in &dirs {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let o = volt_generator(&run.root, [&dirs[0], &dirs[1], &dirs[2]]);
+    let tree = read_tree(&dirs[0]);
+    (o, tree)
+}
+
 /// The observable result: the output dirs and the networkd runtime dir under the root.
 fn result_tree(run: &Run) -> Vec<(String, Entry)> {
     let mut tree = Vec::new();
@@ -207,24 +231,14 @@ fn stale_files_are_removed_and_foreign_files_kept() {
 /// sorted first won, and `aaa.toml` took the running `web`'s place.
 #[test]
 fn a_new_file_colliding_with_a_generated_vm_gets_the_error() {
-    let case = cases()
-        .into_iter()
-        .find(|c| c.to_string_lossy().contains("one-vm"))
-        .expect("the one-vm case");
-    let run = run_generator(&case);
-    assert!(run.status.success(), "{}", run.stderr);
+    let run = generated("one-vm");
     let want: Vec<(String, Entry)> = result_tree(&run)
         .into_iter()
         .filter_map(|(p, e)| p.strip_prefix("normal/").map(|p| (p.to_string(), e)))
         .collect();
     let vms = run.root.join("etc/volt/vms");
     std::fs::copy(vms.join("web.toml"), vms.join("aaa.toml")).expect("copy");
-    let out = run.out.join("again");
-    let dirs = ["normal", "early", "late"].map(|d| out.join(d));
-    for d in &dirs {
-        std::fs::create_dir_all(d).expect("mkdir");
-    }
-    let o = volt_generator(&run.root, [&dirs[0], &dirs[1], &dirs[2]]);
+    let (o, tree) = rerun(&run, "again");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "the colliding file fails the run");
     assert!(
@@ -232,11 +246,7 @@ fn a_new_file_colliding_with_a_generated_vm_gets_the_error() {
         "{stderr}"
     );
     assert!(!stderr.contains("already used by VM aaa"), "{stderr}");
-    assert_eq!(
-        read_tree(&dirs[0]),
-        want,
-        "web's units as before, none for aaa"
-    );
+    assert_eq!(tree, want, "web's units as before, none for aaa");
     // `volt validate` says the same.
     let v = Command::new(env!("CARGO_BIN_EXE_volt"))
         .args(["validate"])
@@ -256,22 +266,11 @@ fn a_new_file_colliding_with_a_generated_vm_gets_the_error() {
 /// the `multi-user.target.wants/machines.target` link that makes boot reach it.
 #[test]
 fn a_broken_autostart_vm_keeps_its_place_in_the_boot() {
-    let case = cases()
-        .into_iter()
-        .find(|c| c.to_string_lossy().contains("autostart"))
-        .expect("the autostart case");
-    let run = run_generator(&case);
-    assert!(run.status.success(), "{}", run.stderr);
+    let run = generated("autostart");
     std::fs::write(run.root.join("etc/volt/vms/auto.toml"), "vcpus = \"x\"\n")
         .expect("break the file");
-    let out = run.out.join("broken");
-    let dirs = ["normal", "early", "late"].map(|d| out.join(d));
-    for d in &dirs {
-        std::fs::create_dir_all(d).expect("mkdir");
-    }
-    let o = volt_generator(&run.root, [&dirs[0], &dirs[1], &dirs[2]]);
+    let (o, tree) = rerun(&run, "broken");
     assert!(!o.status.success(), "a broken file fails the run");
-    let tree = read_tree(&dirs[0]);
     for want in [
         "machines.target.wants/volt-vm@auto.service",
         "multi-user.target.wants/machines.target",
@@ -288,22 +287,9 @@ fn a_broken_autostart_vm_keeps_its_place_in_the_boot() {
 /// untouched across runs.
 #[test]
 fn a_broken_file_keeps_its_last_good_units_until_it_is_removed() {
-    let case = cases()
-        .into_iter()
-        .find(|c| c.to_string_lossy().contains("one-vm"))
-        .expect("the one-vm case");
-    let run = run_generator(&case);
-    assert!(run.status.success(), "{}", run.stderr);
+    let run = generated("one-vm");
     let good = result_tree(&run);
-    let again = |tag: &str| {
-        let out = run.out.join(tag);
-        for d in ["normal", "early", "late"] {
-            std::fs::create_dir_all(out.join(d)).expect("mkdir");
-        }
-        let dirs = ["normal", "early", "late"].map(|d| out.join(d));
-        let o = volt_generator(&run.root, [&dirs[0], &dirs[1], &dirs[2]]);
-        (o, read_tree(&out.join("normal")))
-    };
+    let again = |tag: &str| rerun(&run, tag);
     let netdev = run
         .root
         .join("run/systemd/network/60-volt-tap-710533bb.netdev");

@@ -6,6 +6,9 @@
 
 use std::slice;
 
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
 /// Chains one pass takes at most. Then the worker goes back to its event loop, sees its stop
 /// token and anything else that happened, and runs the next pass at once.
 pub const CHAINS: usize = 1024;
@@ -63,6 +66,67 @@ impl<'a, T> IntoIterator for &'a Faults<T> {
 
     fn into_iter(self) -> Self::IntoIter {
         self.kept.iter()
+    }
+}
+
+/// What to do when a queue has nothing more to pop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dry {
+    /// The driver added more while the kick was re-armed: pop again.
+    More,
+    /// The next kick is asked for: the pass is done.
+    Done,
+    /// The queue is broken (the pass is done; the next kick tries again).
+    Fault(String),
+}
+
+/// One pass's state: the chains it took against [`CHAINS`], and whether it re-armed the kick
+/// since its last chain.
+#[derive(Debug, Default)]
+pub struct Budget {
+    taken: usize,
+    rearmed: bool,
+    spent: bool,
+}
+
+impl Budget {
+    /// Whether the pass may take one more chain (counting it); `false`: stop, work is left.
+    pub fn take(&mut self) -> bool {
+        if self.taken == CHAINS {
+            self.spent = true;
+            return false;
+        }
+        self.taken += 1;
+        true
+    }
+
+    /// Whether the pass stopped because the budget ran out (with work left: run another).
+    pub fn spent(&self) -> bool {
+        self.spent
+    }
+
+    /// A chain was popped.
+    pub fn popped(&mut self) {
+        self.rearmed = false;
+    }
+
+    /// The queue ran dry: ask for the driver's next kick (with EVENT_IDX, `avail_event` at
+    /// the index the device has read up to; else the NO_NOTIFY flag cleared), and say whether
+    /// the driver added more meanwhile. Told there is more after a re-arm and still nothing
+    /// to pop, the avail index is beyond the ring: the pass stops rather than spin.
+    pub fn dry(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Dry {
+        if self.rearmed {
+            return Dry::Fault("avail index is out of range".into());
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) => {
+                let _ = queue.disable_notification(mem);
+                self.rearmed = true;
+                Dry::More
+            }
+            Ok(false) => Dry::Done,
+            Err(e) => Dry::Fault(e.to_string()),
+        }
     }
 }
 

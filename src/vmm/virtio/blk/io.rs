@@ -376,23 +376,30 @@ fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Resul
 mod tests {
     use super::*;
 
-    #[test]
-    fn direct_io_bounces_unaligned_buffers() {
+    /// An image of `size` zero bytes opened with O_DIRECT (cache = "none"), on /var/tmp (not
+    /// tmpfs, which has no O_DIRECT); `None` where the file system refuses O_DIRECT.
+    fn direct_image(size: usize) -> Option<(tempfile::TempDir, std::path::PathBuf, SyncIo)> {
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let p = dir.path().join("direct.img");
-        std::fs::write(&p, vec![0u8; 64 * 1024]).unwrap();
+        std::fs::write(&p, vec![0u8; size]).unwrap();
         let spec = crate::vmm::disk::DiskSpec {
             cache: crate::vmm::disk::CacheMode::None,
             ..crate::vmm::disk::DiskSpec::new(&p)
         };
-        let image = match open_image(&spec) {
-            Ok(i) => i,
+        match open_image(&spec) {
+            Ok(i) => Some((dir, p, SyncIo::new(i.file, true))),
             Err(e) => {
                 eprintln!("SKIP: O_DIRECT not supported on /var/tmp here: {e}");
-                return;
+                None
             }
+        }
+    }
+
+    #[test]
+    fn direct_io_bounces_unaligned_buffers() {
+        let Some((_dir, p, sync)) = direct_image(64 * 1024) else {
+            return;
         };
-        let sync = SyncIo::new(image.file, true);
         // A buffer at an odd address: O_DIRECT refuses it (EINVAL), the engine bounces.
         let mut raw = vec![0u8; 4096 + 1];
         for (i, b) in raw[1..].iter_mut().enumerate() {
@@ -419,21 +426,9 @@ mod tests {
 
     #[test]
     fn a_large_unaligned_transfer_bounces_in_bounded_pieces() {
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let p = dir.path().join("direct.img");
-        std::fs::write(&p, vec![0u8; 4 << 20]).unwrap();
-        let spec = crate::vmm::disk::DiskSpec {
-            cache: crate::vmm::disk::CacheMode::None,
-            ..crate::vmm::disk::DiskSpec::new(&p)
+        let Some((_dir, p, sync)) = direct_image(4 << 20) else {
+            return;
         };
-        let image = match open_image(&spec) {
-            Ok(i) => i,
-            Err(e) => {
-                eprintln!("SKIP: O_DIRECT not supported on /var/tmp here: {e}");
-                return;
-            }
-        };
-        let sync = SyncIo::new(image.file, true);
         // 2.5 MiB (more than two bounce pieces) in three iovecs at odd addresses, with piece
         // boundaries that fall inside iovecs.
         let total = 5 << 19;

@@ -218,6 +218,18 @@ fn image() -> (tempfile::NamedTempFile, std::fs::File) {
     (f, file)
 }
 
+/// A worker's context on `m` and `io` with the test disk's info and no serial.
+fn ctx<'a>(m: &'a GuestMemoryMmap, io: &'a SyncIo, stats: &'a Stats) -> Ctx<'a> {
+    Ctx {
+        mem: m,
+        io,
+        info: info(),
+        serial: b"",
+        write_through: false,
+        stats,
+    }
+}
+
 fn run(q: &mut Queue, m: &GuestMemoryMmap, file: &std::fs::File, info: DiskInfo) -> worker::Pass {
     let io = SyncIo::new(file.try_clone().unwrap(), false);
     let stats = Stats::default();
@@ -438,14 +450,7 @@ fn throttle_defers_and_resumes() {
     let mut q: Queue = vq.create_queue().unwrap();
     let io = SyncIo::new(file.try_clone().unwrap(), false);
     let stats = Stats::default();
-    let ctx = Ctx {
-        mem: &m,
-        io: &io,
-        info: info(),
-        serial: b"",
-        write_through: false,
-        stats: &stats,
-    };
+    let ctx = ctx(&m, &io, &stats);
     let mut t = Throttle::new(
         &DiskLimit {
             bytes_per_sec: 0,
@@ -463,6 +468,24 @@ fn throttle_defers_and_resumes() {
     assert_eq!(u16::from_le(vq.used().idx().load()), 3);
 }
 
+/// A request of three descriptors at descriptor `at`: its header (`kind`, `sector`) at
+/// 0x1_0000 + at * 0x100, one data piece, its status byte at 0x3_0000 + at.
+fn request(
+    vq: &MockSplitQueue<GuestMemoryMmap>,
+    m: &GuestMemoryMmap,
+    at: u16,
+    (kind, sector): (u32, u64),
+    data: (u64, u32, bool),
+) {
+    let h = 0x1_0000 + u64::from(at) * 0x100;
+    m.write_slice(&hdr(kind, sector), GuestAddress(h)).unwrap();
+    add_chain(
+        vq,
+        at,
+        &[(h, 16, false), data, (0x3_0000 + u64::from(at), 1, true)],
+    );
+}
+
 #[test]
 fn write_zeroes_counts_its_range_against_the_bytes_limit() {
     let m = mem();
@@ -471,40 +494,13 @@ fn write_zeroes_counts_its_range_against_the_bytes_limit() {
     // WRITE_ZEROES of 32 sectors (16 KiB), then a 512-byte read, on a 4 KiB/s disk.
     let mut seg = [0u8; 16];
     seg[8..12].copy_from_slice(&32u32.to_le_bytes());
-    m.write_slice(&hdr(kind::WRITE_ZEROES, 0), GuestAddress(0x1_0000))
-        .unwrap();
     m.write_slice(&seg, GuestAddress(0x2_0000)).unwrap();
-    add_chain(
-        &vq,
-        0,
-        &[
-            (0x1_0000, 16, false),
-            (0x2_0000, 16, false),
-            (0x3_0000, 1, true),
-        ],
-    );
-    m.write_slice(&hdr(kind::IN, 40), GuestAddress(0x1_1000))
-        .unwrap();
-    add_chain(
-        &vq,
-        3,
-        &[
-            (0x1_1000, 16, false),
-            (0x4_0000, 512, true),
-            (0x3_0001, 1, true),
-        ],
-    );
+    request(&vq, &m, 0, (kind::WRITE_ZEROES, 0), (0x2_0000, 16, false));
+    request(&vq, &m, 3, (kind::IN, 40), (0x4_0000, 512, true));
     let mut q: Queue = vq.create_queue().unwrap();
     let io = SyncIo::new(file.try_clone().unwrap(), false);
     let stats = Stats::default();
-    let ctx = Ctx {
-        mem: &m,
-        io: &io,
-        info: info(),
-        serial: b"",
-        write_through: false,
-        stats: &stats,
-    };
+    let ctx = ctx(&m, &io, &stats);
     let limit = DiskLimit {
         bytes_per_sec: 4096,
         ops_per_sec: 0,

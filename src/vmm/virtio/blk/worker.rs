@@ -18,7 +18,7 @@ use super::throttle::Throttle;
 use crate::log_limited;
 use crate::vmm::disk::SECTOR_SIZE;
 use crate::vmm::ratelimit::LogLimiter;
-use crate::vmm::virtio::pass::{self, Faults};
+use crate::vmm::virtio::pass::{self, Dry, Faults};
 use crate::vmm::virtio::poll::{self, AdaptivePoll};
 use crate::vmm::virtio::{notify, VirtioInterrupt};
 
@@ -245,36 +245,22 @@ pub fn process(
     descs: &mut Vec<Desc>,
 ) -> Pass {
     let mut pass = Pass::default();
-    let mut rearmed = false;
-    let mut taken = 0usize;
-    loop {
-        if taken == pass::CHAINS {
-            pass.more = true;
-            break;
-        }
-        taken += 1;
+    let mut budget = pass::Budget::default();
+    while budget.take() {
         let (head, req) = match deferred.take() {
             Some(d) => (d.head, d.req),
             None => {
                 let Some(chain) = queue.pop_descriptor_chain(ctx.mem) else {
-                    if rearmed {
-                        pass.faults.push("avail index is out of range".into());
-                        break;
-                    }
-                    match queue.enable_notification(ctx.mem) {
-                        Ok(true) => {
-                            let _ = queue.disable_notification(ctx.mem);
-                            rearmed = true;
-                            continue;
-                        }
-                        Ok(false) => break,
-                        Err(e) => {
-                            pass.faults.push(format!("queue error: {e}"));
+                    match budget.dry(queue, ctx.mem) {
+                        Dry::More => continue,
+                        Dry::Done => break,
+                        Dry::Fault(f) => {
+                            pass.faults.push(format!("queue error: {f}"));
                             break;
                         }
                     }
                 };
-                rearmed = false;
+                budget.popped();
                 let head = chain.head_index();
                 descs.clear();
                 descs.extend(chain.map(|d| Desc {
@@ -311,6 +297,7 @@ pub fn process(
         let (st, data) = execute(&req, ctx);
         complete(queue, ctx, head, st, data, &mut pass, Some(req.status));
     }
+    pass.more = budget.spent();
     pass
 }
 

@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::datapath::{ChainFault, Pass};
 use crate::log_limited;
 use crate::vmm::ratelimit::LogLimiter;
-use crate::vmm::virtio::pass;
+use crate::vmm::virtio::pass::{self, Dry};
 use crate::vmm::virtio::VirtioInterrupt;
 
 pub const CLASS_RX: u8 = 0;
@@ -97,37 +97,21 @@ pub fn process(
     apply: &mut dyn FnMut(Command) -> bool,
 ) -> Pass {
     let mut pass = Pass::default();
-    let mut rearmed = false;
-    let mut taken = 0usize;
-    loop {
-        if taken == pass::CHAINS {
-            pass.more = true;
-            break;
-        }
-        taken += 1;
+    let mut budget = pass::Budget::default();
+    while budget.take() {
         let Some(chain) = queue.pop_descriptor_chain(mem) else {
-            if rearmed {
-                pass.faults
-                    .push(ChainFault::Queue("avail index is out of range".into()));
-                break;
-            }
-            // Ask for the driver's next kick (with EVENT_IDX: avail_event at its index; a
-            // control queue left at avail_event 0 is never kicked again, and Linux waits for
-            // the answer to its next command for ever); go on if it added more meanwhile.
-            match queue.enable_notification(mem) {
-                Ok(true) => {
-                    let _ = queue.disable_notification(mem);
-                    rearmed = true;
-                    continue;
-                }
-                Ok(false) => break,
-                Err(e) => {
-                    pass.faults.push(ChainFault::Queue(e.to_string()));
+            // With EVENT_IDX a control queue left at avail_event 0 is never kicked again,
+            // and Linux waits for the answer to its next command for ever.
+            match budget.dry(queue, mem) {
+                Dry::More => continue,
+                Dry::Done => break,
+                Dry::Fault(f) => {
+                    pass.faults.push(ChainFault::Queue(f));
                     break;
                 }
             }
         };
-        rearmed = false;
+        budget.popped();
         let head = chain.head_index();
         let mut req = Vec::new();
         let mut status_addr = None;
@@ -183,6 +167,7 @@ pub fn process(
             pass.used = true;
         }
     }
+    pass.more = budget.spent();
     pass
 }
 

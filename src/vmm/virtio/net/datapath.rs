@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::vmm::virtio::pass::{self, Faults};
+use crate::vmm::virtio::pass::{self, Dry, Faults};
 
 /// Size of `struct virtio_net_hdr_v1` (VIRTIO_F_VERSION_1: num_buffers is always there).
 pub const HDR_LEN: usize = 12;
@@ -170,41 +170,21 @@ pub fn process_tx(
     stats: &Stats,
 ) -> Pass {
     let mut pass = Pass::default();
-    let mut rearmed = false;
-    let mut taken = 0usize;
-    loop {
-        if taken == pass::CHAINS {
-            pass.more = true;
-            break;
-        }
-        taken += 1;
+    let mut budget = pass::Budget::default();
+    while budget.take() {
         let chain = match queue.pop_descriptor_chain(mem) {
             Some(c) => {
-                rearmed = false;
+                budget.popped();
                 c
             }
-            None if rearmed => {
-                // Re-armed, told there is more, and still nothing to pop: the avail index is
-                // beyond the ring. Stop rather than spin; the next kick tries again.
-                pass.faults
-                    .push(ChainFault::Queue("avail index is out of range".into()));
-                break;
-            }
-            None => {
-                // Re-arm notifications; if the driver added more meanwhile, keep going.
-                match queue.enable_notification(mem) {
-                    Ok(true) => {
-                        let _ = queue.disable_notification(mem);
-                        rearmed = true;
-                        continue;
-                    }
-                    Ok(false) => break,
-                    Err(e) => {
-                        pass.faults.push(ChainFault::Queue(e.to_string()));
-                        break;
-                    }
+            None => match budget.dry(queue, mem) {
+                Dry::More => continue,
+                Dry::Done => break,
+                Dry::Fault(f) => {
+                    pass.faults.push(ChainFault::Queue(f));
+                    break;
                 }
-            }
+            },
         };
         let head = chain.head_index();
         // Pieces of the frame in guest memory, each checked to lie inside one region: the
@@ -294,6 +274,7 @@ pub fn process_tx(
         }
         pass.used = true;
     }
+    pass.more = budget.spent();
     pass
 }
 
