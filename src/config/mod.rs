@@ -263,7 +263,7 @@ impl ConfigSet {
     pub fn load_cluster(root: &Path) -> ConfigSet {
         let mut set = ConfigSet::default();
         let mut errors = Vec::new();
-        let mut warnings = Vec::new();
+        let mut warnings = reader::near_misses(root);
         set.networks = Self::load_networks(root, &mut errors, &mut warnings);
         let before = errors.len();
         set.cluster = load_cluster(root, &mut set.networks, &mut errors);

@@ -92,6 +92,31 @@ fn type_name(v: &DeValue) -> &'static str {
     }
 }
 
+/// Entries of `<root>/etc/volt` that look like a mistyped name of one Volt reads
+/// (`/etc/volt/vm/`, `clustr.toml`): nothing reads them, so a file put there would be ignored
+/// without a word. One warning each, naming what was meant.
+pub(crate) fn near_misses(root: &std::path::Path) -> Vec<String> {
+    const KNOWN: [&str; 4] = ["vms", "containers", "networks", "cluster.toml"];
+    let Ok(dir) = std::fs::read_dir(root.join("etc/volt")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = dir
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let lower = name.to_ascii_lowercase();
+            let meant = KNOWN
+                .iter()
+                .find(|k| name != **k && distance(&lower, k) <= 1)?;
+            Some(format!(
+                "/etc/volt/{name} is not read by Volt: did you mean /etc/volt/{meant}?"
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Levenshtein distance, for "did you mean".
 fn distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -405,6 +430,25 @@ mod tests {
         let mut e = Vec::new();
         f(&src, &t, &mut e);
         in_line_order(e).iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn mistyped_names_under_etc_volt_are_pointed_out() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let etc = tmp.path().join("etc/volt");
+        for d in ["vm", "network", "vms", "tls", "VMs"] {
+            std::fs::create_dir_all(etc.join(d)).expect("mkdir");
+        }
+        std::fs::write(etc.join("clustr.toml"), "").expect("write");
+        assert_eq!(
+            near_misses(tmp.path()),
+            [
+                "/etc/volt/VMs is not read by Volt: did you mean /etc/volt/vms?",
+                "/etc/volt/clustr.toml is not read by Volt: did you mean /etc/volt/cluster.toml?",
+                "/etc/volt/network is not read by Volt: did you mean /etc/volt/networks?",
+                "/etc/volt/vm is not read by Volt: did you mean /etc/volt/vms?",
+            ]
+        );
     }
 
     #[test]

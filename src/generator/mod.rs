@@ -253,6 +253,9 @@ pub fn clear_previous(out: &Path, keep: &Path) {
 pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     let networkd_dir = targets.networkd.as_path();
     let set = ConfigSet::load(root);
+    for w in &set.warnings {
+        log::warn!("{w}");
+    }
     let mut report = Report::default();
     let broken = set.errors_by_file();
     // The record of the last run: read only when some workload needs it.
