@@ -349,6 +349,21 @@ fn parse_nic(
 ) -> (ContainerNic, NicSpans) {
     let (host_link, container_link) = derive::veth_names(name);
     let c = nic::common(src, t, index, owner, true, e);
+    // What a VM's NIC has and a container's veth does not.
+    t.refuse(
+        src,
+        e,
+        "mtu",
+        "a container's veth takes its network's MTU: set mtu in the network file",
+    );
+    for key in ["mode", "multiqueue", "vhost", "parent", "macvtap_mode"] {
+        t.refuse(
+            src,
+            e,
+            key,
+            "only VM NICs have it: a container has one veth pair on a bridge",
+        );
+    }
     let (network, ipv4) = (c.network, c.ipv4);
     let isolated = network.is_some_and(|n| n.kind == NetworkType::Isolated);
     let mut dhcp = false;

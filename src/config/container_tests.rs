@@ -66,7 +66,7 @@ fn every_check_names_file_line_column_and_field() {
         (format!("image = \"/x\"\nvolatile = \"no\"\n{cmd}"), "volatile: an image is never written"),
         (format!("{DIR}{cmd}colour = 1\n"), ":3:1: colour: unknown key"),
         (format!("{DIR}{cmd}init_args = [\"x\"]\n"), ":3:13: init_args: init_args are for boot = true"),
-        (format!("{DIR}{cmd}[[network]]\nmtu = 9000\n"), ":4:1: network[0].mtu: unknown key"),
+        (format!("{DIR}{cmd}[[network]]\nmtu = 9000\n"), ":4:1: network[0].mtu: a container's veth takes its network's MTU"),
         (format!("{DIR}{cmd}[[network]]\nipv4 = \"10.42.0.20\"\n"), ":4:8: network[0].ipv4: 10.42.0.20 is outside volt0's container range 10.42.0.100-10.42.0.254"),
         (format!("{DIR}{cmd}[[network]]\nipv4 = \"10.42.0.10\"\n"), "network[0].ipv4: 10.42.0.10 is reserved for vm-web in volt0"),
         (format!("{DIR}{cmd}[[network]]\nipv4 = \"10.43.0.120\"\n"), "network[0].ipv4: 10.43.0.120 is outside volt0 (10.42.0.0/24)"),
@@ -122,4 +122,23 @@ fn root_check() {
     assert!(check("/srv/missing", "directory")[0].contains("does not exist"));
     assert!(check("/srv/file", "image")[0]
         .contains("image: /srv/file is not a directory (disk images are not supported yet"));
+}
+
+#[test]
+fn vm_nic_keys_in_a_container_say_why() {
+    let e = errs(
+        "db",
+        "directory = \"/srv/db\"\nboot = true\n[[network]]\nmtu = 9000\nmultiqueue = 2\n",
+    );
+    assert!(
+        e.iter().any(|l| l.ends_with(
+            ":4:1: network[0].mtu: a container's veth takes its network's MTU: set mtu in the network file"
+        )),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.contains(":5:1: network[0].multiqueue: only VM NICs have it")),
+        "{e:?}"
+    );
 }

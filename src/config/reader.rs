@@ -77,6 +77,8 @@ pub(crate) struct Table<'t, 'i> {
     table: &'t DeTable<'i>,
     span: Range<usize>,
     asked: RefCell<Vec<&'static str>>,
+    /// Keys written where they do not belong, reported by [`Table::refuse`].
+    refused: RefCell<Vec<&'static str>>,
 }
 
 /// A short, readable name of a TOML value's type.
@@ -140,6 +142,7 @@ impl<'t, 'i> Table<'t, 'i> {
             table: doc.get_ref(),
             span: doc.span(),
             asked: RefCell::new(Vec::new()),
+            refused: RefCell::new(Vec::new()),
         }
     }
 
@@ -173,6 +176,15 @@ impl<'t, 'i> Table<'t, 'i> {
             v.span(),
             format!("expected {want}, found {}", type_name(v.get_ref())),
         )
+    }
+
+    /// A key that belongs elsewhere (a VM NIC key in a container's entry): when written, an
+    /// error at it saying `why`, instead of "unknown key" with a far-fetched guess.
+    pub fn refuse(&self, src: &Src, e: &mut Errors, key: &'static str, why: &str) {
+        if let Some((k, _)) = self.table.iter().find(|(k, _)| k.get_ref() == key) {
+            self.refused.borrow_mut().push(key);
+            e.push(src.invalid(&self.field(key), k.span(), why.to_string()));
+        }
     }
 
     /// Whether `key` holds a table (rather than a plain value).
@@ -294,6 +306,7 @@ impl<'t, 'i> Table<'t, 'i> {
                 table: t,
                 span: v.span(),
                 asked: RefCell::new(Vec::new()),
+                refused: RefCell::new(Vec::new()),
             }),
             None => {
                 e.push(self.wrong_type(src, key, v, "a table"));
@@ -327,6 +340,7 @@ impl<'t, 'i> Table<'t, 'i> {
                     table: t,
                     span: item.span(),
                     asked: RefCell::new(Vec::new()),
+                    refused: RefCell::new(Vec::new()),
                 }),
                 None => e.push(self.wrong_type(src, key, item, "a table")),
             }
@@ -364,11 +378,12 @@ impl<'t, 'i> Table<'t, 'i> {
     /// because it follows its header.
     pub fn finish(&self, src: &Src, e: &mut Errors, outer: &[&'static str]) {
         let asked = self.asked.borrow();
+        let refused = self.refused.borrow();
         let mut unknown: Vec<(&Spanned<_>, &str)> = self
             .table
             .iter()
             .map(|(k, _)| (k, k.get_ref().as_ref()))
-            .filter(|(_, k)| !asked.contains(k))
+            .filter(|(_, k)| !asked.contains(k) && !refused.contains(k))
             .collect();
         unknown.sort_by_key(|(k, _)| k.span().start);
         for (k, name) in unknown {
