@@ -366,6 +366,14 @@ fn a_workload_whose_file_broke_is_still_listed_with_its_errors() {
     assert!(all[0]["config_errors"]
         .as_array()
         .is_some_and(Vec::is_empty));
+    // The command line the guest gets when the file gives none, not "".
+    assert!(
+        all[0]["config"]["cmdline"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("console=ttyS0")),
+        "{}",
+        all[0]
+    );
     let table = volt(p, &["vm", "list"]);
     assert!(
         String::from_utf8_lossy(&table.stdout).contains("config invalid"),

@@ -149,7 +149,14 @@ pub fn views(root: &Path, kind: Kind) -> (ConfigSet, Vec<WorkloadView>) {
                 .map(|a| link_view(&paths, &plan, w, a))
                 .collect(),
             config: match &w.config {
-                Config::Vm(v) => serde_json::to_value(v).unwrap_or_default(),
+                Config::Vm(v) => {
+                    let mut j = serde_json::to_value(v).unwrap_or_default();
+                    // The command line the guest gets when the file gives none.
+                    if v.cmdline.is_empty() {
+                        j["cmdline"] = super::vm::DEFAULT_CMDLINE.into();
+                    }
+                    j
+                }
                 Config::Container(c) => serde_json::to_value(c).unwrap_or_default(),
             },
             config_errors: Vec::new(),
