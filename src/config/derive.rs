@@ -159,6 +159,20 @@ pub fn check_link_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The workload a config file describes: `("vm", name)` for `/etc/volt/vms/<name>.toml`,
+/// `("container", name)` for `/etc/volt/containers/<name>.toml`.
+pub fn workload_of(file: &std::path::Path) -> Option<(&'static str, String)> {
+    let parent = file.parent()?;
+    let name = super::file_stem(file);
+    if parent == std::path::Path::new("/").join(super::VMS_DIR) {
+        Some(("vm", name))
+    } else if parent == std::path::Path::new("/").join(super::CONTAINERS_DIR) {
+        Some(("container", name))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ pub use container::{
 };
 pub use derive::{
     check_link_name, check_workload_name, nic_mac, short_id, tap_name, veth_names, vm_uuid,
-    MacAddr, IFNAMSIZ_MAX, RESERVED_LINK_PREFIXES, VOLT_NAMESPACE,
+    workload_of, MacAddr, IFNAMSIZ_MAX, RESERVED_LINK_PREFIXES, VOLT_NAMESPACE,
 };
 pub use disk::{DiskCache, DiskConfig};
 pub use error::{ConfigError, Location};
@@ -178,11 +178,21 @@ fn list_dir(
         if name.starts_with('.') || name.ends_with('~') {
             continue;
         }
-        let is_file = e
-            .file_type()
-            .map(|t| t.is_file() || t.is_symlink())
-            .unwrap_or(false);
         let shown = Path::new("/").join(rel).join(&name);
+        if e.file_name().to_str().is_none() {
+            // Read by its lossy name it would be "not found"; a workload's name is UTF-8.
+            warnings.push(format!(
+                "{} is not read: its name is not UTF-8",
+                shown.display()
+            ));
+            continue;
+        }
+        // A symlink counts as what it points to (a link to a directory is a directory).
+        let is_file = match e.file_type() {
+            Ok(t) if t.is_symlink() => std::fs::metadata(e.path()).map_or(true, |m| m.is_file()),
+            Ok(t) => t.is_file(),
+            Err(_) => false,
+        };
         match (wanted(&name), is_file) {
             (true, true) => files.push(name),
             (true, false) => warnings.push(format!(
@@ -426,20 +436,6 @@ impl ConfigSet {
             m.entry(e.file()).or_default().push(e);
         }
         m
-    }
-}
-
-/// The workload a config file describes: `("vm", name)` for `/etc/volt/vms/<name>.toml`,
-/// `("container", name)` for `/etc/volt/containers/<name>.toml`.
-pub fn workload_of(file: &Path) -> Option<(&'static str, String)> {
-    let parent = file.parent()?;
-    let name = file_stem(file);
-    if parent == Path::new("/").join(VMS_DIR) {
-        Some(("vm", name))
-    } else if parent == Path::new("/").join(CONTAINERS_DIR) {
-        Some(("container", name))
-    } else {
-        None
     }
 }
 

@@ -427,3 +427,26 @@ fn a_key_in_capitals_is_told_its_name_and_a_runaway_file_is_refused() {
         ["/etc/volt/vms/big.toml: file: larger than 1024 KiB: not a Volt config file"]
     );
 }
+
+#[test]
+fn odd_entries_in_the_vm_directory_are_warnings_alike() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let vms = tmp.path().join("etc/volt/vms");
+    std::fs::create_dir_all(vms.join("real.toml")).expect("mkdir");
+    std::fs::create_dir_all(tmp.path().join("elsewhere")).expect("mkdir");
+    std::os::unix::fs::symlink(tmp.path().join("elsewhere"), vms.join("link.toml"))
+        .expect("symlink");
+    let bad = std::ffi::OsStr::from_bytes(b"bad\xffname.toml");
+    std::fs::write(vms.join(bad), "kernel = \"/k\"\n").expect("write");
+    let set = crate::config::ConfigSet::load(tmp.path());
+    assert!(set.errors.is_empty(), "{:?}", set.errors);
+    let w = set.warnings.join("\n");
+    for want in [
+        "/etc/volt/vms/real.toml is not a regular file; skipped",
+        "/etc/volt/vms/link.toml is not a regular file; skipped",
+        "is not read: its name is not UTF-8",
+    ] {
+        assert!(w.contains(want), "{want:?} not in {w}");
+    }
+}
