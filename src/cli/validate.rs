@@ -80,7 +80,7 @@ fn check_file(
         let host = config::default_host_name(root);
         match config::parse_cluster_toml(path, &text, &host, &set.networks.list) {
             Ok(c) => errors.extend(config::check_cluster_files(&c, root)),
-            Err(e) => errors.push(e),
+            Err(e) => errors.extend(e),
         }
         return;
     }

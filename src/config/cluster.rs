@@ -6,12 +6,13 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use toml::Spanned;
 
 use super::derive::check_workload_name;
 use super::error::{ConfigError, Location};
 use super::network::{parse_ip, Network, NetworkType};
+use super::reader::{self, Errors, Table};
 use super::span::Src;
 
 /// Where the file lives, relative to the root.
@@ -75,36 +76,6 @@ impl ClusterConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEtcd {
-    endpoints: Spanned<Vec<Spanned<String>>>,
-    ca: Option<Spanned<String>>,
-    cert: Option<Spanned<String>>,
-    key: Option<Spanned<String>>,
-    timeout_ms: Option<Spanned<u64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNetwork {
-    name: Spanned<String>,
-    vni: Spanned<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCluster {
-    host: Option<Spanned<String>>,
-    underlay: Spanned<String>,
-    underlay_mtu: Option<Spanned<u32>>,
-    vxlan_port: Option<Spanned<u16>>,
-    lease_ttl: Option<Spanned<u32>>,
-    etcd: Spanned<RawEtcd>,
-    #[serde(default)]
-    network: Vec<Spanned<RawNetwork>>,
-}
-
 fn endpoint(src: &Src, e: &Spanned<String>, i: usize) -> Result<(String, bool), ConfigError> {
     let field = format!("etcd.endpoints[{i}]");
     let s = e.get_ref().trim_end_matches('/');
@@ -143,173 +114,243 @@ pub fn default_host_name(root: &Path) -> String {
 }
 
 /// Parse `cluster.toml` (`path` is the name shown in errors); `host_default` is used when it
-/// names no host; networks are checked against `networks`.
+/// names no host; networks are checked against `networks`. Every error, in line order.
 pub fn parse_cluster_toml(
     path: &Path,
     text: &str,
     host_default: &str,
     networks: &[Network],
-) -> Result<ClusterConfig, ConfigError> {
-    let src = Src::new(path, text);
-    let raw: RawCluster = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
-    let host = match &raw.host {
-        Some(h) => {
-            check_workload_name(h.get_ref()).map_err(|m| src.invalid("host", h.span(), m))?;
-            h.get_ref().clone()
+) -> Result<ClusterConfig, Vec<ConfigError>> {
+    let read = reader::read(
+        path,
+        text,
+        |_| Ok(()),
+        |src, _, t, e| cluster_from(src, t, e, host_default, networks),
+    )?;
+    // `None` comes with errors, so `read` returned them already.
+    read.ok_or_else(|| {
+        vec![ConfigError::Invalid {
+            at: Location::file(path),
+            field: "cluster".into(),
+            message: "incomplete".into(),
+        }]
+    })
+}
+
+fn cluster_from(
+    src: &Src,
+    t: &Table,
+    e: &mut Errors,
+    host_default: &str,
+    networks: &[Network],
+) -> Option<ClusterConfig> {
+    let host = match t.string(src, e, "host") {
+        Some(h) => match check_workload_name(h.get_ref()) {
+            Ok(()) => Some(h.into_inner()),
+            Err(m) => {
+                e.push(src.invalid("host", h.span(), m));
+                None
+            }
+        },
+        None => match check_workload_name(host_default) {
+            Ok(()) => Some(host_default.to_string()),
+            Err(m) => {
+                e.push(src.whole("host", format!("no host given and the hostname {m}")));
+                None
+            }
+        },
+    };
+    let underlay = match t.string(src, e, "underlay") {
+        Some(u) => match parse_ip(src, "underlay", &u) {
+            Ok(ip) if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() => {
+                e.push(src.invalid(
+                    "underlay",
+                    u.span(),
+                    format!("{ip} cannot be a VXLAN endpoint other hosts reach"),
+                ));
+                None
+            }
+            Ok(ip) => Some(ip),
+            Err(err) => {
+                e.push(err);
+                None
+            }
+        },
+        None => {
+            if !t.has("underlay") {
+                e.push(src.whole(
+                    "underlay",
+                    "missing: this host's address on the network the hosts share (like underlay = \"192.168.50.11\")".into(),
+                ));
+            }
+            None
+        }
+    };
+    let underlay_mtu = t
+        .integer(src, e, "underlay_mtu", 576..=9216u32, "")
+        .map_or(1500, Spanned::into_inner);
+    let vxlan_port = t
+        .integer(src, e, "vxlan_port", 1..=u16::MAX, "")
+        .map_or(DEFAULT_VXLAN_PORT, Spanned::into_inner);
+    let lease_ttl = t
+        .integer(src, e, "lease_ttl", 2..=3600u32, " s")
+        .map_or(DEFAULT_LEASE_TTL, Spanned::into_inner);
+    let etcd = match t.table(src, e, "etcd") {
+        Some(et) => {
+            let c = etcd_config(src, &et, e);
+            et.finish(src, e, &[]);
+            c
         }
         None => {
-            check_workload_name(host_default)
-                .map_err(|m| src.whole("host", format!("no host given and the hostname {m}")))?;
-            host_default.to_string()
+            if !t.has("etcd") {
+                e.push(src.whole(
+                    "etcd",
+                    "missing: an [etcd] table with endpoints = [\"http://HOST:2379\", ...]".into(),
+                ));
+            }
+            None
         }
     };
-    let underlay = parse_ip(&src, "underlay", &raw.underlay)?;
-    if underlay.is_unspecified() || underlay.is_loopback() || underlay.is_multicast() {
-        return Err(src.invalid(
-            "underlay",
-            raw.underlay.span(),
-            format!("{underlay} cannot be a VXLAN endpoint other hosts reach"),
-        ));
-    }
-    let underlay_mtu = match &raw.underlay_mtu {
-        Some(m) if !(576..=9216).contains(m.get_ref()) => {
-            return Err(src.invalid(
-                "underlay_mtu",
-                m.span(),
-                format!("{} is outside 576-9216", m.get_ref()),
-            ))
-        }
-        Some(m) => *m.get_ref(),
-        None => 1500,
-    };
-    let vxlan_port = match &raw.vxlan_port {
-        Some(p) if *p.get_ref() == 0 => {
-            return Err(src.invalid("vxlan_port", p.span(), "must be 1-65535".into()))
-        }
-        Some(p) => *p.get_ref(),
-        None => DEFAULT_VXLAN_PORT,
-    };
-    let lease_ttl = match &raw.lease_ttl {
-        Some(t) if !(2..=3600).contains(t.get_ref()) => {
-            return Err(src.invalid(
-                "lease_ttl",
-                t.span(),
-                format!("{} s is outside 2-3600", t.get_ref()),
-            ))
-        }
-        Some(t) => *t.get_ref(),
-        None => DEFAULT_LEASE_TTL,
-    };
-    let etcd = etcd_config(&src, &raw.etcd)?;
     let mut nets: Vec<ClusterNetwork> = Vec::new();
-    for (i, n) in raw.network.iter().enumerate() {
-        let r = n.get_ref();
-        let field = format!("network[{i}]");
-        let name = r.name.get_ref();
-        let Some(net) = networks.iter().find(|x| &x.name == name) else {
-            return Err(src.invalid(
-                &format!("{field}.name"),
-                r.name.span(),
-                format!("no network named {name:?} (see volt net list)"),
-            ));
-        };
-        if net.kind == NetworkType::Isolated {
-            return Err(src.invalid(
-                &format!("{field}.name"),
-                r.name.span(),
-                format!("{name} is an isolated network: it has no bridge to share"),
-            ));
+    let top = t.asked();
+    for (i, nt) in t.tables(src, e, "network").iter().enumerate() {
+        if let Some(n) = cluster_network(src, i, nt, networks, &nets, e) {
+            nets.push(n);
         }
-        let vni = *r.vni.get_ref();
-        if vni == 0 || vni > MAX_VNI {
-            return Err(src.invalid(
-                &format!("{field}.vni"),
-                r.vni.span(),
-                format!("{vni} is outside 1-{MAX_VNI}"),
-            ));
-        }
-        if let Some(o) = nets.iter().find(|o| o.name == *name || o.vni == vni) {
-            let what = if o.name == *name {
-                format!("{name} is listed twice")
-            } else {
-                format!("VNI {vni} is already used by {}", o.name)
-            };
-            return Err(src.invalid(&field, n.span(), what));
-        }
-        nets.push(ClusterNetwork {
-            name: name.clone(),
-            bridge: net.bridge.clone(),
-            vni,
-        });
+        nt.finish(src, e, &top);
     }
-    Ok(ClusterConfig {
-        path: path.to_path_buf(),
-        host,
-        underlay,
+    t.finish(src, e, &[]);
+    Some(ClusterConfig {
+        path: src.path.to_path_buf(),
+        host: host?,
+        underlay: underlay?,
         underlay_mtu,
         vxlan_port,
         lease_ttl,
-        etcd,
+        etcd: etcd?,
         networks: nets,
     })
 }
 
-fn etcd_config(src: &Src, raw: &Spanned<RawEtcd>) -> Result<EtcdConfig, ConfigError> {
-    let r = raw.get_ref();
-    if r.endpoints.get_ref().is_empty() {
-        return Err(src.invalid(
-            "etcd.endpoints",
-            r.endpoints.span(),
-            "at least one endpoint is needed".into(),
-        ));
+/// `[[network]]` entry `i`: a network of this host that is not isolated, with a VNI no other
+/// entry has.
+fn cluster_network(
+    src: &Src,
+    i: usize,
+    t: &Table,
+    networks: &[Network],
+    earlier: &[ClusterNetwork],
+    e: &mut Errors,
+) -> Option<ClusterNetwork> {
+    let field = format!("network[{i}]");
+    let name = t.string(src, e, "name");
+    let vni = t.integer(src, e, "vni", 1..=MAX_VNI, "");
+    for (key, v) in [("name", name.is_none()), ("vni", vni.is_none())] {
+        if v && !t.has(key) {
+            e.push(src.invalid(
+                &t.field(key),
+                t.span(),
+                format!("missing: each [[network]] has a {key}"),
+            ));
+        }
     }
+    let (name, vni) = (name?, vni?.into_inner());
+    let Some(net) = networks.iter().find(|x| &x.name == name.get_ref()) else {
+        e.push(src.invalid(
+            &format!("{field}.name"),
+            name.span(),
+            format!("no network named {:?} (see volt net list)", name.get_ref()),
+        ));
+        return None;
+    };
+    if net.kind == NetworkType::Isolated {
+        e.push(src.invalid(
+            &format!("{field}.name"),
+            name.span(),
+            format!(
+                "{} is an isolated network: it has no bridge to share",
+                net.name
+            ),
+        ));
+        return None;
+    }
+    if let Some(o) = earlier.iter().find(|o| o.name == net.name || o.vni == vni) {
+        let what = if o.name == net.name {
+            format!("{} is listed twice", net.name)
+        } else {
+            format!("VNI {vni} is already used by {}", o.name)
+        };
+        e.push(src.invalid(&field, t.span(), what));
+        return None;
+    }
+    Some(ClusterNetwork {
+        name: net.name.clone(),
+        bridge: net.bridge.clone(),
+        vni,
+    })
+}
+
+fn etcd_config(src: &Src, t: &Table, e: &mut Errors) -> Option<EtcdConfig> {
     let mut endpoints = Vec::new();
     let mut any_tls = false;
-    for (i, e) in r.endpoints.get_ref().iter().enumerate() {
-        let (url, tls) = endpoint(src, e, i)?;
-        any_tls |= tls;
-        endpoints.push(url);
+    match t.string_list(src, e, "endpoints") {
+        Some(l) if l.get_ref().is_empty() => e.push(src.invalid(
+            "etcd.endpoints",
+            l.span(),
+            "at least one endpoint is needed".into(),
+        )),
+        Some(l) => {
+            for (i, u) in l.get_ref().iter().enumerate() {
+                match endpoint(src, u, i) {
+                    Ok((url, tls)) => {
+                        any_tls |= tls;
+                        endpoints.push(url);
+                    }
+                    Err(err) => e.push(err),
+                }
+            }
+        }
+        None => {
+            if !t.has("endpoints") {
+                e.push(src.invalid(
+                    "etcd.endpoints",
+                    t.span(),
+                    "missing: endpoints = [\"http://HOST:2379\", ...]".into(),
+                ));
+            }
+        }
     }
-    let file = |f: &Option<Spanned<String>>, field: &str| -> Result<Option<PathBuf>, ConfigError> {
-        match f {
-            None => Ok(None),
-            Some(s) if !s.get_ref().starts_with('/') => Err(src.invalid(
+    let mut file = |field: &'static str| match t.string(src, e, field) {
+        Some(s) if !s.get_ref().starts_with('/') => {
+            e.push(src.invalid(
                 &format!("etcd.{field}"),
                 s.span(),
                 format!("{:?} must be an absolute path", s.get_ref()),
-            )),
-            Some(s) => Ok(Some(PathBuf::from(s.get_ref()))),
+            ));
+            None
         }
+        Some(s) => Some(PathBuf::from(s.into_inner())),
+        None => None,
     };
-    let ca = file(&r.ca, "ca")?;
-    let cert = file(&r.cert, "cert")?;
-    let key = file(&r.key, "key")?;
+    let (ca, cert, key) = (file("ca"), file("cert"), file("key"));
     if cert.is_some() != key.is_some() {
-        return Err(src.invalid(
+        e.push(src.invalid(
             "etcd",
-            raw.span(),
+            t.span(),
             "cert and key go together: give both or neither".into(),
         ));
     }
-    if !any_tls && (ca.is_some() || cert.is_some()) {
-        return Err(src.invalid(
+    if !any_tls && !endpoints.is_empty() && (ca.is_some() || cert.is_some()) {
+        e.push(src.invalid(
             "etcd",
-            raw.span(),
+            t.span(),
             "ca, cert and key need https:// endpoints".into(),
         ));
     }
-    let timeout_ms = match &r.timeout_ms {
-        Some(t) if !(100..=60_000).contains(t.get_ref()) => {
-            return Err(src.invalid(
-                "etcd.timeout_ms",
-                t.span(),
-                format!("{} is outside 100-60000", t.get_ref()),
-            ))
-        }
-        Some(t) => *t.get_ref(),
-        None => 3000,
-    };
-    Ok(EtcdConfig {
+    let timeout_ms = t
+        .integer(src, e, "timeout_ms", 100..=60_000u64, "")
+        .map_or(3000, Spanned::into_inner);
+    (!endpoints.is_empty()).then_some(EtcdConfig {
         endpoints,
         ca,
         cert,
@@ -383,8 +424,14 @@ mod tests {
         vec![Network::builtin_default(), iso]
     }
 
-    fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
-        parse_cluster_toml(Path::new(P), text, "node-a", &nets())
+    /// The config, or every error, one a line.
+    fn parse(text: &str) -> Result<ClusterConfig, String> {
+        parse_cluster_toml(Path::new(P), text, "node-a", &nets()).map_err(|errs| {
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
     }
 
     const GOOD: &str = "underlay = \"192.168.7.1\"\n[etcd]\nendpoints = [\"http://192.168.7.1:2379\", \"http://192.168.7.2:2379/\"]\n[[network]]\nname = \"volt0\"\nvni = 42\n";
@@ -405,6 +452,35 @@ mod tests {
                 bridge: "volt0".into(),
                 vni: 42
             }]
+        );
+    }
+
+    #[test]
+    fn every_error_at_once_in_words_of_the_file() {
+        // Each of these took a run of its own when the file was read through serde.
+        let e = parse(
+            "host = \"a b\"\nunderlay = \"192.168.50.300\"\nlease_ttl = 0\nvxlan_port = 0\n[etcd]\nendpoint = [\"http://x:1\"]\n[[network]]\nname = \"nope\"\nvni = 99999999\n",
+        )
+        .unwrap_err();
+        for want in [
+            ":1:8: host:",
+            ":2:12: underlay:",
+            ":3:13: lease_ttl: 0 is outside 2-3600 s",
+            ":4:14: vxlan_port: 0 is outside 1-65535",
+            ":5:1: etcd.endpoints: missing",
+            ":6:1: etcd.endpoint: unknown key; did you mean endpoints?",
+            ":9:7: network[0].vni: 99999999 is outside 1-16777215",
+        ] {
+            assert!(e.contains(want), "{want:?} not in\n{e}");
+        }
+        let missing = parse("").unwrap_err();
+        assert!(
+            missing.contains("underlay: missing: this host's address"),
+            "{missing}"
+        );
+        assert!(
+            missing.contains("etcd: missing: an [etcd] table"),
+            "{missing}"
         );
     }
 
@@ -445,11 +521,11 @@ mod tests {
             ),
             (
                 format!("lease_ttl = 1\n{GOOD}"),
-                ":1:13: lease_ttl: 1 s is outside 2-3600",
+                ":1:13: lease_ttl: 1 is outside 2-3600 s",
             ),
             (
                 format!("colour = 1\n{GOOD}"),
-                "cluster.toml:1:1: unknown field `colour`",
+                "cluster.toml:1:1: colour: unknown key",
             ),
             (
                 format!("host = \"a b\"\n{GOOD}"),

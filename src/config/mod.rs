@@ -465,7 +465,7 @@ fn load_cluster(
             Some(c)
         }
         Err(e) => {
-            errors.push(e);
+            errors.extend(e);
             None
         }
     }

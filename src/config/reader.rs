@@ -274,6 +274,32 @@ impl<'t, 'i> Table<'t, 'i> {
         }
     }
 
+    /// An array of strings, each with where it is written.
+    pub fn string_list(
+        &self,
+        src: &Src,
+        e: &mut Errors,
+        key: &'static str,
+    ) -> Option<Spanned<Vec<Spanned<String>>>> {
+        let v = self.get(key)?;
+        let items = v.get_ref().as_array().and_then(|a| {
+            a.iter()
+                .map(|x| {
+                    x.get_ref()
+                        .as_str()
+                        .map(|s| Spanned::new(x.span(), s.to_owned()))
+                })
+                .collect::<Option<Vec<_>>>()
+        });
+        match items {
+            Some(items) => Some(Spanned::new(v.span(), items)),
+            None => {
+                e.push(self.wrong_type(src, key, v, "an array of strings"));
+                None
+            }
+        }
+    }
+
     /// One of `choices` (a string).
     pub fn choice<T: Copy>(
         &self,
