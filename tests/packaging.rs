@@ -369,6 +369,7 @@ fn volt_toml_man_page_documents_every_config_key() {
         "src/config/vm.rs",
         "src/config/network.rs",
         "src/config/container.rs",
+        "src/config/cluster.rs",
     ] {
         let text = std::fs::read_to_string(repo.join(file)).expect("source");
         // TOML keys: read through the reader's typed getters, key as the first string
@@ -379,6 +380,7 @@ fn volt_toml_man_page_documents_every_config_key() {
             ".integer(",
             ".integer::<",
             ".strings(",
+            ".string_list(",
             ".choice(",
             ".table(",
             ".tables(",
