@@ -259,19 +259,10 @@ impl<'t, 'i> Table<'t, 'i> {
         e: &mut Errors,
         key: &'static str,
     ) -> Option<Spanned<Vec<String>>> {
-        let v = self.get(key)?;
-        let items = v.get_ref().as_array().and_then(|a| {
-            a.iter()
-                .map(|x| x.get_ref().as_str().map(str::to_owned))
-                .collect::<Option<Vec<String>>>()
-        });
-        match items {
-            Some(items) => Some(Spanned::new(v.span(), items)),
-            None => {
-                e.push(self.wrong_type(src, key, v, "an array of strings"));
-                None
-            }
-        }
+        let list = self.string_list(src, e, key)?;
+        let span = list.span();
+        let items = list.into_inner().into_iter().map(Spanned::into_inner);
+        Some(Spanned::new(span, items.collect()))
     }
 
     /// An array of strings, each with where it is written.
