@@ -92,12 +92,18 @@ pub struct Budget {
 impl Budget {
     /// Whether the pass may take one more chain (counting it); `false`: stop, work is left.
     pub fn take(&mut self) -> bool {
-        if self.taken == CHAINS {
+        if self.taken >= CHAINS {
             self.spent = true;
             return false;
         }
         self.taken += 1;
         true
+    }
+
+    /// Counts a chain taken inside a step already admitted by [`Budget::take`] (a frame that
+    /// spans several chains): the next `take` sees it.
+    pub fn charge(&mut self) {
+        self.taken = self.taken.saturating_add(1);
     }
 
     /// Whether the pass stopped because the budget ran out (with work left: run another).

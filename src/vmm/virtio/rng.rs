@@ -75,16 +75,15 @@ pub fn process_queue(
     let mut more = false;
     // Chains count too: empty or read-only chains write nothing, and must not make a pass
     // endless either.
-    let mut taken = 0usize;
+    let mut chains = super::pass::Budget::default();
     loop {
-        if budget == 0 || taken == super::pass::CHAINS || stop.load(Ordering::Acquire) {
+        if budget == 0 || !chains.take() || stop.load(Ordering::Acquire) {
             more = true;
             break;
         }
         let Some(chain) = queue.pop_descriptor_chain(mem) else {
             break;
         };
-        taken += 1;
         let head = chain.head_index();
         let mut left = MAX_CHAIN_BYTES.min(budget);
         let mut written: u32 = 0;

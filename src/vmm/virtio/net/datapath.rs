@@ -382,13 +382,8 @@ pub fn process_rx(
     // the index move under our own notification writes, and must not spin the worker.
     let mut followed = false;
     // Frames and chains this pass has taken (see [`pass::CHAINS`]).
-    let mut taken = 0usize;
-    loop {
-        if taken >= pass::CHAINS {
-            pass.more = true;
-            break;
-        }
-        taken += 1;
+    let mut budget = pass::Budget::default();
+    while budget.take() {
         if st.pending == 0 {
             followed = false;
             if !st.backend_ready {
@@ -427,7 +422,7 @@ pub fn process_rx(
                 out_of_buffers = true;
                 break;
             };
-            taken += 1;
+            budget.charge();
             let start = pieces.len();
             match writable_pieces(chain, mem, pieces) {
                 Ok((head, total)) => {
@@ -516,5 +511,6 @@ pub fn process_rx(
         Stats::add(&stats.rx_bytes, (len - HDR_LEN) as u64);
         st.pending = 0;
     }
+    pass.more = budget.spent();
     pass
 }
