@@ -36,6 +36,27 @@ pub fn needs_interrupt(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
     }
 }
 
+/// Turns the driver's kicks off while the device is busy with the queue or watching it: the
+/// `VIRTQ_USED_F_NO_NOTIFY` flag, or with EVENT_IDX (where a driver ignores the flag, and
+/// virtio-queue's `disable_notification` writes nothing) an `avail_event` one behind the next
+/// index the device reads. The driver kicks when its publish crosses `avail_event`, so one
+/// left where the last re-arm put it would cost a kick, an exit and a wakeup per request
+/// during a poll window; one behind cannot be crossed before the index wraps, and the driver
+/// is never more than a ring ahead. `enable_notification` (re-arm) puts it back.
+pub fn suppress_kicks(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<(), virtio_queue::Error> {
+    if !queue.event_idx_enabled() {
+        return queue.disable_notification(mem);
+    }
+    let at = queue
+        .used_ring()
+        .checked_add(4 + 8 * u64::from(queue.size()))
+        .map(GuestAddress)
+        .ok_or(virtio_queue::Error::AddressOverflow)?;
+    let behind = queue.next_avail().wrapping_sub(1);
+    mem.store(u16::to_le(behind), at, Ordering::Release)
+        .map_err(virtio_queue::Error::GuestMemory)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +110,49 @@ mod tests {
         // used_event still 0: the next entry needs none.
         q.add_used(&m, 1, 0).expect("add_used");
         assert!(!needs_interrupt(&mut q, &m));
+    }
+
+    /// The used ring's avail_event (queue of 16).
+    fn avail_event(m: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
+        u16::from_le(
+            m.read_obj(GuestAddress(vq.used_addr().0 + 4 + 8 * 16))
+                .expect("avail_event"),
+        )
+    }
+
+    /// Whether a driver publishing from `old` to `new` kicks (`vring_need_event`).
+    fn driver_kicks(event: u16, new: u16, old: u16) -> bool {
+        new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+    }
+
+    #[test]
+    fn kicks_are_suppressed_with_event_idx_too() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        let mut q: Queue = vq.create_queue().expect("queue");
+        q.set_event_idx(true);
+        q.set_next_avail(5);
+        // Re-armed: the driver's next publish (5 -> 6) kicks.
+        q.enable_notification(&m).expect("enable");
+        assert!(driver_kicks(avail_event(&m, &vq), 6, 5));
+        // Suppressed (while the device polls the ring): no publish kicks, however far the
+        // driver gets ahead within a ring, and from wherever it starts.
+        suppress_kicks(&mut q, &m).expect("suppress");
+        let event = avail_event(&m, &vq);
+        for old in 5..5 + 16 {
+            for new in old + 1..=5 + 16 {
+                assert!(!driver_kicks(event, new, old), "{old} -> {new} kicks");
+            }
+        }
+        // virtio-queue's own disable leaves the re-armed index, which the driver crosses.
+        q.enable_notification(&m).expect("enable");
+        q.disable_notification(&m).expect("disable");
+        assert!(driver_kicks(avail_event(&m, &vq), 6, 5));
+        // Without EVENT_IDX the flag does it.
+        let mut plain: Queue = vq.create_queue().expect("queue");
+        suppress_kicks(&mut plain, &m).expect("suppress");
+        let flags: u16 = m.read_obj(vq.used_addr()).expect("used.flags");
+        assert_eq!(u16::from_le(flags) & 1, 1, "VIRTQ_USED_F_NO_NOTIFY");
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::slice;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use super::notify;
+
 /// Chains one pass takes at most. Then the worker goes back to its event loop, sees its stop
 /// token and anything else that happened, and runs the next pass at once.
 pub const CHAINS: usize = 1024;
@@ -126,7 +128,7 @@ impl Budget {
         }
         match queue.enable_notification(mem) {
             Ok(true) => {
-                let _ = queue.disable_notification(mem);
+                let _ = notify::suppress_kicks(queue, mem);
                 self.rearmed = true;
                 Dry::More
             }

@@ -88,7 +88,7 @@ pub fn watch(queue: &mut Queue, mem: &GuestMemoryMmap, poll: &mut AdaptivePoll) 
     let Some(window) = poll.window() else {
         return false;
     };
-    if queue.disable_notification(mem).is_err() {
+    if super::notify::suppress_kicks(queue, mem).is_err() {
         return false;
     }
     let start = Instant::now();

@@ -8,7 +8,8 @@
 //! index of the RX queue it came in on.
 //!
 //! Notifications: the rings are polled while traffic flows, with used-buffer interrupts off
-//! (`VIRTQ_AVAIL_F_NO_INTERRUPT`). After `IDLE_US` without a packet the driver acknowledges
+//! (`VIRTQ_AVAIL_F_NO_INTERRUPT`, or with `VIRTIO_F_EVENT_IDX`, which is negotiated when offered
+//! as Linux does, a `used_event` left behind; kicks then go by the device's `avail_event`). After `IDLE_US` without a packet the driver acknowledges
 //! pending device interrupts, turns RX interrupts on, re-checks the rings and enters the idle
 //! gate; the virtio-mmio IRQ (8259 if < 16, else IOAPIC) wakes it. A device is never trusted
 //! with guest memory beyond its buffers: used ids are range- and ownership-checked, lengths
@@ -47,6 +48,7 @@ const F_STATUS: u64 = 1 << 16;
 const F_CTRL_VQ: u64 = 1 << 17;
 const F_GUEST_ANNOUNCE: u64 = 1 << 21;
 const F_MQ: u64 = 1 << 22;
+const F_EVENT_IDX: u64 = 1 << 29;
 const F_VERSION_1: u64 = 1 << 32;
 
 /// Config space status bit: the device asks for gratuitous packets.
@@ -261,11 +263,21 @@ struct Vq {
     /// TX: stack of free buffer ids (`nbuf` u16s), `nfree` of them.
     free: u64,
     nfree: u16,
+    /// VIRTIO_F_EVENT_IDX negotiated: notifications go by `avail_event` / `used_event`, the
+    /// flags are not used.
+    evidx: bool,
 }
 
 impl Vq {
     /// Allocates the rings and `nbuf` buffers of `buf_size` bytes, programs queue `sel`.
-    fn setup(dev: u64, sel: u16, size: u16, nbuf: u16, buf_size: u32, a: &mut Alloc) -> Option<Vq> {
+    fn setup(
+        dev: u64,
+        sel: u16,
+        size: u16,
+        (nbuf, buf_size): (u16, u32),
+        evidx: bool,
+        a: &mut Alloc,
+    ) -> Option<Vq> {
         let desc = a.alloc(16 * size as u64)?;
         let avail = a.alloc(6 + 2 * size as u64)?;
         let used = a.alloc(6 + 8 * size as u64)?;
@@ -283,6 +295,7 @@ impl Vq {
             nbuf,
             owned,
             free: owned + nbuf as u64,
+            evidx,
             ..Vq::default()
         };
         w32(dev + R_QUEUE_SEL, sel as u32);
@@ -330,15 +343,25 @@ impl Vq {
         self.push(id, self.buf_size, VRING_DESC_F_WRITE);
     }
 
-    /// Publishes the avail index; notifies unless the device said it does not need it.
+    /// Publishes the avail index; notifies unless the device said it does not need it: with
+    /// EVENT_IDX, unless its `avail_event` lies outside the entries this publish adds
+    /// (`vring_need_event`, §2.7.10); else by `VIRTQ_USED_F_NO_NOTIFY`.
     fn kick(&mut self) {
         if self.avail_idx == self.published {
             return;
         }
+        let old = self.published;
         w16(self.avail + 2, self.avail_idx);
         self.published = self.avail_idx;
         fence(Ordering::SeqCst);
-        if r16(self.used) & VRING_USED_F_NO_NOTIFY == 0 {
+        let notify = if self.evidx {
+            let event = r16(self.used + 4 + 8 * self.size as u64);
+            let new = self.avail_idx;
+            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            r16(self.used) & VRING_USED_F_NO_NOTIFY == 0
+        };
+        if notify {
             w32(self.notify, self.sel as u32);
         }
     }
@@ -355,8 +378,21 @@ impl Vq {
         (r32(e), r32(e + 4))
     }
 
+    /// Used-buffer interrupts on or off. With EVENT_IDX, `used_event` at `last_used` asks for
+    /// an interrupt at the device's next used entry; one behind it asks for none until the
+    /// index wraps (a spurious interrupt 65536 entries later is harmless: it is acknowledged
+    /// like any other).
     fn set_interrupts(&self, on: bool) {
-        w16(self.avail, if on { 0 } else { VRING_AVAIL_F_NO_INTERRUPT });
+        if self.evidx {
+            let event = if on {
+                self.last_used
+            } else {
+                self.last_used.wrapping_sub(1)
+            };
+            w16(self.avail + 4 + 2 * self.size as u64, event);
+        } else {
+            w16(self.avail, if on { 0 } else { VRING_AVAIL_F_NO_INTERRUPT });
+        }
     }
 
     // -- TX --
@@ -555,6 +591,10 @@ fn init_nic(
     if want & F_CTRL_VQ != 0 {
         want |= feat & F_GUEST_ANNOUNCE;
     }
+    if !opts.no_event_idx {
+        want |= feat & F_EVENT_IDX;
+    }
+    let evidx = want & F_EVENT_IDX != 0;
     w32(base + R_DRV_FEATURES_SEL, 0);
     w32(base + R_DRV_FEATURES, want as u32);
     w32(base + R_DRV_FEATURES_SEL, 1);
@@ -672,16 +712,16 @@ fn init_nic(
             base,
             2 * p as u16,
             rs,
-            nbuf.min(rs as usize) as u16,
-            rx_size as u32,
+            (nbuf.min(rs as usize) as u16, rx_size as u32),
+            evidx,
             a,
         );
         let tx = Vq::setup(
             base,
             2 * p as u16 + 1,
             ts,
-            nbuf.min(ts as usize) as u16,
-            tx_size as u32,
+            (nbuf.min(ts as usize) as u16, tx_size as u32),
+            evidx,
             a,
         );
         let (Some(rx), Some(tx)) = (rx, tx) else {
@@ -696,7 +736,7 @@ fn init_nic(
         }
     }
     let mut ctrl = if ctrl_size != 0 {
-        match Vq::setup(base, ctrl_sel as u16, ctrl_size, 1, 64, a) {
+        match Vq::setup(base, ctrl_sel as u16, ctrl_size, (1, 64), evidx, a) {
             Some(q) => Some(q),
             None => return fail(spec, base, b"out of memory"),
         }
@@ -744,7 +784,11 @@ fn init_nic(
     put_dec(mtu as u64);
     put(b" queues=");
     put_dec(pairs as u64);
-    put(b"\n");
+    put(if evidx {
+        b" event_idx=on\n".as_slice()
+    } else {
+        b" event_idx=off\n".as_slice()
+    });
     // Link up: tell the network where this address is (a gratuitous ARP), as the device asks
     // with VIRTIO_NET_S_ANNOUNCE and as a host that already asked for us needs: its kernel
     // would otherwise retry ARP only once a second.
@@ -1437,6 +1481,8 @@ pub struct Opts {
     ioapic: bool,
     /// `volt.net.mq=off`: do not negotiate VIRTIO_NET_F_MQ.
     no_mq: bool,
+    /// `volt.net.event_idx=off`: do not negotiate VIRTIO_F_EVENT_IDX (notify by the flags).
+    no_event_idx: bool,
     /// virtio-net devices with an IRQ on the slave 8259 (8-15).
     slave_nics: usize,
 }
@@ -1490,6 +1536,8 @@ pub fn setup(cmdline: &[u8], alloc: &mut Option<Alloc>, si: &StartInfo) -> Net {
             opts.ioapic = true;
         } else if w == b"volt.net.mq=off" {
             opts.no_mq = true;
+        } else if w == b"volt.net.event_idx=off" {
+            opts.no_event_idx = true;
         } else if let Some(v) = w.strip_prefix(b"volt.udpgen=") {
             udpgen.get_or_insert(v);
         }

@@ -338,7 +338,7 @@ impl Worker {
         let mut events = [EpollEvent::default(); 4];
         let mut ring_poll = AdaptivePoll::default();
         loop {
-            let _ = self.queue.disable_notification(&self.mem);
+            let _ = notify::suppress_kicks(&mut self.queue, &self.mem);
             let ctx = Ctx {
                 mem: &self.mem,
                 io: self.io.as_ref(),

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::vmm::virtio::notify;
 use crate::vmm::virtio::pass::{self, Dry, Faults};
 
 /// Size of `struct virtio_net_hdr_v1` (VIRTIO_F_VERSION_1: num_buffers is always there).
@@ -472,7 +473,7 @@ pub fn process_rx(
             // broken ring spins).
             match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
                 Ok(idx) if Some(idx.0) != avail_before && !followed => {
-                    let _ = queue.disable_notification(mem);
+                    let _ = notify::suppress_kicks(queue, mem);
                     followed = true;
                     continue;
                 }

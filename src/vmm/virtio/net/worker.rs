@@ -12,7 +12,7 @@
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -125,7 +125,7 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
                 }
             }
             if do_tx {
-                let _ = self.tx.disable_notification(&self.mem);
+                let _ = notify::suppress_kicks(&mut self.tx, &self.mem);
                 let pass = datapath::process_tx(
                     &mut self.tx,
                     &self.mem,
@@ -142,7 +142,7 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
             if do_rx {
                 // No RX kicks while buffers are available: process_rx turns them back on
                 // when it runs out (and a frame waits for the guest).
-                let _ = self.rx.disable_notification(&self.mem);
+                let _ = notify::suppress_kicks(&mut self.rx, &self.mem);
                 let pass = datapath::process_rx(
                     &mut self.rx,
                     &self.mem,
