@@ -280,6 +280,25 @@ fn a_broken_autostart_vm_keeps_its_place_in_the_boot() {
             "{want} missing: {tree:?}"
         );
     }
+    // `volt vm list` says so too: the VM's file is broken, its kept units start it at boot.
+    let o = Command::new(env!("CARGO_BIN_EXE_volt"))
+        .args(["vm", "list", "-o", "json"])
+        .env("VOLT_ROOT", &run.root)
+        .output()
+        .expect("volt vm list");
+    assert!(o.status.success(), "{o:?}");
+    let all: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let auto = all
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["name"] == "auto"))
+        .unwrap_or_else(|| panic!("auto missing: {all}"));
+    assert!(
+        auto["config_errors"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty()),
+        "{auto}"
+    );
+    assert_eq!(auto["autostart"], true, "{auto}");
 }
 
 /// A VM whose file breaks keeps its last good units (its link owner's `BindsTo=` with them),
@@ -334,6 +353,27 @@ fn a_broken_file_keeps_its_last_good_units_until_it_is_removed() {
     );
 }
 
+/// Copies the tree `from` to `to` (symlinks as symlinks), with `/usr/bin/volt` in every file
+/// replaced by the built binary.
+fn copy_rewriting_volt(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir").filter_map(|e| e.ok()) {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let ty = e.file_type().expect("file type");
+        if ty.is_symlink() {
+            let target = std::fs::read_link(&src).expect("readlink");
+            std::os::unix::fs::symlink(target, &dst).expect("symlink");
+        } else if ty.is_dir() {
+            copy_rewriting_volt(&src, &dst);
+        } else {
+            let text = std::fs::read_to_string(&src)
+                .expect("read")
+                .replace("/usr/bin/volt", env!("CARGO_BIN_EXE_volt"));
+            std::fs::write(&dst, text).expect("write");
+        }
+    }
+}
+
 #[test]
 fn systemd_analyze_verify_accepts_every_generated_unit() {
     if Command::new("systemd-analyze")
@@ -347,7 +387,11 @@ fn systemd_analyze_verify_accepts_every_generated_unit() {
     let units = common::templates_with_built_binaries();
     for case in cases() {
         let run = run_generator(&case);
-        let normal = run.out.join("normal");
+        // The drop-ins name the installed `volt` (claims, releases): point them at the built
+        // one, so that the check does not depend on whether Volt is installed here.
+        let rewritten = tempfile::tempdir().expect("tempdir");
+        let normal = rewritten.path().join("normal");
+        copy_rewriting_volt(&run.out.join("normal"), &normal);
         let mut instances: Vec<String> = std::fs::read_dir(&normal)
             .expect("normal dir")
             .filter_map(|e| e.ok())

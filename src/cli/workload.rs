@@ -162,7 +162,9 @@ pub fn views(root: &Path, kind: Kind) -> (ConfigSet, Vec<WorkloadView>) {
             config_errors: Vec::new(),
         })
         .collect::<Vec<_>>();
-    // Workloads whose file is broken: what systemd says of their unit, and the errors.
+    // Workloads whose file is broken: what systemd says of their unit, and the errors; they
+    // start at boot if the units the generator kept for them say so.
+    let mut kept = None;
     for (file, errs) in set.errors_by_file() {
         let Some((k, name)) = crate::config::workload_of(file) else {
             continue;
@@ -174,13 +176,17 @@ pub fn views(root: &Path, kind: Kind) -> (ConfigSet, Vec<WorkloadView>) {
             Kind::Vm => crate::plan::names::vm_unit(&name),
             Kind::Container => crate::plan::names::container_unit(&name),
         };
+        let autostart = kept
+            .get_or_insert_with(|| crate::generator::kept_units(root))
+            .get(kind.as_str(), &name)
+            .is_some_and(|k| k.autostarts());
         views.push(WorkloadView {
             state: bus.as_ref().and_then(|c| units::state(c, &unit).ok()),
             name,
             kind,
             unit,
             source: file.display().to_string(),
-            autostart: false,
+            autostart,
             links: Vec::new(),
             config: serde_json::Value::Null,
             config_errors: errs.iter().map(|e| e.report()).collect(),

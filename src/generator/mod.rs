@@ -13,7 +13,7 @@
 //! networkd file is stale only when no workload wants it and the config file it came from is
 //! gone or valid; a file this run failed to write is never counted as stale.
 
-mod keep;
+pub mod keep;
 pub mod render;
 
 use std::collections::HashSet;
@@ -72,6 +72,11 @@ pub struct Targets {
     pub networkd: PathBuf,
     /// The last good units of each workload (`/run/volt/generator`).
     pub keep: PathBuf,
+}
+
+/// The units the generator last wrote for each workload under `root` (see [`keep`]).
+pub fn kept_units(root: &Path) -> keep::Record {
+    keep::Record::load(&Targets::under_root(root).keep)
 }
 
 impl Targets {
