@@ -136,7 +136,9 @@ struct Client {
     input: Vec<u8>,
     out: Vec<u8>,
     out_at: usize,
-    interest: (bool, bool),
+    /// What epoll watches the stream for (read, write); None before it is registered. It stays
+    /// registered, with an empty mask when nothing is wanted, so that its hang-up is seen.
+    interest: Option<(bool, bool)>,
 }
 
 struct Server {
@@ -296,14 +298,14 @@ impl Server {
             input: Vec::with_capacity(INPUT_CHUNK),
             out: Vec::new(),
             out_at: 0,
-            interest: (false, false),
+            interest: None,
         });
         self.update_interest();
         log::info!("console: client attached");
     }
 
     fn drop_client(&mut self, c: Client) {
-        if c.interest != (false, false) {
+        if c.interest.is_some() {
             let _ = self.epoll.ctl(
                 ControlOperation::Delete,
                 c.stream.as_raw_fd(),
@@ -325,7 +327,7 @@ impl Server {
             return;
         };
         let want = (c.input.is_empty(), c.out_at < c.out.len());
-        if want == c.interest {
+        if Some(want) == c.interest {
             return;
         }
         let fd = c.stream.as_raw_fd();
@@ -336,15 +338,17 @@ impl Server {
         if want.1 {
             set |= EventSet::OUT;
         }
-        let op = match (c.interest == (false, false), want == (false, false)) {
-            (true, _) => ControlOperation::Add,
-            (false, true) => ControlOperation::Delete,
-            (false, false) => ControlOperation::Modify,
+        // Never deleted while attached: a client that hangs up while its input waits for
+        // the guest (nothing wanted) would not be seen leaving, and the console would stay
+        // busy for the next one.
+        let op = match c.interest {
+            None => ControlOperation::Add,
+            Some(_) => ControlOperation::Modify,
         };
         if let Err(e) = self.epoll.ctl(op, fd, EpollEvent::new(set, fd as u64)) {
             log::warn!("console: epoll_ctl failed: {e}");
         }
-        c.interest = want;
+        c.interest = Some(want);
     }
 
     fn client_event(&mut self, set: EventSet) {

@@ -147,10 +147,20 @@ impl LineSink {
     }
 }
 
+/// MCR bit 4: loopback mode (what the guest transmits comes back as input; the UART takes no
+/// input from outside).
+const MCR_LOOP: u8 = 0x10;
+
+/// Most a console file (`--serial-file`) grows to: a guest printing in a loop must not fill
+/// the host's disk. Past it, one line says so and the rest of the output is not written.
+pub const FILE_LIMIT: u64 = 64 << 20;
+
 /// The UART's output side: line-buffered sinks plus the raw byte stream to a console client.
 pub struct ConsoleOut {
     line: Vec<u8>,
     file: Option<File>,
+    /// Bytes the file may still take ([`FILE_LIMIT`] in all, what it held counted).
+    file_room: u64,
     sink: LineSink,
     client: Option<Arc<OutputQueue>>,
     errors: LogLimiter,
@@ -175,9 +185,14 @@ impl ConsoleOut {
                     })
             })
             .transpose()?;
+        let held = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
         Ok(ConsoleOut {
             line: Vec::with_capacity(256),
             file,
+            file_room: FILE_LIMIT.saturating_sub(held),
             sink,
             client,
             errors: LogLimiter::new(),
@@ -195,7 +210,22 @@ impl ConsoleOut {
         }
         self.sink.emit(&self.line, &mut self.errors);
         if let Some(f) = &mut self.file {
-            if let Err(e) = f.write_all(&self.line) {
+            let r = if (self.line.len() as u64) < self.file_room {
+                self.file_room -= self.line.len() as u64;
+                f.write_all(&self.line)
+            } else {
+                // Full: say so once in the file and the log, then write nothing more there.
+                log::warn!(
+                    "the guest console file reached its limit of {FILE_LIMIT} bytes; the rest of the console output is not written there"
+                );
+                let note = format!(
+                    "\n[volt: the guest console reached this file's limit of {FILE_LIMIT} bytes; the rest is not written]\n"
+                );
+                let r = f.write_all(note.as_bytes());
+                self.file = None;
+                r
+            };
+            if let Err(e) = r {
                 log_limited!(
                     self.errors,
                     log::Level::Warn,
@@ -377,6 +407,12 @@ impl BusDevice for SerialDevice {
                 self.ier = data[0];
                 self.update_zone();
             }
+            // Out of loopback mode: the UART takes input again. Input refused meanwhile waits
+            // in the console for `room`, which only the guest draining the FIFO signals, and
+            // it may have been empty all along (Linux's 8250 probe loops the UART at boot).
+            4 if data[0] & MCR_LOOP == 0 && self.uart.fifo_capacity() > 0 => {
+                let _ = self.room.write(1);
+            }
             _ => {}
         }
     }
@@ -402,6 +438,38 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "hello\nworld\ntail"
         );
+    }
+
+    #[test]
+    fn leaving_loopback_mode_signals_room_for_input() {
+        let out = ConsoleOut::new(LineSink::None, None, None).unwrap();
+        let mut dev = SerialDevice::new(IrqLine::new(4).unwrap(), out).unwrap();
+        let room = dev.input_room();
+        dev.write(4, &[MCR_LOOP]);
+        assert_eq!(dev.enqueue_input(b"x"), 0, "no input in loopback mode");
+        assert!(room.read().is_err(), "nothing signalled yet");
+        dev.write(4, &[0]);
+        assert_eq!(room.read().ok(), Some(1), "room again: the console retries");
+        assert_eq!(dev.enqueue_input(b"x"), 1);
+    }
+
+    #[test]
+    fn the_console_file_stops_at_its_limit_with_a_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial");
+        // A file already near the limit (sparse): what it holds counts.
+        File::create(&path).unwrap().set_len(FILE_LIMIT - 10).unwrap();
+        let mut out = ConsoleOut::new(LineSink::None, Some(&path), None).unwrap();
+        out.write_all(b"fits\n").unwrap();
+        for _ in 0..1000 {
+            out.write_all(b"a guest printing in a loop\n").unwrap();
+        }
+        out.finish();
+        let all = std::fs::read(&path).unwrap();
+        let tail = String::from_utf8_lossy(&all[(FILE_LIMIT - 10) as usize..]).into_owned();
+        assert!(tail.starts_with("fits\n\n[volt: the guest console reached"), "{tail}");
+        assert!(tail.ends_with("the rest is not written]\n"), "{tail}");
+        assert!(all.len() < FILE_LIMIT as usize + 200, "{}", all.len());
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub trait HostStream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize>;
     /// The guest will send no more: the host reader sees end-of-file.
     fn shutdown_write(&mut self);
+    /// The connection is reset: the host end sees end-of-file and its writes fail at once,
+    /// even while the RST still waits for a guest RX buffer.
+    fn close(&mut self);
 }
 
 impl HostStream for UnixStream {
@@ -58,6 +61,9 @@ impl HostStream for UnixStream {
     }
     fn shutdown_write(&mut self) {
         let _ = UnixStream::shutdown(self, std::net::Shutdown::Write);
+    }
+    fn close(&mut self) {
+        let _ = UnixStream::shutdown(self, std::net::Shutdown::Both);
     }
 }
 
@@ -200,6 +206,15 @@ impl<S: HostStream> Connection<S> {
         self.pending = pend::RST;
         self.deadline = None;
         self.tx_buf = VecDeque::new();
+        self.stream.close();
+    }
+
+    /// Resets the connection (the guest broke its protocol on these ports): the guest gets
+    /// its RST, the host end its end-of-file now.
+    pub fn abort(&mut self) {
+        if self.state != State::Reset {
+            self.reset();
+        }
     }
 
     /// The connection is over (RST sent or received) and can be dropped.

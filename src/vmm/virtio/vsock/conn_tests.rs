@@ -14,6 +14,7 @@ struct Fake {
     eof: bool,
     broken: bool,
     shut: bool,
+    closed: bool,
 }
 
 impl HostStream for Fake {
@@ -45,6 +46,9 @@ impl HostStream for Fake {
     }
     fn shutdown_write(&mut self) {
         self.shut = true;
+    }
+    fn close(&mut self) {
+        self.closed = true;
     }
 }
 
@@ -237,6 +241,8 @@ fn host_initiated_ok_line_and_connect_timeout() {
     let mut slow = Connection::host_initiated(Fake::default(), 1 << 30, 80, now);
     assert!(!slow.on_timeout(now));
     assert!(slow.on_timeout(now + CONNECT_TIMEOUT));
+    // The host client learns at once, not once the guest takes the RST (it may never).
+    assert!(slow.stream.closed, "the host end is closed at the reset");
     assert_eq!(slow.next_rx(&mut [0u8; 8]).map(|r| r.op), Some(op::RST));
 }
 

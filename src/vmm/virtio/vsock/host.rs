@@ -36,6 +36,12 @@ impl HostStream for Host {
             Host::Notify(n) => n.shutdown_write(),
         }
     }
+    fn close(&mut self) {
+        match self {
+            Host::Unix(s) => HostStream::close(s),
+            Host::Notify(n) => n.close(),
+        }
+    }
 }
 
 impl Host {

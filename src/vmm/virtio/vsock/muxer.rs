@@ -177,16 +177,16 @@ impl Muxer {
         } else {
             None
         };
+        let key = (hdr.dst_port, hdr.src_port);
         if let Some(what) = bad {
             log_limited!(
                 self.log,
                 log::Level::Debug,
                 "virtio-vsock: guest packet with bad {what} ({hdr:?}); RST"
             );
-            self.reply_rst(hdr);
+            self.rst_and_abort(hdr, key);
             return Verdict::Done;
         }
-        let key = (hdr.dst_port, hdr.src_port);
         if hdr.op == op::REQUEST {
             self.request(hdr, key);
             return Verdict::Done;
@@ -216,8 +216,26 @@ impl Muxer {
         false
     }
 
+    /// A broken packet on `key`: RST for the guest, and a live connection on those ports
+    /// ends too (the guest drops its socket on that RST; the host end must not stay open,
+    /// holding a connection slot, with nothing left to talk to).
+    fn rst_and_abort(&mut self, hdr: &Header, key: Key) {
+        match self.conns.get_mut(&key) {
+            Some(conn) => {
+                conn.abort();
+                self.update(key);
+            }
+            None => self.reply_rst(hdr),
+        }
+    }
+
     fn request(&mut self, hdr: &Header, key: Key) {
-        if self.conns.contains_key(&key) || self.conns.len() >= MAX_CONNS {
+        if self.conns.contains_key(&key) {
+            // A second REQUEST on live ports.
+            self.rst_and_abort(hdr, key);
+            return;
+        }
+        if self.conns.len() >= MAX_CONNS {
             self.reply_rst(hdr);
             return;
         }

@@ -115,15 +115,56 @@ fn guest_connects_to_a_host_listener_or_gets_rst() {
     let mut b = [0u8; 5];
     host.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"hello");
-    // A second REQUEST on the same ports is refused, the first connection stays.
-    r.mux.send_pkt(&pkt(op::REQUEST, 1000, 5000), &[]);
-    assert_eq!(next(&mut r.mux).map(|p| p.0.op), Some(op::RST));
-    assert_eq!(r.mux.connections(), 1);
     // Host to guest: after an epoll event for the stream, the data is an RW packet.
     host.write_all(b"world").unwrap();
     r.mux.handle_event(host_token(&r.mux, 5000), EventSet::IN);
     let (data, payload) = next(&mut r.mux).unwrap();
     assert_eq!((data.op, payload.as_slice()), (op::RW, &b"world"[..]));
+    // A second REQUEST on the same ports: the guest no longer has the first connection (it
+    // reuses the port), so it ends with one RST, and the host end sees end-of-file.
+    r.mux.send_pkt(&pkt(op::REQUEST, 1000, 5000), &[]);
+    assert_eq!(next(&mut r.mux).map(|p| p.0.op), Some(op::RST));
+    assert!(next(&mut r.mux).is_none(), "one RST");
+    assert_eq!(r.mux.connections(), 0);
+    let mut b = [0u8; 1];
+    assert_eq!(Read::read(&mut host, &mut b).unwrap(), 0, "end-of-file");
+}
+
+#[test]
+fn a_broken_packet_on_live_ports_ends_that_connection_both_ways() {
+    let mut r = rig(false);
+    let l = UnixListener::bind(port_path(&r.dir.path().join("vsock.sock"), 5000)).unwrap();
+    r.mux.send_pkt(&pkt(op::REQUEST, 1000, 5000), &[]);
+    assert_eq!(next(&mut r.mux).map(|p| p.0.op), Some(op::RESPONSE));
+    let (mut host, _) = l.accept().unwrap();
+    let mut h = pkt(op::RW, 1000, 5000);
+    h.type_ = 2; // seqpacket, on the live connection's ports
+    r.mux.send_pkt(&h, &[]);
+    let (rst, _) = next(&mut r.mux).expect("an RST");
+    assert_eq!((rst.op, rst.src_port, rst.dst_port), (op::RST, 5000, 1000));
+    assert_eq!(r.mux.connections(), 0, "the slot is free");
+    let mut b = [0u8; 1];
+    assert_eq!(Read::read(&mut host, &mut b).unwrap(), 0, "end-of-file");
+}
+
+#[test]
+fn a_host_client_the_guest_never_answers_gets_end_of_file_at_the_timeout() {
+    let mut r = rig(false);
+    let mut client = UnixStream::connect(r.dir.path().join("vsock.sock")).unwrap();
+    client.write_all(b"CONNECT 52\n").unwrap();
+    r.mux.handle_event(TOKEN_LISTENER, EventSet::IN);
+    // The guest posts no RX buffer: the REQUEST never goes out, nothing is received.
+    r.mux
+        .on_timers(Instant::now() + super::super::conn::CONNECT_TIMEOUT + Duration::from_secs(1));
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(
+        Read::read(&mut client, &mut b).unwrap(),
+        0,
+        "end-of-file, not a client left waiting for ever"
+    );
 }
 
 fn host_token(m: &Muxer, local: u32) -> u64 {

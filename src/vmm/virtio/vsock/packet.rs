@@ -117,6 +117,9 @@ pub enum PacketError {
 pub struct Segments {
     segs: Vec<(GuestAddress, u32)>,
     total: u64,
+    /// Descriptors walked, empty ones included: a chain of empty descriptors (an indirect
+    /// table holds up to 65535) must hit the limit too, or one pass walks millions of them.
+    descs: usize,
 }
 
 impl Segments {
@@ -151,9 +154,10 @@ impl Segments {
                 PacketError::WritableInTx
             });
         }
-        if self.segs.len() == MAX_SEGMENTS {
+        if self.descs == MAX_SEGMENTS {
             return Err(PacketError::TooManySegments);
         }
+        self.descs += 1;
         let (addr, len) = (d.addr(), d.len());
         if len == 0 {
             return Ok(());
@@ -294,11 +298,55 @@ mod tests {
     }
 
     #[test]
+    fn empty_descriptors_count_against_the_segment_limit() {
+        use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+        use virtio_queue::mock::MockSplitQueue;
+        use virtio_queue::QueueT;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), 256);
+        let hdr = Header {
+            type_: TYPE_STREAM,
+            op: op::RW,
+            ..Header::default()
+        };
+        mem.write_slice(&hdr.to_bytes(), GuestAddress(0x8_0000))
+            .unwrap();
+        let chain = |empty: u16| -> Vec<RawDescriptor> {
+            let mut d = vec![RawDescriptor::from(SplitDescriptor::new(
+                0x8_0000,
+                HDR_LEN as u32,
+                1,
+                1,
+            ))];
+            for i in 1..=empty {
+                let flags = if i == empty { 0 } else { 1 };
+                d.push(RawDescriptor::from(SplitDescriptor::new(
+                    0x9_0000, 0, flags, i + 1,
+                )));
+            }
+            d
+        };
+        let mut q: virtio_queue::Queue = vq.create_queue().unwrap();
+        // The header and 63 empty descriptors: within the limit.
+        vq.add_desc_chains(&chain(MAX_SEGMENTS as u16 - 1), 0).unwrap();
+        let c = q.pop_descriptor_chain(&mem).unwrap();
+        assert!(TxPacket::parse(c, &mem).is_ok());
+        // One more empty one: refused, like any chain of more than 64 descriptors.
+        vq.add_desc_chains(&chain(MAX_SEGMENTS as u16), 0).unwrap();
+        let c = q.pop_descriptor_chain(&mem).unwrap();
+        assert!(matches!(
+            TxPacket::parse(c, &mem),
+            Err((None, PacketError::TooManySegments))
+        ));
+    }
+
+    #[test]
     fn segments_read_and_write_across_descriptors() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let s = Segments {
             segs: vec![(GuestAddress(0x1000), 3), (GuestAddress(0x2000), 5)],
             total: 8,
+            descs: 2,
         };
         assert!(s.write_at(&mem, 1, b"abcdef"));
         let mut out = [0u8; 8];
