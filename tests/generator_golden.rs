@@ -357,7 +357,10 @@ fn a_broken_file_keeps_its_last_good_units_until_it_is_removed() {
 /// replaced by the built binary.
 fn copy_rewriting_volt(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir").filter_map(|e| e.ok()) {
+    for e in std::fs::read_dir(from)
+        .expect("read_dir")
+        .filter_map(|e| e.ok())
+    {
         let (src, dst) = (e.path(), to.join(e.file_name()));
         let ty = e.file_type().expect("file type");
         if ty.is_symlink() {

@@ -458,7 +458,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serial");
         // A file already near the limit (sparse): what it holds counts.
-        File::create(&path).unwrap().set_len(FILE_LIMIT - 10).unwrap();
+        File::create(&path)
+            .unwrap()
+            .set_len(FILE_LIMIT - 10)
+            .unwrap();
         let mut out = ConsoleOut::new(LineSink::None, Some(&path), None).unwrap();
         out.write_all(b"fits\n").unwrap();
         for _ in 0..1000 {
@@ -467,7 +470,10 @@ mod tests {
         out.finish();
         let all = std::fs::read(&path).unwrap();
         let tail = String::from_utf8_lossy(&all[(FILE_LIMIT - 10) as usize..]).into_owned();
-        assert!(tail.starts_with("fits\n\n[volt: the guest console reached"), "{tail}");
+        assert!(
+            tail.starts_with("fits\n\n[volt: the guest console reached"),
+            "{tail}"
+        );
         assert!(tail.ends_with("the rest is not written]\n"), "{tail}");
         assert!(all.len() < FILE_LIMIT as usize + 200, "{}", all.len());
     }

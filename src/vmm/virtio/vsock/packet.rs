@@ -321,14 +321,18 @@ mod tests {
             for i in 1..=empty {
                 let flags = if i == empty { 0 } else { 1 };
                 d.push(RawDescriptor::from(SplitDescriptor::new(
-                    0x9_0000, 0, flags, i + 1,
+                    0x9_0000,
+                    0,
+                    flags,
+                    i + 1,
                 )));
             }
             d
         };
         let mut q: virtio_queue::Queue = vq.create_queue().unwrap();
         // The header and 63 empty descriptors: within the limit.
-        vq.add_desc_chains(&chain(MAX_SEGMENTS as u16 - 1), 0).unwrap();
+        vq.add_desc_chains(&chain(MAX_SEGMENTS as u16 - 1), 0)
+            .unwrap();
         let c = q.pop_descriptor_chain(&mem).unwrap();
         assert!(TxPacket::parse(c, &mem).is_ok());
         // One more empty one: refused, like any chain of more than 64 descriptors.
