@@ -9,6 +9,7 @@
 //! - 3 x 30 concurrent allocations across the hosts give 90 distinct addresses; the same VM
 //!   name started on two hosts runs on exactly one, the other start names the holder;
 //! - a workload on a spoofing the MAC, or the address, of b's VM is dropped at b;
+//! - volt-cluster restarted on a while its VM runs: the VM's address stays claimed;
 //! - one etcd member stopped: starts work; two: starts fail with the quorum error while the
 //!   running VMs keep answering; members back: starts work;
 //! - host b's systemd SIGKILLed: its forwarding entries vanish on a and c, its address is
@@ -388,6 +389,22 @@ fn three_hosts_share_volt0() {
         );
     }
     a.ok("ip netns del rogue; ip link del rg-h 2>/dev/null || true");
+
+    // volt-cluster restarted on a (how a cluster.toml edit is applied) while a's VM runs: the
+    // lease that carries the VM's claims is kept, so b cannot take its address, and traffic
+    // across hosts comes back.
+    a.ok("systemctl restart volt-cluster.service");
+    let log = a.ok("journalctl --no-pager -o cat -u volt-cluster.service");
+    assert!(log.contains("keeping this host's lease"), "{log}");
+    let stolen = b.sh(&format!(
+        "/usr/bin/volt ipam allocate --owner vm/thief/eth0 --ip {vm_a}"
+    ));
+    assert!(
+        !stolen.status.success(),
+        "b took the address of a's running VM while a's daemon restarted: {}",
+        String::from_utf8_lossy(&stolen.stdout)
+    );
+    c.wait_ok(&format!("ping -c 1 -W 1 {vm_a}"), LONG);
 
     // etcd: one member down, starts work; two down, starts fail and running VMs answer;
     // members back, starts work.

@@ -19,19 +19,26 @@ fn skip() -> bool {
     common::skip(common::etcd::skip_reason(), false)
 }
 
-fn config(host: &str, endpoints: &[String], extra: &str) -> volt::config::ClusterConfig {
+fn toml_text(host: &str, endpoints: &[String], extra: &str) -> String {
     let eps: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
-    let text = format!(
+    format!(
         "host = \"{host}\"\nunderlay = \"192.168.77.1\"\nlease_ttl = 30\n[etcd]\nendpoints = [{}]\ntimeout_ms = 2000\n{extra}[[network]]\nname = \"volt0\"\nvni = 42\n",
         eps.join(", ")
-    );
+    )
+}
+
+fn cluster_config(host: &str, text: &str) -> volt::config::ClusterConfig {
     parse_cluster_toml(
         Path::new("/etc/volt/cluster.toml"),
-        &text,
+        text,
         host,
         &[Network::builtin_default()],
     )
     .expect("valid cluster.toml")
+}
+
+fn config(host: &str, endpoints: &[String], extra: &str) -> volt::config::ClusterConfig {
+    cluster_config(host, &toml_text(host, endpoints, extra))
 }
 
 /// Register `c` as the daemon does: a lease and the host key on it.
@@ -87,6 +94,20 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
     assert_eq!(
         e,
         "host d is not registered in the cluster (is volt-cluster.service running on it?)"
+    );
+
+    // A daemon restarting adopts its host's live lease; a second host with the same name
+    // (another underlay) is refused, naming the other registration.
+    assert_eq!(hosts[0].live_registration().expect("a"), Some(leases[0]));
+    assert_eq!(stranger.live_registration().expect("d"), None);
+    let text = toml_text("a", &eps, "").replace("192.168.77.1", "192.168.77.9");
+    let clone = Cluster::new(&cluster_config("a", &text)).expect("client");
+    let e = clone.live_registration().unwrap_err().to_string();
+    assert!(
+        e.starts_with(
+            "host name a is registered from underlay 192.168.77.1, not this host's 192.168.77.9"
+        ),
+        "{e}"
     );
 
     // 3 x 30 concurrent allocations: 90 distinct addresses, every one in the VM pool.

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::overlay::{bridge_mac, desired, fdb_changes, vxlan_name};
+use super::overlay::{bridge_mac, desired, fdb_changes, vxlan_name, Local};
 use super::store;
 use super::{Cluster, ClusterError};
 use crate::config::{ClusterConfig, ConfigSet, MacAddr, Network, NetworkLookup};
@@ -54,6 +54,9 @@ pub(super) struct Daemon {
     pub(super) shared: Vec<Shared>,
     pub(super) last_filter: Option<Vec<PortFilter>>,
     pub(super) store_ok: bool,
+    /// What the store said that was left out, as last logged (logged again only when it
+    /// changes: the daemon reconciles every few seconds).
+    pub(super) rejected: BTreeSet<String>,
 }
 
 /// Block SIGTERM/SIGINT in this thread (and the threads it starts) and turn them into a
@@ -135,10 +138,15 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         shared,
         last_filter: None,
         store_ok: true,
+        rejected: BTreeSet::new(),
     };
     d.register()?;
     d.ports(&nl, &c)?;
     d.publish()?;
+    // Workloads that run here keep their claims: after a restart within the TTL the live
+    // lease was adopted and this finds them held; after a crash that outlived it (or a lease
+    // another daemon revoked) they are claimed anew.
+    d.reclaim();
     d.reconcile(&nl);
     log::info!(
         "host {} is in the cluster (lease {:x}, TTL {} s), underlay {} on {ul_name}, overlay MTU {}",
@@ -162,6 +170,10 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
     };
     keep_lease(&d);
     watch(d.cluster.clone(), tx, stop.clone());
+    // Registering again failed (the store just recovering, say): tried on every pass until it
+    // works, since the keep-alive thread reports a lost lease only once.
+    let mut unregistered = false;
+    let mut last_failure = String::new();
     loop {
         let msg = rx.recv_timeout(RESYNC);
         let mut lost = matches!(msg, Ok(Msg::LeaseLost));
@@ -175,10 +187,22 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         }
         if lost {
             log::error!("this host's lease expired: its claims are gone; registering again and claiming its running workloads anew");
+        }
+        if lost || unregistered {
             if let Err(e) = d.register().and_then(|_| d.publish()) {
-                log::error!("{}", crate::error_chain(&e));
+                let text = crate::error_chain(&e);
+                if text != last_failure {
+                    log::error!("{text}; trying again every {} s", RESYNC.as_secs());
+                    last_failure = text;
+                }
+                unregistered = true;
                 continue;
             }
+            if unregistered {
+                log::info!("this host is registered in the cluster again");
+            }
+            unregistered = false;
+            last_failure.clear();
             d.reclaim();
             keep_lease(&d);
         }
@@ -354,9 +378,18 @@ impl Daemon {
         }
         let mut filters = Vec::new();
         let mut summary = Vec::new();
+        let mut rejected = BTreeSet::new();
         for s in &self.shared {
             self.bridge_identity(nl, s);
-            let want = desired(&snap, &me, &s.net.name);
+            let local = Local {
+                me: &me,
+                underlay: self.config().underlay,
+                vxlan_port: self.config().vxlan_port,
+                vni: s.vni,
+                net: &s.net,
+            };
+            let mut want = desired(&snap, &local);
+            rejected.append(&mut want.rejected);
             let fdb_now = mech::fdb_entries(nl, &s.vx).unwrap_or_default();
             let (add, del) = fdb_changes(&fdb_now, &want.fdb);
             for e in &del {
@@ -422,6 +455,10 @@ impl Daemon {
                 subnet: s.net.subnet,
             });
         }
+        for r in rejected.difference(&self.rejected) {
+            log::warn!("ignoring what the cluster store says of {r}");
+        }
+        self.rejected = rejected;
         if self.last_filter.as_ref() != Some(&filters) {
             match mech::apply_filter(&filters) {
                 Ok(()) => self.last_filter = Some(filters),
@@ -434,7 +471,18 @@ impl Daemon {
     /// Leave: end the lease (every claim of this host goes at once), remove the VXLAN ports,
     /// the host addresses (their routes go with them) and the filter.
     fn leave(&self, nl: &Netlink) {
-        if let Err(e) = self.cluster.etcd.revoke(self.lease) {
+        // The lease carries the claims of the workloads running here: ended now, another host
+        // could start the same VM on the same disk or take its address while this daemon
+        // restarts (`systemctl restart volt-cluster`, the way to apply a cluster.toml edit).
+        // So it is ended only when nothing runs; else it lapses after the TTL unless the
+        // daemon comes back and adopts it.
+        let running = self.running_links();
+        if running > 0 {
+            log::info!(
+                "keeping this host's lease: {running} workload link(s) run here; it lapses in {} s unless volt-cluster comes back",
+                self.config().lease_ttl
+            );
+        } else if let Err(e) = self.cluster.etcd.revoke(self.lease) {
             log::warn!(
                 "cannot end the lease (it expires by itself): {}",
                 crate::error_chain(&e)

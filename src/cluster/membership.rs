@@ -15,12 +15,10 @@ impl Daemon {
     /// Adopt this host's live lease (a restarted daemon keeps its claims), else grant one.
     pub(super) fn register(&mut self) -> Result<(), ClusterError> {
         let c = &self.cluster;
-        if let Some(kv) = c.etcd.get(&store::host_key(c.host()))? {
-            if kv.lease != 0 && c.etcd.keepalive(kv.lease)? > 0 {
-                log::info!("adopted this host's live lease {:x}", kv.lease);
-                self.lease = kv.lease;
-                return Ok(());
-            }
+        if let Some(lease) = c.live_registration()? {
+            log::info!("adopted this host's live lease {lease:x}");
+            self.lease = lease;
+            return Ok(());
         }
         self.lease = c.etcd.grant(self.config().lease_ttl)?;
         Ok(())
@@ -173,8 +171,20 @@ impl Daemon {
         })
     }
 
-    /// After a lost lease: claim again the names and addresses of the workloads whose links
-    /// are up here (from their link records).
+    /// How many workload links have a record here (their owners run: a record is written when
+    /// a link comes up and removed when it goes).
+    pub(super) fn running_links(&self) -> usize {
+        std::fs::read_dir(Paths::new(&self.root).links_dir())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// At start and after a lost lease: claim again the names and addresses of the workloads
+    /// whose links are up here (from their link records). Claims still held are held again.
     pub(super) fn reclaim(&self) {
         let set = ConfigSet::load(&self.root);
         let plan = Plan::build(&set);

@@ -53,6 +53,13 @@ pub enum ClusterError {
     Contention { network: String },
     #[error("{what}")]
     Setup { what: String },
+    #[error("host name {host} is registered from underlay {underlay}, not this host's {ours}: two hosts cannot share a name (set `host = \"...\"` in /etc/volt/cluster.toml); if this host's underlay changed, its old registration lapses within {ttl} s")]
+    HostNameInUse {
+        host: String,
+        underlay: Ipv4Addr,
+        ours: Ipv4Addr,
+        ttl: u32,
+    },
 }
 
 /// This host's handle on the cluster store.
@@ -89,6 +96,33 @@ fn random_below(n: usize) -> usize {
 }
 
 impl Cluster {
+    /// This host's registration, still alive in the store (its daemon restarted within the
+    /// lease's TTL): the lease to adopt, kept alive once more. A live registration of this
+    /// host's name from another underlay address is another host with the same name (a
+    /// cloned image's hostname): adopting its lease would merge the two, so that is an error.
+    pub fn live_registration(&self) -> Result<Option<i64>, ClusterError> {
+        let Some(kv) = self.etcd.get(&store::host_key(self.host()))? else {
+            return Ok(None);
+        };
+        if kv.lease == 0 || self.etcd.ttl_left(kv.lease)? <= 0 {
+            return Ok(None);
+        }
+        let theirs = serde_json::from_slice::<store::HostRecord>(&kv.value)
+            .ok()
+            .map(|r| r.underlay);
+        match theirs {
+            Some(underlay) if underlay != self.config.underlay => {
+                Err(ClusterError::HostNameInUse {
+                    host: self.host().to_string(),
+                    underlay,
+                    ours: self.config.underlay,
+                    ttl: self.config.lease_ttl,
+                })
+            }
+            _ => Ok((self.etcd.keepalive(kv.lease)? > 0).then_some(kv.lease)),
+        }
+    }
+
     pub fn new(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         Ok(Cluster {
             config: config.clone(),

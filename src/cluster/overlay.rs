@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use super::store::Snapshot;
-use crate::config::MacAddr;
+use crate::config::{MacAddr, Network};
 use crate::net::overlay::Fdb;
 
 /// The VXLAN link of the network with VNI `vni` (at most 11 bytes).
@@ -64,18 +64,76 @@ pub struct Desired {
     pub pairs: BTreeSet<(MacAddr, Ipv4Addr)>,
     /// Peer hosts on this network.
     pub peers: Vec<String>,
+    /// What the store says that this host does not act on, and why (every host can write
+    /// the store: a record must not point this host's forwarding, routes or neighbours at
+    /// addresses outside the network, at broadcast or multicast MACs, or at itself).
+    pub rejected: BTreeSet<String>,
 }
 
-/// What host `me`'s port on `network` should carry.
-pub fn desired(snap: &Snapshot, me: &str, network: &str) -> Desired {
+/// This host and the network, as the store's records are judged against them.
+#[derive(Debug, Clone, Copy)]
+pub struct Local<'a> {
+    pub me: &'a str,
+    pub underlay: Ipv4Addr,
+    pub vxlan_port: u16,
+    pub vni: u32,
+    pub net: &'a Network,
+}
+
+impl Local<'_> {
+    /// An address a workload or host may hold on the network: inside the subnet, neither
+    /// its network nor its broadcast address, nor the gateway (which stays on each host).
+    fn usable(&self, ip: Ipv4Addr) -> bool {
+        let s = self.net.subnet;
+        s.contains(&ip) && ip != s.network() && ip != s.broadcast() && ip != self.net.gateway
+    }
+
+    /// Why a peer's underlay address cannot be a VXLAN destination, if it cannot.
+    fn bad_underlay(&self, ip: Ipv4Addr) -> Option<&'static str> {
+        if ip.is_unspecified() || ip.is_loopback() || ip.is_broadcast() || ip.is_multicast() {
+            Some("is not a unicast address")
+        } else if ip == self.underlay {
+            Some("is this host's own")
+        } else {
+            None
+        }
+    }
+}
+
+fn unicast(mac: &MacAddr) -> bool {
+    !mac.is_zero() && !mac.is_multicast()
+}
+
+/// What host `local.me`'s port on `local.net` should carry, from what the store says; what
+/// it says that cannot be right is left out and listed in [`Desired::rejected`].
+pub fn desired(snap: &Snapshot, local: &Local) -> Desired {
+    let network = local.net.name.as_str();
     let mut d = Desired::default();
+    let mut peers = BTreeSet::new();
     for (h, _) in &snap.hosts {
-        if h.name == me {
+        if h.name == local.me {
             continue;
         }
         let Some(hn) = h.network(network) else {
             continue;
         };
+        let bad = match local.bad_underlay(h.underlay) {
+            Some(why) => Some(format!("its underlay address {} {why}", h.underlay)),
+            None if hn.vni != local.vni => Some(format!(
+                "it has VNI {} for {network}, this host {}",
+                hn.vni, local.vni
+            )),
+            None if h.vxlan_port != local.vxlan_port => Some(format!(
+                "it uses VXLAN port {}, this host {}",
+                h.vxlan_port, local.vxlan_port
+            )),
+            None => None,
+        };
+        if let Some(why) = bad {
+            d.rejected.insert(format!("host {}: {why}", h.name));
+            continue;
+        }
+        peers.insert(h.name.as_str());
         d.peers.push(h.name.clone());
         d.fdb.insert(Fdb {
             mac: MacAddr([0; 6]),
@@ -85,29 +143,72 @@ pub fn desired(snap: &Snapshot, me: &str, network: &str) -> Desired {
             .bridge_mac
             .as_deref()
             .and_then(|m| m.parse::<MacAddr>().ok());
-        if let Some(mac) = mac {
-            d.fdb.insert(Fdb {
-                mac,
-                dst: h.underlay,
-            });
-            if let Some(a) = hn.address {
-                d.pairs.insert((mac, a));
-                d.routes.insert(a);
+        match mac {
+            Some(mac) if unicast(&mac) => {
+                d.fdb.insert(Fdb {
+                    mac,
+                    dst: h.underlay,
+                });
+                match hn.address {
+                    Some(a) if local.usable(a) => {
+                        d.pairs.insert((mac, a));
+                        d.routes.insert(a);
+                    }
+                    Some(a) => {
+                        d.rejected.insert(format!(
+                            "host {}: its address {a} is not a host address of {}",
+                            h.name, local.net.subnet
+                        ));
+                    }
+                    None => {}
+                }
             }
+            Some(mac) => {
+                d.rejected.insert(format!(
+                    "host {}: its bridge MAC {mac} is not a unicast MAC",
+                    h.name
+                ));
+            }
+            None => {}
+        }
+    }
+    // A MAC claimed from two hosts would flip between them: neither is trusted.
+    let mut mac_hosts: std::collections::BTreeMap<MacAddr, BTreeSet<&str>> = Default::default();
+    for (_, c, _) in snap.addrs_on(network) {
+        if let Some(mac) = c.mac() {
+            mac_hosts.entry(mac).or_default().insert(c.host.as_str());
         }
     }
     for (ip, c, _) in snap.addrs_on(network) {
-        if c.host == me {
+        if c.host == local.me || !peers.contains(c.host.as_str()) {
             continue;
         }
         let Some(h) = snap.host(&c.host) else {
             continue;
         };
-        if h.network(network).is_none() {
+        if !local.usable(ip) {
+            d.rejected.insert(format!(
+                "{} on host {}: {ip} is not a host address of {}",
+                c.owner, c.host, local.net.subnet
+            ));
             continue;
         }
-        d.routes.insert(ip);
-        if let Some(mac) = c.mac() {
+        let Some(mac) = c.mac() else {
+            d.routes.insert(ip);
+            continue;
+        };
+        if !unicast(&mac) {
+            d.rejected.insert(format!(
+                "{} on host {}: {mac} is not a unicast MAC",
+                c.owner, c.host
+            ));
+        } else if mac_hosts.get(&mac).is_some_and(|hs| hs.len() > 1) {
+            d.rejected.insert(format!(
+                "{} on host {}: {mac} is claimed from several hosts",
+                c.owner, c.host
+            ));
+        } else {
+            d.routes.insert(ip);
             d.fdb.insert(Fdb {
                 mac,
                 dst: h.underlay,
@@ -131,6 +232,21 @@ mod tests {
     use super::super::etcd::Kv;
     use super::super::store::snapshot_of;
     use super::*;
+
+    trait WithKey {
+        /// The same record under `key`, saying it is host `name`.
+        fn with_key(self, key: &str, name: &str) -> Kv;
+    }
+
+    impl WithKey for Kv {
+        fn with_key(mut self, key: &str, name: &str) -> Kv {
+            let mut v: serde_json::Value = serde_json::from_slice(&self.value).expect("json");
+            v["name"] = name.into();
+            self.value = serde_json::to_vec(&v).expect("json");
+            self.key = key.into();
+            self
+        }
+    }
 
     fn kv(key: &str, value: &str) -> Kv {
         Kv {
@@ -160,6 +276,150 @@ mod tests {
         )
     }
 
+    /// Host `me` (underlay 192.168.7.1, port 4789, VNI 42) on `net`.
+    fn local<'a>(me: &'a str, net: &'a Network) -> Local<'a> {
+        Local {
+            me,
+            underlay: Ipv4Addr::new(192, 168, 7, 1),
+            vxlan_port: 4789,
+            vni: 42,
+            net,
+        }
+    }
+
+    fn host_with(name: &str, underlay: &str, port: u16, vni: u32, mac: &str, address: &str) -> Kv {
+        kv(
+            &format!("/volt/hosts/{name}"),
+            &format!(
+                r#"{{"name":"{name}","underlay":"{underlay}","vxlan_port":{port},"since":1,"networks":[{{"name":"volt0","vni":{vni},"bridge_mac":"{mac}","address":"{address}"}}]}}"#
+            ),
+        )
+    }
+
+    /// Every host can write the store: what cannot be right is left out, and said.
+    #[test]
+    fn hostile_or_broken_records_are_left_out() {
+        let good = "0a:00:00:00:00:02";
+        let snap = snapshot_of(
+            &[
+                host("a", 1),
+                host_with("b", "192.168.7.2", 4789, 42, good, "10.42.0.92"),
+                // A record under another host's key ("hosts/0" saying it is b).
+                host_with("0", "192.168.7.66", 4789, 42, good, "10.42.0.92")
+                    .with_key("/volt/hosts/0", "b"),
+                host_with(
+                    "lo",
+                    "127.0.0.1",
+                    4789,
+                    42,
+                    "0a:00:00:00:00:03",
+                    "10.42.0.93",
+                ),
+                host_with(
+                    "me2",
+                    "192.168.7.1",
+                    4789,
+                    42,
+                    "0a:00:00:00:00:04",
+                    "10.42.0.94",
+                ),
+                host_with(
+                    "vni",
+                    "192.168.7.5",
+                    4789,
+                    7,
+                    "0a:00:00:00:00:05",
+                    "10.42.0.95",
+                ),
+                host_with(
+                    "port",
+                    "192.168.7.6",
+                    8472,
+                    42,
+                    "0a:00:00:00:00:06",
+                    "10.42.0.96",
+                ),
+                host_with(
+                    "bc",
+                    "192.168.7.7",
+                    4789,
+                    42,
+                    "ff:ff:ff:ff:ff:ff",
+                    "10.42.0.97",
+                ),
+                host_with(
+                    "gw",
+                    "192.168.7.8",
+                    4789,
+                    42,
+                    "0a:00:00:00:00:08",
+                    "10.42.0.1",
+                ),
+                host_with(
+                    "c",
+                    "192.168.7.3",
+                    4789,
+                    42,
+                    "0a:00:00:00:00:09",
+                    "10.42.0.99",
+                ),
+                // Claims: outside the subnet, the gateway, a broadcast MAC, one MAC from two
+                // hosts, and one good one.
+                addr("192.168.50.1", "vm/out/eth0", "b", "52:54:00:00:00:01"),
+                addr("10.42.0.1", "vm/gw/eth0", "b", "52:54:00:00:00:02"),
+                addr("10.42.0.10", "vm/bc/eth0", "b", "ff:ff:ff:ff:ff:ff"),
+                addr("10.42.0.11", "vm/dup1/eth0", "b", "52:54:00:00:00:03"),
+                addr("10.42.0.12", "vm/dup2/eth0", "c", "52:54:00:00:00:03"),
+                addr("10.42.0.13", "vm/ok/eth0", "c", "52:54:00:00:00:04"),
+            ],
+            5,
+        );
+        let net = Network::builtin_default();
+        let d = desired(&snap, &local("a", &net));
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        let mac = |s: &str| s.parse::<MacAddr>().expect("mac");
+        assert_eq!(d.peers, ["b", "bc", "c", "gw"]);
+        let b_underlay = ip("192.168.7.2");
+        assert!(
+            d.fdb.iter().all(|e| e.dst != ip("192.168.7.66")),
+            "b's MAC stays at b's underlay: {:?}",
+            d.fdb
+        );
+        assert!(d.fdb.contains(&Fdb {
+            mac: mac(good),
+            dst: b_underlay
+        }));
+        assert!(d.fdb.iter().all(|e| !e.mac.is_multicast()), "{:?}", d.fdb);
+        assert_eq!(
+            d.pairs,
+            [
+                (mac(good), ip("10.42.0.92")),
+                (mac("0a:00:00:00:00:09"), ip("10.42.0.99")),
+                (mac("52:54:00:00:00:04"), ip("10.42.0.13")),
+            ]
+            .into_iter()
+            .collect()
+        );
+        assert!(!d.routes.contains(&ip("192.168.50.1")));
+        assert!(!d.routes.contains(&ip("10.42.0.1")));
+        let said = d.rejected.iter().cloned().collect::<Vec<_>>().join("\n");
+        for want in [
+            "host lo: its underlay address 127.0.0.1 is not a unicast address",
+            "host me2: its underlay address 192.168.7.1 is this host's own",
+            "host vni: it has VNI 7 for volt0, this host 42",
+            "host port: it uses VXLAN port 8472, this host 4789",
+            "host bc: its bridge MAC ff:ff:ff:ff:ff:ff is not a unicast MAC",
+            "host gw: its address 10.42.0.1 is not a host address of 10.42.0.0/24",
+            "vm/out/eth0 on host b: 192.168.50.1 is not a host address of 10.42.0.0/24",
+            "vm/gw/eth0 on host b: 10.42.0.1 is not a host address",
+            "vm/bc/eth0 on host b: ff:ff:ff:ff:ff:ff is not a unicast MAC",
+            "vm/dup1/eth0 on host b: 52:54:00:00:00:03 is claimed from several hosts",
+            "vm/dup2/eth0 on host c: 52:54:00:00:00:03 is claimed from several hosts",
+        ] {
+            assert!(said.contains(want), "{want:?} not in:\n{said}");
+        }
+    }
+
     #[test]
     fn peers_workloads_and_dead_hosts() {
         let snap = snapshot_of(
@@ -174,7 +434,8 @@ mod tests {
             ],
             5,
         );
-        let d = desired(&snap, "a", "volt0");
+        let net = Network::builtin_default();
+        let d = desired(&snap, &local("a", &net));
         assert_eq!(d.peers, vec!["b".to_string(), "c".to_string()]);
         let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
         let mac = |s: &str| s.parse::<MacAddr>().expect("mac");
@@ -210,8 +471,11 @@ mod tests {
             !d.pairs.iter().any(|(_, a)| *a == ip("10.42.0.4")),
             "dead host's too"
         );
+        assert!(d.rejected.is_empty(), "{:?}", d.rejected);
         // Another network is untouched by volt0's claims.
-        assert!(desired(&snap, "a", "lab").fdb.is_empty());
+        let mut lab = Network::builtin_default();
+        lab.name = "lab".into();
+        assert!(desired(&snap, &local("a", &lab)).fdb.is_empty());
         let (add, del) = fdb_changes(
             &[Fdb {
                 mac: mac("52:54:00:00:00:0d"),

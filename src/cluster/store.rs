@@ -133,9 +133,12 @@ fn parse_into(s: &mut Snapshot, kv: &Kv) {
     };
     let parts: Vec<&str> = rest.splitn(4, '/').collect();
     match parts.as_slice() {
-        ["hosts", _] => {
+        ["hosts", key] => {
+            // A record under another host's key would be taken for that host's.
             if let Ok(h) = serde_json::from_slice::<HostRecord>(&kv.value) {
-                s.hosts.push((h, kv.lease));
+                if h.name == *key {
+                    s.hosts.push((h, kv.lease));
+                }
             }
         }
         ["names", name] => {
