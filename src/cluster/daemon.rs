@@ -141,6 +141,26 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         rejected: BTreeSet::new(),
     };
     d.register()?;
+    // The VXLAN ports come up behind their filter, closed (no remote pairs) until the store
+    // says who is where. A filter that cannot be installed stops the start: an unfiltered
+    // port would let any underlay source onto the bridge (rogue DHCP, the gateway's ARP).
+    let closed: Vec<PortFilter> = d
+        .shared
+        .iter()
+        .map(|s| PortFilter {
+            port: s.vx.clone(),
+            gateway: s.net.gateway,
+            remote: Vec::new(),
+            subnet: s.net.subnet,
+        })
+        .collect();
+    mech::apply_filter(&closed).map_err(|e| {
+        setup(format!(
+            "the VXLAN ports' filter: {}",
+            crate::error_chain(&e)
+        ))
+    })?;
+    d.last_filter = Some(closed);
     d.ports(&nl, &c)?;
     d.publish()?;
     // Workloads that run here keep their claims: after a restart within the TTL the live
