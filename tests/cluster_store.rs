@@ -266,6 +266,44 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
     assert_eq!(ips.len(), all.len(), "an address handed out twice: {all:?}");
 }
 
+/// A dead member listed first (it accepts connections and never answers) costs the first
+/// call its timeout; later calls start at the member that answered and never connect to it
+/// again.
+#[test]
+fn calls_stick_to_the_member_that_answered() {
+    if skip() {
+        return;
+    }
+    let etcd = common::etcd::Etcd::start(1, None);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = format!("http://{}", silent.local_addr().expect("addr"));
+    silent.set_nonblocking(true).expect("nonblocking");
+    let mut eps = vec![dead];
+    eps.extend(etcd.endpoints());
+    let text = toml_text("a", &eps, "").replace("timeout_ms = 2000", "timeout_ms = 300");
+    let c = Cluster::new(&cluster_config("a", &text)).expect("client");
+    wait_writable(&c, &etcd);
+    let mut held = Vec::new();
+    let mut accept = |held: &mut Vec<std::net::TcpStream>| {
+        while let Ok((s, _)) = silent.accept() {
+            held.push(s);
+        }
+    };
+    accept(&mut held);
+    let before = held.len();
+    for i in 0..5 {
+        c.etcd
+            .put("/volt-test/sticky", format!("{i}").as_bytes(), 0)
+            .expect("put");
+    }
+    accept(&mut held);
+    assert_eq!(
+        held.len(),
+        before,
+        "later calls went to the dead member first again"
+    );
+}
+
 fn openssl(dir: &Path, args: &[&str]) {
     let o = std::process::Command::new("openssl")
         .args(args)

@@ -134,6 +134,10 @@ pub struct Etcd {
     urls: Vec<(String, Url)>,
     tls: Option<Tls>,
     timeout: Duration,
+    /// The endpoint that answered last (shared by the clones: the keep-alive thread's
+    /// too). Calls start there: with a dead member listed first, starting at the top would
+    /// cost every call `timeout_ms`, and a keep-alive could miss the lease's TTL.
+    preferred: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Etcd {
@@ -157,20 +161,27 @@ impl Etcd {
             urls,
             tls,
             timeout: Duration::from_millis(cfg.timeout_ms),
+            preferred: Default::default(),
         })
     }
 
-    /// POST `body` to `path` on the first endpoint that answers 200.
+    /// POST `body` to `path` on the first endpoint that answers 200, starting at the one
+    /// that answered last.
     fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        use std::sync::atomic::Ordering;
         let text = body.to_string();
         let mut tried = Vec::new();
-        for (shown, url) in &self.urls {
+        let n = self.urls.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        for i in (0..n).map(|k| (first + k) % n) {
+            let (shown, url) = &self.urls[i];
             match http::post(url, self.tls.as_ref(), path, text.as_bytes(), self.timeout) {
                 Ok(a) if a.status == 200 => {
+                    self.preferred.store(i, Ordering::Relaxed);
                     return serde_json::from_slice(&a.body).map_err(|e| EtcdError::Answer {
                         path: path.into(),
                         message: e.to_string(),
-                    })
+                    });
                 }
                 Ok(a) => {
                     let v: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
