@@ -284,7 +284,7 @@ fn calls_stick_to_the_member_that_answered() {
     let c = Cluster::new(&cluster_config("a", &text)).expect("client");
     wait_writable(&c, &etcd);
     let mut held = Vec::new();
-    let mut accept = |held: &mut Vec<std::net::TcpStream>| {
+    let accept = |held: &mut Vec<std::net::TcpStream>| {
         while let Ok((s, _)) = silent.accept() {
             held.push(s);
         }
