@@ -197,7 +197,7 @@ fn cluster_from(
         .map_or(DEFAULT_LEASE_TTL, Spanned::into_inner);
     let etcd = match t.table(src, e, "etcd") {
         Some(et) => {
-            let c = etcd_config(src, &et, e);
+            let c = etcd_config(src, &et, e, lease_ttl);
             et.finish(src, e, &[]);
             c
         }
@@ -290,7 +290,7 @@ fn cluster_network(
     })
 }
 
-fn etcd_config(src: &Src, t: &Table, e: &mut Errors) -> Option<EtcdConfig> {
+fn etcd_config(src: &Src, t: &Table, e: &mut Errors, lease_ttl: u32) -> Option<EtcdConfig> {
     let mut endpoints = Vec::new();
     let mut any_tls = false;
     match t.string_list(src, e, "endpoints") {
@@ -347,9 +347,23 @@ fn etcd_config(src: &Src, t: &Table, e: &mut Errors) -> Option<EtcdConfig> {
             "ca, cert and key need https:// endpoints".into(),
         ));
     }
-    let timeout_ms = t
-        .integer(src, e, "timeout_ms", 100..=60_000u64, "")
-        .map_or(3000, Spanned::into_inner);
+    let timeout = t.integer(src, e, "timeout_ms", 100..=60_000u64, "");
+    let timeout_ms = timeout.as_ref().map_or(3000, |v| *v.get_ref());
+    // The keep-alive runs every third of the TTL; one that meets a dead member first must
+    // still reach a live one (one timeout later) before the lease lapses.
+    if timeout_ms * 3 > u64::from(lease_ttl) * 1000 {
+        let (field, span) = match &timeout {
+            Some(v) => ("etcd.timeout_ms", v.span()),
+            None => ("etcd", t.span()),
+        };
+        e.push(src.invalid(
+            field,
+            span,
+            format!(
+                "timeout_ms {timeout_ms} is more than a third of lease_ttl ({lease_ttl} s): a keep-alive that meets a dead etcd member would not reach a live one before this host's lease lapses; lower timeout_ms or raise lease_ttl"
+            ),
+        ));
+    }
     (!endpoints.is_empty()).then_some(EtcdConfig {
         endpoints,
         ca,
@@ -530,6 +544,17 @@ mod tests {
             (
                 format!("host = \"a b\"\n{GOOD}"),
                 ":1:8: host: \"a b\" is not a valid systemd instance name",
+            ),
+            (
+                format!(
+                    "lease_ttl = 6\n{}",
+                    GOOD.replace("[etcd]\n", "[etcd]\ntimeout_ms = 3000\n")
+                ),
+                ":4:14: etcd.timeout_ms: timeout_ms 3000 is more than a third of lease_ttl (6 s)",
+            ),
+            (
+                format!("lease_ttl = 2\n{GOOD}"),
+                "etcd: timeout_ms 3000 is more than a third of lease_ttl (2 s)",
             ),
         ];
         for (text, want) in cases {
