@@ -110,6 +110,15 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
         "{e}"
     );
 
+    // A name key holding something Volt did not write: an error at once that says what to
+    // do (it used to spin 200 tries and then blame contention).
+    hosts[0]
+        .etcd
+        .put(&store::name_key("junk"), b"not a claim", 0)
+        .expect("put");
+    let e = hosts[0].claim_name("junk", "vm").unwrap_err().to_string();
+    assert!(e.contains("is not a claim Volt wrote"), "{e}");
+
     // 3 x 30 concurrent allocations: 90 distinct addresses, every one in the VM pool.
     let got: Vec<(String, Ipv4Addr)> = std::thread::scope(|s| {
         let mut handles = Vec::new();

@@ -84,6 +84,14 @@ fn as_lease(ip: Ipv4Addr, c: &AddrClaim) -> Lease {
 }
 
 /// A number in `0..n` from the standard library's per-process random hash keys.
+/// A pause of 1-20 ms after a lost race, so that hosts that keep losing to each other do
+/// not hammer the store (each try reads it) back to back.
+fn backoff() {
+    std::thread::sleep(std::time::Duration::from_millis(
+        1 + random_below(20) as u64,
+    ));
+}
+
 fn random_below(n: usize) -> usize {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -182,9 +190,17 @@ impl Cluster {
                             host: h.host,
                         })
                     }
-                    None => {}
+                    None => {
+                        return Err(ClusterError::Setup {
+                            what: format!(
+                                "the store's claim on the name {name} ({key}) is not a claim Volt wrote; if no host runs {name}, remove it (etcdctl del {key})"
+                            ),
+                        })
+                    }
                 }
             }
+            // Lost a race with a claim that is gone again: try again after a short pause.
+            backoff();
         }
         Err(ClusterError::Contention {
             network: "names".into(),
@@ -278,6 +294,7 @@ impl Cluster {
                 return Ok(as_lease(ip, &claim));
             }
             skip = random_below(attempt.min(15) + 2);
+            backoff();
         }
         Err(ClusterError::Contention {
             network: net.name.clone(),
