@@ -128,6 +128,10 @@ fn compare_json(c: &Compare) -> Value {
     }
 }
 
+/// The longest watch message kept while waiting for its end of line (etcd's own requests
+/// are at most 1.5 MiB): a server that never ends one must not grow the daemon without bound.
+const MAX_WATCH_MESSAGE: usize = 64 << 20;
+
 /// A client for one cluster.
 #[derive(Clone)]
 pub struct Etcd {
@@ -352,6 +356,12 @@ impl Etcd {
                     }
                 };
                 pending.extend_from_slice(&piece);
+                if pending.len() > MAX_WATCH_MESSAGE && !pending.contains(&b'\n') {
+                    tried.push(format!(
+                        "{shown}: a watch message longer than {MAX_WATCH_MESSAGE} bytes"
+                    ));
+                    return Err(EtcdError::Unavailable { tried });
+                }
                 while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=nl).collect();
                     let Ok(v) = serde_json::from_slice::<Value>(&line) else {
