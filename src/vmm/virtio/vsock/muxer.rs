@@ -74,6 +74,9 @@ pub struct Muxer {
     notify: Option<EventSender>,
     throttled: Option<Key>,
     log: LogLimiter,
+    /// Warnings (RST replies dropped, accept failed): a limiter of their own, so that a
+    /// flood of per-packet debug lines cannot use up their window.
+    warn_log: LogLimiter,
 }
 
 fn ctl_err(what: &str, e: std::io::Error) {
@@ -113,6 +116,7 @@ impl Muxer {
             notify,
             throttled: None,
             log: LogLimiter::new(),
+            warn_log: LogLimiter::new(),
         })
     }
 
@@ -148,7 +152,7 @@ impl Muxer {
         }
         if self.rsts.len() >= MAX_RST {
             log_limited!(
-                self.log,
+                self.warn_log,
                 log::Level::Warn,
                 "virtio-vsock: guest floods bad packets; dropping RST replies"
             );
@@ -400,7 +404,7 @@ impl Muxer {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
                     log_limited!(
-                        self.log,
+                        self.warn_log,
                         log::Level::Warn,
                         "virtio-vsock: accept failed: {e}"
                     );
