@@ -239,6 +239,10 @@ impl<S: HostStream> Connection<S> {
             self.credit_backoff = CREDIT_RETRY_MIN;
         }
         match hdr.op {
+            op::RESPONSE if self.pending & pend::REQUEST != 0 => {
+                // An answer to a REQUEST the guest has not been given yet: a broken guest.
+                self.reset();
+            }
             op::RESPONSE if self.state == State::Requesting => {
                 self.state = State::Established;
                 self.deadline = None;

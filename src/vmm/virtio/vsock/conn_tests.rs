@@ -247,6 +247,18 @@ fn host_initiated_ok_line_and_connect_timeout() {
 }
 
 #[test]
+fn a_response_before_the_request_was_delivered_resets() {
+    let now = Instant::now();
+    let mut c = Connection::host_initiated(Fake::default(), 1 << 30, 80, now);
+    // The REQUEST still waits for a guest RX buffer; a RESPONSE cannot be an answer to it.
+    c.on_packet(&guest_hdr(op::RESPONSE, 0, 4096, 0), &[]);
+    assert!(!c.is_established());
+    assert!(c.stream.closed);
+    assert_eq!(c.next_rx(&mut [0u8; 8]).map(|r| r.op), Some(op::RST));
+    assert!(c.is_closed());
+}
+
+#[test]
 fn a_credit_request_is_answered_with_a_credit_update_packet() {
     // Host data waits and the guest has credit: the answer still comes first, on its own,
     // as virtio-drivers counts only a CREDIT_UPDATE as the answer to its request.
