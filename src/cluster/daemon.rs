@@ -46,6 +46,18 @@ pub(super) struct Shared {
     pub(super) address: Option<Ipv4Addr>,
 }
 
+impl Shared {
+    /// The filter of this network's VXLAN port, letting in the (MAC, address) pairs `remote`.
+    fn filter(&self, remote: Vec<(MacAddr, Ipv4Addr)>) -> PortFilter {
+        PortFilter {
+            port: self.vx.clone(),
+            gateway: self.net.gateway,
+            remote,
+            subnet: self.net.subnet,
+        }
+    }
+}
+
 pub(super) struct Daemon {
     pub(super) cluster: Cluster,
     pub(super) root: std::path::PathBuf,
@@ -144,16 +156,7 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
     // The VXLAN ports come up behind their filter, closed (no remote pairs) until the store
     // says who is where. A filter that cannot be installed stops the start: an unfiltered
     // port would let any underlay source onto the bridge (rogue DHCP, the gateway's ARP).
-    let closed: Vec<PortFilter> = d
-        .shared
-        .iter()
-        .map(|s| PortFilter {
-            port: s.vx.clone(),
-            gateway: s.net.gateway,
-            remote: Vec::new(),
-            subnet: s.net.subnet,
-        })
-        .collect();
+    let closed: Vec<PortFilter> = d.shared.iter().map(|s| s.filter(Vec::new())).collect();
     mech::apply_filter(&closed).map_err(|e| {
         setup(format!(
             "the VXLAN ports' filter: {}",
@@ -468,12 +471,7 @@ impl Daemon {
                 want.peers.len(),
                 want.pairs.len()
             ));
-            filters.push(PortFilter {
-                port: s.vx.clone(),
-                gateway: s.net.gateway,
-                remote: want.pairs.into_iter().collect(),
-                subnet: s.net.subnet,
-            });
+            filters.push(s.filter(want.pairs.into_iter().collect()));
         }
         for r in rejected.difference(&self.rejected) {
             log::warn!("ignoring what the cluster store says of {r}");
@@ -488,8 +486,9 @@ impl Daemon {
         summary.join("; ")
     }
 
-    /// Leave: end the lease (every claim of this host goes at once), remove the VXLAN ports,
-    /// the host addresses (their routes go with them) and the filter.
+    /// Leave: end the lease when no workload runs here (every claim of this host goes at
+    /// once), remove the VXLAN ports, the host addresses (their routes go with them) and the
+    /// filter.
     fn leave(&self, nl: &Netlink) {
         // The lease carries the claims of the workloads running here: ended now, another host
         // could start the same VM on the same disk or take its address while this daemon

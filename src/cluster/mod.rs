@@ -83,7 +83,6 @@ fn as_lease(ip: Ipv4Addr, c: &AddrClaim) -> Lease {
     }
 }
 
-/// A number in `0..n` from the standard library's per-process random hash keys.
 /// A pause of 1-20 ms after a lost race, so that hosts that keep losing to each other do
 /// not hammer the store (each try reads it) back to back.
 fn backoff() {
@@ -92,6 +91,7 @@ fn backoff() {
     ));
 }
 
+/// A number in `0..n` from the standard library's per-process random hash keys.
 fn random_below(n: usize) -> usize {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -60,6 +60,7 @@ pub fn suppress_kicks(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<(), vi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::virtio::test_queue::avail_event;
     use virtio_queue::mock::MockSplitQueue;
 
     fn mem() -> GuestMemoryMmap {
@@ -112,14 +113,6 @@ mod tests {
         assert!(!needs_interrupt(&mut q, &m));
     }
 
-    /// The used ring's avail_event (queue of 16).
-    fn avail_event(m: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
-        u16::from_le(
-            m.read_obj(GuestAddress(vq.used_addr().0 + 4 + 8 * 16))
-                .expect("avail_event"),
-        )
-    }
-
     /// Whether a driver publishing from `old` to `new` kicks (`vring_need_event`).
     fn driver_kicks(event: u16, new: u16, old: u16) -> bool {
         new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
@@ -134,11 +127,11 @@ mod tests {
         q.set_next_avail(5);
         // Re-armed: the driver's next publish (5 -> 6) kicks.
         q.enable_notification(&m).expect("enable");
-        assert!(driver_kicks(avail_event(&m, &vq), 6, 5));
+        assert!(driver_kicks(avail_event(&vq, &m, 16), 6, 5));
         // Suppressed (while the device polls the ring): no publish kicks, however far the
         // driver gets ahead within a ring, and from wherever it starts.
         suppress_kicks(&mut q, &m).expect("suppress");
-        let event = avail_event(&m, &vq);
+        let event = avail_event(&vq, &m, 16);
         for old in 5..5 + 16 {
             for new in old + 1..=5 + 16 {
                 assert!(!driver_kicks(event, new, old), "{old} -> {new} kicks");
@@ -147,7 +140,7 @@ mod tests {
         // virtio-queue's own disable leaves the re-armed index, which the driver crosses.
         q.enable_notification(&m).expect("enable");
         q.disable_notification(&m).expect("disable");
-        assert!(driver_kicks(avail_event(&m, &vq), 6, 5));
+        assert!(driver_kicks(avail_event(&vq, &m, 16), 6, 5));
         // Without EVENT_IDX the flag does it.
         let mut plain: Queue = vq.create_queue().expect("queue");
         suppress_kicks(&mut plain, &m).expect("suppress");
