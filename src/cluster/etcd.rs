@@ -327,13 +327,12 @@ impl Etcd {
         .to_string();
         let mut tried = Vec::new();
         for (shown, url) in &self.urls {
-            let timeout = http::watch_timeout(self.timeout);
             let (status, mut stream) = match http::post_stream(
                 url,
                 self.tls.as_ref(),
                 "/v3/watch",
                 body.as_bytes(),
-                timeout,
+                self.timeout,
             ) {
                 Ok(s) => s,
                 Err(e) => {
@@ -345,6 +344,7 @@ impl Etcd {
                 tried.push(format!("{shown}: watch answered HTTP {status}"));
                 continue;
             }
+            stream.stream(http::watch_timeout(self.timeout));
             let mut pending: Vec<u8> = Vec::new();
             loop {
                 let piece = match stream.next_piece() {

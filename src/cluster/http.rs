@@ -1,13 +1,16 @@
 //! The little HTTP/1.1 that etcd's v3 JSON gateway needs: one `POST` with a JSON body per
 //! connection (`Connection: close`), answers with `Content-Length` or chunked bodies, and a
 //! streamed chunked answer for watches. Plain TCP or TLS (OpenSSL, the system's library)
-//! with an optional client certificate. Every read and write has a timeout, so a member that
-//! stops answering turns into an error, never a hang.
+//! with an optional client certificate. Every read and write has a timeout, and a request
+//! has a deadline as a whole (connect, send, headers and body), so a member that stops
+//! answering, or answers a byte at a time, turns into an error, never a hang. A watch's
+//! streamed body has no deadline, only a longer timeout on each read.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
 
@@ -124,7 +127,79 @@ impl Url {
 trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
 
-fn connect(url: &Url, tls: Option<&Tls>, timeout: Duration) -> Result<Box<dyn Stream>, HttpError> {
+/// The time limits of one connection: each read or write may take `per_op`, and none may
+/// end after `deadline`. They live beside the TCP stream, shared with the [`Body`] that
+/// reads it, because TLS wraps the stream and hides it.
+#[derive(Clone)]
+struct Limits(Arc<Mutex<(Duration, Option<Instant>)>>);
+
+impl Limits {
+    fn new(per_op: Duration, deadline: Option<Instant>) -> Limits {
+        Limits(Arc::new(Mutex::new((per_op, deadline))))
+    }
+
+    fn set(&self, per_op: Duration, deadline: Option<Instant>) {
+        if let Ok(mut l) = self.0.lock() {
+            *l = (per_op, deadline);
+        }
+    }
+
+    /// The timeout for the next read or write; an error once the deadline has passed.
+    fn next(&self) -> std::io::Result<Duration> {
+        let (per_op, deadline) = match self.0.lock() {
+            Ok(l) => *l,
+            Err(p) => *p.into_inner(),
+        };
+        let Some(deadline) = deadline else {
+            return Ok(per_op);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the request took longer than its timeout as a whole",
+            ));
+        }
+        Ok(per_op.min(left))
+    }
+}
+
+/// A TCP stream that applies its [`Limits`] before every read and write.
+struct Timed {
+    tcp: TcpStream,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Timed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.tcp.fmt(f)
+    }
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.limits.next()?))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.limits.next()?))?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+fn connect(
+    url: &Url,
+    tls: Option<&Tls>,
+    timeout: Duration,
+    limits: &Limits,
+) -> Result<Box<dyn Stream>, HttpError> {
     let show = url.show();
     let conn = |source| HttpError::Connect {
         url: show.clone(),
@@ -135,10 +210,13 @@ fn connect(url: &Url, tls: Option<&Tls>, timeout: Duration) -> Result<Box<dyn St
         .map_err(conn)?
         .next()
         .ok_or_else(|| conn(std::io::Error::other("the host name has no address")))?;
-    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(conn)?;
-    tcp.set_read_timeout(Some(timeout)).map_err(conn)?;
-    tcp.set_write_timeout(Some(timeout)).map_err(conn)?;
+    let tcp = TcpStream::connect_timeout(&addr, limits.next().map_err(conn)?.min(timeout))
+        .map_err(conn)?;
     let _ = tcp.set_nodelay(true);
+    let tcp = Timed {
+        tcp,
+        limits: limits.clone(),
+    };
     if !url.tls {
         return Ok(Box::new(tcp));
     }
@@ -168,6 +246,7 @@ pub struct Answer {
 /// A body being read: by length, chunked, or until the connection closes.
 pub struct Body {
     reader: BufReader<Box<dyn Stream>>,
+    limits: Limits,
     url: String,
     chunked: bool,
     /// Bytes left in the current chunk (chunked) or the whole body (length).
@@ -206,6 +285,12 @@ fn read_line(r: &mut impl BufRead, url: &str) -> Result<String, HttpError> {
 }
 
 impl Body {
+    /// From here on, read without the request's deadline, waiting up to `per_read` for each
+    /// read: a watch's body goes on for as long as the watch lives.
+    pub fn stream(&mut self, per_read: Duration) {
+        self.limits.set(per_read, None);
+    }
+
     /// The next piece of the body (`None` at its end).
     pub fn next_piece(&mut self) -> Result<Option<Vec<u8>>, HttpError> {
         if self.done {
@@ -264,7 +349,7 @@ impl Body {
 }
 
 /// Send `POST path` with a JSON `body`; returns the status and the body still to read.
-/// `read_timeout` bounds every later read (a watch waits longer than a request).
+/// `timeout` bounds the whole request, body included, unless [`Body::stream`] lifts it.
 pub fn post_stream(
     url: &Url,
     tls: Option<&Tls>,
@@ -273,7 +358,8 @@ pub fn post_stream(
     timeout: Duration,
 ) -> Result<(u16, Body), HttpError> {
     let show = url.show();
-    let mut s = connect(url, tls, timeout)?;
+    let limits = Limits::new(timeout, Some(Instant::now() + timeout));
+    let mut s = connect(url, tls, timeout, &limits)?;
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         url.host,
@@ -318,6 +404,7 @@ pub fn post_stream(
         status,
         Body {
             reader,
+            limits,
             url: show,
             chunked,
             left: length,
@@ -341,8 +428,7 @@ pub fn post(
     })
 }
 
-/// Set a new read timeout on a streamed body's connection is not possible through the TLS
-/// wrapper, so watches use a long timeout from the start; this is the timeout they use.
+/// How long a watch's streamed body may stay silent before the watch is made again.
 pub fn watch_timeout(request: Duration) -> Duration {
     (request * 10).max(Duration::from_secs(30))
 }
@@ -408,5 +494,56 @@ mod tests {
         assert!(matches!(e, HttpError::Io { .. }), "{e}");
         assert!(start.elapsed() < Duration::from_secs(30));
         drop(l);
+    }
+
+    /// Answers with headers at once, then `body` a byte every `gap`.
+    fn drip(head: &'static [u8], body: &'static [u8], gap: Duration) -> Url {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(head);
+                for b in body {
+                    std::thread::sleep(gap);
+                    if s.write_all(&[*b]).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Url::parse(&format!("http://127.0.0.1:{port}")).expect("url")
+    }
+
+    #[test]
+    fn a_member_that_answers_a_byte_at_a_time_meets_the_deadline() {
+        // Each byte comes well within the per-read timeout; the whole answer would take
+        // 40 x 50 ms = 2 s against a 300 ms timeout.
+        let u = drip(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n",
+            &[b'x'; 40],
+            Duration::from_millis(50),
+        );
+        let e = post(&u, None, "/", b"{}", Duration::from_millis(300)).unwrap_err();
+        let chain = crate::error_chain(&e);
+        assert!(
+            chain.contains("longer than its timeout as a whole"),
+            "{chain}"
+        );
+    }
+
+    #[test]
+    fn a_streamed_body_outlives_the_request_deadline() {
+        let u = drip(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"3\r\nabc\r\n0\r\n\r\n",
+            Duration::from_millis(40),
+        );
+        let (status, mut body) =
+            post_stream(&u, None, "/", b"{}", Duration::from_millis(300)).expect("headers");
+        assert_eq!(status, 200);
+        body.stream(Duration::from_secs(5));
+        assert_eq!(body.read_all().expect("the whole body"), b"abc");
     }
 }
