@@ -296,3 +296,120 @@ fn link_up_reconciles_gone_workloads_and_survives_a_corrupt_lease_file() {
         .count();
     assert_eq!(aside, 1);
 }
+
+/// A VM on volt0 at `ip`, direct (no networkd in the test's namespace).
+fn vm_static(ip: &str) -> String {
+    format!("{VM_POOL}ipv4 = \"{ip}/24\"\n")
+}
+
+#[test]
+fn an_address_a_pool_lease_holds_is_refused_to_a_static_workload_until_the_holder_moves() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("atdup");
+    let r = root(&[("etc/volt/vms/a.toml", VM_POOL)]);
+    up(&host, r.path(), &tap_of("a")).expect("up a");
+    assert_eq!(
+        leases(r.path()),
+        [("vm/a/eth0".to_string(), "10.42.0.2".to_string())]
+    );
+    // Container p got the first container address from the pool (a DHCP lease recorded).
+    let cts = r.path().join("etc/volt/containers");
+    std::fs::create_dir_all(&cts).expect("mkdir");
+    std::fs::write(
+        cts.join("p.toml"),
+        CT.replace("ipv4 = \"10.42.0.150/24\"\n", ""),
+    )
+    .expect("p");
+    let at = Attach::load(r.path());
+    let net = at
+        .plan
+        .networks
+        .list
+        .iter()
+        .find(|n| n.name == "volt0")
+        .expect("volt0")
+        .clone();
+    let p = volt::net::ipam::Owner::container("p", "eth0");
+    let held = at
+        .ipam()
+        .allocate(&net, &p, volt::net::ipam::Request::Any, &Default::default())
+        .expect("p's lease");
+    assert_eq!(held.ip.to_string(), "10.42.0.100");
+    // While they run, the admin gives b a's address and container c p's: both are refused,
+    // naming the holder, and neither leaves a link, rules or a record behind.
+    let vms = r.path().join("etc/volt/vms");
+    std::fs::write(vms.join("b.toml"), vm_static("10.42.0.2")).expect("b");
+    std::fs::write(cts.join("c.toml"), CT.replace("10.42.0.150", "10.42.0.100")).expect("c");
+    let (ch, cc) = veth_of("c");
+    for (link, ip, holder) in [
+        (tap_of("b"), "10.42.0.2", "vm/a/eth0"),
+        (ch.clone(), "10.42.0.100", "container/p/eth0"),
+    ] {
+        let e = up(&host, r.path(), &link).expect_err("two workloads on one address");
+        assert!(e.contains(ip) && e.contains(holder), "{link}: {e}");
+        assert!(!exists(&host, &link), "{link} was left behind");
+        host.ok(&format!(
+            "! nft list chain bridge volt port-{link} 2>/dev/null"
+        ));
+        assert!(!r
+            .path()
+            .join(format!("run/volt/links/{link}.json"))
+            .exists());
+    }
+    assert!(!exists(&host, &cc));
+    // a's next start moves it off the address b's file names; then b starts on it.
+    for ct in ["c", "p"] {
+        std::fs::remove_file(cts.join(format!("{ct}.toml"))).expect("rm");
+    }
+    let down = volt_link(&host, r.path(), "down", &tap_of("a"));
+    assert!(down.status.success(), "{down:?}");
+    up(&host, r.path(), &tap_of("a")).expect("up a again");
+    up(&host, r.path(), &tap_of("b")).expect("up b");
+    assert_eq!(
+        leases(r.path()),
+        [
+            ("vm/a/eth0".to_string(), "10.42.0.3".to_string()),
+            ("vm/b/eth0".into(), "10.42.0.2".into()),
+        ]
+    );
+}
+
+#[test]
+fn a_lease_on_a_network_the_nic_has_left_goes_back_to_its_pool() {
+    // Pure file work: no links, no namespace.
+    let r = root(&[
+        (
+            "etc/volt/networks/lab.toml",
+            "bridge = \"lab0\"\nsubnet = \"10.50.0.0/24\"\ngateway = \"10.50.0.1\"\n",
+        ),
+        ("etc/volt/vms/web.toml", VM_POOL),
+    ]);
+    let at = Attach::load(r.path());
+    assert!(at.errors().is_empty(), "{:?}", at.errors());
+    let web = volt::net::ipam::Owner::vm("web", "eth0");
+    let net = |name: &str| {
+        at.plan
+            .networks
+            .list
+            .iter()
+            .find(|n| n.name == name)
+            .expect("network")
+            .clone()
+    };
+    // web's eth0 was on lab before its file moved it to volt0.
+    at.ipam()
+        .allocate(
+            &net("lab"),
+            &web,
+            volt::net::ipam::Request::Any,
+            &Default::default(),
+        )
+        .expect("lease on lab");
+    assert!(at.lease_alive("volt0", &web));
+    assert!(!at.lease_alive("lab", &web));
+    let gone = at.reconcile_leases(&net("lab")).expect("reconcile");
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert!(at.ipam().list("lab").expect("list").is_empty());
+}

@@ -43,8 +43,6 @@ pub trait AddressBook {
     ) -> Result<Lease, BookError>;
     /// Give up `owner`'s lease on `network`.
     fn release(&self, network: &str, owner: &Owner) -> Result<Option<Lease>, BookError>;
-    /// Whether addresses known from the config (static, reserved) must be claimed too.
-    fn claims_known(&self) -> bool;
 }
 
 impl AddressBook for Ipam {
@@ -72,10 +70,6 @@ impl AddressBook for Ipam {
 
     fn release(&self, network: &str, owner: &Owner) -> Result<Option<Lease>, BookError> {
         Ok(Ipam::release(self, network, owner)?)
-    }
-
-    fn claims_known(&self) -> bool {
-        false
     }
 }
 
@@ -134,10 +128,6 @@ impl AddressBook for ClusterBook {
             log::warn!("{}", crate::error_chain(&e));
         }
         Ok(l)
-    }
-
-    fn claims_known(&self) -> bool {
-        true
     }
 }
 

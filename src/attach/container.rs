@@ -68,20 +68,19 @@ pub(super) fn up(at: &Attach, a: &Attachment) -> Result<LinkRecord, AttachError>
                 v.host_end
             )))?
     };
-    // On a shared network a static address is claimed cluster-wide before nspawn runs.
+    // A static address is claimed (in the lease file, or cluster-wide on a shared network)
+    // before nspawn runs: refused while another workload holds it.
     if let (Some(known), Some(net)) = (a.addressing.known(), at.network(a)) {
         let book = at.book(&net.name)?;
-        if book.claims_known() {
-            let owner = crate::net::ipam::Owner::container(&a.workload, &a.nic);
-            book.allocate(
-                net,
-                &owner,
-                crate::net::ipam::Request::Static(known.addr()),
-                &Default::default(),
-                Some(a.mac),
-            )
-            .map_err(super::book_error(what.clone()))?;
-        }
+        let owner = crate::net::ipam::Owner::container(&a.workload, &a.nic);
+        book.allocate(
+            net,
+            &owner,
+            crate::net::ipam::Request::Static(known.addr()),
+            &Default::default(),
+            Some(a.mac),
+        )
+        .map_err(super::book_error(what.clone()))?;
     }
     log::info!(
         "{}: veth pair {} / {} {} for {what} (MAC {}{})",

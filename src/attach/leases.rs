@@ -87,16 +87,17 @@ impl Attach {
         )
     }
 
-    /// Whether `owner` still holds its lease: one of its workload's NICs in the plan, its
-    /// link up (a record: it runs, even if its file was removed meanwhile), or its file there
-    /// but broken (it may run on its last good units). A NIC removed from a valid file, or a
-    /// workload whose file is gone and whose links are down, does not.
-    pub fn lease_alive(&self, owner: &Owner) -> bool {
-        let planned = self
-            .plan
-            .workloads
-            .iter()
-            .any(|w| w.attachments.iter().any(|a| owner_of(w, a) == *owner));
+    /// Whether `owner` still holds its lease on `network`: one of its workload's NICs in the
+    /// plan on that network, its link up (a record: it runs, even if its file was removed or
+    /// moved the NIC meanwhile), or its file there but broken (it may run on its last good
+    /// units). A NIC removed from a valid file or moved to another network, or a workload
+    /// whose file is gone and whose links are down, does not.
+    pub fn lease_alive(&self, network: &str, owner: &Owner) -> bool {
+        let planned = self.plan.workloads.iter().any(|w| {
+            w.attachments
+                .iter()
+                .any(|a| owner_of(w, a) == *owner && a.network.as_deref() == Some(network))
+        });
         if planned {
             return true;
         }
@@ -126,7 +127,7 @@ impl Attach {
     pub fn reconcile_leases(&self, net: &Network) -> Result<Vec<Lease>, super::AttachError> {
         let gone = self
             .ipam()
-            .reconcile(&net.name, &|o| self.lease_alive(o))
+            .reconcile(&net.name, &|o| self.lease_alive(&net.name, o))
             .map_err(|source| super::AttachError::Ipam {
                 what: format!("network {}", net.name),
                 source: Box::new(source),

@@ -168,19 +168,17 @@ impl Attach {
         let record = match w.kind {
             Kind::Vm => vm::up(self, w, a),
             Kind::Container => container::up(self, a),
-        };
-        let record = match record {
-            Err(e @ AttachError::Antispoof { .. }) => {
-                // Fail closed: the workload does not get a port without its rules.
-                if let Err(d) = self.down(link) {
-                    log::warn!("{}", crate::error_chain(&d));
-                }
-                return Err(e);
+        }
+        .and_then(|r| r.save(&self.paths).map(|()| r).map_err(AttachError::from));
+        if record.is_err() {
+            // Fail closed and leave nothing behind: no port without its rules, and no link,
+            // rules or claims of a start that failed half-way (an address another workload
+            // holds, a record that cannot be written). `down` leaves links it does not own.
+            if let Err(d) = self.down(link) {
+                log::warn!("{}", crate::error_chain(&d));
             }
-            r => r?,
-        };
-        record.save(&self.paths)?;
-        Ok(record)
+        }
+        record
     }
 
     /// Take `link` down: its anti-spoofing rules, networkd files, the link (in the host

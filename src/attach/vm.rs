@@ -269,8 +269,9 @@ fn resolve_mac(at: &Attach, a: &Attachment) -> Result<crate::config::MacAddr, At
     Ok(mac)
 }
 
-/// The guest's address: the planned one (claimed cluster-wide on a shared network), else a
-/// lease from the network's pool (the same lease again while it lasts).
+/// The guest's address: the planned one (claimed in the lease file, or cluster-wide on a
+/// shared network), else a lease from the network's pool (the same lease again while it
+/// lasts).
 fn address(
     at: &Attach,
     w: &Workload,
@@ -287,16 +288,16 @@ fn address(
         .into_iter()
         .collect();
     if let Some(known) = a.addressing.known() {
-        if book.claims_known() {
-            book.allocate(
-                net,
-                &owner,
-                Request::Static(known.addr()),
-                &configured,
-                Some(mac),
-            )
-            .map_err(book_error(a.describe()))?;
-        }
+        // Claimed like any lease: refused while another workload holds it (a pool lease
+        // given out before this file named the address).
+        book.allocate(
+            net,
+            &owner,
+            Request::Static(known.addr()),
+            &configured,
+            Some(mac),
+        )
+        .map_err(book_error(a.describe()))?;
         return Ok(Some(known));
     }
     if a.addressing != Addressing::Pool {

@@ -165,10 +165,9 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
         }
         IpamCommand::Reconcile => {
             let at = Attach::load(root);
-            let alive = |o: &Owner| at.lease_alive(o);
             let mut released = 0;
             for n in ipam.networks() {
-                for l in ipam.reconcile(&n, &alive)? {
+                for l in ipam.reconcile(&n, &|o: &Owner| at.lease_alive(&n, o))? {
                     println!("released {} on {n} from {} (gone)", l.ip, l.owner);
                     released += 1;
                 }

@@ -255,6 +255,36 @@ pub fn pick(
         })
 }
 
+/// Why `owner`'s lease of `held` cannot answer `request` any more, if it cannot: the
+/// owner's file now names another address, or its reservation is another one, or the
+/// address is now another workload's static address or reservation (the files win over a
+/// pool lease given out before they said so).
+fn gives_way(
+    net: &Network,
+    owner: &Owner,
+    request: Request,
+    held: Ipv4Addr,
+    configured: &BTreeSet<Ipv4Addr>,
+) -> Option<String> {
+    if let Request::Static(ip) = request {
+        return (ip != held).then(|| format!("its file names {ip}"));
+    }
+    let key = owner.reservation_key();
+    if let Some(mine) = net.reservations.get(&key).filter(|ip| **ip != held) {
+        return Some(format!("its reservation is {mine}"));
+    }
+    if let Some((other, _)) = net
+        .reservations
+        .iter()
+        .find(|(k, ip)| **ip == held && **k != key)
+    {
+        return Some(format!("the address is reserved for {other}"));
+    }
+    configured
+        .contains(&held)
+        .then(|| "another workload's file names it as its static address".to_string())
+}
+
 /// The leases of a network as the running workloads hold them, for rebuilding a corrupt
 /// lease file (the policy knows the workloads; see `attach`).
 pub type Rebuild = std::sync::Arc<dyn Fn(&str) -> Vec<Lease> + Send + Sync>;
@@ -330,10 +360,15 @@ impl Ipam {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let aside = path.with_file_name(format!("{name}.corrupt-{}", now()));
-        std::fs::rename(path, &aside).map_err(|e| IpamError::Write {
-            path: aside.clone(),
-            source: e,
-        })?;
+        // A second name for the bad file (or a copy), not a rename: until the rebuilt file
+        // replaces it, `path` must not go missing, or a crash or a failed write here would
+        // leave no file at all, which reads as an empty pool.
+        std::fs::hard_link(path, &aside)
+            .or_else(|_| std::fs::copy(path, &aside).map(|_| ()))
+            .map_err(|e| IpamError::Write {
+                path: aside.clone(),
+                source: e,
+            })?;
         let mut leases: Vec<Lease> = Vec::new();
         for l in rebuild(network) {
             if !leases.iter().any(|o| o.ip == l.ip || o.owner == l.owner) {
@@ -386,7 +421,7 @@ impl Ipam {
         let path = self.path(network);
         let (mut file, rebuilt) = self.read_or_rebuild(network, &path)?;
         if rebuilt {
-            // At once: the bad file is gone, and `f` may still fail.
+            // At once, over the bad file: `f` may still fail.
             write_atomic(&path, &file)?;
         }
         file.network = network.to_string();
@@ -417,11 +452,13 @@ impl Ipam {
     ) -> Result<Lease, IpamError> {
         self.with_leases(&net.name, |leases| {
             if let Some(pos) = leases.iter().position(|l| l.owner == *owner) {
-                match request {
-                    Request::Static(ip) if leases[pos].ip != ip => {
+                let held = leases[pos].ip;
+                match gives_way(net, owner, request, held, configured) {
+                    None => return Ok(leases[pos].clone()),
+                    Some(why) => {
+                        log::info!("{owner} gives up {held} on {}: {why}", net.name);
                         leases.remove(pos);
                     }
-                    _ => return Ok(leases[pos].clone()),
                 }
             }
             let mut others = configured.clone();

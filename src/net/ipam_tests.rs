@@ -239,6 +239,77 @@ fn a_corrupt_file_is_moved_aside_and_rebuilt_once() {
 }
 
 #[test]
+fn a_rebuild_that_cannot_be_written_leaves_the_bad_file_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("volt0.json");
+    std::fs::write(&path, "{ cut off").expect("corrupt");
+    // The rebuilt file cannot be written (a directory where its temporary file goes: a
+    // full disk or a crash at that moment does the same).
+    let tmp = dir.path().join(temp_name("volt0.json", std::process::id()));
+    std::fs::create_dir(&tmp).expect("block the temporary file");
+    let live = Lease {
+        ip: "10.42.0.2".parse().expect("ip"),
+        owner: Owner::vm("a", "eth0"),
+        fixed: false,
+        since: 0,
+    };
+    let ipam = Ipam::with_rebuild(dir.path(), move |_| vec![live.clone()]);
+    assert!(ipam.list("volt0").is_err(), "the write failed");
+    // Never an empty pool: the bad file is still there (an error without a rebuild source,
+    // rebuilt once the write works).
+    assert!(Ipam::new(dir.path()).list("volt0").is_err());
+    std::fs::remove_dir(&tmp).expect("unblock");
+    let leases = ipam.list("volt0").expect("rebuilt");
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].ip.to_string(), "10.42.0.2");
+}
+
+#[test]
+fn a_pool_lease_gives_way_to_files_that_name_its_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ipam = Ipam::new(dir.path());
+    let n = net();
+    let (a, b) = (Owner::vm("a", "eth0"), Owner::vm("b", "eth0"));
+    let none = BTreeSet::new();
+    let first = ipam.allocate(&n, &a, Request::Any, &none).expect("a");
+    // b's file now names a's address: b is refused while a holds it, naming a.
+    let e = ipam
+        .allocate(&n, &b, Request::Static(first.ip), &none)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&first.ip.to_string()) && e.contains("vm/a/eth0"),
+        "{e}"
+    );
+    // a's next start (which passes b's static address as configured) moves off it.
+    let configured: BTreeSet<Ipv4Addr> = [first.ip].into();
+    let moved = ipam
+        .allocate(&n, &a, Request::Any, &configured)
+        .expect("a again");
+    assert_ne!(moved.ip, first.ip);
+    assert_eq!(
+        ipam.allocate(&n, &b, Request::Static(first.ip), &none)
+            .expect("b")
+            .ip,
+        first.ip
+    );
+    // A reservation made for a lease holder moves it there; one made for another owner on
+    // its address moves it off.
+    let mut n2 = n.clone();
+    n2.reservations
+        .insert("vm-a".into(), "10.42.0.20".parse().expect("ip"));
+    let reserved = ipam.allocate(&n2, &a, Request::Any, &none).expect("a");
+    assert_eq!(reserved.ip.to_string(), "10.42.0.20");
+    let c = Owner::vm("c", "eth0");
+    let held = ipam.allocate(&n2, &c, Request::Any, &none).expect("c");
+    n2.reservations.insert("vm-x".into(), held.ip);
+    let again = ipam
+        .allocate(&n2, &c, Request::Any, &none)
+        .expect("c again");
+    assert_ne!(again.ip, held.ip);
+}
+
+#[test]
 fn reconcile_releases_dead_owners() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ipam = Ipam::new(dir.path());
