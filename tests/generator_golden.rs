@@ -353,6 +353,46 @@ fn a_broken_file_keeps_its_last_good_units_until_it_is_removed() {
     );
 }
 
+/// The VMs directory cannot be listed (here: a file where it should be, ENOTDIR; an I/O
+/// error or a denial does the same): every VM it held keeps its last good units and its
+/// networkd files, run after run, and its record, until the directory reads again.
+#[test]
+fn an_unlistable_vms_directory_keeps_every_vms_units() {
+    let run = generated("one-vm");
+    let good = result_tree(&run);
+    let want: Vec<(String, Entry)> = good
+        .iter()
+        .filter_map(|(p, e)| {
+            p.strip_prefix("normal/")
+                .map(|p| (p.to_string(), e.clone()))
+        })
+        .collect();
+    let netdev = run
+        .root
+        .join("run/systemd/network/60-volt-tap-710533bb.netdev");
+    assert!(netdev.exists());
+    let vms = run.root.join("etc/volt/vms");
+    let aside = run.root.join("etc/volt/vms.aside");
+    std::fs::rename(&vms, &aside).expect("move the directory");
+    std::fs::write(&vms, "").expect("a file in its place");
+    for tag in ["unlisted1", "unlisted2"] {
+        let (o, tree) = rerun(&run, tag);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{tag}: the run reports the error");
+        assert!(
+            stderr.contains("cannot be listed; keeping the units of vm web"),
+            "{tag}: {stderr}"
+        );
+        assert_eq!(tree, want, "{tag}: the last good units again");
+        assert!(netdev.exists(), "{tag}: the VM's networkd files were swept");
+    }
+    std::fs::remove_file(&vms).expect("rm");
+    std::fs::rename(&aside, &vms).expect("back");
+    let (o, tree) = rerun(&run, "listed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(tree, want);
+}
+
 /// Copies the tree `from` to `to` (symlinks as symlinks), with `/usr/bin/volt` in every file
 /// replaced by the built binary.
 fn copy_rewriting_volt(from: &Path, to: &Path) {

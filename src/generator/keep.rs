@@ -66,6 +66,15 @@ impl Record {
         self.0.values()
     }
 
+    /// The names and units of the workloads of `kind` (`vm`, `container`).
+    pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = (&'a str, &'a Kept)> {
+        self.0.iter().filter_map(move |(k, kept)| {
+            k.split_once('/')
+                .filter(|(kd, _)| *kd == kind)
+                .map(|(_, name)| (name, kept))
+        })
+    }
+
     /// Take over the entries of `last` this record lacks whose workloads still exist
     /// (`exists(kind, name)`): workloads whose file is broken now, or whose units could not
     /// be written this time. Entries of workloads whose file is gone are dropped.
@@ -80,12 +89,38 @@ impl Record {
         }
     }
 
-    /// The record in `dir` (empty when there is none or it cannot be read).
+    /// The record in `dir` (empty when there is none). A record that does not parse as a
+    /// whole (cut short, or written by another version) is logged, and every entry that
+    /// still parses is used: an empty record would drop the units of a running workload
+    /// whose file breaks at that moment.
     pub fn load(dir: &Path) -> Record {
-        match std::fs::read_to_string(dir.join(FILE)) {
-            Ok(text) => serde_json::from_str(&text).unwrap_or_default(),
-            Err(_) => Record::load_legacy(dir),
+        let path = dir.join(FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Record::load_legacy(dir),
+            Err(e) => {
+                log::error!("cannot read {}: {e}", path.display());
+                return Record::load_legacy(dir);
+            }
+        };
+        let e = match serde_json::from_str(&text) {
+            Ok(r) => return r,
+            Err(e) => e,
+        };
+        let entries: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(&text).unwrap_or_default();
+        let mut r = Record::default();
+        for (k, v) in entries {
+            if let Ok(kept) = serde_json::from_value(v) {
+                r.0.insert(k, kept);
+            }
         }
+        log::error!(
+            "{} is not a valid record of the last good units ({e}); using the {} entries that still parse",
+            path.display(),
+            r.0.len()
+        );
+        r
     }
 
     /// One file per workload, as an older Volt wrote them.
@@ -170,6 +205,22 @@ mod tests {
             Some(("vm", "web".to_string()))
         );
         assert_eq!(workload_of(Path::new("/etc/volt/networks/lab.toml")), None);
+    }
+
+    #[test]
+    fn a_record_with_a_bad_entry_keeps_the_good_ones() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let good = serde_json::to_string(&kept("1")).expect("json");
+        std::fs::write(
+            tmp.path().join(FILE),
+            format!("{{\"vm/web\":{good},\"vm/new\":{{\"files\":7}}}}"),
+        )
+        .expect("write");
+        let r = Record::load(tmp.path());
+        assert_eq!(r.get("vm", "web"), Some(&kept("1")));
+        assert_eq!(r.0.len(), 1);
+        assert_eq!(r.of_kind("vm").count(), 1);
+        assert_eq!(r.of_kind("container").count(), 0);
     }
 
     #[test]

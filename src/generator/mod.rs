@@ -292,6 +292,39 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
             }
         }
     }
+    // A workload directory that cannot be listed (an I/O error, a denial, not a directory):
+    // every workload it held is as good as a broken file. Their last good units again, their
+    // networkd files and records kept; without this, one unreadable directory stopped every
+    // running workload of its kind (their link owners lost their BindsTo=).
+    let unlisted: Vec<(&'static str, PathBuf)> = [
+        ("vm", crate::config::VMS_DIR),
+        ("container", crate::config::CONTAINERS_DIR),
+    ]
+    .into_iter()
+    .map(|(kind, dir)| (kind, Path::new("/").join(dir)))
+    .filter(|(_, dir)| {
+        set.errors
+            .iter()
+            .any(|e| matches!(e, crate::config::ConfigError::ReadDir { path, .. } if path == dir))
+    })
+    .collect();
+    for (kind, dir) in &unlisted {
+        let last = last.get_or_insert_with(|| keep::Record::load(&targets.keep));
+        for (name, kept) in last.of_kind(kind) {
+            any_autostart |= kept.autostarts();
+            match write_kept(out, kept) {
+                Ok(()) => log::warn!(
+                    "{}: cannot be listed; keeping the units of {kind} {name} from its last good version",
+                    dir.display()
+                ),
+                Err(e) => {
+                    log::error!("{}", crate::error_chain(&e));
+                    report.errors.push(e);
+                }
+            }
+        }
+    }
+    let unlisted_kind = |kind: &str| unlisted.iter().any(|(k, _)| *k == kind);
     let plan = Plan::build(&set);
 
     // A set: with 1000 VMs a list made the stale-file sweep below quadratic (~100 ms). Of
@@ -356,15 +389,24 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
         }
     }
     let keep = |source: &Path| {
-        // The source of a file Volt wrote: kept while that config file exists but is broken.
-        broken.contains_key(source)
+        // The source of a file Volt wrote: kept while that config file exists but is broken,
+        // or its directory cannot be listed.
+        (broken.contains_key(source)
+            && root
+                .join(source.strip_prefix("/").unwrap_or(source))
+                .exists())
+            || source
+                .parent()
+                .is_some_and(|d| unlisted.iter().any(|(_, u)| u == d))
     };
-    sweep_stale(networkd_dir, root, &wanted, &keep, &mut report);
+    sweep_stale(networkd_dir, &wanted, &keep, &mut report);
     // One listing per directory instead of a stat per kept workload.
     let vm_files = toml_stems(&root.join(crate::config::VMS_DIR));
     let container_files = toml_stems(&root.join(crate::config::CONTAINERS_DIR));
     let exists = |kind: &str, name: &str| {
-        if kind == "vm" {
+        if unlisted_kind(kind) {
+            true
+        } else if kind == "vm" {
             vm_files.contains(name)
         } else {
             container_files.contains(name)
@@ -374,7 +416,7 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     // their last good ones; the others' records go with their files.
     let missing =
         |kind: &str, names: &HashSet<String>| names.iter().any(|n| record.get(kind, n).is_none());
-    if missing("vm", &vm_files) || missing("container", &container_files) {
+    if missing("vm", &vm_files) || missing("container", &container_files) || !unlisted.is_empty() {
         let last = last.unwrap_or_else(|| keep::Record::load(&targets.keep));
         record.carry_over(last, &exists);
     }
@@ -419,11 +461,10 @@ fn toml_stems(dir: &Path) -> HashSet<String> {
 }
 
 /// Remove networkd files Volt wrote on an earlier run that nothing wants any more: files with
-/// our name and header, not in `wanted`, whose source config file is not one that exists but
-/// is broken now (`keep`).
+/// our name and header, not in `wanted`, whose source config file `keep` does not hold on to
+/// (one that exists but is broken now, or one in a directory that cannot be listed).
 fn sweep_stale(
     dir: &Path,
-    root: &Path,
     wanted: &HashSet<OsString>,
     keep: &dyn Fn(&Path) -> bool,
     report: &mut Report,
@@ -461,8 +502,7 @@ fn sweep_stale(
             let source = std::fs::read_to_string(p)
                 .ok()
                 .and_then(|t| names::networkd_source(&t));
-            !source
-                .is_some_and(|s| keep(&s) && root.join(s.strip_prefix("/").unwrap_or(&s)).exists())
+            !source.is_some_and(|s| keep(&s))
         })
         .collect();
     stale.sort();
