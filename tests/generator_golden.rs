@@ -37,6 +37,38 @@ struct Run {
     stderr: String,
 }
 
+/// `volt generate OUTDIR` on `root`: the networkd files of every link, in OUTDIR/network.
+fn rendered_networkd(root: &Path, outdir: &Path) -> PathBuf {
+    let o = Command::new(env!("CARGO_BIN_EXE_volt"))
+        .arg("generate")
+        .arg(outdir)
+        .env("VOLT_ROOT", root)
+        .output()
+        .expect("run volt generate");
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).is_empty(),
+        "volt generate said nothing: {o:?}"
+    );
+    outdir.join("network")
+}
+
+/// What a link owner does at `volt link up`: write its link's networkd files (as `volt
+/// generate` renders them) into `root`'s /run/systemd/network.
+fn links_up(root: &Path, scratch: &Path) {
+    let rendered = rendered_networkd(root, scratch);
+    let live = root.join("run/systemd/network");
+    std::fs::create_dir_all(&live).expect("mkdir");
+    for e in std::fs::read_dir(&rendered)
+        .expect("rendered")
+        .filter_map(|e| e.ok())
+    {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with("60-volt-tap-") {
+            std::fs::copy(e.path(), live.join(&name)).expect("copy");
+        }
+    }
+}
+
 /// Runs volt-generator on `root` with the three output directories, logging to stderr.
 fn volt_generator(root: &Path, out: [&Path; 3]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_volt-generator"))
@@ -57,6 +89,9 @@ fn run_generator(case: &Path) -> Run {
         std::fs::create_dir_all(d).expect("mkdir");
     }
     let o = volt_generator(&root, [&normal, &early, &late]);
+    // The link owners' networkd files, as `volt generate` renders them all (the real
+    // generator only refreshes those of links that are up).
+    rendered_networkd(&root, &tmp.path().join("generate"));
     Run {
         _tmp: tmp,
         root,
@@ -101,6 +136,11 @@ fn result_tree(run: &Run) -> Vec<(String, Entry)> {
     for (p, e) in read_tree(&run.root.join("run/systemd/network")) {
         tree.push((format!("run/systemd/network/{p}"), e));
     }
+    let rendered = run.out.parent().expect("tmp").join("generate/network");
+    for (p, e) in read_tree(&rendered) {
+        tree.push((format!("generate/network/{p}"), e));
+    }
+    tree.sort_by(|a, b| a.0.cmp(&b.0));
     tree
 }
 
@@ -307,6 +347,8 @@ fn a_broken_autostart_vm_keeps_its_place_in_the_boot() {
 #[test]
 fn a_broken_file_keeps_its_last_good_units_until_it_is_removed() {
     let run = generated("one-vm");
+    // web runs: its owner wrote its networkd files; the next run refreshes, never sweeps them.
+    links_up(&run.root, &run.out.join("owner"));
     let good = result_tree(&run);
     let again = |tag: &str| rerun(&run, tag);
     let netdev = run
@@ -359,6 +401,7 @@ fn a_broken_file_keeps_its_last_good_units_until_it_is_removed() {
 #[test]
 fn an_unlistable_vms_directory_keeps_every_vms_units() {
     let run = generated("one-vm");
+    links_up(&run.root, &run.out.join("owner"));
     let good = result_tree(&run);
     let want: Vec<(String, Entry)> = good
         .iter()
@@ -511,7 +554,14 @@ fn many_vms_each_get_their_own_units() {
         ["/etc/volt/vms/vm150.toml"].into(),
         "one file skipped: {stderr}"
     );
-    let networkd = root.join("run/systemd/network");
+    // No VM runs: the generator wrote no link's networkd files (a .netdev would make
+    // networkd create the TAP). `volt generate` renders each VM's.
+    let live = root.join("run/systemd/network");
+    assert!(
+        std::fs::read_dir(&live).map_or(true, |d| d.count() == 0),
+        "networkd files for links that are not up"
+    );
+    let networkd = rendered_networkd(&root, &tmp.path().join("generate"));
     for i in (0..n).filter(|&i| i != 150) {
         let dropin = std::fs::read_to_string(
             out.join(format!("volt-vm@vm{i}.service.d/50-volt-generator.conf")),

@@ -76,6 +76,16 @@ fn generator_units_and_networkd_tap_under_real_systemd() {
         )),
         "{status}"
     );
+    // db does not run: networkd's reload for web created no TAP for it, and it has no
+    // networkd files for the next reload to act on.
+    c.ok(&format!(
+        "! test -e /sys/class/net/{db_tap} && ! ls /run/systemd/network/60-volt-{db_tap}.* 2>/dev/null"
+    ));
+    // A daemon-reload while web runs refreshes web's files and writes none for db.
+    c.ok("systemctl daemon-reload && networkctl reload");
+    c.ok(&format!(
+        "test -e /run/systemd/network/60-volt-{web_tap}.netdev && ! ls /run/systemd/network/60-volt-{db_tap}.* 2>/dev/null"
+    ));
     let kind = c.ok(&format!("cat /sys/class/net/{web_tap}/tun_flags"));
     // IFF_TAP (0x2) | IFF_NO_PI (0x1000) | IFF_VNET_HDR (0x4000)
     let flags = u32::from_str_radix(kind.trim().trim_start_matches("0x"), 16).expect("tun_flags");

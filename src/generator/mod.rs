@@ -1,6 +1,9 @@
 //! The systemd generator: renders the plan of `/etc/volt/vms/*.toml` and
 //! `/etc/volt/containers/*.toml` into unit drop-ins, autostart links and networkd runtime
-//! files.
+//! files. A link's `.netdev`/`.network` are the link owner's to create (at `volt link up`)
+//! and remove (at `volt link down`); the generator refreshes the ones that are there (a
+//! changed file of a running workload), so a workload that does not run has no link, even
+//! after networkd reloads for another. `volt generate` renders them all into OUTDIR.
 //!
 //! Follows systemd.generator(7): writes only into its output directories and the networkd
 //! directory it is given (the real generator: `/run/systemd/network`; `volt generate`: below its
@@ -72,6 +75,11 @@ pub struct Targets {
     pub networkd: PathBuf,
     /// The last good units of each workload (`/run/volt/generator`).
     pub keep: PathBuf,
+    /// Write every link's networkd files (`volt generate`, to look at them), or refresh only
+    /// those that are there (the real generator): a link's owner writes them when it brings
+    /// the link up and removes them when it takes it down, and a `.netdev` for a workload
+    /// that does not run would make networkd create its link at the next reload.
+    pub every_link: bool,
 }
 
 /// The units the generator last wrote for each workload under `root` (see [`keep`]).
@@ -86,6 +94,7 @@ impl Targets {
         Targets {
             networkd: paths.networkd_dir(),
             keep: paths.runtime_dir().join("generator"),
+            every_link: false,
         }
     }
 }
@@ -211,7 +220,10 @@ fn generate_workload(
     write_kept(out, &kept)?;
     for a in &w.attachments {
         for f in &a.networkd {
-            write_runtime_if_changed(&targets.networkd.join(&f.name), &f.text)?;
+            let path = targets.networkd.join(&f.name);
+            if targets.every_link || path.exists() {
+                write_runtime_if_changed(&path, &f.text)?;
+            }
         }
     }
     record.insert(w.kind.as_str(), &w.name, kept);
