@@ -156,6 +156,8 @@ pub fn verify(root: &Path, scratch: &Path) -> Vec<String> {
     let targets = Targets {
         networkd: scratch.join("networkd"),
         keep: scratch.join("keep"),
+        // Every link's files, to check them all against the plan.
+        every_link: true,
     };
     let _ = generator::run(root, &OutputDirs::single(&out), &targets);
     let set = ConfigSet::load(root);
