@@ -557,9 +557,15 @@ fn many_vms_each_get_their_own_units() {
     // No VM runs: the generator wrote no link's networkd files (a .netdev would make
     // networkd create the TAP). `volt generate` renders each VM's.
     let live = root.join("run/systemd/network");
+    let tap_files = std::fs::read_dir(&live).map_or(0, |d| {
+        d.filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("60-volt-"))
+            .count()
+    });
+    assert_eq!(tap_files, 0, "networkd files for links that are not up");
     assert!(
-        std::fs::read_dir(&live).map_or(true, |d| d.count() == 0),
-        "networkd files for links that are not up"
+        live.join("10-manybr.netdev").exists(),
+        "the network's bridge"
     );
     let networkd = rendered_networkd(&root, &tmp.path().join("generate"));
     for i in (0..n).filter(|&i| i != 150) {
@@ -589,5 +595,9 @@ fn many_vms_each_get_their_own_units() {
     }
     assert!(!out.join("volt-vm@vm150.service.d").exists());
     let files = std::fs::read_dir(&networkd).expect("networkd dir").count();
-    assert_eq!(files, 2 * (n - 1), "two networkd files per good VM");
+    assert_eq!(
+        files,
+        2 * (n - 1) + 2,
+        "two networkd files per good VM, and the bridge's two"
+    );
 }

@@ -418,3 +418,85 @@ fn stop_ok(c: &Nspawn) {
         journal(c)
     );
 }
+
+/// A network a file defines gets its bridge from networkd, with the gateway's address and
+/// networkd's DHCP server on the container range: a DHCP container on it gets an address
+/// from that pool, a VM's TAP is enslaved by networkd (no direct fallback), and the host
+/// reaches both. Before the generator rendered these bridges, nobody served DHCP there (the
+/// container waited 20 s and ran without an address) and each VM start waited 5 s for
+/// networkd before enslaving its TAP itself.
+#[test]
+fn a_defined_network_gets_its_bridge_and_dhcp_from_networkd() {
+    if skip() {
+        return;
+    }
+    let db = format!(
+        "directory = \"{ROOTFS}\"\ncommand = [\"/bin/sh\", \"-c\", \"exec udhcpc -f -i \\\"$VOLT_IFACE\\\" -s /etc/udhcpc.script -T 1 -A 1 -t 60\"]\n[[network]]\nbridge = \"lab0\"\n"
+    );
+    let web = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nbridge = \"lab0\"\n";
+    let c = setup("ct-lab", &db, web);
+    c.write(
+        "/etc/volt/networks/lab.toml",
+        "bridge = \"lab0\"\nsubnet = \"10.77.0.0/24\"\ngateway = \"10.77.0.1\"\ndhcp = true\n",
+    );
+    c.ok("systemctl daemon-reload");
+    c.ok("systemctl start volt-container@db.service");
+    c.wait_ok(
+        "systemctl is-active volt-container@db.service",
+        Duration::from_secs(20),
+    );
+    let status = c.ok("networkctl status --no-pager lab0");
+    assert!(
+        status.contains("Network File: /run/systemd/network/10-lab0.network")
+            && status.contains("10.77.0.1"),
+        "{status}"
+    );
+    let (h, _) = veth();
+    let link = c.ok(&format!("ip -o link show {h}"));
+    assert!(link.contains("master lab0"), "{link}");
+    let log = c.wait_ok(
+        "journalctl --no-pager -o cat -u volt-container@db.service | grep -F ' from DHCP'",
+        Duration::from_secs(30),
+    );
+    let ip = log
+        .lines()
+        .find_map(|line| {
+            let rest = line.split(" has ").nth(1)?;
+            rest.strip_suffix(" from DHCP")
+                .and_then(|a| a.split('/').next())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no DHCP address in the log:\n{log}"));
+    let last: u8 = ip
+        .rsplit('.')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .expect("ip");
+    assert!(
+        ip.starts_with("10.77.0.") && (100..=254).contains(&last),
+        "{ip} is from networkd's pool on lab0"
+    );
+    ping::assert_all(&c.ok(&format!("ping -c 2 -W 2 {ip}")), 2);
+
+    c.ok("systemctl start volt-vm@web.service");
+    let tap = volt::config::tap_name(&volt::config::vm_uuid("web"), 0);
+    let status = c.ok(&format!("networkctl status --no-pager {tap}"));
+    assert!(status.contains("Master: lab0"), "{status}");
+    let owner = c.ok(&format!(
+        "journalctl --no-pager -o cat -u volt-tap@{tap}.service"
+    ));
+    assert!(
+        owner.contains("is up on lab0")
+            && owner.contains("(networkd)")
+            && !owner.contains("falling back"),
+        "{owner}"
+    );
+    let leases = c.ok("/usr/bin/volt ipam list --network lab");
+    let vm_ip = leases
+        .lines()
+        .find(|l| l.contains("vm/web/eth0"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no VM lease on lab: {leases}"))
+        .to_string();
+    c.wait_ok(&format!("ping -c 1 -W 1 {vm_ip}"), Duration::from_secs(20));
+}

@@ -50,6 +50,18 @@ pub(super) fn up(at: &Attach, a: &Attachment) -> Result<LinkRecord, AttachError>
             .bridge
             .as_deref()
             .ok_or(AttachError::NoBridge { what: what.clone() })?;
+        let rendered = at
+            .paths
+            .networkd_dir()
+            .join(crate::plan::names::bridge_netdev_file_name(bridge));
+        if link::index(bridge).is_none() && rendered.exists() {
+            // networkd creates the bridge of a network a file defines once it reads the
+            // generator's files: a daemon-reload since networkd last loaded them needs a reload.
+            match crate::net::networkd::reload() {
+                Ok(()) | Err(crate::net::networkd::NetworkdError::NotRunning) => {}
+                Err(e) => log::warn!("{what}: {}", crate::error_chain(&e)),
+            }
+        }
         let start = Instant::now();
         while link::index(bridge).is_none() && start.elapsed() < BRIDGE_WAIT {
             std::thread::sleep(Duration::from_millis(50));

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use crate::config::ConfigSet;
 use crate::fsutil::{write_runtime_if_changed, FsError};
 use crate::plan::names::{self, DROPIN_NAME, MACHINES_TARGET, SYSTEM_UNIT_DIR};
-use crate::plan::{static_leases_dropin, Plan, Workload};
+use crate::plan::{bridge_files, static_leases_dropin, Plan, Workload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GeneratorError {
@@ -372,6 +372,16 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
                 );
                 report.errors.push(e);
             }
+        }
+    }
+    // The bridges of networks files define (networkd creates them, with their address and
+    // DHCP server): written whether or not a workload runs, as the packaged volt0's are.
+    for f in plan.networks.list.iter().filter_map(bridge_files).flatten() {
+        let path = networkd_dir.join(&f.name);
+        wanted.insert(path.clone().into_os_string());
+        if let Err(e) = write_runtime_if_changed(&path, &f.text) {
+            log::error!("{}", crate::error_chain(&e));
+            report.errors.push(e.into());
         }
     }
     // DHCP static leases for reservations and static containers whose MAC is known.

@@ -22,7 +22,7 @@ use crate::config::{
 };
 
 pub use names::Paths;
-pub use networkd::{parse_networkd_file, static_leases_dropin, NetworkdFile};
+pub use networkd::{bridge_files, parse_networkd_file, static_leases_dropin, NetworkdFile};
 pub use nspawn::{boot_network, nspawn_args, BoundFile};
 
 /// A VM or a container.

@@ -81,6 +81,17 @@ pub fn network_file_name(link: &str) -> String {
     format!("{NETWORKD_PREFIX}{link}.network")
 }
 
+/// The `.netdev` Volt renders for a bridge a network file defines (`10-<bridge>.netdev`, the
+/// name the packaged volt0's files follow).
+pub fn bridge_netdev_file_name(bridge: &str) -> String {
+    format!("10-{bridge}.netdev")
+}
+
+/// The `.network` of such a bridge; for volt0 it takes the packaged file's place.
+pub fn bridge_network_file_name(bridge: &str) -> String {
+    format!("10-{bridge}.network")
+}
+
 /// The drop-in directory of a bridge's `.network` (`10-<bridge>.network.d`, the name the
 /// packaged `10-volt0.network` follows).
 pub fn bridge_network_dropin_dir(bridge: &str) -> String {
@@ -101,13 +112,14 @@ pub fn altname(workload: &str, nic: &str) -> String {
 }
 
 /// Whether a file named `file_name` (in `/run/systemd/network` or a bridge's `.network.d`)
-/// with content `text` is one Volt owns: our name prefix and our header on the first line.
+/// with content `text` is one Volt owns: our name prefix (a link's `60-volt-`, a bridge's
+/// `10-`) and our header on the first line.
 /// Files without the header are never touched.
 pub fn is_owned_networkd_file(file_name: &str, in_dropin_dir: bool, text: &str) -> bool {
     let ours_by_name = if in_dropin_dir {
         file_name == STATIC_LEASES_NAME
     } else {
-        file_name.starts_with(NETWORKD_PREFIX)
+        (file_name.starts_with(NETWORKD_PREFIX) || file_name.starts_with("10-"))
             && (file_name.ends_with(".netdev") || file_name.ends_with(".network"))
     };
     ours_by_name && text.lines().next() == Some(HEADER)

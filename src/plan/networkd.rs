@@ -1,5 +1,5 @@
-//! The text of the networkd files Volt owns: a TAP's `.netdev`/`.network` and a bridge's
-//! DHCP static leases drop-in. Pure; the generator and the link owners write them.
+//! The text of the networkd files Volt owns: a TAP's `.netdev`/`.network`, the bridge of a
+//! network a file defines, and a bridge's DHCP static leases drop-in. Pure; the generator and the link owners write them.
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::names::{self, HEADER, SOURCE_PREFIX, VOLT_USER};
 use super::Attachment;
-use crate::config::{MacAddr, Network};
+use crate::config::{MacAddr, Network, NetworkType, DEFAULT_NETWORK};
 
 /// One networkd file: its name in `/run/systemd/network` (or in a drop-in directory below
 /// it) and its text.
@@ -66,6 +66,87 @@ pub(super) fn tap_files(a: &Attachment) -> Vec<NetworkdFile> {
             text: network,
         },
     ]
+}
+
+/// The bridge of a network a file defines, as networkd creates and configures it: the
+/// gateway address, the MTU, and networkd's DHCP server handing out the container range when
+/// the network has DHCP. `None` for the built-in volt0 (the package ships its files), an
+/// isolated network (no bridge) and one whose bridge the admin manages (`create_bridge =
+/// false`). A file that redefines volt0 gets only the `.network`, which takes the packaged
+/// one's place (a runtime file wins over `/usr/lib`), keeping its forwarding and masquerade;
+/// the packaged `.netdev` stays.
+pub fn bridge_files(net: &Network) -> Option<Vec<NetworkdFile>> {
+    let source = net.source.as_deref()?;
+    if net.kind == NetworkType::Isolated || !net.create_bridge {
+        return None;
+    }
+    let is_volt0 = net.bridge == DEFAULT_NETWORK;
+    let head = header(
+        source,
+        &format!("bridge {} of network {}", net.bridge, net.name),
+    );
+    let mut network = head.clone();
+    let _ = writeln!(network, "[Match]");
+    let _ = writeln!(network, "Name={}", net.bridge);
+    let _ = writeln!(network);
+    let _ = writeln!(network, "[Link]");
+    let _ = writeln!(network, "MTUBytes={}", net.mtu);
+    let _ = writeln!(network, "RequiredForOnline=no");
+    let _ = writeln!(network);
+    let _ = writeln!(network, "[Network]");
+    let _ = writeln!(
+        network,
+        "Address={}/{}",
+        net.gateway,
+        net.subnet.prefix_len()
+    );
+    let _ = writeln!(network, "ConfigureWithoutCarrier=yes");
+    let _ = writeln!(network, "LinkLocalAddressing=no");
+    let _ = writeln!(network, "IPv6AcceptRA=no");
+    if is_volt0 {
+        let _ = writeln!(network, "IPForward=yes");
+        let _ = writeln!(network, "IPMasquerade=both");
+    }
+    if net.dhcp {
+        let base = u32::from(net.subnet.network());
+        let (start, end) = (
+            u32::from(net.container_range.start),
+            u32::from(net.container_range.end),
+        );
+        let _ = writeln!(network, "DHCPServer=yes");
+        let _ = writeln!(network);
+        let _ = writeln!(network, "[DHCPServer]");
+        let _ = writeln!(network, "PoolOffset={}", start.saturating_sub(base));
+        let _ = writeln!(
+            network,
+            "PoolSize={}",
+            end.saturating_sub(start).saturating_add(1)
+        );
+        let _ = writeln!(network, "EmitDNS=no");
+    }
+    let mut files = vec![NetworkdFile {
+        name: names::bridge_network_file_name(&net.bridge),
+        text: network,
+    }];
+    if !is_volt0 {
+        let mut netdev = head;
+        let _ = writeln!(netdev, "[NetDev]");
+        let _ = writeln!(netdev, "Name={}", net.bridge);
+        let _ = writeln!(netdev, "Kind=bridge");
+        let _ = writeln!(netdev, "MTUBytes={}", net.mtu);
+        let _ = writeln!(netdev);
+        let _ = writeln!(netdev, "[Bridge]");
+        let _ = writeln!(netdev, "STP=no");
+        let _ = writeln!(netdev, "ForwardDelaySec=0");
+        files.insert(
+            0,
+            NetworkdFile {
+                name: names::bridge_netdev_file_name(&net.bridge),
+                text: netdev,
+            },
+        );
+    }
+    Some(files)
 }
 
 /// The drop-in of `net`'s bridge `.network` with `[DHCPServerStaticLease]` sections, named
