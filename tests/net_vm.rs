@@ -3,7 +3,7 @@
 //! for byte, a 9000-byte ping at MTU 9000, every queue of a 4-pair NIC carrying traffic (and
 //! its control queue answering a second command under EVENT_IDX), and
 //! the guest announcing itself (gratuitous ARP, VIRTIO_NET_S_ANNOUNCE acknowledged) when its
-//! link comes up.
+//! link comes up, and a macvtap NIC carrying pings from the far end of its parent.
 
 mod common;
 
@@ -34,6 +34,11 @@ fn boot(tag: &str, nic: &str, mtu: u32) -> Vm {
 
 /// [`boot`], with `prepare` run in the namespace once the bridge is up, before the VM starts.
 fn boot_with(tag: &str, nic: &str, mtu: u32, prepare: impl FnOnce(&TestNs)) -> Vm {
+    boot_nic(tag, &format!("mode = \"direct\"\n{nic}"), mtu, prepare)
+}
+
+/// [`boot_with`] with the whole [[network]] body (its `mode` included).
+fn boot_nic(tag: &str, nic: &str, mtu: u32, prepare: impl FnOnce(&TestNs)) -> Vm {
     let mut ns = TestNs::new(tag);
     ns.bridge("volt0", "10.42.0.1/24", mtu);
     prepare(&ns);
@@ -41,7 +46,7 @@ fn boot_with(tag: &str, nic: &str, mtu: u32, prepare: impl FnOnce(&TestNs)) -> V
     let vms = root.path().join("etc/volt/vms");
     std::fs::create_dir_all(&vms).expect("mkdir");
     let toml = format!(
-        "memory_mib = 64\nkernel = \"{}\"\n[[network]]\nmode = \"direct\"\n{nic}\n",
+        "memory_mib = 64\nkernel = \"{}\"\n[[network]]\n{nic}\n",
         common::guest::elf().display()
     );
     std::fs::write(vms.join("web.toml"), toml).expect("toml");
@@ -321,4 +326,34 @@ fn the_guest_announces_itself_when_its_link_comes_up() {
         "eth0: the guest announced itself on the link",
         Duration::from_secs(10),
     );
+}
+
+/// A macvtap NIC (bridge mode) on a veth parent whose other end lives in a second namespace:
+/// the owner creates the macvtap and its /dev/tap<ifindex>, the VMM opens that device, and
+/// the far end pings the guest through the parent.
+#[test]
+fn a_macvtap_nic_carries_pings_from_the_far_end_of_its_parent() {
+    if skip() {
+        return;
+    }
+    let far = TestNs::new("mvtfar");
+    let far_name = far.name.clone();
+    let vm = boot_nic(
+        "mvt",
+        "mode = \"macvtap\"\nparent = \"mvp0\"\nmacvtap_mode = \"bridge\"\nzone = \"volt0\"\nipv4 = \"10.42.0.10/24\"",
+        1500,
+        |ns| {
+            ns.ok(&format!(
+                "ip link add mvp0 type veth peer name mvp1 && ip link set mvp1 netns {far_name} && ip link set mvp0 up"
+            ));
+            far.ok("ip addr add 10.42.0.50/24 dev mvp1 && ip link set mvp1 up");
+        },
+    );
+    let log = vm.log();
+    let mvt = volt::config::tap_name(&volt::config::vm_uuid("web"), 0).replace("tap-", "mvt-");
+    assert!(log.contains(&format!("eth0: opened {mvt}")), "{log}");
+    let kind = vm.ns.ok(&format!("ip -d -o link show {mvt}"));
+    assert!(kind.contains("macvtap") && kind.contains("mvp0"), "{kind}");
+    let ping = far.ok("ping -c 5 -i 0.2 -W 2 10.42.0.10");
+    assert!(ping.contains(" 0% packet loss"), "{ping}");
 }

@@ -53,12 +53,6 @@ pub fn vm_spec(
     };
     let mut nics = Vec::new();
     for (a, r) in w.attachments.iter().zip(records) {
-        if matches!(a.kind, crate::plan::LinkKind::Macvtap { .. }) {
-            return Err(format!(
-                "{}: macvtap NICs are not supported by the VMM yet",
-                a.describe()
-            ));
-        }
         if let Some(addr) = r.ipv4 {
             cmdline.push(' ');
             cmdline.push_str(&ip_param(a.index, addr, r.gateway));
@@ -71,6 +65,7 @@ pub fn vm_spec(
             mtu: u16::try_from(a.mtu).unwrap_or(1500),
             queues: u16::try_from(a.queues()).unwrap_or(1),
             vhost: a.vhost,
+            macvtap: matches!(a.kind, crate::plan::LinkKind::Macvtap { .. }),
         });
     }
     Ok(crate::vmm::VmSpec {

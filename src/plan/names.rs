@@ -221,7 +221,14 @@ mod tests {
         assert_eq!(p.networkd_dir(), Path::new("/tmp/r/run/systemd/network"));
         let ours = format!("{HEADER}\n{SOURCE_PREFIX}/etc/volt/vms/web.toml\n# VM web\n");
         assert!(is_owned_networkd_file("60-volt-tap-1.netdev", false, &ours));
-        assert!(!is_owned_networkd_file("10-volt0.netdev", false, &ours));
+        // A bridge's files: ours only with our header (the packaged 10-volt0.* have none).
+        assert!(is_owned_networkd_file("10-lab0.netdev", false, &ours));
+        assert!(!is_owned_networkd_file(
+            "10-volt0.network",
+            false,
+            "# Volt's shared bridge\n[Match]\nName=volt0\n"
+        ));
+        assert!(!is_owned_networkd_file("50-admin.network", false, &ours));
         assert!(!is_owned_networkd_file(
             "60-volt-tap-1.netdev",
             false,

@@ -57,6 +57,13 @@ pub enum TapError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open {path}, the device of macvtap {name}")]
+    OpenDevice {
+        name: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot query a TAP fd (TUNGETIFF)")]
     GetIff(#[source] std::io::Error),
     #[error("fd store fd is TAP {found:?} with flags {flags:#06x}, expected {expected} with {wanted:#06x}")]
@@ -278,6 +285,52 @@ impl Tap {
         let flags = flags_for(queues);
         let queues = Self::attach(name, flags, queues.max(1))?;
         Ok(Tap::with_queues(name, queues, flags))
+    }
+
+    /// Open macvtap `name` through its character device `/dev/tap<ifindex>` (its owner made
+    /// the node): one open per queue, each set to `flags_for(queues)` with TUNSETIFF (a
+    /// macvtap takes the flags, not the name). The same ioctls as a TAP's work on the fds.
+    pub fn open_macvtap(name: &str, queues: usize) -> Result<Tap, TapError> {
+        check_name(name)?;
+        let cname = std::ffi::CString::new(name).map_err(|_| TapError::BadName(name.into()))?;
+        // SAFETY: cname is a valid NUL-terminated string.
+        let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        if index == 0 {
+            return Err(TapError::Missing { name: name.into() });
+        }
+        let dev = format!("/dev/tap{index}");
+        let flags = flags_for(queues);
+        let mut fds = Vec::with_capacity(queues.max(1));
+        for q in 0..queues.max(1) {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+                .open(&dev)
+                .map_err(|source| TapError::OpenDevice {
+                    name: name.into(),
+                    path: dev.clone(),
+                    source,
+                })?;
+            let mut req = IfReq::default();
+            ioctl_ptr(&f, TUNGETIFF, &mut req).map_err(TapError::GetIff)?;
+            if req.name() != name {
+                return Err(TapError::Mismatch {
+                    found: req.name(),
+                    flags: req.flags,
+                    expected: name.into(),
+                    wanted: flags,
+                });
+            }
+            let mut req = IfReq::new(name, flags);
+            ioctl_ptr(&f, TUNSETIFF, &mut req).map_err(|source| TapError::SetIff {
+                name: name.into(),
+                queue: q,
+                source,
+            })?;
+            fds.push(f);
+        }
+        Ok(Tap::with_queues(name, fds, flags))
     }
 
     /// Create the TAP `name` (fails if it exists). It is not persistent: it goes away with

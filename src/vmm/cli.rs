@@ -75,7 +75,7 @@ pub struct VmmCli {
     #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
     pub disks: Vec<crate::vmm::disk::DiskSpec>,
     /// A virtio-net device on an existing TAP (repeatable, guest order):
-    /// `tap=NAME,mac=52:54:00:xx:xx:xx[,mtu=N][,queues=N][,vhost=on|off][,netns=PATH][,id=ethN]`.
+    /// `tap=NAME,mac=52:54:00:xx:xx:xx[,mtu=N][,queues=N][,vhost=on|off][,netns=PATH][,id=ethN][,macvtap=on|off]`.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     pub net: Vec<crate::vmm::spec::NicSpec>,
     /// The VM spec `volt vm run` writes (JSON; what volt-vm@.service runs). Errors exit 78
@@ -84,7 +84,7 @@ pub struct VmmCli {
     pub spec: Option<PathBuf>,
 }
 
-/// `tap=NAME,mac=MAC[,mtu=N][,queues=N][,vhost=on|off][,netns=PATH][,id=ID]`.
+/// `tap=NAME,mac=MAC[,mtu=N][,queues=N][,vhost=on|off][,netns=PATH][,id=ID][,macvtap=on|off]`.
 pub fn parse_net(s: &str) -> Result<crate::vmm::spec::NicSpec, String> {
     let mut nic = crate::vmm::spec::NicSpec {
         id: String::new(),
@@ -94,6 +94,7 @@ pub fn parse_net(s: &str) -> Result<crate::vmm::spec::NicSpec, String> {
         mtu: 1500,
         queues: 1,
         vhost: true,
+        macvtap: false,
     };
     for part in s.split(',') {
         let (k, v) = part
@@ -115,9 +116,10 @@ pub fn parse_net(s: &str) -> Result<crate::vmm::spec::NicSpec, String> {
             "vhost" => nic.vhost = matches!(v, "on" | "yes" | "true" | "1"),
             "netns" => nic.netns = Some(PathBuf::from(v)),
             "id" => nic.id = v.to_string(),
+            "macvtap" => nic.macvtap = matches!(v, "on" | "yes" | "true" | "1"),
             _ => {
                 return Err(format!(
-                    "unknown key {k:?} (tap, mac, mtu, queues, vhost, netns, id)"
+                    "unknown key {k:?} (tap, mac, mtu, queues, vhost, netns, id, macvtap)"
                 ))
             }
         }

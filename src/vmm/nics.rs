@@ -85,8 +85,8 @@ pub struct Nics {
     pub summary: Vec<String>,
 }
 
-/// Open TAP `spec.tap`: in the VMM's own namespace, or inside `spec.netns` (a thread that
-/// enters it; the fds stay valid outside).
+/// Open TAP (or macvtap) `spec.tap`: in the VMM's own namespace, or inside `spec.netns` (a
+/// thread that enters it; the fds stay valid outside).
 fn open(spec: &NicSpec) -> Result<Tap, NicError> {
     let queues = usize::from(spec.queues.max(1));
     let tap_err = |source| NicError::Tap {
@@ -94,11 +94,19 @@ fn open(spec: &NicSpec) -> Result<Tap, NicError> {
         tap: spec.tap.clone(),
         source,
     };
+    let macvtap = spec.macvtap;
+    let open = move |name: &str| {
+        if macvtap {
+            Tap::open_macvtap(name, queues)
+        } else {
+            Tap::open(name, queues)
+        }
+    };
     match &spec.netns {
-        None => Tap::open(&spec.tap, queues).map_err(tap_err),
+        None => open(&spec.tap).map_err(tap_err),
         Some(ns) => {
             let name = spec.tap.clone();
-            netns::run_in(ns, move || Tap::open(&name, queues))
+            netns::run_in(ns, move || open(&name))
                 .map_err(|source| NicError::Netns {
                     nic: spec.id.clone(),
                     tap: spec.tap.clone(),

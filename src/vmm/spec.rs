@@ -94,6 +94,9 @@ pub struct NicSpec {
     /// Try vhost-net first (falls back to the userspace data path).
     #[serde(default = "yes")]
     pub vhost: bool,
+    /// `tap` is a macvtap: opened through its `/dev/tap<ifindex>`, not `/dev/net/tun`.
+    #[serde(default)]
+    pub macvtap: bool,
 }
 
 fn default_mtu() -> u16 {
