@@ -315,4 +315,6 @@ impl Drop for Blk {
 }
 
 #[cfg(test)]
+mod exec_tests;
+#[cfg(test)]
 mod tests;

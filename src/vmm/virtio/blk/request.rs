@@ -69,6 +69,10 @@ pub struct Request {
     pub data_len: u64,
     /// The status byte.
     pub status: GuestAddress,
+    /// DISCARD / WRITE_ZEROES: the segment, read from guest memory once, here. The throttle's
+    /// charge and the I/O both use this copy: read again at execution, another vCPU could
+    /// have enlarged the range after it was charged.
+    pub dwz: Option<DwzSegment>,
 }
 
 /// What is wrong with a chain.
@@ -195,12 +199,28 @@ pub fn parse(descs: &[Desc], mem: &GuestMemoryMmap) -> Result<Request, ParseErro
         _ => {}
     }
     let data_len = data.iter().map(|s| s.len).sum();
+    let dwz = match kind {
+        kind::DISCARD | kind::WRITE_ZEROES if data_len == DWZ_SEG_LEN => {
+            let mut raw = [0u8; DWZ_SEG_LEN as usize];
+            let mut off = 0usize;
+            for s in &data {
+                let n = s.len as usize;
+                if mem.read_slice(&mut raw[off..off + n], s.addr).is_err() {
+                    return Err(err(Fault::OutOfMemory(s.addr.0)));
+                }
+                off += n;
+            }
+            Some(DwzSegment::from_bytes(&raw))
+        }
+        _ => None,
+    };
     Ok(Request {
         kind,
         sector,
         data,
         data_len,
         status,
+        dwz,
     })
 }
 

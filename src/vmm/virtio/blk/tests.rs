@@ -19,7 +19,7 @@ use crate::vmm::virtio::test_queue::{add_chain, mem, used, MEM};
 
 const DISK_SECTORS: u64 = 64;
 
-fn hdr(kind: u32, sector: u64) -> [u8; 16] {
+pub(super) fn hdr(kind: u32, sector: u64) -> [u8; 16] {
     let mut h = [0u8; 16];
     h[..4].copy_from_slice(&kind.to_le_bytes());
     h[8..].copy_from_slice(&sector.to_le_bytes());
@@ -37,7 +37,7 @@ fn info() -> DiskInfo {
     }
 }
 
-fn d(addr: u64, len: u32, write: bool) -> Desc {
+pub(super) fn d(addr: u64, len: u32, write: bool) -> Desc {
     Desc {
         addr: GuestAddress(addr),
         len,
@@ -132,6 +132,7 @@ fn check_bounds_sizes_directions_and_features() {
         data: Vec::new(),
         data_len: len,
         status: GuestAddress(0),
+        dwz: None,
     };
     let i = info();
     assert_eq!(

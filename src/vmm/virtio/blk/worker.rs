@@ -13,7 +13,7 @@ use vmm_sys_util::epoll::{EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::io::DiskIo;
-use super::request::{self, kind, status, Desc, DiskInfo, DwzSegment, Fault, Request};
+use super::request::{self, kind, status, Desc, DiskInfo, Fault, Request};
 use super::throttle::Throttle;
 use crate::log_limited;
 use crate::vmm::disk::SECTOR_SIZE;
@@ -141,7 +141,8 @@ pub fn execute(req: &Request, ctx: &Ctx<'_>) -> (u8, u32) {
             (status::OK, done as u32)
         }
         kind::DISCARD | kind::WRITE_ZEROES => {
-            let Some(seg) = segment(req, ctx.mem) else {
+            // The copy parse() took, never guest memory again (see `Request::dwz`).
+            let Some(seg) = req.dwz else {
                 return (status::IOERR, 0);
             };
             let (off, len) = match seg.check(req.kind, &ctx.info) {
@@ -161,21 +162,6 @@ pub fn execute(req: &Request, ctx: &Ctx<'_>) -> (u8, u32) {
     }
 }
 
-/// The segment of a DISCARD / WRITE_ZEROES request (its 16 data bytes, which `check` made
-/// sure it has), or `None` when guest memory does not hold it.
-fn segment(req: &Request, mem: &GuestMemoryMmap) -> Option<DwzSegment> {
-    let mut raw = [0u8; 16];
-    let mut done = 0usize;
-    for s in &req.data {
-        let m = s.len as usize;
-        if done + m > raw.len() || mem.read_slice(&mut raw[done..done + m], s.addr).is_err() {
-            return None;
-        }
-        done += m;
-    }
-    Some(DwzSegment::from_bytes(&raw))
-}
-
 /// What a request costs in the bytes bucket: the data it moves. WRITE_ZEROES writes its
 /// whole range (the kernel's ZERO_RANGE on a block device, or Volt's fallback writing zeroes),
 /// so it costs that range like a write (a segment it will refuse costs nothing); DISCARD
@@ -183,7 +169,8 @@ fn segment(req: &Request, mem: &GuestMemoryMmap) -> Option<DwzSegment> {
 fn cost(req: &Request, ctx: &Ctx<'_>) -> u64 {
     match req.kind {
         kind::IN | kind::OUT => req.data_len,
-        kind::WRITE_ZEROES => segment(req, ctx.mem)
+        kind::WRITE_ZEROES => req
+            .dwz
             .and_then(|s| s.check(req.kind, &ctx.info).ok())
             .map_or(0, |(_, len)| len),
         _ => 0,
