@@ -135,3 +135,46 @@ fn write_zeroes_runs_on_the_segment_read_at_parse_time() {
     );
     assert_eq!(io.calls(), vec![Call::WriteZeroes(8 * 512, 2 * 512, false)]);
 }
+
+#[test]
+fn write_through_flushes_after_discard_and_write_zeroes_as_after_a_write() {
+    let m = mem();
+    for write_through in [true, false] {
+        let io = Recorder::default();
+        let stats = Stats::default();
+        let c = ctx(&m, &io, &stats, write_through);
+        let req = dwz_request(&m, kind::DISCARD, seg(8, 2, 0));
+        assert_eq!(worker::execute(&req, &c), (status::OK, 0));
+        let req = dwz_request(&m, kind::WRITE_ZEROES, seg(16, 1, 1));
+        assert_eq!(worker::execute(&req, &c), (status::OK, 0));
+        m.write_slice(&hdr(kind::OUT, 4), GuestAddress(0x1000))
+            .unwrap();
+        let req = request::parse(
+            &[
+                d(0x1000, 16, false),
+                d(0x4000, 512, false),
+                d(0x3000, 1, true),
+            ],
+            &m,
+        )
+        .unwrap();
+        assert_eq!(worker::execute(&req, &c), (status::OK, 0));
+        let want = if write_through {
+            vec![
+                Call::Discard(8 * 512, 1024),
+                Call::Flush,
+                Call::WriteZeroes(16 * 512, 512, true),
+                Call::Flush,
+                Call::Write(4 * 512),
+                Call::Flush,
+            ]
+        } else {
+            vec![
+                Call::Discard(8 * 512, 1024),
+                Call::WriteZeroes(16 * 512, 512, true),
+                Call::Write(4 * 512),
+            ]
+        };
+        assert_eq!(io.calls(), want, "write_through = {write_through}");
+    }
+}

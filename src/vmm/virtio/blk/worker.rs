@@ -66,7 +66,8 @@ pub struct Ctx<'a> {
     pub info: DiskInfo,
     /// GET_ID answer (at most 20 bytes).
     pub serial: &'a [u8],
-    /// FLUSH not negotiated: the device is write-through (sync after every write).
+    /// FLUSH not negotiated: the device is write-through (sync after every write, discard
+    /// and zeroing).
     pub write_through: bool,
     pub stats: &'a Stats,
 }
@@ -150,12 +151,17 @@ pub fn execute(req: &Request, ctx: &Ctx<'_>) -> (u8, u32) {
                 Err(st) => return (st, 0),
             };
             Stats::add(&ctx.stats.discards, 1);
-            let r = if req.kind == kind::DISCARD {
+            let mut r = if req.kind == kind::DISCARD {
                 ctx.io.discard(off, len)
             } else {
                 ctx.io
                     .write_zeroes(off, len, seg.flags & request::DWZ_FLAG_UNMAP != 0)
             };
+            // They change the disk's content as a write does: durable before the answer
+            // when the device is write-through.
+            if r.is_ok() && ctx.write_through {
+                r = ctx.io.flush();
+            }
             (ok(r), 0)
         }
         _ => (status::UNSUPP, 0),
