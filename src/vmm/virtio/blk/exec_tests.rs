@@ -178,3 +178,41 @@ fn write_through_flushes_after_discard_and_write_zeroes_as_after_a_write() {
         assert_eq!(io.calls(), want, "write_through = {write_through}");
     }
 }
+
+#[test]
+fn a_failed_flush_fails_every_later_one_across_engines() {
+    let m = mem();
+    m.write_slice(&hdr(kind::FLUSH, 0), GuestAddress(0x1000))
+        .unwrap();
+    let flush = request::parse(&[d(0x1000, 16, false), d(0x3000, 1, true)], &m).unwrap();
+    let failed = Arc::new(AtomicBool::new(false));
+    let rec = Recorder::default();
+    *rec.failing_flushes.lock().unwrap() = 1;
+    let stats = Stats::default();
+    let io = io::StickyFlush::new(Box::new(rec), failed.clone(), "vdt");
+    let c = ctx(&m, &io, &stats, false);
+    assert_eq!(worker::execute(&flush, &c), (status::IOERR, 0));
+    // The engine would say OK now (its fdatasync found nothing left to write): still IOERR.
+    assert_eq!(worker::execute(&flush, &c), (status::IOERR, 0));
+    assert_eq!(worker::execute(&flush, &c), (status::IOERR, 0));
+    // After a reset, the next activation's engine (a fresh fd) keeps the failure.
+    let io = io::StickyFlush::new(Box::new(Recorder::default()), failed, "vdt");
+    let c = ctx(&m, &io, &stats, true);
+    assert_eq!(worker::execute(&flush, &c), (status::IOERR, 0));
+    m.write_slice(&hdr(kind::OUT, 4), GuestAddress(0x1000))
+        .unwrap();
+    let write = request::parse(
+        &[
+            d(0x1000, 16, false),
+            d(0x4000, 512, false),
+            d(0x3000, 1, true),
+        ],
+        &m,
+    )
+    .unwrap();
+    assert_eq!(
+        worker::execute(&write, &c),
+        (status::IOERR, 0),
+        "a write-through write is not durable either"
+    );
+}

@@ -8,6 +8,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::vmm::disk::{CacheMode, DiskSpec, SECTOR_SIZE};
 
@@ -137,6 +139,67 @@ pub fn describe(path: &Path, image: &Image) -> String {
             "file"
         }
     )
+}
+
+/// An engine whose first failed flush fails every later one. When fdatasync reports a write
+/// error, Linux marks the pages it could not write clean (or drops them), and the next
+/// fdatasync succeeds though those writes are lost: answering a later FLUSH with OK would
+/// tell the guest its data is safe. `failed` belongs to the device, so it outlives the
+/// engine of one activation (a reset hands the next one a fresh fd on the same image).
+pub struct StickyFlush {
+    inner: Box<dyn DiskIo>,
+    failed: Arc<AtomicBool>,
+    /// The disk, for the one log line.
+    name: String,
+}
+
+impl StickyFlush {
+    pub fn new(inner: Box<dyn DiskIo>, failed: Arc<AtomicBool>, name: &str) -> StickyFlush {
+        StickyFlush {
+            inner,
+            failed,
+            name: name.to_string(),
+        }
+    }
+}
+
+impl DiskIo for StickyFlush {
+    unsafe fn read_iov(&self, iov: &[libc::iovec], offset: u64) -> io::Result<()> {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.inner.read_iov(iov, offset) }
+    }
+
+    unsafe fn write_iov(&self, iov: &[libc::iovec], offset: u64) -> io::Result<()> {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.inner.write_iov(iov, offset) }
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let r = self.inner.flush();
+        if let Err(e) = &r {
+            // Logged once per device (the guest cannot repeat it): every later flush fails
+            // without a word.
+            if !self.failed.swap(true, Ordering::AcqRel) {
+                log::error!(
+                    "{}: flushing the image failed ({e}): writes may be lost; every later \
+                     flush of this disk fails",
+                    self.name
+                );
+            }
+        }
+        r
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.discard(offset, len)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        self.inner.write_zeroes(offset, len, unmap)
+    }
 }
 
 /// The synchronous engine on an image file.

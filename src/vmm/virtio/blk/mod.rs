@@ -14,6 +14,7 @@ pub mod request;
 pub mod throttle;
 pub mod worker;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -100,6 +101,8 @@ pub struct Blk {
     acked: u64,
     worker: Option<(JoinHandle<()>, Arc<EventFd>)>,
     stats: Arc<Stats>,
+    /// A flush failed: every later one fails too, across resets ([`io::StickyFlush`]).
+    flush_failed: Arc<AtomicBool>,
     queue_sizes: [u16; 1],
     /// The guest decides how often the device stops (resets): its summary line is limited.
     stop_log: crate::vmm::ratelimit::LogLimiter,
@@ -174,6 +177,7 @@ impl Blk {
             acked: 0,
             worker: None,
             stats: Arc::new(Stats::default()),
+            flush_failed: Arc::new(AtomicBool::new(false)),
             queue_sizes: [QUEUE_SIZE],
             stop_log: crate::vmm::ratelimit::LogLimiter::new(),
         })
@@ -277,7 +281,11 @@ impl VirtioDevice for Blk {
             kick: dq.notify,
             stop: stop.clone(),
             mem,
-            io,
+            io: Box::new(io::StickyFlush::new(
+                io,
+                self.flush_failed.clone(),
+                &self.name,
+            )),
             info: self.info(),
             serial: self.serial.clone(),
             write_through: self.acked & features::FLUSH == 0,
