@@ -77,6 +77,7 @@ pub fn run(data: &[u8]) {
             discard: !read_only && feats & 1 != 0,
             write_zeroes: !read_only && feats & 2 != 0,
             max_transfer: 1 << 20,
+            max_segment: 1 << 20,
             max_dwz_sectors: u32::from(feats >> 4) * 4,
         },
         serial: b"fuzz-serial-0123456789",

@@ -1,15 +1,22 @@
 //! The request path against a recording engine: what reaches the disk, and in which order.
 
 use std::sync::Mutex;
+use std::time::Instant;
 
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::io::DiskIo;
 use super::request::{self, kind, status, DiskInfo};
 use super::tests::{d, hdr};
+use super::throttle::Throttle;
 use super::worker::{self, Ctx, Stats};
 use super::*;
-use crate::vmm::virtio::test_queue::mem;
+use crate::vmm::disk::DiskLimit;
+use crate::vmm::virtio::test_queue::{mem, used};
 
 /// One call the request path made on the engine (offsets and lengths in bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +81,7 @@ fn info() -> DiskInfo {
         discard: true,
         write_zeroes: true,
         max_transfer: u64::from(SIZE_MAX) * u64::from(SEG_MAX),
+        max_segment: u64::from(SIZE_MAX),
         max_dwz_sectors: MAX_DWZ_SECTORS,
     }
 }
@@ -214,5 +222,99 @@ fn a_failed_flush_fails_every_later_one_across_engines() {
         worker::execute(&write, &c),
         (status::IOERR, 0),
         "a write-through write is not durable either"
+    );
+}
+
+/// Writes an indirect table at `at` for an IN of sector 0: the header at 0x1_0000, `pieces`
+/// data descriptors of 512 bytes from 0x4_0000, the status byte at `status`.
+fn indirect_in(m: &GuestMemoryMmap, at: u64, pieces: usize, status: u64) -> RawDescriptor {
+    m.write_slice(&hdr(kind::IN, 0), GuestAddress(0x1_0000))
+        .unwrap();
+    let mut table = vec![(0x1_0000u64, 16u32, false)];
+    table.extend((0..pieces as u64).map(|i| (0x4_0000 + i * 512, 512, true)));
+    table.push((status, 1, true));
+    for (i, &(addr, len, write)) in table.iter().enumerate() {
+        let last = i + 1 == table.len();
+        let mut flags = 0u16;
+        if !last {
+            flags |= VRING_DESC_F_NEXT as u16;
+        }
+        if write {
+            flags |= VRING_DESC_F_WRITE as u16;
+        }
+        let mut e = [0u8; 16];
+        e[..8].copy_from_slice(&addr.to_le_bytes());
+        e[8..12].copy_from_slice(&len.to_le_bytes());
+        e[12..14].copy_from_slice(&flags.to_le_bytes());
+        e[14..].copy_from_slice(&(i as u16 + 1).to_le_bytes());
+        m.write_slice(&e, GuestAddress(at + i as u64 * 16)).unwrap();
+    }
+    RawDescriptor::from(SplitDescriptor::new(
+        at,
+        table.len() as u32 * 16,
+        VRING_DESC_F_INDIRECT as u16,
+        0,
+    ))
+}
+
+#[test]
+fn a_chain_of_more_than_seg_max_plus_two_descriptors_is_refused() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    // Through indirect tables (not offered, but followed): SEG_MAX data descriptors (the
+    // most a request may have), then one more.
+    let seg_max = SEG_MAX as usize;
+    vq.add_desc_chains(&[indirect_in(&m, 0x8_0000, seg_max, 0x7_0000)], 0)
+        .unwrap();
+    vq.add_desc_chains(&[indirect_in(&m, 0x9_0000, seg_max + 1, 0x7_0001)], 1)
+        .unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    let io = Recorder::default();
+    let stats = Stats::default();
+    let mut t = Throttle::new(&DiskLimit::default(), Instant::now());
+    let c = ctx(&m, &io, &stats, false);
+    let pass = worker::process(&mut q, &c, &mut t, &mut None, &mut Vec::new());
+    assert!(pass.used);
+    let mut st = [9u8; 2];
+    m.read_slice(&mut st, GuestAddress(0x7_0000)).unwrap();
+    assert_eq!(st, [status::OK, status::IOERR]);
+    assert_eq!(
+        io.calls(),
+        vec![Call::Read(0)],
+        "only the first one is read"
+    );
+    assert_eq!(used(&vq, 0), (0, seg_max as u32 * 512 + 1));
+    assert_eq!(used(&vq, 1), (1, 1));
+}
+
+#[test]
+fn a_segment_larger_than_size_max_is_refused_once_size_max_is_accepted() {
+    let r = |lens: &[u64]| request::Request {
+        kind: kind::OUT,
+        sector: 0,
+        data: lens
+            .iter()
+            .map(|&len| request::Segment {
+                addr: GuestAddress(0),
+                len,
+            })
+            .collect(),
+        data_len: lens.iter().sum(),
+        status: GuestAddress(0),
+        dwz: None,
+    };
+    let max = u64::from(SIZE_MAX);
+    assert_eq!(request::check(&r(&[max, max]), &info()), Ok(()));
+    assert_eq!(
+        request::check(&r(&[max - 512, max + 512]), &info()),
+        Err(status::IOERR)
+    );
+    let not_accepted = DiskInfo {
+        max_segment: u64::MAX,
+        ..info()
+    };
+    assert_eq!(
+        request::check(&r(&[max - 512, max + 512]), &not_accepted),
+        Ok(())
     );
 }

@@ -195,6 +195,13 @@ impl Blk {
             discard: self.acked & features::DISCARD != 0,
             write_zeroes: self.acked & features::WRITE_ZEROES != 0,
             max_transfer: u64::from(SIZE_MAX) * u64::from(SEG_MAX),
+            // Enforced rather than no longer offered: the spec makes size_max the largest
+            // segment a driver that accepted the feature may send, and Linux honours it.
+            max_segment: if self.acked & features::SIZE_MAX != 0 {
+                u64::from(SIZE_MAX)
+            } else {
+                u64::MAX
+            },
             max_dwz_sectors: MAX_DWZ_SECTORS,
         }
     }

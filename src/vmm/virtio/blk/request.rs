@@ -21,6 +21,12 @@ pub const DWZ_SEG_LEN: u64 = 16;
 pub const ID_BYTES: u64 = 20;
 /// Flag of a WRITE_ZEROES segment: the device may deallocate the range.
 pub const DWZ_FLAG_UNMAP: u32 = 1;
+/// Most descriptors in one chain: `seg_max` data segments, the header and the status, as
+/// Linux builds them (its scatterlists hold seg_max + 2 entries). A direct chain cannot be
+/// longer (the queue holds SEG_MAX + 2), but virtio-queue follows indirect tables of up to
+/// 65535 descriptors although VIRTIO_RING_F_INDIRECT_DESC is not offered: such a chain is
+/// answered IOERR instead of being collected and served.
+pub const MAX_DESCS: usize = super::SEG_MAX as usize + 2;
 
 /// Request types.
 pub mod kind {
@@ -86,6 +92,8 @@ pub enum Fault {
     ShortHeader(u64),
     /// A descriptor outside guest memory (or across a region boundary).
     OutOfMemory(u64),
+    /// More than [`MAX_DESCS`] descriptors.
+    TooLong,
 }
 
 impl std::fmt::Display for Fault {
@@ -97,6 +105,7 @@ impl std::fmt::Display for Fault {
             }
             Fault::ShortHeader(n) => write!(f, "has a {n}-byte header (16 needed)"),
             Fault::OutOfMemory(a) => write!(f, "points outside guest memory ({a:#x})"),
+            Fault::TooLong => write!(f, "has more than {MAX_DESCS} descriptors"),
         }
     }
 }
@@ -159,6 +168,9 @@ pub fn parse(descs: &[Desc], mem: &GuestMemoryMmap) -> Result<Request, ParseErro
         fault,
         status: Some(status),
     };
+    if descs.len() > MAX_DESCS {
+        return Err(err(Fault::TooLong));
+    }
     let split = descs.iter().position(|d| d.write).unwrap_or(descs.len());
     let (readable, writable) = descs.split_at(split);
     if writable.iter().any(|d| !d.write) {
@@ -169,7 +181,7 @@ pub fn parse(descs: &[Desc], mem: &GuestMemoryMmap) -> Result<Request, ParseErro
             return Err(err(Fault::OutOfMemory(d.addr.0)));
         }
     }
-    // Lengths are u32 and a chain is at most a queue's worth: u64 cannot overflow.
+    // Lengths are u32 and a chain is at most MAX_DESCS long: u64 cannot overflow.
     let readable_len: u64 = readable.iter().map(|d| u64::from(d.len)).sum();
     let writable_len: u64 = writable.iter().map(|d| u64::from(d.len)).sum();
     if readable_len < HDR_LEN {
@@ -236,6 +248,10 @@ pub struct DiskInfo {
     pub write_zeroes: bool,
     /// Largest data transfer of one IN/OUT request, in bytes.
     pub max_transfer: u64,
+    /// Largest data segment of an IN/OUT request, in bytes: `size_max` when the driver
+    /// accepted VIRTIO_BLK_F_SIZE_MAX (it is then bound by it: Linux makes it the queue's
+    /// max_segment_size, so it never sends more), else unbounded.
+    pub max_segment: u64,
     /// `max_discard_sectors` / `max_write_zeroes_sectors`.
     pub max_dwz_sectors: u32,
 }
@@ -251,7 +267,10 @@ pub fn range_ok(sector: u64, sectors: u64, capacity: u64) -> bool {
 pub fn check(req: &Request, disk: &DiskInfo) -> Result<(), u8> {
     match req.kind {
         kind::IN | kind::OUT => {
-            if !req.data_len.is_multiple_of(SECTOR_SIZE) || req.data_len > disk.max_transfer {
+            if !req.data_len.is_multiple_of(SECTOR_SIZE)
+                || req.data_len > disk.max_transfer
+                || req.data.iter().any(|s| s.len > disk.max_segment)
+            {
                 return Err(status::IOERR);
             }
             if !range_ok(req.sector, req.data_len / SECTOR_SIZE, disk.capacity) {

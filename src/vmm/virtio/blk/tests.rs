@@ -33,6 +33,7 @@ fn info() -> DiskInfo {
         discard: true,
         write_zeroes: true,
         max_transfer: u64::from(SIZE_MAX) * u64::from(SEG_MAX),
+        max_segment: u64::from(SIZE_MAX),
         max_dwz_sectors: MAX_DWZ_SECTORS,
     }
 }

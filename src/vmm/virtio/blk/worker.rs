@@ -255,12 +255,20 @@ pub fn process(
                 };
                 budget.popped();
                 let head = chain.head_index();
+                // At most MAX_DESCS + 1 kept, the last of them the chain's last (where its
+                // status goes): parse refuses a chain that long without collecting it all.
                 descs.clear();
-                descs.extend(chain.map(|d| Desc {
-                    addr: d.addr(),
-                    len: d.len(),
-                    write: d.is_write_only(),
-                }));
+                for d in chain {
+                    let d = Desc {
+                        addr: d.addr(),
+                        len: d.len(),
+                        write: d.is_write_only(),
+                    };
+                    match descs.get_mut(request::MAX_DESCS) {
+                        Some(last) => *last = d,
+                        None => descs.push(d),
+                    }
+                }
                 match request::parse(descs, ctx.mem) {
                     Ok(req) => (head, req),
                     Err(e) => {
