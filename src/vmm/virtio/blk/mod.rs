@@ -99,7 +99,11 @@ pub struct Blk {
     serial: Vec<u8>,
     config: [u8; CONFIG_LEN],
     acked: u64,
-    worker: Option<(JoinHandle<()>, Arc<EventFd>)>,
+    worker: Option<(JoinHandle<throttle::Throttle>, Arc<EventFd>)>,
+    /// The rate limiter, between activations: the I/O thread hands it back when it stops, so
+    /// a reset neither refills the buckets nor forgives a debt (the guest decides how often
+    /// it resets).
+    throttle: Option<throttle::Throttle>,
     stats: Arc<Stats>,
     /// A flush failed: every later one fails too, across resets ([`io::StickyFlush`]).
     flush_failed: Arc<AtomicBool>,
@@ -176,6 +180,7 @@ impl Blk {
             config: config_space(capacity),
             acked: 0,
             worker: None,
+            throttle: Some(throttle::Throttle::new(&spec.limit, Instant::now())),
             stats: Arc::new(Stats::default()),
             flush_failed: Arc::new(AtomicBool::new(false)),
             queue_sizes: [QUEUE_SIZE],
@@ -209,8 +214,9 @@ impl Blk {
     fn stop(&mut self) {
         if let Some((h, stop)) = self.worker.take() {
             let _ = stop.write(1);
-            if h.join().is_err() {
-                log::error!("{}: the I/O thread panicked", self.name);
+            match h.join() {
+                Ok(t) => self.throttle = Some(t),
+                Err(_) => log::error!("{}: the I/O thread panicked", self.name),
             }
             crate::log_limited!(
                 self.stop_log,
@@ -296,7 +302,11 @@ impl VirtioDevice for Blk {
             info: self.info(),
             serial: self.serial.clone(),
             write_through: self.acked & features::FLUSH == 0,
-            throttle: throttle::Throttle::new(&self.spec.limit, Instant::now()),
+            // Only a thread that panicked (or never started) did not hand its throttle back.
+            throttle: self
+                .throttle
+                .take()
+                .unwrap_or_else(|| throttle::Throttle::new(&self.spec.limit, Instant::now())),
             interrupt,
             stats: self.stats.clone(),
         };
@@ -329,6 +339,8 @@ impl Drop for Blk {
     }
 }
 
+#[cfg(test)]
+mod device_tests;
 #[cfg(test)]
 mod exec_tests;
 #[cfg(test)]

@@ -322,8 +322,8 @@ const T_KICK: u64 = 0;
 const T_STOP: u64 = 1;
 
 impl Worker {
-    /// Runs until the stop eventfd fires.
-    pub fn run(mut self) {
+    /// Runs until the stop eventfd fires; returns the throttle, for the next activation.
+    pub fn run(mut self) -> Throttle {
         let mut limiter = LogLimiter::new();
         let Some(epoll) = crate::vmm::event::worker_epoll(
             &self.name,
@@ -332,7 +332,7 @@ impl Worker {
                 (self.stop.as_raw_fd(), T_STOP, EventSet::IN),
             ],
         ) else {
-            return;
+            return self.throttle;
         };
         let mut deferred = None;
         let mut descs = Vec::with_capacity(usize::from(self.queue.max_size()));
@@ -395,7 +395,7 @@ impl Worker {
                 &self.kick,
                 T_STOP,
             ) {
-                return;
+                return self.throttle;
             }
         }
     }
