@@ -3,12 +3,13 @@
 //! A guest that hammers an unknown port must not flood the journal: each call site owns a
 //! [`LogLimiter`] that lets a burst through per window and counts the rest.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Lines allowed per window.
-const BURST: u32 = 10;
+pub const BURST: u32 = 10;
 /// Window length.
-const WINDOW: Duration = Duration::from_secs(5);
+pub const WINDOW: Duration = Duration::from_secs(5);
 
 /// Lets [`BURST`] events per [`WINDOW`] through and counts the suppressed ones.
 #[derive(Debug)]
@@ -67,6 +68,44 @@ impl LogLimiter {
             self.suppressed += 1;
             Allowed::No
         }
+    }
+}
+
+/// A [`LogLimiter`] a device owns and shares with its worker threads: every queue thread and
+/// every activation draws on one budget, so a guest that resets and re-activates the device
+/// in a loop (each time with a broken chain) gets no fresh burst of lines per cycle.
+#[derive(Debug, Clone, Default)]
+pub struct SharedLimiter(Arc<Mutex<LogLimiter>>);
+
+impl SharedLimiter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// As [`LogLimiter::check`] (a lock poisoned by a panicking thread still counts).
+    pub fn check(&self) -> Allowed {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check()
+    }
+}
+
+/// What [`crate::vmm::virtio::VirtioInterrupt::signal_used_queue_logged`] logs through: a
+/// worker's own limiter or its device's shared one.
+pub trait Limit {
+    fn check(&mut self) -> Allowed;
+}
+
+impl Limit for LogLimiter {
+    fn check(&mut self) -> Allowed {
+        LogLimiter::check(self)
+    }
+}
+
+impl Limit for SharedLimiter {
+    fn check(&mut self) -> Allowed {
+        SharedLimiter::check(self)
     }
 }
 

@@ -121,7 +121,7 @@ impl VirtioInterrupt {
 
     /// [`Self::signal_used_queue`] for a worker thread: a failure is logged through `limiter`
     /// as `who: interrupt failed: …` (the guest controls how often this runs).
-    pub fn signal_used_queue_logged(&self, who: &str, limiter: &mut super::ratelimit::LogLimiter) {
+    pub fn signal_used_queue_logged(&self, who: &str, limiter: &mut impl super::ratelimit::Limit) {
         if let Err(e) = self.signal_used_queue() {
             crate::log_limited!(limiter, log::Level::Warn, "{who}: interrupt failed: {e}");
         }

@@ -1,6 +1,7 @@
 //! The device across activations and resets, with its I/O thread running: what must outlive
 //! one activation (the rate limiter, the log limiter) and how it stops.
 
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use virtio_queue::mock::MockSplitQueue;
@@ -11,17 +12,18 @@ use super::tests::hdr;
 use super::*;
 use crate::vmm::devices::IrqLine;
 use crate::vmm::disk::DiskLimit;
+use crate::vmm::ratelimit::{BURST, WINDOW};
 use crate::vmm::virtio::test_queue::{add_chain, mem, used_idx};
 
-/// A 64-sector image and a device on it with `limit`.
-fn disk(limit: DiskLimit) -> (tempfile::NamedTempFile, Blk) {
+/// A 64-sector image and a device `name` on it with `limit`.
+fn disk(name: &str, limit: DiskLimit) -> (tempfile::NamedTempFile, Blk) {
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), vec![0u8; 64 * 512]).unwrap();
     let spec = DiskSpec {
         limit,
         ..DiskSpec::new(f.path())
     };
-    let blk = Blk::new("vdt", &spec, "serial").unwrap();
+    let blk = Blk::new(name, &spec, "serial").unwrap();
     (f, blk)
 }
 
@@ -69,10 +71,13 @@ fn used_reaches(vq: &MockSplitQueue<GuestMemoryMmap>, n: u16, limit: Duration) -
 #[test]
 fn a_reset_neither_refills_the_rate_limiter_nor_forgives_its_debt() {
     // 512 bytes a second: a 32 KiB read goes on the full bucket and owes a minute.
-    let (_f, mut blk) = disk(DiskLimit {
-        bytes_per_sec: 512,
-        ops_per_sec: 0,
-    });
+    let (_f, mut blk) = disk(
+        "vdt",
+        DiskLimit {
+            bytes_per_sec: 512,
+            ops_per_sec: 0,
+        },
+    );
     let m = mem();
     let vq = MockSplitQueue::create(&m, GuestAddress(0), 16);
     read(&vq, &m, 0, 32 * 1024);
@@ -93,4 +98,62 @@ fn a_reset_neither_refills_the_rate_limiter_nor_forgives_its_debt() {
         "a reset gave the guest a new burst"
     );
     blk.reset();
+}
+
+/// Warnings (and worse) logged by any thread that name a device whose name starts with
+/// `vdlog`.
+static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        let line = r.args().to_string();
+        if self.enabled(r.metadata()) && line.starts_with("vdlog") {
+            LINES.lock().unwrap().push(line);
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Installs [`Capture`] as the test process's logger (no other unit test installs one).
+fn capture() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&Capture).expect("another logger in the unit tests");
+        log::set_max_level(log::LevelFilter::Warn);
+    });
+}
+
+#[test]
+fn a_guest_resetting_in_a_loop_gets_one_log_budget_for_its_broken_chains() {
+    capture();
+    let (_f, mut blk) = disk("vdlog0", DiskLimit::default());
+    let m = mem();
+    m.write_slice(&hdr(kind::IN, 0), GuestAddress(0x4_0000))
+        .unwrap();
+    let start = Instant::now();
+    let cycles = 3 * BURST;
+    for i in 0..cycles {
+        // Set up, one chain without a status byte (a warning), reset.
+        let vq = MockSplitQueue::create(&m, GuestAddress(0x8_0000 + u64::from(i) * 0x1000), 16);
+        add_chain(&vq, 0, &[(0x4_0000, 16, false)]);
+        activate(&mut blk, &m, &vq);
+        assert!(used_reaches(&vq, 1, Duration::from_secs(10)), "cycle {i}");
+        blk.reset();
+    }
+    let windows = 1 + (start.elapsed().as_secs() / WINDOW.as_secs()) as u32;
+    let lines = LINES.lock().unwrap().clone();
+    let broken = lines
+        .iter()
+        .filter(|l| l.starts_with("vdlog0: guest"))
+        .count();
+    assert!(broken >= 1, "{lines:?}");
+    assert!(
+        broken <= (BURST * windows) as usize,
+        "{broken} warnings for {cycles} cycles in {windows} window(s): {lines:?}"
+    );
 }

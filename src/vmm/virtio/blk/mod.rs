@@ -110,6 +110,9 @@ pub struct Blk {
     queue_sizes: [u16; 1],
     /// The guest decides how often the device stops (resets): its summary line is limited.
     stop_log: crate::vmm::ratelimit::LogLimiter,
+    /// The I/O threads' lines the guest causes (broken chains): one budget for the device,
+    /// not a fresh one per activation.
+    log: crate::vmm::ratelimit::SharedLimiter,
 }
 
 /// Why a disk could not be set up.
@@ -185,6 +188,7 @@ impl Blk {
             flush_failed: Arc::new(AtomicBool::new(false)),
             queue_sizes: [QUEUE_SIZE],
             stop_log: crate::vmm::ratelimit::LogLimiter::new(),
+            log: crate::vmm::ratelimit::SharedLimiter::new(),
         })
     }
 
@@ -309,6 +313,7 @@ impl VirtioDevice for Blk {
                 .unwrap_or_else(|| throttle::Throttle::new(&self.spec.limit, Instant::now())),
             interrupt,
             stats: self.stats.clone(),
+            log: self.log.clone(),
         };
         let h = std::thread::Builder::new()
             .name(format!("blk-{}", self.name))

@@ -17,7 +17,7 @@ use super::request::{self, kind, status, Desc, DiskInfo, Fault, Request};
 use super::throttle::Throttle;
 use crate::log_limited;
 use crate::vmm::disk::SECTOR_SIZE;
-use crate::vmm::ratelimit::LogLimiter;
+use crate::vmm::ratelimit::SharedLimiter;
 use crate::vmm::virtio::pass::{self, Dry, Faults};
 use crate::vmm::virtio::poll::{self, AdaptivePoll};
 use crate::vmm::virtio::{notify, VirtioInterrupt};
@@ -316,6 +316,8 @@ pub struct Worker {
     pub throttle: Throttle,
     pub interrupt: Arc<VirtioInterrupt>,
     pub stats: Arc<Stats>,
+    /// The device's limiter for lines the guest causes (shared by every activation).
+    pub log: SharedLimiter,
 }
 
 const T_KICK: u64 = 0;
@@ -324,7 +326,7 @@ const T_STOP: u64 = 1;
 impl Worker {
     /// Runs until the stop eventfd fires; returns the throttle, for the next activation.
     pub fn run(mut self) -> Throttle {
-        let mut limiter = LogLimiter::new();
+        let mut limiter = self.log.clone();
         let Some(epoll) = crate::vmm::event::worker_epoll(
             &self.name,
             &[

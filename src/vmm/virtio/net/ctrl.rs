@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::datapath::{ChainFault, Pass};
 use crate::log_limited;
-use crate::vmm::ratelimit::LogLimiter;
+use crate::vmm::ratelimit::SharedLimiter;
 use crate::vmm::virtio::pass::{self, Dry};
 use crate::vmm::virtio::VirtioInterrupt;
 
@@ -181,6 +181,8 @@ pub struct Server {
     pub interrupt: Arc<VirtioInterrupt>,
     pub max_pairs: u16,
     pub apply: Box<dyn FnMut(Command) -> bool + Send>,
+    /// The device's limiter for lines the guest causes.
+    pub log: SharedLimiter,
 }
 
 const T_KICK: u64 = 0;
@@ -208,7 +210,7 @@ impl Server {
     }
 
     fn run(mut self, epoll: &Epoll) {
-        let mut limiter = LogLimiter::new();
+        let mut limiter = self.log.clone();
         let mut events = [EpollEvent::default(); 2];
         loop {
             // Commands may be waiting from before activation, and after every kick.

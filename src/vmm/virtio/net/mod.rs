@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{ActivateError, DeviceQueue, VirtioDevice, VirtioInterrupt};
 use crate::log_limited;
 use crate::sys::tap::{self, Tap};
-use crate::vmm::ratelimit::LogLimiter;
+use crate::vmm::ratelimit::{LogLimiter, SharedLimiter};
 use datapath::Stats;
 use status::LinkStatus;
 
@@ -173,6 +173,8 @@ pub struct Net {
     backend: Arc<Mutex<Backend>>,
     /// Lines a driver causes at will (each reset ends a run of queue statistics).
     lifecycle: LogLimiter,
+    /// The queue threads' lines a guest causes: one budget for all of them, every activation.
+    log: SharedLimiter,
 }
 
 impl Net {
@@ -246,6 +248,7 @@ impl Net {
             stats: Vec::new(),
             backend: Arc::new(Mutex::new(planned)),
             lifecycle: LogLimiter::new(),
+            log: SharedLimiter::new(),
         }
     }
 
@@ -312,6 +315,7 @@ impl Net {
             interrupt,
             max_pairs: self.params.queue_pairs,
             apply,
+            log: self.log.clone(),
         };
         let worker = server
             .spawn()
@@ -385,6 +389,7 @@ impl Net {
                 stats: stats.clone(),
                 stop: stop.clone(),
                 mergeable,
+                log: self.log.clone(),
             };
             let h = std::thread::Builder::new()
                 .name(format!("net-{}-q{pair}", self.params.id))
@@ -401,9 +406,9 @@ impl Net {
 /// commands the driver may send ([`ctrl::allowed`]) go to [`apply_ctrl`].
 fn ctrl_apply(net: &Net, pairs: usize) -> Box<dyn FnMut(ctrl::Command) -> bool + Send> {
     let (tap, id, status) = (net.tap.clone(), net.params.id.clone(), net.status.clone());
-    let (acked, mut limiter) = (net.acked, LogLimiter::new());
+    let (acked, limiter) = (net.acked, net.log.clone());
     Box::new(move |cmd| {
-        ctrl::allowed(acked, &cmd) && apply_ctrl(&tap, &id, &status, pairs, cmd, &mut limiter)
+        ctrl::allowed(acked, &cmd) && apply_ctrl(&tap, &id, &status, pairs, cmd, &limiter)
     })
 }
 
@@ -415,7 +420,7 @@ fn apply_ctrl(
     status: &LinkStatus,
     pairs: usize,
     cmd: ctrl::Command,
-    limiter: &mut LogLimiter,
+    limiter: &SharedLimiter,
 ) -> bool {
     match cmd {
         ctrl::Command::SetQueuePairs(n) => {

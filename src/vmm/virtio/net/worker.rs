@@ -20,7 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::ctrl;
 use super::datapath::{self, ChainFault, FrameIo, RxState, Stats};
 use crate::log_limited;
-use crate::vmm::ratelimit::LogLimiter;
+use crate::vmm::ratelimit::SharedLimiter;
 use crate::vmm::virtio::pass::Faults;
 use crate::vmm::virtio::poll::{self, AdaptivePoll};
 use crate::vmm::virtio::{notify, VirtioInterrupt};
@@ -54,10 +54,13 @@ pub struct PairWorker<F: FrameIo + AsRawFd> {
     pub stats: Arc<Stats>,
     pub stop: Arc<EventFd>,
     pub mergeable: bool,
+    /// The device's limiter for lines the guest causes (shared by every queue thread and
+    /// every activation).
+    pub log: SharedLimiter,
 }
 
 impl<F: FrameIo + AsRawFd> PairWorker<F> {
-    fn log_faults(&self, limiter: &mut LogLimiter, faults: &Faults<ChainFault>) {
+    fn log_faults(&self, limiter: &mut SharedLimiter, faults: &Faults<ChainFault>) {
         for f in faults {
             log_limited!(
                 limiter,
@@ -77,13 +80,13 @@ impl<F: FrameIo + AsRawFd> PairWorker<F> {
         }
     }
 
-    fn signal(&self, limiter: &mut LogLimiter) {
+    fn signal(&self, limiter: &mut SharedLimiter) {
         self.interrupt.signal_used_queue_logged(&self.name, limiter);
     }
 
     /// Run until the stop eventfd fires.
     pub fn run(mut self) {
-        let mut limiter = LogLimiter::new();
+        let mut limiter = self.log.clone();
         let mut fds = vec![
             (
                 self.io.as_raw_fd(),

@@ -94,6 +94,7 @@ impl Rig {
             stats: Arc::new(Stats::default()),
             stop,
             mergeable: true,
+            log: crate::vmm::ratelimit::SharedLimiter::new(),
         };
         rig.thread = Some(std::thread::spawn(move || w.run()));
         rig
