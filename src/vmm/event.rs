@@ -44,6 +44,47 @@ pub fn wait_events(
     }
 }
 
+/// A worker thread's stop request: an eventfd for its epoll set, and a flag it reads between
+/// passes and between requests without a system call. A worker that goes from one pass to the
+/// next without sleeping (a guest that keeps its ring busy while the worker polls it) never
+/// looks at the eventfd, and the vCPU that resets the device waits for that worker.
+#[derive(Debug)]
+pub struct Stop {
+    fd: vmm_sys_util::eventfd::EventFd,
+    asked: std::sync::atomic::AtomicBool,
+}
+
+impl Stop {
+    pub fn new() -> std::io::Result<Stop> {
+        Ok(Stop {
+            fd: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)?,
+            asked: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Asks the worker to stop.
+    pub fn ask(&self) {
+        self.asked.store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.fd.write(1);
+    }
+
+    /// The flag [`Stop::ask`] sets.
+    pub fn flag(&self) -> &std::sync::atomic::AtomicBool {
+        &self.asked
+    }
+
+    /// Whether [`Stop::ask`] was called.
+    pub fn asked(&self) -> bool {
+        self.asked.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl std::os::fd::AsRawFd for Stop {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 /// [`wait_events`] for a worker woken by one kick eventfd and one stop token: `false` when the
 /// thread must end (stop fired or the wait failed), `true` after draining a kick or a timeout.
 pub fn wait_kick(

@@ -83,6 +83,7 @@ pub fn run(data: &[u8]) {
         serial: b"fuzz-serial-0123456789",
         write_through: feats & 4 != 0,
         stats: &stats,
+        stop: &std::sync::atomic::AtomicBool::new(false),
     };
     let original = {
         let mut v = vec![0u8; (SECTORS * 512) as usize];

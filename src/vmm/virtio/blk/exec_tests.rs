@@ -1,5 +1,6 @@
 //! The request path against a recording engine: what reaches the disk, and in which order.
 
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -11,12 +12,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::io::DiskIo;
 use super::request::{self, kind, status, DiskInfo};
-use super::tests::{d, hdr};
+use super::tests::{d, hdr, NEVER};
 use super::throttle::Throttle;
 use super::worker::{self, Ctx, Stats};
 use super::*;
 use crate::vmm::disk::DiskLimit;
-use crate::vmm::virtio::test_queue::{mem, used};
+use crate::vmm::virtio::test_queue::{add_chain, mem, used, used_idx};
 
 /// One call the request path made on the engine (offsets and lengths in bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,11 +30,12 @@ pub(super) enum Call {
 }
 
 /// An engine that does nothing but record its calls; its flushes fail while `failing_flushes`
-/// says so (counting down).
+/// says so (counting down); a read sets `stop_on_read` (the device stopping meanwhile).
 #[derive(Default)]
 pub(super) struct Recorder {
     calls: Mutex<Vec<Call>>,
     pub failing_flushes: Mutex<u32>,
+    pub stop_on_read: Option<Arc<AtomicBool>>,
 }
 
 impl Recorder {
@@ -49,6 +51,9 @@ impl Recorder {
 
 impl DiskIo for Recorder {
     unsafe fn read_iov(&self, _: &[libc::iovec], offset: u64) -> std::io::Result<()> {
+        if let Some(s) = &self.stop_on_read {
+            s.store(true, Ordering::Release);
+        }
         self.push(Call::Read(offset))
     }
     unsafe fn write_iov(&self, _: &[libc::iovec], offset: u64) -> std::io::Result<()> {
@@ -99,6 +104,7 @@ fn ctx<'a>(
         serial: b"",
         write_through,
         stats,
+        stop: &NEVER,
     }
 }
 
@@ -317,4 +323,40 @@ fn a_segment_larger_than_size_max_is_refused_once_size_max_is_accepted() {
         request::check(&r(&[max - 512, max + 512]), &not_accepted),
         Ok(())
     );
+}
+
+#[test]
+fn a_pass_ends_before_its_next_request_once_the_device_stops() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    for i in 0..3u16 {
+        let h = 0x1_0000 + u64::from(i) * 0x100;
+        m.write_slice(&hdr(kind::IN, u64::from(i)), GuestAddress(h))
+            .unwrap();
+        add_chain(
+            &vq,
+            i * 3,
+            &[
+                (h, 16, false),
+                (0x2_0000, 512, true),
+                (0x3_0000 + u64::from(i), 1, true),
+            ],
+        );
+    }
+    let mut q: Queue = vq.create_queue().unwrap();
+    // The device is reset while the first request runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let io = Recorder {
+        stop_on_read: Some(stop.clone()),
+        ..Recorder::default()
+    };
+    let stats = Stats::default();
+    let c = Ctx {
+        stop: &stop,
+        ..ctx(&m, &io, &stats, false)
+    };
+    let mut t = Throttle::new(&DiskLimit::default(), Instant::now());
+    worker::process(&mut q, &c, &mut t, &mut None, &mut Vec::new());
+    assert_eq!(io.calls(), vec![Call::Read(0)]);
+    assert_eq!(used_idx(&vq), 1, "the other two are left in the ring");
 }

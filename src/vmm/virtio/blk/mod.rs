@@ -20,10 +20,10 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActivateError, DeviceQueue, VirtioDevice, VirtioInterrupt};
 use crate::vmm::disk::{CacheMode, DiskSpec, SECTOR_SIZE};
+use crate::vmm::event::Stop;
 use io::{DiskIo, OpenError, SyncIo};
 use request::DiskInfo;
 use worker::Stats;
@@ -99,7 +99,7 @@ pub struct Blk {
     serial: Vec<u8>,
     config: [u8; CONFIG_LEN],
     acked: u64,
-    worker: Option<(JoinHandle<throttle::Throttle>, Arc<EventFd>)>,
+    worker: Option<(JoinHandle<throttle::Throttle>, Arc<Stop>)>,
     /// The rate limiter, between activations: the I/O thread hands it back when it stops, so
     /// a reset neither refills the buckets nor forgives a debt (the guest decides how often
     /// it resets).
@@ -217,7 +217,7 @@ impl Blk {
 
     fn stop(&mut self) {
         if let Some((h, stop)) = self.worker.take() {
-            let _ = stop.write(1);
+            stop.ask();
             match h.join() {
                 Ok(t) => self.throttle = Some(t),
                 Err(_) => log::error!("{}: the I/O thread panicked", self.name),
@@ -288,10 +288,8 @@ impl VirtioDevice for Blk {
                 Box::new(SyncIo::new(f, self.spec.cache == CacheMode::None))
             }
         };
-        let stop = Arc::new(
-            EventFd::new(libc::EFD_NONBLOCK)
-                .map_err(|e| ActivateError::Device(format!("eventfd: {e}")))?,
-        );
+        let stop =
+            Arc::new(Stop::new().map_err(|e| ActivateError::Device(format!("eventfd: {e}")))?);
         let w = worker::Worker {
             name: self.name.clone(),
             queue: dq.queue,

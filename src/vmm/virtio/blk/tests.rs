@@ -2,6 +2,7 @@
 //! split queue) and a real image file.
 
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use proptest::prelude::*;
@@ -18,6 +19,9 @@ use crate::vmm::disk::DiskLimit;
 use crate::vmm::virtio::test_queue::{add_chain, mem, used, MEM};
 
 const DISK_SECTORS: u64 = 64;
+
+/// A stop flag nobody sets.
+pub(super) static NEVER: AtomicBool = AtomicBool::new(false);
 
 pub(super) fn hdr(kind: u32, sector: u64) -> [u8; 16] {
     let mut h = [0u8; 16];
@@ -229,6 +233,7 @@ fn ctx<'a>(m: &'a GuestMemoryMmap, io: &'a SyncIo, stats: &'a Stats) -> Ctx<'a> 
         serial: b"",
         write_through: false,
         stats,
+        stop: &NEVER,
     }
 }
 
@@ -242,6 +247,7 @@ fn run(q: &mut Queue, m: &GuestMemoryMmap, file: &std::fs::File, info: DiskInfo)
         serial: b"volt-serial",
         write_through: false,
         stats: &stats,
+        stop: &NEVER,
     };
     let mut t = Throttle::new(&DiskLimit::default(), Instant::now());
     worker::process(q, &ctx, &mut t, &mut None, &mut Vec::new())

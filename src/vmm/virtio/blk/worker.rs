@@ -3,7 +3,7 @@
 //! (epoll on the queue's ioeventfd and a stop eventfd, with a timeout while throttled).
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use super::request::{self, kind, status, Desc, DiskInfo, Fault, Request};
 use super::throttle::Throttle;
 use crate::log_limited;
 use crate::vmm::disk::SECTOR_SIZE;
+use crate::vmm::event::Stop;
 use crate::vmm::ratelimit::SharedLimiter;
 use crate::vmm::virtio::pass::{self, Dry, Faults};
 use crate::vmm::virtio::poll::{self, AdaptivePoll};
@@ -70,6 +71,8 @@ pub struct Ctx<'a> {
     /// and zeroing).
     pub write_through: bool,
     pub stats: &'a Stats,
+    /// Set when the device stops: the pass ends before its next request.
+    pub stop: &'a AtomicBool,
 }
 
 /// Host pointers for `segs` (each checked to lie in one region by the parser).
@@ -240,6 +243,11 @@ pub fn process(
     let mut pass = Pass::default();
     let mut budget = pass::Budget::default();
     while budget.take() {
+        // A request may take long (up to max_transfer bytes): the reset waiting for this
+        // thread does not wait for the rest of the budget too.
+        if ctx.stop.load(Ordering::Acquire) {
+            break;
+        }
         let (head, req) = match deferred.take() {
             Some(d) => (d.head, d.req),
             None => {
@@ -307,7 +315,7 @@ pub struct Worker {
     pub name: String,
     pub queue: Queue,
     pub kick: EventFd,
-    pub stop: Arc<EventFd>,
+    pub stop: Arc<Stop>,
     pub mem: GuestMemoryMmap,
     pub io: Box<dyn DiskIo>,
     pub info: DiskInfo,
@@ -341,6 +349,11 @@ impl Worker {
         let mut events = [EpollEvent::default(); 4];
         let mut ring_poll = AdaptivePoll::default();
         loop {
+            // Looked at before every pass: a guest that keeps the ring busy sends this loop
+            // from pass to pass (the `continue` after a poll hit) without an epoll_wait.
+            if self.stop.asked() {
+                return self.throttle;
+            }
             let _ = notify::suppress_kicks(&mut self.queue, &self.mem);
             let ctx = Ctx {
                 mem: &self.mem,
@@ -349,6 +362,7 @@ impl Worker {
                 serial: &self.serial,
                 write_through: self.write_through,
                 stats: &self.stats,
+                stop: self.stop.flag(),
             };
             let pass = process(
                 &mut self.queue,
