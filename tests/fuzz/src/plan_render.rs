@@ -209,6 +209,61 @@ pub fn verify(root: &Path, scratch: &Path) -> Vec<String> {
             );
         }
     }
+    // The bridge of every network a file defines (not isolated, not admin-managed), with the
+    // values of its network and nothing a hostile name could add.
+    for net in &plan.networks.list {
+        let Some(src) = net.source.clone() else {
+            continue;
+        };
+        if net.kind == volt::config::NetworkType::Isolated || !net.create_bridge {
+            continue;
+        }
+        let is_volt0 = net.bridge == "volt0";
+        let mtu = net.mtu.to_string();
+        if !is_volt0 {
+            let keys = vec![
+                kv("NetDev", "Name", net.bridge.clone()),
+                kv("NetDev", "Kind", "bridge"),
+                kv("NetDev", "MTUBytes", mtu.clone()),
+                kv("Bridge", "STP", "no"),
+                kv("Bridge", "ForwardDelaySec", "0"),
+            ];
+            let name = names::bridge_netdev_file_name(&net.bridge);
+            check(&targets.networkd.join(&name), &keys, Some(&src));
+            want_net.insert(PathBuf::from(name));
+        }
+        let mut keys = vec![
+            kv("Match", "Name", net.bridge.clone()),
+            kv("Link", "MTUBytes", mtu),
+            kv("Link", "RequiredForOnline", "no"),
+            kv(
+                "Network",
+                "Address",
+                format!("{}/{}", net.gateway, net.subnet.prefix_len()),
+            ),
+            kv("Network", "ConfigureWithoutCarrier", "yes"),
+            kv("Network", "LinkLocalAddressing", "no"),
+            kv("Network", "IPv6AcceptRA", "no"),
+        ];
+        if is_volt0 {
+            keys.push(kv("Network", "IPForward", "yes"));
+            keys.push(kv("Network", "IPMasquerade", "both"));
+        }
+        if net.dhcp {
+            let base = u32::from(net.subnet.network());
+            let (start, end) = (
+                u32::from(net.container_range.start),
+                u32::from(net.container_range.end),
+            );
+            keys.push(kv("Network", "DHCPServer", "yes"));
+            keys.push(kv("DHCPServer", "PoolOffset", (start - base).to_string()));
+            keys.push(kv("DHCPServer", "PoolSize", (end - start + 1).to_string()));
+            keys.push(kv("DHCPServer", "EmitDNS", "no"));
+        }
+        let name = names::bridge_network_file_name(&net.bridge);
+        check(&targets.networkd.join(&name), &keys, Some(&src));
+        want_net.insert(PathBuf::from(name));
+    }
     for net in plan.networks.list.iter().filter(|n| n.dhcp) {
         let leases = plan.static_leases(net);
         if leases.is_empty() {
