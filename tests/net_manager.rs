@@ -457,3 +457,46 @@ fn receive_marked(sock: &std::os::fd::OwnedFd) -> Vec<u8> {
         }
     }
 }
+
+/// Two owners bringing up NICs of one workload on isolated networks at once both get its
+/// namespace: neither opens the other's placeholder half-way through its creation, neither
+/// fails on "exists". A placeholder a crashed creation left is replaced.
+#[test]
+fn concurrent_owners_both_get_the_isolated_namespace() {
+    if skip() {
+        return;
+    }
+    use volt::sys::netns;
+    for round in 0..40 {
+        let name = format!("volt-t-race-{}-{round}", std::process::id());
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let n = name.clone();
+                std::thread::spawn(move || {
+                    let path = netns::ensure(&n)?;
+                    // What the owner does next: open it and enter it.
+                    netns::run_in(&path, || ()).map(|()| path)
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        let _ = netns::delete(&name);
+        for r in results {
+            if let Err(e) = r {
+                panic!("round {round}: {}", volt::error_chain(&e));
+            }
+        }
+    }
+    // A placeholder a crash left behind (an empty file, no namespace mounted on it).
+    let name = format!("volt-t-left-{}", std::process::id());
+    std::fs::create_dir_all(netns::NETNS_DIR).expect("mkdir");
+    std::fs::write(netns::path_of(&name), "").expect("placeholder");
+    assert!(!netns::exists(&name));
+    let path = netns::ensure(&name).expect("replaced");
+    assert!(netns::exists(&name));
+    netns::run_in(&path, || ()).expect("enter");
+    netns::delete(&name).expect("delete");
+}

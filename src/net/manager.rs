@@ -284,9 +284,7 @@ impl Manager {
         link: &str,
         ns: &str,
     ) -> Result<(), ManagerError> {
-        if !netns::exists(ns) {
-            netns::create(ns)?;
-        }
+        netns::ensure(ns)?;
         let f = netns::open(&netns::path_of(ns))?;
         nl.move_to_netns(link, NetnsTarget::Fd(std::os::fd::AsFd::as_fd(&f)), None)?;
         let name = link.to_string();

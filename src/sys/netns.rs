@@ -51,9 +51,47 @@ fn cstr(p: &Path) -> std::ffi::CString {
     std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap_or_default()
 }
 
-/// Whether the named namespace exists.
+/// `statfs` magic of nsfs: what a mounted namespace file is on.
+const NSFS_MAGIC: u64 = 0x6e73_6673;
+
+/// Whether the named namespace exists: its file is a mounted namespace (not the empty
+/// placeholder a [`create`] in progress, or one that died half-way, leaves).
 pub fn exists(name: &str) -> bool {
-    path_of(name).exists()
+    let c = cstr(&path_of(name));
+    // SAFETY: statfs(2) writes into the zeroed struct we own; c is a valid path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as u64;
+    r == 0 && magic == NSFS_MAGIC
+}
+
+/// The named namespace, created unless it exists. Creations are serialised across processes
+/// (a lock on `/run/netns`), so two owners bringing up NICs of one workload at once both get
+/// the namespace, and neither opens the other's placeholder file half-way through its
+/// creation. A placeholder a crashed creation left is replaced.
+pub fn ensure(name: &str) -> Result<PathBuf, NetnsError> {
+    let err = |step, source| NetnsError::Create {
+        name: name.into(),
+        step,
+        source,
+    };
+    let dir = Path::new(NETNS_DIR);
+    std::fs::create_dir_all(dir).map_err(|e| err("mkdir /run/netns", e))?;
+    let lock = File::open(dir).map_err(|e| err("open /run/netns to lock it", e))?;
+    // SAFETY: flock(2) on an fd we own; released when `lock` closes.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(err("lock /run/netns", std::io::Error::last_os_error()));
+    }
+    let path = path_of(name);
+    if exists(name) {
+        return Ok(path);
+    }
+    if path.exists() {
+        std::fs::remove_file(&path).map_err(|e| err("remove a leftover placeholder", e))?;
+    }
+    create(name)
 }
 
 /// Open the namespace file at `path` (`/run/netns/<name>`, `/proc/<pid>/ns/net`).
