@@ -8,6 +8,7 @@
 //!   underlay's minus 50 everywhere;
 //! - 3 x 30 concurrent allocations across the hosts give 90 distinct addresses; the same VM
 //!   name started on two hosts runs on exactly one, the other start names the holder;
+//! - a VM whose file is removed while it runs gives up its name when it stops;
 //! - a workload on a spoofing the MAC, or the address, of b's VM is dropped at b;
 //! - volt-cluster restarted on a while its VM runs: the VM's address stays claimed;
 //! - one etcd member stopped: starts work; two: starts fail with the quorum error while the
@@ -355,6 +356,21 @@ fn three_hosts_share_volt0() {
         b.ok(&format!("systemctl is-active {unit}"));
         b.ok(&format!("systemctl stop {unit}"));
     }
+    // A VM whose file is removed while it runs: taking its link down (its owner is no longer
+    // needed) still gives up its name and address, from the link's record; without that, its
+    // name stayed claimed by a for as long as a's daemon kept the host's lease.
+    for h in [a, b] {
+        h.write("/etc/volt/vms/gone.toml", &vm_toml("", None));
+        h.ok("systemctl daemon-reload");
+    }
+    a.ok("systemctl start volt-vm@gone.service");
+    a.ok("rm /etc/volt/vms/gone.toml && systemctl daemon-reload");
+    a.ok("systemctl stop volt-vm@gone.service");
+    b.wait_ok(
+        "systemctl reset-failed volt-vm@gone.service; systemctl start volt-vm@gone.service",
+        Duration::from_secs(20),
+    );
+    b.ok("systemctl stop volt-vm@gone.service && rm /etc/volt/vms/gone.toml && systemctl daemon-reload");
 
     // Spoofing from a (a namespace on a's volt0 without Volt's port rules): b's VM's MAC, then
     // its address with another MAC; b drops both at its VXLAN port.

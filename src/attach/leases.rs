@@ -14,7 +14,7 @@ use crate::net::ipam::{Ipam, Kind, Lease, Owner};
 use crate::plan::Kind as WorkloadKind;
 
 /// Every link record under `dir` (the links that are up now).
-fn records(dir: &Path) -> Vec<LinkRecord> {
+pub(super) fn records(dir: &Path) -> Vec<LinkRecord> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -25,7 +25,7 @@ fn records(dir: &Path) -> Vec<LinkRecord> {
         .collect()
 }
 
-fn record_owner(r: &LinkRecord) -> Option<Owner> {
+pub(super) fn record_owner(r: &LinkRecord) -> Option<Owner> {
     match r.kind.as_str() {
         "vm" => Some(Owner::vm(&r.workload, &r.nic)),
         "container" => Some(Owner::container(&r.workload, &r.nic)),

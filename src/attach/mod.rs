@@ -249,8 +249,11 @@ impl Attach {
         if let Err(e) = LinkRecord::remove(&self.paths, link) {
             failed.push(format!("cannot remove the record of {link}: {e}"));
         }
-        if let Some((w, a)) = owned {
-            self.release_cluster_claims(w, a);
+        match (owned, &record) {
+            (Some((w, a)), _) => self.release_cluster_claims(w, a),
+            // Its file is gone or broken: what the record says is all there is to go by.
+            (None, Some(r)) => self.release_cluster_claims_of(r),
+            (None, None) => {}
         }
         if failed.is_empty() {
             Ok(())
@@ -313,6 +316,31 @@ impl Attach {
                 }
                 Ok(Watch::Deleted)
             }
+        }
+    }
+
+    /// [`Attach::release_cluster_claims`] for a link whose workload is no longer in the plan
+    /// (its file was removed or broke while it ran): its owner's address on every shared
+    /// network (the record does not say which), and its name once none of its links has a
+    /// record left.
+    fn release_cluster_claims_of(&self, r: &LinkRecord) {
+        let (Some(c), Some(owner)) = (self.set.cluster.as_ref(), leases::record_owner(r)) else {
+            return;
+        };
+        for net in &c.networks {
+            let released = self.book(&net.name).and_then(|b| {
+                b.release(&net.name, &owner)
+                    .map_err(book_error(format!("cannot release {owner}'s address")))
+            });
+            if let Err(e) = released {
+                log::warn!("{}", crate::error_chain(&e));
+            }
+        }
+        let others_up = leases::records(&self.paths.links_dir())
+            .iter()
+            .any(|o| o.link != r.link && o.kind == r.kind && o.workload == r.workload);
+        if !others_up {
+            self.release_name(&r.workload);
         }
     }
 
