@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActivateError, DeviceQueue, VirtioDevice, VirtioInterrupt};
 use crate::log_limited;
-use crate::vmm::ratelimit::LogLimiter;
+use crate::vmm::ratelimit::{Limit, SharedLimiter};
 
 /// Virtio device ID of the entropy device.
 pub const VIRTIO_ID_RNG: u32 = 4;
@@ -66,7 +66,7 @@ pub struct Pass {
 pub fn process_queue(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
-    errors: &mut LogLimiter,
+    errors: &mut impl Limit,
     stop: &AtomicBool,
 ) -> Pass {
     let mut served = false;
@@ -141,6 +141,9 @@ pub fn process_queue(
 /// The entropy device.
 pub struct Rng {
     worker: Option<Worker>,
+    /// Guest-triggered warnings: one budget for every activation (a guest resetting in a
+    /// loop gets no fresh burst each time).
+    log: SharedLimiter,
 }
 
 /// A running worker: its thread, the eventfd that wakes it to stop, and the flag it checks
@@ -160,7 +163,10 @@ impl Default for Rng {
 impl Rng {
     /// A new, inactive device.
     pub fn new() -> Self {
-        Rng { worker: None }
+        Rng {
+            worker: None,
+            log: SharedLimiter::new(),
+        }
     }
 
     fn stop_worker(&mut self) {
@@ -184,8 +190,8 @@ fn worker(
     stop: Arc<AtomicBool>,
     mem: GuestMemoryMmap,
     interrupt: Arc<VirtioInterrupt>,
+    mut errors: SharedLimiter,
 ) {
-    let mut errors = LogLimiter::new();
     let Some(epoll) = crate::vmm::event::worker_epoll(
         "virtio-rng",
         &[
@@ -242,10 +248,10 @@ impl VirtioDevice for Rng {
                 .map_err(|e| ActivateError::Device(format!("eventfd failed: {e}")))?,
         );
         let stop = Arc::new(AtomicBool::new(false));
-        let (k, s) = (kill.clone(), stop.clone());
+        let (k, s, log) = (kill.clone(), stop.clone(), self.log.clone());
         let handle = std::thread::Builder::new()
             .name("virtio-rng".into())
-            .spawn(move || worker(dq.queue, dq.notify, k, s, mem, interrupt))
+            .spawn(move || worker(dq.queue, dq.notify, k, s, mem, interrupt, log))
             .map_err(|e| ActivateError::Device(format!("spawning the worker failed: {e}")))?;
         self.worker = Some(Worker { handle, kill, stop });
         Ok(())
@@ -265,6 +271,7 @@ impl Drop for Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::ratelimit::LogLimiter;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;

@@ -26,6 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{read_config_bytes, ActivateError, DeviceQueue, VirtioDevice, VirtioInterrupt};
 use crate::vmm::event::EventSender;
+use crate::vmm::ratelimit::SharedLimiter;
 
 /// Virtio device ID of the socket device.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -53,6 +54,9 @@ pub struct Vsock {
     listener: Option<UnixListener>,
     notify: Option<EventSender>,
     worker: Option<(JoinHandle<Option<UnixListener>>, Arc<EventFd>)>,
+    /// Guest-triggered lines (the worker's, the muxer's and its warnings): one budget each
+    /// for every activation.
+    logs: [SharedLimiter; 3],
 }
 
 impl Vsock {
@@ -71,6 +75,7 @@ impl Vsock {
             listener: Some(listener),
             notify,
             worker: None,
+            logs: Default::default(),
         })
     }
 
@@ -123,6 +128,7 @@ impl VirtioDevice for Vsock {
         // The muxer gets a duplicate, so the socket survives a failed start.
         let muxer = listener.try_clone().and_then(|l| {
             muxer::Muxer::new(self.cid, self.socket.clone(), l, epoll, self.notify.clone())
+                .map(|m| m.with_logs(self.logs[1].clone(), self.logs[2].clone()))
         });
         let muxer = match muxer {
             Ok(m) => m,
@@ -131,7 +137,8 @@ impl VirtioDevice for Vsock {
                 return Err(dev(e));
             }
         };
-        let w = worker::Worker::new(rx, tx, ev, mem, interrupt, muxer, stop.clone());
+        let w = worker::Worker::new(rx, tx, ev, mem, interrupt, muxer, stop.clone())
+            .with_log(self.logs[0].clone());
         let handle = match std::thread::Builder::new()
             .name("virtio-vsock".into())
             .spawn(move || w.run())

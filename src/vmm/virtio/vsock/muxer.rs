@@ -29,7 +29,7 @@ use super::packet::{op, Header, TYPE_STREAM};
 use super::HOST_CID;
 use crate::log_limited;
 use crate::vmm::event::{EventSender, VmEvent};
-use crate::vmm::ratelimit::LogLimiter;
+use crate::vmm::ratelimit::SharedLimiter;
 use crate::vmm::spec::NOTIFY_PORT;
 
 /// Most connections at once.
@@ -73,10 +73,10 @@ pub struct Muxer {
     next_port: u32,
     notify: Option<EventSender>,
     throttled: Option<Key>,
-    log: LogLimiter,
+    log: SharedLimiter,
     /// Warnings (RST replies dropped, accept failed): a limiter of their own, so that a
     /// flood of per-packet debug lines cannot use up their window.
-    warn_log: LogLimiter,
+    warn_log: SharedLimiter,
 }
 
 fn ctl_err(what: &str, e: std::io::Error) {
@@ -115,9 +115,17 @@ impl Muxer {
             next_port: FIRST_LOCAL_PORT,
             notify,
             throttled: None,
-            log: LogLimiter::new(),
-            warn_log: LogLimiter::new(),
+            log: SharedLimiter::new(),
+            warn_log: SharedLimiter::new(),
         })
+    }
+
+    /// Log through the device's limiters (`log`, `warn_log`), which outlive this muxer: a
+    /// guest resetting the device in a loop gets no fresh burst of lines each time.
+    pub fn with_logs(mut self, log: SharedLimiter, warn_log: SharedLimiter) -> Muxer {
+        self.log = log;
+        self.warn_log = warn_log;
+        self
     }
 
     /// The epoll set (the worker adds its queue and stop eventfds).

@@ -17,7 +17,7 @@ use super::conn::Verdict;
 use super::muxer::Muxer;
 use super::packet::{Segments, TxPacket, HDR_LEN, MAX_PKT_LEN};
 use crate::log_limited;
-use crate::vmm::ratelimit::LogLimiter;
+use crate::vmm::ratelimit::SharedLimiter;
 use crate::vmm::virtio::{DeviceQueue, VirtioInterrupt};
 
 const T_RX: u64 = 1 << 41;
@@ -41,7 +41,7 @@ pub struct Worker {
     muxer: Muxer,
     stop: Arc<EventFd>,
     scratch: Vec<u8>,
-    log: LogLimiter,
+    log: SharedLimiter,
 }
 
 impl Worker {
@@ -66,8 +66,15 @@ impl Worker {
             muxer,
             stop,
             scratch: vec![0u8; MAX_PKT_LEN as usize],
-            log: LogLimiter::new(),
+            log: SharedLimiter::new(),
         }
+    }
+
+    /// Log through the device's limiter, which outlives this worker (see
+    /// [`Muxer::with_logs`]).
+    pub fn with_log(mut self, log: SharedLimiter) -> Worker {
+        self.log = log;
+        self
     }
 
     /// Runs until the stop eventfd fires; returns the listening socket for the next start.
