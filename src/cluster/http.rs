@@ -144,24 +144,46 @@ impl Limits {
         }
     }
 
-    /// The timeout for the next read or write; an error once the deadline has passed.
-    fn next(&self) -> std::io::Result<Duration> {
-        let (per_op, deadline) = match self.0.lock() {
+    fn get(&self) -> (Duration, Option<Instant>) {
+        match self.0.lock() {
             Ok(l) => *l,
             Err(p) => *p.into_inner(),
-        };
+        }
+    }
+
+    /// The timeout for the next read or write; an error once the deadline has passed.
+    fn next(&self) -> std::io::Result<Duration> {
+        let (per_op, deadline) = self.get();
         let Some(deadline) = deadline else {
             return Ok(per_op);
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the request took longer than its timeout as a whole",
-            ));
+            return Err(past_deadline());
         }
         Ok(per_op.min(left))
     }
+
+    /// A read or write that timed out as the deadline came says so.
+    fn explain(&self, e: std::io::Error) -> std::io::Error {
+        let timed_out = matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        );
+        match self.get().1 {
+            Some(d) if timed_out && Instant::now() + Duration::from_millis(2) >= d => {
+                past_deadline()
+            }
+            _ => e,
+        }
+    }
+}
+
+fn past_deadline() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the request took longer than its timeout as a whole",
+    )
 }
 
 /// A TCP stream that applies its [`Limits`] before every read and write.
@@ -179,14 +201,14 @@ impl std::fmt::Debug for Timed {
 impl Read for Timed {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.tcp.set_read_timeout(Some(self.limits.next()?))?;
-        self.tcp.read(buf)
+        self.tcp.read(buf).map_err(|e| self.limits.explain(e))
     }
 }
 
 impl Write for Timed {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.tcp.set_write_timeout(Some(self.limits.next()?))?;
-        self.tcp.write(buf)
+        self.tcp.write(buf).map_err(|e| self.limits.explain(e))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -525,12 +547,20 @@ mod tests {
             &[b'x'; 40],
             Duration::from_millis(50),
         );
+        // Without the deadline the whole answer arrives (Ok, after 2 s).
         let e = post(&u, None, "/", b"{}", Duration::from_millis(300)).unwrap_err();
-        let chain = crate::error_chain(&e);
+        assert!(matches!(e, HttpError::Io { .. }), "{e}");
+        // A read that times out as the deadline comes is said to be the deadline.
+        let limits = Limits::new(Duration::from_secs(1), Some(Instant::now()));
+        let said = limits.explain(std::io::ErrorKind::WouldBlock.into());
         assert!(
-            chain.contains("longer than its timeout as a whole"),
-            "{chain}"
+            said.to_string()
+                .contains("longer than its timeout as a whole"),
+            "{said}"
         );
+        let no_deadline = Limits::new(Duration::from_secs(1), None);
+        let kept = no_deadline.explain(std::io::ErrorKind::WouldBlock.into());
+        assert_eq!(kept.kind(), std::io::ErrorKind::WouldBlock);
     }
 
     #[test]
