@@ -15,6 +15,14 @@ use volt::cluster::{Cluster, ClusterError};
 use volt::config::{parse_cluster_toml, Network};
 use volt::net::ipam::{Owner, Request};
 
+fn vm(name: &str) -> Owner {
+    Owner::vm(name, "eth0")
+}
+
+fn none() -> BTreeSet<Ipv4Addr> {
+    BTreeSet::new()
+}
+
 fn skip() -> bool {
     common::skip(common::etcd::skip_reason(), false)
 }
@@ -162,13 +170,7 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
         .to_string();
     assert_eq!(e, format!("{owner} already holds {a0} on volt0 on host a"));
     let e = hosts[1]
-        .allocate(
-            &net,
-            &Owner::vm("static", "eth0"),
-            Request::Static(a0),
-            &BTreeSet::new(),
-            None,
-        )
+        .allocate(&net, &vm("static"), Request::Static(a0), &none(), None)
         .unwrap_err()
         .to_string();
     assert_eq!(
@@ -200,13 +202,7 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
     assert_eq!(left.len(), 60);
     assert!(left.iter().all(|(_, h)| h != "a"));
     let l = hosts[1]
-        .allocate(
-            &net,
-            &Owner::vm("static", "eth0"),
-            Request::Static(a0),
-            &BTreeSet::new(),
-            None,
-        )
+        .allocate(&net, &vm("static"), Request::Static(a0), &none(), None)
         .expect("a's address is free");
     assert_eq!(l.ip, a0);
     if winner == "a" {
@@ -217,25 +213,13 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
     etcd.members[2].stop();
     let b = &hosts[1];
     let one_down = b
-        .allocate(
-            &net,
-            &Owner::vm("one-down", "eth0"),
-            Request::Any,
-            &BTreeSet::new(),
-            None,
-        )
+        .allocate(&net, &vm("one-down"), Request::Any, &none(), None)
         .expect("with two of three members");
     // Two down: no quorum, a clear error, nothing handed out.
     etcd.members[1].stop();
     let start = Instant::now();
     let e = b
-        .allocate(
-            &net,
-            &Owner::vm("no-quorum", "eth0"),
-            Request::Any,
-            &BTreeSet::new(),
-            None,
-        )
+        .allocate(&net, &vm("no-quorum"), Request::Any, &none(), None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -253,13 +237,7 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
     etcd.members[2].start();
     let start = Instant::now();
     let back = loop {
-        match b.allocate(
-            &net,
-            &Owner::vm("no-quorum", "eth0"),
-            Request::Any,
-            &BTreeSet::new(),
-            None,
-        ) {
+        match b.allocate(&net, &vm("no-quorum"), Request::Any, &none(), None) {
             Ok(l) => break l,
             Err(e) => assert!(
                 start.elapsed() < Duration::from_secs(120),

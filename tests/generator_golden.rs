@@ -144,6 +144,16 @@ fn result_tree(run: &Run) -> Vec<(String, Entry)> {
     tree
 }
 
+/// The units of the normal directory in a [`result_tree`], as [`rerun`] lists them.
+fn normal_units(tree: &[(String, Entry)]) -> Vec<(String, Entry)> {
+    tree.iter()
+        .filter_map(|(p, e)| {
+            p.strip_prefix("normal/")
+                .map(|p| (p.to_string(), e.clone()))
+        })
+        .collect()
+}
+
 /// `VOLT_UPDATE_GOLDEN` set: rewrite the expected trees (a developer's step, reviewed in the
 /// diff and committed). Refused when `CI` is set, where rewriting would make the comparison
 /// pass whatever the generator wrote.
@@ -272,10 +282,7 @@ fn stale_files_are_removed_and_foreign_files_kept() {
 #[test]
 fn a_new_file_colliding_with_a_generated_vm_gets_the_error() {
     let run = generated("one-vm");
-    let want: Vec<(String, Entry)> = result_tree(&run)
-        .into_iter()
-        .filter_map(|(p, e)| p.strip_prefix("normal/").map(|p| (p.to_string(), e)))
-        .collect();
+    let want = normal_units(&result_tree(&run));
     let vms = run.root.join("etc/volt/vms");
     std::fs::copy(vms.join("web.toml"), vms.join("aaa.toml")).expect("copy");
     let (o, tree) = rerun(&run, "again");
@@ -359,13 +366,7 @@ fn a_broken_file_keeps_its_last_good_units_until_it_is_removed() {
         .expect("netdev");
     let vm = run.root.join("etc/volt/vms/web.toml");
     std::fs::write(&vm, "vcpus = \"x\"\n").expect("break the file");
-    let want: Vec<(String, Entry)> = good
-        .iter()
-        .filter_map(|(p, e)| {
-            p.strip_prefix("normal/")
-                .map(|p| (p.to_string(), e.clone()))
-        })
-        .collect();
+    let want = normal_units(&good);
     for tag in ["broken1", "broken2"] {
         let (o, tree) = again(tag);
         let stderr = String::from_utf8_lossy(&o.stderr);
@@ -403,13 +404,7 @@ fn an_unlistable_vms_directory_keeps_every_vms_units() {
     let run = generated("one-vm");
     links_up(&run.root, &run.out.join("owner"));
     let good = result_tree(&run);
-    let want: Vec<(String, Entry)> = good
-        .iter()
-        .filter_map(|(p, e)| {
-            p.strip_prefix("normal/")
-                .map(|p| (p.to_string(), e.clone()))
-        })
-        .collect();
+    let want = normal_units(&good);
     let netdev = run
         .root
         .join("run/systemd/network/60-volt-tap-710533bb.netdev");

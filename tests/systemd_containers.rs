@@ -142,6 +142,40 @@ fn container_reaches_vm(c: &Nspawn, l: &str, vm_ip: &str) {
     assert_eq!(echo, "volt-echo", "UDP echo from the guest");
 }
 
+/// The address a container's networkd-DHCP lease gave it, from its unit's journal line
+/// "... has A/N from DHCP"; asserts it is in `prefix`'s dynamic pool (.100-.254) on `bridge`.
+fn dhcp_address(log: &str, prefix: &str, bridge: &str) -> String {
+    let ip = log
+        .lines()
+        .find_map(|line| {
+            let rest = line.split(" has ").nth(1)?;
+            rest.strip_suffix(" from DHCP")
+                .and_then(|a| a.split('/').next())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no DHCP address in the log:\n{log}"));
+    let last: u8 = ip
+        .rsplit('.')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .expect("ip");
+    assert!(
+        ip.starts_with(prefix) && (100..=254).contains(&last),
+        "{ip} is from networkd's pool on {bridge}"
+    );
+    ip
+}
+
+/// The address of web's first NIC in `volt ipam list`'s output.
+fn vm_lease(leases: &str) -> String {
+    leases
+        .lines()
+        .find(|l| l.contains("vm/web/eth0"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no VM lease: {leases}"))
+        .to_string()
+}
+
 #[test]
 fn static_container_and_vm_reach_each_other_and_broken_file_is_skipped() {
     if skip() {
@@ -240,34 +274,12 @@ fn dhcp_container_and_crash_stop_restart_cycle() {
     c.ok("systemctl start volt-container@db.service");
     let l = assert_running(&c);
     let log = c.ok("journalctl --no-pager -o cat -u volt-container@db.service");
-    let ip = log
-        .lines()
-        .find_map(|line| {
-            let rest = line.split(" has ").nth(1)?;
-            rest.strip_suffix(" from DHCP")
-                .and_then(|a| a.split('/').next())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| panic!("no DHCP address in the log:\n{log}"));
-    let last: u8 = ip
-        .rsplit('.')
-        .next()
-        .and_then(|o| o.parse().ok())
-        .expect("ip");
-    assert!(
-        ip.starts_with("10.42.0.") && (100..=254).contains(&last),
-        "{ip} is from networkd's pool on volt0"
-    );
+    let ip = dhcp_address(&log, "10.42.0.", "volt0");
     ping::assert_all(&c.ok(&format!("ping -c 2 -W 2 {ip}")), 2);
 
     c.ok("systemctl start volt-vm@web.service");
     let leases = c.ok("/usr/bin/volt ipam list");
-    let vm_ip = leases
-        .lines()
-        .find(|l| l.contains("vm/web/eth0"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or_else(|| panic!("no VM lease: {leases}"))
-        .to_string();
+    let vm_ip = vm_lease(&leases);
     let ct_line = leases
         .lines()
         .find(|l| l.contains("container/db/eth0"))
@@ -458,24 +470,7 @@ fn a_defined_network_gets_its_bridge_and_dhcp_from_networkd() {
         "journalctl --no-pager -o cat -u volt-container@db.service | grep -F ' from DHCP'",
         Duration::from_secs(30),
     );
-    let ip = log
-        .lines()
-        .find_map(|line| {
-            let rest = line.split(" has ").nth(1)?;
-            rest.strip_suffix(" from DHCP")
-                .and_then(|a| a.split('/').next())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| panic!("no DHCP address in the log:\n{log}"));
-    let last: u8 = ip
-        .rsplit('.')
-        .next()
-        .and_then(|o| o.parse().ok())
-        .expect("ip");
-    assert!(
-        ip.starts_with("10.77.0.") && (100..=254).contains(&last),
-        "{ip} is from networkd's pool on lab0"
-    );
+    let ip = dhcp_address(&log, "10.77.0.", "lab0");
     ping::assert_all(&c.ok(&format!("ping -c 2 -W 2 {ip}")), 2);
 
     c.ok("systemctl start volt-vm@web.service");
@@ -492,11 +487,6 @@ fn a_defined_network_gets_its_bridge_and_dhcp_from_networkd() {
         "{owner}"
     );
     let leases = c.ok("/usr/bin/volt ipam list --network lab");
-    let vm_ip = leases
-        .lines()
-        .find(|l| l.contains("vm/web/eth0"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or_else(|| panic!("no VM lease on lab: {leases}"))
-        .to_string();
+    let vm_ip = vm_lease(&leases);
     c.wait_ok(&format!("ping -c 1 -W 1 {vm_ip}"), Duration::from_secs(20));
 }

@@ -455,12 +455,12 @@ impl Daemon {
                     .map(|(d, _)| d)
                     .collect();
                 for ip in have.difference(&want.routes) {
-                    if let Err(e) = mech::route_del(nl, &s.net.bridge, *ip, src) {
+                    if let Err(e) = mech::set_route(nl, &s.net.bridge, *ip, src, false) {
                         log::warn!("{}", crate::error_chain(&e));
                     }
                 }
                 for ip in want.routes.difference(&have) {
-                    if let Err(e) = mech::route_add(nl, &s.net.bridge, *ip, src) {
+                    if let Err(e) = mech::set_route(nl, &s.net.bridge, *ip, src, true) {
                         log::warn!("{}", crate::error_chain(&e));
                     }
                 }

@@ -460,17 +460,9 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
+    /// Answers with `answer` at once.
     fn serve(answer: &'static [u8]) -> Url {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        std::thread::spawn(move || {
-            if let Ok((mut s, _)) = l.accept() {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(answer);
-            }
-        });
-        Url::parse(&format!("http://127.0.0.1:{port}")).expect("url")
+        drip(answer, b"", Duration::ZERO)
     }
 
     #[test]

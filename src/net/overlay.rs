@@ -219,28 +219,22 @@ pub fn routes(nl: &Netlink, bridge: &str) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, N
     Ok(out)
 }
 
-/// Route `ip`/32 over `bridge` with source `src` (replacing one that is there).
-pub fn route_add(
+/// Route `ip`/32 over `bridge` with source `src` (replacing one that is there), or with
+/// `present` false remove it (one already gone is not an error).
+pub fn set_route(
     nl: &Netlink,
     bridge: &str,
     ip: Ipv4Addr,
     src: Ipv4Addr,
+    present: bool,
 ) -> Result<(), NetlinkError> {
     let msg = route_message(nl.index(bridge)?, ip, src);
     let (rt, h) = nl.parts();
-    rt.block_on(async move { h.route().add(msg).replace().execute().await })
-        .map_err(req(format!("route {ip} over {bridge} from {src}")))
-}
-
-/// Remove the route to `ip`/32 over `bridge`.
-pub fn route_del(
-    nl: &Netlink,
-    bridge: &str,
-    ip: Ipv4Addr,
-    src: Ipv4Addr,
-) -> Result<(), NetlinkError> {
-    let msg = route_message(nl.index(bridge)?, ip, src);
-    let (rt, h) = nl.parts();
+    if present {
+        return rt
+            .block_on(async move { h.route().add(msg).replace().execute().await })
+            .map_err(req(format!("route {ip} over {bridge} from {src}")));
+    }
     match rt
         .block_on(async move { h.route().del(msg).execute().await })
         .map_err(req(format!("remove the route to {ip} over {bridge}")))

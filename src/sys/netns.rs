@@ -67,16 +67,20 @@ pub fn exists(name: &str) -> bool {
     r == 0 && magic == NSFS_MAGIC
 }
 
+fn create_error(name: &str, step: &'static str, source: std::io::Error) -> NetnsError {
+    NetnsError::Create {
+        name: name.into(),
+        step,
+        source,
+    }
+}
+
 /// The named namespace, created unless it exists. Creations are serialised across processes
 /// (a lock on `/run/netns`), so two owners bringing up NICs of one workload at once both get
 /// the namespace, and neither opens the other's placeholder file half-way through its
 /// creation. A placeholder a crashed creation left is replaced.
 pub fn ensure(name: &str) -> Result<PathBuf, NetnsError> {
-    let err = |step, source| NetnsError::Create {
-        name: name.into(),
-        step,
-        source,
-    };
+    let err = |step, source| create_error(name, step, source);
     let dir = Path::new(NETNS_DIR);
     std::fs::create_dir_all(dir).map_err(|e| err("mkdir /run/netns", e))?;
     let lock = File::open(dir).map_err(|e| err("open /run/netns to lock it", e))?;
@@ -163,11 +167,7 @@ pub fn command_in(cmd: &mut std::process::Command, ns: &File) {
 /// Create the named network namespace `/run/netns/<name>` (like `ip netns add`): an empty
 /// namespace with only a down `lo`. Fails if it exists.
 pub fn create(name: &str) -> Result<PathBuf, NetnsError> {
-    let err = |step, source| NetnsError::Create {
-        name: name.into(),
-        step,
-        source,
-    };
+    let err = |step, source| create_error(name, step, source);
     let dir = Path::new(NETNS_DIR);
     std::fs::create_dir_all(dir).map_err(|e| err("mkdir /run/netns", e))?;
     // Make /run/netns a shared mount point so namespaces mounted later propagate to other
