@@ -380,24 +380,40 @@ impl ConfigSet {
                 o.name == n.name || o.bridge == n.bridge || overlap(&o.subnet, &n.subnet)
             });
             if let Some(o) = clash {
-                let (field, what) = if o.name == n.name {
-                    ("name", format!("the name {:?}", n.name))
+                let (field, what, at, theirs) = if o.name == n.name {
+                    (
+                        "name",
+                        format!("the name {:?}", n.name),
+                        &n.at.name,
+                        &o.at.name,
+                    )
                 } else if o.bridge == n.bridge {
-                    ("bridge", format!("bridge {:?}", n.bridge))
+                    (
+                        "bridge",
+                        format!("bridge {:?}", n.bridge),
+                        &n.at.bridge,
+                        &o.at.bridge,
+                    )
                 } else {
                     (
                         "subnet",
                         format!("subnet {} overlaps {}", n.subnet, o.subnet),
+                        &n.at.subnet,
+                        &o.at.subnet,
                     )
                 };
                 let message = match &o.source {
-                    Some(p) => format!("{what}: already defined by {}", p.display()),
+                    Some(p) => format!(
+                        "{what}: already defined by {}",
+                        theirs.clone().unwrap_or_else(|| Location::file(p))
+                    ),
                     None => format!(
                         "{what}: that is the built-in network {DEFAULT_NETWORK}; use another, or redefine {DEFAULT_NETWORK} with bridge = \"{DEFAULT_NETWORK}\""
                     ),
                 };
+                let file = || Location::file(n.source.as_deref().unwrap_or(Path::new("?")));
                 errors.push(ConfigError::Invalid {
-                    at: Location::file(n.source.as_deref().unwrap_or(Path::new("?"))),
+                    at: at.clone().unwrap_or_else(file),
                     field: field.into(),
                     message,
                 });
@@ -523,65 +539,5 @@ pub fn load_vm_file(root: &Path, path: &Path) -> Result<VmConfig, Vec<ConfigErro
 }
 
 #[cfg(test)]
-mod load_tests {
-    use super::*;
-
-    #[test]
-    fn the_cluster_loader_reads_networks_and_cluster_toml_but_no_workload_file() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let etc = tmp.path().join("etc/volt");
-        std::fs::create_dir_all(etc.join("vms")).expect("mkdir");
-        std::fs::write(
-            etc.join("cluster.toml"),
-            "host = \"a\"\nunderlay = \"192.168.50.11\"\n[etcd]\nendpoints = [\"http://192.168.50.11:2379\"]\n[[network]]\nname = \"volt0\"\nvni = 42\n",
-        )
-        .expect("write");
-        std::fs::write(etc.join("vms/bad.toml"), "memory_mib = \"lots\"\n").expect("write");
-        let light = ConfigSet::load_cluster(tmp.path());
-        assert!(light.cluster.is_some(), "{:?}", light.errors);
-        assert!(light.errors.is_empty(), "{:?}", light.errors);
-        assert!(light.vms.is_empty() && light.containers.is_empty());
-        let full = ConfigSet::load(tmp.path());
-        assert!(full.cluster.is_some());
-        assert!(
-            full.errors
-                .iter()
-                .any(|e| e.file().ends_with("vms/bad.toml")),
-            "{:?}",
-            full.errors
-        );
-    }
-
-    #[test]
-    fn a_nic_on_a_network_whose_file_is_broken_is_told_to_fix_that_file() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let etc = tmp.path().join("etc/volt");
-        std::fs::create_dir_all(etc.join("vms")).expect("mkdir");
-        std::fs::create_dir_all(etc.join("networks")).expect("mkdir");
-        std::fs::write(tmp.path().join("k"), "kernel").expect("write");
-        std::fs::write(
-            etc.join("networks/lab.toml"),
-            "subnet = \"10.50.0.0/24\"\nbridge = \"brlab\"\ntpye = \"bridged\"\n",
-        )
-        .expect("write");
-        std::fs::write(
-            etc.join("vms/a.toml"),
-            "kernel = \"/k\"\n[[network]]\nbridge = \"brlab\"\n",
-        )
-        .expect("write");
-        std::fs::write(
-            etc.join("vms/b.toml"),
-            "kernel = \"/k\"\n[[network]]\nzone = \"lab\"\n",
-        )
-        .expect("write");
-        let set = ConfigSet::load(tmp.path());
-        let text: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
-        for vm in ["a", "b"] {
-            assert!(
-                text.iter().any(|e| e.starts_with(&format!("/etc/volt/vms/{vm}.toml:3:"))
-                    && e.contains("its network is defined in /etc/volt/networks/lab.toml, which has errors")),
-                "{text:?}"
-            );
-        }
-    }
-}
+#[path = "load_tests.rs"]
+mod load_tests;

@@ -100,6 +100,19 @@ pub struct Network {
     pub port_maps: Vec<PortMap>,
     /// Whether Volt may create the bridge when it is missing.
     pub create_bridge: bool,
+    /// Where the file writes its name, bridge and subnet (for an error about a collision
+    /// with another network's).
+    #[serde(skip)]
+    pub at: NetworkAt,
+}
+
+/// Where a network file writes the values another network's may collide with; `None` where
+/// the file does not write it (a bridge named after the network) or for the built-in one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetworkAt {
+    pub name: Option<Location>,
+    pub bridge: Option<Location>,
+    pub subnet: Option<Location>,
 }
 
 impl Network {
@@ -124,6 +137,7 @@ impl Network {
             uplink: None,
             port_maps: Vec::new(),
             create_bridge: true,
+            at: NetworkAt::default(),
         }
     }
 

@@ -13,7 +13,7 @@ use super::super::reader;
 use super::super::span::Src;
 use super::{
     check_in_subnet, check_mtu, complement, default_ranges, parse_ip, parse_range, parse_subnet,
-    Network, NetworkType, PortMap, Proto, Range, RawNetwork, RawRange,
+    Network, NetworkAt, NetworkType, PortMap, Proto, Range, RawNetwork, RawRange,
 };
 
 /// `r`'s value, or `None` with its error kept in `errs`.
@@ -93,6 +93,11 @@ pub(super) fn network_from_raw(
                 uplink,
                 port_maps,
                 create_bridge: raw.create_bridge.unwrap_or(true),
+                at: NetworkAt {
+                    name: None,
+                    bridge: raw.bridge.as_ref().map(|b| src.at(b.span().start)),
+                    subnet: Some(src.at(raw.subnet.span().start)),
+                },
             };
             reservations(src, &raw, &mut net, &mut errs);
             if errs.is_empty() {

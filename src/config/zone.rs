@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 use super::derive::{check_link_name, check_workload_name};
 use super::error::{ConfigError, Location};
-use super::network::{default_ranges, Network, NetworkType, Range, DEFAULT_NETWORK, DEFAULT_ZONE};
+use super::network::{
+    default_ranges, Network, NetworkAt, NetworkType, Range, DEFAULT_NETWORK, DEFAULT_ZONE,
+};
 
 #[derive(Debug, Deserialize)]
 struct ZoneKind {
@@ -186,5 +188,10 @@ pub fn parse_zone_yaml(path: &Path, text: &str) -> Result<Option<Network>, Confi
         uplink: None,
         port_maps: Vec::new(),
         create_bridge: true,
+        at: NetworkAt {
+            name: Some(yaml_at(path, &raw.name.referenced)),
+            bridge: raw.bridge.as_ref().map(|b| yaml_at(path, &b.referenced)),
+            subnet: Some(yaml_at(path, &raw.subnet.referenced)),
+        },
     }))
 }

@@ -1,0 +1,110 @@
+use super::*;
+
+#[test]
+fn the_cluster_loader_reads_networks_and_cluster_toml_but_no_workload_file() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let etc = tmp.path().join("etc/volt");
+    std::fs::create_dir_all(etc.join("vms")).expect("mkdir");
+    std::fs::write(
+        etc.join("cluster.toml"),
+        "host = \"a\"\nunderlay = \"192.168.50.11\"\n[etcd]\nendpoints = [\"http://192.168.50.11:2379\"]\n[[network]]\nname = \"volt0\"\nvni = 42\n",
+    )
+    .expect("write");
+    std::fs::write(etc.join("vms/bad.toml"), "memory_mib = \"lots\"\n").expect("write");
+    let light = ConfigSet::load_cluster(tmp.path());
+    assert!(light.cluster.is_some(), "{:?}", light.errors);
+    assert!(light.errors.is_empty(), "{:?}", light.errors);
+    assert!(light.vms.is_empty() && light.containers.is_empty());
+    let full = ConfigSet::load(tmp.path());
+    assert!(full.cluster.is_some());
+    assert!(
+        full.errors
+            .iter()
+            .any(|e| e.file().ends_with("vms/bad.toml")),
+        "{:?}",
+        full.errors
+    );
+}
+
+#[test]
+fn a_nic_on_a_network_whose_file_is_broken_is_told_to_fix_that_file() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let etc = tmp.path().join("etc/volt");
+    std::fs::create_dir_all(etc.join("vms")).expect("mkdir");
+    std::fs::create_dir_all(etc.join("networks")).expect("mkdir");
+    std::fs::write(tmp.path().join("k"), "kernel").expect("write");
+    std::fs::write(
+        etc.join("networks/lab.toml"),
+        "subnet = \"10.50.0.0/24\"\nbridge = \"brlab\"\ntpye = \"bridged\"\n",
+    )
+    .expect("write");
+    std::fs::write(
+        etc.join("vms/a.toml"),
+        "kernel = \"/k\"\n[[network]]\nbridge = \"brlab\"\n",
+    )
+    .expect("write");
+    std::fs::write(
+        etc.join("vms/b.toml"),
+        "kernel = \"/k\"\n[[network]]\nzone = \"lab\"\n",
+    )
+    .expect("write");
+    let set = ConfigSet::load(tmp.path());
+    let text: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+    for vm in ["a", "b"] {
+        assert!(
+            text.iter()
+                .any(|e| e.starts_with(&format!("/etc/volt/vms/{vm}.toml:3:"))
+                    && e.contains(
+                        "its network is defined in /etc/volt/networks/lab.toml, which has errors"
+                    )),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn a_network_colliding_with_another_is_told_where_both_write_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let nets = tmp.path().join("etc/volt/networks");
+    let zones = tmp.path().join("etc/voltainer/network");
+    std::fs::create_dir_all(&nets).expect("mkdir");
+    std::fs::create_dir_all(&zones).expect("mkdir");
+    std::fs::write(
+        nets.join("a.toml"),
+        "# lab\nbridge = \"lab0\"\nsubnet = \"10.50.0.0/24\"\n",
+    )
+    .expect("write");
+    // The same bridge, and a subnet inside a's.
+    std::fs::write(
+        nets.join("b.toml"),
+        "subnet = \"10.51.0.0/24\"\nbridge = \"lab0\"\n",
+    )
+    .expect("write");
+    std::fs::write(nets.join("c.toml"), "subnet = \"10.50.0.128/25\"\n").expect("write");
+    // The built-in volt0's subnet.
+    std::fs::write(nets.join("d.toml"), "\n\nsubnet = \"10.42.0.0/16\"\n").expect("write");
+    // A zone named like a.toml's network, its name on line 3.
+    std::fs::write(
+        zones.join("z.yaml"),
+        "apiVersion: v1\nkind: NetworkZone\nname: a\nsubnet: 10.60.0.0/24\n",
+    )
+    .expect("write");
+    let set = ConfigSet::load(tmp.path());
+    let mut text: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+    text.sort();
+    assert_eq!(
+        text,
+        vec![
+            "/etc/volt/networks/b.toml:2:10: bridge: bridge \"lab0\": already defined by /etc/volt/networks/a.toml:2:10",
+            "/etc/volt/networks/c.toml:1:10: subnet: subnet 10.50.0.128/25 overlaps 10.50.0.0/24: already defined by /etc/volt/networks/a.toml:3:10",
+            "/etc/volt/networks/d.toml:3:10: subnet: subnet 10.42.0.0/16 overlaps 10.42.0.0/24: that is the built-in network volt0; use another, or redefine volt0 with bridge = \"volt0\"",
+            "/etc/voltainer/network/z.yaml:3:7: name: the name \"a\": already defined by /etc/volt/networks/a.toml",
+        ],
+    );
+    let names: Vec<&str> = set.networks.list.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["a", "volt0"],
+        "the first of each collision stays"
+    );
+}
