@@ -500,3 +500,45 @@ fn concurrent_owners_both_get_the_isolated_namespace() {
     netns::run_in(&path, || ()).expect("enter");
     netns::delete(&name).expect("delete");
 }
+
+/// A VXLAN link left with other parameters (a changed cluster.toml, an underlay address that
+/// moved) is made again with the new ones; an unchanged one is kept as it is.
+#[test]
+fn a_vxlan_link_made_with_other_parameters_is_made_again() {
+    use volt::net::overlay::{ensure_vxlan, VxlanParams};
+    if skip() {
+        return;
+    }
+    let ns = TestNs::new("vxp");
+    ns.ok("ip link add und0 type veth peer name und1 && ip addr add 192.168.77.1/24 dev und0 && ip addr add 192.168.77.2/24 dev und0 && ip link set und0 up && ip link add vbr0 type bridge && ip link set vbr0 up");
+    let vx = |local: [u8; 4], port: u16| -> (bool, u32) {
+        let p = move |nl: &Netlink| VxlanParams {
+            name: "vx-42".into(),
+            vni: 42,
+            local: local.into(),
+            port,
+            dev: nl.link("und0").expect("und0").expect("und0").index,
+            mtu: 1450,
+        };
+        ns.run(move || {
+            let nl = Netlink::new().expect("netlink");
+            let created = ensure_vxlan(&nl, &p(&nl), "vbr0").expect("ensure_vxlan");
+            (created, nl.link("vx-42").expect("vx").expect("vx").index)
+        })
+    };
+    let (created, first) = vx([192, 168, 77, 1], 4789);
+    assert!(created);
+    assert_eq!(vx([192, 168, 77, 1], 4789), (false, first), "unchanged: kept");
+    let (created, second) = vx([192, 168, 77, 2], 8472);
+    assert!(created && second != first, "changed: made again");
+    let shown: serde_json::Value =
+        serde_json::from_str(&ns.ok("ip -j -d link show vx-42")).expect("json");
+    let data = &shown[0]["linkinfo"]["info_data"];
+    assert_eq!(
+        (data["id"].as_u64(), data["local"].as_str(), data["port"].as_u64()),
+        (Some(42), Some("192.168.77.2"), Some(8472)),
+        "{shown}"
+    );
+    assert_eq!(shown[0]["master"].as_str(), Some("vbr0"), "{shown}");
+    assert_eq!(shown[0]["mtu"].as_u64(), Some(1450), "{shown}");
+}

@@ -96,7 +96,8 @@ fn mac_of(bytes: &[u8]) -> Option<MacAddr> {
 }
 
 impl Link {
-    fn from_message(m: &LinkMessage) -> Link {
+    /// The fields Volt reads of the kernel's message about a link.
+    pub(crate) fn from_message(m: &LinkMessage) -> Link {
         let mut l = Link {
             index: m.header.index,
             name: String::new(),
@@ -193,6 +194,11 @@ impl Netlink {
 
     /// The link called `name` (its name or one of its altnames), if it exists.
     pub fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        Ok(self.link_message(name)?.as_ref().map(Link::from_message))
+    }
+
+    /// The kernel's whole message about the link called `name`, if it exists.
+    pub fn link_message(&self, name: &str) -> Result<Option<LinkMessage>, NetlinkError> {
         let h = self.handle.clone();
         let r = self.rt.block_on(async move {
             h.link()
@@ -203,7 +209,7 @@ impl Netlink {
                 .await
         });
         match r {
-            Ok(m) => Ok(m.as_ref().map(Link::from_message)),
+            Ok(m) => Ok(m),
             Err(e) => {
                 let e = Self::req(format!("look up link {name}"), e);
                 match e.errno() {

@@ -11,6 +11,7 @@ use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE,
     NLM_F_REQUEST,
 };
+use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -20,7 +21,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{LinkVxlan, RouteMessageBuilder};
 
-use super::netlink::{mac_and_ipv4, Netlink, NetlinkError};
+use super::netlink::{mac_and_ipv4, Link, Netlink, NetlinkError};
 use crate::config::MacAddr;
 
 /// The protocol number Volt's overlay routes carry, so they are told apart from others.
@@ -73,12 +74,49 @@ fn send(
     .map_err(req(what))
 }
 
+/// What an existing VXLAN link was made with: VNI, local address, port, underlay index.
+fn vxlan_made_with(m: &LinkMessage) -> (Option<u32>, Option<Ipv4Addr>, Option<u16>, Option<u32>) {
+    let mut made = (None, None, None, None);
+    let infos = m.attributes.iter().filter_map(|a| match a {
+        LinkAttribute::LinkInfo(i) => Some(i),
+        _ => None,
+    });
+    for info in infos.flatten() {
+        let LinkInfo::Data(InfoData::Vxlan(v)) = info else {
+            continue;
+        };
+        for a in v {
+            match a {
+                InfoVxlan::Id(id) => made.0 = Some(*id),
+                InfoVxlan::Local(ip) => made.1 = Some(*ip),
+                InfoVxlan::Port(port) => made.2 = Some(*port),
+                InfoVxlan::Link(dev) => made.3 = Some(*dev),
+                _ => {}
+            }
+        }
+    }
+    made
+}
+
 /// Make sure the VXLAN link exists (learning on: the kernel then drops frames whose source
-/// MAC a static entry places behind another VTEP), with this MTU, on `bridge`, up.
+/// MAC a static entry places behind another VTEP), with this MTU, on `bridge`, up. A link of
+/// that name made with another VNI, local address, port or underlay (a changed cluster.toml,
+/// an underlay address that moved) is made again: those cannot be changed in place.
 /// Returns whether it was created.
 pub fn ensure_vxlan(nl: &Netlink, p: &VxlanParams, bridge: &str) -> Result<bool, NetlinkError> {
-    let created = match nl.link(&p.name)? {
-        Some(l) if l.kind.as_deref() == Some("vxlan") => false,
+    let want = (Some(p.vni), Some(p.local), Some(p.port), Some(p.dev));
+    let created = match nl.link_message(&p.name)? {
+        Some(m) if Link::from_message(&m).kind.as_deref() == Some("vxlan") => {
+            let had = vxlan_made_with(&m);
+            if had != want {
+                log::info!(
+                    "{} was made with VNI {:?}, local {:?}, port {:?}, underlay #{:?}; making it again with VNI {}, local {}, port {}, underlay #{}",
+                    p.name, had.0, had.1, had.2, had.3, p.vni, p.local, p.port, p.dev
+                );
+                nl.delete(&p.name)?;
+            }
+            had != want
+        }
         Some(_) => {
             nl.delete(&p.name)?;
             true
