@@ -528,14 +528,22 @@ fn a_vxlan_link_made_with_other_parameters_is_made_again() {
     };
     let (created, first) = vx([192, 168, 77, 1], 4789);
     assert!(created);
-    assert_eq!(vx([192, 168, 77, 1], 4789), (false, first), "unchanged: kept");
+    assert_eq!(
+        vx([192, 168, 77, 1], 4789),
+        (false, first),
+        "unchanged: kept"
+    );
     let (created, second) = vx([192, 168, 77, 2], 8472);
     assert!(created && second != first, "changed: made again");
     let shown: serde_json::Value =
         serde_json::from_str(&ns.ok("ip -j -d link show vx-42")).expect("json");
     let data = &shown[0]["linkinfo"]["info_data"];
     assert_eq!(
-        (data["id"].as_u64(), data["local"].as_str(), data["port"].as_u64()),
+        (
+            data["id"].as_u64(),
+            data["local"].as_str(),
+            data["port"].as_u64()
+        ),
         (Some(42), Some("192.168.77.2"), Some(8472)),
         "{shown}"
     );

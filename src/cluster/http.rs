@@ -7,7 +7,7 @@
 //! streamed body has no deadline, only a longer timeout on each read.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -227,13 +227,21 @@ fn connect(
         url: show.clone(),
         source,
     };
-    let addr = (url.host.as_str(), url.port)
-        .to_socket_addrs()
-        .map_err(conn)?
-        .next()
-        .ok_or_else(|| conn(std::io::Error::other("the host name has no address")))?;
-    let tcp = TcpStream::connect_timeout(&addr, limits.next().map_err(conn)?.min(timeout))
-        .map_err(conn)?;
+    let addrs = super::resolve::resolve(
+        &url.host,
+        url.port,
+        limits.next().map_err(conn)?.min(timeout),
+    )
+    .map_err(conn)?;
+    // Each address in turn (a name may give IPv6 and IPv4), within the request's deadline.
+    let mut tried = Err(std::io::Error::other("the host name has no address"));
+    for addr in &addrs {
+        tried = TcpStream::connect_timeout(addr, limits.next().map_err(conn)?.min(timeout));
+        if tried.is_ok() {
+            break;
+        }
+    }
+    let tcp = tried.map_err(conn)?;
     let _ = tcp.set_nodelay(true);
     let tcp = Timed {
         tcp,

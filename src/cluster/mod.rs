@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod http;
 mod membership;
 mod overlay;
+mod resolve;
 pub mod status;
 pub mod store;
 
