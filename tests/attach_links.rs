@@ -413,3 +413,62 @@ fn a_lease_on_a_network_the_nic_has_left_goes_back_to_its_pool() {
     assert_eq!(gone.len(), 1, "{gone:?}");
     assert!(at.ipam().list("lab").expect("list").is_empty());
 }
+
+/// A host-only network's NAT follows its workloads: a port map to a VM that has no address
+/// yet waits, and is made when the VM's link comes up with its lease, with no `volt net up`.
+#[test]
+fn a_port_map_is_made_when_its_vms_link_comes_up() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("atnat");
+    host.ok("ip link add wan0 type veth peer name wan1 && ip link set wan0 up");
+    let r = root(&[
+        (
+            "etc/volt/networks/lab.toml",
+            "bridge = \"vbr5\"\nsubnet = \"10.81.0.0/24\"\ntype = \"host-only\"\nuplink = \"wan0\"\n\
+             [[port_map]]\nhost_port = 8080\ntarget = \"web\"\ntarget_port = 80\n",
+        ),
+        (
+            "etc/volt/vms/web.toml",
+            "kernel = \"/boot/guest\"\n[[network]]\nbridge = \"vbr5\"\n",
+        ),
+    ]);
+    let at = Attach::load(r.path());
+    assert!(at.errors().is_empty(), "{:?}", at.errors());
+    let lab = at
+        .plan
+        .networks
+        .list
+        .iter()
+        .find(|n| n.name == "lab")
+        .expect("lab")
+        .clone();
+    let before = at.port_map_targets(&lab).expect("targets");
+    assert!(before.ready.is_empty(), "{before:?}");
+    assert_eq!(
+        before.waiting,
+        vec!["port map tcp 8080 -> web:80 waits for web to have an address on lab (a static ipv4, a reservation or a lease)"]
+    );
+    let tap = tap_of("web");
+    up(&host, r.path(), &tap).expect("web's link up");
+    let leased = at
+        .ipam()
+        .list("lab")
+        .expect("leases")
+        .into_iter()
+        .find(|l| l.owner.name == "web")
+        .expect("web's lease")
+        .ip;
+    let rules = host.ok("nft list table ip volt");
+    assert!(rules.contains(&format!("dnat to {leased}:80")), "{rules}");
+    assert!(rules.contains("masquerade"), "{rules}");
+    assert_eq!(
+        host.ok("cat /proc/sys/net/ipv4/conf/vbr5/forwarding")
+            .trim(),
+        "1"
+    );
+    let o = volt_link(&host, r.path(), "down", &tap);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!exists(&host, &tap));
+}

@@ -275,6 +275,10 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
             Some((ip, prefix)) => {
                 log::info!("{what}: {inside} has {ip}/{prefix} from DHCP");
                 record(ip, false);
+                // A port map to it can now be made.
+                if let Some(net) = net {
+                    at.refresh_nat(&net.name);
+                }
             }
             None => log::warn!(
                 "{what}: {inside} got no DHCP address within {dhcp_wait:?} (is a DHCP client running inside?); no lease recorded"

@@ -10,6 +10,7 @@
 mod book;
 mod container;
 mod leases;
+mod nat;
 mod record;
 mod vm;
 
@@ -18,13 +19,13 @@ use std::path::Path;
 
 pub use book::{book_error, AddressBook, BookError, ClusterBook};
 pub use container::net_up as container_net_up;
+pub use nat::PortTargets;
 pub use record::{LinkRecord, RecordError};
 
 use crate::config::{ConfigError, ConfigSet, MacAddr, Network, NetworkLookup};
 use crate::fsutil::FsError;
-use crate::net::ipam::{IpamError, Lease, Owner};
+use crate::net::ipam::{IpamError, Owner};
 use crate::net::manager::{LinkParams, ManagerError};
-use crate::net::nat::PortTarget;
 use crate::net::netlink::NetlinkError;
 use crate::net::{antispoof, link, monitor, networkd};
 use crate::plan::{names, Attachment, Kind, LinkKind, Paths, Plan, Workload};
@@ -170,6 +171,11 @@ impl Attach {
             Kind::Container => container::up(self, a),
         }
         .and_then(|r| r.save(&self.paths).map(|()| r).map_err(AttachError::from));
+        if record.is_ok() {
+            if let Some(net) = &a.network {
+                self.refresh_nat(net);
+            }
+        }
         if record.is_err() {
             // Fail closed and leave nothing behind: no port without its rules, and no link,
             // rules or claims of a start that failed half-way (an address another workload
@@ -248,6 +254,9 @@ impl Attach {
         }
         if let Err(e) = LinkRecord::remove(&self.paths, link) {
             failed.push(format!("cannot remove the record of {link}: {e}"));
+        }
+        if let Some(net) = owned.and_then(|(_, a)| a.network.as_deref()) {
+            self.refresh_nat(net);
         }
         match (owned, &record) {
             (Some((w, a)), _) => self.release_cluster_claims(w, a),
@@ -380,55 +389,6 @@ impl Attach {
             .filter(|(w, a)| except.is_none_or(|o| *o != owner_of(w, a)))
             .filter_map(|(_, a)| a.addressing.known().map(|n| n.addr()))
             .collect()
-    }
-
-    /// The address each port map of `net` reaches: the target workload's static or reserved
-    /// address on `net`, else its lease (a VM's first, then a container's).
-    pub fn port_map_targets(&self, net: &Network) -> Result<Vec<PortTarget>, AttachError> {
-        let leases: Vec<Lease> =
-            self.ipam()
-                .list(&net.name)
-                .map_err(|source| AttachError::Ipam {
-                    what: format!("network {}", net.name),
-                    source: Box::new(source),
-                })?;
-        let mut out = Vec::new();
-        for pm in &net.port_maps {
-            let planned = self
-                .plan
-                .workloads
-                .iter()
-                .filter(|w| w.name == pm.target)
-                .flat_map(|w| w.attachments.iter())
-                .find(|a| a.network.as_deref() == Some(net.name.as_str()))
-                .and_then(|a| a.addressing.known().map(|n| n.addr()));
-            let leased = || {
-                leases
-                    .iter()
-                    .find(|l| {
-                        l.owner.kind == crate::net::ipam::Kind::Vm && l.owner.name == pm.target
-                    })
-                    .or_else(|| leases.iter().find(|l| l.owner.name == pm.target))
-                    .map(|l| l.ip)
-            };
-            let Some(addr) = planned.or_else(leased) else {
-                return Err(AttachError::Container {
-                    what: format!(
-                        "port map {} -> {}:{}",
-                        pm.host_port, pm.target, pm.target_port
-                    ),
-                    message: format!(
-                        "{} has no address on {} (no static ipv4, lease or reservation)",
-                        pm.target, net.name
-                    ),
-                });
-            };
-            out.push(PortTarget {
-                map: pm.clone(),
-                addr,
-            });
-        }
-        Ok(out)
     }
 }
 

@@ -223,7 +223,8 @@ pub enum NetCommand {
         out: OutputArgs,
     },
     /// Bring a network up: create its bridge if missing (and allowed); for host-only
-    /// networks enable forwarding and install masquerade + port-map DNAT in table `ip volt`.
+    /// networks enable forwarding and install masquerade + port-map DNAT in table `ip volt`
+    /// (the link owners do this too as workloads come and go); lists port maps still waiting.
     Up {
         /// The network's name or bridge.
         #[arg(value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]

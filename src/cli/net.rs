@@ -140,13 +140,14 @@ fn find_net<'a>(set: &'a ConfigSet, name: &str) -> Result<&'a crate::config::Net
 }
 
 /// `volt net up`: the bridge, and for host-only networks forwarding and the NAT rules with
-/// every declared port map resolved to its workload's address.
+/// the declared port maps whose workloads have an address (the others are listed; each is
+/// made when its workload's link comes up).
 pub fn up(root: &Path, name: &str) -> Result<Outcome> {
     let set = ConfigSet::load(root);
     let net = find_net(&set, name)?;
     let targets = Attach::load(root).port_map_targets(net)?;
     let mgr = Manager::new(Paths::new(root).runtime_dir());
-    let r = mgr.net_up(net, &targets)?;
+    let r = mgr.net_up(net, &targets.ready)?;
     println!(
         "{}: bridge {} {}{}",
         net.name,
@@ -167,6 +168,10 @@ pub fn up(root: &Path, name: &str) -> Result<Outcome> {
             String::new()
         }
     );
+    // Made when the target gets its address: its link owner refreshes the NAT then.
+    for w in &targets.waiting {
+        println!("  {w}");
+    }
     Ok(Outcome::Ok)
 }
 
