@@ -468,6 +468,18 @@ fn a_port_map_is_made_when_its_vms_link_comes_up() {
             .trim(),
         "1"
     );
+    // `volt net show` tells what the host has of the network now.
+    let shown: serde_json::Value = serde_json::from_str(&host.ok(&format!(
+        "VOLT_ROOT={} {} net show lab -o json",
+        r.path().display(),
+        env!("CARGO_BIN_EXE_volt")
+    )))
+    .expect("json");
+    let st = &shown["state"];
+    assert_ne!(st["bridge"], "absent", "{shown}");
+    assert_eq!(st["nat"], true, "{shown}");
+    assert_eq!(st["ports"][0]["link"], tap.as_str(), "{shown}");
+    assert_eq!(st["ports"][0]["altnames"][0], "web-eth0", "{shown}");
     let o = volt_link(&host, r.path(), "down", &tap);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!exists(&host, &tap));

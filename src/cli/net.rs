@@ -9,9 +9,11 @@ use serde::Serialize;
 use super::output::OutputArgs;
 use super::Outcome;
 use crate::attach::Attach;
-use crate::config::{ConfigSet, Network, NetworkLookup};
+use crate::config::{ConfigSet, Network, NetworkLookup, NetworkType};
 use crate::net::ipam::{Ipam, Lease};
 use crate::net::manager::Manager;
+use crate::net::nat;
+use crate::net::netlink::Netlink;
 use crate::plan::Paths;
 
 fn kind_text(n: &Network) -> String {
@@ -27,12 +29,75 @@ fn source_text(n: &Network) -> String {
         .map_or_else(|| "built-in".to_string(), |p| p.display().to_string())
 }
 
-/// A network with its leases: the same in `list` and `show` (JSON keys in this order).
+/// A network with its leases and what this host has of it now: the same in `list` and
+/// `show` (JSON keys in this order).
 #[derive(Serialize)]
 struct NetworkView<'a> {
     #[serde(flatten)]
     network: &'a Network,
     leases: Vec<Lease>,
+    state: LiveState,
+}
+
+/// The network as this host has it now.
+#[derive(Serialize, Default)]
+struct LiveState {
+    /// `absent`, or the bridge's operational state (`up`, `down`, `no-carrier`, ...).
+    bridge: String,
+    bridge_mtu: Option<u32>,
+    /// The links on the bridge (TAPs, veths, VXLAN ports, ...).
+    ports: Vec<Port>,
+    /// Host-only networks: whether their NAT chains are in table `ip volt`; `null` for other
+    /// types, or when that cannot be read (it needs root).
+    nat: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct Port {
+    link: String,
+    /// Its altnames: `<vm>-<nic>` for a TAP, the container's name for a veth.
+    altnames: Vec<String>,
+    state: String,
+}
+
+fn live_state(net: &Network) -> LiveState {
+    let mut st = LiveState {
+        bridge: "absent".into(),
+        ..LiveState::default()
+    };
+    let links = match Netlink::new().and_then(|nl| nl.links()) {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("{}", crate::error_chain(&e));
+            st.bridge = "unknown".into();
+            Vec::new()
+        }
+    };
+    if let Some(b) = links.iter().find(|l| l.name == net.bridge) {
+        st.bridge.clone_from(&b.operstate);
+        st.bridge_mtu = Some(b.mtu);
+        st.ports = links
+            .iter()
+            .filter(|l| l.master == Some(b.index))
+            .map(|l| Port {
+                link: l.name.clone(),
+                altnames: l.altnames.clone(),
+                state: l.operstate.clone(),
+            })
+            .collect();
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if net.kind == NetworkType::HostOnly && root {
+        st.nat = nat::existing_chains()
+            .map(|have| {
+                nat::chains(&net.name)
+                    .iter()
+                    .all(|(c, ..)| have.contains(c))
+            })
+            .ok();
+    }
+    st
 }
 
 fn view<'a>(root: &Path, net: &'a Network) -> NetworkView<'a> {
@@ -41,6 +106,7 @@ fn view<'a>(root: &Path, net: &'a Network) -> NetworkView<'a> {
         leases: Ipam::new(Paths::new(root).ipam_dir())
             .list(&net.name)
             .unwrap_or_default(),
+        state: live_state(net),
     }
 }
 
@@ -53,15 +119,16 @@ pub fn list(root: &Path, out: &OutputArgs) -> Result<Outcome> {
     if out.print_json(&views)? {
         return Ok(Outcome::Ok);
     }
-    let rows = set
-        .networks
-        .list
+    let rows = views
         .iter()
-        .map(|n| {
+        .map(|v| {
+            let n = v.network;
             vec![
                 n.name.clone(),
                 kind_text(n),
                 n.bridge.clone(),
+                v.state.bridge.clone(),
+                v.state.ports.len().to_string(),
                 n.subnet.to_string(),
                 n.gateway.to_string(),
                 n.vm_range.to_string(),
@@ -75,6 +142,8 @@ pub fn list(root: &Path, out: &OutputArgs) -> Result<Outcome> {
             "NAME",
             "TYPE",
             "BRIDGE",
+            "STATE",
+            "PORTS",
             "SUBNET",
             "GATEWAY",
             "VM POOL",
@@ -95,7 +164,37 @@ pub fn show(root: &Path, name: &str, out: &OutputArgs) -> Result<Outcome> {
     }
     println!("{} ({})", net.name, source_text(net));
     println!("  type         {}", kind_text(net));
-    println!("  bridge       {}", net.bridge);
+    let st = &v.state;
+    println!(
+        "  bridge       {} ({}{})",
+        net.bridge,
+        st.bridge,
+        st.bridge_mtu
+            .map(|m| format!(", MTU {m}"))
+            .unwrap_or_default()
+    );
+    for p in &st.ports {
+        println!(
+            "  port         {}{} ({})",
+            p.link,
+            if p.altnames.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", p.altnames.join(", "))
+            },
+            p.state
+        );
+    }
+    if net.kind == NetworkType::HostOnly {
+        println!(
+            "  NAT          {}",
+            match st.nat {
+                Some(true) => "in table ip volt",
+                Some(false) => "absent (volt net up, or a workload's link coming up, makes it)",
+                None => "unknown (reading nftables needs root)",
+            }
+        );
+    }
     println!("  subnet       {} (gateway {})", net.subnet, net.gateway);
     println!("  VM pool      {}", net.vm_range);
     println!("  container    {}", net.container_range);
