@@ -83,6 +83,31 @@ impl Attach {
         if net.kind != NetworkType::HostOnly {
             return;
         }
+        // One refresh of a network at a time, each reading the leases under the lock: two
+        // owners that each read before the other wrote its lease would otherwise apply in
+        // either order, the last one without the other's port map.
+        let dir = self.paths.runtime_dir();
+        let lock_path = dir.join(format!("nat-{}.lock", net.name));
+        let lock = std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                std::fs::File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+            })
+            .and_then(|f| f.lock().map(|()| f));
+        let _lock = match lock {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!(
+                    "{}: no NAT refresh: cannot lock {}: {e}",
+                    net.name,
+                    lock_path.display()
+                );
+                return;
+            }
+        };
         let targets = match self.port_map_targets(net) {
             Ok(t) => t,
             Err(e) => {
