@@ -450,6 +450,17 @@ fn a_port_map_is_made_when_its_vms_link_comes_up() {
         before.waiting,
         vec!["port map tcp 8080 -> web:80 waits for web to have an address on lab (a static ipv4, a reservation or a lease)"]
     );
+    // By hand: the NAT without the map, which it lists as waiting (an error before).
+    let by_hand = host.ok(&format!(
+        "VOLT_ROOT={} {} net up lab",
+        r.path().display(),
+        env!("CARGO_BIN_EXE_volt")
+    ));
+    assert!(
+        by_hand.contains("with 0 port map(s)") && by_hand.contains("8080 -> web:80 waits for web"),
+        "{by_hand}"
+    );
+    assert!(!host.ok("nft list table ip volt").contains("dnat to"));
     let tap = tap_of("web");
     up(&host, r.path(), &tap).expect("web's link up");
     let leased = at
