@@ -2,7 +2,8 @@
 //! generated files, the guest answers ping on volt0; `kill -9` of the VMM restarts it with
 //! the same TAP (same ifindex) from the fd store; `systemctl stop` removes the TAP and its
 //! runtime files; with networkd stopped the TAP is created directly. StatusText names the
-//! data path (vhost-net, or userspace and why), checked against the container.
+//! data path (vhost-net, or userspace and why), checked against the container. A host-only
+//! network's NAT and port map come with the VM's start.
 
 mod common;
 
@@ -222,4 +223,50 @@ fn direct_nic_rules_go_with_the_vm_and_an_owner_typo_deletes_nothing() {
     let log = c.ok("journalctl -u volt-tap@volt0.service --no-pager -o cat");
     assert!(log.contains("volt0 is not a link Volt owns"), "{log}");
     assert_eq!(c.ok("cat /sys/class/net/volt0/ifindex"), before);
+}
+
+/// A host-only network under real systemd: networkd makes its bridge, and starting a VM on it
+/// brings the NAT and the VM's port map with no `volt net up`: a datagram from the WAN to the
+/// uplink's port reaches the guest's UDP echo and the answer comes back.
+#[test]
+fn a_host_only_port_map_reaches_the_vm_with_no_net_up() {
+    let Some(c) = Host::with_volt("vho", true) else {
+        return;
+    };
+    // The uplink: a veth whose far end is in a namespace standing for the WAN.
+    c.ok(
+        "ip netns add wan && ip link add wan0 type veth peer name wan1 netns wan \
+          && ip addr add 203.0.113.1/24 dev wan0 && ip link set wan0 up \
+          && ip -n wan addr add 203.0.113.2/24 dev wan1 && ip -n wan link set wan1 up",
+    );
+    c.write(
+        "/etc/volt/networks/lab.toml",
+        "bridge = \"lab0\"\nsubnet = \"10.83.0.0/24\"\ntype = \"host-only\"\nuplink = \"wan0\"\n\
+         [[port_map]]\nproto = \"udp\"\nhost_port = 7007\ntarget = \"web\"\ntarget_port = 7\n",
+    );
+    c.write(
+        "/etc/volt/vms/web.toml",
+        "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nbridge = \"lab0\"\n",
+    );
+    c.ok("systemctl daemon-reload");
+    c.ok("systemctl start volt-vm@web.service");
+    let leases = c.ok("/usr/bin/volt ipam list --network lab");
+    let ip = leases
+        .lines()
+        .find(|l| l.contains("vm/web/eth0"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no lease for web: {leases}"))
+        .to_string();
+    let rules = c.ok("nft list table ip volt");
+    assert!(rules.contains(&format!("dnat to {ip}:7")), "{rules}");
+    let echo = c.wait_ok(
+        "ip netns exec wan bash -c 'exec 3<>/dev/udp/203.0.113.1/7007; printf volt-echo >&3; timeout 2 head -c 9 <&3'",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        echo, "volt-echo",
+        "WAN -> port map -> the guest's echo and back"
+    );
+    c.ok("systemctl stop volt-vm@web.service");
+    c.ok("ip netns del wan");
 }
