@@ -494,4 +494,32 @@ fn a_port_map_is_made_when_its_vms_link_comes_up() {
     let o = volt_link(&host, r.path(), "down", &tap);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!exists(&host, &tap));
+    // The network's file removed: `volt net down lab` still removes what Volt left of it.
+    std::fs::remove_file(r.path().join("etc/volt/networks/lab.toml")).expect("rm");
+    let volt = |args: &str| {
+        host.sh(&format!(
+            "VOLT_ROOT={} {} {args}",
+            r.path().display(),
+            env!("CARGO_BIN_EXE_volt")
+        ))
+    };
+    let o = volt("net down lab");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "lab: no file defines it any more; removed its NAT chains in table ip volt and bridge vbr5"
+    );
+    assert!(!exists(&host, "vbr5"));
+    assert!(!host.sh("nft list table ip volt").status.success());
+    let o = volt("net down lab");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "nothing left: the same error as before"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no network named \"lab\""),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -274,11 +274,25 @@ pub fn up(root: &Path, name: &str) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// `volt net down`: the NAT rules, and the bridge if Volt created it.
+/// `volt net down`: the NAT rules, and the bridge if Volt created it. For a name no file
+/// defines any more, what Volt left under it (NAT chains, a bridge it created).
 pub fn down(root: &Path, name: &str) -> Result<Outcome> {
     let set = ConfigSet::load(root);
-    let net = find_net(&set, name)?;
     let mgr = Manager::new(Paths::new(root).runtime_dir());
+    let net = match find_net(&set, name) {
+        Ok(net) => net,
+        Err(e) => {
+            let removed = mgr.net_down_leftovers(name)?;
+            if removed.is_empty() {
+                return Err(e);
+            }
+            println!(
+                "{name}: no file defines it any more; removed {}",
+                removed.join(" and ")
+            );
+            return Ok(Outcome::Ok);
+        }
+    };
     mgr.net_down(net)?;
     println!("{}: down", net.name);
     Ok(Outcome::Ok)

@@ -116,6 +116,44 @@ impl Manager {
         c.finish()
     }
 
+    /// What Volt left under `name` of a network whose file is gone: NAT chains named after
+    /// it, and the bridge Volt created for it (`name`: the network's or the bridge's). Returns what was removed (empty: nothing
+    /// was there).
+    pub fn net_down_leftovers(&self, name: &str) -> Result<Vec<String>, ManagerError> {
+        let mut removed = Vec::new();
+        let mut c = Collect::default();
+        if c.step("remove NAT rules", nat::apply_down(name)) == Some(true) {
+            removed.push(format!("its NAT chains in table ip {}", nat::TABLE));
+        }
+        // The markers of the bridges Volt created are named after the bridge and hold
+        // the network's name.
+        let markers = std::fs::read_dir(self.state_dir.join("bridges"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        let bridges: Vec<String> = markers
+            .filter_map(|e| {
+                let bridge = e.file_name().to_str()?.to_string();
+                let of = std::fs::read_to_string(e.path()).unwrap_or_default();
+                (bridge == name || of.trim() == name).then_some(bridge)
+            })
+            .collect();
+        for bridge in bridges {
+            let deleted = Netlink::new()
+                .and_then(|nl| nl.delete(&bridge))
+                .map_err(ManagerError::from);
+            if c.step(format!("delete bridge {bridge}"), deleted).is_some() {
+                let m = self.bridge_marker(&bridge);
+                c.step(
+                    format!("remove {}", m.display()),
+                    std::fs::remove_file(&m).map_err(io(format!("remove {}", m.display()))),
+                );
+                removed.push(format!("bridge {bridge}"));
+            }
+        }
+        c.finish().map(|()| removed)
+    }
+
     pub(super) fn bridge_present(nl: &Netlink, bridge: &str) -> Result<u32, ManagerError> {
         match nl.link(bridge)? {
             Some(l) if l.kind.as_deref() == Some("bridge") => Ok(l.mtu),
