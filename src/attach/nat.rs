@@ -4,7 +4,7 @@
 //! address then. `volt net up` does the same by hand.
 
 use super::{Attach, AttachError};
-use crate::config::{Network, NetworkLookup, NetworkType, PortMap};
+use crate::config::{Network, NetworkLookup, NetworkType};
 use crate::net::ipam::{Kind, Lease};
 use crate::net::nat::PortTarget;
 
@@ -14,17 +14,6 @@ pub struct PortTargets {
     pub ready: Vec<PortTarget>,
     /// Each a sentence naming the map and what it waits for.
     pub waiting: Vec<String>,
-}
-
-fn show(pm: &PortMap) -> String {
-    let proto = serde_json::to_value(pm.proto)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    format!(
-        "port map {proto} {} -> {}:{}",
-        pm.host_port, pm.target, pm.target_port
-    )
 }
 
 impl Attach {
@@ -62,8 +51,7 @@ impl Attach {
                     addr,
                 }),
                 None => out.waiting.push(format!(
-                    "{} waits for {} to have an address on {} (a static ipv4, a reservation or a lease)",
-                    show(pm),
+                    "port map {pm} waits for {} to have an address on {} (a static ipv4, a reservation or a lease)",
                     pm.target,
                     net.name
                 )),

@@ -204,14 +204,7 @@ pub fn show(root: &Path, name: &str, out: &OutputArgs) -> Result<Outcome> {
         println!("  uplink       {u}");
     }
     for pm in &net.port_maps {
-        let proto = serde_json::to_value(pm.proto)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        println!(
-            "  port map     {proto} {} -> {}:{}",
-            pm.host_port, pm.target, pm.target_port
-        );
+        println!("  port map     {pm}");
     }
     for (k, ip) in &net.reservations {
         println!("  reservation  {k} = {ip}");

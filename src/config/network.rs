@@ -75,6 +75,21 @@ pub struct PortMap {
     pub target_at: Option<Location>,
 }
 
+impl std::fmt::Display for PortMap {
+    /// As the file says it: `tcp 8080 -> web:80`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        };
+        write!(
+            f,
+            "{proto} {} -> {}:{}",
+            self.host_port, self.target, self.target_port
+        )
+    }
+}
+
 /// A validated network.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Network {
