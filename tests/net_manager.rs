@@ -550,3 +550,33 @@ fn a_vxlan_link_made_with_other_parameters_is_made_again() {
     assert_eq!(shown[0]["master"].as_str(), Some("vbr0"), "{shown}");
     assert_eq!(shown[0]["mtu"].as_u64(), Some(1450), "{shown}");
 }
+
+/// The overlay lists (and so its daemon removes) only the neighbour entries it set: an admin's
+/// permanent entry on the same bridge and subnet is left alone.
+#[test]
+fn the_overlay_keeps_to_its_own_neighbour_entries() {
+    use volt::net::overlay::{neighbour_del, neighbour_set, neighbours};
+    if skip() {
+        return;
+    }
+    let ns = TestNs::new("ngh");
+    ns.ok("ip link add vbr0 type bridge && ip link set vbr0 up \
+           && ip neigh add 10.42.0.77 lladdr 02:00:00:00:00:77 nud permanent dev vbr0");
+    let mac: MacAddr = "52:54:00:00:00:10".parse().expect("mac");
+    let ip: std::net::Ipv4Addr = "10.42.0.10".parse().expect("ip");
+    let listed = ns.run(move || {
+        let nl = Netlink::new().expect("netlink");
+        neighbour_set(&nl, "vbr0", ip, mac).expect("set");
+        let listed = neighbours(&nl, "vbr0").expect("list");
+        for (ip, _) in &listed {
+            neighbour_del(&nl, "vbr0", *ip).expect("del");
+        }
+        listed
+    });
+    assert_eq!(listed, vec![(ip, mac)]);
+    let left = ns.ok("ip neigh show dev vbr0 nud permanent");
+    assert!(
+        left.contains("10.42.0.77 lladdr 02:00:00:00:00:77") && !left.contains("10.42.0.10"),
+        "{left}"
+    );
+}

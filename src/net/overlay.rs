@@ -24,7 +24,8 @@ use rtnetlink::{LinkVxlan, RouteMessageBuilder};
 use super::netlink::{mac_and_ipv4, Link, Netlink, NetlinkError};
 use crate::config::MacAddr;
 
-/// The protocol number Volt's overlay routes carry, so they are told apart from others.
+/// The protocol number Volt's overlay routes and neighbour entries carry, so they are told
+/// apart from others (an admin's own are never changed).
 pub const ROUTE_PROTO: u8 = 0x56;
 /// The nftables table of the VXLAN ports' filters.
 pub const TABLE: &str = "volt-cluster";
@@ -282,15 +283,23 @@ pub fn set_route(
     }
 }
 
-/// Permanent IPv4 neighbour entries on `link` (address, MAC).
+/// The permanent IPv4 neighbour entries Volt set on `link` (address, MAC): those carrying
+/// its protocol number, as its routes do. An admin's own entries are never listed, so never
+/// removed.
 pub fn neighbours(nl: &Netlink, link: &str) -> Result<Vec<(Ipv4Addr, MacAddr)>, NetlinkError> {
     let index = nl.index(link)?;
     let msgs = nl.neighbour_dump(AddressFamily::Inet, || {
         format!("list the neighbours on {link}")
     })?;
+    let ours = |m: &NeighbourMessage| {
+        m.attributes.iter().any(|a| {
+            matches!(a, NeighbourAttribute::Protocol(p) if *p == RouteProtocol::Other(ROUTE_PROTO))
+        })
+    };
     let mut out: Vec<(Ipv4Addr, MacAddr)> = msgs
         .iter()
         .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
+        .filter(|m| ours(m))
         .filter_map(|m| match mac_and_ipv4(m) {
             (Some(mac), Some(ip)) => Some((ip, mac)),
             _ => None,
@@ -310,13 +319,18 @@ pub fn neighbour_set(
     let index = nl.index(link)?;
     let (rt, h) = nl.parts();
     rt.block_on(async move {
-        h.neighbours()
+        let mut req = h
+            .neighbours()
             .add(index, IpAddr::V4(ip))
             .link_layer_address(&mac.0)
             .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
+            .replace();
+        req.message_mut()
+            .attributes
+            .push(NeighbourAttribute::Protocol(RouteProtocol::Other(
+                ROUTE_PROTO,
+            )));
+        req.execute().await
     })
     .map_err(req(format!("set neighbour {ip} at {mac} on {link}")))
 }
