@@ -523,3 +523,78 @@ fn a_port_map_is_made_when_its_vms_link_comes_up() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// `volt net down` of a host-only network stays down when its workloads' links go down later
+/// (the refresh neither re-creates the bridge nor the NAT), and `volt net down` of a name no
+/// file defines leaves a bridge another network's file uses, and refuses a broken file's name.
+#[test]
+fn net_down_stays_down_and_leaves_what_others_use() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("atdown");
+    host.ok("ip link add wan0 type veth peer name wan1 && ip link set wan0 up");
+    let lab =
+        "bridge = \"vbr6\"\nsubnet = \"10.82.0.0/24\"\ntype = \"host-only\"\nuplink = \"wan0\"\n\
+               [[port_map]]\nhost_port = 8080\ntarget = \"web\"\ntarget_port = 80\n";
+    let r = root(&[
+        ("etc/volt/networks/lab.toml", lab),
+        (
+            "etc/volt/vms/web.toml",
+            "kernel = \"/boot/guest\"\n[[network]]\nbridge = \"vbr6\"\n",
+        ),
+    ]);
+    let volt = |args: &str| {
+        host.sh(&format!(
+            "VOLT_ROOT={} {} {args}",
+            r.path().display(),
+            env!("CARGO_BIN_EXE_volt")
+        ))
+    };
+    let text = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let tap = tap_of("web");
+    up(&host, r.path(), &tap).expect("web's link up");
+    assert!(host.ok("nft list table ip volt").contains("dnat to"));
+    let o = volt("net down lab");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = volt_link(&host, r.path(), "down", &tap);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        !host.sh("nft list table ip volt").status.success(),
+        "the NAT came back when a link went down"
+    );
+    assert!(!exists(&host, "vbr6"), "the bridge came back");
+
+    // The bridge Volt made for lab, now used by lab2 (the file renamed): kept.
+    up(&host, r.path(), &tap).expect("web's link up again");
+    std::fs::rename(
+        r.path().join("etc/volt/networks/lab.toml"),
+        r.path().join("etc/volt/networks/lab2.toml"),
+    )
+    .expect("rename");
+    let o = volt("net down lab");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "lab: no file defines it any more; removed its NAT chains in table ip volt"
+    );
+    assert!(exists(&host, "vbr6"), "lab2's bridge was deleted");
+
+    // A broken file of that name is not gone.
+    std::fs::write(r.path().join("etc/volt/networks/lab.toml"), "subnet = 7\n").expect("write");
+    let o = volt("net down lab");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("network \"lab\" has errors in /etc/volt/networks/lab.toml"),
+        "{}",
+        text(&o)
+    );
+    let o = volt_link(&host, r.path(), "down", &tap);
+    assert!(o.status.success(), "{}", text(&o));
+}

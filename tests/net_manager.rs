@@ -533,8 +533,14 @@ fn a_vxlan_link_made_with_other_parameters_is_made_again() {
         (false, first),
         "unchanged: kept"
     );
-    let (created, second) = vx([192, 168, 77, 2], 8472);
-    assert!(created && second != first, "changed: made again");
+    // One parameter at a time: each alone makes the link again.
+    let (created, second) = vx([192, 168, 77, 2], 4789);
+    assert!(
+        created && second != first,
+        "local address changed: made again"
+    );
+    let (created, third) = vx([192, 168, 77, 2], 8472);
+    assert!(created && third != second, "port changed: made again");
     let shown: serde_json::Value =
         serde_json::from_str(&ns.ok("ip -j -d link show vx-42")).expect("json");
     let data = &shown[0]["linkinfo"]["info_data"];

@@ -277,7 +277,7 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                 record(ip, false);
                 // A port map to it can now be made.
                 if let Some(net) = net {
-                    at.refresh_nat(&net.name);
+                    at.refresh_nat(&net.name, false);
                 }
             }
             None => log::warn!(

@@ -173,7 +173,7 @@ impl Attach {
         .and_then(|r| r.save(&self.paths).map(|()| r).map_err(AttachError::from));
         if record.is_ok() {
             if let Some(net) = &a.network {
-                self.refresh_nat(net);
+                self.refresh_nat(net, false);
             }
         }
         if record.is_err() {
@@ -255,8 +255,13 @@ impl Attach {
         if let Err(e) = LinkRecord::remove(&self.paths, link) {
             failed.push(format!("cannot remove the record of {link}: {e}"));
         }
-        if let Some(net) = owned.and_then(|(_, a)| a.network.as_deref()) {
-            self.refresh_nat(net);
+        match owned {
+            Some((_, a)) => {
+                if let Some(net) = &a.network {
+                    self.refresh_nat(net, true);
+                }
+            }
+            None => self.refresh_every_nat(),
         }
         match (owned, &record) {
             (Some((w, a)), _) => self.release_cluster_claims(w, a),

@@ -60,39 +60,26 @@ impl Attach {
         Ok(out)
     }
 
-    /// A link on `network` came up or went down: when it is host-only, make its NAT again
-    /// with the port maps that resolve now. A failure is logged, not returned: the workloads
-    /// on the bridge still reach each other, and the next change (or `volt net up`) tries
-    /// again.
-    pub(super) fn refresh_nat(&self, network: &str) {
+    /// A link on `network` came up (`went_down` false) or went down: when the network is
+    /// host-only, make its NAT again with the port maps that resolve now. A link going down
+    /// only refreshes chains that are there (an admin's `volt net down` stays down), and
+    /// neither ever creates the bridge. A failure is logged, not returned: the workloads on
+    /// the bridge still reach each other, and the next change (or `volt net up`) tries again.
+    pub(super) fn refresh_nat(&self, network: &str, went_down: bool) {
         let Some(net) = self.plan.networks.by_name(network) else {
             return;
         };
         if net.kind != NetworkType::HostOnly {
             return;
         }
-        // One refresh of a network at a time, each reading the leases under the lock: two
-        // owners that each read before the other wrote its lease would otherwise apply in
-        // either order, the last one without the other's port map.
-        let dir = self.paths.runtime_dir();
-        let lock_path = dir.join(format!("nat-{}.lock", net.name));
-        let lock = std::fs::create_dir_all(&dir)
-            .and_then(|()| {
-                std::fs::File::options()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&lock_path)
-            })
-            .and_then(|f| f.lock().map(|()| f));
-        let _lock = match lock {
+        let mgr = self.manager();
+        // The leases are read under the lock: two owners that each read before the other
+        // wrote its lease would otherwise apply in either order, the last one without the
+        // other's port map.
+        let _lock = match mgr.lock_nat() {
             Ok(f) => f,
             Err(e) => {
-                log::warn!(
-                    "{}: no NAT refresh: cannot lock {}: {e}",
-                    net.name,
-                    lock_path.display()
-                );
+                log::warn!("{}: no NAT refresh: {}", net.name, crate::error_chain(&e));
                 return;
             }
         };
@@ -103,22 +90,35 @@ impl Attach {
                 return;
             }
         };
-        for w in &targets.waiting {
-            log::info!("{w}");
-        }
-        match self.manager().net_up(net, &targets.ready) {
-            Ok(_) => log::info!(
-                "{}: NAT to {} with {} port map(s)",
-                net.name,
-                net.uplink.as_deref().unwrap_or("-"),
-                targets.ready.len()
-            ),
+        match mgr.nat_refresh(net, &targets.ready, went_down) {
+            Ok(false) => {}
+            Ok(true) => {
+                for w in &targets.waiting {
+                    log::info!("{w}");
+                }
+                log::info!(
+                    "{}: NAT to {} with {} port map(s)",
+                    net.name,
+                    net.uplink.as_deref().unwrap_or("-"),
+                    targets.ready.len()
+                );
+            }
             Err(e) => log::warn!(
                 "{}: no NAT to its uplink: {} (`volt net up {}` tries again)",
                 net.name,
                 crate::error_chain(&e),
                 net.name
             ),
+        }
+    }
+
+    /// A link whose workload left the plan went down: the records do not say its network, so
+    /// every host-only network whose NAT is in place is refreshed.
+    pub(super) fn refresh_every_nat(&self) {
+        for n in &self.plan.networks.list {
+            if n.kind == NetworkType::HostOnly {
+                self.refresh_nat(&n.name, true);
+            }
         }
     }
 }

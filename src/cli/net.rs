@@ -191,7 +191,7 @@ pub fn show(root: &Path, name: &str, out: &OutputArgs) -> Result<Outcome> {
             match st.nat {
                 Some(true) => "in table ip volt",
                 Some(false) => "absent (volt net up, or a workload's link coming up, makes it)",
-                None => "unknown (reading nftables needs root)",
+                None => "unknown (reading nftables needs root and the nft command)",
             }
         );
     }
@@ -237,8 +237,10 @@ fn find_net<'a>(set: &'a ConfigSet, name: &str) -> Result<&'a crate::config::Net
 pub fn up(root: &Path, name: &str) -> Result<Outcome> {
     let set = ConfigSet::load(root);
     let net = find_net(&set, name)?;
-    let targets = Attach::load(root).port_map_targets(net)?;
     let mgr = Manager::new(Paths::new(root).runtime_dir());
+    // The leases are read under the NAT lock, as the link owners read them.
+    let _lock = mgr.lock_nat()?;
+    let targets = Attach::load(root).port_map_targets(net)?;
     let r = mgr.net_up(net, &targets.ready)?;
     println!(
         "{}: bridge {} {}{}",
@@ -272,10 +274,29 @@ pub fn up(root: &Path, name: &str) -> Result<Outcome> {
 pub fn down(root: &Path, name: &str) -> Result<Outcome> {
     let set = ConfigSet::load(root);
     let mgr = Manager::new(Paths::new(root).runtime_dir());
+    let _lock = mgr.lock_nat()?;
     let net = match find_net(&set, name) {
         Ok(net) => net,
         Err(e) => {
-            let removed = mgr.net_down_leftovers(name)?;
+            // A file of that name that is broken or collides is not gone: fix it first.
+            if let Some(bad) = set.errors.iter().find(|er| {
+                er.file().parent().is_some_and(|d| {
+                    d.ends_with(crate::config::NETWORKS_DIR)
+                        || d.ends_with(crate::config::ZONES_DIR)
+                }) && crate::config::file_stem(er.file()) == name
+            }) {
+                bail!(
+                    "network {name:?} has errors in {}: fix them (volt validate) first",
+                    bad.file().display()
+                );
+            }
+            let in_use: Vec<&str> = set
+                .networks
+                .list
+                .iter()
+                .map(|n| n.bridge.as_str())
+                .collect();
+            let removed = mgr.net_down_leftovers(name, &in_use)?;
             if removed.is_empty() {
                 return Err(e);
             }

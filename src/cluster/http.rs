@@ -233,10 +233,13 @@ fn connect(
         limits.next().map_err(conn)?.min(timeout),
     )
     .map_err(conn)?;
-    // Each address in turn (a name may give IPv6 and IPv4), within the request's deadline.
+    // Each address in turn (a name may give IPv6 and IPv4), sharing what is left of the
+    // request's deadline: one that drops the SYN does not use it all up.
     let mut tried = Err(std::io::Error::other("the host name has no address"));
-    for addr in &addrs {
-        tried = TcpStream::connect_timeout(addr, limits.next().map_err(conn)?.min(timeout));
+    for (i, addr) in addrs.iter().enumerate() {
+        let left = u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
+        let within = limits.next().map_err(conn)?.min(timeout) / left;
+        tried = TcpStream::connect_timeout(addr, within);
         if tried.is_ok() {
             break;
         }

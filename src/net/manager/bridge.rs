@@ -117,9 +117,14 @@ impl Manager {
     }
 
     /// What Volt left under `name` of a network whose file is gone: NAT chains named after
-    /// it, and the bridge Volt created for it (`name`: the network's or the bridge's). Returns what was removed (empty: nothing
-    /// was there).
-    pub fn net_down_leftovers(&self, name: &str) -> Result<Vec<String>, ManagerError> {
+    /// it, and the bridge Volt created for it (`name`: the network's or the bridge's). Bridges
+    /// in `in_use` (those of configured networks) and links that are not bridges of exactly
+    /// that name are left alone. Returns what was removed (empty: nothing was there).
+    pub fn net_down_leftovers(
+        &self,
+        name: &str,
+        in_use: &[&str],
+    ) -> Result<Vec<String>, ManagerError> {
         let mut removed = Vec::new();
         let mut c = Collect::default();
         if c.step("remove NAT rules", nat::apply_down(name)) == Some(true) {
@@ -137,21 +142,90 @@ impl Manager {
                 let of = std::fs::read_to_string(e.path()).unwrap_or_default();
                 (bridge == name || of.trim() == name).then_some(bridge)
             })
+            .filter(|b| !in_use.contains(&b.as_str()))
             .collect();
         for bridge in bridges {
-            let deleted = Netlink::new()
-                .and_then(|nl| nl.delete(&bridge))
-                .map_err(ManagerError::from);
-            if c.step(format!("delete bridge {bridge}"), deleted).is_some() {
-                let m = self.bridge_marker(&bridge);
-                c.step(
-                    format!("remove {}", m.display()),
-                    std::fs::remove_file(&m).map_err(io(format!("remove {}", m.display()))),
-                );
-                removed.push(format!("bridge {bridge}"));
+            // By its exact name and kind: a lookup by name also matches altnames.
+            let deleted = Netlink::new().and_then(|nl| match nl.link(&bridge)? {
+                Some(l) if l.name == bridge && l.kind.as_deref() == Some("bridge") => {
+                    nl.delete(&bridge)
+                }
+                Some(l) => {
+                    log::warn!(
+                        "{bridge}'s marker names a {} link, not Volt's bridge; left alone",
+                        l.kind.as_deref().unwrap_or("physical")
+                    );
+                    Ok(false)
+                }
+                None => Ok(false),
+            });
+            match c.step(
+                format!("delete bridge {bridge}"),
+                deleted.map_err(ManagerError::from),
+            ) {
+                Some(true) => removed.push(format!("bridge {bridge}")),
+                Some(false) => {}
+                None => continue,
             }
+            let m = self.bridge_marker(&bridge);
+            c.step(
+                format!("remove {}", m.display()),
+                std::fs::remove_file(&m).map_err(io(format!("remove {}", m.display()))),
+            );
         }
         c.finish().map(|()| removed)
+    }
+
+    /// Host-only `net`'s NAT made again with `targets`, on the bridge as it is: never creates
+    /// the bridge. With `only_if_present`, only when its chains are there already (a network
+    /// an admin took down with `volt net down` stays down). Returns whether it was applied.
+    pub fn nat_refresh(
+        &self,
+        net: &Network,
+        targets: &[PortTarget],
+        only_if_present: bool,
+    ) -> Result<bool, ManagerError> {
+        let nl = Netlink::new()?;
+        if nl.link(&net.bridge)?.is_none() {
+            return Ok(false);
+        }
+        if only_if_present {
+            let have = nat::existing_chains()?;
+            if !nat::chains(&net.name)
+                .iter()
+                .all(|(c, ..)| have.contains(c))
+            {
+                return Ok(false);
+            }
+        }
+        let uplink = net.uplink.as_deref().unwrap_or_default();
+        if nl.link(uplink)?.is_none() {
+            return Err(ManagerError::MissingLink {
+                what: "uplink",
+                name: uplink.into(),
+            });
+        }
+        set_forwarding(&net.bridge)?;
+        set_forwarding(uplink)?;
+        nat::apply_up(net, targets)?;
+        Ok(true)
+    }
+
+    /// Serialises changes to Volt's NAT table (`volt net up|down`, the link owners' refreshes):
+    /// `volt net down` of one network deletes the table once it holds no other chains, and
+    /// must not do so between another's read and apply. Held until the file is dropped.
+    pub fn lock_nat(&self) -> Result<std::fs::File, ManagerError> {
+        let path = self.state_dir.join("nat.lock");
+        std::fs::create_dir_all(&self.state_dir)
+            .and_then(|()| {
+                std::fs::File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+            })
+            .and_then(|f| f.lock().map(|()| f))
+            .map_err(io(format!("lock {}", path.display())))
     }
 
     pub(super) fn bridge_present(nl: &Netlink, bridge: &str) -> Result<u32, ManagerError> {
