@@ -77,17 +77,7 @@ impl Manager {
             ..NetUp::default()
         };
         if net.kind == NetworkType::HostOnly {
-            let uplink = net.uplink.as_deref().unwrap_or_default();
-            let nl = Netlink::new()?;
-            if nl.link(uplink)?.is_none() {
-                return Err(ManagerError::MissingLink {
-                    what: "uplink",
-                    name: uplink.into(),
-                });
-            }
-            set_forwarding(&net.bridge)?;
-            set_forwarding(uplink)?;
-            nat::apply_up(net, targets)?;
+            apply_nat(&Netlink::new()?, net, targets)?;
             report.nat = true;
             report.port_maps = targets.len();
         }
@@ -198,16 +188,7 @@ impl Manager {
                 return Ok(false);
             }
         }
-        let uplink = net.uplink.as_deref().unwrap_or_default();
-        if nl.link(uplink)?.is_none() {
-            return Err(ManagerError::MissingLink {
-                what: "uplink",
-                name: uplink.into(),
-            });
-        }
-        set_forwarding(&net.bridge)?;
-        set_forwarding(uplink)?;
-        nat::apply_up(net, targets)?;
+        apply_nat(&nl, net, targets)?;
         Ok(true)
     }
 
@@ -241,4 +222,18 @@ impl Manager {
             }),
         }
     }
+}
+
+/// Host-only `net`'s forwarding on its bridge and uplink, and its NAT chains with `targets`.
+fn apply_nat(nl: &Netlink, net: &Network, targets: &[PortTarget]) -> Result<(), ManagerError> {
+    let uplink = net.uplink.as_deref().unwrap_or_default();
+    if nl.link(uplink)?.is_none() {
+        return Err(ManagerError::MissingLink {
+            what: "uplink",
+            name: uplink.into(),
+        });
+    }
+    set_forwarding(&net.bridge)?;
+    set_forwarding(uplink)?;
+    Ok(nat::apply_up(net, targets)?)
 }
