@@ -346,6 +346,8 @@ impl Etcd {
             }
             stream.stream(http::watch_timeout(self.timeout));
             let mut pending: Vec<u8> = Vec::new();
+            // Each byte is looked at once: `pending` holds no newline before a piece comes.
+            let mut scanned = 0;
             loop {
                 let piece = match stream.next_piece() {
                     Ok(Some(p)) => p,
@@ -356,20 +358,26 @@ impl Etcd {
                     }
                 };
                 pending.extend_from_slice(&piece);
-                if pending.len() > MAX_WATCH_MESSAGE && !pending.contains(&b'\n') {
-                    tried.push(format!(
-                        "{shown}: a watch message longer than {MAX_WATCH_MESSAGE} bytes"
-                    ));
-                    return Err(EtcdError::Unavailable { tried });
-                }
-                while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=nl).collect();
-                    let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                // The whole lines, then what they took dropped at once.
+                let mut start = 0;
+                while let Some(i) = pending[scanned..].iter().position(|b| *b == b'\n') {
+                    let end = scanned + i;
+                    let parsed = serde_json::from_slice::<Value>(&pending[start..end]);
+                    (start, scanned) = (end + 1, end + 1);
+                    let Ok(v) = parsed else {
                         continue;
                     };
                     if !on_events(events_of(&v)) {
                         return Ok(());
                     }
+                }
+                pending.drain(..start);
+                scanned = pending.len();
+                if pending.len() > MAX_WATCH_MESSAGE {
+                    tried.push(format!(
+                        "{shown}: a watch message longer than {MAX_WATCH_MESSAGE} bytes"
+                    ));
+                    return Err(EtcdError::Unavailable { tried });
                 }
             }
         }
@@ -432,6 +440,115 @@ mod tests {
             matches!(&ev[0], Event::Put(kv) if kv.key == "/b" && kv.value == b"x" && kv.lease == 99)
         );
         assert_eq!(ev[1], Event::Delete("/a".into()));
+    }
+
+    /// A member that streams one watch message without end: the watch fails once the message
+    /// passes the cap, with nothing delivered, instead of growing without bound.
+    #[test]
+    fn a_watch_message_without_end_is_cut_at_the_cap() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else {
+                return 0;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+            let chunk = vec![b'x'; 1 << 20];
+            let mut sent = 0usize;
+            // Twice the cap at the most: the client must have given up long before.
+            while sent < 2 * MAX_WATCH_MESSAGE {
+                let ok = s.write_all(b"100000\r\n").is_ok()
+                    && s.write_all(&chunk).is_ok()
+                    && s.write_all(b"\r\n").is_ok();
+                if !ok {
+                    break;
+                }
+                sent += chunk.len();
+            }
+            sent
+        });
+        let etcd = Etcd::new(&EtcdConfig {
+            endpoints: vec![format!("http://127.0.0.1:{port}")],
+            ca: None,
+            cert: None,
+            key: None,
+            timeout_ms: 5000,
+        })
+        .expect("client");
+        let mut delivered = 0;
+        let e = etcd
+            .watch("/volt/", 1, &mut |ev| {
+                delivered += ev.len();
+                true
+            })
+            .unwrap_err()
+            .to_string();
+        drop(etcd);
+        assert!(
+            e.contains(&format!(
+                "a watch message longer than {MAX_WATCH_MESSAGE} bytes"
+            )),
+            "{e}"
+        );
+        assert_eq!(delivered, 0);
+        let sent = server.join().expect("server");
+        assert!(
+            sent < 2 * MAX_WATCH_MESSAGE,
+            "the client read on ({sent} bytes)"
+        );
+    }
+
+    /// Lines as the gateway streams them: two in one chunk, one split across two chunks, and
+    /// a line that is not JSON (skipped): each message is delivered once, whole.
+    #[test]
+    fn watch_lines_across_and_within_chunks() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let put = |k: &str| {
+            format!(
+                r#"{{"result":{{"events":[{{"kv":{{"key":"{}","value":"eA=="}}}}]}}}}"#,
+                b64(k.as_bytes())
+            )
+        };
+        let (a, b, c) = (put("/a"), put("/b"), put("/c"));
+        let (c1, c2) = c.split_at(10);
+        let chunks = vec![format!("{a}\n{b}\n{c1}"), format!("{c2}\nnot json\n")];
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                for ch in chunks {
+                    let _ = write!(s, "{:x}\r\n{ch}\r\n", ch.len());
+                    let _ = s.flush();
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                let _ = s.write_all(b"0\r\n\r\n");
+            }
+        });
+        let etcd = Etcd::new(&EtcdConfig {
+            endpoints: vec![format!("http://127.0.0.1:{port}")],
+            ca: None,
+            cert: None,
+            key: None,
+            timeout_ms: 5000,
+        })
+        .expect("client");
+        let mut keys = Vec::new();
+        etcd.watch("/", 1, &mut |ev| {
+            for e in ev {
+                if let Event::Put(kv) = e {
+                    keys.push(kv.key);
+                }
+            }
+            true
+        })
+        .expect("the stream ends cleanly");
+        assert_eq!(keys, vec!["/a", "/b", "/c"]);
     }
 
     #[test]
