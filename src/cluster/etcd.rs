@@ -442,20 +442,42 @@ mod tests {
         assert_eq!(ev[1], Event::Delete("/a".into()));
     }
 
+    /// A client of the one member at `port`.
+    fn client(port: u16, timeout_ms: u64) -> Etcd {
+        Etcd::new(&EtcdConfig {
+            endpoints: vec![format!("http://127.0.0.1:{port}")],
+            ca: None,
+            cert: None,
+            key: None,
+            timeout_ms,
+        })
+        .expect("client")
+    }
+
+    /// A member that answers one watch with a chunked 200 and then `body` on the stream;
+    /// returns its port and what `body` returned (`None`: no client came).
+    fn streaming<T: Send + 'static>(
+        body: impl FnOnce(&mut std::net::TcpStream) -> T + Send + 'static,
+    ) -> (u16, std::thread::JoinHandle<Option<T>>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().ok()?;
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+            Some(body(&mut s))
+        });
+        (port, h)
+    }
+
     /// A member that streams one watch message without end: the watch fails once the message
     /// passes the cap, with nothing delivered, instead of growing without bound.
     #[test]
     fn a_watch_message_without_end_is_cut_at_the_cap() {
-        use std::io::{Read, Write};
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        let server = std::thread::spawn(move || {
-            let Ok((mut s, _)) = l.accept() else {
-                return 0;
-            };
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        use std::io::Write;
+        let (port, server) = streaming(|s| {
             let chunk = vec![b'x'; 1 << 20];
             let mut sent = 0usize;
             // Twice the cap at the most: the client must have given up long before.
@@ -470,14 +492,7 @@ mod tests {
             }
             sent
         });
-        let etcd = Etcd::new(&EtcdConfig {
-            endpoints: vec![format!("http://127.0.0.1:{port}")],
-            ca: None,
-            cert: None,
-            key: None,
-            timeout_ms: 5000,
-        })
-        .expect("client");
+        let etcd = client(port, 5000);
         let mut delivered = 0;
         let e = etcd
             .watch("/volt/", 1, &mut |ev| {
@@ -494,7 +509,7 @@ mod tests {
             "{e}"
         );
         assert_eq!(delivered, 0);
-        let sent = server.join().expect("server");
+        let sent = server.join().expect("server").expect("a client came");
         assert!(
             sent < 2 * MAX_WATCH_MESSAGE,
             "the client read on ({sent} bytes)"
@@ -505,9 +520,7 @@ mod tests {
     /// a line that is not JSON (skipped): each message is delivered once, whole.
     #[test]
     fn watch_lines_across_and_within_chunks() {
-        use std::io::{Read, Write};
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
+        use std::io::Write;
         let put = |k: &str| {
             format!(
                 r#"{{"result":{{"events":[{{"kv":{{"key":"{}","value":"eA=="}}}}]}}}}"#,
@@ -517,27 +530,15 @@ mod tests {
         let (a, b, c) = (put("/a"), put("/b"), put("/c"));
         let (c1, c2) = c.split_at(10);
         let chunks = vec![format!("{a}\n{b}\n{c1}"), format!("{c2}\nnot json\n")];
-        std::thread::spawn(move || {
-            if let Ok((mut s, _)) = l.accept() {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
-                for ch in chunks {
-                    let _ = write!(s, "{:x}\r\n{ch}\r\n", ch.len());
-                    let _ = s.flush();
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                let _ = s.write_all(b"0\r\n\r\n");
+        let (port, _server) = streaming(move |s| {
+            for ch in chunks {
+                let _ = write!(s, "{:x}\r\n{ch}\r\n", ch.len());
+                let _ = s.flush();
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
+            let _ = s.write_all(b"0\r\n\r\n");
         });
-        let etcd = Etcd::new(&EtcdConfig {
-            endpoints: vec![format!("http://127.0.0.1:{port}")],
-            ca: None,
-            cert: None,
-            key: None,
-            timeout_ms: 5000,
-        })
-        .expect("client");
+        let etcd = client(port, 5000);
         let mut keys = Vec::new();
         etcd.watch("/", 1, &mut |ev| {
             for e in ev {
@@ -556,17 +557,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
         drop(l);
-        let e = Etcd::new(&EtcdConfig {
-            endpoints: vec![format!("http://127.0.0.1:{port}")],
-            ca: None,
-            cert: None,
-            key: None,
-            timeout_ms: 500,
-        })
-        .expect("client")
-        .get("/x")
-        .unwrap_err()
-        .to_string();
+        let e = client(port, 500).get("/x").unwrap_err().to_string();
         assert!(
             e.starts_with("the cluster store (etcd) cannot serve requests"),
             "{e}"
