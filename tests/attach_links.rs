@@ -53,13 +53,29 @@ fn up(ns: &TestNs, root: &Path, link: &str) -> Result<(), String> {
     })
 }
 
-/// `volt link <verb> <link>` with the root, inside `ns` (what the owner units run).
-fn volt_link(ns: &TestNs, root: &Path, verb: &str, link: &str) -> Output {
+/// `volt <args>` with the root, inside `ns`.
+fn volt(ns: &TestNs, root: &Path, args: &str) -> Output {
     ns.sh(&format!(
-        "VOLT_ROOT={} {} link {verb} '{link}'",
+        "VOLT_ROOT={} {} {args}",
         root.display(),
         env!("CARGO_BIN_EXE_volt")
     ))
+}
+
+/// `volt link <verb> <link>` with the root, inside `ns` (what the owner units run).
+fn volt_link(ns: &TestNs, root: &Path, verb: &str, link: &str) -> Output {
+    volt(ns, root, &format!("link {verb} '{link}'"))
+}
+
+/// `volt <args>` that must succeed; its stdout.
+fn volt_ok(ns: &TestNs, root: &Path, args: &str) -> String {
+    let o = volt(ns, root, args);
+    assert!(
+        o.status.success(),
+        "volt {args}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn exists(ns: &TestNs, link: &str) -> bool {
@@ -451,11 +467,7 @@ fn a_port_map_is_made_when_its_vms_link_comes_up() {
         vec!["port map tcp 8080 -> web:80 waits for web to have an address on lab (a static ipv4, a reservation or a lease)"]
     );
     // By hand: the NAT without the map, which it lists as waiting (an error before).
-    let by_hand = host.ok(&format!(
-        "VOLT_ROOT={} {} net up lab",
-        r.path().display(),
-        env!("CARGO_BIN_EXE_volt")
-    ));
+    let by_hand = volt_ok(&host, r.path(), "net up lab");
     assert!(
         by_hand.contains("with 0 port map(s)") && by_hand.contains("8080 -> web:80 waits for web"),
         "{by_hand}"
@@ -480,12 +492,8 @@ fn a_port_map_is_made_when_its_vms_link_comes_up() {
         "1"
     );
     // `volt net show` tells what the host has of the network now.
-    let shown: serde_json::Value = serde_json::from_str(&host.ok(&format!(
-        "VOLT_ROOT={} {} net show lab -o json",
-        r.path().display(),
-        env!("CARGO_BIN_EXE_volt")
-    )))
-    .expect("json");
+    let shown: serde_json::Value =
+        serde_json::from_str(&volt_ok(&host, r.path(), "net show lab -o json")).expect("json");
     let st = &shown["state"];
     assert_ne!(st["bridge"], "absent", "{shown}");
     assert_eq!(st["nat"], true, "{shown}");
@@ -496,13 +504,7 @@ fn a_port_map_is_made_when_its_vms_link_comes_up() {
     assert!(!exists(&host, &tap));
     // The network's file removed: `volt net down lab` still removes what Volt left of it.
     std::fs::remove_file(r.path().join("etc/volt/networks/lab.toml")).expect("rm");
-    let volt = |args: &str| {
-        host.sh(&format!(
-            "VOLT_ROOT={} {} {args}",
-            r.path().display(),
-            env!("CARGO_BIN_EXE_volt")
-        ))
-    };
+    let volt = |args: &str| volt(&host, r.path(), args);
     let o = volt("net down lab");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
@@ -544,13 +546,7 @@ fn net_down_stays_down_and_leaves_what_others_use() {
             "kernel = \"/boot/guest\"\n[[network]]\nbridge = \"vbr6\"\n",
         ),
     ]);
-    let volt = |args: &str| {
-        host.sh(&format!(
-            "VOLT_ROOT={} {} {args}",
-            r.path().display(),
-            env!("CARGO_BIN_EXE_volt")
-        ))
-    };
+    let volt = |args: &str| volt(&host, r.path(), args);
     let text = |o: &Output| {
         format!(
             "{}{}",
