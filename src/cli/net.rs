@@ -89,13 +89,7 @@ fn live_state(net: &Network) -> LiveState {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if net.kind == NetworkType::HostOnly && root {
-        st.nat = nat::existing_chains()
-            .map(|have| {
-                nat::chains(&net.name)
-                    .iter()
-                    .all(|(c, ..)| have.contains(c))
-            })
-            .ok();
+        st.nat = nat::is_up(&net.name).ok();
     }
     st
 }

@@ -329,6 +329,12 @@ fn run_nft(what: &str, batch: &Nftables) -> Result<(), NatError> {
     })
 }
 
+/// Whether `network`'s chains are all in table `volt` now.
+pub fn is_up(network: &str) -> Result<bool, NatError> {
+    let have = existing_chains()?;
+    Ok(chains(network).iter().all(|(c, ..)| have.contains(c)))
+}
+
 /// The chains table `volt` has now (empty when the table does not exist).
 pub fn existing_chains() -> Result<Vec<String>, NatError> {
     let out = std::process::Command::new("nft")

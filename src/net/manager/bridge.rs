@@ -179,14 +179,8 @@ impl Manager {
         if nl.link(&net.bridge)?.is_none() {
             return Ok(false);
         }
-        if only_if_present {
-            let have = nat::existing_chains()?;
-            if !nat::chains(&net.name)
-                .iter()
-                .all(|(c, ..)| have.contains(c))
-            {
-                return Ok(false);
-            }
+        if only_if_present && !nat::is_up(&net.name)? {
+            return Ok(false);
         }
         apply_nat(&nl, net, targets)?;
         Ok(true)
