@@ -276,6 +276,36 @@ fn stale_files_are_removed_and_foreign_files_kept() {
     );
 }
 
+/// A network's file goes: its bridge `.netdev` is removed, and since networkd keeps the bridge
+/// it made, the bridge is remembered for `volt net down`; the file back, and it is networkd's
+/// again.
+#[test]
+fn a_removed_networks_bridge_is_left_for_net_down() {
+    let run = generated("static-leases");
+    let netdev = run.root.join("run/systemd/network/10-lab0.netdev");
+    let marker = run.root.join("run/volt/bridges-left/lab0");
+    assert!(netdev.exists(), "lab0's .netdev");
+    assert!(!marker.exists());
+    let file = run.root.join("etc/volt/networks/lab.toml");
+    let text = std::fs::read_to_string(&file).expect("lab.toml");
+    std::fs::remove_file(&file).expect("remove lab.toml");
+    let (o, _) = rerun(&run, "gone");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!netdev.exists(), "stale: {stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).ok().as_deref(),
+        Some("lab\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bridge lab0 of network lab stays until `volt net down lab`"),
+        "{stderr}"
+    );
+    std::fs::write(&file, text).expect("restore lab.toml");
+    let _ = rerun(&run, "back");
+    assert!(netdev.exists() && !marker.exists());
+}
+
 /// A new file that copies a generated VM's address (an admin's template copy, say) gets the
 /// error, whatever its name: the VM keeps its units and can restart. Before, the file that
 /// sorted first won, and `aaa.toml` took the running `web`'s place.

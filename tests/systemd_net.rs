@@ -268,5 +268,18 @@ fn a_host_only_port_map_reaches_the_vm_with_no_net_up() {
         "WAN -> port map -> the guest's echo and back"
     );
     c.ok("systemctl stop volt-vm@web.service");
+
+    // The network's file goes: networkd keeps the bridge it made (it never deletes a link),
+    // and `volt net down lab` removes it with the NAT.
+    c.ok("rm /etc/volt/networks/lab.toml /etc/volt/vms/web.toml && systemctl daemon-reload");
+    c.ok("test ! -e /run/systemd/network/10-lab0.netdev");
+    c.ok("ip link show lab0");
+    let down = c.ok("/usr/bin/volt net down lab");
+    assert!(
+        down.contains("bridge lab0") && down.contains("NAT chains"),
+        "{down}"
+    );
+    c.ok("! ip link show lab0 2>/dev/null");
+    c.ok("! nft list chain ip volt post-lab 2>/dev/null");
     c.ok("ip netns del wan");
 }

@@ -32,6 +32,7 @@ pub fn exec(root: &Path, outdir: &Path) -> Result<Outcome> {
     let targets = generator::Targets {
         networkd: networkd.clone(),
         keep: outdir.join("kept"),
+        left_bridges: outdir.join("bridges-left"),
         every_link: true,
     };
     // Run again into the same OUTDIR, as on a daemon-reload: the earlier run's units go (its

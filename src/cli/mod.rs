@@ -230,8 +230,8 @@ pub enum NetCommand {
         #[arg(value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]
         name: String,
     },
-    /// Take a network down: remove its NAT rules, and its bridge if Volt created it (also
-    /// for a network whose file is gone).
+    /// Take a network down: remove its NAT rules, and its bridge if Volt created it. For a
+    /// network whose file is gone, also the bridge networkd made from that file.
     Down {
         /// The network's name or bridge.
         #[arg(value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]

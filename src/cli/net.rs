@@ -264,7 +264,8 @@ pub fn up(root: &Path, name: &str) -> Result<Outcome> {
 }
 
 /// `volt net down`: the NAT rules, and the bridge if Volt created it. For a name no file
-/// defines any more, what Volt left under it (NAT chains, a bridge it created).
+/// defines any more, what Volt left under it (NAT chains, a bridge it created or networkd
+/// made from a file Volt rendered).
 pub fn down(root: &Path, name: &str) -> Result<Outcome> {
     let set = ConfigSet::load(root);
     let mgr = Manager::new(Paths::new(root).runtime_dir());
@@ -290,7 +291,8 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
                 .iter()
                 .map(|n| n.bridge.as_str())
                 .collect();
-            let removed = mgr.net_down_leftovers(name, &in_use)?;
+            let left = Paths::new(root).left_bridges_dir();
+            let removed = mgr.net_down_leftovers(name, &in_use, &left)?;
             if removed.is_empty() {
                 return Err(e);
             }

@@ -75,6 +75,9 @@ pub struct Targets {
     pub networkd: PathBuf,
     /// The last good units of each workload (`/run/volt/generator`).
     pub keep: PathBuf,
+    /// Where a bridge networkd made from a file this run removes is remembered for `volt net
+    /// down` (`/run/volt/bridges-left`).
+    pub left_bridges: PathBuf,
     /// Write every link's networkd files (`volt generate`, to look at them), or refresh only
     /// those that are there (the real generator): a link's owner writes them when it brings
     /// the link up and removes them when it takes it down, and a `.netdev` for a workload
@@ -94,6 +97,7 @@ impl Targets {
         Targets {
             networkd: paths.networkd_dir(),
             keep: paths.runtime_dir().join("generator"),
+            left_bridges: paths.left_bridges_dir(),
             every_link: false,
         }
     }
@@ -379,6 +383,15 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     for f in plan.networks.list.iter().filter_map(bridge_files).flatten() {
         let path = networkd_dir.join(&f.name);
         wanted.insert(path.clone().into_os_string());
+        if let Some((bridge, _)) = names::left_bridge(&f.name, &f.text) {
+            // Defined again: networkd's once more, not a leftover for `volt net down`.
+            let m = targets.left_bridges.join(bridge);
+            if let Err(e) = std::fs::remove_file(&m) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("cannot remove {}: {e}", m.display());
+                }
+            }
+        }
         if let Err(e) = write_runtime_if_changed(&path, &f.text) {
             log::error!("{}", crate::error_chain(&e));
             report.errors.push(e.into());
@@ -421,7 +434,13 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
                 .parent()
                 .is_some_and(|d| unlisted.iter().any(|(_, u)| u == d))
     };
-    sweep_stale(networkd_dir, &wanted, &keep, &mut report);
+    sweep_stale(
+        networkd_dir,
+        &wanted,
+        &keep,
+        &targets.left_bridges,
+        &mut report,
+    );
     // One listing per directory instead of a stat per kept workload.
     let vm_files = toml_stems(&root.join(crate::config::VMS_DIR));
     let container_files = toml_stems(&root.join(crate::config::CONTAINERS_DIR));
@@ -461,6 +480,18 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     report
 }
 
+/// Remember that networkd's `bridge` of the gone `network` is left, for `volt net down`.
+fn remember_left_bridge(dir: &Path, bridge: &str, network: &str) {
+    let m = dir.join(bridge);
+    match std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&m, format!("{network}\n")))
+    {
+        Ok(()) => log::info!(
+            "bridge {bridge} of network {network} stays until `volt net down {network}` (its file is gone)"
+        ),
+        Err(e) => log::warn!("cannot write {}: {e}", m.display()),
+    }
+}
+
 /// The stems of the `*.toml` files in `dir` that exist (a symlink counts when its target
 /// exists); empty when `dir` cannot be listed.
 fn toml_stems(dir: &Path) -> HashSet<String> {
@@ -484,11 +515,14 @@ fn toml_stems(dir: &Path) -> HashSet<String> {
 
 /// Remove networkd files Volt wrote on an earlier run that nothing wants any more: files with
 /// our name and header, not in `wanted`, whose source config file `keep` does not hold on to
-/// (one that exists but is broken now, or one in a directory that cannot be listed).
+/// (one that exists but is broken now, or one in a directory that cannot be listed). The
+/// bridge of a removed bridge `.netdev` stays (networkd never deletes a link), so it is
+/// remembered in `left_bridges` for `volt net down`.
 fn sweep_stale(
     dir: &Path,
     wanted: &HashSet<OsString>,
     keep: &dyn Fn(&Path) -> bool,
+    left_bridges: &Path,
     report: &mut Report,
 ) {
     let entries = match std::fs::read_dir(dir) {
@@ -502,7 +536,7 @@ fn sweep_stale(
             return;
         }
     };
-    let mut stale: Vec<PathBuf> = entries
+    let mut stale: Vec<(PathBuf, String)> = entries
         .filter_map(|e| e.ok())
         .map(|e| {
             let p = e.path();
@@ -520,18 +554,21 @@ fn sweep_stale(
             }
         })
         .filter(|p| !wanted.contains(p.as_os_str()) && is_owned_networkd_file(p))
-        .filter(|p| {
-            let source = std::fs::read_to_string(p)
-                .ok()
-                .and_then(|t| names::networkd_source(&t));
-            !source.is_some_and(|s| keep(&s))
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let source = names::networkd_source(&text);
+            (!source.is_some_and(|s| keep(&s))).then_some((p, text))
         })
         .collect();
     stale.sort();
-    for path in stale {
+    for (path, text) in stale {
         match std::fs::remove_file(&path) {
             Ok(()) => {
                 log::info!("removed stale {}", path.display());
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if let Some((bridge, network)) = names::left_bridge(name, &text) {
+                    remember_left_bridge(left_bridges, &bridge, &network);
+                }
                 if path.ends_with(names::STATIC_LEASES_NAME) {
                     // Its drop-in directory, if nothing else is in it.
                     if let Some(d) = path.parent() {

@@ -98,6 +98,23 @@ pub fn bridge_network_dropin_dir(bridge: &str) -> String {
     format!("10-{bridge}.network.d")
 }
 
+/// The third line of a network's bridge files: what they are for. [`left_bridge`] reads it back.
+pub fn bridge_description(bridge: &str, network: &str) -> String {
+    format!("bridge {bridge} of network {network}")
+}
+
+/// The bridge and network a bridge `.netdev` Volt rendered was for, from its text (`None`:
+/// not such a file).
+pub fn left_bridge(file_name: &str, text: &str) -> Option<(String, String)> {
+    file_name.strip_prefix("10-")?.strip_suffix(".netdev")?;
+    let (bridge, network) = text
+        .lines()
+        .take(3)
+        .find_map(|l| l.strip_prefix("# bridge "))?
+        .split_once(" of network ")?;
+    Some((bridge.to_string(), network.to_string()))
+}
+
 /// The namespace of a workload on an isolated network, from its short id.
 pub fn isolated_netns(id: &str) -> String {
     format!("{ISOLATED_NETNS_PREFIX}{id}")
@@ -174,6 +191,13 @@ impl Paths {
     /// `/var/lib/volt/ipam`.
     pub fn ipam_dir(&self) -> PathBuf {
         self.root.join(IPAM_DIR)
+    }
+
+    /// `/run/volt/bridges-left`: bridges networkd made from files the generator rendered and
+    /// then removed (their network's file is gone); named after the bridge, holding the
+    /// network's name, so that `volt net down <network>` can delete them.
+    pub fn left_bridges_dir(&self) -> PathBuf {
+        self.runtime_dir().join("bridges-left")
     }
 
     /// `/run/volt/links`: what each link owner brought up (MAC, address, namespace).

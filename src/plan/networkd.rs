@@ -81,10 +81,7 @@ pub fn bridge_files(net: &Network) -> Option<Vec<NetworkdFile>> {
         return None;
     }
     let is_volt0 = net.bridge == DEFAULT_NETWORK;
-    let head = header(
-        source,
-        &format!("bridge {} of network {}", net.bridge, net.name),
-    );
+    let head = header(source, &names::bridge_description(&net.bridge, &net.name));
     let mut network = head.clone();
     let _ = writeln!(network, "[Match]");
     let _ = writeln!(network, "Name={}", net.bridge);

@@ -268,6 +268,15 @@ fn bridges_of_defined_networks() {
     let files = bridge_files(&lab).expect("lab0's files");
     let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["10-lab0.netdev", "10-lab0.network"]);
+    // The generator reads the bridge and network back when it removes the file.
+    assert_eq!(
+        crate::plan::names::left_bridge(&files[0].name, &files[0].text),
+        Some(("lab0".to_string(), "lab".to_string()))
+    );
+    assert_eq!(
+        crate::plan::names::left_bridge(&files[1].name, &files[1].text),
+        None
+    );
     assert!(
         files[0].text.contains("Kind=bridge\nMTUBytes=9000\n"),
         "{}",

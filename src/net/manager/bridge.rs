@@ -2,7 +2,7 @@
 //! when missing and allowed, remembered so `net down` deletes only what Volt made), and the
 //! forwarding and NAT of host-only networks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{io, set_forwarding, Collect, Manager, ManagerError, NetUp};
 use crate::config::{Network, NetworkType};
@@ -107,60 +107,66 @@ impl Manager {
     }
 
     /// What Volt left under `name` of a network whose file is gone: NAT chains named after
-    /// it, and the bridge Volt created for it (`name`: the network's or the bridge's). Bridges
-    /// in `in_use` (those of configured networks) and links that are not bridges of exactly
-    /// that name are left alone. Returns what was removed (empty: nothing was there).
+    /// it, the bridge Volt created for it, and the bridge networkd made from the file Volt
+    /// rendered for it (remembered in `left_dir` by the generator when it removed that file).
+    /// `name`: the network's or the bridge's. Bridges in `in_use` (those of configured
+    /// networks) and links that are not bridges of exactly that name are left alone. Returns
+    /// what was removed (empty: nothing was there).
     pub fn net_down_leftovers(
         &self,
         name: &str,
         in_use: &[&str],
+        left_dir: &Path,
     ) -> Result<Vec<String>, ManagerError> {
         let mut removed = Vec::new();
         let mut c = Collect::default();
         if c.step("remove NAT rules", nat::apply_down(name)) == Some(true) {
             removed.push(format!("its NAT chains in table ip {}", nat::TABLE));
         }
-        // The markers of the bridges Volt created are named after the bridge and hold
-        // the network's name.
-        let markers = std::fs::read_dir(self.state_dir.join("bridges"))
-            .into_iter()
+        // Both kinds of marker are named after the bridge and hold the network's name.
+        let mut markers: Vec<(String, PathBuf)> = [self.state_dir.join("bridges"), left_dir.into()]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
             .flatten()
-            .flatten();
-        let bridges: Vec<String> = markers
+            .flatten()
             .filter_map(|e| {
                 let bridge = e.file_name().to_str()?.to_string();
                 let of = std::fs::read_to_string(e.path()).unwrap_or_default();
-                (bridge == name || of.trim() == name).then_some(bridge)
+                (bridge == name || of.trim() == name).then_some((bridge, e.path()))
             })
-            .filter(|b| !in_use.contains(&b.as_str()))
+            .filter(|(b, _)| !in_use.contains(&b.as_str()))
             .collect();
-        for bridge in bridges {
-            // By its exact name and kind: a lookup by name also matches altnames.
-            let deleted = Netlink::new().and_then(|nl| match nl.link(&bridge)? {
-                Some(l) if l.name == bridge && l.kind.as_deref() == Some("bridge") => {
-                    nl.delete(&bridge)
+        markers.sort();
+        let mut done: Vec<String> = Vec::new();
+        for (bridge, marker) in markers {
+            if !done.contains(&bridge) {
+                // By its exact name and kind: a lookup by name also matches altnames.
+                let deleted = Netlink::new().and_then(|nl| match nl.link(&bridge)? {
+                    Some(l) if l.name == bridge && l.kind.as_deref() == Some("bridge") => {
+                        nl.delete(&bridge)
+                    }
+                    Some(l) => {
+                        log::warn!(
+                            "{bridge}'s marker names a {} link, not Volt's bridge; left alone",
+                            l.kind.as_deref().unwrap_or("physical")
+                        );
+                        Ok(false)
+                    }
+                    None => Ok(false),
+                });
+                match c.step(
+                    format!("delete bridge {bridge}"),
+                    deleted.map_err(ManagerError::from),
+                ) {
+                    Some(true) => removed.push(format!("bridge {bridge}")),
+                    Some(false) => {}
+                    None => continue,
                 }
-                Some(l) => {
-                    log::warn!(
-                        "{bridge}'s marker names a {} link, not Volt's bridge; left alone",
-                        l.kind.as_deref().unwrap_or("physical")
-                    );
-                    Ok(false)
-                }
-                None => Ok(false),
-            });
-            match c.step(
-                format!("delete bridge {bridge}"),
-                deleted.map_err(ManagerError::from),
-            ) {
-                Some(true) => removed.push(format!("bridge {bridge}")),
-                Some(false) => {}
-                None => continue,
+                done.push(bridge);
             }
-            let m = self.bridge_marker(&bridge);
             c.step(
-                format!("remove {}", m.display()),
-                std::fs::remove_file(&m).map_err(io(format!("remove {}", m.display()))),
+                format!("remove {}", marker.display()),
+                std::fs::remove_file(&marker).map_err(io(format!("remove {}", marker.display()))),
             );
         }
         c.finish().map(|()| removed)

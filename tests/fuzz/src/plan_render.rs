@@ -156,6 +156,7 @@ pub fn verify(root: &Path, scratch: &Path) -> Vec<String> {
     let targets = Targets {
         networkd: scratch.join("networkd"),
         keep: scratch.join("keep"),
+        left_bridges: scratch.join("bridges-left"),
         // Every link's files, to check them all against the plan.
         every_link: true,
     };
