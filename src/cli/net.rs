@@ -60,47 +60,63 @@ struct Port {
     state: String,
 }
 
-fn live_state(net: &Network) -> LiveState {
-    let mut st = LiveState {
-        bridge: "absent".into(),
-        ..LiveState::default()
-    };
-    let links = match Netlink::new().and_then(|nl| nl.links()) {
-        Ok(l) => l,
-        Err(e) => {
-            log::warn!("{}", crate::error_chain(&e));
-            st.bridge = "unknown".into();
-            Vec::new()
-        }
-    };
-    if let Some(b) = links.iter().find(|l| l.name == net.bridge) {
-        st.bridge.clone_from(&b.operstate);
-        st.bridge_mtu = Some(b.mtu);
-        st.ports = links
-            .iter()
-            .filter(|l| l.master == Some(b.index))
-            .map(|l| Port {
-                link: l.name.clone(),
-                altnames: l.altnames.clone(),
-                state: l.operstate.clone(),
-            })
-            .collect();
-    }
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if net.kind == NetworkType::HostOnly && root {
-        st.nat = nat::is_up(&net.name).ok();
-    }
-    st
+/// What the host has now, read once for every network shown: its links, and the chains of
+/// table `ip volt` (`None`: could not be read; nftables needs root).
+struct HostNow {
+    links: Option<Vec<crate::net::netlink::Link>>,
+    chains: Option<Vec<String>>,
 }
 
-fn view<'a>(root: &Path, net: &'a Network) -> NetworkView<'a> {
+impl HostNow {
+    fn read(networks: &[&Network]) -> HostNow {
+        let links = Netlink::new()
+            .and_then(|nl| nl.links())
+            .map_err(|e| log::warn!("{}", crate::error_chain(&e)))
+            .ok();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let chains = (root && networks.iter().any(|n| n.kind == NetworkType::HostOnly))
+            .then(nat::existing_chains)
+            .and_then(|r| r.map_err(|e| log::warn!("{}", crate::error_chain(&e))).ok());
+        HostNow { links, chains }
+    }
+
+    fn state_of(&self, net: &Network) -> LiveState {
+        let mut st = LiveState {
+            bridge: "absent".into(),
+            ..LiveState::default()
+        };
+        let links = self.links.as_deref().unwrap_or_default();
+        if self.links.is_none() {
+            st.bridge = "unknown".into();
+        }
+        if let Some(b) = links.iter().find(|l| l.name == net.bridge) {
+            st.bridge.clone_from(&b.operstate);
+            st.bridge_mtu = Some(b.mtu);
+            st.ports = links
+                .iter()
+                .filter(|l| l.master == Some(b.index))
+                .map(|l| Port {
+                    link: l.name.clone(),
+                    altnames: l.altnames.clone(),
+                    state: l.operstate.clone(),
+                })
+                .collect();
+        }
+        if net.kind == NetworkType::HostOnly {
+            st.nat = self.chains.as_ref().map(|c| nat::is_up_in(c, &net.name));
+        }
+        st
+    }
+}
+
+fn view<'a>(root: &Path, net: &'a Network, now: &HostNow) -> NetworkView<'a> {
     NetworkView {
         network: net,
         leases: Ipam::new(Paths::new(root).ipam_dir())
             .list(&net.name)
             .unwrap_or_default(),
-        state: live_state(net),
+        state: now.state_of(net),
     }
 }
 
@@ -109,7 +125,9 @@ pub fn list(root: &Path, out: &OutputArgs) -> Result<Outcome> {
     for e in &set.errors {
         log::warn!("{}", e.report());
     }
-    let views: Vec<NetworkView> = set.networks.list.iter().map(|n| view(root, n)).collect();
+    let all: Vec<&Network> = set.networks.list.iter().collect();
+    let now = HostNow::read(&all);
+    let views: Vec<NetworkView> = all.iter().map(|n| view(root, n, &now)).collect();
     if out.print_json(&views)? {
         return Ok(Outcome::Ok);
     }
@@ -152,7 +170,7 @@ pub fn list(root: &Path, out: &OutputArgs) -> Result<Outcome> {
 pub fn show(root: &Path, name: &str, out: &OutputArgs) -> Result<Outcome> {
     let set = ConfigSet::load(root);
     let net = find_net(&set, name)?;
-    let v = view(root, net);
+    let v = view(root, net, &HostNow::read(&[net]));
     if out.print_json(&v)? {
         return Ok(Outcome::Ok);
     }

@@ -331,8 +331,12 @@ fn run_nft(what: &str, batch: &Nftables) -> Result<(), NatError> {
 
 /// Whether `network`'s chains are all in table `volt` now.
 pub fn is_up(network: &str) -> Result<bool, NatError> {
-    let have = existing_chains()?;
-    Ok(chains(network).iter().all(|(c, ..)| have.contains(c)))
+    Ok(is_up_in(&existing_chains()?, network))
+}
+
+/// Whether `network`'s chains are all among `have` (from [`existing_chains`]).
+pub fn is_up_in(have: &[String], network: &str) -> bool {
+    chains(network).iter().all(|(c, ..)| have.contains(c))
 }
 
 /// The chains table `volt` has now (empty when the table does not exist).
