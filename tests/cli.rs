@@ -334,6 +334,29 @@ fn a_broken_cluster_file_fails_closed() {
         "{}",
         text(&o)
     );
+    // A container's reboot (nspawn's status 133, which its unit restarts on) keeps the name
+    // without asking the store; a clean stop asks it (none answers on this loopback port).
+    write(
+        p,
+        "etc/volt/cluster.toml",
+        "host = \"a\"\nunderlay = \"192.0.2.1\"\n[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\ntimeout_ms = 500\n",
+    );
+    let release = |exit: &str| {
+        volt_env(
+            p,
+            &["cluster", "release", "--after-stop", "web"],
+            &[("SERVICE_RESULT", "success"), ("EXIT_STATUS", exit)],
+        )
+    };
+    let o = release("133");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("keeping the cluster name web: it rebooted"),
+        "{}",
+        text(&o)
+    );
+    let o = release("0");
+    assert!(!o.status.success(), "{}", text(&o));
 }
 
 #[test]

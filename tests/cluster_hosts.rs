@@ -372,6 +372,73 @@ fn three_hosts_share_volt0() {
     );
     b.ok("systemctl stop volt-vm@gone.service && rm /etc/volt/vms/gone.toml && systemctl daemon-reload");
 
+    // Host a's lease is lost (revoked here; a partition longer than the TTL does the same),
+    // and its claims with it. Its daemon registers again and claims anew what runs on a: va
+    // (its link is up: name and address), solo (a VM without NICs) and batch (a container
+    // without NICs), whose units systemd says are active. A clean stop of batch then gives
+    // its name up (no link owner does it for a container without NICs).
+    busybox_rootfs(a, "/var/lib/volt-test/batch");
+    a.write(
+        "/etc/volt/containers/batch.toml",
+        "directory = \"/var/lib/volt-test/batch\"\ncommand = [\"/bin/sh\", \"-c\", \"exec sleep 100000\"]\n",
+    );
+    a.ok("systemctl daemon-reload && systemctl start volt-vm@solo.service volt-container@batch.service");
+    // Host a's lease and workloads (name:addresses) as c reads the store; an empty lease
+    // while a is not registered.
+    let host_a = || -> (String, Vec<String>) {
+        let status = c.ok("/usr/bin/volt cluster status --output json");
+        let v: serde_json::Value = serde_json::from_str(&status).expect("json");
+        let Some(h) = v
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|h| h["name"] == "a")
+        else {
+            return (String::new(), Vec::new());
+        };
+        let mut w: Vec<String> = h["workloads"]
+            .as_array()
+            .expect("workloads")
+            .iter()
+            .map(|w| {
+                let addrs = w["addresses"].as_array().map_or(0, Vec::len);
+                format!("{}:{addrs}", w["name"].as_str().unwrap_or("?"))
+            })
+            .collect();
+        w.sort();
+        (h["lease"].as_str().unwrap_or("").to_string(), w)
+    };
+    let running = ["batch:0", "solo:0", "va:1"].map(String::from).to_vec();
+    let (lease, before) = host_a();
+    assert_eq!(before, running);
+    a.ok(&format!(
+        "etcdctl --endpoints http://{}:2379 lease revoke {lease}",
+        ul_ip(0)
+    ));
+    let t = Instant::now();
+    let after = loop {
+        let (l, w) = host_a();
+        if l != lease && !l.is_empty() && w.len() == running.len() {
+            break w;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(TTL) + LONG,
+            "host a did not claim its workloads again: lease {l}, {w:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    common::report::figure(
+        "a's workloads claimed again after a lost lease, s",
+        since(t),
+    );
+    assert_eq!(after, running);
+    a.ok("systemctl stop volt-container@batch.service volt-vm@solo.service");
+    assert_eq!(
+        host_a().1,
+        ["va:1"],
+        "batch and solo given up after their stop"
+    );
+
     // Spoofing from a (a namespace on a's volt0 without Volt's port rules): b's VM's MAC, then
     // its address with another MAC; b drops both at its VXLAN port.
     let mac_b = b.ok(&format!(

@@ -123,7 +123,8 @@ pub fn claim(root: &Path, name: &str, kind: &str) -> Result<Outcome> {
 /// `volt cluster release NAME`: give up this host's claim on a workload name (without a
 /// cluster: nothing to do). `after_stop`: run as a unit's ExecStopPost=, where systemd sets
 /// $SERVICE_RESULT; only a clean stop ("success") gives the name up, since after a failure
-/// systemd may restart the unit (`Restart=on-failure`), which must find its name still held.
+/// systemd may restart the unit (`Restart=on-failure`), which must find its name still held;
+/// so does a container's reboot (nspawn's status 133).
 pub fn release(root: &Path, name: &str, after_stop: bool) -> Result<Outcome> {
     let set = ConfigSet::load_cluster(root);
     if set.cluster_broken {
@@ -144,9 +145,15 @@ pub fn release(root: &Path, name: &str, after_stop: bool) -> Result<Outcome> {
     if after_stop {
         let result = std::env::var("SERVICE_RESULT").unwrap_or_else(|_| "(unset)".into());
         if result != "success" {
-            log::info!(
+            println!(
                 "keeping the cluster name {name}: the unit ended with result {result} and may be restarted"
             );
+            return Ok(Outcome::Ok);
+        }
+        // systemd-nspawn's status for a reboot from inside the container: a success, and the
+        // container unit's RestartForceExitStatus= starts it again.
+        if std::env::var("EXIT_STATUS").is_ok_and(|s| s == "133") {
+            println!("keeping the cluster name {name}: it rebooted and is starting again");
             return Ok(Outcome::Ok);
         }
     }

@@ -2,14 +2,14 @@
 //! restart), the host record, this host's own address and DHCP block on each shared network,
 //! and claiming again what runs here after a lost lease.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
 use super::daemon::{setup, Daemon, Shared};
 use super::store::{self, AddrClaim, HostNet, HostRecord};
 use super::ClusterError;
 use crate::config::{ConfigSet, NetworkLookup};
-use crate::plan::{Paths, Plan};
+use crate::plan::{names, Paths, Plan};
 
 impl Daemon {
     /// Adopt this host's live lease (a restarted daemon keeps its claims), else grant one.
@@ -183,21 +183,44 @@ impl Daemon {
             .unwrap_or(0)
     }
 
-    /// At start and after a lost lease: claim again the names and addresses of the workloads
-    /// whose links are up here (from their link records). Claims still held are held again.
+    /// At start and after a lost lease: claim again the names of the workloads that run here
+    /// (their unit is active, as systemd says, or a link of theirs is up) and the addresses
+    /// of their links that are up (from the link records). Claims still held are held again.
     pub(super) fn reclaim(&self) {
         let set = ConfigSet::load(&self.root);
         let plan = Plan::build(&set);
         let paths = Paths::new(&self.root);
+        // A workload without NICs has no link record: its unit says that it runs.
+        let patterns = [names::vm_unit("*"), names::container_unit("*")];
+        let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+        let units: HashSet<String> = match crate::sd::system_bus()
+            .and_then(|c| crate::sd::units::running_units(&c, &patterns))
+        {
+            Ok(u) => u.into_iter().collect(),
+            Err(e) => {
+                log::warn!(
+                    "cannot ask systemd which workloads run, so only those with a link up claim their names again: {}",
+                    crate::error_chain(&e)
+                );
+                HashSet::new()
+            }
+        };
         for w in &plan.workloads {
-            for a in &w.attachments {
-                let Ok(text) = std::fs::read_to_string(paths.link_record(&a.link)) else {
-                    continue;
-                };
-                let rec: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                if let Err(e) = self.cluster.claim_name(&w.name, w.kind.as_str()) {
-                    log::error!("{}", crate::error_chain(&e));
-                }
+            let records: Vec<(&crate::plan::Attachment, serde_json::Value)> = w
+                .attachments
+                .iter()
+                .filter_map(|a| {
+                    let text = std::fs::read_to_string(paths.link_record(&a.link)).ok()?;
+                    Some((a, serde_json::from_str(&text).unwrap_or_default()))
+                })
+                .collect();
+            if records.is_empty() && !units.contains(&w.unit) {
+                continue;
+            }
+            if let Err(e) = self.cluster.claim_name(&w.name, w.kind.as_str()) {
+                log::error!("{}", crate::error_chain(&e));
+            }
+            for (a, rec) in records {
                 let ip = rec
                     .get("ipv4")
                     .and_then(|v| v.as_str())

@@ -11,8 +11,9 @@ use crate::plan::{Attachment, Kind, LinkKind, Workload};
 /// A VM with a NIC on an isolated network opens its TAP inside that network's namespace,
 /// which takes CAP_SYS_ADMIN and setns(CLONE_NEWNET) during the VMM's setup (it drops every
 /// capability before the guest runs). With a cluster, a VM's name is claimed before it starts
-/// and given up after a clean stop (a VM without NICs has no link owner to do it); without
-/// one there is nothing to claim, and the start runs no process for it.
+/// (a container's by `volt container run`), and a workload's name is given up after a clean
+/// stop (one without NICs has no link owner to do it); without one there is nothing to claim,
+/// and the start runs no process for it.
 pub fn workload_dropin(w: &Workload) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{HEADER}");
@@ -24,9 +25,13 @@ pub fn workload_dropin(w: &Workload) -> String {
         let _ = writeln!(s, "After={}", owners.join(" "));
     }
     let mut service = Vec::new();
-    if w.kind == Kind::Vm && w.clustered {
-        // "+": outside the VMM's sandbox, which has no IP sockets.
-        service.push(format!("ExecStartPre=+{VOLT_BINARY} cluster claim %i"));
+    if w.clustered {
+        if w.kind == Kind::Vm {
+            // "+": outside the VMM's sandbox, which has no IP sockets. (`volt container run`
+            // claims a container's name itself.)
+            service.push(format!("ExecStartPre=+{VOLT_BINARY} cluster claim %i"));
+        }
+        // Given up after a clean stop; without NICs no link owner's stop does it.
         service.push(format!(
             "ExecStopPost=+{VOLT_BINARY} cluster release --after-stop %i"
         ));

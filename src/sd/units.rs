@@ -155,3 +155,23 @@ pub fn invocation_id(conn: &zbus::Connection, unit: &str) -> Result<Option<Strin
         Ok(Some(id.iter().map(|b| format!("{b:02x}")).collect()))
     })
 }
+
+/// The units matching `patterns` (globs, as `systemctl list-units PATTERN...`) that run or
+/// are about to run again: active, activating (a restart pending included), reloading or
+/// deactivating.
+pub fn running_units(conn: &zbus::Connection, patterns: &[&str]) -> Result<Vec<String>, SdError> {
+    zbus::block_on(async {
+        let what = || format!("listing the units {}", patterns.join(" "));
+        let mgr = ManagerProxy::new(conn)
+            .await
+            .map_err(SdError::call(what()))?;
+        let states = ["active", "activating", "reloading", "deactivating"]
+            .map(String::from)
+            .to_vec();
+        let units = mgr
+            .list_units_by_patterns(states, patterns.iter().map(|p| p.to_string()).collect())
+            .await
+            .map_err(SdError::call(what()))?;
+        Ok(units.into_iter().map(|u| u.0).collect())
+    })
+}
