@@ -5,7 +5,8 @@
 //! - `volt console` in a pseudo-terminal: raw mode, a command answered, Ctrl-] leaves and the
 //!   terminal's attributes are restored;
 //! - `volt console` with piped stdin (scripts);
-//! - a client that does not read does not stall the guest, and gets everything later.
+//! - a client that does not read does not stall the guest, and gets everything later;
+//! - a client that hangs up while its input waits for the guest leaves the console free.
 
 mod common;
 
@@ -43,6 +44,13 @@ fn start(dir: &Path) -> (Vmm, PathBuf) {
 
 fn attach(sock: &Path, hello: &str) -> (UnixStream, String) {
     common::handshake(sock, hello, BOUND)
+}
+
+/// A client attached to the console at `sock`.
+fn attached(sock: &Path) -> UnixStream {
+    let (s, reply) = attach(sock, "volt-console 1 attach\n");
+    assert_eq!(reply, "ok");
+    s
 }
 
 /// Reads until `want` appeared (within [`BOUND`]); returns everything read.
@@ -97,8 +105,7 @@ fn a_client_that_does_not_read_stalls_nothing_and_loses_nothing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (mut vm, sock) = start(dir.path());
-    let (mut a, reply) = attach(&sock, "volt-console 1 attach\n");
-    assert_eq!(reply, "ok");
+    let mut a = attached(&sock);
     a.write_all(b"count 3000\r").unwrap();
     // The guest prints on while the client reads nothing.
     vm.wait_line("line 2999", BOUND);
@@ -110,6 +117,60 @@ fn a_client_that_does_not_read_stalls_nothing_and_loses_nothing() {
         !all.contains("dropped"),
         "nothing dropped below the buffer size"
     );
+}
+
+/// A client that pastes while the guest neither reads nor prints, and hangs up while its
+/// input waits (the VMM then wants nothing of its socket), is seen leaving: the next client
+/// attaches while the guest still pauses. Were the socket taken out of the VMM's watch while
+/// nothing is wanted of it, the hang-up would be seen only once the guest printed again, and
+/// with a guest that never does, every later client would get `busy`.
+#[test]
+fn a_client_that_hangs_up_while_its_input_waits_leaves_the_console_free() {
+    if guest().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (vm, sock) = start(dir.path());
+    let mut a = attached(&sock);
+    a.write_all(b"pause 4000\r").unwrap();
+    read_until(&mut a, "pause 4000\r\n");
+    // The paste fills the UART's FIFO, the VMM's chunk and the socket's buffer; the rest is
+    // not written.
+    a.set_nonblocking(true).unwrap();
+    let paste = vec![b'x'; 1 << 20];
+    let mut sent = 0;
+    while sent < paste.len() {
+        match a.write(&paste[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    assert!(
+        sent < paste.len(),
+        "the VMM read the whole paste ahead of the guest"
+    );
+    drop(a);
+    let t = Instant::now();
+    let mut b = loop {
+        let (b, reply) = attach(&sock, "volt-console 1 attach\n");
+        if reply == "ok" {
+            break b;
+        }
+        assert_eq!(reply, "busy", "{reply:?}");
+        assert!(
+            t.elapsed() < BOUND,
+            "the console stayed busy after its client hung up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Output reaches a client from its attach on: `paused` shows that b got the console while
+    // the guest was still pausing, before it printed or read anything more.
+    read_until(&mut b, "paused");
+    // What the guest then took of the paste is on its line: end that line first.
+    b.write_all(b"\rhello\r").unwrap();
+    read_until(&mut b, "hello from volt-test-guest");
+    drop(vm);
 }
 
 fn termios(fd: &OwnedFd) -> libc::termios {

@@ -9,6 +9,7 @@
 //! | `hello` | `hello from volt-test-guest` |
 //! | `cmdline` | the kernel command line |
 //! | `count <n>` | `n` lines `line <i>` (i from 0; n capped at 100000) |
+//! | `pause <ms>` | nothing for `ms` milliseconds (capped at 60000), reading no input; then `paused` |
 //! | `poweroff` | `volt-test-guest: powering off`, then exit 0 (debug-exit port) |
 //! | anything else | `unknown command: <it>` |
 //!
@@ -101,6 +102,15 @@ impl Console {
                         put(b"\r\n");
                     }
                 }
+            }
+            b"pause" => {
+                let ms = crate::parse_num(arg, false).map_or(0, |(n, _)| n.min(60_000));
+                let ticks = ms * 1000 * crate::net::tsc_per_us_cached();
+                let t0 = crate::net::rdtsc();
+                while crate::net::rdtsc().wrapping_sub(t0) < ticks {
+                    core::hint::spin_loop();
+                }
+                put(b"paused");
             }
             b"poweroff" => {
                 put(PREFIX);
