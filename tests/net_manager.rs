@@ -1,5 +1,6 @@
 //! The network manager on real links, inside network namespaces the tests create: bridges,
-//! TAPs, veths, macvtaps, altnames, MTU 9000, moving links between namespaces, the FDB.
+//! TAPs, veths, macvtaps, altnames, MTU 9000, moving links between namespaces, the FDB, the
+//! overlay's neighbour entries and VXLAN port filter.
 //! Skips (saying why) unless root with /dev/net/tun.
 
 mod common;
@@ -585,4 +586,59 @@ fn the_overlay_keeps_to_its_own_neighbour_entries() {
         left.contains("10.42.0.77 lladdr 02:00:00:00:00:77") && !left.contains("10.42.0.10"),
         "{left}"
     );
+}
+
+/// The VXLAN port's filter as volt-cluster installs it at start, before it has read the
+/// store: closed, so nothing from the underlay reaches the bridge. Opened to the pairs the
+/// store places on other hosts, it lets exactly those in: a known MAC with another address
+/// stays out.
+#[test]
+fn the_overlay_port_filter_starts_closed_and_opens_to_known_pairs() {
+    use volt::net::overlay::{apply_filter, PortFilter};
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("flh");
+    let peer = TestNs::new("flp");
+    // vbr0's second address stands for a workload on this host; the veth for the VXLAN port,
+    // its far end for a workload on another host.
+    host.ok(&format!(
+        "ip link add vbr0 type bridge && ip addr add 10.42.0.1/24 dev vbr0 \
+         && ip addr add 10.42.0.5/24 dev vbr0 && ip link set vbr0 up \
+         && ip link add vx-42 type veth peer name rp netns {} \
+         && ip link set vx-42 master vbr0 && ip link set vx-42 up",
+        peer.name
+    ));
+    peer.ok("ip link set rp address 52:54:00:00:00:77 && ip addr add 10.42.0.77/24 dev rp && ip link set rp up");
+    let mac: MacAddr = "52:54:00:00:00:77".parse().expect("mac");
+    let set = |remote: Vec<(MacAddr, std::net::Ipv4Addr)>| {
+        let f = PortFilter {
+            port: "vx-42".into(),
+            gateway: "10.42.0.1".parse().expect("ip"),
+            remote,
+            subnet: "10.42.0.0/24".parse().expect("net"),
+        };
+        host.run(move || apply_filter(&[f]).expect("apply the filter"));
+    };
+    let ping = || {
+        peer.sh("ip neigh flush dev rp; ping -c 2 -i 0.2 -W 1 10.42.0.5")
+            .status
+            .success()
+    };
+    let spoof_drops = || -> u64 {
+        let out = host.ok("nft list chain bridge volt-cluster in-vx-42");
+        out.lines()
+            .find(|l| l.contains("\"spoof\""))
+            .and_then(|l| l.split("packets ").nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no spoof counter: {out}"))
+    };
+    set(Vec::new());
+    assert!(!ping(), "through the closed filter");
+    assert!(spoof_drops() > 0);
+    set(vec![(mac, "10.42.0.77".parse().expect("ip"))]);
+    assert!(ping(), "a pair the store knows is let in");
+    set(vec![(mac, "10.42.0.78".parse().expect("ip"))]);
+    assert!(!ping(), "the known MAC with another address");
 }
