@@ -192,14 +192,16 @@ fn deb_and_rpm_list_the_same_paths() {
     assert!(rpm_dirs.contains("/usr/lib/volt/guests"));
     // Maintainer scripts on both sides.
     let scripts = run(Command::new("rpm").args(["-qp", "--scripts"]).arg(&p.rpm));
-    for s in [
-        "systemd-sysusers volt.conf",
-        "systemd-tmpfiles --create volt.conf",
-        "daemon-reload",
-        "volt-vm@*.service",
-    ] {
-        assert!(scripts.contains(s), "rpm scriptlets lack {s}:\n{scripts}");
-    }
+    common::assert_contains_all(
+        "the rpm scriptlets",
+        &scripts,
+        &[
+            "systemd-sysusers volt.conf",
+            "systemd-tmpfiles --create volt.conf",
+            "daemon-reload",
+            "volt-vm@*.service",
+        ],
+    );
     let ctrl = tempfile::tempdir().expect("tempdir");
     run(Command::new("dpkg-deb")
         .arg("-e")

@@ -165,3 +165,12 @@ pub fn handshake(
     }
     (s, String::from_utf8_lossy(&line).into_owned())
 }
+
+/// Asserts that `text` (what `what` printed) contains every one of `wants`, naming the first
+/// one missing.
+#[track_caller]
+pub fn assert_contains_all(what: &str, text: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(text.contains(want), "{what}: no {want:?} in:\n{text}");
+    }
+}
