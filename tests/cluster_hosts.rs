@@ -81,19 +81,6 @@ fn cluster_toml(i: usize) -> String {
 }
 
 /// A busybox root file system at `dir` inside a host.
-fn busybox_rootfs(c: &Nspawn, dir: &str) {
-    c.ok(&format!(
-        r#"set -e
-R={dir}
-mkdir -p $R/bin $R/sbin $R/usr/bin $R/usr/sbin $R/etc $R/proc $R/sys $R/dev $R/tmp $R/run $R/var $R/root
-B=$(command -v busybox)
-cp "$B" $R/bin/busybox
-for a in $("$B" --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"; done
-printf 'ID=volt-busybox\n' > $R/etc/os-release
-"#
-    ));
-}
-
 fn vm_toml(extra: &str, ipv4: Option<&str>) -> String {
     let ip = ipv4
         .map(|i| format!("ipv4 = \"{i}\"\n"))
@@ -250,7 +237,7 @@ fn three_hosts_share_volt0() {
     );
     a.ok("systemctl daemon-reload && systemctl start volt-vm@va.service");
     let vm_a = leased_ip(a, "vm/va/eth0");
-    busybox_rootfs(c, "/var/lib/volt-test/ct");
+    c.busybox_rootfs("/var/lib/volt-test/ct");
     c.write(
         "/etc/volt/containers/ct.toml",
         "directory = \"/var/lib/volt-test/ct\"\ncommand = [\"/bin/sh\", \"-c\", \"exec sleep 100000\"]\n[[network]]\nbridge = \"volt0\"\nipv4 = \"10.42.0.150/24\"\n",
@@ -377,7 +364,7 @@ fn three_hosts_share_volt0() {
     // (its link is up: name and address), solo (a VM without NICs) and batch (a container
     // without NICs), whose units systemd says are active. A clean stop of batch then gives
     // its name up (no link owner does it for a container without NICs).
-    busybox_rootfs(a, "/var/lib/volt-test/batch");
+    a.busybox_rootfs("/var/lib/volt-test/batch");
     a.write(
         "/etc/volt/containers/batch.toml",
         "directory = \"/var/lib/volt-test/batch\"\ncommand = [\"/bin/sh\", \"-c\", \"exec sleep 100000\"]\n",
