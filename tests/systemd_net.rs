@@ -274,6 +274,11 @@ fn a_host_only_port_map_reaches_the_vm_with_no_net_up() {
     c.ok("rm /etc/volt/networks/lab.toml /etc/volt/vms/web.toml && systemctl daemon-reload");
     c.ok("test ! -e /run/systemd/network/10-lab0.netdev");
     c.ok("ip link show lab0");
+    let list = c.ok("/usr/bin/volt net list");
+    assert!(
+        list.contains("note: bridge lab0 of network lab is still here"),
+        "{list}"
+    );
     let down = c.ok("/usr/bin/volt net down lab");
     assert!(
         down.contains("bridge lab0") && down.contains("NAT chains"),
@@ -281,5 +286,6 @@ fn a_host_only_port_map_reaches_the_vm_with_no_net_up() {
     );
     c.ok("! ip link show lab0 2>/dev/null");
     c.ok("! nft list chain ip volt post-lab 2>/dev/null");
+    assert!(!c.ok("/usr/bin/volt net list").contains("note:"));
     c.ok("ip netns del wan");
 }

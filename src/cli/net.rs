@@ -164,6 +164,29 @@ pub fn list(root: &Path, out: &OutputArgs) -> Result<Outcome> {
         ],
         rows,
     );
+    // Bridges of networks whose files are gone: still on the host until `volt net down`.
+    let configured: Vec<&str> = all.iter().map(|n| n.name.as_str()).collect();
+    let bridges: Vec<&str> = all.iter().map(|n| n.bridge.as_str()).collect();
+    let on_host = |b: &str| {
+        now.links
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|l| l.name == b && l.kind.as_deref() == Some("bridge"))
+    };
+    let mgr = Manager::new(Paths::new(root).runtime_dir());
+    for m in mgr.bridge_markers(&Paths::new(root).left_bridges_dir()) {
+        if !m.network.is_empty()
+            && !configured.contains(&m.network.as_str())
+            && !bridges.contains(&m.bridge.as_str())
+            && on_host(&m.bridge)
+        {
+            println!(
+                "note: bridge {} of network {} is still here though no file defines {} any more; `volt net down {}` removes it",
+                m.bridge, m.network, m.network, m.network
+            );
+        }
+    }
     Ok(Outcome::Ok)
 }
 

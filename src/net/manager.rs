@@ -17,6 +17,7 @@ mod bridge;
 mod macvtap;
 mod veth;
 
+pub use bridge::BridgeMarker;
 pub use macvtap::macvtap_device;
 
 /// How many MAC candidates [`Manager::resolve_mac`] tries before giving up.

@@ -123,22 +123,13 @@ impl Manager {
         if c.step("remove NAT rules", nat::apply_down(name)) == Some(true) {
             removed.push(format!("its NAT chains in table ip {}", nat::TABLE));
         }
-        // Both kinds of marker are named after the bridge and hold the network's name.
-        let mut markers: Vec<(String, PathBuf)> = [self.state_dir.join("bridges"), left_dir.into()]
-            .iter()
-            .filter_map(|d| std::fs::read_dir(d).ok())
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let bridge = e.file_name().to_str()?.to_string();
-                let of = std::fs::read_to_string(e.path()).unwrap_or_default();
-                (bridge == name || of.trim() == name).then_some((bridge, e.path()))
-            })
-            .filter(|(b, _)| !in_use.contains(&b.as_str()))
-            .collect();
-        markers.sort();
+        let markers = self
+            .bridge_markers(left_dir)
+            .into_iter()
+            .filter(|m| m.bridge == name || m.network == name)
+            .filter(|m| !in_use.contains(&m.bridge.as_str()));
         let mut done: Vec<String> = Vec::new();
-        for (bridge, marker) in markers {
+        for BridgeMarker { bridge, path, .. } in markers {
             if !done.contains(&bridge) {
                 // By its exact name and kind: a lookup by name also matches altnames.
                 let deleted = Netlink::new().and_then(|nl| match nl.link(&bridge)? {
@@ -165,11 +156,34 @@ impl Manager {
                 done.push(bridge);
             }
             c.step(
-                format!("remove {}", marker.display()),
-                std::fs::remove_file(&marker).map_err(io(format!("remove {}", marker.display()))),
+                format!("remove {}", path.display()),
+                std::fs::remove_file(&path).map_err(io(format!("remove {}", path.display()))),
             );
         }
         c.finish().map(|()| removed)
+    }
+
+    /// The markers of the bridges Volt may delete: those it created (in its state directory)
+    /// and those networkd made from a file the generator removed (in `left_dir`), sorted by
+    /// bridge. Both are named after the bridge and hold the network's name.
+    pub fn bridge_markers(&self, left_dir: &Path) -> Vec<BridgeMarker> {
+        let mut markers: Vec<BridgeMarker> = [self.state_dir.join("bridges"), left_dir.into()]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let bridge = e.file_name().to_str()?.to_string();
+                let network = std::fs::read_to_string(e.path()).unwrap_or_default();
+                Some(BridgeMarker {
+                    bridge,
+                    network: network.trim().to_string(),
+                    path: e.path(),
+                })
+            })
+            .collect();
+        markers.sort_by(|a, b| a.bridge.cmp(&b.bridge).then(a.path.cmp(&b.path)));
+        markers
     }
 
     /// Host-only `net`'s NAT made again with `targets`, on the bridge as it is: never creates
@@ -222,6 +236,14 @@ impl Manager {
             }),
         }
     }
+}
+
+/// A bridge Volt may delete on `net down`, and the network it was for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeMarker {
+    pub bridge: String,
+    pub network: String,
+    pub path: PathBuf,
 }
 
 /// Host-only `net`'s forwarding on its bridge and uplink, and its NAT chains with `targets`.
