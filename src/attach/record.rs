@@ -70,6 +70,14 @@ impl LinkRecord {
         parse(&path, &text).map(Some)
     }
 
+    /// Whether a link of workload `name` is up here (has a record): its owner then holds the
+    /// workload's cluster claims, and gives the name up after the last link goes down.
+    pub fn any_of(paths: &Paths, name: &str) -> bool {
+        super::leases::records(&paths.links_dir())
+            .iter()
+            .any(|r| r.workload == name)
+    }
+
     /// Remove the record of `link` (nothing to do when there is none).
     pub fn remove(paths: &Paths, link: &str) -> std::io::Result<()> {
         match std::fs::remove_file(paths.link_record(link)) {

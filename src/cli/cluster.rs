@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use super::{Outcome, Output};
 use crate::cluster::{daemon, status, Cluster};
 use crate::config::ConfigSet;
+use crate::plan::Paths;
 
 fn cluster(root: &Path) -> Result<Cluster> {
     cluster_of(&ConfigSet::load(root))
@@ -156,12 +157,28 @@ pub fn release(root: &Path, name: &str, after_stop: bool) -> Result<Outcome> {
             println!("keeping the cluster name {name}: it rebooted and is starting again");
             return Ok(Outcome::Ok);
         }
+        // A link of it is up: its owner holds the claims (a restart keeps the owner) and gives
+        // the name up after the last link goes down.
+        if crate::attach::LinkRecord::any_of(&Paths::new(root), name) {
+            println!(
+                "keeping the cluster name {name}: its link owner gives it up after its last link"
+            );
+            return Ok(Outcome::Ok);
+        }
     }
-    let c = cluster_of(&set)?;
-    if c.release_name(name)? {
-        println!("released {name}");
-    } else {
-        println!("{name} was not claimed by host {}", c.host());
+    let released = cluster_of(&set).and_then(|c| {
+        let done = c.release_name(name)?;
+        Ok((done, c.host().to_string()))
+    });
+    match released {
+        Ok((true, _)) => println!("released {name}"),
+        Ok((false, host)) => println!("{name} was not claimed by host {host}"),
+        // After a stop, a failure here would fail the unit (and restart a container that ended
+        // by itself): the claim ends with this host's lease, or at the next release.
+        Err(e) if after_stop => log::warn!(
+            "cannot release the cluster name {name} (it stays claimed until this host's lease ends or the next release): {e:#}"
+        ),
+        Err(e) => return Err(e),
     }
     Ok(Outcome::Ok)
 }

@@ -205,6 +205,7 @@ impl Daemon {
                 HashSet::new()
             }
         };
+        let mut claimed: HashSet<String> = HashSet::new();
         for w in &plan.workloads {
             let records: Vec<(&crate::plan::Attachment, serde_json::Value)> = w
                 .attachments
@@ -220,6 +221,7 @@ impl Daemon {
             if let Err(e) = self.cluster.claim_name(&w.name, w.kind.as_str()) {
                 log::error!("{}", crate::error_chain(&e));
             }
+            claimed.insert(w.unit.clone());
             for (a, rec) in records {
                 let ip = rec
                     .get("ipv4")
@@ -243,6 +245,19 @@ impl Daemon {
                         Err(e) => log::error!("{}", crate::error_chain(&e)),
                     }
                 }
+            }
+        }
+        // Units that run on the units the generator kept, their file broken or gone: their
+        // names are held all the same.
+        for unit in units.iter().filter(|u| !claimed.contains(*u)) {
+            let Some((kind, name)) = names::workload_of_unit(unit) else {
+                continue;
+            };
+            match self.cluster.claim_name(&name, kind) {
+                Ok(()) => {
+                    log::info!("claimed {name} again (its {kind} unit runs without a valid file)")
+                }
+                Err(e) => log::error!("{}", crate::error_chain(&e)),
             }
         }
     }

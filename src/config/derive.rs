@@ -159,6 +159,34 @@ pub fn check_link_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Prefixes of the links Volt creates itself: VM TAPs, macvtaps, container veths, VXLAN
+/// ports. No bridge may take such a name.
+pub const VOLT_LINK_PREFIXES: [&str; 4] = ["tap-", "mvt-", "veth-", "vx-"];
+
+/// Whether `name` can be the bridge of a network: an interface name ([`check_link_name`]) that
+/// is not the loopback, not a name the kernel keeps for settings of every interface
+/// (`/proc/sys/net/ipv4/conf/{all,default}`), and not one of the names Volt gives its own
+/// links.
+pub fn check_bridge_name(name: &str) -> Result<(), String> {
+    check_link_name(name)?;
+    match name {
+        "lo" => return Err(format!("{name:?} is the loopback device, not a bridge")),
+        "all" | "default" | "bonding_masters" => {
+            return Err(format!(
+                "{name:?} is a name the kernel keeps for its own settings (/proc/sys/net/ipv4/conf/{name}, /sys/class/net); choose another bridge name"
+            ))
+        }
+        _ => {}
+    }
+    if let Some(p) = VOLT_LINK_PREFIXES.iter().find(|p| name.starts_with(*p)) {
+        return Err(format!(
+            "{name:?} starts with {p:?}, which Volt uses for the links it creates ({}); choose another bridge name",
+            VOLT_LINK_PREFIXES.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// The workload a config file describes: `("vm", name)` for `/etc/volt/vms/<name>.toml`,
 /// `("container", name)` for `/etc/volt/containers/<name>.toml`.
 pub fn workload_of(file: &std::path::Path) -> Option<(&'static str, String)> {

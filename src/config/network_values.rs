@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use toml::Spanned;
 
-use super::super::derive::{check_link_name, check_workload_name};
+use super::super::derive::{check_bridge_name, check_link_name, check_workload_name};
 use super::super::error::{ConfigError, Location};
 use super::super::reader;
 use super::super::span::Src;
@@ -33,12 +33,12 @@ pub(super) fn network_from_raw(
     let e = &mut errs;
     let bridge = match &raw.bridge {
         Some(b) => take(
-            check_link_name(b.get_ref()).map_err(|m| src.invalid("bridge", b.span(), m)),
+            check_bridge_name(b.get_ref()).map_err(|m| src.invalid("bridge", b.span(), m)),
             e,
         )
         .map(|()| b.get_ref().clone()),
         None => take(
-            check_link_name(&name).map_err(|m| {
+            check_bridge_name(&name).map_err(|m| {
                 src.whole(
                     "bridge",
                     format!("no bridge given and the network name {m}"),

@@ -8,7 +8,7 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use super::derive::{check_link_name, check_workload_name};
+use super::derive::{check_bridge_name, check_workload_name};
 use super::error::{ConfigError, Location};
 use super::network::{
     default_ranges, Network, NetworkAt, NetworkType, Range, DEFAULT_NETWORK, DEFAULT_ZONE,
@@ -113,12 +113,12 @@ pub fn parse_zone_yaml(path: &Path, text: &str) -> Result<Option<Network>, Confi
     };
     let bridge = match &raw.bridge {
         Some(b) => {
-            check_link_name(&b.value).map_err(|m| invalid("bridge", &b.referenced, m))?;
+            check_bridge_name(&b.value).map_err(|m| invalid("bridge", &b.referenced, m))?;
             b.value.clone()
         }
         None if name == DEFAULT_ZONE => DEFAULT_NETWORK.to_string(),
         None => {
-            check_link_name(&name).map_err(|m| {
+            check_bridge_name(&name).map_err(|m| {
                 invalid(
                     "bridge",
                     &raw.name.referenced,

@@ -61,6 +61,19 @@ pub fn container_unit(name: &str) -> String {
     format!("volt-container@{name}.service")
 }
 
+/// The workload a unit name runs: `("vm", name)` for `volt-vm@<name>.service`, `("container",
+/// name)` for `volt-container@<name>.service`; `None` for other units and invalid names.
+pub fn workload_of_unit(unit: &str) -> Option<(&'static str, String)> {
+    let (kind, rest) = if let Some(r) = unit.strip_prefix("volt-vm@") {
+        ("vm", r)
+    } else {
+        ("container", unit.strip_prefix("volt-container@")?)
+    };
+    let name = rest.strip_suffix(".service")?;
+    crate::config::check_workload_name(name).ok()?;
+    Some((kind, name.to_string()))
+}
+
 /// `volt-tap@<link>.service`: the owner of a VM NIC's host link.
 pub fn link_unit(link: &str) -> String {
     format!("volt-tap@{link}.service")
@@ -235,6 +248,16 @@ mod tests {
             "volt-veth@veth-1a2b3c4d-h.service"
         );
         assert_eq!(netdev_file_name("tap-1"), "60-volt-tap-1.netdev");
+        assert_eq!(
+            workload_of_unit(&vm_unit("web")),
+            Some(("vm", "web".to_string()))
+        );
+        assert_eq!(
+            workload_of_unit(&container_unit("db")),
+            Some(("container", "db".to_string()))
+        );
+        assert_eq!(workload_of_unit("volt-tap@tap-1.service"), None);
+        assert_eq!(workload_of_unit("volt-vm@a/b.service"), None);
         assert_eq!(isolated_netns("1a2b3c4d"), "volt-iso-1a2b3c4d");
         assert_eq!(altname(&"x".repeat(200), "eth0").len(), 127);
         let p = Paths::new(Path::new("/tmp/r"));

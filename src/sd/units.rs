@@ -157,15 +157,15 @@ pub fn invocation_id(conn: &zbus::Connection, unit: &str) -> Result<Option<Strin
 }
 
 /// The units matching `patterns` (globs, as `systemctl list-units PATTERN...`) that run or
-/// are about to run again: active, activating (a restart pending included), reloading or
-/// deactivating.
+/// are about to run again: active, activating (a restart pending included) or reloading. Not
+/// deactivating: a unit on its way down gives its claims up.
 pub fn running_units(conn: &zbus::Connection, patterns: &[&str]) -> Result<Vec<String>, SdError> {
     zbus::block_on(async {
         let what = || format!("listing the units {}", patterns.join(" "));
         let mgr = ManagerProxy::new(conn)
             .await
             .map_err(SdError::call(what()))?;
-        let states = ["active", "activating", "reloading", "deactivating"]
+        let states = ["active", "activating", "reloading"]
             .map(String::from)
             .to_vec();
         let units = mgr
