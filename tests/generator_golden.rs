@@ -301,9 +301,35 @@ fn a_removed_networks_bridge_is_left_for_net_down() {
         stderr.contains("bridge lab0 of network lab stays until `volt net down lab`"),
         "{stderr}"
     );
-    std::fs::write(&file, text).expect("restore lab.toml");
+    std::fs::write(&file, &text).expect("restore lab.toml");
     let _ = rerun(&run, "back");
     assert!(netdev.exists() && !marker.exists());
+    // The admin takes the bridge over (create_bridge = false): its .netdev goes, but the
+    // bridge is still the network's, not a leftover; nor once the file is gone after that.
+    std::fs::write(&file, format!("create_bridge = false\n{text}")).expect("edit lab.toml");
+    let _ = rerun(&run, "admin");
+    assert!(!netdev.exists() && !marker.exists());
+    std::fs::remove_file(&file).expect("remove lab.toml");
+    let _ = rerun(&run, "admin-gone");
+    assert!(!marker.exists());
+}
+
+/// A networks directory that cannot be listed keeps its networks' bridge files, and leaves
+/// no bridge for `volt net down`.
+#[test]
+fn an_unreadable_networks_directory_leaves_its_bridges_alone() {
+    let run = generated("static-leases");
+    let netdev = run.root.join("run/systemd/network/10-lab0.netdev");
+    let dir = run.root.join("etc/volt/networks");
+    let saved = run.root.join("networks.saved");
+    std::fs::rename(&dir, &saved).expect("move the directory");
+    std::fs::write(&dir, "").expect("a file where the directory was");
+    let (o, _) = rerun(&run, "unlisted");
+    assert!(!o.status.success(), "the directory's error fails the run");
+    assert!(netdev.exists(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!run.root.join("run/volt/bridges-left").exists());
+    std::fs::remove_file(&dir).expect("remove the file");
+    std::fs::rename(&saved, &dir).expect("restore the directory");
 }
 
 /// A new file that copies a generated VM's address (an admin's template copy, say) gets the

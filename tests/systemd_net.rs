@@ -271,8 +271,18 @@ fn a_host_only_port_map_reaches_the_vm_with_no_net_up() {
 
     // The network's file goes: networkd keeps the bridge it made (it never deletes a link),
     // and `volt net down lab` removes it with the NAT.
-    c.ok("rm /etc/volt/networks/lab.toml /etc/volt/vms/web.toml && systemctl daemon-reload");
+    c.ok("rm /etc/volt/networks/lab.toml /etc/volt/vms/web.toml");
+    // Before the generator has run, the bridge is still networkd's: the command says so.
+    let early = c.sh("/usr/bin/volt net down lab");
+    let said = String::from_utf8_lossy(&early.stderr);
+    assert!(
+        !early.status.success() && said.contains("run `systemctl daemon-reload`"),
+        "{said}"
+    );
+    c.ok("systemctl daemon-reload");
     c.ok("test ! -e /run/systemd/network/10-lab0.netdev");
+    // networkd made it: the generator's marker, not one of a bridge Volt created itself.
+    c.ok("test -e /run/volt/bridges-left/lab0 && test ! -e /run/volt/bridges/lab0");
     c.ok("ip link show lab0");
     let list = c.ok("/usr/bin/volt net list");
     assert!(

@@ -129,11 +129,15 @@ fn a_client_that_hangs_up_while_its_input_waits_leaves_the_console_free() {
     if guest().is_none() {
         return;
     }
+    // The guest pauses for a minute; an attach within half of it is one the hang-up allowed,
+    // not the guest's output after the pause.
+    const PAUSED: Duration = Duration::from_secs(30);
     let dir = tempfile::tempdir().unwrap();
-    let (vm, sock) = start(dir.path());
+    let (_vm, sock) = start(dir.path());
     let mut a = attached(&sock);
-    a.write_all(b"pause 4000\r").unwrap();
-    read_until(&mut a, "pause 4000\r\n");
+    a.write_all(b"pause 60000\r").unwrap();
+    read_until(&mut a, "pause 60000\r\n");
+    let paused_at = Instant::now();
     // The paste fills the UART's FIFO, the VMM's chunk and the socket's buffer; the rest is
     // not written.
     a.set_nonblocking(true).unwrap();
@@ -151,26 +155,18 @@ fn a_client_that_hangs_up_while_its_input_waits_leaves_the_console_free() {
         "the VMM read the whole paste ahead of the guest"
     );
     drop(a);
-    let t = Instant::now();
-    let mut b = loop {
-        let (b, reply) = attach(&sock, "volt-console 1 attach\n");
+    loop {
+        let (_b, reply) = attach(&sock, "volt-console 1 attach\n");
         if reply == "ok" {
-            break b;
+            break;
         }
         assert_eq!(reply, "busy", "{reply:?}");
         assert!(
-            t.elapsed() < BOUND,
+            paused_at.elapsed() < PAUSED,
             "the console stayed busy after its client hung up"
         );
         std::thread::sleep(Duration::from_millis(50));
-    };
-    // Output reaches a client from its attach on: `paused` shows that b got the console while
-    // the guest was still pausing, before it printed or read anything more.
-    read_until(&mut b, "paused");
-    // What the guest then took of the paste is on its line: end that line first.
-    b.write_all(b"\rhello\r").unwrap();
-    read_until(&mut b, "hello from volt-test-guest");
-    drop(vm);
+    }
 }
 
 fn termios(fd: &OwnedFd) -> libc::termios {

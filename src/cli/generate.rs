@@ -1,6 +1,7 @@
 //! `volt generate`: the generator, run by hand for debugging. It writes only below OUTDIR:
 //! unit drop-ins into OUTDIR, networkd files into OUTDIR/network (never into the host's
-//! /run/systemd/network), its record of last good units into OUTDIR/kept. Run again into
+//! /run/systemd/network), its record of last good units into OUTDIR/kept, the bridges of
+//! networks whose files are gone into OUTDIR/bridges-left. Run again into
 //! the same OUTDIR it replaces the units it wrote there, as a `daemon-reload` does.
 
 use std::path::Path;

@@ -297,8 +297,11 @@ pub enum ClusterCommand {
     /// Give up this host's claim on a workload name.
     Release {
         name: String,
-        /// Only after a clean stop (the VM's ExecStopPost=, with a cluster): when $SERVICE_RESULT
-        /// says the unit failed, systemd may restart it, and it keeps its claim.
+        /// As a workload unit's ExecStopPost= (with a cluster): only after a clean stop, and
+        /// not while a link of the workload is up (its owner gives the name up). When
+        /// $SERVICE_RESULT says the unit failed, or $EXIT_STATUS is 133 (a container's
+        /// reboot), systemd restarts it, and it keeps its claim; a store that does not answer
+        /// is a warning then.
         #[arg(long)]
         after_stop: bool,
     },

@@ -164,7 +164,8 @@ pub fn list(root: &Path, out: &OutputArgs) -> Result<Outcome> {
         ],
         rows,
     );
-    // Bridges of networks whose files are gone: still on the host until `volt net down`.
+    // Bridges Volt may delete that no configured network uses any more (its file is gone, or
+    // names another bridge now): still on the host until `volt net down`.
     let configured: Vec<&str> = all.iter().map(|n| n.name.as_str()).collect();
     let bridges: Vec<&str> = all.iter().map(|n| n.bridge.as_str()).collect();
     let on_host = |b: &str| {
@@ -175,17 +176,26 @@ pub fn list(root: &Path, out: &OutputArgs) -> Result<Outcome> {
             .any(|l| l.name == b && l.kind.as_deref() == Some("bridge"))
     };
     let mgr = Manager::new(Paths::new(root).runtime_dir());
+    let mut noted: Vec<String> = Vec::new();
     for m in mgr.bridge_markers(&Paths::new(root).left_bridges_dir()) {
-        if !m.network.is_empty()
-            && !configured.contains(&m.network.as_str())
-            && !bridges.contains(&m.bridge.as_str())
-            && on_host(&m.bridge)
+        if bridges.contains(&m.bridge.as_str()) || !on_host(&m.bridge) || noted.contains(&m.bridge)
         {
-            println!(
-                "note: bridge {} of network {} is still here though no file defines {} any more; `volt net down {}` removes it",
-                m.bridge, m.network, m.network, m.network
-            );
+            continue;
         }
+        // By the network's name when no file defines it (that also takes its NAT down), else
+        // by the bridge's.
+        let gone = !m.network.is_empty() && !configured.contains(&m.network.as_str());
+        let by = if gone { &m.network } else { &m.bridge };
+        let of = if m.network.is_empty() {
+            String::new()
+        } else {
+            format!(" of network {}", m.network)
+        };
+        println!(
+            "note: bridge {}{of} is still here though no network file uses it any more; `volt net down {by}` removes it",
+            m.bridge
+        );
+        noted.push(m.bridge);
     }
     Ok(Outcome::Ok)
 }
@@ -326,12 +336,28 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
                     bad.file().display()
                 );
             }
+            // Which bridges are in use is known only when every network file could be read.
+            if let Some(bad) = set.errors.iter().find(|er| {
+                matches!(er, crate::config::ConfigError::ReadDir { path, .. }
+                    if path.ends_with(crate::config::NETWORKS_DIR)
+                        || path.ends_with(crate::config::ZONES_DIR))
+            }) {
+                bail!(
+                    "{}; which bridges networks use is not known, so nothing of {name:?} is removed",
+                    bad.report()
+                );
+            }
             let in_use: Vec<&str> = set
                 .networks
                 .list
                 .iter()
                 .map(|n| n.bridge.as_str())
                 .collect();
+            if let Some(bridge) = not_yet_swept(root, name) {
+                bail!(
+                    "{name}: its file is gone, but the generator has not run since, so bridge {bridge} is still networkd's: run `systemctl daemon-reload`, then `volt net down {name}` again"
+                );
+            }
             let left = Paths::new(root).left_bridges_dir();
             let removed = mgr.net_down_leftovers(name, &in_use, &left)?;
             if removed.is_empty() {
@@ -347,4 +373,24 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
     mgr.net_down(net)?;
     println!("{}: down", net.name);
     Ok(Outcome::Ok)
+}
+
+/// The bridge of network `name` (or bridge `name`) whose `.netdev` Volt rendered is still in
+/// networkd's runtime directory though the file it came from is gone: the generator has not
+/// run since.
+fn not_yet_swept(root: &Path, name: &str) -> Option<String> {
+    let dir = Paths::new(root).networkd_dir();
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let file = e.file_name().to_str()?.to_string();
+        let text = std::fs::read_to_string(e.path()).ok()?;
+        if !crate::plan::names::is_owned_networkd_file(&file, false, &text) {
+            return None;
+        }
+        let (bridge, network) = crate::plan::names::left_bridge(&file, &text)?;
+        let source = crate::plan::names::networkd_source(&text)?;
+        let gone = !root
+            .join(source.strip_prefix("/").unwrap_or(&source))
+            .exists();
+        (gone && (network == name || bridge == name)).then_some(bridge)
+    })
 }

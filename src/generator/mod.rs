@@ -18,6 +18,7 @@
 
 pub mod keep;
 pub mod render;
+mod sweep;
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -26,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::ConfigSet;
 use crate::fsutil::{write_runtime_if_changed, FsError};
-use crate::plan::names::{self, DROPIN_NAME, MACHINES_TARGET, SYSTEM_UNIT_DIR};
+use crate::plan::names::{DROPIN_NAME, MACHINES_TARGET, SYSTEM_UNIT_DIR};
 use crate::plan::{bridge_files, static_leases_dropin, Plan, Workload};
 
 #[derive(Debug, thiserror::Error)]
@@ -174,11 +175,6 @@ fn symlink(target: &Path, link: &Path) -> Result<(), GeneratorError> {
         path: link.to_path_buf(),
         source,
     })
-}
-
-/// Whether the networkd file at `path` is one Volt owns (name and header).
-fn is_owned_networkd_file(path: &Path) -> bool {
-    std::fs::read_to_string(path).is_ok_and(|t| names::is_owned_networkd_path(path, &t))
 }
 
 /// Write what `kept` holds into the output directory.
@@ -383,15 +379,6 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     for f in plan.networks.list.iter().filter_map(bridge_files).flatten() {
         let path = networkd_dir.join(&f.name);
         wanted.insert(path.clone().into_os_string());
-        if let Some((bridge, _)) = names::left_bridge(&f.name, &f.text) {
-            // Defined again: networkd's once more, not a leftover for `volt net down`.
-            let m = targets.left_bridges.join(bridge);
-            if let Err(e) = std::fs::remove_file(&m) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    log::warn!("cannot remove {}: {e}", m.display());
-                }
-            }
-        }
         if let Err(e) = write_runtime_if_changed(&path, &f.text) {
             log::error!("{}", crate::error_chain(&e));
             report.errors.push(e.into());
@@ -423,6 +410,16 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
             report.errors.push(e);
         }
     }
+    // Network directories that cannot be listed: their networks' files are kept as they are.
+    let unlisted_networks: Vec<PathBuf> = [crate::config::NETWORKS_DIR, crate::config::ZONES_DIR]
+        .into_iter()
+        .map(|dir| Path::new("/").join(dir))
+        .filter(|dir| {
+            set.errors.iter().any(
+                |e| matches!(e, crate::config::ConfigError::ReadDir { path, .. } if path == dir),
+            )
+        })
+        .collect();
     let keep = |source: &Path| {
         // The source of a file Volt wrote: kept while that config file exists but is broken,
         // or its directory cannot be listed.
@@ -430,17 +427,24 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
             && root
                 .join(source.strip_prefix("/").unwrap_or(source))
                 .exists())
-            || source
-                .parent()
-                .is_some_and(|d| unlisted.iter().any(|(_, u)| u == d))
+            || source.parent().is_some_and(|d| {
+                unlisted.iter().any(|(_, u)| u == d) || unlisted_networks.iter().any(|u| u == d)
+            })
     };
-    sweep_stale(
-        networkd_dir,
-        &wanted,
-        &keep,
-        &targets.left_bridges,
-        &mut report,
-    );
+    let bridges: HashSet<String> = plan
+        .networks
+        .list
+        .iter()
+        .map(|n| n.bridge.clone())
+        .collect();
+    let sweep = sweep::Sweep {
+        wanted: &wanted,
+        keep: &keep,
+        bridges: &bridges,
+        left_bridges: &targets.left_bridges,
+    };
+    sweep.forget_configured();
+    sweep.run(networkd_dir, &mut report);
     // One listing per directory instead of a stat per kept workload.
     let vm_files = toml_stems(&root.join(crate::config::VMS_DIR));
     let container_files = toml_stems(&root.join(crate::config::CONTAINERS_DIR));
@@ -480,18 +484,6 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     report
 }
 
-/// Remember that networkd's `bridge` of the gone `network` is left, for `volt net down`.
-fn remember_left_bridge(dir: &Path, bridge: &str, network: &str) {
-    let m = dir.join(bridge);
-    match std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&m, format!("{network}\n")))
-    {
-        Ok(()) => log::info!(
-            "bridge {bridge} of network {network} stays until `volt net down {network}` (its file is gone)"
-        ),
-        Err(e) => log::warn!("cannot write {}: {e}", m.display()),
-    }
-}
-
 /// The stems of the `*.toml` files in `dir` that exist (a symlink counts when its target
 /// exists); empty when `dir` cannot be listed.
 fn toml_stems(dir: &Path) -> HashSet<String> {
@@ -511,77 +503,4 @@ fn toml_stems(dir: &Path) -> HashSet<String> {
                 .map(str::to_owned)
         })
         .collect()
-}
-
-/// Remove networkd files Volt wrote on an earlier run that nothing wants any more: files with
-/// our name and header, not in `wanted`, whose source config file `keep` does not hold on to
-/// (one that exists but is broken now, or one in a directory that cannot be listed). The
-/// bridge of a removed bridge `.netdev` stays (networkd never deletes a link), so it is
-/// remembered in `left_bridges` for `volt net down`.
-fn sweep_stale(
-    dir: &Path,
-    wanted: &HashSet<OsString>,
-    keep: &dyn Fn(&Path) -> bool,
-    left_bridges: &Path,
-    report: &mut Report,
-) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-        Err(source) => {
-            report.errors.push(GeneratorError::List {
-                path: dir.to_path_buf(),
-                source,
-            });
-            return;
-        }
-    };
-    let mut stale: Vec<(PathBuf, String)> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| {
-            let p = e.path();
-            // The entry's type from the listing; a symlink is followed as before.
-            let is_dir = match e.file_type() {
-                Ok(t) if t.is_symlink() => p.is_dir(),
-                Ok(t) => t.is_dir(),
-                Err(_) => p.is_dir(),
-            };
-            let dropin = p.join(names::STATIC_LEASES_NAME);
-            if is_dir && dropin.exists() {
-                dropin
-            } else {
-                p
-            }
-        })
-        .filter(|p| !wanted.contains(p.as_os_str()) && is_owned_networkd_file(p))
-        .filter_map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap_or_default();
-            let source = names::networkd_source(&text);
-            (!source.is_some_and(|s| keep(&s))).then_some((p, text))
-        })
-        .collect();
-    stale.sort();
-    for (path, text) in stale {
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                log::info!("removed stale {}", path.display());
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if let Some((bridge, network)) = names::left_bridge(name, &text) {
-                    remember_left_bridge(left_bridges, &bridge, &network);
-                }
-                if path.ends_with(names::STATIC_LEASES_NAME) {
-                    // Its drop-in directory, if nothing else is in it.
-                    if let Some(d) = path.parent() {
-                        let _ = std::fs::remove_dir(d);
-                    }
-                }
-                report.removed_stale.push(path);
-            }
-            Err(source) => {
-                let e = GeneratorError::Remove { path, source };
-                log::error!("{}", crate::error_chain(&e));
-                report.errors.push(e);
-            }
-        }
-    }
 }

@@ -116,16 +116,20 @@ pub fn bridge_description(bridge: &str, network: &str) -> String {
     format!("bridge {bridge} of network {network}")
 }
 
-/// The bridge and network a bridge `.netdev` Volt rendered was for, from its text (`None`:
-/// not such a file).
+/// The bridge and network a bridge `.netdev` Volt rendered was for, from its name and text
+/// (`None`: not such a file, or one whose text names another bridge than its file name, or
+/// names that cannot be a bridge's and a network's).
 pub fn left_bridge(file_name: &str, text: &str) -> Option<(String, String)> {
-    file_name.strip_prefix("10-")?.strip_suffix(".netdev")?;
+    let named = file_name.strip_prefix("10-")?.strip_suffix(".netdev")?;
     let (bridge, network) = text
         .lines()
         .take(3)
         .find_map(|l| l.strip_prefix("# bridge "))?
         .split_once(" of network ")?;
-    Some((bridge.to_string(), network.to_string()))
+    (bridge == named
+        && crate::config::check_link_name(bridge).is_ok()
+        && crate::config::check_workload_name(network).is_ok())
+    .then(|| (bridge.to_string(), network.to_string()))
 }
 
 /// The namespace of a workload on an isolated network, from its short id.

@@ -277,6 +277,16 @@ fn bridges_of_defined_networks() {
         crate::plan::names::left_bridge(&files[1].name, &files[1].text),
         None
     );
+    // A text naming another bridge than its file, or a path, is not taken.
+    let other = files[0].text.replace("bridge lab0 of", "bridge ../../x of");
+    assert_eq!(
+        crate::plan::names::left_bridge("10-lab0.netdev", &other),
+        None
+    );
+    assert_eq!(
+        crate::plan::names::left_bridge("10-lab1.netdev", &files[0].text),
+        None
+    );
     assert!(
         files[0].text.contains("Kind=bridge\nMTUBytes=9000\n"),
         "{}",
