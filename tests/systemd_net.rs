@@ -299,3 +299,31 @@ fn a_host_only_port_map_reaches_the_vm_with_no_net_up() {
     assert!(!c.ok("/usr/bin/volt net list").contains("note:"));
     c.ok("ip netns del wan");
 }
+
+/// A network whose bridge name is taken by a link of another kind (a typo naming a NIC):
+/// networkd leaves that link alone (the rendered `.network` matches bridges only), so the
+/// host's interface keeps its own configuration; `volt net up` names the problem.
+#[test]
+fn a_network_file_never_configures_a_link_that_is_not_a_bridge() {
+    let Some(c) = Host::with_volt("vnb", false) else {
+        return;
+    };
+    c.ok(
+        "ip link add eth9 type veth peer name eth9p && ip link set eth9 up && ip link set eth9p up",
+    );
+    c.write(
+        "/etc/volt/networks/lan.toml",
+        "bridge = \"eth9\"\nsubnet = \"10.84.0.0/24\"\n",
+    );
+    c.ok("systemctl daemon-reload && networkctl reload");
+    c.ok("grep -qx 'Kind=bridge' /run/systemd/network/10-eth9.network");
+    let status = c.ok("networkctl status eth9 --no-pager");
+    assert!(
+        status.contains("Network File: n/a") && !status.contains("10.84.0.1"),
+        "{status}"
+    );
+    let up = c.sh("/usr/bin/volt net up lan");
+    let said = String::from_utf8_lossy(&up.stderr);
+    assert!(!up.status.success() && said.contains("eth9"), "{said}");
+    c.ok("! ip -4 addr show dev eth9 | grep -q 10.84.0.1");
+}

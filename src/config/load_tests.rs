@@ -26,6 +26,34 @@ fn the_cluster_loader_reads_networks_and_cluster_toml_but_no_workload_file() {
     );
 }
 
+/// A cluster.toml that is a symlink to nothing was meant to be there: the host does not
+/// quietly leave the cluster (its VMs would start unclaimed), it fails closed.
+#[test]
+fn a_dangling_cluster_toml_symlink_fails_closed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let etc = tmp.path().join("etc/volt");
+    std::fs::create_dir_all(&etc).expect("mkdir");
+    std::os::unix::fs::symlink("/nonexistent/cluster.toml", etc.join("cluster.toml"))
+        .expect("symlink");
+    for set in [
+        ConfigSet::load(tmp.path()),
+        ConfigSet::load_cluster(tmp.path()),
+    ] {
+        assert!(set.cluster_broken, "{:?}", set.errors);
+        assert!(
+            set.errors
+                .iter()
+                .any(|e| e.file() == Path::new("/etc/volt/cluster.toml")),
+            "{:?}",
+            set.errors
+        );
+    }
+    // Absent, it is no cluster.
+    std::fs::remove_file(etc.join("cluster.toml")).expect("rm");
+    let set = ConfigSet::load(tmp.path());
+    assert!(!set.cluster_broken && set.cluster.is_none() && set.errors.is_empty());
+}
+
 #[test]
 fn a_nic_on_a_network_whose_file_is_broken_is_told_to_fix_that_file() {
     let tmp = tempfile::tempdir().expect("tmp");

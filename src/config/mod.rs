@@ -466,7 +466,10 @@ fn load_cluster(
     let shown = Path::new("/").join(CLUSTER_FILE);
     let text = match std::fs::read_to_string(&real) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        // Absent: no cluster. A symlink to nothing is meant to be there: it fails closed.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && real.symlink_metadata().is_err() => {
+            return None
+        }
         Err(source) => {
             errors.push(ConfigError::Read {
                 path: shown,

@@ -105,6 +105,59 @@ fn network_errors_name_line_and_field() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("overlaps the VM pool"), "{e}");
+    // A subnet too small for both pools.
+    let e = toml_net("subnet = \"10.60.0.0/30\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":1:10: subnet: 10.60.0.0/30 leaves no address for the VM pool"),
+        "{e}"
+    );
+    assert!(toml_net("subnet = \"10.60.0.0/29\"\n").is_ok());
+}
+
+/// A bridge name that is not a bridge's: the loopback, the kernel's names for every
+/// interface's settings, the prefixes of the links Volt creates.
+#[test]
+fn a_bridge_cannot_take_a_name_that_is_not_a_bridges() {
+    for (bridge, says) in [
+        ("lo", "is the loopback device"),
+        ("all", "the kernel keeps for its own settings"),
+        ("default", "the kernel keeps for its own settings"),
+        ("tap-1a2b3c4d", "starts with \"tap-\", which Volt uses"),
+        ("vx-42", "starts with \"vx-\""),
+        ("veth-x", "starts with \"veth-\""),
+        ("mvt-x", "starts with \"mvt-\""),
+    ] {
+        let e = toml_net(&format!(
+            "bridge = \"{bridge}\"\nsubnet = \"10.50.0.0/24\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(":1:10: bridge: ") && e.contains(says), "{e}");
+    }
+    // A network named so with no bridge given takes its name for the bridge: the same rule.
+    let e = parse_network_toml(
+        Path::new("/etc/volt/networks/lo.toml"),
+        "subnet = \"10.55.0.0/24\"\n",
+    )
+    .map_err(|mut errs| errs.remove(0))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("bridge: no bridge given and the network name \"lo\" is the loopback"),
+        "{e}"
+    );
+    let e = parse_zone_yaml(
+        Path::new("/etc/voltainer/network/z.yaml"),
+        "kind: NetworkZone\nname: z\nsubnet: 10.56.0.0/24\nbridge: eth0x\n",
+    );
+    assert!(e.is_ok(), "{e:?}");
+    let e = parse_zone_yaml(
+        Path::new("/etc/voltainer/network/z.yaml"),
+        "kind: NetworkZone\nname: z\nsubnet: 10.56.0.0/24\nbridge: lo\n",
+    );
+    assert!(format!("{e:?}").contains("is the loopback device"), "{e:?}");
 }
 
 #[test]

@@ -132,11 +132,37 @@ fn place(
     };
     let vm_given = given("pool", raw.pool.as_ref());
     let ct_given = given("container_pool", raw.container_pool.as_ref());
-    match (vm_given?, ct_given?) {
+    let (vm_given, ct_given) = (vm_given?, ct_given?);
+    match (vm_given, ct_given) {
         (Some(v), Some(c)) => (vm_range, container_range) = (v, c),
         (Some(v), None) => (vm_range, container_range) = (v, complement(&subnet, gateway, v)),
         (None, Some(c)) => (vm_range, container_range) = (complement(&subnet, gateway, c), c),
         (None, None) => {}
+    }
+    // A pool left to compute that came out empty (a /30, or a given pool taking every address).
+    for (empty, field, what) in [
+        (
+            vm_given.is_none() && vm_range.start > vm_range.end,
+            "pool",
+            "the VM pool",
+        ),
+        (
+            ct_given.is_none() && container_range.start > container_range.end,
+            "container_pool",
+            "the container pool",
+        ),
+    ] {
+        if empty {
+            let at = src.at(raw.subnet.span().start);
+            e.push(ConfigError::Invalid {
+                at,
+                field: "subnet".into(),
+                message: format!(
+                    "{subnet} leaves no address for {what} (besides the gateway {gateway} and the other pool): use a larger subnet, or give [{field}] yourself"
+                ),
+            });
+            return None;
+        }
     }
     if vm_range.start <= container_range.end && container_range.start <= vm_range.end {
         let span = raw

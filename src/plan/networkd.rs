@@ -85,6 +85,8 @@ pub fn bridge_files(net: &Network) -> Option<Vec<NetworkdFile>> {
     let mut network = head.clone();
     let _ = writeln!(network, "[Match]");
     let _ = writeln!(network, "Name={}", net.bridge);
+    // Never another kind of link of that name (a physical NIC's address and DHCP server).
+    let _ = writeln!(network, "Kind=bridge");
     let _ = writeln!(network);
     let _ = writeln!(network, "[Link]");
     let _ = writeln!(network, "MTUBytes={}", net.mtu);
