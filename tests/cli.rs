@@ -441,6 +441,15 @@ fn a_workload_whose_file_broke_is_still_listed_with_its_errors() {
         "{}",
         text(&o)
     );
+    // A name that is a path is no workload's, whatever file it would reach.
+    write(p, "etc/volt/containers/ct1.toml", "directory = \"/srv\"\n");
+    let o = volt(p, &["vm", "status", "../containers/ct1"]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(
+        text(&o).contains("not a valid VM name: \"../containers/ct1\""),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

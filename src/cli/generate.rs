@@ -22,8 +22,13 @@ pub fn exec(root: &Path, outdir: &Path) -> Result<Outcome> {
         return Ok(Outcome::Failed);
     }
     if !outdir.exists() && !parent.is_dir() {
+        let what = if parent.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
         log::error!(
-            "{}: its parent {} does not exist (OUTDIR may be new, its parent not)",
+            "{}: its parent {} {what} (OUTDIR may be new, its parent not)",
             outdir.display(),
             parent.display()
         );

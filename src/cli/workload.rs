@@ -281,6 +281,10 @@ fn find<'a>(
     if let Some(v) = views.iter().find(|v| v.name == name) {
         return Ok(v);
     }
+    if let Err(m) = crate::config::check_workload_name(name) {
+        log::error!("not a valid {} name: {m}", kind.noun());
+        return Err(());
+    }
     let (dir, errs) = match kind {
         Kind::Vm => (
             crate::config::VMS_DIR,
