@@ -232,6 +232,21 @@ fn tables_and_json() {
         "{}",
         text(&show)
     );
+    // A network whose file has errors is not "no network": show names the file.
+    write(
+        p,
+        "etc/volt/networks/lab.toml",
+        "subnet = \"10.50.0.0/24\"\nmtu = 1500\nmtu = 1400\n",
+    );
+    let show = volt(p, &["net", "show", "lab"]);
+    assert!(
+        !show.status.success()
+            && text(&show)
+                .contains("network \"lab\" has errors in /etc/volt/networks/lab.toml: fix them"),
+        "{}",
+        text(&show)
+    );
+    std::fs::remove_file(p.join("etc/volt/networks/lab.toml")).expect("rm");
     // The same keys, in the same order, in list and show.
     let all: serde_json::Value =
         serde_json::from_slice(&volt(p, &["net", "list", "--json=short"]).stdout).expect("json");

@@ -265,15 +265,36 @@ pub fn show(root: &Path, name: &str, out: &OutputArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// The network named `name` (or with bridge `name`). When there is none, an error that says
+/// whether a file of that name (or one naming that bridge) has errors.
 fn find_net<'a>(set: &'a ConfigSet, name: &str) -> Result<&'a crate::config::Network> {
-    match set
+    if let Some(n) = set
         .networks
         .by_name(name)
         .or_else(|| set.networks.by_bridge(name))
     {
-        Some(n) => Ok(n),
-        None => bail!("no network named {name:?} (see volt net list)"),
+        return Ok(n);
     }
+    if let Some(bad) = broken_file(set, name) {
+        bail!(
+            "network {name:?} has errors in {}: fix them (volt validate) first",
+            bad.display()
+        );
+    }
+    bail!("no network named {name:?} (see volt net list)")
+}
+
+/// The network file (TOML or zone YAML) for `name` that has errors, if any: by its name, or
+/// by the bridge it names when that much can be read.
+fn broken_file<'a>(set: &'a ConfigSet, name: &str) -> Option<&'a Path> {
+    use crate::config::NetworkLookup;
+    set.networks.broken(Some(name), Some(name)).or_else(|| {
+        set.errors.iter().map(|e| e.file()).find(|f| {
+            f.parent().is_some_and(|d| {
+                d.ends_with(crate::config::NETWORKS_DIR) || d.ends_with(crate::config::ZONES_DIR)
+            }) && crate::config::file_stem(f) == name
+        })
+    })
 }
 
 /// `volt net up`: the bridge, and for host-only networks forwarding and the NAT rules with
@@ -325,16 +346,8 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
         Ok(net) => net,
         Err(e) => {
             // A file of that name that is broken or collides is not gone: fix it first.
-            if let Some(bad) = set.errors.iter().find(|er| {
-                er.file().parent().is_some_and(|d| {
-                    d.ends_with(crate::config::NETWORKS_DIR)
-                        || d.ends_with(crate::config::ZONES_DIR)
-                }) && crate::config::file_stem(er.file()) == name
-            }) {
-                bail!(
-                    "network {name:?} has errors in {}: fix them (volt validate) first",
-                    bad.file().display()
-                );
+            if broken_file(&set, name).is_some() {
+                return Err(e);
             }
             // Which bridges are in use is known only when every network file could be read.
             if let Some(bad) = set.errors.iter().find(|er| {

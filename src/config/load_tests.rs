@@ -88,6 +88,29 @@ fn a_nic_on_a_network_whose_file_is_broken_is_told_to_fix_that_file() {
             "{text:?}"
         );
     }
+    // A file that is not even TOML (a key twice): its bridge is read from its line, or is
+    // its name when it gives none.
+    for (net, bridge) in [
+        (
+            "subnet = \"10.50.0.0/24\"\nbridge = \"brlab\"\nmtu = 1500\nmtu = 1400\n",
+            "brlab",
+        ),
+        ("subnet = \"10.50.0.0/24\"\nmtu = 1500\nmtu = 1400\n", "lab"),
+    ] {
+        std::fs::write(etc.join("networks/lab.toml"), net).expect("write");
+        std::fs::write(
+            etc.join("vms/a.toml"),
+            format!("kernel = \"/k\"\n[[network]]\nbridge = \"{bridge}\"\n"),
+        )
+        .expect("write");
+        let set = ConfigSet::load(tmp.path());
+        let text: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter().any(|e| e.starts_with("/etc/volt/vms/a.toml:3:")
+                && e.contains("/etc/volt/networks/lab.toml, which has errors")),
+            "{text:?}"
+        );
+    }
 }
 
 #[test]

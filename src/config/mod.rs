@@ -343,10 +343,18 @@ impl ConfigSet {
                     Ok(n) => candidates.push(n),
                     Err(errs) => {
                         errors.extend(errs);
-                        // What it would be, if it can be told: for the NICs that use it.
-                        let bridge = toml::from_str::<toml::Table>(&t).ok().and_then(|v| {
-                            v.get("bridge").and_then(|b| b.as_str()).map(str::to_owned)
-                        });
+                        // What it would be, if it can be told: for the NICs that use it. A
+                        // file that is not even TOML is read line by line; one that names no
+                        // bridge would take its own name.
+                        let bridge = match toml::from_str::<toml::Table>(&t) {
+                            Ok(v) => v.get("bridge").and_then(|b| b.as_str()).map(str::to_owned),
+                            Err(_) => t.lines().find_map(|l| {
+                                let v = l.trim().strip_prefix("bridge")?.trim_start();
+                                let v = v.strip_prefix('=')?.trim();
+                                Some(v.strip_prefix('"')?.split('"').next()?.to_string())
+                            }),
+                        }
+                        .or_else(|| Some(file_stem(&shown)));
                         broken.push(BrokenNetwork {
                             name: file_stem(&shown),
                             bridge,

@@ -43,7 +43,16 @@ impl<'a> Src<'a> {
         let at = e
             .span()
             .map_or_else(|| Location::file(self.path), |s| self.at(s.start));
-        let message = e.message().trim_end().replace('\n', " ");
+        let mut message = e.message().trim_end().replace('\n', " ");
+        // The parser names neither the key nor the table: the span does (`vcpus`, `[vsock]`).
+        let spanned = e
+            .span()
+            .and_then(|s| self.text.get(s))
+            .map(str::trim)
+            .filter(|k| !k.is_empty() && k.len() <= 200 && !k.contains('\n'));
+        if let (true, Some(key)) = (message == "duplicate key", spanned) {
+            message = format!("{key} is given twice (a key or table may appear once)");
+        }
         ConfigError::Syntax { at, message }
     }
 }

@@ -128,6 +128,8 @@ fn every_semantic_check() {
         ("kernel = \"/k\"\n[[network]]\nipv4 = \"10.42.0.120\"\n", "10.42.0.120 is outside volt0's VM range 10.42.0.2-10.42.0.99"),
         ("kernel = \"/k\"\n[[network]]\nipv4 = \"10.42.0.20/16\"\n", "/16 does not match volt0's prefix /24"),
         ("kernel = \"/k\"\n[[network]]\nmtu = 9001\n", "network[0].mtu: 9001 is outside 68-9000"),
+        ("vcpus = 2\nkernel = \"/k\"\nvcpus = 3\n", ":3:1: vcpus is given twice"),
+        ("kernel = \"/k\"\n[vsock]\ncid = 3\n[vsock]\ncid = 4\n", ":4:2: vsock is given twice"),
         ("kernel = \"/k\"\n[[network]]\nmultiqueue = 0\n", "network[0].multiqueue: 0 is outside 1-16 queue pairs"),
         ("kernel = \"/k\"\n[[network]]\nbridge = \"br9\"\n", ":3:10: network[0].bridge: no network uses bridge \"br9\""),
         ("kernel = \"/k\"\n[[network]]\nzone = \"dmz\"\n", "network[0].zone: no network or zone named \"dmz\""),
