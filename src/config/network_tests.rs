@@ -114,6 +114,19 @@ fn network_errors_name_line_and_field() {
         "{e}"
     );
     assert!(toml_net("subnet = \"10.60.0.0/29\"\n").is_ok());
+    // Reservations: whose, and in that kind's range.
+    for (res, says) in [
+        ("vm-c = \"10.50.0.200\"", ":3:8: reservations.vm-c: 10.50.0.200 is outside lab's VM range 10.50.0.2-10.50.0.99"),
+        ("ct-d = \"10.50.0.20\"", "reservations.ct-d: 10.50.0.20 is outside lab's container range 10.50.0.100-10.50.0.254"),
+        ("foo = \"10.50.0.16\"", "reservations.foo: \"foo\" is no workload's: a reservation's key is vm-<name> or ct-<name>"),
+        ("vm-web = \"10.50.0.1\"", "reservations.vm-web: 10.50.0.1 is not a usable host address"),
+    ] {
+        let e = toml_net(&format!("subnet = \"10.50.0.0/24\"\n[reservations]\n{res}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "{e}");
+    }
+    assert!(toml_net("subnet = \"10.50.0.0/24\"\n[reservations]\nvm-a = \"10.50.0.20\"\nct-b = \"10.50.0.150\"\n").is_ok());
 }
 
 /// A bridge name that is not a bridge's: the loopback, the kernel's names for every

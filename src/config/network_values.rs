@@ -188,7 +188,37 @@ fn reservations(src: &Src, raw: &RawNetwork, net: &mut Network, e: &mut Vec<Conf
         let Some(ip) = take(parse_ip(src, &field, value), e) else {
             continue;
         };
-        if !net.is_host_addr(ip) {
+        // Whose it is, and the range its address must be in (as a static ipv4 of that kind:
+        // a VM's address in the DHCP range could be handed to a container).
+        let owner = key
+            .strip_prefix("vm-")
+            .map(|n| (n, "VM", net.vm_range))
+            .or_else(|| {
+                key.strip_prefix("ct-")
+                    .map(|n| (n, "container", net.container_range))
+            });
+        let Some((name, kind, range)) = owner else {
+            e.push(src.invalid(
+                &field,
+                value.span(),
+                format!("{key:?} is no workload's: a reservation's key is vm-<name> or ct-<name>"),
+            ));
+            continue;
+        };
+        if let Err(m) = check_workload_name(name) {
+            e.push(src.invalid(&field, value.span(), format!("a {kind} name {m}")));
+            continue;
+        }
+        if net.is_host_addr(ip) && !range.contains(ip) {
+            e.push(src.invalid(
+                &field,
+                value.span(),
+                format!(
+                    "{ip} is outside {}'s {kind} range {range}, where a {kind}'s address must be",
+                    net.name
+                ),
+            ));
+        } else if !net.is_host_addr(ip) {
             e.push(src.invalid(
                 &field,
                 value.span(),
