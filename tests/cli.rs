@@ -99,6 +99,31 @@ fn exit_statuses() {
 fn validate_names_what_to_fix() {
     let r = root();
     let p = r.path();
+    // A file checked on its own, before it is installed: what it would take from the
+    // installed workloads is its error (installed, it would not start).
+    let new = p.join("new.toml");
+    std::fs::write(
+        &new,
+        "kernel = \"/k\"\n[[network]]\nipv4 = \"10.42.0.10\"\n",
+    )
+    .expect("write");
+    let o = volt(p, &["validate", new.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("new.toml:3:8: network[0].ipv4: 10.42.0.10 on volt0 is already used by VM web (/etc/volt/vms/web.toml)"),
+        "{}",
+        text(&o)
+    );
+    // The installed file itself replaces its own entry: no collision with itself.
+    let o = volt(
+        p,
+        &[
+            "validate",
+            p.join("etc/volt/vms/web.toml").to_str().expect("utf-8"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::remove_file(&new).expect("rm");
     write(
         p,
         "etc/volt/vms/bad.toml",

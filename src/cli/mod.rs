@@ -44,6 +44,8 @@ pub enum Command {
     /// Check VM, container, network and zone files; print every error; exit 1 if any.
     Validate {
         /// Files to check (default: everything under <root>/etc/volt and the zone directory).
+        /// A VM or container file is also checked against the installed workloads (their
+        /// names, addresses, MACs, vsock CIDs and disks), as if it were installed after them.
         #[arg(value_name = "FILE")]
         paths: Vec<PathBuf>,
         /// What the files are (default: from their directory or name, e.g. lab.network.toml,

@@ -95,12 +95,20 @@ fn check_file(
                 errors.extend(errs);
             }
         }
+        // Checked against the installed workloads too: the names, addresses, MACs, CIDs and
+        // disks it would take from them.
         FileType::Container => match config::parse_container_toml(path, &text, &set.networks) {
-            Ok(ct) => errors.extend(ct.check_root(root)),
+            Ok(ct) => {
+                errors.extend(ct.check_root(root));
+                errors.extend(config::collisions_with_installed(set, None, Some(ct)));
+            }
             Err(errs) => errors.extend(errs),
         },
         FileType::Vm => match config::parse_vm_toml(path, &text, &set.networks) {
-            Ok(vm) => errors.extend(vm.check_boot_files(root)),
+            Ok(vm) => {
+                errors.extend(vm.check_boot_files(root));
+                errors.extend(config::collisions_with_installed(set, Some(vm), None));
+            }
             Err(errs) => errors.extend(errs),
         },
     }

@@ -15,6 +15,7 @@ mod nic;
 mod reader;
 mod span;
 mod validate;
+pub use validate::collisions_with_installed;
 mod vm;
 mod zone;
 

@@ -156,6 +156,44 @@ pub(super) fn check_across(
     (vms, containers, errors)
 }
 
+/// What a VM or container file checked on its own (`volt validate FILE`) collides with among
+/// the installed workloads of `set`: its errors as the generator would give them, the
+/// installed ones going first (a new file does not displace a workload that runs). An
+/// installed file of the same kind and name is the one it would replace.
+pub fn collisions_with_installed(
+    set: &super::ConfigSet,
+    vm: Option<VmConfig>,
+    ct: Option<ContainerConfig>,
+) -> Vec<ConfigError> {
+    let path = match (&vm, &ct) {
+        (Some(v), _) => v.path.clone(),
+        (None, Some(c)) => c.path.clone(),
+        (None, None) => return Vec::new(),
+    };
+    let mut vms: Vec<VmConfig> = set
+        .vms
+        .iter()
+        .filter(|v| vm.as_ref().is_none_or(|c| c.name != v.name))
+        .cloned()
+        .collect();
+    let mut cts: Vec<ContainerConfig> = set
+        .containers
+        .iter()
+        .filter(|v| ct.as_ref().is_none_or(|c| c.name != v.name))
+        .cloned()
+        .collect();
+    let installed: HashSet<String> = vms
+        .iter()
+        .map(|v| format!("vm/{}", v.name))
+        .chain(cts.iter().map(|c| format!("container/{}", c.name)))
+        .collect();
+    vms.extend(vm);
+    cts.extend(ct);
+    let (_, _, mut errors) = check_across(vms, cts, || installed);
+    errors.retain(|e| e.file() == path);
+    errors
+}
+
 /// The workloads in the generator's last record (see [`super::GENERATOR_RECORD`]); none when there
 /// is no record (the first run after boot) or it cannot be read.
 pub(super) fn incumbents(root: &std::path::Path) -> std::collections::HashSet<String> {
