@@ -201,5 +201,35 @@ fn zone_yaml() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("default.yaml:4:"), "{e}");
+    assert!(
+        e.contains("default.yaml:4:1: foo: unknown key (known: apiVersion"),
+        "{e}"
+    );
+    // The parser's errors in the words of the other files: field, then what is wrong.
+    for (text, says) in [
+        (
+            "kind: NetworkZone\nname: z\nsubnet: 10.42.0.0/24\nmtu: \"big\"\n",
+            ":4:6: mtu: expected a whole number",
+        ),
+        (
+            "kind: NetworkZone\nname: z\nname: y\nsubnet: 10.42.0.0/24\n",
+            ":3:1: name is given twice",
+        ),
+        (
+            "kind: NetworkZone\nname: z\nsubnet: 10.42.0.0/24\n---\nkind: NetworkZone\n",
+            ":5:1: a second YAML document (---): a zone file holds one zone",
+        ),
+        (
+            "kind: NetworkZone\n",
+            ":1:1: name: missing: a NetworkZone needs name and subnet",
+        ),
+        (
+            "kind: NetworkZone\nname: z\nsubnet: [1, 2]\n",
+            "subnet: expected a string",
+        ),
+    ] {
+        let e = parse_zone_yaml(p, text).unwrap_err().to_string();
+        assert!(e.contains(says), "{e}");
+        assert!(!e.contains("line ") && !e.contains("Options"), "{e}");
+    }
 }

@@ -49,23 +49,81 @@ fn yaml_at(path: &Path, loc: &serde_saphyr::Location) -> Location {
     }
 }
 
-fn yaml_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
+fn yaml_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> ConfigError {
     let at = e
         .location()
         .map_or_else(|| Location::file(path), |l| yaml_at(path, &l));
-    // The rendered error repeats the location and may span lines; keep its first line.
-    let text = e.to_string();
-    let message = text.lines().next().unwrap_or("invalid YAML").to_string();
-    ConfigError::Syntax { at, message }
+    // The rendered error repeats the location and may span lines; keep its first line, in
+    // the words of the other config files.
+    let rendered = e.to_string();
+    let first = rendered.lines().next().unwrap_or("invalid YAML");
+    let (field, message) = yaml_message(first, text.lines().nth(at.line.saturating_sub(1)));
+    match field {
+        Some(field) => ConfigError::Invalid { at, field, message },
+        None => ConfigError::Syntax { at, message },
+    }
+}
+
+/// The field and message of the YAML parser's `first` line of error, `line` being the line of
+/// the file it points at (the key on it is the field of a value error).
+fn yaml_message(first: &str, line: Option<&str>) -> (Option<String>, String) {
+    // "error: line 4 column 6: invalid u32" -> "invalid u32".
+    let mut m = first.strip_prefix("error: ").unwrap_or(first);
+    if let Some((head, rest)) = m.split_once(": ") {
+        if head.starts_with("line ") && head.contains(" column ") {
+            m = rest;
+        }
+    }
+    let key_on_line = || {
+        line.and_then(|l| l.split_once(':'))
+            .map(|(k, _)| k.trim().trim_start_matches("- ").trim().to_string())
+            .filter(|k| !k.is_empty() && !k.contains(' '))
+    };
+    let quoted = |s: &str| s.trim_matches('`').to_string();
+    if let Some(rest) = m.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        return (
+            None,
+            format!("{key} is given twice (a key may appear once)"),
+        );
+    }
+    if m.starts_with("multiple YAML documents") {
+        return (
+            None,
+            "a second YAML document (---): a zone file holds one zone".into(),
+        );
+    }
+    if let Some(rest) = m.strip_prefix("missing field ") {
+        return (
+            Some(quoted(rest)),
+            "missing: a NetworkZone needs name and subnet".into(),
+        );
+    }
+    if let Some(rest) = m.strip_prefix("unknown field ") {
+        let (key, known) = rest.split_once(", expected one of ").unwrap_or((rest, ""));
+        return (Some(quoted(key)), format!("unknown key (known: {known})"));
+    }
+    let described = match m {
+        "invalid u32" | "invalid u16" | "invalid u8" | "invalid u64" => {
+            Some("expected a whole number".to_string())
+        }
+        "invalid bool" | "invalid boolean" => Some("expected true or false".to_string()),
+        "expected string scalar" => Some("expected a string".to_string()),
+        _ => None,
+    };
+    match described {
+        Some(d) => (key_on_line(), d),
+        None => (None, m.to_string()),
+    }
 }
 
 /// Parse a Voltainer zone file. Returns `Ok(None)` for YAML documents of another kind.
 pub fn parse_zone_yaml(path: &Path, text: &str) -> Result<Option<Network>, ConfigError> {
-    let kind: ZoneKind = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, &e))?;
+    let kind: ZoneKind = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, text, &e))?;
     if kind.kind.as_deref() != Some("NetworkZone") {
         return Ok(None);
     }
-    let raw: RawZone = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, &e))?;
+    let raw: RawZone = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, text, &e))?;
     let invalid =
         |field: &str, loc: &serde_saphyr::Location, message: String| ConfigError::Invalid {
             at: yaml_at(path, loc),
