@@ -344,6 +344,34 @@ fn shells_complete_names_from_the_configuration() {
     );
 }
 
+/// A lease file that is not JSON: the listings say so once and leave it as it is (only
+/// `volt ipam list` and the link owners rebuild it, keeping the bad one aside).
+#[test]
+fn a_corrupt_lease_file_is_told_once_by_the_listings_and_left_alone() {
+    let r = root();
+    let p = r.path();
+    write(p, "var/lib/volt/ipam/volt0.json", "{not json");
+    for args in [
+        &["vm", "list"][..],
+        &["net", "show", "volt0"],
+        &["container", "show", "db"],
+    ] {
+        let o = volt(p, args);
+        let t = text(&o);
+        assert_eq!(
+            t.matches("the leases of network volt0 are not shown")
+                .count(),
+            1,
+            "{args:?}: {t}"
+        );
+        assert!(t.contains("volt ipam list --network volt0"), "{t}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(p.join("var/lib/volt/ipam/volt0.json")).expect("read"),
+        "{not json"
+    );
+}
+
 #[test]
 fn a_broken_cluster_file_fails_closed() {
     let r = root();

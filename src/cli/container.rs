@@ -46,7 +46,6 @@ struct NicState {
 }
 
 fn nic_states(root: &Path, set: &ConfigSet, ct: &ContainerConfig) -> Vec<NicState> {
-    let ipam = Attach::load(root).ipam();
     ct.nics
         .iter()
         .map(|n| {
@@ -55,8 +54,11 @@ fn nic_states(root: &Path, set: &ConfigSet, ct: &ContainerConfig) -> Vec<NicStat
                 .network
                 .as_deref()
                 .and_then(|net| set.networks.by_name(net))
-                .and_then(|net| ipam.list(&net.name).ok())
-                .and_then(|ls| ls.into_iter().find(|l| l.owner == owner));
+                .and_then(|net| {
+                    super::ipam::leases_for_view(root, &net.name)
+                        .into_iter()
+                        .find(|l| l.owner == owner)
+                });
             NicState {
                 id: n.id.clone(),
                 host_link: n.host_link.clone(),

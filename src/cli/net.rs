@@ -10,7 +10,7 @@ use super::output::OutputArgs;
 use super::Outcome;
 use crate::attach::Attach;
 use crate::config::{ConfigSet, Network, NetworkLookup, NetworkType};
-use crate::net::ipam::{Ipam, Lease};
+use crate::net::ipam::Lease;
 use crate::net::manager::Manager;
 use crate::net::nat;
 use crate::net::netlink::Netlink;
@@ -113,9 +113,7 @@ impl HostNow {
 fn view<'a>(root: &Path, net: &'a Network, now: &HostNow) -> NetworkView<'a> {
     NetworkView {
         network: net,
-        leases: Ipam::new(Paths::new(root).ipam_dir())
-            .list(&net.name)
-            .unwrap_or_default(),
+        leases: super::ipam::leases_for_view(root, &net.name),
         state: now.state_of(net),
     }
 }

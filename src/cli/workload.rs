@@ -13,7 +13,6 @@ use super::output::OutputArgs;
 use super::Outcome;
 use crate::attach::{owner_of, LinkRecord};
 use crate::config::{ConfigSet, NetworkLookup};
-use crate::net::ipam::Ipam;
 use crate::net::link;
 use crate::plan::{Config, Kind, Paths, Plan, Workload};
 use crate::sd::units::{self, UnitState, Verb};
@@ -90,9 +89,7 @@ fn link_view(paths: &Paths, plan: &Plan, w: &Workload, a: &crate::plan::Attachme
             .as_deref()
             .and_then(|n| plan.networks.by_name(n))?;
         let owner = owner_of(w, a);
-        Ipam::new(paths.ipam_dir())
-            .list(&net.name)
-            .ok()?
+        super::ipam::leases_for_view(paths.root(), &net.name)
             .into_iter()
             .find(|l| l.owner == owner)
             .map(|l| format!("{}/{}", l.ip, net.subnet.prefix_len()))
