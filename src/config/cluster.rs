@@ -387,7 +387,9 @@ pub fn apply_to_networks(c: &ClusterConfig, networks: &mut [Network]) -> Vec<Con
             net.mtu = fit;
         } else if net.mtu > fit {
             errors.push(ConfigError::Invalid {
-                at: Location::file(net.source.as_deref().unwrap_or(&c.path)),
+                at: net.at.mtu.clone().unwrap_or_else(|| {
+                    Location::file(net.source.as_deref().unwrap_or(&c.path))
+                }),
                 field: "mtu".into(),
                 message: format!(
                     "{} is clustered ({}) over an underlay of MTU {}: its MTU {} must be at most {fit} (the underlay's minus {VXLAN_OVERHEAD} bytes of VXLAN)",

@@ -159,3 +159,43 @@ fn a_network_colliding_with_another_is_told_where_both_write_it() {
         "the first of each collision stays"
     );
 }
+
+/// A clustered NIC whose own MTU is larger than the overlay's is told where it writes it.
+#[test]
+fn a_nic_mtu_above_the_overlay_is_told_where_it_is_written() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let etc = tmp.path().join("etc/volt");
+    std::fs::create_dir_all(etc.join("vms")).expect("mkdir");
+    std::fs::write(
+        etc.join("cluster.toml"),
+        "host = \"a\"\nunderlay = \"192.168.50.11\"\n[etcd]\nendpoints = [\"http://192.168.50.11:2379\"]\n[[network]]\nname = \"volt0\"\nvni = 42\n",
+    )
+    .expect("write");
+    std::fs::write(
+        etc.join("vms/a.toml"),
+        "kernel = \"/k\"\n[[network]]\nmtu = 9000\n",
+    )
+    .expect("write");
+    let set = ConfigSet::load(tmp.path());
+    let text: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter().any(|e| e.starts_with(
+            "/etc/volt/vms/a.toml:3:7: network[0].mtu: 9000 is larger than the cluster overlay's MTU 1450"
+        )),
+        "{text:?}"
+    );
+    // So is a clustered network's own mtu.
+    std::fs::create_dir_all(etc.join("networks")).expect("mkdir");
+    std::fs::write(
+        etc.join("networks/volt0.toml"),
+        "subnet = \"10.42.0.0/24\"\nmtu = 9000\n",
+    )
+    .expect("write");
+    let set = ConfigSet::load(tmp.path());
+    let text: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|e| e.starts_with("/etc/volt/networks/volt0.toml:2:7: mtu: volt0 is clustered")),
+        "{text:?}"
+    );
+}

@@ -504,7 +504,12 @@ fn check_vm_mtu(c: &ClusterConfig, vm: &VmConfig) -> Option<ConfigError> {
     vm.nics.iter().enumerate().find_map(|(i, n)| {
         let clustered = n.network.as_deref().is_some_and(|x| c.network(x).is_some());
         (clustered && n.mtu > c.overlay_mtu()).then(|| ConfigError::Invalid {
-            at: Location::file(&vm.path),
+            at: vm
+                .spans
+                .nics
+                .get(i)
+                .and_then(|s| s.mtu.clone().or_else(|| s.at.clone()))
+                .unwrap_or_else(|| Location::file(&vm.path)),
             field: format!("network[{i}].mtu"),
             message: format!(
                 "{} is larger than the cluster overlay's MTU {} ({} MTU {} minus {VXLAN_OVERHEAD} bytes of VXLAN)",

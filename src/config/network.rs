@@ -128,6 +128,8 @@ pub struct NetworkAt {
     pub name: Option<Location>,
     pub bridge: Option<Location>,
     pub subnet: Option<Location>,
+    /// Where it sets `mtu` (checked against a cluster's overlay).
+    pub mtu: Option<Location>,
 }
 
 impl Network {

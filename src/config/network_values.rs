@@ -97,6 +97,7 @@ pub(super) fn network_from_raw(
                     name: None,
                     bridge: raw.bridge.as_ref().map(|b| src.at(b.span().start)),
                     subnet: Some(src.at(raw.subnet.span().start)),
+                    mtu: raw.mtu.as_ref().map(|m| src.at(m.span().start)),
                 },
             };
             reservations(src, &raw, &mut net, &mut errs);

@@ -21,6 +21,8 @@ pub(crate) struct NicSpans {
     pub at: Option<Location>,
     pub mac: Option<Location>,
     pub ipv4: Option<Location>,
+    /// Where the NIC's own `mtu` is written (none: it takes its network's).
+    pub mtu: Option<Location>,
 }
 
 /// Which range of a network a static address must come from.

@@ -429,9 +429,9 @@ fn parse_nic(
     let bridge = (!macvtap)
         .then(|| network.map(|n| n.bridge.clone()))
         .flatten();
-    let mtu = t
-        .integer(src, e, "mtu", 68..=9000, "")
-        .map_or_else(|| network.map_or(1500, |n| n.mtu), Spanned::into_inner);
+    let mtu_s = t.integer(src, e, "mtu", 68..=9000, "");
+    let mtu_at = mtu_s.as_ref().map(|m| src.at(m.span().start));
+    let mtu = mtu_s.map_or_else(|| network.map_or(1500, |n| n.mtu), Spanned::into_inner);
     let queues = t
         .integer(src, e, "multiqueue", 1..=MAX_QUEUE_PAIRS, " queue pairs")
         .map_or(1, Spanned::into_inner);
@@ -457,7 +457,9 @@ fn parse_nic(
         queues,
         link,
     };
-    (nic, c.spans)
+    let mut spans = c.spans;
+    spans.mtu = mtu_at;
+    (nic, spans)
 }
 
 #[cfg(test)]

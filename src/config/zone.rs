@@ -250,6 +250,7 @@ pub fn parse_zone_yaml(path: &Path, text: &str) -> Result<Option<Network>, Confi
             name: Some(yaml_at(path, &raw.name.referenced)),
             bridge: raw.bridge.as_ref().map(|b| yaml_at(path, &b.referenced)),
             subnet: Some(yaml_at(path, &raw.subnet.referenced)),
+            mtu: raw.mtu.as_ref().map(|m| yaml_at(path, &m.referenced)),
         },
     }))
 }
