@@ -235,6 +235,7 @@ pub fn verify(root: &Path, scratch: &Path) -> Vec<String> {
         }
         let mut keys = vec![
             kv("Match", "Name", net.bridge.clone()),
+            kv("Match", "Kind", "bridge"),
             kv("Link", "MTUBytes", mtu),
             kv("Link", "RequiredForOnline", "no"),
             kv(
