@@ -114,6 +114,11 @@ fn network_errors_name_line_and_field() {
         "{e}"
     );
     assert!(toml_net("subnet = \"10.60.0.0/29\"\n").is_ok());
+    // A missing subnet is said once.
+    let errs = parse_network_toml(Path::new("/etc/volt/networks/lab.toml"), "mtu = 1500\n")
+        .expect_err("no subnet");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].to_string().contains("subnet: missing"), "{errs:?}");
     // Reservations: whose, and in that kind's range.
     for (res, says) in [
         ("vm-c = \"10.50.0.200\"", ":3:8: reservations.vm-c: 10.50.0.200 is outside lab's VM range 10.50.0.2-10.50.0.99"),

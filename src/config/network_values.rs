@@ -71,7 +71,11 @@ pub(super) fn network_from_raw(
     };
     let port_maps = port_maps(src, &raw, kind, e);
     // What lies in the subnet is checked against it, once it is known to be right.
-    let placed = take(parse_subnet(src, "subnet", &raw.subnet), e)
+    // A missing subnet (an empty value at 0..0) has its error already.
+    let missing = raw.subnet.get_ref().is_empty() && raw.subnet.span() == (0..0);
+    let placed = (!missing)
+        .then(|| take(parse_subnet(src, "subnet", &raw.subnet), e))
+        .flatten()
         .and_then(|subnet| place(src, &raw, subnet, e));
     match (bridge, mtu, placed) {
         (Some(bridge), Some(mtu), Some((subnet, gateway, vm_range, container_range)))

@@ -213,7 +213,10 @@ fn vm_from(
                     e.push(src.invalid(
                         "uuid",
                         u.span(),
-                        format!("{:?} is not a UUID (nil is not allowed)", u.get_ref()),
+                        format!(
+                            "{:?} is not a UUID like \"6c1e9d40-5b0a-4f43-8f5e-0c9a3e2b7d11\" (nor may it be the nil UUID); leave it out for one derived from the name",
+                            u.get_ref()
+                        ),
                     ));
                     derive::vm_uuid(&name)
                 }
