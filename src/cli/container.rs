@@ -131,7 +131,15 @@ pub fn show(root: &Path, name: &str, out: &OutputArgs) -> Result<Outcome> {
             n.mac,
             n.network.as_deref().unwrap_or("-")
         );
+        // Its file's ipv4, or the network's reservation ct-<name> (as `list` tells them).
+        let reserved = n
+            .network
+            .as_deref()
+            .and_then(|net| set.networks.by_name(net))
+            .and_then(|net| net.reservations.get(&format!("ct-{}", ct.name)))
+            .is_some_and(|r| n.ipv4.is_some_and(|a| a.addr() == *r));
         let addr = match (n.ipv4, &s.lease) {
+            (Some(a), _) if reserved => format!("{a} (reserved)"),
             (Some(a), _) => format!("{a} (static)"),
             (None, Some(l)) => format!("{} (DHCP lease)", l.ip),
             (None, None) if n.dhcp => "DHCP (no lease recorded)".into(),

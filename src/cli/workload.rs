@@ -102,7 +102,7 @@ fn link_view(paths: &Paths, plan: &Plan, w: &Workload, a: &crate::plan::Attachme
         (_, crate::plan::Addressing::Reserved(n)) => (Some(n.to_string()), "reserved"),
         (_, crate::plan::Addressing::Pool) => (lease(), "lease"),
         (_, crate::plan::Addressing::Dhcp) => (lease(), "dhcp"),
-        (_, crate::plan::Addressing::None) => (None, ""),
+        (_, crate::plan::Addressing::None) => (None, "none"),
     };
     let in_host = a.netns.is_none();
     LinkView {
