@@ -473,17 +473,18 @@ fn load_cluster(
 ) -> Option<ClusterConfig> {
     let real = root.join(CLUSTER_FILE);
     let shown = Path::new("/").join(CLUSTER_FILE);
-    let text = match std::fs::read_to_string(&real) {
+    // Absent: no cluster. A symlink to nothing is meant to be there: it fails closed.
+    if real
+        .symlink_metadata()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    {
+        return None;
+    }
+    // Read as every config file is (size limit, UTF-8 errors at their line and column).
+    let text = match read(&shown, &real) {
         Ok(t) => t,
-        // Absent: no cluster. A symlink to nothing is meant to be there: it fails closed.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && real.symlink_metadata().is_err() => {
-            return None
-        }
-        Err(source) => {
-            errors.push(ConfigError::Read {
-                path: shown,
-                source,
-            });
+        Err(e) => {
+            errors.push(e);
             return None;
         }
     };
