@@ -1,5 +1,25 @@
 use super::*;
 
+/// A root holding `files` (path under the root, text).
+fn root_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for (rel, text) in files {
+        let p = tmp.path().join(rel);
+        std::fs::create_dir_all(p.parent().expect("dir")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    }
+    tmp
+}
+
+/// The errors of the configuration under `root`, as they are printed.
+fn error_texts(root: &Path) -> Vec<String> {
+    ConfigSet::load(root)
+        .errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
 #[test]
 fn the_cluster_loader_reads_networks_and_cluster_toml_but_no_workload_file() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -76,8 +96,7 @@ fn a_nic_on_a_network_whose_file_is_broken_is_told_to_fix_that_file() {
         "kernel = \"/k\"\n[[network]]\nzone = \"lab\"\n",
     )
     .expect("write");
-    let set = ConfigSet::load(tmp.path());
-    let text: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+    let text = error_texts(tmp.path());
     for vm in ["a", "b"] {
         assert!(
             text.iter()
@@ -103,8 +122,7 @@ fn a_nic_on_a_network_whose_file_is_broken_is_told_to_fix_that_file() {
             format!("kernel = \"/k\"\n[[network]]\nbridge = \"{bridge}\"\n"),
         )
         .expect("write");
-        let set = ConfigSet::load(tmp.path());
-        let text: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+        let text = error_texts(tmp.path());
         assert!(
             text.iter().any(|e| e.starts_with("/etc/volt/vms/a.toml:3:")
                 && e.contains("/etc/volt/networks/lab.toml, which has errors")),
@@ -163,21 +181,14 @@ fn a_network_colliding_with_another_is_told_where_both_write_it() {
 /// A clustered NIC whose own MTU is larger than the overlay's is told where it writes it.
 #[test]
 fn a_nic_mtu_above_the_overlay_is_told_where_it_is_written() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let etc = tmp.path().join("etc/volt");
-    std::fs::create_dir_all(etc.join("vms")).expect("mkdir");
-    std::fs::write(
-        etc.join("cluster.toml"),
-        "host = \"a\"\nunderlay = \"192.168.50.11\"\n[etcd]\nendpoints = [\"http://192.168.50.11:2379\"]\n[[network]]\nname = \"volt0\"\nvni = 42\n",
-    )
-    .expect("write");
-    std::fs::write(
-        etc.join("vms/a.toml"),
-        "kernel = \"/k\"\n[[network]]\nmtu = 9000\n",
-    )
-    .expect("write");
-    let set = ConfigSet::load(tmp.path());
-    let text: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+    let tmp = root_with(&[
+        (
+            "etc/volt/cluster.toml",
+            "host = \"a\"\nunderlay = \"192.168.50.11\"\n[etcd]\nendpoints = [\"http://192.168.50.11:2379\"]\n[[network]]\nname = \"volt0\"\nvni = 42\n",
+        ),
+        ("etc/volt/vms/a.toml", "kernel = \"/k\"\n[[network]]\nmtu = 9000\n"),
+    ]);
+    let text = error_texts(tmp.path());
     assert!(
         text.iter().any(|e| e.starts_with(
             "/etc/volt/vms/a.toml:3:7: network[0].mtu: 9000 is larger than the cluster overlay's MTU 1450"
@@ -185,14 +196,13 @@ fn a_nic_mtu_above_the_overlay_is_told_where_it_is_written() {
         "{text:?}"
     );
     // So is a clustered network's own mtu.
-    std::fs::create_dir_all(etc.join("networks")).expect("mkdir");
+    std::fs::create_dir_all(tmp.path().join("etc/volt/networks")).expect("mkdir");
     std::fs::write(
-        etc.join("networks/volt0.toml"),
+        tmp.path().join("etc/volt/networks/volt0.toml"),
         "subnet = \"10.42.0.0/24\"\nmtu = 9000\n",
     )
     .expect("write");
-    let set = ConfigSet::load(tmp.path());
-    let text: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+    let text = error_texts(tmp.path());
     assert!(
         text.iter()
             .any(|e| e.starts_with("/etc/volt/networks/volt0.toml:2:7: mtu: volt0 is clustered")),
