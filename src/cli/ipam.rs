@@ -178,21 +178,26 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// The leases of `network` for a listing: none when the lease file cannot be read, said once
-/// per network and process (a listing of many workloads asks for each).
+/// The leases of `network` for a listing: none when the lease file cannot be read. A corrupt
+/// file is said once per network and process (a listing of many workloads asks for each);
+/// one this user may not read (leases need root or the volt group) is not a warning.
 pub(super) fn leases_for_view(root: &Path, network: &str) -> Vec<Lease> {
     static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    match crate::net::ipam::Ipam::new(crate::plan::Paths::new(root).ipam_dir()).list(network) {
+    match crate::net::ipam::Ipam::new(crate::plan::Paths::new(root).ipam_dir()).peek(network) {
         Ok(l) => l,
-        Err(e) => {
+        Err(e @ crate::net::ipam::IpamError::Corrupt { .. }) => {
             let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
             if !warned.iter().any(|n| n == network) {
                 log::warn!(
-                    "the leases of network {network} are not shown: {} (`volt ipam list --network {network}` rebuilds a corrupt file from the running workloads)",
+                    "the leases of network {network} are not shown: {} (`volt ipam list --network {network}` rebuilds it from the running workloads)",
                     crate::error_chain(&e)
                 );
                 warned.push(network.to_string());
             }
+            Vec::new()
+        }
+        Err(e) => {
+            log::debug!("{}", crate::error_chain(&e));
             Vec::new()
         }
     }

@@ -193,6 +193,32 @@ pub(super) fn default_ranges(subnet: &Ipv4Net, gateway: Ipv4Addr) -> (Range, Ran
     (vm, ct)
 }
 
+/// Whether `r` holds no address a workload can take (it is inverted, or holds the gateway
+/// alone).
+pub(super) fn no_room(r: Range, gateway: Ipv4Addr) -> bool {
+    r.start > r.end || (r.start == r.end && r.start == gateway)
+}
+
+/// The error of a subnet whose default split leaves a pool no address (a /30 and smaller),
+/// or `None`.
+pub(super) fn too_small(
+    subnet: &Ipv4Net,
+    gateway: Ipv4Addr,
+    vm: Range,
+    ct: Range,
+) -> Option<String> {
+    let what = if no_room(vm, gateway) {
+        "the VM pool"
+    } else if no_room(ct, gateway) {
+        "the container pool"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{subnet} leaves no address for {what} (besides the gateway {gateway}): use a /29 or larger subnet, or give the pools yourself"
+    ))
+}
+
 /// The larger part of the subnet's host addresses left of or right of `taken`, skipping
 /// the gateway at its ends. May be empty (start > end) when `taken` covers everything.
 fn complement(subnet: &Ipv4Net, gateway: Ipv4Addr, taken: Range) -> Range {

@@ -113,6 +113,26 @@ fn network_errors_name_line_and_field() {
         e.contains(":1:10: subnet: 10.60.0.0/30 leaves no address for the VM pool"),
         "{e}"
     );
+    // A pool that is the gateway alone is no pool.
+    let e = toml_net("subnet = \"10.60.0.0/30\"\ngateway = \"10.60.0.2\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("leaves no address for the"), "{e}");
+    // A VM pool taking the whole subnet: fine without DHCP, else the containers' DHCP server
+    // has no address.
+    let whole = "subnet = \"10.60.0.0/24\"\n[pool]\nstart = \"10.60.0.2\"\nend = \"10.60.0.254\"\n";
+    let e = toml_net(whole).unwrap_err().to_string();
+    assert!(e.contains("pool: 10.60.0.2-10.60.0.254 leaves no address of 10.60.0.0/24 for the containers' DHCP"), "{e}");
+    assert!(toml_net(&format!("dhcp = false\n{whole}")).is_ok());
+    // A zone gets the same rule.
+    let e = parse_zone_yaml(
+        Path::new("/etc/voltainer/network/z.yaml"),
+        "kind: NetworkZone\nname: z\nsubnet: 10.61.0.0/30\n",
+    );
+    assert!(
+        format!("{e:?}").contains("leaves no address for the"),
+        "{e:?}"
+    );
     assert!(toml_net("subnet = \"10.60.0.0/29\"\n").is_ok());
     // A missing subnet is said once.
     let errs = parse_network_toml(Path::new("/etc/volt/networks/lab.toml"), "mtu = 1500\n")
@@ -122,7 +142,6 @@ fn network_errors_name_line_and_field() {
     // Reservations: whose, and in that kind's range.
     for (res, says) in [
         ("vm-c = \"10.50.0.200\"", ":3:8: reservations.vm-c: 10.50.0.200 is outside lab's VM range 10.50.0.2-10.50.0.99"),
-        ("ct-d = \"10.50.0.20\"", "reservations.ct-d: 10.50.0.20 is outside lab's container range 10.50.0.100-10.50.0.254"),
         ("foo = \"10.50.0.16\"", "reservations.foo: \"foo\" is no workload's: a reservation's key is vm-<name> or ct-<name>"),
         ("vm-web = \"10.50.0.1\"", "reservations.vm-web: 10.50.0.1 is not a usable host address"),
     ] {
@@ -131,7 +150,7 @@ fn network_errors_name_line_and_field() {
             .to_string();
         assert!(e.contains(says), "{e}");
     }
-    assert!(toml_net("subnet = \"10.50.0.0/24\"\n[reservations]\nvm-a = \"10.50.0.20\"\nct-b = \"10.50.0.150\"\n").is_ok());
+    assert!(toml_net("subnet = \"10.50.0.0/24\"\n[reservations]\nvm-a = \"10.50.0.20\"\nct-b = \"10.50.0.150\"\nct-c = \"10.50.0.30\"\n").is_ok());
 }
 
 /// A bridge name that is not a bridge's: the loopback, the kernel's names for every

@@ -12,8 +12,9 @@ use super::super::error::{ConfigError, Location};
 use super::super::reader;
 use super::super::span::Src;
 use super::{
-    check_in_subnet, check_mtu, complement, default_ranges, parse_ip, parse_range, parse_subnet,
-    Network, NetworkAt, NetworkType, PortMap, Proto, Range, RawNetwork, RawRange,
+    check_in_subnet, check_mtu, complement, default_ranges, no_room, parse_ip, parse_range,
+    parse_subnet, too_small, Network, NetworkAt, NetworkType, PortMap, Proto, Range, RawNetwork,
+    RawRange,
 };
 
 /// `r`'s value, or `None` with its error kept in `errs`.
@@ -144,30 +145,28 @@ fn place(
         (None, Some(c)) => (vm_range, container_range) = (complement(&subnet, gateway, c), c),
         (None, None) => {}
     }
-    // A pool left to compute that came out empty (a /30, or a given pool taking every address).
-    for (empty, field, what) in [
-        (
-            vm_given.is_none() && vm_range.start > vm_range.end,
-            "pool",
-            "the VM pool",
+    // The default split of a subnet too small for it; or a VM pool given so large that the
+    // containers' DHCP server is left no address (without DHCP that is a VM-only network).
+    let small = match (vm_given, ct_given) {
+        (None, None) => too_small(&subnet, gateway, vm_range, container_range),
+        (Some(_), None) if raw.dhcp != Some(false) && no_room(container_range, gateway) => Some(
+            format!(
+                "{vm_range} leaves no address of {subnet} for the containers' DHCP: leave room outside [pool], or set dhcp = false"
+            ),
         ),
-        (
-            ct_given.is_none() && container_range.start > container_range.end,
-            "container_pool",
-            "the container pool",
-        ),
-    ] {
-        if empty {
-            let at = src.at(raw.subnet.span().start);
-            e.push(ConfigError::Invalid {
-                at,
-                field: "subnet".into(),
-                message: format!(
-                    "{subnet} leaves no address for {what} (besides the gateway {gateway} and the other pool): use a larger subnet, or give [{field}] yourself"
-                ),
-            });
-            return None;
-        }
+        _ => None,
+    };
+    if let Some(message) = small {
+        let (field, span) = match vm_given {
+            Some(_) => ("pool", raw.pool.as_ref().map(|p| p.span())),
+            None => ("subnet", Some(raw.subnet.span())),
+        };
+        e.push(ConfigError::Invalid {
+            at: span.map_or_else(|| Location::file(src.path), |s| src.at(s.start)),
+            field: field.into(),
+            message,
+        });
+        return None;
     }
     if vm_range.start <= container_range.end && container_range.start <= vm_range.end {
         let span = raw
@@ -193,15 +192,13 @@ fn reservations(src: &Src, raw: &RawNetwork, net: &mut Network, e: &mut Vec<Conf
         let Some(ip) = take(parse_ip(src, &field, value), e) else {
             continue;
         };
-        // Whose it is, and the range its address must be in (as a static ipv4 of that kind:
-        // a VM's address in the DHCP range could be handed to a container).
+        // Whose it is. A VM's address must be in the VM range, as its static ipv4: in the
+        // DHCP range networkd could hand it to a container. A container's is handed out by
+        // networkd as a static lease for its MAC, wherever in the subnet the admin puts it.
         let owner = key
             .strip_prefix("vm-")
-            .map(|n| (n, "VM", net.vm_range))
-            .or_else(|| {
-                key.strip_prefix("ct-")
-                    .map(|n| (n, "container", net.container_range))
-            });
+            .map(|n| (n, "VM", Some(net.vm_range)))
+            .or_else(|| key.strip_prefix("ct-").map(|n| (n, "container", None)));
         let Some((name, kind, range)) = owner else {
             e.push(src.invalid(
                 &field,
@@ -214,12 +211,12 @@ fn reservations(src: &Src, raw: &RawNetwork, net: &mut Network, e: &mut Vec<Conf
             e.push(src.invalid(&field, value.span(), format!("a {kind} name {m}")));
             continue;
         }
-        if net.is_host_addr(ip) && !range.contains(ip) {
+        if let Some(range) = range.filter(|r| net.is_host_addr(ip) && !r.contains(ip)) {
             e.push(src.invalid(
                 &field,
                 value.span(),
                 format!(
-                    "{ip} is outside {}'s {kind} range {range}, where a {kind}'s address must be",
+                    "{ip} is outside {}'s {kind} range {range}, where a {kind}'s address must be (in the DHCP range networkd could hand it to a container)",
                     net.name
                 ),
             ));

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use super::derive::{check_bridge_name, check_workload_name};
 use super::error::{ConfigError, Location};
 use super::network::{
-    default_ranges, Network, NetworkAt, NetworkType, Range, DEFAULT_NETWORK, DEFAULT_ZONE,
+    default_ranges, too_small, Network, NetworkAt, NetworkType, Range, DEFAULT_NETWORK,
+    DEFAULT_ZONE,
 };
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +217,16 @@ pub fn parse_zone_yaml(path: &Path, text: &str) -> Result<Option<Network>, Confi
     } else {
         vm_default.end
     };
+    let given_range = raw.dhcp.as_ref().is_some_and(|d| d.range.is_some());
+    if !given_range {
+        let vm = Range {
+            start: vm_default.start,
+            end: vm_end,
+        };
+        if let Some(m) = too_small(&subnet, gateway, vm, container_range) {
+            return Err(invalid("subnet", &raw.subnet.referenced, m));
+        }
+    }
     let mtu = match &raw.mtu {
         Some(m) if !(68..=9000).contains(&m.value) => {
             return Err(invalid(

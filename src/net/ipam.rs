@@ -335,6 +335,13 @@ impl Ipam {
         Ok(out)
     }
 
+    /// The leases of `network` as the file holds them now, for a listing: read without the
+    /// lock (every write is an atomic rename, so never half a file), so that users who may
+    /// read the file but not take its lock see them too; never rebuilt or written.
+    pub fn peek(&self, network: &str) -> Result<Vec<Lease>, IpamError> {
+        read_file(&self.path(network)).map(|f| f.leases)
+    }
+
     /// The leases of `network` (read under the lock, so never a half-written state).
     pub fn list(&self, network: &str) -> Result<Vec<Lease>, IpamError> {
         self.with_leases(network, |l| Ok(l.clone()))
