@@ -285,7 +285,6 @@ fn find_net<'a>(set: &'a ConfigSet, name: &str) -> Result<&'a crate::config::Net
 /// The network file (TOML or zone YAML) for `name` that has errors, if any: by its name, or
 /// by the bridge it names when that much can be read.
 fn broken_file<'a>(set: &'a ConfigSet, name: &str) -> Option<&'a Path> {
-    use crate::config::NetworkLookup;
     set.networks.broken(Some(name), Some(name)).or_else(|| {
         set.errors.iter().map(|e| e.file()).find(|f| {
             f.parent().is_some_and(|d| {

@@ -115,6 +115,10 @@ fn a_nic_on_a_network_whose_file_is_broken_is_told_to_fix_that_file() {
             "brlab",
         ),
         ("subnet = \"10.50.0.0/24\"\nmtu = 1500\nmtu = 1400\n", "lab"),
+        (
+            "subnet = \"10.50.0.0/24\"\nbridge = 'br7'\nmtu = 1500\nmtu = 1400\n",
+            "br7",
+        ),
     ] {
         std::fs::write(etc.join("networks/lab.toml"), net).expect("write");
         std::fs::write(

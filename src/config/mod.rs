@@ -352,7 +352,8 @@ impl ConfigSet {
                             Err(_) => t.lines().find_map(|l| {
                                 let v = l.trim().strip_prefix("bridge")?.trim_start();
                                 let v = v.strip_prefix('=')?.trim();
-                                Some(v.strip_prefix('"')?.split('"').next()?.to_string())
+                                let q = v.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+                                Some(v[1..].split(q).next()?.to_string())
                             }),
                         }
                         .or_else(|| Some(file_stem(&shown)));

@@ -241,7 +241,7 @@ fn zone_yaml() {
         ),
         (
             "kind: NetworkZone\nname: z\nsubnet: 10.42.0.0/24\n---\nkind: NetworkZone\n",
-            ":5:1: a second YAML document (---): a zone file holds one zone",
+            ":4:1: a second YAML document (---) beside a NetworkZone: a zone file holds one zone",
         ),
         (
             "kind: NetworkZone\n",
@@ -251,9 +251,35 @@ fn zone_yaml() {
             "kind: NetworkZone\nname: z\nsubnet: [1, 2]\n",
             "subnet: expected a string",
         ),
+        (
+            "kind: NetworkZone\nname: z\nsubnet: 10.42.0.0/24\nmtu: [1]\n",
+            "mtu: expected a whole number",
+        ),
+        (
+            "kind: NetworkZone\nname:\nsubnet: 10.42.0.0/24\n",
+            ":2:5: name: no value: expected a string",
+        ),
+        (
+            "kind: NetworkZone\nname: z\nsubnet: 10.42.0.0/24\ndhcp:\n  enabled: maybe\n",
+            ":5:12: dhcp.enabled: expected true or false",
+        ),
+        (
+            "kind: NetworkZone\nname: z\nsubnet: 10.42.0.0/24\ndhcp: yes\n",
+            "dhcp: expected a mapping with enabled: and range:",
+        ),
     ] {
         let e = parse_zone_yaml(p, text).unwrap_err().to_string();
         assert!(e.contains(says), "{e}");
         assert!(!e.contains("line ") && !e.contains("Options"), "{e}");
     }
+    // Voltainer's files of other kinds are not Volt's, however many documents they hold; a
+    // zone may end with an empty document.
+    let other = "kind: Policy\nname: a\n---\nkind: Policy\nname: b\n";
+    assert!(matches!(parse_zone_yaml(p, other), Ok(None)));
+    let zone = "---\nkind: NetworkZone\nname: z\nsubnet: 10.42.0.0/24\n---\n";
+    assert!(
+        matches!(parse_zone_yaml(p, zone), Ok(Some(_))),
+        "{:?}",
+        parse_zone_yaml(p, zone)
+    );
 }

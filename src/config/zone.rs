@@ -58,16 +58,57 @@ fn yaml_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> ConfigError {
     // the words of the other config files.
     let rendered = e.to_string();
     let first = rendered.lines().next().unwrap_or("invalid YAML");
-    let (field, message) = yaml_message(first, text.lines().nth(at.line.saturating_sub(1)));
+    let (field, message) = yaml_message(first, key_at(text, at.line, at.col));
     match field {
         Some(field) => ConfigError::Invalid { at, field, message },
         None => ConfigError::Syntax { at, message },
     }
 }
 
-/// The field and message of the YAML parser's `first` line of error, `line` being the line of
-/// the file it points at (the key on it is the field of a value error).
-fn yaml_message(first: &str, line: Option<&str>) -> (Option<String>, String) {
+/// The dotted key (`dhcp.enabled`) whose value is at `line`:`col` (1-based) of `text`, from
+/// the key on that line and the keys of the less indented lines above; `None` inside a flow
+/// collection (`{…}`, `[…]`), where the line's key is not the value's.
+fn key_at(text: &str, line: usize, col: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = *lines.get(line.checked_sub(1)?)?;
+    let before = here.get(..col.saturating_sub(1).min(here.len()))?;
+    if before.contains(['{', '[']) {
+        return None;
+    }
+    let key_of = |l: &str| -> Option<(usize, String)> {
+        let indent = l.len() - l.trim_start().len();
+        let (k, _) = l.trim_start().trim_start_matches("- ").split_once(':')?;
+        let k = k.trim();
+        (!k.is_empty() && !k.contains(' ') && !k.starts_with('#')).then(|| (indent, k.to_string()))
+    };
+    let (mut indent, key) = key_of(here)?;
+    let mut path = vec![key];
+    for l in lines[..line - 1].iter().rev() {
+        if let Some((i, k)) = key_of(l).filter(|(i, _)| *i < indent) {
+            path.push(k);
+            indent = i;
+            if i == 0 {
+                break;
+            }
+        }
+    }
+    path.reverse();
+    Some(path.join("."))
+}
+
+/// What the value of a zone key is (for a message that says what was expected).
+fn expected(key: &str) -> &'static str {
+    match key.rsplit('.').next().unwrap_or(key) {
+        "mtu" => "a whole number from 68 to 9000",
+        "enabled" => "true or false",
+        "dhcp" => "a mapping with enabled: and range:",
+        _ => "a string",
+    }
+}
+
+/// The field and message of the YAML parser's `first` line of error; `key` is the dotted key
+/// whose value the error points at, if it can be told.
+fn yaml_message(first: &str, key: Option<String>) -> (Option<String>, String) {
     // "error: line 4 column 6: invalid u32" -> "invalid u32".
     let mut m = first.strip_prefix("error: ").unwrap_or(first);
     if let Some((head, rest)) = m.split_once(": ") {
@@ -75,11 +116,6 @@ fn yaml_message(first: &str, line: Option<&str>) -> (Option<String>, String) {
             m = rest;
         }
     }
-    let key_on_line = || {
-        line.and_then(|l| l.split_once(':'))
-            .map(|(k, _)| k.trim().trim_start_matches("- ").trim().to_string())
-            .filter(|k| !k.is_empty() && !k.contains(' '))
-    };
     let quoted = |s: &str| s.trim_matches('`').to_string();
     if let Some(rest) = m.strip_prefix("duplicate mapping key: ") {
         let key = rest.split(',').next().unwrap_or(rest).trim();
@@ -104,27 +140,70 @@ fn yaml_message(first: &str, line: Option<&str>) -> (Option<String>, String) {
         let (key, known) = rest.split_once(", expected one of ").unwrap_or((rest, ""));
         return (Some(quoted(key)), format!("unknown key (known: {known})"));
     }
-    let described = match m {
-        "invalid u32" | "invalid u16" | "invalid u8" | "invalid u64" => {
-            Some("expected a whole number".to_string())
+    // A value of the wrong type (or none): say what the key takes.
+    let wrong_type = m.starts_with("invalid ")
+        || m.starts_with("expected ")
+        || m.starts_with("cannot deserialize null");
+    match key {
+        Some(k) if wrong_type => {
+            let what = expected(&k);
+            let message = if m.starts_with("cannot deserialize null") {
+                format!("no value: expected {what}")
+            } else {
+                format!("expected {what}")
+            };
+            (Some(k), message)
         }
-        "invalid bool" | "invalid boolean" => Some("expected true or false".to_string()),
-        "expected string scalar" => Some("expected a string".to_string()),
-        _ => None,
-    };
-    match described {
-        Some(d) => (key_on_line(), d),
-        None => (None, m.to_string()),
+        _ => (None, m.to_string()),
     }
 }
 
-/// Parse a Voltainer zone file. Returns `Ok(None)` for YAML documents of another kind.
+/// Where the second document of `text` starts: the `---` line after some content.
+fn second_document(path: &Path, text: &str) -> Location {
+    let mut content = false;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with("---") && content {
+            return Location {
+                file: path.to_path_buf(),
+                line: i + 1,
+                col: 1,
+            };
+        }
+        content |= !t.is_empty() && !t.starts_with('#') && !t.starts_with("---");
+    }
+    Location::file(path)
+}
+
+/// Parse a Voltainer zone file. Returns `Ok(None)` for a file with no NetworkZone document
+/// (Voltainer's other kinds, any number of documents); a file with a zone holds that one
+/// document (empty ones aside).
 pub fn parse_zone_yaml(path: &Path, text: &str) -> Result<Option<Network>, ConfigError> {
-    let kind: ZoneKind = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, text, &e))?;
-    if kind.kind.as_deref() != Some("NetworkZone") {
+    let kinds: Vec<Option<ZoneKind>> =
+        serde_saphyr::from_multiple(text).map_err(|e| yaml_error(path, text, &e))?;
+    let docs: Vec<&ZoneKind> = kinds.iter().flatten().collect();
+    if !docs
+        .iter()
+        .any(|k| k.kind.as_deref() == Some("NetworkZone"))
+    {
         return Ok(None);
     }
-    let raw: RawZone = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, text, &e))?;
+    if docs.len() > 1 {
+        return Err(ConfigError::Syntax {
+            at: second_document(path, text),
+            message:
+                "a second YAML document (---) beside a NetworkZone: a zone file holds one zone"
+                    .into(),
+        });
+    }
+    let raw = serde_saphyr::from_multiple::<Option<RawZone>>(text)
+        .map_err(|e| yaml_error(path, text, &e))?
+        .into_iter()
+        .flatten()
+        .next();
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
     let invalid =
         |field: &str, loc: &serde_saphyr::Location, message: String| ConfigError::Invalid {
             at: yaml_at(path, loc),
