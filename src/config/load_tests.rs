@@ -61,6 +61,13 @@ fn a_dangling_cluster_toml_symlink_fails_closed() {
     ] {
         assert!(set.cluster_broken, "{:?}", set.errors);
         assert!(
+            set.errors.iter().any(|e| e
+                .to_string()
+                .contains("a symlink to /nonexistent/cluster.toml, which does not exist")),
+            "{:?}",
+            set.errors
+        );
+        assert!(
             set.errors
                 .iter()
                 .any(|e| e.file() == Path::new("/etc/volt/cluster.toml")),
@@ -133,6 +140,26 @@ fn a_nic_on_a_network_whose_file_is_broken_is_told_to_fix_that_file() {
             "{text:?}"
         );
     }
+}
+
+/// A zone file with errors is told to the NICs that name the zone, as a network file is.
+#[test]
+fn a_nic_on_a_zone_whose_file_is_broken_is_told_to_fix_that_file() {
+    let tmp = root_with(&[
+        (
+            "etc/voltainer/network/dmz.yaml",
+            "kind: NetworkZone\nname: dmz\nsubnet: 10.60.0.0/24\nmtu: big\n",
+        ),
+        (
+            "etc/volt/vms/a.toml",
+            "kernel = \"/k\"\n[[network]]\nzone = \"dmz\"\n",
+        ),
+    ]);
+    let text = error_texts(tmp.path());
+    assert!(
+        text.iter().any(|e| e.starts_with("/etc/volt/vms/a.toml:3:8: network[0].zone: its network is defined in /etc/voltainer/network/dmz.yaml, which has errors")),
+        "{text:?}"
+    );
 }
 
 #[test]

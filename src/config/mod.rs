@@ -369,10 +369,34 @@ impl ConfigSet {
         }
         // The zone directory is Voltainer's: other files there are not Volt's business.
         for (shown, real) in list_dir(root, ZONES_DIR, &["yaml", "yml"], errors, &mut Vec::new()) {
-            match read(&shown, &real).and_then(|t| parse_zone_yaml(&shown, &t)) {
+            let text = match read(&shown, &real) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            match parse_zone_yaml(&shown, &text) {
                 Ok(Some(n)) => candidates.push(n),
                 Ok(None) => {}
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    errors.push(e);
+                    // For the NICs that name it: its name and bridge, as far as its lines
+                    // tell (a zone without a bridge takes its name).
+                    let value = |key: &str| {
+                        text.lines().find_map(|l| {
+                            let v = l.strip_prefix(key)?.trim_start().strip_prefix(':')?;
+                            let v = v.trim().trim_matches(['"', '\'']);
+                            (!v.is_empty()).then(|| v.to_string())
+                        })
+                    };
+                    let name = value("name").unwrap_or_else(|| file_stem(&shown));
+                    broken.push(BrokenNetwork {
+                        bridge: value("bridge").or_else(|| Some(name.clone())),
+                        name,
+                        path: shown,
+                    });
+                }
             }
         }
         // The built-in volt0 stays unless a file redefines it (its name or its bridge).
@@ -479,6 +503,17 @@ fn load_cluster(
         .symlink_metadata()
         .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
     {
+        return None;
+    }
+    if let (Ok(target), false) = (std::fs::read_link(&real), real.exists()) {
+        errors.push(ConfigError::Invalid {
+            at: Location::file(&shown),
+            field: "file".into(),
+            message: format!(
+                "a symlink to {}, which does not exist: this host is meant to be in a cluster, so nothing is claimed until it is fixed",
+                target.display()
+            ),
+        });
         return None;
     }
     // Read as every config file is (size limit, UTF-8 errors at their line and column).
