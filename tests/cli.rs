@@ -123,6 +123,33 @@ fn validate_names_what_to_fix() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
+    // Files named together are checked against each other too.
+    let other = p.join("other.toml");
+    std::fs::write(
+        &new,
+        "kernel = \"/k\"\n[[network]]\nipv4 = \"10.42.0.11\"\n",
+    )
+    .expect("write");
+    std::fs::write(
+        &other,
+        "kernel = \"/k\"\n[[network]]\nipv4 = \"10.42.0.11\"\n",
+    )
+    .expect("write");
+    let o = volt(
+        p,
+        &[
+            "validate",
+            new.to_str().expect("utf-8"),
+            other.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("10.42.0.11 on volt0 is already used by VM"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_file(&other).expect("rm");
     std::fs::remove_file(&new).expect("rm");
     write(
         p,

@@ -61,13 +61,22 @@ fn guess(path: &Path, text: &str) -> FileType {
     }
 }
 
-/// Check one named file; its errors go into `errors`.
+/// The VM and container files named, parsed: checked against the installed workloads and
+/// each other once all are read.
+#[derive(Default)]
+struct Named {
+    vms: Vec<config::VmConfig>,
+    containers: Vec<config::ContainerConfig>,
+}
+
+/// Check one named file; its errors go into `errors`, a workload it defines into `named`.
 fn check_file(
     root: &Path,
     set: &ConfigSet,
     path: &Path,
     kind: Option<FileType>,
     errors: &mut Vec<ConfigError>,
+    named: &mut Named,
 ) {
     let text = match config::read(path, path) {
         Ok(t) => t,
@@ -95,19 +104,17 @@ fn check_file(
                 errors.extend(errs);
             }
         }
-        // Checked against the installed workloads too: the names, addresses, MACs, CIDs and
-        // disks it would take from them.
         FileType::Container => match config::parse_container_toml(path, &text, &set.networks) {
             Ok(ct) => {
                 errors.extend(ct.check_root(root));
-                errors.extend(config::collisions_with_installed(set, None, Some(ct)));
+                named.containers.push(ct);
             }
             Err(errs) => errors.extend(errs),
         },
         FileType::Vm => match config::parse_vm_toml(path, &text, &set.networks) {
             Ok(vm) => {
                 errors.extend(vm.check_boot_files(root));
-                errors.extend(config::collisions_with_installed(set, Some(vm), None));
+                named.vms.push(vm);
             }
             Err(errs) => errors.extend(errs),
         },
@@ -165,9 +172,17 @@ pub fn exec(root: &Path, paths: &[PathBuf], kind: Option<FileType>) -> Result<Ou
                 set.networks.list.push(n);
             }
         }
+        let mut named = Named::default();
         for path in paths {
-            check_file(root, &set, path, kind, &mut errors);
+            check_file(root, &set, path, kind, &mut errors, &mut named);
         }
+        // The names, addresses, MACs, CIDs and disks they would take from the installed
+        // workloads and from each other.
+        errors.extend(config::collisions_with_installed(
+            &set,
+            named.vms,
+            named.containers,
+        ));
         paths.len()
     };
     for e in &errors {

@@ -156,41 +156,41 @@ pub(super) fn check_across(
     (vms, containers, errors)
 }
 
-/// What a VM or container file checked on its own (`volt validate FILE`) collides with among
-/// the installed workloads of `set`: its errors as the generator would give them, the
-/// installed ones going first (a new file does not displace a workload that runs). An
-/// installed file of the same kind and name is the one it would replace.
+/// What VM and container files checked on their own (`volt validate FILE...`) collide with,
+/// among the installed workloads of `set` and each other: their errors as the generator would
+/// give them, the installed ones going first (a new file does not displace a workload that
+/// runs). An installed file of the same kind and name is the one a file would replace.
 pub fn collisions_with_installed(
     set: &super::ConfigSet,
-    vm: Option<VmConfig>,
-    ct: Option<ContainerConfig>,
+    vms: Vec<VmConfig>,
+    cts: Vec<ContainerConfig>,
 ) -> Vec<ConfigError> {
-    let path = match (&vm, &ct) {
-        (Some(v), _) => v.path.clone(),
-        (None, Some(c)) => c.path.clone(),
-        (None, None) => return Vec::new(),
-    };
-    let mut vms: Vec<VmConfig> = set
+    let named: HashSet<std::path::PathBuf> = vms
+        .iter()
+        .map(|v| v.path.clone())
+        .chain(cts.iter().map(|c| c.path.clone()))
+        .collect();
+    let mut all_vms: Vec<VmConfig> = set
         .vms
         .iter()
-        .filter(|v| vm.as_ref().is_none_or(|c| c.name != v.name))
+        .filter(|v| !vms.iter().any(|c| c.name == v.name))
         .cloned()
         .collect();
-    let mut cts: Vec<ContainerConfig> = set
+    let mut all_cts: Vec<ContainerConfig> = set
         .containers
         .iter()
-        .filter(|v| ct.as_ref().is_none_or(|c| c.name != v.name))
+        .filter(|v| !cts.iter().any(|c| c.name == v.name))
         .cloned()
         .collect();
-    let installed: HashSet<String> = vms
+    let installed: HashSet<String> = all_vms
         .iter()
         .map(|v| format!("vm/{}", v.name))
-        .chain(cts.iter().map(|c| format!("container/{}", c.name)))
+        .chain(all_cts.iter().map(|c| format!("container/{}", c.name)))
         .collect();
-    vms.extend(vm);
-    cts.extend(ct);
-    let (_, _, mut errors) = check_across(vms, cts, || installed);
-    errors.retain(|e| e.file() == path);
+    all_vms.extend(vms);
+    all_cts.extend(cts);
+    let (_, _, mut errors) = check_across(all_vms, all_cts, || installed);
+    errors.retain(|e| named.contains(e.file()));
     errors
 }
 
