@@ -1,7 +1,7 @@
 //! The lifecycle verbs under a real systemd 252 (nspawn): `volt vm|container
 //! start|stop|restart|status|logs` through systemd's D-Bus API and the journal, with
 //! systemctl's exit statuses; `list` with STATE and ADDRESS; the same JSON in `list` and
-//! `status`.
+//! `status`; volt-cluster.service on a broken cluster file.
 
 mod common;
 
@@ -142,4 +142,33 @@ fn vm_and_container_lifecycle_verbs_state_and_addresses() {
         msg.contains("volt-vm@broken.service: the start job ended with result"),
         "{msg}"
     );
+}
+
+/// volt-cluster.service under systemd: skipped on a host with no cluster.toml; a symlink to
+/// nothing or a file with errors fails the start, and the journal says why (file, line,
+/// field), instead of a skip or a bare "invalid".
+#[test]
+fn volt_cluster_fails_and_says_why_on_a_broken_cluster_file() {
+    let Some(c) = Host::with_volt("vcl", false) else {
+        return;
+    };
+    // The unit waits for network-online.target, which here has no link to wait for.
+    c.ok("systemctl mask --runtime systemd-networkd-wait-online.service");
+    c.ok("systemctl start volt-cluster.service");
+    c.ok("test \"$(systemctl show -p ConditionResult --value volt-cluster.service)\" = no");
+    c.ok("ln -s /nonexistent/cluster.toml /etc/volt/cluster.toml");
+    assert_ne!(code(&c, "systemctl start volt-cluster.service"), 0);
+    let log = c.ok("journalctl --no-pager -o cat -u volt-cluster.service");
+    assert!(
+        log.contains("a symlink to /nonexistent/cluster.toml, which does not exist"),
+        "{log}"
+    );
+    c.ok("rm /etc/volt/cluster.toml && systemctl reset-failed volt-cluster.service");
+    c.write(
+        "/etc/volt/cluster.toml",
+        "host = \"a\"\nunderlya = \"192.0.2.1\"\n[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\n",
+    );
+    assert_ne!(code(&c, "systemctl start volt-cluster.service"), 0);
+    let log = c.ok("journalctl --no-pager -o cat -u volt-cluster.service");
+    assert!(log.contains("/etc/volt/cluster.toml:2:1"), "{log}");
 }

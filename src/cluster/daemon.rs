@@ -95,12 +95,7 @@ fn signals(tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
 /// Run the daemon until SIGTERM; `notify` gets sd_notify states.
 pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError> {
     let set = ConfigSet::load(root);
-    let Some(c) = set.cluster.clone() else {
-        return Err(setup(format!(
-            "/{} does not exist or is invalid (volt validate says why): this host is not in a cluster",
-            crate::config::CLUSTER_FILE
-        )));
-    };
+    // The file's own errors first: they say why it is not taken.
     for e in set
         .errors
         .iter()
@@ -108,6 +103,12 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
     {
         log::error!("{}", e.report());
     }
+    let Some(c) = set.cluster.clone() else {
+        return Err(setup(format!(
+            "/{} does not exist or is invalid (above; volt validate says the same): this host is not in a cluster",
+            crate::config::CLUSTER_FILE
+        )));
+    };
     let (tx, rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     signals(tx.clone(), stop.clone());
