@@ -371,6 +371,26 @@ fn shells_complete_names_from_the_configuration() {
     );
 }
 
+/// A NIC whose MTU is larger than its network's is valid (the admin may raise the bridge's
+/// MTU outside Volt), and validate warns where it is written.
+#[test]
+fn a_nic_mtu_above_its_networks_is_a_warning() {
+    let r = root();
+    let p = r.path();
+    write(
+        p,
+        "etc/volt/vms/jumbo.toml",
+        "kernel = \"/k\"\n[[network]]\nmtu = 9000\n",
+    );
+    let o = volt(p, &["validate"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("warning: /etc/volt/vms/jumbo.toml:3:7: network[0].mtu: 9000 is larger than network volt0's MTU 1500"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// A lease file that is not JSON: the listings say so once and leave it as it is (only
 /// `volt ipam list` and the link owners rebuild it, keeping the bad one aside).
 #[test]

@@ -121,6 +121,38 @@ fn check_file(
     }
 }
 
+/// VM NICs on a bridge whose own MTU is larger than their network's: allowed (an admin may
+/// raise the bridge's MTU outside Volt), but the bridge drops the larger frames otherwise.
+fn mtu_warnings(set: &ConfigSet) -> Vec<String> {
+    use crate::config::NetworkType;
+    let mut out = Vec::new();
+    for vm in &set.vms {
+        for (i, n) in vm.nics.iter().enumerate() {
+            let net = n
+                .network
+                .as_deref()
+                .and_then(|x| set.networks.list.iter().find(|m| m.name == x));
+            let Some(net) = net.filter(|m| n.bridge.is_some() && m.kind != NetworkType::Isolated)
+            else {
+                continue;
+            };
+            if n.mtu > net.mtu {
+                let at = vm
+                    .spans
+                    .nics
+                    .get(i)
+                    .and_then(|s| s.mtu.clone())
+                    .map_or_else(|| vm.path.display().to_string(), |l| l.to_string());
+                out.push(format!(
+                    "{at}: network[{i}].mtu: {} is larger than network {}'s MTU {}: the bridge {} drops larger frames unless its MTU is raised outside the network file (set mtu there to have Volt do it)",
+                    n.mtu, net.name, net.mtu, net.bridge
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Check everything under `root`, or just `paths` (of type `kind`, else guessed).
 pub fn exec(root: &Path, paths: &[PathBuf], kind: Option<FileType>) -> Result<Outcome> {
     if !root.is_dir() {
@@ -134,6 +166,9 @@ pub fn exec(root: &Path, paths: &[PathBuf], kind: Option<FileType>) -> Result<Ou
     let mut errors: Vec<ConfigError> = Vec::new();
     let checked = if paths.is_empty() {
         for w in &set.warnings {
+            eprintln!("warning: {w}");
+        }
+        for w in mtu_warnings(&set) {
             eprintln!("warning: {w}");
         }
         errors.extend(set.errors.iter().map(clone_error));
