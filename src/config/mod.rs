@@ -349,12 +349,7 @@ impl ConfigSet {
                         // bridge would take its own name.
                         let bridge = match toml::from_str::<toml::Table>(&t) {
                             Ok(v) => v.get("bridge").and_then(|b| b.as_str()).map(str::to_owned),
-                            Err(_) => t.lines().find_map(|l| {
-                                let v = l.trim().strip_prefix("bridge")?.trim_start();
-                                let v = v.strip_prefix('=')?.trim();
-                                let q = v.chars().next().filter(|c| *c == '"' || *c == '\'')?;
-                                Some(v[1..].split(q).next()?.to_string())
-                            }),
+                            Err(_) => reader::line_value(&t, "bridge", '='),
                         }
                         .or_else(|| Some(file_stem(&shown)));
                         broken.push(BrokenNetwork {
@@ -383,16 +378,11 @@ impl ConfigSet {
                     errors.push(e);
                     // For the NICs that name it: its name and bridge, as far as its lines
                     // tell (a zone without a bridge takes its name).
-                    let value = |key: &str| {
-                        text.lines().find_map(|l| {
-                            let v = l.strip_prefix(key)?.trim_start().strip_prefix(':')?;
-                            let v = v.trim().trim_matches(['"', '\'']);
-                            (!v.is_empty()).then(|| v.to_string())
-                        })
-                    };
-                    let name = value("name").unwrap_or_else(|| file_stem(&shown));
+                    let name =
+                        reader::line_value(&text, "name", ':').unwrap_or_else(|| file_stem(&shown));
                     broken.push(BrokenNetwork {
-                        bridge: value("bridge").or_else(|| Some(name.clone())),
+                        bridge: reader::line_value(&text, "bridge", ':')
+                            .or_else(|| Some(name.clone())),
                         name,
                         path: shown,
                     });

@@ -517,3 +517,22 @@ mod tests {
         );
     }
 }
+
+/// The value of the first line `key <sep> value` of a file that does not parse (TOML's `=`,
+/// YAML's `:`), without its quotes: what a broken network file would define, for the NICs
+/// that name it.
+pub(crate) fn line_value(text: &str, key: &str, sep: char) -> Option<String> {
+    text.lines().find_map(|l| {
+        let v = l
+            .trim()
+            .strip_prefix(key)?
+            .trim_start()
+            .strip_prefix(sep)?
+            .trim();
+        let v = match v.chars().next() {
+            Some(q @ ('"' | '\'')) => v[1..].split(q).next()?,
+            _ => v,
+        };
+        (!v.is_empty()).then(|| v.to_string())
+    })
+}

@@ -170,18 +170,16 @@ pub fn collisions_with_installed(
         .map(|v| v.path.clone())
         .chain(cts.iter().map(|c| c.path.clone()))
         .collect();
-    let mut all_vms: Vec<VmConfig> = set
-        .vms
-        .iter()
-        .filter(|v| !vms.iter().any(|c| c.name == v.name))
-        .cloned()
-        .collect();
-    let mut all_cts: Vec<ContainerConfig> = set
-        .containers
-        .iter()
-        .filter(|v| !cts.iter().any(|c| c.name == v.name))
-        .cloned()
-        .collect();
+    // The installed ones a named file does not replace.
+    fn kept<T: Clone>(installed: &[T], named: &[T], name: fn(&T) -> &str) -> Vec<T> {
+        installed
+            .iter()
+            .filter(|i| !named.iter().any(|n| name(n) == name(i)))
+            .cloned()
+            .collect()
+    }
+    let mut all_vms = kept(&set.vms, &vms, |v| &v.name);
+    let mut all_cts = kept(&set.containers, &cts, |c| &c.name);
     let installed: HashSet<String> = all_vms
         .iter()
         .map(|v| format!("vm/{}", v.name))
