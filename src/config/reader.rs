@@ -449,6 +449,25 @@ pub(crate) fn in_line_order(mut errors: Errors) -> Errors {
     errors
 }
 
+/// The value of the first line `key <sep> value` of a file that does not parse (TOML's `=`,
+/// YAML's `:`), without its quotes: what a broken network file would define, for the NICs
+/// that name it.
+pub(crate) fn line_value(text: &str, key: &str, sep: char) -> Option<String> {
+    text.lines().find_map(|l| {
+        let v = l
+            .trim()
+            .strip_prefix(key)?
+            .trim_start()
+            .strip_prefix(sep)?
+            .trim();
+        let v = match v.chars().next() {
+            Some(q @ ('"' | '\'')) => v[1..].split(q).next()?,
+            _ => v,
+        };
+        (!v.is_empty()).then(|| v.to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -516,23 +535,4 @@ mod tests {
             ["/f.toml:3:1: network[0].vcpus: unknown key; vcpus is a top-level key: move it above the first [[network]] line (known here: id)"]
         );
     }
-}
-
-/// The value of the first line `key <sep> value` of a file that does not parse (TOML's `=`,
-/// YAML's `:`), without its quotes: what a broken network file would define, for the NICs
-/// that name it.
-pub(crate) fn line_value(text: &str, key: &str, sep: char) -> Option<String> {
-    text.lines().find_map(|l| {
-        let v = l
-            .trim()
-            .strip_prefix(key)?
-            .trim_start()
-            .strip_prefix(sep)?
-            .trim();
-        let v = match v.chars().next() {
-            Some(q @ ('"' | '\'')) => v[1..].split(q).next()?,
-            _ => v,
-        };
-        (!v.is_empty()).then(|| v.to_string())
-    })
 }
