@@ -363,6 +363,19 @@ fn a_new_file_colliding_with_a_generated_vm_gets_the_error() {
             && !text.contains("already used by VM aaa"),
         "{text}"
     );
+    // A reboot: /run is empty. web ran before it, so web keeps its claims (the record's copy
+    // under /var/lib/volt), though aaa sorts first.
+    std::fs::remove_dir_all(run.root.join("run")).expect("empty /run");
+    let claims = std::fs::read_to_string(run.root.join("var/lib/volt/generator/claims.json"))
+        .expect("the claims kept across reboots");
+    assert_eq!(claims, r#"["vm/web"]"#);
+    let (o, tree) = rerun(&run, "after-reboot");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("/etc/volt/vms/aaa.toml:") && !stderr.contains("already used by VM aaa"),
+        "{stderr}"
+    );
+    assert_eq!(tree, want, "web's units after the reboot, none for aaa");
 }
 
 /// A broken autostart VM keeps booting with the host: its `machines.target.wants/` link and

@@ -57,10 +57,62 @@ fn a_vm_writes_its_disk_image_under_systemd() {
         ],
     );
     // The host sees the guest's bytes.
-    let got = c.ok("od -An -v -tx1 -N 16384 /var/lib/volt/disks/data.img | tr -s ' \\n' ' '");
-    let bytes: Vec<u8> = got
-        .split_whitespace()
+    assert_eq!(
+        image_bytes(&c, "/var/lib/volt/disks/data.img", 32),
+        pattern(7, 0, 32),
+        "image content"
+    );
+
+    // A kernel and an image under /root (which the unit's ProtectHome= hides), in paths with a
+    // space and a `%` (which unit files split at and expand): the generator binds them in,
+    // quoted and escaped.
+    c.ok("mkdir -p '/root/volt guest' '/root/vm disks' \
+          && cp /opt/volt/guest/volt-conformance-guest '/root/volt guest/conformance' \
+          && truncate -s 1M '/root/vm disks/100% data.img'");
+    c.write(
+        "/etc/volt/vms/odd.toml",
+        "memory_mib = 64\nkernel = \"/root/volt guest/conformance\"\n\
+         cmdline = \"console=ttyS0 conf.blk.sectors=8 conf.blk.seed=9 conf.exit=0\"\n\
+         [[disk]]\npath = \"/root/vm disks/100% data.img\"\n",
+    );
+    c.ok("volt validate");
+    c.ok("systemctl daemon-reload");
+    // The generator keeps its claims record across reboots (it may write /var at a reload).
+    let claims = c.ok("cat /var/lib/volt/generator/claims.json");
+    assert!(
+        claims.contains("vm/odd") && claims.contains("vm/store"),
+        "{claims}"
+    );
+    c.ok("systemctl start volt-vm@odd.service");
+    c.wait_ok(
+        "test \"$(systemctl show -p ActiveState --value volt-vm@odd.service)\" = inactive",
+        Duration::from_secs(60),
+    );
+    let result = c.ok("systemctl show -p Result --value volt-vm@odd.service");
+    let log = c.ok("journalctl -u volt-vm@odd.service --no-pager -o cat");
+    assert_eq!(result.trim(), "success", "{log}");
+    common::assert_contains_all(
+        "the VM's journal",
+        &log,
+        &[
+            "conformance: blk vda write sectors=8 status=ok",
+            "conformance: blk vda readback status=ok pattern=match",
+        ],
+    );
+    assert_eq!(
+        image_bytes(&c, "/root/vm disks/100% data.img", 8),
+        pattern(9, 0, 8),
+        "image content"
+    );
+}
+
+/// The first `sectors` sectors of the image at `path` in the container.
+fn image_bytes(c: &Nspawn, path: &str, sectors: usize) -> Vec<u8> {
+    let got = c.ok(&format!(
+        "od -An -v -tx1 -N {} '{path}' | tr -s ' \\n' ' '",
+        sectors * 512
+    ));
+    got.split_whitespace()
         .map(|b| u8::from_str_radix(b, 16).expect("hex"))
-        .collect();
-    assert_eq!(bytes, pattern(7, 0, 32), "image content");
+        .collect()
 }

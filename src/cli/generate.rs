@@ -39,6 +39,7 @@ pub fn exec(root: &Path, outdir: &Path) -> Result<Outcome> {
         networkd: networkd.clone(),
         keep: outdir.join("kept"),
         left_bridges: outdir.join("bridges-left"),
+        claims: outdir.join("kept").join("claims.json"),
         every_link: true,
     };
     // Run again into the same OUTDIR, as on a daemon-reload: the earlier run's units go (its

@@ -153,6 +153,36 @@ fn mtu_warnings(set: &ConfigSet) -> Vec<String> {
     out
 }
 
+/// Kernels, initrds and images under `/tmp` or `/var/tmp`: `volt vm run --attach` finds them,
+/// but the VM's unit has its own, empty ones (PrivateTmp=yes) and would not.
+fn private_tmp_warnings(vms: &[config::VmConfig]) -> Vec<String> {
+    use crate::plan::names::PRIVATE_TMPS;
+    let mut out = Vec::new();
+    for vm in vms {
+        let disks = vm
+            .disks
+            .iter()
+            .map(|d| (format!("disk[{}].path", d.index), &d.path, d.at.clone()));
+        let boot = [
+            Some(("kernel".to_string(), &vm.kernel, vm.spans.kernel.clone())),
+            vm.initrd
+                .as_ref()
+                .map(|p| ("initrd".to_string(), p, vm.spans.initrd.clone())),
+        ];
+        for (field, path, at) in boot.into_iter().flatten().chain(disks) {
+            if PRIVATE_TMPS.iter().any(|t| path.starts_with(t)) {
+                let at = at.map_or_else(|| vm.path.display().to_string(), |l| l.to_string());
+                out.push(format!(
+                    "{at}: {field}: {} is under a temporary directory, which volt-vm@{}.service does not see (it has its own: PrivateTmp=yes); only `volt vm run --attach` would find it (keep it under /var/lib/volt)",
+                    path.display(),
+                    vm.name
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Check everything under `root`, or just `paths` (of type `kind`, else guessed).
 pub fn exec(root: &Path, paths: &[PathBuf], kind: Option<FileType>) -> Result<Outcome> {
     if !root.is_dir() {
@@ -168,7 +198,10 @@ pub fn exec(root: &Path, paths: &[PathBuf], kind: Option<FileType>) -> Result<Ou
         for w in &set.warnings {
             eprintln!("warning: {w}");
         }
-        for w in mtu_warnings(&set) {
+        for w in mtu_warnings(&set)
+            .into_iter()
+            .chain(private_tmp_warnings(&set.vms))
+        {
             eprintln!("warning: {w}");
         }
         errors.extend(set.errors.iter().map(clone_error));
@@ -211,10 +244,14 @@ pub fn exec(root: &Path, paths: &[PathBuf], kind: Option<FileType>) -> Result<Ou
         for path in paths {
             check_file(root, &set, path, kind, &mut errors, &mut named);
         }
+        for w in private_tmp_warnings(&named.vms) {
+            eprintln!("warning: {w}");
+        }
         // The names, addresses, MACs, CIDs and disks they would take from the installed
         // workloads and from each other.
         errors.extend(config::collisions_with_installed(
             &set,
+            root,
             named.vms,
             named.containers,
         ));

@@ -58,6 +58,10 @@ pub struct DiskConfig {
     /// number): two paths to one image are one image. See [`identify`].
     #[serde(skip)]
     pub(crate) identity: Option<String>,
+    /// The block device node `path` leads to, when it is a block device reached through a
+    /// symlink outside `/dev` (the unit's DeviceAllow= takes nodes under `/dev` only).
+    #[serde(skip)]
+    pub device_node: Option<PathBuf>,
 }
 
 const CACHE: [(&str, DiskCache); 2] = [
@@ -112,6 +116,7 @@ pub(crate) fn parse_disk(src: &Src, index: usize, t: &Table, e: &mut Errors) -> 
         at,
         root_at: root_s.map(|b| src.at(b.span().start)),
         identity: None,
+        device_node: None,
     };
     if let Some(l) = t.table(src, e, "limit") {
         d.bytes_per_sec = l
@@ -151,14 +156,26 @@ pub(crate) fn identify(vms: &mut [super::VmConfig], root: &Path) {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     for d in vms.iter_mut().flat_map(|v| v.disks.iter_mut()) {
         let real = root.join(d.path.strip_prefix("/").unwrap_or(&d.path));
-        d.identity = std::fs::metadata(real).ok().map(|m| {
-            if m.file_type().is_block_device() {
-                format!("blk:{}", m.rdev())
-            } else {
-                format!("file:{}:{}", m.dev(), m.ino())
+        let Ok(m) = std::fs::metadata(&real) else {
+            continue;
+        };
+        if m.file_type().is_block_device() {
+            d.identity = Some(format!("blk:{}", m.rdev()));
+            if !d.path.starts_with("/dev") {
+                d.device_node = device_node(root, &real);
             }
-        });
+        } else {
+            d.identity = Some(format!("file:{}:{}", m.dev(), m.ino()));
+        }
     }
+}
+
+/// Where the block device at `real` (under `root`) is, as the host sees it: under `/dev`.
+fn device_node(root: &Path, real: &Path) -> Option<PathBuf> {
+    let node = real.canonicalize().ok()?;
+    let root = root.canonicalize().ok()?;
+    let node = Path::new("/").join(node.strip_prefix(&root).ok()?);
+    node.starts_with("/dev").then_some(node)
 }
 
 impl DiskConfig {

@@ -59,6 +59,10 @@ pub const ROOT_ENV: &str = "VOLT_ROOT";
 /// `container/<name>`: the workloads that keep their addresses and names when a new file
 /// collides with them (read only on a collision).
 pub const GENERATOR_RECORD: &str = "run/volt/generator/kept.json";
+/// The keys of the generator's last record, kept across reboots: where the incumbents are
+/// read from when [`GENERATOR_RECORD`] is gone (the first run after boot), so a workload that
+/// ran before a reboot keeps its claims against a file added beside it.
+pub const CLAIMS_RECORD: &str = "var/lib/volt/generator/claims.json";
 
 /// The root to read from: `$VOLT_ROOT` or `/`.
 pub fn root_from_env() -> PathBuf {

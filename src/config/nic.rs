@@ -305,6 +305,15 @@ pub(crate) fn abs_path(src: &Src, field: &str, s: &Spanned<String>, e: &mut Erro
             s.span(),
             format!("{:?} is not an absolute path", s.get_ref()),
         ));
+    } else if s.get_ref().chars().any(char::is_control) {
+        e.push(src.invalid(
+            field,
+            s.span(),
+            format!(
+                "{:?} holds a control character (a line break or tab?); a path in a unit file cannot",
+                s.get_ref()
+            ),
+        ));
     }
     p
 }

@@ -162,9 +162,13 @@ pub(super) fn check_across(
 /// runs). An installed file of the same kind and name is the one a file would replace.
 pub fn collisions_with_installed(
     set: &super::ConfigSet,
-    vms: Vec<VmConfig>,
+    root: &std::path::Path,
+    mut vms: Vec<VmConfig>,
     cts: Vec<ContainerConfig>,
 ) -> Vec<ConfigError> {
+    // The installed ones' images were looked at when they were loaded; the named ones' now,
+    // so one image behind two paths is one image here too.
+    super::disk::identify(&mut vms, root);
     let named: HashSet<std::path::PathBuf> = vms
         .iter()
         .map(|v| v.path.clone())
@@ -192,15 +196,20 @@ pub fn collisions_with_installed(
     errors
 }
 
-/// The workloads in the generator's last record (see [`super::GENERATOR_RECORD`]); none when there
-/// is no record (the first run after boot) or it cannot be read.
+/// The workloads in the generator's last record (see [`super::GENERATOR_RECORD`]), or, when
+/// there is none (the first run after boot), in its copy kept across reboots
+/// ([`super::CLAIMS_RECORD`]); none when neither can be read.
 pub(super) fn incumbents(root: &std::path::Path) -> std::collections::HashSet<String> {
-    let Ok(text) = std::fs::read(root.join(super::GENERATOR_RECORD)) else {
-        return Default::default();
-    };
-    serde_json::from_slice::<std::collections::HashMap<String, serde::de::IgnoredAny>>(&text)
-        .map(|m| m.into_keys().collect())
-        .unwrap_or_default()
+    match std::fs::read(root.join(super::GENERATOR_RECORD)) {
+        Ok(text) => serde_json::from_slice::<HashMap<String, serde::de::IgnoredAny>>(&text)
+            .map(|m| m.into_keys().collect())
+            .unwrap_or_default(),
+        Err(_) => std::fs::read(root.join(super::CLAIMS_RECORD))
+            .ok()
+            .and_then(|text| serde_json::from_slice::<Vec<String>>(&text).ok())
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default(),
+    }
 }
 
 /// One pass of claims in order (see [`check_across`]): which VMs and containers keep theirs,

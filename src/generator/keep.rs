@@ -161,6 +161,29 @@ impl Record {
     }
 }
 
+impl Record {
+    /// Write the workloads this record holds (`vm/web`, ...) to `path` (durably, when they
+    /// changed): what the config loader takes as the workloads that keep their claims when the
+    /// runtime record is gone, after a reboot (see [`crate::config::CLAIMS_RECORD`]). At boot
+    /// the file system may still be read-only; the write is then left to the next run.
+    pub fn save_claims(&self, path: &Path) {
+        let keys: Vec<&String> = self.0.keys().collect();
+        let text = serde_json::to_string(&keys).unwrap_or_default();
+        match crate::fsutil::write_atomic_if_changed(path, &text) {
+            Ok(_) => {}
+            Err(e) if read_only(&e) => log::debug!("{}", crate::error_chain(&e)),
+            Err(e) => log::warn!("{}", crate::error_chain(&e)),
+        }
+    }
+}
+
+fn read_only(e: &crate::fsutil::FsError) -> bool {
+    use std::error::Error;
+    e.source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::ReadOnlyFilesystem)
+}
+
 pub use crate::config::workload_of;
 
 #[cfg(test)]

@@ -79,6 +79,9 @@ pub struct Targets {
     /// Where a bridge networkd made from a file this run removes is remembered for `volt net
     /// down` (`/run/volt/bridges-left`).
     pub left_bridges: PathBuf,
+    /// Which workloads got units, kept across reboots (`/var/lib/volt/generator/claims.json`,
+    /// see [`crate::config::CLAIMS_RECORD`]).
+    pub claims: PathBuf,
     /// Write every link's networkd files (`volt generate`, to look at them), or refresh only
     /// those that are there (the real generator): a link's owner writes them when it brings
     /// the link up and removes them when it takes it down, and a `.netdev` for a workload
@@ -99,6 +102,7 @@ impl Targets {
             networkd: paths.networkd_dir(),
             keep: paths.runtime_dir().join("generator"),
             left_bridges: paths.left_bridges_dir(),
+            claims: root.join(crate::config::CLAIMS_RECORD),
             every_link: false,
         }
     }
@@ -468,6 +472,7 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     if let Err(e) = record.save(&targets.keep) {
         log::warn!("{}", crate::error_chain(&e));
     }
+    record.save_claims(&targets.claims);
 
     if report.skipped_files > 0 {
         report.errors.push(GeneratorError::BadConfig {

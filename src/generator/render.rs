@@ -1,7 +1,9 @@
 //! The unit drop-ins the generator writes: pure functions of a workload's plan.
 
 use std::fmt::Write;
+use std::path::Path;
 
+use crate::config::VmConfig;
 use crate::plan::names::{HEADER, VOLT_BINARY};
 use crate::plan::{Attachment, Kind, LinkKind, Workload};
 
@@ -40,18 +42,8 @@ pub fn workload_dropin(w: &Workload) -> String {
         service.push("CapabilityBoundingSet=CAP_SYS_ADMIN".to_string());
         service.push("RestrictNamespaces=net".to_string());
     }
-    // Disks: the unit's file system is read-only (ProtectSystem=strict) and its devices
-    // closed (DevicePolicy=closed); open exactly the VM's images. `-`: a missing image is
-    // the VMM's error to report, not a namespace failure.
-    for d in w.vm().map(|v| v.disks.as_slice()).unwrap_or_default() {
-        let p = d.path.display();
-        if !d.readonly {
-            service.push(format!("ReadWritePaths=-{p}"));
-        }
-        if d.path.starts_with("/dev") {
-            let mode = if d.readonly { "r" } else { "rw" };
-            service.push(format!("DeviceAllow={p} {mode}"));
-        }
+    if let Some(vm) = w.vm() {
+        service.extend(vm_paths(vm));
     }
     if !service.is_empty() {
         let _ = writeln!(s);
@@ -61,6 +53,72 @@ pub fn workload_dropin(w: &Workload) -> String {
         }
     }
     s
+}
+
+/// What a VM's unit needs to reach its files through its hardening. The file system is
+/// read-only (ProtectSystem=strict) and the devices closed (DevicePolicy=closed): open exactly
+/// the VM's images, read-write ones for writing, block devices by their node (a symlink outside
+/// `/dev` by the node it resolved to when the config was read). Home directories are hidden
+/// (ProtectHome=): a kernel, initrd or image under one is bound into an empty, read-only
+/// `/home`, `/root` and `/run/user` (ProtectHome=tmpfs). `-`: a missing image is the VMM's
+/// error to report, not a namespace failure.
+fn vm_paths(vm: &VmConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut binds = Vec::new();
+    let boot = std::iter::once(&vm.kernel).chain(vm.initrd.as_ref());
+    for p in boot {
+        if in_home(p) {
+            binds.push(format!("BindReadOnlyPaths={}", unit_word("-", p)));
+        }
+    }
+    for d in &vm.disks {
+        if in_home(&d.path) {
+            let setting = if d.readonly {
+                "BindReadOnlyPaths"
+            } else {
+                "BindPaths"
+            };
+            binds.push(format!("{setting}={}", unit_word("-", &d.path)));
+        } else if !d.readonly {
+            out.push(format!("ReadWritePaths={}", unit_word("-", &d.path)));
+        }
+        let node = if d.path.starts_with("/dev") {
+            Some(d.path.as_path())
+        } else {
+            d.device_node.as_deref()
+        };
+        if let Some(node) = node {
+            let mode = if d.readonly { "r" } else { "rw" };
+            out.push(format!("DeviceAllow={} {mode}", unit_word("", node)));
+        }
+    }
+    if !binds.is_empty() {
+        out.push("ProtectHome=tmpfs".to_string());
+        out.extend(binds);
+    }
+    out
+}
+
+/// Under a directory ProtectHome= hides.
+fn in_home(p: &Path) -> bool {
+    crate::plan::names::HIDDEN_HOMES
+        .iter()
+        .any(|h| p.starts_with(h))
+}
+
+/// `prefix` and `p` as one word of a unit file setting: `%` doubled (systemd expands
+/// specifiers in paths), and the word quoted, with `\` and `"` escaped, when the path holds
+/// white space, a quote, a backslash or a colon (systemd splits such settings there).
+pub fn unit_word(prefix: &str, p: &Path) -> String {
+    let text = p.to_string_lossy().replace('%', "%%");
+    let plain = !text
+        .chars()
+        .any(|c| c.is_whitespace() || matches!(c, '"' | '\\' | '\'' | ':'));
+    if plain {
+        return format!("{prefix}{text}");
+    }
+    let escaped = text.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("\"{prefix}{escaped}\"")
 }
 
 /// Drop-in for the unit that owns one host link (`volt-tap@<link>.service`,
@@ -90,4 +148,63 @@ pub fn owner_dropin(w: &Workload, a: &Attachment) -> String {
     let _ = writeln!(s, "[Service]");
     let _ = writeln!(s, "Environment={env}={} VOLT_NIC={}", w.name, a.nic);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(kernel: &str, disks: &str) -> VmConfig {
+        let text = format!("kernel = \"{kernel}\"\n{disks}");
+        crate::config::parse_vm_toml(
+            Path::new("/etc/volt/vms/web.toml"),
+            &text,
+            &crate::config::fixtures::networks(),
+        )
+        .expect("valid")
+    }
+
+    #[test]
+    fn a_path_is_one_word_of_its_setting_whatever_it_holds() {
+        let w = |p: &str| unit_word("-", Path::new(p));
+        assert_eq!(w("/var/lib/volt/disks/a.img"), "-/var/lib/volt/disks/a.img");
+        assert_eq!(w("/d/100%.img"), "-/d/100%%.img");
+        assert_eq!(w("/d/my disk.img"), "\"-/d/my disk.img\"");
+        assert_eq!(w("/d/a:b"), "\"-/d/a:b\"");
+        assert_eq!(w("/d/it's"), "\"-/d/it's\"");
+        assert_eq!(w(r#"/d/a"b\c"#), r#""-/d/a\"b\\c""#);
+    }
+
+    #[test]
+    fn a_vm_reaches_its_images_and_boot_files_through_the_units_hardening() {
+        let v = vm(
+            "/root/guest/vmlinux",
+            "[[disk]]\npath = \"/var/lib/volt/disks/my data.img\"\n\
+             [[disk]]\npath = \"/root/images/base.img\"\nreadonly = true\n\
+             [[disk]]\npath = \"/home/u/scratch.img\"\n\
+             [[disk]]\npath = \"/dev/vg/lv\"\n",
+        );
+        assert_eq!(
+            vm_paths(&v),
+            [
+                "ReadWritePaths=\"-/var/lib/volt/disks/my data.img\"",
+                "ReadWritePaths=-/dev/vg/lv",
+                "DeviceAllow=/dev/vg/lv rw",
+                "ProtectHome=tmpfs",
+                "BindReadOnlyPaths=-/root/guest/vmlinux",
+                "BindReadOnlyPaths=-/root/images/base.img",
+                "BindPaths=-/home/u/scratch.img",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_block_device_behind_a_symlink_is_allowed_by_its_node() {
+        let mut v = vm(
+            "/var/lib/volt/kernels/vmlinux",
+            "[[disk]]\npath = \"/var/lib/volt/disks/lv\"\nreadonly = true\n",
+        );
+        v.disks[0].device_node = Some("/dev/loop7".into());
+        assert_eq!(vm_paths(&v), ["DeviceAllow=/dev/loop7 r"]);
+    }
 }

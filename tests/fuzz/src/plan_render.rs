@@ -157,6 +157,7 @@ pub fn verify(root: &Path, scratch: &Path) -> Vec<String> {
         networkd: scratch.join("networkd"),
         keep: scratch.join("keep"),
         left_bridges: scratch.join("bridges-left"),
+        claims: scratch.join("claims.json"),
         // Every link's files, to check them all against the plan.
         every_link: true,
     };
