@@ -626,3 +626,53 @@ fn walk(d: &Path) -> Vec<String> {
     }
     out
 }
+
+/// Disks and boot files as the VM's unit will see them: one image behind two paths is one
+/// image in a file checked on its own too; a path under /tmp is a warning (the unit has its
+/// own /tmp); a path with a line break (which would end the unit's setting and start another)
+/// is an error.
+#[test]
+fn validate_sees_images_as_the_unit_will() {
+    let r = root();
+    let p = r.path();
+    write(p, "d/a.img", &"\0".repeat(4096));
+    std::os::unix::fs::symlink("a.img", p.join("d/link.img")).expect("symlink");
+    write(
+        p,
+        "etc/volt/vms/store.toml",
+        "kernel = \"/k\"\n[[disk]]\npath = \"/d/a.img\"\n",
+    );
+    let new = p.join("new.toml");
+    std::fs::write(&new, "kernel = \"/k\"\n[[disk]]\npath = \"/d/link.img\"\n").expect("write");
+    let o = volt(p, &["validate", new.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("new.toml:3:8: disk[0].path:") && text(&o).contains("VM store"),
+        "{}",
+        text(&o)
+    );
+
+    write(p, "tmp/k", "kernel");
+    std::fs::write(&new, "kernel = \"/tmp/k\"\n").expect("write");
+    let o = volt(p, &["validate", new.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("warning: ")
+            && text(&o).contains("new.toml:1:10: kernel: /tmp/k is under a temporary directory, which volt-vm@new.service does not see"),
+        "{}",
+        text(&o)
+    );
+
+    std::fs::write(
+        &new,
+        "kernel = \"/k\"\n[[disk]]\npath = \"/d/a.img\\nExecStartPre=+/bin/touch /pwned\"\n",
+    )
+    .expect("write");
+    let o = volt(p, &["validate", new.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("new.toml:3:8: disk[0].path: \"/d/a.img\\nExecStartPre=+/bin/touch /pwned\" holds a control character"),
+        "{}",
+        text(&o)
+    );
+}
