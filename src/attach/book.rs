@@ -82,7 +82,7 @@ pub struct ClusterBook {
 
 impl ClusterBook {
     fn mirror(&self, net: &Network, l: &Lease) {
-        if let Err(e) = self.local.record(net, &l.owner, l.ip, l.fixed) {
+        if let Err(e) = self.local.mirror(net, &l.owner, l.ip, l.fixed) {
             log::warn!(
                 "the local lease file does not mirror {} of {}: {}",
                 l.ip,

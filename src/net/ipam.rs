@@ -386,6 +386,30 @@ impl Ipam {
         ip: Ipv4Addr,
         fixed: bool,
     ) -> Result<Lease, IpamError> {
+        self.record_as(net, owner, ip, fixed, false)
+    }
+
+    /// [`Ipam::record`] of what another store decided (the cluster's claims on a network it
+    /// shares): that store wins, so a local lease of another owner on `ip` (left from before a
+    /// crash that outlived the cluster's claims) is dropped, with a warning, not refused.
+    pub fn mirror(
+        &self,
+        net: &Network,
+        owner: &Owner,
+        ip: Ipv4Addr,
+        fixed: bool,
+    ) -> Result<Lease, IpamError> {
+        self.record_as(net, owner, ip, fixed, true)
+    }
+
+    fn record_as(
+        &self,
+        net: &Network,
+        owner: &Owner,
+        ip: Ipv4Addr,
+        fixed: bool,
+        displace: bool,
+    ) -> Result<Lease, IpamError> {
         self.with_leases(&net.name, |leases| {
             if !net.is_host_addr(ip) {
                 return Err(IpamError::OutOfNetwork {
@@ -393,6 +417,16 @@ impl Ipam {
                     network: net.name.clone(),
                     subnet: net.subnet,
                 });
+            }
+            if displace {
+                if let Some(pos) = leases.iter().position(|l| l.ip == ip && l.owner != *owner) {
+                    let old = leases.remove(pos);
+                    log::warn!(
+                        "{ip} on {} is {owner}'s in the cluster's claims; the local lease file gave it to {}, which is dropped",
+                        net.name,
+                        old.owner
+                    );
+                }
             }
             if let Some(l) = leases.iter().find(|l| l.ip == ip && l.owner != *owner) {
                 return Err(IpamError::Taken {

@@ -367,3 +367,36 @@ fn record_keeps_one_lease_per_owner_and_refuses_taken_addresses() {
     );
     assert!(ipam.record(&n, &db, ip("10.42.0.1"), true).is_err());
 }
+
+/// After a crash that outlived the cluster's claims, the claims were handed out anew in
+/// another order: the local mirror follows the store (a and b swap), so port maps and
+/// listings that read the lease file reach the right workload.
+#[test]
+fn a_mirror_follows_the_store_over_stale_local_leases() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ipam = Ipam::new(dir.path());
+    let n = net();
+    let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+    let (a, b) = (Owner::vm("a", "eth0"), Owner::vm("b", "eth0"));
+    ipam.record(&n, &a, ip("10.42.0.2"), false).expect("a");
+    ipam.record(&n, &b, ip("10.42.0.3"), false).expect("b");
+    // The store gives b .2, then a .3.
+    ipam.mirror(&n, &b, ip("10.42.0.2"), false).expect("b's claim");
+    ipam.mirror(&n, &a, ip("10.42.0.3"), false).expect("a's claim");
+    let mut got: Vec<(String, Ipv4Addr)> = ipam
+        .list("volt0")
+        .expect("list")
+        .into_iter()
+        .map(|l| (l.owner.to_string(), l.ip))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("vm/a/eth0".to_string(), ip("10.42.0.3")),
+            ("vm/b/eth0".to_string(), ip("10.42.0.2"))
+        ]
+    );
+    // A plain record still refuses an address another owner holds.
+    assert!(ipam.record(&n, &a, ip("10.42.0.2"), false).is_err());
+}
