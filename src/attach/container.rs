@@ -119,7 +119,24 @@ pub(super) fn up(at: &Attach, a: &Attachment) -> Result<LinkRecord, AttachError>
         gateway: a.gateway,
         netns: a.netns.clone(),
         created_by: "direct".into(),
+        dhcp: None,
     })
+}
+
+/// Keep a container's DHCP address in its link's record, so a corrupt lease file is rebuilt
+/// with it (see [`LinkRecord::dhcp`]).
+pub(super) fn remember_dhcp(at: &Attach, link: &str, ip: Ipv4Addr) {
+    let saved = match LinkRecord::load(&at.paths, link) {
+        Ok(Some(mut r)) if r.dhcp != Some(ip) => {
+            r.dhcp = Some(ip);
+            r.save(&at.paths)
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = saved {
+        log::warn!("{}", crate::error_chain(&e));
+    }
 }
 
 /// The parent PID of `pid` from `/proc/<pid>/stat`.
@@ -275,6 +292,7 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
             Some((ip, prefix)) => {
                 log::info!("{what}: {inside} has {ip}/{prefix} from DHCP");
                 record(ip, false);
+                remember_dhcp(at, &a.link, ip);
                 // A port map to it can now be made.
                 if let Some(net) = net {
                     at.refresh_nat(&net.name, false);

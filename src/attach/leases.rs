@@ -34,7 +34,8 @@ pub(super) fn record_owner(r: &LinkRecord) -> Option<Owner> {
 }
 
 /// What rebuilds a network's corrupt lease file: the addresses in the records of the links
-/// that are up (a VM's pool lease is in its record), on that network's subnet. Addresses the
+/// that are up (a VM's pool lease is in its record, a container's DHCP address once it got
+/// one), on that network's subnet. Addresses the
 /// plan knows (static, reserved) are marked as asked for.
 fn rebuild_source(
     links: PathBuf,
@@ -51,7 +52,7 @@ fn rebuild_source(
         records(&links)
             .iter()
             .filter_map(|r| {
-                let ip = r.ipv4?.addr();
+                let ip = r.ipv4.map(|n| n.addr()).or(r.dhcp)?;
                 let owner = record_owner(r)?;
                 subnet.contains(&ip).then(|| Lease {
                     fixed: known.contains(&(owner.clone(), ip)),
@@ -141,5 +142,60 @@ impl Attach {
             );
         }
         Ok(gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A running DHCP container's lease is rebuilt with a corrupt lease file: `volt container
+    /// net-up` keeps the address it saw in the link's record.
+    #[test]
+    fn a_rebuild_keeps_a_running_dhcp_containers_lease() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path();
+        let cts = root.join(CONTAINERS_DIR);
+        std::fs::create_dir_all(&cts).expect("mkdir");
+        std::fs::create_dir_all(root.join("srv/app")).expect("mkdir");
+        std::fs::write(
+            cts.join("app.toml"),
+            "directory = \"/srv/app\"\nboot = true\n[[network]]\n",
+        )
+        .expect("write");
+        let at = Attach::load(root);
+        let w = at
+            .plan
+            .workload(WorkloadKind::Container, "app")
+            .expect("app");
+        let a = &w.attachments[0];
+        // What the veth's owner saves for a DHCP NIC: no address.
+        let rec = LinkRecord {
+            link: a.link.clone(),
+            kind: "container".into(),
+            workload: "app".into(),
+            nic: a.nic.clone(),
+            mac: a.mac.to_string(),
+            ipv4: a.addressing.known(),
+            gateway: a.gateway,
+            netns: None,
+            created_by: "direct".into(),
+            dhcp: None,
+        };
+        rec.save(&at.paths).expect("save");
+        // What net-up does once the DHCP address is there.
+        let net = at.plan.networks.list[0].clone();
+        let owner = Owner::container("app", &a.nic);
+        let ip: Ipv4Addr = "10.42.0.120".parse().expect("ip");
+        at.ipam().record(&net, &owner, ip, false).expect("record");
+        super::super::container::remember_dhcp(&at, &a.link, ip);
+        let file = at.paths.ipam_dir().join("volt0.json");
+        let text = std::fs::read(&file).expect("read");
+        std::fs::write(&file, &text[..text.len() / 2]).expect("cut short");
+        let after = at.ipam().list("volt0").expect("list after the rebuild");
+        assert!(
+            after.iter().any(|l| l.owner == owner && l.ip == ip),
+            "{after:?}"
+        );
     }
 }

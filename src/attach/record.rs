@@ -45,6 +45,10 @@ pub struct LinkRecord {
     pub netns: Option<String>,
     /// `networkd` or `direct`: who created the link this time.
     pub created_by: String,
+    /// The address a container got from DHCP, once `volt container net-up` saw it: what
+    /// rebuilds its lease when the lease file is found corrupt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<Ipv4Addr>,
 }
 
 impl LinkRecord {
@@ -120,6 +124,7 @@ mod tests {
             gateway: Some("10.42.0.1".parse().expect("ip")),
             netns: None,
             created_by: "networkd".into(),
+            dhcp: None,
         };
         r.save(&paths).expect("save");
         assert_eq!(LinkRecord::load(&paths, "tap-1").expect("load"), Some(r));

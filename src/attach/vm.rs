@@ -67,6 +67,7 @@ pub(super) fn up(at: &Attach, w: &Workload, a: &Attachment) -> Result<LinkRecord
         gateway: a.gateway,
         netns: a.netns.clone(),
         created_by: created_by.into(),
+        dhcp: None,
     })
 }
 

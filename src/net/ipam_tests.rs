@@ -381,8 +381,10 @@ fn a_mirror_follows_the_store_over_stale_local_leases() {
     ipam.record(&n, &a, ip("10.42.0.2"), false).expect("a");
     ipam.record(&n, &b, ip("10.42.0.3"), false).expect("b");
     // The store gives b .2, then a .3.
-    ipam.mirror(&n, &b, ip("10.42.0.2"), false).expect("b's claim");
-    ipam.mirror(&n, &a, ip("10.42.0.3"), false).expect("a's claim");
+    ipam.mirror(&n, &b, ip("10.42.0.2"), false)
+        .expect("b's claim");
+    ipam.mirror(&n, &a, ip("10.42.0.3"), false)
+        .expect("a's claim");
     let mut got: Vec<(String, Ipv4Addr)> = ipam
         .list("volt0")
         .expect("list")
