@@ -102,6 +102,14 @@ impl Budget {
         true
     }
 
+    /// Whether chains are left in this pass, without taking one; `false` marks it spent.
+    pub fn left(&mut self) -> bool {
+        if self.taken >= CHAINS {
+            self.spent = true;
+        }
+        !self.spent
+    }
+
     /// Counts a chain taken inside a step already admitted by [`Budget::take`] (a frame that
     /// spans several chains): the next `take` sees it.
     pub fn charge(&mut self) {

@@ -25,6 +25,14 @@ pub const MAX_FRAME: usize = 65_562 + HDR_LEN;
 /// Most descriptors of a TX chain that are sent straight from guest memory; a longer chain
 /// is gathered into a buffer first.
 pub const MAX_TX_IOV: usize = 16;
+/// The most descriptors one RX chain may have (Linux's largest, without mergeable buffers, is
+/// MAX_SKB_FRAGS + 2). A longer chain is a fault: the walk stops there, whatever the guest
+/// put in an indirect table.
+pub const MAX_RX_DESCS: usize = 64;
+/// The most chains one received frame may take (mergeable buffers). A frame that needs more
+/// is dropped (and its chains given back empty), so a pass can always finish a frame: see
+/// [`pass::CHAINS`].
+pub const MAX_RX_CHAINS: usize = 256;
 
 /// Reads and writes whole frames (vnet header included).
 pub trait FrameIo {
@@ -128,6 +136,10 @@ pub enum ChainFault {
     BadLength { head: u16, len: usize },
     /// A descriptor points outside guest memory.
     OutOfMemory { head: u16, addr: u64 },
+    /// An RX chain has more than [`MAX_RX_DESCS`] descriptors.
+    TooManyDescriptors { head: u16 },
+    /// A received frame would take more than [`MAX_RX_CHAINS`] chains (it is dropped).
+    TooManyBuffers { len: usize },
     /// The queue itself is broken (avail ring outside memory, bad index).
     Queue(String),
 }
@@ -145,6 +157,14 @@ impl std::fmt::Display for ChainFault {
             ChainFault::OutOfMemory { head, addr } => write!(
                 f,
                 "descriptor chain {head} points outside guest memory ({addr:#x})"
+            ),
+            ChainFault::TooManyDescriptors { head } => write!(
+                f,
+                "descriptor chain {head} has more than {MAX_RX_DESCS} descriptors"
+            ),
+            ChainFault::TooManyBuffers { len } => write!(
+                f,
+                "receive buffers are too small: a frame of {len} bytes would take more than {MAX_RX_CHAINS} of them (dropped)"
             ),
             ChainFault::Queue(e) => write!(f, "queue error: {e}"),
         }
@@ -310,6 +330,12 @@ impl RxState {
     pub fn has_pending(&self) -> bool {
         self.pending > 0
     }
+
+    /// How many receive pieces the state holds room for (it is never shrunk).
+    #[cfg(test)]
+    pub(super) fn pieces_capacity(&self) -> usize {
+        self.pieces.capacity()
+    }
 }
 
 /// Writable space of one chain: (address, length) pieces appended to `pieces`, validated to
@@ -324,12 +350,19 @@ fn writable_pieces(
     let start = pieces.len();
     let mut total = 0usize;
     let mut fault = None;
-    for desc in chain {
+    for (i, desc) in chain.enumerate() {
+        if i == MAX_RX_DESCS {
+            fault = Some(ChainFault::TooManyDescriptors { head });
+            break;
+        }
         if !desc.is_write_only() {
             fault = Some(ChainFault::WrongDirection { head });
             break;
         }
         let len = desc.len() as usize;
+        if len == 0 {
+            continue;
+        }
         if vm_memory::GuestMemoryBackend::get_slice(mem, desc.addr(), len).is_err() {
             fault = Some(ChainFault::OutOfMemory {
                 head,
@@ -418,11 +451,27 @@ pub fn process_rx(
         pieces.clear();
         let mut room = 0usize;
         let mut out_of_buffers = false;
+        // Chains gathered for this frame since the last broken one (see [`MAX_RX_CHAINS`]).
+        let mut popped = 0usize;
+        let mut too_many = false;
+        let mut out_of_budget = false;
+        // The pass's `take` above admitted the first chain; each further one must fit too.
+        let mut admitted = true;
         while room < len {
+            if popped == MAX_RX_CHAINS {
+                too_many = true;
+                break;
+            }
+            if !admitted && !budget.left() {
+                out_of_budget = true;
+                break;
+            }
+            admitted = false;
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 out_of_buffers = true;
                 break;
             };
+            popped += 1;
             budget.charge();
             let start = pieces.len();
             match writable_pieces(chain, mem, pieces) {
@@ -435,8 +484,9 @@ pub fn process_rx(
                     let head = match &f {
                         ChainFault::WrongDirection { head }
                         | ChainFault::BadLength { head, .. }
-                        | ChainFault::OutOfMemory { head, .. } => *head,
-                        ChainFault::Queue(_) => 0,
+                        | ChainFault::OutOfMemory { head, .. }
+                        | ChainFault::TooManyDescriptors { head } => *head,
+                        ChainFault::Queue(_) | ChainFault::TooManyBuffers { .. } => 0,
                     };
                     Stats::add(&stats.bad_descriptors, 1);
                     pass.faults.push(f);
@@ -449,6 +499,7 @@ pub fn process_rx(
                     }
                     pieces.clear();
                     room = 0;
+                    popped = 0;
                     start_avail = queue.next_avail();
                     continue;
                 }
@@ -457,7 +508,16 @@ pub fn process_rx(
                 break;
             }
         }
-        if room < len && (out_of_buffers || st.mergeable) {
+        if out_of_budget {
+            // The pass is spent with the frame half gathered: its chains go back to the ring
+            // and the next pass (which can always finish a frame) starts it over.
+            queue.set_next_avail(start_avail);
+            break;
+        }
+        if too_many {
+            pass.faults.push(ChainFault::TooManyBuffers { len });
+        }
+        if room < len && !too_many && (out_of_buffers || st.mergeable) {
             // Not enough buffers: wait for the driver, then give the chains back. The kick is
             // asked for at the driver's index as this attempt left it (`next_avail` is there
             // now): with EVENT_IDX, an avail_event at the rewound index would lie behind the

@@ -478,3 +478,104 @@ proptest! {
         let _ = ctrl::process(&mut q3, &m, 4, &mut |_| true);
     }
 }
+
+/// A guest that keeps its RX ring full of broken chains while a frame waits: one pass takes
+/// at most its budget of chains and says there is more (it returns to epoll, where a stop is
+/// seen), instead of walking the ring for as long as the guest refills it.
+#[test]
+fn an_rx_pass_over_broken_chains_stops_at_its_budget() {
+    let m = mem();
+    let budget = crate::vmm::virtio::pass::CHAINS;
+    let vq = MockSplitQueue::new(&m, 2048);
+    // Device-readable RX chains: each is broken.
+    for i in 0..budget + 76 {
+        add_chain(&vq, i as u16, &[(0x2_0000, 64, false)]);
+    }
+    let mut q: Queue = vq.create_queue().expect("queue");
+    let (a, b) = UnixDatagram::pair().expect("pair");
+    a.set_nonblocking(true).expect("nonblocking");
+    b.send(&frame(100, 1)).expect("send");
+    let mut st = RxState::new(true);
+    let pass = datapath::process_rx(&mut q, &m, &a, &mut st, &Stats::default());
+    assert!(
+        usize::from(used_idx(&vq)) <= budget,
+        "one pass took {} chains, budget {budget}",
+        used_idx(&vq)
+    );
+    assert!(pass.more, "the pass says work is left");
+    assert!(st.has_pending(), "the frame still waits");
+}
+
+/// RX chains of an indirect table of 8192 writable descriptors, all but the last empty: the
+/// walk stops at the chain's cap, and the worker's pieces stay small.
+#[test]
+fn an_rx_chain_is_walked_to_its_cap_and_empty_pieces_take_no_room() {
+    let m = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)])
+        .expect("memory");
+    let vq = MockSplitQueue::new(&m, 16);
+    let write_next = |last: bool| 2u16 | if last { 0 } else { 1 };
+    let table = 0x10_0000u64;
+    const K: u16 = 8192;
+    for i in 0..K {
+        let last = i + 1 == K;
+        let d = RawDescriptor::from(SplitDescriptor::new(
+            0x30_0000,
+            if last { HDR_LEN as u32 } else { 0 },
+            write_next(last),
+            if last { 0 } else { i + 1 },
+        ));
+        m.write_obj(d, GuestAddress(table + 16 * u64::from(i)))
+            .expect("descriptor");
+    }
+    // VIRTQ_DESC_F_INDIRECT.
+    for h in 0..10u16 {
+        let d = RawDescriptor::from(SplitDescriptor::new(table, u32::from(K) * 16, 4, 0));
+        vq.add_desc_chains(&[d], h).expect("chain");
+    }
+    let mut q: Queue = vq.create_queue().expect("queue");
+    let (a, b) = UnixDatagram::pair().expect("pair");
+    a.set_nonblocking(true).expect("nonblocking");
+    b.send(&frame(100, 1)).expect("send");
+    let mut st = RxState::new(true);
+    let pass = datapath::process_rx(&mut q, &m, &a, &mut st, &Stats::default());
+    assert!(
+        pass.faults
+            .iter()
+            .any(|f| f.to_string().contains("has more than 64 descriptors")),
+        "{:?}",
+        pass.faults
+    );
+    assert!(st.pieces_capacity() <= 1024, "{}", st.pieces_capacity());
+}
+
+/// A frame that would take more than MAX_RX_CHAINS mergeable buffers is dropped, and its
+/// chains given back empty, so that one pass can always finish a frame.
+#[test]
+fn a_frame_that_needs_too_many_buffers_is_dropped() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 1024);
+    // 300 chains of 13 bytes: 3900 bytes in all, short of the 4012-byte frame anyway.
+    for i in 0..300u16 {
+        add_chain(&vq, i, &[(0x2_0000 + u64::from(i) * 16, 13, true)]);
+    }
+    let mut q: Queue = vq.create_queue().expect("queue");
+    let (a, b) = UnixDatagram::pair().expect("pair");
+    a.set_nonblocking(true).expect("nonblocking");
+    b.send(&frame(4000, 1)).expect("send");
+    let stats = Stats::default();
+    let mut st = RxState::new(true);
+    let pass = datapath::process_rx(&mut q, &m, &a, &mut st, &stats);
+    assert!(
+        pass.faults
+            .iter()
+            .any(|f| f.to_string().contains("more than 256 of them")),
+        "{:?}",
+        pass.faults
+    );
+    assert_eq!(usize::from(used_idx(&vq)), datapath::MAX_RX_CHAINS);
+    assert!(!st.has_pending());
+    assert_eq!(
+        stats.rx_dropped.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
