@@ -512,12 +512,7 @@ impl VirtioDevice for Net {
                 }
             }
         }
-        let planned = self
-            .backend
-            .lock()
-            .map(|b| b.clone())
-            .unwrap_or(Backend::Idle);
-        if let (Backend::Vhost, Some(source)) = (&planned, &self.vhost_source) {
+        if let Some(source) = &self.vhost_source {
             // Without VIRTIO_NET_F_MQ the driver uses one pair (its control queue is at 2).
             let mut params = self.params.clone();
             if self.acked & features::MQ == 0 {
@@ -534,6 +529,7 @@ impl VirtioDevice for Net {
             ) {
                 Ok(v) => {
                     self.vhost = Some(v);
+                    self.set_backend(Backend::Vhost);
                     // vhost-net moves frames; the control queue is still ours to serve.
                     return self.start_ctrl(mem, queues, interrupt);
                 }
@@ -541,9 +537,20 @@ impl VirtioDevice for Net {
                     let backend = Backend::Userspace {
                         reason: format!("vhost-net: {}", crate::error_chain(&e)),
                     };
-                    log::warn!("{}: {backend} on {}", self.params.id, self.tap.name);
+                    log_limited!(
+                        self.lifecycle,
+                        log::Level::Warn,
+                        "{}: {backend} on {}",
+                        self.params.id,
+                        self.tap.name
+                    );
                     self.set_backend(backend);
-                    self.vhost_source = None;
+                    // What the guest chose this time (its rings, its features) may differ
+                    // the next time it sets the device up: vhost-net is tried again then.
+                    // What the host lacks stays lacking.
+                    if !e.guest_caused() {
+                        self.vhost_source = None;
+                    }
                 }
             }
         }

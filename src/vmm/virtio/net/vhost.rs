@@ -61,6 +61,21 @@ pub enum VhostError {
     Setup(#[source] std::io::Error),
 }
 
+impl VhostError {
+    /// Whether the guest's own set-up caused it (its rings, its features), not the host.
+    pub fn guest_caused(&self) -> bool {
+        matches!(
+            self,
+            VhostError::Queue(_)
+                | VhostError::Features(_)
+                | VhostError::Ioctl {
+                    source: vhost::Error::InvalidQueue,
+                    ..
+                }
+        )
+    }
+}
+
 /// What activation needs of one vhost-net instance (object-safe, unlike the vhost crate's
 /// `VhostBackend`): the kernel's, or a test double.
 pub trait VhostOps: Send {
@@ -401,6 +416,17 @@ mod tests {
         assert!(err.to_string().contains("VHOST_GET_FEATURES"), "{err}");
         let missing = KernelVhost::open_at(Path::new("/dev/volt-no-such-node"), 1);
         assert!(matches!(missing, Err(VhostError::Open(_))), "{missing:?}");
+        // What the host lacks makes the NIC give vhost-net up; what the guest set up (a ring
+        // vhost-net refuses, features it lacks) only for that activation.
+        assert!(!err.guest_caused());
+        assert!(VhostError::Queue(0).guest_caused());
+        assert!(VhostError::Features(1 << 40).guest_caused());
+        let ring = VhostError::Ioctl {
+            op: "VHOST_SET_VRING_ADDR",
+            pair: 0,
+            source: vhost::Error::InvalidQueue,
+        };
+        assert!(ring.guest_caused());
     }
 
     #[test]
