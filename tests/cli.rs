@@ -676,3 +676,31 @@ fn validate_sees_images_as_the_unit_will() {
         text(&o)
     );
 }
+
+/// Every NIC, disk and vsock takes one of the VMM's interrupt lines: a file with more
+/// devices than lines is an error in `volt validate`, not a VMM that fails at every start.
+#[test]
+fn a_vm_with_more_devices_than_interrupt_lines_is_refused() {
+    assert_eq!(
+        volt::config::vm_limits::MAX_DEVICES,
+        volt::vmm::virtio::manager::VIRTIO_IRQS.len()
+    );
+    let r = root();
+    let p = r.path();
+    let mut vm = String::from("kernel = \"/k\"\nvsock = true\n");
+    for i in 0..8 {
+        vm += &format!("[[network]]\nid = \"n{i}\"\n");
+    }
+    for i in 0..10 {
+        write(p, &format!("d/{i}.img"), &"\0".repeat(512));
+        vm += &format!("[[disk]]\npath = \"/d/{i}.img\"\n");
+    }
+    write(p, "etc/volt/vms/big.toml", &vm);
+    let o = volt(p, &["validate"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("big.toml: disk: 8 NIC(s), 10 disk(s) and vsock: 19 virtio devices, and a VM has at most 18"),
+        "{}",
+        text(&o)
+    );
+}

@@ -20,6 +20,9 @@ pub const MAX_VCPUS: u32 = 64;
 pub const MIN_MEMORY_MIB: u32 = 16;
 pub const MAX_MEMORY_MIB: u32 = 1024 * 1024;
 pub const MAX_NICS: usize = 8;
+/// The most virtio devices (NICs, disks, vsock) a VM may have: the VMM has this many
+/// interrupt lines for them (`vmm::virtio::manager::VIRTIO_IRQS`; a test holds the two equal).
+pub const MAX_DEVICES: usize = 18;
 pub const MAX_QUEUE_PAIRS: u32 = 16;
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
 /// The x86 boot protocol's command line limit (`COMMAND_LINE_SIZE` of Linux: 2048 bytes,
@@ -333,6 +336,19 @@ fn vm_from(
         }
     }
 
+    let devices = nics.len() + disks.len() + usize::from(vsock_cid.is_some());
+    if devices > MAX_DEVICES {
+        e.push(ConfigError::Invalid {
+            at: Location::file(path),
+            field: "disk".into(),
+            message: format!(
+                "{} NIC(s), {} disk(s){}: {devices} virtio devices, and a VM has at most {MAX_DEVICES} (one interrupt line each)",
+                nics.len(),
+                disks.len(),
+                if vsock_cid.is_some() { " and vsock" } else { "" }
+            ),
+        });
+    }
     let cmdline = cmdline_s.map(|c| {
         // Room for what Volt appends: one entry per virtio device and per addressed NIC.
         let reserve = CMDLINE_PER_DEVICE * (2 * nics.len() + disks.len() + 4);

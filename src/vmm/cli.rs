@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// Run a KVM microVM (development flags; units use `--config`).
+/// Run a KVM microVM (development flags; units run `volt vm run`, which gives it `--spec`).
 #[derive(Debug, Parser)]
 #[command(name = "volt-vmm", version)]
 pub struct VmmCli {

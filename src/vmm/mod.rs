@@ -121,6 +121,10 @@ impl VmmError {
             ),
             VmmError::Serial(devices::serial::SerialError::OpenFile { .. }) => true,
             VmmError::Disk(e) => e.is_config_error(),
+            // More devices than interrupt lines: the same again next time.
+            VmmError::Virtio(
+                virtio::manager::ManagerError::NoIrq | virtio::manager::ManagerError::NoWindow,
+            ) => true,
             VmmError::Boot(b) => matches!(
                 b,
                 B::ReadKernel { .. }
