@@ -7,10 +7,20 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 
 /// Binds a listening socket at `path` with mode 0600. A stale socket left at the path (a
-/// VMM that was killed) is replaced; any other file there is an error (`AddrInUse`).
+/// VMM that was killed) is replaced; one that a process still listens on (another VMM of
+/// the same VM, started by hand beside its unit) or any other file there is an error
+/// (`AddrInUse`): taking it over would cut the running VM off its console or vsock.
 pub fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "a running process listens on it (is the VM running already?)",
+                ));
+            }
+            std::fs::remove_file(path)?
+        }
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
@@ -37,6 +47,9 @@ mod tests {
         let first = bind_private(&p).unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        let live = bind_private(&p).unwrap_err();
+        assert_eq!(live.kind(), std::io::ErrorKind::AddrInUse, "{live}");
+        assert!(live.to_string().contains("running process"), "{live}");
         drop(first);
         let _second = bind_private(&p).expect("stale socket replaced");
         let f = dir.path().join("file");
