@@ -531,9 +531,16 @@ fn a_workload_whose_file_broke_is_still_listed_with_its_errors() {
         "{}",
         text(&table)
     );
-    // status shows it (not running here: 3, as systemctl), with the errors.
+    // status shows it (not running here: 3, as systemctl; 4 where no systemd answers), with
+    // the errors.
     let o = volt(p, &["vm", "status", "web"]);
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let unknown = text(&o).contains("the state is unknown");
+    assert_eq!(
+        o.status.code(),
+        Some(if unknown { 4 } else { 3 }),
+        "{}",
+        text(&o)
+    );
     assert!(
         text(&o).contains("config   /etc/volt/vms/web.toml:2:9"),
         "{}",
@@ -703,4 +710,27 @@ fn a_vm_with_more_devices_than_interrupt_lines_is_refused() {
         "{}",
         text(&o)
     );
+}
+
+/// Without a system bus (no systemd here), the lifecycle verbs say so, once, with what runs a
+/// VM in the foreground instead; status says the state is unknown (4, as LSB's status).
+#[test]
+fn lifecycle_verbs_without_systemd_say_so() {
+    let r = root();
+    let p = r.path();
+    let no_bus = [(
+        "DBUS_SYSTEM_BUS_ADDRESS",
+        "unix:path=/nonexistent/volt-test-bus",
+    )];
+    let o = volt_env(p, &["vm", "start", "dyn"], &no_bus);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("VM dyn is a systemd unit (volt-vm@dyn.service): is systemd running here?; `volt vm run dyn --attach` runs it in the foreground"),
+        "{t}"
+    );
+    assert_eq!(t.matches("No such file or directory").count(), 1, "{t}");
+    let o = volt_env(p, &["vm", "status", "dyn"], &no_bus);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(text(&o).contains("the state is unknown"), "{}", text(&o));
 }

@@ -323,7 +323,22 @@ pub fn lifecycle(root: &Path, kind: Kind, name: &str, verb: Verb) -> Result<Outc
         );
         return Ok(Outcome::Config);
     }
-    let conn = crate::sd::system_bus()?;
+    let conn = match crate::sd::system_bus() {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("{}", crate::error_chain(&e));
+            let foreground = match kind {
+                Kind::Vm => format!("; `volt vm run {name} --attach` runs it in the foreground"),
+                Kind::Container => String::new(),
+            };
+            log::error!(
+                "{} {name} is a systemd unit ({}): is systemd running here?{foreground}",
+                kind.noun(),
+                v.unit
+            );
+            return Ok(Outcome::Failed);
+        }
+    };
     match units::run_job(&conn, &v.unit, verb) {
         Ok(()) => Ok(Outcome::Ok),
         Err(e) => {
@@ -334,7 +349,8 @@ pub fn lifecycle(root: &Path, kind: Kind, name: &str, verb: Verb) -> Result<Outc
 }
 
 /// `volt vm status NAME`: unit state, links and addresses, the last journal lines. Exit 0
-/// when running, 3 when not, 4 when there is no such workload (as `systemctl status`).
+/// when running, 3 when not, 4 when there is no such workload (as `systemctl status`) or
+/// systemd cannot be asked (the state is unknown, LSB's 4).
 pub fn status(root: &Path, kind: Kind, name: &str, out: &OutputArgs) -> Result<Outcome> {
     let (set, views) = views(root, kind);
     let Ok(v) = find(&set, &views, kind, name) else {
@@ -344,6 +360,9 @@ pub fn status(root: &Path, kind: Kind, name: &str, out: &OutputArgs) -> Result<O
     if !out.print_json(v)? {
         println!("{} ({}) {}", v.name, kind.as_str(), v.source);
         println!("  state    {}", v.state_text());
+        if v.state.is_none() {
+            println!("  note     systemd could not be asked over D-Bus: the state is unknown");
+        }
         for e in &v.config_errors {
             println!("  config   {e}");
         }
@@ -389,6 +408,8 @@ pub fn status(root: &Path, kind: Kind, name: &str, out: &OutputArgs) -> Result<O
     }
     Ok(if running {
         Outcome::Ok
+    } else if v.state.is_none() {
+        Outcome::Code(4)
     } else {
         Outcome::Code(3)
     })
