@@ -734,3 +734,27 @@ fn lifecycle_verbs_without_systemd_say_so() {
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     assert!(text(&o).contains("the state is unknown"), "{}", text(&o));
 }
+
+/// `volt console` says which it is: no such VM, a VM that does not run, a socket that does
+/// not answer.
+#[test]
+fn console_says_why_it_cannot_attach() {
+    let r = root();
+    let p = r.path();
+    let o = volt(p, &["console", "nope"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("no VM nope: /etc/volt/vms/nope.toml does not exist"),
+        "{}",
+        text(&o)
+    );
+    let o = volt(p, &["console", "web"]);
+    assert!(text(&o).contains("VM web is not running"), "{}", text(&o));
+    let o = volt(p, &["console", "web", "--socket", "/nonexistent/c.sock"]);
+    assert!(
+        text(&o).contains("no console answers at /nonexistent/c.sock")
+            && !text(&o).contains("not running"),
+        "{}",
+        text(&o)
+    );
+}

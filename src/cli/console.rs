@@ -49,7 +49,22 @@ pub fn exec(root: &std::path::Path, args: ConsoleArgs) -> Result<Outcome> {
     });
     let mut stream = match UnixStream::connect(&path) {
         Ok(s) => s,
+        Err(e) if args.socket.is_some() => {
+            log::error!("no console answers at {}: {e}", path.display());
+            return Ok(Outcome::Failed);
+        }
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+            if let Err(m) = crate::config::check_workload_name(&args.name) {
+                log::error!("not a valid VM name: {m}");
+                return Ok(Outcome::Failed);
+            }
+            let file = std::path::Path::new("/")
+                .join(crate::config::VMS_DIR)
+                .join(format!("{}.toml", args.name));
+            if !root.join(file.strip_prefix("/").unwrap_or(&file)).exists() {
+                log::error!("no VM {}: {} does not exist", args.name, file.display());
+                return Ok(Outcome::Failed);
+            }
             log::error!(
                 "VM {} is not running (no console at {}: {e})",
                 args.name,
