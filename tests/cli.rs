@@ -3,6 +3,8 @@
 //! the configuration, tables without trailing spaces, JSON with the same keys in list and
 //! show, a closed pipe.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -757,4 +759,60 @@ fn console_says_why_it_cannot_attach() {
         "{}",
         text(&o)
     );
+}
+
+/// Lease files written under a strict umask (`sudo` keeps one) stay readable by the group
+/// the lease directory is opened to, and such a reader may list them: it locks the lock file
+/// read-only.
+#[test]
+fn lease_files_stay_readable_to_the_directorys_group_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        common::report::skip("needs root (chown, a second user)");
+        return;
+    }
+    let r = root();
+    let p = r.path();
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("umask 077; exec \"$0\" --root \"$1\" ipam allocate --owner vm/dyn/eth0")
+        .arg(env!("CARGO_BIN_EXE_volt"))
+        .arg(p)
+        .env_remove("VOLT_ROOT")
+        .output()
+        .expect("volt ipam allocate");
+    assert!(o.status.success(), "{}", text(&o));
+    let ipam = p.join("var/lib/volt/ipam");
+    for f in ["volt0.json", "volt0.lock"] {
+        let mode = std::fs::metadata(ipam.join(f))
+            .expect(f)
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o644, "{f}");
+    }
+    // The directory as tmpfiles.d makes it (0750 root:volt), with nobody's group for volt.
+    for d in [
+        p,
+        &p.join("var"),
+        &p.join("var/lib"),
+        &p.join("var/lib/volt"),
+    ] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    std::os::unix::fs::chown(&ipam, Some(0), Some(65534)).expect("chown");
+    std::fs::set_permissions(&ipam, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+    let o = Command::new(env!("CARGO_BIN_EXE_volt"))
+        .arg("--root")
+        .arg(p)
+        .args(["ipam", "list"])
+        .env_remove("VOLT_ROOT")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("volt ipam list as nobody");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("vm/dyn/eth0"), "{}", text(&o));
 }

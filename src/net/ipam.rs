@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -304,11 +305,21 @@ impl Ipam {
             source,
         })?;
         let lock_path = self.dir.join(format!("{network}.lock"));
+        // flock needs no write access: a reader that may not create or write the lock file
+        // (a member of group volt, in the 0750 root:volt directory) locks it read-only.
         let lock = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
+            .and_then(|f| {
+                f.set_permissions(std::fs::Permissions::from_mode(LEASE_FILE_MODE))?;
+                Ok(f)
+            })
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::PermissionDenied => File::open(&lock_path),
+                _ => Err(e),
+            })
             .map_err(|source| IpamError::Lock {
                 path: lock_path.clone(),
                 source,
@@ -535,6 +546,9 @@ fn remove_stale_temps(path: &Path) {
     }
 }
 
+/// A lease file's and a lock file's mode: the directory (0750 root:volt) decides who reads.
+const LEASE_FILE_MODE: u32 = 0o644;
+
 fn write_atomic(path: &Path, file: &LeaseFile) -> Result<(), IpamError> {
     let err = |source| IpamError::Write {
         path: path.to_path_buf(),
@@ -550,6 +564,9 @@ fn write_atomic(path: &Path, file: &LeaseFile) -> Result<(), IpamError> {
     text.push(b'\n');
     let result = (|| {
         let mut f = File::create(&tmp)?;
+        // Whatever the writer's umask (`sudo` keeps a strict one): readable by whoever may
+        // enter the directory (0750 root:volt), as the lock file is.
+        f.set_permissions(std::fs::Permissions::from_mode(LEASE_FILE_MODE))?;
         f.write_all(&text)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
