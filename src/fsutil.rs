@@ -34,6 +34,63 @@ pub fn write_runtime_if_changed(path: &Path, content: &str) -> Result<bool, FsEr
     write_if_changed(path, content, false)
 }
 
+/// [`write_runtime_if_changed`] for a file somebody else may remove meanwhile (a link
+/// owner taking its link down while the generator refreshes the link's networkd files): the
+/// new content replaces the file only if it is still there, in one step (the two swapped with
+/// `renameat2(RENAME_EXCHANGE)`), so a removal is never undone. Returns whether it wrote.
+pub fn refresh_runtime_if_changed(path: &Path, content: &str) -> Result<bool, FsError> {
+    use std::os::unix::ffi::OsStrExt;
+    if has_content(path, content.as_bytes(), true) {
+        return Ok(false);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let werr = |source| FsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(&tmp, content).map_err(werr)?;
+    let c =
+        |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let swapped = c(&tmp).and_then(|from| {
+        let to = c(path)?;
+        // SAFETY: both are valid NUL-terminated paths that live across the call; AT_FDCWD
+        // with absolute or cwd-relative paths, as rename(2).
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    });
+    let result = match swapped {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        // A file system without the exchange: replace it if it is there (a narrow window
+        // instead of none).
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => match path.exists() {
+            true => std::fs::rename(&tmp, path).map(|()| true).map_err(werr),
+            false => Ok(false),
+        },
+        Err(e) => Err(werr(e)),
+    };
+    // After a swap the temporary name holds the old content; otherwise the new one.
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
 /// The comparison's buffer (and the largest file compared in one read).
 const CHUNK: usize = 64 * 1024;
 
@@ -111,6 +168,20 @@ fn write_if_changed(path: &Path, content: &str, sync: bool) -> Result<bool, FsEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refresh_never_brings_back_a_removed_file() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let p = tmp.path().join("10-a.netdev");
+        assert!(!refresh_runtime_if_changed(&p, "x\n").expect("absent"));
+        assert!(!p.exists(), "not created");
+        std::fs::write(&p, "old\n").expect("write");
+        assert!(refresh_runtime_if_changed(&p, "new\n").expect("refresh"));
+        assert!(!refresh_runtime_if_changed(&p, "new\n").expect("same"));
+        assert_eq!(std::fs::read_to_string(&p).expect("read"), "new\n");
+        let left = std::fs::read_dir(tmp.path()).expect("ls").count();
+        assert_eq!(left, 1, "no temporary file left behind");
+    }
 
     #[test]
     fn writes_only_on_change() {

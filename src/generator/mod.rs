@@ -225,8 +225,13 @@ fn generate_workload(
     for a in &w.attachments {
         for f in &a.networkd {
             let path = targets.networkd.join(&f.name);
-            if targets.every_link || path.exists() {
+            if targets.every_link {
                 write_runtime_if_changed(&path, &f.text)?;
+            } else {
+                // Only while the link is up: its owner may take it down (and remove the
+                // file) at any moment, and a file brought back would make networkd create
+                // the link again.
+                crate::fsutil::refresh_runtime_if_changed(&path, &f.text)?;
             }
         }
     }
