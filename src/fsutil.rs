@@ -53,7 +53,12 @@ pub fn refresh_runtime_if_changed(path: &Path, content: &str) -> Result<bool, Fs
         path: path.to_path_buf(),
         source,
     };
-    std::fs::write(&tmp, content).map_err(werr)?;
+    match std::fs::write(&tmp, content) {
+        Ok(()) => {}
+        // No directory, so no file to refresh.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(werr(e)),
+    }
     let c =
         |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
     let swapped = c(&tmp).and_then(|from| {
@@ -173,6 +178,8 @@ mod tests {
     fn a_refresh_never_brings_back_a_removed_file() {
         let tmp = tempfile::tempdir().expect("tmp");
         let p = tmp.path().join("10-a.netdev");
+        let nodir = tmp.path().join("none/10-a.netdev");
+        assert!(!refresh_runtime_if_changed(&nodir, "x\n").expect("no directory"));
         assert!(!refresh_runtime_if_changed(&p, "x\n").expect("absent"));
         assert!(!p.exists(), "not created");
         std::fs::write(&p, "old\n").expect("write");
