@@ -642,3 +642,54 @@ fn the_overlay_port_filter_starts_closed_and_opens_to_known_pairs() {
     set(vec![(mac, "10.42.0.78".parse().expect("ip"))]);
     assert!(!ping(), "the known MAC with another address");
 }
+
+/// Link owners that start at once bring up one bridge between them (the loser of a race
+/// used to fail with EEXIST); a bridge Volt made that a crash left without its gateway
+/// address gets it at the next start, and `net down` deletes it.
+#[test]
+fn concurrent_starts_make_one_bridge_and_a_half_made_one_is_finished() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("brrace");
+    let state = tempfile::tempdir().expect("state");
+    let dir = state.path().to_path_buf();
+    host.run(move || {
+        let net = lab("");
+        for round in 0..20 {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let (d, n) = (dir.clone(), net.clone());
+                    std::thread::spawn(move || Manager::new(&d).ensure_bridge(&n))
+                })
+                .collect();
+            let created: Vec<bool> = threads
+                .into_iter()
+                .map(|t| match t.join().expect("thread") {
+                    Ok(c) => c,
+                    Err(e) => panic!("round {round}: {}", volt::error_chain(&e)),
+                })
+                .collect();
+            assert_eq!(created.iter().filter(|c| **c).count(), 1, "round {round}");
+            Manager::new(&dir).net_down(&net).expect("down");
+        }
+        // A start cut short after the bridge was made: its marker, no address.
+        let nl = Netlink::new().expect("netlink");
+        let mgr = Manager::new(&dir);
+        assert!(mgr.ensure_bridge(&net).expect("made"));
+        nl.delete(&net.bridge).expect("delete");
+        nl.create_bridge(&net.bridge, None, None)
+            .expect("bare bridge");
+        assert!(!mgr.ensure_bridge(&net).expect("finished"));
+        assert!(nl
+            .ipv4_addrs(&net.bridge)
+            .expect("addresses")
+            .contains(&(net.gateway, 24)));
+        assert!(mgr
+            .bridge_markers(&dir.join("left"))
+            .iter()
+            .all(|m| !m.bridge.starts_with('.')));
+        mgr.net_down(&net).expect("down");
+        assert!(nl.link(&net.bridge).expect("link").is_none());
+    });
+}

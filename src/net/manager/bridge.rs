@@ -17,10 +17,41 @@ impl Manager {
     /// Make sure `net`'s bridge exists and is up. A missing bridge is created (STP off,
     /// forward delay 0, the gateway address, the network's MTU) when the network allows it,
     /// else this fails naming the bridge. Returns whether it was created.
+    ///
+    /// Several link owners start at once: the check and the creation run under one lock.
+    /// The marker that says Volt made the bridge is written first, so a crash half-way
+    /// leaves a bridge Volt knows it made: the next call gives it its gateway address (and
+    /// `volt net down` deletes it).
     pub fn ensure_bridge(&self, net: &Network) -> Result<bool, ManagerError> {
+        let dir = self.state_dir.join("bridges");
+        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        let lock_path = dir.join(".lock");
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(format!("open {}", lock_path.display())))?;
+        lock.lock()
+            .map_err(io(format!("lock {}", lock_path.display())))?;
         let nl = Netlink::new()?;
         match nl.link(&net.bridge)? {
             Some(l) if l.kind.as_deref() == Some("bridge") => {
+                if self.created_bridge(&net.bridge)
+                    && !nl
+                        .ipv4_addrs(&net.bridge)?
+                        .iter()
+                        .any(|(a, _)| *a == net.gateway)
+                {
+                    log::warn!(
+                        "bridge {} that Volt made for network {} has no gateway address (a start cut short?): adding {}/{}",
+                        net.bridge,
+                        net.name,
+                        net.gateway,
+                        net.subnet.prefix_len()
+                    );
+                    nl.add_ipv4(&net.bridge, net.gateway, net.subnet.prefix_len())?;
+                }
                 if !l.up {
                     nl.set_up(&net.bridge)?;
                 }
@@ -35,21 +66,22 @@ impl Manager {
                 hint: Some(format!("network {} has create_bridge = false", net.name)),
             }),
             None => {
+                let marker = self.bridge_marker(&net.bridge);
+                // Whole or not at all (a runtime file: no fsync).
+                let tmp = dir.join(format!(".{}.{}.tmp", net.bridge, std::process::id()));
+                std::fs::write(&tmp, format!("{}\n", net.name))
+                    .and_then(|()| std::fs::rename(&tmp, &marker))
+                    .map_err(io(format!("write {}", marker.display())))?;
                 let mtu = (net.mtu != 1500).then_some(net.mtu);
-                nl.create_bridge(&net.bridge, None, mtu)?;
                 let r = (|| -> Result<(), ManagerError> {
+                    nl.create_bridge(&net.bridge, None, mtu)?;
                     nl.add_ipv4(&net.bridge, net.gateway, net.subnet.prefix_len())?;
                     nl.set_up(&net.bridge)?;
-                    let marker = self.bridge_marker(&net.bridge);
-                    if let Some(d) = marker.parent() {
-                        std::fs::create_dir_all(d)
-                            .map_err(io(format!("create {}", d.display())))?;
-                    }
-                    std::fs::write(&marker, format!("{}\n", net.name))
-                        .map_err(io(format!("write {}", marker.display())))
+                    Ok(())
                 })();
                 if let Err(e) = r {
                     let _ = nl.delete(&net.bridge);
+                    let _ = std::fs::remove_file(&marker);
                     return Err(e);
                 }
                 log::info!(
@@ -174,6 +206,10 @@ impl Manager {
             .flatten()
             .filter_map(|e| {
                 let bridge = e.file_name().to_str()?.to_string();
+                // The lock, and a marker being written.
+                if bridge.starts_with('.') {
+                    return None;
+                }
                 let network = std::fs::read_to_string(e.path()).unwrap_or_default();
                 Some(BridgeMarker {
                     bridge,
