@@ -55,7 +55,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     while let Some(c) = cur {
         // Some errors (zbus's, io's wrappers) print their source in their own message too.
         let t = c.to_string();
-        if !s.ends_with(&t) {
+        if s != t && !s.ends_with(&format!(": {t}")) {
             s.push_str(": ");
             s.push_str(&t);
         }
@@ -67,6 +67,29 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::par_map;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{msg}")]
+    struct Wrapped {
+        msg: String,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn an_error_chain_says_a_cause_once() {
+        let e = |msg: &str, cause: &str| Wrapped {
+            msg: msg.into(),
+            source: std::io::Error::other(cause.to_string()),
+        };
+        // zbus's way: the cause is in the message already.
+        assert_eq!(
+            super::error_chain(&e("cannot connect: no such file", "no such file")),
+            "cannot connect: no such file"
+        );
+        // A message that merely ends with the cause's text is not that.
+        assert_eq!(super::error_chain(&e("queue pair 1", "1")), "queue pair 1: 1");
+    }
 
     #[test]
     fn par_map_keeps_the_order_on_any_number_of_items() {
