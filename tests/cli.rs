@@ -684,6 +684,14 @@ fn validate_sees_images_as_the_unit_will() {
         "{}",
         text(&o)
     );
+    std::fs::write(&new, "kernel = '/k\"x'\n").expect("write");
+    let o = volt(p, &["validate", new.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("new.toml:1:10: kernel: \"/k\\\"x\" holds a double quote or a backslash"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// Every NIC, disk and vsock takes one of the VMM's interrupt lines: a file with more

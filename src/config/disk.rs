@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::error::{ConfigError, Location};
-use super::nic::abs_path;
+use super::nic::unit_path;
 use super::reader::{Errors, Table};
 use super::span::Src;
 
@@ -74,7 +74,7 @@ pub(crate) fn parse_disk(src: &Src, index: usize, t: &Table, e: &mut Errors) -> 
     let path_s = t.string(src, e, "path");
     let at = path_s.as_ref().map(|p| src.at(p.span().start));
     let path = match &path_s {
-        Some(p) => abs_path(src, &t.field("path"), p, e),
+        Some(p) => unit_path(src, &t.field("path"), p, e),
         None => {
             if !t.has("path") {
                 e.push(src.invalid(

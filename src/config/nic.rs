@@ -310,7 +310,24 @@ pub(crate) fn abs_path(src: &Src, field: &str, s: &Spanned<String>, e: &mut Erro
             field,
             s.span(),
             format!(
-                "{:?} holds a control character (a line break or tab?); a path in a unit file cannot",
+                "{:?} holds a control character (a line break or a tab?), which Volt does not take in a path",
+                s.get_ref()
+            ),
+        ));
+    }
+    p
+}
+
+/// [`abs_path`] of a path that goes into the VM's unit (kernel, initrd, disk image): no `"`
+/// or `\`, which systemd's settings (BindPaths= above all) cannot carry reliably.
+pub(crate) fn unit_path(src: &Src, field: &str, s: &Spanned<String>, e: &mut Errors) -> PathBuf {
+    let p = abs_path(src, field, s, e);
+    if p.is_absolute() && s.get_ref().contains(['"', '\\']) {
+        e.push(src.invalid(
+            field,
+            s.span(),
+            format!(
+                "{:?} holds a double quote or a backslash, which the VM's unit cannot name (rename the file, or link to it from a plain path)",
                 s.get_ref()
             ),
         ));

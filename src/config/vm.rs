@@ -12,7 +12,7 @@ use super::derive::{self, check_link_name, check_workload_name, MacAddr};
 use super::disk::{self, DiskConfig, MAX_DISKS};
 use super::error::{ConfigError, Location};
 use super::network::{Network, NetworkType};
-use super::nic::{self, abs_path, NicSpans, Pool};
+use super::nic::{self, unit_path, NicSpans, Pool};
 use super::reader::{self, Errors, Table};
 use super::span::Src;
 
@@ -242,7 +242,7 @@ fn vm_from(
     let kernel = match t.string(src, e, "kernel") {
         Some(k) => {
             spans.kernel = Some(src.at(k.span().start));
-            abs_path(src, "kernel", &k, e)
+            unit_path(src, "kernel", &k, e)
         }
         None => {
             if !t.has("kernel") {
@@ -253,7 +253,7 @@ fn vm_from(
     };
     let initrd = t.string(src, e, "initrd").map(|i| {
         spans.initrd = Some(src.at(i.span().start));
-        abs_path(src, "initrd", &i, e)
+        unit_path(src, "initrd", &i, e)
     });
     let cmdline_s = t.string(src, e, "cmdline");
     let autostart = t
