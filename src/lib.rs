@@ -88,7 +88,10 @@ mod tests {
             "cannot connect: no such file"
         );
         // A message that merely ends with the cause's text is not that.
-        assert_eq!(super::error_chain(&e("queue pair 1", "1")), "queue pair 1: 1");
+        assert_eq!(
+            super::error_chain(&e("queue pair 1", "1")),
+            "queue pair 1: 1"
+        );
     }
 
     #[test]

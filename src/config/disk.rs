@@ -58,8 +58,8 @@ pub struct DiskConfig {
     /// number): two paths to one image are one image. See [`identify`].
     #[serde(skip)]
     pub(crate) identity: Option<String>,
-    /// The block device node `path` leads to, when it is a block device reached through a
-    /// symlink outside `/dev` (the unit's DeviceAllow= takes nodes under `/dev` only).
+    /// Where under `/dev` the symlinks from `path` lead, when `path` is outside `/dev` (the
+    /// unit's DeviceAllow= takes paths under `/dev` only).
     #[serde(skip)]
     pub device_node: Option<PathBuf>,
 }
@@ -155,27 +155,47 @@ pub(crate) fn check_disks(src: &Src, disks: &[DiskConfig], e: &mut Errors) {
 pub(crate) fn identify(vms: &mut [super::VmConfig], root: &Path) {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     for d in vms.iter_mut().flat_map(|v| v.disks.iter_mut()) {
+        if !d.path.starts_with("/dev") {
+            d.device_node = device_link(root, &d.path);
+        }
         let real = root.join(d.path.strip_prefix("/").unwrap_or(&d.path));
         let Ok(m) = std::fs::metadata(&real) else {
             continue;
         };
-        if m.file_type().is_block_device() {
-            d.identity = Some(format!("blk:{}", m.rdev()));
-            if !d.path.starts_with("/dev") {
-                d.device_node = device_node(root, &real);
-            }
+        d.identity = Some(if m.file_type().is_block_device() {
+            format!("blk:{}", m.rdev())
         } else {
-            d.identity = Some(format!("file:{}:{}", m.dev(), m.ino()));
-        }
+            format!("file:{}:{}", m.dev(), m.ino())
+        });
     }
 }
 
-/// Where the block device at `real` (under `root`) is, as the host sees it: under `/dev`.
-fn device_node(root: &Path, real: &Path) -> Option<PathBuf> {
-    let node = real.canonicalize().ok()?;
-    let root = root.canonicalize().ok()?;
-    let node = Path::new("/").join(node.strip_prefix(&root).ok()?);
-    node.starts_with("/dev").then_some(node)
+/// The first path under `/dev` that the symlinks from `path` (under `root`) lead to: what
+/// the unit's DeviceAllow= names (systemd finds the device behind it when the unit starts).
+/// Read from the links alone, so it is known before the device exists (the generator runs
+/// before udev and LVM make `/dev/<vg>/<lv>` at boot).
+fn device_link(root: &Path, path: &Path) -> Option<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        if p.starts_with("/dev") {
+            return Some(p);
+        }
+        let target = std::fs::read_link(root.join(p.strip_prefix("/").ok()?)).ok()?;
+        let next = p.parent()?.join(target);
+        // `..` taken lexically, as the kernel does for a link's text.
+        let mut clean = PathBuf::from("/");
+        for c in next.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    clean.pop();
+                }
+                std::path::Component::Normal(n) => clean.push(n),
+                _ => {}
+            }
+        }
+        p = clean;
+    }
+    None
 }
 
 impl DiskConfig {
@@ -209,5 +229,33 @@ impl DiskConfig {
             field: format!("disk[{}].path", self.index),
             message: format!("{} {problem}", self.path.display()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_block_device_is_known_by_its_dev_path_before_it_exists() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path();
+        let disks = root.join("var/lib/volt/disks");
+        std::fs::create_dir_all(&disks).expect("mkdir");
+        // Relative and absolute links; neither target exists (no udev yet).
+        std::os::unix::fs::symlink("../../../../dev/vg/lv", disks.join("lv")).expect("link");
+        std::os::unix::fs::symlink("/dev/mapper/data", disks.join("abs")).expect("link");
+        // A chain through another link outside /dev.
+        std::os::unix::fs::symlink("lv", disks.join("chain")).expect("link");
+        std::fs::write(disks.join("a.img"), "").expect("file");
+        let at = |p: &str| device_link(root, Path::new(p));
+        assert_eq!(at("/var/lib/volt/disks/lv"), Some("/dev/vg/lv".into()));
+        assert_eq!(
+            at("/var/lib/volt/disks/abs"),
+            Some("/dev/mapper/data".into())
+        );
+        assert_eq!(at("/var/lib/volt/disks/chain"), Some("/dev/vg/lv".into()));
+        assert_eq!(at("/var/lib/volt/disks/a.img"), None);
+        assert_eq!(at("/var/lib/volt/disks/missing"), None);
     }
 }

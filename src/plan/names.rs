@@ -48,8 +48,9 @@ pub const NETWORKD_RUNTIME_DIR: &str = "run/systemd/network";
 pub const RUNTIME_DIR: &str = "run/volt";
 /// Relative to the root: Volt's persistent state.
 pub const STATE_DIR: &str = "var/lib/volt";
-/// What `ProtectHome=yes` in `volt-vm@.service` hides from the VMM.
-pub const HIDDEN_HOMES: [&str; 3] = ["/home", "/root", "/run/user"];
+/// What `ProtectHome=yes` in `volt-vm@.service` hides from the VMM, with where image-based
+/// systems (Fedora Atomic, CoreOS) keep `/home` and `/root` (systemd follows the links).
+pub const HIDDEN_HOMES: [&str; 5] = ["/home", "/root", "/run/user", "/var/home", "/var/roothome"];
 /// What `PrivateTmp=yes` in `volt-vm@.service` replaces with the unit's own, empty ones.
 pub const PRIVATE_TMPS: [&str; 2] = ["/tmp", "/var/tmp"];
 /// Relative to the root: address leases, one JSON file per network.
