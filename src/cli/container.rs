@@ -171,6 +171,7 @@ pub fn run(root: &Path, name: &str) -> Result<Outcome> {
         return Ok(Outcome::Config);
     }
     at.claim_name(w)?;
+    crate::generator::keep::keep_claims(root);
     for a in &w.attachments {
         at.up(&a.link)?;
     }

@@ -196,6 +196,9 @@ pub fn run(
         }
         return Ok(Outcome::Config);
     };
+    if config.is_none() {
+        crate::generator::keep::keep_claims(root);
+    }
     let mut records = Vec::new();
     for a in &w.attachments {
         let r = if attach {

@@ -164,16 +164,38 @@ impl Record {
 impl Record {
     /// Write the workloads this record holds (`vm/web`, ...) to `path` (durably, when they
     /// changed): what the config loader takes as the workloads that keep their claims when the
-    /// runtime record is gone, after a reboot (see [`crate::config::CLAIMS_RECORD`]). At boot
-    /// the file system may still be read-only; the write is then left to the next run.
-    pub fn save_claims(&self, path: &Path) {
+    /// runtime record is gone, after a reboot (see [`crate::config::CLAIMS_RECORD`]).
+    pub fn save_claims(&self, path: &Path) -> Result<(), crate::fsutil::FsError> {
         let keys: Vec<&String> = self.0.keys().collect();
         let text = serde_json::to_string(&keys).unwrap_or_default();
-        match crate::fsutil::write_atomic_if_changed(path, &text) {
-            Ok(_) => {}
-            Err(e) if read_only(&e) => log::debug!("{}", crate::error_chain(&e)),
-            Err(e) => log::warn!("{}", crate::error_chain(&e)),
-        }
+        crate::fsutil::write_atomic_if_changed(path, &text).map(|_| ())
+    }
+}
+
+/// The generator's copy of the claims record: best effort. systemd 253 and later run
+/// generators on a read-only `/` (and at boot it may be read-only anyway), so every workload
+/// start copies it too ([`keep_claims`]).
+pub(super) fn save_claims_from_generator(record: &Record, path: &Path) {
+    match record.save_claims(path) {
+        Ok(()) => {}
+        Err(e) if read_only(&e) => log::debug!("{}", crate::error_chain(&e)),
+        Err(e) => log::warn!("{}", crate::error_chain(&e)),
+    }
+}
+
+/// Copy the generator's last record under `root` to the claims record kept across reboots:
+/// run by every VM and container start (a process that may write `/var/lib/volt`, unlike
+/// the generator on systemd 253 and later). Nothing when the generator left no record.
+pub fn keep_claims(root: &Path) {
+    let t = super::Targets::under_root(root);
+    if !t.keep.join(FILE).exists() {
+        return;
+    }
+    if let Err(e) = Record::load(&t.keep).save_claims(&t.claims) {
+        log::warn!(
+            "{} (which workloads keep their claims after a reboot)",
+            crate::error_chain(&e)
+        );
     }
 }
 

@@ -477,7 +477,7 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     if let Err(e) = record.save(&targets.keep) {
         log::warn!("{}", crate::error_chain(&e));
     }
-    record.save_claims(&targets.claims);
+    keep::save_claims_from_generator(&record, &targets.claims);
 
     if report.skipped_files > 0 {
         report.errors.push(GeneratorError::BadConfig {

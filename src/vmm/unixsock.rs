@@ -13,7 +13,7 @@ use std::path::Path;
 pub fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if listened_on(path)? {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::AddrInUse,
                     "a running process listens on it (is the VM running already?)",
@@ -34,6 +34,59 @@ pub fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     // Connecting needs write permission on the socket: with 0600 only its owner (and root).
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// Whether a process listens on the socket at `path`: a connect that does not wait (a full
+/// backlog, a stopped listener answer EAGAIN: in use); refused means stale. Any other
+/// answer (EACCES: a socket we may not even probe) is an error, not a licence to replace it.
+fn listened_on(path: &Path) -> std::io::Result<bool> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: socket(2) with constant arguments; the fd is owned at once below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_un is plain old data; zero is a valid value for every field.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the socket path is too long",
+        ));
+    }
+    for (d, b) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *b as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes (path and its NUL) that outlives
+    // the call; the fd is open.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+            len as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN | libc::EINPROGRESS) => Ok(true),
+        Some(libc::ECONNREFUSED | libc::ENOENT) => Ok(false),
+        _ => Err(e),
+    }
 }
 
 #[cfg(test)]
