@@ -144,6 +144,9 @@ pub struct Etcd {
     preferred: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// The pause before a second round over the endpoints (see [`Etcd::call`]).
+const ROUND_PAUSE: Duration = Duration::from_millis(500);
+
 impl Etcd {
     pub fn new(cfg: &EtcdConfig) -> Result<Etcd, EtcdError> {
         let mut urls = Vec::new();
@@ -170,8 +173,21 @@ impl Etcd {
     }
 
     /// POST `body` to `path` on the first endpoint that answers 200, starting at the one
-    /// that answered last.
+    /// that answered last. When none does, once more after [`ROUND_PAUSE`]: a member that
+    /// went away takes the leader with it at times, and the others answer nothing useful
+    /// until they have elected a new one (every request Volt makes may be repeated: claims
+    /// are create-if-absent, and the same claim again is the same claim).
     fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        match self.call_round(path, body) {
+            Err(EtcdError::Unavailable { .. }) => {
+                std::thread::sleep(ROUND_PAUSE);
+                self.call_round(path, body)
+            }
+            other => other,
+        }
+    }
+
+    fn call_round(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
         use std::sync::atomic::Ordering;
         let text = body.to_string();
         let mut tried = Vec::new();
@@ -550,6 +566,31 @@ mod tests {
         })
         .expect("the stream ends cleanly");
         assert_eq!(keys, vec!["/a", "/b", "/c"]);
+    }
+
+    /// A member that answers nothing useful at first (an election under way) is asked once
+    /// more.
+    #[test]
+    fn a_member_that_answers_after_a_pause_is_asked_again() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let h = std::thread::spawn(move || {
+            for answer in [
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 19\r\n\r\n404 page not found\n",
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+            ] {
+                let (mut s, _) = l.accept().expect("accept");
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                s.write_all(answer.as_bytes()).expect("answer");
+            }
+        });
+        let got = client(port, 2000)
+            .get("/x")
+            .expect("the second round answers");
+        assert!(got.is_none());
+        h.join().expect("member");
     }
 
     #[test]
