@@ -824,3 +824,45 @@ fn lease_files_stay_readable_to_the_directorys_group_whatever_the_umask() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("vm/dyn/eth0"), "{}", text(&o));
 }
+
+/// What a VM file says against itself or its images: vsock off with notify_ready on, two
+/// disks with one serial, a qcow2 image given as a raw disk, a derived vsock CID taken.
+#[test]
+fn vm_file_contradictions_are_named() {
+    let r = root();
+    let p = r.path();
+    write(p, "d/a.img", &"\0".repeat(512));
+    write(p, "d/b.img", &"\0".repeat(512));
+    let mut qcow = b"QFI\xfb".to_vec();
+    qcow.resize(1024, 0);
+    std::fs::write(p.join("d/q.img"), qcow).expect("qcow2");
+    let new = p.join("new.toml");
+    let check = |body: &str, want: &str| {
+        std::fs::write(&new, body).expect("write");
+        let o = volt(p, &["validate", new.to_str().expect("utf-8")]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains(want), "{}", text(&o));
+    };
+    check(
+        "kernel = \"/k\"\nnotify_ready = true\nvsock = false\n",
+        "new.toml:3:9: vsock: false, but notify_ready = true needs vsock",
+    );
+    check(
+        "kernel = \"/k\"\n[[disk]]\npath = \"/d/a.img\"\nserial = \"x\"\n[[disk]]\npath = \"/d/b.img\"\nserial = \"x\"\n",
+        "disk[1].serial: \"x\" is the serial of disk[0] already",
+    );
+    check(
+        "kernel = \"/k\"\n[[disk]]\npath = \"/d/q.img\"\n",
+        "disk[0].path: /d/q.img is a qcow2 image",
+    );
+    let cid = volt::config::vm_limits::default_cid(&volt::config::vm_uuid("new"));
+    write(
+        p,
+        "etc/volt/vms/a0.toml",
+        &format!("kernel = \"/k\"\n[vsock]\ncid = {cid}\n"),
+    );
+    check(
+        "kernel = \"/k\"\nvsock = true\n",
+        &format!("vsock: vsock CID {cid} (derived from the VM's UUID; choose another with [vsock] cid = N) is already used by VM a0"),
+    );
+}

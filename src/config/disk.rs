@@ -130,8 +130,33 @@ pub(crate) fn parse_disk(src: &Src, index: usize, t: &Table, e: &mut Errors) -> 
     d
 }
 
-/// The checks of a VM's disks together: at most one root disk.
+/// Whether the file at `path` starts with qcow2's magic.
+fn is_qcow2(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| magic == *b"QFI\xfb")
+}
+
+/// The checks of a VM's disks together: at most one root disk, serials told apart.
 pub(crate) fn check_disks(src: &Src, disks: &[DiskConfig], e: &mut Errors) {
+    for (i, d) in disks.iter().enumerate() {
+        let Some(serial) = &d.serial else { continue };
+        if let Some(first) = disks[..i]
+            .iter()
+            .find(|o| o.serial.as_ref() == Some(serial))
+        {
+            e.push(ConfigError::Invalid {
+                at: d.at.clone().unwrap_or_else(|| Location::file(src.path)),
+                field: format!("disk[{}].serial", d.index),
+                message: format!(
+                    "{serial:?} is the serial of disk[{}] already (the guest tells disks apart by it: /dev/disk/by-id/virtio-{serial})",
+                    first.index
+                ),
+            });
+        }
+    }
     let mut roots = disks.iter().filter(|d| d.root);
     if let (Some(first), Some(second)) = (roots.next(), roots.next()) {
         e.push(ConfigError::Invalid {
@@ -214,6 +239,9 @@ impl DiskConfig {
         let real = root.join(self.path.strip_prefix("/").unwrap_or(&self.path));
         let problem = match std::fs::metadata(&real) {
             Ok(m) if m.file_type().is_block_device() => return None,
+            Ok(m) if m.is_file() && is_qcow2(&real) => {
+                "is a qcow2 image, and Volt gives the guest raw disks (qemu-img convert -O raw makes one)".to_string()
+            }
             Ok(m) if m.is_file() && m.len() % 512 == 0 && m.len() > 0 => return None,
             Ok(m) if m.is_file() && m.len() == 0 => "is empty".to_string(),
             Ok(m) if m.is_file() => format!(

@@ -41,8 +41,8 @@ pub use network::{
 /// The limits a VM file's values must respect.
 pub mod vm_limits {
     pub use super::vm::{
-        DEFAULT_MEMORY_MIB, MAX_CMDLINE, MAX_DEVICES, MAX_MEMORY_MIB, MAX_NICS, MAX_VCPUS,
-        MIN_MEMORY_MIB,
+        default_cid, DEFAULT_MEMORY_MIB, MAX_CMDLINE, MAX_DEVICES, MAX_MEMORY_MIB, MAX_NICS,
+        MAX_VCPUS, MIN_MEMORY_MIB,
     };
 }
 pub use vm::{parse_vm_toml, MacvtapMode, NetworkLookup, NicConfig, NicMode, VmConfig};

@@ -273,13 +273,18 @@ fn claim_vm(vm: &VmConfig, taken: &mut Taken) -> Vec<ConfigError> {
     )];
     if let Some(cid) = vm.vsock_cid {
         let vsock_at = &vm.spans.vsock;
+        let derived = if vm.spans.cid_given {
+            ""
+        } else {
+            " (derived from the VM's UUID; choose another with [vsock] cid = N)"
+        };
         claims.push((
             format!("cid:{cid}"),
             Box::new(move || {
                 (
                     "vsock".into(),
                     vsock_at.clone().unwrap_or_else(file_at),
-                    format!("vsock CID {cid}"),
+                    format!("vsock CID {cid}{derived}"),
                 )
             }),
         ));

@@ -120,6 +120,8 @@ pub struct VmConfig {
 pub(crate) struct VmSpans {
     pub uuid: Option<Location>,
     pub vsock: Option<Location>,
+    /// Whether `[vsock] cid` is written (else the CID is derived from the UUID).
+    pub cid_given: bool,
     pub kernel: Option<Location>,
     pub initrd: Option<Location>,
     pub nics: Vec<NicSpans>,
@@ -267,15 +269,22 @@ fn vm_from(
     let vsock_cid = if t.is_table("vsock") {
         t.table(src, e, "vsock").map(|v| {
             spans.vsock = Some(src.at(v.span().start));
-            let cid = v
-                .integer(src, e, "cid", MIN_CID..=MAX_CID, "")
-                .map_or_else(|| default_cid(&uuid), Spanned::into_inner);
+            let cid = v.integer(src, e, "cid", MIN_CID..=MAX_CID, "");
+            spans.cid_given = cid.is_some();
+            let cid = cid.map_or_else(|| default_cid(&uuid), Spanned::into_inner);
             v.finish(src, e, &[]);
             cid
         })
     } else {
         let on = t.boolean(src, e, "vsock").map(|b| {
             spans.vsock = Some(src.at(b.span().start));
+            if !*b.get_ref() && notify_ready {
+                e.push(src.invalid(
+                    "vsock",
+                    b.span(),
+                    "false, but notify_ready = true needs vsock (the guest's READY=1 comes over it): drop one of them".into(),
+                ));
+            }
             b.into_inner()
         });
         (on.unwrap_or(false) || notify_ready).then(|| default_cid(&uuid))
