@@ -216,12 +216,23 @@ fn unusable_images_are_configuration_errors() {
     let dir = tempfile::tempdir().expect("tmp");
     let odd = dir.path().join("odd.img");
     std::fs::write(&odd, [0u8; 1000]).expect("write");
+    let empty = dir.path().join("empty.img");
+    std::fs::write(&empty, []).expect("write");
+    let twice = dir.path().join("twice.img");
+    std::fs::write(&twice, [0u8; 4096]).expect("write");
     for (disk, want) in [
         (
             format!("path={}", dir.path().join("missing.img").display()),
             "cannot open disk image",
         ),
-        (format!("path={}", odd.display()), "not a multiple of 512"),
+        (
+            format!("path={}", odd.display()),
+            "is 1000 bytes, not a whole, non-zero number of 512-byte sectors",
+        ),
+        (
+            format!("path={}", empty.display()),
+            "is 0 bytes, not a whole, non-zero number",
+        ),
         (format!("path={}", dir.path().display()), "Is a directory"),
         (
             format!("path={},readonly", dir.path().display()),
@@ -229,6 +240,15 @@ fn unusable_images_are_configuration_errors() {
         ),
     ] {
         let mut vm = Vm::start(dir.path(), "bad", &[disk], "");
+        let (code, log) = vm.wait_exit();
+        assert_eq!(code, 78, "{log}");
+        assert!(log.contains(want), "want {want:?} in:\n{log}");
+    }
+    // One image on two disks: named as such, and a configuration error.
+    {
+        let disk = format!("path={}", twice.display());
+        let mut vm = Vm::start(dir.path(), "twice", &[disk.clone(), disk], "");
+        let want = "in use by another disk of this VM (one image given twice)";
         let (code, log) = vm.wait_exit();
         assert_eq!(code, 78, "{log}");
         assert!(log.contains(want), "want {want:?} in:\n{log}");

@@ -49,8 +49,14 @@ pub enum OpenError {
     },
     #[error("disk image {path} is neither a regular file nor a block device")]
     NotAFile { path: PathBuf },
-    #[error("disk image {path} is {size} bytes, not a multiple of 512")]
+    #[error("disk image {path} is {size} bytes, not a whole, non-zero number of 512-byte sectors")]
     Size { path: PathBuf, size: u64 },
+    #[error("cannot open disk image {path} for writing (immutable, or on a read-only file system?); readonly = true gives it to the guest read-only")]
+    ReadOnly {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error(transparent)]
     Lock(#[from] LockError),
 }
@@ -63,7 +69,11 @@ impl OpenError {
                 source.raw_os_error(),
                 Some(libc::ENOENT | libc::EISDIR | libc::ENOTDIR | libc::EINVAL)
             ),
-            OpenError::NotAFile { .. } | OpenError::Size { .. } => true,
+            OpenError::NotAFile { .. } | OpenError::Size { .. } | OpenError::ReadOnly { .. } => {
+                true
+            }
+            // The same image on two disks; a lock another process holds may go away.
+            OpenError::Lock(LockError::Conflict { ours, .. }) => *ours,
             OpenError::Lock(_) => false,
         }
     }
@@ -91,7 +101,14 @@ pub fn open_image(spec: &DiskSpec) -> Result<Image, OpenError> {
     if spec.cache == CacheMode::None {
         o.custom_flags(libc::O_DIRECT);
     }
-    let file = o.open(path).map_err(open_err)?;
+    let file = o.open(path).map_err(|source| match source.raw_os_error() {
+        // An immutable or append-only image (chattr +i/+a), or a read-only file system.
+        Some(libc::EPERM | libc::EROFS) if !spec.readonly => OpenError::ReadOnly {
+            path: path.clone(),
+            source,
+        },
+        _ => open_err(source),
+    })?;
     let meta = file.metadata().map_err(open_err)?;
     let ft = meta.file_type();
     let block_device = ft.is_block_device();
@@ -104,7 +121,7 @@ pub fn open_image(spec: &DiskSpec) -> Result<Image, OpenError> {
     } else {
         meta.len()
     };
-    if !size.is_multiple_of(SECTOR_SIZE) {
+    if size == 0 || !size.is_multiple_of(SECTOR_SIZE) {
         return Err(OpenError::Size {
             path: path.clone(),
             size,

@@ -22,6 +22,8 @@ pub enum LockError {
         holder: String,
         /// Whether the holder's lock is exclusive.
         exclusive_held: bool,
+        /// Whether the holder is this process (the VM was given the image twice).
+        ours: bool,
     },
     /// fcntl failed otherwise.
     #[error("fcntl(F_OFD_SETLK) on {path} failed")]
@@ -64,10 +66,15 @@ pub fn lock_image(file: &File, path: &Path, exclusive: bool) -> Result<(), LockE
             // SAFETY: F_OFD_GETLK writes into the flock we pass; the fd is open.
             let got = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut probe) };
             let exclusive_held = got != 0 || probe.l_type == libc::F_WRLCK as libc::c_short;
+            let holder = holder_of(file);
             Err(LockError::Conflict {
                 path: path.to_path_buf(),
-                holder: holder_of(file)
-                    .unwrap_or_else(|| "another process (PID not visible here)".to_string()),
+                ours: matches!(holder, Some(Holder::Us)),
+                holder: match holder {
+                    Some(Holder::Pid(p)) => p,
+                    Some(Holder::Us) => "another disk of this VM (one image given twice)".into(),
+                    None => "another process (PID not visible here)".into(),
+                },
                 exclusive_held,
             })
         }
@@ -78,8 +85,9 @@ pub fn lock_image(file: &File, path: &Path, exclusive: bool) -> Result<(), LockE
     }
 }
 
-/// `PID n (comm)` of a process (not us) with an fd whose OFD lock is on `file`'s inode.
-fn holder_of(file: &File) -> Option<String> {
+/// `PID n (comm)` of a process with an fd whose OFD lock is on `file`'s inode (another
+/// process first; ourselves, when the VM was given the image twice).
+fn holder_of(file: &File) -> Option<Holder> {
     let meta = file.metadata().ok()?;
     let dev = meta.dev();
     // /proc/locks style: major:minor:inode, major and minor in 2-digit hex.
@@ -90,14 +98,14 @@ fn holder_of(file: &File) -> Option<String> {
         meta.ino()
     );
     let me = std::process::id();
+    // Held by one of our own files: the same image on two disks.
+    let mut ours = false;
     for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let name = proc_entry.file_name();
         let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        if pid == me {
-            continue;
-        }
+
         let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fdinfo")) else {
             continue;
         };
@@ -108,15 +116,25 @@ fn holder_of(file: &File) -> Option<String> {
             let held = info
                 .lines()
                 .any(|l| l.starts_with("lock:") && l.contains("OFDLCK") && l.contains(&tag));
-            if held {
+            if held && pid == me {
+                ours = true;
+            } else if held {
                 let comm = std::fs::read_to_string(proc_entry.path().join("comm"))
                     .map(|c| c.trim().to_string())
                     .unwrap_or_default();
-                return Some(format!("PID {pid} ({comm})"));
+                return Some(Holder::Pid(format!("PID {pid} ({comm})")));
             }
         }
     }
-    None
+    ours.then_some(Holder::Us)
+}
+
+/// Who holds a lock on an image.
+enum Holder {
+    /// `PID n (comm)` of another process.
+    Pid(String),
+    /// This process.
+    Us,
 }
 
 #[cfg(test)]
@@ -151,7 +169,11 @@ mod tests {
             ),
             "{e}"
         );
-        assert!(e.to_string().contains("in use by"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("in use by another disk of this VM (one image given twice)"),
+            "{e}"
+        );
         drop(a);
         lock_image(&b, &p, false).unwrap();
         let c = open(&p);
