@@ -760,6 +760,17 @@ fn console_says_why_it_cannot_attach() {
     );
     let o = volt(p, &["console", "web"]);
     assert!(text(&o).contains("VM web is not running"), "{}", text(&o));
+    write(
+        p,
+        "etc/volt/containers/db.toml",
+        "directory = \"/srv/db\"\n",
+    );
+    let o = volt(p, &["console", "db"]);
+    assert!(
+        text(&o).contains("(db is a container: volt container console db)"),
+        "{}",
+        text(&o)
+    );
     let o = volt(p, &["console", "web", "--socket", "/nonexistent/c.sock"]);
     assert!(
         text(&o).contains("no console answers at /nonexistent/c.sock")

@@ -62,7 +62,22 @@ pub fn exec(root: &std::path::Path, args: ConsoleArgs) -> Result<Outcome> {
                 .join(crate::config::VMS_DIR)
                 .join(format!("{}.toml", args.name));
             if !root.join(file.strip_prefix("/").unwrap_or(&file)).exists() {
-                log::error!("no VM {}: {} does not exist", args.name, file.display());
+                let container = root
+                    .join(crate::config::CONTAINERS_DIR)
+                    .join(format!("{}.toml", args.name));
+                let hint = if container.exists() {
+                    format!(
+                        " ({0} is a container: volt container console {0})",
+                        args.name
+                    )
+                } else {
+                    String::new()
+                };
+                log::error!(
+                    "no VM {}: {} does not exist{hint}",
+                    args.name,
+                    file.display()
+                );
                 return Ok(Outcome::Failed);
             }
             log::error!(
