@@ -82,6 +82,11 @@ impl SharedLimiter {
         Self::default()
     }
 
+    /// A shared limiter letting `burst` events per `window` through.
+    pub fn with_limits(burst: u32, window: Duration) -> Self {
+        SharedLimiter(Arc::new(Mutex::new(LogLimiter::with_limits(burst, window))))
+    }
+
     /// As [`LogLimiter::check`] (a lock poisoned by a panicking thread still counts).
     pub fn check(&self) -> Allowed {
         self.0

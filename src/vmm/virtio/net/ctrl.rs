@@ -13,8 +13,10 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::datapath::{ChainFault, Pass};
+use super::status::LinkStatus;
 use crate::log_limited;
-use crate::vmm::ratelimit::SharedLimiter;
+use crate::sys::tap::Tap;
+use crate::vmm::ratelimit::{Allowed, SharedLimiter};
 use crate::vmm::virtio::pass::{self, Dry};
 use crate::vmm::virtio::VirtioInterrupt;
 
@@ -171,6 +173,77 @@ pub fn process(
     pass
 }
 
+/// How many TAP changes (queue pairs, offloads) the driver may ask for per
+/// [`RECONFIG_WINDOW`].
+pub const RECONFIG_BURST: u32 = 20;
+pub const RECONFIG_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether `cmd` fits the driver's budget of TAP changes (other commands always do).
+fn admitted(cmd: &Command, reconfigs: &SharedLimiter) -> bool {
+    !matches!(
+        cmd,
+        Command::SetQueuePairs(_) | Command::SetGuestOffloads(_)
+    ) || matches!(reconfigs.check(), Allowed::Yes { .. })
+}
+
+/// Carry out a control command on the TAP (or the status bits). The driver sends these at
+/// will: its lines go through `limiter`, and the commands that change the TAP (each an ioctl
+/// under the kernel's RTNL lock, which every network namespace shares) through `reconfigs`:
+/// beyond it they are refused, which the driver is told (a real one changes its queue pairs
+/// or offloads a few times in its life, by `ethtool`).
+pub fn apply(
+    tap: &Tap,
+    id: &str,
+    status: &LinkStatus,
+    pairs: usize,
+    cmd: Command,
+    limiter: &SharedLimiter,
+    reconfigs: &SharedLimiter,
+) -> bool {
+    if !admitted(&cmd, reconfigs) {
+        log_limited!(
+            limiter,
+            log::Level::Warn,
+            "{id}: guest {cmd:?} refused: more than {RECONFIG_BURST} TAP changes in {RECONFIG_WINDOW:?}"
+        );
+        return false;
+    }
+    match cmd {
+        Command::SetQueuePairs(n) => {
+            for q in 0..pairs {
+                if let Err(e) = tap.set_queue_enabled(q, q < usize::from(n)) {
+                    log_limited!(
+                        limiter,
+                        log::Level::Warn,
+                        "{id}: {}",
+                        crate::error_chain(&e)
+                    );
+                    return false;
+                }
+            }
+            log_limited!(
+                limiter,
+                log::Level::Info,
+                "{id}: guest uses {n} of {pairs} queue pairs"
+            );
+            true
+        }
+        Command::SetGuestOffloads(bits) => tap.set_offload(super::tun_offloads(bits)).is_ok(),
+        Command::AnnounceAck => {
+            if status.ack_announce() {
+                log_limited!(
+                    limiter,
+                    log::Level::Info,
+                    "{id}: the guest announced itself on the link"
+                );
+            }
+            true
+        }
+        Command::Ack => true,
+        Command::Unsupported { .. } => false,
+    }
+}
+
 /// A control queue served on a thread of its own: epoll on its kick and a stop eventfd.
 /// The vhost-net path uses it (the userspace path serves the queue from pair 0's worker).
 pub struct Server {
@@ -291,5 +364,28 @@ mod tests {
         );
         assert!(!allowed(acked & !CTRL_GUEST_OFFLOADS, &set(GUEST_CSUM)));
         assert!(allowed(0, &Command::AnnounceAck));
+    }
+
+    /// A driver that flips its queue pairs (or offloads) in a loop gets its first
+    /// RECONFIG_BURST changes per window, then errors: each change is a TAP ioctl under the
+    /// host-wide RTNL lock. Other commands are never refused.
+    #[test]
+    fn tap_changes_are_rationed_and_other_commands_are_not() {
+        let reconfigs = SharedLimiter::with_limits(RECONFIG_BURST, RECONFIG_WINDOW);
+        let got: Vec<bool> = (0..2 * RECONFIG_BURST)
+            .map(|i| {
+                let cmd = if i % 2 == 0 {
+                    Command::SetQueuePairs(1)
+                } else {
+                    Command::SetGuestOffloads(0)
+                };
+                admitted(&cmd, &reconfigs)
+            })
+            .collect();
+        let n = RECONFIG_BURST as usize;
+        assert!(got[..n].iter().all(|a| *a));
+        assert!(got[n..].iter().all(|a| !*a));
+        assert!(admitted(&Command::AnnounceAck, &reconfigs));
+        assert!(admitted(&Command::Ack, &reconfigs));
     }
 }

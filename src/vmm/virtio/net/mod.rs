@@ -175,6 +175,8 @@ pub struct Net {
     lifecycle: LogLimiter,
     /// The queue threads' lines a guest causes: one budget for all of them, every activation.
     log: SharedLimiter,
+    /// The TAP changes the driver asks for over the control queue, every activation.
+    reconfigs: SharedLimiter,
 }
 
 impl Net {
@@ -249,6 +251,7 @@ impl Net {
             backend: Arc::new(Mutex::new(planned)),
             lifecycle: LogLimiter::new(),
             log: SharedLimiter::new(),
+            reconfigs: SharedLimiter::with_limits(ctrl::RECONFIG_BURST, ctrl::RECONFIG_WINDOW),
         }
     }
 
@@ -403,59 +406,14 @@ impl Net {
 }
 
 /// What carries out the driver's control commands, on whichever thread serves the queue:
-/// commands the driver may send ([`ctrl::allowed`]) go to [`apply_ctrl`].
+/// commands the driver may send ([`ctrl::allowed`]) go to [`ctrl::apply`].
 fn ctrl_apply(net: &Net, pairs: usize) -> Box<dyn FnMut(ctrl::Command) -> bool + Send> {
     let (tap, id, status) = (net.tap.clone(), net.params.id.clone(), net.status.clone());
-    let (acked, limiter) = (net.acked, net.log.clone());
+    let (acked, limiter, reconfigs) = (net.acked, net.log.clone(), net.reconfigs.clone());
     Box::new(move |cmd| {
-        ctrl::allowed(acked, &cmd) && apply_ctrl(&tap, &id, &status, pairs, cmd, &limiter)
+        ctrl::allowed(acked, &cmd)
+            && ctrl::apply(&tap, &id, &status, pairs, cmd, &limiter, &reconfigs)
     })
-}
-
-/// Carry out a control command on the TAP (or the status bits). The driver sends these at
-/// will: its lines go through `limiter`.
-fn apply_ctrl(
-    tap: &Tap,
-    id: &str,
-    status: &LinkStatus,
-    pairs: usize,
-    cmd: ctrl::Command,
-    limiter: &SharedLimiter,
-) -> bool {
-    match cmd {
-        ctrl::Command::SetQueuePairs(n) => {
-            for q in 0..pairs {
-                if let Err(e) = tap.set_queue_enabled(q, q < usize::from(n)) {
-                    log_limited!(
-                        limiter,
-                        log::Level::Warn,
-                        "{id}: {}",
-                        crate::error_chain(&e)
-                    );
-                    return false;
-                }
-            }
-            log_limited!(
-                limiter,
-                log::Level::Info,
-                "{id}: guest uses {n} of {pairs} queue pairs"
-            );
-            true
-        }
-        ctrl::Command::SetGuestOffloads(bits) => tap.set_offload(tun_offloads(bits)).is_ok(),
-        ctrl::Command::AnnounceAck => {
-            if status.ack_announce() {
-                log_limited!(
-                    limiter,
-                    log::Level::Info,
-                    "{id}: the guest announced itself on the link"
-                );
-            }
-            true
-        }
-        ctrl::Command::Ack => true,
-        ctrl::Command::Unsupported { .. } => false,
-    }
 }
 
 impl VirtioDevice for Net {
