@@ -40,15 +40,14 @@ pub fn write_runtime_if_changed(path: &Path, content: &str) -> Result<bool, FsEr
 /// `renameat2(RENAME_EXCHANGE)`), so a removal is never undone. Returns whether it wrote.
 pub fn refresh_runtime_if_changed(path: &Path, content: &str) -> Result<bool, FsError> {
     use std::os::unix::ffi::OsStrExt;
+    // A regular file only (a directory or a link there is not ours to swap).
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(false);
+    }
     if has_content(path, content.as_bytes(), true) {
         return Ok(false);
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let (_, tmp) = temp_beside(path);
     let werr = |source| FsError::Write {
         path: path.to_path_buf(),
         source,
@@ -85,10 +84,12 @@ pub fn refresh_runtime_if_changed(path: &Path, content: &str) -> Result<bool, Fs
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         // A file system without the exchange: replace it if it is there (a narrow window
         // instead of none).
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => match path.exists() {
-            true => std::fs::rename(&tmp, path).map(|()| true).map_err(werr),
-            false => Ok(false),
-        },
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+            match path.exists() {
+                true => std::fs::rename(&tmp, path).map(|()| true).map_err(werr),
+                false => Ok(false),
+            }
+        }
         Err(e) => Err(werr(e)),
     };
     // After a swap the temporary name holds the old content; otherwise the new one.
@@ -128,16 +129,22 @@ fn has_content(path: &Path, content: &[u8], one_read: bool) -> bool {
     }
 }
 
-fn write_if_changed(path: &Path, content: &str, sync: bool) -> Result<bool, FsError> {
-    if has_content(path, content.as_bytes(), !sync) {
-        return Ok(false);
-    }
+/// `path`'s directory, and the temporary file beside it a write goes through first
+/// (`.<name>.<pid>.tmp`: hidden, and no sweep's pattern matches it).
+fn temp_beside(path: &Path) -> (&Path, PathBuf) {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    (dir, dir.join(format!(".{name}.{}.tmp", std::process::id())))
+}
+
+fn write_if_changed(path: &Path, content: &str, sync: bool) -> Result<bool, FsError> {
+    if has_content(path, content.as_bytes(), !sync) {
+        return Ok(false);
+    }
+    let (dir, tmp) = temp_beside(path);
     // The directory usually exists: create it only when the file cannot be.
     let file = match std::fs::File::create(&tmp) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -188,6 +195,15 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).expect("read"), "new\n");
         let left = std::fs::read_dir(tmp.path()).expect("ls").count();
         assert_eq!(left, 1, "no temporary file left behind");
+        // Only a regular file is refreshed: a directory or a link there is left as it is.
+        let d = tmp.path().join("d");
+        std::fs::create_dir(&d).expect("mkdir");
+        assert!(!refresh_runtime_if_changed(&d, "x\n").expect("a directory"));
+        assert!(d.is_dir());
+        let l = tmp.path().join("l");
+        std::os::unix::fs::symlink("nowhere", &l).expect("link");
+        assert!(!refresh_runtime_if_changed(&l, "x\n").expect("a link"));
+        assert!(std::fs::symlink_metadata(&l).expect("link").is_symlink());
     }
 
     #[test]

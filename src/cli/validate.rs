@@ -153,12 +153,23 @@ fn mtu_warnings(set: &ConfigSet) -> Vec<String> {
     out
 }
 
-/// Kernels, initrds and images under `/tmp` or `/var/tmp`: `volt vm run --attach` finds them,
-/// but the VM's unit has its own, empty ones (PrivateTmp=yes) and would not.
-fn private_tmp_warnings(vms: &[config::VmConfig]) -> Vec<String> {
+/// Kernels, initrds and images under `/tmp` or `/var/tmp` (`volt vm run --attach` finds them,
+/// but the VM's unit has its own, empty ones: PrivateTmp=yes), and images that start like
+/// qcow2 ones.
+fn private_tmp_warnings(root: &Path, vms: &[config::VmConfig]) -> Vec<String> {
     use crate::plan::names::PRIVATE_TMPS;
     let mut out = Vec::new();
     for vm in vms {
+        for d in vm.disks.iter().filter(|d| d.looks_like_qcow2(root)) {
+            let at =
+                d.at.clone()
+                    .map_or_else(|| vm.path.display().to_string(), |l| l.to_string());
+            out.push(format!(
+                "{at}: disk[{}].path: {} starts like a qcow2 image, and the guest gets it as a raw disk (if it is one: qemu-img convert -O raw)",
+                d.index,
+                d.path.display()
+            ));
+        }
         let disks = vm
             .disks
             .iter()
@@ -200,7 +211,7 @@ pub fn exec(root: &Path, paths: &[PathBuf], kind: Option<FileType>) -> Result<Ou
         }
         for w in mtu_warnings(&set)
             .into_iter()
-            .chain(private_tmp_warnings(&set.vms))
+            .chain(private_tmp_warnings(root, &set.vms))
         {
             eprintln!("warning: {w}");
         }
@@ -244,7 +255,7 @@ pub fn exec(root: &Path, paths: &[PathBuf], kind: Option<FileType>) -> Result<Ou
         for path in paths {
             check_file(root, &set, path, kind, &mut errors, &mut named);
         }
-        for w in private_tmp_warnings(&named.vms) {
+        for w in private_tmp_warnings(root, &named.vms) {
             eprintln!("warning: {w}");
         }
         // The names, addresses, MACs, CIDs and disks they would take from the installed

@@ -173,21 +173,36 @@ impl Etcd {
     }
 
     /// POST `body` to `path` on the first endpoint that answers 200, starting at the one
-    /// that answered last. When none does, once more after [`ROUND_PAUSE`]: a member that
-    /// went away takes the leader with it at times, and the others answer nothing useful
-    /// until they have elected a new one (every request Volt makes may be repeated: claims
-    /// are create-if-absent, and the same claim again is the same claim).
+    /// that answered last. When every endpoint answered at once, but none with 200 (refused,
+    /// an error status), once more after [`ROUND_PAUSE`]: a member that went away takes the
+    /// leader with it at times, and the others answer nothing useful until they have elected
+    /// a new one. Not after an endpoint that did not answer in time: that would double how
+    /// long a call takes to fail without quorum (a VM's stop waits on one). Every request
+    /// Volt makes may be repeated: claims are create-if-absent, and the same claim again is
+    /// the same claim.
     fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
         match self.call_round(path, body) {
-            Err(EtcdError::Unavailable { .. }) => {
+            (Err(EtcdError::Unavailable { .. }), false) => {
                 std::thread::sleep(ROUND_PAUSE);
-                self.call_round(path, body)
+                self.call_round(path, body).0
             }
-            other => other,
+            (other, _) => other,
         }
     }
 
-    fn call_round(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+    /// One round over the endpoints, and whether one of them did not answer in time.
+    fn call_round(&self, path: &str, body: &Value) -> (Result<Value, EtcdError>, bool) {
+        let mut slow = false;
+        let r = self.call_round_noting(path, body, &mut slow);
+        (r, slow)
+    }
+
+    fn call_round_noting(
+        &self,
+        path: &str,
+        body: &Value,
+        slow: &mut bool,
+    ) -> Result<Value, EtcdError> {
         use std::sync::atomic::Ordering;
         let text = body.to_string();
         let mut tried = Vec::new();
@@ -215,7 +230,10 @@ impl Etcd {
                         );
                     tried.push(format!("{shown}: {msg} (HTTP {})", a.status));
                 }
-                Err(e) => tried.push(crate::error_chain(&e)),
+                Err(e) => {
+                    *slow |= matches!(e, http::HttpError::Io { .. });
+                    tried.push(crate::error_chain(&e));
+                }
             }
         }
         Err(EtcdError::Unavailable { tried })

@@ -178,6 +178,11 @@ pub fn check_bridge_name(name: &str) -> Result<(), String> {
         }
         _ => {}
     }
+    if name.starts_with('.') {
+        return Err(format!(
+            "{name:?} starts with a dot, which Volt's bridge markers (/run/volt/bridges/<bridge>) keep for their own files; choose another bridge name"
+        ));
+    }
     if let Some(p) = VOLT_LINK_PREFIXES.iter().find(|p| name.starts_with(*p)) {
         return Err(format!(
             "{name:?} starts with {p:?}, which Volt uses for the links it creates ({}); choose another bridge name",

@@ -130,6 +130,14 @@ pub(crate) fn parse_disk(src: &Src, index: usize, t: &Table, e: &mut Errors) -> 
     d
 }
 
+impl DiskConfig {
+    /// Whether the image under `root` starts like a qcow2 image. A warning, not an error:
+    /// a guest may write those bytes to its raw disk itself.
+    pub fn looks_like_qcow2(&self, root: &Path) -> bool {
+        is_qcow2(&root.join(self.path.strip_prefix("/").unwrap_or(&self.path)))
+    }
+}
+
 /// Whether the file at `path` starts with qcow2's magic.
 fn is_qcow2(path: &Path) -> bool {
     use std::io::Read;
@@ -206,8 +214,19 @@ fn device_link(root: &Path, path: &Path) -> Option<PathBuf> {
             return Some(p);
         }
         let target = std::fs::read_link(root.join(p.strip_prefix("/").ok()?)).ok()?;
-        let next = p.parent()?.join(target);
-        // `..` taken lexically, as the kernel does for a link's text.
+        // Relative to where the link really is (its directory may be a link itself).
+        let parent = p.parent()?;
+        let real_parent = root
+            .join(parent.strip_prefix("/").ok()?)
+            .canonicalize()
+            .ok()
+            .and_then(|d| {
+                let root = root.canonicalize().ok()?;
+                Some(Path::new("/").join(d.strip_prefix(&root).ok()?))
+            })
+            .unwrap_or_else(|| parent.to_path_buf());
+        let next = real_parent.join(target);
+        // `..` taken lexically past that point: the rest may not exist yet.
         let mut clean = PathBuf::from("/");
         for c in next.components() {
             match c {
@@ -239,9 +258,6 @@ impl DiskConfig {
         let real = root.join(self.path.strip_prefix("/").unwrap_or(&self.path));
         let problem = match std::fs::metadata(&real) {
             Ok(m) if m.file_type().is_block_device() => return None,
-            Ok(m) if m.is_file() && is_qcow2(&real) => {
-                "is a qcow2 image, and Volt gives the guest raw disks (qemu-img convert -O raw makes one)".to_string()
-            }
             Ok(m) if m.is_file() && m.len() % 512 == 0 && m.len() > 0 => return None,
             Ok(m) if m.is_file() && m.len() == 0 => "is empty".to_string(),
             Ok(m) if m.is_file() => format!(
@@ -275,6 +291,10 @@ mod tests {
         std::os::unix::fs::symlink("/dev/mapper/data", disks.join("abs")).expect("link");
         // A chain through another link outside /dev.
         std::os::unix::fs::symlink("lv", disks.join("chain")).expect("link");
+        // A link in a directory that is itself a link: `..` from where it really is.
+        std::fs::create_dir_all(root.join("srv/real")).expect("mkdir");
+        std::os::unix::fs::symlink("../../dev/sdb", root.join("srv/real/wwn")).expect("link");
+        std::os::unix::fs::symlink("real", root.join("srv/byid")).expect("link");
         std::fs::write(disks.join("a.img"), "").expect("file");
         let at = |p: &str| device_link(root, Path::new(p));
         assert_eq!(at("/var/lib/volt/disks/lv"), Some("/dev/vg/lv".into()));
@@ -283,6 +303,7 @@ mod tests {
             Some("/dev/mapper/data".into())
         );
         assert_eq!(at("/var/lib/volt/disks/chain"), Some("/dev/vg/lv".into()));
+        assert_eq!(at("/srv/byid/wwn"), Some("/dev/sdb".into()));
         assert_eq!(at("/var/lib/volt/disks/a.img"), None);
         assert_eq!(at("/var/lib/volt/disks/missing"), None);
     }

@@ -161,6 +161,7 @@ fn a_bridge_cannot_take_a_name_that_is_not_a_bridges() {
         ("lo", "is the loopback device"),
         ("all", "the kernel keeps for its own settings"),
         ("default", "the kernel keeps for its own settings"),
+        (".x", "starts with a dot"),
         ("tap-1a2b3c4d", "starts with \"tap-\", which Volt uses"),
         ("vx-42", "starts with \"vx-\""),
         ("veth-x", "starts with \"veth-\""),

@@ -188,10 +188,21 @@ pub(super) fn save_claims_from_generator(record: &Record, path: &Path) {
 /// the generator on systemd 253 and later). Nothing when the generator left no record.
 pub fn keep_claims(root: &Path) {
     let t = super::Targets::under_root(root);
-    if !t.keep.join(FILE).exists() {
+    // The keys alone (a start must not parse every workload's units), and only from a
+    // record that reads whole: a part of one would drop workloads' claims.
+    let Ok(text) = std::fs::read(t.keep.join(FILE)) else {
         return;
-    }
-    if let Err(e) = Record::load(&t.keep).save_claims(&t.claims) {
+    };
+    let Ok(keys) = serde_json::from_slice::<BTreeMap<String, serde::de::IgnoredAny>>(&text) else {
+        log::warn!(
+            "{} does not parse; the claims kept across reboots are left as they are",
+            t.keep.join(FILE).display()
+        );
+        return;
+    };
+    let keys: Vec<&String> = keys.keys().collect();
+    let text = serde_json::to_string(&keys).unwrap_or_default();
+    if let Err(e) = crate::fsutil::write_atomic_if_changed(&t.claims, &text) {
         log::warn!(
             "{} (which workloads keep their claims after a reboot)",
             crate::error_chain(&e)

@@ -314,17 +314,28 @@ impl Ipam {
             .open(&lock_path)
             .and_then(|f| {
                 f.set_permissions(std::fs::Permissions::from_mode(LEASE_FILE_MODE))?;
-                Ok(f)
+                Ok((f, true))
             })
             .or_else(|e| match e.kind() {
-                std::io::ErrorKind::PermissionDenied => File::open(&lock_path),
+                std::io::ErrorKind::PermissionDenied => File::open(&lock_path).map(|f| (f, false)),
                 _ => Err(e),
-            })
-            .map_err(|source| IpamError::Lock {
+            });
+        let lock = match lock {
+            // A reader in a directory with no lock file yet: no leases written either.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            other => Some(other.map_err(|source| IpamError::Lock {
                 path: lock_path.clone(),
                 source,
-            })?;
-        lock.lock().map_err(|source| IpamError::Lock {
+            })?),
+        };
+        // A reader (it may not write) shares the lock: it never holds a writer up long.
+        let _held = match &lock {
+            Some((f, true)) => Some(f.lock()),
+            Some((f, false)) => Some(f.lock_shared()),
+            None => None,
+        }
+        .transpose()
+        .map_err(|source| IpamError::Lock {
             path: lock_path.clone(),
             source,
         })?;

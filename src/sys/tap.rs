@@ -241,6 +241,9 @@ pub struct Tap {
     pub flags: u16,
     /// Which queues are attached (TUNSETQUEUE answers EINVAL to a no-op change).
     attached: std::sync::Mutex<Vec<bool>>,
+    /// The vnet header length and offloads set last: the same again costs no ioctl (each
+    /// takes the kernel's RTNL lock, and a guest resetting its NIC in a loop asks again).
+    applied: std::sync::Mutex<(Option<i32>, Option<u32>)>,
 }
 
 impl Tap {
@@ -251,6 +254,7 @@ impl Tap {
             queues,
             flags,
             attached,
+            applied: std::sync::Mutex::new((None, None)),
         }
     }
 
@@ -375,6 +379,11 @@ impl Tap {
 
     /// Set the vnet header size on every queue (12 for virtio 1.x).
     pub fn set_vnet_hdr_len(&self, len: i32) -> Result<(), TapError> {
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        if applied.0 == Some(len) {
+            return Ok(());
+        }
+        applied.0 = None;
         for q in &self.queues {
             let mut v = len;
             ioctl_ptr(q, TUNSETVNETHDRSZ, &mut v).map_err(|source| TapError::VnetHdr {
@@ -382,11 +391,17 @@ impl Tap {
                 source,
             })?;
         }
+        applied.0 = Some(len);
         Ok(())
     }
 
     /// Tell the kernel which offloads the guest accepts (TUN_F_*).
     pub fn set_offload(&self, flags: u32) -> Result<(), TapError> {
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        if applied.1 == Some(flags) {
+            return Ok(());
+        }
+        applied.1 = None;
         for q in &self.queues {
             ioctl_val(q, TUNSETOFFLOAD, flags as libc::c_ulong).map_err(|source| {
                 TapError::Offload {
@@ -396,6 +411,7 @@ impl Tap {
                 }
             })?;
         }
+        applied.1 = Some(flags);
         Ok(())
     }
 

@@ -2,8 +2,11 @@
 //! create files. They stay owned by the user that bound them (root under systemd), mode
 //! 0600: the VMM's own user after the switch, shared by every VM, cannot connect to them.
 
+use std::io::ErrorKind;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
 /// Binds a listening socket at `path` with mode 0600. A stale socket left at the path (a
@@ -40,53 +43,52 @@ pub fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
 /// backlog, a stopped listener answer EAGAIN: in use); refused means stale. Any other
 /// answer (EACCES: a socket we may not even probe) is an error, not a licence to replace it.
 fn listened_on(path: &Path) -> std::io::Result<bool> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: socket(2) with constant arguments; the fd is owned at once below.
-    let raw = unsafe {
+    match connect_nonblocking(path) {
+        Ok(_) => Ok(true),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EINPROGRESS) => Ok(true),
+            Some(libc::ECONNREFUSED | libc::ENOENT) => Ok(false),
+            _ => Err(e),
+        },
+    }
+}
+
+/// A non-blocking connect to a Unix stream socket: never waits for a listener that does
+/// not accept (a full backlog fails with EAGAIN).
+pub fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe {
         libc::socket(
             libc::AF_UNIX,
             libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             0,
         )
     };
-    if raw < 0 {
+    if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: `raw` is a new fd nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sockaddr_un is plain old data; zero is a valid value for every field.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the socket path is too long",
-        ));
+    // SAFETY: fd was just created and is owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_un of at least `len` bytes.
+    let rc = unsafe { libc::connect(fd, std::ptr::addr_of!(addr).cast(), len) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    for (d, b) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *b as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes (path and its NUL) that outlives
-    // the call; the fd is open.
-    let r = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
-            len as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EAGAIN | libc::EINPROGRESS) => Ok(true),
-        Some(libc::ECONNREFUSED | libc::ENOENT) => Ok(false),
-        _ => Err(e),
-    }
+    Ok(UnixStream::from(owned))
 }
 
 #[cfg(test)]

@@ -14,6 +14,23 @@ impl Manager {
         self.state_dir.join("bridges").join(bridge)
     }
 
+    /// The lock under which bridges are checked, made, and deleted (beside the markers'
+    /// directory, so no bridge name can be its name). Held until the file is dropped.
+    fn bridges_lock(&self) -> Result<std::fs::File, ManagerError> {
+        std::fs::create_dir_all(&self.state_dir)
+            .map_err(io(format!("create {}", self.state_dir.display())))?;
+        let path = self.state_dir.join("bridges.lock");
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(format!("open {}", path.display())))?;
+        lock.lock()
+            .map_err(io(format!("lock {}", path.display())))?;
+        Ok(lock)
+    }
+
     /// Make sure `net`'s bridge exists and is up. A missing bridge is created (STP off,
     /// forward delay 0, the gateway address, the network's MTU) when the network allows it,
     /// else this fails naming the bridge. Returns whether it was created.
@@ -21,40 +38,14 @@ impl Manager {
     /// Several link owners start at once: the check and the creation run under one lock.
     /// The marker that says Volt made the bridge is written first, so a crash half-way
     /// leaves a bridge Volt knows it made: the next call gives it its gateway address (and
-    /// `volt net down` deletes it).
+    /// `volt net down` deletes it). A bridge somebody else (networkd) made meanwhile is
+    /// used as it is, never deleted.
     pub fn ensure_bridge(&self, net: &Network) -> Result<bool, ManagerError> {
-        let dir = self.state_dir.join("bridges");
-        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-        let lock_path = dir.join(".lock");
-        let lock = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(format!("open {}", lock_path.display())))?;
-        lock.lock()
-            .map_err(io(format!("lock {}", lock_path.display())))?;
+        let _lock = self.bridges_lock()?;
         let nl = Netlink::new()?;
         match nl.link(&net.bridge)? {
             Some(l) if l.kind.as_deref() == Some("bridge") => {
-                if self.created_bridge(&net.bridge)
-                    && !nl
-                        .ipv4_addrs(&net.bridge)?
-                        .iter()
-                        .any(|(a, _)| *a == net.gateway)
-                {
-                    log::warn!(
-                        "bridge {} that Volt made for network {} has no gateway address (a start cut short?): adding {}/{}",
-                        net.bridge,
-                        net.name,
-                        net.gateway,
-                        net.subnet.prefix_len()
-                    );
-                    nl.add_ipv4(&net.bridge, net.gateway, net.subnet.prefix_len())?;
-                }
-                if !l.up {
-                    nl.set_up(&net.bridge)?;
-                }
+                self.finish_bridge(&nl, net, l.up)?;
                 Ok(false)
             }
             Some(l) => Err(ManagerError::NotABridge {
@@ -67,22 +58,35 @@ impl Manager {
             }),
             None => {
                 let marker = self.bridge_marker(&net.bridge);
+                if let Some(d) = marker.parent() {
+                    std::fs::create_dir_all(d).map_err(io(format!("create {}", d.display())))?;
+                }
                 // Whole or not at all (a runtime file: no fsync).
-                let tmp = dir.join(format!(".{}.{}.tmp", net.bridge, std::process::id()));
+                let tmp =
+                    marker.with_file_name(format!(".{}.{}.tmp", net.bridge, std::process::id()));
                 std::fs::write(&tmp, format!("{}\n", net.name))
                     .and_then(|()| std::fs::rename(&tmp, &marker))
                     .map_err(io(format!("write {}", marker.display())))?;
                 let mtu = (net.mtu != 1500).then_some(net.mtu);
-                let r = (|| -> Result<(), ManagerError> {
-                    nl.create_bridge(&net.bridge, None, mtu)?;
-                    nl.add_ipv4(&net.bridge, net.gateway, net.subnet.prefix_len())?;
-                    nl.set_up(&net.bridge)?;
-                    Ok(())
-                })();
+                if let Err(e) = nl.create_bridge(&net.bridge, None, mtu) {
+                    let _ = std::fs::remove_file(&marker);
+                    // networkd made it meanwhile (from the generator's .netdev): its bridge.
+                    return match nl.link(&net.bridge)? {
+                        Some(l) if l.kind.as_deref() == Some("bridge") => {
+                            self.finish_bridge(&nl, net, l.up)?;
+                            Ok(false)
+                        }
+                        _ => Err(e.into()),
+                    };
+                }
+                let r = nl
+                    .add_ipv4(&net.bridge, net.gateway, net.subnet.prefix_len())
+                    .and_then(|()| nl.set_up(&net.bridge));
                 if let Err(e) = r {
+                    // Ours: made just now.
                     let _ = nl.delete(&net.bridge);
                     let _ = std::fs::remove_file(&marker);
-                    return Err(e);
+                    return Err(e.into());
                 }
                 log::info!(
                     "created bridge {} ({}/{}) for network {}",
@@ -94,6 +98,30 @@ impl Manager {
                 Ok(true)
             }
         }
+    }
+
+    /// An existing bridge of `net`: up, and, when Volt made it, with its gateway address (a
+    /// start cut short after creating it left none).
+    fn finish_bridge(&self, nl: &Netlink, net: &Network, up: bool) -> Result<(), ManagerError> {
+        if self.created_bridge(&net.bridge)
+            && !nl
+                .ipv4_addrs(&net.bridge)?
+                .iter()
+                .any(|(a, _)| *a == net.gateway)
+        {
+            log::warn!(
+                "bridge {} that Volt made for network {} has no gateway address (a start cut short?): adding {}/{}",
+                net.bridge,
+                net.name,
+                net.gateway,
+                net.subnet.prefix_len()
+            );
+            nl.add_ipv4(&net.bridge, net.gateway, net.subnet.prefix_len())?;
+        }
+        if !up {
+            nl.set_up(&net.bridge)?;
+        }
+        Ok(())
     }
 
     /// Whether Volt created `bridge` (and so may delete it on `net down`).
@@ -121,6 +149,8 @@ impl Manager {
     pub fn net_down(&self, net: &Network) -> Result<(), ManagerError> {
         let mut c = Collect::default();
         c.step("remove NAT rules", nat::apply_down(&net.name));
+        // Not while a link owner checks or makes the bridge.
+        let _lock = c.step("lock the bridges", self.bridges_lock());
         if self.created_bridge(&net.bridge) {
             let deleted = Netlink::new()
                 .and_then(|nl| nl.delete(&net.bridge))
@@ -155,6 +185,7 @@ impl Manager {
         if c.step("remove NAT rules", nat::apply_down(name)) == Some(true) {
             removed.push(format!("its NAT chains in table ip {}", nat::TABLE));
         }
+        let _lock = c.step("lock the bridges", self.bridges_lock());
         let markers = self
             .bridge_markers(left_dir)
             .into_iter()

@@ -50,8 +50,13 @@ pub enum OpenError {
     #[error("disk image {path} is neither a regular file nor a block device")]
     NotAFile { path: PathBuf },
     #[error("disk image {path} is {size} bytes, not a whole, non-zero number of 512-byte sectors")]
-    Size { path: PathBuf, size: u64 },
-    #[error("cannot open disk image {path} for writing (immutable, or on a read-only file system?); readonly = true gives it to the guest read-only")]
+    Size {
+        path: PathBuf,
+        size: u64,
+        /// A block device (one still being assembled at boot reads 0 bytes for a while).
+        block_device: bool,
+    },
+    #[error("cannot open disk image {path} for writing: an immutable file or a read-only file system (then readonly = true gives it to the guest read-only), or the unit's sandbox (a block device outside its DeviceAllow=, an image outside its ReadWritePaths=: systemctl daemon-reload, then start it again)")]
     ReadOnly {
         path: PathBuf,
         #[source]
@@ -69,9 +74,8 @@ impl OpenError {
                 source.raw_os_error(),
                 Some(libc::ENOENT | libc::EISDIR | libc::ENOTDIR | libc::EINVAL)
             ),
-            OpenError::NotAFile { .. } | OpenError::Size { .. } | OpenError::ReadOnly { .. } => {
-                true
-            }
+            OpenError::Size { block_device, .. } => !block_device,
+            OpenError::NotAFile { .. } | OpenError::ReadOnly { .. } => true,
             // The same image on two disks; a lock another process holds may go away.
             OpenError::Lock(LockError::Conflict { ours, .. }) => *ours,
             OpenError::Lock(_) => false,
@@ -125,6 +129,7 @@ pub fn open_image(spec: &DiskSpec) -> Result<Image, OpenError> {
         return Err(OpenError::Size {
             path: path.clone(),
             size,
+            block_device,
         });
     }
     Ok(Image {

@@ -14,6 +14,14 @@ use super::datapath::{self, RxState, Stats, HDR_LEN};
 use super::*;
 use crate::vmm::virtio::test_queue::{add_chain, avail_event, mem, used, used_idx, MEM};
 
+/// A TAP stand-in (the device's end, non-blocking, and the host's) with `f` waiting in it.
+fn backend_holding(f: &[u8]) -> (UnixDatagram, UnixDatagram) {
+    let (a, b) = UnixDatagram::pair().expect("pair");
+    a.set_nonblocking(true).expect("nonblocking");
+    b.send(f).expect("send");
+    (a, b)
+}
+
 fn frame(len: usize, seed: u8) -> Vec<u8> {
     let mut f = vec![0u8; HDR_LEN];
     f.extend((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
@@ -492,9 +500,7 @@ fn an_rx_pass_over_broken_chains_stops_at_its_budget() {
         add_chain(&vq, i as u16, &[(0x2_0000, 64, false)]);
     }
     let mut q: Queue = vq.create_queue().expect("queue");
-    let (a, b) = UnixDatagram::pair().expect("pair");
-    a.set_nonblocking(true).expect("nonblocking");
-    b.send(&frame(100, 1)).expect("send");
+    let (a, _b) = backend_holding(&frame(100, 1));
     let mut st = RxState::new(true);
     let pass = datapath::process_rx(&mut q, &m, &a, &mut st, &Stats::default());
     assert!(
@@ -533,9 +539,7 @@ fn an_rx_chain_is_walked_to_its_cap_and_empty_pieces_take_no_room() {
         vq.add_desc_chains(&[d], h).expect("chain");
     }
     let mut q: Queue = vq.create_queue().expect("queue");
-    let (a, b) = UnixDatagram::pair().expect("pair");
-    a.set_nonblocking(true).expect("nonblocking");
-    b.send(&frame(100, 1)).expect("send");
+    let (a, _b) = backend_holding(&frame(100, 1));
     let mut st = RxState::new(true);
     let pass = datapath::process_rx(&mut q, &m, &a, &mut st, &Stats::default());
     assert!(
@@ -559,9 +563,7 @@ fn a_frame_that_needs_too_many_buffers_is_dropped() {
         add_chain(&vq, i, &[(0x2_0000 + u64::from(i) * 16, 13, true)]);
     }
     let mut q: Queue = vq.create_queue().expect("queue");
-    let (a, b) = UnixDatagram::pair().expect("pair");
-    a.set_nonblocking(true).expect("nonblocking");
-    b.send(&frame(4000, 1)).expect("send");
+    let (a, _b) = backend_holding(&frame(4000, 1));
     let stats = Stats::default();
     let mut st = RxState::new(true);
     let pass = datapath::process_rx(&mut q, &m, &a, &mut st, &stats);
