@@ -884,3 +884,40 @@ fn vm_file_contradictions_are_named() {
         &format!("vsock: vsock CID {cid} (derived from the VM's UUID; choose another with [vsock] cid = N) is already used by VM a0"),
     );
 }
+
+/// A valid VM whose image is missing: the listings say its files are unusable, status names
+/// the file, and a start is refused before systemd is asked.
+#[test]
+fn a_vm_whose_files_are_missing_says_so_before_it_starts() {
+    let r = root();
+    let p = r.path();
+    write(
+        p,
+        "etc/volt/vms/store.toml",
+        "kernel = \"/k\"\n[[disk]]\npath = \"/d/gone.img\"\n",
+    );
+    let o = volt(p, &["vm", "list"]);
+    assert!(text(&o).contains("files unusable"), "{}", text(&o));
+    let o = volt(p, &["vm", "status", "store"]);
+    assert!(
+        text(&o).contains(
+            "file     /etc/volt/vms/store.toml:3:8: disk[0].path: /d/gone.img does not exist"
+        ),
+        "{}",
+        text(&o)
+    );
+    let o = volt(p, &["vm", "start", "store"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("not starting VM store: the files it needs are not usable"),
+        "{}",
+        text(&o)
+    );
+    let o = volt(p, &["vm", "list", "-o", "json"]);
+    let all: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let store = all
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["name"] == "store"))
+        .expect("store");
+    assert_eq!(store["file_errors"].as_array().map(Vec::len), Some(1));
+}

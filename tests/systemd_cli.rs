@@ -129,10 +129,11 @@ fn vm_and_container_lifecycle_verbs_state_and_addresses() {
     c.ok("volt container stop db");
     assert_eq!(code(&c, "volt container status db"), 3);
 
-    // A start that fails says so with the unit's result (the kernel is gone).
+    // A start that fails says so with the unit's result (the kernel is no kernel).
+    c.write("/var/lib/volt/not-a-kernel", "text\n");
     c.write(
         "/etc/volt/vms/broken.toml",
-        "memory_mib = 64\nkernel = \"/nonexistent/vmlinux\"\n",
+        "memory_mib = 64\nkernel = \"/var/lib/volt/not-a-kernel\"\n",
     );
     c.ok("systemctl daemon-reload");
     let bad = c.sh("volt vm start broken");
@@ -140,6 +141,19 @@ fn vm_and_container_lifecycle_verbs_state_and_addresses() {
     let msg = String::from_utf8_lossy(&bad.stderr);
     assert!(
         msg.contains("volt-vm@broken.service: the start job ended with result"),
+        "{msg}"
+    );
+    // A kernel that is gone: refused before systemd is asked, naming it.
+    c.write(
+        "/etc/volt/vms/broken.toml",
+        "memory_mib = 64\nkernel = \"/nonexistent/vmlinux\"\n",
+    );
+    let bad = c.sh("volt vm start broken");
+    assert_eq!(bad.status.code(), Some(78));
+    let msg = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        msg.contains("kernel: /nonexistent/vmlinux does not exist")
+            && msg.contains("not starting VM broken: the files it needs are not usable"),
         "{msg}"
     );
 }

@@ -50,6 +50,9 @@ pub struct WorkloadView {
     /// A workload whose file is broken is still listed: the generator keeps a running one's
     /// last good units, and systemd still knows its unit.
     pub config_errors: Vec<String>,
+    /// What is wrong with the files a valid one needs (a VM's kernel, initrd and images, a
+    /// container's root): it cannot start until they are there.
+    pub file_errors: Vec<String>,
 }
 
 impl WorkloadView {
@@ -60,10 +63,12 @@ impl WorkloadView {
             Some(s) => format!("{} ({})", s.active, s.sub),
             None => "-".into(),
         };
-        if self.config_errors.is_empty() {
-            state
-        } else {
+        if !self.config_errors.is_empty() {
             format!("{state}, config invalid")
+        } else if !self.file_errors.is_empty() {
+            format!("{state}, files unusable")
+        } else {
+            state
         }
     }
 
@@ -157,6 +162,13 @@ pub fn views(root: &Path, kind: Kind) -> (ConfigSet, Vec<WorkloadView>) {
                 Config::Container(c) => serde_json::to_value(c).unwrap_or_default(),
             },
             config_errors: Vec::new(),
+            file_errors: match &w.config {
+                Config::Vm(v) => v.check_boot_files(root),
+                Config::Container(c) => c.check_root(root),
+            }
+            .iter()
+            .map(|e| e.report())
+            .collect(),
         })
         .collect::<Vec<_>>();
     // Workloads whose file is broken: what systemd says of their unit, and the errors; they
@@ -187,6 +199,7 @@ pub fn views(root: &Path, kind: Kind) -> (ConfigSet, Vec<WorkloadView>) {
             links: Vec::new(),
             config: serde_json::Value::Null,
             config_errors: errs.iter().map(|e| e.report()).collect(),
+            file_errors: Vec::new(),
         });
     }
     views.sort_by(|a, b| a.name.cmp(&b.name));
@@ -323,6 +336,16 @@ pub fn lifecycle(root: &Path, kind: Kind, name: &str, verb: Verb) -> Result<Outc
         );
         return Ok(Outcome::Config);
     }
+    if !v.file_errors.is_empty() && verb != Verb::Stop {
+        for e in &v.file_errors {
+            log::error!("{e}");
+        }
+        log::error!(
+            "not starting {} {name}: the files it needs are not usable (above)",
+            kind.noun()
+        );
+        return Ok(Outcome::Config);
+    }
     let conn = match crate::sd::system_bus() {
         Ok(c) => c,
         Err(e) => {
@@ -365,6 +388,9 @@ pub fn status(root: &Path, kind: Kind, name: &str, out: &OutputArgs) -> Result<O
         }
         for e in &v.config_errors {
             println!("  config   {e}");
+        }
+        for e in &v.file_errors {
+            println!("  file     {e}");
         }
         if let Some(s) = &v.state {
             println!(
