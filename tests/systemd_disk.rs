@@ -64,16 +64,18 @@ fn a_vm_writes_its_disk_image_under_systemd() {
     );
 
     // A kernel and an image under /root (which the unit's ProtectHome= hides), in paths with a
-    // space and a `%` (which unit files split at and expand): the generator binds them in,
-    // quoted and escaped.
+    // space and a `%` (which unit files split at and expand), the image reached through a
+    // link from /var/lib/volt: the generator binds them in where they really are, quoted and
+    // escaped.
     c.ok("mkdir -p '/root/volt guest' '/root/vm disks' \
           && cp /opt/volt/guest/volt-conformance-guest '/root/volt guest/conformance' \
-          && truncate -s 1M '/root/vm disks/100% data.img'");
+          && truncate -s 1M '/root/vm disks/100% data.img' \
+          && ln -s '/root/vm disks/100% data.img' /var/lib/volt/disks/linked.img");
     c.write(
         "/etc/volt/vms/odd.toml",
         "memory_mib = 64\nkernel = \"/root/volt guest/conformance\"\n\
          cmdline = \"console=ttyS0 conf.blk.sectors=8 conf.blk.seed=9 conf.exit=0\"\n\
-         [[disk]]\npath = \"/root/vm disks/100% data.img\"\n",
+         [[disk]]\npath = \"/var/lib/volt/disks/linked.img\"\n",
     );
     c.ok("volt validate");
     c.ok("systemctl daemon-reload");

@@ -62,6 +62,10 @@ pub struct DiskConfig {
     /// unit's DeviceAllow= takes paths under `/dev` only).
     #[serde(skip)]
     pub device_node: Option<PathBuf>,
+    /// Where `path` really is, when links lead elsewhere (what the unit must be given when
+    /// that is under a directory its sandbox hides).
+    #[serde(skip)]
+    pub real_path: Option<PathBuf>,
 }
 
 const CACHE: [(&str, DiskCache); 2] = [
@@ -117,6 +121,7 @@ pub(crate) fn parse_disk(src: &Src, index: usize, t: &Table, e: &mut Errors) -> 
         root_at: root_s.map(|b| src.at(b.span().start)),
         identity: None,
         device_node: None,
+        real_path: None,
     };
     if let Some(l) = t.table(src, e, "limit") {
         d.bytes_per_sec = l
@@ -192,6 +197,7 @@ pub(crate) fn identify(vms: &mut [super::VmConfig], root: &Path) {
             d.device_node = device_link(root, &d.path);
         }
         let real = root.join(d.path.strip_prefix("/").unwrap_or(&d.path));
+        d.real_path = real_path(root, &real).filter(|r| *r != d.path);
         let Ok(m) = std::fs::metadata(&real) else {
             continue;
         };
@@ -201,6 +207,13 @@ pub(crate) fn identify(vms: &mut [super::VmConfig], root: &Path) {
             format!("file:{}:{}", m.dev(), m.ino())
         });
     }
+}
+
+/// `real` (under `root`) with every link resolved, as the host names it.
+fn real_path(root: &Path, real: &Path) -> Option<PathBuf> {
+    let resolved = real.canonicalize().ok()?;
+    let root = root.canonicalize().ok()?;
+    Some(Path::new("/").join(resolved.strip_prefix(&root).ok()?))
 }
 
 /// The first path under `/dev` that the symlinks from `path` (under `root`) lead to: what

@@ -72,13 +72,18 @@ fn vm_paths(vm: &VmConfig) -> Vec<String> {
         }
     }
     for d in &vm.disks {
-        if in_home(&d.path) {
+        // An image linked to from elsewhere is opened where it really is.
+        let home = [Some(&d.path), d.real_path.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|p| in_home(p));
+        if let Some(home) = home {
             let setting = if d.readonly {
                 "BindReadOnlyPaths"
             } else {
                 "BindPaths"
             };
-            binds.push(format!("{setting}={}", unit_word("-", &d.path)));
+            binds.push(format!("{setting}={}", unit_word("-", home)));
         } else if !d.readonly {
             out.push(format!("ReadWritePaths={}", unit_word("-", &d.path)));
         }
@@ -195,6 +200,19 @@ mod tests {
                 "BindReadOnlyPaths=-/root/images/base.img",
                 "BindPaths=-/home/u/scratch.img",
             ]
+        );
+    }
+
+    #[test]
+    fn an_image_linked_into_a_home_is_bound_where_it_really_is() {
+        let mut v = vm(
+            "/var/lib/volt/kernels/vmlinux",
+            "[[disk]]\npath = \"/var/lib/volt/disks/x.img\"\n",
+        );
+        v.disks[0].real_path = Some("/home/me/vm.img".into());
+        assert_eq!(
+            vm_paths(&v),
+            ["ProtectHome=tmpfs", "BindPaths=-/home/me/vm.img"]
         );
     }
 
