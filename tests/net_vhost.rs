@@ -29,6 +29,8 @@ type Log = Arc<Mutex<Vec<String>>>;
 struct Recorder {
     pair: usize,
     log: Log,
+    /// A pair whose rings it refuses (as vhost-net refuses a ring it cannot map).
+    refuse: Option<usize>,
 }
 
 impl Recorder {
@@ -61,6 +63,9 @@ impl VhostOps for Recorder {
         self.rec(format!("SET_VRING_NUM {vring} {num}"))
     }
     fn set_vring_addr(&self, vring: usize, c: &VringConfigData) -> vhost::Result<()> {
+        if self.refuse == Some(self.pair) {
+            return Err(vhost::Error::InvalidQueue);
+        }
         self.rec(format!(
             "SET_VRING_ADDR {vring} {:#x} {:#x} {:#x}",
             c.desc_table_addr, c.avail_ring_addr, c.used_ring_addr
@@ -86,6 +91,7 @@ impl VhostOps for Recorder {
 /// The instances "opened" when the device is built: `instance` only hands them out.
 struct Source {
     log: Log,
+    refuse: Option<usize>,
 }
 
 impl VhostSource for Source {
@@ -97,6 +103,7 @@ impl VhostSource for Source {
         Ok(Box::new(Recorder {
             pair,
             log: self.log.clone(),
+            refuse: self.refuse,
         }))
     }
 }
@@ -257,6 +264,10 @@ impl Driver {
 }
 
 fn driver(log: &Log, id: &str) -> Driver {
+    driver_refusing(log, id, None)
+}
+
+fn driver_refusing(log: &Log, id: &str, refuse: Option<usize>) -> Driver {
     let tap = Tap::create("tap-vq", usize::from(PAIRS)).expect("tap");
     let params = NetParams {
         id: id.into(),
@@ -265,7 +276,11 @@ fn driver(log: &Log, id: &str) -> Driver {
         queue_pairs: PAIRS,
         vhost: true,
     };
-    let net = Net::with_vhost(params, tap, Box::new(Source { log: log.clone() }));
+    let source = Source {
+        log: log.clone(),
+        refuse,
+    };
+    let net = Net::with_vhost(params, tap, Box::new(source));
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).expect("mem");
     let interrupt = Arc::new(VirtioInterrupt::new(IrqLine::new(5).expect("irq")));
     let t = MmioTransport::new(Box::new(net), mem.clone(), interrupt.clone()).expect("transport");
@@ -310,12 +325,16 @@ fn vhost_path_sets_up_every_pair_and_serves_the_control_queue() {
                     format!("{p} SET_VRING_BASE {vring} 0"),
                     format!("{p} SET_VRING_CALL {vring}"),
                     format!("{p} SET_VRING_KICK {vring}"),
-                    format!("{p} SET_BACKEND {vring} tap"),
                 ]);
             }
             v
         };
-        assert_eq!(calls(&log), [want_pair(0), want_pair(1)].concat());
+        // Every pair's rings first; frames move only once all are accepted.
+        let backends = (0..2).flat_map(|p| (0..2).map(move |v| format!("{p} SET_BACKEND {v} tap")));
+        assert_eq!(
+            calls(&log),
+            [want_pair(0), want_pair(1), backends.collect()].concat()
+        );
 
         // The driver's first control command gets its answer, with an interrupt.
         d.interrupt.ack(u32::MAX);
@@ -365,5 +384,26 @@ fn a_control_queue_flood_is_rate_limited() {
             (1..=11).contains(&n),
             "{n} lines for 300 VQ_PAIRS_SET commands"
         );
+    });
+}
+
+/// vhost-net refuses the second pair's ring: nothing was started on the first pair (no
+/// SET_BACKEND at all), so the userspace path takes over the rings as the guest left them.
+#[test]
+fn a_ring_refused_on_a_later_pair_leaves_nothing_half_started() {
+    captured();
+    in_private_netns(|| {
+        let log: Log = Arc::default();
+        let mut d = driver_refusing(&log, "eth5", Some(1));
+        d.start();
+        let got = calls(&log);
+        assert!(
+            got.iter()
+                .all(|c| !c.contains("SET_BACKEND 0 tap") && !c.contains("SET_BACKEND 1 tap")),
+            "{got:?}"
+        );
+        assert!(got.contains(&"0 RESET_OWNER".to_string()), "{got:?}");
+        // The control queue is served by the userspace path now.
+        assert_eq!(d.set_pairs(2), Some(ctrl::OK));
     });
 }

@@ -300,6 +300,7 @@ impl VhostNet {
             relay: None,
         };
         let mut calls = Vec::new();
+        let mut backends = Vec::new();
         for pair in 0..usize::from(params.queue_pairs) {
             let (Some(rx), Some(tx)) = (queues.get(pair * 2), queues.get(pair * 2 + 1)) else {
                 return Err(VhostError::Queue(pair * 2));
@@ -335,10 +336,24 @@ impl VhostNet {
                     .map_err(|e| io("VHOST_SET_VRING_CALL", e))?;
                 net.set_vring_kick(vring, &q.notify)
                     .map_err(|e| io("VHOST_SET_VRING_KICK", e))?;
-                net.set_backend(vring, Some(file))
-                    .map_err(|e| io("VHOST_NET_SET_BACKEND", e))?;
+                backends.push((started.instances.len() - 1, pair, vring, file));
                 calls.push(call);
             }
+        }
+        // Only once every pair's rings are accepted does vhost-net start moving frames: a
+        // ring it refuses on a later pair then leaves nothing half started (the userspace
+        // path takes over from the rings as the guest left them).
+        for (instance, pair, vring, file) in backends {
+            let net = started
+                .instances
+                .get(instance)
+                .ok_or(VhostError::NoInstance(pair))?;
+            net.set_backend(vring, Some(file))
+                .map_err(|source| VhostError::Ioctl {
+                    op: "VHOST_NET_SET_BACKEND",
+                    pair,
+                    source,
+                })?;
         }
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VhostError::Setup)?;
         let stop2 = stop.try_clone().map_err(VhostError::Setup)?;
