@@ -743,6 +743,29 @@ fn lifecycle_verbs_without_systemd_say_so() {
     let o = volt_env(p, &["vm", "status", "dyn"], &no_bus);
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     assert!(text(&o).contains("the state is unknown"), "{}", text(&o));
+    let o = volt_env(p, &["vm", "list"], &no_bus);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("systemd could not be asked over D-Bus: the states are unknown"),
+        "{}",
+        text(&o)
+    );
+    // status shows a VM's vsock and disks.
+    write(p, "d/a.img", &"\0".repeat(512));
+    write(
+        p,
+        "etc/volt/vms/store.toml",
+        "kernel = \"/k\"\nvsock = true\n[[disk]]\npath = \"/d/a.img\"\nreadonly = true\n",
+    );
+    let o = volt_env(p, &["vm", "status", "store"], &no_bus);
+    assert!(
+        text(&o).contains("  vsock    CID ")
+            && text(&o).contains("host side /run/volt/vm/store/vsock.sock")
+            && text(&o).contains("  vda      /d/a.img (read-only)"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// `volt console` says which it is: no such VM, a VM that does not run, a socket that does

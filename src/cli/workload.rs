@@ -277,6 +277,10 @@ pub fn list(root: &Path, kind: Kind, out: &OutputArgs) -> Result<Outcome> {
         ],
     };
     out.print_table(header, rows);
+    if !views.is_empty() && views.iter().all(|v| v.state.is_none()) {
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        eprintln!("note: systemd could not be asked over D-Bus: the states are unknown");
+    }
     Ok(Outcome::Ok)
 }
 
@@ -420,13 +424,35 @@ pub fn status(root: &Path, kind: Kind, name: &str, out: &OutputArgs) -> Result<O
         if kind == Kind::Vm {
             let dir = Paths::new(Path::new("/")).vm_dir(name);
             println!("  console  {}", dir.join("console.sock").display());
+            if let Some(cid) = v.config["vsock_cid"].as_u64() {
+                println!(
+                    "  vsock    CID {cid}, host side {} (CONNECT <port>)",
+                    dir.join("vsock.sock").display()
+                );
+            }
+            for d in v.config["disks"].as_array().into_iter().flatten() {
+                // What the guest calls it: vda, vdb, ...
+                let index = d["index"].as_u64().unwrap_or_default();
+                let letter = char::from(b'a' + u8::try_from(index).unwrap_or(0).min(25));
+                println!(
+                    "  {:<8} {}{}{}",
+                    format!("vd{letter}"),
+                    d["path"].as_str().unwrap_or("-"),
+                    if d["readonly"] == true {
+                        " (read-only)"
+                    } else {
+                        ""
+                    },
+                    if d["root"] == true { " (root)" } else { "" },
+                );
+            }
         }
         let journal = std::process::Command::new("journalctl")
             .args(["--no-pager", "-o", "short", "-n", "10", "-u", &v.unit])
             .output();
         if let Ok(o) = journal {
             let text = String::from_utf8_lossy(&o.stdout);
-            if !text.trim().is_empty() {
+            if !text.trim().is_empty() && text.trim() != "-- No entries --" {
                 println!();
                 print!("{text}");
             }
