@@ -58,10 +58,10 @@ pub fn workload_dropin(w: &Workload) -> String {
 /// What a VM's unit needs to reach its files through its hardening. The file system is
 /// read-only (ProtectSystem=strict) and the devices closed (DevicePolicy=closed): open exactly
 /// the VM's images, read-write ones for writing, block devices by their node (a symlink outside
-/// `/dev` by the node it resolved to when the config was read). Home directories are hidden
-/// (ProtectHome=): a kernel, initrd or image under one is bound into an empty, read-only
-/// `/home`, `/root` and `/run/user` (ProtectHome=tmpfs). `-`: a missing image is the VMM's
-/// error to report, not a namespace failure.
+/// `/dev` by the first `/dev` path its links lead to). Home directories are hidden
+/// (ProtectHome=): a kernel, initrd or image under one (or an image linked into one) is bound
+/// into an empty, read-only `/home`, `/root` and `/run/user` (ProtectHome=tmpfs). `-`: a
+/// missing image is the VMM's error to report, not a namespace failure.
 fn vm_paths(vm: &VmConfig) -> Vec<String> {
     let mut out = Vec::new();
     let mut binds = Vec::new();
