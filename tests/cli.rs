@@ -54,6 +54,7 @@ fn root() -> tempfile::TempDir {
         "kernel = \"/k\"\n[[network]]\n",
     );
     std::fs::create_dir_all(r.path().join("srv/db/usr")).expect("mkdir");
+    write(r.path(), "srv/db/etc/os-release", "ID=test\n");
     write(
         r.path(),
         "etc/volt/containers/db.toml",

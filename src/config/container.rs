@@ -46,6 +46,11 @@ pub enum Volatile {
 }
 
 impl Volatile {
+    /// Whether nspawn keeps the tree itself read-only (what it asks for the host's `/`).
+    pub fn keeps_root_read_only(self) -> bool {
+        matches!(self, Volatile::Yes | Volatile::State)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Volatile::No => "no",
@@ -131,12 +136,26 @@ impl ContainerConfig {
             RootKind::Image => "image",
         };
         let real = root.join(self.root.strip_prefix("/").unwrap_or(&self.root));
+        let is_host_root = real
+            .canonicalize()
+            .ok()
+            .zip(root.canonicalize().ok())
+            .is_some_and(|(r, h)| r == h);
+        let os_release = ["etc/os-release", "usr/lib/os-release"]
+            .iter()
+            .any(|f| real.join(f).exists());
         let problem = match std::fs::metadata(&real) {
+            _ if is_host_root && !self.volatile.keeps_root_read_only() => {
+                format!("is {HOST_ROOT}")
+            }
             Ok(m) if m.is_dir() => {
-                if real.join("usr").is_dir() {
+                if !real.join("usr").is_dir() {
+                    "has no /usr directory (systemd-nspawn needs one)".to_string()
+                } else if self.boot && !os_release {
+                    "has no /etc/os-release or /usr/lib/os-release, which systemd-nspawn needs to boot it (boot = true)".to_string()
+                } else {
                     return Vec::new();
                 }
-                "has no /usr directory (systemd-nspawn needs one)".to_string()
             }
             Ok(_) if self.root_kind == RootKind::Image => {
                 "is not a directory (disk images are not supported yet: give an unpacked tree)"
@@ -162,13 +181,21 @@ impl ContainerConfig {
 /// without `_`, not ending in `.`, without `..`.
 fn check_container_name(name: &str) -> Result<(), String> {
     check_workload_name(name)?;
-    if name.contains('_') || name.ends_with('.') || name.contains("..") {
+    // systemd's hostname rules, which nspawn's --machine= applies: labels between single
+    // dots, none starting or ending with '-'.
+    let bad_label = name
+        .split('.')
+        .any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-'));
+    if name.contains('_') || bad_label {
         return Err(format!(
-            "{name:?} is not a valid machine (host) name: use letters, digits, '-' and single inner '.'"
+            "{name:?} is not a valid machine (host) name: use letters, digits and '-' in labels between single dots, no label starting or ending with '-' (and no '_')"
         ));
     }
     Ok(())
 }
+
+/// Why the host's own `/` is refused as a container's root (nspawn's own rule).
+const HOST_ROOT: &str = "the host's own root file system: only with volatile = \"yes\" or \"state\" (nspawn keeps it read-only under a tmpfs), else give a tree of its own";
 
 const VOLATILE: [(&str, Volatile); 4] = [
     ("no", Volatile::No),
@@ -239,6 +266,28 @@ fn container_from(
         RootKind::Directory => Volatile::No,
         RootKind::Image => Volatile::Overlay,
     });
+    if let Some(s) = directory.as_ref().or(image.as_ref()) {
+        let field = if directory.is_some() {
+            "directory"
+        } else {
+            "image"
+        };
+        if root
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            e.push(src.invalid(
+                field,
+                s.span(),
+                format!(
+                    "{:?} holds '..': give the tree's own path (it could lead to the host's root)",
+                    s.get_ref()
+                ),
+            ));
+        } else if root == Path::new("/") && !volatile.keeps_root_read_only() {
+            e.push(src.invalid(field, s.span(), format!("\"/\" is {HOST_ROOT}")));
+        }
+    }
     if root_kind == RootKind::Image && volatile == Volatile::No {
         e.push(src.whole(
             "volatile",

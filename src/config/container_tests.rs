@@ -48,7 +48,7 @@ fn dhcp_reservation_boot_and_image() {
         Some("10.42.0.150/24")
     );
     assert!(!c.nics[0].dhcp);
-    let c = parse("img", "image = \"/\"\nboot = true\n").expect("valid");
+    let c = parse("img", "image = \"/srv/img\"\nboot = true\n").expect("valid");
     assert_eq!(c.root_kind, RootKind::Image);
     assert_eq!(c.volatile, Volatile::Overlay);
 }
@@ -100,12 +100,34 @@ fn names_must_be_machine_names() {
         );
     }
     assert!(parse("db-1.lab", "directory = \"/x\"\nboot = true\n").is_ok());
+    for bad in ["db-", "a-.b", "a.-b"] {
+        let e = parse(bad, "directory = \"/x\"\n").expect_err(bad);
+        assert!(
+            e[0].to_string()
+                .contains("no label starting or ending with '-'"),
+            "{bad}: {}",
+            e[0]
+        );
+    }
+    // As nspawn allows it: read-only under a tmpfs.
+    assert!(parse("app", "image = \"/\"\nvolatile = \"yes\"\nboot = true\n").is_ok());
+    for root in ["/", "/srv/a/../.."] {
+        let e = parse("app", &format!("directory = \"{root}\"\nboot = true\n")).expect_err(root);
+        assert!(
+            e[0].to_string().contains("host's own root") || e[0].to_string().contains("holds '..'"),
+            "{root}: {}",
+            e[0]
+        );
+    }
 }
 
 #[test]
 fn root_check() {
     let tmp = tempfile::tempdir().expect("tmp");
-    std::fs::create_dir_all(tmp.path().join("srv/ct/usr")).expect("mkdir");
+    std::fs::create_dir_all(tmp.path().join("srv/ct/usr/lib")).expect("mkdir");
+    std::fs::write(tmp.path().join("srv/ct/usr/lib/os-release"), "ID=x\n").expect("write");
+    std::fs::create_dir_all(tmp.path().join("srv/noos/usr")).expect("mkdir");
+    std::os::unix::fs::symlink("..", tmp.path().join("srv/up")).expect("link");
     std::fs::create_dir_all(tmp.path().join("srv/nousr")).expect("mkdir");
     std::fs::write(tmp.path().join("srv/file"), "x").expect("write");
     let check = |dir: &str, kind: &str| {
@@ -120,6 +142,11 @@ fn root_check() {
         check("/srv/nousr", "directory")[0].contains(":1:13: directory: /srv/nousr has no /usr")
     );
     assert!(check("/srv/missing", "directory")[0].contains("does not exist"));
+    assert!(check("/srv/noos", "directory")[0].contains(
+        "has no /etc/os-release or /usr/lib/os-release, which systemd-nspawn needs to boot it"
+    ));
+    // A link to the root is the host's root as nspawn would see it.
+    assert!(check("/srv/up", "directory")[0].contains("is the host's own root file system"));
     assert!(check("/srv/file", "image")[0]
         .contains("image: /srv/file is not a directory (disk images are not supported yet"));
 }
