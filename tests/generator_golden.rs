@@ -665,3 +665,40 @@ fn many_vms_each_get_their_own_units() {
         "two networkd files per good VM, and the bridge's two"
     );
 }
+
+/// A container with a static address whose file breaks while it runs keeps its DHCP static
+/// lease on the bridge (networkd would hand its address to another container otherwise),
+/// until its file is removed.
+#[test]
+fn a_broken_container_file_keeps_its_static_lease() {
+    let case = cases()
+        .into_iter()
+        .find(|c| c.to_string_lossy().contains("09-containers"))
+        .expect("case");
+    let run = run_generator(&case);
+    // Without the case's own broken files (one of them claims app's address).
+    let cts = run.root.join("etc/volt/containers");
+    for bad in ["bad-dup.toml", "bad-ip.toml"] {
+        std::fs::remove_file(cts.join(bad)).expect("remove");
+    }
+    let (o, _) = rerun(&run, "good");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let leases = run
+        .root
+        .join("run/systemd/network/10-volt0.network.d/60-volt-static-leases.conf");
+    let before = std::fs::read_to_string(&leases).expect("static leases");
+    assert!(before.contains("Address=10.42.0.150"), "{before}");
+    let ct = cts.join("app.toml");
+    std::fs::write(&ct, "typo = 1\n").expect("break the file");
+    let (o, _) = rerun(&run, "broken");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("keeping the units of app"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&leases).expect("static leases kept"),
+        before
+    );
+    std::fs::remove_file(&ct).expect("remove the file");
+    let (_, _) = rerun(&run, "removed");
+    let after = std::fs::read_to_string(&leases).unwrap_or_default();
+    assert!(!after.contains("Address=10.42.0.150"), "{after}");
+}

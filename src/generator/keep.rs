@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 pub struct Kept {
     pub files: Vec<(PathBuf, String)>,
     pub links: Vec<(PathBuf, PathBuf)>,
+    /// Its DHCP static leases (network, MAC, address): kept in its networks' lease lists
+    /// while it runs on these units, so networkd hands its address to nobody else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<(String, String, std::net::Ipv4Addr)>,
 }
 
 impl Kept {
@@ -236,6 +240,11 @@ mod tests {
         Kept {
             files: vec![("a.service.d/x.conf".into(), text.into())],
             links: vec![("m.target.wants/a.service".into(), "/usr/lib/a".into())],
+            leases: vec![(
+                "volt0".into(),
+                "52:54:00:00:00:01".into(),
+                [10, 42, 0, 150].into(),
+            )],
         }
     }
 

@@ -208,7 +208,14 @@ fn generate_workload(
         }
     }
     let dropin = |unit: &str| PathBuf::from(format!("{unit}.d")).join(DROPIN_NAME);
-    let mut kept = keep::Kept::default();
+    let mut kept = keep::Kept {
+        leases: w
+            .static_leases()
+            .into_iter()
+            .map(|(net, mac, ip)| (net, mac.to_string(), ip))
+            .collect(),
+        ..keep::Kept::default()
+    };
     kept.files
         .push((dropin(&w.unit), render::workload_dropin(w)));
     for a in &w.attachments {
@@ -288,6 +295,8 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     let mut last: Option<keep::Record> = None;
     // Whether any workload starts at boot (machines.target), kept ones included.
     let mut any_autostart = false;
+    // The DHCP static leases of workloads that run on kept units.
+    let mut kept_leases: Vec<(String, String, std::net::Ipv4Addr)> = Vec::new();
     for (file, errs) in &broken {
         for e in errs {
             log::error!("{}; skipping {}", e.report(), file.display());
@@ -301,6 +310,7 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
         });
         if let Some((name, kept)) = kept {
             any_autostart |= kept.autostarts();
+            kept_leases.extend(kept.leases.iter().cloned());
             match write_kept(out, kept) {
                 Ok(()) => log::warn!(
                     "{}: keeping the units of {name} from its last good version until the file is fixed",
@@ -333,6 +343,7 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
         let last = last.get_or_insert_with(|| keep::Record::load(&targets.keep));
         for (name, kept) in last.of_kind(kind) {
             any_autostart |= kept.autostarts();
+            kept_leases.extend(kept.leases.iter().cloned());
             match write_kept(out, kept) {
                 Ok(()) => log::warn!(
                     "{}: cannot be listed; keeping the units of {kind} {name} from its last good version",
@@ -395,7 +406,15 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
     }
     // DHCP static leases for reservations and static containers whose MAC is known.
     for net in plan.networks.list.iter().filter(|n| n.dhcp) {
-        let leases = plan.static_leases(net);
+        let mut leases = plan.static_leases(net);
+        // Those of workloads on kept units too, unless a valid file took the address since.
+        for (n, mac, ip) in &kept_leases {
+            let Ok(mac) = mac.parse() else { continue };
+            if *n == net.name && !leases.iter().any(|(_, l)| l == ip) {
+                leases.push((mac, *ip));
+            }
+        }
+        leases.sort_by_key(|(_, ip)| *ip);
         if leases.is_empty() {
             continue;
         }

@@ -257,26 +257,30 @@ impl Plan {
     /// (containers share the DHCP pool's range), sorted by address.
     pub fn static_leases(&self, net: &Network) -> Vec<(MacAddr, Ipv4Addr)> {
         let mut out: Vec<(MacAddr, Ipv4Addr)> = Vec::new();
-        for w in &self.workloads {
-            for a in w
-                .attachments
-                .iter()
-                .filter(|a| a.network.as_deref() == Some(net.name.as_str()))
-            {
-                let lease = match (a.addressing, w.kind) {
-                    (Addressing::Reserved(ip), _) => Some(ip.addr()),
-                    (Addressing::Static(ip), Kind::Container) => Some(ip.addr()),
-                    _ => None,
-                };
-                if let Some(ip) = lease {
-                    if !out.contains(&(a.mac, ip)) {
-                        out.push((a.mac, ip));
-                    }
-                }
+        for (network, mac, ip) in self.workloads.iter().flat_map(Workload::static_leases) {
+            if network == net.name && !out.contains(&(mac, ip)) {
+                out.push((mac, ip));
             }
         }
         out.sort_by_key(|(_, ip)| *ip);
         out
+    }
+}
+
+impl Workload {
+    /// This workload's DHCP static leases (see [`Plan::static_leases`]), by network name.
+    pub fn static_leases(&self) -> Vec<(String, MacAddr, Ipv4Addr)> {
+        self.attachments
+            .iter()
+            .filter_map(|a| {
+                let ip = match (a.addressing, self.kind) {
+                    (Addressing::Reserved(ip), _) => ip.addr(),
+                    (Addressing::Static(ip), Kind::Container) => ip.addr(),
+                    _ => return None,
+                };
+                Some((a.network.clone()?, a.mac, ip))
+            })
+            .collect()
     }
 }
 
