@@ -945,3 +945,36 @@ fn a_vm_whose_files_are_missing_says_so_before_it_starts() {
         .expect("store");
     assert_eq!(store["file_errors"].as_array().map(Vec::len), Some(1));
 }
+
+/// A tree one container writes is that container's alone; read-only (volatile) containers
+/// may share one, but not with a container that writes it.
+#[test]
+fn containers_do_not_share_a_tree_one_of_them_writes() {
+    let r = root();
+    let p = r.path();
+    write(
+        p,
+        "etc/volt/containers/db2.toml",
+        "directory = \"/srv/db/\"\nboot = true\n",
+    );
+    let o = volt(p, &["validate"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("directory: /srv/db is already the root of container db"),
+        "{}",
+        text(&o)
+    );
+    // Both read-only: fine (db's own file made read-only too).
+    write(
+        p,
+        "etc/volt/containers/db.toml",
+        "directory = \"/srv/db\"\nvolatile = \"overlay\"\nboot = true\n[[network]]\n",
+    );
+    write(
+        p,
+        "etc/volt/containers/db2.toml",
+        "directory = \"/srv/db\"\nvolatile = \"overlay\"\nboot = true\n",
+    );
+    let o = volt(p, &["validate"]);
+    assert!(o.status.success(), "{}", text(&o));
+}

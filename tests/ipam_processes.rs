@@ -18,10 +18,11 @@ fn configure(root: &std::path::Path, owner: &str) {
     let mut parts = owner.split('/');
     let (kind, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (dir, text) = match kind {
-        "vm" => ("etc/volt/vms", "kernel = \"/k\"\n[[network]]\n"),
+        "vm" => ("etc/volt/vms", "kernel = \"/k\"\n[[network]]\n".to_string()),
+        // A tree of its own: a tree one container writes is that container's alone.
         _ => (
             "etc/volt/containers",
-            "directory = \"/srv\"\nboot = true\n[[network]]\n",
+            format!("directory = \"/srv/{name}\"\nboot = true\n[[network]]\n"),
         ),
     };
     let d = root.join(dir);

@@ -391,8 +391,46 @@ fn claim_container(ct: &ContainerConfig, taken: &mut Taken) -> Vec<ConfigError> 
             },
         );
     }
+    // A tree is written by one container (nspawn locks it), or read by any number (volatile
+    // modes keep it read-only). Known by its path.
+    let writable = ct.volatile == super::container::Volatile::No;
+    let tree = format!(
+        "{}",
+        ct.root
+            .components()
+            .collect::<std::path::PathBuf>()
+            .display()
+    );
+    let holder = if writable {
+        taken.holder(&format!("tree:{tree}"))
+    } else {
+        taken.holder(&format!("tree-rw:{tree}"))
+    };
+    let tree_err = holder.map(|holder| ConfigError::Invalid {
+        at: ct.spans.root.clone().unwrap_or_else(file_at),
+        field: match ct.root_kind {
+            super::container::RootKind::Directory => "directory".into(),
+            super::container::RootKind::Image => "image".into(),
+        },
+        message: format!(
+            "{tree} is already the root of {holder}{}",
+            if writable {
+                " (a tree one container writes is that container's alone; volatile = \"overlay\" shares it read-only)"
+            } else {
+                ", which writes it"
+            }
+        ),
+    });
     let owner = taken.owner(format!("container {} ({})", ct.name, ct.path.display()));
-    taken.claim(claims, owner)
+    let mut errs = taken.claim(claims, owner);
+    if errs.is_empty() && tree_err.is_none() {
+        taken.keys.entry(format!("tree:{tree}")).or_insert(owner);
+        if writable {
+            taken.keys.insert(format!("tree-rw:{tree}"), owner);
+        }
+    }
+    errs.extend(tree_err);
+    errs
 }
 
 /// Every port map must reach a configured VM or container with a NIC on the map's network.
@@ -536,16 +574,26 @@ mod tests {
             )
             .expect("valid container")
         };
-        let base = "directory = \"/srv/c\"\ncommand = [\"/bin/true\"]\n";
+        // A tree of its own each (a tree one container writes is that container's alone).
+        let base = |n: &str| format!("directory = \"/srv/{n}\"\ncommand = [\"/bin/true\"]\n");
         let web_mac = crate::config::nic_mac(&crate::config::vm_uuid("web"), "eth0", 0);
         let (vms, cts, errs) = super::check_across(
             vec![vm("web", "kernel = \"/k\"\n[[network]]\n")],
             vec![
-                ct("web", base),
-                ct("a", &format!("{base}[[network]]\nipv4 = \"10.42.0.120\"\n")),
-                ct("b", &format!("{base}[[network]]\nipv4 = \"10.42.0.120\"\n")),
-                ct("c", &format!("{base}[[network]]\nmac = \"{web_mac}\"\n")),
-                ct("d", &format!("{base}[[network]]\n")),
+                ct("web", &base("web")),
+                ct(
+                    "a",
+                    &format!("{}[[network]]\nipv4 = \"10.42.0.120\"\n", base("a")),
+                ),
+                ct(
+                    "b",
+                    &format!("{}[[network]]\nipv4 = \"10.42.0.120\"\n", base("b")),
+                ),
+                ct(
+                    "c",
+                    &format!("{}[[network]]\nmac = \"{web_mac}\"\n", base("c")),
+                ),
+                ct("d", &format!("{}[[network]]\n", base("d"))),
             ],
             Default::default,
         );
