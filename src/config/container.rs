@@ -180,18 +180,20 @@ impl ContainerConfig {
 /// A container name is also its nspawn machine name and host name: a valid workload name
 /// without `_`, not ending in `.`, without `..`.
 fn check_container_name(name: &str) -> Result<(), String> {
-    check_workload_name(name)?;
-    // systemd's hostname rules, which nspawn's --machine= applies: labels between single
-    // dots, none starting or ending with '-'.
-    let bad_label = name
-        .split('.')
-        .any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-'));
-    if name.contains('_') || bad_label {
+    // systemd's hostname rules, which nspawn's --machine= applies: letters, digits and '-'
+    // in labels between single dots, none starting or ending with '-'.
+    let bad_label = name.split('.').any(|l| {
+        l.is_empty()
+            || l.starts_with('-')
+            || l.ends_with('-')
+            || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    });
+    if !name.is_empty() && bad_label {
         return Err(format!(
             "{name:?} is not a valid machine (host) name: use letters, digits and '-' in labels between single dots, no label starting or ending with '-' (and no '_')"
         ));
     }
-    Ok(())
+    check_workload_name(name)
 }
 
 /// Why the host's own `/` is refused as a container's root (nspawn's own rule).

@@ -80,7 +80,7 @@ impl std::str::FromStr for Owner {
             [k, n, i] => (*k, *n, *i),
             _ => {
                 return Err(format!(
-                    "{s:?} is not an owner like vm/<name>/<nic> or container/<name>"
+                    "{s:?} is not an owner like vm/<name>/<nic> or container/<name>/<nic> (the NIC is eth0 when left out)"
                 ))
             }
         };
