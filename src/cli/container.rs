@@ -147,7 +147,7 @@ pub fn show(root: &Path, name: &str, out: &OutputArgs) -> Result<Outcome> {
         };
         println!("    address  {addr}");
     }
-    println!("  nspawn     systemd-nspawn {}", nspawn.join(" "));
+    println!("  nspawn     systemd-nspawn {}", shell_words(&nspawn));
     Ok(Outcome::Ok)
 }
 
@@ -186,7 +186,7 @@ pub fn run(root: &Path, name: &str) -> Result<Outcome> {
     log::info!(
         "container {name}: {} {}",
         PathBuf::from(&nspawn).display(),
-        args.join(" ")
+        shell_words(&args)
     );
     let err = std::process::Command::new(&nspawn).args(&args).exec();
     bail!("cannot run {}: {err}", PathBuf::from(&nspawn).display())
@@ -236,4 +236,43 @@ pub fn net_up(root: &Path, name: &str, pid: Option<u32>) -> Result<Outcome> {
     };
     crate::attach::container_net_up(&at, w, main)?;
     Ok(Outcome::Ok)
+}
+
+/// `args` as a shell would read them back: a word with anything but letters, digits and
+/// `_@%+=:,./-` in single quotes (a `'` as `'\''`).
+fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shell_words_read_back_as_the_arguments() {
+        let args = [
+            "-D",
+            "/ct/sp ace%n",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo \"hi\"; it's $HOME",
+            "",
+        ]
+        .map(String::from);
+        assert_eq!(
+            super::shell_words(&args),
+            r#"-D '/ct/sp ace%n' -- /bin/sh -c 'echo "hi"; it'\''s $HOME' ''"#
+        );
+    }
 }
