@@ -978,3 +978,40 @@ fn containers_do_not_share_a_tree_one_of_them_writes() {
     let o = volt(p, &["validate"]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// `volt ipam allocate --ip` follows the rules a file's address does: a VM's in the VM range,
+/// a container's in the container range.
+#[test]
+fn ipam_allocate_keeps_vms_and_containers_to_their_ranges() {
+    let r = root();
+    let p = r.path();
+    let o = volt(
+        p,
+        &[
+            "ipam",
+            "allocate",
+            "--owner",
+            "vm/dyn/eth0",
+            "--ip",
+            "10.42.0.150",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("10.42.0.150 is outside volt0's VM range 10.42.0.2-10.42.0.99"),
+        "{}",
+        text(&o)
+    );
+    let o = volt(
+        p,
+        &[
+            "ipam",
+            "allocate",
+            "--owner",
+            "vm/dyn/eth0",
+            "--ip",
+            "10.42.0.50",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+}

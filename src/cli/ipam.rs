@@ -124,6 +124,19 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
                     if let Some(other) = planned_owner_of(&at, &net.name, asked, &owner) {
                         bail!("{asked} is the configured address of {other}");
                     }
+                    // The rules a file's address follows: a VM's in the VM range (in the
+                    // DHCP range networkd could hand it to a container), a container's in the
+                    // container range.
+                    let (range, what) = match owner.kind {
+                        crate::net::ipam::Kind::Vm => (&net.vm_range, "VM"),
+                        crate::net::ipam::Kind::Container => (&net.container_range, "container"),
+                    };
+                    if !range.contains(asked) {
+                        bail!(
+                            "{asked} is outside {}'s {what} range {range}: a {what}'s address is there",
+                            net.name
+                        );
+                    }
                     Request::Static(asked)
                 }
                 (None, None) => Request::Any,
