@@ -1015,3 +1015,29 @@ fn ipam_allocate_keeps_vms_and_containers_to_their_ranges() {
     );
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// A container's host end carries the container's name as an altname, in the kernel's
+/// interface names: a name a VM's TAP or altname has is taken.
+#[test]
+fn a_container_name_cannot_be_a_vms_link_name() {
+    let r = root();
+    let p = r.path();
+    let tap = volt::config::tap_name(&volt::config::vm_uuid("web"), 0);
+    for name in ["web-eth0", tap.as_str()] {
+        write(p, &format!("srv/{name}/usr/x"), "");
+        let f = p.join(format!("etc/volt/containers/{name}.toml"));
+        std::fs::write(
+            &f,
+            format!("directory = \"/srv/{name}\"\ncommand = [\"/bin/true\"]\n[[network]]\n"),
+        )
+        .expect("write");
+        let o = volt(p, &["validate"]);
+        assert_eq!(o.status.code(), Some(1), "{name}: {}", text(&o));
+        assert!(
+            text(&o).contains(&format!("link name {name} is already used by VM web")),
+            "{name}: {}",
+            text(&o)
+        );
+        std::fs::remove_file(&f).expect("remove");
+    }
+}

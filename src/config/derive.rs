@@ -23,6 +23,15 @@ pub fn vm_uuid(name: &str) -> Uuid {
 }
 
 /// The first 8 hex digits of a UUID, used in link names.
+/// The altname every host link of a VM carries: `<workload>-<nic>` (so `ip link show
+/// web-eth0` works), cut to the kernel's 127-byte altname limit. A container's host end
+/// carries the container's name.
+pub fn altname(workload: &str, nic: &str) -> String {
+    let mut s = format!("{workload}-{nic}");
+    s.truncate(127);
+    s
+}
+
 pub fn short_id(uuid: &Uuid) -> String {
     let simple = uuid.simple().to_string();
     simple.chars().take(8).collect()

@@ -30,8 +30,8 @@ pub use container::{
     parse_container_toml, ContainerConfig, ContainerNic, RootKind, Volatile, MAX_CONTAINER_NICS,
 };
 pub use derive::{
-    check_link_name, check_workload_name, nic_mac, short_id, tap_name, veth_names, vm_uuid,
-    workload_of, MacAddr, IFNAMSIZ_MAX, RESERVED_LINK_PREFIXES, VOLT_NAMESPACE,
+    altname, check_link_name, check_workload_name, nic_mac, short_id, tap_name, veth_names,
+    vm_uuid, workload_of, MacAddr, IFNAMSIZ_MAX, RESERVED_LINK_PREFIXES, VOLT_NAMESPACE,
 };
 pub use disk::{DiskCache, DiskConfig};
 pub use error::{ConfigError, Location};

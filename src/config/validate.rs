@@ -70,8 +70,9 @@ struct NicClaim<'a> {
     path: &'a std::path::Path,
     spans: Option<&'a NicSpans>,
     index: usize,
-    /// Its host-side link names (a container's veth has two).
-    links: Vec<&'a String>,
+    /// Its host-side link names (a container's veth has two) and altnames, which share the
+    /// kernel's interface names.
+    links: Vec<String>,
     /// The bridge or parent its MAC must be unique on.
     segment: &'a str,
     mac: &'a MacAddr,
@@ -307,7 +308,7 @@ fn claim_vm(vm: &VmConfig, taken: &mut Taken) -> Vec<ConfigError> {
                 path: &vm.path,
                 spans: vm.spans.nics.get(nic.index),
                 index: nic.index,
-                links: vec![&nic.link],
+                links: vec![nic.link.clone(), super::derive::altname(&vm.name, &nic.id)],
                 segment: segment.map_or("", |s| s.as_str()),
                 mac: &nic.mac,
                 ipv4: nic.ipv4.zip(nic.network.as_deref()),
@@ -384,7 +385,16 @@ fn claim_container(ct: &ContainerConfig, taken: &mut Taken) -> Vec<ConfigError> 
                 path: &ct.path,
                 spans: ct.spans.nics.get(nic.index),
                 index: nic.index,
-                links: vec![&nic.host_link, &nic.container_link],
+                // The host end's altname is the container's name.
+                links: if nic.index == 0 {
+                    vec![
+                        nic.host_link.clone(),
+                        nic.container_link.clone(),
+                        ct.name.clone(),
+                    ]
+                } else {
+                    vec![nic.host_link.clone(), nic.container_link.clone()]
+                },
                 segment: nic.bridge.as_deref().unwrap_or_default(),
                 mac: &nic.mac,
                 ipv4: nic.ipv4.zip(nic.network.as_deref()),

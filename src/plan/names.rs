@@ -142,13 +142,7 @@ pub fn isolated_netns(id: &str) -> String {
     format!("{ISOLATED_NETNS_PREFIX}{id}")
 }
 
-/// The altname every host link carries: `<workload>-<nic>` (so `ip link show web-eth0`
-/// works), cut to the kernel's 127-byte altname limit.
-pub fn altname(workload: &str, nic: &str) -> String {
-    let mut s = format!("{workload}-{nic}");
-    s.truncate(127);
-    s
-}
+pub use crate::config::altname;
 
 /// Whether a file named `file_name` (in `/run/systemd/network` or a bridge's `.network.d`)
 /// with content `text` is one Volt owns: our name prefix (a link's `60-volt-`, a bridge's
