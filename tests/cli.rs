@@ -1040,4 +1040,17 @@ fn a_container_name_cannot_be_a_vms_link_name() {
         );
         std::fs::remove_file(&f).expect("remove");
     }
+    // Nor a bridge's name.
+    write(p, "srv/volt0/usr/x", "");
+    write(
+        p,
+        "etc/volt/containers/volt0.toml",
+        "directory = \"/srv/volt0\"\ncommand = [\"/bin/true\"]\n[[network]]\n",
+    );
+    let o = volt(p, &["validate"]);
+    assert!(
+        text(&o).contains("volt0.toml: name: the container's host link carries its name, volt0, and network volt0's bridge has that name"),
+        "{}",
+        text(&o)
+    );
 }

@@ -373,6 +373,18 @@ fn container_from(
         nics.push(nic);
         spans.nics.push(nic_spans);
     }
+    // Its host end carries the container's name as an altname, among the interface names.
+    if !nics.is_empty() {
+        if let Some(net) = nets.by_bridge(&name) {
+            e.push(src.whole(
+                "name",
+                format!(
+                    "the container's host link carries its name, {name}, and network {}'s bridge has that name: rename the file",
+                    net.name
+                ),
+            ));
+        }
+    }
 
     ContainerConfig {
         name,
