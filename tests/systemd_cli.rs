@@ -143,17 +143,18 @@ fn vm_and_container_lifecycle_verbs_state_and_addresses() {
         msg.contains("volt-vm@broken.service: the start job ended with result"),
         "{msg}"
     );
-    // A kernel that is gone: refused before systemd is asked, naming it.
+    // A kernel that is gone: named before systemd is asked, and the start fails in the unit.
     c.write(
         "/etc/volt/vms/broken.toml",
         "memory_mib = 64\nkernel = \"/nonexistent/vmlinux\"\n",
     );
     let bad = c.sh("volt vm start broken");
-    assert_eq!(bad.status.code(), Some(78));
+    assert_eq!(bad.status.code(), Some(1));
     let msg = String::from_utf8_lossy(&bad.stderr);
     assert!(
         msg.contains("kernel: /nonexistent/vmlinux does not exist")
-            && msg.contains("not starting VM broken: the files it needs are not usable"),
+            && msg.contains("VM broken may not start")
+            && msg.contains("the start job ended with result"),
         "{msg}"
     );
 }

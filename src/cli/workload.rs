@@ -168,6 +168,9 @@ pub fn views(root: &Path, kind: Kind) -> (ConfigSet, Vec<WorkloadView>) {
             }
             .iter()
             .map(|e| e.report())
+            // What this user may not look at is not known to be wrong (/var/lib/machines is
+            // 0700 root).
+            .filter(|e| !e.contains("cannot be read (Permission denied"))
             .collect(),
         })
         .collect::<Vec<_>>();
@@ -340,15 +343,18 @@ pub fn lifecycle(root: &Path, kind: Kind, name: &str, verb: Verb) -> Result<Outc
         );
         return Ok(Outcome::Config);
     }
-    if !v.file_errors.is_empty() && verb != Verb::Stop {
+    if verb != Verb::Stop {
+        // Said, not refused: systemd may mount a file system or make a device the unit
+        // needs on the way (RequiresMountsFor=, an LV), which this check cannot know.
         for e in &v.file_errors {
-            log::error!("{e}");
+            log::warn!("{e}");
         }
-        log::error!(
-            "not starting {} {name}: the files it needs are not usable (above)",
-            kind.noun()
-        );
-        return Ok(Outcome::Config);
+        if !v.file_errors.is_empty() {
+            log::warn!(
+                "{} {name} may not start: the files above are not usable now; asking systemd anyway",
+                kind.noun()
+            );
+        }
     }
     let conn = match crate::sd::system_bus() {
         Ok(c) => c,

@@ -46,8 +46,9 @@ pub enum Volatile {
 }
 
 impl Volatile {
-    /// Whether nspawn keeps the tree itself read-only (what it asks for the host's `/`).
-    pub fn keeps_root_read_only(self) -> bool {
+    /// Whether nspawn runs a container on the host's own `/` with it: `yes` and `state` give
+    /// the container a `/var` of its own (a tmpfs), so the host's is not shared.
+    pub fn allows_host_root(self) -> bool {
         matches!(self, Volatile::Yes | Volatile::State)
     }
 
@@ -141,11 +142,12 @@ impl ContainerConfig {
             .ok()
             .zip(root.canonicalize().ok())
             .is_some_and(|(r, h)| r == h);
+        // Present, a link included (nspawn resolves one inside the tree).
         let os_release = ["etc/os-release", "usr/lib/os-release"]
             .iter()
-            .any(|f| real.join(f).exists());
+            .any(|f| std::fs::symlink_metadata(real.join(f)).is_ok());
         let problem = match std::fs::metadata(&real) {
-            _ if is_host_root && !self.volatile.keeps_root_read_only() => {
+            _ if is_host_root && !self.volatile.allows_host_root() => {
                 format!("is {HOST_ROOT}")
             }
             Ok(m) if m.is_dir() => {
@@ -197,7 +199,7 @@ fn check_container_name(name: &str) -> Result<(), String> {
 }
 
 /// Why the host's own `/` is refused as a container's root (nspawn's own rule).
-const HOST_ROOT: &str = "the host's own root file system: only with volatile = \"yes\" or \"state\" (nspawn keeps it read-only under a tmpfs), else give a tree of its own";
+const HOST_ROOT: &str = "the host's own root file system: only with volatile = \"yes\" or \"state\" (the container then gets a /var of its own), else give a tree of its own";
 
 const VOLATILE: [(&str, Volatile); 4] = [
     ("no", Volatile::No),
@@ -286,7 +288,7 @@ fn container_from(
                     s.get_ref()
                 ),
             ));
-        } else if root == Path::new("/") && !volatile.keeps_root_read_only() {
+        } else if root == Path::new("/") && !volatile.allows_host_root() {
             e.push(src.invalid(field, s.span(), format!("\"/\" is {HOST_ROOT}")));
         }
     }
@@ -373,8 +375,9 @@ fn container_from(
         nics.push(nic);
         spans.nics.push(nic_spans);
     }
-    // Its host end carries the container's name as an altname, among the interface names.
-    if !nics.is_empty() {
+    // Its host end carries the container's name as an altname, among the interface names
+    // (in the host's namespace unless the network is isolated).
+    if nics.first().is_some_and(|n: &ContainerNic| !n.isolated) {
         if let Some(net) = nets.by_bridge(&name) {
             e.push(src.whole(
                 "name",

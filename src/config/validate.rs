@@ -70,8 +70,7 @@ struct NicClaim<'a> {
     path: &'a std::path::Path,
     spans: Option<&'a NicSpans>,
     index: usize,
-    /// Its host-side link names (a container's veth has two) and altnames, which share the
-    /// kernel's interface names.
+    /// Its host-side link names (a container's veth has two).
     links: Vec<String>,
     /// The bridge or parent its MAC must be unique on.
     segment: &'a str,
@@ -308,7 +307,7 @@ fn claim_vm(vm: &VmConfig, taken: &mut Taken) -> Vec<ConfigError> {
                 path: &vm.path,
                 spans: vm.spans.nics.get(nic.index),
                 index: nic.index,
-                links: vec![nic.link.clone(), super::derive::altname(&vm.name, &nic.id)],
+                links: vec![nic.link.clone()],
                 segment: segment.map_or("", |s| s.as_str()),
                 mac: &nic.mac,
                 ipv4: nic.ipv4.zip(nic.network.as_deref()),
@@ -385,16 +384,7 @@ fn claim_container(ct: &ContainerConfig, taken: &mut Taken) -> Vec<ConfigError> 
                 path: &ct.path,
                 spans: ct.spans.nics.get(nic.index),
                 index: nic.index,
-                // The host end's altname is the container's name.
-                links: if nic.index == 0 {
-                    vec![
-                        nic.host_link.clone(),
-                        nic.container_link.clone(),
-                        ct.name.clone(),
-                    ]
-                } else {
-                    vec![nic.host_link.clone(), nic.container_link.clone()]
-                },
+                links: vec![nic.host_link.clone(), nic.container_link.clone()],
                 segment: nic.bridge.as_deref().unwrap_or_default(),
                 mac: &nic.mac,
                 ipv4: nic.ipv4.zip(nic.network.as_deref()),
@@ -431,6 +421,24 @@ fn claim_container(ct: &ContainerConfig, taken: &mut Taken) -> Vec<ConfigError> 
             }
         ),
     });
+    // Its host end (in the host's namespace unless isolated) carries the container's name as
+    // an altname, among the interface names: a TAP or veth of that name could then not be
+    // made. (Two altnames alike only cost one of them its altname: no claim on those.)
+    if ct.nics.first().is_some_and(|n| !n.isolated) {
+        claims.push((
+            format!("link:{}", ct.name),
+            Box::new(|| {
+                (
+                    "name".into(),
+                    file_at(),
+                    format!(
+                        "the name {} (its host link's altname) as a link name",
+                        ct.name
+                    ),
+                )
+            }),
+        ));
+    }
     let owner = taken.owner(format!("container {} ({})", ct.name, ct.path.display()));
     let mut errs = taken.claim(claims, owner);
     if errs.is_empty() && tree_err.is_none() {

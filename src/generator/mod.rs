@@ -410,7 +410,8 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
         // Those of workloads on kept units too, unless a valid file took the address since.
         for (n, mac, ip) in &kept_leases {
             let Ok(mac) = mac.parse() else { continue };
-            if *n == net.name && !leases.iter().any(|(_, l)| l == ip) {
+            let taken = leases.iter().any(|(m, l)| l == ip || *m == mac);
+            if *n == net.name && net.is_host_addr(*ip) && !taken {
                 leases.push((mac, *ip));
             }
         }
