@@ -62,10 +62,10 @@ pub struct DiskConfig {
     /// unit's DeviceAllow= takes paths under `/dev` only).
     #[serde(skip)]
     pub device_node: Option<PathBuf>,
-    /// Where `path` really is, when links lead elsewhere (what the unit must be given when
-    /// that is under a directory its sandbox hides).
+    /// The paths the symlinks from `path` lead through, in order (empty when `path` is no
+    /// link): the unit must be given the one under a directory its sandbox hides.
     #[serde(skip)]
-    pub real_path: Option<PathBuf>,
+    pub link_hops: Vec<PathBuf>,
 }
 
 const CACHE: [(&str, DiskCache); 2] = [
@@ -121,7 +121,7 @@ pub(crate) fn parse_disk(src: &Src, index: usize, t: &Table, e: &mut Errors) -> 
         root_at: root_s.map(|b| src.at(b.span().start)),
         identity: None,
         device_node: None,
-        real_path: None,
+        link_hops: Vec::new(),
     };
     if let Some(l) = t.table(src, e, "limit") {
         d.bytes_per_sec = l
@@ -193,11 +193,11 @@ pub(crate) fn check_disks(src: &Src, disks: &[DiskConfig], e: &mut Errors) {
 pub(crate) fn identify(vms: &mut [super::VmConfig], root: &Path) {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     for d in vms.iter_mut().flat_map(|v| v.disks.iter_mut()) {
+        d.link_hops = link_hops(root, &d.path);
         if !d.path.starts_with("/dev") {
-            d.device_node = device_link(root, &d.path);
+            d.device_node = d.link_hops.iter().find(|h| h.starts_with("/dev")).cloned();
         }
         let real = root.join(d.path.strip_prefix("/").unwrap_or(&d.path));
-        d.real_path = real_path(root, &real).filter(|r| *r != d.path);
         let Ok(m) = std::fs::metadata(&real) else {
             continue;
         };
@@ -209,50 +209,55 @@ pub(crate) fn identify(vms: &mut [super::VmConfig], root: &Path) {
     }
 }
 
-/// `real` (under `root`) with every link resolved, as the host names it.
-fn real_path(root: &Path, real: &Path) -> Option<PathBuf> {
-    let resolved = real.canonicalize().ok()?;
-    let root = root.canonicalize().ok()?;
-    Some(Path::new("/").join(resolved.strip_prefix(&root).ok()?))
-}
-
-/// The first path under `/dev` that the symlinks from `path` (under `root`) lead to: what
-/// the unit's DeviceAllow= names (systemd finds the device behind it when the unit starts).
-/// Read from the links alone, so it is known before the device exists (the generator runs
-/// before udev and LVM make `/dev/<vg>/<lv>` at boot).
-fn device_link(root: &Path, path: &Path) -> Option<PathBuf> {
+/// The paths the symlinks from `path` (under `root`) lead through, read from the links
+/// alone: known before what they lead to exists (the generator runs before udev and LVM make
+/// `/dev/<vg>/<lv>`, and before a separate `/home` is mounted, at boot). A hop under `/dev`
+/// is what the unit's DeviceAllow= names (systemd finds the device behind it when the unit
+/// starts); one under a home is what it binds in.
+fn link_hops(root: &Path, path: &Path) -> Vec<PathBuf> {
+    let mut hops = Vec::new();
     let mut p = path.to_path_buf();
     for _ in 0..40 {
-        if p.starts_with("/dev") {
-            return Some(p);
+        let Some(next) = next_hop(root, &p) else {
+            break;
+        };
+        hops.push(next.clone());
+        if next.starts_with("/dev") {
+            break;
         }
-        let target = std::fs::read_link(root.join(p.strip_prefix("/").ok()?)).ok()?;
-        // Relative to where the link really is (its directory may be a link itself).
-        let parent = p.parent()?;
-        let real_parent = root
-            .join(parent.strip_prefix("/").ok()?)
-            .canonicalize()
-            .ok()
-            .and_then(|d| {
-                let root = root.canonicalize().ok()?;
-                Some(Path::new("/").join(d.strip_prefix(&root).ok()?))
-            })
-            .unwrap_or_else(|| parent.to_path_buf());
-        let next = real_parent.join(target);
-        // `..` taken lexically past that point: the rest may not exist yet.
-        let mut clean = PathBuf::from("/");
-        for c in next.components() {
-            match c {
-                std::path::Component::ParentDir => {
-                    clean.pop();
-                }
-                std::path::Component::Normal(n) => clean.push(n),
-                _ => {}
-            }
-        }
-        p = clean;
+        p = next;
     }
-    None
+    hops
+}
+
+/// Where the link at `p` (under `root`) points, as the host names it; `None` when `p` is no
+/// link (or cannot be read).
+fn next_hop(root: &Path, p: &Path) -> Option<PathBuf> {
+    let target = std::fs::read_link(root.join(p.strip_prefix("/").ok()?)).ok()?;
+    // Relative to where the link really is (its directory may be a link itself).
+    let parent = p.parent()?;
+    let real_parent = root
+        .join(parent.strip_prefix("/").ok()?)
+        .canonicalize()
+        .ok()
+        .and_then(|d| {
+            let root = root.canonicalize().ok()?;
+            Some(Path::new("/").join(d.strip_prefix(&root).ok()?))
+        })
+        .unwrap_or_else(|| parent.to_path_buf());
+    let next = real_parent.join(target);
+    // `..` taken lexically past that point: the rest may not exist yet.
+    let mut clean = PathBuf::from("/");
+    for c in next.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            std::path::Component::Normal(n) => clean.push(n),
+            _ => {}
+        }
+    }
+    Some(clean)
 }
 
 impl DiskConfig {
@@ -309,7 +314,11 @@ mod tests {
         std::os::unix::fs::symlink("../../dev/sdb", root.join("srv/real/wwn")).expect("link");
         std::os::unix::fs::symlink("real", root.join("srv/byid")).expect("link");
         std::fs::write(disks.join("a.img"), "").expect("file");
-        let at = |p: &str| device_link(root, Path::new(p));
+        let at = |p: &str| {
+            link_hops(root, Path::new(p))
+                .into_iter()
+                .find(|h| h.starts_with("/dev"))
+        };
         assert_eq!(at("/var/lib/volt/disks/lv"), Some("/dev/vg/lv".into()));
         assert_eq!(
             at("/var/lib/volt/disks/abs"),

@@ -73,9 +73,8 @@ fn vm_paths(vm: &VmConfig) -> Vec<String> {
     }
     for d in &vm.disks {
         // An image linked to from elsewhere is opened where it really is.
-        let home = [Some(&d.path), d.real_path.as_ref()]
-            .into_iter()
-            .flatten()
+        let home = std::iter::once(&d.path)
+            .chain(&d.link_hops)
             .find(|p| in_home(p));
         if let Some(home) = home {
             let setting = if d.readonly {
@@ -209,7 +208,7 @@ mod tests {
             "/var/lib/volt/kernels/vmlinux",
             "[[disk]]\npath = \"/var/lib/volt/disks/x.img\"\n",
         );
-        v.disks[0].real_path = Some("/home/me/vm.img".into());
+        v.disks[0].link_hops = vec!["/home/me/vm.img".into(), "/srv/images/vm.img".into()];
         assert_eq!(
             vm_paths(&v),
             ["ProtectHome=tmpfs", "BindPaths=-/home/me/vm.img"]
