@@ -973,6 +973,20 @@ fn containers_do_not_share_a_tree_one_of_them_writes() {
         "{}",
         text(&o)
     );
+    // The same tree through a link is the same tree.
+    std::os::unix::fs::symlink("db", p.join("srv/db-link")).expect("link");
+    write(
+        p,
+        "etc/volt/containers/db2.toml",
+        "directory = \"/srv/db-link\"\nboot = true\n",
+    );
+    let o = volt(p, &["validate"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("directory: /srv/db-link is already the root of container db"),
+        "{}",
+        text(&o)
+    );
     // Both read-only: fine (db's own file made read-only too).
     write(
         p,

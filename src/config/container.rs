@@ -120,6 +120,10 @@ pub struct ContainerConfig {
     pub nics: Vec<ContainerNic>,
     #[serde(skip)]
     pub(crate) spans: ContainerSpans,
+    /// The tree itself, when it can be looked at (device and inode): two paths to one tree
+    /// are one tree. See [`identify`].
+    #[serde(skip)]
+    pub(crate) tree_identity: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -402,6 +406,7 @@ fn container_from(
         autostart,
         nics,
         spans,
+        tree_identity: None,
     }
 }
 
@@ -470,3 +475,15 @@ fn parse_nic(
 #[cfg(test)]
 #[path = "container_tests.rs"]
 mod tests;
+
+/// Look at each container's tree under `root` (see [`ContainerConfig::tree_identity`]), as
+/// nspawn's lock does: by device and inode.
+pub(crate) fn identify(containers: &mut [ContainerConfig], root: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    for c in containers {
+        let real = root.join(c.root.strip_prefix("/").unwrap_or(&c.root));
+        c.tree_identity = std::fs::metadata(real)
+            .ok()
+            .map(|m| format!("inode:{}:{}", m.dev(), m.ino()));
+    }
+}

@@ -315,6 +315,7 @@ impl ConfigSet {
             }
         }
         disk::identify(&mut vms, root);
+        container::identify(&mut containers, root);
         let (mut vms, containers, cross) =
             validate::check_across(vms, containers, || validate::incumbents(root));
         errors.extend(cross);

@@ -164,11 +164,12 @@ pub fn collisions_with_installed(
     set: &super::ConfigSet,
     root: &std::path::Path,
     mut vms: Vec<VmConfig>,
-    cts: Vec<ContainerConfig>,
+    mut cts: Vec<ContainerConfig>,
 ) -> Vec<ConfigError> {
-    // The installed ones' images were looked at when they were loaded; the named ones' now,
-    // so one image behind two paths is one image here too.
+    // The installed ones' images and trees were looked at when they were loaded; the named
+    // ones' now, so one image or tree behind two paths is one here too.
     super::disk::identify(&mut vms, root);
+    super::container::identify(&mut cts, root);
     let named: HashSet<std::path::PathBuf> = vms
         .iter()
         .map(|v| v.path.clone())
@@ -392,15 +393,17 @@ fn claim_container(ct: &ContainerConfig, taken: &mut Taken) -> Vec<ConfigError> 
         );
     }
     // A tree is written by one container (nspawn locks it), or read by any number (volatile
-    // modes keep it read-only). Known by its path.
+    // modes keep it read-only). Known by what it is where it can be looked at, as nspawn's
+    // lock knows it, else by its path.
     let writable = ct.volatile == super::container::Volatile::No;
-    let tree = format!(
+    let shown = format!(
         "{}",
         ct.root
             .components()
             .collect::<std::path::PathBuf>()
             .display()
     );
+    let tree = ct.tree_identity.clone().unwrap_or_else(|| shown.clone());
     let holder = if writable {
         taken.holder(&format!("tree:{tree}"))
     } else {
@@ -413,7 +416,7 @@ fn claim_container(ct: &ContainerConfig, taken: &mut Taken) -> Vec<ConfigError> 
             super::container::RootKind::Image => "image".into(),
         },
         message: format!(
-            "{tree} is already the root of {holder}{}",
+            "{shown} is already the root of {holder}{}",
             if writable {
                 " (a tree one container writes is that container's alone; volatile = \"overlay\" shares it read-only)"
             } else {
