@@ -1076,3 +1076,21 @@ fn a_container_name_cannot_be_a_vms_link_name() {
         text(&o)
     );
 }
+
+/// A port map whose target's file has errors is not an error of the network's own: the
+/// target's file says what to fix (the network was said to be skipped, and was not).
+#[test]
+fn a_port_map_to_a_broken_workload_is_not_the_networks_error() {
+    let r = root();
+    let p = r.path();
+    write(
+        p,
+        "etc/volt/networks/ho.toml",
+        "type = \"host-only\"\nsubnet = \"10.55.0.0/24\"\n[[port_map]]\nhost_port = 8080\ntarget = \"hc\"\ntarget_port = 80\n",
+    );
+    write(p, "etc/volt/vms/hc.toml", "kernel = \"/k\"\ntypo = 1\n");
+    let o = volt(p, &["validate"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("hc.toml:2:1: typo"), "{}", text(&o));
+    assert!(!text(&o).contains("port_map[0].target"), "{}", text(&o));
+}

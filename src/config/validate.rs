@@ -454,11 +454,13 @@ fn claim_container(ct: &ContainerConfig, taken: &mut Taken) -> Vec<ConfigError> 
     errs
 }
 
-/// Every port map must reach a configured VM or container with a NIC on the map's network.
+/// Every port map must reach a configured VM or container with a NIC on the map's network
+/// (or one whose file is `broken`: its own errors say what to fix).
 pub(super) fn check_port_maps(
     networks: &super::Networks,
     vms: &[VmConfig],
     containers: &[ContainerConfig],
+    broken: &HashSet<String>,
 ) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for net in &networks.list {
@@ -467,6 +469,8 @@ pub(super) fn check_port_maps(
             let vm = vms.iter().find(|v| v.name == pm.target);
             let ct = containers.iter().find(|c| c.name == pm.target);
             let problem = match (vm, ct) {
+                // Its file has errors of its own, said there; the map waits for it.
+                (None, None) if broken.contains(&pm.target) => None,
                 (None, None) => Some(format!("{} is not a configured VM or container", pm.target)),
                 (Some(v), _) if !v.nics.iter().any(|n| on_net(&n.network)) => {
                     Some(format!("VM {} has no NIC on {}", pm.target, net.name))
