@@ -1086,7 +1086,7 @@ fn a_port_map_to_a_broken_workload_is_not_the_networks_error() {
     write(
         p,
         "etc/volt/networks/ho.toml",
-        "type = \"host-only\"\nsubnet = \"10.55.0.0/24\"\n[[port_map]]\nhost_port = 8080\ntarget = \"hc\"\ntarget_port = 80\n",
+        "type = \"host-only\"\nuplink = \"eth0\"\nsubnet = \"10.55.0.0/24\"\n[[port_map]]\nhost_port = 8080\ntarget = \"hc\"\ntarget_port = 80\n",
     );
     write(p, "etc/volt/vms/hc.toml", "kernel = \"/k\"\ntypo = 1\n");
     let o = volt(p, &["validate"]);
