@@ -40,6 +40,11 @@ fn write(root: &Path, rel: &str, body: &str) {
 }
 
 /// A root with VM web (static 10.42.0.10), VM dyn (pool) and container db (DHCP).
+/// That `o`'s output (stdout and stderr) holds `want`.
+fn says(o: &Output, want: &str) {
+    assert!(text(o).contains(want), "want {want:?} in:\n{}", text(o));
+}
+
 fn root() -> tempfile::TempDir {
     let r = tempfile::tempdir().expect("root");
     write(r.path(), "k", "kernel");
@@ -112,11 +117,7 @@ fn validate_names_what_to_fix() {
     .expect("write");
     let o = volt(p, &["validate", new.to_str().expect("utf-8")]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(
-        text(&o).contains("new.toml:3:8: network[0].ipv4: 10.42.0.10 on volt0 is already used by VM web (/etc/volt/vms/web.toml)"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "new.toml:3:8: network[0].ipv4: 10.42.0.10 on volt0 is already used by VM web (/etc/volt/vms/web.toml)");
     // The installed file itself replaces its own entry: no collision with itself.
     let o = volt(
         p,
@@ -147,11 +148,7 @@ fn validate_names_what_to_fix() {
         ],
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(
-        text(&o).contains("10.42.0.11 on volt0 is already used by VM"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "10.42.0.11 on volt0 is already used by VM");
     std::fs::remove_file(&other).expect("rm");
     std::fs::remove_file(&new).expect("rm");
     write(
@@ -220,24 +217,12 @@ fn ipam_commands_honour_the_configuration() {
     // web's address for another owner, or another address for web: refused.
     let o = allocate("vm/dyn/eth0", &["--ip", "10.42.0.10"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o).contains("10.42.0.10 is the configured address of vm/web/eth0"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "10.42.0.10 is the configured address of vm/web/eth0");
     let o = allocate("vm/web/eth0", &["--ip", "10.42.0.11"]);
-    assert!(
-        text(&o).contains("its configured address is 10.42.0.10"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "its configured address is 10.42.0.10");
     // Owners that are not configured.
     let o = allocate("vm/ghost/eth0", &[]);
-    assert!(
-        text(&o).contains("vm/ghost/eth0: no VM named ghost is configured"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "vm/ghost/eth0: no VM named ghost is configured");
     let o = allocate("vm/dyn/eth1", &[]);
     assert!(text(&o).contains("VM dyn has no NIC eth1"), "{}", text(&o));
     // A pool address for dyn, then released.
@@ -387,11 +372,7 @@ fn a_nic_mtu_above_its_networks_is_a_warning() {
     );
     let o = volt(p, &["validate"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        text(&o).contains("warning: /etc/volt/vms/jumbo.toml:3:7: network[0].mtu: 9000 is larger than network volt0's MTU 1500"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "warning: /etc/volt/vms/jumbo.toml:3:7: network[0].mtu: 9000 is larger than network volt0's MTU 1500");
 }
 
 /// A lease file that is not JSON: the listings say so once and leave it as it is (only
@@ -447,11 +428,7 @@ fn a_broken_cluster_file_fails_closed() {
         &[("SERVICE_RESULT", "success")],
     );
     assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        text(&o).contains("cannot release the cluster name web"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "cannot release the cluster name web");
     // A container's reboot (nspawn's status 133, which its unit restarts on) keeps the name
     // without asking the store; a clean stop asks it (none answers on this loopback port).
     write(
@@ -544,28 +521,16 @@ fn a_workload_whose_file_broke_is_still_listed_with_its_errors() {
         "{}",
         text(&o)
     );
-    assert!(
-        text(&o).contains("config   /etc/volt/vms/web.toml:2:9"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "config   /etc/volt/vms/web.toml:2:9");
     // A start is refused, naming what to fix.
     let o = volt(p, &["vm", "start", "web"]);
     assert!(!o.status.success());
-    assert!(
-        text(&o).contains("not starting VM web: fix /etc/volt/vms/web.toml first"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "not starting VM web: fix /etc/volt/vms/web.toml first");
     // A name that is a path is no workload's, whatever file it would reach.
     write(p, "etc/volt/containers/ct1.toml", "directory = \"/srv\"\n");
     let o = volt(p, &["vm", "status", "../containers/ct1"]);
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
-    assert!(
-        text(&o).contains("not a valid VM name: \"../containers/ct1\""),
-        "{}",
-        text(&o)
-    );
+    says(&o, "not a valid VM name: \"../containers/ct1\"");
 }
 
 #[test]
@@ -656,11 +621,8 @@ fn validate_sees_images_as_the_unit_will() {
     std::fs::write(&new, "kernel = \"/k\"\n[[disk]]\npath = \"/d/link.img\"\n").expect("write");
     let o = volt(p, &["validate", new.to_str().expect("utf-8")]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(
-        text(&o).contains("new.toml:3:8: disk[0].path:") && text(&o).contains("VM store"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "new.toml:3:8: disk[0].path:");
+    says(&o, "VM store");
 
     write(p, "tmp/k", "kernel");
     std::fs::write(&new, "kernel = \"/tmp/k\"\n").expect("write");
@@ -680,18 +642,13 @@ fn validate_sees_images_as_the_unit_will() {
     .expect("write");
     let o = volt(p, &["validate", new.to_str().expect("utf-8")]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(
-        text(&o).contains("new.toml:3:8: disk[0].path: \"/d/a.img\\nExecStartPre=+/bin/touch /pwned\" holds a control character"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "new.toml:3:8: disk[0].path: \"/d/a.img\\nExecStartPre=+/bin/touch /pwned\" holds a control character");
     std::fs::write(&new, "kernel = '/k\"x'\n").expect("write");
     let o = volt(p, &["validate", new.to_str().expect("utf-8")]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(
-        text(&o).contains("new.toml:1:10: kernel: \"/k\\\"x\" holds a double quote or a backslash"),
-        "{}",
-        text(&o)
+    says(
+        &o,
+        "new.toml:1:10: kernel: \"/k\\\"x\" holds a double quote or a backslash",
     );
 }
 
@@ -716,11 +673,7 @@ fn a_vm_with_more_devices_than_interrupt_lines_is_refused() {
     write(p, "etc/volt/vms/big.toml", &vm);
     let o = volt(p, &["validate"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(
-        text(&o).contains("big.toml: disk: 8 NIC(s), 10 disk(s) and vsock: 19 virtio devices, and a VM has at most 18"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "big.toml: disk: 8 NIC(s), 10 disk(s) and vsock: 19 virtio devices, and a VM has at most 18");
 }
 
 /// Without a system bus (no systemd here), the lifecycle verbs say so, once, with what runs a
@@ -777,11 +730,7 @@ fn console_says_why_it_cannot_attach() {
     let p = r.path();
     let o = volt(p, &["console", "nope"]);
     assert!(!o.status.success());
-    assert!(
-        text(&o).contains("no VM nope: /etc/volt/vms/nope.toml does not exist"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "no VM nope: /etc/volt/vms/nope.toml does not exist");
     let o = volt(p, &["console", "web"]);
     assert!(text(&o).contains("VM web is not running"), "{}", text(&o));
     write(
@@ -790,11 +739,7 @@ fn console_says_why_it_cannot_attach() {
         "directory = \"/srv/db\"\n",
     );
     let o = volt(p, &["console", "db"]);
-    assert!(
-        text(&o).contains("(db is a container: volt container console db)"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "(db is a container: volt container console db)");
     let o = volt(p, &["console", "web", "--socket", "/nonexistent/c.sock"]);
     assert!(
         text(&o).contains("no console answers at /nonexistent/c.sock")
@@ -968,11 +913,7 @@ fn containers_do_not_share_a_tree_one_of_them_writes() {
     );
     let o = volt(p, &["validate"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(
-        text(&o).contains("directory: /srv/db is already the root of container db"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "directory: /srv/db is already the root of container db");
     // The same tree through a link is the same tree.
     std::os::unix::fs::symlink("db", p.join("srv/db-link")).expect("link");
     write(
@@ -982,10 +923,9 @@ fn containers_do_not_share_a_tree_one_of_them_writes() {
     );
     let o = volt(p, &["validate"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(
-        text(&o).contains("directory: /srv/db-link is already the root of container db"),
-        "{}",
-        text(&o)
+    says(
+        &o,
+        "directory: /srv/db-link is already the root of container db",
     );
     // Both read-only: fine (db's own file made read-only too).
     write(
@@ -1020,10 +960,9 @@ fn ipam_allocate_keeps_vms_and_containers_to_their_ranges() {
         ],
     );
     assert!(!o.status.success());
-    assert!(
-        text(&o).contains("10.42.0.150 is outside volt0's VM range 10.42.0.2-10.42.0.99"),
-        "{}",
-        text(&o)
+    says(
+        &o,
+        "10.42.0.150 is outside volt0's VM range 10.42.0.2-10.42.0.99",
     );
     let o = volt(
         p,
@@ -1070,11 +1009,7 @@ fn a_container_name_cannot_be_a_vms_link_name() {
         "directory = \"/srv/volt0\"\ncommand = [\"/bin/true\"]\n[[network]]\n",
     );
     let o = volt(p, &["validate"]);
-    assert!(
-        text(&o).contains("volt0.toml: name: the container's host link carries its name, volt0, and network volt0's bridge has that name"),
-        "{}",
-        text(&o)
-    );
+    says(&o, "volt0.toml: name: the container's host link carries its name, volt0, and network volt0's bridge has that name");
 }
 
 /// A port map whose target's file has errors is not an error of the network's own: the
