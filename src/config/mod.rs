@@ -319,16 +319,8 @@ impl ConfigSet {
         let (mut vms, containers, cross) =
             validate::check_across(vms, containers, || validate::incumbents(root));
         errors.extend(cross);
-        let broken: std::collections::HashSet<String> = errors
-            .iter()
-            .filter_map(|e| workload_of(e.file()).map(|(_, name)| name))
-            .collect();
-        errors.extend(validate::check_port_maps(
-            &set.networks,
-            &vms,
-            &containers,
-            &broken,
-        ));
+        let maps = validate::check_port_maps(&set.networks, &vms, &containers, &errors);
+        errors.extend(maps);
         if let Some(c) = &set.cluster {
             vms.retain(|vm| match check_vm_mtu(c, vm) {
                 Some(e) => {
