@@ -156,7 +156,7 @@ fn mtu_warnings(set: &ConfigSet) -> Vec<String> {
 /// Kernels, initrds and images under `/tmp` or `/var/tmp` (`volt vm run --attach` finds them,
 /// but the VM's unit has its own, empty ones: PrivateTmp=yes), and images that start like
 /// qcow2 ones.
-fn private_tmp_warnings(root: &Path, vms: &[config::VmConfig]) -> Vec<String> {
+fn file_warnings(root: &Path, vms: &[config::VmConfig]) -> Vec<String> {
     use crate::plan::names::PRIVATE_TMPS;
     let mut out = Vec::new();
     for vm in vms {
@@ -211,7 +211,7 @@ pub fn exec(root: &Path, paths: &[PathBuf], kind: Option<FileType>) -> Result<Ou
         }
         for w in mtu_warnings(&set)
             .into_iter()
-            .chain(private_tmp_warnings(root, &set.vms))
+            .chain(file_warnings(root, &set.vms))
         {
             eprintln!("warning: {w}");
         }
@@ -255,7 +255,7 @@ pub fn exec(root: &Path, paths: &[PathBuf], kind: Option<FileType>) -> Result<Ou
         for path in paths {
             check_file(root, &set, path, kind, &mut errors, &mut named);
         }
-        for w in private_tmp_warnings(root, &named.vms) {
+        for w in file_warnings(root, &named.vms) {
             eprintln!("warning: {w}");
         }
         // The names, addresses, MACs, CIDs and disks they would take from the installed

@@ -165,22 +165,23 @@ impl Record {
     }
 }
 
-impl Record {
-    /// Write the workloads this record holds (`vm/web`, ...) to `path` (durably, when they
-    /// changed): what the config loader takes as the workloads that keep their claims when the
-    /// runtime record is gone, after a reboot (see [`crate::config::CLAIMS_RECORD`]).
-    pub fn save_claims(&self, path: &Path) -> Result<(), crate::fsutil::FsError> {
-        let keys: Vec<&String> = self.0.keys().collect();
-        let text = serde_json::to_string(&keys).unwrap_or_default();
-        crate::fsutil::write_atomic_if_changed(path, &text).map(|_| ())
-    }
+/// Write `keys` (`vm/web`, ...) to `path` (durably, when they changed): the workloads the
+/// config loader takes as keeping their claims when the runtime record is gone, after a
+/// reboot (see [`crate::config::CLAIMS_RECORD`]).
+fn save_claims<'a>(
+    keys: impl Iterator<Item = &'a String>,
+    path: &Path,
+) -> Result<(), crate::fsutil::FsError> {
+    let keys: Vec<&String> = keys.collect();
+    let text = serde_json::to_string(&keys).unwrap_or_default();
+    crate::fsutil::write_atomic_if_changed(path, &text).map(|_| ())
 }
 
 /// The generator's copy of the claims record: best effort. systemd 253 and later run
 /// generators on a read-only `/` (and at boot it may be read-only anyway), so every workload
 /// start copies it too ([`keep_claims`]).
 pub(super) fn save_claims_from_generator(record: &Record, path: &Path) {
-    match record.save_claims(path) {
+    match save_claims(record.0.keys(), path) {
         Ok(()) => {}
         Err(e) if read_only(&e) => log::debug!("{}", crate::error_chain(&e)),
         Err(e) => log::warn!("{}", crate::error_chain(&e)),
@@ -204,9 +205,7 @@ pub fn keep_claims(root: &Path) {
         );
         return;
     };
-    let keys: Vec<&String> = keys.keys().collect();
-    let text = serde_json::to_string(&keys).unwrap_or_default();
-    if let Err(e) = crate::fsutil::write_atomic_if_changed(&t.claims, &text) {
+    if let Err(e) = save_claims(keys.keys(), &t.claims) {
         log::warn!(
             "{} (which workloads keep their claims after a reboot)",
             crate::error_chain(&e)
