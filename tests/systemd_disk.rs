@@ -64,16 +64,18 @@ fn a_vm_writes_its_disk_image_under_systemd() {
     );
 
     // A kernel and an image under /root (which the unit's ProtectHome= hides), in paths with a
-    // space and a `%` (which unit files split at and expand), the image reached through a
-    // link from /var/lib/volt: the generator binds them in where they really are, quoted and
-    // escaped.
-    c.ok("mkdir -p '/root/volt guest' '/root/vm disks' \
+    // space and a `%` (which unit files split at and expand), both reached through links from
+    // /var/lib/volt: the generator binds them in where they really are, quoted and escaped.
+    c.ok(
+        "mkdir -p '/root/volt guest' '/root/vm disks' /var/lib/volt/kernels \
           && cp /opt/volt/guest/volt-conformance-guest '/root/volt guest/conformance' \
+          && ln -s '../../../../root/volt guest/conformance' /var/lib/volt/kernels/conformance \
           && truncate -s 1M '/root/vm disks/100% data.img' \
-          && ln -s '/root/vm disks/100% data.img' /var/lib/volt/disks/linked.img");
+          && ln -s '/root/vm disks/100% data.img' /var/lib/volt/disks/linked.img",
+    );
     c.write(
         "/etc/volt/vms/odd.toml",
-        "memory_mib = 64\nkernel = \"/root/volt guest/conformance\"\n\
+        "memory_mib = 64\nkernel = \"/var/lib/volt/kernels/conformance\"\n\
          cmdline = \"console=ttyS0 conf.blk.sectors=8 conf.blk.seed=9 conf.exit=0\"\n\
          [[disk]]\npath = \"/var/lib/volt/disks/linked.img\"\n",
     );

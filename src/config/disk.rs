@@ -192,6 +192,10 @@ pub(crate) fn check_disks(src: &Src, disks: &[DiskConfig], e: &mut Errors) {
 /// mounted) is known by its path.
 pub(crate) fn identify(vms: &mut [super::VmConfig], root: &Path) {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for v in vms.iter_mut() {
+        let boot = std::iter::once(&v.kernel).chain(v.initrd.as_ref());
+        v.boot_link_hops = boot.flat_map(|p| link_hops(root, p)).collect();
+    }
     for d in vms.iter_mut().flat_map(|v| v.disks.iter_mut()) {
         d.link_hops = link_hops(root, &d.path);
         if !d.path.starts_with("/dev") {

@@ -111,6 +111,10 @@ pub struct VmConfig {
     pub vsock_cid: Option<u32>,
     /// The unit becomes active only when the guest says READY=1 (over vsock).
     pub notify_ready: bool,
+    /// The paths the kernel's and the initrd's symlinks lead through (see
+    /// [`super::disk::DiskConfig::link_hops`]): a hop into a home is bound into the unit.
+    #[serde(skip)]
+    pub boot_link_hops: Vec<PathBuf>,
     #[serde(skip)]
     pub(crate) spans: VmSpans,
 }
@@ -388,6 +392,7 @@ fn vm_from(
         disks,
         vsock_cid,
         notify_ready,
+        boot_link_hops: Vec::new(),
         spans,
     }
 }

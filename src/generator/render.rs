@@ -59,14 +59,16 @@ pub fn workload_dropin(w: &Workload) -> String {
 /// read-only (ProtectSystem=strict) and the devices closed (DevicePolicy=closed): open exactly
 /// the VM's images, read-write ones for writing, block devices by their node (a symlink outside
 /// `/dev` by the first `/dev` path its links lead to). Home directories are hidden
-/// (ProtectHome=): a kernel, initrd or image under one (or an image linked into one) is bound
+/// (ProtectHome=): a kernel, initrd or image under one (or linked into one) is bound
 /// into an empty, read-only `/home`, `/root` and `/run/user` (ProtectHome=tmpfs). `-`: a
 /// missing image is the VMM's error to report, not a namespace failure.
 fn vm_paths(vm: &VmConfig) -> Vec<String> {
     let mut out = Vec::new();
     let mut binds = Vec::new();
     let boot = std::iter::once(&vm.kernel).chain(vm.initrd.as_ref());
-    for p in boot {
+    // A boot file linked into a home is bound where the links lead (each home hop: the unit
+    // follows the links through each of them).
+    for p in boot.chain(&vm.boot_link_hops) {
         if in_home(p) {
             binds.push(format!("BindReadOnlyPaths={}", unit_word("-", p)));
         }
@@ -212,6 +214,19 @@ mod tests {
         assert_eq!(
             vm_paths(&v),
             ["ProtectHome=tmpfs", "BindPaths=-/home/me/vm.img"]
+        );
+    }
+
+    #[test]
+    fn a_kernel_linked_into_a_home_is_bound_where_it_really_is() {
+        let mut v = vm("/var/lib/volt/kernels/vmlinux", "");
+        v.boot_link_hops = vec!["/root/.cache/volt/vmlinux".into()];
+        assert_eq!(
+            vm_paths(&v),
+            [
+                "ProtectHome=tmpfs",
+                "BindReadOnlyPaths=-/root/.cache/volt/vmlinux"
+            ]
         );
     }
 
