@@ -1029,3 +1029,61 @@ fn a_port_map_to_a_broken_workload_is_not_the_networks_error() {
     assert!(text(&o).contains("hc.toml:2:1: typo"), "{}", text(&o));
     assert!(!text(&o).contains("port_map[0].target"), "{}", text(&o));
 }
+
+/// A listing by a user who may not look at a container's tree (`/var/lib/machines` is 0700
+/// root) shows no error for it: it cannot tell. A tree that is really missing is still shown
+/// as unusable, and `volt validate` says which tree it could not read.
+#[test]
+fn a_listing_by_a_user_who_may_not_look_shows_only_what_it_knows() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let r = root();
+    let p = r.path();
+    write(p, "srv/locked/ct/usr/x", "");
+    write(
+        p,
+        "etc/volt/containers/ct.toml",
+        "directory = \"/srv/locked/ct\"\ncommand = [\"/bin/true\"]\n",
+    );
+    write(
+        p,
+        "etc/volt/containers/gone.toml",
+        "directory = \"/srv/gone\"\ncommand = [\"/bin/true\"]\n",
+    );
+    for (d, mode) in [
+        (p.to_path_buf(), 0o755),
+        (p.join("srv"), 0o755),
+        (p.join("srv/locked"), 0o700),
+    ] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let as_nobody = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_volt"))
+            .arg("--root")
+            .arg(p)
+            .args(args)
+            .env_remove("VOLT_ROOT")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("volt as nobody")
+    };
+    let o = as_nobody(&["container", "list"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let line = |name: &str| {
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        out.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(!line("ct").contains("unusable"), "{}", text(&o));
+    assert!(line("gone").contains("files unusable"), "{}", text(&o));
+    let o = as_nobody(&["validate"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    says(
+        &o,
+        "ct.toml:1:13: directory: /srv/locked/ct cannot be read: Permission denied",
+    );
+    says(&o, "gone.toml:1:13: directory: /srv/gone does not exist");
+}

@@ -292,6 +292,20 @@ fn clone_error(e: &ConfigError) -> ConfigError {
             field: field.clone(),
             message: message.clone(),
         },
+        ConfigError::Unreadable {
+            at,
+            field,
+            path,
+            source,
+        } => ConfigError::Unreadable {
+            at: at.clone(),
+            field: field.clone(),
+            path: path.clone(),
+            source: source.raw_os_error().map_or_else(
+                || std::io::Error::new(source.kind(), source.to_string()),
+                std::io::Error::from_raw_os_error,
+            ),
+        },
         other => ConfigError::Syntax {
             at: config::Location::file(other.file()),
             message: crate::error_chain(other)

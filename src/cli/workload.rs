@@ -167,10 +167,10 @@ pub fn views(root: &Path, kind: Kind) -> (ConfigSet, Vec<WorkloadView>) {
                 Config::Container(c) => c.check_root(root),
             }
             .iter()
-            .map(|e| e.report())
             // What this user may not look at is not known to be wrong (/var/lib/machines is
             // 0700 root).
-            .filter(|e| !e.contains("cannot be read (Permission denied"))
+            .filter(|e| !e.is_permission_denied())
+            .map(|e| e.report())
             .collect(),
         })
         .collect::<Vec<_>>();

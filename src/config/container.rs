@@ -150,6 +150,11 @@ impl ContainerConfig {
         let os_release = ["etc/os-release", "usr/lib/os-release"]
             .iter()
             .any(|f| std::fs::symlink_metadata(real.join(f)).is_ok());
+        let at = self
+            .spans
+            .root
+            .clone()
+            .unwrap_or_else(|| Location::file(&self.path));
         let problem = match std::fs::metadata(&real) {
             _ if is_host_root && !self.volatile.allows_host_root() => {
                 format!("is {HOST_ROOT}")
@@ -169,14 +174,17 @@ impl ContainerConfig {
             }
             Ok(_) => "is not a directory".to_string(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
-            Err(e) => format!("cannot be read ({e})"),
+            Err(source) => {
+                return vec![ConfigError::Unreadable {
+                    at,
+                    field: field.into(),
+                    path: self.root.clone(),
+                    source,
+                }]
+            }
         };
         vec![ConfigError::Invalid {
-            at: self
-                .spans
-                .root
-                .clone()
-                .unwrap_or_else(|| Location::file(&self.path)),
+            at,
             field: field.into(),
             message: format!("{} {problem}", self.root.display()),
         }]

@@ -288,7 +288,14 @@ impl DiskConfig {
             ),
             Ok(_) => "is neither a regular file nor a block device".to_string(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
-            Err(e) => format!("cannot be read ({e})"),
+            Err(source) => {
+                return Some(ConfigError::Unreadable {
+                    at: self.at.clone().unwrap_or_else(|| Location::file(file)),
+                    field: format!("disk[{}].path", self.index),
+                    path: self.path.clone(),
+                    source,
+                })
+            }
         };
         Some(ConfigError::Invalid {
             at: self.at.clone().unwrap_or_else(|| Location::file(file)),

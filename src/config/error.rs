@@ -72,6 +72,16 @@ pub enum ConfigError {
         field: String,
         message: String,
     },
+    /// A file the configuration names (a kernel, an image, a container's tree) cannot be
+    /// looked at by this process.
+    #[error("{at}: {field}: {} cannot be read", path.display())]
+    Unreadable {
+        at: Location,
+        field: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ConfigError {
@@ -79,8 +89,17 @@ impl ConfigError {
     pub fn file(&self) -> &Path {
         match self {
             ConfigError::Read { path, .. } | ConfigError::ReadDir { path, .. } => path,
-            ConfigError::Syntax { at, .. } | ConfigError::Invalid { at, .. } => &at.file,
+            ConfigError::Syntax { at, .. }
+            | ConfigError::Invalid { at, .. }
+            | ConfigError::Unreadable { at, .. } => &at.file,
         }
+    }
+
+    /// Whether this process may not look at what the error is about (a listing by a user
+    /// who is not root cannot tell whether `/var/lib/machines/<name>` is right).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, ConfigError::Unreadable { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied)
     }
 
     /// The error with its chain of causes, on one line.

@@ -443,7 +443,9 @@ impl<'t, 'i> Table<'t, 'i> {
 /// Sort errors into the order of the file: whole-file errors first, then by line and column.
 pub(crate) fn in_line_order(mut errors: Errors) -> Errors {
     errors.sort_by_key(|e| match e {
-        ConfigError::Invalid { at, .. } | ConfigError::Syntax { at, .. } => (at.line, at.col),
+        ConfigError::Invalid { at, .. }
+        | ConfigError::Syntax { at, .. }
+        | ConfigError::Unreadable { at, .. } => (at.line, at.col),
         _ => (0, 0),
     });
     errors

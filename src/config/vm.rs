@@ -148,7 +148,15 @@ impl VmConfig {
                 Ok(m) if m.is_file() => "is empty".to_string(),
                 Ok(_) => "is not a regular file".to_string(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
-                Err(e) => format!("cannot be read ({e})"),
+                Err(source) => {
+                    errors.push(ConfigError::Unreadable {
+                        at: at.clone().unwrap_or_else(|| Location::file(&self.path)),
+                        field: field.into(),
+                        path: path.clone(),
+                        source,
+                    });
+                    continue;
+                }
             };
             errors.push(ConfigError::Invalid {
                 at: at.clone().unwrap_or_else(|| Location::file(&self.path)),
