@@ -131,7 +131,7 @@ fn has_content(path: &Path, content: &[u8], one_read: bool) -> bool {
 
 /// `path`'s directory, and the temporary file beside it a write goes through first
 /// (`.<name>.<pid>.tmp`: hidden, and no sweep's pattern matches it).
-fn temp_beside(path: &Path) -> (&Path, PathBuf) {
+pub(crate) fn temp_beside(path: &Path) -> (&Path, PathBuf) {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -140,11 +140,59 @@ fn temp_beside(path: &Path) -> (&Path, PathBuf) {
     (dir, dir.join(format!(".{name}.{}.tmp", std::process::id())))
 }
 
+/// Which temporary files of `path` (see [`temp_beside`]) a sweep removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stale {
+    /// Every one: the caller holds the lock every writer of `path` holds from create to
+    /// rename.
+    All,
+    /// Those of writers that are gone (killed before their rename); a live writer's is its
+    /// own business.
+    OfDeadWriters,
+}
+
+/// Remove the temporary files of `path` that writers killed before their rename left
+/// behind. Best effort: a leftover costs disk space, never correctness.
+pub(crate) fn remove_stale_temps(path: &Path, which: Stale) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = n
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let gone = pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists();
+        if which == Stale::All || gone {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => log::info!(
+                    "removed {}, left by a writer that was killed before its rename",
+                    e.path().display()
+                ),
+                Err(err) => log::warn!("cannot remove {}: {err}", e.path().display()),
+            }
+        }
+    }
+}
+
 fn write_if_changed(path: &Path, content: &str, sync: bool) -> Result<bool, FsError> {
     if has_content(path, content.as_bytes(), !sync) {
         return Ok(false);
     }
     let (dir, tmp) = temp_beside(path);
+    if sync {
+        // Persistent files are written seldom, and what a killed writer left would stay for
+        // good (under /run it goes at the next boot).
+        remove_stale_temps(path, Stale::OfDeadWriters);
+    }
     // The directory usually exists: create it only when the file cannot be.
     let file = match std::fs::File::create(&tmp) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -180,6 +228,33 @@ fn write_if_changed(path: &Path, content: &str, sync: bool) -> Result<bool, FsEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_durable_write_removes_what_killed_writers_left_and_no_live_ones() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("claims.json");
+        // A pid no process has (above the kernel's pid_max limit), and this process's own.
+        let dead = tmp.path().join(".claims.json.4194305.tmp");
+        let mine = temp_beside(&path).1;
+        let other = tmp.path().join(".other.json.4194305.tmp");
+        let live_parent = tmp.path().join(format!(
+            ".claims.json.{}.tmp",
+            std::os::unix::process::parent_id()
+        ));
+        for f in [&dead, &other, &live_parent] {
+            std::fs::write(f, "half").expect("leftover");
+        }
+        assert!(write_atomic_if_changed(&path, "new\n").expect("write"));
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "new\n");
+        assert!(!dead.exists(), "a dead writer's temp file is removed");
+        assert!(!mine.exists());
+        assert!(other.exists(), "another file's temp file is not touched");
+        assert!(live_parent.exists(), "a live writer's temp file is left");
+        // Under the writers' lock every one goes.
+        remove_stale_temps(&path, Stale::All);
+        assert!(!live_parent.exists());
+        assert!(other.exists());
+    }
 
     #[test]
     fn a_refresh_never_brings_back_a_removed_file() {

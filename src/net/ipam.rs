@@ -350,7 +350,7 @@ impl Ipam {
         let out = f(&mut file.leases)?;
         if file.leases != before {
             file.version = 1;
-            remove_stale_temps(&path);
+            crate::fsutil::remove_stale_temps(&path, crate::fsutil::Stale::All);
             write_atomic(&path, &file)?;
         }
         drop(lock);
@@ -523,40 +523,6 @@ fn read_file(path: &Path) -> Result<LeaseFile, IpamError> {
     }
 }
 
-/// The temp file name [`write_atomic`] uses for `name` in process `pid`.
-fn temp_name(name: &str, pid: u32) -> String {
-    format!(".{name}.{pid}.tmp")
-}
-
-/// Remove temp files of `path` that writers killed before their rename left behind. Only
-/// called under the network's lock, which every writer holds from create to rename, so each
-/// one found is stale. Best effort: a leftover costs disk space, never correctness.
-fn remove_stale_temps(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return;
-    };
-    let prefix = format!(".{}.", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.filter_map(|e| e.ok()) {
-        let n = e.file_name().to_string_lossy().into_owned();
-        let stale = n
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(".tmp"))
-            .is_some_and(|pid| pid.parse::<u32>().is_ok());
-        if stale {
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => log::info!(
-                    "removed {}, left by a writer that was killed before its rename",
-                    e.path().display()
-                ),
-                Err(err) => log::warn!("cannot remove {}: {err}", e.path().display()),
-            }
-        }
-    }
-}
-
 /// A lease file's and a lock file's mode: the directory (0750 root:volt) decides who reads.
 const LEASE_FILE_MODE: u32 = 0o644;
 
@@ -565,12 +531,7 @@ fn write_atomic(path: &Path, file: &LeaseFile) -> Result<(), IpamError> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(temp_name(&name, std::process::id()));
+    let (dir, tmp) = crate::fsutil::temp_beside(path);
     let mut text = serde_json::to_vec_pretty(file).map_err(|e| err(std::io::Error::other(e)))?;
     text.push(b'\n');
     let result = (|| {

@@ -245,7 +245,7 @@ fn a_rebuild_that_cannot_be_written_leaves_the_bad_file_in_place() {
     std::fs::write(&path, "{ cut off").expect("corrupt");
     // The rebuilt file cannot be written (a directory where its temporary file goes: a
     // full disk or a crash at that moment does the same).
-    let tmp = dir.path().join(temp_name("volt0.json", std::process::id()));
+    let (_, tmp) = crate::fsutil::temp_beside(&path);
     std::fs::create_dir(&tmp).expect("block the temporary file");
     let live = Lease {
         ip: "10.42.0.2".parse().expect("ip"),
