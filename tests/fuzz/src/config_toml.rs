@@ -91,7 +91,7 @@ fn check_error(e: &ConfigError, path: &Path, text: &str) {
                 assert!(at.col >= 1, "error at column 0: {rendered}");
             }
         }
-        ConfigError::Read { .. } | ConfigError::ReadDir { .. } => {
+        ConfigError::Read { .. } | ConfigError::ReadDir { .. } | ConfigError::Unreadable { .. } => {
             panic!("parsing text read a file: {rendered}")
         }
     }
