@@ -61,6 +61,8 @@ fn every_check_names_file_line_column_and_field() {
         (DIR.to_string(), "app.toml: command: missing"),
         (format!("{DIR}{cmd}boot = true\n"), ":2:11: command: give either boot = true or a command"),
         (format!("{DIR}command = []\n"), ":2:11: command: the command must not be empty"),
+        (format!("{DIR}command = [\"/bin/sh\", 2]\n"), ":2:23: command[1]: expected a string, found an integer"),
+        (format!("{DIR}command = \"/bin/sh\"\n"), ":2:11: command: expected an array of strings, found a string"),
         (format!("{DIR}image = \"/x\"\n{cmd}"), ":2:9: image: give either directory or image"),
         ("directory = \"rel\"\ncommand = [\"/x\"]\n".into(), ":1:13: directory: \"rel\" is not an absolute path"),
         (format!("image = \"/x\"\nvolatile = \"no\"\n{cmd}"), "volatile: an image is never written"),

@@ -144,6 +144,7 @@ fn network_errors_name_line_and_field() {
         ("vm-c = \"10.50.0.200\"", ":3:8: reservations.vm-c: 10.50.0.200 is outside lab's VM range 10.50.0.2-10.50.0.99"),
         ("foo = \"10.50.0.16\"", "reservations.foo: \"foo\" is no workload's: a reservation's key is vm-<name> or ct-<name>"),
         ("vm-web = \"10.50.0.1\"", "reservations.vm-web: 10.50.0.1 is not a usable host address"),
+        ("\"ct-\" = \"10.50.0.150\"", "reservations.ct-: \"ct-\" does not name a container: the name is empty"),
     ] {
         let e = toml_net(&format!("subnet = \"10.50.0.0/24\"\n[reservations]\n{res}\n"))
             .unwrap_err()

@@ -208,7 +208,11 @@ fn reservations(src: &Src, raw: &RawNetwork, net: &mut Network, e: &mut Vec<Conf
             continue;
         };
         if let Err(m) = check_workload_name(name) {
-            e.push(src.invalid(&field, value.span(), format!("a {kind} name {m}")));
+            e.push(src.invalid(
+                &field,
+                value.span(),
+                format!("{key:?} does not name a {kind}: {m}"),
+            ));
             continue;
         }
         if let Some(range) = range.filter(|r| net.is_host_addr(ip) && !r.contains(ip)) {

@@ -273,22 +273,26 @@ impl<'t, 'i> Table<'t, 'i> {
         key: &'static str,
     ) -> Option<Spanned<Vec<Spanned<String>>>> {
         let v = self.get(key)?;
-        let items = v.get_ref().as_array().and_then(|a| {
-            a.iter()
-                .map(|x| {
-                    x.get_ref()
-                        .as_str()
-                        .map(|s| Spanned::new(x.span(), s.to_owned()))
-                })
-                .collect::<Option<Vec<_>>>()
-        });
-        match items {
-            Some(items) => Some(Spanned::new(v.span(), items)),
-            None => {
-                e.push(self.wrong_type(src, key, v, "an array of strings"));
-                None
+        let Some(array) = v.get_ref().as_array() else {
+            e.push(self.wrong_type(src, key, v, "an array of strings"));
+            return None;
+        };
+        let mut items = Vec::with_capacity(array.len());
+        for (i, x) in array.iter().enumerate() {
+            match x.get_ref().as_str() {
+                Some(s) => items.push(Spanned::new(x.span(), s.to_owned())),
+                // The element that is not a string, where it is written.
+                None => {
+                    e.push(src.invalid(
+                        &format!("{}[{i}]", self.field(key)),
+                        x.span(),
+                        format!("expected a string, found {}", type_name(x.get_ref())),
+                    ));
+                    return None;
+                }
             }
         }
+        Some(Spanned::new(v.span(), items))
     }
 
     /// One of `choices` (a string).
