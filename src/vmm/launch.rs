@@ -3,9 +3,10 @@
 //! (fd store first), build the VM, keep new TAP fds in systemd's fd store, run.
 //!
 //! Exit status: 0 when the guest stopped cleanly (reset, power-off after Ctrl-Alt-Del, or a
-//! host stop), the guest's debug-exit value as-is, 1 on a runtime failure (systemd restarts the
-//! unit), 78 (EX_CONFIG) when the spec or the host cannot work (never restarted:
-//! `RestartPreventExitStatus=78`); the binary answers 2 for command-line usage errors.
+//! host stop), the guest's debug-exit value (2 and 78, this binary's own, become 1), 1 on a
+//! runtime failure (systemd restarts the unit), 78 (EX_CONFIG) when the spec or the host
+//! cannot work (never restarted: `RestartPreventExitStatus=78`); the binary answers 2 for
+//! command-line usage errors.
 
 use std::path::Path;
 
@@ -193,6 +194,18 @@ fn run(spec: VmSpec, cli: &VmmCli, nics: nics::Nics, leftover: &[String]) -> Res
 mod tests {
     use super::*;
     use crate::vmm::sandbox::SeccompMode;
+
+    #[test]
+    fn a_guest_cannot_give_the_vmms_own_exit_statuses() {
+        use crate::vmm::VmExit;
+        for (n, want) in [(0, 0), (3, 3), (0x70, 0x70), (1, 1), (EX_USAGE, EX_FAILURE)] {
+            assert_eq!(VmExit::GuestExit(n).exit_code(), want, "{n}");
+        }
+        // EX_CONFIG would stop the unit for good (RestartPreventExitStatus=) and keep the
+        // workload's cluster claims.
+        assert_eq!(VmExit::GuestExit(EX_CONFIG).exit_code(), EX_FAILURE);
+        assert_eq!(VmExit::GuestReset.exit_code(), 0);
+    }
 
     #[test]
     fn the_run_phase_drops_root_and_denies_open_whatever_the_nic_backend() {

@@ -41,9 +41,14 @@ pub enum VmExit {
 }
 
 impl VmExit {
-    /// The process exit status for this end: the guest's debug-exit value as-is, else 0.
+    /// The process exit status for this end: the guest's debug-exit value, else 0. A guest
+    /// may not give the statuses that say something of the VMM: 2 (usage) and 78 (EX_CONFIG,
+    /// which the unit never restarts and which keeps the workload's cluster claims) become 1,
+    /// a failure systemd restarts, as a guest's triple fault is.
     pub fn exit_code(&self) -> u8 {
+        use launch::{EX_CONFIG, EX_FAILURE, EX_USAGE};
         match self {
+            VmExit::GuestExit(EX_USAGE | EX_CONFIG) => EX_FAILURE,
             VmExit::GuestExit(n) => *n,
             VmExit::GuestReset | VmExit::HostStopForced => 0,
         }
