@@ -404,10 +404,16 @@ impl<S: HostStream> Connection<S> {
                 && !self.host_eof
                 && self.peer_shutdown & SHUTDOWN_RCV == 0
                 && (self.peer_credit_left() > 0 || !self.credit_requested))
-            || (self.host_hup
-                && self.host_eof
-                && self.state == State::Established
-                && self.peer_shutdown & SHUTDOWN_RCV == 0)
+            || self.host_gone()
+    }
+
+    /// The host end hung up and nothing more of it can reach the guest: read to its end, or
+    /// the guest shut its receive side (so what is left unread is not wanted). The
+    /// connection is over: the guest gets a reset.
+    fn host_gone(&self) -> bool {
+        self.host_hup
+            && self.state == State::Established
+            && (self.host_eof || self.peer_shutdown & SHUTDOWN_RCV != 0)
     }
 
     /// The next packet for the guest; payload (at most `buf.len()` bytes) read into `buf`.
@@ -439,20 +445,20 @@ impl<S: HostStream> Connection<S> {
     }
 
     fn read_host(&mut self, buf: &mut [u8]) -> Option<RxOp> {
-        if self.state != State::Established || self.peer_shutdown & SHUTDOWN_RCV != 0 {
-            return None;
+        // The host closed both ways: nothing more can flow.
+        if self.host_gone() {
+            self.reset();
+            self.pending = 0;
+            return Some(RxOp {
+                op: op::RST,
+                flags: 0,
+                len: 0,
+            });
         }
-        if self.host_eof {
-            // The host closed both ways: nothing more can flow.
-            if self.host_hup {
-                self.reset();
-                self.pending = 0;
-                return Some(RxOp {
-                    op: op::RST,
-                    flags: 0,
-                    len: 0,
-                });
-            }
+        if self.state != State::Established
+            || self.peer_shutdown & SHUTDOWN_RCV != 0
+            || self.host_eof
+        {
             return None;
         }
         if !self.host_readable {

@@ -264,3 +264,26 @@ fn a_buffer_too_small_for_data_gets_nothing_and_does_not_spin() {
     let (data, payload) = next(&mut r.mux).unwrap();
     assert_eq!((data.op, payload.as_slice()), (op::RW, &b"data"[..]));
 }
+
+#[test]
+fn a_host_close_after_the_guest_shut_its_receive_side_resets_and_frees_the_slot() {
+    let mut r = rig(false);
+    let l = UnixListener::bind(port_path(&r.dir.path().join("vsock.sock"), 5000)).unwrap();
+    r.mux.send_pkt(&pkt(op::REQUEST, 1000, 5000), &[]);
+    assert_eq!(next(&mut r.mux).map(|p| p.0.op), Some(op::RESPONSE));
+    let (mut host, _) = l.accept().unwrap();
+    // The guest will read no more (shutdown(SHUT_RD)); the host still writes, then closes.
+    let mut shut = pkt(op::SHUTDOWN, 1000, 5000);
+    shut.flags = super::super::packet::SHUTDOWN_RCV;
+    r.mux.send_pkt(&shut, &[]);
+    host.write_all(b"unwanted").unwrap();
+    let tok = host_token(&r.mux, 5000);
+    drop(host);
+    r.mux.handle_event(tok, EventSet::IN | EventSet::HANG_UP);
+    assert_eq!(
+        next(&mut r.mux).map(|p| p.0.op),
+        Some(op::RST),
+        "the guest is told the connection is over"
+    );
+    assert_eq!(r.mux.connections(), 0, "its slot and fd are freed");
+}
