@@ -522,6 +522,41 @@ fn write_zeroes_counts_its_range_against_the_bytes_limit() {
     assert!(wait > std::time::Duration::from_millis(2900), "{wait:?}");
 }
 
+#[test]
+fn flushes_cost_against_a_bytes_limit_alone() {
+    let m = mem();
+    let (_tmp, file) = image();
+    let vq = MockSplitQueue::new(&m, 16);
+    // Five FLUSHes at once on a disk limited in bytes only: each is a cache flush of the
+    // host device, so each costs a page; the first goes on the full bucket, the rest wait.
+    for i in 0..5u16 {
+        request(&vq, &m, i * 3, (kind::FLUSH, 0), (0x2_0000, 1, true));
+    }
+    let mut q: Queue = vq.create_queue().unwrap();
+    let io = SyncIo::new(file.try_clone().unwrap(), false);
+    let stats = Stats::default();
+    let ctx = ctx(&m, &io, &stats);
+    let limit = DiskLimit {
+        bytes_per_sec: 512,
+        ops_per_sec: 0,
+    };
+    let mut t = Throttle::new(&limit, Instant::now());
+    let pass = worker::process(&mut q, &ctx, &mut t, &mut None, &mut Vec::new());
+    assert_eq!(stats.flushes.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(pass.wait.is_some(), "the rest wait");
+    assert_eq!(t.work_cost(), super::throttle::WORK_COST_MIN);
+    // A millisecond of a fast disk's rate.
+    let fast = Throttle::new(
+        &DiskLimit {
+            bytes_per_sec: 100_000_000,
+            ops_per_sec: 0,
+        },
+        Instant::now(),
+    );
+    assert_eq!(fast.work_cost(), 100_000);
+    assert_eq!(Throttle::default().work_cost(), 0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(500))]
 

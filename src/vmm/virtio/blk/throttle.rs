@@ -53,6 +53,9 @@ impl TokenBucket {
     }
 }
 
+/// The least a FLUSH or DISCARD costs in the bytes bucket (see [`Throttle::work_cost`]).
+pub const WORK_COST_MIN: u64 = 4096;
+
 /// The bytes and ops buckets of one disk (either may be absent).
 #[derive(Debug, Clone, Default)]
 pub struct Throttle {
@@ -68,6 +71,16 @@ impl Throttle {
             bytes: bucket(limit.bytes_per_sec),
             ops: bucket(limit.ops_per_sec),
         }
+    }
+
+    /// What a request that moves no data but makes the host disk work (FLUSH: a cache flush
+    /// of the device; DISCARD: file-system metadata) costs in the bytes bucket: a
+    /// millisecond of the disk's rate, at least a page. So a bytes limit alone caps them too,
+    /// at 1000 a second (`ops_per_sec` caps every request).
+    pub fn work_cost(&self) -> u64 {
+        self.bytes
+            .as_ref()
+            .map_or(0, |b| (b.rate / 1000).max(WORK_COST_MIN))
     }
 
     /// Admits one request of `bytes` (taking its tokens) or says how long to wait.

@@ -173,15 +173,17 @@ pub fn execute(req: &Request, ctx: &Ctx<'_>) -> (u8, u32) {
 
 /// What a request costs in the bytes bucket: the data it moves. WRITE_ZEROES writes its
 /// whole range (the kernel's ZERO_RANGE on a block device, or Volt's fallback writing zeroes),
-/// so it costs that range like a write (a segment it will refuse costs nothing); DISCARD
-/// frees blocks and moves no data.
-fn cost(req: &Request, ctx: &Ctx<'_>) -> u64 {
+/// so it costs that range like a write (a segment it will refuse costs nothing); FLUSH and
+/// DISCARD move no data but make the host disk work: [`Throttle::work_cost`]. GET_ID touches
+/// no disk.
+fn cost(req: &Request, ctx: &Ctx<'_>, throttle: &Throttle) -> u64 {
     match req.kind {
         kind::IN | kind::OUT => req.data_len,
         kind::WRITE_ZEROES => req
             .dwz
             .and_then(|s| s.check(req.kind, &ctx.info).ok())
             .map_or(0, |(_, len)| len),
+        kind::FLUSH | kind::DISCARD => throttle.work_cost(),
         _ => 0,
     }
 }
@@ -298,7 +300,7 @@ pub fn process(
             complete(queue, ctx, head, st, 0, &mut pass, Some(req.status));
             continue;
         }
-        if let Err(wait) = throttle.admit(cost(&req, ctx), Instant::now()) {
+        if let Err(wait) = throttle.admit(cost(&req, ctx, throttle), Instant::now()) {
             *deferred = Some(Deferred { head, req });
             pass.wait = Some(wait);
             break;
