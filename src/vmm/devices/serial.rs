@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vm_superio::serial::SerialEvents;
 use vm_superio::Serial;
@@ -22,7 +22,7 @@ use super::{BusDevice, IrqLine};
 use crate::log_limited;
 use crate::logging::JournalSocket;
 use crate::vmm::console::output::OutputQueue;
-use crate::vmm::ratelimit::{Allowed, LogLimiter};
+use crate::vmm::ratelimit::{Allowed, LogLimiter, TokenBucket};
 
 /// COM1 I/O base.
 pub const COM1_BASE: u64 = 0x3f8;
@@ -37,6 +37,12 @@ const MAX_LINE: usize = 4096;
 const JOURNAL_BURST: u32 = 1000;
 /// See [`JOURNAL_BURST`].
 const JOURNAL_WINDOW: Duration = Duration::from_secs(5);
+/// Guest console bytes let into the journal at once (a kernel's boot messages, with room)
+/// and per second after that: lines of any length, in a loop, cannot rotate the host's
+/// journal (other workloads' and the host's own entries) out.
+const JOURNAL_BYTES_BURST: u64 = 1 << 20;
+/// See [`JOURNAL_BYTES_BURST`].
+const JOURNAL_BYTES_PER_SEC: u64 = 4096;
 /// `SYSLOG_IDENTIFIER` of guest console lines in the journal (the VMM's own are `volt-vmm`).
 pub const GUEST_IDENTIFIER: &str = "volt-guest";
 
@@ -70,6 +76,9 @@ pub enum LineSink {
         vm: String,
         uuid: String,
         limiter: LogLimiter,
+        bytes: TokenBucket,
+        /// Lines the bytes budget cut since the last one logged.
+        cut: u64,
     },
 }
 
@@ -83,6 +92,12 @@ impl LineSink {
                     vm: vm.to_string(),
                     uuid: uuid.to_string(),
                     limiter: LogLimiter::with_limits(JOURNAL_BURST, JOURNAL_WINDOW),
+                    bytes: TokenBucket::with_burst(
+                        JOURNAL_BYTES_PER_SEC,
+                        JOURNAL_BYTES_BURST,
+                        Instant::now(),
+                    ),
+                    cut: 0,
                 };
             }
         }
@@ -112,10 +127,13 @@ impl LineSink {
                 vm,
                 uuid,
                 limiter,
+                bytes,
+                cut,
             } => {
-                let suppressed = match limiter.check() {
-                    Allowed::No => return,
-                    Allowed::Yes { suppressed } => suppressed,
+                let Some(suppressed) =
+                    journal_admits(limiter, bytes, cut, line.len(), Instant::now())
+                else {
+                    return;
                 };
                 let mut fields: Vec<(&str, &[u8])> = vec![
                     ("PRIORITY", b"6"),
@@ -127,8 +145,10 @@ impl LineSink {
                 }
                 if suppressed > 0 {
                     let note = format!(
-                        "{suppressed} guest console lines not logged (more than {JOURNAL_BURST} in {}s)",
-                        JOURNAL_WINDOW.as_secs()
+                        "{suppressed} guest console lines not logged (more than {JOURNAL_BURST} lines in {}s, or {} KiB at once and {} KiB/s after)",
+                        JOURNAL_WINDOW.as_secs(),
+                        JOURNAL_BYTES_BURST >> 10,
+                        JOURNAL_BYTES_PER_SEC >> 10
                     );
                     let mut f = fields.clone();
                     f.push(("MESSAGE", note.as_bytes()));
@@ -145,6 +165,26 @@ impl LineSink {
             }
         }
     }
+}
+
+/// Whether a guest console line of `len` bytes goes into the journal: within the lines'
+/// window and the bytes' budget. `Some(n)`: yes, and `n` lines were cut since the last one.
+fn journal_admits(
+    lines: &mut LogLimiter,
+    bytes: &mut TokenBucket,
+    cut: &mut u64,
+    len: usize,
+    now: Instant,
+) -> Option<u64> {
+    let suppressed = match lines.check() {
+        Allowed::No => return None,
+        Allowed::Yes { suppressed } => suppressed,
+    };
+    if !bytes.try_take(len as u64, now) {
+        *cut += 1;
+        return None;
+    }
+    Some(suppressed + std::mem::take(cut))
 }
 
 /// MCR bit 4: loopback mode (what the guest transmits comes back as input; the UART takes no
@@ -419,144 +459,5 @@ impl BusDevice for SerialDevice {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn console_writes_whole_lines_to_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("serial");
-        let mut out = ConsoleOut::new(LineSink::None, Some(&path), None).unwrap();
-        out.write_all(b"hello\r\nwor").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\n");
-        out.write_all(b"ld\n").unwrap();
-        out.write_all(b"tail").unwrap();
-        out.flush().unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\nworld\n");
-        out.finish();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "hello\nworld\ntail"
-        );
-    }
-
-    #[test]
-    fn leaving_loopback_mode_signals_room_for_input() {
-        let out = ConsoleOut::new(LineSink::None, None, None).unwrap();
-        let mut dev = SerialDevice::new(IrqLine::new(4).unwrap(), out).unwrap();
-        let room = dev.input_room();
-        dev.write(4, &[MCR_LOOP]);
-        assert_eq!(dev.enqueue_input(b"x"), 0, "no input in loopback mode");
-        assert!(room.read().is_err(), "nothing signalled yet");
-        dev.write(4, &[0]);
-        assert_eq!(room.read().ok(), Some(1), "room again: the console retries");
-        assert_eq!(dev.enqueue_input(b"x"), 1);
-    }
-
-    #[test]
-    fn the_console_file_stops_at_its_limit_with_a_note() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("serial");
-        // A file already near the limit (sparse): what it holds counts.
-        File::create(&path)
-            .unwrap()
-            .set_len(FILE_LIMIT - 10)
-            .unwrap();
-        let mut out = ConsoleOut::new(LineSink::None, Some(&path), None).unwrap();
-        out.write_all(b"fits\n").unwrap();
-        for _ in 0..1000 {
-            out.write_all(b"a guest printing in a loop\n").unwrap();
-        }
-        out.finish();
-        let all = std::fs::read(&path).unwrap();
-        let tail = String::from_utf8_lossy(&all[(FILE_LIMIT - 10) as usize..]).into_owned();
-        assert!(
-            tail.starts_with("fits\n\n[volt: the guest console reached"),
-            "{tail}"
-        );
-        assert!(tail.ends_with("the rest is not written]\n"), "{tail}");
-        assert!(all.len() < FILE_LIMIT as usize + 200, "{}", all.len());
-    }
-
-    #[test]
-    fn uart_transmits_through_thr_to_file_and_client() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("serial");
-        let q = Arc::new(OutputQueue::new().unwrap());
-        q.attach();
-        let out = ConsoleOut::new(LineSink::None, Some(&path), Some(q.clone())).unwrap();
-        let mut dev = SerialDevice::new(IrqLine::new(4).unwrap(), out).unwrap();
-        for b in b"ok\r\n" {
-            dev.write(0, &[*b]);
-        }
-        let mut lsr = [0u8];
-        dev.read(5, &mut lsr);
-        assert_ne!(lsr[0] & 0x20, 0, "THR empty");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "ok\n");
-        let mut raw = Vec::new();
-        assert_eq!(q.take(64, &mut raw), 0);
-        assert_eq!(raw, b"ok\r\n", "the client gets the bytes unchanged");
-    }
-
-    /// Records what the device asks of its coalesced zone.
-    struct FakeZone(Arc<std::sync::Mutex<Vec<bool>>>, bool);
-
-    impl Switch for FakeZone {
-        fn set(&mut self, on: bool) -> std::io::Result<()> {
-            if on != self.1 {
-                self.0.lock().unwrap().push(on);
-                self.1 = on;
-            }
-            Ok(())
-        }
-        fn is_on(&self) -> bool {
-            self.1
-        }
-    }
-
-    #[test]
-    fn thr_writes_are_queued_only_while_the_thr_empty_interrupt_is_off() {
-        let out = ConsoleOut::new(LineSink::None, None, None).unwrap();
-        let mut dev = SerialDevice::new(IrqLine::new(4).unwrap(), out).unwrap();
-        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
-        dev.coalesce(Box::new(FakeZone(asked.clone(), false)));
-        assert!(dev.coalescing(), "IER 0 after reset: queued");
-        dev.write(1, &[0x01]); // receive interrupt only
-        assert!(dev.coalescing());
-        dev.write(1, &[0x03]); // and THR empty: every write must exit again
-        assert!(!dev.coalescing());
-        dev.write(3, &[0x83]); // DLAB: offset 1 is the divisor's high byte, not IER
-        dev.write(1, &[0x00]);
-        assert!(!dev.coalescing(), "a divisor write is not an IER write");
-        dev.write(3, &[0x03]);
-        dev.write(1, &[0x01]);
-        assert!(dev.coalescing());
-        assert_eq!(*asked.lock().unwrap(), [true, false, true]);
-    }
-
-    #[test]
-    fn input_fills_the_fifo_raises_the_irq_and_signals_room_when_read_empty() {
-        let out = ConsoleOut::new(LineSink::None, None, None).unwrap();
-        let mut dev = SerialDevice::new(IrqLine::new(4).unwrap(), out).unwrap();
-        dev.write(1, &[1]); // IER: received data available
-        let _ = dev.irq().eventfd().read();
-        let big = [b'x'; 100];
-        assert_eq!(dev.enqueue_input(&big), 64, "the FIFO holds 64 bytes");
-        assert_eq!(dev.enqueue_input(b"y"), 0, "full");
-        assert_eq!(dev.irq().eventfd().read().unwrap(), 1, "interrupt raised");
-        let room = dev.input_room();
-        for _ in 0..64 {
-            let mut lsr = [0u8];
-            dev.read(5, &mut lsr);
-            assert_eq!(lsr[0] & 1, 1, "data ready");
-            let mut b = [0u8];
-            dev.read(0, &mut b);
-            assert_eq!(b[0], b'x');
-        }
-        let mut lsr = [0u8];
-        dev.read(5, &mut lsr);
-        assert_eq!(lsr[0] & 1, 0, "empty");
-        assert_eq!(room.read().unwrap(), 1, "room signalled");
-        assert_eq!(dev.enqueue_input(b"z"), 1);
-    }
-}
+#[path = "serial_tests.rs"]
+mod tests;

@@ -7,51 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::vmm::disk::DiskLimit;
-
-/// One bucket: `rate` tokens per second, at most `rate` held.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    rate: u64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket of `rate` tokens per second.
-    pub fn new(rate: u64, now: Instant) -> TokenBucket {
-        TokenBucket {
-            rate,
-            tokens: rate as f64,
-            last: now,
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + dt * self.rate as f64).min(self.rate as f64);
-    }
-
-    /// How long until `n` tokens are there (zero: now). A request larger than the burst
-    /// needs a full bucket.
-    pub fn wait_for(&mut self, n: u64, now: Instant) -> Duration {
-        self.refill(now);
-        let need = n.min(self.rate) as f64;
-        if self.tokens >= need {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64((need - self.tokens) / self.rate as f64)
-        }
-    }
-
-    /// Takes `n` tokens (after [`Self::wait_for`] said zero). A request larger than the
-    /// burst leaves the bucket in debt, so the requests after it wait until it is paid: the
-    /// rate holds over time whatever the request sizes (a 2 GiB WRITE_ZEROES on a 50 MB/s
-    /// disk is 40 s of its budget, not one second's).
-    pub fn take(&mut self, n: u64) {
-        self.tokens -= n as f64;
-    }
-}
+pub use crate::vmm::ratelimit::TokenBucket;
 
 /// The least a FLUSH or DISCARD costs in the bytes bucket (see [`Throttle::work_cost`]).
 pub const WORK_COST_MIN: u64 = 4096;
@@ -80,7 +36,7 @@ impl Throttle {
     pub fn work_cost(&self) -> u64 {
         self.bytes
             .as_ref()
-            .map_or(0, |b| (b.rate / 1000).max(WORK_COST_MIN))
+            .map_or(0, |b| (b.rate() / 1000).max(WORK_COST_MIN))
     }
 
     /// Admits one request of `bytes` (taking its tokens) or says how long to wait.
