@@ -19,8 +19,9 @@ pub enum CacheMode {
     /// Through the host page cache; FLUSH makes writes durable (fdatasync).
     #[default]
     Writeback,
-    /// `O_DIRECT`: no host page cache (guest buffers must be 512-byte aligned, which
-    /// virtio-blk sectors are); FLUSH still syncs the device.
+    /// `O_DIRECT`: no host page cache; FLUSH still syncs the device. What the device
+    /// refuses (buffers, or sectors not on its block size: a 4Kn disk) goes through an
+    /// aligned buffer, padded to whole blocks.
     None,
 }
 

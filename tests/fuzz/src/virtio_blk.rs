@@ -66,7 +66,7 @@ pub fn run(data: &[u8]) {
     let _ = mem.write_obj(l.start, GuestAddress(l.used + 2));
     split_queue::fill(&mem, &l, &mut c, Lens::Sectors);
 
-    let io = SyncIo::new(file.try_clone().expect("dup memfd"), false);
+    let io = SyncIo::new(file.try_clone().expect("dup memfd"), None);
     let stats = Stats::default();
     let ctx = Ctx {
         mem: &mem,

@@ -95,6 +95,8 @@ pub struct Blk {
     io: Option<Box<dyn DiskIo>>,
     /// A second handle for a re-activation after reset (the first went with the thread).
     file: std::fs::File,
+    /// Opened with O_DIRECT (`cache = none`), with the image's transfer alignment.
+    direct: Option<u64>,
     capacity: u64,
     serial: Vec<u8>,
     config: [u8; CONFIG_LEN],
@@ -172,12 +174,13 @@ impl Blk {
                 String::new()
             }
         );
-        let direct = spec.cache == CacheMode::None;
+        let direct = (spec.cache == CacheMode::None).then_some(image.direct_align);
         Ok(Blk {
             name: name.to_string(),
             spec: spec.clone(),
             io: Some(Box::new(SyncIo::new(image.file, direct))),
             file,
+            direct,
             capacity,
             serial: serial.as_bytes().to_vec(),
             config: config_space(capacity),
@@ -285,7 +288,7 @@ impl VirtioDevice for Blk {
                     .file
                     .try_clone()
                     .map_err(|e| ActivateError::Device(format!("dup of the image fd: {e}")))?;
-                Box::new(SyncIo::new(f, self.spec.cache == CacheMode::None))
+                Box::new(SyncIo::new(f, self.direct))
             }
         };
         let stop =

@@ -238,7 +238,7 @@ fn ctx<'a>(m: &'a GuestMemoryMmap, io: &'a SyncIo, stats: &'a Stats) -> Ctx<'a> 
 }
 
 fn run(q: &mut Queue, m: &GuestMemoryMmap, file: &std::fs::File, info: DiskInfo) -> worker::Pass {
-    let io = SyncIo::new(file.try_clone().unwrap(), false);
+    let io = SyncIo::new(file.try_clone().unwrap(), None);
     let stats = Stats::default();
     let ctx = Ctx {
         mem: m,
@@ -456,7 +456,7 @@ fn throttle_defers_and_resumes() {
     }
     vq.avail().idx().store(u16::to_le(3));
     let mut q: Queue = vq.create_queue().unwrap();
-    let io = SyncIo::new(file.try_clone().unwrap(), false);
+    let io = SyncIo::new(file.try_clone().unwrap(), None);
     let stats = Stats::default();
     let ctx = ctx(&m, &io, &stats);
     let mut t = Throttle::new(
@@ -506,7 +506,7 @@ fn write_zeroes_counts_its_range_against_the_bytes_limit() {
     request(&vq, &m, 0, (kind::WRITE_ZEROES, 0), (0x2_0000, 16, false));
     request(&vq, &m, 3, (kind::IN, 40), (0x4_0000, 512, true));
     let mut q: Queue = vq.create_queue().unwrap();
-    let io = SyncIo::new(file.try_clone().unwrap(), false);
+    let io = SyncIo::new(file.try_clone().unwrap(), None);
     let stats = Stats::default();
     let ctx = ctx(&m, &io, &stats);
     let limit = DiskLimit {
@@ -533,7 +533,7 @@ fn flushes_cost_against_a_bytes_limit_alone() {
         request(&vq, &m, i * 3, (kind::FLUSH, 0), (0x2_0000, 1, true));
     }
     let mut q: Queue = vq.create_queue().unwrap();
-    let io = SyncIo::new(file.try_clone().unwrap(), false);
+    let io = SyncIo::new(file.try_clone().unwrap(), None);
     let stats = Stats::default();
     let ctx = ctx(&m, &io, &stats);
     let limit = DiskLimit {
