@@ -241,7 +241,14 @@ pub fn show(root: &Path, name: &str, out: &OutputArgs) -> Result<Outcome> {
     println!("  subnet       {} (gateway {})", net.subnet, net.gateway);
     println!("  VM pool      {}", net.vm_range);
     println!("  container    {}", net.container_range);
-    println!("  DHCP         {}", if net.dhcp { "on" } else { "off" });
+    println!(
+        "  DHCP         {}",
+        match (net.serves_dhcp(), net.dhcp) {
+            (true, _) => "on",
+            (false, true) => "off (isolated: each workload has a namespace of its own)",
+            (false, false) => "off",
+        }
+    );
     println!("  MTU          {}", net.mtu);
     if let Some(u) = &net.uplink {
         println!("  uplink       {u}");

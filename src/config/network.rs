@@ -133,6 +133,13 @@ pub struct NetworkAt {
 }
 
 impl Network {
+    /// Whether networkd serves DHCP on the network's bridge: `dhcp` on, and a bridge in the
+    /// host's namespace (an isolated network's workloads each have a namespace of their own,
+    /// with no server).
+    pub fn serves_dhcp(&self) -> bool {
+        self.dhcp && self.kind != NetworkType::Isolated
+    }
+
     /// The built-in default network: bridge `volt0`, 10.42.0.0/24, gateway .1, VMs .2-.99,
     /// containers .100-.254, DHCP on.
     pub fn builtin_default() -> Network {

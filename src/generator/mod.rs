@@ -405,7 +405,7 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
         }
     }
     // DHCP static leases for reservations and static containers whose MAC is known.
-    for net in plan.networks.list.iter().filter(|n| n.dhcp) {
+    for net in plan.networks.list.iter().filter(|n| n.serves_dhcp()) {
         let mut leases = plan.static_leases(net);
         // Those of workloads on kept units too, unless a valid file took the address since.
         for (n, mac, ip) in &kept_leases {
