@@ -580,8 +580,20 @@ fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
     assert_eq!(c.ok("systemctl show -p MainPID --value volt-vm@hello"), pid);
     c.wait_ok("ping -c 1 -W 1 10.42.0.2", Duration::from_secs(10));
 
-    // Remove: prerm stops the VM (and its TAP), the files are gone, the leases stay.
-    c.ok("dpkg -r volt");
+    // A network file (networkd makes lab0 from what the generator renders), and the VM
+    // enabled: what removal and purge must take away.
+    c.ok("cp /usr/share/doc/volt/examples/lab.network.toml /etc/volt/networks/lab.toml");
+    c.ok("systemctl enable volt-vm@hello && systemctl daemon-reload && networkctl reload");
+    c.wait_ok("test -e /sys/class/net/lab0", Duration::from_secs(20));
+    c.ok("test -e /run/systemd/network/10-lab0.netdev");
+
+    // Remove: prerm stops the VM (and its TAP) and says so, then takes Volt's networks down;
+    // the files are gone, the leases stay.
+    let out = c.ok("dpkg -r volt 2>&1");
+    assert!(
+        out.contains("volt: stopping 1 VM(s) and container(s)"),
+        "{out}"
+    );
     c.ok("! systemctl -q is-active volt-vm@hello");
     c.ok("! pgrep -x volt-vmm");
     c.wait_ok(
@@ -593,10 +605,22 @@ fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
     }
     c.ok("! systemctl cat volt-vm@.service >/dev/null 2>&1");
     c.ok("test -d /var/lib/volt/ipam && test -f /etc/volt/vms/hello.toml");
+    // Nothing of Volt's is left on the network: no rendered networkd file, no bridge, no
+    // nftables table (networkd never deletes a link; the removal does).
+    c.ok("! ls /run/systemd/network | grep -E '^(10-lab0|60-volt)' && ! test -e /run/systemd/network/10-volt0.network.d/60-volt-static-leases.conf");
+    c.wait_ok(
+        "! test -e /sys/class/net/lab0 && ! test -e /sys/class/net/volt0",
+        Duration::from_secs(10),
+    );
+    c.ok("! nft list table ip volt 2>/dev/null && ! nft list table bridge volt 2>/dev/null");
 
     // Purge: runtime directory and leases gone; the admin's VM files stay.
     c.ok("dpkg -P volt");
-    c.ok("! test -e /run/volt && ! test -e /var/lib/volt/ipam");
+    c.ok(
+        "! test -e /run/volt && ! test -e /var/lib/volt/ipam && ! test -e /var/lib/volt/generator",
+    );
+    // A reinstall must not find the VM enabled again.
+    c.ok("! ls /etc/systemd/system/*.wants/ 2>/dev/null | grep -q volt");
     c.ok("test -f /etc/volt/vms/hello.toml");
     c.ok("! dpkg -s volt >/dev/null 2>&1");
 }

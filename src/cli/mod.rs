@@ -12,6 +12,7 @@ mod link;
 mod manual;
 mod net;
 pub mod output;
+mod teardown;
 mod validate;
 mod vm;
 mod workload;
@@ -236,8 +237,14 @@ pub enum NetCommand {
     /// network whose file is gone, also the bridge networkd made from that file.
     Down {
         /// The network's name or bridge.
-        #[arg(value_name = "NETWORK", add = clap_complete::ArgValueCandidates::new(complete::networks))]
-        name: String,
+        #[arg(value_name = "NETWORK", required_unless_present = "all", add = clap_complete::ArgValueCandidates::new(complete::networks))]
+        name: Option<String>,
+        /// Every network, and everything else Volt made on the host's network: the networkd
+        /// files the generator wrote and the bridges networkd made from them, and Volt's
+        /// nftables tables. Refused while a workload's link is up (the package's removal
+        /// runs it after stopping the workloads).
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
     },
 }
 
@@ -410,7 +417,8 @@ pub fn run(opts: Opts) -> anyhow::Result<Outcome> {
             NetCommand::List { out } => net::list(&root, &out),
             NetCommand::Show { name, out } => net::show(&root, &name, &out),
             NetCommand::Up { name } => net::up(&root, &name),
-            NetCommand::Down { name } => net::down(&root, &name),
+            NetCommand::Down { all: true, .. } => teardown::down_all(&root),
+            NetCommand::Down { name, .. } => net::down(&root, name.as_deref().unwrap_or_default()),
         },
         Command::Ipam { command } => ipam::exec(&root, command),
         Command::Link { command } => match command {
