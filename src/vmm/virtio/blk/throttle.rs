@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::vmm::disk::DiskLimit;
 pub use crate::vmm::ratelimit::TokenBucket;
 
-/// The least a FLUSH or DISCARD costs in the bytes bucket (see [`Throttle::work_cost`]).
-pub const WORK_COST_MIN: u64 = 4096;
+/// What a FLUSH or DISCARD costs in the bytes bucket (see [`Throttle::work_cost`]).
+pub const WORK_COST: u64 = 4096;
 
 /// The bytes and ops buckets of one disk (either may be absent).
 #[derive(Debug, Clone, Default)]
@@ -30,13 +30,16 @@ impl Throttle {
     }
 
     /// What a request that moves no data but makes the host disk work (FLUSH: a cache flush
-    /// of the device; DISCARD: file-system metadata) costs in the bytes bucket: a
-    /// millisecond of the disk's rate, at least a page. So a bytes limit alone caps them too,
-    /// at 1000 a second (`ops_per_sec` caps every request).
+    /// of the device; DISCARD: file-system metadata) costs in the bytes bucket: a page, as
+    /// the smallest write would. So a bytes limit alone does not leave them free, without
+    /// stalling a guest that syncs often (a database's commits) under a generous one;
+    /// `ops_per_sec` is what caps how many requests of any kind a disk serves.
     pub fn work_cost(&self) -> u64 {
-        self.bytes
-            .as_ref()
-            .map_or(0, |b| (b.rate() / 1000).max(WORK_COST_MIN))
+        if self.bytes.is_some() {
+            WORK_COST
+        } else {
+            0
+        }
     }
 
     /// Admits one request of `bytes` (taking its tokens) or says how long to wait.

@@ -174,8 +174,8 @@ pub fn execute(req: &Request, ctx: &Ctx<'_>) -> (u8, u32) {
 /// What a request costs in the bytes bucket: the data it moves. WRITE_ZEROES writes its
 /// whole range (the kernel's ZERO_RANGE on a block device, or Volt's fallback writing zeroes),
 /// so it costs that range like a write (a segment it will refuse costs nothing); FLUSH and
-/// DISCARD move no data but make the host disk work: [`Throttle::work_cost`]. GET_ID touches
-/// no disk.
+/// DISCARD move no data but make the host disk work: a page ([`Throttle::work_cost`]).
+/// GET_ID touches no disk.
 fn cost(req: &Request, ctx: &Ctx<'_>, throttle: &Throttle) -> u64 {
     match req.kind {
         kind::IN | kind::OUT => req.data_len,
