@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::overlay::{bridge_mac, desired, fdb_changes, vxlan_name, Local};
+use super::overlay::{bridge_mac, desired, fdb_changes, stale_ports, vxlan_name, Local};
 use super::store;
 use super::{Cluster, ClusterError};
 use crate::config::{ClusterConfig, ConfigSet, MacAddr, Network, NetworkLookup};
@@ -104,6 +104,20 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         log::error!("{}", e.report());
     }
     let Some(c) = set.cluster.clone() else {
+        // Ports an earlier run left (the file since removed or broken) would stay on their
+        // bridges, unmaintained: they go, with their filter.
+        match Netlink::new()
+            .map_err(nl_err("rtnetlink"))
+            .and_then(|nl| remove_stale_ports(&nl, &[]))
+        {
+            Ok(0) => {}
+            Ok(_) => {
+                if let Err(e) = mech::remove_filter() {
+                    log::warn!("{}", crate::error_chain(&e));
+                }
+            }
+            Err(e) => log::warn!("{}", crate::error_chain(&e)),
+        }
         return Err(setup(format!(
             "/{} does not exist or is invalid (above; volt validate says the same): this host is not in a cluster",
             crate::config::CLUSTER_FILE
@@ -143,6 +157,9 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
             address: None,
         });
     }
+    // Before any filter is installed: it has chains only for the ports wanted now.
+    let wanted: Vec<String> = shared.iter().map(|s| s.vx.clone()).collect();
+    remove_stale_ports(&nl, &wanted)?;
     let mut d = Daemon {
         cluster: Cluster::new(&c)?,
         root: root.to_path_buf(),
@@ -236,6 +253,24 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
     log::info!("stopping: leaving the cluster");
     d.leave(&nl);
     Ok(())
+}
+
+/// Remove the VXLAN ports (and with them their forwarding entries) that an earlier run left
+/// for a VNI or network this host's config no longer has: the filter installed next has no
+/// chain for them, and an unfiltered port would let any underlay source onto the bridge.
+/// Returns how many went.
+fn remove_stale_ports(nl: &Netlink, wanted: &[String]) -> Result<usize, ClusterError> {
+    let found = mech::vxlan_links(nl).map_err(nl_err("cannot list the VXLAN links"))?;
+    let stale = stale_ports(&found, wanted);
+    for name in &stale {
+        nl.delete(name).map_err(nl_err(
+            "cannot remove a VXLAN port left from an earlier run",
+        ))?;
+        log::info!(
+            "removed {name}, left from an earlier run: the cluster config no longer has its VNI"
+        );
+    }
+    Ok(stale.len())
 }
 
 fn keepalive(cluster: Cluster, lease: i64, ttl: u32, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {

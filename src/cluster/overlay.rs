@@ -16,6 +16,18 @@ pub fn vxlan_name(vni: u32) -> String {
     format!("vx-{vni}")
 }
 
+/// The VXLAN links of `found` (name, VNI) that Volt made (named [`vxlan_name`] after their
+/// own VNI) and that none of `wanted` is: ports a crashed daemon left behind for a VNI or
+/// network the config no longer has. Their filter chains are gone with the next filter, so
+/// they must go before it.
+pub fn stale_ports(found: &[(String, u32)], wanted: &[String]) -> Vec<String> {
+    found
+        .iter()
+        .filter(|(name, vni)| *name == vxlan_name(*vni) && !wanted.contains(name))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 /// The MAC of this host's bridge `bridge`: locally administered, stable, unique per host
 /// (the packaged bridge file gives every host the same one).
 pub fn bridge_mac(host: &str, bridge: &str) -> MacAddr {
@@ -500,6 +512,22 @@ mod tests {
         assert_eq!(b.iter().map(|(_, n)| n).sum::<u32>(), 155);
         let d = dhcp_dropin("10.42.0.0/24".parse().expect("net"), b[1].0, 16, "a");
         assert!(d.contains("PoolOffset=116\nPoolSize=16\n"), "{d}");
+    }
+
+    #[test]
+    fn stale_ports_are_volts_own_not_wanted_ones() {
+        let found: Vec<(String, u32)> = [
+            ("vx-42", 42),
+            ("vx-43", 43),
+            // Not Volt's: an admin's VXLAN, and one named like Volt's with another VNI.
+            ("vxlan0", 42),
+            ("vx-7", 8),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), *v))
+        .collect();
+        assert_eq!(stale_ports(&found, &["vx-43".into()]), ["vx-42"]);
+        assert_eq!(stale_ports(&found, &[]), ["vx-42", "vx-43"]);
     }
 
     #[test]
