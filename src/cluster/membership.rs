@@ -13,14 +13,14 @@ use crate::plan::{names, Paths, Plan};
 
 impl Daemon {
     /// Adopt this host's live lease (a restarted daemon keeps its claims), else grant one.
+    /// The record is written at once (create-if-absent): a second host with the same name
+    /// is refused before it creates anything.
     pub(super) fn register(&mut self) -> Result<(), ClusterError> {
-        let c = &self.cluster;
-        if let Some(lease) = c.live_registration()? {
+        let (lease, adopted) = self.cluster.register(&self.record())?;
+        if adopted {
             log::info!("adopted this host's live lease {lease:x}");
-            self.lease = lease;
-            return Ok(());
         }
-        self.lease = c.etcd.grant(self.config().lease_ttl)?;
+        self.lease = lease;
         Ok(())
     }
 
@@ -47,14 +47,7 @@ impl Daemon {
     /// Write the host record, then claim each network's host address, then write it again
     /// with the addresses.
     pub(super) fn publish(&mut self) -> Result<(), ClusterError> {
-        let key = store::host_key(self.cluster.host());
-        let put = |d: &Daemon| {
-            d.cluster.etcd.put(
-                &key,
-                &serde_json::to_vec(&d.record()).unwrap_or_default(),
-                d.lease,
-            )
-        };
+        let put = |d: &Daemon| d.cluster.put_host_record(&d.record(), d.lease);
         put(self)?;
         for i in 0..self.shared.len() {
             let ip = self.host_address(i)?;

@@ -19,7 +19,7 @@ use std::net::Ipv4Addr;
 use crate::config::{ClusterConfig, MacAddr, Network};
 use crate::net::ipam::{self, IpamError, Lease, Owner, Request};
 use etcd::{Etcd, EtcdError};
-use store::{AddrClaim, NameClaim};
+use store::{AddrClaim, HostRecord, NameClaim};
 
 /// How often a claim is retried when another host changed the same network meanwhile.
 const CLAIM_TRIES: usize = 200;
@@ -130,6 +130,78 @@ impl Cluster {
             }
             _ => Ok((self.etcd.keepalive(kv.lease)? > 0).then_some(kv.lease)),
         }
+    }
+
+    /// Register this host with `record`: adopt its live registration (a restarted daemon
+    /// keeps its claims), else a new lease; then write the record (see
+    /// [`Cluster::put_host_record`]). Returns the lease and whether it was adopted. A lease
+    /// granted here is ended again when the record cannot be written.
+    pub fn register(&self, record: &HostRecord) -> Result<(i64, bool), ClusterError> {
+        if let Some(lease) = self.live_registration()? {
+            self.put_host_record(record, lease)?;
+            return Ok((lease, true));
+        }
+        let lease = self.etcd.grant(self.config.lease_ttl)?;
+        if let Err(e) = self.put_host_record(record, lease) {
+            if let Err(r) = self.etcd.revoke(lease) {
+                log::warn!(
+                    "cannot end the lease {lease:x} (it expires by itself): {}",
+                    crate::error_chain(&r)
+                );
+            }
+            return Err(e);
+        }
+        Ok((lease, false))
+    }
+
+    /// Write this host's record under `lease`, in one transaction: created when the name is
+    /// free, replaced when the record there is this host's (on `lease`, or from this host's
+    /// underlay address). Two hosts that start with the same name at once: one creates it,
+    /// the other is refused ([`ClusterError::HostNameInUse`]), never both registered.
+    pub fn put_host_record(&self, record: &HostRecord, lease: i64) -> Result<(), ClusterError> {
+        let key = store::host_key(self.host());
+        let put = etcd::Op::Put {
+            key: key.clone(),
+            value: serde_json::to_vec(record).unwrap_or_default(),
+            lease,
+        };
+        for _ in 0..CLAIM_TRIES {
+            let absent = etcd::Compare::Absent(key.clone());
+            if self.etcd.txn(&[absent], std::slice::from_ref(&put), &[])? {
+                return Ok(());
+            }
+            let Some(kv) = self.etcd.get(&key)? else {
+                backoff();
+                continue;
+            };
+            let theirs = serde_json::from_slice::<HostRecord>(&kv.value)
+                .ok()
+                .map(|r| r.underlay);
+            if kv.lease != lease && theirs != Some(self.config.underlay) {
+                return Err(match theirs {
+                    Some(underlay) => ClusterError::HostNameInUse {
+                        host: self.host().to_string(),
+                        underlay,
+                        ours: self.config.underlay,
+                        ttl: self.config.lease_ttl,
+                    },
+                    None => ClusterError::Setup {
+                        what: format!(
+                            "the store's record of host {} ({key}) is not a record Volt wrote; if no host runs with that name, remove it (etcdctl del {key})",
+                            self.host()
+                        ),
+                    },
+                });
+            }
+            let same = etcd::Compare::ModRevision(key.clone(), kv.mod_revision);
+            if self.etcd.txn(&[same], std::slice::from_ref(&put), &[])? {
+                return Ok(());
+            }
+            backoff();
+        }
+        Err(ClusterError::Contention {
+            network: "hosts".into(),
+        })
     }
 
     pub fn new(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
