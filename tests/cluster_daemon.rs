@@ -1,6 +1,8 @@
 //! `volt cluster run` itself, one host, in a network namespace this test creates: a veth
 //! underlay, the bridge volt0, and an etcd member of its own on the namespace's loopback.
 //! What it shows, in order:
+//! - this host's record deleted from the store by hand (its lease alive) is written again,
+//!   said once;
 //! - after a crash and a VNI change, the old VXLAN port (left enslaved, its filter chains
 //!   about to go) is removed at start; so are the ports and the filter when the cluster
 //!   file is gone;
@@ -111,7 +113,7 @@ fn kill(pid: i32) {
 }
 
 #[test]
-fn the_daemon_leaves_no_port_unfiltered() {
+fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     if skip() {
         return;
     }
@@ -164,6 +166,23 @@ fn the_daemon_leaves_no_port_unfiltered() {
     });
     assert!(h.links().contains("vx-42"), "{}", h.links());
     assert!(h.etcdctl("get /volt/hosts/a").contains("192.168.77.1"));
+
+    // The record deleted by hand: written again, and said once.
+    h.etcdctl("del /volt/hosts/a");
+    wait("the host record was never written again", &log, || {
+        h.etcdctl("get /volt/hosts/a").contains("192.168.77.1")
+    });
+    // A few resyncs later (every 5 s) nothing more is said of it.
+    std::thread::sleep(Duration::from_secs(11));
+    let said = read(&log);
+    assert_eq!(
+        said.matches("record is gone from the store").count(),
+        1,
+        "{said}"
+    );
+    assert!(h
+        .etcdctl("get /volt/hosts/a")
+        .contains("\"address\":\"10.42.0."));
 
     // A crash, then the network's VNI changes: the old port goes before the new one (and its
     // filter) come up.

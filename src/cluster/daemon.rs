@@ -69,6 +69,9 @@ pub(super) struct Daemon {
     /// What the store said that was left out, as last logged (logged again only when it
     /// changes: the daemon reconciles every few seconds).
     pub(super) rejected: BTreeSet<String>,
+    /// This host's record was found gone from the store (its lease alive): written again,
+    /// and said once until it is back.
+    pub(super) record_gone: Option<String>,
 }
 
 /// Block SIGTERM/SIGINT in this thread (and the threads it starts) and turn them into a
@@ -169,6 +172,7 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         last_filter: None,
         store_ok: true,
         rejected: BTreeSet::new(),
+        record_gone: None,
     };
     d.register()?;
     // The VXLAN ports come up behind their filter, closed (no remote pairs) until the store
@@ -433,7 +437,7 @@ impl Daemon {
         };
         let me = self.cluster.host().to_string();
         if snap.host(&me).is_none() {
-            log::warn!("this host's record is gone from the store");
+            self.record_again();
         }
         let mut filters = Vec::new();
         let mut summary = Vec::new();

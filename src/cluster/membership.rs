@@ -62,6 +62,35 @@ impl Daemon {
         Ok(())
     }
 
+    /// This host's record is gone from the store while its lease lives (deleted by hand):
+    /// the peers drop this host's entries, so it is written again, as after a lost lease.
+    /// Said once, and a failure once per different error, until it is back. With the lease
+    /// gone too, the keep-alive's report of it registers the host anew instead.
+    pub(super) fn record_again(&mut self) {
+        if self.cluster.etcd.ttl_left(self.lease).unwrap_or(0) <= 0 {
+            return;
+        }
+        if self.record_gone.is_none() {
+            log::warn!(
+                "this host's record is gone from the store (its lease lives): writing it again"
+            );
+            self.record_gone = Some(String::new());
+        }
+        match self.publish() {
+            Ok(()) => {
+                log::info!("this host's record is in the store again");
+                self.record_gone = None;
+            }
+            Err(e) => {
+                let text = crate::error_chain(&e);
+                if self.record_gone.as_deref() != Some(text.as_str()) {
+                    log::error!("cannot write this host's record again (retrying): {text}");
+                    self.record_gone = Some(text);
+                }
+            }
+        }
+    }
+
     /// Claim a block of the network's container range for this host's DHCP server (the one
     /// it has, else the first free one) and point networkd's `[DHCPServer]` at it, so the
     /// hosts' DHCP servers never hand out the same address.
