@@ -494,3 +494,66 @@ fn the_same_host_name_started_twice_at_once_registers_once() {
         winner.etcd.revoke(*lease).expect("revoke");
     }
 }
+
+/// An address claimed before its MAC was known (`volt ipam allocate`) gets the MAC when the
+/// link comes up (its owner claims it again with the MAC); an address recorded from
+/// elsewhere keeps what it is (a pool lease claimed again after a lost lease is no static
+/// address).
+#[test]
+fn a_claim_gets_its_mac_and_keeps_its_fixedness() {
+    if skip() {
+        return;
+    }
+    let etcd = common::etcd::Etcd::start(1, None);
+    let eps = etcd.endpoints();
+    let c = Cluster::new(&config("a", &eps, "")).expect("client");
+    wait_writable(&c, &etcd);
+    register(&c);
+    let net = Network::builtin_default();
+    let claim_of = |ip: Ipv4Addr| -> serde_json::Value {
+        let kv = c
+            .etcd
+            .get(&store::addr_key("volt0", ip))
+            .expect("get")
+            .expect("claim");
+        serde_json::from_slice(&kv.value).expect("json")
+    };
+    let first = c
+        .allocate(&net, &vm("web"), Request::Any, &none(), None)
+        .expect("allocate");
+    assert_eq!(claim_of(first.ip)["mac"], serde_json::Value::Null);
+    let mac: volt::config::MacAddr = "52:54:00:12:34:56".parse().expect("mac");
+    let up = c
+        .allocate(&net, &vm("web"), Request::Any, &none(), Some(mac))
+        .expect("link up");
+    assert_eq!(up.ip, first.ip);
+    assert_eq!(claim_of(first.ip)["mac"], "52:54:00:12:34:56");
+    assert_eq!(
+        c.etcd
+            .get(&store::owner_key("volt0", "vm/web/eth0"))
+            .expect("get")
+            .map(|kv| kv.value),
+        Some(first.ip.to_string().into_bytes()),
+        "the owner keeps its address"
+    );
+    // Another MAC (a conflict replaced it): corrected.
+    let other: volt::config::MacAddr = "52:54:00:12:34:57".parse().expect("mac");
+    c.allocate(&net, &vm("web"), Request::Any, &none(), Some(other))
+        .expect("new mac");
+    assert_eq!(claim_of(first.ip)["mac"], "52:54:00:12:34:57");
+    // Without a MAC the claim keeps the one it has.
+    c.allocate(&net, &vm("web"), Request::Any, &none(), None)
+        .expect("again");
+    assert_eq!(claim_of(first.ip)["mac"], "52:54:00:12:34:57");
+
+    // A pool address recorded again (as after a lost lease) stays a pool address.
+    let ip = Ipv4Addr::new(10, 42, 0, 50);
+    let l = c
+        .record(&net, &vm("pool"), ip, false, Some(mac))
+        .expect("record");
+    assert!(!l.fixed);
+    assert_eq!(claim_of(ip)["static"], false);
+    let s = Ipv4Addr::new(10, 42, 0, 51);
+    c.record(&net, &vm("fixed"), s, true, None).expect("record");
+    assert_eq!(claim_of(s)["static"], true);
+}

@@ -262,7 +262,9 @@ impl Daemon {
                             crate::net::ipam::Owner::container(&w.name, &a.nic)
                         }
                     };
-                    match self.cluster.record(net, &owner, ip, true, mac) {
+                    // A pool lease stays one: only a static or reserved address is fixed.
+                    let fixed = a.addressing.known().is_some();
+                    match self.cluster.record(net, &owner, ip, fixed, mac) {
                         Ok(_) => log::info!("claimed {ip} for {owner} again"),
                         Err(e) => log::error!("{}", crate::error_chain(&e)),
                     }

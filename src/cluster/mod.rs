@@ -307,6 +307,23 @@ impl Cluster {
         configured: &BTreeSet<Ipv4Addr>,
         mac: Option<MacAddr>,
     ) -> Result<Lease, ClusterError> {
+        self.claim_address(net, owner, request, configured, mac, None)
+    }
+
+    /// [`Cluster::allocate`]; `fixed_as`: what the claim says of itself (static or from a pool)
+    /// when the caller knows better than the request (an address recorded from elsewhere).
+    /// An existing claim of the owner gets its MAC (and that) filled in or corrected: an
+    /// address claimed before its MAC was known (`volt ipam allocate`) must not stay
+    /// without one, or peers have no forwarding entry for it and their filter drops it.
+    fn claim_address(
+        &self,
+        net: &Network,
+        owner: &Owner,
+        request: Request,
+        configured: &BTreeSet<Ipv4Addr>,
+        mac: Option<MacAddr>,
+        fixed_as: Option<bool>,
+    ) -> Result<Lease, ClusterError> {
         let lease = self.host_lease()?;
         let me = self.host().to_string();
         let owner_s = owner.to_string();
@@ -330,8 +347,24 @@ impl Cluster {
                         store::drop_claim(&self.etcd, &net.name, *ip, &owner_s, *rev)?;
                         continue;
                     }
-                    _ => return Ok(as_lease(*ip, c)),
+                    _ => {}
                 }
+                let mut now = AddrClaim::clone(c);
+                now.mac = mac.map(|m| m.to_string()).or(now.mac);
+                now.fixed = fixed_as.unwrap_or(now.fixed);
+                if now == **c {
+                    return Ok(as_lease(*ip, c));
+                }
+                if store::update_claim(&self.etcd, &net.name, *ip, &now, *rev, lease)? {
+                    log::info!(
+                        "{ip} on {}: {owner_s}'s claim now says MAC {}",
+                        net.name,
+                        now.mac.as_deref().unwrap_or("(none)")
+                    );
+                    return Ok(as_lease(*ip, &now));
+                }
+                // Changed meanwhile: read again.
+                continue;
             }
             if let Request::Static(want) = request {
                 if let Some((_, c, _)) = claims.iter().find(|(ip, ..)| *ip == want) {
@@ -358,7 +391,7 @@ impl Cluster {
             let claim = AddrClaim {
                 owner: owner_s.clone(),
                 host: me.clone(),
-                fixed,
+                fixed: fixed_as.unwrap_or(fixed),
                 mac: mac.map(|m| m.to_string()),
                 since: store::now(),
             };
@@ -391,9 +424,14 @@ impl Cluster {
             }
             .into());
         }
-        let mut l = self.allocate(net, owner, Request::Static(ip), &BTreeSet::new(), mac)?;
-        l.fixed = fixed;
-        Ok(l)
+        self.claim_address(
+            net,
+            owner,
+            Request::Static(ip),
+            &BTreeSet::new(),
+            mac,
+            Some(fixed),
+        )
     }
 
     /// Give up `owner`'s address on `network`, if this host holds it.
