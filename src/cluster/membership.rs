@@ -157,6 +157,7 @@ impl Daemon {
         let s = &self.shared[i];
         let me = self.cluster.host().to_string();
         let owner = format!("host/{me}");
+        let mut configured = None;
         for _ in 0..64 {
             let snap = store::snapshot(&self.cluster.etcd)?;
             let claims: Vec<_> = snap.addrs_on(&s.net.name).collect();
@@ -164,14 +165,8 @@ impl Daemon {
                 return Ok(*ip);
             }
             let taken: BTreeSet<Ipv4Addr> = claims.iter().map(|(ip, ..)| *ip).collect();
-            let reserved: BTreeSet<Ipv4Addr> = s.net.reservations.values().copied().collect();
-            let (lo, hi) = (
-                u32::from(s.net.vm_range.start),
-                u32::from(s.net.vm_range.end),
-            );
-            let Some(ip) = (lo..=hi).rev().map(Ipv4Addr::from).find(|ip| {
-                s.net.is_host_addr(*ip) && !taken.contains(ip) && !reserved.contains(ip)
-            }) else {
+            let configured = configured.get_or_insert_with(|| self.configured(&s.net.name));
+            let Some(ip) = super::overlay::host_address_pick(&s.net, &taken, configured) else {
                 return Err(setup(format!(
                     "no free address left on {} for host {me}",
                     s.net.name
@@ -191,6 +186,18 @@ impl Daemon {
         Err(ClusterError::Contention {
             network: s.net.name.clone(),
         })
+    }
+
+    /// The static and reserved addresses this host's config gives its workloads on
+    /// `network` (what a pool allocation skips too).
+    fn configured(&self, network: &str) -> BTreeSet<Ipv4Addr> {
+        Plan::build(&ConfigSet::load(&self.root))
+            .workloads
+            .iter()
+            .flat_map(|w| w.attachments.iter())
+            .filter(|a| a.network.as_deref() == Some(network))
+            .filter_map(|a| a.addressing.known().map(|n| n.addr()))
+            .collect()
     }
 
     /// How many workload links have a record here (their owners run: a record is written when

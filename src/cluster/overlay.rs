@@ -28,6 +28,23 @@ pub fn stale_ports(found: &[(String, u32)], wanted: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// This host's own address on `net`: the highest address of the VM pool that no claim in
+/// `taken` holds and that is neither a reservation nor a static address of this host's
+/// config (`configured`: a local VM's, which would fail to start on it later).
+pub fn host_address_pick(
+    net: &Network,
+    taken: &BTreeSet<Ipv4Addr>,
+    configured: &BTreeSet<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    let (lo, hi) = (u32::from(net.vm_range.start), u32::from(net.vm_range.end));
+    (lo..=hi).rev().map(Ipv4Addr::from).find(|ip| {
+        net.is_host_addr(*ip)
+            && !taken.contains(ip)
+            && !configured.contains(ip)
+            && !net.reservations.values().any(|r| r == ip)
+    })
+}
+
 /// The MAC of this host's bridge `bridge`: locally administered, stable, unique per host
 /// (the packaged bridge file gives every host the same one).
 pub fn bridge_mac(host: &str, bridge: &str) -> MacAddr {
@@ -528,6 +545,22 @@ mod tests {
         .collect();
         assert_eq!(stale_ports(&found, &["vx-43".into()]), ["vx-42"]);
         assert_eq!(stale_ports(&found, &[]), ["vx-42", "vx-43"]);
+    }
+
+    #[test]
+    fn host_address_skips_claims_reservations_and_local_static_addresses() {
+        let mut net = Network::builtin_default();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        net.reservations.insert("vm-r".into(), ip("10.42.0.98"));
+        let taken: BTreeSet<Ipv4Addr> = [ip("10.42.0.99")].into();
+        // A local VM's static address, not claimed yet (the VM is not running).
+        let configured: BTreeSet<Ipv4Addr> = [ip("10.42.0.97")].into();
+        assert_eq!(
+            host_address_pick(&net, &taken, &configured),
+            Some(ip("10.42.0.96"))
+        );
+        let all: BTreeSet<Ipv4Addr> = (2..=99).map(|n| Ipv4Addr::new(10, 42, 0, n)).collect();
+        assert_eq!(host_address_pick(&net, &all, &configured), None);
     }
 
     #[test]
