@@ -32,6 +32,8 @@ pub enum ClusterError {
         "host {host} is not registered in the cluster (is volt-cluster.service running on it?)"
     )]
     NotRegistered { host: String },
+    #[error("not a workload name, so no cluster name: {message}")]
+    BadName { message: String },
     #[error("{name} already runs on host {host}")]
     NameTaken { name: String, host: String },
     #[error("{ip} on {network} is already claimed by {owner} on host {host}")]
@@ -82,6 +84,11 @@ fn as_lease(ip: Ipv4Addr, c: &AddrClaim) -> Lease {
         fixed: c.fixed,
         since: c.since,
     }
+}
+
+/// A name key is `names/<name>`: only a workload name (no `/`, no `..`) may make one.
+fn check_name(name: &str) -> Result<(), ClusterError> {
+    crate::config::check_workload_name(name).map_err(|message| ClusterError::BadName { message })
 }
 
 /// A pause of 1-20 ms after a lost race, so that hosts that keep losing to each other do
@@ -232,6 +239,7 @@ impl Cluster {
 
     /// Claim workload `name` for this host: `Ok` when it is free or already ours.
     pub fn claim_name(&self, name: &str, kind: &str) -> Result<(), ClusterError> {
+        check_name(name)?;
         let lease = self.host_lease()?;
         let key = store::name_key(name);
         let claim = NameClaim {
@@ -282,6 +290,7 @@ impl Cluster {
 
     /// Give up the claim on `name` if this host holds it.
     pub fn release_name(&self, name: &str) -> Result<bool, ClusterError> {
+        check_name(name)?;
         let key = store::name_key(name);
         let Some(kv) = self.etcd.get(&key)? else {
             return Ok(false);
