@@ -6,6 +6,8 @@
 //! - after a crash and a VNI change, the old VXLAN port (left enslaved, its filter chains
 //!   about to go) is removed at start; so are the ports and the filter when the cluster
 //!   file is gone;
+//! - a start that fails halfway (no DHCP block left for this host) takes back its VXLAN port
+//!   and filter and ends its lease.
 
 mod common;
 
@@ -206,4 +208,27 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     let links = h.links();
     assert!(!links.contains("vx-43"), "vx-43 left behind:\n{links}");
     assert!(!h.tables().contains("volt-cluster"), "{}", h.tables());
+
+    // No DHCP block left for this host (another holds them all): the start fails after it
+    // made its port and filter, takes them back and ends its lease (not waiting for the
+    // lease's 30 s).
+    for first in (100..=244).step_by(16) {
+        h.etcdctl(&format!("put /volt/dhcp/volt0/10.42.0.{first} b"));
+    }
+    h.write_config(Some(42));
+    let (pid, log) = h.start();
+    wait("the daemon did not end", &log, || ended(pid));
+    let said = read(&log);
+    assert!(said.contains("no DHCP block"), "{said}");
+    let links = h.links();
+    assert!(
+        !links.contains("vx-42"),
+        "vx-42 left behind:\n{links}\n{said}"
+    );
+    assert!(
+        !h.tables().contains("volt-cluster"),
+        "{}\n{said}",
+        h.tables()
+    );
+    assert_eq!(h.etcdctl("get /volt/hosts/a"), "", "{said}");
 }

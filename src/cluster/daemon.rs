@@ -175,19 +175,13 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         record_gone: None,
     };
     d.register()?;
-    // The VXLAN ports come up behind their filter, closed (no remote pairs) until the store
-    // says who is where. A filter that cannot be installed stops the start: an unfiltered
-    // port would let any underlay source onto the bridge (rogue DHCP, the gateway's ARP).
-    let closed: Vec<PortFilter> = d.shared.iter().map(|s| s.filter(Vec::new())).collect();
-    mech::apply_filter(&closed).map_err(|e| {
-        setup(format!(
-            "the VXLAN ports' filter: {}",
-            crate::error_chain(&e)
-        ))
-    })?;
-    d.last_filter = Some(closed);
-    d.ports(&nl, &c)?;
-    d.publish()?;
+    // A start that fails halfway takes back what it made (ports, filter, addresses) and
+    // ends the lease it took, as a stop does.
+    if let Err(e) = d.start(&nl, &c) {
+        log::error!("{}; undoing what this start made", crate::error_chain(&e));
+        d.leave(&nl);
+        return Err(e);
+    }
     // Workloads that run here keep their claims: after a restart within the TTL the live
     // lease was adopted and this finds them held; after a crash that outlived it (or a lease
     // another daemon revoked) they are claimed anew.
@@ -325,6 +319,23 @@ fn watch(cluster: Cluster, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
 impl Daemon {
     pub(super) fn config(&self) -> &ClusterConfig {
         &self.cluster.config
+    }
+
+    /// The VXLAN ports come up behind their filter, closed (no remote pairs) until the store
+    /// says who is where; then the host record with this host's addresses. A filter that
+    /// cannot be installed stops the start: an unfiltered port would let any underlay source
+    /// onto the bridge (rogue DHCP, the gateway's ARP).
+    fn start(&mut self, nl: &Netlink, c: &ClusterConfig) -> Result<(), ClusterError> {
+        let closed: Vec<PortFilter> = self.shared.iter().map(|s| s.filter(Vec::new())).collect();
+        mech::apply_filter(&closed).map_err(|e| {
+            setup(format!(
+                "the VXLAN ports' filter: {}",
+                crate::error_chain(&e)
+            ))
+        })?;
+        self.last_filter = Some(closed);
+        self.ports(nl, c)?;
+        self.publish()
     }
 
     /// Each shared bridge (waiting for networkd, else created), its MAC and MTU, its VXLAN
