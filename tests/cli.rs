@@ -416,7 +416,8 @@ fn cluster_names_must_be_workload_names() {
     );
     for cmd in ["claim", "release"] {
         for (name, why) in [
-            ("../../hosts/node-a", "'/' is not allowed"),
+            ("../../hosts/node-a", "must not start with '.'"),
+            ("a/../../hosts/node-a", "'/' is not allowed"),
             ("", "the name is empty"),
             ("..", "must not start with '.'"),
         ] {
