@@ -403,6 +403,34 @@ fn a_corrupt_lease_file_is_told_once_by_the_listings_and_left_alone() {
     );
 }
 
+/// `volt cluster claim|release` make the key `/volt/names/<name>`: a name that is not a
+/// workload name is refused before the store is asked (none answers on this port).
+#[test]
+fn cluster_names_must_be_workload_names() {
+    let r = root();
+    let p = r.path();
+    write(
+        p,
+        "etc/volt/cluster.toml",
+        "host = \"a\"\nunderlay = \"192.0.2.1\"\n[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\ntimeout_ms = 500\n",
+    );
+    for cmd in ["claim", "release"] {
+        for (name, why) in [
+            ("../../hosts/node-a", "must not start with '.'"),
+            ("a/../../hosts/node-a", "'/' is not allowed"),
+            ("", "the name is empty"),
+            ("..", "must not start with '.'"),
+        ] {
+            let o = volt(p, &["cluster", cmd, name]);
+            let t = text(&o);
+            assert_eq!(o.status.code(), Some(1), "{cmd} {name:?}: {t}");
+            assert!(t.contains("not a workload name"), "{cmd} {name:?}: {t}");
+            assert!(t.contains(why), "{cmd} {name:?}: {t}");
+            assert!(!t.contains("cannot serve requests"), "{cmd} {name:?}: {t}");
+        }
+    }
+}
+
 #[test]
 fn a_broken_cluster_file_fails_closed() {
     let r = root();

@@ -425,3 +425,135 @@ fn tls_with_a_client_certificate() {
     let e = anon.etcd.get("/volt/names/web").unwrap_err().to_string();
     assert!(e.contains(&eps[0]), "{e}");
 }
+
+/// Two hosts started at the same time with the same name (a cloned image's hostname, another
+/// underlay): one registers, the other is refused naming the first one's underlay. Both
+/// used to see the name free and both write it (the second silently taking over).
+#[test]
+fn the_same_host_name_started_twice_at_once_registers_once() {
+    if skip() {
+        return;
+    }
+    let etcd = common::etcd::Etcd::start(1, None);
+    let eps = etcd.endpoints();
+    let one = Cluster::new(&config("a", &eps, "")).expect("client");
+    let text = toml_text("a", &eps, "").replace("192.168.77.1", "192.168.77.9");
+    let two = Cluster::new(&cluster_config("a", &text)).expect("client");
+    wait_writable(&one, &etcd);
+    let record = |c: &Cluster| HostRecord {
+        name: c.host().into(),
+        underlay: c.config.underlay,
+        vxlan_port: 4789,
+        since: store::now(),
+        networks: Vec::new(),
+    };
+    for round in 0..8 {
+        let barrier = std::sync::Barrier::new(2);
+        let results: Vec<Result<(i64, bool), ClusterError>> = std::thread::scope(|s| {
+            let hs: Vec<_> = [&one, &two]
+                .into_iter()
+                .map(|c| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        c.register(&record(c))
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        let won: Vec<usize> = (0..2).filter(|i| results[*i].is_ok()).collect();
+        assert_eq!(won.len(), 1, "round {round}: {results:?}");
+        let (winner, loser) = if won[0] == 0 {
+            (&one, &two)
+        } else {
+            (&two, &one)
+        };
+        let e = results[1 - won[0]].as_ref().unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "host name a is registered from underlay {}, not this host's {}",
+                winner.config.underlay, loser.config.underlay
+            )),
+            "round {round}: {e}"
+        );
+        let kv = one
+            .etcd
+            .get(&store::host_key("a"))
+            .expect("get")
+            .expect("record");
+        let held: HostRecord = serde_json::from_slice(&kv.value).expect("json");
+        assert_eq!(held.underlay, winner.config.underlay, "round {round}");
+        let (lease, adopted) = results[won[0]].as_ref().expect("winner");
+        assert!(!adopted);
+        // The winner registering again (a daemon restart) adopts its lease.
+        assert_eq!(
+            winner.register(&record(winner)).expect("again"),
+            (*lease, true)
+        );
+        winner.etcd.revoke(*lease).expect("revoke");
+    }
+}
+
+/// An address claimed before its MAC was known (`volt ipam allocate`) gets the MAC when the
+/// link comes up (its owner claims it again with the MAC); an address recorded from
+/// elsewhere keeps what it is (a pool lease claimed again after a lost lease is no static
+/// address).
+#[test]
+fn a_claim_gets_its_mac_and_keeps_its_fixedness() {
+    if skip() {
+        return;
+    }
+    let etcd = common::etcd::Etcd::start(1, None);
+    let eps = etcd.endpoints();
+    let c = Cluster::new(&config("a", &eps, "")).expect("client");
+    wait_writable(&c, &etcd);
+    register(&c);
+    let net = Network::builtin_default();
+    let claim_of = |ip: Ipv4Addr| -> serde_json::Value {
+        let kv = c
+            .etcd
+            .get(&store::addr_key("volt0", ip))
+            .expect("get")
+            .expect("claim");
+        serde_json::from_slice(&kv.value).expect("json")
+    };
+    let first = c
+        .allocate(&net, &vm("web"), Request::Any, &none(), None)
+        .expect("allocate");
+    assert_eq!(claim_of(first.ip)["mac"], serde_json::Value::Null);
+    let mac: volt::config::MacAddr = "52:54:00:12:34:56".parse().expect("mac");
+    let up = c
+        .allocate(&net, &vm("web"), Request::Any, &none(), Some(mac))
+        .expect("link up");
+    assert_eq!(up.ip, first.ip);
+    assert_eq!(claim_of(first.ip)["mac"], "52:54:00:12:34:56");
+    assert_eq!(
+        c.etcd
+            .get(&store::owner_key("volt0", "vm/web/eth0"))
+            .expect("get")
+            .map(|kv| kv.value),
+        Some(first.ip.to_string().into_bytes()),
+        "the owner keeps its address"
+    );
+    // Another MAC (a conflict replaced it): corrected.
+    let other: volt::config::MacAddr = "52:54:00:12:34:57".parse().expect("mac");
+    c.allocate(&net, &vm("web"), Request::Any, &none(), Some(other))
+        .expect("new mac");
+    assert_eq!(claim_of(first.ip)["mac"], "52:54:00:12:34:57");
+    // Without a MAC the claim keeps the one it has.
+    c.allocate(&net, &vm("web"), Request::Any, &none(), None)
+        .expect("again");
+    assert_eq!(claim_of(first.ip)["mac"], "52:54:00:12:34:57");
+
+    // A pool address recorded again (as after a lost lease) stays a pool address.
+    let ip = Ipv4Addr::new(10, 42, 0, 50);
+    let l = c
+        .record(&net, &vm("pool"), ip, false, Some(mac))
+        .expect("record");
+    assert!(!l.fixed);
+    assert_eq!(claim_of(ip)["static"], false);
+    let s = Ipv4Addr::new(10, 42, 0, 51);
+    c.record(&net, &vm("fixed"), s, true, None).expect("record");
+    assert_eq!(claim_of(s)["static"], true);
+}

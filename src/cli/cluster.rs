@@ -92,10 +92,20 @@ pub fn show(root: &Path, output: Output) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// Only a workload name makes a name key (`/volt/names/<name>`): never an empty one, or one
+/// with `/` or `..` that would write elsewhere in the store.
+fn check_name(name: &str) -> Result<()> {
+    if let Err(m) = crate::config::check_workload_name(name) {
+        bail!("not a workload name, so no cluster name: {m}");
+    }
+    Ok(())
+}
+
 /// `volt cluster claim NAME`: claim a workload name for this host before it starts (without
 /// a cluster: nothing to do). A clustered VM's unit runs it (the generator's drop-in) outside
 /// the VMM's sandbox, which has no IP sockets.
 pub fn claim(root: &Path, name: &str, kind: &str) -> Result<Outcome> {
+    check_name(name)?;
     // Networks and cluster.toml only: a start does not parse every workload file for this.
     let set = ConfigSet::load_cluster(root);
     if set.cluster_broken {
@@ -127,6 +137,7 @@ pub fn claim(root: &Path, name: &str, kind: &str) -> Result<Outcome> {
 /// systemd may restart the unit (`Restart=on-failure`), which must find its name still held;
 /// so does a container's reboot (nspawn's status 133).
 pub fn release(root: &Path, name: &str, after_stop: bool) -> Result<Outcome> {
+    check_name(name)?;
     let set = ConfigSet::load_cluster(root);
     if set.cluster_broken {
         log_cluster_errors(&set);

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::overlay::{bridge_mac, desired, fdb_changes, vxlan_name, Local};
+use super::overlay::{bridge_mac, desired, fdb_changes, stale_ports, vxlan_name, Local};
 use super::store;
 use super::{Cluster, ClusterError};
 use crate::config::{ClusterConfig, ConfigSet, MacAddr, Network, NetworkLookup};
@@ -69,6 +69,9 @@ pub(super) struct Daemon {
     /// What the store said that was left out, as last logged (logged again only when it
     /// changes: the daemon reconciles every few seconds).
     pub(super) rejected: BTreeSet<String>,
+    /// This host's record was found gone from the store (its lease alive): written again,
+    /// and said once until it is back.
+    pub(super) record_gone: Option<String>,
 }
 
 /// Block SIGTERM/SIGINT in this thread (and the threads it starts) and turn them into a
@@ -104,6 +107,20 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         log::error!("{}", e.report());
     }
     let Some(c) = set.cluster.clone() else {
+        // Ports an earlier run left (the file since removed or broken) would stay on their
+        // bridges, unmaintained: they go, with their filter.
+        match Netlink::new()
+            .map_err(nl_err("rtnetlink"))
+            .and_then(|nl| remove_stale_ports(&nl, &[]))
+        {
+            Ok(0) => {}
+            Ok(_) => {
+                if let Err(e) = mech::remove_filter() {
+                    log::warn!("{}", crate::error_chain(&e));
+                }
+            }
+            Err(e) => log::warn!("{}", crate::error_chain(&e)),
+        }
         return Err(setup(format!(
             "/{} does not exist or is invalid (above; volt validate says the same): this host is not in a cluster",
             crate::config::CLUSTER_FILE
@@ -143,6 +160,9 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
             address: None,
         });
     }
+    // Before any filter is installed: it has chains only for the ports wanted now.
+    let wanted: Vec<String> = shared.iter().map(|s| s.vx.clone()).collect();
+    remove_stale_ports(&nl, &wanted)?;
     let mut d = Daemon {
         cluster: Cluster::new(&c)?,
         root: root.to_path_buf(),
@@ -152,21 +172,16 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         last_filter: None,
         store_ok: true,
         rejected: BTreeSet::new(),
+        record_gone: None,
     };
     d.register()?;
-    // The VXLAN ports come up behind their filter, closed (no remote pairs) until the store
-    // says who is where. A filter that cannot be installed stops the start: an unfiltered
-    // port would let any underlay source onto the bridge (rogue DHCP, the gateway's ARP).
-    let closed: Vec<PortFilter> = d.shared.iter().map(|s| s.filter(Vec::new())).collect();
-    mech::apply_filter(&closed).map_err(|e| {
-        setup(format!(
-            "the VXLAN ports' filter: {}",
-            crate::error_chain(&e)
-        ))
-    })?;
-    d.last_filter = Some(closed);
-    d.ports(&nl, &c)?;
-    d.publish()?;
+    // A start that fails halfway takes back what it made (ports, filter, addresses) and
+    // ends the lease it took, as a stop does.
+    if let Err(e) = d.start(&nl, &c) {
+        log::error!("{}; undoing what this start made", crate::error_chain(&e));
+        d.leave(&nl);
+        return Err(e);
+    }
     // Workloads that run here keep their claims: after a restart within the TTL the live
     // lease was adopted and this finds them held; after a crash that outlived it (or a lease
     // another daemon revoked) they are claimed anew.
@@ -238,6 +253,24 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
     Ok(())
 }
 
+/// Remove the VXLAN ports (and with them their forwarding entries) that an earlier run left
+/// for a VNI or network this host's config no longer has: the filter installed next has no
+/// chain for them, and an unfiltered port would let any underlay source onto the bridge.
+/// Returns how many went.
+fn remove_stale_ports(nl: &Netlink, wanted: &[String]) -> Result<usize, ClusterError> {
+    let found = mech::vxlan_links(nl).map_err(nl_err("cannot list the VXLAN links"))?;
+    let stale = stale_ports(&found, wanted);
+    for name in &stale {
+        nl.delete(name).map_err(nl_err(
+            "cannot remove a VXLAN port left from an earlier run",
+        ))?;
+        log::info!(
+            "removed {name}, left from an earlier run: the cluster config no longer has its VNI"
+        );
+    }
+    Ok(stale.len())
+}
+
 fn keepalive(cluster: Cluster, lease: i64, ttl: u32, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
     let every = Duration::from_millis(u64::from(ttl) * 1000 / 3);
     std::thread::spawn(move || {
@@ -286,6 +319,23 @@ fn watch(cluster: Cluster, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
 impl Daemon {
     pub(super) fn config(&self) -> &ClusterConfig {
         &self.cluster.config
+    }
+
+    /// The VXLAN ports come up behind their filter, closed (no remote pairs) until the store
+    /// says who is where; then the host record with this host's addresses. A filter that
+    /// cannot be installed stops the start: an unfiltered port would let any underlay source
+    /// onto the bridge (rogue DHCP, the gateway's ARP).
+    fn start(&mut self, nl: &Netlink, c: &ClusterConfig) -> Result<(), ClusterError> {
+        let closed: Vec<PortFilter> = self.shared.iter().map(|s| s.filter(Vec::new())).collect();
+        mech::apply_filter(&closed).map_err(|e| {
+            setup(format!(
+                "the VXLAN ports' filter: {}",
+                crate::error_chain(&e)
+            ))
+        })?;
+        self.last_filter = Some(closed);
+        self.ports(nl, c)?;
+        self.publish()
     }
 
     /// Each shared bridge (waiting for networkd, else created), its MAC and MTU, its VXLAN
@@ -398,7 +448,7 @@ impl Daemon {
         };
         let me = self.cluster.host().to_string();
         if snap.host(&me).is_none() {
-            log::warn!("this host's record is gone from the store");
+            self.record_again();
         }
         let mut filters = Vec::new();
         let mut summary = Vec::new();

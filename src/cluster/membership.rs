@@ -13,14 +13,14 @@ use crate::plan::{names, Paths, Plan};
 
 impl Daemon {
     /// Adopt this host's live lease (a restarted daemon keeps its claims), else grant one.
+    /// The record is written at once (create-if-absent): a second host with the same name
+    /// is refused before it creates anything.
     pub(super) fn register(&mut self) -> Result<(), ClusterError> {
-        let c = &self.cluster;
-        if let Some(lease) = c.live_registration()? {
+        let (lease, adopted) = self.cluster.register(&self.record())?;
+        if adopted {
             log::info!("adopted this host's live lease {lease:x}");
-            self.lease = lease;
-            return Ok(());
         }
-        self.lease = c.etcd.grant(self.config().lease_ttl)?;
+        self.lease = lease;
         Ok(())
     }
 
@@ -47,14 +47,7 @@ impl Daemon {
     /// Write the host record, then claim each network's host address, then write it again
     /// with the addresses.
     pub(super) fn publish(&mut self) -> Result<(), ClusterError> {
-        let key = store::host_key(self.cluster.host());
-        let put = |d: &Daemon| {
-            d.cluster.etcd.put(
-                &key,
-                &serde_json::to_vec(&d.record()).unwrap_or_default(),
-                d.lease,
-            )
-        };
+        let put = |d: &Daemon| d.cluster.put_host_record(&d.record(), d.lease);
         put(self)?;
         for i in 0..self.shared.len() {
             let ip = self.host_address(i)?;
@@ -67,6 +60,35 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// This host's record is gone from the store while its lease lives (deleted by hand):
+    /// the peers drop this host's entries, so it is written again, as after a lost lease.
+    /// Said once, and a failure once per different error, until it is back. With the lease
+    /// gone too, the keep-alive's report of it registers the host anew instead.
+    pub(super) fn record_again(&mut self) {
+        if self.cluster.etcd.ttl_left(self.lease).unwrap_or(0) <= 0 {
+            return;
+        }
+        if self.record_gone.is_none() {
+            log::warn!(
+                "this host's record is gone from the store (its lease lives): writing it again"
+            );
+            self.record_gone = Some(String::new());
+        }
+        match self.publish() {
+            Ok(()) => {
+                log::info!("this host's record is in the store again");
+                self.record_gone = None;
+            }
+            Err(e) => {
+                let text = crate::error_chain(&e);
+                if self.record_gone.as_deref() != Some(text.as_str()) {
+                    log::error!("cannot write this host's record again (retrying): {text}");
+                    self.record_gone = Some(text);
+                }
+            }
+        }
     }
 
     /// Claim a block of the network's container range for this host's DHCP server (the one
@@ -135,6 +157,7 @@ impl Daemon {
         let s = &self.shared[i];
         let me = self.cluster.host().to_string();
         let owner = format!("host/{me}");
+        let mut configured = None;
         for _ in 0..64 {
             let snap = store::snapshot(&self.cluster.etcd)?;
             let claims: Vec<_> = snap.addrs_on(&s.net.name).collect();
@@ -142,14 +165,8 @@ impl Daemon {
                 return Ok(*ip);
             }
             let taken: BTreeSet<Ipv4Addr> = claims.iter().map(|(ip, ..)| *ip).collect();
-            let reserved: BTreeSet<Ipv4Addr> = s.net.reservations.values().copied().collect();
-            let (lo, hi) = (
-                u32::from(s.net.vm_range.start),
-                u32::from(s.net.vm_range.end),
-            );
-            let Some(ip) = (lo..=hi).rev().map(Ipv4Addr::from).find(|ip| {
-                s.net.is_host_addr(*ip) && !taken.contains(ip) && !reserved.contains(ip)
-            }) else {
+            let configured = configured.get_or_insert_with(|| self.configured(&s.net.name));
+            let Some(ip) = super::overlay::host_address_pick(&s.net, &taken, configured) else {
                 return Err(setup(format!(
                     "no free address left on {} for host {me}",
                     s.net.name
@@ -169,6 +186,18 @@ impl Daemon {
         Err(ClusterError::Contention {
             network: s.net.name.clone(),
         })
+    }
+
+    /// The static and reserved addresses this host's config gives its workloads on
+    /// `network` (what a pool allocation skips too).
+    fn configured(&self, network: &str) -> BTreeSet<Ipv4Addr> {
+        Plan::build(&ConfigSet::load(&self.root))
+            .workloads
+            .iter()
+            .flat_map(|w| w.attachments.iter())
+            .filter(|a| a.network.as_deref() == Some(network))
+            .filter_map(|a| a.addressing.known().map(|n| n.addr()))
+            .collect()
     }
 
     /// How many workload links have a record here (their owners run: a record is written when
@@ -240,7 +269,9 @@ impl Daemon {
                             crate::net::ipam::Owner::container(&w.name, &a.nic)
                         }
                     };
-                    match self.cluster.record(net, &owner, ip, true, mac) {
+                    // A pool lease stays one: only a static or reserved address is fixed.
+                    let fixed = a.addressing.known().is_some();
+                    match self.cluster.record(net, &owner, ip, fixed, mac) {
                         Ok(_) => log::info!("claimed {ip} for {owner} again"),
                         Err(e) => log::error!("{}", crate::error_chain(&e)),
                     }

@@ -19,7 +19,7 @@ use std::net::Ipv4Addr;
 use crate::config::{ClusterConfig, MacAddr, Network};
 use crate::net::ipam::{self, IpamError, Lease, Owner, Request};
 use etcd::{Etcd, EtcdError};
-use store::{AddrClaim, NameClaim};
+use store::{AddrClaim, HostRecord, NameClaim};
 
 /// How often a claim is retried when another host changed the same network meanwhile.
 const CLAIM_TRIES: usize = 200;
@@ -32,6 +32,8 @@ pub enum ClusterError {
         "host {host} is not registered in the cluster (is volt-cluster.service running on it?)"
     )]
     NotRegistered { host: String },
+    #[error("not a workload name, so no cluster name: {message}")]
+    BadName { message: String },
     #[error("{name} already runs on host {host}")]
     NameTaken { name: String, host: String },
     #[error("{ip} on {network} is already claimed by {owner} on host {host}")]
@@ -84,6 +86,11 @@ fn as_lease(ip: Ipv4Addr, c: &AddrClaim) -> Lease {
     }
 }
 
+/// A name key is `names/<name>`: only a workload name (no `/`, no `..`) may make one.
+fn check_name(name: &str) -> Result<(), ClusterError> {
+    crate::config::check_workload_name(name).map_err(|message| ClusterError::BadName { message })
+}
+
 /// A pause of 1-20 ms after a lost race, so that hosts that keep losing to each other do
 /// not hammer the store (each try reads it) back to back.
 fn backoff() {
@@ -132,6 +139,78 @@ impl Cluster {
         }
     }
 
+    /// Register this host with `record`: adopt its live registration (a restarted daemon
+    /// keeps its claims), else a new lease; then write the record (see
+    /// [`Cluster::put_host_record`]). Returns the lease and whether it was adopted. A lease
+    /// granted here is ended again when the record cannot be written.
+    pub fn register(&self, record: &HostRecord) -> Result<(i64, bool), ClusterError> {
+        if let Some(lease) = self.live_registration()? {
+            self.put_host_record(record, lease)?;
+            return Ok((lease, true));
+        }
+        let lease = self.etcd.grant(self.config.lease_ttl)?;
+        if let Err(e) = self.put_host_record(record, lease) {
+            if let Err(r) = self.etcd.revoke(lease) {
+                log::warn!(
+                    "cannot end the lease {lease:x} (it expires by itself): {}",
+                    crate::error_chain(&r)
+                );
+            }
+            return Err(e);
+        }
+        Ok((lease, false))
+    }
+
+    /// Write this host's record under `lease`, in one transaction: created when the name is
+    /// free, replaced when the record there is this host's (on `lease`, or from this host's
+    /// underlay address). Two hosts that start with the same name at once: one creates it,
+    /// the other is refused ([`ClusterError::HostNameInUse`]), never both registered.
+    pub fn put_host_record(&self, record: &HostRecord, lease: i64) -> Result<(), ClusterError> {
+        let key = store::host_key(self.host());
+        let put = etcd::Op::Put {
+            key: key.clone(),
+            value: serde_json::to_vec(record).unwrap_or_default(),
+            lease,
+        };
+        for _ in 0..CLAIM_TRIES {
+            let absent = etcd::Compare::Absent(key.clone());
+            if self.etcd.txn(&[absent], std::slice::from_ref(&put), &[])? {
+                return Ok(());
+            }
+            let Some(kv) = self.etcd.get(&key)? else {
+                backoff();
+                continue;
+            };
+            let theirs = serde_json::from_slice::<HostRecord>(&kv.value)
+                .ok()
+                .map(|r| r.underlay);
+            if kv.lease != lease && theirs != Some(self.config.underlay) {
+                return Err(match theirs {
+                    Some(underlay) => ClusterError::HostNameInUse {
+                        host: self.host().to_string(),
+                        underlay,
+                        ours: self.config.underlay,
+                        ttl: self.config.lease_ttl,
+                    },
+                    None => ClusterError::Setup {
+                        what: format!(
+                            "the store's record of host {} ({key}) is not a record Volt wrote; if no host runs with that name, remove it (etcdctl del {key})",
+                            self.host()
+                        ),
+                    },
+                });
+            }
+            let same = etcd::Compare::ModRevision(key.clone(), kv.mod_revision);
+            if self.etcd.txn(&[same], std::slice::from_ref(&put), &[])? {
+                return Ok(());
+            }
+            backoff();
+        }
+        Err(ClusterError::Contention {
+            network: "hosts".into(),
+        })
+    }
+
     pub fn new(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         Ok(Cluster {
             config: config.clone(),
@@ -160,6 +239,7 @@ impl Cluster {
 
     /// Claim workload `name` for this host: `Ok` when it is free or already ours.
     pub fn claim_name(&self, name: &str, kind: &str) -> Result<(), ClusterError> {
+        check_name(name)?;
         let lease = self.host_lease()?;
         let key = store::name_key(name);
         let claim = NameClaim {
@@ -210,6 +290,7 @@ impl Cluster {
 
     /// Give up the claim on `name` if this host holds it.
     pub fn release_name(&self, name: &str) -> Result<bool, ClusterError> {
+        check_name(name)?;
         let key = store::name_key(name);
         let Some(kv) = self.etcd.get(&key)? else {
             return Ok(false);
@@ -235,6 +316,23 @@ impl Cluster {
         configured: &BTreeSet<Ipv4Addr>,
         mac: Option<MacAddr>,
     ) -> Result<Lease, ClusterError> {
+        self.claim_address(net, owner, request, configured, mac, None)
+    }
+
+    /// [`Cluster::allocate`]; `fixed_as`: what the claim says of itself (static or from a pool)
+    /// when the caller knows better than the request (an address recorded from elsewhere).
+    /// An existing claim of the owner gets its MAC (and that) filled in or corrected: an
+    /// address claimed before its MAC was known (`volt ipam allocate`) must not stay
+    /// without one, or peers have no forwarding entry for it and their filter drops it.
+    fn claim_address(
+        &self,
+        net: &Network,
+        owner: &Owner,
+        request: Request,
+        configured: &BTreeSet<Ipv4Addr>,
+        mac: Option<MacAddr>,
+        fixed_as: Option<bool>,
+    ) -> Result<Lease, ClusterError> {
         let lease = self.host_lease()?;
         let me = self.host().to_string();
         let owner_s = owner.to_string();
@@ -258,8 +356,24 @@ impl Cluster {
                         store::drop_claim(&self.etcd, &net.name, *ip, &owner_s, *rev)?;
                         continue;
                     }
-                    _ => return Ok(as_lease(*ip, c)),
+                    _ => {}
                 }
+                let mut now = AddrClaim::clone(c);
+                now.mac = mac.map(|m| m.to_string()).or(now.mac);
+                now.fixed = fixed_as.unwrap_or(now.fixed);
+                if now == **c {
+                    return Ok(as_lease(*ip, c));
+                }
+                if store::update_claim(&self.etcd, &net.name, *ip, &now, *rev, lease)? {
+                    log::info!(
+                        "{ip} on {}: {owner_s}'s claim now says MAC {}",
+                        net.name,
+                        now.mac.as_deref().unwrap_or("(none)")
+                    );
+                    return Ok(as_lease(*ip, &now));
+                }
+                // Changed meanwhile: read again.
+                continue;
             }
             if let Request::Static(want) = request {
                 if let Some((_, c, _)) = claims.iter().find(|(ip, ..)| *ip == want) {
@@ -286,7 +400,7 @@ impl Cluster {
             let claim = AddrClaim {
                 owner: owner_s.clone(),
                 host: me.clone(),
-                fixed,
+                fixed: fixed_as.unwrap_or(fixed),
                 mac: mac.map(|m| m.to_string()),
                 since: store::now(),
             };
@@ -319,9 +433,14 @@ impl Cluster {
             }
             .into());
         }
-        let mut l = self.allocate(net, owner, Request::Static(ip), &BTreeSet::new(), mac)?;
-        l.fixed = fixed;
-        Ok(l)
+        self.claim_address(
+            net,
+            owner,
+            Request::Static(ip),
+            &BTreeSet::new(),
+            mac,
+            Some(fixed),
+        )
     }
 
     /// Give up `owner`'s address on `network`, if this host holds it.

@@ -16,6 +16,35 @@ pub fn vxlan_name(vni: u32) -> String {
     format!("vx-{vni}")
 }
 
+/// The VXLAN links of `found` (name, VNI) that Volt made (named [`vxlan_name`] after their
+/// own VNI) and that none of `wanted` is: ports a crashed daemon left behind for a VNI or
+/// network the config no longer has. Their filter chains are gone with the next filter, so
+/// they must go before it.
+pub fn stale_ports(found: &[(String, u32)], wanted: &[String]) -> Vec<String> {
+    found
+        .iter()
+        .filter(|(name, vni)| *name == vxlan_name(*vni) && !wanted.contains(name))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// This host's own address on `net`: the highest address of the VM pool that no claim in
+/// `taken` holds and that is neither a reservation nor a static address of this host's
+/// config (`configured`: a local VM's, which would fail to start on it later).
+pub fn host_address_pick(
+    net: &Network,
+    taken: &BTreeSet<Ipv4Addr>,
+    configured: &BTreeSet<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    let (lo, hi) = (u32::from(net.vm_range.start), u32::from(net.vm_range.end));
+    (lo..=hi).rev().map(Ipv4Addr::from).find(|ip| {
+        net.is_host_addr(*ip)
+            && !taken.contains(ip)
+            && !configured.contains(ip)
+            && !net.reservations.values().any(|r| r == ip)
+    })
+}
+
 /// The MAC of this host's bridge `bridge`: locally administered, stable, unique per host
 /// (the packaged bridge file gives every host the same one).
 pub fn bridge_mac(host: &str, bridge: &str) -> MacAddr {
@@ -500,6 +529,38 @@ mod tests {
         assert_eq!(b.iter().map(|(_, n)| n).sum::<u32>(), 155);
         let d = dhcp_dropin("10.42.0.0/24".parse().expect("net"), b[1].0, 16, "a");
         assert!(d.contains("PoolOffset=116\nPoolSize=16\n"), "{d}");
+    }
+
+    #[test]
+    fn stale_ports_are_volts_own_not_wanted_ones() {
+        let found: Vec<(String, u32)> = [
+            ("vx-42", 42),
+            ("vx-43", 43),
+            // Not Volt's: an admin's VXLAN, and one named like Volt's with another VNI.
+            ("vxlan0", 42),
+            ("vx-7", 8),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), *v))
+        .collect();
+        assert_eq!(stale_ports(&found, &["vx-43".into()]), ["vx-42"]);
+        assert_eq!(stale_ports(&found, &[]), ["vx-42", "vx-43"]);
+    }
+
+    #[test]
+    fn host_address_skips_claims_reservations_and_local_static_addresses() {
+        let mut net = Network::builtin_default();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        net.reservations.insert("vm-r".into(), ip("10.42.0.98"));
+        let taken: BTreeSet<Ipv4Addr> = [ip("10.42.0.99")].into();
+        // A local VM's static address, not claimed yet (the VM is not running).
+        let configured: BTreeSet<Ipv4Addr> = [ip("10.42.0.97")].into();
+        assert_eq!(
+            host_address_pick(&net, &taken, &configured),
+            Some(ip("10.42.0.96"))
+        );
+        let all: BTreeSet<Ipv4Addr> = (2..=99).map(|n| Ipv4Addr::new(10, 42, 0, n)).collect();
+        assert_eq!(host_address_pick(&net, &all, &configured), None);
     }
 
     #[test]

@@ -43,7 +43,12 @@ pub fn hosts(snap: &Snapshot, now: u64, ttl: &dyn Fn(i64) -> i64) -> Vec<HostSta
                         .addrs
                         .iter()
                         .filter(|(_, _, a, _)| {
-                            a.host == h.name && a.owner.split('/').nth(1) == Some(name.as_str())
+                            // `vm/<name>/<nic>` or `container/<name>/<nic>`, of the claim's
+                            // kind: never `host/<host>` (a host's own address).
+                            let mut parts = a.owner.split('/');
+                            a.host == h.name
+                                && parts.next() == Some(c.kind.as_str())
+                                && parts.next() == Some(name.as_str())
                         })
                         .map(|(net, ip, _, _)| format!("{net}:{ip}"))
                         .collect(),
@@ -99,6 +104,12 @@ mod tests {
                     "/volt/ipam/volt0/addr/10.42.0.2",
                     r#"{"owner":"vm/web/eth0","host":"a","static":false,"mac":null,"since":100}"#,
                 ),
+                // A workload named like the host: the host's own address is not its.
+                kv("/volt/names/a", r#"{"host":"a","kind":"vm","since":100}"#),
+                kv(
+                    "/volt/ipam/volt0/addr/10.42.0.99",
+                    r#"{"owner":"host/a","host":"a","static":true,"mac":null,"since":100}"#,
+                ),
             ],
             3,
         );
@@ -108,11 +119,18 @@ mod tests {
         assert_eq!(h[0].lease, "ff");
         assert_eq!(
             h[0].workloads,
-            vec![WorkloadStatus {
-                name: "web".into(),
-                kind: "vm".into(),
-                addresses: vec!["volt0:10.42.0.2".into()]
-            }]
+            vec![
+                WorkloadStatus {
+                    name: "a".into(),
+                    kind: "vm".into(),
+                    addresses: vec![]
+                },
+                WorkloadStatus {
+                    name: "web".into(),
+                    kind: "vm".into(),
+                    addresses: vec!["volt0:10.42.0.2".into()]
+                }
+            ]
         );
     }
 }

@@ -219,6 +219,22 @@ pub fn try_claim(
     )
 }
 
+/// Replace the claim on `ip` (same owner, on `lease`) if it is still the one at `revision`.
+pub fn update_claim(
+    etcd: &Etcd,
+    network: &str,
+    ip: Ipv4Addr,
+    claim: &AddrClaim,
+    revision: i64,
+    lease: i64,
+) -> Result<bool, EtcdError> {
+    etcd.txn(
+        &[Compare::ModRevision(addr_key(network, ip), revision)],
+        &claim_ops(network, ip, claim, lease),
+        &[],
+    )
+}
+
 /// Drop the claim on `ip` (and its owner key) if it is still the one at `revision`.
 pub fn drop_claim(
     etcd: &Etcd,

@@ -222,7 +222,7 @@ fn a_nic_mtu_above_the_overlay_is_told_where_it_is_written() {
     let text = error_texts(tmp.path());
     assert!(
         text.iter().any(|e| e.starts_with(
-            "/etc/volt/vms/a.toml:3:7: network[0].mtu: 9000 is larger than the cluster overlay's MTU 1450"
+            "/etc/volt/vms/a.toml:3:7: network[0].mtu: 9000 is larger than the cluster overlay's MTU 1450 (underlay_mtu = 1500 in /etc/volt/cluster.toml, minus 50 bytes of VXLAN): set it to at most 1450"
         )),
         "{text:?}"
     );

@@ -546,11 +546,12 @@ fn check_vm_mtu(c: &ClusterConfig, vm: &VmConfig) -> Option<ConfigError> {
                 .unwrap_or_else(|| Location::file(&vm.path)),
             field: format!("network[{i}].mtu"),
             message: format!(
-                "{} is larger than the cluster overlay's MTU {} ({} MTU {} minus {VXLAN_OVERHEAD} bytes of VXLAN)",
+                "{} is larger than the cluster overlay's MTU {} (underlay_mtu = {} in {}, minus {VXLAN_OVERHEAD} bytes of VXLAN): set it to at most {} or leave it out",
                 n.mtu,
                 c.overlay_mtu(),
+                c.underlay_mtu,
                 c.path.display(),
-                c.underlay_mtu
+                c.overlay_mtu()
             ),
         })
     })

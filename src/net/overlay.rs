@@ -143,6 +143,26 @@ pub fn ensure_vxlan(nl: &Netlink, p: &VxlanParams, bridge: &str) -> Result<bool,
     Ok(created)
 }
 
+/// Every VXLAN link of the namespace: (name, VNI). Which of them are whose is the caller's
+/// to say.
+pub fn vxlan_links(nl: &Netlink) -> Result<Vec<(String, u32)>, NetlinkError> {
+    let mut out = Vec::new();
+    for l in nl.links()? {
+        if l.kind.as_deref() != Some("vxlan") {
+            continue;
+        }
+        // Gone meanwhile: nothing to say about it.
+        let Some(m) = nl.link_message(&l.name)? else {
+            continue;
+        };
+        if let (Some(vni), ..) = vxlan_made_with(&m) {
+            out.push((l.name, vni));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 fn fdb_message(index: u32, e: &Fdb) -> NeighbourMessage {
     let mut m = NeighbourMessage::default();
     m.header.family = AddressFamily::Bridge;

@@ -1,0 +1,234 @@
+//! `volt cluster run` itself, one host, in a network namespace this test creates: a veth
+//! underlay, the bridge volt0, and an etcd member of its own on the namespace's loopback.
+//! What it shows, in order:
+//! - this host's record deleted from the store by hand (its lease alive) is written again,
+//!   said once;
+//! - after a crash and a VNI change, the old VXLAN port (left enslaved, its filter chains
+//!   about to go) is removed at start; so are the ports and the filter when the cluster
+//!   file is gone;
+//! - a start that fails halfway (no DHCP block left for this host) takes back its VXLAN port
+//!   and filter and ends its lease.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::netns::TestNs;
+
+const ETCD: &str = "http://127.0.0.1:2379";
+
+fn skip() -> bool {
+    common::skip(common::netns::skip_reason(), false)
+        || common::skip(common::etcd::skip_reason(), false)
+        || common::skip_without_tool("nft", "--version", "nftables")
+        || common::skip_without_tool("etcdctl", "version", "etcd-client")
+}
+
+fn cluster_toml(vni: u32) -> String {
+    format!(
+        "host = \"a\"\nunderlay = \"192.168.77.1\"\nlease_ttl = 30\n[etcd]\nendpoints = [\"{ETCD}\"]\ntimeout_ms = 2000\n[[network]]\nname = \"volt0\"\nvni = {vni}\n"
+    )
+}
+
+struct Host {
+    ns: TestNs,
+    root: tempfile::TempDir,
+    logs: tempfile::TempDir,
+    runs: usize,
+}
+
+impl Host {
+    fn etcdctl(&self, args: &str) -> String {
+        self.ns
+            .ok(&format!("ETCDCTL_API=3 etcdctl --endpoints {ETCD} {args}"))
+    }
+
+    fn write_config(&self, vni: Option<u32>) {
+        let path = self.root.path().join("etc/volt/cluster.toml");
+        match vni {
+            Some(v) => {
+                std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+                std::fs::write(&path, cluster_toml(v)).expect("write");
+            }
+            None => std::fs::remove_file(&path).expect("rm"),
+        }
+    }
+
+    /// Start the daemon; returns its PID and its log file.
+    fn start(&mut self) -> (i32, PathBuf) {
+        self.runs += 1;
+        let log = self.logs.path().join(format!("run{}.log", self.runs));
+        let out = std::fs::File::create(&log).expect("log");
+        let root = self.root.path().display().to_string();
+        let pid = self.ns.spawn(
+            env!("CARGO_BIN_EXE_volt"),
+            &["--root", &root, "cluster", "run"],
+            &[("VOLT_LOG", "info")],
+            out,
+        );
+        (pid as i32, log)
+    }
+
+    fn links(&self) -> String {
+        self.ns.ok("ip -o link show")
+    }
+
+    fn tables(&self) -> String {
+        self.ns.ok("nft list tables")
+    }
+}
+
+fn read(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// Wait (bounded) until `cond`; on timeout, panic with `what` and the log.
+fn wait(what: &str, log: &Path, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what}; the daemon said:\n{}",
+            read(log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether process `pid` (a child of the namespace's spawner) has ended.
+fn ended(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
+}
+
+fn kill(pid: i32) {
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let start = Instant::now();
+    while !ended(pid) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
+    if skip() {
+        return;
+    }
+    let mut ns = TestNs::new("cd");
+    ns.ok("ip link add ul0 type veth peer name ul1 && ip addr add 192.168.77.1/24 dev ul0 && ip link set ul1 up && ip link set ul0 up");
+    ns.bridge("volt0", "10.42.0.1/24", 1450);
+    let data = tempfile::tempdir().expect("etcd dir");
+    let etcd_log = std::fs::File::create(data.path().join("etcd.log")).expect("log");
+    let dir = format!("--data-dir={}", data.path().join("m").display());
+    ns.spawn(
+        "etcd",
+        &[
+            "--name=m",
+            &dir,
+            "--listen-client-urls=http://127.0.0.1:2379",
+            "--advertise-client-urls=http://127.0.0.1:2379",
+            "--listen-peer-urls=http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+            "--initial-cluster=m=http://127.0.0.1:2380",
+            "--log-level=warn",
+        ],
+        &[],
+        etcd_log,
+    );
+    let mut h = Host {
+        ns,
+        root: tempfile::tempdir().expect("root"),
+        logs: tempfile::tempdir().expect("logs"),
+        runs: 0,
+    };
+    let start = Instant::now();
+    while !h
+        .ns
+        .sh(&format!(
+            "ETCDCTL_API=3 etcdctl --endpoints {ETCD} put /volt-test/ping 1"
+        ))
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "etcd never answered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    h.write_config(Some(42));
+    let (pid, log) = h.start();
+    wait("the daemon never came up", &log, || {
+        read(&log).contains("is in the cluster")
+    });
+    assert!(h.links().contains("vx-42"), "{}", h.links());
+    assert!(h.etcdctl("get /volt/hosts/a").contains("192.168.77.1"));
+
+    // The record deleted by hand: written again, and said once.
+    h.etcdctl("del /volt/hosts/a");
+    wait("the host record was never written again", &log, || {
+        h.etcdctl("get /volt/hosts/a").contains("192.168.77.1")
+    });
+    // A few resyncs later (every 5 s) nothing more is said of it.
+    std::thread::sleep(Duration::from_secs(11));
+    let said = read(&log);
+    assert_eq!(
+        said.matches("record is gone from the store").count(),
+        1,
+        "{said}"
+    );
+    assert!(h
+        .etcdctl("get /volt/hosts/a")
+        .contains("\"address\":\"10.42.0."));
+
+    // A crash, then the network's VNI changes: the old port goes before the new one (and its
+    // filter) come up.
+    kill(pid);
+    h.write_config(Some(43));
+    let (pid, log) = h.start();
+    wait("the daemon never came up again", &log, || {
+        read(&log).contains("is in the cluster")
+    });
+    let links = h.links();
+    assert!(links.contains("vx-43"), "{links}");
+    assert!(!links.contains("vx-42"), "vx-42 left behind:\n{links}");
+    assert!(read(&log).contains("removed vx-42"), "{}", read(&log));
+
+    // A crash, then the cluster file is removed: the start fails, and takes the port and the
+    // filter with it.
+    kill(pid);
+    h.write_config(None);
+    let (pid, log) = h.start();
+    wait("the daemon did not end", &log, || ended(pid));
+    let links = h.links();
+    assert!(!links.contains("vx-43"), "vx-43 left behind:\n{links}");
+    assert!(!h.tables().contains("volt-cluster"), "{}", h.tables());
+
+    // No DHCP block left for this host (another holds them all): the start fails after it
+    // made its port and filter, takes them back and ends its lease (not waiting for the
+    // lease's 30 s).
+    for first in (100..=244).step_by(16) {
+        h.etcdctl(&format!("put /volt/dhcp/volt0/10.42.0.{first} b"));
+    }
+    h.write_config(Some(42));
+    let (pid, log) = h.start();
+    wait("the daemon did not end", &log, || ended(pid));
+    let said = read(&log);
+    assert!(said.contains("no DHCP block"), "{said}");
+    let links = h.links();
+    assert!(
+        !links.contains("vx-42"),
+        "vx-42 left behind:\n{links}\n{said}"
+    );
+    assert!(
+        !h.tables().contains("volt-cluster"),
+        "{}\n{said}",
+        h.tables()
+    );
+    assert_eq!(h.etcdctl("get /volt/hosts/a"), "", "{said}");
+}
