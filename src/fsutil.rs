@@ -130,7 +130,7 @@ fn has_content(path: &Path, content: &[u8], one_read: bool) -> bool {
 }
 
 /// `path`'s directory, and the temporary file beside it a write goes through first
-/// (`.<name>.<pid>.tmp`: hidden, and no sweep's pattern matches it).
+/// (`.<name>.<pid>.tmp`: hidden, and only [`remove_stale_temps`] looks for it).
 pub(crate) fn temp_beside(path: &Path) -> (&Path, PathBuf) {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -146,10 +146,15 @@ pub(crate) enum Stale {
     /// Every one: the caller holds the lock every writer of `path` holds from create to
     /// rename.
     All,
-    /// Those of writers that are gone (killed before their rename); a live writer's is its
-    /// own business.
-    OfDeadWriters,
+    /// Those older than [`STALE_AFTER`]: a writer holds its temporary file for the moment
+    /// between create and rename, so one that old was left by a writer killed in between.
+    /// (By age, not by whether the writer's PID is alive: a sandboxed writer may not see
+    /// other processes in /proc, and PID namespaces differ.)
+    Old,
 }
+
+/// How old a temporary file must be for [`Stale::Old`].
+pub(crate) const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Remove the temporary files of `path` that writers killed before their rename left
 /// behind. Best effort: a leftover costs disk space, never correctness.
@@ -170,8 +175,14 @@ pub(crate) fn remove_stale_temps(path: &Path, which: Stale) {
         else {
             continue;
         };
-        let gone = pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists();
-        if which == Stale::All || gone {
+        let old = || {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_AFTER)
+        };
+        if which == Stale::All || (pid != std::process::id() && old()) {
             match std::fs::remove_file(e.path()) {
                 Ok(()) => log::info!(
                     "removed {}, left by a writer that was killed before its rename",
@@ -189,9 +200,9 @@ fn write_if_changed(path: &Path, content: &str, sync: bool) -> Result<bool, FsEr
     }
     let (dir, tmp) = temp_beside(path);
     if sync {
-        // Persistent files are written seldom, and what a killed writer left would stay for
-        // good (under /run it goes at the next boot).
-        remove_stale_temps(path, Stale::OfDeadWriters);
+        // Durable writes are seldom, and outside /run what a killed writer left would stay
+        // for good.
+        remove_stale_temps(path, Stale::Old);
     }
     // The directory usually exists: create it only when the file cannot be.
     let file = match std::fs::File::create(&tmp) {
@@ -233,26 +244,32 @@ mod tests {
     fn a_durable_write_removes_what_killed_writers_left_and_no_live_ones() {
         let tmp = tempfile::tempdir().expect("tmp");
         let path = tmp.path().join("claims.json");
-        // A pid no process has (above the kernel's pid_max limit), and this process's own.
-        let dead = tmp.path().join(".claims.json.4194305.tmp");
+        // Left an hour ago (a writer killed before its rename), and one being written now
+        // by another process (whose PID this process may not even see in /proc).
+        let left = tmp.path().join(".claims.json.4194305.tmp");
         let mine = temp_beside(&path).1;
         let other = tmp.path().join(".other.json.4194305.tmp");
-        let live_parent = tmp.path().join(format!(
-            ".claims.json.{}.tmp",
-            std::os::unix::process::parent_id()
-        ));
-        for f in [&dead, &other, &live_parent] {
+        let live = tmp.path().join(".claims.json.4194306.tmp");
+        for f in [&left, &other, &live] {
             std::fs::write(f, "half").expect("leftover");
+        }
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for f in [&left, &other] {
+            std::fs::File::options()
+                .write(true)
+                .open(f)
+                .and_then(|f| f.set_modified(hour_ago))
+                .expect("age");
         }
         assert!(write_atomic_if_changed(&path, "new\n").expect("write"));
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "new\n");
-        assert!(!dead.exists(), "a dead writer's temp file is removed");
+        assert!(!left.exists(), "a killed writer's temp file is removed");
         assert!(!mine.exists());
         assert!(other.exists(), "another file's temp file is not touched");
-        assert!(live_parent.exists(), "a live writer's temp file is left");
+        assert!(live.exists(), "a live writer's temp file is left");
         // Under the writers' lock every one goes.
         remove_stale_temps(&path, Stale::All);
-        assert!(!live_parent.exists());
+        assert!(!live.exists());
         assert!(other.exists());
     }
 

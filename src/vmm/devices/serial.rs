@@ -176,15 +176,18 @@ fn journal_admits(
     len: usize,
     now: Instant,
 ) -> Option<u64> {
-    let suppressed = match lines.check() {
-        Allowed::No => return None,
-        Allowed::Yes { suppressed } => suppressed,
-    };
-    if !bytes.try_take(len as u64, now) {
+    // The bytes first: a line they cut takes no place in the lines' window.
+    if bytes.wait_for(len as u64, now) > Duration::ZERO {
         *cut += 1;
         return None;
     }
-    Some(suppressed + std::mem::take(cut))
+    match lines.check() {
+        Allowed::No => None,
+        Allowed::Yes { suppressed } => {
+            bytes.take(len as u64);
+            Some(suppressed + std::mem::take(cut))
+        }
+    }
 }
 
 /// MCR bit 4: loopback mode (what the guest transmits comes back as input; the UART takes no
