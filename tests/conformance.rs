@@ -179,9 +179,9 @@ impl Drop for Loop4k {
 }
 
 /// `cache = none` (O_DIRECT) on a disk with 4096-byte logical blocks, which refuses transfers
-/// not aligned to 4096: the guest's 512-byte sectors (its pattern starts at sector 8 and ends
-/// inside a block) are padded to whole blocks, as QEMU pads them, and the guest sees the same
-/// disk under both.
+/// not aligned to 4096: the guest's 512-byte sectors (its pattern starts and ends inside a
+/// block) are padded to whole blocks, as QEMU pads them, and the guest sees the same disk
+/// under both.
 #[test]
 fn blk_on_a_4k_sector_disk_without_the_page_cache_behaves_as_under_qemu() {
     if common::skip(qemu_skip_reason(), true) {
@@ -204,7 +204,8 @@ fn blk_on_a_4k_sector_disk_without_the_page_cache_behaves_as_under_qemu() {
             return;
         }
     };
-    let cmdline = "console=ttyS0 conf.blk.start=8 conf.blk.sectors=300 conf.blk.seed=9 conf.exit=0";
+    // From sector 9 to 308: both ends inside a 4096-byte block.
+    let cmdline = "console=ttyS0 conf.blk.start=9 conf.blk.sectors=300 conf.blk.seed=9 conf.exit=0";
     let mut volt = Command::new(VMM);
     volt.arg("--kernel")
         .arg(&guest)
@@ -238,17 +239,74 @@ fn blk_on_a_4k_sector_disk_without_the_page_cache_behaves_as_under_qemu() {
     );
     drop((vl, ql));
     let a = std::fs::read(&va).expect("read");
-    let want = pattern(9, 8, 300);
+    let want = pattern(9, 9, 300);
     assert!(
-        a[8 * 512..308 * 512] == want[..],
+        a[9 * 512..309 * 512] == want[..],
         "pattern not in the image"
     );
     // The rest of the blocks the write covered in part kept their bytes.
-    assert!(a[308 * 512..312 * 512]
-        .iter()
-        .enumerate()
-        .all(|(i, b)| *b == (308 + i / 512) as u8));
+    let kept = |from: usize, to: usize| {
+        a[from * 512..to * 512]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (from + i / 512) as u8)
+    };
+    assert!(
+        kept(8, 9) && kept(309, 312),
+        "the partly written blocks' other sectors"
+    );
     assert_eq!(a, std::fs::read(&qa).expect("read"), "the images differ");
+
+    // An image file on a file system on that kind of disk: its O_DIRECT alignment is the
+    // file system's (statx), not 512, and the guest sees the same disk again.
+    let fs_img = backing.path().join("fs.img");
+    std::fs::File::create(&fs_img)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("fs image");
+    let fs_loop = Loop4k::new(&fs_img).expect("loop device for the file system");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let sh = |cmd: &str| {
+        let o = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    sh(&format!(
+        "mkfs.ext4 -q -b 4096 {} && mount {} {}",
+        fs_loop.0,
+        fs_loop.0,
+        mnt.display()
+    ));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _mounted = Unmount(mnt.clone());
+    conformance::make_image(&mnt.join("a.img"), 4096, |s| s as u8);
+    let mut volt = Command::new(VMM);
+    volt.arg("--kernel")
+        .arg(&guest)
+        .args(["--memory-mib", "64", "--cmdline", cmdline])
+        .arg("--disk")
+        .arg(format!(
+            "path={},cache=none,serial=first",
+            mnt.join("a.img").display()
+        ));
+    let (code, file_log) = run_to_end(volt, "volt-vmm");
+    assert_eq!(code, Some(0), "volt-vmm:\n{file_log}");
+    assert_eq!(
+        conformance::lines(&file_log),
+        v,
+        "an image file on a 4Kn disk\n{file_log}"
+    );
+    assert_eq!(std::fs::read(mnt.join("a.img")).expect("read"), a);
+    drop(_mounted);
+    drop(fs_loop);
     drop(dir);
 }
 

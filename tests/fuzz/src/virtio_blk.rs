@@ -79,6 +79,7 @@ pub fn run(data: &[u8]) {
             max_transfer: 1 << 20,
             max_segment: 1 << 20,
             max_dwz_sectors: u32::from(feats >> 4) * 4,
+            pad_to: 512,
         },
         serial: b"fuzz-serial-0123456789",
         write_through: feats & 4 != 0,

@@ -88,6 +88,7 @@ fn info() -> DiskInfo {
         max_transfer: u64::from(SIZE_MAX) * u64::from(SEG_MAX),
         max_segment: u64::from(SIZE_MAX),
         max_dwz_sectors: MAX_DWZ_SECTORS,
+        pad_to: 512,
     }
 }
 
@@ -359,4 +360,28 @@ fn a_pass_ends_before_its_next_request_once_the_device_stops() {
     worker::process(&mut q, &c, &mut t, &mut None, &mut Vec::new());
     assert_eq!(io.calls(), vec![Call::Read(0)]);
     assert_eq!(used_idx(&vq), 1, "the other two are left in the ring");
+}
+
+#[test]
+fn the_throttle_charges_what_padding_moves_on_the_host() {
+    let r = |k, sector, len| request::Request {
+        kind: k,
+        sector,
+        data: Vec::new(),
+        data_len: len,
+        status: GuestAddress(0),
+        dwz: None,
+    };
+    // 512-byte blocks: the data alone.
+    assert_eq!(worker::padded_cost(&r(kind::OUT, 1, 512), 512), 512);
+    // A 4Kn image without the page cache: a sector inside a block is a block read and
+    // written; a read of it is a block read; whole blocks are their data.
+    assert_eq!(worker::padded_cost(&r(kind::OUT, 1, 512), 4096), 8192);
+    assert_eq!(worker::padded_cost(&r(kind::IN, 1, 512), 4096), 4096);
+    assert_eq!(worker::padded_cost(&r(kind::OUT, 8, 8192), 4096), 8192);
+    // Both ends inside blocks: two blocks read, three written.
+    assert_eq!(
+        worker::padded_cost(&r(kind::OUT, 1, 8192), 4096),
+        12288 + 8192
+    );
 }

@@ -62,6 +62,8 @@ pub enum OpenError {
         #[source]
         source: io::Error,
     },
+    #[error("disk image {path} takes I/O without the page cache (cache = \"none\") only in blocks of {align} bytes, which Volt cannot pad (a power of two from 512 to 1 MiB): give it cache = \"writeback\"")]
+    Alignment { path: PathBuf, align: u64 },
     #[error(transparent)]
     Lock(#[from] LockError),
 }
@@ -76,6 +78,7 @@ impl OpenError {
             ),
             OpenError::Size { block_device, .. } => !block_device,
             OpenError::NotAFile { .. } | OpenError::ReadOnly { .. } => true,
+            OpenError::Alignment { .. } => true,
             // The same image on two disks; a lock another process holds may go away.
             OpenError::Lock(LockError::Conflict { ours, .. }) => *ours,
             OpenError::Lock(_) => false,
@@ -90,9 +93,10 @@ pub struct Image {
     /// Size in bytes.
     pub size: u64,
     pub block_device: bool,
-    /// What offsets and lengths of O_DIRECT transfers must be multiples of: a block
-    /// device's logical block size (4096 on a 4Kn disk), 512 for a file.
-    pub direct_align: u64,
+    /// The image's block: what its I/O is padded to. A block device's logical block size
+    /// (4096 on a 4Kn disk: its fallocate takes whole blocks, and so does O_DIRECT); a
+    /// file's O_DIRECT alignment for `cache = none` (its file system's, from statx), else 512.
+    pub block: u64,
 }
 
 /// Opens `spec.path` as the disk says (read-only or not, O_DIRECT for `cache = none`), locks
@@ -135,31 +139,64 @@ pub fn open_image(spec: &DiskSpec) -> Result<Image, OpenError> {
             block_device,
         });
     }
-    let direct_align = if block_device {
+    let block = if block_device {
         logical_block_size(&file).map_err(open_err)?
+    } else if spec.cache == CacheMode::None {
+        direct_alignment(&file).unwrap_or(SECTOR_SIZE)
     } else {
         SECTOR_SIZE
     };
+    if !block.is_power_of_two() || !(SECTOR_SIZE..=BOUNCE_MAX as u64).contains(&block) {
+        return Err(OpenError::Alignment {
+            path: path.clone(),
+            align: block,
+        });
+    }
+    if !size.is_multiple_of(block) {
+        log::warn!(
+            "disk image {} is {size} bytes, not a whole number of its {block}-byte blocks: its last {} bytes cannot be read or written without the page cache",
+            path.display(),
+            size % block
+        );
+    }
     Ok(Image {
         file,
         size,
         block_device,
-        direct_align,
+        block,
     })
 }
 
-/// A block device's logical block size (BLKSSZGET), the unit O_DIRECT transfers are
-/// aligned to.
+/// A block device's logical block size (BLKSSZGET): the unit of its O_DIRECT transfers and
+/// of its fallocate.
 fn logical_block_size(file: &File) -> io::Result<u64> {
     let mut size: libc::c_int = 0;
     // SAFETY: BLKSSZGET writes one c_int through the pointer, which lives across the call.
     if unsafe { libc::ioctl(file.as_raw_fd(), libc::BLKSSZGET, &mut size) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    u64::try_from(size)
-        .ok()
-        .filter(|s| s.is_power_of_two() && *s >= SECTOR_SIZE && *s <= BOUNCE_MAX as u64)
-        .ok_or_else(|| io::Error::other(format!("unusable logical block size {size}")))
+    Ok(u64::try_from(size).unwrap_or(0))
+}
+
+/// What a file's O_DIRECT transfers must be aligned to (offsets and lengths), from
+/// statx(STATX_DIOALIGN); `None` where the kernel (before 6.1) or the file system does not
+/// say.
+fn direct_alignment(file: &File) -> Option<u64> {
+    // SAFETY: statx is plain old data; zero is a valid value for every field.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx on an open fd with an empty path (AT_EMPTY_PATH) writes into `st`, which
+    // lives across the call; the path is a valid NUL-terminated string.
+    let r = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut st,
+        )
+    };
+    (r == 0 && st.stx_mask & libc::STATX_DIOALIGN != 0 && st.stx_dio_offset_align > 0)
+        .then(|| u64::from(st.stx_dio_offset_align))
 }
 
 fn device_size(file: &File) -> io::Result<u64> {
@@ -250,23 +287,33 @@ impl DiskIo for StickyFlush {
 /// The synchronous engine on an image file.
 pub struct SyncIo {
     file: File,
-    /// Opened with O_DIRECT, whose transfers must be aligned to this ([`Image::direct_align`]):
-    /// those the kernel refuses (EINVAL: buffers, offsets or lengths not aligned) go through
-    /// an aligned bounce buffer, widened to whole blocks (read-modify-write for a write).
-    direct: Option<u64>,
+    /// Opened with O_DIRECT: transfers the kernel refuses (EINVAL: buffers, offsets or
+    /// lengths not aligned) go through an aligned bounce buffer, widened to whole blocks
+    /// (read-modify-write for a write).
+    direct: Option<Direct>,
+}
+
+/// An image opened with O_DIRECT.
+#[derive(Debug, Clone, Copy)]
+pub struct Direct {
+    /// Its block ([`Image::block`]).
+    pub block: u64,
+    /// Its size in bytes: a widened transfer never reaches past it (a file would grow).
+    pub size: u64,
 }
 
 impl SyncIo {
-    /// The engine on `file`; `direct`: opened with O_DIRECT, with this alignment.
-    pub fn new(file: File, direct: Option<u64>) -> SyncIo {
+    /// The engine on `file`; `direct`: opened with O_DIRECT.
+    pub fn new(file: File, direct: Option<Direct>) -> SyncIo {
         SyncIo { file, direct }
     }
 
-    /// An aligned buffer of `len` bytes (inside a larger Vec), for O_DIRECT retries.
-    fn bounce(len: usize) -> (Vec<u8>, usize) {
-        const ALIGN: usize = 4096;
-        let v = vec![0u8; len + ALIGN];
-        let start = v.as_ptr().align_offset(ALIGN);
+    /// A buffer of `len` bytes aligned to `align` (at least a page; inside a larger Vec),
+    /// for O_DIRECT retries.
+    fn bounce(len: usize, align: usize) -> (Vec<u8>, usize) {
+        let align = align.max(4096);
+        let v = vec![0u8; len + align];
+        let start = v.as_ptr().align_offset(align);
         (v, start)
     }
 
@@ -284,10 +331,11 @@ impl SyncIo {
         &self,
         iov: &[libc::iovec],
         offset: u64,
-        align: u64,
+        direct: Direct,
         dir: Direction,
     ) -> io::Result<()> {
         let einval = || io::Error::from_raw_os_error(libc::EINVAL);
+        let align = direct.block;
         let total = iov.iter().map(|v| v.iov_len as u64).sum::<u64>();
         if !align.is_power_of_two() || align > BOUNCE_MAX as u64 {
             return Err(einval());
@@ -295,17 +343,26 @@ impl SyncIo {
         let end = offset.checked_add(total).ok_or_else(einval)?;
         let lo = offset & !(align - 1);
         let hi = end.checked_next_multiple_of(align).ok_or_else(einval)?;
-        let (mut buf, start) = Self::bounce((hi - lo).min(BOUNCE_MAX as u64) as usize);
+        // A block the image ends inside cannot be moved whole (a file would grow).
+        if hi > direct.size {
+            return Err(einval());
+        }
+        let (mut buf, start) =
+            Self::bounce((hi - lo).min(BOUNCE_MAX as u64) as usize, align as usize);
         let base = buf[start..].as_mut_ptr();
         let fd = self.file.as_raw_fd();
+        let piece = |k: u64, len: u64| {
+            [libc::iovec {
+                // SAFETY: k + len <= the piece's length, which `buf` holds from `base`.
+                iov_base: unsafe { base.add(k as usize) }.cast(),
+                iov_len: len as usize,
+            }]
+        };
         let mut at = lo;
         while at < hi {
             // A multiple of `align` (BOUNCE_MAX is one), so every piece stays aligned.
             let n = (hi - at).min(BOUNCE_MAX as u64);
-            let one = [libc::iovec {
-                iov_base: base.cast(),
-                iov_len: n as usize,
-            }];
+            let one = piece(0, n);
             // The part of this piece the request covers: from `inner` in the piece, at `pos`
             // in the request's iovecs, `len` bytes.
             let (from, to) = (at.max(offset), (at + n).min(end));
@@ -323,10 +380,15 @@ impl SyncIo {
                     unsafe { copy_iov(iov, pos, base.add(inner), len, Direction::Read) };
                 }
                 Direction::Write => {
-                    if from > at || to < at + n {
-                        // Blocks the request covers in part keep the rest of their bytes.
-                        // SAFETY: as for a read.
-                        unsafe { all(fd, libc::preadv, &one, at)? };
+                    // The blocks the request covers in part keep the rest of their bytes:
+                    // the first and the last block of the piece, read first.
+                    if from > at {
+                        // SAFETY: the piece's first block lies in `buf`.
+                        unsafe { all(fd, libc::preadv, &piece(0, align), at)? };
+                    }
+                    if to < at + n && (n > align || from == at) {
+                        // SAFETY: the piece's last block lies in `buf`.
+                        unsafe { all(fd, libc::preadv, &piece(n - align, align), at + n - align)? };
                     }
                     // SAFETY: as above, the other way round.
                     unsafe { copy_iov(iov, pos, base.add(inner), len, Direction::Write) };
@@ -442,8 +504,8 @@ impl DiskIo for SyncIo {
         let r = unsafe { all(self.file.as_raw_fd(), libc::preadv, iov, offset) };
         match self.direct {
             // SAFETY: forwarded from our caller.
-            Some(align) if is_einval(&r) => unsafe {
-                self.bounced(iov, offset, align, Direction::Read)
+            Some(direct) if is_einval(&r) => unsafe {
+                self.bounced(iov, offset, direct, Direction::Read)
             },
             _ => r,
         }
@@ -454,8 +516,8 @@ impl DiskIo for SyncIo {
         let r = unsafe { all(self.file.as_raw_fd(), libc::pwritev, iov, offset) };
         match self.direct {
             // SAFETY: forwarded from our caller.
-            Some(align) if is_einval(&r) => unsafe {
-                self.bounced(iov, offset, align, Direction::Write)
+            Some(direct) if is_einval(&r) => unsafe {
+                self.bounced(iov, offset, direct, Direction::Write)
             },
             _ => r,
         }
@@ -466,12 +528,13 @@ impl DiskIo for SyncIo {
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        fallocate(
-            &self.file,
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        )
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        match fallocate(&self.file, mode, offset, len) {
+            // A block device takes whole logical blocks only (a 4Kn disk, a guest discarding
+            // in 512-byte sectors): what it refuses is zeroed instead, as promised.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.zero_fill(offset, len),
+            r => r,
+        }
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
@@ -481,24 +544,32 @@ impl DiskIo for SyncIo {
             libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
         };
         match fallocate(&self.file, mode, offset, len) {
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                // The file system cannot: write the zeroes.
-                let zeroes = vec![0u8; len.min(1 << 20) as usize];
-                let mut done = 0u64;
-                while done < len {
-                    let n = (len - done).min(zeroes.len() as u64) as usize;
-                    let iov = [libc::iovec {
-                        iov_base: zeroes.as_ptr().cast_mut().cast(),
-                        iov_len: n,
-                    }];
-                    // SAFETY: `zeroes` is valid for reads of n bytes during the call.
-                    unsafe { self.write_iov(&iov, offset + done)? };
-                    done += n as u64;
-                }
-                Ok(())
+            // The file system cannot, or the block device takes whole logical blocks only.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
+                self.zero_fill(offset, len)
             }
             r => r,
         }
+    }
+}
+
+impl SyncIo {
+    /// Write zeroes over `[offset, offset + len)`, a MiB at a time (through the padding of
+    /// [`DiskIo::write_iov`] where the image needs whole blocks).
+    fn zero_fill(&self, offset: u64, len: u64) -> io::Result<()> {
+        let zeroes = vec![0u8; len.min(1 << 20) as usize];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(zeroes.len() as u64) as usize;
+            let iov = [libc::iovec {
+                iov_base: zeroes.as_ptr().cast_mut().cast(),
+                iov_len: n,
+            }];
+            // SAFETY: `zeroes` is valid for reads of n bytes during the call.
+            unsafe { self.write_iov(&iov, offset + done)? };
+            done += n as u64;
+        }
+        Ok(())
     }
 }
 

@@ -67,8 +67,9 @@ pub fn offered_features(read_only: bool) -> u64 {
     f
 }
 
-/// `struct virtio_blk_config` for a disk of `capacity` sectors.
-pub fn config_space(capacity: u64) -> [u8; CONFIG_LEN] {
+/// `struct virtio_blk_config` for a disk of `capacity` sectors whose image takes discards in
+/// blocks of `block` bytes (512, or 4096 on a 4Kn device).
+pub fn config_space(capacity: u64, block: u64) -> [u8; CONFIG_LEN] {
     let mut c = [0u8; CONFIG_LEN];
     let mut put = |off: usize, b: &[u8]| c[off..off + b.len()].copy_from_slice(b);
     put(0, &capacity.to_le_bytes());
@@ -79,7 +80,15 @@ pub fn config_space(capacity: u64) -> [u8; CONFIG_LEN] {
     // 24..32: topology (not offered); 32: writeback, 34: num_queues (not offered).
     put(36, &MAX_DWZ_SECTORS.to_le_bytes()); // max_discard_sectors
     put(40, &1u32.to_le_bytes()); // max_discard_seg
-    put(44, &1u32.to_le_bytes()); // discard_sector_alignment
+                                  // discard_sector_alignment, in sectors: a guest that keeps to it never needs a discard
+                                  // turned into zeroes.
+    put(
+        44,
+        &u32::try_from(block / SECTOR_SIZE)
+            .unwrap_or(1)
+            .max(1)
+            .to_le_bytes(),
+    );
     put(48, &MAX_DWZ_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
     put(52, &1u32.to_le_bytes()); // max_write_zeroes_seg
     c[56] = 1; // write_zeroes_may_unmap
@@ -95,8 +104,8 @@ pub struct Blk {
     io: Option<Box<dyn DiskIo>>,
     /// A second handle for a re-activation after reset (the first went with the thread).
     file: std::fs::File,
-    /// Opened with O_DIRECT (`cache = none`), with the image's transfer alignment.
-    direct: Option<u64>,
+    /// Opened with O_DIRECT (`cache = none`).
+    direct: Option<io::Direct>,
     capacity: u64,
     serial: Vec<u8>,
     config: [u8; CONFIG_LEN],
@@ -174,7 +183,11 @@ impl Blk {
                 String::new()
             }
         );
-        let direct = (spec.cache == CacheMode::None).then_some(image.direct_align);
+        let direct = (spec.cache == CacheMode::None).then_some(io::Direct {
+            block: image.block,
+            size: image.size,
+        });
+        let block = image.block;
         Ok(Blk {
             name: name.to_string(),
             spec: spec.clone(),
@@ -183,7 +196,7 @@ impl Blk {
             direct,
             capacity,
             serial: serial.as_bytes().to_vec(),
-            config: config_space(capacity),
+            config: config_space(capacity, block),
             acked: 0,
             worker: None,
             throttle: Some(throttle::Throttle::new(&spec.limit, Instant::now())),
@@ -215,6 +228,7 @@ impl Blk {
                 u64::MAX
             },
             max_dwz_sectors: MAX_DWZ_SECTORS,
+            pad_to: self.direct.map_or(SECTOR_SIZE, |d| d.block),
         }
     }
 

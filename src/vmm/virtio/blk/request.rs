@@ -254,6 +254,9 @@ pub struct DiskInfo {
     pub max_segment: u64,
     /// `max_discard_sectors` / `max_write_zeroes_sectors`.
     pub max_dwz_sectors: u32,
+    /// What a transfer is padded to on the host (bytes): the image's block without the page
+    /// cache (4096 on a 4Kn disk), else 512. The throttle charges what the host really moves.
+    pub pad_to: u64,
 }
 
 /// Whether `[sector, sector + sectors)` lies on the disk.

@@ -39,6 +39,7 @@ fn info() -> DiskInfo {
         max_transfer: u64::from(SIZE_MAX) * u64::from(SEG_MAX),
         max_segment: u64::from(SIZE_MAX),
         max_dwz_sectors: MAX_DWZ_SECTORS,
+        pad_to: 512,
     }
 }
 
@@ -196,7 +197,7 @@ fn check_bounds_sizes_directions_and_features() {
 
 #[test]
 fn config_space_layout() {
-    let c = config_space(0x1_0000_0002);
+    let c = config_space(0x1_0000_0002, 512);
     assert_eq!(
         u64::from_le_bytes(c[0..8].try_into().unwrap()),
         0x1_0000_0002
@@ -205,7 +206,11 @@ fn config_space_layout() {
     assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), SEG_MAX);
     assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 512);
     assert_eq!(u32::from_le_bytes(c[40..44].try_into().unwrap()), 1);
+    assert_eq!(u32::from_le_bytes(c[44..48].try_into().unwrap()), 1);
     assert_eq!(c[56], 1);
+    // A 4Kn image: discards in whole 4096-byte blocks (8 sectors).
+    let c = config_space(8, 4096);
+    assert_eq!(u32::from_le_bytes(c[44..48].try_into().unwrap()), 8);
     assert_ne!(offered_features(true) & features::RO, 0);
     assert_eq!(offered_features(true) & features::DISCARD, 0);
     assert_eq!(offered_features(false) & features::RO, 0);

@@ -178,7 +178,7 @@ pub fn execute(req: &Request, ctx: &Ctx<'_>) -> (u8, u32) {
 /// GET_ID touches no disk.
 fn cost(req: &Request, ctx: &Ctx<'_>, throttle: &Throttle) -> u64 {
     match req.kind {
-        kind::IN | kind::OUT => req.data_len,
+        kind::IN | kind::OUT => padded_cost(req, ctx.info.pad_to),
         kind::WRITE_ZEROES => req
             .dwz
             .and_then(|s| s.check(req.kind, &ctx.info).ok())
@@ -186,6 +186,26 @@ fn cost(req: &Request, ctx: &Ctx<'_>, throttle: &Throttle) -> u64 {
         kind::FLUSH | kind::DISCARD => throttle.work_cost(),
         _ => 0,
     }
+}
+
+/// What an IN or OUT moves on the host: its data, widened to whole blocks of `pad_to` where
+/// the image needs them; a write that covers a block in part also reads it first (at most
+/// its first and last block).
+pub(super) fn padded_cost(req: &Request, pad_to: u64) -> u64 {
+    let start = req.sector.saturating_mul(SECTOR_SIZE);
+    let end = start.saturating_add(req.data_len);
+    if pad_to <= SECTOR_SIZE || !pad_to.is_power_of_two() {
+        return req.data_len;
+    }
+    let lo = start & !(pad_to - 1);
+    let hi = end.checked_next_multiple_of(pad_to).unwrap_or(end);
+    let padded = hi - lo;
+    let rmw = match (req.kind == kind::OUT, lo < start, hi > end) {
+        (true, true, true) if padded > pad_to => 2 * pad_to,
+        (true, true, _) | (true, _, true) => pad_to,
+        _ => 0,
+    };
+    padded + rmw
 }
 
 /// A chain popped and parsed but not yet run (throttled).
