@@ -391,10 +391,12 @@ impl Muxer {
             return;
         };
         if let Some(conn) = self.conns.get_mut(&key) {
+            // A half-close (READ_HANG_UP: the host shut its writing side) is something to
+            // read (EOF), not a hang-up: the guest may still send.
             conn.on_host_event(
-                events.contains(EventSet::IN),
+                events.intersects(EventSet::IN | EventSet::READ_HANG_UP),
                 events.contains(EventSet::OUT),
-                events.intersects(EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP),
+                events.intersects(EventSet::HANG_UP | EventSet::ERROR),
             );
             if events.intersects(EventSet::HANG_UP | EventSet::ERROR) {
                 // Reported whatever the interest: stop watching, the connection ends on
