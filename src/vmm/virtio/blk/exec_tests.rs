@@ -364,14 +364,7 @@ fn a_pass_ends_before_its_next_request_once_the_device_stops() {
 
 #[test]
 fn the_throttle_charges_what_padding_moves_on_the_host() {
-    let r = |k, sector, len| request::Request {
-        kind: k,
-        sector,
-        data: Vec::new(),
-        data_len: len,
-        status: GuestAddress(0),
-        dwz: None,
-    };
+    let r = super::tests::bare_request;
     // 512-byte blocks: the data alone.
     assert_eq!(worker::padded_cost(&r(kind::OUT, 1, 512), 512), 512);
     // A 4Kn image without the page cache: a sector inside a block is a block read and

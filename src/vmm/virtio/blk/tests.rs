@@ -43,6 +43,19 @@ fn info() -> DiskInfo {
     }
 }
 
+/// A request of `kind` at `sector` said to carry `len` bytes, without its pieces (for the
+/// checks and the throttle's charge, which look at the header and the length).
+pub(super) fn bare_request(kind: u32, sector: u64, len: u64) -> request::Request {
+    request::Request {
+        kind,
+        sector,
+        data: Vec::new(),
+        data_len: len,
+        status: GuestAddress(0),
+        dwz: None,
+    }
+}
+
 pub(super) fn d(addr: u64, len: u32, write: bool) -> Desc {
     Desc {
         addr: GuestAddress(addr),
@@ -132,14 +145,7 @@ fn parse_rejects_broken_chains() {
 
 #[test]
 fn check_bounds_sizes_directions_and_features() {
-    let r = |k, sector, len| request::Request {
-        kind: k,
-        sector,
-        data: Vec::new(),
-        data_len: len,
-        status: GuestAddress(0),
-        dwz: None,
-    };
+    let r = bare_request;
     let i = info();
     assert_eq!(
         request::check(&r(kind::IN, 0, 512 * DISK_SECTORS), &i),
