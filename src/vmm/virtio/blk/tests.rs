@@ -201,27 +201,6 @@ fn check_bounds_sizes_directions_and_features() {
     );
 }
 
-#[test]
-fn config_space_layout() {
-    let c = config_space(0x1_0000_0002, 512);
-    assert_eq!(
-        u64::from_le_bytes(c[0..8].try_into().unwrap()),
-        0x1_0000_0002
-    );
-    assert_eq!(u32::from_le_bytes(c[8..12].try_into().unwrap()), SIZE_MAX);
-    assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), SEG_MAX);
-    assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 512);
-    assert_eq!(u32::from_le_bytes(c[40..44].try_into().unwrap()), 1);
-    assert_eq!(u32::from_le_bytes(c[44..48].try_into().unwrap()), 1);
-    assert_eq!(c[56], 1);
-    // A 4Kn image: discards in whole 4096-byte blocks (8 sectors).
-    let c = config_space(8, 4096);
-    assert_eq!(u32::from_le_bytes(c[44..48].try_into().unwrap()), 8);
-    assert_ne!(offered_features(true) & features::RO, 0);
-    assert_eq!(offered_features(true) & features::DISCARD, 0);
-    assert_eq!(offered_features(false) & features::RO, 0);
-}
-
 /// An image of DISK_SECTORS sectors, sector n filled with byte n.
 fn image() -> (tempfile::NamedTempFile, std::fs::File) {
     let f = tempfile::NamedTempFile::new().unwrap();
