@@ -380,3 +380,79 @@ fn block_device_disk_reaches_its_backing_file() {
     assert!(data[40 * 512..140 * 512] == pattern(5, 40, 100)[..]);
     assert!(data[..40 * 512].iter().all(|&b| b == 0x11));
 }
+
+/// On a disk with 4096-byte sectors, a block device's fallocate takes whole blocks only: a
+/// DISCARD or WRITE_ZEROES from an odd sector is done on the whole blocks inside it, and the
+/// parts of blocks at its ends are zeroed; every byte of the range reads zero afterwards and
+/// none outside it changed, with the page cache and without.
+#[test]
+fn a_4kn_block_device_takes_discards_and_write_zeroes_from_odd_sectors() {
+    use volt::vmm::disk::{CacheMode, DiskSpec};
+    use volt::vmm::virtio::blk::io::{open_image, Direct, DiskIo, SyncIo};
+    if common::skip(None, false) {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tmp");
+    let backing = dir.path().join("4kn.img");
+    conformance::make_image(&backing, 4096, |_| 0x11);
+    let o = Command::new("losetup")
+        .args(["-f", "--show", "--sector-size", "4096"])
+        .arg(&backing)
+        .output();
+    let dev = match o {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(o) => {
+            common::report::skip(format!(
+                "losetup cannot attach a 4096-byte-sector loop device here: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+            return;
+        }
+        Err(e) => {
+            common::report::skip(format!("losetup is missing: {e}"));
+            return;
+        }
+    };
+    let lo = Loop(dev);
+    for cache in [CacheMode::Writeback, CacheMode::None] {
+        let spec = DiskSpec {
+            cache,
+            ..DiskSpec::new(&lo.0)
+        };
+        let image = open_image(&spec).expect("open");
+        assert_eq!(image.block, 4096);
+        let direct = (cache == CacheMode::None).then_some(Direct {
+            block: image.block,
+            size: image.size,
+        });
+        let io = SyncIo::new(image.file, direct).with_block(image.block);
+        // Sectors 1-24 discarded (two whole blocks inside, parts of two at the ends), sectors
+        // 41-42 zeroed (inside one block).
+        io.discard(512, 24 * 512).expect("discard");
+        io.write_zeroes(41 * 512, 2 * 512, false)
+            .expect("write zeroes");
+        io.flush().expect("flush");
+        drop(io);
+        let mut data = vec![0u8; 64 * 512];
+        let f = std::fs::File::open(&lo.0).expect("open device");
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut data, 0).expect("read");
+        for (sector, bytes) in data.chunks(512).enumerate() {
+            let zero = (1..25).contains(&sector) || (41..43).contains(&sector);
+            let want = if zero { 0 } else { 0x11 };
+            assert!(
+                bytes.iter().all(|&b| b == want),
+                "{cache:?}: sector {sector} should be {want:#x}"
+            );
+        }
+        // Back to the pattern for the next round.
+        drop(f);
+        let fill = vec![0x11u8; 64 * 512];
+        let w = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&lo.0)
+            .expect("open");
+        std::os::unix::fs::FileExt::write_all_at(&w, &fill, 0).expect("refill");
+        w.sync_all().expect("sync");
+    }
+    drop(lo);
+}

@@ -291,6 +291,8 @@ pub struct SyncIo {
     /// lengths not aligned) go through an aligned bounce buffer, widened to whole blocks
     /// (read-modify-write for a write).
     direct: Option<Direct>,
+    /// The image's block ([`Image::block`]): a block device's fallocate takes whole ones.
+    block: u64,
 }
 
 /// An image opened with O_DIRECT.
@@ -305,7 +307,19 @@ pub struct Direct {
 impl SyncIo {
     /// The engine on `file`; `direct`: opened with O_DIRECT.
     pub fn new(file: File, direct: Option<Direct>) -> SyncIo {
-        SyncIo { file, direct }
+        let block = direct.map_or(SECTOR_SIZE, |d| d.block);
+        SyncIo {
+            file,
+            direct,
+            block,
+        }
+    }
+
+    /// The engine with the image's block ([`Image::block`]), where its fallocate needs whole
+    /// ones (a 4Kn block device) whatever the page cache.
+    pub fn with_block(mut self, block: u64) -> SyncIo {
+        self.block = block;
+        self
     }
 
     /// A buffer of `len` bytes aligned to `align` (at least a page; inside a larger Vec),
@@ -531,8 +545,10 @@ impl DiskIo for SyncIo {
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         match fallocate(&self.file, mode, offset, len) {
             // A block device takes whole logical blocks only (a 4Kn disk, a guest discarding
-            // in 512-byte sectors): what it refuses is zeroed instead, as promised.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.zero_fill(offset, len),
+            // in 512-byte sectors).
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.fallocate_blocks(mode, offset, len)
+            }
             r => r,
         }
     }
@@ -544,9 +560,11 @@ impl DiskIo for SyncIo {
             libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
         };
         match fallocate(&self.file, mode, offset, len) {
-            // The file system cannot, or the block device takes whole logical blocks only.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
-                self.zero_fill(offset, len)
+            // The file system cannot: write the zeroes.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => self.zero_fill(offset, len),
+            // The block device takes whole logical blocks only.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.fallocate_blocks(mode, offset, len)
             }
             r => r,
         }
@@ -554,6 +572,22 @@ impl DiskIo for SyncIo {
 }
 
 impl SyncIo {
+    /// fallocate `mode` over the whole blocks inside `[offset, offset + len)`, and zeroes
+    /// written over the parts of blocks at its ends (at most two blocks): a range a block
+    /// device refuses because it is not whole blocks. A hostile guest's 2 GiB discard from an
+    /// odd sector so costs two blocks written, not 2 GiB of zeroes.
+    fn fallocate_blocks(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        let b = self.block.max(SECTOR_SIZE);
+        let end = offset.saturating_add(len);
+        let (lo, hi) = (offset.next_multiple_of(b), end / b * b);
+        if lo >= hi {
+            return self.zero_fill(offset, len);
+        }
+        self.zero_fill(offset, lo - offset)?;
+        self.zero_fill(hi, end - hi)?;
+        fallocate(&self.file, mode, lo, hi - lo)
+    }
+
     /// Write zeroes over `[offset, offset + len)`, a MiB at a time (through the padding of
     /// [`DiskIo::write_iov`] where the image needs whole blocks).
     fn zero_fill(&self, offset: u64, len: u64) -> io::Result<()> {

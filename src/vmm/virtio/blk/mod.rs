@@ -106,6 +106,8 @@ pub struct Blk {
     file: std::fs::File,
     /// Opened with O_DIRECT (`cache = none`).
     direct: Option<io::Direct>,
+    /// The image's block ([`io::Image::block`]).
+    block: u64,
     capacity: u64,
     serial: Vec<u8>,
     config: [u8; CONFIG_LEN],
@@ -191,9 +193,10 @@ impl Blk {
         Ok(Blk {
             name: name.to_string(),
             spec: spec.clone(),
-            io: Some(Box::new(SyncIo::new(image.file, direct))),
+            io: Some(Box::new(SyncIo::new(image.file, direct).with_block(block))),
             file,
             direct,
+            block,
             capacity,
             serial: serial.as_bytes().to_vec(),
             config: config_space(capacity, block),
@@ -302,7 +305,7 @@ impl VirtioDevice for Blk {
                     .file
                     .try_clone()
                     .map_err(|e| ActivateError::Device(format!("dup of the image fd: {e}")))?;
-                Box::new(SyncIo::new(f, self.direct))
+                Box::new(SyncIo::new(f, self.direct).with_block(self.block))
             }
         };
         let stop =
