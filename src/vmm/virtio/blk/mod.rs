@@ -8,6 +8,7 @@
 //! locked when the device is built (before the sandbox), so the I/O thread only needs
 //! preadv/pwritev/fdatasync/fallocate.
 
+pub mod image;
 pub mod io;
 pub mod lock;
 pub mod request;
