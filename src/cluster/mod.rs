@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod http;
 mod membership;
 mod overlay;
+pub use overlay::stale_ports;
 mod resolve;
 pub mod status;
 pub mod store;
