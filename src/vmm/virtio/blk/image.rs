@@ -116,7 +116,11 @@ pub fn open_image(spec: &DiskSpec) -> Result<Image, OpenError> {
     let block = if block_device {
         logical_block_size(&file).map_err(open_err)?
     } else if spec.cache == CacheMode::None {
-        direct_alignment(&file).unwrap_or(SECTOR_SIZE)
+        // A finer alignment than a sector is met by every sector.
+        direct_alignment(&file)
+            .or_else(|| backing_block_size(&meta))
+            .unwrap_or(SECTOR_SIZE)
+            .max(SECTOR_SIZE)
     } else {
         SECTOR_SIZE
     };
@@ -150,6 +154,24 @@ fn logical_block_size(file: &File) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(u64::try_from(size).unwrap_or(0))
+}
+
+/// The logical block size of the device a file's file system sits on (sysfs, for kernels
+/// before 6.1 whose statx does not say a file's O_DIRECT alignment); `None` when it cannot
+/// be found (a file system on no block device).
+pub fn backing_block_size(meta: &std::fs::Metadata) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = meta.dev();
+    let base = PathBuf::from(format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(dev),
+        libc::minor(dev)
+    ));
+    // A partition's queue is its disk's.
+    ["queue/logical_block_size", "../queue/logical_block_size"]
+        .iter()
+        .find_map(|q| std::fs::read_to_string(base.join(q)).ok())
+        .and_then(|t| t.trim().parse().ok())
 }
 
 /// What a file's O_DIRECT transfers must be aligned to (offsets and lengths), from

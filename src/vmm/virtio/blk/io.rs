@@ -232,6 +232,9 @@ impl SyncIo {
 /// Largest O_DIRECT bounce buffer.
 pub(super) const BOUNCE_MAX: usize = 1 << 20;
 
+/// fallocate's mode for a DISCARD: punch a hole, keep the size.
+const DISCARD_MODE: libc::c_int = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+
 #[derive(Clone, Copy)]
 enum Direction {
     /// Disk to the iovecs.
@@ -355,12 +358,11 @@ impl DiskIo for SyncIo {
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        match fallocate(&self.file, mode, offset, len) {
+        match fallocate(&self.file, DISCARD_MODE, offset, len) {
             // A block device takes whole logical blocks only (a 4Kn disk, a guest discarding
             // in 512-byte sectors).
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                self.fallocate_blocks(mode, offset, len)
+                self.fallocate_blocks(DISCARD_MODE, offset, len, false)
             }
             r => r,
         }
@@ -368,7 +370,7 @@ impl DiskIo for SyncIo {
 
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
         let mode = if unmap {
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+            DISCARD_MODE
         } else {
             libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
         };
@@ -377,7 +379,7 @@ impl DiskIo for SyncIo {
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => self.zero_fill(offset, len),
             // The block device takes whole logical blocks only.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                self.fallocate_blocks(mode, offset, len)
+                self.fallocate_blocks(mode, offset, len, true)
             }
             r => r,
         }
@@ -389,16 +391,30 @@ impl SyncIo {
     /// written over the parts of blocks at its ends (at most two blocks): a range a block
     /// device refuses because it is not whole blocks. A hostile guest's 2 GiB discard from an
     /// odd sector so costs two blocks written, not 2 GiB of zeroes.
-    fn fallocate_blocks(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    fn fallocate_blocks(
+        &self,
+        mode: libc::c_int,
+        offset: u64,
+        len: u64,
+        must_zero: bool,
+    ) -> io::Result<()> {
         let b = self.block.max(SECTOR_SIZE);
         let end = offset.saturating_add(len);
         let (lo, hi) = (offset.next_multiple_of(b), end / b * b);
         if lo >= hi {
             return self.zero_fill(offset, len);
         }
+        // The middle first: a device that cannot (EOPNOTSUPP) leaves the ends untouched.
+        match fallocate(&self.file, mode, lo, hi - lo) {
+            // WRITE_ZEROES must zero whatever the device offers (a DISCARD is advisory:
+            // its refusal stands, as for an aligned one).
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) && must_zero => {
+                self.zero_fill(lo, hi - lo)?
+            }
+            r => r?,
+        }
         self.zero_fill(offset, lo - offset)?;
-        self.zero_fill(hi, end - hi)?;
-        fallocate(&self.file, mode, lo, hi - lo)
+        self.zero_fill(hi, end - hi)
     }
 
     /// Write zeroes over `[offset, offset + len)`, a MiB at a time (through the padding of
