@@ -1,6 +1,8 @@
 //! `volt cluster run` itself, one host, in a network namespace this test creates: a veth
 //! underlay, the bridge volt0, and an etcd member of its own on the namespace's loopback.
 //! What it shows, in order:
+//! - a host that defines the shared network otherwise (another subnet, container range)
+//!   already in the cluster: this host refuses to join, naming both definitions;
 //! - this host's record deleted from the store by hand (its lease alive) is written again,
 //!   said once;
 //! - after a crash and a VNI change, the old VXLAN port (left enslaved, its filter chains
@@ -162,6 +164,19 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
         std::thread::sleep(Duration::from_millis(200));
     }
     h.write_config(Some(42));
+    // A host already in the cluster defines volt0 otherwise (another subnet and container
+    // range): this host refuses to join, naming both definitions, and makes nothing.
+    h.etcdctl(r#"put /volt/hosts/b '{"name":"b","underlay":"192.168.77.2","vxlan_port":4789,"since":1,"networks":[{"name":"volt0","vni":42,"subnet":"10.43.0.0/24","gateway":"10.43.0.1","container_range":"10.43.0.100-10.43.0.254","mtu":1450}]}'"#);
+    let (pid, log) = h.start();
+    wait("the daemon did not end", &log, || ended(pid));
+    let said = read(&log);
+    assert!(
+        said.contains("cannot join the cluster: host b defines volt0 as subnet 10.43.0.0/24, gateway 10.43.0.1, containers 10.43.0.100-10.43.0.254, MTU 1450, this host as subnet 10.42.0.0/24, gateway 10.42.0.1, containers 10.42.0.100-10.42.0.254, MTU 1450"),
+        "{said}"
+    );
+    assert!(!h.links().contains("vx-42"), "{}", h.links());
+    assert_eq!(h.etcdctl("get /volt/hosts/a"), "", "{said}");
+    h.etcdctl("del /volt/hosts/b");
     let (pid, log) = h.start();
     wait("the daemon never came up", &log, || {
         read(&log).contains("is in the cluster")

@@ -174,6 +174,7 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         rejected: BTreeSet::new(),
         record_gone: None,
     };
+    d.refuse_disagreement()?;
     d.register()?;
     // A start that fails halfway takes back what it made (ports, filter, addresses) and
     // ends the lease it took, as a stop does.
@@ -461,6 +462,7 @@ impl Daemon {
                 vxlan_port: self.config().vxlan_port,
                 vni: s.vni,
                 net: &s.net,
+                mtu: self.workload_mtu(s),
             };
             let mut want = desired(&snap, &local);
             rejected.append(&mut want.rejected);

@@ -35,12 +35,30 @@ impl Daemon {
                 .shared
                 .iter()
                 .map(|s| HostNet {
-                    name: s.net.name.clone(),
-                    vni: s.vni,
                     bridge_mac: Some(s.mac.to_string()),
                     address: s.address,
+                    ..super::agree::definition(&s.net, s.vni, self.workload_mtu(s))
                 })
                 .collect(),
+        }
+    }
+
+    /// The MTU workloads get on shared network `s` here: the network's, at most the overlay's.
+    pub(super) fn workload_mtu(&self, s: &Shared) -> u32 {
+        self.config().overlay_mtu().min(s.net.mtu)
+    }
+
+    /// At start, before this host registers: refuse to join when a host already in the
+    /// cluster defines a shared network otherwise (another subnet, gateway, container range
+    /// or MTU). Its peers would leave this host out anyway; this says why, at once.
+    pub(super) fn refuse_disagreement(&self) -> Result<(), ClusterError> {
+        let snap = store::snapshot(&self.cluster.etcd)?;
+        match super::agree::join_conflict(&snap, self.cluster.host(), &self.record().networks) {
+            None => Ok(()),
+            Some(why) => Err(setup(format!(
+                "cannot join the cluster: {why}; every host must define a shared network the same way (its file under /etc/volt/networks/, and underlay_mtu in {}): make them agree, then start volt-cluster again",
+                self.config().path.display()
+            ))),
         }
     }
 

@@ -4,6 +4,7 @@
 //! clustered bridge with FDB entries, routes and filter rules from the store ([`daemon`]).
 //! Absent `/etc/volt/cluster.toml`, none of this runs.
 
+mod agree;
 pub mod daemon;
 pub mod etcd;
 pub mod http;

@@ -2,7 +2,7 @@
 //!
 //! | key | value | lease |
 //! |---|---|---|
-//! | `hosts/<host>` | [`HostRecord`]: underlay address, per network its VNI, bridge MAC and host address | the host's |
+//! | `hosts/<host>` | [`HostRecord`]: underlay address, per network its VNI, bridge MAC, host address and definition (subnet, gateway, container range, MTU) | the host's |
 //! | `names/<workload>` | [`NameClaim`]: the host that runs it | the host's |
 //! | `ipam/<network>/addr/<ip>` | [`AddrClaim`]: owner, host, MAC | the host's |
 //! | `ipam/<network>/owner/<owner>` | the address | the host's |
@@ -51,6 +51,18 @@ pub struct HostNet {
     pub bridge_mac: Option<String>,
     /// The host's own address on the network (how it reaches the other hosts' workloads).
     pub address: Option<Ipv4Addr>,
+    /// How the host defines the network, which every host sharing it must agree on
+    /// (`cluster::agree`). Absent from records of older versions, which agree with any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<ipnet::Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// The container (DHCP) range, `first-last`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_range: Option<String>,
+    /// The MTU of its workloads on the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 /// `hosts/<host>`.
