@@ -5,6 +5,9 @@
 //!   already in the cluster: this host refuses to join, naming both definitions;
 //! - this host's record deleted from the store by hand (its lease alive) is written again,
 //!   said once;
+//! - a VM that runs here while another host holds its name and address (a partition
+//!   longer than the TTL): the conflicts are said once, shown by `volt cluster status`, and
+//!   claimed once the other host lets go;
 //! - after a crash and a VNI change, the old VXLAN port (left enslaved, its filter chains
 //!   about to go) is removed at start; so are the ports and the filter when the cluster
 //!   file is gone;
@@ -200,6 +203,82 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     assert!(h
         .etcdctl("get /volt/hosts/a")
         .contains("\"address\":\"10.42.0."));
+
+    // After a partition longer than the TTL, host b holds the name and the address of a VM
+    // that runs here too (its link is up): the daemon cannot claim them, says so once, shows
+    // the conflicts in `volt cluster status` and retries until b lets go.
+    kill(pid);
+    let root = h.root.path().to_path_buf();
+    std::fs::write(root.join("k"), "kernel").expect("kernel");
+    std::fs::create_dir_all(root.join("etc/volt/vms")).expect("mkdir");
+    std::fs::write(
+        root.join("etc/volt/vms/web.toml"),
+        "kernel = \"/k\"\n[[network]]\nipv4 = \"10.42.0.10\"\n",
+    )
+    .expect("web.toml");
+    let plan = volt::plan::Plan::build(&volt::config::ConfigSet::load(&root));
+    let link = plan
+        .workloads
+        .iter()
+        .find(|w| w.name == "web")
+        .and_then(|w| w.attachments.first())
+        .map(|a| a.link.clone())
+        .expect("web's link");
+    let record = volt::plan::Paths::new(&root).link_record(&link);
+    std::fs::create_dir_all(record.parent().expect("dir")).expect("mkdir");
+    std::fs::write(
+        &record,
+        r#"{"ipv4":"10.42.0.10/24","mac":"52:54:00:12:34:56"}"#,
+    )
+    .expect("link record");
+    h.etcdctl(r#"put /volt/names/web '{"host":"b","kind":"vm","since":1}'"#);
+    h.etcdctl(r#"put /volt/ipam/volt0/addr/10.42.0.10 '{"owner":"vm/web/eth0","host":"b","static":true,"mac":"52:54:00:65:43:21","since":1}'"#);
+    h.etcdctl("put /volt/ipam/volt0/owner/vm/web/eth0 10.42.0.10");
+    let (pid, log) = h.start();
+    wait("the daemon never came up", &log, || {
+        read(&log).contains("is in the cluster")
+    });
+    let status = || {
+        h.ns.ok(&format!(
+            "{} --root {} cluster status",
+            env!("CARGO_BIN_EXE_volt"),
+            root.display()
+        ))
+    };
+    let shown = status();
+    for want in [
+        "CONFLICT web (vm) runs on a too, but host b holds the claim",
+        "CONFLICT 10.42.0.10 on volt0 (vm/web/eth0) runs on a too, but host b holds the claim",
+    ] {
+        assert!(
+            shown.contains(want),
+            "{want:?} not in\n{shown}\n{}",
+            read(&log)
+        );
+    }
+    std::thread::sleep(Duration::from_secs(11));
+    let said = read(&log);
+    assert_eq!(
+        said.matches("web (vm) runs here, but host b holds its claim")
+            .count(),
+        1,
+        "{said}"
+    );
+    // Host b lets go: the next resync claims both, and the conflicts are gone.
+    h.etcdctl("del /volt/names/web");
+    h.etcdctl("del /volt/ipam/volt0/addr/10.42.0.10");
+    h.etcdctl("del /volt/ipam/volt0/owner/vm/web/eth0");
+    wait("the name was never claimed again", &log, || {
+        h.etcdctl("get /volt/names/web").contains("\"host\":\"a\"")
+            && !status().contains("CONFLICT")
+    });
+    assert!(h
+        .etcdctl("get /volt/ipam/volt0/addr/10.42.0.10")
+        .contains("\"host\":\"a\""));
+    assert!(read(&log).contains("web (vm): the claim is this host's again"));
+    // The VM stops: nothing of it is left to hold the lease at the later stops.
+    std::fs::remove_file(&record).expect("rm record");
+    std::fs::remove_file(root.join("etc/volt/vms/web.toml")).expect("rm web.toml");
 
     // A crash, then the network's VNI changes: the old port goes before the new one (and its
     // filter) come up.

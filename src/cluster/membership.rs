@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
+use super::conflicts::Retry;
 use super::daemon::{setup, Daemon, Shared};
 use super::store::{self, AddrClaim, HostNet, HostRecord};
 use super::ClusterError;
@@ -21,6 +22,8 @@ impl Daemon {
             log::info!("adopted this host's live lease {lease:x}");
         }
         self.lease = lease;
+        // The conflicts written under the old lease went with it.
+        self.conflicts_written = None;
         Ok(())
     }
 
@@ -233,7 +236,8 @@ impl Daemon {
     /// At start and after a lost lease: claim again the names of the workloads that run here
     /// (their unit is active, as systemd says, or a link of theirs is up) and the addresses
     /// of their links that are up (from the link records). Claims still held are held again.
-    pub(super) fn reclaim(&self) {
+    pub(super) fn reclaim(&mut self) {
+        let mut found = super::conflicts::Conflicts::new();
         let set = ConfigSet::load(&self.root);
         let plan = Plan::build(&set);
         let paths = Paths::new(&self.root);
@@ -265,9 +269,11 @@ impl Daemon {
             if records.is_empty() && !units.contains(&w.unit) {
                 continue;
             }
-            if let Err(e) = self.cluster.claim_name(&w.name, w.kind.as_str()) {
-                log::error!("{}", crate::error_chain(&e));
-            }
+            let name = Retry::Name {
+                name: w.name.clone(),
+                kind: w.kind.as_str().to_string(),
+            };
+            self.claim_or_note(name, &mut found);
             claimed.insert(w.unit.clone());
             for (a, rec) in records {
                 let ip = rec
@@ -289,9 +295,15 @@ impl Daemon {
                     };
                     // A pool lease stays one: only a static or reserved address is fixed.
                     let fixed = a.addressing.known().is_some();
-                    match self.cluster.record(net, &owner, ip, fixed, mac) {
-                        Ok(_) => log::info!("claimed {ip} for {owner} again"),
-                        Err(e) => log::error!("{}", crate::error_chain(&e)),
+                    let addr = Retry::Addr {
+                        net: Box::new(net.clone()),
+                        owner: owner.clone(),
+                        ip,
+                        fixed,
+                        mac,
+                    };
+                    if self.claim_or_note(addr, &mut found) {
+                        log::info!("claimed {ip} for {owner} again");
                     }
                 }
             }
@@ -302,13 +314,15 @@ impl Daemon {
             let Some((kind, name)) = names::workload_of_unit(unit) else {
                 continue;
             };
-            match self.cluster.claim_name(&name, kind) {
-                Ok(()) => {
-                    log::info!("claimed {name} again (its {kind} unit runs without a valid file)")
-                }
-                Err(e) => log::error!("{}", crate::error_chain(&e)),
+            let retry = Retry::Name {
+                name: name.clone(),
+                kind: kind.to_string(),
+            };
+            if self.claim_or_note(retry, &mut found) {
+                log::info!("claimed {name} again (its {kind} unit runs without a valid file)")
             }
         }
+        self.set_conflicts(found);
     }
 }
 

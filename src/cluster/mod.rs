@@ -5,6 +5,7 @@
 //! Absent `/etc/volt/cluster.toml`, none of this runs.
 
 mod agree;
+mod conflicts;
 pub mod daemon;
 pub mod etcd;
 pub mod http;
@@ -13,6 +14,7 @@ mod overlay;
 mod resolve;
 pub mod status;
 pub mod store;
+mod threads;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;

@@ -7,6 +7,7 @@
 //! | `ipam/<network>/addr/<ip>` | [`AddrClaim`]: owner, host, MAC | the host's |
 //! | `ipam/<network>/owner/<owner>` | the address | the host's |
 //! | `dhcp/<network>/<first address>` | the host whose DHCP server hands out that block | the host's |
+//! | `conflicts/<host>` | [`ConflictRecord`]s: what runs on the host while another holds its claim | the host's |
 //!
 //! Every key a host writes is attached to its lease, so when the host dies (or leaves) all of
 //! it disappears at once. Claims are transactions that create a key only if it is absent
@@ -36,6 +37,11 @@ pub fn addr_key(network: &str, ip: Ipv4Addr) -> String {
 /// The DHCP block of `network` that starts at `first` (its value: the host serving it).
 pub fn dhcp_key(network: &str, first: Ipv4Addr) -> String {
     format!("{PREFIX}dhcp/{network}/{first}")
+}
+
+/// What host `host` runs while another host holds its claim (see [`ConflictRecord`]).
+pub fn conflicts_key(host: &str) -> String {
+    format!("{PREFIX}conflicts/{host}")
 }
 
 pub fn owner_key(network: &str, owner: &str) -> String {
@@ -111,6 +117,17 @@ impl AddrClaim {
     }
 }
 
+/// A workload that runs on a host while another host holds its claim (after a partition
+/// longer than the lease's TTL, both ran it): the host it runs on keeps trying to claim it
+/// and writes what it cannot claim under `conflicts/<host>`. Volt stops neither.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConflictRecord {
+    /// What cannot be claimed: `web (vm)`, `10.42.0.5 on volt0 (vm/web/eth0)`.
+    pub what: String,
+    /// The host that holds the claim.
+    pub holder: String,
+}
+
 /// Everything under `/volt/` at one revision.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -120,6 +137,8 @@ pub struct Snapshot {
     pub names: Vec<(String, NameClaim, i64)>,
     /// (network, address, claim, mod revision)
     pub addrs: Vec<(String, Ipv4Addr, AddrClaim, i64)>,
+    /// (host, what it runs that another host holds the claim of)
+    pub conflicts: Vec<(String, Vec<ConflictRecord>)>,
 }
 
 impl Snapshot {
@@ -156,6 +175,11 @@ fn parse_into(s: &mut Snapshot, kv: &Kv) {
         ["names", name] => {
             if let Ok(c) = serde_json::from_slice::<NameClaim>(&kv.value) {
                 s.names.push((name.to_string(), c, kv.mod_revision));
+            }
+        }
+        ["conflicts", host] => {
+            if let Ok(c) = serde_json::from_slice::<Vec<ConflictRecord>>(&kv.value) {
+                s.conflicts.push((host.to_string(), c));
             }
         }
         ["ipam", net, "addr", ip] => {
