@@ -8,6 +8,7 @@
 //! - a VM that runs here while another host holds its name and address (a partition
 //!   longer than the TTL): the conflicts are said once, shown by `volt cluster status`, and
 //!   claimed once the other host lets go;
+//! - a static container address inside another host's DHCP block is warned of, once;
 //! - after a crash and a VNI change, the old VXLAN port (left enslaved, its filter chains
 //!   about to go) is removed at start; so are the ports and the filter when the cluster
 //!   file is gone;
@@ -276,6 +277,29 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
         .etcdctl("get /volt/ipam/volt0/addr/10.42.0.10")
         .contains("\"host\":\"a\""));
     assert!(read(&log).contains("web (vm): the claim is this host's again"));
+    // A static container address of this host inside host b's DHCP block: b's DHCP server
+    // does not know it, so the daemon warns, once.
+    h.etcdctl("put /volt/dhcp/volt0/10.42.0.116 b");
+    for dir in ["srv/db/usr", "srv/db/etc", "etc/volt/containers"] {
+        std::fs::create_dir_all(root.join(dir)).expect("mkdir");
+    }
+    std::fs::write(root.join("srv/db/etc/os-release"), "ID=test\n").expect("os-release");
+    std::fs::write(
+        root.join("etc/volt/containers/db.toml"),
+        "directory = \"/srv/db\"\nboot = true\n[[network]]\nipv4 = \"10.42.0.120\"\n",
+    )
+    .expect("db.toml");
+    let warning = "10.42.0.120 on volt0, the static address of container db here, is inside host b's DHCP block 10.42.0.116-10.42.0.131";
+    wait(
+        "no warning of the static address in b's block",
+        &log,
+        || read(&log).contains(warning),
+    );
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(read(&log).matches(warning).count(), 1, "{}", read(&log));
+    std::fs::remove_file(root.join("etc/volt/containers/db.toml")).expect("rm db.toml");
+    h.etcdctl("del /volt/dhcp/volt0/10.42.0.116");
+
     // The VM stops: nothing of it is left to hold the lease at the later stops.
     std::fs::remove_file(&record).expect("rm record");
     std::fs::remove_file(root.join("etc/volt/vms/web.toml")).expect("rm web.toml");

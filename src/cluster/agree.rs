@@ -4,6 +4,8 @@
 //! workloads out of each other's reach, another container range would overlap the DHCP
 //! blocks, another MTU would drop the larger frames of one side.
 
+use std::net::Ipv4Addr;
+
 use super::store::{HostNet, Snapshot};
 use crate::config::Network;
 
@@ -74,6 +76,35 @@ pub fn join_conflict(snap: &Snapshot, me: &str, mine: &[HostNet]) -> Option<Stri
         })
 }
 
+/// This host's static addresses on `net` (`configured`: address and the workload that has
+/// it) that lie inside a DHCP block another host's DHCP server hands out (`blocks`: first
+/// address and the host serving it): that server may give one of them to a container of its
+/// own. In words, one per address.
+pub fn statics_in_foreign_blocks(
+    net: &Network,
+    me: &str,
+    configured: &[(Ipv4Addr, String)],
+    blocks: &[(Ipv4Addr, String)],
+) -> Vec<String> {
+    let sizes = super::overlay::dhcp_blocks(net.container_range);
+    let mut out = Vec::new();
+    for (ip, workload) in configured {
+        for (first, host) in blocks.iter().filter(|(_, h)| h != me) {
+            let Some((_, size)) = sizes.iter().find(|(f, _)| f == first) else {
+                continue;
+            };
+            let last = Ipv4Addr::from(u32::from(*first).saturating_add(size - 1));
+            if *first <= *ip && *ip <= last {
+                out.push(format!(
+                    "{ip} on {}, the static address of {workload} here, is inside host {host}'s DHCP block {first}-{last}: its DHCP server may hand {ip} to a container there; give {workload} an address outside the container range {} (the VM range, or a reservation)",
+                    net.name, net.container_range
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::etcd::Kv;
@@ -126,5 +157,27 @@ mod tests {
         let older: HostNet = serde_json::from_str(old).expect("an older record parses");
         assert!(!differs(&older, &mine));
         assert_eq!(describe(&older), "subnet ?, gateway ?, containers ?, MTU ?");
+    }
+
+    #[test]
+    fn a_local_static_address_in_another_hosts_dhcp_block_is_said() {
+        let net = Network::builtin_default();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        let configured = vec![
+            (ip("10.42.0.120"), "db".to_string()),
+            (ip("10.42.0.101"), "own".to_string()),
+            (ip("10.42.0.10"), "vm".to_string()),
+        ];
+        let blocks = vec![
+            (ip("10.42.0.100"), "a".to_string()),
+            (ip("10.42.0.116"), "b".to_string()),
+        ];
+        let said = statics_in_foreign_blocks(&net, "a", &configured, &blocks);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with("10.42.0.120 on volt0, the static address of db here, is inside host b's DHCP block 10.42.0.116-10.42.0.131"),
+            "{}",
+            said[0]
+        );
     }
 }

@@ -76,6 +76,8 @@ pub(super) struct Daemon {
     /// What runs here while another host holds its claim, and what of it the store has.
     pub(super) conflicts: super::conflicts::Conflicts,
     pub(super) conflicts_written: Option<Vec<store::ConflictRecord>>,
+    /// This host's static addresses inside another host's DHCP block, as last warned of.
+    pub(super) statics_warned: BTreeSet<String>,
 }
 
 /// Run the daemon until SIGTERM; `notify` gets sd_notify states.
@@ -158,6 +160,7 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         record_gone: None,
         conflicts: Default::default(),
         conflicts_written: None,
+        statics_warned: BTreeSet::new(),
     };
     d.refuse_disagreement()?;
     d.register()?;
@@ -474,6 +477,7 @@ impl Daemon {
             ));
             filters.push(s.filter(want.pairs.into_iter().collect()));
         }
+        self.warn_statics_in_foreign_blocks(&snap);
         for r in rejected.difference(&self.rejected) {
             log::warn!("ignoring what the cluster store says of {r}");
         }

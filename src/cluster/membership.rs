@@ -221,6 +221,52 @@ impl Daemon {
             .collect()
     }
 
+    /// The static and reserved addresses of this host's workloads on `network`, each with
+    /// the workload that has it.
+    fn configured_owners(&self, set: &ConfigSet, network: &str) -> Vec<(Ipv4Addr, String)> {
+        Plan::build(set)
+            .workloads
+            .iter()
+            .flat_map(|w| w.attachments.iter().map(move |a| (w, a)))
+            .filter(|(_, a)| a.network.as_deref() == Some(network))
+            .filter_map(|(w, a)| {
+                let ip = a.addressing.known()?.addr();
+                Some((ip, format!("{} {}", w.kind.as_str(), w.name)))
+            })
+            .collect()
+    }
+
+    /// Warn, once per change, of this host's static addresses that lie inside a DHCP block
+    /// another host serves: networkd's DHCP server there knows only its own host's static
+    /// leases and may hand the address to a container of its own.
+    pub(super) fn warn_statics_in_foreign_blocks(&mut self, snap: &store::Snapshot) {
+        let me = self.cluster.host().to_string();
+        let mut now = BTreeSet::new();
+        let foreign = |net: &str| {
+            snap.dhcp
+                .iter()
+                .filter(|(n, _, h)| n == net && *h != me)
+                .map(|(_, first, h)| (*first, h.clone()))
+                .collect::<Vec<_>>()
+        };
+        if self.shared.iter().any(|s| !foreign(&s.net.name).is_empty()) {
+            let set = ConfigSet::load(&self.root);
+            for s in &self.shared {
+                let configured = self.configured_owners(&set, &s.net.name);
+                now.extend(super::agree::statics_in_foreign_blocks(
+                    &s.net,
+                    &me,
+                    &configured,
+                    &foreign(&s.net.name),
+                ));
+            }
+        }
+        for w in now.difference(&self.statics_warned) {
+            log::warn!("{w}");
+        }
+        self.statics_warned = now;
+    }
+
     /// How many workload links have a record here (their owners run: a record is written when
     /// a link comes up and removed when it goes).
     pub(super) fn running_links(&self) -> usize {

@@ -139,6 +139,8 @@ pub struct Snapshot {
     pub addrs: Vec<(String, Ipv4Addr, AddrClaim, i64)>,
     /// (host, what it runs that another host holds the claim of)
     pub conflicts: Vec<(String, Vec<ConflictRecord>)>,
+    /// (network, first address of a DHCP block, the host serving it)
+    pub dhcp: Vec<(String, Ipv4Addr, String)>,
 }
 
 impl Snapshot {
@@ -175,6 +177,12 @@ fn parse_into(s: &mut Snapshot, kv: &Kv) {
         ["names", name] => {
             if let Ok(c) = serde_json::from_slice::<NameClaim>(&kv.value) {
                 s.names.push((name.to_string(), c, kv.mod_revision));
+            }
+        }
+        ["dhcp", net, first] => {
+            if let Ok(first) = first.parse() {
+                let host = String::from_utf8_lossy(&kv.value).into_owned();
+                s.dhcp.push((net.to_string(), first, host));
             }
         }
         ["conflicts", host] => {
