@@ -188,6 +188,9 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     assert!(h.links().contains("vx-42"), "{}", h.links());
     assert!(h.etcdctl("get /volt/hosts/a").contains("192.168.77.1"));
 
+    // An entry like one the kernel learns (not permanent) is left alone, and not logged.
+    h.ns.ok("bridge fdb add 52:54:00:aa:bb:cc dev vx-42 dst 192.168.77.2 dynamic");
+
     // The record deleted by hand: written again, and said once.
     h.etcdctl("del /volt/hosts/a");
     wait("the host record was never written again", &log, || {
@@ -201,6 +204,9 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
         1,
         "{said}"
     );
+    assert!(!said.contains("52:54:00:aa:bb:cc"), "{said}");
+    let fdb = h.ns.ok("bridge fdb show dev vx-42");
+    assert!(fdb.contains("52:54:00:aa:bb:cc dst 192.168.77.2"), "{fdb}");
     assert!(h
         .etcdctl("get /volt/hosts/a")
         .contains("\"address\":\"10.42.0."));
