@@ -1115,3 +1115,30 @@ fn a_listing_by_a_user_who_may_not_look_shows_only_what_it_knows() {
     );
     says(&o, "gone.toml:1:13: directory: /srv/gone does not exist");
 }
+
+/// `volt validate` refuses an underlay address other hosts cannot send VXLAN to, or one
+/// inside the network the cluster shares, at its line and column, saying what is valid.
+#[test]
+fn validate_refuses_underlays_that_cannot_work() {
+    let r = root();
+    let p = r.path();
+    for (ip, want) in [
+        ("255.255.255.255", "255.255.255.255 is the broadcast address"),
+        ("169.254.3.4", "169.254.3.4 is a link-local address"),
+        (
+            "10.42.0.1",
+            "underlay 10.42.0.1 is inside volt0 (10.42.0.0/24), which this cluster shares: give the host's address on the network between the hosts",
+        ),
+    ] {
+        write(
+            p,
+            "etc/volt/cluster.toml",
+            &format!("host = \"a\"\nunderlay = \"{ip}\"\n[etcd]\nendpoints = [\"http://192.0.2.1:2379\"]\n[[network]]\nname = \"volt0\"\nvni = 42\n"),
+        );
+        let o = volt(p, &["validate"]);
+        let t = text(&o);
+        assert!(!o.status.success(), "{ip}: {t}");
+        assert!(t.contains("/etc/volt/cluster.toml:2:12: underlay:"), "{ip}: {t}");
+        assert!(t.contains(want), "{ip}: {t}");
+    }
+}

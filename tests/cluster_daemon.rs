@@ -1,8 +1,14 @@
 //! `volt cluster run` itself, one host, in a network namespace this test creates: a veth
 //! underlay, the bridge volt0, and an etcd member of its own on the namespace's loopback.
 //! What it shows, in order:
+//! - a host that defines the shared network otherwise (another subnet, container range)
+//!   already in the cluster: this host refuses to join, naming both definitions;
 //! - this host's record deleted from the store by hand (its lease alive) is written again,
 //!   said once;
+//! - a VM that runs here while another host holds its name and address (a partition
+//!   longer than the TTL): the conflicts are said once, shown by `volt cluster status`, and
+//!   claimed once the other host lets go;
+//! - a static container address inside another host's DHCP block is warned of, once;
 //! - after a crash and a VNI change, the old VXLAN port (left enslaved, its filter chains
 //!   about to go) is removed at start; so are the ports and the filter when the cluster
 //!   file is gone;
@@ -162,12 +168,28 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
         std::thread::sleep(Duration::from_millis(200));
     }
     h.write_config(Some(42));
+    // A host already in the cluster defines volt0 otherwise (another subnet and container
+    // range): this host refuses to join, naming both definitions, and makes nothing.
+    h.etcdctl(r#"put /volt/hosts/b '{"name":"b","underlay":"192.168.77.2","vxlan_port":4789,"since":1,"networks":[{"name":"volt0","vni":42,"subnet":"10.43.0.0/24","gateway":"10.43.0.1","container_range":"10.43.0.100-10.43.0.254","mtu":1450}]}'"#);
+    let (pid, log) = h.start();
+    wait("the daemon did not end", &log, || ended(pid));
+    let said = read(&log);
+    assert!(
+        said.contains("cannot join the cluster: host b defines volt0 as subnet 10.43.0.0/24, gateway 10.43.0.1, containers 10.43.0.100-10.43.0.254, MTU 1450, this host as subnet 10.42.0.0/24, gateway 10.42.0.1, containers 10.42.0.100-10.42.0.254, MTU 1450"),
+        "{said}"
+    );
+    assert!(!h.links().contains("vx-42"), "{}", h.links());
+    assert_eq!(h.etcdctl("get /volt/hosts/a"), "", "{said}");
+    h.etcdctl("del /volt/hosts/b");
     let (pid, log) = h.start();
     wait("the daemon never came up", &log, || {
         read(&log).contains("is in the cluster")
     });
     assert!(h.links().contains("vx-42"), "{}", h.links());
     assert!(h.etcdctl("get /volt/hosts/a").contains("192.168.77.1"));
+
+    // An entry like one the kernel learns (not permanent) is left alone, and not logged.
+    h.ns.ok("bridge fdb add 52:54:00:aa:bb:cc dev vx-42 dst 192.168.77.2 dynamic");
 
     // The record deleted by hand: written again, and said once.
     h.etcdctl("del /volt/hosts/a");
@@ -182,9 +204,111 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
         1,
         "{said}"
     );
+    assert!(!said.contains("52:54:00:aa:bb:cc"), "{said}");
+    let fdb = h.ns.ok("bridge fdb show dev vx-42");
+    assert!(fdb.contains("52:54:00:aa:bb:cc dst 192.168.77.2"), "{fdb}");
     assert!(h
         .etcdctl("get /volt/hosts/a")
         .contains("\"address\":\"10.42.0."));
+
+    // After a partition longer than the TTL, host b holds the name and the address of a VM
+    // that runs here too (its link is up): the daemon cannot claim them, says so once, shows
+    // the conflicts in `volt cluster status` and retries until b lets go.
+    kill(pid);
+    let root = h.root.path().to_path_buf();
+    std::fs::write(root.join("k"), "kernel").expect("kernel");
+    std::fs::create_dir_all(root.join("etc/volt/vms")).expect("mkdir");
+    std::fs::write(
+        root.join("etc/volt/vms/web.toml"),
+        "kernel = \"/k\"\n[[network]]\nipv4 = \"10.42.0.10\"\n",
+    )
+    .expect("web.toml");
+    let plan = volt::plan::Plan::build(&volt::config::ConfigSet::load(&root));
+    let link = plan
+        .workloads
+        .iter()
+        .find(|w| w.name == "web")
+        .and_then(|w| w.attachments.first())
+        .map(|a| a.link.clone())
+        .expect("web's link");
+    let record = volt::plan::Paths::new(&root).link_record(&link);
+    std::fs::create_dir_all(record.parent().expect("dir")).expect("mkdir");
+    std::fs::write(
+        &record,
+        r#"{"ipv4":"10.42.0.10/24","mac":"52:54:00:12:34:56"}"#,
+    )
+    .expect("link record");
+    h.etcdctl(r#"put /volt/names/web '{"host":"b","kind":"vm","since":1}'"#);
+    h.etcdctl(r#"put /volt/ipam/volt0/addr/10.42.0.10 '{"owner":"vm/web/eth0","host":"b","static":true,"mac":"52:54:00:65:43:21","since":1}'"#);
+    h.etcdctl("put /volt/ipam/volt0/owner/vm/web/eth0 10.42.0.10");
+    let (pid, log) = h.start();
+    wait("the daemon never came up", &log, || {
+        read(&log).contains("is in the cluster")
+    });
+    let status = || {
+        h.ns.ok(&format!(
+            "{} --root {} cluster status",
+            env!("CARGO_BIN_EXE_volt"),
+            root.display()
+        ))
+    };
+    let shown = status();
+    for want in [
+        "CONFLICT web (vm) runs on a too, but host b holds the claim",
+        "CONFLICT 10.42.0.10 on volt0 (vm/web/eth0) runs on a too, but host b holds the claim",
+    ] {
+        assert!(
+            shown.contains(want),
+            "{want:?} not in\n{shown}\n{}",
+            read(&log)
+        );
+    }
+    std::thread::sleep(Duration::from_secs(11));
+    let said = read(&log);
+    assert_eq!(
+        said.matches("web (vm) runs here, but host b holds its claim")
+            .count(),
+        1,
+        "{said}"
+    );
+    // Host b lets go: the next resync claims both, and the conflicts are gone.
+    h.etcdctl("del /volt/names/web");
+    h.etcdctl("del /volt/ipam/volt0/addr/10.42.0.10");
+    h.etcdctl("del /volt/ipam/volt0/owner/vm/web/eth0");
+    wait("the name was never claimed again", &log, || {
+        h.etcdctl("get /volt/names/web").contains("\"host\":\"a\"")
+            && !status().contains("CONFLICT")
+    });
+    assert!(h
+        .etcdctl("get /volt/ipam/volt0/addr/10.42.0.10")
+        .contains("\"host\":\"a\""));
+    assert!(read(&log).contains("web (vm): the claim is this host's again"));
+    // A static container address of this host inside host b's DHCP block: b's DHCP server
+    // does not know it, so the daemon warns, once.
+    h.etcdctl("put /volt/dhcp/volt0/10.42.0.116 b");
+    for dir in ["srv/db/usr", "srv/db/etc", "etc/volt/containers"] {
+        std::fs::create_dir_all(root.join(dir)).expect("mkdir");
+    }
+    std::fs::write(root.join("srv/db/etc/os-release"), "ID=test\n").expect("os-release");
+    std::fs::write(
+        root.join("etc/volt/containers/db.toml"),
+        "directory = \"/srv/db\"\nboot = true\n[[network]]\nipv4 = \"10.42.0.120\"\n",
+    )
+    .expect("db.toml");
+    let warning = "10.42.0.120 on volt0, the static address of container db here, is inside host b's DHCP block 10.42.0.116-10.42.0.131";
+    wait(
+        "no warning of the static address in b's block",
+        &log,
+        || read(&log).contains(warning),
+    );
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(read(&log).matches(warning).count(), 1, "{}", read(&log));
+    std::fs::remove_file(root.join("etc/volt/containers/db.toml")).expect("rm db.toml");
+    h.etcdctl("del /volt/dhcp/volt0/10.42.0.116");
+
+    // The VM stops: nothing of it is left to hold the lease at the later stops.
+    std::fs::remove_file(&record).expect("rm record");
+    std::fs::remove_file(root.join("etc/volt/vms/web.toml")).expect("rm web.toml");
 
     // A crash, then the network's VNI changes: the old port goes before the new one (and its
     // filter) come up.

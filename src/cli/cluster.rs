@@ -87,6 +87,9 @@ pub fn show(root: &Path, output: Output) -> Result<Outcome> {
                     w.join(", ")
                 );
             }
+            for line in hosts.iter().flat_map(status::HostStatus::conflict_lines) {
+                println!("{line}");
+            }
         }
     }
     Ok(Outcome::Ok)

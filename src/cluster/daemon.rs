@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use super::overlay::{bridge_mac, desired, fdb_changes, stale_ports, vxlan_name, Local};
 use super::store;
+use super::threads::{keepalive, signals, watch};
 use super::{Cluster, ClusterError};
 use crate::config::{ClusterConfig, ConfigSet, MacAddr, Network, NetworkLookup};
 use crate::net::netlink::Netlink;
@@ -23,7 +24,7 @@ use crate::plan::Paths;
 
 const RESYNC: Duration = Duration::from_secs(5);
 
-enum Msg {
+pub(super) enum Msg {
     Changed,
     LeaseLost,
     Stop,
@@ -72,27 +73,11 @@ pub(super) struct Daemon {
     /// This host's record was found gone from the store (its lease alive): written again,
     /// and said once until it is back.
     pub(super) record_gone: Option<String>,
-}
-
-/// Block SIGTERM/SIGINT in this thread (and the threads it starts) and turn them into a
-/// `Stop` message from a thread that waits for them.
-fn signals(tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
-    // SAFETY: sigset operations on a local set; pthread_sigmask on the calling thread.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
-    std::thread::spawn(move || {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: set is a valid, initialised sigset; sig is a valid out pointer.
-        unsafe { libc::sigwait(&set, &mut sig) };
-        stop.store(true, Ordering::SeqCst);
-        let _ = tx.send(Msg::Stop);
-    });
+    /// What runs here while another host holds its claim, and what of it the store has.
+    pub(super) conflicts: super::conflicts::Conflicts,
+    pub(super) conflicts_written: Option<Vec<store::ConflictRecord>>,
+    /// This host's static addresses inside another host's DHCP block, as last warned of.
+    pub(super) statics_warned: BTreeSet<String>,
 }
 
 /// Run the daemon until SIGTERM; `notify` gets sd_notify states.
@@ -173,7 +158,11 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         store_ok: true,
         rejected: BTreeSet::new(),
         record_gone: None,
+        conflicts: Default::default(),
+        conflicts_written: None,
+        statics_warned: BTreeSet::new(),
     };
+    d.refuse_disagreement()?;
     d.register()?;
     // A start that fails halfway takes back what it made (ports, filter, addresses) and
     // ends the lease it took, as a stop does.
@@ -195,7 +184,10 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         c.underlay,
         c.overlay_mtu()
     );
-    notify(true, &format!("host {} in the cluster", c.host));
+    notify(
+        true,
+        &format!("host {} in the cluster{}", c.host, d.conflict_status()),
+    );
     // Keeps this host's lease alive (again after it was lost and registered anew).
     let ka_tx = tx.clone();
     let keep_lease = |d: &Daemon| {
@@ -244,9 +236,14 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
             last_failure.clear();
             d.reclaim();
             keep_lease(&d);
+        } else {
+            d.retry_conflicts();
         }
         let peers = d.reconcile(&nl);
-        notify(false, &format!("host {}: {peers}", c.host));
+        notify(
+            false,
+            &format!("host {}: {peers}{}", c.host, d.conflict_status()),
+        );
     }
     log::info!("stopping: leaving the cluster");
     d.leave(&nl);
@@ -269,51 +266,6 @@ fn remove_stale_ports(nl: &Netlink, wanted: &[String]) -> Result<usize, ClusterE
         );
     }
     Ok(stale.len())
-}
-
-fn keepalive(cluster: Cluster, lease: i64, ttl: u32, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
-    let every = Duration::from_millis(u64::from(ttl) * 1000 / 3);
-    std::thread::spawn(move || {
-        let mut failing = false;
-        while !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(every);
-            match cluster.etcd.keepalive(lease) {
-                Ok(0) => {
-                    let _ = tx.send(Msg::LeaseLost);
-                    return;
-                }
-                Ok(_) => {
-                    if failing {
-                        log::info!("lease keep-alive works again");
-                    }
-                    failing = false;
-                }
-                Err(e) => {
-                    if !failing {
-                        log::warn!(
-                            "lease keep-alive failed (retrying): {}",
-                            crate::error_chain(&e)
-                        );
-                    }
-                    failing = true;
-                }
-            }
-        }
-    });
-}
-
-fn watch(cluster: Cluster, tx: mpsc::Sender<Msg>, stop: Arc<AtomicBool>) {
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::SeqCst) {
-            let r = cluster.etcd.watch(store::PREFIX, 0, &mut |_| {
-                tx.send(Msg::Changed).is_ok() && !stop.load(Ordering::SeqCst)
-            });
-            if let Err(e) = r {
-                log::debug!("watch ended: {}", crate::error_chain(&e));
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    });
 }
 
 impl Daemon {
@@ -461,6 +413,7 @@ impl Daemon {
                 vxlan_port: self.config().vxlan_port,
                 vni: s.vni,
                 net: &s.net,
+                mtu: self.workload_mtu(s),
             };
             let mut want = desired(&snap, &local);
             rejected.append(&mut want.rejected);
@@ -524,6 +477,7 @@ impl Daemon {
             ));
             filters.push(s.filter(want.pairs.into_iter().collect()));
         }
+        self.warn_statics_in_foreign_blocks(&snap);
         for r in rejected.difference(&self.rejected) {
             log::warn!("ignoring what the cluster store says of {r}");
         }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
+use super::conflicts::Retry;
 use super::daemon::{setup, Daemon, Shared};
 use super::store::{self, AddrClaim, HostNet, HostRecord};
 use super::ClusterError;
@@ -21,6 +22,8 @@ impl Daemon {
             log::info!("adopted this host's live lease {lease:x}");
         }
         self.lease = lease;
+        // The conflicts written under the old lease went with it.
+        self.conflicts_written = None;
         Ok(())
     }
 
@@ -35,12 +38,30 @@ impl Daemon {
                 .shared
                 .iter()
                 .map(|s| HostNet {
-                    name: s.net.name.clone(),
-                    vni: s.vni,
                     bridge_mac: Some(s.mac.to_string()),
                     address: s.address,
+                    ..super::agree::definition(&s.net, s.vni, self.workload_mtu(s))
                 })
                 .collect(),
+        }
+    }
+
+    /// The MTU workloads get on shared network `s` here: the network's, at most the overlay's.
+    pub(super) fn workload_mtu(&self, s: &Shared) -> u32 {
+        self.config().overlay_mtu().min(s.net.mtu)
+    }
+
+    /// At start, before this host registers: refuse to join when a host already in the
+    /// cluster defines a shared network otherwise (another subnet, gateway, container range
+    /// or MTU). Its peers would leave this host out anyway; this says why, at once.
+    pub(super) fn refuse_disagreement(&self) -> Result<(), ClusterError> {
+        let snap = store::snapshot(&self.cluster.etcd)?;
+        match super::agree::join_conflict(&snap, self.cluster.host(), &self.record().networks) {
+            None => Ok(()),
+            Some(why) => Err(setup(format!(
+                "cannot join the cluster: {why}; every host must define a shared network the same way (its file under /etc/volt/networks/, and underlay_mtu in {}): make them agree, then start volt-cluster again",
+                self.config().path.display()
+            ))),
         }
     }
 
@@ -200,6 +221,52 @@ impl Daemon {
             .collect()
     }
 
+    /// The static and reserved addresses of this host's workloads on `network`, each with
+    /// the workload that has it.
+    fn configured_owners(&self, set: &ConfigSet, network: &str) -> Vec<(Ipv4Addr, String)> {
+        Plan::build(set)
+            .workloads
+            .iter()
+            .flat_map(|w| w.attachments.iter().map(move |a| (w, a)))
+            .filter(|(_, a)| a.network.as_deref() == Some(network))
+            .filter_map(|(w, a)| {
+                let ip = a.addressing.known()?.addr();
+                Some((ip, format!("{} {}", w.kind.as_str(), w.name)))
+            })
+            .collect()
+    }
+
+    /// Warn, once per change, of this host's static addresses that lie inside a DHCP block
+    /// another host serves: networkd's DHCP server there knows only its own host's static
+    /// leases and may hand the address to a container of its own.
+    pub(super) fn warn_statics_in_foreign_blocks(&mut self, snap: &store::Snapshot) {
+        let me = self.cluster.host().to_string();
+        let mut now = BTreeSet::new();
+        let foreign = |net: &str| {
+            snap.dhcp
+                .iter()
+                .filter(|(n, _, h)| n == net && *h != me)
+                .map(|(_, first, h)| (*first, h.clone()))
+                .collect::<Vec<_>>()
+        };
+        if self.shared.iter().any(|s| !foreign(&s.net.name).is_empty()) {
+            let set = ConfigSet::load(&self.root);
+            for s in &self.shared {
+                let configured = self.configured_owners(&set, &s.net.name);
+                now.extend(super::agree::statics_in_foreign_blocks(
+                    &s.net,
+                    &me,
+                    &configured,
+                    &foreign(&s.net.name),
+                ));
+            }
+        }
+        for w in now.difference(&self.statics_warned) {
+            log::warn!("{w}");
+        }
+        self.statics_warned = now;
+    }
+
     /// How many workload links have a record here (their owners run: a record is written when
     /// a link comes up and removed when it goes).
     pub(super) fn running_links(&self) -> usize {
@@ -215,7 +282,8 @@ impl Daemon {
     /// At start and after a lost lease: claim again the names of the workloads that run here
     /// (their unit is active, as systemd says, or a link of theirs is up) and the addresses
     /// of their links that are up (from the link records). Claims still held are held again.
-    pub(super) fn reclaim(&self) {
+    pub(super) fn reclaim(&mut self) {
+        let mut found = super::conflicts::Conflicts::new();
         let set = ConfigSet::load(&self.root);
         let plan = Plan::build(&set);
         let paths = Paths::new(&self.root);
@@ -247,9 +315,11 @@ impl Daemon {
             if records.is_empty() && !units.contains(&w.unit) {
                 continue;
             }
-            if let Err(e) = self.cluster.claim_name(&w.name, w.kind.as_str()) {
-                log::error!("{}", crate::error_chain(&e));
-            }
+            let name = Retry::Name {
+                name: w.name.clone(),
+                kind: w.kind.as_str().to_string(),
+            };
+            self.claim_or_note(name, &mut found);
             claimed.insert(w.unit.clone());
             for (a, rec) in records {
                 let ip = rec
@@ -271,9 +341,15 @@ impl Daemon {
                     };
                     // A pool lease stays one: only a static or reserved address is fixed.
                     let fixed = a.addressing.known().is_some();
-                    match self.cluster.record(net, &owner, ip, fixed, mac) {
-                        Ok(_) => log::info!("claimed {ip} for {owner} again"),
-                        Err(e) => log::error!("{}", crate::error_chain(&e)),
+                    let addr = Retry::Addr {
+                        net: Box::new(net.clone()),
+                        owner: owner.clone(),
+                        ip,
+                        fixed,
+                        mac,
+                    };
+                    if self.claim_or_note(addr, &mut found) {
+                        log::info!("claimed {ip} for {owner} again");
                     }
                 }
             }
@@ -284,13 +360,15 @@ impl Daemon {
             let Some((kind, name)) = names::workload_of_unit(unit) else {
                 continue;
             };
-            match self.cluster.claim_name(&name, kind) {
-                Ok(()) => {
-                    log::info!("claimed {name} again (its {kind} unit runs without a valid file)")
-                }
-                Err(e) => log::error!("{}", crate::error_chain(&e)),
+            let retry = Retry::Name {
+                name: name.clone(),
+                kind: kind.to_string(),
+            };
+            if self.claim_or_note(retry, &mut found) {
+                log::info!("claimed {name} again (its {kind} unit runs without a valid file)")
             }
         }
+        self.set_conflicts(found);
     }
 }
 

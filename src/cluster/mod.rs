@@ -4,6 +4,8 @@
 //! clustered bridge with FDB entries, routes and filter rules from the store ([`daemon`]).
 //! Absent `/etc/volt/cluster.toml`, none of this runs.
 
+mod agree;
+mod conflicts;
 pub mod daemon;
 pub mod etcd;
 pub mod http;
@@ -13,6 +15,7 @@ pub use overlay::stale_ports;
 mod resolve;
 pub mod status;
 pub mod store;
+mod threads;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::store::{self, Snapshot};
+use super::store::{self, ConflictRecord, Snapshot};
 use super::{Cluster, ClusterError};
 
 /// One workload a host runs, with its addresses.
@@ -25,6 +25,23 @@ pub struct HostStatus {
     pub lease: String,
     pub networks: Vec<serde_json::Value>,
     pub workloads: Vec<WorkloadStatus>,
+    /// What runs on it while another host holds the claim (Volt stops neither).
+    pub conflicts: Vec<ConflictRecord>,
+}
+
+impl HostStatus {
+    /// One line per conflict: what runs on this host too, and which host holds the claim.
+    pub fn conflict_lines(&self) -> Vec<String> {
+        self.conflicts
+            .iter()
+            .map(|c| {
+                format!(
+                    "CONFLICT {} runs on {} too, but host {} holds the claim (Volt stops neither: stop one)",
+                    c.what, self.name, c.holder
+                )
+            })
+            .collect()
+    }
 }
 
 /// The status of every host in `snap` (`ttl` gives a lease's seconds left).
@@ -66,6 +83,12 @@ pub fn hosts(snap: &Snapshot, now: u64, ttl: &dyn Fn(i64) -> i64) -> Vec<HostSta
                     .map(|n| serde_json::to_value(n).unwrap_or_default())
                     .collect(),
                 workloads,
+                conflicts: snap
+                    .conflicts
+                    .iter()
+                    .filter(|(host, _)| *host == h.name)
+                    .flat_map(|(_, c)| c.iter().cloned())
+                    .collect(),
             }
         })
         .collect()
@@ -110,10 +133,18 @@ mod tests {
                     "/volt/ipam/volt0/addr/10.42.0.99",
                     r#"{"owner":"host/a","host":"a","static":true,"mac":null,"since":100}"#,
                 ),
+                kv(
+                    "/volt/conflicts/a",
+                    r#"[{"what":"db (container)","holder":"b"}]"#,
+                ),
             ],
             3,
         );
         let h = hosts(&snap, 130, &|_| 7);
+        assert_eq!(
+            h[0].conflict_lines(),
+            ["CONFLICT db (container) runs on a too, but host b holds the claim (Volt stops neither: stop one)"]
+        );
         assert_eq!(h.len(), 1);
         assert_eq!((h[0].age_s, h[0].lease_ttl_left_s), (30, 7));
         assert_eq!(h[0].lease, "ff");

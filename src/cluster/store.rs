@@ -2,11 +2,12 @@
 //!
 //! | key | value | lease |
 //! |---|---|---|
-//! | `hosts/<host>` | [`HostRecord`]: underlay address, per network its VNI, bridge MAC and host address | the host's |
+//! | `hosts/<host>` | [`HostRecord`]: underlay address, per network its VNI, bridge MAC, host address and definition (subnet, gateway, container range, MTU) | the host's |
 //! | `names/<workload>` | [`NameClaim`]: the host that runs it | the host's |
 //! | `ipam/<network>/addr/<ip>` | [`AddrClaim`]: owner, host, MAC | the host's |
 //! | `ipam/<network>/owner/<owner>` | the address | the host's |
 //! | `dhcp/<network>/<first address>` | the host whose DHCP server hands out that block | the host's |
+//! | `conflicts/<host>` | [`ConflictRecord`]s: what runs on the host while another holds its claim | the host's |
 //!
 //! Every key a host writes is attached to its lease, so when the host dies (or leaves) all of
 //! it disappears at once. Claims are transactions that create a key only if it is absent
@@ -38,6 +39,11 @@ pub fn dhcp_key(network: &str, first: Ipv4Addr) -> String {
     format!("{PREFIX}dhcp/{network}/{first}")
 }
 
+/// What host `host` runs while another host holds its claim (see [`ConflictRecord`]).
+pub fn conflicts_key(host: &str) -> String {
+    format!("{PREFIX}conflicts/{host}")
+}
+
 pub fn owner_key(network: &str, owner: &str) -> String {
     format!("{PREFIX}ipam/{network}/owner/{owner}")
 }
@@ -51,6 +57,18 @@ pub struct HostNet {
     pub bridge_mac: Option<String>,
     /// The host's own address on the network (how it reaches the other hosts' workloads).
     pub address: Option<Ipv4Addr>,
+    /// How the host defines the network, which every host sharing it must agree on
+    /// (`cluster::agree`). Absent from records of older versions, which agree with any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<ipnet::Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// The container (DHCP) range, `first-last`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_range: Option<String>,
+    /// The MTU of its workloads on the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 /// `hosts/<host>`.
@@ -99,6 +117,17 @@ impl AddrClaim {
     }
 }
 
+/// A workload that runs on a host while another host holds its claim (after a partition
+/// longer than the lease's TTL, both ran it): the host it runs on keeps trying to claim it
+/// and writes what it cannot claim under `conflicts/<host>`. Volt stops neither.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConflictRecord {
+    /// What cannot be claimed: `web (vm)`, `10.42.0.5 on volt0 (vm/web/eth0)`.
+    pub what: String,
+    /// The host that holds the claim.
+    pub holder: String,
+}
+
 /// Everything under `/volt/` at one revision.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -108,6 +137,10 @@ pub struct Snapshot {
     pub names: Vec<(String, NameClaim, i64)>,
     /// (network, address, claim, mod revision)
     pub addrs: Vec<(String, Ipv4Addr, AddrClaim, i64)>,
+    /// (host, what it runs that another host holds the claim of)
+    pub conflicts: Vec<(String, Vec<ConflictRecord>)>,
+    /// (network, first address of a DHCP block, the host serving it)
+    pub dhcp: Vec<(String, Ipv4Addr, String)>,
 }
 
 impl Snapshot {
@@ -144,6 +177,17 @@ fn parse_into(s: &mut Snapshot, kv: &Kv) {
         ["names", name] => {
             if let Ok(c) = serde_json::from_slice::<NameClaim>(&kv.value) {
                 s.names.push((name.to_string(), c, kv.mod_revision));
+            }
+        }
+        ["dhcp", net, first] => {
+            if let Ok(first) = first.parse() {
+                let host = String::from_utf8_lossy(&kv.value).into_owned();
+                s.dhcp.push((net.to_string(), first, host));
+            }
+        }
+        ["conflicts", host] => {
+            if let Ok(c) = serde_json::from_slice::<Vec<ConflictRecord>>(&kv.value) {
+                s.conflicts.push((host.to_string(), c));
             }
         }
         ["ipam", net, "addr", ip] => {

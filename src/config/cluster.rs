@@ -113,6 +113,29 @@ pub fn default_host_name(root: &Path) -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// What a valid underlay address is, for the errors about one that is not.
+const UNDERLAY_VALID: &str = "give this host's unicast address on the network between the hosts (like underlay = \"192.168.50.11\")";
+
+/// Why `ip` cannot be this host's VXLAN endpoint, if it cannot: other hosts must be able to
+/// send unicast packets to it across a router too.
+fn unusable_underlay(ip: Ipv4Addr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("is the unspecified address")
+    } else if ip.is_broadcast() {
+        Some("is the broadcast address")
+    } else if ip.is_loopback() {
+        Some("is a loopback address")
+    } else if ip.is_multicast() {
+        Some("is a multicast address")
+    } else if ip.is_link_local() {
+        Some("is a link-local address (169.254.0.0/16, never routed)")
+    } else if ip.octets()[0] >= 240 {
+        Some("is a reserved address (240.0.0.0/4)")
+    } else {
+        None
+    }
+}
+
 /// Parse `cluster.toml` (`path` is the name shown in errors); `host_default` is used when it
 /// names no host; networks are checked against `networks`. Every error, in line order.
 pub fn parse_cluster_toml(
@@ -162,15 +185,17 @@ fn cluster_from(
     };
     let underlay = match t.string(src, e, "underlay") {
         Some(u) => match parse_ip(src, "underlay", &u) {
-            Ok(ip) if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() => {
-                e.push(src.invalid(
-                    "underlay",
-                    u.span(),
-                    format!("{ip} cannot be a VXLAN endpoint other hosts reach"),
-                ));
-                None
-            }
-            Ok(ip) => Some(ip),
+            Ok(ip) => match unusable_underlay(ip) {
+                Some(why) => {
+                    e.push(src.invalid(
+                        "underlay",
+                        u.span(),
+                        format!("{ip} {why}, so it cannot be a VXLAN endpoint other hosts reach: {UNDERLAY_VALID}"),
+                    ));
+                    None
+                }
+                None => Some((ip, u.span())),
+            },
             Err(err) => {
                 e.push(err);
                 None
@@ -219,11 +244,30 @@ fn cluster_from(
         }
         nt.finish(src, e, &top);
     }
+    if let Some((ip, span)) = &underlay {
+        // The overlay's own subnet on the underlay: the VXLAN packets would be routed into
+        // the bridge they carry (the gateway, .1, is on every host's bridge).
+        for n in networks
+            .iter()
+            .filter(|n| nets.iter().any(|c| c.name == n.name))
+        {
+            if n.subnet.contains(ip) {
+                e.push(src.invalid(
+                    "underlay",
+                    span.clone(),
+                    format!(
+                        "underlay {ip} is inside {} ({}), which this cluster shares: give the host's address on the network between the hosts",
+                        n.name, n.subnet
+                    ),
+                ));
+            }
+        }
+    }
     t.finish(src, e, &[]);
     Some(ClusterConfig {
         path: src.path.to_path_buf(),
         host: host?,
-        underlay: underlay?,
+        underlay: underlay?.0,
         underlay_mtu,
         vxlan_port,
         lease_ttl,
@@ -427,162 +471,5 @@ pub fn check_files(c: &ClusterConfig, root: &Path) -> Vec<ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const P: &str = "/etc/volt/cluster.toml";
-
-    fn nets() -> Vec<Network> {
-        let mut iso = Network::builtin_default();
-        iso.name = "iso".into();
-        iso.bridge = "iso0".into();
-        iso.kind = NetworkType::Isolated;
-        vec![Network::builtin_default(), iso]
-    }
-
-    /// The config, or every error, one a line.
-    fn parse(text: &str) -> Result<ClusterConfig, String> {
-        parse_cluster_toml(Path::new(P), text, "node-a", &nets()).map_err(|errs| {
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-    }
-
-    const GOOD: &str = "underlay = \"192.168.7.1\"\n[etcd]\nendpoints = [\"http://192.168.7.1:2379\", \"http://192.168.7.2:2379/\"]\n[[network]]\nname = \"volt0\"\nvni = 42\n";
-
-    #[test]
-    fn defaults_and_network() {
-        let c = parse(GOOD).expect("valid");
-        assert_eq!(c.host, "node-a");
-        assert_eq!(c.underlay_mtu, 1500);
-        assert_eq!(c.overlay_mtu(), 1450);
-        assert_eq!(c.lease_ttl, DEFAULT_LEASE_TTL);
-        assert_eq!(c.vxlan_port, 4789);
-        assert_eq!(c.etcd.endpoints[1], "http://192.168.7.2:2379");
-        assert_eq!(
-            c.networks,
-            vec![ClusterNetwork {
-                name: "volt0".into(),
-                bridge: "volt0".into(),
-                vni: 42
-            }]
-        );
-    }
-
-    #[test]
-    fn every_error_at_once_in_words_of_the_file() {
-        // Each of these took a run of its own when the file was read through serde.
-        let e = parse(
-            "host = \"a b\"\nunderlay = \"192.168.50.300\"\nlease_ttl = 0\nvxlan_port = 0\n[etcd]\nendpoint = [\"http://x:1\"]\n[[network]]\nname = \"nope\"\nvni = 99999999\n",
-        )
-        .unwrap_err();
-        for want in [
-            ":1:8: host:",
-            ":2:12: underlay:",
-            ":3:13: lease_ttl: 0 is outside 2-3600 s",
-            ":4:14: vxlan_port: 0 is outside 1-65535",
-            ":5:1: etcd.endpoints: missing",
-            ":6:1: etcd.endpoint: unknown key; did you mean endpoints?",
-            ":9:7: network[0].vni: 99999999 is outside 1-16777215",
-        ] {
-            assert!(e.contains(want), "{want:?} not in\n{e}");
-        }
-        let missing = parse("").unwrap_err();
-        assert!(
-            missing.contains("underlay: missing: this host's address"),
-            "{missing}"
-        );
-        assert!(
-            missing.contains("etcd: missing: an [etcd] table"),
-            "{missing}"
-        );
-    }
-
-    #[test]
-    fn errors_name_line_column_and_field() {
-        let cases = [
-            (
-                GOOD.replace("192.168.7.1\"\n[etcd]", "127.0.0.1\"\n[etcd]"),
-                "cluster.toml:1:12: underlay: 127.0.0.1 cannot be a VXLAN endpoint",
-            ),
-            (
-                GOOD.replace("vni = 42", "vni = 16777216"),
-                ":6:7: network[0].vni: 16777216 is outside 1-16777215",
-            ),
-            (
-                GOOD.replace("name = \"volt0\"", "name = \"lab\""),
-                ":5:8: network[0].name: no network named \"lab\"",
-            ),
-            (
-                GOOD.replace("name = \"volt0\"", "name = \"iso\""),
-                "network[0].name: iso is an isolated network",
-            ),
-            (
-                GOOD.replace("http://192.168.7.1:2379\"", "ftp://x:1\""),
-                ":3:14: etcd.endpoints[0]: \"ftp://x:1\" is not an http:// or https:// URL",
-            ),
-            (
-                GOOD.replace("[etcd]\n", "[etcd]\ncert = \"/c.pem\"\n"),
-                "etcd: cert and key go together",
-            ),
-            (
-                GOOD.replace("[etcd]\n", "[etcd]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n"),
-                "etcd: ca, cert and key need https:// endpoints",
-            ),
-            (
-                format!("{GOOD}[[network]]\nname = \"volt0\"\nvni = 7\n"),
-                ":7:1: network[1]: volt0 is listed twice",
-            ),
-            (
-                format!("lease_ttl = 1\n{GOOD}"),
-                ":1:13: lease_ttl: 1 is outside 2-3600 s",
-            ),
-            (
-                format!("colour = 1\n{GOOD}"),
-                "cluster.toml:1:1: colour: unknown key",
-            ),
-            (
-                format!("host = \"a b\"\n{GOOD}"),
-                ":1:8: host: \"a b\" is not a valid systemd instance name",
-            ),
-            (
-                format!(
-                    "lease_ttl = 6\n{}",
-                    GOOD.replace("[etcd]\n", "[etcd]\ntimeout_ms = 3000\n")
-                ),
-                ":4:14: etcd.timeout_ms: timeout_ms 3000 is more than a third of lease_ttl (6 s)",
-            ),
-            (
-                format!("lease_ttl = 2\n{GOOD}"),
-                "etcd: timeout_ms 3000 is more than a third of lease_ttl (2 s)",
-            ),
-        ];
-        for (text, want) in cases {
-            let e = parse(&text).unwrap_err().to_string();
-            assert!(e.contains(want), "{text}\n=> {e}\nwanted {want}");
-        }
-    }
-
-    #[test]
-    fn mtu_is_derived_unless_set_and_checked_when_set() {
-        let c =
-            parse(&GOOD.replace("underlay = ", "underlay_mtu = 1400\nunderlay = ")).expect("ok");
-        let mut n = nets();
-        assert!(apply_to_networks(&c, &mut n).is_empty());
-        assert_eq!(n[0].mtu, 1350);
-        let mut n = nets();
-        n[0].mtu = 1500;
-        n[0].mtu_explicit = true;
-        n[0].source = Some("/etc/volt/networks/volt0.toml".into());
-        let e = apply_to_networks(&c, &mut n);
-        assert_eq!(e.len(), 1);
-        let e = e[0].to_string();
-        assert!(
-            e.starts_with("/etc/volt/networks/volt0.toml: mtu: volt0 is clustered"),
-            "{e}"
-        );
-        assert!(e.contains("its MTU 1500 must be at most 1350"), "{e}");
-    }
-}
+#[path = "cluster_tests.rs"]
+mod tests;

@@ -178,7 +178,9 @@ fn fdb_message(index: u32, e: &Fdb) -> NeighbourMessage {
     m
 }
 
-/// The VTEP entries of VXLAN link `vx` (static or learned).
+/// The permanent VTEP entries of VXLAN link `vx` (those [`fdb_add`] makes). Entries the
+/// kernel learned are not listed: they age out by themselves, and removing them on every
+/// pass would only churn (a permanent entry for the same MAC replaces one anyway).
 pub fn fdb_entries(nl: &Netlink, vx: &str) -> Result<Vec<Fdb>, NetlinkError> {
     let index = nl.index(vx)?;
     let msgs = nl.neighbour_dump(AddressFamily::Bridge, || {
@@ -186,7 +188,7 @@ pub fn fdb_entries(nl: &Netlink, vx: &str) -> Result<Vec<Fdb>, NetlinkError> {
     })?;
     let mut out: Vec<Fdb> = msgs
         .iter()
-        .filter(|m| m.header.ifindex == index)
+        .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
         .filter_map(|m| match mac_and_ipv4(m) {
             (Some(mac), Some(dst)) => Some(Fdb { mac, dst }),
             _ => None,
