@@ -188,8 +188,12 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     assert!(h.links().contains("vx-42"), "{}", h.links());
     assert!(h.etcdctl("get /volt/hosts/a").contains("192.168.77.1"));
 
-    // An entry like one the kernel learns (not permanent) is left alone, and not logged.
+    // Entries like those the kernel learns (not permanent): one towards a peer (host b,
+    // defining volt0 as this host does) is left alone, one towards an address that is no
+    // peer's goes at the next resync; neither is logged.
+    h.etcdctl(r#"put /volt/hosts/b '{"name":"b","underlay":"192.168.77.2","vxlan_port":4789,"since":1,"networks":[{"name":"volt0","vni":42,"subnet":"10.42.0.0/24","gateway":"10.42.0.1","container_range":"10.42.0.100-10.42.0.254","mtu":1450}]}'"#);
     h.ns.ok("bridge fdb add 52:54:00:aa:bb:cc dev vx-42 dst 192.168.77.2 dynamic");
+    h.ns.ok("bridge fdb add 52:54:00:aa:bb:dd dev vx-42 dst 192.168.77.9 dynamic");
 
     // The record deleted by hand: written again, and said once.
     h.etcdctl("del /volt/hosts/a");
@@ -204,9 +208,12 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
         1,
         "{said}"
     );
-    assert!(!said.contains("52:54:00:aa:bb:cc"), "{said}");
+    assert!(!said.contains("52:54:00:aa:bb:c"), "{said}");
+    assert!(!said.contains("52:54:00:aa:bb:d"), "{said}");
     let fdb = h.ns.ok("bridge fdb show dev vx-42");
     assert!(fdb.contains("52:54:00:aa:bb:cc dst 192.168.77.2"), "{fdb}");
+    assert!(!fdb.contains("52:54:00:aa:bb:dd"), "{fdb}");
+    h.etcdctl("del /volt/hosts/b");
     assert!(h
         .etcdctl("get /volt/hosts/a")
         .contains("\"address\":\"10.42.0."));

@@ -431,6 +431,15 @@ impl Daemon {
                     Err(err) => log::warn!("{}", crate::error_chain(&err)),
                 }
             }
+            // Learned entries towards hosts that are no peers now (gone, or refused).
+            let peers: BTreeSet<_> = want.fdb.iter().map(|e| e.dst).collect();
+            let learned = mech::learned_fdb_entries(nl, &s.vx).unwrap_or_default();
+            for e in learned.iter().filter(|e| !peers.contains(&e.dst)) {
+                match mech::fdb_del(nl, &s.vx, e) {
+                    Ok(()) => log::debug!("{}: forgot learned {} -> {}", s.vx, e.mac, e.dst),
+                    Err(err) => log::debug!("{}", crate::error_chain(&err)),
+                }
+            }
             // The host never ARPs for remote addresses (its ARP would carry the gateway's
             // address, which stays home): permanent neighbour entries from the store.
             let neigh_now = mech::neighbours(nl, &s.net.bridge).unwrap_or_default();

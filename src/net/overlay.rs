@@ -179,16 +179,29 @@ fn fdb_message(index: u32, e: &Fdb) -> NeighbourMessage {
 }
 
 /// The permanent VTEP entries of VXLAN link `vx` (those [`fdb_add`] makes). Entries the
-/// kernel learned are not listed: they age out by themselves, and removing them on every
-/// pass would only churn (a permanent entry for the same MAC replaces one anyway).
+/// kernel learned are not listed: see [`learned_fdb_entries`].
 pub fn fdb_entries(nl: &Netlink, vx: &str) -> Result<Vec<Fdb>, NetlinkError> {
+    vtep_entries(nl, vx, true)
+}
+
+/// The VTEP entries of `vx` the kernel learned from traffic. Those towards a live peer age
+/// out by themselves (removing them on every pass would only churn: they come back with the
+/// next frame); those towards a host that left the cluster must go at once, or frames for
+/// its workloads' MACs go to a dead address until they age out (300 s).
+pub fn learned_fdb_entries(nl: &Netlink, vx: &str) -> Result<Vec<Fdb>, NetlinkError> {
+    vtep_entries(nl, vx, false)
+}
+
+fn vtep_entries(nl: &Netlink, vx: &str, permanent: bool) -> Result<Vec<Fdb>, NetlinkError> {
     let index = nl.index(vx)?;
     let msgs = nl.neighbour_dump(AddressFamily::Bridge, || {
         format!("dump the forwarding entries of {vx}")
     })?;
     let mut out: Vec<Fdb> = msgs
         .iter()
-        .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
+        .filter(|m| {
+            m.header.ifindex == index && (m.header.state == NeighbourState::Permanent) == permanent
+        })
         .filter_map(|m| match mac_and_ipv4(m) {
             (Some(mac), Some(dst)) => Some(Fdb { mac, dst }),
             _ => None,
