@@ -322,6 +322,36 @@ fn root_disk_is_named_on_the_guest_command_line() {
 /// A loop device, detached on drop.
 struct Loop(String);
 
+impl Loop {
+    /// A loop device over `backing` (`losetup` with `args` too); `None`, the test recorded as
+    /// skipped, where none can be attached.
+    fn attach(backing: &Path, args: &[&str]) -> Option<Loop> {
+        let o = Command::new("losetup")
+            .args(["-f", "--show"])
+            .args(args)
+            .arg(backing)
+            .output();
+        match o {
+            Ok(o) if o.status.success() => {
+                Some(Loop(String::from_utf8_lossy(&o.stdout).trim().to_string()))
+            }
+            Ok(o) => {
+                let how = std::iter::once("losetup").chain(args.iter().copied());
+                common::report::skip(format!(
+                    "{} cannot attach a loop device here: {}",
+                    how.collect::<Vec<_>>().join(" "),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+                None
+            }
+            Err(e) => {
+                common::report::skip(format!("losetup is missing: {e}"));
+                None
+            }
+        }
+    }
+}
+
 impl Drop for Loop {
     fn drop(&mut self) {
         let _ = Command::new("losetup").args(["-d", &self.0]).output();
@@ -336,25 +366,9 @@ fn block_device_disk_reaches_its_backing_file() {
     let dir = tempfile::tempdir_in("/var/tmp").expect("tmp");
     let backing = dir.path().join("loop.img");
     conformance::make_image(&backing, 4096, |_| 0x11);
-    let o = Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(&backing)
-        .output();
-    let dev = match o {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        Ok(o) => {
-            common::report::skip(format!(
-                "losetup cannot attach a loop device here: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
-            return;
-        }
-        Err(e) => {
-            common::report::skip(format!("losetup is missing: {e}"));
-            return;
-        }
+    let Some(lo) = Loop::attach(&backing, &[]) else {
+        return;
     };
-    let lo = Loop(dev);
     for cache in ["writeback", "none"] {
         let mut vm = Vm::start(
             dir.path(),
@@ -395,25 +409,9 @@ fn a_4kn_block_device_takes_discards_and_write_zeroes_from_odd_sectors() {
     let dir = tempfile::tempdir_in("/var/tmp").expect("tmp");
     let backing = dir.path().join("4kn.img");
     conformance::make_image(&backing, 4096, |_| 0x11);
-    let o = Command::new("losetup")
-        .args(["-f", "--show", "--sector-size", "4096"])
-        .arg(&backing)
-        .output();
-    let dev = match o {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        Ok(o) => {
-            common::report::skip(format!(
-                "losetup cannot attach a 4096-byte-sector loop device here: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
-            return;
-        }
-        Err(e) => {
-            common::report::skip(format!("losetup is missing: {e}"));
-            return;
-        }
+    let Some(lo) = Loop::attach(&backing, &["--sector-size", "4096"]) else {
+        return;
     };
-    let lo = Loop(dev);
     for cache in [CacheMode::Writeback, CacheMode::None] {
         let spec = DiskSpec {
             cache,
