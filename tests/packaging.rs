@@ -573,11 +573,25 @@ fn deb_installs_into_real_systemd_boots_the_guest_and_removes_cleanly() {
     let status = c.ok(&format!("networkctl status --no-pager {tap}"));
     assert!(status.contains("Master: volt0"), "{status}");
 
-    // Reinstall (prerm `upgrade`): the VM keeps running.
+    // Reinstall (prerm `upgrade`), then an upgrade to a higher version: the VM keeps
+    // running through both, and the admin's files stay.
     let pid = c.ok("systemctl show -p MainPID --value volt-vm@hello");
     c.ok("dpkg -i /opt/volt/volt.deb");
     c.ok("systemctl is-active volt-vm@hello");
     assert_eq!(c.ok("systemctl show -p MainPID --value volt-vm@hello"), pid);
+    c.ok("rm -rf /tmp/up && dpkg-deb -R /opt/volt/volt.deb /tmp/up \
+          && sed -i 's/^Version: .*/Version: 99.0.0/' /tmp/up/DEBIAN/control \
+          && dpkg-deb -b /tmp/up /tmp/volt-up.deb >/dev/null");
+    let out = c.ok("dpkg -i /tmp/volt-up.deb 2>&1");
+    assert!(out.contains("Unpacking volt (99.0.0) over"), "{out}");
+    assert!(
+        !out.contains("volt: stopping"),
+        "an upgrade stops nothing: {out}"
+    );
+    c.ok("dpkg -s volt | grep -qx 'Version: 99.0.0'");
+    c.ok("systemctl is-active volt-vm@hello");
+    assert_eq!(c.ok("systemctl show -p MainPID --value volt-vm@hello"), pid);
+    c.ok("test -f /etc/volt/vms/hello.toml && test -e /sys/class/net/volt0");
     c.wait_ok("ping -c 1 -W 1 10.42.0.2", Duration::from_secs(10));
 
     // A network file (networkd makes lab0 from what the generator renders), and the VM
