@@ -240,9 +240,11 @@ pub enum NetCommand {
         #[arg(value_name = "NETWORK", required_unless_present = "all", add = clap_complete::ArgValueCandidates::new(complete::networks))]
         name: Option<String>,
         /// Every network, and everything else Volt made on the host's network: the networkd
-        /// files the generator wrote and the bridges networkd made from them, and Volt's
-        /// nftables tables. Refused while a workload's link is up (the package's removal
-        /// runs it after stopping the workloads).
+        /// files the generator wrote and the bridges networkd made from them (not one with
+        /// ports, nor one another networkd file defines), a stopped cluster daemon's VXLAN
+        /// ports, and Volt's nftables tables. Refused while a workload's link is up. The
+        /// package's removal runs it after stopping the workloads; run by hand, the next
+        /// `systemctl daemon-reload` renders the networks' files again.
         #[arg(long, conflicts_with = "name")]
         all: bool,
     },
