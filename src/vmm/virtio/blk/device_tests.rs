@@ -326,10 +326,16 @@ fn config_space_layout() {
     assert_eq!(u32::from_le_bytes(c[40..44].try_into().unwrap()), 1);
     assert_eq!(u32::from_le_bytes(c[44..48].try_into().unwrap()), 1);
     assert_eq!(c[56], 1);
-    // A 4Kn image: discards in whole 4096-byte blocks (8 sectors).
+    assert_eq!(c[24], 0);
+    // A 4Kn image: discards in whole 4096-byte blocks (8 sectors), and a topology of
+    // 4096-byte physical blocks (2^3 sectors) with a minimum I/O of 8 sectors.
     let c = config_space(8, 4096);
     assert_eq!(u32::from_le_bytes(c[44..48].try_into().unwrap()), 8);
-    assert_ne!(offered_features(true) & features::RO, 0);
-    assert_eq!(offered_features(true) & features::DISCARD, 0);
-    assert_eq!(offered_features(false) & features::RO, 0);
+    assert_eq!(c[24], 3);
+    assert_eq!(u16::from_le_bytes(c[26..28].try_into().unwrap()), 8);
+    assert_ne!(offered_features(false, 4096) & features::TOPOLOGY, 0);
+    assert_eq!(offered_features(false, 512) & features::TOPOLOGY, 0);
+    assert_ne!(offered_features(true, 512) & features::RO, 0);
+    assert_eq!(offered_features(true, 512) & features::DISCARD, 0);
+    assert_eq!(offered_features(false, 512) & features::RO, 0);
 }

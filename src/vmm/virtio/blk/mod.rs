@@ -48,6 +48,7 @@ pub mod features {
     pub const RO: u64 = 1 << 5;
     pub const BLK_SIZE: u64 = 1 << 6;
     pub const FLUSH: u64 = 1 << 9;
+    pub const TOPOLOGY: u64 = 1 << 10;
     pub const DISCARD: u64 = 1 << 13;
     pub const WRITE_ZEROES: u64 = 1 << 14;
     pub const RING_EVENT_IDX: u64 = 1 << 29;
@@ -56,10 +57,15 @@ pub mod features {
 /// Size of the config space we fill (up to `write_zeroes_may_unmap` and its padding).
 pub const CONFIG_LEN: usize = 60;
 
-/// Features offered for a disk (VERSION_1 is the transport's).
-pub fn offered_features(read_only: bool) -> u64 {
+/// Features offered for a disk whose image has blocks of `block` bytes (VERSION_1 is the
+/// transport's). TOPOLOGY where the block is larger than a sector: the guest still addresses
+/// 512-byte sectors, but aligns its I/O to the block, so the host need not pad it.
+pub fn offered_features(read_only: bool, block: u64) -> u64 {
     use features::*;
     let mut f = SIZE_MAX | SEG_MAX | BLK_SIZE | FLUSH | RING_EVENT_IDX;
+    if block > SECTOR_SIZE {
+        f |= TOPOLOGY;
+    }
     if read_only {
         f |= RO;
     } else {
@@ -78,18 +84,18 @@ pub fn config_space(capacity: u64, block: u64) -> [u8; CONFIG_LEN] {
     put(12, &SEG_MAX.to_le_bytes());
     // 16: geometry (not offered), 20: blk_size.
     put(20, &(SECTOR_SIZE as u32).to_le_bytes());
-    // 24..32: topology (not offered); 32: writeback, 34: num_queues (not offered).
+    // The block in sectors: what the guest aligns its I/O and its discards to.
+    let sectors = u32::try_from(block / SECTOR_SIZE).unwrap_or(1).max(1);
+    // 24: topology (offered when the block is larger than a sector): physical_block_exp,
+    // alignment_offset, min_io_size (sectors), opt_io_size.
+    put(24, &[sectors.trailing_zeros() as u8]);
+    put(26, &u16::try_from(sectors).unwrap_or(1).to_le_bytes());
+    // 32: writeback, 34: num_queues (not offered).
     put(36, &MAX_DWZ_SECTORS.to_le_bytes()); // max_discard_sectors
     put(40, &1u32.to_le_bytes()); // max_discard_seg
                                   // discard_sector_alignment, in sectors: a guest that keeps to it never needs a discard
                                   // turned into zeroes.
-    put(
-        44,
-        &u32::try_from(block / SECTOR_SIZE)
-            .unwrap_or(1)
-            .max(1)
-            .to_le_bytes(),
-    );
+    put(44, &sectors.to_le_bytes());
     put(48, &MAX_DWZ_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
     put(52, &1u32.to_le_bytes()); // max_write_zeroes_seg
     c[56] = 1; // write_zeroes_may_unmap
@@ -276,7 +282,7 @@ impl VirtioDevice for Blk {
     }
 
     fn features(&self) -> u64 {
-        offered_features(self.spec.readonly)
+        offered_features(self.spec.readonly, self.block)
     }
 
     fn ack_features(&mut self, features: u64) {
