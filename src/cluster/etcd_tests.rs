@@ -36,6 +36,7 @@ fn client(port: u16, timeout_ms: u64) -> Etcd {
         cert: None,
         key: None,
         timeout_ms,
+        at: Default::default(),
     })
     .expect("client")
 }
