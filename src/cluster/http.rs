@@ -34,9 +34,20 @@ pub enum HttpError {
     },
     #[error("{url}: TLS handshake failed: {message}")]
     Handshake { url: String, message: String },
-    #[error("cannot load the TLS file {}", path.display())]
-    TlsFile {
+    /// A TLS file named by `etcd.<field>` cannot be opened.
+    #[error("etcd.{field}: {} cannot be read", path.display())]
+    TlsFileRead {
+        field: &'static str,
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// OpenSSL refused a TLS file named by `etcd.<field>`: `problem` says why in words.
+    #[error("etcd.{field}: {} {problem}", path.display())]
+    TlsFile {
+        field: &'static str,
+        path: PathBuf,
+        problem: String,
         #[source]
         source: openssl::error::ErrorStack,
     },
@@ -64,28 +75,107 @@ pub struct Tls(SslConnector);
 
 impl Tls {
     pub fn new(files: &TlsFiles) -> Result<Tls, HttpError> {
-        let file_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| HttpError::TlsFile { path, source }
-        };
         let mut b =
             SslConnector::builder(SslMethod::tls_client()).map_err(|source| HttpError::Tls {
                 url: "client".into(),
                 source,
             })?;
         if let Some(ca) = &files.ca {
-            b.set_ca_file(ca).map_err(file_err(ca))?;
+            readable("ca", ca)?;
+            b.set_ca_file(ca).map_err(file_err(
+                "ca",
+                ca,
+                "is not a PEM certificate (bundle)",
+                "",
+            ))?;
         }
         if let Some(cert) = &files.cert {
-            b.set_certificate_chain_file(cert).map_err(file_err(cert))?;
+            readable("cert", cert)?;
+            b.set_certificate_chain_file(cert).map_err(file_err(
+                "cert",
+                cert,
+                "is not a PEM certificate",
+                "",
+            ))?;
         }
         if let Some(key) = &files.key {
+            // OpenSSL compares the key with the certificate as it loads it, and again below.
+            let mismatch = match &files.cert {
+                Some(c) => format!(
+                    "is not the key of the certificate in etcd.cert ({})",
+                    c.display()
+                ),
+                None => "is not the key of the certificate".into(),
+            };
+            readable("key", key)?;
             b.set_private_key_file(key, SslFiletype::PEM)
-                .map_err(file_err(key))?;
-            b.check_private_key().map_err(file_err(key))?;
+                .map_err(file_err("key", key, "is not a PEM private key", &mismatch))?;
+            b.check_private_key().map_err(file_err(
+                "key",
+                key,
+                "is not a PEM private key",
+                &mismatch,
+            ))?;
         }
         b.set_verify(SslVerifyMode::PEER);
         Ok(Tls(b.build()))
+    }
+}
+
+/// The TLS file `etcd.<field>` names can be opened (OpenSSL's own error for one that cannot
+/// does not say why in words).
+fn readable(field: &'static str, path: &Path) -> Result<(), HttpError> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|source| HttpError::TlsFileRead {
+            field,
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// The error for OpenSSL refusing the file `etcd.<field>` names: `not_pem` where it holds no
+/// PEM object of the kind asked for, `mismatch` where the key is not the certificate's.
+fn file_err(
+    field: &'static str,
+    path: &Path,
+    not_pem: &str,
+    mismatch: &str,
+) -> impl FnOnce(openssl::error::ErrorStack) -> HttpError {
+    let path = path.to_path_buf();
+    let (not_pem, mismatch) = (not_pem.to_string(), mismatch.to_string());
+    move |source| HttpError::TlsFile {
+        field,
+        path,
+        problem: problem_of(&source, not_pem, mismatch),
+        source,
+    }
+}
+
+/// What OpenSSL's `errors` mean, in words, where they can be classified; else that the file
+/// cannot be used (OpenSSL's text follows as the source).
+fn problem_of(errors: &openssl::error::ErrorStack, not_pem: String, mismatch: String) -> String {
+    const NOT_PEM: [&str; 6] = [
+        "no start line",
+        "no certificate or crl found",
+        "bad base64 decode",
+        "bad end line",
+        "unsupported",
+        "decoder routines",
+    ];
+    let said = |what: &[&str]| {
+        errors.errors().iter().any(|e| {
+            let r = e.reason().unwrap_or_default().to_ascii_lowercase();
+            let l = e.library().unwrap_or_default().to_ascii_lowercase();
+            what.iter().any(|m| r.contains(m) || l.contains(m))
+        })
+    };
+    if !mismatch.is_empty() && said(&["key values mismatch"]) {
+        mismatch
+    } else if said(&NOT_PEM) {
+        not_pem
+    } else {
+        "cannot be used for TLS".to_string()
     }
 }
 
