@@ -237,7 +237,7 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.starts_with("the cluster store (etcd) cannot serve requests, so nothing can be allocated or claimed now"),
+        e.starts_with("the cluster store (etcd) cannot serve requests, so nothing can be allocated or claimed now (is a quorum of members up?): "),
         "{e}"
     );
     let e = b.claim_name("new-name", "vm").unwrap_err().to_string();
@@ -436,6 +436,41 @@ fn tls_with_a_client_certificate() {
     let anon = Cluster::new(&config("b", &eps, &no_cert)).expect("client");
     let e = anon.etcd.get("/volt/names/web").unwrap_err().to_string();
     assert!(e.contains(&eps[0]), "{e}");
+    // Plain HTTP to the https member: etcd 3.4 closes the connection without a word (a
+    // Go net/http server answers 400), and the error says to use https://.
+    let plain = eps[0].replacen("https://", "http://", 1);
+    let c = Cluster::new(&config("c", &[plain], "")).expect("client");
+    let e = c.etcd.get("/volt/names/web").unwrap_err().to_string();
+    assert!(e.contains("use https:// for this endpoint"), "{e}");
+    assert!(!e.contains("quorum"), "{e}");
+}
+
+/// https:// to a plain-HTTP member fails in the handshake: the error says what that
+/// suggests, and no quorum hint, even beside a member that is down.
+#[test]
+fn https_to_a_plain_http_member_is_not_a_quorum_problem() {
+    if skip() {
+        return;
+    }
+    let etcd = common::etcd::Etcd::start(1, None);
+    let eps = etcd.endpoints();
+    wait_writable(
+        &Cluster::new(&config("a", &eps, "")).expect("client"),
+        &etcd,
+    );
+    let tls = eps[0].replacen("http://", "https://", 1);
+    let down = format!("http://127.0.0.1:{}", common::etcd::free_port());
+    let c = Cluster::new(&config("a", &[down, tls.clone()], "")).expect("client");
+    let e = c.etcd.get("/volt/names/web").unwrap_err().to_string();
+    assert!(
+        e.contains(&tls) && e.contains("(an https endpoint answered by a plain-HTTP etcd, or a certificate it does not trust?)"),
+        "{e}"
+    );
+    assert!(!e.contains("quorum"), "{e}");
+    // With the member stopped, both fail as members down do.
+    drop(etcd);
+    let e = c.etcd.get("/volt/names/web").unwrap_err().to_string();
+    assert!(e.contains("(is a quorum of members up?)"), "{e}");
 }
 
 /// A TLS file the client cannot use is named by its field and path, with what is wrong in

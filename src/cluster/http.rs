@@ -20,6 +20,12 @@ const MAX_HEADER_LINE: usize = 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    #[error("{url}: cannot resolve the host name")]
+    Resolve {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{url}: cannot connect")]
     Connect {
         url: String,
@@ -322,7 +328,10 @@ fn connect(
         url.port,
         limits.next().map_err(conn)?.min(timeout),
     )
-    .map_err(conn)?;
+    .map_err(|source| HttpError::Resolve {
+        url: show.clone(),
+        source,
+    })?;
     // Each address in turn (a name may give IPv6 and IPv4), sharing what is left of the
     // request's deadline: one that drops the SYN does not use it all up.
     let mut tried = Err(std::io::Error::other("the host name has no address"));
