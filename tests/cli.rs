@@ -1116,6 +1116,32 @@ fn a_listing_by_a_user_who_may_not_look_shows_only_what_it_knows() {
     says(&o, "gone.toml:1:13: directory: /srv/gone does not exist");
 }
 
+/// `volt --root DIR validate` names the etcd TLS file it cannot read at its line and column,
+/// with the path as written and the one it looked at below the root.
+#[test]
+fn validate_names_unreadable_tls_files_at_their_place() {
+    let r = root();
+    let p = r.path();
+    write(p, "etc/volt/tls/c.pem", "x");
+    write(p, "etc/volt/tls/k.pem", "x");
+    write(
+        p,
+        "etc/volt/cluster.toml",
+        "host = \"a\"\nunderlay = \"192.0.2.1\"\n[etcd]\nendpoints = [\"https://192.0.2.1:2379\"]\nca = \"/etc/volt/tls/ca.pem\"\ncert = \"/etc/volt/tls/c.pem\"\nkey = \"/etc/volt/tls/k.pem\"\n",
+    );
+    let o = volt(p, &["validate"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    says(
+        &o,
+        &format!(
+            "/etc/volt/cluster.toml:5:6: etcd.ca: /etc/volt/tls/ca.pem cannot be read (validate looked at {}, below --root): No such file or directory",
+            p.join("etc/volt/tls/ca.pem").display()
+        ),
+    );
+    assert!(!t.contains("etcd.cert") && !t.contains("etcd.key"), "{t}");
+}
+
 /// `volt validate` refuses an underlay address other hosts cannot send VXLAN to, or one
 /// inside the network the cluster shares, at its line and column, saying what is valid.
 #[test]

@@ -237,7 +237,7 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.starts_with("the cluster store (etcd) cannot serve requests, so nothing can be allocated or claimed now"),
+        e.starts_with("the cluster store (etcd) cannot serve requests, so nothing can be allocated or claimed now (is a quorum of members up?): "),
         "{e}"
     );
     let e = b.claim_name("new-name", "vm").unwrap_err().to_string();
@@ -318,19 +318,21 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-#[test]
-fn tls_with_a_client_certificate() {
-    if skip() {
-        return;
-    }
-    if std::process::Command::new("openssl")
+/// Whether the openssl command is here (it makes the test certificates); says so if not.
+fn have_openssl() -> bool {
+    let there = std::process::Command::new("openssl")
         .arg("version")
         .output()
-        .is_err()
-    {
+        .is_ok();
+    if !there {
         common::report::skip("the openssl command is missing (needed to make test certificates)");
-        return;
     }
+    there
+}
+
+/// A CA (ca.pem, ca.key), a server certificate for 127.0.0.1 (server.pem, server.key) and a
+/// client one (client.pem, client.key) signed by it, in a new directory.
+fn make_certs() -> tempfile::TempDir {
     let certs = tempfile::tempdir().expect("tempdir");
     let d = certs.path();
     let subj = |cn: &str| format!("/CN={cn}");
@@ -393,6 +395,16 @@ fn tls_with_a_client_certificate() {
             ],
         );
     }
+    certs
+}
+
+#[test]
+fn tls_with_a_client_certificate() {
+    if skip() || !have_openssl() {
+        return;
+    }
+    let certs = make_certs();
+    let d = certs.path();
     let etcd = common::etcd::Etcd::start(
         1,
         Some((
@@ -424,6 +436,102 @@ fn tls_with_a_client_certificate() {
     let anon = Cluster::new(&config("b", &eps, &no_cert)).expect("client");
     let e = anon.etcd.get("/volt/names/web").unwrap_err().to_string();
     assert!(e.contains(&eps[0]), "{e}");
+    // Plain HTTP to the https member: etcd 3.4 closes the connection without a word (a
+    // Go net/http server answers 400), and the error says to use https://.
+    let plain = eps[0].replacen("https://", "http://", 1);
+    let c = Cluster::new(&config("c", &[plain], "")).expect("client");
+    let e = c.etcd.get("/volt/names/web").unwrap_err().to_string();
+    assert!(e.contains("use https:// for this endpoint"), "{e}");
+    assert!(!e.contains("quorum"), "{e}");
+}
+
+/// https:// to a plain-HTTP member fails in the handshake: the error says what that
+/// suggests, and no quorum hint, even beside a member that is down.
+#[test]
+fn https_to_a_plain_http_member_is_not_a_quorum_problem() {
+    if skip() {
+        return;
+    }
+    let etcd = common::etcd::Etcd::start(1, None);
+    let eps = etcd.endpoints();
+    wait_writable(
+        &Cluster::new(&config("a", &eps, "")).expect("client"),
+        &etcd,
+    );
+    let tls = eps[0].replacen("http://", "https://", 1);
+    let down = format!("http://127.0.0.1:{}", common::etcd::free_port());
+    let c = Cluster::new(&config("a", &[down, tls.clone()], "")).expect("client");
+    let e = c.etcd.get("/volt/names/web").unwrap_err().to_string();
+    assert!(
+        e.contains(&tls) && e.contains("(an https endpoint answered by a plain-HTTP etcd, or a certificate it does not trust?)"),
+        "{e}"
+    );
+    assert!(!e.contains("quorum"), "{e}");
+    // With the member stopped, both fail as members down do.
+    drop(etcd);
+    let e = c.etcd.get("/volt/names/web").unwrap_err().to_string();
+    assert!(e.contains("(is a quorum of members up?)"), "{e}");
+}
+
+/// A TLS file the client cannot use is named by its field and path, with what is wrong in
+/// words and OpenSSL's text after it (it used to be OpenSSL's text alone).
+#[test]
+fn tls_file_errors_say_which_file_and_what_is_wrong() {
+    if !have_openssl() {
+        return;
+    }
+    let certs = make_certs();
+    let d = certs.path();
+    let eps = ["https://127.0.0.1:9".to_string()];
+    let tls = |ca: &str, cert: &str, key: &str| {
+        let p = |f: &str| d.join(f).display().to_string();
+        let text = format!(
+            "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            p(ca),
+            p(cert),
+            p(key)
+        );
+        match Cluster::new(&config("a", &eps, &text)) {
+            Ok(_) => panic!("{ca} {cert} {key}: no error"),
+            Err(e) => volt::error_chain(&e),
+        }
+    };
+    let p = |f: &str| d.join(f).display().to_string();
+    for (files, want) in [
+        (
+            ("gone.pem", "client.pem", "client.key"),
+            format!(
+                "etcd.ca: {} cannot be read: No such file or directory",
+                p("gone.pem")
+            ),
+        ),
+        (
+            ("ca.key", "client.pem", "client.key"),
+            format!(
+                "etcd.ca: {} is not a PEM certificate (bundle): ",
+                p("ca.key")
+            ),
+        ),
+        (
+            ("ca.pem", "client.key", "client.key"),
+            format!("etcd.cert: {} is not a PEM certificate: ", p("client.key")),
+        ),
+        (
+            ("ca.pem", "client.pem", "client.pem"),
+            format!("etcd.key: {} is not a PEM private key: ", p("client.pem")),
+        ),
+        (
+            ("ca.pem", "client.pem", "server.key"),
+            format!(
+                "etcd.key: {} is not the key of the certificate in etcd.cert ({}): ",
+                p("server.key"),
+                p("client.pem")
+            ),
+        ),
+    ] {
+        let e = tls(files.0, files.1, files.2);
+        assert!(e.contains(&want), "want {want:?} in\n{e}");
+    }
 }
 
 /// Two hosts started at the same time with the same name (a cloned image's hostname, another

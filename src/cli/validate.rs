@@ -296,11 +296,13 @@ fn clone_error(e: &ConfigError) -> ConfigError {
             at,
             field,
             path,
+            checked,
             source,
         } => ConfigError::Unreadable {
             at: at.clone(),
             field: field.clone(),
             path: path.clone(),
+            checked: checked.clone(),
             source: source.raw_os_error().map_or_else(
                 || std::io::Error::new(source.kind(), source.to_string()),
                 std::io::Error::from_raw_os_error,

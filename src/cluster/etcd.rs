@@ -20,8 +20,11 @@ pub enum EtcdError {
     Url(String),
     #[error(transparent)]
     Tls(HttpError),
-    #[error("the cluster store (etcd) cannot serve requests, so nothing can be allocated or claimed now (is a quorum of members up?): {}", tried.join("; "))]
-    Unavailable { tried: Vec<String> },
+    /// No endpoint answered usefully: what each said, with a hint where its failure can be
+    /// classified; `quorum` when every one failed the way members without a quorum (or
+    /// down) do.
+    #[error("the cluster store (etcd) cannot serve requests, so nothing can be allocated or claimed now{}: {}", if *quorum { " (is a quorum of members up?)" } else { "" }, tried.join("; "))]
+    Unavailable { tried: Vec<String>, quorum: bool },
     #[error("etcd answered {path} with something unexpected: {message}")]
     Answer { path: String, message: String },
 }
@@ -132,6 +135,118 @@ fn compare_json(c: &Compare) -> Value {
 /// are at most 1.5 MiB): a server that never ends one must not grow the daemon without bound.
 const MAX_WATCH_MESSAGE: usize = 64 << 20;
 
+/// What an endpoint's failure suggests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// It did not answer in time, refused or dropped the connection, or answered that it
+    /// cannot serve now (5xx, no leader, too many requests): a member down or without a
+    /// quorum.
+    Quorum,
+    /// The TLS handshake failed: a plain-HTTP member behind an https:// endpoint, or a
+    /// certificate one side does not trust.
+    Handshake,
+    /// A plain HTTP request answered by an HTTPS member.
+    NeedsHttps,
+    /// A plain HTTP request the member closed the connection on without an answer: what
+    /// etcd's TLS client port does (3.4), or a member going down.
+    ClosedPlain,
+    /// The host name does not resolve.
+    Dns,
+    /// Anything else (an unexpected status, a broken answer).
+    Other,
+}
+
+impl Failure {
+    /// The words added to the endpoint's error, if any.
+    pub fn hint(self) -> Option<&'static str> {
+        match self {
+            Failure::Handshake => Some(
+                "an https endpoint answered by a plain-HTTP etcd, or a certificate it does not trust?",
+            ),
+            Failure::NeedsHttps => Some("use https:// for this endpoint"),
+            Failure::ClosedPlain => Some(
+                "closed without an answer: use https:// for this endpoint if the member serves TLS, or is it going down?",
+            ),
+            Failure::Dns => Some("the host name does not resolve"),
+            Failure::Quorum | Failure::Other => None,
+        }
+    }
+
+    /// A request that did not get through.
+    pub fn of_error(e: &HttpError) -> Failure {
+        use std::io::ErrorKind::*;
+        match e {
+            HttpError::Resolve { .. } => Failure::Dns,
+            HttpError::Handshake { .. } => Failure::Handshake,
+            HttpError::Connect { source, .. } | HttpError::Io { source, .. } => {
+                match source.kind() {
+                    TimedOut | WouldBlock | ConnectionRefused | ConnectionReset
+                    | ConnectionAborted | BrokenPipe | UnexpectedEof | HostUnreachable
+                    | NetworkUnreachable => Failure::Quorum,
+                    _ => Failure::Other,
+                }
+            }
+            // No answer at all: over plain HTTP, an etcd serving TLS on that port; over
+            // TLS (the handshake went through), a member going down.
+            HttpError::Protocol { url, message } if message == "the connection closed" => {
+                if url.starts_with("http://") {
+                    Failure::ClosedPlain
+                } else {
+                    Failure::Quorum
+                }
+            }
+            _ => Failure::Other,
+        }
+    }
+
+    /// An answer other than 200: `status` and the error message it carried.
+    pub fn of_answer(status: u16, message: &str) -> Failure {
+        let m = message.to_ascii_lowercase();
+        if status == 400 && m.contains("client sent an http request to an https server") {
+            Failure::NeedsHttps
+        } else if status >= 500
+            || status == 429
+            || [
+                "etcdserver: no leader",
+                "too many requests",
+                "etcdserver: request timed out",
+            ]
+            .iter()
+            .any(|q| m.contains(q))
+        {
+            Failure::Quorum
+        } else {
+            Failure::Other
+        }
+    }
+}
+
+/// What every endpoint tried in one round said, and how each failed.
+#[derive(Default)]
+struct Tried(Vec<String>, Vec<Failure>);
+
+impl Tried {
+    fn push(&mut self, what: String, why: Failure) {
+        self.0.push(match why.hint() {
+            Some(h) => format!("{what} ({h})"),
+            None => what,
+        });
+        self.1.push(why);
+    }
+
+    fn error(&mut self, e: &HttpError) {
+        self.push(crate::error_chain(e), Failure::of_error(e));
+    }
+
+    fn unavailable(self) -> EtcdError {
+        let quorum = !self.1.is_empty() && self.1.iter().all(|f| *f == Failure::Quorum);
+        EtcdError::Unavailable {
+            tried: self.0,
+            quorum,
+        }
+    }
+}
+
 /// A client for one cluster.
 #[derive(Clone)]
 pub struct Etcd {
@@ -205,7 +320,7 @@ impl Etcd {
     ) -> Result<Value, EtcdError> {
         use std::sync::atomic::Ordering;
         let text = body.to_string();
-        let mut tried = Vec::new();
+        let mut tried = Tried::default();
         let n = self.urls.len();
         let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
         for i in (0..n).map(|k| (first + k) % n) {
@@ -228,15 +343,16 @@ impl Etcd {
                             || String::from_utf8_lossy(&a.body).trim().to_string(),
                             str::to_owned,
                         );
-                    tried.push(format!("{shown}: {msg} (HTTP {})", a.status));
+                    let why = Failure::of_answer(a.status, &msg);
+                    tried.push(format!("{shown}: {msg} (HTTP {})", a.status), why);
                 }
                 Err(e) => {
                     *slow |= matches!(e, http::HttpError::Io { .. });
-                    tried.push(crate::error_chain(&e));
+                    tried.error(&e);
                 }
             }
         }
-        Err(EtcdError::Unavailable { tried })
+        Err(tried.unavailable())
     }
 
     fn answer(path: &str, message: impl Into<String>) -> EtcdError {
@@ -359,7 +475,7 @@ impl Etcd {
             "start_revision": from.to_string(),
         }})
         .to_string();
-        let mut tried = Vec::new();
+        let mut tried = Tried::default();
         for (shown, url) in &self.urls {
             let (status, mut stream) = match http::post_stream(
                 url,
@@ -370,12 +486,15 @@ impl Etcd {
             ) {
                 Ok(s) => s,
                 Err(e) => {
-                    tried.push(crate::error_chain(&e));
+                    tried.error(&e);
                     continue;
                 }
             };
             if status != 200 {
-                tried.push(format!("{shown}: watch answered HTTP {status}"));
+                let text = stream.read_all().unwrap_or_default();
+                let msg = String::from_utf8_lossy(&text);
+                let why = Failure::of_answer(status, &msg);
+                tried.push(format!("{shown}: watch answered HTTP {status}"), why);
                 continue;
             }
             stream.stream(http::watch_timeout(self.timeout));
@@ -387,8 +506,8 @@ impl Etcd {
                     Ok(Some(p)) => p,
                     Ok(None) => return Ok(()),
                     Err(e) => {
-                        tried.push(crate::error_chain(&e));
-                        return Err(EtcdError::Unavailable { tried });
+                        tried.error(&e);
+                        return Err(tried.unavailable());
                     }
                 };
                 pending.extend_from_slice(&piece);
@@ -408,14 +527,15 @@ impl Etcd {
                 pending.drain(..start);
                 scanned = pending.len();
                 if pending.len() > MAX_WATCH_MESSAGE {
-                    tried.push(format!(
-                        "{shown}: a watch message longer than {MAX_WATCH_MESSAGE} bytes"
-                    ));
-                    return Err(EtcdError::Unavailable { tried });
+                    tried.push(
+                        format!("{shown}: a watch message longer than {MAX_WATCH_MESSAGE} bytes"),
+                        Failure::Other,
+                    );
+                    return Err(tried.unavailable());
                 }
             }
         }
-        Err(EtcdError::Unavailable { tried })
+        Err(tried.unavailable())
     }
 }
 

@@ -36,6 +36,7 @@ fn client(port: u16, timeout_ms: u64) -> Etcd {
         cert: None,
         key: None,
         timeout_ms,
+        at: Default::default(),
     })
     .expect("client")
 }
@@ -177,4 +178,125 @@ fn no_endpoint_is_a_clear_error() {
         e.contains(&format!("http://127.0.0.1:{port}: cannot connect")),
         "{e}"
     );
+}
+
+/// Each endpoint's failure is classified; the quorum hint only when every one failed the
+/// way members down or without a quorum do.
+#[test]
+fn failures_are_classified_and_hinted() {
+    use std::io::{Error, ErrorKind};
+    let io = |k: ErrorKind| Error::new(k, "x");
+    let url = || "https://m:2379".to_string();
+    for (e, want) in [
+        (
+            HttpError::Connect {
+                url: url(),
+                source: io(ErrorKind::ConnectionRefused),
+            },
+            Failure::Quorum,
+        ),
+        (
+            HttpError::Io {
+                url: url(),
+                source: io(ErrorKind::ConnectionReset),
+            },
+            Failure::Quorum,
+        ),
+        (
+            HttpError::Io {
+                url: url(),
+                source: io(ErrorKind::TimedOut),
+            },
+            Failure::Quorum,
+        ),
+        (
+            HttpError::Connect {
+                url: url(),
+                source: io(ErrorKind::WouldBlock),
+            },
+            Failure::Quorum,
+        ),
+        (
+            HttpError::Resolve {
+                url: url(),
+                source: io(ErrorKind::Other),
+            },
+            Failure::Dns,
+        ),
+        (
+            HttpError::Handshake {
+                url: url(),
+                message: "error:0A00010B:SSL routines::wrong version number".into(),
+            },
+            Failure::Handshake,
+        ),
+        (
+            HttpError::Protocol {
+                url: url(),
+                message: "bad status line \"x\"".into(),
+            },
+            Failure::Other,
+        ),
+    ] {
+        assert_eq!(Failure::of_error(&e), want, "{e}");
+    }
+    for (status, msg, want) in [
+        (503, "etcdserver: no leader", Failure::Quorum),
+        (500, "", Failure::Quorum),
+        (429, "", Failure::Quorum),
+        (400, "etcdserver: too many requests", Failure::Quorum),
+        (
+            400,
+            "Client sent an HTTP request to an HTTPS server.",
+            Failure::NeedsHttps,
+        ),
+        (404, "Not Found", Failure::Other),
+    ] {
+        assert_eq!(Failure::of_answer(status, msg), want, "{status} {msg}");
+    }
+    let said = |fs: &[Failure]| {
+        let mut t = Tried::default();
+        for (i, f) in fs.iter().enumerate() {
+            t.push(format!("m{i}: no"), *f);
+        }
+        t.unavailable().to_string()
+    };
+    let all = said(&[Failure::Quorum, Failure::Quorum]);
+    assert!(
+        all.contains("(is a quorum of members up?): m0: no; m1: no"),
+        "{all}"
+    );
+    let mixed = said(&[Failure::Quorum, Failure::Handshake]);
+    assert!(!mixed.contains("quorum"), "{mixed}");
+    assert!(
+        mixed.contains("m1: no (an https endpoint answered by a plain-HTTP etcd, or a certificate it does not trust?)"),
+        "{mixed}"
+    );
+    let https = said(&[Failure::NeedsHttps]);
+    assert!(
+        https.ends_with("m0: no (use https:// for this endpoint)"),
+        "{https}"
+    );
+    let dns = said(&[Failure::Dns]);
+    assert!(
+        dns.ends_with("m0: no (the host name does not resolve)"),
+        "{dns}"
+    );
+}
+
+/// A name that does not resolve says so, without the quorum hint.
+#[test]
+fn a_name_that_does_not_resolve_is_not_a_quorum_problem() {
+    let c = Etcd::new(&EtcdConfig {
+        endpoints: vec!["http://volt-no-such-host.invalid:2379".into()],
+        ca: None,
+        cert: None,
+        key: None,
+        timeout_ms: 2000,
+        at: Default::default(),
+    })
+    .expect("client");
+    let e = c.get("/x").unwrap_err().to_string();
+    assert!(e.contains("(the host name does not resolve)"), "{e}");
+    assert!(!e.contains("quorum"), "{e}");
 }

@@ -20,6 +20,12 @@ const MAX_HEADER_LINE: usize = 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    #[error("{url}: cannot resolve the host name")]
+    Resolve {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{url}: cannot connect")]
     Connect {
         url: String,
@@ -34,9 +40,20 @@ pub enum HttpError {
     },
     #[error("{url}: TLS handshake failed: {message}")]
     Handshake { url: String, message: String },
-    #[error("cannot load the TLS file {}", path.display())]
-    TlsFile {
+    /// A TLS file named by `etcd.<field>` cannot be opened.
+    #[error("etcd.{field}: {} cannot be read", path.display())]
+    TlsFileRead {
+        field: &'static str,
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// OpenSSL refused a TLS file named by `etcd.<field>`: `problem` says why in words.
+    #[error("etcd.{field}: {} {problem}", path.display())]
+    TlsFile {
+        field: &'static str,
+        path: PathBuf,
+        problem: String,
         #[source]
         source: openssl::error::ErrorStack,
     },
@@ -64,28 +81,107 @@ pub struct Tls(SslConnector);
 
 impl Tls {
     pub fn new(files: &TlsFiles) -> Result<Tls, HttpError> {
-        let file_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| HttpError::TlsFile { path, source }
-        };
         let mut b =
             SslConnector::builder(SslMethod::tls_client()).map_err(|source| HttpError::Tls {
                 url: "client".into(),
                 source,
             })?;
         if let Some(ca) = &files.ca {
-            b.set_ca_file(ca).map_err(file_err(ca))?;
+            readable("ca", ca)?;
+            b.set_ca_file(ca).map_err(file_err(
+                "ca",
+                ca,
+                "is not a PEM certificate (bundle)",
+                "",
+            ))?;
         }
         if let Some(cert) = &files.cert {
-            b.set_certificate_chain_file(cert).map_err(file_err(cert))?;
+            readable("cert", cert)?;
+            b.set_certificate_chain_file(cert).map_err(file_err(
+                "cert",
+                cert,
+                "is not a PEM certificate",
+                "",
+            ))?;
         }
         if let Some(key) = &files.key {
+            // OpenSSL compares the key with the certificate as it loads it, and again below.
+            let mismatch = match &files.cert {
+                Some(c) => format!(
+                    "is not the key of the certificate in etcd.cert ({})",
+                    c.display()
+                ),
+                None => "is not the key of the certificate".into(),
+            };
+            readable("key", key)?;
             b.set_private_key_file(key, SslFiletype::PEM)
-                .map_err(file_err(key))?;
-            b.check_private_key().map_err(file_err(key))?;
+                .map_err(file_err("key", key, "is not a PEM private key", &mismatch))?;
+            b.check_private_key().map_err(file_err(
+                "key",
+                key,
+                "is not a PEM private key",
+                &mismatch,
+            ))?;
         }
         b.set_verify(SslVerifyMode::PEER);
         Ok(Tls(b.build()))
+    }
+}
+
+/// The TLS file `etcd.<field>` names can be opened (OpenSSL's own error for one that cannot
+/// does not say why in words).
+fn readable(field: &'static str, path: &Path) -> Result<(), HttpError> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|source| HttpError::TlsFileRead {
+            field,
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// The error for OpenSSL refusing the file `etcd.<field>` names: `not_pem` where it holds no
+/// PEM object of the kind asked for, `mismatch` where the key is not the certificate's.
+fn file_err(
+    field: &'static str,
+    path: &Path,
+    not_pem: &str,
+    mismatch: &str,
+) -> impl FnOnce(openssl::error::ErrorStack) -> HttpError {
+    let path = path.to_path_buf();
+    let (not_pem, mismatch) = (not_pem.to_string(), mismatch.to_string());
+    move |source| HttpError::TlsFile {
+        field,
+        path,
+        problem: problem_of(&source, not_pem, mismatch),
+        source,
+    }
+}
+
+/// What OpenSSL's `errors` mean, in words, where they can be classified; else that the file
+/// cannot be used (OpenSSL's text follows as the source).
+fn problem_of(errors: &openssl::error::ErrorStack, not_pem: String, mismatch: String) -> String {
+    const NOT_PEM: [&str; 6] = [
+        "no start line",
+        "no certificate or crl found",
+        "bad base64 decode",
+        "bad end line",
+        "unsupported",
+        "decoder routines",
+    ];
+    let said = |what: &[&str]| {
+        errors.errors().iter().any(|e| {
+            let r = e.reason().unwrap_or_default().to_ascii_lowercase();
+            let l = e.library().unwrap_or_default().to_ascii_lowercase();
+            what.iter().any(|m| r.contains(m) || l.contains(m))
+        })
+    };
+    if !mismatch.is_empty() && said(&["key values mismatch"]) {
+        mismatch
+    } else if said(&NOT_PEM) {
+        not_pem
+    } else {
+        "cannot be used for TLS".to_string()
     }
 }
 
@@ -232,7 +328,10 @@ fn connect(
         url.port,
         limits.next().map_err(conn)?.min(timeout),
     )
-    .map_err(conn)?;
+    .map_err(|source| HttpError::Resolve {
+        url: show.clone(),
+        source,
+    })?;
     // Each address in turn (a name may give IPv6 and IPv4), sharing what is left of the
     // request's deadline: one that drops the SYN does not use it all up.
     let mut tried = Err(std::io::Error::other("the host name has no address"));
@@ -467,116 +566,5 @@ pub fn watch_timeout(request: Duration) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::TcpListener;
-
-    /// Answers with `answer` at once.
-    fn serve(answer: &'static [u8]) -> Url {
-        drip(answer, b"", Duration::ZERO)
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            Url::parse("https://etcd-1:2379/"),
-            Some(Url {
-                tls: true,
-                host: "etcd-1".into(),
-                port: 2379
-            })
-        );
-        assert_eq!(Url::parse("http://x"), None);
-        assert_eq!(Url::parse("gopher://x:1"), None);
-    }
-
-    #[test]
-    fn length_and_chunked_bodies() {
-        let t = Duration::from_secs(5);
-        let u = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
-        let a = post(&u, None, "/v3/kv/range", b"{}", t).expect("answer");
-        assert_eq!((a.status, a.body.as_slice()), (200, &b"hello"[..]));
-        let u = serve(
-            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
-        );
-        let a = post(&u, None, "/", b"{}", t).expect("answer");
-        assert_eq!((a.status, a.body.as_slice()), (503, &b"abcde"[..]));
-        let u = serve(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
-        let e = post(&u, None, "/", b"{}", t).unwrap_err().to_string();
-        assert!(e.contains("bad chunk size \"zz\""), "{e}");
-        let u = serve(b"SSH-2.0-x\r\n");
-        let e = post(&u, None, "/", b"{}", t).unwrap_err().to_string();
-        assert!(e.contains("bad status line"), "{e}");
-    }
-
-    #[test]
-    fn a_silent_server_is_a_timeout_not_a_hang() {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        let u = Url::parse(&format!("http://127.0.0.1:{port}")).expect("url");
-        let start = std::time::Instant::now();
-        let e = post(&u, None, "/", b"{}", Duration::from_millis(300)).unwrap_err();
-        assert!(matches!(e, HttpError::Io { .. }), "{e}");
-        assert!(start.elapsed() < Duration::from_secs(30));
-        drop(l);
-    }
-
-    /// Answers with headers at once, then `body` a byte every `gap`.
-    fn drip(head: &'static [u8], body: &'static [u8], gap: Duration) -> Url {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        std::thread::spawn(move || {
-            if let Ok((mut s, _)) = l.accept() {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(head);
-                for b in body {
-                    std::thread::sleep(gap);
-                    if s.write_all(&[*b]).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Url::parse(&format!("http://127.0.0.1:{port}")).expect("url")
-    }
-
-    #[test]
-    fn a_member_that_answers_a_byte_at_a_time_meets_the_deadline() {
-        // Each byte comes well within the per-read timeout; the whole answer would take
-        // 40 x 50 ms = 2 s against a 300 ms timeout.
-        let u = drip(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n",
-            &[b'x'; 40],
-            Duration::from_millis(50),
-        );
-        // Without the deadline the whole answer arrives (Ok, after 2 s).
-        let e = post(&u, None, "/", b"{}", Duration::from_millis(300)).unwrap_err();
-        assert!(matches!(e, HttpError::Io { .. }), "{e}");
-        // A read that times out as the deadline comes is said to be the deadline.
-        let limits = Limits::new(Duration::from_secs(1), Some(Instant::now()));
-        let said = limits.explain(std::io::ErrorKind::WouldBlock.into());
-        assert!(
-            said.to_string()
-                .contains("longer than its timeout as a whole"),
-            "{said}"
-        );
-        let no_deadline = Limits::new(Duration::from_secs(1), None);
-        let kept = no_deadline.explain(std::io::ErrorKind::WouldBlock.into());
-        assert_eq!(kept.kind(), std::io::ErrorKind::WouldBlock);
-    }
-
-    #[test]
-    fn a_streamed_body_outlives_the_request_deadline() {
-        let u = drip(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"3\r\nabc\r\n0\r\n\r\n",
-            Duration::from_millis(40),
-        );
-        let (status, mut body) =
-            post_stream(&u, None, "/", b"{}", Duration::from_millis(300)).expect("headers");
-        assert_eq!(status, 200);
-        body.stream(Duration::from_secs(5));
-        assert_eq!(body.read_all().expect("the whole body"), b"abc");
-    }
-}
+#[path = "http_tests.rs"]
+mod tests;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use toml::Spanned;
 
 use super::derive::check_workload_name;
-use super::error::{ConfigError, Location};
+use super::error::{looked_at, ConfigError, Location};
 use super::network::{parse_ip, Network, NetworkType};
 use super::reader::{self, Errors, Table};
 use super::span::Src;
@@ -38,6 +38,18 @@ pub struct EtcdConfig {
     pub key: Option<PathBuf>,
     /// Per-request timeout in milliseconds.
     pub timeout_ms: u64,
+    /// Where the file writes `ca`, `cert` and `key` (for an error about the files they name).
+    #[serde(skip)]
+    pub at: EtcdAt,
+}
+
+/// Where `[etcd]` writes its file paths; `None` where it does not (or for a config made in
+/// code).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EtcdAt {
+    pub ca: Option<Location>,
+    pub cert: Option<Location>,
+    pub key: Option<Location>,
 }
 
 /// One network shared across the cluster.
@@ -371,12 +383,15 @@ fn etcd_config(src: &Src, t: &Table, e: &mut Errors, lease_ttl: u32) -> Option<E
                 s.span(),
                 format!("{:?} must be an absolute path", s.get_ref()),
             ));
-            None
+            (None, None)
         }
-        Some(s) => Some(PathBuf::from(s.into_inner())),
-        None => None,
+        Some(s) => (
+            Some(src.at(s.span().start)),
+            Some(PathBuf::from(s.into_inner())),
+        ),
+        None => (None, None),
     };
-    let (ca, cert, key) = (file("ca"), file("cert"), file("key"));
+    let ((ca_at, ca), (cert_at, cert), (key_at, key)) = (file("ca"), file("cert"), file("key"));
     if cert.is_some() != key.is_some() {
         e.push(src.invalid(
             "etcd",
@@ -414,6 +429,11 @@ fn etcd_config(src: &Src, t: &Table, e: &mut Errors, lease_ttl: u32) -> Option<E
         cert,
         key,
         timeout_ms,
+        at: EtcdAt {
+            ca: ca_at,
+            cert: cert_at,
+            key: key_at,
+        },
     })
 }
 
@@ -449,23 +469,41 @@ pub fn apply_to_networks(c: &ClusterConfig, networks: &mut [Network]) -> Vec<Con
 }
 
 /// Files the config names that must be readable (TLS material), as errors when they are not.
+/// Under a `root` other than `/` they are looked for below it (the daemon opens the paths as
+/// written); the errors then say where validate looked.
 pub fn check_files(c: &ClusterConfig, root: &Path) -> Vec<ConfigError> {
+    let at = &c.etcd.at;
     [
-        ("ca", &c.etcd.ca),
-        ("cert", &c.etcd.cert),
-        ("key", &c.etcd.key),
+        ("ca", &c.etcd.ca, &at.ca),
+        ("cert", &c.etcd.cert, &at.cert),
+        ("key", &c.etcd.key, &at.key),
     ]
     .into_iter()
-    .filter_map(|(field, p)| p.as_ref().map(|p| (field, p)))
-    .filter_map(|(field, p)| {
+    .filter_map(|(field, p, at)| {
+        let p = p.as_ref()?;
         let real = root.join(p.strip_prefix("/").unwrap_or(p));
-        std::fs::File::open(&real)
-            .err()
-            .map(|e| ConfigError::Invalid {
-                at: Location::file(&c.path),
-                field: format!("etcd.{field}"),
-                message: format!("cannot read {}: {e}", p.display()),
-            })
+        let at = at.clone().unwrap_or_else(|| Location::file(&c.path));
+        let field = format!("etcd.{field}");
+        let checked = (real != *p).then(|| real.clone());
+        match std::fs::File::open(&real).and_then(|f| f.metadata()) {
+            Ok(m) if m.is_file() => None,
+            Ok(_) => Some(ConfigError::Invalid {
+                at,
+                field,
+                message: format!(
+                    "{} is not a regular file{}: give the PEM file itself",
+                    p.display(),
+                    looked_at(checked.as_deref())
+                ),
+            }),
+            Err(source) => Some(ConfigError::Unreadable {
+                at,
+                field,
+                path: p.clone(),
+                checked,
+                source,
+            }),
+        }
     })
     .collect()
 }

@@ -190,3 +190,50 @@ fn mtu_is_derived_unless_set_and_checked_when_set() {
     );
     assert!(e.contains("its MTU 1500 must be at most 1350"), "{e}");
 }
+
+/// The TLS files `[etcd]` names: an error about one is at the line and column that names
+/// it, says the path as written and, where validate looked below a root, where it looked.
+#[test]
+fn tls_files_are_checked_at_their_line_and_column() {
+    let text = "underlay = \"192.168.7.1\"\n[etcd]\nendpoints = [\"https://192.168.7.1:2379\"]\nca = \"/nonexistent-volt/ca.pem\"\ncert = \"/nonexistent-volt/c.pem\"\n  key = \"/\"\n";
+    let c = parse(text).expect("valid");
+    let shown = |root: &Path| {
+        check_files(&c, root)
+            .iter()
+            .map(ConfigError::report)
+            .collect::<Vec<_>>()
+    };
+    let e = shown(Path::new("/"));
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(
+        e[0].starts_with("/etc/volt/cluster.toml:4:6: etcd.ca: /nonexistent-volt/ca.pem cannot be read: No such file or directory"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with(
+            "/etc/volt/cluster.toml:5:8: etcd.cert: /nonexistent-volt/c.pem cannot be read: "
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        e[2],
+        "/etc/volt/cluster.toml:6:9: etcd.key: / is not a regular file: give the PEM file itself"
+    );
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(root.path().join("nonexistent-volt")).expect("mkdir");
+    std::fs::write(root.path().join("nonexistent-volt/c.pem"), "x").expect("write");
+    let e = shown(root.path());
+    let below = root.path().join("nonexistent-volt/ca.pem");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with(&format!(
+            "/etc/volt/cluster.toml:4:6: etcd.ca: /nonexistent-volt/ca.pem cannot be read (validate looked at {}, below --root): No such file",
+            below.display()
+        )),
+        "{e:?}"
+    );
+    assert!(
+        e[1].contains(":6:9: etcd.key: / is not a regular file (validate looked at"),
+        "{e:?}"
+    );
+}

@@ -179,6 +179,7 @@ impl ContainerConfig {
                     at,
                     field: field.into(),
                     path: self.root.clone(),
+                    checked: None,
                     source,
                 }]
             }

@@ -293,6 +293,7 @@ impl DiskConfig {
                     at: self.at.clone().unwrap_or_else(|| Location::file(file)),
                     field: format!("disk[{}].path", self.index),
                     path: self.path.clone(),
+                    checked: None,
                     source,
                 })
             }

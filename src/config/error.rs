@@ -47,6 +47,14 @@ impl fmt::Display for Location {
     }
 }
 
+/// " (validate looked at ROOT/PATH, below --root)" where a file was looked for somewhere
+/// else than the path the configuration gives; nothing where it was not.
+pub(crate) fn looked_at(checked: Option<&Path>) -> String {
+    checked.map_or_else(String::new, |c| {
+        format!(" (validate looked at {}, below --root)", c.display())
+    })
+}
+
 /// What can be wrong with a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -73,12 +81,14 @@ pub enum ConfigError {
         message: String,
     },
     /// A file the configuration names (a kernel, an image, a container's tree) cannot be
-    /// looked at by this process.
-    #[error("{at}: {field}: {} cannot be read", path.display())]
+    /// looked at by this process. `checked` is where it was looked for, where that is not
+    /// `path` (below `--root`).
+    #[error("{at}: {field}: {} cannot be read{}", path.display(), looked_at(checked.as_deref()))]
     Unreadable {
         at: Location,
         field: String,
         path: PathBuf,
+        checked: Option<PathBuf>,
         #[source]
         source: std::io::Error,
     },

@@ -153,6 +153,7 @@ impl VmConfig {
                         at: at.clone().unwrap_or_else(|| Location::file(&self.path)),
                         field: field.into(),
                         path: path.clone(),
+                        checked: None,
                         source,
                     });
                     continue;
