@@ -1153,7 +1153,7 @@ fn validate_refuses_underlays_that_cannot_work() {
         ("169.254.3.4", "169.254.3.4 is a link-local address"),
         (
             "10.42.0.1",
-            "underlay 10.42.0.1 is inside volt0 (10.42.0.0/24), which this cluster shares: give the host's address on the network between the hosts",
+            "underlay: 10.42.0.1 is inside volt0 (10.42.0.0/24), which this cluster shares: give the host's address on the network between the hosts",
         ),
     ] {
         write(

@@ -268,7 +268,7 @@ fn cluster_from(
                     "underlay",
                     span.clone(),
                     format!(
-                        "underlay {ip} is inside {} ({}), which this cluster shares: give the host's address on the network between the hosts",
+                        "{ip} is inside {} ({}), which this cluster shares: give the host's address on the network between the hosts",
                         n.name, n.subnet
                     ),
                 ));

@@ -161,7 +161,7 @@ fn underlay_addresses_that_cannot_work_are_refused() {
     for ip in ["10.42.0.1", "10.42.0.77"] {
         let e =
             parse(&GOOD.replace("192.168.7.1\"\n[etcd]", &format!("{ip}\"\n[etcd]"))).unwrap_err();
-        let want = format!("cluster.toml:1:12: underlay: underlay {ip} is inside volt0 (10.42.0.0/24), which this cluster shares: give the host's address on the network between the hosts");
+        let want = format!("cluster.toml:1:12: underlay: {ip} is inside volt0 (10.42.0.0/24), which this cluster shares: give the host's address on the network between the hosts");
         assert!(e.contains(&want), "{ip}: {e}\nwanted {want}");
     }
     // Inside a network of this host that the cluster does not share: nothing to say.
