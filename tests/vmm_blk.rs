@@ -423,7 +423,7 @@ fn a_4kn_block_device_takes_discards_and_write_zeroes_from_odd_sectors() {
             block: image.block,
             size: image.size,
         });
-        let io = SyncIo::new(image.file, direct).with_block(image.block);
+        let io = SyncIo::new(image.file, direct).on_device_of_block(image.block);
         // Sectors 1-24 discarded (two whole blocks inside, parts of two at the ends), sectors
         // 41-42 zeroed (inside one block).
         io.discard(512, 24 * 512).expect("discard");

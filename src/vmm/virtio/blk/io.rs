@@ -104,8 +104,9 @@ pub struct SyncIo {
     /// lengths not aligned) go through an aligned bounce buffer, widened to whole blocks
     /// (read-modify-write for a write).
     direct: Option<Direct>,
-    /// The image's block ([`Image::block`]): a block device's fallocate takes whole ones.
-    block: u64,
+    /// A block device's block ([`Image::block`]): its fallocate takes whole ones. `None` for
+    /// a file, whose EINVAL from fallocate means something else.
+    device_block: Option<u64>,
 }
 
 /// An image opened with O_DIRECT.
@@ -120,18 +121,17 @@ pub struct Direct {
 impl SyncIo {
     /// The engine on `file`; `direct`: opened with O_DIRECT.
     pub fn new(file: File, direct: Option<Direct>) -> SyncIo {
-        let block = direct.map_or(SECTOR_SIZE, |d| d.block);
         SyncIo {
             file,
             direct,
-            block,
+            device_block: None,
         }
     }
 
-    /// The engine with the image's block ([`Image::block`]), where its fallocate needs whole
-    /// ones (a 4Kn block device) whatever the page cache.
-    pub fn with_block(mut self, block: u64) -> SyncIo {
-        self.block = block;
+    /// The engine on a block device whose block ([`Image::block`]) its fallocate needs whole
+    /// (a 4Kn disk), whatever the page cache.
+    pub fn on_device_of_block(mut self, block: u64) -> SyncIo {
+        self.device_block = Some(block);
         self
     }
 
@@ -361,7 +361,7 @@ impl DiskIo for SyncIo {
         match fallocate(&self.file, DISCARD_MODE, offset, len) {
             // A block device takes whole logical blocks only (a 4Kn disk, a guest discarding
             // in 512-byte sectors).
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.device_block.is_some() => {
                 self.fallocate_blocks(DISCARD_MODE, offset, len, false)
             }
             r => r,
@@ -378,7 +378,7 @@ impl DiskIo for SyncIo {
             // The file system cannot: write the zeroes.
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => self.zero_fill(offset, len),
             // The block device takes whole logical blocks only.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.device_block.is_some() => {
                 self.fallocate_blocks(mode, offset, len, true)
             }
             r => r,
@@ -398,7 +398,7 @@ impl SyncIo {
         len: u64,
         must_zero: bool,
     ) -> io::Result<()> {
-        let b = self.block.max(SECTOR_SIZE);
+        let b = self.device_block.unwrap_or(SECTOR_SIZE).max(SECTOR_SIZE);
         let end = offset.saturating_add(len);
         let (lo, hi) = (offset.next_multiple_of(b), end / b * b);
         if lo >= hi {
@@ -420,16 +420,32 @@ impl SyncIo {
     /// Write zeroes over `[offset, offset + len)`, a MiB at a time (through the padding of
     /// [`DiskIo::write_iov`] where the image needs whole blocks).
     fn zero_fill(&self, offset: u64, len: u64) -> io::Result<()> {
-        let zeroes = vec![0u8; len.min(1 << 20) as usize];
+        if len == 0 {
+            return Ok(());
+        }
+        // One buffer, aligned for O_DIRECT, and pieces that end on block boundaries after the
+        // first: only the first and the last piece can need padding.
+        let block = self
+            .direct
+            .map_or(SECTOR_SIZE, |d| d.block)
+            .max(SECTOR_SIZE);
+        let (zeroes, start) = Self::bounce(len.min(BOUNCE_MAX as u64) as usize, block as usize);
+        let base = zeroes[start..].as_ptr();
         let mut done = 0u64;
         while done < len {
-            let n = (len - done).min(zeroes.len() as u64) as usize;
+            let at = offset + done;
+            let to_boundary = (at.next_multiple_of(block) - at).min(len - done);
+            let n = if to_boundary > 0 && done == 0 {
+                to_boundary
+            } else {
+                (len - done).min(BOUNCE_MAX as u64)
+            } as usize;
             let iov = [libc::iovec {
-                iov_base: zeroes.as_ptr().cast_mut().cast(),
+                iov_base: base.cast_mut().cast(),
                 iov_len: n,
             }];
-            // SAFETY: `zeroes` is valid for reads of n bytes during the call.
-            unsafe { self.write_iov(&iov, offset + done)? };
+            // SAFETY: `zeroes` holds at least BOUNCE_MAX (or `len`) bytes from `base`, n no more.
+            unsafe { self.write_iov(&iov, at)? };
             done += n as u64;
         }
         Ok(())

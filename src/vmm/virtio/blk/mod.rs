@@ -102,6 +102,21 @@ pub fn config_space(capacity: u64, block: u64) -> [u8; CONFIG_LEN] {
     c
 }
 
+/// The I/O engine on an image's `file`.
+fn engine(
+    file: std::fs::File,
+    direct: Option<io::Direct>,
+    block_device: bool,
+    block: u64,
+) -> SyncIo {
+    let e = SyncIo::new(file, direct);
+    if block_device {
+        e.on_device_of_block(block)
+    } else {
+        e
+    }
+}
+
 /// A virtio-blk device.
 pub struct Blk {
     /// `vda`, for logs.
@@ -115,6 +130,8 @@ pub struct Blk {
     direct: Option<io::Direct>,
     /// The image's block ([`io::Image::block`]).
     block: u64,
+    /// A block device's image: its fallocate takes whole blocks.
+    block_device: bool,
     capacity: u64,
     serial: Vec<u8>,
     config: [u8; CONFIG_LEN],
@@ -200,10 +217,16 @@ impl Blk {
         Ok(Blk {
             name: name.to_string(),
             spec: spec.clone(),
-            io: Some(Box::new(SyncIo::new(image.file, direct).with_block(block))),
+            io: Some(Box::new(engine(
+                image.file,
+                direct,
+                image.block_device,
+                block,
+            ))),
             file,
             direct,
             block,
+            block_device: image.block_device,
             capacity,
             serial: serial.as_bytes().to_vec(),
             config: config_space(capacity, block),
@@ -312,7 +335,7 @@ impl VirtioDevice for Blk {
                     .file
                     .try_clone()
                     .map_err(|e| ActivateError::Device(format!("dup of the image fd: {e}")))?;
-                Box::new(SyncIo::new(f, self.direct).with_block(self.block))
+                Box::new(engine(f, self.direct, self.block_device, self.block))
             }
         };
         let stop =
