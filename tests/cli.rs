@@ -12,6 +12,20 @@ fn volt(root: &Path, args: &[&str]) -> Output {
     volt_env(root, args, &[])
 }
 
+/// `volt --root ROOT ARGS` as uid and gid 65534 (a user who is not root).
+fn volt_as_nobody(root: &Path, args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    Command::new(env!("CARGO_BIN_EXE_volt"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("VOLT_ROOT")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("volt as nobody")
+}
+
 /// `volt --root ROOT ARGS` with `env` set (as systemd sets for a unit's commands).
 fn volt_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_volt"))
@@ -783,7 +797,6 @@ fn console_says_why_it_cannot_attach() {
 #[test]
 fn lease_files_stay_readable_to_the_directorys_group_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         common::report::skip("needs root (chown, a second user)");
@@ -820,15 +833,7 @@ fn lease_files_stay_readable_to_the_directorys_group_whatever_the_umask() {
     }
     std::os::unix::fs::chown(&ipam, Some(0), Some(65534)).expect("chown");
     std::fs::set_permissions(&ipam, std::fs::Permissions::from_mode(0o750)).expect("chmod");
-    let o = Command::new(env!("CARGO_BIN_EXE_volt"))
-        .arg("--root")
-        .arg(p)
-        .args(["ipam", "list"])
-        .env_remove("VOLT_ROOT")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("volt ipam list as nobody");
+    let o = volt_as_nobody(p, &["ipam", "list"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("vm/dyn/eth0"), "{}", text(&o));
 }
@@ -1064,7 +1069,6 @@ fn a_port_map_to_a_broken_workload_is_not_the_networks_error() {
 #[test]
 fn a_listing_by_a_user_who_may_not_look_shows_only_what_it_knows() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let r = root();
     let p = r.path();
     write(p, "srv/locked/ct/usr/x", "");
@@ -1085,17 +1089,7 @@ fn a_listing_by_a_user_who_may_not_look_shows_only_what_it_knows() {
     ] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
-    let as_nobody = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_volt"))
-            .arg("--root")
-            .arg(p)
-            .args(args)
-            .env_remove("VOLT_ROOT")
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .expect("volt as nobody")
-    };
+    let as_nobody = |args: &[&str]| volt_as_nobody(p, args);
     let o = as_nobody(&["container", "list"]);
     assert!(o.status.success(), "{}", text(&o));
     let line = |name: &str| {
