@@ -171,7 +171,7 @@ pub fn list(root: &Path, out: &OutputArgs) -> Result<Outcome> {
             .as_deref()
             .unwrap_or_default()
             .iter()
-            .any(|l| l.name == b && l.kind.as_deref() == Some("bridge"))
+            .any(|l| l.is_bridge_named(b))
     };
     let mgr = Manager::new(Paths::new(root).runtime_dir());
     let mut noted: Vec<String> = Vec::new();

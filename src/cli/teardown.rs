@@ -192,15 +192,14 @@ enum Kept {
     Because(String),
 }
 
-/// Delete `name` if it is a bridge of exactly that name (a lookup by name also matches
-/// altnames; another kind of link is not Volt's), nothing is on it, and no networkd file but
-/// Volt's defines it.
+/// Delete `name` if it is a bridge of exactly that name (another kind of link is not
+/// Volt's), nothing is on it, and no networkd file but Volt's defines it.
 fn delete_bridge(root: &Path, name: &str) -> Result<Kept, crate::net::netlink::NetlinkError> {
     let nl = Netlink::new()?;
     let Some(l) = nl.link(name)? else {
         return Ok(Kept::Absent);
     };
-    if l.name != name || l.kind.as_deref() != Some("bridge") {
+    if !l.is_bridge_named(name) {
         return Ok(Kept::Absent);
     }
     let ports: Vec<String> = nl

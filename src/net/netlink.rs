@@ -96,6 +96,12 @@ fn mac_of(bytes: &[u8]) -> Option<MacAddr> {
 }
 
 impl Link {
+    /// Whether this is a bridge named exactly `name` (a lookup by name also finds a link
+    /// whose altname it is).
+    pub fn is_bridge_named(&self, name: &str) -> bool {
+        self.name == name && self.kind.as_deref() == Some("bridge")
+    }
+
     /// The fields Volt reads of the kernel's message about a link.
     pub(crate) fn from_message(m: &LinkMessage) -> Link {
         let mut l = Link {

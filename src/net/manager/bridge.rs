@@ -194,11 +194,8 @@ impl Manager {
         let mut done: Vec<String> = Vec::new();
         for BridgeMarker { bridge, path, .. } in markers {
             if !done.contains(&bridge) {
-                // By its exact name and kind: a lookup by name also matches altnames.
                 let deleted = Netlink::new().and_then(|nl| match nl.link(&bridge)? {
-                    Some(l) if l.name == bridge && l.kind.as_deref() == Some("bridge") => {
-                        nl.delete(&bridge)
-                    }
+                    Some(l) if l.is_bridge_named(&bridge) => nl.delete(&bridge),
                     Some(l) => {
                         log::warn!(
                             "{bridge}'s marker names a {} link, not Volt's bridge; left alone",
