@@ -148,37 +148,21 @@ fn remove_rendered(
     dir: &Path,
     fail: &mut dyn FnMut(String, &dyn std::fmt::Display),
 ) -> (usize, Vec<String>) {
-    let mut files: Vec<PathBuf> = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files.push(p.join(names::STATIC_LEASES_NAME));
-        } else {
-            files.push(p);
+    let owned = match crate::generator::sweep::owned_files(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            fail(format!("list {}", dir.display()), &e);
+            return (0, Vec::new());
         }
-    }
-    files.sort();
+    };
     let (mut removed, mut bridges) = (0, Vec::new());
-    for p in files {
-        let Ok(text) = std::fs::read_to_string(&p) else {
-            continue;
-        };
-        if !names::is_owned_networkd_path(&p, &text) {
-            continue;
-        }
+    for (p, text) in owned {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if let Some((bridge, _)) = names::left_bridge(name, &text) {
             bridges.push(bridge);
         }
-        match std::fs::remove_file(&p) {
-            Ok(()) => {
-                removed += 1;
-                if p.ends_with(names::STATIC_LEASES_NAME) {
-                    if let Some(d) = p.parent() {
-                        let _ = std::fs::remove_dir(d);
-                    }
-                }
-            }
+        match crate::generator::sweep::remove_owned(&p) {
+            Ok(()) => removed += 1,
             Err(e) => fail(format!("remove {}", p.display()), &e),
         }
     }

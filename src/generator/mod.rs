@@ -18,7 +18,7 @@
 
 pub mod keep;
 pub mod render;
-mod sweep;
+pub mod sweep;
 
 use std::collections::HashSet;
 use std::ffi::OsString;

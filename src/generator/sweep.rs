@@ -39,9 +39,8 @@ impl Sweep<'_> {
     /// Remove the files in `dir` with our name and header that are not wanted and that no
     /// config file holds on to.
     pub(super) fn run(&self, dir: &Path, report: &mut Report) {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        let owned = match owned_files(dir) {
+            Ok(f) => f,
             Err(source) => {
                 report.errors.push(GeneratorError::List {
                     path: dir.to_path_buf(),
@@ -50,31 +49,10 @@ impl Sweep<'_> {
                 return;
             }
         };
-        let mut stale: Vec<(PathBuf, String)> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| {
-                let p = e.path();
-                // The entry's type from the listing; a symlink is followed as before.
-                let is_dir = match e.file_type() {
-                    Ok(t) if t.is_symlink() => p.is_dir(),
-                    Ok(t) => t.is_dir(),
-                    Err(_) => p.is_dir(),
-                };
-                let dropin = p.join(names::STATIC_LEASES_NAME);
-                if is_dir && dropin.exists() {
-                    dropin
-                } else {
-                    p
-                }
-            })
-            .filter(|p| !self.wanted.contains(p.as_os_str()))
-            .filter_map(|p| {
-                let text = std::fs::read_to_string(&p).ok()?;
-                names::is_owned_networkd_path(&p, &text).then_some((p, text))
-            })
-            .filter(|(_, text)| !names::networkd_source(text).is_some_and(|s| (self.keep)(&s)))
-            .collect();
-        stale.sort();
+        let stale = owned
+            .into_iter()
+            .filter(|(p, _)| !self.wanted.contains(p.as_os_str()))
+            .filter(|(_, text)| !names::networkd_source(text).is_some_and(|s| (self.keep)(&s)));
         for (path, text) in stale {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             // Remembered before the file goes, so that no crash in between loses the bridge.
@@ -83,15 +61,9 @@ impl Sweep<'_> {
                     self.remember(&bridge, &network);
                 }
             }
-            match std::fs::remove_file(&path) {
+            match remove_owned(&path) {
                 Ok(()) => {
                     log::info!("removed stale {}", path.display());
-                    if path.ends_with(names::STATIC_LEASES_NAME) {
-                        // Its drop-in directory, if nothing else is in it.
-                        if let Some(d) = path.parent() {
-                            let _ = std::fs::remove_dir(d);
-                        }
-                    }
                     report.removed_stale.push(path);
                 }
                 Err(source) => {
@@ -116,4 +88,50 @@ impl Sweep<'_> {
             ),
         }
     }
+}
+
+/// The networkd files in `dir` that carry the generator's header (and its static-lease
+/// drop-ins in `*.network.d/`), with their text, in name order. A missing `dir` has none.
+pub fn owned_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut owned: Vec<(PathBuf, String)> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let p = e.path();
+            // The entry's type from the listing; a symlink is followed as before.
+            let is_dir = match e.file_type() {
+                Ok(t) if t.is_symlink() => p.is_dir(),
+                Ok(t) => t.is_dir(),
+                Err(_) => p.is_dir(),
+            };
+            let dropin = p.join(names::STATIC_LEASES_NAME);
+            if is_dir && dropin.exists() {
+                dropin
+            } else {
+                p
+            }
+        })
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(&p).ok()?;
+            names::is_owned_networkd_path(&p, &text).then_some((p, text))
+        })
+        .collect();
+    owned.sort();
+    Ok(owned)
+}
+
+/// Remove a file of [`owned_files`]: a static-lease drop-in takes its directory with it, if
+/// nothing else is in it.
+pub fn remove_owned(path: &Path) -> std::io::Result<()> {
+    std::fs::remove_file(path)?;
+    if path.ends_with(names::STATIC_LEASES_NAME) {
+        if let Some(d) = path.parent() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+    Ok(())
 }
