@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::conformance::{self, fnv, pattern, qemu_args, qemu_skip_reason};
+use common::loopdev::Loop;
 use common::netns::{skip_reason, TestNs};
 
 const VMM: &str = env!("CARGO_BIN_EXE_volt-vmm");
@@ -144,39 +145,8 @@ fn blk_behaves_as_under_qemu() {
     );
 }
 
-/// A loop device over `image` with 4096-byte logical blocks (a 4Kn disk), detached on drop.
-struct Loop4k(String);
-
-impl Loop4k {
-    fn new(image: &Path) -> Result<Loop4k, String> {
-        let o = Command::new("losetup")
-            .args([
-                "--find",
-                "--show",
-                "--sector-size",
-                "4096",
-                "--direct-io=on",
-            ])
-            .arg(image)
-            .output()
-            .map_err(|e| format!("losetup cannot run: {e}"))?;
-        if !o.status.success() {
-            return Err(format!(
-                "losetup cannot make a 4096-byte-sector loop device: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
-        }
-        Ok(Loop4k(
-            String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        ))
-    }
-}
-
-impl Drop for Loop4k {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
+/// `losetup` arguments of a 4Kn disk: 4096-byte logical blocks.
+const FOUR_K: [&str; 3] = ["--sector-size", "4096", "--direct-io=on"];
 
 /// `cache = none` (O_DIRECT) on a disk with 4096-byte logical blocks, which refuses transfers
 /// not aligned to 4096: the guest's 512-byte sectors (its pattern starts and ends inside a
@@ -197,12 +167,8 @@ fn blk_on_a_4k_sector_disk_without_the_page_cache_behaves_as_under_qemu() {
     );
     conformance::make_image(&va, 4096, |s| s as u8);
     conformance::make_image(&qa, 4096, |s| s as u8);
-    let (vl, ql) = match (Loop4k::new(&va), Loop4k::new(&qa)) {
-        (Ok(v), Ok(q)) => (v, q),
-        (Err(e), _) | (_, Err(e)) => {
-            common::skip(Some(e), false);
-            return;
-        }
+    let (Some(vl), Some(ql)) = (Loop::attach(&va, &FOUR_K), Loop::attach(&qa, &FOUR_K)) else {
+        return;
     };
     // From sector 9 to 308: both ends inside a 4096-byte block.
     let cmdline = "console=ttyS0 conf.blk.start=9 conf.blk.sectors=300 conf.blk.seed=9 conf.exit=0";
@@ -263,7 +229,7 @@ fn blk_on_a_4k_sector_disk_without_the_page_cache_behaves_as_under_qemu() {
     std::fs::File::create(&fs_img)
         .and_then(|f| f.set_len(64 << 20))
         .expect("fs image");
-    let fs_loop = Loop4k::new(&fs_img).expect("loop device for the file system");
+    let fs_loop = Loop::attach(&fs_img, &FOUR_K).expect("loop device for the file system");
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mkdir");
     let sh = |cmd: &str| {

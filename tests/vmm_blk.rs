@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::conformance::{self, fnv, pattern};
+use common::loopdev::Loop;
 
 const VMM: &str = env!("CARGO_BIN_EXE_volt-vmm");
 
@@ -320,44 +321,6 @@ fn root_disk_is_named_on_the_guest_command_line() {
 }
 
 /// A loop device, detached on drop.
-struct Loop(String);
-
-impl Loop {
-    /// A loop device over `backing` (`losetup` with `args` too); `None`, the test recorded as
-    /// skipped, where none can be attached.
-    fn attach(backing: &Path, args: &[&str]) -> Option<Loop> {
-        let o = Command::new("losetup")
-            .args(["-f", "--show"])
-            .args(args)
-            .arg(backing)
-            .output();
-        match o {
-            Ok(o) if o.status.success() => {
-                Some(Loop(String::from_utf8_lossy(&o.stdout).trim().to_string()))
-            }
-            Ok(o) => {
-                let how = std::iter::once("losetup").chain(args.iter().copied());
-                common::report::skip(format!(
-                    "{} cannot attach a loop device here: {}",
-                    how.collect::<Vec<_>>().join(" "),
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ));
-                None
-            }
-            Err(e) => {
-                common::report::skip(format!("losetup is missing: {e}"));
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).output();
-    }
-}
-
 #[test]
 fn block_device_disk_reaches_its_backing_file() {
     if skip() {

@@ -8,6 +8,7 @@ pub mod etcd;
 pub mod frames;
 pub mod guest;
 pub mod linux;
+pub mod loopdev;
 pub mod netns;
 pub mod nspawn;
 pub mod ping;
