@@ -13,6 +13,7 @@ use std::process::Output;
 use common::netns::{skip_reason, TestNs};
 use volt::attach::{Attach, AttachError};
 use volt::net::antispoof;
+use volt::net::ipam::{Ask, Owner, Request};
 
 fn skip() -> bool {
     common::skip(skip_reason(), false) || common::skip_without_tool("nft", "--version", "nftables")
@@ -347,10 +348,10 @@ fn an_address_a_pool_lease_holds_is_refused_to_a_static_workload_until_the_holde
         .find(|n| n.name == "volt0")
         .expect("volt0")
         .clone();
-    let p = volt::net::ipam::Owner::container("p", "eth0");
+    let p = Owner::container("p", "eth0");
     let held = at
         .ipam()
-        .allocate(&net, &p, volt::net::ipam::Request::Any, &Default::default())
+        .allocate(Ask::new(&net, &p, Request::Any))
         .expect("p's lease");
     assert_eq!(held.ip.to_string(), "10.42.0.100");
     // While they run, the admin gives b a's address and container c p's: both are refused,
@@ -404,7 +405,7 @@ fn a_lease_on_a_network_the_nic_has_left_goes_back_to_its_pool() {
     ]);
     let at = Attach::load(r.path());
     assert!(at.errors().is_empty(), "{:?}", at.errors());
-    let web = volt::net::ipam::Owner::vm("web", "eth0");
+    let web = Owner::vm("web", "eth0");
     let net = |name: &str| {
         at.plan
             .networks
@@ -416,12 +417,7 @@ fn a_lease_on_a_network_the_nic_has_left_goes_back_to_its_pool() {
     };
     // web's eth0 was on lab before its file moved it to volt0.
     at.ipam()
-        .allocate(
-            &net("lab"),
-            &web,
-            volt::net::ipam::Request::Any,
-            &Default::default(),
-        )
+        .allocate(Ask::new(&net("lab"), &web, Request::Any))
         .expect("lease on lab");
     assert!(at.lease_alive("volt0", &web));
     assert!(!at.lease_alive("lab", &web));

@@ -13,14 +13,10 @@ use std::time::{Duration, Instant};
 use volt::cluster::store::{self, HostRecord};
 use volt::cluster::{Cluster, ClusterError};
 use volt::config::{parse_cluster_toml, Network};
-use volt::net::ipam::{Owner, Request};
+use volt::net::ipam::{Ask, Holding, Owner, Request};
 
 fn vm(name: &str) -> Owner {
     Owner::vm(name, "eth0")
-}
-
-fn none() -> BTreeSet<Ipv4Addr> {
-    BTreeSet::new()
 }
 
 fn skip() -> bool {
@@ -136,7 +132,7 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
                 handles.push(s.spawn(move || {
                     let owner = Owner::vm(&format!("{}-{i}", c.host()), "eth0");
                     let l = c
-                        .allocate(net, &owner, Request::Any, &BTreeSet::new(), None)
+                        .allocate(Ask::new(net, &owner, Request::Any))
                         .unwrap_or_else(|e| panic!("{owner}: {e}"));
                     (c.host().to_string(), l.ip)
                 }));
@@ -161,16 +157,16 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
         .map(|(l, _)| l.owner.clone())
         .expect("owner");
     let again = hosts[0]
-        .allocate(&net, &owner, Request::Any, &BTreeSet::new(), None)
+        .allocate(Ask::new(&net, &owner, Request::Any))
         .expect("again");
     assert_eq!(again.ip, a0);
     let e = hosts[1]
-        .allocate(&net, &owner, Request::Any, &BTreeSet::new(), None)
+        .allocate(Ask::new(&net, &owner, Request::Any))
         .unwrap_err()
         .to_string();
     assert_eq!(e, format!("{owner} already holds {a0} on volt0 on host a"));
     let e = hosts[1]
-        .allocate(&net, &vm("static"), Request::Static(a0), &none(), None)
+        .allocate(Ask::new(&net, &vm("static"), Request::Static(a0)))
         .unwrap_err()
         .to_string();
     assert_eq!(
@@ -202,7 +198,7 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
     assert_eq!(left.len(), 60);
     assert!(left.iter().all(|(_, h)| h != "a"));
     let l = hosts[1]
-        .allocate(&net, &vm("static"), Request::Static(a0), &none(), None)
+        .allocate(Ask::new(&net, &vm("static"), Request::Static(a0)))
         .expect("a's address is free");
     assert_eq!(l.ip, a0);
     if winner == "a" {
@@ -215,7 +211,7 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
     let b = &hosts[1];
     let start = Instant::now();
     let one_down = loop {
-        match b.allocate(&net, &vm("one-down"), Request::Any, &none(), None) {
+        match b.allocate(Ask::new(&net, &vm("one-down"), Request::Any)) {
             Ok(l) => break l,
             Err(e) => assert!(
                 start.elapsed() < Duration::from_secs(60),
@@ -233,7 +229,7 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
     etcd.members[1].stop();
     let start = Instant::now();
     let e = b
-        .allocate(&net, &vm("no-quorum"), Request::Any, &none(), None)
+        .allocate(Ask::new(&net, &vm("no-quorum"), Request::Any))
         .unwrap_err()
         .to_string();
     assert!(
@@ -251,7 +247,7 @@ fn concurrent_claims_lease_expiry_and_quorum_loss() {
     etcd.members[2].start();
     let start = Instant::now();
     let back = loop {
-        match b.allocate(&net, &vm("no-quorum"), Request::Any, &none(), None) {
+        match b.allocate(Ask::new(&net, &vm("no-quorum"), Request::Any)) {
             Ok(l) => break l,
             Err(e) => assert!(
                 start.elapsed() < Duration::from_secs(120),
@@ -627,12 +623,15 @@ fn a_claim_gets_its_mac_and_keeps_its_fixedness() {
         serde_json::from_slice(&kv.value).expect("json")
     };
     let first = c
-        .allocate(&net, &vm("web"), Request::Any, &none(), None)
+        .allocate(Ask::new(&net, &vm("web"), Request::Any))
         .expect("allocate");
     assert_eq!(claim_of(first.ip)["mac"], serde_json::Value::Null);
     let mac: volt::config::MacAddr = "52:54:00:12:34:56".parse().expect("mac");
     let up = c
-        .allocate(&net, &vm("web"), Request::Any, &none(), Some(mac))
+        .allocate(Ask {
+            mac: Some(mac),
+            ..Ask::new(&net, &vm("web"), Request::Any)
+        })
         .expect("link up");
     assert_eq!(up.ip, first.ip);
     assert_eq!(claim_of(first.ip)["mac"], "52:54:00:12:34:56");
@@ -646,22 +645,29 @@ fn a_claim_gets_its_mac_and_keeps_its_fixedness() {
     );
     // Another MAC (a conflict replaced it): corrected.
     let other: volt::config::MacAddr = "52:54:00:12:34:57".parse().expect("mac");
-    c.allocate(&net, &vm("web"), Request::Any, &none(), Some(other))
-        .expect("new mac");
+    c.allocate(Ask {
+        mac: Some(other),
+        ..Ask::new(&net, &vm("web"), Request::Any)
+    })
+    .expect("new mac");
     assert_eq!(claim_of(first.ip)["mac"], "52:54:00:12:34:57");
     // Without a MAC the claim keeps the one it has.
-    c.allocate(&net, &vm("web"), Request::Any, &none(), None)
+    c.allocate(Ask::new(&net, &vm("web"), Request::Any))
         .expect("again");
     assert_eq!(claim_of(first.ip)["mac"], "52:54:00:12:34:57");
 
     // A pool address recorded again (as after a lost lease) stays a pool address.
     let ip = Ipv4Addr::new(10, 42, 0, 50);
     let l = c
-        .record(&net, &vm("pool"), ip, false, Some(mac))
+        .record(Holding {
+            mac: Some(mac),
+            ..Holding::new(&net, &vm("pool"), ip, false)
+        })
         .expect("record");
     assert!(!l.fixed);
     assert_eq!(claim_of(ip)["static"], false);
     let s = Ipv4Addr::new(10, 42, 0, 51);
-    c.record(&net, &vm("fixed"), s, true, None).expect("record");
+    c.record(Holding::new(&net, &vm("fixed"), s, true))
+        .expect("record");
     assert_eq!(claim_of(s)["static"], true);
 }

@@ -3,13 +3,10 @@
 //! the lease files (so `volt ipam list`, port maps and `volt container show` read one place).
 //! The cluster also claims workload names.
 
-use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
-
 use super::{Attach, AttachError};
 use crate::cluster::{Cluster, ClusterError};
-use crate::config::{MacAddr, Network};
-use crate::net::ipam::{Ipam, IpamError, Lease, Owner, Request};
+use crate::config::Network;
+use crate::net::ipam::{Ask, Holding, Ipam, IpamError, Lease, Owner};
 use crate::plan::Workload;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,50 +19,22 @@ pub enum BookError {
 
 /// An address book: allocate, record, release and list leases of one network.
 pub trait AddressBook {
-    /// An address for `owner`: `Static(ip)`, or its reservation, else a free one of its pool
-    /// (`configured`: addresses other workloads' files name). `mac`: the workload's MAC.
-    fn allocate(
-        &self,
-        net: &Network,
-        owner: &Owner,
-        request: Request,
-        configured: &BTreeSet<Ipv4Addr>,
-        mac: Option<MacAddr>,
-    ) -> Result<Lease, BookError>;
-    /// `owner` holds `ip`, got elsewhere (a DHCP lease, a static address set at start).
-    fn record(
-        &self,
-        net: &Network,
-        owner: &Owner,
-        ip: Ipv4Addr,
-        fixed: bool,
-        mac: Option<MacAddr>,
-    ) -> Result<Lease, BookError>;
+    /// An address for `ask.owner`: `Static(ip)`, or its reservation, else a free one of its
+    /// pool (not one of `ask.configured`, the addresses other workloads' files name).
+    fn allocate(&self, ask: Ask) -> Result<Lease, BookError>;
+    /// `h.owner` holds `h.ip`, got elsewhere (a DHCP lease, a static address set at start).
+    fn record(&self, h: Holding) -> Result<Lease, BookError>;
     /// Give up `owner`'s lease on `network`.
     fn release(&self, network: &str, owner: &Owner) -> Result<Option<Lease>, BookError>;
 }
 
 impl AddressBook for Ipam {
-    fn allocate(
-        &self,
-        net: &Network,
-        owner: &Owner,
-        request: Request,
-        configured: &BTreeSet<Ipv4Addr>,
-        _mac: Option<MacAddr>,
-    ) -> Result<Lease, BookError> {
-        Ok(Ipam::allocate(self, net, owner, request, configured)?)
+    fn allocate(&self, ask: Ask) -> Result<Lease, BookError> {
+        Ok(Ipam::allocate(self, ask)?)
     }
 
-    fn record(
-        &self,
-        net: &Network,
-        owner: &Owner,
-        ip: Ipv4Addr,
-        fixed: bool,
-        _mac: Option<MacAddr>,
-    ) -> Result<Lease, BookError> {
-        Ok(Ipam::record(self, net, owner, ip, fixed)?)
+    fn record(&self, h: Holding) -> Result<Lease, BookError> {
+        Ok(Ipam::record(self, h)?)
     }
 
     fn release(&self, network: &str, owner: &Owner) -> Result<Option<Lease>, BookError> {
@@ -82,7 +51,8 @@ pub struct ClusterBook {
 
 impl ClusterBook {
     fn mirror(&self, net: &Network, l: &Lease) {
-        if let Err(e) = self.local.mirror(net, &l.owner, l.ip, l.fixed) {
+        let h = Holding::new(net, &l.owner, l.ip, l.fixed);
+        if let Err(e) = self.local.mirror(h) {
             log::warn!(
                 "the local lease file does not mirror {} of {}: {}",
                 l.ip,
@@ -94,31 +64,15 @@ impl ClusterBook {
 }
 
 impl AddressBook for ClusterBook {
-    fn allocate(
-        &self,
-        net: &Network,
-        owner: &Owner,
-        request: Request,
-        configured: &BTreeSet<Ipv4Addr>,
-        mac: Option<MacAddr>,
-    ) -> Result<Lease, BookError> {
-        let l = self
-            .cluster
-            .allocate(net, owner, request, configured, mac)?;
-        self.mirror(net, &l);
+    fn allocate(&self, ask: Ask) -> Result<Lease, BookError> {
+        let l = self.cluster.allocate(ask)?;
+        self.mirror(ask.net, &l);
         Ok(l)
     }
 
-    fn record(
-        &self,
-        net: &Network,
-        owner: &Owner,
-        ip: Ipv4Addr,
-        fixed: bool,
-        mac: Option<MacAddr>,
-    ) -> Result<Lease, BookError> {
-        let l = self.cluster.record(net, owner, ip, fixed, mac)?;
-        self.mirror(net, &l);
+    fn record(&self, h: Holding) -> Result<Lease, BookError> {
+        let l = self.cluster.record(h)?;
+        self.mirror(h.net, &l);
         Ok(l)
     }
 

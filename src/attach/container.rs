@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{owner_of, Attach, AttachError, LinkRecord};
 use crate::config::NetworkLookup;
+use crate::net::ipam::{Ask, Holding, Owner, Request};
 use crate::net::link;
 use crate::net::manager::Veth;
 use crate::net::netlink::{Netlink, NetlinkError};
@@ -84,14 +85,11 @@ pub(super) fn up(at: &Attach, a: &Attachment) -> Result<LinkRecord, AttachError>
     // before nspawn runs: refused while another workload holds it.
     if let (Some(known), Some(net)) = (a.addressing.known(), at.network(a)) {
         let book = at.book(&net.name)?;
-        let owner = crate::net::ipam::Owner::container(&a.workload, &a.nic);
-        book.allocate(
-            net,
-            &owner,
-            crate::net::ipam::Request::Static(known.addr()),
-            &Default::default(),
-            Some(a.mac),
-        )
+        let owner = Owner::container(&a.workload, &a.nic);
+        book.allocate(Ask {
+            mac: Some(a.mac),
+            ..Ask::new(net, &owner, Request::Static(known.addr()))
+        })
         .map_err(super::book_error(what.clone()))?;
     }
     log::info!(
@@ -255,7 +253,11 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
         };
         let record = |ip: Ipv4Addr, fixed: bool| {
             if let (Some(net), Some(book)) = (net, &book) {
-                if let Err(e) = book.record(net, &owner, ip, fixed, Some(a.mac)) {
+                let h = Holding {
+                    mac: Some(a.mac),
+                    ..Holding::new(net, &owner, ip, fixed)
+                };
+                if let Err(e) = book.record(h) {
                     log::warn!("{what}: lease not recorded: {}", crate::error_chain(&e));
                 }
             }

@@ -148,6 +148,7 @@ impl Attach {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::ipam::Holding;
 
     /// A running DHCP container's lease is rebuilt with a corrupt lease file: `volt container
     /// net-up` keeps the address it saw in the link's record.
@@ -187,7 +188,9 @@ mod tests {
         let net = at.plan.networks.list[0].clone();
         let owner = Owner::container("app", &a.nic);
         let ip: Ipv4Addr = "10.42.0.120".parse().expect("ip");
-        at.ipam().record(&net, &owner, ip, false).expect("record");
+        at.ipam()
+            .record(Holding::new(&net, &owner, ip, false))
+            .expect("record");
         super::super::container::remember_dhcp(&at, &a.link, ip);
         let file = at.paths.ipam_dir().join("volt0.json");
         let text = std::fs::read(&file).expect("read");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{book_error, link_params, volt_user, Attach, AttachError, LinkRecord};
 use crate::config::{nic_mac, NetworkLookup};
 use crate::fsutil::write_atomic_if_changed;
-use crate::net::ipam::{Owner, Request};
+use crate::net::ipam::{Ask, Owner, Request};
 use crate::net::link;
 use crate::net::manager::TapOptions;
 use crate::net::netlink::Netlink;
@@ -288,24 +288,24 @@ fn address(
         .configured_addresses(&net.name, Some(&owner))
         .into_iter()
         .collect();
+    let ask = Ask {
+        net,
+        owner: &owner,
+        request: Request::Any,
+        configured: &configured,
+        mac: Some(mac),
+    };
     if let Some(known) = a.addressing.known() {
         // Claimed like any lease: refused while another workload holds it (a pool lease
         // given out before this file named the address).
-        book.allocate(
-            net,
-            &owner,
-            Request::Static(known.addr()),
-            &configured,
-            Some(mac),
-        )
-        .map_err(book_error(a.describe()))?;
+        let request = Request::Static(known.addr());
+        book.allocate(Ask { request, ..ask })
+            .map_err(book_error(a.describe()))?;
         return Ok(Some(known));
     }
     if a.addressing != Addressing::Pool {
         return Ok(None);
     }
-    let lease = book
-        .allocate(net, &owner, Request::Any, &configured, Some(mac))
-        .map_err(book_error(a.describe()))?;
+    let lease = book.allocate(ask).map_err(book_error(a.describe()))?;
     Ok(ipnet::Ipv4Net::new(lease.ip, net.subnet.prefix_len()).ok())
 }

@@ -8,7 +8,7 @@ use super::output::OutputArgs;
 use super::{IpamCommand, Outcome};
 use crate::attach::Attach;
 use crate::config::NetworkLookup;
-use crate::net::ipam::{Lease, Owner, Request};
+use crate::net::ipam::{Ask, Lease, Owner, Request};
 
 fn print_leases(rows: &[(String, Lease)], out: &OutputArgs) -> Result<()> {
     let v: Vec<serde_json::Value> = rows
@@ -147,7 +147,13 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
                 .collect();
             let lease = at
                 .book(&net.name)?
-                .allocate(net, &owner, request, &configured, None)
+                .allocate(Ask {
+                    net,
+                    owner: &owner,
+                    request,
+                    configured: &configured,
+                    mac: None,
+                })
                 .with_context(|| format!("cannot lease an address to {owner}"))?;
             println!("{}/{}", lease.ip, net.subnet.prefix_len());
         }

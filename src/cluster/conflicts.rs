@@ -13,7 +13,7 @@ use super::etcd::Op;
 use super::store::{self, ConflictRecord};
 use super::ClusterError;
 use crate::config::{MacAddr, Network};
-use crate::net::ipam::Owner;
+use crate::net::ipam::{Holding, Owner};
 
 /// How to claim again what another host holds.
 #[derive(Clone)]
@@ -70,10 +70,16 @@ impl Daemon {
                 ip,
                 fixed,
                 mac,
-            } => self
-                .cluster
-                .record(net, owner, *ip, *fixed, *mac)
-                .map(|_| ()),
+            } => {
+                let h = Holding {
+                    net,
+                    owner,
+                    ip: *ip,
+                    fixed: *fixed,
+                    mac: *mac,
+                };
+                self.cluster.record(h).map(|_| ())
+            }
         }
     }
 

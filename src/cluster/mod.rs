@@ -17,11 +17,10 @@ pub mod status;
 pub mod store;
 mod threads;
 
-use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use crate::config::{ClusterConfig, MacAddr, Network};
-use crate::net::ipam::{self, IpamError, Lease, Owner, Request};
+use crate::config::ClusterConfig;
+use crate::net::ipam::{self, Ask, Holding, IpamError, Lease, Owner, Request};
 use etcd::{Etcd, EtcdError};
 use store::{AddrClaim, HostRecord, NameClaim};
 
@@ -310,17 +309,10 @@ impl Cluster {
         )?)
     }
 
-    /// An address on `net` for `owner` (its static address, its reservation, else a free
-    /// one of its pool), claimed cluster-wide. The same claim again is the same address.
-    pub fn allocate(
-        &self,
-        net: &Network,
-        owner: &Owner,
-        request: Request,
-        configured: &BTreeSet<Ipv4Addr>,
-        mac: Option<MacAddr>,
-    ) -> Result<Lease, ClusterError> {
-        self.claim_address(net, owner, request, configured, mac, None)
+    /// An address on `ask.net` for `ask.owner` (its static address, its reservation, else a
+    /// free one of its pool), claimed cluster-wide. The same claim again is the same address.
+    pub fn allocate(&self, ask: Ask) -> Result<Lease, ClusterError> {
+        self.claim_address(ask, None)
     }
 
     /// [`Cluster::allocate`]; `fixed_as`: what the claim says of itself (static or from a pool)
@@ -328,15 +320,8 @@ impl Cluster {
     /// An existing claim of the owner gets its MAC (and that) filled in or corrected: an
     /// address claimed before its MAC was known (`volt ipam allocate`) must not stay
     /// without one, or peers have no forwarding entry for it and their filter drops it.
-    fn claim_address(
-        &self,
-        net: &Network,
-        owner: &Owner,
-        request: Request,
-        configured: &BTreeSet<Ipv4Addr>,
-        mac: Option<MacAddr>,
-        fixed_as: Option<bool>,
-    ) -> Result<Lease, ClusterError> {
+    fn claim_address(&self, ask: Ask, fixed_as: Option<bool>) -> Result<Lease, ClusterError> {
+        let (net, owner, request) = (ask.net, ask.owner, ask.request);
         let lease = self.host_lease()?;
         let me = self.host().to_string();
         let owner_s = owner.to_string();
@@ -363,7 +348,7 @@ impl Cluster {
                     _ => {}
                 }
                 let mut now = AddrClaim::clone(c);
-                now.mac = mac.map(|m| m.to_string()).or(now.mac);
+                now.mac = ask.mac.map(|m| m.to_string()).or(now.mac);
                 now.fixed = fixed_as.unwrap_or(now.fixed);
                 if now == **c {
                     return Ok(as_lease(*ip, c));
@@ -390,22 +375,22 @@ impl Cluster {
                 }
             }
             let leases: Vec<Lease> = claims.iter().map(|(ip, c, _)| as_lease(*ip, c)).collect();
-            let mut excluded = configured.clone();
+            let mut excluded = ask.configured.clone();
             for _ in 0..skip {
-                match ipam::pick(net, owner, request, &leases, &excluded) {
+                match ipam::pick(ask.with_configured(&excluded), &leases) {
                     Ok((ip, false)) => {
                         excluded.insert(ip);
                     }
                     _ => break,
                 }
             }
-            let (ip, fixed) = ipam::pick(net, owner, request, &leases, &excluded)
-                .or_else(|_| ipam::pick(net, owner, request, &leases, configured))?;
+            let (ip, fixed) = ipam::pick(ask.with_configured(&excluded), &leases)
+                .or_else(|_| ipam::pick(ask, &leases))?;
             let claim = AddrClaim {
                 owner: owner_s.clone(),
                 host: me.clone(),
                 fixed: fixed_as.unwrap_or(fixed),
-                mac: mac.map(|m| m.to_string()),
+                mac: ask.mac.map(|m| m.to_string()),
                 since: store::now(),
             };
             if store::try_claim(&self.etcd, &net.name, ip, &claim, lease)? {
@@ -420,31 +405,21 @@ impl Cluster {
         })
     }
 
-    /// Record that `owner` holds `ip` (an address it got elsewhere: a DHCP lease).
-    pub fn record(
-        &self,
-        net: &Network,
-        owner: &Owner,
-        ip: Ipv4Addr,
-        fixed: bool,
-        mac: Option<MacAddr>,
-    ) -> Result<Lease, ClusterError> {
-        if !net.is_host_addr(ip) {
+    /// Record that `h.owner` holds `h.ip` (an address it got elsewhere: a DHCP lease).
+    pub fn record(&self, h: Holding) -> Result<Lease, ClusterError> {
+        if !h.net.is_host_addr(h.ip) {
             return Err(IpamError::OutOfNetwork {
-                ip,
-                network: net.name.clone(),
-                subnet: net.subnet,
+                ip: h.ip,
+                network: h.net.name.clone(),
+                subnet: h.net.subnet,
             }
             .into());
         }
-        self.claim_address(
-            net,
-            owner,
-            Request::Static(ip),
-            &BTreeSet::new(),
-            mac,
-            Some(fixed),
-        )
+        let ask = Ask {
+            mac: h.mac,
+            ..Ask::new(h.net, h.owner, Request::Static(h.ip))
+        };
+        self.claim_address(ask, Some(h.fixed))
     }
 
     /// Give up `owner`'s address on `network`, if this host holds it.

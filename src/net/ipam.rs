@@ -7,7 +7,6 @@
 //! writer removes it (under the lock no other writer is between create and rename).
 //! Choosing an address is a pure function ([`pick`]).
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -16,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Network, Range};
+use crate::config::Range;
 
 /// What kind of workload holds a lease: it decides the pool dynamic addresses come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -369,19 +368,14 @@ impl Ipam {
         self.with_leases(network, |l| Ok(l.clone()))
     }
 
-    /// Give `owner` an address on `net`; returns its existing lease if it has one (for the
-    /// same request). `configured`: static addresses of other workloads' configs.
-    pub fn allocate(
-        &self,
-        net: &Network,
-        owner: &Owner,
-        request: Request,
-        configured: &BTreeSet<Ipv4Addr>,
-    ) -> Result<Lease, IpamError> {
+    /// Give `ask.owner` an address on `ask.net`; returns its existing lease if it has one
+    /// (for the same request). The MAC is not kept.
+    pub fn allocate(&self, ask: Ask) -> Result<Lease, IpamError> {
+        let (net, owner) = (ask.net, ask.owner);
         self.with_leases(&net.name, |leases| {
             if let Some(pos) = leases.iter().position(|l| l.owner == *owner) {
                 let held = leases[pos].ip;
-                match gives_way(net, owner, request, held, configured) {
+                match gives_way(ask, held) {
                     None => return Ok(leases[pos].clone()),
                     Some(why) => {
                         log::info!("{owner} gives up {held} on {}: {why}", net.name);
@@ -389,49 +383,30 @@ impl Ipam {
                     }
                 }
             }
-            let mut others = configured.clone();
-            if let Request::Static(ip) = request {
+            let mut others = ask.configured.clone();
+            if let Request::Static(ip) = ask.request {
                 others.remove(&ip);
             }
-            let (ip, fixed) = pick(net, owner, request, leases, &others)?;
+            let (ip, fixed) = pick(ask.with_configured(&others), leases)?;
             Ok(insert_lease(leases, ip, owner, fixed))
         })
     }
 
-    /// Record that `owner` holds `ip` on `net`, an address it got from elsewhere (a
-    /// container's DHCP lease from networkd, a static address configured at start). Replaces
-    /// the owner's lease; refuses an address another owner holds.
-    pub fn record(
-        &self,
-        net: &Network,
-        owner: &Owner,
-        ip: Ipv4Addr,
-        fixed: bool,
-    ) -> Result<Lease, IpamError> {
-        self.record_as(net, owner, ip, fixed, false)
+    /// Record that `h.owner` holds `h.ip` on `h.net` (see [`Holding`]). Replaces the owner's
+    /// lease; refuses an address another owner holds. The MAC is not kept.
+    pub fn record(&self, h: Holding) -> Result<Lease, IpamError> {
+        self.record_as(h, false)
     }
 
     /// [`Ipam::record`] of what another store decided (the cluster's claims on a network it
     /// shares): that store wins, so a local lease of another owner on `ip` (left from before a
     /// crash that outlived the cluster's claims) is dropped, with a warning, not refused.
-    pub fn mirror(
-        &self,
-        net: &Network,
-        owner: &Owner,
-        ip: Ipv4Addr,
-        fixed: bool,
-    ) -> Result<Lease, IpamError> {
-        self.record_as(net, owner, ip, fixed, true)
+    pub fn mirror(&self, h: Holding) -> Result<Lease, IpamError> {
+        self.record_as(h, true)
     }
 
-    fn record_as(
-        &self,
-        net: &Network,
-        owner: &Owner,
-        ip: Ipv4Addr,
-        fixed: bool,
-        displace: bool,
-    ) -> Result<Lease, IpamError> {
+    fn record_as(&self, h: Holding, displace: bool) -> Result<Lease, IpamError> {
+        let (net, owner, ip, fixed) = (h.net, h.owner, h.ip, h.fixed);
         self.with_leases(&net.name, |leases| {
             if !net.is_host_addr(ip) {
                 return Err(IpamError::OutOfNetwork {
@@ -551,6 +526,9 @@ fn write_atomic(path: &Path, file: &LeaseFile) -> Result<(), IpamError> {
     Ok(())
 }
 
+#[path = "ipam_ask.rs"]
+mod ask;
+pub use ask::{Ask, Holding};
 #[path = "ipam_pick.rs"]
 mod choose;
 use choose::gives_way;

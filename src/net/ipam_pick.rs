@@ -3,18 +3,13 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use super::{IpamError, Kind, Lease, Owner, Request};
-use crate::config::Network;
+use super::{Ask, IpamError, Kind, Lease, Request};
 
-/// Choose an address for `owner` on `net`, given the current leases and addresses that are
-/// configured statically for workloads that have no lease yet (`configured`). Pure.
-pub fn pick(
-    net: &Network,
-    owner: &Owner,
-    request: Request,
-    leases: &[Lease],
-    configured: &BTreeSet<Ipv4Addr>,
-) -> Result<(Ipv4Addr, bool), IpamError> {
+/// Choose an address for `ask.owner` on `ask.net`, given the current leases and addresses
+/// that are configured statically for workloads that have no lease yet (`ask.configured`).
+/// Pure.
+pub fn pick(ask: Ask, leases: &[Lease]) -> Result<(Ipv4Addr, bool), IpamError> {
+    let (net, owner, configured) = (ask.net, ask.owner, ask.configured);
     let holder_of = |ip: Ipv4Addr| leases.iter().find(|l| l.ip == ip && l.owner != *owner);
     let reserved_for_other = |ip: Ipv4Addr| {
         net.reservations
@@ -46,7 +41,7 @@ pub fn pick(
         }
         Ok(())
     };
-    if let Request::Static(ip) = request {
+    if let Request::Static(ip) = ask.request {
         check(ip)?;
         return Ok((ip, true));
     }
@@ -77,32 +72,27 @@ pub fn pick(
         })
 }
 
-/// Why `owner`'s lease of `held` cannot answer `request` any more, if it cannot: the
+/// Why `ask.owner`'s lease of `held` cannot answer `ask` any more, if it cannot: the
 /// owner's file now names another address, or its reservation is another one, or the
 /// address is now another workload's static address or reservation (the files win over a
 /// pool lease given out before they said so).
-pub(super) fn gives_way(
-    net: &Network,
-    owner: &Owner,
-    request: Request,
-    held: Ipv4Addr,
-    configured: &BTreeSet<Ipv4Addr>,
-) -> Option<String> {
-    if let Request::Static(ip) = request {
+pub(super) fn gives_way(ask: Ask, held: Ipv4Addr) -> Option<String> {
+    if let Request::Static(ip) = ask.request {
         return (ip != held).then(|| format!("its file names {ip}"));
     }
-    let key = owner.reservation_key();
-    if let Some(mine) = net.reservations.get(&key).filter(|ip| **ip != held) {
+    let key = ask.owner.reservation_key();
+    if let Some(mine) = ask.net.reservations.get(&key).filter(|ip| **ip != held) {
         return Some(format!("its reservation is {mine}"));
     }
-    if let Some((other, _)) = net
+    if let Some((other, _)) = ask
+        .net
         .reservations
         .iter()
         .find(|(k, ip)| **ip == held && **k != key)
     {
         return Some(format!("the address is reserved for {other}"));
     }
-    configured
+    ask.configured
         .contains(&held)
         .then(|| "another workload's file names it as its static address".to_string())
 }

@@ -1,5 +1,8 @@
 //! Tests of the lease store (`ipam.rs`).
+use std::collections::BTreeSet;
+
 use super::*;
+use crate::config::Network;
 use proptest::prelude::*;
 
 fn net() -> Network {
@@ -14,9 +17,8 @@ fn net() -> Network {
 #[test]
 fn reservations_statics_and_pools() {
     let n = net();
-    let none = BTreeSet::new();
     assert_eq!(
-        pick(&n, &Owner::vm("web", "eth0"), Request::Any, &[], &none)
+        pick(Ask::new(&n, &Owner::vm("web", "eth0"), Request::Any), &[])
             .expect("ok")
             .0
             .to_string(),
@@ -24,11 +26,8 @@ fn reservations_statics_and_pools() {
     );
     assert_eq!(
         pick(
-            &n,
-            &Owner::container("db", "eth0"),
-            Request::Any,
-            &[],
-            &none
+            Ask::new(&n, &Owner::container("db", "eth0"), Request::Any),
+            &[]
         )
         .expect("ok")
         .0
@@ -36,27 +35,27 @@ fn reservations_statics_and_pools() {
         "10.42.0.150"
     );
     assert_eq!(
-        pick(&n, &Owner::vm("api", "eth0"), Request::Any, &[], &none)
+        pick(Ask::new(&n, &Owner::vm("api", "eth0"), Request::Any), &[])
             .expect("ok")
             .0
             .to_string(),
         "10.42.0.2"
     );
     assert_eq!(
-        pick(&n, &Owner::container("c", "eth0"), Request::Any, &[], &none)
-            .expect("ok")
-            .0
-            .to_string(),
+        pick(
+            Ask::new(&n, &Owner::container("c", "eth0"), Request::Any),
+            &[]
+        )
+        .expect("ok")
+        .0
+        .to_string(),
         "10.42.0.100"
     );
     let configured: BTreeSet<Ipv4Addr> = ["10.42.0.2".parse().expect("ip")].into();
     assert_eq!(
         pick(
-            &n,
-            &Owner::vm("api", "eth0"),
-            Request::Any,
-            &[],
-            &configured
+            Ask::new(&n, &Owner::vm("api", "eth0"), Request::Any).with_configured(&configured),
+            &[]
         )
         .expect("ok")
         .0
@@ -64,20 +63,22 @@ fn reservations_statics_and_pools() {
         "10.42.0.3"
     );
     let e = pick(
-        &n,
-        &Owner::vm("api", "eth0"),
-        Request::Static("10.42.0.10".parse().expect("ip")),
+        Ask::new(
+            &n,
+            &Owner::vm("api", "eth0"),
+            Request::Static("10.42.0.10".parse().expect("ip")),
+        ),
         &[],
-        &none,
     )
     .unwrap_err();
     assert_eq!(e.to_string(), "10.42.0.10 on volt0 is reserved for vm-web");
     let e = pick(
-        &n,
-        &Owner::vm("api", "eth0"),
-        Request::Static("10.42.0.1".parse().expect("ip")),
+        Ask::new(
+            &n,
+            &Owner::vm("api", "eth0"),
+            Request::Static("10.42.0.1".parse().expect("ip")),
+        ),
         &[],
-        &none,
     )
     .unwrap_err();
     assert!(e.to_string().contains("not a usable address"), "{e}");
@@ -100,14 +101,7 @@ fn exhaustion_is_a_clear_error() {
             since: 0,
         })
         .collect();
-    let e = pick(
-        &n,
-        &Owner::vm("x", "eth0"),
-        Request::Any,
-        &leases,
-        &BTreeSet::new(),
-    )
-    .unwrap_err();
+    let e = pick(Ask::new(&n, &Owner::vm("x", "eth0"), Request::Any), &leases).unwrap_err();
     assert_eq!(
         e.to_string(),
         "no free address left in volt0's VM pool 10.42.0.2-10.42.0.3"
@@ -138,7 +132,7 @@ proptest! {
             if release {
                 ipam.release(&n.name, &owner).expect("release");
             } else {
-                match ipam.allocate(&n, &owner, Request::Any, &BTreeSet::new()) {
+                match ipam.allocate(Ask::new(&n, &owner, Request::Any)) {
                     Ok(l) => {
                         let pool = if is_vm { n.vm_range } else { n.container_range };
                         prop_assert!(pool.contains(l.ip) || n.reservations.values().any(|r| *r == l.ip));
@@ -169,10 +163,10 @@ fn allocate_is_idempotent_and_release_frees() {
     let n = net();
     let o = Owner::vm("api", "eth0");
     let a = ipam
-        .allocate(&n, &o, Request::Any, &BTreeSet::new())
+        .allocate(Ask::new(&n, &o, Request::Any))
         .expect("alloc");
     let b = ipam
-        .allocate(&n, &o, Request::Any, &BTreeSet::new())
+        .allocate(Ask::new(&n, &o, Request::Any))
         .expect("alloc");
     assert_eq!(a.ip, b.ip);
     assert_eq!(
@@ -202,7 +196,7 @@ fn a_corrupt_file_is_moved_aside_and_rebuilt_once() {
     let ipam = Ipam::new(dir.path());
     let n = net();
     let a = ipam
-        .allocate(&n, &Owner::vm("a", "eth0"), Request::Any, &BTreeSet::new())
+        .allocate(Ask::new(&n, &Owner::vm("a", "eth0"), Request::Any))
         .expect("alloc");
     // Truncated mid-write by a full disk or a crash of something else.
     let text = std::fs::read(&path).expect("read");
@@ -227,7 +221,7 @@ fn a_corrupt_file_is_moved_aside_and_rebuilt_once() {
     assert_eq!(ipam.networks(), vec!["volt0".to_string()]);
     // The rebuilt file is valid: the next start gets another address, nothing moves again.
     let b = ipam
-        .allocate(&n, &Owner::vm("b", "eth0"), Request::Any, &BTreeSet::new())
+        .allocate(Ask::new(&n, &Owner::vm("b", "eth0"), Request::Any))
         .expect("alloc after rebuild");
     assert_ne!(a.ip, b.ip);
     assert_eq!(ipam.list("volt0").expect("list").len(), 2);
@@ -270,11 +264,10 @@ fn a_pool_lease_gives_way_to_files_that_name_its_address() {
     let ipam = Ipam::new(dir.path());
     let n = net();
     let (a, b) = (Owner::vm("a", "eth0"), Owner::vm("b", "eth0"));
-    let none = BTreeSet::new();
-    let first = ipam.allocate(&n, &a, Request::Any, &none).expect("a");
+    let first = ipam.allocate(Ask::new(&n, &a, Request::Any)).expect("a");
     // b's file now names a's address: b is refused while a holds it, naming a.
     let e = ipam
-        .allocate(&n, &b, Request::Static(first.ip), &none)
+        .allocate(Ask::new(&n, &b, Request::Static(first.ip)))
         .unwrap_err()
         .to_string();
     assert!(
@@ -284,11 +277,11 @@ fn a_pool_lease_gives_way_to_files_that_name_its_address() {
     // a's next start (which passes b's static address as configured) moves off it.
     let configured: BTreeSet<Ipv4Addr> = [first.ip].into();
     let moved = ipam
-        .allocate(&n, &a, Request::Any, &configured)
+        .allocate(Ask::new(&n, &a, Request::Any).with_configured(&configured))
         .expect("a again");
     assert_ne!(moved.ip, first.ip);
     assert_eq!(
-        ipam.allocate(&n, &b, Request::Static(first.ip), &none)
+        ipam.allocate(Ask::new(&n, &b, Request::Static(first.ip)))
             .expect("b")
             .ip,
         first.ip
@@ -298,13 +291,13 @@ fn a_pool_lease_gives_way_to_files_that_name_its_address() {
     let mut n2 = n.clone();
     n2.reservations
         .insert("vm-a".into(), "10.42.0.20".parse().expect("ip"));
-    let reserved = ipam.allocate(&n2, &a, Request::Any, &none).expect("a");
+    let reserved = ipam.allocate(Ask::new(&n2, &a, Request::Any)).expect("a");
     assert_eq!(reserved.ip.to_string(), "10.42.0.20");
     let c = Owner::vm("c", "eth0");
-    let held = ipam.allocate(&n2, &c, Request::Any, &none).expect("c");
+    let held = ipam.allocate(Ask::new(&n2, &c, Request::Any)).expect("c");
     n2.reservations.insert("vm-x".into(), held.ip);
     let again = ipam
-        .allocate(&n2, &c, Request::Any, &none)
+        .allocate(Ask::new(&n2, &c, Request::Any))
         .expect("c again");
     assert_ne!(again.ip, held.ip);
 }
@@ -315,7 +308,7 @@ fn reconcile_releases_dead_owners() {
     let ipam = Ipam::new(dir.path());
     let n = net();
     for name in ["a", "b", "c"] {
-        ipam.allocate(&n, &Owner::vm(name, "eth0"), Request::Any, &BTreeSet::new())
+        ipam.allocate(Ask::new(&n, &Owner::vm(name, "eth0"), Request::Any))
             .expect("alloc");
     }
     let gone = ipam
@@ -338,34 +331,36 @@ fn record_keeps_one_lease_per_owner_and_refuses_taken_addresses() {
     let db = Owner::container("app", "eth0");
     let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
     let l = ipam
-        .record(&n, &db, ip("10.42.0.101"), false)
+        .record(Holding::new(&n, &db, ip("10.42.0.101"), false))
         .expect("record");
     assert!(!l.fixed);
     // The same again is the same lease; a new DHCP address replaces it.
     assert_eq!(
-        ipam.record(&n, &db, ip("10.42.0.101"), false)
+        ipam.record(Holding::new(&n, &db, ip("10.42.0.101"), false))
             .expect("again"),
         l
     );
-    ipam.record(&n, &db, ip("10.42.0.102"), false)
+    ipam.record(Holding::new(&n, &db, ip("10.42.0.102"), false))
         .expect("moved");
     let leases = ipam.list("volt0").expect("list");
     assert_eq!(leases.len(), 1);
     assert_eq!(leases[0].ip, ip("10.42.0.102"));
     let e = ipam
-        .record(
+        .record(Holding::new(
             &n,
             &Owner::container("other", "eth0"),
             ip("10.42.0.102"),
             false,
-        )
+        ))
         .unwrap_err();
     assert!(
         e.to_string()
             .contains("already leased to container/app/eth0"),
         "{e}"
     );
-    assert!(ipam.record(&n, &db, ip("10.42.0.1"), true).is_err());
+    assert!(ipam
+        .record(Holding::new(&n, &db, ip("10.42.0.1"), true))
+        .is_err());
 }
 
 /// After a crash that outlived the cluster's claims, the claims were handed out anew in
@@ -378,12 +373,14 @@ fn a_mirror_follows_the_store_over_stale_local_leases() {
     let n = net();
     let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
     let (a, b) = (Owner::vm("a", "eth0"), Owner::vm("b", "eth0"));
-    ipam.record(&n, &a, ip("10.42.0.2"), false).expect("a");
-    ipam.record(&n, &b, ip("10.42.0.3"), false).expect("b");
+    ipam.record(Holding::new(&n, &a, ip("10.42.0.2"), false))
+        .expect("a");
+    ipam.record(Holding::new(&n, &b, ip("10.42.0.3"), false))
+        .expect("b");
     // The store gives b .2, then a .3.
-    ipam.mirror(&n, &b, ip("10.42.0.2"), false)
+    ipam.mirror(Holding::new(&n, &b, ip("10.42.0.2"), false))
         .expect("b's claim");
-    ipam.mirror(&n, &a, ip("10.42.0.3"), false)
+    ipam.mirror(Holding::new(&n, &a, ip("10.42.0.3"), false))
         .expect("a's claim");
     let mut got: Vec<(String, Ipv4Addr)> = ipam
         .list("volt0")
@@ -400,5 +397,7 @@ fn a_mirror_follows_the_store_over_stale_local_leases() {
         ]
     );
     // A plain record still refuses an address another owner holds.
-    assert!(ipam.record(&n, &a, ip("10.42.0.2"), false).is_err());
+    assert!(ipam
+        .record(Holding::new(&n, &a, ip("10.42.0.2"), false))
+        .is_err());
 }
