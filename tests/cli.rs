@@ -251,6 +251,34 @@ fn ipam_commands_honour_the_configuration() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
+/// A lease file that cannot be read stops neither the listing nor the reconciliation of the
+/// other networks; the exit status says that one was passed over.
+#[test]
+fn one_unreadable_lease_file_does_not_stop_the_other_networks() {
+    let r = root();
+    let p = r.path();
+    write(
+        p,
+        "var/lib/volt/ipam/volt0.json",
+        r#"{"version":1,"network":"volt0","leases":[{"ip":"10.42.0.5","owner":{"kind":"vm","name":"gone","nic":"eth0"},"static":false,"since":1}]}"#,
+    );
+    // Sorted before volt0, so a stop at the first failure would show nothing.
+    std::fs::create_dir_all(p.join("var/lib/volt/ipam/lab.json")).expect("mkdir");
+    let o = volt(p, &["ipam", "list"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("10.42.0.5") && out.contains("vm/gone/eth0"),
+        "{}",
+        text(&o)
+    );
+    says(&o, "network lab: ");
+    let o = volt(p, &["ipam", "reconcile"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    says(&o, "released 10.42.0.5 on volt0 from vm/gone/eth0 (gone)");
+    says(&o, "network lab: ");
+}
+
 #[test]
 fn tables_and_json() {
     let r = root();

@@ -98,13 +98,23 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
                 }
                 None => ipam.networks(),
             };
+            // A network whose file cannot be read is said and passed over: the others are
+            // still listed, and the exit status says that something was not.
             let mut rows = Vec::new();
+            let mut failed = false;
             for n in nets {
-                for l in ipam.list(&n)? {
-                    rows.push((n.clone(), l));
+                match ipam.list(&n) {
+                    Ok(leases) => rows.extend(leases.into_iter().map(|l| (n.clone(), l))),
+                    Err(e) => {
+                        log::error!("network {n}: {}", crate::error_chain(&e));
+                        failed = true;
+                    }
                 }
             }
             print_leases(&rows, &out)?;
+            if failed {
+                return Ok(Outcome::Failed);
+            }
         }
         IpamCommand::Allocate { network, owner, ip } => {
             let owner: Owner = owner.parse().map_err(anyhow::Error::msg)?;
@@ -184,14 +194,25 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
         }
         IpamCommand::Reconcile => {
             let at = Attach::load(root);
-            let mut released = 0;
+            let (mut released, mut failed) = (0, false);
             for n in ipam.networks() {
-                for l in ipam.reconcile(&n, &|o: &Owner| at.lease_alive(&n, o))? {
-                    println!("released {} on {n} from {} (gone)", l.ip, l.owner);
-                    released += 1;
+                match ipam.reconcile(&n, &|o: &Owner| at.lease_alive(&n, o)) {
+                    Ok(gone) => {
+                        for l in gone {
+                            println!("released {} on {n} from {} (gone)", l.ip, l.owner);
+                            released += 1;
+                        }
+                    }
+                    Err(e) => {
+                        log::error!("network {n}: {}", crate::error_chain(&e));
+                        failed = true;
+                    }
                 }
             }
             println!("{released} lease(s) released");
+            if failed {
+                return Ok(Outcome::Failed);
+            }
         }
     }
     Ok(Outcome::Ok)
@@ -208,7 +229,7 @@ pub(super) fn leases_for_view(root: &Path, network: &str) -> Vec<Lease> {
             let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
             if !warned.iter().any(|n| n == network) {
                 log::warn!(
-                    "the leases of network {network} are not shown: {} (`volt ipam list --network {network}` rebuilds it from the running workloads)",
+                    "the leases of network {network} are not shown: {} (`volt ipam list --network {network}` as root rebuilds it from the running workloads and the entries that still read, and keeps the bad file aside)",
                     crate::error_chain(&e)
                 );
                 warned.push(network.to_string());

@@ -268,18 +268,27 @@ impl Ipam {
                 path: aside.clone(),
                 source: e,
             })?;
+        // The running workloads' addresses first (what their links hold now wins), then
+        // every entry of the bad file that still reads as a lease and conflicts with none:
+        // one bad entry must not cost the leases of the stopped workloads.
         let mut leases: Vec<Lease> = Vec::new();
-        for l in rebuild(network) {
-            if !leases.iter().any(|o| o.ip == l.ip || o.owner == l.owner) {
+        let mut add = |l: Lease| {
+            let new = !leases.iter().any(|o| o.ip == l.ip || o.owner == l.owner);
+            if new {
                 leases.push(l);
             }
-        }
+            new
+        };
+        let running = rebuild(network)
+            .into_iter()
+            .filter(|l| add(l.clone()))
+            .count();
+        let kept = salvage(path).into_iter().filter(|l| add(l.clone())).count();
         leases.sort_by_key(|l| l.ip);
         log::warn!(
-            "{} is not a valid lease file ({source}); moved it to {} and rebuilt {} lease(s) of network {network} from the running workloads",
+            "{} is not a valid lease file ({source}); kept it as {} and rebuilt network {network}'s leases: {running} from the running workloads, {kept} from the entries of the file that still read",
             path.display(),
             aside.display(),
-            leases.len()
         );
         let file = LeaseFile {
             version: 1,
@@ -481,6 +490,24 @@ impl Ipam {
             .unwrap_or_default();
         v.sort();
         v
+    }
+}
+
+/// The entries of a lease file that does not parse as a whole which still read as leases
+/// (an entry edited by hand, a field of the wrong type). A file that is not JSON has none.
+fn salvage(path: &Path) -> Vec<Lease> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Vec::new();
+    };
+    match value.get("leases").and_then(|l| l.as_array()) {
+        Some(entries) => entries
+            .iter()
+            .filter_map(|e| Lease::deserialize(e).ok())
+            .collect(),
+        None => Vec::new(),
     }
 }
 

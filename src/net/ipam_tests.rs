@@ -232,6 +232,48 @@ fn a_corrupt_file_is_moved_aside_and_rebuilt_once() {
     assert_eq!(ipam.list("volt0").expect("list"), vec![a]);
 }
 
+/// One entry edited into something that is not a lease (an address out of range): the
+/// file no longer parses, but the entries that still read are kept, after the running
+/// workloads' addresses (which win a conflict).
+#[test]
+fn a_rebuild_keeps_the_entries_that_still_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("volt0.json");
+    let ipam = Ipam::new(dir.path());
+    let n = net();
+    let owners = ["a", "b", "c", "d"].map(|v| Owner::vm(v, "eth0"));
+    let leases: Vec<Lease> = owners
+        .iter()
+        .map(|o| ipam.allocate(Ask::new(&n, o, Request::Any)).expect("alloc"))
+        .collect();
+    let text = std::fs::read_to_string(&path).expect("read");
+    let bad_ip = leases[1].ip.to_string();
+    let bad = text.replacen(&format!("\"{bad_ip}\""), "\"10.42.0.400\"", 1);
+    assert_ne!(bad, text);
+    std::fs::write(&path, &bad).expect("edit");
+    // d runs, now with another address than its old entry says.
+    let live = Lease {
+        ip: "10.42.0.99".parse().expect("ip"),
+        ..leases[3].clone()
+    };
+    let ipam = Ipam::with_rebuild(dir.path(), move |_| vec![live.clone()]);
+    let got: Vec<(String, String)> = ipam
+        .list("volt0")
+        .expect("rebuilt")
+        .iter()
+        .map(|l| (l.owner.name.clone(), l.ip.to_string()))
+        .collect();
+    let want = |o: &str, l: &Lease| (o.to_string(), l.ip.to_string());
+    assert_eq!(
+        got,
+        vec![
+            want("a", &leases[0]),
+            want("c", &leases[2]),
+            ("d".into(), "10.42.0.99".into())
+        ]
+    );
+}
+
 #[test]
 fn a_rebuild_that_cannot_be_written_leaves_the_bad_file_in_place() {
     let dir = tempfile::tempdir().expect("tempdir");
