@@ -195,10 +195,22 @@ pub(crate) fn remove_stale_temps(path: &Path, which: Stale) {
 }
 
 fn write_if_changed(path: &Path, content: &str, sync: bool) -> Result<bool, FsError> {
+    let (dir, tmp) = temp_beside(path);
     if has_content(path, content.as_bytes(), !sync) {
+        if sync {
+            // The content may be there only in the page cache: a writer killed between its
+            // rename and the directory's fsync leaves exactly this. Make it durable now, or
+            // an unchanged write would never do so.
+            std::fs::File::open(path)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| std::fs::File::open(dir)?.sync_all())
+                .map_err(|source| FsError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        }
         return Ok(false);
     }
-    let (dir, tmp) = temp_beside(path);
     if sync {
         // Durable writes are seldom, and outside /run what a killed writer left would stay
         // for good.
@@ -211,6 +223,15 @@ fn write_if_changed(path: &Path, content: &str, sync: bool) -> Result<bool, FsEr
                 path: dir.to_path_buf(),
                 source,
             })?;
+            // A new directory is durable once the directory holding it is synced.
+            if let Some(parent) = dir.parent().filter(|_| sync) {
+                std::fs::File::open(parent)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|source| FsError::Create {
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+            }
             std::fs::File::create(&tmp)
         }
         r => r,
