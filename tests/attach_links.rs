@@ -93,16 +93,30 @@ fn a_container_veth_port_gets_the_rules_and_link_down_removes_them() {
         return;
     }
     let host = TestNs::new("atct");
-    let r = root(&[("etc/volt/containers/ct.toml", CT)]);
+    // lab has no DHCP server of Volt's: a workload may be its server.
+    let r = root(&[
+        ("etc/volt/containers/ct.toml", CT),
+        (
+            "etc/volt/networks/lab.toml",
+            "bridge = \"lab0\"\nsubnet = \"10.60.0.0/24\"\ndhcp = false\n",
+        ),
+        (
+            "etc/volt/containers/srv.toml",
+            "directory = \"/srv/srv\"\ncommand = [\"/bin/true\"]\n[[network]]\nbridge = \"lab0\"\nipv4 = \"10.60.0.150/24\"\n",
+        ),
+    ]);
     let (h, c) = veth_of("ct");
     up(&host, r.path(), &h).expect("up");
     assert!(exists(&host, &h) && exists(&host, &c));
     let mac = volt::config::nic_mac(&volt::config::vm_uuid("ct"), "eth0", 0);
     let rules = chain(&host, &h);
+    let server = "udp sport 67 udp dport 68 counter packets 0 bytes 0 drop";
     for want in [
         format!("ether saddr != {mac}"),
         "ip saddr != 10.42.0.150".to_string(),
-        "arp saddr ip != 10.42.0.150".to_string(),
+        "arp saddr ip != { 0.0.0.0, 10.42.0.150 }".to_string(),
+        "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept".to_string(),
+        server.to_string(),
         "vlan id 0".to_string(),
         "ether type 8021ad".to_string(),
         "icmpv6 type nd-router-advert".to_string(),
@@ -110,6 +124,17 @@ fn a_container_veth_port_gets_the_rules_and_link_down_removes_them() {
     ] {
         assert!(rules.contains(&want), "{want:?} missing:\n{rules}");
     }
+    let (srv, _) = veth_of("srv");
+    up(&host, r.path(), &srv).expect("up srv");
+    let lab = chain(&host, &srv);
+    assert!(
+        lab.contains("ip saddr != 10.60.0.150") && !lab.contains(server),
+        "{lab}"
+    );
+    assert_eq!(
+        volt_link(&host, r.path(), "down", &srv).status.code(),
+        Some(0)
+    );
     let down = volt_link(&host, r.path(), "down", &h);
     assert!(down.status.success(), "{down:?}");
     assert!(!host.run({

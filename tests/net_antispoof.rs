@@ -154,6 +154,13 @@ fn attacks() -> Vec<Attack> {
         "own-neighbour-advert",
     );
     let dad = nd(fr::neighbour_solicit(attacker_ll), "dad-solicit");
+    // DHCP: an offer from the attacker's own address (a rogue server), and a client's
+    // discover and address probe from 0.0.0.0 (what any DHCP client sends).
+    let bcast4 = Ipv4Addr::BROADCAST;
+    let dhcp = |src, sport, dport, name: &str| {
+        fr::ipv4(src, bcast4, 17, &fr::udp(sport, dport, mk(name).as_bytes()))
+    };
+    let unspec4 = Ipv4Addr::UNSPECIFIED;
     #[rustfmt::skip]
     let table: Vec<Row> = vec![
         ("vlan0-arp", Some(rule::VLAN0), bc, a, &[(Q, 0)], ETH_ARP, steal.clone()),
@@ -173,6 +180,10 @@ fn attacks() -> Vec<Attack> {
         ("redirect", Some(rule::REDIRECT), all6, a, none, ETH_IP6, icmp6(attacker_ll, redirect)),
         ("unspecified-udp", Some(rule::IP6_UNSPEC), all6, a, none, ETH_IP6, unspec(all_nodes, 17, 64, &unspec_udp)),
         ("unknown-ethertype", Some(rule::ETHERTYPE), bc, a, none, 0x88b5, b"volt".to_vec()),
+        ("dhcp-offer", Some(rule::DHCP_SERVER), bc, a, none, ETH_IP, dhcp(ATTACK_IP, 67, 68, "dhcp-offer")),
+        ("dhcp-offer-spoofed", Some(rule::DHCP_SERVER), bc, a, none, ETH_IP, dhcp(GATEWAY, 67, 68, "dhcp-offer-spoofed")),
+        ("dhcp-discover", None, bc, a, none, ETH_IP, dhcp(unspec4, 68, 67, "dhcp-discover")),
+        ("arp-probe", None, bc, a, none, ETH_ARP, fr::arp_request(attacker, unspec4, ATTACK_IP)),
         // What the attacker may send from its own addresses.
         ("own-arp", None, bc, a, none, ETH_ARP, own_arp),
         ("own-ipv4", None, br, a, none, ETH_IP, echo4(ATTACK_IP, "own-ipv4")),

@@ -106,7 +106,7 @@ pub(super) fn up(at: &Attach, a: &Attachment) -> Result<LinkRecord, AttachError>
             .unwrap_or_default()
     );
     // The container end's MAC (and its static address) are all that may leave the port.
-    super::protect(a, a.mac, a.addressing.known().map(|n| n.addr()))?;
+    super::protect(at, a, a.mac, a.addressing.known().map(|n| n.addr()))?;
     Ok(LinkRecord {
         link: a.link.clone(),
         kind: Kind::Container.as_str().into(),

@@ -458,16 +458,24 @@ fn teardown_in_netns(ns: &str, links: Vec<String>) -> Result<(), AttachError> {
 }
 
 /// Install the anti-spoofing rules of `a`'s port on its bridge: only `mac` and, when known,
-/// `ipv4` may leave it. Nothing for links that are on no bridge (isolated, macvtap).
-fn protect(a: &Attachment, mac: MacAddr, ipv4: Option<Ipv4Addr>) -> Result<(), AttachError> {
+/// `ipv4` may leave it, and no DHCP server's answers where the network's DHCP server is
+/// Volt's. Nothing for links that are on no bridge (isolated, macvtap).
+fn protect(
+    at: &Attach,
+    a: &Attachment,
+    mac: MacAddr,
+    ipv4: Option<Ipv4Addr>,
+) -> Result<(), AttachError> {
     if a.bridge.is_none() || a.netns.is_some() {
         return Ok(());
     }
-    antispoof::apply(&a.link, &antispoof::PortPolicy::new(mac, ipv4)).map_err(|source| {
-        AttachError::Antispoof {
-            link: a.link.clone(),
-            source,
-        }
+    let policy = antispoof::PortPolicy {
+        dhcp_server: !at.network(a).is_some_and(Network::serves_dhcp),
+        ..antispoof::PortPolicy::new(mac, ipv4)
+    };
+    antispoof::apply(&a.link, &policy).map_err(|source| AttachError::Antispoof {
+        link: a.link.clone(),
+        source,
     })?;
     log::debug!("{}: anti-spoofing rules installed", a.link);
     Ok(())

@@ -81,7 +81,7 @@ fn port_policy(
     let mac = resolve_mac(at, a)?;
     let ipv4 = address(at, w, a, mac)?;
     // Only this NIC's MAC (and address, when known) may leave its port on the bridge.
-    super::protect(a, mac, ipv4.map(|n| n.addr()))?;
+    super::protect(at, a, mac, ipv4.map(|n| n.addr()))?;
     Ok((mac, ipv4))
 }
 

@@ -26,6 +26,8 @@ pub mod rule {
     /// Untagged IPv4 that passed the rules above: accepted at once, without a counter (the
     /// common frame meets 3 rules instead of 13; the rules below are for other ethertypes).
     pub const IP_ACCEPT: &str = "ip-accept";
+    pub const DHCP_SERVER: &str = "dhcp-server";
+    pub const DHCP_CLIENT: &str = "dhcp-client";
     /// A tagged frame of a VLAN the port declares: accepted.
     pub const VLAN_ALLOWED: &str = "vlan-allowed";
     /// An 802.1Q priority tag (VLAN 0): Linux reads the frame as untagged.
@@ -76,6 +78,9 @@ pub struct PortPolicy {
     pub ipv6: Vec<Ipv6Addr>,
     /// 802.1Q VLANs the workload may send tagged frames on (1-4094); empty: none.
     pub vlans: Vec<u16>,
+    /// Whether the port may answer DHCP clients: only on a network whose DHCP server is not
+    /// Volt's (networkd's on the bridge), where a workload may be the network's server.
+    pub dhcp_server: bool,
 }
 
 impl PortPolicy {
@@ -87,6 +92,7 @@ impl PortPolicy {
             ipv4,
             ipv6: Vec::new(),
             vlans: Vec::new(),
+            dhcp_server: false,
         }
     }
 
@@ -151,7 +157,24 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
     // IPv4 first: it is nearly every frame a workload sends, and nothing below can match an
     // untagged IPv4 frame (the VLAN rules see ethertype 802.1Q/802.1ad, the others ARP or
     // IPv6), so it is accepted as soon as its source address is checked.
+    // A DHCP server's answers (from its own address, so the address rule lets them by):
+    // a workload answering other workloads' DISCOVERs first could hand them itself as
+    // their gateway.
+    if !p.dhcp_server {
+        add(
+            "ether type ip udp sport 67 udp dport 68",
+            rule::DHCP_SERVER,
+            "counter drop",
+        );
+    }
     if let Some(ip) = p.ipv4 {
+        // A DHCP client asks from 0.0.0.0 before it has its address (a guest whose own
+        // network setup asks DHCP, of its reservation's static lease); that spoofs nobody.
+        add(
+            "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67",
+            rule::DHCP_CLIENT,
+            "accept",
+        );
         add(
             &format!("ether type ip ip saddr != {ip}"),
             rule::IP,
@@ -176,8 +199,10 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
         "counter drop",
     );
     if let Some(ip) = p.ipv4 {
+        // 0.0.0.0: a DHCP client's probe of the address it was offered (RFC 5227), which
+        // updates nobody's cache.
         add(
-            &format!("ether type arp arp saddr ip != {ip}"),
+            &format!("ether type arp arp saddr ip != {{ 0.0.0.0, {ip} }}"),
             rule::ARP_IP,
             "counter drop",
         );
@@ -338,7 +363,11 @@ mod tests {
             rule("ether type 8021q vlan id 0", rule::VLAN0),
             rule("ether type 8021q", rule::VLAN),
             rule("ether type 8021ad", rule::QINQ),
-            rule("ether type arp arp saddr ip != 10.42.0.10", rule::ARP_IP),
+            rule(
+                "ether type arp arp saddr ip != { 0.0.0.0, 10.42.0.10 }",
+                rule::ARP_IP,
+            ),
+            rule("ether type ip udp sport 67 udp dport 68", rule::DHCP_SERVER),
             rule("ether type ip ip saddr != 10.42.0.10", rule::IP),
             rule(
                 "ether type ip6 ip6 saddr != { ::, fe80::5054:ff:fe12:3456 }",
@@ -371,6 +400,17 @@ mod tests {
             !dhcp.contains("ip saddr") && !dhcp.contains("arp saddr ip"),
             "no address pinned for DHCP workloads"
         );
+        assert!(dhcp.contains(rule::DHCP_SERVER), "{dhcp}");
+        // A DHCP client's request from 0.0.0.0 comes before the address rule; a server's
+        // answers are dropped before it too, unless the network's DHCP server is not Volt's.
+        assert!(at("comment \"dhcp-server\"") < at("comment \"dhcp-client\""));
+        assert!(at("comment \"dhcp-client\"") < at("comment \"ip\""));
+        let own_server = PortPolicy {
+            dhcp_server: true,
+            ..p.clone()
+        };
+        let own = apply_script("tap-12345678", &own_server).expect("script");
+        assert!(!own.contains(rule::DHCP_SERVER), "{own}");
     }
 
     #[test]

@@ -81,15 +81,20 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, data: &str) -> Vec<u8> {
     icmp.extend_from_slice(data.as_bytes());
     let c = fold(sum16(&icmp));
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let total = (20 + icmp.len()) as u16;
+    ipv4(src, dst, 1, &icmp)
+}
+
+/// An IPv4 packet of protocol `proto` carrying `l4` (a UDP checksum of 0 is "none" in IPv4).
+pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let total = (20 + l4.len()) as u16;
     let mut ip = vec![0x45, 0];
     ip.extend_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&dst.octets());
     let c = fold(sum16(&ip));
     ip[10..12].copy_from_slice(&c.to_be_bytes());
-    ip.extend_from_slice(&icmp);
+    ip.extend_from_slice(l4);
     ip
 }
 
