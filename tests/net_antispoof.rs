@@ -385,6 +385,132 @@ fn a_declared_vlan_passes_and_other_tags_do_not() {
     assert_eq!(c.get(rule::VLAN0), Some(&1), "{c:?}");
 }
 
+/// A port whose address is still to come from Volt's DHCP server is held to that server's
+/// pool: the gateway's address cannot be taken over IPv4 or ARP, an address of the pool can
+/// be used, and a DHCP client's discover and probe from 0.0.0.0 pass.
+#[test]
+fn a_port_awaiting_dhcp_is_held_to_the_pool() {
+    if skip() {
+        return;
+    }
+    let lab = lab();
+    let policy = PortPolicy {
+        ipv4_pool: Some((Ipv4Addr::new(10, 42, 0, 30), Ipv4Addr::new(10, 42, 0, 40))),
+        ..PortPolicy::new(mac(ATTACK_MAC), None)
+    };
+    lab.host
+        .run(move || antispoof::apply(ATTACK_PORT, &policy))
+        .expect("rules");
+    let listen = lab.host.run(|| fr::packet_socket("br0"));
+    let send = lab.attacker.run(|| fr::packet_socket("eth0"));
+    let a = fr::mac(ATTACK_MAC);
+    let pooled = Ipv4Addr::new(10, 42, 0, 35);
+    let udp4 = |src, dst, sport, dport, name: &str| {
+        fr::ipv4(
+            src,
+            dst,
+            17,
+            &fr::udp(sport, dport, fr::marker(name).as_bytes()),
+        )
+    };
+    let case = |name, rule, dst, ethertype, payload: Vec<u8>| Attack {
+        name,
+        rule,
+        frame: fr::ether(dst, a, &[], ethertype, &payload, &fr::marker(name)),
+    };
+    let br = fr::mac(BR_MAC);
+    let m = fr::marker;
+    let cases = [
+        case(
+            "gateway-ipv4",
+            Some(rule::IP),
+            br,
+            ETH_IP,
+            fr::icmp_echo(GATEWAY, HONEST_IP, &m("gateway-ipv4")),
+        ),
+        case(
+            "gateway-arp",
+            Some(rule::ARP_IP),
+            BROADCAST,
+            ETH_ARP,
+            fr::arp_request(a, GATEWAY, HONEST_IP),
+        ),
+        case(
+            "outside-pool",
+            Some(rule::IP),
+            br,
+            ETH_IP,
+            fr::icmp_echo(HONEST_IP, GATEWAY, &m("outside-pool")),
+        ),
+        case(
+            "rogue-offer",
+            Some(rule::DHCP_SERVER),
+            BROADCAST,
+            ETH_IP,
+            udp4(pooled, Ipv4Addr::BROADCAST, 67, 68, "rogue-offer"),
+        ),
+        case(
+            "pool-ipv4",
+            None,
+            br,
+            ETH_IP,
+            fr::icmp_echo(pooled, GATEWAY, &m("pool-ipv4")),
+        ),
+        case(
+            "pool-arp",
+            None,
+            BROADCAST,
+            ETH_ARP,
+            fr::arp_request(a, pooled, GATEWAY),
+        ),
+        case(
+            "discover",
+            None,
+            BROADCAST,
+            ETH_IP,
+            udp4(
+                Ipv4Addr::UNSPECIFIED,
+                Ipv4Addr::BROADCAST,
+                68,
+                67,
+                "discover",
+            ),
+        ),
+        case(
+            "probe",
+            None,
+            BROADCAST,
+            ETH_ARP,
+            fr::arp_request(a, Ipv4Addr::UNSPECIFIED, pooled),
+        ),
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        let before = counters(&lab.host, ATTACK_PORT);
+        let (until, s) = sentinel(200 + i);
+        fr::send(&send, &c.frame);
+        fr::send(&send, &s);
+        let seen = fr::markers_until(&listen, &until, Duration::from_secs(2));
+        assert!(
+            seen.contains(&until),
+            "sentinel after {} lost: {seen:?}",
+            c.name
+        );
+        assert_eq!(
+            seen.contains(&m(c.name)),
+            c.rule.is_none(),
+            "{}: {seen:?}",
+            c.name
+        );
+        let mut expected = before;
+        if let Some(r) = c.rule {
+            *expected.get_mut(r).unwrap_or_else(|| panic!("no rule {r}")) += 1;
+        }
+        assert_eq!(counters(&lab.host, ATTACK_PORT), expected, "{}", c.name);
+    }
+    let v4 = lab.host.ok(&format!("ip neigh show {GATEWAY} dev br0"));
+    assert!(!v4.contains(ATTACK_MAC), "{v4}");
+}
+
 #[test]
 fn ping_summaries_of_iputils_and_busybox() {
     assert_eq!(

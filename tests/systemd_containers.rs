@@ -276,6 +276,12 @@ fn dhcp_container_and_crash_stop_restart_cycle() {
     let log = c.ok("journalctl --no-pager -o cat -u volt-container@db.service");
     let ip = dhcp_address(&log, "10.42.0.", "volt0");
     ping::assert_all(&c.ok(&format!("ping -c 2 -W 2 {ip}")), 2);
+    // Its port, held to the DHCP pool until then, is now held to the address it got.
+    let rules = c.ok(&format!("nft list chain bridge volt port-{h}"));
+    assert!(
+        rules.contains(&format!("ip saddr != {ip} ")) && !rules.contains("10.42.0.100-"),
+        "{rules}"
+    );
 
     c.ok("systemctl start volt-vm@web.service");
     let leases = c.ok("/usr/bin/volt ipam list");

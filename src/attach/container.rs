@@ -293,6 +293,10 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
         match got {
             Some((ip, prefix)) => {
                 log::info!("{what}: {inside} has {ip}/{prefix} from DHCP");
+                // From now on its port is held to this address, not to the whole pool.
+                if let Err(e) = super::protect(at, a, a.mac, Some(ip)) {
+                    log::warn!("{what}: {}", crate::error_chain(&e));
+                }
                 record(ip, false);
                 remember_dhcp(at, &a.link, ip);
                 // A port map to it can now be made.

@@ -458,8 +458,9 @@ fn teardown_in_netns(ns: &str, links: Vec<String>) -> Result<(), AttachError> {
 }
 
 /// Install the anti-spoofing rules of `a`'s port on its bridge: only `mac` and, when known,
-/// `ipv4` may leave it, and no DHCP server's answers where the network's DHCP server is
-/// Volt's. Nothing for links that are on no bridge (isolated, macvtap).
+/// `ipv4` (else the DHCP pool's addresses) may leave it, and no DHCP server's answers where
+/// the network's DHCP server is Volt's. Nothing for links that are on no bridge (isolated,
+/// macvtap).
 fn protect(
     at: &Attach,
     a: &Attachment,
@@ -469,8 +470,12 @@ fn protect(
     if a.bridge.is_none() || a.netns.is_some() {
         return Ok(());
     }
+    // Volt's DHCP server (networkd's on the bridge) gives out the container range: a port
+    // whose address is still to come from it is held to that range.
+    let ours = at.network(a).filter(|n| n.serves_dhcp());
     let policy = antispoof::PortPolicy {
-        dhcp_server: !at.network(a).is_some_and(Network::serves_dhcp),
+        dhcp_server: ours.is_none(),
+        ipv4_pool: ours.map(|n| (n.container_range.start, n.container_range.end)),
         ..antispoof::PortPolicy::new(mac, ipv4)
     };
     antispoof::apply(&a.link, &policy).map_err(|source| AttachError::Antispoof {

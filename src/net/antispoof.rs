@@ -81,6 +81,10 @@ pub struct PortPolicy {
     /// Whether the port may answer DHCP clients: only on a network whose DHCP server is not
     /// Volt's (networkd's on the bridge), where a workload may be the network's server.
     pub dhcp_server: bool,
+    /// Without `ipv4`: the addresses the network's DHCP server gives out (first, last), which
+    /// the port's IPv4 and ARP sources are then held to (besides 0.0.0.0). `None`: a DHCP
+    /// server Volt does not know, and IPv4 and ARP are held to the MAC only.
+    pub ipv4_pool: Option<(Ipv4Addr, Ipv4Addr)>,
 }
 
 impl PortPolicy {
@@ -93,6 +97,7 @@ impl PortPolicy {
             ipv6: Vec::new(),
             vlans: Vec::new(),
             dhcp_server: false,
+            ipv4_pool: None,
         }
     }
 
@@ -167,9 +172,17 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
             "counter drop",
         );
     }
+    // The IPv4 (and ARP) sources the port may use: its address, else its DHCP server's pool,
+    // and 0.0.0.0, from which a DHCP client asks and probes before it has its address (a
+    // guest whose own network setup asks DHCP, of its reservation's static lease).
+    let sources = match (p.ipv4, p.ipv4_pool) {
+        (Some(ip), _) => Some(format!("{{ 0.0.0.0, {ip} }}")),
+        (None, Some((first, last))) if first == last => Some(format!("{{ 0.0.0.0, {first} }}")),
+        (None, Some((first, last))) => Some(format!("{{ 0.0.0.0, {first}-{last} }}")),
+        (None, None) => None,
+    };
     if let Some(ip) = p.ipv4 {
-        // A DHCP client asks from 0.0.0.0 before it has its address (a guest whose own
-        // network setup asks DHCP, of its reservation's static lease); that spoofs nobody.
+        // Its own address known, 0.0.0.0 is for a DHCP client's requests only.
         add(
             "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67",
             rule::DHCP_CLIENT,
@@ -177,6 +190,12 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
         );
         add(
             &format!("ether type ip ip saddr != {ip}"),
+            rule::IP,
+            "counter drop",
+        );
+    } else if let Some(set) = &sources {
+        add(
+            &format!("ether type ip ip saddr != {set}"),
             rule::IP,
             "counter drop",
         );
@@ -198,18 +217,15 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
         rule::ARP_MAC,
         "counter drop",
     );
-    if let Some(ip) = p.ipv4 {
-        // 0.0.0.0: a DHCP client's probe of the address it was offered (RFC 5227), which
-        // updates nobody's cache.
+    // 0.0.0.0: a DHCP client's probe of the address it was offered (RFC 5227), which
+    // updates nobody's cache.
+    if let Some(set) = &sources {
         add(
-            &format!("ether type arp arp saddr ip != {{ 0.0.0.0, {ip} }}"),
+            &format!("ether type arp arp saddr ip != {set}"),
             rule::ARP_IP,
             "counter drop",
         );
     }
-    // Address from DHCP (no `ipv4`): a DHCP client sends from 0.0.0.0 and ARP-probes from
-    // it; anything else must come from the leased address, unknown here, so only the MAC is
-    // enforced for IPv4 and ARP.
     let v6 = p.ipv6_addresses();
     let v6_set = v6
         .iter()
@@ -411,6 +427,22 @@ mod tests {
         };
         let own = apply_script("tap-12345678", &own_server).expect("script");
         assert!(!own.contains(rule::DHCP_SERVER), "{own}");
+        // Awaiting its address from Volt's DHCP server: held to the pool (and 0.0.0.0).
+        let pooled = PortPolicy {
+            ipv4_pool: Some((
+                "10.42.0.100".parse().expect("ip"),
+                "10.42.0.254".parse().expect("ip"),
+            )),
+            ..PortPolicy::new(mac(), None)
+        };
+        let pooled = apply_script("veth-1-h", &pooled).expect("script");
+        for want in [
+            "ether type ip ip saddr != { 0.0.0.0, 10.42.0.100-10.42.0.254 }",
+            "ether type arp arp saddr ip != { 0.0.0.0, 10.42.0.100-10.42.0.254 }",
+        ] {
+            assert!(pooled.contains(want), "{want} in\n{pooled}");
+        }
+        assert!(!pooled.contains(rule::DHCP_CLIENT), "{pooled}");
     }
 
     #[test]
