@@ -75,6 +75,20 @@ fn lab() -> Lab {
     lab
 }
 
+impl Lab {
+    /// `policy` on the attacker's port; a socket that sees what reaches the bridge, and one
+    /// the attacker sends raw frames on.
+    fn attacker_under(&self, policy: PortPolicy) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+        self.host
+            .run(move || antispoof::apply(ATTACK_PORT, &policy))
+            .expect("rules");
+        (
+            self.host.run(|| fr::packet_socket("br0")),
+            self.attacker.run(|| fr::packet_socket("eth0")),
+        )
+    }
+}
+
 /// The honest workload reaches the host over IPv4 and IPv6 (link-local).
 fn honest_works(lab: &Lab) {
     ping::assert_all(
@@ -217,6 +231,55 @@ fn sentinel(i: usize) -> (String, Vec<u8>) {
     (fr::marker(&name), frame)
 }
 
+/// Send each attack from the attacker's port (which has rules), a sentinel after it
+/// (numbered from `first`): an attack with a rule must not reach the host and is counted by
+/// that rule alone; one without must reach it and be counted by none.
+fn through_the_rules(
+    host: &TestNs,
+    listen: &std::os::fd::OwnedFd,
+    send: &std::os::fd::OwnedFd,
+    attacks: &[Attack],
+    first: usize,
+) {
+    for (i, a) in attacks.iter().enumerate() {
+        let before = counters(host, ATTACK_PORT);
+        let (until, frame) = sentinel(first + i);
+        fr::send(send, &a.frame);
+        fr::send(send, &frame);
+        let seen = fr::markers_until(listen, &until, Duration::from_secs(2));
+        assert!(
+            seen.contains(&until),
+            "sentinel after {} lost: {seen:?}",
+            a.name
+        );
+        let after = counters(host, ATTACK_PORT);
+        let mut expected = before.clone();
+        match a.rule {
+            Some(r) => {
+                assert!(
+                    !seen.contains(&fr::marker(a.name)),
+                    "{} reached the host through the rules",
+                    a.name
+                );
+                *expected.get_mut(r).unwrap_or_else(|| panic!("no rule {r}")) += 1;
+                assert_eq!(
+                    after, expected,
+                    "{} must be counted by rule {r} only",
+                    a.name
+                );
+            }
+            None => {
+                assert!(
+                    seen.contains(&fr::marker(a.name)),
+                    "{} from the attacker's own addresses was dropped",
+                    a.name
+                );
+                assert_eq!(after, expected, "{} must hit no drop rule", a.name);
+            }
+        }
+    }
+}
+
 #[test]
 fn tagged_spoofed_and_foreign_frames_are_dropped_each_by_its_own_rule() {
     if skip() {
@@ -282,43 +345,7 @@ fn tagged_spoofed_and_foreign_frames_are_dropped_each_by_its_own_rule() {
         .expect("attacker port rules");
     let base = counters(&lab.host, ATTACK_PORT);
     assert!(base.values().all(|n| *n == 0), "{base:?}");
-    for (i, a) in list.iter().enumerate() {
-        let before = counters(&lab.host, ATTACK_PORT);
-        let (until, frame) = sentinel(100 + i);
-        fr::send(&send, &a.frame);
-        fr::send(&send, &frame);
-        let seen = fr::markers_until(&listen, &until, Duration::from_secs(2));
-        assert!(
-            seen.contains(&until),
-            "sentinel after {} lost: {seen:?}",
-            a.name
-        );
-        let after = counters(&lab.host, ATTACK_PORT);
-        let mut expected = before.clone();
-        match a.rule {
-            Some(r) => {
-                assert!(
-                    !seen.contains(&fr::marker(a.name)),
-                    "{} reached the host through the rules",
-                    a.name
-                );
-                *expected.get_mut(r).unwrap_or_else(|| panic!("no rule {r}")) += 1;
-                assert_eq!(
-                    after, expected,
-                    "{} must be counted by rule {r} only",
-                    a.name
-                );
-            }
-            None => {
-                assert!(
-                    seen.contains(&fr::marker(a.name)),
-                    "{} from the attacker's own addresses was dropped",
-                    a.name
-                );
-                assert_eq!(after, expected, "{} must hit no drop rule", a.name);
-            }
-        }
-    }
+    through_the_rules(&lab.host, &listen, &send, &list, 100);
     let v4 = neigh(HONEST_IP.to_string());
     assert!(!v4.contains(ATTACK_MAC), "ARP spoof reached the host: {v4}");
     let v6 = neigh(honest_ll.to_string());
@@ -349,11 +376,7 @@ fn a_declared_vlan_passes_and_other_tags_do_not() {
     let lab = lab();
     let mut policy = PortPolicy::new(mac(ATTACK_MAC), Some(ATTACK_IP));
     policy.vlans = vec![5];
-    lab.host
-        .run(move || antispoof::apply(ATTACK_PORT, &policy))
-        .expect("rules");
-    let listen = lab.host.run(|| fr::packet_socket("br0"));
-    let send = lab.attacker.run(|| fr::packet_socket("eth0"));
+    let (listen, send) = lab.attacker_under(policy);
     let attacker = fr::mac(ATTACK_MAC);
     let arp = fr::arp_request(attacker, ATTACK_IP, GATEWAY);
     for (i, (vid, passes)) in [(5u16, true), (6, false), (0, false)]
@@ -398,11 +421,7 @@ fn a_port_awaiting_dhcp_is_held_to_the_pool() {
         ipv4_pool: Some((Ipv4Addr::new(10, 42, 0, 30), Ipv4Addr::new(10, 42, 0, 40))),
         ..PortPolicy::new(mac(ATTACK_MAC), None)
     };
-    lab.host
-        .run(move || antispoof::apply(ATTACK_PORT, &policy))
-        .expect("rules");
-    let listen = lab.host.run(|| fr::packet_socket("br0"));
-    let send = lab.attacker.run(|| fr::packet_socket("eth0"));
+    let (listen, send) = lab.attacker_under(policy);
     let a = fr::mac(ATTACK_MAC);
     let pooled = Ipv4Addr::new(10, 42, 0, 35);
     let udp4 = |src, dst, sport, dport, name: &str| {
@@ -420,93 +439,18 @@ fn a_port_awaiting_dhcp_is_held_to_the_pool() {
     };
     let br = fr::mac(BR_MAC);
     let m = fr::marker;
+    #[rustfmt::skip]
     let cases = [
-        case(
-            "gateway-ipv4",
-            Some(rule::IP),
-            br,
-            ETH_IP,
-            fr::icmp_echo(GATEWAY, HONEST_IP, &m("gateway-ipv4")),
-        ),
-        case(
-            "gateway-arp",
-            Some(rule::ARP_IP),
-            BROADCAST,
-            ETH_ARP,
-            fr::arp_request(a, GATEWAY, HONEST_IP),
-        ),
-        case(
-            "outside-pool",
-            Some(rule::IP),
-            br,
-            ETH_IP,
-            fr::icmp_echo(HONEST_IP, GATEWAY, &m("outside-pool")),
-        ),
-        case(
-            "rogue-offer",
-            Some(rule::DHCP_SERVER),
-            BROADCAST,
-            ETH_IP,
-            udp4(pooled, Ipv4Addr::BROADCAST, 67, 68, "rogue-offer"),
-        ),
-        case(
-            "pool-ipv4",
-            None,
-            br,
-            ETH_IP,
-            fr::icmp_echo(pooled, GATEWAY, &m("pool-ipv4")),
-        ),
-        case(
-            "pool-arp",
-            None,
-            BROADCAST,
-            ETH_ARP,
-            fr::arp_request(a, pooled, GATEWAY),
-        ),
-        case(
-            "discover",
-            None,
-            BROADCAST,
-            ETH_IP,
-            udp4(
-                Ipv4Addr::UNSPECIFIED,
-                Ipv4Addr::BROADCAST,
-                68,
-                67,
-                "discover",
-            ),
-        ),
-        case(
-            "probe",
-            None,
-            BROADCAST,
-            ETH_ARP,
-            fr::arp_request(a, Ipv4Addr::UNSPECIFIED, pooled),
-        ),
+        case("gateway-ipv4", Some(rule::IP), br, ETH_IP, fr::icmp_echo(GATEWAY, HONEST_IP, &m("gateway-ipv4"))),
+        case("gateway-arp", Some(rule::ARP_IP), BROADCAST, ETH_ARP, fr::arp_request(a, GATEWAY, HONEST_IP)),
+        case("outside-pool", Some(rule::IP), br, ETH_IP, fr::icmp_echo(HONEST_IP, GATEWAY, &m("outside-pool"))),
+        case("rogue-offer", Some(rule::DHCP_SERVER), BROADCAST, ETH_IP, udp4(pooled, Ipv4Addr::BROADCAST, 67, 68, "rogue-offer")),
+        case("pool-ipv4", None, br, ETH_IP, fr::icmp_echo(pooled, GATEWAY, &m("pool-ipv4"))),
+        case("pool-arp", None, BROADCAST, ETH_ARP, fr::arp_request(a, pooled, GATEWAY)),
+        case("discover", None, BROADCAST, ETH_IP, udp4(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, 68, 67, "discover")),
+        case("probe", None, BROADCAST, ETH_ARP, fr::arp_request(a, Ipv4Addr::UNSPECIFIED, pooled)),
     ];
-    for (i, c) in cases.iter().enumerate() {
-        let before = counters(&lab.host, ATTACK_PORT);
-        let (until, s) = sentinel(200 + i);
-        fr::send(&send, &c.frame);
-        fr::send(&send, &s);
-        let seen = fr::markers_until(&listen, &until, Duration::from_secs(2));
-        assert!(
-            seen.contains(&until),
-            "sentinel after {} lost: {seen:?}",
-            c.name
-        );
-        assert_eq!(
-            seen.contains(&m(c.name)),
-            c.rule.is_none(),
-            "{}: {seen:?}",
-            c.name
-        );
-        let mut expected = before;
-        if let Some(r) = c.rule {
-            *expected.get_mut(r).unwrap_or_else(|| panic!("no rule {r}")) += 1;
-        }
-        assert_eq!(counters(&lab.host, ATTACK_PORT), expected, "{}", c.name);
-    }
+    through_the_rules(&lab.host, &listen, &send, &cases, 200);
     let v4 = lab.host.ok(&format!("ip neigh show {GATEWAY} dev br0"));
     assert!(!v4.contains(ATTACK_MAC), "{v4}");
 }
