@@ -258,6 +258,39 @@ fn static_container_and_vm_reach_each_other_and_broken_file_is_skipped() {
     assert_eq!(v["nics"][0]["master"], "volt0", "{show}");
 }
 
+/// Root in a DHCP container sets another workload's address itself instead of asking
+/// DHCP: the lease is refused, and its port then passes no IPv4 but DHCP requests (it was
+/// held to the DHCP pool until then, which that address is outside anyway).
+#[test]
+fn a_dhcp_container_that_takes_another_workloads_address_is_cut_off() {
+    if skip() {
+        return;
+    }
+    let db = format!(
+        "directory = \"{ROOTFS}\"\ncommand = [\"/bin/sh\", \"-c\", \"ip addr add 10.42.0.50/24 dev \\\"$VOLT_IFACE\\\" && exec sleep 100000\"]\n[[network]]\nzone = \"default\"\n"
+    );
+    let web = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nipv4 = \"10.42.0.50\"\n";
+    let c = setup("ct-thief", &db, web);
+    let (h, _) = veth();
+    c.ok("systemctl daemon-reload");
+    c.ok("/usr/bin/volt ipam allocate --owner vm/web/eth0");
+    c.ok("systemctl start volt-container@db.service");
+    assert_running(&c);
+    let log = c.wait_ok(
+        "journalctl --no-pager -o cat -u volt-container@db.service | grep 'is not this container'",
+        Duration::from_secs(20),
+    );
+    assert!(
+        log.contains("10.42.0.50 is not this container's to use"),
+        "{log}"
+    );
+    let rules = c.ok(&format!("nft list chain bridge volt port-{h}"));
+    assert!(rules.contains("ip saddr != 0.0.0.0 "), "{rules}");
+    c.ok("! ping -c 2 -W 1 10.42.0.50");
+    let leases = c.ok("/usr/bin/volt ipam list");
+    assert!(!leases.contains("container/db"), "{leases}");
+}
+
 #[test]
 fn dhcp_container_and_crash_stop_restart_cycle() {
     if skip() {

@@ -17,6 +17,25 @@ pub enum BookError {
     Cluster(#[from] ClusterError),
 }
 
+impl BookError {
+    /// Whether the address itself is refused (another owner holds or is reserved it, or it
+    /// is no address of the network), not the store that failed to answer.
+    pub fn refuses_the_address(&self) -> bool {
+        let local = |e: &IpamError| {
+            matches!(
+                e,
+                IpamError::Taken { .. }
+                    | IpamError::Reserved { .. }
+                    | IpamError::OutOfNetwork { .. }
+            )
+        };
+        match self {
+            BookError::Local(e) | BookError::Cluster(ClusterError::Ipam(e)) => local(e),
+            BookError::Cluster(e) => matches!(e, ClusterError::Taken { .. }),
+        }
+    }
+}
+
 /// An address book: allocate, record, release and list leases of one network.
 pub trait AddressBook {
     /// An address for `ask.owner`: `Static(ip)`, or its reservation, else a free one of its

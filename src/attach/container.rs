@@ -259,8 +259,10 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                 };
                 if let Err(e) = book.record(h) {
                     log::warn!("{what}: lease not recorded: {}", crate::error_chain(&e));
+                    return !e.refuses_the_address();
                 }
             }
+            true
         };
         if let Some(addr) = addr {
             log::info!(
@@ -268,7 +270,8 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                 gw.map(|g| format!(", default route via {g}"))
                     .unwrap_or_default()
             );
-            record(addr.addr(), true);
+            // A static address is refused before the container starts (veth up).
+            let _ = record(addr.addr(), true);
             continue;
         }
         if a.addressing != Addressing::Dhcp {
@@ -293,15 +296,27 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
         match got {
             Some((ip, prefix)) => {
                 log::info!("{what}: {inside} has {ip}/{prefix} from DHCP");
-                // From now on its port is held to this address, not to the whole pool.
-                if let Err(e) = super::protect(at, a, a.mac, Some(ip)) {
+                // From now on its port is held to this address, not to the whole pool; to
+                // none (DHCP requests only) when the address is another workload's (root in
+                // the container set it itself).
+                let ours = record(ip, false);
+                let pin = if ours {
+                    ip
+                } else {
+                    log::error!(
+                        "{what}: {ip} is not this container's to use: its port now passes no IPv4 but DHCP requests"
+                    );
+                    Ipv4Addr::UNSPECIFIED
+                };
+                if let Err(e) = super::protect(at, a, a.mac, Some(pin)) {
                     log::warn!("{what}: {}", crate::error_chain(&e));
                 }
-                record(ip, false);
-                remember_dhcp(at, &a.link, ip);
-                // A port map to it can now be made.
-                if let Some(net) = net {
-                    at.refresh_nat(&net.name, false);
+                if ours {
+                    remember_dhcp(at, &a.link, ip);
+                    // A port map to it can now be made.
+                    if let Some(net) = net {
+                        at.refresh_nat(&net.name, false);
+                    }
                 }
             }
             None => log::warn!(

@@ -176,6 +176,7 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
     // and 0.0.0.0, from which a DHCP client asks and probes before it has its address (a
     // guest whose own network setup asks DHCP, of its reservation's static lease).
     let sources = match (p.ipv4, p.ipv4_pool) {
+        (Some(ip), _) if ip.is_unspecified() => Some("{ 0.0.0.0 }".to_string()),
         (Some(ip), _) => Some(format!("{{ 0.0.0.0, {ip} }}")),
         (None, Some((first, last))) if first == last => Some(format!("{{ 0.0.0.0, {first} }}")),
         (None, Some((first, last))) => Some(format!("{{ 0.0.0.0, {first}-{last} }}")),
