@@ -364,11 +364,16 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
                     bad.report()
                 );
             }
+            let kept = super::teardown::leftovers_kept(root, &mgr, name);
+            for (bridge, why) in &kept {
+                println!("bridge {bridge} stays: {why}");
+            }
             let in_use: Vec<&str> = set
                 .networks
                 .list
                 .iter()
                 .map(|n| n.bridge.as_str())
+                .chain(kept.iter().map(|(b, _)| b.as_str()))
                 .collect();
             if let Some(bridge) = not_yet_swept(root, name) {
                 bail!(
@@ -378,7 +383,13 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
             let left = Paths::new(root).left_bridges_dir();
             let removed = mgr.net_down_leftovers(name, &in_use, &left)?;
             if removed.is_empty() {
-                return Err(e);
+                // A bridge that stays was said above (as `--all` does): that is the answer,
+                // not "no network".
+                return if kept.is_empty() {
+                    Err(e)
+                } else {
+                    Ok(Outcome::Ok)
+                };
             }
             println!(
                 "{name}: no file defines it any more; removed {}",

@@ -69,6 +69,11 @@ pub fn down_all(root: &Path) -> Result<Outcome> {
         .collect();
     leftovers.dedup();
     for bridge in leftovers {
+        let kept = leftovers_kept(root, &mgr, &bridge);
+        if let Some((_, why)) = kept.first() {
+            println!("bridge {bridge} stays: {why}");
+            continue;
+        }
         match mgr.net_down_leftovers(&bridge, &[], &left) {
             Ok(removed) if !removed.is_empty() => {
                 println!("{bridge}: removed {}", removed.join(" and "))
@@ -186,6 +191,23 @@ fn delete_bridge(root: &Path, name: &str) -> Result<Kept, crate::net::netlink::N
     if !l.is_bridge_named(name) {
         return Ok(Kept::Absent);
     }
+    if let Some(why) = why_kept(root, &nl, &l)? {
+        return Ok(Kept::Because(why));
+    }
+    Ok(if nl.delete(name)? {
+        Kept::Deleted
+    } else {
+        Kept::Absent
+    })
+}
+
+/// Why bridge `l` must stay though Volt's file for it is gone: links on it (an uplink of the
+/// admin's, or a workload's), or a networkd file of the admin's that defines it too.
+fn why_kept(
+    root: &Path,
+    nl: &Netlink,
+    l: &crate::net::netlink::Link,
+) -> Result<Option<String>, crate::net::netlink::NetlinkError> {
     let ports: Vec<String> = nl
         .links()?
         .into_iter()
@@ -193,16 +215,40 @@ fn delete_bridge(root: &Path, name: &str) -> Result<Kept, crate::net::netlink::N
         .map(|p| p.name)
         .collect();
     if !ports.is_empty() {
-        return Ok(Kept::Because(format!("{} on it", ports.join(", "))));
+        return Ok(Some(format!("{} on it", ports.join(", "))));
     }
-    if let Some(file) = defined_elsewhere(root, name) {
-        return Ok(Kept::Because(format!("{} defines it too", file.display())));
+    Ok(defined_elsewhere(root, &l.name).map(|file| format!("{} defines it too", file.display())))
+}
+
+/// The left-behind bridges (see [`Manager::bridge_markers`]) of network or bridge `name` that
+/// must stay ([`why_kept`]), with why. A bridge another networkd file defines is not Volt's
+/// to remember: its marker goes.
+pub(super) fn leftovers_kept(root: &Path, mgr: &Manager, name: &str) -> Vec<(String, String)> {
+    let Ok(nl) = Netlink::new() else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let left = Paths::new(root).left_bridges_dir();
+    for m in mgr.bridge_markers(&left) {
+        if m.bridge != name && m.network != name {
+            continue;
+        }
+        let Ok(Some(l)) = nl.link(&m.bridge) else {
+            continue;
+        };
+        if !l.is_bridge_named(&m.bridge) {
+            continue;
+        }
+        if let Ok(Some(why)) = why_kept(root, &nl, &l) {
+            if defined_elsewhere(root, &m.bridge).is_some() {
+                if let Err(e) = std::fs::remove_file(&m.path) {
+                    log::warn!("cannot remove {}: {e}", m.path.display());
+                }
+            }
+            kept.push((m.bridge, why));
+        }
     }
-    Ok(if nl.delete(name)? {
-        Kept::Deleted
-    } else {
-        Kept::Absent
-    })
+    kept
 }
 
 /// A `.netdev` outside networkd's runtime directory whose `Name=` is `bridge`.
