@@ -1164,6 +1164,39 @@ fn validate_names_unreadable_tls_files_at_their_place() {
     assert!(!t.contains("etcd.cert") && !t.contains("etcd.key"), "{t}");
 }
 
+/// `volt validate` refuses etcd endpoints that name one member twice or carry a password
+/// (never repeating it), at their line and column; a cluster file that shares no network is
+/// valid but warned of, whether the whole root or the file alone is checked.
+#[test]
+fn validate_checks_endpoints_and_warns_of_a_cluster_sharing_nothing() {
+    let r = root();
+    let p = r.path();
+    write(
+        p,
+        "etc/volt/cluster.toml",
+        "host = \"a\"\nunderlay = \"192.0.2.1\"\n[etcd]\nendpoints = [\"http://192.0.2.1:2379\", \"http://192.0.2.1:2379/\", \"http://root:s3cret@192.0.2.2:2379\"]\n[[network]]\nname = \"volt0\"\nvni = 42\n",
+    );
+    let o = volt(p, &["validate"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    says(&o, "/etc/volt/cluster.toml:4:39: etcd.endpoints[1]: \"http://192.0.2.1:2379/\" names the same etcd member as etcd.endpoints[0] (192.0.2.1:2379): list each member once");
+    says(&o, "/etc/volt/cluster.toml:4:65: etcd.endpoints[2]: \"http://…@192.0.2.2:2379\" has a user name or password");
+    assert!(!t.contains("s3cret"), "{t}");
+    write(
+        p,
+        "etc/volt/cluster.toml",
+        "host = \"a\"\nunderlay = \"192.0.2.1\"\n[etcd]\nendpoints = [\"http://192.0.2.1:2379\"]\n",
+    );
+    let warning = "warning: /etc/volt/cluster.toml: network: no [[network]], so this cluster shares no network";
+    let o = volt(p, &["validate"]);
+    assert!(o.status.success(), "{}", text(&o));
+    says(&o, warning);
+    let file = p.join("etc/volt/cluster.toml");
+    let o = volt(p, &["validate", &file.display().to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    says(&o, "no [[network]], so this cluster shares no network");
+}
+
 /// `volt validate` refuses an underlay address other hosts cannot send VXLAN to, or one
 /// inside the network the cluster shares, at its line and column, saying what is valid.
 #[test]

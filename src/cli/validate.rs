@@ -88,7 +88,12 @@ fn check_file(
     if path.file_name().is_some_and(|n| n == "cluster.toml") {
         let host = config::default_host_name(root);
         match config::parse_cluster_toml(path, &text, &host, &set.networks.list) {
-            Ok(c) => errors.extend(config::check_cluster_files(&c, root)),
+            Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("warning: {w}");
+                }
+                errors.extend(config::check_cluster_files(&c, root));
+            }
             Err(e) => errors.extend(e),
         }
         return;
@@ -224,6 +229,9 @@ pub fn exec(root: &Path, paths: &[PathBuf], kind: Option<FileType>) -> Result<Ou
         }
         let cluster = match &set.cluster {
             Some(c) => {
+                for w in c.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 errors.extend(config::check_cluster_files(c, root));
                 1
             }

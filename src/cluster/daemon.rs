@@ -111,6 +111,9 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
             crate::config::CLUSTER_FILE
         )));
     };
+    for w in c.warnings() {
+        log::warn!("{w}");
+    }
     let (tx, rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     signals(tx.clone(), stop.clone());

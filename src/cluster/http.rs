@@ -194,29 +194,28 @@ pub struct Url {
 }
 
 impl Url {
+    /// `s` as `cluster.toml` takes it ([`crate::config::Endpoint`]).
     pub fn parse(s: &str) -> Option<Url> {
-        let (tls, rest) = match s.split_once("://")? {
-            ("http", r) => (false, r),
-            ("https", r) => (true, r),
-            _ => return None,
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = rest.rsplit_once(':')?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let e = crate::config::Endpoint::parse(s).ok()?;
         Some(Url {
-            tls,
-            host: host.to_string(),
-            port: port.parse().ok().filter(|p| *p != 0)?,
+            tls: e.tls,
+            host: e.host,
+            port: e.port,
         })
     }
 
+    /// `host:port`, an IPv6 host in brackets (as a URL and the Host header write it).
+    fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
     fn show(&self) -> String {
-        format!(
-            "{}://{}:{}",
-            if self.tls { "https" } else { "http" },
-            self.host,
-            self.port
-        )
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.authority())
     }
 }
 
@@ -493,9 +492,8 @@ pub fn post_stream(
     let limits = Limits::new(timeout, Some(Instant::now() + timeout));
     let mut s = connect(url, tls, timeout, &limits)?;
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        url.host,
-        url.port,
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        url.authority(),
         body.len()
     );
     s.write_all(head.as_bytes()).map_err(io_err(&show))?;

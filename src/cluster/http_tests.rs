@@ -18,6 +18,13 @@ fn urls() {
     );
     assert_eq!(Url::parse("http://x"), None);
     assert_eq!(Url::parse("gopher://x:1"), None);
+    // What cluster.toml refuses, the client refuses too.
+    assert_eq!(Url::parse("http://u:p@x:2379"), None);
+    assert_eq!(Url::parse("http://x:2379/v3"), None);
+    let v6 = Url::parse("http://[fd00::1]:2379").expect("IPv6");
+    assert_eq!(v6.host, "fd00::1");
+    assert_eq!(v6.show(), "http://[fd00::1]:2379");
+    assert_eq!(v6.authority(), "[fd00::1]:2379");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use serde::Serialize;
 use toml::Spanned;
 
 use super::derive::check_workload_name;
+use super::endpoint::Endpoint;
 use super::error::{looked_at, ConfigError, Location};
 use super::network::{parse_ip, Network, NetworkType};
 use super::reader::{self, Errors, Table};
@@ -86,28 +87,41 @@ impl ClusterConfig {
     pub fn network(&self, name: &str) -> Option<&ClusterNetwork> {
         self.networks.iter().find(|n| n.name == name)
     }
+
+    /// What works but is likely not what was meant, as `file: field: message` lines: a file
+    /// that shares no network. Such a cluster still claims workload names across its hosts
+    /// (a VM runs on one host at a time), so it is not refused.
+    pub fn warnings(&self) -> Vec<String> {
+        if !self.networks.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "{}: network: no [[network]], so this cluster shares no network: workload names are claimed across its hosts, but every network stays this host's own (no VXLAN port, addresses unique on this host only); add [[network]] with name and vni to share one",
+            self.path.display()
+        )]
+    }
 }
 
-fn endpoint(src: &Src, e: &Spanned<String>, i: usize) -> Result<(String, bool), ConfigError> {
+/// Endpoint `i` of `[etcd]`: a URL the client can reach, naming a member no earlier entry
+/// (`earlier`: index and endpoint) names. Returns it as written (without a trailing `/`).
+fn endpoint(
+    src: &Src,
+    e: &Spanned<String>,
+    i: usize,
+    earlier: &[(usize, Endpoint)],
+) -> Result<(String, Endpoint), ConfigError> {
     let field = format!("etcd.endpoints[{i}]");
-    let s = e.get_ref().trim_end_matches('/');
-    let bad = |why: &str| {
-        src.invalid(
-            &field,
-            e.span(),
-            format!("{:?} {why} (like http://192.168.1.10:2379)", e.get_ref()),
-        )
-    };
-    let (tls, rest) = match s.split_once("://") {
-        Some(("http", r)) => (false, r),
-        Some(("https", r)) => (true, r),
-        _ => return Err(bad("is not an http:// or https:// URL")),
-    };
-    let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
-    if host.is_empty() || host.contains('/') || port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(bad("is not host:port"));
+    let invalid = |message: String| src.invalid(&field, e.span(), message);
+    let ep = Endpoint::parse(e.get_ref()).map_err(|bad| invalid(bad.to_string()))?;
+    if let Some((j, _)) = earlier.iter().find(|(_, o)| o.member() == ep.member()) {
+        return Err(invalid(format!(
+            "{:?} names the same etcd member as etcd.endpoints[{j}] ({}:{}): list each member once",
+            e.get_ref(),
+            ep.host,
+            ep.port
+        )));
     }
-    Ok((s.to_string(), tls))
+    Ok((e.get_ref().trim_end_matches('/').to_string(), ep))
 }
 
 /// The local host name (`/etc/hostname`, else the kernel's), for the default `host`.
@@ -356,11 +370,13 @@ fn etcd_config(src: &Src, t: &Table, e: &mut Errors, lease_ttl: u32) -> Option<E
             "at least one endpoint is needed".into(),
         )),
         Some(l) => {
+            let mut parsed: Vec<(usize, Endpoint)> = Vec::new();
             for (i, u) in l.get_ref().iter().enumerate() {
-                match endpoint(src, u, i) {
-                    Ok((url, tls)) => {
-                        any_tls |= tls;
+                match endpoint(src, u, i, &parsed) {
+                    Ok((url, ep)) => {
+                        any_tls |= ep.tls;
                         endpoints.push(url);
+                        parsed.push((i, ep));
                     }
                     Err(err) => e.push(err),
                 }

@@ -237,3 +237,74 @@ fn tls_files_are_checked_at_their_line_and_column() {
         "{e:?}"
     );
 }
+
+/// Endpoints the client could not use, or that name one member twice: an error at the
+/// endpoint's line and column, saying what is wrong and what is valid.
+#[test]
+fn endpoints_that_cannot_work_are_refused_at_their_place() {
+    let with = |eps: &str| {
+        GOOD.replace(
+            "[\"http://192.168.7.1:2379\", \"http://192.168.7.2:2379/\"]",
+            eps,
+        )
+    };
+    for (eps, want) in [
+        (
+            r#"["http://192.168.7.1:2379", "http://192.168.7.1:2379/"]"#,
+            ":3:41: etcd.endpoints[1]: \"http://192.168.7.1:2379/\" names the same etcd member as etcd.endpoints[0] (192.168.7.1:2379): list each member once",
+        ),
+        (
+            r#"["http://etcd-a:2379", "https://ETCD-A:2379"]"#,
+            ":3:36: etcd.endpoints[1]: \"https://ETCD-A:2379\" names the same etcd member as etcd.endpoints[0]",
+        ),
+        (
+            r#"["http://root:pw@192.168.7.1:2379"]"#,
+            ":3:14: etcd.endpoints[0]: \"http://…@192.168.7.1:2379\" has a user name or password",
+        ),
+        (
+            r#"["http://192.168.7 .1:2379"]"#,
+            ":3:14: etcd.endpoints[0]: \"http://192.168.7 .1:2379\" contains whitespace (like http://192.168.1.10:2379)",
+        ),
+        (
+            r#"["http://192.168.7.1:2379/v3/kv"]"#,
+            "etcd.endpoints[0]: \"http://192.168.7.1:2379/v3/kv\" has a path (/v3/kv)",
+        ),
+        (
+            r#"["http://192.168.7.1:2379?x=1"]"#,
+            "etcd.endpoints[0]: \"http://192.168.7.1:2379?x=1\" has a query (?x=1)",
+        ),
+        (
+            r#"["http://192.168.7.1"]"#,
+            "etcd.endpoints[0]: \"http://192.168.7.1\" has no port",
+        ),
+        (
+            r#"["unix:///run/etcd.sock"]"#,
+            "etcd.endpoints[0]: \"unix:///run/etcd.sock\" is not an http:// or https:// URL",
+        ),
+    ] {
+        let e = parse(&with(eps)).unwrap_err();
+        assert!(e.contains(want), "{eps}\n=> {e}\nwanted {want}");
+        assert!(!e.contains(":pw@"), "{e}");
+    }
+    // Two members on one host, or IPv6 in brackets: fine.
+    let c = parse(&with(
+        r#"["http://192.168.7.1:2379", "http://192.168.7.1:22379", "http://[fd00::7]:2379"]"#,
+    ))
+    .expect("valid");
+    assert_eq!(c.etcd.endpoints.len(), 3);
+}
+
+/// A cluster file that shares no network is valid (it still claims workload names across
+/// the hosts) but says so; one that shares a network says nothing.
+#[test]
+fn a_cluster_that_shares_no_network_is_a_warning() {
+    assert_eq!(parse(GOOD).expect("valid").warnings(), Vec::<String>::new());
+    let bare = GOOD.split("[[network]]").next().expect("text").to_string();
+    let w = parse(&bare).expect("valid").warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("/etc/volt/cluster.toml: network: no [[network]], so this cluster shares no network: workload names are claimed across its hosts"),
+        "{w:?}"
+    );
+    assert!(w[0].contains("add [[network]] with name and vni"), "{w:?}");
+}

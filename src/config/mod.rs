@@ -7,6 +7,8 @@ mod cluster;
 mod container;
 mod derive;
 mod disk;
+mod endpoint;
+pub use endpoint::{BadEndpoint, Endpoint};
 mod error;
 #[cfg(test)]
 pub(crate) mod fixtures;
