@@ -5,6 +5,8 @@
 //!   already in the cluster: this host refuses to join, naming both definitions;
 //! - this host's record deleted from the store by hand (its lease alive) is written again,
 //!   said once;
+//! - after a crash with the record gone, the start takes a new lease and this host's address
+//!   and DHCP block move to it (they outlive the old lease);
 //! - a VM that runs here while another host holds its name and address (a partition
 //!   longer than the TTL): the conflicts are said once, shown by `volt cluster status`, and
 //!   claimed once the other host lets go;
@@ -74,6 +76,13 @@ impl Host {
             out,
         );
         (pid as i32, log)
+    }
+
+    /// The lease `key` is attached to (0: none, or no such key).
+    fn lease_of(&self, key: &str) -> i64 {
+        let out = self.etcdctl(&format!("get {key} -w json"));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("etcdctl's json");
+        v["kvs"][0]["lease"].as_i64().unwrap_or(0)
     }
 
     fn links(&self) -> String {
@@ -217,6 +226,29 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     assert!(h
         .etcdctl("get /volt/hosts/a")
         .contains("\"address\":\"10.42.0."));
+
+    // A crash, and the record deleted by hand while the lease lives: the next start finds no
+    // registration to adopt and takes a new lease. This host's own address and DHCP block
+    // move to it: when the old lease lapses (nothing keeps it alive), they stay.
+    let old_lease = h.lease_of("/volt/hosts/a");
+    kill(pid);
+    h.etcdctl("del /volt/hosts/a");
+    let (pid, log) = h.start();
+    wait("the daemon never came up", &log, || {
+        read(&log).contains("is in the cluster")
+    });
+    let new_lease = h.lease_of("/volt/hosts/a");
+    assert!(new_lease != 0 && new_lease != old_lease, "{}", read(&log));
+    let block = h
+        .etcdctl("get --prefix /volt/dhcp/volt0/ --keys-only")
+        .lines()
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+        .expect("a DHCP block");
+    h.etcdctl(&format!("lease revoke {old_lease:x}"));
+    for key in ["/volt/ipam/volt0/owner/host/a", block.as_str()] {
+        assert_eq!(h.lease_of(key), new_lease, "{key}\n{}", read(&log));
+    }
 
     // After a partition longer than the TTL, host b holds the name and the address of a VM
     // that runs here too (its link is up): the daemon cannot claim them, says so once, shows

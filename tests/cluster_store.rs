@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use volt::cluster::etcd::Op;
 use volt::cluster::store::{self, HostRecord};
 use volt::cluster::{Cluster, ClusterError};
 use volt::config::{parse_cluster_toml, Network};
@@ -75,6 +76,14 @@ fn wait_writable(c: &Cluster, e: &common::etcd::Etcd) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// One etcd member, and host `host`'s handle on it once it takes writes.
+fn one_member(host: &str) -> (common::etcd::Etcd, Cluster) {
+    let etcd = common::etcd::Etcd::start(1, None);
+    let c = Cluster::new(&config(host, &etcd.endpoints(), "")).expect("client");
+    wait_writable(&c, &etcd);
+    (etcd, c)
 }
 
 #[test]
@@ -608,10 +617,7 @@ fn a_claim_gets_its_mac_and_keeps_its_fixedness() {
     if skip() {
         return;
     }
-    let etcd = common::etcd::Etcd::start(1, None);
-    let eps = etcd.endpoints();
-    let c = Cluster::new(&config("a", &eps, "")).expect("client");
-    wait_writable(&c, &etcd);
+    let (_etcd, c) = one_member("a");
     register(&c);
     let net = Network::builtin_default();
     let claim_of = |ip: Ipv4Addr| -> serde_json::Value {
@@ -670,4 +676,82 @@ fn a_claim_gets_its_mac_and_keeps_its_fixedness() {
     c.record(Holding::new(&net, &vm("fixed"), s, true))
         .expect("record");
     assert_eq!(claim_of(s)["static"], true);
+}
+
+/// A daemon that registers anew while its old lease still lives (its record had gone from
+/// the store, so there was no registration to adopt) claims its running workloads again,
+/// and their claims move to the new lease: they outlive the old one. They used to be found
+/// "already this host's" and left on the old lease, and vanished when it lapsed, while the
+/// workload ran on (another host could then start it, or take its address).
+#[test]
+fn claims_made_again_under_a_new_lease_move_to_it() {
+    if skip() {
+        return;
+    }
+    let (_etcd, a) = one_member("a");
+    let record = HostRecord {
+        name: "a".into(),
+        underlay: a.config.underlay,
+        vxlan_port: 4789,
+        since: store::now(),
+        networks: Vec::new(),
+    };
+    let (old, adopted) = a.register(&record).expect("register");
+    assert!(!adopted);
+    let net = Network::builtin_default();
+    let mac: volt::config::MacAddr = "52:54:00:12:34:56".parse().expect("mac");
+    a.claim_name("web", "vm").expect("name");
+    let l = a
+        .allocate(Ask {
+            mac: Some(mac),
+            ..Ask::new(&net, &vm("web"), Request::Any)
+        })
+        .expect("address");
+
+    // The record deleted by hand, then the daemon restarts: nothing to adopt, a new lease.
+    a.etcd
+        .txn(&[], &[Op::Delete(store::host_key("a"))], &[])
+        .expect("delete");
+    let (new, adopted) = a.register(&record).expect("register again");
+    assert!(!adopted && new != old, "{old:x} {new:x}");
+    // What the daemon's reclaim does for a workload that runs here.
+    a.claim_name("web", "vm").expect("name again");
+    a.record(Holding {
+        mac: Some(mac),
+        ..Holding::new(&net, &vm("web"), l.ip, l.fixed)
+    })
+    .expect("address again");
+
+    // The old lease lapses (nothing keeps it alive now): the claims stay, once each.
+    a.etcd.revoke(old).expect("revoke");
+    for key in [
+        store::name_key("web"),
+        store::addr_key("volt0", l.ip),
+        store::owner_key("volt0", "vm/web/eth0"),
+    ] {
+        let kv = a.etcd.get(&key).expect("get");
+        assert_eq!(
+            kv.map(|kv| kv.lease),
+            Some(new),
+            "{key} did not move to the new lease"
+        );
+    }
+    let listed = a.list("volt0").expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].0.ip, l.ip);
+    // Claimed yet again: nothing changes (no write when the claim is where it should be).
+    let rev = a
+        .etcd
+        .get(&store::name_key("web"))
+        .expect("get")
+        .map(|kv| kv.mod_revision);
+    a.claim_name("web", "vm").expect("name");
+    assert_eq!(
+        a.etcd
+            .get(&store::name_key("web"))
+            .expect("get")
+            .map(|kv| kv.mod_revision),
+        rev
+    );
+    a.etcd.revoke(new).expect("revoke");
 }

@@ -128,9 +128,12 @@ impl Daemon {
                 lease: self.lease,
             };
             let held = self.cluster.etcd.get(&key)?;
-            if held.as_ref().is_some_and(|kv| kv.value == me.as_bytes()) {
-                mine = Some((*first, *size));
-                break;
+            // This host's block, kept on its lease (see store::keep_on).
+            if let Some(kv) = held.as_ref().filter(|kv| kv.value == me.as_bytes()) {
+                if store::keep_on(&self.cluster.etcd, kv, self.lease)? {
+                    mine = Some((*first, *size));
+                    break;
+                }
             }
             if held.is_none()
                 && self
@@ -182,8 +185,22 @@ impl Daemon {
         for _ in 0..64 {
             let snap = store::snapshot(&self.cluster.etcd)?;
             let claims: Vec<_> = snap.addrs_on(&s.net.name).collect();
-            if let Some((ip, ..)) = claims.iter().find(|(_, c, _)| c.owner == owner) {
-                return Ok(*ip);
+            if let Some((ip, c, rev)) = claims.iter().find(|(_, c, _)| c.owner == owner) {
+                // Claimed under an old lease of this host's: moved to this one, or it would
+                // lapse with the old one (and another host could take the address).
+                if snap.addr_lease(&s.net.name, *ip) == Some(self.lease)
+                    || store::update_claim(
+                        &self.cluster.etcd,
+                        &s.net.name,
+                        *ip,
+                        c,
+                        *rev,
+                        self.lease,
+                    )?
+                {
+                    return Ok(*ip);
+                }
+                continue;
             }
             let taken: BTreeSet<Ipv4Addr> = claims.iter().map(|(ip, ..)| *ip).collect();
             let configured = configured.get_or_insert_with(|| self.configured(&s.net.name));

@@ -267,7 +267,18 @@ impl Cluster {
             if let Some(kv) = self.etcd.get(&key)? {
                 let held: Option<NameClaim> = serde_json::from_slice(&kv.value).ok();
                 match held {
-                    Some(h) if h.host == self.host() => return Ok(()),
+                    Some(h) if h.host == self.host() => {
+                        if store::keep_on(&self.etcd, &kv, lease)? {
+                            if kv.lease != lease {
+                                log::info!(
+                                    "the claim on the name {name} moved to this host's lease {lease:x}"
+                                );
+                            }
+                            return Ok(());
+                        }
+                        // Changed meanwhile: read it again.
+                        continue;
+                    }
                     Some(h) => {
                         return Err(ClusterError::NameTaken {
                             name: name.into(),
@@ -350,15 +361,26 @@ impl Cluster {
                 let mut now = AddrClaim::clone(c);
                 now.mac = ask.mac.map(|m| m.to_string()).or(now.mac);
                 now.fixed = fixed_as.unwrap_or(now.fixed);
-                if now == **c {
+                // On another lease of this host's (registered anew while the old one lived),
+                // the claim would lapse with it: it moves to this one.
+                let on_lease = snap.addr_lease(&net.name, *ip) == Some(lease);
+                if now == **c && on_lease {
                     return Ok(as_lease(*ip, c));
                 }
                 if store::update_claim(&self.etcd, &net.name, *ip, &now, *rev, lease)? {
-                    log::info!(
-                        "{ip} on {}: {owner_s}'s claim now says MAC {}",
-                        net.name,
-                        now.mac.as_deref().unwrap_or("(none)")
-                    );
+                    if now != **c {
+                        log::info!(
+                            "{ip} on {}: {owner_s}'s claim now says MAC {}",
+                            net.name,
+                            now.mac.as_deref().unwrap_or("(none)")
+                        );
+                    }
+                    if !on_lease {
+                        log::info!(
+                            "{ip} on {}: {owner_s}'s claim moved to this host's lease {lease:x}",
+                            net.name
+                        );
+                    }
                     return Ok(as_lease(*ip, &now));
                 }
                 // Changed meanwhile: read again.

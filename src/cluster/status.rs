@@ -59,7 +59,7 @@ pub fn hosts(snap: &Snapshot, now: u64, ttl: &dyn Fn(i64) -> i64) -> Vec<HostSta
                     addresses: snap
                         .addrs
                         .iter()
-                        .filter(|(_, _, a, _)| {
+                        .filter(|(_, _, a, ..)| {
                             // `vm/<name>/<nic>` or `container/<name>/<nic>`, of the claim's
                             // kind: never `host/<host>` (a host's own address).
                             let mut parts = a.owner.split('/');
@@ -67,7 +67,7 @@ pub fn hosts(snap: &Snapshot, now: u64, ttl: &dyn Fn(i64) -> i64) -> Vec<HostSta
                                 && parts.next() == Some(c.kind.as_str())
                                 && parts.next() == Some(name.as_str())
                         })
-                        .map(|(net, ip, _, _)| format!("{net}:{ip}"))
+                        .map(|(net, ip, ..)| format!("{net}:{ip}"))
                         .collect(),
                 })
                 .collect();

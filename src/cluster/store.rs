@@ -135,8 +135,8 @@ pub struct Snapshot {
     /// Hosts with their lease IDs.
     pub hosts: Vec<(HostRecord, i64)>,
     pub names: Vec<(String, NameClaim, i64)>,
-    /// (network, address, claim, mod revision)
-    pub addrs: Vec<(String, Ipv4Addr, AddrClaim, i64)>,
+    /// (network, address, claim, mod revision, lease)
+    pub addrs: Vec<(String, Ipv4Addr, AddrClaim, i64, i64)>,
     /// (host, what it runs that another host holds the claim of)
     pub conflicts: Vec<(String, Vec<ConflictRecord>)>,
     /// (network, first address of a DHCP block, the host serving it)
@@ -156,7 +156,15 @@ impl Snapshot {
         self.addrs
             .iter()
             .filter(move |(n, ..)| n == network)
-            .map(|(_, ip, c, r)| (*ip, c, *r))
+            .map(|(_, ip, c, r, _)| (*ip, c, *r))
+    }
+
+    /// The lease the claim on `ip` on `network` is attached to.
+    pub fn addr_lease(&self, network: &str, ip: Ipv4Addr) -> Option<i64> {
+        self.addrs
+            .iter()
+            .find(|(n, a, ..)| n == network && *a == ip)
+            .map(|(.., lease)| *lease)
     }
 }
 
@@ -193,7 +201,8 @@ fn parse_into(s: &mut Snapshot, kv: &Kv) {
         ["ipam", net, "addr", ip] => {
             let claim = serde_json::from_slice::<AddrClaim>(&kv.value);
             if let (Ok(ip), Ok(c)) = (ip.parse(), claim) {
-                s.addrs.push((net.to_string(), ip, c, kv.mod_revision));
+                s.addrs
+                    .push((net.to_string(), ip, c, kv.mod_revision, kv.lease));
             }
         }
         _ => {}
@@ -279,6 +288,25 @@ pub fn update_claim(
     )
 }
 
+/// Keep `kv`, a key this host holds, on this host's `lease`: when it is on another one (the
+/// host registered anew while its old lease lived, so there was nothing to adopt), it is put
+/// again on `lease`, or it would vanish when the old lease lapses though what it claims
+/// runs on. `Ok(false)`: the key changed meanwhile; read it again.
+pub fn keep_on(etcd: &Etcd, kv: &Kv, lease: i64) -> Result<bool, EtcdError> {
+    if kv.lease == lease {
+        return Ok(true);
+    }
+    etcd.txn(
+        &[Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
+        &[Op::Put {
+            key: kv.key.clone(),
+            value: kv.value.clone(),
+            lease,
+        }],
+        &[],
+    )
+}
+
 /// Drop the claim on `ip` (and its owner key) if it is still the one at `revision`.
 pub fn drop_claim(
     etcd: &Etcd,
@@ -352,6 +380,8 @@ mod tests {
             Some("52:54:00:01:02:03".parse().expect("mac"))
         );
         assert_eq!(s.addrs_on("lab").count(), 0);
+        assert_eq!(s.addr_lease("volt0", Ipv4Addr::new(10, 42, 0, 2)), Some(7));
+        assert_eq!(s.addr_lease("volt0", Ipv4Addr::new(10, 42, 0, 3)), None);
     }
 
     #[test]
