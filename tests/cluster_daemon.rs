@@ -12,8 +12,11 @@
 //!   claimed once the other host lets go;
 //! - a static container address inside another host's DHCP block is warned of, once;
 //! - after a crash and a VNI change, the old VXLAN port (left enslaved, its filter chains
-//!   about to go) is removed at start; so are the ports and the filter when the cluster
-//!   file is gone;
+//!   about to go) is removed at start; after a crash and another network shared instead,
+//!   what the overlay put on the old bridge (this host's address, routes and neighbour
+//!   entries, networkd drop-ins) and its claims there are removed, the admin's own route,
+//!   neighbour entry and address kept; the ports, the filter and the overlay's addresses go
+//!   when the cluster file is gone;
 //! - a start that fails halfway (no DHCP block left for this host) takes back its VXLAN port
 //!   and filter and ends its lease.
 
@@ -33,9 +36,10 @@ fn skip() -> bool {
         || common::skip_without_tool("etcdctl", "version", "etcd-client")
 }
 
-fn cluster_toml(vni: u32) -> String {
+/// This host's cluster.toml, sharing `network` with VNI `vni`.
+fn cluster_toml(network: &str, vni: u32) -> String {
     format!(
-        "host = \"a\"\nunderlay = \"192.168.77.1\"\nlease_ttl = 30\n[etcd]\nendpoints = [\"{ETCD}\"]\ntimeout_ms = 2000\n[[network]]\nname = \"volt0\"\nvni = {vni}\n"
+        "host = \"a\"\nunderlay = \"192.168.77.1\"\nlease_ttl = 30\n[etcd]\nendpoints = [\"{ETCD}\"]\ntimeout_ms = 2000\n[[network]]\nname = \"{network}\"\nvni = {vni}\n"
     )
 }
 
@@ -52,12 +56,13 @@ impl Host {
             .ok(&format!("ETCDCTL_API=3 etcdctl --endpoints {ETCD} {args}"))
     }
 
-    fn write_config(&self, vni: Option<u32>) {
+    /// Share `network` with VNI `vni`, or (None) remove the cluster file.
+    fn write_config(&self, shared: Option<(&str, u32)>) {
         let path = self.root.path().join("etc/volt/cluster.toml");
-        match vni {
-            Some(v) => {
+        match shared {
+            Some((network, vni)) => {
                 std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
-                std::fs::write(&path, cluster_toml(v)).expect("write");
+                std::fs::write(&path, cluster_toml(network, vni)).expect("write");
             }
             None => std::fs::remove_file(&path).expect("rm"),
         }
@@ -83,6 +88,13 @@ impl Host {
         let out = self.etcdctl(&format!("get {key} -w json"));
         let v: serde_json::Value = serde_json::from_str(&out).expect("etcdctl's json");
         v["kvs"][0]["lease"].as_i64().unwrap_or(0)
+    }
+
+    /// The IPv4 addresses, routes and neighbour entries of `dev`.
+    fn state(&self, dev: &str) -> String {
+        self.ns.ok(&format!(
+            "ip -4 addr show dev {dev}; ip route show dev {dev}; ip neigh show dev {dev}"
+        ))
     }
 
     fn links(&self) -> String {
@@ -176,7 +188,7 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    h.write_config(Some(42));
+    h.write_config(Some(("volt0", 42)));
     // A host already in the cluster defines volt0 otherwise (another subnet and container
     // range): this host refuses to join, naming both definitions, and makes nothing.
     h.etcdctl(r#"put /volt/hosts/b '{"name":"b","underlay":"192.168.77.2","vxlan_port":4789,"since":1,"networks":[{"name":"volt0","vni":42,"subnet":"10.43.0.0/24","gateway":"10.43.0.1","container_range":"10.43.0.100-10.43.0.254","mtu":1450}]}'"#);
@@ -352,7 +364,7 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     // A crash, then the network's VNI changes: the old port goes before the new one (and its
     // filter) come up.
     kill(pid);
-    h.write_config(Some(43));
+    h.write_config(Some(("volt0", 43)));
     let (pid, log) = h.start();
     wait("the daemon never came up again", &log, || {
         read(&log).contains("is in the cluster")
@@ -362,6 +374,92 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     assert!(!links.contains("vx-42"), "vx-42 left behind:\n{links}");
     assert!(read(&log).contains("removed vx-42"), "{}", read(&log));
 
+    // What the daemon puts on volt0 for the overlay: its own address, and for a peer's
+    // workload a route and a neighbour entry; its networkd drop-ins. Beside them, the
+    // admin's own route, neighbour entry and address on volt0.
+    h.etcdctl(r#"put /volt/hosts/b '{"name":"b","underlay":"192.168.77.2","vxlan_port":4789,"since":1,"networks":[{"name":"volt0","vni":43,"bridge_mac":"0a:00:00:00:00:0b","address":"10.42.0.240","subnet":"10.42.0.0/24","gateway":"10.42.0.1","container_range":"10.42.0.100-10.42.0.254","mtu":1450}]}'"#);
+    h.etcdctl(r#"put /volt/ipam/volt0/addr/10.42.0.30 '{"owner":"vm/db/eth0","host":"b","static":false,"mac":"52:54:00:00:00:30","since":1}'"#);
+    h.ns.ok("ip route add 10.42.0.77/32 dev volt0 proto static && ip neigh replace 10.42.0.78 lladdr 52:54:00:00:00:78 dev volt0 nud permanent && ip addr add 10.42.0.79/32 dev volt0");
+    let mine = h.etcdctl("get --print-value-only /volt/ipam/volt0/owner/host/a");
+    let mine = mine.trim().to_string();
+    assert!(mine.starts_with("10.42.0."), "{mine}");
+    let networkd = root.join("run/systemd/network");
+    let dropins = [
+        networkd.join("10-volt0.netdev.d/50-volt-cluster.conf"),
+        networkd.join("10-volt0.network.d/70-volt-cluster-dhcp.conf"),
+    ];
+    wait("the overlay's state never came up on volt0", &log, || {
+        let s = h.state("volt0");
+        s.contains(&format!("inet {mine}/32"))
+            && s.contains("10.42.0.30 proto 86")
+            && s.contains("10.42.0.30 lladdr 52:54:00:00:00:30 PERMANENT proto 86")
+    });
+    for d in &dropins {
+        assert!(d.exists(), "{} missing", d.display());
+    }
+    // A crash, then the cluster shares another network (lab) instead of volt0: the start
+    // removes what the overlay left on volt0, and the drop-ins, and gives up this host's
+    // address on volt0 in the store; the admin's own stay.
+    kill(pid);
+    h.ns.bridge("lab0", "10.50.0.1/24", 1450);
+    std::fs::create_dir_all(root.join("etc/volt/networks")).expect("mkdir");
+    std::fs::write(
+        root.join("etc/volt/networks/lab.toml"),
+        "bridge = \"lab0\"\nsubnet = \"10.50.0.0/24\"\n",
+    )
+    .expect("lab.toml");
+    h.write_config(Some(("lab", 50)));
+    let (pid, log) = h.start();
+    wait("the daemon never came up sharing lab", &log, || {
+        read(&log).contains("is in the cluster")
+    });
+    let s = h.state("volt0");
+    for gone in [
+        format!("inet {mine}/32"),
+        "10.42.0.30".to_string(),
+        "proto 86".to_string(),
+    ] {
+        assert!(
+            !s.contains(&gone),
+            "{gone} left on volt0:\n{s}\n{}",
+            read(&log)
+        );
+    }
+    common::assert_contains_all(
+        "the admin's own on volt0",
+        &s,
+        &[
+            "inet 10.42.0.79/32",
+            "10.42.0.77 proto static",
+            "10.42.0.78 lladdr 52:54:00:00:00:78 PERMANENT",
+            "inet 10.42.0.1/24",
+        ],
+    );
+    for d in &dropins {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+    assert_eq!(
+        h.etcdctl("get /volt/ipam/volt0/owner/host/a"),
+        "",
+        "{}",
+        read(&log)
+    );
+    assert_eq!(
+        h.etcdctl("get --prefix /volt/dhcp/volt0/ --keys-only")
+            .trim(),
+        ""
+    );
+    let lab_addr = h.etcdctl("get --print-value-only /volt/ipam/lab/owner/host/a");
+    let lab_addr = lab_addr.trim().to_string();
+    assert!(
+        h.ns.ok("ip -4 addr show dev lab0")
+            .contains(&format!("inet {lab_addr}/32")),
+        "{}",
+        read(&log)
+    );
+    h.etcdctl("del /volt/hosts/b");
+    h.etcdctl("del --prefix /volt/ipam/volt0/");
+
     // A crash, then the cluster file is removed: the start fails, and takes the port and the
     // filter with it.
     kill(pid);
@@ -369,8 +467,17 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     let (pid, log) = h.start();
     wait("the daemon did not end", &log, || ended(pid));
     let links = h.links();
-    assert!(!links.contains("vx-43"), "vx-43 left behind:\n{links}");
+    assert!(!links.contains("vx-50"), "vx-50 left behind:\n{links}");
     assert!(!h.tables().contains("volt-cluster"), "{}", h.tables());
+    let lab = h.ns.ok("ip -4 addr show dev lab0");
+    assert!(
+        !lab.contains(&format!("inet {lab_addr}/32")),
+        "{lab}\n{}",
+        read(&log)
+    );
+    assert!(!root
+        .join("run/systemd/network/10-lab0.netdev.d/50-volt-cluster.conf")
+        .exists());
 
     // No DHCP block left for this host (another holds them all): the start fails after it
     // made its port and filter, takes them back and ends its lease (not waiting for the
@@ -378,7 +485,7 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     for first in (100..=244).step_by(16) {
         h.etcdctl(&format!("put /volt/dhcp/volt0/10.42.0.{first} b"));
     }
-    h.write_config(Some(42));
+    h.write_config(Some(("volt0", 42)));
     let (pid, log) = h.start();
     wait("the daemon did not end", &log, || ended(pid));
     let said = read(&log);

@@ -171,8 +171,7 @@ impl Daemon {
     pub(super) fn dhcp_dropin_path(&self, s: &Shared) -> std::path::PathBuf {
         Paths::new(&self.root)
             .networkd_dir()
-            .join(crate::plan::names::bridge_network_dropin_dir(&s.net.bridge))
-            .join("70-volt-cluster-dhcp.conf")
+            .join(super::overlay::dropins(&s.net.bridge).1)
     }
 
     /// This host's own address on shared network `i`: its claim, else the highest free

@@ -9,6 +9,7 @@ mod conflicts;
 pub mod daemon;
 pub mod etcd;
 pub mod http;
+mod leftovers;
 mod membership;
 mod overlay;
 pub use overlay::stale_ports;

@@ -358,3 +358,33 @@ fn names_fit_and_bridge_macs_differ_per_host() {
     assert_eq!(a, bridge_mac("a", "volt0"));
     assert_eq!(a.0[0] & 0x03, 0x02, "locally administered unicast");
 }
+
+/// The daemon's drop-ins are found again by their directory (for removing those of a bridge
+/// no longer shared) and begin with the header that tells them apart from an admin's.
+#[test]
+fn dropins_are_found_by_their_directory() {
+    let (mac, dhcp) = dropins("volt0");
+    assert_eq!(mac, "10-volt0.netdev.d/50-volt-cluster.conf");
+    assert_eq!(dhcp, "10-volt0.network.d/70-volt-cluster-dhcp.conf");
+    for rel in [&mac, &dhcp] {
+        let dir = rel.split('/').next().expect("dir");
+        assert_eq!(dropin_bridge(dir), Some("volt0"), "{rel}");
+    }
+    for other in [
+        "10-.netdev.d",
+        "20-volt0.netdev.d",
+        "10-volt0.netdev",
+        "volt0",
+    ] {
+        assert_eq!(dropin_bridge(other), None, "{other}");
+    }
+    let m: MacAddr = "0a:01:02:03:04:05".parse().expect("mac");
+    assert!(mac_dropin("volt0", m).starts_with(DROPIN_HEADER));
+    let d = dhcp_dropin(
+        "10.42.0.0/24".parse().expect("net"),
+        Ipv4Addr::new(10, 42, 0, 100),
+        16,
+        "a",
+    );
+    assert!(d.starts_with(DROPIN_HEADER));
+}

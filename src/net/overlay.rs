@@ -24,9 +24,12 @@ use rtnetlink::{LinkVxlan, RouteMessageBuilder};
 use super::netlink::{mac_and_ipv4, Link, Netlink, NetlinkError};
 use crate::config::MacAddr;
 
-/// The protocol number Volt's overlay routes and neighbour entries carry, so they are told
-/// apart from others (an admin's own are never changed).
+/// The protocol number Volt's overlay addresses, routes and neighbour entries carry, so they
+/// are told apart from others (an admin's own are never changed).
 pub const ROUTE_PROTO: u8 = 0x56;
+
+mod marked;
+pub use marked::{add_host_address, marked, remove_marked, Marked};
 /// The nftables table of the VXLAN ports' filters.
 pub const TABLE: &str = "volt-cluster";
 
@@ -265,32 +268,44 @@ pub fn routes(nl: &Netlink, bridge: &str) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, N
                 .await
         })
         .map_err(req(format!("list the routes on {bridge}")))?;
-    let mut out = Vec::new();
-    for m in msgs {
-        if m.header.protocol != RouteProtocol::Other(ROUTE_PROTO)
-            || m.header.destination_prefix_length != 32
-        {
-            continue;
-        }
-        let mut oif = None;
-        let mut dst = None;
-        let mut src = None;
-        for a in &m.attributes {
-            match a {
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
-                RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(*ip),
-                _ => {}
-            }
-        }
-        if let (Some(i), Some(d), Some(s)) = (oif, dst, src) {
-            if i == index {
-                out.push((d, s));
-            }
-        }
-    }
+    let mut out: Vec<(Ipv4Addr, Ipv4Addr)> = msgs
+        .iter()
+        .filter_map(overlay_route)
+        .filter(|(oif, ..)| *oif == index)
+        .map(|(_, dst, src)| (dst, src))
+        .collect();
     out.sort();
     Ok(out)
+}
+
+/// A host route the overlay made (its protocol, /32): (output link index, destination,
+/// source).
+fn overlay_route(m: &RouteMessage) -> Option<(u32, Ipv4Addr, Ipv4Addr)> {
+    if m.header.protocol != RouteProtocol::Other(ROUTE_PROTO)
+        || m.header.destination_prefix_length != 32
+    {
+        return None;
+    }
+    let mut oif = None;
+    let mut dst = None;
+    let mut src = None;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+            RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(*ip),
+            _ => {}
+        }
+    }
+    Some((oif?, dst?, src?))
+}
+
+/// Whether neighbour entry `m` is one the overlay set (its protocol).
+fn overlay_neighbour(m: &NeighbourMessage) -> bool {
+    m.header.state == NeighbourState::Permanent
+        && m.attributes.iter().any(|a| {
+            matches!(a, NeighbourAttribute::Protocol(p) if *p == RouteProtocol::Other(ROUTE_PROTO))
+        })
 }
 
 /// Route `ip`/32 over `bridge` with source `src` (replacing one that is there), or with
@@ -326,15 +341,9 @@ pub fn neighbours(nl: &Netlink, link: &str) -> Result<Vec<(Ipv4Addr, MacAddr)>, 
     let msgs = nl.neighbour_dump(AddressFamily::Inet, || {
         format!("list the neighbours on {link}")
     })?;
-    let ours = |m: &NeighbourMessage| {
-        m.attributes.iter().any(|a| {
-            matches!(a, NeighbourAttribute::Protocol(p) if *p == RouteProtocol::Other(ROUTE_PROTO))
-        })
-    };
     let mut out: Vec<(Ipv4Addr, MacAddr)> = msgs
         .iter()
-        .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
-        .filter(|m| ours(m))
+        .filter(|m| m.header.ifindex == index && overlay_neighbour(m))
         .filter_map(|m| match mac_and_ipv4(m) {
             (Some(mac), Some(ip)) => Some((ip, mac)),
             _ => None,
