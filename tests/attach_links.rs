@@ -110,12 +110,13 @@ fn a_container_veth_port_gets_the_rules_and_link_down_removes_them() {
     assert!(exists(&host, &h) && exists(&host, &c));
     let mac = volt::config::nic_mac(&volt::config::vm_uuid("ct"), "eth0", 0);
     let rules = chain(&host, &h);
-    let server = "udp sport 67 udp dport 68 counter packets 0 bytes 0 drop";
+    let server = "udp dport 68 counter packets 0 bytes 0 drop";
     for want in [
         format!("ether saddr != {mac}"),
         "ip saddr != 10.42.0.150".to_string(),
         "arp saddr ip != { 0.0.0.0, 10.42.0.150 }".to_string(),
-        "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept".to_string(),
+        "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 @th,288,48"
+            .to_string(),
         server.to_string(),
         "vlan id 0".to_string(),
         "ether type 8021ad".to_string(),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::frames::{self as fr, BROADCAST, ETH_ARP, ETH_IP, ETH_IP6};
 use common::netns::{skip_reason, TestNs};
 use common::ping;
-use volt::net::antispoof::{self, link_local, rule, PortPolicy};
+use volt::net::antispoof::{self, link_local, rule, Ipv4Source, PortPolicy};
 
 const BR_MAC: &str = "02:00:00:00:00:01";
 const HONEST_MAC: &str = "52:54:00:00:00:20";
@@ -168,13 +168,32 @@ fn attacks() -> Vec<Attack> {
         "own-neighbour-advert",
     );
     let dad = nd(fr::neighbour_solicit(attacker_ll), "dad-solicit");
-    // DHCP: an offer from the attacker's own address (a rogue server), and a client's
-    // discover and address probe from 0.0.0.0 (what any DHCP client sends).
+    // DHCP: offers from the attacker (a rogue server, from any source port), a client's
+    // discover for its own MAC and for another's, address probes from 0.0.0.0.
     let bcast4 = Ipv4Addr::BROADCAST;
     let dhcp = |src, sport, dport, name: &str| {
         fr::ipv4(src, bcast4, 17, &fr::udp(sport, dport, mk(name).as_bytes()))
     };
     let unspec4 = Ipv4Addr::UNSPECIFIED;
+    let discover = |chaddr, name: &str| {
+        let b = fr::bootp_request(chaddr, &mk(name));
+        fr::ipv4(unspec4, bcast4, 17, &fr::udp(68, 67, &b))
+    };
+    // IPv6: a fragmented neighbour advertisement, a DHCPv6 answer, DAD of another's address.
+    let fragment = fr::ipv6_fragment(
+        attacker_ll,
+        all_nodes,
+        58,
+        &nd(fr::neighbour_advert(honest_ll, attacker), "ip6-fragment"),
+    );
+    let dhcp6 = fr::ipv6(
+        attacker_ll,
+        all_nodes,
+        17,
+        64,
+        &fr::udp(547, 546, mk("dhcp6-reply").as_bytes()),
+    );
+    let dad_other = nd(fr::neighbour_solicit(honest_ll), "dad-other");
     #[rustfmt::skip]
     let table: Vec<Row> = vec![
         ("vlan0-arp", Some(rule::VLAN0), bc, a, &[(Q, 0)], ETH_ARP, steal.clone()),
@@ -195,8 +214,15 @@ fn attacks() -> Vec<Attack> {
         ("unspecified-udp", Some(rule::IP6_UNSPEC), all6, a, none, ETH_IP6, unspec(all_nodes, 17, 64, &unspec_udp)),
         ("unknown-ethertype", Some(rule::ETHERTYPE), bc, a, none, 0x88b5, b"volt".to_vec()),
         ("dhcp-offer", Some(rule::DHCP_SERVER), bc, a, none, ETH_IP, dhcp(ATTACK_IP, 67, 68, "dhcp-offer")),
+        ("dhcp-offer-sport", Some(rule::DHCP_SERVER), bc, a, none, ETH_IP, dhcp(ATTACK_IP, 12345, 68, "dhcp-offer-sport")),
         ("dhcp-offer-spoofed", Some(rule::DHCP_SERVER), bc, a, none, ETH_IP, dhcp(GATEWAY, 67, 68, "dhcp-offer-spoofed")),
-        ("dhcp-discover", None, bc, a, none, ETH_IP, dhcp(unspec4, 68, 67, "dhcp-discover")),
+        ("dhcp-discover-other-mac", Some(rule::IP), bc, a, none, ETH_IP, discover(honest, "dhcp-discover-other-mac")),
+        ("zero-source-udp", Some(rule::IP), bc, a, none, ETH_IP, dhcp(unspec4, 68, 1234, "zero-source-udp")),
+        ("arp-probe-other", Some(rule::ARP_PROBE), bc, a, none, ETH_ARP, fr::arp_request(attacker, unspec4, HONEST_IP)),
+        ("ip6-fragment", Some(rule::IP6_FRAG), all6, a, none, ETH_IP6, fragment),
+        ("dhcp6-reply", Some(rule::DHCP6_SERVER), all6, a, none, ETH_IP6, dhcp6),
+        ("dad-other", Some(rule::DAD), fr::mcast6(all_nodes), a, none, ETH_IP6, unspec(all_nodes, 58, 255, &dad_other)),
+        ("dhcp-discover", None, bc, a, none, ETH_IP, discover(attacker, "dhcp-discover")),
         ("arp-probe", None, bc, a, none, ETH_ARP, fr::arp_request(attacker, unspec4, ATTACK_IP)),
         // What the attacker may send from its own addresses.
         ("own-arp", None, bc, a, none, ETH_ARP, own_arp),
@@ -225,7 +251,8 @@ fn sentinel(i: usize) -> (String, Vec<u8>) {
         attacker,
         &[],
         ETH_ARP,
-        &fr::arp_request(attacker, ATTACK_IP, GATEWAY),
+        // A probe of its own address from 0.0.0.0: what every policy lets by.
+        &fr::arp_request(attacker, Ipv4Addr::UNSPECIFIED, ATTACK_IP),
         &fr::marker(&name),
     );
     (fr::marker(&name), frame)
@@ -408,47 +435,46 @@ fn a_declared_vlan_passes_and_other_tags_do_not() {
     assert_eq!(c.get(rule::VLAN0), Some(&1), "{c:?}");
 }
 
-/// A port whose address is still to come from Volt's DHCP server is held to that server's
-/// pool: the gateway's address cannot be taken over IPv4 or ARP, an address of the pool can
-/// be used, and a DHCP client's discover and probe from 0.0.0.0 pass.
+/// A port whose address is still to come from Volt's DHCP server (or whose container set
+/// another workload's) passes a DHCP client's requests for its own MAC and its probes from
+/// 0.0.0.0, and no other IPv4 or ARP: not the gateway's address, not a pool address, not
+/// 0.0.0.0 to anything but a DHCP server, no request for another MAC, no offer.
 #[test]
-fn a_port_awaiting_dhcp_is_held_to_the_pool() {
+fn a_port_awaiting_dhcp_passes_dhcp_requests_only() {
     if skip() {
         return;
     }
     let lab = lab();
     let policy = PortPolicy {
-        ipv4_pool: Some((Ipv4Addr::new(10, 42, 0, 30), Ipv4Addr::new(10, 42, 0, 40))),
+        ipv4: Ipv4Source::DhcpOnly,
         ..PortPolicy::new(mac(ATTACK_MAC), None)
     };
     let (listen, send) = lab.attacker_under(policy);
     let a = fr::mac(ATTACK_MAC);
     let pooled = Ipv4Addr::new(10, 42, 0, 35);
-    let udp4 = |src, dst, sport, dport, name: &str| {
-        fr::ipv4(
-            src,
-            dst,
-            17,
-            &fr::udp(sport, dport, fr::marker(name).as_bytes()),
-        )
-    };
+    let (zero, bcast) = (Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST);
+    let udp4 =
+        |src, dst, sport, dport, data: &[u8]| fr::ipv4(src, dst, 17, &fr::udp(sport, dport, data));
+    let m = fr::marker;
+    let discover =
+        |chaddr, name: &str| udp4(zero, bcast, 68, 67, &fr::bootp_request(chaddr, &m(name)));
     let case = |name, rule, dst, ethertype, payload: Vec<u8>| Attack {
         name,
         rule,
         frame: fr::ether(dst, a, &[], ethertype, &payload, &fr::marker(name)),
     };
     let br = fr::mac(BR_MAC);
-    let m = fr::marker;
     #[rustfmt::skip]
     let cases = [
         case("gateway-ipv4", Some(rule::IP), br, ETH_IP, fr::icmp_echo(GATEWAY, HONEST_IP, &m("gateway-ipv4"))),
         case("gateway-arp", Some(rule::ARP_IP), BROADCAST, ETH_ARP, fr::arp_request(a, GATEWAY, HONEST_IP)),
-        case("outside-pool", Some(rule::IP), br, ETH_IP, fr::icmp_echo(HONEST_IP, GATEWAY, &m("outside-pool"))),
-        case("rogue-offer", Some(rule::DHCP_SERVER), BROADCAST, ETH_IP, udp4(pooled, Ipv4Addr::BROADCAST, 67, 68, "rogue-offer")),
-        case("pool-ipv4", None, br, ETH_IP, fr::icmp_echo(pooled, GATEWAY, &m("pool-ipv4"))),
-        case("pool-arp", None, BROADCAST, ETH_ARP, fr::arp_request(a, pooled, GATEWAY)),
-        case("discover", None, BROADCAST, ETH_IP, udp4(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, 68, 67, "discover")),
-        case("probe", None, BROADCAST, ETH_ARP, fr::arp_request(a, Ipv4Addr::UNSPECIFIED, pooled)),
+        case("pool-ipv4", Some(rule::IP), br, ETH_IP, fr::icmp_echo(pooled, GATEWAY, &m("pool-ipv4"))),
+        case("pool-arp", Some(rule::ARP_IP), BROADCAST, ETH_ARP, fr::arp_request(a, pooled, GATEWAY)),
+        case("zero-to-other", Some(rule::IP), BROADCAST, ETH_IP, udp4(zero, bcast, 68, 1234, m("zero-to-other").as_bytes())),
+        case("other-mac", Some(rule::IP), BROADCAST, ETH_IP, discover(fr::mac(HONEST_MAC), "other-mac")),
+        case("rogue-offer", Some(rule::DHCP_SERVER), BROADCAST, ETH_IP, udp4(pooled, bcast, 12345, 68, m("rogue-offer").as_bytes())),
+        case("discover", None, BROADCAST, ETH_IP, discover(a, "discover")),
+        case("probe", None, BROADCAST, ETH_ARP, fr::arp_request(a, zero, pooled)),
     ];
     through_the_rules(&lab.host, &listen, &send, &cases, 200);
     let v4 = lab.host.ok(&format!("ip neigh show {GATEWAY} dev br0"));

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::{owner_of, Attach, AttachError, LinkRecord};
 use crate::config::NetworkLookup;
-use crate::net::ipam::{Ask, Holding, Owner, Request};
+use crate::net::antispoof::Ipv4Source;
+use crate::net::ipam::{Ask, Holding, IpamError, Owner, Request};
 use crate::net::link;
 use crate::net::manager::Veth;
 use crate::net::netlink::{Netlink, NetlinkError};
@@ -106,7 +107,8 @@ pub(super) fn up(at: &Attach, a: &Attachment) -> Result<LinkRecord, AttachError>
             .unwrap_or_default()
     );
     // The container end's MAC (and its static address) are all that may leave the port.
-    super::protect(at, a, a.mac, a.addressing.known().map(|n| n.addr()))?;
+    let source = super::ipv4_source(at, a, a.addressing.known().map(|n| n.addr()));
+    super::protect(at, a, a.mac, source)?;
     Ok(LinkRecord {
         link: a.link.clone(),
         kind: Kind::Container.as_str().into(),
@@ -134,6 +136,44 @@ pub(super) fn remember_dhcp(at: &Attach, link: &str, ip: Ipv4Addr) {
     };
     if let Err(e) = saved {
         log::warn!("{}", crate::error_chain(&e));
+    }
+}
+
+/// A DHCP address the lease file gives to a workload that does not run and got it from the
+/// pool (not its configured address): networkd's DHCP server, which keeps no leases across
+/// its restarts, may hand it to another container since. That stale lease gives way.
+fn displaced_a_stale_lease(
+    at: &Attach,
+    net: &crate::config::Network,
+    owner: &Owner,
+    ip: Ipv4Addr,
+    e: &super::book::BookError,
+) -> bool {
+    let super::book::BookError::Local(IpamError::Taken { holder, .. }) = e else {
+        return false;
+    };
+    let ipam = at.ipam();
+    let stale = ipam.list(&net.name).is_ok_and(|ls| {
+        ls.iter()
+            .any(|l| l.owner == *holder && l.ip == ip && !l.fixed)
+    });
+    let runs = super::leases::records(&at.paths.links_dir())
+        .iter()
+        .any(|r| super::leases::record_owner(r).as_ref() == Some(holder));
+    if !stale || runs {
+        return false;
+    }
+    match ipam.mirror(Holding::new(net, owner, ip, false)) {
+        Ok(_) => {
+            log::info!(
+                "{owner} has {ip} from DHCP; the lease of {holder}, which does not run, gave way"
+            );
+            true
+        }
+        Err(e) => {
+            log::warn!("{}", crate::error_chain(&e));
+            false
+        }
     }
 }
 
@@ -258,6 +298,9 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                     ..Holding::new(net, &owner, ip, fixed)
                 };
                 if let Err(e) = book.record(h) {
+                    if !fixed && displaced_a_stale_lease(at, net, &owner, ip, &e) {
+                        return true;
+                    }
                     log::warn!("{what}: lease not recorded: {}", crate::error_chain(&e));
                     return !e.refuses_the_address();
                 }
@@ -296,31 +339,23 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
         match got {
             Some((ip, prefix)) => {
                 log::info!("{what}: {inside} has {ip}/{prefix} from DHCP");
-                // From now on its port is held to this address, not to the whole pool; to
-                // none (DHCP requests only) when the address is another workload's (root in
-                // the container set it itself).
-                let ours = record(ip, false);
-                let pin = if ours {
-                    ip
-                } else {
+                // Its port passed DHCP requests only: from now on this address too, unless
+                // it is another workload's (root in the container set it itself).
+                if !record(ip, false) {
                     log::error!(
-                        "{what}: {ip} is not this container's to use: its port now passes no IPv4 but DHCP requests"
+                        "{what}: {ip} is not this container's to use: its port passes DHCP requests only (let its DHCP client configure the address, then restart it)"
                     );
-                    Ipv4Addr::UNSPECIFIED
-                };
-                if let Err(e) = super::protect(at, a, a.mac, Some(pin)) {
-                    log::warn!("{what}: {}", crate::error_chain(&e));
+                    continue;
                 }
-                if ours {
-                    remember_dhcp(at, &a.link, ip);
-                    // A port map to it can now be made.
-                    if let Some(net) = net {
-                        at.refresh_nat(&net.name, false);
-                    }
+                super::protect(at, a, a.mac, Ipv4Source::Known(ip))?;
+                remember_dhcp(at, &a.link, ip);
+                // A port map to it can now be made.
+                if let Some(net) = net {
+                    at.refresh_nat(&net.name, false);
                 }
             }
             None => log::warn!(
-                "{what}: {inside} got no DHCP address within {dhcp_wait:?} (is a DHCP client running inside?); no lease recorded"
+                "{what}: {inside} got no DHCP address within {dhcp_wait:?} (is a DHCP client running inside?); no lease recorded, and its port passes DHCP requests only until the container starts again"
             ),
         }
     }

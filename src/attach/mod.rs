@@ -457,26 +457,40 @@ fn teardown_in_netns(ns: &str, links: Vec<String>) -> Result<(), AttachError> {
     Ok(())
 }
 
-/// Install the anti-spoofing rules of `a`'s port on its bridge: only `mac` and, when known,
-/// `ipv4` (else the DHCP pool's addresses) may leave it, and no DHCP server's answers where
-/// the network's DHCP server is Volt's. Nothing for links that are on no bridge (isolated,
-/// macvtap).
+/// What `a`'s port may send IPv4 from: its address when known; without one, DHCP requests
+/// only where the network's DHCP server is Volt's (until the address is seen), else any
+/// address (a DHCP server Volt does not know gives it).
+fn ipv4_source(at: &Attach, a: &Attachment, known: Option<Ipv4Addr>) -> antispoof::Ipv4Source {
+    match known {
+        Some(ip) => antispoof::Ipv4Source::Known(ip),
+        None if volts_dhcp(at, a) => antispoof::Ipv4Source::DhcpOnly,
+        None => antispoof::Ipv4Source::Any,
+    }
+}
+
+/// Whether `a`'s network gets its DHCP server from Volt: networkd's on a bridge Volt
+/// defines (on a bridge the admin manages Volt renders no server).
+fn volts_dhcp(at: &Attach, a: &Attachment) -> bool {
+    at.network(a)
+        .is_some_and(|n| n.serves_dhcp() && n.create_bridge)
+}
+
+/// Install the anti-spoofing rules of `a`'s port on its bridge: only `mac`, IPv4 and ARP
+/// as `ipv4` says, and no DHCP server's answers where the network's DHCP server is Volt's.
+/// Nothing for links that are on no bridge (isolated, macvtap).
 fn protect(
     at: &Attach,
     a: &Attachment,
     mac: MacAddr,
-    ipv4: Option<Ipv4Addr>,
+    ipv4: antispoof::Ipv4Source,
 ) -> Result<(), AttachError> {
     if a.bridge.is_none() || a.netns.is_some() {
         return Ok(());
     }
-    // Volt's DHCP server (networkd's on the bridge) gives out the container range: a port
-    // whose address is still to come from it is held to that range.
-    let ours = at.network(a).filter(|n| n.serves_dhcp());
     let policy = antispoof::PortPolicy {
-        dhcp_server: ours.is_none(),
-        ipv4_pool: ours.map(|n| (n.container_range.start, n.container_range.end)),
-        ..antispoof::PortPolicy::new(mac, ipv4)
+        ipv4,
+        dhcp_server: !volts_dhcp(at, a),
+        ..antispoof::PortPolicy::new(mac, None)
     };
     antispoof::apply(&a.link, &policy).map_err(|source| AttachError::Antispoof {
         link: a.link.clone(),

@@ -81,7 +81,8 @@ fn port_policy(
     let mac = resolve_mac(at, a)?;
     let ipv4 = address(at, w, a, mac)?;
     // Only this NIC's MAC (and address, when known) may leave its port on the bridge.
-    super::protect(at, a, mac, ipv4.map(|n| n.addr()))?;
+    let source = super::ipv4_source(at, a, ipv4.map(|n| n.addr()));
+    super::protect(at, a, mac, source)?;
     Ok((mac, ipv4))
 }
 

@@ -2,8 +2,10 @@
 //! bridge-family rules so the workload behind it can only send what a workload needs, from
 //! its own addresses: its MAC; untagged frames (a port that declares VLANs may also send
 //! those tags); only the IPv4, ARP and IPv6 ethertypes; its IPv4 address when it is known
-//! (ARP included); IPv6 from its MAC-derived link-local address (and `::` for ICMPv6 only:
-//! duplicate address detection, MLD), no router advertisements or redirects, neighbour
+//! (ARP included) and a DHCP client's requests for its own MAC ([`Ipv4Source`]); no answers
+//! to DHCP or DHCPv6 clients where the DHCP server is Volt's; IPv6 from its MAC-derived
+//! link-local address (and `::` for ICMPv6 only: duplicate address detection of its own
+//! address, MLD), no fragments, no router advertisements or redirects, neighbour
 //! advertisements only for its own addresses.
 //!
 //! Everything lives in Volt's table `bridge volt`: a verdict map from port name to the
@@ -21,13 +23,16 @@ use crate::config::MacAddr;
 pub mod rule {
     /// A frame whose Ethernet source is not the port's MAC.
     pub const MAC: &str = "mac";
-    /// IPv4 from another source address.
+    /// Answers to DHCP clients (UDP to port 68).
+    pub const DHCP_SERVER: &str = "dhcp-server";
+    /// A DHCP client's requests from 0.0.0.0 for the port's MAC (accepted, not counted).
+    pub const DHCP_CLIENT: &str = "dhcp-client";
+    /// IPv4 from another source address (all but DHCP requests while none is known).
     pub const IP: &str = "ip";
     /// Untagged IPv4 that passed the rules above: accepted at once, without a counter (the
     /// common frame meets 3 rules instead of 13; the rules below are for other ethertypes).
     pub const IP_ACCEPT: &str = "ip-accept";
-    pub const DHCP_SERVER: &str = "dhcp-server";
-    pub const DHCP_CLIENT: &str = "dhcp-client";
+
     /// A tagged frame of a VLAN the port declares: accepted.
     pub const VLAN_ALLOWED: &str = "vlan-allowed";
     /// An 802.1Q priority tag (VLAN 0): Linux reads the frame as untagged.
@@ -40,12 +45,20 @@ pub mod rule {
     pub const ARP_MAC: &str = "arp-mac";
     /// ARP whose sender address is not the port's IPv4 address.
     pub const ARP_IP: &str = "arp-ip";
+    /// An ARP probe (from 0.0.0.0) of another address than the port's.
+    pub const ARP_PROBE: &str = "arp-probe";
+    /// IPv6 fragments.
+    pub const IP6_FRAG: &str = "ip6-frag";
+    /// Answers to DHCPv6 clients (UDP to port 546).
+    pub const DHCP6_SERVER: &str = "dhcp6-server";
     /// An ICMPv6 router advertisement.
     pub const RA: &str = "ra";
     /// An ICMPv6 redirect.
     pub const REDIRECT: &str = "redirect";
     /// A neighbour advertisement for an address that is not the port's.
     pub const NA: &str = "na";
+    /// Duplicate address detection of another's address.
+    pub const DAD: &str = "dad";
     /// IPv6 from the unspecified address that is not ICMPv6 (DAD, MLD).
     pub const IP6_UNSPEC: &str = "ip6-unspec";
     /// IPv6 from another source address.
@@ -66,38 +79,45 @@ pub enum AntispoofError {
     BadVlan { port: String, vlan: u16 },
 }
 
+/// The IPv4 (and ARP) sources a port may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv4Source {
+    /// Its address: IPv4 and ARP from it, and a DHCP client's requests and its probes of
+    /// that address from 0.0.0.0 (a guest whose own network setup asks DHCP).
+    Known(Ipv4Addr),
+    /// No address it may use yet (its DHCP address not seen, or one that is another
+    /// workload's): a DHCP client's requests from 0.0.0.0 and ARP probes only.
+    DhcpOnly,
+    /// An address from a DHCP server Volt does not know: IPv4 and ARP limited by MAC only.
+    Any,
+}
+
 /// What may leave one port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortPolicy {
     /// The only Ethernet (and ARP sender) address.
     pub mac: MacAddr,
-    /// The only IPv4 source (and ARP sender) address, when known. `None` (an address from
-    /// DHCP, or none): IPv4 and ARP are limited by MAC only.
-    pub ipv4: Option<Ipv4Addr>,
+    /// The IPv4 and ARP sender addresses.
+    pub ipv4: Ipv4Source,
     /// IPv6 sources besides the link-local address derived from `mac`.
     pub ipv6: Vec<Ipv6Addr>,
     /// 802.1Q VLANs the workload may send tagged frames on (1-4094); empty: none.
     pub vlans: Vec<u16>,
-    /// Whether the port may answer DHCP clients: only on a network whose DHCP server is not
-    /// Volt's (networkd's on the bridge), where a workload may be the network's server.
+    /// Whether the port may answer DHCP (and DHCPv6) clients: only on a network whose DHCP
+    /// server is not Volt's (networkd's on the bridge), where a workload may be the server.
     pub dhcp_server: bool,
-    /// Without `ipv4`: the addresses the network's DHCP server gives out (first, last), which
-    /// the port's IPv4 and ARP sources are then held to (besides 0.0.0.0). `None`: a DHCP
-    /// server Volt does not know, and IPv4 and ARP are held to the MAC only.
-    pub ipv4_pool: Option<(Ipv4Addr, Ipv4Addr)>,
 }
 
 impl PortPolicy {
-    /// A port that may send from `mac` and, when known, `ipv4`; IPv6 link-local only; no
-    /// VLANs.
+    /// A port that may send from `mac` and `ipv4` (`None`: any IPv4 address, an address
+    /// Volt does not know); IPv6 link-local only; no VLANs; no DHCP server.
     pub fn new(mac: MacAddr, ipv4: Option<Ipv4Addr>) -> PortPolicy {
         PortPolicy {
             mac,
-            ipv4,
+            ipv4: ipv4.map_or(Ipv4Source::Any, Ipv4Source::Known),
             ipv6: Vec::new(),
             vlans: Vec::new(),
             dhcp_server: false,
-            ipv4_pool: None,
         }
     }
 
@@ -162,44 +182,44 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
     // IPv4 first: it is nearly every frame a workload sends, and nothing below can match an
     // untagged IPv4 frame (the VLAN rules see ethertype 802.1Q/802.1ad, the others ARP or
     // IPv6), so it is accepted as soon as its source address is checked.
-    // A DHCP server's answers (from its own address, so the address rule lets them by):
-    // a workload answering other workloads' DISCOVERs first could hand them itself as
-    // their gateway.
+    //
+    // Answers to DHCP clients, whatever their source port (clients look at the destination
+    // port only): a workload answering other workloads' DISCOVERs first could hand them
+    // itself as their gateway.
     if !p.dhcp_server {
         add(
-            "ether type ip udp sport 67 udp dport 68",
+            "ether type ip udp dport 68",
             rule::DHCP_SERVER,
             "counter drop",
         );
     }
-    // The IPv4 (and ARP) sources the port may use: its address, else its DHCP server's pool,
-    // and 0.0.0.0, from which a DHCP client asks and probes before it has its address (a
-    // guest whose own network setup asks DHCP, of its reservation's static lease).
-    let sources = match (p.ipv4, p.ipv4_pool) {
-        (Some(ip), _) if ip.is_unspecified() => Some("{ 0.0.0.0 }".to_string()),
-        (Some(ip), _) => Some(format!("{{ 0.0.0.0, {ip} }}")),
-        (None, Some((first, last))) if first == last => Some(format!("{{ 0.0.0.0, {first} }}")),
-        (None, Some((first, last))) => Some(format!("{{ 0.0.0.0, {first}-{last} }}")),
-        (None, None) => None,
-    };
-    if let Some(ip) = p.ipv4 {
-        // Its own address known, 0.0.0.0 is for a DHCP client's requests only.
-        add(
-            "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67",
-            rule::DHCP_CLIENT,
-            "accept",
-        );
-        add(
-            &format!("ether type ip ip saddr != {ip}"),
-            rule::IP,
-            "counter drop",
-        );
-    } else if let Some(set) = &sources {
-        add(
-            &format!("ether type ip ip saddr != {set}"),
-            rule::IP,
-            "counter drop",
-        );
+    // A DHCP client's requests from 0.0.0.0, for the port's own MAC (the BOOTP chaddr, at
+    // UDP payload byte 28): that spoofs nobody, and no lease of another MAC is asked for.
+    let chaddr = format!(
+        "0x{}",
+        p.mac
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let dhcp_client = format!(
+        "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 @th,288,48 {chaddr}"
+    );
+    match p.ipv4 {
+        Ipv4Source::Known(ip) => {
+            add(&dhcp_client, rule::DHCP_CLIENT, "accept");
+            add(
+                &format!("ether type ip ip saddr != {ip}"),
+                rule::IP,
+                "counter drop",
+            );
+        }
+        Ipv4Source::DhcpOnly => {
+            add(&dhcp_client, rule::DHCP_CLIENT, "accept");
+            add("ether type ip", rule::IP, "counter drop");
+        }
+        Ipv4Source::Any => {}
     }
     add("ether type ip", rule::IP_ACCEPT, "accept");
     if !p.vlans.is_empty() {
@@ -219,13 +239,27 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
         "counter drop",
     );
     // 0.0.0.0: a DHCP client's probe of the address it was offered (RFC 5227), which
-    // updates nobody's cache.
-    if let Some(set) = &sources {
-        add(
-            &format!("ether type arp arp saddr ip != {set}"),
+    // updates nobody's cache; with its address known, only a probe of that address (a
+    // probe of another's would make that one give its address up).
+    match p.ipv4 {
+        Ipv4Source::Known(ip) => {
+            add(
+                &format!("ether type arp arp saddr ip != {{ 0.0.0.0, {ip} }}"),
+                rule::ARP_IP,
+                "counter drop",
+            );
+            add(
+                &format!("ether type arp arp saddr ip 0.0.0.0 arp daddr ip != {ip}"),
+                rule::ARP_PROBE,
+                "counter drop",
+            );
+        }
+        Ipv4Source::DhcpOnly => add(
+            "ether type arp arp saddr ip != 0.0.0.0",
             rule::ARP_IP,
             "counter drop",
-        );
+        ),
+        Ipv4Source::Any => {}
     }
     let v6 = p.ipv6_addresses();
     let v6_set = v6
@@ -240,6 +274,21 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
         .map(|a| format!("{:#034x}", u128::from(*a)))
         .collect::<Vec<_>>()
         .join(", ");
+    // Fragments: a fragmented ND message hides its type and target from the rules below,
+    // and the bridge reassembles it (br_netfilter) before the neighbours see it. Volt's
+    // IPv6 is link-local: nothing a workload needs is fragmented.
+    add(
+        "ether type ip6 exthdr frag exists",
+        rule::IP6_FRAG,
+        "counter drop",
+    );
+    if !p.dhcp_server {
+        add(
+            "ether type ip6 udp dport 546",
+            rule::DHCP6_SERVER,
+            "counter drop",
+        );
+    }
     add(
         "ether type ip6 icmpv6 type nd-router-advert",
         rule::RA,
@@ -253,6 +302,15 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
     add(
         &format!("ether type ip6 icmpv6 type nd-neighbor-advert @th,64,128 != {{ {targets} }}"),
         rule::NA,
+        "counter drop",
+    );
+    // Duplicate address detection (a solicitation from ::) only of its own addresses: one
+    // of another's makes that one give its address up.
+    add(
+        &format!(
+            "ether type ip6 ip6 saddr :: icmpv6 type nd-neighbor-solicit @th,64,128 != {{ {targets} }}"
+        ),
+        rule::DAD,
         "counter drop",
     );
     // 58 is ICMPv6: by number, since nft resolves names through /etc/protocols, which a
@@ -384,7 +442,17 @@ mod tests {
                 "ether type arp arp saddr ip != { 0.0.0.0, 10.42.0.10 }",
                 rule::ARP_IP,
             ),
-            rule("ether type ip udp sport 67 udp dport 68", rule::DHCP_SERVER),
+            rule("ether type ip udp dport 68", rule::DHCP_SERVER),
+            rule(
+                "ether type arp arp saddr ip 0.0.0.0 arp daddr ip != 10.42.0.10",
+                rule::ARP_PROBE,
+            ),
+            rule("ether type ip6 exthdr frag exists", rule::IP6_FRAG),
+            rule("ether type ip6 udp dport 546", rule::DHCP6_SERVER),
+            rule(
+                "ether type ip6 ip6 saddr :: icmpv6 type nd-neighbor-solicit @th,64,128 != { 0xfe80000000000000505400fffe123456 }",
+                rule::DAD,
+            ),
             rule("ether type ip ip saddr != 10.42.0.10", rule::IP),
             rule(
                 "ether type ip6 ip6 saddr != { ::, fe80::5054:ff:fe12:3456 }",
@@ -412,14 +480,19 @@ mod tests {
         );
         // Nothing nft would resolve through /etc/protocols or /etc/services.
         assert!(s.contains("meta l4proto != 58") && !s.contains("ipv6-icmp"));
-        let dhcp = apply_script("veth-1-h", &PortPolicy::new(mac(), None)).expect("script");
+        // An address from a DHCP server Volt does not know: held to the MAC only.
+        let any = apply_script("veth-1-h", &PortPolicy::new(mac(), None)).expect("script");
         assert!(
-            !dhcp.contains("ip saddr") && !dhcp.contains("arp saddr ip"),
-            "no address pinned for DHCP workloads"
+            !any.contains("ip saddr") && !any.contains("arp saddr ip"),
+            "no address pinned: {any}"
         );
-        assert!(dhcp.contains(rule::DHCP_SERVER), "{dhcp}");
-        // A DHCP client's request from 0.0.0.0 comes before the address rule; a server's
-        // answers are dropped before it too, unless the network's DHCP server is not Volt's.
+        assert!(any.contains(rule::DHCP_SERVER), "{any}");
+        // A DHCP client's request from 0.0.0.0, for this MAC only, comes before the address
+        // rule; a server's answers are dropped before it too, unless the network's DHCP
+        // server is not Volt's.
+        assert!(s.contains(
+            "ip daddr 255.255.255.255 udp sport 68 udp dport 67 @th,288,48 0x525400123456 accept"
+        ));
         assert!(at("comment \"dhcp-server\"") < at("comment \"dhcp-client\""));
         assert!(at("comment \"dhcp-client\"") < at("comment \"ip\""));
         let own_server = PortPolicy {
@@ -427,23 +500,23 @@ mod tests {
             ..p.clone()
         };
         let own = apply_script("tap-12345678", &own_server).expect("script");
-        assert!(!own.contains(rule::DHCP_SERVER), "{own}");
-        // Awaiting its address from Volt's DHCP server: held to the pool (and 0.0.0.0).
-        let pooled = PortPolicy {
-            ipv4_pool: Some((
-                "10.42.0.100".parse().expect("ip"),
-                "10.42.0.254".parse().expect("ip"),
-            )),
+        assert!(
+            !own.contains(rule::DHCP_SERVER) && !own.contains(rule::DHCP6_SERVER),
+            "{own}"
+        );
+        // No address yet: DHCP requests only, and ARP from 0.0.0.0 only.
+        let pending = PortPolicy {
+            ipv4: Ipv4Source::DhcpOnly,
             ..PortPolicy::new(mac(), None)
         };
-        let pooled = apply_script("veth-1-h", &pooled).expect("script");
+        let pending = apply_script("veth-1-h", &pending).expect("script");
         for want in [
-            "ether type ip ip saddr != { 0.0.0.0, 10.42.0.100-10.42.0.254 }",
-            "ether type arp arp saddr ip != { 0.0.0.0, 10.42.0.100-10.42.0.254 }",
+            "ether type ip counter drop comment \"ip\"",
+            "ether type arp arp saddr ip != 0.0.0.0 counter drop",
+            "@th,288,48 0x525400123456 accept comment \"dhcp-client\"",
         ] {
-            assert!(pooled.contains(want), "{want} in\n{pooled}");
+            assert!(pending.contains(want), "{want} in\n{pending}");
         }
-        assert!(!pooled.contains(rule::DHCP_CLIENT), "{pooled}");
     }
 
     #[test]

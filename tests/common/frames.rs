@@ -184,6 +184,26 @@ pub fn udp(sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
     m
 }
 
+/// A BOOTP request (a DHCP client's) from client hardware address `chaddr`, `data` after
+/// the magic cookie.
+pub fn bootp_request(chaddr: [u8; 6], data: &str) -> Vec<u8> {
+    let mut b = vec![1, 1, 6, 0, 0x12, 0x34, 0x56, 0x78];
+    b.resize(28, 0);
+    b.extend_from_slice(&chaddr);
+    b.resize(236, 0);
+    b.extend_from_slice(&[99, 130, 83, 99]);
+    b.extend_from_slice(data.as_bytes());
+    b
+}
+
+/// The first fragment of an IPv6 packet whose payload is `l4` of protocol `next` (more
+/// fragments follow): a fragment header, then `l4`.
+pub fn ipv6_fragment(src: Ipv6Addr, dst: Ipv6Addr, next: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = vec![next, 0, 0, 1, 0, 0, 0x56, 0x78];
+    f.extend_from_slice(l4);
+    ipv6(src, dst, 44, 255, &f)
+}
+
 /// An AF_PACKET socket bound to `link` in the calling thread's namespace, seeing every
 /// frame, with a 100 ms receive timeout.
 pub fn packet_socket(link: &str) -> OwnedFd {
