@@ -240,7 +240,8 @@ impl Cluster {
         }
     }
 
-    /// Claim workload `name` for this host: `Ok` when it is free or already ours.
+    /// Claim workload `name` for this host: `Ok` when it is free or already ours (then
+    /// written again, see [`store::renew`]).
     pub fn claim_name(&self, name: &str, kind: &str) -> Result<(), ClusterError> {
         check_name(name)?;
         let lease = self.host_lease()?;
@@ -267,7 +268,13 @@ impl Cluster {
             if let Some(kv) = self.etcd.get(&key)? {
                 let held: Option<NameClaim> = serde_json::from_slice(&kv.value).ok();
                 match held {
-                    Some(h) if h.host == self.host() => return Ok(()),
+                    // Held already: written again all the same (see store::renew).
+                    Some(h) if h.host == self.host() => {
+                        if store::renew(&self.etcd, &kv, lease)? {
+                            return Ok(());
+                        }
+                        continue;
+                    }
                     Some(h) => {
                         return Err(ClusterError::NameTaken {
                             name: name.into(),
@@ -350,15 +357,15 @@ impl Cluster {
                 let mut now = AddrClaim::clone(c);
                 now.mac = ask.mac.map(|m| m.to_string()).or(now.mac);
                 now.fixed = fixed_as.unwrap_or(now.fixed);
-                if now == **c {
-                    return Ok(as_lease(*ip, c));
-                }
+                // Written again even when nothing changed (see store::renew).
                 if store::update_claim(&self.etcd, &net.name, *ip, &now, *rev, lease)? {
-                    log::info!(
-                        "{ip} on {}: {owner_s}'s claim now says MAC {}",
-                        net.name,
-                        now.mac.as_deref().unwrap_or("(none)")
-                    );
+                    if now != **c {
+                        log::info!(
+                            "{ip} on {}: {owner_s}'s claim now says MAC {}",
+                            net.name,
+                            now.mac.as_deref().unwrap_or("(none)")
+                        );
+                    }
                     return Ok(as_lease(*ip, &now));
                 }
                 // Changed meanwhile: read again.
