@@ -22,7 +22,7 @@ use crate::net::netlink::Netlink;
 use crate::net::overlay::{self as mech, PortFilter, VxlanParams};
 use crate::plan::Paths;
 
-const RESYNC: Duration = Duration::from_secs(5);
+pub(super) const RESYNC: Duration = Duration::from_secs(5);
 
 pub(super) enum Msg {
     Changed,
@@ -78,6 +78,8 @@ pub(super) struct Daemon {
     pub(super) conflicts_written: Option<Vec<store::ConflictRecord>>,
     /// This host's static addresses inside another host's DHCP block, as last warned of.
     pub(super) statics_warned: BTreeSet<String>,
+    /// This host's claims that no workload here backs, until they are released.
+    pub(super) orphans: super::orphans::Orphans,
 }
 
 /// Run the daemon until SIGTERM; `notify` gets sd_notify states.
@@ -161,6 +163,7 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         conflicts: Default::default(),
         conflicts_written: None,
         statics_warned: BTreeSet::new(),
+        orphans: Default::default(),
     };
     d.refuse_disagreement()?;
     d.register()?;
@@ -487,6 +490,7 @@ impl Daemon {
             filters.push(s.filter(want.pairs.into_iter().collect()));
         }
         self.warn_statics_in_foreign_blocks(&snap);
+        self.release_unbacked(&snap);
         for r in rejected.difference(&self.rejected) {
             log::warn!("ignoring what the cluster store says of {r}");
         }
@@ -509,7 +513,7 @@ impl Daemon {
         // restarts (`systemctl restart volt-cluster`, the way to apply a cluster.toml edit).
         // So it is ended only when nothing runs; else it lapses after the TTL unless the
         // daemon comes back and adopts it.
-        let running = self.running_links();
+        let running = self.record_files().len();
         if running > 0 {
             log::info!(
                 "keeping this host's lease: {running} workload link(s) run here; it lapses in {} s unless volt-cluster comes back",

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod etcd;
 pub mod http;
 mod membership;
+mod orphans;
 mod overlay;
 pub use overlay::stale_ports;
 mod resolve;
