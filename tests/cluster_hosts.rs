@@ -17,7 +17,8 @@
 //! - one etcd member stopped: starts work; two: starts fail with the quorum error while the
 //!   running VMs keep answering; members back: starts work;
 //! - host b's systemd SIGKILLed: its forwarding entries vanish on a and c, its address is
-//!   free again.
+//!   free again;
+//! - volt-cluster stopped on c while only a VM without NICs runs there: its name stays c's.
 //!
 //! Bounds only catch hangs (the machine may be loaded); measured times are reported.
 
@@ -629,5 +630,26 @@ fn three_hosts_share_volt0() {
     let status = a.ok("/usr/bin/volt cluster status --output json");
     assert!(!status.contains("\"name\": \"b\""), "{status}");
 
+    // volt-cluster stopped on c (as a restart does, for longer) while only a workload
+    // without NICs runs there (its container stopped): systemd says the VM's unit is active,
+    // so the lease that carries its name is kept, and a cannot take the name meanwhile.
+    // (Before, only link records counted: the stop ended the lease and the name with it,
+    // until c's daemon, back, claimed it again.)
+    c.write("/etc/volt/vms/lone.toml", solo);
+    c.ok("systemctl stop volt-container@ct.service && systemctl daemon-reload && systemctl start volt-vm@lone.service");
+    c.wait_ok("! ls /run/volt/links/*.json", Duration::from_secs(20));
+    c.ok("systemctl stop volt-cluster.service");
+    let taken = a.sh("/usr/bin/volt cluster claim lone");
+    c.ok("systemctl start volt-cluster.service");
+    assert!(
+        !taken.status.success()
+            && String::from_utf8_lossy(&taken.stderr).contains("lone already runs on host c"),
+        "a took the name of c's running VM while c's daemon was stopped: {taken:?}"
+    );
+    let log = c.ok("journalctl --no-pager -o cat -u volt-cluster.service");
+    assert!(
+        log.contains("keeping this host's lease: vm lone runs here"),
+        "{log}"
+    );
     common::report::figure("whole cluster test, s", since(t0));
 }

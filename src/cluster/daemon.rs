@@ -506,24 +506,27 @@ impl Daemon {
 
     /// Leave: end the lease when no workload runs here (every claim of this host goes at
     /// once), remove the VXLAN ports, the host addresses (their routes go with them) and the
-    /// filter.
+    /// filter; the DHCP drop-ins only with the lease.
     fn leave(&self, nl: &Netlink) {
         // The lease carries the claims of the workloads running here: ended now, another host
         // could start the same VM on the same disk or take its address while this daemon
         // restarts (`systemctl restart volt-cluster`, the way to apply a cluster.toml edit).
         // So it is ended only when nothing runs; else it lapses after the TTL unless the
         // daemon comes back and adopts it.
-        let running = self.record_files().len();
-        if running > 0 {
-            log::info!(
-                "keeping this host's lease: {running} workload link(s) run here; it lapses in {} s unless volt-cluster comes back",
+        let kept = self.what_runs_here();
+        match &kept {
+            Some(what) => log::info!(
+                "keeping this host's lease: {what}; it lapses in {} s unless volt-cluster comes back",
                 self.config().lease_ttl
-            );
-        } else if let Err(e) = self.cluster.etcd.revoke(self.lease) {
-            log::warn!(
-                "cannot end the lease (it expires by itself): {}",
-                crate::error_chain(&e)
-            );
+            ),
+            None => {
+                if let Err(e) = self.cluster.etcd.revoke(self.lease) {
+                    log::warn!(
+                        "cannot end the lease (it expires by itself): {}",
+                        crate::error_chain(&e)
+                    );
+                }
+            }
         }
         for s in &self.shared {
             if let Err(e) = nl.delete(&s.vx) {
@@ -540,7 +543,10 @@ impl Daemon {
                 }
             }
         }
-        for s in &self.shared {
+        // The DHCP blocks are on the lease too: while it is kept, networkd serves this host's
+        // block only, or it would hand out the whole container range, other hosts' blocks
+        // included, until the daemon is back.
+        for s in self.shared.iter().filter(|_| kept.is_none()) {
             if std::fs::remove_file(self.dhcp_dropin_path(s)).is_ok() {
                 super::membership::reconfigure_bridge(&s.net.bridge);
             }

@@ -176,6 +176,56 @@ impl Daemon {
         Ok(busy)
     }
 
+    /// What keeps this host's lease when the daemon stops (`None`: nothing does): the
+    /// workloads at work here, as [`Daemon::busy_workloads`] says, and any link record (a
+    /// stop errs on the side of keeping). When systemd cannot say which units run, the names
+    /// this host holds stand for them: a workload without NICs has nothing but its unit and
+    /// its name claim.
+    pub(super) fn what_runs_here(&self) -> Option<String> {
+        let links = self.record_files().len();
+        let records = match links {
+            0 => String::new(),
+            n => format!(" ({n} link record(s))"),
+        };
+        let listed = |w: &BTreeSet<Workload>| {
+            w.iter()
+                .map(|(kind, name)| format!("{kind} {name}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let e = match self.busy_workloads() {
+            Ok(busy) if busy.is_empty() && links == 0 => return None,
+            Ok(busy) if busy.is_empty() => return Some(format!("{links} link record(s) here")),
+            Ok(busy) => {
+                let verb = if busy.len() == 1 { "runs" } else { "run" };
+                return Some(format!("{} {verb} here{records}", listed(&busy)));
+            }
+            Err(e) => crate::error_chain(&e),
+        };
+        let held: BTreeSet<Workload> = match store::snapshot(&self.cluster.etcd) {
+            Ok(snap) => snap
+                .names
+                .into_iter()
+                .filter(|(_, c, _)| c.host == self.cluster.host())
+                .map(|(name, c, _)| (c.kind, name))
+                .collect(),
+            Err(s) => {
+                return Some(format!(
+                    "neither systemd ({e}) nor the store ({}) says what runs here",
+                    crate::error_chain(&s)
+                ))
+            }
+        };
+        match (held.is_empty(), links) {
+            (true, 0) => None,
+            (true, _) => Some(format!("{links} link record(s) here")),
+            (false, _) => Some(format!(
+                "systemd cannot say which workloads run ({e}), and this host holds the names of {}{records}",
+                listed(&held)
+            )),
+        }
+    }
+
     /// Release this host's claims that no workload at work here backs (see the module's
     /// comment). At most once per resync; nothing when systemd cannot say what runs.
     pub(super) fn release_unbacked(&mut self, snap: &Snapshot) {
