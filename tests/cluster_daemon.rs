@@ -11,6 +11,8 @@
 //!   longer than the TTL): the conflicts are said once, shown by `volt cluster status`, and
 //!   claimed once the other host lets go;
 //! - a static container address inside another host's DHCP block is warned of, once;
+//! - a stop while a link is up keeps the lease and the DHCP drop-in; so does a stop while
+//!   only a workload without NICs holds a name (systemd not being there to ask);
 //! - after a crash and a VNI change, the old VXLAN port (left enslaved, its filter chains
 //!   about to go) is removed at start; after a crash and another network shared instead,
 //!   what the overlay put on the old bridge (this host's address, routes and neighbour
@@ -97,6 +99,24 @@ impl Host {
         ))
     }
 
+    /// `volt --root ROOT ARGS` in the namespace, for a claim or a release (both idempotent):
+    /// tried again for a while when it fails, since a write that waits for etcd's fsync on a
+    /// busy disk can outlast the 2 s `timeout_ms`.
+    fn volt(&self, args: &str) {
+        let script = format!(
+            "{} --root {} {args}",
+            env!("CARGO_BIN_EXE_volt"),
+            self.root.path().display()
+        );
+        let start = Instant::now();
+        while !self.ns.sh(&script).status.success() {
+            if start.elapsed() > Duration::from_secs(30) {
+                self.ns.ok(&script);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     fn links(&self) -> String {
         self.ns.ok("ip -o link show")
     }
@@ -130,6 +150,13 @@ fn ended(pid: i32) -> bool {
             .next()
             .is_some_and(|r| r.trim_start().starts_with('Z'))
     })
+}
+
+/// SIGTERM (a stop, `systemctl stop` or `restart`), and wait for the end.
+fn term(pid: i32, log: &Path) {
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    wait("the daemon did not stop on SIGTERM", log, || ended(pid));
 }
 
 fn kill(pid: i32) {
@@ -357,8 +384,57 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     std::fs::remove_file(root.join("etc/volt/containers/db.toml")).expect("rm db.toml");
     h.etcdctl("del /volt/dhcp/volt0/10.42.0.116");
 
-    // The VM stops: nothing of it is left to hold the lease at the later stops.
+    // A stop (SIGTERM: `systemctl restart volt-cluster`) while the VM's link is up keeps the
+    // lease, and the DHCP drop-in with it: networkd goes on serving only this host's block,
+    // which the kept lease still holds, not the whole container range (other hosts' blocks
+    // included). Before, the drop-in went whatever happened to the lease.
+    let dropin = root.join("run/systemd/network/10-volt0.network.d/70-volt-cluster-dhcp.conf");
+    assert!(dropin.exists(), "no DHCP drop-in:\n{}", read(&log));
+    term(pid, &log);
+    let said = read(&log);
+    assert!(said.contains("keeping this host's lease"), "{said}");
+    assert!(
+        dropin.exists(),
+        "the DHCP drop-in went with a kept lease:\n{said}"
+    );
+    assert!(h.etcdctl("get /volt/names/web").contains("\"host\":\"a\""));
+    let (pid, log) = h.start();
+    wait("the daemon never came back", &log, || {
+        read(&log).contains("is in the cluster")
+    });
+    assert!(
+        read(&log).contains("adopted this host's live lease"),
+        "{}",
+        read(&log)
+    );
+
+    // A workload without NICs has no link record: its name claim is all it holds on the
+    // lease, and a stop must keep the lease for it too (before, one without NICs lost its
+    // name to a stop, and another host could start it while it ran here). systemd does not
+    // run in this test, so the names this host holds stand for the units.
     std::fs::remove_file(&record).expect("rm record");
+    h.volt("cluster release web");
+    h.volt("cluster claim batch --kind container");
+    term(pid, &log);
+    let said = read(&log);
+    assert!(
+        h.etcdctl("get /volt/names/batch")
+            .contains("\"host\":\"a\""),
+        "a stop dropped the name of a workload without NICs:\n{said}"
+    );
+    assert!(
+        said.contains("keeping this host's lease: systemd cannot say which workloads run")
+            && said.contains("this host holds the names of container batch"),
+        "{said}"
+    );
+    assert!(dropin.exists(), "{said}");
+    let (pid, log) = h.start();
+    wait("the daemon never came back", &log, || {
+        read(&log).contains("is in the cluster")
+    });
+    h.volt("cluster release batch");
+
+    // The VM is gone: nothing of it is left to hold the lease at the later stops.
     std::fs::remove_file(root.join("etc/volt/vms/web.toml")).expect("rm web.toml");
 
     // A crash, then the network's VNI changes: the old port goes before the new one (and its

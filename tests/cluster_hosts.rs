@@ -11,10 +11,14 @@
 //! - a VM whose file is removed while it runs gives up its name when it stops;
 //! - a workload on a spoofing the MAC, or the address, of b's VM is dropped at b;
 //! - volt-cluster restarted on a while its VM runs: the VM's address stays claimed;
+//! - claims a `volt link down` cut short left on a (its link record gone, or left behind)
+//!   and the name of a VM without NICs whose unit failed for good are given up by a's
+//!   daemon after its grace;
 //! - one etcd member stopped: starts work; two: starts fail with the quorum error while the
 //!   running VMs keep answering; members back: starts work;
 //! - host b's systemd SIGKILLed: its forwarding entries vanish on a and c, its address is
-//!   free again.
+//!   free again;
+//! - volt-cluster stopped on c while only a VM without NICs runs there: its name stays c's.
 //!
 //! Bounds only catch hangs (the machine may be loaded); measured times are reported.
 
@@ -429,6 +433,58 @@ fn three_hosts_share_volt0() {
         "batch and solo given up after their stop"
     );
 
+    // Claims nothing gave up while a's lease lived, each blocking the workload's start on
+    // every other host: a's daemon gives them up once nothing of the workload has been at
+    // work on a (a unit, a link up) for its grace (30 s), checked after the etcd part below.
+    // A kill at an exact point of `volt link down` is simulated by doing its first half by
+    // hand (the link and its networkd files removed) and not the rest:
+    // - cut1: the record removed too, the release never run (a down killed between the two,
+    //   as the old order allowed; or a release that met no quorum, where the down goes on);
+    // - cut2: the record and the claims left (a down killed before its release: the record
+    //   of a link that is gone does not keep the claims);
+    // - gave: a VM without NICs whose unit failed for good (Restart=no, SIGKILLed): its
+    //   ExecStopPost= kept the name for a restart that never comes.
+    let cut = ["cut1", "cut2"];
+    for name in cut {
+        a.write(&format!("/etc/volt/vms/{name}.toml"), &vm_toml("", None));
+    }
+    a.write("/etc/volt/vms/gave.toml", solo);
+    a.write(
+        "/etc/systemd/system/volt-vm@gave.service.d/99-test.conf",
+        "[Service]\nRestart=no\n",
+    );
+    a.ok("systemctl daemon-reload");
+    for name in cut {
+        let tap = volt::config::tap_name(&volt::config::vm_uuid(name), 0);
+        a.ok(&format!("/usr/bin/volt link up {tap}"));
+        let record = match name {
+            "cut1" => format!(" /run/volt/links/{tap}.json"),
+            _ => String::new(),
+        };
+        a.ok(&format!(
+            "rm /run/systemd/network/60-volt-{tap}.netdev /run/systemd/network/60-volt-{tap}.network{record} && networkctl reload && ip link del {tap}"
+        ));
+    }
+    a.ok("systemctl start volt-vm@gave.service && systemctl kill -s KILL volt-vm@gave.service");
+    a.wait_ok(
+        "systemctl is-failed volt-vm@gave.service && journalctl --no-pager -o cat -u volt-vm@gave.service | grep -q 'keeping the cluster name gave: the unit ended with result signal'",
+        Duration::from_secs(20),
+    );
+    let orphaned = Instant::now();
+    assert_eq!(
+        host_a().1,
+        ["cut1:1", "cut2:1", "gave:0", "va:1"].map(String::from)
+    );
+    for name in ["cut1", "cut2", "gave"] {
+        let out = b.sh(&format!("/usr/bin/volt cluster claim {name}"));
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr)
+                    .contains(&format!("{name} already runs on host a")),
+            "{name}: {out:?}"
+        );
+    }
+
     // Spoofing from a (a namespace on a's volt0 without Volt's port rules): b's VM's MAC, then
     // its address with another MAC; b drops both at its VXLAN port.
     let mac_b = b.ok(&format!(
@@ -514,6 +570,39 @@ fn three_hosts_share_volt0() {
     common::report::figure("starts worked again after quorum returned, s", since(t));
     a.ok("systemctl stop volt-vm@v2.service volt-vm@v3.service");
 
+    // The claims left on a above are given up by a's daemon: b can claim each name, none of
+    // their addresses is claimed, and a's daemon said each release once. (Before, they were
+    // a's until its lease ended: b's claims failed with "cut1 already runs on host a".)
+    for name in ["gave", "cut1", "cut2"] {
+        b.wait_ok(&format!("/usr/bin/volt cluster claim {name}"), LONG);
+        b.ok(&format!("/usr/bin/volt cluster release {name}"));
+    }
+    common::report::figure(
+        "claims of workloads that stopped given up by the daemon after, s",
+        since(orphaned),
+    );
+    let left = a.ok(&format!(
+        "etcdctl --endpoints http://{}:2379 get --prefix --keys-only /volt/ipam/volt0/owner/vm/cut",
+        ul_ip(0)
+    ));
+    assert_eq!(left.trim(), "", "addresses of cut1/cut2 still claimed");
+    let log = a.ok("journalctl --no-pager -o cat -u volt-cluster.service");
+    for what in [
+        "the name cut1 (vm)",
+        "the name cut2 (vm)",
+        "the name gave (vm)",
+        "(vm/cut1/eth0)",
+        "(vm/cut2/eth0)",
+    ] {
+        assert_eq!(
+            log.lines()
+                .filter(|l| l.contains("released ") && l.contains(what))
+                .count(),
+            1,
+            "{what}:\n{log}"
+        );
+    }
+
     // Host b dies (its systemd SIGKILLed, its etcd member with it): within the lease TTL its
     // forwarding entries are gone on a and c, and its VM's address is free again.
     let dst_b = format!("dst {}", ul_ip(1));
@@ -540,5 +629,27 @@ fn three_hosts_share_volt0() {
     assert_eq!(taken.trim(), format!("{vm_b}/24"));
     let status = a.ok("/usr/bin/volt cluster status --output json");
     assert!(!status.contains("\"name\": \"b\""), "{status}");
+
+    // volt-cluster stopped on c (as a restart does, for longer) while only a workload
+    // without NICs runs there (its container stopped): systemd says the VM's unit is active,
+    // so the lease that carries its name is kept, and a cannot take the name meanwhile.
+    // (Before, only link records counted: the stop ended the lease and the name with it,
+    // until c's daemon, back, claimed it again.)
+    c.write("/etc/volt/vms/lone.toml", solo);
+    c.ok("systemctl stop volt-container@ct.service && systemctl daemon-reload && systemctl start volt-vm@lone.service");
+    c.wait_ok("! ls /run/volt/links/*.json", Duration::from_secs(20));
+    c.ok("systemctl stop volt-cluster.service");
+    let taken = a.sh("/usr/bin/volt cluster claim lone");
+    c.ok("systemctl start volt-cluster.service");
+    assert!(
+        !taken.status.success()
+            && String::from_utf8_lossy(&taken.stderr).contains("lone already runs on host c"),
+        "a took the name of c's running VM while c's daemon was stopped: {taken:?}"
+    );
+    let log = c.ok("journalctl --no-pager -o cat -u volt-cluster.service");
+    assert!(
+        log.contains("keeping this host's lease: vm lone runs here"),
+        "{log}"
+    );
     common::report::figure("whole cluster test, s", since(t0));
 }

@@ -739,19 +739,60 @@ fn claims_made_again_under_a_new_lease_move_to_it() {
     let listed = a.list("volt0").expect("list");
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].0.ip, l.ip);
-    // Claimed yet again: nothing changes (no write when the claim is where it should be).
-    let rev = a
-        .etcd
-        .get(&store::name_key("web"))
-        .expect("get")
-        .map(|kv| kv.mod_revision);
-    a.claim_name("web", "vm").expect("name");
-    assert_eq!(
-        a.etcd
-            .get(&store::name_key("web"))
-            .expect("get")
-            .map(|kv| kv.mod_revision),
-        rev
-    );
     a.etcd.revoke(new).expect("revoke");
+}
+
+/// A claim this host holds already, claimed again (a start that finds it held), is written
+/// again: its mod revision moves, so the daemon's release of a claim no workload backs (a
+/// transaction on the revision it read before it looked at the workloads) fails against a
+/// start that claimed meanwhile, instead of taking the claim from under it.
+#[test]
+fn a_claim_made_again_is_written_again() {
+    if skip() {
+        return;
+    }
+    let etcd = common::etcd::Etcd::start(1, None);
+    let eps = etcd.endpoints();
+    let c = Cluster::new(&config("a", &eps, "")).expect("client");
+    wait_writable(&c, &etcd);
+    let lease = register(&c);
+    let net = Network::builtin_default();
+    let at = |key: &str| {
+        let kv = c.etcd.get(key).expect("get").expect("claimed");
+        assert_eq!(kv.lease, lease, "{key} is on the host's lease");
+        (kv.mod_revision, kv.value)
+    };
+    c.claim_name("web", "vm").expect("claim");
+    let (first, value) = at(&store::name_key("web"));
+    c.claim_name("web", "vm").expect("claim again");
+    let (again, same) = at(&store::name_key("web"));
+    assert!(
+        again > first,
+        "the name was not written again ({first} -> {again})"
+    );
+    assert_eq!(same, value, "the claim itself is unchanged");
+
+    let l = c
+        .allocate(Ask::new(&net, &vm("web"), Request::Any))
+        .expect("allocate");
+    let key = store::addr_key("volt0", l.ip);
+    let (first, value) = at(&key);
+    let again_l = c
+        .allocate(Ask::new(&net, &vm("web"), Request::Any))
+        .expect("allocate again");
+    assert_eq!(again_l.ip, l.ip);
+    let (again, same) = at(&key);
+    assert!(
+        again > first,
+        "the address was not written again ({first} -> {again})"
+    );
+    assert_eq!(same, value);
+    assert_eq!(
+        c.etcd
+            .get(&store::owner_key("volt0", "vm/web/eth0"))
+            .expect("get")
+            .map(|kv| (kv.mod_revision, kv.value)),
+        Some((again, l.ip.to_string().into_bytes())),
+        "the owner key goes with it"
+    );
 }

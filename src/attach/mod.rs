@@ -252,6 +252,16 @@ impl Attach {
                 failed.push(crate::error_chain(&e));
             }
         }
+        // The claims go before the record: a down cut short in between leaves the record
+        // (whose link is gone), which says whose claims these are to the next down of the
+        // link, and which the cluster daemon does not take for a link that is up; it gives
+        // up claims that nothing backs (a failed release here included) after a while.
+        match (owned, &record) {
+            (Some((w, a)), _) => self.release_cluster_claims(w, a),
+            // Its file is gone or broken: what the record says is all there is to go by.
+            (None, Some(r)) => self.release_cluster_claims_of(r),
+            (None, None) => {}
+        }
         if let Err(e) = LinkRecord::remove(&self.paths, link) {
             failed.push(format!("cannot remove the record of {link}: {e}"));
         }
@@ -262,12 +272,6 @@ impl Attach {
                 }
             }
             None => self.refresh_every_nat(),
-        }
-        match (owned, &record) {
-            (Some((w, a)), _) => self.release_cluster_claims(w, a),
-            // Its file is gone or broken: what the record says is all there is to go by.
-            (None, Some(r)) => self.release_cluster_claims_of(r),
-            (None, None) => {}
         }
         if failed.is_empty() {
             Ok(())
@@ -335,8 +339,8 @@ impl Attach {
 
     /// [`Attach::release_cluster_claims`] for a link whose workload is no longer in the plan
     /// (its file was removed or broke while it ran): its owner's address on every shared
-    /// network (the record does not say which), and its name once none of its links has a
-    /// record left.
+    /// network (the record does not say which), and its name once none of its other links
+    /// has a record.
     fn release_cluster_claims_of(&self, r: &LinkRecord) {
         let (Some(c), Some(owner)) = (self.set.cluster.as_ref(), leases::record_owner(r)) else {
             return;
@@ -359,8 +363,8 @@ impl Attach {
     }
 
     /// With a cluster: give up the address `a` claimed on a shared network, and `w`'s name
-    /// once none of its links has a record left on this host. Failures are logged (the
-    /// claims go with the host's lease anyway).
+    /// once none of its other links has a record on this host. Failures are logged: the
+    /// cluster daemon gives up what no workload here backs (`cluster::orphans`).
     fn release_cluster_claims(&self, w: &Workload, a: &Attachment) {
         let Some(c) = self.set.cluster.as_ref() else {
             return;

@@ -138,7 +138,9 @@ pub fn claim(root: &Path, name: &str, kind: &str) -> Result<Outcome> {
 /// cluster: nothing to do). `after_stop`: run as a unit's ExecStopPost=, where systemd sets
 /// $SERVICE_RESULT; only a clean stop ("success") gives the name up, since after a failure
 /// systemd may restart the unit (`Restart=on-failure`), which must find its name still held;
-/// so does a container's reboot (nspawn's status 133).
+/// so does a container's reboot (nspawn's status 133). A unit that is not restarted (it
+/// failed for good) is then neither active nor activating, and volt-cluster gives its name
+/// up (`cluster::orphans`).
 pub fn release(root: &Path, name: &str, after_stop: bool) -> Result<Outcome> {
     check_name(name)?;
     let set = ConfigSet::load_cluster(root);
@@ -161,7 +163,7 @@ pub fn release(root: &Path, name: &str, after_stop: bool) -> Result<Outcome> {
         let result = std::env::var("SERVICE_RESULT").unwrap_or_else(|_| "(unset)".into());
         if result != "success" {
             println!(
-                "keeping the cluster name {name}: the unit ended with result {result} and may be restarted"
+                "keeping the cluster name {name}: the unit ended with result {result} and may be restarted (if it is not, volt-cluster gives the name up)"
             );
             return Ok(Outcome::Ok);
         }

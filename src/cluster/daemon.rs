@@ -23,7 +23,7 @@ use crate::net::netlink::Netlink;
 use crate::net::overlay::{self as mech, PortFilter, VxlanParams};
 use crate::plan::Paths;
 
-const RESYNC: Duration = Duration::from_secs(5);
+pub(super) const RESYNC: Duration = Duration::from_secs(5);
 
 pub(super) enum Msg {
     Changed,
@@ -81,6 +81,8 @@ pub(super) struct Daemon {
     pub(super) conflicts_written: Option<Vec<store::ConflictRecord>>,
     /// This host's static addresses inside another host's DHCP block, as last warned of.
     pub(super) statics_warned: BTreeSet<String>,
+    /// This host's claims that no workload here backs, until they are released.
+    pub(super) orphans: super::orphans::Orphans,
 }
 
 /// Run the daemon until SIGTERM; `notify` gets sd_notify states.
@@ -168,6 +170,7 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
         conflicts: Default::default(),
         conflicts_written: None,
         statics_warned: BTreeSet::new(),
+        orphans: Default::default(),
     };
     d.refuse_disagreement()?;
     d.register()?;
@@ -491,6 +494,7 @@ impl Daemon {
             filters.push(s.filter(want.pairs.into_iter().collect()));
         }
         self.warn_statics_in_foreign_blocks(&snap);
+        self.release_unbacked(&snap);
         for r in rejected.difference(&self.rejected) {
             log::warn!("ignoring what the cluster store says of {r}");
         }
@@ -506,24 +510,27 @@ impl Daemon {
 
     /// Leave: end the lease when no workload runs here (every claim of this host goes at
     /// once), remove the VXLAN ports, the host addresses (their routes go with them) and the
-    /// filter.
+    /// filter; the DHCP drop-ins only with the lease.
     fn leave(&self, nl: &Netlink) {
         // The lease carries the claims of the workloads running here: ended now, another host
         // could start the same VM on the same disk or take its address while this daemon
         // restarts (`systemctl restart volt-cluster`, the way to apply a cluster.toml edit).
         // So it is ended only when nothing runs; else it lapses after the TTL unless the
         // daemon comes back and adopts it.
-        let running = self.running_links();
-        if running > 0 {
-            log::info!(
-                "keeping this host's lease: {running} workload link(s) run here; it lapses in {} s unless volt-cluster comes back",
+        let kept = self.what_runs_here();
+        match &kept {
+            Some(what) => log::info!(
+                "keeping this host's lease: {what}; it lapses in {} s unless volt-cluster comes back",
                 self.config().lease_ttl
-            );
-        } else if let Err(e) = self.cluster.etcd.revoke(self.lease) {
-            log::warn!(
-                "cannot end the lease (it expires by itself): {}",
-                crate::error_chain(&e)
-            );
+            ),
+            None => {
+                if let Err(e) = self.cluster.etcd.revoke(self.lease) {
+                    log::warn!(
+                        "cannot end the lease (it expires by itself): {}",
+                        crate::error_chain(&e)
+                    );
+                }
+            }
         }
         for s in &self.shared {
             if let Err(e) = nl.delete(&s.vx) {
@@ -540,7 +547,10 @@ impl Daemon {
                 }
             }
         }
-        for s in &self.shared {
+        // The DHCP blocks are on the lease too: while it is kept, networkd serves this host's
+        // block only, or it would hand out the whole container range, other hosts' blocks
+        // included, until the daemon is back.
+        for s in self.shared.iter().filter(|_| kept.is_none()) {
             if std::fs::remove_file(self.dhcp_dropin_path(s)).is_ok() {
                 super::membership::reconfigure_bridge(&s.net.bridge);
             }

@@ -283,16 +283,17 @@ impl Daemon {
         self.statics_warned = now;
     }
 
-    /// How many workload links have a record here (their owners run: a record is written when
-    /// a link comes up and removed when it goes).
-    pub(super) fn running_links(&self) -> usize {
+    /// The link records here: a record is written when a link comes up and removed when it
+    /// goes (one whose link is gone is what a `volt link down` cut short left).
+    pub(super) fn record_files(&self) -> Vec<std::path::PathBuf> {
         std::fs::read_dir(Paths::new(&self.root).links_dir())
             .map(|d| {
                 d.filter_map(|e| e.ok())
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-                    .count()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .collect()
             })
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 
     /// At start and after a lost lease: claim again the names of the workloads that run here
@@ -304,7 +305,7 @@ impl Daemon {
         let plan = Plan::build(&set);
         let paths = Paths::new(&self.root);
         // A workload without NICs has no link record: its unit says that it runs.
-        let patterns = [names::vm_unit("*"), names::container_unit("*")];
+        let patterns = super::orphans::workload_unit_patterns();
         let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
         let units: HashSet<String> = match crate::sd::system_bus()
             .and_then(|c| crate::sd::units::running_units(&c, &patterns))

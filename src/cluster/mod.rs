@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod http;
 mod leftovers;
 mod membership;
+mod orphans;
 mod overlay;
 pub use overlay::stale_ports;
 mod resolve;
@@ -241,7 +242,8 @@ impl Cluster {
         }
     }
 
-    /// Claim workload `name` for this host: `Ok` when it is free or already ours.
+    /// Claim workload `name` for this host: `Ok` when it is free or already ours (then
+    /// written again, see [`store::renew`]).
     pub fn claim_name(&self, name: &str, kind: &str) -> Result<(), ClusterError> {
         check_name(name)?;
         let lease = self.host_lease()?;
@@ -268,8 +270,11 @@ impl Cluster {
             if let Some(kv) = self.etcd.get(&key)? {
                 let held: Option<NameClaim> = serde_json::from_slice(&kv.value).ok();
                 match held {
+                    // Held already: written again all the same (see store::renew), onto
+                    // this lease if it was on another of this host's (registered anew while
+                    // the old one lived), where it would lapse with that one.
                     Some(h) if h.host == self.host() => {
-                        if store::keep_on(&self.etcd, &kv, lease)? {
+                        if store::renew(&self.etcd, &kv, lease)? {
                             if kv.lease != lease {
                                 log::info!(
                                     "the claim on the name {name} moved to this host's lease {lease:x}"
@@ -362,12 +367,10 @@ impl Cluster {
                 let mut now = AddrClaim::clone(c);
                 now.mac = ask.mac.map(|m| m.to_string()).or(now.mac);
                 now.fixed = fixed_as.unwrap_or(now.fixed);
-                // On another lease of this host's (registered anew while the old one lived),
-                // the claim would lapse with it: it moves to this one.
+                // Written again even when nothing changed (see store::renew); on another
+                // lease of this host's (registered anew while the old one lived) the claim
+                // would lapse with it: it moves to this one.
                 let on_lease = snap.addr_lease(&net.name, *ip) == Some(lease);
-                if now == **c && on_lease {
-                    return Ok(as_lease(*ip, c));
-                }
                 if store::update_claim(&self.etcd, &net.name, *ip, &now, *rev, lease)? {
                     if now != **c {
                         log::info!(

@@ -325,6 +325,23 @@ pub fn drop_claim(
     )
 }
 
+/// Put `kv`, a claim this host holds, again as it is, on `lease`, if it is still the one at
+/// its mod revision: a claim made again (a start finding its claim held already) always
+/// writes, so that the daemon's release of a claim that no workload backs
+/// (`cluster::orphans`), a transaction on the revision it read, fails once a start claimed
+/// it meanwhile. `Ok(false)`: it changed meanwhile; read it again.
+pub fn renew(etcd: &Etcd, kv: &Kv, lease: i64) -> Result<bool, EtcdError> {
+    etcd.txn(
+        &[Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
+        &[Op::Put {
+            key: kv.key.clone(),
+            value: kv.value.clone(),
+            lease,
+        }],
+        &[],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -156,22 +156,48 @@ pub fn invocation_id(conn: &zbus::Connection, unit: &str) -> Result<Option<Strin
     })
 }
 
-/// The units matching `patterns` (globs, as `systemctl list-units PATTERN...`) that run or
-/// are about to run again: active, activating (a restart pending included) or reloading. Not
-/// deactivating: a unit on its way down gives its claims up.
-pub fn running_units(conn: &zbus::Connection, patterns: &[&str]) -> Result<Vec<String>, SdError> {
+/// The units matching `patterns` (globs, as `systemctl list-units PATTERN...`) in one of
+/// `states` (every loaded one when empty): each with its active state and whether a job is
+/// queued for it.
+fn list(
+    conn: &zbus::Connection,
+    states: &[&str],
+    patterns: &[&str],
+) -> Result<Vec<(String, String, bool)>, SdError> {
     zbus::block_on(async {
         let what = || format!("listing the units {}", patterns.join(" "));
         let mgr = ManagerProxy::new(conn)
             .await
             .map_err(SdError::call(what()))?;
-        let states = ["active", "activating", "reloading"]
-            .map(String::from)
-            .to_vec();
         let units = mgr
-            .list_units_by_patterns(states, patterns.iter().map(|p| p.to_string()).collect())
+            .list_units_by_patterns(
+                states.iter().map(|s| s.to_string()).collect(),
+                patterns.iter().map(|p| p.to_string()).collect(),
+            )
             .await
             .map_err(SdError::call(what()))?;
-        Ok(units.into_iter().map(|u| u.0).collect())
+        Ok(units.into_iter().map(|u| (u.0, u.3, u.7 != 0)).collect())
     })
+}
+
+/// The units matching `patterns` (globs, as `systemctl list-units PATTERN...`) that run or
+/// are about to run again: active, activating (a restart pending included) or reloading. Not
+/// deactivating: a unit on its way down gives its claims up.
+pub fn running_units(conn: &zbus::Connection, patterns: &[&str]) -> Result<Vec<String>, SdError> {
+    let states = ["active", "activating", "reloading"];
+    Ok(list(conn, &states, patterns)?
+        .into_iter()
+        .map(|u| u.0)
+        .collect())
+}
+
+/// The units matching `patterns` that are not at rest: every state but inactive and failed
+/// (so deactivating, a stop still running its ExecStopPost=, too), and those with a job
+/// queued (a start waiting for the units it comes after is still inactive).
+pub fn busy_units(conn: &zbus::Connection, patterns: &[&str]) -> Result<Vec<String>, SdError> {
+    Ok(list(conn, &[], patterns)?
+        .into_iter()
+        .filter(|(_, active, job)| *job || !matches!(active.as_str(), "inactive" | "failed"))
+        .map(|u| u.0)
+        .collect())
 }
