@@ -240,6 +240,20 @@ fn link_down_refuses_links_volt_does_not_own() {
     assert!(!o.status.success(), "{o:?}");
     assert!(err.contains(&format!("{tap} is a bridge")), "{err}");
     assert!(exists(&host, &tap));
+    // A TAP whose workload file is gone and whose record was damaged: still Volt's (only
+    // Volt writes records), taken down, and the record's problem said with its path.
+    host.ok("ip tuntap add dev tap-0badc0de mode tap");
+    let rec = r.path().join("run/volt/links/tap-0badc0de.json");
+    std::fs::create_dir_all(rec.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&rec, "{ cut off").expect("write");
+    let o = volt_link(&host, r.path(), "down", "tap-0badc0de");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("tap-0badc0de.json is not a valid link record"),
+        "{err}"
+    );
+    assert!(!exists(&host, "tap-0badc0de") && !rec.exists());
     // Names that are no link names at all (a systemd instance can unescape to anything).
     for bad in ["../../etc/passwd", "/etc/volt", "a b", ""] {
         let o = volt_link(&host, r.path(), "down", bad);

@@ -194,7 +194,15 @@ impl Attach {
     pub fn down(&self, link: &str) -> Result<(), AttachError> {
         check_name(link)?;
         let owned = self.plan.attachment(link);
-        let record = LinkRecord::load(&self.paths, link).ok().flatten();
+        // A record that cannot be read is still Volt's (only Volt writes there): the link is
+        // taken down by what the plan and the link's name say.
+        let (record, broken_record) = match LinkRecord::load(&self.paths, link) {
+            Ok(r) => (r, false),
+            Err(e) => {
+                log::warn!("{}", crate::error_chain(&e));
+                (None, true)
+            }
+        };
         let networkd_files: Vec<std::path::PathBuf> = [
             names::netdev_file_name(link),
             names::network_file_name(link),
@@ -203,7 +211,7 @@ impl Attach {
         .map(|f| self.paths.networkd_dir().join(f))
         .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| names::is_owned_networkd_path(p, &t)))
         .collect();
-        if owned.is_none() && record.is_none() && networkd_files.is_empty() {
+        if owned.is_none() && record.is_none() && !broken_record && networkd_files.is_empty() {
             return Err(AttachError::NotOwned { link: link.into() });
         }
         let ns = owned
