@@ -273,6 +273,12 @@ fn one_unreadable_lease_file_does_not_stop_the_other_networks() {
         text(&o)
     );
     says(&o, "network lab: ");
+    // Asked for that network alone: an error, not an empty listing.
+    let o = volt(
+        p,
+        &["ipam", "list", "--network", "volt0", "--output", "json"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let o = volt(p, &["ipam", "reconcile"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     says(&o, "released 10.42.0.5 on volt0 from vm/gone/eth0 (gone)");

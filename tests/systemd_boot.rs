@@ -63,6 +63,7 @@ fn autostart_workloads_come_up_on_a_real_boot_and_the_others_do_not() {
         Duration::from_secs(90),
     );
     c.wait_ok("ping -c 1 -W 1 10.42.0.10", Duration::from_secs(30));
+    c.wait_ok("ping -c 1 -W 1 10.42.0.150", Duration::from_secs(30));
     let log = c.ok("journalctl -b -u volt-vm@web.service --no-pager -o cat");
     assert!(log.contains("volt-test-guest: ready"), "{log}");
     // Pulled in by the boot, not by a hand: the job came from machines.target.

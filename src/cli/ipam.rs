@@ -88,6 +88,7 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
     let ipam = Attach::load(root).ipam();
     match command {
         IpamCommand::List { network, out } => {
+            let named = network.is_some();
             let nets = match network {
                 Some(n) => {
                     let set = crate::config::ConfigSet::load(root);
@@ -105,6 +106,8 @@ pub fn exec(root: &Path, command: IpamCommand) -> Result<Outcome> {
             for n in nets {
                 match ipam.list(&n) {
                     Ok(leases) => rows.extend(leases.into_iter().map(|l| (n.clone(), l))),
+                    // The one network asked for: no listing (an empty one reads as no leases).
+                    Err(e) if named => return Err(e.into()),
                     Err(e) => {
                         log::error!("network {n}: {}", crate::error_chain(&e));
                         failed = true;

@@ -234,7 +234,8 @@ pub enum NetCommand {
         name: String,
     },
     /// Take a network down: remove its NAT rules, and its bridge if Volt created it. For a
-    /// network whose file is gone, also the bridge networkd made from that file.
+    /// network whose file is gone, also the bridge networkd made from that file, unless links
+    /// are on it or a networkd file of yours defines it (said).
     Down {
         /// The network's name or bridge.
         #[arg(value_name = "NETWORK", required_unless_present = "all", add = clap_complete::ArgValueCandidates::new(complete::networks))]

@@ -364,22 +364,25 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
                     bad.report()
                 );
             }
-            let kept = super::teardown::leftovers_kept(root, &mgr, name);
-            for (bridge, why) in &kept {
-                println!("bridge {bridge} stays: {why}");
-            }
             let in_use: Vec<&str> = set
                 .networks
                 .list
                 .iter()
                 .map(|n| n.bridge.as_str())
-                .chain(kept.iter().map(|(b, _)| b.as_str()))
                 .collect();
             if let Some(bridge) = not_yet_swept(root, name) {
                 bail!(
                     "{name}: its file is gone, but the generator has not run since, so bridge {bridge} is still networkd's: run `systemctl daemon-reload`, then `volt net down {name}` again"
                 );
             }
+            let kept = super::teardown::leftovers_kept(root, &mgr, name);
+            for (bridge, why) in &kept {
+                println!("bridge {bridge} stays: {why}");
+            }
+            let in_use: Vec<&str> = in_use
+                .into_iter()
+                .chain(kept.iter().map(|(b, _)| b.as_str()))
+                .collect();
             let left = Paths::new(root).left_bridges_dir();
             let removed = mgr.net_down_leftovers(name, &in_use, &left)?;
             if removed.is_empty() {

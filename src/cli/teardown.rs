@@ -239,7 +239,10 @@ pub(super) fn leftovers_kept(root: &Path, mgr: &Manager, name: &str) -> Vec<(Str
         if !l.is_bridge_named(&m.bridge) {
             continue;
         }
-        if let Ok(Some(why)) = why_kept(root, &nl, &l) {
+        // A bridge that cannot be looked at stays: deleting it could take an uplink along.
+        let why = why_kept(root, &nl, &l)
+            .unwrap_or_else(|e| Some(format!("its links cannot be listed ({e})")));
+        if let Some(why) = why {
             if defined_elsewhere(root, &m.bridge).is_some() {
                 if let Err(e) = std::fs::remove_file(&m.path) {
                     log::warn!("cannot remove {}: {e}", m.path.display());
