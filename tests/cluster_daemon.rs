@@ -3,6 +3,10 @@
 //! What it shows, in order:
 //! - a host that defines the shared network otherwise (another subnet, container range)
 //!   already in the cluster: this host refuses to join, naming both definitions;
+//! - a workload on volt0 (uid 65534) sends UDP to a peer's VXLAN port and TCP to its etcd
+//!   port, and UDP to this host's own VXLAN port: the guard (table `inet volt-cluster`)
+//!   drops them, counted, and the peer sees nothing; this host's own VXLAN traffic reaches
+//!   it;
 //! - this host's record deleted from the store by hand (its lease alive) is written again,
 //!   said once;
 //! - after a crash with the record gone, the start takes a new lease and this host's address
@@ -168,6 +172,68 @@ fn kill(pid: i32) {
     }
 }
 
+/// Peer b's underlay end (ul1 moved into a namespace of its own as 192.168.77.2, recording
+/// what reaches its VXLAN port and etcd's client port in the returned file), and a workload
+/// namespace on volt0 (10.42.0.150, its default route via the gateway).
+fn workload_and_peer(h: &Host) -> (PeerLog, TestNs) {
+    let mut peer = TestNs::new("cp");
+    h.ns.ok(&format!("ip link set ul1 netns {}", peer.name));
+    peer.ok("ip addr add 192.168.77.2/24 dev ul1 && ip link set ul1 up");
+    let file = h.logs.path().join("peer.log");
+    let out = std::fs::File::create(h.logs.path().join("peer.out")).expect("log");
+    peer.spawn(
+        "/usr/bin/python3",
+        &["-c", PEER, &file.display().to_string()],
+        &[],
+        out,
+    );
+    let start = Instant::now();
+    while !std::fs::read_to_string(&file).is_ok_and(|s| s.contains("ready")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the peer never listened: {}",
+            read(&h.logs.path().join("peer.out"))
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let workload = TestNs::new("cw");
+    h.ns.ok(&format!("ip link add wl0 type veth peer name wl1 && ip link set wl1 netns {} && ip link set wl0 master volt0 up", workload.name));
+    workload.ok("ip addr add 10.42.0.150/24 dev wl1 && ip link set wl1 up && ip route add default via 10.42.0.1");
+    (PeerLog { file, _ns: peer }, workload)
+}
+
+/// What reached the peer (its namespace lives as long as this).
+struct PeerLog {
+    file: PathBuf,
+    _ns: TestNs,
+}
+
+impl PeerLog {
+    fn path(&self) -> &Path {
+        &self.file
+    }
+}
+
+/// The peer: each datagram to UDP 4789 and each connection to TCP 2379, a line each.
+const PEER: &str = "import socket, select, sys
+out = open(sys.argv[1], 'a', buffering=1)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(('192.168.77.2', 4789))
+t = socket.socket()
+t.bind(('192.168.77.2', 2379))
+t.listen(8)
+out.write('ready\\n')
+while True:
+    for s in select.select([u, t], [], [])[0]:
+        if s is u:
+            d, a = u.recvfrom(65535)
+            out.write('udp %s %r\\n' % (a[0], d))
+        else:
+            c, a = t.accept()
+            out.write('tcp %s\\n' % a[0])
+            c.close()
+";
+
 #[test]
 fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     if skip() {
@@ -242,6 +308,53 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     h.etcdctl(r#"put /volt/hosts/b '{"name":"b","underlay":"192.168.77.2","vxlan_port":4789,"since":1,"networks":[{"name":"volt0","vni":42,"subnet":"10.42.0.0/24","gateway":"10.42.0.1","container_range":"10.42.0.100-10.42.0.254","mtu":1450}]}'"#);
     h.ns.ok("bridge fdb add 52:54:00:aa:bb:cc dev vx-42 dst 192.168.77.2 dynamic");
     h.ns.ok("bridge fdb add 52:54:00:aa:bb:dd dev vx-42 dst 192.168.77.9 dynamic");
+
+    // A workload on volt0 (uid 65534, an ordinary UDP socket) sends to peer b's VXLAN port
+    // and etcd port: this host routes and masquerades (as networkd's IPMasquerade= does),
+    // so b would take the datagram for this host's VXLAN traffic. The guard drops both,
+    // counted, and what it sends to this host's own VXLAN port; this host's own VXLAN
+    // traffic (a broadcast flooded to b) still leaves.
+    let (peer, _workload) = workload_and_peer(&h);
+    let peer_said = || std::fs::read_to_string(peer.path()).unwrap_or_default();
+    h.ns.ok("sysctl -qw net.ipv4.ip_forward=1 && nft add table ip vxtest-nat && nft 'add chain ip vxtest-nat post { type nat hook postrouting priority srcnat; }' && nft add rule ip vxtest-nat post ip saddr 10.42.0.0/24 masquerade");
+    wait("no flood entry towards b", &log, || {
+        h.ns.ok("bridge fdb show dev vx-42")
+            .contains("00:00:00:00:00:00 dst 192.168.77.2")
+    });
+    let send = |py: &str| {
+        _workload.sh(&format!(
+            "setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 -c \"import socket\n{py}\""
+        ))
+    };
+    let o = send("s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor h in ('192.168.77.2', '10.42.0.1', '192.168.77.1'): s.sendto(b'INJECT', (h, 4789))\ns.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)\ns.sendto(b'FLOOD', ('10.42.0.255', 9))");
+    assert!(o.status.success(), "{o:?}");
+    wait(
+        "this host's own VXLAN traffic never reached b",
+        &log,
+        || peer_said().contains("FLOOD"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let said = peer_said();
+    assert!(!said.contains("INJECT"), "{said}");
+    let o = send("socket.create_connection(('192.168.77.2', 2379), timeout=2)");
+    assert!(!o.status.success(), "a workload reached etcd's port on b");
+    assert!(!said.contains("tcp "), "{said}");
+    for (chain, comment, least) in [
+        ("forward", "vxlan from a workload", 1),
+        ("forward", "etcd from a workload", 1),
+        ("input", "vxlan from a workload", 2),
+    ] {
+        let rules =
+            h.ns.ok(&format!("nft list chain inet volt-cluster {chain}"));
+        let n: u64 = rules
+            .lines()
+            .find(|l| l.contains(comment))
+            .and_then(|l| l.split("packets ").nth(1))
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(n >= least, "{chain} {comment}: {n}\n{rules}");
+    }
 
     // The record deleted by hand: written again, and said once.
     h.etcdctl("del /volt/hosts/a");

@@ -176,7 +176,8 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
     d.register()?;
     // A start that fails halfway takes back what it made (ports, filter, addresses) and
     // ends the lease it took, as a stop does.
-    if let Err(e) = d.start(&nl, &c) {
+    let guard = super::overlay::workload_guard(&set.networks, &c);
+    if let Err(e) = d.start(&nl, &c, &guard) {
         log::error!("{}; undoing what this start made", crate::error_chain(&e));
         d.leave(&nl);
         return Err(e);
@@ -273,11 +274,25 @@ impl Daemon {
         &self.cluster.config
     }
 
-    /// The VXLAN ports come up behind their filter, closed (no remote pairs) until the store
+    /// Workloads are kept off the VXLAN and etcd ports (`guard`). The VXLAN ports come up
+    /// behind their filter, closed (no remote pairs) until the store
     /// says who is where; then the host record with this host's addresses. A filter that
     /// cannot be installed stops the start: an unfiltered port would let any underlay source
     /// onto the bridge (rogue DHCP, the gateway's ARP).
-    fn start(&mut self, nl: &Netlink, c: &ClusterConfig) -> Result<(), ClusterError> {
+    fn start(
+        &mut self,
+        nl: &Netlink,
+        c: &ClusterConfig,
+        guard: &mech::Guard,
+    ) -> Result<(), ClusterError> {
+        // Before the ports: a workload's datagram to a peer's VXLAN port would leave as this
+        // host's (masqueraded), and the peer would take the frame inside.
+        mech::apply_guard(guard).map_err(|e| {
+            setup(format!(
+                "the guard on the VXLAN and etcd ports: {}",
+                crate::error_chain(&e)
+            ))
+        })?;
         let closed: Vec<PortFilter> = self.shared.iter().map(|s| s.filter(Vec::new())).collect();
         mech::apply_filter(&closed).map_err(|e| {
             setup(format!(

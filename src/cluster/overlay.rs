@@ -8,8 +8,37 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use super::store::Snapshot;
-use crate::config::{MacAddr, Network};
-use crate::net::overlay::Fdb;
+use crate::config::{ClusterConfig, Endpoint, MacAddr, Network, Networks};
+use crate::net::overlay::{Fdb, Guard};
+
+/// etcd's usual client and peer ports, held whatever the endpoints say (a member of another
+/// host's may listen on them).
+pub const ETCD_PORTS: [u16; 2] = [2379, 2380];
+
+/// What the workloads of every network in `networks` (a broken file's bridge too) may not
+/// reach while this host is in cluster `c`: its VXLAN port, etcd's usual ports and each
+/// endpoint's.
+pub fn workload_guard(networks: &Networks, c: &ClusterConfig) -> Guard {
+    let mut bridges: Vec<String> = networks.list.iter().map(|n| n.bridge.clone()).collect();
+    bridges.extend(networks.broken.iter().filter_map(|b| b.bridge.clone()));
+    bridges.sort();
+    bridges.dedup();
+    let mut etcd_ports: Vec<u16> = ETCD_PORTS.to_vec();
+    etcd_ports.extend(
+        c.etcd
+            .endpoints
+            .iter()
+            .filter_map(|e| Endpoint::parse(e).ok())
+            .map(|e| e.port),
+    );
+    etcd_ports.sort_unstable();
+    etcd_ports.dedup();
+    Guard {
+        bridges,
+        vxlan_port: c.vxlan_port,
+        etcd_ports,
+    }
+}
 
 /// The VXLAN link of the network with VNI `vni` (at most 11 bytes).
 pub fn vxlan_name(vni: u32) -> String {

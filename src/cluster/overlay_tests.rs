@@ -388,3 +388,31 @@ fn dropins_are_found_by_their_directory() {
     );
     assert!(d.starts_with(DROPIN_HEADER));
 }
+
+/// The guard holds every network's bridge (shared or not, a broken file's too) off the
+/// cluster's VXLAN port, etcd's usual ports and each endpoint's.
+#[test]
+fn the_guard_covers_every_bridge_and_every_etcd_port() {
+    use crate::config::{parse_cluster_toml, BrokenNetwork, Networks};
+    let volt0 = Network::builtin_default();
+    let mut lab = volt0.clone();
+    lab.name = "lab".into();
+    lab.bridge = "lab0".into();
+    let c = parse_cluster_toml(
+        std::path::Path::new("/etc/volt/cluster.toml"),
+        "underlay = \"192.168.77.1\"\nvxlan_port = 4790\n[etcd]\nendpoints = [\"https://e1:12379\", \"http://e2:2379\", \"http://e3:22380\"]\n[[network]]\nname = \"volt0\"\nvni = 42\n",
+        "a",
+        &[volt0.clone(), lab.clone()],
+    )
+    .expect("cluster.toml");
+    let mut networks = Networks::new(vec![volt0, lab]);
+    networks.broken.push(BrokenNetwork {
+        name: "odd".into(),
+        bridge: Some("odd0".into()),
+        path: "/etc/volt/networks/odd.toml".into(),
+    });
+    let g = workload_guard(&networks, &c);
+    assert_eq!(g.bridges, ["lab0", "odd0", "volt0"]);
+    assert_eq!(g.vxlan_port, 4790);
+    assert_eq!(g.etcd_ports, [2379, 2380, 12379, 22380]);
+}

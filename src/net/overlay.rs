@@ -1,7 +1,8 @@
 //! Overlay mechanism for a cluster: a VXLAN link on a bridge, its forwarding entries (remote
 //! VTEP per MAC, and all-zero entries that flood broadcast and unknown traffic to every
 //! peer), host routes to remote workloads with this host's own source address, and the
-//! nftables filter on the VXLAN port (table `bridge volt-cluster`). No policy: the caller
+//! nftables filter on the VXLAN port (table `bridge volt-cluster`), and the guard that keeps
+//! workloads off the VXLAN and etcd ports (`inet volt-cluster`, overlay/guard.rs). No policy: the caller
 //! says which entries, routes and pairs there should be.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -28,7 +29,9 @@ use crate::config::MacAddr;
 /// are told apart from others (an admin's own are never changed).
 pub const ROUTE_PROTO: u8 = 0x56;
 
+mod guard;
 mod marked;
+pub use guard::{apply_guard, guard_script, Guard};
 pub use marked::{add_host_address, marked, remove_marked, Marked};
 /// The nftables table of the VXLAN ports' filters.
 pub const TABLE: &str = "volt-cluster";
@@ -548,10 +551,11 @@ pub fn apply_filter(ports: &[PortFilter]) -> Result<(), FilterError> {
     nft(&filter_script(ports))
 }
 
-/// Remove the table (nothing to do when absent).
+/// Remove the tables, the guard's included (nothing to do when absent).
 pub fn remove_filter() -> Result<(), FilterError> {
     nft(&format!(
-        "add table bridge {TABLE}\ndelete table bridge {TABLE}\nadd table ip {TABLE}\ndelete table ip {TABLE}\n"
+        "add table bridge {TABLE}\ndelete table bridge {TABLE}\nadd table ip {TABLE}\ndelete table ip {TABLE}\n{}",
+        guard::REMOVE
     ))
 }
 
