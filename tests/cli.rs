@@ -273,7 +273,7 @@ fn one_unreadable_lease_file_does_not_stop_the_other_networks() {
         text(&o)
     );
     says(&o, "network lab: ");
-    // Asked for that network alone: an error, not an empty listing.
+    // volt0 asked for alone: listed, lab's file not read.
     let o = volt(
         p,
         &["ipam", "list", "--network", "volt0", "--output", "json"],
