@@ -375,7 +375,7 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
                     "{name}: its file is gone, but the generator has not run since, so bridge {bridge} is still networkd's: run `systemctl daemon-reload`, then `volt net down {name}` again"
                 );
             }
-            let kept = super::teardown::leftovers_kept(root, &mgr, name);
+            let kept = super::teardown::leftovers_kept(root, &mgr, name, &in_use);
             for (bridge, why) in &kept {
                 println!("bridge {bridge} stays: {why}");
             }

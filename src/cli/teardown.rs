@@ -69,7 +69,7 @@ pub fn down_all(root: &Path) -> Result<Outcome> {
         .collect();
     leftovers.dedup();
     for bridge in leftovers {
-        let kept = leftovers_kept(root, &mgr, &bridge);
+        let kept = leftovers_kept(root, &mgr, &bridge, &[]);
         if let Some((_, why)) = kept.first() {
             println!("bridge {bridge} stays: {why}");
             continue;
@@ -222,15 +222,21 @@ fn why_kept(
 
 /// The left-behind bridges (see [`Manager::bridge_markers`]) of network or bridge `name` that
 /// must stay ([`why_kept`]), with why. A bridge another networkd file defines is not Volt's
-/// to remember: its marker goes.
-pub(super) fn leftovers_kept(root: &Path, mgr: &Manager, name: &str) -> Vec<(String, String)> {
+/// to remember: its marker goes. Bridges in `in_use` (another network's now) are not
+/// leftovers and are passed over.
+pub(super) fn leftovers_kept(
+    root: &Path,
+    mgr: &Manager,
+    name: &str,
+    in_use: &[&str],
+) -> Vec<(String, String)> {
     let Ok(nl) = Netlink::new() else {
         return Vec::new();
     };
     let mut kept = Vec::new();
     let left = Paths::new(root).left_bridges_dir();
     for m in mgr.bridge_markers(&left) {
-        if m.bridge != name && m.network != name {
+        if (m.bridge != name && m.network != name) || in_use.contains(&m.bridge.as_str()) {
             continue;
         }
         let Ok(Some(l)) = nl.link(&m.bridge) else {

@@ -296,15 +296,7 @@ pub fn keep_on(etcd: &Etcd, kv: &Kv, lease: i64) -> Result<bool, EtcdError> {
     if kv.lease == lease {
         return Ok(true);
     }
-    etcd.txn(
-        &[Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
-        &[Op::Put {
-            key: kv.key.clone(),
-            value: kv.value.clone(),
-            lease,
-        }],
-        &[],
-    )
+    renew(etcd, kv, lease)
 }
 
 /// Drop the claim on `ip` (and its owner key) if it is still the one at `revision`.
