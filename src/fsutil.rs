@@ -17,6 +17,12 @@ pub enum FsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot sync {} to disk", path.display())]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Replace `path` atomically with `content` (temporary file, fsync, rename, directory fsync)
@@ -204,7 +210,7 @@ fn write_if_changed(path: &Path, content: &str, sync: bool) -> Result<bool, FsEr
             std::fs::File::open(path)
                 .and_then(|f| f.sync_all())
                 .and_then(|()| std::fs::File::open(dir)?.sync_all())
-                .map_err(|source| FsError::Write {
+                .map_err(|source| FsError::Sync {
                     path: path.to_path_buf(),
                     source,
                 })?;
@@ -219,18 +225,21 @@ fn write_if_changed(path: &Path, content: &str, sync: bool) -> Result<bool, FsEr
     // The directory usually exists: create it only when the file cannot be.
     let file = match std::fs::File::create(&tmp) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The levels missing now, each made durable by a sync of the one holding it.
+            let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
             std::fs::create_dir_all(dir).map_err(|source| FsError::Create {
                 path: dir.to_path_buf(),
                 source,
             })?;
-            // A new directory is durable once the directory holding it is synced.
-            if let Some(parent) = dir.parent().filter(|_| sync) {
-                std::fs::File::open(parent)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|source| FsError::Create {
-                        path: dir.to_path_buf(),
-                        source,
-                    })?;
+            for made in missing.iter().rev().filter(|_| sync) {
+                if let Some(parent) = made.parent() {
+                    std::fs::File::open(parent)
+                        .and_then(|f| f.sync_all())
+                        .map_err(|source| FsError::Sync {
+                            path: parent.to_path_buf(),
+                            source,
+                        })?;
+                }
             }
             std::fs::File::create(&tmp)
         }

@@ -82,10 +82,14 @@ impl Attach {
             .flat_map(|w| w.attachments.iter().map(move |a| (w, a)))
             .filter_map(|(w, a)| Some((owner_of(w, a), a.addressing.known()?.addr())))
             .collect();
+        let nets = self.plan.networks.list.clone();
         Ipam::with_rebuild(
             self.paths.ipam_dir(),
             rebuild_source(self.paths.links_dir(), subnets, known),
         )
+        .keeping_only(move |network, ip| {
+            nets.iter().any(|n| n.name == network && n.is_host_addr(ip))
+        })
     }
 
     /// Whether `owner` still holds its lease on `network`: one of its workload's NICs in the

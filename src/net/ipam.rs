@@ -188,11 +188,16 @@ pub enum Request {
 /// lease file (the policy knows the workloads; see `attach`).
 pub type Rebuild = std::sync::Arc<dyn Fn(&str) -> Vec<Lease> + Send + Sync>;
 
+/// Whether an address may be leased on a network (`network`, `ip`): what a bad file's
+/// entries are checked against before they are kept.
+pub type Usable = std::sync::Arc<dyn Fn(&str, Ipv4Addr) -> bool + Send + Sync>;
+
 /// Lease storage for all networks under one directory.
 #[derive(Clone)]
 pub struct Ipam {
     dir: PathBuf,
     rebuild: Option<Rebuild>,
+    usable: Option<Usable>,
 }
 
 impl std::fmt::Debug for Ipam {
@@ -230,6 +235,7 @@ impl Ipam {
         Ipam {
             dir: dir.into(),
             rebuild: None,
+            usable: None,
         }
     }
 
@@ -244,7 +250,18 @@ impl Ipam {
         Ipam {
             dir: dir.into(),
             rebuild: Some(std::sync::Arc::new(rebuild)),
+            usable: None,
         }
+    }
+
+    /// A bad file's entries are kept in a rebuild only when `usable` says their address may
+    /// be leased on their network (in its subnet, not its gateway or broadcast address).
+    pub fn keeping_only(
+        mut self,
+        usable: impl Fn(&str, Ipv4Addr) -> bool + Send + Sync + 'static,
+    ) -> Ipam {
+        self.usable = Some(std::sync::Arc::new(usable));
+        self
     }
 
     /// The network's lease file, or, when it is corrupt and a rebuild source is set, the
@@ -283,7 +300,11 @@ impl Ipam {
             .into_iter()
             .filter(|l| add(l.clone()))
             .count();
-        let kept = salvage(path).into_iter().filter(|l| add(l.clone())).count();
+        let usable = |l: &Lease| self.usable.as_ref().is_none_or(|u| u(network, l.ip));
+        let kept = salvage(path)
+            .into_iter()
+            .filter(|l| usable(l) && add(l.clone()))
+            .count();
         leases.sort_by_key(|l| l.ip);
         log::warn!(
             "{} is not a valid lease file ({source}); kept it as {} and rebuilt network {network}'s leases: {running} from the running workloads, {kept} from the entries of the file that still read",

@@ -241,7 +241,7 @@ fn a_rebuild_keeps_the_entries_that_still_read() {
     let path = dir.path().join("volt0.json");
     let ipam = Ipam::new(dir.path());
     let n = net();
-    let owners = ["a", "b", "c", "d"].map(|v| Owner::vm(v, "eth0"));
+    let owners = ["a", "b", "c", "d", "e"].map(|v| Owner::vm(v, "eth0"));
     let leases: Vec<Lease> = owners
         .iter()
         .map(|o| ipam.allocate(Ask::new(&n, o, Request::Any)).expect("alloc"))
@@ -249,6 +249,9 @@ fn a_rebuild_keeps_the_entries_that_still_read() {
     let text = std::fs::read_to_string(&path).expect("read");
     let bad_ip = leases[1].ip.to_string();
     let bad = text.replacen(&format!("\"{bad_ip}\""), "\"10.42.0.400\"", 1);
+    // e's entry still reads, but its address is outside the network's subnet.
+    let outside = leases[4].ip.to_string();
+    let bad = bad.replacen(&format!("\"{outside}\""), "\"10.43.0.7\"", 1);
     assert_ne!(bad, text);
     std::fs::write(&path, &bad).expect("edit");
     // d runs, now with another address than its old entry says.
@@ -256,7 +259,8 @@ fn a_rebuild_keeps_the_entries_that_still_read() {
         ip: "10.42.0.99".parse().expect("ip"),
         ..leases[3].clone()
     };
-    let ipam = Ipam::with_rebuild(dir.path(), move |_| vec![live.clone()]);
+    let ipam = Ipam::with_rebuild(dir.path(), move |_| vec![live.clone()])
+        .keeping_only(|_, ip| net().is_host_addr(ip));
     let got: Vec<(String, String)> = ipam
         .list("volt0")
         .expect("rebuilt")
