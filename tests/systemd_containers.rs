@@ -294,6 +294,63 @@ fn a_dhcp_container_that_takes_another_workloads_address_is_cut_off() {
     assert!(!leases.contains("container/db"), "{leases}");
 }
 
+/// A pool lease of a container that does not run gives way to the container networkd's DHCP
+/// server gave that address now (it keeps no leases over its restarts, so it may): db gets
+/// its address from DHCP, stops; the lease file then gives that address to the stopped
+/// container old; db starts again, gets the same address, and keeps working.
+#[test]
+fn a_stopped_containers_pool_lease_gives_way_to_a_dhcp_container() {
+    if skip() {
+        return;
+    }
+    let db = format!(
+        "directory = \"{ROOTFS}\"\ncommand = [\"/bin/sh\", \"-c\", \"exec udhcpc -f -i \\\"$VOLT_IFACE\\\" -s /etc/udhcpc.script -T 1 -A 1 -t 60\"]\n[[network]]\nzone = \"default\"\n"
+    );
+    let web = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\n";
+    let c = setup("ct-stale", &db, web);
+    let (h, _) = veth();
+    c.busybox_rootfs("/var/lib/volt-test/old");
+    c.write(
+        "/etc/volt/containers/old.toml",
+        "directory = \"/var/lib/volt-test/old\"\ncommand = [\"/bin/true\"]\n[[network]]\nzone = \"default\"\n",
+    );
+    c.ok("systemctl daemon-reload");
+    c.ok("systemctl start volt-container@db.service");
+    assert_running(&c);
+    let log = c.ok("journalctl --no-pager -o cat -u volt-container@db.service");
+    let ip = dhcp_address(&log, "10.42.0.", "volt0");
+    c.ok("systemctl stop volt-container@db.service");
+    c.write(
+        "/var/lib/volt/ipam/volt0.json",
+        &format!(
+            r#"{{"version":1,"network":"volt0","leases":[{{"ip":"{ip}","owner":{{"kind":"container","name":"old","nic":"eth0"}},"static":false,"since":1}}]}}"#
+        ),
+    );
+    c.ok("systemctl start volt-container@db.service");
+    assert_running(&c);
+    let said = c.wait_ok(
+        "journalctl --no-pager -o cat -u volt-container@db.service | grep 'gave way'",
+        Duration::from_secs(20),
+    );
+    assert!(
+        said.contains(&format!(
+            "container/db/eth0 has {ip} from DHCP; the lease of container/old/eth0, which does not run, gave way"
+        )),
+        "{said}"
+    );
+    let rules = c.ok(&format!("nft list chain bridge volt port-{h}"));
+    assert!(rules.contains(&format!("ip saddr != {ip} ")), "{rules}");
+    ping::assert_all(&c.ok(&format!("ping -c 2 -W 2 {ip}")), 2);
+    let leases = c.ok("/usr/bin/volt ipam list");
+    assert!(
+        leases
+            .lines()
+            .any(|l| l.contains("container/db/eth0") && l.contains(&ip))
+            && !leases.contains("container/old"),
+        "{leases}"
+    );
+}
+
 #[test]
 fn dhcp_container_and_crash_stop_restart_cycle() {
     if skip() {
