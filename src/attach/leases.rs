@@ -6,8 +6,6 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
-
 use super::{owner_of, Attach, LinkRecord};
 use crate::config::{Network, CONTAINERS_DIR, VMS_DIR};
 use crate::net::ipam::{Ipam, Kind, Lease, Owner};
@@ -39,11 +37,11 @@ pub(super) fn record_owner(r: &LinkRecord) -> Option<Owner> {
 /// plan knows (static, reserved) are marked as asked for.
 fn rebuild_source(
     links: PathBuf,
-    subnets: Vec<(String, Ipv4Net)>,
+    nets: Vec<Network>,
     known: Vec<(Owner, Ipv4Addr)>,
 ) -> impl Fn(&str) -> Vec<Lease> + Send + Sync + 'static {
     move |network| {
-        let Some((_, subnet)) = subnets.iter().find(|(n, _)| n == network) else {
+        let Some(subnet) = nets.iter().find(|n| n.name == network).map(|n| n.subnet) else {
             return Vec::new();
         };
         let since = std::time::SystemTime::now()
@@ -68,13 +66,6 @@ fn rebuild_source(
 impl Attach {
     /// The lease store, rebuilding a corrupt file from the running workloads.
     pub fn ipam(&self) -> Ipam {
-        let subnets = self
-            .plan
-            .networks
-            .list
-            .iter()
-            .map(|n| (n.name.clone(), n.subnet))
-            .collect();
         let known = self
             .plan
             .workloads
@@ -85,7 +76,7 @@ impl Attach {
         let nets = self.plan.networks.list.clone();
         Ipam::with_rebuild(
             self.paths.ipam_dir(),
-            rebuild_source(self.paths.links_dir(), subnets, known),
+            rebuild_source(self.paths.links_dir(), nets.clone(), known),
         )
         .keeping_only(move |network, ip| {
             nets.iter().any(|n| n.name == network && n.is_host_addr(ip))
