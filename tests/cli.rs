@@ -1171,8 +1171,9 @@ fn validate_names_unreadable_tls_files_at_their_place() {
 }
 
 /// `volt validate` refuses etcd endpoints that name one member twice or carry a password
-/// (never repeating it), at their line and column; a cluster file that shares no network is
-/// valid but warned of, whether the whole root or the file alone is checked.
+/// (never repeating it), at their line and column; a cluster file that shares no network,
+/// or reaches etcd in plain HTTP on another machine, is valid but warned of, whether the
+/// whole root or the file alone is checked.
 #[test]
 fn validate_checks_endpoints_and_warns_of_a_cluster_sharing_nothing() {
     let r = root();
@@ -1197,6 +1198,7 @@ fn validate_checks_endpoints_and_warns_of_a_cluster_sharing_nothing() {
     let o = volt(p, &["validate"]);
     assert!(o.status.success(), "{}", text(&o));
     says(&o, warning);
+    says(&o, "warning: /etc/volt/cluster.toml:4:14: etcd.endpoints[0]: \"http://192.0.2.1:2379\" is plain HTTP to another machine: anyone who reaches that port can rewrite this cluster's host leases and workload claims");
     let file = p.join("etc/volt/cluster.toml");
     let o = volt(p, &["validate", &file.display().to_string()]);
     assert!(o.status.success(), "{}", text(&o));

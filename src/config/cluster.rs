@@ -51,6 +51,8 @@ pub struct EtcdAt {
     pub ca: Option<Location>,
     pub cert: Option<Location>,
     pub key: Option<Location>,
+    /// Where each endpoint is written, in the order of [`EtcdConfig::endpoints`].
+    pub endpoints: Vec<Location>,
 }
 
 /// One network shared across the cluster.
@@ -88,17 +90,39 @@ impl ClusterConfig {
         self.networks.iter().find(|n| n.name == name)
     }
 
-    /// What works but is likely not what was meant, as `file: field: message` lines: a file
-    /// that shares no network. Such a cluster still claims workload names across its hosts
-    /// (a VM runs on one host at a time), so it is not refused.
+    /// What works but is likely not what was meant, as `file: field: message` lines:
+    /// - a file that shares no network. Such a cluster still claims workload names across
+    ///   its hosts (a VM runs on one host at a time), so it is not refused;
+    /// - an endpoint in plain HTTP to another machine: etcd then checks no client, and this
+    ///   host's lease and claims cross the network in clear. A test cluster or one behind a
+    ///   trusted network may mean it, so it is not refused either.
     pub fn warnings(&self) -> Vec<String> {
-        if !self.networks.is_empty() {
-            return Vec::new();
+        let mut w = Vec::new();
+        if self.networks.is_empty() {
+            w.push(format!(
+                "{}: network: no [[network]], so this cluster shares no network: workload names are claimed across its hosts, but every network stays this host's own (no VXLAN port, addresses unique on this host only); add [[network]] with name and vni to share one",
+                self.path.display()
+            ));
         }
-        vec![format!(
-            "{}: network: no [[network]], so this cluster shares no network: workload names are claimed across its hosts, but every network stays this host's own (no VXLAN port, addresses unique on this host only); add [[network]] with name and vni to share one",
-            self.path.display()
-        )]
+        for (i, url) in self.etcd.endpoints.iter().enumerate() {
+            let Ok(ep) = Endpoint::parse(url) else {
+                continue;
+            };
+            if ep.tls || ep.is_loopback() {
+                continue;
+            }
+            let at = self
+                .etcd
+                .at
+                .endpoints
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| Location::file(&self.path));
+            w.push(format!(
+                "{at}: etcd.endpoints[{i}]: {url:?} is plain HTTP to another machine: anyone who reaches that port can rewrite this cluster's host leases and workload claims (etcd checks no client there), and they cross the network unencrypted; use https:// endpoints with ca, cert and key"
+            ));
+        }
+        w
     }
 }
 
@@ -362,6 +386,7 @@ fn cluster_network(
 
 fn etcd_config(src: &Src, t: &Table, e: &mut Errors, lease_ttl: u32) -> Option<EtcdConfig> {
     let mut endpoints = Vec::new();
+    let mut endpoints_at = Vec::new();
     let mut any_tls = false;
     match t.string_list(src, e, "endpoints") {
         Some(l) if l.get_ref().is_empty() => e.push(src.invalid(
@@ -376,6 +401,7 @@ fn etcd_config(src: &Src, t: &Table, e: &mut Errors, lease_ttl: u32) -> Option<E
                     Ok((url, ep)) => {
                         any_tls |= ep.tls;
                         endpoints.push(url);
+                        endpoints_at.push(src.at(u.span().start));
                         parsed.push((i, ep));
                     }
                     Err(err) => e.push(err),
@@ -449,6 +475,7 @@ fn etcd_config(src: &Src, t: &Table, e: &mut Errors, lease_ttl: u32) -> Option<E
             ca: ca_at,
             cert: cert_at,
             key: key_at,
+            endpoints: endpoints_at,
         },
     })
 }

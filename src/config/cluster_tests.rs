@@ -298,8 +298,9 @@ fn endpoints_that_cannot_work_are_refused_at_their_place() {
 /// the hosts) but says so; one that shares a network says nothing.
 #[test]
 fn a_cluster_that_shares_no_network_is_a_warning() {
-    assert_eq!(parse(GOOD).expect("valid").warnings(), Vec::<String>::new());
-    let bare = GOOD.split("[[network]]").next().expect("text").to_string();
+    let tls = GOOD.replace("http://", "https://");
+    assert_eq!(parse(&tls).expect("valid").warnings(), Vec::<String>::new());
+    let bare = tls.split("[[network]]").next().expect("text").to_string();
     let w = parse(&bare).expect("valid").warnings();
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(
@@ -307,4 +308,29 @@ fn a_cluster_that_shares_no_network_is_a_warning() {
         "{w:?}"
     );
     assert!(w[0].contains("add [[network]] with name and vni"), "{w:?}");
+}
+
+/// An endpoint in plain HTTP to another machine is a warning at its own place (etcd checks
+/// no client there); https and this machine's loopback are not.
+#[test]
+fn plain_http_to_another_machine_is_a_warning() {
+    let c = parse(&GOOD.replace(
+        "[\"http://192.168.7.1:2379\", \"http://192.168.7.2:2379/\"]",
+        r#"["https://192.168.7.1:2379", "http://192.168.7.2:2379", "http://127.0.0.1:2379", "http://[::1]:2379", "http://LocalHost:2379", "http://etcd.example:2379"]"#,
+    ))
+    .expect("valid");
+    let w = c.warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].starts_with("/etc/volt/cluster.toml:3:42: etcd.endpoints[1]: \"http://192.168.7.2:2379\" is plain HTTP to another machine: anyone who reaches that port can rewrite"),
+        "{w:?}"
+    );
+    assert!(
+        w[0].ends_with("use https:// endpoints with ca, cert and key"),
+        "{w:?}"
+    );
+    assert!(
+        w[1].contains(": etcd.endpoints[5]: \"http://etcd.example:2379\" is plain HTTP"),
+        "{w:?}"
+    );
 }

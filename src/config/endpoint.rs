@@ -155,6 +155,14 @@ impl Endpoint {
     pub fn member(&self) -> (String, u16) {
         (self.host.to_ascii_lowercase(), self.port)
     }
+
+    /// Whether it names this machine (`localhost`, 127.0.0.0/8, `::1`): plain HTTP there
+    /// does not leave the host.
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self.host.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+            || self.host.parse::<Ipv6Addr>().is_ok_and(|a| a.is_loopback())
+    }
 }
 
 #[cfg(test)]
