@@ -8,7 +8,6 @@
 //! Choosing an address is a pure function ([`pick`]).
 
 use std::fs::File;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -381,6 +380,10 @@ impl Ipam {
             file.version = 1;
             crate::fsutil::remove_stale_temps(&path, crate::fsutil::Stale::All);
             write_atomic(&path, &file)?;
+        } else if matches!(lock, Some((_, true))) && !rebuilt {
+            // Unchanged, and what this writer hands out rests on it: a writer killed between
+            // its rename and the directory's fsync left it in the page cache only.
+            sync_durably(&path)?;
         }
         drop(lock);
         Ok(out)
@@ -514,66 +517,12 @@ impl Ipam {
     }
 }
 
-/// The entries of a lease file that does not parse as a whole which still read as leases
-/// (an entry edited by hand, a field of the wrong type). A file that is not JSON has none.
-fn salvage(path: &Path) -> Vec<Lease> {
-    let Ok(bytes) = std::fs::read(path) else {
-        return Vec::new();
-    };
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return Vec::new();
-    };
-    match value.get("leases").and_then(|l| l.as_array()) {
-        Some(entries) => entries
-            .iter()
-            .filter_map(|e| Lease::deserialize(e).ok())
-            .collect(),
-        None => Vec::new(),
-    }
-}
-
-fn read_file(path: &Path) -> Result<LeaseFile, IpamError> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| IpamError::Corrupt {
-            path: path.to_path_buf(),
-            source,
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LeaseFile::default()),
-        Err(source) => Err(IpamError::Read {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
 /// A lease file's and a lock file's mode: the directory (0750 root:volt) decides who reads.
 const LEASE_FILE_MODE: u32 = 0o644;
 
-fn write_atomic(path: &Path, file: &LeaseFile) -> Result<(), IpamError> {
-    let err = |source| IpamError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let (dir, tmp) = crate::fsutil::temp_beside(path);
-    let mut text = serde_json::to_vec_pretty(file).map_err(|e| err(std::io::Error::other(e)))?;
-    text.push(b'\n');
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        // Whatever the writer's umask (`sudo` keeps a strict one): readable by whoever may
-        // enter the directory (0750 root:volt), as the lock file is.
-        f.set_permissions(std::fs::Permissions::from_mode(LEASE_FILE_MODE))?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(e));
-    }
-    Ok(())
-}
-
+#[path = "ipam_file.rs"]
+mod file;
+use file::{read_file, salvage, sync_durably, write_atomic};
 #[path = "ipam_ask.rs"]
 mod ask;
 pub use ask::{Ask, Holding};
