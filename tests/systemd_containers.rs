@@ -351,6 +351,135 @@ fn a_stopped_containers_pool_lease_gives_way_to_a_dhcp_container() {
     );
 }
 
+/// The PID of the leader of `volt-container@<name>` (nspawn's child, PID 1 inside).
+fn leader_of(c: &Nspawn, name: &str) -> String {
+    c.wait_ok(
+        &format!(
+            "P=$(systemctl show -p MainPID --value volt-container@{name}.service); \
+             test \"$P\" != 0 && L=$(cat /proc/$P/task/$P/children | cut -d' ' -f1) && test -n \"$L\" && echo $L"
+        ),
+        Duration::from_secs(10),
+    )
+    .trim()
+    .to_string()
+}
+
+/// The MAC of `iface` in the network namespace of `leader` (its /sys is the test systemd's).
+fn mac_inside(c: &Nspawn, leader: &str, iface: &str) -> String {
+    let link = c.ok(&format!("nsenter -t {leader} -n ip -br link show {iface}"));
+    link.split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no MAC in {link}"))
+        .to_string()
+}
+
+/// Root in a DHCP container sets the one address of networkd's pool by hand, without asking
+/// DHCP: networkd leased it nothing, so Volt records no lease and its port passes no IPv4
+/// (the journal says what it showed and what networkd leased). A well-behaved DHCP container
+/// started next is leased that same address by networkd (a pool of one), gets it recorded,
+/// its port held to it, and answers ping with its own MAC. Before networkd was asked, the
+/// first container was recorded with the address and the second one was refused it.
+#[test]
+fn a_pool_address_set_by_hand_is_not_pinned_and_goes_to_the_container_networkd_leases_it_to() {
+    if skip() {
+        return;
+    }
+    let db = format!(
+        "directory = \"{ROOTFS}\"\ncommand = [\"/bin/sh\", \"-c\", \"ip addr add 10.77.0.100/24 dev \\\"$VOLT_IFACE\\\" && exec sleep 100000\"]\n[[network]]\nbridge = \"lab0\"\n"
+    );
+    let web = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nbridge = \"lab0\"\n";
+    let c = setup("ct-byhand", &db, web);
+    // networkd's DHCP pool on lab0 is 10.77.0.100 alone (PoolOffset=100, PoolSize=1).
+    c.write(
+        "/etc/volt/networks/lab.toml",
+        "bridge = \"lab0\"\nsubnet = \"10.77.0.0/24\"\ngateway = \"10.77.0.1\"\ndhcp = true\n[pool]\nstart = \"10.77.0.2\"\nend = \"10.77.0.99\"\n[container_pool]\nstart = \"10.77.0.100\"\nend = \"10.77.0.100\"\n",
+    );
+    c.busybox_rootfs("/var/lib/volt-test/good");
+    c.write(
+        "/etc/volt/containers/good.toml",
+        "directory = \"/var/lib/volt-test/good\"\ncommand = [\"/bin/sh\", \"-c\", \"exec udhcpc -f -i \\\"$VOLT_IFACE\\\" -s /etc/udhcpc.script -T 1 -A 1 -t 60 -C -x 0x3d:ff00000001000100012a2b2c2d2e2f\"]\n[[network]]\nbridge = \"lab0\"\n",
+    );
+    c.ok("systemctl daemon-reload");
+    let pool = c.ok("grep -h Pool /run/systemd/network/10-lab0.network");
+    assert!(
+        pool.contains("PoolOffset=100") && pool.contains("PoolSize=1"),
+        "{pool}"
+    );
+
+    // The one that helps itself.
+    let (h, ce) = veth();
+    c.ok("systemctl start volt-container@db.service");
+    c.wait_ok(
+        "systemctl is-active volt-container@db.service",
+        Duration::from_secs(20),
+    );
+    let l = leader_of(&c, "db");
+    let db_mac = mac_inside(&c, &l, &ce);
+    let log = c.wait_ok(
+        "journalctl --no-pager -o cat -u volt-container@db.service | grep 'is not this container'",
+        Duration::from_secs(40),
+    );
+    assert!(
+        log.contains(&format!(
+            "shows 10.77.0.100 without a lease of it from networkd's DHCP server on lab0 (it leased no address to its MAC {}",
+            db_mac
+        )) && log.contains("10.77.0.100 is not this container's to use"),
+        "{log}"
+    );
+    let rules = c.ok(&format!("nft list chain bridge volt port-{h}"));
+    assert!(
+        rules.contains("ether type ip counter") && !rules.contains("ip saddr !="),
+        "{rules}"
+    );
+    let leases = c.ok("/usr/bin/volt ipam list --network lab");
+    assert!(!leases.contains("container/db"), "{leases}");
+
+    // The one that asks networkd, which leases it the pool's one address. Its client
+    // identifier is a DUID (as networkd's own DHCP client sends), not its MAC: Volt matches
+    // the lease by the request's chaddr.
+    let (gh, gce) = volt::config::veth_names("good");
+    c.ok("systemctl start volt-container@good.service");
+    let log = c.wait_ok(
+        "journalctl --no-pager -o cat -u volt-container@good.service | grep -F ' from DHCP'",
+        Duration::from_secs(40),
+    );
+    assert!(log.contains("has 10.77.0.100/24 from DHCP"), "{log}");
+    let given = c.ok(
+        "busctl get-property org.freedesktop.network1 /org/freedesktop/network1/link/_3$(cat /sys/class/net/lab0/ifindex) org.freedesktop.network1.DHCPServer Leases",
+    );
+    // a(uayayayayt): AF_INET, the client identifier, the address, ...
+    assert!(
+        given.starts_with(
+            "a(uayayayayt) 1 2 15 255 0 0 0 1 0 1 0 1 42 43 44 45 46 47 4 10 77 0 100 "
+        ),
+        "{given}"
+    );
+    let gl = leader_of(&c, "good");
+    let good_mac = mac_inside(&c, &gl, &gce);
+    let rules = c.ok(&format!("nft list chain bridge volt port-{gh}"));
+    assert!(rules.contains("ip saddr != 10.77.0.100 "), "{rules}");
+    let leases = c.ok("/usr/bin/volt ipam list --network lab");
+    assert!(
+        leases
+            .lines()
+            .any(|l| l.contains("container/good/eth0") && l.contains("10.77.0.100"))
+            && !leases.contains("container/db"),
+        "{leases}"
+    );
+    let refused = c.ok(
+        "journalctl --no-pager -o cat -u volt-container@good.service | grep -c 'not this container' || true",
+    );
+    assert_eq!(refused.trim(), "0", "good was refused its address");
+    ping::assert_all(&c.ok("ping -c 2 -W 2 10.77.0.100"), 2);
+    // The host reached the container networkd leased it to, not the one that set it.
+    let neigh = c.ok("ip neigh show 10.77.0.100 dev lab0");
+    assert!(neigh.contains(&good_mac), "{neigh} (good is {good_mac})");
+    ping::assert_all(
+        &c.ok(&format!("nsenter -t {gl} -a /bin/ping -c 2 -W 2 10.77.0.1")),
+        2,
+    );
+}
+
 #[test]
 fn dhcp_container_and_crash_stop_restart_cycle() {
     if skip() {
