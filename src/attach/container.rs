@@ -165,7 +165,7 @@ fn displaced_a_stale_lease(
     if !stale || runs {
         return false;
     }
-    match ipam.mirror(Holding::new(net, owner, ip, false)) {
+    match ipam.take_over(Holding::new(net, owner, ip, false), holder) {
         Ok(_) => {
             log::info!(
                 "{owner} has {ip} from DHCP; the lease of {holder}, which does not run, gave way"
@@ -294,7 +294,8 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
             Some(n) => Some(at.book(&n.name)?),
             None => None,
         };
-        let record = |ip: Ipv4Addr, fixed: bool| {
+        // `by_networkd`: networkd's DHCP server leases `ip` to this container now.
+        let record = |ip: Ipv4Addr, fixed: bool, by_networkd: bool| {
             if let (Some(net), Some(book)) = (net, &book) {
                 let h = Holding {
                     mac: Some(a.mac),
@@ -302,6 +303,9 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                 };
                 if let Err(e) = book.record(h) {
                     if !fixed && displaced_a_stale_lease(at, net, &owner, ip, &e) {
+                        return true;
+                    }
+                    if by_networkd && dhcp::took_over_an_ended_lease(at, net, &owner, ip, &e) {
                         return true;
                     }
                     log::warn!("{what}: lease not recorded: {}", crate::error_chain(&e));
@@ -317,7 +321,7 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                     .unwrap_or_default()
             );
             // A static address is refused before the container starts (veth up).
-            let _ = record(addr.addr(), true);
+            let _ = record(addr.addr(), true, false);
             continue;
         }
         if a.addressing != Addressing::Dhcp {
@@ -342,13 +346,17 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
             dhcp_wait,
         )?;
         match got {
-            dhcp::Seen::Leased { ip, prefix } => {
+            dhcp::Seen::Leased {
+                ip,
+                prefix,
+                by_networkd,
+            } => {
                 log::info!("{what}: {inside} has {ip}/{prefix} from DHCP");
                 // Its port passed DHCP requests only: from now on this address too, unless
                 // the address book gives it to another workload (where Volt cannot ask the
                 // DHCP server, root in the container may have set it itself; networkd, which
                 // forgets its leases when it restarts, may lease an address again).
-                if !record(ip, false) {
+                if !record(ip, false, by_networkd) {
                     log::error!(
                         "{what}: {ip} is not this container's to use: its port passes DHCP requests only (let its DHCP client configure the address, then restart it)"
                     );

@@ -15,15 +15,23 @@
 //! address passes everything from it, requests with other chaddrs too: such a lease still
 //! takes its address off networkd's pool, so nobody else is given it while it lasts.)
 //!
-//! [`Ipv4Source::DhcpOnly`]: crate::net::antispoof::Ipv4Source::DhcpOnly
+//! The same authority settles a conflict with a running container: the address networkd
+//! leases to a starting container now is no longer leased to the one the address book still
+//! gives it to, which loses it ([`took_over_an_ended_lease`]). What is not followed: a
+//! running container whose own DHCP address changes (a refused renewal, then another
+//! address) keeps a port held to the address `net-up` saw until it starts again.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
-use super::{in_container, AttachError};
-use crate::config::MacAddr;
+use super::{in_container, Attach, AttachError};
+use crate::attach::book::BookError;
+use crate::attach::leases::{record_owner, records};
+use crate::config::{MacAddr, Network};
+use crate::net::antispoof::{self, Ipv4Source, PortPolicy};
+use crate::net::ipam::{Holding, IpamError, Owner};
 use crate::net::netlink::Netlink;
 use crate::net::networkd::{leases, Networkd, NetworkdError};
 
@@ -34,6 +42,77 @@ use crate::net::networkd::{leases, Networkd, NetworkdError};
 const LEASE_WAIT: Duration = Duration::from_secs(5);
 /// How often `net-up` looks for an address inside until it sees one.
 const ADDRESS_POLL: Duration = Duration::from_millis(100);
+
+/// networkd's DHCP server leases `ip` to `owner`'s container now (this start's check found
+/// it), while the address book still gives it to `holder`, a container that runs with `ip`
+/// from DHCP. networkd leases an address to one client at a time, so the holder's lease of
+/// it has ended: released (root inside can send a DHCPRELEASE and keep the address), expired
+/// without a renewal, or forgotten by a restart of networkd, which keeps its leases in memory
+/// only (the holder's next renewal would be refused). The holder's port goes back to DHCP
+/// requests only, so it no longer sends as `ip`, and `owner` gets the lease; the holder gets
+/// an address again when it starts again. Only on this host's lease files: a cluster's claim
+/// stays refused.
+pub(super) fn took_over_an_ended_lease(
+    at: &Attach,
+    net: &Network,
+    owner: &Owner,
+    ip: Ipv4Addr,
+    e: &BookError,
+) -> bool {
+    let BookError::Local(IpamError::Taken { holder, .. }) = e else {
+        return false;
+    };
+    let ipam = at.ipam();
+    let a_pool_lease = ipam.list(&net.name).is_ok_and(|ls| {
+        ls.iter()
+            .any(|l| l.owner == *holder && l.ip == ip && !l.fixed)
+    });
+    if !a_pool_lease {
+        return false;
+    }
+    // Its link's record says it got `ip` from DHCP (`volt container net-up`), on a bridge.
+    let Some(r) = records(&at.paths.links_dir()).into_iter().find(|r| {
+        record_owner(r).as_ref() == Some(holder) && r.dhcp == Some(ip) && r.netns.is_none()
+    }) else {
+        return false;
+    };
+    let Some(mac) = r.mac() else {
+        return false;
+    };
+    // A record whose link is gone (a down cut short) has no port left to cut back.
+    if crate::net::link::index(&r.link).is_some() {
+        let policy = PortPolicy {
+            ipv4: Ipv4Source::DhcpOnly,
+            ..PortPolicy::new(mac, None)
+        };
+        if let Err(e) = antispoof::apply(&r.link, &policy) {
+            log::warn!(
+                "{owner} has {ip} from networkd, but the port of {holder} ({}) cannot be cut back to DHCP requests: {}",
+                r.link,
+                crate::error_chain(&e)
+            );
+            return false;
+        }
+    }
+    let mut cleared = r.clone();
+    cleared.dhcp = None;
+    if let Err(e) = cleared.save(&at.paths) {
+        log::warn!("{}", crate::error_chain(&e));
+    }
+    match ipam.take_over(Holding::new(net, owner, ip, false), holder) {
+        Ok(_) => {
+            log::warn!(
+                "{owner} has {ip} from networkd's DHCP server, which leases it to no other client; {holder}, recorded with it, no longer holds that lease (released, expired, or forgotten by a networkd restart): the lease is {owner}'s, and the port of {holder} ({}) passes DHCP requests only until it starts again",
+                r.link
+            );
+            true
+        }
+        Err(e) => {
+            log::warn!("{}", crate::error_chain(&e));
+            false
+        }
+    }
+}
 
 /// Who says which address the container was given.
 pub(super) enum Authority<'a> {
@@ -48,9 +127,13 @@ pub(super) enum Authority<'a> {
 
 /// What `net-up` saw of a DHCP container's address.
 pub(super) enum Seen {
-    /// An address inside that networkd leased to the container's MAC (with
-    /// [`Authority::Unknown`]: the first one it shows in the subnet).
-    Leased { ip: Ipv4Addr, prefix: u8 },
+    /// An address inside that networkd leased to the container's MAC (`by_networkd`), or
+    /// with [`Authority::Unknown`] the first one it shows in the subnet.
+    Leased {
+        ip: Ipv4Addr,
+        prefix: u8,
+        by_networkd: bool,
+    },
     /// Addresses inside (in the subnet), none of which networkd leased to the container's
     /// MAC within [`LEASE_WAIT`] of the first look: what networkd did lease to that MAC
     /// (`Ok`), or why it could not be asked (`Err`).
@@ -120,14 +203,24 @@ pub(super) fn wait_for_address(
             continue;
         };
         let bridge = match authority {
-            Authority::Unknown => return Ok(Seen::Leased { ip, prefix }),
+            Authority::Unknown => {
+                return Ok(Seen::Leased {
+                    ip,
+                    prefix,
+                    by_networkd: false,
+                })
+            }
             Authority::Networkd { bridge } => *bridge,
         };
         let seen = *first_seen.get_or_insert_with(Instant::now);
         let leased = leased_now(&mut bus, bridge, mac).map_err(|e| crate::error_chain(&e));
         if let Ok(given) = &leased {
             if let Some(&(ip, prefix)) = now.iter().find(|(ip, _)| given.contains(ip)) {
-                return Ok(Seen::Leased { ip, prefix });
+                return Ok(Seen::Leased {
+                    ip,
+                    prefix,
+                    by_networkd: true,
+                });
             }
         }
         if seen.elapsed() >= LEASE_WAIT {
