@@ -351,6 +351,208 @@ fn a_stopped_containers_pool_lease_gives_way_to_a_dhcp_container() {
     );
 }
 
+/// The PID of the leader of `volt-container@<name>` (nspawn's child, PID 1 inside).
+fn leader_of(c: &Nspawn, name: &str) -> String {
+    c.wait_ok(
+        &format!(
+            "P=$(systemctl show -p MainPID --value volt-container@{name}.service); \
+             test \"$P\" != 0 && L=$(cat /proc/$P/task/$P/children | cut -d' ' -f1) && test -n \"$L\" && echo $L"
+        ),
+        Duration::from_secs(10),
+    )
+    .trim()
+    .to_string()
+}
+
+/// The MAC of `iface` in the network namespace of `leader` (its /sys is the test systemd's).
+fn mac_inside(c: &Nspawn, leader: &str, iface: &str) -> String {
+    let link = c.ok(&format!("nsenter -t {leader} -n ip -br link show {iface}"));
+    link.split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no MAC in {link}"))
+        .to_string()
+}
+
+/// A host whose network `lab` (bridge lab0, 10.77.0.0/24) has a DHCP pool of one address,
+/// 10.77.0.100 (networkd's PoolOffset=100, PoolSize=1), with the container `db` and the
+/// well-behaved DHCP container `good` on it. good's client identifier is a DUID (as
+/// networkd's own DHCP client sends), not its MAC: Volt matches a lease by its chaddr.
+fn lab_with_a_pool_of_one(hint: &str, db: &str) -> Host {
+    let web = "memory_mib = 64\nkernel = \"/opt/volt/guest/volt-test-guest\"\n[[network]]\nbridge = \"lab0\"\n";
+    let c = setup(hint, db, web);
+    c.write(
+        "/etc/volt/networks/lab.toml",
+        "bridge = \"lab0\"\nsubnet = \"10.77.0.0/24\"\ngateway = \"10.77.0.1\"\ndhcp = true\n[pool]\nstart = \"10.77.0.2\"\nend = \"10.77.0.99\"\n[container_pool]\nstart = \"10.77.0.100\"\nend = \"10.77.0.100\"\n",
+    );
+    c.busybox_rootfs("/var/lib/volt-test/good");
+    c.write(
+        "/etc/volt/containers/good.toml",
+        "directory = \"/var/lib/volt-test/good\"\ncommand = [\"/bin/sh\", \"-c\", \"exec udhcpc -f -i \\\"$VOLT_IFACE\\\" -s /etc/udhcpc.script -T 1 -A 1 -t 60 -C -x 0x3d:ff00000001000100012a2b2c2d2e2f\"]\n[[network]]\nbridge = \"lab0\"\n",
+    );
+    c.ok("systemctl daemon-reload");
+    let pool = c.ok("grep -h Pool /run/systemd/network/10-lab0.network");
+    assert!(
+        pool.contains("PoolOffset=100") && pool.contains("PoolSize=1"),
+        "{pool}"
+    );
+    c
+}
+
+/// networkd's DHCP server's leases on lab0, as `busctl` prints them.
+const LAB0_LEASES: &str = "busctl get-property org.freedesktop.network1 /org/freedesktop/network1/link/_3$(cat /sys/class/net/lab0/ifindex) org.freedesktop.network1.DHCPServer Leases";
+
+/// Start `good` (see [`lab_with_a_pool_of_one`]): networkd leases it 10.77.0.100, which Volt
+/// records for it (and for no other), holds its port to, and the host reaches it at; it
+/// reaches the gateway.
+fn the_good_container_gets_the_pools_address(c: &Nspawn) {
+    let (gh, gce) = volt::config::veth_names("good");
+    c.ok("systemctl start volt-container@good.service");
+    let log = c.wait_ok(
+        "journalctl --no-pager -o cat -u volt-container@good.service | grep -F ' from DHCP'",
+        Duration::from_secs(40),
+    );
+    assert!(log.contains("has 10.77.0.100/24 from DHCP"), "{log}");
+    let given = c.ok(LAB0_LEASES);
+    // a(uayayayayt): AF_INET, the client identifier, the address, ...
+    assert!(
+        given.starts_with(
+            "a(uayayayayt) 1 2 15 255 0 0 0 1 0 1 0 1 42 43 44 45 46 47 4 10 77 0 100 "
+        ),
+        "{given}"
+    );
+    let gl = leader_of(c, "good");
+    let good_mac = mac_inside(c, &gl, &gce);
+    let rules = c.ok(&format!("nft list chain bridge volt port-{gh}"));
+    assert!(rules.contains("ip saddr != 10.77.0.100 "), "{rules}");
+    let leases = c.ok("/usr/bin/volt ipam list --network lab");
+    assert!(
+        leases
+            .lines()
+            .any(|l| l.contains("container/good/eth0") && l.contains("10.77.0.100"))
+            && !leases.contains("container/db"),
+        "{leases}"
+    );
+    let refused = c.ok(
+        "journalctl --no-pager -o cat -u volt-container@good.service | grep -c 'not this container' || true",
+    );
+    assert_eq!(refused.trim(), "0", "good was refused its address");
+    // The host's neighbour entry of the address may still name db (it answered for it while
+    // its port passed it), until the kernel probes it again and finds it gone (~5-8 s).
+    c.wait_ok("ping -c 1 -W 1 10.77.0.100", Duration::from_secs(30));
+    ping::assert_all(&c.ok("ping -c 2 -W 2 10.77.0.100"), 2);
+    // The host reached the container networkd leased it to, not the one that set it.
+    let neigh = c.ok("ip neigh show 10.77.0.100 dev lab0");
+    assert!(neigh.contains(&good_mac), "{neigh} (good is {good_mac})");
+    ping::assert_all(
+        &c.ok(&format!("nsenter -t {gl} -a /bin/ping -c 2 -W 2 10.77.0.1")),
+        2,
+    );
+}
+
+/// Root in a DHCP container sets the one address of networkd's pool by hand, without asking
+/// DHCP: networkd leased it nothing, so Volt records no lease and its port passes no IPv4
+/// (the journal says what it showed and what networkd leased). A well-behaved DHCP container
+/// started next is leased that same address by networkd (a pool of one), gets it recorded,
+/// its port held to it, and answers ping with its own MAC. Before networkd was asked, the
+/// first container was recorded with the address and the second one was refused it.
+#[test]
+fn a_pool_address_set_by_hand_is_not_pinned_and_goes_to_the_container_networkd_leases_it_to() {
+    if skip() {
+        return;
+    }
+    let db = format!(
+        "directory = \"{ROOTFS}\"\ncommand = [\"/bin/sh\", \"-c\", \"ip addr add 10.77.0.100/24 dev \\\"$VOLT_IFACE\\\" && exec sleep 100000\"]\n[[network]]\nbridge = \"lab0\"\n"
+    );
+    let c = lab_with_a_pool_of_one("ct-byhand", &db);
+
+    // The one that helps itself.
+    let (h, ce) = veth();
+    c.ok("systemctl start volt-container@db.service");
+    c.wait_ok(
+        "systemctl is-active volt-container@db.service",
+        Duration::from_secs(20),
+    );
+    let l = leader_of(&c, "db");
+    let db_mac = mac_inside(&c, &l, &ce);
+    let log = c.wait_ok(
+        "journalctl --no-pager -o cat -u volt-container@db.service | grep 'is not this container'",
+        Duration::from_secs(40),
+    );
+    assert!(
+        log.contains(&format!(
+            "shows 10.77.0.100 without a lease of it from networkd's DHCP server on lab0 (it leased no address to its MAC {}",
+            db_mac
+        )) && log.contains("10.77.0.100 is not this container's to use"),
+        "{log}"
+    );
+    let rules = c.ok(&format!("nft list chain bridge volt port-{h}"));
+    assert!(
+        rules.contains("ether type ip counter") && !rules.contains("ip saddr !="),
+        "{rules}"
+    );
+    let leases = c.ok("/usr/bin/volt ipam list --network lab");
+    assert!(!leases.contains("container/db"), "{leases}");
+
+    // The one that asks networkd, which leases it the pool's one address.
+    the_good_container_gets_the_pools_address(&c);
+}
+
+/// A DHCP container gets the pool's one address from networkd and is held to it; then root
+/// inside releases the lease (DHCPRELEASE: networkd frees the address) and keeps the
+/// address by hand, as a container whose lease expired unrenewed, or whose lease a networkd
+/// restart forgot, keeps it too. networkd then leases the address to a well-behaved
+/// container: that one gets it (networkd leases an address to one client at a time, so the
+/// first one's lease has ended), and the first one's port goes back to DHCP requests only.
+/// Before, the second container was refused the address, which the address book still gave
+/// to the first (it runs, so its lease was not stale).
+#[test]
+fn an_ended_dhcp_lease_of_a_running_container_goes_to_the_container_networkd_leases_it_to() {
+    if skip() {
+        return;
+    }
+    let db = format!(
+        "directory = \"{ROOTFS}\"\ncommand = [\"/bin/sh\", \"-c\", \"exec udhcpc -f -i \\\"$VOLT_IFACE\\\" -s /etc/udhcpc.script -T 1 -A 1 -t 60\"]\n[[network]]\nbridge = \"lab0\"\n"
+    );
+    let c = lab_with_a_pool_of_one("ct-ended", &db);
+    let (h, ce) = veth();
+    c.ok("systemctl start volt-container@db.service");
+    let log = c.wait_ok(
+        "journalctl --no-pager -o cat -u volt-container@db.service | grep -F ' from DHCP'",
+        Duration::from_secs(40),
+    );
+    assert!(log.contains("has 10.77.0.100/24 from DHCP"), "{log}");
+    let rules = c.ok(&format!("nft list chain bridge volt port-{h}"));
+    assert!(rules.contains("ip saddr != 10.77.0.100 "), "{rules}");
+    // Release (udhcpc's SIGUSR2; its script flushes the address), then set it again by hand.
+    let l = leader_of(&c, "db");
+    c.ok(&format!(
+        "nsenter -t {l} -a /bin/sh -c 'kill -USR2 $(pidof udhcpc)'"
+    ));
+    c.wait_ok(
+        &format!("{LAB0_LEASES} | grep -qx 'a(uayayayayt) 0'"),
+        Duration::from_secs(10),
+    );
+    c.wait_ok(
+        &format!("! nsenter -t {l} -n ip -4 -o addr show {ce} | grep -q inet"),
+        Duration::from_secs(10),
+    );
+    c.ok(&format!(
+        "nsenter -t {l} -n ip addr add 10.77.0.100/24 dev {ce}"
+    ));
+
+    the_good_container_gets_the_pools_address(&c);
+    let said = c.ok("journalctl --no-pager -o cat -u volt-container@good.service");
+    assert!(
+        said.contains(&format!("container/good/eth0 has 10.77.0.100 from networkd's DHCP server, which leases it to no other client; container/db/eth0, recorded with it, no longer holds that lease (released, expired, or forgotten by a networkd restart): the lease is container/good/eth0's, and the port of container/db/eth0 ({h}) passes DHCP requests only until it starts again")),
+        "{said}"
+    );
+    let rules = c.ok(&format!("nft list chain bridge volt port-{h}"));
+    assert!(
+        rules.contains("ether type ip counter") && !rules.contains("ip saddr !="),
+        "{rules}"
+    );
+}
+
 #[test]
 fn dhcp_container_and_crash_stop_restart_cycle() {
     if skip() {

@@ -16,6 +16,8 @@ use crate::net::netlink::{Netlink, NetlinkError};
 use crate::plan::{Addressing, Attachment, Kind, LinkKind, Workload};
 use crate::sys::netns;
 
+mod dhcp;
+
 /// How long the host end waits for its bridge (networkd creates it when it starts) before
 /// Volt creates it.
 const BRIDGE_WAIT: Duration = Duration::from_secs(5);
@@ -163,7 +165,7 @@ fn displaced_a_stale_lease(
     if !stale || runs {
         return false;
     }
-    match ipam.mirror(Holding::new(net, owner, ip, false)) {
+    match ipam.take_over(Holding::new(net, owner, ip, false), holder) {
         Ok(_) => {
             log::info!(
                 "{owner} has {ip} from DHCP; the lease of {holder}, which does not run, gave way"
@@ -257,7 +259,8 @@ fn in_container<T: Send + 'static>(
 /// nspawn's container process (a child of `main`), bring `lo` and each NIC's container end
 /// up; for a static address add it and the default route. The address goes into IPAM as the
 /// container's lease: a static one at once, a DHCP one once the container's DHCP client has
-/// configured it (bounded wait; a warning if it never comes).
+/// configured it (bounded wait; a warning if it never comes) and, where networkd's DHCP
+/// server is the network's, networkd has leased it to the container's MAC ([`dhcp`]).
 pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
     if w.attachments.is_empty() {
         return Ok(());
@@ -291,7 +294,8 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
             Some(n) => Some(at.book(&n.name)?),
             None => None,
         };
-        let record = |ip: Ipv4Addr, fixed: bool| {
+        // `by_networkd`: networkd's DHCP server leases `ip` to this container now.
+        let record = |ip: Ipv4Addr, fixed: bool, by_networkd: bool| {
             if let (Some(net), Some(book)) = (net, &book) {
                 let h = Holding {
                     mac: Some(a.mac),
@@ -299,6 +303,9 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                 };
                 if let Err(e) = book.record(h) {
                     if !fixed && displaced_a_stale_lease(at, net, &owner, ip, &e) {
+                        return true;
+                    }
+                    if by_networkd && dhcp::took_over_an_ended_lease(at, net, &owner, ip, &e) {
                         return true;
                     }
                     log::warn!("{what}: lease not recorded: {}", crate::error_chain(&e));
@@ -314,7 +321,7 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                     .unwrap_or_default()
             );
             // A static address is refused before the container starts (veth up).
-            let _ = record(addr.addr(), true);
+            let _ = record(addr.addr(), true, false);
             continue;
         }
         if a.addressing != Addressing::Dhcp {
@@ -323,25 +330,33 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
         log::info!(
             "{what}: {inside} is up inside; waiting up to {dhcp_wait:?} for its DHCP address"
         );
-        let subnet = net.map(|n| n.subnet);
-        let start = Instant::now();
-        let got = loop {
-            let l = inside.clone();
-            let now = in_container(&what, leader, move || Netlink::new()?.ipv4_addrs(&l))?;
-            let hit = now
-                .into_iter()
-                .find(|(ip, _)| subnet.is_none_or(|s| s.contains(ip)));
-            if hit.is_some() || start.elapsed() > dhcp_wait {
-                break hit;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        // Where networkd's DHCP server is the network's (Volt renders it), the address must be
+        // one it leased to this container; elsewhere nobody Volt can ask gave it.
+        let authority = match a.bridge.as_deref() {
+            Some(bridge) if super::volts_dhcp(at, a) => dhcp::Authority::Networkd { bridge },
+            _ => dhcp::Authority::Unknown,
         };
+        let got = dhcp::wait_for_address(
+            &what,
+            leader,
+            &inside,
+            a.mac,
+            net.map(|n| n.subnet),
+            &authority,
+            dhcp_wait,
+        )?;
         match got {
-            Some((ip, prefix)) => {
+            dhcp::Seen::Leased {
+                ip,
+                prefix,
+                by_networkd,
+            } => {
                 log::info!("{what}: {inside} has {ip}/{prefix} from DHCP");
                 // Its port passed DHCP requests only: from now on this address too, unless
-                // it is another workload's (root in the container set it itself).
-                if !record(ip, false) {
+                // the address book gives it to another workload (where Volt cannot ask the
+                // DHCP server, root in the container may have set it itself; networkd, which
+                // forgets its leases when it restarts, may lease an address again).
+                if !record(ip, false, by_networkd) {
                     log::error!(
                         "{what}: {ip} is not this container's to use: its port passes DHCP requests only (let its DHCP client configure the address, then restart it)"
                     );
@@ -354,7 +369,15 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                     at.refresh_nat(&net.name, false);
                 }
             }
-            None => log::warn!(
+            dhcp::Seen::NotLeased { shown, leased } => {
+                let bridge = a.bridge.as_deref().unwrap_or("-");
+                log::error!(
+                    "{what}: {inside} {}; {} is not this container's to use: its port passes DHCP requests only, and no lease is recorded (let its DHCP client configure the address, then restart it)",
+                    dhcp::not_leased(bridge, a.mac, &shown, &leased),
+                    shown.first().map(Ipv4Addr::to_string).unwrap_or_default()
+                );
+            }
+            dhcp::Seen::Nothing => log::warn!(
                 "{what}: {inside} got no DHCP address within {dhcp_wait:?} (is a DHCP client running inside?); no lease recorded, and its port passes DHCP requests only until the container starts again"
             ),
         }

@@ -425,56 +425,6 @@ impl Ipam {
         })
     }
 
-    /// Record that `h.owner` holds `h.ip` on `h.net` (see [`Holding`]). Replaces the owner's
-    /// lease; refuses an address another owner holds. The MAC is not kept.
-    pub fn record(&self, h: Holding) -> Result<Lease, IpamError> {
-        self.record_as(h, false)
-    }
-
-    /// [`Ipam::record`] of what another store decided (the cluster's claims on a network it
-    /// shares): that store wins, so a local lease of another owner on `ip` (left from before a
-    /// crash that outlived the cluster's claims) is dropped, with a warning, not refused.
-    pub fn mirror(&self, h: Holding) -> Result<Lease, IpamError> {
-        self.record_as(h, true)
-    }
-
-    fn record_as(&self, h: Holding, displace: bool) -> Result<Lease, IpamError> {
-        let (net, owner, ip, fixed) = (h.net, h.owner, h.ip, h.fixed);
-        self.with_leases(&net.name, |leases| {
-            if !net.is_host_addr(ip) {
-                return Err(IpamError::OutOfNetwork {
-                    ip,
-                    network: net.name.clone(),
-                    subnet: net.subnet,
-                });
-            }
-            if displace {
-                if let Some(pos) = leases.iter().position(|l| l.ip == ip && l.owner != *owner) {
-                    let old = leases.remove(pos);
-                    log::warn!(
-                        "{ip} on {} is {owner}'s in the cluster's claims; the local lease file gave it to {}, which is dropped",
-                        net.name,
-                        old.owner
-                    );
-                }
-            }
-            if let Some(l) = leases.iter().find(|l| l.ip == ip && l.owner != *owner) {
-                return Err(IpamError::Taken {
-                    ip,
-                    network: net.name.clone(),
-                    holder: l.owner.clone(),
-                });
-            }
-            if let Some(pos) = leases.iter().position(|l| l.owner == *owner) {
-                if leases[pos].ip == ip && leases[pos].fixed == fixed {
-                    return Ok(leases[pos].clone());
-                }
-                leases.remove(pos);
-            }
-            Ok(insert_lease(leases, ip, owner, fixed))
-        })
-    }
-
     /// Drop `owner`'s lease on `network`. Returns the released lease.
     pub fn release(&self, network: &str, owner: &Owner) -> Result<Option<Lease>, IpamError> {
         self.with_leases(network, |leases| {
@@ -525,6 +475,8 @@ mod file;
 use file::{read_file, salvage, sync_durably, write_atomic};
 #[path = "ipam_ask.rs"]
 mod ask;
+#[path = "ipam_record.rs"]
+mod record;
 pub use ask::{Ask, Holding};
 #[path = "ipam_pick.rs"]
 mod choose;

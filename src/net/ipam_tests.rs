@@ -447,3 +447,53 @@ fn a_mirror_follows_the_store_over_stale_local_leases() {
         .record(Holding::new(&n, &a, ip("10.42.0.2"), false))
         .is_err());
 }
+
+/// A DHCP container's pool lease that the caller knows has ended (networkd leases its address
+/// to another now) goes to the new holder in one write; a fixed lease of it, or a lease of
+/// anyone but the named owner, still refuses it.
+#[test]
+fn a_take_over_drops_only_the_named_owners_pool_lease() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ipam = Ipam::new(dir.path());
+    let n = net();
+    let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+    let (old, new, third) = (
+        Owner::container("old", "eth0"),
+        Owner::container("new", "eth0"),
+        Owner::container("third", "eth0"),
+    );
+    ipam.record(Holding::new(&n, &old, ip("10.42.0.120"), false))
+        .expect("old");
+    ipam.record(Holding::new(&n, &third, ip("10.42.0.121"), false))
+        .expect("third");
+    // Naming the wrong owner takes nothing.
+    let e = ipam
+        .take_over(Holding::new(&n, &new, ip("10.42.0.121"), false), &old)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("already leased to container/third/eth0"),
+        "{e}"
+    );
+    let l = ipam
+        .take_over(Holding::new(&n, &new, ip("10.42.0.120"), false), &old)
+        .expect("take over");
+    assert_eq!((l.owner.clone(), l.ip), (new.clone(), ip("10.42.0.120")));
+    let owners: Vec<String> = ipam
+        .list("volt0")
+        .expect("list")
+        .iter()
+        .map(|l| l.owner.to_string())
+        .collect();
+    assert!(
+        !owners.contains(&"container/old/eth0".to_string()) && owners.len() == 2,
+        "{owners:?}"
+    );
+    // A fixed lease (a static address) is never taken over.
+    let db = Owner::container("db", "eth0");
+    ipam.record(Holding::new(&n, &db, ip("10.42.0.150"), true))
+        .expect("db");
+    assert!(ipam
+        .take_over(Holding::new(&n, &new, ip("10.42.0.150"), false), &db)
+        .is_err());
+}

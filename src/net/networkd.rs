@@ -1,5 +1,6 @@
 //! systemd-networkd over D-Bus (`org.freedesktop.network1`): reload its configuration, find
-//! a link, and wait with a bound and backoff until it has configured one.
+//! a link, wait with a bound and backoff until it has configured one, and read the leases
+//! its DHCP server on a link has handed out ([`leases`]).
 //!
 //! [`Networkd::connect`] says clearly when networkd is not running (its bus name has no
 //! owner) instead of bus-activating it. When the system bus itself is not reachable,
@@ -11,6 +12,9 @@ use zbus::OwnedObjectPath;
 use zbus_systemd::network1::{LinkProxy, ManagerProxy};
 
 use super::netlink::Netlink;
+
+#[path = "networkd_leases.rs"]
+pub mod leases;
 
 /// networkd's bus name.
 pub const BUS_NAME: &str = "org.freedesktop.network1";
@@ -46,6 +50,12 @@ pub enum NetworkdError {
     },
     #[error("networkd failed to configure {link} (administrative state {state}); see journalctl -u systemd-networkd")]
     LinkFailed { link: String, state: String },
+    #[error("networkd does not know {link}")]
+    UnknownLink { link: String },
+    #[error("networkd's DHCP server reported a lease Volt cannot read: {message}")]
+    Lease { message: String },
+    #[error("cannot read CLOCK_BOOTTIME")]
+    Clock(#[source] std::io::Error),
 }
 
 /// A link's states as networkd reports them.

@@ -1,0 +1,288 @@
+//! Which DHCP address a container may keep. The authority on what a DHCP container was given
+//! is the DHCP server that gave it: where that is networkd's on the container's bridge (a
+//! network Volt serves DHCP on, [`super::super::volts_dhcp`]), `net-up` takes an address the
+//! container shows only once networkd lists a current lease of it to the container end's MAC.
+//! Root inside the container can set any address of the subnet by hand; without this check
+//! Volt recorded it and pinned the port to it, and the container that networkd later leased
+//! that address to was refused it: cut off.
+//!
+//! Matched by MAC, not by client identifier: networkd's lease carries the request's BOOTP
+//! chaddr, and a port without an address ([`Ipv4Source::DhcpOnly`]) passes a DHCP request
+//! only from 0.0.0.0 with chaddr its own MAC, so a container cannot get a lease under
+//! another one's MAC before it has an address of its own; the client identifier is whatever
+//! the client sends (busybox udhcpc: `01` and the MAC, networkd as a client: a DUID), so it
+//! proves nothing, and a boot-mode container's would not name its MAC. (A port held to its
+//! address passes everything from it, requests with other chaddrs too: such a lease still
+//! takes its address off networkd's pool, so nobody else is given it while it lasts.)
+//!
+//! The same authority settles a conflict with a running container: the address networkd
+//! leases to a starting container now is no longer leased to the one the address book still
+//! gives it to, which loses it ([`took_over_an_ended_lease`]). What is not followed: a
+//! running container whose own DHCP address changes (a refused renewal, then another
+//! address) keeps a port held to the address `net-up` saw until it starts again.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+
+use super::{in_container, Attach, AttachError};
+use crate::attach::book::BookError;
+use crate::attach::leases::{record_owner, records};
+use crate::config::{MacAddr, Network};
+use crate::net::antispoof::{self, Ipv4Source, PortPolicy};
+use crate::net::ipam::{Holding, IpamError, Owner};
+use crate::net::netlink::Netlink;
+use crate::net::networkd::{leases, Networkd, NetworkdError};
+
+/// How long `net-up` waits, once it sees an address inside, for networkd to list the lease
+/// of it to the container's MAC. networkd records a lease before its ACK leaves, so a client
+/// that configures what it was given is found at the first look; the wait covers a busy
+/// networkd or bus (and a DHCP client still finishing while an address was set by hand).
+const LEASE_WAIT: Duration = Duration::from_secs(5);
+/// How often `net-up` looks for an address inside until it sees one.
+const ADDRESS_POLL: Duration = Duration::from_millis(100);
+
+/// networkd's DHCP server leases `ip` to `owner`'s container now (this start's check found
+/// it), while the address book still gives it to `holder`, a container that runs with `ip`
+/// from DHCP. networkd leases an address to one client at a time, so the holder's lease of
+/// it has ended: released (root inside can send a DHCPRELEASE and keep the address), expired
+/// without a renewal, or forgotten by a restart of networkd, which keeps its leases in memory
+/// only (the holder's next renewal would be refused). The holder's port goes back to DHCP
+/// requests only, so it no longer sends as `ip`, and `owner` gets the lease; the holder gets
+/// an address again when it starts again. Only on this host's lease files: a cluster's claim
+/// stays refused.
+pub(super) fn took_over_an_ended_lease(
+    at: &Attach,
+    net: &Network,
+    owner: &Owner,
+    ip: Ipv4Addr,
+    e: &BookError,
+) -> bool {
+    let BookError::Local(IpamError::Taken { holder, .. }) = e else {
+        return false;
+    };
+    let ipam = at.ipam();
+    let a_pool_lease = ipam.list(&net.name).is_ok_and(|ls| {
+        ls.iter()
+            .any(|l| l.owner == *holder && l.ip == ip && !l.fixed)
+    });
+    if !a_pool_lease {
+        return false;
+    }
+    // Its link's record says it got `ip` from DHCP (`volt container net-up`), on a bridge.
+    let Some(r) = records(&at.paths.links_dir()).into_iter().find(|r| {
+        record_owner(r).as_ref() == Some(holder) && r.dhcp == Some(ip) && r.netns.is_none()
+    }) else {
+        return false;
+    };
+    let Some(mac) = r.mac() else {
+        return false;
+    };
+    // A record whose link is gone (a down cut short) has no port left to cut back.
+    if crate::net::link::index(&r.link).is_some() {
+        let policy = PortPolicy {
+            ipv4: Ipv4Source::DhcpOnly,
+            ..PortPolicy::new(mac, None)
+        };
+        if let Err(e) = antispoof::apply(&r.link, &policy) {
+            log::warn!(
+                "{owner} has {ip} from networkd, but the port of {holder} ({}) cannot be cut back to DHCP requests: {}",
+                r.link,
+                crate::error_chain(&e)
+            );
+            return false;
+        }
+    }
+    let mut cleared = r.clone();
+    cleared.dhcp = None;
+    if let Err(e) = cleared.save(&at.paths) {
+        log::warn!("{}", crate::error_chain(&e));
+    }
+    match ipam.take_over(Holding::new(net, owner, ip, false), holder) {
+        Ok(_) => {
+            log::warn!(
+                "{owner} has {ip} from networkd's DHCP server, which leases it to no other client; {holder}, recorded with it, no longer holds that lease (released, expired, or forgotten by a networkd restart): the lease is {owner}'s, and the port of {holder} ({}) passes DHCP requests only until it starts again",
+                r.link
+            );
+            true
+        }
+        Err(e) => {
+            log::warn!("{}", crate::error_chain(&e));
+            false
+        }
+    }
+}
+
+/// Who says which address the container was given.
+pub(super) enum Authority<'a> {
+    /// networkd's DHCP server on this bridge.
+    Networkd { bridge: &'a str },
+    /// No DHCP server of Volt's: `dhcp = false` (no server at all, the address is the
+    /// container's own business) or an admin's bridge (`create_bridge = false`) whose DHCP
+    /// server Volt neither runs nor can ask. The address the container shows is taken as it
+    /// is, as before; its port passes any IPv4 from its MAC until then anyway.
+    Unknown,
+}
+
+/// What `net-up` saw of a DHCP container's address.
+pub(super) enum Seen {
+    /// An address inside that networkd leased to the container's MAC (`by_networkd`), or
+    /// with [`Authority::Unknown`] the first one it shows in the subnet.
+    Leased {
+        ip: Ipv4Addr,
+        prefix: u8,
+        by_networkd: bool,
+    },
+    /// Addresses inside (in the subnet), none of which networkd leased to the container's
+    /// MAC within [`LEASE_WAIT`] of the first look: what networkd did lease to that MAC
+    /// (`Ok`), or why it could not be asked (`Err`).
+    NotLeased {
+        shown: Vec<Ipv4Addr>,
+        leased: Result<Vec<Ipv4Addr>, String>,
+    },
+    /// No address in the subnet within the DHCP wait.
+    Nothing,
+}
+
+/// The container's addresses in `subnet` on its end `inside` (every IPv4 address when the
+/// network is not known).
+fn shown(
+    what: &str,
+    leader: u32,
+    inside: &str,
+    subnet: Option<Ipv4Net>,
+) -> Result<Vec<(Ipv4Addr, u8)>, AttachError> {
+    let l = inside.to_string();
+    let now = in_container(what, leader, move || Netlink::new()?.ipv4_addrs(&l))?;
+    Ok(now
+        .into_iter()
+        .filter(|(ip, _)| subnet.is_none_or(|s| s.contains(ip)))
+        .collect())
+}
+
+/// The addresses networkd's DHCP server on `bridge` leases to `mac` now. `bus` keeps one
+/// connection across the looks (dropped after a failure, so the next look connects anew).
+fn leased_now(
+    bus: &mut Option<Networkd>,
+    bridge: &str,
+    mac: MacAddr,
+) -> Result<Vec<Ipv4Addr>, NetworkdError> {
+    let n = match bus.take() {
+        Some(n) => n,
+        None => Networkd::connect()?,
+    };
+    let all = n.dhcp_server_leases(bridge)?;
+    *bus = Some(n);
+    Ok(leases::leased_to(&all, mac, leases::boottime_usec()?))
+}
+
+/// Wait (up to `dhcp_wait`) for an address in `subnet` on the container's end `inside`,
+/// then (up to [`LEASE_WAIT`] more, with backoff: 5 ms doubling up to 200 ms) for the
+/// `authority` to have leased one of the addresses it shows to `mac`.
+pub(super) fn wait_for_address(
+    what: &str,
+    leader: u32,
+    inside: &str,
+    mac: MacAddr,
+    subnet: Option<Ipv4Net>,
+    authority: &Authority<'_>,
+    dhcp_wait: Duration,
+) -> Result<Seen, AttachError> {
+    let start = Instant::now();
+    let mut first_seen: Option<Instant> = None;
+    let mut delay = Duration::from_millis(5);
+    let mut bus = None;
+    loop {
+        let now = shown(what, leader, inside, subnet)?;
+        let Some(&(ip, prefix)) = now.first() else {
+            if start.elapsed() > dhcp_wait {
+                return Ok(Seen::Nothing);
+            }
+            std::thread::sleep(ADDRESS_POLL);
+            continue;
+        };
+        let bridge = match authority {
+            Authority::Unknown => {
+                return Ok(Seen::Leased {
+                    ip,
+                    prefix,
+                    by_networkd: false,
+                })
+            }
+            Authority::Networkd { bridge } => *bridge,
+        };
+        let seen = *first_seen.get_or_insert_with(Instant::now);
+        let leased = leased_now(&mut bus, bridge, mac).map_err(|e| crate::error_chain(&e));
+        if let Ok(given) = &leased {
+            if let Some(&(ip, prefix)) = now.iter().find(|(ip, _)| given.contains(ip)) {
+                return Ok(Seen::Leased {
+                    ip,
+                    prefix,
+                    by_networkd: true,
+                });
+            }
+        }
+        if seen.elapsed() >= LEASE_WAIT {
+            return Ok(Seen::NotLeased {
+                shown: now.into_iter().map(|(ip, _)| ip).collect(),
+                leased,
+            });
+        }
+        std::thread::sleep(delay.min(LEASE_WAIT.saturating_sub(seen.elapsed())));
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// The journal's words for [`Seen::NotLeased`]: what the container shows and what networkd
+/// on `bridge` leased to `mac`.
+pub(super) fn not_leased(
+    bridge: &str,
+    mac: MacAddr,
+    shown: &[Ipv4Addr],
+    leased: &Result<Vec<Ipv4Addr>, String>,
+) -> String {
+    let list = |v: &[Ipv4Addr]| {
+        v.iter()
+            .map(Ipv4Addr::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let networkd = match leased {
+        Ok(v) if v.is_empty() => format!("it leased no address to its MAC {mac}"),
+        Ok(v) => format!("it leased {} to its MAC {mac}", list(v)),
+        Err(e) => format!("it could not be asked what it leased to {mac}: {e}"),
+    };
+    format!(
+        "shows {} without a lease of it from networkd's DHCP server on {bridge} ({networkd}, after {LEASE_WAIT:?})",
+        list(shown)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01]);
+
+    #[test]
+    fn the_journal_says_what_was_shown_and_what_networkd_leased() {
+        let shown = [Ipv4Addr::new(10, 42, 0, 120)];
+        assert_eq!(
+            not_leased("volt0", MAC, &shown, &Ok(vec![])),
+            "shows 10.42.0.120 without a lease of it from networkd's DHCP server on volt0 (it leased no address to its MAC 52:54:00:aa:bb:01, after 5s)"
+        );
+        let two = [Ipv4Addr::new(10, 42, 0, 120), Ipv4Addr::new(10, 42, 0, 121)];
+        let said = not_leased("volt0", MAC, &two, &Ok(vec![Ipv4Addr::new(10, 42, 0, 130)]));
+        assert!(
+            said.starts_with("shows 10.42.0.120, 10.42.0.121 without")
+                && said.contains("it leased 10.42.0.130 to its MAC 52:54:00:aa:bb:01"),
+            "{said}"
+        );
+        let said = not_leased("lab0", MAC, &shown, &Err("no DHCP server".into()));
+        assert!(
+            said.contains("on lab0 (it could not be asked what it leased to 52:54:00:aa:bb:01: no DHCP server"),
+            "{said}"
+        );
+    }
+}
