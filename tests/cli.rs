@@ -1231,3 +1231,34 @@ fn validate_refuses_underlays_that_cannot_work() {
         assert!(t.contains(want), "{ip}: {t}");
     }
 }
+
+/// `volt net show` says whose DHCP server a network has: Volt's (networkd's, from the file
+/// Volt writes), none, or, on an admin's bridge (`create_bridge = false`), the bridge's own.
+#[test]
+fn net_show_says_whose_dhcp_server_it_is() {
+    let r = root();
+    let p = r.path();
+    let net = |name: &str, body: &str| write(p, &format!("etc/volt/networks/{name}.toml"), body);
+    net(
+        "lan",
+        "bridge = \"br7\"\nsubnet = \"10.53.0.0/24\"\ncreate_bridge = false\n",
+    );
+    net(
+        "quiet",
+        "bridge = \"br8\"\nsubnet = \"10.54.0.0/24\"\ncreate_bridge = false\ndhcp = false\n",
+    );
+    net("iso", "subnet = \"10.55.0.0/24\"\ntype = \"isolated\"\n");
+    for (name, want) in [
+        ("volt0", "DHCP         on\n"),
+        (
+            "lan",
+            "DHCP         the bridge's own (create_bridge = false: Volt configures no DHCP server there)\n",
+        ),
+        ("quiet", "DHCP         off\n"),
+        ("iso", "DHCP         off (isolated: "),
+    ] {
+        let o = volt(p, &["net", "show", name]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        says(&o, want);
+    }
+}

@@ -480,11 +480,9 @@ fn ipv4_source(at: &Attach, a: &Attachment, known: Option<Ipv4Addr>) -> antispoo
     }
 }
 
-/// Whether `a`'s network gets its DHCP server from Volt: networkd's on a bridge Volt
-/// defines (on a bridge the admin manages Volt renders no server).
+/// Whether `a`'s network gets its DHCP server from Volt (see [`Network::volt_serves_dhcp`]).
 fn volts_dhcp(at: &Attach, a: &Attachment) -> bool {
-    at.network(a)
-        .is_some_and(|n| n.serves_dhcp() && n.create_bridge)
+    at.network(a).is_some_and(Network::volt_serves_dhcp)
 }
 
 /// Install the anti-spoofing rules of `a`'s port on its bridge: only `mac`, IPv4 and ARP

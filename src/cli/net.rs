@@ -243,10 +243,12 @@ pub fn show(root: &Path, name: &str, out: &OutputArgs) -> Result<Outcome> {
     println!("  container    {}", net.container_range);
     println!(
         "  DHCP         {}",
-        match (net.serves_dhcp(), net.dhcp) {
-            (true, _) => "on",
-            (false, true) => "off (isolated: each workload has a namespace of its own)",
-            (false, false) => "off",
+        match (net.volt_serves_dhcp(), net.offers_dhcp(), net.dhcp) {
+            (true, ..) => "on",
+            (false, true, _) =>
+                "the bridge's own (create_bridge = false: Volt configures no DHCP server there)",
+            (false, false, true) => "off (isolated: each workload has a namespace of its own)",
+            (false, false, false) => "off",
         }
     );
     println!("  MTU          {}", net.mtu);

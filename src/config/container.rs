@@ -449,7 +449,7 @@ fn parse_nic(
     let mut dhcp = false;
     if ipv4.is_none() && !t.has("ipv4") {
         match network {
-            Some(n) if n.serves_dhcp() => dhcp = true,
+            Some(n) if n.offers_dhcp() => dhcp = true,
             Some(n) => e.push(src.invalid(
                 &t.field("ipv4"),
                 t.span(),

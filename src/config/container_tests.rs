@@ -171,3 +171,33 @@ fn vm_nic_keys_in_a_container_say_why() {
         "{e:?}"
     );
 }
+
+/// On an admin's bridge (`create_bridge = false`) Volt configures no DHCP server, but `dhcp`
+/// (on by default) says the bridge has one of its own: a container there may take its
+/// address by DHCP; with `dhcp = false` it needs a static one, as on Volt's bridges.
+#[test]
+fn a_dhcp_container_on_an_admins_bridge_follows_its_dhcp_key() {
+    let lan = |extra: &str| {
+        let text =
+            format!("bridge = \"br7\"\nsubnet = \"10.53.0.0/24\"\ncreate_bridge = false\n{extra}");
+        crate::config::parse_network_toml(Path::new("/etc/volt/networks/lan.toml"), &text)
+            .expect("network")
+    };
+    let parse_on = |net: crate::config::Network| {
+        let text = format!("{DIR}boot = true\n[[network]]\nbridge = \"br7\"\n");
+        parse_container_toml(
+            Path::new("/etc/volt/containers/app.toml"),
+            &text,
+            &crate::config::Networks::new(vec![crate::config::Network::builtin_default(), net]),
+        )
+    };
+    let c = parse_on(lan("")).expect("valid");
+    assert!(c.nics[0].dhcp && c.nics[0].ipv4.is_none());
+    assert_eq!(c.nics[0].network.as_deref(), Some("lan"));
+    let got = error_lines(parse_on(lan("dhcp = false\n")));
+    assert_eq!(
+        got,
+        ["/etc/volt/containers/app.toml:3:1: network[0].ipv4: network lan has no DHCP server (dhcp = false): give a static ipv4 from its container range 10.53.0.100-10.53.0.254"],
+        "{got:?}"
+    );
+}

@@ -133,11 +133,21 @@ pub struct NetworkAt {
 }
 
 impl Network {
-    /// Whether networkd serves DHCP on the network's bridge: `dhcp` on, and a bridge in the
-    /// host's namespace (an isolated network's workloads each have a namespace of their own,
-    /// with no server).
-    pub fn serves_dhcp(&self) -> bool {
+    /// Whether a workload may take its address by DHCP here (a container NIC without
+    /// `ipv4`): `dhcp` on, and a bridge in the host's namespace (an isolated network's
+    /// workloads each have a namespace of their own, with no server). The server is Volt's
+    /// ([`Network::volt_serves_dhcp`]) or, on an admin's bridge (`create_bridge = false`),
+    /// the admin's, which `dhcp` says is there.
+    pub fn offers_dhcp(&self) -> bool {
         self.dhcp && self.kind != NetworkType::Isolated
+    }
+
+    /// Whether the DHCP server on the bridge is Volt's: networkd's, from the `.network` Volt
+    /// writes for a bridge it defines ([`Network::offers_dhcp`] and `create_bridge`; for an
+    /// admin's bridge Volt writes no networkd file, so a server there is not Volt's). Where
+    /// Volt writes DHCP static leases, and where a workload's port may not answer DHCP.
+    pub fn volt_serves_dhcp(&self) -> bool {
+        self.offers_dhcp() && self.create_bridge
     }
 
     /// The built-in default network: bridge `volt0`, 10.42.0.0/24, gateway .1, VMs .2-.99,

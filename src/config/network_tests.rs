@@ -285,3 +285,29 @@ fn zone_yaml() {
         parse_zone_yaml(p, zone)
     );
 }
+
+/// Who serves DHCP: a workload may be a DHCP client where `dhcp` is on and the bridge is in
+/// the host's namespace; the server is Volt's (networkd's, from Volt's `.network`) only on a
+/// bridge Volt defines, an admin's bridge's server is the admin's.
+#[test]
+fn dhcp_clients_and_volts_server_are_two_questions() {
+    let cases = [
+        ("", true, true),
+        ("dhcp = false\n", false, false),
+        ("type = \"isolated\"\n", false, false),
+        ("create_bridge = false\n", true, false),
+        ("create_bridge = false\ndhcp = false\n", false, false),
+        ("create_bridge = false\ntype = \"isolated\"\n", false, false),
+    ];
+    for (extra, offers, volts) in cases {
+        let n = toml_net(&format!("subnet = \"10.50.0.0/24\"\n{extra}")).expect("valid");
+        assert_eq!(n.offers_dhcp(), offers, "offers_dhcp with {extra:?}");
+        assert_eq!(
+            n.volt_serves_dhcp(),
+            volts,
+            "volt_serves_dhcp with {extra:?}"
+        );
+    }
+    let volt0 = Network::builtin_default();
+    assert!(volt0.offers_dhcp() && volt0.volt_serves_dhcp());
+}

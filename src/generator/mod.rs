@@ -404,8 +404,9 @@ pub fn run(root: &Path, out: &OutputDirs, targets: &Targets) -> Report {
             report.errors.push(e.into());
         }
     }
-    // DHCP static leases for reservations and static containers whose MAC is known.
-    for net in plan.networks.list.iter().filter(|n| n.serves_dhcp()) {
+    // DHCP static leases for reservations and static containers whose MAC is known, where
+    // the DHCP server is Volt's (a drop-in of an admin's bridge's `.network` is none of Volt's).
+    for net in plan.networks.list.iter().filter(|n| n.volt_serves_dhcp()) {
         let mut leases = plan.static_leases(net);
         // Those of workloads on kept units too, unless a valid file took the address since.
         for (n, mac, ip) in &kept_leases {

@@ -106,7 +106,7 @@ pub fn bridge_files(net: &Network) -> Option<Vec<NetworkdFile>> {
         let _ = writeln!(network, "IPForward=yes");
         let _ = writeln!(network, "IPMasquerade=both");
     }
-    if net.dhcp {
+    if net.volt_serves_dhcp() {
         let base = u32::from(net.subnet.network());
         let (start, end) = (
             u32::from(net.container_range.start),
