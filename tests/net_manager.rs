@@ -701,3 +701,186 @@ fn concurrent_starts_make_one_bridge_and_a_half_made_one_is_finished() {
         assert!(nl.link(&net.bridge).expect("link").is_none());
     });
 }
+
+/// `volt net down` of a network whose file is gone: its left bridge goes, unless links are on
+/// it (it stays, still remembered) or another networkd file defines it (it stays, forgotten);
+/// a bridge a configured network uses is passed over, and a marker of a link that is gone
+/// or not a bridge only goes.
+#[test]
+fn left_bridges_go_unless_they_are_not_volts_alone() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("leftbr");
+    let state = tempfile::tempdir().expect("state");
+    let dir = state.path().to_path_buf();
+    host.run(move || {
+        let nl = Netlink::new().expect("netlink");
+        let mgr = Manager::new(&dir);
+        let left = dir.join("left");
+        std::fs::create_dir_all(&left).expect("mkdir");
+        let remember = |bridge: &str, network: &str| {
+            std::fs::write(left.join(bridge), format!("{network}\n")).expect("marker")
+        };
+        for b in ["vbr3", "vbr4", "vbr5", "vbr6"] {
+            nl.create_bridge(b, None, None).expect("bridge");
+        }
+        nl.create_veth("vport3", "vpeer3").expect("veth");
+        nl.set_master("vport3", "vbr3").expect("port");
+        nl.create_veth("notbr", "notbrp").expect("veth");
+        for (b, n) in [
+            ("vbr3", "gone"),
+            ("vbr4", "gone"),
+            ("vbr5", "gone"),
+            ("vbr6", "gone"),
+            ("notbr", "gone"),
+            ("vbr9", "gone"),
+        ] {
+            remember(b, n);
+        }
+        let admins = |b: &str| (b == "vbr4").then(|| "/etc/systemd/network/br.netdev".into());
+        let done = mgr
+            .net_down_leftovers(
+                "gone",
+                &manager::LeftBridges {
+                    left_dir: &left,
+                    in_use: &["vbr6"],
+                    defined_elsewhere: &admins,
+                },
+            )
+            .expect("net down");
+        assert_eq!(
+            done.kept,
+            [
+                ("vbr3".to_string(), "vport3 on it".to_string()),
+                (
+                    "vbr4".to_string(),
+                    "/etc/systemd/network/br.netdev defines it too".to_string()
+                ),
+            ]
+        );
+        assert_eq!(done.removed, ["bridge vbr5"]);
+        let here = |l: &str| nl.link(l).expect("link").is_some();
+        assert!(here("vbr3") && here("vbr4") && !here("vbr5") && here("vbr6") && here("notbr"));
+        let marked = |b: &str| left.join(b).exists();
+        assert!(
+            marked("vbr3"),
+            "a bridge kept for its links is remembered still"
+        );
+        assert!(!marked("vbr4"), "the admin's bridge is forgotten");
+        assert!(marked("vbr6"), "a bridge in use is passed over");
+        assert!(!marked("vbr5") && !marked("notbr") && !marked("vbr9"));
+        // Its links gone, it goes; --all's delete of a bridge networkd made does the same.
+        nl.delete("vport3").expect("delete");
+        assert_eq!(
+            mgr.delete_left_bridge("vbr4", &admins).expect("delete"),
+            manager::LeftBridge::Kept("/etc/systemd/network/br.netdev defines it too".into())
+        );
+        assert_eq!(
+            mgr.delete_left_bridge("vbr3", &admins).expect("delete"),
+            manager::LeftBridge::Deleted
+        );
+        assert_eq!(
+            mgr.delete_left_bridge("notbr", &admins).expect("delete"),
+            manager::LeftBridge::Absent
+        );
+        assert!(here("notbr"));
+    });
+}
+
+/// Waits until a thread of this process waits for the flock on `path`: a line `-> FLOCK` of
+/// its inode in /proc/locks. Panics when `t` ends first (it did not wait for the lock).
+fn wait_blocked_on<T>(path: &Path, t: &std::thread::JoinHandle<T>, what: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let ino = format!(":{}", std::fs::metadata(path).expect("lock file").ino());
+    loop {
+        let locks = std::fs::read_to_string("/proc/locks").expect("/proc/locks");
+        let waiting = locks
+            .lines()
+            .any(|l| l.contains("-> FLOCK") && l.split_whitespace().any(|f| f.ends_with(&ino)));
+        if waiting {
+            return;
+        }
+        assert!(!t.is_finished(), "{what} did not wait for the bridges lock");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The bridges lock keeps a link owner that puts its link on a bridge and `volt net down`
+/// of that left bridge apart: net down looks at the bridge's ports only once the lock is
+/// free, so a link put on it meanwhile keeps it; and a link owner puts its link on the
+/// bridge only once the lock is free, so a bridge deleted meanwhile is an error naming it,
+/// never a link on a bridge that is gone. Deterministic: each side is seen waiting for the
+/// lock (in /proc/locks) before the other acts; without the lock, the side ends first, and
+/// that fails.
+#[test]
+fn a_left_bridge_and_a_link_put_on_it_wait_for_each_other() {
+    if skip() {
+        return;
+    }
+    let host = TestNs::new("leftlock");
+    let state = tempfile::tempdir().expect("state");
+    let dir = state.path().to_path_buf();
+    host.run(move || {
+        let nl = Netlink::new().expect("netlink");
+        let left = dir.join("left");
+        std::fs::create_dir_all(&left).expect("mkdir");
+        std::fs::write(left.join("vbr7"), "gone\n").expect("marker");
+        nl.create_bridge("vbr7", None, None).expect("bridge");
+        nl.create_veth("vport7", "vpeer7").expect("veth");
+        nl.create_veth("vport8", "vpeer8").expect("veth");
+        let lock_path = dir.join("bridges.lock");
+        // What Manager::bridges_lock takes: an flock of that file.
+        let hold = || {
+            let f = std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .expect("lock file");
+            f.lock().expect("lock");
+            f
+        };
+
+        // net down waits while a link owner holds the lock, and then sees its link.
+        let held = hold();
+        let (d, l) = (dir.clone(), left.clone());
+        let down = std::thread::spawn(move || {
+            let none = |_: &str| None;
+            Manager::new(&d).net_down_leftovers(
+                "gone",
+                &manager::LeftBridges {
+                    left_dir: &l,
+                    in_use: &[],
+                    defined_elsewhere: &none,
+                },
+            )
+        });
+        wait_blocked_on(&lock_path, &down, "net down");
+        nl.set_master("vport7", "vbr7").expect("port");
+        drop(held);
+        let done = down.join().expect("thread").expect("net down");
+        assert_eq!(
+            done.kept,
+            [("vbr7".to_string(), "vport7 on it".to_string())]
+        );
+        assert!(done.removed.is_empty(), "{done:?}");
+        assert!(nl.link("vbr7").expect("link").is_some());
+
+        // A link owner waits while net down holds the lock, and then finds the bridge gone.
+        let held = hold();
+        let d = dir.clone();
+        let put = std::thread::spawn(move || Manager::new(&d).enslave("vport8", "vbr7"));
+        wait_blocked_on(&lock_path, &put, "putting a link on the bridge");
+        nl.delete("vbr7").expect("delete");
+        drop(held);
+        match put.join().expect("thread") {
+            Err(ManagerError::BridgeMissing { bridge, .. }) => assert_eq!(bridge, "vbr7"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            nl.link("vport8").expect("link").and_then(|l| l.master),
+            None
+        );
+    });
+}

@@ -184,12 +184,13 @@ fn direct(at: &Attach, a: &Attachment, bridge: &str) -> Result<(), AttachError> 
         .map_err(nl_err(format!("cannot look up {name}")))?
         .is_some();
     if exists {
-        (|| {
-            nl.set_mtu(name, a.mtu)?;
-            nl.set_master(name, bridge)?;
-            nl.set_up(name)
-        })()
-        .map_err(nl_err(format!("{name}: cannot enslave it to {bridge}")))?;
+        let enslave = format!("{name}: cannot enslave it to {bridge}");
+        nl.set_mtu(name, a.mtu).map_err(nl_err(enslave.clone()))?;
+        // Under the bridges lock, as a TAP the manager creates (see Manager::enslave).
+        at.manager()
+            .enslave(name, bridge)
+            .map_err(AttachError::manager(enslave.clone()))?;
+        nl.set_up(name).map_err(nl_err(enslave))?;
         add_altname(a);
         log::info!("{name}: enslaved to {bridge} directly");
     } else {

@@ -11,7 +11,7 @@ use super::Outcome;
 use crate::attach::Attach;
 use crate::config::{ConfigSet, Network, NetworkLookup, NetworkType};
 use crate::net::ipam::Lease;
-use crate::net::manager::Manager;
+use crate::net::manager::{LeftBridges, Manager};
 use crate::net::nat;
 use crate::net::netlink::Netlink;
 use crate::plan::Paths;
@@ -377,20 +377,23 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
                     "{name}: its file is gone, but the generator has not run since, so bridge {bridge} is still networkd's: run `systemctl daemon-reload`, then `volt net down {name}` again"
                 );
             }
-            let kept = super::teardown::leftovers_kept(root, &mgr, name, &in_use);
-            for (bridge, why) in &kept {
+            let left = Paths::new(root).left_bridges_dir();
+            let others = |bridge: &str| super::teardown::defined_elsewhere(root, bridge);
+            let done = mgr.net_down_leftovers(
+                name,
+                &LeftBridges {
+                    left_dir: &left,
+                    in_use: &in_use,
+                    defined_elsewhere: &others,
+                },
+            )?;
+            for (bridge, why) in &done.kept {
                 println!("bridge {bridge} stays: {why}");
             }
-            let in_use: Vec<&str> = in_use
-                .into_iter()
-                .chain(kept.iter().map(|(b, _)| b.as_str()))
-                .collect();
-            let left = Paths::new(root).left_bridges_dir();
-            let removed = mgr.net_down_leftovers(name, &in_use, &left)?;
-            if removed.is_empty() {
+            if done.removed.is_empty() {
                 // A bridge that stays was said above (as `--all` does): that is the answer,
                 // not "no network".
-                return if kept.is_empty() {
+                return if done.kept.is_empty() {
                     Err(e)
                 } else {
                     Ok(Outcome::Ok)
@@ -398,7 +401,7 @@ pub fn down(root: &Path, name: &str) -> Result<Outcome> {
             }
             println!(
                 "{name}: no file defines it any more; removed {}",
-                removed.join(" and ")
+                done.removed.join(" and ")
             );
             return Ok(Outcome::Ok);
         }

@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 
 use super::Outcome;
 use crate::config::ConfigSet;
-use crate::net::manager::Manager;
+use crate::net::manager::{LeftBridge, LeftBridges, Manager};
 use crate::net::netlink::Netlink;
 use crate::net::nft::NftError;
 use crate::plan::{names, Paths};
@@ -68,17 +68,22 @@ pub fn down_all(root: &Path) -> Result<Outcome> {
         .map(|m| m.bridge)
         .collect();
     leftovers.dedup();
+    let others = |bridge: &str| defined_elsewhere(root, bridge);
+    let policy = LeftBridges {
+        left_dir: &left,
+        in_use: &[],
+        defined_elsewhere: &others,
+    };
     for bridge in leftovers {
-        let kept = leftovers_kept(root, &mgr, &bridge, &[]);
-        if let Some((_, why)) = kept.first() {
-            println!("bridge {bridge} stays: {why}");
-            continue;
-        }
-        match mgr.net_down_leftovers(&bridge, &[], &left) {
-            Ok(removed) if !removed.is_empty() => {
-                println!("{bridge}: removed {}", removed.join(" and "))
+        match mgr.net_down_leftovers(&bridge, &policy) {
+            Ok(done) => {
+                for (bridge, why) in &done.kept {
+                    println!("bridge {bridge} stays: {why}");
+                }
+                if !done.removed.is_empty() {
+                    println!("{bridge}: removed {}", done.removed.join(" and "))
+                }
             }
-            Ok(_) => {}
             Err(e) => fail(format!("bridge {bridge}"), &crate::error_chain(&e)),
         }
     }
@@ -91,11 +96,11 @@ pub fn down_all(root: &Path) -> Result<Outcome> {
         }
     }
     for bridge in bridges {
-        match delete_bridge(root, &bridge) {
-            Ok(Kept::Deleted) => println!("deleted bridge {bridge}"),
-            Ok(Kept::Absent) => {}
-            Ok(Kept::Because(why)) => println!("bridge {bridge} stays: {why}"),
-            Err(e) => fail(format!("bridge {bridge}"), &e),
+        match mgr.delete_left_bridge(&bridge, &others) {
+            Ok(LeftBridge::Deleted) => println!("deleted bridge {bridge}"),
+            Ok(LeftBridge::Absent) => {}
+            Ok(LeftBridge::Kept(why)) => println!("bridge {bridge} stays: {why}"),
+            Err(e) => fail(format!("bridge {bridge}"), &crate::error_chain(&e)),
         }
     }
     if cluster_runs {
@@ -174,94 +179,9 @@ fn remove_rendered(
     (removed, bridges)
 }
 
-/// What became of a bridge.
-enum Kept {
-    Deleted,
-    Absent,
-    Because(String),
-}
-
-/// Delete `name` if it is a bridge of exactly that name (another kind of link is not
-/// Volt's), nothing is on it, and no networkd file but Volt's defines it.
-fn delete_bridge(root: &Path, name: &str) -> Result<Kept, crate::net::netlink::NetlinkError> {
-    let nl = Netlink::new()?;
-    let Some(l) = nl.link(name)? else {
-        return Ok(Kept::Absent);
-    };
-    if !l.is_bridge_named(name) {
-        return Ok(Kept::Absent);
-    }
-    if let Some(why) = why_kept(root, &nl, &l)? {
-        return Ok(Kept::Because(why));
-    }
-    Ok(if nl.delete(name)? {
-        Kept::Deleted
-    } else {
-        Kept::Absent
-    })
-}
-
-/// Why bridge `l` must stay though Volt's file for it is gone: links on it (an uplink of the
-/// admin's, or a workload's), or a networkd file of the admin's that defines it too.
-fn why_kept(
-    root: &Path,
-    nl: &Netlink,
-    l: &crate::net::netlink::Link,
-) -> Result<Option<String>, crate::net::netlink::NetlinkError> {
-    let ports: Vec<String> = nl
-        .links()?
-        .into_iter()
-        .filter(|p| p.master == Some(l.index))
-        .map(|p| p.name)
-        .collect();
-    if !ports.is_empty() {
-        return Ok(Some(format!("{} on it", ports.join(", "))));
-    }
-    Ok(defined_elsewhere(root, &l.name).map(|file| format!("{} defines it too", file.display())))
-}
-
-/// The left-behind bridges (see [`Manager::bridge_markers`]) of network or bridge `name` that
-/// must stay ([`why_kept`]), with why. A bridge another networkd file defines is not Volt's
-/// to remember: its marker goes. Bridges in `in_use` (another network's now) are not
-/// leftovers and are passed over.
-pub(super) fn leftovers_kept(
-    root: &Path,
-    mgr: &Manager,
-    name: &str,
-    in_use: &[&str],
-) -> Vec<(String, String)> {
-    let Ok(nl) = Netlink::new() else {
-        return Vec::new();
-    };
-    let mut kept = Vec::new();
-    let left = Paths::new(root).left_bridges_dir();
-    for m in mgr.bridge_markers(&left) {
-        if (m.bridge != name && m.network != name) || in_use.contains(&m.bridge.as_str()) {
-            continue;
-        }
-        let Ok(Some(l)) = nl.link(&m.bridge) else {
-            continue;
-        };
-        if !l.is_bridge_named(&m.bridge) {
-            continue;
-        }
-        // A bridge that cannot be looked at stays: deleting it could take an uplink along.
-        let why = why_kept(root, &nl, &l)
-            .unwrap_or_else(|e| Some(format!("its links cannot be listed ({e})")));
-        if let Some(why) = why {
-            if defined_elsewhere(root, &m.bridge).is_some() {
-                if let Err(e) = std::fs::remove_file(&m.path) {
-                    log::warn!("cannot remove {}: {e}", m.path.display());
-                }
-            }
-            kept.push((m.bridge, why));
-        }
-    }
-    kept
-}
-
-/// A `.netdev` outside networkd's runtime directory whose `Name=` is `bridge`.
-fn defined_elsewhere(root: &Path, bridge: &str) -> Option<PathBuf> {
+/// A `.netdev` outside networkd's runtime directory whose `Name=` is `bridge`: a bridge the
+/// admin (or another package) defines too, which `volt net down` leaves alone.
+pub(super) fn defined_elsewhere(root: &Path, bridge: &str) -> Option<PathBuf> {
     let want = format!("Name={bridge}");
     NETDEV_DIRS.iter().find_map(|d| {
         std::fs::read_dir(root.join(d))

@@ -14,10 +14,12 @@ use crate::sys::netns::{self, NetnsError};
 use crate::sys::tap::{Tap, TapError};
 
 mod bridge;
+mod leftovers;
 mod macvtap;
 mod veth;
 
 pub use bridge::BridgeMarker;
+pub use leftovers::{LeftBridge, LeftBridges, Leftovers};
 pub use macvtap::macvtap_device;
 
 /// How many MAC candidates [`Manager::resolve_mac`] tries before giving up.
@@ -214,7 +216,7 @@ impl Manager {
         let tap = Self::new_tap(link, opts)?;
         let r = (|| -> Result<(), ManagerError> {
             nl.set_mtu(&tap.name, link.mtu)?;
-            nl.set_master(&tap.name, bridge)?;
+            self.put_on_bridge(&nl, &tap.name, bridge)?;
             Self::altname(&nl, &tap.name, &link.altname);
             nl.set_up(&tap.name)?;
             Ok(())

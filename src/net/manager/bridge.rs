@@ -14,9 +14,10 @@ impl Manager {
         self.state_dir.join("bridges").join(bridge)
     }
 
-    /// The lock under which bridges are checked, made, and deleted (beside the markers'
-    /// directory, so no bridge name can be its name). Held until the file is dropped.
-    fn bridges_lock(&self) -> Result<std::fs::File, ManagerError> {
+    /// The lock under which bridges are checked, made, and deleted, and links put on them
+    /// (beside the markers' directory, so no bridge name can be its name). Held until the
+    /// file is dropped.
+    pub(super) fn bridges_lock(&self) -> Result<std::fs::File, ManagerError> {
         std::fs::create_dir_all(&self.state_dir)
             .map_err(io(format!("create {}", self.state_dir.display())))?;
         let path = self.state_dir.join("bridges.lock");
@@ -168,61 +169,6 @@ impl Manager {
         c.finish()
     }
 
-    /// What Volt left under `name` of a network whose file is gone: NAT chains named after
-    /// it, the bridge Volt created for it, and the bridge networkd made from the file Volt
-    /// rendered for it (remembered in `left_dir` by the generator when it removed that file).
-    /// `name`: the network's or the bridge's. Bridges in `in_use` (those of configured
-    /// networks) and links that are not bridges of exactly that name are left alone. Returns
-    /// what was removed (empty: nothing was there).
-    pub fn net_down_leftovers(
-        &self,
-        name: &str,
-        in_use: &[&str],
-        left_dir: &Path,
-    ) -> Result<Vec<String>, ManagerError> {
-        let mut removed = Vec::new();
-        let mut c = Collect::default();
-        if c.step("remove NAT rules", nat::apply_down(name)) == Some(true) {
-            removed.push(format!("its NAT chains in table ip {}", nat::TABLE));
-        }
-        let _lock = c.step("lock the bridges", self.bridges_lock());
-        let markers = self
-            .bridge_markers(left_dir)
-            .into_iter()
-            .filter(|m| m.bridge == name || m.network == name)
-            .filter(|m| !in_use.contains(&m.bridge.as_str()));
-        let mut done: Vec<String> = Vec::new();
-        for BridgeMarker { bridge, path, .. } in markers {
-            if !done.contains(&bridge) {
-                let deleted = Netlink::new().and_then(|nl| match nl.link(&bridge)? {
-                    Some(l) if l.is_bridge_named(&bridge) => nl.delete(&bridge),
-                    Some(l) => {
-                        log::warn!(
-                            "{bridge}'s marker names a {} link, not Volt's bridge; left alone",
-                            l.kind.as_deref().unwrap_or("physical")
-                        );
-                        Ok(false)
-                    }
-                    None => Ok(false),
-                });
-                match c.step(
-                    format!("delete bridge {bridge}"),
-                    deleted.map_err(ManagerError::from),
-                ) {
-                    Some(true) => removed.push(format!("bridge {bridge}")),
-                    Some(false) => {}
-                    None => continue,
-                }
-                done.push(bridge);
-            }
-            c.step(
-                format!("remove {}", path.display()),
-                std::fs::remove_file(&path).map_err(io(format!("remove {}", path.display()))),
-            );
-        }
-        c.finish().map(|()| removed)
-    }
-
     /// The markers of the bridges Volt may delete: those it created (in its state directory)
     /// and those networkd made from a file the generator removed (in `left_dir`), sorted by
     /// bridge. Both are named after the bridge and hold the network's name.
@@ -285,6 +231,25 @@ impl Manager {
             })
             .and_then(|f| f.lock().map(|()| f))
             .map_err(io(format!("lock {}", path.display())))
+    }
+
+    /// Put `link` on `bridge`, under the bridges lock: `net down` of a bridge Volt left (see
+    /// [`Manager::net_down_leftovers`]) either sees the link on it and keeps it, or deleted it
+    /// before, and this fails naming the bridge. (A link networkd puts on a bridge is not
+    /// under Volt's lock.)
+    pub fn enslave(&self, link: &str, bridge: &str) -> Result<(), ManagerError> {
+        self.put_on_bridge(&Netlink::new()?, link, bridge)
+    }
+
+    pub(super) fn put_on_bridge(
+        &self,
+        nl: &Netlink,
+        link: &str,
+        bridge: &str,
+    ) -> Result<(), ManagerError> {
+        let _lock = self.bridges_lock()?;
+        Self::bridge_present(nl, bridge)?;
+        Ok(nl.set_master(link, bridge)?)
     }
 
     pub(super) fn bridge_present(nl: &Netlink, bridge: &str) -> Result<u32, ManagerError> {

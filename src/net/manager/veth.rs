@@ -23,7 +23,7 @@ impl Manager {
             if let Some(m) = mac {
                 nl.set_mac(&v.container_end, m)?;
             }
-            nl.set_master(&v.host_end, bridge)?;
+            self.put_on_bridge(&nl, &v.host_end, bridge)?;
             Self::altname(&nl, &v.host_end, altname);
             nl.set_up(&v.host_end)?;
             Ok(())
@@ -74,7 +74,7 @@ impl Manager {
                 Self::bridge_present(&nl, bridge)?;
                 let br = nl.index(bridge)?;
                 if h.master != Some(br) {
-                    nl.set_master(&v.host_end, bridge)?;
+                    self.put_on_bridge(&nl, &v.host_end, bridge)?;
                 }
                 if !h.up {
                     nl.set_up(&v.host_end)?;
