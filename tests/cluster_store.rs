@@ -796,3 +796,68 @@ fn a_claim_made_again_is_written_again() {
         "the owner key goes with it"
     );
 }
+
+/// A DHCP address this host's server gave, that the store gives to a stale pool claim: the
+/// claim gives way where this host made it and its workload does not run, and the lease file
+/// follows; another host's claim, a fixed one, and one of a running workload do not.
+#[test]
+fn only_this_hosts_stale_pool_claim_gives_way_to_a_dhcp_address() {
+    use volt::attach::{AddressBook, ClusterBook};
+    if skip() {
+        return;
+    }
+    let (etcd, a) = one_member("a");
+    let b = Cluster::new(&config("b", &etcd.endpoints(), "")).expect("client");
+    register(&a);
+    register(&b);
+    let net = Network::builtin_default();
+    let ct = |n: &str| Owner::container(n, "eth0");
+    let ip = |last: u8| Ipv4Addr::new(10, 42, 0, last);
+    let pool = |c: &Cluster, who: &str, last: u8, fixed: bool| {
+        c.record(Holding::new(&net, &ct(who), ip(last), fixed))
+            .expect("claim");
+    };
+    pool(&a, "old", 120, false);
+    pool(&b, "far", 121, false);
+    pool(&a, "pinned", 122, true);
+    pool(&a, "busy", 123, false);
+    let leases = tempfile::tempdir().expect("leases");
+    let book = ClusterBook {
+        cluster: a.clone(),
+        local: volt::net::ipam::Ipam::new(leases.path()),
+    };
+    // What runs here: busy.
+    let runs = |o: &Owner| o.name == "busy";
+    let (new, new2) = (ct("new"), ct("new2"));
+    for last in [121, 122, 123] {
+        let e = book
+            .record_displacing(Holding::new(&net, &new2, ip(last), false), &runs)
+            .expect_err("kept");
+        assert!(e.refuses_the_address(), "{e}");
+    }
+    let (l, gone) = book
+        .record_displacing(Holding::new(&net, &new, ip(120), false), &runs)
+        .expect("displaced");
+    assert_eq!((l.ip, gone), (ip(120), Some(ct("old"))));
+    let claims: BTreeSet<(String, Ipv4Addr, String)> = a
+        .list("volt0")
+        .expect("list")
+        .into_iter()
+        .map(|(l, host)| (l.owner.to_string(), l.ip, host))
+        .collect();
+    let want: BTreeSet<(String, Ipv4Addr, String)> = [
+        ("container/new/eth0", 120, "a"),
+        ("container/far/eth0", 121, "b"),
+        ("container/pinned/eth0", 122, "a"),
+        ("container/busy/eth0", 123, "a"),
+    ]
+    .into_iter()
+    .map(|(o, last, h)| (o.to_string(), ip(last), h.to_string()))
+    .collect();
+    assert_eq!(claims, want);
+    let local = book.local.list("volt0").expect("local");
+    assert!(
+        local.iter().any(|l| l.owner == new && l.ip == ip(120)),
+        "{local:?}"
+    );
+}

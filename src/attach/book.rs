@@ -45,6 +45,16 @@ pub trait AddressBook {
     fn record(&self, h: Holding) -> Result<Lease, BookError>;
     /// Give up `owner`'s lease on `network`.
     fn release(&self, network: &str, owner: &Owner) -> Result<Option<Lease>, BookError>;
+    /// [`AddressBook::record`] of an address the host's DHCP server gave `h.owner` from the
+    /// pool (`h.fixed` false), which the book gives to another owner: networkd's server keeps
+    /// no leases across its restarts, so it may hand out a stopped workload's pool address.
+    /// That owner's lease gives way when it is from the pool, held on this host, and `runs`
+    /// says its workload does not run here. Returns the lease and the owner that gave way.
+    fn record_displacing(
+        &self,
+        h: Holding,
+        runs: &dyn Fn(&Owner) -> bool,
+    ) -> Result<(Lease, Option<Owner>), BookError>;
 }
 
 impl AddressBook for Ipam {
@@ -58,6 +68,14 @@ impl AddressBook for Ipam {
 
     fn release(&self, network: &str, owner: &Owner) -> Result<Option<Lease>, BookError> {
         Ok(Ipam::release(self, network, owner)?)
+    }
+
+    fn record_displacing(
+        &self,
+        h: Holding,
+        runs: &dyn Fn(&Owner) -> bool,
+    ) -> Result<(Lease, Option<Owner>), BookError> {
+        Ok(Ipam::record_displacing(self, h, &|o| !runs(o))?)
     }
 }
 
@@ -101,6 +119,18 @@ impl AddressBook for ClusterBook {
             log::warn!("{}", crate::error_chain(&e));
         }
         Ok(l)
+    }
+
+    /// The claim in the store is what gives way (only this host's: see
+    /// [`Cluster::record_displacing`]); the lease file follows it.
+    fn record_displacing(
+        &self,
+        h: Holding,
+        runs: &dyn Fn(&Owner) -> bool,
+    ) -> Result<(Lease, Option<Owner>), BookError> {
+        let (l, holder) = self.cluster.record_displacing(h, &|o| !runs(o))?;
+        self.mirror(h.net, &l);
+        Ok((l, holder))
     }
 }
 

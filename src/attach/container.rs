@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::{owner_of, Attach, AttachError, LinkRecord};
 use crate::config::NetworkLookup;
 use crate::net::antispoof::Ipv4Source;
-use crate::net::ipam::{Ask, Holding, IpamError, Owner, Request};
+use crate::net::ipam::{Ask, Holding, Owner, Request};
 use crate::net::link;
 use crate::net::manager::Veth;
 use crate::net::netlink::{Netlink, NetlinkError};
@@ -141,39 +141,38 @@ pub(super) fn remember_dhcp(at: &Attach, link: &str, ip: Ipv4Addr) {
     }
 }
 
-/// A DHCP address the lease file gives to a workload that does not run and got it from the
-/// pool (not its configured address): networkd's DHCP server, which keeps no leases across
-/// its restarts, may hand it to another container since. That stale lease gives way.
-fn displaced_a_stale_lease(
+/// A DHCP address the address book gives to a workload that does not run and got it from
+/// the pool (not its configured address): networkd's DHCP server, which keeps no leases across
+/// its restarts, may hand it to another container since. That stale lease gives way: in the
+/// lease file, or on a network the cluster shares the claim, where this host made it (see
+/// [`super::AddressBook::record_displacing`]).
+pub(super) fn displaced_a_stale_lease(
     at: &Attach,
-    net: &crate::config::Network,
-    owner: &Owner,
-    ip: Ipv4Addr,
+    book: &dyn super::AddressBook,
+    h: Holding,
     e: &super::book::BookError,
 ) -> bool {
-    let super::book::BookError::Local(IpamError::Taken { holder, .. }) = e else {
-        return false;
-    };
-    let ipam = at.ipam();
-    let stale = ipam.list(&net.name).is_ok_and(|ls| {
-        ls.iter()
-            .any(|l| l.owner == *holder && l.ip == ip && !l.fixed)
-    });
-    let runs = super::leases::records(&at.paths.links_dir())
-        .iter()
-        .any(|r| super::leases::record_owner(r).as_ref() == Some(holder));
-    if !stale || runs {
+    if !e.refuses_the_address() {
         return false;
     }
-    match ipam.take_over(Holding::new(net, owner, ip, false), holder) {
-        Ok(_) => {
-            log::info!(
-                "{owner} has {ip} from DHCP; the lease of {holder}, which does not run, gave way"
-            );
+    let up = super::leases::records(&at.paths.links_dir());
+    let runs = |o: &Owner| {
+        up.iter()
+            .any(|r| super::leases::record_owner(r).as_ref() == Some(o))
+    };
+    match book.record_displacing(h, &runs) {
+        Ok((_, holder)) => {
+            if let Some(holder) = holder {
+                log::info!(
+                    "{} has {} from DHCP; the lease of {holder}, which does not run, gave way",
+                    h.owner,
+                    h.ip
+                );
+            }
             true
         }
         Err(e) => {
-            log::warn!("{}", crate::error_chain(&e));
+            log::debug!("{}", crate::error_chain(&e));
             false
         }
     }
@@ -302,7 +301,7 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                     ..Holding::new(net, &owner, ip, fixed)
                 };
                 if let Err(e) = book.record(h) {
-                    if !fixed && displaced_a_stale_lease(at, net, &owner, ip, &e) {
+                    if !fixed && displaced_a_stale_lease(at, book.as_ref(), h, &e) {
                         return true;
                     }
                     if by_networkd && dhcp::took_over_an_ended_lease(at, net, &owner, ip, &e) {

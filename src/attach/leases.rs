@@ -196,4 +196,47 @@ mod tests {
             "{after:?}"
         );
     }
+
+    /// A DHCP address the lease file gives to a container's pool lease gives way to it
+    /// through the network's address book while that container does not run (no record of
+    /// its link), and not while it runs.
+    #[test]
+    fn a_stale_pool_lease_gives_way_only_while_its_holder_does_not_run() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let at = Attach::load(tmp.path());
+        let net = at.plan.networks.list[0].clone();
+        let (old, new) = (
+            Owner::container("old", "eth0"),
+            Owner::container("new", "eth0"),
+        );
+        let ip: Ipv4Addr = "10.42.0.120".parse().expect("ip");
+        at.ipam()
+            .record(Holding::new(&net, &old, ip, false))
+            .expect("old's lease");
+        let book = at.book(&net.name).expect("book");
+        let h = Holding::new(&net, &new, ip, false);
+        let e = book.record(h).expect_err("old's address");
+        let displaced = || super::super::container::displaced_a_stale_lease(&at, &*book, h, &e);
+        let rec = LinkRecord {
+            link: "veth-0ld0ld00-h".into(),
+            kind: "container".into(),
+            workload: "old".into(),
+            nic: "eth0".into(),
+            mac: "52:54:00:00:00:01".into(),
+            ipv4: None,
+            gateway: None,
+            netns: None,
+            created_by: "direct".into(),
+            dhcp: Some(ip),
+        };
+        rec.save(&at.paths).expect("save");
+        assert!(!displaced(), "old runs");
+        LinkRecord::remove(&at.paths, &rec.link).expect("remove");
+        assert!(displaced(), "old does not run");
+        let leases = at.ipam().list(&net.name).expect("list");
+        assert_eq!(
+            leases.iter().map(|l| (&l.owner, l.ip)).collect::<Vec<_>>(),
+            [(&new, ip)]
+        );
+    }
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::etcd::{Compare, Etcd, EtcdError, Kv, Op};
 use crate::config::MacAddr;
+use crate::net::ipam::Owner;
 
 pub const PREFIX: &str = "/volt/";
 
@@ -114,6 +115,21 @@ pub struct AddrClaim {
 impl AddrClaim {
     pub fn mac(&self) -> Option<MacAddr> {
         self.mac.as_deref().and_then(|m| m.parse().ok())
+    }
+
+    /// The workload whose claim this is, where it gives way to another owner's address from
+    /// the pool that this host's DHCP server gave (`fixed`: that address is not from the
+    /// pool): a claim this host (`me`) made, from the pool, of a workload `stale` says does
+    /// not run. Never another host's (whether its workload runs is that host's to know, and
+    /// its claims lapse with its lease when it is gone), nor a host address.
+    pub fn gives_way(
+        &self,
+        me: &str,
+        fixed: bool,
+        stale: &dyn Fn(&Owner) -> bool,
+    ) -> Option<Owner> {
+        let holder = self.owner.parse::<Owner>().ok()?;
+        (self.host == me && !self.fixed && !fixed && stale(&holder)).then_some(holder)
     }
 }
 
@@ -391,6 +407,37 @@ mod tests {
         assert_eq!(s.addrs_on("lab").count(), 0);
         assert_eq!(s.addr_lease("volt0", Ipv4Addr::new(10, 42, 0, 2)), Some(7));
         assert_eq!(s.addr_lease("volt0", Ipv4Addr::new(10, 42, 0, 3)), None);
+    }
+
+    #[test]
+    fn only_this_hosts_stale_pool_claims_give_way() {
+        let claim = |owner: &str, host: &str, fixed: bool| AddrClaim {
+            owner: owner.into(),
+            host: host.into(),
+            fixed,
+            mac: None,
+            since: 1,
+        };
+        let old = Owner::container("old", "eth0");
+        let stale = |o: &Owner| o.name == "old";
+        let pool = claim("container/old/eth0", "a", false);
+        assert_eq!(pool.gives_way("a", false, &stale), Some(old));
+        // Not for a static address, not another host's, not a fixed one, not a running one.
+        assert_eq!(pool.gives_way("a", true, &stale), None);
+        assert_eq!(pool.gives_way("b", false, &stale), None);
+        assert_eq!(
+            claim("container/old/eth0", "a", true).gives_way("a", false, &stale),
+            None
+        );
+        assert_eq!(
+            claim("container/new/eth0", "a", false).gives_way("a", false, &stale),
+            None
+        );
+        // A host's own address is no workload's.
+        assert_eq!(
+            claim("host/a", "a", false).gives_way("a", false, &|_| true),
+            None
+        );
     }
 
     #[test]

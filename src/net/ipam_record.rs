@@ -1,5 +1,6 @@
-//! Addresses got elsewhere, into the lease file: [`Ipam::record`] and the two ways a record
-//! drops another owner's lease first ([`Ipam::mirror`], [`Ipam::take_over`]).
+//! Addresses got elsewhere, into the lease file: [`Ipam::record`] and the ways a record
+//! drops another owner's lease first ([`Ipam::mirror`], [`Ipam::take_over`], and
+//! [`Ipam::record_displacing`] on it).
 
 use super::{insert_lease, Holding, Ipam, IpamError, Lease, Owner};
 
@@ -32,6 +33,30 @@ impl Ipam {
     /// `h.ip`, `from` with a fixed lease of it included, still refuses it.
     pub fn take_over(&self, h: Holding, from: &Owner) -> Result<Lease, IpamError> {
         self.record_as(h, Displace::PoolLeaseOf(from))
+    }
+
+    /// [`Ipam::record`] of an address from the pool (`h.fixed` false: one the host's DHCP
+    /// server gave) that the file gives to another owner's pool lease: that lease gives way
+    /// ([`Ipam::take_over`]) when `stale` says so of its owner (its workload does not run).
+    /// Returns the lease and the owner whose lease gave way; a lease that does not give way
+    /// is refused as [`Ipam::record`] refuses it.
+    pub fn record_displacing(
+        &self,
+        h: Holding,
+        stale: &dyn Fn(&Owner) -> bool,
+    ) -> Result<(Lease, Option<Owner>), IpamError> {
+        let held = match h.fixed {
+            true => None,
+            false => self
+                .list(&h.net.name)?
+                .into_iter()
+                .find(|l| l.ip == h.ip && l.owner != *h.owner && !l.fixed),
+        };
+        match held.map(|l| l.owner).filter(|o| stale(o)) {
+            // take_over drops `from`'s lease only if it still is a pool lease of `h.ip`.
+            Some(from) => Ok((self.take_over(h, &from)?, Some(from))),
+            None => Ok((self.record(h)?, None)),
+        }
     }
 
     fn record_as(&self, h: Holding, displace: Displace) -> Result<Lease, IpamError> {

@@ -497,3 +497,66 @@ fn a_take_over_drops_only_the_named_owners_pool_lease() {
         .take_over(Holding::new(&n, &new, ip("10.42.0.150"), false), &db)
         .is_err());
 }
+
+/// A DHCP address the file gives to a stale pool lease: that lease gives way where `stale`
+/// says so of its owner, in the same locked change; a running owner's, a fixed lease, and a
+/// fixed holding do not displace anything.
+#[test]
+fn a_stale_pool_lease_gives_way_to_a_dhcp_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ipam = Ipam::new(dir.path());
+    let n = net();
+    let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+    let (old, new, pinned) = (
+        Owner::container("old", "eth0"),
+        Owner::container("new", "eth0"),
+        Owner::container("pinned", "eth0"),
+    );
+    ipam.record(Holding::new(&n, &old, ip("10.42.0.120"), false))
+        .expect("old");
+    ipam.record(Holding::new(&n, &pinned, ip("10.42.0.121"), true))
+        .expect("pinned");
+    let stale = |o: &Owner| *o != new;
+    let taken =
+        |r: Result<(Lease, Option<Owner>), IpamError>| matches!(r, Err(IpamError::Taken { .. }));
+    // It runs: refused.
+    assert!(taken(ipam.record_displacing(
+        Holding::new(&n, &new, ip("10.42.0.120"), false),
+        &|_| false
+    )));
+    // A static address never displaces; a fixed lease never gives way.
+    assert!(taken(ipam.record_displacing(
+        Holding::new(&n, &new, ip("10.42.0.120"), true),
+        &stale
+    )));
+    assert!(taken(ipam.record_displacing(
+        Holding::new(&n, &new, ip("10.42.0.121"), false),
+        &stale
+    )));
+    let (l, gone) = ipam
+        .record_displacing(Holding::new(&n, &new, ip("10.42.0.120"), false), &stale)
+        .expect("displaced");
+    assert_eq!(
+        (l.owner, l.ip, gone),
+        (new.clone(), ip("10.42.0.120"), Some(old))
+    );
+    // Nobody else's: a plain record.
+    let (_, gone) = ipam
+        .record_displacing(Holding::new(&n, &new, ip("10.42.0.122"), false), &stale)
+        .expect("moved");
+    assert_eq!(gone, None);
+    let mut got: Vec<(String, Ipv4Addr)> = ipam
+        .list("volt0")
+        .expect("list")
+        .into_iter()
+        .map(|l| (l.owner.to_string(), l.ip))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("container/new/eth0".to_string(), ip("10.42.0.122")),
+            ("container/pinned/eth0".to_string(), ip("10.42.0.121"))
+        ]
+    );
+}
