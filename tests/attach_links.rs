@@ -93,12 +93,13 @@ fn a_container_veth_port_gets_the_rules_and_link_down_removes_them() {
         return;
     }
     let host = TestNs::new("atct");
-    // lab has no DHCP server of Volt's: a workload may be its server.
+    // lab has no DHCP server of Volt's: a workload may be its server; and a broadcast limit
+    // of its own.
     let r = root(&[
         ("etc/volt/containers/ct.toml", CT),
         (
             "etc/volt/networks/lab.toml",
-            "bridge = \"lab0\"\nsubnet = \"10.60.0.0/24\"\ndhcp = false\n",
+            "bridge = \"lab0\"\nsubnet = \"10.60.0.0/24\"\ndhcp = false\nbroadcast_limit = 300\n",
         ),
         (
             "etc/volt/containers/srv.toml",
@@ -122,6 +123,7 @@ fn a_container_veth_port_gets_the_rules_and_link_down_removes_them() {
         "ether type 8021ad".to_string(),
         "icmpv6 type nd-router-advert".to_string(),
         "ether type != { ip, arp, ip6 }".to_string(),
+        "limit rate over 2000/second burst 2000 packets".to_string(),
     ] {
         assert!(rules.contains(&want), "{want:?} missing:\n{rules}");
     }
@@ -130,6 +132,10 @@ fn a_container_veth_port_gets_the_rules_and_link_down_removes_them() {
     let lab = chain(&host, &srv);
     assert!(
         lab.contains("ip saddr != 10.60.0.150") && !lab.contains(server),
+        "{lab}"
+    );
+    assert!(
+        lab.contains("limit rate over 300/second burst 300 packets"),
         "{lab}"
     );
     assert_eq!(

@@ -488,8 +488,9 @@ fn volts_dhcp(at: &Attach, a: &Attachment) -> bool {
 }
 
 /// Install the anti-spoofing rules of `a`'s port on its bridge: only `mac`, IPv4 and ARP
-/// as `ipv4` says, and no DHCP server's answers where the network's DHCP server is Volt's.
-/// Nothing for links that are on no bridge (isolated, macvtap).
+/// as `ipv4` says, no DHCP server's answers where the network's DHCP server is Volt's, and
+/// broadcast and multicast up to the network's `broadcast_limit`. Nothing for links that are
+/// on no bridge (isolated, macvtap).
 fn protect(
     at: &Attach,
     a: &Attachment,
@@ -499,9 +500,15 @@ fn protect(
     if a.bridge.is_none() || a.netns.is_some() {
         return Ok(());
     }
+    let group_limit = at
+        .network(a)
+        .map_or_else(antispoof::GroupLimit::default, |n| {
+            antispoof::GroupLimit::per_second(n.broadcast_limit)
+        });
     let policy = antispoof::PortPolicy {
         ipv4,
         dhcp_server: !volts_dhcp(at, a),
+        group_limit,
         ..antispoof::PortPolicy::new(mac, None)
     };
     antispoof::apply(&a.link, &policy).map_err(|source| AttachError::Antispoof {
