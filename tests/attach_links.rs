@@ -87,6 +87,18 @@ fn chain(ns: &TestNs, port: &str) -> String {
     ns.ok(&format!("nft list chain bridge volt port-{port}"))
 }
 
+/// `port` is pinned to `mac`: a static, sticky forwarding entry on `bridge`, and no unknown
+/// unicast flooded to it.
+fn assert_pinned(ns: &TestNs, port: &str, bridge: &str, mac: &str) {
+    let flags = ns.ok(&format!("bridge -d link show dev {port}"));
+    assert!(flags.contains("flood off"), "{flags}");
+    let fdb = ns.ok(&format!("bridge fdb show dev {port}"));
+    assert!(
+        fdb.contains(&format!("{mac} sticky master {bridge} static")),
+        "{fdb}"
+    );
+}
+
 #[test]
 fn a_container_veth_port_gets_the_rules_and_link_down_removes_them() {
     if skip() {
@@ -110,6 +122,7 @@ fn a_container_veth_port_gets_the_rules_and_link_down_removes_them() {
     up(&host, r.path(), &h).expect("up");
     assert!(exists(&host, &h) && exists(&host, &c));
     let mac = volt::config::nic_mac(&volt::config::vm_uuid("ct"), "eth0", 0);
+    assert_pinned(&host, &h, "volt0", &mac.to_string());
     let rules = chain(&host, &h);
     let server = "udp dport 68 counter packets 0 bytes 0 drop";
     for want in [
@@ -195,6 +208,12 @@ fn a_direct_nic_has_rules_until_its_owner_takes_the_link_down() {
         .ok(&format!("ip -o link show dev {tap}"))
         .contains("master volt0"));
     assert!(chain(&host, &tap).contains("ip saddr != 10.42.0.10"));
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(r.path().join(format!("run/volt/links/{tap}.json"))).expect("record"),
+    )
+    .expect("json");
+    let mac = record["mac"].as_str().expect("the guest's MAC");
+    assert_pinned(&host, &tap, "volt0", mac);
     // volt-tap@'s ExecStopPost=.
     let down = volt_link(&host, r.path(), "down", &tap);
     assert!(down.status.success(), "{down:?}");

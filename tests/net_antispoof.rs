@@ -7,7 +7,8 @@
 //! port's rules each is dropped by its own rule, counted once, while the attacker's honest
 //! frames and the honest neighbour (IPv4 and IPv6) keep working. A flood of broadcast and
 //! multicast frames from the attacker is cut to its port's limit; frames from forged
-//! sources are dropped before the bridge learns them.
+//! sources are dropped before the bridge learns them; its unicast to unknown MACs does not
+//! reach a pinned port.
 
 mod common;
 
@@ -727,6 +728,106 @@ fn forged_sources_are_dropped_before_the_bridge_learns_them() {
         .expect("remove");
     flood(301);
     assert_eq!(learned(), usize::from(N));
+}
+
+/// Unknown unicast: the attacker sends IPv4 from its own addresses (which its rules let by)
+/// to MACs the bridge does not know, and the bridge copies each to every port. A pinned port
+/// (a static, sticky entry for its workload's MAC, its `flood` flag off: what Volt does to
+/// every workload's port) gets none of them, while its workload stays reachable: after it
+/// was silent longer than the bridge's ageing time (the host's neighbour entry still
+/// stale, so the host sends without asking), and after a port without rules sent from its
+/// MAC.
+#[test]
+fn a_pinned_port_gets_no_unknown_unicast_and_its_workload_stays_reachable() {
+    if skip() {
+        return;
+    }
+    let lab = lab();
+    let (_listen, send) = lab.attacker_under(PortPolicy::new(mac(ATTACK_MAC), Some(ATTACK_IP)));
+    let neighbour = lab.honest.run(|| fr::packet_socket("eth0"));
+    big_buffer(&neighbour, 16 << 20);
+    let attacker = fr::mac(ATTACK_MAC);
+    const N: u16 = 500;
+    let mark = fr::marker("unknown");
+    let echo = fr::icmp_echo(ATTACK_IP, Ipv4Addr::new(10, 42, 0, 99), &mark);
+    // How many of N frames to unknown MACs reach the neighbour (a frame to it comes last).
+    let unknown_reaching = |round: u8| {
+        for i in 0..N {
+            let [hi, lo] = i.to_be_bytes();
+            let to = [0x52, 0x54, 0x00, 0xdd ^ round, hi, lo];
+            fr::send(&send, &fr::ether(to, attacker, &[], ETH_IP, &echo, &mark));
+        }
+        let end = fr::marker(&format!("unknown-end-{round}"));
+        fr::send(
+            &send,
+            &fr::ether(
+                fr::mac(HONEST_MAC),
+                attacker,
+                &[],
+                ETH_IP,
+                &fr::icmp_echo(ATTACK_IP, HONEST_IP, &end),
+                &end,
+            ),
+        );
+        let (n, came) = count_marked(&neighbour, &mark, &end, Duration::from_secs(5));
+        assert!(came, "the frame to the neighbour itself was lost");
+        n
+    };
+    assert_eq!(
+        unknown_reaching(0),
+        usize::from(N),
+        "flooded without the pin"
+    );
+    lab.host
+        .run(|| volt::net::netlink::Netlink::new()?.pin_port(HONEST_PORT, mac(HONEST_MAC)))
+        .expect("pin the honest port");
+    assert_eq!(
+        unknown_reaching(1),
+        0,
+        "unknown unicast reached a pinned port"
+    );
+    let port = lab
+        .host
+        .ok(&format!("bridge -d link show dev {HONEST_PORT}"));
+    assert!(port.contains("flood off"), "{port}");
+    let entry = || lab.host.ok(&format!("bridge fdb show dev {HONEST_PORT}"));
+    let static_entry = format!("{HONEST_MAC} sticky master br0 static");
+    // The honest workload falls silent (its IPv6 off: no reports) for longer than the
+    // bridge keeps what it learned; the host still has its neighbour entry and sends to it
+    // without asking first. Only the static entry leads there.
+    lab.honest
+        .ok("sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1");
+    lab.host.ok("ip link set br0 type bridge ageing_time 100");
+    std::thread::sleep(Duration::from_secs(3));
+    let reach = || {
+        lab.host.ok(&format!(
+            "ip neigh replace {HONEST_IP} lladdr {HONEST_MAC} dev br0 nud stale"
+        ));
+        ping::assert_all(
+            &lab.host.ok(&format!("ping -c 2 -i 0.2 -W 1 {HONEST_IP}")),
+            2,
+        );
+    };
+    reach();
+    assert!(entry().contains(&static_entry), "{}", entry());
+    // A port without rules sends from the honest workload's MAC: the entry stays put.
+    lab.host
+        .run(|| antispoof::remove(ATTACK_PORT))
+        .expect("remove");
+    let stolen = fr::ether(
+        fr::mac(BR_MAC),
+        fr::mac(HONEST_MAC),
+        &[],
+        ETH_IP,
+        &fr::icmp_echo(HONEST_IP, GATEWAY, &fr::marker("stolen")),
+        &fr::marker("stolen"),
+    );
+    for _ in 0..3 {
+        fr::send(&send, &stolen);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(entry().contains(&static_entry), "{}", entry());
+    reach();
 }
 
 #[test]
