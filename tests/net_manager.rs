@@ -591,7 +591,7 @@ fn the_overlay_keeps_to_its_own_neighbour_entries() {
 /// The VXLAN port's filter as volt-cluster installs it at start, before it has read the
 /// store: closed, so nothing from the underlay reaches the bridge. Opened to the pairs the
 /// store places on other hosts, it lets exactly those in: a known MAC with another address
-/// stays out.
+/// stays out. Out, unicast leaves only to MACs the store places on another host.
 #[test]
 fn the_overlay_port_filter_starts_closed_and_opens_to_known_pairs() {
     use volt::net::overlay::{apply_filter, PortFilter};
@@ -644,6 +644,48 @@ fn the_overlay_port_filter_starts_closed_and_opens_to_known_pairs() {
     assert!(ping(), "a pair the store knows is let in");
     set(vec![(mac, "10.42.0.78".parse().expect("ip"))]);
     assert!(!ping(), "the known MAC with another address");
+
+    // Unicast to MACs the store places on no other host (what a workload sending to random
+    // MACs makes the bridge flood) does not leave by the VXLAN port; to a remote MAC it does.
+    set(vec![(mac, "10.42.0.77".parse().expect("ip"))]);
+    let listen = peer.run(|| frames::packet_socket("rp"));
+    let send = host.run(|| frames::packet_socket("vbr0"));
+    let me: [u8; 6] = {
+        let m = host.ok("ip -br link show vbr0 | awk '{print $3}'");
+        m.trim().parse::<MacAddr>().expect("mac").0
+    };
+    let to = |dst: [u8; 6], name: &str| {
+        let data = frames::marker(name);
+        frames::ether(
+            dst,
+            me,
+            &[],
+            frames::ETH_IP,
+            &frames::icmp_echo(
+                "10.42.0.5".parse().expect("ip"),
+                "10.42.0.77".parse().expect("ip"),
+                &data,
+            ),
+            &data,
+        )
+    };
+    const N: u8 = 50;
+    for i in 0..N {
+        frames::send(&send, &to([0x52, 0x54, 0x00, 0xdd, 0, i], "unknown"));
+    }
+    frames::send(&send, &to(mac.0, "remote"));
+    let seen = frames::markers_until(&listen, &frames::marker("remote"), Duration::from_secs(2));
+    assert!(seen.contains(&frames::marker("remote")), "{seen:?}");
+    assert!(!seen.contains(&frames::marker("unknown")), "{seen:?}");
+    let out = host.ok("nft list chain bridge volt-cluster out-vx-42");
+    let dropped: u64 = out
+        .lines()
+        .find(|l| l.contains("\"unknown unicast\""))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no unknown unicast counter: {out}"));
+    assert!(dropped >= u64::from(N), "{out}");
 }
 
 /// A counter of `chain` in table `family volt-cluster`: the packets of the rule whose

@@ -78,7 +78,10 @@ fn source_rule(p: &PortFilter) -> String {
 /// The whole table for `ports`, replacing what was there in one transaction. Frames from a
 /// VXLAN port pass only as IPv4 or ARP from a (MAC, address) pair the store places on another
 /// host, never DHCP, never ARP about the gateway (every host has it); frames to it never carry
-/// DHCP or the gateway's ARP either. Datagrams of a port's VNI from the underlay reach the
+/// DHCP or the gateway's ARP either, nor unicast to a MAC the store places on no other host
+/// (a workload sending to random MACs, which the bridge floods to the port, would have every
+/// peer get a copy of each: local workloads' ports no longer take unknown unicast, this one
+/// must, for remote MACs the bridge has not learned or has forgotten). Datagrams of a port's VNI from the underlay reach the
 /// VXLAN driver only when their inner source MAC is one the store places behind their
 /// sender ([`PortFilter::sources`]).
 pub fn filter_script(ports: &[PortFilter]) -> String {
@@ -106,7 +109,7 @@ pub fn filter_script(ports: &[PortFilter]) -> String {
             "  chain in-{n} {{\n    udp dport {{ 67, 68 }} counter drop comment \"dhcp\"\n    ether type arp arp daddr ip {gw} counter drop comment \"gateway\"\n    ether type arp arp saddr ip {gw} counter drop comment \"gateway\"\n    ether type ip ether saddr . ip saddr @pairs-{n} accept\n    ether type arp ether saddr . arp saddr ip @pairs-{n} arp saddr ether . arp saddr ip @pairs-{n} accept\n    ether type arp arp saddr ip 0.0.0.0 ether saddr @macs-{n} accept\n    counter drop comment \"spoof\"\n  }}\n"
         ));
         s.push_str(&format!(
-            "  chain out-{n} {{\n    udp dport {{ 67, 68 }} counter drop comment \"dhcp\"\n    ether type arp arp daddr ip {gw} counter drop comment \"gateway\"\n    ether type arp arp saddr ip {gw} counter drop comment \"gateway\"\n    ether type ip ip saddr {gw} counter drop comment \"gateway\"\n    ether type != {{ ip, arp }} counter drop comment \"not ipv4\"\n  }}\n"
+            "  chain out-{n} {{\n    udp dport {{ 67, 68 }} counter drop comment \"dhcp\"\n    ether type arp arp daddr ip {gw} counter drop comment \"gateway\"\n    ether type arp arp saddr ip {gw} counter drop comment \"gateway\"\n    ether type ip ip saddr {gw} counter drop comment \"gateway\"\n    ether type != {{ ip, arp }} counter drop comment \"not ipv4\"\n    ether daddr & 01:00:00:00:00:00 != 01:00:00:00:00:00 ether daddr != @macs-{n} counter drop comment \"unknown unicast\"\n  }}\n"
         ));
     }
     s.push_str(
@@ -199,6 +202,10 @@ mod tests {
         assert!(s.contains("oifname \"vx-42\" jump out-vx-42"));
         assert!(s.contains("arp daddr ip 10.42.0.1 counter drop"));
         assert!(s.contains("counter drop comment \"spoof\""));
+        assert!(
+            s.contains("    ether daddr & 01:00:00:00:00:00 != 01:00:00:00:00:00 ether daddr != @macs-vx-42 counter drop comment \"unknown unicast\"\n  }\n"),
+            "{s}"
+        );
         // Before the VXLAN driver: only (VTEP, inner source MAC) pairs from the store, ahead
         // of anything else in the underlay's prerouting.
         let source = "    udp dport 4789 @ih,32,24 42 ip saddr . @ih,112,48 != { 192.168.77.2 . 0x525400010203, 192.168.77.3 . 0x0a000000000b } counter drop comment \"vxlan source vx-42\"\n";
