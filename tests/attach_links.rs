@@ -87,18 +87,31 @@ fn chain(ns: &TestNs, port: &str) -> String {
     ns.ok(&format!("nft list chain bridge volt port-{port}"))
 }
 
+/// `port` is pinned to `mac`: a static, sticky forwarding entry on `bridge`, and no unknown
+/// unicast flooded to it.
+fn assert_pinned(ns: &TestNs, port: &str, bridge: &str, mac: &str) {
+    let flags = ns.ok(&format!("bridge -d link show dev {port}"));
+    assert!(flags.contains("flood off"), "{flags}");
+    let fdb = ns.ok(&format!("bridge fdb show dev {port}"));
+    assert!(
+        fdb.contains(&format!("{mac} sticky master {bridge} static")),
+        "{fdb}"
+    );
+}
+
 #[test]
 fn a_container_veth_port_gets_the_rules_and_link_down_removes_them() {
     if skip() {
         return;
     }
     let host = TestNs::new("atct");
-    // lab has no DHCP server of Volt's: a workload may be its server.
+    // lab has no DHCP server of Volt's: a workload may be its server; and a broadcast limit
+    // of its own.
     let r = root(&[
         ("etc/volt/containers/ct.toml", CT),
         (
             "etc/volt/networks/lab.toml",
-            "bridge = \"lab0\"\nsubnet = \"10.60.0.0/24\"\ndhcp = false\n",
+            "bridge = \"lab0\"\nsubnet = \"10.60.0.0/24\"\ndhcp = false\nbroadcast_limit = 300\n",
         ),
         (
             "etc/volt/containers/srv.toml",
@@ -109,6 +122,7 @@ fn a_container_veth_port_gets_the_rules_and_link_down_removes_them() {
     up(&host, r.path(), &h).expect("up");
     assert!(exists(&host, &h) && exists(&host, &c));
     let mac = volt::config::nic_mac(&volt::config::vm_uuid("ct"), "eth0", 0);
+    assert_pinned(&host, &h, "volt0", &mac.to_string());
     let rules = chain(&host, &h);
     let server = "udp dport 68 counter packets 0 bytes 0 drop";
     for want in [
@@ -122,6 +136,7 @@ fn a_container_veth_port_gets_the_rules_and_link_down_removes_them() {
         "ether type 8021ad".to_string(),
         "icmpv6 type nd-router-advert".to_string(),
         "ether type != { ip, arp, ip6 }".to_string(),
+        "limit rate over 2000/second burst 2000 packets".to_string(),
     ] {
         assert!(rules.contains(&want), "{want:?} missing:\n{rules}");
     }
@@ -130,6 +145,10 @@ fn a_container_veth_port_gets_the_rules_and_link_down_removes_them() {
     let lab = chain(&host, &srv);
     assert!(
         lab.contains("ip saddr != 10.60.0.150") && !lab.contains(server),
+        "{lab}"
+    );
+    assert!(
+        lab.contains("limit rate over 300/second burst 300 packets"),
         "{lab}"
     );
     assert_eq!(
@@ -189,6 +208,12 @@ fn a_direct_nic_has_rules_until_its_owner_takes_the_link_down() {
         .ok(&format!("ip -o link show dev {tap}"))
         .contains("master volt0"));
     assert!(chain(&host, &tap).contains("ip saddr != 10.42.0.10"));
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(r.path().join(format!("run/volt/links/{tap}.json"))).expect("record"),
+    )
+    .expect("json");
+    let mac = record["mac"].as_str().expect("the guest's MAC");
+    assert_pinned(&host, &tap, "volt0", mac);
     // volt-tap@'s ExecStopPost=.
     let down = volt_link(&host, r.path(), "down", &tap);
     assert!(down.status.success(), "{down:?}");

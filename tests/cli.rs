@@ -315,8 +315,10 @@ fn tables_and_json() {
         text(&list)
     );
     let show = volt(p, &["net", "show", "volt0"]);
+    let shown = String::from_utf8_lossy(&show.stdout);
     assert!(
-        String::from_utf8_lossy(&show.stdout).contains("type         bridged"),
+        shown.contains("type         bridged")
+            && shown.contains("broadcast    2000 frames/s per workload port"),
         "{}",
         text(&show)
     );

@@ -586,6 +586,15 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     for d in &dropins {
         assert!(d.exists(), "{} missing", d.display());
     }
+    // VNI 43's datagrams reach the VXLAN driver only from b's underlay address, with b's
+    // workload's or bridge's MAC inside (others would fill vx-43's forwarding table).
+    wait("the underlay's source filter never came up", &log, || {
+        let underlay = h.ns.ok("nft list chain ip volt-cluster prerouting");
+        underlay.contains("udp dport 4789 @ih,32,24 0x2b ip saddr . @ih,112,48 != {")
+            && underlay.contains("192.168.77.2 . 0xa000000000b")
+            && underlay.contains("192.168.77.2 . 0x525400000030")
+            && underlay.contains("comment \"vxlan source vx-43\"")
+    });
     // A crash, then the cluster shares another network (lab) instead of volt0: the start
     // removes what the overlay left on volt0, and the drop-ins, and gives up this host's
     // address on volt0 in the store; the admin's own stay.

@@ -145,14 +145,21 @@ fn reach(h: &Nspawn, ip: &str, hosts: &[Nspawn]) {
 }
 
 /// The `spoof` drop counter of the VXLAN port's inbound filter on `c`.
+/// What `c` dropped as spoofed from its VXLAN port: before the VXLAN driver (a source MAC
+/// the store does not place behind the sending host) and at the bridge's port filter (a
+/// (MAC, address) pair it does not know).
 fn spoof_drops(c: &Nspawn) -> u64 {
-    let out = c.ok("nft list chain bridge volt-cluster in-vx-42");
-    out.lines()
-        .find(|l| l.contains("comment \"spoof\""))
-        .and_then(|l| l.split("counter packets ").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no spoof counter in:\n{out}"))
+    let count = |chain: &str, comment: &str| -> u64 {
+        let out = c.ok(&format!("nft list chain {chain}"));
+        out.lines()
+            .find(|l| l.contains(&format!("comment \"{comment}\"")))
+            .and_then(|l| l.split("counter packets ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {comment} counter in:\n{out}"))
+    };
+    count("bridge volt-cluster in-vx-42", "spoof")
+        + count("ip volt-cluster prerouting", "vxlan source vx-42")
 }
 
 fn leased_ip(c: &Nspawn, owner: &str) -> String {

@@ -591,7 +591,7 @@ fn the_overlay_keeps_to_its_own_neighbour_entries() {
 /// The VXLAN port's filter as volt-cluster installs it at start, before it has read the
 /// store: closed, so nothing from the underlay reaches the bridge. Opened to the pairs the
 /// store places on other hosts, it lets exactly those in: a known MAC with another address
-/// stays out.
+/// stays out. Out, unicast leaves only to MACs the store places on another host.
 #[test]
 fn the_overlay_port_filter_starts_closed_and_opens_to_known_pairs() {
     use volt::net::overlay::{apply_filter, PortFilter};
@@ -617,6 +617,9 @@ fn the_overlay_port_filter_starts_closed_and_opens_to_known_pairs() {
             gateway: "10.42.0.1".parse().expect("ip"),
             remote,
             subnet: "10.42.0.0/24".parse().expect("net"),
+            vni: 42,
+            udp_port: 4789,
+            sources: Vec::new(),
         };
         host.run(move || apply_filter(&[f]).expect("apply the filter"));
     };
@@ -641,6 +644,184 @@ fn the_overlay_port_filter_starts_closed_and_opens_to_known_pairs() {
     assert!(ping(), "a pair the store knows is let in");
     set(vec![(mac, "10.42.0.78".parse().expect("ip"))]);
     assert!(!ping(), "the known MAC with another address");
+
+    // Unicast to MACs the store places on no other host (what a workload sending to random
+    // MACs makes the bridge flood) does not leave by the VXLAN port; to a remote MAC it does.
+    set(vec![(mac, "10.42.0.77".parse().expect("ip"))]);
+    let listen = peer.run(|| frames::packet_socket("rp"));
+    let send = host.run(|| frames::packet_socket("vbr0"));
+    let me: [u8; 6] = {
+        let m = host.ok("ip -br link show vbr0 | awk '{print $3}'");
+        m.trim().parse::<MacAddr>().expect("mac").0
+    };
+    let to = |dst: [u8; 6], name: &str| {
+        let data = frames::marker(name);
+        frames::ether(
+            dst,
+            me,
+            &[],
+            frames::ETH_IP,
+            &frames::icmp_echo(
+                "10.42.0.5".parse().expect("ip"),
+                "10.42.0.77".parse().expect("ip"),
+                &data,
+            ),
+            &data,
+        )
+    };
+    const N: u8 = 50;
+    for i in 0..N {
+        frames::send(&send, &to([0x52, 0x54, 0x00, 0xdd, 0, i], "unknown"));
+    }
+    frames::send(&send, &to(mac.0, "remote"));
+    let seen = frames::markers_until(&listen, &frames::marker("remote"), Duration::from_secs(2));
+    assert!(seen.contains(&frames::marker("remote")), "{seen:?}");
+    assert!(!seen.contains(&frames::marker("unknown")), "{seen:?}");
+    let out = host.ok("nft list chain bridge volt-cluster out-vx-42");
+    let dropped: u64 = out
+        .lines()
+        .find(|l| l.contains("\"unknown unicast\""))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no unknown unicast counter: {out}"));
+    assert!(dropped >= u64::from(N), "{out}");
+}
+
+/// A counter of `chain` in table `family volt-cluster`: the packets of the rule whose
+/// comment is `comment`.
+fn cluster_counter(ns: &TestNs, family: &str, chain: &str, comment: &str) -> u64 {
+    let out = ns.ok(&format!("nft list chain {family} volt-cluster {chain}"));
+    out.lines()
+        .find(|l| l.contains(&format!("comment \"{comment}\"")))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter {comment:?}: {out}"))
+}
+
+/// A VXLAN link learns (the daemon keeps learning on: it is what makes the driver drop a
+/// frame whose MAC a static entry places behind another VTEP), and it learns before the
+/// bridge's filter sees the frame: a peer that sends frames from random source MACs would
+/// fill the link's forwarding table without limit (1000 of 1000 learned, measured). With the
+/// filter, datagrams of the VNI whose inner source is not a MAC the store places behind their
+/// sender never reach the driver: nothing is learned, the drops are counted, and a known
+/// MAC from its own VTEP still passes, while the same MAC from a third host does not.
+#[test]
+fn a_peer_cannot_fill_the_vxlan_links_forwarding_table() {
+    use volt::net::overlay::{
+        apply_filter, ensure_vxlan, fdb_add, learned_fdb_entries, Fdb, PortFilter, VxlanParams,
+    };
+    if skip() || common::skip_without_tool("nft", "--version", "nftables") {
+        return;
+    }
+    let host = TestNs::new("vxh");
+    let peer = TestNs::new("vxb");
+    let third = TestNs::new("vxc");
+    // One underlay segment (a bridge in the host's namespace): this host .1, peers .2, .3.
+    host.ok("ip link add ul0 type bridge && ip addr add 192.168.77.1/24 dev ul0 && ip link set ul0 up \
+             && ip link add vbr0 type bridge && ip addr add 10.42.0.1/24 dev vbr0 && ip link set vbr0 up");
+    for (ns, n) in [(&peer, 2), (&third, 3)] {
+        host.ok(&format!(
+            "ip link add ul-{n} type veth peer name u0 netns {} && ip link set ul-{n} master ul0 up",
+            ns.name
+        ));
+        ns.ok(&format!(
+            "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
+             && ip addr add 192.168.77.{n}/24 dev u0 && ip link set u0 up \
+             && ip link add vbr0 type bridge && ip link set vbr0 up \
+             && ip link add vx-42 type vxlan id 42 local 192.168.77.{n} dev u0 dstport 4789 learning \
+             && ip link set vx-42 master vbr0 up \
+             && bridge fdb append 00:00:00:00:00:00 dev vx-42 dst 192.168.77.1 self permanent"
+        ));
+        // The underlay neighbour resolved first: VXLAN datagrams waiting for it would be
+        // dropped from its queue.
+        ns.ok("ping -c 1 -W 2 192.168.77.1 >/dev/null");
+    }
+    let known: MacAddr = "52:54:00:00:02:10".parse().expect("mac");
+    let known_ip: std::net::Ipv4Addr = "10.42.0.10".parse().expect("ip");
+    let b: std::net::Ipv4Addr = "192.168.77.2".parse().expect("ip");
+    let c: std::net::Ipv4Addr = "192.168.77.3".parse().expect("ip");
+    host.run(move || {
+        let nl = Netlink::new().expect("netlink");
+        let p = VxlanParams {
+            name: "vx-42".into(),
+            vni: 42,
+            local: "192.168.77.1".parse().expect("ip"),
+            port: 4789,
+            dev: nl.index("ul0").expect("ul0"),
+            mtu: 1450,
+        };
+        ensure_vxlan(&nl, &p, "vbr0").expect("ensure_vxlan");
+        let zero: MacAddr = "00:00:00:00:00:00".parse().expect("mac");
+        for e in [
+            Fdb { mac: zero, dst: b },
+            Fdb { mac: zero, dst: c },
+            Fdb { mac: known, dst: b },
+        ] {
+            fdb_add(&nl, "vx-42", &e).expect("fdb");
+        }
+        apply_filter(&[PortFilter {
+            port: "vx-42".into(),
+            gateway: "10.42.0.1".parse().expect("ip"),
+            remote: vec![(known, known_ip)],
+            subnet: "10.42.0.0/24".parse().expect("net"),
+            vni: 42,
+            udp_port: 4789,
+            sources: vec![(b, known)],
+        }])
+        .expect("filter");
+    });
+    let listen = host.run(|| frames::packet_socket("vbr0"));
+    let learned = || {
+        host.run(|| learned_fdb_entries(&Netlink::new().expect("netlink"), "vx-42"))
+            .expect("learned entries")
+    };
+    // What a peer's bridge floods to the host: ARP from `src` (claiming `ip`) for a workload
+    // here (ARP about the gateway never crosses), marked.
+    let arp = |src: [u8; 6], ip: std::net::Ipv4Addr, name: &str| {
+        frames::ether(
+            frames::BROADCAST,
+            src,
+            &[],
+            frames::ETH_ARP,
+            &frames::arp_request(src, ip, "10.42.0.5".parse().expect("ip")),
+            &frames::marker(name),
+        )
+    };
+    const N: u16 = 1000;
+    peer.run(move || {
+        let send = frames::packet_socket("vbr0");
+        for i in 0..N {
+            let [hi, lo] = i.to_be_bytes();
+            frames::send(
+                &send,
+                &arp([0x02, 0x00, 0x5e, 0xcc, hi, lo], known_ip, "random"),
+            );
+        }
+        // The known MAC from its own VTEP, last: once it arrived, so did the rest.
+        frames::send(&send, &arp(known.0, known_ip, "known"));
+    });
+    let seen = frames::markers_until(&listen, &frames::marker("known"), Duration::from_secs(3));
+    assert!(seen.contains(&frames::marker("known")), "{seen:?}");
+    assert!(!seen.contains(&frames::marker("random")), "{seen:?}");
+    let from_b: Vec<Fdb> = learned().into_iter().filter(|e| e.mac != known).collect();
+    assert!(
+        from_b.is_empty(),
+        "{} random source MACs learned on vx-42",
+        from_b.len()
+    );
+    let dropped = cluster_counter(&host, "ip", "prerouting", "vxlan source vx-42");
+    assert!(dropped >= u64::from(N), "{dropped} dropped");
+    // The known MAC from a third host: dropped before the driver (counted), not let in.
+    third.run(move || {
+        let send = frames::packet_socket("vbr0");
+        frames::send(&send, &arp(known.0, known_ip, "from-c"));
+    });
+    let seen = frames::markers_until(&listen, &frames::marker("from-c"), Duration::from_secs(1));
+    assert!(!seen.contains(&frames::marker("from-c")), "{seen:?}");
+    assert!(cluster_counter(&host, "ip", "prerouting", "vxlan source vx-42") > dropped);
+    assert!(learned().iter().all(|e| e.dst != c), "{:?}", learned());
 }
 
 /// Link owners that start at once bring up one bridge between them (the loser of a race

@@ -26,7 +26,7 @@ use crate::config::{ConfigError, ConfigSet, MacAddr, Network, NetworkLookup};
 use crate::fsutil::FsError;
 use crate::net::ipam::{IpamError, Owner};
 use crate::net::manager::{LinkParams, ManagerError};
-use crate::net::netlink::NetlinkError;
+use crate::net::netlink::{Netlink, NetlinkError};
 use crate::net::{antispoof, link, monitor, networkd};
 use crate::plan::{names, Attachment, Kind, LinkKind, Paths, Plan, Workload};
 use crate::sys::netns;
@@ -486,8 +486,9 @@ fn volts_dhcp(at: &Attach, a: &Attachment) -> bool {
 }
 
 /// Install the anti-spoofing rules of `a`'s port on its bridge: only `mac`, IPv4 and ARP
-/// as `ipv4` says, and no DHCP server's answers where the network's DHCP server is Volt's.
-/// Nothing for links that are on no bridge (isolated, macvtap).
+/// as `ipv4` says, no DHCP server's answers where the network's DHCP server is Volt's, and
+/// broadcast and multicast up to the network's `broadcast_limit`. Nothing for links that are
+/// on no bridge (isolated, macvtap).
 fn protect(
     at: &Attach,
     a: &Attachment,
@@ -497,9 +498,15 @@ fn protect(
     if a.bridge.is_none() || a.netns.is_some() {
         return Ok(());
     }
+    let group_limit = at
+        .network(a)
+        .map_or_else(antispoof::GroupLimit::default, |n| {
+            antispoof::GroupLimit::per_second(n.broadcast_limit)
+        });
     let policy = antispoof::PortPolicy {
         ipv4,
         dhcp_server: !volts_dhcp(at, a),
+        group_limit,
         ..antispoof::PortPolicy::new(mac, None)
     };
     antispoof::apply(&a.link, &policy).map_err(|source| AttachError::Antispoof {
@@ -507,6 +514,28 @@ fn protect(
         source,
     })?;
     log::debug!("{}: anti-spoofing rules installed", a.link);
+    Ok(())
+}
+
+/// Keep unknown unicast off `a`'s port, now on its bridge: a static forwarding entry for
+/// `mac` (the only source its rules let out) and the port's `flood` flag off
+/// ([`Netlink::pin_port`]). Another workload's frames to addresses the bridge does not know
+/// then no longer reach this one. Nothing for links that are on no bridge (isolated,
+/// macvtap).
+fn pin(a: &Attachment, mac: MacAddr) -> Result<(), AttachError> {
+    if a.bridge.is_none() || a.netns.is_some() || matches!(a.kind, LinkKind::Macvtap { .. }) {
+        return Ok(());
+    }
+    Netlink::new()
+        .and_then(|nl| nl.pin_port(&a.link, mac))
+        .map_err(|source| AttachError::Netlink {
+            what: format!("{}: cannot keep unknown unicast off the port", a.link),
+            source,
+        })?;
+    log::debug!(
+        "{}: static forwarding entry {mac}, no unknown unicast",
+        a.link
+    );
     Ok(())
 }
 

@@ -252,6 +252,12 @@ pub fn show(root: &Path, name: &str, out: &OutputArgs) -> Result<Outcome> {
         }
     );
     println!("  MTU          {}", net.mtu);
+    if net.kind != NetworkType::Isolated {
+        println!(
+            "  broadcast    {} frames/s per workload port",
+            net.broadcast_limit
+        );
+    }
     if let Some(u) = &net.uplink {
         println!("  uplink       {u}");
     }

@@ -51,13 +51,26 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    /// The filter of this network's VXLAN port, letting in the (MAC, address) pairs `remote`.
-    fn filter(&self, remote: Vec<(MacAddr, Ipv4Addr)>) -> PortFilter {
+    /// The filter of this network's VXLAN port (on UDP `udp_port`), letting in the (MAC,
+    /// address) pairs `remote`, from the VTEPs `fdb` places their MACs behind.
+    fn filter(
+        &self,
+        udp_port: u16,
+        remote: Vec<(MacAddr, Ipv4Addr)>,
+        fdb: &BTreeSet<mech::Fdb>,
+    ) -> PortFilter {
         PortFilter {
             port: self.vx.clone(),
             gateway: self.net.gateway,
             remote,
             subnet: self.net.subnet,
+            vni: self.vni,
+            udp_port,
+            sources: fdb
+                .iter()
+                .filter(|e| !e.mac.is_zero())
+                .map(|e| (e.dst, e.mac))
+                .collect(),
         }
     }
 }
@@ -293,7 +306,11 @@ impl Daemon {
                 crate::error_chain(&e)
             ))
         })?;
-        let closed: Vec<PortFilter> = self.shared.iter().map(|s| s.filter(Vec::new())).collect();
+        let closed: Vec<PortFilter> = self
+            .shared
+            .iter()
+            .map(|s| s.filter(c.vxlan_port, Vec::new(), &BTreeSet::new()))
+            .collect();
         mech::apply_filter(&closed).map_err(|e| {
             setup(format!(
                 "the VXLAN ports' filter: {}",
@@ -506,7 +523,11 @@ impl Daemon {
                 want.peers.len(),
                 want.pairs.len()
             ));
-            filters.push(s.filter(want.pairs.into_iter().collect()));
+            filters.push(s.filter(
+                self.config().vxlan_port,
+                want.pairs.into_iter().collect(),
+                &want.fdb,
+            ));
         }
         self.warn_statics_in_foreign_blocks(&snap);
         self.release_unbacked(&snap);

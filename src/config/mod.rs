@@ -38,7 +38,8 @@ pub use derive::{
 pub use disk::{DiskCache, DiskConfig};
 pub use error::{ConfigError, Location};
 pub use network::{
-    parse_network_toml, Network, NetworkType, PortMap, Proto, Range, DEFAULT_NETWORK, DEFAULT_ZONE,
+    parse_network_toml, Network, NetworkType, PortMap, Proto, Range, BROADCAST_LIMITS,
+    DEFAULT_BROADCAST_LIMIT, DEFAULT_NETWORK, DEFAULT_ZONE,
 };
 /// The limits a VM file's values must respect.
 pub mod vm_limits {

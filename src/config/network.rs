@@ -90,6 +90,19 @@ impl std::fmt::Display for PortMap {
     }
 }
 
+/// The default `broadcast_limit` (`net::antispoof::GroupLimit`'s default). A busy but
+/// normal workload sends tens to a few hundred broadcast and multicast frames a second (ARP
+/// for a few hundred neighbours every half minute, DHCP, duplicate address detection, MLD,
+/// mDNS announcements), and a boot or an ARP sweep of a /24 a few hundred at once: 2000 a
+/// second, and as many at once, is ten times that, while a flood (hundreds of thousands a
+/// second from one workload, each copied to every port and the host) is cut to what every
+/// neighbour, the host's neighbour tables and its DHCP server handle without noticing. A
+/// network that carries multicast streams between its workloads sets a higher one.
+pub const DEFAULT_BROADCAST_LIMIT: u32 = 2000;
+/// What `broadcast_limit` may be: at least a few a second (ARP and DHCP need them), at most
+/// far more than a port can send.
+pub const BROADCAST_LIMITS: std::ops::RangeInclusive<u32> = 10..=10_000_000;
+
 /// A validated network.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Network {
@@ -113,6 +126,9 @@ pub struct Network {
     pub mtu_explicit: bool,
     pub uplink: Option<String>,
     pub port_maps: Vec<PortMap>,
+    /// Frames a second each workload port may send to broadcast and multicast addresses
+    /// (as many again at once); more are dropped.
+    pub broadcast_limit: u32,
     /// Whether Volt may create the bridge when it is missing.
     pub create_bridge: bool,
     /// Where the file writes its name, bridge and subnet (for an error about a collision
@@ -170,6 +186,7 @@ impl Network {
             mtu_explicit: false,
             uplink: None,
             port_maps: Vec::new(),
+            broadcast_limit: DEFAULT_BROADCAST_LIMIT,
             create_bridge: true,
             at: NetworkAt::default(),
         }
@@ -288,6 +305,7 @@ struct RawNetwork {
     container_pool: Option<Spanned<RawRange>>,
     reservations: BTreeMap<String, Spanned<String>>,
     uplink: Option<Spanned<String>>,
+    broadcast_limit: Option<Spanned<u32>>,
     create_bridge: Option<bool>,
     port_map: Vec<Spanned<RawPortMap>>,
 }
@@ -353,6 +371,13 @@ impl RawNetwork {
             container_pool: read_range(src, t, e, "container_pool"),
             reservations: t.string_map(src, e, "reservations"),
             uplink: t.string(src, e, "uplink"),
+            broadcast_limit: t.integer(
+                src,
+                e,
+                "broadcast_limit",
+                BROADCAST_LIMITS,
+                " frames a second",
+            ),
             create_bridge: t.boolean(src, e, "create_bridge").map(Spanned::into_inner),
             port_map: t
                 .tables(src, e, "port_map")

@@ -311,3 +311,41 @@ fn dhcp_clients_and_volts_server_are_two_questions() {
     let volt0 = Network::builtin_default();
     assert!(volt0.offers_dhcp() && volt0.volt_serves_dhcp());
 }
+
+#[test]
+fn broadcast_limit_defaults_and_is_checked_at_its_place() {
+    let n = toml_net("subnet = \"10.50.0.0/24\"\n").expect("valid");
+    assert_eq!(n.broadcast_limit, DEFAULT_BROADCAST_LIMIT);
+    assert_eq!(Network::builtin_default().broadcast_limit, 2000);
+    let n = toml_net("subnet = \"10.50.0.0/24\"\nbroadcast_limit = 50000\n").expect("valid");
+    assert_eq!(n.broadcast_limit, 50000);
+    for (value, want) in [
+        (
+            "0",
+            "/etc/volt/networks/lab.toml:2:19: broadcast_limit: 0 is outside 10-10000000 frames a second",
+        ),
+        (
+            "20000000",
+            "/etc/volt/networks/lab.toml:2:19: broadcast_limit: 20000000 is outside 10-10000000 frames a second",
+        ),
+        (
+            "-1",
+            "/etc/volt/networks/lab.toml:2:19: broadcast_limit: -1 is outside 10-10000000 frames a second",
+        ),
+    ] {
+        let e = toml_net(&format!(
+            "subnet = \"10.50.0.0/24\"\nbroadcast_limit = {value}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, want);
+    }
+    let e = toml_net("subnet = \"10.50.0.0/24\"\nbroadcast_limit = \"fast\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("/etc/volt/networks/lab.toml:2:19: broadcast_limit: ")
+            && e.contains("an integer from 10 to 10000000 frames a second"),
+        "{e}"
+    );
+}

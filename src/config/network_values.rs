@@ -14,7 +14,7 @@ use super::super::span::Src;
 use super::{
     check_in_subnet, check_mtu, complement, default_ranges, no_room, parse_ip, parse_range,
     parse_subnet, too_small, Network, NetworkAt, NetworkType, PortMap, Proto, Range, RawNetwork,
-    RawRange,
+    RawRange, DEFAULT_BROADCAST_LIMIT,
 };
 
 /// `r`'s value, or `None` with its error kept in `errs`.
@@ -97,6 +97,10 @@ pub(super) fn network_from_raw(
                 mtu_explicit: raw.mtu.is_some(),
                 uplink,
                 port_maps,
+                broadcast_limit: raw
+                    .broadcast_limit
+                    .as_ref()
+                    .map_or(DEFAULT_BROADCAST_LIMIT, |l| *l.get_ref()),
                 create_bridge: raw.create_bridge.unwrap_or(true),
                 at: NetworkAt {
                     name: None,

@@ -335,6 +335,7 @@ pub fn parse_zone_yaml(path: &Path, text: &str) -> Result<Option<Network>, Confi
         mtu_explicit: raw.mtu.is_some(),
         uplink: None,
         port_maps: Vec::new(),
+        broadcast_limit: super::network::DEFAULT_BROADCAST_LIMIT,
         create_bridge: true,
         at: NetworkAt {
             name: Some(yaml_at(path, &raw.name.referenced)),

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::config::{MacAddr, MacvtapMode as ConfigMacvtapMode};
 
 mod neighbours;
+mod port;
 pub use neighbours::{mac_and_ipv4, FdbEntry};
 
 #[derive(Debug, thiserror::Error)]

@@ -29,8 +29,11 @@ use crate::config::MacAddr;
 /// are told apart from others (an admin's own are never changed).
 pub const ROUTE_PROTO: u8 = 0x56;
 
+mod filter;
 mod guard;
 mod marked;
+use filter::nft;
+pub use filter::{apply_filter, filter_script, remove_filter, FilterError, PortFilter};
 pub use guard::{apply_guard, guard_script, Guard};
 pub use marked::{add_host_address, marked, remove_marked, Marked};
 /// The nftables table of the VXLAN ports' filters.
@@ -441,153 +444,4 @@ pub fn del_ipv4(nl: &Netlink, link: &str, ip: Ipv4Addr, prefix: u8) -> Result<()
         Ok(())
     })
     .map_err(req(format!("remove {ip}/{prefix} from {link}")))
-}
-
-// ---- the filter on VXLAN ports ----
-
-#[derive(Debug, thiserror::Error)]
-pub enum FilterError {
-    #[error("cannot run nft (is the nftables package installed?)")]
-    Spawn(#[source] std::io::Error),
-    #[error("nft refused the VXLAN filter: {0}")]
-    Nft(String),
-}
-
-/// What may cross one VXLAN port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortFilter {
-    pub port: String,
-    /// The network's gateway: each host answers it alone, so its ARP never crosses.
-    pub gateway: Ipv4Addr,
-    /// (MAC, address) of every workload and host the store places on another host.
-    pub remote: Vec<(MacAddr, Ipv4Addr)>,
-    /// The network's subnet (its traffic is never NATed).
-    pub subnet: ipnet::Ipv4Net,
-}
-
-fn elements(pairs: &[(MacAddr, Ipv4Addr)]) -> String {
-    if pairs.is_empty() {
-        return String::new();
-    }
-    let v: Vec<String> = pairs.iter().map(|(m, ip)| format!("{m} . {ip}")).collect();
-    format!(" elements = {{ {} }};", v.join(", "))
-}
-
-/// The whole table for `ports`, replacing what was there in one transaction. Frames from a
-/// VXLAN port pass only as IPv4 or ARP from a (MAC, address) pair the store places on another
-/// host, never DHCP, never ARP about the gateway (every host has it); frames to it never carry
-/// DHCP or the gateway's ARP either.
-pub fn filter_script(ports: &[PortFilter]) -> String {
-    let mut s =
-        format!("add table bridge {TABLE}\ndelete table bridge {TABLE}\ntable bridge {TABLE} {{\n");
-    for p in ports {
-        let n = &p.port;
-        s.push_str(&format!(
-            "  set pairs-{n} {{ type ether_addr . ipv4_addr;{} }}\n",
-            elements(&p.remote)
-        ));
-        s.push_str(&format!("  set macs-{n} {{ type ether_addr;{} }}\n", {
-            let mut macs: Vec<MacAddr> = p.remote.iter().map(|(m, _)| *m).collect();
-            macs.sort();
-            macs.dedup();
-            if macs.is_empty() {
-                String::new()
-            } else {
-                let v: Vec<String> = macs.iter().map(|m| m.to_string()).collect();
-                format!(" elements = {{ {} }};", v.join(", "))
-            }
-        }));
-        let gw = p.gateway;
-        s.push_str(&format!(
-            "  chain in-{n} {{\n    udp dport {{ 67, 68 }} counter drop comment \"dhcp\"\n    ether type arp arp daddr ip {gw} counter drop comment \"gateway\"\n    ether type arp arp saddr ip {gw} counter drop comment \"gateway\"\n    ether type ip ether saddr . ip saddr @pairs-{n} accept\n    ether type arp ether saddr . arp saddr ip @pairs-{n} arp saddr ether . arp saddr ip @pairs-{n} accept\n    ether type arp arp saddr ip 0.0.0.0 ether saddr @macs-{n} accept\n    counter drop comment \"spoof\"\n  }}\n"
-        ));
-        s.push_str(&format!(
-            "  chain out-{n} {{\n    udp dport {{ 67, 68 }} counter drop comment \"dhcp\"\n    ether type arp arp daddr ip {gw} counter drop comment \"gateway\"\n    ether type arp arp saddr ip {gw} counter drop comment \"gateway\"\n    ether type ip ip saddr {gw} counter drop comment \"gateway\"\n    ether type != {{ ip, arp }} counter drop comment \"not ipv4\"\n  }}\n"
-        ));
-    }
-    s.push_str(
-        "  chain prerouting {\n    type filter hook prerouting priority -290; policy accept;\n",
-    );
-    for p in ports {
-        s.push_str(&format!("    iifname \"{0}\" jump in-{0}\n", p.port));
-    }
-    s.push_str("  }\n  chain postrouting {\n    type filter hook postrouting priority -290; policy accept;\n");
-    for p in ports {
-        s.push_str(&format!("    oifname \"{0}\" jump out-{0}\n", p.port));
-    }
-    s.push_str("  }\n}\n");
-    // Traffic inside a shared subnet is never NATed: networkd's IPMasquerade= masquerades
-    // everything from the subnet whatever the output interface (the host's own address would
-    // leave as the gateway's), and with br_netfilter loaded bridged frames pass the IP hooks
-    // too (a workload's address would). Untracked packets skip NAT.
-    s.push_str(&format!(
-        "add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n"
-    ));
-    for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
-        s.push_str(&format!(
-            "  chain {chain} {{\n    type filter hook {hook} priority raw; policy accept;\n"
-        ));
-        for p in ports {
-            s.push_str(&format!(
-                "    ip saddr {0} ip daddr {0} notrack\n",
-                p.subnet
-            ));
-        }
-        s.push_str("  }\n");
-    }
-    s.push_str("}\n");
-    s
-}
-
-fn nft(script: &str) -> Result<(), FilterError> {
-    super::nft::run(&[], script.as_bytes()).map_err(|e| match e {
-        super::nft::NftError::Spawn(e) => FilterError::Spawn(e),
-        super::nft::NftError::Refused(stderr) => FilterError::Nft(stderr),
-    })
-}
-
-/// Install the filters of `ports` (one transaction).
-pub fn apply_filter(ports: &[PortFilter]) -> Result<(), FilterError> {
-    nft(&filter_script(ports))
-}
-
-/// Remove the tables, the guard's included (nothing to do when absent).
-pub fn remove_filter() -> Result<(), FilterError> {
-    nft(&format!(
-        "add table bridge {TABLE}\ndelete table bridge {TABLE}\nadd table ip {TABLE}\ndelete table ip {TABLE}\n{}",
-        guard::REMOVE
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filter_pins_pairs_and_keeps_dhcp_and_gateway_home() {
-        let mac: MacAddr = "52:54:00:01:02:03".parse().expect("mac");
-        let s = filter_script(&[PortFilter {
-            port: "vx-42".into(),
-            gateway: Ipv4Addr::new(10, 42, 0, 1),
-            remote: vec![(mac, Ipv4Addr::new(10, 42, 0, 2))],
-            subnet: "10.42.0.0/24".parse().expect("net"),
-        }]);
-        assert!(
-            s.contains("ip saddr 10.42.0.0/24 ip daddr 10.42.0.0/24 notrack"),
-            "{s}"
-        );
-        assert!(s.starts_with("add table bridge volt-cluster\ndelete table bridge volt-cluster\n"));
-        assert!(s.contains("set pairs-vx-42 { type ether_addr . ipv4_addr; elements = { 52:54:00:01:02:03 . 10.42.0.2 }; }"), "{s}");
-        assert!(s.contains("iifname \"vx-42\" jump in-vx-42"));
-        assert!(s.contains("oifname \"vx-42\" jump out-vx-42"));
-        assert!(s.contains("arp daddr ip 10.42.0.1 counter drop"));
-        assert!(s.contains("counter drop comment \"spoof\""));
-        let empty = filter_script(&[PortFilter {
-            port: "vx-7".into(),
-            gateway: Ipv4Addr::new(10, 0, 0, 1),
-            remote: vec![],
-            subnet: "10.0.0.0/24".parse().expect("net"),
-        }]);
-        assert!(empty.contains("set pairs-vx-7 { type ether_addr . ipv4_addr; }"));
-    }
 }
