@@ -123,6 +123,11 @@ fn a_container_veth_port_gets_the_rules_and_link_down_removes_them() {
     assert!(exists(&host, &h) && exists(&host, &c));
     let mac = volt::config::nic_mac(&volt::config::vm_uuid("ct"), "eth0", 0);
     assert_pinned(&host, &h, "volt0", &mac.to_string());
+    // The host's replies waiting for a neighbour on Volt's bridge are bounded.
+    for fam in ["ipv4", "ipv6"] {
+        let q = host.ok(&format!("sysctl -n net.{fam}.neigh.volt0.unres_qlen_bytes"));
+        assert_eq!(q.trim(), "8192", "{fam}");
+    }
     let rules = chain(&host, &h);
     let server = "udp dport 68 counter packets 0 bytes 0 drop";
     for want in [

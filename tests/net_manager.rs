@@ -1065,3 +1065,56 @@ fn a_left_bridge_and_a_link_put_on_it_wait_for_each_other() {
         );
     });
 }
+
+/// A bridge's neighbour queues are lowered to the bound in both families, in the namespace
+/// of the caller; a lower value (the admin's) stays, and a name that is not one is refused.
+#[test]
+fn neighbour_queues_are_bounded_and_a_lower_value_stays() {
+    if skip() {
+        return;
+    }
+    use volt::net::neigh::{bound_unresolved_queues, UNRESOLVED_QUEUE_BYTES};
+    let host = TestNs::new("mgr-neigh");
+    host.ok("ip link add nq0 type bridge && ip link add nq1 type bridge");
+    host.ok("sysctl -qw net.ipv4.neigh.nq1.unres_qlen_bytes=4096");
+    let read = |fam: &str, br: &str| {
+        host.ok(&format!("sysctl -n net.{fam}.neigh.{br}.unres_qlen_bytes"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        read("ipv4", "nq0"),
+        "212992",
+        "the kernel's default changed"
+    );
+    let changed = host.run(|| {
+        (
+            bound_unresolved_queues("nq0", UNRESOLVED_QUEUE_BYTES).expect("nq0"),
+            bound_unresolved_queues("nq1", UNRESOLVED_QUEUE_BYTES).expect("nq1"),
+            bound_unresolved_queues("nq0", UNRESOLVED_QUEUE_BYTES).expect("nq0 again"),
+            bound_unresolved_queues("../all", UNRESOLVED_QUEUE_BYTES)
+                .expect_err("a path")
+                .to_string(),
+        )
+    });
+    assert_eq!(changed.0.len(), 2, "{changed:?}");
+    assert_eq!(
+        changed.1,
+        vec!["/proc/sys/net/ipv6/neigh/nq1/unres_qlen_bytes".to_string()]
+    );
+    assert!(changed.2.is_empty(), "{changed:?}");
+    assert_eq!(changed.3, "\"../all\" is not an interface name");
+    for (fam, br, want) in [
+        ("ipv4", "nq0", "8192"),
+        ("ipv6", "nq0", "8192"),
+        ("ipv4", "nq1", "4096"),
+        ("ipv6", "nq1", "8192"),
+    ] {
+        assert_eq!(read(fam, br), want, "{fam} {br}");
+    }
+    // The host's own bridges are left alone: this ran in the test's namespace.
+    assert!(
+        !std::path::Path::new("/proc/sys/net/ipv4/neigh/nq0").exists(),
+        "nq0 is in the host's namespace"
+    );
+}

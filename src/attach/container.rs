@@ -111,7 +111,7 @@ pub(super) fn up(at: &Attach, a: &Attachment) -> Result<LinkRecord, AttachError>
     // The container end's MAC (and its static address) are all that may leave the port.
     let source = super::ipv4_source(at, a, a.addressing.known().map(|n| n.addr()));
     super::protect(at, a, a.mac, source)?;
-    super::pin(a, a.mac)?;
+    super::pin(at, a, a.mac)?;
     Ok(LinkRecord {
         link: a.link.clone(),
         kind: Kind::Container.as_str().into(),

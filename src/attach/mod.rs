@@ -92,6 +92,12 @@ pub enum AttachError {
         #[source]
         source: antispoof::AntispoofError,
     },
+    #[error("{what}")]
+    Neigh {
+        what: String,
+        #[source]
+        source: crate::net::neigh::NeighError,
+    },
     #[error("{} teardown step(s) of {link} failed: {}", steps.len(), steps.join("; "))]
     Teardown { link: String, steps: Vec<String> },
 }
@@ -520,11 +526,30 @@ fn protect(
 /// Keep unknown unicast off `a`'s port, now on its bridge: a static forwarding entry for
 /// `mac` (the only source its rules let out) and the port's `flood` flag off
 /// ([`Netlink::pin_port`]). Another workload's frames to addresses the bridge does not know
-/// then no longer reach this one. Nothing for links that are on no bridge (isolated,
+/// then no longer reach this one. On a bridge Volt defines, the host's replies that wait for
+/// a neighbour are bounded too ([`crate::net::neigh`]: a workload that never answers ARP
+/// cannot stop the machine's ICMP). Nothing for links that are on no bridge (isolated,
 /// macvtap).
-fn pin(a: &Attachment, mac: MacAddr) -> Result<(), AttachError> {
-    if a.bridge.is_none() || a.netns.is_some() || matches!(a.kind, LinkKind::Macvtap { .. }) {
+fn pin(at: &Attach, a: &Attachment, mac: MacAddr) -> Result<(), AttachError> {
+    let Some(bridge) = a.bridge.as_deref() else {
         return Ok(());
+    };
+    if a.netns.is_some() || matches!(a.kind, LinkKind::Macvtap { .. }) {
+        return Ok(());
+    }
+    if at.network(a).is_some_and(|n| n.create_bridge) {
+        use crate::net::neigh;
+        let changed = neigh::bound_unresolved_queues(bridge, neigh::UNRESOLVED_QUEUE_BYTES)
+            .map_err(|source| AttachError::Neigh {
+                what: format!(
+                    "{}: cannot bound the host's neighbour queues on {bridge}",
+                    a.link
+                ),
+                source,
+            })?;
+        for path in changed {
+            log::info!("{path}: {} bytes", neigh::UNRESOLVED_QUEUE_BYTES);
+        }
     }
     Netlink::new()
         .and_then(|nl| nl.pin_port(&a.link, mac))

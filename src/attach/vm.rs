@@ -58,7 +58,7 @@ pub(super) fn up(at: &Attach, w: &Workload, a: &Attachment) -> Result<LinkRecord
         Err(panic) => std::panic::resume_unwind(panic),
     };
     // Both done: the link is on its bridge, and the MAC its guest may use is known.
-    super::pin(a, mac)?;
+    super::pin(at, a, mac)?;
     Ok(LinkRecord {
         link: a.link.clone(),
         kind: w.kind.as_str().into(),

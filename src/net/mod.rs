@@ -8,6 +8,7 @@ pub mod link;
 pub mod manager;
 pub mod monitor;
 pub mod nat;
+pub mod neigh;
 pub mod netlink;
 pub mod networkd;
 pub mod nft;
