@@ -21,8 +21,10 @@
 //!   about to go) is removed at start; after a crash and another network shared instead,
 //!   what the overlay put on the old bridge (this host's address, routes and neighbour
 //!   entries, networkd drop-ins) and its claims there are removed, the admin's own route,
-//!   neighbour entry and address kept; the ports, the filter and the overlay's addresses go
-//!   when the cluster file is gone;
+//!   neighbour entry and address kept; once the shared network's bridge is the admin's
+//!   (`create_bridge = false`), no DHCP block is claimed there and no DHCP drop-in written,
+//!   and the block claim and drop-in an earlier run left go; the ports, the filter and the
+//!   overlay's addresses go when the cluster file is gone;
 //! - a start that fails halfway (no DHCP block left for this host) takes back its VXLAN port
 //!   and filter and ends its lease.
 
@@ -657,6 +659,55 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     );
     h.etcdctl("del /volt/hosts/b");
     h.etcdctl("del --prefix /volt/ipam/volt0/");
+
+    // lab0 becomes the admin's bridge (`create_bridge = false`): its DHCP server, if any, is
+    // not Volt's, so this host claims no DHCP block on lab and writes no drop-in into
+    // networkd's config of lab0. After a crash, the start gives up the block claim and
+    // removes the DHCP drop-in the run on Volt's lab0 left; the MAC drop-in stays (the
+    // network is still shared). A rewrite of the host record (its deletion by hand) claims
+    // no block either.
+    let lab_dhcp = networkd.join("10-lab0.network.d/70-volt-cluster-dhcp.conf");
+    let lab_mac = networkd.join("10-lab0.netdev.d/50-volt-cluster.conf");
+    let lab_blocks = |h: &Host| {
+        h.etcdctl("get --prefix /volt/dhcp/lab/ --keys-only")
+            .trim()
+            .to_string()
+    };
+    assert!(
+        lab_dhcp.exists(),
+        "no DHCP drop-in for lab0:\n{}",
+        read(&log)
+    );
+    assert!(!lab_blocks(&h).is_empty(), "no DHCP block on lab");
+    kill(pid);
+    std::fs::write(
+        root.join("etc/volt/networks/lab.toml"),
+        "bridge = \"lab0\"\nsubnet = \"10.50.0.0/24\"\ncreate_bridge = false\n",
+    )
+    .expect("lab.toml");
+    let (pid, log) = h.start();
+    wait("the daemon never came up on the admin's lab0", &log, || {
+        read(&log).contains("is in the cluster")
+    });
+    let said = read(&log);
+    assert!(
+        !lab_dhcp.exists(),
+        "the DHCP drop-in left on the admin's lab0:\n{said}"
+    );
+    assert!(lab_mac.exists(), "{said}");
+    assert_eq!(lab_blocks(&h), "", "{said}");
+    assert!(
+        said.contains("released the DHCP block at 10.50.0."),
+        "{said}"
+    );
+    h.etcdctl("del /volt/hosts/a");
+    wait("the host record was never written again", &log, || {
+        read(&log).contains("this host's record is in the store again")
+    });
+    let said = read(&log);
+    assert!(!lab_dhcp.exists(), "{said}");
+    assert_eq!(lab_blocks(&h), "", "{said}");
+    assert!(!said.contains("DHCP server hands out"), "{said}");
 
     // A crash, then the cluster file is removed: the start fails, and takes the port and the
     // filter with it.

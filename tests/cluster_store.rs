@@ -861,3 +861,129 @@ fn only_this_hosts_stale_pool_claim_gives_way_to_a_dhcp_address() {
         "{local:?}"
     );
 }
+
+/// A running container's DHCP lease that networkd here has given to another container: the
+/// claim is taken over only where this host made it from the pool (not another host's, not
+/// a fixed one, not another owner's), in one transaction that also drops the new owner's
+/// claim of another address; two take-overs of one address at once: one wins, the other is
+/// refused. The lease file follows.
+#[test]
+fn an_ended_dhcp_lease_is_taken_over_only_from_this_hosts_pool_claim() {
+    use volt::attach::{AddressBook, ClusterBook};
+    if skip() {
+        return;
+    }
+    let (etcd, a) = one_member("a");
+    let b = Cluster::new(&config("b", &etcd.endpoints(), "")).expect("client");
+    register(&a);
+    register(&b);
+    let net = Network::builtin_default();
+    let ct = |n: &str| Owner::container(n, "eth0");
+    let ip = |last: u8| Ipv4Addr::new(10, 42, 0, last);
+    let leases = tempfile::tempdir().expect("leases");
+    let book = ClusterBook {
+        cluster: a.clone(),
+        local: volt::net::ipam::Ipam::new(leases.path()),
+    };
+    let claim = |c: &Cluster, who: &str, last: u8, fixed: bool| {
+        c.record(Holding::new(&net, &ct(who), ip(last), fixed))
+            .expect("claim");
+    };
+    book.record(Holding::new(&net, &ct("old"), ip(130), false))
+        .expect("old");
+    claim(&b, "far", 131, false);
+    claim(&a, "pinned", 132, true);
+    claim(&a, "new", 140, false);
+    let holds = |who: &str, last: u8| {
+        book.holds_pool_lease("volt0", &ct(who), ip(last))
+            .expect("holds")
+    };
+    assert!(holds("old", 130));
+    assert!(!holds("far", 131), "another host's claim");
+    assert!(!holds("pinned", 132), "a fixed claim");
+    assert!(!holds("old", 131));
+    let mac: volt::config::MacAddr = "52:54:00:00:01:40".parse().expect("mac");
+    let new = ct("new");
+    let h = |last: u8| Holding {
+        mac: Some(mac),
+        ..Holding::new(&net, &new, ip(last), false)
+    };
+    for (last, from) in [(131, "far"), (132, "pinned"), (130, "pinned")] {
+        let e = book.take_over(h(last), &ct(from)).expect_err("kept");
+        assert!(e.refuses_the_address(), "{last} from {from}: {e}");
+    }
+    let fixed = Holding {
+        fixed: true,
+        ..h(130)
+    };
+    assert!(book.take_over(fixed, &ct("old")).is_err());
+    let l = book.take_over(h(130), &ct("old")).expect("taken");
+    assert_eq!((l.ip, l.fixed), (ip(130), false));
+    let get = |key: String| {
+        a.etcd
+            .get(&key)
+            .expect("get")
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+    };
+    let held = get(store::addr_key("volt0", ip(130))).expect("claim of .130");
+    let held: store::AddrClaim = serde_json::from_str(&held).expect("json");
+    assert_eq!(
+        (held.owner.as_str(), held.host.as_str(), held.fixed),
+        ("container/new/eth0", "a", false)
+    );
+    assert_eq!(held.mac(), Some(mac));
+    assert_eq!(get(store::owner_key("volt0", "container/old/eth0")), None);
+    assert_eq!(
+        get(store::owner_key("volt0", "container/new/eth0")),
+        Some("10.42.0.130".to_string())
+    );
+    assert_eq!(
+        get(store::addr_key("volt0", ip(140))),
+        None,
+        "new's claim of .140 went in the same transaction"
+    );
+    let local = book.local.list("volt0").expect("local");
+    assert!(
+        local
+            .iter()
+            .any(|l| l.owner == ct("new") && l.ip == ip(130)),
+        "{local:?}"
+    );
+    assert!(!local.iter().any(|l| l.owner == ct("old")), "{local:?}");
+
+    // Two take-overs of one address at once (two containers networkd would never both
+    // lease it to, but the store must hold either way): one wins, the other is refused.
+    for round in 0..5u8 {
+        let last = 150 + round;
+        let from = format!("held{round}");
+        claim(&a, &from, last, false);
+        let (x, y) = (format!("x{round}"), format!("y{round}"));
+        let results: Vec<bool> = std::thread::scope(|s| {
+            let go = |who: &str| {
+                let (c, from, who) = (a.clone(), ct(&from), ct(who));
+                let net = &net;
+                s.spawn(move || {
+                    c.take_over(Holding::new(net, &who, ip(last), false), &from)
+                        .is_ok()
+                })
+            };
+            let t = [go(&x), go(&y)];
+            t.into_iter().map(|t| t.join().expect("thread")).collect()
+        });
+        assert_eq!(
+            results.iter().filter(|ok| **ok).count(),
+            1,
+            "round {round}: {results:?}"
+        );
+        let winner = if results[0] { &x } else { &y };
+        let loser = if results[0] { &y } else { &x };
+        let held = get(store::addr_key("volt0", ip(last))).expect("claim");
+        assert!(held.contains(&format!("container/{winner}/eth0")), "{held}");
+        let loser_key = store::owner_key("volt0", &format!("container/{loser}/eth0"));
+        assert_eq!(get(loser_key), None);
+        assert_eq!(
+            get(store::owner_key("volt0", &format!("container/{from}/eth0"))),
+            None
+        );
+    }
+}

@@ -305,7 +305,7 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                     if !fixed && displaced_a_stale_lease(at, book.as_ref(), h, &e) {
                         return true;
                     }
-                    if by_networkd && dhcp::took_over_an_ended_lease(at, net, &owner, ip, &e) {
+                    if by_networkd && dhcp::took_over_an_ended_lease(at, book.as_ref(), h, &e) {
                         return true;
                     }
                     log::warn!("{what}: lease not recorded: {}", crate::error_chain(&e));

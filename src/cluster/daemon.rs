@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::leftovers::{remove_stale_ports, remove_unshared};
+use super::leftovers::{remove_stale_ports, remove_unshared, Kept};
 use super::overlay::{bridge_mac, desired, dropins, fdb_changes, mac_dropin, vxlan_name, Local};
 use super::store;
 use super::threads::{keepalive, signals, watch};
@@ -202,7 +202,13 @@ pub fn run(root: &Path, notify: &dyn Fn(bool, &str)) -> Result<(), ClusterError>
     let now = d
         .shared
         .iter()
-        .map(|s| (s.net.bridge.clone(), s.address))
+        .map(|s| {
+            let kept = Kept {
+                address: s.address,
+                dhcp: s.net.volt_serves_dhcp(),
+            };
+            (s.net.bridge.clone(), kept)
+        })
         .collect();
     remove_unshared(&nl, root, &now);
     d.release_unshared();

@@ -75,8 +75,11 @@ impl Daemon {
             self.shared[i].address = Some(ip);
         }
         put(self)?;
+        // A block only where the DHCP server is Volt's (networkd's, from the `.network` Volt
+        // writes): on an admin's bridge the drop-in would go into networkd config Volt does
+        // not own, and the block would only keep it from the other hosts.
         for i in 0..self.shared.len() {
-            if self.shared[i].net.dhcp {
+            if self.shared[i].net.volt_serves_dhcp() {
                 self.dhcp_block(i)?;
             }
         }

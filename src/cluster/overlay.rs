@@ -128,6 +128,44 @@ pub fn dropin_bridge(dir: &str) -> Option<&str> {
         .filter(|b| !b.is_empty())
 }
 
+/// Which of the daemon's drop-ins in `dir` (an entry of networkd's runtime directory, as
+/// paths relative to that directory) an earlier run left, where `shared` says of a bridge
+/// whether this host shares its network now (`None`: not) and, if so, whether it claims a
+/// DHCP block there (the network's DHCP server is Volt's, see
+/// [`Network::volt_serves_dhcp`]): both drop-ins of a bridge it no longer shares; the DHCP
+/// block's of one whose DHCP server is not Volt's (an admin's bridge, `dhcp = false`).
+pub fn stale_dropins(dir: &str, shared: impl Fn(&str) -> Option<bool>) -> Vec<String> {
+    let Some(bridge) = dropin_bridge(dir) else {
+        return Vec::new();
+    };
+    let (mac, dhcp) = dropins(bridge);
+    let within = format!("{dir}/");
+    let mut stale = Vec::new();
+    match shared(bridge) {
+        None => stale.extend([mac, dhcp]),
+        Some(false) => stale.push(dhcp),
+        Some(true) => {}
+    }
+    stale.retain(|rel| rel.starts_with(&within));
+    stale
+}
+
+/// This host's DHCP block claims (network, first address) among `blocks` (the store's:
+/// network, first address, host) that it no longer has a use for: those on a network
+/// where `serves` says it claims no block now (a network it no longer shares, or one
+/// whose DHCP server is not Volt's).
+pub fn stale_dhcp_blocks(
+    blocks: &[(String, Ipv4Addr, String)],
+    me: &str,
+    serves: impl Fn(&str) -> bool,
+) -> Vec<(String, Ipv4Addr)> {
+    blocks
+        .iter()
+        .filter(|(net, _, host)| host == me && !serves(net))
+        .map(|(net, first, _)| (net.clone(), *first))
+        .collect()
+}
+
 /// The MAC drop-in's text.
 pub fn mac_dropin(bridge: &str, mac: MacAddr) -> String {
     format!("{DROPIN_HEADER}: this host's MAC for {bridge}\n[NetDev]\nMACAddress={mac}\n")

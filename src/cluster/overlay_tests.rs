@@ -416,3 +416,53 @@ fn the_guard_covers_every_bridge_and_every_etcd_port() {
     assert_eq!(g.vxlan_port, 4790);
     assert_eq!(g.etcd_ports, [2379, 2380, 12379, 22380]);
 }
+
+/// A bridge no longer shared leaves both drop-ins stale; a shared one whose DHCP server is
+/// not Volt's (an admin's bridge) only the DHCP block's; one where Volt serves DHCP none.
+/// Each is named under its own directory only.
+#[test]
+fn stale_dropins_follow_sharing_and_who_serves_dhcp() {
+    let shared = |b: &str| match b {
+        "volt0" => Some(true),
+        "br7" => Some(false),
+        _ => None,
+    };
+    assert!(stale_dropins("10-volt0.netdev.d", shared).is_empty());
+    assert!(stale_dropins("10-volt0.network.d", shared).is_empty());
+    assert!(stale_dropins("10-br7.netdev.d", shared).is_empty());
+    assert_eq!(
+        stale_dropins("10-br7.network.d", shared),
+        ["10-br7.network.d/70-volt-cluster-dhcp.conf"]
+    );
+    assert_eq!(
+        stale_dropins("10-lab0.netdev.d", shared),
+        ["10-lab0.netdev.d/50-volt-cluster.conf"]
+    );
+    assert_eq!(
+        stale_dropins("10-lab0.network.d", shared),
+        ["10-lab0.network.d/70-volt-cluster-dhcp.conf"]
+    );
+    for other in ["10-lab0.network", "20-lab0.network.d", "lab0"] {
+        assert!(stale_dropins(other, shared).is_empty(), "{other}");
+    }
+}
+
+/// Only this host's blocks, and only on networks where it claims none now.
+#[test]
+fn stale_dhcp_blocks_are_this_hosts_where_it_serves_none() {
+    let ip = |d: u8| Ipv4Addr::new(10, 42, 0, d);
+    let blocks = vec![
+        ("volt0".to_string(), ip(100), "a".to_string()),
+        ("volt0".to_string(), ip(116), "b".to_string()),
+        ("lab".to_string(), ip(100), "a".to_string()),
+        ("lab".to_string(), ip(116), "b".to_string()),
+        ("gone".to_string(), ip(132), "a".to_string()),
+    ];
+    let serves = |net: &str| net == "volt0";
+    assert_eq!(
+        stale_dhcp_blocks(&blocks, "a", serves),
+        [("lab".to_string(), ip(100)), ("gone".to_string(), ip(132))]
+    );
+    assert!(stale_dhcp_blocks(&blocks, "c", serves).is_empty());
+    assert_eq!(stale_dhcp_blocks(&blocks, "b", |_| false).len(), 2);
+}

@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 
 use super::{in_container, Attach, AttachError};
-use crate::attach::book::BookError;
+use crate::attach::book::{AddressBook, BookError};
 use crate::attach::leases::{record_owner, records};
-use crate::config::{MacAddr, Network};
+use crate::config::MacAddr;
 use crate::net::antispoof::{self, Ipv4Source, PortPolicy};
-use crate::net::ipam::{Holding, IpamError, Owner};
+use crate::net::ipam::Holding;
 use crate::net::netlink::Netlink;
 use crate::net::networkd::{leases, Networkd, NetworkdError};
 
@@ -50,25 +50,28 @@ const ADDRESS_POLL: Duration = Duration::from_millis(100);
 /// without a renewal, or forgotten by a restart of networkd, which keeps its leases in memory
 /// only (the holder's next renewal would be refused). The holder's port goes back to DHCP
 /// requests only, so it no longer sends as `ip`, and `owner` gets the lease; the holder gets
-/// an address again when it starts again. Only on this host's lease files: a cluster's claim
-/// stays refused.
+/// an address again when it starts again. Through the address book: the lease files, or on
+/// a network the cluster shares the claim, where this host made it from the pool (networkd
+/// here knows only its own clients, and DHCP never crosses hosts: another host's claim stays
+/// refused), swapped on the revision read ([`AddressBook::take_over`]).
 pub(super) fn took_over_an_ended_lease(
     at: &Attach,
-    net: &Network,
-    owner: &Owner,
-    ip: Ipv4Addr,
+    book: &dyn AddressBook,
+    h: Holding,
     e: &BookError,
 ) -> bool {
-    let BookError::Local(IpamError::Taken { holder, .. }) = e else {
+    let (owner, ip) = (h.owner, h.ip);
+    let Some(holder) = e.holder().filter(|_| !h.fixed) else {
         return false;
     };
-    let ipam = at.ipam();
-    let a_pool_lease = ipam.list(&net.name).is_ok_and(|ls| {
-        ls.iter()
-            .any(|l| l.owner == *holder && l.ip == ip && !l.fixed)
-    });
-    if !a_pool_lease {
-        return false;
+    let holder = &holder;
+    match book.holds_pool_lease(&h.net.name, holder, ip) {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            log::debug!("{}", crate::error_chain(&e));
+            return false;
+        }
     }
     // Its link's record says it got `ip` from DHCP (`volt container net-up`), on a bridge.
     let Some(r) = records(&at.paths.links_dir()).into_iter().find(|r| {
@@ -99,7 +102,7 @@ pub(super) fn took_over_an_ended_lease(
     if let Err(e) = cleared.save(&at.paths) {
         log::warn!("{}", crate::error_chain(&e));
     }
-    match ipam.take_over(Holding::new(net, owner, ip, false), holder) {
+    match book.take_over(h, holder) {
         Ok(_) => {
             log::warn!(
                 "{owner} has {ip} from networkd's DHCP server, which leases it to no other client; {holder}, recorded with it, no longer holds that lease (released, expired, or forgotten by a networkd restart): the lease is {owner}'s, and the port of {holder} ({}) passes DHCP requests only until it starts again",
