@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use super::leftovers::{remove_stale_ports, remove_unshared, Kept};
 use super::overlay::{bridge_mac, desired, dropins, fdb_changes, mac_dropin, vxlan_name, Local};
+use super::shared::Shared;
 use super::store;
 use super::threads::{keepalive, signals, watch};
 use super::{Cluster, ClusterError};
-use crate::config::{ClusterConfig, ConfigSet, MacAddr, Network, NetworkLookup};
+use crate::config::{ClusterConfig, ConfigSet, NetworkLookup};
 use crate::net::netlink::Netlink;
 use crate::net::overlay::{self as mech, PortFilter, VxlanParams};
 use crate::plan::Paths;
@@ -39,40 +40,6 @@ pub(super) fn nl_err(
     what: &str,
 ) -> impl FnOnce(crate::net::netlink::NetlinkError) -> ClusterError + '_ {
     move |e| setup(format!("{what}: {}", crate::error_chain(&e)))
-}
-
-/// One shared network on this host.
-pub(super) struct Shared {
-    pub(super) net: Network,
-    pub(super) vni: u32,
-    pub(super) vx: String,
-    pub(super) mac: MacAddr,
-    pub(super) address: Option<Ipv4Addr>,
-}
-
-impl Shared {
-    /// The filter of this network's VXLAN port (on UDP `udp_port`), letting in the (MAC,
-    /// address) pairs `remote`, from the VTEPs `fdb` places their MACs behind.
-    fn filter(
-        &self,
-        udp_port: u16,
-        remote: Vec<(MacAddr, Ipv4Addr)>,
-        fdb: &BTreeSet<mech::Fdb>,
-    ) -> PortFilter {
-        PortFilter {
-            port: self.vx.clone(),
-            gateway: self.net.gateway,
-            remote,
-            subnet: self.net.subnet,
-            vni: self.vni,
-            udp_port,
-            sources: fdb
-                .iter()
-                .filter(|e| !e.mac.is_zero())
-                .map(|e| (e.dst, e.mac))
-                .collect(),
-        }
-    }
 }
 
 pub(super) struct Daemon {
@@ -362,7 +329,7 @@ impl Daemon {
             if let Err(e) = crate::fsutil::write_atomic_if_changed(&dropin, &mac_dropin(b, s.mac)) {
                 log::warn!("{}", crate::error_chain(&e));
             }
-            self.bridge_identity(nl, s);
+            s.bridge_identity(nl, self.config().overlay_mtu());
             let p = VxlanParams {
                 name: s.vx.clone(),
                 vni: s.vni,
@@ -381,43 +348,6 @@ impl Daemon {
             }
         }
         Ok(())
-    }
-
-    /// The bridge's MAC and MTU as this host needs them (networkd may reset them when it
-    /// reconfigures the bridge).
-    fn bridge_identity(&self, nl: &Netlink, s: &Shared) {
-        let b = &s.net.bridge;
-        let mtu = self.config().overlay_mtu().min(s.net.mtu);
-        // networkd 252 fails the bridge on its own IPMasquerade= when a reload re-applies its
-        // .network, and drops its addresses; a reconfigure brings them back.
-        let has_gateway = nl
-            .ipv4_addrs(b)
-            .is_ok_and(|a| a.iter().any(|(ip, _)| *ip == s.net.gateway));
-        if !has_gateway && crate::net::networkd::Networkd::connect().is_ok() {
-            log::warn!(
-                "{b} lost its gateway address {} (networkd failed the link?); asking networkd to reconfigure it",
-                s.net.gateway
-            );
-            super::membership::networkctl_reconfigure(b);
-        }
-        match nl.link(b) {
-            Ok(Some(l)) => {
-                if l.mac != Some(s.mac) {
-                    match nl.set_mac(b, s.mac) {
-                        Ok(()) => log::info!("{b}: MAC set to {} (this host's)", s.mac),
-                        Err(e) => log::warn!("{}", crate::error_chain(&e)),
-                    }
-                }
-                if l.mtu != mtu {
-                    match nl.set_mtu(b, mtu) {
-                        Ok(()) => log::info!("{b}: MTU set to {mtu}"),
-                        Err(e) => log::warn!("{}", crate::error_chain(&e)),
-                    }
-                }
-            }
-            Ok(None) => log::warn!("bridge {b} is gone"),
-            Err(e) => log::warn!("{}", crate::error_chain(&e)),
-        }
     }
 
     /// Bring every port in line with the store; returns a summary for STATUS=.
@@ -446,7 +376,7 @@ impl Daemon {
         let mut summary = Vec::new();
         let mut rejected = BTreeSet::new();
         for s in &self.shared {
-            self.bridge_identity(nl, s);
+            s.bridge_identity(nl, self.config().overlay_mtu());
             let local = Local {
                 me: &me,
                 underlay: self.config().underlay,

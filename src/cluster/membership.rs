@@ -6,7 +6,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
 use super::conflicts::Retry;
-use super::daemon::{setup, Daemon, Shared};
+use super::daemon::{setup, Daemon};
+use super::shared::Shared;
 use super::store::{self, AddrClaim, HostNet, HostRecord};
 use super::ClusterError;
 use crate::config::{ConfigSet, NetworkLookup};

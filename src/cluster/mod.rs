@@ -16,6 +16,7 @@ mod orphans;
 mod overlay;
 pub use overlay::stale_ports;
 mod resolve;
+mod shared;
 pub mod status;
 pub mod store;
 mod threads;
