@@ -34,19 +34,6 @@ impl BookError {
             BookError::Cluster(e) => matches!(e, ClusterError::Taken { .. }),
         }
     }
-
-    /// The owner that holds the address this refuses, where another owner holds it (on any
-    /// host: a cluster's claim says which).
-    pub fn holder(&self) -> Option<Owner> {
-        match self {
-            BookError::Local(IpamError::Taken { holder, .. })
-            | BookError::Cluster(ClusterError::Ipam(IpamError::Taken { holder, .. })) => {
-                Some(holder.clone())
-            }
-            BookError::Cluster(ClusterError::Taken { owner, .. }) => owner.parse().ok(),
-            _ => None,
-        }
-    }
 }
 
 /// An address book: allocate, record, release and list leases of one network.
@@ -68,20 +55,6 @@ pub trait AddressBook {
         h: Holding,
         runs: &dyn Fn(&Owner) -> bool,
     ) -> Result<(Lease, Option<Owner>), BookError>;
-    /// Whether `owner` holds `ip` on `network` from the pool, on this host: its lease in
-    /// the lease files; on a network the cluster shares, a claim this host made.
-    fn holds_pool_lease(
-        &self,
-        network: &str,
-        owner: &Owner,
-        ip: std::net::Ipv4Addr,
-    ) -> Result<bool, BookError>;
-    /// [`AddressBook::record`] of `h.ip` from the pool (`h.fixed` false), whose pool lease
-    /// `from` holds on this host ([`AddressBook::holds_pool_lease`]): a lease the caller knows
-    /// has ended. `from`'s lease gives way in the same write (the lease files) or the same
-    /// transaction on the claim's revision as read (the cluster's); a lease that is not such
-    /// a one (any more) refuses it as `record` does.
-    fn take_over(&self, h: Holding, from: &Owner) -> Result<Lease, BookError>;
 }
 
 impl AddressBook for Ipam {
@@ -103,22 +76,6 @@ impl AddressBook for Ipam {
         runs: &dyn Fn(&Owner) -> bool,
     ) -> Result<(Lease, Option<Owner>), BookError> {
         Ok(Ipam::record_displacing(self, h, &|o| !runs(o))?)
-    }
-
-    fn holds_pool_lease(
-        &self,
-        network: &str,
-        owner: &Owner,
-        ip: std::net::Ipv4Addr,
-    ) -> Result<bool, BookError> {
-        let leases = self.list(network)?;
-        Ok(leases
-            .iter()
-            .any(|l| l.owner == *owner && l.ip == ip && !l.fixed))
-    }
-
-    fn take_over(&self, h: Holding, from: &Owner) -> Result<Lease, BookError> {
-        Ok(Ipam::take_over(self, h, from)?)
     }
 }
 
@@ -174,23 +131,6 @@ impl AddressBook for ClusterBook {
         let (l, holder) = self.cluster.record_displacing(h, &|o| !runs(o))?;
         self.mirror(h.net, &l);
         Ok((l, holder))
-    }
-
-    fn holds_pool_lease(
-        &self,
-        network: &str,
-        owner: &Owner,
-        ip: std::net::Ipv4Addr,
-    ) -> Result<bool, BookError> {
-        Ok(self.cluster.holds_pool_claim(network, owner, ip)?)
-    }
-
-    /// The claim in the store is what is taken over (see [`Cluster::take_over`]); the lease
-    /// file follows it (the mirror drops `from`'s lease there).
-    fn take_over(&self, h: Holding, from: &Owner) -> Result<Lease, BookError> {
-        let l = self.cluster.take_over(h, from)?;
-        self.mirror(h.net, &l);
-        Ok(l)
     }
 }
 
@@ -260,38 +200,5 @@ pub fn book_error(what: String) -> impl FnOnce(BookError) -> AttachError {
             what,
             source: Box::new(source),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The holder of a refused address, from either book's refusal; a host's own address
-    /// (`host/<host>`) and other errors name none.
-    #[test]
-    fn a_refusal_names_its_holder() {
-        let ip = std::net::Ipv4Addr::new(10, 42, 0, 120);
-        let old = Owner::container("old", "eth0");
-        let taken = IpamError::Taken {
-            ip,
-            network: "volt0".into(),
-            holder: old.clone(),
-        };
-        let claimed = |owner: &str| ClusterError::Taken {
-            ip,
-            network: "volt0".into(),
-            owner: owner.into(),
-            host: "b".into(),
-        };
-        assert_eq!(BookError::Local(taken).holder(), Some(old.clone()));
-        let e = BookError::Cluster(claimed("container/old/eth0"));
-        assert_eq!(e.holder(), Some(old));
-        assert_eq!(BookError::Cluster(claimed("host/a")).holder(), None);
-        let name = ClusterError::NameTaken {
-            name: "web".into(),
-            host: "b".into(),
-        };
-        assert_eq!(BookError::Cluster(name).holder(), None);
     }
 }

@@ -294,8 +294,7 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
             Some(n) => Some(at.book(&n.name)?),
             None => None,
         };
-        // `by_networkd`: networkd's DHCP server leases `ip` to this container now.
-        let record = |ip: Ipv4Addr, fixed: bool, by_networkd: bool| {
+        let record = |ip: Ipv4Addr, fixed: bool| {
             if let (Some(net), Some(book)) = (net, &book) {
                 let h = Holding {
                     mac: Some(a.mac),
@@ -303,9 +302,6 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                 };
                 if let Err(e) = book.record(h) {
                     if !fixed && displaced_a_stale_lease(at, book.as_ref(), h, &e) {
-                        return true;
-                    }
-                    if by_networkd && dhcp::took_over_an_ended_lease(at, book.as_ref(), h, &e) {
                         return true;
                     }
                     log::warn!("{what}: lease not recorded: {}", crate::error_chain(&e));
@@ -321,7 +317,7 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                     .unwrap_or_default()
             );
             // A static address is refused before the container starts (veth up).
-            let _ = record(addr.addr(), true, false);
+            let _ = record(addr.addr(), true);
             continue;
         }
         if a.addressing != Addressing::Dhcp {
@@ -351,12 +347,19 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                 prefix,
                 by_networkd,
             } => {
-                log::info!("{what}: {inside} has {ip}/{prefix} from DHCP");
+                log::info!(
+                    "{what}: {inside} has {ip}/{prefix} from DHCP{}",
+                    if by_networkd {
+                        " (networkd's DHCP server leases it to its MAC)"
+                    } else {
+                        ""
+                    }
+                );
                 // Its port passed DHCP requests only: from now on this address too, unless
                 // the address book gives it to another workload (where Volt cannot ask the
                 // DHCP server, root in the container may have set it itself; networkd, which
                 // forgets its leases when it restarts, may lease an address again).
-                if !record(ip, false, by_networkd) {
+                if !record(ip, false) {
                     log::error!(
                         "{what}: {ip} is not this container's to use: its port passes DHCP requests only (let its DHCP client configure the address, then restart it)"
                     );

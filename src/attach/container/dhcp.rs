@@ -15,9 +15,13 @@
 //! address passes everything from it, requests with other chaddrs too: such a lease still
 //! takes its address off networkd's pool, so nobody else is given it while it lasts.)
 //!
-//! The same authority settles a conflict with a running container: the address networkd
-//! leases to a starting container now is no longer leased to the one the address book still
-//! gives it to, which loses it ([`took_over_an_ended_lease`]). What is not followed: a
+//! The authority does not settle a conflict with a running container: an address networkd
+//! leases now that the address book still gives to a running DHCP container stays refused
+//! (the newcomer's port passes DHCP requests only, and the journal says so). networkd's
+//! lease table is not proof that the holder's lease ended: networkd finds a lease by the
+//! client identifier the request carries, which any workload can copy from another's
+//! broadcast DISCOVER, and it forgets every lease when it restarts or reconfigures the
+//! bridge. Trusting it would let a workload, or a reload, evict a running container. A
 //! running container whose own DHCP address changes (a refused renewal, then another
 //! address) keeps a port held to the address `net-up` saw until it starts again.
 
@@ -26,12 +30,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
-use super::{in_container, Attach, AttachError};
-use crate::attach::book::{AddressBook, BookError};
-use crate::attach::leases::{record_owner, records};
+use super::{in_container, AttachError};
 use crate::config::MacAddr;
-use crate::net::antispoof::{self, Ipv4Source, PortPolicy};
-use crate::net::ipam::Holding;
 use crate::net::netlink::Netlink;
 use crate::net::networkd::{leases, Networkd, NetworkdError};
 
@@ -42,80 +42,6 @@ use crate::net::networkd::{leases, Networkd, NetworkdError};
 const LEASE_WAIT: Duration = Duration::from_secs(5);
 /// How often `net-up` looks for an address inside until it sees one.
 const ADDRESS_POLL: Duration = Duration::from_millis(100);
-
-/// networkd's DHCP server leases `ip` to `owner`'s container now (this start's check found
-/// it), while the address book still gives it to `holder`, a container that runs with `ip`
-/// from DHCP. networkd leases an address to one client at a time, so the holder's lease of
-/// it has ended: released (root inside can send a DHCPRELEASE and keep the address), expired
-/// without a renewal, or forgotten by a restart of networkd, which keeps its leases in memory
-/// only (the holder's next renewal would be refused). The holder's port goes back to DHCP
-/// requests only, so it no longer sends as `ip`, and `owner` gets the lease; the holder gets
-/// an address again when it starts again. Through the address book: the lease files, or on
-/// a network the cluster shares the claim, where this host made it from the pool (networkd
-/// here knows only its own clients, and DHCP never crosses hosts: another host's claim stays
-/// refused), swapped on the revision read ([`AddressBook::take_over`]).
-pub(super) fn took_over_an_ended_lease(
-    at: &Attach,
-    book: &dyn AddressBook,
-    h: Holding,
-    e: &BookError,
-) -> bool {
-    let (owner, ip) = (h.owner, h.ip);
-    let Some(holder) = e.holder().filter(|_| !h.fixed) else {
-        return false;
-    };
-    let holder = &holder;
-    match book.holds_pool_lease(&h.net.name, holder, ip) {
-        Ok(true) => {}
-        Ok(false) => return false,
-        Err(e) => {
-            log::debug!("{}", crate::error_chain(&e));
-            return false;
-        }
-    }
-    // Its link's record says it got `ip` from DHCP (`volt container net-up`), on a bridge.
-    let Some(r) = records(&at.paths.links_dir()).into_iter().find(|r| {
-        record_owner(r).as_ref() == Some(holder) && r.dhcp == Some(ip) && r.netns.is_none()
-    }) else {
-        return false;
-    };
-    let Some(mac) = r.mac() else {
-        return false;
-    };
-    // A record whose link is gone (a down cut short) has no port left to cut back.
-    if crate::net::link::index(&r.link).is_some() {
-        let policy = PortPolicy {
-            ipv4: Ipv4Source::DhcpOnly,
-            ..PortPolicy::new(mac, None)
-        };
-        if let Err(e) = antispoof::apply(&r.link, &policy) {
-            log::warn!(
-                "{owner} has {ip} from networkd, but the port of {holder} ({}) cannot be cut back to DHCP requests: {}",
-                r.link,
-                crate::error_chain(&e)
-            );
-            return false;
-        }
-    }
-    let mut cleared = r.clone();
-    cleared.dhcp = None;
-    if let Err(e) = cleared.save(&at.paths) {
-        log::warn!("{}", crate::error_chain(&e));
-    }
-    match book.take_over(h, holder) {
-        Ok(_) => {
-            log::warn!(
-                "{owner} has {ip} from networkd's DHCP server, which leases it to no other client; {holder}, recorded with it, no longer holds that lease (released, expired, or forgotten by a networkd restart): the lease is {owner}'s, and the port of {holder} ({}) passes DHCP requests only until it starts again",
-                r.link
-            );
-            true
-        }
-        Err(e) => {
-            log::warn!("{}", crate::error_chain(&e));
-            false
-        }
-    }
-}
 
 /// Who says which address the container was given.
 pub(super) enum Authority<'a> {
