@@ -91,7 +91,10 @@ fn chain(ns: &TestNs, port: &str) -> String {
 /// unicast flooded to it.
 fn assert_pinned(ns: &TestNs, port: &str, bridge: &str, mac: &str) {
     let flags = ns.ok(&format!("bridge -d link show dev {port}"));
-    assert!(flags.contains("flood off"), "{flags}");
+    assert!(
+        flags.contains("flood off") && flags.contains("learning off"),
+        "{flags}"
+    );
     let fdb = ns.ok(&format!("bridge fdb show dev {port}"));
     assert!(
         fdb.contains(&format!("{mac} sticky master {bridge} static")),

@@ -182,6 +182,13 @@ fn attacks() -> Vec<Attack> {
         let b = fr::bootp_request(chaddr, &mk(name));
         fr::ipv4(unspec4, bcast4, 17, &fr::udp(68, 67, &b))
     };
+    // A client's request from `src` with `chaddr` and `ciaddr` (BOOTP byte 12): a renewal,
+    // or a RELEASE of whatever lease `ciaddr` names.
+    let request = |src, chaddr, ciaddr: Ipv4Addr, name: &str| {
+        let mut b = fr::bootp_request(chaddr, &mk(name));
+        b[12..16].copy_from_slice(&ciaddr.octets());
+        fr::ipv4(src, GATEWAY, 17, &fr::udp(68, 67, &b))
+    };
     // IPv6: a fragmented neighbour advertisement, a DHCPv6 answer, DAD of another's address.
     let fragment = fr::ipv6_fragment(
         attacker_ll,
@@ -225,7 +232,15 @@ fn attacks() -> Vec<Attack> {
         ("ip6-fragment", Some(rule::IP6_FRAG), all6, a, none, ETH_IP6, fragment),
         ("dhcp6-reply", Some(rule::DHCP6_SERVER), all6, a, none, ETH_IP6, dhcp6),
         ("dad-other", Some(rule::DAD), fr::mcast6(all_nodes), a, none, ETH_IP6, unspec(all_nodes, 58, 255, &dad_other)),
+        ("dhcp-release-other", Some(rule::DHCP_CIADDR), br, a, none, ETH_IP, request(ATTACK_IP, attacker, HONEST_IP, "dhcp-release-other")),
+        ("dhcp-request-other-mac", Some(rule::DHCP_CHADDR), br, a, none, ETH_IP, request(ATTACK_IP, honest, ATTACK_IP, "dhcp-request-other-mac")),
+        ("dhcp-discover-ciaddr", Some(rule::IP), bc, a, none, ETH_IP, {
+            let mut d = fr::bootp_request(attacker, &mk("dhcp-discover-ciaddr"));
+            d[12..16].copy_from_slice(&HONEST_IP.octets());
+            fr::ipv4(unspec4, bcast4, 17, &fr::udp(68, 67, &d))
+        }),
         ("dhcp-discover", None, bc, a, none, ETH_IP, discover(attacker, "dhcp-discover")),
+        ("dhcp-renew", None, br, a, none, ETH_IP, request(ATTACK_IP, attacker, ATTACK_IP, "dhcp-renew")),
         ("arp-probe", None, bc, a, none, ETH_ARP, fr::arp_request(attacker, unspec4, ATTACK_IP)),
         // What the attacker may send from its own addresses.
         ("own-arp", None, bc, a, none, ETH_ARP, own_arp),
@@ -728,6 +743,74 @@ fn forged_sources_are_dropped_before_the_bridge_learns_them() {
         .expect("remove");
     flood(301);
     assert_eq!(learned(), usize::from(N));
+}
+
+/// Frames to link-local group addresses (LLDP's `01:80:c2:00:00:0e`), which the bridge does
+/// not forward, go to its local input, past the prerouting hook the port's rules are in: the
+/// bridge learned their forged sources. A pinned port learns nothing, and a static entry
+/// of an earlier MAC on it goes when it is pinned again.
+#[test]
+fn a_pinned_port_learns_no_source_from_link_local_frames() {
+    if skip() {
+        return;
+    }
+    let lab = lab();
+    let (listen, send) = lab.attacker_under(PortPolicy::new(mac(ATTACK_MAC), Some(ATTACK_IP)));
+    const N: u16 = 100;
+    let forged = |i: u16| -> [u8; 6] {
+        let [hi, lo] = i.to_be_bytes();
+        [0x52, 0x54, 0x00, 0xed, hi, lo]
+    };
+    let flood = |first: usize| {
+        for i in 0..N {
+            let frame = fr::ether(
+                [0x01, 0x80, 0xc2, 0x00, 0x00, 0x0e],
+                forged(i),
+                &[],
+                0x88cc,
+                &[0u8; 46],
+                &fr::marker("lldp"),
+            );
+            fr::send(&send, &frame);
+        }
+        let (until, frame) = sentinel(first);
+        fr::send(&send, &frame);
+        let seen = fr::markers_until(&listen, &until, Duration::from_secs(2));
+        assert!(seen.contains(&until), "sentinel lost: {seen:?}");
+    };
+    let on_port = |prefix: [u8; 4]| {
+        lab.host
+            .run(|| volt::net::netlink::Netlink::new()?.fdb("br0"))
+            .expect("the bridge's forwarding entries")
+            .into_iter()
+            .filter(|e| e.mac.0[..4] == prefix)
+            .count()
+    };
+    let pin = |m: &'static str| {
+        lab.host
+            .run(move || volt::net::netlink::Netlink::new()?.pin_port(ATTACK_PORT, mac(m)))
+            .expect("pin");
+    };
+    // Pinned first to an earlier MAC, then to its own: the earlier one's entry goes.
+    pin("52:54:00:aa:bb:cc");
+    pin(ATTACK_MAC);
+    flood(400);
+    assert_eq!(
+        on_port([0x52, 0x54, 0x00, 0xed]),
+        0,
+        "a forged source was learned"
+    );
+    let fdb = lab.host.ok("bridge fdb show dev veth-b-h");
+    assert!(!fdb.contains("52:54:00:aa:bb:cc"), "{fdb}");
+    // The control: with learning on again, the rules alone do not keep the bridge from
+    // learning every one.
+    lab.host.ok("bridge link set dev veth-b-h learning on");
+    flood(401);
+    assert_eq!(on_port([0x52, 0x54, 0x00, 0xed]), usize::from(N));
+    assert!(
+        fdb.contains(&format!("{ATTACK_MAC} sticky master br0 static")),
+        "{fdb}"
+    );
 }
 
 /// Unknown unicast: the attacker sends IPv4 from its own addresses (which its rules let by)

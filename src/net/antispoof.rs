@@ -35,6 +35,11 @@ pub mod rule {
     pub const DHCP_SERVER: &str = "dhcp-server";
     /// A DHCP client's requests from 0.0.0.0 for the port's MAC (accepted, not counted).
     pub const DHCP_CLIENT: &str = "dhcp-client";
+    /// A DHCP request from the port's address for another MAC (BOOTP chaddr).
+    pub const DHCP_CHADDR: &str = "dhcp-chaddr";
+    /// A DHCP request from the port's address whose ciaddr is another address (a RELEASE of
+    /// another's lease).
+    pub const DHCP_CIADDR: &str = "dhcp-ciaddr";
     /// IPv4 from another source address (all but DHCP requests while none is known).
     pub const IP: &str = "ip";
     /// Untagged IPv4 that passed the rules above: accepted at once, without a counter (the

@@ -73,8 +73,10 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
+    // ciaddr (UDP payload byte 12) is 0.0.0.0 in every request a client sends before it has
+    // an address (RFC 2131, table 5).
     let dhcp_client = format!(
-        "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 @th,288,48 {chaddr}"
+        "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 @th,288,48 {chaddr} @th,160,32 0"
     );
     match p.ipv4 {
         Ipv4Source::Known(ip) => {
@@ -84,6 +86,25 @@ pub fn apply_script(port: &str, p: &PortPolicy) -> Result<String, AntispoofError
                 rule::IP,
                 "counter drop",
             );
+            // Requests from its address (renewals, a RELEASE, an INFORM) only for its own
+            // MAC and address where Volt's server answers: networkd finds a lease by the
+            // client identifier a request carries, which anybody can copy from another
+            // client's broadcast, and frees it on a RELEASE whose ciaddr is the lease's.
+            if !p.dhcp_server {
+                add(
+                    &format!("ether type ip udp dport 67 @th,288,48 != {chaddr}"),
+                    rule::DHCP_CHADDR,
+                    "counter drop",
+                );
+                add(
+                    &format!(
+                        "ether type ip udp dport 67 @th,160,32 != {{ 0, {:#010x} }}",
+                        u32::from(ip)
+                    ),
+                    rule::DHCP_CIADDR,
+                    "counter drop",
+                );
+            }
         }
         Ipv4Source::DhcpOnly => {
             add(&dhcp_client, rule::DHCP_CLIENT, "accept");
@@ -318,10 +339,19 @@ mod tests {
         // rule; a server's answers are dropped before it too, unless the network's DHCP
         // server is not Volt's.
         assert!(s.contains(
-            "ip daddr 255.255.255.255 udp sport 68 udp dport 67 @th,288,48 0x525400123456 accept"
+            "ip daddr 255.255.255.255 udp sport 68 udp dport 67 @th,288,48 0x525400123456 @th,160,32 0 accept"
         ));
         assert!(at("comment \"dhcp-server\"") < at("comment \"dhcp-client\""));
         assert!(at("comment \"dhcp-client\"") < at("comment \"ip\""));
+        // Requests from its address: for its MAC and address only, before the accept.
+        assert!(s.contains(
+            "ether type ip udp dport 67 @th,288,48 != 0x525400123456 counter drop comment \"dhcp-chaddr\""
+        ));
+        assert!(s.contains(
+            "ether type ip udp dport 67 @th,160,32 != { 0, 0x0a2a000a } counter drop comment \"dhcp-ciaddr\""
+        ));
+        assert!(at("comment \"ip\"") < at("comment \"dhcp-chaddr\""));
+        assert!(at("comment \"dhcp-ciaddr\"") < at("comment \"ip-accept\""));
         let own_server = PortPolicy {
             dhcp_server: true,
             ..p.clone()
@@ -340,7 +370,7 @@ mod tests {
         for want in [
             "ether type ip counter drop comment \"ip\"",
             "ether type arp arp saddr ip != 0.0.0.0 counter drop",
-            "@th,288,48 0x525400123456 accept comment \"dhcp-client\"",
+            "@th,288,48 0x525400123456 @th,160,32 0 accept comment \"dhcp-client\"",
         ] {
             assert!(pending.contains(want), "{want} in\n{pending}");
         }
