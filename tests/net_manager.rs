@@ -1082,11 +1082,11 @@ fn neighbour_queues_are_bounded_and_a_lower_value_stays() {
             .trim()
             .to_string()
     };
-    assert_eq!(
-        read("ipv4", "nq0"),
-        "212992",
-        "the kernel's default changed"
-    );
+    // The kernel's default (what a new namespace copies) must be above the bound for the
+    // first call to change anything.
+    let before: u64 = read("ipv4", "nq0").parse().expect("a number");
+    assert!(before > UNRESOLVED_QUEUE_BYTES, "default {before}");
+    let ipv6 = std::path::Path::new("/proc/sys/net/ipv6").exists();
     let changed = host.run(|| {
         (
             bound_unresolved_queues("nq0", UNRESOLVED_QUEUE_BYTES).expect("nq0"),
@@ -1097,11 +1097,9 @@ fn neighbour_queues_are_bounded_and_a_lower_value_stays() {
                 .to_string(),
         )
     });
-    assert_eq!(changed.0.len(), 2, "{changed:?}");
-    assert_eq!(
-        changed.1,
-        vec!["/proc/sys/net/ipv6/neigh/nq1/unres_qlen_bytes".to_string()]
-    );
+    assert_eq!(changed.0.len(), if ipv6 { 2 } else { 1 }, "{changed:?}");
+    let nq1_v6 = vec!["/proc/sys/net/ipv6/neigh/nq1/unres_qlen_bytes".to_string()];
+    assert_eq!(changed.1, if ipv6 { nq1_v6 } else { Vec::new() });
     assert!(changed.2.is_empty(), "{changed:?}");
     assert_eq!(changed.3, "\"../all\" is not an interface name");
     for (fam, br, want) in [
@@ -1110,6 +1108,9 @@ fn neighbour_queues_are_bounded_and_a_lower_value_stays() {
         ("ipv4", "nq1", "4096"),
         ("ipv6", "nq1", "8192"),
     ] {
+        if fam == "ipv6" && !ipv6 {
+            continue;
+        }
         assert_eq!(read(fam, br), want, "{fam} {br}");
     }
     // The host's own bridges are left alone: this ran in the test's namespace.

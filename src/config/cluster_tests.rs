@@ -316,7 +316,7 @@ fn a_cluster_that_shares_no_network_is_a_warning() {
 fn plain_http_to_another_machine_is_a_warning() {
     let c = parse(&GOOD.replace(
         "[\"http://192.168.7.1:2379\", \"http://192.168.7.2:2379/\"]",
-        r#"["https://192.168.7.1:2379", "http://192.168.7.2:2379", "http://127.0.0.1:2379", "http://[::1]:2379", "http://LocalHost:2379", "http://etcd.example:2379"]"#,
+        r#"["https://192.168.7.1:2379", "http://192.168.7.2:2379", "http://127.0.0.1:2379", "http://[::1]:2379", "http://LocalHost:2379", "http://etcd.example:2379", "http://localhost.:2379", "http://[::ffff:127.0.0.1]:2379"]"#,
     ))
     .expect("valid");
     let w = c.warnings();

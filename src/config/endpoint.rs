@@ -159,9 +159,12 @@ impl Endpoint {
     /// Whether it names this machine (`localhost`, 127.0.0.0/8, `::1`): plain HTTP there
     /// does not leave the host.
     pub fn is_loopback(&self) -> bool {
-        self.host.eq_ignore_ascii_case("localhost")
-            || self.host.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
-            || self.host.parse::<Ipv6Addr>().is_ok_and(|a| a.is_loopback())
+        let host = self.host.strip_suffix('.').unwrap_or(&self.host);
+        host.eq_ignore_ascii_case("localhost")
+            || host.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+            || host.parse::<Ipv6Addr>().is_ok_and(|a| {
+                a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            })
     }
 }
 
