@@ -516,6 +516,24 @@ fn big_buffer(sock: &std::os::fd::OwnedFd, bytes: i32) {
     assert_eq!(r, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
 }
 
+/// Send an echo request from the attacker's address (Ethernet source `src`) to the honest
+/// neighbour, marked `name`; returns the marker (what ends a count of what came before it).
+fn to_the_neighbour(send: &std::os::fd::OwnedFd, src: [u8; 6], name: &str) -> String {
+    let end = fr::marker(name);
+    fr::send(
+        send,
+        &fr::ether(
+            fr::mac(HONEST_MAC),
+            src,
+            &[],
+            ETH_IP,
+            &fr::icmp_echo(ATTACK_IP, HONEST_IP, &end),
+            &end,
+        ),
+    );
+    end
+}
+
 /// How many frames marked `marker` arrive on `sock` until `until` does (within `wait`), and
 /// whether it did; frames still on their way after it are counted too.
 fn count_marked(
@@ -606,18 +624,7 @@ fn a_broadcast_flood_is_cut_to_the_limit_and_normal_traffic_still_passes() {
     }
     let elapsed = start.elapsed();
     // Unicast right behind the flood, the bucket empty: not limited.
-    let end = fr::marker("flood-end");
-    fr::send(
-        &send,
-        &fr::ether(
-            fr::mac(HONEST_MAC),
-            attacker,
-            &[],
-            ETH_IP,
-            &fr::icmp_echo(ATTACK_IP, HONEST_IP, &end),
-            &end,
-        ),
-    );
+    let end = to_the_neighbour(&send, attacker, "flood-end");
     let (received, came) = count_marked(&neighbour, &mark, &end, Duration::from_secs(5));
     assert!(
         dropped > 0,
@@ -840,18 +847,7 @@ fn a_pinned_port_gets_no_unknown_unicast_and_its_workload_stays_reachable() {
             let to = [0x52, 0x54, 0x00, 0xdd ^ round, hi, lo];
             fr::send(&send, &fr::ether(to, attacker, &[], ETH_IP, &echo, &mark));
         }
-        let end = fr::marker(&format!("unknown-end-{round}"));
-        fr::send(
-            &send,
-            &fr::ether(
-                fr::mac(HONEST_MAC),
-                attacker,
-                &[],
-                ETH_IP,
-                &fr::icmp_echo(ATTACK_IP, HONEST_IP, &end),
-                &end,
-            ),
-        );
+        let end = to_the_neighbour(&send, attacker, &format!("unknown-end-{round}"));
         let (n, came) = count_marked(&neighbour, &mark, &end, Duration::from_secs(5));
         assert!(came, "the frame to the neighbour itself was lost");
         n

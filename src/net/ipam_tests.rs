@@ -428,15 +428,8 @@ fn a_mirror_follows_the_store_over_stale_local_leases() {
         .expect("b's claim");
     ipam.mirror(Holding::new(&n, &a, ip("10.42.0.3"), false))
         .expect("a's claim");
-    let mut got: Vec<(String, Ipv4Addr)> = ipam
-        .list("volt0")
-        .expect("list")
-        .into_iter()
-        .map(|l| (l.owner.to_string(), l.ip))
-        .collect();
-    got.sort();
     assert_eq!(
-        got,
+        owners_and_addresses(&ipam),
         [
             ("vm/a/eth0".to_string(), ip("10.42.0.3")),
             ("vm/b/eth0".to_string(), ip("10.42.0.2"))
@@ -448,24 +441,45 @@ fn a_mirror_follows_the_store_over_stale_local_leases() {
         .is_err());
 }
 
+/// Every lease of volt0 as (owner, address), sorted.
+fn owners_and_addresses(ipam: &Ipam) -> Vec<(String, Ipv4Addr)> {
+    let mut got: Vec<(String, Ipv4Addr)> = ipam
+        .list("volt0")
+        .expect("list")
+        .into_iter()
+        .map(|l| (l.owner.to_string(), l.ip))
+        .collect();
+    got.sort();
+    got
+}
+
+/// A lease file in a fresh directory where container `names[0]` holds 10.42.0.120 from the
+/// pool and `names[2]` 10.42.0.121 (`fixed` or from the pool); `names[1]` holds nothing.
+fn old_and_another(
+    names: [&str; 3],
+    fixed: bool,
+) -> (tempfile::TempDir, Ipam, Network, [Owner; 3]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ipam = Ipam::new(dir.path());
+    let n = net();
+    let owners = names.map(|w| Owner::container(w, "eth0"));
+    ipam.record(Holding::new(&n, &owners[0], ip("10.42.0.120"), false))
+        .expect("the first");
+    ipam.record(Holding::new(&n, &owners[2], ip("10.42.0.121"), fixed))
+        .expect("the third");
+    (dir, ipam, n, owners)
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("ip")
+}
+
 /// A DHCP container's pool lease that the caller knows has ended (networkd leases its address
 /// to another now) goes to the new holder in one write; a fixed lease of it, or a lease of
 /// anyone but the named owner, still refuses it.
 #[test]
 fn a_take_over_drops_only_the_named_owners_pool_lease() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ipam = Ipam::new(dir.path());
-    let n = net();
-    let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
-    let (old, new, third) = (
-        Owner::container("old", "eth0"),
-        Owner::container("new", "eth0"),
-        Owner::container("third", "eth0"),
-    );
-    ipam.record(Holding::new(&n, &old, ip("10.42.0.120"), false))
-        .expect("old");
-    ipam.record(Holding::new(&n, &third, ip("10.42.0.121"), false))
-        .expect("third");
+    let (_dir, ipam, n, [old, new, _third]) = old_and_another(["old", "new", "third"], false);
     // Naming the wrong owner takes nothing.
     let e = ipam
         .take_over(Holding::new(&n, &new, ip("10.42.0.121"), false), &old)
@@ -503,19 +517,7 @@ fn a_take_over_drops_only_the_named_owners_pool_lease() {
 /// fixed holding do not displace anything.
 #[test]
 fn a_stale_pool_lease_gives_way_to_a_dhcp_address() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ipam = Ipam::new(dir.path());
-    let n = net();
-    let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
-    let (old, new, pinned) = (
-        Owner::container("old", "eth0"),
-        Owner::container("new", "eth0"),
-        Owner::container("pinned", "eth0"),
-    );
-    ipam.record(Holding::new(&n, &old, ip("10.42.0.120"), false))
-        .expect("old");
-    ipam.record(Holding::new(&n, &pinned, ip("10.42.0.121"), true))
-        .expect("pinned");
+    let (_dir, ipam, n, [old, new, _pinned]) = old_and_another(["old", "new", "pinned"], true);
     let stale = |o: &Owner| *o != new;
     let taken =
         |r: Result<(Lease, Option<Owner>), IpamError>| matches!(r, Err(IpamError::Taken { .. }));
@@ -545,15 +547,8 @@ fn a_stale_pool_lease_gives_way_to_a_dhcp_address() {
         .record_displacing(Holding::new(&n, &new, ip("10.42.0.122"), false), &stale)
         .expect("moved");
     assert_eq!(gone, None);
-    let mut got: Vec<(String, Ipv4Addr)> = ipam
-        .list("volt0")
-        .expect("list")
-        .into_iter()
-        .map(|l| (l.owner.to_string(), l.ip))
-        .collect();
-    got.sort();
     assert_eq!(
-        got,
+        owners_and_addresses(&ipam),
         [
             ("container/new/eth0".to_string(), ip("10.42.0.122")),
             ("container/pinned/eth0".to_string(), ip("10.42.0.121"))
