@@ -347,14 +347,10 @@ pub fn net_up(at: &Attach, w: &Workload, main: u32) -> Result<(), AttachError> {
                 prefix,
                 by_networkd,
             } => {
-                log::info!(
-                    "{what}: {inside} has {ip}/{prefix} from DHCP{}",
-                    if by_networkd {
-                        " (networkd's DHCP server leases it to its MAC)"
-                    } else {
-                        ""
-                    }
-                );
+                if by_networkd {
+                    log::debug!("{what}: networkd's DHCP server leases {ip} to {inside}'s MAC");
+                }
+                log::info!("{what}: {inside} has {ip}/{prefix} from DHCP");
                 // Its port passed DHCP requests only: from now on this address too, unless
                 // the address book gives it to another workload (where Volt cannot ask the
                 // DHCP server, root in the container may have set it itself; networkd, which
