@@ -822,6 +822,54 @@ fn a_peer_cannot_fill_the_vxlan_links_forwarding_table() {
     assert!(!seen.contains(&frames::marker("from-c")), "{seen:?}");
     assert!(cluster_counter(&host, "ip", "prerouting", "vxlan source vx-42") > dropped);
     assert!(learned().iter().all(|e| e.dst != c), "{:?}", learned());
+    // The same datagram in two fragments, the first only the UDP and VXLAN headers (too
+    // short for the source rule's load, so it would not match): the first fragment goes, so
+    // it is never reassembled (nothing defragments ahead of the rules in this namespace).
+    let ul_mac = third.ok("ip neigh show 192.168.77.1 dev u0");
+    let ul_mac = frames::mac(
+        ul_mac
+            .split("lladdr ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no neighbour entry: {ul_mac}")),
+    );
+    third.run(move || {
+        let inner = arp([0x02, 0x00, 0x5e, 0xdd, 0, 1], known_ip, "fragmented");
+        let mut vxlan = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
+        vxlan.extend_from_slice(&inner);
+        let mut udp = frames::udp(4789, 4789, &vxlan);
+        udp[6..8].copy_from_slice(&[0, 0]);
+        let send = frames::packet_socket("u0");
+        let u0 = [0x02, 0, 0, 0, 0, 0x33];
+        for (offset, part, more) in [(0, &udp[..16], true), (16, &udp[16..], false)] {
+            let ip = frames::ipv4_fragment(
+                c,
+                "192.168.77.1".parse().expect("ip"),
+                17,
+                part,
+                offset,
+                more,
+            );
+            frames::send(
+                &send,
+                &frames::ether(ul_mac, u0, &[], frames::ETH_IP, &ip, ""),
+            );
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster_counter(&host, "ip", "prerouting", "vxlan fragment") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first fragment was not dropped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let unknown: MacAddr = "02:00:5e:dd:00:01".parse().expect("mac");
+    assert!(
+        learned().iter().all(|e| e.mac != unknown),
+        "a fragmented datagram's source was learned: {:?}",
+        learned()
+    );
 }
 
 /// Link owners that start at once bring up one bridge between them (the loser of a race

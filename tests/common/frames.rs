@@ -98,6 +98,26 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
     ip
 }
 
+/// One fragment of an IPv4 packet of protocol `proto` (ident 0x5678): `part` of its
+/// payload at byte `offset` (a multiple of 8), more to come when `more`.
+pub fn ipv4_fragment(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    part: &[u8],
+    offset: usize,
+    more: bool,
+) -> Vec<u8> {
+    let mut ip = ipv4(src, dst, proto, part);
+    let flags = (u16::from(more) << 13) | (offset / 8) as u16;
+    ip[4..6].copy_from_slice(&0x5678u16.to_be_bytes());
+    ip[6..8].copy_from_slice(&flags.to_be_bytes());
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = fold(sum16(&ip[..20]));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip
+}
+
 /// An IPv6 packet; for ICMPv6 (`next` 58) the checksum at bytes 2..4 of `l4` is filled in.
 pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop_limit: u8, l4: &[u8]) -> Vec<u8> {
     let mut l4 = l4.to_vec();

@@ -134,8 +134,24 @@ pub fn filter_script(ports: &[PortFilter]) -> String {
         s.push_str(&format!(
             "  chain {chain} {{\n    type filter hook {hook} priority raw; policy accept;\n"
         ));
-        for p in ports.iter().filter(|_| chain == "prerouting") {
-            s.push_str(&source_rule(p));
+        if chain == "prerouting" {
+            // A datagram to a VXLAN port in fragments: the first (MF set, offset 0) goes,
+            // so it is never reassembled. Without conntrack's defragmentation ahead of this
+            // chain, a first fragment too short to hold the inner source would pass the
+            // source rule (its load fails, so it does not match), and the VXLAN driver would
+            // learn the source once IP reassembled the datagram. The overlay's MTU leaves
+            // room for VXLAN's 50 bytes: nothing of Volt's is fragmented.
+            let mut udp: Vec<u16> = ports.iter().map(|p| p.udp_port).collect();
+            udp.sort_unstable();
+            udp.dedup();
+            for port in udp {
+                s.push_str(&format!(
+                    "    ip frag-off & 0x3fff == 0x2000 udp dport {port} counter drop comment \"vxlan fragment\"\n"
+                ));
+            }
+            for p in ports {
+                s.push_str(&source_rule(p));
+            }
         }
         for p in ports {
             s.push_str(&format!(
@@ -215,6 +231,14 @@ mod tests {
             "{s}"
         );
         assert!(at(source) < at("ip saddr 10.42.0.0/24 ip daddr"), "{s}");
+        // Its first fragments go before it.
+        let fragment = "    ip frag-off & 0x3fff == 0x2000 udp dport 4789 counter drop comment \"vxlan fragment\"\n";
+        assert!(
+            at("table ip volt-cluster {\n  chain prerouting") < at(fragment)
+                && at(fragment) < at(source),
+            "{s}"
+        );
+        assert_eq!(s.matches("vxlan fragment").count(), 1, "{s}");
         assert_eq!(s.matches("vxlan source").count(), 1, "{s}");
         let empty = filter_script(&[PortFilter {
             port: "vx-7".into(),
