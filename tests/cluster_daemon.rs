@@ -431,6 +431,28 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
         r#"{"ipv4":"10.42.0.10/24","mac":"52:54:00:12:34:56"}"#,
     )
     .expect("link record");
+    // A DHCP container that runs here: its address is its record's `dhcp`.
+    for dir in ["srv/dc/usr", "srv/dc/etc", "etc/volt/containers"] {
+        std::fs::create_dir_all(root.join(dir)).expect("mkdir");
+    }
+    std::fs::write(
+        root.join("etc/volt/containers/dc.toml"),
+        "directory = \"/srv/dc\"\ncommand = [\"/bin/true\"]\n[[network]]\n",
+    )
+    .expect("dc.toml");
+    let plan = volt::plan::Plan::build(&volt::config::ConfigSet::load(&root));
+    let dc_link = plan
+        .workloads
+        .iter()
+        .find(|w| w.name == "dc")
+        .and_then(|w| w.attachments.first())
+        .map(|a| a.link.clone())
+        .expect("dc's link");
+    std::fs::write(
+        volt::plan::Paths::new(&root).link_record(&dc_link),
+        r#"{"dhcp":"10.42.0.200","mac":"52:54:00:12:34:99"}"#,
+    )
+    .expect("dc's link record");
     h.etcdctl(r#"put /volt/names/web '{"host":"b","kind":"vm","since":1}'"#);
     h.etcdctl(r#"put /volt/ipam/volt0/addr/10.42.0.10 '{"owner":"vm/web/eth0","host":"b","static":true,"mac":"52:54:00:65:43:21","since":1}'"#);
     h.etcdctl("put /volt/ipam/volt0/owner/vm/web/eth0 10.42.0.10");
@@ -476,6 +498,18 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
         .etcdctl("get /volt/ipam/volt0/addr/10.42.0.10")
         .contains("\"host\":\"a\""));
     assert!(read(&log).contains("web (vm): the claim is this host's again"));
+    let dc = h.etcdctl("get /volt/ipam/volt0/addr/10.42.0.200");
+    assert!(
+        dc.contains("\"owner\":\"container/dc/eth0\"") && dc.contains("\"host\":\"a\""),
+        "the DHCP container's address was not claimed: {dc}\n{}",
+        read(&log)
+    );
+    std::fs::remove_file(root.join("etc/volt/containers/dc.toml")).expect("rm dc.toml");
+    std::fs::remove_file(volt::plan::Paths::new(&root).link_record(&dc_link))
+        .expect("rm dc's link record");
+    h.etcdctl("del /volt/ipam/volt0/addr/10.42.0.200");
+    h.etcdctl("del /volt/ipam/volt0/owner/container/dc/eth0");
+    h.etcdctl("del /volt/names/dc");
     // A static container address of this host inside host b's DHCP block: b's DHCP server
     // does not know it, so the daemon warns, once.
     h.etcdctl("put /volt/dhcp/volt0/10.42.0.116 b");

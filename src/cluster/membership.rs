@@ -343,11 +343,14 @@ impl Daemon {
             self.claim_or_note(name, &mut found);
             claimed.insert(w.unit.clone());
             for (a, rec) in records {
-                let ip = rec
-                    .get("ipv4")
-                    .and_then(|v| v.as_str())
-                    .and_then(|s| s.split('/').next())
-                    .and_then(|s| s.parse::<Ipv4Addr>().ok());
+                // A DHCP container's address is its record's `dhcp` (net-up's), not `ipv4`.
+                let field = |k: &str| {
+                    rec.get(k)
+                        .and_then(|v| v.as_str())
+                        .and_then(|s| s.split('/').next())
+                        .and_then(|s| s.parse::<Ipv4Addr>().ok())
+                };
+                let ip = field("ipv4").or_else(|| field("dhcp"));
                 let mac = rec
                     .get("mac")
                     .and_then(|v| v.as_str())
