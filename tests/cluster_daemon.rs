@@ -416,22 +416,7 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
         "kernel = \"/k\"\n[[network]]\nipv4 = \"10.42.0.10\"\n",
     )
     .expect("web.toml");
-    let plan = volt::plan::Plan::build(&volt::config::ConfigSet::load(&root));
-    let link = plan
-        .workloads
-        .iter()
-        .find(|w| w.name == "web")
-        .and_then(|w| w.attachments.first())
-        .map(|a| a.link.clone())
-        .expect("web's link");
-    let record = volt::plan::Paths::new(&root).link_record(&link);
-    std::fs::create_dir_all(record.parent().expect("dir")).expect("mkdir");
-    std::fs::write(
-        &record,
-        r#"{"ipv4":"10.42.0.10/24","mac":"52:54:00:12:34:56"}"#,
-    )
-    .expect("link record");
-    // A DHCP container that runs here: its address is its record's `dhcp`.
+    // And a DHCP container that runs here: its address is its record's `dhcp`.
     for dir in ["srv/dc/usr", "srv/dc/etc", "etc/volt/containers"] {
         std::fs::create_dir_all(root.join(dir)).expect("mkdir");
     }
@@ -441,13 +426,22 @@ fn the_daemon_repairs_its_record_and_leaves_nothing_unfiltered() {
     )
     .expect("dc.toml");
     let plan = volt::plan::Plan::build(&volt::config::ConfigSet::load(&root));
-    let dc_link = plan
-        .workloads
-        .iter()
-        .find(|w| w.name == "dc")
-        .and_then(|w| w.attachments.first())
-        .map(|a| a.link.clone())
-        .expect("dc's link");
+    let link_of = |name: &str| {
+        plan.workloads
+            .iter()
+            .find(|w| w.name == name)
+            .and_then(|w| w.attachments.first())
+            .map(|a| a.link.clone())
+            .unwrap_or_else(|| panic!("{name}'s link"))
+    };
+    let (link, dc_link) = (link_of("web"), link_of("dc"));
+    let record = volt::plan::Paths::new(&root).link_record(&link);
+    std::fs::create_dir_all(record.parent().expect("dir")).expect("mkdir");
+    std::fs::write(
+        &record,
+        r#"{"ipv4":"10.42.0.10/24","mac":"52:54:00:12:34:56"}"#,
+    )
+    .expect("link record");
     std::fs::write(
         volt::plan::Paths::new(&root).link_record(&dc_link),
         r#"{"dhcp":"10.42.0.200","mac":"52:54:00:12:34:99"}"#,
